@@ -1,0 +1,331 @@
+//! The command line as clap sees it: flags and their help, nothing resolved. `config` turns it into requests.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::agent::Agent;
+use crate::clock::parse_duration;
+
+/// Keeps coding-agent sessions from leaking helper processes ("brokers").
+///
+/// Brokers are recorded per workspace with the sessions that own them; when a session ends, brokers no live session
+/// owns are stopped, and orphaned `claude --resume <id>` processes with them. A process is only ever signalled when
+/// its full identity (boot, pid, start time, uid) matches the record.
+#[derive(Debug, Parser)]
+#[command(name = "session-reaper", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    /// State root [default: $SESSION_REAPER_STATE_DIR, $XDG_STATE_HOME/session-reaper, ~/.local/state/session-reaper]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Say more: the effective policy, every decision
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run as an agent's SessionStart/SessionEnd hook (JSON payload on stdin; always exits 0, prints nothing)
+    #[command(after_help = "Example (Claude Code settings.json):\n  \
+        {\"type\": \"command\", \"command\": \"session-reaper hook --agent claude\", \"timeout\": 5}")]
+    Hook(HookArgs),
+
+    /// Spawn, adopt, attach to, detach from or touch a workspace's broker
+    #[command(subcommand)]
+    Broker(BrokerCommand),
+
+    /// End a session now (as SessionEnd would), or drain every live session on shutdown
+    #[command(after_help = "Examples:\n  session-reaper reap --session 0b5f6b3e-… --dry-run\n  \
+        session-reaper reap --all --reason shutdown --deadline 2s")]
+    Reap(ReapArgs),
+
+    /// For cron: end crashed sessions, prune dead records, stop idle and unrecorded brokers, finish stuck stops
+    #[command(after_help = "Example (crontab): * * * * * session-reaper sweep >/dev/null 2>&1")]
+    Sweep(SweepArgs),
+
+    /// Show brokers, their owners and liveness, pending stop tickets and live sessions
+    #[command(after_help = "Example:\n  session-reaper status --json | jq '.slots[] | {workspace, owners, alive}'")]
+    Status(JsonArg),
+
+    /// Show the audit log (events.jsonl)
+    #[command(after_help = "Example:\n  session-reaper log --since 1h --action stop")]
+    Log(LogArgs),
+
+    /// Check the state root, filesystem, installed hooks, stuck stops and kernel support
+    #[command(after_help = "Example:\n  session-reaper doctor")]
+    Doctor(JsonArg),
+
+    /// Add our SessionStart/SessionEnd hooks to an agent's settings (keeps everything else; twice = once)
+    #[command(after_help = "Example:\n  session-reaper install --agent claude --with-sweep")]
+    Install(InstallArgs),
+
+    /// Remove exactly our hooks from an agent's settings
+    #[command(after_help = "Example:\n  session-reaper uninstall --agent claude")]
+    Uninstall(InstallArgs),
+
+    /// Show the whole job on real processes in a temporary state root (signals only what it starts)
+    Demo,
+
+    /// Print shell completions
+    #[command(after_help = "Example:\n  session-reaper completions bash > ~/.local/share/bash-completion/completions/session-reaper")]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+
+    /// Complete pending stop tickets in the background (started by hooks; not for people)
+    #[command(hide = true)]
+    Finish,
+}
+
+#[derive(Debug, Args)]
+pub struct HookArgs {
+    /// Which agent runs us [default: detected from the payload and environment]
+    #[arg(long, value_enum, default_value = "auto")]
+    pub agent: AgentChoice,
+
+    /// The hook event, when the payload lacks `hook_event_name`
+    #[arg(long, value_name = "EVENT")]
+    pub event: Option<String>,
+
+    /// Return within this long, whatever happens; what is left goes to a background finisher
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1s")]
+    pub deadline: Duration,
+
+    /// How long to wait for the payload on stdin (it may never be closed)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "500ms")]
+    pub stdin_timeout: Duration,
+
+    /// The agent process, when it is not the nearest non-shell ancestor
+    #[arg(long, value_name = "PID")]
+    pub owner_pid: Option<i32>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AgentChoice {
+    Auto,
+    Claude,
+    Gemini,
+    Qwen,
+    Codex,
+}
+
+impl AgentChoice {
+    pub fn agent(self) -> Option<Agent> {
+        match self {
+            AgentChoice::Auto => None,
+            AgentChoice::Claude => Some(Agent::Claude),
+            AgentChoice::Gemini => Some(Agent::Gemini),
+            AgentChoice::Qwen => Some(Agent::Qwen),
+            AgentChoice::Codex => Some(Agent::Codex),
+        }
+    }
+}
+
+/// Which slot: a workspace (by any directory inside it) and a broker name.
+#[derive(Debug, Args)]
+pub struct SlotArgs {
+    /// A directory in the workspace (its git top-level is the workspace) [default: the current directory]
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<PathBuf>,
+
+    /// The broker's name within the workspace
+    #[arg(long, value_name = "NAME", default_value = "default")]
+    pub name: String,
+}
+
+/// Who owns: a session id, else found from the environment or the calling agent.
+#[derive(Debug, Args)]
+pub struct OwnerArgs {
+    /// Owner session [default: $SESSION_REAPER_SESSION_ID, $CLAUDE_CODE_SESSION_ID, $GEMINI_SESSION_ID, else the
+    /// live session whose agent process is an ancestor of this one]
+    #[arg(long, value_name = "ID")]
+    pub session: Option<String>,
+}
+
+/// How a broker is to be stopped.
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    /// Stop the broker when it has been idle this long, even with live owners (lazy respawn)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub idle_ttl: Option<Duration>,
+
+    /// Time between SIGTERM and SIGKILL
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5s")]
+    pub grace: Duration,
+
+    /// Graceful step: a unix socket to write one line to before SIGTERM
+    #[arg(long, value_name = "PATH", requires = "shutdown_message", conflicts_with = "shutdown_command")]
+    pub shutdown_socket: Option<PathBuf>,
+
+    /// The line written to --shutdown-socket
+    #[arg(long, value_name = "LINE", requires = "shutdown_socket")]
+    pub shutdown_message: Option<String>,
+
+    /// Graceful step: a shell command to run before SIGTERM (bounded to 750 ms)
+    #[arg(long, value_name = "COMMAND")]
+    pub shutdown_command: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BrokerCommand {
+    /// Start CMD detached as the workspace's broker, or join the live one (prints the record as JSON)
+    #[command(after_help = "Example:\n  session-reaper broker spawn --cwd ~/src/app --session s1 -- npm run dev")]
+    Spawn {
+        #[command(flatten)]
+        slot: SlotArgs,
+        #[command(flatten)]
+        owner: OwnerArgs,
+        /// Record the broker with no owner (only a sweep's idle TTL or `reap` will stop it)
+        #[arg(long, conflicts_with = "session")]
+        no_owner: bool,
+        #[command(flatten)]
+        stop: StopArgs,
+        /// Append the broker's stdout and stderr here [default: broker.log in the slot]
+        #[arg(long, value_name = "FILE")]
+        log: Option<PathBuf>,
+        /// Where clients reach the broker (stored, never interpreted)
+        #[arg(long, value_name = "ENDPOINT")]
+        endpoint: Option<String>,
+        /// The broker's command line
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// Adopt a process started elsewhere as the workspace's broker
+    #[command(after_help = "Example:\n  session-reaper broker register --pid 4242 --cwd ~/src/app --session s1")]
+    Register {
+        /// The process to adopt
+        #[arg(long, value_name = "PID", allow_negative_numbers = true)]
+        pid: i32,
+        #[command(flatten)]
+        slot: SlotArgs,
+        #[command(flatten)]
+        owner: OwnerArgs,
+        /// Record the broker with no owner
+        #[arg(long, conflicts_with = "session")]
+        no_owner: bool,
+        #[command(flatten)]
+        stop: StopArgs,
+        /// Where clients reach the broker (stored, never interpreted)
+        #[arg(long, value_name = "ENDPOINT")]
+        endpoint: Option<String>,
+    },
+    /// Add a session as an owner of the workspace's live broker
+    #[command(after_help = "Example:\n  session-reaper broker attach --cwd ~/src/app --session s2")]
+    Attach {
+        #[command(flatten)]
+        slot: SlotArgs,
+        #[command(flatten)]
+        owner: OwnerArgs,
+    },
+    /// Remove a session from the owners; the last owner out stops the broker
+    #[command(after_help = "Example:\n  session-reaper broker detach --cwd ~/src/app --session s2")]
+    Detach {
+        #[command(flatten)]
+        slot: SlotArgs,
+        #[command(flatten)]
+        owner: OwnerArgs,
+    },
+    /// Mark the broker as used now (resets its idle clock)
+    #[command(after_help = "Example:\n  session-reaper broker touch --cwd ~/src/app")]
+    Touch {
+        #[command(flatten)]
+        slot: SlotArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ReapArgs {
+    /// The session to end
+    #[arg(long, value_name = "ID", required_unless_present = "all", conflicts_with = "all")]
+    pub session: Option<String>,
+
+    /// End every live session (agent or host shutdown); needs --reason shutdown or restart
+    #[arg(long, requires = "reason")]
+    pub all: bool,
+
+    /// Why: manual (default for --session), shutdown, restart, session_end
+    #[arg(long, value_name = "REASON")]
+    pub reason: Option<String>,
+
+    /// Return within this long; what is left goes to a background finisher [default: wait for every stop]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub deadline: Option<Duration>,
+
+    /// Show what would be done; signal nothing, write nothing
+    #[arg(long)]
+    pub dry_run: bool,
+
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SweepArgs {
+    /// Stop brokers with no live owner after this long idle (0 disables; at most 30 days)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30m")]
+    pub idle_ttl: Duration,
+
+    /// How long before a session tombstone is deleted
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "7days")]
+    pub retention: Duration,
+
+    /// Show what would be done; signal nothing, write nothing
+    #[arg(long)]
+    pub dry_run: bool,
+
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct JsonArg {
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Only events of this session
+    #[arg(long, value_name = "ID")]
+    pub session: Option<String>,
+
+    /// Only events newer than this (e.g. 1h)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub since: Option<Duration>,
+
+    /// Only this action (stop, prune, owner_add, owner_remove, refuse, session_start, session_end, …)
+    #[arg(long, value_name = "ACTION")]
+    pub action: Option<String>,
+
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    /// The agent whose settings to change
+    #[arg(long, value_enum)]
+    pub agent: Agent,
+
+    /// User settings (~/.claude/…) or the project's (./.claude/…)
+    #[arg(long, value_enum, default_value = "user")]
+    pub scope: crate::install::Scope,
+
+    /// The settings file to change [default: the agent's for --scope]
+    #[arg(long, value_name = "FILE")]
+    pub settings: Option<PathBuf>,
+
+    /// Also install (or remove) the periodic sweep: a systemd user timer, else a crontab line
+    #[arg(long)]
+    pub with_sweep: bool,
+
+    /// Show the change; write nothing
+    #[arg(long)]
+    pub dry_run: bool,
+}

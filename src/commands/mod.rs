@@ -1,0 +1,5 @@
+//! The subcommands, one module each.
+
+pub mod broker;
+pub mod reap;
+pub mod status;

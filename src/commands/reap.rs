@@ -1,0 +1,126 @@
+//! `reap --session S` ends one session now, as SessionEnd would; `reap --all --reason shutdown|restart` drains
+//! every live session within a deadline (agent or host shutdown), handing what is left to the finisher.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::cli::ReapArgs;
+use crate::commands::broker::print_stops;
+use crate::config::Config;
+use crate::error::{Outcome, bad_input};
+use crate::events::Reason;
+use crate::finisher;
+use crate::name::SessionId;
+use crate::signal::Guard;
+use crate::slot::LOCK_WAIT;
+use crate::stop::{StopOutcome, StopReport};
+use crate::store::Store;
+use crate::teardown::{self, EndReport, Ending};
+
+/// How long `reap --all` waits when no `--deadline` is given.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(2);
+
+pub fn run(args: &ReapArgs, config: &Config) -> anyhow::Result<Outcome> {
+    let reason = parse_reason(args)?;
+    let sessions: Vec<SessionId> = match &args.session {
+        Some(text) => vec![SessionId::parse(text)?],
+        None => Vec::new(),
+    };
+    let store = Store::open(&config.state_dir)?;
+    let sessions = if args.all { live_sessions(&store) } else { sessions };
+    let guard = Guard::new();
+    let started = Instant::now();
+    let reports: Vec<EndReport> = sessions
+        .iter()
+        .map(|session| {
+            let ending =
+                Ending { session: session.clone(), reason, agent_reason: None, dry_run: args.dry_run };
+            teardown::end_session(&store, &guard, &ending, Instant::now() + LOCK_WAIT)
+        })
+        .collect();
+    let tickets: Vec<_> = reports.iter().flat_map(|report| report.tickets.clone()).collect();
+    let stops = if args.dry_run {
+        Vec::new()
+    } else {
+        let deadline = args
+            .deadline
+            .or(args.all.then_some(DRAIN_DEADLINE))
+            .map_or_else(|| longest_stop(&tickets), |deadline| started + deadline);
+        let stops = store.stopper(guard).run(tickets.clone(), deadline);
+        if stops.iter().any(|stop| matches!(stop.outcome, StopOutcome::Pending { .. })) {
+            finisher::start(&store)?;
+        }
+        stops
+    };
+    let ok = reports.iter().all(|report| report.problems.is_empty())
+        && stops.iter().all(|stop| !stop.outcome.is_failure());
+    if args.json {
+        let value = json!({ "dry_run": args.dry_run, "sessions": reports, "would_stop": if args.dry_run { tickets.len() } else { 0 }, "stops": stops });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        print_human(args.dry_run, &reports, &stops);
+    }
+    Ok(Outcome::from_ok(ok))
+}
+
+fn parse_reason(args: &ReapArgs) -> anyhow::Result<Reason> {
+    let allowed: &[Reason] = if args.all {
+        &[Reason::Shutdown, Reason::Restart]
+    } else {
+        &[Reason::Manual, Reason::Shutdown, Reason::Restart, Reason::SessionEnd]
+    };
+    let Some(text) = &args.reason else { return Ok(Reason::Manual) };
+    Reason::parse(text).filter(|reason| allowed.contains(reason)).ok_or_else(|| {
+        let names: Vec<&str> = allowed.iter().map(|reason| reason.as_str()).collect();
+        bad_input(format!("--reason {text:?}: expected one of {}", names.join(", ")))
+    })
+}
+
+fn live_sessions(store: &Store) -> Vec<SessionId> {
+    store
+        .sessions
+        .all()
+        .into_iter()
+        .filter(|record| !record.is_ended())
+        .filter_map(|record| SessionId::parse(&record.session_id).ok())
+        .collect()
+}
+
+/// Long enough for every ticket's whole cascade.
+fn longest_stop(tickets: &[crate::record::StopTicket]) -> Instant {
+    tickets
+        .iter()
+        .map(crate::commands::broker::foreground_deadline)
+        .max()
+        .unwrap_or_else(Instant::now)
+}
+
+fn print_human(dry_run: bool, reports: &[EndReport], stops: &[StopReport]) {
+    let verb = if dry_run { "would end" } else { "ended" };
+    if reports.is_empty() {
+        println!("no live session to end");
+    }
+    for report in reports {
+        println!("session {} {verb} ({})", report.session, report.reason);
+        for slot in &report.slots {
+            let what = if slot.stopping {
+                if dry_run { "last owner: would stop" } else { "last owner: stopping" }
+            } else {
+                "owner removed; kept for others"
+            };
+            println!("  broker pid {:>7}  {what}  {} [{}]", slot.pid, slot.workspace, slot.name);
+        }
+        for (pid, argv) in &report.resume_orphans {
+            let what = if dry_run { "would stop" } else { "stopping" };
+            println!("  resume orphan pid {pid:>7}  {what}  {}", argv.join(" "));
+        }
+        if report.slots.is_empty() && report.resume_orphans.is_empty() {
+            println!("  owned no broker; no process resumes it");
+        }
+        for problem in &report.problems {
+            println!("  problem: {problem}");
+        }
+    }
+    print_stops(stops);
+}

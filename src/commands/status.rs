@@ -1,0 +1,143 @@
+//! `status`: every slot with its broker, owners and liveness; pending stop tickets; live sessions.
+
+use serde::Serialize;
+use serde_json::json;
+
+use crate::config::Config;
+use crate::error::Outcome;
+use crate::finisher;
+use crate::proc;
+use crate::record::{BrokerRecord, SessionRecord, StopTicket};
+use crate::slot::Slot;
+use crate::state::StateRoot;
+use crate::stop::STUCK_AFTER;
+use crate::store::Store;
+
+/// One slot as `status --json` shows it.
+#[derive(Debug, Serialize)]
+pub struct SlotStatus {
+    pub slot: String,
+    pub alive: bool,
+    #[serde(flatten)]
+    pub record: BrokerRecord,
+}
+
+/// A snapshot of the whole state root.
+#[derive(Debug, Serialize)]
+pub struct Snapshot {
+    pub state_dir: String,
+    pub slots: Vec<SlotStatus>,
+    pub tickets: Vec<TicketStatus>,
+    pub sessions: Vec<SessionRecord>,
+    pub finisher_running: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TicketStatus {
+    pub alive: bool,
+    pub stuck: bool,
+    #[serde(flatten)]
+    pub ticket: StopTicket,
+}
+
+/// Reads everything without taking any lock (each record file is replaced atomically).
+pub fn snapshot(store: &Store) -> Snapshot {
+    let slots = Slot::all(&store.root)
+        .into_iter()
+        .filter_map(|slot| {
+            let record = slot.peek(&store.root)?;
+            Some(SlotStatus { slot: slot.label(), alive: proc::is_alive(&record.identity), record })
+        })
+        .collect();
+    let tickets = store
+        .tickets
+        .pending(&store.log)
+        .into_iter()
+        .map(|ticket| {
+            let alive = proc::is_alive(&ticket.identity);
+            TicketStatus { alive, stuck: alive && ticket.attempts >= STUCK_AFTER, ticket }
+        })
+        .collect();
+    Snapshot {
+        state_dir: store.root.path().to_string_lossy().into_owned(),
+        slots,
+        tickets,
+        sessions: store.sessions.all().into_iter().filter(|session| !session.is_ended()).collect(),
+        finisher_running: finisher::is_running(store),
+    }
+}
+
+pub fn run(json_output: bool, config: &Config) -> anyhow::Result<Outcome> {
+    let Some(root) = StateRoot::open_existing(&config.state_dir)? else {
+        if json_output {
+            println!("{}", json!({"state_dir": config.state_dir, "slots": [], "tickets": [], "sessions": []}));
+        } else {
+            println!("no state yet at {}", config.state_dir.display());
+        }
+        return Ok(Outcome::Done);
+    };
+    let snapshot = snapshot(&Store::from_root(root));
+    if json_output {
+        println!("{}", serde_json::to_string_pretty(&snapshot)?);
+    } else {
+        print_human(&snapshot);
+    }
+    let stuck = snapshot.tickets.iter().any(|ticket| ticket.stuck);
+    Ok(Outcome::from_ok(!stuck))
+}
+
+fn print_human(snapshot: &Snapshot) {
+    println!("state: {}", snapshot.state_dir);
+    if snapshot.slots.is_empty() {
+        println!("brokers: none");
+    } else {
+        println!("brokers:");
+        println!("  {:<8} {:<6} {:<24} {:<28} workspace", "pid", "alive", "owners", "command");
+        for slot in &snapshot.slots {
+            let record = &slot.record;
+            let owners = if record.owners.is_empty() { "-".to_owned() } else { record.owner_ids().join(",") };
+            let workspace = if record.name == "default" {
+                record.workspace.clone()
+            } else {
+                format!("{} [{}]", record.workspace, record.name)
+            };
+            println!(
+                "  {:<8} {:<6} {:<24} {:<28} {}",
+                record.identity.pid,
+                if slot.alive { "yes" } else { "STALE" },
+                shorten(&owners, 24),
+                shorten(&record.command.join(" "), 28),
+                workspace
+            );
+        }
+    }
+    if !snapshot.tickets.is_empty() {
+        println!("stopping:");
+        for ticket in &snapshot.tickets {
+            let state = if ticket.stuck {
+                format!("STUCK after {} SIGKILLs", ticket.ticket.attempts)
+            } else if ticket.alive {
+                "in progress".to_owned()
+            } else {
+                "gone (ticket not yet closed)".to_owned()
+            };
+            println!("  pid {:<8} {:<14} {}  since {}", ticket.ticket.identity.pid, ticket.ticket.reason, state, ticket.ticket.requested_at);
+        }
+    }
+    println!("live sessions: {}", snapshot.sessions.len());
+    for session in &snapshot.sessions {
+        let pid = session.agent_identity.as_ref().map_or(0, |identity| identity.pid);
+        println!("  {} {:<7} agent pid {:<8} {}", session.session_id, session.agent, pid, session.cwd);
+    }
+}
+
+/// Cuts `text` to `width` characters, marking the cut.
+pub fn shorten(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        text.to_owned()
+    } else {
+        let mut cut: String = text.chars().take(width.saturating_sub(1)).collect();
+        cut.push('…');
+        cut
+    }
+}

@@ -1,0 +1,215 @@
+//! `events.jsonl`: the append-only audit log. One JSON object a line, written with one `write` on an `O_APPEND`
+//! file; rotated to `events.jsonl.1` past 1 MiB.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock;
+use crate::state::{EVENTS, StateRoot};
+
+const ROTATE_AT: u64 = 1024 * 1024;
+
+/// Why something was stopped, pruned or ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    SessionEnd,
+    OwnersGone,
+    IdleTimeout,
+    BrokerGone,
+    ResumeOrphan,
+    Manual,
+    Shutdown,
+    Restart,
+    Unrecorded,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 9] = [
+        Reason::SessionEnd,
+        Reason::OwnersGone,
+        Reason::IdleTimeout,
+        Reason::BrokerGone,
+        Reason::ResumeOrphan,
+        Reason::Manual,
+        Reason::Shutdown,
+        Reason::Restart,
+        Reason::Unrecorded,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::SessionEnd => "session_end",
+            Reason::OwnersGone => "owners_gone",
+            Reason::IdleTimeout => "idle_timeout",
+            Reason::BrokerGone => "broker_gone",
+            Reason::ResumeOrphan => "resume_orphan",
+            Reason::Manual => "manual",
+            Reason::Shutdown => "shutdown",
+            Reason::Restart => "restart",
+            Reason::Unrecorded => "unrecorded",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|reason| reason.as_str() == text)
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One line of `events.jsonl`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub ts: String,
+    pub action: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    pub result: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl Event {
+    pub fn new(action: &str, result: &str) -> Self {
+        Event { ts: clock::now_rfc3339(), action: action.to_owned(), result: result.to_owned(), ..Event::default() }
+    }
+
+    #[must_use]
+    pub fn reason(mut self, reason: impl ToString) -> Self {
+        self.reason = Some(reason.to_string());
+        self
+    }
+
+    #[must_use]
+    pub fn session(mut self, session: Option<&str>) -> Self {
+        self.session = session.map(str::to_owned);
+        self
+    }
+
+    #[must_use]
+    pub fn slot(mut self, workspace: &str, name: &str) -> Self {
+        self.workspace = Some(workspace.to_owned());
+        self.name = Some(name.to_owned());
+        self
+    }
+
+    #[must_use]
+    pub fn pid(mut self, pid: i32) -> Self {
+        self.pid = Some(pid);
+        self
+    }
+
+    #[must_use]
+    pub fn detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+}
+
+/// The audit log of one state root.
+#[derive(Clone, Debug)]
+pub struct EventLog {
+    root: StateRoot,
+}
+
+impl EventLog {
+    pub fn new(root: &StateRoot) -> Self {
+        EventLog { root: root.clone() }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.root.join(EVENTS)
+    }
+
+    pub fn rotated_path(&self) -> PathBuf {
+        self.root.join(format!("{EVENTS}.1"))
+    }
+
+    /// Appends one event. Failures are returned; callers that must not fail (hooks) report them on stderr.
+    pub fn append(&self, event: &Event) -> anyhow::Result<()> {
+        let mut line = serde_json::to_vec(event)?;
+        line.push(b'\n');
+        let mut file = self.root.open_append(&self.path())?;
+        file.write_all(&line)?;
+        if file.metadata().map(|meta| meta.len()).unwrap_or(0) > ROTATE_AT {
+            self.rotate();
+        }
+        Ok(())
+    }
+
+    /// Appends, and reports a failure to stderr instead of failing: the log must never stop an action.
+    pub fn record(&self, event: &Event) {
+        if let Err(err) = self.append(event) {
+            eprintln!("session-reaper: cannot write {}: {err:#}", self.path().display());
+        }
+    }
+
+    /// Moves the log to `events.jsonl.1` (one old file kept). A lock makes concurrent writers rotate once.
+    fn rotate(&self) {
+        let Ok(lock) = self.root.open_lock_file(&self.root.join("events.lock")) else { return };
+        if lock.try_lock().is_err() {
+            return;
+        }
+        let still_big = std::fs::metadata(self.path()).map(|meta| meta.len() > ROTATE_AT).unwrap_or(false);
+        if still_big {
+            let _ = std::fs::rename(self.path(), self.rotated_path());
+        }
+    }
+
+    /// Every event still kept, oldest first; unreadable lines are skipped.
+    pub fn read_all(&self) -> Vec<Event> {
+        [self.rotated_path(), self.path()]
+            .iter()
+            .filter_map(|path| self.root.read_file(path).ok().flatten())
+            .flat_map(|bytes| {
+                String::from_utf8_lossy(&bytes)
+                    .lines()
+                    .filter_map(|line| serde_json::from_str(line).ok())
+                    .collect::<Vec<Event>>()
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appends_and_rotates() {
+        let temp = tempfile::tempdir().unwrap();
+        let root = StateRoot::open(temp.path()).unwrap();
+        let log = EventLog::new(&root);
+        let detail = "x".repeat(10_000);
+        for _ in 0..120 {
+            log.append(&Event::new("stop", "stopped").reason(Reason::Manual).detail(detail.clone())).unwrap();
+        }
+        assert!(log.rotated_path().exists());
+        assert!(std::fs::metadata(log.path()).map(|m| m.len()).unwrap_or(0) < ROTATE_AT);
+        let events = log.read_all();
+        assert!(events.len() >= 100 && events.iter().all(|e| e.reason.as_deref() == Some("manual")));
+    }
+
+    #[test]
+    fn reasons_round_trip() {
+        for reason in Reason::ALL {
+            assert_eq!(Reason::parse(reason.as_str()), Some(reason));
+            assert_eq!(serde_json::to_value(reason).unwrap(), reason.as_str());
+        }
+    }
+}

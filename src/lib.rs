@@ -1,0 +1,113 @@
+//! session-reaper: owner-keyed broker records, session hooks and a stop cascade that never signals the wrong
+//! process. `run` is the whole program; `main` only maps its result to an exit code.
+
+pub mod agent;
+pub mod cli;
+pub mod clock;
+pub mod commands;
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod finisher;
+pub mod hook;
+pub mod install;
+pub mod launch;
+pub mod name;
+pub mod plan;
+pub mod proc;
+pub mod record;
+pub mod sessions;
+pub mod signal;
+pub mod slot;
+pub mod state;
+pub mod stop;
+pub mod store;
+pub mod teardown;
+pub mod ticket;
+pub mod workspace;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+use crate::config::Config;
+use crate::error::{Outcome, exit_code_of};
+
+/// Runs the command line and returns the exit code (see `error` for the table).
+pub fn run() -> u8 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return parse_failure(&err),
+    };
+    if let Command::Hook(args) = &cli.command {
+        hook::run(args, cli.state_dir.as_deref());
+        return 0;
+    }
+    match dispatch(&cli) {
+        Ok(outcome) => outcome.exit_code(),
+        Err(err) => {
+            eprintln!("session-reaper: {}", format!("{err:#}").replace('\n', " "));
+            exit_code_of(&err)
+        }
+    }
+}
+
+fn dispatch(cli: &Cli) -> anyhow::Result<Outcome> {
+    let config = Config::new(cli.state_dir.as_deref(), cli.verbose)?;
+    match &cli.command {
+        Command::Hook(_) => Ok(Outcome::Done),
+        Command::Broker(command) => commands::broker::run(command, &config),
+        Command::Reap(args) => commands::reap::run(args, &config),
+        Command::Status(args) => commands::status::run(args.json, &config),
+        Command::Finish => finisher::run(&store::Store::open(&config.state_dir)?),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut command, "session-reaper", &mut std::io::stdout());
+            Ok(Outcome::Done)
+        }
+        Command::Sweep(_)
+        | Command::Log(_)
+        | Command::Doctor(_)
+        | Command::Install(_)
+        | Command::Uninstall(_)
+        | Command::Demo => anyhow::bail!("not built yet"),
+    }
+}
+
+/// Help and version go to stdout with exit 0. Anything else is a usage error: one line, exit 2 — except in hook
+/// mode, where a bad flag must still exit 0 with nothing on stdout.
+fn parse_failure(err: &clap::Error) -> u8 {
+    use clap::error::ErrorKind;
+    if matches!(err.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let _ = err.print();
+        return 0;
+    }
+    let rendered = err.render().to_string();
+    let line = rendered
+        .split("\n\n")
+        .next()
+        .unwrap_or_default()
+        .lines()
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let hook_mode = std::env::args().skip(1).find(|arg| !arg.starts_with('-')).as_deref() == Some("hook");
+    if hook_mode {
+        let store = Config::new(state_dir_in_args().as_deref(), false)
+            .and_then(|config| store::Store::open(&config.state_dir))
+            .ok();
+        hook::report(store.as_ref(), &line);
+        return 0;
+    }
+    eprintln!("session-reaper: {}", line.trim_start_matches("error: "));
+    2
+}
+
+/// `--state-dir` picked out of arguments clap refused, so a hook's usage error still reaches its log.
+fn state_dir_in_args() -> Option<std::path::PathBuf> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().enumerate().find_map(|(index, arg)| {
+        arg.strip_prefix("--state-dir=").map(Into::into).or_else(|| {
+            (arg == "--state-dir").then(|| args.get(index + 1).map(Into::into)).flatten()
+        })
+    })
+}

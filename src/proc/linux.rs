@@ -1,0 +1,151 @@
+//! The Linux process backend: reads `/proc` directly.
+
+use std::fs;
+use std::io;
+use std::sync::OnceLock;
+
+use super::ProcStat;
+use crate::record::Identity;
+
+/// `/proc/sys/kernel/random/boot_id`, read once.
+pub fn boot_id() -> &'static str {
+    static BOOT_ID: OnceLock<String> = OnceLock::new();
+    BOOT_ID.get_or_init(|| {
+        fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|id| id.trim().to_owned()).unwrap_or_default()
+    })
+}
+
+/// Parses `/proc/<pid>/stat`. The command name may contain spaces and parentheses, so fields are read after the
+/// LAST `)`.
+pub fn parse_stat(pid: i32, text: &str) -> Option<ProcStat> {
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let comm = text.get(open + 1..close)?.to_owned();
+    let fields: Vec<&str> = text.get(close + 1..)?.split_whitespace().collect();
+    // fields[0] is field 3 (state); field N is fields[N - 3].
+    Some(ProcStat {
+        pid,
+        comm,
+        state: fields.first()?.chars().next()?,
+        ppid: fields.get(1)?.parse().ok()?,
+        pgid: fields.get(2)?.parse().ok()?,
+        sid: fields.get(3)?.parse().ok()?,
+        start_ticks: fields.get(19)?.parse().ok()?,
+    })
+}
+
+pub fn stat(pid: i32) -> io::Result<ProcStat> {
+    if pid <= 0 {
+        return Err(io::Error::from(io::ErrorKind::NotFound));
+    }
+    let text = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    parse_stat(pid, &text).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unparsable /proc stat"))
+}
+
+/// The real uid of a process (first field of `Uid:` in `/proc/<pid>/status`).
+pub fn real_uid(pid: i32) -> io::Result<u32> {
+    let text = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|uid| uid.parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no Uid in /proc status"))
+}
+
+/// The argv of a process (lossy UTF-8); empty for kernel threads.
+pub fn cmdline(pid: i32) -> io::Result<Vec<String>> {
+    let bytes = fs::read(format!("/proc/{pid}/cmdline"))?;
+    Ok(split_nul(&bytes))
+}
+
+fn split_nul(bytes: &[u8]) -> Vec<String> {
+    let trimmed = bytes.strip_suffix(b"\0").unwrap_or(bytes);
+    if trimmed.is_empty() {
+        return Vec::new();
+    }
+    trimmed.split(|b| *b == 0).map(|arg| String::from_utf8_lossy(arg).into_owned()).collect()
+}
+
+/// The value of one environment variable of a process, as it was at exec.
+pub fn environ_var(pid: i32, key: &str) -> io::Result<Option<String>> {
+    let bytes = fs::read(format!("/proc/{pid}/environ"))?;
+    let prefix = format!("{key}=");
+    Ok(bytes
+        .split(|b| *b == 0)
+        .find_map(|entry| entry.strip_prefix(prefix.as_bytes()))
+        .map(|value| String::from_utf8_lossy(value).into_owned()))
+}
+
+/// Every pid in `/proc` right now.
+pub fn pids() -> io::Result<Vec<i32>> {
+    Ok(fs::read_dir("/proc")?
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str().and_then(|name| name.parse().ok()))
+        .collect())
+}
+
+/// One pass over the process table: pid and argv of every process we can read.
+pub fn scan_cmdlines() -> Vec<(i32, Vec<String>)> {
+    pids()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|pid| cmdline(pid).ok().filter(|argv| !argv.is_empty()).map(|argv| (pid, argv)))
+        .collect()
+}
+
+/// Live members of process group `pgid` that started no earlier than its leader and run as `uid` — the group a
+/// broker created with `setsid`, even after its leader is gone.
+pub fn group_members(pgid: i32, leader: &Identity) -> Vec<Identity> {
+    if pgid <= 1 {
+        return Vec::new();
+    }
+    let group: Vec<ProcStat> =
+        pids().unwrap_or_default().into_iter().filter_map(|pid| stat(pid).ok()).filter(|s| s.pgid == pgid).collect();
+    // A live process whose pid is the group id but is not the recorded leader proves the id was handed on: none of
+    // these processes are the broker's.
+    if group.iter().any(|s| s.pid == pgid && (s.start_ticks != leader.start_ticks) && s.state != 'Z') {
+        return Vec::new();
+    }
+    group
+        .into_iter()
+        .filter(|stat| stat.state != 'Z' && stat.start_ticks >= leader.start_ticks)
+        .filter_map(|stat| {
+            let uid = real_uid(stat.pid).ok()?;
+            (uid == leader.uid).then(|| Identity {
+                boot_id: boot_id().to_owned(),
+                pid: stat.pid,
+                start_ticks: stat.start_ticks,
+                uid,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_parses_after_the_last_paren() {
+        let text = "1234 (a) b) (c) S 1 1234 1234 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 98765 1000 100";
+        let stat = parse_stat(1234, text).unwrap();
+        assert_eq!(stat.comm, "a) b) (c");
+        assert_eq!((stat.state, stat.ppid, stat.pgid, stat.sid, stat.start_ticks), ('S', 1, 1234, 1234, 98765));
+    }
+
+    #[test]
+    fn stat_of_self_matches_identity() {
+        let me = i32::try_from(std::process::id()).unwrap();
+        let id = super::super::identity_of(me).unwrap();
+        assert_eq!(id.pid, me);
+        assert!(super::super::is_alive(&id));
+        let reused = Identity { start_ticks: id.start_ticks + 1, ..id };
+        assert!(!super::super::is_alive(&reused));
+    }
+
+    #[test]
+    fn cmdline_splits_on_nul() {
+        assert_eq!(split_nul(b"sleep\x00600\x00"), ["sleep", "600"]);
+        assert!(split_nul(b"").is_empty());
+    }
+}

@@ -1,0 +1,278 @@
+//! The JSON records kept under the state root: brokers, sessions and stop tickets, and the process identity they
+//! name. Every record is `"version": 1`; unknown fields are kept through a rewrite, a newer version is refused.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::bad_input;
+
+pub const VERSION: u32 = 1;
+
+/// Who a process is: a pid alone proves nothing, all four fields together do.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Identity {
+    pub boot_id: String,
+    pub pid: i32,
+    pub start_ticks: u64,
+    pub uid: u32,
+}
+
+/// A session that holds a broker.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    pub session: String,
+    pub since: String,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// How to ask a broker to stop before it is signalled.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Shutdown {
+    /// One line written to a unix socket.
+    Socket { socket: String, message: String },
+    /// A shell command, run with `sh -c`.
+    Command { command: String },
+}
+
+/// `workspaces/<key>/<name>/broker.json`: the live broker of one slot.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BrokerRecord {
+    #[serde(default = "version_one")]
+    pub version: u32,
+    pub name: String,
+    pub workspace: String,
+    pub cwd: String,
+    pub command: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<Value>,
+    #[serde(default)]
+    pub owners: Vec<Owner>,
+    pub identity: Identity,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pgid: Option<i32>,
+    pub created_at: String,
+    pub last_active: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_ttl_secs: Option<u64>,
+    #[serde(default = "default_grace_ms")]
+    pub grace_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shutdown: Option<Shutdown>,
+    #[serde(default)]
+    pub host: String,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl BrokerRecord {
+    pub fn has_owner(&self, session: &str) -> bool {
+        self.owners.iter().any(|owner| owner.session == session)
+    }
+
+    /// Adds `session` as an owner; false if it already was one.
+    pub fn add_owner(&mut self, session: &str, now: &str) -> bool {
+        if self.has_owner(session) {
+            return false;
+        }
+        self.owners.push(Owner { session: session.to_owned(), since: now.to_owned(), extra: Map::new() });
+        true
+    }
+
+    /// Removes `session` from the owners; false if it was not one.
+    pub fn remove_owner(&mut self, session: &str) -> bool {
+        let before = self.owners.len();
+        self.owners.retain(|owner| owner.session != session);
+        self.owners.len() != before
+    }
+
+    pub fn owner_ids(&self) -> Vec<&str> {
+        self.owners.iter().map(|owner| owner.session.as_str()).collect()
+    }
+}
+
+/// `sessions/<id>.json`: one agent session; kept as a tombstone after it ends.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    #[serde(default = "version_one")]
+    pub version: u32,
+    pub session_id: String,
+    #[serde(default)]
+    pub agent: String,
+    #[serde(default)]
+    pub cwd: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transcript_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_identity: Option<Identity>,
+    #[serde(default)]
+    pub host: String,
+    pub started_at: String,
+    pub last_seen: String,
+    #[serde(default)]
+    pub ended_at: Option<String>,
+    #[serde(default)]
+    pub end_reason: Option<String>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl SessionRecord {
+    pub fn is_ended(&self) -> bool {
+        self.ended_at.is_some()
+    }
+}
+
+/// `stopping/<ticket>.json`: a durable request to stop one identified process (or its group).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StopTicket {
+    #[serde(default = "version_one")]
+    pub version: u32,
+    pub identity: Identity,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pgid: Option<i32>,
+    pub reason: String,
+    pub requested_at: String,
+    pub grace_ms: u64,
+    #[serde(default)]
+    pub attempts: u32,
+    /// `<workspace>/<name>` of the slot the broker came from, or `resume-orphan`, or `unrecorded`.
+    pub origin: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shutdown: Option<Shutdown>,
+    #[serde(default)]
+    pub host: String,
+    /// When the graceful step (socket message or command) was taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graceful_at: Option<String>,
+    /// When SIGTERM was sent; the grace runs from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term_at: Option<String>,
+    /// When the last SIGKILL was sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kill_at: Option<String>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl StopTicket {
+    /// The file name of the ticket of a process: one ticket per process, whoever asks for its stop.
+    pub fn file_name(identity: &Identity) -> String {
+        let boot: String = identity.boot_id.chars().filter(char::is_ascii_alphanumeric).take(8).collect();
+        format!("{boot}-{}-{}.json", identity.pid, identity.start_ticks)
+    }
+}
+
+fn version_one() -> u32 {
+    VERSION
+}
+
+fn default_grace_ms() -> u64 {
+    5000
+}
+
+/// What a record file held.
+pub enum Parsed<T> {
+    Record(T),
+    /// Not JSON, or not the shape of the record: to be moved aside and reported.
+    Corrupt(String),
+}
+
+/// Parses a record, refusing (exit 2) a newer version than this build reads, so it is never rewritten.
+pub fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8], path: &std::path::Path) -> anyhow::Result<Parsed<T>> {
+    let value: Value = match serde_json::from_slice(bytes) {
+        Ok(value) => value,
+        Err(err) => return Ok(Parsed::Corrupt(format!("not JSON: {err}"))),
+    };
+    let Some(object) = value.as_object() else {
+        return Ok(Parsed::Corrupt("expected a JSON object".to_owned()));
+    };
+    if let Some(version) = object.get("version").and_then(Value::as_u64) {
+        if version > u64::from(VERSION) {
+            return Err(bad_input(format!(
+                "{}: record version {version} is newer than this session-reaper reads ({VERSION}); upgrade session-reaper",
+                path.display()
+            )));
+        }
+    }
+    match serde_json::from_value(value) {
+        Ok(record) => Ok(Parsed::Record(record)),
+        Err(err) => Ok(Parsed::Corrupt(format!("not a valid record: {err}"))),
+    }
+}
+
+/// Serialises a record for storage (pretty, one trailing newline).
+pub fn to_bytes<T: Serialize>(record: &T) -> Vec<u8> {
+    let mut bytes = serde_json::to_vec_pretty(record).expect("records serialise");
+    bytes.push(b'\n');
+    bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_broker() -> Value {
+        serde_json::json!({
+            "version": 1, "name": "default", "workspace": "/w", "cwd": "/w", "command": ["sleep", "1"],
+            "owners": [{"session": "s1", "since": "2026-01-01T00:00:00Z", "note": "kept"}],
+            "identity": {"boot_id": "b", "pid": 10, "start_ticks": 5, "uid": 0},
+            "pgid": 10, "created_at": "2026-01-01T00:00:00Z", "last_active": "2026-01-01T00:00:00Z",
+            "grace_ms": 5000, "host": "h", "future_field": {"x": 1}
+        })
+    }
+
+    #[test]
+    fn unknown_fields_survive_a_rewrite() {
+        let original = sample_broker();
+        let bytes = serde_json::to_vec(&original).unwrap();
+        let Parsed::Record(mut record) = parse::<BrokerRecord>(&bytes, "b.json".as_ref()).unwrap() else {
+            panic!("parses")
+        };
+        record.add_owner("s2", "2026-01-02T00:00:00Z");
+        let back: Value = serde_json::from_slice(&to_bytes(&record)).unwrap();
+        assert_eq!(back["future_field"], original["future_field"]);
+        assert_eq!(back["owners"][0]["note"], "kept");
+        assert_eq!(back["owners"][1]["session"], "s2");
+    }
+
+    #[test]
+    fn newer_version_is_refused() {
+        let mut value = sample_broker();
+        value["version"] = 2.into();
+        let err = parse::<BrokerRecord>(&serde_json::to_vec(&value).unwrap(), "b.json".as_ref()).err().unwrap();
+        assert_eq!(crate::error::exit_code_of(&err), 2);
+    }
+
+    #[test]
+    fn garbage_is_corrupt_not_an_error() {
+        for bytes in [&b"{"[..], b"[]", b"{\"version\":1}", b"\xff"] {
+            assert!(matches!(parse::<BrokerRecord>(bytes, "b.json".as_ref()).unwrap(), Parsed::Corrupt(_)));
+        }
+    }
+
+    #[test]
+    fn shutdown_forms() {
+        let socket: Shutdown = serde_json::from_str(r#"{"socket":"/s","message":"bye"}"#).unwrap();
+        assert!(matches!(socket, Shutdown::Socket { .. }));
+        let command: Shutdown = serde_json::from_str(r#"{"command":"stop"}"#).unwrap();
+        assert!(matches!(command, Shutdown::Command { .. }));
+    }
+
+    #[test]
+    fn ticket_names_are_per_process() {
+        let id = Identity { boot_id: "1b2c-3d4e-5f60".into(), pid: 42, start_ticks: 7, uid: 0 };
+        assert_eq!(StopTicket::file_name(&id), "1b2c3d4e-42-7.json");
+    }
+}

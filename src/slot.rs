@@ -1,0 +1,206 @@
+//! Broker slots: `workspaces/<key>/<name>/broker.json`, guarded by `broker.lock`.
+//!
+//! Every change to a slot goes through a `SlotGuard`, which only `Slot::lock` produces, so no code path can write a
+//! record without holding its flock. Locks are taken one at a time, with a bounded wait.
+
+use std::cell::RefCell;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::clock;
+use crate::name::SlotName;
+use crate::record::{self, BrokerRecord, Parsed};
+use crate::state::{self, StateRoot, WORKSPACES};
+use crate::workspace;
+
+pub const RECORD: &str = "broker.json";
+pub const LOCK: &str = "broker.lock";
+
+/// The default bounded wait for a slot lock.
+pub const LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// One broker slot of one workspace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Slot {
+    dir: PathBuf,
+    key: String,
+    name: String,
+}
+
+/// The slot lock could not be had within the bounded wait.
+#[derive(Debug)]
+pub struct SlotBusy(pub PathBuf, pub Duration);
+
+impl std::fmt::Display for SlotBusy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "slot busy: {} stayed locked for {:?}; another session-reaper holds it", self.0.display(), self.1)
+    }
+}
+
+impl std::error::Error for SlotBusy {}
+
+/// What a slot held when read under its lock.
+#[derive(Debug)]
+pub enum SlotContent {
+    Empty,
+    Broker(BrokerRecord),
+    /// The record did not parse; it was moved aside to the path given, with the reason.
+    Corrupt { moved_to: PathBuf, why: String },
+}
+
+impl Slot {
+    /// The slot of `workspace` (canonical) and `name`.
+    pub fn of(root: &StateRoot, workspace: &Path, name: &SlotName) -> Self {
+        let key = workspace::workspace_key(workspace);
+        Slot { dir: root.join(WORKSPACES).join(&key).join(name.as_str()), key, name: name.as_str().to_owned() }
+    }
+
+    /// Every slot under the state root, in a stable order. Entries that are not plain directories are skipped.
+    pub fn all(root: &StateRoot) -> Vec<Slot> {
+        let base = root.join(WORKSPACES);
+        let mut slots: Vec<Slot> = walkdir::WalkDir::new(&base)
+            .min_depth(2)
+            .max_depth(2)
+            .follow_links(false)
+            .sort_by_file_name()
+            .into_iter()
+            .filter_map(Result::ok)
+            .filter(|entry| entry.file_type().is_dir())
+            .filter_map(|entry| {
+                let name = entry.file_name().to_str()?.to_owned();
+                let key = entry.path().parent()?.file_name()?.to_str()?.to_owned();
+                Some(Slot { dir: entry.into_path(), key, name })
+            })
+            .collect();
+        slots.sort_by(|a, b| a.dir.cmp(&b.dir));
+        slots
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `<workspace-key>/<name>`: how events and tickets name the slot.
+    pub fn label(&self) -> String {
+        format!("{}/{}", self.key, self.name)
+    }
+
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn record_path(&self) -> PathBuf {
+        self.dir.join(RECORD)
+    }
+
+    /// Creates the slot's directories (0700, checked).
+    pub fn create(&self, root: &StateRoot) -> anyhow::Result<()> {
+        if let Some(workspace_dir) = self.dir.parent() {
+            root.ensure_dir(workspace_dir)?;
+        }
+        root.ensure_dir(&self.dir)
+    }
+
+    /// Takes the slot's flock, waiting at most `wait`.
+    pub fn lock(&self, root: &StateRoot, wait: Duration) -> anyhow::Result<SlotGuard<'_>> {
+        if let Some(workspace_dir) = self.dir.parent() {
+            root.check_dir(workspace_dir)?;
+        }
+        root.check_dir(&self.dir)?;
+        let file = root.open_lock_file(&self.dir.join(LOCK))?;
+        let deadline = Instant::now() + wait;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) => {}
+                Err(std::fs::TryLockError::Error(err)) => {
+                    return Err(err).with_context(|| format!("locking {}", self.dir.join(LOCK).display()));
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(anyhow::Error::new(SlotBusy(self.dir.clone(), wait)));
+            }
+            std::thread::sleep(pause.min(deadline - now));
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
+        Ok(SlotGuard { slot: self, root: root.clone(), _lock: file, last_read: RefCell::new(None) })
+    }
+
+    /// Reads the record without the lock (for `status`): a rename is atomic, so this sees one whole version.
+    pub fn peek(&self, root: &StateRoot) -> Option<BrokerRecord> {
+        let bytes = root.read_file(&self.record_path()).ok()??;
+        match record::parse(&bytes, &self.record_path()) {
+            Ok(Parsed::Record(record)) => Some(record),
+            _ => None,
+        }
+    }
+}
+
+/// Proof that the slot's lock is held; the only way to read-for-update, write or clear a slot.
+pub struct SlotGuard<'s> {
+    slot: &'s Slot,
+    root: StateRoot,
+    _lock: File,
+    /// The bytes last read or written, so that a write that changes nothing is skipped.
+    last_read: RefCell<Option<Vec<u8>>>,
+}
+
+impl SlotGuard<'_> {
+    pub fn slot(&self) -> &Slot {
+        self.slot
+    }
+
+    /// Reads the record. A corrupt one is moved aside (`broker.json.corrupt-<ts>`) and reported, never dropped.
+    pub fn read(&self) -> anyhow::Result<SlotContent> {
+        let path = self.slot.record_path();
+        let Some(bytes) = self.root.read_file(&path)? else {
+            self.last_read.replace(None);
+            return Ok(SlotContent::Empty);
+        };
+        match record::parse::<BrokerRecord>(&bytes, &path)? {
+            Parsed::Record(record) => {
+                self.last_read.replace(Some(bytes));
+                Ok(SlotContent::Broker(record))
+            }
+            Parsed::Corrupt(why) => {
+                let stamp = clock::now_rfc3339().replace(':', "");
+                let moved_to = self.slot.dir.join(format!("{RECORD}.corrupt-{stamp}"));
+                std::fs::rename(&path, &moved_to).with_context(|| format!("moving aside {}", path.display()))?;
+                state::sync_dir(&self.slot.dir)?;
+                self.last_read.replace(None);
+                Ok(SlotContent::Corrupt { moved_to, why })
+            }
+        }
+    }
+
+    /// Writes the record atomically; skipped when it is byte-for-byte what was read.
+    pub fn write(&self, record: &BrokerRecord) -> anyhow::Result<()> {
+        let bytes = record::to_bytes(record);
+        if self.last_read.borrow().as_deref() == Some(bytes.as_slice()) {
+            return Ok(());
+        }
+        self.root.write_atomic(&self.slot.record_path(), &bytes)?;
+        self.last_read.replace(Some(bytes));
+        Ok(())
+    }
+
+    /// Empties the slot (the broker was handed to a stop ticket, or is gone). The lock file stays.
+    pub fn clear(&self) -> anyhow::Result<()> {
+        match std::fs::remove_file(self.slot.record_path()) {
+            Ok(()) => state::sync_dir(&self.slot.dir)?,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(err).with_context(|| format!("removing {}", self.slot.record_path().display())),
+        }
+        self.last_read.replace(None);
+        Ok(())
+    }
+}

@@ -1,0 +1,453 @@
+//! The stop cascade (DESIGN invariant 4): an optional graceful step bounded to 750 ms, SIGTERM to the broker's
+//! process group, wait out the grace, SIGKILL the group. `next_step` decides from a ticket and the clock alone;
+//! `Stopper` carries the steps out, persisting progress in the ticket so that a finisher, a later hook or a sweep
+//! can pick it up where it was left.
+
+use std::io::Write;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+
+use crate::clock;
+use crate::events::{Event, EventLog};
+use crate::proc;
+use crate::record::{Identity, Shutdown, StopTicket};
+use crate::signal::{Guard, Handle, Refusal, Sig, Target};
+use crate::ticket::Tickets;
+
+/// How long the graceful step (socket message or command) may take before SIGTERM.
+pub const GRACEFUL_WINDOW: Duration = Duration::from_millis(750);
+/// How long after a SIGKILL before it is sent again (and `attempts` grows).
+pub const KILL_RETRY: Duration = Duration::from_secs(1);
+/// After this many SIGKILLs a process that still runs is reported as stuck.
+pub const STUCK_AFTER: u32 = 3;
+
+/// What to do next for one ticket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    Graceful,
+    Term,
+    Kill,
+    Wait(SystemTime),
+    Done,
+}
+
+fn stamp(text: Option<&String>) -> Option<SystemTime> {
+    text.map(|text| clock::parse(text).unwrap_or(SystemTime::UNIX_EPOCH))
+}
+
+/// The next step of a ticket whose process is (or is not) `alive` at `now`.
+pub fn next_step(ticket: &StopTicket, now: SystemTime, alive: bool) -> Step {
+    if !alive {
+        return Step::Done;
+    }
+    let graceful_at = stamp(ticket.graceful_at.as_ref());
+    let Some(term_at) = stamp(ticket.term_at.as_ref()) else {
+        return match graceful_at {
+            None if ticket.shutdown.is_some() => Step::Graceful,
+            Some(at) if now < at + GRACEFUL_WINDOW => Step::Wait(at + GRACEFUL_WINDOW),
+            _ => Step::Term,
+        };
+    };
+    let wake = match stamp(ticket.kill_at.as_ref()) {
+        None => term_at + Duration::from_millis(ticket.grace_ms),
+        Some(kill_at) => kill_at + KILL_RETRY,
+    };
+    if now < wake { Step::Wait(wake) } else { Step::Kill }
+}
+
+/// How a ticket ended up after a run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "result")]
+pub enum StopOutcome {
+    /// The process is gone; `by` says what made it go.
+    Stopped { by: String },
+    /// It was gone before anything was sent.
+    AlreadyGone,
+    /// It must not be signalled; the ticket was dropped.
+    Refused { why: String },
+    /// An earlier boot's record: dropped without acting.
+    Stale,
+    /// Another host's ticket (shared state root): left alone.
+    Foreign,
+    /// Still running at the deadline; the ticket stays for the finisher or a sweep.
+    Pending { stuck: bool, attempts: u32 },
+}
+
+impl StopOutcome {
+    pub fn is_failure(&self) -> bool {
+        matches!(self, StopOutcome::Refused { .. } | StopOutcome::Pending { stuck: true, .. })
+    }
+
+    pub fn summary(&self) -> String {
+        match self {
+            StopOutcome::Stopped { by } => format!("stopped ({by})"),
+            StopOutcome::AlreadyGone => "already gone".to_owned(),
+            StopOutcome::Refused { why } => format!("refused: {why}"),
+            StopOutcome::Stale => "stale (earlier boot): dropped".to_owned(),
+            StopOutcome::Foreign => "another host's: left alone".to_owned(),
+            StopOutcome::Pending { stuck: true, attempts } => format!("STUCK after {attempts} SIGKILLs"),
+            StopOutcome::Pending { .. } => "stopping (handed on)".to_owned(),
+        }
+    }
+}
+
+/// One ticket and what became of it.
+#[derive(Clone, Debug, Serialize)]
+pub struct StopReport {
+    pub ticket: StopTicket,
+    pub outcome: StopOutcome,
+}
+
+struct Active {
+    ticket: StopTicket,
+    handle: Option<Handle>,
+    helper: Option<Child>,
+    signalled: bool,
+    outcome: Option<StopOutcome>,
+}
+
+/// Carries out stop tickets.
+pub struct Stopper {
+    tickets: Tickets,
+    log: EventLog,
+    guard: Guard,
+    host: String,
+}
+
+impl Stopper {
+    pub fn new(tickets: Tickets, log: EventLog, guard: Guard) -> Self {
+        Stopper { tickets, log, guard, host: proc::host_name() }
+    }
+
+    pub fn guard(&self) -> &Guard {
+        &self.guard
+    }
+
+    /// Drives `tickets` until each is done or `deadline` passes; what is left stays filed.
+    pub fn run(&self, tickets: Vec<StopTicket>, deadline: Instant) -> Vec<StopReport> {
+        let mut active: Vec<Active> = tickets.into_iter().map(|ticket| self.start(ticket)).collect();
+        loop {
+            let now = SystemTime::now();
+            let mut wake = now + Duration::from_millis(25);
+            for item in active.iter_mut().filter(|item| item.outcome.is_none()) {
+                self.reap_helper(item, now);
+                let alive = is_running(item);
+                match next_step(&item.ticket, now, alive) {
+                    Step::Done => self.finish(item, None),
+                    Step::Wait(at) => wake = wake.min(at),
+                    step => self.act(item, step, now),
+                }
+            }
+            let open: Vec<&Active> = active.iter().filter(|item| item.outcome.is_none()).collect();
+            if open.is_empty() || Instant::now() >= deadline {
+                break;
+            }
+            let until_wake = wake.duration_since(SystemTime::now()).unwrap_or_default();
+            let until_deadline = deadline.saturating_duration_since(Instant::now());
+            let handles: Vec<&Handle> = open.iter().filter_map(|item| item.handle.as_ref()).collect();
+            wait_for_any_exit(&handles, until_wake.min(until_deadline).max(Duration::from_millis(1)));
+        }
+        active
+            .into_iter()
+            .map(|mut item| {
+                if let Some(mut helper) = item.helper.take() {
+                    end_helper(&mut helper);
+                }
+                let outcome = item.outcome.take().unwrap_or(StopOutcome::Pending {
+                    stuck: item.ticket.attempts >= STUCK_AFTER,
+                    attempts: item.ticket.attempts,
+                });
+                StopReport { ticket: item.ticket, outcome }
+            })
+            .collect()
+    }
+
+    fn start(&self, ticket: StopTicket) -> Active {
+        let mut item = Active { ticket, handle: None, helper: None, signalled: false, outcome: None };
+        if !item.ticket.host.is_empty() && item.ticket.host != self.host {
+            item.outcome = Some(StopOutcome::Foreign);
+            return item;
+        }
+        match self.guard.target(&item.ticket.identity) {
+            Target::Live(handle) => item.handle = Some(handle),
+            Target::Gone => {}
+            Target::Refused(Refusal::OtherBoot) => self.finish(&mut item, Some(StopOutcome::Stale)),
+            Target::Refused(refusal) => {
+                self.finish(&mut item, Some(StopOutcome::Refused { why: refusal.to_string() }));
+            }
+        }
+        item
+    }
+
+    fn act(&self, item: &mut Active, step: Step, now: SystemTime) {
+        let stamp = clock::format(now);
+        match step {
+            Step::Graceful => {
+                item.helper = item.ticket.shutdown.as_ref().and_then(graceful);
+                item.ticket.graceful_at = Some(stamp);
+            }
+            Step::Term => {
+                self.send(item, Sig::Term);
+                item.ticket.term_at = Some(stamp);
+            }
+            Step::Kill => {
+                self.send(item, Sig::Kill);
+                item.ticket.kill_at = Some(stamp);
+                item.ticket.attempts += 1;
+                if item.ticket.attempts == STUCK_AFTER {
+                    self.log.record(
+                        &self.event_for(&item.ticket, "stuck", "still_running").detail(format!(
+                            "still running after {STUCK_AFTER} SIGKILLs (uninterruptible?); the ticket stays"
+                        )),
+                    );
+                }
+            }
+            Step::Wait(_) | Step::Done => return,
+        }
+        item.signalled = true;
+        if let Err(err) = self.tickets.save(&item.ticket) {
+            self.log.record(&self.event_for(&item.ticket, "error", "failed").detail(format!("{err:#}")));
+        }
+    }
+
+    /// Signals the broker's group while its leader lives, else each verified member left in the group.
+    fn send(&self, item: &Active, sig: Sig) {
+        let ticket = &item.ticket;
+        let result = match (&item.handle, ticket.pgid) {
+            (Some(handle), Some(pgid)) if !handle.has_exited() => handle.signal_group(pgid, sig).map(|_| ()),
+            (Some(handle), None) => handle.signal(sig).map(|_| ()),
+            (_, Some(pgid)) => {
+                for member in proc::group_members(pgid, &ticket.identity) {
+                    if let Target::Live(handle) = self.guard.target(&member) {
+                        let _ = handle.signal(sig);
+                    }
+                }
+                Ok(())
+            }
+            (None, None) => Ok(()),
+        };
+        if let Err(err) = result {
+            self.log.record(&self.event_for(ticket, "error", "failed").detail(format!("{}: {err}", sig.name())));
+        }
+    }
+
+    fn reap_helper(&self, item: &mut Active, now: SystemTime) {
+        let Some(helper) = item.helper.as_mut() else { return };
+        let overdue = stamp(item.ticket.graceful_at.as_ref()).is_some_and(|at| now >= at + GRACEFUL_WINDOW);
+        if matches!(helper.try_wait(), Ok(Some(_))) || overdue {
+            end_helper(helper);
+            item.helper = None;
+        }
+    }
+
+    fn finish(&self, item: &mut Active, outcome: Option<StopOutcome>) {
+        let outcome = outcome.unwrap_or_else(|| {
+            if item.signalled || item.ticket.term_at.is_some() || item.ticket.graceful_at.is_some() {
+                StopOutcome::Stopped { by: stopped_by(&item.ticket) }
+            } else {
+                StopOutcome::AlreadyGone
+            }
+        });
+        let (action, result) = match &outcome {
+            StopOutcome::Stopped { .. } => ("stop", "stopped"),
+            StopOutcome::AlreadyGone => ("stop", "already_gone"),
+            StopOutcome::Refused { .. } => ("refuse", "refused"),
+            StopOutcome::Stale => ("prune", "stale"),
+            StopOutcome::Foreign | StopOutcome::Pending { .. } => ("stop", "pending"),
+        };
+        let detail = match &outcome {
+            StopOutcome::Stopped { by } => by.clone(),
+            StopOutcome::Refused { why } => why.clone(),
+            other => other.summary(),
+        };
+        match self.tickets.remove(&item.ticket) {
+            Ok(()) => self.log.record(&self.event_for(&item.ticket, action, result).detail(detail)),
+            Err(err) => self.log.record(&self.event_for(&item.ticket, "error", "failed").detail(format!("{err:#}"))),
+        }
+        item.outcome = Some(outcome);
+    }
+
+    fn event_for(&self, ticket: &StopTicket, action: &str, result: &str) -> Event {
+        let mut event = Event::new(action, result)
+            .reason(&ticket.reason)
+            .session(ticket.session.as_deref())
+            .pid(ticket.identity.pid);
+        event.workspace.clone_from(&ticket.workspace);
+        event.name.clone_from(&ticket.name);
+        event
+    }
+}
+
+fn stopped_by(ticket: &StopTicket) -> String {
+    if ticket.kill_at.is_some() {
+        format!("SIGKILL after {}ms grace", ticket.grace_ms)
+    } else if ticket.term_at.is_some() {
+        "SIGTERM".to_owned()
+    } else {
+        "graceful shutdown".to_owned()
+    }
+}
+
+fn is_running(item: &Active) -> bool {
+    let leader = item.handle.as_ref().is_some_and(|handle| !handle.has_exited());
+    leader || item.ticket.pgid.is_some_and(|pgid| !proc::group_members(pgid, &item.ticket.identity).is_empty())
+}
+
+/// Waits until one of `handles` exits or `timeout` passes.
+fn wait_for_any_exit(handles: &[&Handle], timeout: Duration) {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::event::{PollFd, PollFlags, Timespec, poll};
+        let mut fds: Vec<PollFd<'_>> =
+            handles.iter().filter_map(|h| h.pidfd()).map(|fd| PollFd::new(fd, PollFlags::IN)).collect();
+        if !fds.is_empty() {
+            let timespec = Timespec::try_from(timeout).unwrap_or(Timespec { tv_sec: 0, tv_nsec: 1_000_000 });
+            let _ = poll(&mut fds, Some(&timespec));
+            return;
+        }
+    }
+    let _ = handles;
+    std::thread::sleep(timeout);
+}
+
+/// Takes the graceful step; a shutdown command is returned as a child to be bounded by the window.
+fn graceful(shutdown: &Shutdown) -> Option<Child> {
+    match shutdown {
+        Shutdown::Socket { socket, message } => {
+            let _ = send_line(socket, message);
+            None
+        }
+        Shutdown::Command { command } => {
+            use std::os::unix::process::CommandExt;
+            Command::new("/bin/sh")
+                .arg("-c")
+                .arg(command)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .process_group(0)
+                .spawn()
+                .ok()
+        }
+    }
+}
+
+/// Writes one line to a unix socket without ever blocking: a listener that never accepts, or accepts and never
+/// reads, costs nothing.
+fn send_line(socket: &str, message: &str) -> std::io::Result<()> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, connect, socket as open_socket};
+    use std::os::fd::AsRawFd;
+    let fd = open_socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, None)?;
+    connect(fd.as_raw_fd(), &UnixAddr::new(socket)?)?;
+    let mut stream = std::os::unix::net::UnixStream::from(fd);
+    let mut line = message.as_bytes().to_vec();
+    if !line.ends_with(b"\n") {
+        line.push(b'\n');
+    }
+    stream.write_all(&line)
+}
+
+/// Ends a shutdown command we started (its own process group) and reaps it.
+fn end_helper(helper: &mut Child) {
+    if matches!(helper.try_wait(), Ok(None)) {
+        if let Ok(pid) = i32::try_from(helper.id()) {
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+    let _ = helper.wait();
+}
+
+/// A new ticket for `identity`, with no step taken yet.
+pub fn new_ticket(identity: Identity, pgid: Option<i32>, reason: &str, grace_ms: u64, origin: String) -> StopTicket {
+    StopTicket {
+        version: crate::record::VERSION,
+        identity,
+        pgid,
+        reason: reason.to_owned(),
+        requested_at: clock::now_rfc3339(),
+        grace_ms,
+        attempts: 0,
+        origin,
+        session: None,
+        workspace: None,
+        name: None,
+        shutdown: None,
+        host: proc::host_name(),
+        graceful_at: None,
+        term_at: None,
+        kill_at: None,
+        extra: serde_json::Map::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ticket() -> StopTicket {
+        let identity = Identity { boot_id: "b".into(), pid: 10, start_ticks: 1, uid: 0 };
+        new_ticket(identity, Some(10), "manual", 5000, "w/default".into())
+    }
+
+    fn at(ms: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000) + Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn dead_is_done_whatever_the_phase() {
+        let mut t = ticket();
+        assert_eq!(next_step(&t, at(0), false), Step::Done);
+        t.term_at = Some(clock::format(at(0)));
+        assert_eq!(next_step(&t, at(10), false), Step::Done);
+    }
+
+    #[test]
+    fn term_then_wait_grace_then_kill_then_retry() {
+        let mut t = ticket();
+        assert_eq!(next_step(&t, at(0), true), Step::Term);
+        t.term_at = Some(clock::format(at(0)));
+        assert_eq!(next_step(&t, at(4999), true), Step::Wait(at(5000)));
+        assert_eq!(next_step(&t, at(5000), true), Step::Kill);
+        t.kill_at = Some(clock::format(at(5000)));
+        assert_eq!(next_step(&t, at(5500), true), Step::Wait(at(6000)));
+        assert_eq!(next_step(&t, at(6000), true), Step::Kill);
+    }
+
+    #[test]
+    fn graceful_step_is_bounded_to_its_window() {
+        let mut t = ticket();
+        t.shutdown = Some(Shutdown::Command { command: "true".into() });
+        assert_eq!(next_step(&t, at(0), true), Step::Graceful);
+        t.graceful_at = Some(clock::format(at(0)));
+        assert_eq!(next_step(&t, at(100), true), Step::Wait(at(750)));
+        assert_eq!(next_step(&t, at(750), true), Step::Term);
+    }
+
+    #[test]
+    fn unreadable_stamps_count_as_long_ago() {
+        let mut t = ticket();
+        t.term_at = Some("garbage".into());
+        assert_eq!(next_step(&t, at(0), true), Step::Kill);
+    }
+
+    proptest::proptest! {
+        /// Whatever the ticket's progress, a live process always gets a step that moves it on, or a wait no longer
+        /// than the grace (or one SIGKILL retry) from now.
+        #[test]
+        fn never_waits_past_the_grace_plus_retry(grace in 0u64..20_000, term_ago in proptest::option::of(0u64..50_000),
+                                                 kill_ago in proptest::option::of(0u64..50_000)) {
+            let now = 100_000;
+            let mut t = ticket();
+            t.grace_ms = grace;
+            t.term_at = term_ago.map(|ago| clock::format(at(now - ago)));
+            t.kill_at = term_ago.and(kill_ago).map(|ago| clock::format(at(now - ago.min(term_ago.unwrap_or(0)))));
+            if let Step::Wait(wake) = next_step(&t, at(now), true) {
+                let longest = Duration::from_millis(grace.max(1000));
+                proptest::prop_assert!(wake <= at(now) + longest);
+                proptest::prop_assert!(wake > at(now));
+            }
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! Ending a session: the one step shared by SessionEnd, `reap --session`, a sweep's `owners_gone` and the
+//! shutdown drain. In every slot of every workspace the session loses its ownership; slots left with no owner
+//! become stop tickets in the same locked step; processes resuming the session become tickets too. Nothing is
+//! signalled here: the caller runs the tickets within its deadline.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::clock;
+use crate::commands::broker::ticket_for;
+use crate::events::{Event, Reason};
+use crate::name::SessionId;
+use crate::plan::{self, OwnerRemoval};
+use crate::proc;
+use crate::record::{SessionRecord, StopTicket, VERSION};
+use crate::signal::Guard;
+use crate::slot::{Slot, SlotContent};
+use crate::stop;
+use crate::store::Store;
+
+/// A request to end one session.
+#[derive(Clone, Debug)]
+pub struct Ending {
+    pub session: SessionId,
+    pub reason: Reason,
+    /// The agent's own word for why (`clear`, `prompt_input_exit`, …), kept in the session record.
+    pub agent_reason: Option<String>,
+    pub dry_run: bool,
+}
+
+/// One slot the session owned.
+#[derive(Clone, Debug, Serialize)]
+pub struct OwnedSlot {
+    pub workspace: String,
+    pub name: String,
+    pub pid: i32,
+    pub remaining_owners: Vec<String>,
+    /// True when the session was the last owner: the broker is being stopped.
+    pub stopping: bool,
+}
+
+/// What ending a session found and filed.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct EndReport {
+    pub session: String,
+    pub reason: String,
+    pub slots: Vec<OwnedSlot>,
+    /// Processes resuming the session: pid and argv.
+    pub resume_orphans: Vec<(i32, Vec<String>)>,
+    pub problems: Vec<String>,
+    #[serde(skip)]
+    pub tickets: Vec<StopTicket>,
+}
+
+/// Ends `ending.session`: marks its record ended, strips it from every slot, files stop tickets. Slot locks are
+/// waited for no later than `lock_deadline`; a slot still busy then is reported (a later sweep finishes it: it
+/// removes owners whose session has ended).
+pub fn end_session(store: &Store, guard: &Guard, ending: &Ending, lock_deadline: Instant) -> EndReport {
+    let session = ending.session.as_str();
+    let mut report =
+        EndReport { session: session.to_owned(), reason: ending.reason.to_string(), ..EndReport::default() };
+    let title = match mark_ended(store, ending) {
+        Ok(record) => record.and_then(|record| record.title),
+        Err(err) => {
+            report.problems.push(format!("session record: {err:#}"));
+            None
+        }
+    };
+    for slot in Slot::all(&store.root) {
+        strip_owner(store, &slot, ending, lock_deadline, &mut report);
+    }
+    file_resume_orphans(store, guard, ending, title.as_deref(), &mut report);
+    if !ending.dry_run {
+        store.log.record(
+            &Event::new("session_end", "ended")
+                .reason(ending.reason)
+                .session(Some(session))
+                .detail(ending.agent_reason.clone().unwrap_or_default()),
+        );
+    }
+    report
+}
+
+fn mark_ended(store: &Store, ending: &Ending) -> anyhow::Result<Option<SessionRecord>> {
+    if ending.dry_run {
+        return store.sessions.get(&ending.session);
+    }
+    let now = clock::now_rfc3339();
+    store.sessions.update(&ending.session, Duration::from_millis(500), |current| {
+        let mut record = current.unwrap_or_else(|| SessionRecord {
+            version: VERSION,
+            session_id: ending.session.as_str().to_owned(),
+            agent: String::new(),
+            cwd: String::new(),
+            transcript_path: None,
+            title: None,
+            source: None,
+            agent_identity: None,
+            host: proc::host_name(),
+            started_at: now.clone(),
+            last_seen: now.clone(),
+            ended_at: None,
+            end_reason: None,
+            extra: serde_json::Map::new(),
+        });
+        if record.ended_at.is_none() {
+            record.ended_at = Some(now.clone());
+            record.end_reason = Some(ending.agent_reason.clone().unwrap_or_else(|| ending.reason.to_string()));
+        }
+        record.last_seen = now;
+        Some(record)
+    })
+}
+
+fn strip_owner(store: &Store, slot: &Slot, ending: &Ending, lock_deadline: Instant, report: &mut EndReport) {
+    let session = ending.session.as_str();
+    if ending.dry_run {
+        if let Some(mut record) = slot.peek(&store.root).filter(|record| record.has_owner(session)) {
+            let removal = plan::remove_owner(&mut record, session);
+            report.slots.push(owned_slot(&record, removal));
+            if removal == OwnerRemoval::LastOwnerGone {
+                report.tickets.push(ticket_for(&record, ending.reason.as_str(), Some(session), &slot.label()));
+            }
+        }
+        return;
+    }
+    let wait = lock_deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(10));
+    let guard = match slot.lock(&store.root, wait) {
+        Ok(guard) => guard,
+        Err(err) => {
+            report.problems.push(format!("{}: {err:#}", slot.label()));
+            store.log.record(&Event::new("error", "failed").session(Some(session)).detail(format!("{err:#}")));
+            return;
+        }
+    };
+    let mut record = match guard.read() {
+        Ok(SlotContent::Broker(record)) => record,
+        Ok(SlotContent::Empty) => return,
+        Ok(SlotContent::Corrupt { moved_to, why }) => {
+            let detail = format!("{why}; moved aside to {}", moved_to.display());
+            report.problems.push(format!("{}: corrupt broker.json: {detail}", slot.label()));
+            store.log.record(&Event::new("corrupt", "moved_aside").detail(detail));
+            return;
+        }
+        Err(err) => {
+            report.problems.push(format!("{}: {err:#}", slot.label()));
+            return;
+        }
+    };
+    let removal = plan::remove_owner(&mut record, session);
+    let result = match removal {
+        OwnerRemoval::NotOwner => return,
+        OwnerRemoval::OthersRemain => guard.write(&record),
+        OwnerRemoval::LastOwnerGone => {
+            let ticket = ticket_for(&record, ending.reason.as_str(), Some(session), &slot.label());
+            let filed = store.tickets.file(&ticket).and_then(|()| guard.clear());
+            report.tickets.push(ticket);
+            filed
+        }
+    };
+    if let Err(err) = result {
+        report.problems.push(format!("{}: {err:#}", slot.label()));
+        return;
+    }
+    let detail = if record.owners.is_empty() {
+        "last owner: stopping".to_owned()
+    } else {
+        format!("owners now {}", record.owner_ids().join(", "))
+    };
+    store.log.record(
+        &Event::new("owner_remove", "removed")
+            .reason(ending.reason)
+            .session(Some(session))
+            .slot(&record.workspace, &record.name)
+            .pid(record.identity.pid)
+            .detail(detail),
+    );
+    report.slots.push(owned_slot(&record, removal));
+}
+
+fn owned_slot(record: &crate::record::BrokerRecord, removal: OwnerRemoval) -> OwnedSlot {
+    OwnedSlot {
+        workspace: record.workspace.clone(),
+        name: record.name.clone(),
+        pid: record.identity.pid,
+        remaining_owners: record.owner_ids().into_iter().map(str::to_owned).collect(),
+        stopping: removal == OwnerRemoval::LastOwnerGone,
+    }
+}
+
+/// Files a ticket for each process that resumes the session: never this process or an ancestor, never another
+/// user's, never the agent process of a live session (after `/clear` the agent still carries its old argv).
+fn file_resume_orphans(store: &Store, guard: &Guard, ending: &Ending, title: Option<&str>, report: &mut EndReport) {
+    let snapshot = proc::scan_cmdlines();
+    let mut protected: HashSet<i32> = proc::self_and_ancestors();
+    protected.extend(live_agent_pids(store, &ending.session));
+    for pid in plan::resume_orphans(&snapshot, ending.session.as_str(), title, &protected) {
+        let Some(identity) = proc::identity_of(pid) else { continue };
+        if guard.check(&identity).is_err() {
+            continue;
+        }
+        let argv = snapshot.iter().find(|(p, _)| *p == pid).map(|(_, argv)| argv.clone()).unwrap_or_default();
+        let mut ticket =
+            stop::new_ticket(identity, None, Reason::ResumeOrphan.as_str(), 5000, "resume-orphan".to_owned());
+        ticket.session = Some(ending.session.as_str().to_owned());
+        if !ending.dry_run {
+            if let Err(err) = store.tickets.file(&ticket) {
+                report.problems.push(format!("resume orphan {pid}: {err:#}"));
+                continue;
+            }
+        }
+        report.resume_orphans.push((pid, argv));
+        report.tickets.push(ticket);
+    }
+}
+
+/// Agent processes of sessions other than `ending` that are still live.
+fn live_agent_pids(store: &Store, ending: &SessionId) -> Vec<i32> {
+    store
+        .sessions
+        .all()
+        .into_iter()
+        .filter(|record| record.session_id != ending.as_str() && !record.is_ended())
+        .filter_map(|record| record.agent_identity)
+        .filter(proc::is_alive)
+        .map(|identity| identity.pid)
+        .collect()
+}
