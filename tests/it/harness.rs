@@ -1,0 +1,329 @@
+//! The integration-test harness: a temp state root and workspaces per test, the real binary, and every process a
+//! test starts (directly, or through the binary as a broker) killed on drop — by identity, never by name.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_session-reaper");
+
+/// Generous: tests must pass on a loaded 2-core machine.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Polls `condition` until it holds or `limit` passes; true if it held.
+pub fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    let mut pause = Duration::from_millis(2);
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// `(state, start_ticks)` of a process from /proc, or None when it is gone.
+pub fn proc_stat(pid: i32) -> Option<(char, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some((fields.first()?.chars().next()?, fields.get(19)?.parse().ok()?))
+}
+
+pub fn start_ticks(pid: i32) -> Option<u64> {
+    proc_stat(pid).map(|(_, ticks)| ticks)
+}
+
+/// True while the process with this pid and start time runs (a zombie counts as gone).
+pub fn alive(pid: i32, ticks: u64) -> bool {
+    matches!(proc_stat(pid), Some((state, t)) if t == ticks && state != 'Z')
+}
+
+/// A process known by identity: what the harness may signal on cleanup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Proc {
+    pub pid: i32,
+    pub ticks: u64,
+}
+
+impl Proc {
+    pub fn of(pid: i32) -> Option<Proc> {
+        start_ticks(pid).map(|ticks| Proc { pid, ticks })
+    }
+
+    pub fn alive(self) -> bool {
+        alive(self.pid, self.ticks)
+    }
+
+    /// Waits for it to be gone; true if it went.
+    pub fn gone_within(self, limit: Duration) -> bool {
+        wait_until(limit, || !self.alive())
+    }
+
+    /// SIGKILLs it (and its group when it leads one), only while its identity still matches.
+    pub fn kill(self) {
+        if self.alive() {
+            unsafe {
+                libc::kill(-self.pid, libc::SIGKILL);
+                libc::kill(self.pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// One test's world.
+pub struct Env {
+    pub state: TempDir,
+    pub work: TempDir,
+    children: Vec<Child>,
+    planted: Vec<Proc>,
+}
+
+impl Default for Env {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Env {
+    pub fn new() -> Self {
+        Env {
+            state: tempfile::Builder::new().prefix("sr-state-").tempdir().expect("temp state dir"),
+            work: tempfile::Builder::new().prefix("sr-work-").tempdir().expect("temp work dir"),
+            children: Vec::new(),
+            planted: Vec::new(),
+        }
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        self.state.path()
+    }
+
+    /// A fresh git workspace (a directory with `.git`) under the work dir.
+    pub fn workspace(&self, name: &str) -> PathBuf {
+        let dir = self.work.path().join(name);
+        std::fs::create_dir_all(dir.join(".git")).expect("workspace");
+        std::fs::canonicalize(dir).expect("canonical workspace")
+    }
+
+    /// The binary with this test's state root and an environment free of agent variables.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(BIN);
+        command.arg("--state-dir").arg(self.state_dir()).args(args);
+        scrub_env(&mut command);
+        command.stdin(Stdio::null());
+        command
+    }
+
+    /// Runs the binary to completion (bounded) and records any broker it reports.
+    pub fn run(&mut self, args: &[&str]) -> Output {
+        let out = run_bounded(self.cmd(args), None);
+        self.note_brokers(&out);
+        out
+    }
+
+    /// Runs the binary with `stdin` bytes, closing stdin after them.
+    pub fn run_stdin(&mut self, args: &[&str], stdin: &[u8]) -> Output {
+        let out = run_bounded(self.cmd(args), Some(stdin));
+        self.note_brokers(&out);
+        out
+    }
+
+    /// Runs a prepared command (bounded).
+    pub fn run_command(&mut self, command: Command) -> Output {
+        let out = run_bounded(command, None);
+        self.note_brokers(&out);
+        out
+    }
+
+    /// `broker spawn` printed the record: remember the broker so it dies with the test.
+    fn note_brokers(&mut self, out: &Output) {
+        if let Ok(value) = serde_json::from_slice::<Value>(&out.stdout) {
+            if let Some(pid) = value.pointer("/identity/pid").and_then(Value::as_i64) {
+                let ticks = value.pointer("/identity/start_ticks").and_then(Value::as_u64).unwrap_or(0);
+                self.track(Proc { pid: i32::try_from(pid).unwrap(), ticks });
+            }
+        }
+    }
+
+    /// Kill `proc` on drop (if it is still that process).
+    pub fn track(&mut self, proc: Proc) {
+        if !self.planted.contains(&proc) {
+            self.planted.push(proc);
+        }
+    }
+
+    /// Starts a child process of the test (killed on drop) and returns its identity once it has exec'd.
+    pub fn spawn(&mut self, mut command: Command) -> Proc {
+        command.stdin(Stdio::null());
+        let child = command.spawn().expect("spawn child");
+        let pid = i32::try_from(child.id()).unwrap();
+        self.children.push(child);
+        Proc::of(pid).expect("child started")
+    }
+
+    /// `sleep 600` as a child of the test.
+    pub fn sleeper(&mut self) -> Proc {
+        let mut command = Command::new("sleep");
+        command.arg("600");
+        self.spawn(command)
+    }
+
+    /// Reaps exited direct children, so that a killed one does not linger as a zombie.
+    pub fn reap_children(&mut self) {
+        for child in &mut self.children {
+            let _ = child.try_wait();
+        }
+    }
+
+    /// Spawns a broker for `session` in `workspace` and returns its identity.
+    pub fn spawn_broker(&mut self, workspace: &Path, session: &str, argv: &[&str]) -> Proc {
+        let mut args = vec!["broker", "spawn", "--cwd", workspace.to_str().unwrap(), "--session", session, "--"];
+        args.extend_from_slice(argv);
+        let out = self.run(&args);
+        assert!(out.status.success(), "spawn failed: {}", String::from_utf8_lossy(&out.stderr));
+        let value: Value = serde_json::from_slice(&out.stdout).expect("spawn prints JSON");
+        Proc {
+            pid: i32::try_from(value.pointer("/identity/pid").and_then(Value::as_i64).unwrap()).unwrap(),
+            ticks: value.pointer("/identity/start_ticks").and_then(Value::as_u64).unwrap(),
+        }
+    }
+
+    /// Every event in events.jsonl.
+    pub fn events(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.state_dir().join("events.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
+    }
+
+    /// Events with this action (and reason, if given).
+    pub fn events_where(&self, action: &str, reason: Option<&str>) -> Vec<Value> {
+        self.events()
+            .into_iter()
+            .filter(|e| e["action"] == action && reason.is_none_or(|r| e["reason"] == r))
+            .collect()
+    }
+
+    /// `status --json`.
+    pub fn status(&mut self) -> Value {
+        let out = self.run(&["status", "--json"]);
+        serde_json::from_slice(&out.stdout).expect("status --json parses")
+    }
+
+    /// The broker.json of every slot, by workspace path.
+    pub fn records(&self) -> HashMap<String, Value> {
+        walkdir(self.state_dir().join("workspaces"))
+            .into_iter()
+            .filter(|p| p.file_name().is_some_and(|n| n == "broker.json"))
+            .filter_map(|p| serde_json::from_slice::<Value>(&std::fs::read(&p).ok()?).ok())
+            .map(|v| (format!("{}/{}", v["workspace"].as_str().unwrap_or(""), v["name"].as_str().unwrap_or("")), v))
+            .collect()
+    }
+
+    /// All files under the state root (relative), for "nothing changed" checks.
+    pub fn state_files(&self) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut files: Vec<(PathBuf, Vec<u8>)> = walkdir(self.state_dir().to_path_buf())
+            .into_iter()
+            .filter(|p| p.is_file())
+            .map(|p| (p.strip_prefix(self.state_dir()).unwrap().to_path_buf(), std::fs::read(&p).unwrap_or_default()))
+            .collect();
+        files.sort();
+        files
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        for proc in &self.planted {
+            proc.kill();
+        }
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Removes agent and session-reaper variables so that the developer's own session never leaks into a test.
+pub fn scrub_env(command: &mut Command) {
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy().into_owned();
+        if name.starts_with("SESSION_REAPER_")
+            || name.starts_with("CLAUDE")
+            || name.starts_with("GEMINI_")
+            || name.starts_with("CODEX_")
+            || name.starts_with("QWEN_")
+        {
+            command.env_remove(name);
+        }
+    }
+}
+
+/// Runs `command` with optional stdin, killing it after `PATIENCE`.
+pub fn run_bounded(mut command: Command, stdin: Option<&[u8]>) -> Output {
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    if stdin.is_some() {
+        command.stdin(Stdio::piped());
+    }
+    let mut child = command.spawn().expect("start session-reaper");
+    if let Some(bytes) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        let _ = pipe.write_all(bytes);
+    }
+    let me = Proc::of(i32::try_from(child.id()).unwrap());
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let finished = done.clone();
+    let watchdog = std::thread::spawn(move || {
+        let deadline = Instant::now() + PATIENCE;
+        while Instant::now() < deadline {
+            if finished.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if let Some(me) = me.filter(|me| me.alive()) {
+            unsafe { libc::kill(me.pid, libc::SIGKILL) };
+        }
+    });
+    let out = child.wait_with_output().expect("wait for session-reaper");
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = watchdog.join();
+    out
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn walkdir(root: PathBuf) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(path.clone());
+            }
+            out.push(path);
+        }
+    }
+    out
+}

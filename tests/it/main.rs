@@ -1,0 +1,3 @@
+//! The integration tests: one binary, driving the real `session-reaper` against real child processes.
+
+mod harness;
