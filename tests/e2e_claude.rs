@@ -99,12 +99,19 @@ fn claude_session_end_stops_the_broker_it_started() {
         report()
     );
     let events = dirs.state.join("events.jsonl");
-    let ended = poll_until(AFTERMATH_DEADLINE, || session_end_recorded(&events));
+    let ended = poll_until(AFTERMATH_DEADLINE, || {
+        !session_end_events(&events, broker.pid).is_empty()
+    });
     assert!(
         ended,
-        "no session_end event in {}\n{}",
+        "no session_end event for pid {} in {}\n{}",
+        broker.pid,
         events.display(),
         report()
+    );
+    eprintln!(
+        "broker {broker:?} stopped; session_end events:\n{}",
+        session_end_events(&events, broker.pid).join("\n")
     );
 }
 
@@ -355,15 +362,18 @@ impl Drop for BrokerGuard {
     }
 }
 
-/// Whether `events.jsonl` has a line whose `reason` is `session_end`.
-fn session_end_recorded(events: &Path) -> bool {
-    fs::read_to_string(events).is_ok_and(|text| {
-        text.lines().any(|line| {
+/// The lines of `events.jsonl` whose `reason` is `session_end` and whose `pid` is the broker's.
+fn session_end_events(events: &Path, pid: u32) -> Vec<String> {
+    let text = fs::read_to_string(events).unwrap_or_default();
+    text.lines()
+        .filter(|line| {
             serde_json::from_str::<Value>(line).is_ok_and(|event| {
                 event.get("reason").and_then(Value::as_str) == Some("session_end")
+                    && event.get("pid").and_then(Value::as_u64) == Some(u64::from(pid))
             })
         })
-    })
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Calls `done` until it says true or the deadline passes; tells which.
