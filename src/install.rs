@@ -1,4 +1,6 @@
-//! Agent-settings installer: adds and removes our SessionStart/SessionEnd hook entries in the settings JSON of Claude Code, Gemini CLI, Qwen Code and Codex CLI, leaving every other key and hook as it was.
+//! Agent-settings installer: adds and removes our `SessionStart`/`SessionEnd` hook entries in the
+//! settings JSON of Claude Code, Gemini CLI, Qwen Code and Codex CLI, leaving every other key and hook
+//! as it was.
 //!
 //! The pure half ([`merge_entries`], [`remove_entries`], [`is_our_command`], [`commands_in`]) works on a
 //! `serde_json::Value`; the file half ([`install`], [`uninstall`]) reads the file, refuses one it cannot
@@ -15,7 +17,10 @@
 //!   millisecond meaning. `5000` therefore means five seconds on every version, where `5` would be
 //!   5 ms (an instant kill) on the older ones.
 //! - Codex CLI: `hooks.json` must hold nothing but `hooks` (it is parsed with `deny_unknown_fields`);
-//!   `timeout` in whole seconds; a new or changed hook runs only after the user trusts it in `/hooks`.
+//!   `timeout` in whole seconds; a new or changed hook runs only after the user trusts it in `/hooks`,
+//!   and that trust is keyed by the hook's position. We install `SessionStart` only; Codex releases
+//!   from mid-2026 also fire `SessionEnd` (default timeout 1 s, capped at 3 s), which [`events_for`]
+//!   could add. Older releases silently ignore event names they do not know.
 
 use std::borrow::Cow;
 use std::ffi::OsString;
@@ -125,7 +130,7 @@ pub struct InstallReport {
     /// Every entry of ours that was looked at, in file order.
     pub changes: Vec<Change>,
     pub dry_run: bool,
-    /// The file did not exist (install creates it, with its parent directories).
+    /// Install found no file and creates it (or would, under `dry_run`), with its parent directories.
     pub created: bool,
     /// The file was rewritten.
     pub written: bool,
@@ -712,7 +717,7 @@ fn apply(req: &InstallRequest, operation: Operation) -> anyhow::Result<InstallRe
         path: path.clone(),
         changes,
         dry_run: req.dry_run,
-        created: loaded.is_none(),
+        created: operation == Operation::Install && loaded.is_none(),
         written: false,
         backup: None,
         notes: match operation {
@@ -737,8 +742,21 @@ fn apply(req: &InstallRequest, operation: Operation) -> anyhow::Result<InstallRe
             ));
         }
     }
+    if operation == Operation::Uninstall
+        && report.changed()
+        && req.agent == Agent::Codex
+        && !commands_in(&value).is_empty()
+    {
+        report.notes.push(
+            "Codex keys hook trust by position: a hook listed after the removed one may ask to be trusted again in /hooks".into(),
+        );
+    }
     if !report.changed() || req.dry_run {
         return Ok(report);
+    }
+    if let Some(loaded) = &loaded {
+        ensure_unchanged(&target, &loaded.metadata)
+            .with_context(|| format!("{}: left as it is", path.display()))?;
     }
     let text = render(&value, loaded.as_ref().map(|loaded| loaded.text.as_str()));
     match &loaded {
@@ -782,6 +800,19 @@ fn binary_string(binary: &Path) -> anyhow::Result<String> {
     Ok(text.to_owned())
 }
 
+/// Fails when the file at `target` is no longer the one we read (another program rewrote it meanwhile),
+/// so that we never overwrite a change we did not see.
+fn ensure_unchanged(target: &Path, read: &fs::Metadata) -> anyhow::Result<()> {
+    let now = fs::metadata(target)?;
+    let same = now.ino() == read.ino()
+        && now.dev() == read.dev()
+        && now.len() == read.len()
+        && now.mtime() == read.mtime()
+        && now.mtime_nsec() == read.mtime_nsec();
+    anyhow::ensure!(same, "it changed while being edited; run the command again");
+    Ok(())
+}
+
 /// Prefixes a [`BadInput`] from the pure functions with the file it is about.
 fn with_path(err: anyhow::Error, path: &Path) -> anyhow::Error {
     match err.downcast::<BadInput>() {
@@ -815,15 +846,25 @@ fn write_target(path: &Path) -> io::Result<PathBuf> {
 
 /// Reads and parses the settings file; `None` when it does not exist. `shown` is the path named in errors.
 fn load(target: &Path, shown: &Path) -> anyhow::Result<Option<Loaded>> {
-    let bytes = match fs::read(target) {
-        Ok(bytes) => bytes,
+    let mut file = match File::open(target) {
+        Ok(file) => file,
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(err) => {
             return Err(anyhow::Error::new(err).context(format!("cannot read {}", shown.display())));
         }
     };
-    let metadata =
-        fs::metadata(target).with_context(|| format!("cannot stat {}", shown.display()))?;
+    let metadata = file
+        .metadata()
+        .with_context(|| format!("cannot read {}", shown.display()))?;
+    if !metadata.is_file() {
+        return Err(anyhow::Error::new(BadInput(format!(
+            "{}: expected a settings file, found a directory or special file",
+            shown.display()
+        ))));
+    }
+    let mut bytes = Vec::new();
+    io::Read::read_to_end(&mut file, &mut bytes)
+        .with_context(|| format!("cannot read {}", shown.display()))?;
     let Ok(text) = String::from_utf8(bytes) else {
         return Err(anyhow::Error::new(BadInput(format!(
             "{}: expected JSON text, found bytes that are not UTF-8",
@@ -1550,6 +1591,24 @@ mod tests {
         ))
         .unwrap_err();
         assert!(is_bad_input(&err));
+    }
+
+    #[test]
+    fn a_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = install(&request(Agent::Claude, dir.path(), false)).unwrap_err();
+        assert!(is_bad_input(&err), "{err:#}");
+    }
+
+    #[test]
+    fn a_file_changed_behind_our_back_is_not_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("settings.json");
+        fs::write(&path, "{}").unwrap();
+        let read = fs::metadata(&path).unwrap();
+        assert!(ensure_unchanged(&path, &read).is_ok());
+        fs::write(&path, "{\"model\": \"x\"}").unwrap();
+        assert!(ensure_unchanged(&path, &read).is_err());
     }
 
     #[test]
