@@ -17,7 +17,12 @@ pub fn is_agent_marker(name: &str) -> bool {
 
 /// Starts `argv` as a broker in its own session (pid = pgid = sid). Returns once the child has exec'd: `spawn`
 /// reports exec failure through a close-on-exec pipe, so success means the program is running.
-pub fn spawn_broker(argv: &[String], cwd: &Path, log: &Path, marker: &str) -> anyhow::Result<Child> {
+/// The variables a broker carries so that a sweep can find it when its record is lost: which slot it is, and of
+/// which state root (a sweep judges only its own root's brokers).
+pub const BROKER_MARKER: &str = "SESSION_REAPER_BROKER";
+pub const STATE_ROOT_MARKER: &str = "SESSION_REAPER_STATE_ROOT";
+
+pub fn spawn_broker(argv: &[String], cwd: &Path, log: &Path, marker: &str, state_root: &Path) -> anyhow::Result<Child> {
     let (program, args) = argv.split_first().context("no broker command given")?;
     let output = OpenOptions::new()
         .append(true)
@@ -37,7 +42,7 @@ pub fn spawn_broker(argv: &[String], cwd: &Path, log: &Path, marker: &str) -> an
             command.env_remove(name);
         }
     }
-    command.env("SESSION_REAPER_BROKER", marker);
+    command.env(BROKER_MARKER, marker).env(STATE_ROOT_MARKER, state_root);
     // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
     unsafe {
         command.pre_exec(|| nix::unistd::setsid().map(drop).map_err(std::io::Error::from));

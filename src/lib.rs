@@ -64,12 +64,12 @@ fn dispatch(cli: &Cli) -> anyhow::Result<Outcome> {
             clap_complete::generate(*shell, &mut command, "session-reaper", &mut std::io::stdout());
             Ok(Outcome::Done)
         }
-        Command::Sweep(_)
-        | Command::Log(_)
-        | Command::Doctor(_)
-        | Command::Install(_)
-        | Command::Uninstall(_)
-        | Command::Demo => anyhow::bail!("not built yet"),
+        Command::Sweep(args) => commands::sweep::run(args, &config),
+        Command::Log(args) => commands::log::run(args, &config),
+        Command::Doctor(args) => commands::doctor::run(args.json, &config),
+        Command::Install(args) => commands::install::run(args, install::Operation::Install, &config),
+        Command::Uninstall(args) => commands::install::run(args, install::Operation::Uninstall, &config),
+        Command::Demo => anyhow::bail!("not built yet"),
     }
 }
 

@@ -114,15 +114,19 @@ impl Slot {
             root.check_dir(workspace_dir)?;
         }
         root.check_dir(&self.dir)?;
-        let file = root.open_lock_file(&self.dir.join(LOCK))?;
+        let lock_path = self.dir.join(LOCK);
         let deadline = Instant::now() + wait;
         let mut pause = Duration::from_millis(1);
-        loop {
+        let file = loop {
+            let file = root.open_lock_file(&lock_path)?;
             match file.try_lock() {
-                Ok(()) => break,
+                // A sweep may have removed an empty slot's lock file between our open and our lock: a lock on an
+                // unlinked file serialises nothing, so only a lock on the file the path still names counts.
+                Ok(()) if same_file(&file, &lock_path) => break file,
+                Ok(()) => {}
                 Err(std::fs::TryLockError::WouldBlock) => {}
                 Err(std::fs::TryLockError::Error(err)) => {
-                    return Err(err).with_context(|| format!("locking {}", self.dir.join(LOCK).display()));
+                    return Err(err).with_context(|| format!("locking {}", lock_path.display()));
                 }
             }
             let now = Instant::now();
@@ -131,7 +135,8 @@ impl Slot {
             }
             std::thread::sleep(pause.min(deadline - now));
             pause = (pause * 2).min(Duration::from_millis(20));
-        }
+            root.check_dir(&self.dir)?;
+        };
         Ok(SlotGuard { slot: self, root: root.clone(), _lock: file, last_read: RefCell::new(None) })
     }
 
@@ -142,6 +147,14 @@ impl Slot {
             Ok(Parsed::Record(record)) => Some(record),
             _ => None,
         }
+    }
+}
+
+fn same_file(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::symlink_metadata(path)) {
+        (Ok(held), Ok(named)) => held.dev() == named.dev() && held.ino() == named.ino(),
+        _ => false,
     }
 }
 
@@ -191,6 +204,27 @@ impl SlotGuard<'_> {
         self.root.write_atomic(&self.slot.record_path(), &bytes)?;
         self.last_read.replace(Some(bytes));
         Ok(())
+    }
+
+    /// Removes an empty slot's directory: its lock (while holding it, so any waiter re-opens and finds the slot
+    /// gone), its log when older than `keep_log`, then the directory and its workspace directory if empty.
+    /// Anything else in the directory (a moved-aside corrupt record) keeps it.
+    pub fn remove_if_empty(self, keep_log: Duration) -> anyhow::Result<bool> {
+        if self.slot.record_path().exists() {
+            return Ok(false);
+        }
+        let log = self.slot.dir.join("broker.log");
+        let log_age = std::fs::metadata(&log).and_then(|meta| meta.modified()).ok().and_then(|at| at.elapsed().ok());
+        if log_age.is_some_and(|age| age < keep_log) {
+            return Ok(false);
+        }
+        let _ = std::fs::remove_file(&log);
+        std::fs::remove_file(self.slot.dir.join(LOCK)).with_context(|| format!("removing {}", self.slot.dir.display()))?;
+        let removed = std::fs::remove_dir(&self.slot.dir).is_ok();
+        if let Some(workspace_dir) = self.slot.dir.parent() {
+            let _ = std::fs::remove_dir(workspace_dir);
+        }
+        Ok(removed)
     }
 
     /// Empties the slot (the broker was handed to a stop ticket, or is gone). The lock file stays.

@@ -184,7 +184,7 @@ fn spawn(target: &SlotTarget, owner: Option<&SessionId>, request: &SpawnRequest<
     }
     let log = request.log.map_or_else(|| target.slot.dir().join("broker.log"), Path::to_path_buf);
     let marker = format!("{}/{}", target.workspace_text(), target.slot.name());
-    let child = launch::spawn_broker(request.command, &target.cwd, &log, &marker)?;
+    let child = launch::spawn_broker(request.command, &target.cwd, &log, &marker, target.store.root.path())?;
     let pid = i32::try_from(child.id()).context("pid out of range")?;
     let Some(identity) = proc::identity_of(pid) else {
         target.store.log.record(&target.event("spawn", "failed").pid(pid).detail("exited at once"));

@@ -1,0 +1,209 @@
+//! `doctor`: checks that say whether this machine is set up to never leak brokers and never stop the wrong one —
+//! each ok, warn or fail, with a one-line fix.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::agent::Agent;
+use crate::config::Config;
+use crate::error::Outcome;
+use crate::finisher;
+use crate::install;
+use crate::proc;
+use crate::signal;
+use crate::state::StateRoot;
+use crate::stop::STUCK_AFTER;
+use crate::store::Store;
+use crate::workspace;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Ok,
+    Warn,
+    Fail,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub level: Level,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+fn check(name: &str, level: Level, detail: impl Into<String>, fix: Option<String>) -> Check {
+    Check { name: name.to_owned(), level, detail: detail.into(), fix }
+}
+
+pub fn run(json_output: bool, config: &Config) -> anyhow::Result<Outcome> {
+    let checks = checks(config);
+    let worst = checks.iter().map(|c| c.level).max().unwrap_or(Level::Ok);
+    if json_output {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "checks": checks, "worst": worst }))?);
+    } else {
+        for c in &checks {
+            let tag = match c.level {
+                Level::Ok => "ok  ",
+                Level::Warn => "warn",
+                Level::Fail => "FAIL",
+            };
+            println!("{tag}  {:<16} {}", c.name, c.detail);
+            if let Some(fix) = &c.fix {
+                println!("      {:<16} fix: {fix}", "");
+            }
+        }
+    }
+    Ok(Outcome::from_ok(worst != Level::Fail))
+}
+
+pub fn checks(config: &Config) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let root = match StateRoot::open_existing(&config.state_dir) {
+        Ok(Some(root)) => {
+            checks.push(check("state root", Level::Ok, root.path().display().to_string(), None));
+            Some(root)
+        }
+        Ok(None) => {
+            checks.push(check(
+                "state root",
+                Level::Warn,
+                format!("{} does not exist yet", config.state_dir.display()),
+                Some("it is created by the first hook; run `session-reaper install --agent claude`".into()),
+            ));
+            None
+        }
+        Err(err) => {
+            checks.push(check(
+                "state root",
+                Level::Fail,
+                format!("{err:#}"),
+                Some("fix the permissions named above, or use a state root of your own with --state-dir".into()),
+            ));
+            None
+        }
+    };
+    checks.push(filesystem_check(root.as_ref().map_or(config.state_dir.as_path(), StateRoot::path)));
+    checks.push(if signal::pidfd_supported() {
+        check("pidfd", Level::Ok, "pidfd_open and pidfd_send_signal available", None)
+    } else {
+        check("pidfd", Level::Warn, "no pidfd: signals use verify-then-kill", Some("use Linux 5.3 or newer".into()))
+    });
+    checks.extend(Agent::ALL.iter().map(|agent| hooks_check(*agent)));
+    if let Some(root) = root {
+        let store = Store::from_root(root);
+        checks.push(tickets_check(&store));
+        checks.push(corrupt_check(&store));
+    }
+    checks
+}
+
+fn filesystem_check(path: &Path) -> Check {
+    let probe = path.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
+    match nix::sys::statfs::statfs(probe) {
+        Ok(stat) => {
+            let magic = i64::from(stat.filesystem_type().0);
+            match network_filesystem(magic) {
+                Some(kind) => check(
+                    "filesystem",
+                    Level::Warn,
+                    format!("{kind}: flock is unreliable on network filesystems"),
+                    Some("set SESSION_REAPER_STATE_DIR to a local directory (e.g. under /run/user/$UID or /var/tmp)".into()),
+                ),
+                None => check("filesystem", Level::Ok, format!("local (magic {magic:#x})"), None),
+            }
+        }
+        Err(err) => check("filesystem", Level::Warn, format!("cannot tell: {err}"), None),
+    }
+}
+
+/// The name of a network filesystem by its statfs magic number.
+fn network_filesystem(magic: i64) -> Option<&'static str> {
+    match magic {
+        0x6969 => Some("nfs"),
+        0x517b => Some("smb"),
+        0xff53_4d42 => Some("cifs"),
+        0xfe53_4d42 => Some("smb2"),
+        0x6573_5546 => Some("fuse"),
+        0x00c3_6400 => Some("ceph"),
+        0x5346_414f => Some("afs"),
+        0x0102_1997 => Some("9p"),
+        0x0bd0_0bd0 => Some("lustre"),
+        _ => None,
+    }
+}
+
+fn hooks_check(agent: Agent) -> Check {
+    let name = format!("{agent} hooks");
+    let cwd = workspace::current_dir().unwrap_or_default();
+    let Ok(path) = install::resolve_settings_path(agent, install::Scope::User, &cwd, &|k| std::env::var_os(k)) else {
+        return check(&name, Level::Warn, "HOME not set", None);
+    };
+    let agent_dir_exists = path.parent().is_some_and(Path::exists);
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    let installed = serde_json::from_str::<serde_json::Value>(&text)
+        .map(|value| install::commands_in(&value).iter().any(|command| install::is_our_command(command)))
+        .unwrap_or(false);
+    if installed {
+        check(&name, Level::Ok, format!("installed in {}", path.display()), None)
+    } else if agent_dir_exists {
+        check(
+            &name,
+            Level::Warn,
+            format!("not installed in {}", path.display()),
+            Some(format!("session-reaper install --agent {agent}")),
+        )
+    } else {
+        check(&name, Level::Ok, "agent not set up for this user", None)
+    }
+}
+
+fn tickets_check(store: &Store) -> Check {
+    let tickets = store.tickets.pending(&store.log);
+    let stuck: Vec<String> = tickets
+        .iter()
+        .filter(|t| t.attempts >= STUCK_AFTER && proc::is_alive(&t.identity))
+        .map(|t| t.identity.pid.to_string())
+        .collect();
+    if !stuck.is_empty() {
+        return check(
+            "stops",
+            Level::Fail,
+            format!("stuck after {STUCK_AFTER} SIGKILLs: pid {}", stuck.join(", ")),
+            Some("the process is in uninterruptible sleep (D state); check `cat /proc/PID/stack`, then reboot if it never returns".into()),
+        );
+    }
+    let overdue = tickets.iter().filter(|t| crate::clock::age(&t.requested_at, std::time::SystemTime::now())
+        .is_some_and(|age| age > std::time::Duration::from_millis(t.grace_ms) + std::time::Duration::from_secs(30))).count();
+    if overdue > 0 && !finisher::is_running(store) {
+        return check(
+            "stops",
+            Level::Warn,
+            format!("{overdue} stop ticket(s) overdue and no finisher running (it died or was killed)"),
+            Some("session-reaper sweep (and install the periodic sweep: install --with-sweep)".into()),
+        );
+    }
+    check("stops", Level::Ok, format!("{} pending", tickets.len()), None)
+}
+
+fn corrupt_check(store: &Store) -> Check {
+    let corrupt: Vec<String> = walkdir::WalkDir::new(store.root.path())
+        .max_depth(4)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_name().to_string_lossy().contains(".corrupt-"))
+        .map(|entry| entry.path().display().to_string())
+        .collect();
+    if corrupt.is_empty() {
+        check("records", Level::Ok, "no corrupt records", None)
+    } else {
+        check(
+            "records",
+            Level::Warn,
+            format!("{} corrupt record(s) moved aside: {}", corrupt.len(), corrupt.join(", ")),
+            Some("read them, then delete; a sweep stops any broker they named (unrecorded)".into()),
+        )
+    }
+}

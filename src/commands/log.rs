@@ -1,0 +1,97 @@
+//! `log`: a readable (or JSON) view of `events.jsonl`, filtered by session, age and action.
+
+use std::time::{Duration, SystemTime};
+
+use crate::cli::LogArgs;
+use crate::clock;
+use crate::config::Config;
+use crate::error::Outcome;
+use crate::events::{Event, EventLog};
+use crate::name::SessionId;
+use crate::state::StateRoot;
+
+/// Which events to show.
+#[derive(Debug, Default)]
+pub struct Filter {
+    pub session: Option<SessionId>,
+    pub since: Option<Duration>,
+    pub action: Option<String>,
+}
+
+impl Filter {
+    pub fn keeps(&self, event: &Event, now: SystemTime) -> bool {
+        self.session.as_ref().is_none_or(|id| event.session.as_deref() == Some(id.as_str()))
+            && self.action.as_ref().is_none_or(|action| &event.action == action)
+            && self.since.is_none_or(|since| clock::age(&event.ts, now).is_some_and(|age| age <= since))
+    }
+}
+
+pub fn run(args: &LogArgs, config: &Config) -> anyhow::Result<Outcome> {
+    let filter = Filter {
+        session: args.session.as_deref().map(SessionId::parse).transpose()?,
+        since: args.since,
+        action: args.action.clone(),
+    };
+    let events: Vec<Event> = match StateRoot::open_existing(&config.state_dir)? {
+        Some(root) => {
+            let now = SystemTime::now();
+            EventLog::new(&root).read_all().into_iter().filter(|event| filter.keeps(event, now)).collect()
+        }
+        None => Vec::new(),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&events)?);
+        return Ok(Outcome::Done);
+    }
+    if events.is_empty() {
+        println!("no events");
+    }
+    for event in &events {
+        println!("{}", line(event));
+    }
+    Ok(Outcome::Done)
+}
+
+/// One event as a line: `time  action  reason  result  pid  session  where  detail`.
+pub fn line(event: &Event) -> String {
+    let place = match (&event.workspace, &event.name) {
+        (Some(workspace), Some(name)) if name != "default" => format!("{workspace} [{name}]"),
+        (Some(workspace), _) => workspace.clone(),
+        _ => String::new(),
+    };
+    let mut text = format!(
+        "{:<24} {:<14} {:<13} {:<12} {:>7}  {}",
+        event.ts,
+        event.action,
+        event.reason.as_deref().unwrap_or("-"),
+        event.result,
+        event.pid.map_or(String::new(), |pid| pid.to_string()),
+        event.session.as_deref().unwrap_or("-"),
+    );
+    for extra in [place.as_str(), event.detail.as_deref().unwrap_or_default()] {
+        if !extra.is_empty() {
+            text.push_str("  ");
+            text.push_str(extra);
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_by_session_action_and_age() {
+        let now = SystemTime::now();
+        let mut old = Event::new("stop", "stopped").session(Some("a"));
+        old.ts = clock::format(now - Duration::from_secs(7200));
+        let fresh = Event::new("prune", "pruned").session(Some("b"));
+        let by_session = Filter { session: Some(SessionId::parse("a").unwrap()), ..Filter::default() };
+        assert!(by_session.keeps(&old, now) && !by_session.keeps(&fresh, now));
+        let by_age = Filter { since: Some(Duration::from_secs(3600)), ..Filter::default() };
+        assert!(!by_age.keeps(&old, now) && by_age.keeps(&fresh, now));
+        let by_action = Filter { action: Some("prune".into()), ..Filter::default() };
+        assert!(by_action.keeps(&fresh, now) && !by_action.keeps(&old, now));
+    }
+}

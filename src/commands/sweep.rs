@@ -1,0 +1,381 @@
+//! `sweep`, for cron: safe every minute beside live hooks. It ends sessions whose agent process is gone
+//! (`owners_gone`), finishes ends a busy slot delayed, prunes records whose process is gone (`broker_gone`), stops
+//! idle brokers (`idle_timeout`) and marked brokers no record knows (`unrecorded`), escalates overdue stop tickets,
+//! reports duplicate `--resume` writers, and cleans tombstones, empty slots and an oversized log.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+
+use crate::cli::SweepArgs;
+use crate::clock;
+use crate::commands::broker::ticket_for;
+use crate::config::{self, Config};
+use crate::error::Outcome;
+use crate::events::{Event, Reason};
+use crate::finisher;
+use crate::launch::{BROKER_MARKER, STATE_ROOT_MARKER};
+use crate::name::SessionId;
+use crate::plan::{self, SlotFacts, SlotVerdict};
+use crate::proc;
+use crate::record::{BrokerRecord, Identity, SessionRecord, StopTicket};
+use crate::signal::Guard;
+use crate::slot::{LOCK_WAIT, Slot, SlotContent};
+use crate::stop::{self, StopOutcome, StopReport};
+use crate::store::Store;
+use crate::teardown::{self, Ending};
+
+/// How long a sweep drives stop tickets before handing them to the finisher.
+const SWEEP_STOP_DEADLINE: Duration = Duration::from_secs(3);
+
+/// The policy a sweep runs with (printed with `-v`, included in `--json`).
+#[derive(Clone, Debug, Serialize)]
+pub struct Policy {
+    pub idle_ttl_secs: u64,
+    pub retention_secs: u64,
+    pub dry_run: bool,
+    pub stuck_after_kills: u32,
+}
+
+/// One thing a sweep did (or, with `--dry-run`, would do).
+#[derive(Clone, Debug, Serialize)]
+pub struct SweepAction {
+    pub action: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub target: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    pub result: String,
+}
+
+#[derive(Debug, Serialize)]
+struct SweepReport {
+    policy: Policy,
+    actions: Vec<SweepAction>,
+    stops: Vec<StopReport>,
+    problems: Vec<String>,
+}
+
+struct Sweep<'a> {
+    store: &'a Store,
+    guard: Guard,
+    policy: Policy,
+    host: String,
+    actions: Vec<SweepAction>,
+    tickets: Vec<StopTicket>,
+    problems: Vec<String>,
+}
+
+pub fn run(args: &SweepArgs, config: &Config) -> anyhow::Result<Outcome> {
+    let idle_ttl = config::check_idle_ttl(args.idle_ttl, "--idle-ttl")?;
+    let store = Store::open(&config.state_dir)?;
+    let policy = Policy {
+        idle_ttl_secs: idle_ttl.as_secs(),
+        retention_secs: args.retention.as_secs(),
+        dry_run: args.dry_run,
+        stuck_after_kills: stop::STUCK_AFTER,
+    };
+    if config.verbose && !args.json {
+        println!(
+            "policy: idle ttl {} (brokers with no live owner; a broker's own --idle-ttl always applies), tombstones kept {}, {}",
+            humantime::format_duration(idle_ttl),
+            humantime::format_duration(args.retention),
+            if args.dry_run { "dry run" } else { "acting" }
+        );
+    }
+    let mut sweep = Sweep {
+        store: &store,
+        guard: Guard::new(),
+        policy,
+        host: proc::host_name(),
+        actions: Vec::new(),
+        tickets: Vec::new(),
+        problems: Vec::new(),
+    };
+    sweep.end_crashed_sessions();
+    let sessions = store.sessions.all();
+    sweep.judge_slots(&sessions, idle_ttl);
+    let snapshot = proc::scan_cmdlines();
+    sweep.stop_unrecorded(&snapshot);
+    sweep.report_duplicate_writers(&snapshot, &sessions);
+    sweep.drop_tombstones(&sessions, args.retention);
+    let stops = sweep.drive_tickets()?;
+    let report = SweepReport { policy: sweep.policy, actions: sweep.actions, stops, problems: sweep.problems };
+    let ok = report.problems.is_empty() && report.stops.iter().all(|stop| !stop.outcome.is_failure());
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_human(&report);
+    }
+    Ok(Outcome::from_ok(ok))
+}
+
+impl Sweep<'_> {
+    fn act(&mut self, action: &'static str, reason: Option<Reason>, target: String, pid: Option<i32>, result: &str) {
+        let result = if self.policy.dry_run { format!("would {result}") } else { result.to_owned() };
+        self.actions.push(SweepAction { action, reason: reason.map(|r| r.to_string()), target, pid, result });
+    }
+
+    /// A session whose recorded agent process no longer has its identity ended without SessionEnd (SIGKILL, OOM,
+    /// reboot, or an agent with no SessionEnd such as Codex): end it as SessionEnd would.
+    fn end_crashed_sessions(&mut self) {
+        for record in self.store.sessions.all() {
+            if record.is_ended() || (!record.host.is_empty() && record.host != self.host) {
+                continue;
+            }
+            let Some(identity) = &record.agent_identity else { continue };
+            if proc::is_alive(identity) {
+                continue;
+            }
+            let Ok(session) = SessionId::parse(&record.session_id) else { continue };
+            let ending =
+                Ending { session, reason: Reason::OwnersGone, agent_reason: None, dry_run: self.policy.dry_run };
+            let report = teardown::end_session(self.store, &self.guard, &ending, Instant::now() + LOCK_WAIT);
+            self.act("end_session", Some(Reason::OwnersGone), record.session_id.clone(), Some(identity.pid), "ended");
+            self.problems.extend(report.problems);
+            self.tickets.extend(report.tickets);
+        }
+    }
+
+    /// Per slot, under its lock: drop owners whose session has ended, then prune, stop for idleness, or keep.
+    fn judge_slots(&mut self, sessions: &[SessionRecord], idle_ttl: Duration) {
+        let now = SystemTime::now();
+        for slot in Slot::all(&self.store.root) {
+            if self.policy.dry_run {
+                if let Some(record) = slot.peek(&self.store.root) {
+                    let mut record = record;
+                    let ended = drop_ended_owners(&mut record, sessions);
+                    self.judge_one(&slot, record, &ended, sessions, now, idle_ttl, None);
+                }
+                continue;
+            }
+            let guard = match slot.lock(&self.store.root, LOCK_WAIT) {
+                Ok(guard) => guard,
+                Err(err) => {
+                    self.problems.push(format!("{}: {err:#}", slot.label()));
+                    continue;
+                }
+            };
+            match guard.read() {
+                Ok(SlotContent::Broker(mut record)) => {
+                    let ended = drop_ended_owners(&mut record, sessions);
+                    self.judge_one(&slot, record, &ended, sessions, now, idle_ttl, Some(&guard));
+                }
+                Ok(SlotContent::Empty) => {
+                    let keep = Duration::from_secs(self.policy.retention_secs);
+                    if matches!(guard.remove_if_empty(keep), Ok(true)) {
+                        self.act("clean", None, slot.label(), None, "removed empty slot");
+                    }
+                }
+                Ok(SlotContent::Corrupt { moved_to, why }) => {
+                    let detail = format!("{why}; moved aside to {}", moved_to.display());
+                    self.store.log.record(&Event::new("corrupt", "moved_aside").detail(detail.clone()));
+                    self.problems.push(format!("{}: corrupt broker.json: {detail}", slot.label()));
+                }
+                Err(err) => self.problems.push(format!("{}: {err:#}", slot.label())),
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn judge_one(
+        &mut self,
+        slot: &Slot,
+        record: BrokerRecord,
+        ended_owners: &[String],
+        sessions: &[SessionRecord],
+        now: SystemTime,
+        idle_ttl: Duration,
+        guard: Option<&crate::slot::SlotGuard<'_>>,
+    ) {
+        let foreign_host = !record.host.is_empty() && record.host != self.host;
+        let facts = SlotFacts {
+            alive: proc::is_alive(&record.identity),
+            foreign_host,
+            earlier_boot: !foreign_host && record.identity.boot_id != proc::boot_id(),
+            owner_alive: record.owners.iter().any(|owner| owner_alive(&owner.session, sessions)),
+        };
+        let mut verdict = plan::judge_slot(&record, facts, now, idle_ttl);
+        // The last owners' sessions have ended (their SessionEnd could not reach this slot): finish that end.
+        if verdict == SlotVerdict::Keep && !ended_owners.is_empty() && record.owners.is_empty() && !foreign_host {
+            verdict = SlotVerdict::Stop(Reason::SessionEnd);
+        }
+        let pid = Some(record.identity.pid);
+        let result = match verdict {
+            SlotVerdict::Keep if ended_owners.is_empty() => return,
+            SlotVerdict::Keep => {
+                self.act("owner_remove", Some(Reason::SessionEnd), slot.label(), pid, "removed ended owners");
+                guard.map(|guard| guard.write(&record))
+            }
+            SlotVerdict::Prune(reason) => {
+                self.act("prune", Some(reason), slot.label(), pid, "pruned");
+                guard.map(|guard| {
+                    guard.clear()?;
+                    self.store.log.record(
+                        &Event::new("prune", "pruned").reason(reason).slot(&record.workspace, &record.name).pid(record.identity.pid),
+                    );
+                    Ok(())
+                })
+            }
+            SlotVerdict::Stop(reason) => {
+                self.act("stop", Some(reason), slot.label(), pid, "stop");
+                let ticket = ticket_for(&record, reason.as_str(), None, &slot.label());
+                let filed = guard.map(|guard| self.store.tickets.file(&ticket).and_then(|()| guard.clear()));
+                self.tickets.push(ticket);
+                filed
+            }
+        };
+        if let Some(Err(err)) = result {
+            self.problems.push(format!("{}: {err:#}", slot.label()));
+        }
+    }
+
+    /// Live processes of ours marked as brokers of this state root that no slot or ticket knows (their record was
+    /// lost or corrupted). A process in the group of a recorded broker is that broker's child, not unrecorded.
+    fn stop_unrecorded(&mut self, snapshot: &[(i32, Vec<String>)]) {
+        let root = self.store.root.path().to_string_lossy().into_owned();
+        let known: Vec<(Identity, Option<i32>)> = Slot::all(&self.store.root)
+            .iter()
+            .filter_map(|slot| slot.peek(&self.store.root))
+            .map(|record| (record.identity, record.pgid))
+            .chain(self.store.tickets.pending(&self.store.log).into_iter().map(|t| (t.identity, t.pgid)))
+            .chain(self.tickets.iter().map(|t| (t.identity.clone(), t.pgid)))
+            .collect();
+        let known_pids: HashSet<i32> = known.iter().map(|(identity, _)| identity.pid).collect();
+        let known_groups: HashSet<i32> =
+            known.iter().filter(|(identity, _)| proc::is_alive(identity)).filter_map(|(_, pgid)| *pgid).collect();
+        for (pid, _) in snapshot {
+            let Ok(Some(state_root)) = proc::environ_var(*pid, STATE_ROOT_MARKER) else { continue };
+            if state_root != root || known_pids.contains(pid) {
+                continue;
+            }
+            let Some(identity) = proc::identity_of(*pid) else { continue };
+            if self.guard.check(&identity).is_err() {
+                continue;
+            }
+            let in_known_group = proc::stat(*pid).is_ok_and(|stat| known_groups.contains(&stat.pgid));
+            if in_known_group || known.iter().any(|(known, _)| known == &identity) {
+                continue;
+            }
+            let marker = proc::environ_var(*pid, BROKER_MARKER).ok().flatten().unwrap_or_default();
+            // The slot may be mid-spawn (child started, record not yet written): its lock says so.
+            if !self.policy.dry_run && self.being_recorded(&identity, &marker) {
+                continue;
+            }
+            let group = proc::stat(*pid).ok().filter(|stat| stat.pgid == *pid).map(|stat| stat.pgid);
+            let mut ticket = stop::new_ticket(identity, group, Reason::Unrecorded.as_str(), 5000, "unrecorded".into());
+            ticket.workspace = Some(marker.clone());
+            self.act("stop", Some(Reason::Unrecorded), marker, Some(*pid), "stop");
+            if !self.policy.dry_run {
+                if let Err(err) = self.store.tickets.file(&ticket) {
+                    self.problems.push(format!("unrecorded {pid}: {err:#}"));
+                    continue;
+                }
+            }
+            self.tickets.push(ticket);
+        }
+    }
+
+    /// Takes the lock of the slot a marker names and re-reads it: true when the record now names this process.
+    fn being_recorded(&self, identity: &Identity, marker: &str) -> bool {
+        let Some((workspace, name)) = marker.rsplit_once('/') else { return false };
+        let Ok(name) = crate::name::SlotName::parse(name) else { return false };
+        let slot = Slot::of(&self.store.root, std::path::Path::new(workspace), &name);
+        if !slot.dir().exists() {
+            return false;
+        }
+        let Ok(guard) = slot.lock(&self.store.root, LOCK_WAIT) else { return true };
+        matches!(guard.read(), Ok(SlotContent::Broker(record)) if &record.identity == identity)
+    }
+
+    fn report_duplicate_writers(&mut self, snapshot: &[(i32, Vec<String>)], sessions: &[SessionRecord]) {
+        let live: Vec<&SessionRecord> = sessions.iter().filter(|record| !record.is_ended()).collect();
+        for (session, pids) in plan::duplicate_writers(snapshot, live) {
+            let list: Vec<String> = pids.iter().map(i32::to_string).collect();
+            self.act("duplicate_writers", None, session.clone(), None, &format!("reported: pids {}", list.join(", ")));
+            if !self.policy.dry_run {
+                self.store.log.record(
+                    &Event::new("duplicate_writers", "reported")
+                        .session(Some(&session))
+                        .detail(format!("{} processes resume this session: pids {}", pids.len(), list.join(", "))),
+                );
+            }
+        }
+    }
+
+    fn drop_tombstones(&mut self, sessions: &[SessionRecord], retention: Duration) {
+        let now = SystemTime::now();
+        for record in sessions {
+            let expired = record.ended_at.as_deref().and_then(|at| clock::age(at, now)).is_some_and(|age| age > retention);
+            let Ok(id) = SessionId::parse(&record.session_id) else { continue };
+            if expired {
+                self.act("clean", None, record.session_id.clone(), None, "dropped tombstone");
+                if !self.policy.dry_run {
+                    if let Err(err) = self.store.sessions.remove(&id) {
+                        self.problems.push(format!("tombstone {id}: {err:#}"));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs this sweep's tickets and every pending one (overdue ones escalate to SIGKILL); hands on the rest.
+    fn drive_tickets(&mut self) -> anyhow::Result<Vec<StopReport>> {
+        if self.policy.dry_run {
+            let pending = self.store.tickets.pending(&self.store.log);
+            for ticket in pending {
+                self.act("escalate", Some(Reason::parse(&ticket.reason).unwrap_or(Reason::Manual)), ticket.origin.clone(), Some(ticket.identity.pid), "continue stop");
+            }
+            return Ok(Vec::new());
+        }
+        let mut all = self.store.tickets.pending(&self.store.log);
+        let filed: HashSet<String> = all.iter().map(|t| StopTicket::file_name(&t.identity)).collect();
+        all.extend(self.tickets.drain(..).filter(|t| !filed.contains(&StopTicket::file_name(&t.identity))));
+        let stops = self.store.stopper(self.guard.clone()).run(all, Instant::now() + SWEEP_STOP_DEADLINE);
+        if stops.iter().any(|stop| matches!(stop.outcome, StopOutcome::Pending { stuck: false, .. })) {
+            finisher::start(self.store)?;
+        }
+        Ok(stops)
+    }
+}
+
+/// Removes owners whose session has ended; returns them.
+fn drop_ended_owners(record: &mut BrokerRecord, sessions: &[SessionRecord]) -> Vec<String> {
+    let ended: Vec<String> = record
+        .owners
+        .iter()
+        .filter(|owner| sessions.iter().any(|s| s.session_id == owner.session && s.is_ended()))
+        .map(|owner| owner.session.clone())
+        .collect();
+    for session in &ended {
+        record.remove_owner(session);
+    }
+    ended
+}
+
+/// An owner is alive unless its session record says it ended or its agent process is gone. An owner with no
+/// session record is never judged dead, only idle.
+fn owner_alive(session: &str, sessions: &[SessionRecord]) -> bool {
+    match sessions.iter().find(|record| record.session_id == session) {
+        None => true,
+        Some(record) if record.is_ended() => false,
+        Some(record) => record.agent_identity.as_ref().is_none_or(proc::is_alive),
+    }
+}
+
+fn print_human(report: &SweepReport) {
+    if report.actions.is_empty() && report.stops.is_empty() {
+        println!("sweep: nothing to do");
+    }
+    for action in &report.actions {
+        let reason = action.reason.as_deref().unwrap_or("-");
+        let pid = action.pid.map_or(String::new(), |pid| format!("pid {pid} "));
+        println!("{:<17} {:<13} {pid}{}  {}", action.action, reason, action.target, action.result);
+    }
+    crate::commands::broker::print_stops(&report.stops);
+    for problem in &report.problems {
+        println!("problem: {problem}");
+    }
+}
