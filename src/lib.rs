@@ -69,7 +69,7 @@ fn dispatch(cli: &Cli) -> anyhow::Result<Outcome> {
         Command::Doctor(args) => commands::doctor::run(args.json, &config),
         Command::Install(args) => commands::install::run(args, install::Operation::Install, &config),
         Command::Uninstall(args) => commands::install::run(args, install::Operation::Uninstall, &config),
-        Command::Demo => anyhow::bail!("not built yet"),
+        Command::Demo => commands::demo::run(),
     }
 }
 

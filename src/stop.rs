@@ -22,6 +22,9 @@ pub const GRACEFUL_WINDOW: Duration = Duration::from_millis(750);
 pub const KILL_RETRY: Duration = Duration::from_secs(1);
 /// After this many SIGKILLs a process that still runs is reported as stuck.
 pub const STUCK_AFTER: u32 = 3;
+/// How long a run keeps watching after its last signal, for processes that exit promptly, before it gives up on a
+/// deadline that no step of the cascade can reach.
+const SETTLE: Duration = Duration::from_millis(100);
 
 /// What to do next for one ticket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,22 +131,30 @@ impl Stopper {
     /// Drives `tickets` until each is done or `deadline` passes; what is left stays filed.
     pub fn run(&self, tickets: Vec<StopTicket>, deadline: Instant) -> Vec<StopReport> {
         let mut active: Vec<Active> = tickets.into_iter().map(|ticket| self.start(ticket)).collect();
+        let mut last_signal = Instant::now();
+        let deadline_at = SystemTime::now() + deadline.saturating_duration_since(Instant::now());
         loop {
             let now = SystemTime::now();
-            let mut wake = now + Duration::from_millis(25);
+            let mut next_step_at = now + Duration::from_secs(3600);
             for item in active.iter_mut().filter(|item| item.outcome.is_none()) {
                 self.reap_helper(item, now);
                 let alive = is_running(item);
                 match next_step(&item.ticket, now, alive) {
                     Step::Done => self.finish(item, None),
-                    Step::Wait(at) => wake = wake.min(at),
-                    step => self.act(item, step, now),
+                    Step::Wait(at) => next_step_at = next_step_at.min(at),
+                    step => {
+                        self.act(item, step, now);
+                        last_signal = Instant::now();
+                        next_step_at = now;
+                    }
                 }
             }
             let open: Vec<&Active> = active.iter().filter(|item| item.outcome.is_none()).collect();
-            if open.is_empty() || Instant::now() >= deadline {
+            let nothing_reachable = next_step_at > deadline_at && last_signal.elapsed() >= SETTLE;
+            if open.is_empty() || Instant::now() >= deadline || nothing_reachable {
                 break;
             }
+            let wake = next_step_at.min(SystemTime::now() + Duration::from_millis(25));
             let until_wake = wake.duration_since(SystemTime::now()).unwrap_or_default();
             let until_deadline = deadline.saturating_duration_since(Instant::now());
             let handles: Vec<&Handle> = open.iter().filter_map(|item| item.handle.as_ref()).collect();

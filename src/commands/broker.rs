@@ -15,7 +15,7 @@ use crate::events::{Event, Reason};
 use crate::launch;
 use crate::name::{SessionId, SlotName};
 use crate::proc;
-use crate::record::{BrokerRecord, Shutdown, VERSION};
+use crate::record::{BrokerRecord, Identity, Shutdown, VERSION};
 use crate::signal::Guard;
 use crate::slot::{LOCK_WAIT, Slot, SlotContent, SlotGuard};
 use crate::stop::{self, StopReport};
@@ -25,29 +25,73 @@ use crate::workspace;
 pub fn run(command: &BrokerCommand, config: &Config) -> anyhow::Result<Outcome> {
     match command {
         BrokerCommand::Spawn { slot, owner, no_owner, stop, log, endpoint, command } => {
+            let policy = StopPolicy::from_args(stop)?;
+            check_owner_input(owner, *no_owner, config)?;
             let target = SlotTarget::resolve(slot, config)?;
             let owner = target.owner(owner, *no_owner)?;
-            let policy = StopPolicy::from_args(stop)?;
             let request = SpawnRequest { command, log: log.as_deref(), endpoint: endpoint.as_deref(), policy };
             spawn(&target, owner.as_ref(), &request)
         }
         BrokerCommand::Register { pid, slot, owner, no_owner, stop, endpoint } => {
+            let policy = StopPolicy::from_args(stop)?;
+            check_owner_input(owner, *no_owner, config)?;
+            let adoptee = adoptable(*pid)?;
             let target = SlotTarget::resolve(slot, config)?;
             let owner = target.owner(owner, *no_owner)?;
-            register(&target, *pid, owner.as_ref(), &StopPolicy::from_args(stop)?, endpoint.as_deref())
+            register(&target, adoptee, owner.as_ref(), &policy, endpoint.as_deref())
         }
         BrokerCommand::Attach { slot, owner } => {
+            check_owner_input(owner, false, config)?;
             let target = SlotTarget::resolve(slot, config)?;
             let owner = target.owner(owner, false)?.context("attach needs an owner")?;
             attach(&target, &owner)
         }
         BrokerCommand::Detach { slot, owner } => {
+            check_owner_input(owner, false, config)?;
             let target = SlotTarget::resolve(slot, config)?;
-            let owner = target.owner(owner, false)?.context("detach needs an owner")?;
+            let owner = target.detaching_owner(owner)?;
             detach(&target, &owner)
         }
         BrokerCommand::Touch { slot } => touch(&SlotTarget::resolve(slot, config)?),
     }
+}
+
+/// Refuses a malformed owner before the state root is opened (and maybe created): bad input changes nothing. With
+/// no id given and no state root yet, no session record can name the caller either, so that refusal comes first too.
+fn check_owner_input(args: &OwnerArgs, no_owner: bool, config: &Config) -> anyhow::Result<()> {
+    if no_owner {
+        return Ok(());
+    }
+    if let Some(text) = &args.session {
+        return SessionId::parse(text).map(drop);
+    }
+    for name in config::SESSION_ENV {
+        if let Some(value) = std::env::var(name).ok().filter(|value| !value.is_empty()) {
+            return SessionId::parse(&value).map(drop).map_err(|err| bad_input(format!("${name}: {err}")));
+        }
+    }
+    if std::fs::symlink_metadata(&config.state_dir).is_err() {
+        return Err(no_owner_found());
+    }
+    Ok(())
+}
+
+fn no_owner_found() -> anyhow::Error {
+    bad_input(
+        "no owner session: pass --session ID, set SESSION_REAPER_SESSION_ID, run inside a session whose SessionStart \
+         hook ran, or pass --no-owner",
+    )
+}
+
+/// A process `broker register` may adopt: live, and one the guard would let us signal. Checked before the state
+/// root is touched.
+fn adoptable(pid: i32) -> anyhow::Result<(Identity, proc::ProcStat)> {
+    let identity = proc::identity_of(pid).ok_or_else(|| bad_input(format!("--pid {pid}: no such live process")))?;
+    if let Err(refusal) = Guard::new().check(&identity) {
+        return Err(bad_input(format!("--pid {pid}: cannot adopt: {refusal}")));
+    }
+    let stat = proc::stat(pid).with_context(|| format!("reading process {pid}"))?;
+    Ok((identity, stat))
 }
 
 /// The slot a broker command is about, with the state it lives in.
@@ -78,13 +122,17 @@ impl SlotTarget {
             return Ok(None);
         }
         let Some((id, _source)) = config::resolve_owner(args.session.as_deref(), &self.store.sessions)? else {
-            return Err(bad_input(
-                "no owner session: pass --session ID, set SESSION_REAPER_SESSION_ID, run inside a session whose \
-                 SessionStart hook ran, or pass --no-owner",
-            ));
+            return Err(no_owner_found());
         };
         self.refuse_ended(&id)?;
         Ok(Some(id))
+    }
+
+    /// The owner leaving. An ended session may always leave: refusing it would pin the broker forever.
+    fn detaching_owner(&self, args: &OwnerArgs) -> anyhow::Result<SessionId> {
+        config::resolve_owner(args.session.as_deref(), &self.store.sessions)?
+            .map(|(id, _source)| id)
+            .ok_or_else(no_owner_found)
     }
 
     /// A session that has ended is never made an owner: nothing would ever end it again.
@@ -246,17 +294,12 @@ fn join(
 
 fn register(
     target: &SlotTarget,
-    pid: i32,
+    (identity, stat): (Identity, proc::ProcStat),
     owner: Option<&SessionId>,
     policy: &StopPolicy,
     endpoint: Option<&str>,
 ) -> anyhow::Result<Outcome> {
-    let guard_checks = Guard::new();
-    let identity = proc::identity_of(pid).ok_or_else(|| bad_input(format!("--pid {pid}: no such live process")))?;
-    if let Err(refusal) = guard_checks.check(&identity) {
-        return Err(bad_input(format!("--pid {pid}: cannot adopt: {refusal}")));
-    }
-    let stat = proc::stat(pid).with_context(|| format!("reading process {pid}"))?;
+    let pid = identity.pid;
     let guard = target.lock()?;
     target.recheck_owner(owner)?;
     if let Some(record) = target.live_broker(&guard)? {

@@ -1,6 +1,7 @@
 //! The subcommands, one module each.
 
 pub mod broker;
+pub mod demo;
 pub mod doctor;
 pub mod install;
 pub mod log;
