@@ -1,0 +1,191 @@
+//! Wall time and peak memory of the commands agents and launchers run on every session, each beside a reference
+//! measured in the same run (`/bin/true`, a raw `/proc` walk, `pgrep -f`). Prints ratios; asserts nothing.
+//!
+//! Run: `cargo bench --bench latency` (add `-- --quick` for fewer rounds).
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_session-reaper");
+
+struct Sample {
+    wall: Vec<Duration>,
+    max_rss_kib: i64,
+}
+
+impl Sample {
+    fn median(&self) -> Duration {
+        let mut sorted = self.wall.clone();
+        sorted.sort();
+        sorted[sorted.len() / 2]
+    }
+
+    fn p90(&self) -> Duration {
+        let mut sorted = self.wall.clone();
+        sorted.sort();
+        sorted[(sorted.len() * 9 / 10).min(sorted.len() - 1)]
+    }
+}
+
+/// Peak RSS of any waited-for child so far (KiB).
+fn children_max_rss() -> i64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes a rusage into the buffer we own.
+    unsafe {
+        libc::getrusage(libc::RUSAGE_CHILDREN, usage.as_mut_ptr());
+        usage.assume_init().ru_maxrss
+    }
+}
+
+/// Runs `make()` `rounds` times, timing spawn-to-exit; the stdin bytes (if any) are written and closed.
+fn measure(rounds: usize, stdin: Option<&dyn Fn(usize) -> Vec<u8>>, make: &dyn Fn(usize) -> Command) -> Sample {
+    let mut wall = Vec::with_capacity(rounds);
+    for round in 0..rounds {
+        let mut command = make(round);
+        command.stdout(Stdio::null()).stderr(Stdio::null());
+        command.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        let payload = stdin.map(|f| f(round));
+        let shown = format!("{command:?}");
+        let started = Instant::now();
+        let mut child = command.spawn().expect("spawn");
+        if let Some(bytes) = payload {
+            child.stdin.take().unwrap().write_all(&bytes).unwrap();
+        }
+        let status = child.wait().expect("wait");
+        wall.push(started.elapsed());
+        assert!(status.code().is_some_and(|c| c <= 1), "benchmark command failed: {status}: {shown}");
+    }
+    Sample { wall, max_rss_kib: children_max_rss() }
+}
+
+fn ours(state: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(BIN);
+    command.arg("--state-dir").arg(state).args(args);
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy().into_owned();
+        if name.starts_with("SESSION_REAPER_") || name.starts_with("CLAUDE") || name.starts_with("GEMINI_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+fn row(name: &str, sample: &Sample, reference: &Sample, reference_name: &str) {
+    let ratio = sample.median().as_secs_f64() / reference.median().as_secs_f64();
+    println!(
+        "| {name:<44} | {:>8.2} ms | {:>8.2} ms | {:>6.1}x {reference_name:<14} |",
+        sample.median().as_secs_f64() * 1e3,
+        sample.p90().as_secs_f64() * 1e3,
+        ratio
+    );
+}
+
+fn main() {
+    let quick = std::env::args().any(|arg| arg == "--quick");
+    let rounds = if quick { 20 } else { 100 };
+    let temp = tempfile::tempdir().expect("temp dir");
+    let state = temp.path().join("state");
+    let work = temp.path().join("work");
+    std::fs::create_dir_all(work.join("ws/.git")).unwrap();
+    let ws = work.join("ws");
+    let ws_arg = ws.to_str().unwrap();
+
+    let truth = measure(rounds, None, &|_| Command::new("/bin/true"));
+    let true_rss = truth.max_rss_kib;
+
+    // A live broker to attach to.
+    let spawn = ours(&state, &["broker", "spawn", "--cwd", ws_arg, "--session", "owner", "--", "sleep", "600"]).output().unwrap();
+    let record: serde_json::Value = serde_json::from_slice(&spawn.stdout).expect("spawn record");
+    let broker_pid = record["identity"]["pid"].as_i64().unwrap();
+
+    let attach = measure(rounds, None, &|round| {
+        let session = format!("s{}", round % 8);
+        ours(&state, &["broker", "attach", "--cwd", ws_arg, "--session", &session])
+    });
+    let attach_rss = attach.max_rss_kib;
+
+    let start_payload = |round: usize| {
+        format!(r#"{{"session_id":"bench-{round}","hook_event_name":"SessionStart","cwd":"{ws_arg}","source":"startup"}}"#)
+            .into_bytes()
+    };
+    let session_start = measure(rounds, Some(&start_payload), &|_| ours(&state, &["hook", "--agent", "claude"]));
+
+    // 1,000 workspaces, each with a broker record owned by another session: SessionEnd must visit every one.
+    let wide = temp.path().join("wide");
+    let now = "2026-01-01T00:00:00.000Z";
+    let identity = &record["identity"];
+    for index in 0..1000 {
+        let dir = wide.join(format!("workspaces/ws{index}-{index:016x}/default"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let broker = serde_json::json!({
+            "version": 1, "name": "default", "workspace": format!("/nonexistent/ws{index}"), "cwd": "/", "command": ["sleep", "600"],
+            "owners": [{"session": "keeper", "since": now}], "identity": identity, "pgid": broker_pid,
+            "created_at": now, "last_active": now, "grace_ms": 5000, "host": record["host"],
+        });
+        std::fs::write(dir.join("broker.json"), serde_json::to_vec_pretty(&broker).unwrap()).unwrap();
+    }
+    set_private(&wide);
+    let end_payload = |round: usize| {
+        format!(r#"{{"session_id":"end-{round}","hook_event_name":"SessionEnd","cwd":"{ws_arg}","reason":"other"}}"#).into_bytes()
+    };
+    let end_rounds = rounds.min(50);
+    let session_end = measure(end_rounds, Some(&end_payload), &|_| ours(&wide, &["hook", "--agent", "claude"]));
+    let end_rss = session_end.max_rss_kib;
+
+    // The resume-orphan scan beside the tools a person would reach for.
+    let id = "0b5f6b3e-1111-4222-8333-944445555666";
+    let reap_dry = measure(rounds, None, &|_| ours(&state, &["reap", "--session", id, "--dry-run"]));
+    let pgrep = measure(rounds, None, &|_| {
+        let mut command = Command::new("pgrep");
+        command.args(["-f", "--", &format!("--resume {id}")]);
+        command
+    });
+    let walk = measure(rounds, None, &|_| {
+        let mut command = Command::new("sh");
+        command.args(["-c", "cat /proc/[0-9]*/cmdline >/dev/null 2>&1"]);
+        command
+    });
+
+    let cpus = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    let processes = std::fs::read_dir("/proc").map(|d| d.filter_map(Result::ok).filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok()).count()).unwrap_or(0);
+    println!("session-reaper latency ({rounds} rounds, {cpus} cpus, {processes} processes on the machine)\n");
+    println!("| {:<44} | {:>11} | {:>11} | {:<22} |", "command", "median", "p90", "vs reference");
+    println!("|{:-<46}|{:-<13}|{:-<13}|{:-<24}|", "", "", "", "");
+    row("/bin/true", &truth, &truth, "/bin/true");
+    row("broker attach (live broker)", &attach, &truth, "/bin/true");
+    row("hook SessionStart", &session_start, &truth, "/bin/true");
+    row(&format!("hook SessionEnd, 1,000 workspaces ({end_rounds} runs)"), &session_end, &truth, "/bin/true");
+    row("reap --session --dry-run (full /proc scan)", &reap_dry, &pgrep, "pgrep -f");
+    row("sh: cat every /proc/*/cmdline", &walk, &truth, "/bin/true");
+    row("pgrep -f", &pgrep, &truth, "/bin/true");
+    println!("\npeak RSS of any child: /bin/true {true_rss} KiB; after attach {attach_rss} KiB; after SessionEnd x1,000 workspaces {end_rss} KiB");
+
+    // Stop the benchmark's own broker (it is ours: recorded in our temp state root).
+    let _ = ours(&state, &["broker", "detach", "--cwd", ws_arg, "--session", "owner"]).output();
+    for index in 0..8 {
+        let _ = ours(&state, &["broker", "detach", "--cwd", ws_arg, "--session", &format!("s{index}")]).output();
+    }
+}
+
+fn set_private(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in walk(dir) {
+        let mode = if entry.is_dir() { 0o700 } else { 0o600 };
+        std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![dir.to_path_buf()];
+    let mut index = 0;
+    while index < out.len() {
+        if out[index].is_dir() {
+            let children: Vec<_> = std::fs::read_dir(&out[index]).unwrap().filter_map(Result::ok).map(|e| e.path()).collect();
+            out.extend(children);
+        }
+        index += 1;
+    }
+    out
+}
