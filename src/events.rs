@@ -159,6 +159,15 @@ impl EventLog {
         }
     }
 
+    /// Rotates the log when it has grown past 1 MiB (a sweep's cleanup); true if it did.
+    pub fn rotate_if_oversized(&self) -> bool {
+        let big = std::fs::metadata(self.path()).is_ok_and(|meta| meta.len() > ROTATE_AT);
+        if big {
+            self.rotate();
+        }
+        big
+    }
+
     /// Moves the log to `events.jsonl.1` (one old file kept). A lock makes concurrent writers rotate once.
     fn rotate(&self) {
         let Ok(lock) = self.root.open_lock_file(&self.root.join("events.lock")) else { return };

@@ -101,6 +101,9 @@ pub fn run(args: &SweepArgs, config: &Config) -> anyhow::Result<Outcome> {
     sweep.stop_unrecorded(&snapshot);
     sweep.report_duplicate_writers(&snapshot, &sessions);
     sweep.drop_tombstones(&sessions, args.retention);
+    if !args.dry_run && store.log.rotate_if_oversized() {
+        sweep.act("clean", None, "events.jsonl".to_owned(), None, "rotated");
+    }
     let stops = sweep.drive_tickets()?;
     let report = SweepReport { policy: sweep.policy, actions: sweep.actions, stops, problems: sweep.problems };
     let ok = report.problems.is_empty() && report.stops.iter().all(|stop| !stop.outcome.is_failure());
