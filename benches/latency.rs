@@ -99,6 +99,7 @@ fn main() {
     let spawn = ours(&state, &["broker", "spawn", "--cwd", ws_arg, "--session", "owner", "--", "sleep", "600"]).output().unwrap();
     let record: serde_json::Value = serde_json::from_slice(&spawn.stdout).expect("spawn record");
     let broker_pid = record["identity"]["pid"].as_i64().unwrap();
+    let _cleanup = StopOnDrop { state: state.clone() };
 
     let attach = measure(rounds, None, &|round| {
         let session = format!("s{}", round % 8);
@@ -162,10 +163,19 @@ fn main() {
     row("pgrep -f", &pgrep, &truth, "/bin/true");
     println!("\npeak RSS of any child: /bin/true {true_rss} KiB; after attach {attach_rss} KiB; after SessionEnd x1,000 workspaces {end_rss} KiB");
 
-    // Stop the benchmark's own broker (it is ours: recorded in our temp state root).
-    let _ = ours(&state, &["broker", "detach", "--cwd", ws_arg, "--session", "owner"]).output();
-    for index in 0..8 {
-        let _ = ours(&state, &["broker", "detach", "--cwd", ws_arg, "--session", &format!("s{index}")]).output();
+}
+
+/// Stops the benchmark's own broker (recorded in its temp state root) however `main` ends, a panic included.
+struct StopOnDrop {
+    state: std::path::PathBuf,
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = ours(&self.state, &["reap", "--session", "owner"]).output();
+        for index in 0..8 {
+            let _ = ours(&self.state, &["reap", "--session", &format!("s{index}")]).output();
+        }
     }
 }
 

@@ -69,6 +69,7 @@ pub enum Command {
     Uninstall(InstallArgs),
 
     /// Show the whole job on real processes in a temporary state root (signals only what it starts)
+    #[command(after_help = "Example:\n  cargo run --release -- demo")]
     Demo,
 
     /// Print shell completions

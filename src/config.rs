@@ -72,12 +72,19 @@ pub const MAX_IDLE_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Refuses an idle TTL beyond 30 days (zero disables and is fine).
 pub fn check_idle_ttl(ttl: Duration, flag: &str) -> anyhow::Result<Duration> {
     if ttl > MAX_IDLE_TTL {
-        return Err(bad_input(format!(
-            "{flag} {}: expected at most 30 days (0 disables)",
-            humantime::format_duration(ttl)
-        )));
+        return Err(bad_input(format!("{flag} {}: expected at most 30 days (0 disables)", in_days(ttl))));
     }
     Ok(ttl)
+}
+
+/// A long duration as people write it: whole days when it is whole days.
+fn in_days(duration: Duration) -> String {
+    let secs = duration.as_secs();
+    if secs % 86_400 == 0 && duration.subsec_nanos() == 0 {
+        format!("{}days", secs / 86_400)
+    } else {
+        humantime::format_duration(duration).to_string()
+    }
 }
 
 /// Refuses a grace beyond an hour: a stop that long is a mistake.

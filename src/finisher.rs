@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 
 use crate::error::Outcome;
 use crate::launch;
+use crate::proc;
+use crate::record::StopTicket;
 use crate::signal::Guard;
 use crate::stop::STUCK_AFTER;
 use crate::store::Store;
@@ -23,7 +25,20 @@ pub fn start(store: &Store) -> anyhow::Result<()> {
 
 /// True while a finisher holds the lock (for `doctor` and `status`).
 pub fn is_running(store: &Store) -> bool {
-    store.root.open_lock_file(&store.root.join(LOCK)).is_ok_and(|file| file.try_lock().is_err())
+    // Opened without creating it: `status` and `doctor` change nothing.
+    std::fs::File::open(store.root.join(LOCK)).is_ok_and(|file| file.try_lock().is_err())
+}
+
+/// A ticket this host's finisher can work on: not stuck (a sweep retries those) and not another host's (a state root
+/// shared over a network home), which no run here ever completes.
+fn is_workable(ticket: &StopTicket, host: &str) -> bool {
+    ticket.attempts < STUCK_AFTER && (ticket.host.is_empty() || ticket.host == host)
+}
+
+/// True when some ticket waits for a finisher: a hook starts one even when its own stops all completed.
+pub fn has_work(store: &Store) -> bool {
+    let host = proc::host_name();
+    store.tickets.pending(&store.log).iter().any(|ticket| is_workable(ticket, &host))
 }
 
 /// The finisher's loop.
@@ -34,14 +49,15 @@ pub fn run(store: &Store) -> anyhow::Result<Outcome> {
     }
     let stopper = store.stopper(Guard::new());
     let started = Instant::now();
+    let host = proc::host_name();
     loop {
         let pending: Vec<_> = store.tickets.pending(&store.log);
-        let workable: Vec<_> = pending.into_iter().filter(|ticket| ticket.attempts < STUCK_AFTER).collect();
+        let workable: Vec<_> = pending.into_iter().filter(|ticket| is_workable(ticket, &host)).collect();
         if workable.is_empty() {
             // Release, then look once more: a hook that filed a ticket while we held the lock saw its own finisher
             // refused, so the ticket is ours to take.
             lock.unlock()?;
-            let again = store.tickets.pending(&store.log).iter().any(|ticket| ticket.attempts < STUCK_AFTER);
+            let again = store.tickets.pending(&store.log).iter().any(|ticket| is_workable(ticket, &host));
             if !again || lock.try_lock().is_err() {
                 return Ok(Outcome::Done);
             }

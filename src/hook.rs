@@ -1,5 +1,5 @@
-//! Hook mode: what an agent runs on SessionStart and SessionEnd. A good citizen (DESIGN invariant 5): exits 0,
-//! writes nothing to stdout (SessionStart stdout becomes model context), reads exactly one JSON value from stdin
+//! Hook mode: what an agent runs on `SessionStart` and `SessionEnd`. A good citizen (DESIGN invariant 5): exits 0,
+//! writes nothing to stdout (`SessionStart` stdout becomes model context), reads exactly one JSON value from stdin
 //! with a timeout (stdin may never close), returns within its deadline and hands longer work to the finisher.
 //! Problems go to stderr as one line and to `events.jsonl`.
 
@@ -133,7 +133,7 @@ fn handle(args: &HookArgs, store: &Store, payload: &Value, deadline: Instant) ->
     let agent = detect_agent(args.agent.agent(), &payload);
     match HookEvent::parse(&event_name) {
         HookEvent::SessionStart => session_start(args, store, &payload, agent),
-        HookEvent::SessionEnd => session_end(store, &payload, deadline),
+        HookEvent::SessionEnd => session_end(store, &payload, agent, deadline),
         HookEvent::Other => touch_session(args, store, &payload, agent),
     }
 }
@@ -242,8 +242,9 @@ fn export_session_id(session: &SessionId) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Ends the session within the deadline; stops that need longer go to the finisher.
-fn session_end(store: &Store, payload: &Payload, deadline: Instant) -> anyhow::Result<()> {
+/// Ends the session within the deadline; stops that need longer go to the finisher, and so do tickets left behind
+/// by an earlier run (a finisher that was killed): the next hook picks them up.
+fn session_end(store: &Store, payload: &Payload, agent: Option<Agent>, deadline: Instant) -> anyhow::Result<()> {
     let guard = Guard::new();
     let ending = Ending {
         session: payload.session.clone(),
@@ -253,14 +254,39 @@ fn session_end(store: &Store, payload: &Payload, deadline: Instant) -> anyhow::R
     };
     let work_deadline = deadline.checked_sub(EXIT_MARGIN).unwrap_or(deadline);
     let report = teardown::end_session(store, &guard, &ending, work_deadline.checked_sub(EXIT_MARGIN).unwrap_or(work_deadline));
+    complete_tombstone(store, payload, agent);
     let reports = store.stopper(guard).run(report.tickets, work_deadline);
-    if reports.iter().any(|stop| matches!(stop.outcome, crate::stop::StopOutcome::Pending { .. })) {
+    if reports.iter().any(|stop| matches!(stop.outcome, crate::stop::StopOutcome::Pending { .. }))
+        || finisher::has_work(store)
+    {
         finisher::start(store)?;
     }
     if let Some(problem) = report.problems.first() {
         anyhow::bail!("session {}: {problem}", payload.session);
     }
     Ok(())
+}
+
+/// A session that ends without a recorded start (hooks installed mid-session, a failed `SessionStart`) still leaves
+/// a tombstone saying whose it was and where: blanks are filled from the `SessionEnd` payload, nothing is overwritten.
+fn complete_tombstone(store: &Store, payload: &Payload, agent: Option<Agent>) {
+    let _ = store.sessions.update(&payload.session, Duration::from_millis(100), |current| {
+        let mut record = current?;
+        let before = record.clone();
+        if let Some(agent) = agent.filter(|_| record.agent.is_empty()) {
+            agent.as_str().clone_into(&mut record.agent);
+        }
+        if let Some(cwd) = payload.cwd.as_ref().filter(|_| record.cwd.is_empty()) {
+            record.cwd.clone_from(cwd);
+        }
+        if record.transcript_path.is_none() {
+            record.transcript_path.clone_from(&payload.transcript_path);
+        }
+        if record.title.is_none() {
+            record.title.clone_from(&payload.title);
+        }
+        (record != before).then_some(record)
+    });
 }
 
 /// Reads exactly one JSON value from stdin, waiting at most `timeout` and never for end-of-file.

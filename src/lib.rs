@@ -90,7 +90,7 @@ fn parse_failure(err: &clap::Error) -> u8 {
         .map(str::trim)
         .collect::<Vec<_>>()
         .join(" ");
-    let hook_mode = std::env::args().skip(1).find(|arg| !arg.starts_with('-')).as_deref() == Some("hook");
+    let hook_mode = subcommand_in_args().as_deref() == Some("hook");
     if hook_mode {
         let store = Config::new(state_dir_in_args().as_deref(), false)
             .and_then(|config| store::Store::open(&config.state_dir))
@@ -100,6 +100,19 @@ fn parse_failure(err: &clap::Error) -> u8 {
     }
     eprintln!("session-reaper: {}", line.trim_start_matches("error: "));
     2
+}
+
+/// The first argument that is neither a global flag nor its value: the subcommand clap would have run.
+fn subcommand_in_args() -> Option<String> {
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if arg == "--state-dir" {
+            args.next();
+        } else if !arg.starts_with('-') {
+            return Some(arg);
+        }
+    }
+    None
 }
 
 /// `--state-dir` picked out of arguments clap refused, so a hook's usage error still reaches its log.

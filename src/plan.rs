@@ -58,11 +58,11 @@ pub fn resumes(argv: &[String], session: &str, title: Option<&str>) -> bool {
 
 /// The pids in a process snapshot that resume `session` and may be stopped: never a protected pid (this process,
 /// its ancestors) nor the agent process of a live session (after `/clear` the agent keeps its old argv).
-pub fn resume_orphans(
+pub fn resume_orphans<S: std::hash::BuildHasher>(
     snapshot: &[(i32, Vec<String>)],
     session: &str,
     title: Option<&str>,
-    protected: &HashSet<i32>,
+    protected: &HashSet<i32, S>,
 ) -> Vec<i32> {
     snapshot
         .iter()
@@ -89,8 +89,9 @@ pub fn duplicate_writers<'a>(
         .collect()
 }
 
-/// What a sweep knows of one slot's broker and its owners.
+/// What a sweep knows of one slot's broker and its owners: independent facts, not states of one machine.
 #[derive(Clone, Copy, Debug)]
+#[allow(clippy::struct_excessive_bools)]
 pub struct SlotFacts {
     /// The recorded process still has its identity.
     pub alive: bool,

@@ -166,14 +166,15 @@ impl Handle {
     }
 
     /// Signals the process group `pgid` led by this process. Only while the leader is verifiably alive: while any
-    /// member lives the kernel cannot hand the group id to another process.
+    /// member lives the kernel cannot hand the group id to another process. No such group while the leader lives
+    /// means the record's `pgid` was wrong (the process leads no group): the process itself is signalled.
     pub fn signal_group(&self, pgid: i32, sig: Sig) -> std::io::Result<bool> {
         if pgid != self.identity.pid || self.has_exited() {
             return self.signal(sig);
         }
         match nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), sig.nix()) {
             Ok(()) => Ok(true),
-            Err(nix::errno::Errno::ESRCH) => Ok(false),
+            Err(nix::errno::Errno::ESRCH) => self.signal(sig),
             Err(err) => Err(err.into()),
         }
     }

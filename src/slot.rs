@@ -203,7 +203,20 @@ impl SlotGuard<'_> {
         }
         self.root.write_atomic(&self.slot.record_path(), &bytes)?;
         self.last_read.replace(Some(bytes));
+        self.remove_dead_temps();
         Ok(())
+    }
+
+    /// Removes temp files a writer killed between create and rename left behind. Every writer of the record holds
+    /// this lock, so under it any such file is garbage.
+    fn remove_dead_temps(&self) {
+        let prefix = format!(".{RECORD}.tmp-");
+        let Ok(entries) = std::fs::read_dir(&self.slot.dir) else { return };
+        for entry in entries.filter_map(Result::ok) {
+            if entry.file_name().to_str().is_some_and(|name| name.starts_with(&prefix)) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
     }
 
     /// Removes an empty slot's directory: its lock (while holding it, so any waiter re-opens and finds the slot

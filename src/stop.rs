@@ -273,9 +273,10 @@ impl Stopper {
             StopOutcome::Refused { why } => why.clone(),
             other => other.summary(),
         };
-        match self.tickets.remove(&item.ticket) {
-            Ok(()) => self.log.record(&self.event_for(&item.ticket, action, result).detail(detail)),
-            Err(err) => self.log.record(&self.event_for(&item.ticket, "error", "failed").detail(format!("{err:#}"))),
+        // The event first: whoever sees the ticket gone can read why.
+        self.log.record(&self.event_for(&item.ticket, action, result).detail(detail));
+        if let Err(err) = self.tickets.remove(&item.ticket) {
+            self.log.record(&self.event_for(&item.ticket, "error", "failed").detail(format!("{err:#}")));
         }
         item.outcome = Some(outcome);
     }

@@ -1,4 +1,4 @@
-//! Ending a session: the one step shared by SessionEnd, `reap --session`, a sweep's `owners_gone` and the
+//! Ending a session: the one step shared by `SessionEnd`, `reap --session`, a sweep's `owners_gone` and the
 //! shutdown drain. In every slot of every workspace the session loses its ownership; slots left with no owner
 //! become stop tickets in the same locked step; processes resuming the session become tickets too. Nothing is
 //! signalled here: the caller runs the tickets within its deadline.
@@ -205,11 +205,11 @@ fn file_resume_orphans(store: &Store, guard: &Guard, ending: &Ending, title: Opt
         let mut ticket =
             stop::new_ticket(identity, None, Reason::ResumeOrphan.as_str(), 5000, "resume-orphan".to_owned());
         ticket.session = Some(ending.session.as_str().to_owned());
-        if !ending.dry_run {
-            if let Err(err) = store.tickets.file(&ticket) {
-                report.problems.push(format!("resume orphan {pid}: {err:#}"));
-                continue;
-            }
+        if !ending.dry_run
+            && let Err(err) = store.tickets.file(&ticket)
+        {
+            report.problems.push(format!("resume orphan {pid}: {err:#}"));
+            continue;
         }
         report.resume_orphans.push((pid, argv));
         report.tickets.push(ticket);

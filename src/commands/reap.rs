@@ -1,4 +1,4 @@
-//! `reap --session S` ends one session now, as SessionEnd would; `reap --all --reason shutdown|restart` drains
+//! `reap --session S` ends one session now, as `SessionEnd` would; `reap --all --reason shutdown|restart` drains
 //! every live session within a deadline (agent or host shutdown), handing what is left to the finisher.
 
 use std::time::{Duration, Instant};

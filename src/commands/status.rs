@@ -27,9 +27,17 @@ pub struct SlotStatus {
 pub struct Snapshot {
     pub state_dir: String,
     pub slots: Vec<SlotStatus>,
+    /// Slots whose record could not be read (corrupt, or written by a newer session-reaper).
+    pub unreadable: Vec<Unreadable>,
     pub tickets: Vec<TicketStatus>,
     pub sessions: Vec<SessionRecord>,
     pub finisher_running: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Unreadable {
+    pub slot: String,
+    pub problem: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -42,13 +50,20 @@ pub struct TicketStatus {
 
 /// Reads everything without taking any lock (each record file is replaced atomically).
 pub fn snapshot(store: &Store) -> Snapshot {
-    let slots = Slot::all(&store.root)
-        .into_iter()
-        .filter_map(|slot| {
-            let record = slot.peek(&store.root)?;
-            Some(SlotStatus { slot: slot.label(), alive: proc::is_alive(&record.identity), record })
-        })
-        .collect();
+    let mut slots = Vec::new();
+    let mut unreadable = Vec::new();
+    for slot in Slot::all(&store.root) {
+        match slot.peek(&store.root) {
+            Some(record) => {
+                slots.push(SlotStatus { slot: slot.label(), alive: proc::is_alive(&record.identity), record });
+            }
+            None => {
+                if let Some(problem) = unreadable_record(store, &slot) {
+                    unreadable.push(Unreadable { slot: slot.label(), problem });
+                }
+            }
+        }
+    }
     let tickets = store
         .tickets
         .pending(&store.log)
@@ -61,16 +76,31 @@ pub fn snapshot(store: &Store) -> Snapshot {
     Snapshot {
         state_dir: store.root.path().to_string_lossy().into_owned(),
         slots,
+        unreadable,
         tickets,
         sessions: store.sessions.all().into_iter().filter(|session| !session.is_ended()).collect(),
         finisher_running: finisher::is_running(store),
     }
 }
 
+/// Why a slot's existing record did not read, if it exists and did not.
+fn unreadable_record(store: &Store, slot: &Slot) -> Option<String> {
+    let path = slot.record_path();
+    match store.root.read_file(&path) {
+        Ok(None) => None,
+        Err(err) => Some(format!("{err:#}")),
+        Ok(Some(bytes)) => match crate::record::parse::<BrokerRecord>(&bytes, &path) {
+            Ok(crate::record::Parsed::Record(_)) => None,
+            Ok(crate::record::Parsed::Corrupt(why)) => Some(format!("corrupt: {why}")),
+            Err(err) => Some(format!("{err:#}")),
+        },
+    }
+}
+
 pub fn run(json_output: bool, config: &Config) -> anyhow::Result<Outcome> {
     let Some(root) = StateRoot::open_existing(&config.state_dir)? else {
         if json_output {
-            println!("{}", json!({"state_dir": config.state_dir, "slots": [], "tickets": [], "sessions": []}));
+            println!("{}", json!({"state_dir": config.state_dir, "slots": [], "unreadable": [], "tickets": [], "sessions": []}));
         } else {
             println!("no state yet at {}", config.state_dir.display());
         }
@@ -83,7 +113,7 @@ pub fn run(json_output: bool, config: &Config) -> anyhow::Result<Outcome> {
         print_human(&snapshot);
     }
     let stuck = snapshot.tickets.iter().any(|ticket| ticket.stuck);
-    Ok(Outcome::from_ok(!stuck))
+    Ok(Outcome::from_ok(!stuck && snapshot.unreadable.is_empty()))
 }
 
 fn print_human(snapshot: &Snapshot) {
@@ -110,6 +140,9 @@ fn print_human(snapshot: &Snapshot) {
                 workspace
             );
         }
+    }
+    for slot in &snapshot.unreadable {
+        println!("  UNREADABLE {}: {}", slot.slot, slot.problem);
     }
     if !snapshot.tickets.is_empty() {
         println!("stopping:");

@@ -170,6 +170,16 @@ impl Env {
         let child = command.spawn().expect("spawn child");
         let pid = i32::try_from(child.id()).unwrap();
         self.children.push(child);
+        // `spawn` returns once the vfork'd child has begun exec, before the kernel has set up its new argv: until
+        // then /proc shows the test's argv or none, and a scan for `--resume` would miss it. (A child that already
+        // exited has nothing left to show.)
+        let program = command.get_program().to_string_lossy().into_owned();
+        let exec_done = || {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|argv| argv.split(|b| *b == 0).next() == Some(program.as_bytes()))
+                || matches!(proc_stat(pid), None | Some(('Z', _)))
+        };
+        assert!(wait_until(PATIENCE, exec_done), "{program} never showed its argv");
         Proc::of(pid).expect("child started")
     }
 
