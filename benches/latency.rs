@@ -150,7 +150,9 @@ fn main() {
     });
 
     let cpus = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
-    let processes = std::fs::read_dir("/proc").map(|d| d.filter_map(Result::ok).filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok()).count()).unwrap_or(0);
+    let processes = std::fs::read_dir("/proc").map_or(0, |dir| {
+        dir.filter_map(Result::ok).filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok()).count()
+    });
     println!("session-reaper latency ({rounds} rounds, {cpus} cpus, {processes} processes on the machine)\n");
     println!("| {:<44} | {:>11} | {:>11} | {:<22} |", "command", "median", "p90", "vs reference");
     println!("|{:-<46}|{:-<13}|{:-<13}|{:-<24}|", "", "", "", "");

@@ -1,5 +1,8 @@
 //! The command line as clap sees it: flags and their help, nothing resolved. `config` turns it into requests.
 
+// Doc comments here are `--help` text, read in a terminal: no Markdown backticks.
+#![allow(clippy::doc_markdown)]
+
 use std::path::PathBuf;
 use std::time::Duration;
 

@@ -80,7 +80,7 @@ pub fn check_idle_ttl(ttl: Duration, flag: &str) -> anyhow::Result<Duration> {
 /// A long duration as people write it: whole days when it is whole days.
 fn in_days(duration: Duration) -> String {
     let secs = duration.as_secs();
-    if secs % 86_400 == 0 && duration.subsec_nanos() == 0 {
+    if secs.is_multiple_of(86_400) && duration.subsec_nanos() == 0 {
         format!("{}days", secs / 86_400)
     } else {
         humantime::format_duration(duration).to_string()

@@ -56,5 +56,5 @@ impl Outcome {
 
 /// Exit code of an error: 2 where any cause is `BadInput`, else 1.
 pub fn exit_code_of(err: &anyhow::Error) -> u8 {
-    if err.chain().any(|cause| cause.is::<BadInput>()) { 2 } else { 1 }
+    if err.chain().any(<dyn std::error::Error>::is::<BadInput>) { 2 } else { 1 }
 }

@@ -90,7 +90,7 @@ impl Event {
     }
 
     #[must_use]
-    pub fn reason(mut self, reason: impl ToString) -> Self {
+    pub fn reason(mut self, reason: &impl ToString) -> Self {
         self.reason = Some(reason.to_string());
         self
     }
@@ -146,7 +146,7 @@ impl EventLog {
         line.push(b'\n');
         let mut file = self.root.open_append(&self.path())?;
         file.write_all(&line)?;
-        if file.metadata().map(|meta| meta.len()).unwrap_or(0) > ROTATE_AT {
+        if file.metadata().map_or(0, |meta| meta.len()) > ROTATE_AT {
             self.rotate();
         }
         Ok(())
@@ -174,7 +174,7 @@ impl EventLog {
         if lock.try_lock().is_err() {
             return;
         }
-        let still_big = std::fs::metadata(self.path()).map(|meta| meta.len() > ROTATE_AT).unwrap_or(false);
+        let still_big = std::fs::metadata(self.path()).is_ok_and(|meta| meta.len() > ROTATE_AT);
         if still_big {
             let _ = std::fs::rename(self.path(), self.rotated_path());
         }
@@ -206,10 +206,10 @@ mod tests {
         let log = EventLog::new(&root);
         let detail = "x".repeat(10_000);
         for _ in 0..120 {
-            log.append(&Event::new("stop", "stopped").reason(Reason::Manual).detail(detail.clone())).unwrap();
+            log.append(&Event::new("stop", "stopped").reason(&Reason::Manual).detail(detail.clone())).unwrap();
         }
         assert!(log.rotated_path().exists());
-        assert!(std::fs::metadata(log.path()).map(|m| m.len()).unwrap_or(0) < ROTATE_AT);
+        assert!(std::fs::metadata(log.path()).map_or(0, |m| m.len()) < ROTATE_AT);
         let events = log.read_all();
         assert!(events.len() >= 100 && events.iter().all(|e| e.reason.as_deref() == Some("manual")));
     }

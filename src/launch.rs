@@ -23,7 +23,7 @@ pub const BROKER_MARKER: &str = "SESSION_REAPER_BROKER";
 pub const STATE_ROOT_MARKER: &str = "SESSION_REAPER_STATE_ROOT";
 
 pub fn spawn_broker(argv: &[String], cwd: &Path, log: &Path, marker: &str, state_root: &Path) -> anyhow::Result<Child> {
-    let (program, args) = argv.split_first().context("no broker command given")?;
+    let (program, arguments) = argv.split_first().context("no broker command given")?;
     let output = OpenOptions::new()
         .append(true)
         .create(true)
@@ -32,7 +32,7 @@ pub fn spawn_broker(argv: &[String], cwd: &Path, log: &Path, marker: &str, state
         .with_context(|| format!("opening broker log {}", log.display()))?;
     let mut command = Command::new(program);
     command
-        .args(args)
+        .args(arguments)
         .current_dir(cwd)
         .stdin(Stdio::null())
         .stdout(output.try_clone()?)

@@ -198,13 +198,13 @@ pub fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8], path: &std::path::Pat
     let Some(object) = value.as_object() else {
         return Ok(Parsed::Corrupt("expected a JSON object".to_owned()));
     };
-    if let Some(version) = object.get("version").and_then(Value::as_u64) {
-        if version > u64::from(VERSION) {
-            return Err(bad_input(format!(
-                "{}: record version {version} is newer than this session-reaper reads ({VERSION}); upgrade session-reaper",
-                path.display()
-            )));
-        }
+    if let Some(version) = object.get("version").and_then(Value::as_u64)
+        && version > u64::from(VERSION)
+    {
+        return Err(bad_input(format!(
+            "{}: record version {version} is newer than this session-reaper reads ({VERSION}); upgrade session-reaper",
+            path.display()
+        )));
     }
     match serde_json::from_value(value) {
         Ok(record) => Ok(Parsed::Record(record)),

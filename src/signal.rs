@@ -190,20 +190,18 @@ impl Handle {
 
     /// Waits up to `timeout` for the process to exit; true if it did.
     pub fn wait_exit(&self, timeout: Duration) -> bool {
-        match &self.pidfd {
-            Some(fd) => pidfd_exited(fd, timeout),
-            None => {
-                let deadline = std::time::Instant::now() + timeout;
-                loop {
-                    if !proc::is_alive(&self.identity) {
-                        return true;
-                    }
-                    if std::time::Instant::now() >= deadline {
-                        return false;
-                    }
-                    std::thread::sleep(Duration::from_millis(5));
-                }
+        if let Some(fd) = &self.pidfd {
+            return pidfd_exited(fd, timeout);
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if !proc::is_alive(&self.identity) {
+                return true;
             }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 

@@ -42,8 +42,9 @@ impl std::fmt::Display for SlotBusy {
 
 impl std::error::Error for SlotBusy {}
 
-/// What a slot held when read under its lock.
+/// What a slot held when read under its lock. (One value lives per held lock: its size does not matter.)
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum SlotContent {
     Empty,
     Broker(BrokerRecord),
@@ -123,8 +124,7 @@ impl Slot {
                 // A sweep may have removed an empty slot's lock file between our open and our lock: a lock on an
                 // unlinked file serialises nothing, so only a lock on the file the path still names counts.
                 Ok(()) if same_file(&file, &lock_path) => break file,
-                Ok(()) => {}
-                Err(std::fs::TryLockError::WouldBlock) => {}
+                Ok(()) | Err(std::fs::TryLockError::WouldBlock) => {}
                 Err(std::fs::TryLockError::Error(err)) => {
                     return Err(err).with_context(|| format!("locking {}", lock_path.display()));
                 }

@@ -45,12 +45,12 @@ impl StateRoot {
     pub fn open(path: &Path) -> anyhow::Result<Self> {
         let path = if path.is_absolute() { path.to_path_buf() } else { std::env::current_dir()?.join(path) };
         let uid = nix::unistd::geteuid().as_raw();
-        if let Some(parent) = path.parent() {
-            if !parent.exists() {
-                fs::create_dir_all(parent)
-                    .with_context(|| format!("creating {}", parent.display()))
-                    .map_err(|err| bad_input(format!("state root {}: {err:#}", path.display())))?;
-            }
+        if let Some(parent) = path.parent()
+            && !parent.exists()
+        {
+            fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))
+                .map_err(|err| bad_input(format!("state root {}: {err:#}", path.display())))?;
         }
         let root = StateRoot { path, uid };
         root.ensure_dir(&root.path)?;

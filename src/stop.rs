@@ -137,7 +137,7 @@ impl Stopper {
             let now = SystemTime::now();
             let mut next_step_at = now + Duration::from_secs(3600);
             for item in active.iter_mut().filter(|item| item.outcome.is_none()) {
-                self.reap_helper(item, now);
+                reap_helper(item, now);
                 let alive = is_running(item);
                 match next_step(&item.ticket, now, alive) {
                     Step::Done => self.finish(item, None),
@@ -209,7 +209,7 @@ impl Stopper {
                 item.ticket.attempts += 1;
                 if item.ticket.attempts == STUCK_AFTER {
                     self.log.record(
-                        &self.event_for(&item.ticket, "stuck", "still_running").detail(format!(
+                        &event_for(&item.ticket, "stuck", "still_running").detail(format!(
                             "still running after {STUCK_AFTER} SIGKILLs (uninterruptible?); the ticket stays"
                         )),
                     );
@@ -219,7 +219,7 @@ impl Stopper {
         }
         item.signalled = true;
         if let Err(err) = self.tickets.save(&item.ticket) {
-            self.log.record(&self.event_for(&item.ticket, "error", "failed").detail(format!("{err:#}")));
+            self.log.record(&event_for(&item.ticket, "error", "failed").detail(format!("{err:#}")));
         }
     }
 
@@ -240,16 +240,7 @@ impl Stopper {
             (None, None) => Ok(()),
         };
         if let Err(err) = result {
-            self.log.record(&self.event_for(ticket, "error", "failed").detail(format!("{}: {err}", sig.name())));
-        }
-    }
-
-    fn reap_helper(&self, item: &mut Active, now: SystemTime) {
-        let Some(helper) = item.helper.as_mut() else { return };
-        let overdue = stamp(item.ticket.graceful_at.as_ref()).is_some_and(|at| now >= at + GRACEFUL_WINDOW);
-        if matches!(helper.try_wait(), Ok(Some(_))) || overdue {
-            end_helper(helper);
-            item.helper = None;
+            self.log.record(&event_for(ticket, "error", "failed").detail(format!("{}: {err}", sig.name())));
         }
     }
 
@@ -274,22 +265,32 @@ impl Stopper {
             other => other.summary(),
         };
         // The event first: whoever sees the ticket gone can read why.
-        self.log.record(&self.event_for(&item.ticket, action, result).detail(detail));
+        self.log.record(&event_for(&item.ticket, action, result).detail(detail));
         if let Err(err) = self.tickets.remove(&item.ticket) {
-            self.log.record(&self.event_for(&item.ticket, "error", "failed").detail(format!("{err:#}")));
+            self.log.record(&event_for(&item.ticket, "error", "failed").detail(format!("{err:#}")));
         }
         item.outcome = Some(outcome);
     }
 
-    fn event_for(&self, ticket: &StopTicket, action: &str, result: &str) -> Event {
-        let mut event = Event::new(action, result)
-            .reason(&ticket.reason)
-            .session(ticket.session.as_deref())
-            .pid(ticket.identity.pid);
-        event.workspace.clone_from(&ticket.workspace);
-        event.name.clone_from(&ticket.name);
-        event
+}
+
+fn reap_helper(item: &mut Active, now: SystemTime) {
+    let Some(helper) = item.helper.as_mut() else { return };
+    let overdue = stamp(item.ticket.graceful_at.as_ref()).is_some_and(|at| now >= at + GRACEFUL_WINDOW);
+    if matches!(helper.try_wait(), Ok(Some(_))) || overdue {
+        end_helper(helper);
+        item.helper = None;
     }
+}
+
+fn event_for(ticket: &StopTicket, action: &str, result: &str) -> Event {
+    let mut event = Event::new(action, result)
+        .reason(&ticket.reason)
+        .session(ticket.session.as_deref())
+        .pid(ticket.identity.pid);
+    event.workspace.clone_from(&ticket.workspace);
+    event.name.clone_from(&ticket.name);
+    event
 }
 
 fn stopped_by(ticket: &StopTicket) -> String {
@@ -363,10 +364,10 @@ fn send_line(socket: &str, message: &str) -> std::io::Result<()> {
 
 /// Ends a shutdown command we started (its own process group) and reaps it.
 fn end_helper(helper: &mut Child) {
-    if matches!(helper.try_wait(), Ok(None)) {
-        if let Ok(pid) = i32::try_from(helper.id()) {
-            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-        }
+    if matches!(helper.try_wait(), Ok(None))
+        && let Ok(pid) = i32::try_from(helper.id())
+    {
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
     }
     let _ = helper.wait();
 }

@@ -75,7 +75,7 @@ pub fn end_session(store: &Store, guard: &Guard, ending: &Ending, lock_deadline:
     if !ending.dry_run {
         store.log.record(
             &Event::new("session_end", "ended")
-                .reason(ending.reason)
+                .reason(&ending.reason)
                 .session(Some(session))
                 .detail(ending.agent_reason.clone().unwrap_or_default()),
         );
@@ -171,7 +171,7 @@ fn strip_owner(store: &Store, slot: &Slot, ending: &Ending, lock_deadline: Insta
     };
     store.log.record(
         &Event::new("owner_remove", "removed")
-            .reason(ending.reason)
+            .reason(&ending.reason)
             .session(Some(session))
             .slot(&record.workspace, &record.name)
             .pid(record.identity.pid)

@@ -27,7 +27,11 @@ pub fn workspace_of(cwd: &Path) -> anyhow::Result<PathBuf> {
 /// `<slug>-<hash16>`: a readable, collision-free directory name for a canonical workspace path.
 pub fn workspace_key(workspace: &Path) -> String {
     let digest = Sha256::digest(workspace.as_os_str().as_bytes());
-    let hash16: String = digest.iter().take(8).map(|byte| format!("{byte:02x}")).collect();
+    let hash16: String = digest.iter().take(8).fold(String::with_capacity(16), |mut hex, byte| {
+        use std::fmt::Write;
+        let _ = write!(hex, "{byte:02x}");
+        hex
+    });
     format!("{}-{hash16}", slug(workspace))
 }
 

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 /// How long one whole `claude -p` run may take before it is killed.
-const CLAUDE_DEADLINE: Duration = Duration::from_mins(2);
+const CLAUDE_DEADLINE: Duration = Duration::from_secs(120);
 /// How long the broker and the `session_end` event may lag behind Claude Code's exit.
 const AFTERMATH_DEADLINE: Duration = Duration::from_secs(15);
 /// Pause between two looks at something polled against a deadline.

@@ -181,7 +181,7 @@ impl SlotTarget {
             SlotContent::Broker(record) => {
                 guard.clear()?;
                 self.store.log.record(
-                    &self.event("prune", "pruned").reason(Reason::BrokerGone).pid(record.identity.pid).detail(
+                    &self.event("prune", "pruned").reason(&Reason::BrokerGone).pid(record.identity.pid).detail(
                         "the recorded process no longer has its identity (exited, or the pid was reused)",
                     ),
                 );
@@ -347,13 +347,11 @@ fn register(
 fn attach(target: &SlotTarget, owner: &SessionId) -> anyhow::Result<Outcome> {
     let guard = target.lock()?;
     target.recheck_owner(Some(owner))?;
-    match target.live_broker(&guard)? {
-        Some(record) => join(target, &guard, record, Some(owner)),
-        None => {
-            eprintln!("session-reaper: {} has no live broker to attach to; use `broker spawn`", target.slot.label());
-            Ok(Outcome::Partial)
-        }
-    }
+    let Some(record) = target.live_broker(&guard)? else {
+        eprintln!("session-reaper: {} has no live broker to attach to; use `broker spawn`", target.slot.label());
+        return Ok(Outcome::Partial);
+    };
+    join(target, &guard, record, Some(owner))
 }
 
 fn detach(target: &SlotTarget, owner: &SessionId) -> anyhow::Result<Outcome> {
@@ -403,7 +401,7 @@ fn touch(target: &SlotTarget) -> anyhow::Result<Outcome> {
 fn owner_removed(target: &SlotTarget, owner: &SessionId, record: &BrokerRecord) -> Event {
     target
         .event("owner_remove", "removed")
-        .reason(Reason::Manual)
+        .reason(&Reason::Manual)
         .session(Some(owner.as_str()))
         .pid(record.identity.pid)
         .detail(if record.owners.is_empty() {

@@ -217,7 +217,7 @@ impl Sweep<'_> {
                 guard.map(|guard| {
                     guard.clear()?;
                     self.store.log.record(
-                        &Event::new("prune", "pruned").reason(reason).slot(&record.workspace, &record.name).pid(record.identity.pid),
+                        &Event::new("prune", "pruned").reason(&reason).slot(&record.workspace, &record.name).pid(record.identity.pid),
                     );
                     Ok(())
                 })
@@ -269,7 +269,14 @@ impl Sweep<'_> {
             }
             let group = proc::stat(*pid).ok().filter(|stat| stat.pgid == *pid).map(|stat| stat.pgid);
             let mut ticket = stop::new_ticket(identity, group, Reason::Unrecorded.as_str(), 5000, "unrecorded".into());
-            ticket.workspace = Some(marker.clone());
+            // The marker is `<workspace>/<name>`: the event names the slot as a recorded broker's would.
+            match marker.rsplit_once('/') {
+                Some((workspace, name)) => {
+                    ticket.workspace = Some(workspace.to_owned());
+                    ticket.name = Some(name.to_owned());
+                }
+                None => ticket.workspace = Some(marker.clone()),
+            }
             self.act("stop", Some(Reason::Unrecorded), marker, Some(*pid), "stop");
             if !self.policy.dry_run {
                 if let Err(err) = self.store.tickets.file(&ticket) {
@@ -358,13 +365,14 @@ fn drop_ended_owners(record: &mut BrokerRecord, sessions: &[SessionRecord]) -> V
     ended
 }
 
-/// An owner is alive unless its session record says it ended or its agent process is gone. An owner with no
-/// session record is never judged dead, only idle.
+/// An owner is known to be alive when its session is live and its recorded agent process still runs. An owner
+/// with no session record (or no agent identity) is never judged dead — no `owners_gone` — but neither is it
+/// known to be alive, so the sweep's default idle TTL applies to its broker.
 fn owner_alive(session: &str, sessions: &[SessionRecord]) -> bool {
     match sessions.iter().find(|record| record.session_id == session) {
-        None => true,
+        None => false,
         Some(record) if record.is_ended() => false,
-        Some(record) => record.agent_identity.as_ref().is_none_or(proc::is_alive),
+        Some(record) => record.agent_identity.as_ref().is_some_and(proc::is_alive),
     }
 }
 

@@ -47,7 +47,7 @@ pub fn is_alive(identity: &Identity) -> bool {
 /// The chain of ancestors of `pid`, nearest first, not including `pid` itself; stops at pid 1.
 pub fn ancestors(pid: i32) -> Vec<ProcStat> {
     let mut chain = Vec::new();
-    let mut next = stat(pid).map(|s| s.ppid).unwrap_or(0);
+    let mut next = stat(pid).map_or(0, |s| s.ppid);
     while next > 0 && chain.len() < 4096 {
         let Ok(parent) = stat(next) else { break };
         next = parent.ppid;

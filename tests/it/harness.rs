@@ -149,11 +149,11 @@ impl Env {
 
     /// `broker spawn` printed the record: remember the broker so it dies with the test.
     fn note_brokers(&mut self, out: &Output) {
-        if let Ok(value) = serde_json::from_slice::<Value>(&out.stdout) {
-            if let Some(pid) = value.pointer("/identity/pid").and_then(Value::as_i64) {
-                let ticks = value.pointer("/identity/start_ticks").and_then(Value::as_u64).unwrap_or(0);
-                self.track(Proc { pid: i32::try_from(pid).unwrap(), ticks });
-            }
+        if let Ok(value) = serde_json::from_slice::<Value>(&out.stdout)
+            && let Some(pid) = value.pointer("/identity/pid").and_then(Value::as_i64)
+        {
+            let ticks = value.pointer("/identity/start_ticks").and_then(Value::as_u64).unwrap_or(0);
+            self.track(Proc { pid: i32::try_from(pid).unwrap(), ticks });
         }
     }
 
@@ -199,9 +199,9 @@ impl Env {
 
     /// Spawns a broker for `session` in `workspace` and returns its identity.
     pub fn spawn_broker(&mut self, workspace: &Path, session: &str, argv: &[&str]) -> Proc {
-        let mut args = vec!["broker", "spawn", "--cwd", workspace.to_str().unwrap(), "--session", session, "--"];
-        args.extend_from_slice(argv);
-        let out = self.run(&args);
+        let mut words = vec!["broker", "spawn", "--cwd", workspace.to_str().unwrap(), "--session", session, "--"];
+        words.extend_from_slice(argv);
+        let out = self.run(&words);
         assert!(out.status.success(), "spawn failed: {}", String::from_utf8_lossy(&out.stderr));
         let value: Value = serde_json::from_slice(&out.stdout).expect("spawn prints JSON");
         Proc {

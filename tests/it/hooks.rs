@@ -32,7 +32,7 @@ fn payload_dir() -> PathBuf {
 }
 
 /// Every payload fixture as (agent directory, file name, bytes), sorted. Each session id is replaced (everywhere
-/// in the text, consistently per id) by a fresh one: a SessionEnd scans the whole process table for `--resume <id>`,
+/// in the text, consistently per id) by a fresh one: a `SessionEnd` scans the whole process table for `--resume <id>`,
 /// and a test may only ever match processes it planted itself.
 fn fixture_payloads() -> Vec<Fixture> {
     let mut fresh: std::collections::HashMap<String, String> = std::collections::HashMap::new();
