@@ -102,7 +102,7 @@ pub fn run(args: &SweepArgs, config: &Config) -> anyhow::Result<Outcome> {
     sweep.report_duplicate_writers(&snapshot, &sessions);
     sweep.drop_tombstones(&sessions, args.retention);
     if !args.dry_run && store.log.rotate_if_oversized() {
-        sweep.act("clean", None, "events.jsonl".to_owned(), None, "rotated");
+        sweep.act("clean", None, "events.jsonl".to_owned(), None, "rotate");
     }
     let stops = sweep.drive_tickets()?;
     let report = SweepReport { policy: sweep.policy, actions: sweep.actions, stops, problems: sweep.problems };
@@ -116,8 +116,10 @@ pub fn run(args: &SweepArgs, config: &Config) -> anyhow::Result<Outcome> {
 }
 
 impl Sweep<'_> {
-    fn act(&mut self, action: &'static str, reason: Option<Reason>, target: String, pid: Option<i32>, result: &str) {
-        let result = if self.policy.dry_run { format!("would {result}") } else { result.to_owned() };
+    /// Records an action; `verb` is what is done ("prune", "stop", …), shown as "would prune" in a dry run and
+    /// as "pruned" otherwise.
+    fn act(&mut self, action: &'static str, reason: Option<Reason>, target: String, pid: Option<i32>, verb: &str) {
+        let result = if self.policy.dry_run { format!("would {verb}") } else { past_tense(verb) };
         self.actions.push(SweepAction { action, reason: reason.map(|r| r.to_string()), target, pid, result });
     }
 
@@ -136,7 +138,12 @@ impl Sweep<'_> {
             let ending =
                 Ending { session, reason: Reason::OwnersGone, agent_reason: None, dry_run: self.policy.dry_run };
             let report = teardown::end_session(self.store, &self.guard, &ending, Instant::now() + LOCK_WAIT);
-            self.act("end_session", Some(Reason::OwnersGone), record.session_id.clone(), Some(identity.pid), "ended");
+            self.act("end_session", Some(Reason::OwnersGone), record.session_id.clone(), Some(identity.pid), "end");
+            // What ending it stops (its last-owned brokers, processes resuming it): a dry run shows no stops else.
+            for ticket in &report.tickets {
+                let (reason, pid) = (Reason::parse(&ticket.reason), Some(ticket.identity.pid));
+                self.act("stop", reason, ticket.origin.clone(), pid, "stop");
+            }
             self.problems.extend(report.problems);
             self.tickets.extend(report.tickets);
         }
@@ -169,7 +176,7 @@ impl Sweep<'_> {
                 Ok(SlotContent::Empty) => {
                     let keep = Duration::from_secs(self.policy.retention_secs);
                     if matches!(guard.remove_if_empty(keep), Ok(true)) {
-                        self.act("clean", None, slot.label(), None, "removed empty slot");
+                        self.act("clean", None, slot.label(), None, "remove empty slot");
                     }
                 }
                 Ok(SlotContent::Corrupt { moved_to, why }) => {
@@ -209,11 +216,11 @@ impl Sweep<'_> {
         let result = match verdict {
             SlotVerdict::Keep if ended_owners.is_empty() => return,
             SlotVerdict::Keep => {
-                self.act("owner_remove", Some(Reason::SessionEnd), slot.label(), pid, "removed ended owners");
+                self.act("owner_remove", Some(Reason::SessionEnd), slot.label(), pid, "remove ended owners");
                 guard.map(|guard| guard.write(&record))
             }
             SlotVerdict::Prune(reason) => {
-                self.act("prune", Some(reason), slot.label(), pid, "pruned");
+                self.act("prune", Some(reason), slot.label(), pid, "prune");
                 guard.map(|guard| {
                     guard.clear()?;
                     self.store.log.record(
@@ -304,7 +311,7 @@ impl Sweep<'_> {
         let live: Vec<&SessionRecord> = sessions.iter().filter(|record| !record.is_ended()).collect();
         for (session, pids) in plan::duplicate_writers(snapshot, live) {
             let list: Vec<String> = pids.iter().map(i32::to_string).collect();
-            self.act("duplicate_writers", None, session.clone(), None, &format!("reported: pids {}", list.join(", ")));
+            self.act("duplicate_writers", None, session.clone(), None, &format!("report pids {}", list.join(", ")));
             if !self.policy.dry_run {
                 self.store.log.record(
                     &Event::new("duplicate_writers", "reported")
@@ -321,7 +328,7 @@ impl Sweep<'_> {
             let expired = record.ended_at.as_deref().and_then(|at| clock::age(at, now)).is_some_and(|age| age > retention);
             let Ok(id) = SessionId::parse(&record.session_id) else { continue };
             if expired {
-                self.act("clean", None, record.session_id.clone(), None, "dropped tombstone");
+                self.act("clean", None, record.session_id.clone(), None, "drop tombstone");
                 if !self.policy.dry_run {
                     if let Err(err) = self.store.sessions.remove(&id) {
                         self.problems.push(format!("tombstone {id}: {err:#}"));
@@ -349,6 +356,23 @@ impl Sweep<'_> {
         }
         Ok(stops)
     }
+}
+
+/// "remove empty slot" -> "removed empty slot": how a done action reads.
+fn past_tense(verb: &str) -> String {
+    const PAST: [(&str, &str); 8] = [
+        ("stop", "stopping"),
+        ("end", "ended"),
+        ("prune", "pruned"),
+        ("remove", "removed"),
+        ("drop", "dropped"),
+        ("report", "reported"),
+        ("rotate", "rotated"),
+        ("continue", "continued"),
+    ];
+    let (first, rest) = verb.split_once(' ').unwrap_or((verb, ""));
+    let done = PAST.iter().find(|(present, _)| *present == first).map_or(first, |(_, past)| past);
+    if rest.is_empty() { done.to_owned() } else { format!("{done} {rest}") }
 }
 
 /// Removes owners whose session has ended; returns them.

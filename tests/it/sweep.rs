@@ -68,7 +68,7 @@ fn hook(env: &mut Env, event: &str, session: &str, cwd: &Path, owner: Option<Pro
     out
 }
 
-/// SessionStart with `owner` as the agent process; checks that the session was recorded with its identity.
+/// `SessionStart` with `owner` as the agent process; checks that the session was recorded with its identity.
 fn start_session(env: &mut Env, session: &str, cwd: &Path, owner: Proc) {
     hook(env, "SessionStart", session, cwd, Some(owner));
     let record = session_record(env, session).expect("SessionStart recorded the session");
@@ -95,7 +95,7 @@ fn spawn_with(
     flags: &[&str],
     argv: &[&str],
 ) -> (Proc, Value) {
-    let mut args = vec![
+    let mut command_line = vec![
         "broker",
         "spawn",
         "--cwd",
@@ -103,10 +103,10 @@ fn spawn_with(
         "--session",
         session,
     ];
-    args.extend_from_slice(flags);
-    args.push("--");
-    args.extend_from_slice(argv);
-    let out = env.run(&args);
+    command_line.extend_from_slice(flags);
+    command_line.push("--");
+    command_line.extend_from_slice(argv);
+    let out = env.run(&command_line);
     assert!(out.status.success(), "spawn failed: {}", stderr(&out));
     let record = parse(&out);
     (proc_in(&record), record)
@@ -212,7 +212,7 @@ fn wait_past(instant: Instant) {
     ));
 }
 
-/// The fake agent of test 1: a python process that runs the SessionStart hook and `broker spawn` (without
+/// The fake agent of test 1: a python process that runs the `SessionStart` hook and `broker spawn` (without
 /// `--session`) as its children, reports the spawn, and sleeps.
 const FAKE_AGENT: &str = r#"
 import json, os, subprocess, sys, time
@@ -402,7 +402,7 @@ fn finisher_of(env: &Env) -> Option<Proc> {
 
 #[test]
 fn sweep_sigkills_a_term_ignoring_broker_whose_finisher_was_killed_and_drops_its_ticket() {
-    const GRACE: Duration = Duration::from_secs(4);
+    const GRACE: Duration = Duration::from_secs(5);
     let mut env = Env::new();
     let ws = env.workspace("app");
     let owner = env.sleeper();
@@ -411,7 +411,7 @@ fn sweep_sigkills_a_term_ignoring_broker_whose_finisher_was_killed_and_drops_its
         &mut env,
         &ws,
         "stubborn-owner",
-        &["--grace", "4s"],
+        &["--grace", "5s"],
         &["sh", "-c", "trap '' TERM; sleep 600 & wait"],
     );
     assert!(
@@ -497,7 +497,8 @@ fn sweep_sigkills_a_term_ignoring_broker_whose_finisher_was_killed_and_drops_its
 
 /// What one session of the stress test did.
 struct SessionRun {
-    index: usize,
+    id: String,
+    slot: usize,
     /// The broker `broker spawn` or `broker attach` reported, when it succeeded.
     broker: Option<Proc>,
     /// It joined a live broker rather than starting one.
@@ -505,18 +506,78 @@ struct SessionRun {
     ended: bool,
 }
 
+/// One session's life in the stress test: `SessionStart`, join the slot's broker (odd threads try `broker attach`
+/// first, refused while the slot is empty), and `SessionEnd` unless it is one that never ends.
+fn stress_session(
+    env: &Env,
+    id: String,
+    slot: usize,
+    ws: &Path,
+    agent: Proc,
+    attach_first: bool,
+    end: bool,
+) -> SessionRun {
+    let run_hook = |event: &str, owner: Option<Proc>| {
+        let pid = owner.map(|owner| owner.pid.to_string());
+        let mut args = vec!["hook", "--agent", "claude"];
+        if let Some(pid) = &pid {
+            args.extend(["--owner-pid", pid.as_str()]);
+        }
+        let out = run_bounded(env.cmd(&args), Some(&payload(event, &id, ws)));
+        assert!(out.status.success() && out.stdout.is_empty(), "{out:?}");
+    };
+    run_hook("SessionStart", Some(agent));
+    let ws_text = ws.to_str().unwrap();
+    let attach = || {
+        let args = ["broker", "attach", "--cwd", ws_text, "--session", &id];
+        Some(run_bounded(env.cmd(&args), None)).filter(|out| out.status.success())
+    };
+    let spawn = || {
+        let args = [
+            "broker",
+            "spawn",
+            "--cwd",
+            ws_text,
+            "--session",
+            &id,
+            "--",
+            "sleep",
+            "600",
+        ];
+        Some(run_bounded(env.cmd(&args), None)).filter(|out| out.status.success())
+    };
+    let joined = if attach_first {
+        attach().or_else(spawn)
+    } else {
+        spawn()
+    };
+    let broker = joined.as_ref().map(|out| proc_in(&parse(out)));
+    let reused = joined.is_some_and(|out| parse(&out)["reused"] == true);
+    if end {
+        run_hook("SessionEnd", None);
+    }
+    SessionRun {
+        id,
+        slot,
+        broker,
+        reused,
+        ended: end,
+    }
+}
+
 #[test]
+#[allow(clippy::too_many_lines)] // one scenario, checked from every side
 fn concurrent_sessions_spawns_ends_and_sweeps_lose_no_owner_and_leak_no_broker() {
-    const SESSIONS: usize = 30;
+    const THREADS: usize = 30;
     const SLOTS: usize = 5;
-    // Sessions 0, 1, 2, 5, 6, 7 never end: slots 0-2 keep two owners each, slots 3-4 are emptied.
+    // Threads 0, 1, 2, 5, 6, 7 run one session that never ends: slots 0-2 keep two owners each. The other
+    // threads run two sessions in turn (as after `/clear`), each ending: slots 3-4 empty out and respawn.
     let keeps = |i: usize| i % SLOTS < 3 && i < 2 * SLOTS;
     let mut env = Env::new();
     let workspaces: Vec<PathBuf> = (0..SLOTS)
         .map(|k| env.workspace(&format!("ws{k}")))
         .collect();
-    let agents: Vec<Proc> = (0..SESSIONS).map(|_| env.sleeper()).collect();
-    let ids: Vec<String> = (0..SESSIONS).map(|i| format!("stress-{i:02}")).collect();
+    let agents: Vec<Proc> = (0..THREADS).map(|_| env.sleeper()).collect();
     let stop_sweeping = AtomicBool::new(false);
 
     let (runs, sweeps) = std::thread::scope(|scope| {
@@ -529,62 +590,25 @@ fn concurrent_sessions_spawns_ends_and_sweeps_lose_no_owner_and_leak_no_broker()
             }
             reports
         });
-        let sessions: Vec<_> = (0..SESSIONS)
+        let threads: Vec<_> = (0..THREADS)
             .map(|index| {
-                let (id, ws, agent) = (&ids[index], &workspaces[index % SLOTS], agents[index]);
+                let (slot, agent) = (index % SLOTS, agents[index]);
+                let ws = &workspaces[slot];
                 scope.spawn(move || {
-                    let run_hook = |event: &str, owner: Option<Proc>| {
-                        let mut args =
-                            vec!["hook".to_owned(), "--agent".to_owned(), "claude".to_owned()];
-                        if let Some(owner) = owner {
-                            args.extend(["--owner-pid".to_owned(), owner.pid.to_string()]);
-                        }
-                        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                        let out = run_bounded(env.cmd(&args), Some(&payload(event, id, ws)));
-                        assert!(out.status.success() && out.stdout.is_empty(), "{out:?}");
-                    };
-                    run_hook("SessionStart", Some(agent));
-                    let ws_text = ws.to_str().unwrap();
-                    // Odd sessions join with `broker attach` (refused while the slot is empty), even ones spawn.
-                    let attach = || {
-                        let args = ["broker", "attach", "--cwd", ws_text, "--session", id];
-                        Some(run_bounded(env.cmd(&args), None)).filter(|out| out.status.success())
-                    };
-                    let spawn = || {
-                        let args = [
-                            "broker",
-                            "spawn",
-                            "--cwd",
-                            ws_text,
-                            "--session",
-                            id,
-                            "--",
-                            "sleep",
-                            "600",
-                        ];
-                        Some(run_bounded(env.cmd(&args), None)).filter(|out| out.status.success())
-                    };
-                    let joined = if index % 2 == 1 {
-                        attach().or_else(spawn)
-                    } else {
-                        spawn()
-                    };
-                    let broker = joined.as_ref().map(|out| proc_in(&parse(out)));
-                    let reused = joined.is_some_and(|out| parse(&out)["reused"] == true);
-                    let ended = !keeps(index);
-                    if ended {
-                        run_hook("SessionEnd", None);
-                    }
-                    SessionRun {
-                        index,
-                        broker,
-                        reused,
-                        ended,
-                    }
+                    let rounds = if keeps(index) { 1 } else { 2 };
+                    (0..rounds)
+                        .map(|round| {
+                            let id = format!("stress-{index:02}-{round}");
+                            stress_session(env, id, slot, ws, agent, index % 2 == 1, !keeps(index))
+                        })
+                        .collect::<Vec<_>>()
                 })
             })
             .collect();
-        let runs: Vec<SessionRun> = sessions.into_iter().map(|h| h.join().unwrap()).collect();
+        let runs: Vec<SessionRun> = threads
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
         stop_sweeping.store(true, Ordering::SeqCst);
         (runs, sweeper.join().unwrap())
     });
@@ -593,15 +617,12 @@ fn concurrent_sessions_spawns_ends_and_sweeps_lose_no_owner_and_leak_no_broker()
             env.track(broker);
         }
     }
-    let failed: Vec<usize> = runs
+    let failed: Vec<&str> = runs
         .iter()
         .filter(|r| r.broker.is_none())
-        .map(|r| r.index)
+        .map(|r| r.id.as_str())
         .collect();
-    assert!(
-        failed.is_empty(),
-        "broker spawn failed for sessions {failed:?}"
-    );
+    assert!(failed.is_empty(), "joining a broker failed for {failed:?}");
     assert!(!sweeps.is_empty());
     assert!(
         runs.iter().filter(|r| r.reused).count() >= SLOTS,
@@ -622,8 +643,8 @@ fn concurrent_sessions_spawns_ends_and_sweeps_lose_no_owner_and_leak_no_broker()
     for (k, ws) in workspaces.iter().enumerate() {
         let expected: BTreeSet<&str> = runs
             .iter()
-            .filter(|r| r.index % SLOTS == k && !r.ended)
-            .map(|r| ids[r.index].as_str())
+            .filter(|r| r.slot == k && !r.ended)
+            .map(|r| r.id.as_str())
             .collect();
         let record = records.get(&format!("{}/default", ws.display()));
         let actual: BTreeSet<&str> = record
@@ -648,7 +669,7 @@ fn concurrent_sessions_spawns_ends_and_sweeps_lose_no_owner_and_leak_no_broker()
         assert!(
             broker.alive(),
             "session {} lost its broker {broker:?}",
-            ids[run.index]
+            run.id
         );
     }
     let mut stop_reasons: HashMap<String, usize> = HashMap::new();
@@ -683,10 +704,44 @@ fn concurrent_sessions_spawns_ends_and_sweeps_lose_no_owner_and_leak_no_broker()
         assert!(
             !broker.alive() || recorded.contains(&broker),
             "broker {broker:?} of session {} runs unrecorded",
-            ids[run.index]
+            run.id
         );
     }
     assert!(agents.iter().all(|agent| agent.alive()));
+}
+
+#[test]
+fn sweep_default_idle_ttl_stops_a_broker_with_no_owner_known_alive_and_0_disables_it() {
+    let mut env = Env::new();
+    let (app, docs) = (env.workspace("app"), env.workspace("docs"));
+    let agent = env.sleeper();
+    start_session(&mut env, "idle-live", &docs, agent);
+    // An owner with no session record (its hooks never ran) is never judged dead, only idle.
+    let unknown = env.spawn_broker(&app, "idle-unknown", &["sleep", "600"]);
+    let kept = env.spawn_broker(&docs, "idle-live", &["sleep", "600"]);
+    let spawned = Instant::now();
+    wait_past(spawned + Duration::from_millis(1100));
+
+    let (code, report) = sweep(&mut env, &["--idle-ttl", "0s"]);
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(report["policy"]["idle_ttl_secs"], 0);
+    assert!(
+        report["actions"].as_array().unwrap().is_empty(),
+        "0 disables: {report}"
+    );
+
+    let (code, report) = sweep(&mut env, &["--idle-ttl", "1s"]);
+    assert_eq!(code, Some(0), "{report}");
+    let stops = actions(&report, "stop", Some("idle_timeout"));
+    assert_eq!(stops.len(), 1, "{report}");
+    assert_eq!(stops[0]["pid"], unknown.pid);
+    assert!(actions(&report, "end_session", None).is_empty(), "{report}");
+    assert!(unknown.gone_within(PATIENCE));
+    assert!(
+        kept.alive(),
+        "a broker whose owner's agent runs is no idle orphan"
+    );
+    assert!(agent.alive());
 }
 
 #[test]
@@ -765,9 +820,12 @@ fn sweep_refuses_an_idle_ttl_beyond_30_days_and_changes_nothing() {
     );
     assert!(out.stdout.is_empty());
     assert_eq!(env.state_files(), before);
-    assert_eq!(
-        env.run(&["sweep", "--idle-ttl", "30days"]).status.code(),
-        Some(0)
+    let out = env.run(&["sweep", "-v", "--idle-ttl", "30days"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("policy: idle ttl 30days"),
+        "-v states the policy: {}",
+        stdout(&out)
     );
 }
 
@@ -809,6 +867,8 @@ fn sweep_dry_run_reports_what_it_would_do_and_changes_nothing() {
     assert_eq!(code, Some(0), "{report}");
     assert_eq!(report["policy"]["dry_run"], true);
     assert_eq!(report["policy"]["retention_secs"], 1);
+    assert_eq!(report["policy"]["idle_ttl_secs"], 1800);
+    assert_eq!(report["policy"]["stuck_after_kills"], 3);
     let would = |action: &str, reason: Option<&str>, target: &str| {
         actions(&report, action, reason).iter().any(|a| {
             a["target"].as_str().unwrap().contains(target)
@@ -817,6 +877,12 @@ fn sweep_dry_run_reports_what_it_would_do_and_changes_nothing() {
     };
     assert!(
         would("end_session", Some("owners_gone"), "dry-crashed"),
+        "{report}"
+    );
+    assert!(
+        actions(&report, "stop", Some("owners_gone"))
+            .iter()
+            .any(|a| a["pid"] == orphan.pid && a["result"] == "would stop"),
         "{report}"
     );
     assert!(
@@ -863,6 +929,9 @@ fn sweep_stops_an_unrecorded_broker_of_its_own_state_root_only() {
             .iter()
             .any(|e| e["pid"] == mine.pid && e["result"] == "stopped")
     );
+    let stopped = env.events_where("stop", Some("unrecorded"));
+    assert_eq!(stopped[0]["workspace"], ws.to_str().unwrap(), "{stopped:?}");
+    assert_eq!(stopped[0]["name"], "default", "{stopped:?}");
     assert!(
         theirs.alive(),
         "another state root's broker is not this sweep's"
@@ -962,7 +1031,8 @@ fn log_filters_by_session_action_and_age_in_text_and_json() {
     let old = json!({"ts": "2020-01-01T00:00:00.000Z", "action": "stop", "reason": "manual",
                      "session": "log-a", "result": "stopped"});
     let mut text = std::fs::read_to_string(env.state_dir().join("events.jsonl")).unwrap();
-    text.push_str(&format!("{old}\n"));
+    text.push_str(&old.to_string());
+    text.push('\n');
     std::fs::write(env.state_dir().join("events.jsonl"), text).unwrap();
     let logged = |env: &mut Env, args: &[&str]| -> Vec<Value> {
         let mut all = vec!["log", "--json"];
@@ -1044,13 +1114,14 @@ fn every_ready_made_hook_file_names_commands_our_cli_accepts() {
             }
             let text = std::fs::read_to_string(&path).unwrap();
             let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            let lines: Vec<String> = if name.ends_with(".json") {
+            let extension = path.extension().map(|e| e.to_string_lossy().into_owned());
+            let lines: Vec<String> = if extension.as_deref() == Some("json") {
                 let value: Value = serde_json::from_str(&text)
                     .unwrap_or_else(|err| panic!("{}: {err}", path.display()));
                 let commands = session_reaper::install::commands_in(&value);
                 assert!(!commands.is_empty(), "{} names no command", path.display());
                 commands
-            } else if name.ends_with(".cron") {
+            } else if extension.as_deref() == Some("cron") {
                 let entries: Vec<String> = text
                     .lines()
                     .filter(|line| !line.trim().is_empty() && !line.trim_start().starts_with('#'))
@@ -1063,7 +1134,7 @@ fn every_ready_made_hook_file_names_commands_our_cli_accepts() {
                     .collect();
                 assert_eq!(entries.len(), 1, "{}: one crontab entry", path.display());
                 entries
-            } else if name.ends_with(".service") {
+            } else if extension.as_deref() == Some("service") {
                 let exec: Vec<String> = text
                     .lines()
                     .filter_map(|line| line.strip_prefix("ExecStart="))
