@@ -40,12 +40,20 @@ fn children_max_rss() -> i64 {
 }
 
 /// Runs `make()` `rounds` times, timing spawn-to-exit; the stdin bytes (if any) are written and closed.
-fn measure(rounds: usize, stdin: Option<&dyn Fn(usize) -> Vec<u8>>, make: &dyn Fn(usize) -> Command) -> Sample {
+fn measure(
+    rounds: usize,
+    stdin: Option<&dyn Fn(usize) -> Vec<u8>>,
+    make: &dyn Fn(usize) -> Command,
+) -> Sample {
     let mut wall = Vec::with_capacity(rounds);
     for round in 0..rounds {
         let mut command = make(round);
         command.stdout(Stdio::null()).stderr(Stdio::null());
-        command.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        command.stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
         let payload = stdin.map(|f| f(round));
         let shown = format!("{command:?}");
         let started = Instant::now();
@@ -55,9 +63,15 @@ fn measure(rounds: usize, stdin: Option<&dyn Fn(usize) -> Vec<u8>>, make: &dyn F
         }
         let status = child.wait().expect("wait");
         wall.push(started.elapsed());
-        assert!(status.code().is_some_and(|c| c <= 1), "benchmark command failed: {status}: {shown}");
+        assert!(
+            status.code().is_some_and(|c| c <= 1),
+            "benchmark command failed: {status}: {shown}"
+        );
     }
-    Sample { wall, max_rss_kib: children_max_rss() }
+    Sample {
+        wall,
+        max_rss_kib: children_max_rss(),
+    }
 }
 
 fn ours(state: &Path, args: &[&str]) -> Command {
@@ -65,7 +79,10 @@ fn ours(state: &Path, args: &[&str]) -> Command {
     command.arg("--state-dir").arg(state).args(args);
     for (name, _) in std::env::vars_os() {
         let name = name.to_string_lossy().into_owned();
-        if name.starts_with("SESSION_REAPER_") || name.starts_with("CLAUDE") || name.starts_with("GEMINI_") {
+        if name.starts_with("SESSION_REAPER_")
+            || name.starts_with("CLAUDE")
+            || name.starts_with("GEMINI_")
+        {
             command.env_remove(name);
         }
     }
@@ -96,14 +113,33 @@ fn main() {
     let true_rss = truth.max_rss_kib;
 
     // A live broker to attach to.
-    let spawn = ours(&state, &["broker", "spawn", "--cwd", ws_arg, "--session", "owner", "--", "sleep", "600"]).output().unwrap();
+    let spawn = ours(
+        &state,
+        &[
+            "broker",
+            "spawn",
+            "--cwd",
+            ws_arg,
+            "--session",
+            "owner",
+            "--",
+            "sleep",
+            "600",
+        ],
+    )
+    .output()
+    .unwrap();
     let record: serde_json::Value = serde_json::from_slice(&spawn.stdout).expect("spawn record");
-    let broker_pid = record["identity"]["pid"].as_i64().unwrap();
-    let _cleanup = StopOnDrop { state: state.clone() };
+    let _cleanup = StopOnDrop {
+        state: state.clone(),
+    };
 
     let attach = measure(rounds, None, &|round| {
         let session = format!("s{}", round % 8);
-        ours(&state, &["broker", "attach", "--cwd", ws_arg, "--session", &session])
+        ours(
+            &state,
+            &["broker", "attach", "--cwd", ws_arg, "--session", &session],
+        )
     });
     let attach_rss = attach.max_rss_kib;
 
@@ -111,33 +147,27 @@ fn main() {
         format!(r#"{{"session_id":"bench-{round}","hook_event_name":"SessionStart","cwd":"{ws_arg}","source":"startup"}}"#)
             .into_bytes()
     };
-    let session_start = measure(rounds, Some(&start_payload), &|_| ours(&state, &["hook", "--agent", "claude"]));
+    let session_start = measure(rounds, Some(&start_payload), &|_| {
+        ours(&state, &["hook", "--agent", "claude"])
+    });
 
     // 1,000 workspaces, each with a broker record owned by another session: SessionEnd must visit every one.
     let wide = temp.path().join("wide");
-    let now = "2026-01-01T00:00:00.000Z";
-    let identity = &record["identity"];
-    for index in 0..1000 {
-        let dir = wide.join(format!("workspaces/ws{index}-{index:016x}/default"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let broker = serde_json::json!({
-            "version": 1, "name": "default", "workspace": format!("/nonexistent/ws{index}"), "cwd": "/", "command": ["sleep", "600"],
-            "owners": [{"session": "keeper", "since": now}], "identity": identity, "pgid": broker_pid,
-            "created_at": now, "last_active": now, "grace_ms": 5000, "host": record["host"],
-        });
-        std::fs::write(dir.join("broker.json"), serde_json::to_vec_pretty(&broker).unwrap()).unwrap();
-    }
-    set_private(&wide);
+    plant_workspaces(&wide, 1000, &record);
     let end_payload = |round: usize| {
         format!(r#"{{"session_id":"end-{round}","hook_event_name":"SessionEnd","cwd":"{ws_arg}","reason":"other"}}"#).into_bytes()
     };
     let end_rounds = rounds.min(50);
-    let session_end = measure(end_rounds, Some(&end_payload), &|_| ours(&wide, &["hook", "--agent", "claude"]));
+    let session_end = measure(end_rounds, Some(&end_payload), &|_| {
+        ours(&wide, &["hook", "--agent", "claude"])
+    });
     let end_rss = session_end.max_rss_kib;
 
     // The resume-orphan scan beside the tools a person would reach for.
     let id = "0b5f6b3e-1111-4222-8333-944445555666";
-    let reap_dry = measure(rounds, None, &|_| ours(&state, &["reap", "--session", id, "--dry-run"]));
+    let reap_dry = measure(rounds, None, &|_| {
+        ours(&state, &["reap", "--session", id, "--dry-run"])
+    });
     let pgrep = measure(rounds, None, &|_| {
         let mut command = Command::new("pgrep");
         command.args(["-f", "--", &format!("--resume {id}")]);
@@ -151,20 +181,38 @@ fn main() {
 
     let cpus = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
     let processes = std::fs::read_dir("/proc").map_or(0, |dir| {
-        dir.filter_map(Result::ok).filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok()).count()
+        dir.filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+            .count()
     });
-    println!("session-reaper latency ({rounds} rounds, {cpus} cpus, {processes} processes on the machine)\n");
-    println!("| {:<44} | {:>11} | {:>11} | {:<22} |", "command", "median", "p90", "vs reference");
+    println!(
+        "session-reaper latency ({rounds} rounds, {cpus} cpus, {processes} processes on the machine)\n"
+    );
+    println!(
+        "| {:<44} | {:>11} | {:>11} | {:<22} |",
+        "command", "median", "p90", "vs reference"
+    );
     println!("|{:-<46}|{:-<13}|{:-<13}|{:-<24}|", "", "", "", "");
     row("/bin/true", &truth, &truth, "/bin/true");
     row("broker attach (live broker)", &attach, &truth, "/bin/true");
     row("hook SessionStart", &session_start, &truth, "/bin/true");
-    row(&format!("hook SessionEnd, 1,000 workspaces ({end_rounds} runs)"), &session_end, &truth, "/bin/true");
-    row("reap --session --dry-run (full /proc scan)", &reap_dry, &pgrep, "pgrep -f");
+    row(
+        &format!("hook SessionEnd, 1,000 workspaces ({end_rounds} runs)"),
+        &session_end,
+        &truth,
+        "/bin/true",
+    );
+    row(
+        "reap --session --dry-run (full /proc scan)",
+        &reap_dry,
+        &pgrep,
+        "pgrep -f",
+    );
     row("sh: cat every /proc/*/cmdline", &walk, &truth, "/bin/true");
     row("pgrep -f", &pgrep, &truth, "/bin/true");
-    println!("\npeak RSS of any child: /bin/true {true_rss} KiB; after attach {attach_rss} KiB; after SessionEnd x1,000 workspaces {end_rss} KiB");
-
+    println!(
+        "\npeak RSS of any child: /bin/true {true_rss} KiB; after attach {attach_rss} KiB; after SessionEnd x1,000 workspaces {end_rss} KiB"
+    );
 }
 
 /// Stops the benchmark's own broker (recorded in its temp state root) however `main` ends, a panic included.
@@ -181,6 +229,28 @@ impl Drop for StopOnDrop {
     }
 }
 
+/// `count` workspaces under the state root `root`, each with a broker record (naming `broker`'s live process)
+/// owned by a session that never ends.
+fn plant_workspaces(root: &Path, count: usize, broker: &serde_json::Value) {
+    let now = "2026-01-01T00:00:00.000Z";
+    for index in 0..count {
+        let dir = root.join(format!("workspaces/ws{index}-{index:016x}/default"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let record = serde_json::json!({
+            "version": 1, "name": "default", "workspace": format!("/nonexistent/ws{index}"), "cwd": "/",
+            "command": ["sleep", "600"], "owners": [{"session": "keeper", "since": now}],
+            "identity": broker["identity"], "pgid": broker["identity"]["pid"],
+            "created_at": now, "last_active": now, "grace_ms": 5000, "host": broker["host"],
+        });
+        std::fs::write(
+            dir.join("broker.json"),
+            serde_json::to_vec_pretty(&record).unwrap(),
+        )
+        .unwrap();
+    }
+    set_private(root);
+}
+
 fn set_private(dir: &Path) {
     use std::os::unix::fs::PermissionsExt;
     for entry in walk(dir) {
@@ -194,7 +264,11 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut index = 0;
     while index < out.len() {
         if out[index].is_dir() {
-            let children: Vec<_> = std::fs::read_dir(&out[index]).unwrap().filter_map(Result::ok).map(|e| e.path()).collect();
+            let children: Vec<_> = std::fs::read_dir(&out[index])
+                .unwrap()
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .collect();
             out.extend(children);
         }
         index += 1;

@@ -17,7 +17,12 @@ use crate::clock::parse_duration;
 /// owns are stopped, and orphaned `claude --resume <id>` processes with them. A process is only ever signalled when
 /// its full identity (boot, pid, start time, uid) matches the record.
 #[derive(Debug, Parser)]
-#[command(name = "session-reaper", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "session-reaper",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 pub struct Cli {
     /// State root [default: $SESSION_REAPER_STATE_DIR, $XDG_STATE_HOME/session-reaper, ~/.local/state/session-reaper]
     #[arg(long, global = true, value_name = "DIR")]
@@ -43,8 +48,10 @@ pub enum Command {
     Broker(BrokerCommand),
 
     /// End a session now (as SessionEnd would), or drain every live session on shutdown
-    #[command(after_help = "Examples:\n  session-reaper reap --session 0b5f6b3e-… --dry-run\n  \
-        session-reaper reap --all --reason shutdown --deadline 2s")]
+    #[command(
+        after_help = "Examples:\n  session-reaper reap --session 0b5f6b3e-… --dry-run\n  \
+        session-reaper reap --all --reason shutdown --deadline 2s"
+    )]
     Reap(ReapArgs),
 
     /// For cron: end crashed sessions, prune dead records, stop idle and unrecorded brokers, finish stuck stops
@@ -52,7 +59,9 @@ pub enum Command {
     Sweep(SweepArgs),
 
     /// Show brokers, their owners and liveness, pending stop tickets and live sessions
-    #[command(after_help = "Example:\n  session-reaper status --json | jq '.slots[] | {workspace, owners, alive}'")]
+    #[command(
+        after_help = "Example:\n  session-reaper status --json | jq '.slots[] | {workspace, owners, alive}'"
+    )]
     Status(JsonArg),
 
     /// Show the audit log (events.jsonl)
@@ -76,7 +85,9 @@ pub enum Command {
     Demo,
 
     /// Print shell completions
-    #[command(after_help = "Example:\n  session-reaper completions bash > ~/.local/share/bash-completion/completions/session-reaper")]
+    #[command(
+        after_help = "Example:\n  session-reaper completions bash > ~/.local/share/bash-completion/completions/session-reaper"
+    )]
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
@@ -164,7 +175,12 @@ pub struct StopArgs {
     pub grace: Duration,
 
     /// Graceful step: a unix socket to write one line to before SIGTERM
-    #[arg(long, value_name = "PATH", requires = "shutdown_message", conflicts_with = "shutdown_command")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        requires = "shutdown_message",
+        conflicts_with = "shutdown_command"
+    )]
     pub shutdown_socket: Option<PathBuf>,
 
     /// The line written to --shutdown-socket
@@ -179,7 +195,9 @@ pub struct StopArgs {
 #[derive(Debug, Subcommand)]
 pub enum BrokerCommand {
     /// Start CMD detached as the workspace's broker, or join the live one (prints the record as JSON)
-    #[command(after_help = "Example:\n  session-reaper broker spawn --cwd ~/src/app --session s1 -- npm run dev")]
+    #[command(
+        after_help = "Example:\n  session-reaper broker spawn --cwd ~/src/app --session s1 -- npm run dev"
+    )]
     Spawn {
         #[command(flatten)]
         slot: SlotArgs,
@@ -201,7 +219,9 @@ pub enum BrokerCommand {
         command: Vec<String>,
     },
     /// Adopt a process started elsewhere as the workspace's broker
-    #[command(after_help = "Example:\n  session-reaper broker register --pid 4242 --cwd ~/src/app --session s1")]
+    #[command(
+        after_help = "Example:\n  session-reaper broker register --pid 4242 --cwd ~/src/app --session s1"
+    )]
     Register {
         /// The process to adopt
         #[arg(long, value_name = "PID", allow_negative_numbers = true)]
@@ -246,7 +266,12 @@ pub enum BrokerCommand {
 #[derive(Debug, Args)]
 pub struct ReapArgs {
     /// The session to end
-    #[arg(long, value_name = "ID", required_unless_present = "all", conflicts_with = "all")]
+    #[arg(
+        long,
+        value_name = "ID",
+        required_unless_present = "all",
+        conflicts_with = "all"
+    )]
     pub session: Option<String>,
 
     /// End every live session (agent or host shutdown); needs --reason shutdown or restart

@@ -25,7 +25,9 @@ pub fn age(text: &str, now: SystemTime) -> Option<Duration> {
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let trimmed = text.trim();
     if trimmed.chars().all(|c| c.is_ascii_digit()) && !trimmed.is_empty() {
-        return Err(format!("expected a duration with a unit like 90s, 30m or 2h, got {text:?}"));
+        return Err(format!(
+            "expected a duration with a unit like 90s, 30m or 2h, got {text:?}"
+        ));
     }
     humantime::parse_duration(trimmed)
         .map_err(|_| format!("expected a duration like 90s, 30m or 2h, got {text:?}"))

@@ -18,12 +18,19 @@ pub struct Config {
 
 impl Config {
     pub fn new(state_dir_flag: Option<&Path>, verbose: bool) -> anyhow::Result<Self> {
-        Ok(Config { state_dir: crate::state::resolve_root(state_dir_flag)?, verbose })
+        Ok(Config {
+            state_dir: crate::state::resolve_root(state_dir_flag)?,
+            verbose,
+        })
     }
 }
 
 /// The environment variables naming the current session, in order of precedence.
-pub const SESSION_ENV: [&str; 3] = ["SESSION_REAPER_SESSION_ID", "CLAUDE_CODE_SESSION_ID", "GEMINI_SESSION_ID"];
+pub const SESSION_ENV: [&str; 3] = [
+    "SESSION_REAPER_SESSION_ID",
+    "CLAUDE_CODE_SESSION_ID",
+    "GEMINI_SESSION_ID",
+];
 
 /// How the owner of a broker was found.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,13 +42,17 @@ pub enum OwnerSource {
 
 /// The owner session: `--session`, else the environment, else the live session whose recorded agent process is an
 /// ancestor of this process (the newest, if several). `None` when nothing names one.
-pub fn resolve_owner(flag: Option<&str>, sessions: &Sessions) -> anyhow::Result<Option<(SessionId, OwnerSource)>> {
+pub fn resolve_owner(
+    flag: Option<&str>,
+    sessions: &Sessions,
+) -> anyhow::Result<Option<(SessionId, OwnerSource)>> {
     if let Some(text) = flag {
         return SessionId::parse(text).map(|id| Some((id, OwnerSource::Flag)));
     }
     for name in SESSION_ENV {
         if let Some(value) = std::env::var(name).ok().filter(|value| !value.is_empty()) {
-            let id = SessionId::parse(&value).map_err(|err| bad_input(format!("${name}: {err}")))?;
+            let id =
+                SessionId::parse(&value).map_err(|err| bad_input(format!("${name}: {err}")))?;
             return Ok(Some((id, OwnerSource::Env(name))));
         }
     }
@@ -57,10 +68,9 @@ pub fn session_of_ancestor(sessions: &Sessions) -> Option<SessionId> {
         .into_iter()
         .filter(|record| !record.is_ended())
         .filter(|record| {
-            record
-                .agent_identity
-                .as_ref()
-                .is_some_and(|identity| ancestors.contains(&identity.pid) && proc::is_alive(identity))
+            record.agent_identity.as_ref().is_some_and(|identity| {
+                ancestors.contains(&identity.pid) && proc::is_alive(identity)
+            })
         })
         .max_by(|a, b| a.started_at.cmp(&b.started_at))
         .and_then(|record| SessionId::parse(&record.session_id).ok())
@@ -72,7 +82,10 @@ pub const MAX_IDLE_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Refuses an idle TTL beyond 30 days (zero disables and is fine).
 pub fn check_idle_ttl(ttl: Duration, flag: &str) -> anyhow::Result<Duration> {
     if ttl > MAX_IDLE_TTL {
-        return Err(bad_input(format!("{flag} {}: expected at most 30 days (0 disables)", in_days(ttl))));
+        return Err(bad_input(format!(
+            "{flag} {}: expected at most 30 days (0 disables)",
+            in_days(ttl)
+        )));
     }
     Ok(ttl)
 }

@@ -50,11 +50,19 @@ impl Outcome {
 
     #[must_use]
     pub fn and(self, other: Outcome) -> Outcome {
-        if self == Outcome::Done && other == Outcome::Done { Outcome::Done } else { Outcome::Partial }
+        if self == Outcome::Done && other == Outcome::Done {
+            Outcome::Done
+        } else {
+            Outcome::Partial
+        }
     }
 }
 
 /// Exit code of an error: 2 where any cause is `BadInput`, else 1.
 pub fn exit_code_of(err: &anyhow::Error) -> u8 {
-    if err.chain().any(<dyn std::error::Error>::is::<BadInput>) { 2 } else { 1 }
+    if err.chain().any(<dyn std::error::Error>::is::<BadInput>) {
+        2
+    } else {
+        1
+    }
 }

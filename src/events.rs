@@ -54,7 +54,9 @@ impl Reason {
     }
 
     pub fn parse(text: &str) -> Option<Reason> {
-        Reason::ALL.into_iter().find(|reason| reason.as_str() == text)
+        Reason::ALL
+            .into_iter()
+            .find(|reason| reason.as_str() == text)
     }
 }
 
@@ -86,7 +88,12 @@ pub struct Event {
 
 impl Event {
     pub fn new(action: &str, result: &str) -> Self {
-        Event { ts: clock::now_rfc3339(), action: action.to_owned(), result: result.to_owned(), ..Event::default() }
+        Event {
+            ts: clock::now_rfc3339(),
+            action: action.to_owned(),
+            result: result.to_owned(),
+            ..Event::default()
+        }
     }
 
     #[must_use]
@@ -155,7 +162,10 @@ impl EventLog {
     /// Appends, and reports a failure to stderr instead of failing: the log must never stop an action.
     pub fn record(&self, event: &Event) {
         if let Err(err) = self.append(event) {
-            eprintln!("session-reaper: cannot write {}: {err:#}", self.path().display());
+            eprintln!(
+                "session-reaper: cannot write {}: {err:#}",
+                self.path().display()
+            );
         }
     }
 
@@ -170,7 +180,9 @@ impl EventLog {
 
     /// Moves the log to `events.jsonl.1` (one old file kept). A lock makes concurrent writers rotate once.
     fn rotate(&self) {
-        let Ok(lock) = self.root.open_lock_file(&self.root.join("events.lock")) else { return };
+        let Ok(lock) = self.root.open_lock_file(&self.root.join("events.lock")) else {
+            return;
+        };
         if lock.try_lock().is_err() {
             return;
         }
@@ -206,12 +218,19 @@ mod tests {
         let log = EventLog::new(&root);
         let detail = "x".repeat(10_000);
         for _ in 0..120 {
-            log.append(&Event::new("stop", "stopped").reason(&Reason::Manual).detail(detail.clone())).unwrap();
+            log.append(
+                &Event::new("stop", "stopped")
+                    .reason(&Reason::Manual)
+                    .detail(detail.clone()),
+            )
+            .unwrap();
         }
         assert!(log.rotated_path().exists());
         assert!(std::fs::metadata(log.path()).map_or(0, |m| m.len()) < ROTATE_AT);
         let events = log.read_all();
-        assert!(events.len() >= 100 && events.iter().all(|e| e.reason.as_deref() == Some("manual")));
+        assert!(
+            events.len() >= 100 && events.iter().all(|e| e.reason.as_deref() == Some("manual"))
+        );
     }
 
     #[test]

@@ -38,7 +38,11 @@ fn is_workable(ticket: &StopTicket, host: &str) -> bool {
 /// True when some ticket waits for a finisher: a hook starts one even when its own stops all completed.
 pub fn has_work(store: &Store) -> bool {
     let host = proc::host_name();
-    store.tickets.pending(&store.log).iter().any(|ticket| is_workable(ticket, &host))
+    store
+        .tickets
+        .pending(&store.log)
+        .iter()
+        .any(|ticket| is_workable(ticket, &host))
 }
 
 /// The finisher's loop.
@@ -52,12 +56,19 @@ pub fn run(store: &Store) -> anyhow::Result<Outcome> {
     let host = proc::host_name();
     loop {
         let pending: Vec<_> = store.tickets.pending(&store.log);
-        let workable: Vec<_> = pending.into_iter().filter(|ticket| is_workable(ticket, &host)).collect();
+        let workable: Vec<_> = pending
+            .into_iter()
+            .filter(|ticket| is_workable(ticket, &host))
+            .collect();
         if workable.is_empty() {
             // Release, then look once more: a hook that filed a ticket while we held the lock saw its own finisher
             // refused, so the ticket is ours to take.
             lock.unlock()?;
-            let again = store.tickets.pending(&store.log).iter().any(|ticket| is_workable(ticket, &host));
+            let again = store
+                .tickets
+                .pending(&store.log)
+                .iter()
+                .any(|ticket| is_workable(ticket, &host));
             if !again || lock.try_lock().is_err() {
                 return Ok(Outcome::Done);
             }

@@ -32,9 +32,16 @@ const EXIT_MARGIN: Duration = Duration::from_millis(150);
 pub fn run(args: &HookArgs, state_dir_flag: Option<&Path>) {
     let started = Instant::now();
     let deadline = started + args.deadline;
-    let store = Config::new(state_dir_flag, false).and_then(|config| Store::open(&config.state_dir));
-    let result = read_payload(args.stdin_timeout.min(args.deadline))
-        .and_then(|payload| handle(args, store.as_ref().map_err(|err| anyhow::anyhow!("{err:#}"))?, &payload, deadline));
+    let store =
+        Config::new(state_dir_flag, false).and_then(|config| Store::open(&config.state_dir));
+    let result = read_payload(args.stdin_timeout.min(args.deadline)).and_then(|payload| {
+        handle(
+            args,
+            store.as_ref().map_err(|err| anyhow::anyhow!("{err:#}"))?,
+            &payload,
+            deadline,
+        )
+    });
     if let Err(err) = result {
         report(store.as_ref().ok(), &format!("{err:#}"));
     }
@@ -64,11 +71,20 @@ pub struct Payload {
 impl Payload {
     /// Reads the fields we need, tolerating unknown and null ones; a missing or invalid `session_id` is bad input.
     pub fn from_json(value: &Value) -> anyhow::Result<Self> {
-        let object = value.as_object().ok_or_else(|| bad_input("hook payload: expected a JSON object"))?;
-        let text = |key: &str| object.get(key).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned);
+        let object = value
+            .as_object()
+            .ok_or_else(|| bad_input("hook payload: expected a JSON object"))?;
+        let text = |key: &str| {
+            object
+                .get(key)
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+        };
         let session_text = text("session_id")
             .ok_or_else(|| bad_input("hook payload: expected a non-empty string \"session_id\""))?;
-        let session = SessionId::parse(&session_text).map_err(|err| bad_input(format!("hook payload: {err}")))?;
+        let session = SessionId::parse(&session_text)
+            .map_err(|err| bad_input(format!("hook payload: {err}")))?;
         Ok(Payload {
             session,
             event: text("hook_event_name"),
@@ -91,7 +107,11 @@ pub enum HookEvent {
 
 impl HookEvent {
     pub fn parse(name: &str) -> Self {
-        let folded: String = name.chars().filter(char::is_ascii_alphanumeric).collect::<String>().to_lowercase();
+        let folded: String = name
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .collect::<String>()
+            .to_lowercase();
         match folded.as_str() {
             "sessionstart" => HookEvent::SessionStart,
             "sessionend" => HookEvent::SessionEnd,
@@ -106,9 +126,12 @@ pub fn detect_agent(flag: Option<Agent>, payload: &Payload) -> Option<Agent> {
         return flag;
     }
     let transcript = payload.transcript_path.as_deref().unwrap_or_default();
-    for (needle, agent) in
-        [("/.codex/", Agent::Codex), ("/.qwen/", Agent::Qwen), ("/.gemini/", Agent::Gemini), ("/.claude/", Agent::Claude)]
-    {
+    for (needle, agent) in [
+        ("/.codex/", Agent::Codex),
+        ("/.qwen/", Agent::Qwen),
+        ("/.gemini/", Agent::Gemini),
+        ("/.claude/", Agent::Claude),
+    ] {
         if transcript.contains(needle) {
             return Some(agent);
         }
@@ -127,9 +150,18 @@ pub fn detect_agent(flag: Option<Agent>, payload: &Payload) -> Option<Agent> {
     }
 }
 
-fn handle(args: &HookArgs, store: &Store, payload: &Value, deadline: Instant) -> anyhow::Result<()> {
+fn handle(
+    args: &HookArgs,
+    store: &Store,
+    payload: &Value,
+    deadline: Instant,
+) -> anyhow::Result<()> {
     let payload = Payload::from_json(payload)?;
-    let event_name = payload.event.clone().or_else(|| args.event.clone()).unwrap_or_default();
+    let event_name = payload
+        .event
+        .clone()
+        .or_else(|| args.event.clone())
+        .unwrap_or_default();
     let agent = detect_agent(args.agent.agent(), &payload);
     match HookEvent::parse(&event_name) {
         HookEvent::SessionStart => session_start(args, store, &payload, agent),
@@ -150,11 +182,19 @@ fn agent_identity(args: &HookArgs) -> anyhow::Result<Option<Identity>> {
 
 /// Records (or refreshes) the session, un-ending it if it is being resumed, and exports its id to later tool
 /// commands through the agent's env file.
-fn session_start(args: &HookArgs, store: &Store, payload: &Payload, agent: Option<Agent>) -> anyhow::Result<()> {
+fn session_start(
+    args: &HookArgs,
+    store: &Store,
+    payload: &Payload,
+    agent: Option<Agent>,
+) -> anyhow::Result<()> {
     let identity = agent_identity(args)?;
-    let record = store.sessions.update(&payload.session, Duration::from_millis(300), |current| {
-        Some(refreshed(current, payload, agent, identity.clone(), true))
-    })?;
+    let record =
+        store
+            .sessions
+            .update(&payload.session, Duration::from_millis(300), |current| {
+                Some(refreshed(current, payload, agent, identity.clone(), true))
+            })?;
     store.log.record(
         &Event::new("session_start", "recorded")
             .session(Some(payload.session.as_str()))
@@ -168,11 +208,18 @@ fn session_start(args: &HookArgs, store: &Store, payload: &Payload, agent: Optio
     export_session_id(&payload.session)
 }
 
-fn touch_session(args: &HookArgs, store: &Store, payload: &Payload, agent: Option<Agent>) -> anyhow::Result<()> {
+fn touch_session(
+    args: &HookArgs,
+    store: &Store,
+    payload: &Payload,
+    agent: Option<Agent>,
+) -> anyhow::Result<()> {
     let identity = agent_identity(args)?;
-    store.sessions.update(&payload.session, Duration::from_millis(300), |current| {
-        Some(refreshed(current, payload, agent, identity.clone(), false))
-    })?;
+    store
+        .sessions
+        .update(&payload.session, Duration::from_millis(300), |current| {
+            Some(refreshed(current, payload, agent, identity.clone(), false))
+        })?;
     Ok(())
 }
 
@@ -226,7 +273,11 @@ fn refreshed(
 fn export_session_id(session: &SessionId) -> anyhow::Result<()> {
     let mut files: Vec<std::path::PathBuf> = ["CLAUDE_ENV_FILE", "CODEX_ENV_FILE"]
         .iter()
-        .filter_map(|name| std::env::var_os(name).filter(|value| !value.is_empty()).map(Into::into))
+        .filter_map(|name| {
+            std::env::var_os(name)
+                .filter(|value| !value.is_empty())
+                .map(Into::into)
+        })
         .collect();
     files.dedup();
     for file in files {
@@ -244,7 +295,12 @@ fn export_session_id(session: &SessionId) -> anyhow::Result<()> {
 
 /// Ends the session within the deadline; stops that need longer go to the finisher, and so do tickets left behind
 /// by an earlier run (a finisher that was killed): the next hook picks them up.
-fn session_end(store: &Store, payload: &Payload, agent: Option<Agent>, deadline: Instant) -> anyhow::Result<()> {
+fn session_end(
+    store: &Store,
+    payload: &Payload,
+    agent: Option<Agent>,
+    deadline: Instant,
+) -> anyhow::Result<()> {
     let guard = Guard::new();
     let ending = Ending {
         session: payload.session.clone(),
@@ -253,10 +309,19 @@ fn session_end(store: &Store, payload: &Payload, agent: Option<Agent>, deadline:
         dry_run: false,
     };
     let work_deadline = deadline.checked_sub(EXIT_MARGIN).unwrap_or(deadline);
-    let report = teardown::end_session(store, &guard, &ending, work_deadline.checked_sub(EXIT_MARGIN).unwrap_or(work_deadline));
+    let report = teardown::end_session(
+        store,
+        &guard,
+        &ending,
+        work_deadline
+            .checked_sub(EXIT_MARGIN)
+            .unwrap_or(work_deadline),
+    );
     complete_tombstone(store, payload, agent);
     let reports = store.stopper(guard).run(report.tickets, work_deadline);
-    if reports.iter().any(|stop| matches!(stop.outcome, crate::stop::StopOutcome::Pending { .. }))
+    if reports
+        .iter()
+        .any(|stop| matches!(stop.outcome, crate::stop::StopOutcome::Pending { .. }))
         || finisher::has_work(store)
     {
         finisher::start(store)?;
@@ -270,23 +335,25 @@ fn session_end(store: &Store, payload: &Payload, agent: Option<Agent>, deadline:
 /// A session that ends without a recorded start (hooks installed mid-session, a failed `SessionStart`) still leaves
 /// a tombstone saying whose it was and where: blanks are filled from the `SessionEnd` payload, nothing is overwritten.
 fn complete_tombstone(store: &Store, payload: &Payload, agent: Option<Agent>) {
-    let _ = store.sessions.update(&payload.session, Duration::from_millis(100), |current| {
-        let mut record = current?;
-        let before = record.clone();
-        if let Some(agent) = agent.filter(|_| record.agent.is_empty()) {
-            agent.as_str().clone_into(&mut record.agent);
-        }
-        if let Some(cwd) = payload.cwd.as_ref().filter(|_| record.cwd.is_empty()) {
-            record.cwd.clone_from(cwd);
-        }
-        if record.transcript_path.is_none() {
-            record.transcript_path.clone_from(&payload.transcript_path);
-        }
-        if record.title.is_none() {
-            record.title.clone_from(&payload.title);
-        }
-        (record != before).then_some(record)
-    });
+    let _ = store
+        .sessions
+        .update(&payload.session, Duration::from_millis(100), |current| {
+            let mut record = current?;
+            let before = record.clone();
+            if let Some(agent) = agent.filter(|_| record.agent.is_empty()) {
+                agent.as_str().clone_into(&mut record.agent);
+            }
+            if let Some(cwd) = payload.cwd.as_ref().filter(|_| record.cwd.is_empty()) {
+                record.cwd.clone_from(cwd);
+            }
+            if record.transcript_path.is_none() {
+                record.transcript_path.clone_from(&payload.transcript_path);
+            }
+            if record.title.is_none() {
+                record.title.clone_from(&payload.title);
+            }
+            (record != before).then_some(record)
+        });
 }
 
 /// Reads exactly one JSON value from stdin, waiting at most `timeout` and never for end-of-file.
@@ -307,7 +374,11 @@ pub fn read_one_value(fd: std::os::fd::BorrowedFd<'_>, timeout: Duration) -> any
             match values.next() {
                 Some(Ok(value)) => return Ok(value),
                 Some(Err(err)) if err.is_eof() => {}
-                Some(Err(err)) => return Err(bad_input(format!("hook payload on stdin: expected JSON: {err}"))),
+                Some(Err(err)) => {
+                    return Err(bad_input(format!(
+                        "hook payload on stdin: expected JSON: {err}"
+                    )));
+                }
                 None => {}
             }
         }
@@ -318,7 +389,10 @@ pub fn read_one_value(fd: std::os::fd::BorrowedFd<'_>, timeout: Duration) -> any
                 humantime::format_duration(timeout)
             )));
         }
-        let timespec = Timespec::try_from(remaining).unwrap_or(Timespec { tv_sec: 0, tv_nsec: 1_000_000 });
+        let timespec = Timespec::try_from(remaining).unwrap_or(Timespec {
+            tv_sec: 0,
+            tv_nsec: 1_000_000,
+        });
         let mut fds = [PollFd::new(&fd, PollFlags::IN | PollFlags::HUP)];
         match poll(&mut fds, Some(&timespec)) {
             Ok(0) | Err(rustix::io::Errno::INTR) => continue,
@@ -363,8 +437,15 @@ mod tests {
 
     #[test]
     fn payload_needs_a_valid_session() {
-        for value in [serde_json::json!({}), serde_json::json!({"session_id": "../x"}), serde_json::json!([1])] {
-            assert_eq!(crate::error::exit_code_of(&Payload::from_json(&value).unwrap_err()), 2);
+        for value in [
+            serde_json::json!({}),
+            serde_json::json!({"session_id": "../x"}),
+            serde_json::json!([1]),
+        ] {
+            assert_eq!(
+                crate::error::exit_code_of(&Payload::from_json(&value).unwrap_err()),
+                2
+            );
         }
     }
 
@@ -379,7 +460,9 @@ mod tests {
     #[test]
     fn reads_one_value_without_eof() {
         let (reader, mut writer) = std::io::pipe().unwrap();
-        writer.write_all(b"{\"session_id\": \"a\"} trailing").unwrap();
+        writer
+            .write_all(b"{\"session_id\": \"a\"} trailing")
+            .unwrap();
         let value = read_one_value(reader.as_fd(), Duration::from_secs(5)).unwrap();
         assert_eq!(value["session_id"], "a");
         drop(writer);

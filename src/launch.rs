@@ -22,7 +22,13 @@ pub fn is_agent_marker(name: &str) -> bool {
 pub const BROKER_MARKER: &str = "SESSION_REAPER_BROKER";
 pub const STATE_ROOT_MARKER: &str = "SESSION_REAPER_STATE_ROOT";
 
-pub fn spawn_broker(argv: &[String], cwd: &Path, log: &Path, marker: &str, state_root: &Path) -> anyhow::Result<Child> {
+pub fn spawn_broker(
+    argv: &[String],
+    cwd: &Path,
+    log: &Path,
+    marker: &str,
+    state_root: &Path,
+) -> anyhow::Result<Child> {
     let (program, arguments) = argv.split_first().context("no broker command given")?;
     let output = OpenOptions::new()
         .append(true)
@@ -42,19 +48,31 @@ pub fn spawn_broker(argv: &[String], cwd: &Path, log: &Path, marker: &str, state
             command.env_remove(name);
         }
     }
-    command.env(BROKER_MARKER, marker).env(STATE_ROOT_MARKER, state_root);
+    command
+        .env(BROKER_MARKER, marker)
+        .env(STATE_ROOT_MARKER, state_root);
     // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
     unsafe {
-        command.pre_exec(|| nix::unistd::setsid().map(drop).map_err(std::io::Error::from));
+        command.pre_exec(|| {
+            nix::unistd::setsid()
+                .map(drop)
+                .map_err(std::io::Error::from)
+        });
     }
-    command.spawn().with_context(|| format!("starting broker {program:?}"))
+    command
+        .spawn()
+        .with_context(|| format!("starting broker {program:?}"))
 }
 
 /// Starts `exe args…` fully detached: a new session, then a second fork so that it is no child of ours, stdio on
 /// /dev/null. Returns when the detached process has exec'd.
 pub fn spawn_detached(exe: &Path, args: &[&str], env: &[(&str, &Path)]) -> anyhow::Result<()> {
     let mut command = Command::new(exe);
-    command.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     for (name, value) in env {
         command.env(name, value);
     }
@@ -69,7 +87,11 @@ pub fn spawn_detached(exe: &Path, args: &[&str], env: &[(&str, &Path)]) -> anyho
             }
         });
     }
-    let mut intermediate = command.spawn().with_context(|| format!("starting {}", exe.display()))?;
-    intermediate.wait().context("reaping the intermediate process")?;
+    let mut intermediate = command
+        .spawn()
+        .with_context(|| format!("starting {}", exe.display()))?;
+    intermediate
+        .wait()
+        .context("reaping the intermediate process")?;
     Ok(())
 }

@@ -61,14 +61,23 @@ fn dispatch(cli: &Cli) -> anyhow::Result<Outcome> {
         Command::Finish => finisher::run(&store::Store::open(&config.state_dir)?),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(*shell, &mut command, "session-reaper", &mut std::io::stdout());
+            clap_complete::generate(
+                *shell,
+                &mut command,
+                "session-reaper",
+                &mut std::io::stdout(),
+            );
             Ok(Outcome::Done)
         }
         Command::Sweep(args) => commands::sweep::run(args, &config),
         Command::Log(args) => commands::log::run(args, &config),
         Command::Doctor(args) => commands::doctor::run(args.json, &config),
-        Command::Install(args) => commands::install::run(args, install::Operation::Install, &config),
-        Command::Uninstall(args) => commands::install::run(args, install::Operation::Uninstall, &config),
+        Command::Install(args) => {
+            commands::install::run(args, install::Operation::Install, &config)
+        }
+        Command::Uninstall(args) => {
+            commands::install::run(args, install::Operation::Uninstall, &config)
+        }
         Command::Demo => commands::demo::run(),
     }
 }
@@ -77,7 +86,10 @@ fn dispatch(cli: &Cli) -> anyhow::Result<Outcome> {
 /// mode, where a bad flag must still exit 0 with nothing on stdout.
 fn parse_failure(err: &clap::Error) -> u8 {
     use clap::error::ErrorKind;
-    if matches!(err.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+    if matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+    ) {
         let _ = err.print();
         return 0;
     }
@@ -119,8 +131,12 @@ fn subcommand_in_args() -> Option<String> {
 fn state_dir_in_args() -> Option<std::path::PathBuf> {
     let args: Vec<String> = std::env::args().collect();
     args.iter().enumerate().find_map(|(index, arg)| {
-        arg.strip_prefix("--state-dir=").map(Into::into).or_else(|| {
-            (arg == "--state-dir").then(|| args.get(index + 1).map(Into::into)).flatten()
-        })
+        arg.strip_prefix("--state-dir=")
+            .map(Into::into)
+            .or_else(|| {
+                (arg == "--state-dir")
+                    .then(|| args.get(index + 1).map(Into::into))
+                    .flatten()
+            })
     })
 }

@@ -15,7 +15,9 @@ pub fn is_valid(text: &str) -> bool {
     !bytes.is_empty()
         && bytes.len() <= 128
         && bytes[0].is_ascii_alphanumeric()
-        && bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
         && !text.contains("..")
 }
 
@@ -85,14 +87,31 @@ mod tests {
 
     #[test]
     fn accepts_real_ids() {
-        for id in ["06252552-1ad7-454b-b79c-2a700b021481", "s1", "a.b_c-d", &"x".repeat(128)] {
+        for id in [
+            "06252552-1ad7-454b-b79c-2a700b021481",
+            "s1",
+            "a.b_c-d",
+            &"x".repeat(128),
+        ] {
             assert!(is_valid(id), "{id}");
         }
     }
 
     #[test]
     fn refuses_paths_and_patterns() {
-        for id in ["", "../x", "..", "a..b", "a b", ".hidden", "-flag", "a/b", "a*", &"x".repeat(129), "é"] {
+        for id in [
+            "",
+            "../x",
+            "..",
+            "a..b",
+            "a b",
+            ".hidden",
+            "-flag",
+            "a/b",
+            "a*",
+            &"x".repeat(129),
+            "é",
+        ] {
             assert!(!is_valid(id), "{id}");
             assert!(SessionId::parse(id).is_err());
         }

@@ -38,7 +38,10 @@ const AGENT_WORKER_FLAGS: &[&str] = &["--bg-pty-host", "--bg-spare"];
 /// recorded `title` through the long forms (a title may be a common word, so the terse `-r` forms are not trusted
 /// with it). Tokens must match exactly: `S` does not match `S1`.
 pub fn resumes(argv: &[String], session: &str, title: Option<&str>) -> bool {
-    if argv.iter().any(|arg| AGENT_WORKER_FLAGS.contains(&arg.as_str())) {
+    if argv
+        .iter()
+        .any(|arg| AGENT_WORKER_FLAGS.contains(&arg.as_str()))
+    {
         return false;
     }
     let title = title.filter(|title| !title.is_empty());
@@ -50,7 +53,9 @@ pub fn resumes(argv: &[String], session: &str, title: Option<&str>) -> bool {
             "-r" => next == Some(session),
             other => {
                 other.strip_prefix("--resume=").is_some_and(long_match)
-                    || other.strip_prefix("-r").is_some_and(|rest| !rest.is_empty() && rest == session)
+                    || other
+                        .strip_prefix("-r")
+                        .is_some_and(|rest| !rest.is_empty() && rest == session)
             }
         }
     })
@@ -115,7 +120,12 @@ pub enum SlotVerdict {
 
 /// A sweep's verdict on one slot. `default_ttl` (zero disables) applies to brokers with no live owner; a broker's
 /// own `idle_ttl_secs` applies even with live owners: it opted in to lazy respawn.
-pub fn judge_slot(record: &BrokerRecord, facts: SlotFacts, now: SystemTime, default_ttl: Duration) -> SlotVerdict {
+pub fn judge_slot(
+    record: &BrokerRecord,
+    facts: SlotFacts,
+    now: SystemTime,
+    default_ttl: Duration,
+) -> SlotVerdict {
     if facts.foreign_host {
         return SlotVerdict::Keep;
     }
@@ -123,7 +133,10 @@ pub fn judge_slot(record: &BrokerRecord, facts: SlotFacts, now: SystemTime, defa
         return SlotVerdict::Prune(Reason::BrokerGone);
     }
     let idle = clock::age(&record.last_active, now).unwrap_or(Duration::MAX);
-    let own_ttl = record.idle_ttl_secs.filter(|secs| *secs > 0).map(Duration::from_secs);
+    let own_ttl = record
+        .idle_ttl_secs
+        .filter(|secs| *secs > 0)
+        .map(Duration::from_secs);
     if own_ttl.is_some_and(|ttl| idle >= ttl) {
         return SlotVerdict::Stop(Reason::IdleTimeout);
     }
@@ -145,8 +158,13 @@ mod tests {
     #[test]
     fn resume_forms() {
         let s = "0b5f6b3e-1111-4222-8333-944445555666";
-        for form in [format!("claude --resume {s}"), format!("claude --resume={s}"), format!("claude -r {s}"),
-                     format!("claude -r{s}"), format!("node cli.js --model x --resume {s} -p hi")] {
+        for form in [
+            format!("claude --resume {s}"),
+            format!("claude --resume={s}"),
+            format!("claude -r {s}"),
+            format!("claude -r{s}"),
+            format!("node cli.js --model x --resume {s} -p hi"),
+        ] {
             assert!(resumes(&argv(&form), s, None), "{form}");
         }
     }
@@ -158,20 +176,39 @@ mod tests {
         assert!(!resumes(&argv("claude --resume=s10"), "s1", None));
         assert!(!resumes(&argv("claude -rs10"), "s1", None));
         assert!(!resumes(&argv("claude --resume"), "s1", None));
-        assert!(!resumes(&argv("s1 --other"), "s1", None), "argv[0] is never an argument");
+        assert!(
+            !resumes(&argv("s1 --other"), "s1", None),
+            "argv[0] is never an argument"
+        );
     }
 
     #[test]
     fn workers_are_never_orphans() {
-        assert!(!resumes(&argv("claude --bg-pty-host --resume s1"), "s1", None));
+        assert!(!resumes(
+            &argv("claude --bg-pty-host --resume s1"),
+            "s1",
+            None
+        ));
         assert!(!resumes(&argv("claude --resume s1 --bg-spare"), "s1", None));
     }
 
     #[test]
     fn titles_match_only_the_long_forms() {
-        assert!(resumes(&argv("claude --resume auth-refactor"), "s1", Some("auth-refactor")));
-        assert!(resumes(&argv("claude --resume=auth-refactor"), "s1", Some("auth-refactor")));
-        assert!(!resumes(&argv("grep -r auth-refactor"), "s1", Some("auth-refactor")));
+        assert!(resumes(
+            &argv("claude --resume auth-refactor"),
+            "s1",
+            Some("auth-refactor")
+        ));
+        assert!(resumes(
+            &argv("claude --resume=auth-refactor"),
+            "s1",
+            Some("auth-refactor")
+        ));
+        assert!(!resumes(
+            &argv("grep -r auth-refactor"),
+            "s1",
+            Some("auth-refactor")
+        ));
         assert!(!resumes(&argv("claude --resume x"), "s1", Some("")));
     }
 
@@ -197,9 +234,18 @@ mod tests {
             endpoint: None,
             owners: owners
                 .iter()
-                .map(|s| Owner { session: (*s).into(), since: last_active.into(), extra: serde_json::Map::new() })
+                .map(|s| Owner {
+                    session: (*s).into(),
+                    since: last_active.into(),
+                    extra: serde_json::Map::new(),
+                })
                 .collect(),
-            identity: Identity { boot_id: "b".into(), pid: 10, start_ticks: 1, uid: 0 },
+            identity: Identity {
+                boot_id: "b".into(),
+                pid: 10,
+                start_ticks: 1,
+                uid: 0,
+            },
             pgid: Some(10),
             created_at: last_active.into(),
             last_active: last_active.into(),
@@ -222,7 +268,12 @@ mod tests {
         assert_eq!(remove_owner(&mut legacy, "a"), OwnerRemoval::NotOwner);
     }
 
-    const LIVE: SlotFacts = SlotFacts { alive: true, foreign_host: false, earlier_boot: false, owner_alive: true };
+    const LIVE: SlotFacts = SlotFacts {
+        alive: true,
+        foreign_host: false,
+        earlier_boot: false,
+        owner_alive: true,
+    };
 
     #[test]
     fn sweep_verdicts() {
@@ -231,15 +282,42 @@ mod tests {
         let fresh = record(&["a"], "2026-01-01T00:59:00Z", None);
         let stale = record(&["a"], "2026-01-01T00:00:00Z", None);
         assert_eq!(judge_slot(&fresh, LIVE, now, ttl), SlotVerdict::Keep);
-        assert_eq!(judge_slot(&stale, LIVE, now, ttl), SlotVerdict::Keep, "live owner, no opt-in");
-        let ownerless = SlotFacts { owner_alive: false, ..LIVE };
-        assert_eq!(judge_slot(&stale, ownerless, now, ttl), SlotVerdict::Stop(Reason::IdleTimeout));
-        assert_eq!(judge_slot(&stale, ownerless, now, Duration::ZERO), SlotVerdict::Keep, "0 disables");
+        assert_eq!(
+            judge_slot(&stale, LIVE, now, ttl),
+            SlotVerdict::Keep,
+            "live owner, no opt-in"
+        );
+        let ownerless = SlotFacts {
+            owner_alive: false,
+            ..LIVE
+        };
+        assert_eq!(
+            judge_slot(&stale, ownerless, now, ttl),
+            SlotVerdict::Stop(Reason::IdleTimeout)
+        );
+        assert_eq!(
+            judge_slot(&stale, ownerless, now, Duration::ZERO),
+            SlotVerdict::Keep,
+            "0 disables"
+        );
         let opted_in = record(&["a"], "2026-01-01T00:59:57Z", Some(2));
-        assert_eq!(judge_slot(&opted_in, LIVE, now, ttl), SlotVerdict::Stop(Reason::IdleTimeout));
-        let dead = SlotFacts { alive: false, ..LIVE };
-        assert_eq!(judge_slot(&fresh, dead, now, ttl), SlotVerdict::Prune(Reason::BrokerGone));
-        let foreign = SlotFacts { alive: false, foreign_host: true, ..LIVE };
+        assert_eq!(
+            judge_slot(&opted_in, LIVE, now, ttl),
+            SlotVerdict::Stop(Reason::IdleTimeout)
+        );
+        let dead = SlotFacts {
+            alive: false,
+            ..LIVE
+        };
+        assert_eq!(
+            judge_slot(&fresh, dead, now, ttl),
+            SlotVerdict::Prune(Reason::BrokerGone)
+        );
+        let foreign = SlotFacts {
+            alive: false,
+            foreign_host: true,
+            ..LIVE
+        };
         assert_eq!(judge_slot(&fresh, foreign, now, ttl), SlotVerdict::Keep);
     }
 }

@@ -76,7 +76,11 @@ impl BrokerRecord {
         if self.has_owner(session) {
             return false;
         }
-        self.owners.push(Owner { session: session.to_owned(), since: now.to_owned(), extra: Map::new() });
+        self.owners.push(Owner {
+            session: session.to_owned(),
+            since: now.to_owned(),
+            extra: Map::new(),
+        });
         true
     }
 
@@ -88,7 +92,10 @@ impl BrokerRecord {
     }
 
     pub fn owner_ids(&self) -> Vec<&str> {
-        self.owners.iter().map(|owner| owner.session.as_str()).collect()
+        self.owners
+            .iter()
+            .map(|owner| owner.session.as_str())
+            .collect()
     }
 }
 
@@ -169,7 +176,12 @@ pub struct StopTicket {
 impl StopTicket {
     /// The file name of the ticket of a process: one ticket per process, whoever asks for its stop.
     pub fn file_name(identity: &Identity) -> String {
-        let boot: String = identity.boot_id.chars().filter(char::is_ascii_alphanumeric).take(8).collect();
+        let boot: String = identity
+            .boot_id
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .take(8)
+            .collect();
         format!("{boot}-{}-{}.json", identity.pid, identity.start_ticks)
     }
 }
@@ -190,7 +202,10 @@ pub enum Parsed<T> {
 }
 
 /// Parses a record, refusing (exit 2) a newer version than this build reads, so it is never rewritten.
-pub fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8], path: &std::path::Path) -> anyhow::Result<Parsed<T>> {
+pub fn parse<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    path: &std::path::Path,
+) -> anyhow::Result<Parsed<T>> {
     let value: Value = match serde_json::from_slice(bytes) {
         Ok(value) => value,
         Err(err) => return Ok(Parsed::Corrupt(format!("not JSON: {err}"))),
@@ -237,7 +252,8 @@ mod tests {
     fn unknown_fields_survive_a_rewrite() {
         let original = sample_broker();
         let bytes = serde_json::to_vec(&original).unwrap();
-        let Parsed::Record(mut record) = parse::<BrokerRecord>(&bytes, "b.json".as_ref()).unwrap() else {
+        let Parsed::Record(mut record) = parse::<BrokerRecord>(&bytes, "b.json".as_ref()).unwrap()
+        else {
             panic!("parses")
         };
         record.add_owner("s2", "2026-01-02T00:00:00Z");
@@ -251,14 +267,19 @@ mod tests {
     fn newer_version_is_refused() {
         let mut value = sample_broker();
         value["version"] = 2.into();
-        let err = parse::<BrokerRecord>(&serde_json::to_vec(&value).unwrap(), "b.json".as_ref()).err().unwrap();
+        let err = parse::<BrokerRecord>(&serde_json::to_vec(&value).unwrap(), "b.json".as_ref())
+            .err()
+            .unwrap();
         assert_eq!(crate::error::exit_code_of(&err), 2);
     }
 
     #[test]
     fn garbage_is_corrupt_not_an_error() {
         for bytes in [&b"{"[..], b"[]", b"{\"version\":1}", b"\xff"] {
-            assert!(matches!(parse::<BrokerRecord>(bytes, "b.json".as_ref()).unwrap(), Parsed::Corrupt(_)));
+            assert!(matches!(
+                parse::<BrokerRecord>(bytes, "b.json".as_ref()).unwrap(),
+                Parsed::Corrupt(_)
+            ));
         }
     }
 
@@ -272,7 +293,12 @@ mod tests {
 
     #[test]
     fn ticket_names_are_per_process() {
-        let id = Identity { boot_id: "1b2c-3d4e-5f60".into(), pid: 42, start_ticks: 7, uid: 0 };
+        let id = Identity {
+            boot_id: "1b2c-3d4e-5f60".into(),
+            pid: 42,
+            start_ticks: 7,
+            uid: 0,
+        };
         assert_eq!(StopTicket::file_name(&id), "1b2c3d4e-42-7.json");
     }
 }

@@ -30,7 +30,9 @@ impl Sessions {
     /// The record of `id`, if any (a corrupt one reads as none).
     pub fn get(&self, id: &SessionId) -> anyhow::Result<Option<SessionRecord>> {
         let path = self.path(id);
-        let Some(bytes) = self.root.read_file(&path)? else { return Ok(None) };
+        let Some(bytes) = self.root.read_file(&path)? else {
+            return Ok(None);
+        };
         Ok(match record::parse(&bytes, &path)? {
             Parsed::Record(record) => Some(record),
             Parsed::Corrupt(_) => None,
@@ -49,14 +51,17 @@ impl Sessions {
         let deadline = std::time::Instant::now() + wait;
         while lock.try_lock().is_err() {
             if std::time::Instant::now() >= deadline {
-                anyhow::bail!("session {id} is locked by another session-reaper for more than {wait:?}");
+                anyhow::bail!(
+                    "session {id} is locked by another session-reaper for more than {wait:?}"
+                );
             }
             std::thread::sleep(Duration::from_millis(2));
         }
         let current = self.get(id)?;
         match change(current.clone()) {
             Some(updated) if Some(&updated) != current.as_ref() => {
-                self.root.write_atomic(&self.path(id), &record::to_bytes(&updated))?;
+                self.root
+                    .write_atomic(&self.path(id), &record::to_bytes(&updated))?;
                 Ok(Some(updated))
             }
             _ => Ok(current),
@@ -65,11 +70,17 @@ impl Sessions {
 
     /// Every readable session record.
     pub fn all(&self) -> Vec<SessionRecord> {
-        let Ok(entries) = std::fs::read_dir(self.root.join(SESSIONS)) else { return Vec::new() };
+        let Ok(entries) = std::fs::read_dir(self.root.join(SESSIONS)) else {
+            return Vec::new();
+        };
         let mut records: Vec<SessionRecord> = entries
             .filter_map(Result::ok)
             .filter_map(|entry| {
-                let name = entry.file_name().to_str()?.strip_suffix(".json")?.to_owned();
+                let name = entry
+                    .file_name()
+                    .to_str()?
+                    .strip_suffix(".json")?
+                    .to_owned();
                 SessionId::parse(&name).ok()
             })
             .filter_map(|id| self.get(&id).ok().flatten())

@@ -64,7 +64,10 @@ pub struct Guard {
 impl Guard {
     /// Snapshots this process's ancestry once.
     pub fn new() -> Self {
-        Guard { protected: proc::self_and_ancestors(), uid: nix::unistd::getuid().as_raw() }
+        Guard {
+            protected: proc::self_and_ancestors(),
+            uid: nix::unistd::getuid().as_raw(),
+        }
     }
 
     pub fn uid(&self) -> u32 {
@@ -99,7 +102,10 @@ impl Guard {
         if !proc::is_alive(identity) {
             return Target::Gone;
         }
-        Target::Live(Handle { identity: identity.clone(), pidfd })
+        Target::Live(Handle {
+            identity: identity.clone(),
+            pidfd,
+        })
     }
 }
 
@@ -239,7 +245,10 @@ fn pidfd_signal(_fd: &OwnedFd, _sig: Sig) -> std::io::Result<()> {
 #[cfg(target_os = "linux")]
 pub fn pidfd_exited(fd: &OwnedFd, timeout: Duration) -> bool {
     use rustix::event::{PollFd, PollFlags, Timespec, poll};
-    let timespec = Timespec::try_from(timeout).unwrap_or(Timespec { tv_sec: 0, tv_nsec: 0 });
+    let timespec = Timespec::try_from(timeout).unwrap_or(Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    });
     let mut fds = [PollFd::new(fd, PollFlags::IN)];
     matches!(poll(&mut fds, Some(&timespec)), Ok(n) if n > 0)
 }
@@ -259,7 +268,12 @@ mod tests {
     use super::*;
 
     fn identity(pid: i32) -> Identity {
-        Identity { boot_id: proc::boot_id().to_owned(), pid, start_ticks: 1, uid: nix::unistd::getuid().as_raw() }
+        Identity {
+            boot_id: proc::boot_id().to_owned(),
+            pid,
+            start_ticks: 1,
+            uid: nix::unistd::getuid().as_raw(),
+        }
     }
 
     #[test]
@@ -287,7 +301,10 @@ mod tests {
 
     #[test]
     fn a_reused_pid_is_gone_not_signalled() {
-        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
         let pid = i32::try_from(child.id()).unwrap();
         let mut id = proc::identity_of(pid).unwrap();
         id.start_ticks += 1;
@@ -299,13 +316,24 @@ mod tests {
 
     #[test]
     fn pidfd_sees_a_zombie_as_exited() {
-        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
         let pid = i32::try_from(child.id()).unwrap();
-        let Target::Live(handle) = Guard::new().target(&proc::identity_of(pid).unwrap()) else { panic!("live") };
+        let Target::Live(handle) = Guard::new().target(&proc::identity_of(pid).unwrap()) else {
+            panic!("live")
+        };
         assert!(!handle.has_exited());
         assert!(handle.signal(Sig::Kill).unwrap());
-        assert!(handle.wait_exit(Duration::from_secs(10)), "exited (zombie, not yet reaped)");
+        assert!(
+            handle.wait_exit(Duration::from_secs(10)),
+            "exited (zombie, not yet reaped)"
+        );
         child.wait().unwrap();
-        assert!(!handle.signal(Sig::Kill).unwrap(), "already gone is success");
+        assert!(
+            !handle.signal(Sig::Kill).unwrap(),
+            "already gone is success"
+        );
     }
 }

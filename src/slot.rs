@@ -36,7 +36,12 @@ pub struct SlotBusy(pub PathBuf, pub Duration);
 
 impl std::fmt::Display for SlotBusy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "slot busy: {} stayed locked for {:?}; another session-reaper holds it", self.0.display(), self.1)
+        write!(
+            f,
+            "slot busy: {} stayed locked for {:?}; another session-reaper holds it",
+            self.0.display(),
+            self.1
+        )
     }
 }
 
@@ -49,14 +54,21 @@ pub enum SlotContent {
     Empty,
     Broker(BrokerRecord),
     /// The record did not parse; it was moved aside to the path given, with the reason.
-    Corrupt { moved_to: PathBuf, why: String },
+    Corrupt {
+        moved_to: PathBuf,
+        why: String,
+    },
 }
 
 impl Slot {
     /// The slot of `workspace` (canonical) and `name`.
     pub fn of(root: &StateRoot, workspace: &Path, name: &SlotName) -> Self {
         let key = workspace::workspace_key(workspace);
-        Slot { dir: root.join(WORKSPACES).join(&key).join(name.as_str()), key, name: name.as_str().to_owned() }
+        Slot {
+            dir: root.join(WORKSPACES).join(&key).join(name.as_str()),
+            key,
+            name: name.as_str().to_owned(),
+        }
     }
 
     /// Every slot under the state root, in a stable order. Entries that are not plain directories are skipped.
@@ -73,7 +85,11 @@ impl Slot {
             .filter_map(|entry| {
                 let name = entry.file_name().to_str()?.to_owned();
                 let key = entry.path().parent()?.file_name()?.to_str()?.to_owned();
-                Some(Slot { dir: entry.into_path(), key, name })
+                Some(Slot {
+                    dir: entry.into_path(),
+                    key,
+                    name,
+                })
             })
             .collect();
         slots.sort_by(|a, b| a.dir.cmp(&b.dir));
@@ -137,7 +153,12 @@ impl Slot {
             pause = (pause * 2).min(Duration::from_millis(20));
             root.check_dir(&self.dir)?;
         };
-        Ok(SlotGuard { slot: self, root: root.clone(), _lock: file, last_read: RefCell::new(None) })
+        Ok(SlotGuard {
+            slot: self,
+            root: root.clone(),
+            _lock: file,
+            last_read: RefCell::new(None),
+        })
     }
 
     /// Reads the record without the lock (for `status`): a rename is atomic, so this sees one whole version.
@@ -187,7 +208,8 @@ impl SlotGuard<'_> {
             Parsed::Corrupt(why) => {
                 let stamp = clock::now_rfc3339().replace(':', "");
                 let moved_to = self.slot.dir.join(format!("{RECORD}.corrupt-{stamp}"));
-                std::fs::rename(&path, &moved_to).with_context(|| format!("moving aside {}", path.display()))?;
+                std::fs::rename(&path, &moved_to)
+                    .with_context(|| format!("moving aside {}", path.display()))?;
                 state::sync_dir(&self.slot.dir)?;
                 self.last_read.replace(None);
                 Ok(SlotContent::Corrupt { moved_to, why })
@@ -211,9 +233,15 @@ impl SlotGuard<'_> {
     /// this lock, so under it any such file is garbage.
     fn remove_dead_temps(&self) {
         let prefix = format!(".{RECORD}.tmp-");
-        let Ok(entries) = std::fs::read_dir(&self.slot.dir) else { return };
+        let Ok(entries) = std::fs::read_dir(&self.slot.dir) else {
+            return;
+        };
         for entry in entries.filter_map(Result::ok) {
-            if entry.file_name().to_str().is_some_and(|name| name.starts_with(&prefix)) {
+            if entry
+                .file_name()
+                .to_str()
+                .is_some_and(|name| name.starts_with(&prefix))
+            {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
@@ -227,12 +255,16 @@ impl SlotGuard<'_> {
             return Ok(false);
         }
         let log = self.slot.dir.join("broker.log");
-        let log_age = std::fs::metadata(&log).and_then(|meta| meta.modified()).ok().and_then(|at| at.elapsed().ok());
+        let log_age = std::fs::metadata(&log)
+            .and_then(|meta| meta.modified())
+            .ok()
+            .and_then(|at| at.elapsed().ok());
         if log_age.is_some_and(|age| age < keep_log) {
             return Ok(false);
         }
         let _ = std::fs::remove_file(&log);
-        std::fs::remove_file(self.slot.dir.join(LOCK)).with_context(|| format!("removing {}", self.slot.dir.display()))?;
+        std::fs::remove_file(self.slot.dir.join(LOCK))
+            .with_context(|| format!("removing {}", self.slot.dir.display()))?;
         let removed = std::fs::remove_dir(&self.slot.dir).is_ok();
         if let Some(workspace_dir) = self.slot.dir.parent() {
             let _ = std::fs::remove_dir(workspace_dir);
@@ -245,7 +277,10 @@ impl SlotGuard<'_> {
         match std::fs::remove_file(self.slot.record_path()) {
             Ok(()) => state::sync_dir(&self.slot.dir)?,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(err) => return Err(err).with_context(|| format!("removing {}", self.slot.record_path().display())),
+            Err(err) => {
+                return Err(err)
+                    .with_context(|| format!("removing {}", self.slot.record_path().display()));
+            }
         }
         self.last_read.replace(None);
         Ok(())

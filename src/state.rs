@@ -20,15 +20,24 @@ pub const EVENTS: &str = "events.jsonl";
 
 /// Where the state root comes from, in order of precedence (resolved once, in `Config`).
 pub fn resolve_root(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
-    let from_env = |name: &str| std::env::var_os(name).filter(|value| !value.is_empty()).map(PathBuf::from);
-    if let Some(path) = flag.map(Path::to_path_buf).or_else(|| from_env("SESSION_REAPER_STATE_DIR")) {
+    let from_env = |name: &str| {
+        std::env::var_os(name)
+            .filter(|value| !value.is_empty())
+            .map(PathBuf::from)
+    };
+    if let Some(path) = flag
+        .map(Path::to_path_buf)
+        .or_else(|| from_env("SESSION_REAPER_STATE_DIR"))
+    {
         return Ok(path);
     }
     if let Some(xdg) = from_env("XDG_STATE_HOME") {
         return Ok(xdg.join("session-reaper"));
     }
     let home = from_env("HOME").ok_or_else(|| {
-        bad_input("no state root: set --state-dir, SESSION_REAPER_STATE_DIR, XDG_STATE_HOME or HOME")
+        bad_input(
+            "no state root: set --state-dir, SESSION_REAPER_STATE_DIR, XDG_STATE_HOME or HOME",
+        )
     })?;
     Ok(home.join(".local/state/session-reaper"))
 }
@@ -43,7 +52,11 @@ pub struct StateRoot {
 impl StateRoot {
     /// Creates the root (0700) if missing and checks it and its fixed sub-directories.
     pub fn open(path: &Path) -> anyhow::Result<Self> {
-        let path = if path.is_absolute() { path.to_path_buf() } else { std::env::current_dir()?.join(path) };
+        let path = if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            std::env::current_dir()?.join(path)
+        };
         let uid = nix::unistd::geteuid().as_raw();
         if let Some(parent) = path.parent()
             && !parent.exists()
@@ -86,7 +99,10 @@ impl StateRoot {
             Ok(()) => {}
             Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
             Err(err) => {
-                return Err(bad_input(format!("state directory {}: cannot create: {err}", dir.display())));
+                return Err(bad_input(format!(
+                    "state directory {}: cannot create: {err}",
+                    dir.display()
+                )));
             }
         }
         self.check_dir(dir)
@@ -116,30 +132,46 @@ impl StateRoot {
         };
         self.check_file(&file, path)?;
         let mut bytes = Vec::new();
-        io::Read::read_to_end(&mut &file, &mut bytes).with_context(|| format!("reading {}", path.display()))?;
+        io::Read::read_to_end(&mut &file, &mut bytes)
+            .with_context(|| format!("reading {}", path.display()))?;
         Ok(Some(bytes))
     }
 
     /// Opens (creating if needed) a file that is only ever locked, never renamed or deleted while in use.
     pub fn open_lock_file(&self, path: &Path) -> anyhow::Result<File> {
-        let file = open_nofollow(path, OpenOptions::new().read(true).write(true).create(true).mode(0o600))
-            .with_context(|| format!("opening lock {}", path.display()))?;
+        let file = open_nofollow(
+            path,
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .mode(0o600),
+        )
+        .with_context(|| format!("opening lock {}", path.display()))?;
         self.check_file(&file, path)?;
         Ok(file)
     }
 
     /// Opens a file for appending (events), creating it 0600.
     pub fn open_append(&self, path: &Path) -> anyhow::Result<File> {
-        let file = open_nofollow(path, OpenOptions::new().append(true).create(true).mode(0o600))
-            .with_context(|| format!("opening {}", path.display()))?;
+        let file = open_nofollow(
+            path,
+            OpenOptions::new().append(true).create(true).mode(0o600),
+        )
+        .with_context(|| format!("opening {}", path.display()))?;
         self.check_file(&file, path)?;
         Ok(file)
     }
 
     fn check_file(&self, file: &File, path: &Path) -> anyhow::Result<()> {
-        let meta = file.metadata().with_context(|| format!("inspecting {}", path.display()))?;
+        let meta = file
+            .metadata()
+            .with_context(|| format!("inspecting {}", path.display()))?;
         if !meta.file_type().is_file() {
-            return Err(bad_input(format!("unsafe state file {}: expected a regular file", path.display())));
+            return Err(bad_input(format!(
+                "unsafe state file {}: expected a regular file",
+                path.display()
+            )));
         }
         if meta.uid() != self.uid {
             return Err(bad_input(format!(
@@ -161,13 +193,25 @@ impl StateRoot {
 /// Atomically replaces `path` with `bytes` (mode for a new file): temp file, fsync, rename, fsync directory.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
     let dir = path.parent().context("a file to write has no directory")?;
-    let name = path.file_name().context("a file to write has no name")?.to_string_lossy();
-    let temp = dir.join(format!(".{name}.tmp-{}-{}", std::process::id(), temp_suffix()));
+    let name = path
+        .file_name()
+        .context("a file to write has no name")?
+        .to_string_lossy();
+    let temp = dir.join(format!(
+        ".{name}.tmp-{}-{}",
+        std::process::id(),
+        temp_suffix()
+    ));
     let result = (|| -> anyhow::Result<()> {
-        let mut file = open_nofollow(&temp, OpenOptions::new().write(true).create_new(true).mode(mode))
-            .with_context(|| format!("creating {}", temp.display()))?;
-        file.write_all(bytes).with_context(|| format!("writing {}", temp.display()))?;
-        file.sync_all().with_context(|| format!("syncing {}", temp.display()))?;
+        let mut file = open_nofollow(
+            &temp,
+            OpenOptions::new().write(true).create_new(true).mode(mode),
+        )
+        .with_context(|| format!("creating {}", temp.display()))?;
+        file.write_all(bytes)
+            .with_context(|| format!("writing {}", temp.display()))?;
+        file.sync_all()
+            .with_context(|| format!("syncing {}", temp.display()))?;
         fs::rename(&temp, path).with_context(|| format!("renaming over {}", path.display()))?;
         sync_dir(dir)
     })();
@@ -186,11 +230,16 @@ pub fn sync_dir(dir: &Path) -> anyhow::Result<()> {
 
 fn temp_suffix() -> u128 {
     use std::time::{SystemTime, UNIX_EPOCH};
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default()
 }
 
 fn open_nofollow(path: &Path, options: &mut OpenOptions) -> io::Result<File> {
-    options.custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).open(path)
+    options
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
 }
 
 /// Why a directory is unsafe to keep state in, if it is.
@@ -211,7 +260,10 @@ pub fn unsafe_dir_reason(meta: &fs::Metadata, uid: u32) -> Option<&'static str> 
 fn fix_for(reason: &str, dir: &Path) -> String {
     match reason {
         "it is group- or other-writable" => format!("chmod go-w {}", dir.display()),
-        "it is owned by another user" => format!("use a state root of your own (--state-dir) or chown {}", dir.display()),
+        "it is owned by another user" => format!(
+            "use a state root of your own (--state-dir) or chown {}",
+            dir.display()
+        ),
         _ => format!("remove {} or choose another --state-dir", dir.display()),
     }
 }
@@ -226,7 +278,11 @@ mod tests {
         let root = StateRoot::open(&temp.path().join("a/state")).unwrap();
         let mode = fs::metadata(root.path()).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
-        assert!(root.join(WORKSPACES).is_dir() && root.join(SESSIONS).is_dir() && root.join(STOPPING).is_dir());
+        assert!(
+            root.join(WORKSPACES).is_dir()
+                && root.join(SESSIONS).is_dir()
+                && root.join(STOPPING).is_dir()
+        );
     }
 
     #[test]
@@ -262,8 +318,14 @@ mod tests {
         root.write_atomic(&target, b"one").unwrap();
         root.write_atomic(&target, b"two").unwrap();
         assert_eq!(root.read_file(&target).unwrap().unwrap(), b"two");
-        let names: Vec<_> = fs::read_dir(root.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert!(names.iter().all(|n| !n.to_string_lossy().contains(".tmp-")), "{names:?}");
+        let names: Vec<_> = fs::read_dir(root.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(
+            names.iter().all(|n| !n.to_string_lossy().contains(".tmp-")),
+            "{names:?}"
+        );
     }
 
     #[test]

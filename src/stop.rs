@@ -57,7 +57,11 @@ pub fn next_step(ticket: &StopTicket, now: SystemTime, alive: bool) -> Step {
         None => term_at + Duration::from_millis(ticket.grace_ms),
         Some(kill_at) => kill_at + KILL_RETRY,
     };
-    if now < wake { Step::Wait(wake) } else { Step::Kill }
+    if now < wake {
+        Step::Wait(wake)
+    } else {
+        Step::Kill
+    }
 }
 
 /// How a ticket ended up after a run.
@@ -80,7 +84,10 @@ pub enum StopOutcome {
 
 impl StopOutcome {
     pub fn is_failure(&self) -> bool {
-        matches!(self, StopOutcome::Refused { .. } | StopOutcome::Pending { stuck: true, .. })
+        matches!(
+            self,
+            StopOutcome::Refused { .. } | StopOutcome::Pending { stuck: true, .. }
+        )
     }
 
     pub fn summary(&self) -> String {
@@ -90,7 +97,10 @@ impl StopOutcome {
             StopOutcome::Refused { why } => format!("refused: {why}"),
             StopOutcome::Stale => "stale (earlier boot): dropped".to_owned(),
             StopOutcome::Foreign => "another host's: left alone".to_owned(),
-            StopOutcome::Pending { stuck: true, attempts } => format!("STUCK after {attempts} SIGKILLs"),
+            StopOutcome::Pending {
+                stuck: true,
+                attempts,
+            } => format!("STUCK after {attempts} SIGKILLs"),
             StopOutcome::Pending { .. } => "stopping (handed on)".to_owned(),
         }
     }
@@ -121,7 +131,12 @@ pub struct Stopper {
 
 impl Stopper {
     pub fn new(tickets: Tickets, log: EventLog, guard: Guard) -> Self {
-        Stopper { tickets, log, guard, host: proc::host_name() }
+        Stopper {
+            tickets,
+            log,
+            guard,
+            host: proc::host_name(),
+        }
     }
 
     pub fn guard(&self) -> &Guard {
@@ -130,7 +145,10 @@ impl Stopper {
 
     /// Drives `tickets` until each is done or `deadline` passes; what is left stays filed.
     pub fn run(&self, tickets: Vec<StopTicket>, deadline: Instant) -> Vec<StopReport> {
-        let mut active: Vec<Active> = tickets.into_iter().map(|ticket| self.start(ticket)).collect();
+        let mut active: Vec<Active> = tickets
+            .into_iter()
+            .map(|ticket| self.start(ticket))
+            .collect();
         let mut last_signal = Instant::now();
         let deadline_at = SystemTime::now() + deadline.saturating_duration_since(Instant::now());
         loop {
@@ -149,7 +167,10 @@ impl Stopper {
                     }
                 }
             }
-            let open: Vec<&Active> = active.iter().filter(|item| item.outcome.is_none()).collect();
+            let open: Vec<&Active> = active
+                .iter()
+                .filter(|item| item.outcome.is_none())
+                .collect();
             let nothing_reachable = next_step_at > deadline_at && last_signal.elapsed() >= SETTLE;
             if open.is_empty() || Instant::now() >= deadline || nothing_reachable {
                 break;
@@ -157,8 +178,14 @@ impl Stopper {
             let wake = next_step_at.min(SystemTime::now() + Duration::from_millis(25));
             let until_wake = wake.duration_since(SystemTime::now()).unwrap_or_default();
             let until_deadline = deadline.saturating_duration_since(Instant::now());
-            let handles: Vec<&Handle> = open.iter().filter_map(|item| item.handle.as_ref()).collect();
-            wait_for_any_exit(&handles, until_wake.min(until_deadline).max(Duration::from_millis(1)));
+            let handles: Vec<&Handle> = open
+                .iter()
+                .filter_map(|item| item.handle.as_ref())
+                .collect();
+            wait_for_any_exit(
+                &handles,
+                until_wake.min(until_deadline).max(Duration::from_millis(1)),
+            );
         }
         active
             .into_iter()
@@ -170,13 +197,22 @@ impl Stopper {
                     stuck: item.ticket.attempts >= STUCK_AFTER,
                     attempts: item.ticket.attempts,
                 });
-                StopReport { ticket: item.ticket, outcome }
+                StopReport {
+                    ticket: item.ticket,
+                    outcome,
+                }
             })
             .collect()
     }
 
     fn start(&self, ticket: StopTicket) -> Active {
-        let mut item = Active { ticket, handle: None, helper: None, signalled: false, outcome: None };
+        let mut item = Active {
+            ticket,
+            handle: None,
+            helper: None,
+            signalled: false,
+            outcome: None,
+        };
         if !item.ticket.host.is_empty() && item.ticket.host != self.host {
             item.outcome = Some(StopOutcome::Foreign);
             return item;
@@ -186,7 +222,12 @@ impl Stopper {
             Target::Gone => {}
             Target::Refused(Refusal::OtherBoot) => self.finish(&mut item, Some(StopOutcome::Stale)),
             Target::Refused(refusal) => {
-                self.finish(&mut item, Some(StopOutcome::Refused { why: refusal.to_string() }));
+                self.finish(
+                    &mut item,
+                    Some(StopOutcome::Refused {
+                        why: refusal.to_string(),
+                    }),
+                );
             }
         }
         item
@@ -219,7 +260,8 @@ impl Stopper {
         }
         item.signalled = true;
         if let Err(err) = self.tickets.save(&item.ticket) {
-            self.log.record(&event_for(&item.ticket, "error", "failed").detail(format!("{err:#}")));
+            self.log
+                .record(&event_for(&item.ticket, "error", "failed").detail(format!("{err:#}")));
         }
     }
 
@@ -227,7 +269,9 @@ impl Stopper {
     fn send(&self, item: &Active, sig: Sig) {
         let ticket = &item.ticket;
         let result = match (&item.handle, ticket.pgid) {
-            (Some(handle), Some(pgid)) if !handle.has_exited() => handle.signal_group(pgid, sig).map(|_| ()),
+            (Some(handle), Some(pgid)) if !handle.has_exited() => {
+                handle.signal_group(pgid, sig).map(|_| ())
+            }
             (Some(handle), None) => handle.signal(sig).map(|_| ()),
             (_, Some(pgid)) => {
                 for member in proc::group_members(pgid, &ticket.identity) {
@@ -240,14 +284,19 @@ impl Stopper {
             (None, None) => Ok(()),
         };
         if let Err(err) = result {
-            self.log.record(&event_for(ticket, "error", "failed").detail(format!("{}: {err}", sig.name())));
+            self.log.record(
+                &event_for(ticket, "error", "failed").detail(format!("{}: {err}", sig.name())),
+            );
         }
     }
 
     fn finish(&self, item: &mut Active, outcome: Option<StopOutcome>) {
         let outcome = outcome.unwrap_or_else(|| {
-            if item.signalled || item.ticket.term_at.is_some() || item.ticket.graceful_at.is_some() {
-                StopOutcome::Stopped { by: stopped_by(&item.ticket) }
+            if item.signalled || item.ticket.term_at.is_some() || item.ticket.graceful_at.is_some()
+            {
+                StopOutcome::Stopped {
+                    by: stopped_by(&item.ticket),
+                }
             } else {
                 StopOutcome::AlreadyGone
             }
@@ -265,18 +314,22 @@ impl Stopper {
             other => other.summary(),
         };
         // The event first: whoever sees the ticket gone can read why.
-        self.log.record(&event_for(&item.ticket, action, result).detail(detail));
+        self.log
+            .record(&event_for(&item.ticket, action, result).detail(detail));
         if let Err(err) = self.tickets.remove(&item.ticket) {
-            self.log.record(&event_for(&item.ticket, "error", "failed").detail(format!("{err:#}")));
+            self.log
+                .record(&event_for(&item.ticket, "error", "failed").detail(format!("{err:#}")));
         }
         item.outcome = Some(outcome);
     }
-
 }
 
 fn reap_helper(item: &mut Active, now: SystemTime) {
-    let Some(helper) = item.helper.as_mut() else { return };
-    let overdue = stamp(item.ticket.graceful_at.as_ref()).is_some_and(|at| now >= at + GRACEFUL_WINDOW);
+    let Some(helper) = item.helper.as_mut() else {
+        return;
+    };
+    let overdue =
+        stamp(item.ticket.graceful_at.as_ref()).is_some_and(|at| now >= at + GRACEFUL_WINDOW);
     if matches!(helper.try_wait(), Ok(Some(_))) || overdue {
         end_helper(helper);
         item.helper = None;
@@ -304,8 +357,15 @@ fn stopped_by(ticket: &StopTicket) -> String {
 }
 
 fn is_running(item: &Active) -> bool {
-    let leader = item.handle.as_ref().is_some_and(|handle| !handle.has_exited());
-    leader || item.ticket.pgid.is_some_and(|pgid| !proc::group_members(pgid, &item.ticket.identity).is_empty())
+    let leader = item
+        .handle
+        .as_ref()
+        .is_some_and(|handle| !handle.has_exited());
+    leader
+        || item
+            .ticket
+            .pgid
+            .is_some_and(|pgid| !proc::group_members(pgid, &item.ticket.identity).is_empty())
 }
 
 /// Waits until one of `handles` exits or `timeout` passes.
@@ -313,10 +373,16 @@ fn wait_for_any_exit(handles: &[&Handle], timeout: Duration) {
     #[cfg(target_os = "linux")]
     {
         use rustix::event::{PollFd, PollFlags, Timespec, poll};
-        let mut fds: Vec<PollFd<'_>> =
-            handles.iter().filter_map(|h| h.pidfd()).map(|fd| PollFd::new(fd, PollFlags::IN)).collect();
+        let mut fds: Vec<PollFd<'_>> = handles
+            .iter()
+            .filter_map(|h| h.pidfd())
+            .map(|fd| PollFd::new(fd, PollFlags::IN))
+            .collect();
         if !fds.is_empty() {
-            let timespec = Timespec::try_from(timeout).unwrap_or(Timespec { tv_sec: 0, tv_nsec: 1_000_000 });
+            let timespec = Timespec::try_from(timeout).unwrap_or(Timespec {
+                tv_sec: 0,
+                tv_nsec: 1_000_000,
+            });
             let _ = poll(&mut fds, Some(&timespec));
             return;
         }
@@ -350,9 +416,16 @@ fn graceful(shutdown: &Shutdown) -> Option<Child> {
 /// Writes one line to a unix socket without ever blocking: a listener that never accepts, or accepts and never
 /// reads, costs nothing.
 fn send_line(socket: &str, message: &str) -> std::io::Result<()> {
-    use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, connect, socket as open_socket};
+    use nix::sys::socket::{
+        AddressFamily, SockFlag, SockType, UnixAddr, connect, socket as open_socket,
+    };
     use std::os::fd::AsRawFd;
-    let fd = open_socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, None)?;
+    let fd = open_socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
     connect(fd.as_raw_fd(), &UnixAddr::new(socket)?)?;
     let mut stream = std::os::unix::net::UnixStream::from(fd);
     let mut line = message.as_bytes().to_vec();
@@ -367,13 +440,22 @@ fn end_helper(helper: &mut Child) {
     if matches!(helper.try_wait(), Ok(None))
         && let Ok(pid) = i32::try_from(helper.id())
     {
-        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
     let _ = helper.wait();
 }
 
 /// A new ticket for `identity`, with no step taken yet.
-pub fn new_ticket(identity: Identity, pgid: Option<i32>, reason: &str, grace_ms: u64, origin: String) -> StopTicket {
+pub fn new_ticket(
+    identity: Identity,
+    pgid: Option<i32>,
+    reason: &str,
+    grace_ms: u64,
+    origin: String,
+) -> StopTicket {
     StopTicket {
         version: crate::record::VERSION,
         identity,
@@ -400,7 +482,12 @@ mod tests {
     use super::*;
 
     fn ticket() -> StopTicket {
-        let identity = Identity { boot_id: "b".into(), pid: 10, start_ticks: 1, uid: 0 };
+        let identity = Identity {
+            boot_id: "b".into(),
+            pid: 10,
+            start_ticks: 1,
+            uid: 0,
+        };
         new_ticket(identity, Some(10), "manual", 5000, "w/default".into())
     }
 
@@ -431,7 +518,9 @@ mod tests {
     #[test]
     fn graceful_step_is_bounded_to_its_window() {
         let mut t = ticket();
-        t.shutdown = Some(Shutdown::Command { command: "true".into() });
+        t.shutdown = Some(Shutdown::Command {
+            command: "true".into(),
+        });
         assert_eq!(next_step(&t, at(0), true), Step::Graceful);
         t.graceful_at = Some(clock::format(at(0)));
         assert_eq!(next_step(&t, at(100), true), Step::Wait(at(750)));

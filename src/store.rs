@@ -24,7 +24,12 @@ impl Store {
     }
 
     pub fn from_root(root: StateRoot) -> Self {
-        Store { log: EventLog::new(&root), tickets: Tickets::new(&root), sessions: Sessions::new(&root), root }
+        Store {
+            log: EventLog::new(&root),
+            tickets: Tickets::new(&root),
+            sessions: Sessions::new(&root),
+            root,
+        }
     }
 
     pub fn stopper(&self, guard: Guard) -> Stopper {

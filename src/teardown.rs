@@ -57,10 +57,18 @@ pub struct EndReport {
 /// Ends `ending.session`: marks its record ended, strips it from every slot, files stop tickets. Slot locks are
 /// waited for no later than `lock_deadline`; a slot still busy then is reported (a later sweep finishes it: it
 /// removes owners whose session has ended).
-pub fn end_session(store: &Store, guard: &Guard, ending: &Ending, lock_deadline: Instant) -> EndReport {
+pub fn end_session(
+    store: &Store,
+    guard: &Guard,
+    ending: &Ending,
+    lock_deadline: Instant,
+) -> EndReport {
     let session = ending.session.as_str();
-    let mut report =
-        EndReport { session: session.to_owned(), reason: ending.reason.to_string(), ..EndReport::default() };
+    let mut report = EndReport {
+        session: session.to_owned(),
+        reason: ending.reason.to_string(),
+        ..EndReport::default()
+    };
     let title = match mark_ended(store, ending) {
         Ok(record) => record.and_then(|record| record.title),
         Err(err) => {
@@ -88,50 +96,77 @@ fn mark_ended(store: &Store, ending: &Ending) -> anyhow::Result<Option<SessionRe
         return store.sessions.get(&ending.session);
     }
     let now = clock::now_rfc3339();
-    store.sessions.update(&ending.session, Duration::from_millis(500), |current| {
-        let mut record = current.unwrap_or_else(|| SessionRecord {
-            version: VERSION,
-            session_id: ending.session.as_str().to_owned(),
-            agent: String::new(),
-            cwd: String::new(),
-            transcript_path: None,
-            title: None,
-            source: None,
-            agent_identity: None,
-            host: proc::host_name(),
-            started_at: now.clone(),
-            last_seen: now.clone(),
-            ended_at: None,
-            end_reason: None,
-            extra: serde_json::Map::new(),
-        });
-        if record.ended_at.is_none() {
-            record.ended_at = Some(now.clone());
-            record.end_reason = Some(ending.agent_reason.clone().unwrap_or_else(|| ending.reason.to_string()));
-        }
-        record.last_seen = now;
-        Some(record)
-    })
+    store
+        .sessions
+        .update(&ending.session, Duration::from_millis(500), |current| {
+            let mut record = current.unwrap_or_else(|| SessionRecord {
+                version: VERSION,
+                session_id: ending.session.as_str().to_owned(),
+                agent: String::new(),
+                cwd: String::new(),
+                transcript_path: None,
+                title: None,
+                source: None,
+                agent_identity: None,
+                host: proc::host_name(),
+                started_at: now.clone(),
+                last_seen: now.clone(),
+                ended_at: None,
+                end_reason: None,
+                extra: serde_json::Map::new(),
+            });
+            if record.ended_at.is_none() {
+                record.ended_at = Some(now.clone());
+                record.end_reason = Some(
+                    ending
+                        .agent_reason
+                        .clone()
+                        .unwrap_or_else(|| ending.reason.to_string()),
+                );
+            }
+            record.last_seen = now;
+            Some(record)
+        })
 }
 
-fn strip_owner(store: &Store, slot: &Slot, ending: &Ending, lock_deadline: Instant, report: &mut EndReport) {
+fn strip_owner(
+    store: &Store,
+    slot: &Slot,
+    ending: &Ending,
+    lock_deadline: Instant,
+    report: &mut EndReport,
+) {
     let session = ending.session.as_str();
     if ending.dry_run {
-        if let Some(mut record) = slot.peek(&store.root).filter(|record| record.has_owner(session)) {
+        if let Some(mut record) = slot
+            .peek(&store.root)
+            .filter(|record| record.has_owner(session))
+        {
             let removal = plan::remove_owner(&mut record, session);
             report.slots.push(owned_slot(&record, removal));
             if removal == OwnerRemoval::LastOwnerGone {
-                report.tickets.push(ticket_for(&record, ending.reason.as_str(), Some(session), &slot.label()));
+                report.tickets.push(ticket_for(
+                    &record,
+                    ending.reason.as_str(),
+                    Some(session),
+                    &slot.label(),
+                ));
             }
         }
         return;
     }
-    let wait = lock_deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(10));
+    let wait = lock_deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(10));
     let guard = match slot.lock(&store.root, wait) {
         Ok(guard) => guard,
         Err(err) => {
             report.problems.push(format!("{}: {err:#}", slot.label()));
-            store.log.record(&Event::new("error", "failed").session(Some(session)).detail(format!("{err:#}")));
+            store.log.record(
+                &Event::new("error", "failed")
+                    .session(Some(session))
+                    .detail(format!("{err:#}")),
+            );
             return;
         }
     };
@@ -140,8 +175,12 @@ fn strip_owner(store: &Store, slot: &Slot, ending: &Ending, lock_deadline: Insta
         Ok(SlotContent::Empty) => return,
         Ok(SlotContent::Corrupt { moved_to, why }) => {
             let detail = format!("{why}; moved aside to {}", moved_to.display());
-            report.problems.push(format!("{}: corrupt broker.json: {detail}", slot.label()));
-            store.log.record(&Event::new("corrupt", "moved_aside").detail(detail));
+            report
+                .problems
+                .push(format!("{}: corrupt broker.json: {detail}", slot.label()));
+            store
+                .log
+                .record(&Event::new("corrupt", "moved_aside").detail(detail));
             return;
         }
         Err(err) => {
@@ -154,7 +193,12 @@ fn strip_owner(store: &Store, slot: &Slot, ending: &Ending, lock_deadline: Insta
         OwnerRemoval::NotOwner => return,
         OwnerRemoval::OthersRemain => guard.write(&record),
         OwnerRemoval::LastOwnerGone => {
-            let ticket = ticket_for(&record, ending.reason.as_str(), Some(session), &slot.label());
+            let ticket = ticket_for(
+                &record,
+                ending.reason.as_str(),
+                Some(session),
+                &slot.label(),
+            );
             let filed = store.tickets.file(&ticket).and_then(|()| guard.clear());
             report.tickets.push(ticket);
             filed
@@ -192,23 +236,42 @@ fn owned_slot(record: &crate::record::BrokerRecord, removal: OwnerRemoval) -> Ow
 
 /// Files a ticket for each process that resumes the session: never this process or an ancestor, never another
 /// user's, never the agent process of a live session (after `/clear` the agent still carries its old argv).
-fn file_resume_orphans(store: &Store, guard: &Guard, ending: &Ending, title: Option<&str>, report: &mut EndReport) {
+fn file_resume_orphans(
+    store: &Store,
+    guard: &Guard,
+    ending: &Ending,
+    title: Option<&str>,
+    report: &mut EndReport,
+) {
     let snapshot = proc::scan_cmdlines();
     let mut protected: HashSet<i32> = proc::self_and_ancestors();
     protected.extend(live_agent_pids(store, &ending.session));
     for pid in plan::resume_orphans(&snapshot, ending.session.as_str(), title, &protected) {
-        let Some(identity) = proc::identity_of(pid) else { continue };
+        let Some(identity) = proc::identity_of(pid) else {
+            continue;
+        };
         if guard.check(&identity).is_err() {
             continue;
         }
-        let argv = snapshot.iter().find(|(p, _)| *p == pid).map(|(_, argv)| argv.clone()).unwrap_or_default();
-        let mut ticket =
-            stop::new_ticket(identity, None, Reason::ResumeOrphan.as_str(), 5000, "resume-orphan".to_owned());
+        let argv = snapshot
+            .iter()
+            .find(|(p, _)| *p == pid)
+            .map(|(_, argv)| argv.clone())
+            .unwrap_or_default();
+        let mut ticket = stop::new_ticket(
+            identity,
+            None,
+            Reason::ResumeOrphan.as_str(),
+            5000,
+            "resume-orphan".to_owned(),
+        );
         ticket.session = Some(ending.session.as_str().to_owned());
         if !ending.dry_run
             && let Err(err) = store.tickets.file(&ticket)
         {
-            report.problems.push(format!("resume orphan {pid}: {err:#}"));
+            report
+                .problems
+                .push(format!("resume orphan {pid}: {err:#}"));
             continue;
         }
         report.resume_orphans.push((pid, argv));

@@ -22,7 +22,9 @@ impl Tickets {
     }
 
     pub fn path_of(&self, ticket: &StopTicket) -> PathBuf {
-        self.root.join(STOPPING).join(StopTicket::file_name(&ticket.identity))
+        self.root
+            .join(STOPPING)
+            .join(StopTicket::file_name(&ticket.identity))
     }
 
     /// Files a ticket. When one already exists for the process, that one stands (its progress is kept).
@@ -35,7 +37,8 @@ impl Tickets {
     }
 
     pub fn save(&self, ticket: &StopTicket) -> anyhow::Result<()> {
-        self.root.write_atomic(&self.path_of(ticket), &record::to_bytes(ticket))
+        self.root
+            .write_atomic(&self.path_of(ticket), &record::to_bytes(ticket))
     }
 
     /// Deletes a ticket whose process is confirmed gone.
@@ -51,13 +54,17 @@ impl Tickets {
     /// Every pending ticket. A corrupt one is moved aside and reported in the log.
     pub fn pending(&self, log: &EventLog) -> Vec<StopTicket> {
         let dir = self.root.join(STOPPING);
-        let Ok(entries) = std::fs::read_dir(&dir) else { return Vec::new() };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Vec::new();
+        };
         let mut paths: Vec<PathBuf> = entries
             .filter_map(Result::ok)
             .map(|entry| entry.path())
             .filter(|path| {
                 path.extension().is_some_and(|ext| ext == "json")
-                    && !path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                    && !path
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
             })
             .collect();
         paths.sort();
@@ -68,9 +75,15 @@ impl Tickets {
                 match record::parse::<StopTicket>(&bytes, &path) {
                     Ok(Parsed::Record(ticket)) => Some(ticket),
                     Ok(Parsed::Corrupt(why)) => {
-                        let moved = path.with_extension(format!("json.corrupt-{}", clock::now_rfc3339().replace(':', "")));
+                        let moved = path.with_extension(format!(
+                            "json.corrupt-{}",
+                            clock::now_rfc3339().replace(':', "")
+                        ));
                         let _ = std::fs::rename(&path, &moved);
-                        log.record(&Event::new("corrupt", "moved_aside").detail(format!("{}: {why}", moved.display())));
+                        log.record(
+                            &Event::new("corrupt", "moved_aside")
+                                .detail(format!("{}: {why}", moved.display())),
+                        );
                         None
                     }
                     Err(err) => {

@@ -12,10 +12,16 @@ use crate::error::bad_input;
 /// worktree), else `cwd`. No `git` subprocess: a hook must stay fast and work without git installed.
 pub fn workspace_of(cwd: &Path) -> anyhow::Result<PathBuf> {
     let canonical = std::fs::canonicalize(cwd).map_err(|err| {
-        bad_input(format!("cwd {}: {err}; expected an existing directory", cwd.display()))
+        bad_input(format!(
+            "cwd {}: {err}; expected an existing directory",
+            cwd.display()
+        ))
     })?;
     if !canonical.is_dir() {
-        return Err(bad_input(format!("cwd {}: expected a directory", cwd.display())));
+        return Err(bad_input(format!(
+            "cwd {}: expected a directory",
+            cwd.display()
+        )));
     }
     Ok(canonical
         .ancestors()
@@ -27,17 +33,27 @@ pub fn workspace_of(cwd: &Path) -> anyhow::Result<PathBuf> {
 /// `<slug>-<hash16>`: a readable, collision-free directory name for a canonical workspace path.
 pub fn workspace_key(workspace: &Path) -> String {
     let digest = Sha256::digest(workspace.as_os_str().as_bytes());
-    let hash16: String = digest.iter().take(8).fold(String::with_capacity(16), |mut hex, byte| {
-        use std::fmt::Write;
-        let _ = write!(hex, "{byte:02x}");
-        hex
-    });
+    let hash16 = hex(&digest[..8]);
     format!("{}-{hash16}", slug(workspace))
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut text, byte| {
+            let _ = write!(text, "{byte:02x}");
+            text
+        })
 }
 
 /// The basename with runs outside `[A-Za-z0-9._-]` turned into `-`, trimmed; `workspace` when nothing is left.
 fn slug(workspace: &Path) -> String {
-    let base = workspace.file_name().map(|name| name.to_string_lossy()).unwrap_or_default();
+    let base = workspace
+        .file_name()
+        .map(|name| name.to_string_lossy())
+        .unwrap_or_default();
     let mut out = String::with_capacity(base.len());
     for ch in base.chars() {
         if ch.is_ascii_alphanumeric() || matches!(ch, '.' | '_' | '-') {
@@ -92,8 +108,14 @@ mod tests {
         let plain = root.path().join("plain");
         std::fs::create_dir_all(&plain).unwrap();
         let canonical = |p: &Path| std::fs::canonicalize(p).unwrap();
-        assert_eq!(workspace_of(&repo.join("src/deep")).unwrap(), canonical(&repo));
-        assert_eq!(workspace_of(&worktree.join("sub")).unwrap(), canonical(&worktree));
+        assert_eq!(
+            workspace_of(&repo.join("src/deep")).unwrap(),
+            canonical(&repo)
+        );
+        assert_eq!(
+            workspace_of(&worktree.join("sub")).unwrap(),
+            canonical(&worktree)
+        );
         // Inside the temp dir nothing above has .git, unless the machine's /tmp does; compare to itself.
         let found = workspace_of(&plain).unwrap();
         assert!(found == canonical(&plain) || canonical(&plain).starts_with(&found));

@@ -24,26 +24,54 @@ use crate::workspace;
 
 pub fn run(command: &BrokerCommand, config: &Config) -> anyhow::Result<Outcome> {
     match command {
-        BrokerCommand::Spawn { slot, owner, no_owner, stop, log, endpoint, command } => {
+        BrokerCommand::Spawn {
+            slot,
+            owner,
+            no_owner,
+            stop,
+            log,
+            endpoint,
+            command,
+        } => {
             let policy = StopPolicy::from_args(stop)?;
             check_owner_input(owner, *no_owner, config)?;
             let target = SlotTarget::resolve(slot, config)?;
             let owner = target.owner(owner, *no_owner)?;
-            let request = SpawnRequest { command, log: log.as_deref(), endpoint: endpoint.as_deref(), policy };
+            let request = SpawnRequest {
+                command,
+                log: log.as_deref(),
+                endpoint: endpoint.as_deref(),
+                policy,
+            };
             spawn(&target, owner.as_ref(), &request)
         }
-        BrokerCommand::Register { pid, slot, owner, no_owner, stop, endpoint } => {
+        BrokerCommand::Register {
+            pid,
+            slot,
+            owner,
+            no_owner,
+            stop,
+            endpoint,
+        } => {
             let policy = StopPolicy::from_args(stop)?;
             check_owner_input(owner, *no_owner, config)?;
             let adoptee = adoptable(*pid)?;
             let target = SlotTarget::resolve(slot, config)?;
             let owner = target.owner(owner, *no_owner)?;
-            register(&target, adoptee, owner.as_ref(), &policy, endpoint.as_deref())
+            register(
+                &target,
+                adoptee,
+                owner.as_ref(),
+                &policy,
+                endpoint.as_deref(),
+            )
         }
         BrokerCommand::Attach { slot, owner } => {
             check_owner_input(owner, false, config)?;
             let target = SlotTarget::resolve(slot, config)?;
-            let owner = target.owner(owner, false)?.context("attach needs an owner")?;
+            let owner = target
+                .owner(owner, false)?
+                .context("attach needs an owner")?;
             attach(&target, &owner)
         }
         BrokerCommand::Detach { slot, owner } => {
@@ -67,7 +95,9 @@ fn check_owner_input(args: &OwnerArgs, no_owner: bool, config: &Config) -> anyho
     }
     for name in config::SESSION_ENV {
         if let Some(value) = std::env::var(name).ok().filter(|value| !value.is_empty()) {
-            return SessionId::parse(&value).map(drop).map_err(|err| bad_input(format!("${name}: {err}")));
+            return SessionId::parse(&value)
+                .map(drop)
+                .map_err(|err| bad_input(format!("${name}: {err}")));
         }
     }
     if std::fs::symlink_metadata(&config.state_dir).is_err() {
@@ -86,7 +116,8 @@ fn no_owner_found() -> anyhow::Error {
 /// A process `broker register` may adopt: live, and one the guard would let us signal. Checked before the state
 /// root is touched.
 fn adoptable(pid: i32) -> anyhow::Result<(Identity, proc::ProcStat)> {
-    let identity = proc::identity_of(pid).ok_or_else(|| bad_input(format!("--pid {pid}: no such live process")))?;
+    let identity = proc::identity_of(pid)
+        .ok_or_else(|| bad_input(format!("--pid {pid}: no such live process")))?;
     if let Err(refusal) = Guard::new().check(&identity) {
         return Err(bad_input(format!("--pid {pid}: cannot adopt: {refusal}")));
     }
@@ -113,7 +144,12 @@ impl SlotTarget {
         let cwd = std::fs::canonicalize(&cwd).unwrap_or(cwd);
         let store = Store::open(&config.state_dir)?;
         let slot = Slot::of(&store.root, &workspace, &name);
-        Ok(SlotTarget { store, workspace, cwd, slot })
+        Ok(SlotTarget {
+            store,
+            workspace,
+            cwd,
+            slot,
+        })
     }
 
     /// The owner session, refusing (exit 2) when none is found without `--no-owner`, or when it has ended.
@@ -121,7 +157,9 @@ impl SlotTarget {
         if no_owner {
             return Ok(None);
         }
-        let Some((id, _source)) = config::resolve_owner(args.session.as_deref(), &self.store.sessions)? else {
+        let Some((id, _source)) =
+            config::resolve_owner(args.session.as_deref(), &self.store.sessions)?
+        else {
             return Err(no_owner_found());
         };
         self.refuse_ended(&id)?;
@@ -166,11 +204,18 @@ impl SlotTarget {
             SlotContent::Empty => Ok(None),
             SlotContent::Corrupt { moved_to, why } => {
                 let detail = format!("{why}; moved aside to {}", moved_to.display());
-                eprintln!("session-reaper: corrupt {}: {detail}", guard.slot().record_path().display());
-                self.store.log.record(&self.event("corrupt", "moved_aside").detail(detail));
+                eprintln!(
+                    "session-reaper: corrupt {}: {detail}",
+                    guard.slot().record_path().display()
+                );
+                self.store
+                    .log
+                    .record(&self.event("corrupt", "moved_aside").detail(detail));
                 Ok(None)
             }
-            SlotContent::Broker(record) if record.host != proc::host_name() && !record.host.is_empty() => {
+            SlotContent::Broker(record)
+                if record.host != proc::host_name() && !record.host.is_empty() =>
+            {
                 Err(bad_input(format!(
                     "{}: the broker was recorded by host {:?}; it is left alone from here",
                     guard.slot().record_path().display(),
@@ -205,15 +250,29 @@ pub struct StopPolicy {
 
 impl StopPolicy {
     fn from_args(args: &StopArgs) -> anyhow::Result<Self> {
-        let shutdown = match (&args.shutdown_socket, &args.shutdown_message, &args.shutdown_command) {
-            (Some(socket), Some(message), None) => {
-                Some(Shutdown::Socket { socket: socket.to_string_lossy().into_owned(), message: message.clone() })
-            }
-            (None, None, Some(command)) => Some(Shutdown::Command { command: command.clone() }),
+        let shutdown = match (
+            &args.shutdown_socket,
+            &args.shutdown_message,
+            &args.shutdown_command,
+        ) {
+            (Some(socket), Some(message), None) => Some(Shutdown::Socket {
+                socket: socket.to_string_lossy().into_owned(),
+                message: message.clone(),
+            }),
+            (None, None, Some(command)) => Some(Shutdown::Command {
+                command: command.clone(),
+            }),
             _ => None,
         };
-        let idle_ttl = args.idle_ttl.map(|ttl| config::check_idle_ttl(ttl, "--idle-ttl")).transpose()?;
-        Ok(StopPolicy { idle_ttl, grace: config::check_grace(args.grace)?, shutdown })
+        let idle_ttl = args
+            .idle_ttl
+            .map(|ttl| config::check_idle_ttl(ttl, "--idle-ttl"))
+            .transpose()?;
+        Ok(StopPolicy {
+            idle_ttl,
+            grace: config::check_grace(args.grace)?,
+            shutdown,
+        })
     }
 }
 
@@ -224,19 +283,40 @@ struct SpawnRequest<'a> {
     policy: StopPolicy,
 }
 
-fn spawn(target: &SlotTarget, owner: Option<&SessionId>, request: &SpawnRequest<'_>) -> anyhow::Result<Outcome> {
+fn spawn(
+    target: &SlotTarget,
+    owner: Option<&SessionId>,
+    request: &SpawnRequest<'_>,
+) -> anyhow::Result<Outcome> {
     let guard = target.lock()?;
     target.recheck_owner(owner)?;
     if let Some(record) = target.live_broker(&guard)? {
         return join(target, &guard, record, owner);
     }
-    let log = request.log.map_or_else(|| target.slot.dir().join("broker.log"), Path::to_path_buf);
+    let log = request
+        .log
+        .map_or_else(|| target.slot.dir().join("broker.log"), Path::to_path_buf);
     let marker = format!("{}/{}", target.workspace_text(), target.slot.name());
-    let child = launch::spawn_broker(request.command, &target.cwd, &log, &marker, target.store.root.path())?;
+    let child = launch::spawn_broker(
+        request.command,
+        &target.cwd,
+        &log,
+        &marker,
+        target.store.root.path(),
+    )?;
     let pid = i32::try_from(child.id()).context("pid out of range")?;
     let Some(identity) = proc::identity_of(pid) else {
-        target.store.log.record(&target.event("spawn", "failed").pid(pid).detail("exited at once"));
-        anyhow::bail!("broker {:?} exited as soon as it started; see {}", request.command[0], log.display());
+        target.store.log.record(
+            &target
+                .event("spawn", "failed")
+                .pid(pid)
+                .detail("exited at once"),
+        );
+        anyhow::bail!(
+            "broker {:?} exited as soon as it started; see {}",
+            request.command[0],
+            log.display()
+        );
     };
     let now = clock::now_rfc3339();
     let mut record = BrokerRecord {
@@ -262,7 +342,11 @@ fn spawn(target: &SlotTarget, owner: Option<&SessionId>, request: &SpawnRequest<
     }
     guard.write(&record)?;
     target.store.log.record(
-        &target.event("spawn", "started").session(owner.map(SessionId::as_str)).pid(pid).detail(record.command.join(" ")),
+        &target
+            .event("spawn", "started")
+            .session(owner.map(SessionId::as_str))
+            .pid(pid)
+            .detail(record.command.join(" ")),
     );
     print_record(&record, false);
     Ok(Outcome::Done)
@@ -305,7 +389,10 @@ fn register(
     if let Some(record) = target.live_broker(&guard)? {
         if record.identity != identity {
             target.store.log.record(
-                &target.event("refuse", "refused").pid(pid).detail(format!("slot has live broker {}", record.identity.pid)),
+                &target
+                    .event("refuse", "refused")
+                    .pid(pid)
+                    .detail(format!("slot has live broker {}", record.identity.pid)),
             );
             eprintln!(
                 "session-reaper: {} already has a live broker (pid {}); not adopting {pid}",
@@ -339,7 +426,12 @@ fn register(
         record.add_owner(owner.as_str(), &now);
     }
     guard.write(&record)?;
-    target.store.log.record(&target.event("register", "adopted").session(owner.map(SessionId::as_str)).pid(pid));
+    target.store.log.record(
+        &target
+            .event("register", "adopted")
+            .session(owner.map(SessionId::as_str))
+            .pid(pid),
+    );
     print_record(&record, false);
     Ok(Outcome::Done)
 }
@@ -348,7 +440,10 @@ fn attach(target: &SlotTarget, owner: &SessionId) -> anyhow::Result<Outcome> {
     let guard = target.lock()?;
     target.recheck_owner(Some(owner))?;
     let Some(record) = target.live_broker(&guard)? else {
-        eprintln!("session-reaper: {} has no live broker to attach to; use `broker spawn`", target.slot.label());
+        eprintln!(
+            "session-reaper: {} has no live broker to attach to; use `broker spawn`",
+            target.slot.label()
+        );
         return Ok(Outcome::Partial);
     };
     join(target, &guard, record, Some(owner))
@@ -358,38 +453,67 @@ fn detach(target: &SlotTarget, owner: &SessionId) -> anyhow::Result<Outcome> {
     let ticket = {
         let guard = target.lock()?;
         let Some(mut record) = target.live_broker(&guard)? else {
-            println!("{} has no live broker; nothing to detach", target.slot.label());
+            println!(
+                "{} has no live broker; nothing to detach",
+                target.slot.label()
+            );
             return Ok(Outcome::Done);
         };
         match crate::plan::remove_owner(&mut record, owner.as_str()) {
             crate::plan::OwnerRemoval::NotOwner => {
-                println!("{owner} is not an owner of {}; nothing changed", target.slot.label());
+                println!(
+                    "{owner} is not an owner of {}; nothing changed",
+                    target.slot.label()
+                );
                 return Ok(Outcome::Done);
             }
             crate::plan::OwnerRemoval::OthersRemain => {
                 guard.write(&record)?;
-                target.store.log.record(&owner_removed(target, owner, &record));
-                println!("{owner} detached; broker {} kept for {}", record.identity.pid, record.owner_ids().join(", "));
+                target
+                    .store
+                    .log
+                    .record(&owner_removed(target, owner, &record));
+                println!(
+                    "{owner} detached; broker {} kept for {}",
+                    record.identity.pid,
+                    record.owner_ids().join(", ")
+                );
                 return Ok(Outcome::Done);
             }
             crate::plan::OwnerRemoval::LastOwnerGone => {
-                let ticket = ticket_for(&record, Reason::Manual.as_str(), Some(owner.as_str()), &target.slot.label());
+                let ticket = ticket_for(
+                    &record,
+                    Reason::Manual.as_str(),
+                    Some(owner.as_str()),
+                    &target.slot.label(),
+                );
                 target.store.tickets.file(&ticket)?;
                 guard.clear()?;
-                target.store.log.record(&owner_removed(target, owner, &record));
+                target
+                    .store
+                    .log
+                    .record(&owner_removed(target, owner, &record));
                 ticket
             }
         }
     };
-    let reports = target.store.stopper(Guard::new()).run(vec![ticket.clone()], foreground_deadline(&ticket));
+    let reports = target
+        .store
+        .stopper(Guard::new())
+        .run(vec![ticket.clone()], foreground_deadline(&ticket));
     print_stops(&reports);
-    Ok(Outcome::from_ok(reports.iter().all(|report| !report.outcome.is_failure())))
+    Ok(Outcome::from_ok(
+        reports.iter().all(|report| !report.outcome.is_failure()),
+    ))
 }
 
 fn touch(target: &SlotTarget) -> anyhow::Result<Outcome> {
     let guard = target.lock()?;
     let Some(mut record) = target.live_broker(&guard)? else {
-        eprintln!("session-reaper: {} has no live broker to touch", target.slot.label());
+        eprintln!(
+            "session-reaper: {} has no live broker to touch",
+            target.slot.label()
+        );
         return Ok(Outcome::Partial);
     };
     record.last_active = clock::now_rfc3339();
@@ -412,8 +536,19 @@ fn owner_removed(target: &SlotTarget, owner: &SessionId, record: &BrokerRecord) 
 }
 
 /// The stop ticket of a slot's broker.
-pub fn ticket_for(record: &BrokerRecord, reason: &str, session: Option<&str>, origin: &str) -> crate::record::StopTicket {
-    let mut ticket = stop::new_ticket(record.identity.clone(), record.pgid, reason, record.grace_ms, origin.to_owned());
+pub fn ticket_for(
+    record: &BrokerRecord,
+    reason: &str,
+    session: Option<&str>,
+    origin: &str,
+) -> crate::record::StopTicket {
+    let mut ticket = stop::new_ticket(
+        record.identity.clone(),
+        record.pgid,
+        reason,
+        record.grace_ms,
+        origin.to_owned(),
+    );
     ticket.session = session.map(str::to_owned);
     ticket.workspace = Some(record.workspace.clone());
     ticket.name = Some(record.name.clone());
@@ -424,7 +559,10 @@ pub fn ticket_for(record: &BrokerRecord, reason: &str, session: Option<&str>, or
 
 /// How long a command in the foreground waits for a stop: the whole cascade and one SIGKILL retry.
 pub fn foreground_deadline(ticket: &crate::record::StopTicket) -> Instant {
-    Instant::now() + stop::GRACEFUL_WINDOW + Duration::from_millis(ticket.grace_ms) + stop::KILL_RETRY * 2
+    Instant::now()
+        + stop::GRACEFUL_WINDOW
+        + Duration::from_millis(ticket.grace_ms)
+        + stop::KILL_RETRY * 2
 }
 
 fn print_record(record: &BrokerRecord, reused: bool) {
@@ -432,7 +570,10 @@ fn print_record(record: &BrokerRecord, reused: bool) {
     if let Some(object) = value.as_object_mut() {
         object.insert("reused".to_owned(), Value::Bool(reused));
     }
-    println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&value).unwrap_or_default()
+    );
 }
 
 /// One line per stop, for people.
@@ -443,7 +584,13 @@ pub fn print_stops(reports: &[StopReport]) {
             (Some(workspace), Some(name)) => format!("{workspace} [{name}]"),
             _ => ticket.origin.clone(),
         };
-        println!("pid {:>7}  {:<13} {}  {}", ticket.identity.pid, ticket.reason, report.outcome.summary(), place);
+        println!(
+            "pid {:>7}  {:<13} {}  {}",
+            ticket.identity.pid,
+            ticket.reason,
+            report.outcome.summary(),
+            place
+        );
     }
 }
 

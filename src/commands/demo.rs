@@ -41,7 +41,11 @@ pub fn run() -> anyhow::Result<Outcome> {
     let leftovers = demo.clean_up();
     let _ = std::fs::remove_dir_all(&demo.dir);
     let outcome = result?;
-    anyhow::ensure!(leftovers.is_empty(), "still running after the demo: {}", leftovers.join(", "));
+    anyhow::ensure!(
+        leftovers.is_empty(),
+        "still running after the demo: {}",
+        leftovers.join(", ")
+    );
     Ok(outcome)
 }
 
@@ -51,7 +55,14 @@ impl Demo {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let root = dir.join("state");
         StateRoot::open(&root)?;
-        Ok(Demo { exe: std::env::current_exe()?, dir, root, agents: Vec::new(), started: Vec::new(), step: 0 })
+        Ok(Demo {
+            exe: std::env::current_exe()?,
+            dir,
+            root,
+            agents: Vec::new(),
+            started: Vec::new(),
+            step: 0,
+        })
     }
 
     fn say(&mut self, text: &str) {
@@ -65,7 +76,11 @@ impl Demo {
         command.arg("--state-dir").arg(&self.root).args(args);
         for (name, _) in std::env::vars_os() {
             let name = name.to_string_lossy();
-            if name.starts_with("SESSION_REAPER_") || name.starts_with("CLAUDE") || name.starts_with("GEMINI_") || name.starts_with("CODEX_") {
+            if name.starts_with("SESSION_REAPER_")
+                || name.starts_with("CLAUDE")
+                || name.starts_with("GEMINI_")
+                || name.starts_with("CODEX_")
+            {
                 command.env_remove(name.as_ref());
             }
         }
@@ -83,26 +98,57 @@ impl Demo {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    fn hook(&self, payload: &Value, agent: &str, owner_pid: Option<u32>) -> anyhow::Result<Duration> {
+    fn hook(
+        &self,
+        payload: &Value,
+        agent: &str,
+        owner_pid: Option<u32>,
+    ) -> anyhow::Result<Duration> {
         let mut args = vec!["hook".to_owned(), "--agent".to_owned(), agent.to_owned()];
         if let Some(pid) = owner_pid {
             args.extend(["--owner-pid".to_owned(), pid.to_string()]);
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let started = Instant::now();
-        let mut child = self.command(&args).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
-        child.stdin.take().context("hook stdin")?.write_all(payload.to_string().as_bytes())?;
+        let mut child = self
+            .command(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .context("hook stdin")?
+            .write_all(payload.to_string().as_bytes())?;
         let out = child.wait_with_output()?;
-        anyhow::ensure!(out.status.success() && out.stdout.is_empty(), "the hook broke its contract");
+        anyhow::ensure!(
+            out.status.success() && out.stdout.is_empty(),
+            "the hook broke its contract"
+        );
         Ok(started.elapsed())
     }
 
-    fn spawn_broker(&mut self, label: &str, workspace: &Path, session: &str, extra: &[&str], argv: &[&str]) -> anyhow::Result<Value> {
-        let mut args = vec!["broker", "spawn", "--cwd", workspace.to_str().context("workspace path")?, "--session", session];
-        args.extend_from_slice(extra);
-        args.push("--");
-        args.extend_from_slice(argv);
-        let record: Value = serde_json::from_str(&self.output(&args)?).context("spawn printed no record")?;
+    fn spawn_broker(
+        &mut self,
+        label: &str,
+        workspace: &Path,
+        session: &str,
+        extra: &[&str],
+        argv: &[&str],
+    ) -> anyhow::Result<Value> {
+        let mut words = vec![
+            "broker",
+            "spawn",
+            "--cwd",
+            workspace.to_str().context("workspace path")?,
+            "--session",
+            session,
+        ];
+        words.extend_from_slice(extra);
+        words.push("--");
+        words.extend_from_slice(argv);
+        let record: Value =
+            serde_json::from_str(&self.output(&words)?).context("spawn printed no record")?;
         let identity: Identity = serde_json::from_value(record["identity"].clone())?;
         if record["reused"] != Value::Bool(true) {
             self.started.push((label.to_owned(), identity));
@@ -111,7 +157,11 @@ impl Demo {
     }
 
     fn fake_agent(&mut self) -> anyhow::Result<u32> {
-        let child = Command::new("sleep").arg("600").stdin(Stdio::null()).spawn().context("starting a fake agent")?;
+        let child = Command::new("sleep")
+            .arg("600")
+            .stdin(Stdio::null())
+            .spawn()
+            .context("starting a fake agent")?;
         let pid = child.id();
         if let Some(identity) = proc::identity_of(i32::try_from(pid)?) {
             self.started.push(("fake agent".to_owned(), identity));
@@ -121,7 +171,10 @@ impl Demo {
     }
 
     fn play(&mut self) -> anyhow::Result<Outcome> {
-        println!("session-reaper demo: real processes, temporary state root {}", self.root.display());
+        println!(
+            "session-reaper demo: real processes, temporary state root {}",
+            self.root.display()
+        );
         let app = self.dir.join("app");
         std::fs::create_dir_all(app.join(".git"))?;
         let docs = self.dir.join("docs");
@@ -132,18 +185,25 @@ impl Demo {
         let agent_a = self.fake_agent()?;
         let agent_b = self.fake_agent()?;
         let took = self.hook(&payload(CLAUDE_START, &a, &app)?, "claude", Some(agent_a))?;
-        println!("   A = {a} (agent pid {agent_a}); hook took {} ms, printed nothing", took.as_millis());
+        println!(
+            "   A = {a} (agent pid {agent_a}); hook took {} ms, printed nothing",
+            took.as_millis()
+        );
         let took = self.hook(&payload(GEMINI_START, &b, &app)?, "gemini", Some(agent_b))?;
-        println!("   B = {b} (agent pid {agent_b}); hook took {} ms, printed nothing", took.as_millis());
+        println!(
+            "   B = {b} (agent pid {agent_b}); hook took {} ms, printed nothing",
+            took.as_millis()
+        );
 
         self.say("A starts a broker for workspace app; B asks for the same one and is attached to it (no second process).");
-        let first = self.spawn_broker("shared broker (app)", &app, &a, &[], &["sleep", "600"])?;
+        self.spawn_broker("shared broker (app)", &app, &a, &[], &["sleep", "600"])?;
         let second = self.spawn_broker("shared broker (app)", &app, &b, &[], &["sleep", "600"])?;
         println!(
             "   pid {} reused={} owners={}",
-            second["identity"]["pid"], second["reused"], owners(&second)
+            second["identity"]["pid"],
+            second["reused"],
+            owners(&second)
         );
-        let _ = first;
 
         self.say("A also starts a broker in workspace docs, and a stubborn one that ignores SIGTERM (grace 1s).");
         let docs_broker = self.spawn_broker("docs broker", &docs, &a, &[], &["sleep", "600"])?;
@@ -154,38 +214,78 @@ impl Demo {
             &["--name", "stubborn", "--grace", "1s"],
             &["sh", "-c", "trap '' TERM; sleep 600 & wait"],
         )?;
-        println!("   docs pid {}, stubborn pid {}", docs_broker["identity"]["pid"], stubborn["identity"]["pid"]);
-        print!("{}", indent(&compact(&self.output(&["status"])?, &self.dir)));
+        println!(
+            "   docs pid {}, stubborn pid {}",
+            docs_broker["identity"]["pid"], stubborn["identity"]["pid"]
+        );
+        self.show_status()?;
 
         self.say("A ends (SessionEnd from Claude Code, run from a cwd in app): every workspace is scanned, not only A's.");
         let took = self.hook(&payload(CLAUDE_END, &a, &app)?, "claude", None)?;
-        println!("   hook returned in {} ms; waiting out the grace and the SIGKILL were handed to a detached finisher", took.as_millis());
+        println!(
+            "   hook returned in {} ms; waiting out the grace and the SIGKILL were handed to a detached finisher",
+            took.as_millis()
+        );
         let stubborn_id: Identity = serde_json::from_value(stubborn["identity"].clone())?;
         let gone = wait_gone(&stubborn_id, Duration::from_secs(15));
-        println!("   stubborn broker {}", if gone { "gone: SIGTERM ignored, SIGKILL after the 1s grace" } else { "STILL RUNNING" });
-        print!("{}", indent(&compact(&self.output(&["status"])?, &self.dir)));
+        println!(
+            "   stubborn broker {}",
+            if gone {
+                "gone: SIGTERM ignored, SIGKILL after the 1s grace"
+            } else {
+                "STILL RUNNING"
+            }
+        );
+        self.show_status()?;
         println!("   the shared broker survived: B still owns it");
 
         self.say("B ends (SessionEnd from Gemini CLI): it was the last owner, so the shared broker stops.");
         self.hook(&payload(GEMINI_END, &b, &app)?, "gemini", None)?;
-        print!("{}", indent(&compact(&self.output(&["status"])?, &self.dir)));
+        self.show_status()?;
 
+        self.show_events()?;
+        Ok(Outcome::Done)
+    }
+
+    fn show_status(&self) -> anyhow::Result<()> {
+        print!(
+            "{}",
+            indent(&compact(&self.output(&["status"])?, &self.dir))
+        );
+        Ok(())
+    }
+
+    fn show_events(&mut self) -> anyhow::Result<()> {
         self.say("What happened, from events.jsonl (every action with its reason):");
         let log = EventLog::new(&StateRoot::open(&self.root)?);
-        for event in log.read_all().iter().filter(|e| matches!(e.action.as_str(), "stop" | "owner_remove" | "owner_add" | "spawn")) {
+        for event in log.read_all().iter().filter(|e| {
+            matches!(
+                e.action.as_str(),
+                "stop" | "owner_remove" | "owner_add" | "spawn"
+            )
+        }) {
             println!(
                 "   {:<12} {:<12} {:<8} pid {:<7} session {:<8}  {:<15} {}",
                 event.action,
                 event.reason.as_deref().unwrap_or("-"),
                 event.result,
                 event.pid.unwrap_or_default(),
-                event.session.as_deref().map_or("-", |s| &s[..s.len().min(8)]),
+                event
+                    .session
+                    .as_deref()
+                    .map_or("-", |s| &s[..s.len().min(8)]),
                 compact(&event.workspace.clone().unwrap_or_default(), &self.dir)
-                    + event.name.as_deref().filter(|n| *n != "default").map(|n| format!(" [{n}]")).unwrap_or_default().as_str(),
+                    + event
+                        .name
+                        .as_deref()
+                        .filter(|n| *n != "default")
+                        .map(|n| format!(" [{n}]"))
+                        .unwrap_or_default()
+                        .as_str(),
                 event.detail.as_deref().unwrap_or_default()
             );
         }
-        Ok(Outcome::Done)
+        Ok(())
     }
 
     /// Stops whatever the demo started that still runs (only those, by identity); returns what had to be stopped.
@@ -208,7 +308,11 @@ impl Demo {
                 let _ = handle.signal_group(identity.pid, Sig::Kill);
             }
         }
-        let verdict = if leftovers.is_empty() { "all gone" } else { "some were left and have now been killed" };
+        let verdict = if leftovers.is_empty() {
+            "all gone"
+        } else {
+            "some were left and have now been killed"
+        };
         println!("   demo pids: {} ({verdict})", pids.join(" "));
         leftovers
     }
@@ -236,13 +340,31 @@ fn payload(fixture: &str, session: &str, cwd: &Path) -> anyhow::Result<Value> {
 fn owners(record: &Value) -> String {
     let list: Vec<&str> = record["owners"]
         .as_array()
-        .map(|owners| owners.iter().filter_map(|o| o["session"].as_str()).collect())
+        .map(|owners| {
+            owners
+                .iter()
+                .filter_map(|o| o["session"].as_str())
+                .collect()
+        })
         .unwrap_or_default();
-    format!("[{}]", list.iter().map(|id| &id[..8]).collect::<Vec<_>>().join(", "))
+    format!(
+        "[{}]",
+        list.iter()
+            .map(|id| &id[..8])
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
 }
 
 fn indent(text: &str) -> String {
-    text.lines().filter(|line| !line.starts_with("state:")).map(|line| format!("   | {line}\n")).collect()
+    text.lines()
+        .filter(|line| !line.starts_with("state:"))
+        .fold(String::new(), |mut out, line| {
+            out.push_str("   | ");
+            out.push_str(line);
+            out.push('\n');
+            out
+        })
 }
 
 /// Paths inside the demo's temp dir, shown relative to it.
@@ -251,13 +373,27 @@ fn compact(text: &str, dir: &Path) -> String {
 }
 
 fn random_hex(bytes: usize) -> String {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
-    let digest = Sha256::digest(format!("{nanos}-{}-{:?}", std::process::id(), std::thread::current().id()));
-    digest.iter().take(bytes).map(|b| format!("{b:02x}")).collect()
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let digest = Sha256::digest(format!(
+        "{nanos}-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    crate::workspace::hex(&digest[..bytes])
 }
 
 /// A random id shaped like the agents' UUIDs.
 fn uuid_like() -> String {
     let hex = random_hex(16);
-    format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
 }

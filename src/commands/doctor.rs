@@ -35,14 +35,22 @@ pub struct Check {
 }
 
 fn check(name: &str, level: Level, detail: impl Into<String>, fix: Option<String>) -> Check {
-    Check { name: name.to_owned(), level, detail: detail.into(), fix }
+    Check {
+        name: name.to_owned(),
+        level,
+        detail: detail.into(),
+        fix,
+    }
 }
 
 pub fn run(json_output: bool, config: &Config) -> anyhow::Result<Outcome> {
     let checks = checks(config);
     let worst = checks.iter().map(|c| c.level).max().unwrap_or(Level::Ok);
     if json_output {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "checks": checks, "worst": worst }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "checks": checks, "worst": worst }))?
+        );
     } else {
         for c in &checks {
             let tag = match c.level {
@@ -63,7 +71,12 @@ pub fn checks(config: &Config) -> Vec<Check> {
     let mut checks = Vec::new();
     let root = match StateRoot::open_existing(&config.state_dir) {
         Ok(Some(root)) => {
-            checks.push(check("state root", Level::Ok, root.path().display().to_string(), None));
+            checks.push(check(
+                "state root",
+                Level::Ok,
+                root.path().display().to_string(),
+                None,
+            ));
             Some(root)
         }
         Ok(None) => {
@@ -71,7 +84,10 @@ pub fn checks(config: &Config) -> Vec<Check> {
                 "state root",
                 Level::Warn,
                 format!("{} does not exist yet", config.state_dir.display()),
-                Some("it is created by the first hook; run `session-reaper install --agent claude`".into()),
+                Some(
+                    "it is created by the first hook; run `session-reaper install --agent claude`"
+                        .into(),
+                ),
             ));
             None
         }
@@ -85,11 +101,24 @@ pub fn checks(config: &Config) -> Vec<Check> {
             None
         }
     };
-    checks.push(filesystem_check(root.as_ref().map_or(config.state_dir.as_path(), StateRoot::path)));
+    checks.push(filesystem_check(
+        root.as_ref()
+            .map_or(config.state_dir.as_path(), StateRoot::path),
+    ));
     checks.push(if signal::pidfd_supported() {
-        check("pidfd", Level::Ok, "pidfd_open and pidfd_send_signal available", None)
+        check(
+            "pidfd",
+            Level::Ok,
+            "pidfd_open and pidfd_send_signal available",
+            None,
+        )
     } else {
-        check("pidfd", Level::Warn, "no pidfd: signals use verify-then-kill", Some("use Linux 5.3 or newer".into()))
+        check(
+            "pidfd",
+            Level::Warn,
+            "no pidfd: signals use verify-then-kill",
+            Some("use Linux 5.3 or newer".into()),
+        )
     });
     checks.extend(Agent::ALL.iter().map(|agent| hooks_check(*agent)));
     if let Some(root) = root {
@@ -101,9 +130,14 @@ pub fn checks(config: &Config) -> Vec<Check> {
 }
 
 fn filesystem_check(path: &Path) -> Check {
-    let probe = path.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
+    let probe = path
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
     match nix::sys::statfs::statfs(probe) {
         Ok(stat) => {
+            // fs_type_t is i64 on x86_64 but narrower elsewhere.
+            #[allow(clippy::useless_conversion)]
             let magic = i64::from(stat.filesystem_type().0);
             match network_filesystem(magic) {
                 Some(kind) => check(
@@ -115,7 +149,12 @@ fn filesystem_check(path: &Path) -> Check {
                 None => check("filesystem", Level::Ok, format!("local (magic {magic:#x})"), None),
             }
         }
-        Err(err) => check("filesystem", Level::Warn, format!("cannot tell: {err}"), None),
+        Err(err) => check(
+            "filesystem",
+            Level::Warn,
+            format!("cannot tell: {err}"),
+            None,
+        ),
     }
 }
 
@@ -138,16 +177,25 @@ fn network_filesystem(magic: i64) -> Option<&'static str> {
 fn hooks_check(agent: Agent) -> Check {
     let name = format!("{agent} hooks");
     let cwd = workspace::current_dir().unwrap_or_default();
-    let Ok(path) = install::resolve_settings_path(agent, install::Scope::User, &cwd, &|k| std::env::var_os(k)) else {
+    let Ok(path) =
+        install::resolve_settings_path(agent, install::Scope::User, &cwd, &|k| std::env::var_os(k))
+    else {
         return check(&name, Level::Warn, "HOME not set", None);
     };
     let agent_dir_exists = path.parent().is_some_and(Path::exists);
     let text = std::fs::read_to_string(&path).unwrap_or_default();
-    let installed = serde_json::from_str::<serde_json::Value>(&text)
-        .map(|value| install::commands_in(&value).iter().any(|command| install::is_our_command(command)))
-        .unwrap_or(false);
+    let installed = serde_json::from_str::<serde_json::Value>(&text).is_ok_and(|value| {
+        install::commands_in(&value)
+            .iter()
+            .any(|command| install::is_our_command(command))
+    });
     if installed {
-        check(&name, Level::Ok, format!("installed in {}", path.display()), None)
+        check(
+            &name,
+            Level::Ok,
+            format!("installed in {}", path.display()),
+            None,
+        )
     } else if agent_dir_exists {
         check(
             &name,
@@ -175,17 +223,34 @@ fn tickets_check(store: &Store) -> Check {
             Some("the process is in uninterruptible sleep (D state); check `cat /proc/PID/stack`, then reboot if it never returns".into()),
         );
     }
-    let overdue = tickets.iter().filter(|t| crate::clock::age(&t.requested_at, std::time::SystemTime::now())
-        .is_some_and(|age| age > std::time::Duration::from_millis(t.grace_ms) + std::time::Duration::from_secs(30))).count();
+    let overdue = tickets
+        .iter()
+        .filter(|t| {
+            crate::clock::age(&t.requested_at, std::time::SystemTime::now()).is_some_and(|age| {
+                age > std::time::Duration::from_millis(t.grace_ms)
+                    + std::time::Duration::from_secs(30)
+            })
+        })
+        .count();
     if overdue > 0 && !finisher::is_running(store) {
         return check(
             "stops",
             Level::Warn,
-            format!("{overdue} stop ticket(s) overdue and no finisher running (it died or was killed)"),
-            Some("session-reaper sweep (and install the periodic sweep: install --with-sweep)".into()),
+            format!(
+                "{overdue} stop ticket(s) overdue and no finisher running (it died or was killed)"
+            ),
+            Some(
+                "session-reaper sweep (and install the periodic sweep: install --with-sweep)"
+                    .into(),
+            ),
         );
     }
-    check("stops", Level::Ok, format!("{} pending", tickets.len()), None)
+    check(
+        "stops",
+        Level::Ok,
+        format!("{} pending", tickets.len()),
+        None,
+    )
 }
 
 fn corrupt_check(store: &Store) -> Check {
@@ -202,7 +267,11 @@ fn corrupt_check(store: &Store) -> Check {
         check(
             "records",
             Level::Warn,
-            format!("{} corrupt record(s) moved aside: {}", corrupt.len(), corrupt.join(", ")),
+            format!(
+                "{} corrupt record(s) moved aside: {}",
+                corrupt.len(),
+                corrupt.join(", ")
+            ),
             Some("read them, then delete; a sweep stops any broker they named (unrecorded)".into()),
         )
     }

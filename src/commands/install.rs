@@ -23,16 +23,26 @@ pub fn run(args: &InstallArgs, operation: Operation, _config: &Config) -> anyhow
     let cwd = workspace::current_dir()?;
     let settings_path = match &args.settings {
         Some(path) => path.clone(),
-        None => install::resolve_settings_path(args.agent, args.scope, &cwd, &|name| std::env::var_os(name))?,
+        None => install::resolve_settings_path(args.agent, args.scope, &cwd, &|name| {
+            std::env::var_os(name)
+        })?,
     };
-    let request = InstallRequest { agent: args.agent, settings_path, binary: &binary, dry_run: args.dry_run };
+    let request = InstallRequest {
+        agent: args.agent,
+        settings_path,
+        binary: &binary,
+        dry_run: args.dry_run,
+    };
     let report = match operation {
         Operation::Install => install::install(&request)?,
         Operation::Uninstall => install::uninstall(&request)?,
     };
     print!("{report}");
     if args.with_sweep {
-        let sweep = Sweep { binary: &binary, dry_run: args.dry_run };
+        let sweep = Sweep {
+            binary: &binary,
+            dry_run: args.dry_run,
+        };
         match operation {
             Operation::Install => sweep.install()?,
             Operation::Uninstall => sweep.uninstall()?,
@@ -48,7 +58,10 @@ struct Sweep<'a> {
 
 impl Sweep<'_> {
     fn cron_line(&self) -> String {
-        format!("* * * * * {} sweep >/dev/null 2>&1", install::shell_quote(&self.binary.to_string_lossy()))
+        format!(
+            "* * * * * {} sweep >/dev/null 2>&1",
+            install::shell_quote(&self.binary.to_string_lossy())
+        )
     }
 
     fn unit_dir() -> Option<PathBuf> {
@@ -65,7 +78,10 @@ impl Sweep<'_> {
             let exec = install::shell_quote(&self.binary.to_string_lossy()).into_owned();
             let service = SERVICE.replace("%h/.cargo/bin/session-reaper", &exec);
             if self.dry_run {
-                println!("would write {} and enable {UNIT}.timer", dir.join(format!("{UNIT}.service")).display());
+                println!(
+                    "would write {} and enable {UNIT}.timer",
+                    dir.join(format!("{UNIT}.service")).display()
+                );
                 return Ok(());
             }
             std::fs::create_dir_all(&dir)?;
@@ -78,11 +94,16 @@ impl Sweep<'_> {
         }
         let line = self.cron_line();
         if !crontab_available() {
-            println!("sweep: no systemd user manager and no crontab here; run this every minute yourself:\n  {line}");
+            println!(
+                "sweep: no systemd user manager and no crontab here; run this every minute yourself:\n  {line}"
+            );
             return Ok(());
         }
         let current = crontab_list();
-        if current.lines().any(|existing| existing.contains(" sweep") && existing.contains("session-reaper")) {
+        if current
+            .lines()
+            .any(|existing| existing.contains(" sweep") && existing.contains("session-reaper"))
+        {
             println!("sweep: crontab already runs session-reaper sweep");
             return Ok(());
         }
@@ -102,9 +123,13 @@ impl Sweep<'_> {
     }
 
     fn uninstall(&self) -> anyhow::Result<()> {
-        if let Some(dir) = Self::unit_dir().filter(|dir| dir.join(format!("{UNIT}.timer")).exists()) {
+        if let Some(dir) = Self::unit_dir().filter(|dir| dir.join(format!("{UNIT}.timer")).exists())
+        {
             if self.dry_run {
-                println!("would disable {UNIT}.timer and remove its units from {}", dir.display());
+                println!(
+                    "would disable {UNIT}.timer and remove its units from {}",
+                    dir.display()
+                );
                 return Ok(());
             }
             let _ = systemctl(&["disable", "--now", &format!("{UNIT}.timer")]);
@@ -151,13 +176,27 @@ fn systemd_user_available() -> bool {
 }
 
 fn systemctl(args: &[&str]) -> anyhow::Result<()> {
-    let status = Command::new("systemctl").arg("--user").args(args).status().context("running systemctl --user")?;
-    anyhow::ensure!(status.success(), "systemctl --user {} failed", args.join(" "));
+    let status = Command::new("systemctl")
+        .arg("--user")
+        .args(args)
+        .status()
+        .context("running systemctl --user")?;
+    anyhow::ensure!(
+        status.success(),
+        "systemctl --user {} failed",
+        args.join(" ")
+    );
     Ok(())
 }
 
 fn crontab_available() -> bool {
-    Command::new("crontab").arg("-l").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
+    Command::new("crontab")
+        .arg("-l")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
 }
 
 fn crontab_list() -> String {
@@ -172,8 +211,16 @@ fn crontab_list() -> String {
 }
 
 fn crontab_write(text: &str) -> anyhow::Result<()> {
-    let mut child = Command::new("crontab").arg("-").stdin(Stdio::piped()).spawn().context("running crontab -")?;
-    child.stdin.take().context("crontab stdin")?.write_all(text.as_bytes())?;
+    let mut child = Command::new("crontab")
+        .arg("-")
+        .stdin(Stdio::piped())
+        .spawn()
+        .context("running crontab -")?;
+    child
+        .stdin
+        .take()
+        .context("crontab stdin")?
+        .write_all(text.as_bytes())?;
     anyhow::ensure!(child.wait()?.success(), "crontab - failed");
     Ok(())
 }

@@ -20,9 +20,16 @@ pub struct Filter {
 
 impl Filter {
     pub fn keeps(&self, event: &Event, now: SystemTime) -> bool {
-        self.session.as_ref().is_none_or(|id| event.session.as_deref() == Some(id.as_str()))
-            && self.action.as_ref().is_none_or(|action| &event.action == action)
-            && self.since.is_none_or(|since| clock::age(&event.ts, now).is_some_and(|age| age <= since))
+        self.session
+            .as_ref()
+            .is_none_or(|id| event.session.as_deref() == Some(id.as_str()))
+            && self
+                .action
+                .as_ref()
+                .is_none_or(|action| &event.action == action)
+            && self
+                .since
+                .is_none_or(|since| clock::age(&event.ts, now).is_some_and(|age| age <= since))
     }
 }
 
@@ -35,7 +42,11 @@ pub fn run(args: &LogArgs, config: &Config) -> anyhow::Result<Outcome> {
     let events: Vec<Event> = match StateRoot::open_existing(&config.state_dir)? {
         Some(root) => {
             let now = SystemTime::now();
-            EventLog::new(&root).read_all().into_iter().filter(|event| filter.keeps(event, now)).collect()
+            EventLog::new(&root)
+                .read_all()
+                .into_iter()
+                .filter(|event| filter.keeps(event, now))
+                .collect()
         }
         None => Vec::new(),
     };
@@ -87,11 +98,20 @@ mod tests {
         let mut old = Event::new("stop", "stopped").session(Some("a"));
         old.ts = clock::format(now - Duration::from_secs(7200));
         let fresh = Event::new("prune", "pruned").session(Some("b"));
-        let by_session = Filter { session: Some(SessionId::parse("a").unwrap()), ..Filter::default() };
+        let by_session = Filter {
+            session: Some(SessionId::parse("a").unwrap()),
+            ..Filter::default()
+        };
         assert!(by_session.keeps(&old, now) && !by_session.keeps(&fresh, now));
-        let by_age = Filter { since: Some(Duration::from_secs(3600)), ..Filter::default() };
+        let by_age = Filter {
+            since: Some(Duration::from_secs(3600)),
+            ..Filter::default()
+        };
         assert!(!by_age.keeps(&old, now) && by_age.keeps(&fresh, now));
-        let by_action = Filter { action: Some("prune".into()), ..Filter::default() };
+        let by_action = Filter {
+            action: Some("prune".into()),
+            ..Filter::default()
+        };
         assert!(by_action.keeps(&fresh, now) && !by_action.keeps(&old, now));
     }
 }

@@ -28,18 +28,29 @@ pub fn run(args: &ReapArgs, config: &Config) -> anyhow::Result<Outcome> {
         None => Vec::new(),
     };
     let store = Store::open(&config.state_dir)?;
-    let sessions = if args.all { live_sessions(&store) } else { sessions };
+    let sessions = if args.all {
+        live_sessions(&store)
+    } else {
+        sessions
+    };
     let guard = Guard::new();
     let started = Instant::now();
     let reports: Vec<EndReport> = sessions
         .iter()
         .map(|session| {
-            let ending =
-                Ending { session: session.clone(), reason, agent_reason: None, dry_run: args.dry_run };
+            let ending = Ending {
+                session: session.clone(),
+                reason,
+                agent_reason: None,
+                dry_run: args.dry_run,
+            };
             teardown::end_session(&store, &guard, &ending, Instant::now() + LOCK_WAIT)
         })
         .collect();
-    let tickets: Vec<_> = reports.iter().flat_map(|report| report.tickets.clone()).collect();
+    let tickets: Vec<_> = reports
+        .iter()
+        .flat_map(|report| report.tickets.clone())
+        .collect();
     let stops = if args.dry_run {
         Vec::new()
     } else {
@@ -48,7 +59,10 @@ pub fn run(args: &ReapArgs, config: &Config) -> anyhow::Result<Outcome> {
             .or(args.all.then_some(DRAIN_DEADLINE))
             .map_or_else(|| longest_stop(&tickets), |deadline| started + deadline);
         let stops = store.stopper(guard).run(tickets.clone(), deadline);
-        if stops.iter().any(|stop| matches!(stop.outcome, StopOutcome::Pending { .. })) {
+        if stops
+            .iter()
+            .any(|stop| matches!(stop.outcome, StopOutcome::Pending { .. }))
+        {
             finisher::start(&store)?;
         }
         stops
@@ -68,13 +82,25 @@ fn parse_reason(args: &ReapArgs) -> anyhow::Result<Reason> {
     let allowed: &[Reason] = if args.all {
         &[Reason::Shutdown, Reason::Restart]
     } else {
-        &[Reason::Manual, Reason::Shutdown, Reason::Restart, Reason::SessionEnd]
+        &[
+            Reason::Manual,
+            Reason::Shutdown,
+            Reason::Restart,
+            Reason::SessionEnd,
+        ]
     };
-    let Some(text) = &args.reason else { return Ok(Reason::Manual) };
-    Reason::parse(text).filter(|reason| allowed.contains(reason)).ok_or_else(|| {
-        let names: Vec<&str> = allowed.iter().map(|reason| reason.as_str()).collect();
-        bad_input(format!("--reason {text:?}: expected one of {}", names.join(", ")))
-    })
+    let Some(text) = &args.reason else {
+        return Ok(Reason::Manual);
+    };
+    Reason::parse(text)
+        .filter(|reason| allowed.contains(reason))
+        .ok_or_else(|| {
+            let names: Vec<&str> = allowed.iter().map(|reason| reason.as_str()).collect();
+            bad_input(format!(
+                "--reason {text:?}: expected one of {}",
+                names.join(", ")
+            ))
+        })
 }
 
 fn live_sessions(store: &Store) -> Vec<SessionId> {
@@ -105,11 +131,18 @@ fn print_human(dry_run: bool, reports: &[EndReport], stops: &[StopReport]) {
         println!("session {} {verb} ({})", report.session, report.reason);
         for slot in &report.slots {
             let what = if slot.stopping {
-                if dry_run { "last owner: would stop" } else { "last owner: stopping" }
+                if dry_run {
+                    "last owner: would stop"
+                } else {
+                    "last owner: stopping"
+                }
             } else {
                 "owner removed; kept for others"
             };
-            println!("  broker pid {:>7}  {what}  {} [{}]", slot.pid, slot.workspace, slot.name);
+            println!(
+                "  broker pid {:>7}  {what}  {} [{}]",
+                slot.pid, slot.workspace, slot.name
+            );
         }
         for (pid, argv) in &report.resume_orphans {
             let what = if dry_run { "would stop" } else { "stopping" };

@@ -55,11 +55,18 @@ pub fn snapshot(store: &Store) -> Snapshot {
     for slot in Slot::all(&store.root) {
         match slot.peek(&store.root) {
             Some(record) => {
-                slots.push(SlotStatus { slot: slot.label(), alive: proc::is_alive(&record.identity), record });
+                slots.push(SlotStatus {
+                    slot: slot.label(),
+                    alive: proc::is_alive(&record.identity),
+                    record,
+                });
             }
             None => {
                 if let Some(problem) = unreadable_record(store, &slot) {
-                    unreadable.push(Unreadable { slot: slot.label(), problem });
+                    unreadable.push(Unreadable {
+                        slot: slot.label(),
+                        problem,
+                    });
                 }
             }
         }
@@ -70,7 +77,11 @@ pub fn snapshot(store: &Store) -> Snapshot {
         .into_iter()
         .map(|ticket| {
             let alive = proc::is_alive(&ticket.identity);
-            TicketStatus { alive, stuck: alive && ticket.attempts >= STUCK_AFTER, ticket }
+            TicketStatus {
+                alive,
+                stuck: alive && ticket.attempts >= STUCK_AFTER,
+                ticket,
+            }
         })
         .collect();
     Snapshot {
@@ -78,7 +89,12 @@ pub fn snapshot(store: &Store) -> Snapshot {
         slots,
         unreadable,
         tickets,
-        sessions: store.sessions.all().into_iter().filter(|session| !session.is_ended()).collect(),
+        sessions: store
+            .sessions
+            .all()
+            .into_iter()
+            .filter(|session| !session.is_ended())
+            .collect(),
         finisher_running: finisher::is_running(store),
     }
 }
@@ -100,7 +116,10 @@ fn unreadable_record(store: &Store, slot: &Slot) -> Option<String> {
 pub fn run(json_output: bool, config: &Config) -> anyhow::Result<Outcome> {
     let Some(root) = StateRoot::open_existing(&config.state_dir)? else {
         if json_output {
-            println!("{}", json!({"state_dir": config.state_dir, "slots": [], "unreadable": [], "tickets": [], "sessions": []}));
+            println!(
+                "{}",
+                json!({"state_dir": config.state_dir, "slots": [], "unreadable": [], "tickets": [], "sessions": []})
+            );
         } else {
             println!("no state yet at {}", config.state_dir.display());
         }
@@ -122,10 +141,17 @@ fn print_human(snapshot: &Snapshot) {
         println!("brokers: none");
     } else {
         println!("brokers:");
-        println!("  {:<8} {:<6} {:<24} {:<28} workspace", "pid", "alive", "owners", "command");
+        println!(
+            "  {:<8} {:<6} {:<24} {:<28} workspace",
+            "pid", "alive", "owners", "command"
+        );
         for slot in &snapshot.slots {
             let record = &slot.record;
-            let owners = if record.owners.is_empty() { "-".to_owned() } else { record.owner_ids().join(",") };
+            let owners = if record.owners.is_empty() {
+                "-".to_owned()
+            } else {
+                record.owner_ids().join(",")
+            };
             let workspace = if record.name == "default" {
                 record.workspace.clone()
             } else {
@@ -154,13 +180,22 @@ fn print_human(snapshot: &Snapshot) {
             } else {
                 "gone (ticket not yet closed)".to_owned()
             };
-            println!("  pid {:<8} {:<14} {}  since {}", ticket.ticket.identity.pid, ticket.ticket.reason, state, ticket.ticket.requested_at);
+            println!(
+                "  pid {:<8} {:<14} {}  since {}",
+                ticket.ticket.identity.pid, ticket.ticket.reason, state, ticket.ticket.requested_at
+            );
         }
     }
     println!("live sessions: {}", snapshot.sessions.len());
     for session in &snapshot.sessions {
-        let pid = session.agent_identity.as_ref().map_or(0, |identity| identity.pid);
-        println!("  {} {:<7} agent pid {:<8} {}", session.session_id, session.agent, pid, session.cwd);
+        let pid = session
+            .agent_identity
+            .as_ref()
+            .map_or(0, |identity| identity.pid);
+        println!(
+            "  {} {:<7} agent pid {:<8} {}",
+            session.session_id, session.agent, pid, session.cwd
+        );
     }
 }
 

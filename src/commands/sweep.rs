@@ -105,8 +105,14 @@ pub fn run(args: &SweepArgs, config: &Config) -> anyhow::Result<Outcome> {
         sweep.act("clean", None, "events.jsonl".to_owned(), None, "rotate");
     }
     let stops = sweep.drive_tickets()?;
-    let report = SweepReport { policy: sweep.policy, actions: sweep.actions, stops, problems: sweep.problems };
-    let ok = report.problems.is_empty() && report.stops.iter().all(|stop| !stop.outcome.is_failure());
+    let report = SweepReport {
+        policy: sweep.policy,
+        actions: sweep.actions,
+        stops,
+        problems: sweep.problems,
+    };
+    let ok =
+        report.problems.is_empty() && report.stops.iter().all(|stop| !stop.outcome.is_failure());
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -118,27 +124,59 @@ pub fn run(args: &SweepArgs, config: &Config) -> anyhow::Result<Outcome> {
 impl Sweep<'_> {
     /// Records an action; `verb` is what is done ("prune", "stop", …), shown as "would prune" in a dry run and
     /// as "pruned" otherwise.
-    fn act(&mut self, action: &'static str, reason: Option<Reason>, target: String, pid: Option<i32>, verb: &str) {
-        let result = if self.policy.dry_run { format!("would {verb}") } else { past_tense(verb) };
-        self.actions.push(SweepAction { action, reason: reason.map(|r| r.to_string()), target, pid, result });
+    fn act(
+        &mut self,
+        action: &'static str,
+        reason: Option<Reason>,
+        target: String,
+        pid: Option<i32>,
+        verb: &str,
+    ) {
+        let result = if self.policy.dry_run {
+            format!("would {verb}")
+        } else {
+            past_tense(verb)
+        };
+        self.actions.push(SweepAction {
+            action,
+            reason: reason.map(|r| r.to_string()),
+            target,
+            pid,
+            result,
+        });
     }
 
-    /// A session whose recorded agent process no longer has its identity ended without SessionEnd (SIGKILL, OOM,
-    /// reboot, or an agent with no SessionEnd such as Codex): end it as SessionEnd would.
+    /// A session whose recorded agent process no longer has its identity ended without `SessionEnd` (SIGKILL, OOM,
+    /// reboot, or an agent with no `SessionEnd` such as Codex): end it as `SessionEnd` would.
     fn end_crashed_sessions(&mut self) {
         for record in self.store.sessions.all() {
             if record.is_ended() || (!record.host.is_empty() && record.host != self.host) {
                 continue;
             }
-            let Some(identity) = &record.agent_identity else { continue };
+            let Some(identity) = &record.agent_identity else {
+                continue;
+            };
             if proc::is_alive(identity) {
                 continue;
             }
-            let Ok(session) = SessionId::parse(&record.session_id) else { continue };
-            let ending =
-                Ending { session, reason: Reason::OwnersGone, agent_reason: None, dry_run: self.policy.dry_run };
-            let report = teardown::end_session(self.store, &self.guard, &ending, Instant::now() + LOCK_WAIT);
-            self.act("end_session", Some(Reason::OwnersGone), record.session_id.clone(), Some(identity.pid), "end");
+            let Ok(session) = SessionId::parse(&record.session_id) else {
+                continue;
+            };
+            let ending = Ending {
+                session,
+                reason: Reason::OwnersGone,
+                agent_reason: None,
+                dry_run: self.policy.dry_run,
+            };
+            let report =
+                teardown::end_session(self.store, &self.guard, &ending, Instant::now() + LOCK_WAIT);
+            self.act(
+                "end_session",
+                Some(Reason::OwnersGone),
+                record.session_id.clone(),
+                Some(identity.pid),
+                "end",
+            );
             // What ending it stops (its last-owned brokers, processes resuming it): a dry run shows no stops else.
             for ticket in &report.tickets {
                 let (reason, pid) = (Reason::parse(&ticket.reason), Some(ticket.identity.pid));
@@ -157,7 +195,7 @@ impl Sweep<'_> {
                 if let Some(record) = slot.peek(&self.store.root) {
                     let mut record = record;
                     let ended = drop_ended_owners(&mut record, sessions);
-                    self.judge_one(&slot, record, &ended, sessions, now, idle_ttl, None);
+                    self.judge_one(&slot, &record, &ended, sessions, now, idle_ttl, None);
                 }
                 continue;
             }
@@ -171,7 +209,15 @@ impl Sweep<'_> {
             match guard.read() {
                 Ok(SlotContent::Broker(mut record)) => {
                     let ended = drop_ended_owners(&mut record, sessions);
-                    self.judge_one(&slot, record, &ended, sessions, now, idle_ttl, Some(&guard));
+                    self.judge_one(
+                        &slot,
+                        &record,
+                        &ended,
+                        sessions,
+                        now,
+                        idle_ttl,
+                        Some(&guard),
+                    );
                 }
                 Ok(SlotContent::Empty) => {
                     let keep = Duration::from_secs(self.policy.retention_secs);
@@ -181,8 +227,11 @@ impl Sweep<'_> {
                 }
                 Ok(SlotContent::Corrupt { moved_to, why }) => {
                     let detail = format!("{why}; moved aside to {}", moved_to.display());
-                    self.store.log.record(&Event::new("corrupt", "moved_aside").detail(detail.clone()));
-                    self.problems.push(format!("{}: corrupt broker.json: {detail}", slot.label()));
+                    self.store
+                        .log
+                        .record(&Event::new("corrupt", "moved_aside").detail(detail.clone()));
+                    self.problems
+                        .push(format!("{}: corrupt broker.json: {detail}", slot.label()));
                 }
                 Err(err) => self.problems.push(format!("{}: {err:#}", slot.label())),
             }
@@ -193,7 +242,7 @@ impl Sweep<'_> {
     fn judge_one(
         &mut self,
         slot: &Slot,
-        record: BrokerRecord,
+        record: &BrokerRecord,
         ended_owners: &[String],
         sessions: &[SessionRecord],
         now: SystemTime,
@@ -205,34 +254,55 @@ impl Sweep<'_> {
             alive: proc::is_alive(&record.identity),
             foreign_host,
             earlier_boot: !foreign_host && record.identity.boot_id != proc::boot_id(),
-            owner_alive: record.owners.iter().any(|owner| owner_alive(&owner.session, sessions)),
+            owner_alive: record
+                .owners
+                .iter()
+                .any(|owner| owner_alive(&owner.session, sessions)),
         };
-        let mut verdict = plan::judge_slot(&record, facts, now, idle_ttl);
+        let mut verdict = plan::judge_slot(record, facts, now, idle_ttl);
         // The last owners' sessions have ended (their SessionEnd could not reach this slot): finish that end.
-        if verdict == SlotVerdict::Keep && !ended_owners.is_empty() && record.owners.is_empty() && !foreign_host {
+        if verdict == SlotVerdict::Keep
+            && !ended_owners.is_empty()
+            && record.owners.is_empty()
+            && !foreign_host
+        {
             verdict = SlotVerdict::Stop(Reason::SessionEnd);
         }
         let pid = Some(record.identity.pid);
         let result = match verdict {
             SlotVerdict::Keep if ended_owners.is_empty() => return,
             SlotVerdict::Keep => {
-                self.act("owner_remove", Some(Reason::SessionEnd), slot.label(), pid, "remove ended owners");
-                guard.map(|guard| guard.write(&record))
+                self.act(
+                    "owner_remove",
+                    Some(Reason::SessionEnd),
+                    slot.label(),
+                    pid,
+                    "remove ended owners",
+                );
+                guard.map(|guard| guard.write(record))
             }
             SlotVerdict::Prune(reason) => {
                 self.act("prune", Some(reason), slot.label(), pid, "prune");
                 guard.map(|guard| {
                     guard.clear()?;
                     self.store.log.record(
-                        &Event::new("prune", "pruned").reason(&reason).slot(&record.workspace, &record.name).pid(record.identity.pid),
+                        &Event::new("prune", "pruned")
+                            .reason(&reason)
+                            .slot(&record.workspace, &record.name)
+                            .pid(record.identity.pid),
                     );
                     Ok(())
                 })
             }
             SlotVerdict::Stop(reason) => {
                 self.act("stop", Some(reason), slot.label(), pid, "stop");
-                let ticket = ticket_for(&record, reason.as_str(), None, &slot.label());
-                let filed = guard.map(|guard| self.store.tickets.file(&ticket).and_then(|()| guard.clear()));
+                let ticket = ticket_for(record, reason.as_str(), None, &slot.label());
+                let filed = guard.map(|guard| {
+                    self.store
+                        .tickets
+                        .file(&ticket)
+                        .and_then(|()| guard.clear())
+                });
                 self.tickets.push(ticket);
                 filed
             }
@@ -250,32 +320,58 @@ impl Sweep<'_> {
             .iter()
             .filter_map(|slot| slot.peek(&self.store.root))
             .map(|record| (record.identity, record.pgid))
-            .chain(self.store.tickets.pending(&self.store.log).into_iter().map(|t| (t.identity, t.pgid)))
+            .chain(
+                self.store
+                    .tickets
+                    .pending(&self.store.log)
+                    .into_iter()
+                    .map(|t| (t.identity, t.pgid)),
+            )
             .chain(self.tickets.iter().map(|t| (t.identity.clone(), t.pgid)))
             .collect();
         let known_pids: HashSet<i32> = known.iter().map(|(identity, _)| identity.pid).collect();
-        let known_groups: HashSet<i32> =
-            known.iter().filter(|(identity, _)| proc::is_alive(identity)).filter_map(|(_, pgid)| *pgid).collect();
+        let known_groups: HashSet<i32> = known
+            .iter()
+            .filter(|(identity, _)| proc::is_alive(identity))
+            .filter_map(|(_, pgid)| *pgid)
+            .collect();
         for (pid, _) in snapshot {
-            let Ok(Some(state_root)) = proc::environ_var(*pid, STATE_ROOT_MARKER) else { continue };
+            let Ok(Some(state_root)) = proc::environ_var(*pid, STATE_ROOT_MARKER) else {
+                continue;
+            };
             if state_root != root || known_pids.contains(pid) {
                 continue;
             }
-            let Some(identity) = proc::identity_of(*pid) else { continue };
+            let Some(identity) = proc::identity_of(*pid) else {
+                continue;
+            };
             if self.guard.check(&identity).is_err() {
                 continue;
             }
-            let in_known_group = proc::stat(*pid).is_ok_and(|stat| known_groups.contains(&stat.pgid));
+            let in_known_group =
+                proc::stat(*pid).is_ok_and(|stat| known_groups.contains(&stat.pgid));
             if in_known_group || known.iter().any(|(known, _)| known == &identity) {
                 continue;
             }
-            let marker = proc::environ_var(*pid, BROKER_MARKER).ok().flatten().unwrap_or_default();
+            let marker = proc::environ_var(*pid, BROKER_MARKER)
+                .ok()
+                .flatten()
+                .unwrap_or_default();
             // The slot may be mid-spawn (child started, record not yet written): its lock says so.
             if !self.policy.dry_run && self.being_recorded(&identity, &marker) {
                 continue;
             }
-            let group = proc::stat(*pid).ok().filter(|stat| stat.pgid == *pid).map(|stat| stat.pgid);
-            let mut ticket = stop::new_ticket(identity, group, Reason::Unrecorded.as_str(), 5000, "unrecorded".into());
+            let group = proc::stat(*pid)
+                .ok()
+                .filter(|stat| stat.pgid == *pid)
+                .map(|stat| stat.pgid);
+            let mut ticket = stop::new_ticket(
+                identity,
+                group,
+                Reason::Unrecorded.as_str(),
+                5000,
+                "unrecorded".into(),
+            );
             // The marker is `<workspace>/<name>`: the event names the slot as a recorded broker's would.
             match marker.rsplit_once('/') {
                 Some((workspace, name)) => {
@@ -285,11 +381,11 @@ impl Sweep<'_> {
                 None => ticket.workspace = Some(marker.clone()),
             }
             self.act("stop", Some(Reason::Unrecorded), marker, Some(*pid), "stop");
-            if !self.policy.dry_run {
-                if let Err(err) = self.store.tickets.file(&ticket) {
-                    self.problems.push(format!("unrecorded {pid}: {err:#}"));
-                    continue;
-                }
+            if !self.policy.dry_run
+                && let Err(err) = self.store.tickets.file(&ticket)
+            {
+                self.problems.push(format!("unrecorded {pid}: {err:#}"));
+                continue;
             }
             self.tickets.push(ticket);
         }
@@ -297,26 +393,49 @@ impl Sweep<'_> {
 
     /// Takes the lock of the slot a marker names and re-reads it: true when the record now names this process.
     fn being_recorded(&self, identity: &Identity, marker: &str) -> bool {
-        let Some((workspace, name)) = marker.rsplit_once('/') else { return false };
-        let Ok(name) = crate::name::SlotName::parse(name) else { return false };
+        let Some((workspace, name)) = marker.rsplit_once('/') else {
+            return false;
+        };
+        let Ok(name) = crate::name::SlotName::parse(name) else {
+            return false;
+        };
         let slot = Slot::of(&self.store.root, std::path::Path::new(workspace), &name);
         if !slot.dir().exists() {
             return false;
         }
-        let Ok(guard) = slot.lock(&self.store.root, LOCK_WAIT) else { return true };
+        let Ok(guard) = slot.lock(&self.store.root, LOCK_WAIT) else {
+            return true;
+        };
         matches!(guard.read(), Ok(SlotContent::Broker(record)) if &record.identity == identity)
     }
 
-    fn report_duplicate_writers(&mut self, snapshot: &[(i32, Vec<String>)], sessions: &[SessionRecord]) {
-        let live: Vec<&SessionRecord> = sessions.iter().filter(|record| !record.is_ended()).collect();
+    fn report_duplicate_writers(
+        &mut self,
+        snapshot: &[(i32, Vec<String>)],
+        sessions: &[SessionRecord],
+    ) {
+        let live: Vec<&SessionRecord> = sessions
+            .iter()
+            .filter(|record| !record.is_ended())
+            .collect();
         for (session, pids) in plan::duplicate_writers(snapshot, live) {
             let list: Vec<String> = pids.iter().map(i32::to_string).collect();
-            self.act("duplicate_writers", None, session.clone(), None, &format!("report pids {}", list.join(", ")));
+            self.act(
+                "duplicate_writers",
+                None,
+                session.clone(),
+                None,
+                &format!("report pids {}", list.join(", ")),
+            );
             if !self.policy.dry_run {
                 self.store.log.record(
                     &Event::new("duplicate_writers", "reported")
                         .session(Some(&session))
-                        .detail(format!("{} processes resume this session: pids {}", pids.len(), list.join(", "))),
+                        .detail(format!(
+                            "{} processes resume this session: pids {}",
+                            pids.len(),
+                            list.join(", ")
+                        )),
                 );
             }
         }
@@ -325,14 +444,26 @@ impl Sweep<'_> {
     fn drop_tombstones(&mut self, sessions: &[SessionRecord], retention: Duration) {
         let now = SystemTime::now();
         for record in sessions {
-            let expired = record.ended_at.as_deref().and_then(|at| clock::age(at, now)).is_some_and(|age| age > retention);
-            let Ok(id) = SessionId::parse(&record.session_id) else { continue };
+            let expired = record
+                .ended_at
+                .as_deref()
+                .and_then(|at| clock::age(at, now))
+                .is_some_and(|age| age > retention);
+            let Ok(id) = SessionId::parse(&record.session_id) else {
+                continue;
+            };
             if expired {
-                self.act("clean", None, record.session_id.clone(), None, "drop tombstone");
-                if !self.policy.dry_run {
-                    if let Err(err) = self.store.sessions.remove(&id) {
-                        self.problems.push(format!("tombstone {id}: {err:#}"));
-                    }
+                self.act(
+                    "clean",
+                    None,
+                    record.session_id.clone(),
+                    None,
+                    "drop tombstone",
+                );
+                if !self.policy.dry_run
+                    && let Err(err) = self.store.sessions.remove(&id)
+                {
+                    self.problems.push(format!("tombstone {id}: {err:#}"));
                 }
             }
         }
@@ -343,15 +474,34 @@ impl Sweep<'_> {
         if self.policy.dry_run {
             let pending = self.store.tickets.pending(&self.store.log);
             for ticket in pending {
-                self.act("escalate", Some(Reason::parse(&ticket.reason).unwrap_or(Reason::Manual)), ticket.origin.clone(), Some(ticket.identity.pid), "continue stop");
+                self.act(
+                    "escalate",
+                    Some(Reason::parse(&ticket.reason).unwrap_or(Reason::Manual)),
+                    ticket.origin.clone(),
+                    Some(ticket.identity.pid),
+                    "continue stop",
+                );
             }
             return Ok(Vec::new());
         }
         let mut all = self.store.tickets.pending(&self.store.log);
-        let filed: HashSet<String> = all.iter().map(|t| StopTicket::file_name(&t.identity)).collect();
-        all.extend(self.tickets.drain(..).filter(|t| !filed.contains(&StopTicket::file_name(&t.identity))));
-        let stops = self.store.stopper(self.guard.clone()).run(all, Instant::now() + SWEEP_STOP_DEADLINE);
-        if stops.iter().any(|stop| matches!(stop.outcome, StopOutcome::Pending { stuck: false, .. })) {
+        let filed: HashSet<String> = all
+            .iter()
+            .map(|t| StopTicket::file_name(&t.identity))
+            .collect();
+        all.extend(
+            self.tickets
+                .drain(..)
+                .filter(|t| !filed.contains(&StopTicket::file_name(&t.identity))),
+        );
+        let stops = self
+            .store
+            .stopper(self.guard.clone())
+            .run(all, Instant::now() + SWEEP_STOP_DEADLINE);
+        if stops
+            .iter()
+            .any(|stop| matches!(stop.outcome, StopOutcome::Pending { stuck: false, .. }))
+        {
             finisher::start(self.store)?;
         }
         Ok(stops)
@@ -371,8 +521,15 @@ fn past_tense(verb: &str) -> String {
         ("continue", "continued"),
     ];
     let (first, rest) = verb.split_once(' ').unwrap_or((verb, ""));
-    let done = PAST.iter().find(|(present, _)| *present == first).map_or(first, |(_, past)| past);
-    if rest.is_empty() { done.to_owned() } else { format!("{done} {rest}") }
+    let done = PAST
+        .iter()
+        .find(|(present, _)| *present == first)
+        .map_or(first, |(_, past)| past);
+    if rest.is_empty() {
+        done.to_owned()
+    } else {
+        format!("{done} {rest}")
+    }
 }
 
 /// Removes owners whose session has ended; returns them.
@@ -380,7 +537,11 @@ fn drop_ended_owners(record: &mut BrokerRecord, sessions: &[SessionRecord]) -> V
     let ended: Vec<String> = record
         .owners
         .iter()
-        .filter(|owner| sessions.iter().any(|s| s.session_id == owner.session && s.is_ended()))
+        .filter(|owner| {
+            sessions
+                .iter()
+                .any(|s| s.session_id == owner.session && s.is_ended())
+        })
         .map(|owner| owner.session.clone())
         .collect();
     for session in &ended {
@@ -406,8 +567,13 @@ fn print_human(report: &SweepReport) {
     }
     for action in &report.actions {
         let reason = action.reason.as_deref().unwrap_or("-");
-        let pid = action.pid.map_or(String::new(), |pid| format!("pid {pid} "));
-        println!("{:<17} {:<13} {pid}{}  {}", action.action, reason, action.target, action.result);
+        let pid = action
+            .pid
+            .map_or(String::new(), |pid| format!("pid {pid} "));
+        println!(
+            "{:<17} {:<13} {pid}{}  {}",
+            action.action, reason, action.target, action.result
+        );
     }
     crate::commands::broker::print_stops(&report.stops);
     for problem in &report.problems {

@@ -11,7 +11,9 @@ use crate::record::Identity;
 pub fn boot_id() -> &'static str {
     static BOOT_ID: OnceLock<String> = OnceLock::new();
     BOOT_ID.get_or_init(|| {
-        fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|id| id.trim().to_owned()).unwrap_or_default()
+        fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|id| id.trim().to_owned())
+            .unwrap_or_default()
     })
 }
 
@@ -39,7 +41,8 @@ pub fn stat(pid: i32) -> io::Result<ProcStat> {
         return Err(io::Error::from(io::ErrorKind::NotFound));
     }
     let text = fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    parse_stat(pid, &text).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unparsable /proc stat"))
+    parse_stat(pid, &text)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unparsable /proc stat"))
 }
 
 /// The real uid of a process (first field of `Uid:` in `/proc/<pid>/status`).
@@ -63,7 +66,10 @@ fn split_nul(bytes: &[u8]) -> Vec<String> {
     if trimmed.is_empty() {
         return Vec::new();
     }
-    trimmed.split(|b| *b == 0).map(|arg| String::from_utf8_lossy(arg).into_owned()).collect()
+    trimmed
+        .split(|b| *b == 0)
+        .map(|arg| String::from_utf8_lossy(arg).into_owned())
+        .collect()
 }
 
 /// The value of one environment variable of a process, as it was at exec.
@@ -80,7 +86,12 @@ pub fn environ_var(pid: i32, key: &str) -> io::Result<Option<String>> {
 pub fn pids() -> io::Result<Vec<i32>> {
     Ok(fs::read_dir("/proc")?
         .filter_map(Result::ok)
-        .filter_map(|entry| entry.file_name().to_str().and_then(|name| name.parse().ok()))
+        .filter_map(|entry| {
+            entry
+                .file_name()
+                .to_str()
+                .and_then(|name| name.parse().ok())
+        })
         .collect())
 }
 
@@ -89,7 +100,12 @@ pub fn scan_cmdlines() -> Vec<(i32, Vec<String>)> {
     pids()
         .unwrap_or_default()
         .into_iter()
-        .filter_map(|pid| cmdline(pid).ok().filter(|argv| !argv.is_empty()).map(|argv| (pid, argv)))
+        .filter_map(|pid| {
+            cmdline(pid)
+                .ok()
+                .filter(|argv| !argv.is_empty())
+                .map(|argv| (pid, argv))
+        })
         .collect()
 }
 
@@ -99,11 +115,18 @@ pub fn group_members(pgid: i32, leader: &Identity) -> Vec<Identity> {
     if pgid <= 1 {
         return Vec::new();
     }
-    let group: Vec<ProcStat> =
-        pids().unwrap_or_default().into_iter().filter_map(|pid| stat(pid).ok()).filter(|s| s.pgid == pgid).collect();
+    let group: Vec<ProcStat> = pids()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|pid| stat(pid).ok())
+        .filter(|s| s.pgid == pgid)
+        .collect();
     // A live process whose pid is the group id but is not the recorded leader proves the id was handed on: none of
     // these processes are the broker's.
-    if group.iter().any(|s| s.pid == pgid && (s.start_ticks != leader.start_ticks) && s.state != 'Z') {
+    if group
+        .iter()
+        .any(|s| s.pid == pgid && (s.start_ticks != leader.start_ticks) && s.state != 'Z')
+    {
         return Vec::new();
     }
     group
@@ -127,10 +150,14 @@ mod tests {
 
     #[test]
     fn stat_parses_after_the_last_paren() {
-        let text = "1234 (a) b) (c) S 1 1234 1234 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 98765 1000 100";
+        let text =
+            "1234 (a) b) (c) S 1 1234 1234 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 98765 1000 100";
         let stat = parse_stat(1234, text).unwrap();
         assert_eq!(stat.comm, "a) b) (c");
-        assert_eq!((stat.state, stat.ppid, stat.pgid, stat.sid, stat.start_ticks), ('S', 1, 1234, 1234, 98765));
+        assert_eq!(
+            (stat.state, stat.ppid, stat.pgid, stat.sid, stat.start_ticks),
+            ('S', 1, 1234, 1234, 98765)
+        );
     }
 
     #[test]
@@ -139,7 +166,10 @@ mod tests {
         let id = super::super::identity_of(me).unwrap();
         assert_eq!(id.pid, me);
         assert!(super::super::is_alive(&id));
-        let reused = Identity { start_ticks: id.start_ticks + 1, ..id };
+        let reused = Identity {
+            start_ticks: id.start_ticks + 1,
+            ..id
+        };
         assert!(!super::super::is_alive(&reused));
     }
 

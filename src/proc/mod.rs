@@ -29,14 +29,21 @@ pub struct ProcStat {
 }
 
 /// Programs that run a hook on behalf of the agent; the agent process is the nearest ancestor that is none of these.
-pub const WRAPPERS: &[&str] =
-    &["sh", "bash", "dash", "zsh", "fish", "env", "timeout", "nice", "nohup", "stdbuf", "time", "ksh", "busybox"];
+pub const WRAPPERS: &[&str] = &[
+    "sh", "bash", "dash", "zsh", "fish", "env", "timeout", "nice", "nohup", "stdbuf", "time",
+    "ksh", "busybox",
+];
 
 /// The identity of a live process, `None` when it is gone (or a zombie).
 pub fn identity_of(pid: i32) -> Option<Identity> {
     let stat = stat(pid).ok().filter(|stat| stat.state != 'Z')?;
     let uid = real_uid(pid).ok()?;
-    Some(Identity { boot_id: boot_id().to_owned(), pid, start_ticks: stat.start_ticks, uid })
+    Some(Identity {
+        boot_id: boot_id().to_owned(),
+        pid,
+        start_ticks: stat.start_ticks,
+        uid,
+    })
 }
 
 /// True when the process named by `identity` still runs (same boot, pid, start time and uid; not a zombie).
@@ -62,21 +69,36 @@ pub fn agent_process(pid: i32) -> Option<ProcStat> {
 }
 
 fn is_wrapper(stat: &ProcStat) -> bool {
-    let argv0 = cmdline(stat.pid).ok().and_then(|argv| argv.into_iter().next()).unwrap_or_default();
-    let base = argv0.rsplit('/').next().unwrap_or_default().trim_start_matches('-').to_owned();
-    let name = if base.is_empty() { stat.comm.as_str() } else { base.as_str() };
+    let argv0 = cmdline(stat.pid)
+        .ok()
+        .and_then(|argv| argv.into_iter().next())
+        .unwrap_or_default();
+    let base = argv0
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches('-')
+        .to_owned();
+    let name = if base.is_empty() {
+        stat.comm.as_str()
+    } else {
+        base.as_str()
+    };
     WRAPPERS.contains(&name) || WRAPPERS.contains(&stat.comm.as_str())
 }
 
 /// Pids of this process and all its ancestors: never to be signalled.
 pub fn self_and_ancestors() -> std::collections::HashSet<i32> {
     let me = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
-    let mut set: std::collections::HashSet<i32> = ancestors(me).iter().map(|stat| stat.pid).collect();
+    let mut set: std::collections::HashSet<i32> =
+        ancestors(me).iter().map(|stat| stat.pid).collect();
     set.insert(me);
     set
 }
 
 /// This machine's host name, as recorded in records (a state root on a network home is shared between hosts).
 pub fn host_name() -> String {
-    nix::unistd::gethostname().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default()
+    nix::unistd::gethostname()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }

@@ -38,7 +38,10 @@ pub fn proc_stat(pid: i32) -> Option<(char, u64)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &text[text.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    Some((fields.first()?.chars().next()?, fields.get(19)?.parse().ok()?))
+    Some((
+        fields.first()?.chars().next()?,
+        fields.get(19)?.parse().ok()?,
+    ))
 }
 
 pub fn start_ticks(pid: i32) -> Option<u64> {
@@ -99,8 +102,14 @@ impl Default for Env {
 impl Env {
     pub fn new() -> Self {
         Env {
-            state: tempfile::Builder::new().prefix("sr-state-").tempdir().expect("temp state dir"),
-            work: tempfile::Builder::new().prefix("sr-work-").tempdir().expect("temp work dir"),
+            state: tempfile::Builder::new()
+                .prefix("sr-state-")
+                .tempdir()
+                .expect("temp state dir"),
+            work: tempfile::Builder::new()
+                .prefix("sr-work-")
+                .tempdir()
+                .expect("temp work dir"),
             children: Vec::new(),
             planted: Vec::new(),
         }
@@ -152,8 +161,14 @@ impl Env {
         if let Ok(value) = serde_json::from_slice::<Value>(&out.stdout)
             && let Some(pid) = value.pointer("/identity/pid").and_then(Value::as_i64)
         {
-            let ticks = value.pointer("/identity/start_ticks").and_then(Value::as_u64).unwrap_or(0);
-            self.track(Proc { pid: i32::try_from(pid).unwrap(), ticks });
+            let ticks = value
+                .pointer("/identity/start_ticks")
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
+            self.track(Proc {
+                pid: i32::try_from(pid).unwrap(),
+                ticks,
+            });
         }
     }
 
@@ -179,7 +194,10 @@ impl Env {
                 .is_ok_and(|argv| argv.split(|b| *b == 0).next() == Some(program.as_bytes()))
                 || matches!(proc_stat(pid), None | Some(('Z', _)))
         };
-        assert!(wait_until(PATIENCE, exec_done), "{program} never showed its argv");
+        assert!(
+            wait_until(PATIENCE, exec_done),
+            "{program} never showed its argv"
+        );
         Proc::of(pid).expect("child started")
     }
 
@@ -199,14 +217,35 @@ impl Env {
 
     /// Spawns a broker for `session` in `workspace` and returns its identity.
     pub fn spawn_broker(&mut self, workspace: &Path, session: &str, argv: &[&str]) -> Proc {
-        let mut words = vec!["broker", "spawn", "--cwd", workspace.to_str().unwrap(), "--session", session, "--"];
+        let mut words = vec![
+            "broker",
+            "spawn",
+            "--cwd",
+            workspace.to_str().unwrap(),
+            "--session",
+            session,
+            "--",
+        ];
         words.extend_from_slice(argv);
         let out = self.run(&words);
-        assert!(out.status.success(), "spawn failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "spawn failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let value: Value = serde_json::from_slice(&out.stdout).expect("spawn prints JSON");
         Proc {
-            pid: i32::try_from(value.pointer("/identity/pid").and_then(Value::as_i64).unwrap()).unwrap(),
-            ticks: value.pointer("/identity/start_ticks").and_then(Value::as_u64).unwrap(),
+            pid: i32::try_from(
+                value
+                    .pointer("/identity/pid")
+                    .and_then(Value::as_i64)
+                    .unwrap(),
+            )
+            .unwrap(),
+            ticks: value
+                .pointer("/identity/start_ticks")
+                .and_then(Value::as_u64)
+                .unwrap(),
         }
     }
 
@@ -239,7 +278,16 @@ impl Env {
             .into_iter()
             .filter(|p| p.file_name().is_some_and(|n| n == "broker.json"))
             .filter_map(|p| serde_json::from_slice::<Value>(&std::fs::read(&p).ok()?).ok())
-            .map(|v| (format!("{}/{}", v["workspace"].as_str().unwrap_or(""), v["name"].as_str().unwrap_or("")), v))
+            .map(|v| {
+                (
+                    format!(
+                        "{}/{}",
+                        v["workspace"].as_str().unwrap_or(""),
+                        v["name"].as_str().unwrap_or("")
+                    ),
+                    v,
+                )
+            })
             .collect()
     }
 
@@ -248,7 +296,12 @@ impl Env {
         let mut files: Vec<(PathBuf, Vec<u8>)> = walkdir(self.state_dir().to_path_buf())
             .into_iter()
             .filter(|p| p.is_file())
-            .map(|p| (p.strip_prefix(self.state_dir()).unwrap().to_path_buf(), std::fs::read(&p).unwrap_or_default()))
+            .map(|p| {
+                (
+                    p.strip_prefix(self.state_dir()).unwrap().to_path_buf(),
+                    std::fs::read(&p).unwrap_or_default(),
+                )
+            })
             .collect();
         files.sort();
         files
@@ -326,7 +379,9 @@ fn walkdir(root: PathBuf) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![root];
     while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         for entry in entries.flatten() {
             let path = entry.path();
             if entry.file_type().is_ok_and(|t| t.is_dir()) {
