@@ -842,8 +842,6 @@ fn bad_hook_flags_still_exit_0_silently_with_one_stderr_line_and_one_event() {
 }
 
 #[test]
-#[ignore = "bug in src/lib.rs parse_failure: hook mode is detected as the first argument not starting with '-', \
-            which is the value of a leading --state-dir; the hook then exits 2"]
 fn regression_bad_hook_flag_after_global_state_dir_still_exits_0() {
     bad_hook_flags(true);
 }
