@@ -20,7 +20,7 @@ use crate::events::{Event, Reason};
 use crate::finisher;
 use crate::name::SessionId;
 use crate::proc;
-use crate::record::{Identity, SessionRecord, VERSION};
+use crate::record::{Identity, SessionRecord};
 use crate::signal::Guard;
 use crate::store::Store;
 use crate::teardown::{self, Ending};
@@ -232,22 +232,8 @@ fn refreshed(
     starting: bool,
 ) -> SessionRecord {
     let now = clock::now_rfc3339();
-    let mut record = current.unwrap_or_else(|| SessionRecord {
-        version: VERSION,
-        session_id: payload.session.as_str().to_owned(),
-        agent: String::new(),
-        cwd: String::new(),
-        transcript_path: None,
-        title: None,
-        source: None,
-        agent_identity: None,
-        host: proc::host_name(),
-        started_at: now.clone(),
-        last_seen: now.clone(),
-        ended_at: None,
-        end_reason: None,
-        extra: serde_json::Map::new(),
-    });
+    let mut record = current
+        .unwrap_or_else(|| SessionRecord::new(payload.session.as_str(), proc::host_name(), &now));
     if let Some(agent) = agent {
         agent.as_str().clone_into(&mut record.agent);
     }

@@ -130,6 +130,26 @@ pub struct SessionRecord {
 }
 
 impl SessionRecord {
+    /// A session first seen now, on this host, with nothing else known yet.
+    pub fn new(session_id: &str, host: String, now: &str) -> Self {
+        SessionRecord {
+            version: VERSION,
+            session_id: session_id.to_owned(),
+            agent: String::new(),
+            cwd: String::new(),
+            transcript_path: None,
+            title: None,
+            source: None,
+            agent_identity: None,
+            host,
+            started_at: now.to_owned(),
+            last_seen: now.to_owned(),
+            ended_at: None,
+            end_reason: None,
+            extra: Map::new(),
+        }
+    }
+
     pub fn is_ended(&self) -> bool {
         self.ended_at.is_some()
     }

@@ -14,7 +14,7 @@ use crate::events::{Event, Reason};
 use crate::name::SessionId;
 use crate::plan::{self, OwnerRemoval};
 use crate::proc;
-use crate::record::{SessionRecord, StopTicket, VERSION};
+use crate::record::{SessionRecord, StopTicket};
 use crate::signal::Guard;
 use crate::slot::{Slot, SlotContent};
 use crate::stop;
@@ -99,21 +99,8 @@ fn mark_ended(store: &Store, ending: &Ending) -> anyhow::Result<Option<SessionRe
     store
         .sessions
         .update(&ending.session, Duration::from_millis(500), |current| {
-            let mut record = current.unwrap_or_else(|| SessionRecord {
-                version: VERSION,
-                session_id: ending.session.as_str().to_owned(),
-                agent: String::new(),
-                cwd: String::new(),
-                transcript_path: None,
-                title: None,
-                source: None,
-                agent_identity: None,
-                host: proc::host_name(),
-                started_at: now.clone(),
-                last_seen: now.clone(),
-                ended_at: None,
-                end_reason: None,
-                extra: serde_json::Map::new(),
+            let mut record = current.unwrap_or_else(|| {
+                SessionRecord::new(ending.session.as_str(), proc::host_name(), &now)
             });
             if record.ended_at.is_none() {
                 record.ended_at = Some(now.clone());

@@ -241,6 +241,66 @@ impl SlotTarget {
     }
 }
 
+/// A process about to become a slot's broker, and how it is to be stopped.
+struct Adopted<'a> {
+    command: Vec<String>,
+    identity: Identity,
+    pgid: Option<i32>,
+    policy: &'a StopPolicy,
+    endpoint: Option<&'a str>,
+    owner: Option<&'a SessionId>,
+}
+
+impl SlotTarget {
+    /// The record of a broker new to this slot.
+    fn new_record(&self, broker: Adopted<'_>) -> BrokerRecord {
+        let now = clock::now_rfc3339();
+        let mut record = BrokerRecord {
+            version: VERSION,
+            name: self.slot.name().to_owned(),
+            workspace: self.workspace_text(),
+            cwd: self.cwd.to_string_lossy().into_owned(),
+            command: broker.command,
+            endpoint: broker.endpoint.map(|e| Value::String(e.to_owned())),
+            owners: Vec::new(),
+            identity: broker.identity,
+            pgid: broker.pgid,
+            created_at: now.clone(),
+            last_active: now.clone(),
+            idle_ttl_secs: broker.policy.idle_ttl.map(|ttl| ttl.as_secs()),
+            grace_ms: clock::millis(broker.policy.grace),
+            shutdown: broker.policy.shutdown.clone(),
+            host: proc::host_name(),
+            extra: serde_json::Map::new(),
+        };
+        if let Some(owner) = broker.owner {
+            record.add_owner(owner.as_str(), &now);
+        }
+        record
+    }
+
+    /// Writes a new broker's record under the held lock, logs it and prints it.
+    fn record_broker(
+        &self,
+        guard: &SlotGuard<'_>,
+        record: &BrokerRecord,
+        owner: Option<&SessionId>,
+        (action, result): (&str, &str),
+        detail: String,
+    ) -> anyhow::Result<Outcome> {
+        guard.write(record)?;
+        self.store.log.record(
+            &self
+                .event(action, result)
+                .session(owner.map(SessionId::as_str))
+                .pid(record.identity.pid)
+                .detail(detail),
+        );
+        print_record(record, false);
+        Ok(Outcome::Done)
+    }
+}
+
 /// How a broker is stopped, from the flags.
 pub struct StopPolicy {
     pub idle_ttl: Option<Duration>,
@@ -318,38 +378,16 @@ fn spawn(
             log.display()
         );
     };
-    let now = clock::now_rfc3339();
-    let mut record = BrokerRecord {
-        version: VERSION,
-        name: target.slot.name().to_owned(),
-        workspace: target.workspace_text(),
-        cwd: target.cwd.to_string_lossy().into_owned(),
+    let record = target.new_record(Adopted {
         command: request.command.to_vec(),
-        endpoint: request.endpoint.map(|e| Value::String(e.to_owned())),
-        owners: Vec::new(),
         identity,
         pgid: Some(pid),
-        created_at: now.clone(),
-        last_active: now.clone(),
-        idle_ttl_secs: request.policy.idle_ttl.map(|ttl| ttl.as_secs()),
-        grace_ms: clock::millis(request.policy.grace),
-        shutdown: request.policy.shutdown.clone(),
-        host: proc::host_name(),
-        extra: serde_json::Map::new(),
-    };
-    if let Some(owner) = owner {
-        record.add_owner(owner.as_str(), &now);
-    }
-    guard.write(&record)?;
-    target.store.log.record(
-        &target
-            .event("spawn", "started")
-            .session(owner.map(SessionId::as_str))
-            .pid(pid)
-            .detail(record.command.join(" ")),
-    );
-    print_record(&record, false);
-    Ok(Outcome::Done)
+        policy: &request.policy,
+        endpoint: request.endpoint,
+        owner,
+    });
+    let detail = record.command.join(" ");
+    target.record_broker(&guard, &record, owner, ("spawn", "started"), detail)
 }
 
 /// Adds `owner` to a live broker and refreshes its idle clock: the reuse path of spawn and register.
@@ -403,37 +441,21 @@ fn register(
         }
         return join(target, &guard, record, owner);
     }
-    let now = clock::now_rfc3339();
-    let mut record = BrokerRecord {
-        version: VERSION,
-        name: target.slot.name().to_owned(),
-        workspace: target.workspace_text(),
-        cwd: target.cwd.to_string_lossy().into_owned(),
+    let record = target.new_record(Adopted {
         command: proc::cmdline(pid).unwrap_or_default(),
-        endpoint: endpoint.map(|e| Value::String(e.to_owned())),
-        owners: Vec::new(),
-        pgid: (stat.pgid == pid).then_some(pid),
         identity,
-        created_at: now.clone(),
-        last_active: now.clone(),
-        idle_ttl_secs: policy.idle_ttl.map(|ttl| ttl.as_secs()),
-        grace_ms: clock::millis(policy.grace),
-        shutdown: policy.shutdown.clone(),
-        host: proc::host_name(),
-        extra: serde_json::Map::new(),
-    };
-    if let Some(owner) = owner {
-        record.add_owner(owner.as_str(), &now);
-    }
-    guard.write(&record)?;
-    target.store.log.record(
-        &target
-            .event("register", "adopted")
-            .session(owner.map(SessionId::as_str))
-            .pid(pid),
-    );
-    print_record(&record, false);
-    Ok(Outcome::Done)
+        pgid: (stat.pgid == pid).then_some(pid),
+        policy,
+        endpoint,
+        owner,
+    });
+    target.record_broker(
+        &guard,
+        &record,
+        owner,
+        ("register", "adopted"),
+        String::new(),
+    )
 }
 
 fn attach(target: &SlotTarget, owner: &SessionId) -> anyhow::Result<Outcome> {

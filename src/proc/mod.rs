@@ -3,14 +3,14 @@
 //! Linux reads `/proc` directly (one pass over cmdlines, `stat` only on a match); other Unix systems go through
 //! `sysinfo` with the same interface.
 
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", not(feature = "portable-proc")))]
 mod linux;
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", not(feature = "portable-proc")))]
 pub use linux::*;
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(any(not(target_os = "linux"), feature = "portable-proc"))]
 mod portable;
-#[cfg(not(target_os = "linux"))]
+#[cfg(any(not(target_os = "linux"), feature = "portable-proc"))]
 pub use portable::*;
 
 use crate::record::Identity;

@@ -1,10 +1,11 @@
-//! The portable process backend (macOS and other Unix) through `sysinfo`. Identity uses the process start time in
-//! seconds in place of clock ticks and the boot time in place of a boot id; signalling is verify-then-kill.
+//! The portable process backend (macOS and other Unix; on Linux with the `portable-proc` feature) through
+//! `sysinfo`. Identity uses the process start time in seconds in place of clock ticks and the boot time in place
+//! of a boot id; signalling is verify-then-kill.
 
 use std::io;
 use std::sync::OnceLock;
 
-use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System, UpdateKind};
+use sysinfo::{Pid, Process, ProcessRefreshKind, ProcessesToUpdate, System, UpdateKind};
 
 use super::ProcStat;
 use crate::record::Identity;
@@ -19,36 +20,46 @@ fn system_with(pids: Option<&[Pid]>) -> System {
     system
 }
 
+/// Looks one process up and reads what `read` wants of it.
+fn with_process<T>(pid: i32, read: impl FnOnce(&Process) -> T) -> io::Result<T> {
+    let key = usize::try_from(pid)
+        .map(Pid::from)
+        .map_err(|_| io::Error::from(io::ErrorKind::NotFound))?;
+    let system = system_with(Some(&[key]));
+    system
+        .process(key)
+        .map(read)
+        .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
+}
+
+fn argv_of(process: &Process) -> Vec<String> {
+    process
+        .cmd()
+        .iter()
+        .map(|arg| arg.to_string_lossy().into_owned())
+        .collect()
+}
+
 pub fn boot_id() -> &'static str {
     static BOOT_ID: OnceLock<String> = OnceLock::new();
     BOOT_ID.get_or_init(|| System::boot_time().to_string())
 }
 
 pub fn stat(pid: i32) -> io::Result<ProcStat> {
-    let key =
-        Pid::from(usize::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::NotFound))?);
-    let system = system_with(Some(&[key]));
-    let process = system
-        .process(key)
-        .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
-    let pgid = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid)))
-        .map(|p| p.as_raw())
-        .unwrap_or(0);
-    let sid = nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(pid)))
-        .map(|p| p.as_raw())
-        .unwrap_or(0);
-    let state = if matches!(process.status(), sysinfo::ProcessStatus::Zombie) {
-        'Z'
-    } else {
-        'S'
-    };
-    Ok(ProcStat {
+    let target = Some(nix::unistd::Pid::from_raw(pid));
+    let pgid = nix::unistd::getpgid(target).map_or(0, nix::unistd::Pid::as_raw);
+    let sid = nix::unistd::getsid(target).map_or(0, nix::unistd::Pid::as_raw);
+    with_process(pid, |process| ProcStat {
         pid,
         comm: process.name().to_string_lossy().into_owned(),
-        state,
+        state: if matches!(process.status(), sysinfo::ProcessStatus::Zombie) {
+            'Z'
+        } else {
+            'S'
+        },
         ppid: process
             .parent()
-            .and_then(|p| i32::try_from(p.as_u32()).ok())
+            .and_then(|parent| i32::try_from(parent.as_u32()).ok())
             .unwrap_or(0),
         pgid,
         sid,
@@ -57,40 +68,21 @@ pub fn stat(pid: i32) -> io::Result<ProcStat> {
 }
 
 pub fn real_uid(pid: i32) -> io::Result<u32> {
-    let key =
-        Pid::from(usize::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::NotFound))?);
-    let system = system_with(Some(&[key]));
-    let process = system
-        .process(key)
-        .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
-    process
-        .user_id()
-        .map(|uid| **uid)
+    with_process(pid, |process| process.user_id().map(|uid| **uid))?
         .ok_or_else(|| io::Error::from(io::ErrorKind::PermissionDenied))
 }
 
 pub fn cmdline(pid: i32) -> io::Result<Vec<String>> {
-    let key =
-        Pid::from(usize::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::NotFound))?);
-    let system = system_with(Some(&[key]));
-    let process = system
-        .process(key)
-        .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
-    Ok(process
-        .cmd()
-        .iter()
-        .map(|arg| arg.to_string_lossy().into_owned())
-        .collect())
+    with_process(pid, argv_of)
 }
 
 pub fn environ_var(_pid: i32, _key: &str) -> io::Result<Option<String>> {
-    // Other processes' environments are not readable portably.
+    // Other processes' environments are not readable portably: `sweep` finds no unrecorded brokers here.
     Ok(None)
 }
 
 pub fn pids() -> io::Result<Vec<i32>> {
-    let system = system_with(None);
-    Ok(system
+    Ok(system_with(None)
         .processes()
         .keys()
         .filter_map(|pid| i32::try_from(pid.as_u32()).ok())
@@ -98,20 +90,11 @@ pub fn pids() -> io::Result<Vec<i32>> {
 }
 
 pub fn scan_cmdlines() -> Vec<(i32, Vec<String>)> {
-    let system = system_with(None);
-    system
+    system_with(None)
         .processes()
         .iter()
-        .filter_map(|(pid, process)| {
-            let argv: Vec<String> = process
-                .cmd()
-                .iter()
-                .map(|a| a.to_string_lossy().into_owned())
-                .collect();
-            (!argv.is_empty())
-                .then(|| (i32::try_from(pid.as_u32()).ok(), argv))
-                .and_then(|(p, a)| Some((p?, a)))
-        })
+        .filter_map(|(pid, process)| Some((i32::try_from(pid.as_u32()).ok()?, argv_of(process))))
+        .filter(|(_, argv)| !argv.is_empty())
         .collect()
 }
 
