@@ -47,8 +47,8 @@ pub fn boot_id() -> &'static str {
 
 pub fn stat(pid: i32) -> io::Result<ProcStat> {
     let target = Some(nix::unistd::Pid::from_raw(pid));
-    let pgid = nix::unistd::getpgid(target).map_or(0, nix::unistd::Pid::as_raw);
-    let sid = nix::unistd::getsid(target).map_or(0, nix::unistd::Pid::as_raw);
+    let group = nix::unistd::getpgid(target).map_or(0, nix::unistd::Pid::as_raw);
+    let session = nix::unistd::getsid(target).map_or(0, nix::unistd::Pid::as_raw);
     with_process(pid, |process| ProcStat {
         pid,
         comm: process.name().to_string_lossy().into_owned(),
@@ -61,8 +61,8 @@ pub fn stat(pid: i32) -> io::Result<ProcStat> {
             .parent()
             .and_then(|parent| i32::try_from(parent.as_u32()).ok())
             .unwrap_or(0),
-        pgid,
-        sid,
+        pgid: group,
+        sid: session,
         start_ticks: process.start_time(),
     })
 }
