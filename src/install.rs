@@ -327,7 +327,7 @@ pub fn hook_entry(agent: Agent, command: &str) -> Value {
 
 /// The first `max` words of a shell command line, with quotes and backslashes resolved as `sh` would
 /// (no expansion). An unterminated quote runs to the end of the line.
-fn shell_words(line: &str, max: usize) -> Vec<String> {
+pub fn shell_words(line: &str, max: usize) -> Vec<String> {
     let mut words = Vec::new();
     let mut chars = line.chars().peekable();
     while words.len() < max {

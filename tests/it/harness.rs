@@ -217,6 +217,17 @@ impl Env {
 
     /// Spawns a broker for `session` in `workspace` and returns its identity.
     pub fn spawn_broker(&mut self, workspace: &Path, session: &str, argv: &[&str]) -> Proc {
+        self.spawn_broker_with(workspace, session, &[], argv).0
+    }
+
+    /// `broker spawn` with extra flags: the broker's identity and the record it printed.
+    pub fn spawn_broker_with(
+        &mut self,
+        workspace: &Path,
+        session: &str,
+        flags: &[&str],
+        argv: &[&str],
+    ) -> (Proc, Value) {
         let mut words = vec![
             "broker",
             "spawn",
@@ -224,8 +235,9 @@ impl Env {
             workspace.to_str().unwrap(),
             "--session",
             session,
-            "--",
         ];
+        words.extend_from_slice(flags);
+        words.push("--");
         words.extend_from_slice(argv);
         let out = self.run(&words);
         assert!(
@@ -234,19 +246,16 @@ impl Env {
             String::from_utf8_lossy(&out.stderr)
         );
         let value: Value = serde_json::from_slice(&out.stdout).expect("spawn prints JSON");
-        Proc {
-            pid: i32::try_from(
-                value
-                    .pointer("/identity/pid")
-                    .and_then(Value::as_i64)
-                    .unwrap(),
-            )
-            .unwrap(),
-            ticks: value
-                .pointer("/identity/start_ticks")
+        let identity = |key: &str| {
+            value
+                .pointer(&format!("/identity/{key}"))
                 .and_then(Value::as_u64)
-                .unwrap(),
-        }
+        };
+        let proc = Proc {
+            pid: i32::try_from(identity("pid").unwrap()).unwrap(),
+            ticks: identity("start_ticks").unwrap(),
+        };
+        (proc, value)
     }
 
     /// Every event in events.jsonl.

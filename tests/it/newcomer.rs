@@ -10,34 +10,10 @@ use serde_json::{Value, json};
 
 use crate::harness::{BIN, Env, PATIENCE, run_bounded, scrub_env, stderr, stdout, wait_until};
 
-/// The words of a shell command line, with quotes and backslashes resolved (no expansion).
+/// The words of a shell command line, with quotes and backslashes resolved (no expansion): the installer's own
+/// reading, so that the test checks the words the installer means.
 pub fn shell_words(line: &str) -> Vec<String> {
-    let mut words = Vec::new();
-    let mut chars = line.chars().peekable();
-    loop {
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        if chars.peek().is_none() {
-            return words;
-        }
-        let mut word = String::new();
-        while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
-            match c {
-                '\'' => word.extend(chars.by_ref().take_while(|&c| c != '\'')),
-                '"' => {
-                    while let Some(c) = chars.next() {
-                        match c {
-                            '"' => break,
-                            '\\' => word.extend(chars.next()),
-                            other => word.push(other),
-                        }
-                    }
-                }
-                '\\' => word.extend(chars.next()),
-                other => word.push(other),
-            }
-        }
-        words.push(word);
-    }
+    session_reaper::install::shell_words(line, usize::MAX)
 }
 
 /// Asserts that `session-reaper ARGS…` parses: with `--help` appended, clap prints the subcommand's usage and

@@ -87,31 +87,6 @@ fn session_record(env: &Env, session: &str) -> Option<Value> {
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
-/// `broker spawn` with extra flags; the broker is killed with the test.
-fn spawn_with(
-    env: &mut Env,
-    workspace: &Path,
-    session: &str,
-    flags: &[&str],
-    argv: &[&str],
-) -> (Proc, Value) {
-    let mut command_line = vec![
-        "broker",
-        "spawn",
-        "--cwd",
-        workspace.to_str().unwrap(),
-        "--session",
-        session,
-    ];
-    command_line.extend_from_slice(flags);
-    command_line.push("--");
-    command_line.extend_from_slice(argv);
-    let out = env.run(&command_line);
-    assert!(out.status.success(), "spawn failed: {}", stderr(&out));
-    let record = parse(&out);
-    (proc_in(&record), record)
-}
-
 /// The broker identity a printed record names.
 fn proc_in(record: &Value) -> Proc {
     Proc {
@@ -314,13 +289,7 @@ fn broker_idle_ttl_applies_with_a_live_owner_and_touch_resets_the_clock() {
 
     // last_active lies between `began` (before the command) and `done` (after it).
     let began = Instant::now();
-    let (broker, _) = spawn_with(
-        &mut env,
-        &ws,
-        "idler",
-        &["--idle-ttl", "2s"],
-        &["sleep", "600"],
-    );
+    let (broker, _) = env.spawn_broker_with(&ws, "idler", &["--idle-ttl", "2s"], &["sleep", "600"]);
     let mut done = Instant::now();
     let mut began = began;
     let mut proved_early_keep = false;
@@ -407,8 +376,7 @@ fn sweep_sigkills_a_term_ignoring_broker_whose_finisher_was_killed_and_drops_its
     let ws = env.workspace("app");
     let owner = env.sleeper();
     start_session(&mut env, "stubborn-owner", &ws, owner);
-    let (broker, _) = spawn_with(
-        &mut env,
+    let (broker, _) = env.spawn_broker_with(
         &ws,
         "stubborn-owner",
         &["--grace", "5s"],
@@ -753,13 +721,7 @@ fn reap_all_with_reason_shutdown_stops_every_broker_of_every_live_session() {
     start_session(&mut env, "drain-b", &docs, agent_b);
     let shared = env.spawn_broker(&app, "drain-a", &["sleep", "600"]);
     assert_eq!(env.spawn_broker(&app, "drain-b", &["sleep", "600"]), shared);
-    let (lsp, _) = spawn_with(
-        &mut env,
-        &app,
-        "drain-a",
-        &["--name", "lsp"],
-        &["sleep", "600"],
-    );
+    let (lsp, _) = env.spawn_broker_with(&app, "drain-a", &["--name", "lsp"], &["sleep", "600"]);
     let docs_broker = env.spawn_broker(&docs, "drain-b", &["sleep", "600"]);
 
     let out = env.run(&[
