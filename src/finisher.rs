@@ -32,7 +32,7 @@ pub fn is_running(store: &Store) -> bool {
 /// A ticket this host's finisher can work on: not stuck (a sweep retries those) and not another host's (a state root
 /// shared over a network home), which no run here ever completes.
 fn is_workable(ticket: &StopTicket, host: &str) -> bool {
-    ticket.attempts < STUCK_AFTER && (ticket.host.is_empty() || ticket.host == host)
+    ticket.attempts < STUCK_AFTER && !crate::record::is_other_host(&ticket.host, host)
 }
 
 /// True when some ticket waits for a finisher: a hook starts one even when its own stops all completed.

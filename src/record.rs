@@ -66,6 +66,12 @@ pub struct BrokerRecord {
     pub extra: Map<String, Value>,
 }
 
+/// True when a record names another host than `here`: a state root shared over a network home. Such a record is
+/// left alone — neither acted on nor pruned. (An empty host is an old record of this host.)
+pub fn is_other_host(recorded: &str, here: &str) -> bool {
+    !recorded.is_empty() && recorded != here
+}
+
 impl BrokerRecord {
     pub fn has_owner(&self, session: &str) -> bool {
         self.owners.iter().any(|owner| owner.session == session)

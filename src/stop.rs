@@ -213,7 +213,7 @@ impl Stopper {
             signalled: false,
             outcome: None,
         };
-        if !item.ticket.host.is_empty() && item.ticket.host != self.host {
+        if crate::record::is_other_host(&item.ticket.host, &self.host) {
             item.outcome = Some(StopOutcome::Foreign);
             return item;
         }

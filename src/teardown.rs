@@ -14,7 +14,7 @@ use crate::events::{Event, Reason};
 use crate::name::SessionId;
 use crate::plan::{self, OwnerRemoval};
 use crate::proc;
-use crate::record::{SessionRecord, StopTicket};
+use crate::record::{SessionRecord, StopTicket, is_other_host};
 use crate::signal::Guard;
 use crate::slot::{Slot, SlotContent};
 use crate::stop;
@@ -76,8 +76,9 @@ pub fn end_session(
             None
         }
     };
+    let host = proc::host_name();
     for slot in Slot::all(&store.root) {
-        strip_owner(store, &slot, ending, lock_deadline, &mut report);
+        strip_owner(store, &slot, ending, (lock_deadline, &host), &mut report);
     }
     file_resume_orphans(store, guard, ending, title.as_deref(), &mut report);
     if !ending.dry_run {
@@ -116,18 +117,20 @@ fn mark_ended(store: &Store, ending: &Ending) -> anyhow::Result<Option<SessionRe
         })
 }
 
+/// Removes the ending session from one slot's owners, filing a stop ticket when it was the last. Another host's
+/// record is left alone.
 fn strip_owner(
     store: &Store,
     slot: &Slot,
     ending: &Ending,
-    lock_deadline: Instant,
+    (lock_deadline, host): (Instant, &str),
     report: &mut EndReport,
 ) {
     let session = ending.session.as_str();
     if ending.dry_run {
         if let Some(mut record) = slot
             .peek(&store.root)
-            .filter(|record| record.has_owner(session))
+            .filter(|record| record.has_owner(session) && !is_other_host(&record.host, host))
         {
             let removal = plan::remove_owner(&mut record, session);
             report.slots.push(owned_slot(&record, removal));
@@ -158,6 +161,7 @@ fn strip_owner(
         }
     };
     let mut record = match guard.read() {
+        Ok(SlotContent::Broker(record)) if is_other_host(&record.host, host) => return,
         Ok(SlotContent::Broker(record)) => record,
         Ok(SlotContent::Empty) => return,
         Ok(SlotContent::Corrupt { moved_to, why }) => {

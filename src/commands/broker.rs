@@ -214,7 +214,7 @@ impl SlotTarget {
                 Ok(None)
             }
             SlotContent::Broker(record)
-                if record.host != proc::host_name() && !record.host.is_empty() =>
+                if crate::record::is_other_host(&record.host, &proc::host_name()) =>
             {
                 Err(bad_input(format!(
                     "{}: the broker was recorded by host {:?}; it is left alone from here",

@@ -150,7 +150,7 @@ impl Sweep<'_> {
     /// reboot, or an agent with no `SessionEnd` such as Codex): end it as `SessionEnd` would.
     fn end_crashed_sessions(&mut self) {
         for record in self.store.sessions.all() {
-            if record.is_ended() || (!record.host.is_empty() && record.host != self.host) {
+            if record.is_ended() || crate::record::is_other_host(&record.host, &self.host) {
                 continue;
             }
             let Some(identity) = &record.agent_identity else {
@@ -249,7 +249,7 @@ impl Sweep<'_> {
         idle_ttl: Duration,
         guard: Option<&crate::slot::SlotGuard<'_>>,
     ) {
-        let foreign_host = !record.host.is_empty() && record.host != self.host;
+        let foreign_host = crate::record::is_other_host(&record.host, &self.host);
         let facts = SlotFacts {
             alive: proc::is_alive(&record.identity),
             foreign_host,

@@ -1529,6 +1529,58 @@ fn regression_shared_broker_survives_the_end_of_one_owner() {
 }
 
 #[test]
+fn regression_another_hosts_record_is_left_alone_by_session_end() {
+    let mut env = Env::new();
+    let ws = env.workspace("shared-home");
+    let id = uuid();
+    start(&mut env, &id, &ws);
+    let broker = env.spawn_broker(&ws, &id, &["sleep", "600"]);
+    // The state root is shared over a network home: the record was written by another host.
+    let path = walk_records(&env);
+    let mut record: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    record["host"] = json!("another-host.example");
+    let planted = serde_json::to_vec_pretty(&record).unwrap();
+    fs::write(&path, &planted).unwrap();
+    let out = end(&mut env, &id, &ws);
+    assert!(out.stderr.is_empty(), "{}", stderr(&out));
+    assert_eq!(
+        fs::read(&path).unwrap(),
+        planted,
+        "neither acted on nor pruned"
+    );
+    assert!(broker.alive(), "another host's broker is never signalled");
+    let tickets = fs::read_dir(env.state_dir().join("stopping"))
+        .unwrap()
+        .count();
+    assert_eq!(tickets, 0, "no stop ticket for another host's broker");
+    assert!(
+        events_for(&env, broker.pid)
+            .iter()
+            .all(|e| e["action"] == "spawn"),
+        "{:?}",
+        env.events()
+    );
+}
+
+/// The path of the only broker.json under the state root.
+fn walk_records(env: &Env) -> PathBuf {
+    let workspaces = env.state_dir().join("workspaces");
+    let found: Vec<PathBuf> = fs::read_dir(&workspaces)
+        .unwrap()
+        .flatten()
+        .flat_map(|ws| {
+            fs::read_dir(ws.path())
+                .unwrap()
+                .flatten()
+                .map(|slot| slot.path().join("broker.json"))
+        })
+        .filter(|path| path.exists())
+        .collect();
+    assert_eq!(found.len(), 1, "{found:?}");
+    found.into_iter().next().unwrap()
+}
+
+#[test]
 fn regression_legacy_ownerless_slot_is_left_alone_by_session_end() {
     let mut env = Env::new();
     let (legacy_ws, owned_ws) = (env.workspace("legacy"), env.workspace("owned"));
