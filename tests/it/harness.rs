@@ -322,11 +322,38 @@ impl Drop for Env {
         for proc in &self.planted {
             proc.kill();
         }
+        // Brokers our binary started for this test by paths the harness did not see (a fake agent's own
+        // `broker spawn`, a thread's direct run) carry this test's unique state root in their environment.
+        for proc in marked_with_state_root(self.state_dir()) {
+            proc.kill();
+        }
         for child in &mut self.children {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
+}
+
+/// Live processes whose environment names `state_root` as their `SESSION_REAPER_STATE_ROOT`: brokers that our
+/// binary started for the test owning that (unique, temporary) root, and nothing else.
+pub fn marked_with_state_root(state_root: &Path) -> Vec<Proc> {
+    let wanted = format!("SESSION_REAPER_STATE_ROOT={}", state_root.display());
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| {
+            let before = Proc::of(pid)?;
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+            let marked = environ
+                .split(|b| *b == 0)
+                .any(|entry| entry == wanted.as_bytes());
+            // The identity read before the environment still holds: the environment was this process's.
+            (marked && Proc::of(pid) == Some(before)).then_some(before)
+        })
+        .collect()
 }
 
 /// Removes agent and session-reaper variables so that the developer's own session never leaks into a test.
