@@ -142,6 +142,22 @@ impl AgentChoice {
     }
 }
 
+/// An agent, as named on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AgentName {
+    Claude,
+    Gemini,
+    Qwen,
+    Codex,
+}
+
+/// Whose settings: the user's, or the project's in the current directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ScopeName {
+    User,
+    Project,
+}
+
 /// Which slot: a workspace (by any directory inside it) and a broker name.
 #[derive(Debug, Args)]
 pub struct SlotArgs {
@@ -340,11 +356,11 @@ pub struct LogArgs {
 pub struct InstallArgs {
     /// The agent whose settings to change
     #[arg(long, value_enum)]
-    pub agent: Agent,
+    pub agent: AgentName,
 
     /// User settings (~/.claude/…) or the project's (./.claude/…)
     #[arg(long, value_enum, default_value = "user")]
-    pub scope: crate::install::Scope,
+    pub scope: ScopeName,
 
     /// The settings file to change [default: the agent's for --scope]
     #[arg(long, value_name = "FILE")]

@@ -1,13 +1,25 @@
-//! Resolves what the command line leaves open, once: the state root, owner sessions from the environment or the
-//! calling agent, and range checks on durations. Errors here are the user's input: exit 2.
+//! Turns the command line into typed requests, once: the state root, slots (workspace and name), owner sessions
+//! named by a flag or the environment, stop policies, reasons and durations, each checked here. Nothing below this
+//! module sees clap; every error made here is the user's input (exit 2) and is found before the state root is
+//! opened, so bad input changes nothing.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::agent::Agent;
+use crate::cli::{
+    AgentName, BrokerCommand, Cli, Command, HookArgs, InstallArgs, LogArgs, OwnerArgs, ReapArgs,
+    ScopeName, SlotArgs, StopArgs, SweepArgs,
+};
+use crate::commands::log::Filter;
 use crate::error::bad_input;
-use crate::name::SessionId;
+use crate::events::Reason;
+use crate::install::{Operation, Scope};
+use crate::name::{SessionId, SlotName};
 use crate::proc;
+use crate::record::Shutdown;
 use crate::sessions::Sessions;
+use crate::workspace;
 
 /// Settings every command shares.
 #[derive(Clone, Debug)]
@@ -23,6 +35,88 @@ impl Config {
             verbose,
         })
     }
+
+    /// The shared settings and the request of one command line.
+    pub fn from_cli(cli: &Cli) -> anyhow::Result<(Config, Request)> {
+        let config = Config::new(cli.state_dir.as_deref(), cli.verbose)?;
+        let request = match &cli.command {
+            Command::Hook(args) => Request::Hook(hook_request(args)),
+            Command::Broker(command) => Request::Broker(broker_request(command, &config)?),
+            Command::Reap(args) => Request::Reap(reap_request(args)?),
+            Command::Sweep(args) => Request::Sweep(sweep_request(args)?),
+            Command::Status(args) => Request::Status { json: args.json },
+            Command::Log(args) => Request::Log(log_request(args)?),
+            Command::Doctor(args) => Request::Doctor { json: args.json },
+            Command::Install(args) => Request::Settings(settings_request(args, Operation::Install)),
+            Command::Uninstall(args) => {
+                Request::Settings(settings_request(args, Operation::Uninstall))
+            }
+            Command::Demo => Request::Demo,
+            Command::Completions { shell } => Request::Completions(*shell),
+            Command::Finish => Request::Finish,
+        };
+        Ok((config, request))
+    }
+}
+
+/// What one command line asks for.
+#[derive(Debug)]
+pub enum Request {
+    Hook(HookRequest),
+    Broker(BrokerRequest),
+    Reap(ReapRequest),
+    Sweep(SweepRequest),
+    Status { json: bool },
+    Log(LogRequest),
+    Doctor { json: bool },
+    Settings(SettingsRequest),
+    Demo,
+    Completions(clap_complete::Shell),
+    Finish,
+}
+
+/// `hook`: never refused here (a hook must exit 0); its own problems are reported by the hook.
+#[derive(Clone, Debug)]
+pub struct HookRequest {
+    pub agent: Option<Agent>,
+    pub event: Option<String>,
+    pub deadline: Duration,
+    pub stdin_timeout: Duration,
+    pub owner_pid: Option<i32>,
+}
+
+/// The hook request of `session-reaper hook …`.
+pub fn hook_request(args: &HookArgs) -> HookRequest {
+    HookRequest {
+        agent: args.agent.agent(),
+        event: args.event.clone(),
+        deadline: args.deadline,
+        stdin_timeout: args.stdin_timeout,
+        owner_pid: args.owner_pid,
+    }
+}
+
+/// The slot a broker command is about: a workspace (canonical) and a broker name.
+#[derive(Clone, Debug)]
+pub struct SlotSpec {
+    pub cwd: PathBuf,
+    pub workspace: PathBuf,
+    pub name: SlotName,
+}
+
+fn slot_spec(args: &SlotArgs) -> anyhow::Result<SlotSpec> {
+    let name = SlotName::parse(&args.name)?;
+    let cwd = match &args.cwd {
+        Some(dir) => dir.clone(),
+        None => workspace::current_dir()?,
+    };
+    let workspace = workspace::workspace_of(&cwd)?;
+    let cwd = std::fs::canonicalize(&cwd).unwrap_or(cwd);
+    Ok(SlotSpec {
+        cwd,
+        workspace,
+        name,
+    })
 }
 
 /// The environment variables naming the current session, in order of precedence.
@@ -32,7 +126,7 @@ pub const SESSION_ENV: [&str; 3] = [
     "GEMINI_SESSION_ID",
 ];
 
-/// How the owner of a broker was found.
+/// How the owner of a broker was named.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OwnerSource {
     Flag,
@@ -40,23 +134,46 @@ pub enum OwnerSource {
     Ancestry,
 }
 
-/// The owner session: `--session`, else the environment, else the live session whose recorded agent process is an
-/// ancestor of this process (the newest, if several). `None` when nothing names one.
-pub fn resolve_owner(
-    flag: Option<&str>,
-    sessions: &Sessions,
-) -> anyhow::Result<Option<(SessionId, OwnerSource)>> {
-    if let Some(text) = flag {
-        return SessionId::parse(text).map(|id| Some((id, OwnerSource::Flag)));
+/// Who is to own a broker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OwnerSpec {
+    /// Named by `--session` or the environment.
+    Named(SessionId, OwnerSource),
+    /// To be found among the live sessions: the one whose agent process is an ancestor of ours.
+    Ancestry,
+    /// `--no-owner`.
+    Nobody,
+}
+
+/// `--session`, else the environment, else the calling agent's session; `--no-owner` for nobody. With nothing
+/// named and no state root yet, no session record can name the caller either: refused here, before the root is
+/// created.
+fn owner_spec(args: &OwnerArgs, no_owner: bool, state_dir: &Path) -> anyhow::Result<OwnerSpec> {
+    if no_owner {
+        return Ok(OwnerSpec::Nobody);
+    }
+    if let Some(text) = &args.session {
+        return Ok(OwnerSpec::Named(SessionId::parse(text)?, OwnerSource::Flag));
     }
     for name in SESSION_ENV {
         if let Some(value) = std::env::var(name).ok().filter(|value| !value.is_empty()) {
             let id =
                 SessionId::parse(&value).map_err(|err| bad_input(format!("${name}: {err}")))?;
-            return Ok(Some((id, OwnerSource::Env(name))));
+            return Ok(OwnerSpec::Named(id, OwnerSource::Env(name)));
         }
     }
-    Ok(session_of_ancestor(sessions).map(|id| (id, OwnerSource::Ancestry)))
+    if std::fs::symlink_metadata(state_dir).is_err() {
+        return Err(no_owner_found());
+    }
+    Ok(OwnerSpec::Ancestry)
+}
+
+/// The refusal when nothing names an owner.
+pub fn no_owner_found() -> anyhow::Error {
+    bad_input(
+        "no owner session: pass --session ID, set SESSION_REAPER_SESSION_ID, run inside a session whose \
+         SessionStart hook ran, or pass --no-owner",
+    )
 }
 
 /// The newest live session whose agent process is one of our ancestors.
@@ -74,6 +191,251 @@ pub fn session_of_ancestor(sessions: &Sessions) -> Option<SessionId> {
         })
         .max_by(|a, b| a.started_at.cmp(&b.started_at))
         .and_then(|record| SessionId::parse(&record.session_id).ok())
+}
+
+/// How a broker is stopped.
+#[derive(Clone, Debug)]
+pub struct StopPolicy {
+    pub idle_ttl: Option<Duration>,
+    pub grace: Duration,
+    pub shutdown: Option<Shutdown>,
+}
+
+fn stop_policy(args: &StopArgs) -> anyhow::Result<StopPolicy> {
+    let shutdown = match (
+        &args.shutdown_socket,
+        &args.shutdown_message,
+        &args.shutdown_command,
+    ) {
+        (Some(socket), Some(message), None) => Some(Shutdown::Socket {
+            socket: socket.to_string_lossy().into_owned(),
+            message: message.clone(),
+        }),
+        (None, None, Some(command)) => Some(Shutdown::Command {
+            command: command.clone(),
+        }),
+        _ => None,
+    };
+    let idle_ttl = args
+        .idle_ttl
+        .map(|ttl| check_idle_ttl(ttl, "--idle-ttl"))
+        .transpose()?;
+    Ok(StopPolicy {
+        idle_ttl,
+        grace: check_grace(args.grace)?,
+        shutdown,
+    })
+}
+
+/// `broker …`.
+#[derive(Clone, Debug)]
+pub enum BrokerRequest {
+    Spawn {
+        slot: SlotSpec,
+        owner: OwnerSpec,
+        policy: StopPolicy,
+        log: Option<PathBuf>,
+        endpoint: Option<String>,
+        command: Vec<String>,
+    },
+    Register {
+        pid: i32,
+        slot: SlotSpec,
+        owner: OwnerSpec,
+        policy: StopPolicy,
+        endpoint: Option<String>,
+    },
+    Attach {
+        slot: SlotSpec,
+        owner: OwnerSpec,
+    },
+    Detach {
+        slot: SlotSpec,
+        owner: OwnerSpec,
+    },
+    Touch {
+        slot: SlotSpec,
+    },
+}
+
+fn broker_request(command: &BrokerCommand, config: &Config) -> anyhow::Result<BrokerRequest> {
+    let state_dir = &config.state_dir;
+    Ok(match command {
+        BrokerCommand::Spawn {
+            slot,
+            owner,
+            no_owner,
+            stop,
+            log,
+            endpoint,
+            command,
+        } => {
+            let policy = stop_policy(stop)?;
+            let owner = owner_spec(owner, *no_owner, state_dir)?;
+            BrokerRequest::Spawn {
+                slot: slot_spec(slot)?,
+                owner,
+                policy,
+                log: log.clone(),
+                endpoint: endpoint.clone(),
+                command: command.clone(),
+            }
+        }
+        BrokerCommand::Register {
+            pid,
+            slot,
+            owner,
+            no_owner,
+            stop,
+            endpoint,
+        } => {
+            let policy = stop_policy(stop)?;
+            let owner = owner_spec(owner, *no_owner, state_dir)?;
+            BrokerRequest::Register {
+                pid: *pid,
+                slot: slot_spec(slot)?,
+                owner,
+                policy,
+                endpoint: endpoint.clone(),
+            }
+        }
+        BrokerCommand::Attach { slot, owner } => {
+            let owner = owner_spec(owner, false, state_dir)?;
+            BrokerRequest::Attach {
+                slot: slot_spec(slot)?,
+                owner,
+            }
+        }
+        BrokerCommand::Detach { slot, owner } => {
+            let owner = owner_spec(owner, false, state_dir)?;
+            BrokerRequest::Detach {
+                slot: slot_spec(slot)?,
+                owner,
+            }
+        }
+        BrokerCommand::Touch { slot } => BrokerRequest::Touch {
+            slot: slot_spec(slot)?,
+        },
+    })
+}
+
+/// Which sessions `reap` ends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReapTarget {
+    Session(SessionId),
+    AllLive,
+}
+
+/// `reap …`.
+#[derive(Clone, Debug)]
+pub struct ReapRequest {
+    pub target: ReapTarget,
+    pub reason: Reason,
+    pub deadline: Option<Duration>,
+    pub dry_run: bool,
+    pub json: bool,
+}
+
+fn reap_request(args: &ReapArgs) -> anyhow::Result<ReapRequest> {
+    let allowed: &[Reason] = if args.all {
+        &[Reason::Shutdown, Reason::Restart]
+    } else {
+        &[
+            Reason::Manual,
+            Reason::Shutdown,
+            Reason::Restart,
+            Reason::SessionEnd,
+        ]
+    };
+    let reason = match &args.reason {
+        None => Reason::Manual,
+        Some(text) => Reason::parse(text)
+            .filter(|reason| allowed.contains(reason))
+            .ok_or_else(|| {
+                let names: Vec<&str> = allowed.iter().map(|reason| reason.as_str()).collect();
+                bad_input(format!(
+                    "--reason {text:?}: expected one of {}",
+                    names.join(", ")
+                ))
+            })?,
+    };
+    let target = match &args.session {
+        Some(text) => ReapTarget::Session(SessionId::parse(text)?),
+        None => ReapTarget::AllLive,
+    };
+    Ok(ReapRequest {
+        target,
+        reason,
+        deadline: args.deadline,
+        dry_run: args.dry_run,
+        json: args.json,
+    })
+}
+
+/// `sweep …`.
+#[derive(Clone, Debug)]
+pub struct SweepRequest {
+    pub idle_ttl: Duration,
+    pub retention: Duration,
+    pub dry_run: bool,
+    pub json: bool,
+}
+
+fn sweep_request(args: &SweepArgs) -> anyhow::Result<SweepRequest> {
+    Ok(SweepRequest {
+        idle_ttl: check_idle_ttl(args.idle_ttl, "--idle-ttl")?,
+        retention: args.retention,
+        dry_run: args.dry_run,
+        json: args.json,
+    })
+}
+
+/// `log …`: which events to show, and how.
+#[derive(Clone, Debug, Default)]
+pub struct LogRequest {
+    pub filter: Filter,
+    pub json: bool,
+}
+
+fn log_request(args: &LogArgs) -> anyhow::Result<LogRequest> {
+    Ok(LogRequest {
+        filter: Filter {
+            session: args.session.as_deref().map(SessionId::parse).transpose()?,
+            since: args.since,
+            action: args.action.clone(),
+        },
+        json: args.json,
+    })
+}
+
+/// `install` / `uninstall`: which agent's settings, where, and whether the periodic sweep goes with them.
+#[derive(Clone, Debug)]
+pub struct SettingsRequest {
+    pub operation: Operation,
+    pub agent: Agent,
+    pub scope: Scope,
+    pub settings: Option<PathBuf>,
+    pub with_sweep: bool,
+    pub dry_run: bool,
+}
+
+fn settings_request(args: &InstallArgs, operation: Operation) -> SettingsRequest {
+    SettingsRequest {
+        operation,
+        agent: match args.agent {
+            AgentName::Claude => Agent::Claude,
+            AgentName::Gemini => Agent::Gemini,
+            AgentName::Qwen => Agent::Qwen,
+            AgentName::Codex => Agent::Codex,
+        },
+        scope: match args.scope {
+            ScopeName::User => Scope::User,
+            ScopeName::Project => Scope::Project,
+        },
+        settings: args.settings.clone(),
+        with_sweep: args.with_sweep,
+        dry_run: args.dry_run,
+    }
 }
 
 /// The longest idle TTL a sweep accepts.
@@ -109,4 +471,24 @@ pub fn check_grace(grace: Duration) -> anyhow::Result<Duration> {
         )));
     }
     Ok(grace)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_ttls_are_bounded_and_named_in_days() {
+        assert!(check_idle_ttl(Duration::ZERO, "--idle-ttl").is_ok());
+        assert!(check_idle_ttl(MAX_IDLE_TTL, "--idle-ttl").is_ok());
+        let err = check_idle_ttl(Duration::from_secs(40 * 86_400), "--idle-ttl").unwrap_err();
+        assert!(err.to_string().contains("40days"), "{err}");
+        assert_eq!(crate::error::exit_code_of(&err), 2);
+    }
+
+    #[test]
+    fn a_grace_over_an_hour_is_refused() {
+        assert!(check_grace(Duration::from_secs(3600)).is_ok());
+        assert!(check_grace(Duration::from_secs(3601)).is_err());
+    }
 }

@@ -12,9 +12,8 @@ use anyhow::Context;
 use serde_json::Value;
 
 use crate::agent::Agent;
-use crate::cli::HookArgs;
 use crate::clock;
-use crate::config::Config;
+use crate::config::{Config, HookRequest};
 use crate::error::bad_input;
 use crate::events::{Event, Reason};
 use crate::finisher;
@@ -29,7 +28,7 @@ use crate::teardown::{self, Ending};
 const EXIT_MARGIN: Duration = Duration::from_millis(150);
 
 /// Runs the hook; never fails, never prints to stdout.
-pub fn run(args: &HookArgs, state_dir_flag: Option<&Path>) {
+pub fn run(args: &HookRequest, state_dir_flag: Option<&Path>) {
     let started = Instant::now();
     let deadline = started + args.deadline;
     let store =
@@ -151,7 +150,7 @@ pub fn detect_agent(flag: Option<Agent>, payload: &Payload) -> Option<Agent> {
 }
 
 fn handle(
-    args: &HookArgs,
+    args: &HookRequest,
     store: &Store,
     payload: &Value,
     deadline: Instant,
@@ -162,7 +161,7 @@ fn handle(
         .clone()
         .or_else(|| args.event.clone())
         .unwrap_or_default();
-    let agent = detect_agent(args.agent.agent(), &payload);
+    let agent = detect_agent(args.agent, &payload);
     match HookEvent::parse(&event_name) {
         HookEvent::SessionStart => session_start(args, store, &payload, agent),
         HookEvent::SessionEnd => session_end(store, &payload, agent, deadline),
@@ -170,7 +169,7 @@ fn handle(
     }
 }
 
-fn agent_identity(args: &HookArgs) -> anyhow::Result<Option<Identity>> {
+fn agent_identity(args: &HookRequest) -> anyhow::Result<Option<Identity>> {
     if let Some(pid) = args.owner_pid {
         return proc::identity_of(pid)
             .map(Some)
@@ -183,7 +182,7 @@ fn agent_identity(args: &HookArgs) -> anyhow::Result<Option<Identity>> {
 /// Records (or refreshes) the session, un-ending it if it is being resumed, and exports its id to later tool
 /// commands through the agent's env file.
 fn session_start(
-    args: &HookArgs,
+    args: &HookRequest,
     store: &Store,
     payload: &Payload,
     agent: Option<Agent>,
@@ -209,7 +208,7 @@ fn session_start(
 }
 
 fn touch_session(
-    args: &HookArgs,
+    args: &HookRequest,
     store: &Store,
     payload: &Payload,
     agent: Option<Agent>,

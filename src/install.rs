@@ -54,7 +54,7 @@ pub const GEMINI_TIMEOUT_MS: u64 = 5000;
 pub const QWEN_TIMEOUT: u64 = 5000;
 
 /// Which settings file the default path points at.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     /// The user's own settings, under the home directory (or the agent's config-dir variable).

@@ -29,7 +29,7 @@ pub mod workspace;
 use clap::Parser;
 
 use crate::cli::{Cli, Command};
-use crate::config::Config;
+use crate::config::{Config, Request};
 use crate::error::{Outcome, exit_code_of};
 
 /// Runs the command line and returns the exit code (see `error` for the table).
@@ -39,10 +39,10 @@ pub fn run() -> u8 {
         Err(err) => return parse_failure(&err),
     };
     if let Command::Hook(args) = &cli.command {
-        hook::run(args, cli.state_dir.as_deref());
+        hook::run(&config::hook_request(args), cli.state_dir.as_deref());
         return 0;
     }
-    match dispatch(&cli) {
+    match Config::from_cli(&cli).and_then(|(config, request)| dispatch(&config, request)) {
         Ok(outcome) => outcome.exit_code(),
         Err(err) => {
             eprintln!("session-reaper: {}", format!("{err:#}").replace('\n', " "));
@@ -51,34 +51,28 @@ pub fn run() -> u8 {
     }
 }
 
-fn dispatch(cli: &Cli) -> anyhow::Result<Outcome> {
-    let config = Config::new(cli.state_dir.as_deref(), cli.verbose)?;
-    match &cli.command {
-        Command::Hook(_) => Ok(Outcome::Done),
-        Command::Broker(command) => commands::broker::run(command, &config),
-        Command::Reap(args) => commands::reap::run(args, &config),
-        Command::Status(args) => commands::status::run(args.json, &config),
-        Command::Finish => finisher::run(&store::Store::open(&config.state_dir)?),
-        Command::Completions { shell } => {
+fn dispatch(config: &Config, request: Request) -> anyhow::Result<Outcome> {
+    match request {
+        Request::Hook(_) => Ok(Outcome::Done),
+        Request::Broker(request) => commands::broker::run(request, config),
+        Request::Reap(request) => commands::reap::run(&request, config),
+        Request::Sweep(request) => commands::sweep::run(&request, config),
+        Request::Status { json } => commands::status::run(json, config),
+        Request::Log(request) => commands::log::run(&request, config),
+        Request::Doctor { json } => commands::doctor::run(json, config),
+        Request::Settings(request) => commands::install::run(&request),
+        Request::Demo => commands::demo::run(),
+        Request::Finish => finisher::run(&store::Store::open(&config.state_dir)?),
+        Request::Completions(shell) => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(
-                *shell,
+                shell,
                 &mut command,
                 "session-reaper",
                 &mut std::io::stdout(),
             );
             Ok(Outcome::Done)
         }
-        Command::Sweep(args) => commands::sweep::run(args, &config),
-        Command::Log(args) => commands::log::run(args, &config),
-        Command::Doctor(args) => commands::doctor::run(args.json, &config),
-        Command::Install(args) => {
-            commands::install::run(args, install::Operation::Install, &config)
-        }
-        Command::Uninstall(args) => {
-            commands::install::run(args, install::Operation::Uninstall, &config)
-        }
-        Command::Demo => commands::demo::run(),
     }
 }
 

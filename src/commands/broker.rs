@@ -7,57 +7,49 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde_json::{Value, json};
 
-use crate::cli::{BrokerCommand, OwnerArgs, SlotArgs, StopArgs};
 use crate::clock;
-use crate::config::{self, Config, OwnerSource};
+use crate::config::{self, BrokerRequest, Config, OwnerSpec, SlotSpec, StopPolicy};
 use crate::error::{Outcome, bad_input};
 use crate::events::{Event, Reason};
 use crate::launch;
-use crate::name::{SessionId, SlotName};
+use crate::name::SessionId;
 use crate::proc;
-use crate::record::{BrokerRecord, Identity, Shutdown, VERSION};
+use crate::record::{BrokerRecord, Identity, VERSION};
 use crate::signal::Guard;
 use crate::slot::{LOCK_WAIT, Slot, SlotContent, SlotGuard};
 use crate::stop::{self, StopReport};
 use crate::store::Store;
-use crate::workspace;
 
-pub fn run(command: &BrokerCommand, config: &Config) -> anyhow::Result<Outcome> {
-    match command {
-        BrokerCommand::Spawn {
+pub fn run(request: BrokerRequest, config: &Config) -> anyhow::Result<Outcome> {
+    match request {
+        BrokerRequest::Spawn {
             slot,
             owner,
-            no_owner,
-            stop,
+            policy,
             log,
             endpoint,
             command,
         } => {
-            let policy = StopPolicy::from_args(stop)?;
-            check_owner_input(owner, *no_owner, config)?;
-            let target = SlotTarget::resolve(slot, config)?;
-            let owner = target.owner(owner, *no_owner)?;
+            let target = SlotTarget::open(slot, config)?;
+            let owner = target.owner(&owner)?;
             let request = SpawnRequest {
-                command,
+                command: &command,
                 log: log.as_deref(),
                 endpoint: endpoint.as_deref(),
                 policy,
             };
             spawn(&target, owner.as_ref(), &request)
         }
-        BrokerCommand::Register {
+        BrokerRequest::Register {
             pid,
             slot,
             owner,
-            no_owner,
-            stop,
+            policy,
             endpoint,
         } => {
-            let policy = StopPolicy::from_args(stop)?;
-            check_owner_input(owner, *no_owner, config)?;
-            let adoptee = adoptable(*pid)?;
-            let target = SlotTarget::resolve(slot, config)?;
-            let owner = target.owner(owner, *no_owner)?;
+            let adoptee = adoptable(pid)?;
+            let target = SlotTarget::open(slot, config)?;
+            let owner = target.owner(&owner)?;
             register(
                 &target,
                 adoptee,
@@ -66,51 +58,18 @@ pub fn run(command: &BrokerCommand, config: &Config) -> anyhow::Result<Outcome> 
                 endpoint.as_deref(),
             )
         }
-        BrokerCommand::Attach { slot, owner } => {
-            check_owner_input(owner, false, config)?;
-            let target = SlotTarget::resolve(slot, config)?;
-            let owner = target
-                .owner(owner, false)?
-                .context("attach needs an owner")?;
+        BrokerRequest::Attach { slot, owner } => {
+            let target = SlotTarget::open(slot, config)?;
+            let owner = target.owner(&owner)?.ok_or_else(config::no_owner_found)?;
             attach(&target, &owner)
         }
-        BrokerCommand::Detach { slot, owner } => {
-            check_owner_input(owner, false, config)?;
-            let target = SlotTarget::resolve(slot, config)?;
-            let owner = target.detaching_owner(owner)?;
+        BrokerRequest::Detach { slot, owner } => {
+            let target = SlotTarget::open(slot, config)?;
+            let owner = target.detaching_owner(&owner)?;
             detach(&target, &owner)
         }
-        BrokerCommand::Touch { slot } => touch(&SlotTarget::resolve(slot, config)?),
+        BrokerRequest::Touch { slot } => touch(&SlotTarget::open(slot, config)?),
     }
-}
-
-/// Refuses a malformed owner before the state root is opened (and maybe created): bad input changes nothing. With
-/// no id given and no state root yet, no session record can name the caller either, so that refusal comes first too.
-fn check_owner_input(args: &OwnerArgs, no_owner: bool, config: &Config) -> anyhow::Result<()> {
-    if no_owner {
-        return Ok(());
-    }
-    if let Some(text) = &args.session {
-        return SessionId::parse(text).map(drop);
-    }
-    for name in config::SESSION_ENV {
-        if let Some(value) = std::env::var(name).ok().filter(|value| !value.is_empty()) {
-            return SessionId::parse(&value)
-                .map(drop)
-                .map_err(|err| bad_input(format!("${name}: {err}")));
-        }
-    }
-    if std::fs::symlink_metadata(&config.state_dir).is_err() {
-        return Err(no_owner_found());
-    }
-    Ok(())
-}
-
-fn no_owner_found() -> anyhow::Error {
-    bad_input(
-        "no owner session: pass --session ID, set SESSION_REAPER_SESSION_ID, run inside a session whose SessionStart \
-         hook ran, or pass --no-owner",
-    )
 }
 
 /// A process `broker register` may adopt: live, and one the guard would let us signal. Checked before the state
@@ -134,43 +93,40 @@ pub struct SlotTarget {
 }
 
 impl SlotTarget {
-    fn resolve(args: &SlotArgs, config: &Config) -> anyhow::Result<Self> {
-        let name = SlotName::parse(&args.name)?;
-        let cwd = match &args.cwd {
-            Some(dir) => dir.clone(),
-            None => workspace::current_dir()?,
-        };
-        let workspace = workspace::workspace_of(&cwd)?;
-        let cwd = std::fs::canonicalize(&cwd).unwrap_or(cwd);
+    fn open(spec: SlotSpec, config: &Config) -> anyhow::Result<Self> {
         let store = Store::open(&config.state_dir)?;
-        let slot = Slot::of(&store.root, &workspace, &name);
+        let slot = Slot::of(&store.root, &spec.workspace, &spec.name);
         Ok(SlotTarget {
             store,
-            workspace,
-            cwd,
+            workspace: spec.workspace,
+            cwd: spec.cwd,
             slot,
         })
     }
 
-    /// The owner session, refusing (exit 2) when none is found without `--no-owner`, or when it has ended.
-    fn owner(&self, args: &OwnerArgs, no_owner: bool) -> anyhow::Result<Option<SessionId>> {
-        if no_owner {
-            return Ok(None);
+    /// The session `spec` names (found among the live sessions by ancestry if need be); `None` for `--no-owner`.
+    fn named_owner(&self, spec: &OwnerSpec) -> anyhow::Result<Option<SessionId>> {
+        match spec {
+            OwnerSpec::Nobody => Ok(None),
+            OwnerSpec::Named(id, _source) => Ok(Some(id.clone())),
+            OwnerSpec::Ancestry => config::session_of_ancestor(&self.store.sessions)
+                .map(Some)
+                .ok_or_else(config::no_owner_found),
         }
-        let Some((id, _source)) =
-            config::resolve_owner(args.session.as_deref(), &self.store.sessions)?
-        else {
-            return Err(no_owner_found());
-        };
-        self.refuse_ended(&id)?;
-        Ok(Some(id))
+    }
+
+    /// The owner-to-be, refusing (exit 2) one whose session has ended.
+    fn owner(&self, spec: &OwnerSpec) -> anyhow::Result<Option<SessionId>> {
+        let owner = self.named_owner(spec)?;
+        if let Some(id) = &owner {
+            self.refuse_ended(id)?;
+        }
+        Ok(owner)
     }
 
     /// The owner leaving. An ended session may always leave: refusing it would pin the broker forever.
-    fn detaching_owner(&self, args: &OwnerArgs) -> anyhow::Result<SessionId> {
-        config::resolve_owner(args.session.as_deref(), &self.store.sessions)?
-            .map(|(id, _source)| id)
-            .ok_or_else(no_owner_found)
+    fn detaching_owner(&self, spec: &OwnerSpec) -> anyhow::Result<SessionId> {
+        self.named_owner(spec)?.ok_or_else(config::no_owner_found)
     }
 
     /// A session that has ended is never made an owner: nothing would ever end it again.
@@ -298,41 +254,6 @@ impl SlotTarget {
         );
         print_record(record, false);
         Ok(Outcome::Done)
-    }
-}
-
-/// How a broker is stopped, from the flags.
-pub struct StopPolicy {
-    pub idle_ttl: Option<Duration>,
-    pub grace: Duration,
-    pub shutdown: Option<Shutdown>,
-}
-
-impl StopPolicy {
-    fn from_args(args: &StopArgs) -> anyhow::Result<Self> {
-        let shutdown = match (
-            &args.shutdown_socket,
-            &args.shutdown_message,
-            &args.shutdown_command,
-        ) {
-            (Some(socket), Some(message), None) => Some(Shutdown::Socket {
-                socket: socket.to_string_lossy().into_owned(),
-                message: message.clone(),
-            }),
-            (None, None, Some(command)) => Some(Shutdown::Command {
-                command: command.clone(),
-            }),
-            _ => None,
-        };
-        let idle_ttl = args
-            .idle_ttl
-            .map(|ttl| config::check_idle_ttl(ttl, "--idle-ttl"))
-            .transpose()?;
-        Ok(StopPolicy {
-            idle_ttl,
-            grace: config::check_grace(args.grace)?,
-            shutdown,
-        })
     }
 }
 
@@ -613,14 +534,5 @@ pub fn print_stops(reports: &[StopReport]) {
             report.outcome.summary(),
             place
         );
-    }
-}
-
-/// The source of an owner, for `-v` output.
-pub fn describe_source(source: &OwnerSource) -> String {
-    match source {
-        OwnerSource::Flag => "--session".to_owned(),
-        OwnerSource::Env(name) => format!("${name}"),
-        OwnerSource::Ancestry => "the calling agent's session".to_owned(),
     }
 }

@@ -8,8 +8,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::Context;
 
-use crate::cli::InstallArgs;
-use crate::config::Config;
+use crate::config::SettingsRequest;
 use crate::error::Outcome;
 use crate::install::{self, InstallRequest, Operation};
 use crate::workspace;
@@ -18,7 +17,8 @@ const SERVICE: &str = include_str!("../../hooks/systemd/session-reaper-sweep.ser
 const TIMER: &str = include_str!("../../hooks/systemd/session-reaper-sweep.timer");
 const UNIT: &str = "session-reaper-sweep";
 
-pub fn run(args: &InstallArgs, operation: Operation, _config: &Config) -> anyhow::Result<Outcome> {
+pub fn run(args: &SettingsRequest) -> anyhow::Result<Outcome> {
+    let operation = args.operation;
     let binary = std::env::current_exe().context("finding this program's path")?;
     let cwd = workspace::current_dir()?;
     let settings_path = match &args.settings {

@@ -2,16 +2,15 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::cli::LogArgs;
 use crate::clock;
-use crate::config::Config;
+use crate::config::{Config, LogRequest};
 use crate::error::Outcome;
 use crate::events::{Event, EventLog};
 use crate::name::SessionId;
 use crate::state::StateRoot;
 
 /// Which events to show.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Filter {
     pub session: Option<SessionId>,
     pub since: Option<Duration>,
@@ -33,12 +32,8 @@ impl Filter {
     }
 }
 
-pub fn run(args: &LogArgs, config: &Config) -> anyhow::Result<Outcome> {
-    let filter = Filter {
-        session: args.session.as_deref().map(SessionId::parse).transpose()?,
-        since: args.since,
-        action: args.action.clone(),
-    };
+pub fn run(request: &LogRequest, config: &Config) -> anyhow::Result<Outcome> {
+    let filter = &request.filter;
     let events: Vec<Event> = match StateRoot::open_existing(&config.state_dir)? {
         Some(root) => {
             let now = SystemTime::now();
@@ -50,7 +45,7 @@ pub fn run(args: &LogArgs, config: &Config) -> anyhow::Result<Outcome> {
         }
         None => Vec::new(),
     };
-    if args.json {
+    if request.json {
         println!("{}", serde_json::to_string_pretty(&events)?);
         return Ok(Outcome::Done);
     }

@@ -5,11 +5,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::cli::ReapArgs;
 use crate::commands::broker::print_stops;
-use crate::config::Config;
-use crate::error::{Outcome, bad_input};
-use crate::events::Reason;
+use crate::config::{Config, ReapRequest, ReapTarget};
+use crate::error::Outcome;
 use crate::finisher;
 use crate::name::SessionId;
 use crate::signal::Guard;
@@ -21,17 +19,12 @@ use crate::teardown::{self, EndReport, Ending};
 /// How long `reap --all` waits when no `--deadline` is given.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(2);
 
-pub fn run(args: &ReapArgs, config: &Config) -> anyhow::Result<Outcome> {
-    let reason = parse_reason(args)?;
-    let sessions: Vec<SessionId> = match &args.session {
-        Some(text) => vec![SessionId::parse(text)?],
-        None => Vec::new(),
-    };
+pub fn run(request: &ReapRequest, config: &Config) -> anyhow::Result<Outcome> {
     let store = Store::open(&config.state_dir)?;
-    let sessions = if args.all {
-        live_sessions(&store)
-    } else {
-        sessions
+    let all = request.target == ReapTarget::AllLive;
+    let sessions = match &request.target {
+        ReapTarget::Session(id) => vec![id.clone()],
+        ReapTarget::AllLive => live_sessions(&store),
     };
     let guard = Guard::new();
     let started = Instant::now();
@@ -40,9 +33,9 @@ pub fn run(args: &ReapArgs, config: &Config) -> anyhow::Result<Outcome> {
         .map(|session| {
             let ending = Ending {
                 session: session.clone(),
-                reason,
+                reason: request.reason,
                 agent_reason: None,
-                dry_run: args.dry_run,
+                dry_run: request.dry_run,
             };
             teardown::end_session(&store, &guard, &ending, Instant::now() + LOCK_WAIT)
         })
@@ -51,12 +44,12 @@ pub fn run(args: &ReapArgs, config: &Config) -> anyhow::Result<Outcome> {
         .iter()
         .flat_map(|report| report.tickets.clone())
         .collect();
-    let stops = if args.dry_run {
+    let stops = if request.dry_run {
         Vec::new()
     } else {
-        let deadline = args
+        let deadline = request
             .deadline
-            .or(args.all.then_some(DRAIN_DEADLINE))
+            .or(all.then_some(DRAIN_DEADLINE))
             .map_or_else(|| longest_stop(&tickets), |deadline| started + deadline);
         let stops = store.stopper(guard).run(tickets.clone(), deadline);
         if stops
@@ -69,38 +62,13 @@ pub fn run(args: &ReapArgs, config: &Config) -> anyhow::Result<Outcome> {
     };
     let ok = reports.iter().all(|report| report.problems.is_empty())
         && stops.iter().all(|stop| !stop.outcome.is_failure());
-    if args.json {
-        let value = json!({ "dry_run": args.dry_run, "sessions": reports, "would_stop": if args.dry_run { tickets.len() } else { 0 }, "stops": stops });
+    if request.json {
+        let value = json!({ "dry_run": request.dry_run, "sessions": reports, "would_stop": if request.dry_run { tickets.len() } else { 0 }, "stops": stops });
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
-        print_human(args.dry_run, &reports, &stops);
+        print_human(request.dry_run, &reports, &stops);
     }
     Ok(Outcome::from_ok(ok))
-}
-
-fn parse_reason(args: &ReapArgs) -> anyhow::Result<Reason> {
-    let allowed: &[Reason] = if args.all {
-        &[Reason::Shutdown, Reason::Restart]
-    } else {
-        &[
-            Reason::Manual,
-            Reason::Shutdown,
-            Reason::Restart,
-            Reason::SessionEnd,
-        ]
-    };
-    let Some(text) = &args.reason else {
-        return Ok(Reason::Manual);
-    };
-    Reason::parse(text)
-        .filter(|reason| allowed.contains(reason))
-        .ok_or_else(|| {
-            let names: Vec<&str> = allowed.iter().map(|reason| reason.as_str()).collect();
-            bad_input(format!(
-                "--reason {text:?}: expected one of {}",
-                names.join(", ")
-            ))
-        })
 }
 
 fn live_sessions(store: &Store) -> Vec<SessionId> {

@@ -8,10 +8,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
-use crate::cli::SweepArgs;
 use crate::clock;
 use crate::commands::broker::ticket_for;
-use crate::config::{self, Config};
+use crate::config::{Config, SweepRequest};
 use crate::error::Outcome;
 use crate::events::{Event, Reason};
 use crate::finisher;
@@ -68,8 +67,8 @@ struct Sweep<'a> {
     problems: Vec<String>,
 }
 
-pub fn run(args: &SweepArgs, config: &Config) -> anyhow::Result<Outcome> {
-    let idle_ttl = config::check_idle_ttl(args.idle_ttl, "--idle-ttl")?;
+pub fn run(args: &SweepRequest, config: &Config) -> anyhow::Result<Outcome> {
+    let idle_ttl = args.idle_ttl;
     let store = Store::open(&config.state_dir)?;
     let policy = Policy {
         idle_ttl_secs: idle_ttl.as_secs(),
