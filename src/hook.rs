@@ -187,13 +187,7 @@ fn session_start(
     payload: &Payload,
     agent: Option<Agent>,
 ) -> anyhow::Result<()> {
-    let identity = agent_identity(args)?;
-    let record =
-        store
-            .sessions
-            .update(&payload.session, Duration::from_millis(300), |current| {
-                Some(refreshed(current, payload, agent, identity.clone(), true))
-            })?;
+    let record = refresh_session(args, store, payload, agent, true)?;
     store.log.record(
         &Event::new("session_start", "recorded")
             .session(Some(payload.session.as_str()))
@@ -213,13 +207,29 @@ fn touch_session(
     payload: &Payload,
     agent: Option<Agent>,
 ) -> anyhow::Result<()> {
+    refresh_session(args, store, payload, agent, false).map(drop)
+}
+
+/// Writes the session's record refreshed from the payload, under its lock; returns it.
+fn refresh_session(
+    args: &HookRequest,
+    store: &Store,
+    payload: &Payload,
+    agent: Option<Agent>,
+    starting: bool,
+) -> anyhow::Result<Option<SessionRecord>> {
     let identity = agent_identity(args)?;
     store
         .sessions
         .update(&payload.session, Duration::from_millis(300), |current| {
-            Some(refreshed(current, payload, agent, identity.clone(), false))
-        })?;
-    Ok(())
+            Some(refreshed(
+                current,
+                payload,
+                agent,
+                identity.clone(),
+                starting,
+            ))
+        })
 }
 
 /// A session record refreshed from a payload. `starting` clears an earlier end (`--resume` of an ended session).
