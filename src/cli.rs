@@ -44,7 +44,10 @@ pub enum Command {
     Hook(HookArgs),
 
     /// Spawn, adopt, attach to, detach from or touch a workspace's broker
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Example:\n  session-reaper broker spawn --cwd ~/src/app -- npm run dev"
+    )]
     Broker(BrokerCommand),
 
     /// End a session now (as SessionEnd would), or drain every live session on shutdown

@@ -314,6 +314,40 @@ mod tests {
         child.wait().unwrap();
     }
 
+    /// Where the kernel has no pidfd, a handle verifies the identity before each signal and polls /proc.
+    #[test]
+    fn without_a_pidfd_signals_are_verify_then_kill() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = i32::try_from(child.id()).unwrap();
+        let identity = proc::identity_of(pid).unwrap();
+        let stale = Handle {
+            identity: Identity {
+                start_ticks: identity.start_ticks + 1,
+                ..identity.clone()
+            },
+            pidfd: None,
+        };
+        assert!(
+            !stale.signal(Sig::Kill).unwrap(),
+            "a reused pid is never signalled"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "still running");
+        let handle = Handle {
+            identity,
+            pidfd: None,
+        };
+        assert!(!handle.has_exited());
+        assert!(handle.signal(Sig::Kill).unwrap());
+        assert!(
+            handle.wait_exit(Duration::from_secs(10)),
+            "a zombie counts as exited"
+        );
+        child.wait().unwrap();
+    }
+
     #[test]
     fn pidfd_sees_a_zombie_as_exited() {
         let mut child = std::process::Command::new("sleep")

@@ -1484,3 +1484,57 @@ fn hostname() -> String {
     let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
+
+/// A command that changes nothing in a slot does not rewrite its record: same inode, same bytes.
+#[test]
+fn a_slot_is_not_rewritten_when_nothing_changed() {
+    use std::os::unix::fs::MetadataExt;
+    let mut env = Env::new();
+    let ws = env.workspace("quiet");
+    let broker = env.spawn_broker(&ws, "s1", &["sleep", "600"]);
+    let record_file = walk_broker_json(env.state_dir())
+        .into_iter()
+        .next()
+        .expect("broker.json");
+    let before = std::fs::metadata(&record_file).unwrap();
+    let bytes = std::fs::read(&record_file).unwrap();
+    for args in [
+        vec![
+            "broker",
+            "detach",
+            "--cwd",
+            ws.to_str().unwrap(),
+            "--session",
+            "not-an-owner",
+        ],
+        vec!["status", "--json"],
+        vec!["sweep"],
+    ] {
+        let out = env.run(&args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        let after = std::fs::metadata(&record_file).unwrap();
+        assert_eq!(
+            (after.ino(), after.mtime_nsec()),
+            (before.ino(), before.mtime_nsec()),
+            "{args:?} rewrote it"
+        );
+        assert_eq!(std::fs::read(&record_file).unwrap(), bytes, "{args:?}");
+    }
+    assert!(broker.alive());
+}
+
+fn walk_broker_json(state: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for workspace in std::fs::read_dir(state.join("workspaces"))
+        .unwrap()
+        .flatten()
+    {
+        for slot in std::fs::read_dir(workspace.path()).unwrap().flatten() {
+            let path = slot.path().join("broker.json");
+            if path.exists() {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
