@@ -22,7 +22,7 @@ use crate::proc;
 use crate::record::{Identity, SessionRecord};
 use crate::signal::Guard;
 use crate::store::Store;
-use crate::teardown::{self, Ending};
+use crate::teardown::{self, Ending, Seen};
 
 /// Time kept back from the deadline to hand work to the finisher and exit.
 const EXIT_MARGIN: Duration = Duration::from_millis(150);
@@ -301,6 +301,12 @@ fn session_end(
         session: payload.session.clone(),
         reason: Reason::SessionEnd,
         agent_reason: payload.reason.clone(),
+        seen: Some(Seen {
+            agent: agent.map(|agent| agent.as_str().to_owned()),
+            cwd: payload.cwd.clone(),
+            transcript_path: payload.transcript_path.clone(),
+            title: payload.title.clone(),
+        }),
         dry_run: false,
     };
     let work_deadline = deadline.checked_sub(EXIT_MARGIN).unwrap_or(deadline);
@@ -312,43 +318,15 @@ fn session_end(
             .checked_sub(EXIT_MARGIN)
             .unwrap_or(work_deadline),
     );
-    complete_tombstone(store, payload, agent);
-    let reports = store.stopper(guard).run(report.tickets, work_deadline);
-    if reports
-        .iter()
-        .any(|stop| matches!(stop.outcome, crate::stop::StopOutcome::Pending { .. }))
-        || finisher::has_work(store)
-    {
+    store.stopper(guard).run(report.tickets, work_deadline);
+    // Its own stops still running, or tickets an earlier, killed finisher left: a finisher completes them.
+    if finisher::has_work(store) {
         finisher::start(store)?;
     }
     if let Some(problem) = report.problems.first() {
         anyhow::bail!("session {}: {problem}", payload.session);
     }
     Ok(())
-}
-
-/// A session that ends without a recorded start (hooks installed mid-session, a failed `SessionStart`) still leaves
-/// a tombstone saying whose it was and where: blanks are filled from the `SessionEnd` payload, nothing is overwritten.
-fn complete_tombstone(store: &Store, payload: &Payload, agent: Option<Agent>) {
-    let _ = store
-        .sessions
-        .update(&payload.session, Duration::from_millis(100), |current| {
-            let mut record = current?;
-            let before = record.clone();
-            if let Some(agent) = agent.filter(|_| record.agent.is_empty()) {
-                agent.as_str().clone_into(&mut record.agent);
-            }
-            if let Some(cwd) = payload.cwd.as_ref().filter(|_| record.cwd.is_empty()) {
-                record.cwd.clone_from(cwd);
-            }
-            if record.transcript_path.is_none() {
-                record.transcript_path.clone_from(&payload.transcript_path);
-            }
-            if record.title.is_none() {
-                record.title.clone_from(&payload.title);
-            }
-            (record != before).then_some(record)
-        });
 }
 
 /// Reads exactly one JSON value from stdin, waiting at most `timeout` and never for end-of-file.

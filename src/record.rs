@@ -217,7 +217,7 @@ fn version_one() -> u32 {
 }
 
 fn default_grace_ms() -> u64 {
-    5000
+    crate::stop::DEFAULT_GRACE_MS
 }
 
 /// What a record file held.

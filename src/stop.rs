@@ -20,6 +20,8 @@ use crate::ticket::Tickets;
 pub const GRACEFUL_WINDOW: Duration = Duration::from_millis(750);
 /// How long after a SIGKILL before it is sent again (and `attempts` grows).
 pub const KILL_RETRY: Duration = Duration::from_secs(1);
+/// The grace between SIGTERM and SIGKILL when none is given (`--grace`, and stops of processes no record knows).
+pub const DEFAULT_GRACE_MS: u64 = 5000;
 /// After this many SIGKILLs a process that still runs is reported as stuck.
 pub const STUCK_AFTER: u32 = 3;
 /// How long a run keeps watching after its last signal, for processes that exit promptly, before it gives up on a
@@ -475,6 +477,33 @@ pub fn new_ticket(
         kill_at: None,
         extra: serde_json::Map::new(),
     }
+}
+
+/// The stop ticket of a slot's broker.
+pub fn ticket_for(
+    record: &crate::record::BrokerRecord,
+    reason: &str,
+    session: Option<&str>,
+    origin: &str,
+) -> StopTicket {
+    let mut ticket = new_ticket(
+        record.identity.clone(),
+        record.pgid,
+        reason,
+        record.grace_ms,
+        origin.to_owned(),
+    );
+    ticket.session = session.map(str::to_owned);
+    ticket.workspace = Some(record.workspace.clone());
+    ticket.name = Some(record.name.clone());
+    ticket.shutdown.clone_from(&record.shutdown);
+    ticket.host.clone_from(&record.host);
+    ticket
+}
+
+/// How long a command in the foreground waits for a stop: the whole cascade and one SIGKILL retry.
+pub fn foreground_deadline(ticket: &StopTicket) -> Instant {
+    Instant::now() + GRACEFUL_WINDOW + Duration::from_millis(ticket.grace_ms) + KILL_RETRY * 2
 }
 
 #[cfg(test)]

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::clock;
-use crate::commands::broker::ticket_for;
 use crate::events::{Event, Reason};
 use crate::name::SessionId;
 use crate::plan::{self, OwnerRemoval};
@@ -27,7 +26,36 @@ pub struct Ending {
     pub reason: Reason,
     /// The agent's own word for why (`clear`, `prompt_input_exit`, …), kept in the session record.
     pub agent_reason: Option<String>,
+    /// What the `SessionEnd` payload says of the session, to fill blanks in a record whose start was never seen.
+    pub seen: Option<Seen>,
     pub dry_run: bool,
+}
+
+/// A session's details as an ending payload gives them.
+#[derive(Clone, Debug, Default)]
+pub struct Seen {
+    pub agent: Option<String>,
+    pub cwd: Option<String>,
+    pub transcript_path: Option<String>,
+    pub title: Option<String>,
+}
+
+impl Seen {
+    /// Fills what `record` lacks (hooks installed mid-session, a failed `SessionStart`); overwrites nothing.
+    fn fill_blanks(&self, record: &mut SessionRecord) {
+        if let Some(agent) = self.agent.as_ref().filter(|_| record.agent.is_empty()) {
+            record.agent.clone_from(agent);
+        }
+        if let Some(cwd) = self.cwd.as_ref().filter(|_| record.cwd.is_empty()) {
+            record.cwd.clone_from(cwd);
+        }
+        if record.transcript_path.is_none() {
+            record.transcript_path.clone_from(&self.transcript_path);
+        }
+        if record.title.is_none() {
+            record.title.clone_from(&self.title);
+        }
+    }
 }
 
 /// One slot the session owned.
@@ -113,6 +141,9 @@ fn mark_ended(store: &Store, ending: &Ending) -> anyhow::Result<Option<SessionRe
                 );
             }
             record.last_seen = now;
+            if let Some(seen) = &ending.seen {
+                seen.fill_blanks(&mut record);
+            }
             Some(record)
         })
 }
@@ -135,7 +166,7 @@ fn strip_owner(
             let removal = plan::remove_owner(&mut record, session);
             report.slots.push(owned_slot(&record, removal));
             if removal == OwnerRemoval::LastOwnerGone {
-                report.tickets.push(ticket_for(
+                report.tickets.push(stop::ticket_for(
                     &record,
                     ending.reason.as_str(),
                     Some(session),
@@ -184,7 +215,7 @@ fn strip_owner(
         OwnerRemoval::NotOwner => return,
         OwnerRemoval::OthersRemain => guard.write(&record),
         OwnerRemoval::LastOwnerGone => {
-            let ticket = ticket_for(
+            let ticket = stop::ticket_for(
                 &record,
                 ending.reason.as_str(),
                 Some(session),
@@ -253,7 +284,7 @@ fn file_resume_orphans(
             identity,
             None,
             Reason::ResumeOrphan.as_str(),
-            5000,
+            stop::DEFAULT_GRACE_MS,
             "resume-orphan".to_owned(),
         );
         ticket.session = Some(ending.session.as_str().to_owned());

@@ -2,7 +2,6 @@
 //! the slot holds at that moment.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde_json::{Value, json};
@@ -17,7 +16,7 @@ use crate::proc;
 use crate::record::{BrokerRecord, Identity, VERSION};
 use crate::signal::Guard;
 use crate::slot::{LOCK_WAIT, Slot, SlotContent, SlotGuard};
-use crate::stop::{self, StopReport};
+use crate::stop;
 use crate::store::Store;
 
 pub fn run(request: BrokerRequest, config: &Config) -> anyhow::Result<Outcome> {
@@ -424,7 +423,7 @@ fn detach(target: &SlotTarget, owner: &SessionId) -> anyhow::Result<Outcome> {
                 return Ok(Outcome::Done);
             }
             crate::plan::OwnerRemoval::LastOwnerGone => {
-                let ticket = ticket_for(
+                let ticket = stop::ticket_for(
                     &record,
                     Reason::Manual.as_str(),
                     Some(owner.as_str()),
@@ -443,8 +442,8 @@ fn detach(target: &SlotTarget, owner: &SessionId) -> anyhow::Result<Outcome> {
     let reports = target
         .store
         .stopper(Guard::new())
-        .run(vec![ticket.clone()], foreground_deadline(&ticket));
-    print_stops(&reports);
+        .run(vec![ticket.clone()], stop::foreground_deadline(&ticket));
+    super::print_stops(&reports);
     Ok(Outcome::from_ok(
         reports.iter().all(|report| !report.outcome.is_failure()),
     ))
@@ -478,36 +477,6 @@ fn owner_removed(target: &SlotTarget, owner: &SessionId, record: &BrokerRecord) 
         })
 }
 
-/// The stop ticket of a slot's broker.
-pub fn ticket_for(
-    record: &BrokerRecord,
-    reason: &str,
-    session: Option<&str>,
-    origin: &str,
-) -> crate::record::StopTicket {
-    let mut ticket = stop::new_ticket(
-        record.identity.clone(),
-        record.pgid,
-        reason,
-        record.grace_ms,
-        origin.to_owned(),
-    );
-    ticket.session = session.map(str::to_owned);
-    ticket.workspace = Some(record.workspace.clone());
-    ticket.name = Some(record.name.clone());
-    ticket.shutdown.clone_from(&record.shutdown);
-    ticket.host.clone_from(&record.host);
-    ticket
-}
-
-/// How long a command in the foreground waits for a stop: the whole cascade and one SIGKILL retry.
-pub fn foreground_deadline(ticket: &crate::record::StopTicket) -> Instant {
-    Instant::now()
-        + stop::GRACEFUL_WINDOW
-        + Duration::from_millis(ticket.grace_ms)
-        + stop::KILL_RETRY * 2
-}
-
 fn print_record(record: &BrokerRecord, reused: bool) {
     let mut value = serde_json::to_value(record).unwrap_or_else(|_| json!({}));
     if let Some(object) = value.as_object_mut() {
@@ -517,22 +486,4 @@ fn print_record(record: &BrokerRecord, reused: bool) {
         "{}",
         serde_json::to_string_pretty(&value).unwrap_or_default()
     );
-}
-
-/// One line per stop, for people.
-pub fn print_stops(reports: &[StopReport]) {
-    for report in reports {
-        let ticket = &report.ticket;
-        let place = match (&ticket.workspace, &ticket.name) {
-            (Some(workspace), Some(name)) => format!("{workspace} [{name}]"),
-            _ => ticket.origin.clone(),
-        };
-        println!(
-            "pid {:>7}  {:<13} {}  {}",
-            ticket.identity.pid,
-            ticket.reason,
-            report.outcome.summary(),
-            place
-        );
-    }
 }

@@ -1,4 +1,4 @@
-//! The subcommands, one module each.
+//! The subcommands, one module each, and the one report line they share.
 
 pub mod broker;
 pub mod demo;
@@ -8,3 +8,21 @@ pub mod log;
 pub mod reap;
 pub mod status;
 pub mod sweep;
+
+/// One line per stop, for people.
+pub fn print_stops(reports: &[crate::stop::StopReport]) {
+    for report in reports {
+        let ticket = &report.ticket;
+        let place = match (&ticket.workspace, &ticket.name) {
+            (Some(workspace), Some(name)) => format!("{workspace} [{name}]"),
+            _ => ticket.origin.clone(),
+        };
+        println!(
+            "pid {:>7}  {:<13} {}  {}",
+            ticket.identity.pid,
+            ticket.reason,
+            report.outcome.summary(),
+            place
+        );
+    }
+}

@@ -5,7 +5,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::commands::broker::print_stops;
 use crate::config::{Config, ReapRequest, ReapTarget};
 use crate::error::Outcome;
 use crate::finisher;
@@ -35,6 +34,7 @@ pub fn run(request: &ReapRequest, config: &Config) -> anyhow::Result<Outcome> {
                 session: session.clone(),
                 reason: request.reason,
                 agent_reason: None,
+                seen: None,
                 dry_run: request.dry_run,
             };
             teardown::end_session(&store, &guard, &ending, Instant::now() + LOCK_WAIT)
@@ -85,7 +85,7 @@ fn live_sessions(store: &Store) -> Vec<SessionId> {
 fn longest_stop(tickets: &[crate::record::StopTicket]) -> Instant {
     tickets
         .iter()
-        .map(crate::commands::broker::foreground_deadline)
+        .map(crate::stop::foreground_deadline)
         .max()
         .unwrap_or_else(Instant::now)
 }
@@ -123,5 +123,5 @@ fn print_human(dry_run: bool, reports: &[EndReport], stops: &[StopReport]) {
             println!("  problem: {problem}");
         }
     }
-    print_stops(stops);
+    crate::commands::print_stops(stops);
 }

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 
 use crate::clock;
-use crate::commands::broker::ticket_for;
 use crate::config::{Config, SweepRequest};
 use crate::error::Outcome;
 use crate::events::{Event, Reason};
@@ -165,6 +164,7 @@ impl Sweep<'_> {
                 session,
                 reason: Reason::OwnersGone,
                 agent_reason: None,
+                seen: None,
                 dry_run: self.policy.dry_run,
             };
             let report =
@@ -295,7 +295,7 @@ impl Sweep<'_> {
             }
             SlotVerdict::Stop(reason) => {
                 self.act("stop", Some(reason), slot.label(), pid, "stop");
-                let ticket = ticket_for(record, reason.as_str(), None, &slot.label());
+                let ticket = stop::ticket_for(record, reason.as_str(), None, &slot.label());
                 let filed = guard.map(|guard| {
                     self.store
                         .tickets
@@ -368,7 +368,7 @@ impl Sweep<'_> {
                 identity,
                 group,
                 Reason::Unrecorded.as_str(),
-                5000,
+                stop::DEFAULT_GRACE_MS,
                 "unrecorded".into(),
             );
             // The marker is `<workspace>/<name>`: the event names the slot as a recorded broker's would.
@@ -574,7 +574,7 @@ fn print_human(report: &SweepReport) {
             action.action, reason, action.target, action.result
         );
     }
-    crate::commands::broker::print_stops(&report.stops);
+    crate::commands::print_stops(&report.stops);
     for problem in &report.problems {
         println!("problem: {problem}");
     }
