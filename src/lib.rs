@@ -1,6 +1,7 @@
 //! session-reaper: owner-keyed broker records, session hooks and a stop cascade that never signals the wrong
 //! process. `run` is the whole program; `main` only maps its result to an exit code.
 
+pub mod adapters;
 pub mod agent;
 pub mod cli;
 pub mod clock;
@@ -57,7 +58,7 @@ fn dispatch(config: &Config, request: Request) -> anyhow::Result<Outcome> {
         Request::Broker(request) => commands::broker::run(request, config),
         Request::Reap(request) => commands::reap::run(&request, config),
         Request::Sweep(request) => commands::sweep::run(&request, config),
-        Request::Status { json } => commands::status::run(json, config),
+        Request::Status { json, codex } => commands::status::run(json, &codex, config),
         Request::Log(request) => commands::log::run(&request, config),
         Request::Doctor { json } => commands::doctor::run(json, config),
         Request::Settings(request) => commands::install::run(&request),
