@@ -122,13 +122,16 @@ pub fn run(
     config: &Config,
 ) -> anyhow::Result<Outcome> {
     let Some(root) = StateRoot::open_existing(&config.state_dir)? else {
+        let codex_plugin = crate::adapters::codex_plugin::status(None, codex);
         if json_output {
             println!(
                 "{}",
-                json!({"state_dir": config.state_dir, "slots": [], "unreadable": [], "tickets": [], "sessions": []})
+                json!({"state_dir": config.state_dir, "slots": [], "unreadable": [], "tickets": [], "sessions": [],
+                       "codex_plugin": codex_plugin})
             );
         } else {
             println!("no state yet at {}", config.state_dir.display());
+            crate::adapters::codex_plugin::print_status(&codex_plugin);
         }
         return Ok(Outcome::Done);
     };

@@ -1,0 +1,651 @@
+//! The Codex plugin adapter (issue 11), against stand-in plugin brokers started by the tests (`fixtures/codex-plugin`:
+//! the plugin's layout, argv and shutdown protocol, run with node): brokers stopped at their own session's end
+//! through the shutdown line, SIGTERM or SIGKILL of the group, and their files cleaned; busy, foreign, stale and
+//! look-alike records left alone; the spawn race's unlisted loser; a sweep after a SIGKILLed session; `status` and
+//! `doctor`. Every test has its own plugin state root, tmpdir, state dir and fresh session ids.
+
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::harness::{
+    BrokerMode, Env, PATIENCE, PluginBroker, Proc, plugin_script, run_bounded, stderr, stdout,
+    wait_until,
+};
+use crate::sweep::unique_id;
+
+/// The plugin's spawn window (`SPAWN_WINDOW`) and a margin: an unlisted broker younger than that is not judged.
+const SPAWN_WINDOW: Duration = Duration::from_secs(4);
+
+fn codex_flag(env: &Env) -> [String; 2] {
+    [
+        "--codex-state".to_owned(),
+        env.plugin_root().display().to_string(),
+    ]
+}
+
+/// Runs a hook as an agent does, looking at this test's plugin state; it must keep its contract.
+fn hook(env: &mut Env, event: &str, session: &str, cwd: &Path, extra: &[&str]) -> Output {
+    let flag = codex_flag(env);
+    let mut args = vec![
+        "hook",
+        "--agent",
+        "claude",
+        flag[0].as_str(),
+        flag[1].as_str(),
+    ];
+    args.extend_from_slice(extra);
+    let payload = json!({"session_id": session, "hook_event_name": event, "cwd": cwd}).to_string();
+    let out = env.run_stdin(&args, payload.as_bytes());
+    assert!(
+        out.status.success() && out.stdout.is_empty(),
+        "{event} hook broke its contract: {out:?}"
+    );
+    out
+}
+
+/// A live session: an agent process (a sleeper the test owns) recorded by SessionStart.
+fn start(env: &mut Env, session: &str, cwd: &Path) -> Proc {
+    let agent = env.sleeper();
+    let pid = agent.pid.to_string();
+    hook(env, "SessionStart", session, cwd, &["--owner-pid", &pid]);
+    agent
+}
+
+fn end(env: &mut Env, session: &str, cwd: &Path) {
+    hook(env, "SessionEnd", session, cwd, &[]);
+}
+
+fn sweep(env: &mut Env) -> Value {
+    let flag = codex_flag(env);
+    let out = env.run(&["sweep", "--json", &flag[0], &flag[1]]);
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|err| panic!("sweep --json ({err}): {}\n{}", stdout(&out), stderr(&out)))
+}
+
+fn status(env: &mut Env, extra: &[&str]) -> Value {
+    let mut args = vec!["status", "--json"];
+    args.extend_from_slice(extra);
+    let out = env.run(&args);
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|err| panic!("status --json ({err}): {}\n{}", stdout(&out), stderr(&out)))
+}
+
+/// The broker and its app-server child are gone.
+fn stopped(broker: &PluginBroker) -> bool {
+    !broker.proc.alive() && !broker.app_server.alive()
+}
+
+/// Waits for the broker and its group to go and for its files to be cleaned.
+fn assert_stopped_and_cleaned(broker: &PluginBroker, listed: bool) {
+    assert!(
+        wait_until(PATIENCE, || stopped(broker)),
+        "broker {} (or its app-server) still runs",
+        broker.proc.pid
+    );
+    let files = [
+        &broker.pid_file,
+        &broker.socket,
+        &broker.session_dir,
+        &broker.broker_json,
+    ];
+    let left = || -> Vec<&&std::path::PathBuf> {
+        files
+            .iter()
+            .filter(|path| path.exists())
+            .filter(|path| listed || **path != &broker.broker_json)
+            .collect()
+    };
+    assert!(
+        wait_until(PATIENCE, || left().is_empty()),
+        "left behind: {:?}",
+        left()
+    );
+}
+
+fn stop_event(env: &Env, broker: &PluginBroker) -> Option<Value> {
+    env.events_where("stop", None)
+        .into_iter()
+        .find(|event| event["pid"] == broker.proc.pid && event["result"] == "stopped")
+}
+
+fn assert_alive(broker: &PluginBroker, why: &str) {
+    assert!(
+        broker.proc.alive() && broker.app_server.alive(),
+        "broker {} was stopped: {why}",
+        broker.proc.pid
+    );
+}
+
+#[test]
+fn a_session_end_stops_its_broker_by_the_shutdown_line_and_cleans_the_plugins_files() {
+    let mut env = Env::new();
+    let ws = env.workspace("app");
+    let session = unique_id("cxp-answers");
+    start(&mut env, &session, &ws);
+    let broker = env.plugin_broker(&ws, &session, BrokerMode::Answers);
+    assert!(broker.broker_json.exists() && broker.socket.exists());
+
+    end(&mut env, &session, &ws);
+    assert_stopped_and_cleaned(&broker, true);
+    let event = stop_event(&env, &broker).expect("a stop event");
+    assert_eq!(event["reason"], "session_end", "{event}");
+    assert_eq!(event["detail"], "graceful shutdown", "{event}");
+    let trace = std::fs::read_to_string(env.plugin_trace(&session)).unwrap_or_default();
+    assert!(
+        trace.contains(r#"{"id":1,"method":"broker/shutdown","params":{}}"#),
+        "the broker got the plugin's shutdown line: {trace:?}"
+    );
+    let clean = env.events_where("clean", Some("session_end"));
+    assert!(
+        clean.iter().any(|e| e["pid"] == broker.proc.pid),
+        "{clean:?}"
+    );
+}
+
+#[test]
+fn a_broker_that_accepts_and_never_answers_gets_sigterm_after_the_window() {
+    let mut env = Env::new();
+    let ws = env.workspace("app");
+    let session = unique_id("cxp-silent");
+    start(&mut env, &session, &ws);
+    let broker = env.plugin_broker(&ws, &session, BrokerMode::Silent);
+
+    end(&mut env, &session, &ws);
+    assert_stopped_and_cleaned(&broker, true);
+    let event = stop_event(&env, &broker).expect("a stop event");
+    assert_eq!(event["detail"], "SIGTERM", "{event}");
+    let trace = std::fs::read_to_string(env.plugin_trace(&session)).unwrap_or_default();
+    assert!(trace.contains("broker/shutdown"), "asked first: {trace:?}");
+}
+
+#[test]
+fn a_broker_that_ignores_sigterm_is_killed_with_its_group_by_the_finisher() {
+    let mut env = Env::new();
+    let ws = env.workspace("app");
+    let session = unique_id("cxp-stubborn");
+    start(&mut env, &session, &ws);
+    let broker = env.plugin_broker(&ws, &session, BrokerMode::Stubborn);
+
+    end(&mut env, &session, &ws);
+    // The hook returned within its deadline; the grace and the SIGKILL are the finisher's.
+    assert_stopped_and_cleaned(&broker, true);
+    let event = stop_event(&env, &broker).expect("a stop event");
+    assert!(
+        event["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("SIGKILL"),
+        "{event}"
+    );
+}
+
+#[test]
+fn a_running_job_of_another_live_session_keeps_the_broker_until_it_is_done() {
+    let mut env = Env::new();
+    let ws = env.workspace("app");
+    let (owner, other) = (unique_id("cxp-owner"), unique_id("cxp-other"));
+    start(&mut env, &owner, &ws);
+    start(&mut env, &other, &ws);
+    let broker = env.plugin_broker(&ws, &owner, BrokerMode::Answers);
+    let state_json = broker.state_dir.join("state.json");
+    let jobs = |status: &str| {
+        json!({"version": 1, "config": {"stopReviewGate": false}, "jobs": [
+            {"id": "task-1", "status": status, "sessionId": other, "pid": null, "updatedAt": "2026-01-01T00:00:00Z"}
+        ]})
+        .to_string()
+    };
+    std::fs::write(&state_json, jobs("running")).unwrap();
+
+    end(&mut env, &owner, &ws);
+    let kept = env.events_where("keep", None);
+    assert!(
+        kept.iter().any(
+            |e| e["pid"] == broker.proc.pid && e["detail"].as_str().unwrap().contains("task-1")
+        ),
+        "the report says why it was kept: {kept:?}"
+    );
+    let swept = sweep(&mut env);
+    assert!(
+        swept["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["action"] == "keep" && a["pid"] == broker.proc.pid),
+        "{swept}"
+    );
+    assert_alive(&broker, "a running job of a live session");
+    assert!(broker.broker_json.exists());
+
+    // The job is done: its owner has ended, so the next sweep stops it.
+    std::fs::write(&state_json, jobs("completed")).unwrap();
+    sweep(&mut env);
+    assert_stopped_and_cleaned(&broker, true);
+    assert_eq!(stop_event(&env, &broker).unwrap()["reason"], "session_end");
+}
+
+#[test]
+fn a_broker_spawned_under_another_workspace_is_stopped_at_its_sessions_end_and_no_other() {
+    let mut env = Env::new();
+    let main = env.workspace("main");
+    let nested = env.workspace("main-worktree");
+    let (spawner, neighbour) = (unique_id("cxp-worktree"), unique_id("cxp-neighbour"));
+    start(&mut env, &spawner, &main);
+    start(&mut env, &neighbour, &main);
+    // The session runs in `main`, its tool started the plugin's broker in a worktree; a neighbour session of `main`
+    // has its own broker there. The plugin's own SessionEnd would shut down main's broker — the neighbour's.
+    let theirs = env.plugin_broker(&nested, &spawner, BrokerMode::Answers);
+    let neighbours = env.plugin_broker(&main, &neighbour, BrokerMode::Answers);
+
+    end(&mut env, &spawner, &main);
+    assert_stopped_and_cleaned(&theirs, true);
+    assert_alive(
+        &neighbours,
+        "another live session's broker in the session's cwd",
+    );
+    assert!(neighbours.broker_json.exists());
+}
+
+#[test]
+fn a_stale_broker_json_whose_pid_is_now_an_unrelated_process_is_cleaned_and_never_signalled() {
+    let mut env = Env::new();
+    let ws = env.workspace("app");
+    let session = unique_id("cxp-stale");
+    start(&mut env, &session, &ws);
+    let unrelated = env.sleeper();
+    let session_dir = env.work.path().join("cxc-stale01");
+    std::fs::create_dir_all(&session_dir).unwrap();
+    let pid_file = session_dir.join("broker.pid");
+    std::fs::write(&pid_file, format!("{}\n", unrelated.pid)).unwrap();
+    let state_dir = env.plugin_root().join("app-0123456789abcdef");
+    std::fs::create_dir_all(&state_dir).unwrap();
+    let broker_json = state_dir.join("broker.json");
+    let record = json!({
+        "endpoint": format!("unix:{}/broker.sock", session_dir.display()),
+        "pidFile": pid_file, "logFile": session_dir.join("broker.log"),
+        "sessionDir": session_dir, "pid": unrelated.pid, "sessionId": session,
+    });
+    std::fs::write(&broker_json, record.to_string()).unwrap();
+
+    end(&mut env, &session, &ws);
+    sweep(&mut env);
+    assert!(unrelated.alive(), "an unrelated process is never signalled");
+    assert!(!broker_json.exists(), "the stale record is cleaned");
+    assert!(!session_dir.exists(), "with its pid file and session dir");
+    let clean = env.events_where("clean", Some("broker_gone"));
+    assert!(clean.iter().any(|e| e["pid"] == unrelated.pid), "{clean:?}");
+    assert!(
+        env.events_where("stop", None)
+            .iter()
+            .all(|e| e["pid"] != unrelated.pid)
+    );
+}
+
+#[test]
+fn a_broker_json_whose_endpoint_is_not_its_processes_argv_is_never_signalled() {
+    let mut env = Env::new();
+    let ws = env.workspace("app");
+    let session = unique_id("cxp-mismatch");
+    start(&mut env, &session, &ws);
+    let broker = env.plugin_broker(&ws, &session, BrokerMode::Answers);
+    let mut record: Value =
+        serde_json::from_slice(&std::fs::read(&broker.broker_json).unwrap()).unwrap();
+    record["endpoint"] = json!("unix:/nonexistent/cxc-other/broker.sock");
+    let bytes = record.to_string();
+    std::fs::write(&broker.broker_json, &bytes).unwrap();
+
+    end(&mut env, &session, &ws);
+    sweep(&mut env);
+    assert_alive(&broker, "its argv names another endpoint than the record");
+    assert_eq!(
+        std::fs::read_to_string(&broker.broker_json).unwrap(),
+        bytes,
+        "the record is left as it was"
+    );
+    let refused = env.events_where("refuse", None);
+    assert!(
+        refused.iter().any(|e| e["pid"] == broker.proc.pid),
+        "{refused:?}"
+    );
+    let trace = std::fs::read_to_string(env.plugin_trace(&session)).unwrap_or_default();
+    assert!(trace.is_empty(), "not even asked to shut down: {trace:?}");
+}
+
+/// Runs a companion held at its barrier in a thread; returns the thread and the companion's pid once it has
+/// started its broker and found no `broker.json` naming another.
+fn held_companion(
+    env: &Env,
+    ws: &Path,
+    session: &str,
+    barrier: &Path,
+) -> (std::thread::JoinHandle<Output>, i32) {
+    let before: Vec<_> = checked(barrier);
+    let mut command = env.companion(ws, session, BrokerMode::Answers, Some(&env.plugin_data()));
+    command.arg("--barrier").arg(barrier);
+    let thread = std::thread::spawn(move || run_bounded(command, None));
+    let mut companion = None;
+    assert!(
+        wait_until(PATIENCE, || {
+            companion = checked(barrier)
+                .into_iter()
+                .find(|pid| !before.contains(pid));
+            companion.is_some()
+        }),
+        "the companion of {session} never reached its barrier"
+    );
+    (thread, companion.unwrap())
+}
+
+fn checked(barrier: &Path) -> Vec<i32> {
+    std::fs::read_dir(barrier)
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| {
+            entry
+                .file_name()
+                .to_str()?
+                .strip_prefix("checked-")?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+#[test]
+fn two_sessions_racing_to_spawn_leave_an_unlisted_loser_and_each_broker_stops_at_its_own_sessions_end()
+ {
+    let mut env = Env::new();
+    let ws = env.workspace("app");
+    let (loser, winner) = (unique_id("cxp-loser"), unique_id("cxp-winner"));
+    start(&mut env, &loser, &ws);
+    start(&mut env, &winner, &ws);
+    let barrier = env.work.path().join("barrier");
+    std::fs::create_dir_all(&barrier).unwrap();
+    // Both companions look for a live broker before either has written broker.json (the plugin's
+    // `ensureBrokerSession`): each starts its own; the loser writes first, the winner overwrites.
+    let (first, first_pid) = held_companion(&env, &ws, &loser, &barrier);
+    let (second, second_pid) = held_companion(&env, &ws, &winner, &barrier);
+    std::fs::write(barrier.join(format!("go-{first_pid}")), "").unwrap();
+    let first = first.join().unwrap();
+    assert!(first.status.success(), "{}", stderr(&first));
+    std::fs::write(barrier.join(format!("go-{second_pid}")), "").unwrap();
+    let second = second.join().unwrap();
+    assert!(second.status.success(), "{}", stderr(&second));
+    let lost = env.broker_printed(&first.stdout);
+    let won = env.broker_printed(&second.stdout);
+    let record: Value = serde_json::from_slice(&std::fs::read(&won.broker_json).unwrap()).unwrap();
+    assert_eq!(record["pid"], won.proc.pid, "the last write won");
+    assert_ne!(lost.proc.pid, won.proc.pid);
+
+    let flag = codex_flag(&env);
+    let listed = status(&mut env, &[&flag[0], &flag[1]]);
+    let brokers = listed["codex_plugin"].as_array().unwrap();
+    let row = |pid: i32| {
+        brokers
+            .iter()
+            .find(|b| b["pid"] == pid)
+            .unwrap_or_else(|| panic!("status lists {pid}: {listed}"))
+    };
+    assert_eq!(row(lost.proc.pid)["unlisted"], true, "{listed}");
+    assert_eq!(row(lost.proc.pid)["owners"], json!([loser]), "{listed}");
+    assert_eq!(row(won.proc.pid)["unlisted"], false, "{listed}");
+
+    // Past the plugin's spawn window, with both sessions live: a sweep stops neither.
+    let spawned = Instant::now();
+    assert!(wait_until(PATIENCE, || spawned.elapsed() > SPAWN_WINDOW));
+    sweep(&mut env);
+    assert_alive(&lost, "its session lives");
+    assert_alive(&won, "its session lives");
+
+    end(&mut env, &loser, &ws);
+    assert_stopped_and_cleaned(&lost, false);
+    assert_eq!(stop_event(&env, &lost).unwrap()["reason"], "session_end");
+    assert_alive(&won, "another session's end");
+    assert!(won.broker_json.exists(), "the winner's record stays");
+
+    end(&mut env, &winner, &ws);
+    assert_stopped_and_cleaned(&won, true);
+}
+
+#[test]
+fn a_sweep_after_a_sigkilled_session_stops_its_broker_and_keeps_one_busy_for_a_live_session() {
+    let mut env = Env::new();
+    let (one, two) = (env.workspace("one"), env.workspace("two"));
+    let (crashed, also_crashed, live) = (
+        unique_id("cxp-crashed"),
+        unique_id("cxp-crashed2"),
+        unique_id("cxp-live"),
+    );
+    let agent = start(&mut env, &crashed, &one);
+    let other_agent = start(&mut env, &also_crashed, &two);
+    start(&mut env, &live, &two);
+    let orphan = env.plugin_broker(&one, &crashed, BrokerMode::Answers);
+    let busy = env.plugin_broker(&two, &also_crashed, BrokerMode::Answers);
+    std::fs::write(
+        busy.state_dir.join("state.json"),
+        json!({"version": 1, "config": {}, "jobs": [
+            {"id": "review-7", "status": "running", "sessionId": live, "pid": null}
+        ]})
+        .to_string(),
+    )
+    .unwrap();
+    // Both agents die without SessionEnd.
+    agent.kill();
+    other_agent.kill();
+    env.reap_children();
+    assert!(agent.gone_within(PATIENCE) && other_agent.gone_within(PATIENCE));
+
+    let swept = sweep(&mut env);
+    assert_stopped_and_cleaned(&orphan, true);
+    assert_eq!(
+        stop_event(&env, &orphan).unwrap()["reason"],
+        "owners_gone",
+        "{swept}"
+    );
+    assert_alive(&busy, "a running job of a live session");
+    assert!(
+        swept["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["action"] == "keep" && a["result"].as_str().unwrap().contains("review-7")),
+        "{swept}"
+    );
+}
+
+#[test]
+fn status_and_doctor_find_the_plugin_in_claude_codes_plugin_data_and_the_tmpdir() {
+    let mut env = Env::new();
+    let ws = env.workspace("app");
+    let session = unique_id("cxp-status");
+    start(&mut env, &session, &ws);
+    // As Claude Code installs it: the plugin under ~/.claude/plugins, its data dir beside.
+    let home = env.work.path().join("home");
+    let install = home.join(".claude/plugins/cache/openai-codex/codex/1.0.5/scripts");
+    std::fs::create_dir_all(&install).unwrap();
+    std::fs::copy(
+        plugin_script("app-server-broker.mjs"),
+        install.join("app-server-broker.mjs"),
+    )
+    .unwrap();
+    let data = home.join(".claude/plugins/data/codex-openai-codex");
+    let in_data = env.companion(&ws, &session, BrokerMode::Answers, Some(&data));
+    let in_data = env.companion_broker(in_data);
+    // And without CLAUDE_PLUGIN_DATA: <tmpdir>/codex-companion.
+    let in_tmp = env.companion(&ws, &session, BrokerMode::Answers, None);
+    let in_tmp = env.companion_broker(in_tmp);
+    assert!(
+        in_tmp
+            .state_dir
+            .starts_with(env.work.path().join("codex-companion"))
+    );
+
+    let found = status(&mut env, &[]);
+    let pids: Vec<&Value> = found["codex_plugin"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| &b["pid"])
+        .collect();
+    assert!(
+        pids.contains(&&json!(in_data.proc.pid)) && pids.contains(&&json!(in_tmp.proc.pid)),
+        "{found}"
+    );
+    let human = stdout(&env.run(&["status"]));
+    assert!(human.contains("codex plugin brokers:"), "{human}");
+    assert!(human.contains(&in_data.proc.pid.to_string()), "{human}");
+    let off = status(&mut env, &["--no-codex"]);
+    assert_eq!(off["codex_plugin"], json!([]), "{off}");
+
+    let out = env.run(&["doctor", "--json"]);
+    let doctor: Value = serde_json::from_slice(&out.stdout).expect("doctor --json");
+    let check = doctor["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "codex plugin")
+        .unwrap_or_else(|| panic!("a codex plugin check: {doctor}"))
+        .clone();
+    let detail = check["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&format!(
+            "installed at {}",
+            install.parent().unwrap().display()
+        )),
+        "{detail}"
+    );
+    assert!(
+        detail.contains(&data.join("state").display().to_string()),
+        "{detail}"
+    );
+    assert!(
+        detail.contains(
+            &env.work
+                .path()
+                .join("codex-companion")
+                .display()
+                .to_string()
+        ),
+        "{detail}"
+    );
+    // Read-only: both still run.
+    assert_alive(&in_data, "status and doctor only read");
+    assert_alive(&in_tmp, "status and doctor only read");
+}
+
+#[test]
+fn no_codex_leaves_the_plugins_brokers_alone_and_a_bad_codex_state_is_refused() {
+    let mut env = Env::new();
+    let ws = env.workspace("app");
+    let session = unique_id("cxp-off");
+    start(&mut env, &session, &ws);
+    let broker = env.plugin_broker(&ws, &session, BrokerMode::Answers);
+    let payload =
+        json!({"session_id": session, "hook_event_name": "SessionEnd", "cwd": ws}).to_string();
+    let out = env.run_stdin(
+        &["hook", "--agent", "claude", "--no-codex"],
+        payload.as_bytes(),
+    );
+    assert!(out.status.success() && out.stdout.is_empty(), "{out:?}");
+    assert_alive(&broker, "--no-codex");
+
+    let missing = env.work.path().join("no-such-dir");
+    let out = env.run(&["sweep", "--codex-state", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = stderr(&out);
+    assert!(
+        err.contains("--codex-state") && err.contains("expected an existing directory"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert_alive(&broker, "bad input changes nothing");
+    // A hook refuses nothing: a missing dir is simply empty.
+    hook(
+        &mut env,
+        "SessionEnd",
+        &session,
+        &ws,
+        &["--codex-state", missing.to_str().unwrap()],
+    );
+}
+
+#[test]
+fn reap_dry_run_names_the_plugins_broker_and_signals_nothing() {
+    let mut env = Env::new();
+    let ws = env.workspace("app");
+    let session = unique_id("cxp-dry");
+    start(&mut env, &session, &ws);
+    let broker = env.plugin_broker(&ws, &session, BrokerMode::Answers);
+    let flag = codex_flag(&env);
+    let before = std::fs::read(&broker.broker_json).unwrap();
+    let out = env.run(&[
+        "reap",
+        "--session",
+        &session,
+        "--dry-run",
+        &flag[0],
+        &flag[1],
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let text = stdout(&out);
+    assert!(
+        text.contains("would stop") && text.contains(&broker.proc.pid.to_string()),
+        "{text}"
+    );
+    assert_alive(&broker, "a dry run");
+    assert_eq!(std::fs::read(&broker.broker_json).unwrap(), before);
+
+    let out = env.run(&["reap", "--session", &session, "--json", &flag[0], &flag[1]]);
+    assert!(out.status.success(), "{out:?}");
+    let value: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        value["sessions"][0]["codex_plugin"][0]["pid"], broker.proc.pid,
+        "{value}"
+    );
+    assert_stopped_and_cleaned(&broker, true);
+}
+
+/// The stand-in scripts keep the plugin's argv shape: what the adapter's identity check relies on.
+#[test]
+fn the_stand_in_broker_has_the_plugins_command_line() {
+    let mut env = Env::new();
+    let ws = env.workspace("app");
+    let session = unique_id("cxp-argv");
+    let broker = env.plugin_broker(&ws, &session, BrokerMode::Answers);
+    let argv: Vec<String> = std::fs::read(format!("/proc/{}/cmdline", broker.proc.pid))
+        .unwrap()
+        .split(|b| *b == 0)
+        .filter(|arg| !arg.is_empty())
+        .map(|arg| String::from_utf8_lossy(arg).into_owned())
+        .collect();
+    assert!(argv[1].ends_with("/app-server-broker.mjs"), "{argv:?}");
+    assert_eq!(
+        argv[2..],
+        [
+            "serve".to_owned(),
+            "--endpoint".to_owned(),
+            broker.endpoint.clone(),
+            "--cwd".to_owned(),
+            ws.display().to_string(),
+            "--pid-file".to_owned(),
+            broker.pid_file.display().to_string()
+        ]
+    );
+    let environ = std::fs::read(format!("/proc/{}/environ", broker.proc.pid)).unwrap();
+    let wanted = format!("CODEX_COMPANION_SESSION_ID={session}");
+    assert!(environ.split(|b| *b == 0).any(|e| e == wanted.as_bytes()));
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", broker.proc.pid)).unwrap();
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 1..]
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        (fields[2], fields[3]),
+        (
+            broker.proc.pid.to_string().as_str(),
+            broker.proc.pid.to_string().as_str()
+        ),
+        "pid = pgid = sid"
+    );
+}
