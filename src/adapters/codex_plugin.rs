@@ -1,6 +1,6 @@
 //! The Codex plugin for Claude Code (codex-plugin-cc 1.0.5–1.0.6), with no change to that plugin. It keeps one
 //! `broker.json` per workspace under its state root (`$CLAUDE_PLUGIN_DATA/state`, else `<tmpdir>/codex-companion`),
-//! shared by every session of the workspace and naming no owner; its own SessionEnd stops whatever broker the
+//! shared by every session of the workspace and naming no owner; its own `SessionEnd` stops whatever broker the
 //! session's cwd maps to. Here: where its state lives (`Discovery`), and the three entry points — a session's end,
 //! a sweep, and the read-only views of `status`, `doctor` and leftover discovery. `observe` reads its files and
 //! processes, `decide` judges them without I/O, `act` files stop tickets and cleans its files.
@@ -26,7 +26,7 @@ use decide::{Occasion, Verdict};
 pub const ADAPTER: &str = "codex-plugin";
 /// The broker's script: `node …/app-server-broker.mjs serve --endpoint E --cwd C --pid-file P`.
 pub const BROKER_SCRIPT: &str = "app-server-broker.mjs";
-/// The session that spawned a broker, inherited through the plugin's SessionStart env file.
+/// The session that spawned a broker, inherited through the plugin's `SessionStart` env file.
 pub const SESSION_VAR: &str = "CODEX_COMPANION_SESSION_ID";
 /// The line that asks a broker to shut down; a healthy one answers `{"id":1,"result":{}}` and exits.
 pub const SHUTDOWN_MESSAGE: &str = r#"{"id":1,"method":"broker/shutdown","params":{}}"#;
@@ -126,7 +126,7 @@ fn nonempty_env(name: &str) -> Option<String> {
 
 /// Node's `os.tmpdir()` on Unix: `$TMPDIR`, `$TMP`, `$TEMP`, else `/tmp`, without a trailing slash.
 pub fn tmp_dir() -> PathBuf {
-    tmp_dir_from(|name| nonempty_env(name))
+    tmp_dir_from(nonempty_env)
 }
 
 /// `tmp_dir` from any environment (a broker's, read from /proc).
@@ -143,7 +143,7 @@ fn canonical(path: &Path) -> PathBuf {
     std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
-/// Ending session `session` (SessionEnd, `reap`, a sweep's `owners_gone`): stop the plugin's brokers whose owners
+/// Ending session `session` (`SessionEnd`, `reap`, a sweep's `owners_gone`): stop the plugin's brokers whose owners
 /// are all that session (or ended) and that are not busy; clean `broker.json` files whose broker is gone.
 pub fn at_session_end(
     store: &Store,

@@ -1,7 +1,7 @@
 //! The Codex plugin adapter (issue 11), against stand-in plugin brokers started by the tests (`fixtures/codex-plugin`:
 //! the plugin's layout, argv and shutdown protocol, run with node): brokers stopped at their own session's end
 //! through the shutdown line, SIGTERM or SIGKILL of the group, and their files cleaned; busy, foreign, stale and
-//! look-alike records left alone; the spawn race's unlisted loser; a sweep after a SIGKILLed session; `status` and
+//! look-alike records left alone; the spawn race's unlisted loser; a sweep after a session killed by SIGKILL; `status` and
 //! `doctor`. Every test has its own plugin state root, tmpdir, state dir and fresh session ids.
 
 use std::path::Path;
@@ -46,7 +46,7 @@ fn hook(env: &mut Env, event: &str, session: &str, cwd: &Path, extra: &[&str]) -
     out
 }
 
-/// A live session: an agent process (a sleeper the test owns) recorded by SessionStart.
+/// A live session: an agent process (a sleeper the test owns) recorded by `SessionStart`.
 fn start(env: &mut Env, session: &str, cwd: &Path) -> Proc {
     let agent = env.sleeper();
     let pid = agent.pid.to_string();

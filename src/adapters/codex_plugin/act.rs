@@ -180,7 +180,10 @@ pub fn after_stop(ticket: &StopTicket, log: &EventLog) {
 /// Removes the plugin's files of a broker that is gone; returns what was removed. `broker.json` goes only while it
 /// still names `files.pid`; the pid file, the socket (unless a live broker listens on it) and the log only when they
 /// are ours and inside the session dir; the session dir only when it is then empty.
-pub fn clean(files: &Cleanup, live_sockets: &HashSet<PathBuf>) -> Vec<PathBuf> {
+pub fn clean<S: std::hash::BuildHasher>(
+    files: &Cleanup,
+    live_sockets: &HashSet<PathBuf, S>,
+) -> Vec<PathBuf> {
     let uid = rustix::process::getuid().as_raw();
     let mut removed = Vec::new();
     if let Some(path) = &files.broker_json

@@ -8,7 +8,7 @@ use crate::events::Reason;
 /// When the adapter runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Occasion<'a> {
-    /// Session `session` ends (SessionEnd, `reap`, a crashed session's end in a sweep).
+    /// Session `session` ends (`SessionEnd`, `reap`, a crashed session's end in a sweep).
     SessionEnd { session: &'a str, reason: Reason },
     /// A sweep: owners gone, ownerless and reparented, idle.
     Sweep { idle_ttl: Duration },
@@ -126,7 +126,7 @@ pub fn flag_value<'a>(argv: &'a [String], flag: &str) -> Option<&'a str> {
 pub enum OwnerState {
     /// Its session is live and its agent process runs.
     Live,
-    /// Its session ended (SessionEnd), its agent may run on (`/clear`).
+    /// Its session ended (`SessionEnd`), its agent may run on (`/clear`).
     Ended,
     /// Its agent process is gone (SIGKILL, OOM, a closed terminal): it will never end by itself.
     Gone,
@@ -155,8 +155,7 @@ pub fn owner_state(facts: SessionFacts) -> OwnerState {
         (Some(_), Some(false), _) | (None | Some(false), None, Some(false)) => OwnerState::Gone,
         (Some(true), _, _) => OwnerState::Ended,
         (Some(false), Some(true), _) | (None | Some(false), None, Some(true)) => OwnerState::Live,
-        (Some(false) | None, None, None) => OwnerState::Unknown,
-        (None, Some(_), _) => OwnerState::Unknown,
+        (Some(false) | None, None, None) | (None, Some(_), _) => OwnerState::Unknown,
     }
 }
 

@@ -220,7 +220,7 @@ pub fn observe(roots: &[Root], sessions: &[SessionRecord], uid: u32) -> World {
     let mut named_pids: HashSet<i32> = HashSet::new();
     for root in roots {
         for file in broker_files(&root.path, uid) {
-            named_endpoints.extend(file.endpoint.iter().filter_map(|e| socket_key(e)));
+            named_endpoints.extend(file.endpoint.as_deref().map(socket_key));
             let seen = file.pid.filter(|pid| *pid > 1).and_then(|pid| {
                 candidates
                     .iter()
@@ -260,7 +260,7 @@ pub fn observe(roots: &[Root], sessions: &[SessionRecord], uid: u32) -> World {
         }
     }
     for seen in candidates {
-        let endpoint = seen.flag("--endpoint").and_then(socket_key);
+        let endpoint = seen.flag("--endpoint").map(socket_key);
         let listed = endpoint
             .as_ref()
             .is_some_and(|endpoint| named_endpoints.contains(endpoint));
@@ -292,8 +292,8 @@ pub fn observe(roots: &[Root], sessions: &[SessionRecord], uid: u32) -> World {
 }
 
 /// The key an endpoint is compared by: its socket path, else the endpoint itself.
-fn socket_key(endpoint: &str) -> Option<String> {
-    Some(decide::socket_path(endpoint).unwrap_or(endpoint).to_owned())
+fn socket_key(endpoint: &str) -> String {
+    decide::socket_path(endpoint).unwrap_or(endpoint).to_owned()
 }
 
 fn assemble(
