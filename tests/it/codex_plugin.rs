@@ -5,7 +5,7 @@
 //! `doctor`. Every test has its own plugin state root, tmpdir, state dir and fresh session ids.
 
 use std::path::Path;
-use std::process::Output;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -71,6 +71,12 @@ fn status(env: &mut Env, extra: &[&str]) -> Value {
     let out = env.run(&args);
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|err| panic!("status --json ({err}): {}\n{}", stdout(&out), stderr(&out)))
+}
+
+/// `status --json --codex-state <this test's plugin root>`.
+fn status_of_our_plugin(env: &mut Env) -> Value {
+    let flag = codex_flag(env);
+    status(env, &[&flag[0], &flag[1]])
 }
 
 /// The broker and its app-server child are gone.
@@ -379,8 +385,7 @@ fn two_sessions_racing_to_spawn_leave_an_unlisted_loser_and_each_broker_stops_at
     assert_eq!(record["pid"], won.proc.pid, "the last write won");
     assert_ne!(lost.proc.pid, won.proc.pid);
 
-    let flag = codex_flag(&env);
-    let listed = status(&mut env, &[&flag[0], &flag[1]]);
+    let listed = status_of_our_plugin(&mut env);
     let brokers = listed["codex_plugin"].as_array().unwrap();
     let row = |pid: i32| {
         brokers
@@ -648,4 +653,78 @@ fn the_stand_in_broker_has_the_plugins_command_line() {
         ),
         "pid = pgid = sid"
     );
+}
+
+#[test]
+fn fifos_and_symlinks_in_the_plugins_state_are_neither_read_nor_followed() {
+    let mut env = Env::new();
+    let ws = env.workspace("app");
+    let session = unique_id("cxp-hostile");
+    start(&mut env, &session, &ws);
+    let broker = env.plugin_broker(&ws, &session, BrokerMode::Stubborn);
+    // Another workspace's broker.json is a FIFO (a read would block forever), a third's a symlink to the live one.
+    let fifo_dir = env.plugin_root().join("fifo-0000000000000001");
+    std::fs::create_dir_all(&fifo_dir).unwrap();
+    let fifo = fifo_dir.join("broker.json");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success(), "mkfifo");
+    let link_dir = env.plugin_root().join("link-0000000000000002");
+    std::fs::create_dir_all(&link_dir).unwrap();
+    std::os::unix::fs::symlink(&broker.broker_json, link_dir.join("broker.json")).unwrap();
+    // Its session dir holds a symlink where the log should be, pointing at a file that must survive.
+    let precious = env.work.path().join("precious.txt");
+    std::fs::write(&precious, "keep me").unwrap();
+    let log = broker.session_dir.join("broker.log");
+    std::fs::remove_file(&log).unwrap();
+    std::os::unix::fs::symlink(&precious, &log).unwrap();
+
+    let listed = status_of_our_plugin(&mut env);
+    assert_eq!(
+        listed["codex_plugin"].as_array().unwrap().len(),
+        1,
+        "the FIFO and the symlink are not records: {listed}"
+    );
+    end(&mut env, &session, &ws);
+    assert!(
+        wait_until(PATIENCE, || stopped(&broker)),
+        "the broker is still stopped"
+    );
+    assert!(
+        wait_until(PATIENCE, || !broker.broker_json.exists()),
+        "its record is cleaned"
+    );
+    assert_eq!(std::fs::read_to_string(&precious).unwrap(), "keep me");
+    assert!(
+        std::fs::symlink_metadata(&log).is_ok(),
+        "a symlink is not the plugin's log: left in place"
+    );
+    assert!(std::fs::symlink_metadata(&fifo).is_ok() && link_dir.join("broker.json").is_symlink());
+}
+
+#[test]
+fn a_broker_of_a_state_root_we_were_not_given_is_never_touched() {
+    let mut env = Env::new();
+    let ws = env.workspace("app");
+    let session = unique_id("cxp-foreign-root");
+    start(&mut env, &session, &ws);
+    // Ours, so that the root we look at exists; and one whose plugin keeps its state elsewhere.
+    let ours = env.plugin_broker(&ws, &unique_id("cxp-bystander"), BrokerMode::Answers);
+    let elsewhere = env.work.path().join("someone-elses-plugin-data");
+    let command = env.companion(&ws, &session, BrokerMode::Answers, Some(&elsewhere));
+    let theirs = env.companion_broker(command);
+    // Its record gone too, so that only the process could say it is a broker: still not ours to judge.
+    std::fs::remove_file(&theirs.broker_json).unwrap();
+
+    let listed = status_of_our_plugin(&mut env);
+    let pids: Vec<&Value> = listed["codex_plugin"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| &b["pid"])
+        .collect();
+    assert_eq!(pids, [&json!(ours.proc.pid)], "{listed}");
+    end(&mut env, &session, &ws);
+    sweep(&mut env);
+    assert_alive(&theirs, "its state root is not one we look at");
+    assert_alive(&ours, "another session's broker");
 }
