@@ -488,6 +488,7 @@ fn leads_its_thread_group(pid: i32) -> bool {
 }
 
 /// How long ago a process started, from its start time in clock ticks since boot.
+#[cfg(all(target_os = "linux", not(feature = "portable-proc")))]
 fn age_of(start_ticks: u64) -> Duration {
     let uptime = std::fs::read_to_string("/proc/uptime")
         .ok()
@@ -501,6 +502,14 @@ fn age_of(start_ticks: u64) -> Duration {
         }
         _ => Duration::MAX,
     }
+}
+
+/// How long ago a process started; the portable backend's start time is in seconds since the epoch.
+#[cfg(any(not(target_os = "linux"), feature = "portable-proc"))]
+fn age_of(start_secs: u64) -> Duration {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH + Duration::from_secs(start_secs))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
