@@ -446,8 +446,10 @@ fn action(
     result: String,
 ) -> AdapterAction {
     AdapterAction {
+        action: verb,
+        reason: reason.map(|reason| reason.to_string()),
+        target,
         pid,
         result,
-        ..AdapterAction::new(verb, reason, target)
     }
 }

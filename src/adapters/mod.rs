@@ -5,24 +5,8 @@
 
 pub mod codex_plugin;
 
-use serde::Serialize;
-
-use crate::events::Reason;
-
-/// One thing an adapter did (or, in a dry run, would do), in the shape of a sweep's actions.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct AdapterAction {
-    /// `stop`, `keep`, `clean` or `refuse`.
-    pub action: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    /// What it is about: the adapter and the broker's workspace.
-    pub target: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pid: Option<i32>,
-    /// What became of it, in words ("stopping", "would stop", "kept: …").
-    pub result: String,
-}
+/// One thing an adapter did (or, in a dry run, would do): a sweep's action, so that a sweep reports it as its own.
+pub type AdapterAction = crate::commands::sweep::SweepAction;
 
 /// What one pass of an adapter decided: its actions, the stop tickets it filed (for the caller's stopper) and the
 /// problems it met.
@@ -31,30 +15,6 @@ pub struct AdapterReport {
     pub actions: Vec<AdapterAction>,
     pub tickets: Vec<crate::record::StopTicket>,
     pub problems: Vec<String>,
-}
-
-impl AdapterAction {
-    pub fn new(action: &'static str, reason: Option<Reason>, target: String) -> Self {
-        AdapterAction {
-            action,
-            reason: reason.map(|reason| reason.to_string()),
-            target,
-            pid: None,
-            result: String::new(),
-        }
-    }
-}
-
-impl From<AdapterAction> for crate::commands::sweep::SweepAction {
-    fn from(action: AdapterAction) -> Self {
-        crate::commands::sweep::SweepAction {
-            action: action.action,
-            reason: action.reason,
-            target: action.target,
-            pid: action.pid,
-            result: action.result,
-        }
-    }
 }
 
 /// Prints adapter actions for people, one line each.

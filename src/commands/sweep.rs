@@ -110,9 +110,7 @@ pub fn run(args: &SweepRequest, config: &Config) -> anyhow::Result<Outcome> {
         idle_ttl,
         args.dry_run,
     );
-    sweep
-        .actions
-        .extend(plugin.actions.into_iter().map(Into::into));
+    sweep.actions.extend(plugin.actions);
     sweep.tickets.extend(plugin.tickets);
     sweep.problems.extend(plugin.problems);
     let snapshot = proc::scan_cmdlines();

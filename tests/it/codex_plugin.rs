@@ -4,7 +4,7 @@
 //! look-alike records left alone; the spawn race's unlisted loser; a sweep after a session killed by SIGKILL; `status` and
 //! `doctor`. Every test has its own plugin state root, tmpdir, state dir and fresh session ids.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -73,10 +73,36 @@ fn status(env: &mut Env, extra: &[&str]) -> Value {
         .unwrap_or_else(|err| panic!("status --json ({err}): {}\n{}", stdout(&out), stderr(&out)))
 }
 
+/// A test's world with one live session in workspace `app` and its plugin broker.
+fn one_session(prefix: &str, mode: BrokerMode) -> (Env, PathBuf, String, PluginBroker) {
+    let (mut env, ws, session) = one_live_session(prefix);
+    let broker = env.plugin_broker(&ws, &session, mode);
+    (env, ws, session, broker)
+}
+
+/// A test's world with one live session in workspace `app`.
+fn one_live_session(prefix: &str) -> (Env, PathBuf, String) {
+    let mut env = Env::new();
+    let ws = env.workspace("app");
+    let session = unique_id(prefix);
+    start(&mut env, &session, &ws);
+    (env, ws, session)
+}
+
 /// `status --json --codex-state <this test's plugin root>`.
 fn status_of_our_plugin(env: &mut Env) -> Value {
     let flag = codex_flag(env);
     status(env, &[&flag[0], &flag[1]])
+}
+
+/// The pids of the plugin brokers `status --json` lists.
+fn plugin_pids(status: &Value) -> Vec<i32> {
+    status["codex_plugin"]
+        .as_array()
+        .expect("a codex_plugin list")
+        .iter()
+        .filter_map(|broker| i32::try_from(broker["pid"].as_i64()?).ok())
+        .collect()
 }
 
 /// The broker and its app-server child are gone.
@@ -97,7 +123,7 @@ fn assert_stopped_and_cleaned(broker: &PluginBroker, listed: bool) {
         &broker.session_dir,
         &broker.broker_json,
     ];
-    let left = || -> Vec<&&std::path::PathBuf> {
+    let left = || -> Vec<&&PathBuf> {
         files
             .iter()
             .filter(|path| path.exists())
@@ -117,6 +143,16 @@ fn stop_event(env: &Env, broker: &PluginBroker) -> Option<Value> {
         .find(|event| event["pid"] == broker.proc.pid && event["result"] == "stopped")
 }
 
+/// Ends `session` by its `SessionEnd` hook; its broker must stop (reason `session_end`) and its files go. Returns
+/// what stopped it.
+fn end_stops_and_cleans(env: &mut Env, session: &str, cwd: &Path, broker: &PluginBroker) -> String {
+    end(env, session, cwd);
+    assert_stopped_and_cleaned(broker, true);
+    let event = stop_event(env, broker).expect("a stop event");
+    assert_eq!(event["reason"], "session_end", "{event}");
+    event["detail"].as_str().unwrap_or_default().to_owned()
+}
+
 fn assert_alive(broker: &PluginBroker, why: &str) {
     assert!(
         broker.proc.alive() && broker.app_server.alive(),
@@ -127,18 +163,13 @@ fn assert_alive(broker: &PluginBroker, why: &str) {
 
 #[test]
 fn a_session_end_stops_its_broker_by_the_shutdown_line_and_cleans_the_plugins_files() {
-    let mut env = Env::new();
-    let ws = env.workspace("app");
-    let session = unique_id("cxp-answers");
-    start(&mut env, &session, &ws);
-    let broker = env.plugin_broker(&ws, &session, BrokerMode::Answers);
+    let (mut env, ws, session, broker) = one_session("cxp-answers", BrokerMode::Answers);
     assert!(broker.broker_json.exists() && broker.socket.exists());
 
-    end(&mut env, &session, &ws);
-    assert_stopped_and_cleaned(&broker, true);
-    let event = stop_event(&env, &broker).expect("a stop event");
-    assert_eq!(event["reason"], "session_end", "{event}");
-    assert_eq!(event["detail"], "graceful shutdown", "{event}");
+    assert_eq!(
+        end_stops_and_cleans(&mut env, &session, &ws, &broker),
+        "graceful shutdown"
+    );
     let trace = std::fs::read_to_string(env.plugin_trace(&session)).unwrap_or_default();
     assert!(
         trace.contains(r#"{"id":1,"method":"broker/shutdown","params":{}}"#),
@@ -153,39 +184,23 @@ fn a_session_end_stops_its_broker_by_the_shutdown_line_and_cleans_the_plugins_fi
 
 #[test]
 fn a_broker_that_accepts_and_never_answers_gets_sigterm_after_the_window() {
-    let mut env = Env::new();
-    let ws = env.workspace("app");
-    let session = unique_id("cxp-silent");
-    start(&mut env, &session, &ws);
-    let broker = env.plugin_broker(&ws, &session, BrokerMode::Silent);
+    let (mut env, ws, session, broker) = one_session("cxp-silent", BrokerMode::Silent);
 
-    end(&mut env, &session, &ws);
-    assert_stopped_and_cleaned(&broker, true);
-    let event = stop_event(&env, &broker).expect("a stop event");
-    assert_eq!(event["detail"], "SIGTERM", "{event}");
+    assert_eq!(
+        end_stops_and_cleans(&mut env, &session, &ws, &broker),
+        "SIGTERM"
+    );
     let trace = std::fs::read_to_string(env.plugin_trace(&session)).unwrap_or_default();
     assert!(trace.contains("broker/shutdown"), "asked first: {trace:?}");
 }
 
 #[test]
 fn a_broker_that_ignores_sigterm_is_killed_with_its_group_by_the_finisher() {
-    let mut env = Env::new();
-    let ws = env.workspace("app");
-    let session = unique_id("cxp-stubborn");
-    start(&mut env, &session, &ws);
-    let broker = env.plugin_broker(&ws, &session, BrokerMode::Stubborn);
+    let (mut env, ws, session, broker) = one_session("cxp-stubborn", BrokerMode::Stubborn);
 
-    end(&mut env, &session, &ws);
-    // The hook returned within its deadline; the grace and the SIGKILL are the finisher's.
-    assert_stopped_and_cleaned(&broker, true);
-    let event = stop_event(&env, &broker).expect("a stop event");
-    assert!(
-        event["detail"]
-            .as_str()
-            .unwrap_or_default()
-            .starts_with("SIGKILL"),
-        "{event}"
-    );
+    // The hook returns within its deadline; the grace and the SIGKILL are the finisher's.
+    let by = end_stops_and_cleans(&mut env, &session, &ws, &broker);
+    assert!(by.starts_with("SIGKILL"), "{by}");
 }
 
 #[test]
@@ -256,10 +271,7 @@ fn a_broker_spawned_under_another_workspace_is_stopped_at_its_sessions_end_and_n
 
 #[test]
 fn a_stale_broker_json_whose_pid_is_now_an_unrelated_process_is_cleaned_and_never_signalled() {
-    let mut env = Env::new();
-    let ws = env.workspace("app");
-    let session = unique_id("cxp-stale");
-    start(&mut env, &session, &ws);
+    let (mut env, ws, session) = one_live_session("cxp-stale");
     let unrelated = env.sleeper();
     let session_dir = env.work.path().join("cxc-stale01");
     std::fs::create_dir_all(&session_dir).unwrap();
@@ -291,11 +303,7 @@ fn a_stale_broker_json_whose_pid_is_now_an_unrelated_process_is_cleaned_and_neve
 
 #[test]
 fn a_broker_json_whose_endpoint_is_not_its_processes_argv_is_never_signalled() {
-    let mut env = Env::new();
-    let ws = env.workspace("app");
-    let session = unique_id("cxp-mismatch");
-    start(&mut env, &session, &ws);
-    let broker = env.plugin_broker(&ws, &session, BrokerMode::Answers);
+    let (mut env, ws, session, broker) = one_session("cxp-mismatch", BrokerMode::Answers);
     let mut record: Value =
         serde_json::from_slice(&std::fs::read(&broker.broker_json).unwrap()).unwrap();
     record["endpoint"] = json!("unix:/nonexistent/cxc-other/broker.sock");
@@ -462,10 +470,7 @@ fn a_sweep_after_a_sigkilled_session_stops_its_broker_and_keeps_one_busy_for_a_l
 
 #[test]
 fn status_and_doctor_find_the_plugin_in_claude_codes_plugin_data_and_the_tmpdir() {
-    let mut env = Env::new();
-    let ws = env.workspace("app");
-    let session = unique_id("cxp-status");
-    start(&mut env, &session, &ws);
+    let (mut env, ws, session) = one_live_session("cxp-status");
     // As Claude Code installs it: the plugin under ~/.claude/plugins, its data dir beside.
     let home = env.work.path().join("home");
     let install = home.join(".claude/plugins/cache/openai-codex/codex/1.0.5/scripts");
@@ -488,14 +493,9 @@ fn status_and_doctor_find_the_plugin_in_claude_codes_plugin_data_and_the_tmpdir(
     );
 
     let found = status(&mut env, &[]);
-    let pids: Vec<&Value> = found["codex_plugin"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| &b["pid"])
-        .collect();
+    let pids = plugin_pids(&found);
     assert!(
-        pids.contains(&&json!(in_data.proc.pid)) && pids.contains(&&json!(in_tmp.proc.pid)),
+        pids.contains(&in_data.proc.pid) && pids.contains(&in_tmp.proc.pid),
         "{found}"
     );
     let human = stdout(&env.run(&["status"]));
@@ -542,11 +542,7 @@ fn status_and_doctor_find_the_plugin_in_claude_codes_plugin_data_and_the_tmpdir(
 
 #[test]
 fn no_codex_leaves_the_plugins_brokers_alone_and_a_bad_codex_state_is_refused() {
-    let mut env = Env::new();
-    let ws = env.workspace("app");
-    let session = unique_id("cxp-off");
-    start(&mut env, &session, &ws);
-    let broker = env.plugin_broker(&ws, &session, BrokerMode::Answers);
+    let (mut env, ws, session, broker) = one_session("cxp-off", BrokerMode::Answers);
     let payload =
         json!({"session_id": session, "hook_event_name": "SessionEnd", "cwd": ws}).to_string();
     let out = env.run_stdin(
@@ -578,11 +574,7 @@ fn no_codex_leaves_the_plugins_brokers_alone_and_a_bad_codex_state_is_refused() 
 
 #[test]
 fn reap_dry_run_names_the_plugins_broker_and_signals_nothing() {
-    let mut env = Env::new();
-    let ws = env.workspace("app");
-    let session = unique_id("cxp-dry");
-    start(&mut env, &session, &ws);
-    let broker = env.plugin_broker(&ws, &session, BrokerMode::Answers);
+    let (mut env, _, session, broker) = one_session("cxp-dry", BrokerMode::Answers);
     let flag = codex_flag(&env);
     let before = std::fs::read(&broker.broker_json).unwrap();
     let out = env.run(&[
@@ -657,11 +649,7 @@ fn the_stand_in_broker_has_the_plugins_command_line() {
 
 #[test]
 fn fifos_and_symlinks_in_the_plugins_state_are_neither_read_nor_followed() {
-    let mut env = Env::new();
-    let ws = env.workspace("app");
-    let session = unique_id("cxp-hostile");
-    start(&mut env, &session, &ws);
-    let broker = env.plugin_broker(&ws, &session, BrokerMode::Stubborn);
+    let (mut env, ws, session, broker) = one_session("cxp-hostile", BrokerMode::Stubborn);
     // Another workspace's broker.json is a FIFO (a read would block forever), a third's a symlink to the live one.
     let fifo_dir = env.plugin_root().join("fifo-0000000000000001");
     std::fs::create_dir_all(&fifo_dir).unwrap();
@@ -703,10 +691,7 @@ fn fifos_and_symlinks_in_the_plugins_state_are_neither_read_nor_followed() {
 
 #[test]
 fn a_broker_of_a_state_root_we_were_not_given_is_never_touched() {
-    let mut env = Env::new();
-    let ws = env.workspace("app");
-    let session = unique_id("cxp-foreign-root");
-    start(&mut env, &session, &ws);
+    let (mut env, ws, session) = one_live_session("cxp-foreign-root");
     // Ours, so that the root we look at exists; and one whose plugin keeps its state elsewhere.
     let ours = env.plugin_broker(&ws, &unique_id("cxp-bystander"), BrokerMode::Answers);
     let elsewhere = env.work.path().join("someone-elses-plugin-data");
@@ -716,13 +701,7 @@ fn a_broker_of_a_state_root_we_were_not_given_is_never_touched() {
     std::fs::remove_file(&theirs.broker_json).unwrap();
 
     let listed = status_of_our_plugin(&mut env);
-    let pids: Vec<&Value> = listed["codex_plugin"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| &b["pid"])
-        .collect();
-    assert_eq!(pids, [&json!(ours.proc.pid)], "{listed}");
+    assert_eq!(plugin_pids(&listed), [ours.proc.pid], "{listed}");
     end(&mut env, &session, &ws);
     sweep(&mut env);
     assert_alive(&theirs, "its state root is not one we look at");

@@ -342,12 +342,8 @@ impl Drop for Env {
 /// binary started for the test owning that (unique, temporary) root, and nothing else.
 pub fn marked_with_state_root(state_root: &Path) -> Vec<Proc> {
     let wanted = format!("SESSION_REAPER_STATE_ROOT={}", state_root.display());
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+    all_pids()
+        .into_iter()
         .filter_map(|pid| {
             let before = Proc::of(pid)?;
             let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
@@ -573,12 +569,8 @@ impl Env {
 
 /// Live processes in the process group `leader` leads, started no earlier than it.
 pub fn group_members_of(leader: Proc) -> Vec<Proc> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+    all_pids()
+        .into_iter()
         .filter_map(|pid| {
             let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
             let fields: Vec<&str> = text[text.rfind(')')? + 1..].split_whitespace().collect();
@@ -587,4 +579,16 @@ pub fn group_members_of(leader: Proc) -> Vec<Proc> {
             (pgid == leader.pid && proc.ticks >= leader.ticks && proc.alive()).then_some(proc)
         })
         .collect()
+}
+
+/// Every pid in /proc right now.
+pub fn all_pids() -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }

@@ -409,44 +409,43 @@ mod tests {
             session: session.map(|(id, state)| (id.to_owned(), state)),
             pid_alive,
         };
-        assert!(busy(&[job("running", None, true)], Some("s")).is_some());
-        assert!(busy(&[job("completed", None, true)], None).is_none());
-        assert!(
-            busy(
-                &[job("queued", Some(("t", OwnerState::Live)), false)],
-                Some("s")
-            )
-            .is_some()
-        );
-        assert!(
-            busy(
-                &[job("running", Some(("t", OwnerState::Unknown)), false)],
-                None
-            )
-            .is_some()
-        );
-        assert!(
-            busy(
-                &[job("running", Some(("s", OwnerState::Live)), false)],
-                Some("s")
-            )
-            .is_none()
-        );
-        assert!(
-            busy(
-                &[job("running", Some(("t", OwnerState::Gone)), false)],
-                None
-            )
-            .is_none()
-        );
-        assert!(
-            busy(
-                &[job("running", Some(("t", OwnerState::Ended)), false)],
-                None
-            )
-            .is_none()
-        );
-        assert!(busy(&[job("running", None, false)], None).is_none());
+        let cases = [
+            (job("running", None, true), Some("s"), true),
+            (job("completed", None, true), None, false),
+            (
+                job("queued", Some(("t", OwnerState::Live)), false),
+                Some("s"),
+                true,
+            ),
+            (
+                job("running", Some(("t", OwnerState::Unknown)), false),
+                None,
+                true,
+            ),
+            (
+                job("running", Some(("s", OwnerState::Live)), false),
+                Some("s"),
+                false,
+            ),
+            (
+                job("running", Some(("t", OwnerState::Gone)), false),
+                None,
+                false,
+            ),
+            (
+                job("running", Some(("t", OwnerState::Ended)), false),
+                None,
+                false,
+            ),
+            (job("running", None, false), None, false),
+        ];
+        for (job, ending, held) in cases {
+            assert_eq!(
+                busy(std::slice::from_ref(&job), ending).is_some(),
+                held,
+                "{job:?} ending {ending:?}"
+            );
+        }
     }
 
     #[test]
