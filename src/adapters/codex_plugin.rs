@@ -340,14 +340,8 @@ pub struct RootReport {
 
 /// Looks for the plugin under `~/.claude/plugins` (its broker script) and for its state roots.
 pub fn installation(discovery: &Discovery) -> Installation {
-    let installed_at = nonempty_env("HOME").and_then(|home| {
-        walkdir::WalkDir::new(Path::new(&home).join(".claude/plugins"))
-            .max_depth(8)
-            .into_iter()
-            .filter_map(Result::ok)
-            .find(|entry| entry.file_type().is_file() && entry.file_name() == BROKER_SCRIPT)
-            .and_then(|entry| entry.path().parent()?.parent().map(Path::to_path_buf))
-    });
+    let installed_at = nonempty_env("HOME")
+        .and_then(|home| installed_under(&Path::new(&home).join(".claude/plugins")));
     let uid = rustix::process::getuid().as_raw();
     let roots = discovery
         .candidates()
@@ -370,6 +364,38 @@ pub fn installation(discovery: &Discovery) -> Installation {
         installed_at,
         roots,
     }
+}
+
+/// The plugin's directory as Claude Code installs it — `cache/<marketplace>/<plugin>/<version>/`, else a
+/// marketplace's `marketplaces/<marketplace>/plugins/<plugin>/` — holding `scripts/app-server-broker.mjs`; the last
+/// by name (the newest version) when there are several. Only those levels are listed, never a plugin's own tree.
+fn installed_under(plugins: &Path) -> Option<PathBuf> {
+    let below = |dirs: Vec<PathBuf>, part: &str| -> Vec<PathBuf> {
+        let mut found: Vec<PathBuf> = dirs
+            .iter()
+            .flat_map(|dir| match part {
+                "*" => std::fs::read_dir(dir)
+                    .map(|entries| entries.filter_map(Result::ok).map(|e| e.path()).collect())
+                    .unwrap_or_default(),
+                name => vec![dir.join(name)],
+            })
+            .filter(|path| path.is_dir())
+            .collect();
+        found.sort();
+        found
+    };
+    let layouts: [&[&str]; 2] = [
+        &["cache", "*", "*", "*"],
+        &["marketplaces", "*", "plugins", "*"],
+    ];
+    layouts.iter().find_map(|layout| {
+        let dirs = layout
+            .iter()
+            .fold(vec![plugins.to_path_buf()], |dirs, part| below(dirs, part));
+        dirs.into_iter()
+            .rev()
+            .find(|dir| dir.join("scripts").join(BROKER_SCRIPT).is_file())
+    })
 }
 
 /// `doctor`'s check: ok when the plugin is absent or installed with its state found; names where the state lives.
