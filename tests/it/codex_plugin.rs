@@ -707,3 +707,98 @@ fn a_broker_of_a_state_root_we_were_not_given_is_never_touched() {
     assert_alive(&theirs, "its state root is not one we look at");
     assert_alive(&ours, "another session's broker");
 }
+
+#[test]
+fn a_record_written_in_another_pid_namespace_is_neither_signalled_nor_cleaned() {
+    let (mut env, ws, session) = one_live_session("cxp-pidns");
+    // The plugin runs in a private pid namespace (a container, a sandbox): its broker.json names the broker by its
+    // pid in there, which means another process — or none — out here.
+    let session_dir = env.work.path().join("cxc-pidns01");
+    std::fs::create_dir_all(&session_dir).unwrap();
+    let socket = session_dir.join("broker.sock");
+    let pid_file = session_dir.join("broker.pid");
+    let endpoint = format!("unix:{}", socket.display());
+    let script = plugin_script("app-server-broker.mjs");
+    let mut command = Command::new("unshare");
+    command
+        .args([
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "--kill-child",
+            "sh",
+            "-c",
+        ])
+        .arg(r#"node "$0" serve --endpoint "$1" --cwd "$2" --pid-file "$3" & wait"#)
+        .arg(&script)
+        .arg(&endpoint)
+        .arg(&ws)
+        .arg(&pid_file)
+        .env("CODEX_COMPANION_SESSION_ID", &session)
+        .env("CLAUDE_PLUGIN_DATA", env.plugin_data());
+    env.spawn(command);
+    assert!(
+        wait_until(PATIENCE, || socket.exists() && pid_file.exists()),
+        "the namespaced broker never listened (unshare --pid needs root)"
+    );
+    let inner: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let mut outer = None;
+    assert!(wait_until(PATIENCE, || {
+        outer = crate::harness::all_pids().into_iter().find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|argv| {
+                argv.split(|b| *b == 0)
+                    .any(|arg| arg == endpoint.as_bytes())
+            }) && std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim() == "node")
+        });
+        outer.is_some()
+    }));
+    let outer = Proc::of(outer.unwrap()).unwrap();
+    env.track(outer);
+    assert_ne!(
+        inner, outer.pid,
+        "the hostile case: the record's pid is not the broker's pid out here"
+    );
+    let before_inner = Proc::of(inner);
+    let state_dir = env.plugin_root().join("app-00000000000000ns");
+    std::fs::create_dir_all(&state_dir).unwrap();
+    let broker_json = state_dir.join("broker.json");
+    let record = json!({"endpoint": endpoint, "pidFile": pid_file, "logFile": session_dir.join("broker.log"),
+                        "sessionDir": session_dir, "pid": inner})
+    .to_string();
+    std::fs::write(&broker_json, &record).unwrap();
+
+    let listed = status_of_our_plugin(&mut env);
+    let row = listed["codex_plugin"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["pid"] == inner)
+        .unwrap_or_else(|| panic!("{listed}"))
+        .clone();
+    assert_eq!(row["check"], "listening_elsewhere", "{row}");
+    end(&mut env, &session, &ws);
+    sweep(&mut env);
+    assert!(outer.alive(), "the namespaced broker runs on");
+    assert_eq!(
+        std::fs::read_to_string(&broker_json).unwrap(),
+        record,
+        "its record stays"
+    );
+    assert_eq!(
+        Proc::of(inner),
+        before_inner,
+        "the pid out here is untouched"
+    );
+    assert!(
+        env.events()
+            .iter()
+            .all(|e| e["pid"] != inner && e["pid"] != outer.pid),
+        "{:?}",
+        env.events()
+    );
+}

@@ -39,6 +39,9 @@ pub enum ProcessCheck {
     ForeignUid,
     /// A broker, but its argv names another endpoint than the record: never signalled through this record.
     EndpointMismatch,
+    /// The pid is not the broker, yet something listens on the recorded socket: the broker lives where its pid
+    /// means something else (another pid namespace). Neither signalled nor cleaned.
+    ListeningElsewhere,
 }
 
 impl ProcessCheck {
@@ -50,6 +53,7 @@ impl ProcessCheck {
             ProcessCheck::NotABroker => "not_a_broker",
             ProcessCheck::ForeignUid => "foreign_uid",
             ProcessCheck::EndpointMismatch => "endpoint_mismatch",
+            ProcessCheck::ListeningElsewhere => "listening_elsewhere",
         }
     }
 }
@@ -60,23 +64,35 @@ pub struct ArgvFacts<'a> {
     pub uid: u32,
 }
 
-/// Judges the process a record names: `None` when there is none.
+/// Judges the process a record names (`process`: `None` when there is none); `socket_answers`: whether something
+/// listens on the recorded socket.
 pub fn check_process(
     recorded_pid: Option<i32>,
     process: Option<&ArgvFacts<'_>>,
     endpoint: Option<&str>,
     our_uid: u32,
+    socket_answers: bool,
 ) -> ProcessCheck {
     if recorded_pid.is_none_or(|pid| pid <= 1) {
         return ProcessCheck::NoPid;
     }
+    let not_the_broker = || {
+        if socket_answers {
+            ProcessCheck::ListeningElsewhere
+        } else {
+            ProcessCheck::Dead
+        }
+    };
     let Some(process) = process else {
-        return ProcessCheck::Dead;
+        return not_the_broker();
     };
     if process.uid != our_uid {
         ProcessCheck::ForeignUid
     } else if !runs_broker(process.argv) {
-        ProcessCheck::NotABroker
+        match not_the_broker() {
+            ProcessCheck::Dead => ProcessCheck::NotABroker,
+            elsewhere => elsewhere,
+        }
     } else if !endpoint.is_some_and(|endpoint| names_endpoint(process.argv, endpoint)) {
         ProcessCheck::EndpointMismatch
     } else {
@@ -234,7 +250,10 @@ pub fn judge(facts: &Facts<'_>, occasion: &Occasion<'_>) -> Verdict {
                     .to_owned(),
             );
         }
-        ProcessCheck::NoPid | ProcessCheck::Dead | ProcessCheck::NotABroker => {
+        ProcessCheck::NoPid
+        | ProcessCheck::Dead
+        | ProcessCheck::NotABroker
+        | ProcessCheck::ListeningElsewhere => {
             return Verdict::Leave;
         }
     }
@@ -327,19 +346,25 @@ mod tests {
         };
         let endpoint = Some("unix:/t/cxc-1/broker.sock");
         assert_eq!(
-            check_process(Some(10), Some(&me), endpoint, 7),
+            check_process(Some(10), Some(&me), endpoint, 7, false),
             ProcessCheck::Verified
         );
         assert_eq!(
-            check_process(Some(10), Some(&me), Some("unix:/t/cxc-2/broker.sock"), 7),
+            check_process(
+                Some(10),
+                Some(&me),
+                Some("unix:/t/cxc-2/broker.sock"),
+                7,
+                false
+            ),
             ProcessCheck::EndpointMismatch
         );
         assert_eq!(
-            check_process(Some(10), Some(&me), None, 7),
+            check_process(Some(10), Some(&me), None, 7, false),
             ProcessCheck::EndpointMismatch
         );
         assert_eq!(
-            check_process(Some(10), Some(&me), endpoint, 8),
+            check_process(Some(10), Some(&me), endpoint, 8, false),
             ProcessCheck::ForeignUid
         );
         let sleeper = super::tests::argv("sleep 600 unix:/t/cxc-1/broker.sock");
@@ -348,16 +373,16 @@ mod tests {
             uid: 7,
         };
         assert_eq!(
-            check_process(Some(10), Some(&other), endpoint, 7),
+            check_process(Some(10), Some(&other), endpoint, 7, false),
             ProcessCheck::NotABroker
         );
         assert_eq!(
-            check_process(Some(10), None, endpoint, 7),
+            check_process(Some(10), None, endpoint, 7, false),
             ProcessCheck::Dead
         );
         for pid in [None, Some(0), Some(1), Some(-5)] {
             assert_eq!(
-                check_process(pid, Some(&me), endpoint, 7),
+                check_process(pid, Some(&me), endpoint, 7, false),
                 ProcessCheck::NoPid
             );
         }
@@ -494,6 +519,7 @@ mod tests {
             (ProcessCheck::Dead, Verdict::Clean(Reason::BrokerGone)),
             (ProcessCheck::NotABroker, Verdict::Clean(Reason::BrokerGone)),
             (ProcessCheck::NoPid, Verdict::Leave),
+            (ProcessCheck::ListeningElsewhere, Verdict::Leave),
         ] {
             let mut f = facts(&only_s);
             f.check = check;

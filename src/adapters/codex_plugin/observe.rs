@@ -221,19 +221,7 @@ pub fn observe(roots: &[Root], sessions: &[SessionRecord], uid: u32) -> World {
     for root in roots {
         for file in broker_files(&root.path, uid) {
             named_endpoints.extend(file.endpoint.as_deref().map(socket_key));
-            let seen = file.pid.filter(|pid| *pid > 1).and_then(|pid| {
-                candidates
-                    .iter()
-                    .find(|seen| seen.identity.pid == pid)
-                    .cloned()
-                    .or_else(|| pinned(pid))
-            });
-            let argv_facts = seen.as_ref().map(|seen| ArgvFacts {
-                argv: &seen.argv,
-                uid: seen.identity.uid,
-            });
-            let check =
-                decide::check_process(file.pid, argv_facts.as_ref(), file.endpoint.as_deref(), uid);
+            let (check, seen) = check_listed(&file, &candidates, uid);
             if check != ProcessCheck::NotABroker {
                 named_pids.extend(file.pid);
             }
@@ -289,6 +277,35 @@ pub fn observe(roots: &[Root], sessions: &[SessionRecord], uid: u32) -> World {
         brokers,
         live_sockets,
     }
+}
+
+/// What the pid a `broker.json` names is, and that process as seen.
+fn check_listed(file: &BrokerFile, candidates: &[Seen], uid: u32) -> (ProcessCheck, Option<Seen>) {
+    let seen = file.pid.filter(|pid| *pid > 1).and_then(|pid| {
+        candidates
+            .iter()
+            .find(|seen| seen.identity.pid == pid)
+            .cloned()
+            .or_else(|| pinned(pid))
+    });
+    let argv_facts = seen.as_ref().map(|seen| ArgvFacts {
+        argv: &seen.argv,
+        uid: seen.identity.uid,
+    });
+    let endpoint = file.endpoint.as_deref();
+    let check = |socket_answers| {
+        decide::check_process(file.pid, argv_facts.as_ref(), endpoint, uid, socket_answers)
+    };
+    let mut found = check(false);
+    // The pid is not the broker: is the broker alive elsewhere (its pid meaning something else there)?
+    if matches!(found, ProcessCheck::Dead | ProcessCheck::NotABroker)
+        && endpoint
+            .and_then(decide::socket_path)
+            .is_some_and(|path| socket_answers(Path::new(path)))
+    {
+        found = check(true);
+    }
+    (found, seen)
 }
 
 /// The key an endpoint is compared by: its socket path, else the endpoint itself.
@@ -413,6 +430,33 @@ pub fn broker_files(root: &Path, uid: u32) -> Vec<BrokerFile> {
             BrokerFile::parse(path, &bytes)
         })
         .collect()
+}
+
+/// True when something listens on the unix socket at `path`: a non-blocking connect, closed at once (what the
+/// plugin itself does to probe its broker). A FIFO or a regular file there is no socket.
+fn socket_answers(path: &Path) -> bool {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, connect, socket};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileTypeExt;
+    if !std::fs::symlink_metadata(path).is_ok_and(|meta| meta.file_type().is_socket()) {
+        return false;
+    }
+    let Ok(fd) = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    ) else {
+        return false;
+    };
+    let Ok(address) = UnixAddr::new(path) else {
+        return false;
+    };
+    match connect(fd.as_raw_fd(), &address) {
+        Ok(()) => true,
+        // A listener whose backlog is full still listens.
+        Err(err) => err == nix::errno::Errno::EAGAIN,
+    }
 }
 
 /// A directory of ours, not a symlink.
