@@ -215,13 +215,6 @@ fn run(
         if matches!(verdict, Verdict::Leave) {
             continue;
         }
-        if let Verdict::Stop(_) = verdict
-            && let Some(ticket) = act::ticket(broker, Reason::Manual, None)
-            && store.tickets.path_of(&ticket).exists()
-        {
-            // Already being stopped: the pending ticket is driven by whoever runs the tickets.
-            continue;
-        }
         act::apply(
             store,
             broker,

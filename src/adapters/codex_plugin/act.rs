@@ -91,6 +91,10 @@ pub fn apply(
             let Some(ticket) = ticket(broker, *reason, occasion.ending()) else {
                 return;
             };
+            if store.tickets.path_of(&ticket).exists() {
+                // Already being stopped: whoever runs the pending tickets drives it.
+                return;
+            }
             if !dry_run && let Err(err) = store.tickets.file(&ticket) {
                 report.problems.push(format!("{target}: {err:#}"));
                 return;
