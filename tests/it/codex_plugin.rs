@@ -146,7 +146,16 @@ fn stop_event(env: &Env, broker: &PluginBroker) -> Option<Value> {
 /// Ends `session` by its `SessionEnd` hook; its broker must stop (reason `session_end`) and its files go. Returns
 /// what stopped it.
 fn end_stops_and_cleans(env: &mut Env, session: &str, cwd: &Path, broker: &PluginBroker) -> String {
+    let started = Instant::now();
     end(env, session, cwd);
+    let hook = started.elapsed();
+    assert!(wait_until(PATIENCE, || stopped(broker)), "still runs");
+    // Figures for the report (never asserted: the machine is loaded).
+    eprintln!(
+        "figure {session}: SessionEnd hook returned in {} ms; broker and group gone {} ms after it started",
+        hook.as_millis(),
+        started.elapsed().as_millis()
+    );
     assert_stopped_and_cleaned(broker, true);
     let event = stop_event(env, broker).expect("a stop event");
     assert_eq!(event["reason"], "session_end", "{event}");

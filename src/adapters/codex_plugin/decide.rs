@@ -100,14 +100,18 @@ pub fn check_process(
     }
 }
 
-/// True when argv runs the plugin's broker: `… app-server-broker.mjs serve --endpoint E …`.
+/// True when argv runs the plugin's broker: `node …/app-server-broker.mjs serve --endpoint E …` (node as the
+/// plugin starts it: its companion's `process.execPath`).
 pub fn runs_broker(argv: &[String]) -> bool {
-    argv.iter().enumerate().any(|(index, arg)| {
-        std::path::Path::new(arg)
-            .file_name()
-            .is_some_and(|name| name == super::BROKER_SCRIPT)
-            && argv.get(index + 1).is_some_and(|next| next == "serve")
-    }) && flag_value(argv, "--endpoint").is_some()
+    let base = |arg: Option<&String>| {
+        arg.and_then(|arg| std::path::Path::new(arg).file_name())
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    base(argv.first()).starts_with("node")
+        && base(argv.get(1)) == super::BROKER_SCRIPT
+        && argv.get(2).is_some_and(|arg| arg == "serve")
+        && flag_value(argv, "--endpoint").is_some()
 }
 
 /// True when argv's `--endpoint` is `endpoint`, or names its socket path.
@@ -395,11 +399,17 @@ mod tests {
             "node /p/app-server-broker.mjs status --endpoint unix:/s",
             "node /p/app-server-broker.mjs serve",
             "grep app-server-broker.mjs serve --endpoint",
+            "vim /p/app-server-broker.mjs serve --endpoint unix:/s",
+            "node --inspect /p/app-server-broker.mjs serve --endpoint unix:/s x",
+            "sh -c node /p/app-server-broker.mjs serve --endpoint unix:/s",
         ] {
             assert!(!runs_broker(&argv(words)), "{words}");
         }
         assert!(runs_broker(&argv(
             "node app-server-broker.mjs serve --endpoint=unix:/s"
+        )));
+        assert!(runs_broker(&argv(
+            "/home/a/.nvm/versions/node/v22.1.0/bin/node /p/app-server-broker.mjs serve --endpoint unix:/s"
         )));
     }
 
