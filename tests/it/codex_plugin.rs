@@ -811,3 +811,31 @@ fn a_record_written_in_another_pid_namespace_is_neither_signalled_nor_cleaned() 
         env.events()
     );
 }
+
+#[test]
+fn a_sweep_stops_an_idle_broker_no_live_owner_holds_and_keeps_a_live_owners() {
+    let (mut env, ws, live) = one_live_session("cxp-idle-live");
+    // One broker of a session we have no record of, one of a live session; both untouched for two hours.
+    let unknown = env.plugin_broker(
+        &env.workspace("elsewhere"),
+        &unique_id("cxp-idle-unknown"),
+        BrokerMode::Answers,
+    );
+    let held = env.plugin_broker(&ws, &live, BrokerMode::Answers);
+    let long_ago = std::time::SystemTime::now() - Duration::from_secs(2 * 3600);
+    for broker in [&unknown, &held] {
+        let log = std::fs::File::options()
+            .append(true)
+            .open(broker.session_dir.join("broker.log"))
+            .unwrap();
+        log.set_modified(long_ago).unwrap();
+    }
+    let swept = sweep(&mut env);
+    assert_stopped_and_cleaned(&unknown, true);
+    assert_eq!(
+        stop_event(&env, &unknown).unwrap()["reason"],
+        "idle_timeout",
+        "{swept}"
+    );
+    assert_alive(&held, "a live owner holds it");
+}
