@@ -839,3 +839,75 @@ fn a_sweep_stops_an_idle_broker_no_live_owner_holds_and_keeps_a_live_owners() {
     );
     assert_alive(&held, "a live owner holds it");
 }
+
+#[test]
+fn many_sessions_racing_for_one_workspace_and_ending_at_once_beside_sweeps_leave_nothing_and_touch_no_bystander()
+ {
+    let mut env = Env::new();
+    let ws = env.workspace("app");
+    let sessions: Vec<String> = (0..4)
+        .map(|n| unique_id(&format!("cxp-storm{n}")))
+        .collect();
+    for session in &sessions {
+        start(&mut env, session, &ws);
+    }
+    let (bystander, other_ws) = (unique_id("cxp-bystander"), env.workspace("other"));
+    start(&mut env, &bystander, &other_ws);
+    let kept = env.plugin_broker(&other_ws, &bystander, BrokerMode::Answers);
+    // Four companions in one workspace, each past its look for a live broker before any writes broker.json, then
+    // all let go at once: whichever write lands last wins, the other three are unlisted.
+    let barrier = env.work.path().join("barrier");
+    std::fs::create_dir_all(&barrier).unwrap();
+    let held: Vec<_> = sessions
+        .iter()
+        .map(|session| held_companion(&env, &ws, session, &barrier))
+        .collect();
+    for (_, pid) in &held {
+        std::fs::write(barrier.join(format!("go-{pid}")), "").unwrap();
+    }
+    let brokers: Vec<PluginBroker> = held
+        .into_iter()
+        .map(|(thread, _)| {
+            let out = thread.join().unwrap();
+            assert!(out.status.success(), "{}", stderr(&out));
+            env.broker_printed(&out.stdout)
+        })
+        .collect();
+    let listed = status_of_our_plugin(&mut env);
+    let unlisted = listed["codex_plugin"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["unlisted"] == true)
+        .count();
+    assert_eq!(unlisted, 3, "{listed}");
+    let spawned = Instant::now();
+    assert!(wait_until(PATIENCE, || spawned.elapsed() > SPAWN_WINDOW));
+
+    let flag = codex_flag(&env);
+    let runs: Vec<_> = sessions
+        .iter()
+        .map(|session| {
+            let command = env.cmd(&["hook", "--agent", "claude", &flag[0], &flag[1]]);
+            let payload =
+                json!({"session_id": session, "hook_event_name": "SessionEnd", "cwd": ws});
+            (command, Some(payload.to_string().into_bytes()))
+        })
+        .chain((0..2).map(|_| (env.cmd(&["sweep", &flag[0], &flag[1]]), None)))
+        .map(|(command, stdin)| std::thread::spawn(move || run_bounded(command, stdin.as_deref())))
+        .collect();
+    for run in runs {
+        let out = run.join().unwrap();
+        assert!(out.status.code().is_some(), "{out:?}");
+    }
+    sweep(&mut env);
+    for broker in &brokers {
+        assert_stopped_and_cleaned(broker, false);
+    }
+    assert!(
+        !brokers[0].broker_json.exists(),
+        "the workspace's record is gone with its broker"
+    );
+    assert_alive(&kept, "a live session's broker in another workspace");
+    assert!(kept.broker_json.exists());
+}
