@@ -18,6 +18,9 @@ use crate::record::{Shutdown, StopTicket};
 use crate::stop;
 use crate::store::Store;
 
+/// The plugin makes each broker's session dir with `mkdtemp("<tmpdir>/cxc-")`.
+const SESSION_DIR_PREFIX: &str = "cxc-";
+
 /// Where a stop ticket of ours keeps the plugin's files to clean.
 pub const TICKET_KEY: &str = "codex_plugin";
 
@@ -182,8 +185,9 @@ pub fn after_stop(ticket: &StopTicket, log: &EventLog) {
 }
 
 /// Removes the plugin's files of a broker that is gone; returns what was removed. `broker.json` goes only while it
-/// still names `files.pid`; the pid file, the socket (unless a live broker listens on it) and the log only when they
-/// are ours and inside the session dir; the session dir only when it is then empty.
+/// still names `files.pid`; `broker.pid` (naming that pid), `broker.sock` (unless a live broker listens on it) and
+/// `broker.log` only when they are ours, of their kind and directly in a `cxc-…` session dir of ours; the session dir
+/// only when it is then empty.
 pub fn clean<S: std::hash::BuildHasher>(
     files: &Cleanup,
     live_sockets: &HashSet<PathBuf, S>,
@@ -197,15 +201,16 @@ pub fn clean<S: std::hash::BuildHasher>(
     {
         removed.push(path.clone());
     }
-    let Some(dir) = files
-        .session_dir
-        .as_ref()
-        .filter(|dir| super::observe::is_own_dir(dir, uid))
-    else {
+    let Some(dir) = files.session_dir.as_ref().filter(|dir| {
+        dir.file_name()
+            .is_some_and(|name| name.to_string_lossy().starts_with(SESSION_DIR_PREFIX))
+            && super::observe::is_own_dir(dir, uid)
+    }) else {
         return removed;
     };
-    let inside = |path: &&PathBuf| path.parent() == Some(dir.as_path());
-    if let Some(path) = files.pid_file.as_ref().filter(inside)
+    // Only the plugin's own names, directly in its session dir.
+    let own = |name: &'static str| move |path: &&PathBuf| path.as_path() == dir.join(name);
+    if let Some(path) = files.pid_file.as_ref().filter(own("broker.pid"))
         && read_small(path, uid).is_some_and(|(bytes, _)| {
             let text = String::from_utf8_lossy(&bytes);
             text.trim().is_empty() || text.trim() == files.pid.to_string()
@@ -214,14 +219,14 @@ pub fn clean<S: std::hash::BuildHasher>(
     {
         removed.push(path.clone());
     }
-    if let Some(path) = files.socket.as_ref().filter(inside)
+    if let Some(path) = files.socket.as_ref().filter(own("broker.sock"))
         && !live_sockets.contains(path)
         && is_own(path, uid, |meta| meta.file_type().is_socket())
         && std::fs::remove_file(path).is_ok()
     {
         removed.push(path.clone());
     }
-    if let Some(path) = files.log_file.as_ref().filter(inside)
+    if let Some(path) = files.log_file.as_ref().filter(own("broker.log"))
         && is_own(path, uid, std::fs::Metadata::is_file)
         && std::fs::remove_file(path).is_ok()
     {
@@ -293,6 +298,32 @@ mod tests {
         );
         assert!(files.session_dir.as_ref().unwrap().exists(), "not empty");
         assert_eq!(removed.len(), 2, "pid file and log: {removed:?}");
+    }
+
+    #[test]
+    fn only_the_plugins_own_names_in_a_plugin_session_dir_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = layout(dir.path(), 4242);
+        let session_dir = files.session_dir.clone().unwrap();
+        let renamed = session_dir.join("notes.txt");
+        std::fs::write(&renamed, "mine").unwrap();
+        files.log_file = Some(renamed.clone());
+        clean(&files, &HashSet::new());
+        assert!(renamed.exists(), "not the plugin's log name");
+        // A session dir that is not the plugin's (a broker.json naming a home directory, say): nothing in it goes.
+        let home = dir.path().join("home");
+        std::fs::create_dir_all(&home).unwrap();
+        std::fs::write(home.join("broker.log"), "precious").unwrap();
+        let stranger = Cleanup {
+            broker_json: None,
+            pid: 4242,
+            pid_file: None,
+            socket: None,
+            log_file: Some(home.join("broker.log")),
+            session_dir: Some(home.clone()),
+        };
+        assert!(clean(&stranger, &HashSet::new()).is_empty());
+        assert!(home.join("broker.log").exists());
     }
 
     #[test]
