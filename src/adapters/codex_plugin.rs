@@ -66,7 +66,7 @@ impl Discovery {
         }
     }
 
-    /// Every place the plugin's state may be, existing or not (for `doctor`), first source first, no duplicates.
+    /// Every place the plugin's state may be, existing or not (for `doctor`), first source first, each path once.
     pub fn candidates(&self) -> Vec<Root> {
         if !self.enabled {
             return Vec::new();
@@ -95,13 +95,15 @@ impl Discovery {
                 .map(|path| root(path.clone(), "--codex-state")),
         );
         let mut seen = HashSet::new();
-        roots.retain(|root| seen.insert(canonical(&root.path)));
+        roots.retain(|root| seen.insert(root.path.clone()));
         roots
     }
 
-    /// The candidates that exist and are safe to read: directories of ours, not symlinks. Canonical paths.
+    /// The candidates that exist and are safe to read (directories of ours, not symlinks), by canonical path, each
+    /// once.
     pub fn roots(&self) -> Vec<Root> {
         let uid = rustix::process::getuid().as_raw();
+        let mut seen = HashSet::new();
         self.candidates()
             .into_iter()
             .filter(|root| observe::is_own_dir(&root.path, uid))
@@ -109,6 +111,7 @@ impl Discovery {
                 path: canonical(&root.path),
                 source: root.source,
             })
+            .filter(|root| seen.insert(root.path.clone()))
             .collect()
     }
 }
@@ -470,5 +473,58 @@ fn action(
         target,
         pid,
         result,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tmpdir_is_nodes() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(key, _)| *key == name)
+                    .map(|(_, value)| (*value).to_owned())
+            }
+        };
+        assert_eq!(tmp_dir_from(env(&[])), PathBuf::from("/tmp"));
+        assert_eq!(
+            tmp_dir_from(env(&[("TMP", "/t2"), ("TMPDIR", "/t1/")])),
+            PathBuf::from("/t1")
+        );
+        assert_eq!(tmp_dir_from(env(&[("TEMP", "/t3")])), PathBuf::from("/t3"));
+        assert_eq!(tmp_dir_from(env(&[("TMPDIR", "/")])), PathBuf::from("/"));
+    }
+
+    #[test]
+    fn only_real_directories_of_ours_are_roots() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("state");
+        std::fs::create_dir_all(&real).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        let discovery = Discovery {
+            enabled: true,
+            extra_roots: vec![
+                real.clone(),
+                link,
+                file,
+                dir.path().join("missing"),
+                real.clone(),
+            ],
+        };
+        let extra: Vec<PathBuf> = discovery
+            .roots()
+            .into_iter()
+            .filter(|root| root.source == "--codex-state")
+            .map(|root| root.path)
+            .collect();
+        assert_eq!(extra, [std::fs::canonicalize(&real).unwrap()]);
+        assert!(Discovery::off().candidates().is_empty());
     }
 }
