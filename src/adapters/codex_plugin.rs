@@ -416,16 +416,38 @@ pub fn doctor_check() -> crate::commands::doctor::Check {
     } else {
         format!("state in {}", existing.join("; "))
     };
-    let detail = match &found.installed_at {
+    let mut detail = match &found.installed_at {
         Some(dir) => format!("installed at {}; {state}", dir.display()),
         None if existing.is_empty() => "not installed".to_owned(),
         None => format!("not found under ~/.claude/plugins; {state}"),
     };
+    // What a sweep would take care of: brokers the plugin lost, records of brokers that are gone.
+    let brokers = status(None, &Discovery::default());
+    let lost = brokers.iter().filter(|broker| broker.unlisted).count();
+    let dead = brokers
+        .iter()
+        .filter(|broker| matches!(broker.check, "dead" | "not_a_broker"))
+        .count();
+    let running = brokers.iter().filter(|broker| broker.alive).count();
+    if !brokers.is_empty() {
+        detail = format!(
+            "{detail}; {running} broker(s) running, {lost} unlisted, {dead} record(s) of gone brokers"
+        );
+    }
+    let level = if lost + dead > 0 {
+        Level::Warn
+    } else {
+        Level::Ok
+    };
     Check {
         name: "codex plugin".to_owned(),
-        level: Level::Ok,
+        level,
         detail,
-        fix: None,
+        fix: (lost + dead > 0).then(|| {
+            "install the periodic sweep (`session-reaper install --agent claude --with-sweep`), or run \
+             `session-reaper sweep`"
+                .to_owned()
+        }),
     }
 }
 

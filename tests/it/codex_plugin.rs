@@ -544,6 +544,11 @@ fn status_and_doctor_find_the_plugin_in_claude_codes_plugin_data_and_the_tmpdir(
         ),
         "{detail}"
     );
+    assert!(
+        detail.contains("2 broker(s) running, 0 unlisted, 0 record(s) of gone brokers"),
+        "{detail}"
+    );
+    assert_eq!(check["level"], "ok", "{check}");
     // Read-only: both still run.
     assert_alive(&in_data, "status and doctor only read");
     assert_alive(&in_tmp, "status and doctor only read");
