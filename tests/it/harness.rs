@@ -331,6 +331,10 @@ impl Drop for Env {
         for proc in marked_with_state_root(self.state_dir()) {
             proc.kill();
         }
+        // Stand-in plugin brokers a failed test never got to track carry this test's work dir as their TMPDIR.
+        for proc in plugin_brokers_of(self.work.path()) {
+            proc.kill();
+        }
         for child in &mut self.children {
             let _ = child.kill();
             let _ = child.wait();
@@ -341,7 +345,29 @@ impl Drop for Env {
 /// Live processes whose environment names `state_root` as their `SESSION_REAPER_STATE_ROOT`: brokers that our
 /// binary started for the test owning that (unique, temporary) root, and nothing else.
 pub fn marked_with_state_root(state_root: &Path) -> Vec<Proc> {
-    let wanted = format!("SESSION_REAPER_STATE_ROOT={}", state_root.display());
+    with_env_entry(&format!(
+        "SESSION_REAPER_STATE_ROOT={}",
+        state_root.display()
+    ))
+}
+
+/// Stand-in plugin brokers (and their app servers) started for the test whose work dir is `work`: their
+/// environment has `TMPDIR=<work>` and a `FAKE_BROKER_MODE`.
+pub fn plugin_brokers_of(work: &Path) -> Vec<Proc> {
+    with_env_entry(&format!("TMPDIR={}", work.display()))
+        .into_iter()
+        .filter(|proc| {
+            std::fs::read(format!("/proc/{}/environ", proc.pid)).is_ok_and(|environ| {
+                environ
+                    .split(|b| *b == 0)
+                    .any(|entry| entry.starts_with(b"FAKE_BROKER_MODE="))
+            }) && Proc::of(proc.pid) == Some(*proc)
+        })
+        .collect()
+}
+
+/// Live processes whose environment has exactly `wanted` (`NAME=value`), read between two identity reads.
+pub fn with_env_entry(wanted: &str) -> Vec<Proc> {
     all_pids()
         .into_iter()
         .filter_map(|pid| {
