@@ -137,6 +137,13 @@ fn assert_stopped_and_cleaned(broker: &PluginBroker, listed: bool) {
     );
 }
 
+/// The listed broker stopped for `reason`, its files cleaned; `context` is shown when it did not.
+fn assert_stopped_for(env: &Env, broker: &PluginBroker, reason: &str, context: &Value) {
+    assert_stopped_and_cleaned(broker, true);
+    let event = stop_event(env, broker).unwrap_or_else(|| panic!("no stop event: {context}"));
+    assert_eq!(event["reason"], reason, "{event} {context}");
+}
+
 fn stop_event(env: &Env, broker: &PluginBroker) -> Option<Value> {
     env.events_where("stop", None)
         .into_iter()
@@ -251,9 +258,8 @@ fn a_running_job_of_another_live_session_keeps_the_broker_until_it_is_done() {
 
     // The job is done: its owner has ended, so the next sweep stops it.
     std::fs::write(&state_json, jobs("completed")).unwrap();
-    sweep(&mut env);
-    assert_stopped_and_cleaned(&broker, true);
-    assert_eq!(stop_event(&env, &broker).unwrap()["reason"], "session_end");
+    let swept = sweep(&mut env);
+    assert_stopped_for(&env, &broker, "session_end", &swept);
 }
 
 #[test]
@@ -460,12 +466,7 @@ fn a_sweep_after_a_sigkilled_session_stops_its_broker_and_keeps_one_busy_for_a_l
     assert!(agent.gone_within(PATIENCE) && other_agent.gone_within(PATIENCE));
 
     let swept = sweep(&mut env);
-    assert_stopped_and_cleaned(&orphan, true);
-    assert_eq!(
-        stop_event(&env, &orphan).unwrap()["reason"],
-        "owners_gone",
-        "{swept}"
-    );
+    assert_stopped_for(&env, &orphan, "owners_gone", &swept);
     assert_alive(&busy, "a running job of a live session");
     assert!(
         swept["actions"]
@@ -836,12 +837,7 @@ fn a_sweep_stops_an_idle_broker_no_live_owner_holds_and_keeps_a_live_owners() {
         log.set_modified(long_ago).unwrap();
     }
     let swept = sweep(&mut env);
-    assert_stopped_and_cleaned(&unknown, true);
-    assert_eq!(
-        stop_event(&env, &unknown).unwrap()["reason"],
-        "idle_timeout",
-        "{swept}"
-    );
+    assert_stopped_for(&env, &unknown, "idle_timeout", &swept);
     assert_alive(&held, "a live owner holds it");
 }
 
