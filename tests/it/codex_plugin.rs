@@ -95,11 +95,16 @@ fn status_of_our_plugin(env: &mut Env) -> Value {
     status(env, &[&flag[0], &flag[1]])
 }
 
-/// The pids of the plugin brokers `status --json` lists.
-fn plugin_pids(status: &Value) -> Vec<i32> {
+/// The plugin brokers `status --json` lists.
+fn plugin_rows(status: &Value) -> &[Value] {
     status["codex_plugin"]
         .as_array()
-        .expect("a codex_plugin list")
+        .unwrap_or_else(|| panic!("a codex_plugin list: {status}"))
+}
+
+/// Their pids.
+fn plugin_pids(status: &Value) -> Vec<i32> {
+    plugin_rows(status)
         .iter()
         .filter_map(|broker| i32::try_from(broker["pid"].as_i64()?).ok())
         .collect()
@@ -409,7 +414,7 @@ fn two_sessions_racing_to_spawn_leave_an_unlisted_loser_and_each_broker_stops_at
     assert_ne!(lost.proc.pid, won.proc.pid);
 
     let listed = status_of_our_plugin(&mut env);
-    let brokers = listed["codex_plugin"].as_array().unwrap();
+    let brokers = plugin_rows(&listed);
     let row = |pid: i32| {
         brokers
             .iter()
@@ -683,7 +688,7 @@ fn fifos_and_symlinks_in_the_plugins_state_are_neither_read_nor_followed() {
 
     let listed = status_of_our_plugin(&mut env);
     assert_eq!(
-        listed["codex_plugin"].as_array().unwrap().len(),
+        plugin_rows(&listed).len(),
         1,
         "the FIFO and the symlink are not records: {listed}"
     );
@@ -788,9 +793,7 @@ fn a_record_written_in_another_pid_namespace_is_neither_signalled_nor_cleaned() 
     std::fs::write(&broker_json, &record).unwrap();
 
     let listed = status_of_our_plugin(&mut env);
-    let row = listed["codex_plugin"]
-        .as_array()
-        .unwrap()
+    let row = plugin_rows(&listed)
         .iter()
         .find(|b| b["pid"] == inner)
         .unwrap_or_else(|| panic!("{listed}"))
@@ -875,9 +878,7 @@ fn many_sessions_racing_for_one_workspace_and_ending_at_once_beside_sweeps_leave
         })
         .collect();
     let listed = status_of_our_plugin(&mut env);
-    let unlisted = listed["codex_plugin"]
-        .as_array()
-        .unwrap()
+    let unlisted = plugin_rows(&listed)
         .iter()
         .filter(|b| b["unlisted"] == true)
         .count();
