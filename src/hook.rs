@@ -164,7 +164,7 @@ fn handle(
     let agent = detect_agent(args.agent, &payload);
     match HookEvent::parse(&event_name) {
         HookEvent::SessionStart => session_start(args, store, &payload, agent),
-        HookEvent::SessionEnd => session_end(store, &payload, agent, deadline),
+        HookEvent::SessionEnd => session_end(store, &payload, agent, deadline, &args.codex),
         HookEvent::Other => touch_session(args, store, &payload, agent),
     }
 }
@@ -296,6 +296,7 @@ fn session_end(
     payload: &Payload,
     agent: Option<Agent>,
     deadline: Instant,
+    codex: &crate::adapters::codex_plugin::Discovery,
 ) -> anyhow::Result<()> {
     let guard = Guard::new();
     let ending = Ending {
@@ -309,6 +310,7 @@ fn session_end(
             title: payload.title.clone(),
         }),
         dry_run: false,
+        codex: codex.clone(),
     };
     let work_deadline = deadline.checked_sub(EXIT_MARGIN).unwrap_or(deadline);
     let report = teardown::end_session(

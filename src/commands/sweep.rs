@@ -103,6 +103,16 @@ pub fn run(args: &SweepRequest, config: &Config) -> anyhow::Result<Outcome> {
     sweep.end_crashed_sessions();
     let sessions = store.sessions.all();
     sweep.judge_slots(&sessions, idle_ttl);
+    let plugin = crate::adapters::codex_plugin::at_sweep(
+        &store,
+        &sweep.guard,
+        &args.codex,
+        idle_ttl,
+        args.dry_run,
+    );
+    sweep.actions.extend(plugin.actions);
+    sweep.tickets.extend(plugin.tickets);
+    sweep.problems.extend(plugin.problems);
     let snapshot = proc::scan_cmdlines();
     sweep.stop_unrecorded(&snapshot);
     sweep.report_duplicate_writers(&snapshot, &sessions);
@@ -174,6 +184,8 @@ impl Sweep<'_> {
                 agent_reason: None,
                 seen: None,
                 dry_run: self.policy.dry_run,
+                // The sweep's own pass below judges the Codex plugin's brokers of crashed sessions.
+                codex: crate::adapters::codex_plugin::Discovery::off(),
             };
             let report =
                 teardown::end_session(self.store, &self.guard, &ending, Instant::now() + LOCK_WAIT);
