@@ -118,6 +118,7 @@ fn main() {
         &[
             "broker",
             "spawn",
+            "--json",
             "--cwd",
             ws_arg,
             "--session",

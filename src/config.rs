@@ -55,7 +55,13 @@ impl Config {
             Command::Uninstall(args) => {
                 Request::Settings(settings_request(args, Operation::Uninstall))
             }
-            Command::Demo => Request::Demo,
+            Command::Demo(args) => Request::Demo {
+                keep: args.keep,
+                state_dir: cli
+                    .state_dir
+                    .as_ref()
+                    .map(|_| config.state_dir.clone()),
+            },
             Command::Completions { shell } => Request::Completions(*shell),
             Command::Finish => Request::Finish,
         };
@@ -74,7 +80,11 @@ pub enum Request {
     Log(LogRequest),
     Doctor { json: bool },
     Settings(SettingsRequest),
-    Demo,
+    /// `demo`: in `state_dir` when `--state-dir` names one (kept), else in a temporary directory.
+    Demo {
+        keep: bool,
+        state_dir: Option<PathBuf>,
+    },
     Completions(clap_complete::Shell),
     Finish,
 }
@@ -146,6 +156,21 @@ fn slot_spec(args: &SlotArgs) -> anyhow::Result<SlotSpec> {
         workspace,
         name,
     })
+}
+
+/// `--log FILE`: its directory must exist (bad input otherwise, before anything is started or written).
+fn broker_log(path: &Path) -> anyhow::Result<PathBuf> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(bad_input(format!(
+            "--log {}: expected a file in an existing directory",
+            path.display()
+        )));
+    }
+    Ok(path.to_path_buf())
 }
 
 /// The environment variables naming the current session, in order of precedence.
@@ -245,12 +270,8 @@ fn stop_policy(args: &StopArgs) -> anyhow::Result<StopPolicy> {
         }),
         _ => None,
     };
-    let idle_ttl = args
-        .idle_ttl
-        .map(|ttl| check_idle_ttl(ttl, "--idle-ttl"))
-        .transpose()?;
     Ok(StopPolicy {
-        idle_ttl,
+        idle_ttl: args.idle_ttl,
         grace: check_grace(args.grace)?,
         shutdown,
     })
@@ -265,6 +286,8 @@ pub enum BrokerRequest {
         policy: StopPolicy,
         log: Option<PathBuf>,
         endpoint: Option<String>,
+        replace: bool,
+        json: bool,
         command: Vec<String>,
     },
     Register {
@@ -273,17 +296,21 @@ pub enum BrokerRequest {
         owner: OwnerSpec,
         policy: StopPolicy,
         endpoint: Option<String>,
+        json: bool,
     },
     Attach {
         slot: SlotSpec,
         owner: OwnerSpec,
+        json: bool,
     },
     Detach {
         slot: SlotSpec,
         owner: OwnerSpec,
+        json: bool,
     },
     Touch {
         slot: SlotSpec,
+        json: bool,
     },
 }
 
@@ -297,6 +324,8 @@ fn broker_request(command: &BrokerCommand, config: &Config) -> anyhow::Result<Br
             stop,
             log,
             endpoint,
+            replace,
+            output,
             command,
         } => {
             let policy = stop_policy(stop)?;
@@ -305,8 +334,10 @@ fn broker_request(command: &BrokerCommand, config: &Config) -> anyhow::Result<Br
                 slot: slot_spec(slot)?,
                 owner,
                 policy,
-                log: log.clone(),
+                log: log.as_deref().map(broker_log).transpose()?,
                 endpoint: endpoint.clone(),
+                replace: *replace,
+                json: output.json,
                 command: command.clone(),
             }
         }
@@ -317,6 +348,7 @@ fn broker_request(command: &BrokerCommand, config: &Config) -> anyhow::Result<Br
             no_owner,
             stop,
             endpoint,
+            output,
         } => {
             let policy = stop_policy(stop)?;
             let owner = owner_spec(owner, *no_owner, state_dir)?;
@@ -326,24 +358,36 @@ fn broker_request(command: &BrokerCommand, config: &Config) -> anyhow::Result<Br
                 owner,
                 policy,
                 endpoint: endpoint.clone(),
+                json: output.json,
             }
         }
-        BrokerCommand::Attach { slot, owner } => {
+        BrokerCommand::Attach {
+            slot,
+            owner,
+            output,
+        } => {
             let owner = owner_spec(owner, false, state_dir)?;
             BrokerRequest::Attach {
                 slot: slot_spec(slot)?,
                 owner,
+                json: output.json,
             }
         }
-        BrokerCommand::Detach { slot, owner } => {
+        BrokerCommand::Detach {
+            slot,
+            owner,
+            output,
+        } => {
             let owner = owner_spec(owner, false, state_dir)?;
             BrokerRequest::Detach {
                 slot: slot_spec(slot)?,
                 owner,
+                json: output.json,
             }
         }
-        BrokerCommand::Touch { slot } => BrokerRequest::Touch {
+        BrokerCommand::Touch { slot, output } => BrokerRequest::Touch {
             slot: slot_spec(slot)?,
+            json: output.json,
         },
     })
 }
@@ -351,7 +395,9 @@ fn broker_request(command: &BrokerCommand, config: &Config) -> anyhow::Result<Br
 /// Which sessions `reap` ends.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReapTarget {
-    Session(SessionId),
+    /// A session id or a unique prefix of one, resolved against the session records; `force` ends an id no record
+    /// knows.
+    Session { id: SessionId, force: bool },
     AllLive,
 }
 
@@ -390,7 +436,10 @@ fn reap_request(args: &ReapArgs) -> anyhow::Result<ReapRequest> {
             })?,
     };
     let target = match &args.session {
-        Some(text) => ReapTarget::Session(SessionId::parse(text)?),
+        Some(text) => ReapTarget::Session {
+            id: SessionId::parse(text)?,
+            force: args.force,
+        },
         None => ReapTarget::AllLive,
     };
     Ok(ReapRequest {
@@ -415,7 +464,7 @@ pub struct SweepRequest {
 
 fn sweep_request(args: &SweepArgs) -> anyhow::Result<SweepRequest> {
     Ok(SweepRequest {
-        idle_ttl: check_idle_ttl(args.idle_ttl, "--idle-ttl")?,
+        idle_ttl: args.idle_ttl,
         retention: args.retention,
         dry_run: args.dry_run,
         json: args.json,
@@ -435,7 +484,7 @@ fn log_request(args: &LogArgs) -> anyhow::Result<LogRequest> {
         filter: Filter {
             session: args.session.as_deref().map(SessionId::parse).transpose()?,
             since: args.since,
-            action: args.action.clone(),
+            action: args.action.map(crate::cli::LogAction::as_str),
         },
         json: args.json,
     })
@@ -471,36 +520,12 @@ fn settings_request(args: &InstallArgs, operation: Operation) -> SettingsRequest
     }
 }
 
-/// The longest idle TTL a sweep accepts.
-pub const MAX_IDLE_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
-
-/// Refuses an idle TTL beyond 30 days (zero disables and is fine).
-pub fn check_idle_ttl(ttl: Duration, flag: &str) -> anyhow::Result<Duration> {
-    if ttl > MAX_IDLE_TTL {
-        return Err(bad_input(format!(
-            "{flag} {}: expected at most 30 days (0 disables)",
-            in_days(ttl)
-        )));
-    }
-    Ok(ttl)
-}
-
-/// A long duration as people write it: whole days when it is whole days.
-fn in_days(duration: Duration) -> String {
-    let secs = duration.as_secs();
-    if secs.is_multiple_of(86_400) && duration.subsec_nanos() == 0 {
-        format!("{}days", secs / 86_400)
-    } else {
-        humantime::format_duration(duration).to_string()
-    }
-}
-
 /// Refuses a grace beyond an hour: a stop that long is a mistake.
 pub fn check_grace(grace: Duration) -> anyhow::Result<Duration> {
     if grace > Duration::from_secs(3600) {
         return Err(bad_input(format!(
             "--grace {}: expected at most 1h",
-            humantime::format_duration(grace)
+            crate::clock::rounded(grace)
         )));
     }
     Ok(grace)
@@ -509,15 +534,6 @@ pub fn check_grace(grace: Duration) -> anyhow::Result<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn idle_ttls_are_bounded_and_named_in_days() {
-        assert!(check_idle_ttl(Duration::ZERO, "--idle-ttl").is_ok());
-        assert!(check_idle_ttl(MAX_IDLE_TTL, "--idle-ttl").is_ok());
-        let err = check_idle_ttl(Duration::from_secs(40 * 86_400), "--idle-ttl").unwrap_err();
-        assert!(err.to_string().contains("40days"), "{err}");
-        assert_eq!(crate::error::exit_code_of(&err), 2);
-    }
 
     #[test]
     fn a_grace_over_an_hour_is_refused() {

@@ -10,9 +10,12 @@ use std::process::{Child, Command, Stdio};
 use anyhow::Context;
 
 /// Environment variables that mark a process as running inside an agent session; a broker outlives the session,
-/// so it must not carry them (a child `claude` would think it is nested).
+/// so it must not carry them (a child `claude` would think it is nested, and a `broker spawn` run by the broker
+/// would name its first owner's session).
 pub fn is_agent_marker(name: &str) -> bool {
-    name.starts_with("CLAUDECODE") || name.starts_with("CLAUDE_CODE_")
+    name.starts_with("CLAUDECODE")
+        || name.starts_with("CLAUDE_CODE_")
+        || matches!(name, "SESSION_REAPER_SESSION_ID" | "GEMINI_SESSION_ID")
 }
 
 /// Starts `argv` as a broker in its own session (pid = pgid = sid). Returns once the child has exec'd: `spawn`

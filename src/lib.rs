@@ -19,6 +19,7 @@ pub mod name;
 pub mod plan;
 pub mod proc;
 pub mod record;
+pub mod resolve;
 pub mod sessions;
 pub mod signal;
 pub mod slot;
@@ -26,6 +27,7 @@ pub mod state;
 pub mod stop;
 pub mod store;
 pub mod teardown;
+pub mod term;
 pub mod ticket;
 pub mod workspace;
 
@@ -41,6 +43,8 @@ pub fn run() -> u8 {
         Ok(cli) => cli,
         Err(err) => return parse_failure(&err),
     };
+    let hook_mode = matches!(cli.command, Command::Hook(_));
+    term::init(cli.color, hook_mode);
     if let Command::Hook(args) = &cli.command {
         hook::run(&config::hook_request(args), cli.state_dir.as_deref());
         return 0;
@@ -64,7 +68,7 @@ fn dispatch(config: &Config, request: Request) -> anyhow::Result<Outcome> {
         Request::Log(request) => commands::log::run(&request, config),
         Request::Doctor { json } => commands::doctor::run(json, config),
         Request::Settings(request) => commands::install::run(&request),
-        Request::Demo => commands::demo::run(),
+        Request::Demo { keep, state_dir } => commands::demo::run(keep, state_dir.as_deref()),
         Request::Finish => finisher::run(&store::Store::open(&config.state_dir)?),
         Request::Completions(shell) => {
             let mut command = <Cli as clap::CommandFactory>::command();
@@ -79,35 +83,40 @@ fn dispatch(config: &Config, request: Request) -> anyhow::Result<Outcome> {
     }
 }
 
-/// Help and version go to stdout with exit 0. Anything else is a usage error: one line, exit 2 — except in hook
-/// mode, where a bad flag must still exit 0 with nothing on stdout.
+/// Help and version go to stdout with exit 0; a bare invocation prints the short help (exit 2). Anything else is
+/// a usage error, rendered by clap with its hints (exit 2) — except in hook mode, where a bad flag must still exit
+/// 0 with nothing on stdout: the error goes to stderr and events.jsonl as one line.
 fn parse_failure(err: &clap::Error) -> u8 {
     use clap::error::ErrorKind;
-    if matches!(
-        err.kind(),
-        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
-    ) {
-        let _ = err.print();
-        return 0;
+    match err.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = err.print();
+            return 0;
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand if std::env::args().len() <= 1 => {
+            let help = <Cli as clap::CommandFactory>::command().render_help();
+            eprint!("{help}");
+            return 2;
+        }
+        _ => {}
     }
-    let rendered = err.render().to_string();
-    let line = rendered
-        .split("\n\n")
-        .next()
-        .unwrap_or_default()
-        .lines()
-        .map(str::trim)
-        .collect::<Vec<_>>()
-        .join(" ");
-    let hook_mode = subcommand_in_args().as_deref() == Some("hook");
-    if hook_mode {
+    if subcommand_in_args().as_deref() == Some("hook") {
+        let rendered = err.render().to_string();
+        let line = rendered
+            .split("\n\n")
+            .next()
+            .unwrap_or_default()
+            .lines()
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .join(" ");
         let store = Config::new(state_dir_in_args().as_deref(), false)
             .and_then(|config| store::Store::open(&config.state_dir))
             .ok();
         hook::report(store.as_ref(), &line);
         return 0;
     }
-    eprintln!("session-reaper: {}", line.trim_start_matches("error: "));
+    let _ = err.print();
     2
 }
 
@@ -115,7 +124,7 @@ fn parse_failure(err: &clap::Error) -> u8 {
 fn subcommand_in_args() -> Option<String> {
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
-        if arg == "--state-dir" {
+        if arg == "--state-dir" || arg == "--color" {
             args.next();
         } else if !arg.starts_with('-') {
             return Some(arg);

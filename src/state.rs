@@ -29,7 +29,7 @@ pub fn resolve_root(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
         .map(Path::to_path_buf)
         .or_else(|| from_env("SESSION_REAPER_STATE_DIR"))
     {
-        return Ok(path);
+        return Ok(lexical(&path));
     }
     if let Some(xdg) = from_env("XDG_STATE_HOME") {
         return Ok(xdg.join("session-reaper"));
@@ -40,6 +40,12 @@ pub fn resolve_root(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
         )
     })?;
     Ok(home.join(".local/state/session-reaper"))
+}
+
+/// `path` without trailing slashes or `.` components, so that `link/` is checked as `link` (a trailing slash would
+/// make every later look-up follow the symlink the checks refuse).
+pub fn lexical(path: &Path) -> PathBuf {
+    path.components().collect()
 }
 
 /// A checked state root. Holding one means the root passed the safety checks.

@@ -245,6 +245,10 @@ impl Stopper {
             Step::Term => {
                 self.send(item, Sig::Term);
                 item.ticket.term_at = Some(stamp);
+                crate::term::term_sent(
+                    item.ticket.identity.pid,
+                    Duration::from_millis(item.ticket.grace_ms),
+                );
             }
             Step::Kill => {
                 self.send(item, Sig::Kill);

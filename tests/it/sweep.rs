@@ -194,7 +194,7 @@ import json, os, subprocess, sys, time
 exe, state, ws, session, report = sys.argv[1:6]
 payload = json.dumps({"session_id": session, "hook_event_name": "SessionStart", "cwd": ws})
 subprocess.run([exe, "--state-dir", state, "hook", "--agent", "claude"], input=payload.encode(), check=True)
-spawn = subprocess.run([exe, "--state-dir", state, "broker", "spawn", "--cwd", ws, "--", "sleep", "600"],
+spawn = subprocess.run([exe, "--state-dir", state, "broker", "spawn", "--json", "--cwd", ws, "--", "sleep", "600"],
                        capture_output=True)
 with open(report + ".tmp", "w") as f:
     json.dump({"code": spawn.returncode, "stdout": spawn.stdout.decode(), "stderr": spawn.stderr.decode()}, f)
