@@ -34,7 +34,13 @@ pub struct Cli {
     pub verbose: bool,
 
     /// Colour and progress lines on a terminal: auto (a TTY without $NO_COLOR), always, never
-    #[arg(long, global = true, value_enum, value_name = "WHEN", default_value = "auto")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        value_name = "WHEN",
+        default_value = "auto"
+    )]
     pub color: ColorWhen,
 
     #[command(subcommand)]

@@ -57,10 +57,7 @@ impl Config {
             }
             Command::Demo(args) => Request::Demo {
                 keep: args.keep,
-                state_dir: cli
-                    .state_dir
-                    .as_ref()
-                    .map(|_| config.state_dir.clone()),
+                state_dir: cli.state_dir.as_ref().map(|_| config.state_dir.clone()),
             },
             Command::Completions { shell } => Request::Completions(*shell),
             Command::Finish => Request::Finish,
@@ -76,9 +73,14 @@ pub enum Request {
     Broker(BrokerRequest),
     Reap(ReapRequest),
     Sweep(SweepRequest),
-    Status { json: bool, codex: Discovery },
+    Status {
+        json: bool,
+        codex: Discovery,
+    },
     Log(LogRequest),
-    Doctor { json: bool },
+    Doctor {
+        json: bool,
+    },
     Settings(SettingsRequest),
     /// `demo`: in `state_dir` when `--state-dir` names one (kept), else in a temporary directory.
     Demo {
@@ -397,7 +399,10 @@ fn broker_request(command: &BrokerCommand, config: &Config) -> anyhow::Result<Br
 pub enum ReapTarget {
     /// A session id or a unique prefix of one, resolved against the session records; `force` ends an id no record
     /// knows.
-    Session { id: SessionId, force: bool },
+    Session {
+        id: SessionId,
+        force: bool,
+    },
     AllLive,
 }
 

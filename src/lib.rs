@@ -41,7 +41,7 @@ use crate::error::{Outcome, exit_code_of};
 pub fn run() -> u8 {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(err) => return parse_failure(&err),
+        Err(err) => return parse_failure(&with_our_hints(err)),
     };
     let hook_mode = matches!(cli.command, Command::Hook(_));
     term::init(cli.color, hook_mode);
@@ -118,6 +118,53 @@ fn parse_failure(err: &clap::Error) -> u8 {
     }
     let _ = err.print();
     2
+}
+
+/// Clap's error with what it cannot know: a broker command given without `--` gets the hint to put it after `--`,
+/// and the hidden `finish` is never suggested for a mistyped subcommand.
+fn with_our_hints(err: clap::Error) -> clap::Error {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let args: Vec<String> = std::env::args().collect();
+    let spawn = args
+        .windows(2)
+        .any(|pair| pair[0] == "broker" && pair[1] == "spawn");
+    match err.kind() {
+        ErrorKind::UnknownArgument if spawn && !args.iter().any(|arg| arg == "--") => {
+            let mut err = err;
+            if let Some(ContextValue::String(word)) = err.get(ContextKind::InvalidArg).cloned() {
+                err.insert(
+                    ContextKind::Suggested,
+                    ContextValue::StyledStrs(vec![
+                        format!("the broker's command goes after `--`: broker spawn [OPTIONS] -- {word} …")
+                            .into(),
+                    ]),
+                );
+            }
+            err
+        }
+        ErrorKind::InvalidSubcommand
+            if matches!(
+                err.get(ContextKind::SuggestedSubcommand),
+                Some(ContextValue::Strings(names)) if names.iter().any(|name| name == "finish")
+            ) =>
+        {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            let mut plain = clap::Error::new(ErrorKind::InvalidSubcommand).with_cmd(&command);
+            for kind in [ContextKind::InvalidSubcommand, ContextKind::Usage] {
+                if let Some(value) = err.get(kind).cloned() {
+                    plain.insert(kind, value);
+                }
+            }
+            if plain.get(ContextKind::Usage).is_none() {
+                plain.insert(
+                    ContextKind::Usage,
+                    ContextValue::StyledStr(command.render_usage()),
+                );
+            }
+            plain
+        }
+        _ => err,
+    }
 }
 
 /// The first argument that is neither a global flag nor its value: the subcommand clap would have run.

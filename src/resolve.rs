@@ -52,7 +52,12 @@ pub fn unknown<'k>(
 }
 
 fn listed(ids: &[&str]) -> String {
-    let mut text = ids.iter().take(SHOWN).copied().collect::<Vec<_>>().join(", ");
+    let mut text = ids
+        .iter()
+        .take(SHOWN)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ");
     if ids.len() > SHOWN {
         text.push_str(&format!(" and {} more", ids.len() - SHOWN));
     }

@@ -122,11 +122,25 @@ impl SlotTarget {
     fn named_owner(&self, spec: &OwnerSpec) -> anyhow::Result<Option<SessionId>> {
         match spec {
             OwnerSpec::Nobody => Ok(None),
-            OwnerSpec::Named(id, _source) => Ok(Some(id.clone())),
+            OwnerSpec::Named(id, _source) => self.resolve(id).map(Some),
             OwnerSpec::Ancestry => config::session_of_ancestor(&self.store.sessions)
                 .map(Some)
                 .ok_or_else(config::no_owner_found),
         }
+    }
+
+    /// A session id as typed: a recorded session's whole id, or a prefix only one recorded session has (said on
+    /// stderr); an ambiguous prefix is refused. An id no record knows is a new session's, taken as it is.
+    fn resolve(&self, id: &SessionId) -> anyhow::Result<SessionId> {
+        let records = self.store.sessions.all();
+        let known = records.iter().map(|record| record.session_id.as_str());
+        Ok(match crate::resolve::resolve(id, known)? {
+            Some(resolved) => {
+                crate::resolve::say_resolved(id, &resolved);
+                resolved
+            }
+            None => id.clone(),
+        })
     }
 
     /// The owner-to-be, refusing (exit 2) one whose session has ended. A variable naming an ended session (a
@@ -397,6 +411,12 @@ fn spawn(
     owner: Option<&SessionId>,
     request: &SpawnRequest<'_>,
 ) -> anyhow::Result<Outcome> {
+    // Refused before anything is written (the owner index included); re-checked under the lock.
+    if let SlotView::Broker(record) = target.slot.view(&target.store.root)
+        && proc::is_alive(&record.identity)
+    {
+        refuse_other_command(target, &record, request)?;
+    }
     let guard = target.lock_for(owner)?;
     target.recheck_owner(owner)?;
     let mut carried = Vec::new();
@@ -404,16 +424,7 @@ fn spawn(
         if record.command == request.command {
             return join(target, &guard, &record, owner);
         }
-        if !request.replace {
-            return Err(bad_input(format!(
-                "{} already runs broker {} ({}), not `{}`: pass --name NAME for a second broker, or --replace to \
-                 stop this one first",
-                target.place(),
-                record.identity.pid,
-                record.command.join(" "),
-                request.command.join(" ")
-            )));
-        }
+        refuse_other_command(target, &record, request)?;
         carried = record.owners.clone();
         replace(target, &guard, record)?;
     }
@@ -460,6 +471,26 @@ fn spawn(
     }
     let detail = record.command.join(" ");
     target.record_broker(&guard, &record, owner, ("spawn", "started"), detail)
+}
+
+/// A live broker running another command than the one asked for is not joined: bad input naming the fix, unless
+/// `--replace` asks for it to be stopped first.
+fn refuse_other_command(
+    target: &SlotTarget,
+    record: &BrokerRecord,
+    request: &SpawnRequest<'_>,
+) -> anyhow::Result<()> {
+    if record.command == request.command || request.replace {
+        return Ok(());
+    }
+    Err(bad_input(format!(
+        "{} already runs broker {} (`{}`), not `{}`: pass --name NAME for a second broker, or --replace to stop \
+         this one first",
+        target.place(),
+        record.identity.pid,
+        record.command.join(" "),
+        request.command.join(" ")
+    )))
 }
 
 /// How a process ended, for people.
@@ -656,7 +687,10 @@ impl SlotTarget {
     /// Prints `line` for people, or `value` with `--json`.
     fn say(&self, line: &str, value: &Value) {
         if self.json {
-            println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(value).unwrap_or_default()
+            );
         } else {
             println!("{line}");
         }

@@ -35,7 +35,12 @@ impl Filter {
 
 /// The sessions an event names (owner events name several, comma-separated).
 fn sessions_of(event: &Event) -> impl Iterator<Item = &str> {
-    event.session.as_deref().unwrap_or_default().split(',').filter(|id| !id.is_empty())
+    event
+        .session
+        .as_deref()
+        .unwrap_or_default()
+        .split(',')
+        .filter(|id| !id.is_empty())
 }
 
 pub fn run(request: &LogRequest, config: &Config) -> anyhow::Result<Outcome> {
@@ -52,7 +57,10 @@ pub fn run(request: &LogRequest, config: &Config) -> anyhow::Result<Outcome> {
         filter.session = Some(resolved);
     }
     let now = SystemTime::now();
-    let events: Vec<&Event> = all.iter().filter(|event| filter.keeps(event, now)).collect();
+    let events: Vec<&Event> = all
+        .iter()
+        .filter(|event| filter.keeps(event, now))
+        .collect();
     if request.json {
         let mut out = std::io::stdout().lock();
         for event in &events {
@@ -79,9 +87,8 @@ const HEADER: [&str; 8] = [
 /// The fields of a line in fixed columns (the last two as they come).
 fn columns(fields: &[String; 8]) -> String {
     let [ts, action, reason, result, pid, session, place, detail] = fields;
-    let mut text = format!(
-        "{ts:<24} {action:<17} {reason:<13} {result:<13} {pid:>7}  {session:<36}"
-    );
+    let mut text =
+        format!("{ts:<24} {action:<17} {reason:<13} {result:<13} {pid:>7}  {session:<36}");
     for extra in [place, detail] {
         if !extra.is_empty() {
             text.push_str("  ");
@@ -103,7 +110,9 @@ pub fn line(event: &Event) -> String {
         event.action.clone(),
         event.reason.clone().unwrap_or_else(|| "-".to_owned()),
         event.result.clone(),
-        event.pid.map_or_else(|| "-".to_owned(), |pid| pid.to_string()),
+        event
+            .pid
+            .map_or_else(|| "-".to_owned(), |pid| pid.to_string()),
         event.session.clone().unwrap_or_else(|| "-".to_owned()),
         place,
         event.detail.clone().unwrap_or_default(),

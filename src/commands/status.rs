@@ -134,75 +134,15 @@ pub fn run(
     if json_output {
         println!("{}", serde_json::to_string_pretty(&snapshot)?);
     } else {
-        print_human(&snapshot);
+        let facts = super::status_tree::observe(&store, &snapshot);
+        let tree = super::status_tree::build(&snapshot, &facts);
+        print!(
+            "{}",
+            super::status_tree::render(&tree, crate::term::get().color)
+        );
     }
     let stuck = snapshot.tickets.iter().any(|ticket| ticket.stuck);
     Ok(Outcome::from_ok(!stuck && snapshot.unreadable.is_empty()))
-}
-
-fn print_human(snapshot: &Snapshot) {
-    println!("state: {}", snapshot.state_dir);
-    if snapshot.slots.is_empty() {
-        println!("brokers: none");
-    } else {
-        println!("brokers:");
-        println!(
-            "  {:<8} {:<6} {:<24} {:<28} workspace",
-            "pid", "alive", "owners", "command"
-        );
-        for slot in &snapshot.slots {
-            let record = &slot.record;
-            let owners = if record.owners.is_empty() {
-                "-".to_owned()
-            } else {
-                record.owner_ids().join(",")
-            };
-            let workspace = if record.name == "default" {
-                record.workspace.clone()
-            } else {
-                format!("{} [{}]", record.workspace, record.name)
-            };
-            println!(
-                "  {:<8} {:<6} {:<24} {:<28} {}",
-                record.identity.pid,
-                if slot.alive { "yes" } else { "STALE" },
-                shorten(&owners, 24),
-                shorten(&record.command.join(" "), 28),
-                workspace
-            );
-        }
-    }
-    for slot in &snapshot.unreadable {
-        println!("  UNREADABLE {}: {}", slot.slot, slot.problem);
-    }
-    if !snapshot.tickets.is_empty() {
-        println!("stopping:");
-        for ticket in &snapshot.tickets {
-            let state = if ticket.stuck {
-                format!("STUCK after {} SIGKILLs", ticket.ticket.attempts)
-            } else if ticket.alive {
-                "in progress".to_owned()
-            } else {
-                "gone (ticket not yet closed)".to_owned()
-            };
-            println!(
-                "  pid {:<8} {:<14} {}  since {}",
-                ticket.ticket.identity.pid, ticket.ticket.reason, state, ticket.ticket.requested_at
-            );
-        }
-    }
-    crate::adapters::codex_plugin::print_status(&snapshot.codex_plugin);
-    println!("live sessions: {}", snapshot.sessions.len());
-    for session in &snapshot.sessions {
-        let pid = session
-            .agent_identity
-            .as_ref()
-            .map_or(0, |identity| identity.pid);
-        println!(
-            "  {} {:<7} agent pid {:<8} {}",
-            session.session_id, session.agent, pid, session.cwd
-        );
-    }
 }
 
 /// Cuts `text` to `width` characters, marking the cut.

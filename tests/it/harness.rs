@@ -131,7 +131,9 @@ impl Env {
     /// `cmd_as_typed` for their text for people.
     pub fn cmd(&self, args: &[&str]) -> Command {
         let records = matches!(args, ["broker", "spawn" | "register" | "attach", ..])
-            && !args.iter().any(|arg| matches!(*arg, "--json" | "--help" | "-h"));
+            && !args
+                .iter()
+                .any(|arg| matches!(*arg, "--json" | "--help" | "-h"));
         let mut words = args.to_vec();
         if records {
             words.insert(2, "--json");

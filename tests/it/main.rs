@@ -5,5 +5,6 @@ mod foundation;
 mod harness;
 mod hooks;
 mod newcomer;
+mod newcomer_path;
 mod reshaped;
 mod sweep;
