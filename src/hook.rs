@@ -222,13 +222,9 @@ fn refresh_session(
     store
         .sessions
         .update(&payload.session, Duration::from_millis(300), |current| {
-            Some(refreshed(
-                current,
-                payload,
-                agent,
-                identity.clone(),
-                starting,
-            ))
+            // An ancestor that has already exited (a forking wrapper) is never recorded as the agent.
+            let identity = identity.clone().filter(proc::is_alive);
+            Some(refreshed(current, payload, agent, identity, starting))
         })
 }
 

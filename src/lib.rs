@@ -12,6 +12,7 @@ pub mod finisher;
 pub mod hook;
 pub mod install;
 pub mod launch;
+pub mod lineage;
 pub mod name;
 pub mod plan;
 pub mod proc;

@@ -13,7 +13,7 @@ use crate::events::{Event, Reason};
 use crate::name::SessionId;
 use crate::plan::{self, OwnerRemoval};
 use crate::proc;
-use crate::record::{SessionRecord, StopTicket, is_other_host};
+use crate::record::{SessionRecord, StopTicket};
 use crate::signal::Guard;
 use crate::slot::{Slot, SlotContent};
 use crate::stop;
@@ -161,7 +161,7 @@ fn strip_owner(
     if ending.dry_run {
         if let Some(mut record) = slot
             .peek(&store.root)
-            .filter(|record| record.has_owner(session) && !is_other_host(&record.host, host))
+            .filter(|record| record.has_owner(session) && !crate::lineage::is_foreign(record, host))
         {
             let removal = plan::remove_owner(&mut record, session);
             report.slots.push(owned_slot(&record, removal));
@@ -192,7 +192,7 @@ fn strip_owner(
         }
     };
     let mut record = match guard.read() {
-        Ok(SlotContent::Broker(record)) if is_other_host(&record.host, host) => return,
+        Ok(SlotContent::Broker(record)) if crate::lineage::is_foreign(&record, host) => return,
         Ok(SlotContent::Broker(record)) => record,
         Ok(SlotContent::Empty) => return,
         Ok(SlotContent::Corrupt { moved_to, why }) => {
@@ -268,18 +268,13 @@ fn file_resume_orphans(
     let snapshot = proc::scan_cmdlines();
     let mut protected: HashSet<i32> = proc::self_and_ancestors();
     protected.extend(live_agent_pids(store, &ending.session));
-    for pid in plan::resume_orphans(&snapshot, ending.session.as_str(), title, &protected) {
-        let Some(identity) = proc::identity_of(pid) else {
-            continue;
-        };
+    let candidates = plan::resume_orphans(&snapshot, ending.session.as_str(), title, &protected);
+    let resumes = |argv: &[String]| plan::resumes(argv, ending.session.as_str(), title);
+    for (identity, argv) in crate::lineage::confirm_by_argv(candidates, resumes) {
+        let pid = identity.pid;
         if guard.check(&identity).is_err() {
             continue;
         }
-        let argv = snapshot
-            .iter()
-            .find(|(p, _)| *p == pid)
-            .map(|(_, argv)| argv.clone())
-            .unwrap_or_default();
         let mut ticket = stop::new_ticket(
             identity,
             None,
