@@ -18,8 +18,40 @@ use crate::store::Store;
 pub struct SlotStatus {
     pub slot: String,
     pub alive: bool,
+    /// The broker's members besides its leader (DESIGN "Process lineage").
+    pub members: Vec<Member>,
     #[serde(flatten)]
     pub record: BrokerRecord,
+}
+
+/// A live member of a broker: what it runs and the memory it holds.
+#[derive(Debug, Serialize)]
+pub struct Member {
+    pub pid: i32,
+    pub argv: Vec<String>,
+    pub rss_kib: Option<u64>,
+}
+
+/// The live members of the broker led by `leader` (token, or group and session while the leader lives), plus the
+/// members a ticket remembers.
+fn members_of(
+    snapshot: &[proc::Observed],
+    leader: &crate::record::Identity,
+    token: Option<&str>,
+    remembered: &[crate::record::Identity],
+) -> Vec<Member> {
+    let mut found = crate::lineage::members(leader, token, proc::is_alive(leader), snapshot);
+    found.extend(remembered.iter().filter(|m| proc::is_alive(m)).cloned());
+    found.sort_by_key(|m| m.pid);
+    found.dedup_by_key(|m| m.pid);
+    found
+        .into_iter()
+        .map(|member| Member {
+            pid: member.pid,
+            argv: proc::cmdline(member.pid).unwrap_or_default(),
+            rss_kib: proc::rss_kib(member.pid),
+        })
+        .collect()
 }
 
 /// A snapshot of the whole state root.
@@ -42,8 +74,12 @@ pub struct Unreadable {
 
 #[derive(Debug, Serialize)]
 pub struct TicketStatus {
+    /// The leader or a member still runs.
     pub alive: bool,
+    /// Still running after the SIGKILLs, or members left behind by a leader that is gone with nothing driving the
+    /// stop: not stopped.
     pub stuck: bool,
+    pub members_left: Vec<Member>,
     #[serde(flatten)]
     pub ticket: StopTicket,
 }
@@ -52,12 +88,30 @@ pub struct TicketStatus {
 pub fn snapshot(store: &Store) -> Snapshot {
     let mut slots = Vec::new();
     let mut unreadable = Vec::new();
-    for slot in Slot::all(&store.root) {
-        match slot.peek(&store.root) {
+    let pending = store.tickets.pending(&store.log);
+    let records: Vec<(Slot, Option<BrokerRecord>)> = Slot::all(&store.root)
+        .into_iter()
+        .map(|slot| {
+            let record = slot.peek(&store.root);
+            (slot, record)
+        })
+        .collect();
+    let leaders = records
+        .iter()
+        .filter_map(|(_, record)| record.as_ref().map(|r| &r.identity))
+        .chain(pending.iter().map(|ticket| &ticket.identity))
+        .filter(|identity| proc::is_alive(identity))
+        .map(|identity| identity.pid)
+        .collect();
+    let processes = proc::observe(&leaders);
+    let finisher_running = finisher::is_running(store);
+    for (slot, record) in records {
+        match record {
             Some(record) => {
                 slots.push(SlotStatus {
                     slot: slot.label(),
                     alive: proc::is_alive(&record.identity),
+                    members: members_of(&processes, &record.identity, record.lineage.as_deref(), &[]),
                     record,
                 });
             }
@@ -71,15 +125,22 @@ pub fn snapshot(store: &Store) -> Snapshot {
             }
         }
     }
-    let tickets = store
-        .tickets
-        .pending(&store.log)
+    let tickets = pending
         .into_iter()
         .map(|ticket| {
-            let alive = proc::is_alive(&ticket.identity);
+            let leader_alive = proc::is_alive(&ticket.identity);
+            let members_left = members_of(
+                &processes,
+                &ticket.identity,
+                ticket.lineage.as_deref(),
+                &ticket.members,
+            );
+            let alive = leader_alive || !members_left.is_empty();
+            let left_behind = !leader_alive && !members_left.is_empty() && !finisher_running;
             TicketStatus {
                 alive,
-                stuck: alive && ticket.attempts >= STUCK_AFTER,
+                stuck: alive && (ticket.attempts >= STUCK_AFTER || left_behind),
+                members_left,
                 ticket,
             }
         })
@@ -95,7 +156,7 @@ pub fn snapshot(store: &Store) -> Snapshot {
             .into_iter()
             .filter(|session| !session.is_ended())
             .collect(),
-        finisher_running: finisher::is_running(store),
+        finisher_running,
     }
 }
 
@@ -165,6 +226,7 @@ fn print_human(snapshot: &Snapshot) {
                 shorten(&record.command.join(" "), 28),
                 workspace
             );
+            print_members("member", &slot.members);
         }
     }
     for slot in &snapshot.unreadable {
@@ -173,7 +235,12 @@ fn print_human(snapshot: &Snapshot) {
     if !snapshot.tickets.is_empty() {
         println!("stopping:");
         for ticket in &snapshot.tickets {
-            let state = if ticket.stuck {
+            let state = if ticket.stuck && ticket.ticket.attempts < STUCK_AFTER {
+                format!(
+                    "STUCK: {} members left behind",
+                    ticket.members_left.len()
+                )
+            } else if ticket.stuck {
                 format!("STUCK after {} SIGKILLs", ticket.ticket.attempts)
             } else if ticket.alive {
                 "in progress".to_owned()
@@ -184,6 +251,7 @@ fn print_human(snapshot: &Snapshot) {
                 "  pid {:<8} {:<14} {}  since {}",
                 ticket.ticket.identity.pid, ticket.ticket.reason, state, ticket.ticket.requested_at
             );
+            print_members("left", &ticket.members_left);
         }
     }
     println!("live sessions: {}", snapshot.sessions.len());
@@ -195,6 +263,20 @@ fn print_human(snapshot: &Snapshot) {
         println!(
             "  {} {:<7} agent pid {:<8} {}",
             session.session_id, session.agent, pid, session.cwd
+        );
+    }
+}
+
+fn print_members(label: &str, members: &[Member]) {
+    for member in members {
+        let rss = member
+            .rss_kib
+            .map_or_else(|| "-".to_owned(), |kib| format!("{:.1} MiB", kib as f64 / 1024.0));
+        println!(
+            "    {label} {:<8} {:>10}  {}",
+            member.pid,
+            rss,
+            shorten(&member.argv.join(" "), 60)
         );
     }
 }

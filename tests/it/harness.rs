@@ -428,3 +428,27 @@ fn walkdir(root: PathBuf) -> Vec<PathBuf> {
     }
     out
 }
+
+/// The real python3 executable (not a pyenv shim, which would exec it under its own name).
+pub fn real_python() -> &'static str {
+    static PYTHON: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let out = Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .expect("python3 is needed by these tests");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    })
+}
+
+/// A program called `name` in the test's work dir: a symlink to python3, so that a process started through it shows
+/// `<dir>/name` as its argv[0] — an agent executable (`claude`) or a look-alike (`grep`) — while running python.
+pub fn named_python(env: &Env, name: &str) -> PathBuf {
+    let dir = env.work.path().join("bin");
+    std::fs::create_dir_all(&dir).expect("bin dir");
+    let path = dir.join(name);
+    if !path.exists() {
+        std::os::unix::fs::symlink(real_python(), &path).expect("symlink to python3");
+    }
+    path
+}

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::{Value, json};
 
 use crate::harness::{
-    BIN, Env, PATIENCE, Proc, run_bounded, scrub_env, stderr, stdout, wait_until,
+    BIN, Env, PATIENCE, Proc, named_python, run_bounded, scrub_env, stderr, stdout, wait_until,
 };
 use crate::newcomer::assert_cli_accepts;
 
@@ -916,7 +916,7 @@ fn sweep_reports_duplicate_resume_writers_of_a_live_session_without_killing_them
     start_session(&mut env, &session, &ws, agent);
     let writers: Vec<Proc> = (0..2)
         .map(|_| {
-            let mut command = Command::new(python());
+            let mut command = Command::new(named_python(&env, "claude"));
             command
                 .args(["-c", "import time; time.sleep(600)", "--resume", &session])
                 .stdout(Stdio::null())
