@@ -111,7 +111,12 @@ pub fn snapshot(store: &Store) -> Snapshot {
                 slots.push(SlotStatus {
                     slot: slot.label(),
                     alive: proc::is_alive(&record.identity),
-                    members: members_of(&processes, &record.identity, record.lineage.as_deref(), &[]),
+                    members: members_of(
+                        &processes,
+                        &record.identity,
+                        record.lineage.as_deref(),
+                        &[],
+                    ),
                     record,
                 });
             }
@@ -236,10 +241,7 @@ fn print_human(snapshot: &Snapshot) {
         println!("stopping:");
         for ticket in &snapshot.tickets {
             let state = if ticket.stuck && ticket.ticket.attempts < STUCK_AFTER {
-                format!(
-                    "STUCK: {} members left behind",
-                    ticket.members_left.len()
-                )
+                format!("STUCK: {} members left behind", ticket.members_left.len())
             } else if ticket.stuck {
                 format!("STUCK after {} SIGKILLs", ticket.ticket.attempts)
             } else if ticket.alive {
@@ -269,9 +271,10 @@ fn print_human(snapshot: &Snapshot) {
 
 fn print_members(label: &str, members: &[Member]) {
     for member in members {
-        let rss = member
-            .rss_kib
-            .map_or_else(|| "-".to_owned(), |kib| format!("{:.1} MiB", kib as f64 / 1024.0));
+        let rss = member.rss_kib.map_or_else(
+            || "-".to_owned(),
+            |kib| format!("{:.1} MiB", kib as f64 / 1024.0),
+        );
         println!(
             "    {label} {:<8} {:>10}  {}",
             member.pid,

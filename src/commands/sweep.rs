@@ -271,7 +271,8 @@ impl Sweep<'_> {
         }
         let pid = Some(record.identity.pid);
         let result = match verdict {
-            SlotVerdict::Keep if ended_owners.is_empty() => return,
+            // Another host's or pid namespace's record is left alone, owners and all.
+            SlotVerdict::Keep if ended_owners.is_empty() || foreign_host => return,
             SlotVerdict::Keep => {
                 self.act(
                     "owner_remove",

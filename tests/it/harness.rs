@@ -441,14 +441,19 @@ pub fn real_python() -> &'static str {
     })
 }
 
-/// A program called `name` in the test's work dir: a symlink to python3, so that a process started through it shows
-/// `<dir>/name` as its argv[0] — an agent executable (`claude`) or a look-alike (`grep`) — while running python.
-pub fn named_python(env: &Env, name: &str) -> PathBuf {
+/// A program called `name` in the test's work dir: a symlink to `program`, so that a process started through it
+/// shows `<dir>/name` as its argv[0] — an agent executable (`claude`) or a look-alike (`grep`).
+pub fn named_program(env: &Env, name: &str, program: &str) -> PathBuf {
     let dir = env.work.path().join("bin");
     std::fs::create_dir_all(&dir).expect("bin dir");
     let path = dir.join(name);
     if !path.exists() {
-        std::os::unix::fs::symlink(real_python(), &path).expect("symlink to python3");
+        std::os::unix::fs::symlink(program, &path).expect("symlink to the program");
     }
     path
+}
+
+/// `named_program` running python3.
+pub fn named_python(env: &Env, name: &str) -> PathBuf {
+    named_program(env, name, real_python())
 }

@@ -3,5 +3,6 @@
 mod foundation;
 mod harness;
 mod hooks;
+mod lineage;
 mod newcomer;
 mod sweep;
