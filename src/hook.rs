@@ -224,8 +224,15 @@ fn refresh_session(
         .update(&payload.session, Duration::from_millis(300), |current| {
             // An ancestor that has already exited (a forking wrapper) is never recorded as the agent.
             let identity = identity.clone().filter(proc::is_alive);
-            Some(refreshed(current, payload, agent, identity, starting))
+            Ok(Some(refreshed(
+                current.cloned(),
+                payload,
+                agent,
+                identity,
+                starting,
+            )))
         })
+        .map(|(_, after)| after)
 }
 
 /// A session record refreshed from a payload. `starting` clears an earlier end (`--resume` of an ended session).

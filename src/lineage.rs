@@ -220,7 +220,7 @@ pub fn known_to(store: &crate::store::Store, extra: &[StopTicket]) -> Known {
             }
         }
     }
-    for ticket in store.tickets.pending(&store.log).iter().chain(extra) {
+    for ticket in store.tickets.readable().iter().chain(extra) {
         known.add_ticket(ticket);
     }
     known

@@ -8,10 +8,11 @@ use crate::error::Outcome;
 use crate::finisher;
 use crate::proc;
 use crate::record::{BrokerRecord, SessionRecord, StopTicket};
-use crate::slot::Slot;
+use crate::slot::{Slot, SlotView};
 use crate::state::StateRoot;
 use crate::stop::STUCK_AFTER;
 use crate::store::Store;
+use crate::ticket::TicketView;
 
 /// One slot as `status --json` shows it.
 #[derive(Debug, Serialize)]
@@ -30,6 +31,40 @@ pub struct Member {
     pub pid: i32,
     pub argv: Vec<String>,
     pub rss_kib: Option<u64>,
+}
+
+/// Fills in each broker's members, and each ticket's members left behind: a ticket whose leader is gone while
+/// members run, with no finisher driving it, is a stop that left them behind — stuck, not stopped.
+fn add_members(slots: &mut [SlotStatus], tickets: &mut [TicketStatus], finisher_running: bool) {
+    let leaders = slots
+        .iter()
+        .filter(|slot| slot.alive)
+        .map(|slot| slot.record.identity.pid)
+        .chain(
+            tickets
+                .iter()
+                .filter(|t| t.alive)
+                .map(|t| t.ticket.identity.pid),
+        )
+        .collect();
+    let processes = proc::observe(&leaders);
+    for slot in slots {
+        let record = &slot.record;
+        slot.members = members_of(&processes, &record.identity, record.lineage.as_deref(), &[]);
+    }
+    for status in tickets {
+        let ticket = &status.ticket;
+        status.members_left = members_of(
+            &processes,
+            &ticket.identity,
+            ticket.lineage.as_deref(),
+            &ticket.members,
+        );
+        let leader_alive = status.alive;
+        status.alive = leader_alive || !status.members_left.is_empty();
+        let left_behind = !leader_alive && !status.members_left.is_empty() && !finisher_running;
+        status.stuck = status.alive && (ticket.attempts >= STUCK_AFTER || left_behind);
+    }
 }
 
 /// The live members of the broker led by `leader` (token, or group and session while the leader lives), plus the
@@ -84,98 +119,64 @@ pub struct TicketStatus {
     pub ticket: StopTicket,
 }
 
-/// Reads everything without taking any lock (each record file is replaced atomically).
+/// Reads everything without taking any lock (each record file is replaced atomically) and changes nothing.
 pub fn snapshot(store: &Store) -> Snapshot {
     let mut slots = Vec::new();
     let mut unreadable = Vec::new();
-    let pending = store.tickets.pending(&store.log);
-    let records: Vec<(Slot, Option<BrokerRecord>)> = Slot::all(&store.root)
-        .into_iter()
-        .map(|slot| {
-            let record = slot.peek(&store.root);
-            (slot, record)
-        })
-        .collect();
-    let leaders = records
-        .iter()
-        .filter_map(|(_, record)| record.as_ref().map(|r| &r.identity))
-        .chain(pending.iter().map(|ticket| &ticket.identity))
-        .filter(|identity| proc::is_alive(identity))
-        .map(|identity| identity.pid)
-        .collect();
-    let processes = proc::observe(&leaders);
-    let finisher_running = finisher::is_running(store);
-    for (slot, record) in records {
-        match record {
-            Some(record) => {
-                slots.push(SlotStatus {
-                    slot: slot.label(),
-                    alive: proc::is_alive(&record.identity),
-                    members: members_of(
-                        &processes,
-                        &record.identity,
-                        record.lineage.as_deref(),
-                        &[],
-                    ),
-                    record,
-                });
-            }
-            None => {
-                if let Some(problem) = unreadable_record(store, &slot) {
-                    unreadable.push(Unreadable {
-                        slot: slot.label(),
-                        problem,
-                    });
-                }
-            }
+    for slot in Slot::all(&store.root) {
+        match slot.view(&store.root) {
+            SlotView::Empty => {}
+            SlotView::Broker(record) => slots.push(SlotStatus {
+                slot: slot.label(),
+                alive: proc::is_alive(&record.identity),
+                members: Vec::new(),
+                record,
+            }),
+            SlotView::Unreadable(problem) => unreadable.push(Unreadable {
+                slot: slot.label(),
+                problem: problem.why,
+            }),
         }
     }
-    let tickets = pending
-        .into_iter()
-        .map(|ticket| {
-            let leader_alive = proc::is_alive(&ticket.identity);
-            let members_left = members_of(
-                &processes,
-                &ticket.identity,
-                ticket.lineage.as_deref(),
-                &ticket.members,
-            );
-            let alive = leader_alive || !members_left.is_empty();
-            let left_behind = !leader_alive && !members_left.is_empty() && !finisher_running;
-            TicketStatus {
-                alive,
-                stuck: alive && (ticket.attempts >= STUCK_AFTER || left_behind),
-                members_left,
-                ticket,
+    let mut tickets = Vec::new();
+    for (path, view) in store.tickets.scan() {
+        match view {
+            TicketView::Ticket(ticket) => {
+                let alive = proc::is_alive(&ticket.identity);
+                tickets.push(TicketStatus {
+                    alive,
+                    stuck: alive && ticket.attempts >= STUCK_AFTER,
+                    members_left: Vec::new(),
+                    ticket,
+                });
             }
-        })
-        .collect();
+            TicketView::Unreadable(problem) => unreadable.push(Unreadable {
+                slot: path.to_string_lossy().into_owned(),
+                problem: problem.why,
+            }),
+        }
+    }
+    let finisher_running = finisher::is_running(store);
+    add_members(&mut slots, &mut tickets, finisher_running);
+    let (sessions, unreadable_sessions) = store.sessions.scan();
+    unreadable.extend(
+        unreadable_sessions
+            .into_iter()
+            .map(|(id, problem)| Unreadable {
+                slot: format!("session {id}"),
+                problem: problem.why,
+            }),
+    );
     Snapshot {
         state_dir: store.root.path().to_string_lossy().into_owned(),
         slots,
         unreadable,
         tickets,
-        sessions: store
-            .sessions
-            .all()
+        sessions: sessions
             .into_iter()
             .filter(|session| !session.is_ended())
             .collect(),
         finisher_running,
-    }
-}
-
-/// Why a slot's existing record did not read, if it exists and did not.
-fn unreadable_record(store: &Store, slot: &Slot) -> Option<String> {
-    let path = slot.record_path();
-    match store.root.read_file(&path) {
-        Ok(None) => None,
-        Err(err) => Some(format!("{err:#}")),
-        Ok(Some(bytes)) => match crate::record::parse::<BrokerRecord>(&bytes, &path) {
-            Ok(crate::record::Parsed::Record(_)) => None,
-            Ok(crate::record::Parsed::Corrupt(why)) => Some(format!("corrupt: {why}")),
-            Err(err) => Some(format!("{err:#}")),
-        },
     }
 }
 
