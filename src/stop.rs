@@ -124,8 +124,6 @@ struct Active {
     handle: Option<Handle>,
     /// Verified handles of the broker's members (other than the leader) seen so far.
     members: Vec<Handle>,
-    /// How many distinct members this run has seen.
-    members_seen: usize,
     helper: Option<Child>,
     signalled: bool,
     outcome: Option<StopOutcome>,
@@ -240,7 +238,6 @@ impl Stopper {
             ticket,
             handle: None,
             members: Vec::new(),
-            members_seen: 0,
             helper: None,
             signalled: false,
             outcome: None,
@@ -300,15 +297,16 @@ impl Stopper {
             }
             if let Target::Live(handle) = self.guard.target(&member) {
                 item.members.push(handle);
-                item.members_seen += 1;
             }
         }
-        item.ticket.members = item
-            .members
-            .iter()
-            .filter(|handle| !handle.has_exited())
-            .map(|handle| handle.identity().clone())
-            .collect();
+        // Every member ever seen stays in the ticket (a gone one is never signalled: its identity no longer
+        // matches), so that the run that closes the ticket can say how many there were.
+        for handle in &item.members {
+            let identity = handle.identity();
+            if !item.ticket.members.iter().any(|m| m == identity) {
+                item.ticket.members.push(identity.clone());
+            }
+        }
     }
 
     fn act(&self, item: &mut Active, step: Step, now: SystemTime) {
@@ -374,7 +372,7 @@ impl Stopper {
             {
                 StopOutcome::Stopped {
                     by: stopped_by(&item.ticket),
-                    members: item.members_seen,
+                    members: item.ticket.members.len(),
                 }
             } else {
                 StopOutcome::AlreadyGone

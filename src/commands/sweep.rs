@@ -288,8 +288,9 @@ impl Sweep<'_> {
     /// live broker carry a known token and are its own business (DESIGN "Process lineage").
     fn stop_unrecorded(&mut self) {
         let root = self.store.root.path().to_string_lossy().into_owned();
-        let known = crate::lineage::known_to(self.store, &self.tickets);
+        // Processes first, then records: a broker recorded or handed to a ticket meanwhile is known.
         let snapshot = proc::observe(&HashSet::new());
+        let known = crate::lineage::known_to(self.store, &self.tickets);
         for lost in crate::lineage::unrecorded(&snapshot, &known, &root) {
             let pid = lost.leader.pid;
             let (identity, marker) = (lost.leader, lost.marker);
@@ -309,6 +310,10 @@ impl Sweep<'_> {
                 "unrecorded".into(),
             );
             ticket.lineage = Some(lost.token);
+            // Already filed (a directory scan can miss a ticket being rewritten by its stopper): known.
+            if self.store.tickets.path_of(&ticket).exists() {
+                continue;
+            }
             // The marker is `<workspace>/<name>`: the event names the slot as a recorded broker's would.
             match marker.rsplit_once('/') {
                 Some((workspace, name)) => {

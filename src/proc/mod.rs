@@ -291,6 +291,27 @@ mod tests {
         assert_eq!(env_value(environ, "B"), None);
     }
 
+    /// Defect 5 (match, then identity): a match on argv read before the identity let a pid reused in between get
+    /// the ticket. Pinned observation drops a read during which the process changed.
+    #[test]
+    fn pinned_observation_drops_a_match_when_the_process_changes_during_the_read() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = i32::try_from(child.id()).unwrap();
+        let steady = pinned(pid, |pid| cmdline(pid).ok());
+        assert!(steady.is_some_and(|(id, argv)| id.pid == pid && argv == ["sleep", "30"]));
+        // The window widened: the process goes away (its pid free for reuse) between the first identity and the read.
+        let changed = pinned(pid, |pid| {
+            let argv = cmdline(pid).ok();
+            child.kill().unwrap();
+            child.wait().unwrap();
+            argv
+        });
+        assert_eq!(changed, None, "the match is dropped");
+    }
+
     #[cfg(all(target_os = "linux", not(feature = "portable-proc")))]
     #[test]
     fn a_thread_id_is_not_a_process() {
