@@ -36,7 +36,7 @@ pub struct Member {
 /// Fills in each broker's members, and each ticket's members left behind: a ticket whose leader is gone while
 /// members run, with no finisher driving it, is a stop that left them behind — stuck, not stopped.
 fn add_members(slots: &mut [SlotStatus], tickets: &mut [TicketStatus], finisher_running: bool) {
-    let leaders = slots
+    let leaders: std::collections::HashSet<i32> = slots
         .iter()
         .filter(|slot| slot.alive)
         .map(|slot| slot.record.identity.pid)
@@ -274,7 +274,7 @@ fn print_members(label: &str, members: &[Member]) {
     for member in members {
         let rss = member.rss_kib.map_or_else(
             || "-".to_owned(),
-            |kib| format!("{:.1} MiB", kib as f64 / 1024.0),
+            |kib| format!("{}.{} MiB", kib / 1024, kib % 1024 * 10 / 1024),
         );
         println!(
             "    {label} {:<8} {:>10}  {}",

@@ -156,7 +156,9 @@ pub struct Observed {
 /// One pass over the process table for the lineage rules: every process whose environment carries one of our
 /// markers, and every process whose group or session id is in `groups` (the members of a tokenless broker's group
 /// or session). Each is a pinned observation.
-pub fn observe(groups: &std::collections::HashSet<i32>) -> Vec<Observed> {
+pub fn observe<S: std::hash::BuildHasher>(
+    groups: &std::collections::HashSet<i32, S>,
+) -> Vec<Observed> {
     pids()
         .unwrap_or_default()
         .into_iter()

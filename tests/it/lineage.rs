@@ -285,7 +285,7 @@ fn in_private_pid_namespace(script: &str, args: &[&str]) -> Output {
 }
 
 /// Defect 1: with the broker and its group gone, a daemon that reused the pid (`setsid`, fork, parent exits) forms
-/// a leaderless group with the same id whose members started after the broker; `SessionEnd` and `reap` SIGTERMed
+/// a leaderless group with the same id whose members started after the broker; `SessionEnd` and `reap` stopped
 /// it. Forced reuse in a private pid namespace (`ns_last_pid`), once through `SessionEnd` with a lineage token and
 /// once through `reap` with a record of an older version (no token: the register rules).
 #[test]
@@ -406,7 +406,7 @@ fn a_record_pgid_naming_another_leaderless_group_is_ignored() {
 }
 
 /// Defect 4: `plan::resumes` ignored the program, so `grep -r <id>`, `cp -r <id>`, `vim -r<id>`, a tmux client of
-/// `claude --resume <id>` were SIGTERMed as resume orphans. Only agent processes match.
+/// `claude --resume <id>` were stopped as resume orphans. Only agent processes match.
 #[test]
 fn look_alike_resume_commands_are_never_stopped_as_resume_orphans() {
     let mut env = Env::new();
@@ -732,7 +732,7 @@ fn walk(root: &Path) -> Vec<PathBuf> {
     walkdir::WalkDir::new(root)
         .into_iter()
         .flatten()
-        .map(|entry| entry.into_path())
+        .map(walkdir::DirEntry::into_path)
         .collect()
 }
 

@@ -747,10 +747,12 @@ fn reap_all_with_reason_shutdown_stops_every_broker_of_every_live_session() {
             broker.gone_within(PATIENCE),
             "{broker:?} survived the drain"
         );
+        // A stop the drain handed to the finisher is logged once the finisher closes its ticket.
         assert!(
-            env.events_where("stop", Some("shutdown"))
+            wait_until(PATIENCE, || env
+                .events_where("stop", Some("shutdown"))
                 .iter()
-                .any(|e| e["pid"] == broker.pid && e["result"] == "stopped"),
+                .any(|e| e["pid"] == broker.pid && e["result"] == "stopped")),
             "no shutdown stop logged for {broker:?}"
         );
     }
