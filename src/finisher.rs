@@ -4,8 +4,10 @@
 
 use std::time::{Duration, Instant};
 
+use crate::deadline::Deadline;
 use crate::error::Outcome;
 use crate::launch;
+use crate::lock;
 use crate::proc;
 use crate::record::StopTicket;
 use crate::signal::Guard;
@@ -25,8 +27,8 @@ pub fn start(store: &Store) -> anyhow::Result<()> {
 
 /// True while a finisher holds the lock (for `doctor` and `status`).
 pub fn is_running(store: &Store) -> bool {
-    // Opened without creating it: `status` and `doctor` change nothing.
-    std::fs::File::open(store.root.join(LOCK)).is_ok_and(|file| file.try_lock().is_err())
+    // Creates nothing: `status` and `doctor` change nothing.
+    lock::is_held(&store.root, &store.root.join(LOCK))
 }
 
 /// A ticket this host's finisher can work on: not stuck (a sweep retries those) and not another host's (a state root
@@ -47,10 +49,10 @@ pub fn has_work(store: &Store) -> bool {
 
 /// The finisher's loop.
 pub fn run(store: &Store) -> anyhow::Result<Outcome> {
-    let lock = store.root.open_lock_file(&store.root.join(LOCK))?;
-    if lock.try_lock().is_err() {
+    let lock_path = store.root.join(LOCK);
+    let Some(mut held) = lock::try_lock(&store.root, &lock_path)? else {
         return Ok(Outcome::Done);
-    }
+    };
     let stopper = store.stopper(Guard::new());
     let started = Instant::now();
     let host = proc::host_name();
@@ -63,20 +65,21 @@ pub fn run(store: &Store) -> anyhow::Result<Outcome> {
         if workable.is_empty() {
             // Release, then look once more: a hook that filed a ticket while we held the lock saw its own finisher
             // refused, so the ticket is ours to take.
-            lock.unlock()?;
+            drop(held);
             let again = store
                 .tickets
                 .pending(&store.log)
                 .iter()
                 .any(|ticket| is_workable(ticket, &host));
-            if !again || lock.try_lock().is_err() {
-                return Ok(Outcome::Done);
+            match lock::try_lock(&store.root, &lock_path)? {
+                Some(again_held) if again => held = again_held,
+                _ => return Ok(Outcome::Done),
             }
             continue;
         }
         if started.elapsed() > LIFETIME {
             return Ok(Outcome::Partial);
         }
-        stopper.run(workable, Instant::now() + Duration::from_secs(30));
+        stopper.run(workable, Deadline::after(Duration::from_secs(30)));
     }
 }

@@ -6,12 +6,14 @@ pub mod cli;
 pub mod clock;
 pub mod commands;
 pub mod config;
+pub mod deadline;
 pub mod error;
 pub mod events;
 pub mod finisher;
 pub mod hook;
 pub mod install;
 pub mod launch;
+pub mod lock;
 pub mod name;
 pub mod plan;
 pub mod proc;
@@ -39,7 +41,10 @@ pub fn run() -> u8 {
         Err(err) => return parse_failure(&err),
     };
     if let Command::Hook(args) = &cli.command {
-        hook::run(&config::hook_request(args), cli.state_dir.as_deref());
+        match config::hook_request(args) {
+            Ok(request) => hook::run(&request, cli.state_dir.as_deref()),
+            Err(err) => report_hook_refusal(cli.state_dir.as_deref(), &format!("{err:#}")),
+        }
         return 0;
     }
     match Config::from_cli(&cli).and_then(|(config, request)| dispatch(&config, request)) {
@@ -98,14 +103,19 @@ fn parse_failure(err: &clap::Error) -> u8 {
         .join(" ");
     let hook_mode = subcommand_in_args().as_deref() == Some("hook");
     if hook_mode {
-        let store = Config::new(state_dir_in_args().as_deref(), false)
-            .and_then(|config| store::Store::open(&config.state_dir))
-            .ok();
-        hook::report(store.as_ref(), &line);
+        report_hook_refusal(state_dir_in_args().as_deref(), &line);
         return 0;
     }
     eprintln!("session-reaper: {}", line.trim_start_matches("error: "));
     2
+}
+
+/// A hook's flags were refused: one stderr line and one event (when the state root opens); the hook exits 0.
+fn report_hook_refusal(state_dir: Option<&std::path::Path>, line: &str) {
+    let store = Config::new(state_dir, false)
+        .and_then(|config| store::Store::open(&config.state_dir))
+        .ok();
+    hook::report(store.as_ref(), line);
 }
 
 /// The first argument that is neither a global flag nor its value: the subcommand clap would have run.

@@ -2,8 +2,11 @@
 //! Read-modify-writes of one session record are serialised by `sessions/<id>.lock`.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
+use anyhow::Context;
+
+use crate::deadline::Deadline;
+use crate::lock;
 use crate::name::SessionId;
 use crate::record::{self, Parsed, SessionRecord};
 use crate::state::{SESSIONS, StateRoot};
@@ -44,19 +47,11 @@ impl Sessions {
     pub fn update(
         &self,
         id: &SessionId,
-        wait: Duration,
+        deadline: Deadline,
         change: impl FnOnce(Option<SessionRecord>) -> Option<SessionRecord>,
     ) -> anyhow::Result<Option<SessionRecord>> {
-        let lock = self.root.open_lock_file(&self.lock_path(id))?;
-        let deadline = std::time::Instant::now() + wait;
-        while lock.try_lock().is_err() {
-            if std::time::Instant::now() >= deadline {
-                anyhow::bail!(
-                    "session {id} is locked by another session-reaper for more than {wait:?}"
-                );
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        let _lock = lock::lock(&self.root, &self.lock_path(id), deadline)
+            .with_context(|| format!("session {id}"))?;
         let current = self.get(id)?;
         match change(current.clone()) {
             Some(updated) if Some(&updated) != current.as_ref() => {
@@ -89,15 +84,21 @@ impl Sessions {
         records
     }
 
-    /// Deletes a tombstone and its lock.
+    /// Deletes a tombstone and its lock, under the lock. A record in use (locked) or resumed since it was read
+    /// (no longer ended) is left alone.
     pub fn remove(&self, id: &SessionId) -> anyhow::Result<()> {
-        for path in [self.path(id), self.lock_path(id)] {
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-                Err(err) => return Err(err.into()),
-            }
+        let Some(lock) = lock::try_lock(&self.root, &self.lock_path(id))? else {
+            return Ok(());
+        };
+        if self.get(id)?.is_some_and(|record| !record.is_ended()) {
+            return Ok(());
         }
-        Ok(())
+        let path = self.path(id);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(err).with_context(|| format!("removing {}", path.display())),
+        }
+        lock.remove()
     }
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 
 use crate::clock;
+use crate::deadline::Deadline;
 use crate::events::{Event, EventLog};
 use crate::proc;
 use crate::record::{Identity, Shutdown, StopTicket};
@@ -146,13 +147,13 @@ impl Stopper {
     }
 
     /// Drives `tickets` until each is done or `deadline` passes; what is left stays filed.
-    pub fn run(&self, tickets: Vec<StopTicket>, deadline: Instant) -> Vec<StopReport> {
+    pub fn run(&self, tickets: Vec<StopTicket>, deadline: Deadline) -> Vec<StopReport> {
         let mut active: Vec<Active> = tickets
             .into_iter()
             .map(|ticket| self.start(ticket))
             .collect();
         let mut last_signal = Instant::now();
-        let deadline_at = SystemTime::now() + deadline.saturating_duration_since(Instant::now());
+        let deadline_at = SystemTime::now() + deadline.remaining();
         loop {
             let now = SystemTime::now();
             let mut next_step_at = now + Duration::from_secs(3600);
@@ -174,12 +175,12 @@ impl Stopper {
                 .filter(|item| item.outcome.is_none())
                 .collect();
             let nothing_reachable = next_step_at > deadline_at && last_signal.elapsed() >= SETTLE;
-            if open.is_empty() || Instant::now() >= deadline || nothing_reachable {
+            if open.is_empty() || deadline.expired() || nothing_reachable {
                 break;
             }
             let wake = next_step_at.min(SystemTime::now() + Duration::from_millis(25));
             let until_wake = wake.duration_since(SystemTime::now()).unwrap_or_default();
-            let until_deadline = deadline.saturating_duration_since(Instant::now());
+            let until_deadline = deadline.remaining();
             let handles: Vec<&Handle> = open
                 .iter()
                 .filter_map(|item| item.handle.as_ref())
@@ -502,8 +503,8 @@ pub fn ticket_for(
 }
 
 /// How long a command in the foreground waits for a stop: the whole cascade and one SIGKILL retry.
-pub fn foreground_deadline(ticket: &StopTicket) -> Instant {
-    Instant::now() + GRACEFUL_WINDOW + Duration::from_millis(ticket.grace_ms) + KILL_RETRY * 2
+pub fn foreground_deadline(ticket: &StopTicket) -> Deadline {
+    Deadline::after(GRACEFUL_WINDOW + Duration::from_millis(ticket.grace_ms) + KILL_RETRY * 2)
 }
 
 #[cfg(test)]

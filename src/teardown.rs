@@ -4,11 +4,11 @@
 //! signalled here: the caller runs the tickets within its deadline.
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use crate::clock;
+use crate::deadline::Deadline;
 use crate::events::{Event, Reason};
 use crate::name::SessionId;
 use crate::plan::{self, OwnerRemoval};
@@ -89,7 +89,7 @@ pub fn end_session(
     store: &Store,
     guard: &Guard,
     ending: &Ending,
-    lock_deadline: Instant,
+    lock_deadline: Deadline,
 ) -> EndReport {
     let session = ending.session.as_str();
     let mut report = EndReport {
@@ -97,7 +97,7 @@ pub fn end_session(
         reason: ending.reason.to_string(),
         ..EndReport::default()
     };
-    let title = match mark_ended(store, ending) {
+    let title = match mark_ended(store, ending, lock_deadline) {
         Ok(record) => record.and_then(|record| record.title),
         Err(err) => {
             report.problems.push(format!("session record: {err:#}"));
@@ -106,9 +106,22 @@ pub fn end_session(
     };
     let host = proc::host_name();
     for slot in Slot::all(&store.root) {
+        if lock_deadline.expired() {
+            report.problems.push(format!(
+                "deadline reached before {}; a sweep finishes the rest",
+                slot.label()
+            ));
+            break;
+        }
         strip_owner(store, &slot, ending, (lock_deadline, &host), &mut report);
     }
-    file_resume_orphans(store, guard, ending, title.as_deref(), &mut report);
+    file_resume_orphans(
+        store,
+        guard,
+        (ending, lock_deadline),
+        title.as_deref(),
+        &mut report,
+    );
     if !ending.dry_run {
         store.log.record(
             &Event::new("session_end", "ended")
@@ -120,32 +133,34 @@ pub fn end_session(
     report
 }
 
-fn mark_ended(store: &Store, ending: &Ending) -> anyhow::Result<Option<SessionRecord>> {
+fn mark_ended(
+    store: &Store,
+    ending: &Ending,
+    deadline: Deadline,
+) -> anyhow::Result<Option<SessionRecord>> {
     if ending.dry_run {
         return store.sessions.get(&ending.session);
     }
     let now = clock::now_rfc3339();
-    store
-        .sessions
-        .update(&ending.session, Duration::from_millis(500), |current| {
-            let mut record = current.unwrap_or_else(|| {
-                SessionRecord::new(ending.session.as_str(), proc::host_name(), &now)
-            });
-            if record.ended_at.is_none() {
-                record.ended_at = Some(now.clone());
-                record.end_reason = Some(
-                    ending
-                        .agent_reason
-                        .clone()
-                        .unwrap_or_else(|| ending.reason.to_string()),
-                );
-            }
-            record.last_seen = now;
-            if let Some(seen) = &ending.seen {
-                seen.fill_blanks(&mut record);
-            }
-            Some(record)
-        })
+    store.sessions.update(&ending.session, deadline, |current| {
+        let mut record = current.unwrap_or_else(|| {
+            SessionRecord::new(ending.session.as_str(), proc::host_name(), &now)
+        });
+        if record.ended_at.is_none() {
+            record.ended_at = Some(now.clone());
+            record.end_reason = Some(
+                ending
+                    .agent_reason
+                    .clone()
+                    .unwrap_or_else(|| ending.reason.to_string()),
+            );
+        }
+        record.last_seen = now;
+        if let Some(seen) = &ending.seen {
+            seen.fill_blanks(&mut record);
+        }
+        Some(record)
+    })
 }
 
 /// Removes the ending session from one slot's owners, filing a stop ticket when it was the last. Another host's
@@ -154,7 +169,7 @@ fn strip_owner(
     store: &Store,
     slot: &Slot,
     ending: &Ending,
-    (lock_deadline, host): (Instant, &str),
+    (lock_deadline, host): (Deadline, &str),
     report: &mut EndReport,
 ) {
     let session = ending.session.as_str();
@@ -176,10 +191,7 @@ fn strip_owner(
         }
         return;
     }
-    let wait = lock_deadline
-        .saturating_duration_since(Instant::now())
-        .max(Duration::from_millis(10));
-    let guard = match slot.lock(&store.root, wait) {
+    let guard = match slot.lock(&store.root, lock_deadline) {
         Ok(guard) => guard,
         Err(err) => {
             report.problems.push(format!("{}: {err:#}", slot.label()));
@@ -261,11 +273,11 @@ fn owned_slot(record: &crate::record::BrokerRecord, removal: OwnerRemoval) -> Ow
 fn file_resume_orphans(
     store: &Store,
     guard: &Guard,
-    ending: &Ending,
+    (ending, deadline): (&Ending, Deadline),
     title: Option<&str>,
     report: &mut EndReport,
 ) {
-    let snapshot = proc::scan_cmdlines();
+    let snapshot = proc::scan_cmdlines(deadline);
     let mut protected: HashSet<i32> = proc::self_and_ancestors();
     protected.extend(live_agent_pids(store, &ending.session));
     for pid in plan::resume_orphans(&snapshot, ending.session.as_str(), title, &protected) {

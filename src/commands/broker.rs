@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use crate::clock;
 use crate::config::{self, BrokerRequest, Config, OwnerSpec, SlotSpec, StopPolicy};
+use crate::deadline::Deadline;
 use crate::error::{Outcome, bad_input};
 use crate::events::{Event, Reason};
 use crate::launch;
@@ -149,7 +150,7 @@ impl SlotTarget {
 
     fn lock(&self) -> anyhow::Result<SlotGuard<'_>> {
         self.slot.create(&self.store.root)?;
-        self.slot.lock(&self.store.root, LOCK_WAIT)
+        self.slot.lock(&self.store.root, Deadline::after(LOCK_WAIT))
     }
 
     /// The live broker of the slot, under its lock. A record whose process is gone is pruned (`broker_gone`); a

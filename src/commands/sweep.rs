@@ -4,12 +4,13 @@
 //! reports duplicate `--resume` writers, and cleans tombstones, empty slots and an oversized log.
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
 use crate::clock;
 use crate::config::{Config, SweepRequest};
+use crate::deadline::Deadline;
 use crate::error::Outcome;
 use crate::events::{Event, Reason};
 use crate::finisher;
@@ -95,7 +96,7 @@ pub fn run(args: &SweepRequest, config: &Config) -> anyhow::Result<Outcome> {
     sweep.end_crashed_sessions();
     let sessions = store.sessions.all();
     sweep.judge_slots(&sessions, idle_ttl);
-    let snapshot = proc::scan_cmdlines();
+    let snapshot = proc::scan_cmdlines(Deadline::far());
     sweep.stop_unrecorded(&snapshot);
     sweep.report_duplicate_writers(&snapshot, &sessions);
     sweep.drop_tombstones(&sessions, args.retention);
@@ -168,7 +169,7 @@ impl Sweep<'_> {
                 dry_run: self.policy.dry_run,
             };
             let report =
-                teardown::end_session(self.store, &self.guard, &ending, Instant::now() + LOCK_WAIT);
+                teardown::end_session(self.store, &self.guard, &ending, Deadline::after(LOCK_WAIT));
             self.act(
                 "end_session",
                 Some(Reason::OwnersGone),
@@ -198,7 +199,7 @@ impl Sweep<'_> {
                 }
                 continue;
             }
-            let guard = match slot.lock(&self.store.root, LOCK_WAIT) {
+            let guard = match slot.lock(&self.store.root, Deadline::after(LOCK_WAIT)) {
                 Ok(guard) => guard,
                 Err(err) => {
                     self.problems.push(format!("{}: {err:#}", slot.label()));
@@ -402,7 +403,7 @@ impl Sweep<'_> {
         if !slot.dir().exists() {
             return false;
         }
-        let Ok(guard) = slot.lock(&self.store.root, LOCK_WAIT) else {
+        let Ok(guard) = slot.lock(&self.store.root, Deadline::after(LOCK_WAIT)) else {
             return true;
         };
         matches!(guard.read(), Ok(SlotContent::Broker(record)) if &record.identity == identity)
@@ -496,7 +497,7 @@ impl Sweep<'_> {
         let stops = self
             .store
             .stopper(self.guard.clone())
-            .run(all, Instant::now() + SWEEP_STOP_DEADLINE);
+            .run(all, Deadline::after(SWEEP_STOP_DEADLINE));
         if stops
             .iter()
             .any(|stop| matches!(stop.outcome, StopOutcome::Pending { stuck: false, .. }))
