@@ -11,10 +11,12 @@ use crate::lock;
 use crate::proc;
 use crate::record::StopTicket;
 use crate::signal::Guard;
-use crate::stop::STUCK_AFTER;
+use crate::stop::{STUCK_AFTER, StopOutcome};
 use crate::store::Store;
 
 const LOCK: &str = "finisher.lock";
+/// How long to wait before looking again at tickets another process drives.
+const ELSEWHERE_POLL: Duration = Duration::from_millis(25);
 /// How long one finisher may run at most.
 const LIFETIME: Duration = Duration::from_secs(600);
 
@@ -80,6 +82,13 @@ pub fn run(store: &Store) -> anyhow::Result<Outcome> {
         if started.elapsed() > LIFETIME {
             return Ok(Outcome::Partial);
         }
-        stopper.run(workable, Deadline::after(Duration::from_secs(30)));
+        let reports = stopper.run(workable, Deadline::after(Duration::from_secs(30)));
+        // Every ticket left is driven by another process (a sweep, a hook): look again shortly, without spinning.
+        if reports
+            .iter()
+            .all(|report| report.outcome == StopOutcome::DrivenElsewhere)
+        {
+            std::thread::sleep(ELSEWHERE_POLL);
+        }
     }
 }

@@ -15,7 +15,7 @@ use crate::events::{Event, EventLog};
 use crate::proc;
 use crate::record::{Identity, Shutdown, StopTicket};
 use crate::signal::{Guard, Handle, Refusal, Sig, Target};
-use crate::ticket::Tickets;
+use crate::ticket::{Claim, TicketLock, Tickets};
 
 /// How long the graceful step (socket message or command) may take before SIGTERM.
 pub const GRACEFUL_WINDOW: Duration = Duration::from_millis(750);
@@ -83,6 +83,10 @@ pub enum StopOutcome {
     Foreign,
     /// Still running at the deadline; the ticket stays for the finisher or a sweep.
     Pending { stuck: bool, attempts: u32 },
+    /// Another process drives the ticket right now; left to it.
+    DrivenElsewhere,
+    /// Another process finished the ticket already.
+    DoneElsewhere,
 }
 
 impl StopOutcome {
@@ -105,6 +109,8 @@ impl StopOutcome {
                 attempts,
             } => format!("STUCK after {attempts} SIGKILLs"),
             StopOutcome::Pending { .. } => "stopping (handed on)".to_owned(),
+            StopOutcome::DrivenElsewhere => "being stopped by another session-reaper".to_owned(),
+            StopOutcome::DoneElsewhere => "stopped by another session-reaper".to_owned(),
         }
     }
 }
@@ -118,6 +124,8 @@ pub struct StopReport {
 
 struct Active {
     ticket: StopTicket,
+    /// Held while this run drives the ticket: one driver per ticket.
+    claim: Option<TicketLock>,
     handle: Option<Handle>,
     helper: Option<Child>,
     signalled: bool,
@@ -211,6 +219,7 @@ impl Stopper {
     fn start(&self, ticket: StopTicket) -> Active {
         let mut item = Active {
             ticket,
+            claim: None,
             handle: None,
             helper: None,
             signalled: false,
@@ -219,6 +228,29 @@ impl Stopper {
         if crate::record::is_other_host(&item.ticket.host, &self.host) {
             item.outcome = Some(StopOutcome::Foreign);
             return item;
+        }
+        match self.tickets.claim(&item.ticket) {
+            Ok(Claim::Mine(current, claim)) => {
+                item.ticket = current;
+                item.claim = Some(claim);
+            }
+            Ok(Claim::Busy) => {
+                item.outcome = Some(StopOutcome::DrivenElsewhere);
+                return item;
+            }
+            Ok(Claim::Finished) => {
+                item.outcome = Some(StopOutcome::DoneElsewhere);
+                return item;
+            }
+            Err(err) => {
+                self.log
+                    .record(&event_for(&item.ticket, "error", "failed").detail(format!("{err:#}")));
+                item.outcome = Some(StopOutcome::Pending {
+                    stuck: item.ticket.attempts >= STUCK_AFTER,
+                    attempts: item.ticket.attempts,
+                });
+                return item;
+            }
         }
         match self.guard.target(&item.ticket.identity) {
             Target::Live(handle) => item.handle = Some(handle),
@@ -262,7 +294,10 @@ impl Stopper {
             Step::Wait(_) | Step::Done => return,
         }
         item.signalled = true;
-        if let Err(err) = self.tickets.save(&item.ticket) {
+        let Some(claim) = &item.claim else {
+            return;
+        };
+        if let Err(err) = self.tickets.save(&item.ticket, claim) {
             self.log
                 .record(&event_for(&item.ticket, "error", "failed").detail(format!("{err:#}")));
         }
@@ -309,17 +344,25 @@ impl Stopper {
             StopOutcome::AlreadyGone => ("stop", "already_gone"),
             StopOutcome::Refused { .. } => ("refuse", "refused"),
             StopOutcome::Stale => ("prune", "stale"),
-            StopOutcome::Foreign | StopOutcome::Pending { .. } => ("stop", "pending"),
+            StopOutcome::Foreign
+            | StopOutcome::Pending { .. }
+            | StopOutcome::DrivenElsewhere
+            | StopOutcome::DoneElsewhere => ("stop", "pending"),
         };
         let detail = match &outcome {
             StopOutcome::Stopped { by } => by.clone(),
             StopOutcome::Refused { why } => why.clone(),
             other => other.summary(),
         };
+        // Only the driver finishes a ticket, and only once: its claim is given up here.
+        let Some(claim) = item.claim.take() else {
+            item.outcome = Some(outcome);
+            return;
+        };
         // The event first: whoever sees the ticket gone can read why.
         self.log
             .record(&event_for(&item.ticket, action, result).detail(detail));
-        if let Err(err) = self.tickets.remove(&item.ticket) {
+        if let Err(err) = self.tickets.remove(&item.ticket, &claim) {
             self.log
                 .record(&event_for(&item.ticket, "error", "failed").detail(format!("{err:#}")));
         }
