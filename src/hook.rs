@@ -269,6 +269,7 @@ fn refreshed(
 
 /// Appends `export SESSION_REAPER_SESSION_ID='<id>'` to `$CLAUDE_ENV_FILE` and `$CODEX_ENV_FILE` (each once).
 fn export_session_id(session: &SessionId) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let mut files: Vec<std::path::PathBuf> = ["CLAUDE_ENV_FILE", "CODEX_ENV_FILE"]
         .iter()
         .filter_map(|name| {
@@ -278,12 +279,18 @@ fn export_session_id(session: &SessionId) -> anyhow::Result<()> {
         })
         .collect();
     files.dedup();
+    let uid = nix::unistd::geteuid().as_raw();
     for file in files {
-        let mut handle = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(&file)
-            .with_context(|| format!("opening env file {}", file.display()))?;
+        // Like a state file: no symlink followed, no blocking on a FIFO, a regular file of ours or nothing.
+        let mut handle = crate::state::open_nofollow(
+            &file,
+            std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .mode(0o600),
+        )
+        .with_context(|| format!("opening env file {}", file.display()))?;
+        crate::state::check_regular_file(&handle, &file, uid)?;
         // The id is validated to [A-Za-z0-9._-], so single quotes need no escaping.
         writeln!(handle, "export SESSION_REAPER_SESSION_ID='{session}'")
             .with_context(|| format!("writing env file {}", file.display()))?;

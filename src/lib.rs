@@ -85,7 +85,7 @@ fn run_hook() -> u8 {
         Err(err) => {
             backstop::run_guarded(Deadline::after(DEFAULT_HOOK_DEADLINE), state_dir, || {
                 backstop::report(state_dir, &format!("{err:#}"));
-            })
+            });
         }
     }
     0
@@ -101,6 +101,16 @@ fn quiet_on_closed_output() {
 }
 
 fn dispatch(config: &Config, request: Request) -> anyhow::Result<Outcome> {
+    let reach = match &request {
+        Request::Status { .. } | Request::Sweep(_) | Request::Reap(_) | Request::Doctor { .. } => {
+            Some(state::Reach::Whole)
+        }
+        Request::Log(_) => Some(state::Reach::Top),
+        _ => None,
+    };
+    if let Some(reach) = reach {
+        state::refuse_special_files(&config.state_dir, reach)?;
+    }
     match request {
         Request::Hook(_) => Ok(Outcome::Done),
         Request::Broker(request) => commands::broker::run(request, config),

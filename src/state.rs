@@ -295,14 +295,14 @@ pub fn check_regular_file(file: &File, path: &Path, uid: u32) -> anyhow::Result<
         .with_context(|| format!("inspecting {}", path.display()))?;
     if !meta.file_type().is_file() {
         return Err(bad_input(format!(
-            "unsafe state file {}: expected a regular file, found {}; fix: remove it",
+            "unsafe file {}: expected a regular file, found {}; fix: remove it",
             path.display(),
             kind_of(&meta)
         )));
     }
     if meta.uid() != uid {
         return Err(bad_input(format!(
-            "unsafe state file {}: owned by uid {}, expected {uid}; fix: remove it",
+            "unsafe file {}: owned by uid {}, expected {uid}; fix: remove it",
             path.display(),
             meta.uid(),
         )));
@@ -343,6 +343,47 @@ fn too_large(path: &Path, size: u64, limit: u64) -> anyhow::Error {
         "unsafe state file {}: {size} bytes, expected at most {limit}; fix: move it aside",
         path.display()
     ))
+}
+
+/// How much of a state root `refuse_special_files` looks at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reach {
+    /// The files at the top (the event log and its locks): for `log`.
+    Top,
+    /// Every level we keep files at: sessions, tickets, slots.
+    Whole,
+}
+
+/// Refuses (exit 2, naming the path) a state root holding a FIFO, socket or device where we keep files: none is
+/// ever ours, and opening one could block. Reads directory entries only (their type comes with them), opens
+/// nothing; a missing root is fine.
+pub fn refuse_special_files(root: &Path, reach: Reach) -> anyhow::Result<()> {
+    let depth = match reach {
+        Reach::Top => 1,
+        Reach::Whole => 4,
+    };
+    let special = walkdir::WalkDir::new(root)
+        .min_depth(1)
+        .max_depth(depth)
+        .follow_links(false)
+        .into_iter()
+        .filter_map(Result::ok)
+        .find(|entry| {
+            let kind = entry.file_type();
+            !(kind.is_file() || kind.is_dir() || kind.is_symlink())
+        });
+    match special {
+        None => Ok(()),
+        Some(entry) => {
+            let kind = entry
+                .metadata()
+                .map_or("a special file", |meta| kind_of(&meta));
+            Err(bad_input(format!(
+                "unsafe state root: {} is {kind}, expected a regular file; fix: remove it",
+                entry.path().display()
+            )))
+        }
+    }
 }
 
 /// Why a directory is unsafe to keep state in, if it is.
