@@ -225,14 +225,15 @@ fn refresh_session(
     store
         .sessions
         .update(&payload.session, deadline, |current| {
-            Some(refreshed(
-                current,
+            Ok(Some(refreshed(
+                current.cloned(),
                 payload,
                 agent,
                 identity.clone(),
                 starting,
-            ))
+            )))
         })
+        .map(|(_, after)| after)
 }
 
 /// A session record refreshed from a payload. `starting` clears an earlier end (`--resume` of an ended session).

@@ -1,6 +1,7 @@
 //! session-reaper: owner-keyed broker records, session hooks and a stop cascade that never signals the wrong
 //! process. `run` is the whole program; `main` only maps its result to an exit code.
 
+pub mod act;
 pub mod agent;
 pub mod backstop;
 pub mod cli;
@@ -8,6 +9,7 @@ pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod deadline;
+pub mod decide;
 pub mod error;
 pub mod events;
 pub mod finisher;
