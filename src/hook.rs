@@ -50,10 +50,13 @@ pub fn run(args: &HookRequest, state_dir_flag: Option<&Path>) {
 /// One stderr line and one event; the hook still exits 0.
 pub fn report(store: Option<&Store>, message: &str) {
     let line = message.replace('\n', " ");
-    let _ = writeln!(std::io::stderr(), "session-reaper hook: {line}");
+    // The event first: a stderr nobody reads (a full pipe) may block the line until the watchdog ends us.
     if let Some(store) = store {
-        store.log.record(&Event::new("hook", "error").detail(line));
+        store
+            .log
+            .record(&Event::new("hook", "error").detail(line.clone()));
     }
+    let _ = writeln!(std::io::stderr(), "session-reaper hook: {line}");
 }
 
 /// What we use of a hook payload; everything else is ignored.
@@ -189,7 +192,13 @@ fn session_start(
     agent: Option<Agent>,
     deadline: Deadline,
 ) -> anyhow::Result<()> {
-    let record = refresh_session(args, store, payload, agent, (true, deadline))?;
+    let record = refresh_session(
+        args,
+        store,
+        payload,
+        agent,
+        (true, deadline.less(EXIT_MARGIN)),
+    )?;
     store.log.record(
         &Event::new("session_start", "recorded")
             .session(Some(payload.session.as_str()))
@@ -210,7 +219,14 @@ fn touch_session(
     agent: Option<Agent>,
     deadline: Deadline,
 ) -> anyhow::Result<()> {
-    refresh_session(args, store, payload, agent, (false, deadline)).map(drop)
+    refresh_session(
+        args,
+        store,
+        payload,
+        agent,
+        (false, deadline.less(EXIT_MARGIN)),
+    )
+    .map(drop)
 }
 
 /// Writes the session's record refreshed from the payload, under its lock; returns it.

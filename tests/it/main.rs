@@ -1,5 +1,6 @@
 //! The integration tests: one binary, driving the real `session-reaper` against real child processes.
 
+mod edges;
 mod foundation;
 mod harness;
 mod hooks;
