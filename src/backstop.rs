@@ -12,9 +12,9 @@ use crate::deadline::Deadline;
 use crate::hook;
 use crate::store::Store;
 
-/// How long past its deadline a hook may run before the watchdog ends it.
+/// How long past its deadline a hook may run at most: the watchdog wakes `MARGIN - REPORT_WAIT` after it.
 pub const MARGIN: Duration = Duration::from_millis(100);
-/// How long the watchdog gives its last report (stderr line, event) before it ends the process anyway.
+/// How long the watchdog gives its last report (event, stderr line) before it ends the process anyway.
 const REPORT_WAIT: Duration = Duration::from_millis(50);
 
 /// The message of the last panic, kept by the panic hook instead of printed (no backtrace in an agent's UI).
@@ -28,7 +28,10 @@ pub fn run_guarded(deadline: Deadline, state_dir: Option<&Path>, body: impl FnOn
             *last = Some(info.to_string().replace('\n', " "));
         }
     }));
-    start_watchdog(deadline.later(MARGIN), state_dir.map(Path::to_path_buf));
+    start_watchdog(
+        deadline.later(MARGIN - REPORT_WAIT),
+        state_dir.map(Path::to_path_buf),
+    );
     if std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).is_err() {
         let message = LAST_PANIC
             .lock()

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::harness::{
     Env, PATIENCE, Proc, closed_pipe, fresh_id, full_pipe, hold_flocks, measured, run_bounded,
-    run_timed, stderr, stdout, wait_until,
+    run_timed, run_timed_into, stderr, stdout, wait_until,
 };
 
 /// What a loaded 2-core machine may add to a deadline before a run counts as late: process start, and the fsyncs
@@ -597,9 +597,8 @@ fn a_closed_stderr_ends_a_command_quietly_and_a_hook_exits_0() {
     let out = command.output().expect("run");
     assert_quiet(&out, "a refused command with a closed stderr");
     for stdin in [&b"not json"[..], &b"{\"session_id\": \"../x\"}"[..]] {
-        let mut command = env.cmd(&["hook", "--deadline", "1s"]);
-        command.stderr(closed_pipe());
-        let (out, elapsed) = run_timed(command, stdin, NO_DELAY);
+        let command = env.cmd(&["hook", "--deadline", "1s"]);
+        let (out, elapsed) = run_timed_into(command, stdin, NO_DELAY, closed_pipe());
         assert_eq!(
             out.status.code(),
             Some(0),
@@ -627,9 +626,8 @@ fn the_watchdog_ends_a_hook_blocked_on_a_full_stderr_at_its_deadline() {
         RUNS,
         |_| {
             let (_reader, writer) = full_pipe();
-            let mut command = env.cmd(&["hook", "--deadline", "500ms"]);
-            command.stderr(writer);
-            let (out, elapsed) = run_timed(command, b"not json", NO_DELAY);
+            let command = env.cmd(&["hook", "--deadline", "500ms"]);
+            let (out, elapsed) = run_timed_into(command, b"not json", NO_DELAY, writer);
             assert_eq!(out.status.code(), Some(0), "the watchdog exits 0");
             assert!(out.stdout.is_empty(), "and writes nothing to stdout");
             elapsed

@@ -482,11 +482,21 @@ pub fn hold_flocks(env: &mut Env, paths: &[PathBuf]) -> Proc {
 
 /// Runs `command` with `stdin` written after `delay` and then kept open (a hook must never wait for EOF); returns
 /// its output and the time from spawn to exit. Killed after `PATIENCE`.
-pub fn run_timed(mut command: Command, stdin: &[u8], delay: Duration) -> (Output, Duration) {
+pub fn run_timed(command: Command, stdin: &[u8], delay: Duration) -> (Output, Duration) {
+    run_timed_into(command, stdin, delay, Stdio::piped())
+}
+
+/// `run_timed` with the command's stderr going to `stderr` (a closed or a full pipe).
+pub fn run_timed_into(
+    mut command: Command,
+    stdin: &[u8],
+    delay: Duration,
+    stderr: impl Into<Stdio>,
+) -> (Output, Duration) {
     command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stderr(stderr);
     let started = Instant::now();
     let mut child = command.spawn().expect("start session-reaper");
     let mut pipe = child.stdin.take().unwrap();
