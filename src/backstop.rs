@@ -12,9 +12,10 @@ use crate::deadline::Deadline;
 use crate::hook;
 use crate::store::Store;
 
-/// How long past its deadline a hook may run at most: the watchdog wakes `MARGIN - REPORT_WAIT` after it.
+/// How long past its deadline a hook may run at most: the watchdog wakes `WAKE` after it and gives its last
+/// report (event, stderr line) `REPORT_WAIT` before it ends the process anyway.
 pub const MARGIN: Duration = Duration::from_millis(100);
-/// How long the watchdog gives its last report (event, stderr line) before it ends the process anyway.
+const WAKE: Duration = Duration::from_millis(50);
 const REPORT_WAIT: Duration = Duration::from_millis(50);
 
 /// The message of the last panic, kept by the panic hook instead of printed (no backtrace in an agent's UI).
@@ -28,10 +29,7 @@ pub fn run_guarded(deadline: Deadline, state_dir: Option<&Path>, body: impl FnOn
             *last = Some(info.to_string().replace('\n', " "));
         }
     }));
-    start_watchdog(
-        deadline.later(MARGIN - REPORT_WAIT),
-        state_dir.map(Path::to_path_buf),
-    );
+    start_watchdog(deadline.later(WAKE), state_dir.map(Path::to_path_buf));
     if std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).is_err() {
         let message = LAST_PANIC
             .lock()
