@@ -449,8 +449,8 @@ pub const MAX_IDLE_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// The longest wait a flag may ask for: a deadline, a stdin timeout, a grace.
 pub const MAX_WAIT: Duration = Duration::from_secs(3600);
-/// The furthest back a flag may reach: `--since`, `--retention`.
-pub const MAX_HISTORY: Duration = Duration::from_secs(3650 * 86_400);
+/// The furthest back a flag may reach: `--since`, `--retention` (ten years of 365.25 days, as humantime counts).
+pub const MAX_HISTORY: Duration = Duration::from_secs(10 * 31_557_600);
 
 /// Refuses an idle TTL beyond 30 days (zero disables and is fine).
 pub fn check_idle_ttl(ttl: Duration, flag: &str) -> anyhow::Result<Duration> {
@@ -472,7 +472,8 @@ pub fn check_bounded(value: Duration, flag: &str, max: Duration) -> anyhow::Resu
 /// A long duration as people write it: whole days when it is whole days.
 fn in_days(duration: Duration) -> String {
     let secs = duration.as_secs();
-    if secs.is_multiple_of(86_400) && duration.subsec_nanos() == 0 {
+    // Beyond a year humantime's own form (`500000000000years`) reads better than a count of days.
+    if secs.is_multiple_of(86_400) && duration.subsec_nanos() == 0 && secs < 365 * 86_400 {
         format!("{}days", secs / 86_400)
     } else {
         humantime::format_duration(duration).to_string()
