@@ -99,6 +99,15 @@ fn mkfifo(path: &Path) {
     assert!(status.success(), "mkfifo {}", path.display());
 }
 
+/// `SessionStart` on even runs, `SessionEnd` on odd ones: a measurement covers both.
+fn start_or_end(run: usize) -> &'static str {
+    if run % 2 == 0 {
+        "SessionStart"
+    } else {
+        "SessionEnd"
+    }
+}
+
 fn hook_errors(env: &Env) -> Vec<Value> {
     env.events_where("hook", None)
 }
@@ -268,11 +277,7 @@ fn a_one_gigabyte_file_in_sessions_is_refused_unread_within_the_deadline() {
         file.set_len(1 << 30).unwrap();
     }
     let max = measured("hook with 1 GiB files in sessions/", RUNS, |run| {
-        let event = if run % 2 == 0 {
-            "SessionStart"
-        } else {
-            "SessionEnd"
-        };
+        let event = start_or_end(run);
         let (out, elapsed) = timed_hook(
             &env,
             &["--deadline", "1s"],
@@ -358,11 +363,7 @@ fn hook_deadline_holds_with_the_session_lock_held() {
             &format!("hook --deadline {text} with the session lock held"),
             RUNS,
             |run| {
-                let event = if run % 2 == 0 {
-                    "SessionStart"
-                } else {
-                    "SessionEnd"
-                };
+                let event = start_or_end(run);
                 let (out, elapsed) = timed_hook(
                     &env,
                     &["--deadline", text],
