@@ -101,7 +101,7 @@ fn mkfifo(path: &Path) {
 
 /// `SessionStart` on even runs, `SessionEnd` on odd ones: a measurement covers both.
 fn start_or_end(run: usize) -> &'static str {
-    if run % 2 == 0 {
+    if run.is_multiple_of(2) {
         "SessionStart"
     } else {
         "SessionEnd"
