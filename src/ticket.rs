@@ -202,3 +202,56 @@ pub enum TicketView {
     Ticket(StopTicket),
     Unreadable(Unreadable),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Identity;
+
+    fn tickets() -> (tempfile::TempDir, Tickets, StopTicket) {
+        let temp = tempfile::tempdir().unwrap();
+        let root = StateRoot::open(&temp.path().join("state")).unwrap();
+        let identity = Identity {
+            boot_id: "b".into(),
+            pid: 4242,
+            start_ticks: 7,
+            uid: 0,
+        };
+        let ticket = crate::stop::new_ticket(identity, None, "manual", 100, "test".into());
+        (temp, Tickets::new(&root), ticket)
+    }
+
+    #[test]
+    fn one_claim_at_a_time_and_a_finished_ticket_stays_finished() {
+        let (_temp, tickets, ticket) = tickets();
+        tickets.file(&ticket).unwrap();
+        let Claim::Mine(mut mine, lock) = tickets.claim(&ticket).unwrap() else {
+            panic!("a filed ticket is ours to claim");
+        };
+        assert!(matches!(tickets.claim(&ticket).unwrap(), Claim::Busy));
+        mine.attempts = 2;
+        tickets.save(&mine, &lock).unwrap();
+        // Filing again keeps the driver's progress.
+        tickets.file(&ticket).unwrap();
+        assert_eq!(tickets.readable()[0].attempts, 2);
+        tickets.remove(&mine, &lock).unwrap();
+        drop(lock);
+        assert!(matches!(tickets.claim(&ticket).unwrap(), Claim::Finished));
+        assert!(
+            !tickets.lock_path_of(&ticket).exists(),
+            "no lock left behind"
+        );
+    }
+
+    #[test]
+    fn a_claim_reads_the_progress_on_disk() {
+        let (_temp, tickets, ticket) = tickets();
+        let mut progressed = ticket.clone();
+        progressed.attempts = 1;
+        tickets.file(&progressed).unwrap();
+        let Claim::Mine(current, _lock) = tickets.claim(&ticket).unwrap() else {
+            panic!("claimable");
+        };
+        assert_eq!(current.attempts, 1);
+    }
+}

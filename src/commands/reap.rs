@@ -34,6 +34,8 @@ pub fn run(request: &ReapRequest, config: &Config) -> anyhow::Result<Outcome> {
     };
     let guard = Guard::new();
     let started = Instant::now();
+    // `--deadline` bounds the whole run, lock waits included.
+    let overall = request.deadline.map_or_else(Deadline::far, Deadline::after);
     let reports: Vec<EndReport> = sessions
         .iter()
         .map(|session| {
@@ -44,7 +46,12 @@ pub fn run(request: &ReapRequest, config: &Config) -> anyhow::Result<Outcome> {
                 seen: None,
                 dry_run: request.dry_run,
             };
-            teardown::end_session(&store, &guard, &ending, Deadline::after(LOCK_WAIT))
+            teardown::end_session(
+                &store,
+                &guard,
+                &ending,
+                Deadline::after(LOCK_WAIT).min(overall),
+            )
         })
         .collect();
     let tickets: Vec<_> = reports
