@@ -367,8 +367,11 @@ pub fn read_one_value(
     let started = Instant::now();
     let mut buffer: Vec<u8> = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
+    // Parse again only when the last read could have completed a value: an object or array ends with `}` or `]`
+    // (so a slow, large payload costs one parse per closing bracket, not one per chunk); anything else parses at once.
+    let mut parse_due = false;
     loop {
-        if buffer.iter().any(|byte| !byte.is_ascii_whitespace()) {
+        if std::mem::take(&mut parse_due) {
             let mut values = serde_json::Deserializer::from_slice(&buffer).into_iter::<Value>();
             match values.next() {
                 Some(Ok(value)) => return Ok(value),
@@ -411,7 +414,16 @@ pub fn read_one_value(
                     "hook payload on stdin: expected JSON, got a truncated value".to_owned()
                 }));
             }
-            Ok(read) => buffer.extend_from_slice(&chunk[..read]),
+            Ok(read) => {
+                let fresh = &chunk[..read];
+                buffer.extend_from_slice(fresh);
+                let container = buffer
+                    .iter()
+                    .find(|byte| !byte.is_ascii_whitespace())
+                    .is_some_and(|first| matches!(first, b'{' | b'['));
+                parse_due = buffer.iter().any(|byte| !byte.is_ascii_whitespace())
+                    && (!container || fresh.iter().any(|byte| matches!(byte, b'}' | b']')));
+            }
             Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => {}
             Err(err) => return Err(err).context("reading the hook payload"),
         }
@@ -471,6 +483,21 @@ mod tests {
             read_one_value(reader.as_fd(), Deadline::after(Duration::from_secs(5))).unwrap();
         assert_eq!(value["session_id"], "a");
         drop(writer);
+    }
+
+    #[test]
+    fn an_endless_payload_is_refused_at_its_size_bound() {
+        let (reader, mut writer) = std::io::pipe().unwrap();
+        let feeder = std::thread::spawn(move || {
+            let _ = writer.write_all(b"{\"session_id\": \"");
+            let chunk = vec![b'a'; 64 * 1024];
+            while writer.write_all(&chunk).is_ok() {}
+        });
+        let err =
+            read_one_value(reader.as_fd(), Deadline::after(Duration::from_secs(30))).unwrap_err();
+        assert!(err.to_string().contains("expected at most"), "{err}");
+        drop(reader);
+        feeder.join().unwrap();
     }
 
     #[test]
