@@ -104,9 +104,10 @@ fn quiet_on_closed_output() {
 
 fn dispatch(config: &Config, request: Request) -> anyhow::Result<Outcome> {
     let reach = match &request {
-        Request::Status { .. } | Request::Sweep(_) | Request::Reap(_) | Request::Doctor { .. } => {
-            Some(state::Reach::Whole)
+        Request::Status { .. } | Request::Sweep(_) | Request::Reap(_) => {
+            Some(state::Reach::Records)
         }
+        Request::Doctor { .. } => Some(state::Reach::Whole),
         Request::Log(_) => Some(state::Reach::Top),
         _ => None,
     };

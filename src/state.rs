@@ -386,7 +386,10 @@ fn too_large(path: &Path, size: u64, limit: u64) -> anyhow::Error {
 pub enum Reach {
     /// The files at the top (the event log and its locks): for `log`.
     Top,
-    /// Every level we keep files at: sessions, tickets, slots.
+    /// The top, session records and stop tickets: a few directory reads, for the commands that act. (A slot's
+    /// `broker.json` is checked when it is read: a special file there is an unreadable slot, left alone.)
+    Records,
+    /// Every level we keep files at, slots included: for `doctor`, which looks at everything.
     Whole,
 }
 
@@ -396,13 +399,16 @@ pub enum Reach {
 pub fn refuse_special_files(root: &Path, reach: Reach) -> anyhow::Result<()> {
     let depth = match reach {
         Reach::Top => 1,
+        Reach::Records => 2,
         Reach::Whole => 4,
     };
+    let workspaces = root.join(WORKSPACES);
     let special = walkdir::WalkDir::new(root)
         .min_depth(1)
         .max_depth(depth)
         .follow_links(false)
         .into_iter()
+        .filter_entry(|entry| reach == Reach::Whole || entry.path() != workspaces)
         .filter_map(Result::ok)
         .find(|entry| {
             let kind = entry.file_type();
