@@ -168,7 +168,7 @@ fn handle(
     let agent = detect_agent(args.agent, &payload);
     match HookEvent::parse(&event_name) {
         HookEvent::SessionStart => session_start(args, store, &payload, agent, deadline),
-        HookEvent::SessionEnd => session_end(store, &payload, agent, deadline),
+        HookEvent::SessionEnd => session_end(store, &payload, agent, deadline, &args.codex),
         HookEvent::Other => touch_session(args, store, &payload, agent, deadline),
     }
 }
@@ -322,6 +322,7 @@ fn session_end(
     payload: &Payload,
     agent: Option<Agent>,
     deadline: Deadline,
+    codex: &crate::adapters::codex_plugin::Discovery,
 ) -> anyhow::Result<()> {
     let guard = Guard::new();
     let ending = Ending {
@@ -335,6 +336,7 @@ fn session_end(
             title: payload.title.clone(),
         }),
         dry_run: false,
+        codex: codex.clone(),
     };
     let work_deadline = deadline.less(EXIT_MARGIN);
     let report = teardown::end_session(store, &guard, &ending, work_deadline.less(EXIT_MARGIN));
