@@ -35,8 +35,6 @@ pub const LINEAGE_MARKER: &str = "SESSION_REAPER_LINEAGE";
 pub struct BrokerLaunch<'a> {
     pub cwd: &'a Path,
     pub log: &'a Path,
-    /// Whether `log` is our default `broker.log` in the slot: opened without following a symlink.
-    pub default_log: bool,
     pub marker: &'a str,
     pub state_root: &'a Path,
     pub lineage: &'a str,
@@ -47,14 +45,12 @@ pub struct BrokerLaunch<'a> {
 pub fn spawn_broker(argv: &[String], launch: &BrokerLaunch<'_>) -> anyhow::Result<Child> {
     let (program, arguments) = argv.split_first().context("no broker command given")?;
     let log = launch.log;
-    let mut options = OpenOptions::new();
-    options.append(true).create(true).mode(0o600);
-    if launch.default_log {
-        options.custom_flags(libc::O_NOFOLLOW);
-    }
-    let output = options
-        .open(log)
-        .with_context(|| format!("opening broker log {}", log.display()))?;
+    let output = crate::state::open_nofollow(
+        log,
+        OpenOptions::new().append(true).create(true).mode(0o600),
+    )
+    .with_context(|| format!("opening broker log {}", log.display()))?;
+    crate::state::check_regular_file(&output, log, nix::unistd::geteuid().as_raw())?;
     let mut command = Command::new(program);
     command
         .args(arguments)

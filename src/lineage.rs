@@ -226,6 +226,17 @@ pub fn known_to(store: &crate::store::Store, extra: &[StopTicket]) -> Known {
     known
 }
 
+/// The members of a process that leads its group and is alive now (those of its group or session, and of its
+/// lineage token if it has one): what a group signal through it would reach, and more.
+pub fn members_of_live_leader(leader: &Identity) -> Vec<Identity> {
+    let snapshot = proc::observe(&HashSet::from([leader.pid]));
+    let token = snapshot
+        .iter()
+        .find(|seen| leader.is_same_process(&seen.identity))
+        .and_then(|seen| seen.markers.lineage.clone());
+    members(leader, token.as_deref(), proc::is_alive(leader), &snapshot)
+}
+
 /// The processes in `snapshot` (pid, argv) that `matches`, confirmed by pinned observation: identity, argv read
 /// again and matched again, identity unchanged. A pid reused since the snapshot gives nothing.
 pub fn confirm_by_argv(

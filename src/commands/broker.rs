@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use crate::act::executor;
 use crate::clock;
 use crate::config::{self, BrokerRequest, Config, OwnerSpec, SlotSpec, StopPolicy};
+use crate::deadline::Deadline;
 use crate::decide::{self, SlotChange};
 use crate::error::{Outcome, bad_input};
 use crate::events::{Event, Reason};
@@ -194,9 +195,11 @@ impl SlotTarget {
             )));
         }
         if let Some(owner) = owner {
-            self.store
-                .sessions
-                .index_slot(owner, &self.slot.label(), LOCK_WAIT)?;
+            self.store.sessions.index_slot(
+                owner,
+                &self.slot.label(),
+                Deadline::after(LOCK_WAIT),
+            )?;
         }
         self.lock()
     }
@@ -207,7 +210,7 @@ impl SlotTarget {
         let mut tries = 0;
         loop {
             self.slot.create(&self.store.root)?;
-            match self.slot.lock(&self.store.root, LOCK_WAIT) {
+            match self.slot.lock(&self.store.root, Deadline::after(LOCK_WAIT)) {
                 Err(_) if tries < 3 && !self.slot.dir().exists() => tries += 1,
                 result => return result,
             }
@@ -361,7 +364,6 @@ fn spawn(
         &launch::BrokerLaunch {
             cwd: &target.cwd,
             log: &log,
-            default_log: request.log.is_none(),
             marker: &marker,
             state_root: target.store.root.path(),
             lineage: &token,

@@ -4,13 +4,14 @@
 //! reports duplicate `--resume` writers, and cleans tombstones, empty slots and an oversized log.
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
 use crate::act::executor::{self, Mode};
 use crate::clock;
 use crate::config::{Config, SweepRequest};
+use crate::deadline::Deadline;
 use crate::decide::{self, SlotChange, SlotFacts, SweepPolicy};
 use crate::error::Outcome;
 use crate::events::{Event, Reason};
@@ -102,7 +103,17 @@ pub fn run(args: &SweepRequest, config: &Config) -> anyhow::Result<Outcome> {
     sweep.end_crashed_sessions();
     let sessions = store.sessions.all();
     sweep.judge_slots(&sessions, idle_ttl);
-    let snapshot = proc::scan_cmdlines();
+    let plugin = crate::adapters::codex_plugin::at_sweep(
+        &store,
+        &sweep.guard,
+        &args.codex,
+        idle_ttl,
+        args.dry_run,
+    );
+    sweep.actions.extend(plugin.actions);
+    sweep.tickets.extend(plugin.tickets);
+    sweep.problems.extend(plugin.problems);
+    let snapshot = proc::scan_cmdlines(Deadline::far());
     sweep.stop_unrecorded();
     sweep.report_duplicate_writers(&snapshot, &sessions);
     sweep.drop_tombstones(&sessions, args.retention);
@@ -176,9 +187,11 @@ impl Sweep<'_> {
                 agent_reason: None,
                 seen: None,
                 dry_run: self.policy.dry_run,
+                // The sweep's own pass below judges the Codex plugin's brokers of crashed sessions.
+                codex: crate::adapters::codex_plugin::Discovery::off(),
             };
             let report =
-                teardown::end_session(self.store, &self.guard, &ending, Instant::now() + LOCK_WAIT);
+                teardown::end_session(self.store, &self.guard, &ending, Deadline::after(LOCK_WAIT));
             self.act(
                 "end_session",
                 Some(Reason::OwnersGone),
@@ -214,12 +227,14 @@ impl Sweep<'_> {
         let mut unindexed: Vec<(String, String)> = Vec::new();
         for slot in Slot::all(&self.store.root) {
             let label = slot.label();
+            let mut seen: Option<BrokerRecord> = None;
             let decided = executor::update_slot(
                 self.store,
                 &slot,
-                Instant::now() + LOCK_WAIT,
+                Deadline::after(LOCK_WAIT),
                 mode,
                 |view| {
+                    seen = view.broker().cloned();
                     let facts = view
                         .broker()
                         .map_or(NO_FACTS, |record| observe_slot(record, sessions));
@@ -228,7 +243,7 @@ impl Sweep<'_> {
             );
             match decided {
                 Ok(change) => {
-                    unindexed.extend(unindexed_owners(&change, &slot, sessions));
+                    unindexed.extend(unindexed_owners(&change, seen.as_ref(), &label, sessions));
                     self.note(&label, change);
                 }
                 Err(err) => self.problems.push(format!("{label}: {err:#}")),
@@ -237,7 +252,10 @@ impl Sweep<'_> {
         if mode == Mode::Apply {
             for (session, label) in unindexed {
                 if let Ok(id) = SessionId::parse(&session)
-                    && let Err(err) = self.store.sessions.index_slot(&id, &label, LOCK_WAIT)
+                    && let Err(err) =
+                        self.store
+                            .sessions
+                            .index_slot(&id, &label, Deadline::after(LOCK_WAIT))
                 {
                     self.problems
                         .push(format!("indexing {label} for {session}: {err:#}"));
@@ -345,7 +363,7 @@ impl Sweep<'_> {
         if !slot.dir().exists() {
             return false;
         }
-        let Ok(guard) = slot.lock(&self.store.root, LOCK_WAIT) else {
+        let Ok(guard) = slot.lock(&self.store.root, Deadline::after(LOCK_WAIT)) else {
             return true;
         };
         matches!(guard.view(), SlotView::Broker(record) if record.lineage.as_deref() == Some(token))
@@ -439,7 +457,7 @@ impl Sweep<'_> {
         let stops = self
             .store
             .stopper(self.guard.clone())
-            .run(all, Instant::now() + SWEEP_STOP_DEADLINE);
+            .run(all, Deadline::after(SWEEP_STOP_DEADLINE));
         if stops
             .iter()
             .any(|stop| matches!(stop.outcome, StopOutcome::Pending { stuck: false, .. }))
@@ -452,7 +470,8 @@ impl Sweep<'_> {
 
 /// "remove empty slot" -> "removed empty slot": how a done action reads.
 fn past_tense(verb: &str) -> String {
-    const PAST: [(&str, &str); 8] = [
+    const PAST: [(&str, &str); 9] = [
+        ("move", "moved"),
         ("stop", "stopping"),
         ("end", "ended"),
         ("prune", "pruned"),
@@ -510,17 +529,18 @@ fn owner_alive(session: &str, sessions: &[SessionRecord]) -> bool {
 /// for records of older versions (and for an index entry lost to a crash).
 fn unindexed_owners(
     change: &SlotChange,
-    slot: &Slot,
+    seen: Option<&BrokerRecord>,
+    label: &str,
     sessions: &[SessionRecord],
 ) -> Vec<(String, String)> {
     let record = match change {
-        SlotChange::Keep | SlotChange::Write { .. } => change.record(),
+        SlotChange::Keep => seen,
+        SlotChange::Write { record, .. } => Some(record),
         _ => None,
     };
-    let Some(record) = record.or(None) else {
+    let Some(record) = record else {
         return Vec::new();
     };
-    let label = slot.label();
     record
         .owners
         .iter()
@@ -531,10 +551,10 @@ fn unindexed_owners(
                     && session
                         .slots
                         .as_ref()
-                        .is_some_and(|slots| !slots.contains(&label))
+                        .is_some_and(|slots| !slots.iter().any(|slot| slot == label))
             })
         })
-        .map(|owner| (owner.session.clone(), label.clone()))
+        .map(|owner| (owner.session.clone(), label.to_owned()))
         .collect()
 }
 

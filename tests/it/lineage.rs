@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use serde_json::{Value, json};
 
 use crate::harness::{
-    BIN, Env, PATIENCE, Proc, marked_with_state_root, named_program, named_python, real_python,
+    BIN, Env, PATIENCE, Proc, marked_with_state_root, named_program, named_python, python3,
     run_bounded, scrub_env, stderr, stdout, wait_until,
 };
 use crate::sweep::{actions, hook, session_record, start_session, sweep, unique_id};
@@ -455,7 +455,7 @@ fn look_alike_resume_commands_are_never_stopped_as_resume_orphans() {
 fn broker_register_refuses_a_thread_id() {
     let mut env = Env::new();
     let ws = env.workspace("app");
-    let mut command = Command::new(real_python());
+    let mut command = Command::new(python3());
     command.args([
         "-c",
         "import threading, time\nthreading.Thread(target=time.sleep, args=(600,)).start()\ntime.sleep(600)",
@@ -512,7 +512,7 @@ fn a_forking_wrapper_around_the_hook_never_becomes_the_agent() {
         state = env.state_dir().display(),
         flock_payload = flock_payload.display(),
         launcher_payload = launcher_payload.display(),
-        python = real_python(),
+        python = python3(),
         done = done.display(),
     );
     let mut agent = Command::new(named_program(&env, "claude", "/bin/bash"));
