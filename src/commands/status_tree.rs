@@ -6,12 +6,12 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use crate::act::executor::{self, Mode};
 use crate::adapters::codex_plugin::BrokerStatus;
 use crate::clock;
-use crate::commands::status::{SlotStatus, Snapshot, TicketStatus};
+use crate::commands::status::{Member, SlotStatus, Snapshot, TicketStatus};
 use crate::decide::{self, SlotChange, SweepPolicy};
 use crate::proc;
 use crate::record::SessionRecord;
@@ -87,7 +87,7 @@ pub struct BrokerNode {
     pub owners: Vec<String>,
     pub rss_kib: Option<u64>,
     pub idle: Option<String>,
-    /// The processes of its group (filled by lineage when it reports them).
+    /// The processes of its tree besides the leader (lineage).
     pub members: Vec<ProcessNode>,
     pub next_sweep: Option<String>,
 }
@@ -112,6 +112,8 @@ pub struct StopNode {
     pub attempts: u32,
     pub since: String,
     pub place: String,
+    /// Members still running although the stop went on without them (left behind by a gone leader).
+    pub left: Vec<ProcessNode>,
 }
 
 /// What the processes and the sweep's decisions say, observed once for `build`.
@@ -172,7 +174,7 @@ pub fn observe(store: &Store, snapshot: &Snapshot) -> Facts {
         let decided = executor::update_slot(
             store,
             &slot,
-            Instant::now() + LOCK_WAIT,
+            crate::deadline::Deadline::after(LOCK_WAIT),
             Mode::DryRun,
             |view| {
                 let facts = crate::commands::sweep::observe_facts(view, &sessions);
@@ -321,8 +323,17 @@ fn broker_node(
             .then(|| facts.rss_kib.get(&pid).copied())
             .flatten(),
         idle: ago(&record.last_active),
-        members: Vec::new(),
+        members: slot.members.iter().map(process_node).collect(),
         next_sweep: facts.next_sweep.get(&slot.slot).cloned(),
+    }
+}
+
+fn process_node(member: &Member) -> ProcessNode {
+    ProcessNode {
+        pid: member.pid,
+        argv: member.argv.join(" "),
+        rss_kib: member.rss_kib,
+        state: None,
     }
 }
 
@@ -368,6 +379,7 @@ fn stop_node(ticket: &TicketStatus, ago: &impl Fn(&str) -> Option<String>) -> St
             (Some(workspace), Some(name)) => super::broker::place(workspace, name),
             _ => record.origin.clone(),
         },
+        left: ticket.members_left.iter().map(process_node).collect(),
     }
 }
 
@@ -403,7 +415,7 @@ const LEGEND: [(&str, &str); 8] = [
     ),
     (
         "STUCK",
-        "still running after 3 SIGKILLs (uninterruptible sleep?): needs a person; `doctor` says more",
+        "still running after 3 SIGKILLs (uninterruptible sleep?), or members left behind by a leader that is gone: needs a person; `doctor` says more",
     ),
     (
         "leftover",
@@ -495,10 +507,10 @@ pub fn render(tree: &StatusTree, color: bool) -> String {
             }
         );
         for stop in &tree.stopping {
-            let kills = if stop.attempts > 0 {
-                format!(", {} SIGKILLs", stop.attempts)
-            } else {
-                String::new()
+            let kills = match (stop.attempts, stop.left.len()) {
+                (0, 0) => String::new(),
+                (0, left) => format!(", {left} members left behind"),
+                (attempts, _) => format!(", {attempts} SIGKILLs"),
             };
             let _ = writeln!(
                 out,
@@ -509,6 +521,15 @@ pub fn render(tree: &StatusTree, color: bool) -> String {
                 stop.reason,
                 stop.since
             );
+            for member in &stop.left {
+                let _ = writeln!(
+                    out,
+                    "    left {}  `{}`  rss {}",
+                    member.pid,
+                    member.argv,
+                    memory(member.rss_kib)
+                );
+            }
         }
     }
     if !tree.unreadable.is_empty() {

@@ -613,7 +613,7 @@ fn point_10_a_log_in_a_missing_directory_is_bad_input() {
 /// share, one with members, a stale record, a stuck stop, a leftover and a Codex plugin broker — fixed ids, pids,
 /// times and memory, so the picture only changes when the renderer does.
 fn fixture_world() -> session_reaper::commands::status_tree::StatusTree {
-    use session_reaper::commands::status::{SlotStatus, Snapshot, TicketStatus};
+    use session_reaper::commands::status::{Member, SlotStatus, Snapshot, TicketStatus};
     use session_reaper::commands::status_tree::{Facts, ProcessNode, build};
     const NOW: &str = "2026-12-03T10:00:00Z";
     let (a, b, c) = (
@@ -647,10 +647,16 @@ fn fixture_world() -> session_reaper::commands::status_tree::StatusTree {
         }))
         .unwrap()
     };
-    let slot = |label: &str, alive: bool, record| SlotStatus {
+    let member = |pid: i32, argv: &str, rss_kib: u64| Member {
+        pid,
+        argv: argv.split(' ').map(str::to_owned).collect(),
+        rss_kib: Some(rss_kib),
+    };
+    let slot = |label: &str, alive: bool, record, members| SlotStatus {
         slot: label.to_owned(),
         alive,
         record,
+        members,
     };
     let snapshot = Snapshot {
         state_dir: "/home/me/.local/state/session-reaper".to_owned(),
@@ -659,22 +665,29 @@ fn fixture_world() -> session_reaper::commands::status_tree::StatusTree {
                 "app-1/default",
                 true,
                 broker("default", "/home/me/src/app", &["npm", "run", "dev"], &[a, b], 4242, "2026-12-03T09:58:00Z"),
+                vec![
+                    member(4243, "node vite --port 5173", 120_400),
+                    member(4250, "esbuild --service", 22_000),
+                ],
             ),
             slot(
                 "docs-2/default",
                 true,
                 broker("default", "/home/me/src/docs", &["mkdocs", "serve"], &[c], 4300, "2026-12-03T09:20:00Z"),
+                Vec::new(),
             ),
             slot(
                 "app-1/storybook",
                 false,
                 broker("storybook", "/home/me/src/app", &["npm", "run", "storybook"], &["5d2e7f10"], 4400, "2026-12-03T08:00:00Z"),
+                Vec::new(),
             ),
         ],
         unreadable: Vec::new(),
         tickets: vec![TicketStatus {
             alive: true,
             stuck: true,
+            members_left: vec![member(4501, "node worker.js", 30_100)],
             ticket: serde_json::from_value(json!({
                 "identity": identity(4500), "pgid": 4500, "reason": "session_end",
                 "requested_at": "2026-12-03T09:45:00Z", "grace_ms": 5000, "attempts": 3,
@@ -733,26 +746,14 @@ fn fixture_world() -> session_reaper::commands::status_tree::StatusTree {
         .collect(),
     };
     let mut tree = build(&snapshot, &facts);
-    // What lineage and leftovers report, in the slots the model keeps for them.
-    let member = |pid: i32, argv: &str, rss_kib: u64| ProcessNode {
-        pid,
-        argv: argv.to_owned(),
-        rss_kib: Some(rss_kib),
-        state: None,
-    };
+    // What the leftovers discovery reports, in the slots the model keeps for it.
     for session in &mut tree.sessions {
-        for broker in &mut session.brokers {
-            if broker.pid == 4242 {
-                broker.members = vec![
-                    member(4243, "node vite --port 5173", 120_400),
-                    member(4250, "esbuild --service", 22_000),
-                ];
-            }
-        }
         if session.id == c {
             session.leftovers = vec![ProcessNode {
+                pid: 1250,
+                argv: "python3 -m http.server 8000".to_owned(),
+                rss_kib: Some(18_300),
                 state: Some("leftover"),
-                ..member(1250, "python3 -m http.server 8000", 18_300)
             }];
             session.sentinel = Some("pid 1260 (watching agent 1200)".to_owned());
         }
