@@ -169,7 +169,10 @@ fn handle(
     match HookEvent::parse(&event_name) {
         HookEvent::SessionStart => session_start(args, store, &payload, agent, deadline),
         HookEvent::SessionEnd => session_end(store, &payload, agent, deadline, &args.codex),
-        HookEvent::Other => touch_session(args, store, &payload, agent, deadline),
+        HookEvent::Other => {
+            refuse_unknown_event(store, &payload, &event_name)?;
+            touch_session(args, store, &payload, agent, deadline)
+        }
     }
 }
 
@@ -210,6 +213,19 @@ fn session_start(
             )),
     );
     export_session_id(&payload.session)
+}
+
+/// Another event refreshes a known session; for a session with no record it is a mistake (a hook run by hand with a
+/// typo'd `hook_event_name`), reported rather than recorded as a live session.
+fn refuse_unknown_event(store: &Store, payload: &Payload, event: &str) -> anyhow::Result<()> {
+    if store.sessions.get(&payload.session)?.is_some() {
+        return Ok(());
+    }
+    Err(bad_input(format!(
+        "hook_event_name {event:?}: expected SessionStart or SessionEnd for session {}, which has no record; nothing \
+         recorded",
+        payload.session
+    )))
 }
 
 fn touch_session(

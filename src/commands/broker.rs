@@ -614,6 +614,25 @@ fn join(
     Ok(Outcome::Done)
 }
 
+/// A process is the broker of one slot at most: adopting the broker of another slot is bad input naming that slot.
+fn refuse_registered_elsewhere(target: &SlotTarget, identity: &Identity) -> anyhow::Result<()> {
+    for slot in Slot::all(&target.store.root) {
+        if slot.dir() == target.slot.dir() {
+            continue;
+        }
+        if let Some(record) = slot.view(&target.store.root).broker()
+            && record.identity.is_same_process(identity)
+        {
+            return Err(bad_input(format!(
+                "--pid {}: already the broker of {}",
+                identity.pid,
+                place(&record.workspace, &record.name)
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn register(
     target: &SlotTarget,
     (identity, stat): (Identity, proc::ProcStat),
@@ -622,6 +641,7 @@ fn register(
     endpoint: Option<&str>,
 ) -> anyhow::Result<Outcome> {
     let pid = identity.pid;
+    refuse_registered_elsewhere(target, &identity)?;
     let guard = target.lock_for(owner)?;
     target.recheck_owner(owner)?;
     if let Some(record) = target.live_broker(&guard)? {

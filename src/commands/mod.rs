@@ -15,7 +15,7 @@ pub fn print_stops(reports: &[crate::stop::StopReport]) {
     for report in reports {
         let ticket = &report.ticket;
         let place = match (&ticket.workspace, &ticket.name) {
-            (Some(workspace), Some(name)) => format!("{workspace} [{name}]"),
+            (Some(workspace), Some(name)) => broker::place(workspace, name),
             _ => ticket.origin.clone(),
         };
         println!(

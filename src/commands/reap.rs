@@ -155,8 +155,9 @@ fn print_human(dry_run: bool, reports: &[EndReport], stops: &[StopReport]) {
                 "owner removed; kept for others"
             };
             println!(
-                "  broker pid {:>7}  {what}  {} [{}]",
-                slot.pid, slot.workspace, slot.name
+                "  broker pid {:>7}  {what}  {}",
+                slot.pid,
+                super::broker::place(&slot.workspace, &slot.name)
             );
         }
         for (pid, argv) in &report.resume_orphans {

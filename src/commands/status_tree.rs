@@ -556,11 +556,15 @@ pub fn render(tree: &StatusTree, color: bool) -> String {
             n => format!("{n} changes, shown with their rows"),
         }
     );
-    let _ = writeln!(out, "\nlegend");
-    for (name, meaning) in LEGEND {
-        if used.contains(name) {
-            let _ = writeln!(out, "  {}  {meaning}", paint(name, 10, color));
-        }
+    let legend: Vec<_> = LEGEND
+        .iter()
+        .filter(|(name, _)| used.contains(name))
+        .collect();
+    if !legend.is_empty() {
+        let _ = writeln!(out, "\nlegend");
+    }
+    for (name, meaning) in legend {
+        let _ = writeln!(out, "  {}  {meaning}", paint(name, 10, color));
     }
     out
 }

@@ -607,6 +607,76 @@ fn point_10_a_log_in_a_missing_directory_is_bad_input() {
     ]);
     assert_eq!(code(&grace), 2);
     assert!(stderr(&grace).contains("--grace 1h:"), "{}", stderr(&grace));
+
+    // The same process is the broker of one slot at most.
+    let (broker, _) = env.spawn_broker_with(&ws, "s1", &[], &["sleep", "600"]);
+    let out = assert_refused_unchanged(
+        &mut env,
+        &[
+            "broker",
+            "register",
+            "--pid",
+            &broker.pid.to_string(),
+            "--cwd",
+            ws.to_str().unwrap(),
+            "--name",
+            "second",
+            "--session",
+            "s1",
+        ],
+    );
+    assert!(
+        stderr(&out).contains("already the broker of"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A hook run by hand with a typo'd event name records no live session; the mistake is reported.
+    let id = uuid();
+    let payload = json!({"session_id": id, "hook_event_name": "SessionStrat", "cwd": ws});
+    let out = env.run_stdin(
+        &["hook", "--agent", "claude"],
+        payload.to_string().as_bytes(),
+    );
+    assert_eq!(code(&out), 0);
+    assert!(stderr(&out).contains("SessionStrat"), "{}", stderr(&out));
+    assert!(!env.state_dir().join(format!("sessions/{id}.json")).exists());
+
+    // The --shutdown-command learns the broker's pid; a graceful step that fails is logged.
+    let seen = env.state_dir().with_extension("pid-seen");
+    let command = format!("echo $SESSION_REAPER_BROKER_PID > {}", seen.display());
+    let (graceful, _) = env.spawn_broker_with(
+        &ws,
+        "s2",
+        &["--name", "graceful", "--shutdown-command", &command],
+        &["sleep", "600"],
+    );
+    let (socketed, _) = env.spawn_broker_with(
+        &ws,
+        "s3",
+        &[
+            "--name",
+            "socketed",
+            "--shutdown-socket",
+            "/nonexistent/broker.sock",
+            "--shutdown-message",
+            "bye",
+        ],
+        &["sleep", "600"],
+    );
+    assert_eq!(code(&env.run(&["reap", "--session", "s2"])), 0);
+    assert_eq!(code(&env.run(&["reap", "--session", "s3"])), 0);
+    assert!(graceful.gone_within(PATIENCE) && socketed.gone_within(PATIENCE));
+    assert_eq!(
+        std::fs::read_to_string(&seen).unwrap_or_default().trim(),
+        graceful.pid.to_string()
+    );
+    assert!(
+        env.events()
+            .iter()
+            .any(|event| event["action"] == "error" && event.to_string().contains("graceful step")),
+        "the failed graceful step is not logged"
+    );
 }
 
 /// The fixture world of the `status` snapshot: three sessions (one whose agent was SIGKILLed), a broker two of them
@@ -766,4 +836,118 @@ fn status_reads_well_for_a_fixture_world() {
     let tree = fixture_world();
     let text = session_reaper::commands::status_tree::render(&tree, false);
     insta::assert_snapshot!("status_tree", text);
+}
+
+/// The `console` block after each `<!-- readme-check: NAME -->` in the README: `(name, commands with their output)`.
+fn readme_checks() -> Vec<(String, Vec<(String, String)>)> {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let mut checks = Vec::new();
+    for part in readme.split("<!-- readme-check: ").skip(1) {
+        let (name, rest) = part
+            .split_once(" -->\n```console\n")
+            .expect("a console block");
+        let block = rest.split_once("\n```").expect("the block's end").0;
+        let mut steps: Vec<(String, String)> = Vec::new();
+        for line in block.lines() {
+            match line.strip_prefix("$ ") {
+                Some(command) => steps.push((command.to_owned(), String::new())),
+                None => {
+                    let output = &mut steps.last_mut().expect("output before a command").1;
+                    output.push_str(line);
+                    output.push('\n');
+                }
+            }
+        }
+        checks.push((name.to_owned(), steps));
+    }
+    checks
+}
+
+/// Output as the README shows it: this run's state root and workspace under the README's names, pids and hashes
+/// masked.
+fn as_in_readme(text: &str, state: &Path, workspace: &Path) -> String {
+    let text = text
+        .replace(
+            &state.display().to_string(),
+            "/home/me/.local/state/session-reaper",
+        )
+        .replace(&workspace.display().to_string(), "/home/me/src/app");
+    mask(&text)
+}
+
+/// Digits masked (pids, times), the 16-hex-digit hashes of slot names, and runs of spaces (column padding).
+fn mask(text: &str) -> String {
+    let mut out = String::new();
+    for word in text.split_inclusive(['-', '/', ' ']) {
+        let core = word.trim_end_matches(['-', '/', ' ']);
+        if core.len() == 16 && core.chars().all(|c| c.is_ascii_hexdigit()) {
+            out.push_str("HASH");
+            out.push_str(&word[core.len()..]);
+        } else {
+            out.push_str(word);
+        }
+    }
+    let mut masked = String::new();
+    for c in out.chars() {
+        if c.is_ascii_digit() {
+            if !masked.ends_with('N') {
+                masked.push('N');
+            }
+        } else if c != ' ' || !masked.ends_with(' ') {
+            masked.push(c);
+        }
+    }
+    masked
+}
+
+#[test]
+fn the_readme_examples_are_real_output_of_this_binary() {
+    let checks = readme_checks();
+    let names: Vec<&str> = checks.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["broker", "status-tree", "usage"],
+        "README checks moved"
+    );
+    let bin_dir = Path::new(BIN).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    for (name, steps) in &checks {
+        if name == "status-tree" {
+            let tree = fixture_world();
+            let rendered = session_reaper::commands::status_tree::render(&tree, false);
+            assert_eq!(steps.len(), 1);
+            assert_eq!(
+                steps[0].1, rendered,
+                "README's status example is not the snapshot"
+            );
+            continue;
+        }
+        let mut env = Env::new();
+        let workspace = env.workspace("app");
+        for (command, expected) in steps {
+            if command.starts_with("cd ") {
+                continue;
+            }
+            let mut shell = Command::new("sh");
+            scrub_env(&mut shell);
+            shell
+                .args(["-c", &format!("{command} 2>&1")])
+                .current_dir(&workspace)
+                .env("PATH", &path)
+                .env("SESSION_REAPER_STATE_DIR", env.state_dir())
+                .env("NO_COLOR", "1");
+            let out = env.run_command(shell);
+            let actual = as_in_readme(&stdout(&out), env.state_dir(), &workspace);
+            assert_eq!(
+                actual,
+                mask(expected),
+                "README block {name}: `{command}` printed something else"
+            );
+        }
+    }
 }
