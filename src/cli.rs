@@ -339,6 +339,8 @@ pub enum BrokerCommand {
     },
 }
 
+// Independent flags of one command line.
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Debug, Args)]
 pub struct ReapArgs {
     /// The session to end: its id or a unique prefix of one (as `status` shows it)

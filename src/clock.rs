@@ -60,7 +60,7 @@ pub fn rounded(duration: Duration) -> String {
     }
     if millis < 10_000 {
         let tenths = millis / 100;
-        return if tenths % 10 == 0 {
+        return if tenths.is_multiple_of(10) {
             format!("{}s", tenths / 10)
         } else {
             format!("{}.{}s", tenths / 10, tenths % 10)

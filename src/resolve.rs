@@ -1,6 +1,8 @@
 //! Session ids as people type them: the full id, or a prefix that only one known session has (like git's and
 //! docker's short ids). Ambiguous or unknown ids are refused with the candidates, before anything is written.
 
+use std::fmt::Write as _;
+
 use crate::error::bad_input;
 use crate::name::SessionId;
 
@@ -59,7 +61,7 @@ fn listed(ids: &[&str]) -> String {
         .collect::<Vec<_>>()
         .join(", ");
     if ids.len() > SHOWN {
-        text.push_str(&format!(" and {} more", ids.len() - SHOWN));
+        let _ = write!(text, " and {} more", ids.len() - SHOWN);
     }
     text
 }

@@ -16,7 +16,8 @@ pub struct Terminal {
     pub progress: bool,
 }
 
-/// The facts the choice is made from.
+/// The facts the choice is made from (independent yes/no facts of this run).
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Clone, Copy, Debug)]
 pub struct Facts {
     pub when: ColorWhen,

@@ -473,7 +473,7 @@ fn spawn(
             return join(target, &guard, &record, owner);
         }
         refuse_other_command(target, &record, request)?;
-        carried = record.owners.clone();
+        carried.clone_from(&record.owners);
         replace(target, &guard, record)?;
     }
     let log = request

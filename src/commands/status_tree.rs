@@ -246,7 +246,7 @@ pub fn build(snapshot: &Snapshot, facts: &Facts) -> StatusTree {
             let mut node = session_node(session, facts, &ago);
             node.brokers = brokers
                 .iter()
-                .filter(|broker| broker.owners.iter().any(|owner| *owner == node.id))
+                .filter(|broker| broker.owners.contains(&node.id))
                 .cloned()
                 .collect();
             node
@@ -489,11 +489,49 @@ pub fn render(tree: &StatusTree, color: bool) -> String {
             let _ = writeln!(out, "└─ no brokers");
         }
     }
+    render_others(&mut out, tree, &mut word);
+    let changes = tree
+        .sessions
+        .iter()
+        .filter_map(|session| session.next_sweep.as_ref())
+        .count()
+        + all_brokers(tree)
+            .filter(|broker| broker.next_sweep.is_some())
+            .count();
+    let _ = writeln!(
+        out,
+        "\nnext sweep (sweep --dry-run, idle TTL {}): {}",
+        tree.sweep_idle_ttl,
+        match changes {
+            0 => "nothing to do".to_owned(),
+            1 => "1 change, shown with its row".to_owned(),
+            n => format!("{n} changes, shown with their rows"),
+        }
+    );
+    let legend: Vec<_> = LEGEND
+        .iter()
+        .filter(|(name, _)| used.contains(name))
+        .collect();
+    if !legend.is_empty() {
+        let _ = writeln!(out, "\nlegend");
+    }
+    for (name, meaning) in legend {
+        let _ = writeln!(out, "  {}  {meaning}", paint(name, 10, color));
+    }
+    out
+}
+
+/// Brokers with no live owner, stop tickets and unreadable records.
+fn render_others(
+    out: &mut String,
+    tree: &StatusTree,
+    word: &mut impl FnMut(&'static str, usize) -> String,
+) {
     if !tree.unowned.is_empty() {
         let _ = writeln!(out, "\nbrokers with no live owner");
         let rows = tree.unowned.len();
         for (index, broker) in tree.unowned.iter().enumerate() {
-            render_broker(&mut out, broker, index + 1 == rows, None, &mut word);
+            render_broker(out, broker, index + 1 == rows, None, word);
         }
     }
     if !tree.stopping.is_empty() {
@@ -538,35 +576,6 @@ pub fn render(tree: &StatusTree, color: bool) -> String {
             let _ = writeln!(out, "  {} {what}: {why}", word("UNREADABLE", 0).trim_end());
         }
     }
-    let changes = tree
-        .sessions
-        .iter()
-        .filter_map(|session| session.next_sweep.as_ref())
-        .count()
-        + all_brokers(tree)
-            .filter(|broker| broker.next_sweep.is_some())
-            .count();
-    let _ = writeln!(
-        out,
-        "\nnext sweep (sweep --dry-run, idle TTL {}): {}",
-        tree.sweep_idle_ttl,
-        match changes {
-            0 => "nothing to do".to_owned(),
-            1 => "1 change, shown with its row".to_owned(),
-            n => format!("{n} changes, shown with their rows"),
-        }
-    );
-    let legend: Vec<_> = LEGEND
-        .iter()
-        .filter(|(name, _)| used.contains(name))
-        .collect();
-    if !legend.is_empty() {
-        let _ = writeln!(out, "\nlegend");
-    }
-    for (name, meaning) in legend {
-        let _ = writeln!(out, "  {}  {meaning}", paint(name, 10, color));
-    }
-    out
 }
 
 /// Every broker in the tree once (a shared one is listed under each owner).

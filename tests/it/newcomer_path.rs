@@ -15,7 +15,11 @@ fn uuid() -> String {
     std::fs::File::open("/dev/urandom")
         .and_then(|mut random| random.read_exact(&mut bytes))
         .expect("/dev/urandom");
-    let hex: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+    let hex: String = bytes.iter().fold(String::new(), |mut hex, byte| {
+        use std::fmt::Write as _;
+        let _ = write!(hex, "{byte:02x}");
+        hex
+    });
     format!(
         "{}-{}-4{}-8{}-{}",
         &hex[..8],
@@ -26,7 +30,7 @@ fn uuid() -> String {
     )
 }
 
-/// Records a live session `id` in `cwd` whose agent is `agent` (SessionStart through the hook).
+/// Records a live session `id` in `cwd` whose agent is `agent` (`SessionStart` through the hook).
 fn start_session(env: &mut Env, id: &str, cwd: &Path, agent: Proc) {
     let payload = json!({"session_id": id, "hook_event_name": "SessionStart", "cwd": cwd, "source": "startup"});
     let out = env.run_stdin(
@@ -679,9 +683,11 @@ fn point_10_a_log_in_a_missing_directory_is_bad_input() {
     );
 }
 
-/// The fixture world of the `status` snapshot: three sessions (one whose agent was SIGKILLed), a broker two of them
+/// The fixture world of the `status` snapshot: three sessions (one whose agent was killed), a broker two of them
 /// share, one with members, a stale record, a stuck stop, a leftover and a Codex plugin broker — fixed ids, pids,
 /// times and memory, so the picture only changes when the renderer does.
+// One fixture world, read top to bottom.
+#[allow(clippy::too_many_lines)]
 fn fixture_world() -> session_reaper::commands::status_tree::StatusTree {
     use session_reaper::commands::status::{Member, SlotStatus, Snapshot, TicketStatus};
     use session_reaper::commands::status_tree::{Facts, ProcessNode, build};
@@ -850,13 +856,12 @@ fn readme_checks() -> Vec<(String, Vec<(String, String)>)> {
         let block = rest.split_once("\n```").expect("the block's end").0;
         let mut steps: Vec<(String, String)> = Vec::new();
         for line in block.lines() {
-            match line.strip_prefix("$ ") {
-                Some(command) => steps.push((command.to_owned(), String::new())),
-                None => {
-                    let output = &mut steps.last_mut().expect("output before a command").1;
-                    output.push_str(line);
-                    output.push('\n');
-                }
+            if let Some(command) = line.strip_prefix("$ ") {
+                steps.push((command.to_owned(), String::new()));
+            } else {
+                let output = &mut steps.last_mut().expect("output before a command").1;
+                output.push_str(line);
+                output.push('\n');
             }
         }
         checks.push((name.to_owned(), steps));
