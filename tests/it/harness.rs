@@ -807,3 +807,17 @@ pub fn named_program(env: &Env, name: &str, program: &str) -> PathBuf {
 pub fn named_python(env: &Env, name: &str) -> PathBuf {
     named_program(env, name, python3())
 }
+
+/// The lines of an error message on stderr, without what clap renders around a usage error (indented context such
+/// as the missing arguments, `tip:` and the possible values; blank lines; `Usage:`; "For more information"): a bad
+/// input is one such line.
+pub fn error_lines(text: &str) -> usize {
+    text.lines()
+        .filter(|line| {
+            !(line.trim().is_empty()
+                || line.starts_with(char::is_whitespace)
+                || line.starts_with("Usage:")
+                || line.starts_with("For more information"))
+        })
+        .count()
+}
