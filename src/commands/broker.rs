@@ -8,20 +8,20 @@ use anyhow::Context;
 use serde_json::{Value, json};
 
 use crate::act::executor;
-use crate::clock;
+use crate::act::launch;
+use crate::act::signal::Guard;
+use crate::act::stopper;
 use crate::config::{self, BrokerRequest, Config, OwnerSource, OwnerSpec, SlotSpec, StopPolicy};
-use crate::deadline::Deadline;
 use crate::decide::{self, SlotChange};
 use crate::error::{Outcome, bad_input};
-use crate::events::{Event, Reason};
-use crate::launch;
-use crate::name::SessionId;
-use crate::proc;
-use crate::record::{BrokerRecord, Identity, VERSION};
-use crate::signal::Guard;
-use crate::slot::{LOCK_WAIT, Slot, SlotGuard, SlotView};
-use crate::stop;
+use crate::model::clock;
+use crate::model::deadline::Deadline;
+use crate::model::name::SessionId;
+use crate::model::record::{BrokerRecord, Identity, VERSION};
+use crate::observe::proc;
 use crate::store::Store;
+use crate::store::events::{Event, Reason};
+use crate::store::slot::{LOCK_WAIT, Slot, SlotGuard, SlotView};
 
 pub fn run(request: BrokerRequest, config: &Config) -> anyhow::Result<Outcome> {
     match request {
@@ -293,7 +293,7 @@ impl SlotTarget {
             }
             SlotView::Broker(record) => record,
         };
-        if crate::lineage::is_foreign(record, &proc::host_name()) {
+        if crate::decide::lineage::is_foreign(record, &proc::host_name()) {
             return Err(bad_input(format!(
                 "{}: the broker was recorded by host {:?} (pid namespace {}); it is left alone from here",
                 path.display(),
@@ -480,7 +480,7 @@ fn spawn(
         .log
         .map_or_else(|| target.slot.dir().join("broker.log"), Path::to_path_buf);
     let marker = format!("{}/{}", target.workspace_text(), target.slot.name());
-    let token = crate::lineage::new_token()?;
+    let token = crate::decide::lineage::new_token()?;
     let mut child = launch::spawn_broker(
         request.command,
         &launch::BrokerLaunch {
@@ -533,8 +533,8 @@ fn spawn(
 
 /// SIGKILLs a broker we just started and could not record, with its group, through its verified identity.
 fn abandon(record: &BrokerRecord) {
-    if let crate::signal::Target::Live(handle) = Guard::new().target(&record.identity) {
-        let _ = handle.signal_group(crate::signal::Sig::Kill);
+    if let crate::act::signal::Target::Live(handle) = Guard::new().target(&record.identity) {
+        let _ = handle.signal_group(crate::act::signal::Sig::Kill);
     }
 }
 
@@ -575,7 +575,7 @@ fn status_text(status: Option<std::process::ExitStatus>) -> String {
 /// carry over to the new broker.
 fn replace(target: &SlotTarget, guard: &SlotGuard<'_>, record: BrokerRecord) -> anyhow::Result<()> {
     let label = target.slot.label();
-    let ticket = stop::ticket_for(&record, Reason::Manual.as_str(), None, &label);
+    let ticket = stopper::ticket_for(&record, Reason::Manual.as_str(), None, &label);
     let change = SlotChange::HandOff {
         record,
         ticket: ticket.clone(),
@@ -586,7 +586,7 @@ fn replace(target: &SlotTarget, guard: &SlotGuard<'_>, record: BrokerRecord) -> 
     let reports = target
         .store
         .stopper(Guard::new())
-        .run(vec![ticket.clone()], stop::foreground_deadline(&ticket));
+        .run(vec![ticket.clone()], stopper::foreground_deadline(&ticket));
     if !target.json {
         super::print_stops(&reports);
     }
@@ -737,7 +737,7 @@ fn detach(target: &SlotTarget, owner: &SessionId) -> anyhow::Result<Outcome> {
     let reports = target
         .store
         .stopper(Guard::new())
-        .run(vec![ticket.clone()], stop::foreground_deadline(&ticket));
+        .run(vec![ticket.clone()], stopper::foreground_deadline(&ticket));
     if target.json {
         let value = json!({"session": owner, "detached": true, "broker": null, "stops": reports});
         println!("{}", serde_json::to_string_pretty(&value)?);
