@@ -885,7 +885,7 @@ fn a_relative_xdg_state_home_is_ignored_and_another_users_home_is_refused() {
         &home,
         Some("relative/state"),
         &cwd,
-        &["reap", "--session", &session],
+        &["reap", "--session", &session, "--force"],
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
@@ -900,7 +900,12 @@ fn a_relative_xdg_state_home_is_ignored_and_another_users_home_is_refused() {
     let other = env.work.path().join("other-home");
     fs::create_dir_all(&other).unwrap();
     std::os::unix::fs::chown(&other, Some(54_321), Some(54_321)).unwrap();
-    let out = without_state_dir(&other, None, &cwd, &["reap", "--session", &session]);
+    let out = without_state_dir(
+        &other,
+        None,
+        &cwd,
+        &["reap", "--session", &session, "--force"],
+    );
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("belongs to uid 54321"),
