@@ -7,6 +7,7 @@ pub mod install;
 pub mod log;
 pub mod reap;
 pub mod status;
+pub mod status_json;
 pub mod sweep;
 
 /// One line per stop, for people.
