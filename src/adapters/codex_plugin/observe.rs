@@ -13,6 +13,7 @@ use super::Root;
 use super::decide::{
     self, ArgvFacts, Facts, JobFacts, OwnerState, ProcessCheck, SessionFacts, flag_value,
 };
+use crate::deadline::Deadline;
 use crate::proc::{self, ProcStat};
 use crate::record::{Identity, SessionRecord};
 
@@ -202,9 +203,9 @@ pub struct World {
 }
 
 /// One pass over `roots` and the process table.
-pub fn observe(roots: &[Root], sessions: &[SessionRecord], uid: u32) -> World {
-    // The plugin has no deadline of its own yet: a hook is still bounded by its watchdog.
-    let candidates: Vec<Seen> = proc::scan_cmdlines(crate::deadline::Deadline::far())
+/// The process table is scanned no later than `deadline` (a session's end passes its own).
+pub fn observe(roots: &[Root], sessions: &[SessionRecord], uid: u32, deadline: Deadline) -> World {
+    let candidates: Vec<Seen> = proc::scan_cmdlines(deadline)
         .into_iter()
         .filter(|(_, argv)| decide::runs_broker(argv))
         .filter_map(|(pid, _)| pinned(pid))
