@@ -3,7 +3,7 @@
 //! observation), argv and environment only for those candidates. Nothing is written or signalled here.
 
 use std::collections::HashSet;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -468,17 +468,7 @@ pub fn is_own_dir(path: &Path, uid: u32) -> bool {
 
 /// A small regular file of ours, read without following a symlink or blocking on a FIFO; with its mtime.
 pub fn read_small(path: &Path, uid: u32) -> Option<(Vec<u8>, SystemTime)> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
-        .ok()?;
-    let meta = file.metadata().ok()?;
-    if !meta.is_file() || meta.uid() != uid || meta.len() > MAX_FILE {
-        return None;
-    }
-    let mut bytes = Vec::new();
-    std::io::Read::read_to_end(&mut std::io::Read::take(&file, MAX_FILE), &mut bytes).ok()?;
+    let (bytes, meta) = crate::state::read_regular(path, uid, MAX_FILE).ok()??;
     Some((bytes, meta.modified().ok()?))
 }
 
