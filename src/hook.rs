@@ -241,11 +241,13 @@ fn refresh_session(
     store
         .sessions
         .update(&payload.session, deadline, |current| {
+            // An ancestor that has already exited (a forking wrapper) is never recorded as the agent.
+            let identity = identity.clone().filter(proc::is_alive);
             Ok(Some(refreshed(
                 current.cloned(),
                 payload,
                 agent,
-                identity.clone(),
+                identity,
                 starting,
             )))
         })

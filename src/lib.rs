@@ -17,6 +17,7 @@ pub mod finisher;
 pub mod hook;
 pub mod install;
 pub mod launch;
+pub mod lineage;
 pub mod lock;
 pub mod name;
 pub mod plan;
