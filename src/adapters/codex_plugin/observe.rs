@@ -13,9 +13,9 @@ use super::Root;
 use super::decide::{
     self, ArgvFacts, Facts, JobFacts, OwnerState, ProcessCheck, SessionFacts, flag_value,
 };
-use crate::deadline::Deadline;
-use crate::proc::{self, ProcStat};
-use crate::record::{Identity, SessionRecord};
+use crate::model::deadline::Deadline;
+use crate::model::record::{Identity, SessionRecord};
+use crate::observe::proc::{self, ProcStat};
 
 /// The largest plugin file we read (its `state.json` keeps at most 50 jobs).
 const MAX_FILE: u64 = 1024 * 1024;
@@ -262,8 +262,11 @@ pub fn observe(roots: &[Root], sessions: &[SessionRecord], uid: u32, deadline: D
         };
         let state_dir = seen
             .flag("--cwd")
-            .and_then(|cwd| crate::workspace::workspace_of(Path::new(cwd)).ok())
-            .map(|workspace| root.path.join(crate::workspace::workspace_key(&workspace)));
+            .and_then(|cwd| crate::observe::workspace::workspace_of(Path::new(cwd)).ok())
+            .map(|workspace| {
+                root.path
+                    .join(crate::observe::workspace::workspace_key(&workspace))
+            });
         let owner_ids: Vec<String> = seen.session.clone().into_iter().collect();
         brokers.push(assemble(
             root.path.clone(),
@@ -468,7 +471,7 @@ pub fn is_own_dir(path: &Path, uid: u32) -> bool {
 
 /// A small regular file of ours, read without following a symlink or blocking on a FIFO; with its mtime.
 pub fn read_small(path: &Path, uid: u32) -> Option<(Vec<u8>, SystemTime)> {
-    let (bytes, meta) = crate::state::read_regular(path, uid, MAX_FILE).ok()??;
+    let (bytes, meta) = crate::store::root::read_regular(path, uid, MAX_FILE).ok()??;
     Some((bytes, meta.modified().ok()?))
 }
 
