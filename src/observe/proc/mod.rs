@@ -316,6 +316,13 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = i32::try_from(child.id()).unwrap();
+        // `spawn` returns before the child's exec has set its argv: wait for it (bounded), not a fixed time.
+        let started = std::time::Instant::now();
+        while cmdline(pid).ok().is_none_or(|argv| argv != ["sleep", "30"])
+            && started.elapsed() < std::time::Duration::from_secs(30)
+        {
+            std::thread::yield_now();
+        }
         let steady = pinned(pid, |pid| cmdline(pid).ok());
         assert!(steady.is_some_and(|(id, argv)| id.pid == pid && argv == ["sleep", "30"]));
         // The window widened: the process goes away (its pid free for reuse) between the first identity and the read.
