@@ -316,6 +316,13 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = i32::try_from(child.id()).unwrap();
+        // `spawn` returns before the kernel shows the new argv: wait for it.
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while cmdline(pid).ok().is_none_or(|argv| argv != ["sleep", "30"])
+            && std::time::Instant::now() < until
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         let steady = pinned(pid, |pid| cmdline(pid).ok());
         assert!(steady.is_some_and(|(id, argv)| id.pid == pid && argv == ["sleep", "30"]));
         // The window widened: the process goes away (its pid free for reuse) between the first identity and the read.
