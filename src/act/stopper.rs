@@ -230,8 +230,9 @@ impl Stopper {
                 reap_helper(item, now);
                 let mut alive = item.is_running();
                 if !alive && item.ticket.lineage.is_some() {
-                    // Before calling it done, look once more for members (one forked just before its parent died).
-                    self.refresh_members(item, &proc::observe_until(&groups, deadline));
+                    // Before calling it done, look once more for members (one forked just before its parent died),
+                    // over the whole table: only a complete look proves the stop done.
+                    self.refresh_members(item, &proc::observe_until(&groups, Deadline::far()));
                     alive = item.is_running();
                 }
                 match next_step(&on_wall_clock(&item.ticket, now, boot_millis()), now, alive) {

@@ -316,12 +316,12 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = i32::try_from(child.id()).unwrap();
-        // `spawn` returns before the child's exec has set its argv: wait for it (bounded), not a fixed time.
-        let started = std::time::Instant::now();
+        // `spawn` returns before the kernel shows the new argv: wait for it.
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while cmdline(pid).ok().is_none_or(|argv| argv != ["sleep", "30"])
-            && started.elapsed() < std::time::Duration::from_secs(30)
+            && std::time::Instant::now() < until
         {
-            std::thread::yield_now();
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
         let steady = pinned(pid, |pid| cmdline(pid).ok());
         assert!(steady.is_some_and(|(id, argv)| id.pid == pid && argv == ["sleep", "30"]));
