@@ -164,7 +164,7 @@ fn handle(
     let agent = detect_agent(args.agent, &payload);
     match HookEvent::parse(&event_name) {
         HookEvent::SessionStart => session_start(args, store, &payload, agent),
-        HookEvent::SessionEnd => session_end(store, &payload, agent, deadline),
+        HookEvent::SessionEnd => session_end(args, store, &payload, agent, deadline),
         HookEvent::Other => touch_session(args, store, &payload, agent),
     }
 }
@@ -174,6 +174,9 @@ fn agent_identity(args: &HookRequest) -> anyhow::Result<Option<Identity>> {
         return proc::identity_of(pid)
             .map(Some)
             .ok_or_else(|| bad_input(format!("--owner-pid {pid}: no such live process")));
+    }
+    if let Some(identity) = crate::leftovers::agent_named_by_env() {
+        return Ok(Some(identity));
     }
     let me = i32::try_from(std::process::id()).context("pid out of range")?;
     Ok(proc::agent_process(me).and_then(|stat| proc::identity_of(stat.pid)))
@@ -198,7 +201,8 @@ fn session_start(
                 payload.source.as_deref().unwrap_or("-")
             )),
     );
-    export_session_id(&payload.session)
+    export_session_id(&payload.session)?;
+    crate::sentinel::at_session_start(store, &payload.session, args.leftovers, args.sentinel)
 }
 
 fn touch_session(
@@ -207,7 +211,8 @@ fn touch_session(
     payload: &Payload,
     agent: Option<Agent>,
 ) -> anyhow::Result<()> {
-    refresh_session(args, store, payload, agent, false).map(drop)
+    refresh_session(args, store, payload, agent, false)?;
+    crate::leftovers::record_descendants(store, &payload.session)
 }
 
 /// Writes the session's record refreshed from the payload, under its lock; returns it.
@@ -291,6 +296,7 @@ fn export_session_id(session: &SessionId) -> anyhow::Result<()> {
 /// Ends the session within the deadline; stops that need longer go to the finisher, and so do tickets left behind
 /// by an earlier run (a finisher that was killed): the next hook picks them up.
 fn session_end(
+    args: &HookRequest,
     store: &Store,
     payload: &Payload,
     agent: Option<Agent>,
@@ -323,6 +329,12 @@ fn session_end(
     if finisher::has_work(store) {
         finisher::start(store)?;
     }
+    crate::sentinel::at_session_end(
+        store,
+        &payload.session,
+        payload.reason.as_deref(),
+        args.agent_exit_wait,
+    )?;
     if let Some(problem) = report.problems.first() {
         anyhow::bail!("session {}: {problem}", payload.session);
     }

@@ -65,7 +65,8 @@ pub fn spawn_broker(
 }
 
 /// Starts `exe args…` fully detached: a new session, then a second fork so that it is no child of ours, stdio on
-/// /dev/null. Returns when the detached process has exec'd.
+/// /dev/null, every other inherited descriptor closed at exec (an agent waits for EOF on its hook's pipes), and no
+/// session variable in its environment (it is nobody's leftover). Returns when the detached process has exec'd.
 pub fn spawn_detached(exe: &Path, args: &[&str], env: &[(&str, &Path)]) -> anyhow::Result<()> {
     let mut command = Command::new(exe);
     command
@@ -73,6 +74,13 @@ pub fn spawn_detached(exe: &Path, args: &[&str], env: &[(&str, &Path)]) -> anyho
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
+    for variable in crate::leftovers::CARRIERS
+        .iter()
+        .map(|carrier| carrier.variable)
+        .chain(crate::leftovers::AGENT_PID_VARIABLES.iter().copied())
+    {
+        command.env_remove(variable);
+    }
     for (name, value) in env {
         command.env(name, value);
     }
@@ -83,7 +91,10 @@ pub fn spawn_detached(exe: &Path, args: &[&str], env: &[(&str, &Path)]) -> anyho
             nix::unistd::setsid().map_err(std::io::Error::from)?;
             match nix::unistd::fork().map_err(std::io::Error::from)? {
                 nix::unistd::ForkResult::Parent { .. } => nix::libc::_exit(0),
-                nix::unistd::ForkResult::Child => Ok(()),
+                nix::unistd::ForkResult::Child => {
+                    close_inherited_at_exec();
+                    Ok(())
+                }
             }
         });
     }
@@ -94,4 +105,21 @@ pub fn spawn_detached(exe: &Path, args: &[&str], env: &[(&str, &Path)]) -> anyho
         .wait()
         .context("reaping the intermediate process")?;
     Ok(())
+}
+
+/// Marks every descriptor above stderr close-on-exec (the standard library's own exec-error pipe already is).
+fn close_inherited_at_exec() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: close_range is a plain system call, async-signal-safe.
+    unsafe {
+        if libc::close_range(3, u32::MAX, libc::CLOSE_RANGE_CLOEXEC.cast_signed()) == 0 {
+            return;
+        }
+    }
+    for fd in 3..1024 {
+        // SAFETY: fcntl on a descriptor that may not exist is harmless (EBADF).
+        unsafe {
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        }
+    }
 }

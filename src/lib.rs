@@ -6,16 +6,19 @@ pub mod cli;
 pub mod clock;
 pub mod commands;
 pub mod config;
+pub mod duplicates;
 pub mod error;
 pub mod events;
 pub mod finisher;
 pub mod hook;
 pub mod install;
 pub mod launch;
+pub mod leftovers;
 pub mod name;
 pub mod plan;
 pub mod proc;
 pub mod record;
+pub mod sentinel;
 pub mod sessions;
 pub mod signal;
 pub mod slot;
@@ -63,6 +66,10 @@ fn dispatch(config: &Config, request: Request) -> anyhow::Result<Outcome> {
         Request::Settings(request) => commands::install::run(&request),
         Request::Demo => commands::demo::run(),
         Request::Finish => finisher::run(&store::Store::open(&config.state_dir)?),
+        Request::Keep(request) => commands::keep::run(&request, config),
+        Request::Sentinel { agent, within } => {
+            sentinel::run(&store::Store::open(&config.state_dir)?, &agent, within)
+        }
         Request::Completions(shell) => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(

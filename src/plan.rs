@@ -32,7 +32,7 @@ pub fn remove_owner(record: &mut BrokerRecord, session: &str) -> OwnerRemoval {
 }
 
 /// Flags marking Claude Code's own detached workers, which are never orphans.
-const AGENT_WORKER_FLAGS: &[&str] = &["--bg-pty-host", "--bg-spare"];
+pub const AGENT_WORKER_FLAGS: &[&str] = &["--bg-pty-host", "--bg-spare"];
 
 /// True when `argv` resumes `session` (`--resume S`, `--resume=S`, `-r S`, `-rS`), or resumes the session's
 /// recorded `title` through the long forms (a title may be a common word, so the terse `-r` forms are not trusted

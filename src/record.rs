@@ -9,7 +9,7 @@ use crate::error::bad_input;
 pub const VERSION: u32 = 1;
 
 /// Who a process is: a pid alone proves nothing, all four fields together do.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Identity {
     pub boot_id: String,
     pub pid: i32,
@@ -195,6 +195,11 @@ pub struct StopTicket {
     /// When the last SIGKILL was sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kill_at: Option<String>,
+    /// A leftover's argv and the memory it held when found (KiB): its stop event carries them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub argv: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rss_kib: Option<u64>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }

@@ -345,6 +345,8 @@ fn event_for(ticket: &StopTicket, action: &str, result: &str) -> Event {
         .pid(ticket.identity.pid);
     event.workspace.clone_from(&ticket.workspace);
     event.name.clone_from(&ticket.name);
+    event.argv.clone_from(&ticket.argv);
+    event.rss_kib = ticket.rss_kib;
     event
 }
 
@@ -475,6 +477,8 @@ pub fn new_ticket(
         graceful_at: None,
         term_at: None,
         kill_at: None,
+        argv: None,
+        rss_kib: None,
         extra: serde_json::Map::new(),
     }
 }

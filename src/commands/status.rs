@@ -31,6 +31,8 @@ pub struct Snapshot {
     pub unreadable: Vec<Unreadable>,
     pub tickets: Vec<TicketStatus>,
     pub sessions: Vec<SessionRecord>,
+    /// Each live session's leftovers-to-be and its sentinel.
+    pub leftovers: Vec<crate::leftovers::SessionView>,
     pub finisher_running: bool,
 }
 
@@ -84,17 +86,19 @@ pub fn snapshot(store: &Store) -> Snapshot {
             }
         })
         .collect();
+    let sessions: Vec<SessionRecord> = store
+        .sessions
+        .all()
+        .into_iter()
+        .filter(|session| !session.is_ended())
+        .collect();
     Snapshot {
         state_dir: store.root.path().to_string_lossy().into_owned(),
         slots,
         unreadable,
         tickets,
-        sessions: store
-            .sessions
-            .all()
-            .into_iter()
-            .filter(|session| !session.is_ended())
-            .collect(),
+        leftovers: crate::leftovers::status_view(store, &sessions),
+        sessions,
         finisher_running: finisher::is_running(store),
     }
 }
@@ -118,7 +122,7 @@ pub fn run(json_output: bool, config: &Config) -> anyhow::Result<Outcome> {
         if json_output {
             println!(
                 "{}",
-                json!({"state_dir": config.state_dir, "slots": [], "unreadable": [], "tickets": [], "sessions": []})
+                json!({"state_dir": config.state_dir, "slots": [], "unreadable": [], "tickets": [], "sessions": [], "leftovers": []})
             );
         } else {
             println!("no state yet at {}", config.state_dir.display());
@@ -196,6 +200,13 @@ fn print_human(snapshot: &Snapshot) {
             "  {} {:<7} agent pid {:<8} {}",
             session.session_id, session.agent, pid, session.cwd
         );
+        if let Some(view) = snapshot
+            .leftovers
+            .iter()
+            .find(|view| view.session == session.session_id)
+        {
+            crate::leftovers::print_status(view);
+        }
     }
 }
 
