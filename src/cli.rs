@@ -114,7 +114,12 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct KeepArgs {
     /// Mark this running process and its descendants instead of starting a command
-    #[arg(long, value_name = "PID", allow_negative_numbers = true, conflicts_with = "command")]
+    #[arg(
+        long,
+        value_name = "PID",
+        allow_negative_numbers = true,
+        conflicts_with = "command"
+    )]
     pub pid: Option<i32>,
 
     /// Append the command's stdout and stderr here [default: discarded]
@@ -174,11 +179,21 @@ pub struct HookArgs {
     pub owner_pid: Option<i32>,
 
     /// What the session's tools leave behind once the agent is gone: stop it, only report it, or ignore it
-    #[arg(long, value_enum, env = "SESSION_REAPER_LEFTOVERS", default_value = "stop")]
+    #[arg(
+        long,
+        value_enum,
+        env = "SESSION_REAPER_LEFTOVERS",
+        default_value = "stop"
+    )]
     pub leftovers: LeftoversChoice,
 
     /// A watcher per agent process that does the agent-gone work the moment the agent exits
-    #[arg(long, value_enum, env = "SESSION_REAPER_SENTINEL", default_value = "on")]
+    #[arg(
+        long,
+        value_enum,
+        env = "SESSION_REAPER_SENTINEL",
+        default_value = "on"
+    )]
     pub sentinel: Switch,
 
     /// With no sentinel: how long after SessionEnd to wait for the agent to exit before leaving it to the sweep

@@ -69,9 +69,13 @@ pub enum Request {
     Broker(BrokerRequest),
     Reap(ReapRequest),
     Sweep(SweepRequest),
-    Status { json: bool },
+    Status {
+        json: bool,
+    },
     Log(LogRequest),
-    Doctor { json: bool },
+    Doctor {
+        json: bool,
+    },
     Settings(SettingsRequest),
     Demo,
     Completions(clap_complete::Shell),

@@ -29,7 +29,10 @@ pub fn choose(writers: &[Identity]) -> Option<(&Identity, Vec<&Identity>)> {
         .max_by_key(|identity| (identity.start_ticks, identity.pid))?;
     Some((
         newest,
-        writers.iter().filter(|identity| *identity != newest).collect(),
+        writers
+            .iter()
+            .filter(|identity| *identity != newest)
+            .collect(),
     ))
 }
 
@@ -37,7 +40,10 @@ pub fn choose(writers: &[Identity]) -> Option<(&Identity, Vec<&Identity>)> {
 /// or one of its ancestors).
 pub fn find(sessions: &[SessionRecord]) -> Vec<Duplicates> {
     let snapshot = proc::scan_cmdlines();
-    let live: Vec<&SessionRecord> = sessions.iter().filter(|record| !record.is_ended()).collect();
+    let live: Vec<&SessionRecord> = sessions
+        .iter()
+        .filter(|record| !record.is_ended())
+        .collect();
     let protected: HashSet<i32> = proc::self_and_ancestors();
     plan::duplicate_writers(&snapshot, live)
         .into_iter()
@@ -79,7 +85,10 @@ pub fn find(sessions: &[SessionRecord]) -> Vec<Duplicates> {
 fn pinned(pid: i32, snapshot: &[(i32, Vec<String>)]) -> Option<Identity> {
     let before = proc::identity_of(pid)?;
     let argv = proc::cmdline(pid).ok()?;
-    let seen = snapshot.iter().find(|(p, _)| *p == pid).map(|(_, argv)| argv)?;
+    let seen = snapshot
+        .iter()
+        .find(|(p, _)| *p == pid)
+        .map(|(_, argv)| argv)?;
     (&argv == seen && proc::identity_of(pid).as_ref() == Some(&before)).then_some(before)
 }
 

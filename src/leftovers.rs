@@ -179,7 +179,8 @@ impl Observed {
     }
 
     fn is_agent_executable(&self) -> bool {
-        AGENT_EXECUTABLES.contains(&self.program()) || AGENT_EXECUTABLES.contains(&self.comm.as_str())
+        AGENT_EXECUTABLES.contains(&self.program())
+            || AGENT_EXECUTABLES.contains(&self.comm.as_str())
     }
 
     fn carries(&self, session: &str) -> Option<&'static str> {
@@ -241,7 +242,12 @@ impl Table {
     pub fn descendants_of(&self, pid: i32) -> Vec<&Observed> {
         self.procs
             .values()
-            .filter(|p| p.identity.pid == pid || self.ancestors(p.identity.pid).any(|a| a.identity.pid == pid))
+            .filter(|p| {
+                p.identity.pid == pid
+                    || self
+                        .ancestors(p.identity.pid)
+                        .any(|a| a.identity.pid == pid)
+            })
             .collect()
     }
 }
@@ -287,7 +293,9 @@ fn status_facts(status: &str) -> (Option<u32>, u64) {
     };
     (
         field("Uid:").and_then(|uid| uid.parse().ok()),
-        field("VmRSS:").and_then(|kib| kib.parse().ok()).unwrap_or(0),
+        field("VmRSS:")
+            .and_then(|kib| kib.parse().ok())
+            .unwrap_or(0),
     )
 }
 
@@ -386,11 +394,14 @@ fn matches(
     }
     if let Some(variable) = p.carries(query.session) {
         // It names another agent process that was already running when it started: that agent's, not ours.
-        let other_agent = p.agent_pid.filter(|pid| *pid != agent.pid).is_some_and(|pid| {
-            table
-                .get(pid)
-                .is_some_and(|owner| owner.identity.start_ticks <= p.identity.start_ticks)
-        });
+        let other_agent = p
+            .agent_pid
+            .filter(|pid| *pid != agent.pid)
+            .is_some_and(|pid| {
+                table
+                    .get(pid)
+                    .is_some_and(|owner| owner.identity.start_ticks <= p.identity.start_ticks)
+            });
         return (!other_agent).then_some(variable);
     }
     if query.names_sessions {
@@ -533,7 +544,11 @@ pub fn act_on(store: &Store, found: &[Found], dry_run: bool) -> Vec<StopTicket> 
 
 /// `reap`: the leftovers-to-be of the sessions being ended, filed (or, in a dry run, only listed) as their policy
 /// says. A manual end does not wait for the agent: what it would leave behind goes with it.
-pub fn for_reap(store: &Store, sessions: &[SessionId], dry_run: bool) -> (Vec<Found>, Vec<StopTicket>) {
+pub fn for_reap(
+    store: &Store,
+    sessions: &[SessionId],
+    dry_run: bool,
+) -> (Vec<Found>, Vec<StopTicket>) {
     let records: Vec<SessionRecord> = sessions
         .iter()
         .filter_map(|id| store.sessions.get(id).ok().flatten())
@@ -734,18 +749,16 @@ pub fn agent_continues(reason: Option<&str>) -> bool {
 // ---- keep marks ----
 
 fn kept_path(store: &Store, identity: &Identity) -> PathBuf {
-    store
-        .root
-        .join(KEPT)
-        .join(StopTicket::file_name(identity))
+    store.root.join(KEPT).join(StopTicket::file_name(identity))
 }
 
 /// Marks `identity` as kept: no leftover discovery ever picks it (or its descendants).
 pub fn mark_kept(store: &Store, identity: &Identity) -> anyhow::Result<()> {
     store.root.ensure_dir(&store.root.join(KEPT))?;
-    store
-        .root
-        .write_atomic(&kept_path(store, identity), &crate::record::to_bytes(identity))
+    store.root.write_atomic(
+        &kept_path(store, identity),
+        &crate::record::to_bytes(identity),
+    )
 }
 
 /// Every `keep --pid` mark of this boot.
@@ -906,7 +919,10 @@ mod tests {
                 protected: &self.protected,
                 kept: &self.kept,
             };
-            find(&self.table, &query).into_iter().map(|l| l.pid).collect()
+            find(&self.table, &query)
+                .into_iter()
+                .map(|l| l.pid)
+                .collect()
         }
     }
 
@@ -918,9 +934,21 @@ mod tests {
     fn carriers_reparented_to_init_are_leftovers_once_the_agent_is_gone() {
         let world = World::new(vec![
             init(),
-            carrying(process(200, 1, 60, "sleep 600"), "CLAUDE_CODE_SESSION_ID", SESSION),
-            carrying(process(201, 1, 61, "node mcp.js"), "QWEN_CODE_SESSION_ID", SESSION),
-            carrying(process(202, 1, 62, "sleep 1"), "CLAUDE_CODE_SESSION_ID", "other"),
+            carrying(
+                process(200, 1, 60, "sleep 600"),
+                "CLAUDE_CODE_SESSION_ID",
+                SESSION,
+            ),
+            carrying(
+                process(201, 1, 61, "node mcp.js"),
+                "QWEN_CODE_SESSION_ID",
+                SESSION,
+            ),
+            carrying(
+                process(202, 1, 62, "sleep 1"),
+                "CLAUDE_CODE_SESSION_ID",
+                "other",
+            ),
         ]);
         assert_eq!(world.pids(), [200, 201]);
     }
@@ -930,15 +958,27 @@ mod tests {
         let mut world = World::new(vec![
             init(),
             process(100, 1, 50, "claude"),
-            carrying(process(200, 100, 60, "sleep 600"), "CLAUDE_CODE_SESSION_ID", SESSION),
-            carrying(process(300, 1, 70, "setsid-job"), "CLAUDE_CODE_SESSION_ID", SESSION),
+            carrying(
+                process(200, 100, 60, "sleep 600"),
+                "CLAUDE_CODE_SESSION_ID",
+                SESSION,
+            ),
+            carrying(
+                process(300, 1, 70, "setsid-job"),
+                "CLAUDE_CODE_SESSION_ID",
+                SESSION,
+            ),
         ]);
         assert_eq!(world.pids(), [300], "the agent's own child is its business");
         // Another recorded agent, alive, holding a carrier of our session (after /clear, its MCP server).
         world.table = Table::from_processes(vec![
             init(),
             process(400, 1, 55, "python3 agent.py"),
-            carrying(process(401, 400, 80, "mcp"), "CLAUDE_CODE_SESSION_ID", SESSION),
+            carrying(
+                process(401, 400, 80, "mcp"),
+                "CLAUDE_CODE_SESSION_ID",
+                SESSION,
+            ),
         ]);
         world.recorded.push(identity(400, 55));
         assert!(world.pids().is_empty());
@@ -953,8 +993,16 @@ mod tests {
                 "CLAUDE_CODE_SESSION_ID",
                 SESSION,
             ),
-            carrying(process(201, 200, 61, "bash"), "CLAUDE_CODE_SESSION_ID", SESSION),
-            carrying(process(202, 1, 62, "claude --bg-spare"), "CLAUDE_CODE_SESSION_ID", SESSION),
+            carrying(
+                process(201, 200, 61, "bash"),
+                "CLAUDE_CODE_SESSION_ID",
+                SESSION,
+            ),
+            carrying(
+                process(202, 1, 62, "claude --bg-spare"),
+                "CLAUDE_CODE_SESSION_ID",
+                SESSION,
+            ),
         ]);
         assert!(world.pids().is_empty());
     }
@@ -963,30 +1011,65 @@ mod tests {
     fn a_nested_agent_of_the_session_goes_with_its_children() {
         let world = World::new(vec![
             init(),
-            carrying(process(200, 1, 60, "claude -p x"), "CLAUDE_CODE_SESSION_ID", SESSION),
-            carrying(process(201, 200, 61, "sleep 9"), "CLAUDE_CODE_SESSION_ID", SESSION),
+            carrying(
+                process(200, 1, 60, "claude -p x"),
+                "CLAUDE_CODE_SESSION_ID",
+                SESSION,
+            ),
+            carrying(
+                process(201, 200, 61, "sleep 9"),
+                "CLAUDE_CODE_SESSION_ID",
+                SESSION,
+            ),
             // Someone else's claude: what is under it stays.
             process(300, 1, 40, "claude"),
-            carrying(process(301, 300, 70, "sleep 9"), "CLAUDE_CODE_SESSION_ID", SESSION),
+            carrying(
+                process(301, 300, 70, "sleep 9"),
+                "CLAUDE_CODE_SESSION_ID",
+                SESSION,
+            ),
         ]);
         assert_eq!(world.pids(), [200, 201]);
     }
 
     #[test]
     fn brokers_kept_older_foreign_and_protected_processes_stay() {
-        let mut broker = carrying(process(200, 1, 60, "broker"), "CLAUDE_CODE_SESSION_ID", SESSION);
+        let mut broker = carrying(
+            process(200, 1, 60, "broker"),
+            "CLAUDE_CODE_SESSION_ID",
+            SESSION,
+        );
         broker.broker = true;
-        let mut keep_env = carrying(process(201, 1, 60, "keep"), "CLAUDE_CODE_SESSION_ID", SESSION);
+        let mut keep_env = carrying(
+            process(201, 1, 60, "keep"),
+            "CLAUDE_CODE_SESSION_ID",
+            SESSION,
+        );
         keep_env.keep = true;
-        let older = carrying(process(202, 1, 40, "old"), "CLAUDE_CODE_SESSION_ID", SESSION);
+        let older = carrying(
+            process(202, 1, 40, "old"),
+            "CLAUDE_CODE_SESSION_ID",
+            SESSION,
+        );
         let mut foreign = carrying(process(203, 1, 60, "x"), "CLAUDE_CODE_SESSION_ID", SESSION);
         foreign.identity.uid = 0;
         let mut unread = carrying(process(204, 1, 60, "y"), "CLAUDE_CODE_SESSION_ID", SESSION);
         unread.detailed = false;
-        let marked = carrying(process(205, 1, 60, "kept"), "CLAUDE_CODE_SESSION_ID", SESSION);
-        let under_marked =
-            carrying(process(206, 205, 61, "child"), "CLAUDE_CODE_SESSION_ID", SESSION);
-        let hook = carrying(process(207, 1, 60, "hook"), "CLAUDE_CODE_SESSION_ID", SESSION);
+        let marked = carrying(
+            process(205, 1, 60, "kept"),
+            "CLAUDE_CODE_SESSION_ID",
+            SESSION,
+        );
+        let under_marked = carrying(
+            process(206, 205, 61, "child"),
+            "CLAUDE_CODE_SESSION_ID",
+            SESSION,
+        );
+        let hook = carrying(
+            process(207, 1, 60, "hook"),
+            "CLAUDE_CODE_SESSION_ID",
+            SESSION,
+        );
         let mut world = World::new(vec![
             init(),
             broker,
@@ -1005,7 +1088,11 @@ mod tests {
 
     #[test]
     fn a_carrier_naming_another_live_agent_is_that_agents() {
-        let mut p = carrying(process(200, 1, 60, "sleep"), "CLAUDE_CODE_SESSION_ID", SESSION);
+        let mut p = carrying(
+            process(200, 1, 60, "sleep"),
+            "CLAUDE_CODE_SESSION_ID",
+            SESSION,
+        );
         p.agent_pid = Some(500);
         let mut world = World::new(vec![init(), p.clone(), process(500, 1, 55, "claude")]);
         assert!(world.pids().is_empty());
@@ -1073,7 +1160,12 @@ mod tests {
         for reason in ["clear", "compact", "resume"] {
             assert!(agent_continues(Some(reason)));
         }
-        for reason in [None, Some("other"), Some("prompt_input_exit"), Some("logout")] {
+        for reason in [
+            None,
+            Some("other"),
+            Some("prompt_input_exit"),
+            Some("logout"),
+        ] {
             assert!(!agent_continues(reason));
         }
     }

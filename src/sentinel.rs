@@ -98,6 +98,10 @@ enum Waited {
     TimedOut,
 }
 
+/// How often a sentinel with no inotify instance to spare (the per-user limit, 128 by default, is shared by
+/// every program of the user) looks whether its state root still exists.
+const ROOT_CHECK: Duration = Duration::from_secs(30);
+
 /// Blocks until the agent exits, the state root is deleted or moved, or `within` passes.
 fn wait_for_exit(
     store: &Store,
@@ -105,45 +109,69 @@ fn wait_for_exit(
     within: Option<Duration>,
 ) -> anyhow::Result<Waited> {
     use rustix::event::{PollFd, PollFlags, Timespec, poll};
-    use rustix::fs::inotify;
     let Some(pidfd) = open_pidfd(agent) else {
         return Ok(Waited::AgentGone);
     };
-    let watch: OwnedFd = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK)
-        .context("inotify_init")?;
-    inotify::add_watch(
-        &watch,
-        store.root.path(),
-        inotify::WatchFlags::DELETE_SELF | inotify::WatchFlags::MOVE_SELF,
-    )
-    .context("watching the state root")?;
+    let watch = watch_root(store);
     let ends = within.map(|within| Instant::now() + within);
     loop {
         let remaining = ends.map(|ends| ends.saturating_duration_since(Instant::now()));
         if remaining.is_some_and(|left| left.is_zero()) {
             return Ok(Waited::TimedOut);
         }
-        let timespec = remaining.map(|left| {
+        if watch.is_none() && std::fs::symlink_metadata(store.root.path()).is_err() {
+            return Ok(Waited::RootGone);
+        }
+        let wake = match (remaining, watch.is_none()) {
+            (Some(left), true) => Some(left.min(ROOT_CHECK)),
+            (None, true) => Some(ROOT_CHECK),
+            (left, false) => left,
+        };
+        let timespec = wake.map(|left| {
             Timespec::try_from(left).unwrap_or(Timespec {
                 tv_sec: 1,
                 tv_nsec: 0,
             })
         });
-        let mut fds = [
-            PollFd::new(&pidfd, PollFlags::IN),
-            PollFd::new(&watch, PollFlags::IN),
-        ];
+        let mut fds = vec![PollFd::new(&pidfd, PollFlags::IN)];
+        if let Some(watch) = &watch {
+            fds.push(PollFd::new(watch, PollFlags::IN));
+        }
         match poll(&mut fds, timespec.as_ref()) {
             Ok(0) | Err(rustix::io::Errno::INTR) => {}
             Ok(_) => {
                 if !fds[0].revents().is_empty() {
                     return Ok(Waited::AgentGone);
                 }
-                if !fds[1].revents().is_empty() {
+                if fds.get(1).is_some_and(|fd| !fd.revents().is_empty()) {
                     return Ok(Waited::RootGone);
                 }
             }
             Err(err) => return Err(err).context("waiting for the agent"),
+        }
+    }
+}
+
+/// An inotify watch for the deletion or move of the state root; `None` (reported) when none can be had.
+fn watch_root(store: &Store) -> Option<OwnedFd> {
+    use rustix::fs::inotify;
+    let watch = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK)
+        .and_then(|fd| {
+            inotify::add_watch(
+                &fd,
+                store.root.path(),
+                inotify::WatchFlags::DELETE_SELF | inotify::WatchFlags::MOVE_SELF,
+            )
+            .map(|_| fd)
+        });
+    match watch {
+        Ok(fd) => Some(fd),
+        Err(err) => {
+            store.log.record(&Event::new("sentinel", "degraded").detail(format!(
+                "no inotify watch on the state root ({err}): looking every {}s whether it still exists",
+                ROOT_CHECK.as_secs()
+            )));
+            None
         }
     }
 }

@@ -160,7 +160,11 @@ fn duplicates(request: &ReapRequest, store: &Store) -> anyhow::Result<Outcome> {
         if found.is_empty() {
             println!("no live session has duplicate --resume writers");
         }
-        let verb = if request.dry_run { "would stop" } else { "stopping" };
+        let verb = if request.dry_run {
+            "would stop"
+        } else {
+            "stopping"
+        };
         for duplicates in &found {
             let pids: Vec<String> = duplicates.stopped.iter().map(i32::to_string).collect();
             println!(

@@ -3,5 +3,6 @@
 mod foundation;
 mod harness;
 mod hooks;
+mod leftovers;
 mod newcomer;
 mod sweep;

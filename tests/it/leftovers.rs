@@ -1,0 +1,570 @@
+//! Leftovers and the sentinel: what a fake agent's tools start and never register (background jobs, `setsid` and
+//! `nohup` daemons, a stdio MCP server that ignores EOF, a nested agent) is stopped once the agent is gone — seen
+//! by the sentinel, by the bounded wait after `SessionEnd`, or by a sweep — and nothing else is touched. Every
+//! test uses fresh random session ids, so whole-table scans only ever match what the test planted.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::harness::{
+    BIN, Env, FakeAgent, PATIENCE, Proc, fresh_id, sentinels_of, stdout, wait_until,
+};
+
+/// What the stop of a process that ignores SIGTERM may take: the default grace, and slack for a loaded machine.
+const GRACE_AND_SLACK: Duration = Duration::from_secs(5 + 10);
+
+/// Plants, through the agent, one of each kind of leftover; returns them by name.
+fn plant_leftovers(env: &mut Env, agent: &mut FakeAgent) -> Vec<(&'static str, Proc)> {
+    let claude = env.work.path().join("claude");
+    if !claude.exists() {
+        std::fs::copy("/bin/sh", &claude).expect("a nested agent executable named claude");
+    }
+    let orders = [
+        format!("run sleep 600 & echo $! > {}", env.work_path("plain.pid")),
+        format!(
+            "run (setsid sh -c 'echo $$ > {}; exec sleep 600' &)",
+            env.work_path("daemon.pid")
+        ),
+        format!(
+            "run nohup sh -c 'echo $$ > {}; exec sleep 600' >/dev/null 2>&1 &",
+            env.work_path("nohup.pid")
+        ),
+        format!(
+            "mcp exec python3 -c 'import os, sys, time; open(\"{}\", \"w\").write(str(os.getpid())); sys.stdin.read(); time.sleep(600)'",
+            env.work_path("mcp.pid")
+        ),
+        format!(
+            "run ({} -c 'sleep 600 & echo $! > {}; echo $$ > {}; wait' &)",
+            claude.display(),
+            env.work_path("nested-child.pid"),
+            env.work_path("nested.pid")
+        ),
+    ];
+    for order in &orders {
+        agent.order(order);
+    }
+    ["plain", "daemon", "nohup", "mcp", "nested", "nested-child"]
+        .into_iter()
+        .map(|name| (name, env.planted(&format!("{name}.pid"))))
+        .collect()
+}
+
+fn all_gone_within(procs: &[(&str, Proc)], limit: Duration) -> Result<Duration, Vec<String>> {
+    let started = Instant::now();
+    if wait_until(limit, || procs.iter().all(|(_, proc)| !proc.alive())) {
+        return Ok(started.elapsed());
+    }
+    Err(procs
+        .iter()
+        .filter(|(_, proc)| proc.alive())
+        .map(|(name, proc)| format!("{name} (pid {})", proc.pid))
+        .collect())
+}
+
+fn leftover_stops(env: &Env) -> Vec<Value> {
+    env.events_where("stop", Some("leftover"))
+        .into_iter()
+        .filter(|event| event["result"] == "stopped")
+        .collect()
+}
+
+fn no_sentinel_for(env: &Env, agent: &FakeAgent) -> bool {
+    wait_until(PATIENCE, || {
+        sentinels_of(env.state_dir())
+            .iter()
+            .all(|(_, watched)| *watched != agent.proc.pid)
+    })
+}
+
+#[test]
+fn leftovers_go_once_the_agent_exits_after_session_end_and_nothing_else_does() {
+    let mut env = Env::new();
+    let workspace = env.workspace("ws");
+    let session = fresh_id("lo");
+    let mut agent = env.fake_agent(&session, "CLAUDE_CODE_SESSION_ID", &["--agent", "claude"]);
+    agent.order("start");
+    let leftovers = plant_leftovers(&mut env, &mut agent);
+
+    // Another live session: its own carriers, and one carrying our session while still under that live agent.
+    let other = fresh_id("lo-other");
+    let mut second = env.fake_agent(&other, "CLAUDE_CODE_SESSION_ID", &["--agent", "claude"]);
+    second.order("start");
+    second.order(&format!(
+        "run (setsid sh -c 'echo $$ > {}; exec sleep 600' &)",
+        env.work_path("other.pid")
+    ));
+    second.order(&format!(
+        "mcp exec env CLAUDE_CODE_SESSION_ID={session} sh -c 'echo $$ > {}; exec sleep 600'",
+        env.work_path("held.pid")
+    ));
+    // An agent's own background-shell helper and the shell it holds; a kept command; a marked process; a process
+    // with SESSION_REAPER_KEEP=1; a broker the other session co-owns.
+    agent.order(&format!(
+        "run (sh -c 'sleep 600 & echo $! > {}; echo $$ > {}; wait' --bg-pty-host &)",
+        env.work_path("bg-child.pid"),
+        env.work_path("bg.pid")
+    ));
+    agent.order(&format!(
+        "run {BIN} keep -- sh -c 'echo $$ > {}; exec sleep 600' > /dev/null",
+        env.work_path("kept.pid")
+    ));
+    agent.order(&format!(
+        "run sleep 600 & echo $! > {}",
+        env.work_path("marked.pid")
+    ));
+    agent.order(&format!(
+        "run SESSION_REAPER_KEEP=1 setsid sh -c 'echo $$ > {}; exec sleep 600' &",
+        env.work_path("keep-env.pid")
+    ));
+    let broker = env.spawn_broker(&workspace, &session, &["sleep", "600"]);
+    let attach = env.run(&[
+        "broker",
+        "attach",
+        "--cwd",
+        workspace.to_str().unwrap(),
+        "--session",
+        &other,
+    ]);
+    assert!(
+        attach.status.success(),
+        "{}",
+        crate::harness::stderr(&attach)
+    );
+    let mut untouched: Vec<(&str, Proc)> = [
+        "other", "held", "bg", "bg-child", "kept", "marked", "keep-env",
+    ]
+    .into_iter()
+    .map(|name| (name, env.planted(&format!("{name}.pid"))))
+    .collect();
+    untouched.push(("broker", broker));
+    let marked = untouched
+        .iter()
+        .find(|(name, _)| *name == "marked")
+        .unwrap()
+        .1;
+    let keep = env.run(&["keep", "--pid", &marked.pid.to_string()]);
+    assert!(keep.status.success(), "{}", crate::harness::stderr(&keep));
+
+    // While the agent lives: status lists its leftovers-to-be and its sentinel; a dry-run reap lists them too.
+    let status = env.status();
+    let view = status["leftovers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|view| view["session"] == session.as_str())
+        .cloned()
+        .expect("status shows the session's leftovers");
+    assert_eq!(view["sentinel"], true, "{view}");
+    let listed: Vec<i64> = view["leftovers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|leftover| leftover["pid"].as_i64())
+        .collect();
+    for name in ["plain", "daemon", "nohup", "nested", "nested-child"] {
+        let pid = leftovers.iter().find(|(n, _)| *n == name).unwrap().1.pid;
+        assert!(listed.contains(&i64::from(pid)), "{name} not in {view}");
+    }
+    for (name, proc) in &untouched {
+        assert!(
+            !listed.contains(&i64::from(proc.pid)),
+            "{name} listed: {view}"
+        );
+    }
+    let dry = env.run(&["reap", "--session", &session, "--dry-run"]);
+    let plain = leftovers[0].1.pid;
+    assert!(
+        stdout(&dry).contains(&format!("pid {plain:>7}")) && stdout(&dry).contains("would stop"),
+        "{}",
+        stdout(&dry)
+    );
+
+    agent.order("end prompt_input_exit");
+    agent.exit();
+    let took = all_gone_within(&leftovers, PATIENCE).unwrap_or_else(|alive| {
+        panic!(
+            "still alive after the agent exited: {alive:?}\n{:#?}",
+            env.events()
+        )
+    });
+    eprintln!("leftovers gone {took:?} after the agent exited");
+    assert!(
+        no_sentinel_for(&env, &agent),
+        "the sentinel exits when its work is done"
+    );
+    for (name, proc) in &untouched {
+        assert!(proc.alive(), "{name} (pid {}) was stopped", proc.pid);
+    }
+    let stops = leftover_stops(&env);
+    for (name, proc) in &leftovers {
+        let event = stops
+            .iter()
+            .find(|event| event["pid"] == proc.pid)
+            .unwrap_or_else(|| panic!("no leftover stop event for {name}: {stops:#?}"));
+        assert_eq!(event["session"], session.as_str());
+        assert!(
+            event["argv"]
+                .as_array()
+                .is_some_and(|argv| !argv.is_empty()),
+            "{event}"
+        );
+        assert!(event["rss_kib"].as_u64().is_some(), "{event}");
+    }
+    let freed: Value =
+        serde_json::from_slice(&env.run(&["log", "--freed", "--json"]).stdout).unwrap();
+    assert!(freed["stops"].as_u64().unwrap() >= 6, "{freed}");
+    assert!(freed["freed_kib"].as_u64().unwrap() > 0, "{freed}");
+    second.exit();
+}
+
+#[test]
+fn a_clear_stops_no_leftover_while_the_agent_lives() {
+    let mut env = Env::new();
+    let session = fresh_id("lo-clear");
+    let mut agent = env.fake_agent(&session, "CLAUDE_CODE_SESSION_ID", &["--agent", "claude"]);
+    agent.order("start");
+    let leftovers = plant_leftovers(&mut env, &mut agent);
+    agent.order("end clear");
+    // The hook has returned: anything it would stop has at least been signalled by now.
+    let ended = env.events_where("session_end", None);
+    assert!(!ended.is_empty(), "the session ended");
+    for (name, proc) in &leftovers {
+        assert!(proc.alive(), "{name} stopped by a clear");
+    }
+    assert!(
+        sentinels_of(env.state_dir())
+            .iter()
+            .any(|(_, watched)| *watched == agent.proc.pid),
+        "the sentinel still watches the agent"
+    );
+    // The agent goes: the cleared session's leftovers go with it.
+    agent.exit();
+    if let Err(alive) = all_gone_within(&leftovers, PATIENCE) {
+        panic!("still alive after the agent exited: {alive:?}");
+    }
+}
+
+/// A SIGKILLed agent: no `SessionEnd`, no sweep. The sentinel stops the session's broker and its leftovers — or,
+/// with the sentinel off, one sweep does.
+fn sigkilled_agent(variable: &str, agent_flag: &str, sentinel: bool) {
+    let mut env = Env::new();
+    let workspace = env.workspace("ws");
+    let session = fresh_id("lo-kill");
+    let mut flags = vec!["--agent", agent_flag];
+    if !sentinel {
+        flags.extend(["--sentinel", "off"]);
+    }
+    let mut agent = env.fake_agent(&session, variable, &flags);
+    agent.order("start");
+    let broker = env.spawn_broker(&workspace, &session, &["sleep", "600"]);
+    agent.order(&format!(
+        "run sleep 600 & echo $! > {}",
+        env.work_path("plain.pid")
+    ));
+    agent.order(&format!(
+        "run (setsid sh -c 'echo $$ > {}; exec sleep 600' &)",
+        env.work_path("daemon.pid")
+    ));
+    agent.order(&format!(
+        "run (setsid python3 -c 'import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); open(\"{}\", \"w\").write(str(os.getpid())); time.sleep(600)' &)",
+        env.work_path("stubborn.pid")
+    ));
+    let quick: Vec<(&str, Proc)> = vec![
+        ("broker", broker),
+        ("plain", env.planted("plain.pid")),
+        ("daemon", env.planted("daemon.pid")),
+    ];
+    let stubborn = vec![("stubborn", env.planted("stubborn.pid"))];
+    let unrelated = env.sleeper();
+    agent.kill();
+    if sentinel {
+        let took = all_gone_within(&quick, PATIENCE).unwrap_or_else(|alive| {
+            panic!("{variable}: still alive: {alive:?}\n{:#?}", env.events())
+        });
+        eprintln!(
+            "{variable}: broker and leftovers gone {took:?} after SIGKILL of the agent (sentinel)"
+        );
+        let took = all_gone_within(&stubborn, GRACE_AND_SLACK + PATIENCE)
+            .unwrap_or_else(|alive| panic!("{variable}: still alive: {alive:?}"));
+        eprintln!("{variable}: the one ignoring SIGTERM gone {took:?} after SIGKILL of the agent");
+        assert!(
+            !env.events_where("session_end", Some("agent_gone"))
+                .is_empty(),
+            "the session ended as agent_gone"
+        );
+    } else {
+        assert!(
+            sentinels_of(env.state_dir()).is_empty(),
+            "--sentinel off starts no sentinel"
+        );
+        assert!(
+            quick.iter().all(|(_, proc)| proc.alive()),
+            "nothing stops them but a sweep"
+        );
+        let sweep = env.run(&["sweep"]);
+        assert!(sweep.status.success(), "{}", stdout(&sweep));
+        let mut all = quick.clone();
+        all.extend(stubborn);
+        if let Err(alive) = all_gone_within(&all, GRACE_AND_SLACK + PATIENCE) {
+            panic!(
+                "{variable}: still alive after one sweep: {alive:?}\n{}",
+                stdout(&sweep)
+            );
+        }
+    }
+    assert!(unrelated.alive(), "a process the agent did not start stays");
+    assert!(
+        leftover_stops(&env).len() >= 3,
+        "{}",
+        std::fs::read_to_string(env.state_dir().join("events.jsonl"))
+            .unwrap_or_else(|err| err.to_string())
+    );
+}
+
+#[test]
+fn sigkilled_claude_agent_the_sentinel_stops_broker_and_leftovers() {
+    sigkilled_agent("CLAUDE_CODE_SESSION_ID", "claude", true);
+}
+
+#[test]
+fn sigkilled_qwen_agent_the_sentinel_stops_broker_and_leftovers() {
+    sigkilled_agent("QWEN_CODE_SESSION_ID", "qwen", true);
+}
+
+#[test]
+fn sigkilled_codex_agent_the_sentinel_stops_broker_and_leftovers() {
+    sigkilled_agent("CODEX_THREAD_ID", "codex", true);
+}
+
+#[test]
+fn sigkilled_agent_with_the_sentinel_off_one_sweep_stops_broker_and_leftovers() {
+    sigkilled_agent("CLAUDE_CODE_SESSION_ID", "claude", false);
+}
+
+#[test]
+fn sigkilled_codex_agent_with_the_sentinel_off_one_sweep_stops_them() {
+    sigkilled_agent("CODEX_THREAD_ID", "codex", false);
+}
+
+/// An agent that names no session (Gemini CLI): what its hooks saw below it, and its own process group, stand in.
+#[test]
+fn agents_that_name_no_session_leave_descendants_and_group_members() {
+    let mut env = Env::new();
+    let session = fresh_id("lo-gemini");
+    let mut agent = env.fake_agent(&session, "-", &["--agent", "gemini"]);
+    // Below the agent when SessionStart runs, in a session of its own (out of the agent's group).
+    agent.order(&format!(
+        "mcp exec setsid sh -c 'echo $$ > {}; exec sleep 600'",
+        env.work_path("seen.pid")
+    ));
+    let seen = env.planted("seen.pid");
+    agent.order("start");
+    // Started later, in the agent's group.
+    agent.order(&format!(
+        "run sleep 600 & echo $! > {}",
+        env.work_path("grouped.pid")
+    ));
+    let grouped = env.planted("grouped.pid");
+    let unrelated = env.sleeper();
+    agent.kill();
+    let left = [("seen", seen), ("grouped", grouped)];
+    if let Err(alive) = all_gone_within(&left, PATIENCE) {
+        panic!("still alive: {alive:?}\n{:#?}", env.events());
+    }
+    assert!(unrelated.alive());
+    let vias: Vec<String> = leftover_stops(&env)
+        .iter()
+        .filter_map(|event| event["pid"].as_i64())
+        .map(|pid| pid.to_string())
+        .collect();
+    assert_eq!(vias.len(), 2, "{:#?}", env.events());
+}
+
+/// The other `SessionEnd` hooks of the agent are its children and carry its session: never signalled.
+#[test]
+fn other_session_end_hooks_of_the_agent_are_never_signalled() {
+    let mut env = Env::new();
+    let session = fresh_id("lo-hooks");
+    let mut agent = env.fake_agent(&session, "CLAUDE_CODE_SESSION_ID", &["--agent", "claude"]);
+    agent.order("start");
+    let (signalled, done) = (env.work_path("signalled"), env.work_path("done"));
+    agent.order(&format!(
+        "hook python3 -c 'import signal, time; mark = lambda *_: open(\"{signalled}\", \"w\").close(); [signal.signal(s, mark) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)]; time.sleep(1.5); open(\"{done}\", \"w\").close()'"
+    ));
+    agent.order("end other");
+    agent.exit();
+    assert!(
+        std::path::Path::new(&done).exists(),
+        "the other hook ran to its end"
+    );
+    assert!(no_sentinel_for(&env, &agent));
+    assert!(
+        !std::path::Path::new(&signalled).exists(),
+        "the other hook was signalled"
+    );
+}
+
+/// With the sentinel off, the `SessionEnd` at which the agent exits waits (bounded) for the exit and stops the
+/// leftovers then.
+#[test]
+fn with_the_sentinel_off_session_end_waits_for_the_agent_to_exit() {
+    let mut env = Env::new();
+    let session = fresh_id("lo-off");
+    let mut agent = env.fake_agent(
+        &session,
+        "CLAUDE_CODE_SESSION_ID",
+        &["--agent", "claude", "--sentinel", "off"],
+    );
+    agent.order("start");
+    assert!(sentinels_of(env.state_dir()).is_empty());
+    agent.order(&format!(
+        "run (setsid sh -c 'echo $$ > {}; exec sleep 600' &)",
+        env.work_path("daemon.pid")
+    ));
+    let daemon = env.planted("daemon.pid");
+    agent.order("end other");
+    assert!(daemon.alive(), "nothing is stopped while the agent lives");
+    agent.exit();
+    assert!(daemon.gone_within(PATIENCE), "{:#?}", env.events());
+}
+
+/// `--leftovers report` lists what the session left behind and stops none of it.
+#[test]
+fn the_report_policy_only_reports() {
+    let mut env = Env::new();
+    let session = fresh_id("lo-report");
+    let mut agent = env.fake_agent(
+        &session,
+        "CLAUDE_CODE_SESSION_ID",
+        &["--agent", "claude", "--leftovers", "report"],
+    );
+    agent.order("start");
+    agent.order(&format!(
+        "run (setsid sh -c 'echo $$ > {}; exec sleep 600' &)",
+        env.work_path("daemon.pid")
+    ));
+    let daemon = env.planted("daemon.pid");
+    agent.exit();
+    assert!(
+        wait_until(PATIENCE, || !env
+            .events_where("leftover", Some("leftover"))
+            .is_empty()),
+        "{:#?}",
+        env.events()
+    );
+    assert!(no_sentinel_for(&env, &agent));
+    assert!(daemon.alive(), "reported, not stopped");
+}
+
+/// 200 agents at once, each with two `SessionStart`s: exactly one sentinel per agent process, none once they are
+/// gone.
+#[test]
+fn two_hundred_agents_one_sentinel_each_and_none_left() {
+    const AGENTS: usize = 200;
+    let mut env = Env::new();
+    let agent_exe = env.work.path().join("agent");
+    std::fs::copy("/bin/sh", &agent_exe).expect("an agent executable");
+    let state = env.state_dir().to_string_lossy().into_owned();
+    let mut agents = Vec::new();
+    for index in 0..AGENTS {
+        let session = fresh_id(&format!("lo-many{index}"));
+        let start = env.work.path().join(format!("{session}.start"));
+        let end = env.work.path().join(format!("{session}.end"));
+        std::fs::write(
+            &start,
+            format!(r#"{{"session_id":"{session}","hook_event_name":"SessionStart"}}"#),
+        )
+        .unwrap();
+        std::fs::write(
+            &end,
+            format!(
+                r#"{{"session_id":"{session}","hook_event_name":"SessionEnd","reason":"other"}}"#
+            ),
+        )
+        .unwrap();
+        let hook = format!("{BIN} --state-dir {state} hook --agent gemini");
+        let script = format!(
+            "{hook} < {s}; {hook} < {s}; read line; {hook} < {e}",
+            s = start.display(),
+            e = end.display()
+        );
+        let mut command = std::process::Command::new(&agent_exe);
+        command
+            .args(["-c", &script])
+            .stdin(std::process::Stdio::piped());
+        crate::harness::scrub_env(&mut command);
+        let mut child = command.spawn().expect("start an agent");
+        let stdin = child.stdin.take();
+        let proc = Proc::of(i32::try_from(child.id()).unwrap()).expect("agent runs");
+        env.track(proc);
+        agents.push((child, stdin, proc));
+    }
+    let pids: std::collections::HashSet<i32> = agents.iter().map(|(_, _, proc)| proc.pid).collect();
+    let one_each = wait_until(PATIENCE * 4, || {
+        let sentinels = sentinels_of(env.state_dir());
+        let watched: std::collections::HashSet<i32> =
+            sentinels.iter().map(|(_, watched)| *watched).collect();
+        sentinels.len() == AGENTS && watched == pids
+    });
+    let sentinels = sentinels_of(env.state_dir());
+    let errors: Vec<Value> = env
+        .events()
+        .into_iter()
+        .filter(|event| event["action"] == "hook" || event["action"] == "error")
+        .collect();
+    assert!(
+        one_each,
+        "{} sentinels for {AGENTS} agents; {} session starts; errors: {errors:#?}",
+        sentinels.len(),
+        env.events_where("session_start", None).len()
+    );
+    for (_, stdin, _) in &mut agents {
+        stdin.take();
+    }
+    for (child, _, _) in &mut agents {
+        let _ = child.wait();
+    }
+    assert!(
+        wait_until(PATIENCE * 4, || sentinels_of(env.state_dir()).is_empty()),
+        "{} sentinels left",
+        sentinels_of(env.state_dir()).len()
+    );
+}
+
+/// `reap --duplicates` keeps the newest `--resume` writer of a live session and stops the others.
+#[test]
+fn reap_duplicates_keeps_the_newest_writer() {
+    let mut env = Env::new();
+    let session = fresh_id("lo-dup");
+    let payload = format!(r#"{{"session_id":"{session}","hook_event_name":"SessionStart"}}"#);
+    let out = env.run_stdin(
+        &["hook", "--agent", "claude", "--sentinel", "off"],
+        payload.as_bytes(),
+    );
+    assert!(out.status.success());
+    let writers: Vec<Proc> = (0..3)
+        .map(|_| {
+            let mut command = std::process::Command::new(python3());
+            command.args(["-c", "import time; time.sleep(600)", "--resume", &session]);
+            env.spawn(command)
+        })
+        .collect();
+    let dry = env.run(&["reap", "--duplicates", "--dry-run"]);
+    assert!(stdout(&dry).contains("would stop"), "{}", stdout(&dry));
+    assert!(writers.iter().all(|writer| writer.alive()));
+    let out = env.run(&["reap", "--duplicates"]);
+    assert!(out.status.success(), "{}", stdout(&out));
+    assert!(writers[0].gone_within(PATIENCE) && writers[1].gone_within(PATIENCE));
+    assert!(writers[2].alive(), "the newest writer stays");
+    env.reap_children();
+}
+
+/// The real python3 executable (a version manager's shim would exec it under another argv0).
+fn python3() -> String {
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .expect("python3 runs");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
