@@ -227,14 +227,15 @@ fn refresh_session(
     store
         .sessions
         .update(&payload.session, Duration::from_millis(300), |current| {
-            Some(refreshed(
-                current,
+            Ok(Some(refreshed(
+                current.cloned(),
                 payload,
                 agent,
                 identity.clone(),
                 starting,
-            ))
+            )))
         })
+        .map(|(_, after)| after)
 }
 
 /// A session record refreshed from a payload. `starting` clears an earlier end (`--resume` of an ended session).

@@ -619,11 +619,12 @@ fn mark_done(store: &Store, session: &str) {
     let _ = store
         .sessions
         .update(&id, Duration::from_millis(500), |current| {
-            let mut record = current?;
-            let mut facts = SessionFacts::of(&record);
-            facts.done_at = Some(now);
-            facts.store_in(&mut record);
-            Some(record)
+            Ok(current.cloned().map(|mut record| {
+                let mut facts = SessionFacts::of(&record);
+                facts.done_at = Some(now);
+                facts.store_in(&mut record);
+                record
+            }))
         });
 }
 
@@ -721,9 +722,10 @@ fn write_facts(store: &Store, session: &SessionId, facts: &SessionFacts) -> anyh
     store
         .sessions
         .update(session, Duration::from_millis(300), |current| {
-            let mut record = current?;
-            facts.store_in(&mut record);
-            Some(record)
+            Ok(current.cloned().map(|mut record| {
+                facts.store_in(&mut record);
+                record
+            }))
         })
         .map(drop)
 }
