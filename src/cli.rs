@@ -360,6 +360,8 @@ pub enum BrokerCommand {
 }
 
 #[derive(Debug, Args)]
+// Independent command-line switches, not states of one machine.
+#[allow(clippy::struct_excessive_bools)]
 pub struct ReapArgs {
     /// The session to end
     #[arg(

@@ -870,10 +870,10 @@ mod tests {
     }
 
     /// A process of ours, read in full.
-    fn process(pid: i32, ppid: i32, start: u64, argv: &str) -> Observed {
+    fn process(pid: i32, parent: i32, start: u64, argv: &str) -> Observed {
         Observed {
             identity: identity(pid, start),
-            ppid,
+            ppid: parent,
             pgid: pid,
             comm: argv.split(' ').next().unwrap_or_default().to_owned(),
             argv: argv.split(' ').map(str::to_owned).collect(),

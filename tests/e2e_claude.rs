@@ -183,7 +183,7 @@ fn claude_bash_tool_leftovers_are_stopped_once_claude_exits() {
     }
 }
 
-/// A SIGKILLed `claude` (no `SessionEnd` hook runs) with a leaky stdio MCP server (it ignores EOF) and two sleeps
+/// A `claude` killed with SIGKILL (no `SessionEnd` hook runs) with a leaky stdio MCP server (it ignores EOF) and two sleeps
 /// from its Bash tool: the sentinel stops all three, with no sweep.
 #[test]
 fn sigkilled_claude_leaves_no_mcp_server_and_no_sleep() {

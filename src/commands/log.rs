@@ -46,7 +46,8 @@ pub fn run(request: &LogRequest, config: &Config) -> anyhow::Result<Outcome> {
         None => Vec::new(),
     };
     if request.freed {
-        return print_freed(&events, request.json);
+        print_freed(&events, request.json);
+        return Ok(Outcome::Done);
     }
     if request.json {
         println!("{}", serde_json::to_string_pretty(&events)?);
@@ -62,7 +63,7 @@ pub fn run(request: &LogRequest, config: &Config) -> anyhow::Result<Outcome> {
 }
 
 /// The memory that the stops among `events` freed: what each stopped process held when it was found.
-fn print_freed(events: &[Event], json: bool) -> anyhow::Result<Outcome> {
+fn print_freed(events: &[Event], json: bool) {
     let freed: Vec<u64> = events
         .iter()
         .filter(|event| event.action == "stop" && event.result == "stopped")
@@ -81,7 +82,6 @@ fn print_freed(events: &[Event], json: bool) -> anyhow::Result<Outcome> {
             freed.len()
         );
     }
-    Ok(Outcome::Done)
 }
 
 /// One event as a line: `time  action  reason  result  pid  session  where  detail`.

@@ -437,7 +437,11 @@ pub fn fresh_id(prefix: &str) -> String {
     std::fs::File::open("/dev/urandom")
         .and_then(|mut file| std::io::Read::read_exact(&mut file, &mut bytes))
         .expect("random bytes");
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = bytes.iter().fold(String::new(), |mut hex, byte| {
+        use std::fmt::Write as _;
+        let _ = write!(hex, "{byte:02x}");
+        hex
+    });
     format!("{prefix}-{}-{hex}", std::process::id())
 }
 
@@ -572,7 +576,7 @@ pub fn sentinels_of(state_dir: &Path) -> Vec<(i32, i32)> {
                 .collect();
             let is_ours = argv.first().is_some_and(|argv0| argv0 == BIN)
                 && argv.iter().any(|arg| arg == "sentinel")
-                && argv.iter().any(|arg| *arg == root);
+                && argv.contains(&root);
             let watched = argv
                 .iter()
                 .position(|arg| arg == "--pid")

@@ -82,70 +82,16 @@ fn leftovers_go_once_the_agent_exits_after_session_end_and_nothing_else_does() {
     let mut env = Env::new();
     let workspace = env.workspace("ws");
     let session = fresh_id("lo");
+    // A look-alike: it names the session but was running before the agent started.
+    let mut older = std::process::Command::new("sleep");
+    older.arg("600").env("CLAUDE_CODE_SESSION_ID", &session);
+    let older = env.spawn(older);
     let mut agent = env.fake_agent(&session, "CLAUDE_CODE_SESSION_ID", &["--agent", "claude"]);
     agent.order("start");
     let leftovers = plant_leftovers(&mut env, &mut agent);
 
-    // Another live session: its own carriers, and one carrying our session while still under that live agent.
-    let other = fresh_id("lo-other");
-    let mut second = env.fake_agent(&other, "CLAUDE_CODE_SESSION_ID", &["--agent", "claude"]);
-    second.order("start");
-    second.order(&format!(
-        "run (setsid sh -c 'echo $$ > {}; exec sleep 600' &)",
-        env.work_path("other.pid")
-    ));
-    second.order(&format!(
-        "mcp exec env CLAUDE_CODE_SESSION_ID={session} sh -c 'echo $$ > {}; exec sleep 600'",
-        env.work_path("held.pid")
-    ));
-    // An agent's own background-shell helper and the shell it holds; a kept command; a marked process; a process
-    // with SESSION_REAPER_KEEP=1; a broker the other session co-owns.
-    agent.order(&format!(
-        "run (sh -c 'sleep 600 & echo $! > {}; echo $$ > {}; wait' --bg-pty-host &)",
-        env.work_path("bg-child.pid"),
-        env.work_path("bg.pid")
-    ));
-    agent.order(&format!(
-        "run {BIN} keep -- sh -c 'echo $$ > {}; exec sleep 600' > /dev/null",
-        env.work_path("kept.pid")
-    ));
-    agent.order(&format!(
-        "run sleep 600 & echo $! > {}",
-        env.work_path("marked.pid")
-    ));
-    agent.order(&format!(
-        "run SESSION_REAPER_KEEP=1 setsid sh -c 'echo $$ > {}; exec sleep 600' &",
-        env.work_path("keep-env.pid")
-    ));
-    let broker = env.spawn_broker(&workspace, &session, &["sleep", "600"]);
-    let attach = env.run(&[
-        "broker",
-        "attach",
-        "--cwd",
-        workspace.to_str().unwrap(),
-        "--session",
-        &other,
-    ]);
-    assert!(
-        attach.status.success(),
-        "{}",
-        crate::harness::stderr(&attach)
-    );
-    let mut untouched: Vec<(&str, Proc)> = [
-        "other", "held", "bg", "bg-child", "kept", "marked", "keep-env",
-    ]
-    .into_iter()
-    .map(|name| (name, env.planted(&format!("{name}.pid"))))
-    .collect();
-    untouched.push(("broker", broker));
-    let marked = untouched
-        .iter()
-        .find(|(name, _)| *name == "marked")
-        .unwrap()
-        .1;
-    let keep = env.run(&["keep", "--pid", &marked.pid.to_string()]);
-    assert!(keep.status.success(), "{}", crate::harness::stderr(&keep));
-
+    let (mut second, mut untouched) = plant_untouched(&mut env, &mut agent, &workspace);
+    untouched.push(("older look-alike", older));
     // While the agent lives: status lists its leftovers-to-be and its sentinel; a dry-run reap lists them too.
     let status = env.status();
     let view = status["leftovers"]
@@ -218,6 +164,78 @@ fn leftovers_go_once_the_agent_exits_after_session_end_and_nothing_else_does() {
     second.exit();
 }
 
+/// Plants, beside `agent`'s leftovers, what must survive its exit: another live session's carriers and one of ours
+/// still under that live agent, an agent's background-shell helper and the shell it holds, a `keep` command, a
+/// `keep --pid` mark, `SESSION_REAPER_KEEP=1`, and a broker another live session co-owns. Returns that other agent
+/// and the planted processes.
+fn plant_untouched(
+    env: &mut Env,
+    agent: &mut FakeAgent,
+    workspace: &std::path::Path,
+) -> (FakeAgent, Vec<(&'static str, Proc)>) {
+    let session = agent.session.clone();
+    // Another live session: its own carriers, and one carrying our session while still under that live agent.
+    let other = fresh_id("lo-other");
+    let mut second = env.fake_agent(&other, "CLAUDE_CODE_SESSION_ID", &["--agent", "claude"]);
+    second.order("start");
+    second.order(&format!(
+        "run (setsid sh -c 'echo $$ > {}; exec sleep 600' &)",
+        env.work_path("other.pid")
+    ));
+    second.order(&format!(
+        "mcp exec env CLAUDE_CODE_SESSION_ID={session} sh -c 'echo $$ > {}; exec sleep 600'",
+        env.work_path("held.pid")
+    ));
+    // An agent's own background-shell helper and the shell it holds; a kept command; a marked process; a process
+    // with SESSION_REAPER_KEEP=1; a broker the other session co-owns.
+    agent.order(&format!(
+        "run (sh -c 'sleep 600 & echo $! > {}; echo $$ > {}; wait' --bg-pty-host &)",
+        env.work_path("bg-child.pid"),
+        env.work_path("bg.pid")
+    ));
+    agent.order(&format!(
+        "run {BIN} keep -- sh -c 'echo $$ > {}; exec sleep 600' > /dev/null",
+        env.work_path("kept.pid")
+    ));
+    agent.order(&format!(
+        "run sleep 600 & echo $! > {}",
+        env.work_path("marked.pid")
+    ));
+    agent.order(&format!(
+        "run SESSION_REAPER_KEEP=1 setsid sh -c 'echo $$ > {}; exec sleep 600' &",
+        env.work_path("keep-env.pid")
+    ));
+    let broker = env.spawn_broker(workspace, &session, &["sleep", "600"]);
+    let attach = env.run(&[
+        "broker",
+        "attach",
+        "--cwd",
+        workspace.to_str().unwrap(),
+        "--session",
+        &other,
+    ]);
+    assert!(
+        attach.status.success(),
+        "{}",
+        crate::harness::stderr(&attach)
+    );
+    let mut untouched: Vec<(&str, Proc)> = [
+        "other", "held", "bg", "bg-child", "kept", "marked", "keep-env",
+    ]
+    .into_iter()
+    .map(|name| (name, env.planted(&format!("{name}.pid"))))
+    .collect();
+    untouched.push(("broker", broker));
+    let marked = untouched
+        .iter()
+        .find(|(name, _)| *name == "marked")
+        .unwrap()
+        .1;
+    let keep = env.run(&["keep", "--pid", &marked.pid.to_string()]);
+    assert!(keep.status.success(), "{}", crate::harness::stderr(&keep));
+    (second, untouched)
+}
+
 #[test]
 fn a_clear_stops_no_leftover_while_the_agent_lives() {
     let mut env = Env::new();
@@ -245,7 +263,7 @@ fn a_clear_stops_no_leftover_while_the_agent_lives() {
     }
 }
 
-/// A SIGKILLed agent: no `SessionEnd`, no sweep. The sentinel stops the session's broker and its leftovers — or,
+/// An agent killed with SIGKILL: no `SessionEnd`, no sweep. The sentinel stops the session's broker and its leftovers — or,
 /// with the sentinel off, one sweep does.
 fn sigkilled_agent(variable: &str, agent_flag: &str, sentinel: bool) {
     let mut env = Env::new();
@@ -373,12 +391,17 @@ fn agents_that_name_no_session_leave_descendants_and_group_members() {
         panic!("still alive: {alive:?}\n{:#?}", env.events());
     }
     assert!(unrelated.alive());
-    let vias: Vec<String> = leftover_stops(&env)
+    let stopped: Vec<i64> = leftover_stops(&env)
         .iter()
         .filter_map(|event| event["pid"].as_i64())
-        .map(|pid| pid.to_string())
         .collect();
-    assert_eq!(vias.len(), 2, "{:#?}", env.events());
+    for (name, proc) in left {
+        assert!(
+            stopped.contains(&i64::from(proc.pid)),
+            "{name} was not stopped as a leftover: {:#?}",
+            env.events()
+        );
+    }
 }
 
 /// The other `SessionEnd` hooks of the agent are its children and carry its session: never signalled.
