@@ -300,17 +300,9 @@ fn leftover_costs(temp: &Path, rounds: usize, ws: &str) -> LeftoverCosts {
             rounds,
             Some(&move |round| payload(&format!("{prefix}-{round}"), "SessionStart")),
             &move |round| {
-                ours(
+                hook_with(
                     &state,
-                    &[
-                        "hook",
-                        "--agent",
-                        "claude",
-                        "--sentinel",
-                        sentinel,
-                        "--owner-pid",
-                        &pids[round],
-                    ],
+                    &["--sentinel", sentinel, "--owner-pid", &pids[round]],
                 )
             },
         )
@@ -323,12 +315,9 @@ fn leftover_costs(temp: &Path, rounds: usize, ws: &str) -> LeftoverCosts {
     let agent = agents.0[0].id().to_string();
     for (session, policy) in [("bench-lo", "stop"), ("bench-off", "off")] {
         measure(1, Some(&|_| payload(session, "SessionStart")), &|_| {
-            ours(
+            hook_with(
                 &state,
                 &[
-                    "hook",
-                    "--agent",
-                    "claude",
                     "--sentinel",
                     "off",
                     "--leftovers",
@@ -344,7 +333,7 @@ fn leftover_costs(temp: &Path, rounds: usize, ws: &str) -> LeftoverCosts {
         measure(
             rounds.min(50),
             Some(&move |round| payload(&format!("{prefix}-{round}"), "SessionEnd")),
-            &move |_| ours(&state, &["hook", "--agent", "claude", "--sentinel", "off"]),
+            &move |_| hook_with(&state, &["--sentinel", "off"]),
         )
     };
     let end_bare = end("bare");
@@ -372,6 +361,13 @@ fn leftover_costs(temp: &Path, rounds: usize, ws: &str) -> LeftoverCosts {
         planted: PLANTED,
         sentinel_rss_kib,
     }
+}
+
+/// `hook --agent claude` with more flags.
+fn hook_with(state: &Path, flags: &[&str]) -> Command {
+    let mut command = ours(state, &["hook", "--agent", "claude"]);
+    command.args(flags);
+    command
 }
 
 /// The resident memory of one sentinel of `state` (KiB), 0 when none runs.

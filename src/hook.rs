@@ -191,18 +191,22 @@ fn session_start(
     agent: Option<Agent>,
 ) -> anyhow::Result<()> {
     let record = refresh_session(args, store, payload, agent, true)?;
+    let agent_identity = record.as_ref().and_then(|r| r.agent_identity.clone());
     store.log.record(
         &Event::new("session_start", "recorded")
             .session(Some(payload.session.as_str()))
             .detail(format!(
                 "agent {} pid {} source {}",
                 agent.map_or("unknown", Agent::as_str),
-                record.and_then(|r| r.agent_identity).map_or(0, |id| id.pid),
+                agent_identity.as_ref().map_or(0, |id| id.pid),
                 payload.source.as_deref().unwrap_or("-")
             )),
     );
     export_session_id(&payload.session)?;
-    crate::sentinel::at_session_start(store, &payload.session, args.leftovers, args.sentinel)
+    match agent_identity {
+        Some(agent) if args.sentinel => crate::sentinel::start(store, &agent, None),
+        _ => Ok(()),
+    }
 }
 
 fn touch_session(
@@ -227,13 +231,12 @@ fn refresh_session(
     store
         .sessions
         .update(&payload.session, Duration::from_millis(300), |current| {
-            Ok(Some(refreshed(
-                current.cloned(),
-                payload,
-                agent,
-                identity.clone(),
-                starting,
-            )))
+            let mut record =
+                refreshed(current.cloned(), payload, agent, identity.clone(), starting);
+            if starting {
+                crate::leftovers::note_start(&mut record, args.leftovers, args.sentinel);
+            }
+            Ok(Some(record))
         })
         .map(|(_, after)| after)
 }

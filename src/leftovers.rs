@@ -267,15 +267,16 @@ fn observe_one(pid: i32, since_ticks: u64, uid: u32) -> Option<Observed> {
         comm: stat.comm,
         ..Observed::default()
     };
+    // The owner of /proc/<pid> is a cheap first look at the uid; the signal path re-checks the real uid.
     if stat.start_ticks >= since_ticks
-        && let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        && let (Some(real_uid), rss_kib) = status_facts(&status)
-        && real_uid == uid
-        && let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ"))
+        && let Ok(meta) = std::fs::metadata(format!("/proc/{pid}"))
+        && std::os::unix::fs::MetadataExt::uid(&meta) == uid
+        && let Ok(environ) = read_proc_file(pid, "environ")
     {
         read_environ(&mut observed, &environ);
-        observed.identity.uid = real_uid;
-        observed.rss_kib = rss_kib;
+        observed.identity.uid = uid;
+        observed.rss_kib = read_proc_file(pid, "statm")
+            .map_or(0, |statm| rss_kib_of(&String::from_utf8_lossy(&statm)));
         observed.detailed = true;
     }
     // Pinned: what was read belongs to this identity only if the identity still holds.
@@ -283,20 +284,25 @@ fn observe_one(pid: i32, since_ticks: u64, uid: u32) -> Option<Observed> {
     (again.start_ticks == stat.start_ticks && again.state != 'Z').then_some(observed)
 }
 
-/// The real uid and resident memory (KiB) in `/proc/<pid>/status`.
-fn status_facts(status: &str) -> (Option<u32>, u64) {
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(name))
-            .and_then(|rest| rest.split_whitespace().next())
-    };
-    (
-        field("Uid:").and_then(|uid| uid.parse().ok()),
-        field("VmRSS:")
-            .and_then(|kib| kib.parse().ok())
-            .unwrap_or(0),
-    )
+/// Reads `/proc/<pid>/<name>` in as few `read` calls as its size allows (a /proc file reports no size, so a plain
+/// `fs::read` starts with small probing reads; discovery reads hundreds of these).
+fn read_proc_file(pid: i32, name: &str) -> std::io::Result<Vec<u8>> {
+    let mut file = std::fs::File::open(format!("/proc/{pid}/{name}"))?;
+    let mut bytes = Vec::with_capacity(8192);
+    std::io::Read::read_to_end(&mut file, &mut bytes)?;
+    Ok(bytes)
+}
+
+/// The resident memory (KiB) in `/proc/<pid>/statm` (its second field counts pages).
+fn rss_kib_of(statm: &str) -> u64 {
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|pages| pages.parse().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    pages * page / 1024
 }
 
 fn read_environ(observed: &mut Observed, environ: &[u8]) {
@@ -645,33 +651,23 @@ pub fn agents_gone_unattended(store: &Store, sessions: &[SessionRecord]) -> Vec<
     agents
 }
 
-/// What `SessionStart` (and later hooks) record for discovery: the agent's group when it leads one, its
-/// descendants when it names no session, and the policy. Returns the facts as recorded.
-pub fn record_start(
-    store: &Store,
-    session: &SessionId,
-    policy: Policy,
-    sentinel: bool,
-) -> anyhow::Result<Option<(Identity, SessionFacts)>> {
-    let Some(record) = store.sessions.get(session)? else {
-        return Ok(None);
-    };
-    let Some(agent) = record.agent_identity.clone() else {
-        return Ok(None);
-    };
-    let mut facts = SessionFacts::of(&record);
+/// What `SessionStart` records for discovery, in the same write as the rest of the session record: the policy,
+/// the agent's group when it leads one, and its descendants when it names no session.
+pub fn note_start(record: &mut SessionRecord, policy: Policy, sentinel: bool) {
+    let mut facts = SessionFacts::of(record);
     facts.policy = policy;
     facts.sentinel = sentinel;
     facts.done_at = None;
-    facts.agent_pgid = proc::stat(agent.pid)
-        .ok()
-        .filter(|stat| stat.pgid == agent.pid && stat.start_ticks == agent.start_ticks)
-        .map(|stat| stat.pgid);
-    if !names_sessions(&record.agent) {
-        remember_descendants(&mut facts, &agent);
+    if let Some(agent) = record.agent_identity.as_ref() {
+        facts.agent_pgid = proc::stat(agent.pid)
+            .ok()
+            .filter(|stat| stat.pgid == agent.pid && stat.start_ticks == agent.start_ticks)
+            .map(|stat| stat.pgid);
+        if !names_sessions(&record.agent) {
+            remember_descendants(&mut facts, agent);
+        }
     }
-    write_facts(store, session, &facts)?;
-    Ok(Some((agent, facts)))
+    facts.store_in(record);
 }
 
 /// For an agent that names no session, adds the agent's descendants seen now to its session's record.
@@ -883,6 +879,15 @@ mod tests {
         }
     }
 
+    /// A process of ours naming the session through Claude Code's variable.
+    fn claude_carrier(pid: i32, parent: i32, start: u64, argv: &str) -> Observed {
+        carrying(
+            process(pid, parent, start, argv),
+            "CLAUDE_CODE_SESSION_ID",
+            SESSION,
+        )
+    }
+
     fn carrying(mut p: Observed, variable: &'static str, session: &str) -> Observed {
         p.sessions.push((variable, session.to_owned()));
         p
@@ -936,11 +941,7 @@ mod tests {
     fn carriers_reparented_to_init_are_leftovers_once_the_agent_is_gone() {
         let world = World::new(vec![
             init(),
-            carrying(
-                process(200, 1, 60, "sleep 600"),
-                "CLAUDE_CODE_SESSION_ID",
-                SESSION,
-            ),
+            claude_carrier(200, 1, 60, "sleep 600"),
             carrying(
                 process(201, 1, 61, "node mcp.js"),
                 "QWEN_CODE_SESSION_ID",
@@ -960,27 +961,15 @@ mod tests {
         let mut world = World::new(vec![
             init(),
             process(100, 1, 50, "claude"),
-            carrying(
-                process(200, 100, 60, "sleep 600"),
-                "CLAUDE_CODE_SESSION_ID",
-                SESSION,
-            ),
-            carrying(
-                process(300, 1, 70, "setsid-job"),
-                "CLAUDE_CODE_SESSION_ID",
-                SESSION,
-            ),
+            claude_carrier(200, 100, 60, "sleep 600"),
+            claude_carrier(300, 1, 70, "setsid-job"),
         ]);
         assert_eq!(world.pids(), [300], "the agent's own child is its business");
         // Another recorded agent, alive, holding a carrier of our session (after /clear, its MCP server).
         world.table = Table::from_processes(vec![
             init(),
             process(400, 1, 55, "python3 agent.py"),
-            carrying(
-                process(401, 400, 80, "mcp"),
-                "CLAUDE_CODE_SESSION_ID",
-                SESSION,
-            ),
+            claude_carrier(401, 400, 80, "mcp"),
         ]);
         world.recorded.push(identity(400, 55));
         assert!(world.pids().is_empty());
@@ -990,21 +979,9 @@ mod tests {
     fn agent_workers_and_what_they_hold_are_never_leftovers() {
         let world = World::new(vec![
             init(),
-            carrying(
-                process(200, 1, 60, "claude --bg-pty-host"),
-                "CLAUDE_CODE_SESSION_ID",
-                SESSION,
-            ),
-            carrying(
-                process(201, 200, 61, "bash"),
-                "CLAUDE_CODE_SESSION_ID",
-                SESSION,
-            ),
-            carrying(
-                process(202, 1, 62, "claude --bg-spare"),
-                "CLAUDE_CODE_SESSION_ID",
-                SESSION,
-            ),
+            claude_carrier(200, 1, 60, "claude --bg-pty-host"),
+            claude_carrier(201, 200, 61, "bash"),
+            claude_carrier(202, 1, 62, "claude --bg-spare"),
         ]);
         assert!(world.pids().is_empty());
     }
@@ -1013,65 +990,29 @@ mod tests {
     fn a_nested_agent_of_the_session_goes_with_its_children() {
         let world = World::new(vec![
             init(),
-            carrying(
-                process(200, 1, 60, "claude -p x"),
-                "CLAUDE_CODE_SESSION_ID",
-                SESSION,
-            ),
-            carrying(
-                process(201, 200, 61, "sleep 9"),
-                "CLAUDE_CODE_SESSION_ID",
-                SESSION,
-            ),
+            claude_carrier(200, 1, 60, "claude -p x"),
+            claude_carrier(201, 200, 61, "sleep 9"),
             // Someone else's claude: what is under it stays.
             process(300, 1, 40, "claude"),
-            carrying(
-                process(301, 300, 70, "sleep 9"),
-                "CLAUDE_CODE_SESSION_ID",
-                SESSION,
-            ),
+            claude_carrier(301, 300, 70, "sleep 9"),
         ]);
         assert_eq!(world.pids(), [200, 201]);
     }
 
     #[test]
     fn brokers_kept_older_foreign_and_protected_processes_stay() {
-        let mut broker = carrying(
-            process(200, 1, 60, "broker"),
-            "CLAUDE_CODE_SESSION_ID",
-            SESSION,
-        );
+        let mut broker = claude_carrier(200, 1, 60, "broker");
         broker.broker = true;
-        let mut keep_env = carrying(
-            process(201, 1, 60, "keep"),
-            "CLAUDE_CODE_SESSION_ID",
-            SESSION,
-        );
+        let mut keep_env = claude_carrier(201, 1, 60, "keep");
         keep_env.keep = true;
-        let older = carrying(
-            process(202, 1, 40, "old"),
-            "CLAUDE_CODE_SESSION_ID",
-            SESSION,
-        );
-        let mut foreign = carrying(process(203, 1, 60, "x"), "CLAUDE_CODE_SESSION_ID", SESSION);
+        let older = claude_carrier(202, 1, 40, "old");
+        let mut foreign = claude_carrier(203, 1, 60, "x");
         foreign.identity.uid = 0;
-        let mut unread = carrying(process(204, 1, 60, "y"), "CLAUDE_CODE_SESSION_ID", SESSION);
+        let mut unread = claude_carrier(204, 1, 60, "y");
         unread.detailed = false;
-        let marked = carrying(
-            process(205, 1, 60, "kept"),
-            "CLAUDE_CODE_SESSION_ID",
-            SESSION,
-        );
-        let under_marked = carrying(
-            process(206, 205, 61, "child"),
-            "CLAUDE_CODE_SESSION_ID",
-            SESSION,
-        );
-        let hook = carrying(
-            process(207, 1, 60, "hook"),
-            "CLAUDE_CODE_SESSION_ID",
-            SESSION,
-        );
+        let marked = claude_carrier(205, 1, 60, "kept");
+        let under_marked = claude_carrier(206, 205, 61, "child");
+        let hook = claude_carrier(207, 1, 60, "hook");
         let mut world = World::new(vec![
             init(),
             broker,
@@ -1090,11 +1031,7 @@ mod tests {
 
     #[test]
     fn a_carrier_naming_another_live_agent_is_that_agents() {
-        let mut p = carrying(
-            process(200, 1, 60, "sleep"),
-            "CLAUDE_CODE_SESSION_ID",
-            SESSION,
-        );
+        let mut p = claude_carrier(200, 1, 60, "sleep");
         p.agent_pid = Some(500);
         let mut world = World::new(vec![init(), p.clone(), process(500, 1, 55, "claude")]);
         assert!(world.pids().is_empty());
@@ -1151,10 +1088,7 @@ mod tests {
         assert_eq!(p.sessions, [("CLAUDE_CODE_SESSION_ID", "s".to_owned())]);
         assert_eq!(p.agent_pid, Some(42));
         assert!(p.keep && p.broker);
-        assert_eq!(
-            status_facts("Name:\tx\nUid:\t1000\t1000\t1000\t1000\nVmRSS:\t  2048 kB\n"),
-            (Some(1000), 2048)
-        );
+        assert_eq!(rss_kib_of("1000 512 100 1 0 200 0"), 512 * 4096 / 1024);
     }
 
     #[test]

@@ -255,23 +255,6 @@ fn run_stops(
     Ok(Outcome::Done)
 }
 
-/// `SessionStart`: records what leftover discovery needs (the policy, the agent's group, its descendants) and,
-/// unless turned off, starts the agent's sentinel.
-pub fn at_session_start(
-    store: &Store,
-    session: &SessionId,
-    policy: leftovers::Policy,
-    sentinel: bool,
-) -> anyhow::Result<()> {
-    let Some((agent, _)) = leftovers::record_start(store, session, policy, sentinel)? else {
-        return Ok(());
-    };
-    if sentinel {
-        start(store, &agent, None)?;
-    }
-    Ok(())
-}
-
 /// `SessionEnd`: when the agent is about to exit (not a `clear`, `compact` or `resume`) and no sentinel watches
 /// it, a bounded watcher waits for the exit and does the agent-gone work.
 pub fn at_session_end(

@@ -42,15 +42,9 @@ const BROKER_ARGS: &[&str] = &["600"];
 
 #[test]
 fn claude_session_end_stops_the_broker_it_started() {
-    let Some(claude) = claude_binary() else {
+    let Some((claude, bin, _root, dirs)) = setup() else {
         return;
     };
-    let bin = Path::new(env!("CARGO_BIN_EXE_session-reaper"));
-    let root = tempfile::Builder::new()
-        .prefix("e2e-claude-")
-        .tempdir()
-        .expect("temp dir");
-    let dirs = Dirs::create(root.path());
 
     let tool_command = format!(
         "{} --state-dir {} broker spawn --cwd {} -- sleep 600",
@@ -129,23 +123,13 @@ const LEFTOVER_DEADLINE: Duration = Duration::from_secs(15);
 /// are gone and the log names them.
 #[test]
 fn claude_bash_tool_leftovers_are_stopped_once_claude_exits() {
-    let Some(claude) = claude_binary() else {
+    let Some((claude, bin, _root, dirs)) = setup() else {
         return;
     };
-    let bin = Path::new(env!("CARGO_BIN_EXE_session-reaper"));
-    let root = tempfile::Builder::new()
-        .prefix("e2e-claude-")
-        .tempdir()
-        .expect("temp dir");
-    let dirs = Dirs::create(root.path());
-    let (setsid_sleep, nohup_sleep) = (unique_sleep(), unique_sleep());
-    let tool_command = format!(
-        "(setsid sleep {} >/dev/null 2>&1 &); nohup sleep {} >/dev/null 2>&1 & echo started",
-        setsid_sleep[1], nohup_sleep[1]
-    );
+    let (tool_command, sleeps) = leaky_sleeps();
     let api = FakeAnthropic::start(Script {
         tool_command,
-        watch: vec![setsid_sleep.clone(), nohup_sleep.clone()],
+        watch: sleeps,
         hold_final: false,
     });
     write_settings(&dirs, bin);
@@ -164,38 +148,16 @@ fn claude_bash_tool_leftovers_are_stopped_once_claude_exits() {
         "both sleeps ran while the session did: {planted:?}\n{}",
         report()
     );
-    let gone = poll_until(LEFTOVER_DEADLINE, || {
-        planted.iter().all(|p| !p.is_running())
-    });
-    let took = exited.elapsed();
-    assert!(
-        gone,
-        "leftovers outlived claude -p: {planted:?}\n{}",
-        report()
-    );
-    eprintln!("setsid and nohup sleeps gone {took:.2?} after claude -p exited");
-    let events = dirs.state.join("events.jsonl");
-    for argv in [&setsid_sleep, &nohup_sleep] {
-        let named = poll_until(AFTERMATH_DEADLINE, || {
-            !leftover_events(&events, argv).is_empty()
-        });
-        assert!(named, "no leftover event names {argv:?}\n{}", report());
-    }
+    assert_stopped_as_leftovers(&planted, exited, &dirs, "after claude -p exited", &report);
 }
 
 /// A `claude` killed with SIGKILL (no `SessionEnd` hook runs) with a leaky stdio MCP server (it ignores EOF) and two sleeps
 /// from its Bash tool: the sentinel stops all three, with no sweep.
 #[test]
 fn sigkilled_claude_leaves_no_mcp_server_and_no_sleep() {
-    let Some(claude) = claude_binary() else {
+    let Some((claude, bin, _root, dirs)) = setup() else {
         return;
     };
-    let bin = Path::new(env!("CARGO_BIN_EXE_session-reaper"));
-    let root = tempfile::Builder::new()
-        .prefix("e2e-claude-")
-        .tempdir()
-        .expect("temp dir");
-    let dirs = Dirs::create(root.path());
     let server_token = unique_sleep()[1].clone();
     let server = dirs.tmp.join("leaky_mcp.py");
     fs::write(&server, LEAKY_MCP_SERVER).expect("write the MCP server");
@@ -209,14 +171,10 @@ fn sigkilled_claude_leaves_no_mcp_server_and_no_sleep() {
     let servers =
         json!({ "mcpServers": { "leaky": { "command": python, "args": &server_argv[1..] } } });
     fs::write(&config, servers.to_string()).expect("write the MCP config");
-    let (setsid_sleep, nohup_sleep) = (unique_sleep(), unique_sleep());
-    let tool_command = format!(
-        "(setsid sleep {} >/dev/null 2>&1 &); nohup sleep {} >/dev/null 2>&1 & echo started",
-        setsid_sleep[1], nohup_sleep[1]
-    );
+    let (tool_command, sleeps) = leaky_sleeps();
     let api = FakeAnthropic::start(Script {
         tool_command,
-        watch: vec![setsid_sleep, nohup_sleep, server_argv],
+        watch: [sleeps, vec![server_argv]].concat(),
         hold_final: true,
     });
     write_settings(&dirs, bin);
@@ -239,18 +197,32 @@ fn sigkilled_claude_leaves_no_mcp_server_and_no_sleep() {
     );
     run.kill();
     let killed = Instant::now();
+    assert_stopped_as_leftovers(
+        &planted,
+        killed,
+        &dirs,
+        "after SIGKILL of claude (no sweep ran)",
+        &report,
+    );
+}
+
+/// Waits for every planted process to be gone (printing how long after `since` it took) and for the log to name
+/// each as a stopped leftover.
+fn assert_stopped_as_leftovers(
+    planted: &[Planted],
+    since: Instant,
+    dirs: &Dirs,
+    when: &str,
+    report: &dyn Fn() -> String,
+) {
     let gone = poll_until(LEFTOVER_DEADLINE, || {
         planted.iter().all(|p| !p.is_running())
     });
-    let took = killed.elapsed();
-    assert!(
-        gone,
-        "leftovers outlived a SIGKILLed claude: {planted:?}\n{}",
-        report()
-    );
-    eprintln!("MCP server and sleeps gone {took:.2?} after SIGKILL of claude (no sweep ran)");
+    let took = since.elapsed();
+    assert!(gone, "leftovers outlived claude: {planted:?}\n{}", report());
+    eprintln!("{} leftovers gone {took:.2?} {when}", planted.len());
     let events = dirs.state.join("events.jsonl");
-    for planted in &planted {
+    for planted in planted {
         let named = poll_until(AFTERMATH_DEADLINE, || {
             !leftover_events(&events, &planted.argv).is_empty()
         });
@@ -294,6 +266,16 @@ fn python3() -> String {
         .output()
         .expect("python3 runs");
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A Bash-tool command that leaves a `setsid` sleep and a `nohup` sleep behind, and their argvs.
+fn leaky_sleeps() -> (String, Vec<Vec<String>>) {
+    let (setsid_sleep, nohup_sleep) = (unique_sleep(), unique_sleep());
+    let command = format!(
+        "(setsid sleep {} >/dev/null 2>&1 &); nohup sleep {} >/dev/null 2>&1 & echo started",
+        setsid_sleep[1], nohup_sleep[1]
+    );
+    (command, vec![setsid_sleep, nohup_sleep])
 }
 
 /// `["sleep", "<seconds>"]` with a fraction no other process on this machine has in its argv.
@@ -388,6 +370,23 @@ fn leftover_events(events: &Path, argv: &[String]) -> Vec<String> {
         })
         .map(str::to_owned)
         .collect()
+}
+
+/// The client, our binary, and the throwaway directories of one run (removed when the returned `TempDir` drops);
+/// `None` when the test is to be skipped.
+fn setup() -> Option<(PathBuf, &'static Path, tempfile::TempDir, Dirs)> {
+    let claude = claude_binary()?;
+    let root = tempfile::Builder::new()
+        .prefix("e2e-claude-")
+        .tempdir()
+        .expect("temp dir");
+    let dirs = Dirs::create(root.path());
+    Some((
+        claude,
+        Path::new(env!("CARGO_BIN_EXE_session-reaper")),
+        root,
+        dirs,
+    ))
 }
 
 /// The Claude Code executable to drive, or `None` (after saying why) when the test is to be skipped.

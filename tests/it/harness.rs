@@ -338,12 +338,8 @@ impl Drop for Env {
 /// binary started for the test owning that (unique, temporary) root, and nothing else.
 pub fn marked_with_state_root(state_root: &Path) -> Vec<Proc> {
     let wanted = format!("SESSION_REAPER_STATE_ROOT={}", state_root.display());
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+    live_pids()
+        .into_iter()
         .filter_map(|pid| {
             let before = Proc::of(pid)?;
             let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
@@ -562,12 +558,8 @@ impl Env {
 /// Live sentinels of the state root `state_dir`: their pids and the agent pids they watch.
 pub fn sentinels_of(state_dir: &Path) -> Vec<(i32, i32)> {
     let root = state_dir.to_string_lossy().into_owned();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+    live_pids()
+        .into_iter()
         .filter_map(|pid| {
             let argv: Vec<String> = std::fs::read(format!("/proc/{pid}/cmdline"))
                 .ok()?
@@ -584,4 +576,16 @@ pub fn sentinels_of(state_dir: &Path) -> Vec<(i32, i32)> {
             (is_ours && !matches!(proc_stat(pid), None | Some(('Z', _)))).then_some((pid, watched))
         })
         .collect()
+}
+
+/// Every pid in /proc right now.
+pub fn live_pids() -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }

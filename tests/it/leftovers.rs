@@ -50,6 +50,22 @@ fn plant_leftovers(env: &mut Env, agent: &mut FakeAgent) -> Vec<(&'static str, P
         .collect()
 }
 
+/// Orders a `setsid` daemon (double fork) that writes its pid to `<name>.pid`.
+fn order_daemon(env: &Env, agent: &mut FakeAgent, name: &str) {
+    agent.order(&format!(
+        "run (setsid sh -c 'echo $$ > {}; exec sleep 600' &)",
+        env.work_path(&format!("{name}.pid"))
+    ));
+}
+
+/// Orders a plain background job (`&`) that writes its pid to `<name>.pid`.
+fn order_background(env: &Env, agent: &mut FakeAgent, name: &str) {
+    agent.order(&format!(
+        "run sleep 600 & echo $! > {}",
+        env.work_path(&format!("{name}.pid"))
+    ));
+}
+
 fn all_gone_within(procs: &[(&str, Proc)], limit: Duration) -> Result<Duration, Vec<String>> {
     let started = Instant::now();
     if wait_until(limit, || procs.iter().all(|(_, proc)| !proc.alive())) {
@@ -178,10 +194,7 @@ fn plant_untouched(
     let other = fresh_id("lo-other");
     let mut second = env.fake_agent(&other, "CLAUDE_CODE_SESSION_ID", &["--agent", "claude"]);
     second.order("start");
-    second.order(&format!(
-        "run (setsid sh -c 'echo $$ > {}; exec sleep 600' &)",
-        env.work_path("other.pid")
-    ));
+    order_daemon(env, &mut second, "other");
     second.order(&format!(
         "mcp exec env CLAUDE_CODE_SESSION_ID={session} sh -c 'echo $$ > {}; exec sleep 600'",
         env.work_path("held.pid")
@@ -197,10 +210,7 @@ fn plant_untouched(
         "run {BIN} keep -- sh -c 'echo $$ > {}; exec sleep 600' > /dev/null",
         env.work_path("kept.pid")
     ));
-    agent.order(&format!(
-        "run sleep 600 & echo $! > {}",
-        env.work_path("marked.pid")
-    ));
+    order_background(env, agent, "marked");
     agent.order(&format!(
         "run SESSION_REAPER_KEEP=1 setsid sh -c 'echo $$ > {}; exec sleep 600' &",
         env.work_path("keep-env.pid")
@@ -276,14 +286,8 @@ fn sigkilled_agent(variable: &str, agent_flag: &str, sentinel: bool) {
     let mut agent = env.fake_agent(&session, variable, &flags);
     agent.order("start");
     let broker = env.spawn_broker(&workspace, &session, &["sleep", "600"]);
-    agent.order(&format!(
-        "run sleep 600 & echo $! > {}",
-        env.work_path("plain.pid")
-    ));
-    agent.order(&format!(
-        "run (setsid sh -c 'echo $$ > {}; exec sleep 600' &)",
-        env.work_path("daemon.pid")
-    ));
+    order_background(&env, &mut agent, "plain");
+    order_daemon(&env, &mut agent, "daemon");
     agent.order(&format!(
         "run (setsid python3 -c 'import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); open(\"{}\", \"w\").write(str(os.getpid())); time.sleep(600)' &)",
         env.work_path("stubborn.pid")
@@ -341,28 +345,24 @@ fn sigkilled_agent(variable: &str, agent_flag: &str, sentinel: bool) {
 }
 
 #[test]
-fn sigkilled_claude_agent_the_sentinel_stops_broker_and_leftovers() {
-    sigkilled_agent("CLAUDE_CODE_SESSION_ID", "claude", true);
-}
-
-#[test]
-fn sigkilled_qwen_agent_the_sentinel_stops_broker_and_leftovers() {
-    sigkilled_agent("QWEN_CODE_SESSION_ID", "qwen", true);
-}
-
-#[test]
-fn sigkilled_codex_agent_the_sentinel_stops_broker_and_leftovers() {
-    sigkilled_agent("CODEX_THREAD_ID", "codex", true);
+fn sigkilled_agent_the_sentinel_stops_broker_and_leftovers_for_every_session_variable() {
+    for (variable, agent) in [
+        ("CLAUDE_CODE_SESSION_ID", "claude"),
+        ("QWEN_CODE_SESSION_ID", "qwen"),
+        ("CODEX_THREAD_ID", "codex"),
+    ] {
+        sigkilled_agent(variable, agent, true);
+    }
 }
 
 #[test]
 fn sigkilled_agent_with_the_sentinel_off_one_sweep_stops_broker_and_leftovers() {
-    sigkilled_agent("CLAUDE_CODE_SESSION_ID", "claude", false);
-}
-
-#[test]
-fn sigkilled_codex_agent_with_the_sentinel_off_one_sweep_stops_them() {
-    sigkilled_agent("CODEX_THREAD_ID", "codex", false);
+    for (variable, agent) in [
+        ("CLAUDE_CODE_SESSION_ID", "claude"),
+        ("CODEX_THREAD_ID", "codex"),
+    ] {
+        sigkilled_agent(variable, agent, false);
+    }
 }
 
 /// An agent that names no session (Gemini CLI): what its hooks saw below it, and its own process group, stand in.
@@ -379,10 +379,7 @@ fn agents_that_name_no_session_leave_descendants_and_group_members() {
     let seen = env.planted("seen.pid");
     agent.order("start");
     // Started later, in the agent's group.
-    agent.order(&format!(
-        "run sleep 600 & echo $! > {}",
-        env.work_path("grouped.pid")
-    ));
+    order_background(&env, &mut agent, "grouped");
     let grouped = env.planted("grouped.pid");
     let unrelated = env.sleeper();
     agent.kill();
@@ -441,10 +438,7 @@ fn with_the_sentinel_off_session_end_waits_for_the_agent_to_exit() {
     );
     agent.order("start");
     assert!(sentinels_of(env.state_dir()).is_empty());
-    agent.order(&format!(
-        "run (setsid sh -c 'echo $$ > {}; exec sleep 600' &)",
-        env.work_path("daemon.pid")
-    ));
+    order_daemon(&env, &mut agent, "daemon");
     let daemon = env.planted("daemon.pid");
     agent.order("end other");
     assert!(daemon.alive(), "nothing is stopped while the agent lives");
@@ -463,10 +457,7 @@ fn the_report_policy_only_reports() {
         &["--agent", "claude", "--leftovers", "report"],
     );
     agent.order("start");
-    agent.order(&format!(
-        "run (setsid sh -c 'echo $$ > {}; exec sleep 600' &)",
-        env.work_path("daemon.pid")
-    ));
+    order_daemon(&env, &mut agent, "daemon");
     let daemon = env.planted("daemon.pid");
     agent.exit();
     assert!(
