@@ -65,7 +65,7 @@ pub enum Command {
     #[command(
         after_help = "Example:\n  session-reaper status --json | jq '.slots[] | {workspace, owners, alive}'"
     )]
-    Status(JsonArg),
+    Status(StatusArgs),
 
     /// Show the audit log (events.jsonl)
     #[command(after_help = "Example:\n  session-reaper log --since 1h --action stop")]
@@ -199,6 +199,22 @@ pub struct HookArgs {
     /// With no sentinel: how long after SessionEnd to wait for the agent to exit before leaving it to the sweep
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
     pub agent_exit_wait: Duration,
+
+    #[command(flatten)]
+    pub codex: CodexArgs,
+}
+
+/// Where the Codex plugin for Claude Code keeps its brokers, and whether to look at all.
+#[derive(Debug, Args)]
+pub struct CodexArgs {
+    /// Also look for the Codex plugin's brokers in this state dir (repeatable) [always looked at:
+    /// $CLAUDE_PLUGIN_DATA/state, $TMPDIR/codex-companion, ~/.claude/plugins/data/*/state]
+    #[arg(long = "codex-state", value_name = "DIR")]
+    pub codex_state: Vec<PathBuf>,
+
+    /// Leave the Codex plugin's brokers alone
+    #[arg(long, conflicts_with = "codex_state")]
+    pub no_codex: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -394,6 +410,9 @@ pub struct ReapArgs {
 
     #[arg(long)]
     pub json: bool,
+
+    #[command(flatten)]
+    pub codex: CodexArgs,
 }
 
 #[derive(Debug, Args)]
@@ -412,6 +431,18 @@ pub struct SweepArgs {
 
     #[arg(long)]
     pub json: bool,
+
+    #[command(flatten)]
+    pub codex: CodexArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub codex: CodexArgs,
 }
 
 #[derive(Debug, Args)]

@@ -6,10 +6,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::adapters::codex_plugin::Discovery;
 use crate::agent::Agent;
 use crate::cli::{
-    AgentName, BrokerCommand, Cli, Command, HookArgs, InstallArgs, KeepArgs, LeftoversChoice,
-    LogArgs, OwnerArgs, ReapArgs, ScopeName, SentinelArgs, SlotArgs, StopArgs, SweepArgs, Switch,
+    AgentName, BrokerCommand, Cli, CodexArgs, Command, HookArgs, InstallArgs, KeepArgs,
+    LeftoversChoice, LogArgs, OwnerArgs, ReapArgs, ScopeName, SentinelArgs, SlotArgs, StopArgs,
+    SweepArgs, Switch,
 };
 use crate::commands::log::Filter;
 use crate::error::bad_input;
@@ -45,7 +47,10 @@ impl Config {
             Command::Broker(command) => Request::Broker(broker_request(command, &config)?),
             Command::Reap(args) => Request::Reap(reap_request(args)?),
             Command::Sweep(args) => Request::Sweep(sweep_request(args)?),
-            Command::Status(args) => Request::Status { json: args.json },
+            Command::Status(args) => Request::Status {
+                json: args.json,
+                codex: codex_discovery(&args.codex)?,
+            },
             Command::Log(args) => Request::Log(log_request(args)?),
             Command::Doctor(args) => Request::Doctor { json: args.json },
             Command::Install(args) => Request::Settings(settings_request(args, Operation::Install)),
@@ -71,6 +76,7 @@ pub enum Request {
     Sweep(SweepRequest),
     Status {
         json: bool,
+        codex: Discovery,
     },
     Log(LogRequest),
     Doctor {
@@ -136,9 +142,11 @@ pub struct HookRequest {
     pub leftovers: Policy,
     pub sentinel: bool,
     pub agent_exit_wait: Duration,
+    pub codex: Discovery,
 }
 
-/// The hook request of `session-reaper hook …`.
+/// The hook request of `session-reaper hook …`. A `--codex-state` dir that does not exist is looked at and found
+/// empty: a hook refuses nothing.
 pub fn hook_request(args: &HookArgs) -> HookRequest {
     HookRequest {
         agent: args.agent.agent(),
@@ -154,7 +162,30 @@ pub fn hook_request(args: &HookArgs) -> HookRequest {
         sentinel: args.sentinel == Switch::On,
         // Bounded like any wait: at most ten minutes.
         agent_exit_wait: args.agent_exit_wait.min(Duration::from_secs(600)),
+        codex: Discovery {
+            enabled: !args.codex.no_codex,
+            extra_roots: args.codex.codex_state.clone(),
+        },
     }
+}
+
+/// `--codex-state DIR…` (each an existing directory) and `--no-codex`.
+fn codex_discovery(args: &CodexArgs) -> anyhow::Result<Discovery> {
+    if args.no_codex {
+        return Ok(Discovery::off());
+    }
+    for dir in &args.codex_state {
+        if !dir.is_dir() {
+            return Err(bad_input(format!(
+                "--codex-state {}: expected an existing directory (the Codex plugin's state dir)",
+                dir.display()
+            )));
+        }
+    }
+    Ok(Discovery {
+        enabled: true,
+        extra_roots: args.codex_state.clone(),
+    })
 }
 
 /// The slot a broker command is about: a workspace (canonical) and a broker name.
@@ -399,6 +430,7 @@ pub struct ReapRequest {
     pub deadline: Option<Duration>,
     pub dry_run: bool,
     pub json: bool,
+    pub codex: Discovery,
 }
 
 fn reap_request(args: &ReapArgs) -> anyhow::Result<ReapRequest> {
@@ -435,6 +467,7 @@ fn reap_request(args: &ReapArgs) -> anyhow::Result<ReapRequest> {
         deadline: args.deadline,
         dry_run: args.dry_run,
         json: args.json,
+        codex: codex_discovery(&args.codex)?,
     })
 }
 
@@ -445,6 +478,7 @@ pub struct SweepRequest {
     pub retention: Duration,
     pub dry_run: bool,
     pub json: bool,
+    pub codex: Discovery,
 }
 
 fn sweep_request(args: &SweepArgs) -> anyhow::Result<SweepRequest> {
@@ -453,6 +487,7 @@ fn sweep_request(args: &SweepArgs) -> anyhow::Result<SweepRequest> {
         retention: args.retention,
         dry_run: args.dry_run,
         json: args.json,
+        codex: codex_discovery(&args.codex)?,
     })
 }
 

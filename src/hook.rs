@@ -318,6 +318,7 @@ fn session_end(
             title: payload.title.clone(),
         }),
         dry_run: false,
+        codex: args.codex.clone(),
     };
     let work_deadline = deadline.checked_sub(EXIT_MARGIN).unwrap_or(deadline);
     let report = teardown::end_session(

@@ -211,6 +211,8 @@ pub fn end_sessions_of(
             agent_reason: None,
             seen: None,
             dry_run: false,
+            // The hook's default places (its environment is the sentinel's, less the session variables).
+            codex: crate::adapters::codex_plugin::Discovery::default(),
         };
         let report = teardown::end_session(
             store,

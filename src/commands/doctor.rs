@@ -121,6 +121,7 @@ pub fn checks(config: &Config) -> Vec<Check> {
         )
     });
     checks.extend(Agent::ALL.iter().map(|agent| hooks_check(*agent)));
+    checks.push(crate::adapters::codex_plugin::doctor_check());
     if let Some(root) = root {
         let store = Store::from_root(root);
         checks.push(tickets_check(&store));

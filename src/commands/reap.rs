@@ -43,6 +43,7 @@ pub fn run(request: &ReapRequest, config: &Config) -> anyhow::Result<Outcome> {
                 agent_reason: None,
                 seen: None,
                 dry_run: request.dry_run,
+                codex: request.codex.clone(),
             };
             teardown::end_session(&store, &guard, &ending, Instant::now() + LOCK_WAIT)
         })
@@ -132,10 +133,15 @@ fn print_human(
             println!("  resume orphan pid {pid:>7}  {what}  {}", argv.join(" "));
         }
         crate::leftovers::print_found(leftovers, &report.session, dry_run);
+        crate::adapters::print_actions(&report.codex_plugin);
         let no_leftover = leftovers
             .iter()
             .all(|found| found.session != report.session || found.leftovers.is_empty());
-        if report.slots.is_empty() && report.resume_orphans.is_empty() && no_leftover {
+        if report.slots.is_empty()
+            && report.resume_orphans.is_empty()
+            && report.codex_plugin.is_empty()
+            && no_leftover
+        {
             println!("  owned no broker; no process resumes it; left nothing behind");
         }
         for problem in &report.problems {
