@@ -871,6 +871,38 @@ fn read_request(reader: &mut impl BufRead) -> io::Result<Option<Request>> {
     Ok(Some(Request { method, path, body }))
 }
 
+/// Logs the tool result and what was running when it arrived; with `hold_final`, keeps the turn open.
+fn note_tool_result(shared: &Shared, result: &str) {
+    let alive = Broker::from_spawn_output(result).map(Broker::is_running);
+    let planted = shared
+        .script
+        .watch
+        .iter()
+        .filter_map(|argv| {
+            // A backgrounded job may not have exec'd yet when the shell returns.
+            let mut found = None;
+            poll_until(AFTERMATH_DEADLINE, || {
+                found = Planted::find(argv);
+                found.is_some()
+            });
+            found
+        })
+        .collect();
+    {
+        let mut log = lock(shared);
+        log.tool_result = Some(result.to_owned());
+        log.broker_alive_at_tool_result = alive;
+        log.planted = planted;
+    }
+    let held_until = Instant::now() + CLAUDE_DEADLINE;
+    while shared.script.hold_final
+        && !shared.stop.load(Ordering::SeqCst)
+        && Instant::now() < held_until
+    {
+        thread::sleep(POLL_INTERVAL);
+    }
+}
+
 /// The reply to one request, and a one-line summary of both for the log.
 fn answer(request: &Request, shared: &Shared) -> (Reply, String) {
     let route = request.path.split('?').next().unwrap_or_default();
@@ -918,26 +950,7 @@ fn answer(request: &Request, shared: &Shared) -> (Reply, String) {
     let main_conversation = tools.contains(&"Bash");
     let tool_result = find_tool_result(&body);
     let content = if let Some(result) = &tool_result {
-        let alive = Broker::from_spawn_output(result).map(Broker::is_running);
-        let planted = shared
-            .script
-            .watch
-            .iter()
-            .filter_map(|argv| Planted::find(argv))
-            .collect();
-        {
-            let mut log = lock(shared);
-            log.tool_result = Some(result.clone());
-            log.broker_alive_at_tool_result = alive;
-            log.planted = planted;
-        }
-        let held_until = Instant::now() + CLAUDE_DEADLINE;
-        while shared.script.hold_final
-            && !shared.stop.load(Ordering::SeqCst)
-            && Instant::now() < held_until
-        {
-            thread::sleep(POLL_INTERVAL);
-        }
+        note_tool_result(shared, result);
         json!([{ "type": "text", "text": "The broker is running." }])
     } else if main_conversation {
         json!([{
