@@ -85,6 +85,16 @@ fn leftover_stops(env: &Env) -> Vec<Value> {
         .collect()
 }
 
+/// Waits for a `leftover` stop event naming each of `procs` (the event follows the confirmed exit).
+fn stopped_as_leftovers(env: &Env, procs: &[(&str, Proc)]) -> bool {
+    wait_until(PATIENCE, || {
+        let stops = leftover_stops(env);
+        procs
+            .iter()
+            .all(|(_, proc)| stops.iter().any(|event| event["pid"] == proc.pid))
+    })
+}
+
 fn no_sentinel_for(env: &Env, agent: &FakeAgent) -> bool {
     wait_until(PATIENCE, || {
         sentinels_of(env.state_dir())
@@ -102,6 +112,8 @@ fn leftovers_go_once_the_agent_exits_after_session_end_and_nothing_else_does() {
     let mut older = std::process::Command::new("sleep");
     older.arg("600").env("CLAUDE_CODE_SESSION_ID", &session);
     let older = env.spawn(older);
+    // Start times count clock ticks: let one pass, so that the agent starts strictly later than the look-alike.
+    assert!(wait_until(PATIENCE, || uptime_ticks() > older.ticks + 1));
     let mut agent = env.fake_agent(&session, "CLAUDE_CODE_SESSION_ID", &["--agent", "claude"]);
     agent.order("start");
     let leftovers = plant_leftovers(&mut env, &mut agent);
@@ -158,6 +170,11 @@ fn leftovers_go_once_the_agent_exits_after_session_end_and_nothing_else_does() {
     for (name, proc) in &untouched {
         assert!(proc.alive(), "{name} (pid {}) was stopped", proc.pid);
     }
+    assert!(
+        stopped_as_leftovers(&env, &leftovers),
+        "{:#?}",
+        env.events()
+    );
     let stops = leftover_stops(&env);
     for (name, proc) in &leftovers {
         let event = stops
@@ -336,11 +353,11 @@ fn sigkilled_agent(variable: &str, agent_flag: &str, sentinel: bool) {
         }
     }
     assert!(unrelated.alive(), "a process the agent did not start stays");
+    // The stop event follows the confirmed exit: it may trail the process's end by a moment.
     assert!(
-        leftover_stops(&env).len() >= 3,
-        "{}",
-        std::fs::read_to_string(env.state_dir().join("events.jsonl"))
-            .unwrap_or_else(|err| err.to_string())
+        wait_until(PATIENCE, || leftover_stops(&env).len() >= 3),
+        "{:#?}",
+        env.events()
     );
 }
 
@@ -388,17 +405,11 @@ fn agents_that_name_no_session_leave_descendants_and_group_members() {
         panic!("still alive: {alive:?}\n{:#?}", env.events());
     }
     assert!(unrelated.alive());
-    let stopped: Vec<i64> = leftover_stops(&env)
-        .iter()
-        .filter_map(|event| event["pid"].as_i64())
-        .collect();
-    for (name, proc) in left {
-        assert!(
-            stopped.contains(&i64::from(proc.pid)),
-            "{name} was not stopped as a leftover: {:#?}",
-            env.events()
-        );
-    }
+    assert!(
+        stopped_as_leftovers(&env, &left),
+        "not all stopped as leftovers: {:#?}",
+        env.events()
+    );
 }
 
 /// The other `SessionEnd` hooks of the agent are its children and carry its session: never signalled.
@@ -581,4 +592,23 @@ fn python3() -> String {
         .output()
         .expect("python3 runs");
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Clock ticks since boot now (the unit of a process's start time).
+fn uptime_ticks() -> u64 {
+    let uptime = std::fs::read_to_string("/proc/uptime").unwrap_or_default();
+    let seconds: f64 = uptime
+        .split_whitespace()
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let hertz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let ticks = (seconds * hertz as f64) as u64;
+    ticks
 }
