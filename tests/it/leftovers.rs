@@ -612,3 +612,43 @@ fn uptime_ticks() -> u64 {
     let ticks = (seconds * hertz as f64) as u64;
     ticks
 }
+
+/// The recorded agent's pid now belongs to another process (pid reuse, forged here by a start time that does not
+/// match): the agent counts as gone, its session's leftovers are stopped by one sweep, and the process that holds
+/// the pid now is never signalled.
+#[test]
+fn a_reused_agent_pid_is_never_signalled() {
+    let mut env = Env::new();
+    let session = fresh_id("lo-reuse");
+    let impostor = env.sleeper();
+    let payload = format!(r#"{{"session_id":"{session}","hook_event_name":"SessionStart"}}"#);
+    let pid = impostor.pid.to_string();
+    let out = env.run_stdin(
+        &[
+            "hook",
+            "--agent",
+            "claude",
+            "--sentinel",
+            "off",
+            "--owner-pid",
+            &pid,
+        ],
+        payload.as_bytes(),
+    );
+    assert!(out.status.success());
+    let path = env.state_dir().join(format!("sessions/{session}.json"));
+    let mut record: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    record["agent_identity"]["start_ticks"] = (impostor.ticks - 1).into();
+    std::fs::write(&path, serde_json::to_vec(&record).unwrap()).unwrap();
+    let mut carrier = std::process::Command::new("sleep");
+    carrier.arg("600").env("CLAUDE_CODE_SESSION_ID", &session);
+    let carrier = env.spawn(carrier);
+    let sweep = env.run(&["sweep"]);
+    assert!(sweep.status.success(), "{}", stdout(&sweep));
+    env.reap_children();
+    assert!(carrier.gone_within(PATIENCE), "{}", stdout(&sweep));
+    assert!(
+        impostor.alive(),
+        "the process that holds the pid now was signalled"
+    );
+}
