@@ -652,3 +652,48 @@ fn a_reused_agent_pid_is_never_signalled() {
         "the process that holds the pid now was signalled"
     );
 }
+
+/// An agent waits for EOF on what it gave its hook: the sentinel the hook starts keeps no inherited descriptor
+/// (here a pipe on fd 5, not close-on-exec) and not the hook's stdout.
+#[test]
+fn the_sentinel_keeps_no_descriptor_of_the_hook() {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let mut env = Env::new();
+    let session = fresh_id("lo-fds");
+    let agent = env.sleeper();
+    let (mut reader, writer) = std::io::pipe().expect("a pipe");
+    let payload = format!(r#"{{"session_id":"{session}","hook_event_name":"SessionStart"}}"#);
+    let pid = agent.pid.to_string();
+    let mut hook = env.cmd(&["hook", "--agent", "claude", "--owner-pid", &pid]);
+    let raw = writer.as_raw_fd();
+    // SAFETY: dup2 is async-signal-safe; the new fd 5 is not close-on-exec.
+    unsafe {
+        hook.pre_exec(move || {
+            if libc::dup2(raw, 5) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = crate::harness::run_bounded(hook, Some(payload.as_bytes()));
+    assert!(out.status.success() && out.stdout.is_empty(), "{out:?}");
+    drop(writer);
+    assert!(
+        wait_until(PATIENCE, || sentinels_of(env.state_dir())
+            .iter()
+            .any(|(_, watched)| *watched == agent.pid)),
+        "a sentinel watches the agent"
+    );
+    let (done, got) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut rest = Vec::new();
+        let _ = reader.read_to_end(&mut rest);
+        let _ = done.send(());
+    });
+    assert!(
+        got.recv_timeout(PATIENCE).is_ok(),
+        "fd 5 is still open in the sentinel: no EOF"
+    );
+}
