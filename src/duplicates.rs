@@ -39,7 +39,7 @@ pub fn choose(writers: &[Identity]) -> Option<(&Identity, Vec<&Identity>)> {
 /// The duplicate writers of the live sessions, with tickets for all but the newest of each (never this process
 /// or one of its ancestors).
 pub fn find(sessions: &[SessionRecord]) -> Vec<Duplicates> {
-    let snapshot = proc::scan_cmdlines();
+    let snapshot = proc::scan_cmdlines(crate::deadline::Deadline::far());
     let live: Vec<&SessionRecord> = sessions
         .iter()
         .filter(|record| !record.is_ended())
@@ -99,6 +99,7 @@ mod tests {
     fn identity(pid: i32, start_ticks: u64) -> Identity {
         Identity {
             boot_id: "b".into(),
+            pid_ns: None,
             pid,
             start_ticks,
             uid: 0,

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::agent::Agent;
 use crate::clock;
+use crate::deadline::Deadline;
 use crate::events::{Event, Reason};
 use crate::name::SessionId;
 use crate::proc;
@@ -257,6 +258,7 @@ fn observe_one(pid: i32, since_ticks: u64, uid: u32) -> Option<Observed> {
     let mut observed = Observed {
         identity: Identity {
             boot_id: proc::boot_id().to_owned(),
+            pid_ns: proc::own_pid_ns(),
             pid,
             start_ticks: stat.start_ticks,
             uid: u32::MAX,
@@ -595,7 +597,12 @@ pub fn sessions_of(store: &Store, agent: &Identity) -> Vec<SessionRecord> {
         .sessions
         .all()
         .into_iter()
-        .filter(|record| record.agent_identity.as_ref() == Some(agent))
+        .filter(|record| {
+            record
+                .agent_identity
+                .as_ref()
+                .is_some_and(|recorded| recorded.is_same_process(agent))
+        })
         .filter(|record| !is_other_host(&record.host, &host))
         .collect()
 }
@@ -622,16 +629,18 @@ fn mark_done(store: &Store, session: &str) {
         return;
     };
     let now = clock::now_rfc3339();
-    let _ = store
-        .sessions
-        .update(&id, Duration::from_millis(500), |current| {
+    let _ = store.sessions.update(
+        &id,
+        Deadline::after(Duration::from_millis(500)),
+        |current| {
             Ok(current.cloned().map(|mut record| {
                 let mut facts = SessionFacts::of(&record);
                 facts.done_at = Some(now);
                 facts.store_in(&mut record);
                 record
             }))
-        });
+        },
+    );
 }
 
 /// Agent processes of this host's sessions that are gone, whose leftovers nothing has dealt with yet and whose
@@ -717,12 +726,16 @@ fn remember_descendants(facts: &mut SessionFacts, agent: &Identity) {
 fn write_facts(store: &Store, session: &SessionId, facts: &SessionFacts) -> anyhow::Result<()> {
     store
         .sessions
-        .update(session, Duration::from_millis(300), |current| {
-            Ok(current.cloned().map(|mut record| {
-                facts.store_in(&mut record);
-                record
-            }))
-        })
+        .update(
+            session,
+            Deadline::after(Duration::from_millis(300)),
+            |current| {
+                Ok(current.cloned().map(|mut record| {
+                    facts.store_in(&mut record);
+                    record
+                }))
+            },
+        )
         .map(drop)
 }
 
@@ -859,6 +872,7 @@ mod tests {
     fn identity(pid: i32, start_ticks: u64) -> Identity {
         Identity {
             boot_id: "boot".into(),
+            pid_ns: None,
             pid,
             start_ticks,
             uid: 1000,

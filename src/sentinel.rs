@@ -218,7 +218,7 @@ pub fn end_sessions_of(
             store,
             guard,
             &ending,
-            Instant::now() + crate::slot::LOCK_WAIT,
+            crate::deadline::Deadline::after(crate::slot::LOCK_WAIT),
         );
         tickets.extend(report.tickets);
     }
@@ -241,7 +241,7 @@ fn run_stops(
         .iter()
         .map(crate::stop::foreground_deadline)
         .max()
-        .unwrap_or_else(Instant::now);
+        .unwrap_or_else(crate::deadline::Deadline::now);
     let stops = store.stopper(guard).run(tickets, deadline);
     if stops
         .iter()

@@ -10,7 +10,7 @@ use anyhow::Context;
 
 use crate::config::{Config, KeepRequest};
 use crate::error::{Outcome, bad_input};
-use crate::leftovers::{self, AGENT_PID_VARIABLES, CARRIERS, KEEP_VARIABLE};
+use crate::leftovers::{self, KEEP_VARIABLE};
 use crate::proc;
 use crate::store::Store;
 
@@ -38,13 +38,7 @@ fn start(argv: &[String], log: Option<&std::path::Path>) -> anyhow::Result<Outco
             command.stdout(Stdio::null()).stderr(Stdio::null());
         }
     }
-    for variable in CARRIERS
-        .iter()
-        .map(|carrier| carrier.variable)
-        .chain(AGENT_PID_VARIABLES.iter().copied())
-    {
-        command.env_remove(variable);
-    }
+    crate::launch::scrub_session_variables(&mut command);
     command.env(KEEP_VARIABLE, "1");
     // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
     unsafe {

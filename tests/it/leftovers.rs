@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::harness::{
-    BIN, Env, FakeAgent, PATIENCE, Proc, fresh_id, sentinels_of, stdout, wait_until,
+    BIN, Env, FakeAgent, PATIENCE, Proc, fresh_session, sentinels_of, stdout, wait_until,
 };
 
 /// What the stop of a process that ignores SIGTERM may take: the default grace, and slack for a loaded machine.
@@ -107,7 +107,7 @@ fn no_sentinel_for(env: &Env, agent: &FakeAgent) -> bool {
 fn leftovers_go_once_the_agent_exits_after_session_end_and_nothing_else_does() {
     let mut env = Env::new();
     let workspace = env.workspace("ws");
-    let session = fresh_id("lo");
+    let session = fresh_session("lo");
     // A look-alike: it names the session but was running before the agent started.
     let mut older = std::process::Command::new("sleep");
     older.arg("600").env("CLAUDE_CODE_SESSION_ID", &session);
@@ -208,7 +208,7 @@ fn plant_untouched(
 ) -> (FakeAgent, Vec<(&'static str, Proc)>) {
     let session = agent.session.clone();
     // Another live session: its own carriers, and one carrying our session while still under that live agent.
-    let other = fresh_id("lo-other");
+    let other = fresh_session("lo-other");
     let mut second = env.fake_agent(&other, "CLAUDE_CODE_SESSION_ID", &["--agent", "claude"]);
     second.order("start");
     order_daemon(env, &mut second, "other");
@@ -266,7 +266,7 @@ fn plant_untouched(
 #[test]
 fn a_clear_stops_no_leftover_while_the_agent_lives() {
     let mut env = Env::new();
-    let session = fresh_id("lo-clear");
+    let session = fresh_session("lo-clear");
     let mut agent = env.fake_agent(&session, "CLAUDE_CODE_SESSION_ID", &["--agent", "claude"]);
     agent.order("start");
     let leftovers = plant_leftovers(&mut env, &mut agent);
@@ -295,7 +295,7 @@ fn a_clear_stops_no_leftover_while_the_agent_lives() {
 fn sigkilled_agent(variable: &str, agent_flag: &str, sentinel: bool) {
     let mut env = Env::new();
     let workspace = env.workspace("ws");
-    let session = fresh_id("lo-kill");
+    let session = fresh_session("lo-kill");
     let mut flags = vec!["--agent", agent_flag];
     if !sentinel {
         flags.extend(["--sentinel", "off"]);
@@ -386,7 +386,7 @@ fn sigkilled_agent_with_the_sentinel_off_one_sweep_stops_broker_and_leftovers() 
 #[test]
 fn agents_that_name_no_session_leave_descendants_and_group_members() {
     let mut env = Env::new();
-    let session = fresh_id("lo-gemini");
+    let session = fresh_session("lo-gemini");
     let mut agent = env.fake_agent(&session, "-", &["--agent", "gemini"]);
     // Below the agent when SessionStart runs, in a session of its own (out of the agent's group).
     agent.order(&format!(
@@ -416,7 +416,7 @@ fn agents_that_name_no_session_leave_descendants_and_group_members() {
 #[test]
 fn other_session_end_hooks_of_the_agent_are_never_signalled() {
     let mut env = Env::new();
-    let session = fresh_id("lo-hooks");
+    let session = fresh_session("lo-hooks");
     let mut agent = env.fake_agent(&session, "CLAUDE_CODE_SESSION_ID", &["--agent", "claude"]);
     agent.order("start");
     let (signalled, done) = (env.work_path("signalled"), env.work_path("done"));
@@ -441,7 +441,7 @@ fn other_session_end_hooks_of_the_agent_are_never_signalled() {
 #[test]
 fn with_the_sentinel_off_session_end_waits_for_the_agent_to_exit() {
     let mut env = Env::new();
-    let session = fresh_id("lo-off");
+    let session = fresh_session("lo-off");
     let mut agent = env.fake_agent(
         &session,
         "CLAUDE_CODE_SESSION_ID",
@@ -461,7 +461,7 @@ fn with_the_sentinel_off_session_end_waits_for_the_agent_to_exit() {
 #[test]
 fn the_report_policy_only_reports() {
     let mut env = Env::new();
-    let session = fresh_id("lo-report");
+    let session = fresh_session("lo-report");
     let mut agent = env.fake_agent(
         &session,
         "CLAUDE_CODE_SESSION_ID",
@@ -493,7 +493,7 @@ fn two_hundred_agents_one_sentinel_each_and_none_left() {
     let state = env.state_dir().to_string_lossy().into_owned();
     let mut agents = Vec::new();
     for index in 0..AGENTS {
-        let session = fresh_id(&format!("lo-many{index}"));
+        let session = fresh_session(&format!("lo-many{index}"));
         let start = env.work.path().join(format!("{session}.start"));
         let end = env.work.path().join(format!("{session}.end"));
         std::fs::write(
@@ -561,7 +561,7 @@ fn two_hundred_agents_one_sentinel_each_and_none_left() {
 #[test]
 fn reap_duplicates_keeps_the_newest_writer() {
     let mut env = Env::new();
-    let session = fresh_id("lo-dup");
+    let session = fresh_session("lo-dup");
     let payload = format!(r#"{{"session_id":"{session}","hook_event_name":"SessionStart"}}"#);
     let out = env.run_stdin(
         &["hook", "--agent", "claude", "--sentinel", "off"],
@@ -570,7 +570,7 @@ fn reap_duplicates_keeps_the_newest_writer() {
     assert!(out.status.success());
     let writers: Vec<Proc> = (0..3)
         .map(|_| {
-            let mut command = std::process::Command::new(python3());
+            let mut command = std::process::Command::new(crate::harness::python3());
             command.args(["-c", "import time; time.sleep(600)", "--resume", &session]);
             env.spawn(command)
         })
@@ -583,15 +583,6 @@ fn reap_duplicates_keeps_the_newest_writer() {
     assert!(writers[0].gone_within(PATIENCE) && writers[1].gone_within(PATIENCE));
     assert!(writers[2].alive(), "the newest writer stays");
     env.reap_children();
-}
-
-/// The real python3 executable (a version manager's shim would exec it under another argv0).
-fn python3() -> String {
-    let out = std::process::Command::new("python3")
-        .args(["-c", "import sys; print(sys.executable)"])
-        .output()
-        .expect("python3 runs");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 /// Clock ticks since boot now (the unit of a process's start time).
@@ -619,7 +610,7 @@ fn uptime_ticks() -> u64 {
 #[test]
 fn a_reused_agent_pid_is_never_signalled() {
     let mut env = Env::new();
-    let session = fresh_id("lo-reuse");
+    let session = fresh_session("lo-reuse");
     let impostor = env.sleeper();
     let payload = format!(r#"{{"session_id":"{session}","hook_event_name":"SessionStart"}}"#);
     let pid = impostor.pid.to_string();
@@ -661,7 +652,7 @@ fn the_sentinel_keeps_no_descriptor_of_the_hook() {
     use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
     let mut env = Env::new();
-    let session = fresh_id("lo-fds");
+    let session = fresh_session("lo-fds");
     let agent = env.sleeper();
     let (mut reader, writer) = std::io::pipe().expect("a pipe");
     let payload = format!(r#"{{"session_id":"{session}","hook_event_name":"SessionStart"}}"#);

@@ -1,10 +1,12 @@
 //! The integration tests: one binary, driving the real `session-reaper` against real child processes.
 
 mod codex_plugin;
+mod edges;
 mod foundation;
 mod harness;
 mod hooks;
 mod leftovers;
+mod lineage;
 mod newcomer;
 mod reshaped;
 mod sweep;
