@@ -59,9 +59,6 @@ pub const CARRIERS: &[Carrier] = &[
 /// Variables naming the agent process itself (Claude Code 2.1.332 gives hooks and Bash-tool commands its pid).
 pub const AGENT_PID_VARIABLES: &[&str] = &["CLAUDE_PID"];
 
-/// Executables of agents: a process below a live one is still in that agent's hands.
-pub const AGENT_EXECUTABLES: &[&str] = &["claude", "codex", "gemini", "qwen"];
-
 /// `SESSION_REAPER_KEEP=1` in a process's environment keeps it.
 pub const KEEP_VARIABLE: &str = "SESSION_REAPER_KEEP";
 
@@ -166,12 +163,6 @@ impl Observed {
         self.identity.pid == identity.pid && self.identity.start_ticks == identity.start_ticks
     }
 
-    fn program(&self) -> &str {
-        self.argv
-            .first()
-            .map_or("", |argv0| argv0.rsplit('/').next().unwrap_or_default())
-    }
-
     /// One of an agent's own detached workers (Claude Code's `--bg-pty-host` background-shell helper, `--bg-spare`).
     fn is_agent_worker(&self) -> bool {
         self.argv
@@ -179,9 +170,10 @@ impl Observed {
             .any(|arg| crate::plan::AGENT_WORKER_FLAGS.contains(&arg.as_str()))
     }
 
+    /// An agent's executable (`proc::AGENT_PROGRAMS`, or a runtime running one): what is below a live one is still
+    /// in that agent's hands.
     fn is_agent_executable(&self) -> bool {
-        AGENT_EXECUTABLES.contains(&self.program())
-            || AGENT_EXECUTABLES.contains(&self.comm.as_str())
+        proc::is_agent_program(&self.argv) || proc::AGENT_PROGRAMS.contains(&self.comm.as_str())
     }
 
     fn carries(&self, session: &str) -> Option<&'static str> {
@@ -703,7 +695,8 @@ pub fn record_descendants(store: &Store, session: &SessionId) -> anyhow::Result<
 const MAX_DESCENDANTS: usize = 512;
 
 fn remember_descendants(facts: &mut SessionFacts, agent: &Identity) {
-    let table = Table::observe(agent.start_ticks);
+    // The process tree only (stat and argv): no environment is needed to know who is below the agent.
+    let table = Table::observe(u64::MAX);
     if !table.is_live(agent) {
         return;
     }
@@ -711,14 +704,19 @@ fn remember_descendants(facts: &mut SessionFacts, agent: &Identity) {
     // Forget those that are gone; add those seen now (never this hook and its shell).
     facts.descendants.retain(|seen| table.is_live(seen));
     for p in table.descendants_of(agent.pid) {
-        let mine = p.detailed && p.identity.uid == agent.uid;
-        if mine
-            && p.identity.pid != agent.pid
-            && !hook_chain.contains(&p.identity.pid)
-            && !facts.descendants.contains(&p.identity)
-            && facts.descendants.len() < MAX_DESCENDANTS
+        let pid = p.identity.pid;
+        if pid == agent.pid
+            || hook_chain.contains(&pid)
+            || facts.descendants.len() >= MAX_DESCENDANTS
         {
-            facts.descendants.push(p.identity.clone());
+            continue;
+        }
+        if let Some(identity) = proc::identity_of(pid).filter(|identity| {
+            identity.uid == agent.uid
+                && identity.start_ticks == p.identity.start_ticks
+                && !facts.descendants.contains(identity)
+        }) {
+            facts.descendants.push(identity);
         }
     }
 }

@@ -508,7 +508,8 @@ fn two_hundred_agents_one_sentinel_each_and_none_left() {
             ),
         )
         .unwrap();
-        let hook = format!("{BIN} --state-dir {state} hook --agent gemini");
+        // A generous deadline: 400 hooks at once on a loaded 2-core machine.
+        let hook = format!("{BIN} --state-dir {state} hook --agent claude --deadline 30s");
         let script = format!(
             "{hook} < {s}; {hook} < {s}; read line; {hook} < {e}",
             s = start.display(),
@@ -568,9 +569,12 @@ fn reap_duplicates_keeps_the_newest_writer() {
         payload.as_bytes(),
     );
     assert!(out.status.success());
+    // Writers are agent processes: a `claude` (here python3 under that name) resuming the session.
+    let claude = env.work.path().join("claude");
+    std::os::unix::fs::symlink(crate::harness::python3(), &claude).expect("a claude executable");
     let writers: Vec<Proc> = (0..3)
         .map(|_| {
-            let mut command = std::process::Command::new(crate::harness::python3());
+            let mut command = std::process::Command::new(&claude);
             command.args(["-c", "import time; time.sleep(600)", "--resume", &session]);
             env.spawn(command)
         })
