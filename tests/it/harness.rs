@@ -857,6 +857,8 @@ impl Env {
             .arg(self.state_dir())
             .arg(session)
             .arg(variable)
+            // Room for a loaded machine: the hook's own deadline is not what these tests are about.
+            .args(["--deadline", "10s"])
             .args(hook_flags)
             .current_dir(self.work.path())
             .stdin(Stdio::piped())
