@@ -9,14 +9,16 @@ use std::time::Duration;
 use crate::adapters::codex_plugin::Discovery;
 use crate::agent::Agent;
 use crate::cli::{
-    AgentName, BrokerCommand, Cli, CodexArgs, Command, HookArgs, InstallArgs, LogArgs, OwnerArgs,
-    ReapArgs, ScopeName, SlotArgs, StopArgs, SweepArgs,
+    AgentName, BrokerCommand, Cli, CodexArgs, Command, HookArgs, InstallArgs, KeepArgs,
+    LeftoversChoice, LogArgs, OwnerArgs, ReapArgs, ScopeName, SentinelArgs, SlotArgs, StopArgs,
+    SweepArgs, Switch,
 };
 use crate::commands::log::Filter;
 use crate::error::bad_input;
 use crate::install::{Operation, Scope};
+use crate::leftovers::Policy;
 use crate::model::name::{SessionId, SlotName};
-use crate::model::record::Shutdown;
+use crate::model::record::{Identity, Shutdown};
 use crate::observe::proc;
 use crate::observe::workspace;
 use crate::store::events::Reason;
@@ -58,6 +60,8 @@ impl Config {
             Command::Demo => Request::Demo,
             Command::Completions { shell } => Request::Completions(*shell),
             Command::Finish => Request::Finish,
+            Command::Keep(args) => Request::Keep(keep_request(args)?),
+            Command::Sentinel(args) => sentinel_request(args),
         };
         Ok((config, request))
     }
@@ -70,13 +74,62 @@ pub enum Request {
     Broker(BrokerRequest),
     Reap(ReapRequest),
     Sweep(SweepRequest),
-    Status { json: bool, codex: Discovery },
+    Status {
+        json: bool,
+        codex: Discovery,
+    },
     Log(LogRequest),
-    Doctor { json: bool },
+    Doctor {
+        json: bool,
+    },
     Settings(SettingsRequest),
     Demo,
     Completions(clap_complete::Shell),
     Finish,
+    Keep(KeepRequest),
+    Sentinel {
+        agent: Identity,
+        within: Option<Duration>,
+    },
+}
+
+/// `keep …`: start a command that outlives its session, or mark a running process.
+#[derive(Clone, Debug)]
+pub enum KeepRequest {
+    Start {
+        command: Vec<String>,
+        log: Option<PathBuf>,
+    },
+    Mark {
+        pid: i32,
+    },
+}
+
+fn keep_request(args: &KeepArgs) -> anyhow::Result<KeepRequest> {
+    match args.pid {
+        Some(pid) if pid <= 1 => Err(bad_input(format!(
+            "--pid {pid}: expected the pid of a live process (> 1)"
+        ))),
+        Some(pid) => Ok(KeepRequest::Mark { pid }),
+        None => Ok(KeepRequest::Start {
+            command: args.command.clone(),
+            log: args.log.clone(),
+        }),
+    }
+}
+
+/// The agent a sentinel watches: the identity its hook recorded (this boot, our uid).
+fn sentinel_request(args: &SentinelArgs) -> Request {
+    Request::Sentinel {
+        agent: Identity {
+            boot_id: proc::boot_id().to_owned(),
+            pid_ns: proc::own_pid_ns(),
+            pid: args.pid,
+            start_ticks: args.start_ticks,
+            uid: nix::unistd::getuid().as_raw(),
+        },
+        within: args.within,
+    }
 }
 
 /// `hook`: its flags are checked here like any other; a refusal is reported by the hook, which still exits 0.
@@ -87,6 +140,9 @@ pub struct HookRequest {
     pub deadline: Duration,
     pub stdin_timeout: Duration,
     pub owner_pid: Option<i32>,
+    pub leftovers: Policy,
+    pub sentinel: bool,
+    pub agent_exit_wait: Duration,
     pub codex: Discovery,
 }
 
@@ -99,6 +155,14 @@ pub fn hook_request(args: &HookArgs) -> anyhow::Result<HookRequest> {
         deadline: check_bounded(args.deadline, "--deadline", MAX_WAIT)?,
         stdin_timeout: check_bounded(args.stdin_timeout, "--stdin-timeout", MAX_WAIT)?,
         owner_pid: args.owner_pid,
+        leftovers: match args.leftovers {
+            LeftoversChoice::Stop => Policy::Stop,
+            LeftoversChoice::Report => Policy::Report,
+            LeftoversChoice::Off => Policy::Off,
+        },
+        sentinel: args.sentinel == Switch::On,
+        // Bounded like any wait: at most ten minutes.
+        agent_exit_wait: args.agent_exit_wait.min(Duration::from_secs(600)),
         codex: Discovery {
             enabled: !args.codex.no_codex,
             extra_roots: args.codex.codex_state.clone(),
@@ -148,12 +212,14 @@ fn slot_spec(args: &SlotArgs) -> anyhow::Result<SlotSpec> {
     })
 }
 
-/// The environment variables naming the current session, in order of precedence.
-pub const SESSION_ENV: [&str; 3] = [
-    "SESSION_REAPER_SESSION_ID",
-    "CLAUDE_CODE_SESSION_ID",
-    "GEMINI_SESSION_ID",
-];
+/// The environment variables naming the current session, in order of precedence: the agents' session variables,
+/// then Gemini's (which only its hooks see).
+pub fn session_env() -> impl Iterator<Item = &'static str> {
+    crate::leftovers::CARRIERS
+        .iter()
+        .map(|carrier| carrier.variable)
+        .chain(["GEMINI_SESSION_ID"])
+}
 
 /// How the owner of a broker was named.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -184,7 +250,7 @@ fn owner_spec(args: &OwnerArgs, no_owner: bool, state_dir: &Path) -> anyhow::Res
     if let Some(text) = &args.session {
         return Ok(OwnerSpec::Named(SessionId::parse(text)?, OwnerSource::Flag));
     }
-    for name in SESSION_ENV {
+    for name in session_env() {
         if let Some(value) = std::env::var(name).ok().filter(|value| !value.is_empty()) {
             let id =
                 SessionId::parse(&value).map_err(|err| bad_input(format!("${name}: {err}")))?;
@@ -353,6 +419,8 @@ fn broker_request(command: &BrokerCommand, config: &Config) -> anyhow::Result<Br
 pub enum ReapTarget {
     Session(SessionId),
     AllLive,
+    /// Duplicate `--resume` writers of live sessions.
+    Duplicates,
 }
 
 /// `reap …`.
@@ -391,6 +459,7 @@ fn reap_request(args: &ReapArgs) -> anyhow::Result<ReapRequest> {
     };
     let target = match &args.session {
         Some(text) => ReapTarget::Session(SessionId::parse(text)?),
+        None if args.duplicates => ReapTarget::Duplicates,
         None => ReapTarget::AllLive,
     };
     Ok(ReapRequest {
@@ -431,6 +500,8 @@ fn sweep_request(args: &SweepArgs) -> anyhow::Result<SweepRequest> {
 pub struct LogRequest {
     pub filter: Filter,
     pub json: bool,
+    /// Total the memory freed instead of listing.
+    pub freed: bool,
 }
 
 fn log_request(args: &LogArgs) -> anyhow::Result<LogRequest> {
@@ -444,6 +515,7 @@ fn log_request(args: &LogArgs) -> anyhow::Result<LogRequest> {
             action: args.action.clone(),
         },
         json: args.json,
+        freed: args.freed,
     })
 }
 

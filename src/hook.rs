@@ -168,7 +168,7 @@ fn handle(
     let agent = detect_agent(args.agent, &payload);
     match HookEvent::parse(&event_name) {
         HookEvent::SessionStart => session_start(args, store, &payload, agent, deadline),
-        HookEvent::SessionEnd => session_end(store, &payload, agent, deadline, &args.codex),
+        HookEvent::SessionEnd => session_end(args, store, &payload, agent, deadline),
         HookEvent::Other => touch_session(args, store, &payload, agent, deadline),
     }
 }
@@ -178,6 +178,9 @@ fn agent_identity(args: &HookRequest) -> anyhow::Result<Option<Identity>> {
         return proc::identity_of(pid)
             .map(Some)
             .ok_or_else(|| bad_input(format!("--owner-pid {pid}: no such live process")));
+    }
+    if let Some(identity) = crate::leftovers::agent_named_by_env() {
+        return Ok(Some(identity));
     }
     let me = i32::try_from(std::process::id()).context("pid out of range")?;
     Ok(proc::agent_process(me).and_then(|stat| proc::identity_of(stat.pid)))
@@ -199,17 +202,22 @@ fn session_start(
         agent,
         (true, deadline.less(EXIT_MARGIN)),
     )?;
+    let agent_identity = record.as_ref().and_then(|r| r.agent_identity.clone());
     store.log.record(
         &Event::new("session_start", "recorded")
             .session(Some(payload.session.as_str()))
             .detail(format!(
                 "agent {} pid {} source {}",
                 agent.map_or("unknown", Agent::as_str),
-                record.and_then(|r| r.agent_identity).map_or(0, |id| id.pid),
+                agent_identity.as_ref().map_or(0, |id| id.pid),
                 payload.source.as_deref().unwrap_or("-")
             )),
     );
-    export_session_id(&payload.session)
+    export_session_id(&payload.session)?;
+    match agent_identity {
+        Some(agent) if args.sentinel => crate::sentinel::start(store, &agent, None),
+        _ => Ok(()),
+    }
 }
 
 fn touch_session(
@@ -225,8 +233,8 @@ fn touch_session(
         payload,
         agent,
         (false, deadline.less(EXIT_MARGIN)),
-    )
-    .map(drop)
+    )?;
+    crate::leftovers::record_descendants(store, &payload.session)
 }
 
 /// Writes the session's record refreshed from the payload, under its lock; returns it.
@@ -243,13 +251,11 @@ fn refresh_session(
         .update(&payload.session, deadline, |current| {
             // An ancestor that has already exited (a forking wrapper) is never recorded as the agent.
             let identity = identity.clone().filter(proc::is_alive);
-            Ok(Some(refreshed(
-                current.cloned(),
-                payload,
-                agent,
-                identity,
-                starting,
-            )))
+            let mut record = refreshed(current.cloned(), payload, agent, identity, starting);
+            if starting {
+                crate::leftovers::note_start(&mut record, args.leftovers, args.sentinel);
+            }
+            Ok(Some(record))
         })
         .map(|(_, after)| after)
 }
@@ -320,11 +326,11 @@ fn export_session_id(session: &SessionId) -> anyhow::Result<()> {
 /// Ends the session within the deadline; stops that need longer go to the finisher, and so do tickets left behind
 /// by an earlier run (a finisher that was killed): the next hook picks them up.
 fn session_end(
+    args: &HookRequest,
     store: &Store,
     payload: &Payload,
     agent: Option<Agent>,
     deadline: Deadline,
-    codex: &crate::adapters::codex_plugin::Discovery,
 ) -> anyhow::Result<()> {
     let guard = Guard::new();
     let ending = Ending {
@@ -338,7 +344,7 @@ fn session_end(
             title: payload.title.clone(),
         }),
         dry_run: false,
-        codex: codex.clone(),
+        codex: args.codex.clone(),
     };
     let work_deadline = deadline.less(EXIT_MARGIN);
     let report = teardown::end_session(store, &guard, &ending, work_deadline.less(EXIT_MARGIN));
@@ -347,6 +353,12 @@ fn session_end(
     if finisher::has_work(store) {
         finisher::start(store)?;
     }
+    crate::sentinel::at_session_end(
+        store,
+        &payload.session,
+        payload.reason.as_deref(),
+        args.agent_exit_wait,
+    )?;
     if let Some(problem) = report.problems.first() {
         anyhow::bail!("session {}: {problem}", payload.session);
     }

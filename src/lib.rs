@@ -9,11 +9,14 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod decide;
+pub mod duplicates;
 pub mod error;
 pub mod hook;
 pub mod install;
+pub mod leftovers;
 pub mod model;
 pub mod observe;
+pub mod sentinel;
 pub mod store;
 pub mod teardown;
 
@@ -122,6 +125,10 @@ fn dispatch(config: &Config, request: Request) -> anyhow::Result<Outcome> {
         Request::Settings(request) => commands::install::run(&request),
         Request::Demo => commands::demo::run(),
         Request::Finish => finisher::run(&store::Store::open(&config.state_dir)?),
+        Request::Keep(request) => commands::keep::run(&request, config),
+        Request::Sentinel { agent, within } => {
+            sentinel::run(&store::Store::open(&config.state_dir)?, &agent, within)
+        }
         Request::Completions(shell) => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(

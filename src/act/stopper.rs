@@ -515,6 +515,8 @@ fn event_for(ticket: &StopTicket, action: &str, result: &str) -> Event {
         .pid(ticket.identity.pid);
     event.workspace.clone_from(&ticket.workspace);
     event.name.clone_from(&ticket.name);
+    event.argv.clone_from(&ticket.argv);
+    event.rss_kib = ticket.rss_kib;
     event
 }
 
@@ -636,6 +638,8 @@ pub fn new_ticket(
         graceful_boot_ms: None,
         term_boot_ms: None,
         kill_boot_ms: None,
+        argv: None,
+        rss_kib: None,
         lineage: None,
         members: Vec::new(),
         extra: serde_json::Map::new(),

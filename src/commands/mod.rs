@@ -4,6 +4,7 @@ pub mod broker;
 pub mod demo;
 pub mod doctor;
 pub mod install;
+pub mod keep;
 pub mod log;
 pub mod reap;
 pub mod status;

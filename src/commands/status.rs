@@ -99,6 +99,8 @@ pub struct Snapshot {
     pub unreadable: Vec<Unreadable>,
     pub tickets: Vec<TicketStatus>,
     pub sessions: Vec<SessionRecord>,
+    /// Each live session's leftovers-to-be and its sentinel.
+    pub leftovers: Vec<crate::leftovers::SessionView>,
     pub finisher_running: bool,
     /// The Codex plugin's brokers (its own records and the ones it lost).
     pub codex_plugin: Vec<crate::adapters::codex_plugin::BrokerStatus>,
@@ -151,6 +153,7 @@ pub fn snapshot(store: &Store) -> Snapshot {
         unreadable,
         tickets,
         sessions: rest.sessions,
+        leftovers: rest.leftovers,
         finisher_running: rest.finisher_running,
         codex_plugin: Vec::new(),
     }
@@ -160,6 +163,7 @@ pub fn snapshot(store: &Store) -> Snapshot {
 /// tickets and session records that cannot be read.
 struct BesideSlots {
     tickets: Vec<TicketStatus>,
+    leftovers: Vec<crate::leftovers::SessionView>,
     sessions: Vec<SessionRecord>,
     unreadable: Vec<Unreadable>,
     finisher_running: bool,
@@ -194,12 +198,14 @@ fn beside_slots(store: &Store) -> BesideSlots {
                 problem: problem.why,
             }),
     );
+    let sessions: Vec<SessionRecord> = sessions
+        .into_iter()
+        .filter(|session| !session.is_ended())
+        .collect();
     BesideSlots {
         tickets,
-        sessions: sessions
-            .into_iter()
-            .filter(|session| !session.is_ended())
-            .collect(),
+        leftovers: crate::leftovers::status_view(store, &sessions),
+        sessions,
         unreadable,
         finisher_running: finisher::is_running(store),
     }
@@ -216,7 +222,7 @@ pub fn run(
             println!(
                 "{}",
                 json!({"state_dir": config.state_dir, "slots": [], "unreadable": [], "tickets": [], "sessions": [],
-                       "codex_plugin": codex_plugin})
+                       "leftovers": [], "codex_plugin": codex_plugin})
             );
         } else {
             println!("no state yet at {}", config.state_dir.display());
@@ -232,7 +238,7 @@ pub fn run(
         let printed = super::status_json::print(
             &store,
             &rest.tickets,
-            &rest.sessions,
+            (&rest.sessions, &rest.leftovers),
             rest.unreadable,
             (rest.finisher_running, codex_plugin),
         )?;
@@ -311,6 +317,13 @@ fn print_human(snapshot: &Snapshot) {
             "  {} {:<7} agent pid {:<8} {}",
             session.session_id, session.agent, pid, session.cwd
         );
+        if let Some(view) = snapshot
+            .leftovers
+            .iter()
+            .find(|view| view.session == session.session_id)
+        {
+            crate::leftovers::print_status(view);
+        }
     }
 }
 

@@ -51,6 +51,7 @@ struct Document<'a, I, C> {
     unreadable: Gathered<'a, Unreadable>,
     tickets: &'a [TicketStatus],
     sessions: &'a [SessionRecord],
+    leftovers: &'a [crate::leftovers::SessionView],
     finisher_running: bool,
     codex_plugin: C,
 }
@@ -66,7 +67,7 @@ pub struct Printed {
 pub fn print(
     store: &Store,
     tickets: &[TicketStatus],
-    sessions: &[SessionRecord],
+    (sessions, leftovers): (&[SessionRecord], &[crate::leftovers::SessionView]),
     unreadable: Vec<Unreadable>,
     (finisher_running, codex_plugin): (bool, impl Serialize),
 ) -> anyhow::Result<Printed> {
@@ -112,6 +113,7 @@ pub fn print(
         unreadable: Gathered(&gathered),
         tickets,
         sessions,
+        leftovers,
         finisher_running,
         codex_plugin,
     };

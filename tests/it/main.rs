@@ -5,6 +5,7 @@ mod edges;
 mod foundation;
 mod harness;
 mod hooks;
+mod leftovers;
 mod lineage;
 mod newcomer;
 mod reshaped;

@@ -62,7 +62,8 @@ pub(crate) fn hook(
     owner: Option<Proc>,
 ) -> Output {
     let pid = owner.map(|owner| owner.pid.to_string());
-    let mut args = vec!["hook", "--agent", "claude"];
+    // The sweep is the safety net under test: no sentinel does its work first.
+    let mut args = vec!["hook", "--agent", "claude", "--sentinel", "off"];
     if let Some(pid) = &pid {
         args.extend(["--owner-pid", pid.as_str()]);
     }
@@ -199,7 +200,7 @@ const FAKE_AGENT: &str = r#"
 import json, os, subprocess, sys, time
 exe, state, ws, session, report = sys.argv[1:6]
 payload = json.dumps({"session_id": session, "hook_event_name": "SessionStart", "cwd": ws})
-subprocess.run([exe, "--state-dir", state, "hook", "--agent", "claude"], input=payload.encode(), check=True)
+subprocess.run([exe, "--state-dir", state, "hook", "--agent", "claude", "--sentinel", "off"], input=payload.encode(), check=True)
 spawn = subprocess.run([exe, "--state-dir", state, "broker", "spawn", "--cwd", ws, "--", "sleep", "600"],
                        capture_output=True)
 with open(report + ".tmp", "w") as f:
