@@ -6,15 +6,15 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::agent::Agent;
+use crate::agents::Agent;
 use crate::cli::{
-    AgentName, BrokerCommand, Cli, Command, HookArgs, InstallArgs, LogArgs, OwnerArgs, ReapArgs,
-    ScopeName, SlotArgs, StopArgs, SweepArgs,
+    BrokerCommand, Cli, Command, HookArgs, InstallArgs, LogArgs, OwnerArgs, ReapArgs, SlotArgs,
+    StopArgs, SweepArgs,
 };
 use crate::commands::log::Filter;
 use crate::error::bad_input;
 use crate::events::Reason;
-use crate::install::{Operation, Scope};
+use crate::settings::{Operation, Scope};
 use crate::name::{SessionId, SlotName};
 use crate::proc;
 use crate::record::Shutdown;
@@ -88,7 +88,7 @@ pub struct HookRequest {
 /// The hook request of `session-reaper hook …`.
 pub fn hook_request(args: &HookArgs) -> HookRequest {
     HookRequest {
-        agent: args.agent.agent(),
+        agent: args.agent.0,
         event: args.event.clone(),
         deadline: args.deadline,
         stdin_timeout: args.stdin_timeout,
@@ -119,12 +119,11 @@ fn slot_spec(args: &SlotArgs) -> anyhow::Result<SlotSpec> {
     })
 }
 
-/// The environment variables naming the current session, in order of precedence.
-pub const SESSION_ENV: [&str; 3] = [
-    "SESSION_REAPER_SESSION_ID",
-    "CLAUDE_CODE_SESSION_ID",
-    "GEMINI_SESSION_ID",
-];
+/// The environment variables naming the current session, in order of precedence: ours, then each agent's shell-tool
+/// variables from the agents table.
+pub fn session_env() -> Vec<&'static str> {
+    crate::agents::session_variables()
+}
 
 /// How the owner of a broker was named.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -155,7 +154,7 @@ fn owner_spec(args: &OwnerArgs, no_owner: bool, state_dir: &Path) -> anyhow::Res
     if let Some(text) = &args.session {
         return Ok(OwnerSpec::Named(SessionId::parse(text)?, OwnerSource::Flag));
     }
-    for name in SESSION_ENV {
+    for name in session_env() {
         if let Some(value) = std::env::var(name).ok().filter(|value| !value.is_empty()) {
             let id =
                 SessionId::parse(&value).map_err(|err| bad_input(format!("${name}: {err}")))?;
@@ -422,16 +421,8 @@ pub struct SettingsRequest {
 fn settings_request(args: &InstallArgs, operation: Operation) -> SettingsRequest {
     SettingsRequest {
         operation,
-        agent: match args.agent {
-            AgentName::Claude => Agent::Claude,
-            AgentName::Gemini => Agent::Gemini,
-            AgentName::Qwen => Agent::Qwen,
-            AgentName::Codex => Agent::Codex,
-        },
-        scope: match args.scope {
-            ScopeName::User => Scope::User,
-            ScopeName::Project => Scope::Project,
-        },
+        agent: args.agent,
+        scope: args.scope,
         settings: args.settings.clone(),
         with_sweep: args.with_sweep,
         dry_run: args.dry_run,

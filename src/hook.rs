@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde_json::Value;
 
-use crate::agent::Agent;
+use crate::agents::{self, Agent};
 use crate::clock;
 use crate::config::{Config, HookRequest};
 use crate::error::bad_input;
@@ -29,6 +29,10 @@ const EXIT_MARGIN: Duration = Duration::from_millis(150);
 
 /// Runs the hook; never fails, never prints to stdout.
 pub fn run(args: &HookRequest, state_dir_flag: Option<&Path>) {
+    if crate::settings::probe::requested() {
+        crate::settings::probe::answer(args, state_dir_flag);
+        return;
+    }
     let started = Instant::now();
     let deadline = started + args.deadline;
     let store =
@@ -58,18 +62,22 @@ pub fn report(store: Option<&Store>, message: &str) {
 /// What we use of a hook payload; everything else is ignored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Payload {
-    pub session: SessionId,
+    /// `None` when the payload names no session (older Copilot CLI): the hook then keys it by its agent process.
+    pub session: Option<SessionId>,
     pub event: Option<String>,
     pub cwd: Option<String>,
     pub transcript_path: Option<String>,
     pub source: Option<String>,
     pub reason: Option<String>,
     pub title: Option<String>,
+    /// The agent the payload's own field names point to (Copilot's `sessionId`, Goose's `event`).
+    pub shaped_like: Option<Agent>,
 }
 
 impl Payload {
-    /// Reads the fields we need, tolerating unknown and null ones; a missing or invalid `session_id` is bad input.
-    pub fn from_json(value: &Value) -> anyhow::Result<Self> {
+    /// Reads the fields we need through the agents table (snake or camel case, `hook_event_name` or `event`),
+    /// tolerating unknown and null ones. An invalid session id is bad input; a missing one is not.
+    pub fn from_json(value: &Value, agent: Option<Agent>) -> anyhow::Result<Self> {
         let object = value
             .as_object()
             .ok_or_else(|| bad_input("hook payload: expected a JSON object"))?;
@@ -80,20 +88,46 @@ impl Payload {
                 .filter(|s| !s.is_empty())
                 .map(str::to_owned)
         };
-        let session_text = text("session_id")
-            .ok_or_else(|| bad_input("hook payload: expected a non-empty string \"session_id\""))?;
-        let session = SessionId::parse(&session_text)
-            .map_err(|err| bad_input(format!("hook payload: {err}")))?;
+        // Snake case, else camel case: `transcript_path` or `transcriptPath`.
+        let field = |snake: &str| text(snake).or_else(|| text(&camel_case(snake)));
+        let first_of = |names: Vec<&'static str>| names.into_iter().find_map(text);
+        let session = first_of(agents::payload_fields(agent, |spec| spec.session_fields))
+            .map(|id| SessionId::parse(&id).map_err(|err| bad_input(format!("hook payload: {err}"))))
+            .transpose()?;
         Ok(Payload {
             session,
-            event: text("hook_event_name"),
-            cwd: text("cwd"),
-            transcript_path: text("transcript_path"),
-            source: text("source"),
-            reason: text("reason"),
-            title: text("session_title").or_else(|| text("title")),
+            event: first_of(agents::payload_fields(agent, |spec| spec.event_fields)),
+            cwd: field("cwd"),
+            transcript_path: field("transcript_path"),
+            source: field("source"),
+            reason: field("reason"),
+            title: field("session_title").or_else(|| text("title")),
+            shaped_like: agents::agent_from_payload_keys(&|key| object.contains_key(key)),
         })
     }
+}
+
+fn camel_case(snake: &str) -> String {
+    let mut words = snake.split('_');
+    let mut out = words.next().unwrap_or_default().to_owned();
+    for word in words {
+        let mut chars = word.chars();
+        if let Some(first) = chars.next() {
+            out.extend(first.to_uppercase());
+            out.push_str(chars.as_str());
+        }
+    }
+    out
+}
+
+/// The id of a session whose payload names none: its agent and agent process, stable while that process lives.
+pub fn synthetic_session(agent: Option<Agent>, identity: &Identity) -> anyhow::Result<SessionId> {
+    SessionId::parse(&format!(
+        "{}-{}-{}",
+        agent.map_or("agent", Agent::as_str),
+        identity.pid,
+        identity.start_ticks
+    ))
 }
 
 /// The events we act on.
@@ -119,34 +153,21 @@ impl HookEvent {
     }
 }
 
-/// The agent behind a payload: `--agent`, else where its transcript lives, else its environment markers.
-pub fn detect_agent(flag: Option<Agent>, payload: &Payload) -> Option<Agent> {
-    if flag.is_some() {
-        return flag;
+/// The agent behind a payload: `--agent` (unless the environment shows an agent that runs that agent's hook files,
+/// as Cursor and Copilot run Claude's: the session is then theirs), else the payload's own field names, else where
+/// its transcript lives, else the environment's markers.
+pub fn detect_agent(flag: Option<Agent>, payload: &Payload, has: &dyn Fn(&str) -> bool) -> Option<Agent> {
+    if let Some(flag) = flag {
+        return Some(agents::host_running_hooks_of(flag, has).unwrap_or(flag));
     }
-    let transcript = payload.transcript_path.as_deref().unwrap_or_default();
-    for (needle, agent) in [
-        ("/.codex/", Agent::Codex),
-        ("/.qwen/", Agent::Qwen),
-        ("/.gemini/", Agent::Gemini),
-        ("/.claude/", Agent::Claude),
-    ] {
-        if transcript.contains(needle) {
-            return Some(agent);
-        }
-    }
-    let has = |name: &str| std::env::var_os(name).is_some();
-    if has("CODEX_ENV_FILE") {
-        Some(Agent::Codex)
-    } else if has("QWEN_CODE") || has("QWEN_SESSION_ID") {
-        Some(Agent::Qwen)
-    } else if has("GEMINI_SESSION_ID") || has("GEMINI_CLI") {
-        Some(Agent::Gemini)
-    } else if has("CLAUDE_CODE_SESSION_ID") || has("CLAUDECODE") {
-        Some(Agent::Claude)
-    } else {
-        None
-    }
+    payload
+        .shaped_like
+        .or_else(|| payload.transcript_path.as_deref().and_then(agents::agent_from_transcript))
+        .or_else(|| agents::agent_from_env(has))
+}
+
+fn env_has(name: &str) -> bool {
+    std::env::var_os(name).is_some()
 }
 
 fn handle(
@@ -155,17 +176,34 @@ fn handle(
     payload: &Value,
     deadline: Instant,
 ) -> anyhow::Result<()> {
-    let payload = Payload::from_json(payload)?;
+    let mut payload = Payload::from_json(payload, args.agent)?;
     let event_name = payload
         .event
         .clone()
         .or_else(|| args.event.clone())
         .unwrap_or_default();
-    let agent = detect_agent(args.agent, &payload);
+    let agent = detect_agent(args.agent, &payload, &env_has);
+    let identity = agent_identity(args)?;
+    let session = match (&payload.session, &identity) {
+        (Some(session), _) => session.clone(),
+        (None, Some(identity)) => synthetic_session(agent, identity)?,
+        (None, None) => {
+            return Err(bad_input(
+                "hook payload names no session and no agent process was found to key it by; pass --owner-pid",
+            ));
+        }
+    };
+    payload.session = Some(session.clone());
+    let seen = Hooked {
+        session,
+        payload: &payload,
+        agent,
+        identity,
+    };
     match HookEvent::parse(&event_name) {
-        HookEvent::SessionStart => session_start(args, store, &payload, agent),
-        HookEvent::SessionEnd => session_end(store, &payload, agent, deadline),
-        HookEvent::Other => touch_session(args, store, &payload, agent),
+        HookEvent::SessionStart => session_start(store, &seen),
+        HookEvent::SessionEnd => session_end(store, &seen, deadline),
+        HookEvent::Other => touch_session(store, &seen),
     }
 }
 
@@ -179,71 +217,59 @@ fn agent_identity(args: &HookRequest) -> anyhow::Result<Option<Identity>> {
     Ok(proc::agent_process(me).and_then(|stat| proc::identity_of(stat.pid)))
 }
 
+/// One hook run: the session it is about (named by the payload or synthetic), the payload, the agent and its process.
+struct Hooked<'a> {
+    session: SessionId,
+    payload: &'a Payload,
+    agent: Option<Agent>,
+    identity: Option<Identity>,
+}
+
 /// Records (or refreshes) the session, un-ending it if it is being resumed, and exports its id to later tool
-/// commands through the agent's env file.
-fn session_start(
-    args: &HookRequest,
-    store: &Store,
-    payload: &Payload,
-    agent: Option<Agent>,
-) -> anyhow::Result<()> {
-    let record = refresh_session(args, store, payload, agent, true)?;
+/// commands through the agent's env file. A session already recorded under another agent (Cursor or Copilot running
+/// Claude's hook files as well as their own) stays that agent's: the second start is logged, not re-keyed.
+fn session_start(store: &Store, hooked: &Hooked) -> anyhow::Result<()> {
+    let mut first_agent = None;
+    let record = store
+        .sessions
+        .update(&hooked.session, Duration::from_millis(300), |current| {
+            first_agent = current.as_ref().map(|record| record.agent.clone());
+            Some(refreshed(current, hooked, true))
+        })?;
+    let agent = hooked.agent.map_or("unknown", Agent::as_str);
+    let again = first_agent.filter(|first| !first.is_empty() && first != agent);
     store.log.record(
-        &Event::new("session_start", "recorded")
-            .session(Some(payload.session.as_str()))
-            .detail(format!(
-                "agent {} pid {} source {}",
-                agent.map_or("unknown", Agent::as_str),
-                record.and_then(|r| r.agent_identity).map_or(0, |id| id.pid),
-                payload.source.as_deref().unwrap_or("-")
-            )),
+        &Event::new("session_start", if again.is_some() { "duplicate" } else { "recorded" })
+            .session(Some(hooked.session.as_str()))
+            .detail(match &again {
+                Some(first) => format!("reached again through {agent}'s hooks; kept as agent {first}"),
+                None => format!(
+                    "agent {agent} pid {} source {}",
+                    record.and_then(|r| r.agent_identity).map_or(0, |id| id.pid),
+                    hooked.payload.source.as_deref().unwrap_or("-")
+                ),
+            }),
     );
-    export_session_id(&payload.session)
+    export_session_id(&hooked.session)
 }
 
-fn touch_session(
-    args: &HookRequest,
-    store: &Store,
-    payload: &Payload,
-    agent: Option<Agent>,
-) -> anyhow::Result<()> {
-    refresh_session(args, store, payload, agent, false).map(drop)
-}
-
-/// Writes the session's record refreshed from the payload, under its lock; returns it.
-fn refresh_session(
-    args: &HookRequest,
-    store: &Store,
-    payload: &Payload,
-    agent: Option<Agent>,
-    starting: bool,
-) -> anyhow::Result<Option<SessionRecord>> {
-    let identity = agent_identity(args)?;
+fn touch_session(store: &Store, hooked: &Hooked) -> anyhow::Result<()> {
     store
         .sessions
-        .update(&payload.session, Duration::from_millis(300), |current| {
-            Some(refreshed(
-                current,
-                payload,
-                agent,
-                identity.clone(),
-                starting,
-            ))
+        .update(&hooked.session, Duration::from_millis(300), |current| {
+            Some(refreshed(current, hooked, false))
         })
+        .map(drop)
 }
 
 /// A session record refreshed from a payload. `starting` clears an earlier end (`--resume` of an ended session).
-fn refreshed(
-    current: Option<SessionRecord>,
-    payload: &Payload,
-    agent: Option<Agent>,
-    identity: Option<Identity>,
-    starting: bool,
-) -> SessionRecord {
+/// The agent is written once: a session is never re-keyed to a second agent.
+fn refreshed(current: Option<SessionRecord>, hooked: &Hooked, starting: bool) -> SessionRecord {
+    let payload = hooked.payload;
     let now = clock::now_rfc3339();
     let mut record = current
-        .unwrap_or_else(|| SessionRecord::new(payload.session.as_str(), proc::host_name(), &now));
-    if let Some(agent) = agent {
+        .unwrap_or_else(|| SessionRecord::new(hooked.session.as_str(), proc::host_name(), &now));
+    if let Some(agent) = hooked.agent.filter(|_| record.agent.is_empty()) {
         agent.as_str().clone_into(&mut record.agent);
     }
     if let Some(cwd) = &payload.cwd {
@@ -253,21 +279,22 @@ fn refreshed(
     record.title = payload.title.clone().or(record.title);
     if starting {
         record.source = payload.source.clone().or(record.source);
-        record.agent_identity = identity.or(record.agent_identity);
+        record.agent_identity = hooked.identity.clone().or(record.agent_identity);
         record.ended_at = None;
         record.end_reason = None;
         record.host = proc::host_name();
     } else if record.agent_identity.is_none() {
-        record.agent_identity = identity;
+        record.agent_identity.clone_from(&hooked.identity);
     }
     record.last_seen = now;
     record
 }
 
-/// Appends `export SESSION_REAPER_SESSION_ID='<id>'` to `$CLAUDE_ENV_FILE` and `$CODEX_ENV_FILE` (each once).
+/// Appends `export SESSION_REAPER_SESSION_ID='<id>'` to every env file the agents table names that is set (each once).
 fn export_session_id(session: &SessionId) -> anyhow::Result<()> {
-    let mut files: Vec<std::path::PathBuf> = ["CLAUDE_ENV_FILE", "CODEX_ENV_FILE"]
+    let mut files: Vec<std::path::PathBuf> = agents::AGENTS
         .iter()
+        .filter_map(|spec| spec.env_file_var)
         .filter_map(|name| {
             std::env::var_os(name)
                 .filter(|value| !value.is_empty())
@@ -290,15 +317,11 @@ fn export_session_id(session: &SessionId) -> anyhow::Result<()> {
 
 /// Ends the session within the deadline; stops that need longer go to the finisher, and so do tickets left behind
 /// by an earlier run (a finisher that was killed): the next hook picks them up.
-fn session_end(
-    store: &Store,
-    payload: &Payload,
-    agent: Option<Agent>,
-    deadline: Instant,
-) -> anyhow::Result<()> {
+fn session_end(store: &Store, hooked: &Hooked, deadline: Instant) -> anyhow::Result<()> {
+    let (payload, agent) = (hooked.payload, hooked.agent);
     let guard = Guard::new();
     let ending = Ending {
-        session: payload.session.clone(),
+        session: hooked.session.clone(),
         reason: Reason::SessionEnd,
         agent_reason: payload.reason.clone(),
         seen: Some(Seen {
@@ -324,7 +347,7 @@ fn session_end(
         finisher::start(store)?;
     }
     if let Some(problem) = report.problems.first() {
-        anyhow::bail!("session {}: {problem}", payload.session);
+        anyhow::bail!("session {}: {problem}", hooked.session);
     }
     Ok(())
 }

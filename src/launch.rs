@@ -12,7 +12,7 @@ use anyhow::Context;
 /// Environment variables that mark a process as running inside an agent session; a broker outlives the session,
 /// so it must not carry them (a child `claude` would think it is nested).
 pub fn is_agent_marker(name: &str) -> bool {
-    name.starts_with("CLAUDECODE") || name.starts_with("CLAUDE_CODE_")
+    crate::agents::is_session_marker(name)
 }
 
 /// Starts `argv` as a broker in its own session (pid = pgid = sid). Returns once the child has exec'd: `spawn`

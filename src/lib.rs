@@ -1,7 +1,7 @@
 //! session-reaper: owner-keyed broker records, session hooks and a stop cascade that never signals the wrong
 //! process. `run` is the whole program; `main` only maps its result to an exit code.
 
-pub mod agent;
+pub mod agents;
 pub mod cli;
 pub mod clock;
 pub mod commands;
@@ -10,12 +10,12 @@ pub mod error;
 pub mod events;
 pub mod finisher;
 pub mod hook;
-pub mod install;
 pub mod launch;
 pub mod name;
 pub mod plan;
 pub mod proc;
 pub mod record;
+pub mod settings;
 pub mod sessions;
 pub mod signal;
 pub mod slot;
@@ -60,7 +60,7 @@ fn dispatch(config: &Config, request: Request) -> anyhow::Result<Outcome> {
         Request::Status { json } => commands::status::run(json, config),
         Request::Log(request) => commands::log::run(&request, config),
         Request::Doctor { json } => commands::doctor::run(json, config),
-        Request::Settings(request) => commands::install::run(&request),
+        Request::Settings(request) => commands::install::run(&request, config),
         Request::Demo => commands::demo::run(),
         Request::Finish => finisher::run(&store::Store::open(&config.state_dir)?),
         Request::Completions(shell) => {
@@ -97,6 +97,13 @@ fn parse_failure(err: &clap::Error) -> u8 {
         .collect::<Vec<_>>()
         .join(" ");
     let hook_mode = subcommand_in_args().as_deref() == Some("hook");
+    if hook_mode && settings::probe::requested() {
+        settings::probe::say(&settings::probe::Answer {
+            error: Some(line),
+            ..Default::default()
+        });
+        return 0;
+    }
     if hook_mode {
         let store = Config::new(state_dir_in_args().as_deref(), false)
             .and_then(|config| store::Store::open(&config.state_dir))

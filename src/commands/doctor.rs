@@ -5,17 +5,16 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::agent::Agent;
+use crate::agents::{Agent, AgentSpec, SessionEndReliability};
 use crate::config::Config;
 use crate::error::Outcome;
 use crate::finisher;
-use crate::install;
+use crate::settings::{self, probe};
 use crate::proc;
 use crate::signal;
 use crate::state::StateRoot;
 use crate::stop::STUCK_AFTER;
 use crate::store::Store;
-use crate::workspace;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -120,11 +119,15 @@ pub fn checks(config: &Config) -> Vec<Check> {
             Some("use Linux 5.3 or newer".into()),
         )
     });
-    checks.extend(Agent::ALL.iter().map(|agent| hooks_check(*agent)));
+    for agent in Agent::all() {
+        checks.extend(hooks_checks(agent.spec(), &config.state_dir));
+    }
     if let Some(root) = root {
         let store = Store::from_root(root);
         checks.push(tickets_check(&store));
         checks.push(corrupt_check(&store));
+        checks.push(hook_errors_check(&store));
+        checks.push(agent_process_check(&store));
     }
     checks
 }
@@ -174,37 +177,152 @@ fn network_filesystem(magic: i64) -> Option<&'static str> {
     }
 }
 
-fn hooks_check(agent: Agent) -> Check {
-    let name = format!("{agent} hooks");
-    let cwd = workspace::current_dir().unwrap_or_default();
-    let Ok(path) =
-        install::resolve_settings_path(agent, install::Scope::User, &cwd, &|k| std::env::var_os(k))
-    else {
-        return check(&name, Level::Warn, "HOME not set", None);
+/// The hooks of one agent: present for both events, not switched off, trusted (Codex), the sweep where SessionEnd
+/// is unreliable — and each one run as the agent would run it, in probe mode (see `settings::probe`).
+fn hooks_checks(spec: &AgentSpec, state_dir: &Path) -> Vec<Check> {
+    let name = format!("{} hooks", spec.name);
+    let Some(path) = spec.user_settings(&|key| std::env::var_os(key)) else {
+        return vec![check(&name, Level::Warn, "HOME not set", None)];
     };
-    let agent_dir_exists = path.parent().is_some_and(Path::exists);
-    let text = std::fs::read_to_string(&path).unwrap_or_default();
-    let installed = serde_json::from_str::<serde_json::Value>(&text).is_ok_and(|value| {
-        install::commands_in(&value)
-            .iter()
-            .any(|command| install::is_our_command(command))
-    });
-    if installed {
-        check(
-            &name,
-            Level::Ok,
-            format!("installed in {}", path.display()),
-            None,
-        )
-    } else if agent_dir_exists {
-        check(
-            &name,
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(_) if path.parent().is_some_and(Path::exists) => {
+            return vec![check(&name, Level::Warn, format!("not installed: no {}", path.display()), Some(format!("session-reaper install --agent {}", spec.name)))];
+        }
+        Err(_) => return vec![check(&name, Level::Ok, "agent not set up for this user", None)],
+    };
+    let value = match settings::file::parse(spec, &text, &path) {
+        Ok((value, _)) => value,
+        Err(err) => return vec![check(&name, Level::Fail, format!("{err:#}"), Some(format!("fix the file, then session-reaper install --agent {}", spec.name)))],
+    };
+    let ours = our_entries(spec, &value);
+    if ours.is_empty() {
+        return vec![check(&name, Level::Warn, format!("not installed in {}", path.display()), Some(format!("session-reaper install --agent {}", spec.name)))];
+    }
+    let mut findings = Vec::new();
+    if let Some(switch) = spec.hooks_disabled_by(&value) {
+        findings.push(probe_fail(format!("{switch} in {}: {} runs no hooks", path.display(), spec.title), "remove it, or set it the other way"));
+    }
+    for event in spec.events() {
+        if !ours.iter().any(|(found, ..)| found == event) {
+            findings.push(probe_fail(format!("no {event} hook of ours in {}", path.display()), format!("session-reaper install --agent {}", spec.name)));
+        }
+    }
+    let cwd = crate::workspace::current_dir().unwrap_or_default();
+    for (event, _, _, entry) in &ours {
+        let command = entry.get(spec.command_key).and_then(serde_json::Value::as_str).unwrap_or_default();
+        let payload = probe::payload_for(spec, event, &cwd);
+        match probe::run(spec, command, &payload, std::time::Duration::from_secs(10)) {
+            Ok(run) => findings.extend(probe::judge(spec, event, entry, &run, state_dir)),
+            Err(err) => findings.push(probe_fail(format!("{event}: cannot run {}: {err}", spec.shell.program), "install a POSIX shell")),
+        }
+    }
+    if spec.trust_by_position {
+        let positions: Vec<(String, usize, usize)> = ours.iter().map(|(event, group, index, _)| (event.clone(), *group, *index)).collect();
+        for event in probe::codex_untrusted(&path, &positions) {
+            findings.push(probe_fail(
+                format!("{event} hook not trusted: {} skips untrusted hooks without a word", spec.title),
+                "start codex, open /hooks and trust the session-reaper hooks",
+            ));
+        }
+    }
+    if let SessionEndReliability::Partial(why) = spec.session_end
+        && !crate::commands::install::sweep_installed()
+    {
+        findings.push(probe::Finding {
+            failure: false,
+            detail: format!("no periodic sweep, and {why}"),
+            fix: format!("session-reaper install --agent {} --with-sweep", spec.name),
+        });
+    }
+    if findings.is_empty() {
+        return vec![check(&name, Level::Ok, format!("installed in {}; the hooks run and answer as expected", path.display()), None)];
+    }
+    findings
+        .into_iter()
+        .map(|finding| check(&name, if finding.failure { Level::Fail } else { Level::Warn }, finding.detail, Some(finding.fix)))
+        .collect()
+}
+
+fn probe_fail(detail: impl Into<String>, fix: impl Into<String>) -> probe::Finding {
+    probe::Finding {
+        failure: true,
+        detail: detail.into(),
+        fix: fix.into(),
+    }
+}
+
+/// Our entries in a settings document: (event, group, index within the group, entry).
+fn our_entries(spec: &AgentSpec, value: &serde_json::Value) -> Vec<(String, usize, usize, serde_json::Value)> {
+    let Some(hooks) = value.get("hooks").and_then(serde_json::Value::as_object) else {
+        return Vec::new();
+    };
+    let ours = |entry: &serde_json::Value| entry.get(spec.command_key).and_then(serde_json::Value::as_str).is_some_and(settings::is_our_command);
+    let mut found = Vec::new();
+    for (event, items) in hooks {
+        for (g, item) in items.as_array().into_iter().flatten().enumerate() {
+            match spec.layout {
+                crate::agents::Layout::Flat if ours(item) => found.push((event.clone(), g, 0, item.clone())),
+                crate::agents::Layout::Flat => {}
+                crate::agents::Layout::Grouped => {
+                    for (h, entry) in item.get("hooks").and_then(serde_json::Value::as_array).into_iter().flatten().enumerate() {
+                        if ours(entry) {
+                            found.push((event.clone(), g, h, entry.clone()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    found
+}
+
+/// Hook errors logged in the last day.
+fn hook_errors_check(store: &Store) -> Check {
+    let text = std::fs::read_to_string(store.root.join(crate::state::EVENTS)).unwrap_or_default();
+    let now = std::time::SystemTime::now();
+    let errors: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|event| event["action"] == "hook" && event["result"] == "error")
+        .filter(|event| {
+            event["ts"].as_str().and_then(|ts| crate::clock::age(ts, now)).is_some_and(|age| age < std::time::Duration::from_secs(86_400))
+        })
+        .collect();
+    match errors.last() {
+        None => check("hook errors", Level::Ok, "none in the last day", None),
+        Some(last) => check(
+            "hook errors",
             Level::Warn,
-            format!("not installed in {}", path.display()),
-            Some(format!("session-reaper install --agent {agent}")),
-        )
+            format!("{} in the last day; latest: {}", errors.len(), last["detail"].as_str().unwrap_or("")),
+            Some("session-reaper log --action hook".into()),
+        ),
+    }
+}
+
+/// Live sessions whose recorded agent process is no agent executable the table knows: agent detection picked the
+/// wrong ancestor (a wrapper we do not list), so the session may be ended too early or never.
+fn agent_process_check(store: &Store) -> Check {
+    let odd: Vec<String> = store
+        .sessions
+        .all()
+        .into_iter()
+        .filter(|record| !record.is_ended())
+        .filter_map(|record| {
+            let identity = record.agent_identity?;
+            let argv = proc::cmdline(identity.pid).ok().filter(|_| proc::is_alive(&identity))?;
+            (crate::agents::agent_of_process(&argv).is_none()).then(|| format!("{} (pid {}: {})", record.session_id, identity.pid, argv.first().cloned().unwrap_or_default()))
+        })
+        .collect();
+    if odd.is_empty() {
+        check("agent processes", Level::Ok, "every live session's agent process is a known agent", None)
     } else {
-        check(&name, Level::Ok, "agent not set up for this user", None)
+        check(
+            "agent processes",
+            Level::Warn,
+            format!("recorded agent process is not an agent executable: {}", odd.join(", ")),
+            Some("if a wrapper runs the agent, pass --owner-pid to the hook".into()),
+        )
     }
 }
 

@@ -1,0 +1,358 @@
+//! The pure half of the installer: our hook entries added to, or removed from, a settings document (a
+//! `serde_json::Value`) in the shape its agent's table row names — Claude's matcher groups or Cursor's and
+//! Copilot's flat entries. No files, no I/O; every other key, event and hook is left as it was.
+
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+use crate::agents::{AgentSpec, Layout};
+use crate::error::BadInput;
+
+/// The program name our hook commands start with (its basename is how we recognise our entries).
+pub const PROGRAM: &str = "session-reaper";
+
+/// What happened to one hook entry of ours.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "change", rename_all = "lowercase")]
+pub enum Change {
+    /// A new entry of ours was added to the event.
+    Added { event: String, command: String },
+    /// An entry of ours was rewritten in place (another binary path, or fields it lacked).
+    Replaced {
+        event: String,
+        old_command: String,
+        command: String,
+    },
+    /// An entry of ours was removed (uninstall, or a duplicate found while installing).
+    Removed { event: String, command: String },
+    /// An entry of ours was already exactly right.
+    Unchanged { event: String, command: String },
+}
+
+impl Change {
+    /// True unless the entry was left as it was.
+    pub fn is_change(&self) -> bool {
+        !matches!(self, Change::Unchanged { .. })
+    }
+}
+
+/// The command line our hook runs: `BIN hook --agent AGENT [--state-dir DIR]`, each word quoted for the shell.
+pub fn hook_command(spec: &AgentSpec, binary: &str, state_dir: Option<&str>) -> String {
+    let mut words = vec![binary, "hook", "--agent", spec.name];
+    if let Some(dir) = state_dir {
+        words.extend(["--state-dir", dir]);
+    }
+    shlex::try_join(words).unwrap_or_else(|_| format!("{binary} hook --agent {}", spec.name))
+}
+
+/// The words of a shell command line as `sh` would split them (quotes resolved, nothing expanded); `None` for an
+/// unterminated quote.
+pub fn shell_words(line: &str) -> Option<Vec<String>> {
+    shlex::split(line)
+}
+
+/// True for a command line of ours: its first word has basename `session-reaper` and its second is `hook`.
+/// Matches `/usr/bin/session-reaper hook --agent claude`, `'/opt/my tools/session-reaper' hook` and
+/// `"${CLAUDE_PLUGIN_ROOT}/bin/session-reaper" hook ...`.
+pub fn is_our_command(command: &str) -> bool {
+    let mut words = shlex::Shlex::new(command);
+    match (words.next(), words.next()) {
+        (Some(program), Some(verb)) => program.rsplit('/').next() == Some(PROGRAM) && verb == "hook",
+        _ => false,
+    }
+}
+
+fn command_of(spec: &AgentSpec, entry: &Value) -> Option<String> {
+    entry.get(spec.command_key).and_then(Value::as_str).map(str::to_owned)
+}
+
+/// Every hook command in a document of `spec`'s shape, by event, in file order.
+pub fn commands_in(spec: &AgentSpec, settings: &Value) -> Vec<(String, String)> {
+    let Some(hooks) = settings.get("hooks").and_then(Value::as_object) else {
+        return Vec::new();
+    };
+    hooks
+        .iter()
+        .filter_map(|(event, value)| Some((event, value.as_array()?)))
+        .flat_map(|(event, items)| {
+            entries(spec, items)
+                .into_iter()
+                .filter_map(move |entry| Some((event.clone(), command_of(spec, entry)?)))
+        })
+        .collect()
+}
+
+/// The hook entries of one event array, whatever the layout.
+fn entries<'a>(spec: &AgentSpec, items: &'a [Value]) -> Vec<&'a Value> {
+    match spec.layout {
+        Layout::Flat => items.iter().collect(),
+        Layout::Grouped => items
+            .iter()
+            .filter_map(|group| group.get("hooks").and_then(Value::as_array))
+            .flatten()
+            .collect(),
+    }
+}
+
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn bad_shape(what: &str, expected: &str, found: &Value) -> anyhow::Error {
+    anyhow::Error::new(BadInput(format!("{what} must be {expected}, found {}", kind_of(found))))
+}
+
+/// The `hooks` object (if any), or the user's-input error saying what is wrong.
+fn hooks_shape(settings: &Value) -> anyhow::Result<Option<&Map<String, Value>>> {
+    let root = settings
+        .as_object()
+        .ok_or_else(|| bad_shape("the top level", "a JSON object", settings))?;
+    match root.get("hooks") {
+        None => Ok(None),
+        Some(Value::Object(hooks)) => Ok(Some(hooks)),
+        Some(other) => Err(bad_shape("\"hooks\"", "an object", other)),
+    }
+}
+
+/// Where an entry of ours sits in one event array: (item, hook within a group; 0 for flat entries).
+fn our_positions(spec: &AgentSpec, items: &[Value]) -> Vec<(usize, usize)> {
+    let ours = |entry: &Value| command_of(spec, entry).is_some_and(|command| is_our_command(&command));
+    match spec.layout {
+        Layout::Flat => items
+            .iter()
+            .enumerate()
+            .filter(|(_, entry)| ours(entry))
+            .map(|(i, _)| (i, 0))
+            .collect(),
+        Layout::Grouped => items
+            .iter()
+            .enumerate()
+            .filter_map(|(g, group)| Some((g, group.get("hooks")?.as_array()?)))
+            .flat_map(|(g, hooks)| {
+                hooks
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, hook)| ours(hook))
+                    .map(move |(h, _)| (g, h))
+            })
+            .collect(),
+    }
+}
+
+fn entry_at<'a>(spec: &AgentSpec, items: &'a mut [Value], (i, h): (usize, usize)) -> &'a mut Value {
+    match spec.layout {
+        Layout::Flat => &mut items[i],
+        Layout::Grouped => &mut items[i]["hooks"][h],
+    }
+}
+
+/// Rewrites an entry of ours into `wanted`: command and type set, missing fields added, fields the user tuned (a
+/// longer timeout, a status message) kept. Returns whether it changed.
+fn conform(spec: &AgentSpec, entry: &mut Value, wanted: &Value) -> bool {
+    let (Some(entry), Some(wanted)) = (entry.as_object_mut(), wanted.as_object()) else {
+        return false;
+    };
+    let mut changed = false;
+    for (key, value) in wanted {
+        let overwrite = key == spec.command_key || key == "type";
+        match entry.get(key) {
+            Some(current) if current == value || !overwrite => {}
+            _ => {
+                entry.insert(key.clone(), value.clone());
+                changed = true;
+            }
+        }
+    }
+    changed
+}
+
+/// Removes the entries at `positions` (all in one event array), then the matcher groups this emptied.
+fn remove_positions(spec: &AgentSpec, items: &mut Vec<Value>, positions: &[(usize, usize)]) {
+    if spec.layout == Layout::Flat {
+        for &(i, _) in positions.iter().rev() {
+            items.remove(i);
+        }
+        return;
+    }
+    let mut emptied = Vec::new();
+    for &(g, h) in positions.iter().rev() {
+        if let Some(hooks) = items[g].get_mut("hooks").and_then(Value::as_array_mut) {
+            hooks.remove(h);
+            if hooks.is_empty() && emptied.last() != Some(&g) {
+                emptied.push(g);
+            }
+        }
+    }
+    // Descending order: removing front to back keeps the indices valid.
+    for g in emptied {
+        items.remove(g);
+    }
+}
+
+/// Adds our entry running `command` to each of the agent's events. Ours goes first in the event (so that it runs
+/// first within a shared budget), except where the agent keys hook trust by position (Codex): there it goes last,
+/// so that no hook the user already trusted moves. An entry of ours already there is rewritten in place and further
+/// ones are dropped, so installing twice equals installing once.
+///
+/// # Errors
+/// [`BadInput`] (and `settings` untouched) when the top level is not an object, `hooks` is not an object, or one
+/// of the agent's event entries is not an array.
+pub fn merge_entries(settings: &mut Value, spec: &AgentSpec, command: &str) -> anyhow::Result<Vec<Change>> {
+    if let Some(hooks) = hooks_shape(settings)? {
+        for event in spec.events() {
+            if let Some(value) = hooks.get(event).filter(|value| !value.is_array()) {
+                return Err(bad_shape(&format!("\"hooks.{event}\""), "an array", value));
+            }
+        }
+    }
+    let Some(root) = settings.as_object_mut() else {
+        unreachable!("checked by hooks_shape")
+    };
+    if spec.layout == Layout::Flat && !root.contains_key("hooks") && !root.contains_key("version") {
+        root.insert("version".into(), json!(1));
+    }
+    let Some(hooks) = root
+        .entry("hooks")
+        .or_insert_with(|| Value::Object(Map::new()))
+        .as_object_mut()
+    else {
+        unreachable!("checked by hooks_shape")
+    };
+    let mut changes = Vec::new();
+    for event in spec.events() {
+        let wanted = spec.entry(event, command);
+        let Some(items) = hooks
+            .entry(event)
+            .or_insert_with(|| Value::Array(Vec::new()))
+            .as_array_mut()
+        else {
+            unreachable!("checked above")
+        };
+        let positions = our_positions(spec, items);
+        let Some((&first, duplicates)) = positions.split_first() else {
+            let item = match spec.layout {
+                Layout::Flat => wanted.clone(),
+                Layout::Grouped => json!({ "hooks": [wanted.clone()] }),
+            };
+            if spec.trust_by_position {
+                items.push(item);
+            } else {
+                items.insert(0, item);
+            }
+            changes.push(Change::Added {
+                event: event.to_owned(),
+                command: command.to_owned(),
+            });
+            continue;
+        };
+        let entry = entry_at(spec, items, first);
+        let old_command = command_of(spec, entry).unwrap_or_default();
+        changes.push(if conform(spec, entry, &wanted) {
+            Change::Replaced {
+                event: event.to_owned(),
+                old_command,
+                command: command.to_owned(),
+            }
+        } else {
+            Change::Unchanged {
+                event: event.to_owned(),
+                command: command.to_owned(),
+            }
+        });
+        for &position in duplicates {
+            changes.push(Change::Removed {
+                event: event.to_owned(),
+                command: command_of(spec, entry_at(spec, items, position)).unwrap_or_default(),
+            });
+        }
+        remove_positions(spec, items, duplicates);
+    }
+    Ok(changes)
+}
+
+/// Removes exactly our entries, from every event. A matcher group, an event array or the `hooks` object that this
+/// emptied is removed too (and, for a flat layout, the `"version": 1` that goes with `hooks`); one that was already
+/// empty is kept. So install then uninstall gives back the original document, except that an empty `hooks` object,
+/// or an empty array under one of our events, does not survive (the installed document cannot tell it from none).
+///
+/// # Errors
+/// [`BadInput`] (and `settings` untouched) when the top level or `hooks` is not an object.
+pub fn remove_entries(settings: &mut Value, spec: &AgentSpec) -> anyhow::Result<Vec<Change>> {
+    if hooks_shape(settings)?.is_none() {
+        return Ok(Vec::new());
+    }
+    let Some(root) = settings.as_object_mut() else {
+        unreachable!("checked by hooks_shape")
+    };
+    let Some(hooks) = root.get_mut("hooks").and_then(Value::as_object_mut) else {
+        unreachable!("checked by hooks_shape")
+    };
+    let mut changes = Vec::new();
+    let mut emptied_events = Vec::new();
+    for (event, value) in hooks.iter_mut() {
+        let Some(items) = value.as_array_mut() else {
+            continue;
+        };
+        let positions = our_positions(spec, items);
+        if positions.is_empty() {
+            continue;
+        }
+        for &position in &positions {
+            changes.push(Change::Removed {
+                event: event.clone(),
+                command: command_of(spec, entry_at(spec, items, position)).unwrap_or_default(),
+            });
+        }
+        remove_positions(spec, items, &positions);
+        if items.is_empty() {
+            emptied_events.push(event.clone());
+        }
+    }
+    // `retain` keeps the order of the remaining keys (`remove` would swap under `preserve_order`).
+    hooks.retain(|event, _| !emptied_events.contains(event));
+    if !changes.is_empty() && hooks.is_empty() {
+        let flat = spec.layout == Layout::Flat;
+        root.retain(|key, value| key != "hooks" && !(flat && key == "version" && *value == json!(1)));
+    }
+    Ok(changes)
+}
+
+/// Warnings about `settings` for `spec`: switches that keep our hooks from running, a Gemini hook list naming us,
+/// and a Codex `hooks.json` that Codex itself would refuse.
+pub fn advisories(spec: &AgentSpec, settings: &Value) -> Vec<String> {
+    let mut notes = Vec::new();
+    if let Some(switch) = spec.hooks_disabled_by(settings) {
+        notes.push(format!("{switch} in this file: {} runs no hooks until it is changed", spec.title));
+    }
+    let lists_us = |pointer: &str| {
+        settings
+            .pointer(pointer)
+            .and_then(Value::as_array)
+            .is_some_and(|names| names.iter().any(|name| name == PROGRAM))
+    };
+    if spec.entry_extras.iter().any(|(key, _)| *key == "name")
+        && (lists_us("/hooksConfig/disabled") || lists_us("/hooks/disabled"))
+    {
+        notes.push(format!("this file lists \"{PROGRAM}\" among the disabled hooks: remove it there"));
+    }
+    if spec.hooks_only_file
+        && let Some(root) = settings.as_object()
+    {
+        let others: Vec<&str> = root.keys().map(String::as_str).filter(|key| *key != "hooks").collect();
+        if !others.is_empty() {
+            notes.push(format!(
+                "{} accepts only \"hooks\" at the top of this file and ignores all of it while it also has: {}",
+                spec.title,
+                others.join(", ")
+            ));
+        }
+    }
+    notes
+}
