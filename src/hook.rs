@@ -426,31 +426,69 @@ mod tests {
     #[test]
     fn payload_tolerates_nulls_and_unknowns() {
         let value = serde_json::json!({"session_id": "abc", "transcript_path": null, "weird": [1], "source": "branch"});
-        let payload = Payload::from_json(&value).unwrap();
+        let payload = Payload::from_json(&value, None).unwrap();
         assert_eq!(payload.transcript_path, None);
         assert_eq!(payload.source.as_deref(), Some("branch"));
     }
 
     #[test]
-    fn payload_needs_a_valid_session() {
-        for value in [
-            serde_json::json!({}),
-            serde_json::json!({"session_id": "../x"}),
-            serde_json::json!([1]),
-        ] {
-            assert_eq!(
-                crate::error::exit_code_of(&Payload::from_json(&value).unwrap_err()),
-                2
-            );
+    fn an_invalid_session_is_bad_input_and_a_missing_one_is_not() {
+        for value in [serde_json::json!({"session_id": "../x"}), serde_json::json!([1])] {
+            assert_eq!(crate::error::exit_code_of(&Payload::from_json(&value, None).unwrap_err()), 2);
         }
+        let payload = Payload::from_json(&serde_json::json!({"cwd": "/w"}), None).unwrap();
+        assert_eq!(payload.session, None);
+        let identity = Identity {
+            boot_id: "b".into(),
+            pid: 4242,
+            start_ticks: 77,
+            uid: 0,
+        };
+        let id = synthetic_session(Some(Agent::Copilot), &identity).unwrap();
+        assert_eq!(id.as_str(), "copilot-4242-77");
+        assert_eq!(synthetic_session(Some(Agent::Copilot), &identity).unwrap(), id, "stable");
+    }
+
+    /// Every payload fixture of every agent: its event and session are read through the table, with and without
+    /// `--agent`, and the agent is recognised from the payload alone where its shape says so.
+    #[test]
+    fn every_agents_fixture_payloads_parse() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/payloads");
+        let mut seen = std::collections::BTreeSet::new();
+        for dir in std::fs::read_dir(&root).unwrap().flatten() {
+            let dir_name = dir.file_name().to_string_lossy().into_owned();
+            let agent = Agent::from_name(dir_name.split('-').next().unwrap()).expect("fixture dirs are named by agent");
+            for file in std::fs::read_dir(dir.path()).unwrap().flatten() {
+                let name = file.file_name().to_string_lossy().into_owned();
+                let Some(stem) = name.strip_suffix(".json") else { continue };
+                let value: Value = serde_json::from_str(&std::fs::read_to_string(file.path()).unwrap()).unwrap();
+                let expected_event = HookEvent::parse(stem.split('.').next().unwrap());
+                for flag in [None, Some(agent)] {
+                    let payload = Payload::from_json(&value, flag).unwrap_or_else(|err| panic!("{dir_name}/{name}: {err}"));
+                    assert_eq!(payload.session.is_none(), name.contains("no-session-id"), "{dir_name}/{name}");
+                    match &payload.event {
+                        Some(event) => assert_eq!(HookEvent::parse(event), expected_event, "{dir_name}/{name}"),
+                        None => assert!(!agent.spec().event_in_payload, "{dir_name}/{name}: no event name"),
+                    }
+                    let no_env = |_: &str| false;
+                    let detected = detect_agent(flag, &payload, &no_env);
+                    if flag.is_some() || payload.transcript_path.is_some() || payload.shaped_like.is_some() {
+                        assert_eq!(detected, Some(agent), "{dir_name}/{name}");
+                    }
+                }
+                seen.insert(agent);
+            }
+        }
+        assert_eq!(seen.len(), Agent::all().count(), "a fixture for every agent: {seen:?}");
     }
 
     #[test]
-    fn agent_from_transcript() {
-        let mut payload = Payload::from_json(&serde_json::json!({"session_id": "a"})).unwrap();
-        payload.transcript_path = Some("/home/a/.gemini/tmp/x.jsonl".into());
-        assert_eq!(detect_agent(None, &payload), Some(Agent::Gemini));
-        assert_eq!(detect_agent(Some(Agent::Qwen), &payload), Some(Agent::Qwen));
+    fn claude_hooks_run_by_cursor_serve_cursors_session() {
+        let payload = Payload::from_json(&serde_json::json!({"session_id": "a", "hook_event_name": "SessionStart"}), None).unwrap();
+        let cursor_env = |name: &str| name == "CURSOR_VERSION";
+        assert_eq!(detect_agent(Some(Agent::Claude), &payload, &cursor_env), Some(Agent::Cursor));
+        assert_eq!(detect_agent(Some(Agent::Claude), &payload, &|_| false), Some(Agent::Claude));
+        assert_eq!(detect_agent(Some(Agent::Gemini), &payload, &cursor_env), Some(Agent::Gemini));
     }
 
     #[test]

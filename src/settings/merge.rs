@@ -82,6 +82,24 @@ pub fn commands_in(spec: &AgentSpec, settings: &Value) -> Vec<(String, String)> 
         .collect()
 }
 
+/// Every hook command in a hooks document of any agent's shape (matcher groups or flat entries, `command` or `bash`),
+/// in file order: for files whose agent is not known (ready-made files, a plugin's `hooks.json`).
+pub fn all_commands(settings: &Value) -> Vec<String> {
+    let Some(hooks) = settings.get("hooks").and_then(Value::as_object) else {
+        return Vec::new();
+    };
+    let command = |entry: &Value| ["command", "bash"].iter().find_map(|key| entry.get(*key)?.as_str().map(str::to_owned));
+    hooks
+        .values()
+        .filter_map(Value::as_array)
+        .flatten()
+        .flat_map(|item| match item.get("hooks").and_then(Value::as_array) {
+            Some(group) => group.iter().filter_map(command).collect::<Vec<_>>(),
+            None => command(item).into_iter().collect(),
+        })
+        .collect()
+}
+
 /// The hook entries of one event array, whatever the layout.
 fn entries<'a>(spec: &AgentSpec, items: &'a [Value]) -> Vec<&'a Value> {
     match spec.layout {
