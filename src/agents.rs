@@ -131,7 +131,8 @@ pub struct AgentSpec {
     pub config_dir_override: ConfigDirOverride,
     /// The hook settings file, relative to the configuration directory.
     pub settings_file: &'static str,
-    /// A file written beside the settings file when missing (Goose's `plugin.json`): relative path, contents.
+    /// A file written near the settings file when missing (Goose's `plugin.json`): path relative to the settings
+    /// file's directory, contents.
     pub companion: Option<(&'static str, &'static str)>,
     /// The file may hold comments (JSONC); comments are kept on rewrite.
     pub comments: bool,
@@ -476,7 +477,7 @@ pub static AGENTS: &[AgentSpec] = &[
         config_dir_override: ConfigDirOverride::None,
         settings_file: "plugins/session-reaper/hooks/hooks.json",
         companion: Some((
-            "plugins/session-reaper/plugin.json",
+            "../plugin.json",
             "{\n  \"name\": \"session-reaper\",\n  \"description\": \"Ends session-reaper sessions: SessionStart and SessionEnd hooks\"\n}\n",
         )),
         comments: false,

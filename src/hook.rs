@@ -184,8 +184,14 @@ fn handle(
         .unwrap_or_default();
     let agent = detect_agent(args.agent, &payload, &env_has);
     let identity = agent_identity(args)?;
+    let event = HookEvent::parse(&event_name);
     let session = match (&payload.session, &identity) {
         (Some(session), _) => session.clone(),
+        (None, _) if event == HookEvent::Other => {
+            return Err(bad_input(
+                "hook payload: expected a \"session_id\" (or a SessionStart/SessionEnd event to key it by its agent process)",
+            ));
+        }
         (None, Some(identity)) => synthetic_session(agent, identity)?,
         (None, None) => {
             return Err(bad_input(
@@ -200,7 +206,7 @@ fn handle(
         agent,
         identity,
     };
-    match HookEvent::parse(&event_name) {
+    match event {
         HookEvent::SessionStart => session_start(store, &seen),
         HookEvent::SessionEnd => session_end(store, &seen, deadline),
         HookEvent::Other => touch_session(store, &seen),

@@ -119,41 +119,47 @@ fn apply(req: &InstallRequest, operation: Operation) -> anyhow::Result<InstallRe
     };
     report.backup = file::replace(&target, &text, loaded.as_ref())?;
     if let Some((companion, contents)) = spec.companion {
-        write_companion(spec, &target, companion, contents)?;
+        write_companion(&target, companion, contents)?;
     }
     report.written = true;
     Ok(report)
 }
 
-/// The configuration directory a settings file of `spec` sits in (`settings_file` may have several components).
-fn config_dir_of<'a>(spec: &AgentSpec, target: &'a Path) -> &'a Path {
-    let depth = Path::new(spec.settings_file).components().count();
-    target.ancestors().nth(depth).unwrap_or(target)
+/// The companion file of a settings file (`hooks/hooks.json` -> `plugin.json` of the same plugin).
+fn companion_path(target: &Path, companion: &str) -> PathBuf {
+    let mut path = target.parent().unwrap_or(Path::new("/")).to_path_buf();
+    for part in Path::new(companion).components() {
+        match part {
+            std::path::Component::ParentDir => {
+                path.pop();
+            }
+            other => path.push(other),
+        }
+    }
+    path
 }
 
 /// Writes the companion file (Goose's `plugin.json`) when it is missing.
-fn write_companion(spec: &AgentSpec, target: &Path, companion: &str, contents: &str) -> anyhow::Result<()> {
-    let path = config_dir_of(spec, target).join(companion);
+fn write_companion(target: &Path, companion: &str, contents: &str) -> anyhow::Result<()> {
+    let path = companion_path(target, companion);
     if path.exists() {
         return Ok(());
     }
     crate::state::write_atomic(&path, contents.as_bytes(), 0o644)
 }
 
-/// Removes a plugin directory that only we filled: the emptied hook file, our companion file, then the directories
-/// they leave empty.
+/// Removes a plugin that only we filled: the emptied hook file and its backup, our companion file (if unchanged),
+/// then the directories they leave empty.
 fn remove_plugin(spec: &AgentSpec, target: &Path, companion: &str) -> anyhow::Result<()> {
-    let dir = config_dir_of(spec, target);
     std::fs::remove_file(target)?;
-    let companion = dir.join(companion);
+    let _ = std::fs::remove_file(file::backup_path(target));
+    let companion = companion_path(target, companion);
     let contents = spec.companion.map(|(_, contents)| contents).unwrap_or_default();
     if std::fs::read_to_string(&companion).is_ok_and(|text| text == contents) {
         std::fs::remove_file(&companion)?;
     }
-    for parent in target.ancestors().skip(1).take_while(|parent| *parent != dir) {
-        if std::fs::remove_dir(parent).is_err() {
-            break;
-        }
+    for dir in [target.parent(), companion.parent()].into_iter().flatten() {
+        let _ = std::fs::remove_dir(dir);
     }
     Ok(())
 }

@@ -4,4 +4,5 @@ mod foundation;
 mod harness;
 mod hooks;
 mod newcomer;
+mod settings;
 mod sweep;
