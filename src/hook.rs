@@ -235,13 +235,12 @@ struct Hooked<'a> {
 /// commands through the agent's env file. A session already recorded under another agent (Cursor or Copilot running
 /// Claude's hook files as well as their own) stays that agent's: the second start is logged, not re-keyed.
 fn session_start(store: &Store, hooked: &Hooked) -> anyhow::Result<()> {
-    let mut first_agent = None;
-    let record = store
+    let (before, record) = store
         .sessions
         .update(&hooked.session, Duration::from_millis(300), |current| {
-            first_agent = current.as_ref().map(|record| record.agent.clone());
-            Some(refreshed(current, hooked, true))
+            Ok(Some(refreshed(current.cloned(), hooked, true)))
         })?;
+    let first_agent = before.map(|record| record.agent);
     let agent = hooked.agent.map_or("unknown", Agent::as_str);
     let again = first_agent.filter(|first| !first.is_empty() && first != agent);
     store.log.record(
@@ -263,7 +262,7 @@ fn touch_session(store: &Store, hooked: &Hooked) -> anyhow::Result<()> {
     store
         .sessions
         .update(&hooked.session, Duration::from_millis(300), |current| {
-            Some(refreshed(current, hooked, false))
+            Ok(Some(refreshed(current.cloned(), hooked, false)))
         })
         .map(drop)
 }

@@ -1,11 +1,13 @@
 //! session-reaper: owner-keyed broker records, session hooks and a stop cascade that never signals the wrong
 //! process. `run` is the whole program; `main` only maps its result to an exit code.
 
+pub mod act;
 pub mod agents;
 pub mod cli;
 pub mod clock;
 pub mod commands;
 pub mod config;
+pub mod decide;
 pub mod error;
 pub mod events;
 pub mod finisher;

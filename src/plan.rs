@@ -1,35 +1,9 @@
-//! Pure decisions over records and a process snapshot: what ending a session does to a slot, which processes
-//! resume a session, what a sweep does to a slot. No system calls here; the callers act on the result.
+//! Pure decisions over a process snapshot: which processes resume a session, and which live writers of one
+//! session are duplicates. No system calls here; the callers act on the result.
 
 use std::collections::HashSet;
-use std::time::{Duration, SystemTime};
 
-use crate::clock;
-use crate::events::Reason;
-use crate::record::{BrokerRecord, SessionRecord};
-
-/// What removing one owner does to a slot's record.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OwnerRemoval {
-    /// The session was not an owner: nothing to write.
-    NotOwner,
-    /// Other owners remain: write the record back.
-    OthersRemain,
-    /// It was the last owner: the broker is to be stopped.
-    LastOwnerGone,
-}
-
-/// Removes `session` from `record`'s owners and says what follows. A slot with no owners to begin with (a legacy
-/// or `--no-owner` broker) is never stopped by a session end.
-pub fn remove_owner(record: &mut BrokerRecord, session: &str) -> OwnerRemoval {
-    if !record.remove_owner(session) {
-        OwnerRemoval::NotOwner
-    } else if record.owners.is_empty() {
-        OwnerRemoval::LastOwnerGone
-    } else {
-        OwnerRemoval::OthersRemain
-    }
-}
+use crate::record::SessionRecord;
 
 /// Flags marking Claude Code's own detached workers, which are never orphans.
 const AGENT_WORKER_FLAGS: &[&str] = &["--bg-pty-host", "--bg-spare"];
@@ -94,62 +68,9 @@ pub fn duplicate_writers<'a>(
         .collect()
 }
 
-/// What a sweep knows of one slot's broker and its owners: independent facts, not states of one machine.
-#[derive(Clone, Copy, Debug)]
-#[allow(clippy::struct_excessive_bools)]
-pub struct SlotFacts {
-    /// The recorded process still has its identity.
-    pub alive: bool,
-    /// The record is from another host sharing the state root: leave it alone.
-    pub foreign_host: bool,
-    /// The record is from an earlier boot of this host.
-    pub earlier_boot: bool,
-    /// Some owner's session is live (its agent process runs, or it has no record and so cannot be judged dead).
-    pub owner_alive: bool,
-}
-
-/// What a sweep does with one slot.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SlotVerdict {
-    Keep,
-    /// The record names a process that is gone (or from an earlier boot): remove the record.
-    Prune(Reason),
-    /// Stop the broker.
-    Stop(Reason),
-}
-
-/// A sweep's verdict on one slot. `default_ttl` (zero disables) applies to brokers with no live owner; a broker's
-/// own `idle_ttl_secs` applies even with live owners: it opted in to lazy respawn.
-pub fn judge_slot(
-    record: &BrokerRecord,
-    facts: SlotFacts,
-    now: SystemTime,
-    default_ttl: Duration,
-) -> SlotVerdict {
-    if facts.foreign_host {
-        return SlotVerdict::Keep;
-    }
-    if facts.earlier_boot || !facts.alive {
-        return SlotVerdict::Prune(Reason::BrokerGone);
-    }
-    let idle = clock::age(&record.last_active, now).unwrap_or(Duration::MAX);
-    let own_ttl = record
-        .idle_ttl_secs
-        .filter(|secs| *secs > 0)
-        .map(Duration::from_secs);
-    if own_ttl.is_some_and(|ttl| idle >= ttl) {
-        return SlotVerdict::Stop(Reason::IdleTimeout);
-    }
-    if !facts.owner_alive && !default_ttl.is_zero() && idle >= default_ttl {
-        return SlotVerdict::Stop(Reason::IdleTimeout);
-    }
-    SlotVerdict::Keep
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{Identity, Owner};
 
     fn argv(text: &str) -> Vec<String> {
         text.split(' ').map(str::to_owned).collect()
@@ -222,102 +143,5 @@ mod tests {
         ];
         let protected: HashSet<i32> = [50].into();
         assert_eq!(resume_orphans(&snapshot, "s1", None, &protected), vec![60]);
-    }
-
-    fn record(owners: &[&str], last_active: &str, ttl: Option<u64>) -> BrokerRecord {
-        BrokerRecord {
-            version: 1,
-            name: "default".into(),
-            workspace: "/w".into(),
-            cwd: "/w".into(),
-            command: vec!["sleep".into()],
-            endpoint: None,
-            owners: owners
-                .iter()
-                .map(|s| Owner {
-                    session: (*s).into(),
-                    since: last_active.into(),
-                    extra: serde_json::Map::new(),
-                })
-                .collect(),
-            identity: Identity {
-                boot_id: "b".into(),
-                pid: 10,
-                start_ticks: 1,
-                uid: 0,
-            },
-            pgid: Some(10),
-            created_at: last_active.into(),
-            last_active: last_active.into(),
-            idle_ttl_secs: ttl,
-            grace_ms: 5000,
-            shutdown: None,
-            host: "h".into(),
-            extra: serde_json::Map::new(),
-        }
-    }
-
-    #[test]
-    fn removing_owners() {
-        let mut r = record(&["a", "b"], "2026-01-01T00:00:00Z", None);
-        assert_eq!(remove_owner(&mut r, "c"), OwnerRemoval::NotOwner);
-        assert_eq!(remove_owner(&mut r, "a"), OwnerRemoval::OthersRemain);
-        assert_eq!(r.owner_ids(), ["b"]);
-        assert_eq!(remove_owner(&mut r, "b"), OwnerRemoval::LastOwnerGone);
-        let mut legacy = record(&[], "2026-01-01T00:00:00Z", None);
-        assert_eq!(remove_owner(&mut legacy, "a"), OwnerRemoval::NotOwner);
-    }
-
-    const LIVE: SlotFacts = SlotFacts {
-        alive: true,
-        foreign_host: false,
-        earlier_boot: false,
-        owner_alive: true,
-    };
-
-    #[test]
-    fn sweep_verdicts() {
-        let now = clock::parse("2026-01-01T01:00:00Z").unwrap();
-        let ttl = Duration::from_secs(1800);
-        let fresh = record(&["a"], "2026-01-01T00:59:00Z", None);
-        let stale = record(&["a"], "2026-01-01T00:00:00Z", None);
-        assert_eq!(judge_slot(&fresh, LIVE, now, ttl), SlotVerdict::Keep);
-        assert_eq!(
-            judge_slot(&stale, LIVE, now, ttl),
-            SlotVerdict::Keep,
-            "live owner, no opt-in"
-        );
-        let ownerless = SlotFacts {
-            owner_alive: false,
-            ..LIVE
-        };
-        assert_eq!(
-            judge_slot(&stale, ownerless, now, ttl),
-            SlotVerdict::Stop(Reason::IdleTimeout)
-        );
-        assert_eq!(
-            judge_slot(&stale, ownerless, now, Duration::ZERO),
-            SlotVerdict::Keep,
-            "0 disables"
-        );
-        let opted_in = record(&["a"], "2026-01-01T00:59:57Z", Some(2));
-        assert_eq!(
-            judge_slot(&opted_in, LIVE, now, ttl),
-            SlotVerdict::Stop(Reason::IdleTimeout)
-        );
-        let dead = SlotFacts {
-            alive: false,
-            ..LIVE
-        };
-        assert_eq!(
-            judge_slot(&fresh, dead, now, ttl),
-            SlotVerdict::Prune(Reason::BrokerGone)
-        );
-        let foreign = SlotFacts {
-            alive: false,
-            foreign_host: true,
-            ..LIVE
-        };
-        assert_eq!(judge_slot(&fresh, foreign, now, ttl), SlotVerdict::Keep);
     }
 }

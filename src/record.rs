@@ -131,6 +131,11 @@ pub struct SessionRecord {
     pub ended_at: Option<String>,
     #[serde(default)]
     pub end_reason: Option<String>,
+    /// The owner index: every slot (`<workspace-key>/<name>`) this session was made an owner of, written under the
+    /// session lock *before* the slot, so that the session's end visits exactly those. `None` in records written
+    /// before the index existed: their end falls back to visiting every slot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slots: Option<Vec<String>>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -152,12 +157,23 @@ impl SessionRecord {
             last_seen: now.to_owned(),
             ended_at: None,
             end_reason: None,
+            slots: Some(Vec::new()),
             extra: Map::new(),
         }
     }
 
     pub fn is_ended(&self) -> bool {
         self.ended_at.is_some()
+    }
+
+    /// Adds `slot` to the owner index; false if it was there already.
+    pub fn index_slot(&mut self, slot: &str) -> bool {
+        let slots = self.slots.get_or_insert_with(Vec::new);
+        if slots.iter().any(|known| known == slot) {
+            return false;
+        }
+        slots.push(slot.to_owned());
+        true
     }
 }
 

@@ -4,19 +4,45 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::error::bad_input;
+use crate::events::{Event, EventLog};
 use crate::name::SessionId;
 use crate::record::{self, Parsed, SessionRecord};
-use crate::state::{SESSIONS, StateRoot};
+use crate::slot::Unreadable;
+use crate::state::{self, SESSIONS, StateRoot};
+
+/// What a session's record file holds, as read at one moment.
+#[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)]
+pub enum SessionView {
+    Missing,
+    Record(SessionRecord),
+    /// It exists but cannot be used: never read as "no record", never overwritten silently.
+    Unreadable(Unreadable),
+}
+
+impl SessionView {
+    fn refused(why: String) -> Self {
+        SessionView::Unreadable(Unreadable {
+            why,
+            corrupt: false,
+        })
+    }
+}
 
 /// The session records of one state root.
 #[derive(Clone, Debug)]
 pub struct Sessions {
     root: StateRoot,
+    log: EventLog,
 }
 
 impl Sessions {
-    pub fn new(root: &StateRoot) -> Self {
-        Sessions { root: root.clone() }
+    pub fn new(root: &StateRoot, log: EventLog) -> Self {
+        Sessions {
+            root: root.clone(),
+            log,
+        }
     }
 
     fn path(&self, id: &SessionId) -> PathBuf {
@@ -27,26 +53,47 @@ impl Sessions {
         self.root.join(SESSIONS).join(format!("{id}.lock"))
     }
 
-    /// The record of `id`, if any (a corrupt one reads as none).
-    pub fn get(&self, id: &SessionId) -> anyhow::Result<Option<SessionRecord>> {
+    /// What `sessions/<id>.json` holds now, changing nothing.
+    pub fn view(&self, id: &SessionId) -> SessionView {
         let path = self.path(id);
-        let Some(bytes) = self.root.read_file(&path)? else {
-            return Ok(None);
+        let bytes = match self.root.read_file(&path) {
+            Ok(None) => return SessionView::Missing,
+            Ok(Some(bytes)) => bytes,
+            Err(err) => return SessionView::refused(format!("{err:#}")),
         };
-        Ok(match record::parse(&bytes, &path)? {
-            Parsed::Record(record) => Some(record),
-            Parsed::Corrupt(_) => None,
-        })
+        match record::parse(&bytes, &path) {
+            Ok(Parsed::Record(record)) => SessionView::Record(record),
+            Ok(Parsed::Corrupt(why)) => SessionView::Unreadable(Unreadable {
+                why: format!("corrupt: {why}"),
+                corrupt: true,
+            }),
+            Err(err) => SessionView::refused(format!("{err:#}")),
+        }
     }
 
-    /// Changes one session record under its lock; `change` returns the new record, or `None` to leave it as is.
-    /// Returns the record as it is afterwards.
+    /// The record of `id`, if any. An unreadable one is an error, never "none": it is not to be overwritten.
+    pub fn get(&self, id: &SessionId) -> anyhow::Result<Option<SessionRecord>> {
+        match self.view(id) {
+            SessionView::Missing => Ok(None),
+            SessionView::Record(record) => Ok(Some(record)),
+            SessionView::Unreadable(unreadable) => Err(bad_input(format!(
+                "{}: {}",
+                self.path(id).display(),
+                unreadable.why
+            ))),
+        }
+    }
+
+    /// Changes one session record under its lock; `change` gets the record as it is (`None` if there is none) and
+    /// returns the new one, or `None` to leave it as is. A corrupt record is moved aside (and logged) first; one
+    /// that is refused as it stands (a newer version, not a regular file) fails the update. Returns the record
+    /// before and after.
     pub fn update(
         &self,
         id: &SessionId,
         wait: Duration,
-        change: impl FnOnce(Option<SessionRecord>) -> Option<SessionRecord>,
-    ) -> anyhow::Result<Option<SessionRecord>> {
+        change: impl FnOnce(Option<&SessionRecord>) -> anyhow::Result<Option<SessionRecord>>,
+    ) -> anyhow::Result<(Option<SessionRecord>, Option<SessionRecord>)> {
         let lock = self.root.open_lock_file(&self.lock_path(id))?;
         let deadline = std::time::Instant::now() + wait;
         while lock.try_lock().is_err() {
@@ -57,36 +104,91 @@ impl Sessions {
             }
             std::thread::sleep(Duration::from_millis(2));
         }
-        let current = self.get(id)?;
-        match change(current.clone()) {
+        let current = match self.view(id) {
+            SessionView::Missing => None,
+            SessionView::Record(record) => Some(record),
+            SessionView::Unreadable(unreadable) if unreadable.corrupt => {
+                let moved_to = state::quarantine(&self.path(id))?;
+                self.log.record(
+                    &Event::new("corrupt", "moved_aside")
+                        .session(Some(id.as_str()))
+                        .detail(format!(
+                            "{}; moved aside to {}",
+                            unreadable.why,
+                            moved_to.display()
+                        )),
+                );
+                None
+            }
+            SessionView::Unreadable(unreadable) => {
+                return Err(bad_input(format!(
+                    "{}: {}",
+                    self.path(id).display(),
+                    unreadable.why
+                )));
+            }
+        };
+        match change(current.as_ref())? {
             Some(updated) if Some(&updated) != current.as_ref() => {
                 self.root
                     .write_atomic(&self.path(id), &record::to_bytes(&updated))?;
-                Ok(Some(updated))
+                Ok((current, Some(updated)))
             }
-            _ => Ok(current),
+            _ => Ok((current.clone(), current)),
         }
     }
 
-    /// Every readable session record.
+    /// The first half of the owner-index protocol: before a session is made an owner of `slot` (under the slot's
+    /// lock), the slot enters the session's index under the session's lock — refused if the session has ended.
+    /// A session's end marks it ended under the same lock and then visits exactly the indexed slots, so an attach
+    /// is either refused here, or indexed before the end reads the index (the end then finds and removes the owner,
+    /// or the attach's re-check under the slot lock sees the end and refuses).
+    pub fn index_slot(&self, id: &SessionId, slot: &str, wait: Duration) -> anyhow::Result<()> {
+        let host = crate::proc::host_name();
+        self.update(id, wait, |current| {
+            if let Some(record) = current.filter(|record| record.is_ended()) {
+                return Err(bad_input(format!(
+                    "session {id} ended at {}: it cannot own a broker",
+                    record.ended_at.as_deref().unwrap_or_default()
+                )));
+            }
+            let mut record = current.cloned().unwrap_or_else(|| {
+                SessionRecord::new(id.as_str(), host, &crate::clock::now_rfc3339())
+            });
+            Ok(record.index_slot(slot).then_some(record))
+        })
+        .map(drop)
+    }
+
+    /// Every readable session record (unreadable ones are skipped here; `scan` reports them).
     pub fn all(&self) -> Vec<SessionRecord> {
+        self.scan().0
+    }
+
+    /// Every session record, and the ones that exist but cannot be read, by id. Changes nothing.
+    pub fn scan(&self) -> (Vec<SessionRecord>, Vec<(String, Unreadable)>) {
         let Ok(entries) = std::fs::read_dir(self.root.join(SESSIONS)) else {
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         };
-        let mut records: Vec<SessionRecord> = entries
-            .filter_map(Result::ok)
-            .filter_map(|entry| {
-                let name = entry
-                    .file_name()
-                    .to_str()?
-                    .strip_suffix(".json")?
-                    .to_owned();
-                SessionId::parse(&name).ok()
-            })
-            .filter_map(|id| self.get(&id).ok().flatten())
-            .collect();
+        let mut records = Vec::new();
+        let mut unreadable = Vec::new();
+        for id in entries.filter_map(Result::ok).filter_map(|entry| {
+            let name = entry
+                .file_name()
+                .to_str()?
+                .strip_suffix(".json")?
+                .to_owned();
+            SessionId::parse(&name).ok()
+        }) {
+            match self.view(&id) {
+                SessionView::Missing => {}
+                SessionView::Record(record) => records.push(record),
+                SessionView::Unreadable(why) => unreadable.push((id.as_str().to_owned(), why)),
+            }
+        }
         records.sort_by(|a, b| a.started_at.cmp(&b.started_at));
-        records
+        unreadable.sort_by(|a, b| a.0.cmp(&b.0));
+        (records, unreadable)
     }
 
     /// Deletes a tombstone and its lock.

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::clock;
 use crate::name::SlotName;
 use crate::record::{self, BrokerRecord, Parsed};
 use crate::state::{self, StateRoot, WORKSPACES};
@@ -28,6 +27,8 @@ pub struct Slot {
     dir: PathBuf,
     key: String,
     name: String,
+    /// The workspace path, when the slot was reached from it (not from a directory listing or a label).
+    workspace: Option<PathBuf>,
 }
 
 /// The slot lock could not be had within the bounded wait.
@@ -47,17 +48,59 @@ impl std::fmt::Display for SlotBusy {
 
 impl std::error::Error for SlotBusy {}
 
-/// What a slot held when read under its lock. (One value lives per held lock: its size does not matter.)
-#[derive(Debug)]
+/// Why a record that exists could not be used. It still counts as occupying its place: an unreadable record is
+/// never taken for an empty one (its broker may be alive), never overwritten silently.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Unreadable {
+    pub why: String,
+    /// Not JSON, or not the shape of a record: a writer moves it aside (and reports it). Otherwise the record is
+    /// refused as it stands (a newer version, not a regular file, another user's) and left in place.
+    pub corrupt: bool,
+}
+
+/// What a slot holds, as read at one moment (under its lock for a change, without it for a look).
+#[derive(Clone, Debug)]
 #[allow(clippy::large_enum_variant)]
-pub enum SlotContent {
+pub enum SlotView {
     Empty,
     Broker(BrokerRecord),
-    /// The record did not parse; it was moved aside to the path given, with the reason.
-    Corrupt {
-        moved_to: PathBuf,
-        why: String,
-    },
+    Unreadable(Unreadable),
+}
+
+impl SlotView {
+    /// Reads the record at `path` without changing anything.
+    pub fn read(root: &StateRoot, path: &Path) -> (Self, Option<Vec<u8>>) {
+        let bytes = match root.read_file(path) {
+            Ok(None) => return (SlotView::Empty, None),
+            Ok(Some(bytes)) => bytes,
+            Err(err) => return (SlotView::refused(format!("{err:#}")), None),
+        };
+        match record::parse::<BrokerRecord>(&bytes, path) {
+            Ok(Parsed::Record(record)) => (SlotView::Broker(record), Some(bytes)),
+            Ok(Parsed::Corrupt(why)) => (
+                SlotView::Unreadable(Unreadable {
+                    why: format!("corrupt: {why}"),
+                    corrupt: true,
+                }),
+                None,
+            ),
+            Err(err) => (SlotView::refused(format!("{err:#}")), None),
+        }
+    }
+
+    fn refused(why: String) -> Self {
+        SlotView::Unreadable(Unreadable {
+            why,
+            corrupt: false,
+        })
+    }
+
+    pub fn broker(&self) -> Option<&BrokerRecord> {
+        match self {
+            SlotView::Broker(record) => Some(record),
+            _ => None,
+        }
+    }
 }
 
 impl Slot {
@@ -68,10 +111,29 @@ impl Slot {
             dir: root.join(WORKSPACES).join(&key).join(name.as_str()),
             key,
             name: name.as_str().to_owned(),
+            workspace: Some(workspace.to_path_buf()),
         }
     }
 
-    /// Every slot under the state root, in a stable order. Entries that are not plain directories are skipped.
+    /// The slot a label (`<workspace-key>/<name>`, as the owner index keeps it) names, if it is a valid label.
+    pub fn from_label(root: &StateRoot, label: &str) -> Option<Self> {
+        let (key, name) = label.split_once('/')?;
+        let name = SlotName::parse(name).ok()?;
+        let plain =
+            |part: &str| !part.is_empty() && part != "." && part != ".." && !part.contains('/');
+        if !plain(key) {
+            return None;
+        }
+        Some(Slot {
+            dir: root.join(WORKSPACES).join(key).join(name.as_str()),
+            key: key.to_owned(),
+            name: name.as_str().to_owned(),
+            workspace: None,
+        })
+    }
+
+    /// Every slot under the state root, in a stable order: the two directory levels below `workspaces/`, nothing
+    /// deeper. Entries that are not plain directories are skipped.
     pub fn all(root: &StateRoot) -> Vec<Slot> {
         let base = root.join(WORKSPACES);
         let mut slots: Vec<Slot> = walkdir::WalkDir::new(&base)
@@ -89,6 +151,7 @@ impl Slot {
                     dir: entry.into_path(),
                     key,
                     name,
+                    workspace: None,
                 })
             })
             .collect();
@@ -103,6 +166,10 @@ impl Slot {
     /// `<workspace-key>/<name>`: how events and tickets name the slot.
     pub fn label(&self) -> String {
         format!("{}/{}", self.key, self.name)
+    }
+
+    pub fn workspace(&self) -> Option<&Path> {
+        self.workspace.as_deref()
     }
 
     pub fn key(&self) -> &str {
@@ -161,13 +228,10 @@ impl Slot {
         })
     }
 
-    /// Reads the record without the lock (for `status`): a rename is atomic, so this sees one whole version.
-    pub fn peek(&self, root: &StateRoot) -> Option<BrokerRecord> {
-        let bytes = root.read_file(&self.record_path()).ok()??;
-        match record::parse(&bytes, &self.record_path()) {
-            Ok(Parsed::Record(record)) => Some(record),
-            _ => None,
-        }
+    /// Reads the record without the lock (for looks and dry runs): a rename is atomic, so this sees one whole
+    /// version. Changes nothing.
+    pub fn view(&self, root: &StateRoot) -> SlotView {
+        SlotView::read(root, &self.record_path()).0
     }
 }
 
@@ -193,28 +257,17 @@ impl SlotGuard<'_> {
         self.slot
     }
 
-    /// Reads the record. A corrupt one is moved aside (`broker.json.corrupt-<ts>`) and reported, never dropped.
-    pub fn read(&self) -> anyhow::Result<SlotContent> {
-        let path = self.slot.record_path();
-        let Some(bytes) = self.root.read_file(&path)? else {
-            self.last_read.replace(None);
-            return Ok(SlotContent::Empty);
-        };
-        match record::parse::<BrokerRecord>(&bytes, &path)? {
-            Parsed::Record(record) => {
-                self.last_read.replace(Some(bytes));
-                Ok(SlotContent::Broker(record))
-            }
-            Parsed::Corrupt(why) => {
-                let stamp = clock::now_rfc3339().replace(':', "");
-                let moved_to = self.slot.dir.join(format!("{RECORD}.corrupt-{stamp}"));
-                std::fs::rename(&path, &moved_to)
-                    .with_context(|| format!("moving aside {}", path.display()))?;
-                state::sync_dir(&self.slot.dir)?;
-                self.last_read.replace(None);
-                Ok(SlotContent::Corrupt { moved_to, why })
-            }
-        }
+    /// What the slot holds now. Changes nothing: a corrupt record is moved aside only by `quarantine`.
+    pub fn view(&self) -> SlotView {
+        let (view, bytes) = SlotView::read(&self.root, &self.slot.record_path());
+        self.last_read.replace(bytes);
+        view
+    }
+
+    /// Moves a corrupt record aside (`broker.json.corrupt-<ts>`); returns where it went.
+    pub fn quarantine(&self) -> anyhow::Result<PathBuf> {
+        self.last_read.replace(None);
+        state::quarantine(&self.slot.record_path())
     }
 
     /// Writes the record atomically; skipped when it is byte-for-byte what was read.
@@ -250,7 +303,7 @@ impl SlotGuard<'_> {
     /// Removes an empty slot's directory: its lock (while holding it, so any waiter re-opens and finds the slot
     /// gone), its log when older than `keep_log`, then the directory and its workspace directory if empty.
     /// Anything else in the directory (a moved-aside corrupt record) keeps it.
-    pub fn remove_if_empty(self, keep_log: Duration) -> anyhow::Result<bool> {
+    pub fn remove_if_empty(&self, keep_log: Duration) -> anyhow::Result<bool> {
         if self.slot.record_path().exists() {
             return Ok(false);
         }

@@ -84,12 +84,31 @@ impl StateRoot {
         Ok(root)
     }
 
-    /// Opens an existing root without creating anything (for read-only commands that must change nothing).
+    /// Opens an existing root without creating anything (for read-only commands — `status`, `doctor`, `log`, every
+    /// `--dry-run` — which must change nothing): the root and whichever fixed sub-directories exist are checked;
+    /// missing ones are simply empty.
     pub fn open_existing(path: &Path) -> anyhow::Result<Option<Self>> {
-        match fs::symlink_metadata(path) {
-            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
-            _ => Self::open(path).map(Some),
+        let path = if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            std::env::current_dir()?.join(path)
+        };
+        match fs::symlink_metadata(&path) {
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+            _ => {}
         }
+        let root = StateRoot {
+            path,
+            uid: nix::unistd::geteuid().as_raw(),
+        };
+        root.check_dir(&root.path)?;
+        for sub in [SESSIONS, WORKSPACES, STOPPING] {
+            let dir = root.path.join(sub);
+            if fs::symlink_metadata(&dir).is_ok() {
+                root.check_dir(&dir)?;
+            }
+        }
+        Ok(Some(root))
     }
 
     pub fn path(&self) -> &Path {
@@ -230,6 +249,23 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> 
         let _ = fs::remove_file(&temp);
     }
     result
+}
+
+/// Moves a corrupt record aside to `<name>.corrupt-<ts>` in its directory, durably; returns the new path. The one
+/// way a record that does not parse leaves its place: never dropped, never overwritten.
+pub fn quarantine(path: &Path) -> anyhow::Result<PathBuf> {
+    let dir = path
+        .parent()
+        .context("a record to move aside has no directory")?;
+    let name = path
+        .file_name()
+        .context("a record to move aside has no name")?
+        .to_string_lossy();
+    let stamp = crate::clock::now_rfc3339().replace(':', "");
+    let moved_to = dir.join(format!("{name}.corrupt-{stamp}"));
+    fs::rename(path, &moved_to).with_context(|| format!("moving aside {}", path.display()))?;
+    sync_dir(dir)?;
+    Ok(moved_to)
 }
 
 /// fsync of a directory, so that a rename or unlink in it is durable.

@@ -23,11 +23,22 @@ impl Store {
         Ok(Self::from_root(StateRoot::open(path)?))
     }
 
+    /// Opens the root for a run that may change it, or only looks at it (`dry_run`): then nothing is created, and
+    /// a root that does not exist yet is `None`.
+    pub fn open_for(path: &Path, dry_run: bool) -> anyhow::Result<Option<Self>> {
+        if dry_run {
+            Ok(StateRoot::open_existing(path)?.map(Self::from_root))
+        } else {
+            Self::open(path).map(Some)
+        }
+    }
+
     pub fn from_root(root: StateRoot) -> Self {
+        let log = EventLog::new(&root);
         Store {
-            log: EventLog::new(&root),
             tickets: Tickets::new(&root),
-            sessions: Sessions::new(&root),
+            sessions: Sessions::new(&root, log.clone()),
+            log,
             root,
         }
     }

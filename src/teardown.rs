@@ -1,21 +1,23 @@
 //! Ending a session: the one step shared by `SessionEnd`, `reap --session`, a sweep's `owners_gone` and the
-//! shutdown drain. In every slot of every workspace the session loses its ownership; slots left with no owner
-//! become stop tickets in the same locked step; processes resuming the session become tickets too. Nothing is
-//! signalled here: the caller runs the tickets within its deadline.
+//! shutdown drain. In every slot the session owns (its owner index) it loses its ownership; slots left with no
+//! owner become stop tickets in the same locked step; processes resuming the session become tickets too. Nothing
+//! is signalled here: the caller runs the tickets within its deadline.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::act::executor::{self, Mode};
 use crate::clock;
+use crate::decide::{self, SlotChange};
 use crate::events::{Event, Reason};
 use crate::name::SessionId;
-use crate::plan::{self, OwnerRemoval};
+use crate::plan;
 use crate::proc;
-use crate::record::{SessionRecord, StopTicket, is_other_host};
+use crate::record::{BrokerRecord, SessionRecord, StopTicket};
 use crate::signal::Guard;
-use crate::slot::{Slot, SlotContent};
+use crate::slot::Slot;
 use crate::stop;
 use crate::store::Store;
 
@@ -82,9 +84,11 @@ pub struct EndReport {
     pub tickets: Vec<StopTicket>,
 }
 
-/// Ends `ending.session`: marks its record ended, strips it from every slot, files stop tickets. Slot locks are
-/// waited for no later than `lock_deadline`; a slot still busy then is reported (a later sweep finishes it: it
-/// removes owners whose session has ended).
+/// Ends `ending.session`: marks its record ended, strips it from the slots it owns, files stop tickets. The slots
+/// visited are those of the session's owner index (read under its lock as it is marked ended); a session recorded
+/// before the index existed, or never recorded at all, has every slot visited instead. Slot locks are waited for
+/// no later than `lock_deadline`; a slot still busy then is reported (a later sweep finishes it: it removes owners
+/// whose session has ended).
 pub fn end_session(
     store: &Store,
     guard: &Guard,
@@ -97,16 +101,43 @@ pub fn end_session(
         reason: ending.reason.to_string(),
         ..EndReport::default()
     };
-    let title = match mark_ended(store, ending) {
-        Ok(record) => record.and_then(|record| record.title),
+    let (title, index) = match mark_ended(store, ending) {
+        Ok((before, after)) => (
+            after.and_then(|record| record.title),
+            before.and_then(|record| record.slots),
+        ),
         Err(err) => {
             report.problems.push(format!("session record: {err:#}"));
-            None
+            (None, None)
         }
     };
+    let slots = match index {
+        Some(labels) => labels
+            .iter()
+            .filter_map(|label| Slot::from_label(&store.root, label))
+            .collect(),
+        None => Slot::all(&store.root),
+    };
     let host = proc::host_name();
-    for slot in Slot::all(&store.root) {
-        strip_owner(store, &slot, ending, (lock_deadline, &host), &mut report);
+    let mode = Mode::dry(ending.dry_run);
+    for slot in slots {
+        let label = slot.label();
+        let decided = executor::update_slot(store, &slot, lock_deadline, mode, |view| {
+            decide::slot::remove_owners(view, &[session], ending.reason, &host, &label)
+        });
+        match decided {
+            Ok(change) => report.note(&label, change),
+            Err(err) => {
+                report.problems.push(format!("{label}: {err:#}"));
+                if mode == Mode::Apply {
+                    store.log.record(
+                        &Event::new("error", "failed")
+                            .session(Some(session))
+                            .detail(format!("{err:#}")),
+                    );
+                }
+            }
+        }
     }
     file_resume_orphans(store, guard, ending, title.as_deref(), &mut report);
     if !ending.dry_run {
@@ -120,16 +151,44 @@ pub fn end_session(
     report
 }
 
-fn mark_ended(store: &Store, ending: &Ending) -> anyhow::Result<Option<SessionRecord>> {
+impl EndReport {
+    /// Adds what ending the session did (or would do) to one slot.
+    fn note(&mut self, label: &str, change: SlotChange) {
+        match change {
+            SlotChange::LeaveAlone { why } => self.problems.push(format!("{label}: {why}")),
+            SlotChange::MoveAside { why } => self
+                .problems
+                .push(format!("{label}: corrupt broker.json moved aside: {why}")),
+            SlotChange::Write { record, .. } => self.slots.push(owned_slot(&record, false)),
+            SlotChange::HandOff { record, ticket, .. } => {
+                self.slots.push(owned_slot(&record, true));
+                self.tickets.push(ticket);
+            }
+            SlotChange::Keep | SlotChange::Prune { .. } | SlotChange::RemoveEmpty { .. } => {}
+        }
+    }
+}
+
+/// Marks the session's record ended (creating it if the start was never seen), under its lock; returns the
+/// record before and after. A dry run only reads it.
+fn mark_ended(
+    store: &Store,
+    ending: &Ending,
+) -> anyhow::Result<(Option<SessionRecord>, Option<SessionRecord>)> {
     if ending.dry_run {
-        return store.sessions.get(&ending.session);
+        let current = store.sessions.get(&ending.session)?;
+        return Ok((current.clone(), current));
     }
     let now = clock::now_rfc3339();
     store
         .sessions
         .update(&ending.session, Duration::from_millis(500), |current| {
-            let mut record = current.unwrap_or_else(|| {
-                SessionRecord::new(ending.session.as_str(), proc::host_name(), &now)
+            let mut record = current.cloned().unwrap_or_else(|| {
+                let mut fresh =
+                    SessionRecord::new(ending.session.as_str(), proc::host_name(), &now);
+                // Never seen before: what it may own is not indexed, so its end visits every slot.
+                fresh.slots = None;
+                fresh
             });
             if record.ended_at.is_none() {
                 record.ended_at = Some(now.clone());
@@ -140,119 +199,21 @@ fn mark_ended(store: &Store, ending: &Ending) -> anyhow::Result<Option<SessionRe
                         .unwrap_or_else(|| ending.reason.to_string()),
                 );
             }
-            record.last_seen = now;
+            record.last_seen.clone_from(&now);
             if let Some(seen) = &ending.seen {
                 seen.fill_blanks(&mut record);
             }
-            Some(record)
+            Ok(Some(record))
         })
 }
 
-/// Removes the ending session from one slot's owners, filing a stop ticket when it was the last. Another host's
-/// record is left alone.
-fn strip_owner(
-    store: &Store,
-    slot: &Slot,
-    ending: &Ending,
-    (lock_deadline, host): (Instant, &str),
-    report: &mut EndReport,
-) {
-    let session = ending.session.as_str();
-    if ending.dry_run {
-        if let Some(mut record) = slot
-            .peek(&store.root)
-            .filter(|record| record.has_owner(session) && !is_other_host(&record.host, host))
-        {
-            let removal = plan::remove_owner(&mut record, session);
-            report.slots.push(owned_slot(&record, removal));
-            if removal == OwnerRemoval::LastOwnerGone {
-                report.tickets.push(stop::ticket_for(
-                    &record,
-                    ending.reason.as_str(),
-                    Some(session),
-                    &slot.label(),
-                ));
-            }
-        }
-        return;
-    }
-    let wait = lock_deadline
-        .saturating_duration_since(Instant::now())
-        .max(Duration::from_millis(10));
-    let guard = match slot.lock(&store.root, wait) {
-        Ok(guard) => guard,
-        Err(err) => {
-            report.problems.push(format!("{}: {err:#}", slot.label()));
-            store.log.record(
-                &Event::new("error", "failed")
-                    .session(Some(session))
-                    .detail(format!("{err:#}")),
-            );
-            return;
-        }
-    };
-    let mut record = match guard.read() {
-        Ok(SlotContent::Broker(record)) if is_other_host(&record.host, host) => return,
-        Ok(SlotContent::Broker(record)) => record,
-        Ok(SlotContent::Empty) => return,
-        Ok(SlotContent::Corrupt { moved_to, why }) => {
-            let detail = format!("{why}; moved aside to {}", moved_to.display());
-            report
-                .problems
-                .push(format!("{}: corrupt broker.json: {detail}", slot.label()));
-            store
-                .log
-                .record(&Event::new("corrupt", "moved_aside").detail(detail));
-            return;
-        }
-        Err(err) => {
-            report.problems.push(format!("{}: {err:#}", slot.label()));
-            return;
-        }
-    };
-    let removal = plan::remove_owner(&mut record, session);
-    let result = match removal {
-        OwnerRemoval::NotOwner => return,
-        OwnerRemoval::OthersRemain => guard.write(&record),
-        OwnerRemoval::LastOwnerGone => {
-            let ticket = stop::ticket_for(
-                &record,
-                ending.reason.as_str(),
-                Some(session),
-                &slot.label(),
-            );
-            let filed = store.tickets.file(&ticket).and_then(|()| guard.clear());
-            report.tickets.push(ticket);
-            filed
-        }
-    };
-    if let Err(err) = result {
-        report.problems.push(format!("{}: {err:#}", slot.label()));
-        return;
-    }
-    let detail = if record.owners.is_empty() {
-        "last owner: stopping".to_owned()
-    } else {
-        format!("owners now {}", record.owner_ids().join(", "))
-    };
-    store.log.record(
-        &Event::new("owner_remove", "removed")
-            .reason(&ending.reason)
-            .session(Some(session))
-            .slot(&record.workspace, &record.name)
-            .pid(record.identity.pid)
-            .detail(detail),
-    );
-    report.slots.push(owned_slot(&record, removal));
-}
-
-fn owned_slot(record: &crate::record::BrokerRecord, removal: OwnerRemoval) -> OwnedSlot {
+fn owned_slot(record: &BrokerRecord, stopping: bool) -> OwnedSlot {
     OwnedSlot {
         workspace: record.workspace.clone(),
         name: record.name.clone(),
         pid: record.identity.pid,
         remaining_owners: record.owner_ids().into_iter().map(str::to_owned).collect(),
-        stopping: removal == OwnerRemoval::LastOwnerGone,
+        stopping,
     }
 }
 
@@ -267,8 +228,16 @@ fn file_resume_orphans(
 ) {
     let snapshot = proc::scan_cmdlines();
     let mut protected: HashSet<i32> = proc::self_and_ancestors();
+    let candidates = plan::resume_orphans(&snapshot, ending.session.as_str(), title, &protected);
+    if candidates.is_empty() {
+        return;
+    }
+    // Only with a candidate are the other sessions read: their live agents keep their argv after `/clear`.
     protected.extend(live_agent_pids(store, &ending.session));
-    for pid in plan::resume_orphans(&snapshot, ending.session.as_str(), title, &protected) {
+    for pid in candidates
+        .into_iter()
+        .filter(|pid| !protected.contains(pid))
+    {
         let Some(identity) = proc::identity_of(pid) else {
             continue;
         };

@@ -5,10 +5,10 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::clock;
 use crate::events::{Event, EventLog};
 use crate::record::{self, Parsed, StopTicket};
-use crate::state::{STOPPING, StateRoot};
+use crate::slot::Unreadable;
+use crate::state::{self, STOPPING, StateRoot};
 
 /// The tickets of one state root.
 #[derive(Clone, Debug)]
@@ -51,8 +51,8 @@ impl Tickets {
         }
     }
 
-    /// Every pending ticket. A corrupt one is moved aside and reported in the log.
-    pub fn pending(&self, log: &EventLog) -> Vec<StopTicket> {
+    /// Every ticket file and what it holds, changing nothing (for `status`, `doctor` and dry runs).
+    pub fn scan(&self) -> Vec<(PathBuf, TicketView)> {
         let dir = self.root.join(STOPPING);
         let Ok(entries) = std::fs::read_dir(&dir) else {
             return Vec::new();
@@ -71,27 +71,70 @@ impl Tickets {
         paths
             .into_iter()
             .filter_map(|path| {
-                let bytes = self.root.read_file(&path).ok()??;
-                match record::parse::<StopTicket>(&bytes, &path) {
-                    Ok(Parsed::Record(ticket)) => Some(ticket),
-                    Ok(Parsed::Corrupt(why)) => {
-                        let moved = path.with_extension(format!(
-                            "json.corrupt-{}",
-                            clock::now_rfc3339().replace(':', "")
-                        ));
-                        let _ = std::fs::rename(&path, &moved);
-                        log.record(
-                            &Event::new("corrupt", "moved_aside")
-                                .detail(format!("{}: {why}", moved.display())),
-                        );
-                        None
-                    }
-                    Err(err) => {
-                        log.record(&Event::new("refuse", "refused").detail(format!("{err:#}")));
-                        None
-                    }
+                let view = match self.root.read_file(&path) {
+                    Ok(None) => return None,
+                    Ok(Some(bytes)) => match record::parse::<StopTicket>(&bytes, &path) {
+                        Ok(Parsed::Record(ticket)) => TicketView::Ticket(ticket),
+                        Ok(Parsed::Corrupt(why)) => TicketView::Unreadable(Unreadable {
+                            why: format!("corrupt: {why}"),
+                            corrupt: true,
+                        }),
+                        Err(err) => TicketView::Unreadable(Unreadable {
+                            why: format!("{err:#}"),
+                            corrupt: false,
+                        }),
+                    },
+                    Err(err) => TicketView::Unreadable(Unreadable {
+                        why: format!("{err:#}"),
+                        corrupt: false,
+                    }),
+                };
+                Some((path, view))
+            })
+            .collect()
+    }
+
+    /// Every readable pending ticket, changing nothing.
+    pub fn readable(&self) -> Vec<StopTicket> {
+        self.scan()
+            .into_iter()
+            .filter_map(|(_, view)| match view {
+                TicketView::Ticket(ticket) => Some(ticket),
+                TicketView::Unreadable(_) => None,
+            })
+            .collect()
+    }
+
+    /// Every pending ticket, for a run that drives them. A corrupt one is moved aside and reported in the log; one
+    /// that is refused as it stands is reported and left.
+    pub fn pending(&self, log: &EventLog) -> Vec<StopTicket> {
+        self.scan()
+            .into_iter()
+            .filter_map(|(path, view)| match view {
+                TicketView::Ticket(ticket) => Some(ticket),
+                TicketView::Unreadable(unreadable) if unreadable.corrupt => {
+                    let detail = match state::quarantine(&path) {
+                        Ok(moved) => {
+                            format!("{}; moved aside to {}", unreadable.why, moved.display())
+                        }
+                        Err(err) => format!("{}: {err:#}", unreadable.why),
+                    };
+                    log.record(&Event::new("corrupt", "moved_aside").detail(detail));
+                    None
+                }
+                TicketView::Unreadable(unreadable) => {
+                    log.record(&Event::new("refuse", "refused").detail(unreadable.why));
+                    None
                 }
             })
             .collect()
     }
+}
+
+/// What a ticket file holds.
+#[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)]
+pub enum TicketView {
+    Ticket(StopTicket),
+    Unreadable(Unreadable),
 }

@@ -1,13 +1,16 @@
 //! `broker spawn|register|attach|detach|touch`: every change to a slot is made under its lock, decided from what
 //! the slot holds at that moment.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use serde_json::{Value, json};
 
+use crate::act::executor;
 use crate::clock;
 use crate::config::{self, BrokerRequest, Config, OwnerSpec, SlotSpec, StopPolicy};
+use crate::decide::{self, SlotChange};
 use crate::error::{Outcome, bad_input};
 use crate::events::{Event, Reason};
 use crate::launch;
@@ -15,7 +18,7 @@ use crate::name::SessionId;
 use crate::proc;
 use crate::record::{BrokerRecord, Identity, VERSION};
 use crate::signal::Guard;
-use crate::slot::{LOCK_WAIT, Slot, SlotContent, SlotGuard};
+use crate::slot::{LOCK_WAIT, Slot, SlotGuard, SlotView};
 use crate::stop;
 use crate::store::Store;
 
@@ -147,47 +150,77 @@ impl SlotTarget {
         Event::new(action, result).slot(&self.workspace_text(), self.slot.name())
     }
 
+    /// Indexes the slot with the owner-to-be (before its lock: see `Sessions::index_slot`), then takes the lock.
+    fn lock_for(&self, owner: Option<&SessionId>) -> anyhow::Result<SlotGuard<'_>> {
+        // A slot held by a record that is refused as it stands is refused before anything is written.
+        if let SlotView::Unreadable(unreadable) = self.slot.view(&self.store.root)
+            && !unreadable.corrupt
+        {
+            return Err(bad_input(format!(
+                "{}: {}; the slot is left as it is",
+                self.slot.record_path().display(),
+                unreadable.why
+            )));
+        }
+        if let Some(owner) = owner {
+            self.store
+                .sessions
+                .index_slot(owner, &self.slot.label(), LOCK_WAIT)?;
+        }
+        self.lock()
+    }
+
     fn lock(&self) -> anyhow::Result<SlotGuard<'_>> {
         self.slot.create(&self.store.root)?;
         self.slot.lock(&self.store.root, LOCK_WAIT)
     }
 
     /// The live broker of the slot, under its lock. A record whose process is gone is pruned (`broker_gone`); a
-    /// corrupt one was moved aside and is reported.
+    /// corrupt one is moved aside and reported; one refused as it stands (a newer version, another host's) is an
+    /// error: the slot is occupied, and nothing here may overwrite it.
     fn live_broker(&self, guard: &SlotGuard<'_>) -> anyhow::Result<Option<BrokerRecord>> {
-        match guard.read()? {
-            SlotContent::Empty => Ok(None),
-            SlotContent::Corrupt { moved_to, why } => {
-                let detail = format!("{why}; moved aside to {}", moved_to.display());
-                eprintln!(
-                    "session-reaper: corrupt {}: {detail}",
-                    guard.slot().record_path().display()
+        let path = guard.slot().record_path();
+        let view = guard.view();
+        let record = match &view {
+            SlotView::Empty => return Ok(None),
+            SlotView::Unreadable(unreadable) if unreadable.corrupt => {
+                let change = SlotChange::MoveAside {
+                    why: unreadable.why.clone(),
+                };
+                executor::apply(&self.store, guard, &change)?;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "session-reaper: {}: {}; moved aside",
+                    path.display(),
+                    unreadable.why
                 );
-                self.store
-                    .log
-                    .record(&self.event("corrupt", "moved_aside").detail(detail));
-                Ok(None)
+                return Ok(None);
             }
-            SlotContent::Broker(record)
-                if crate::record::is_other_host(&record.host, &proc::host_name()) =>
-            {
-                Err(bad_input(format!(
-                    "{}: the broker was recorded by host {:?}; it is left alone from here",
-                    guard.slot().record_path().display(),
-                    record.host
-                )))
+            SlotView::Unreadable(unreadable) => {
+                return Err(bad_input(format!(
+                    "{}: {}; the slot is left as it is",
+                    path.display(),
+                    unreadable.why
+                )));
             }
-            SlotContent::Broker(record) if proc::is_alive(&record.identity) => Ok(Some(record)),
-            SlotContent::Broker(record) => {
-                guard.clear()?;
-                self.store.log.record(
-                    &self.event("prune", "pruned").reason(&Reason::BrokerGone).pid(record.identity.pid).detail(
-                        "the recorded process no longer has its identity (exited, or the pid was reused)",
-                    ),
-                );
-                Ok(None)
-            }
+            SlotView::Broker(record) => record,
+        };
+        if crate::record::is_other_host(&record.host, &proc::host_name()) {
+            return Err(bad_input(format!(
+                "{}: the broker was recorded by host {:?}; it is left alone from here",
+                path.display(),
+                record.host
+            )));
         }
+        if proc::is_alive(&record.identity) {
+            return Ok(Some(record.clone()));
+        }
+        let change = SlotChange::Prune {
+            record: record.clone(),
+            reason: Reason::BrokerGone,
+        };
+        executor::apply(&self.store, guard, &change)?;
+        Ok(None)
     }
 
     /// Re-checks under the slot lock that the owner has not ended meanwhile (see DESIGN invariant 2).
@@ -268,10 +301,10 @@ fn spawn(
     owner: Option<&SessionId>,
     request: &SpawnRequest<'_>,
 ) -> anyhow::Result<Outcome> {
-    let guard = target.lock()?;
+    let guard = target.lock_for(owner)?;
     target.recheck_owner(owner)?;
     if let Some(record) = target.live_broker(&guard)? {
-        return join(target, &guard, record, owner);
+        return join(target, &guard, &record, owner);
     }
     let log = request
         .log
@@ -314,23 +347,15 @@ fn spawn(
 fn join(
     target: &SlotTarget,
     guard: &SlotGuard<'_>,
-    mut record: BrokerRecord,
+    record: &BrokerRecord,
     owner: Option<&SessionId>,
 ) -> anyhow::Result<Outcome> {
-    let now = clock::now_rfc3339();
-    let added = owner.is_some_and(|id| record.add_owner(id.as_str(), &now));
-    record.last_active = now;
-    guard.write(&record)?;
-    if added {
-        target.store.log.record(
-            &target
-                .event("owner_add", "added")
-                .session(owner.map(SessionId::as_str))
-                .pid(record.identity.pid)
-                .detail(format!("owners now {}", record.owner_ids().join(", "))),
-        );
+    let change =
+        decide::slot::add_owner(record, owner.map(SessionId::as_str), &clock::now_rfc3339());
+    executor::apply(&target.store, guard, &change)?;
+    if let Some(record) = change.record() {
+        print_record(record, true);
     }
-    print_record(&record, true);
     Ok(Outcome::Done)
 }
 
@@ -342,7 +367,7 @@ fn register(
     endpoint: Option<&str>,
 ) -> anyhow::Result<Outcome> {
     let pid = identity.pid;
-    let guard = target.lock()?;
+    let guard = target.lock_for(owner)?;
     target.recheck_owner(owner)?;
     if let Some(record) = target.live_broker(&guard)? {
         if record.identity != identity {
@@ -359,7 +384,7 @@ fn register(
             );
             return Ok(Outcome::Partial);
         }
-        return join(target, &guard, record, owner);
+        return join(target, &guard, &record, owner);
     }
     let record = target.new_record(Adopted {
         command: proc::cmdline(pid).unwrap_or_default(),
@@ -379,7 +404,7 @@ fn register(
 }
 
 fn attach(target: &SlotTarget, owner: &SessionId) -> anyhow::Result<Outcome> {
-    let guard = target.lock()?;
+    let guard = target.lock_for(Some(owner))?;
     target.recheck_owner(Some(owner))?;
     let Some(record) = target.live_broker(&guard)? else {
         eprintln!(
@@ -388,33 +413,28 @@ fn attach(target: &SlotTarget, owner: &SessionId) -> anyhow::Result<Outcome> {
         );
         return Ok(Outcome::Partial);
     };
-    join(target, &guard, record, Some(owner))
+    join(target, &guard, &record, Some(owner))
 }
 
 fn detach(target: &SlotTarget, owner: &SessionId) -> anyhow::Result<Outcome> {
+    let label = target.slot.label();
     let ticket = {
         let guard = target.lock()?;
-        let Some(mut record) = target.live_broker(&guard)? else {
-            println!(
-                "{} has no live broker; nothing to detach",
-                target.slot.label()
-            );
+        let Some(record) = target.live_broker(&guard)? else {
+            println!("{label} has no live broker; nothing to detach");
             return Ok(Outcome::Done);
         };
-        match crate::plan::remove_owner(&mut record, owner.as_str()) {
-            crate::plan::OwnerRemoval::NotOwner => {
-                println!(
-                    "{owner} is not an owner of {}; nothing changed",
-                    target.slot.label()
-                );
-                return Ok(Outcome::Done);
-            }
-            crate::plan::OwnerRemoval::OthersRemain => {
-                guard.write(&record)?;
-                target
-                    .store
-                    .log
-                    .record(&owner_removed(target, owner, &record));
+        let change = decide::slot::remove_owners(
+            &SlotView::Broker(record),
+            &[owner.as_str()],
+            Reason::Manual,
+            &proc::host_name(),
+            &label,
+        );
+        executor::apply(&target.store, &guard, &change)?;
+        match change {
+            SlotChange::HandOff { ticket, .. } => ticket,
+            SlotChange::Write { record, .. } => {
                 println!(
                     "{owner} detached; broker {} kept for {}",
                     record.identity.pid,
@@ -422,20 +442,9 @@ fn detach(target: &SlotTarget, owner: &SessionId) -> anyhow::Result<Outcome> {
                 );
                 return Ok(Outcome::Done);
             }
-            crate::plan::OwnerRemoval::LastOwnerGone => {
-                let ticket = stop::ticket_for(
-                    &record,
-                    Reason::Manual.as_str(),
-                    Some(owner.as_str()),
-                    &target.slot.label(),
-                );
-                target.store.tickets.file(&ticket)?;
-                guard.clear()?;
-                target
-                    .store
-                    .log
-                    .record(&owner_removed(target, owner, &record));
-                ticket
+            _ => {
+                println!("{owner} is not an owner of {label}; nothing changed");
+                return Ok(Outcome::Done);
             }
         }
     };
@@ -451,30 +460,24 @@ fn detach(target: &SlotTarget, owner: &SessionId) -> anyhow::Result<Outcome> {
 
 fn touch(target: &SlotTarget) -> anyhow::Result<Outcome> {
     let guard = target.lock()?;
-    let Some(mut record) = target.live_broker(&guard)? else {
-        eprintln!(
+    let Some(record) = target.live_broker(&guard)? else {
+        let _ = writeln!(
+            std::io::stderr(),
             "session-reaper: {} has no live broker to touch",
             target.slot.label()
         );
         return Ok(Outcome::Partial);
     };
-    record.last_active = clock::now_rfc3339();
-    guard.write(&record)?;
-    println!("{} last active {}", target.slot.label(), record.last_active);
+    let change = decide::slot::add_owner(&record, None, &clock::now_rfc3339());
+    executor::apply(&target.store, &guard, &change)?;
+    println!(
+        "{} last active {}",
+        target.slot.label(),
+        change
+            .record()
+            .map_or("", |record| record.last_active.as_str())
+    );
     Ok(Outcome::Done)
-}
-
-fn owner_removed(target: &SlotTarget, owner: &SessionId, record: &BrokerRecord) -> Event {
-    target
-        .event("owner_remove", "removed")
-        .reason(&Reason::Manual)
-        .session(Some(owner.as_str()))
-        .pid(record.identity.pid)
-        .detail(if record.owners.is_empty() {
-            "last owner: stopping".to_owned()
-        } else {
-            format!("owners now {}", record.owner_ids().join(", "))
-        })
 }
 
 fn print_record(record: &BrokerRecord, reused: bool) {

@@ -327,7 +327,7 @@ fn agent_process_check(store: &Store) -> Check {
 }
 
 fn tickets_check(store: &Store) -> Check {
-    let tickets = store.tickets.pending(&store.log);
+    let tickets = store.tickets.readable();
     let stuck: Vec<String> = tickets
         .iter()
         .filter(|t| t.attempts >= STUCK_AFTER && proc::is_alive(&t.identity))

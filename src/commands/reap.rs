@@ -19,7 +19,13 @@ use crate::teardown::{self, EndReport, Ending};
 const DRAIN_DEADLINE: Duration = Duration::from_secs(2);
 
 pub fn run(request: &ReapRequest, config: &Config) -> anyhow::Result<Outcome> {
-    let store = Store::open(&config.state_dir)?;
+    let Some(store) = Store::open_for(&config.state_dir, request.dry_run)? else {
+        println!(
+            "no state yet at {}: nothing to do",
+            config.state_dir.display()
+        );
+        return Ok(Outcome::Done);
+    };
     let all = request.target == ReapTarget::AllLive;
     let sessions = match &request.target {
         ReapTarget::Session(id) => vec![id.clone()],

@@ -8,10 +8,11 @@ use crate::error::Outcome;
 use crate::finisher;
 use crate::proc;
 use crate::record::{BrokerRecord, SessionRecord, StopTicket};
-use crate::slot::Slot;
+use crate::slot::{Slot, SlotView};
 use crate::state::StateRoot;
 use crate::stop::STUCK_AFTER;
 use crate::store::Store;
+use crate::ticket::TicketView;
 
 /// One slot as `status --json` shows it.
 #[derive(Debug, Serialize)]
@@ -48,68 +49,60 @@ pub struct TicketStatus {
     pub ticket: StopTicket,
 }
 
-/// Reads everything without taking any lock (each record file is replaced atomically).
+/// Reads everything without taking any lock (each record file is replaced atomically) and changes nothing.
 pub fn snapshot(store: &Store) -> Snapshot {
     let mut slots = Vec::new();
     let mut unreadable = Vec::new();
     for slot in Slot::all(&store.root) {
-        match slot.peek(&store.root) {
-            Some(record) => {
-                slots.push(SlotStatus {
-                    slot: slot.label(),
-                    alive: proc::is_alive(&record.identity),
-                    record,
-                });
-            }
-            None => {
-                if let Some(problem) = unreadable_record(store, &slot) {
-                    unreadable.push(Unreadable {
-                        slot: slot.label(),
-                        problem,
-                    });
-                }
-            }
+        match slot.view(&store.root) {
+            SlotView::Empty => {}
+            SlotView::Broker(record) => slots.push(SlotStatus {
+                slot: slot.label(),
+                alive: proc::is_alive(&record.identity),
+                record,
+            }),
+            SlotView::Unreadable(problem) => unreadable.push(Unreadable {
+                slot: slot.label(),
+                problem: problem.why,
+            }),
         }
     }
-    let tickets = store
-        .tickets
-        .pending(&store.log)
-        .into_iter()
-        .map(|ticket| {
-            let alive = proc::is_alive(&ticket.identity);
-            TicketStatus {
-                alive,
-                stuck: alive && ticket.attempts >= STUCK_AFTER,
-                ticket,
+    let mut tickets = Vec::new();
+    for (path, view) in store.tickets.scan() {
+        match view {
+            TicketView::Ticket(ticket) => {
+                let alive = proc::is_alive(&ticket.identity);
+                tickets.push(TicketStatus {
+                    alive,
+                    stuck: alive && ticket.attempts >= STUCK_AFTER,
+                    ticket,
+                });
             }
-        })
-        .collect();
+            TicketView::Unreadable(problem) => unreadable.push(Unreadable {
+                slot: path.to_string_lossy().into_owned(),
+                problem: problem.why,
+            }),
+        }
+    }
+    let (sessions, unreadable_sessions) = store.sessions.scan();
+    unreadable.extend(
+        unreadable_sessions
+            .into_iter()
+            .map(|(id, problem)| Unreadable {
+                slot: format!("session {id}"),
+                problem: problem.why,
+            }),
+    );
     Snapshot {
         state_dir: store.root.path().to_string_lossy().into_owned(),
         slots,
         unreadable,
         tickets,
-        sessions: store
-            .sessions
-            .all()
+        sessions: sessions
             .into_iter()
             .filter(|session| !session.is_ended())
             .collect(),
         finisher_running: finisher::is_running(store),
-    }
-}
-
-/// Why a slot's existing record did not read, if it exists and did not.
-fn unreadable_record(store: &Store, slot: &Slot) -> Option<String> {
-    let path = slot.record_path();
-    match store.root.read_file(&path) {
-        Ok(None) => None,
-        Err(err) => Some(format!("{err:#}")),
-        Ok(Some(bytes)) => match crate::record::parse::<BrokerRecord>(&bytes, &path) {
-            Ok(crate::record::Parsed::Record(_)) => None,
-            Ok(crate::record::Parsed::Corrupt(why)) => Some(format!("corrupt: {why}")),
-            Err(err) => Some(format!("{err:#}")),
-        },
     }
 }
 

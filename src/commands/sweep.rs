@@ -8,18 +8,20 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
+use crate::act::executor::{self, Mode};
 use crate::clock;
 use crate::config::{Config, SweepRequest};
+use crate::decide::{self, SlotChange, SlotFacts, SweepPolicy};
 use crate::error::Outcome;
 use crate::events::{Event, Reason};
 use crate::finisher;
 use crate::launch::{BROKER_MARKER, STATE_ROOT_MARKER};
 use crate::name::SessionId;
-use crate::plan::{self, SlotFacts, SlotVerdict};
+use crate::plan;
 use crate::proc;
 use crate::record::{BrokerRecord, Identity, SessionRecord, StopTicket};
 use crate::signal::Guard;
-use crate::slot::{LOCK_WAIT, Slot, SlotContent};
+use crate::slot::{LOCK_WAIT, Slot, SlotView};
 use crate::stop::{self, StopOutcome, StopReport};
 use crate::store::Store;
 use crate::teardown::{self, Ending};
@@ -68,7 +70,13 @@ struct Sweep<'a> {
 
 pub fn run(args: &SweepRequest, config: &Config) -> anyhow::Result<Outcome> {
     let idle_ttl = args.idle_ttl;
-    let store = Store::open(&config.state_dir)?;
+    let Some(store) = Store::open_for(&config.state_dir, args.dry_run)? else {
+        println!(
+            "no state yet at {}: nothing to do",
+            config.state_dir.display()
+        );
+        return Ok(Outcome::Done);
+    };
     let policy = Policy {
         idle_ttl_secs: idle_ttl.as_secs(),
         retention_secs: args.retention.as_secs(),
@@ -186,128 +194,90 @@ impl Sweep<'_> {
         }
     }
 
-    /// Per slot, under its lock: drop owners whose session has ended, then prune, stop for idleness, or keep.
+    /// Per slot, under its lock: drop owners whose session has ended, then prune, stop for idleness, or keep —
+    /// one decided change a slot, the same in a dry run. Owners left in a slot whose live session does not index
+    /// it (records of older versions) are indexed afterwards, each under its own session lock.
     fn judge_slots(&mut self, sessions: &[SessionRecord], idle_ttl: Duration) {
-        let now = SystemTime::now();
+        let policy = SweepPolicy {
+            now: SystemTime::now(),
+            default_ttl: idle_ttl,
+            retention: Duration::from_secs(self.policy.retention_secs),
+        };
+        let ended = |session: &str| {
+            sessions
+                .iter()
+                .any(|record| record.session_id == session && record.is_ended())
+        };
+        let mode = Mode::dry(self.policy.dry_run);
+        let mut unindexed: Vec<(String, String)> = Vec::new();
         for slot in Slot::all(&self.store.root) {
-            if self.policy.dry_run {
-                if let Some(record) = slot.peek(&self.store.root) {
-                    let mut record = record;
-                    let ended = drop_ended_owners(&mut record, sessions);
-                    self.judge_one(&slot, &record, &ended, sessions, now, idle_ttl, None);
+            let label = slot.label();
+            let decided = executor::update_slot(
+                self.store,
+                &slot,
+                Instant::now() + LOCK_WAIT,
+                mode,
+                |view| {
+                    let facts = view
+                        .broker()
+                        .map_or(NO_FACTS, |record| observe_slot(record, sessions));
+                    decide::slot::sweep(view, facts, ended, &policy, (&self.host, &label))
+                },
+            );
+            match decided {
+                Ok(change) => {
+                    unindexed.extend(unindexed_owners(&change, &slot, sessions));
+                    self.note(&label, change);
                 }
-                continue;
+                Err(err) => self.problems.push(format!("{label}: {err:#}")),
             }
-            let guard = match slot.lock(&self.store.root, LOCK_WAIT) {
-                Ok(guard) => guard,
-                Err(err) => {
-                    self.problems.push(format!("{}: {err:#}", slot.label()));
-                    continue;
-                }
-            };
-            match guard.read() {
-                Ok(SlotContent::Broker(mut record)) => {
-                    let ended = drop_ended_owners(&mut record, sessions);
-                    self.judge_one(
-                        &slot,
-                        &record,
-                        &ended,
-                        sessions,
-                        now,
-                        idle_ttl,
-                        Some(&guard),
-                    );
-                }
-                Ok(SlotContent::Empty) => {
-                    let keep = Duration::from_secs(self.policy.retention_secs);
-                    if matches!(guard.remove_if_empty(keep), Ok(true)) {
-                        self.act("clean", None, slot.label(), None, "remove empty slot");
-                    }
-                }
-                Ok(SlotContent::Corrupt { moved_to, why }) => {
-                    let detail = format!("{why}; moved aside to {}", moved_to.display());
-                    self.store
-                        .log
-                        .record(&Event::new("corrupt", "moved_aside").detail(detail.clone()));
+        }
+        if mode == Mode::Apply {
+            for (session, label) in unindexed {
+                if let Ok(id) = SessionId::parse(&session)
+                    && let Err(err) = self.store.sessions.index_slot(&id, &label, LOCK_WAIT)
+                {
                     self.problems
-                        .push(format!("{}: corrupt broker.json: {detail}", slot.label()));
+                        .push(format!("indexing {label} for {session}: {err:#}"));
                 }
-                Err(err) => self.problems.push(format!("{}: {err:#}", slot.label())),
             }
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn judge_one(
-        &mut self,
-        slot: &Slot,
-        record: &BrokerRecord,
-        ended_owners: &[String],
-        sessions: &[SessionRecord],
-        now: SystemTime,
-        idle_ttl: Duration,
-        guard: Option<&crate::slot::SlotGuard<'_>>,
-    ) {
-        let foreign_host = crate::record::is_other_host(&record.host, &self.host);
-        let facts = SlotFacts {
-            alive: proc::is_alive(&record.identity),
-            foreign_host,
-            earlier_boot: !foreign_host && record.identity.boot_id != proc::boot_id(),
-            owner_alive: record
-                .owners
-                .iter()
-                .any(|owner| owner_alive(&owner.session, sessions)),
-        };
-        let mut verdict = plan::judge_slot(record, facts, now, idle_ttl);
-        // The last owners' sessions have ended (their SessionEnd could not reach this slot): finish that end.
-        if verdict == SlotVerdict::Keep
-            && !ended_owners.is_empty()
-            && record.owners.is_empty()
-            && !foreign_host
-        {
-            verdict = SlotVerdict::Stop(Reason::SessionEnd);
-        }
-        let pid = Some(record.identity.pid);
-        let result = match verdict {
-            SlotVerdict::Keep if ended_owners.is_empty() => return,
-            SlotVerdict::Keep => {
+    /// Adds a slot's decided change to the report.
+    fn note(&mut self, label: &str, change: SlotChange) {
+        let pid = change.record().map(|record| record.identity.pid);
+        match change {
+            SlotChange::Keep => {}
+            SlotChange::LeaveAlone { why } => self.problems.push(format!("{label}: {why}")),
+            SlotChange::MoveAside { why } => {
                 self.act(
-                    "owner_remove",
-                    Some(Reason::SessionEnd),
-                    slot.label(),
-                    pid,
-                    "remove ended owners",
+                    "clean",
+                    None,
+                    label.to_owned(),
+                    None,
+                    "move aside corrupt broker.json",
                 );
-                guard.map(|guard| guard.write(record))
+                self.problems
+                    .push(format!("{label}: corrupt broker.json: {why}"));
             }
-            SlotVerdict::Prune(reason) => {
-                self.act("prune", Some(reason), slot.label(), pid, "prune");
-                guard.map(|guard| {
-                    guard.clear()?;
-                    self.store.log.record(
-                        &Event::new("prune", "pruned")
-                            .reason(&reason)
-                            .slot(&record.workspace, &record.name)
-                            .pid(record.identity.pid),
-                    );
-                    Ok(())
-                })
+            SlotChange::RemoveEmpty { .. } => {
+                self.act("clean", None, label.to_owned(), None, "remove empty slot");
             }
-            SlotVerdict::Stop(reason) => {
-                self.act("stop", Some(reason), slot.label(), pid, "stop");
-                let ticket = stop::ticket_for(record, reason.as_str(), None, &slot.label());
-                let filed = guard.map(|guard| {
-                    self.store
-                        .tickets
-                        .file(&ticket)
-                        .and_then(|()| guard.clear())
-                });
+            SlotChange::Write { reason, .. } => self.act(
+                "owner_remove",
+                reason,
+                label.to_owned(),
+                pid,
+                "remove ended owners",
+            ),
+            SlotChange::Prune { reason, .. } => {
+                self.act("prune", Some(reason), label.to_owned(), pid, "prune");
+            }
+            SlotChange::HandOff { reason, ticket, .. } => {
+                self.act("stop", Some(reason), label.to_owned(), pid, "stop");
                 self.tickets.push(ticket);
-                filed
             }
-        };
-        if let Some(Err(err)) = result {
-            self.problems.push(format!("{}: {err:#}", slot.label()));
         }
     }
 
@@ -315,14 +285,28 @@ impl Sweep<'_> {
     /// lost or corrupted). A process in the group of a recorded broker is that broker's child, not unrecorded.
     fn stop_unrecorded(&mut self, snapshot: &[(i32, Vec<String>)]) {
         let root = self.store.root.path().to_string_lossy().into_owned();
-        let known: Vec<(Identity, Option<i32>)> = Slot::all(&self.store.root)
+        let views: Vec<(Slot, SlotView)> = Slot::all(&self.store.root)
+            .into_iter()
+            .map(|slot| {
+                let view = slot.view(&self.store.root);
+                (slot, view)
+            })
+            .collect();
+        // A slot whose record exists but cannot be read still knows its broker: whatever its marker names there is
+        // not unrecorded.
+        let occupied: HashSet<String> = views
             .iter()
-            .filter_map(|slot| slot.peek(&self.store.root))
-            .map(|record| (record.identity, record.pgid))
+            .filter(|(_, view)| matches!(view, SlotView::Unreadable(_)))
+            .map(|(slot, _)| slot.dir().to_string_lossy().into_owned())
+            .collect();
+        let known: Vec<(Identity, Option<i32>)> = views
+            .iter()
+            .filter_map(|(_, view)| view.broker())
+            .map(|record| (record.identity.clone(), record.pgid))
             .chain(
                 self.store
                     .tickets
-                    .pending(&self.store.log)
+                    .readable()
                     .into_iter()
                     .map(|t| (t.identity, t.pgid)),
             )
@@ -356,6 +340,9 @@ impl Sweep<'_> {
                 .ok()
                 .flatten()
                 .unwrap_or_default();
+            if self.marks_occupied(&marker, &occupied) {
+                continue;
+            }
             // The slot may be mid-spawn (child started, record not yet written): its lock says so.
             if !self.policy.dry_run && self.being_recorded(&identity, &marker) {
                 continue;
@@ -390,6 +377,18 @@ impl Sweep<'_> {
         }
     }
 
+    /// True when the slot a marker (`<workspace>/<name>`) names holds a record that cannot be read.
+    fn marks_occupied(&self, marker: &str, occupied: &HashSet<String>) -> bool {
+        let Some((workspace, name)) = marker.rsplit_once('/') else {
+            return false;
+        };
+        let Ok(name) = crate::name::SlotName::parse(name) else {
+            return false;
+        };
+        let slot = Slot::of(&self.store.root, std::path::Path::new(workspace), &name);
+        occupied.contains(slot.dir().to_string_lossy().as_ref())
+    }
+
     /// Takes the lock of the slot a marker names and re-reads it: true when the record now names this process.
     fn being_recorded(&self, identity: &Identity, marker: &str) -> bool {
         let Some((workspace, name)) = marker.rsplit_once('/') else {
@@ -405,7 +404,7 @@ impl Sweep<'_> {
         let Ok(guard) = slot.lock(&self.store.root, LOCK_WAIT) else {
             return true;
         };
-        matches!(guard.read(), Ok(SlotContent::Broker(record)) if &record.identity == identity)
+        matches!(guard.view(), SlotView::Broker(record) if &record.identity == identity)
     }
 
     fn report_duplicate_writers(
@@ -471,7 +470,7 @@ impl Sweep<'_> {
     /// Runs this sweep's tickets and every pending one (overdue ones escalate to SIGKILL); hands on the rest.
     fn drive_tickets(&mut self) -> anyhow::Result<Vec<StopReport>> {
         if self.policy.dry_run {
-            let pending = self.store.tickets.pending(&self.store.log);
+            let pending = self.store.tickets.readable();
             for ticket in pending {
                 self.act(
                     "escalate",
@@ -531,22 +530,25 @@ fn past_tense(verb: &str) -> String {
     }
 }
 
-/// Removes owners whose session has ended; returns them.
-fn drop_ended_owners(record: &mut BrokerRecord, sessions: &[SessionRecord]) -> Vec<String> {
-    let ended: Vec<String> = record
-        .owners
-        .iter()
-        .filter(|owner| {
-            sessions
-                .iter()
-                .any(|s| s.session_id == owner.session && s.is_ended())
-        })
-        .map(|owner| owner.session.clone())
-        .collect();
-    for session in &ended {
-        record.remove_owner(session);
+/// Facts for an empty or unreadable slot, which no decision reads.
+const NO_FACTS: SlotFacts = SlotFacts {
+    alive: false,
+    earlier_boot: false,
+    owner_alive: false,
+};
+
+/// What the process table says of a slot's broker and its owners.
+fn observe_slot(record: &BrokerRecord, sessions: &[SessionRecord]) -> SlotFacts {
+    let host = proc::host_name();
+    let foreign = crate::record::is_other_host(&record.host, &host);
+    SlotFacts {
+        alive: proc::is_alive(&record.identity),
+        earlier_boot: !foreign && record.identity.boot_id != proc::boot_id(),
+        owner_alive: record
+            .owners
+            .iter()
+            .any(|owner| owner_alive(&owner.session, sessions)),
     }
-    ended
 }
 
 /// An owner is known to be alive when its session is live and its recorded agent process still runs. An owner
@@ -558,6 +560,38 @@ fn owner_alive(session: &str, sessions: &[SessionRecord]) -> bool {
         Some(record) if record.is_ended() => false,
         Some(record) => record.agent_identity.as_ref().is_some_and(proc::is_alive),
     }
+}
+
+/// Owners that stay in the slot after `change` whose live session does not index it: the repair the sweep makes
+/// for records of older versions (and for an index entry lost to a crash).
+fn unindexed_owners(
+    change: &SlotChange,
+    slot: &Slot,
+    sessions: &[SessionRecord],
+) -> Vec<(String, String)> {
+    let record = match change {
+        SlotChange::Keep | SlotChange::Write { .. } => change.record(),
+        _ => None,
+    };
+    let Some(record) = record.or(None) else {
+        return Vec::new();
+    };
+    let label = slot.label();
+    record
+        .owners
+        .iter()
+        .filter(|owner| {
+            sessions.iter().any(|session| {
+                session.session_id == owner.session
+                    && !session.is_ended()
+                    && session
+                        .slots
+                        .as_ref()
+                        .is_some_and(|slots| !slots.contains(&label))
+            })
+        })
+        .map(|owner| (owner.session.clone(), label.clone()))
+        .collect()
 }
 
 fn print_human(report: &SweepReport) {
