@@ -91,8 +91,16 @@ impl Payload {
         // Snake case, else camel case: `transcript_path` or `transcriptPath`.
         let field = |snake: &str| text(snake).or_else(|| text(&camel_case(snake)));
         let first_of = |names: Vec<&'static str>| names.into_iter().find_map(text);
-        let session = first_of(agents::payload_fields(agent, |spec| spec.session_fields))
-            .map(|id| SessionId::parse(&id).map_err(|err| bad_input(format!("hook payload: {err}"))))
+        let session_key = agents::payload_fields(agent, |spec| spec.session_fields)
+            .into_iter()
+            .find(|key| object.get(*key).is_some_and(|value| !value.is_null()));
+        let session = session_key
+            .map(|key| {
+                let id = text(key).ok_or_else(|| {
+                    bad_input(format!("hook payload: expected a non-empty string {key:?}"))
+                })?;
+                SessionId::parse(&id).map_err(|err| bad_input(format!("hook payload: {err}")))
+            })
             .transpose()?;
         Ok(Payload {
             session,

@@ -374,3 +374,181 @@ pub fn advisories(spec: &AgentSpec, settings: &Value) -> Vec<String> {
     }
     notes
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agents::{AGENTS, Agent};
+    use proptest::prelude::*;
+
+    const BIN: &str = "/usr/local/bin/session-reaper";
+
+    fn command(spec: &AgentSpec) -> String {
+        hook_command(spec, BIN, None)
+    }
+
+    #[test]
+    fn commands_are_quoted_and_recognised() {
+        let claude = Agent::Claude.spec();
+        assert_eq!(hook_command(claude, "/a b/session-reaper", Some("/s t")), "'/a b/session-reaper' hook --agent claude --state-dir '/s t'");
+        for line in [
+            "/usr/bin/session-reaper hook --agent claude",
+            "session-reaper hook",
+            "'/home/a b/bin/session-reaper' hook --agent gemini",
+            "\"${CLAUDE_PLUGIN_ROOT}/bin/session-reaper\" hook --agent claude",
+            r"/opt/my\ tools/session-reaper hook",
+            &hook_command(claude, "/o'neil/session-reaper", None),
+        ] {
+            assert!(is_our_command(line), "{line}");
+        }
+        for line in ["session-reaper sweep", "session-reaper", "/usr/bin/session-reaper-old hook", "echo session-reaper hook", "'session-reaper hook'", ""] {
+            assert!(!is_our_command(line), "{line}");
+        }
+    }
+
+    #[test]
+    fn wrong_shapes_are_refused_untouched() {
+        for case in [json!([]), json!({ "hooks": [] }), json!({ "hooks": null }), json!({ "hooks": { "SessionStart": {} } })] {
+            let mut value = case.clone();
+            let err = merge_entries(&mut value, Agent::Claude.spec(), BIN).expect_err("refused");
+            assert!(err.downcast_ref::<BadInput>().is_some(), "{case}: {err}");
+            assert_eq!(value, case);
+        }
+        let mut value = json!({ "hooks": 3 });
+        assert_eq!(remove_entries(&mut value, Agent::Claude.spec()).unwrap_err().to_string(), "\"hooks\" must be an object, found a number");
+    }
+
+    #[test]
+    fn an_old_binary_path_is_replaced_in_place_and_duplicates_collapse() {
+        let spec = Agent::Claude.spec();
+        let mut value = json!({ "hooks": { "SessionStart": [
+            { "hooks": [ { "type": "command", "command": "other.sh" } ] },
+            { "matcher": "startup", "hooks": [ { "type": "command", "command": "/old/session-reaper hook --agent claude", "timeout": 30 } ] },
+            { "hooks": [ { "type": "command", "command": "/older/session-reaper hook --agent claude" } ] }
+        ] } });
+        let changes = merge_entries(&mut value, spec, &command(spec)).unwrap();
+        let start = value["hooks"]["SessionStart"].as_array().unwrap();
+        assert_eq!(start.len(), 2);
+        assert_eq!(start[1]["hooks"][0], json!({ "type": "command", "command": command(spec), "timeout": 30 }), "a tuned timeout is kept");
+        assert!(matches!(&changes[0], Change::Replaced { old_command, .. } if old_command == "/old/session-reaper hook --agent claude"));
+        assert!(matches!(&changes[1], Change::Removed { .. }));
+    }
+
+    #[test]
+    fn ready_made_files_match_the_installer() {
+        let files = [
+            (Agent::Claude, include_str!("../../hooks/claude-code/settings.json")),
+            (Agent::Gemini, include_str!("../../hooks/gemini-cli/settings.json")),
+            (Agent::Qwen, include_str!("../../hooks/qwen-code/settings.json")),
+            (Agent::Codex, include_str!("../../hooks/codex/hooks.json")),
+            (Agent::Cursor, include_str!("../../hooks/cursor/hooks.json")),
+            (Agent::Copilot, include_str!("../../hooks/copilot-cli/session-reaper.json")),
+            (Agent::Droid, include_str!("../../hooks/factory-droid/hooks.json")),
+            (Agent::Goose, include_str!("../../hooks/goose/session-reaper/hooks/hooks.json")),
+        ];
+        assert_eq!(files.len(), AGENTS.len(), "a ready-made file per agent");
+        for (agent, text) in files {
+            let spec = agent.spec();
+            let file: Value = serde_json::from_str(text).unwrap();
+            let mut expected = json!({});
+            merge_entries(&mut expected, spec, &hook_command(spec, PROGRAM, None)).unwrap();
+            assert_eq!(file, expected, "{agent}");
+        }
+        assert_eq!(
+            include_str!("../../hooks/goose/session-reaper/plugin.json"),
+            Agent::Goose.spec().companion.unwrap().1
+        );
+        let plugin: Value = serde_json::from_str(include_str!("../../hooks/claude-code/hooks.json")).unwrap();
+        assert!(all_commands(&plugin).iter().all(|command| is_our_command(command)));
+    }
+
+    fn json_leaf() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            "[a-z ]{0,8}".prop_map(Value::from),
+        ]
+    }
+
+    fn json_any() -> impl Strategy<Value = Value> {
+        json_leaf().prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::vec(("[a-z]{1,6}", inner), 0..4).prop_map(|pairs| Value::Object(pairs.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// An entry that is not ours, in `spec`'s shape.
+    fn foreign(spec: &'static AgentSpec) -> impl Strategy<Value = Value> {
+        ("[a-z/ .'\"-]{0,24}", prop::option::of(0u64..100_000)).prop_filter_map("not ours", move |(command, timeout)| {
+            (!is_our_command(&command)).then(|| {
+                let mut entry = Map::new();
+                entry.insert(spec.command_key.into(), json!(command));
+                if let Some(timeout) = timeout {
+                    entry.insert(spec.timeout_field.into(), json!(timeout));
+                }
+                match spec.layout {
+                    Layout::Flat => Value::Object(entry),
+                    Layout::Grouped => json!({ "hooks": [Value::Object(entry)] }),
+                }
+            })
+        })
+    }
+
+    fn document(spec: &'static AgentSpec) -> impl Strategy<Value = Value> {
+        let event = prop_oneof![Just(spec.start_event.to_owned()), Just(spec.end_event.unwrap_or("x").to_owned()), "[A-Z][a-z]{0,6}"];
+        let hooks = prop::collection::vec((event, prop::collection::vec(foreign(spec), 1..3).prop_map(Value::Array)), 0..4)
+            .prop_map(|events| Value::Object(events.into_iter().collect()));
+        (prop::collection::vec(("[a-z]{1,8}", json_any()), 0..4), prop::option::of(hooks)).prop_map(|(pairs, hooks)| {
+            let mut root: Map<String, Value> = pairs.into_iter().filter(|(key, _)| key != "hooks" && key != "version").collect();
+            if let Some(hooks) = hooks {
+                root.insert("hooks".into(), hooks);
+            }
+            Value::Object(root)
+        })
+    }
+
+    fn any_agent_document() -> impl Strategy<Value = (&'static AgentSpec, Value)> {
+        prop::sample::select(AGENTS.iter().collect::<Vec<_>>()).prop_flat_map(|spec| (Just(spec), document(spec)))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Install then uninstall gives the original back (an empty `hooks` object aside, which cannot be told from
+        /// none), twice equals once, and the syntax-tree edit writes text whose value is the merged one.
+        #[test]
+        fn install_then_uninstall_round_trips((spec, original) in any_agent_document()) {
+            let mut value = original.clone();
+            let added = merge_entries(&mut value, spec, &command(spec)).unwrap();
+            prop_assert!(added.iter().all(|change| matches!(change, Change::Added { .. })), "{:?}", added);
+            let mut twice = value.clone();
+            merge_entries(&mut twice, spec, "/elsewhere/session-reaper hook --agent x").unwrap();
+            merge_entries(&mut twice, spec, &command(spec)).unwrap();
+            prop_assert_eq!(&twice, &value);
+
+            let text = serde_json::to_string_pretty(&original).unwrap();
+            let (parsed, _) = crate::settings::file::parse(spec, &text, std::path::Path::new("x")).unwrap();
+            let loaded_text = crate::settings::file::edited_text(&loaded(spec, &text), &value);
+            let (reparsed, _) = crate::settings::file::parse(spec, &loaded_text, std::path::Path::new("x")).unwrap();
+            prop_assert_eq!(&parsed, &original);
+            prop_assert_eq!(&reparsed, &value, "{}", loaded_text);
+
+            remove_entries(&mut value, spec).unwrap();
+            let mut expected = original.clone();
+            if expected.get("hooks").is_some_and(|hooks| hooks.as_object().is_some_and(Map::is_empty)) {
+                expected.as_object_mut().unwrap().remove("hooks");
+            }
+            prop_assert_eq!(value.to_string(), expected.to_string());
+        }
+    }
+
+    fn loaded(spec: &AgentSpec, text: &str) -> crate::settings::file::Loaded {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.json");
+        std::fs::write(&path, text).unwrap();
+        crate::settings::file::load(spec, &path, &path).unwrap().unwrap()
+    }
+}
