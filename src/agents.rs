@@ -15,9 +15,18 @@ use serde_json::Value;
 
 /// A coding agent whose hooks can call us. The one enum: clap parses it (`--agent claude`), serde writes it.
 #[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
 )]
-#[derive(clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Agent {
     Claude,
@@ -118,7 +127,8 @@ pub struct ShellForm {
     pub flag: &'static str,
 }
 
-/// One agent's every fact.
+/// One agent's every fact. (Its booleans are independent facts about an agent, not states of one machine.)
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Debug)]
 pub struct AgentSpec {
     pub agent: Agent,
@@ -297,7 +307,11 @@ pub static AGENTS: &[AgentSpec] = &[
         end_timeout_cap: None,
         entry_extras: &[],
         transcript_needle: Some("/.qwen/"),
-        env_markers: &["QWEN_CODE_SESSION_ID", "QWEN_CODE_LAUNCHER_PID", "QWEN_CODE"],
+        env_markers: &[
+            "QWEN_CODE_SESSION_ID",
+            "QWEN_CODE_LAUNCHER_PID",
+            "QWEN_CODE",
+        ],
         session_vars: &["QWEN_CODE_SESSION_ID"],
         env_file_var: None,
         executables: &["qwen"],
@@ -546,7 +560,10 @@ impl AgentSpec {
     }
 
     /// The user's settings file, honouring the agent's own override variable; `None` without a home directory.
-    pub fn user_settings(&self, env: &dyn Fn(&str) -> Option<std::ffi::OsString>) -> Option<PathBuf> {
+    pub fn user_settings(
+        &self,
+        env: &dyn Fn(&str) -> Option<std::ffi::OsString>,
+    ) -> Option<PathBuf> {
         let nonempty = |name: &str| env(name).filter(|v| !v.is_empty()).map(PathBuf::from);
         match self.config_dir_override {
             ConfigDirOverride::Dir(name) => {
@@ -570,7 +587,9 @@ impl AgentSpec {
         argv.first()
             .is_some_and(|argv0| self.executables.contains(&base(argv0).as_str()))
             || argv.iter().skip(1).take(2).any(|arg| {
-                self.script_needles.iter().any(|needle| arg.contains(needle))
+                self.script_needles
+                    .iter()
+                    .any(|needle| arg.contains(needle))
                     || (base(arg) != "node" && self.executables.contains(&base(arg).as_str()))
             })
     }
@@ -598,7 +617,9 @@ pub fn payload_fields(
     agent: Option<Agent>,
     fields: impl Fn(&AgentSpec) -> &'static [&'static str],
 ) -> Vec<&'static str> {
-    let mut names: Vec<&'static str> = agent.map(|agent| fields(agent.spec()).to_vec()).unwrap_or_default();
+    let mut names: Vec<&'static str> = agent
+        .map(|agent| fields(agent.spec()).to_vec())
+        .unwrap_or_default();
     for spec in AGENTS {
         for name in fields(spec) {
             if !names.contains(name) {
@@ -634,7 +655,9 @@ pub fn agent_from_payload_keys(has: &dyn Fn(&str) -> bool) -> Option<Agent> {
 pub fn host_running_hooks_of(flagged: Agent, has: &dyn Fn(&str) -> bool) -> Option<Agent> {
     AGENTS
         .iter()
-        .find(|spec| spec.also_runs.contains(&flagged) && spec.env_markers.iter().any(|name| has(name)))
+        .find(|spec| {
+            spec.also_runs.contains(&flagged) && spec.env_markers.iter().any(|name| has(name))
+        })
         .map(|spec| spec.agent)
 }
 
@@ -642,7 +665,10 @@ pub fn host_running_hooks_of(flagged: Agent, has: &dyn Fn(&str) -> bool) -> Opti
 pub fn agent_from_transcript(path: &str) -> Option<Agent> {
     AGENTS
         .iter()
-        .find(|spec| spec.transcript_needle.is_some_and(|needle| path.contains(needle)))
+        .find(|spec| {
+            spec.transcript_needle
+                .is_some_and(|needle| path.contains(needle))
+        })
         .map(|spec| spec.agent)
 }
 
@@ -661,7 +687,11 @@ pub const OWN_SESSION_VAR: &str = "SESSION_REAPER_SESSION_ID";
 /// its owner, and what a process that outlives its session must not carry.
 pub fn session_variables() -> Vec<&'static str> {
     std::iter::once(OWN_SESSION_VAR)
-        .chain(AGENTS.iter().flat_map(|spec| spec.session_vars.iter().copied()))
+        .chain(
+            AGENTS
+                .iter()
+                .flat_map(|spec| spec.session_vars.iter().copied()),
+        )
         .collect()
 }
 
@@ -671,9 +701,9 @@ pub fn is_session_marker(name: &str) -> bool {
     name.starts_with("CLAUDECODE")
         || name.starts_with("CLAUDE_CODE_")
         || session_variables().contains(&name)
-        || AGENTS.iter().any(|spec| {
-            spec.env_markers.contains(&name) || spec.env_file_var == Some(name)
-        })
+        || AGENTS
+            .iter()
+            .any(|spec| spec.env_markers.contains(&name) || spec.env_file_var == Some(name))
 }
 
 /// Converts a timeout in an agent's unit to milliseconds.
@@ -707,15 +737,28 @@ mod tests {
     fn agent_processes_are_recognised() {
         let argv = |words: &[&str]| words.iter().map(|w| (*w).to_owned()).collect::<Vec<_>>();
         assert_eq!(
-            agent_of_process(&argv(&["/usr/bin/node", "--expose-gc", "/x/node_modules/@qwen-code/qwen-code/cli.js"])),
+            agent_of_process(&argv(&[
+                "/usr/bin/node",
+                "--expose-gc",
+                "/x/node_modules/@qwen-code/qwen-code/cli.js"
+            ])),
             Some(Agent::Qwen)
         );
         assert_eq!(
-            agent_of_process(&argv(&["/x/vendor/x86_64-unknown-linux-musl/bin/codex", "exec"])),
+            agent_of_process(&argv(&[
+                "/x/vendor/x86_64-unknown-linux-musl/bin/codex",
+                "exec"
+            ])),
             Some(Agent::Codex)
         );
-        assert_eq!(agent_of_process(&argv(&["claude", "-p"])), Some(Agent::Claude));
-        assert_eq!(agent_of_process(&argv(&["node", "/usr/local/bin/gemini"])), Some(Agent::Gemini));
+        assert_eq!(
+            agent_of_process(&argv(&["claude", "-p"])),
+            Some(Agent::Claude)
+        );
+        assert_eq!(
+            agent_of_process(&argv(&["node", "/usr/local/bin/gemini"])),
+            Some(Agent::Gemini)
+        );
         assert_eq!(agent_of_process(&argv(&["sleep", "600"])), None);
         assert_eq!(agent_of_process(&argv(&["python3", "fake_agent.py"])), None);
     }
@@ -748,6 +791,9 @@ mod tests {
             copilot,
             serde_json::json!({"type": "command", "bash": "x --event sessionStart", "timeoutSec": 5})
         );
-        assert_eq!(Agent::Gemini.spec().entry("SessionStart", "x")["name"], "session-reaper");
+        assert_eq!(
+            Agent::Gemini.spec().entry("SessionStart", "x")["name"],
+            "session-reaper"
+        );
     }
 }

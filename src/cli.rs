@@ -9,8 +9,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::agents::Agent;
-use crate::settings::Scope;
 use crate::clock::parse_duration;
+use crate::settings::Scope;
 
 /// Keeps coding-agent sessions from leaking helper processes ("brokers").
 ///
@@ -134,10 +134,12 @@ fn agent_choice(text: &str) -> Result<AgentChoice, String> {
     if text == "auto" {
         return Ok(AgentChoice(None));
     }
-    <Agent as ValueEnum>::from_str(text, false).map(|agent| AgentChoice(Some(agent))).map_err(|_| {
-        let names: Vec<&str> = Agent::all().map(Agent::as_str).collect();
-        format!("expected auto or one of {}", names.join(", "))
-    })
+    <Agent as ValueEnum>::from_str(text, false)
+        .map(|agent| AgentChoice(Some(agent)))
+        .map_err(|_| {
+            let names: Vec<&str> = Agent::all().map(Agent::as_str).collect();
+            format!("expected auto or one of {}", names.join(", "))
+        })
 }
 
 /// Which slot: a workspace (by any directory inside it) and a broker name.

@@ -14,11 +14,11 @@ use crate::cli::{
 use crate::commands::log::Filter;
 use crate::error::bad_input;
 use crate::events::Reason;
-use crate::settings::{Operation, Scope};
 use crate::name::{SessionId, SlotName};
 use crate::proc;
 use crate::record::Shutdown;
 use crate::sessions::Sessions;
+use crate::settings::{Operation, Scope};
 use crate::workspace;
 
 /// Settings every command shares.

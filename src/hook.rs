@@ -164,13 +164,22 @@ impl HookEvent {
 /// The agent behind a payload: `--agent` (unless the environment shows an agent that runs that agent's hook files,
 /// as Cursor and Copilot run Claude's: the session is then theirs), else the payload's own field names, else where
 /// its transcript lives, else the environment's markers.
-pub fn detect_agent(flag: Option<Agent>, payload: &Payload, has: &dyn Fn(&str) -> bool) -> Option<Agent> {
+pub fn detect_agent(
+    flag: Option<Agent>,
+    payload: &Payload,
+    has: &dyn Fn(&str) -> bool,
+) -> Option<Agent> {
     if let Some(flag) = flag {
         return Some(agents::host_running_hooks_of(flag, has).unwrap_or(flag));
     }
     payload
         .shaped_like
-        .or_else(|| payload.transcript_path.as_deref().and_then(agents::agent_from_transcript))
+        .or_else(|| {
+            payload
+                .transcript_path
+                .as_deref()
+                .and_then(agents::agent_from_transcript)
+        })
         .or_else(|| agents::agent_from_env(has))
 }
 
@@ -243,25 +252,33 @@ struct Hooked<'a> {
 /// commands through the agent's env file. A session already recorded under another agent (Cursor or Copilot running
 /// Claude's hook files as well as their own) stays that agent's: the second start is logged, not re-keyed.
 fn session_start(store: &Store, hooked: &Hooked) -> anyhow::Result<()> {
-    let (before, record) = store
-        .sessions
-        .update(&hooked.session, Duration::from_millis(300), |current| {
-            Ok(Some(refreshed(current.cloned(), hooked, true)))
-        })?;
+    let (before, record) =
+        store
+            .sessions
+            .update(&hooked.session, Duration::from_millis(300), |current| {
+                Ok(Some(refreshed(current.cloned(), hooked, true)))
+            })?;
     let first_agent = before.map(|record| record.agent);
     let agent = hooked.agent.map_or("unknown", Agent::as_str);
     let again = first_agent.filter(|first| !first.is_empty() && first != agent);
     store.log.record(
-        &Event::new("session_start", if again.is_some() { "duplicate" } else { "recorded" })
-            .session(Some(hooked.session.as_str()))
-            .detail(match &again {
-                Some(first) => format!("reached again through {agent}'s hooks; kept as agent {first}"),
-                None => format!(
-                    "agent {agent} pid {} source {}",
-                    record.and_then(|r| r.agent_identity).map_or(0, |id| id.pid),
-                    hooked.payload.source.as_deref().unwrap_or("-")
-                ),
-            }),
+        &Event::new(
+            "session_start",
+            if again.is_some() {
+                "duplicate"
+            } else {
+                "recorded"
+            },
+        )
+        .session(Some(hooked.session.as_str()))
+        .detail(match &again {
+            Some(first) => format!("reached again through {agent}'s hooks; kept as agent {first}"),
+            None => format!(
+                "agent {agent} pid {} source {}",
+                record.and_then(|r| r.agent_identity).map_or(0, |id| id.pid),
+                hooked.payload.source.as_deref().unwrap_or("-")
+            ),
+        }),
     );
     export_session_id(&hooked.session)
 }
@@ -446,8 +463,14 @@ mod tests {
 
     #[test]
     fn an_invalid_session_is_bad_input_and_a_missing_one_is_not() {
-        for value in [serde_json::json!({"session_id": "../x"}), serde_json::json!([1])] {
-            assert_eq!(crate::error::exit_code_of(&Payload::from_json(&value, None).unwrap_err()), 2);
+        for value in [
+            serde_json::json!({"session_id": "../x"}),
+            serde_json::json!([1]),
+        ] {
+            assert_eq!(
+                crate::error::exit_code_of(&Payload::from_json(&value, None).unwrap_err()),
+                2
+            );
         }
         let payload = Payload::from_json(&serde_json::json!({"cwd": "/w"}), None).unwrap();
         assert_eq!(payload.session, None);
@@ -459,7 +482,11 @@ mod tests {
         };
         let id = synthetic_session(Some(Agent::Copilot), &identity).unwrap();
         assert_eq!(id.as_str(), "copilot-4242-77");
-        assert_eq!(synthetic_session(Some(Agent::Copilot), &identity).unwrap(), id, "stable");
+        assert_eq!(
+            synthetic_session(Some(Agent::Copilot), &identity).unwrap(),
+            id,
+            "stable"
+        );
     }
 
     /// Every payload fixture of every agent: its event and session are read through the table, with and without
@@ -470,38 +497,72 @@ mod tests {
         let mut seen = std::collections::BTreeSet::new();
         for dir in std::fs::read_dir(&root).unwrap().flatten() {
             let dir_name = dir.file_name().to_string_lossy().into_owned();
-            let agent = Agent::from_name(dir_name.split('-').next().unwrap()).expect("fixture dirs are named by agent");
+            let agent = Agent::from_name(dir_name.split('-').next().unwrap())
+                .expect("fixture dirs are named by agent");
             for file in std::fs::read_dir(dir.path()).unwrap().flatten() {
                 let name = file.file_name().to_string_lossy().into_owned();
-                let Some(stem) = name.strip_suffix(".json") else { continue };
-                let value: Value = serde_json::from_str(&std::fs::read_to_string(file.path()).unwrap()).unwrap();
+                let Some(stem) = name.strip_suffix(".json") else {
+                    continue;
+                };
+                let value: Value =
+                    serde_json::from_str(&std::fs::read_to_string(file.path()).unwrap()).unwrap();
                 let expected_event = HookEvent::parse(stem.split('.').next().unwrap());
                 for flag in [None, Some(agent)] {
-                    let payload = Payload::from_json(&value, flag).unwrap_or_else(|err| panic!("{dir_name}/{name}: {err}"));
-                    assert_eq!(payload.session.is_none(), name.contains("no-session-id"), "{dir_name}/{name}");
+                    let payload = Payload::from_json(&value, flag)
+                        .unwrap_or_else(|err| panic!("{dir_name}/{name}: {err}"));
+                    assert_eq!(
+                        payload.session.is_none(),
+                        name.contains("no-session-id"),
+                        "{dir_name}/{name}"
+                    );
                     match &payload.event {
-                        Some(event) => assert_eq!(HookEvent::parse(event), expected_event, "{dir_name}/{name}"),
-                        None => assert!(!agent.spec().event_in_payload, "{dir_name}/{name}: no event name"),
+                        Some(event) => {
+                            assert_eq!(HookEvent::parse(event), expected_event, "{dir_name}/{name}")
+                        }
+                        None => assert!(
+                            !agent.spec().event_in_payload,
+                            "{dir_name}/{name}: no event name"
+                        ),
                     }
                     let no_env = |_: &str| false;
                     let detected = detect_agent(flag, &payload, &no_env);
-                    if flag.is_some() || payload.transcript_path.is_some() || payload.shaped_like.is_some() {
+                    if flag.is_some()
+                        || payload.transcript_path.is_some()
+                        || payload.shaped_like.is_some()
+                    {
                         assert_eq!(detected, Some(agent), "{dir_name}/{name}");
                     }
                 }
                 seen.insert(agent);
             }
         }
-        assert_eq!(seen.len(), Agent::all().count(), "a fixture for every agent: {seen:?}");
+        assert_eq!(
+            seen.len(),
+            Agent::all().count(),
+            "a fixture for every agent: {seen:?}"
+        );
     }
 
     #[test]
     fn claude_hooks_run_by_cursor_serve_cursors_session() {
-        let payload = Payload::from_json(&serde_json::json!({"session_id": "a", "hook_event_name": "SessionStart"}), None).unwrap();
+        let payload = Payload::from_json(
+            &serde_json::json!({"session_id": "a", "hook_event_name": "SessionStart"}),
+            None,
+        )
+        .unwrap();
         let cursor_env = |name: &str| name == "CURSOR_VERSION";
-        assert_eq!(detect_agent(Some(Agent::Claude), &payload, &cursor_env), Some(Agent::Cursor));
-        assert_eq!(detect_agent(Some(Agent::Claude), &payload, &|_| false), Some(Agent::Claude));
-        assert_eq!(detect_agent(Some(Agent::Gemini), &payload, &cursor_env), Some(Agent::Gemini));
+        assert_eq!(
+            detect_agent(Some(Agent::Claude), &payload, &cursor_env),
+            Some(Agent::Cursor)
+        );
+        assert_eq!(
+            detect_agent(Some(Agent::Claude), &payload, &|_| false),
+            Some(Agent::Claude)
+        );
+        assert_eq!(
+            detect_agent(Some(Agent::Gemini), &payload, &cursor_env),
+            Some(Agent::Gemini)
+        );
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! End to end against the real Codex CLI (0.171.0, installed by `.ci/install-codex.sh`): hooks installed by
-//! `session-reaper install --agent codex` must record the session at SessionStart and, at SessionEnd, stop a broker
+//! `session-reaper install --agent codex` must record the session at `SessionStart` and, at `SessionEnd`, stop a broker
 //! that the session's shell tool started in another repository.
 //!
-//! `codex exec` runs offline in a throwaway HOME and CODEX_HOME against a fake Responses API on 127.0.0.1 (a
+//! `codex exec` runs offline in a throwaway `HOME` and `CODEX_HOME` against a fake Responses API on 127.0.0.1 (a
 //! `model_provider` with `wire_api = "responses"`). The first model turn calls the `exec_command` tool with
 //! `{"cmd": "session-reaper broker spawn --cwd <other repo> -- sleep 600"}` (no `--session`: the owner comes from
 //! `CODEX_THREAD_ID`, which Codex gives its shell tool); the second answers with a message. The run passes
@@ -13,6 +13,7 @@
 //! A custom harness: without the client the test is reported as ignored, with the reason; under `CI=true` it must
 //! run, and a missing client fails it.
 
+use std::fmt::Write as _;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -40,7 +41,9 @@ fn main() {
     }
     let filters: Vec<&String> = args.iter().filter(|arg| !arg.starts_with('-')).collect();
     if !filters.is_empty() && !filters.iter().any(|filter| NAME.contains(filter.as_str())) {
-        println!("\nrunning 0 tests\n\ntest result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 1 filtered out\n");
+        println!(
+            "\nrunning 0 tests\n\ntest result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 1 filtered out\n"
+        );
         return;
     }
     println!("\nrunning 1 test");
@@ -51,9 +54,13 @@ fn main() {
     let result = std::panic::catch_unwind(|| codex_exec_session_end_stops_the_broker(&codex));
     let elapsed = started.elapsed().as_secs_f64();
     if result.is_ok() {
-        println!("test {NAME} ... ok\n\ntest result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in {elapsed:.2}s\n");
+        println!(
+            "test {NAME} ... ok\n\ntest result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in {elapsed:.2}s\n"
+        );
     } else {
-        println!("test {NAME} ... FAILED\n\ntest result: FAILED. 0 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in {elapsed:.2}s\n");
+        println!(
+            "test {NAME} ... FAILED\n\ntest result: FAILED. 0 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in {elapsed:.2}s\n"
+        );
         std::process::exit(101);
     }
 }
@@ -63,18 +70,28 @@ fn codex_binary() -> Option<PathBuf> {
     let candidate = std::env::var_os("SESSION_REAPER_CODEX_BIN")
         .filter(|path| !path.is_empty())
         .map_or_else(
-            || Path::new(env!("CARGO_MANIFEST_DIR")).join("target/e2e-codex/node_modules/.bin/codex"),
+            || {
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("target/e2e-codex/node_modules/.bin/codex")
+            },
             PathBuf::from,
         );
     if candidate.is_file() {
         return Some(candidate);
     }
-    let reason = format!("Codex CLI not installed (run .ci/install-codex.sh); looked for {}", candidate.display());
+    let reason = format!(
+        "Codex CLI not installed (run .ci/install-codex.sh); looked for {}",
+        candidate.display()
+    );
     if std::env::var("CI").as_deref() == Ok("true") {
-        println!("test {NAME} ... FAILED\n\nCI=true but {reason}\n\ntest result: FAILED. 0 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out\n");
+        println!(
+            "test {NAME} ... FAILED\n\nCI=true but {reason}\n\ntest result: FAILED. 0 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out\n"
+        );
         std::process::exit(101);
     }
-    println!("test {NAME} ... ignored, {reason}\n\ntest result: ok. 0 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out\n");
+    println!(
+        "test {NAME} ... ignored, {reason}\n\ntest result: ok. 0 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out\n"
+    );
     None
 }
 
@@ -91,7 +108,10 @@ struct Dirs {
 
 impl Dirs {
     fn create() -> Dirs {
-        let root = tempfile::Builder::new().prefix("e2e-codex-").tempdir().expect("temp dir");
+        let root = tempfile::Builder::new()
+            .prefix("e2e-codex-")
+            .tempdir()
+            .expect("temp dir");
         // Codex refuses to put its helper links under a temporary directory's CODEX_HOME only with a warning.
         let path = fs::canonicalize(root.path()).unwrap();
         let dirs = Dirs {
@@ -103,7 +123,11 @@ impl Dirs {
             spawn_output: path.join("spawn.json"),
             _root: root,
         };
-        for dir in [&dirs.codex_home, &dirs.workspace, &dirs.other_repo.join(".git")] {
+        for dir in [
+            &dirs.codex_home,
+            &dirs.workspace,
+            &dirs.other_repo.join(".git"),
+        ] {
             fs::create_dir_all(dir).unwrap();
         }
         dirs
@@ -111,15 +135,28 @@ impl Dirs {
 }
 
 fn quote(path: &Path) -> String {
-    shlex::try_quote(path.to_str().unwrap()).unwrap().into_owned()
+    shlex::try_quote(path.to_str().unwrap())
+        .unwrap()
+        .into_owned()
 }
 
-/// A command with the test's HOME and CODEX_HOME, and none of the developer's own agent or session variables.
+/// A command with the test's `HOME` and `CODEX_HOME`, and none of the developer's own agent or session variables.
 fn isolated(program: &Path, dirs: &Dirs) -> Command {
     let mut command = Command::new(program);
     for (name, _) in std::env::vars_os() {
         let name = name.to_string_lossy().into_owned();
-        if ["CLAUDE", "CODEX", "OPENAI", "SESSION_REAPER", "GEMINI", "QWEN", "XDG_"].iter().any(|prefix| name.starts_with(prefix)) {
+        if [
+            "CLAUDE",
+            "CODEX",
+            "OPENAI",
+            "SESSION_REAPER",
+            "GEMINI",
+            "QWEN",
+            "XDG_",
+        ]
+        .iter()
+        .any(|prefix| name.starts_with(prefix))
+        {
             command.env_remove(name);
         }
     }
@@ -142,11 +179,31 @@ fn codex_exec_session_end_stops_the_broker(codex: &Path) {
     let api = FakeResponses::start(tool_command, dirs.spawn_output.clone());
 
     let mut install = isolated(Path::new(BIN), &dirs);
-    let out = install.args(["--state-dir", dirs.state.to_str().unwrap(), "install", "--agent", "codex"]).output().unwrap();
+    let out = install
+        .args([
+            "--state-dir",
+            dirs.state.to_str().unwrap(),
+            "install",
+            "--agent",
+            "codex",
+        ])
+        .output()
+        .unwrap();
     let printed = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "install: {printed}{}", String::from_utf8_lossy(&out.stderr));
-    let last = printed.lines().rev().find(|line| !line.trim().is_empty()).unwrap_or_default();
-    assert!(last.contains("TRUST") && last.contains("/hooks"), "install ends with the trust step: {printed}");
+    assert!(
+        out.status.success(),
+        "install: {printed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = printed
+        .lines()
+        .rev()
+        .find(|line| !line.trim().is_empty())
+        .unwrap_or_default();
+    assert!(
+        last.contains("TRUST") && last.contains("/hooks"),
+        "install ends with the trust step: {printed}"
+    );
     fs::write(
         dirs.codex_home.join("config.toml"),
         format!(
@@ -192,15 +249,36 @@ fn codex_exec_session_end_stops_the_broker(codex: &Path) {
             fs::read_to_string(dirs.state.join("events.jsonl")).unwrap_or_default()
         )
     };
-    eprintln!("codex exec finished in {:.2?} with {status:?}", started.elapsed());
-    let status = status.unwrap_or_else(|| panic!("codex exec ran past {CODEX_DEADLINE:?}\n{}", report()));
-    assert!(status.success(), "codex exec failed: {status}\n{}", report());
-    assert!(!stderr.contains("clamping"), "Codex warned about our SessionEnd timeout\n{}", report());
+    eprintln!(
+        "codex exec finished in {:.2?} with {status:?}",
+        started.elapsed()
+    );
+    let status =
+        status.unwrap_or_else(|| panic!("codex exec ran past {CODEX_DEADLINE:?}\n{}", report()));
+    assert!(
+        status.success(),
+        "codex exec failed: {status}\n{}",
+        report()
+    );
+    assert!(
+        !stderr.contains("clamping"),
+        "Codex warned about our SessionEnd timeout\n{}",
+        report()
+    );
     let broker = broker.unwrap_or_else(|| panic!("the shell tool started no broker\n{}", report()));
-    assert!(api.broker_alive_at_second_turn.load(Ordering::SeqCst), "broker {broker:?} was not running during the session\n{}", report());
+    assert!(
+        api.broker_alive_at_second_turn.load(Ordering::SeqCst),
+        "broker {broker:?} was not running during the session\n{}",
+        report()
+    );
 
-    let session = session_id(&stderr).unwrap_or_else(|| panic!("no session id printed\n{}", report()));
-    assert!(poll(AFTERMATH_DEADLINE, || !broker.alive()), "broker {broker:?} outlived the session\n{}", report());
+    let session =
+        session_id(&stderr).unwrap_or_else(|| panic!("no session id printed\n{}", report()));
+    assert!(
+        poll(AFTERMATH_DEADLINE, || !broker.alive()),
+        "broker {broker:?} outlived the session\n{}",
+        report()
+    );
     let events = || fs::read_to_string(dirs.state.join("events.jsonl")).unwrap_or_default();
     let has = |action: &str| {
         events()
@@ -208,18 +286,31 @@ fn codex_exec_session_end_stops_the_broker(codex: &Path) {
             .filter_map(|line| serde_json::from_str::<Value>(line).ok())
             .any(|event| event["action"] == action && event["session"] == session.as_str())
     };
-    assert!(poll(AFTERMATH_DEADLINE, || has("session_start") && has("session_end")), "no start and end of {session}\n{}", report());
-    let record: Value = serde_json::from_slice(&fs::read(dirs.state.join(format!("sessions/{session}.json"))).unwrap()).unwrap();
+    assert!(
+        poll(AFTERMATH_DEADLINE, || has("session_start")
+            && has("session_end")),
+        "no start and end of {session}\n{}",
+        report()
+    );
+    let record: Value = serde_json::from_slice(
+        &fs::read(dirs.state.join(format!("sessions/{session}.json"))).unwrap(),
+    )
+    .unwrap();
     assert_eq!(record["agent"], "codex", "{record}");
     assert!(!record["ended_at"].is_null(), "{record}");
     let owners = fs::read_to_string(&dirs.spawn_output).unwrap();
-    assert!(owners.contains(&session), "the broker's owner is the session, from CODEX_THREAD_ID: {owners}");
+    assert!(
+        owners.contains(&session),
+        "the broker's owner is the session, from CODEX_THREAD_ID: {owners}"
+    );
     eprintln!("broker {broker:?} stopped at the end of Codex session {session}");
 }
 
 /// The session id `codex exec` prints in its banner (`session id: …`).
 fn session_id(stderr: &str) -> Option<String> {
-    stderr.lines().find_map(|line| line.trim().strip_prefix("session id: ").map(str::to_owned))
+    stderr
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("session id: ").map(str::to_owned))
 }
 
 fn drain(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {
@@ -261,8 +352,11 @@ impl Broker {
         let Ok(stat) = fs::read_to_string(format!("/proc/{}/stat", self.pid)) else {
             return false;
         };
-        let fields: Vec<&str> = stat[stat.rfind(')').unwrap_or(0) + 1..].split_whitespace().collect();
-        fields.first() != Some(&"Z") && fields.get(19).and_then(|t| t.parse().ok()) == Some(self.start_ticks)
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap_or(0) + 1..]
+            .split_whitespace()
+            .collect();
+        fields.first() != Some(&"Z")
+            && fields.get(19).and_then(|t| t.parse().ok()) == Some(self.start_ticks)
     }
 }
 
@@ -280,7 +374,7 @@ impl Drop for BrokerGuard {
     }
 }
 
-/// A fake OpenAI Responses API: `POST /v1/responses` streams (as server-sent events) a call of the `exec_command`
+/// A fake `OpenAI` Responses API: `POST /v1/responses` streams (as server-sent events) a call of the `exec_command`
 /// tool first, and once the tool's output comes back, a closing message.
 struct FakeResponses {
     addr: SocketAddr,
@@ -303,7 +397,12 @@ impl FakeResponses {
                     break;
                 }
                 let Ok(stream) = stream else { continue };
-                let (log, alive, tool_command, spawn_output) = (log2.clone(), alive2.clone(), tool_command.clone(), spawn_output.clone());
+                let (log, alive, tool_command, spawn_output) = (
+                    log2.clone(),
+                    alive2.clone(),
+                    tool_command.clone(),
+                    spawn_output.clone(),
+                );
                 thread::spawn(move || {
                     let _ = serve(stream, &tool_command, &spawn_output, &log, &alive);
                 });
@@ -325,7 +424,13 @@ impl Drop for FakeResponses {
     }
 }
 
-fn serve(stream: TcpStream, tool_command: &str, spawn_output: &Path, log: &Mutex<Vec<String>>, alive: &AtomicBool) -> io::Result<()> {
+fn serve(
+    stream: TcpStream,
+    tool_command: &str,
+    spawn_output: &Path,
+    log: &Mutex<Vec<String>>,
+    alive: &AtomicBool,
+) -> io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut writer = stream;
@@ -354,7 +459,9 @@ fn serve(stream: TcpStream, tool_command: &str, spawn_output: &Path, log: &Mutex
         let mut body = vec![0; length.min(64 * 1024 * 1024)];
         reader.read_exact(&mut body)?;
         let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        let (status, content_type, reply) = if request_line.starts_with("POST") && request_line.contains("/responses") {
+        let (status, content_type, reply) = if request_line.starts_with("POST")
+            && request_line.contains("/responses")
+        {
             let turn_output = request["input"]
                 .as_array()
                 .into_iter()
@@ -368,13 +475,19 @@ fn serve(stream: TcpStream, tool_command: &str, spawn_output: &Path, log: &Mutex
             } else {
                 json!({"type": "function_call", "id": "fc_e2e", "call_id": "call_e2e", "name": "exec_command", "arguments": json!({"cmd": tool_command}).to_string()})
             };
-            log.lock().unwrap().push(format!("{request_line} -> {}", item["type"]));
+            log.lock()
+                .unwrap()
+                .push(format!("{request_line} -> {}", item["type"]));
             ("200 OK", "text/event-stream", stream_of(&item))
         } else {
             log.lock().unwrap().push(format!("{request_line} -> 404"));
             ("404 Not Found", "application/json", "{}".to_owned())
         };
-        write!(writer, "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{reply}", reply.len())?;
+        write!(
+            writer,
+            "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{reply}",
+            reply.len()
+        )?;
         writer.flush()?;
     }
 }
@@ -389,6 +502,12 @@ fn stream_of(item: &Value) -> String {
         json!({"type": "response.completed", "response": {"id": "resp_e2e", "usage": usage}}),
     ]
     .iter()
-    .map(|event| format!("event: {}\ndata: {event}\n\n", event["type"].as_str().unwrap()))
-    .collect()
+    .fold(String::new(), |mut out, event| {
+        let _ = write!(
+            out,
+            "event: {}\ndata: {event}\n\n",
+            event["type"].as_str().unwrap()
+        );
+        out
+    })
 }

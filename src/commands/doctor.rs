@@ -9,8 +9,8 @@ use crate::agents::{Agent, AgentSpec, SessionEndReliability};
 use crate::config::Config;
 use crate::error::Outcome;
 use crate::finisher;
-use crate::settings::{self, probe};
 use crate::proc;
+use crate::settings::{self, probe};
 use crate::signal;
 use crate::state::StateRoot;
 use crate::stop::STUCK_AFTER;
@@ -177,7 +177,7 @@ fn network_filesystem(magic: i64) -> Option<&'static str> {
     }
 }
 
-/// The hooks of one agent: present for both events, not switched off, trusted (Codex), the sweep where SessionEnd
+/// The hooks of one agent: present for both events, not switched off, trusted (Codex), the sweep where `SessionEnd`
 /// is unreliable — and each one run as the agent would run it, in probe mode (see `settings::probe`).
 fn hooks_checks(spec: &AgentSpec, state_dir: &Path) -> Vec<Check> {
     let name = format!("{} hooks", spec.name);
@@ -187,41 +187,90 @@ fn hooks_checks(spec: &AgentSpec, state_dir: &Path) -> Vec<Check> {
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
         Err(_) if path.parent().is_some_and(Path::exists) => {
-            return vec![check(&name, Level::Warn, format!("not installed: no {}", path.display()), Some(format!("session-reaper install --agent {}", spec.name)))];
+            return vec![check(
+                &name,
+                Level::Warn,
+                format!("not installed: no {}", path.display()),
+                Some(format!("session-reaper install --agent {}", spec.name)),
+            )];
         }
-        Err(_) => return vec![check(&name, Level::Ok, "agent not set up for this user", None)],
+        Err(_) => {
+            return vec![check(
+                &name,
+                Level::Ok,
+                "agent not set up for this user",
+                None,
+            )];
+        }
     };
     let value = match settings::file::parse(spec, &text, &path) {
         Ok((value, _)) => value,
-        Err(err) => return vec![check(&name, Level::Fail, format!("{err:#}"), Some(format!("fix the file, then session-reaper install --agent {}", spec.name)))],
+        Err(err) => {
+            return vec![check(
+                &name,
+                Level::Fail,
+                format!("{err:#}"),
+                Some(format!(
+                    "fix the file, then session-reaper install --agent {}",
+                    spec.name
+                )),
+            )];
+        }
     };
     let ours = our_entries(spec, &value);
     if ours.is_empty() {
-        return vec![check(&name, Level::Warn, format!("not installed in {}", path.display()), Some(format!("session-reaper install --agent {}", spec.name)))];
+        return vec![check(
+            &name,
+            Level::Warn,
+            format!("not installed in {}", path.display()),
+            Some(format!("session-reaper install --agent {}", spec.name)),
+        )];
     }
     let mut findings = Vec::new();
     if let Some(switch) = spec.hooks_disabled_by(&value) {
-        findings.push(probe_fail(format!("{switch} in {}: {} runs no hooks", path.display(), spec.title), "remove it, or set it the other way"));
+        findings.push(probe_fail(
+            format!(
+                "{switch} in {}: {} runs no hooks",
+                path.display(),
+                spec.title
+            ),
+            "remove it, or set it the other way",
+        ));
     }
     for event in spec.events() {
         if !ours.iter().any(|(found, ..)| found == event) {
-            findings.push(probe_fail(format!("no {event} hook of ours in {}", path.display()), format!("session-reaper install --agent {}", spec.name)));
+            findings.push(probe_fail(
+                format!("no {event} hook of ours in {}", path.display()),
+                format!("session-reaper install --agent {}", spec.name),
+            ));
         }
     }
     let cwd = crate::workspace::current_dir().unwrap_or_default();
     for (event, _, _, entry) in &ours {
-        let command = entry.get(spec.command_key).and_then(serde_json::Value::as_str).unwrap_or_default();
+        let command = entry
+            .get(spec.command_key)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default();
         let payload = probe::payload_for(spec, event, &cwd);
         match probe::run(spec, command, &payload, std::time::Duration::from_secs(10)) {
             Ok(run) => findings.extend(probe::judge(spec, event, entry, &run, state_dir)),
-            Err(err) => findings.push(probe_fail(format!("{event}: cannot run {}: {err}", spec.shell.program), "install a POSIX shell")),
+            Err(err) => findings.push(probe_fail(
+                format!("{event}: cannot run {}: {err}", spec.shell.program),
+                "install a POSIX shell",
+            )),
         }
     }
     if spec.trust_by_position {
-        let positions: Vec<(String, usize, usize)> = ours.iter().map(|(event, group, index, _)| (event.clone(), *group, *index)).collect();
+        let positions: Vec<(String, usize, usize)> = ours
+            .iter()
+            .map(|(event, group, index, _)| (event.clone(), *group, *index))
+            .collect();
         for event in probe::codex_untrusted(&path, &positions) {
             findings.push(probe_fail(
-                format!("{event} hook not trusted: {} skips untrusted hooks without a word", spec.title),
+                format!(
+                    "{event} hook not trusted: {} skips untrusted hooks without a word",
+                    spec.title
+                ),
                 "start codex, open /hooks and trust the session-reaper hooks",
             ));
         }
@@ -236,11 +285,30 @@ fn hooks_checks(spec: &AgentSpec, state_dir: &Path) -> Vec<Check> {
         });
     }
     if findings.is_empty() {
-        return vec![check(&name, Level::Ok, format!("installed in {}; the hooks run and answer as expected", path.display()), None)];
+        return vec![check(
+            &name,
+            Level::Ok,
+            format!(
+                "installed in {}; the hooks run and answer as expected",
+                path.display()
+            ),
+            None,
+        )];
     }
     findings
         .into_iter()
-        .map(|finding| check(&name, if finding.failure { Level::Fail } else { Level::Warn }, finding.detail, Some(finding.fix)))
+        .map(|finding| {
+            check(
+                &name,
+                if finding.failure {
+                    Level::Fail
+                } else {
+                    Level::Warn
+                },
+                finding.detail,
+                Some(finding.fix),
+            )
+        })
         .collect()
 }
 
@@ -253,19 +321,35 @@ fn probe_fail(detail: impl Into<String>, fix: impl Into<String>) -> probe::Findi
 }
 
 /// Our entries in a settings document: (event, group, index within the group, entry).
-fn our_entries(spec: &AgentSpec, value: &serde_json::Value) -> Vec<(String, usize, usize, serde_json::Value)> {
+fn our_entries(
+    spec: &AgentSpec,
+    value: &serde_json::Value,
+) -> Vec<(String, usize, usize, serde_json::Value)> {
     let Some(hooks) = value.get("hooks").and_then(serde_json::Value::as_object) else {
         return Vec::new();
     };
-    let ours = |entry: &serde_json::Value| entry.get(spec.command_key).and_then(serde_json::Value::as_str).is_some_and(settings::is_our_command);
+    let ours = |entry: &serde_json::Value| {
+        entry
+            .get(spec.command_key)
+            .and_then(serde_json::Value::as_str)
+            .is_some_and(settings::is_our_command)
+    };
     let mut found = Vec::new();
     for (event, items) in hooks {
         for (g, item) in items.as_array().into_iter().flatten().enumerate() {
             match spec.layout {
-                crate::agents::Layout::Flat if ours(item) => found.push((event.clone(), g, 0, item.clone())),
+                crate::agents::Layout::Flat if ours(item) => {
+                    found.push((event.clone(), g, 0, item.clone()))
+                }
                 crate::agents::Layout::Flat => {}
                 crate::agents::Layout::Grouped => {
-                    for (h, entry) in item.get("hooks").and_then(serde_json::Value::as_array).into_iter().flatten().enumerate() {
+                    for (h, entry) in item
+                        .get("hooks")
+                        .and_then(serde_json::Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .enumerate()
+                    {
                         if ours(entry) {
                             found.push((event.clone(), g, h, entry.clone()));
                         }
@@ -286,7 +370,10 @@ fn hook_errors_check(store: &Store) -> Check {
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
         .filter(|event| event["action"] == "hook" && event["result"] == "error")
         .filter(|event| {
-            event["ts"].as_str().and_then(|ts| crate::clock::age(ts, now)).is_some_and(|age| age < std::time::Duration::from_secs(86_400))
+            event["ts"]
+                .as_str()
+                .and_then(|ts| crate::clock::age(ts, now))
+                .is_some_and(|age| age < std::time::Duration::from_secs(86_400))
         })
         .collect();
     match errors.last() {
@@ -294,7 +381,11 @@ fn hook_errors_check(store: &Store) -> Check {
         Some(last) => check(
             "hook errors",
             Level::Warn,
-            format!("{} in the last day; latest: {}", errors.len(), last["detail"].as_str().unwrap_or("")),
+            format!(
+                "{} in the last day; latest: {}",
+                errors.len(),
+                last["detail"].as_str().unwrap_or("")
+            ),
             Some("session-reaper log --action hook".into()),
         ),
     }
@@ -310,17 +401,34 @@ fn agent_process_check(store: &Store) -> Check {
         .filter(|record| !record.is_ended())
         .filter_map(|record| {
             let identity = record.agent_identity?;
-            let argv = proc::cmdline(identity.pid).ok().filter(|_| proc::is_alive(&identity))?;
-            (crate::agents::agent_of_process(&argv).is_none()).then(|| format!("{} (pid {}: {})", record.session_id, identity.pid, argv.first().cloned().unwrap_or_default()))
+            let argv = proc::cmdline(identity.pid)
+                .ok()
+                .filter(|_| proc::is_alive(&identity))?;
+            (crate::agents::agent_of_process(&argv).is_none()).then(|| {
+                format!(
+                    "{} (pid {}: {})",
+                    record.session_id,
+                    identity.pid,
+                    argv.first().cloned().unwrap_or_default()
+                )
+            })
         })
         .collect();
     if odd.is_empty() {
-        check("agent processes", Level::Ok, "every live session's agent process is a known agent", None)
+        check(
+            "agent processes",
+            Level::Ok,
+            "every live session's agent process is a known agent",
+            None,
+        )
     } else {
         check(
             "agent processes",
             Level::Warn,
-            format!("recorded agent process is not an agent executable: {}", odd.join(", ")),
+            format!(
+                "recorded agent process is not an agent executable: {}",
+                odd.join(", ")
+            ),
             Some("if a wrapper runs the agent, pass --owner-pid to the hook".into()),
         )
     }

@@ -84,10 +84,12 @@ pub fn run(args: &SettingsRequest, config: &Config) -> anyhow::Result<Outcome> {
 }
 
 fn binary_text(binary: &Path) -> anyhow::Result<String> {
-    binary
-        .to_str()
-        .map(str::to_owned)
-        .ok_or_else(|| crate::error::bad_input(format!("{}: the binary path is not valid UTF-8, so it cannot go into a hook command", binary.display())))
+    binary.to_str().map(str::to_owned).ok_or_else(|| {
+        crate::error::bad_input(format!(
+            "{}: the binary path is not valid UTF-8, so it cannot go into a hook command",
+            binary.display()
+        ))
+    })
 }
 
 /// The state root to name in hook commands and the sweep line: only one the agent's environment would not give
@@ -95,7 +97,8 @@ fn binary_text(binary: &Path) -> anyhow::Result<String> {
 fn non_default_state_dir(state_dir: &Path) -> Option<String> {
     let absolute = std::path::absolute(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
     let default = crate::state::default_root().ok();
-    (default.as_deref() != Some(absolute.as_path())).then(|| absolute.to_string_lossy().into_owned())
+    (default.as_deref() != Some(absolute.as_path()))
+        .then(|| absolute.to_string_lossy().into_owned())
 }
 
 /// Other agents whose user settings still hold a hook of ours.
@@ -117,7 +120,7 @@ fn agents_with_our_hooks(except: Agent) -> Vec<Agent> {
         .collect()
 }
 
-/// An agent whose SessionEnd does not always fire needs the sweep: say so loudly when it is not installed.
+/// An agent whose `SessionEnd` does not always fire needs the sweep: say so loudly when it is not installed.
 fn advise_sweep(agent: Agent) {
     let SessionEndReliability::Partial(why) = agent.spec().session_end else {
         return;
@@ -168,7 +171,10 @@ impl Sweep<'_> {
             let dir = Self::unit_dir().context("no HOME for the systemd user unit")?;
             let service = SERVICE.replace("%h/.cargo/bin/session-reaper sweep", &self.command());
             if self.dry_run {
-                println!("would write {} and enable {UNIT}.timer", dir.join(format!("{UNIT}.service")).display());
+                println!(
+                    "would write {} and enable {UNIT}.timer",
+                    dir.join(format!("{UNIT}.service")).display()
+                );
                 return Ok(());
             }
             std::fs::create_dir_all(&dir)?;
@@ -181,21 +187,24 @@ impl Sweep<'_> {
         }
         let line = self.cron_line();
         if !crontab_available() {
-            println!("sweep: no systemd user manager and no crontab here; run this every minute yourself:\n  {line}");
+            println!(
+                "sweep: no systemd user manager and no crontab here; run this every minute yourself:\n  {line}"
+            );
             return Ok(());
         }
         let current = crontab_list();
-        if let Some(existing) = current.lines().find(|existing| is_sweep_line(existing)) {
-            if existing == line {
-                println!("sweep: crontab already runs session-reaper sweep");
-                return Ok(());
-            }
+        if current.lines().any(|existing| existing == line) {
+            println!("sweep: crontab already runs session-reaper sweep");
+            return Ok(());
         }
         if self.dry_run {
             println!("would add to your crontab:\n  {line}");
             return Ok(());
         }
-        let mut kept: Vec<&str> = current.lines().filter(|existing| !is_sweep_line(existing)).collect();
+        let mut kept: Vec<&str> = current
+            .lines()
+            .filter(|existing| !is_sweep_line(existing))
+            .collect();
         kept.push(&line);
         crontab_write(&(kept.join("\n") + "\n"))?;
         println!("sweep: added to your crontab:\n  {line}");
@@ -203,9 +212,13 @@ impl Sweep<'_> {
     }
 
     fn uninstall(&self) -> anyhow::Result<()> {
-        if let Some(dir) = Self::unit_dir().filter(|dir| dir.join(format!("{UNIT}.timer")).exists()) {
+        if let Some(dir) = Self::unit_dir().filter(|dir| dir.join(format!("{UNIT}.timer")).exists())
+        {
             if self.dry_run {
-                println!("would disable {UNIT}.timer and remove its units from {}", dir.display());
+                println!(
+                    "would disable {UNIT}.timer and remove its units from {}",
+                    dir.display()
+                );
                 return Ok(());
             }
             let _ = systemctl(&["disable", "--now", &format!("{UNIT}.timer")]);
@@ -216,7 +229,10 @@ impl Sweep<'_> {
         }
         if crontab_available() {
             let current = crontab_list();
-            let kept: Vec<&str> = current.lines().filter(|line| !is_sweep_line(line)).collect();
+            let kept: Vec<&str> = current
+                .lines()
+                .filter(|line| !is_sweep_line(line))
+                .collect();
             if kept.len() != current.lines().count() {
                 if self.dry_run {
                     println!("would remove the session-reaper sweep line from your crontab");
@@ -256,8 +272,16 @@ fn systemd_user_available() -> bool {
 }
 
 fn systemctl(args: &[&str]) -> anyhow::Result<()> {
-    let status = Command::new("systemctl").arg("--user").args(args).status().context("running systemctl --user")?;
-    anyhow::ensure!(status.success(), "systemctl --user {} failed", args.join(" "));
+    let status = Command::new("systemctl")
+        .arg("--user")
+        .args(args)
+        .status()
+        .context("running systemctl --user")?;
+    anyhow::ensure!(
+        status.success(),
+        "systemctl --user {} failed",
+        args.join(" ")
+    );
     Ok(())
 }
 
@@ -284,8 +308,16 @@ fn crontab_list() -> String {
 }
 
 fn crontab_write(text: &str) -> anyhow::Result<()> {
-    let mut child = Command::new("crontab").arg("-").stdin(Stdio::piped()).spawn().context("running crontab -")?;
-    child.stdin.take().context("crontab stdin")?.write_all(text.as_bytes())?;
+    let mut child = Command::new("crontab")
+        .arg("-")
+        .stdin(Stdio::piped())
+        .spawn()
+        .context("running crontab -")?;
+    child
+        .stdin
+        .take()
+        .context("crontab stdin")?
+        .write_all(text.as_bytes())?;
     anyhow::ensure!(child.wait()?.success(), "crontab - failed");
     Ok(())
 }

@@ -58,10 +58,14 @@ pub fn load(spec: &AgentSpec, target: &Path, shown: &Path) -> anyhow::Result<Opt
         Err(err) => return Err(err).with_context(|| format!("cannot read {}", shown.display())),
     };
     if !metadata.is_file() {
-        return Err(bad(shown, "expected a settings file, found a directory or special file"));
+        return Err(bad(
+            shown,
+            "expected a settings file, found a directory or special file",
+        ));
     }
     let bytes = fs::read(target).with_context(|| format!("cannot read {}", shown.display()))?;
-    let text = String::from_utf8(bytes).map_err(|_| bad(shown, "expected JSON text, found bytes that are not UTF-8"))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| bad(shown, "expected JSON text, found bytes that are not UTF-8"))?;
     parse(spec, &text, shown).map(|(value, tree)| {
         Some(Loaded {
             text,
@@ -99,8 +103,12 @@ pub fn parse(spec: &AgentSpec, text: &str, shown: &Path) -> anyhow::Result<(Valu
         allow_extended_string_escapes: false,
         allow_non_finite_numbers: false,
     };
-    let tree = CstRootNode::parse(text, &options)
-        .map_err(|err| bad(shown, format!("expected a JSON object (comments allowed), but it does not parse: {err}")))?;
+    let tree = CstRootNode::parse(text, &options).map_err(|err| {
+        bad(
+            shown,
+            format!("expected a JSON object (comments allowed), but it does not parse: {err}"),
+        )
+    })?;
     let value = if blank {
         Value::Object(Map::new())
     } else {
@@ -125,7 +133,8 @@ pub fn edited_text(loaded: &Loaded, new: &Value) -> String {
 
 /// A new file's text: pretty-printed, two-space indent, final newline.
 pub fn rendered(value: &Value) -> String {
-    let mut text = serde_json::to_string_pretty(value).expect("a serde_json::Value always serializes");
+    let mut text =
+        serde_json::to_string_pretty(value).expect("a serde_json::Value always serializes");
     text.push('\n');
     text
 }
@@ -166,8 +175,15 @@ fn apply(slot: &Slot, old: &Value, new: &Value) {
         return;
     }
     let node = slot.node();
-    match (old, new, node.as_ref().and_then(CstNode::as_object), node.as_ref().and_then(CstNode::as_array)) {
-        (Value::Object(old), Value::Object(new), Some(object), _) => apply_object(&object, old, new),
+    match (
+        old,
+        new,
+        node.as_ref().and_then(CstNode::as_object),
+        node.as_ref().and_then(CstNode::as_array),
+    ) {
+        (Value::Object(old), Value::Object(new), Some(object), _) => {
+            apply_object(&object, old, new)
+        }
         (Value::Array(old), Value::Array(new), _, Some(array)) => apply_array(&array, old, new),
         _ => slot.replace(new),
     }
@@ -175,7 +191,9 @@ fn apply(slot: &Slot, old: &Value, new: &Value) {
 
 fn apply_object(object: &CstObject, old: &Map<String, Value>, new: &Map<String, Value>) {
     for prop in object.properties() {
-        let Some(name) = prop.decoded_name() else { continue };
+        let Some(name) = prop.decoded_name() else {
+            continue;
+        };
         match (old.get(&name), new.get(&name)) {
             (_, None) => prop.remove(),
             (Some(before), Some(after)) => apply(&Slot::Prop(prop), before, after),
@@ -222,7 +240,9 @@ fn input(value: &Value) -> CstInputValue {
         Value::Number(n) => CstInputValue::Number(n.to_string()),
         Value::String(s) => CstInputValue::String(s.clone()),
         Value::Array(items) => CstInputValue::Array(items.iter().map(input).collect()),
-        Value::Object(map) => CstInputValue::Object(map.iter().map(|(k, v)| (k.clone(), input(v))).collect()),
+        Value::Object(map) => {
+            CstInputValue::Object(map.iter().map(|(k, v)| (k.clone(), input(v))).collect())
+        }
     }
 }
 
@@ -241,31 +261,42 @@ pub fn ensure_unchanged(target: &Path, read: &fs::Metadata) -> anyhow::Result<()
 
 /// The one backup of a settings file: `NAME.session-reaper.bak` beside it.
 pub fn backup_path(target: &Path) -> PathBuf {
-    let name = target.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = target
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
     target.with_file_name(format!("{name}.session-reaper.bak"))
 }
 
 /// Replaces `target` with `text`: the previous contents (if any) saved to its one backup first, both written by the
 /// atomic writer with the original's permission bits.
-pub fn replace(target: &Path, text: &str, loaded: Option<&Loaded>) -> anyhow::Result<Option<PathBuf>> {
-    let backup = match loaded {
-        Some(loaded) => {
-            let path = backup_path(target);
-            let mode = loaded.metadata.permissions().mode() & 0o7777;
-            write_atomic(&path, loaded.text.as_bytes(), mode)
-                .with_context(|| format!("{}: cannot write a backup beside it", target.display()))?;
-            fs::set_permissions(&path, fs::Permissions::from_mode(mode))?;
-            Some(path)
+pub fn replace(
+    target: &Path,
+    text: &str,
+    loaded: Option<&Loaded>,
+) -> anyhow::Result<Option<PathBuf>> {
+    let backup = if let Some(loaded) = loaded {
+        let path = backup_path(target);
+        let mode = loaded.metadata.permissions().mode() & 0o7777;
+        write_atomic(&path, loaded.text.as_bytes(), mode)
+            .with_context(|| format!("{}: cannot write a backup beside it", target.display()))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode))?;
+        Some(path)
+    } else {
+        if let Some(parent) = target
+            .parent()
+            .filter(|parent| !parent.as_os_str().is_empty())
+        {
+            fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
         }
-        None => {
-            if let Some(parent) = target.parent().filter(|parent| !parent.as_os_str().is_empty()) {
-                fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
-            }
-            None
-        }
+        None
     };
-    let mode = loaded.map_or(0o644, |loaded| loaded.metadata.permissions().mode() & 0o7777);
-    write_atomic(target, text.as_bytes(), mode).with_context(|| format!("{}: cannot write", target.display()))?;
+    let mode = loaded.map_or(0o644, |loaded| {
+        loaded.metadata.permissions().mode() & 0o7777
+    });
+    write_atomic(target, text.as_bytes(), mode)
+        .with_context(|| format!("{}: cannot write", target.display()))?;
     if loaded.is_some() {
         fs::set_permissions(target, fs::Permissions::from_mode(mode))?;
     }

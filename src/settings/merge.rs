@@ -57,13 +57,18 @@ pub fn shell_words(line: &str) -> Option<Vec<String>> {
 pub fn is_our_command(command: &str) -> bool {
     let mut words = shlex::Shlex::new(command);
     match (words.next(), words.next()) {
-        (Some(program), Some(verb)) => program.rsplit('/').next() == Some(PROGRAM) && verb == "hook",
+        (Some(program), Some(verb)) => {
+            program.rsplit('/').next() == Some(PROGRAM) && verb == "hook"
+        }
         _ => false,
     }
 }
 
 fn command_of(spec: &AgentSpec, entry: &Value) -> Option<String> {
-    entry.get(spec.command_key).and_then(Value::as_str).map(str::to_owned)
+    entry
+        .get(spec.command_key)
+        .and_then(Value::as_str)
+        .map(str::to_owned)
 }
 
 /// Every hook command in a document of `spec`'s shape, by event, in file order.
@@ -88,7 +93,11 @@ pub fn all_commands(settings: &Value) -> Vec<String> {
     let Some(hooks) = settings.get("hooks").and_then(Value::as_object) else {
         return Vec::new();
     };
-    let command = |entry: &Value| ["command", "bash"].iter().find_map(|key| entry.get(*key)?.as_str().map(str::to_owned));
+    let command = |entry: &Value| {
+        ["command", "bash"]
+            .iter()
+            .find_map(|key| entry.get(*key)?.as_str().map(str::to_owned))
+    };
     hooks
         .values()
         .filter_map(Value::as_array)
@@ -124,7 +133,10 @@ fn kind_of(value: &Value) -> &'static str {
 }
 
 fn bad_shape(what: &str, expected: &str, found: &Value) -> anyhow::Error {
-    anyhow::Error::new(BadInput(format!("{what} must be {expected}, found {}", kind_of(found))))
+    anyhow::Error::new(BadInput(format!(
+        "{what} must be {expected}, found {}",
+        kind_of(found)
+    )))
 }
 
 /// The `hooks` object (if any), or the user's-input error saying what is wrong.
@@ -141,7 +153,8 @@ fn hooks_shape(settings: &Value) -> anyhow::Result<Option<&Map<String, Value>>> 
 
 /// Where an entry of ours sits in one event array: (item, hook within a group; 0 for flat entries).
 fn our_positions(spec: &AgentSpec, items: &[Value]) -> Vec<(usize, usize)> {
-    let ours = |entry: &Value| command_of(spec, entry).is_some_and(|command| is_our_command(&command));
+    let ours =
+        |entry: &Value| command_of(spec, entry).is_some_and(|command| is_our_command(&command));
     match spec.layout {
         Layout::Flat => items
             .iter()
@@ -222,7 +235,11 @@ fn remove_positions(spec: &AgentSpec, items: &mut Vec<Value>, positions: &[(usiz
 /// # Errors
 /// [`BadInput`] (and `settings` untouched) when the top level is not an object, `hooks` is not an object, or one
 /// of the agent's event entries is not an array.
-pub fn merge_entries(settings: &mut Value, spec: &AgentSpec, command: &str) -> anyhow::Result<Vec<Change>> {
+pub fn merge_entries(
+    settings: &mut Value,
+    spec: &AgentSpec,
+    command: &str,
+) -> anyhow::Result<Vec<Change>> {
     if let Some(hooks) = hooks_shape(settings)? {
         for event in spec.events() {
             if let Some(value) = hooks.get(event).filter(|value| !value.is_array()) {
@@ -337,7 +354,9 @@ pub fn remove_entries(settings: &mut Value, spec: &AgentSpec) -> anyhow::Result<
     hooks.retain(|event, _| !emptied_events.contains(event));
     if !changes.is_empty() && hooks.is_empty() {
         let flat = spec.layout == Layout::Flat;
-        root.retain(|key, value| key != "hooks" && !(flat && key == "version" && *value == json!(1)));
+        root.retain(|key, value| {
+            key != "hooks" && !(flat && key == "version" && *value == json!(1))
+        });
     }
     Ok(changes)
 }
@@ -347,7 +366,10 @@ pub fn remove_entries(settings: &mut Value, spec: &AgentSpec) -> anyhow::Result<
 pub fn advisories(spec: &AgentSpec, settings: &Value) -> Vec<String> {
     let mut notes = Vec::new();
     if let Some(switch) = spec.hooks_disabled_by(settings) {
-        notes.push(format!("{switch} in this file: {} runs no hooks until it is changed", spec.title));
+        notes.push(format!(
+            "{switch} in this file: {} runs no hooks until it is changed",
+            spec.title
+        ));
     }
     let lists_us = |pointer: &str| {
         settings
@@ -358,12 +380,18 @@ pub fn advisories(spec: &AgentSpec, settings: &Value) -> Vec<String> {
     if spec.entry_extras.iter().any(|(key, _)| *key == "name")
         && (lists_us("/hooksConfig/disabled") || lists_us("/hooks/disabled"))
     {
-        notes.push(format!("this file lists \"{PROGRAM}\" among the disabled hooks: remove it there"));
+        notes.push(format!(
+            "this file lists \"{PROGRAM}\" among the disabled hooks: remove it there"
+        ));
     }
     if spec.hooks_only_file
         && let Some(root) = settings.as_object()
     {
-        let others: Vec<&str> = root.keys().map(String::as_str).filter(|key| *key != "hooks").collect();
+        let others: Vec<&str> = root
+            .keys()
+            .map(String::as_str)
+            .filter(|key| *key != "hooks")
+            .collect();
         if !others.is_empty() {
             notes.push(format!(
                 "{} accepts only \"hooks\" at the top of this file and ignores all of it while it also has: {}",
@@ -390,7 +418,10 @@ mod tests {
     #[test]
     fn commands_are_quoted_and_recognised() {
         let claude = Agent::Claude.spec();
-        assert_eq!(hook_command(claude, "/a b/session-reaper", Some("/s t")), "'/a b/session-reaper' hook --agent claude --state-dir '/s t'");
+        assert_eq!(
+            hook_command(claude, "/a b/session-reaper", Some("/s t")),
+            "'/a b/session-reaper' hook --agent claude --state-dir '/s t'"
+        );
         for line in [
             "/usr/bin/session-reaper hook --agent claude",
             "session-reaper hook",
@@ -401,21 +432,38 @@ mod tests {
         ] {
             assert!(is_our_command(line), "{line}");
         }
-        for line in ["session-reaper sweep", "session-reaper", "/usr/bin/session-reaper-old hook", "echo session-reaper hook", "'session-reaper hook'", ""] {
+        for line in [
+            "session-reaper sweep",
+            "session-reaper",
+            "/usr/bin/session-reaper-old hook",
+            "echo session-reaper hook",
+            "'session-reaper hook'",
+            "",
+        ] {
             assert!(!is_our_command(line), "{line}");
         }
     }
 
     #[test]
     fn wrong_shapes_are_refused_untouched() {
-        for case in [json!([]), json!({ "hooks": [] }), json!({ "hooks": null }), json!({ "hooks": { "SessionStart": {} } })] {
+        for case in [
+            json!([]),
+            json!({ "hooks": [] }),
+            json!({ "hooks": null }),
+            json!({ "hooks": { "SessionStart": {} } }),
+        ] {
             let mut value = case.clone();
             let err = merge_entries(&mut value, Agent::Claude.spec(), BIN).expect_err("refused");
             assert!(err.downcast_ref::<BadInput>().is_some(), "{case}: {err}");
             assert_eq!(value, case);
         }
         let mut value = json!({ "hooks": 3 });
-        assert_eq!(remove_entries(&mut value, Agent::Claude.spec()).unwrap_err().to_string(), "\"hooks\" must be an object, found a number");
+        assert_eq!(
+            remove_entries(&mut value, Agent::Claude.spec())
+                .unwrap_err()
+                .to_string(),
+            "\"hooks\" must be an object, found a number"
+        );
     }
 
     #[test]
@@ -429,22 +477,46 @@ mod tests {
         let changes = merge_entries(&mut value, spec, &command(spec)).unwrap();
         let start = value["hooks"]["SessionStart"].as_array().unwrap();
         assert_eq!(start.len(), 2);
-        assert_eq!(start[1]["hooks"][0], json!({ "type": "command", "command": command(spec), "timeout": 30 }), "a tuned timeout is kept");
-        assert!(matches!(&changes[0], Change::Replaced { old_command, .. } if old_command == "/old/session-reaper hook --agent claude"));
+        assert_eq!(
+            start[1]["hooks"][0],
+            json!({ "type": "command", "command": command(spec), "timeout": 30 }),
+            "a tuned timeout is kept"
+        );
+        assert!(
+            matches!(&changes[0], Change::Replaced { old_command, .. } if old_command == "/old/session-reaper hook --agent claude")
+        );
         assert!(matches!(&changes[1], Change::Removed { .. }));
     }
 
     #[test]
     fn ready_made_files_match_the_installer() {
         let files = [
-            (Agent::Claude, include_str!("../../hooks/claude-code/settings.json")),
-            (Agent::Gemini, include_str!("../../hooks/gemini-cli/settings.json")),
-            (Agent::Qwen, include_str!("../../hooks/qwen-code/settings.json")),
+            (
+                Agent::Claude,
+                include_str!("../../hooks/claude-code/settings.json"),
+            ),
+            (
+                Agent::Gemini,
+                include_str!("../../hooks/gemini-cli/settings.json"),
+            ),
+            (
+                Agent::Qwen,
+                include_str!("../../hooks/qwen-code/settings.json"),
+            ),
             (Agent::Codex, include_str!("../../hooks/codex/hooks.json")),
             (Agent::Cursor, include_str!("../../hooks/cursor/hooks.json")),
-            (Agent::Copilot, include_str!("../../hooks/copilot-cli/session-reaper.json")),
-            (Agent::Droid, include_str!("../../hooks/factory-droid/hooks.json")),
-            (Agent::Goose, include_str!("../../hooks/goose/session-reaper/hooks/hooks.json")),
+            (
+                Agent::Copilot,
+                include_str!("../../hooks/copilot-cli/session-reaper.json"),
+            ),
+            (
+                Agent::Droid,
+                include_str!("../../hooks/factory-droid/hooks.json"),
+            ),
+            (
+                Agent::Goose,
+                include_str!("../../hooks/goose/session-reaper/hooks/hooks.json"),
+            ),
         ];
         assert_eq!(files.len(), AGENTS.len(), "a ready-made file per agent");
         for (agent, text) in files {
@@ -458,8 +530,13 @@ mod tests {
             include_str!("../../hooks/goose/session-reaper/plugin.json"),
             Agent::Goose.spec().companion.unwrap().1
         );
-        let plugin: Value = serde_json::from_str(include_str!("../../hooks/claude-code/hooks.json")).unwrap();
-        assert!(all_commands(&plugin).iter().all(|command| is_our_command(command)));
+        let plugin: Value =
+            serde_json::from_str(include_str!("../../hooks/claude-code/hooks.json")).unwrap();
+        assert!(
+            all_commands(&plugin)
+                .iter()
+                .all(|command| is_our_command(command))
+        );
     }
 
     fn json_leaf() -> impl Strategy<Value = Value> {
@@ -475,43 +552,65 @@ mod tests {
         json_leaf().prop_recursive(3, 24, 4, |inner| {
             prop_oneof![
                 prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-                prop::collection::vec(("[a-z]{1,6}", inner), 0..4).prop_map(|pairs| Value::Object(pairs.into_iter().collect())),
+                prop::collection::vec(("[a-z]{1,6}", inner), 0..4)
+                    .prop_map(|pairs| Value::Object(pairs.into_iter().collect())),
             ]
         })
     }
 
     /// An entry that is not ours, in `spec`'s shape.
     fn foreign(spec: &'static AgentSpec) -> impl Strategy<Value = Value> {
-        ("[a-z/ .'\"-]{0,24}", prop::option::of(0u64..100_000)).prop_filter_map("not ours", move |(command, timeout)| {
-            (!is_our_command(&command)).then(|| {
-                let mut entry = Map::new();
-                entry.insert(spec.command_key.into(), json!(command));
-                if let Some(timeout) = timeout {
-                    entry.insert(spec.timeout_field.into(), json!(timeout));
-                }
-                match spec.layout {
-                    Layout::Flat => Value::Object(entry),
-                    Layout::Grouped => json!({ "hooks": [Value::Object(entry)] }),
-                }
-            })
-        })
+        ("[a-z/ .'\"-]{0,24}", prop::option::of(0u64..100_000)).prop_filter_map(
+            "not ours",
+            move |(command, timeout)| {
+                (!is_our_command(&command)).then(|| {
+                    let mut entry = Map::new();
+                    entry.insert(spec.command_key.into(), json!(command));
+                    if let Some(timeout) = timeout {
+                        entry.insert(spec.timeout_field.into(), json!(timeout));
+                    }
+                    match spec.layout {
+                        Layout::Flat => Value::Object(entry),
+                        Layout::Grouped => json!({ "hooks": [Value::Object(entry)] }),
+                    }
+                })
+            },
+        )
     }
 
     fn document(spec: &'static AgentSpec) -> impl Strategy<Value = Value> {
-        let event = prop_oneof![Just(spec.start_event.to_owned()), Just(spec.end_event.unwrap_or("x").to_owned()), "[A-Z][a-z]{0,6}"];
-        let hooks = prop::collection::vec((event, prop::collection::vec(foreign(spec), 1..3).prop_map(Value::Array)), 0..4)
-            .prop_map(|events| Value::Object(events.into_iter().collect()));
-        (prop::collection::vec(("[a-z]{1,8}", json_any()), 0..4), prop::option::of(hooks)).prop_map(|(pairs, hooks)| {
-            let mut root: Map<String, Value> = pairs.into_iter().filter(|(key, _)| key != "hooks" && key != "version").collect();
-            if let Some(hooks) = hooks {
-                root.insert("hooks".into(), hooks);
-            }
-            Value::Object(root)
-        })
+        let event = prop_oneof![
+            Just(spec.start_event.to_owned()),
+            Just(spec.end_event.unwrap_or("x").to_owned()),
+            "[A-Z][a-z]{0,6}"
+        ];
+        let hooks = prop::collection::vec(
+            (
+                event,
+                prop::collection::vec(foreign(spec), 1..3).prop_map(Value::Array),
+            ),
+            0..4,
+        )
+        .prop_map(|events| Value::Object(events.into_iter().collect()));
+        (
+            prop::collection::vec(("[a-z]{1,8}", json_any()), 0..4),
+            prop::option::of(hooks),
+        )
+            .prop_map(|(pairs, hooks)| {
+                let mut root: Map<String, Value> = pairs
+                    .into_iter()
+                    .filter(|(key, _)| key != "hooks" && key != "version")
+                    .collect();
+                if let Some(hooks) = hooks {
+                    root.insert("hooks".into(), hooks);
+                }
+                Value::Object(root)
+            })
     }
 
     fn any_agent_document() -> impl Strategy<Value = (&'static AgentSpec, Value)> {
-        prop::sample::select(AGENTS.iter().collect::<Vec<_>>()).prop_flat_map(|spec| (Just(spec), document(spec)))
+        prop::sample::select(AGENTS.iter().collect::<Vec<_>>())
+            .prop_flat_map(|spec| (Just(spec), document(spec)))
     }
 
     proptest! {
@@ -549,6 +648,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.json");
         std::fs::write(&path, text).unwrap();
-        crate::settings::file::load(spec, &path, &path).unwrap().unwrap()
+        crate::settings::file::load(spec, &path, &path)
+            .unwrap()
+            .unwrap()
     }
 }

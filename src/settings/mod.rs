@@ -43,7 +43,10 @@ pub struct InstallRequest {
 ///
 /// # Errors
 /// [`BadInput`] when `HOME` is needed and unset.
-pub fn user_settings_path(spec: &AgentSpec, env: &dyn Fn(&str) -> Option<std::ffi::OsString>) -> anyhow::Result<PathBuf> {
+pub fn user_settings_path(
+    spec: &AgentSpec,
+    env: &dyn Fn(&str) -> Option<std::ffi::OsString>,
+) -> anyhow::Result<PathBuf> {
     spec.user_settings(env).ok_or_else(|| {
         anyhow::Error::new(BadInput(
             "HOME is not set, so the user settings file is unknown; pass --settings FILE".into(),
@@ -64,7 +67,9 @@ pub fn uninstall(req: &InstallRequest) -> anyhow::Result<InstallReport> {
 
 fn with_path(err: anyhow::Error, path: &Path) -> anyhow::Error {
     match err.downcast::<BadInput>() {
-        Ok(BadInput(message)) => anyhow::Error::new(BadInput(format!("{}: {message}", path.display()))),
+        Ok(BadInput(message)) => {
+            anyhow::Error::new(BadInput(format!("{}: {message}", path.display())))
+        }
         Err(err) => err.context(path.display().to_string()),
     }
 }
@@ -73,9 +78,12 @@ fn apply(req: &InstallRequest, operation: Operation) -> anyhow::Result<InstallRe
     let spec = req.agent.spec();
     let path = &req.settings_path;
     let absolute = std::path::absolute(path).unwrap_or_else(|_| path.clone());
-    let target = file::write_target(&absolute).map_err(|err| anyhow::anyhow!("{}: cannot follow symlink: {err}", path.display()))?;
+    let target = file::write_target(&absolute)
+        .map_err(|err| anyhow::anyhow!("{}: cannot follow symlink: {err}", path.display()))?;
     let loaded = file::load(spec, &target, path)?;
-    let mut value = loaded.as_ref().map_or_else(|| Value::Object(Map::new()), |loaded| loaded.value.clone());
+    let mut value = loaded
+        .as_ref()
+        .map_or_else(|| Value::Object(Map::new()), |loaded| loaded.value.clone());
     let changes = match operation {
         Operation::Install => merge::merge_entries(&mut value, spec, &req.command),
         Operation::Uninstall => merge::remove_entries(&mut value, spec),
@@ -95,7 +103,11 @@ fn apply(req: &InstallRequest, operation: Operation) -> anyhow::Result<InstallRe
             Operation::Uninstall => Vec::new(),
         },
     };
-    if operation == Operation::Uninstall && report.changed() && spec.trust_by_position && !commands_in(spec, &value).is_empty() {
+    if operation == Operation::Uninstall
+        && report.changed()
+        && spec.trust_by_position
+        && !commands_in(spec, &value).is_empty()
+    {
         report.notes.push(format!(
             "{} keys hook trust by position: a hook listed after the removed one may ask to be trusted again",
             spec.title
@@ -105,7 +117,8 @@ fn apply(req: &InstallRequest, operation: Operation) -> anyhow::Result<InstallRe
         return Ok(report);
     }
     if let Some(loaded) = &loaded {
-        file::ensure_unchanged(&target, &loaded.metadata).map_err(|err| anyhow::anyhow!("{}: left as it is: {err}", path.display()))?;
+        file::ensure_unchanged(&target, &loaded.metadata)
+            .map_err(|err| anyhow::anyhow!("{}: left as it is: {err}", path.display()))?;
     }
     let emptied = operation == Operation::Uninstall && value.as_object().is_some_and(Map::is_empty);
     if emptied && let Some((companion, _)) = spec.companion {
@@ -154,7 +167,10 @@ fn remove_plugin(spec: &AgentSpec, target: &Path, companion: &str) -> anyhow::Re
     std::fs::remove_file(target)?;
     let _ = std::fs::remove_file(file::backup_path(target));
     let companion = companion_path(target, companion);
-    let contents = spec.companion.map(|(_, contents)| contents).unwrap_or_default();
+    let contents = spec
+        .companion
+        .map(|(_, contents)| contents)
+        .unwrap_or_default();
     if std::fs::read_to_string(&companion).is_ok_and(|text| text == contents) {
         std::fs::remove_file(&companion)?;
     }

@@ -47,8 +47,10 @@ pub fn say(answer: &Answer) {
 
 /// Hook side: read the payload and resolve everything the hook would, then answer; change nothing.
 pub fn answer(args: &HookRequest, state_dir_flag: Option<&Path>) {
-    let state_dir = Config::new(state_dir_flag, false).map(|config| std::path::absolute(&config.state_dir).unwrap_or(config.state_dir));
-    let payload = hook::read_payload(args.stdin_timeout.min(args.deadline)).and_then(|value| Payload::from_json(&value, args.agent));
+    let state_dir = Config::new(state_dir_flag, false)
+        .map(|config| std::path::absolute(&config.state_dir).unwrap_or(config.state_dir));
+    let payload = hook::read_payload(args.stdin_timeout.min(args.deadline))
+        .and_then(|value| Payload::from_json(&value, args.agent));
     let mut answer = Answer {
         deadline_ms: u64::try_from(args.deadline.as_millis()).ok(),
         ..Answer::default()
@@ -56,7 +58,10 @@ pub fn answer(args: &HookRequest, state_dir_flag: Option<&Path>) {
     match (state_dir, payload) {
         (Ok(dir), Ok(payload)) => {
             answer.state_dir = Some(dir);
-            answer.agent = hook::detect_agent(args.agent, &payload, &|name| std::env::var_os(name).is_some()).map(|agent| agent.as_str().to_owned());
+            answer.agent = hook::detect_agent(args.agent, &payload, &|name| {
+                std::env::var_os(name).is_some()
+            })
+            .map(|agent| agent.as_str().to_owned());
             answer.event = payload.event.clone().or_else(|| args.event.clone());
             answer.session = payload.session.map(|session| session.to_string());
         }
@@ -87,7 +92,10 @@ pub fn payload_for(spec: &AgentSpec, event: &str, cwd: &Path) -> Value {
 /// `SessionStart` for `sessionStart`: the payload's spelling of an event.
 fn canonical_event(event: &str) -> String {
     let mut chars = event.chars();
-    chars.next().map(|first| first.to_uppercase().chain(chars).collect()).unwrap_or_default()
+    chars
+        .next()
+        .map(|first| first.to_uppercase().chain(chars).collect())
+        .unwrap_or_default()
 }
 
 /// What running one hook command gave.
@@ -100,8 +108,17 @@ pub struct Run {
 }
 
 /// Runs `command` as `spec`'s agent runs hooks (its shell, `-c`), with `payload` on stdin, bounded by `limit`.
-pub fn run(spec: &AgentSpec, command: &str, payload: &Value, limit: Duration) -> std::io::Result<Run> {
-    let shell = if Path::new(spec.shell.program).exists() { spec.shell.program } else { "sh" };
+pub fn run(
+    spec: &AgentSpec,
+    command: &str,
+    payload: &Value,
+    limit: Duration,
+) -> std::io::Result<Run> {
+    let shell = if Path::new(spec.shell.program).exists() {
+        spec.shell.program
+    } else {
+        "sh"
+    };
     let mut child = Command::new(shell)
         .args([spec.shell.flag, command])
         .env(PROBE_VAR, "1")
@@ -160,41 +177,79 @@ fn warn(detail: impl Into<String>, fix: impl Into<String>) -> Finding {
 
 /// Judges one probe run of the hook installed for `event`: binary runs, arguments parse, exit 0, stdout empty, the
 /// agent, event and state root it would use, and its deadline against the agent's timeout for it.
-pub fn judge(spec: &AgentSpec, event: &str, entry: &Value, run: &Run, state_dir: &Path) -> Vec<Finding> {
+pub fn judge(
+    spec: &AgentSpec,
+    event: &str,
+    entry: &Value,
+    run: &Run,
+    state_dir: &Path,
+) -> Vec<Finding> {
     let reinstall = format!("session-reaper install --agent {}", spec.name);
-    let first_line = |text: &str| text.lines().find(|line| !line.trim().is_empty()).unwrap_or("").trim().to_owned();
+    let first_line = |text: &str| {
+        text.lines()
+            .find(|line| !line.trim().is_empty())
+            .unwrap_or("")
+            .trim()
+            .to_owned()
+    };
     let mut findings = Vec::new();
     if run.status == Some(127) || run.status == Some(126) {
-        return vec![fail(format!("{event}: the hook's program does not run: {}", first_line(&run.stderr)), reinstall)];
+        return vec![fail(
+            format!(
+                "{event}: the hook's program does not run: {}",
+                first_line(&run.stderr)
+            ),
+            reinstall,
+        )];
     }
     let Some(answer) = &run.answer else {
         return vec![fail(
             format!(
                 "{event}: the command did not answer as session-reaper's hook (exit {}): {}",
-                run.status.map_or("by signal".into(), |code| code.to_string()),
+                run.status
+                    .map_or("by signal".into(), |code| code.to_string()),
                 first_line(&run.stderr)
             ),
             reinstall,
         )];
     };
     if let Some(error) = &answer.error {
-        return vec![fail(format!("{event}: the hook refuses its arguments or payload: {error}"), reinstall)];
+        return vec![fail(
+            format!("{event}: the hook refuses its arguments or payload: {error}"),
+            reinstall,
+        )];
     }
     if run.status != Some(0) {
-        findings.push(fail(format!("{event}: the hook exits {:?}, not 0", run.status), reinstall.clone()));
+        findings.push(fail(
+            format!("{event}: the hook exits {:?}, not 0", run.status),
+            reinstall.clone(),
+        ));
     }
     if !run.stdout.trim().is_empty() {
-        findings.push(fail(format!("{event}: the hook printed on stdout (it becomes model context): {}", first_line(&run.stdout)), reinstall.clone()));
+        findings.push(fail(
+            format!(
+                "{event}: the hook printed on stdout (it becomes model context): {}",
+                first_line(&run.stdout)
+            ),
+            reinstall.clone(),
+        ));
     }
     if answer.agent.as_deref() != Some(spec.name) {
         findings.push(fail(
-            format!("{event}: the hook runs as agent {} in {}'s settings", answer.agent.as_deref().unwrap_or("unknown"), spec.title),
+            format!(
+                "{event}: the hook runs as agent {} in {}'s settings",
+                answer.agent.as_deref().unwrap_or("unknown"),
+                spec.title
+            ),
             reinstall.clone(),
         ));
     }
     let expected = HookEvent::parse(event);
     if answer.event.as_deref().map(HookEvent::parse) != Some(expected) {
-        findings.push(fail(format!("{event}: the hook would handle it as {:?}", answer.event), reinstall.clone()));
+        findings.push(fail(
+            format!("{event}: the hook would handle it as {:?}", answer.event),
+            reinstall.clone(),
+        ));
     }
     let checked = std::path::absolute(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
     if answer.state_dir.as_deref() != Some(checked.as_path()) {
@@ -215,7 +270,10 @@ pub fn judge(spec: &AgentSpec, event: &str, entry: &Value, run: &Run, state_dir:
             && timeout > cap
         {
             findings.push(warn(
-                format!("{event}: \"{}\": {timeout} is above {}'s limit of {cap}; it is clamped", spec.timeout_field, spec.title),
+                format!(
+                    "{event}: \"{}\": {timeout} is above {}'s limit of {cap}; it is clamped",
+                    spec.timeout_field, spec.title
+                ),
                 format!("set it to {cap}"),
             ));
         }
@@ -230,12 +288,20 @@ pub fn judge(spec: &AgentSpec, event: &str, entry: &Value, run: &Run, state_dir:
     findings
 }
 
-/// How long the agent lets our SessionEnd hook run, in ms.
+/// How long the agent lets our `SessionEnd` hook run, in ms.
 fn session_end_budget(spec: &AgentSpec, timeout: Option<u64>) -> u64 {
-    let own = timeout.map(|value| timeout_millis(value.min(spec.end_timeout_cap.unwrap_or(u64::MAX)), spec.timeout_unit));
+    let own = timeout.map(|value| {
+        timeout_millis(
+            value.min(spec.end_timeout_cap.unwrap_or(u64::MAX)),
+            spec.timeout_unit,
+        )
+    });
     if spec.agent == Agent::Claude {
         // 1.5 s shared by all SessionEnd hooks, raised by the largest settings timeout, overridden by its variable.
-        if let Some(ms) = std::env::var("CLAUDE_CODE_SESSIONEND_HOOKS_TIMEOUT_MS").ok().and_then(|v| v.parse().ok()) {
+        if let Some(ms) = std::env::var("CLAUDE_CODE_SESSIONEND_HOOKS_TIMEOUT_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
             return ms;
         }
         return own.unwrap_or(0).max(1500);
@@ -251,7 +317,10 @@ fn session_end_budget(spec: &AgentSpec, timeout: Option<u64>) -> u64 {
 /// The untrusted positions among `positions` (event as in the file, group, hook index).
 pub fn codex_untrusted(hooks_file: &Path, positions: &[(String, usize, usize)]) -> Vec<String> {
     let config = hooks_file.with_file_name("config.toml");
-    let table: toml::Table = std::fs::read_to_string(&config).ok().and_then(|text| text.parse().ok()).unwrap_or_default();
+    let table: toml::Table = std::fs::read_to_string(&config)
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or_default();
     let state = table.get("hooks").and_then(|hooks| hooks.get("state"));
     let trusted = |key: &str| {
         state
@@ -259,11 +328,21 @@ pub fn codex_untrusted(hooks_file: &Path, positions: &[(String, usize, usize)]) 
             .and_then(|entry| entry.get("trusted_hash"))
             .is_some_and(|hash| hash.as_str().is_some_and(|hash| !hash.is_empty()))
     };
-    let paths: Vec<PathBuf> = [Some(hooks_file.to_path_buf()), std::fs::canonicalize(hooks_file).ok()].into_iter().flatten().collect();
+    let paths: Vec<PathBuf> = [
+        Some(hooks_file.to_path_buf()),
+        std::fs::canonicalize(hooks_file).ok(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     positions
         .iter()
         .map(|(event, group, index)| (event, format!("{}:{group}:{index}", snake_event(event))))
-        .filter(|(_, suffix)| !paths.iter().any(|path| trusted(&format!("{}:{suffix}", path.display()))))
+        .filter(|(_, suffix)| {
+            !paths
+                .iter()
+                .any(|path| trusted(&format!("{}:{suffix}", path.display())))
+        })
         .map(|(event, _)| event.clone())
         .collect()
 }

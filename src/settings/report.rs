@@ -45,11 +45,21 @@ impl InstallReport {
     fn headline(&self) -> String {
         let path = self.path.display();
         match (self.operation, self.changed(), self.dry_run) {
-            (Operation::Install, false, _) => format!("hooks already installed in {path}; nothing to do"),
-            (Operation::Uninstall, false, _) => format!("no {PROGRAM} hooks in {path}; nothing to do"),
-            (Operation::Install, true, true) => format!("would install hooks in {path} (dry run, nothing written)"),
-            (Operation::Uninstall, true, true) => format!("would remove hooks from {path} (dry run, nothing written)"),
-            (Operation::Install, true, false) if self.created => format!("installed hooks in {path} (new file)"),
+            (Operation::Install, false, _) => {
+                format!("hooks already installed in {path}; nothing to do")
+            }
+            (Operation::Uninstall, false, _) => {
+                format!("no {PROGRAM} hooks in {path}; nothing to do")
+            }
+            (Operation::Install, true, true) => {
+                format!("would install hooks in {path} (dry run, nothing written)")
+            }
+            (Operation::Uninstall, true, true) => {
+                format!("would remove hooks from {path} (dry run, nothing written)")
+            }
+            (Operation::Install, true, false) if self.created => {
+                format!("installed hooks in {path} (new file)")
+            }
             (Operation::Install, true, false) => format!("installed hooks in {path}"),
             (Operation::Uninstall, true, false) => format!("removed hooks from {path}"),
         }

@@ -446,10 +446,14 @@ impl Home {
             "#!/bin/sh\nif [ \"$1\" = -l ]; then [ -f '{0}' ] && exec cat '{0}'; echo 'no crontab' >&2; exit 1; fi\nif [ \"$1\" = - ]; then exec cat > '{0}'; fi\nexit 2\n",
             table.display()
         );
-        for (name, script) in [("crontab", crontab.as_str()), ("systemctl", "#!/bin/sh\nexit 1\n")] {
+        for (name, script) in [
+            ("crontab", crontab.as_str()),
+            ("systemctl", "#!/bin/sh\nexit 1\n"),
+        ] {
             let path = bin.join(name);
             std::fs::write(&path, script).expect("fake tool");
-            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
         }
         Home { dir }
     }
@@ -462,9 +466,18 @@ impl Home {
     /// The binary run in this home, with `--state-dir` of the test (pass `state` to choose another).
     pub fn cmd(&self, env: &Env, state: Option<&Path>, args: &[&str]) -> Command {
         let mut command = Command::new(BIN);
-        command.arg("--state-dir").arg(state.unwrap_or(env.state_dir())).args(args);
+        command
+            .arg("--state-dir")
+            .arg(state.unwrap_or(env.state_dir()))
+            .args(args);
         scrub_env(&mut command);
-        for name in ["XDG_CONFIG_HOME", "XDG_STATE_HOME", "COPILOT_HOME", "CURSOR_VERSION", "FACTORY_PROJECT_DIR"] {
+        for name in [
+            "XDG_CONFIG_HOME",
+            "XDG_STATE_HOME",
+            "COPILOT_HOME",
+            "CURSOR_VERSION",
+            "FACTORY_PROJECT_DIR",
+        ] {
             command.env_remove(name);
         }
         let path = std::env::var("PATH").unwrap_or_default();

@@ -725,7 +725,9 @@ fn codex_payload_with_null_transcript_is_detected_from_the_codex_environment() {
     // Codex 0.171.0 gives hooks no CODEX_THREAD_ID and no env file; its npm wrapper's marker is what is there.
     let env_file = env.work.path().join("codex.env");
     let mut command = env.cmd(&["hook"]);
-    command.env("CODEX_MANAGED_BY_NPM", "1").env("CODEX_ENV_FILE", &env_file);
+    command
+        .env("CODEX_MANAGED_BY_NPM", "1")
+        .env("CODEX_ENV_FILE", &env_file);
     let out = run_bounded(command, Some(&bytes(&sent)));
     assert_good_citizen(&out, "codex hook");
     assert!(out.stderr.is_empty(), "{}", stderr(&out));
@@ -735,7 +737,10 @@ fn codex_payload_with_null_transcript_is_detected_from_the_codex_environment() {
         record.get("transcript_path").is_none_or(Value::is_null),
         "{record}"
     );
-    assert!(!env_file.exists(), "CODEX_ENV_FILE is no agent's: nothing is written there");
+    assert!(
+        !env_file.exists(),
+        "CODEX_ENV_FILE is no agent's: nothing is written there"
+    );
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! one backup per file, `--state-dir` and `--scope project` in what is written, the shared sweep, every agent's
 //! payload shapes, one session reached through two agents' hooks, and `doctor` running the installed hooks.
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
@@ -18,14 +19,32 @@ fn run(env: &Env, home: &Home, args: &[&str]) -> Output {
 }
 
 fn install(env: &Env, home: &Home, verb: &str, agent: &str, settings: &Path) -> Output {
-    let out = run(env, home, &[verb, "--agent", agent, "--settings", settings.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(0), "{verb} {agent}: {}{}", stdout(&out), stderr(&out));
+    let out = run(
+        env,
+        home,
+        &[
+            verb,
+            "--agent",
+            agent,
+            "--settings",
+            settings.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{verb} {agent}: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
     out
 }
 
 fn read_value(spec: &AgentSpec, path: &Path) -> Value {
     let text = std::fs::read_to_string(path).unwrap();
-    session_reaper::settings::file::parse(spec, &text, path).unwrap().0
+    session_reaper::settings::file::parse(spec, &text, path)
+        .unwrap()
+        .0
 }
 
 /// A settings file someone already has for `spec`: other keys, a foreign hook on one of our events and on another
@@ -33,13 +52,30 @@ fn read_value(spec: &AgentSpec, path: &Path) -> Value {
 fn busy_file(spec: &AgentSpec) -> String {
     let foreign = |command: &str| match spec.layout {
         Layout::Flat => json!({ spec.command_key: command }),
-        Layout::Grouped => json!({ "matcher": "startup", "hooks": [ { "type": "command", spec.command_key: command } ] }),
+        Layout::Grouped => {
+            json!({ "matcher": "startup", "hooks": [ { "type": "command", spec.command_key: command } ] })
+        }
     };
     let start = serde_json::to_string(&foreign("echo mine-at-start")).unwrap();
     let other = serde_json::to_string(&foreign("lint.sh")).unwrap();
-    let version = if spec.layout == Layout::Flat { "\n  \"version\": 1," } else { "" };
-    let (comment, trailing) = if spec.comments { ("\n  // my own settings, keep this comment", "  /* and this one */\n") } else { ("", "") };
-    let extra = if spec.hooks_only_file { "" } else { "\n  \"model\": \"opus\",\n  \"env\": {\"FOO\": \"1\"}," };
+    let version = if spec.layout == Layout::Flat {
+        "\n  \"version\": 1,"
+    } else {
+        ""
+    };
+    let (comment, trailing) = if spec.comments {
+        (
+            "\n  // my own settings, keep this comment",
+            "  /* and this one */\n",
+        )
+    } else {
+        ("", "")
+    };
+    let extra = if spec.hooks_only_file {
+        ""
+    } else {
+        "\n  \"model\": \"opus\",\n  \"env\": {\"FOO\": \"1\"},"
+    };
     format!(
         "{{{comment}{version}{extra}\n  \"hooks\": {{\n    \"{}\": [{start}],\n    \"PreToolUse\": [{other}]\n  }}\n{trailing}}}\n",
         spec.start_event
@@ -47,7 +83,11 @@ fn busy_file(spec: &AgentSpec) -> String {
 }
 
 fn settings_path(env: &Env, spec: &AgentSpec, case: &str) -> PathBuf {
-    env.work.path().join(case).join(spec.name).join(spec.settings_file)
+    env.work
+        .path()
+        .join(case)
+        .join(spec.name)
+        .join(spec.settings_file)
 }
 
 fn ours(spec: &AgentSpec, value: &Value) -> Vec<(String, String)> {
@@ -67,18 +107,42 @@ fn every_agent_installs_into_an_empty_file_twice_and_uninstalls_to_nothing() {
         let value = read_value(spec, &path);
         let found = ours(spec, &value);
         let events: Vec<&str> = found.iter().map(|(event, _)| event.as_str()).collect();
-        assert_eq!(events, spec.events().collect::<Vec<_>>(), "{}: {value}", spec.name);
+        assert_eq!(
+            events,
+            spec.events().collect::<Vec<_>>(),
+            "{}: {value}",
+            spec.name
+        );
         if let Some((companion, contents)) = spec.companion {
             let companion = path.parent().unwrap().join(companion);
-            assert_eq!(std::fs::read_to_string(&companion).unwrap(), contents, "{}", spec.name);
+            assert_eq!(
+                std::fs::read_to_string(&companion).unwrap(),
+                contents,
+                "{}",
+                spec.name
+            );
         }
         let bytes = std::fs::read(&path).unwrap();
         let again = install(&env, &home, "install", spec.name, &path);
-        assert!(stdout(&again).contains("already installed"), "{}: {}", spec.name, stdout(&again));
-        assert_eq!(std::fs::read(&path).unwrap(), bytes, "{}: twice is once", spec.name);
+        assert!(
+            stdout(&again).contains("already installed"),
+            "{}: {}",
+            spec.name,
+            stdout(&again)
+        );
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            bytes,
+            "{}: twice is once",
+            spec.name
+        );
         install(&env, &home, "uninstall", spec.name, &path);
         if spec.companion.is_some() {
-            assert!(!path.exists() && !path.parent().unwrap().exists(), "{}: the plugin we made is gone", spec.name);
+            assert!(
+                !path.exists() && !path.parent().unwrap().exists(),
+                "{}: the plugin we made is gone",
+                spec.name
+            );
         } else {
             assert_eq!(read_value(spec, &path), json!({}), "{}", spec.name);
         }
@@ -99,29 +163,78 @@ fn every_agent_keeps_a_busy_file_and_its_comments_and_uninstall_restores_its_val
         install(&env, &home, "install", spec.name, &path);
         let installed_text = std::fs::read_to_string(&path).unwrap();
         let installed = read_value(spec, &path);
-        assert_eq!(ours(spec, &installed).len(), 2, "{}: {installed_text}", spec.name);
+        assert_eq!(
+            ours(spec, &installed).len(),
+            2,
+            "{}: {installed_text}",
+            spec.name
+        );
         let commands = session_reaper::settings::commands_in(spec, &installed);
-        assert!(commands.iter().any(|(_, c)| c == "echo mine-at-start") && commands.iter().any(|(_, c)| c == "lint.sh"), "{}", spec.name);
+        assert!(
+            commands.iter().any(|(_, c)| c == "echo mine-at-start")
+                && commands.iter().any(|(_, c)| c == "lint.sh"),
+            "{}",
+            spec.name
+        );
         for key in ["model", "env", "version"] {
-            assert_eq!(installed.get(key), original.get(key), "{}: {key} kept", spec.name);
+            assert_eq!(
+                installed.get(key),
+                original.get(key),
+                "{}: {key} kept",
+                spec.name
+            );
         }
         if spec.comments {
-            assert!(installed_text.contains("// my own settings, keep this comment") && installed_text.contains("/* and this one */"), "{}: {installed_text}", spec.name);
+            assert!(
+                installed_text.contains("// my own settings, keep this comment")
+                    && installed_text.contains("/* and this one */"),
+                "{}: {installed_text}",
+                spec.name
+            );
         }
         // Ours runs first in the shared budget, except where trust is keyed by position (Codex): last.
         let start = installed["hooks"][spec.start_event].as_array().unwrap();
-        let first_is_ours = ours(spec, &json!({ "hooks": { spec.start_event: [start[0].clone()] } })).len() == 1;
-        assert_eq!(first_is_ours, !spec.trust_by_position, "{}: {installed_text}", spec.name);
+        let first_is_ours = ours(
+            spec,
+            &json!({ "hooks": { spec.start_event: [start[0].clone()] } }),
+        )
+        .len()
+            == 1;
+        assert_eq!(
+            first_is_ours, !spec.trust_by_position,
+            "{}: {installed_text}",
+            spec.name
+        );
 
         install(&env, &home, "install", spec.name, &path);
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), installed_text, "{}: twice is once", spec.name);
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            installed_text,
+            "{}: twice is once",
+            spec.name
+        );
 
         install(&env, &home, "uninstall", spec.name, &path);
         let restored_text = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(read_value(spec, &path), original, "{}: {restored_text}", spec.name);
-        assert_eq!(read_value(spec, &path).to_string(), original.to_string(), "{}: key order kept", spec.name);
+        assert_eq!(
+            read_value(spec, &path),
+            original,
+            "{}: {restored_text}",
+            spec.name
+        );
+        assert_eq!(
+            read_value(spec, &path).to_string(),
+            original.to_string(),
+            "{}: key order kept",
+            spec.name
+        );
         if spec.comments {
-            assert!(restored_text.contains("// my own settings, keep this comment") && restored_text.contains("/* and this one */"), "{}", spec.name);
+            assert!(
+                restored_text.contains("// my own settings, keep this comment")
+                    && restored_text.contains("/* and this one */"),
+                "{}",
+                spec.name
+            );
         }
         let backups: Vec<String> = std::fs::read_dir(path.parent().unwrap())
             .unwrap()
@@ -129,7 +242,15 @@ fn every_agent_keeps_a_busy_file_and_its_comments_and_uninstall_restores_its_val
             .map(|entry| entry.file_name().to_string_lossy().into_owned())
             .filter(|name| name.contains(".bak"))
             .collect();
-        assert_eq!(backups, [format!("{}.session-reaper.bak", path.file_name().unwrap().to_string_lossy())], "{}: one backup", spec.name);
+        assert_eq!(
+            backups,
+            [format!(
+                "{}.session-reaper.bak",
+                path.file_name().unwrap().to_string_lossy()
+            )],
+            "{}: one backup",
+            spec.name
+        );
     }
 }
 
@@ -141,9 +262,24 @@ fn comments_are_refused_where_the_agent_reads_plain_json() {
         let path = settings_path(&env, spec, "comments");
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, "// no\n{}\n").unwrap();
-        let out = run(&env, &home, &["install", "--agent", spec.name, "--settings", path.to_str().unwrap()]);
+        let out = run(
+            &env,
+            &home,
+            &[
+                "install",
+                "--agent",
+                spec.name,
+                "--settings",
+                path.to_str().unwrap(),
+            ],
+        );
         assert_eq!(out.status.code(), Some(2), "{}", spec.name);
-        assert!(stderr(&out).contains("not valid JSON") && stderr(&out).lines().count() == 1, "{}: {}", spec.name, stderr(&out));
+        assert!(
+            stderr(&out).contains("not valid JSON") && stderr(&out).lines().count() == 1,
+            "{}: {}",
+            spec.name,
+            stderr(&out)
+        );
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "// no\n{}\n");
     }
 }
@@ -159,7 +295,10 @@ fn qwen_rewriting_its_file_changes_nothing_for_us() {
     install(&env, &home, "install", "qwen", &path);
     // What Qwen Code 0.24.4 does on start: adds "$version": 4 and re-indents, keeping our hooks.
     let mut value = read_value(spec, &path);
-    value.as_object_mut().unwrap().insert("$version".into(), json!(4));
+    value
+        .as_object_mut()
+        .unwrap()
+        .insert("$version".into(), json!(4));
     let rewritten = {
         let mut out = Vec::new();
         let formatter = serde_json::ser::PrettyFormatter::with_indent(b"    ");
@@ -169,10 +308,17 @@ fn qwen_rewriting_its_file_changes_nothing_for_us() {
     };
     std::fs::write(&path, &rewritten).unwrap();
     let again = install(&env, &home, "install", "qwen", &path);
-    assert!(stdout(&again).contains("already installed"), "{}", stdout(&again));
+    assert!(
+        stdout(&again).contains("already installed"),
+        "{}",
+        stdout(&again)
+    );
     assert_eq!(std::fs::read_to_string(&path).unwrap(), rewritten);
     install(&env, &home, "uninstall", "qwen", &path);
-    assert_eq!(read_value(spec, &path), json!({"model": {"name": "qwen3"}, "$version": 4}));
+    assert_eq!(
+        read_value(spec, &path),
+        json!({"model": {"name": "qwen3"}, "$version": 4})
+    );
 }
 
 #[test]
@@ -180,23 +326,57 @@ fn a_non_default_state_dir_goes_into_the_hook_command_and_the_sweep_line() {
     let env = Env::new();
     let home = Home::new(&env);
     let path = settings_path(&env, Agent::Claude.spec(), "state");
-    let out = run(&env, &home, &["install", "--agent", "claude", "--with-sweep", "--settings", path.to_str().unwrap()]);
+    let out = run(
+        &env,
+        &home,
+        &[
+            "install",
+            "--agent",
+            "claude",
+            "--with-sweep",
+            "--settings",
+            path.to_str().unwrap(),
+        ],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let value = read_value(Agent::Claude.spec(), &path);
     let state = env.state_dir().to_str().unwrap();
     for (event, command) in ours(Agent::Claude.spec(), &value) {
         let words = session_reaper::settings::shell_words(&command).unwrap();
-        assert_eq!(words[1..], ["hook", "--agent", "claude", "--state-dir", state], "{event}");
+        assert_eq!(
+            words[1..],
+            ["hook", "--agent", "claude", "--state-dir", state],
+            "{event}"
+        );
     }
     let table = home.crontab();
-    assert!(table.contains(&format!("--state-dir {state} sweep")), "{table}");
+    assert!(
+        table.contains(&format!("--state-dir {state} sweep")),
+        "{table}"
+    );
 
     // The default root needs no flag: the hook gets it from the same HOME.
     let default = home.dir.join(".local/state/session-reaper");
     let plain = settings_path(&env, Agent::Claude.spec(), "default");
-    let out = run_bounded(home.cmd(&env, Some(&default), &["install", "--agent", "claude", "--settings", plain.to_str().unwrap()]), None);
+    let out = run_bounded(
+        home.cmd(
+            &env,
+            Some(&default),
+            &[
+                "install",
+                "--agent",
+                "claude",
+                "--settings",
+                plain.to_str().unwrap(),
+            ],
+        ),
+        None,
+    );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    for (_, command) in ours(Agent::Claude.spec(), &read_value(Agent::Claude.spec(), &plain)) {
+    for (_, command) in ours(
+        Agent::Claude.spec(),
+        &read_value(Agent::Claude.spec(), &plain),
+    ) {
         assert!(!command.contains("--state-dir"), "{command}");
     }
 }
@@ -208,7 +388,11 @@ fn project_scope_writes_a_relative_command_at_the_repository_top_level() {
     let repo = env.workspace("repo");
     let deep = repo.join("src/module");
     std::fs::create_dir_all(&deep).unwrap();
-    let mut command = home.cmd(&env, None, &["install", "--agent", "claude", "--scope", "project"]);
+    let mut command = home.cmd(
+        &env,
+        None,
+        &["install", "--agent", "claude", "--scope", "project"],
+    );
     command.current_dir(&deep);
     let out = run_bounded(command, None);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -217,7 +401,10 @@ fn project_scope_writes_a_relative_command_at_the_repository_top_level() {
     let found = ours(Agent::Claude.spec(), &value);
     assert_eq!(found.len(), 2);
     for (_, command) in found {
-        assert_eq!(command, "session-reaper hook --agent claude", "no absolute path, no personal state root");
+        assert_eq!(
+            command, "session-reaper hook --agent claude",
+            "no absolute path, no personal state root"
+        );
     }
 }
 
@@ -229,37 +416,108 @@ fn codex_install_ends_with_the_trust_step_and_claude_with_sweep_is_shared() {
     let out = run(&env, &home, &["install", "--agent", "codex"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let text = stdout(&out);
-    let last = text.lines().rev().find(|line| !line.trim().is_empty()).unwrap();
-    assert!(last.starts_with("!!! CODEX RUNS NO HOOK UNTIL YOU TRUST IT") && last.contains("/hooks"), "{text}");
+    let last = text
+        .lines()
+        .rev()
+        .find(|line| !line.trim().is_empty())
+        .unwrap();
+    assert!(
+        last.starts_with("!!! CODEX RUNS NO HOOK UNTIL YOU TRUST IT") && last.contains("/hooks"),
+        "{text}"
+    );
     assert!(text.contains("needs the periodic sweep"), "{text}");
     let codex = read_value(Agent::Codex.spec(), &home.dir.join(".codex/hooks.json"));
     assert_eq!(codex["hooks"]["SessionEnd"][0]["hooks"][0]["timeout"], 3);
 
     // Claude with the sweep, then Gemini: uninstalling Claude's keeps the sweep the others rely on.
-    assert_eq!(run(&env, &home, &["install", "--agent", "claude", "--with-sweep"]).status.code(), Some(0));
-    assert_eq!(home.crontab().lines().filter(|l| l.contains(" sweep")).count(), 1, "{}", home.crontab());
-    let again = run(&env, &home, &["install", "--agent", "gemini", "--with-sweep"]);
-    assert!(stdout(&again).contains("already runs"), "{}", stdout(&again));
-    let out = run(&env, &home, &["uninstall", "--agent", "claude", "--with-sweep"]);
-    assert!(stdout(&out).contains("sweep: kept") && stdout(&out).contains("gemini") && stdout(&out).contains("codex"), "{}", stdout(&out));
-    assert_eq!(home.crontab().lines().filter(|l| l.contains(" sweep")).count(), 1);
-    assert_eq!(run(&env, &home, &["uninstall", "--agent", "codex"]).status.code(), Some(0));
-    let out = run(&env, &home, &["uninstall", "--agent", "gemini", "--with-sweep"]);
-    assert!(stdout(&out).contains("crontab line removed"), "{}", stdout(&out));
+    assert_eq!(
+        run(
+            &env,
+            &home,
+            &["install", "--agent", "claude", "--with-sweep"]
+        )
+        .status
+        .code(),
+        Some(0)
+    );
+    assert_eq!(
+        home.crontab()
+            .lines()
+            .filter(|l| l.contains(" sweep"))
+            .count(),
+        1,
+        "{}",
+        home.crontab()
+    );
+    let again = run(
+        &env,
+        &home,
+        &["install", "--agent", "gemini", "--with-sweep"],
+    );
+    assert!(
+        stdout(&again).contains("already runs"),
+        "{}",
+        stdout(&again)
+    );
+    let out = run(
+        &env,
+        &home,
+        &["uninstall", "--agent", "claude", "--with-sweep"],
+    );
+    assert!(
+        stdout(&out).contains("sweep: kept")
+            && stdout(&out).contains("gemini")
+            && stdout(&out).contains("codex"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(
+        home.crontab()
+            .lines()
+            .filter(|l| l.contains(" sweep"))
+            .count(),
+        1
+    );
+    assert_eq!(
+        run(&env, &home, &["uninstall", "--agent", "codex"])
+            .status
+            .code(),
+        Some(0)
+    );
+    let out = run(
+        &env,
+        &home,
+        &["uninstall", "--agent", "gemini", "--with-sweep"],
+    );
+    assert!(
+        stdout(&out).contains("crontab line removed"),
+        "{}",
+        stdout(&out)
+    );
     assert!(!home.crontab().contains(" sweep"), "{}", home.crontab());
 }
 
 // --- payloads -------------------------------------------------------------------------------------------------
 
 fn fixture(path: &str) -> Vec<u8> {
-    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/payloads").join(path)).unwrap()
+    std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/payloads")
+            .join(path),
+    )
+    .unwrap()
 }
 
 /// The payload with its session id replaced by one fresh for this test run (a `SessionEnd` scans the process table
 /// for `--resume <id>`: only ids nobody else can hold).
 fn fresh(payload: &[u8]) -> Vec<u8> {
     static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let id = ID.get_or_init(|| std::fs::read_to_string("/proc/sys/kernel/random/uuid").unwrap().trim().to_owned());
+    let id = ID.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/random/uuid")
+            .unwrap()
+            .trim()
+            .to_owned()
+    });
     let mut value: Value = serde_json::from_slice(payload).unwrap();
     for key in ["session_id", "sessionId"] {
         if value.get(key).is_some() {
@@ -295,8 +553,16 @@ fn hook(env: &mut Env, args: &[&str], payload: &[u8], extra_env: &[(&str, &str)]
 #[test]
 fn the_new_agents_payload_shapes_record_their_sessions() {
     let cases: &[(&str, &str, &[&str])] = &[
-        ("copilot/sessionStart.json", "copilot", &["--agent", "copilot", "--event", "sessionStart"]),
-        ("copilot/SessionStart.vscode.json", "copilot", &["--agent", "copilot"]),
+        (
+            "copilot/sessionStart.json",
+            "copilot",
+            &["--agent", "copilot", "--event", "sessionStart"],
+        ),
+        (
+            "copilot/SessionStart.vscode.json",
+            "copilot",
+            &["--agent", "copilot"],
+        ),
         ("cursor/sessionStart.json", "cursor", &["--agent", "auto"]),
         ("droid/SessionStart.json", "droid", &["--agent", "auto"]),
         ("goose/SessionStart.json", "goose", &["--agent", "auto"]),
@@ -306,7 +572,10 @@ fn the_new_agents_payload_shapes_record_their_sessions() {
         let payload = fixture(file);
         hook(&mut env, args, &payload, &[]);
         let value: Value = serde_json::from_slice(&payload).unwrap();
-        let id = value.get("sessionId").or_else(|| value.get("session_id")).unwrap();
+        let id = value
+            .get("sessionId")
+            .or_else(|| value.get("session_id"))
+            .unwrap();
         let records = sessions(&env);
         assert_eq!(records.len(), 1, "{file}");
         assert_eq!(records[0]["session_id"], *id, "{file}");
@@ -315,13 +584,33 @@ fn the_new_agents_payload_shapes_record_their_sessions() {
     }
     // Goose's end names its event in `event`; Copilot's camelCase end gets it from --event.
     let mut env = Env::new();
-    hook(&mut env, &[], &fresh(&fixture("goose/SessionStart.json")), &[]);
-    hook(&mut env, &[], &fresh(&fixture("goose/SessionEnd.json")), &[]);
+    hook(
+        &mut env,
+        &[],
+        &fresh(&fixture("goose/SessionStart.json")),
+        &[],
+    );
+    hook(
+        &mut env,
+        &[],
+        &fresh(&fixture("goose/SessionEnd.json")),
+        &[],
+    );
     assert!(!sessions(&env)[0]["ended_at"].is_null());
     assert_eq!(sessions(&env)[0]["agent"], "goose");
     let mut env = Env::new();
-    hook(&mut env, &["--agent", "copilot", "--event", "sessionStart"], &fresh(&fixture("copilot/sessionStart.json")), &[]);
-    hook(&mut env, &["--agent", "copilot", "--event", "sessionEnd"], &fresh(&fixture("copilot/sessionEnd.json")), &[]);
+    hook(
+        &mut env,
+        &["--agent", "copilot", "--event", "sessionStart"],
+        &fresh(&fixture("copilot/sessionStart.json")),
+        &[],
+    );
+    hook(
+        &mut env,
+        &["--agent", "copilot", "--event", "sessionEnd"],
+        &fresh(&fixture("copilot/sessionEnd.json")),
+        &[],
+    );
     assert!(!sessions(&env)[0]["ended_at"].is_null());
 }
 
@@ -329,16 +618,37 @@ fn the_new_agents_payload_shapes_record_their_sessions() {
 fn a_payload_without_session_id_is_keyed_by_its_agent_process() {
     let mut env = Env::new();
     let payload = fixture("copilot/sessionStart.no-session-id.json");
-    hook(&mut env, &["--agent", "copilot", "--event", "sessionStart"], &payload, &[]);
-    hook(&mut env, &["--agent", "copilot", "--event", "sessionStart"], &payload, &[]);
+    hook(
+        &mut env,
+        &["--agent", "copilot", "--event", "sessionStart"],
+        &payload,
+        &[],
+    );
+    hook(
+        &mut env,
+        &["--agent", "copilot", "--event", "sessionStart"],
+        &payload,
+        &[],
+    );
     let records = sessions(&env);
     assert_eq!(records.len(), 1, "one stable synthetic id: {records:?}");
     let me = std::process::id();
     let id = records[0]["session_id"].as_str().unwrap();
-    assert!(id.starts_with(&format!("copilot-{me}-")), "keyed by the agent process (the test, the hook's parent): {id}");
+    assert!(
+        id.starts_with(&format!("copilot-{me}-")),
+        "keyed by the agent process (the test, the hook's parent): {id}"
+    );
     assert_eq!(records[0]["agent_identity"]["pid"], me);
-    hook(&mut env, &["--agent", "copilot", "--event", "sessionEnd"], &fixture("copilot/sessionStart.no-session-id.json"), &[]);
-    assert!(!sessions(&env)[0]["ended_at"].is_null(), "the same synthetic id ends it");
+    hook(
+        &mut env,
+        &["--agent", "copilot", "--event", "sessionEnd"],
+        &fixture("copilot/sessionStart.no-session-id.json"),
+        &[],
+    );
+    assert!(
+        !sessions(&env)[0]["ended_at"].is_null(),
+        "the same synthetic id ends it"
+    );
 }
 
 #[test]
@@ -347,14 +657,31 @@ fn one_session_reached_through_two_agents_hooks_is_kept_once_under_the_first() {
     let payload = fixture("cursor/sessionStart.json");
     // Cursor runs its own hook, then Claude's hooks from ~/.claude/settings.json for the same conversation.
     hook(&mut env, &["--agent", "cursor"], &payload, &[]);
-    hook(&mut env, &["--agent", "claude"], &payload, &[("CURSOR_VERSION", "2.3")]);
+    hook(
+        &mut env,
+        &["--agent", "claude"],
+        &payload,
+        &[("CURSOR_VERSION", "2.3")],
+    );
     hook(&mut env, &["--agent", "claude"], &payload, &[]);
     let records = sessions(&env);
     assert_eq!(records.len(), 1);
-    assert_eq!(records[0]["agent"], "cursor", "never re-keyed to a second agent");
-    let duplicates: Vec<Value> = env.events_where("session_start", None).into_iter().filter(|e| e["result"] == "duplicate").collect();
+    assert_eq!(
+        records[0]["agent"], "cursor",
+        "never re-keyed to a second agent"
+    );
+    let duplicates: Vec<Value> = env
+        .events_where("session_start", None)
+        .into_iter()
+        .filter(|e| e["result"] == "duplicate")
+        .collect();
     assert_eq!(duplicates.len(), 1, "{:?}", env.events());
-    assert!(duplicates[0]["detail"].as_str().unwrap().contains("kept as agent cursor"));
+    assert!(
+        duplicates[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("kept as agent cursor")
+    );
 }
 
 // --- doctor ---------------------------------------------------------------------------------------------------
@@ -362,7 +689,8 @@ fn one_session_reached_through_two_agents_hooks_is_kept_once_under_the_first() {
 /// `doctor --json` in `home`: exit code and the checks named `NAME hooks`.
 fn doctor(env: &Env, home: &Home, state: Option<&Path>, agent: &str) -> (Option<i32>, Vec<Value>) {
     let out = run_bounded(home.cmd(env, state, &["doctor", "--json"]), None);
-    let value: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|err| panic!("{err}: {}{}", stdout(&out), stderr(&out)));
+    let value: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|err| panic!("{err}: {}{}", stdout(&out), stderr(&out)));
     let checks = value["checks"]
         .as_array()
         .unwrap()
@@ -377,13 +705,24 @@ fn failures(checks: &[Value]) -> Vec<String> {
     checks
         .iter()
         .filter(|check| check["level"] == "fail")
-        .map(|check| format!("{} -> fix: {}", check["detail"].as_str().unwrap(), check["fix"].as_str().unwrap_or("")))
+        .map(|check| {
+            format!(
+                "{} -> fix: {}",
+                check["detail"].as_str().unwrap(),
+                check["fix"].as_str().unwrap_or("")
+            )
+        })
         .collect()
 }
 
 /// Claude's settings, installed by us, then changed by `edit`.
 fn claude_setup(env: &Env, home: &Home, edit: impl FnOnce(&mut Value)) {
-    assert_eq!(run(env, home, &["install", "--agent", "claude"]).status.code(), Some(0));
+    assert_eq!(
+        run(env, home, &["install", "--agent", "claude"])
+            .status
+            .code(),
+        Some(0)
+    );
     let path = home.dir.join(".claude/settings.json");
     let mut value = read_value(Agent::Claude.spec(), &path);
     edit(&mut value);
@@ -392,7 +731,10 @@ fn claude_setup(env: &Env, home: &Home, edit: impl FnOnce(&mut Value)) {
 
 fn set_command(value: &mut Value, edit: impl Fn(&str) -> String) {
     for event in ["SessionStart", "SessionEnd"] {
-        let command = value["hooks"][event][0]["hooks"][0]["command"].as_str().unwrap().to_owned();
+        let command = value["hooks"][event][0]["hooks"][0]["command"]
+            .as_str()
+            .unwrap()
+            .to_owned();
         value["hooks"][event][0]["hooks"][0]["command"] = json!(edit(&command));
     }
 }
@@ -405,16 +747,46 @@ fn doctor_says_ok_for_hooks_that_run() {
     let (code, checks) = doctor(&env, &home, None, "claude");
     assert_eq!(checks.len(), 1, "{checks:?}");
     assert_eq!(checks[0]["level"], "ok", "{checks:?}");
-    assert!(checks[0]["detail"].as_str().unwrap().contains("the hooks run"), "{checks:?}");
+    assert!(
+        checks[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("the hooks run"),
+        "{checks:?}"
+    );
     assert_eq!(code, Some(0), "{checks:?}");
-    assert!(!env.state_dir().join("events.jsonl").exists() || !std::fs::read_to_string(env.state_dir().join("events.jsonl")).unwrap().contains(session_reaper::settings::probe::PROBE_SESSION), "the probe changed nothing");
-    assert!(!env.state_dir().join("sessions").join(format!("{}.json", session_reaper::settings::probe::PROBE_SESSION)).exists());
+    assert!(
+        !env.state_dir().join("events.jsonl").exists()
+            || !std::fs::read_to_string(env.state_dir().join("events.jsonl"))
+                .unwrap()
+                .contains(session_reaper::settings::probe::PROBE_SESSION),
+        "the probe changed nothing"
+    );
+    assert!(
+        !env.state_dir()
+            .join("sessions")
+            .join(format!(
+                "{}.json",
+                session_reaper::settings::probe::PROBE_SESSION
+            ))
+            .exists()
+    );
 }
 
-fn assert_doctor_fails(env: &Env, home: &Home, state: Option<&Path>, agent: &str, detail: &str, fix: &str) {
+fn assert_doctor_fails(
+    env: &Env,
+    home: &Home,
+    state: Option<&Path>,
+    agent: &str,
+    detail: &str,
+    fix: &str,
+) {
     let (code, checks) = doctor(env, home, state, agent);
     let found = failures(&checks);
-    assert!(found.iter().any(|f| f.contains(detail) && f.contains(fix)), "expected a failure with {detail:?} and fix {fix:?}: {checks:#?}");
+    assert!(
+        found.iter().any(|f| f.contains(detail) && f.contains(fix)),
+        "expected a failure with {detail:?} and fix {fix:?}: {checks:#?}"
+    );
     assert_eq!(code, Some(1), "{checks:?}");
 }
 
@@ -422,24 +794,57 @@ fn assert_doctor_fails(env: &Env, home: &Home, state: Option<&Path>, agent: &str
 fn doctor_fails_a_hook_whose_binary_is_missing() {
     let env = Env::new();
     let home = Home::new(&env);
-    claude_setup(&env, &home, |value| set_command(value, |c| c.replacen(env!("CARGO_BIN_EXE_session-reaper"), "/nonexistent/bin/session-reaper", 1)));
-    assert_doctor_fails(&env, &home, None, "claude", "does not run", "session-reaper install --agent claude");
+    claude_setup(&env, &home, |value| {
+        set_command(value, |c| {
+            c.replacen(
+                env!("CARGO_BIN_EXE_session-reaper"),
+                "/nonexistent/bin/session-reaper",
+                1,
+            )
+        })
+    });
+    assert_doctor_fails(
+        &env,
+        &home,
+        None,
+        "claude",
+        "does not run",
+        "session-reaper install --agent claude",
+    );
 }
 
 #[test]
 fn doctor_fails_a_typoed_flag() {
     let env = Env::new();
     let home = Home::new(&env);
-    claude_setup(&env, &home, |value| set_command(value, |c| format!("{c} --deadlin 1s")));
-    assert_doctor_fails(&env, &home, None, "claude", "--deadlin", "session-reaper install --agent claude");
+    claude_setup(&env, &home, |value| {
+        set_command(value, |c| format!("{c} --deadlin 1s"))
+    });
+    assert_doctor_fails(
+        &env,
+        &home,
+        None,
+        "claude",
+        "--deadlin",
+        "session-reaper install --agent claude",
+    );
 }
 
 #[test]
 fn doctor_fails_another_agents_hook_in_claudes_file() {
     let env = Env::new();
     let home = Home::new(&env);
-    claude_setup(&env, &home, |value| set_command(value, |c| c.replace("--agent claude", "--agent gemini")));
-    assert_doctor_fails(&env, &home, None, "claude", "runs as agent gemini", "install --agent claude");
+    claude_setup(&env, &home, |value| {
+        set_command(value, |c| c.replace("--agent claude", "--agent gemini"))
+    });
+    assert_doctor_fails(
+        &env,
+        &home,
+        None,
+        "claude",
+        "runs as agent gemini",
+        "install --agent claude",
+    );
 }
 
 #[test]
@@ -458,7 +863,14 @@ fn doctor_fails_a_removed_session_end() {
     claude_setup(&env, &home, |value| {
         value["hooks"].as_object_mut().unwrap().remove("SessionEnd");
     });
-    assert_doctor_fails(&env, &home, None, "claude", "no SessionEnd hook", "install --agent claude");
+    assert_doctor_fails(
+        &env,
+        &home,
+        None,
+        "claude",
+        "no SessionEnd hook",
+        "install --agent claude",
+    );
 }
 
 #[test]
@@ -468,21 +880,41 @@ fn doctor_fails_hooks_switched_off() {
     claude_setup(&env, &home, |value| {
         value["disableAllHooks"] = json!(true);
     });
-    assert_doctor_fails(&env, &home, None, "claude", "\"disableAllHooks\": true", "remove it");
+    assert_doctor_fails(
+        &env,
+        &home,
+        None,
+        "claude",
+        "\"disableAllHooks\": true",
+        "remove it",
+    );
 }
 
 #[test]
 fn doctor_fails_an_untrusted_codex_hook_and_passes_a_trusted_one() {
     let env = Env::new();
     let home = Home::new(&env);
-    assert_eq!(run(&env, &home, &["install", "--agent", "codex", "--with-sweep"]).status.code(), Some(0));
+    assert_eq!(
+        run(
+            &env,
+            &home,
+            &["install", "--agent", "codex", "--with-sweep"]
+        )
+        .status
+        .code(),
+        Some(0)
+    );
     assert_doctor_fails(&env, &home, None, "codex", "not trusted", "open /hooks");
     // What Codex 0.171.0 writes to $CODEX_HOME/config.toml when a person trusts the hooks in /hooks.
     let hooks = home.dir.join(".codex/hooks.json");
-    let config: String = ["session_start", "session_end"]
-        .iter()
-        .map(|event| format!("[hooks.state.\"{}:{event}:0:0\"]\ntrusted_hash = \"sha256:00\"\n", hooks.display()))
-        .collect();
+    let mut config = String::new();
+    for event in ["session_start", "session_end"] {
+        let _ = writeln!(
+            config,
+            "[hooks.state.\"{}:{event}:0:0\"]\ntrusted_hash = \"sha256:00\"",
+            hooks.display()
+        );
+    }
     std::fs::write(home.dir.join(".codex/config.toml"), config).unwrap();
     let (code, checks) = doctor(&env, &home, None, "codex");
     assert!(failures(&checks).is_empty(), "{checks:#?}");
