@@ -235,9 +235,7 @@ fn install_keeps_other_hooks_is_idempotent_and_uninstall_restores_the_original()
 fn install_for_each_agent_writes_parseable_settings_naming_a_command_our_cli_accepts() {
     let env = Env::new();
     let home = env.work.path().join("home");
-    for agent in [
-        "claude", "gemini", "qwen", "codex", "cursor", "copilot", "droid", "goose",
-    ] {
+    for agent in session_reaper::agents::Agent::all().map(session_reaper::agents::Agent::as_str) {
         let settings = env.work.path().join(agent).join("settings.json");
         let out = run_install(&env, &home, "install", agent, &settings, &[]);
         assert_eq!(out.status.code(), Some(0), "{agent}: {}", stderr(&out));
