@@ -253,7 +253,7 @@ fn hooks_checks(spec: &AgentSpec, state_dir: &Path) -> Vec<Check> {
             .unwrap_or_default();
         let payload = probe::payload_for(spec, event, &cwd);
         match probe::run(spec, command, &payload, std::time::Duration::from_secs(10)) {
-            Ok(run) => findings.extend(probe::judge(spec, event, entry, &run, state_dir)),
+            Ok(run) => findings.extend(probe::judge(spec, &value, event, entry, &run, state_dir)),
             Err(err) => findings.push(probe_fail(
                 format!("{event}: cannot run {}: {err}", spec.shell.program),
                 "install a POSIX shell",

@@ -179,6 +179,7 @@ fn warn(detail: impl Into<String>, fix: impl Into<String>) -> Finding {
 /// agent, event and state root it would use, and its deadline against the agent's timeout for it.
 pub fn judge(
     spec: &AgentSpec,
+    settings: &Value,
     event: &str,
     entry: &Value,
     run: &Run,
@@ -277,7 +278,7 @@ pub fn judge(
                 format!("set it to {cap}"),
             ));
         }
-        let budget = session_end_budget(spec, timeout);
+        let budget = session_end_budget(spec, settings, timeout);
         if deadline > budget {
             findings.push(warn(
                 format!("{event}: the hook's --deadline {deadline}ms exceeds the {budget}ms {} gives SessionEnd hooks: it may be killed midway", spec.title),
@@ -288,28 +289,38 @@ pub fn judge(
     findings
 }
 
-/// How long the agent lets our `SessionEnd` hook run, in ms.
-fn session_end_budget(spec: &AgentSpec, timeout: Option<u64>) -> u64 {
-    let own = timeout.map(|value| {
+/// How long the agent lets our `SessionEnd` hook run, in ms, given the whole settings document (Claude Code: 1.5 s
+/// shared by all SessionEnd hooks, raised by the largest `timeout` among them up to 60 s, overridden by
+/// `CLAUDE_CODE_SESSIONEND_HOOKS_TIMEOUT_MS`; others: our entry's own timeout, capped where the agent caps it).
+pub fn session_end_budget(spec: &AgentSpec, settings: &Value, own: Option<u64>) -> u64 {
+    let millis = |value: u64| {
         timeout_millis(
             value.min(spec.end_timeout_cap.unwrap_or(u64::MAX)),
             spec.timeout_unit,
         )
-    });
-    if spec.agent == Agent::Claude {
-        // 1.5 s shared by all SessionEnd hooks, raised by the largest settings timeout, overridden by its variable.
-        if let Some(ms) = std::env::var("CLAUDE_CODE_SESSIONEND_HOOKS_TIMEOUT_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-        {
-            return ms;
+    };
+    match spec.agent {
+        Agent::Claude => {
+            if let Some(ms) = std::env::var("CLAUDE_CODE_SESSIONEND_HOOKS_TIMEOUT_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+            {
+                return ms;
+            }
+            let largest = settings
+                .pointer(&format!("/hooks/{}", spec.end_event.unwrap_or_default()))
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|group| group.get("hooks").and_then(Value::as_array))
+                .flatten()
+                .filter_map(|hook| hook.get(spec.timeout_field).and_then(Value::as_u64))
+                .max();
+            largest.map_or(0, millis).max(1500)
         }
-        return own.unwrap_or(0).max(1500);
+        Agent::Codex => own.map_or(1000, millis),
+        _ => own.map_or(u64::MAX, millis),
     }
-    if spec.agent == Agent::Codex {
-        return own.unwrap_or(1000);
-    }
-    own.unwrap_or(u64::MAX)
 }
 
 /// Codex records trust in `$CODEX_HOME/config.toml` as `[hooks.state."<hooks.json>:<event>:<group>:<hook>"]` with a
@@ -371,6 +382,32 @@ mod tests {
     fn event_spellings() {
         assert_eq!(snake_event("SessionStart"), "session_start");
         assert_eq!(canonical_event("sessionEnd"), "SessionEnd");
+    }
+
+    #[test]
+    fn session_end_budgets() {
+        let claude = Agent::Claude.spec();
+        let settings =
+            json!({"hooks": {"SessionEnd": [{"hooks": [{"timeout": 5}, {"timeout": 30}]}]}});
+        if std::env::var_os("CLAUDE_CODE_SESSIONEND_HOOKS_TIMEOUT_MS").is_none() {
+            assert_eq!(
+                session_end_budget(claude, &settings, Some(5)),
+                30_000,
+                "the largest settings timeout"
+            );
+            assert_eq!(session_end_budget(claude, &json!({}), None), 1500);
+        }
+        let codex = Agent::Codex.spec();
+        assert_eq!(
+            session_end_budget(codex, &json!({}), Some(10)),
+            3000,
+            "clamped to 3 s"
+        );
+        assert_eq!(session_end_budget(codex, &json!({}), None), 1000);
+        assert_eq!(
+            session_end_budget(Agent::Gemini.spec(), &json!({}), Some(5000)),
+            5000
+        );
     }
 
     #[test]

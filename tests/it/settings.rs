@@ -920,3 +920,78 @@ fn doctor_fails_an_untrusted_codex_hook_and_passes_a_trusted_one() {
     assert!(failures(&checks).is_empty(), "{checks:#?}");
     assert_eq!(code, Some(0), "{checks:?}");
 }
+
+/// The level and detail of the check named `name`.
+fn doctor_check(env: &Env, home: &Home, name: &str) -> Vec<(String, String)> {
+    let out = run_bounded(home.cmd(env, None, &["doctor", "--json"]), None);
+    let value: Value = serde_json::from_slice(&out.stdout).unwrap();
+    value["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|check| check["name"] == name)
+        .map(|check| {
+            (
+                check["level"].as_str().unwrap().to_owned(),
+                format!("{} -> {}", check["detail"], check["fix"]),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn doctor_warns_of_an_agent_without_reliable_session_end_and_no_sweep() {
+    let env = Env::new();
+    let home = Home::new(&env);
+    let out = run(&env, &home, &["install", "--agent", "qwen"]);
+    assert!(
+        stdout(&out).contains("!!! Qwen Code needs the periodic sweep"),
+        "{}",
+        stdout(&out)
+    );
+    let checks = doctor_check(&env, &home, "qwen hooks");
+    assert!(
+        checks.iter().any(|(level, text)| level == "warn"
+            && text.contains("qwen -p")
+            && text.contains("--with-sweep")),
+        "{checks:?}"
+    );
+    assert_eq!(
+        run(&env, &home, &["install", "--agent", "qwen", "--with-sweep"])
+            .status
+            .code(),
+        Some(0)
+    );
+    let checks = doctor_check(&env, &home, "qwen hooks");
+    assert_eq!(checks.len(), 1, "{checks:?}");
+    assert_eq!(checks[0].0, "ok", "{checks:?}");
+}
+
+#[test]
+fn doctor_reports_recent_hook_errors_and_an_agent_process_that_is_no_agent() {
+    let mut env = Env::new();
+    let home = Home::new(&env);
+    // A SessionStart run by the test itself: its "agent process" is the test binary, no agent executable.
+    hook(
+        &mut env,
+        &["--agent", "claude"],
+        &fresh(&fixture("claude/SessionStart.startup.json")),
+        &[],
+    );
+    let checks = doctor_check(&env, &home, "agent processes");
+    assert!(
+        checks.iter().any(|(level, text)| level == "warn"
+            && text.contains(&format!("pid {}", std::process::id()))),
+        "{checks:?}"
+    );
+    assert_eq!(doctor_check(&env, &home, "hook errors")[0].0, "ok");
+    let out = run_bounded(env.cmd(&["hook"]), Some(b"not json"));
+    assert_eq!(out.status.code(), Some(0));
+    let checks = doctor_check(&env, &home, "hook errors");
+    assert!(
+        checks[0].0 == "warn"
+            && checks[0].1.contains("expected JSON")
+            && checks[0].1.contains("log --action hook"),
+        "{checks:?}"
+    );
+}
