@@ -517,7 +517,11 @@ mod tests {
                     );
                     match &payload.event {
                         Some(event) => {
-                            assert_eq!(HookEvent::parse(event), expected_event, "{dir_name}/{name}")
+                            assert_eq!(
+                                HookEvent::parse(event),
+                                expected_event,
+                                "{dir_name}/{name}"
+                            );
                         }
                         None => assert!(
                             !agent.spec().event_in_payload,

@@ -178,68 +178,9 @@ fn codex_exec_session_end_stops_the_broker(codex: &Path) {
     );
     let api = FakeResponses::start(tool_command, dirs.spawn_output.clone());
 
-    let mut install = isolated(Path::new(BIN), &dirs);
-    let out = install
-        .args([
-            "--state-dir",
-            dirs.state.to_str().unwrap(),
-            "install",
-            "--agent",
-            "codex",
-        ])
-        .output()
-        .unwrap();
-    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "install: {printed}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let last = printed
-        .lines()
-        .rev()
-        .find(|line| !line.trim().is_empty())
-        .unwrap_or_default();
-    assert!(
-        last.contains("TRUST") && last.contains("/hooks"),
-        "install ends with the trust step: {printed}"
-    );
-    fs::write(
-        dirs.codex_home.join("config.toml"),
-        format!(
-            "model = \"fake-model\"\nmodel_provider = \"fake\"\n\n[model_providers.fake]\nname = \"fake\"\nbase_url = \"http://{}/v1\"\nwire_api = \"responses\"\n",
-            api.addr
-        ),
-    )
-    .unwrap();
-
-    let mut run = isolated(codex, &dirs);
-    run.current_dir(&dirs.workspace)
-        .args([
-            "exec",
-            "--dangerously-bypass-hook-trust",
-            "--dangerously-bypass-approvals-and-sandbox",
-            "--skip-git-repo-check",
-            "start the dev server",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    install_hooks(&dirs, api.addr);
     let started = Instant::now();
-    let mut child = run.spawn().expect("start codex exec");
-    let stdout = drain(child.stdout.take().unwrap());
-    let stderr = drain(child.stderr.take().unwrap());
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if started.elapsed() > CODEX_DEADLINE {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        thread::sleep(Duration::from_millis(50));
-    };
-    let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
+    let (status, stdout, stderr) = run_codex(codex, &dirs);
     let broker = Broker::from_spawn_output(&dirs.spawn_output);
     let _guard = broker.map(BrokerGuard);
     let report = || {
@@ -304,6 +245,76 @@ fn codex_exec_session_end_stops_the_broker(codex: &Path) {
         "the broker's owner is the session, from CODEX_THREAD_ID: {owners}"
     );
     eprintln!("broker {broker:?} stopped at the end of Codex session {session}");
+}
+
+/// `session-reaper install --agent codex` in the test's home (it must end with the trust step), and a config
+/// pointing Codex at the fake API.
+fn install_hooks(dirs: &Dirs, api: SocketAddr) {
+    let mut install = isolated(Path::new(BIN), dirs);
+    let out = install
+        .args([
+            "--state-dir",
+            dirs.state.to_str().unwrap(),
+            "install",
+            "--agent",
+            "codex",
+        ])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "install: {printed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = printed
+        .lines()
+        .rev()
+        .find(|line| !line.trim().is_empty())
+        .unwrap_or_default();
+    assert!(
+        last.contains("TRUST") && last.contains("/hooks"),
+        "install ends with the trust step: {printed}"
+    );
+    fs::write(
+        dirs.codex_home.join("config.toml"),
+        format!(
+            "model = \"fake-model\"\nmodel_provider = \"fake\"\n\n[model_providers.fake]\nname = \"fake\"\nbase_url = \"http://{api}/v1\"\nwire_api = \"responses\"\n"
+        ),
+    )
+    .unwrap();
+}
+
+/// `codex exec` in the workspace, bounded: its exit status (`None` when it was killed), stdout and stderr.
+fn run_codex(codex: &Path, dirs: &Dirs) -> (Option<std::process::ExitStatus>, String, String) {
+    let mut run = isolated(codex, dirs);
+    run.current_dir(&dirs.workspace)
+        .args([
+            "exec",
+            "--dangerously-bypass-hook-trust",
+            "--dangerously-bypass-approvals-and-sandbox",
+            "--skip-git-repo-check",
+            "start the dev server",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let started = Instant::now();
+    let mut child = run.spawn().expect("start codex exec");
+    let stdout = drain(child.stdout.take().unwrap());
+    let stderr = drain(child.stderr.take().unwrap());
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if started.elapsed() > CODEX_DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
+    (status, stdout, stderr)
 }
 
 /// The session id `codex exec` prints in its banner (`session id: …`).

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::agents::{Agent, AgentSpec, SessionEndReliability};
+use crate::agents::{Agent, AgentSpec};
 use crate::config::Config;
 use crate::error::Outcome;
 use crate::finisher;
@@ -217,7 +217,7 @@ fn hooks_checks(spec: &AgentSpec, state_dir: &Path) -> Vec<Check> {
             )];
         }
     };
-    let ours = our_entries(spec, &value);
+    let ours = probe::our_entries(spec, &value);
     if ours.is_empty() {
         return vec![check(
             &name,
@@ -226,64 +226,8 @@ fn hooks_checks(spec: &AgentSpec, state_dir: &Path) -> Vec<Check> {
             Some(format!("session-reaper install --agent {}", spec.name)),
         )];
     }
-    let mut findings = Vec::new();
-    if let Some(switch) = spec.hooks_disabled_by(&value) {
-        findings.push(probe_fail(
-            format!(
-                "{switch} in {}: {} runs no hooks",
-                path.display(),
-                spec.title
-            ),
-            "remove it, or set it the other way",
-        ));
-    }
-    for event in spec.events() {
-        if !ours.iter().any(|(found, ..)| found == event) {
-            findings.push(probe_fail(
-                format!("no {event} hook of ours in {}", path.display()),
-                format!("session-reaper install --agent {}", spec.name),
-            ));
-        }
-    }
-    let cwd = crate::workspace::current_dir().unwrap_or_default();
-    for (event, _, _, entry) in &ours {
-        let command = entry
-            .get(spec.command_key)
-            .and_then(serde_json::Value::as_str)
-            .unwrap_or_default();
-        let payload = probe::payload_for(spec, event, &cwd);
-        match probe::run(spec, command, &payload, std::time::Duration::from_secs(10)) {
-            Ok(run) => findings.extend(probe::judge(spec, &value, event, entry, &run, state_dir)),
-            Err(err) => findings.push(probe_fail(
-                format!("{event}: cannot run {}: {err}", spec.shell.program),
-                "install a POSIX shell",
-            )),
-        }
-    }
-    if spec.trust_by_position {
-        let positions: Vec<(String, usize, usize)> = ours
-            .iter()
-            .map(|(event, group, index, _)| (event.clone(), *group, *index))
-            .collect();
-        for event in probe::codex_untrusted(&path, &positions) {
-            findings.push(probe_fail(
-                format!(
-                    "{event} hook not trusted: {} skips untrusted hooks without a word",
-                    spec.title
-                ),
-                "start codex, open /hooks and trust the session-reaper hooks",
-            ));
-        }
-    }
-    if let SessionEndReliability::Partial(why) = spec.session_end
-        && !crate::commands::install::sweep_installed()
-    {
-        findings.push(probe::Finding {
-            failure: false,
-            detail: format!("no periodic sweep, and {why}"),
-            fix: format!("session-reaper install --agent {} --with-sweep", spec.name),
-        });
-    }
+    let sweep = crate::commands::install::sweep_installed();
+    let findings = probe::findings(spec, &path, &value, &ours, state_dir, sweep);
     if findings.is_empty() {
         return vec![check(
             &name,
@@ -310,55 +254,6 @@ fn hooks_checks(spec: &AgentSpec, state_dir: &Path) -> Vec<Check> {
             )
         })
         .collect()
-}
-
-fn probe_fail(detail: impl Into<String>, fix: impl Into<String>) -> probe::Finding {
-    probe::Finding {
-        failure: true,
-        detail: detail.into(),
-        fix: fix.into(),
-    }
-}
-
-/// Our entries in a settings document: (event, group, index within the group, entry).
-fn our_entries(
-    spec: &AgentSpec,
-    value: &serde_json::Value,
-) -> Vec<(String, usize, usize, serde_json::Value)> {
-    let Some(hooks) = value.get("hooks").and_then(serde_json::Value::as_object) else {
-        return Vec::new();
-    };
-    let ours = |entry: &serde_json::Value| {
-        entry
-            .get(spec.command_key)
-            .and_then(serde_json::Value::as_str)
-            .is_some_and(settings::is_our_command)
-    };
-    let mut found = Vec::new();
-    for (event, items) in hooks {
-        for (g, item) in items.as_array().into_iter().flatten().enumerate() {
-            match spec.layout {
-                crate::agents::Layout::Flat if ours(item) => {
-                    found.push((event.clone(), g, 0, item.clone()))
-                }
-                crate::agents::Layout::Flat => {}
-                crate::agents::Layout::Grouped => {
-                    for (h, entry) in item
-                        .get("hooks")
-                        .and_then(serde_json::Value::as_array)
-                        .into_iter()
-                        .flatten()
-                        .enumerate()
-                    {
-                        if ours(entry) {
-                            found.push((event.clone(), g, h, entry.clone()));
-                        }
-                    }
-                }
-            }
-        }
-    }
-    found
 }
 
 /// Hook errors logged in the last day.

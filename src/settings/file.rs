@@ -182,7 +182,7 @@ fn apply(slot: &Slot, old: &Value, new: &Value) {
         node.as_ref().and_then(CstNode::as_array),
     ) {
         (Value::Object(old), Value::Object(new), Some(object), _) => {
-            apply_object(&object, old, new)
+            apply_object(&object, old, new);
         }
         (Value::Array(old), Value::Array(new), _, Some(array)) => apply_array(&array, old, new),
         _ => slot.replace(new),

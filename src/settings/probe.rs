@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::agents::{Agent, AgentSpec, Casing, timeout_millis};
+use crate::agents::{Agent, AgentSpec, Casing, Layout, SessionEndReliability, timeout_millis};
 use crate::config::{Config, HookRequest};
 use crate::hook::{self, HookEvent, Payload};
 
@@ -263,34 +263,48 @@ pub fn judge(
             format!("reinstall with the state root you use (session-reaper --state-dir DIR install --agent {}), or run doctor with --state-dir", spec.name),
         ));
     }
-    if expected == HookEvent::SessionEnd
-        && let Some(deadline) = answer.deadline_ms
+    if expected == HookEvent::SessionEnd {
+        findings.extend(deadline_findings(spec, settings, event, entry, answer));
+    }
+    findings
+}
+
+/// Our `SessionEnd` hook's deadline against the time the agent gives it, and a timeout above the agent's cap.
+fn deadline_findings(
+    spec: &AgentSpec,
+    settings: &Value,
+    event: &str,
+    entry: &Value,
+    answer: &Answer,
+) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let Some(deadline) = answer.deadline_ms else {
+        return findings;
+    };
+    let timeout = entry.get(spec.timeout_field).and_then(Value::as_u64);
+    if let (Some(timeout), Some(cap)) = (timeout, spec.end_timeout_cap)
+        && timeout > cap
     {
-        let timeout = entry.get(spec.timeout_field).and_then(Value::as_u64);
-        if let (Some(timeout), Some(cap)) = (timeout, spec.end_timeout_cap)
-            && timeout > cap
-        {
-            findings.push(warn(
-                format!(
-                    "{event}: \"{}\": {timeout} is above {}'s limit of {cap}; it is clamped",
-                    spec.timeout_field, spec.title
-                ),
-                format!("set it to {cap}"),
-            ));
-        }
-        let budget = session_end_budget(spec, settings, timeout);
-        if deadline > budget {
-            findings.push(warn(
+        findings.push(warn(
+            format!(
+                "{event}: \"{}\": {timeout} is above {}'s limit of {cap}; it is clamped",
+                spec.timeout_field, spec.title
+            ),
+            format!("set it to {cap}"),
+        ));
+    }
+    let budget = session_end_budget(spec, settings, timeout);
+    if deadline > budget {
+        findings.push(warn(
                 format!("{event}: the hook's --deadline {deadline}ms exceeds the {budget}ms {} gives SessionEnd hooks: it may be killed midway", spec.title),
                 "lower --deadline, or raise the hook's timeout".to_owned(),
             ));
-        }
     }
     findings
 }
 
 /// How long the agent lets our `SessionEnd` hook run, in ms, given the whole settings document (Claude Code: 1.5 s
-/// shared by all SessionEnd hooks, raised by the largest `timeout` among them up to 60 s, overridden by
+/// shared by all `SessionEnd` hooks, raised by the largest `timeout` among them up to 60 s, overridden by
 /// `CLAUDE_CODE_SESSIONEND_HOOKS_TIMEOUT_MS`; others: our entry's own timeout, capped where the agent caps it).
 pub fn session_end_budget(spec: &AgentSpec, settings: &Value, own: Option<u64>) -> u64 {
     let millis = |value: u64| {
@@ -321,6 +335,116 @@ pub fn session_end_budget(spec: &AgentSpec, settings: &Value, own: Option<u64>) 
         Agent::Codex => own.map_or(1000, millis),
         _ => own.map_or(u64::MAX, millis),
     }
+}
+
+/// Every finding about an agent's hooks whose entries of ours are `ours`: a switch that turns hooks off, a missing
+/// event, each hook run in probe mode and judged, Codex's trust, and the sweep where `SessionEnd` is unreliable.
+pub fn findings(
+    spec: &AgentSpec,
+    path: &Path,
+    value: &Value,
+    ours: &[OurEntry],
+    state_dir: &Path,
+    sweep_installed: bool,
+) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    if let Some(switch) = spec.hooks_disabled_by(value) {
+        findings.push(fail(
+            format!(
+                "{switch} in {}: {} runs no hooks",
+                path.display(),
+                spec.title
+            ),
+            "remove it, or set it the other way",
+        ));
+    }
+    for event in spec.events() {
+        if !ours.iter().any(|(found, ..)| found == event) {
+            findings.push(fail(
+                format!("no {event} hook of ours in {}", path.display()),
+                format!("session-reaper install --agent {}", spec.name),
+            ));
+        }
+    }
+    let cwd = crate::workspace::current_dir().unwrap_or_default();
+    for (event, _, _, entry) in ours {
+        let command = entry
+            .get(spec.command_key)
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let payload = payload_for(spec, event, &cwd);
+        match run(spec, command, &payload, std::time::Duration::from_secs(10)) {
+            Ok(run) => findings.extend(judge(spec, value, event, entry, &run, state_dir)),
+            Err(err) => findings.push(fail(
+                format!("{event}: cannot run {}: {err}", spec.shell.program),
+                "install a POSIX shell",
+            )),
+        }
+    }
+    if spec.trust_by_position {
+        let positions: Vec<(String, usize, usize)> = ours
+            .iter()
+            .map(|(event, group, index, _)| (event.clone(), *group, *index))
+            .collect();
+        for event in codex_untrusted(path, &positions) {
+            findings.push(fail(
+                format!(
+                    "{event} hook not trusted: {} skips untrusted hooks without a word",
+                    spec.title
+                ),
+                "start codex, open /hooks and trust the session-reaper hooks",
+            ));
+        }
+    }
+    if let SessionEndReliability::Partial(why) = spec.session_end
+        && !sweep_installed
+    {
+        findings.push(Finding {
+            failure: false,
+            detail: format!("no periodic sweep, and {why}"),
+            fix: format!("session-reaper install --agent {} --with-sweep", spec.name),
+        });
+    }
+    findings
+}
+
+/// An entry of ours: its event, matcher group and index within the group (0 in a flat layout), and the entry.
+pub type OurEntry = (String, usize, usize, Value);
+
+/// Our entries in a settings document: (event, group, index within the group, entry).
+pub fn our_entries(spec: &AgentSpec, value: &Value) -> Vec<OurEntry> {
+    let Some(hooks) = value.get("hooks").and_then(Value::as_object) else {
+        return Vec::new();
+    };
+    let ours = |entry: &Value| {
+        entry
+            .get(spec.command_key)
+            .and_then(Value::as_str)
+            .is_some_and(crate::settings::is_our_command)
+    };
+    let mut found = Vec::new();
+    for (event, items) in hooks {
+        for (g, item) in items.as_array().into_iter().flatten().enumerate() {
+            match spec.layout {
+                Layout::Flat if ours(item) => found.push((event.clone(), g, 0, item.clone())),
+                Layout::Flat => {}
+                Layout::Grouped => {
+                    for (h, entry) in item
+                        .get("hooks")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .enumerate()
+                    {
+                        if ours(entry) {
+                            found.push((event.clone(), g, h, entry.clone()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    found
 }
 
 /// Codex records trust in `$CODEX_HOME/config.toml` as `[hooks.state."<hooks.json>:<event>:<group>:<hook>"]` with a

@@ -801,7 +801,7 @@ fn doctor_fails_a_hook_whose_binary_is_missing() {
                 "/nonexistent/bin/session-reaper",
                 1,
             )
-        })
+        });
     });
     assert_doctor_fails(
         &env,
@@ -818,7 +818,7 @@ fn doctor_fails_a_typoed_flag() {
     let env = Env::new();
     let home = Home::new(&env);
     claude_setup(&env, &home, |value| {
-        set_command(value, |c| format!("{c} --deadlin 1s"))
+        set_command(value, |c| format!("{c} --deadlin 1s"));
     });
     assert_doctor_fails(
         &env,
@@ -835,7 +835,7 @@ fn doctor_fails_another_agents_hook_in_claudes_file() {
     let env = Env::new();
     let home = Home::new(&env);
     claude_setup(&env, &home, |value| {
-        set_command(value, |c| c.replace("--agent claude", "--agent gemini"))
+        set_command(value, |c| c.replace("--agent claude", "--agent gemini"));
     });
     assert_doctor_fails(
         &env,
