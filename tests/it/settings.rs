@@ -82,6 +82,18 @@ fn busy_file(spec: &AgentSpec) -> String {
     )
 }
 
+/// Where the agent reads JSONC, both comments of [`busy_file`] are still in `text`.
+fn assert_comments_kept(spec: &AgentSpec, text: &str) {
+    if spec.comments {
+        assert!(
+            text.contains("// my own settings, keep this comment")
+                && text.contains("/* and this one */"),
+            "{}: {text}",
+            spec.name
+        );
+    }
+}
+
 fn settings_path(env: &Env, spec: &AgentSpec, case: &str) -> PathBuf {
     env.work
         .path()
@@ -184,14 +196,7 @@ fn every_agent_keeps_a_busy_file_and_its_comments_and_uninstall_restores_its_val
                 spec.name
             );
         }
-        if spec.comments {
-            assert!(
-                installed_text.contains("// my own settings, keep this comment")
-                    && installed_text.contains("/* and this one */"),
-                "{}: {installed_text}",
-                spec.name
-            );
-        }
+        assert_comments_kept(spec, &installed_text);
         // Ours runs first in the shared budget, except where trust is keyed by position (Codex): last.
         let start = installed["hooks"][spec.start_event].as_array().unwrap();
         let first_is_ours = ours(
@@ -228,14 +233,7 @@ fn every_agent_keeps_a_busy_file_and_its_comments_and_uninstall_restores_its_val
             "{}: key order kept",
             spec.name
         );
-        if spec.comments {
-            assert!(
-                restored_text.contains("// my own settings, keep this comment")
-                    && restored_text.contains("/* and this one */"),
-                "{}",
-                spec.name
-            );
-        }
+        assert_comments_kept(spec, &restored_text);
         let backups: Vec<String> = std::fs::read_dir(path.parent().unwrap())
             .unwrap()
             .flatten()
@@ -773,6 +771,14 @@ fn doctor_says_ok_for_hooks_that_run() {
     );
 }
 
+/// Claude's hooks installed by us, then broken by `edit`: `doctor` fails with `detail` and `fix`.
+fn claude_broken_by(edit: impl FnOnce(&mut Value), detail: &str, fix: &str) {
+    let env = Env::new();
+    let home = Home::new(&env);
+    claude_setup(&env, &home, edit);
+    assert_doctor_fails(&env, &home, None, "claude", detail, fix);
+}
+
 fn assert_doctor_fails(
     env: &Env,
     home: &Home,
@@ -792,22 +798,16 @@ fn assert_doctor_fails(
 
 #[test]
 fn doctor_fails_a_hook_whose_binary_is_missing() {
-    let env = Env::new();
-    let home = Home::new(&env);
-    claude_setup(&env, &home, |value| {
-        set_command(value, |c| {
-            c.replacen(
-                env!("CARGO_BIN_EXE_session-reaper"),
-                "/nonexistent/bin/session-reaper",
-                1,
-            )
-        });
-    });
-    assert_doctor_fails(
-        &env,
-        &home,
-        None,
-        "claude",
+    claude_broken_by(
+        |value| {
+            set_command(value, |c| {
+                c.replacen(
+                    env!("CARGO_BIN_EXE_session-reaper"),
+                    "/nonexistent/bin/session-reaper",
+                    1,
+                )
+            });
+        },
         "does not run",
         "session-reaper install --agent claude",
     );
@@ -815,16 +815,10 @@ fn doctor_fails_a_hook_whose_binary_is_missing() {
 
 #[test]
 fn doctor_fails_a_typoed_flag() {
-    let env = Env::new();
-    let home = Home::new(&env);
-    claude_setup(&env, &home, |value| {
-        set_command(value, |c| format!("{c} --deadlin 1s"));
-    });
-    assert_doctor_fails(
-        &env,
-        &home,
-        None,
-        "claude",
+    claude_broken_by(
+        |value| {
+            set_command(value, |c| format!("{c} --deadlin 1s"));
+        },
         "--deadlin",
         "session-reaper install --agent claude",
     );
@@ -832,16 +826,10 @@ fn doctor_fails_a_typoed_flag() {
 
 #[test]
 fn doctor_fails_another_agents_hook_in_claudes_file() {
-    let env = Env::new();
-    let home = Home::new(&env);
-    claude_setup(&env, &home, |value| {
-        set_command(value, |c| c.replace("--agent claude", "--agent gemini"));
-    });
-    assert_doctor_fails(
-        &env,
-        &home,
-        None,
-        "claude",
+    claude_broken_by(
+        |value| {
+            set_command(value, |c| c.replace("--agent claude", "--agent gemini"));
+        },
         "runs as agent gemini",
         "install --agent claude",
     );
@@ -858,16 +846,10 @@ fn doctor_fails_a_hook_using_another_state_root() {
 
 #[test]
 fn doctor_fails_a_removed_session_end() {
-    let env = Env::new();
-    let home = Home::new(&env);
-    claude_setup(&env, &home, |value| {
-        value["hooks"].as_object_mut().unwrap().remove("SessionEnd");
-    });
-    assert_doctor_fails(
-        &env,
-        &home,
-        None,
-        "claude",
+    claude_broken_by(
+        |value| {
+            value["hooks"].as_object_mut().unwrap().remove("SessionEnd");
+        },
         "no SessionEnd hook",
         "install --agent claude",
     );
@@ -875,16 +857,10 @@ fn doctor_fails_a_removed_session_end() {
 
 #[test]
 fn doctor_fails_hooks_switched_off() {
-    let env = Env::new();
-    let home = Home::new(&env);
-    claude_setup(&env, &home, |value| {
-        value["disableAllHooks"] = json!(true);
-    });
-    assert_doctor_fails(
-        &env,
-        &home,
-        None,
-        "claude",
+    claude_broken_by(
+        |value| {
+            value["disableAllHooks"] = json!(true);
+        },
         "\"disableAllHooks\": true",
         "remove it",
     );
@@ -993,5 +969,35 @@ fn doctor_reports_recent_hook_errors_and_an_agent_process_that_is_no_agent() {
             && checks[0].1.contains("expected JSON")
             && checks[0].1.contains("log --action hook"),
         "{checks:?}"
+    );
+}
+
+#[test]
+fn doctor_warns_of_a_codex_session_end_timeout_codex_would_clamp() {
+    let env = Env::new();
+    let home = Home::new(&env);
+    assert_eq!(
+        run(
+            &env,
+            &home,
+            &["install", "--agent", "codex", "--with-sweep"]
+        )
+        .status
+        .code(),
+        Some(0)
+    );
+    let path = home.dir.join(".codex/hooks.json");
+    let mut value = read_value(Agent::Codex.spec(), &path);
+    value["hooks"]["SessionEnd"][0]["hooks"][0]["timeout"] = json!(10);
+    std::fs::write(&path, value.to_string()).unwrap();
+    let (_, checks) = doctor(&env, &home, None, "codex");
+    assert!(
+        checks.iter().any(|check| check["level"] == "warn"
+            && check["detail"]
+                .as_str()
+                .unwrap()
+                .contains("above Codex CLI's limit of 3")
+            && check["fix"] == "set it to 3"),
+        "{checks:#?}"
     );
 }
