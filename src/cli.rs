@@ -66,7 +66,7 @@ pub enum Command {
     #[command(
         after_help = "Example:\n  session-reaper status --json | jq '.slots[] | {workspace, owners, alive}'"
     )]
-    Status(JsonArg),
+    Status(StatusArgs),
 
     /// Show the audit log (events.jsonl)
     #[command(after_help = "Example:\n  session-reaper log --since 1h --action stop")]
@@ -123,6 +123,22 @@ pub struct HookArgs {
     /// The agent process, when it is not the nearest non-shell ancestor
     #[arg(long, value_name = "PID")]
     pub owner_pid: Option<i32>,
+
+    #[command(flatten)]
+    pub codex: CodexArgs,
+}
+
+/// Where the Codex plugin for Claude Code keeps its brokers, and whether to look at all.
+#[derive(Debug, Args)]
+pub struct CodexArgs {
+    /// Also look for the Codex plugin's brokers in this state dir (repeatable) [always looked at:
+    /// $CLAUDE_PLUGIN_DATA/state, $TMPDIR/codex-companion, ~/.claude/plugins/data/*/state]
+    #[arg(long = "codex-state", value_name = "DIR")]
+    pub codex_state: Vec<PathBuf>,
+
+    /// Leave the Codex plugin's brokers alone
+    #[arg(long, conflicts_with = "codex_state")]
+    pub no_codex: bool,
 }
 
 /// `--agent` of `hook`: an agent, or `auto` (detected from the payload and environment).
@@ -292,6 +308,9 @@ pub struct ReapArgs {
 
     #[arg(long)]
     pub json: bool,
+
+    #[command(flatten)]
+    pub codex: CodexArgs,
 }
 
 #[derive(Debug, Args)]
@@ -310,6 +329,18 @@ pub struct SweepArgs {
 
     #[arg(long)]
     pub json: bool,
+
+    #[command(flatten)]
+    pub codex: CodexArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub codex: CodexArgs,
 }
 
 #[derive(Debug, Args)]

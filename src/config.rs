@@ -6,10 +6,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::adapters::codex_plugin::Discovery;
 use crate::agents::Agent;
 use crate::cli::{
-    BrokerCommand, Cli, Command, HookArgs, InstallArgs, LogArgs, OwnerArgs, ReapArgs, SlotArgs,
-    StopArgs, SweepArgs,
+    BrokerCommand, Cli, CodexArgs, Command, HookArgs, InstallArgs, LogArgs, OwnerArgs, ReapArgs,
+    SlotArgs, StopArgs, SweepArgs,
 };
 use crate::commands::log::Filter;
 use crate::error::bad_input;
@@ -44,7 +45,10 @@ impl Config {
             Command::Broker(command) => Request::Broker(broker_request(command, &config)?),
             Command::Reap(args) => Request::Reap(reap_request(args)?),
             Command::Sweep(args) => Request::Sweep(sweep_request(args)?),
-            Command::Status(args) => Request::Status { json: args.json },
+            Command::Status(args) => Request::Status {
+                json: args.json,
+                codex: codex_discovery(&args.codex)?,
+            },
             Command::Log(args) => Request::Log(log_request(args)?),
             Command::Doctor(args) => Request::Doctor { json: args.json },
             Command::Install(args) => Request::Settings(settings_request(args, Operation::Install)),
@@ -66,7 +70,7 @@ pub enum Request {
     Broker(BrokerRequest),
     Reap(ReapRequest),
     Sweep(SweepRequest),
-    Status { json: bool },
+    Status { json: bool, codex: Discovery },
     Log(LogRequest),
     Doctor { json: bool },
     Settings(SettingsRequest),
@@ -83,9 +87,11 @@ pub struct HookRequest {
     pub deadline: Duration,
     pub stdin_timeout: Duration,
     pub owner_pid: Option<i32>,
+    pub codex: Discovery,
 }
 
-/// The hook request of `session-reaper hook …`.
+/// The hook request of `session-reaper hook …`. A `--codex-state` dir that does not exist is looked at and found
+/// empty: a hook refuses nothing.
 pub fn hook_request(args: &HookArgs) -> HookRequest {
     HookRequest {
         agent: args.agent.0,
@@ -93,7 +99,30 @@ pub fn hook_request(args: &HookArgs) -> HookRequest {
         deadline: args.deadline,
         stdin_timeout: args.stdin_timeout,
         owner_pid: args.owner_pid,
+        codex: Discovery {
+            enabled: !args.codex.no_codex,
+            extra_roots: args.codex.codex_state.clone(),
+        },
     }
+}
+
+/// `--codex-state DIR…` (each an existing directory) and `--no-codex`.
+fn codex_discovery(args: &CodexArgs) -> anyhow::Result<Discovery> {
+    if args.no_codex {
+        return Ok(Discovery::off());
+    }
+    for dir in &args.codex_state {
+        if !dir.is_dir() {
+            return Err(bad_input(format!(
+                "--codex-state {}: expected an existing directory (the Codex plugin's state dir)",
+                dir.display()
+            )));
+        }
+    }
+    Ok(Discovery {
+        enabled: true,
+        extra_roots: args.codex_state.clone(),
+    })
 }
 
 /// The slot a broker command is about: a workspace (canonical) and a broker name.
@@ -333,6 +362,7 @@ pub struct ReapRequest {
     pub deadline: Option<Duration>,
     pub dry_run: bool,
     pub json: bool,
+    pub codex: Discovery,
 }
 
 fn reap_request(args: &ReapArgs) -> anyhow::Result<ReapRequest> {
@@ -368,6 +398,7 @@ fn reap_request(args: &ReapArgs) -> anyhow::Result<ReapRequest> {
         deadline: args.deadline,
         dry_run: args.dry_run,
         json: args.json,
+        codex: codex_discovery(&args.codex)?,
     })
 }
 
@@ -378,6 +409,7 @@ pub struct SweepRequest {
     pub retention: Duration,
     pub dry_run: bool,
     pub json: bool,
+    pub codex: Discovery,
 }
 
 fn sweep_request(args: &SweepArgs) -> anyhow::Result<SweepRequest> {
@@ -386,6 +418,7 @@ fn sweep_request(args: &SweepArgs) -> anyhow::Result<SweepRequest> {
         retention: args.retention,
         dry_run: args.dry_run,
         json: args.json,
+        codex: codex_discovery(&args.codex)?,
     })
 }
 

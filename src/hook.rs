@@ -225,7 +225,7 @@ fn handle(
     };
     match event {
         HookEvent::SessionStart => session_start(store, &seen),
-        HookEvent::SessionEnd => session_end(store, &seen, deadline),
+        HookEvent::SessionEnd => session_end(store, &seen, deadline, &args.codex),
         HookEvent::Other => touch_session(store, &seen),
     }
 }
@@ -347,7 +347,12 @@ fn export_session_id(session: &SessionId) -> anyhow::Result<()> {
 
 /// Ends the session within the deadline; stops that need longer go to the finisher, and so do tickets left behind
 /// by an earlier run (a finisher that was killed): the next hook picks them up.
-fn session_end(store: &Store, hooked: &Hooked, deadline: Instant) -> anyhow::Result<()> {
+fn session_end(
+    store: &Store,
+    hooked: &Hooked,
+    deadline: Instant,
+    codex: &crate::adapters::codex_plugin::Discovery,
+) -> anyhow::Result<()> {
     let (payload, agent) = (hooked.payload, hooked.agent);
     let guard = Guard::new();
     let ending = Ending {
@@ -361,6 +366,7 @@ fn session_end(store: &Store, hooked: &Hooked, deadline: Instant) -> anyhow::Res
             title: payload.title.clone(),
         }),
         dry_run: false,
+        codex: codex.clone(),
     };
     let work_deadline = deadline.checked_sub(EXIT_MARGIN).unwrap_or(deadline);
     let report = teardown::end_session(

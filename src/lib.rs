@@ -2,6 +2,7 @@
 //! process. `run` is the whole program; `main` only maps its result to an exit code.
 
 pub mod act;
+pub mod adapters;
 pub mod agents;
 pub mod cli;
 pub mod clock;
@@ -59,7 +60,7 @@ fn dispatch(config: &Config, request: Request) -> anyhow::Result<Outcome> {
         Request::Broker(request) => commands::broker::run(request, config),
         Request::Reap(request) => commands::reap::run(&request, config),
         Request::Sweep(request) => commands::sweep::run(&request, config),
-        Request::Status { json } => commands::status::run(json, config),
+        Request::Status { json, codex } => commands::status::run(json, &codex, config),
         Request::Log(request) => commands::log::run(&request, config),
         Request::Doctor { json } => commands::doctor::run(json, config),
         Request::Settings(request) => commands::install::run(&request, config),

@@ -322,6 +322,12 @@ impl Stopper {
             self.log
                 .record(&event_for(&item.ticket, "error", "failed").detail(format!("{err:#}")));
         }
+        if matches!(
+            outcome,
+            StopOutcome::Stopped { .. } | StopOutcome::AlreadyGone
+        ) {
+            crate::adapters::after_stop(&item.ticket, &self.log);
+        }
         item.outcome = Some(outcome);
     }
 }

@@ -31,6 +31,8 @@ pub struct Ending {
     /// What the `SessionEnd` payload says of the session, to fill blanks in a record whose start was never seen.
     pub seen: Option<Seen>,
     pub dry_run: bool,
+    /// Where the Codex plugin's brokers are looked for (`--no-codex`: nowhere).
+    pub codex: crate::adapters::codex_plugin::Discovery,
 }
 
 /// A session's details as an ending payload gives them.
@@ -80,6 +82,9 @@ pub struct EndReport {
     /// Processes resuming the session: pid and argv.
     pub resume_orphans: Vec<(i32, Vec<String>)>,
     pub problems: Vec<String>,
+    /// What the Codex plugin adapter did with that plugin's brokers.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub codex_plugin: Vec<crate::adapters::AdapterAction>,
     #[serde(skip)]
     pub tickets: Vec<StopTicket>,
 }
@@ -140,6 +145,7 @@ pub fn end_session(
         }
     }
     file_resume_orphans(store, guard, ending, title.as_deref(), &mut report);
+    crate::adapters::codex_plugin::end_session(store, guard, ending, &mut report);
     if !ending.dry_run {
         store.log.record(
             &Event::new("session_end", "ended")

@@ -122,6 +122,7 @@ pub fn checks(config: &Config) -> Vec<Check> {
     for agent in Agent::all() {
         checks.extend(hooks_checks(agent.spec(), &config.state_dir));
     }
+    checks.push(crate::adapters::codex_plugin::doctor_check());
     if let Some(root) = root {
         let store = Store::from_root(root);
         checks.push(tickets_check(&store));

@@ -42,6 +42,7 @@ pub fn run(request: &ReapRequest, config: &Config) -> anyhow::Result<Outcome> {
                 agent_reason: None,
                 seen: None,
                 dry_run: request.dry_run,
+                codex: request.codex.clone(),
             };
             teardown::end_session(&store, &guard, &ending, Instant::now() + LOCK_WAIT)
         })
@@ -122,7 +123,11 @@ fn print_human(dry_run: bool, reports: &[EndReport], stops: &[StopReport]) {
             let what = if dry_run { "would stop" } else { "stopping" };
             println!("  resume orphan pid {pid:>7}  {what}  {}", argv.join(" "));
         }
-        if report.slots.is_empty() && report.resume_orphans.is_empty() {
+        crate::adapters::print_actions(&report.codex_plugin);
+        if report.slots.is_empty()
+            && report.resume_orphans.is_empty()
+            && report.codex_plugin.is_empty()
+        {
             println!("  owned no broker; no process resumes it");
         }
         for problem in &report.problems {

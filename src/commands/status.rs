@@ -33,6 +33,8 @@ pub struct Snapshot {
     pub tickets: Vec<TicketStatus>,
     pub sessions: Vec<SessionRecord>,
     pub finisher_running: bool,
+    /// The Codex plugin's brokers (its own records and the ones it lost).
+    pub codex_plugin: Vec<crate::adapters::codex_plugin::BrokerStatus>,
 }
 
 #[derive(Debug, Serialize)]
@@ -103,22 +105,32 @@ pub fn snapshot(store: &Store) -> Snapshot {
             .filter(|session| !session.is_ended())
             .collect(),
         finisher_running: finisher::is_running(store),
+        codex_plugin: Vec::new(),
     }
 }
 
-pub fn run(json_output: bool, config: &Config) -> anyhow::Result<Outcome> {
+pub fn run(
+    json_output: bool,
+    codex: &crate::adapters::codex_plugin::Discovery,
+    config: &Config,
+) -> anyhow::Result<Outcome> {
     let Some(root) = StateRoot::open_existing(&config.state_dir)? else {
+        let codex_plugin = crate::adapters::codex_plugin::status(None, codex);
         if json_output {
             println!(
                 "{}",
-                json!({"state_dir": config.state_dir, "slots": [], "unreadable": [], "tickets": [], "sessions": []})
+                json!({"state_dir": config.state_dir, "slots": [], "unreadable": [], "tickets": [], "sessions": [],
+                       "codex_plugin": codex_plugin})
             );
         } else {
             println!("no state yet at {}", config.state_dir.display());
+            crate::adapters::codex_plugin::print_status(&codex_plugin);
         }
         return Ok(Outcome::Done);
     };
-    let snapshot = snapshot(&Store::from_root(root));
+    let store = Store::from_root(root);
+    let mut snapshot = snapshot(&store);
+    snapshot.codex_plugin = crate::adapters::codex_plugin::status(Some(&store), codex);
     if json_output {
         println!("{}", serde_json::to_string_pretty(&snapshot)?);
     } else {
@@ -179,6 +191,7 @@ fn print_human(snapshot: &Snapshot) {
             );
         }
     }
+    crate::adapters::codex_plugin::print_status(&snapshot.codex_plugin);
     println!("live sessions: {}", snapshot.sessions.len());
     for session in &snapshot.sessions {
         let pid = session

@@ -103,6 +103,16 @@ pub fn run(args: &SweepRequest, config: &Config) -> anyhow::Result<Outcome> {
     sweep.end_crashed_sessions();
     let sessions = store.sessions.all();
     sweep.judge_slots(&sessions, idle_ttl);
+    let plugin = crate::adapters::codex_plugin::at_sweep(
+        &store,
+        &sweep.guard,
+        &args.codex,
+        idle_ttl,
+        args.dry_run,
+    );
+    sweep.actions.extend(plugin.actions);
+    sweep.tickets.extend(plugin.tickets);
+    sweep.problems.extend(plugin.problems);
     let snapshot = proc::scan_cmdlines();
     sweep.stop_unrecorded(&snapshot);
     sweep.report_duplicate_writers(&snapshot, &sessions);
@@ -174,6 +184,8 @@ impl Sweep<'_> {
                 agent_reason: None,
                 seen: None,
                 dry_run: self.policy.dry_run,
+                // The sweep's own pass below judges the Codex plugin's brokers of crashed sessions.
+                codex: crate::adapters::codex_plugin::Discovery::off(),
             };
             let report =
                 teardown::end_session(self.store, &self.guard, &ending, Instant::now() + LOCK_WAIT);
@@ -212,12 +224,14 @@ impl Sweep<'_> {
         let mut unindexed: Vec<(String, String)> = Vec::new();
         for slot in Slot::all(&self.store.root) {
             let label = slot.label();
+            let mut seen: Option<BrokerRecord> = None;
             let decided = executor::update_slot(
                 self.store,
                 &slot,
                 Instant::now() + LOCK_WAIT,
                 mode,
                 |view| {
+                    seen = view.broker().cloned();
                     let facts = view
                         .broker()
                         .map_or(NO_FACTS, |record| observe_slot(record, sessions));
@@ -226,7 +240,7 @@ impl Sweep<'_> {
             );
             match decided {
                 Ok(change) => {
-                    unindexed.extend(unindexed_owners(&change, &slot, sessions));
+                    unindexed.extend(unindexed_owners(&change, seen.as_ref(), &label, sessions));
                     self.note(&label, change);
                 }
                 Err(err) => self.problems.push(format!("{label}: {err:#}")),
@@ -508,7 +522,8 @@ impl Sweep<'_> {
 
 /// "remove empty slot" -> "removed empty slot": how a done action reads.
 fn past_tense(verb: &str) -> String {
-    const PAST: [(&str, &str); 8] = [
+    const PAST: [(&str, &str); 9] = [
+        ("move", "moved"),
         ("stop", "stopping"),
         ("end", "ended"),
         ("prune", "pruned"),
@@ -566,17 +581,18 @@ fn owner_alive(session: &str, sessions: &[SessionRecord]) -> bool {
 /// for records of older versions (and for an index entry lost to a crash).
 fn unindexed_owners(
     change: &SlotChange,
-    slot: &Slot,
+    seen: Option<&BrokerRecord>,
+    label: &str,
     sessions: &[SessionRecord],
 ) -> Vec<(String, String)> {
     let record = match change {
-        SlotChange::Keep | SlotChange::Write { .. } => change.record(),
+        SlotChange::Keep => seen,
+        SlotChange::Write { record, .. } => Some(record),
         _ => None,
     };
-    let Some(record) = record.or(None) else {
+    let Some(record) = record else {
         return Vec::new();
     };
-    let label = slot.label();
     record
         .owners
         .iter()
@@ -587,10 +603,10 @@ fn unindexed_owners(
                     && session
                         .slots
                         .as_ref()
-                        .is_some_and(|slots| !slots.contains(&label))
+                        .is_some_and(|slots| !slots.iter().any(|slot| slot == label))
             })
         })
-        .map(|owner| (owner.session.clone(), label.clone()))
+        .map(|owner| (owner.session.clone(), label.to_owned()))
         .collect()
 }
 

@@ -131,6 +131,10 @@ impl Env {
         let mut command = Command::new(BIN);
         command.arg("--state-dir").arg(self.state_dir()).args(args);
         scrub_env(&mut command);
+        // The Codex plugin adapter looks in <tmpdir>/codex-companion and ~/.claude/plugins/data: the test's own.
+        command
+            .env("TMPDIR", self.work.path())
+            .env("HOME", self.work.path().join("home"));
         command.stdin(Stdio::null());
         command
     }
@@ -327,6 +331,10 @@ impl Drop for Env {
         for proc in marked_with_state_root(self.state_dir()) {
             proc.kill();
         }
+        // Stand-in plugin brokers a failed test never got to track carry this test's work dir as their TMPDIR.
+        for proc in plugin_brokers_of(self.work.path()) {
+            proc.kill();
+        }
         for child in &mut self.children {
             let _ = child.kill();
             let _ = child.wait();
@@ -337,13 +345,31 @@ impl Drop for Env {
 /// Live processes whose environment names `state_root` as their `SESSION_REAPER_STATE_ROOT`: brokers that our
 /// binary started for the test owning that (unique, temporary) root, and nothing else.
 pub fn marked_with_state_root(state_root: &Path) -> Vec<Proc> {
-    let wanted = format!("SESSION_REAPER_STATE_ROOT={}", state_root.display());
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+    with_env_entry(&format!(
+        "SESSION_REAPER_STATE_ROOT={}",
+        state_root.display()
+    ))
+}
+
+/// Stand-in plugin brokers (and their app servers) started for the test whose work dir is `work`: their
+/// environment has `TMPDIR=<work>` and a `FAKE_BROKER_MODE`.
+pub fn plugin_brokers_of(work: &Path) -> Vec<Proc> {
+    with_env_entry(&format!("TMPDIR={}", work.display()))
+        .into_iter()
+        .filter(|proc| {
+            std::fs::read(format!("/proc/{}/environ", proc.pid)).is_ok_and(|environ| {
+                environ
+                    .split(|b| *b == 0)
+                    .any(|entry| entry.starts_with(b"FAKE_BROKER_MODE="))
+            }) && Proc::of(proc.pid) == Some(*proc)
+        })
+        .collect()
+}
+
+/// Live processes whose environment has exactly `wanted` (`NAME=value`), read between two identity reads.
+pub fn with_env_entry(wanted: &str) -> Vec<Proc> {
+    all_pids()
+        .into_iter()
         .filter_map(|pid| {
             let before = Proc::of(pid)?;
             let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
@@ -488,4 +514,168 @@ impl Home {
             .stdin(Stdio::null());
         command
     }
+}
+
+/// The Codex plugin's stand-in scripts (`fixtures/codex-plugin/scripts`): our own, reproducing its layout, argv and
+/// shutdown protocol.
+pub fn plugin_script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/codex-plugin/scripts")
+        .join(name)
+}
+
+/// How a stand-in plugin broker behaves when asked to stop (`FAKE_BROKER_MODE`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BrokerMode {
+    /// Answers the shutdown line and exits; exits on SIGTERM.
+    Answers,
+    /// Accepts and never answers; exits on SIGTERM.
+    Silent,
+    /// Never answers, ignores SIGTERM.
+    Stubborn,
+}
+
+impl BrokerMode {
+    fn as_str(self) -> &'static str {
+        match self {
+            BrokerMode::Answers => "answers",
+            BrokerMode::Silent => "silent",
+            BrokerMode::Stubborn => "stubborn",
+        }
+    }
+}
+
+/// One plugin broker a test started, with the files the plugin keeps for it.
+#[derive(Clone, Debug)]
+pub struct PluginBroker {
+    pub proc: Proc,
+    /// Its `codex app-server` stand-in, in its process group.
+    pub app_server: Proc,
+    pub endpoint: String,
+    pub socket: PathBuf,
+    pub pid_file: PathBuf,
+    pub session_dir: PathBuf,
+    /// `<root>/<slug>-<hash16>`.
+    pub state_dir: PathBuf,
+    pub broker_json: PathBuf,
+}
+
+impl Env {
+    /// `$CLAUDE_PLUGIN_DATA` of this test's plugin; its state root is `<it>/state`.
+    pub fn plugin_data(&self) -> PathBuf {
+        self.work.path().join("plugin-data")
+    }
+
+    pub fn plugin_root(&self) -> PathBuf {
+        self.plugin_data().join("state")
+    }
+
+    /// The file that gets every line the brokers of `session` received.
+    pub fn plugin_trace(&self, session: &str) -> PathBuf {
+        self.work.path().join(format!("trace-{session}"))
+    }
+
+    /// The plugin's companion starting a broker for `session` in `cwd`, as a shell tool of that session would:
+    /// `CODEX_COMPANION_SESSION_ID` set, this test's `CLAUDE_PLUGIN_DATA` (unless `plugin_data` is `None`: then the
+    /// state goes to `<TMPDIR>/codex-companion`) and TMPDIR.
+    pub fn companion(
+        &self,
+        cwd: &Path,
+        session: &str,
+        mode: BrokerMode,
+        plugin_data: Option<&Path>,
+    ) -> Command {
+        let mut command = Command::new("node");
+        command
+            .arg(plugin_script("codex-companion.mjs"))
+            .args(["spawn", "--cwd"])
+            .arg(cwd);
+        scrub_env(&mut command);
+        command
+            .env("TMPDIR", self.work.path())
+            .env("CODEX_COMPANION_SESSION_ID", session)
+            .env("FAKE_BROKER_MODE", mode.as_str())
+            .env("FAKE_BROKER_TRACE", self.plugin_trace(session))
+            .stdin(Stdio::null());
+        if let Some(data) = plugin_data {
+            command.env("CLAUDE_PLUGIN_DATA", data);
+        }
+        command
+    }
+
+    /// Starts a plugin broker for `session` in `cwd` (state under this test's `CLAUDE_PLUGIN_DATA`) and waits for
+    /// its `broker.json`.
+    pub fn plugin_broker(&mut self, cwd: &Path, session: &str, mode: BrokerMode) -> PluginBroker {
+        let data = self.plugin_data();
+        let command = self.companion(cwd, session, mode, Some(&data));
+        self.companion_broker(command)
+    }
+
+    /// Runs a prepared companion to its end and tracks the broker it started (killed on drop, with its group).
+    pub fn companion_broker(&mut self, command: Command) -> PluginBroker {
+        let out = run_bounded(command, None);
+        assert!(
+            out.status.success(),
+            "companion failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.broker_printed(&out.stdout)
+    }
+
+    /// The broker a companion printed, tracked.
+    pub fn broker_printed(&mut self, stdout: &[u8]) -> PluginBroker {
+        let value: Value = serde_json::from_slice(stdout).expect("companion prints JSON");
+        let text = |key: &str| value[key].as_str().expect("companion field").to_owned();
+        let pid = i32::try_from(value["pid"].as_i64().expect("pid")).unwrap();
+        let proc = Proc::of(pid).expect("broker runs");
+        self.track(proc);
+        let mut app_server = None;
+        assert!(
+            wait_until(PATIENCE, || {
+                app_server = group_members_of(proc).into_iter().find(|p| p.pid != pid);
+                app_server.is_some()
+            }),
+            "the broker's app-server child never showed"
+        );
+        let app_server = app_server.unwrap();
+        self.track(app_server);
+        let endpoint = text("endpoint");
+        let state_dir = PathBuf::from(text("stateDir"));
+        PluginBroker {
+            proc,
+            app_server,
+            socket: PathBuf::from(endpoint.trim_start_matches("unix:")),
+            endpoint,
+            pid_file: PathBuf::from(text("pidFile")),
+            session_dir: PathBuf::from(text("sessionDir")),
+            broker_json: state_dir.join("broker.json"),
+            state_dir,
+        }
+    }
+}
+
+/// Live processes in the process group `leader` leads, started no earlier than it.
+pub fn group_members_of(leader: Proc) -> Vec<Proc> {
+    all_pids()
+        .into_iter()
+        .filter_map(|pid| {
+            let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let fields: Vec<&str> = text[text.rfind(')')? + 1..].split_whitespace().collect();
+            let pgid: i32 = fields.get(2)?.parse().ok()?;
+            let proc = Proc::of(pid)?;
+            (pgid == leader.pid && proc.ticks >= leader.ticks && proc.alive()).then_some(proc)
+        })
+        .collect()
+}
+
+/// Every pid in /proc right now.
+pub fn all_pids() -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }

@@ -1,8 +1,10 @@
 //! The integration tests: one binary, driving the real `session-reaper` against real child processes.
 
+mod codex_plugin;
 mod foundation;
 mod harness;
 mod hooks;
 mod newcomer;
+mod reshaped;
 mod settings;
 mod sweep;
