@@ -866,20 +866,22 @@ fn doctor_fails_hooks_switched_off() {
     );
 }
 
-#[test]
-fn doctor_fails_an_untrusted_codex_hook_and_passes_a_trusted_one() {
+/// A home with Codex's hooks and the sweep installed by us.
+fn codex_installed() -> (Env, Home) {
     let env = Env::new();
     let home = Home::new(&env);
-    assert_eq!(
-        run(
-            &env,
-            &home,
-            &["install", "--agent", "codex", "--with-sweep"]
-        )
-        .status
-        .code(),
-        Some(0)
+    let out = run(
+        &env,
+        &home,
+        &["install", "--agent", "codex", "--with-sweep"],
     );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    (env, home)
+}
+
+#[test]
+fn doctor_fails_an_untrusted_codex_hook_and_passes_a_trusted_one() {
+    let (env, home) = codex_installed();
     assert_doctor_fails(&env, &home, None, "codex", "not trusted", "open /hooks");
     // What Codex 0.171.0 writes to $CODEX_HOME/config.toml when a person trusts the hooks in /hooks.
     let hooks = home.dir.join(".codex/hooks.json");
@@ -974,18 +976,7 @@ fn doctor_reports_recent_hook_errors_and_an_agent_process_that_is_no_agent() {
 
 #[test]
 fn doctor_warns_of_a_codex_session_end_timeout_codex_would_clamp() {
-    let env = Env::new();
-    let home = Home::new(&env);
-    assert_eq!(
-        run(
-            &env,
-            &home,
-            &["install", "--agent", "codex", "--with-sweep"]
-        )
-        .status
-        .code(),
-        Some(0)
-    );
+    let (env, home) = codex_installed();
     let path = home.dir.join(".codex/hooks.json");
     let mut value = read_value(Agent::Codex.spec(), &path);
     value["hooks"]["SessionEnd"][0]["hooks"][0]["timeout"] = json!(10);
