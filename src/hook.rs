@@ -14,6 +14,7 @@ use serde_json::Value;
 use crate::agents::{self, Agent};
 use crate::clock;
 use crate::config::{Config, HookRequest};
+use crate::deadline::Deadline;
 use crate::error::bad_input;
 use crate::events::{Event, Reason};
 use crate::finisher;
@@ -33,18 +34,18 @@ pub fn run(args: &HookRequest, state_dir_flag: Option<&Path>) {
         crate::settings::probe::answer(args, state_dir_flag);
         return;
     }
-    let started = Instant::now();
-    let deadline = started + args.deadline;
+    let deadline = Deadline::after(args.deadline);
     let store =
         Config::new(state_dir_flag, false).and_then(|config| Store::open(&config.state_dir));
-    let result = read_payload(args.stdin_timeout.min(args.deadline)).and_then(|payload| {
-        handle(
-            args,
-            store.as_ref().map_err(|err| anyhow::anyhow!("{err:#}"))?,
-            &payload,
-            deadline,
-        )
-    });
+    let result =
+        read_payload(Deadline::after(args.stdin_timeout).min(deadline)).and_then(|payload| {
+            handle(
+                args,
+                store.as_ref().map_err(|err| anyhow::anyhow!("{err:#}"))?,
+                &payload,
+                deadline,
+            )
+        });
     if let Err(err) = result {
         report(store.as_ref().ok(), &format!("{err:#}"));
     }
@@ -53,10 +54,13 @@ pub fn run(args: &HookRequest, state_dir_flag: Option<&Path>) {
 /// One stderr line and one event; the hook still exits 0.
 pub fn report(store: Option<&Store>, message: &str) {
     let line = message.replace('\n', " ");
-    let _ = writeln!(std::io::stderr(), "session-reaper hook: {line}");
+    // The event first: a stderr nobody reads (a full pipe) may block the line until the watchdog ends us.
     if let Some(store) = store {
-        store.log.record(&Event::new("hook", "error").detail(line));
+        store
+            .log
+            .record(&Event::new("hook", "error").detail(line.clone()));
     }
+    let _ = writeln!(std::io::stderr(), "session-reaper hook: {line}");
 }
 
 /// What we use of a hook payload; everything else is ignored.
@@ -191,7 +195,7 @@ fn handle(
     args: &HookRequest,
     store: &Store,
     payload: &Value,
-    deadline: Instant,
+    deadline: Deadline,
 ) -> anyhow::Result<()> {
     let mut payload = Payload::from_json(payload, args.agent)?;
     let event_name = payload
@@ -222,6 +226,7 @@ fn handle(
         payload: &payload,
         agent,
         identity,
+        deadline,
     };
     match event {
         HookEvent::SessionStart => session_start(store, &seen),
@@ -246,18 +251,18 @@ struct Hooked<'a> {
     payload: &'a Payload,
     agent: Option<Agent>,
     identity: Option<Identity>,
+    deadline: Deadline,
 }
 
 /// Records (or refreshes) the session, un-ending it if it is being resumed, and exports its id to later tool
 /// commands through the agent's env file. A session already recorded under another agent (Cursor or Copilot running
 /// Claude's hook files as well as their own) stays that agent's: the second start is logged, not re-keyed.
 fn session_start(store: &Store, hooked: &Hooked) -> anyhow::Result<()> {
-    let (before, record) =
-        store
-            .sessions
-            .update(&hooked.session, Duration::from_millis(300), |current| {
-                Ok(Some(refreshed(current.cloned(), hooked, true)))
-            })?;
+    let (before, record) = store.sessions.update(
+        &hooked.session,
+        hooked.deadline.less(EXIT_MARGIN),
+        |current| Ok(Some(refreshed(current.cloned(), hooked, true))),
+    )?;
     let first_agent = before.map(|record| record.agent);
     let agent = hooked.agent.map_or("unknown", Agent::as_str);
     let again = first_agent.filter(|first| !first.is_empty() && first != agent);
@@ -286,9 +291,11 @@ fn session_start(store: &Store, hooked: &Hooked) -> anyhow::Result<()> {
 fn touch_session(store: &Store, hooked: &Hooked) -> anyhow::Result<()> {
     store
         .sessions
-        .update(&hooked.session, Duration::from_millis(300), |current| {
-            Ok(Some(refreshed(current.cloned(), hooked, false)))
-        })
+        .update(
+            &hooked.session,
+            hooked.deadline.less(EXIT_MARGIN),
+            |current| Ok(Some(refreshed(current.cloned(), hooked, false))),
+        )
         .map(drop)
 }
 
@@ -322,6 +329,7 @@ fn refreshed(current: Option<SessionRecord>, hooked: &Hooked, starting: bool) ->
 
 /// Appends `export SESSION_REAPER_SESSION_ID='<id>'` to every env file the agents table names that is set (each once).
 fn export_session_id(session: &SessionId) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let mut files: Vec<std::path::PathBuf> = agents::AGENTS
         .iter()
         .filter_map(|spec| spec.env_file_var)
@@ -332,12 +340,18 @@ fn export_session_id(session: &SessionId) -> anyhow::Result<()> {
         })
         .collect();
     files.dedup();
+    let uid = nix::unistd::geteuid().as_raw();
     for file in files {
-        let mut handle = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(&file)
-            .with_context(|| format!("opening env file {}", file.display()))?;
+        // Like a state file: no symlink followed, no blocking on a FIFO, a regular file of ours or nothing.
+        let mut handle = crate::state::open_nofollow(
+            &file,
+            std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .mode(0o600),
+        )
+        .with_context(|| format!("opening env file {}", file.display()))?;
+        crate::state::check_regular_file(&handle, &file, uid)?;
         // The id is validated to [A-Za-z0-9._-], so single quotes need no escaping.
         writeln!(handle, "export SESSION_REAPER_SESSION_ID='{session}'")
             .with_context(|| format!("writing env file {}", file.display()))?;
@@ -350,7 +364,7 @@ fn export_session_id(session: &SessionId) -> anyhow::Result<()> {
 fn session_end(
     store: &Store,
     hooked: &Hooked,
-    deadline: Instant,
+    deadline: Deadline,
     codex: &crate::adapters::codex_plugin::Discovery,
 ) -> anyhow::Result<()> {
     let (payload, agent) = (hooked.payload, hooked.agent);
@@ -368,15 +382,8 @@ fn session_end(
         dry_run: false,
         codex: codex.clone(),
     };
-    let work_deadline = deadline.checked_sub(EXIT_MARGIN).unwrap_or(deadline);
-    let report = teardown::end_session(
-        store,
-        &guard,
-        &ending,
-        work_deadline
-            .checked_sub(EXIT_MARGIN)
-            .unwrap_or(work_deadline),
-    );
+    let work_deadline = deadline.less(EXIT_MARGIN);
+    let report = teardown::end_session(store, &guard, &ending, work_deadline.less(EXIT_MARGIN));
     store.stopper(guard).run(report.tickets, work_deadline);
     // Its own stops still running, or tickets an earlier, killed finisher left: a finisher completes them.
     if finisher::has_work(store) {
@@ -388,20 +395,29 @@ fn session_end(
     Ok(())
 }
 
-/// Reads exactly one JSON value from stdin, waiting at most `timeout` and never for end-of-file.
-pub fn read_payload(timeout: Duration) -> anyhow::Result<Value> {
+/// Reads exactly one JSON value from stdin, waiting no later than `deadline` and never for end-of-file.
+pub fn read_payload(deadline: Deadline) -> anyhow::Result<Value> {
     let stdin = std::io::stdin();
-    read_one_value(stdin.as_fd(), timeout)
+    read_one_value(stdin.as_fd(), deadline)
 }
 
+/// The largest hook payload we read: real ones are well under a KiB (a transcript path, a cwd, a few names).
+pub const PAYLOAD_LIMIT: usize = 4 * 1024 * 1024;
+
 /// Reads from `fd` until one whole JSON value has arrived; malformed input fails at once.
-pub fn read_one_value(fd: std::os::fd::BorrowedFd<'_>, timeout: Duration) -> anyhow::Result<Value> {
+pub fn read_one_value(
+    fd: std::os::fd::BorrowedFd<'_>,
+    deadline: Deadline,
+) -> anyhow::Result<Value> {
     use rustix::event::{PollFd, PollFlags, Timespec, poll};
-    let deadline = Instant::now() + timeout;
+    let started = Instant::now();
     let mut buffer: Vec<u8> = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
+    // Parse again only when the last read could have completed a value: an object or array ends with `}` or `]`
+    // (so a slow, large payload costs one parse per closing bracket, not one per chunk); anything else parses at once.
+    let mut parse_due = false;
     loop {
-        if buffer.iter().any(|byte| !byte.is_ascii_whitespace()) {
+        if std::mem::take(&mut parse_due) {
             let mut values = serde_json::Deserializer::from_slice(&buffer).into_iter::<Value>();
             match values.next() {
                 Some(Ok(value)) => return Ok(value),
@@ -414,11 +430,16 @@ pub fn read_one_value(fd: std::os::fd::BorrowedFd<'_>, timeout: Duration) -> any
                 None => {}
             }
         }
-        let remaining = deadline.saturating_duration_since(Instant::now());
+        if buffer.len() > PAYLOAD_LIMIT {
+            return Err(bad_input(format!(
+                "hook payload on stdin: expected at most {PAYLOAD_LIMIT} bytes of JSON, got more"
+            )));
+        }
+        let remaining = deadline.remaining();
         if remaining.is_zero() {
             return Err(bad_input(format!(
                 "hook payload on stdin: no complete JSON value within {}",
-                humantime::format_duration(timeout)
+                humantime::format_duration(Duration::from_millis(clock::millis(started.elapsed())))
             )));
         }
         let timespec = Timespec::try_from(remaining).unwrap_or(Timespec {
@@ -439,7 +460,16 @@ pub fn read_one_value(fd: std::os::fd::BorrowedFd<'_>, timeout: Duration) -> any
                     "hook payload on stdin: expected JSON, got a truncated value".to_owned()
                 }));
             }
-            Ok(read) => buffer.extend_from_slice(&chunk[..read]),
+            Ok(read) => {
+                let fresh = &chunk[..read];
+                buffer.extend_from_slice(fresh);
+                let container = buffer
+                    .iter()
+                    .find(|byte| !byte.is_ascii_whitespace())
+                    .is_some_and(|first| matches!(first, b'{' | b'['));
+                parse_due = buffer.iter().any(|byte| !byte.is_ascii_whitespace())
+                    && (!container || fresh.iter().any(|byte| matches!(byte, b'}' | b']')));
+            }
             Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => {}
             Err(err) => return Err(err).context("reading the hook payload"),
         }
@@ -581,19 +611,38 @@ mod tests {
         writer
             .write_all(b"{\"session_id\": \"a\"} trailing")
             .unwrap();
-        let value = read_one_value(reader.as_fd(), Duration::from_secs(5)).unwrap();
+        let value =
+            read_one_value(reader.as_fd(), Deadline::after(Duration::from_secs(5))).unwrap();
         assert_eq!(value["session_id"], "a");
         drop(writer);
+    }
+
+    #[test]
+    fn an_endless_payload_is_refused_at_its_size_bound() {
+        let (reader, mut writer) = std::io::pipe().unwrap();
+        let feeder = std::thread::spawn(move || {
+            let _ = writer.write_all(b"{\"session_id\": \"");
+            let chunk = vec![b'a'; 64 * 1024];
+            while writer.write_all(&chunk).is_ok() {}
+        });
+        let err =
+            read_one_value(reader.as_fd(), Deadline::after(Duration::from_secs(30))).unwrap_err();
+        assert!(err.to_string().contains("expected at most"), "{err}");
+        drop(reader);
+        feeder.join().unwrap();
     }
 
     #[test]
     fn times_out_on_silence_and_fails_fast_on_garbage() {
         let (reader, mut writer) = std::io::pipe().unwrap();
         let started = Instant::now();
-        assert!(read_one_value(reader.as_fd(), Duration::from_millis(100)).is_err());
+        assert!(
+            read_one_value(reader.as_fd(), Deadline::after(Duration::from_millis(100))).is_err()
+        );
         assert!(started.elapsed() < Duration::from_secs(5));
         writer.write_all(b"not json").unwrap();
-        let err = read_one_value(reader.as_fd(), Duration::from_secs(30)).unwrap_err();
+        let err =
+            read_one_value(reader.as_fd(), Deadline::after(Duration::from_secs(30))).unwrap_err();
         assert!(err.to_string().contains("expected JSON"), "{err}");
     }
 }

@@ -30,12 +30,12 @@ pub fn spawn_broker(
     state_root: &Path,
 ) -> anyhow::Result<Child> {
     let (program, arguments) = argv.split_first().context("no broker command given")?;
-    let output = OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .open(log)
-        .with_context(|| format!("opening broker log {}", log.display()))?;
+    let output = crate::state::open_nofollow(
+        log,
+        OpenOptions::new().append(true).create(true).mode(0o600),
+    )
+    .with_context(|| format!("opening broker log {}", log.display()))?;
+    crate::state::check_regular_file(&output, log, nix::unistd::geteuid().as_raw())?;
     let mut command = Command::new(program);
     command
         .args(arguments)

@@ -10,11 +10,12 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 
 use crate::clock;
+use crate::deadline::Deadline;
 use crate::events::{Event, EventLog};
 use crate::proc;
 use crate::record::{Identity, Shutdown, StopTicket};
 use crate::signal::{Guard, Handle, Refusal, Sig, Target};
-use crate::ticket::Tickets;
+use crate::ticket::{Claim, TicketLock, Tickets};
 
 /// How long the graceful step (socket message or command) may take before SIGTERM.
 pub const GRACEFUL_WINDOW: Duration = Duration::from_millis(750);
@@ -82,6 +83,10 @@ pub enum StopOutcome {
     Foreign,
     /// Still running at the deadline; the ticket stays for the finisher or a sweep.
     Pending { stuck: bool, attempts: u32 },
+    /// Another process drives the ticket right now; left to it.
+    DrivenElsewhere,
+    /// Another process finished the ticket already.
+    DoneElsewhere,
 }
 
 impl StopOutcome {
@@ -104,6 +109,8 @@ impl StopOutcome {
                 attempts,
             } => format!("STUCK after {attempts} SIGKILLs"),
             StopOutcome::Pending { .. } => "stopping (handed on)".to_owned(),
+            StopOutcome::DrivenElsewhere => "being stopped by another session-reaper".to_owned(),
+            StopOutcome::DoneElsewhere => "stopped by another session-reaper".to_owned(),
         }
     }
 }
@@ -117,6 +124,8 @@ pub struct StopReport {
 
 struct Active {
     ticket: StopTicket,
+    /// Held while this run drives the ticket: one driver per ticket.
+    claim: Option<TicketLock>,
     handle: Option<Handle>,
     helper: Option<Child>,
     signalled: bool,
@@ -146,13 +155,13 @@ impl Stopper {
     }
 
     /// Drives `tickets` until each is done or `deadline` passes; what is left stays filed.
-    pub fn run(&self, tickets: Vec<StopTicket>, deadline: Instant) -> Vec<StopReport> {
+    pub fn run(&self, tickets: Vec<StopTicket>, deadline: Deadline) -> Vec<StopReport> {
         let mut active: Vec<Active> = tickets
             .into_iter()
             .map(|ticket| self.start(ticket))
             .collect();
         let mut last_signal = Instant::now();
-        let deadline_at = SystemTime::now() + deadline.saturating_duration_since(Instant::now());
+        let deadline_at = SystemTime::now() + deadline.remaining();
         loop {
             let now = SystemTime::now();
             let mut next_step_at = now + Duration::from_secs(3600);
@@ -174,12 +183,12 @@ impl Stopper {
                 .filter(|item| item.outcome.is_none())
                 .collect();
             let nothing_reachable = next_step_at > deadline_at && last_signal.elapsed() >= SETTLE;
-            if open.is_empty() || Instant::now() >= deadline || nothing_reachable {
+            if open.is_empty() || deadline.expired() || nothing_reachable {
                 break;
             }
             let wake = next_step_at.min(SystemTime::now() + Duration::from_millis(25));
             let until_wake = wake.duration_since(SystemTime::now()).unwrap_or_default();
-            let until_deadline = deadline.saturating_duration_since(Instant::now());
+            let until_deadline = deadline.remaining();
             let handles: Vec<&Handle> = open
                 .iter()
                 .filter_map(|item| item.handle.as_ref())
@@ -210,6 +219,7 @@ impl Stopper {
     fn start(&self, ticket: StopTicket) -> Active {
         let mut item = Active {
             ticket,
+            claim: None,
             handle: None,
             helper: None,
             signalled: false,
@@ -218,6 +228,29 @@ impl Stopper {
         if crate::record::is_other_host(&item.ticket.host, &self.host) {
             item.outcome = Some(StopOutcome::Foreign);
             return item;
+        }
+        match self.tickets.claim(&item.ticket) {
+            Ok(Claim::Mine(current, claim)) => {
+                item.ticket = current;
+                item.claim = Some(claim);
+            }
+            Ok(Claim::Busy) => {
+                item.outcome = Some(StopOutcome::DrivenElsewhere);
+                return item;
+            }
+            Ok(Claim::Finished) => {
+                item.outcome = Some(StopOutcome::DoneElsewhere);
+                return item;
+            }
+            Err(err) => {
+                self.log
+                    .record(&event_for(&item.ticket, "error", "failed").detail(format!("{err:#}")));
+                item.outcome = Some(StopOutcome::Pending {
+                    stuck: item.ticket.attempts >= STUCK_AFTER,
+                    attempts: item.ticket.attempts,
+                });
+                return item;
+            }
         }
         match self.guard.target(&item.ticket.identity) {
             Target::Live(handle) => item.handle = Some(handle),
@@ -261,7 +294,10 @@ impl Stopper {
             Step::Wait(_) | Step::Done => return,
         }
         item.signalled = true;
-        if let Err(err) = self.tickets.save(&item.ticket) {
+        let Some(claim) = &item.claim else {
+            return;
+        };
+        if let Err(err) = self.tickets.save(&item.ticket, claim) {
             self.log
                 .record(&event_for(&item.ticket, "error", "failed").detail(format!("{err:#}")));
         }
@@ -308,17 +344,25 @@ impl Stopper {
             StopOutcome::AlreadyGone => ("stop", "already_gone"),
             StopOutcome::Refused { .. } => ("refuse", "refused"),
             StopOutcome::Stale => ("prune", "stale"),
-            StopOutcome::Foreign | StopOutcome::Pending { .. } => ("stop", "pending"),
+            StopOutcome::Foreign
+            | StopOutcome::Pending { .. }
+            | StopOutcome::DrivenElsewhere
+            | StopOutcome::DoneElsewhere => ("stop", "pending"),
         };
         let detail = match &outcome {
             StopOutcome::Stopped { by } => by.clone(),
             StopOutcome::Refused { why } => why.clone(),
             other => other.summary(),
         };
+        // Only the driver finishes a ticket, and only once: its claim is given up here.
+        let Some(claim) = item.claim.take() else {
+            item.outcome = Some(outcome);
+            return;
+        };
         // The event first: whoever sees the ticket gone can read why.
         self.log
             .record(&event_for(&item.ticket, action, result).detail(detail));
-        if let Err(err) = self.tickets.remove(&item.ticket) {
+        if let Err(err) = self.tickets.remove(&item.ticket, &claim) {
             self.log
                 .record(&event_for(&item.ticket, "error", "failed").detail(format!("{err:#}")));
         }
@@ -508,8 +552,8 @@ pub fn ticket_for(
 }
 
 /// How long a command in the foreground waits for a stop: the whole cascade and one SIGKILL retry.
-pub fn foreground_deadline(ticket: &StopTicket) -> Instant {
-    Instant::now() + GRACEFUL_WINDOW + Duration::from_millis(ticket.grace_ms) + KILL_RETRY * 2
+pub fn foreground_deadline(ticket: &StopTicket) -> Deadline {
+    Deadline::after(GRACEFUL_WINDOW + Duration::from_millis(ticket.grace_ms) + KILL_RETRY * 2)
 }
 
 #[cfg(test)]

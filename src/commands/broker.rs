@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use crate::act::executor;
 use crate::clock;
 use crate::config::{self, BrokerRequest, Config, OwnerSpec, SlotSpec, StopPolicy};
+use crate::deadline::Deadline;
 use crate::decide::{self, SlotChange};
 use crate::error::{Outcome, bad_input};
 use crate::events::{Event, Reason};
@@ -163,16 +164,18 @@ impl SlotTarget {
             )));
         }
         if let Some(owner) = owner {
-            self.store
-                .sessions
-                .index_slot(owner, &self.slot.label(), LOCK_WAIT)?;
+            self.store.sessions.index_slot(
+                owner,
+                &self.slot.label(),
+                Deadline::after(LOCK_WAIT),
+            )?;
         }
         self.lock()
     }
 
     fn lock(&self) -> anyhow::Result<SlotGuard<'_>> {
         self.slot.create(&self.store.root)?;
-        self.slot.lock(&self.store.root, LOCK_WAIT)
+        self.slot.lock(&self.store.root, Deadline::after(LOCK_WAIT))
     }
 
     /// The live broker of the slot, under its lock. A record whose process is gone is pruned (`broker_gone`); a

@@ -4,13 +4,14 @@
 //! reports duplicate `--resume` writers, and cleans tombstones, empty slots and an oversized log.
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
 use crate::act::executor::{self, Mode};
 use crate::clock;
 use crate::config::{Config, SweepRequest};
+use crate::deadline::Deadline;
 use crate::decide::{self, SlotChange, SlotFacts, SweepPolicy};
 use crate::error::Outcome;
 use crate::events::{Event, Reason};
@@ -113,7 +114,7 @@ pub fn run(args: &SweepRequest, config: &Config) -> anyhow::Result<Outcome> {
     sweep.actions.extend(plugin.actions);
     sweep.tickets.extend(plugin.tickets);
     sweep.problems.extend(plugin.problems);
-    let snapshot = proc::scan_cmdlines();
+    let snapshot = proc::scan_cmdlines(Deadline::far());
     sweep.stop_unrecorded(&snapshot);
     sweep.report_duplicate_writers(&snapshot, &sessions);
     sweep.drop_tombstones(&sessions, args.retention);
@@ -188,7 +189,7 @@ impl Sweep<'_> {
                 codex: crate::adapters::codex_plugin::Discovery::off(),
             };
             let report =
-                teardown::end_session(self.store, &self.guard, &ending, Instant::now() + LOCK_WAIT);
+                teardown::end_session(self.store, &self.guard, &ending, Deadline::after(LOCK_WAIT));
             self.act(
                 "end_session",
                 Some(Reason::OwnersGone),
@@ -228,7 +229,7 @@ impl Sweep<'_> {
             let decided = executor::update_slot(
                 self.store,
                 &slot,
-                Instant::now() + LOCK_WAIT,
+                Deadline::after(LOCK_WAIT),
                 mode,
                 |view| {
                     seen = view.broker().cloned();
@@ -249,7 +250,10 @@ impl Sweep<'_> {
         if mode == Mode::Apply {
             for (session, label) in unindexed {
                 if let Ok(id) = SessionId::parse(&session)
-                    && let Err(err) = self.store.sessions.index_slot(&id, &label, LOCK_WAIT)
+                    && let Err(err) =
+                        self.store
+                            .sessions
+                            .index_slot(&id, &label, Deadline::after(LOCK_WAIT))
                 {
                     self.problems
                         .push(format!("indexing {label} for {session}: {err:#}"));
@@ -415,7 +419,7 @@ impl Sweep<'_> {
         if !slot.dir().exists() {
             return false;
         }
-        let Ok(guard) = slot.lock(&self.store.root, LOCK_WAIT) else {
+        let Ok(guard) = slot.lock(&self.store.root, Deadline::after(LOCK_WAIT)) else {
             return true;
         };
         matches!(guard.view(), SlotView::Broker(record) if &record.identity == identity)
@@ -509,7 +513,7 @@ impl Sweep<'_> {
         let stops = self
             .store
             .stopper(self.guard.clone())
-            .run(all, Instant::now() + SWEEP_STOP_DEADLINE);
+            .run(all, Deadline::after(SWEEP_STOP_DEADLINE));
         if stops
             .iter()
             .any(|stop| matches!(stop.outcome, StopOutcome::Pending { stuck: false, .. }))

@@ -5,6 +5,7 @@ use std::io;
 use std::sync::OnceLock;
 
 use super::ProcStat;
+use crate::deadline::Deadline;
 use crate::record::Identity;
 
 /// `/proc/sys/kernel/random/boot_id`, read once.
@@ -95,11 +96,13 @@ pub fn pids() -> io::Result<Vec<i32>> {
         .collect())
 }
 
-/// One pass over the process table: pid and argv of every process we can read.
-pub fn scan_cmdlines() -> Vec<(i32, Vec<String>)> {
+/// One pass over the process table: pid and argv of every process we can read, as far as `deadline` lets it get
+/// (checked between entries; a partial scan finds fewer processes to stop, never more).
+pub fn scan_cmdlines(deadline: Deadline) -> Vec<(i32, Vec<String>)> {
     pids()
         .unwrap_or_default()
         .into_iter()
+        .take_while(|_| !deadline.expired())
         .filter_map(|pid| {
             cmdline(pid)
                 .ok()

@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 use sysinfo::{Pid, Process, ProcessRefreshKind, ProcessesToUpdate, System, UpdateKind};
 
 use super::ProcStat;
+use crate::deadline::Deadline;
 use crate::record::Identity;
 
 fn system_with(pids: Option<&[Pid]>) -> System {
@@ -89,7 +90,11 @@ pub fn pids() -> io::Result<Vec<i32>> {
         .collect())
 }
 
-pub fn scan_cmdlines() -> Vec<(i32, Vec<String>)> {
+/// One pass over the process table (sysinfo reads it whole; `deadline` only decides whether to start).
+pub fn scan_cmdlines(deadline: Deadline) -> Vec<(i32, Vec<String>)> {
+    if deadline.expired() {
+        return Vec::new();
+    }
     system_with(None)
         .processes()
         .iter()

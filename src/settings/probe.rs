@@ -49,8 +49,10 @@ pub fn say(answer: &Answer) {
 pub fn answer(args: &HookRequest, state_dir_flag: Option<&Path>) {
     let state_dir = Config::new(state_dir_flag, false)
         .map(|config| std::path::absolute(&config.state_dir).unwrap_or(config.state_dir));
-    let payload = hook::read_payload(args.stdin_timeout.min(args.deadline))
-        .and_then(|value| Payload::from_json(&value, args.agent));
+    let payload = hook::read_payload(crate::deadline::Deadline::after(
+        args.stdin_timeout.min(args.deadline),
+    ))
+    .and_then(|value| Payload::from_json(&value, args.agent));
     let mut answer = Answer {
         deadline_ms: u64::try_from(args.deadline.as_millis()).ok(),
         ..Answer::default()
