@@ -175,7 +175,8 @@ pub struct AgentSpec {
     pub session_vars: &'static [&'static str],
     /// The variable naming a file whose `export` lines reach later shell-tool commands.
     pub env_file_var: Option<&'static str>,
-    /// Executable basenames of the agent process, and path fragments of a Node agent's script (`argv[1]`).
+    /// Executable basenames of the agent process, and npm package paths of an agent whose script has a generic name
+    /// (`cli.js`).
     pub executables: &'static [&'static str],
     pub script_needles: &'static [&'static str],
     /// Settings switches that keep every hook from running.
@@ -255,7 +256,7 @@ pub static AGENTS: &[AgentSpec] = &[
         session_vars: &["CLAUDE_CODE_SESSION_ID"],
         env_file_var: Some("CLAUDE_ENV_FILE"),
         executables: &["claude"],
-        script_needles: &["@anthropic-ai/claude-code/"],
+        script_needles: &["/@anthropic-ai/claude-code/"],
         hooks_off: &[HooksOff {
             pointer: "/disableAllHooks",
             value: true,
@@ -277,7 +278,7 @@ pub static AGENTS: &[AgentSpec] = &[
         env_markers: &["GEMINI_CLI"],
         session_vars: &["GEMINI_SESSION_ID"],
         executables: &["gemini"],
-        script_needles: &["@google/gemini-cli/", "/bin/gemini"],
+        script_needles: &["/@google/gemini-cli/"],
         hooks_off: &[HooksOff {
             pointer: "/hooksConfig/enabled",
             value: false,
@@ -302,7 +303,7 @@ pub static AGENTS: &[AgentSpec] = &[
         ],
         session_vars: &["QWEN_CODE_SESSION_ID"],
         executables: &["qwen"],
-        script_needles: &["@qwen-code/qwen-code/"],
+        script_needles: &["/@qwen-code/qwen-code/"],
         hooks_off: &[HooksOff {
             pointer: "/disableAllHooks",
             value: true,
@@ -326,7 +327,7 @@ pub static AGENTS: &[AgentSpec] = &[
         env_markers: &["CODEX_MANAGED_BY_NPM", "CODEX_THREAD_ID"],
         session_vars: &["CODEX_THREAD_ID", "CODEX_SESSION_ID"],
         executables: &["codex"],
-        script_needles: &["@openai/codex/"],
+        script_needles: &["/@openai/codex/"],
         session_end: SessionEndReliability::Partial(
             "releases before 0.145 have no SessionEnd; it also fires when a thread is archived or unloaded",
         ),
@@ -351,7 +352,6 @@ pub static AGENTS: &[AgentSpec] = &[
         transcript_needle: Some("/.cursor/"),
         env_markers: &["CURSOR_VERSION", "CURSOR_TRACE_ID"],
         executables: &["cursor", "cursor-agent", "Cursor"],
-        script_needles: &["/cursor-agent/", "/Cursor/"],
         also_runs: &[Agent::Claude],
         // sessionEnd is fire-and-forget and fires per conversation, not when Cursor exits.
         session_end: SessionEndReliability::Partial(
@@ -381,7 +381,7 @@ pub static AGENTS: &[AgentSpec] = &[
         transcript_needle: Some("/.copilot/"),
         env_markers: &["COPILOT_CLI"],
         executables: &["copilot"],
-        script_needles: &["@github/copilot/"],
+        script_needles: &["/@github/copilot/"],
         also_runs: &[Agent::Claude],
         ..CLAUDE_SHAPED
     },
@@ -394,7 +394,6 @@ pub static AGENTS: &[AgentSpec] = &[
         transcript_needle: Some("/.factory/"),
         env_markers: &["FACTORY_PROJECT_DIR"],
         executables: &["droid"],
-        script_needles: &["@factory/cli/"],
         ..CLAUDE_SHAPED
     },
     AgentSpec {
@@ -470,19 +469,6 @@ impl AgentSpec {
             ConfigDirOverride::None => {}
         }
         nonempty("HOME").map(|home| self.settings_under(&home))
-    }
-
-    /// True when `argv` is this agent's process: its executable, or a Node agent's script.
-    pub fn is_agent_process(&self, argv: &[String]) -> bool {
-        let base = |arg: &String| arg.rsplit('/').next().unwrap_or_default().to_owned();
-        argv.first()
-            .is_some_and(|argv0| self.executables.contains(&base(argv0).as_str()))
-            || argv.iter().skip(1).take(2).any(|arg| {
-                self.script_needles
-                    .iter()
-                    .any(|needle| arg.contains(needle))
-                    || (base(arg) != "node" && self.executables.contains(&base(arg).as_str()))
-            })
     }
 
     /// The first switch in `settings` that keeps hooks from running, as `"/disableAllHooks": true`.
@@ -563,11 +549,43 @@ pub fn agent_from_transcript(path: &str) -> Option<Agent> {
         .map(|spec| spec.agent)
 }
 
-/// The agent whose process `argv` is.
+/// Script runtimes an agent is run with (`#!/usr/bin/env node` makes the argv `node /path/to/claude …`).
+const RUNTIMES: &[&str] = &["node", "nodejs", "bun", "deno"];
+
+/// The agent whose process `argv` is: its program is one of an agent's executables, or a script runtime whose script
+/// is one (by name, `.js` and the like dropped, or by its npm package).
 pub fn agent_of_process(argv: &[String]) -> Option<Agent> {
-    AGENTS
+    let base = |path: &str| {
+        path.rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .trim_start_matches('-')
+            .to_owned()
+    };
+    let (program, rest) = argv.split_first()?;
+    let program = base(program);
+    let by_name = |name: &str| AGENTS.iter().find(|spec| spec.executables.contains(&name));
+    if let Some(spec) = by_name(&program) {
+        return Some(spec.agent);
+    }
+    if !RUNTIMES.contains(&program.as_str()) {
+        return None;
+    }
+    // The first argument that is not a runtime option is the script.
+    let script = rest.iter().find(|arg| !arg.starts_with('-'))?;
+    let name = base(script);
+    let stem = [".js", ".mjs", ".cjs", ".ts"]
         .iter()
-        .find(|spec| spec.is_agent_process(argv))
+        .find_map(|ext| name.strip_suffix(ext))
+        .unwrap_or(&name);
+    by_name(stem)
+        .or_else(|| {
+            AGENTS.iter().find(|spec| {
+                spec.script_needles
+                    .iter()
+                    .any(|needle| script.contains(needle))
+            })
+        })
         .map(|spec| spec.agent)
 }
 

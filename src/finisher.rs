@@ -34,9 +34,11 @@ pub fn is_running(store: &Store) -> bool {
 }
 
 /// A ticket this host's finisher can work on: not stuck (a sweep retries those) and not another host's (a state root
-/// shared over a network home), which no run here ever completes.
+/// shared over a network home) or another pid namespace's, which no run here ever completes.
 fn is_workable(ticket: &StopTicket, host: &str) -> bool {
-    ticket.attempts < STUCK_AFTER && !crate::record::is_other_host(&ticket.host, host)
+    ticket.attempts < STUCK_AFTER
+        && !crate::record::is_other_host(&ticket.host, host)
+        && !ticket.identity.is_other_pid_ns(proc::own_pid_ns())
 }
 
 /// True when some ticket waits for a finisher: a hook starts one even when its own stops all completed.

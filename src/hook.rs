@@ -303,6 +303,8 @@ fn touch_session(store: &Store, hooked: &Hooked) -> anyhow::Result<()> {
 /// The agent is written once: a session is never re-keyed to a second agent.
 fn refreshed(current: Option<SessionRecord>, hooked: &Hooked, starting: bool) -> SessionRecord {
     let payload = hooked.payload;
+    // An ancestor that has already exited (a forking wrapper) is never recorded as the agent.
+    let identity = hooked.identity.clone().filter(proc::is_alive);
     let now = clock::now_rfc3339();
     let mut record = current
         .unwrap_or_else(|| SessionRecord::new(hooked.session.as_str(), proc::host_name(), &now));
@@ -316,12 +318,12 @@ fn refreshed(current: Option<SessionRecord>, hooked: &Hooked, starting: bool) ->
     record.title = payload.title.clone().or(record.title);
     if starting {
         record.source = payload.source.clone().or(record.source);
-        record.agent_identity = hooked.identity.clone().or(record.agent_identity);
+        record.agent_identity = identity.or(record.agent_identity);
         record.ended_at = None;
         record.end_reason = None;
         record.host = proc::host_name();
     } else if record.agent_identity.is_none() {
-        record.agent_identity.clone_from(&hooked.identity);
+        record.agent_identity = identity;
     }
     record.last_seen = now;
     record
@@ -512,6 +514,7 @@ mod tests {
         assert_eq!(payload.session, None);
         let identity = Identity {
             boot_id: "b".into(),
+            pid_ns: None,
             pid: 4242,
             start_ticks: 77,
             uid: 0,

@@ -16,6 +16,7 @@ pub mod events;
 pub mod finisher;
 pub mod hook;
 pub mod launch;
+pub mod lineage;
 pub mod lock;
 pub mod name;
 pub mod plan;

@@ -250,21 +250,15 @@ fn file_resume_orphans(
     }
     // Only with a candidate are the other sessions read: their live agents keep their argv after `/clear`.
     protected.extend(live_agent_pids(store, &ending.session));
-    for pid in candidates
+    let candidates = candidates
         .into_iter()
-        .filter(|pid| !protected.contains(pid))
-    {
-        let Some(identity) = proc::identity_of(pid) else {
-            continue;
-        };
+        .filter(|pid| !protected.contains(pid));
+    let resumes = |argv: &[String]| plan::resumes(argv, ending.session.as_str(), title);
+    for (identity, argv) in crate::lineage::confirm_by_argv(candidates, resumes) {
+        let pid = identity.pid;
         if guard.check(&identity).is_err() {
             continue;
         }
-        let argv = snapshot
-            .iter()
-            .find(|(p, _)| *p == pid)
-            .map(|(_, argv)| argv.clone())
-            .unwrap_or_default();
         let mut ticket = stop::new_ticket(
             identity,
             None,

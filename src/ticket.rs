@@ -213,6 +213,7 @@ mod tests {
         let root = StateRoot::open(&temp.path().join("state")).unwrap();
         let identity = Identity {
             boot_id: "b".into(),
+            pid_ns: None,
             pid: 4242,
             start_ticks: 7,
             uid: 0,

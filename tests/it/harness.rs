@@ -823,3 +823,20 @@ pub fn full_pipe() -> (std::io::PipeReader, std::io::PipeWriter) {
     assert!(filled > 0, "the pipe took no bytes");
     (reader, writer)
 }
+
+/// A program called `name` in the test's work dir: a symlink to `program`, so that a process started through it
+/// shows `<dir>/name` as its argv[0] — an agent executable (`claude`) or a look-alike (`grep`).
+pub fn named_program(env: &Env, name: &str, program: &str) -> PathBuf {
+    let dir = env.work.path().join("bin");
+    std::fs::create_dir_all(&dir).expect("bin dir");
+    let path = dir.join(name);
+    if !path.exists() {
+        std::os::unix::fs::symlink(program, &path).expect("symlink to the program");
+    }
+    path
+}
+
+/// `named_program` running python3.
+pub fn named_python(env: &Env, name: &str) -> PathBuf {
+    named_program(env, name, python3())
+}

@@ -5,6 +5,7 @@ mod edges;
 mod foundation;
 mod harness;
 mod hooks;
+mod lineage;
 mod newcomer;
 mod reshaped;
 mod settings;
