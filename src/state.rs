@@ -42,7 +42,8 @@ pub fn default_root() -> anyhow::Result<PathBuf> {
             .filter(|value| !value.is_empty())
             .map(PathBuf::from)
     };
-    if let Some(xdg) = from_env("XDG_STATE_HOME") {
+    // The XDG base directory spec: a relative XDG_STATE_HOME is invalid and ignored.
+    if let Some(xdg) = from_env("XDG_STATE_HOME").filter(|xdg| xdg.is_absolute()) {
         return Ok(xdg.join("session-reaper"));
     }
     let home = from_env("HOME").ok_or_else(|| {
@@ -50,7 +51,24 @@ pub fn default_root() -> anyhow::Result<PathBuf> {
             "no state root: set --state-dir, SESSION_REAPER_STATE_DIR, XDG_STATE_HOME or HOME",
         )
     })?;
+    refuse_foreign_home(&home)?;
     Ok(home.join(".local/state/session-reaper"))
+}
+
+/// Root (`sudo` keeping `$HOME`) would create root-owned directories in another user's home: refused unless the
+/// home is ours.
+fn refuse_foreign_home(home: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let euid = nix::unistd::geteuid().as_raw();
+    match std::fs::metadata(home) {
+        Ok(meta) if meta.uid() != euid => Err(bad_input(format!(
+            "HOME {} belongs to uid {}, not to us (uid {euid}): refusing to keep state there; pass --state-dir or \
+             set SESSION_REAPER_STATE_DIR",
+            home.display(),
+            meta.uid()
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// A checked state root. Holding one means the root passed the safety checks.

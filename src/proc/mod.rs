@@ -115,9 +115,22 @@ pub struct Observed {
 pub fn observe<S: std::hash::BuildHasher>(
     groups: &std::collections::HashSet<i32, S>,
 ) -> Vec<Observed> {
-    pids()
-        .unwrap_or_default()
+    observe_until(groups, crate::deadline::Deadline::far()).0
+}
+
+/// `observe`, as far as `deadline` lets it get (checked between entries); the flag says whether the scan was
+/// complete — a partial scan never proves that a process is gone.
+pub fn observe_until<S: std::hash::BuildHasher>(
+    groups: &std::collections::HashSet<i32, S>,
+    deadline: crate::deadline::Deadline,
+) -> (Vec<Observed>, bool) {
+    let all = pids().unwrap_or_default();
+    let total = all.len();
+    let mut visited = 0;
+    let seen = all
         .into_iter()
+        .take_while(|_| !deadline.expired())
+        .inspect(|_| visited += 1)
         .filter(|pid| {
             let grouped =
                 stat(*pid).is_ok_and(|s| groups.contains(&s.pgid) || groups.contains(&s.sid));
@@ -138,7 +151,8 @@ pub fn observe<S: std::hash::BuildHasher>(
                 markers: Markers::of(&environ),
             })
         })
-        .collect()
+        .collect();
+    (seen, visited == total)
 }
 
 /// The value of `key` in a raw environment block (`NAME=value` entries separated by NUL).
