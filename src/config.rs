@@ -32,7 +32,7 @@ pub struct Config {
 impl Config {
     pub fn new(state_dir_flag: Option<&Path>, verbose: bool) -> anyhow::Result<Self> {
         Ok(Config {
-            state_dir: crate::state::resolve_root(state_dir_flag)?,
+            state_dir: crate::store::root::resolve_root(state_dir_flag)?,
             verbose,
         })
     }
@@ -530,7 +530,7 @@ mod tests {
 
     #[test]
     fn absurd_durations_are_refused_by_name() {
-        let absurd = crate::clock::parse_duration("500000000000years").unwrap();
+        let absurd = crate::model::clock::parse_duration("500000000000years").unwrap();
         let err = check_bounded(absurd, "--deadline", MAX_WAIT).unwrap_err();
         assert_eq!(crate::error::exit_code_of(&err), 2);
         let text = err.to_string();

@@ -145,9 +145,9 @@ fn agents_check(store: &Store) -> Check {
             let identity = session
                 .agent_identity
                 .as_ref()
-                .filter(|id| crate::proc::is_alive(id))?;
-            let argv = crate::proc::cmdline(identity.pid).unwrap_or_default();
-            (!crate::proc::is_agent_program(&argv)).then(|| {
+                .filter(|id| crate::observe::proc::is_alive(id))?;
+            let argv = crate::observe::proc::cmdline(identity.pid).unwrap_or_default();
+            (!crate::observe::proc::is_agent_program(&argv)).then(|| {
                 format!(
                     "{} (pid {}: {})",
                     session.session_id,
@@ -346,10 +346,12 @@ fn tickets_check(store: &Store) -> Check {
     let overdue = tickets
         .iter()
         .filter(|t| {
-            crate::clock::age(&t.requested_at, std::time::SystemTime::now()).is_some_and(|age| {
-                age > std::time::Duration::from_millis(t.grace_ms)
-                    + std::time::Duration::from_secs(30)
-            })
+            crate::model::clock::age(&t.requested_at, std::time::SystemTime::now()).is_some_and(
+                |age| {
+                    age > std::time::Duration::from_millis(t.grace_ms)
+                        + std::time::Duration::from_secs(30)
+                },
+            )
         })
         .count();
     if overdue > 0 && !finisher::is_running(store) {

@@ -317,7 +317,7 @@ pub fn quarantine(path: &Path) -> anyhow::Result<PathBuf> {
         .file_name()
         .context("a record to move aside has no name")?
         .to_string_lossy();
-    let stamp = crate::clock::now_rfc3339().replace(':', "");
+    let stamp = crate::model::clock::now_rfc3339().replace(':', "");
     let moved_to = dir.join(format!("{name}.corrupt-{stamp}"));
     fs::rename(path, &moved_to).with_context(|| format!("moving aside {}", path.display()))?;
     sync_dir(dir)?;

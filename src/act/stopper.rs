@@ -11,14 +11,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
-use crate::clock;
-use crate::deadline::Deadline;
-use crate::events::{Event, EventLog};
-use crate::lineage;
-use crate::proc;
-use crate::record::{Identity, Shutdown, StopTicket};
-use crate::signal::{Guard, Handle, Refusal, Sig, Target};
-use crate::ticket::{Claim, TicketLock, Tickets};
+use crate::act::signal::{Guard, Handle, Refusal, Sig, Target};
+use crate::decide::lineage;
+use crate::model::clock;
+use crate::model::deadline::Deadline;
+use crate::model::record::{Identity, Shutdown, StopTicket};
+use crate::observe::proc;
+use crate::store::events::{Event, EventLog};
+use crate::store::tickets::{Claim, TicketLock, Tickets};
 
 /// How long the graceful step (socket message or command) may take before SIGTERM.
 pub const GRACEFUL_WINDOW: Duration = Duration::from_millis(750);
@@ -293,7 +293,7 @@ impl Stopper {
             signalled: false,
             outcome: None,
         };
-        if crate::record::is_other_host(&item.ticket.host, &self.host) {
+        if crate::model::record::is_other_host(&item.ticket.host, &self.host) {
             item.outcome = Some(StopOutcome::Foreign);
             return item;
         }
@@ -616,7 +616,7 @@ pub fn new_ticket(
     origin: String,
 ) -> StopTicket {
     StopTicket {
-        version: crate::record::VERSION,
+        version: crate::model::record::VERSION,
         identity,
         pgid,
         reason: reason.to_owned(),
@@ -643,7 +643,7 @@ pub fn new_ticket(
 
 /// The stop ticket of a slot's broker.
 pub fn ticket_for(
-    record: &crate::record::BrokerRecord,
+    record: &crate::model::record::BrokerRecord,
     reason: &str,
     session: Option<&str>,
     origin: &str,

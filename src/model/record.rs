@@ -271,7 +271,7 @@ fn version_one() -> u32 {
 }
 
 fn default_grace_ms() -> u64 {
-    crate::stop::DEFAULT_GRACE_MS
+    crate::act::stopper::DEFAULT_GRACE_MS
 }
 
 /// What a record file held.
