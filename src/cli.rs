@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::agent::Agent;
-use crate::model::clock::parse_duration;
+use crate::agents::Agent;
+use crate::clock::parse_duration;
+use crate::settings::Scope;
 
 /// Keeps coding-agent sessions from leaking helper processes ("brokers").
 ///
@@ -159,7 +160,7 @@ pub enum Switch {
 #[derive(Debug, Args)]
 pub struct HookArgs {
     /// Which agent runs us [default: detected from the payload and environment]
-    #[arg(long, value_enum, default_value = "auto")]
+    #[arg(long, value_parser = agent_choice, default_value = "auto", value_name = "AGENT")]
     pub agent: AgentChoice,
 
     /// The hook event, when the payload lacks `hook_event_name`
@@ -217,41 +218,21 @@ pub struct CodexArgs {
     pub no_codex: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum AgentChoice {
-    Auto,
-    Claude,
-    Gemini,
-    Qwen,
-    Codex,
-}
+/// `--agent` of `hook`: an agent, or `auto` (detected from the payload and environment).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AgentChoice(pub Option<Agent>);
 
-impl AgentChoice {
-    pub fn agent(self) -> Option<Agent> {
-        match self {
-            AgentChoice::Auto => None,
-            AgentChoice::Claude => Some(Agent::Claude),
-            AgentChoice::Gemini => Some(Agent::Gemini),
-            AgentChoice::Qwen => Some(Agent::Qwen),
-            AgentChoice::Codex => Some(Agent::Codex),
-        }
+/// Parses `auto` or an agent's name (the names of [`Agent`], as clap spells them).
+fn agent_choice(text: &str) -> Result<AgentChoice, String> {
+    if text == "auto" {
+        return Ok(AgentChoice(None));
     }
-}
-
-/// An agent, as named on the command line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum AgentName {
-    Claude,
-    Gemini,
-    Qwen,
-    Codex,
-}
-
-/// Whose settings: the user's, or the project's in the current directory.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum ScopeName {
-    User,
-    Project,
+    <Agent as ValueEnum>::from_str(text, false)
+        .map(|agent| AgentChoice(Some(agent)))
+        .map_err(|_| {
+            let names: Vec<&str> = Agent::all().map(Agent::as_str).collect();
+            format!("expected auto or one of {}", names.join(", "))
+        })
 }
 
 /// Which slot: a workspace (by any directory inside it) and a broker name.
@@ -477,11 +458,11 @@ pub struct LogArgs {
 pub struct InstallArgs {
     /// The agent whose settings to change
     #[arg(long, value_enum)]
-    pub agent: AgentName,
+    pub agent: Agent,
 
-    /// User settings (~/.claude/…) or the project's (./.claude/…)
+    /// User settings (~/.claude/…) or the repository's, at its top level (<repo>/.claude/…, no absolute paths)
     #[arg(long, value_enum, default_value = "user")]
-    pub scope: ScopeName,
+    pub scope: Scope,
 
     /// The settings file to change [default: the agent's for --scope]
     #[arg(long, value_name = "FILE")]

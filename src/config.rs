@@ -7,20 +7,19 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::adapters::codex_plugin::Discovery;
-use crate::agent::Agent;
+use crate::agents::Agent;
 use crate::cli::{
-    AgentName, BrokerCommand, Cli, CodexArgs, Command, HookArgs, InstallArgs, KeepArgs,
-    LeftoversChoice, LogArgs, OwnerArgs, ReapArgs, ScopeName, SentinelArgs, SlotArgs, StopArgs,
-    SweepArgs, Switch,
+    BrokerCommand, Cli, CodexArgs, Command, HookArgs, InstallArgs, KeepArgs, LeftoversChoice,
+    LogArgs, OwnerArgs, ReapArgs, SentinelArgs, SlotArgs, StopArgs, SweepArgs, Switch,
 };
 use crate::commands::log::Filter;
 use crate::error::bad_input;
-use crate::install::{Operation, Scope};
 use crate::leftovers::Policy;
 use crate::model::name::{SessionId, SlotName};
 use crate::model::record::{Identity, Shutdown};
 use crate::observe::proc;
 use crate::observe::workspace;
+use crate::settings::{Operation, Scope};
 use crate::store::events::Reason;
 use crate::store::sessions::Sessions;
 
@@ -150,7 +149,7 @@ pub struct HookRequest {
 /// empty: a hook refuses nothing but an out-of-bounds duration (reported, exit 0).
 pub fn hook_request(args: &HookArgs) -> anyhow::Result<HookRequest> {
     Ok(HookRequest {
-        agent: args.agent.agent(),
+        agent: args.agent.0,
         event: args.event.clone(),
         deadline: check_bounded(args.deadline, "--deadline", MAX_WAIT)?,
         stdin_timeout: check_bounded(args.stdin_timeout, "--stdin-timeout", MAX_WAIT)?,
@@ -212,13 +211,10 @@ fn slot_spec(args: &SlotArgs) -> anyhow::Result<SlotSpec> {
     })
 }
 
-/// The environment variables naming the current session, in order of precedence: the agents' session variables,
-/// then Gemini's (which only its hooks see).
-pub fn session_env() -> impl Iterator<Item = &'static str> {
-    crate::leftovers::CARRIERS
-        .iter()
-        .map(|carrier| carrier.variable)
-        .chain(["GEMINI_SESSION_ID"])
+/// The environment variables naming the current session, in order of precedence: ours, then each agent's shell-tool
+/// variables from the agents table.
+pub fn session_env() -> Vec<&'static str> {
+    crate::agents::session_variables()
 }
 
 /// How the owner of a broker was named.
@@ -533,16 +529,8 @@ pub struct SettingsRequest {
 fn settings_request(args: &InstallArgs, operation: Operation) -> SettingsRequest {
     SettingsRequest {
         operation,
-        agent: match args.agent {
-            AgentName::Claude => Agent::Claude,
-            AgentName::Gemini => Agent::Gemini,
-            AgentName::Qwen => Agent::Qwen,
-            AgentName::Codex => Agent::Codex,
-        },
-        scope: match args.scope {
-            ScopeName::User => Scope::User,
-            ScopeName::Project => Scope::Project,
-        },
+        agent: args.agent,
+        scope: args.scope,
         settings: args.settings.clone(),
         with_sweep: args.with_sweep,
         dry_run: args.dry_run,

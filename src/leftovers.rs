@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::agent::Agent;
+use crate::agents::Agent;
 use crate::clock;
 use crate::deadline::Deadline;
 use crate::events::{Event, Reason};
@@ -173,7 +173,10 @@ impl Observed {
     /// An agent's executable (`proc::AGENT_PROGRAMS`, or a runtime running one): what is below a live one is still
     /// in that agent's hands.
     fn is_agent_executable(&self) -> bool {
-        proc::is_agent_program(&self.argv) || proc::AGENT_PROGRAMS.contains(&self.comm.as_str())
+        proc::is_agent_program(&self.argv)
+            || crate::agents::AGENTS
+                .iter()
+                .any(|spec| spec.executables.contains(&self.comm.as_str()))
     }
 
     fn carries(&self, session: &str) -> Option<&'static str> {

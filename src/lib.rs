@@ -3,7 +3,7 @@
 
 pub mod act;
 pub mod adapters;
-pub mod agent;
+pub mod agents;
 pub mod backstop;
 pub mod cli;
 pub mod commands;
@@ -12,11 +12,11 @@ pub mod decide;
 pub mod duplicates;
 pub mod error;
 pub mod hook;
-pub mod install;
 pub mod leftovers;
 pub mod model;
 pub mod observe;
 pub mod sentinel;
+pub mod settings;
 pub mod store;
 pub mod teardown;
 
@@ -84,6 +84,12 @@ fn run_hook() -> u8 {
                 hook::run(&request, state_dir);
             });
         }
+        Err(err) if settings::probe::requested() => {
+            settings::probe::say(&settings::probe::Answer {
+                error: Some(format!("{err:#}")),
+                ..Default::default()
+            });
+        }
         Err(err) => {
             backstop::run_guarded(Deadline::after(DEFAULT_HOOK_DEADLINE), state_dir, || {
                 backstop::report(state_dir, &format!("{err:#}"));
@@ -122,7 +128,7 @@ fn dispatch(config: &Config, request: Request) -> anyhow::Result<Outcome> {
         Request::Status { json, codex } => commands::status::run(json, &codex, config),
         Request::Log(request) => commands::log::run(&request, config),
         Request::Doctor { json } => commands::doctor::run(json, config),
-        Request::Settings(request) => commands::install::run(&request),
+        Request::Settings(request) => commands::install::run(&request, config),
         Request::Demo => commands::demo::run(),
         Request::Finish => finisher::run(&store::Store::open(&config.state_dir)?),
         Request::Keep(request) => commands::keep::run(&request, config),
@@ -163,6 +169,13 @@ fn parse_failure(err: &clap::Error) -> u8 {
         .collect::<Vec<_>>()
         .join(" ");
     let hook_mode = subcommand_in_args().as_deref() == Some("hook");
+    if hook_mode && settings::probe::requested() {
+        settings::probe::say(&settings::probe::Answer {
+            error: Some(line),
+            ..Default::default()
+        });
+        return 0;
+    }
     if hook_mode {
         backstop::report(state_dir_in_args().as_deref(), &line);
         return 0;

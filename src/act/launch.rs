@@ -13,15 +13,7 @@ use anyhow::Context;
 /// Environment variables that tie a process to one agent session; a broker outlives the session, so it must not
 /// carry them (a child `claude` would think it is nested; a leftover scan would take the broker for the session's).
 pub fn is_session_variable(name: &str) -> bool {
-    const EXACT: &[&str] = &[
-        "CLAUDE_PID",
-        "SESSION_REAPER_SESSION_ID",
-        "GEMINI_SESSION_ID",
-        "QWEN_CODE_SESSION_ID",
-        "CODEX_THREAD_ID",
-        "CODEX_SESSION_ID",
-    ];
-    name.starts_with("CLAUDECODE") || name.starts_with("CLAUDE_CODE_") || EXACT.contains(&name)
+    crate::agents::is_session_marker(name)
 }
 
 /// Removes every session variable from `command`'s environment: what it starts is nobody's leftover.

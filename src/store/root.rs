@@ -31,6 +31,17 @@ pub fn resolve_root(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
     {
         return Ok(path);
     }
+    default_root()
+}
+
+/// The root used when neither `--state-dir` nor `SESSION_REAPER_STATE_DIR` names one: under `XDG_STATE_HOME`, else
+/// `~/.local/state` (what a hook gets from an agent that does not pass our variable on).
+pub fn default_root() -> anyhow::Result<PathBuf> {
+    let from_env = |name: &str| {
+        std::env::var_os(name)
+            .filter(|value| !value.is_empty())
+            .map(PathBuf::from)
+    };
     // The XDG base directory spec: a relative XDG_STATE_HOME is invalid and ignored.
     if let Some(xdg) = from_env("XDG_STATE_HOME").filter(|xdg| xdg.is_absolute()) {
         return Ok(xdg.join("session-reaper"));

@@ -455,6 +455,67 @@ fn walkdir(root: PathBuf) -> Vec<PathBuf> {
     out
 }
 
+/// A home of the test's own for commands that read or write agent settings, the crontab or systemd user units:
+/// `HOME` points there, XDG and agent config variables are unset, and `PATH` starts with a `bin/` holding a fake
+/// `crontab` (its table is `home/crontab`) and a `systemctl` that reports no user manager.
+pub struct Home {
+    pub dir: PathBuf,
+}
+
+impl Home {
+    pub fn new(env: &Env) -> Home {
+        let dir = env.work.path().join("home");
+        let bin = dir.join("bin");
+        std::fs::create_dir_all(&bin).expect("home/bin");
+        let table = dir.join("crontab");
+        let crontab = format!(
+            "#!/bin/sh\nif [ \"$1\" = -l ]; then [ -f '{0}' ] && exec cat '{0}'; echo 'no crontab' >&2; exit 1; fi\nif [ \"$1\" = - ]; then exec cat > '{0}'; fi\nexit 2\n",
+            table.display()
+        );
+        for (name, script) in [
+            ("crontab", crontab.as_str()),
+            ("systemctl", "#!/bin/sh\nexit 1\n"),
+        ] {
+            let path = bin.join(name);
+            std::fs::write(&path, script).expect("fake tool");
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
+        }
+        Home { dir }
+    }
+
+    /// The fake crontab's table.
+    pub fn crontab(&self) -> String {
+        std::fs::read_to_string(self.dir.join("crontab")).unwrap_or_default()
+    }
+
+    /// The binary run in this home, with `--state-dir` of the test (pass `state` to choose another).
+    pub fn cmd(&self, env: &Env, state: Option<&Path>, args: &[&str]) -> Command {
+        let mut command = Command::new(BIN);
+        command
+            .arg("--state-dir")
+            .arg(state.unwrap_or(env.state_dir()))
+            .args(args);
+        scrub_env(&mut command);
+        for name in [
+            "XDG_CONFIG_HOME",
+            "XDG_STATE_HOME",
+            "COPILOT_HOME",
+            "CURSOR_VERSION",
+            "FACTORY_PROJECT_DIR",
+        ] {
+            command.env_remove(name);
+        }
+        let path = std::env::var("PATH").unwrap_or_default();
+        command
+            .env("HOME", &self.dir)
+            .env("PATH", format!("{}:{path}", self.dir.join("bin").display()))
+            .current_dir(env.work.path())
+            .stdin(Stdio::null());
+        command
+    }
+}
+
 /// The Codex plugin's stand-in scripts (`fixtures/codex-plugin/scripts`): our own, reproducing its layout, argv and
 /// shutdown protocol.
 pub fn plugin_script(name: &str) -> PathBuf {

@@ -9,4 +9,5 @@ mod leftovers;
 mod lineage;
 mod newcomer;
 mod reshaped;
+mod settings;
 mod sweep;
