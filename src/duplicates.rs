@@ -6,11 +6,11 @@ use std::collections::HashSet;
 
 use serde::Serialize;
 
-use crate::events::Reason;
-use crate::plan;
-use crate::proc;
-use crate::record::{Identity, SessionRecord, StopTicket};
-use crate::stop;
+use crate::act::stopper;
+use crate::decide::resume;
+use crate::model::record::{Identity, SessionRecord, StopTicket};
+use crate::observe::proc;
+use crate::store::events::Reason;
 
 /// One session's writers: the one kept and those to stop.
 #[derive(Clone, Debug, Serialize)]
@@ -39,13 +39,13 @@ pub fn choose(writers: &[Identity]) -> Option<(&Identity, Vec<&Identity>)> {
 /// The duplicate writers of the live sessions, with tickets for all but the newest of each (never this process
 /// or one of its ancestors).
 pub fn find(sessions: &[SessionRecord]) -> Vec<Duplicates> {
-    let snapshot = proc::scan_cmdlines(crate::deadline::Deadline::far());
+    let snapshot = proc::scan_cmdlines(crate::model::deadline::Deadline::far());
     let live: Vec<&SessionRecord> = sessions
         .iter()
         .filter(|record| !record.is_ended())
         .collect();
     let protected: HashSet<i32> = proc::self_and_ancestors();
-    plan::duplicate_writers(&snapshot, live)
+    resume::duplicate_writers(&snapshot, live)
         .into_iter()
         .filter_map(|(session, pids)| {
             let writers: Vec<Identity> = pids
@@ -60,11 +60,11 @@ pub fn find(sessions: &[SessionRecord]) -> Vec<Duplicates> {
             let tickets: Vec<StopTicket> = others
                 .iter()
                 .map(|identity| {
-                    let mut ticket = stop::new_ticket(
+                    let mut ticket = stopper::new_ticket(
                         (*identity).clone(),
                         None,
                         Reason::Manual.as_str(),
-                        stop::DEFAULT_GRACE_MS,
+                        stopper::DEFAULT_GRACE_MS,
                         "duplicate-writer".to_owned(),
                     );
                     ticket.session = Some(session.clone());

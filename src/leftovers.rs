@@ -13,15 +13,15 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::act::stopper;
 use crate::agents::Agent;
-use crate::clock;
-use crate::deadline::Deadline;
-use crate::events::{Event, Reason};
-use crate::name::SessionId;
-use crate::proc;
-use crate::record::{Identity, SessionRecord, StopTicket, is_other_host};
-use crate::stop;
+use crate::model::clock;
+use crate::model::deadline::Deadline;
+use crate::model::name::SessionId;
+use crate::model::record::{Identity, SessionRecord, StopTicket, is_other_host};
+use crate::observe::proc;
 use crate::store::Store;
+use crate::store::events::{Event, Reason};
 
 /// A variable through which an agent names its session to the processes it starts (shell tool, MCP servers).
 #[derive(Clone, Copy, Debug)]
@@ -167,7 +167,7 @@ impl Observed {
     fn is_agent_worker(&self) -> bool {
         self.argv
             .iter()
-            .any(|arg| crate::plan::AGENT_WORKER_FLAGS.contains(&arg.as_str()))
+            .any(|arg| crate::decide::resume::AGENT_WORKER_FLAGS.contains(&arg.as_str()))
     }
 
     /// An agent's executable (`proc::AGENT_PROGRAMS`, or a runtime running one): what is below a live one is still
@@ -314,7 +314,7 @@ fn read_environ(observed: &mut Observed, environ: &[u8]) {
             observed.agent_pid = value.parse().ok();
         } else if key == KEEP_VARIABLE {
             observed.keep = value == "1";
-        } else if key == crate::launch::BROKER_MARKER {
+        } else if key == crate::act::launch::BROKER_MARKER {
             observed.broker = true;
         }
     }
@@ -495,11 +495,11 @@ pub fn discover(store: &Store, sessions: &[SessionRecord]) -> Vec<Found> {
 
 /// The stop ticket of one leftover: the process alone (its children are leftovers of their own), default grace.
 pub fn ticket_for(session: &str, leftover: &Leftover) -> StopTicket {
-    let mut ticket = stop::new_ticket(
+    let mut ticket = stopper::new_ticket(
         leftover.identity.clone(),
         None,
         Reason::Leftover.as_str(),
-        stop::DEFAULT_GRACE_MS,
+        stopper::DEFAULT_GRACE_MS,
         "leftover".to_owned(),
     );
     ticket.session = Some(session.to_owned());
@@ -769,7 +769,7 @@ pub fn mark_kept(store: &Store, identity: &Identity) -> anyhow::Result<()> {
     store.root.ensure_dir(&store.root.join(KEPT))?;
     store.root.write_atomic(
         &kept_path(store, identity),
-        &crate::record::to_bytes(identity),
+        &crate::model::record::to_bytes(identity),
     )
 }
 

@@ -20,17 +20,6 @@ pub mod settings;
 pub mod store;
 pub mod teardown;
 
-/// Transitional paths from before the layers (observe → decide → act over model and store) had folders; kept only
-/// until the branches written against them have landed.
-#[doc(hidden)]
-pub use crate::{
-    act::{finisher, launch, signal, stopper as stop},
-    decide::{lineage, resume as plan},
-    model::{clock, deadline, name, record},
-    observe::{proc, workspace},
-    store::{events, lock, root as state, sessions, slot, tickets as ticket},
-};
-
 use std::io::Write;
 
 use clap::Parser;
@@ -111,14 +100,14 @@ fn quiet_on_closed_output() {
 fn dispatch(config: &Config, request: Request) -> anyhow::Result<Outcome> {
     let reach = match &request {
         Request::Status { .. } | Request::Sweep(_) | Request::Reap(_) => {
-            Some(state::Reach::Records)
+            Some(store::root::Reach::Records)
         }
-        Request::Doctor { .. } => Some(state::Reach::Whole),
-        Request::Log(_) => Some(state::Reach::Top),
+        Request::Doctor { .. } => Some(store::root::Reach::Whole),
+        Request::Log(_) => Some(store::root::Reach::Top),
         _ => None,
     };
     if let Some(reach) = reach {
-        state::refuse_special_files(&config.state_dir, reach)?;
+        store::root::refuse_special_files(&config.state_dir, reach)?;
     }
     match request {
         Request::Hook(_) => Ok(Outcome::Done),
@@ -130,7 +119,7 @@ fn dispatch(config: &Config, request: Request) -> anyhow::Result<Outcome> {
         Request::Doctor { json } => commands::doctor::run(json, config),
         Request::Settings(request) => commands::install::run(&request, config),
         Request::Demo => commands::demo::run(),
-        Request::Finish => finisher::run(&store::Store::open(&config.state_dir)?),
+        Request::Finish => act::finisher::run(&store::Store::open(&config.state_dir)?),
         Request::Keep(request) => commands::keep::run(&request, config),
         Request::Sentinel { agent, within } => {
             sentinel::run(&store::Store::open(&config.state_dir)?, &agent, within)

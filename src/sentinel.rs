@@ -12,16 +12,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use crate::act::finisher;
+use crate::act::launch;
+use crate::act::signal::Guard;
 use crate::error::Outcome;
-use crate::events::{Event, Reason};
-use crate::finisher;
-use crate::launch;
 use crate::leftovers;
-use crate::name::SessionId;
-use crate::proc;
-use crate::record::{Identity, StopTicket};
-use crate::signal::Guard;
+use crate::model::name::SessionId;
+use crate::model::record::{Identity, StopTicket};
+use crate::observe::proc;
 use crate::store::Store;
+use crate::store::events::{Event, Reason};
 use crate::teardown::{self, Ending};
 
 const DIR: &str = "sentinels";
@@ -218,7 +218,7 @@ pub fn end_sessions_of(
             store,
             guard,
             &ending,
-            crate::deadline::Deadline::after(crate::slot::LOCK_WAIT),
+            crate::model::deadline::Deadline::after(crate::store::slot::LOCK_WAIT),
         );
         tickets.extend(report.tickets);
     }
@@ -239,14 +239,16 @@ fn run_stops(
     }
     let deadline = tickets
         .iter()
-        .map(crate::stop::foreground_deadline)
+        .map(crate::act::stopper::foreground_deadline)
         .max()
-        .unwrap_or_else(crate::deadline::Deadline::now);
+        .unwrap_or_else(crate::model::deadline::Deadline::now);
     let stops = store.stopper(guard).run(tickets, deadline);
-    if stops
-        .iter()
-        .any(|stop| matches!(stop.outcome, crate::stop::StopOutcome::Pending { .. }))
-    {
+    if stops.iter().any(|stop| {
+        matches!(
+            stop.outcome,
+            crate::act::stopper::StopOutcome::Pending { .. }
+        )
+    }) {
         store.log.record(
             &Event::new("sentinel", "handed_on")
                 .pid(agent.pid)

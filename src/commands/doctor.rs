@@ -5,16 +5,16 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::act::finisher;
+use crate::act::signal;
+use crate::act::stopper::STUCK_AFTER;
 use crate::agents::{Agent, AgentSpec};
 use crate::config::Config;
 use crate::error::Outcome;
-use crate::finisher;
-use crate::proc;
+use crate::observe::proc;
 use crate::settings::{self, probe};
-use crate::signal;
-use crate::state::StateRoot;
-use crate::stop::STUCK_AFTER;
 use crate::store::Store;
+use crate::store::root::StateRoot;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -300,7 +300,8 @@ fn hooks_checks(spec: &AgentSpec, state_dir: &Path) -> Vec<Check> {
 
 /// Hook errors logged in the last day.
 fn hook_errors_check(store: &Store) -> Check {
-    let text = std::fs::read_to_string(store.root.join(crate::state::EVENTS)).unwrap_or_default();
+    let text =
+        std::fs::read_to_string(store.root.join(crate::store::root::EVENTS)).unwrap_or_default();
     let now = std::time::SystemTime::now();
     let errors: Vec<serde_json::Value> = text
         .lines()
@@ -309,7 +310,7 @@ fn hook_errors_check(store: &Store) -> Check {
         .filter(|event| {
             event["ts"]
                 .as_str()
-                .and_then(|ts| crate::clock::age(ts, now))
+                .and_then(|ts| crate::model::clock::age(ts, now))
                 .is_some_and(|age| age < std::time::Duration::from_secs(86_400))
         })
         .collect();

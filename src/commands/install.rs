@@ -12,8 +12,8 @@ use anyhow::Context;
 use crate::agents::{Agent, SessionEndReliability};
 use crate::config::{Config, SettingsRequest};
 use crate::error::Outcome;
+use crate::observe::workspace;
 use crate::settings::{self, InstallRequest, Operation, PROGRAM, Scope};
-use crate::workspace;
 
 const SERVICE: &str = include_str!("../../hooks/systemd/session-reaper-sweep.service");
 const TIMER: &str = include_str!("../../hooks/systemd/session-reaper-sweep.timer");
@@ -96,7 +96,7 @@ fn binary_text(binary: &Path) -> anyhow::Result<String> {
 /// the hook by itself (the default root needs no flag).
 fn non_default_state_dir(state_dir: &Path) -> Option<String> {
     let absolute = std::path::absolute(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
-    let default = crate::state::default_root().ok();
+    let default = crate::store::root::default_root().ok();
     (default.as_deref() != Some(absolute.as_path()))
         .then(|| absolute.to_string_lossy().into_owned())
 }

@@ -11,7 +11,7 @@ use anyhow::Context;
 use crate::config::{Config, KeepRequest};
 use crate::error::{Outcome, bad_input};
 use crate::leftovers::{self, KEEP_VARIABLE};
-use crate::proc;
+use crate::observe::proc;
 use crate::store::Store;
 
 pub fn run(request: &KeepRequest, config: &Config) -> anyhow::Result<Outcome> {
@@ -38,7 +38,7 @@ fn start(argv: &[String], log: Option<&std::path::Path>) -> anyhow::Result<Outco
             command.stdout(Stdio::null()).stderr(Stdio::null());
         }
     }
-    crate::launch::scrub_session_variables(&mut command);
+    crate::act::launch::scrub_session_variables(&mut command);
     command.env(KEEP_VARIABLE, "1");
     // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
     unsafe {

@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 
 use crate::agents::AgentSpec;
 use crate::error::BadInput;
-use crate::state::write_atomic;
+use crate::store::root::write_atomic;
 
 /// A settings file as read: its text, its value, its syntax tree and what it was when read.
 pub struct Loaded {

@@ -158,7 +158,7 @@ fn write_companion(target: &Path, companion: &str, contents: &str) -> anyhow::Re
     if path.exists() {
         return Ok(());
     }
-    crate::state::write_atomic(&path, contents.as_bytes(), 0o644)
+    crate::store::root::write_atomic(&path, contents.as_bytes(), 0o644)
 }
 
 /// Removes a plugin that only we filled: the emptied hook file and its backup, our companion file (if unchanged),

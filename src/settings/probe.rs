@@ -49,7 +49,7 @@ pub fn say(answer: &Answer) {
 pub fn answer(args: &HookRequest, state_dir_flag: Option<&Path>) {
     let state_dir = Config::new(state_dir_flag, false)
         .map(|config| std::path::absolute(&config.state_dir).unwrap_or(config.state_dir));
-    let payload = hook::read_payload(crate::deadline::Deadline::after(
+    let payload = hook::read_payload(crate::model::deadline::Deadline::after(
         args.stdin_timeout.min(args.deadline),
     ))
     .and_then(|value| Payload::from_json(&value, args.agent));
@@ -368,7 +368,7 @@ pub fn findings(
             ));
         }
     }
-    let cwd = crate::workspace::current_dir().unwrap_or_default();
+    let cwd = crate::observe::workspace::current_dir().unwrap_or_default();
     for (event, _, _, entry) in ours {
         let command = entry
             .get(spec.command_key)
