@@ -99,6 +99,7 @@ fn row(name: &str, sample: &Sample, reference: &Sample, reference_name: &str) {
     );
 }
 
+#[allow(clippy::too_many_lines)]
 fn main() {
     let quick = std::env::args().any(|arg| arg == "--quick");
     let rounds = if quick { 20 } else { 100 };
@@ -180,6 +181,8 @@ fn main() {
         command
     });
 
+    let leftovers = leftover_costs(temp.path(), rounds, ws_arg);
+
     let cpus = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
     let processes = std::fs::read_dir("/proc").map_or(0, |dir| {
         dir.filter_map(Result::ok)
@@ -211,9 +214,190 @@ fn main() {
     );
     row("sh: cat every /proc/*/cmdline", &walk, &truth, "/bin/true");
     row("pgrep -f", &pgrep, &truth, "/bin/true");
+    leftovers.print();
     println!(
         "\npeak RSS of any child: /bin/true {true_rss} KiB; after attach {attach_rss} KiB; after SessionEnd x1,000 workspaces {end_rss} KiB"
     );
+    println!(
+        "sentinel RSS while it waits: {} KiB",
+        leftovers.sentinel_rss_kib
+    );
+}
+
+/// What leftover discovery and the sentinel cost, each beside the same command without them.
+struct LeftoverCosts {
+    start_with_sentinel: Sample,
+    start_without: Sample,
+    end_planted: Sample,
+    end_bare: Sample,
+    reap_discovering: Sample,
+    reap_off: Sample,
+    planted: usize,
+    sentinel_rss_kib: u64,
+}
+
+impl LeftoverCosts {
+    fn print(&self) {
+        let planted = self.planted;
+        row(
+            "hook SessionStart, starting a sentinel",
+            &self.start_with_sentinel,
+            &self.start_without,
+            "--sentinel off",
+        );
+        row(
+            &format!("hook SessionEnd, {planted} carriers planted"),
+            &self.end_planted,
+            &self.end_bare,
+            "none planted",
+        );
+        row(
+            &format!("reap --dry-run, discovery over {planted}"),
+            &self.reap_discovering,
+            &self.reap_off,
+            "--leftovers off",
+        );
+    }
+}
+
+/// Kills the processes the benchmark planted, however it ends.
+struct Planted(Vec<std::process::Child>);
+
+impl Drop for Planted {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn sleeper(env: &[(&str, &str)]) -> std::process::Child {
+    let mut command = Command::new("sleep");
+    command.arg("600").stdin(Stdio::null());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    command.spawn().expect("start sleep")
+}
+
+fn leftover_costs(temp: &Path, rounds: usize, ws: &str) -> LeftoverCosts {
+    const PLANTED: usize = 300;
+    let state = temp.join("leftovers");
+    let payload = |session: &str, event: &str| {
+        format!(r#"{{"session_id":"{session}","hook_event_name":"{event}","cwd":"{ws}","reason":"other"}}"#)
+            .into_bytes()
+    };
+    // One agent per SessionStart round, so that every round with the sentinel on starts one.
+    let agents = Planted((0..rounds).map(|_| sleeper(&[])).collect());
+    let pids: Vec<String> = agents
+        .0
+        .iter()
+        .map(|child| child.id().to_string())
+        .collect();
+    let start = |sentinel: &'static str, prefix: &'static str| {
+        let pids = pids.clone();
+        let state = state.clone();
+        measure(
+            rounds,
+            Some(&move |round| payload(&format!("{prefix}-{round}"), "SessionStart")),
+            &move |round| {
+                hook_with(
+                    &state,
+                    &["--sentinel", sentinel, "--owner-pid", &pids[round]],
+                )
+            },
+        )
+    };
+    let start_without = start("off", "off");
+    let start_with_sentinel = start("on", "on");
+    let sentinel_rss_kib = sentinel_rss(&state);
+
+    // One agent for the session whose carriers are planted, and one whose policy is off.
+    let agent = agents.0[0].id().to_string();
+    for (session, policy) in [("bench-lo", "stop"), ("bench-off", "off")] {
+        measure(1, Some(&|_| payload(session, "SessionStart")), &|_| {
+            hook_with(
+                &state,
+                &[
+                    "--sentinel",
+                    "off",
+                    "--leftovers",
+                    policy,
+                    "--owner-pid",
+                    &agent,
+                ],
+            )
+        });
+    }
+    let end = |prefix: &'static str| {
+        let state = state.clone();
+        measure(
+            rounds.min(50),
+            Some(&move |round| payload(&format!("{prefix}-{round}"), "SessionEnd")),
+            &move |_| hook_with(&state, &["--sentinel", "off"]),
+        )
+    };
+    let end_bare = end("bare");
+    let _planted = Planted(
+        (0..PLANTED)
+            .map(|_| sleeper(&[("CLAUDE_CODE_SESSION_ID", "bench-lo")]))
+            .collect(),
+    );
+    let end_planted = end("planted");
+    let reap = |session: &'static str| {
+        let state = state.clone();
+        measure(rounds, None, &move |_| {
+            ours(&state, &["reap", "--session", session, "--dry-run"])
+        })
+    };
+    let reap_discovering = reap("bench-lo");
+    let reap_off = reap("bench-off");
+    LeftoverCosts {
+        start_with_sentinel,
+        start_without,
+        end_planted,
+        end_bare,
+        reap_discovering,
+        reap_off,
+        planted: PLANTED,
+        sentinel_rss_kib,
+    }
+}
+
+/// `hook --agent claude` with more flags.
+fn hook_with(state: &Path, flags: &[&str]) -> Command {
+    let mut command = ours(state, &["hook", "--agent", "claude"]);
+    command.args(flags);
+    command
+}
+
+/// The resident memory of one sentinel of `state` (KiB), 0 when none runs.
+fn sentinel_rss(state: &Path) -> u64 {
+    let root = state.to_string_lossy().into_owned();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .find_map(|pid| {
+            let argv = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let argv: Vec<&[u8]> = argv.split(|b| *b == 0).collect();
+            let ours = argv.contains(&b"sentinel".as_slice()) && argv.contains(&root.as_bytes());
+            if !ours {
+                return None;
+            }
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmRSS:"))?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
 }
 
 /// Stops the benchmark's own broker (recorded in its temp state root) however `main` ends, a panic included.

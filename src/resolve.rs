@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use crate::error::bad_input;
-use crate::name::SessionId;
+use crate::model::name::SessionId;
 
 /// How many candidates a refusal lists.
 const SHOWN: usize = 8;

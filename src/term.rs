@@ -98,7 +98,7 @@ pub fn term_sent(pid: i32, grace: Duration) {
     if grace >= Duration::from_secs(1) {
         progress(&format!(
             "SIGTERM sent to {pid}, SIGKILL in {}…",
-            crate::clock::rounded(grace)
+            crate::model::clock::rounded(grace)
         ));
     }
 }

@@ -61,6 +61,10 @@ pub fn run(request: &LogRequest, config: &Config) -> anyhow::Result<Outcome> {
         .iter()
         .filter(|event| filter.keeps(event, now))
         .collect();
+    if request.freed {
+        print_freed(&events, request.json);
+        return Ok(Outcome::Done);
+    }
     if request.json {
         let mut out = std::io::stdout().lock();
         for event in &events {
@@ -77,6 +81,28 @@ pub fn run(request: &LogRequest, config: &Config) -> anyhow::Result<Outcome> {
         println!("{}", line(event));
     }
     Ok(Outcome::Done)
+}
+
+/// The memory that the stops among `events` freed: what each stopped process held when it was found.
+fn print_freed(events: &[&Event], json: bool) {
+    let freed: Vec<u64> = events
+        .iter()
+        .filter(|event| event.action == "stop" && event.result == "stopped")
+        .filter_map(|event| event.rss_kib)
+        .collect();
+    let total: u64 = freed.iter().sum();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "freed_kib": total, "stops": freed.len() })
+        );
+    } else {
+        println!(
+            "freed {} in {} stop(s)",
+            crate::leftovers::format_kib(total),
+            freed.len()
+        );
+    }
 }
 
 /// The column titles of `log`.
@@ -115,7 +141,18 @@ pub fn line(event: &Event) -> String {
             .map_or_else(|| "-".to_owned(), |pid| pid.to_string()),
         event.session.clone().unwrap_or_else(|| "-".to_owned()),
         place,
-        event.detail.clone().unwrap_or_default(),
+        match &event.argv {
+            // A leftover's stop says what it ran and the memory it held.
+            Some(argv) => format!(
+                "{} {} ({})",
+                event.detail.clone().unwrap_or_default(),
+                argv.join(" "),
+                crate::leftovers::format_kib(event.rss_kib.unwrap_or(0))
+            )
+            .trim_start()
+            .to_owned(),
+            None => event.detail.clone().unwrap_or_default(),
+        },
     ])
 }
 

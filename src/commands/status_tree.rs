@@ -10,13 +10,13 @@ use std::time::{Duration, SystemTime};
 
 use crate::act::executor::{self, Mode};
 use crate::adapters::codex_plugin::BrokerStatus;
-use crate::clock;
 use crate::commands::status::{Member, SlotStatus, Snapshot, TicketStatus};
 use crate::decide::{self, SlotChange, SweepPolicy};
-use crate::proc;
-use crate::record::SessionRecord;
-use crate::slot::{LOCK_WAIT, Slot};
+use crate::model::clock;
+use crate::model::record::SessionRecord;
+use crate::observe::proc;
 use crate::store::Store;
+use crate::store::slot::{LOCK_WAIT, Slot};
 use crate::term::paint;
 
 /// The whole picture, every value already in the words and numbers people read.
@@ -174,7 +174,7 @@ pub fn observe(store: &Store, snapshot: &Snapshot) -> Facts {
         let decided = executor::update_slot(
             store,
             &slot,
-            crate::deadline::Deadline::after(LOCK_WAIT),
+            crate::model::deadline::Deadline::after(LOCK_WAIT),
             Mode::DryRun,
             |view| {
                 let facts = crate::commands::sweep::observe_facts(view, &sessions);

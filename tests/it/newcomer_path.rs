@@ -777,6 +777,7 @@ fn fixture_world() -> session_reaper::commands::status_tree::StatusTree {
             session(c, "claude", 1200, "/home/me/src/docs", "2026-12-03T09:15:00Z"),
         ],
         finisher_running: true,
+        leftovers: Vec::new(),
         codex_plugin: vec![session_reaper::adapters::codex_plugin::BrokerStatus {
             workspace: "/home/me/src/app".to_owned(),
             state_dir: None,
@@ -791,7 +792,7 @@ fn fixture_world() -> session_reaper::commands::status_tree::StatusTree {
         }],
     };
     let facts = Facts {
-        now: session_reaper::clock::parse(NOW),
+        now: session_reaper::model::clock::parse(NOW),
         rss_kib: [
             (1033, 412_000),
             (1090, 198_000),
