@@ -46,7 +46,7 @@ fn claude_session_end_stops_the_broker_it_started() {
     let (claude, bin, _root, dirs) = setup();
 
     let tool_command = format!(
-        "{} --state-dir {} broker spawn --cwd {} -- sleep 600",
+        "{} --state-dir {} broker spawn --json --cwd {} -- sleep 600",
         shell_quote(bin),
         shell_quote(&dirs.state),
         shell_quote(&dirs.other_repo),

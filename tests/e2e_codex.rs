@@ -170,7 +170,7 @@ fn isolated(program: &Path, dirs: &Dirs) -> Command {
 fn codex_exec_session_end_stops_the_broker(codex: &Path) {
     let dirs = Dirs::create();
     let tool_command = format!(
-        "{} --state-dir {} broker spawn --cwd {} -- sleep 600 > {}",
+        "{} --state-dir {} broker spawn --json --cwd {} -- sleep 600 > {}",
         quote(Path::new(BIN)),
         quote(&dirs.state),
         quote(&dirs.other_repo),
