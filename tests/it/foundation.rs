@@ -298,7 +298,7 @@ fn eight_concurrent_writers_lose_no_owner_over_fifty_rounds() {
                             return;
                         }
                         assert!(
-                            stderr(&out).contains("slot busy"),
+                            stderr(&out).contains("busy"),
                             "{verb} {session}: {}",
                             stderr(&out)
                         );

@@ -40,6 +40,9 @@ fn start_session(env: &mut Env, id: &str, cwd: &Path, agent: Proc) {
             "claude",
             "--owner-pid",
             &agent.pid.to_string(),
+            // These tests look at what status shows of a dead agent before anything acts on it.
+            "--sentinel",
+            "off",
         ],
         payload.to_string().as_bytes(),
     );
