@@ -1,0 +1,248 @@
+//! What a session's end, a sweep and `status` cost as the state root grows: 10, 1,000, 10,000 and 100,000
+//! workspaces (records written from a fixture-shaped template, session records with their owner index), 300 extra
+//! processes of ours planted, each case beside a reference measured in the same run. Prints a table; asserts
+//! nothing about speed.
+//!
+//! Run: `cargo bench --bench scale` (`-- --quick`: 10 and 1,000 workspaces, 5 runs each).
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use session_reaper::workspace::workspace_key;
+use support::{Options, Planted, Root, Sample, Table, Target, measure, ours, payload, reference};
+
+/// The owners of one session's end case: `rounds` sessions own the same slots, one ends per run.
+struct Owned {
+    prefix: &'static str,
+    slots: Vec<usize>,
+}
+
+fn main() {
+    let options = Options::from_args();
+    let rounds = options.rounds();
+    let sizes: &[usize] = if options.quick {
+        &[10, 1_000]
+    } else {
+        &[10, 1_000, 10_000, 100_000]
+    };
+    let temp = tempfile::Builder::new()
+        .prefix("sr-bench-scale-")
+        .tempdir()
+        .expect("temp dir");
+    let cwd = temp.path().join("ws");
+    support::mkdir(&cwd.join(".git"));
+    let cwd_text = cwd.to_str().unwrap().to_owned();
+
+    // One live broker that every planted record names, owned by a session that never ends ("keeper"): no run stops it.
+    let brokers = Root::new(temp.path(), "brokers");
+    let broker = support::spawn_broker(&brokers.path, &cwd, "keeper", &[]);
+    let _cleanup = ReapOnDrop(&brokers.path);
+    let _planted = Planted::sleepers(
+        300,
+        &[("CLAUDE_CODE_SESSION_ID", String::from("bench-bystander"))],
+    );
+    let leftovers_flag = support::supports(&["hook"], "--leftovers");
+
+    let truth = measure(rounds, None, &|_| reference("/bin/true", &[]));
+    let mut table = Table::new(&format!(
+        "scale: {rounds} runs a case, 300 extra processes of ours planted"
+    ));
+    table.row("/bin/true", &truth, None, Target::None, None);
+    let mut by_size: Vec<(usize, [Sample; 4])> = Vec::new();
+    for &size in sizes {
+        let root = Root::new(temp.path(), &format!("scale-{size}"));
+        let one_percent = Owned {
+            prefix: "pct",
+            slots: (0..(size / 100).max(1)).collect(),
+        };
+        let ten = Owned {
+            prefix: "ten",
+            slots: (0..10)
+                .map(|i| (size / 100).max(1) + i)
+                .map(|i| i % size)
+                .collect(),
+        };
+        let planting = Instant::now();
+        plant(&root.path, size, &broker, &[&one_percent, &ten], 2 * rounds);
+        println!(
+            "\n(planted {size} workspaces in {:.2} s)\n",
+            planting.elapsed().as_secs_f64()
+        );
+        let end = |owned: &Owned, offset: usize, extra: &'static [&'static str]| {
+            let path = root.path.clone();
+            let cwd = cwd_text.clone();
+            let prefix = owned.prefix;
+            measure(
+                rounds,
+                Some(&move |round| {
+                    payload(&format!("{prefix}-{}", round + offset), "SessionEnd", &cwd)
+                }),
+                &move |_| {
+                    let mut command = ours(&path, &["hook", "--agent", "claude"]);
+                    command.args(extra);
+                    command
+                },
+            )
+        };
+        let pct = end(&one_percent, 0, &[]);
+        let ten_end = end(&ten, 0, &[]);
+        let hook_rss = Some(8 * 1024);
+        table.row(
+            &format!(
+                "hook SessionEnd, owns {} slots (~1 %), {size} workspaces",
+                one_percent.slots.len()
+            ),
+            &pct,
+            Some(("/bin/true", &truth)),
+            Target::None,
+            hook_rss,
+        );
+        table.row(
+            &format!("hook SessionEnd, owns 10 slots, {size} workspaces"),
+            &ten_end,
+            Some(("/bin/true", &truth)),
+            Target::Median(Duration::from_millis(15)),
+            hook_rss,
+        );
+        if leftovers_flag {
+            let bare = end(&ten, rounds, &["--leftovers", "off"]);
+            table.row(
+                &format!("hook SessionEnd, owns 10 slots, {size} workspaces, vs --leftovers off"),
+                &ten_end,
+                Some(("--leftovers off", &bare)),
+                Target::MedianAndRatio(Duration::from_millis(15), 1.3),
+                hook_rss,
+            );
+        }
+        let records = measure(rounds, None, &|_| {
+            reference(
+                "sh",
+                &[
+                    "-c",
+                    &format!(
+                        "find {}/workspaces -name broker.json -exec cat {{}} + >/dev/null",
+                        root.path.display()
+                    ),
+                ],
+            )
+        });
+        let sweep = measure(rounds, None, &|_| {
+            ours(&root.path, &["sweep", "--dry-run", "--json"])
+        });
+        let sweep_target = match size {
+            10_000 => Target::Median(Duration::from_millis(250)),
+            100_000 => Target::Median(Duration::from_millis(2500)),
+            _ => Target::None,
+        };
+        table.row(
+            &format!("sweep --dry-run --json, {size} workspaces"),
+            &sweep,
+            Some(("find+cat every broker.json", &records)),
+            sweep_target,
+            None,
+        );
+        let status = measure(rounds, None, &|_| ours(&root.path, &["status", "--json"]));
+        table.row(
+            &format!("status --json, {size} workspaces"),
+            &status,
+            Some(("find+cat every broker.json", &records)),
+            Target::None,
+            (size == 100_000).then_some(32 * 1024),
+        );
+        by_size.push((size, [pct, ten_end, sweep, status]));
+    }
+    let names = [
+        "hook SessionEnd (~1 % of slots)",
+        "hook SessionEnd (10 slots)",
+        "sweep --dry-run",
+        "status --json",
+    ];
+    for pair in by_size.windows(2) {
+        let ((small, small_samples), (large, large_samples)) = (&pair[0], &pair[1]);
+        if *small < 1_000 {
+            continue;
+        }
+        for (index, name) in names.iter().enumerate() {
+            let ratio = large_samples[index].median().as_secs_f64()
+                / small_samples[index].median().as_secs_f64();
+            let (target, met) = if index >= 2 && *large == 100_000 {
+                ("≤ 11", Some(ratio <= 11.0))
+            } else {
+                ("—", None)
+            };
+            table.figure(
+                &format!("{name}: median at {large} / at {small} workspaces"),
+                &format!("{ratio:.2}"),
+                target,
+                met,
+            );
+        }
+    }
+    table.finish();
+}
+
+/// Plants `size` workspaces under `root`, each with one broker record naming `broker`'s live process and owned by
+/// "keeper"; the slots of each `Owned` also by `<prefix>-0` … `<prefix>-<sessions - 1>`, whose session records
+/// (live: their agent is this process) index exactly those slots.
+fn plant(root: &Path, size: usize, broker: &serde_json::Value, owned: &[&Owned], sessions: usize) {
+    let now = "2026-01-01T00:00:00.000Z";
+    let host = broker["host"].as_str().unwrap_or_default().to_owned();
+    let keys: Vec<String> = (0..size)
+        .map(|index| workspace_key(Path::new(&format!("/nonexistent/bench/ws{index}"))))
+        .collect();
+    let owner = |session: &str| serde_json::json!({"session": session, "since": now});
+    let mut template = serde_json::json!({
+        "version": 1, "name": "default", "workspace": "", "cwd": "/",
+        "command": ["sleep", "600"], "owners": [],
+        "identity": broker["identity"], "pgid": broker["identity"]["pid"],
+        "created_at": now, "last_active": now, "grace_ms": 5000, "host": host,
+    });
+    support::mkdir(&root.join("sessions"));
+    support::mkdir(&root.join("stopping"));
+    for (index, key) in keys.iter().enumerate() {
+        let dir = root.join("workspaces").join(key).join("default");
+        support::mkdir(&dir);
+        let mut owners = vec![owner("keeper")];
+        for case in owned.iter().filter(|case| case.slots.contains(&index)) {
+            owners.extend((0..sessions).map(|n| owner(&format!("{}-{n}", case.prefix))));
+        }
+        template["workspace"] = format!("/nonexistent/bench/ws{index}").into();
+        template["owners"] = owners.into();
+        support::write_private(
+            &dir.join("broker.json"),
+            &serde_json::to_vec_pretty(&template).unwrap(),
+        );
+    }
+    let agent = support::own_identity();
+    for case in owned {
+        let slots: Vec<String> = case
+            .slots
+            .iter()
+            .map(|index| format!("{}/default", keys[*index]))
+            .collect();
+        for n in 0..sessions {
+            let id = format!("{}-{n}", case.prefix);
+            let record = serde_json::json!({
+                "version": 1, "session_id": id, "agent": "claude", "cwd": "/",
+                "agent_identity": agent, "host": host, "started_at": now, "last_seen": now,
+                "ended_at": null, "end_reason": null, "slots": slots,
+            });
+            support::write_private(
+                &root.join(format!("sessions/{id}.json")),
+                &serde_json::to_vec_pretty(&record).unwrap(),
+            );
+        }
+    }
+}
+
+/// Ends the broker's owner in its own state root (a stop through the binary), however `main` ends.
+struct ReapOnDrop<'a>(&'a Path);
+
+impl Drop for ReapOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = ours(self.0, &["reap", "--session", "keeper"]).output();
+    }
+}
