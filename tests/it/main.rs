@@ -5,5 +5,6 @@ mod foundation;
 mod harness;
 mod hooks;
 mod newcomer;
+mod reliability;
 mod reshaped;
 mod sweep;

@@ -1,0 +1,427 @@
+//! The reliability suite (README "Reliability", RELIABILITY.md): load, crashes, wrong targets, look-alikes, fuzzing
+//! and hostile state, each against the real binary and real processes. The default run holds the small variants;
+//! `SESSION_REAPER_HEAVY=1` runs the heavy ones (20 load rounds, 500 crashes, 1,000 look-alikes as processes, more
+//! fuzz cases). Every test prints its figures (`-- --nocapture`): operations, faults injected, violations found.
+
+use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+use proptest::strategy::ValueTree;
+use proptest::test_runner::{Config as ProptestConfig, TestRunner};
+use serde_json::{Value, json};
+
+use crate::harness::{
+    Env, PATIENCE, Proc, StateRootProcesses, hook_payload, identity_json, marked_with_state_root,
+    run_bounded, sized, stderr, unparsable_files, wait_until,
+};
+use crate::sweep::unique_id;
+
+/// True when this build has the `--leftovers` policy (leftover discovery): the load test then starts leftovers too.
+fn has_leftovers() -> bool {
+    let out = Command::new(crate::harness::BIN)
+        .args(["hook", "--help"])
+        .output()
+        .expect("hook --help");
+    String::from_utf8_lossy(&out.stdout).contains("--leftovers")
+}
+
+/// A number from `range`, drawn by a deterministic runner (seeded: a failing run is reproduced by the same seed).
+fn pick(runner: &mut TestRunner, range: std::ops::Range<u64>) -> u64 {
+    range.new_tree(runner).expect("a value").current()
+}
+
+/// The identity (`pid`, `start_ticks`) a `broker spawn`/`attach` printed.
+fn printed_broker(out: &Output) -> Option<Proc> {
+    let value: Value = serde_json::from_slice(&out.stdout).ok()?;
+    Some(Proc {
+        pid: i32::try_from(value.pointer("/identity/pid")?.as_i64()?).ok()?,
+        ticks: value.pointer("/identity/start_ticks")?.as_u64()?,
+    })
+}
+
+/// Every slot record: `(slot dir, record)`.
+fn slot_records(env: &Env) -> Vec<(PathBuf, Value)> {
+    let mut records = Vec::new();
+    let Ok(keys) = std::fs::read_dir(env.state_dir().join("workspaces")) else {
+        return records;
+    };
+    for key in keys.flatten() {
+        let Ok(names) = std::fs::read_dir(key.path()) else {
+            continue;
+        };
+        for name in names.flatten() {
+            let path = name.path().join("broker.json");
+            if let Some(value) = std::fs::read(&path)
+                .ok()
+                .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
+            {
+                records.push((name.path(), value));
+            }
+        }
+    }
+    records
+}
+
+fn owners(record: &Value) -> Vec<String> {
+    record["owners"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|owner| owner["session"].as_str().map(str::to_owned))
+        .collect()
+}
+
+fn recorded_proc(record: &Value) -> Option<Proc> {
+    Some(Proc {
+        pid: i32::try_from(record.pointer("/identity/pid")?.as_i64()?).ok()?,
+        ticks: record.pointer("/identity/start_ticks")?.as_u64()?,
+    })
+}
+
+fn tickets(env: &Env) -> Vec<PathBuf> {
+    std::fs::read_dir(env.state_dir().join("stopping"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|entry| entry.path())
+                .filter(|path| path.extension().is_some_and(|ext| ext == "json"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Live brokers of this state root that no slot record names: leaked.
+fn unrecorded_brokers(env: &Env) -> Vec<Proc> {
+    let recorded: Vec<Proc> = slot_records(env)
+        .iter()
+        .filter_map(|(_, record)| recorded_proc(record))
+        .collect();
+    marked_with_state_root(env.state_dir())
+        .into_iter()
+        .filter(|proc| !recorded.contains(proc) && proc.alive())
+        .collect()
+}
+
+fn hook_command(env: &Env, agent: Proc) -> Command {
+    let mut command = env.cmd(&["hook", "--agent", "claude", "--owner-pid"]);
+    command.arg(agent.pid.to_string());
+    command
+}
+
+/// Runs sweeps until the state is quiet: no ticket left and no broker of this root that no record names. True if it
+/// got there within `PATIENCE`.
+fn quiesce(env: &Env) -> bool {
+    wait_until(PATIENCE, || {
+        let _ = run_bounded(env.cmd(&["sweep"]), None);
+        tickets(env).is_empty() && unrecorded_brokers(env).is_empty()
+    })
+}
+
+/// One session of the load test: its agent, and what it was given.
+struct LoadSession {
+    id: String,
+    agent: Proc,
+    stays: bool,
+    attached: Vec<(String, Proc)>,
+    leftover: Option<Proc>,
+    failures: Vec<String>,
+}
+
+#[test]
+fn load_many_sessions_on_shared_slots_lose_no_owner_stop_no_owned_broker_and_leak_nothing() {
+    const SESSIONS: usize = 50;
+    const SLOTS: usize = 10;
+    let rounds = sized(2, 20);
+    let mut env = Env::new();
+    let _cleanup = StateRootProcesses(env.state_dir().to_path_buf());
+    let ws = env.workspace("shared");
+    let leftovers = has_leftovers();
+    let mut operations = 0usize;
+    let mut violations: Vec<String> = Vec::new();
+    let mut children: Vec<Child> = Vec::new();
+    for round in 0..rounds {
+        let mut sessions: Vec<LoadSession> = (0..SESSIONS)
+            .map(|index| LoadSession {
+                id: unique_id(&format!("load{round}-{index}")),
+                agent: env.sleeper(),
+                stays: index % 10 == 0,
+                attached: Vec::new(),
+                leftover: None,
+                failures: Vec::new(),
+            })
+            .collect();
+        let stop = AtomicBool::new(false);
+        let sweeps = Mutex::new(0usize);
+        let started_leftovers = Mutex::new(Vec::<Child>::new());
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                while !stop.load(Ordering::SeqCst) {
+                    let _ = run_bounded(env.cmd(&["sweep"]), None);
+                    *sweeps.lock().unwrap() += 1;
+                }
+            });
+            let handles: Vec<_> = sessions
+                .iter_mut()
+                .enumerate()
+                .map(|(index, session)| {
+                    let env = &env;
+                    let ws = &ws;
+                    let started_leftovers = &started_leftovers;
+                    scope.spawn(move || {
+                        let hook = |event: &str| {
+                            let out = run_bounded(
+                                hook_command(env, session.agent),
+                                Some(&hook_payload(&session.id, event, ws)),
+                            );
+                            (out.status.success() && out.stdout.is_empty())
+                                .then_some(())
+                                .ok_or_else(|| format!("{event} hook: {out:?}"))
+                        };
+                        if let Err(why) = hook("SessionStart") {
+                            session.failures.push(why);
+                        }
+                        for slot in [index % SLOTS, (index * 3 + 1 + round) % SLOTS] {
+                            let name = format!("n{slot}");
+                            let out = run_bounded(
+                                env.cmd(&[
+                                    "broker",
+                                    "spawn",
+                                    "--cwd",
+                                    ws.to_str().unwrap(),
+                                    "--name",
+                                    &name,
+                                    "--session",
+                                    &session.id,
+                                    "--",
+                                    "sleep",
+                                    "600",
+                                ]),
+                                None,
+                            );
+                            match printed_broker(&out) {
+                                Some(proc) if out.status.success() => {
+                                    session.attached.push((name, proc));
+                                }
+                                _ => session
+                                    .failures
+                                    .push(format!("spawn {name}: {}", stderr(&out))),
+                            }
+                        }
+                        if leftovers {
+                            let mut command = Command::new("sleep");
+                            command
+                                .arg("600")
+                                .env("CLAUDE_CODE_SESSION_ID", &session.id)
+                                .stdin(Stdio::null());
+                            let child = command.spawn().expect("leftover");
+                            session.leftover =
+                                Proc::of(i32::try_from(child.id()).unwrap());
+                            started_leftovers.lock().unwrap().push(child);
+                        }
+                        if !session.stays {
+                            if let Err(why) = hook("SessionEnd") {
+                                session.failures.push(why);
+                            }
+                            session.agent.kill();
+                        }
+                    })
+                })
+                .collect();
+            for handle in handles {
+                handle.join().expect("a session thread");
+            }
+            stop.store(true, Ordering::SeqCst);
+        });
+        children.extend(started_leftovers.into_inner().unwrap());
+        env.reap_children();
+        operations += SESSIONS * 4 + *sweeps.lock().unwrap();
+        let quiet = quiesce(&env);
+        for child in &mut children {
+            let _ = child.try_wait();
+        }
+        if !quiet {
+            violations.push(format!(
+                "round {round}: never quiet: tickets {:?}, unrecorded brokers {:?}",
+                tickets(&env),
+                unrecorded_brokers(&env)
+            ));
+        }
+        let records = slot_records(&env);
+        let by_name: HashMap<String, &Value> = records
+            .iter()
+            .map(|(dir, record)| (dir.file_name().unwrap().to_string_lossy().into_owned(), record))
+            .collect();
+        for session in &sessions {
+            violations.extend(
+                session
+                    .failures
+                    .iter()
+                    .map(|why| format!("round {round} {}: {why}", session.id)),
+            );
+            if session.stays {
+                for (name, proc) in &session.attached {
+                    match by_name.get(name) {
+                        Some(record) if recorded_proc(record) == Some(*proc) => {
+                            if !owners(record).contains(&session.id) {
+                                violations.push(format!("lost owner {} of {name}", session.id));
+                            }
+                        }
+                        _ => violations.push(format!(
+                            "broker {name} {proc:?} of live owner {} replaced or gone",
+                            session.id
+                        )),
+                    }
+                    if !proc.alive() {
+                        violations.push(format!("broker {name} stopped while {} owns it", session.id));
+                    }
+                }
+            } else {
+                for (name, record) in &by_name {
+                    if owners(record).contains(&session.id) {
+                        violations.push(format!("ended session {} still owns {name}", session.id));
+                    }
+                }
+                if let Some(leftover) = session.leftover
+                    && !wait_until(PATIENCE, || {
+                        for child in &mut children {
+                            let _ = child.try_wait();
+                        }
+                        !leftover.alive()
+                    })
+                {
+                    violations.push(format!("leftover of ended {} still runs", session.id));
+                }
+            }
+        }
+        violations.extend(unparsable_files(env.state_dir()));
+        // The stayers end too, so that each round starts from slots that are all owned by live sessions or empty.
+        for session in sessions.iter().filter(|session| session.stays) {
+            let _ = run_bounded(
+                hook_command(&env, session.agent),
+                Some(&hook_payload(&session.id, "SessionEnd", &ws)),
+            );
+            session.agent.kill();
+        }
+        env.reap_children();
+        if !quiesce(&env) {
+            violations.push(format!("round {round}: never quiet after the stayers ended"));
+        }
+    }
+    let live: Vec<Proc> = marked_with_state_root(env.state_dir())
+        .into_iter()
+        .filter(|proc| slot_records(&env).iter().all(|(_, r)| recorded_proc(r) != Some(*proc)))
+        .collect();
+    if !live.is_empty() {
+        violations.push(format!("brokers left without a record: {live:?}"));
+    }
+    for mut child in children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    println!(
+        "reliability load: {rounds} rounds x {SESSIONS} sessions on {SLOTS} slots (leftovers: {leftovers}), {operations} operations, {} violations",
+        violations.len()
+    );
+    assert!(violations.is_empty(), "violations: {violations:#?}");
+}
+
+/// One operation of the crash test, as a command and its stdin.
+fn crash_operation(
+    env: &Env,
+    runner: &mut TestRunner,
+    sessions: &[(String, Proc)],
+    ws: &Path,
+) -> (&'static str, Command, Option<Vec<u8>>) {
+    let (session, agent) = &sessions[usize::try_from(pick(runner, 0..sessions.len() as u64)).unwrap()];
+    let name = format!("n{}", pick(runner, 0..3));
+    let cwd = ws.to_str().unwrap();
+    let broker = |verb: &str| {
+        let mut words = vec!["broker", verb, "--cwd", cwd, "--name", &name, "--session", session];
+        if verb == "spawn" {
+            words.extend(["--", "sleep", "600"]);
+        }
+        env.cmd(&words)
+    };
+    match pick(runner, 0..8) {
+        0 => ("hook SessionStart", hook_command(env, *agent), Some(hook_payload(session, "SessionStart", ws))),
+        1 => ("hook SessionEnd", hook_command(env, *agent), Some(hook_payload(session, "SessionEnd", ws))),
+        2 | 3 => ("broker spawn", broker("spawn"), None),
+        4 => ("broker attach", broker("attach"), None),
+        5 => ("broker detach", broker("detach"), None),
+        6 => ("sweep", env.cmd(&["sweep"]), None),
+        _ => ("finisher", env.cmd(&["finish"]), None),
+    }
+}
+
+#[test]
+fn sigkill_at_random_moments_leaves_parsable_files_completed_tickets_and_nothing_unowned() {
+    let operations = sized(50, 500);
+    let mut env = Env::new();
+    let _cleanup = StateRootProcesses(env.state_dir().to_path_buf());
+    let ws = env.workspace("crashes");
+    let mut runner = TestRunner::deterministic();
+    let sessions: Vec<(String, Proc)> = (0..6)
+        .map(|index| (unique_id(&format!("crash{index}")), env.sleeper()))
+        .collect();
+    let mut killed = 0usize;
+    let mut by_kind: HashMap<&str, usize> = HashMap::new();
+    for _ in 0..operations {
+        let (kind, mut command, stdin) = crash_operation(&env, &mut runner, &sessions, &ws);
+        *by_kind.entry(kind).or_default() += 1;
+        command
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut child = command.spawn().expect("start an operation");
+        if let Some(bytes) = stdin {
+            use std::io::Write;
+            let _ = child.stdin.take().unwrap().write_all(&bytes);
+        }
+        // The fault: SIGKILL after a random 0–60 ms, wherever the operation is by then.
+        std::thread::sleep(Duration::from_micros(pick(&mut runner, 0..60_000)));
+        if child.try_wait().ok().flatten().is_none() {
+            let _ = child.kill();
+            killed += 1;
+        }
+        let _ = child.wait();
+    }
+    let mut violations = unparsable_files(env.state_dir());
+    // Every ticket is completed by the next sweep (itself, or the finisher it hands the rest to).
+    let pending = tickets(&env);
+    let _ = env.run(&["sweep"]);
+    if !wait_until(PATIENCE, || pending.iter().all(|ticket| !ticket.exists())) {
+        violations.push(format!(
+            "tickets not completed by the next sweep: {:?}",
+            pending.iter().filter(|ticket| ticket.exists()).collect::<Vec<_>>()
+        ));
+    }
+    // Nothing of ours left running unowned: with every agent gone, the sweeps end their sessions and stop every broker.
+    for (_, agent) in &sessions {
+        agent.kill();
+    }
+    env.reap_children();
+    let all_stopped = wait_until(PATIENCE, || {
+        let _ = run_bounded(env.cmd(&["sweep"]), None);
+        marked_with_state_root(env.state_dir()).is_empty() && tickets(&env).is_empty()
+    });
+    if !all_stopped {
+        violations.push(format!(
+            "left running after every owner died and the sweeps ran: {:?} (tickets {:?})",
+            marked_with_state_root(env.state_dir()),
+            tickets(&env)
+        ));
+    }
+    violations.extend(unparsable_files(env.state_dir()));
+    println!(
+        "reliability crashes: {operations} operations ({by_kind:?}), {killed} SIGKILLed mid-run, {} tickets pending after them, {} violations",
+        pending.len(),
+        violations.len()
+    );
+    assert!(violations.is_empty(), "violations: {violations:#?}");
+}
