@@ -425,3 +425,217 @@ fn sigkill_at_random_moments_leaves_parsable_files_completed_tickets_and_nothing
     );
     assert!(violations.is_empty(), "violations: {violations:#?}");
 }
+
+/// Runs inside a private pid namespace as its pid 1 (`unshare --pid --fork --mount-proc`): starts every wrong
+/// target, writes one broker record per case naming it (all owned by one session, indexed by it), then has the
+/// binary end that session and sweep twice, from a shell whose parent is another shell (the caller and its
+/// ancestors are themselves cases). Prints, as JSON, which targets are still alive and how the callers exited.
+const WRONG_TARGETS_DRIVER: &str = r#"
+import json, os, socket, subprocess, sys, threading, time
+binary, state, plan = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+boot = open('/proc/sys/kernel/random/boot_id').read().strip()
+pid_ns = os.stat('/proc/self/ns/pid').st_ino
+errors = []
+import signal
+caught = []
+for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
+    signal.signal(number, lambda n, _: caught.append(n))
+
+def ticks(pid, task=None):
+    path = f'/proc/{pid}/task/{task}/stat' if task else f'/proc/{pid}/stat'
+    text = open(path).read()
+    return int(text[text.rfind(')') + 2:].split()[19])
+
+def state_of(pid, task=None):
+    path = f'/proc/{pid}/task/{task}/stat' if task else f'/proc/{pid}/stat'
+    try:
+        text = open(path).read()
+    except OSError:
+        return None, None
+    fields = text[text.rfind(')') + 2:].split()
+    return fields[0], int(fields[19])
+
+def ident(pid, start=None, uid=0, boot_id=boot):
+    return {"boot_id": boot_id, "pid_ns": pid_ns, "pid": pid,
+            "start_ticks": start if start is not None else 0, "uid": uid}
+
+def sleeper(*prefix):
+    proc = subprocess.Popen(list(prefix) + ['sleep', '600'], stdin=subprocess.DEVNULL)
+    for _ in range(1000):
+        try:
+            if open(f'/proc/{proc.pid}/cmdline', 'rb').read().split(b'\0')[0] == b'sleep':
+                break
+        except OSError:
+            pass
+        time.sleep(0.002)
+    return proc
+
+cases = {}      # case -> (identity, pgid, host override, [(pid, task, start) that must stay alive])
+host = socket.gethostname()
+
+cases['pid 0'] = (ident(0), 0, None, [])
+cases['pid 1 (this namespace\'s init, the callers\' ancestor)'] = (ident(1, ticks(1)), 1, None, [(1, None, ticks(1))])
+cases['pid -1'] = (ident(-1), -1, None, [])
+
+# A thread of a process other than this namespace's init (init ignores the signals it has no handler for).
+threaded = subprocess.Popen([sys.executable, '-c', 'import threading, time, sys\nready = threading.Event()\ntid = []\ndef worker():\n    tid.append(threading.get_native_id()); ready.set(); time.sleep(600)\nthreading.Thread(target=worker, daemon=True).start()\nready.wait()\nprint(tid[0], flush=True)\ntime.sleep(600)'], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+thread = int(threaded.stdout.readline())
+cases['a thread id'] = (ident(thread, ticks(threaded.pid, thread)), thread, None, [(threaded.pid, None, ticks(threaded.pid)), (threaded.pid, thread, ticks(threaded.pid, thread))])
+
+victim = sleeper()
+cases['another boot'] = (ident(victim.pid, ticks(victim.pid), boot_id='00000000-0000-4000-8000-000000000000'), victim.pid, None, [(victim.pid, None, ticks(victim.pid))])
+remote = sleeper()
+cases['another host'] = (ident(remote.pid, ticks(remote.pid)), remote.pid, 'elsewhere.invalid', [(remote.pid, None, ticks(remote.pid))])
+nobody = sleeper('setpriv', '--reuid=65534', '--regid=65534', '--clear-groups')
+if os.stat(f'/proc/{nobody.pid}').st_uid != 65534:
+    errors.append('setpriv did not start a process under uid 65534')
+cases['another uid (the record says so)'] = (ident(nobody.pid, ticks(nobody.pid), uid=65534), nobody.pid, None, [(nobody.pid, None, ticks(nobody.pid))])
+cases['another uid (the record claims ours)'] = (ident(nobody.pid, ticks(nobody.pid), uid=0), nobody.pid, None, [])
+
+# Pid reuse: the record names a dead leader whose pid is given, through ns_last_pid, to a new group leader.
+old = sleeper()
+old_pid, old_ticks = old.pid, ticks(old.pid)
+old.kill(); old.wait()
+with open('/proc/sys/kernel/ns_last_pid', 'w') as f:
+    f.write(str(old_pid - 1))
+reused = sleeper('setsid')
+if reused.pid != old_pid:
+    errors.append(f'pid {old_pid} was not reused (got {reused.pid})')
+cases['a reused leader pid'] = (ident(old_pid, old_ticks), old_pid, None, [(reused.pid, None, ticks(reused.pid))])
+
+# A leaderless group: its leader is gone, its members keep the old pgid.
+group = subprocess.Popen(['setsid', 'sh', '-c', 'sleep 600 & sleep 600 & echo started; wait'], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+group.stdout.readline()
+leader, leader_ticks = group.pid, ticks(group.pid)
+members = [int(p) for p in open(f'/proc/{leader}/task/{leader}/children').read().split()]
+group.kill(); group.wait()
+cases['a leaderless group with the old pgid'] = (ident(leader, leader_ticks), leader, None, [(m, None, ticks(m)) for m in members])
+
+# The callers: an outer shell runs an inner one that waits for "go", then runs the binary.
+commands = ' ; '.join([
+    f'{binary} --state-dir {state} reap --session {plan["session"]} --json > {state}/../reap.out 2>&1',
+    f'echo reap=$? >> {state}/../codes',
+    f'{binary} --state-dir {state} sweep --idle-ttl 1s --json > {state}/../sweep.out 2>&1',
+    f'echo sweep=$? >> {state}/../codes',
+    f'{binary} --state-dir {state} sweep --idle-ttl 1s >> {state}/../sweep.out 2>&1',
+    f'echo sweep2=$? >> {state}/../codes',
+    'true'])
+outer = subprocess.Popen(['sh', '-c', f'sh -c \'read go; {commands}\'; echo inner=$? >> {state}/../codes'], stdin=subprocess.PIPE)
+inner = None
+for _ in range(1000):
+    try:
+        kids = open(f'/proc/{outer.pid}/task/{outer.pid}/children').read().split()
+    except OSError:
+        kids = []
+    if kids:
+        inner = int(kids[0])
+        break
+    time.sleep(0.002)
+if inner is None:
+    errors.append('the inner shell never started')
+else:
+    cases['the caller (the shell running session-reaper)'] = (ident(inner, ticks(inner)), inner, None, [])
+    cases['the caller\'s parent'] = (ident(outer.pid, ticks(outer.pid)), outer.pid, None, [])
+
+now = '2020-01-01T00:00:00.000Z'
+for case, (identity, pgid, other_host, _) in cases.items():
+    slot = os.path.join(state, plan['slots'][case])
+    os.makedirs(slot, mode=0o700, exist_ok=True)
+    record = {"version": 1, "name": "default", "workspace": plan['workspaces'][case], "cwd": "/",
+              "command": ["sleep", "600"], "owners": [{"session": plan['session'], "since": now}],
+              "identity": identity, "pgid": pgid, "created_at": now, "last_active": now, "grace_ms": 500,
+              "host": other_host or host}
+    with open(os.open(os.path.join(slot, 'broker.json'), os.O_WRONLY | os.O_CREAT, 0o600), 'w') as f:
+        json.dump(record, f)
+session = {"version": 1, "session_id": plan['session'], "agent": "claude", "cwd": "/", "host": host,
+           "started_at": now, "last_seen": now, "ended_at": None, "end_reason": None,
+           "slots": [plan['slots'][case].split('workspaces/', 1)[1] for case in cases]}
+os.makedirs(os.path.join(state, 'sessions'), mode=0o700, exist_ok=True)
+with open(os.open(os.path.join(state, 'sessions', plan['session'] + '.json'), os.O_WRONLY | os.O_CREAT, 0o600), 'w') as f:
+    json.dump(session, f)
+
+outer.stdin.write(b'go\n'); outer.stdin.close()
+outer_code = outer.wait()
+time.sleep(0)
+alive = {}
+for case, (_, _, _, targets) in cases.items():
+    alive[case] = all(state_of(pid, task) == ('S', start) or (state_of(pid, task)[0] not in (None, 'Z') and state_of(pid, task)[1] == start) for pid, task, start in targets)
+codes = dict(line.strip().split('=') for line in open(f'{state}/../codes'))
+if caught:
+    alive["pid 1 (this namespace's init, the callers' ancestor)"] = False
+print(json.dumps({"caught": caught, "errors": errors, "alive": alive, "outer": outer_code, "codes": codes, "cases": list(cases)}))
+"#;
+
+#[test]
+fn wrong_targets_in_a_private_pid_namespace_get_no_signal() {
+    let env = Env::new();
+    let _cleanup = StateRootProcesses(env.state_dir().to_path_buf());
+    let session = unique_id("wrong");
+    let names = [
+        "pid 0",
+        "pid 1 (this namespace's init, the callers' ancestor)",
+        "pid -1",
+        "a thread id",
+        "another boot",
+        "another host",
+        "another uid (the record says so)",
+        "another uid (the record claims ours)",
+        "a reused leader pid",
+        "a leaderless group with the old pgid",
+        "the caller (the shell running session-reaper)",
+        "the caller's parent",
+    ];
+    let mut slots = serde_json::Map::new();
+    let mut workspaces = serde_json::Map::new();
+    for (index, name) in names.iter().enumerate() {
+        let workspace = format!("/nonexistent/wrong-target/{index}");
+        let key = session_reaper::workspace::workspace_key(Path::new(&workspace));
+        slots.insert((*name).to_owned(), json!(format!("workspaces/{key}/default")));
+        workspaces.insert((*name).to_owned(), json!(workspace));
+    }
+    let plan = json!({"session": session, "slots": slots, "workspaces": workspaces});
+    let state = env.state_dir().join("root");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let mut command = Command::new("unshare");
+    command
+        .args(["--pid", "--fork", "--mount-proc", "/usr/bin/python3", "-c", WRONG_TARGETS_DRIVER])
+        .arg(crate::harness::BIN)
+        .arg(&state)
+        .arg(plan.to_string());
+    crate::harness::scrub_env(&mut command);
+    let out = run_bounded(command, None);
+    assert!(
+        out.status.success(),
+        "the pid-namespace driver failed (is unshare available, are we root?): {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("the driver prints JSON");
+    assert_eq!(report["errors"], json!([]), "the hostile cases could not be set up");
+    let cases: Vec<&str> = report["cases"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert_eq!(cases.len(), names.len(), "every case was set up: {cases:?}");
+    let signalled: Vec<&str> = cases
+        .iter()
+        .copied()
+        .filter(|case| report["alive"][case] != json!(true))
+        .collect();
+    let codes = &report["codes"];
+    println!(
+        "reliability wrong targets: {} records naming wrong targets, reap + 2 sweeps: {} targets signalled; exit codes {codes}, outer shell {}",
+        cases.len(),
+        signalled.len(),
+        report["outer"]
+    );
+    let events = std::fs::read_to_string(state.join("events.jsonl")).unwrap_or_default();
+    assert!(signalled.is_empty(), "signalled: {signalled:?}\nevents: {events}\nreap: {}\nsweep: {}", 
+        std::fs::read_to_string(env.state_dir().join("reap.out")).unwrap_or_default(),
+        std::fs::read_to_string(env.state_dir().join("sweep.out")).unwrap_or_default());
+    // The callers were not signalled: the inner shell and the outer one exited on their own.
+    assert_eq!(codes["inner"], json!("0"), "the calling shell was signalled");
+    assert_eq!(report["outer"], json!(0), "the caller's parent was signalled");
+    for step in ["reap", "sweep", "sweep2"] {
+        let code: i32 = codes[step].as_str().unwrap_or("-1").parse().unwrap();
+        assert!((0..=1).contains(&code), "{step} exited {code} (a panic is 101)");
+    }
+}
