@@ -639,3 +639,223 @@ fn wrong_targets_in_a_private_pid_namespace_get_no_signal() {
         assert!((0..=1).contains(&code), "{step} exited {code} (a panic is 101)");
     }
 }
+
+/// One generated command line around a session id, and whether it is one of the real forms of resuming it.
+#[derive(Clone, Debug)]
+struct Variant {
+    argv: Vec<String>,
+    real: bool,
+}
+
+/// Programs: `(argv words, is an agent, can be imitated by a process started under that argv[0])`.
+fn programs() -> Vec<(Vec<&'static str>, bool, bool)> {
+    vec![
+        (vec!["claude"], true, true),
+        (vec!["/usr/local/bin/claude"], true, true),
+        (vec!["node", "/usr/lib/node_modules/@anthropic-ai/claude-code/cli.js"], true, false),
+        (vec!["node", "--no-warnings", "/home/dev/.npm-global/bin/claude"], true, false),
+        (vec!["grep"], false, true),
+        (vec!["vim"], false, true),
+        (vec!["cp"], false, true),
+        (vec!["rg"], false, true),
+        (vec!["less"], false, true),
+        (vec!["python3"], false, true),
+        (vec!["tmux", "new", "-d", "claude"], false, true),
+        (vec!["ssh", "devbox", "claude"], false, true),
+        (vec!["sudo", "claude"], false, true),
+        (vec!["claudette"], false, true),
+        (vec!["claude-monitor"], false, true),
+        (vec!["xclaude"], false, true),
+        (vec!["node", "server.js"], false, false),
+    ]
+}
+
+/// The words around a session id `s` (and the session's recorded title `t`): `(words, a real form)`.
+fn forms(s: &str, t: &str, other: &str) -> Vec<(Vec<String>, bool)> {
+    let words = |list: &[&str]| list.iter().map(|w| (*w).to_owned()).collect::<Vec<_>>();
+    let short = &s[..s.len() - 1];
+    vec![
+        (words(&["--resume", s]), true),
+        (words(&[&format!("--resume={s}")]), true),
+        (words(&["-r", s]), true),
+        (words(&[&format!("-r{s}")]), true),
+        (words(&["--resume", t]), true),
+        (words(&[&format!("--resume={t}")]), true),
+        (words(&["-r", t]), false),
+        (words(&[&format!("-r{t}")]), false),
+        (words(&["--resume", &format!("{s}1")]), false),
+        (words(&["--resume", &format!("x{s}")]), false),
+        (words(&["--resume", short]), false),
+        (words(&[&format!("--resume={s}x")]), false),
+        (words(&["-r", &format!("{s}-2")]), false),
+        (words(&[&format!("-r{s}0")]), false),
+        (words(&[&format!("-r={s}")]), false),
+        (words(&[s]), false),
+        (words(&["--resumed", s]), false),
+        (words(&["--resume-session", s]), false),
+        (words(&["-R", s]), false),
+        (words(&["--r", s]), false),
+        (words(&["--resume", "--", s]), false),
+        (words(&[s, "--resume"]), false),
+        (words(&["-p", &format!("--resume {s}")]), false),
+        (words(&["--session-id", s]), false),
+        (words(&["--resume", other]), false),
+        (words(&["-r", other]), false),
+        (words(&["--title", t]), false),
+        (words(&["--continue"]), false),
+    ]
+}
+
+const FILLERS: &[&str] = &["--verbose", "-p", "--print", "--debug", "--dangerously-skip-permissions", "--output-format=json"];
+
+/// Command lines around `session`: every program × form, with fillers before and after and sometimes Claude's
+/// own worker flag (never an orphan). `process` keeps to programs a process can imitate by its argv[0].
+fn variants(session: &str, title: &str, process: bool) -> impl Strategy<Value = Variant> {
+    let programs: Vec<_> = programs().into_iter().filter(|p| !process || p.2).collect();
+    let other = format!("{}{}", &session[..session.len() - 1], if session.ends_with('0') { '1' } else { '0' });
+    let forms = forms(session, title, &other);
+    let (agents, others): (Vec<_>, Vec<_>) = programs.into_iter().partition(|p| p.1);
+    let (real, near): (Vec<_>, Vec<_>) = forms.into_iter().partition(|f| f.1);
+    // Half agents, half other programs; half real forms, half near misses: both kinds of error get their chances.
+    (
+        proptest::bool::ANY,
+        0..agents.len().max(others.len()),
+        proptest::bool::ANY,
+        0..real.len().max(near.len()),
+        proptest::collection::vec(0..FILLERS.len(), 0..3),
+        proptest::collection::vec(0..FILLERS.len(), 0..3),
+        proptest::bool::weighted(0.1),
+    )
+        .prop_map(move |(agent, program, real_form, form, before, after, worker)| {
+            let programs = if agent { &agents } else { &others };
+            let forms = if real_form { &real } else { &near };
+            let (program, form) = (program % programs.len(), form % forms.len());
+            let (words, agent, _) = &programs[program];
+            let (form_words, real_form) = &forms[form];
+            let mut argv: Vec<String> = words.iter().map(|w| (*w).to_owned()).collect();
+            argv.extend(before.iter().map(|i| FILLERS[*i].to_owned()));
+            argv.extend(form_words.iter().cloned());
+            argv.extend(after.iter().map(|i| FILLERS[*i].to_owned()));
+            if worker {
+                argv.push("--bg-pty-host".to_owned());
+            }
+            Variant {
+                argv,
+                real: *agent && *real_form && !worker,
+            }
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+    /// The pure matcher over 2,000 generated command lines: 0 false matches, 0 misses of the real forms.
+    #[test]
+    fn look_alikes_the_resume_matcher_matches_exactly_the_real_forms(
+        variant in variants("0b5f6b3e-1ad7-454b-b79c-2a700b021481", "fix-the-login-form", false)
+    ) {
+        let matched = session_reaper::plan::resumes(
+            &variant.argv,
+            "0b5f6b3e-1ad7-454b-b79c-2a700b021481",
+            Some("fix-the-login-form"),
+        );
+        prop_assert_eq!(matched, variant.real, "argv {:?}", variant.argv);
+    }
+}
+
+/// Processes started under a look-alike command line (`sh -c 'read x' …` with the argv[0] and words of the
+/// variant; stdin held open), killed on drop.
+struct LookAlikes(Vec<(Child, Variant)>);
+
+impl LookAlikes {
+    fn start(variants: Vec<Variant>) -> LookAlikes {
+        use std::os::unix::process::CommandExt;
+        let mut started = LookAlikes(Vec::new());
+        for variant in variants {
+            let mut command = Command::new("/bin/sh");
+            command
+                .arg0(&variant.argv[0])
+                .args(["-c", "read x"])
+                .args(&variant.argv[1..])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            let child = command.spawn().expect("start a look-alike");
+            let pid = child.id();
+            let shown = variant.argv[0].clone();
+            assert!(
+                wait_until(PATIENCE, || std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|argv| argv.split(|b| *b == 0).next() == Some(shown.as_bytes()))),
+                "look-alike {pid} never showed its argv"
+            );
+            started.0.push((child, variant));
+        }
+        started
+    }
+}
+
+impl Drop for LookAlikes {
+    fn drop(&mut self) {
+        for (child, _) in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[test]
+fn look_alikes_as_processes_reap_dry_run_finds_exactly_the_real_forms() {
+    let total = sized(60, 1_000);
+    let batch = 100;
+    let mut env = Env::new();
+    let session = unique_id("lookalike");
+    let title = unique_id("fix-the-login-form");
+    // The session's record, with its title (a resume by title is a real form of the long flags).
+    let sessions = env.state_dir().join("sessions");
+    std::fs::create_dir_all(&sessions).unwrap();
+    let record = json!({
+        "version": 1, "session_id": session, "agent": "claude", "cwd": "/", "host": "",
+        "title": title, "started_at": "2026-01-01T00:00:00.000Z", "last_seen": "2026-01-01T00:00:00.000Z",
+        "ended_at": null, "end_reason": null, "slots": [],
+    });
+    std::fs::write(sessions.join(format!("{session}.json")), record.to_string()).unwrap();
+    for dir in [env.state_dir().to_path_buf(), sessions.clone()] {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let strategy = variants(&session, &title, true);
+    let mut runner = TestRunner::deterministic();
+    let (mut false_matches, mut misses, mut real_forms) = (Vec::new(), Vec::new(), 0usize);
+    let mut done = 0;
+    while done < total {
+        let count = batch.min(total - done);
+        let generated: Vec<Variant> = (0..count)
+            .map(|_| strategy.new_tree(&mut runner).expect("a variant").current())
+            .collect();
+        real_forms += generated.iter().filter(|v| v.real).count();
+        let planted = LookAlikes::start(generated);
+        let out = env.run(&["reap", "--session", &session, "--dry-run", "--json"]);
+        assert!(out.status.code().is_some_and(|c| c <= 1), "reap --dry-run: {}", stderr(&out));
+        let report: Value = serde_json::from_slice(&out.stdout).expect("reap --json");
+        let found: HashSet<u32> = report["sessions"][0]["resume_orphans"]
+            .as_array()
+            .expect("resume_orphans")
+            .iter()
+            .filter_map(|orphan| orphan.get(0).or_else(|| orphan.get("pid"))?.as_u64())
+            .map(|pid| u32::try_from(pid).unwrap())
+            .collect();
+        for (child, variant) in &planted.0 {
+            match (found.contains(&child.id()), variant.real) {
+                (true, false) => false_matches.push(variant.argv.clone()),
+                (false, true) => misses.push(variant.argv.clone()),
+                _ => {}
+            }
+        }
+        done += count;
+    }
+    println!(
+        "reliability look-alikes (processes): {total} command lines ({real_forms} real forms), {} false matches, {} misses",
+        false_matches.len(),
+        misses.len()
+    );
+    assert!(false_matches.is_empty() && misses.is_empty(), "false matches {false_matches:#?}\nmisses {misses:#?}");
+}
