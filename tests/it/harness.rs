@@ -717,3 +717,8 @@ pub fn hook_payload(session: &str, event: &str, cwd: &Path) -> Vec<u8> {
     .to_string()
     .into_bytes()
 }
+
+/// Every path below `root` (directories and files).
+pub fn walkdir_all(root: &Path) -> Vec<PathBuf> {
+    walkdir(root.to_path_buf())
+}

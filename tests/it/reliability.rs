@@ -859,3 +859,230 @@ fn look_alikes_as_processes_reap_dry_run_finds_exactly_the_real_forms() {
     );
     assert!(false_matches.is_empty() && misses.is_empty(), "false matches {false_matches:#?}\nmisses {misses:#?}");
 }
+
+/// The fixture files the fuzzers start from: every agent's hook payloads, and the v1 state records.
+fn fixture_values(under: &str) -> Vec<Value> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(under);
+    let mut found = Vec::new();
+    let mut stack = vec![root];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("fixtures").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|ext| ext == "json") {
+                found.push(serde_json::from_slice(&std::fs::read(&path).unwrap()).expect("a fixture parses"));
+            }
+        }
+    }
+    assert!(!found.is_empty(), "no fixtures under {under}");
+    found
+}
+
+/// A codex-plugin-cc `broker.json` (both plugin versions' fields) and its `state.json`.
+fn plugin_templates() -> Vec<Value> {
+    vec![
+        json!({"endpoint": "unix:/tmp/cxc-1/broker.sock", "pid": 4242, "pidFile": "/tmp/cxc-1/broker.pid",
+               "logFile": "/tmp/cxc-1/broker.log", "sessionDir": "/tmp/cxc-1", "sessionId": "s-1",
+               "sessionIds": ["s-1", "s-2"]}),
+        json!({"version": 1, "config": {"model": "gpt"}, "jobs": [
+            {"id": "j1", "status": "running", "sessionId": "s-1", "pid": 4243},
+            {"id": "j2", "status": "done", "sessionId": "", "pid": -1}]}),
+    ]
+}
+
+/// Any JSON value, small and nested.
+fn any_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+        "[\\PC]{0,12}".prop_map(Value::from),
+        prop_oneof![Just("0b5f6b3e-1ad7-454b-b79c-2a700b021481"), Just("SessionEnd"), Just("SessionStart"),
+                    Just("/tmp"), Just(".."), Just("../../etc"), Just("a/b"), Just("")].prop_map(Value::from),
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+            proptest::collection::btree_map("[a-z_]{1,10}", inner, 0..4)
+                .prop_map(|map| Value::Object(map.into_iter().collect())),
+        ]
+    })
+}
+
+/// A fixture with up to four of its fields (top-level or one level down) deleted or replaced by any value.
+fn mutated(templates: Vec<Value>) -> impl Strategy<Value = Value> {
+    (
+        0..templates.len(),
+        proptest::collection::vec((any::<prop::sample::Index>(), any::<bool>(), any_json()), 0..5),
+    )
+        .prop_map(move |(which, edits)| {
+            let mut value = templates[which].clone();
+            for (index, delete, replacement) in edits {
+                let Some(object) = value.as_object_mut() else { break };
+                let keys: Vec<String> = object.keys().cloned().collect();
+                if keys.is_empty() {
+                    break;
+                }
+                let key = &keys[index.index(keys.len())];
+                let nested = object.get_mut(key).and_then(Value::as_object_mut).filter(|_| !delete);
+                match nested {
+                    Some(inner) if !inner.is_empty() => {
+                        let inner_key = inner.keys().nth(index.index(inner.len())).unwrap().clone();
+                        inner.insert(inner_key, replacement);
+                    }
+                    _ if delete => {
+                        object.remove(key);
+                    }
+                    _ => {
+                        object.insert(key.clone(), replacement);
+                    }
+                }
+            }
+            value
+        })
+}
+
+/// The bytes a fuzzed file holds: a mutated fixture, serialised; sometimes cut short, sometimes any bytes at all.
+fn fuzzed_bytes(templates: Vec<Value>) -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        6 => mutated(templates.clone()).prop_map(|value| serde_json::to_vec(&value).unwrap()),
+        2 => (mutated(templates), any::<prop::sample::Index>()).prop_map(|(value, cut)| {
+            let bytes = serde_json::to_vec(&value).unwrap();
+            bytes[..cut.index(bytes.len().max(1)).min(bytes.len())].to_vec()
+        }),
+        1 => proptest::collection::vec(any::<u8>(), 0..64),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2_500))]
+
+    /// Every agent's hook payloads, mutated: parsing and agent detection never panic (4 × 2,500 cases with the
+    /// three records below).
+    #[test]
+    fn fuzz_hook_payloads_never_panic(value in mutated(fixture_values("payloads"))) {
+        if let Ok(payload) = session_reaper::hook::Payload::from_json(&value) {
+            let _ = session_reaper::hook::detect_agent(None, &payload);
+            let _ = session_reaper::name::SessionId::parse(payload.session.as_str());
+        }
+    }
+
+    #[test]
+    fn fuzz_broker_and_session_records_never_panic(bytes in fuzzed_bytes(
+        fixture_values("state/v1").into_iter().chain(fixture_values("state/v2")).collect())) {
+        let path = Path::new("/fuzz/record.json");
+        let _ = session_reaper::record::parse::<session_reaper::record::BrokerRecord>(&bytes, path);
+        let _ = session_reaper::record::parse::<session_reaper::record::SessionRecord>(&bytes, path);
+    }
+
+    #[test]
+    fn fuzz_stop_tickets_never_panic(bytes in fuzzed_bytes(fixture_values("state/v1/stopping"))) {
+        let _ = session_reaper::record::parse::<session_reaper::record::StopTicket>(
+            &bytes, Path::new("/fuzz/ticket.json"));
+    }
+
+    #[test]
+    fn fuzz_codex_plugin_broker_files_never_panic(bytes in fuzzed_bytes(plugin_templates())) {
+        if let Some(file) = session_reaper::adapters::codex_plugin::observe::BrokerFile::parse(
+            PathBuf::from("/fuzz/broker.json"), &bytes) {
+            if let Some(endpoint) = file.endpoint.as_deref() {
+                let _ = session_reaper::adapters::codex_plugin::decide::socket_path(endpoint);
+            }
+        }
+    }
+}
+
+/// The binary in hook mode with fuzzed payloads of every agent (and every `--agent`): always exit 0, nothing on
+/// stdout, never a panic, within the deadline.
+#[test]
+fn fuzz_the_hook_binary_always_exits_0_silently_within_its_deadline() {
+    let cases = sized(120, 1_500);
+    let env = Env::new();
+    let _cleanup = StateRootProcesses(env.state_dir().to_path_buf());
+    let strategy = fuzzed_bytes(fixture_values("payloads"));
+    let mut runner = TestRunner::deterministic();
+    let agents = ["auto", "claude", "gemini", "qwen", "codex"];
+    let mut violations = Vec::new();
+    let mut slowest = Duration::ZERO;
+    for case in 0..cases {
+        let bytes = strategy.new_tree(&mut runner).expect("a payload").current();
+        let mut command = env.cmd(&["hook", "--agent", agents[case % agents.len()], "--deadline", "1s"]);
+        command.env("SESSION_REAPER_SENTINEL", "off");
+        let started = Instant::now();
+        let out = run_bounded(command, Some(&bytes));
+        let took = started.elapsed();
+        slowest = slowest.max(took);
+        if out.status.code() != Some(0) || !out.stdout.is_empty() || stderr(&out).contains("panicked") {
+            violations.push(format!("{:?}: {out:?}", String::from_utf8_lossy(&bytes)));
+        }
+        // 1 s deadline; a generous margin for process start on a loaded machine.
+        if took > Duration::from_secs(3) {
+            violations.push(format!("took {took:?}: {:?}", String::from_utf8_lossy(&bytes)));
+        }
+    }
+    println!(
+        "reliability fuzz (hook binary): {cases} payloads, slowest {slowest:?}, {} violations",
+        violations.len()
+    );
+    assert!(violations.is_empty(), "{violations:#?}");
+}
+
+/// Fuzzed records, tickets and Codex plugin files in a state root: `sweep --dry-run`, `status` and the hook never
+/// panic, and every CLI command exits 0, 1 or 2.
+#[test]
+fn fuzz_state_files_never_make_a_command_panic() {
+    let cases = sized(25, 300);
+    let mut runner = TestRunner::deterministic();
+    let records = fuzzed_bytes(fixture_values("state/v1").into_iter().chain(fixture_values("state/v2")).collect());
+    let tickets = fuzzed_bytes(fixture_values("state/v1/stopping"));
+    let plugin = fuzzed_bytes(plugin_templates());
+    let mut violations = Vec::new();
+    for _ in 0..cases {
+        let env = Env::new();
+        let _cleanup = StateRootProcesses(env.state_dir().to_path_buf());
+        let root = env.state_dir();
+        let slot = root.join("workspaces/app-0123456789abcdef/default");
+        let plugin_dir = env.work.path().join("plugin-state/app-0123456789abcdef");
+        for dir in [&slot, &root.join("sessions"), &root.join("stopping"), &plugin_dir] {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        let mut write = |path: PathBuf, strategy: &dyn Fn(&mut TestRunner) -> Vec<u8>| {
+            std::fs::write(path, strategy(&mut runner)).unwrap();
+        };
+        write(slot.join("broker.json"), &|r| records.new_tree(r).unwrap().current());
+        write(root.join("sessions/fuzz-session.json"), &|r| records.new_tree(r).unwrap().current());
+        write(root.join("stopping/fuzz-ticket.json"), &|r| tickets.new_tree(r).unwrap().current());
+        write(plugin_dir.join("broker.json"), &|r| plugin.new_tree(r).unwrap().current());
+        write(plugin_dir.join("state.json"), &|r| plugin.new_tree(r).unwrap().current());
+        for entry in crate::harness::walkdir_all(root) {
+            let mode = if entry.is_dir() { 0o700 } else { 0o600 };
+            std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        let codex = env.work.path().join("plugin-state");
+        let codex = codex.to_str().unwrap();
+        for args in [
+            vec!["sweep", "--dry-run", "--json", "--codex-state", codex],
+            vec!["status", "--json"],
+            vec!["reap", "--session", "fuzz-session", "--dry-run", "--json", "--codex-state", codex],
+        ] {
+            let out = run_bounded(env.cmd(&args), None);
+            if !out.status.code().is_some_and(|code| code <= 2) || stderr(&out).contains("panicked") {
+                violations.push(format!("{args:?}: {out:?}"));
+            }
+        }
+        let out = run_bounded(
+            env.cmd(&["hook", "--agent", "claude", "--codex-state", codex]),
+            Some(&hook_payload("fuzz-session", "SessionEnd", env.work.path())),
+        );
+        if out.status.code() != Some(0) || !out.stdout.is_empty() || stderr(&out).contains("panicked") {
+            violations.push(format!("hook: {out:?}"));
+        }
+    }
+    println!(
+        "reliability fuzz (state files): {cases} state roots x 4 commands, {} violations",
+        violations.len()
+    );
+    assert!(violations.is_empty(), "{violations:#?}");
+}
