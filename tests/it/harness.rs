@@ -398,7 +398,12 @@ pub fn scrub_env(command: &mut Command) {
 }
 
 /// Runs `command` with optional stdin, killing it after `PATIENCE`.
-pub fn run_bounded(mut command: Command, stdin: Option<&[u8]>) -> Output {
+pub fn run_bounded(command: Command, stdin: Option<&[u8]>) -> Output {
+    run_bounded_for(command, stdin, PATIENCE)
+}
+
+/// Runs `command` with optional stdin, killing it after `limit`.
+pub fn run_bounded_for(mut command: Command, stdin: Option<&[u8]>, limit: Duration) -> Output {
     command.stdout(Stdio::piped()).stderr(Stdio::piped());
     if stdin.is_some() {
         command.stdin(Stdio::piped());
@@ -412,7 +417,7 @@ pub fn run_bounded(mut command: Command, stdin: Option<&[u8]>) -> Output {
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let finished = done.clone();
     let watchdog = std::thread::spawn(move || {
-        let deadline = Instant::now() + PATIENCE;
+        let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             if finished.load(std::sync::atomic::Ordering::SeqCst) {
                 return;

@@ -1086,3 +1086,257 @@ fn fuzz_state_files_never_make_a_command_panic() {
     );
     assert!(violations.is_empty(), "{violations:#?}");
 }
+
+/// One hostile state: what is planted (after a live broker owned by a live session exists) and the path a user
+/// must be told about.
+struct Hostile {
+    name: &'static str,
+    plant: fn(&HostileWorld) -> PathBuf,
+}
+
+/// The world a hostile case is planted in: a live broker `broker` in slot `slot`, owned by session "owner"; a
+/// second slot `other` of the same workspace; the hooks and reaps run for "bystander", which owns nothing.
+struct HostileWorld {
+    root: PathBuf,
+    slot: PathBuf,
+    other: PathBuf,
+    record: Value,
+}
+
+impl HostileWorld {
+    /// The live broker's record, with no owner and idle for years: if any command were fooled into reading it, it
+    /// would stop the broker.
+    fn bait(&self) -> Vec<u8> {
+        let mut bait = self.record.clone();
+        bait["owners"] = json!([]);
+        bait["last_active"] = json!("2020-01-01T00:00:00.000Z");
+        bait["idle_ttl_secs"] = json!(1);
+        serde_json::to_vec(&bait).unwrap()
+    }
+
+    /// A stop ticket for the live broker.
+    fn bait_ticket(&self) -> Vec<u8> {
+        serde_json::to_vec(&json!({
+            "version": 1, "identity": self.record["identity"], "pgid": self.record["pgid"],
+            "reason": "manual", "requested_at": "2020-01-01T00:00:00.000Z", "grace_ms": 100, "attempts": 0,
+            "origin": "resume-orphan", "host": self.record["host"],
+        }))
+        .unwrap()
+    }
+
+    fn elsewhere(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let dir = self.root.parent().unwrap().join("elsewhere");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+}
+
+fn symlink(target: &Path, link: &Path) -> PathBuf {
+    std::os::unix::fs::symlink(target, link).expect("plant a symlink");
+    link.to_path_buf()
+}
+
+fn fifo(path: &Path) -> PathBuf {
+    let status = Command::new("mkfifo").arg(path).status().expect("mkfifo");
+    assert!(status.success(), "mkfifo {}", path.display());
+    path.to_path_buf()
+}
+
+fn chown_nobody(path: &Path) -> PathBuf {
+    std::os::unix::fs::lchown(path, Some(65534), Some(65534)).expect("chown to nobody");
+    path.to_path_buf()
+}
+
+fn sparse(path: &Path) -> PathBuf {
+    let file = std::fs::File::create(path).expect("a sparse file");
+    file.set_len(1 << 30).expect("1 GB sparse");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path.to_path_buf()
+}
+
+fn moved_dir(path: &Path) -> PathBuf {
+    let aside = path.with_extension("real");
+    std::fs::rename(path, &aside).unwrap();
+    symlink(&aside, path)
+}
+
+fn hostile_cases() -> Vec<Hostile> {
+    vec![
+        Hostile { name: "state root: a symlink", plant: |w| symlink(&w.root, &w.root.with_extension("link")) },
+        Hostile { name: "workspaces/: a symlink", plant: |w| moved_dir(&w.root.join("workspaces")) },
+        Hostile { name: "a workspace dir: a symlink", plant: |w| moved_dir(w.other.parent().unwrap()) },
+        Hostile { name: "a slot dir: a symlink", plant: |w| symlink(&w.slot, &w.slot.with_file_name("alias")) },
+        Hostile { name: "broker.json: a symlink to a record naming the live broker", plant: |w| {
+            std::fs::create_dir_all(&w.other).unwrap();
+            symlink(&w.elsewhere("broker.json", &w.bait()), &w.other.join("broker.json"))
+        } },
+        Hostile { name: "sessions/: a symlink", plant: |w| moved_dir(&w.root.join("sessions")) },
+        Hostile { name: "the hook's session record: a symlink", plant: |w| {
+            symlink(&w.elsewhere("bystander.json", b"{}"), &w.root.join("sessions/bystander.json"))
+        } },
+        Hostile { name: "a stop ticket: a symlink to one naming the live broker", plant: |w| {
+            symlink(&w.elsewhere("ticket.json", &w.bait_ticket()), &w.root.join("stopping/bait.json"))
+        } },
+        Hostile { name: "events.jsonl: a symlink", plant: |w| {
+            let target = w.elsewhere("events.jsonl", b"");
+            let _ = std::fs::remove_file(w.root.join("events.jsonl"));
+            symlink(&target, &w.root.join("events.jsonl"))
+        } },
+        Hostile { name: "broker.json: a FIFO", plant: |w| {
+            std::fs::create_dir_all(&w.other).unwrap();
+            fifo(&w.other.join("broker.json"))
+        } },
+        Hostile { name: "the hook's session record: a FIFO", plant: |w| fifo(&w.root.join("sessions/bystander.json")) },
+        Hostile { name: "a stop ticket: a FIFO", plant: |w| fifo(&w.root.join("stopping/fifo.json")) },
+        Hostile { name: "events.jsonl: a FIFO", plant: |w| {
+            let _ = std::fs::remove_file(w.root.join("events.jsonl"));
+            fifo(&w.root.join("events.jsonl"))
+        } },
+        Hostile { name: "broker.json: a directory", plant: |w| {
+            let path = w.other.join("broker.json");
+            std::fs::create_dir_all(&path).unwrap();
+            path
+        } },
+        Hostile { name: "the hook's session record: a directory", plant: |w| {
+            let path = w.root.join("sessions/bystander.json");
+            std::fs::create_dir_all(&path).unwrap();
+            path
+        } },
+        Hostile { name: "a stop ticket: a directory", plant: |w| {
+            let path = w.root.join("stopping/dir.json");
+            std::fs::create_dir_all(&path).unwrap();
+            path
+        } },
+        Hostile { name: "events.jsonl: a directory", plant: |w| {
+            let path = w.root.join("events.jsonl");
+            let _ = std::fs::remove_file(&path);
+            std::fs::create_dir_all(&path).unwrap();
+            path
+        } },
+        Hostile { name: "state root: group-writable", plant: |w| {
+            std::fs::set_permissions(&w.root, std::fs::Permissions::from_mode(0o770)).unwrap();
+            w.root.clone()
+        } },
+        Hostile { name: "a slot dir: world-writable", plant: |w| {
+            std::fs::create_dir_all(&w.other).unwrap();
+            std::fs::write(w.other.join("broker.json"), w.bait()).unwrap();
+            std::fs::set_permissions(&w.other, std::fs::Permissions::from_mode(0o777)).unwrap();
+            w.other.clone()
+        } },
+        Hostile { name: "broker.json: owned by another user, naming the live broker", plant: |w| {
+            std::fs::create_dir_all(&w.other).unwrap();
+            let path = w.other.join("broker.json");
+            std::fs::write(&path, w.bait()).unwrap();
+            chown_nobody(&path)
+        } },
+        Hostile { name: "a stop ticket: owned by another user, naming the live broker", plant: |w| {
+            let path = w.root.join("stopping/foreign.json");
+            std::fs::write(&path, w.bait_ticket()).unwrap();
+            chown_nobody(&path)
+        } },
+        Hostile { name: "the hook's session record: owned by another user", plant: |w| {
+            let path = w.root.join("sessions/bystander.json");
+            std::fs::write(&path, b"{\"version\":1,\"session_id\":\"bystander\",\"started_at\":\"x\",\"last_seen\":\"x\"}").unwrap();
+            chown_nobody(&path)
+        } },
+        Hostile { name: "a workspace dir: owned by another user", plant: |w| {
+            std::fs::create_dir_all(&w.other).unwrap();
+            std::fs::write(w.other.join("broker.json"), w.bait()).unwrap();
+            chown_nobody(w.other.parent().unwrap())
+        } },
+        Hostile { name: "the hook's session record: 1 GB (sparse)", plant: |w| sparse(&w.root.join("sessions/bystander.json")) },
+        Hostile { name: "broker.json: 1 GB (sparse)", plant: |w| {
+            std::fs::create_dir_all(&w.other).unwrap();
+            sparse(&w.other.join("broker.json"))
+        } },
+        Hostile { name: "a stop ticket: 1 GB (sparse)", plant: |w| sparse(&w.root.join("stopping/huge.json")) },
+    ]
+}
+
+#[test]
+fn hostile_state_is_refused_with_a_clear_error_and_no_action_and_the_hook_holds_its_deadline() {
+    let cases = hostile_cases();
+    let mut violations: Vec<String> = Vec::new();
+    let mut slowest_hook = Duration::ZERO;
+    for case in &cases {
+        let mut env = Env::new();
+        let _cleanup = StateRootProcesses(env.state_dir().to_path_buf());
+        let ws = env.workspace("app");
+        let (broker, record) = env.spawn_broker_with(&ws, "owner", &[], &["sleep", "600"]);
+        let key = session_reaper::workspace::workspace_key(&ws);
+        let slot = env.state_dir().join("workspaces").join(&key).join("default");
+        let world = HostileWorld {
+            root: env.state_dir().to_path_buf(),
+            other: slot.with_file_name("other"),
+            slot,
+            record,
+        };
+        std::fs::create_dir_all(world.root.join("stopping")).unwrap();
+        let planted = (case.plant)(&world);
+        // A symlinked state root is used as the state root; every other case keeps the real one.
+        let root = if case.name.starts_with("state root: a symlink") { planted.clone() } else { world.root.clone() };
+        let command = |args: &[&str]| {
+            let mut command = Command::new(crate::harness::BIN);
+            command.arg("--state-dir").arg(&root).args(args);
+            crate::harness::scrub_env(&mut command);
+            command
+                .env("TMPDIR", env.work.path())
+                .env("HOME", env.work.path().join("home"))
+                .stdin(Stdio::null());
+            command
+        };
+        let mentioned = planted.file_name().unwrap().to_string_lossy().into_owned();
+        let mut told = false;
+        for event in ["SessionStart", "SessionEnd"] {
+            let mut hook = command(&["hook", "--agent", "claude", "--deadline", "1s"]);
+            hook.env("SESSION_REAPER_SENTINEL", "off");
+            let started = Instant::now();
+            let out = crate::harness::run_bounded_for(hook, Some(&hook_payload("bystander", event, &ws)), Duration::from_secs(10));
+            let took = started.elapsed();
+            slowest_hook = slowest_hook.max(took);
+            if out.status.code() != Some(0) || !out.stdout.is_empty() {
+                violations.push(format!("{}: hook {event}: {out:?}", case.name));
+            }
+            if took > Duration::from_millis(2500) {
+                violations.push(format!("{}: hook {event} took {took:?} (deadline 1 s)", case.name));
+            }
+            told |= stderr(&out).contains(&mentioned);
+        }
+        for args in [
+            &["status", "--json"][..],
+            &["sweep", "--json"],
+            &["reap", "--session", "bystander", "--json"],
+            &["log"],
+            &["doctor"],
+        ] {
+            let started = Instant::now();
+            let out = crate::harness::run_bounded_for(command(args), None, Duration::from_secs(10));
+            let code = out.status.code();
+            if !code.is_some_and(|code| code <= 2) || stderr(&out).contains("panicked") {
+                violations.push(format!("{}: {args:?} exited {code:?}: {}", case.name, stderr(&out)));
+            }
+            if started.elapsed() > Duration::from_secs(9) {
+                violations.push(format!("{}: {args:?} hung", case.name));
+            }
+            if code == Some(2) && stderr(&out).trim().lines().count() != 1 {
+                violations.push(format!("{}: {args:?}: not a one-line error: {}", case.name, stderr(&out)));
+            }
+            told |= stderr(&out).contains(&mentioned) || crate::harness::stdout(&out).contains(&mentioned);
+        }
+        if !told {
+            violations.push(format!("{}: no command named {mentioned}", case.name));
+        }
+        if !broker.alive() {
+            violations.push(format!("{}: the live broker was stopped", case.name));
+        }
+        let _ = std::fs::set_permissions(&world.root, std::fs::Permissions::from_mode(0o700));
+    }
+    println!(
+        "reliability hostile state: {} cases x 7 commands, slowest hook {slowest_hook:?} (deadline 1 s), {} violations",
+        cases.len(),
+        violations.len()
+    );
+    assert!(violations.is_empty(), "{violations:#?}");
+}
