@@ -1340,3 +1340,107 @@ fn hostile_state_is_refused_with_a_clear_error_and_no_action_and_the_hook_holds_
     );
     assert!(violations.is_empty(), "{violations:#?}");
 }
+
+/// Runs in a private mount namespace (`unshare --mount`): a 64 KiB tmpfs as the state root's filesystem, a live
+/// broker recorded on it, the disk then filled; every command's exit code, stderr and wall time go to `$out`.
+const FULL_DISK_SCRIPT: &str = r#"
+set -u
+bin=$1 disk=$2 out=$3 ws=$4
+mount -t tmpfs -o size=64k tmpfs "$disk" || { echo "mount failed" >&2; exit 3; }
+mkdir -m 700 "$disk/state"
+state="$disk/state"
+run() { # name, stdin file or -, command...
+    name=$1 input=$2; shift 2
+    start=$(date +%s%N)
+    if [ "$input" = - ]; then "$bin" --state-dir "$state" "$@" </dev/null >"$out/$name.stdout" 2>"$out/$name.stderr"
+    else "$bin" --state-dir "$state" "$@" <"$input" >"$out/$name.stdout" 2>"$out/$name.stderr"; fi
+    echo "$name $? $(( ($(date +%s%N) - start) / 1000000 ))" >>"$out/codes"
+}
+run spawn - broker spawn --cwd "$ws" --session owner -- sleep 600
+dd if=/dev/zero of="$disk/fill" bs=1k 2>/dev/null
+echo "free $(df -k "$disk" | awk 'NR==2 {print $4}')" >>"$out/codes"
+printf '{"session_id":"bystander","hook_event_name":"SessionStart","cwd":"%s","source":"startup"}' "$ws" >"$out/start.json"
+printf '{"session_id":"bystander","hook_event_name":"SessionEnd","cwd":"%s","reason":"other"}' "$ws" >"$out/end.json"
+SESSION_REAPER_SENTINEL=off run hook_start "$out/start.json" hook --agent claude --deadline 1s
+SESSION_REAPER_SENTINEL=off run hook_end "$out/end.json" hook --agent claude --deadline 1s
+run spawn_second - broker spawn --cwd "$ws" --name second --session owner -- sleep 600
+run attach - broker attach --cwd "$ws" --session another
+run detach - broker detach --cwd "$ws" --session owner
+run sweep - sweep
+run status - status --json
+cat "$state"/workspaces/*/default/broker.json >"$out/after.json"
+"#;
+
+#[test]
+fn a_full_disk_is_refused_with_a_clear_error_loses_no_record_and_leaks_no_broker() {
+    let env = Env::new();
+    let _cleanup = StateRootProcesses(env.work.path().join("disk/state"));
+    let ws = env.workspace("app");
+    let disk = env.work.path().join("disk");
+    let out_dir = env.work.path().join("out");
+    std::fs::create_dir_all(&disk).unwrap();
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let mut command = Command::new("unshare");
+    command
+        .args(["--mount", "--propagation", "private", "sh", "-c", FULL_DISK_SCRIPT, "sh"])
+        .arg(crate::harness::BIN)
+        .arg(&disk)
+        .arg(&out_dir)
+        .arg(&ws);
+    crate::harness::scrub_env(&mut command);
+    let out = run_bounded(command, None);
+    assert!(out.status.success(), "the full-disk setup failed (unshare, mount as root): {}", stderr(&out));
+    let codes = std::fs::read_to_string(out_dir.join("codes")).unwrap();
+    let code_of = |name: &str| -> (i32, u64) {
+        let line = codes.lines().find(|line| line.split(' ').next() == Some(name)).unwrap_or_else(|| panic!("{name} never ran: {codes}"));
+        let words: Vec<&str> = line.split(' ').collect();
+        (words[1].parse().unwrap(), words[2].parse().unwrap())
+    };
+    let text = |name: &str| std::fs::read_to_string(out_dir.join(name)).unwrap_or_default();
+    assert_eq!(code_of("spawn").0, 0, "the first spawn (with space left) failed: {}", text("spawn.stderr"));
+    let spawned: Value = serde_json::from_str(&text("spawn.stdout")).expect("spawn printed the record");
+    let broker = recorded_proc(&spawned).expect("the broker's identity");
+    assert!(codes.contains("free 0"), "the disk is not full: {codes}");
+    let mut violations = Vec::new();
+    for hook in ["hook_start", "hook_end"] {
+        let (code, ms) = code_of(hook);
+        if code != 0 || !text(&format!("{hook}.stdout")).is_empty() || ms > 2500 {
+            violations.push(format!("{hook}: exit {code}, {ms} ms, stdout {:?}", text(&format!("{hook}.stdout"))));
+        }
+    }
+    for name in ["spawn_second", "attach", "detach", "sweep", "status"] {
+        let (code, _) = code_of(name);
+        let err = text(&format!("{name}.stderr"));
+        if !(0..=2).contains(&code) || err.contains("panicked") {
+            violations.push(format!("{name}: exit {code}: {err}"));
+        }
+        if code != 0 && err.trim().lines().count() != 1 {
+            violations.push(format!("{name}: exit {code} without a one-line error: {err:?}"));
+        }
+    }
+    if code_of("spawn_second").0 == 0 {
+        violations.push("a spawn on a full disk reported success".to_owned());
+    }
+    // The record survived every failed write, and names the live broker.
+    let after: Value = serde_json::from_str(&text("after.json")).unwrap_or(Value::Null);
+    if recorded_proc(&after) != Some(broker) {
+        violations.push(format!("the record was lost or changed: {after}"));
+    }
+    if !broker.alive() {
+        violations.push("the live broker was stopped".to_owned());
+    }
+    // No broker of that state root runs without a record: a spawn that cannot record must not leave its process.
+    let leaked: Vec<Proc> = marked_with_state_root(&disk.join("state"))
+        .into_iter()
+        .filter(|proc| *proc != broker)
+        .collect();
+    if !leaked.is_empty() {
+        violations.push(format!("brokers running without a record: {leaked:?}"));
+    }
+    println!(
+        "reliability full disk: 64 KiB tmpfs filled, 7 commands, {} violations; {}",
+        violations.len(),
+        codes.replace('\n', "; ")
+    );
+    assert!(violations.is_empty(), "{violations:#?}\n{codes}\nsecond spawn: {}\nattach: {}", text("spawn_second.stderr"), text("attach.stderr"));
+}
