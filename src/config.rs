@@ -41,7 +41,7 @@ impl Config {
     pub fn from_cli(cli: &Cli) -> anyhow::Result<(Config, Request)> {
         let config = Config::new(cli.state_dir.as_deref(), cli.verbose)?;
         let request = match &cli.command {
-            Command::Hook(args) => Request::Hook(hook_request(args)),
+            Command::Hook(args) => Request::Hook(hook_request(args)?),
             Command::Broker(command) => Request::Broker(broker_request(command, &config)?),
             Command::Reap(args) => Request::Reap(reap_request(args)?),
             Command::Sweep(args) => Request::Sweep(sweep_request(args)?),
@@ -79,7 +79,7 @@ pub enum Request {
     Finish,
 }
 
-/// `hook`: never refused here (a hook must exit 0); its own problems are reported by the hook.
+/// `hook`: its flags are checked here like any other; a refusal is reported by the hook, which still exits 0.
 #[derive(Clone, Debug)]
 pub struct HookRequest {
     pub agent: Option<Agent>,
@@ -91,19 +91,19 @@ pub struct HookRequest {
 }
 
 /// The hook request of `session-reaper hook …`. A `--codex-state` dir that does not exist is looked at and found
-/// empty: a hook refuses nothing.
-pub fn hook_request(args: &HookArgs) -> HookRequest {
-    HookRequest {
+/// empty: a hook refuses nothing but an out-of-bounds duration (reported, exit 0).
+pub fn hook_request(args: &HookArgs) -> anyhow::Result<HookRequest> {
+    Ok(HookRequest {
         agent: args.agent.agent(),
         event: args.event.clone(),
-        deadline: args.deadline,
-        stdin_timeout: args.stdin_timeout,
+        deadline: check_bounded(args.deadline, "--deadline", MAX_WAIT)?,
+        stdin_timeout: check_bounded(args.stdin_timeout, "--stdin-timeout", MAX_WAIT)?,
         owner_pid: args.owner_pid,
         codex: Discovery {
             enabled: !args.codex.no_codex,
             extra_roots: args.codex.codex_state.clone(),
         },
-    }
+    })
 }
 
 /// `--codex-state DIR…` (each an existing directory) and `--no-codex`.
@@ -396,7 +396,10 @@ fn reap_request(args: &ReapArgs) -> anyhow::Result<ReapRequest> {
     Ok(ReapRequest {
         target,
         reason,
-        deadline: args.deadline,
+        deadline: args
+            .deadline
+            .map(|deadline| check_bounded(deadline, "--deadline", MAX_WAIT))
+            .transpose()?,
         dry_run: args.dry_run,
         json: args.json,
         codex: codex_discovery(&args.codex)?,
@@ -416,7 +419,7 @@ pub struct SweepRequest {
 fn sweep_request(args: &SweepArgs) -> anyhow::Result<SweepRequest> {
     Ok(SweepRequest {
         idle_ttl: check_idle_ttl(args.idle_ttl, "--idle-ttl")?,
-        retention: args.retention,
+        retention: check_bounded(args.retention, "--retention", MAX_HISTORY)?,
         dry_run: args.dry_run,
         json: args.json,
         codex: codex_discovery(&args.codex)?,
@@ -434,7 +437,10 @@ fn log_request(args: &LogArgs) -> anyhow::Result<LogRequest> {
     Ok(LogRequest {
         filter: Filter {
             session: args.session.as_deref().map(SessionId::parse).transpose()?,
-            since: args.since,
+            since: args
+                .since
+                .map(|since| check_bounded(since, "--since", MAX_HISTORY))
+                .transpose()?,
             action: args.action.clone(),
         },
         json: args.json,
@@ -474,21 +480,33 @@ fn settings_request(args: &InstallArgs, operation: Operation) -> SettingsRequest
 /// The longest idle TTL a sweep accepts.
 pub const MAX_IDLE_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
+/// The longest wait a flag may ask for: a deadline, a stdin timeout, a grace.
+pub const MAX_WAIT: Duration = Duration::from_secs(3600);
+/// The furthest back a flag may reach: `--since`, `--retention` (ten years of 365.25 days, as humantime counts).
+pub const MAX_HISTORY: Duration = Duration::from_secs(10 * 31_557_600);
+
 /// Refuses an idle TTL beyond 30 days (zero disables and is fine).
 pub fn check_idle_ttl(ttl: Duration, flag: &str) -> anyhow::Result<Duration> {
-    if ttl > MAX_IDLE_TTL {
+    check_bounded(ttl, flag, MAX_IDLE_TTL).map_err(|err| bad_input(format!("{err} (0 disables)")))
+}
+
+/// Refuses a duration flag beyond its bound, naming the flag, the value and the bound (exit 2).
+pub fn check_bounded(value: Duration, flag: &str, max: Duration) -> anyhow::Result<Duration> {
+    if value > max {
         return Err(bad_input(format!(
-            "{flag} {}: expected at most 30 days (0 disables)",
-            in_days(ttl)
+            "{flag} {}: expected at most {}",
+            in_days(value),
+            in_days(max)
         )));
     }
-    Ok(ttl)
+    Ok(value)
 }
 
 /// A long duration as people write it: whole days when it is whole days.
 fn in_days(duration: Duration) -> String {
     let secs = duration.as_secs();
-    if secs.is_multiple_of(86_400) && duration.subsec_nanos() == 0 {
+    // Beyond a year humantime's own form (`500000000000years`) reads better than a count of days.
+    if secs.is_multiple_of(86_400) && duration.subsec_nanos() == 0 && secs < 365 * 86_400 {
         format!("{}days", secs / 86_400)
     } else {
         humantime::format_duration(duration).to_string()
@@ -497,13 +515,7 @@ fn in_days(duration: Duration) -> String {
 
 /// Refuses a grace beyond an hour: a stop that long is a mistake.
 pub fn check_grace(grace: Duration) -> anyhow::Result<Duration> {
-    if grace > Duration::from_secs(3600) {
-        return Err(bad_input(format!(
-            "--grace {}: expected at most 1h",
-            humantime::format_duration(grace)
-        )));
-    }
-    Ok(grace)
+    check_bounded(grace, "--grace", MAX_WAIT)
 }
 
 #[cfg(test)]
@@ -523,5 +535,18 @@ mod tests {
     fn a_grace_over_an_hour_is_refused() {
         assert!(check_grace(Duration::from_secs(3600)).is_ok());
         assert!(check_grace(Duration::from_secs(3601)).is_err());
+    }
+
+    #[test]
+    fn absurd_durations_are_refused_by_name() {
+        let absurd = crate::clock::parse_duration("500000000000years").unwrap();
+        let err = check_bounded(absurd, "--deadline", MAX_WAIT).unwrap_err();
+        assert_eq!(crate::error::exit_code_of(&err), 2);
+        let text = err.to_string();
+        assert!(
+            text.starts_with("--deadline ") && text.ends_with("expected at most 1h"),
+            "{text}"
+        );
+        assert!(check_bounded(MAX_HISTORY, "--since", MAX_HISTORY).is_ok());
     }
 }

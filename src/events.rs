@@ -7,9 +7,12 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::clock;
+use crate::lock;
 use crate::state::{EVENTS, StateRoot};
 
 const ROTATE_AT: u64 = 1024 * 1024;
+/// The largest log file `log` reads: far above what rotation lets one grow to.
+const READ_LIMIT: u64 = 64 * ROTATE_AT;
 
 /// Why something was stopped, pruned or ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -162,7 +165,9 @@ impl EventLog {
     /// Appends, and reports a failure to stderr instead of failing: the log must never stop an action.
     pub fn record(&self, event: &Event) {
         if let Err(err) = self.append(event) {
-            eprintln!(
+            // Never `eprintln!`: a closed stderr must not turn a logging failure into a panic.
+            let _ = writeln!(
+                std::io::stderr(),
                 "session-reaper: cannot write {}: {err:#}",
                 self.path().display()
             );
@@ -180,12 +185,9 @@ impl EventLog {
 
     /// Moves the log to `events.jsonl.1` (one old file kept). A lock makes concurrent writers rotate once.
     fn rotate(&self) {
-        let Ok(lock) = self.root.open_lock_file(&self.root.join("events.lock")) else {
+        let Ok(Some(_lock)) = lock::try_lock(&self.root, &self.root.join("events.lock")) else {
             return;
         };
-        if lock.try_lock().is_err() {
-            return;
-        }
         let still_big = std::fs::metadata(self.path()).is_ok_and(|meta| meta.len() > ROTATE_AT);
         if still_big {
             let _ = std::fs::rename(self.path(), self.rotated_path());
@@ -196,7 +198,7 @@ impl EventLog {
     pub fn read_all(&self) -> Vec<Event> {
         [self.rotated_path(), self.path()]
             .iter()
-            .filter_map(|path| self.root.read_file(path).ok().flatten())
+            .filter_map(|path| self.root.read_file_limited(path, READ_LIMIT).ok().flatten())
             .flat_map(|bytes| {
                 String::from_utf8_lossy(&bytes)
                     .lines()

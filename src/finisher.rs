@@ -4,15 +4,19 @@
 
 use std::time::{Duration, Instant};
 
+use crate::deadline::Deadline;
 use crate::error::Outcome;
 use crate::launch;
+use crate::lock;
 use crate::proc;
 use crate::record::StopTicket;
 use crate::signal::Guard;
-use crate::stop::STUCK_AFTER;
+use crate::stop::{STUCK_AFTER, StopOutcome};
 use crate::store::Store;
 
 const LOCK: &str = "finisher.lock";
+/// How long to wait before looking again at tickets another process drives.
+const ELSEWHERE_POLL: Duration = Duration::from_millis(25);
 /// How long one finisher may run at most.
 const LIFETIME: Duration = Duration::from_secs(600);
 
@@ -25,14 +29,16 @@ pub fn start(store: &Store) -> anyhow::Result<()> {
 
 /// True while a finisher holds the lock (for `doctor` and `status`).
 pub fn is_running(store: &Store) -> bool {
-    // Opened without creating it: `status` and `doctor` change nothing.
-    std::fs::File::open(store.root.join(LOCK)).is_ok_and(|file| file.try_lock().is_err())
+    // Creates nothing: `status` and `doctor` change nothing.
+    lock::is_held(&store.root, &store.root.join(LOCK))
 }
 
 /// A ticket this host's finisher can work on: not stuck (a sweep retries those) and not another host's (a state root
-/// shared over a network home), which no run here ever completes.
+/// shared over a network home) or another pid namespace's, which no run here ever completes.
 fn is_workable(ticket: &StopTicket, host: &str) -> bool {
-    ticket.attempts < STUCK_AFTER && !crate::record::is_other_host(&ticket.host, host)
+    ticket.attempts < STUCK_AFTER
+        && !crate::record::is_other_host(&ticket.host, host)
+        && !ticket.identity.is_other_pid_ns(proc::own_pid_ns())
 }
 
 /// True when some ticket waits for a finisher: a hook starts one even when its own stops all completed.
@@ -47,10 +53,10 @@ pub fn has_work(store: &Store) -> bool {
 
 /// The finisher's loop.
 pub fn run(store: &Store) -> anyhow::Result<Outcome> {
-    let lock = store.root.open_lock_file(&store.root.join(LOCK))?;
-    if lock.try_lock().is_err() {
+    let lock_path = store.root.join(LOCK);
+    let Some(mut held) = lock::try_lock(&store.root, &lock_path)? else {
         return Ok(Outcome::Done);
-    }
+    };
     let stopper = store.stopper(Guard::new());
     let started = Instant::now();
     let host = proc::host_name();
@@ -63,20 +69,28 @@ pub fn run(store: &Store) -> anyhow::Result<Outcome> {
         if workable.is_empty() {
             // Release, then look once more: a hook that filed a ticket while we held the lock saw its own finisher
             // refused, so the ticket is ours to take.
-            lock.unlock()?;
+            drop(held);
             let again = store
                 .tickets
                 .pending(&store.log)
                 .iter()
                 .any(|ticket| is_workable(ticket, &host));
-            if !again || lock.try_lock().is_err() {
-                return Ok(Outcome::Done);
+            match lock::try_lock(&store.root, &lock_path)? {
+                Some(again_held) if again => held = again_held,
+                _ => return Ok(Outcome::Done),
             }
             continue;
         }
         if started.elapsed() > LIFETIME {
             return Ok(Outcome::Partial);
         }
-        stopper.run(workable, Instant::now() + Duration::from_secs(30));
+        let reports = stopper.run(workable, Deadline::after(Duration::from_secs(30)));
+        // Every ticket left is driven by another process (a sweep, a hook): look again shortly, without spinning.
+        if reports
+            .iter()
+            .all(|report| report.outcome == StopOutcome::DrivenElsewhere)
+        {
+            std::thread::sleep(ELSEWHERE_POLL);
+        }
     }
 }

@@ -14,6 +14,7 @@ use serde_json::Value;
 use crate::agent::Agent;
 use crate::clock;
 use crate::config::{Config, HookRequest};
+use crate::deadline::Deadline;
 use crate::error::bad_input;
 use crate::events::{Event, Reason};
 use crate::finisher;
@@ -29,18 +30,18 @@ const EXIT_MARGIN: Duration = Duration::from_millis(150);
 
 /// Runs the hook; never fails, never prints to stdout.
 pub fn run(args: &HookRequest, state_dir_flag: Option<&Path>) {
-    let started = Instant::now();
-    let deadline = started + args.deadline;
+    let deadline = Deadline::after(args.deadline);
     let store =
         Config::new(state_dir_flag, false).and_then(|config| Store::open(&config.state_dir));
-    let result = read_payload(args.stdin_timeout.min(args.deadline)).and_then(|payload| {
-        handle(
-            args,
-            store.as_ref().map_err(|err| anyhow::anyhow!("{err:#}"))?,
-            &payload,
-            deadline,
-        )
-    });
+    let result =
+        read_payload(Deadline::after(args.stdin_timeout).min(deadline)).and_then(|payload| {
+            handle(
+                args,
+                store.as_ref().map_err(|err| anyhow::anyhow!("{err:#}"))?,
+                &payload,
+                deadline,
+            )
+        });
     if let Err(err) = result {
         report(store.as_ref().ok(), &format!("{err:#}"));
     }
@@ -49,10 +50,13 @@ pub fn run(args: &HookRequest, state_dir_flag: Option<&Path>) {
 /// One stderr line and one event; the hook still exits 0.
 pub fn report(store: Option<&Store>, message: &str) {
     let line = message.replace('\n', " ");
-    let _ = writeln!(std::io::stderr(), "session-reaper hook: {line}");
+    // The event first: a stderr nobody reads (a full pipe) may block the line until the watchdog ends us.
     if let Some(store) = store {
-        store.log.record(&Event::new("hook", "error").detail(line));
+        store
+            .log
+            .record(&Event::new("hook", "error").detail(line.clone()));
     }
+    let _ = writeln!(std::io::stderr(), "session-reaper hook: {line}");
 }
 
 /// What we use of a hook payload; everything else is ignored.
@@ -153,7 +157,7 @@ fn handle(
     args: &HookRequest,
     store: &Store,
     payload: &Value,
-    deadline: Instant,
+    deadline: Deadline,
 ) -> anyhow::Result<()> {
     let payload = Payload::from_json(payload)?;
     let event_name = payload
@@ -163,9 +167,9 @@ fn handle(
         .unwrap_or_default();
     let agent = detect_agent(args.agent, &payload);
     match HookEvent::parse(&event_name) {
-        HookEvent::SessionStart => session_start(args, store, &payload, agent),
+        HookEvent::SessionStart => session_start(args, store, &payload, agent, deadline),
         HookEvent::SessionEnd => session_end(store, &payload, agent, deadline, &args.codex),
-        HookEvent::Other => touch_session(args, store, &payload, agent),
+        HookEvent::Other => touch_session(args, store, &payload, agent, deadline),
     }
 }
 
@@ -186,8 +190,15 @@ fn session_start(
     store: &Store,
     payload: &Payload,
     agent: Option<Agent>,
+    deadline: Deadline,
 ) -> anyhow::Result<()> {
-    let record = refresh_session(args, store, payload, agent, true)?;
+    let record = refresh_session(
+        args,
+        store,
+        payload,
+        agent,
+        (true, deadline.less(EXIT_MARGIN)),
+    )?;
     store.log.record(
         &Event::new("session_start", "recorded")
             .session(Some(payload.session.as_str()))
@@ -206,8 +217,16 @@ fn touch_session(
     store: &Store,
     payload: &Payload,
     agent: Option<Agent>,
+    deadline: Deadline,
 ) -> anyhow::Result<()> {
-    refresh_session(args, store, payload, agent, false).map(drop)
+    refresh_session(
+        args,
+        store,
+        payload,
+        agent,
+        (false, deadline.less(EXIT_MARGIN)),
+    )
+    .map(drop)
 }
 
 /// Writes the session's record refreshed from the payload, under its lock; returns it.
@@ -216,17 +235,19 @@ fn refresh_session(
     store: &Store,
     payload: &Payload,
     agent: Option<Agent>,
-    starting: bool,
+    (starting, deadline): (bool, Deadline),
 ) -> anyhow::Result<Option<SessionRecord>> {
     let identity = agent_identity(args)?;
     store
         .sessions
-        .update(&payload.session, Duration::from_millis(300), |current| {
+        .update(&payload.session, deadline, |current| {
+            // An ancestor that has already exited (a forking wrapper) is never recorded as the agent.
+            let identity = identity.clone().filter(proc::is_alive);
             Ok(Some(refreshed(
                 current.cloned(),
                 payload,
                 agent,
-                identity.clone(),
+                identity,
                 starting,
             )))
         })
@@ -267,6 +288,7 @@ fn refreshed(
 
 /// Appends `export SESSION_REAPER_SESSION_ID='<id>'` to `$CLAUDE_ENV_FILE` and `$CODEX_ENV_FILE` (each once).
 fn export_session_id(session: &SessionId) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let mut files: Vec<std::path::PathBuf> = ["CLAUDE_ENV_FILE", "CODEX_ENV_FILE"]
         .iter()
         .filter_map(|name| {
@@ -276,12 +298,18 @@ fn export_session_id(session: &SessionId) -> anyhow::Result<()> {
         })
         .collect();
     files.dedup();
+    let uid = nix::unistd::geteuid().as_raw();
     for file in files {
-        let mut handle = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(&file)
-            .with_context(|| format!("opening env file {}", file.display()))?;
+        // Like a state file: no symlink followed, no blocking on a FIFO, a regular file of ours or nothing.
+        let mut handle = crate::state::open_nofollow(
+            &file,
+            std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .mode(0o600),
+        )
+        .with_context(|| format!("opening env file {}", file.display()))?;
+        crate::state::check_regular_file(&handle, &file, uid)?;
         // The id is validated to [A-Za-z0-9._-], so single quotes need no escaping.
         writeln!(handle, "export SESSION_REAPER_SESSION_ID='{session}'")
             .with_context(|| format!("writing env file {}", file.display()))?;
@@ -295,7 +323,7 @@ fn session_end(
     store: &Store,
     payload: &Payload,
     agent: Option<Agent>,
-    deadline: Instant,
+    deadline: Deadline,
     codex: &crate::adapters::codex_plugin::Discovery,
 ) -> anyhow::Result<()> {
     let guard = Guard::new();
@@ -312,15 +340,8 @@ fn session_end(
         dry_run: false,
         codex: codex.clone(),
     };
-    let work_deadline = deadline.checked_sub(EXIT_MARGIN).unwrap_or(deadline);
-    let report = teardown::end_session(
-        store,
-        &guard,
-        &ending,
-        work_deadline
-            .checked_sub(EXIT_MARGIN)
-            .unwrap_or(work_deadline),
-    );
+    let work_deadline = deadline.less(EXIT_MARGIN);
+    let report = teardown::end_session(store, &guard, &ending, work_deadline.less(EXIT_MARGIN));
     store.stopper(guard).run(report.tickets, work_deadline);
     // Its own stops still running, or tickets an earlier, killed finisher left: a finisher completes them.
     if finisher::has_work(store) {
@@ -332,20 +353,29 @@ fn session_end(
     Ok(())
 }
 
-/// Reads exactly one JSON value from stdin, waiting at most `timeout` and never for end-of-file.
-pub fn read_payload(timeout: Duration) -> anyhow::Result<Value> {
+/// Reads exactly one JSON value from stdin, waiting no later than `deadline` and never for end-of-file.
+pub fn read_payload(deadline: Deadline) -> anyhow::Result<Value> {
     let stdin = std::io::stdin();
-    read_one_value(stdin.as_fd(), timeout)
+    read_one_value(stdin.as_fd(), deadline)
 }
 
+/// The largest hook payload we read: real ones are well under a KiB (a transcript path, a cwd, a few names).
+pub const PAYLOAD_LIMIT: usize = 4 * 1024 * 1024;
+
 /// Reads from `fd` until one whole JSON value has arrived; malformed input fails at once.
-pub fn read_one_value(fd: std::os::fd::BorrowedFd<'_>, timeout: Duration) -> anyhow::Result<Value> {
+pub fn read_one_value(
+    fd: std::os::fd::BorrowedFd<'_>,
+    deadline: Deadline,
+) -> anyhow::Result<Value> {
     use rustix::event::{PollFd, PollFlags, Timespec, poll};
-    let deadline = Instant::now() + timeout;
+    let started = Instant::now();
     let mut buffer: Vec<u8> = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
+    // Parse again only when the last read could have completed a value: an object or array ends with `}` or `]`
+    // (so a slow, large payload costs one parse per closing bracket, not one per chunk); anything else parses at once.
+    let mut parse_due = false;
     loop {
-        if buffer.iter().any(|byte| !byte.is_ascii_whitespace()) {
+        if std::mem::take(&mut parse_due) {
             let mut values = serde_json::Deserializer::from_slice(&buffer).into_iter::<Value>();
             match values.next() {
                 Some(Ok(value)) => return Ok(value),
@@ -358,11 +388,16 @@ pub fn read_one_value(fd: std::os::fd::BorrowedFd<'_>, timeout: Duration) -> any
                 None => {}
             }
         }
-        let remaining = deadline.saturating_duration_since(Instant::now());
+        if buffer.len() > PAYLOAD_LIMIT {
+            return Err(bad_input(format!(
+                "hook payload on stdin: expected at most {PAYLOAD_LIMIT} bytes of JSON, got more"
+            )));
+        }
+        let remaining = deadline.remaining();
         if remaining.is_zero() {
             return Err(bad_input(format!(
                 "hook payload on stdin: no complete JSON value within {}",
-                humantime::format_duration(timeout)
+                humantime::format_duration(Duration::from_millis(clock::millis(started.elapsed())))
             )));
         }
         let timespec = Timespec::try_from(remaining).unwrap_or(Timespec {
@@ -383,7 +418,16 @@ pub fn read_one_value(fd: std::os::fd::BorrowedFd<'_>, timeout: Duration) -> any
                     "hook payload on stdin: expected JSON, got a truncated value".to_owned()
                 }));
             }
-            Ok(read) => buffer.extend_from_slice(&chunk[..read]),
+            Ok(read) => {
+                let fresh = &chunk[..read];
+                buffer.extend_from_slice(fresh);
+                let container = buffer
+                    .iter()
+                    .find(|byte| !byte.is_ascii_whitespace())
+                    .is_some_and(|first| matches!(first, b'{' | b'['));
+                parse_due = buffer.iter().any(|byte| !byte.is_ascii_whitespace())
+                    && (!container || fresh.iter().any(|byte| matches!(byte, b'}' | b']')));
+            }
             Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => {}
             Err(err) => return Err(err).context("reading the hook payload"),
         }
@@ -439,19 +483,38 @@ mod tests {
         writer
             .write_all(b"{\"session_id\": \"a\"} trailing")
             .unwrap();
-        let value = read_one_value(reader.as_fd(), Duration::from_secs(5)).unwrap();
+        let value =
+            read_one_value(reader.as_fd(), Deadline::after(Duration::from_secs(5))).unwrap();
         assert_eq!(value["session_id"], "a");
         drop(writer);
+    }
+
+    #[test]
+    fn an_endless_payload_is_refused_at_its_size_bound() {
+        let (reader, mut writer) = std::io::pipe().unwrap();
+        let feeder = std::thread::spawn(move || {
+            let _ = writer.write_all(b"{\"session_id\": \"");
+            let chunk = vec![b'a'; 64 * 1024];
+            while writer.write_all(&chunk).is_ok() {}
+        });
+        let err =
+            read_one_value(reader.as_fd(), Deadline::after(Duration::from_secs(30))).unwrap_err();
+        assert!(err.to_string().contains("expected at most"), "{err}");
+        drop(reader);
+        feeder.join().unwrap();
     }
 
     #[test]
     fn times_out_on_silence_and_fails_fast_on_garbage() {
         let (reader, mut writer) = std::io::pipe().unwrap();
         let started = Instant::now();
-        assert!(read_one_value(reader.as_fd(), Duration::from_millis(100)).is_err());
+        assert!(
+            read_one_value(reader.as_fd(), Deadline::after(Duration::from_millis(100))).is_err()
+        );
         assert!(started.elapsed() < Duration::from_secs(5));
         writer.write_all(b"not json").unwrap();
-        let err = read_one_value(reader.as_fd(), Duration::from_secs(30)).unwrap_err();
+        let err =
+            read_one_value(reader.as_fd(), Deadline::after(Duration::from_secs(30))).unwrap_err();
         assert!(err.to_string().contains("expected JSON"), "{err}");
     }
 }

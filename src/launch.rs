@@ -1,5 +1,6 @@
-//! Starting detached processes: brokers (own session, stdin null, output to a log, agent markers stripped from the
-//! environment) and the finisher (setsid and a double fork, so no agent waits on it).
+//! Starting detached processes: brokers (own session, stdin null, output to a log, session variables stripped from
+//! the environment, a fresh lineage token added) and the finisher (setsid and a double fork, so no agent waits on
+//! it). Neither inherits any descriptor of the caller but 0-2: an agent waits for EOF on the hook's pipes.
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
@@ -9,54 +10,69 @@ use std::process::{Child, Command, Stdio};
 
 use anyhow::Context;
 
-/// Environment variables that mark a process as running inside an agent session; a broker outlives the session,
-/// so it must not carry them (a child `claude` would think it is nested).
-pub fn is_agent_marker(name: &str) -> bool {
-    name.starts_with("CLAUDECODE") || name.starts_with("CLAUDE_CODE_")
+/// Environment variables that tie a process to one agent session; a broker outlives the session, so it must not
+/// carry them (a child `claude` would think it is nested; a leftover scan would take the broker for the session's).
+pub fn is_session_variable(name: &str) -> bool {
+    const EXACT: &[&str] = &[
+        "CLAUDE_PID",
+        "SESSION_REAPER_SESSION_ID",
+        "GEMINI_SESSION_ID",
+        "QWEN_CODE_SESSION_ID",
+        "CODEX_THREAD_ID",
+        "CODEX_SESSION_ID",
+    ];
+    name.starts_with("CLAUDECODE") || name.starts_with("CLAUDE_CODE_") || EXACT.contains(&name)
+}
+
+/// The variables a broker carries so that a sweep can find it when its record is lost: which slot it is, of which
+/// state root (a sweep judges only its own root's brokers), and the lineage token that every process of its tree
+/// inherits wherever it moves in the process tree.
+pub const BROKER_MARKER: &str = "SESSION_REAPER_BROKER";
+pub const STATE_ROOT_MARKER: &str = "SESSION_REAPER_STATE_ROOT";
+pub const LINEAGE_MARKER: &str = "SESSION_REAPER_LINEAGE";
+
+/// Where a broker is started and what marks it.
+pub struct BrokerLaunch<'a> {
+    pub cwd: &'a Path,
+    pub log: &'a Path,
+    pub marker: &'a str,
+    pub state_root: &'a Path,
+    pub lineage: &'a str,
 }
 
 /// Starts `argv` as a broker in its own session (pid = pgid = sid). Returns once the child has exec'd: `spawn`
 /// reports exec failure through a close-on-exec pipe, so success means the program is running.
-/// The variables a broker carries so that a sweep can find it when its record is lost: which slot it is, and of
-/// which state root (a sweep judges only its own root's brokers).
-pub const BROKER_MARKER: &str = "SESSION_REAPER_BROKER";
-pub const STATE_ROOT_MARKER: &str = "SESSION_REAPER_STATE_ROOT";
-
-pub fn spawn_broker(
-    argv: &[String],
-    cwd: &Path,
-    log: &Path,
-    marker: &str,
-    state_root: &Path,
-) -> anyhow::Result<Child> {
+pub fn spawn_broker(argv: &[String], launch: &BrokerLaunch<'_>) -> anyhow::Result<Child> {
     let (program, arguments) = argv.split_first().context("no broker command given")?;
-    let output = OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .open(log)
-        .with_context(|| format!("opening broker log {}", log.display()))?;
+    let log = launch.log;
+    let output = crate::state::open_nofollow(
+        log,
+        OpenOptions::new().append(true).create(true).mode(0o600),
+    )
+    .with_context(|| format!("opening broker log {}", log.display()))?;
+    crate::state::check_regular_file(&output, log, nix::unistd::geteuid().as_raw())?;
     let mut command = Command::new(program);
     command
         .args(arguments)
-        .current_dir(cwd)
+        .current_dir(launch.cwd)
         .stdin(Stdio::null())
         .stdout(output.try_clone()?)
         .stderr(output);
     for (name, _) in std::env::vars_os() {
-        if name.to_str().is_some_and(is_agent_marker) {
+        if name.to_str().is_some_and(is_session_variable) {
             command.env_remove(name);
         }
     }
     command
-        .env(BROKER_MARKER, marker)
-        .env(STATE_ROOT_MARKER, state_root);
-    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+        .env(BROKER_MARKER, launch.marker)
+        .env(STATE_ROOT_MARKER, launch.state_root)
+        .env(LINEAGE_MARKER, launch.lineage);
+    // SAFETY: setsid and fcntl/close_range are async-signal-safe and touch no memory of the parent.
     unsafe {
         command.pre_exec(|| {
-            nix::unistd::setsid()
-                .map(drop)
-                .map_err(std::io::Error::from)
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            close_inherited_on_exec();
+            Ok(())
         });
     }
     command
@@ -76,14 +92,18 @@ pub fn spawn_detached(exe: &Path, args: &[&str], env: &[(&str, &Path)]) -> anyho
     for (name, value) in env {
         command.env(name, value);
     }
-    // SAFETY: between fork and exec only async-signal-safe calls: setsid, fork, _exit. The intermediate child exits
-    // at once; the grandchild goes on to exec. Our process is single-threaded when it calls this.
+    // SAFETY: between fork and exec only async-signal-safe calls: setsid, fork, _exit, fcntl/close_range. The
+    // intermediate child exits at once; the grandchild goes on to exec. Our process is single-threaded when it
+    // calls this.
     unsafe {
         command.pre_exec(|| {
             nix::unistd::setsid().map_err(std::io::Error::from)?;
             match nix::unistd::fork().map_err(std::io::Error::from)? {
                 nix::unistd::ForkResult::Parent { .. } => nix::libc::_exit(0),
-                nix::unistd::ForkResult::Child => Ok(()),
+                nix::unistd::ForkResult::Child => {
+                    close_inherited_on_exec();
+                    Ok(())
+                }
             }
         });
     }
@@ -94,4 +114,67 @@ pub fn spawn_detached(exe: &Path, args: &[&str], env: &[(&str, &Path)]) -> anyho
         .wait()
         .context("reaping the intermediate process")?;
     Ok(())
+}
+
+/// Marks every descriptor above 2 close-on-exec, so that the program starts with only its standard streams. Called
+/// between fork and exec: `close_range` with `CLOSE_RANGE_CLOEXEC` (Linux 5.11), else `fcntl` on each possible
+/// descriptor. (Closing them outright would also close the pipe through which `spawn` learns of exec failure.)
+fn close_inherited_on_exec() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: a raw system call with integer arguments.
+        let done = unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            )
+        } == 0;
+        if done {
+            return;
+        }
+    }
+    // SAFETY: sysconf and fcntl are async-signal-safe; fcntl on a closed descriptor fails harmlessly.
+    unsafe {
+        let open_max = libc::sysconf(libc::_SC_OPEN_MAX);
+        let last = if open_max > 0 {
+            open_max.min(65_536)
+        } else {
+            1024
+        };
+        for fd in 3..i32::try_from(last).unwrap_or(1024) {
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_session_variable_is_scrubbed() {
+        for name in [
+            "CLAUDECODE",
+            "CLAUDE_CODE_SESSION_ID",
+            "CLAUDE_CODE_ENTRYPOINT",
+            "CLAUDE_PID",
+            "SESSION_REAPER_SESSION_ID",
+            "GEMINI_SESSION_ID",
+            "QWEN_CODE_SESSION_ID",
+            "CODEX_THREAD_ID",
+            "CODEX_SESSION_ID",
+        ] {
+            assert!(is_session_variable(name), "{name}");
+        }
+        for name in [
+            "PATH",
+            "HOME",
+            "CLAUDE_CONFIG_DIR",
+            "SESSION_REAPER_STATE_DIR",
+        ] {
+            assert!(!is_session_variable(name), "{name}");
+        }
+    }
 }

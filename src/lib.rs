@@ -4,10 +4,12 @@
 pub mod act;
 pub mod adapters;
 pub mod agent;
+pub mod backstop;
 pub mod cli;
 pub mod clock;
 pub mod commands;
 pub mod config;
+pub mod deadline;
 pub mod decide;
 pub mod error;
 pub mod events;
@@ -15,6 +17,8 @@ pub mod finisher;
 pub mod hook;
 pub mod install;
 pub mod launch;
+pub mod lineage;
+pub mod lock;
 pub mod name;
 pub mod plan;
 pub mod proc;
@@ -29,32 +33,89 @@ pub mod teardown;
 pub mod ticket;
 pub mod workspace;
 
+use std::io::Write;
+
 use clap::Parser;
 
 use crate::cli::{Cli, Command};
 use crate::config::{Config, Request};
+use crate::deadline::Deadline;
 use crate::error::{Outcome, exit_code_of};
+
+/// The hook's deadline when its own flags could not be read.
+const DEFAULT_HOOK_DEADLINE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Runs the command line and returns the exit code (see `error` for the table).
 pub fn run() -> u8 {
+    if subcommand_in_args().as_deref() == Some("hook") {
+        return run_hook();
+    }
+    quiet_on_closed_output();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => return parse_failure(&err),
     };
-    if let Command::Hook(args) = &cli.command {
-        hook::run(&config::hook_request(args), cli.state_dir.as_deref());
-        return 0;
-    }
     match Config::from_cli(&cli).and_then(|(config, request)| dispatch(&config, request)) {
         Ok(outcome) => outcome.exit_code(),
         Err(err) => {
-            eprintln!("session-reaper: {}", format!("{err:#}").replace('\n', " "));
+            let line = format!("{err:#}").replace('\n', " ");
+            let _ = writeln!(std::io::stderr(), "session-reaper: {line}");
             exit_code_of(&err)
         }
     }
 }
 
+/// Hook mode: exit 0 whatever happens, under the backstop (caught panics, a watchdog at the deadline).
+fn run_hook() -> u8 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            backstop::run_guarded(Deadline::after(DEFAULT_HOOK_DEADLINE), None, || {
+                parse_failure(&err);
+            });
+            return 0;
+        }
+    };
+    let state_dir = cli.state_dir.as_deref();
+    let Command::Hook(args) = &cli.command else {
+        return 0;
+    };
+    match config::hook_request(args) {
+        Ok(request) => {
+            backstop::run_guarded(Deadline::after(request.deadline), state_dir, || {
+                hook::run(&request, state_dir);
+            });
+        }
+        Err(err) => {
+            backstop::run_guarded(Deadline::after(DEFAULT_HOOK_DEADLINE), state_dir, || {
+                backstop::report(state_dir, &format!("{err:#}"));
+            });
+        }
+    }
+    0
+}
+
+/// Outside hook mode a closed stdout or stderr (`status | head -1`) ends the command quietly, as it does any Unix
+/// filter: SIGPIPE back to its default instead of a panic on the failed write. (A hook keeps it ignored and never
+/// fails on a write: it must exit 0.)
+fn quiet_on_closed_output() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: restoring the default disposition installs no handler code.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+}
+
 fn dispatch(config: &Config, request: Request) -> anyhow::Result<Outcome> {
+    let reach = match &request {
+        Request::Status { .. } | Request::Sweep(_) | Request::Reap(_) => {
+            Some(state::Reach::Records)
+        }
+        Request::Doctor { .. } => Some(state::Reach::Whole),
+        Request::Log(_) => Some(state::Reach::Top),
+        _ => None,
+    };
+    if let Some(reach) = reach {
+        state::refuse_special_files(&config.state_dir, reach)?;
+    }
     match request {
         Request::Hook(_) => Ok(Outcome::Done),
         Request::Broker(request) => commands::broker::run(request, config),
@@ -101,13 +162,14 @@ fn parse_failure(err: &clap::Error) -> u8 {
         .join(" ");
     let hook_mode = subcommand_in_args().as_deref() == Some("hook");
     if hook_mode {
-        let store = Config::new(state_dir_in_args().as_deref(), false)
-            .and_then(|config| store::Store::open(&config.state_dir))
-            .ok();
-        hook::report(store.as_ref(), &line);
+        backstop::report(state_dir_in_args().as_deref(), &line);
         return 0;
     }
-    eprintln!("session-reaper: {}", line.trim_start_matches("error: "));
+    let _ = writeln!(
+        std::io::stderr(),
+        "session-reaper: {}",
+        line.trim_start_matches("error: ")
+    );
     2
 }
 

@@ -8,13 +8,16 @@ use crate::record::SessionRecord;
 /// Flags marking Claude Code's own detached workers, which are never orphans.
 const AGENT_WORKER_FLAGS: &[&str] = &["--bg-pty-host", "--bg-spare"];
 
-/// True when `argv` resumes `session` (`--resume S`, `--resume=S`, `-r S`, `-rS`), or resumes the session's
-/// recorded `title` through the long forms (a title may be a common word, so the terse `-r` forms are not trusted
-/// with it). Tokens must match exactly: `S` does not match `S1`.
+/// True when `argv` is an agent process (its program is a known agent executable, or node/bun running one) that
+/// resumes `session` (`--resume S`, `--resume=S`, `-r S`, `-rS`), or resumes the session's recorded `title` through
+/// the long forms (a title may be a common word, so the terse `-r` forms are not trusted with it). Tokens must match
+/// exactly: `S` does not match `S1`. `grep -r S`, `cp -r S`, `vim -rS`, a `tmux … claude --resume S` client are
+/// not agents.
 pub fn resumes(argv: &[String], session: &str, title: Option<&str>) -> bool {
-    if argv
-        .iter()
-        .any(|arg| AGENT_WORKER_FLAGS.contains(&arg.as_str()))
+    if !crate::proc::is_agent_program(argv)
+        || argv
+            .iter()
+            .any(|arg| AGENT_WORKER_FLAGS.contains(&arg.as_str()))
     {
         return false;
     }
@@ -84,7 +87,9 @@ mod tests {
             format!("claude --resume={s}"),
             format!("claude -r {s}"),
             format!("claude -r{s}"),
-            format!("node cli.js --model x --resume {s} -p hi"),
+            format!(
+                "node /usr/lib/node_modules/@anthropic-ai/claude-code/cli.js --model x --resume {s} -p hi"
+            ),
         ] {
             assert!(resumes(&argv(&form), s, None), "{form}");
         }
@@ -101,6 +106,30 @@ mod tests {
             !resumes(&argv("s1 --other"), "s1", None),
             "argv[0] is never an argument"
         );
+    }
+
+    /// Defect: `grep -r <id>`, `grep -- --resume <id>`, `cp -r <id>`, `rm -r <id>`, `vim -r<id>` and a tmux client
+    /// running `claude --resume <id>` were all stopped as resume orphans.
+    #[test]
+    fn look_alikes_are_not_resume_orphans() {
+        let s = "0b5f6b3e-1111-4222-8333-944445555666";
+        for form in [
+            format!("grep -r {s} /root/.claude"),
+            format!("grep -- --resume {s} log.txt"),
+            format!("cp -r {s} /backup/"),
+            format!("rm -r {s}"),
+            format!("vim -r{s}"),
+            format!("tmux new-session -d claude --resume {s}"),
+            format!("node server.js --resume {s}"),
+        ] {
+            assert!(!resumes(&argv(&form), s, None), "{form}");
+        }
+        assert!(resumes(&argv(&format!("codex -r {s}")), s, None));
+        assert!(resumes(
+            &argv(&format!("node /usr/bin/qwen -r{s}")),
+            s,
+            None
+        ));
     }
 
     #[test]
@@ -138,7 +167,8 @@ mod tests {
         let snapshot = vec![
             (1, argv("init --resume s1")),
             (50, argv("claude --resume s1")),
-            (60, argv("python3 -c x --resume s1")),
+            (60, argv("/usr/local/bin/claude --resume s1")),
+            (65, argv("python3 -c x --resume s1")),
             (70, argv("claude --resume s2")),
         ];
         let protected: HashSet<i32> = [50].into();

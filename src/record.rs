@@ -8,13 +8,34 @@ use crate::error::bad_input;
 
 pub const VERSION: u32 = 1;
 
-/// Who a process is: a pid alone proves nothing, all four fields together do.
+/// Who a process is: a pid alone proves nothing, all the fields together do.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Identity {
     pub boot_id: String,
+    /// The inode of the writer's pid namespace (`/proc/self/ns/pid`): the pid counts in that namespace only. Absent
+    /// in records written before it existed, which are read as this namespace's (the register rules).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_ns: Option<u64>,
     pub pid: i32,
     pub start_ticks: u64,
     pub uid: u32,
+}
+
+impl Identity {
+    /// True when `live` (an identity just read from the system) is the process this recorded identity names. An
+    /// identity with no namespace is an older record's: taken as this namespace's.
+    pub fn is_same_process(&self, live: &Identity) -> bool {
+        self.boot_id == live.boot_id
+            && self.pid == live.pid
+            && self.start_ticks == live.start_ticks
+            && self.uid == live.uid
+            && self.pid_ns.is_none_or(|ns| live.pid_ns == Some(ns))
+    }
+
+    /// True when the identity was written in another pid namespace than `here`: its pid means nothing here.
+    pub fn is_other_pid_ns(&self, here: Option<u64>) -> bool {
+        matches!((self.pid_ns, here), (Some(recorded), Some(here)) if recorded != here)
+    }
 }
 
 /// A session that holds a broker.
@@ -62,6 +83,10 @@ pub struct BrokerRecord {
     pub shutdown: Option<Shutdown>,
     #[serde(default)]
     pub host: String,
+    /// The lineage token (`SESSION_REAPER_LINEAGE`) every process of the broker's tree carries; absent for adopted
+    /// brokers and records of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lineage: Option<String>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -211,6 +236,12 @@ pub struct StopTicket {
     /// When the last SIGKILL was sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kill_at: Option<String>,
+    /// The broker's lineage token: its members are found by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lineage: Option<String>,
+    /// Members of the broker seen so far (identities), kept so that a later run still knows them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<Identity>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -337,6 +368,7 @@ mod tests {
     fn ticket_names_are_per_process() {
         let id = Identity {
             boot_id: "1b2c-3d4e-5f60".into(),
+            pid_ns: None,
             pid: 42,
             start_ticks: 7,
             uid: 0,

@@ -2,10 +2,13 @@
 //! Read-modify-writes of one session record are serialised by `sessions/<id>.lock`.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
+use anyhow::Context;
+
+use crate::deadline::Deadline;
 use crate::error::bad_input;
 use crate::events::{Event, EventLog};
+use crate::lock;
 use crate::name::SessionId;
 use crate::record::{self, Parsed, SessionRecord};
 use crate::slot::Unreadable;
@@ -91,19 +94,11 @@ impl Sessions {
     pub fn update(
         &self,
         id: &SessionId,
-        wait: Duration,
+        deadline: Deadline,
         change: impl FnOnce(Option<&SessionRecord>) -> anyhow::Result<Option<SessionRecord>>,
     ) -> anyhow::Result<(Option<SessionRecord>, Option<SessionRecord>)> {
-        let lock = self.root.open_lock_file(&self.lock_path(id))?;
-        let deadline = std::time::Instant::now() + wait;
-        while lock.try_lock().is_err() {
-            if std::time::Instant::now() >= deadline {
-                anyhow::bail!(
-                    "session {id} is locked by another session-reaper for more than {wait:?}"
-                );
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        let _lock = lock::lock(&self.root, &self.lock_path(id), deadline)
+            .with_context(|| format!("session {id}"))?;
         let current = match self.view(id) {
             SessionView::Missing => None,
             SessionView::Record(record) => Some(record),
@@ -143,9 +138,9 @@ impl Sessions {
     /// A session's end marks it ended under the same lock and then visits exactly the indexed slots, so an attach
     /// is either refused here, or indexed before the end reads the index (the end then finds and removes the owner,
     /// or the attach's re-check under the slot lock sees the end and refuses).
-    pub fn index_slot(&self, id: &SessionId, slot: &str, wait: Duration) -> anyhow::Result<()> {
+    pub fn index_slot(&self, id: &SessionId, slot: &str, deadline: Deadline) -> anyhow::Result<()> {
         let host = crate::proc::host_name();
-        self.update(id, wait, |current| {
+        self.update(id, deadline, |current| {
             if let Some(record) = current.filter(|record| record.is_ended()) {
                 return Err(bad_input(format!(
                     "session {id} ended at {}: it cannot own a broker",
@@ -191,15 +186,21 @@ impl Sessions {
         (records, unreadable)
     }
 
-    /// Deletes a tombstone and its lock.
+    /// Deletes a tombstone and its lock, under the lock. A record in use (locked) or resumed since it was read
+    /// (no longer ended) is left alone.
     pub fn remove(&self, id: &SessionId) -> anyhow::Result<()> {
-        for path in [self.path(id), self.lock_path(id)] {
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-                Err(err) => return Err(err.into()),
-            }
+        let Some(lock) = lock::try_lock(&self.root, &self.lock_path(id))? else {
+            return Ok(());
+        };
+        if self.get(id)?.is_some_and(|record| !record.is_ended()) {
+            return Ok(());
         }
-        Ok(())
+        let path = self.path(id);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(err).with_context(|| format!("removing {}", path.display())),
+        }
+        lock.remove()
     }
 }

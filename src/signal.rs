@@ -4,6 +4,12 @@
 //! (boot, pid, start time, uid) matches the record — checked again after a pidfd is opened, so the pidfd is known
 //! to name the recorded process, and the signal goes through that pidfd. "No such process" after verification means
 //! the process is already gone, which is success.
+//!
+//! A process group is signalled only through its leader's pidfd while the leader is verified alive: with
+//! `PIDFD_SIGNAL_PROCESS_GROUP` (Linux 6.9) the kernel resolves the group from the pidfd itself, so no reused id can
+//! be hit. Older kernels fall back to `killpg` right after the pidfd says the leader has not exited; the window is
+//! the instant between that poll and `killpg`, in which the leader would have to exit, be reaped, every member of its
+//! group exit and another process take the id for a new group.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -24,6 +30,8 @@ pub enum Refusal {
     ForeignUid,
     /// The record is from an earlier boot of this host: stale.
     OtherBoot,
+    /// The record was written in another pid namespace (a sandbox, a container): its pid means nothing here.
+    OtherPidNamespace,
 }
 
 impl Refusal {
@@ -33,6 +41,9 @@ impl Refusal {
             Refusal::Ancestor => "pid is this process or one of its ancestors",
             Refusal::ForeignUid => "process belongs to another user",
             Refusal::OtherBoot => "record is from an earlier boot",
+            Refusal::OtherPidNamespace => {
+                "record was written in another pid namespace (a sandbox or container); its pid means nothing here"
+            }
         }
     }
 }
@@ -84,6 +95,8 @@ impl Guard {
             Err(Refusal::ForeignUid)
         } else if identity.boot_id != proc::boot_id() {
             Err(Refusal::OtherBoot)
+        } else if identity.is_other_pid_ns(proc::own_pid_ns()) {
+            Err(Refusal::OtherPidNamespace)
         } else {
             Ok(())
         }
@@ -171,18 +184,33 @@ impl Handle {
         }
     }
 
-    /// Signals the process group `pgid` led by this process. Only while the leader is verifiably alive: while any
-    /// member lives the kernel cannot hand the group id to another process. No such group while the leader lives
-    /// means the record's `pgid` was wrong (the process leads no group): the process itself is signalled.
-    pub fn signal_group(&self, pgid: i32, sig: Sig) -> std::io::Result<bool> {
-        if pgid != self.identity.pid || self.has_exited() {
+    /// Signals the process group this process leads, only while it is verifiably alive (see the module comment);
+    /// a process that leads no group, or has exited, gets the signal itself (a no-op once gone).
+    pub fn signal_group(&self, sig: Sig) -> std::io::Result<bool> {
+        if self.has_exited() {
             return self.signal(sig);
         }
-        match nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), sig.nix()) {
+        let result = match &self.pidfd {
+            Some(fd) => match pidfd_signal_group(fd, sig) {
+                Err(err) if err.raw_os_error() == Some(libc::EINVAL) => self.killpg_if_alive(sig),
+                other => other,
+            },
+            None => self.killpg_if_alive(sig),
+        };
+        match result {
             Ok(()) => Ok(true),
-            Err(nix::errno::Errno::ESRCH) => self.signal(sig),
-            Err(err) => Err(err.into()),
+            Err(err) if err.raw_os_error() == Some(libc::ESRCH) => self.signal(sig),
+            Err(err) => Err(err),
         }
+    }
+
+    /// The fallback of kernels without `PIDFD_SIGNAL_PROCESS_GROUP`: `killpg` right after the leader is seen alive.
+    fn killpg_if_alive(&self, sig: Sig) -> std::io::Result<()> {
+        if self.has_exited() {
+            return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+        }
+        nix::sys::signal::killpg(nix::unistd::Pid::from_raw(self.identity.pid), sig.nix())
+            .map_err(std::io::Error::from)
     }
 
     /// True once the process has exited (a zombie has exited). Polls the pidfd; never `kill(pid, 0)`, to which a
@@ -241,6 +269,37 @@ fn pidfd_signal(_fd: &OwnedFd, _sig: Sig) -> std::io::Result<()> {
     Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
 }
 
+/// `pidfd_send_signal(fd, sig, NULL, PIDFD_SIGNAL_PROCESS_GROUP)`: the group whose id is the pidfd's process, resolved
+/// by the kernel. rustix offers no flags argument, hence the raw call; `EINVAL` on kernels before 6.9.
+#[cfg(target_os = "linux")]
+fn pidfd_signal_group(fd: &OwnedFd, sig: Sig) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let signal = match sig {
+        Sig::Term => libc::SIGTERM,
+        Sig::Kill => libc::SIGKILL,
+    };
+    // SAFETY: a raw system call on a descriptor we own, with a null siginfo.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            libc::PIDFD_SIGNAL_PROCESS_GROUP,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn pidfd_signal_group(_fd: &OwnedFd, _sig: Sig) -> std::io::Result<()> {
+    Err(std::io::Error::from_raw_os_error(libc::EINVAL))
+}
+
 /// Whether a pidfd became readable (its process exited) within `timeout`.
 #[cfg(target_os = "linux")]
 pub fn pidfd_exited(fd: &OwnedFd, timeout: Duration) -> bool {
@@ -270,6 +329,7 @@ mod tests {
     fn identity(pid: i32) -> Identity {
         Identity {
             boot_id: proc::boot_id().to_owned(),
+            pid_ns: proc::own_pid_ns(),
             pid,
             start_ticks: 1,
             uid: nix::unistd::getuid().as_raw(),
@@ -297,6 +357,48 @@ mod tests {
         let mut id = identity(999_999);
         id.boot_id = "another-boot".into();
         assert_eq!(guard.check(&id), Err(Refusal::OtherBoot));
+        let mut id = identity(999_999);
+        id.pid_ns = Some(1);
+        assert_eq!(guard.check(&id), Err(Refusal::OtherPidNamespace));
+        id.pid_ns = None;
+        assert_eq!(
+            guard.check(&id),
+            Ok(()),
+            "an older record: this namespace's"
+        );
+    }
+
+    /// A group is signalled through its leader's pidfd: every member of the group, not the process alone.
+    #[test]
+    fn group_signal_reaches_the_whole_group_through_the_pidfd() {
+        use std::os::unix::process::CommandExt;
+        let mut leader = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & echo $!; wait"])
+            .stdout(std::process::Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(leader.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let child = proc::identity_of(line.trim().parse().unwrap()).unwrap();
+        let pid = i32::try_from(leader.id()).unwrap();
+        let Target::Live(handle) = Guard::new().target(&proc::identity_of(pid).unwrap()) else {
+            panic!("live")
+        };
+        assert!(handle.signal_group(Sig::Kill).unwrap());
+        leader.wait().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while proc::is_alive(&child) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            !proc::is_alive(&child),
+            "the group member got the signal too"
+        );
     }
 
     #[test]

@@ -4,12 +4,13 @@
 //! record without holding its flock. Locks are taken one at a time, with a bounded wait.
 
 use std::cell::RefCell;
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 
+use crate::deadline::Deadline;
+use crate::lock::{self, LockGuard};
 use crate::name::SlotName;
 use crate::record::{self, BrokerRecord, Parsed};
 use crate::state::{self, StateRoot, WORKSPACES};
@@ -18,7 +19,7 @@ use crate::workspace;
 pub const RECORD: &str = "broker.json";
 pub const LOCK: &str = "broker.lock";
 
-/// The default bounded wait for a slot lock.
+/// The default bounded wait for a slot lock, for commands without a deadline of their own.
 pub const LOCK_WAIT: Duration = Duration::from_secs(2);
 
 /// One broker slot of one workspace.
@@ -30,23 +31,6 @@ pub struct Slot {
     /// The workspace path, when the slot was reached from it (not from a directory listing or a label).
     workspace: Option<PathBuf>,
 }
-
-/// The slot lock could not be had within the bounded wait.
-#[derive(Debug)]
-pub struct SlotBusy(pub PathBuf, pub Duration);
-
-impl std::fmt::Display for SlotBusy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "slot busy: {} stayed locked for {:?}; another session-reaper holds it",
-            self.0.display(),
-            self.1
-        )
-    }
-}
-
-impl std::error::Error for SlotBusy {}
 
 /// Why a record that exists could not be used. It still counts as occupying its place: an unreadable record is
 /// never taken for an empty one (its broker may be alive), never overwritten silently.
@@ -192,38 +176,17 @@ impl Slot {
         root.ensure_dir(&self.dir)
     }
 
-    /// Takes the slot's flock, waiting at most `wait`.
-    pub fn lock(&self, root: &StateRoot, wait: Duration) -> anyhow::Result<SlotGuard<'_>> {
+    /// Takes the slot's flock, waiting no later than `deadline`.
+    pub fn lock(&self, root: &StateRoot, deadline: Deadline) -> anyhow::Result<SlotGuard<'_>> {
         if let Some(workspace_dir) = self.dir.parent() {
             root.check_dir(workspace_dir)?;
         }
         root.check_dir(&self.dir)?;
-        let lock_path = self.dir.join(LOCK);
-        let deadline = Instant::now() + wait;
-        let mut pause = Duration::from_millis(1);
-        let file = loop {
-            let file = root.open_lock_file(&lock_path)?;
-            match file.try_lock() {
-                // A sweep may have removed an empty slot's lock file between our open and our lock: a lock on an
-                // unlinked file serialises nothing, so only a lock on the file the path still names counts.
-                Ok(()) if same_file(&file, &lock_path) => break file,
-                Ok(()) | Err(std::fs::TryLockError::WouldBlock) => {}
-                Err(std::fs::TryLockError::Error(err)) => {
-                    return Err(err).with_context(|| format!("locking {}", lock_path.display()));
-                }
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(anyhow::Error::new(SlotBusy(self.dir.clone(), wait)));
-            }
-            std::thread::sleep(pause.min(deadline - now));
-            pause = (pause * 2).min(Duration::from_millis(20));
-            root.check_dir(&self.dir)?;
-        };
+        let lock = lock::lock(root, &self.dir.join(LOCK), deadline)?;
         Ok(SlotGuard {
             slot: self,
             root: root.clone(),
-            _lock: file,
+            lock,
             last_read: RefCell::new(None),
         })
     }
@@ -235,19 +198,11 @@ impl Slot {
     }
 }
 
-fn same_file(file: &File, path: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (file.metadata(), std::fs::symlink_metadata(path)) {
-        (Ok(held), Ok(named)) => held.dev() == named.dev() && held.ino() == named.ino(),
-        _ => false,
-    }
-}
-
 /// Proof that the slot's lock is held; the only way to read-for-update, write or clear a slot.
 pub struct SlotGuard<'s> {
     slot: &'s Slot,
     root: StateRoot,
-    _lock: File,
+    lock: LockGuard,
     /// The bytes last read or written, so that a write that changes nothing is skipped.
     last_read: RefCell<Option<Vec<u8>>>,
 }
@@ -316,8 +271,7 @@ impl SlotGuard<'_> {
             return Ok(false);
         }
         let _ = std::fs::remove_file(&log);
-        std::fs::remove_file(self.slot.dir.join(LOCK))
-            .with_context(|| format!("removing {}", self.slot.dir.display()))?;
+        self.lock.remove()?;
         let removed = std::fs::remove_dir(&self.slot.dir).is_ok();
         if let Some(workspace_dir) = self.slot.dir.parent() {
             let _ = std::fs::remove_dir(workspace_dir);

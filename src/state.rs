@@ -142,21 +142,33 @@ impl StateRoot {
         }
     }
 
-    /// Opens a file below the root for reading; `None` if it does not exist.
+    /// Reads a record below the root (at most `RECORD_LIMIT` bytes); `None` if it does not exist.
     pub fn read_file(&self, path: &Path) -> anyhow::Result<Option<Vec<u8>>> {
+        self.read_file_limited(path, RECORD_LIMIT)
+    }
+
+    /// Reads a file below the root that may be at most `limit` bytes; `None` if it does not exist. A FIFO, a
+    /// symlink, another user's file or a file over the limit is refused without blocking and without reading it.
+    pub fn read_file_limited(&self, path: &Path, limit: u64) -> anyhow::Result<Option<Vec<u8>>> {
         let file = match open_nofollow(path, OpenOptions::new().read(true)) {
             Ok(file) => file,
             Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(err) => return Err(err).with_context(|| format!("opening {}", path.display())),
+            Err(err) => return Err(refusal(path, &err)),
         };
-        self.check_file(&file, path)?;
+        let size = self.check_file(&file, path)?;
+        if size > limit {
+            return Err(too_large(path, size, limit));
+        }
         let mut bytes = Vec::new();
-        io::Read::read_to_end(&mut &file, &mut bytes)
+        io::Read::read_to_end(&mut io::Read::take(&file, limit + 1), &mut bytes)
             .with_context(|| format!("reading {}", path.display()))?;
+        if bytes.len() as u64 > limit {
+            return Err(too_large(path, bytes.len() as u64, limit));
+        }
         Ok(Some(bytes))
     }
 
-    /// Opens (creating if needed) a file that is only ever locked, never renamed or deleted while in use.
+    /// Opens (creating if needed) a file that is only ever locked (see `lock`).
     pub fn open_lock_file(&self, path: &Path) -> anyhow::Result<File> {
         let file = open_nofollow(
             path,
@@ -166,9 +178,19 @@ impl StateRoot {
                 .create(true)
                 .mode(0o600),
         )
+        .map_err(|err| refusal(path, &err))
         .with_context(|| format!("opening lock {}", path.display()))?;
         self.check_file(&file, path)?;
         Ok(file)
+    }
+
+    /// Opens an existing lock file without creating it; `None` if it does not exist.
+    pub fn open_existing_lock_file(&self, path: &Path) -> anyhow::Result<Option<File>> {
+        match open_nofollow(path, OpenOptions::new().read(true)) {
+            Ok(file) => self.check_file(&file, path).map(|_| Some(file)),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(refusal(path, &err)),
+        }
     }
 
     /// Opens a file for appending (events), creating it 0600.
@@ -177,40 +199,50 @@ impl StateRoot {
             path,
             OpenOptions::new().append(true).create(true).mode(0o600),
         )
-        .with_context(|| format!("opening {}", path.display()))?;
+        .map_err(|err| refusal(path, &err))?;
         self.check_file(&file, path)?;
         Ok(file)
     }
 
-    fn check_file(&self, file: &File, path: &Path) -> anyhow::Result<()> {
-        let meta = file
-            .metadata()
-            .with_context(|| format!("inspecting {}", path.display()))?;
-        if !meta.file_type().is_file() {
-            return Err(bad_input(format!(
-                "unsafe state file {}: expected a regular file",
-                path.display()
-            )));
-        }
-        if meta.uid() != self.uid {
-            return Err(bad_input(format!(
-                "unsafe state file {}: owned by uid {}, expected {}; fix: remove it",
-                path.display(),
-                meta.uid(),
-                self.uid
-            )));
-        }
-        Ok(())
+    /// Checks an open file (`fstat`, so no race with the path): a regular file of ours. Returns its size.
+    fn check_file(&self, file: &File, path: &Path) -> anyhow::Result<u64> {
+        check_regular_file(file, path, self.uid)
     }
 
     /// Atomically replaces `path` with `bytes`: temp file in the same directory, fsync, rename, fsync directory.
     pub fn write_atomic(&self, path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         write_atomic(path, bytes, 0o600)
     }
+
+    /// Atomically creates `path` with `bytes` unless it exists; false when it did (it is left as is).
+    pub fn create_atomic(&self, path: &Path, bytes: &[u8]) -> anyhow::Result<bool> {
+        create_atomic(path, bytes, 0o600)
+    }
 }
 
 /// Atomically replaces `path` with `bytes` (mode for a new file): temp file, fsync, rename, fsync directory.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    publish_via_temp(path, bytes, mode, |temp, path| fs::rename(temp, path)).map(drop)
+}
+
+/// Like `write_atomic`, but never replaces an existing file: false when `path` already exists (it is left as is).
+pub fn create_atomic(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<bool> {
+    publish_via_temp(path, bytes, mode, |temp, path| {
+        let linked = fs::hard_link(temp, path);
+        fs::remove_file(temp)?;
+        linked
+    })
+    .map(|published| published.is_some())
+}
+
+/// The one atomic writer: writes a temp file in `path`'s directory, fsyncs it, `publish`es it (rename, or link for
+/// create-only) and fsyncs the directory. `None` when publishing found `path` already there.
+fn publish_via_temp(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    publish: impl FnOnce(&Path, &Path) -> io::Result<()>,
+) -> anyhow::Result<Option<()>> {
     let dir = path.parent().context("a file to write has no directory")?;
     let name = path
         .file_name()
@@ -221,7 +253,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> 
         std::process::id(),
         temp_suffix()
     ));
-    let result = (|| -> anyhow::Result<()> {
+    let result = (|| -> anyhow::Result<Option<()>> {
         let mut file = open_nofollow(
             &temp,
             OpenOptions::new().write(true).create_new(true).mode(mode),
@@ -231,10 +263,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> 
             .with_context(|| format!("writing {}", temp.display()))?;
         file.sync_all()
             .with_context(|| format!("syncing {}", temp.display()))?;
-        fs::rename(&temp, path).with_context(|| format!("renaming over {}", path.display()))?;
-        sync_dir(dir)
+        match publish(&temp, path) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => return Ok(None),
+            Err(err) => {
+                return Err(err).with_context(|| format!("writing over {}", path.display()));
+            }
+        }
+        sync_dir(dir).map(Some)
     })();
-    if result.is_err() {
+    if !matches!(result, Ok(Some(()))) {
         let _ = fs::remove_file(&temp);
     }
     result
@@ -259,7 +297,10 @@ pub fn quarantine(path: &Path) -> anyhow::Result<PathBuf> {
 
 /// fsync of a directory, so that a rename or unlink in it is durable.
 pub fn sync_dir(dir: &Path) -> anyhow::Result<()> {
-    File::open(dir)
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(dir)
         .and_then(|handle| handle.sync_all())
         .with_context(|| format!("syncing directory {}", dir.display()))
 }
@@ -272,10 +313,119 @@ fn temp_suffix() -> u128 {
         .unwrap_or_default()
 }
 
-fn open_nofollow(path: &Path, options: &mut OpenOptions) -> io::Result<File> {
+/// The largest record (session, slot, ticket) we read: real ones are a few KiB.
+pub const RECORD_LIMIT: u64 = 1024 * 1024;
+
+/// Opens without following a symlink, without blocking (a FIFO opens at once and is then refused by its `fstat`),
+/// and without leaking into children.
+pub fn open_nofollow(path: &Path, options: &mut OpenOptions) -> io::Result<File> {
     options
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(path)
+}
+
+/// Checks an open file with `fstat`: a regular file owned by `uid`. Returns its size.
+pub fn check_regular_file(file: &File, path: &Path, uid: u32) -> anyhow::Result<u64> {
+    let meta = file
+        .metadata()
+        .with_context(|| format!("inspecting {}", path.display()))?;
+    if !meta.file_type().is_file() {
+        return Err(bad_input(format!(
+            "unsafe file {}: expected a regular file, found {}; fix: remove it",
+            path.display(),
+            kind_of(&meta)
+        )));
+    }
+    if meta.uid() != uid {
+        return Err(bad_input(format!(
+            "unsafe file {}: owned by uid {}, expected {uid}; fix: remove it",
+            path.display(),
+            meta.uid(),
+        )));
+    }
+    Ok(meta.len())
+}
+
+fn kind_of(meta: &fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = meta.file_type();
+    if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_char_device() || kind.is_block_device() {
+        "a device"
+    } else {
+        "something else"
+    }
+}
+
+/// An open that failed: a symlink (`ELOOP` under `O_NOFOLLOW`) is named as such.
+fn refusal(path: &Path, err: &io::Error) -> anyhow::Error {
+    if err.raw_os_error() == Some(libc::ELOOP) {
+        bad_input(format!(
+            "unsafe state file {}: it is a symlink; fix: remove it",
+            path.display()
+        ))
+    } else {
+        anyhow::anyhow!("opening {}: {err}", path.display())
+    }
+}
+
+fn too_large(path: &Path, size: u64, limit: u64) -> anyhow::Error {
+    bad_input(format!(
+        "unsafe state file {}: {size} bytes, expected at most {limit}; fix: move it aside",
+        path.display()
+    ))
+}
+
+/// How much of a state root `refuse_special_files` looks at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reach {
+    /// The files at the top (the event log and its locks): for `log`.
+    Top,
+    /// The top, session records and stop tickets: a few directory reads, for the commands that act. (A slot's
+    /// `broker.json` is checked when it is read: a special file there is an unreadable slot, left alone.)
+    Records,
+    /// Every level we keep files at, slots included: for `doctor`, which looks at everything.
+    Whole,
+}
+
+/// Refuses (exit 2, naming the path) a state root holding a FIFO, socket or device where we keep files: none is
+/// ever ours, and opening one could block. Reads directory entries only (their type comes with them), opens
+/// nothing; a missing root is fine.
+pub fn refuse_special_files(root: &Path, reach: Reach) -> anyhow::Result<()> {
+    let depth = match reach {
+        Reach::Top => 1,
+        Reach::Records => 2,
+        Reach::Whole => 4,
+    };
+    let workspaces = root.join(WORKSPACES);
+    let special = walkdir::WalkDir::new(root)
+        .min_depth(1)
+        .max_depth(depth)
+        .follow_links(false)
+        .into_iter()
+        .filter_entry(|entry| reach == Reach::Whole || entry.path() != workspaces)
+        .filter_map(Result::ok)
+        .find(|entry| {
+            let kind = entry.file_type();
+            !(kind.is_file() || kind.is_dir() || kind.is_symlink())
+        });
+    match special {
+        None => Ok(()),
+        Some(entry) => {
+            let kind = entry
+                .metadata()
+                .map_or("a special file", |meta| kind_of(&meta));
+            Err(bad_input(format!(
+                "unsafe state root: {} is {kind}, expected a regular file; fix: remove it",
+                entry.path().display()
+            )))
+        }
+    }
 }
 
 /// Why a directory is unsafe to keep state in, if it is.

@@ -1,5 +1,7 @@
 //! The stop cascade (DESIGN invariant 4): an optional graceful step bounded to 750 ms, SIGTERM to the broker's
-//! process group, wait out the grace, SIGKILL the group. `next_step` decides from a ticket and the clock alone;
+//! process group and each of its members (DESIGN "Process lineage": the processes carrying its lineage token,
+//! wherever they moved), wait out the grace, SIGKILL them. A stop is done when the leader and every member are
+//! gone. `next_step` decides from a ticket and the clock alone;
 //! `Stopper` carries the steps out, persisting progress in the ticket so that a finisher, a later hook or a sweep
 //! can pick it up where it was left.
 
@@ -10,11 +12,13 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 
 use crate::clock;
+use crate::deadline::Deadline;
 use crate::events::{Event, EventLog};
+use crate::lineage;
 use crate::proc;
 use crate::record::{Identity, Shutdown, StopTicket};
 use crate::signal::{Guard, Handle, Refusal, Sig, Target};
-use crate::ticket::Tickets;
+use crate::ticket::{Claim, TicketLock, Tickets};
 
 /// How long the graceful step (socket message or command) may take before SIGTERM.
 pub const GRACEFUL_WINDOW: Duration = Duration::from_millis(750);
@@ -70,18 +74,22 @@ pub fn next_step(ticket: &StopTicket, now: SystemTime, alive: bool) -> Step {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "result")]
 pub enum StopOutcome {
-    /// The process is gone; `by` says what made it go.
-    Stopped { by: String },
+    /// The process and its members are gone; `by` says what made them go, `members` how many members there were.
+    Stopped { by: String, members: usize },
     /// It was gone before anything was sent.
     AlreadyGone,
     /// It must not be signalled; the ticket was dropped.
     Refused { why: String },
     /// An earlier boot's record: dropped without acting.
     Stale,
-    /// Another host's ticket (shared state root): left alone.
+    /// Another host's ticket (shared state root) or another pid namespace's: left alone.
     Foreign,
     /// Still running at the deadline; the ticket stays for the finisher or a sweep.
     Pending { stuck: bool, attempts: u32 },
+    /// Another process drives the ticket right now; left to it.
+    DrivenElsewhere,
+    /// Another process finished the ticket already.
+    DoneElsewhere,
 }
 
 impl StopOutcome {
@@ -94,16 +102,19 @@ impl StopOutcome {
 
     pub fn summary(&self) -> String {
         match self {
-            StopOutcome::Stopped { by } => format!("stopped ({by})"),
+            StopOutcome::Stopped { by, members: 0 } => format!("stopped ({by})"),
+            StopOutcome::Stopped { by, members } => format!("stopped ({by}; {members} members)"),
             StopOutcome::AlreadyGone => "already gone".to_owned(),
             StopOutcome::Refused { why } => format!("refused: {why}"),
             StopOutcome::Stale => "stale (earlier boot): dropped".to_owned(),
-            StopOutcome::Foreign => "another host's: left alone".to_owned(),
+            StopOutcome::Foreign => "another host's or pid namespace's: left alone".to_owned(),
             StopOutcome::Pending {
                 stuck: true,
                 attempts,
             } => format!("STUCK after {attempts} SIGKILLs"),
             StopOutcome::Pending { .. } => "stopping (handed on)".to_owned(),
+            StopOutcome::DrivenElsewhere => "being stopped by another session-reaper".to_owned(),
+            StopOutcome::DoneElsewhere => "stopped by another session-reaper".to_owned(),
         }
     }
 }
@@ -117,10 +128,29 @@ pub struct StopReport {
 
 struct Active {
     ticket: StopTicket,
+    /// Held while this run drives the ticket: one driver per ticket.
+    claim: Option<TicketLock>,
     handle: Option<Handle>,
+    /// Verified handles of the broker's members (other than the leader) seen so far.
+    members: Vec<Handle>,
     helper: Option<Child>,
     signalled: bool,
     outcome: Option<StopOutcome>,
+}
+
+impl Active {
+    fn leader_alive(&self) -> bool {
+        self.handle
+            .as_ref()
+            .is_some_and(|handle| !handle.has_exited())
+    }
+
+    fn live_members(&self) -> usize {
+        self.members
+            .iter()
+            .filter(|member| !member.has_exited())
+            .count()
+    }
 }
 
 /// Carries out stop tickets.
@@ -146,19 +176,24 @@ impl Stopper {
     }
 
     /// Drives `tickets` until each is done or `deadline` passes; what is left stays filed.
-    pub fn run(&self, tickets: Vec<StopTicket>, deadline: Instant) -> Vec<StopReport> {
+    pub fn run(&self, tickets: Vec<StopTicket>, deadline: Deadline) -> Vec<StopReport> {
         let mut active: Vec<Active> = tickets
             .into_iter()
             .map(|ticket| self.start(ticket))
             .collect();
         let mut last_signal = Instant::now();
-        let deadline_at = SystemTime::now() + deadline.saturating_duration_since(Instant::now());
+        let deadline_at = SystemTime::now() + deadline.remaining();
         loop {
             let now = SystemTime::now();
             let mut next_step_at = now + Duration::from_secs(3600);
             for item in active.iter_mut().filter(|item| item.outcome.is_none()) {
                 reap_helper(item, now);
-                let alive = is_running(item);
+                let mut alive = is_running(item);
+                if !alive && item.ticket.lineage.is_some() {
+                    // Before calling it done, look once more for members (one forked just before its parent died).
+                    self.refresh_members(item);
+                    alive = is_running(item);
+                }
                 match next_step(&item.ticket, now, alive) {
                     Step::Done => self.finish(item, None),
                     Step::Wait(at) => next_step_at = next_step_at.min(at),
@@ -174,15 +209,15 @@ impl Stopper {
                 .filter(|item| item.outcome.is_none())
                 .collect();
             let nothing_reachable = next_step_at > deadline_at && last_signal.elapsed() >= SETTLE;
-            if open.is_empty() || Instant::now() >= deadline || nothing_reachable {
+            if open.is_empty() || deadline.expired() || nothing_reachable {
                 break;
             }
             let wake = next_step_at.min(SystemTime::now() + Duration::from_millis(25));
             let until_wake = wake.duration_since(SystemTime::now()).unwrap_or_default();
-            let until_deadline = deadline.saturating_duration_since(Instant::now());
+            let until_deadline = deadline.remaining();
             let handles: Vec<&Handle> = open
                 .iter()
-                .filter_map(|item| item.handle.as_ref())
+                .flat_map(|item| item.handle.iter().chain(&item.members))
                 .collect();
             wait_for_any_exit(
                 &handles,
@@ -210,7 +245,9 @@ impl Stopper {
     fn start(&self, ticket: StopTicket) -> Active {
         let mut item = Active {
             ticket,
+            claim: None,
             handle: None,
+            members: Vec::new(),
             helper: None,
             signalled: false,
             outcome: None,
@@ -219,10 +256,37 @@ impl Stopper {
             item.outcome = Some(StopOutcome::Foreign);
             return item;
         }
+        match self.tickets.claim(&item.ticket) {
+            Ok(Claim::Mine(current, claim)) => {
+                item.ticket = current;
+                item.claim = Some(claim);
+            }
+            Ok(Claim::Busy) => {
+                item.outcome = Some(StopOutcome::DrivenElsewhere);
+                return item;
+            }
+            Ok(Claim::Finished) => {
+                item.outcome = Some(StopOutcome::DoneElsewhere);
+                return item;
+            }
+            Err(err) => {
+                self.log
+                    .record(&event_for(&item.ticket, "error", "failed").detail(format!("{err:#}")));
+                item.outcome = Some(StopOutcome::Pending {
+                    stuck: item.ticket.attempts >= STUCK_AFTER,
+                    attempts: item.ticket.attempts,
+                });
+                return item;
+            }
+        }
         match self.guard.target(&item.ticket.identity) {
             Target::Live(handle) => item.handle = Some(handle),
             Target::Gone => {}
             Target::Refused(Refusal::OtherBoot) => self.finish(&mut item, Some(StopOutcome::Stale)),
+            // Another pid namespace's: left alone (the ticket stays), like another host's.
+            Target::Refused(Refusal::OtherPidNamespace) => {
+                item.outcome = Some(StopOutcome::Foreign);
+            }
             Target::Refused(refusal) => {
                 self.finish(
                     &mut item,
@@ -232,7 +296,50 @@ impl Stopper {
                 );
             }
         }
+        if item.outcome.is_none() {
+            self.refresh_members(&mut item);
+        }
         item
+    }
+
+    /// Looks for the broker's members (DESIGN "Process lineage") and keeps a verified handle on each new one; the
+    /// ticket remembers their identities so that a later run still knows them.
+    fn refresh_members(&self, item: &mut Active) {
+        let leader_alive = item.leader_alive();
+        let leader = &item.ticket.identity;
+        let groups = if leader_alive {
+            std::collections::HashSet::from([leader.pid])
+        } else {
+            std::collections::HashSet::new()
+        };
+        let snapshot = proc::observe(&groups);
+        let mut found = lineage::members(
+            leader,
+            item.ticket.lineage.as_deref(),
+            leader_alive,
+            &snapshot,
+        );
+        found.extend(item.ticket.members.iter().cloned());
+        for member in found {
+            let known = item
+                .members
+                .iter()
+                .any(|handle| handle.identity().is_same_process(&member));
+            if known {
+                continue;
+            }
+            if let Target::Live(handle) = self.guard.target(&member) {
+                item.members.push(handle);
+            }
+        }
+        // Every member ever seen stays in the ticket (a gone one is never signalled: its identity no longer
+        // matches), so that the run that closes the ticket can say how many there were.
+        for handle in &item.members {
+            let identity = handle.identity();
+            if !item.ticket.members.iter().any(|m| m == identity) {
+                item.ticket.members.push(identity.clone());
+            }
+        }
     }
 
     fn act(&self, item: &mut Active, step: Step, now: SystemTime) {
@@ -243,10 +350,12 @@ impl Stopper {
                 item.ticket.graceful_at = Some(stamp);
             }
             Step::Term => {
+                self.refresh_members(item);
                 self.send(item, Sig::Term);
                 item.ticket.term_at = Some(stamp);
             }
             Step::Kill => {
+                self.refresh_members(item);
                 self.send(item, Sig::Kill);
                 item.ticket.kill_at = Some(stamp);
                 item.ticket.attempts += 1;
@@ -261,30 +370,31 @@ impl Stopper {
             Step::Wait(_) | Step::Done => return,
         }
         item.signalled = true;
-        if let Err(err) = self.tickets.save(&item.ticket) {
+        let Some(claim) = &item.claim else {
+            return;
+        };
+        if let Err(err) = self.tickets.save(&item.ticket, claim) {
             self.log
                 .record(&event_for(&item.ticket, "error", "failed").detail(format!("{err:#}")));
         }
     }
 
-    /// Signals the broker's group while its leader lives, else each verified member left in the group.
+    /// Signals the broker's group through its leader while the leader is verified alive (a recorded `pgid` other
+    /// than the leader's pid is ignored), then each verified member one by one: members that left the group, and
+    /// all of them once the leader is gone — a leaderless group is never signalled as such.
     fn send(&self, item: &Active, sig: Sig) {
         let ticket = &item.ticket;
-        let result = match (&item.handle, ticket.pgid) {
-            (Some(handle), Some(pgid)) if !handle.has_exited() => {
-                handle.signal_group(pgid, sig).map(|_| ())
-            }
-            (Some(handle), None) => handle.signal(sig).map(|_| ()),
-            (_, Some(pgid)) => {
-                for member in proc::group_members(pgid, &ticket.identity) {
-                    if let Target::Live(handle) = self.guard.target(&member) {
-                        let _ = handle.signal(sig);
-                    }
-                }
-                Ok(())
-            }
-            (None, None) => Ok(()),
+        let leads_group = ticket.pgid == Some(ticket.identity.pid);
+        let mut result = match &item.handle {
+            Some(handle) if leads_group => handle.signal_group(sig).map(drop),
+            Some(handle) => handle.signal(sig).map(drop),
+            None => Ok(()),
         };
+        for member in item.members.iter().filter(|member| !member.has_exited()) {
+            if let Err(err) = member.signal(sig) {
+                result = Err(err);
+            }
+        }
         if let Err(err) = result {
             self.log.record(
                 &event_for(ticket, "error", "failed").detail(format!("{}: {err}", sig.name())),
@@ -298,6 +408,7 @@ impl Stopper {
             {
                 StopOutcome::Stopped {
                     by: stopped_by(&item.ticket),
+                    members: item.ticket.members.len(),
                 }
             } else {
                 StopOutcome::AlreadyGone
@@ -308,17 +419,26 @@ impl Stopper {
             StopOutcome::AlreadyGone => ("stop", "already_gone"),
             StopOutcome::Refused { .. } => ("refuse", "refused"),
             StopOutcome::Stale => ("prune", "stale"),
-            StopOutcome::Foreign | StopOutcome::Pending { .. } => ("stop", "pending"),
+            StopOutcome::Foreign
+            | StopOutcome::Pending { .. }
+            | StopOutcome::DrivenElsewhere
+            | StopOutcome::DoneElsewhere => ("stop", "pending"),
         };
         let detail = match &outcome {
-            StopOutcome::Stopped { by } => by.clone(),
+            StopOutcome::Stopped { by, members: 0 } => by.clone(),
+            StopOutcome::Stopped { by, members } => format!("{by}; {members} members stopped"),
             StopOutcome::Refused { why } => why.clone(),
             other => other.summary(),
+        };
+        // Only the driver finishes a ticket, and only once: its claim is given up here.
+        let Some(claim) = item.claim.take() else {
+            item.outcome = Some(outcome);
+            return;
         };
         // The event first: whoever sees the ticket gone can read why.
         self.log
             .record(&event_for(&item.ticket, action, result).detail(detail));
-        if let Err(err) = self.tickets.remove(&item.ticket) {
+        if let Err(err) = self.tickets.remove(&item.ticket, &claim) {
             self.log
                 .record(&event_for(&item.ticket, "error", "failed").detail(format!("{err:#}")));
         }
@@ -365,15 +485,7 @@ fn stopped_by(ticket: &StopTicket) -> String {
 }
 
 fn is_running(item: &Active) -> bool {
-    let leader = item
-        .handle
-        .as_ref()
-        .is_some_and(|handle| !handle.has_exited());
-    leader
-        || item
-            .ticket
-            .pgid
-            .is_some_and(|pgid| !proc::group_members(pgid, &item.ticket.identity).is_empty())
+    !lineage::is_stop_done(item.leader_alive(), item.live_members())
 }
 
 /// Waits until one of `handles` exits or `timeout` passes.
@@ -481,6 +593,8 @@ pub fn new_ticket(
         graceful_at: None,
         term_at: None,
         kill_at: None,
+        lineage: None,
+        members: Vec::new(),
         extra: serde_json::Map::new(),
     }
 }
@@ -504,12 +618,13 @@ pub fn ticket_for(
     ticket.name = Some(record.name.clone());
     ticket.shutdown.clone_from(&record.shutdown);
     ticket.host.clone_from(&record.host);
+    ticket.lineage.clone_from(&record.lineage);
     ticket
 }
 
 /// How long a command in the foreground waits for a stop: the whole cascade and one SIGKILL retry.
-pub fn foreground_deadline(ticket: &StopTicket) -> Instant {
-    Instant::now() + GRACEFUL_WINDOW + Duration::from_millis(ticket.grace_ms) + KILL_RETRY * 2
+pub fn foreground_deadline(ticket: &StopTicket) -> Deadline {
+    Deadline::after(GRACEFUL_WINDOW + Duration::from_millis(ticket.grace_ms) + KILL_RETRY * 2)
 }
 
 #[cfg(test)]
@@ -519,6 +634,7 @@ mod tests {
     fn ticket() -> StopTicket {
         let identity = Identity {
             boot_id: "b".into(),
+            pid_ns: None,
             pid: 10,
             start_ticks: 1,
             uid: 0,

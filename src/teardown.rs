@@ -4,12 +4,12 @@
 //! is signalled here: the caller runs the tickets within its deadline.
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use crate::act::executor::{self, Mode};
 use crate::clock;
+use crate::deadline::Deadline;
 use crate::decide::{self, SlotChange};
 use crate::events::{Event, Reason};
 use crate::name::SessionId;
@@ -98,7 +98,7 @@ pub fn end_session(
     store: &Store,
     guard: &Guard,
     ending: &Ending,
-    lock_deadline: Instant,
+    lock_deadline: Deadline,
 ) -> EndReport {
     let session = ending.session.as_str();
     let mut report = EndReport {
@@ -106,7 +106,7 @@ pub fn end_session(
         reason: ending.reason.to_string(),
         ..EndReport::default()
     };
-    let (title, index) = match mark_ended(store, ending) {
+    let (title, index) = match mark_ended(store, ending, lock_deadline) {
         Ok((before, after)) => (
             after.and_then(|record| record.title),
             before.and_then(|record| record.slots),
@@ -127,6 +127,12 @@ pub fn end_session(
     let mode = Mode::dry(ending.dry_run);
     for slot in slots {
         let label = slot.label();
+        if lock_deadline.expired() {
+            report.problems.push(format!(
+                "deadline reached before {label}; a sweep finishes the rest"
+            ));
+            break;
+        }
         let decided = executor::update_slot(store, &slot, lock_deadline, mode, |view| {
             decide::slot::remove_owners(view, &[session], ending.reason, &host, &label)
         });
@@ -144,7 +150,13 @@ pub fn end_session(
             }
         }
     }
-    file_resume_orphans(store, guard, ending, title.as_deref(), &mut report);
+    file_resume_orphans(
+        store,
+        guard,
+        (ending, lock_deadline),
+        title.as_deref(),
+        &mut report,
+    );
     crate::adapters::codex_plugin::end_session(store, guard, ending, &mut report);
     if !ending.dry_run {
         store.log.record(
@@ -180,37 +192,35 @@ impl EndReport {
 fn mark_ended(
     store: &Store,
     ending: &Ending,
+    deadline: Deadline,
 ) -> anyhow::Result<(Option<SessionRecord>, Option<SessionRecord>)> {
     if ending.dry_run {
         let current = store.sessions.get(&ending.session)?;
         return Ok((current.clone(), current));
     }
     let now = clock::now_rfc3339();
-    store
-        .sessions
-        .update(&ending.session, Duration::from_millis(500), |current| {
-            let mut record = current.cloned().unwrap_or_else(|| {
-                let mut fresh =
-                    SessionRecord::new(ending.session.as_str(), proc::host_name(), &now);
-                // Never seen before: what it may own is not indexed, so its end visits every slot.
-                fresh.slots = None;
-                fresh
-            });
-            if record.ended_at.is_none() {
-                record.ended_at = Some(now.clone());
-                record.end_reason = Some(
-                    ending
-                        .agent_reason
-                        .clone()
-                        .unwrap_or_else(|| ending.reason.to_string()),
-                );
-            }
-            record.last_seen.clone_from(&now);
-            if let Some(seen) = &ending.seen {
-                seen.fill_blanks(&mut record);
-            }
-            Ok(Some(record))
-        })
+    store.sessions.update(&ending.session, deadline, |current| {
+        let mut record = current.cloned().unwrap_or_else(|| {
+            let mut fresh = SessionRecord::new(ending.session.as_str(), proc::host_name(), &now);
+            // Never seen before: what it may own is not indexed, so its end visits every slot.
+            fresh.slots = None;
+            fresh
+        });
+        if record.ended_at.is_none() {
+            record.ended_at = Some(now.clone());
+            record.end_reason = Some(
+                ending
+                    .agent_reason
+                    .clone()
+                    .unwrap_or_else(|| ending.reason.to_string()),
+            );
+        }
+        record.last_seen.clone_from(&now);
+        if let Some(seen) = &ending.seen {
+            seen.fill_blanks(&mut record);
+        }
+        Ok(Some(record))
+    })
 }
 
 fn owned_slot(record: &BrokerRecord, stopping: bool) -> OwnedSlot {
@@ -228,11 +238,11 @@ fn owned_slot(record: &BrokerRecord, stopping: bool) -> OwnedSlot {
 fn file_resume_orphans(
     store: &Store,
     guard: &Guard,
-    ending: &Ending,
+    (ending, deadline): (&Ending, Deadline),
     title: Option<&str>,
     report: &mut EndReport,
 ) {
-    let snapshot = proc::scan_cmdlines();
+    let snapshot = proc::scan_cmdlines(deadline);
     let mut protected: HashSet<i32> = proc::self_and_ancestors();
     let candidates = plan::resume_orphans(&snapshot, ending.session.as_str(), title, &protected);
     if candidates.is_empty() {
@@ -240,21 +250,15 @@ fn file_resume_orphans(
     }
     // Only with a candidate are the other sessions read: their live agents keep their argv after `/clear`.
     protected.extend(live_agent_pids(store, &ending.session));
-    for pid in candidates
+    let candidates = candidates
         .into_iter()
-        .filter(|pid| !protected.contains(pid))
-    {
-        let Some(identity) = proc::identity_of(pid) else {
-            continue;
-        };
+        .filter(|pid| !protected.contains(pid));
+    let resumes = |argv: &[String]| plan::resumes(argv, ending.session.as_str(), title);
+    for (identity, argv) in crate::lineage::confirm_by_argv(candidates, resumes) {
+        let pid = identity.pid;
         if guard.check(&identity).is_err() {
             continue;
         }
-        let argv = snapshot
-            .iter()
-            .find(|(p, _)| *p == pid)
-            .map(|(_, argv)| argv.clone())
-            .unwrap_or_default();
         let mut ticket = stop::new_ticket(
             identity,
             None,

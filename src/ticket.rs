@@ -1,14 +1,33 @@
 //! The stop-ticket store: `stopping/<ticket>.json`, one per process to stop, deleted only when the process is
-//! confirmed gone.
+//! confirmed gone. A ticket is driven by one process at a time: the driver holds `stopping/<ticket>.lock` (see
+//! `claim`), others skip it.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 
+use crate::error::bad_input;
 use crate::events::{Event, EventLog};
+use crate::lock::{self, LockGuard};
 use crate::record::{self, Parsed, StopTicket};
 use crate::slot::Unreadable;
 use crate::state::{self, STOPPING, StateRoot};
+
+/// Proof that this process drives a ticket; the lock is released when it is dropped.
+#[derive(Debug)]
+pub struct TicketLock(LockGuard);
+
+/// What claiming a ticket found. (One value lives per claim attempt: its size does not matter.)
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+pub enum Claim {
+    /// Ours to drive, as it is on disk.
+    Mine(StopTicket, TicketLock),
+    /// Another process drives it right now.
+    Busy,
+    /// Gone: another driver finished it.
+    Finished,
+}
 
 /// The tickets of one state root.
 #[derive(Clone, Debug)]
@@ -27,28 +46,51 @@ impl Tickets {
             .join(StopTicket::file_name(&ticket.identity))
     }
 
-    /// Files a ticket. When one already exists for the process, that one stands (its progress is kept).
-    pub fn file(&self, ticket: &StopTicket) -> anyhow::Result<()> {
-        let path = self.path_of(ticket);
-        if path.exists() {
-            return Ok(());
-        }
-        self.root.write_atomic(&path, &record::to_bytes(ticket))
+    fn lock_path_of(&self, ticket: &StopTicket) -> PathBuf {
+        self.path_of(ticket).with_extension("lock")
     }
 
-    pub fn save(&self, ticket: &StopTicket) -> anyhow::Result<()> {
+    /// Files a ticket. When one already exists for the process, that one stands (its progress is kept): the file
+    /// is created, never replaced, so a driver's progress is never overwritten.
+    pub fn file(&self, ticket: &StopTicket) -> anyhow::Result<()> {
+        self.root
+            .create_atomic(&self.path_of(ticket), &record::to_bytes(ticket))
+            .map(drop)
+    }
+
+    /// Claims `ticket` for driving: its lock taken without waiting, and the ticket as it is on disk now (another
+    /// driver may have made progress since it was listed). A ticket gone from disk was finished by another driver.
+    pub fn claim(&self, ticket: &StopTicket) -> anyhow::Result<Claim> {
+        let Some(lock) = lock::try_lock(&self.root, &self.lock_path_of(ticket))? else {
+            return Ok(Claim::Busy);
+        };
+        let path = self.path_of(ticket);
+        let Some(bytes) = self.root.read_file(&path)? else {
+            lock.remove()?;
+            return Ok(Claim::Finished);
+        };
+        match record::parse::<StopTicket>(&bytes, &path)? {
+            Parsed::Record(current) => Ok(Claim::Mine(current, TicketLock(lock))),
+            Parsed::Corrupt(why) => Err(bad_input(format!("{}: {why}", path.display()))),
+        }
+    }
+
+    /// Writes a claimed ticket's progress.
+    pub fn save(&self, ticket: &StopTicket, _claim: &TicketLock) -> anyhow::Result<()> {
         self.root
             .write_atomic(&self.path_of(ticket), &record::to_bytes(ticket))
     }
 
-    /// Deletes a ticket whose process is confirmed gone.
-    pub fn remove(&self, ticket: &StopTicket) -> anyhow::Result<()> {
+    /// Deletes a claimed ticket whose process is confirmed gone, then its lock (still held, so a process waiting
+    /// for it starts over and finds the ticket gone).
+    pub fn remove(&self, ticket: &StopTicket, claim: &TicketLock) -> anyhow::Result<()> {
         let path = self.path_of(ticket);
         match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(err) => Err(err).with_context(|| format!("removing {}", path.display())),
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(err).with_context(|| format!("removing {}", path.display())),
         }
+        claim.0.remove()
     }
 
     /// Every ticket file and what it holds, changing nothing (for `status`, `doctor` and dry runs).
@@ -108,10 +150,11 @@ impl Tickets {
     /// Every pending ticket, for a run that drives them. A corrupt one is moved aside and reported in the log; one
     /// that is refused as it stands is reported and left.
     pub fn pending(&self, log: &EventLog) -> Vec<StopTicket> {
+        let host = crate::proc::host_name();
         self.scan()
             .into_iter()
             .filter_map(|(path, view)| match view {
-                TicketView::Ticket(ticket) => Some(ticket),
+                TicketView::Ticket(ticket) => self.at_its_name(&path, ticket, &host),
                 TicketView::Unreadable(unreadable) if unreadable.corrupt => {
                     let detail = match state::quarantine(&path) {
                         Ok(moved) => {
@@ -131,10 +174,85 @@ impl Tickets {
     }
 }
 
+impl Tickets {
+    /// A ticket is claimed, saved and removed by its identity's file name: one of this host's filed under another
+    /// name (by hand, or by an older build) is moved there first, without replacing a ticket already at that name.
+    fn at_its_name(
+        &self,
+        path: &std::path::Path,
+        ticket: StopTicket,
+        host: &str,
+    ) -> Option<StopTicket> {
+        let canonical = self.path_of(&ticket);
+        if path != canonical && !crate::record::is_other_host(&ticket.host, host) {
+            match std::fs::hard_link(path, &canonical) {
+                Ok(()) => std::fs::remove_file(path).ok()?,
+                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(_) => return None,
+            }
+        }
+        Some(ticket)
+    }
+}
+
 /// What a ticket file holds.
 #[derive(Clone, Debug)]
 #[allow(clippy::large_enum_variant)]
 pub enum TicketView {
     Ticket(StopTicket),
     Unreadable(Unreadable),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Identity;
+
+    fn tickets() -> (tempfile::TempDir, Tickets, StopTicket) {
+        let temp = tempfile::tempdir().unwrap();
+        let root = StateRoot::open(&temp.path().join("state")).unwrap();
+        let identity = Identity {
+            boot_id: "b".into(),
+            pid_ns: None,
+            pid: 4242,
+            start_ticks: 7,
+            uid: 0,
+        };
+        let ticket = crate::stop::new_ticket(identity, None, "manual", 100, "test".into());
+        (temp, Tickets::new(&root), ticket)
+    }
+
+    #[test]
+    fn one_claim_at_a_time_and_a_finished_ticket_stays_finished() {
+        let (_temp, tickets, ticket) = tickets();
+        tickets.file(&ticket).unwrap();
+        let Claim::Mine(mut mine, lock) = tickets.claim(&ticket).unwrap() else {
+            panic!("a filed ticket is ours to claim");
+        };
+        assert!(matches!(tickets.claim(&ticket).unwrap(), Claim::Busy));
+        mine.attempts = 2;
+        tickets.save(&mine, &lock).unwrap();
+        // Filing again keeps the driver's progress.
+        tickets.file(&ticket).unwrap();
+        assert_eq!(tickets.readable()[0].attempts, 2);
+        tickets.remove(&mine, &lock).unwrap();
+        drop(lock);
+        assert!(matches!(tickets.claim(&ticket).unwrap(), Claim::Finished));
+        assert!(
+            !tickets.lock_path_of(&ticket).exists(),
+            "no lock left behind"
+        );
+    }
+
+    #[test]
+    fn a_claim_reads_the_progress_on_disk() {
+        let (_temp, tickets, ticket) = tickets();
+        let mut progressed = ticket.clone();
+        progressed.attempts = 1;
+        tickets.file(&progressed).unwrap();
+        let Claim::Mine(current, _lock) = tickets.claim(&ticket).unwrap() else {
+            panic!("claimable");
+        };
+        assert_eq!(current.attempts, 1);
+    }
 }

@@ -2,8 +2,7 @@
 //! change, applies it and logs exactly one event for it. In a dry run the same decision runs on an unlocked view
 //! and nothing is applied, so `--dry-run` prints what a real run would do.
 
-use std::time::Instant;
-
+use crate::deadline::Deadline;
 use crate::decide::SlotChange;
 use crate::events::Event;
 use crate::slot::{Slot, SlotGuard, SlotView};
@@ -27,7 +26,7 @@ impl Mode {
 pub fn update_slot(
     store: &Store,
     slot: &Slot,
-    deadline: Instant,
+    deadline: Deadline,
     mode: Mode,
     decide: impl FnOnce(&SlotView) -> SlotChange,
 ) -> anyhow::Result<SlotChange> {
@@ -38,8 +37,7 @@ pub fn update_slot(
             _ => change,
         });
     }
-    let wait = deadline.saturating_duration_since(Instant::now());
-    let guard = slot.lock(&store.root, wait)?;
+    let guard = slot.lock(&store.root, deadline)?;
     let change = decide(&guard.view());
     apply(store, &guard, &change)?;
     Ok(change)

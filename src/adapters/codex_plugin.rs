@@ -466,7 +466,7 @@ pub fn claimed_pids(discovery: &Discovery) -> HashSet<i32> {
             let mut pids = vec![seen.identity.pid];
             if seen.stat.pgid == seen.identity.pid {
                 pids.extend(
-                    crate::proc::group_members(seen.stat.pgid, &seen.identity)
+                    crate::lineage::members_of_live_leader(&seen.identity)
                         .into_iter()
                         .map(|member| member.pid),
                 );

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use crate::act::executor;
 use crate::clock;
 use crate::config::{self, BrokerRequest, Config, OwnerSpec, SlotSpec, StopPolicy};
+use crate::deadline::Deadline;
 use crate::decide::{self, SlotChange};
 use crate::error::{Outcome, bad_input};
 use crate::events::{Event, Reason};
@@ -34,6 +35,7 @@ pub fn run(request: BrokerRequest, config: &Config) -> anyhow::Result<Outcome> {
         } => {
             let target = SlotTarget::open(slot, config)?;
             let owner = target.owner(&owner)?;
+            target.refuse_other_pid_ns(owner.as_ref(), "spawn")?;
             let request = SpawnRequest {
                 command: &command,
                 log: log.as_deref(),
@@ -52,6 +54,7 @@ pub fn run(request: BrokerRequest, config: &Config) -> anyhow::Result<Outcome> {
             let adoptee = adoptable(pid)?;
             let target = SlotTarget::open(slot, config)?;
             let owner = target.owner(&owner)?;
+            target.refuse_other_pid_ns(owner.as_ref(), "register")?;
             register(
                 &target,
                 adoptee,
@@ -77,6 +80,13 @@ pub fn run(request: BrokerRequest, config: &Config) -> anyhow::Result<Outcome> {
 /// A process `broker register` may adopt: live, and one the guard would let us signal. Checked before the state
 /// root is touched.
 fn adoptable(pid: i32) -> anyhow::Result<(Identity, proc::ProcStat)> {
+    if let Ok((tgid, _)) = proc::tgid_and_uid(pid)
+        && tgid != pid
+    {
+        return Err(bad_input(format!(
+            "--pid {pid}: is a thread of process {tgid}, not a process; give the process id"
+        )));
+    }
     let identity = proc::identity_of(pid)
         .ok_or_else(|| bad_input(format!("--pid {pid}: no such live process")))?;
     if let Err(refusal) = Guard::new().check(&identity) {
@@ -131,6 +141,28 @@ impl SlotTarget {
         self.named_owner(spec)?.ok_or_else(config::no_owner_found)
     }
 
+    /// A broker started (or adopted) from another pid namespace than its owner session's agent — a sandboxed shell
+    /// tool, a container — would die with that sandbox, and its pid would mean nothing outside it: refused (exit 2).
+    fn refuse_other_pid_ns(&self, owner: Option<&SessionId>, verb: &str) -> anyhow::Result<()> {
+        let Some(id) = owner else { return Ok(()) };
+        let Some(agent) = self.store.sessions.get(id)?.and_then(|r| r.agent_identity) else {
+            return Ok(());
+        };
+        let here = proc::own_pid_ns();
+        if !agent.is_other_pid_ns(here) {
+            return Ok(());
+        }
+        Err(bad_input(format!(
+            "broker {verb}: this command runs in pid namespace {} but session {id}'s agent runs in {} (a sandboxed \
+             shell tool such as Codex's bubblewrap, or a container): a broker started here would die with the \
+             sandboxed command, and its pid means nothing outside it; run `broker {verb}` outside the sandbox",
+            here.map_or_else(|| "?".to_owned(), |ns| ns.to_string()),
+            agent
+                .pid_ns
+                .map_or_else(|| "?".to_owned(), |ns| ns.to_string()),
+        )))
+    }
+
     /// A session that has ended is never made an owner: nothing would ever end it again.
     fn refuse_ended(&self, id: &SessionId) -> anyhow::Result<()> {
         match self.store.sessions.get(id)? {
@@ -163,16 +195,26 @@ impl SlotTarget {
             )));
         }
         if let Some(owner) = owner {
-            self.store
-                .sessions
-                .index_slot(owner, &self.slot.label(), LOCK_WAIT)?;
+            self.store.sessions.index_slot(
+                owner,
+                &self.slot.label(),
+                Deadline::after(LOCK_WAIT),
+            )?;
         }
         self.lock()
     }
 
+    /// Creates the slot and takes its lock. A sweep removing the empty slot in between makes the lock fail on a
+    /// vanished directory: created again and retried (a few times).
     fn lock(&self) -> anyhow::Result<SlotGuard<'_>> {
-        self.slot.create(&self.store.root)?;
-        self.slot.lock(&self.store.root, LOCK_WAIT)
+        let mut tries = 0;
+        loop {
+            self.slot.create(&self.store.root)?;
+            match self.slot.lock(&self.store.root, Deadline::after(LOCK_WAIT)) {
+                Err(_) if tries < 3 && !self.slot.dir().exists() => tries += 1,
+                result => return result,
+            }
+        }
     }
 
     /// The live broker of the slot, under its lock. A record whose process is gone is pruned (`broker_gone`); a
@@ -205,11 +247,15 @@ impl SlotTarget {
             }
             SlotView::Broker(record) => record,
         };
-        if crate::record::is_other_host(&record.host, &proc::host_name()) {
+        if crate::lineage::is_foreign(record, &proc::host_name()) {
             return Err(bad_input(format!(
-                "{}: the broker was recorded by host {:?}; it is left alone from here",
+                "{}: the broker was recorded by host {:?} (pid namespace {}); it is left alone from here",
                 path.display(),
-                record.host
+                record.host,
+                record
+                    .identity
+                    .pid_ns
+                    .map_or_else(|| "-".to_owned(), |ns| ns.to_string()),
             )));
         }
         if proc::is_alive(&record.identity) {
@@ -234,6 +280,7 @@ struct Adopted<'a> {
     command: Vec<String>,
     identity: Identity,
     pgid: Option<i32>,
+    lineage: Option<String>,
     policy: &'a StopPolicy,
     endpoint: Option<&'a str>,
     owner: Option<&'a SessionId>,
@@ -259,6 +306,7 @@ impl SlotTarget {
             grace_ms: clock::millis(broker.policy.grace),
             shutdown: broker.policy.shutdown.clone(),
             host: proc::host_name(),
+            lineage: broker.lineage,
             extra: serde_json::Map::new(),
         };
         if let Some(owner) = broker.owner {
@@ -310,12 +358,16 @@ fn spawn(
         .log
         .map_or_else(|| target.slot.dir().join("broker.log"), Path::to_path_buf);
     let marker = format!("{}/{}", target.workspace_text(), target.slot.name());
+    let token = crate::lineage::new_token()?;
     let child = launch::spawn_broker(
         request.command,
-        &target.cwd,
-        &log,
-        &marker,
-        target.store.root.path(),
+        &launch::BrokerLaunch {
+            cwd: &target.cwd,
+            log: &log,
+            marker: &marker,
+            state_root: target.store.root.path(),
+            lineage: &token,
+        },
     )?;
     let pid = i32::try_from(child.id()).context("pid out of range")?;
     let Some(identity) = proc::identity_of(pid) else {
@@ -335,12 +387,25 @@ fn spawn(
         command: request.command.to_vec(),
         identity,
         pgid: Some(pid),
+        lineage: Some(token),
         policy: &request.policy,
         endpoint: request.endpoint,
         owner,
     });
     let detail = record.command.join(" ");
-    target.record_broker(&guard, &record, owner, ("spawn", "started"), detail)
+    let recorded = target.record_broker(&guard, &record, owner, ("spawn", "started"), detail);
+    if recorded.is_err() {
+        // A broker no record knows would run on unowned (a full disk, a failed write): stop it now.
+        abandon(&record);
+    }
+    recorded
+}
+
+/// SIGKILLs a broker we just started and could not record, with its group, through its verified identity.
+fn abandon(record: &BrokerRecord) {
+    if let crate::signal::Target::Live(handle) = Guard::new().target(&record.identity) {
+        let _ = handle.signal_group(crate::signal::Sig::Kill);
+    }
 }
 
 /// Adds `owner` to a live broker and refreshes its idle clock: the reuse path of spawn and register.
@@ -370,7 +435,7 @@ fn register(
     let guard = target.lock_for(owner)?;
     target.recheck_owner(owner)?;
     if let Some(record) = target.live_broker(&guard)? {
-        if record.identity != identity {
+        if !record.identity.is_same_process(&identity) {
             target.store.log.record(
                 &target
                     .event("refuse", "refused")
@@ -390,6 +455,7 @@ fn register(
         command: proc::cmdline(pid).unwrap_or_default(),
         identity,
         pgid: (stat.pgid == pid).then_some(pid),
+        lineage: None,
         policy,
         endpoint,
         owner,

@@ -305,7 +305,7 @@ impl Demo {
             }
             leftovers.push(format!("{label} (pid {})", identity.pid));
             if let Target::Live(handle) = guard.target(identity) {
-                let _ = handle.signal_group(identity.pid, Sig::Kill);
+                let _ = handle.signal_group(Sig::Kill);
             }
         }
         let verdict = if leftovers.is_empty() {

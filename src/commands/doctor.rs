@@ -126,8 +126,50 @@ pub fn checks(config: &Config) -> Vec<Check> {
         let store = Store::from_root(root);
         checks.push(tickets_check(&store));
         checks.push(corrupt_check(&store));
+        checks.push(agents_check(&store));
     }
     checks
+}
+
+/// Live sessions whose recorded agent process is no agent executable: a wrapper around the hook (a launcher script,
+/// `flock`, `xargs`) was taken for the agent, and the session ends as soon as that process exits.
+fn agents_check(store: &Store) -> Check {
+    let odd: Vec<String> = store
+        .sessions
+        .all()
+        .into_iter()
+        .filter(|session| !session.is_ended())
+        .filter_map(|session| {
+            let identity = session
+                .agent_identity
+                .as_ref()
+                .filter(|id| crate::proc::is_alive(id))?;
+            let argv = crate::proc::cmdline(identity.pid).unwrap_or_default();
+            (!crate::proc::is_agent_program(&argv)).then(|| {
+                format!(
+                    "{} (pid {}: {})",
+                    session.session_id,
+                    identity.pid,
+                    argv.join(" ")
+                )
+            })
+        })
+        .collect();
+    if odd.is_empty() {
+        check(
+            "agent processes",
+            Level::Ok,
+            "every live session's agent is an agent executable",
+            None,
+        )
+    } else {
+        check(
+            "agent processes",
+            Level::Warn,
+            format!("recorded agent is not an agent executable: {}", odd.join("; ")),
+            Some("run the hook directly from the agent's settings, or pass --owner-pid with the agent's pid".into()),
+        )
+    }
 }
 
 fn filesystem_check(path: &Path) -> Check {

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::config::{Config, ReapRequest, ReapTarget};
+use crate::deadline::Deadline;
 use crate::error::Outcome;
 use crate::finisher;
 use crate::name::SessionId;
@@ -33,6 +34,8 @@ pub fn run(request: &ReapRequest, config: &Config) -> anyhow::Result<Outcome> {
     };
     let guard = Guard::new();
     let started = Instant::now();
+    // `--deadline` bounds the whole run, lock waits included.
+    let overall = request.deadline.map_or_else(Deadline::far, Deadline::after);
     let reports: Vec<EndReport> = sessions
         .iter()
         .map(|session| {
@@ -44,7 +47,12 @@ pub fn run(request: &ReapRequest, config: &Config) -> anyhow::Result<Outcome> {
                 dry_run: request.dry_run,
                 codex: request.codex.clone(),
             };
-            teardown::end_session(&store, &guard, &ending, Instant::now() + LOCK_WAIT)
+            teardown::end_session(
+                &store,
+                &guard,
+                &ending,
+                Deadline::after(LOCK_WAIT).min(overall),
+            )
         })
         .collect();
     let tickets: Vec<_> = reports
@@ -57,7 +65,10 @@ pub fn run(request: &ReapRequest, config: &Config) -> anyhow::Result<Outcome> {
         let deadline = request
             .deadline
             .or(all.then_some(DRAIN_DEADLINE))
-            .map_or_else(|| longest_stop(&tickets), |deadline| started + deadline);
+            .map_or_else(
+                || longest_stop(&tickets),
+                |deadline| Deadline::at(started).later(deadline),
+            );
         let stops = store.stopper(guard).run(tickets.clone(), deadline);
         if stops
             .iter()
@@ -89,12 +100,12 @@ fn live_sessions(store: &Store) -> Vec<SessionId> {
 }
 
 /// Long enough for every ticket's whole cascade.
-fn longest_stop(tickets: &[crate::record::StopTicket]) -> Instant {
+fn longest_stop(tickets: &[crate::record::StopTicket]) -> Deadline {
     tickets
         .iter()
         .map(crate::stop::foreground_deadline)
         .max()
-        .unwrap_or_else(Instant::now)
+        .unwrap_or_else(Deadline::now)
 }
 
 fn print_human(dry_run: bool, reports: &[EndReport], stops: &[StopReport]) {

@@ -19,8 +19,74 @@ use crate::ticket::TicketView;
 pub struct SlotStatus {
     pub slot: String,
     pub alive: bool,
+    /// The broker's members besides its leader (DESIGN "Process lineage").
+    pub members: Vec<Member>,
     #[serde(flatten)]
     pub record: BrokerRecord,
+}
+
+/// A live member of a broker: what it runs and the memory it holds.
+#[derive(Debug, Serialize)]
+pub struct Member {
+    pub pid: i32,
+    pub argv: Vec<String>,
+    pub rss_kib: Option<u64>,
+}
+
+/// Fills in each broker's members, and each ticket's members left behind: a ticket whose leader is gone while
+/// members run, with no finisher driving it, is a stop that left them behind — stuck, not stopped.
+fn add_members(slots: &mut [SlotStatus], tickets: &mut [TicketStatus], finisher_running: bool) {
+    let leaders: std::collections::HashSet<i32> = slots
+        .iter()
+        .filter(|slot| slot.alive)
+        .map(|slot| slot.record.identity.pid)
+        .chain(
+            tickets
+                .iter()
+                .filter(|t| t.alive)
+                .map(|t| t.ticket.identity.pid),
+        )
+        .collect();
+    let processes = proc::observe(&leaders);
+    for slot in slots {
+        let record = &slot.record;
+        slot.members = members_of(&processes, &record.identity, record.lineage.as_deref(), &[]);
+    }
+    for status in tickets {
+        let ticket = &status.ticket;
+        status.members_left = members_of(
+            &processes,
+            &ticket.identity,
+            ticket.lineage.as_deref(),
+            &ticket.members,
+        );
+        let leader_alive = status.alive;
+        status.alive = leader_alive || !status.members_left.is_empty();
+        let left_behind = !leader_alive && !status.members_left.is_empty() && !finisher_running;
+        status.stuck = status.alive && (ticket.attempts >= STUCK_AFTER || left_behind);
+    }
+}
+
+/// The live members of the broker led by `leader` (token, or group and session while the leader lives), plus the
+/// members a ticket remembers.
+fn members_of(
+    snapshot: &[proc::Observed],
+    leader: &crate::record::Identity,
+    token: Option<&str>,
+    remembered: &[crate::record::Identity],
+) -> Vec<Member> {
+    let mut found = crate::lineage::members(leader, token, proc::is_alive(leader), snapshot);
+    found.extend(remembered.iter().filter(|m| proc::is_alive(m)).cloned());
+    found.sort_by_key(|m| m.pid);
+    found.dedup_by_key(|m| m.pid);
+    found
+        .into_iter()
+        .map(|member| Member {
+            pid: member.pid,
+            argv: proc::cmdline(member.pid).unwrap_or_default(),
+            rss_kib: proc::rss_kib(member.pid),
+        })
+        .collect()
 }
 
 /// A snapshot of the whole state root.
@@ -45,8 +111,12 @@ pub struct Unreadable {
 
 #[derive(Debug, Serialize)]
 pub struct TicketStatus {
+    /// The leader or a member still runs.
     pub alive: bool,
+    /// Still running after the SIGKILLs, or members left behind by a leader that is gone with nothing driving the
+    /// stop: not stopped.
     pub stuck: bool,
+    pub members_left: Vec<Member>,
     #[serde(flatten)]
     pub ticket: StopTicket,
 }
@@ -61,6 +131,7 @@ pub fn snapshot(store: &Store) -> Snapshot {
             SlotView::Broker(record) => slots.push(SlotStatus {
                 slot: slot.label(),
                 alive: proc::is_alive(&record.identity),
+                members: Vec::new(),
                 record,
             }),
             SlotView::Unreadable(problem) => unreadable.push(Unreadable {
@@ -77,6 +148,7 @@ pub fn snapshot(store: &Store) -> Snapshot {
                 tickets.push(TicketStatus {
                     alive,
                     stuck: alive && ticket.attempts >= STUCK_AFTER,
+                    members_left: Vec::new(),
                     ticket,
                 });
             }
@@ -86,6 +158,8 @@ pub fn snapshot(store: &Store) -> Snapshot {
             }),
         }
     }
+    let finisher_running = finisher::is_running(store);
+    add_members(&mut slots, &mut tickets, finisher_running);
     let (sessions, unreadable_sessions) = store.sessions.scan();
     unreadable.extend(
         unreadable_sessions
@@ -104,7 +178,7 @@ pub fn snapshot(store: &Store) -> Snapshot {
             .into_iter()
             .filter(|session| !session.is_ended())
             .collect(),
-        finisher_running: finisher::is_running(store),
+        finisher_running,
         codex_plugin: Vec::new(),
     }
 }
@@ -170,6 +244,7 @@ fn print_human(snapshot: &Snapshot) {
                 shorten(&record.command.join(" "), 28),
                 workspace
             );
+            print_members("member", &slot.members);
         }
     }
     for slot in &snapshot.unreadable {
@@ -178,7 +253,9 @@ fn print_human(snapshot: &Snapshot) {
     if !snapshot.tickets.is_empty() {
         println!("stopping:");
         for ticket in &snapshot.tickets {
-            let state = if ticket.stuck {
+            let state = if ticket.stuck && ticket.ticket.attempts < STUCK_AFTER {
+                format!("STUCK: {} members left behind", ticket.members_left.len())
+            } else if ticket.stuck {
                 format!("STUCK after {} SIGKILLs", ticket.ticket.attempts)
             } else if ticket.alive {
                 "in progress".to_owned()
@@ -189,6 +266,7 @@ fn print_human(snapshot: &Snapshot) {
                 "  pid {:<8} {:<14} {}  since {}",
                 ticket.ticket.identity.pid, ticket.ticket.reason, state, ticket.ticket.requested_at
             );
+            print_members("left", &ticket.members_left);
         }
     }
     crate::adapters::codex_plugin::print_status(&snapshot.codex_plugin);
@@ -201,6 +279,21 @@ fn print_human(snapshot: &Snapshot) {
         println!(
             "  {} {:<7} agent pid {:<8} {}",
             session.session_id, session.agent, pid, session.cwd
+        );
+    }
+}
+
+fn print_members(label: &str, members: &[Member]) {
+    for member in members {
+        let rss = member.rss_kib.map_or_else(
+            || "-".to_owned(),
+            |kib| format!("{}.{} MiB", kib / 1024, kib % 1024 * 10 / 1024),
+        );
+        println!(
+            "    {label} {:<8} {:>10}  {}",
+            member.pid,
+            rss,
+            shorten(&member.argv.join(" "), 60)
         );
     }
 }

@@ -4,22 +4,22 @@
 //! reports duplicate `--resume` writers, and cleans tombstones, empty slots and an oversized log.
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
 use crate::act::executor::{self, Mode};
 use crate::clock;
 use crate::config::{Config, SweepRequest};
+use crate::deadline::Deadline;
 use crate::decide::{self, SlotChange, SlotFacts, SweepPolicy};
 use crate::error::Outcome;
 use crate::events::{Event, Reason};
 use crate::finisher;
-use crate::launch::{BROKER_MARKER, STATE_ROOT_MARKER};
 use crate::name::SessionId;
 use crate::plan;
 use crate::proc;
-use crate::record::{BrokerRecord, Identity, SessionRecord, StopTicket};
+use crate::record::{BrokerRecord, SessionRecord, StopTicket};
 use crate::signal::Guard;
 use crate::slot::{LOCK_WAIT, Slot, SlotView};
 use crate::stop::{self, StopOutcome, StopReport};
@@ -113,8 +113,8 @@ pub fn run(args: &SweepRequest, config: &Config) -> anyhow::Result<Outcome> {
     sweep.actions.extend(plugin.actions);
     sweep.tickets.extend(plugin.tickets);
     sweep.problems.extend(plugin.problems);
-    let snapshot = proc::scan_cmdlines();
-    sweep.stop_unrecorded(&snapshot);
+    let snapshot = proc::scan_cmdlines(Deadline::far());
+    sweep.stop_unrecorded();
     sweep.report_duplicate_writers(&snapshot, &sessions);
     sweep.drop_tombstones(&sessions, args.retention);
     if !args.dry_run && store.log.rotate_if_oversized() {
@@ -172,6 +172,9 @@ impl Sweep<'_> {
             let Some(identity) = &record.agent_identity else {
                 continue;
             };
+            if identity.is_other_pid_ns(proc::own_pid_ns()) {
+                continue;
+            }
             if proc::is_alive(identity) {
                 continue;
             }
@@ -188,7 +191,7 @@ impl Sweep<'_> {
                 codex: crate::adapters::codex_plugin::Discovery::off(),
             };
             let report =
-                teardown::end_session(self.store, &self.guard, &ending, Instant::now() + LOCK_WAIT);
+                teardown::end_session(self.store, &self.guard, &ending, Deadline::after(LOCK_WAIT));
             self.act(
                 "end_session",
                 Some(Reason::OwnersGone),
@@ -228,7 +231,7 @@ impl Sweep<'_> {
             let decided = executor::update_slot(
                 self.store,
                 &slot,
-                Instant::now() + LOCK_WAIT,
+                Deadline::after(LOCK_WAIT),
                 mode,
                 |view| {
                     seen = view.broker().cloned();
@@ -249,7 +252,10 @@ impl Sweep<'_> {
         if mode == Mode::Apply {
             for (session, label) in unindexed {
                 if let Ok(id) = SessionId::parse(&session)
-                    && let Err(err) = self.store.sessions.index_slot(&id, &label, LOCK_WAIT)
+                    && let Err(err) =
+                        self.store
+                            .sessions
+                            .index_slot(&id, &label, Deadline::after(LOCK_WAIT))
                 {
                     self.problems
                         .push(format!("indexing {label} for {session}: {err:#}"));
@@ -295,76 +301,25 @@ impl Sweep<'_> {
         }
     }
 
-    /// Live processes of ours marked as brokers of this state root that no slot or ticket knows (their record was
-    /// lost or corrupted). A process in the group of a recorded broker is that broker's child, not unrecorded.
-    fn stop_unrecorded(&mut self, snapshot: &[(i32, Vec<String>)]) {
+    /// Live processes of ours marked as brokers of this state root whose lineage token no record knows (their
+    /// record was lost, or deleted by hand): one ticket per token, its members stopped with it. Descendants of a
+    /// live broker carry a known token and are its own business (DESIGN "Process lineage").
+    fn stop_unrecorded(&mut self) {
         let root = self.store.root.path().to_string_lossy().into_owned();
-        let views: Vec<(Slot, SlotView)> = Slot::all(&self.store.root)
-            .into_iter()
-            .map(|slot| {
-                let view = slot.view(&self.store.root);
-                (slot, view)
-            })
-            .collect();
-        // A slot whose record exists but cannot be read still knows its broker: whatever its marker names there is
-        // not unrecorded.
-        let occupied: HashSet<String> = views
-            .iter()
-            .filter(|(_, view)| matches!(view, SlotView::Unreadable(_)))
-            .map(|(slot, _)| slot.dir().to_string_lossy().into_owned())
-            .collect();
-        let known: Vec<(Identity, Option<i32>)> = views
-            .iter()
-            .filter_map(|(_, view)| view.broker())
-            .map(|record| (record.identity.clone(), record.pgid))
-            .chain(
-                self.store
-                    .tickets
-                    .readable()
-                    .into_iter()
-                    .map(|t| (t.identity, t.pgid)),
-            )
-            .chain(self.tickets.iter().map(|t| (t.identity.clone(), t.pgid)))
-            .collect();
-        let known_pids: HashSet<i32> = known.iter().map(|(identity, _)| identity.pid).collect();
-        let known_groups: HashSet<i32> = known
-            .iter()
-            .filter(|(identity, _)| proc::is_alive(identity))
-            .filter_map(|(_, pgid)| *pgid)
-            .collect();
-        for (pid, _) in snapshot {
-            let Ok(Some(state_root)) = proc::environ_var(*pid, STATE_ROOT_MARKER) else {
-                continue;
-            };
-            if state_root != root || known_pids.contains(pid) {
-                continue;
-            }
-            let Some(identity) = proc::identity_of(*pid) else {
-                continue;
-            };
+        // Processes first, then records: a broker recorded or handed to a ticket meanwhile is known.
+        let snapshot = proc::observe(&HashSet::new());
+        let known = crate::lineage::known_to(self.store, &self.tickets);
+        for lost in crate::lineage::unrecorded(&snapshot, &known, &root) {
+            let pid = lost.leader.pid;
+            let (identity, marker) = (lost.leader, lost.marker);
             if self.guard.check(&identity).is_err() {
                 continue;
             }
-            let in_known_group =
-                proc::stat(*pid).is_ok_and(|stat| known_groups.contains(&stat.pgid));
-            if in_known_group || known.iter().any(|(known, _)| known == &identity) {
-                continue;
-            }
-            let marker = proc::environ_var(*pid, BROKER_MARKER)
-                .ok()
-                .flatten()
-                .unwrap_or_default();
-            if self.marks_occupied(&marker, &occupied) {
-                continue;
-            }
             // The slot may be mid-spawn (child started, record not yet written): its lock says so.
-            if !self.policy.dry_run && self.being_recorded(&identity, &marker) {
+            if !self.policy.dry_run && self.being_recorded(&lost.token, &marker) {
                 continue;
             }
-            let group = proc::stat(*pid)
-                .ok()
-                .filter(|stat| stat.pgid == *pid)
-                .map(|stat| stat.pgid);
+            let group = (lost.pgid == pid).then_some(pid);
             let mut ticket = stop::new_ticket(
                 identity,
                 group,
@@ -372,6 +327,11 @@ impl Sweep<'_> {
                 stop::DEFAULT_GRACE_MS,
                 "unrecorded".into(),
             );
+            ticket.lineage = Some(lost.token);
+            // Already filed (a directory scan can miss a ticket being rewritten by its stopper): known.
+            if self.store.tickets.path_of(&ticket).exists() {
+                continue;
+            }
             // The marker is `<workspace>/<name>`: the event names the slot as a recorded broker's would.
             match marker.rsplit_once('/') {
                 Some((workspace, name)) => {
@@ -380,7 +340,7 @@ impl Sweep<'_> {
                 }
                 None => ticket.workspace = Some(marker.clone()),
             }
-            self.act("stop", Some(Reason::Unrecorded), marker, Some(*pid), "stop");
+            self.act("stop", Some(Reason::Unrecorded), marker, Some(pid), "stop");
             if !self.policy.dry_run
                 && let Err(err) = self.store.tickets.file(&ticket)
             {
@@ -391,20 +351,8 @@ impl Sweep<'_> {
         }
     }
 
-    /// True when the slot a marker (`<workspace>/<name>`) names holds a record that cannot be read.
-    fn marks_occupied(&self, marker: &str, occupied: &HashSet<String>) -> bool {
-        let Some((workspace, name)) = marker.rsplit_once('/') else {
-            return false;
-        };
-        let Ok(name) = crate::name::SlotName::parse(name) else {
-            return false;
-        };
-        let slot = Slot::of(&self.store.root, std::path::Path::new(workspace), &name);
-        occupied.contains(slot.dir().to_string_lossy().as_ref())
-    }
-
-    /// Takes the lock of the slot a marker names and re-reads it: true when the record now names this process.
-    fn being_recorded(&self, identity: &Identity, marker: &str) -> bool {
+    /// Takes the lock of the slot a marker names and re-reads it: true when the record now carries this token.
+    fn being_recorded(&self, token: &str, marker: &str) -> bool {
         let Some((workspace, name)) = marker.rsplit_once('/') else {
             return false;
         };
@@ -415,10 +363,10 @@ impl Sweep<'_> {
         if !slot.dir().exists() {
             return false;
         }
-        let Ok(guard) = slot.lock(&self.store.root, LOCK_WAIT) else {
+        let Ok(guard) = slot.lock(&self.store.root, Deadline::after(LOCK_WAIT)) else {
             return true;
         };
-        matches!(guard.view(), SlotView::Broker(record) if &record.identity == identity)
+        matches!(guard.view(), SlotView::Broker(record) if record.lineage.as_deref() == Some(token))
     }
 
     fn report_duplicate_writers(
@@ -509,7 +457,7 @@ impl Sweep<'_> {
         let stops = self
             .store
             .stopper(self.guard.clone())
-            .run(all, Instant::now() + SWEEP_STOP_DEADLINE);
+            .run(all, Deadline::after(SWEEP_STOP_DEADLINE));
         if stops
             .iter()
             .any(|stop| matches!(stop.outcome, StopOutcome::Pending { stuck: false, .. }))

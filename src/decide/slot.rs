@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::clock;
 use crate::events::Reason;
-use crate::record::{BrokerRecord, StopTicket, is_other_host};
+use crate::record::{BrokerRecord, StopTicket};
 use crate::slot::SlotView;
 use crate::stop;
 
@@ -92,8 +92,11 @@ fn usable<'v>(view: &'v SlotView, host: &str) -> Result<&'v BrokerRecord, SlotCh
         SlotView::Unreadable(unreadable) => Err(SlotChange::LeaveAlone {
             why: unreadable.why.clone(),
         }),
-        // A state root shared over a network home: another host's record is neither acted on nor pruned.
-        SlotView::Broker(record) if is_other_host(&record.host, host) => Err(SlotChange::Keep),
+        // A state root shared over a network home: another host's record is neither acted on nor pruned; nor is one
+        // written in another pid namespace.
+        SlotView::Broker(record) if crate::lineage::is_foreign(record, host) => {
+            Err(SlotChange::Keep)
+        }
         SlotView::Broker(record) => Ok(record),
     }
 }
@@ -274,6 +277,7 @@ mod tests {
                 .collect(),
             identity: Identity {
                 boot_id: "b".into(),
+                pid_ns: None,
                 pid: 10,
                 start_ticks: 1,
                 uid: 0,
@@ -285,6 +289,7 @@ mod tests {
             grace_ms: 5000,
             shutdown: None,
             host: HOST.into(),
+            lineage: None,
             extra: serde_json::Map::new(),
         }
     }

@@ -5,7 +5,7 @@ use std::io;
 use std::sync::OnceLock;
 
 use super::ProcStat;
-use crate::record::Identity;
+use crate::deadline::Deadline;
 
 /// `/proc/sys/kernel/random/boot_id`, read once.
 pub fn boot_id() -> &'static str {
@@ -45,14 +45,51 @@ pub fn stat(pid: i32) -> io::Result<ProcStat> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unparsable /proc stat"))
 }
 
+/// The thread-group id (the process a thread belongs to) and the real uid of `pid`, from `/proc/<pid>/status`.
+/// `/proc/<tid>` answers for a thread too: its `Tgid` is then another pid.
+pub fn tgid_and_uid(pid: i32) -> io::Result<(i32, u32)> {
+    let text = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |key: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(key))
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(str::to_owned)
+    };
+    let tgid = field("Tgid:").and_then(|tgid| tgid.parse().ok());
+    let uid = field("Uid:").and_then(|uid| uid.parse().ok());
+    tgid.zip(uid)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no Tgid/Uid in /proc status"))
+}
+
 /// The real uid of a process (first field of `Uid:` in `/proc/<pid>/status`).
 pub fn real_uid(pid: i32) -> io::Result<u32> {
-    let text = fs::read_to_string(format!("/proc/{pid}/status"))?;
-    text.lines()
-        .find_map(|line| line.strip_prefix("Uid:"))
+    tgid_and_uid(pid).map(|(_, uid)| uid)
+}
+
+/// The inode of this process's pid namespace (`/proc/self/ns/pid`), read once; `None` where it cannot be read.
+pub fn own_pid_ns() -> Option<u64> {
+    static PID_NS: OnceLock<Option<u64>> = OnceLock::new();
+    *PID_NS.get_or_init(|| {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata("/proc/self/ns/pid")
+            .ok()
+            .map(|meta| meta.ino())
+    })
+}
+
+/// The resident memory of a process in KiB (`VmRSS:` of `/proc/<pid>/status`).
+pub fn rss_kib(pid: i32) -> Option<u64> {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
         .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|uid| uid.parse().ok())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no Uid in /proc status"))
+        .and_then(|kib| kib.parse().ok())
+}
+
+/// The environment of a process as it was at exec (`NAME=value` entries separated by NUL).
+pub fn environ(pid: i32) -> io::Result<Vec<u8>> {
+    fs::read(format!("/proc/{pid}/environ"))
 }
 
 /// The argv of a process (lossy UTF-8); empty for kernel threads.
@@ -74,12 +111,7 @@ fn split_nul(bytes: &[u8]) -> Vec<String> {
 
 /// The value of one environment variable of a process, as it was at exec.
 pub fn environ_var(pid: i32, key: &str) -> io::Result<Option<String>> {
-    let bytes = fs::read(format!("/proc/{pid}/environ"))?;
-    let prefix = format!("{key}=");
-    Ok(bytes
-        .split(|b| *b == 0)
-        .find_map(|entry| entry.strip_prefix(prefix.as_bytes()))
-        .map(|value| String::from_utf8_lossy(value).into_owned()))
+    Ok(super::env_value(&environ(pid)?, key))
 }
 
 /// Every pid in `/proc` right now.
@@ -95,11 +127,13 @@ pub fn pids() -> io::Result<Vec<i32>> {
         .collect())
 }
 
-/// One pass over the process table: pid and argv of every process we can read.
-pub fn scan_cmdlines() -> Vec<(i32, Vec<String>)> {
+/// One pass over the process table: pid and argv of every process we can read, as far as `deadline` lets it get
+/// (checked between entries; a partial scan finds fewer processes to stop, never more).
+pub fn scan_cmdlines(deadline: Deadline) -> Vec<(i32, Vec<String>)> {
     pids()
         .unwrap_or_default()
         .into_iter()
+        .take_while(|_| !deadline.expired())
         .filter_map(|pid| {
             cmdline(pid)
                 .ok()
@@ -109,44 +143,10 @@ pub fn scan_cmdlines() -> Vec<(i32, Vec<String>)> {
         .collect()
 }
 
-/// Live members of process group `pgid` that started no earlier than its leader and run as `uid` — the group a
-/// broker created with `setsid`, even after its leader is gone.
-pub fn group_members(pgid: i32, leader: &Identity) -> Vec<Identity> {
-    if pgid <= 1 {
-        return Vec::new();
-    }
-    let group: Vec<ProcStat> = pids()
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|pid| stat(pid).ok())
-        .filter(|s| s.pgid == pgid)
-        .collect();
-    // A live process whose pid is the group id but is not the recorded leader proves the id was handed on: none of
-    // these processes are the broker's.
-    if group
-        .iter()
-        .any(|s| s.pid == pgid && (s.start_ticks != leader.start_ticks) && s.state != 'Z')
-    {
-        return Vec::new();
-    }
-    group
-        .into_iter()
-        .filter(|stat| stat.state != 'Z' && stat.start_ticks >= leader.start_ticks)
-        .filter_map(|stat| {
-            let uid = real_uid(stat.pid).ok()?;
-            (uid == leader.uid).then(|| Identity {
-                boot_id: boot_id().to_owned(),
-                pid: stat.pid,
-                start_ticks: stat.start_ticks,
-                uid,
-            })
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::Identity;
 
     #[test]
     fn stat_parses_after_the_last_paren() {

@@ -31,24 +31,167 @@ pub struct ProcStat {
 /// Programs that run a hook on behalf of the agent; the agent process is the nearest ancestor that is none of these.
 pub const WRAPPERS: &[&str] = &[
     "sh", "bash", "dash", "zsh", "fish", "env", "timeout", "nice", "nohup", "stdbuf", "time",
-    "ksh", "busybox",
+    "ksh", "busybox", "flock", "xargs",
 ];
 
-/// The identity of a live process, `None` when it is gone (or a zombie).
+/// Executables of the coding agents we serve (and their siblings): a process is an agent process when its program
+/// is one of these, or a script runtime running one.
+pub const AGENT_PROGRAMS: &[&str] = &[
+    "claude",
+    "codex",
+    "gemini",
+    "qwen",
+    "cursor-agent",
+    "copilot",
+    "droid",
+    "goose",
+    "opencode",
+];
+
+/// Script runtimes an agent is run with (`#!/usr/bin/env node` makes the argv `node /path/to/claude …`).
+const AGENT_RUNTIMES: &[&str] = &["node", "nodejs", "bun", "deno"];
+
+/// npm packages of agents whose entry script has a generic name (`cli.js`, `index.js`).
+const AGENT_PACKAGES: &[&str] = &[
+    "/@anthropic-ai/claude-code/",
+    "/@openai/codex/",
+    "/@google/gemini-cli/",
+    "/@qwen-code/qwen-code/",
+];
+
+fn base_name(path: &str) -> &str {
+    path.rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches('-')
+}
+
+/// True when `argv` is an agent process: its program is a known agent executable, or a script runtime (node, bun)
+/// whose script is one (by name or by its npm package).
+pub fn is_agent_program(argv: &[String]) -> bool {
+    let Some((program, rest)) = argv.split_first() else {
+        return false;
+    };
+    let program = base_name(program);
+    if AGENT_PROGRAMS.contains(&program) {
+        return true;
+    }
+    if !AGENT_RUNTIMES.contains(&program) {
+        return false;
+    }
+    // The first argument that is not a runtime option is the script.
+    let Some(script) = rest.iter().find(|arg| !arg.starts_with('-')) else {
+        return false;
+    };
+    let name = base_name(script);
+    let stem = [".js", ".mjs", ".cjs", ".ts"]
+        .iter()
+        .find_map(|ext| name.strip_suffix(ext))
+        .unwrap_or(name);
+    AGENT_PROGRAMS.contains(&stem) || AGENT_PACKAGES.iter().any(|pkg| script.contains(pkg))
+}
+
+/// The identity of a live process, `None` when it is gone (or a zombie) or when `pid` names a thread rather than a
+/// process (`Tgid` differs): a thread id is never a process.
 pub fn identity_of(pid: i32) -> Option<Identity> {
     let stat = stat(pid).ok().filter(|stat| stat.state != 'Z')?;
-    let uid = real_uid(pid).ok()?;
-    Some(Identity {
+    let (tgid, uid) = tgid_and_uid(pid).ok()?;
+    (tgid == pid).then(|| Identity {
         boot_id: boot_id().to_owned(),
+        pid_ns: own_pid_ns(),
         pid,
         start_ticks: stat.start_ticks,
         uid,
     })
 }
 
-/// True when the process named by `identity` still runs (same boot, pid, start time and uid; not a zombie).
+/// True when the process named by `identity` still runs (same boot, pid, start time and uid; not a zombie) and
+/// its pid is one of this pid namespace.
 pub fn is_alive(identity: &Identity) -> bool {
-    identity.pid > 0 && identity_of(identity.pid).is_some_and(|now| &now == identity)
+    identity.pid > 0
+        && !identity.is_other_pid_ns(own_pid_ns())
+        && identity_of(identity.pid).is_some_and(|now| identity.is_same_process(&now))
+}
+
+/// Pinned observation: reads what a process says about itself (`read`) between two identity reads, and keeps the
+/// result only when the identity held throughout — a pid reused in between gives nothing.
+pub fn pinned<T>(pid: i32, read: impl FnOnce(i32) -> Option<T>) -> Option<(Identity, T)> {
+    let before = identity_of(pid)?;
+    let value = read(pid)?;
+    let after = identity_of(pid)?;
+    (before == after).then_some((before, value))
+}
+
+/// What a process's environment says of its place among our brokers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Markers {
+    /// `SESSION_REAPER_BROKER`: the `<workspace>/<name>` slot it was started for.
+    pub broker: Option<String>,
+    /// `SESSION_REAPER_STATE_ROOT`: the state root of the run that started it.
+    pub state_root: Option<String>,
+    /// `SESSION_REAPER_LINEAGE`: the token of the broker whose tree it belongs to.
+    pub lineage: Option<String>,
+}
+
+impl Markers {
+    fn of(environ: &[u8]) -> Self {
+        use crate::launch::{BROKER_MARKER, LINEAGE_MARKER, STATE_ROOT_MARKER};
+        Markers {
+            broker: env_value(environ, BROKER_MARKER),
+            state_root: env_value(environ, STATE_ROOT_MARKER),
+            lineage: env_value(environ, LINEAGE_MARKER),
+        }
+    }
+}
+
+/// One process as a lineage scan saw it: its group, session and markers, read between two identity reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observed {
+    pub identity: Identity,
+    pub pgid: i32,
+    pub sid: i32,
+    pub markers: Markers,
+}
+
+/// One pass over the process table for the lineage rules: every process whose environment carries one of our
+/// markers, and every process whose group or session id is in `groups` (the members of a tokenless broker's group
+/// or session). Each is a pinned observation.
+pub fn observe<S: std::hash::BuildHasher>(
+    groups: &std::collections::HashSet<i32, S>,
+) -> Vec<Observed> {
+    pids()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|pid| {
+            let grouped =
+                stat(*pid).is_ok_and(|s| groups.contains(&s.pgid) || groups.contains(&s.sid));
+            grouped
+                || environ(*pid).is_ok_and(|env| {
+                    env.windows(b"SESSION_REAPER_".len())
+                        .any(|w| w == b"SESSION_REAPER_")
+                })
+        })
+        .filter_map(|pid| {
+            let (identity, (stat, environ)) = pinned(pid, |pid| {
+                Some((stat(pid).ok()?, environ(pid).unwrap_or_default()))
+            })?;
+            Some(Observed {
+                identity,
+                pgid: stat.pgid,
+                sid: stat.sid,
+                markers: Markers::of(&environ),
+            })
+        })
+        .collect()
+}
+
+/// The value of `key` in a raw environment block (`NAME=value` entries separated by NUL).
+pub fn env_value(environ: &[u8], key: &str) -> Option<String> {
+    let prefix = format!("{key}=");
+    environ
+        .split(|b| *b == 0)
+        .find_map(|entry| entry.strip_prefix(prefix.as_bytes()))
+        .map(|value| String::from_utf8_lossy(value).into_owned())
 }
 
 /// The chain of ancestors of `pid`, nearest first, not including `pid` itself; stops at pid 1.
@@ -63,9 +206,17 @@ pub fn ancestors(pid: i32) -> Vec<ProcStat> {
     chain
 }
 
-/// The nearest ancestor of `pid` that is not a shell or wrapper: the agent process of a hook.
+/// The agent process of a hook run by `pid`: the nearest ancestor that is a known agent executable, else the nearest
+/// that is not a shell or wrapper (a launcher script, `flock`, `xargs` around the hook must not become the agent).
 pub fn agent_process(pid: i32) -> Option<ProcStat> {
-    ancestors(pid).into_iter().find(|stat| !is_wrapper(stat))
+    let chain = ancestors(pid);
+    let agent = chain
+        .iter()
+        .position(|stat| cmdline(stat.pid).is_ok_and(|argv| is_agent_program(&argv)));
+    match agent {
+        Some(index) => chain.into_iter().nth(index),
+        None => chain.into_iter().find(|stat| !is_wrapper(stat)),
+    }
 }
 
 fn is_wrapper(stat: &ProcStat) -> bool {
@@ -73,12 +224,7 @@ fn is_wrapper(stat: &ProcStat) -> bool {
         .ok()
         .and_then(|argv| argv.into_iter().next())
         .unwrap_or_default();
-    let base = argv0
-        .rsplit('/')
-        .next()
-        .unwrap_or_default()
-        .trim_start_matches('-')
-        .to_owned();
+    let base = base_name(&argv0).to_owned();
     let name = if base.is_empty() {
         stat.comm.as_str()
     } else {
@@ -101,4 +247,85 @@ pub fn host_name() -> String {
     nix::unistd::gethostname()
         .map(|name| name.to_string_lossy().into_owned())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(text: &str) -> Vec<String> {
+        text.split(' ').map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn agent_programs_by_name_or_by_runtime_script() {
+        for agent in [
+            "claude --resume s1",
+            "/home/u/.local/bin/claude -p hi",
+            "codex resume s1",
+            "node /usr/local/bin/gemini --resume s1",
+            "node --no-warnings /usr/lib/node_modules/@anthropic-ai/claude-code/cli.js",
+            "bun /opt/qwen.js",
+            "/usr/bin/node /usr/lib/node_modules/@openai/codex/bin/codex.js",
+        ] {
+            assert!(is_agent_program(&argv(agent)), "{agent}");
+        }
+        for other in [
+            "grep -r s1 /root/.claude",
+            "vim -rs1",
+            "tmux new-session -d claude --resume s1",
+            "node server.js --resume s1",
+            "node",
+            "python3 -c x claude",
+            "claudette --resume s1",
+        ] {
+            assert!(!is_agent_program(&argv(other)), "{other}");
+        }
+    }
+
+    #[test]
+    fn env_values_are_exact_keys() {
+        let environ = b"A=1\0SESSION_REAPER_LINEAGE_X=no\0SESSION_REAPER_LINEAGE=abc\0";
+        assert_eq!(
+            env_value(environ, "SESSION_REAPER_LINEAGE").as_deref(),
+            Some("abc")
+        );
+        assert_eq!(env_value(environ, "B"), None);
+    }
+
+    /// Defect 5 (match, then identity): a match on argv read before the identity let a pid reused in between get
+    /// the ticket. Pinned observation drops a read during which the process changed.
+    #[test]
+    fn pinned_observation_drops_a_match_when_the_process_changes_during_the_read() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = i32::try_from(child.id()).unwrap();
+        let steady = pinned(pid, |pid| cmdline(pid).ok());
+        assert!(steady.is_some_and(|(id, argv)| id.pid == pid && argv == ["sleep", "30"]));
+        // The window widened: the process goes away (its pid free for reuse) between the first identity and the read.
+        let changed = pinned(pid, |pid| {
+            let argv = cmdline(pid).ok();
+            child.kill().unwrap();
+            child.wait().unwrap();
+            argv
+        });
+        assert_eq!(changed, None, "the match is dropped");
+    }
+
+    #[cfg(all(target_os = "linux", not(feature = "portable-proc")))]
+    #[test]
+    fn a_thread_id_is_not_a_process() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let worker = std::thread::spawn(move || {
+            tx.send(nix::unistd::gettid().as_raw()).unwrap();
+            std::thread::park();
+        });
+        let tid = rx.recv().unwrap();
+        assert!(std::fs::metadata(format!("/proc/{tid}/stat")).is_ok());
+        assert_eq!(identity_of(tid), None, "Tgid != pid");
+        worker.thread().unpark();
+        worker.join().unwrap();
+    }
 }

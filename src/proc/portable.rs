@@ -8,14 +8,15 @@ use std::sync::OnceLock;
 use sysinfo::{Pid, Process, ProcessRefreshKind, ProcessesToUpdate, System, UpdateKind};
 
 use super::ProcStat;
-use crate::record::Identity;
+use crate::deadline::Deadline;
 
 fn system_with(pids: Option<&[Pid]>) -> System {
     let mut system = System::new();
     let what = pids.map_or(ProcessesToUpdate::All, ProcessesToUpdate::Some);
     let kind = ProcessRefreshKind::nothing()
         .with_cmd(UpdateKind::Always)
-        .with_user(UpdateKind::Always);
+        .with_user(UpdateKind::Always)
+        .with_memory();
     system.refresh_processes_specifics(what, true, kind);
     system
 }
@@ -67,6 +68,25 @@ pub fn stat(pid: i32) -> io::Result<ProcStat> {
     })
 }
 
+/// Processes only: sysinfo lists no threads under their own pid.
+pub fn tgid_and_uid(pid: i32) -> io::Result<(i32, u32)> {
+    real_uid(pid).map(|uid| (pid, uid))
+}
+
+/// Pid namespaces are Linux's.
+pub fn own_pid_ns() -> Option<u64> {
+    None
+}
+
+pub fn rss_kib(pid: i32) -> Option<u64> {
+    with_process(pid, |process| process.memory() / 1024).ok()
+}
+
+/// Other processes' environments are not readable portably: no lineage tokens are seen here.
+pub fn environ(_pid: i32) -> io::Result<Vec<u8>> {
+    Ok(Vec::new())
+}
+
 pub fn real_uid(pid: i32) -> io::Result<u32> {
     with_process(pid, |process| process.user_id().map(|uid| **uid))?
         .ok_or_else(|| io::Error::from(io::ErrorKind::PermissionDenied))
@@ -89,23 +109,15 @@ pub fn pids() -> io::Result<Vec<i32>> {
         .collect())
 }
 
-pub fn scan_cmdlines() -> Vec<(i32, Vec<String>)> {
+/// One pass over the process table (sysinfo reads it whole; `deadline` only decides whether to start).
+pub fn scan_cmdlines(deadline: Deadline) -> Vec<(i32, Vec<String>)> {
+    if deadline.expired() {
+        return Vec::new();
+    }
     system_with(None)
         .processes()
         .iter()
         .filter_map(|(pid, process)| Some((i32::try_from(pid.as_u32()).ok()?, argv_of(process))))
         .filter(|(_, argv)| !argv.is_empty())
-        .collect()
-}
-
-pub fn group_members(pgid: i32, leader: &Identity) -> Vec<Identity> {
-    pids()
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|pid| stat(pid).ok())
-        .filter(|stat| {
-            stat.pgid == pgid && stat.state != 'Z' && stat.start_ticks >= leader.start_ticks
-        })
-        .filter_map(|stat| super::identity_of(stat.pid).filter(|id| id.uid == leader.uid))
         .collect()
 }

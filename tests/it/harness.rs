@@ -624,6 +624,167 @@ pub fn all_pids() -> Vec<i32> {
         .unwrap_or_default()
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// Edges: held locks, timed runs, closed and full pipes.
+
+/// A fresh random id: tests only ever match what they planted.
+pub fn fresh_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/uuid")
+        .expect("a random uuid")
+        .trim()
+        .to_owned()
+}
+
+/// The real python3 (not a shim script), so that a planted lock holder starts fast.
+pub fn python3() -> &'static str {
+    static PYTHON: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let out = Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .expect("python3 is needed to hold locks from another process");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    })
+}
+
+/// Another process (a child of the test, killed on drop) holding an exclusive flock on every path — each created
+/// if missing — until it is killed. Fails loudly when it cannot take them.
+pub fn hold_flocks(env: &mut Env, paths: &[PathBuf]) -> Proc {
+    let ready = env.work.path().join(format!("locked-{}", fresh_id()));
+    let mut command = Command::new(python3());
+    command
+        .args([
+            "-c",
+            "import fcntl, sys, time\n\
+             held = []\n\
+             for path in sys.argv[2:]:\n\
+             \x20   f = open(path, 'a')\n\
+             \x20   fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\n\
+             \x20   held.append(f)\n\
+             open(sys.argv[1], 'w').close()\n\
+             time.sleep(600)\n",
+        ])
+        .arg(&ready)
+        .args(paths);
+    let holder = env.spawn(command);
+    assert!(
+        wait_until(PATIENCE, || ready.exists()),
+        "the lock holder could not take {} locks",
+        paths.len()
+    );
+    holder
+}
+
+/// Runs `command` with `stdin` written after `delay` and then kept open (a hook must never wait for EOF); returns
+/// its output and the time from spawn to exit. Killed after `PATIENCE`.
+pub fn run_timed(command: Command, stdin: &[u8], delay: Duration) -> (Output, Duration) {
+    run_timed_into(command, stdin, delay, Stdio::piped())
+}
+
+/// `run_timed` with the command's stderr going to `stderr` (a closed or a full pipe).
+pub fn run_timed_into(
+    mut command: Command,
+    stdin: &[u8],
+    delay: Duration,
+    stderr: impl Into<Stdio>,
+) -> (Output, Duration) {
+    command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(stderr);
+    let started = Instant::now();
+    let mut child = command.spawn().expect("start session-reaper");
+    let mut pipe = child.stdin.take().unwrap();
+    let bytes = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(delay);
+        let _ = pipe.write_all(&bytes);
+        pipe
+    });
+    let me = Proc::of(i32::try_from(child.id()).unwrap());
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let finished = done.clone();
+    let watchdog = std::thread::spawn(move || {
+        let deadline = Instant::now() + PATIENCE;
+        while Instant::now() < deadline && !finished.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if let Some(me) =
+            me.filter(|me| me.alive() && !finished.load(std::sync::atomic::Ordering::SeqCst))
+        {
+            unsafe { libc::kill(me.pid, libc::SIGKILL) };
+        }
+    });
+    let out = child.wait_with_output().expect("wait for session-reaper");
+    let elapsed = started.elapsed();
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = watchdog.join();
+    drop(writer.join());
+    (out, elapsed)
+}
+
+/// Runs `measure` `runs` times, prints the median and the maximum, and returns the maximum.
+pub fn measured(label: &str, runs: usize, mut measure: impl FnMut(usize) -> Duration) -> Duration {
+    let mut times: Vec<Duration> = (0..runs).map(&mut measure).collect();
+    times.sort();
+    let max = *times.last().expect("at least one run");
+    eprintln!(
+        "{label}: {runs} runs, median {:?}, max {max:?}",
+        times[times.len() / 2]
+    );
+    max
+}
+
+/// A pipe whose read end is already closed: every write to the other end fails (EPIPE, or SIGPIPE).
+pub fn closed_pipe() -> std::io::PipeWriter {
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    writer
+}
+
+/// A pipe filled to capacity that nobody reads: the next write to it blocks. The reader is returned to keep it so.
+pub fn full_pipe() -> (std::io::PipeReader, std::io::PipeWriter) {
+    use std::os::fd::AsRawFd;
+    let (reader, mut writer) = std::io::pipe().expect("a pipe");
+    let fd = writer.as_raw_fd();
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+    }
+    let chunk = [b'x'; 4096];
+    let mut filled = 0usize;
+    loop {
+        match writer.write(&chunk) {
+            Ok(written) => filled += written,
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(err) => panic!("filling a pipe: {err}"),
+        }
+    }
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
+    }
+    assert!(filled > 0, "the pipe took no bytes");
+    (reader, writer)
+}
+
+/// A program called `name` in the test's work dir: a symlink to `program`, so that a process started through it
+/// shows `<dir>/name` as its argv[0] — an agent executable (`claude`) or a look-alike (`grep`).
+pub fn named_program(env: &Env, name: &str, program: &str) -> PathBuf {
+    let dir = env.work.path().join("bin");
+    std::fs::create_dir_all(&dir).expect("bin dir");
+    let path = dir.join(name);
+    if !path.exists() {
+        std::os::unix::fs::symlink(program, &path).expect("symlink to the program");
+    }
+    path
+}
+
+/// `named_program` running python3.
+pub fn named_python(env: &Env, name: &str) -> PathBuf {
+    named_program(env, name, python3())
+}
+
 // ---- The reliability suite's helpers (tests/it/reliability.rs) ----
 
 /// True when the heavy variants of the reliability suite run: `SESSION_REAPER_HEAVY=1`.

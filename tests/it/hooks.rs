@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::harness::{
-    BIN, Env, PATIENCE, Proc, run_bounded, scrub_env, stderr, stdout, wait_until,
+    BIN, Env, PATIENCE, Proc, named_python, run_bounded, scrub_env, stderr, stdout, wait_until,
 };
 
 /// The deadline the timing tests give the hook.
@@ -363,7 +363,7 @@ fn stubborn_broker(env: &mut Env, cwd: &Path, session: &str, grace: &str) -> Pro
 
 /// A process (a child of the test) whose argv carries `args`: a stand-in for a `claude --resume …`.
 fn plant(env: &mut Env, args: &[&str]) -> Proc {
-    let mut command = Command::new(python());
+    let mut command = Command::new(named_python(env, "claude"));
     command
         .args(["-c", "import time; time.sleep(600)"])
         .args(args);
@@ -466,7 +466,7 @@ fn fake_agent(env: &mut Env, steps: &[Step], linger: bool, extra_argv: &[&str]) 
         "done": done,
         "linger": linger,
     });
-    let mut command = Command::new(python());
+    let mut command = Command::new(named_python(env, "claude"));
     command
         .arg("-c")
         .arg(FAKE_AGENT)

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::{Value, json};
 
 use crate::harness::{
-    BIN, Env, PATIENCE, Proc, run_bounded, scrub_env, stderr, stdout, wait_until,
+    BIN, Env, PATIENCE, Proc, named_python, run_bounded, scrub_env, stderr, stdout, wait_until,
 };
 use crate::newcomer::assert_cli_accepts;
 
@@ -54,7 +54,13 @@ fn parse(out: &Output) -> Value {
 }
 
 /// Runs a hook the way an agent does; it must keep its contract (exit 0, silent stdout).
-fn hook(env: &mut Env, event: &str, session: &str, cwd: &Path, owner: Option<Proc>) -> Output {
+pub(crate) fn hook(
+    env: &mut Env,
+    event: &str,
+    session: &str,
+    cwd: &Path,
+    owner: Option<Proc>,
+) -> Output {
     let pid = owner.map(|owner| owner.pid.to_string());
     let mut args = vec!["hook", "--agent", "claude"];
     if let Some(pid) = &pid {
@@ -69,7 +75,7 @@ fn hook(env: &mut Env, event: &str, session: &str, cwd: &Path, owner: Option<Pro
 }
 
 /// `SessionStart` with `owner` as the agent process; checks that the session was recorded with its identity.
-fn start_session(env: &mut Env, session: &str, cwd: &Path, owner: Proc) {
+pub(crate) fn start_session(env: &mut Env, session: &str, cwd: &Path, owner: Proc) {
     hook(env, "SessionStart", session, cwd, Some(owner));
     let record = session_record(env, session).expect("SessionStart recorded the session");
     assert_eq!(record["agent_identity"]["pid"], owner.pid, "{record}");
@@ -79,7 +85,7 @@ fn end_session(env: &mut Env, session: &str, cwd: &Path) {
     hook(env, "SessionEnd", session, cwd, None);
 }
 
-fn session_record(env: &Env, session: &str) -> Option<Value> {
+pub(crate) fn session_record(env: &Env, session: &str) -> Option<Value> {
     let path = env
         .state_dir()
         .join("sessions")
@@ -96,14 +102,14 @@ fn proc_in(record: &Value) -> Proc {
 }
 
 /// `sweep --json` with extra flags: exit code and report.
-fn sweep(env: &mut Env, flags: &[&str]) -> (Option<i32>, Value) {
+pub(crate) fn sweep(env: &mut Env, flags: &[&str]) -> (Option<i32>, Value) {
     let mut args = vec!["sweep", "--json"];
     args.extend_from_slice(flags);
     let out = env.run(&args);
     (out.status.code(), parse(&out))
 }
 
-fn actions<'a>(report: &'a Value, action: &str, reason: Option<&str>) -> Vec<&'a Value> {
+pub(crate) fn actions<'a>(report: &'a Value, action: &str, reason: Option<&str>) -> Vec<&'a Value> {
     report["actions"]
         .as_array()
         .expect("actions")
@@ -741,10 +747,12 @@ fn reap_all_with_reason_shutdown_stops_every_broker_of_every_live_session() {
             broker.gone_within(PATIENCE),
             "{broker:?} survived the drain"
         );
+        // A stop the drain handed to the finisher is logged once the finisher closes its ticket.
         assert!(
-            env.events_where("stop", Some("shutdown"))
+            wait_until(PATIENCE, || env
+                .events_where("stop", Some("shutdown"))
                 .iter()
-                .any(|e| e["pid"] == broker.pid && e["result"] == "stopped"),
+                .any(|e| e["pid"] == broker.pid && e["result"] == "stopped")),
             "no shutdown stop logged for {broker:?}"
         );
     }
@@ -916,7 +924,7 @@ fn sweep_reports_duplicate_resume_writers_of_a_live_session_without_killing_them
     start_session(&mut env, &session, &ws, agent);
     let writers: Vec<Proc> = (0..2)
         .map(|_| {
-            let mut command = Command::new(python());
+            let mut command = Command::new(named_python(&env, "claude"));
             command
                 .args(["-c", "import time; time.sleep(600)", "--resume", &session])
                 .stdout(Stdio::null())

@@ -203,7 +203,8 @@ pub struct World {
 
 /// One pass over `roots` and the process table.
 pub fn observe(roots: &[Root], sessions: &[SessionRecord], uid: u32) -> World {
-    let candidates: Vec<Seen> = proc::scan_cmdlines()
+    // The plugin has no deadline of its own yet: a hook is still bounded by its watchdog.
+    let candidates: Vec<Seen> = proc::scan_cmdlines(crate::deadline::Deadline::far())
         .into_iter()
         .filter(|(_, argv)| decide::runs_broker(argv))
         .filter_map(|(pid, _)| pinned(pid))

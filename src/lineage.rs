@@ -1,0 +1,459 @@
+//! Process lineage (DESIGN "Process lineage"): which processes are a broker's members, when the stop of a broker
+//! is done, which marked processes no record knows (the sweep's `unrecorded`), and which processes are resume
+//! orphans. The decisions are pure functions over a pinned process snapshot (`proc::observe`) and the records; the
+//! few functions that read the system are at the end, under "Observing".
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::proc::{self, Observed};
+use crate::record::{BrokerRecord, Identity, StopTicket};
+
+/// A fresh lineage token: 128 random bits in hex.
+pub fn new_token() -> anyhow::Result<String> {
+    use anyhow::Context;
+    use std::fmt::Write;
+    let mut bytes = [0u8; 16];
+    let mut filled = 0;
+    while filled < bytes.len() {
+        filled +=
+            rustix::rand::getrandom(&mut bytes[filled..], rustix::rand::GetRandomFlags::empty())
+                .context("reading random bytes for a lineage token")?;
+    }
+    Ok(bytes
+        .iter()
+        .fold(String::with_capacity(32), |mut hex, byte| {
+            let _ = write!(hex, "{byte:02x}");
+            hex
+        }))
+}
+
+/// The members of a broker in `snapshot`, not counting the leader itself: processes of the leader's uid and boot,
+/// started no earlier than it, that carry its lineage `token`; and, while the leader is verified alive, those of
+/// its process group or session (pid = pgid = sid for a spawned broker: while the leader lives neither id can name
+/// another group). A leaderless group is never a broker's as such: without a token, nothing is a member once the
+/// leader is gone.
+pub fn members(
+    leader: &Identity,
+    token: Option<&str>,
+    leader_alive: bool,
+    snapshot: &[Observed],
+) -> Vec<Identity> {
+    snapshot
+        .iter()
+        .filter(|seen| {
+            let id = &seen.identity;
+            id.pid != leader.pid
+                && id.uid == leader.uid
+                && id.boot_id == leader.boot_id
+                && id.start_ticks >= leader.start_ticks
+        })
+        .filter(|seen| {
+            let carries = token.is_some_and(|token| seen.markers.lineage.as_deref() == Some(token));
+            let grouped = leader_alive && (seen.pgid == leader.pid || seen.sid == leader.pid);
+            carries || grouped
+        })
+        .map(|seen| seen.identity.clone())
+        .collect()
+}
+
+/// A stop is done when the leader and every member are gone; members left behind keep the ticket open.
+pub fn is_stop_done(leader_alive: bool, live_members: usize) -> bool {
+    !leader_alive && live_members == 0
+}
+
+/// True when a record is not ours to act on by pid: another host's (a shared state root), or written in another pid
+/// namespace (a sandboxed shell tool, a container), whose pids mean nothing here.
+pub fn is_foreign(record: &BrokerRecord, host: &str) -> bool {
+    crate::record::is_other_host(&record.host, host)
+        || record.identity.is_other_pid_ns(proc::own_pid_ns())
+}
+
+/// Every lineage token and pid the records of a state root name — live, unreadable, refused (another host's, another
+/// namespace's) or newer-version records alike — and the slots whose record could not be read at all.
+#[derive(Clone, Debug, Default)]
+pub struct Known {
+    pub tokens: HashSet<String>,
+    pub pids: HashSet<i32>,
+    /// Labels (`<workspace-key>/<name>`) of slots whose record exists but does not read: any marker naming one is
+    /// taken as known.
+    pub unreadable_slots: HashSet<String>,
+}
+
+impl Known {
+    /// What a record (of any version) names, read loosely from its JSON.
+    pub fn add_json(&mut self, value: &Value) {
+        if let Some(token) = value.get("lineage").and_then(Value::as_str) {
+            self.tokens.insert(token.to_owned());
+        }
+        if let Some(pid) = value
+            .pointer("/identity/pid")
+            .and_then(Value::as_i64)
+            .and_then(|pid| i32::try_from(pid).ok())
+        {
+            self.pids.insert(pid);
+        }
+    }
+
+    pub fn add_ticket(&mut self, ticket: &StopTicket) {
+        self.tokens.extend(ticket.lineage.clone());
+        self.pids.insert(ticket.identity.pid);
+        self.pids
+            .extend(ticket.members.iter().map(|member| member.pid));
+    }
+
+    fn knows_slot_of(&self, marker: &str) -> bool {
+        let Some((workspace, name)) = marker.rsplit_once('/') else {
+            return false;
+        };
+        let key = crate::workspace::workspace_key(Path::new(workspace));
+        self.unreadable_slots.contains(&format!("{key}/{name}"))
+    }
+}
+
+/// A broker whose record is lost: the earliest-started carrier of a token no record knows, and how many other
+/// processes carry it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lost {
+    pub leader: Identity,
+    pub pgid: i32,
+    pub token: String,
+    pub marker: String,
+    pub members: usize,
+}
+
+/// The sweep's `unrecorded` verdict: processes that carry `SESSION_REAPER_BROKER`, this `state_root` as their
+/// `SESSION_REAPER_STATE_ROOT` and a lineage token that no record knows, grouped by token. A process with only the
+/// state root (a shell inside a broker's terminal that exported it, a test harness) or with no token (a broker of an
+/// older version, a child that scrubbed its environment) is never one; nor is anything a known record names by pid.
+pub fn unrecorded(snapshot: &[Observed], known: &Known, state_root: &str) -> Vec<Lost> {
+    let mut lost: Vec<Lost> = Vec::new();
+    for seen in snapshot {
+        let markers = &seen.markers;
+        let (Some(marker), Some(token)) = (&markers.broker, &markers.lineage) else {
+            continue;
+        };
+        if markers.state_root.as_deref() != Some(state_root)
+            || known.tokens.contains(token)
+            || known.pids.contains(&seen.identity.pid)
+            || known.knows_slot_of(marker)
+        {
+            continue;
+        }
+        match lost.iter_mut().find(|lost| &lost.token == token) {
+            Some(entry) => {
+                entry.members += 1;
+                let earlier = (seen.identity.start_ticks, seen.identity.pid)
+                    < (entry.leader.start_ticks, entry.leader.pid);
+                if earlier {
+                    entry.leader = seen.identity.clone();
+                    entry.pgid = seen.pgid;
+                    entry.marker.clone_from(marker);
+                }
+            }
+            None => lost.push(Lost {
+                leader: seen.identity.clone(),
+                pgid: seen.pgid,
+                token: token.clone(),
+                marker: marker.clone(),
+                members: 0,
+            }),
+        }
+    }
+    lost
+}
+
+/// The pids of every broker's members in `snapshot`: processes marked with `SESSION_REAPER_BROKER`, carrying a
+/// lineage token a record knows, recorded as a broker, or in the group or session of a recorded broker that is in
+/// the snapshot (alive). Their owners decide them: they are never anyone's leftovers.
+pub fn member_pids(snapshot: &[Observed], records: &[BrokerRecord]) -> HashSet<i32> {
+    let tokens: HashSet<&str> = records
+        .iter()
+        .filter_map(|record| record.lineage.as_deref())
+        .collect();
+    let live_leaders: HashSet<i32> = records
+        .iter()
+        .filter(|record| {
+            snapshot
+                .iter()
+                .any(|seen| record.identity.is_same_process(&seen.identity))
+        })
+        .map(|record| record.identity.pid)
+        .collect();
+    snapshot
+        .iter()
+        .filter(|seen| {
+            seen.markers.broker.is_some()
+                || seen
+                    .markers
+                    .lineage
+                    .as_deref()
+                    .is_some_and(|token| tokens.contains(token))
+                || records
+                    .iter()
+                    .any(|record| record.identity.is_same_process(&seen.identity))
+                || live_leaders.contains(&seen.pgid)
+                || live_leaders.contains(&seen.sid)
+        })
+        .map(|seen| seen.identity.pid)
+        .collect()
+}
+
+// Observing: the functions below read the system.
+
+/// What the records of the state root know (slots of every kind, filed tickets) plus `extra` tickets not yet filed.
+pub fn known_to(store: &crate::store::Store, extra: &[StopTicket]) -> Known {
+    let mut known = Known::default();
+    for slot in crate::slot::Slot::all(&store.root) {
+        match store.root.read_file(&slot.record_path()) {
+            Ok(None) => {}
+            Ok(Some(bytes)) => match serde_json::from_slice::<Value>(&bytes) {
+                Ok(value) if value.is_object() => known.add_json(&value),
+                _ => {
+                    known.unreadable_slots.insert(slot.label());
+                }
+            },
+            Err(_) => {
+                known.unreadable_slots.insert(slot.label());
+            }
+        }
+    }
+    for ticket in store.tickets.readable().iter().chain(extra) {
+        known.add_ticket(ticket);
+    }
+    known
+}
+
+/// The members of a process that leads its group and is alive now (those of its group or session, and of its
+/// lineage token if it has one): what a group signal through it would reach, and more.
+pub fn members_of_live_leader(leader: &Identity) -> Vec<Identity> {
+    let snapshot = proc::observe(&HashSet::from([leader.pid]));
+    let token = snapshot
+        .iter()
+        .find(|seen| leader.is_same_process(&seen.identity))
+        .and_then(|seen| seen.markers.lineage.clone());
+    members(leader, token.as_deref(), proc::is_alive(leader), &snapshot)
+}
+
+/// The processes in `snapshot` (pid, argv) that `matches`, confirmed by pinned observation: identity, argv read
+/// again and matched again, identity unchanged. A pid reused since the snapshot gives nothing.
+pub fn confirm_by_argv(
+    candidates: impl IntoIterator<Item = i32>,
+    matches: impl Fn(&[String]) -> bool,
+) -> Vec<(Identity, Vec<String>)> {
+    candidates
+        .into_iter()
+        .filter_map(|pid| {
+            proc::pinned(pid, |pid| {
+                proc::cmdline(pid).ok().filter(|argv| matches(argv))
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proc::Markers;
+
+    fn id(pid: i32, start: u64) -> Identity {
+        Identity {
+            boot_id: "b".into(),
+            pid_ns: Some(7),
+            pid,
+            start_ticks: start,
+            uid: 1000,
+        }
+    }
+
+    fn seen(pid: i32, start: u64, group: (i32, i32), markers: Markers) -> Observed {
+        Observed {
+            identity: id(pid, start),
+            pgid: group.0,
+            sid: group.1,
+            markers,
+        }
+    }
+
+    fn token(token: &str) -> Markers {
+        Markers {
+            broker: Some("/w/default".into()),
+            state_root: Some("/state".into()),
+            lineage: Some(token.into()),
+        }
+    }
+
+    #[test]
+    fn members_carry_the_token_wherever_they_moved() {
+        let leader = id(100, 50);
+        let snapshot = [
+            seen(100, 50, (100, 100), token("t1")),
+            seen(101, 51, (101, 101), token("t1")), // setsid
+            seen(102, 52, (102, 100), token("t1")), // setpgid
+            seen(103, 53, (1, 1), token("t1")),     // double fork, reparented
+            seen(104, 40, (104, 104), token("t1")), // started before the leader: a forged token
+            seen(105, 60, (105, 105), token("t2")), // another broker's
+            seen(106, 60, (100, 100), Markers::default()), // scrubbed env, still in the group
+        ];
+        let pids = |alive| -> Vec<i32> {
+            members(&leader, Some("t1"), alive, &snapshot)
+                .iter()
+                .map(|m| m.pid)
+                .collect()
+        };
+        assert_eq!(pids(true), [101, 102, 103, 106]);
+        assert_eq!(
+            pids(false),
+            [101, 102, 103],
+            "a leaderless group is not signalled as such"
+        );
+    }
+
+    #[test]
+    fn a_reused_group_id_is_no_member_of_a_dead_tokenless_broker() {
+        let leader = id(100, 50);
+        // A daemon reused pid 100: setsid, forked, exited; its child leads nothing, started after the broker.
+        let snapshot = [seen(101, 90, (100, 100), Markers::default())];
+        assert!(members(&leader, None, false, &snapshot).is_empty());
+        assert!(members(&leader, Some("t1"), false, &snapshot).is_empty());
+        assert_eq!(
+            members(&leader, None, true, &snapshot).len(),
+            1,
+            "register rules while the leader lives"
+        );
+    }
+
+    #[test]
+    fn other_users_and_boots_are_never_members() {
+        let leader = id(100, 50);
+        let mut other_user = seen(101, 60, (100, 100), token("t1"));
+        other_user.identity.uid = 0;
+        let mut other_boot = seen(102, 60, (100, 100), token("t1"));
+        other_boot.identity.boot_id = "old".into();
+        assert!(members(&leader, Some("t1"), true, &[other_user, other_boot]).is_empty());
+    }
+
+    #[test]
+    fn done_only_when_leader_and_members_are_gone() {
+        assert!(is_stop_done(false, 0));
+        assert!(
+            !is_stop_done(false, 2),
+            "members left behind keep the ticket"
+        );
+        assert!(!is_stop_done(true, 0));
+    }
+
+    #[test]
+    fn unrecorded_needs_broker_marker_our_root_and_an_unknown_token() {
+        let only_root = Markers {
+            broker: None,
+            state_root: Some("/state".into()),
+            lineage: None,
+        };
+        let no_token = Markers {
+            lineage: None,
+            ..token("x")
+        };
+        let other_root = Markers {
+            state_root: Some("/elsewhere".into()),
+            ..token("t9")
+        };
+        let snapshot = [
+            seen(10, 5, (10, 10), only_root),
+            seen(11, 5, (11, 11), no_token),
+            seen(12, 5, (12, 12), other_root),
+            seen(13, 5, (13, 13), token("known")),
+            seen(20, 8, (20, 20), token("lost")),
+            seen(21, 9, (21, 21), token("lost")),
+            seen(22, 7, (20, 20), token("lost")),
+        ];
+        let mut known = Known::default();
+        known.tokens.insert("known".into());
+        let lost = unrecorded(&snapshot, &known, "/state");
+        assert_eq!(lost.len(), 1);
+        assert_eq!(lost[0].leader.pid, 22, "the earliest carrier leads");
+        assert_eq!(lost[0].members, 2);
+        known.pids.insert(20);
+        known.pids.insert(21);
+        known.pids.insert(22);
+        assert!(
+            unrecorded(&snapshot, &known, "/state").is_empty(),
+            "known pids"
+        );
+    }
+
+    #[test]
+    fn an_unreadable_slot_knows_the_markers_that_name_it() {
+        let snapshot = [seen(20, 8, (20, 20), token("lost"))];
+        let mut known = Known::default();
+        let key = crate::workspace::workspace_key(Path::new("/w"));
+        known.unreadable_slots.insert(format!("{key}/default"));
+        assert!(unrecorded(&snapshot, &known, "/state").is_empty());
+    }
+
+    #[test]
+    fn newer_records_are_read_loosely() {
+        let mut known = Known::default();
+        known.add_json(&serde_json::json!({"version": 9, "lineage": "t", "identity": {"pid": 4}}));
+        assert!(known.tokens.contains("t") && known.pids.contains(&4));
+    }
+
+    #[test]
+    fn member_pids_for_leftovers() {
+        let mut record: BrokerRecord = serde_json::from_value(serde_json::json!({
+            "name": "default", "workspace": "/w", "cwd": "/w", "command": ["x"],
+            "identity": {"boot_id": "b", "pid_ns": 7, "pid": 100, "start_ticks": 50, "uid": 1000},
+            "created_at": "t", "last_active": "t", "lineage": "t1"
+        }))
+        .unwrap();
+        let snapshot = [
+            seen(100, 50, (100, 100), Markers::default()),
+            seen(
+                101,
+                60,
+                (1, 1),
+                Markers {
+                    lineage: Some("t1".into()),
+                    ..Markers::default()
+                },
+            ),
+            seen(102, 60, (100, 100), Markers::default()),
+            seen(
+                103,
+                60,
+                (103, 103),
+                Markers {
+                    broker: Some("/x/y".into()),
+                    ..Markers::default()
+                },
+            ),
+            seen(
+                104,
+                60,
+                (104, 104),
+                Markers {
+                    lineage: Some("zz".into()),
+                    ..Markers::default()
+                },
+            ),
+        ];
+        let pids = member_pids(&snapshot, std::slice::from_ref(&record));
+        assert_eq!(pids, [100, 101, 102, 103].into());
+        record.identity.start_ticks = 1;
+        let pids = member_pids(&snapshot, &[record]);
+        assert!(
+            !pids.contains(&102),
+            "a dead leader's group is not a broker's"
+        );
+    }
+
+    #[test]
+    fn tokens_are_fresh_128_bit_hex() {
+        let (a, b) = (new_token().unwrap(), new_token().unwrap());
+        assert_eq!(a.len(), 32);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
+}
