@@ -22,6 +22,7 @@ use support::{
 const DEADLINE: Duration = Duration::from_secs(1);
 const HOOK_RSS_KIB: i64 = 8 * 1024;
 
+#[allow(clippy::too_many_lines)] // the table, case by case
 fn main() {
     let options = Options::from_args();
     let rounds = options.rounds();
@@ -397,7 +398,10 @@ fn writers(table: &mut Table, state: &Path, ws: &str, options: &Options) {
             }
         });
         let updates = writers * per_writer * 2;
-        (updates, updates as f64 / started.elapsed().as_secs_f64())
+        (
+            updates,
+            f64::from(u32::try_from(updates).unwrap()) / started.elapsed().as_secs_f64(),
+        )
     };
     let (alone_updates, alone) = run(1);
     let (updates, together) = run(8);

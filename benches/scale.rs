@@ -20,6 +20,7 @@ struct Owned {
     slots: Vec<usize>,
 }
 
+#[allow(clippy::too_many_lines)] // the table, case by case
 fn main() {
     let options = Options::from_args();
     let rounds = options.rounds();
@@ -193,7 +194,7 @@ fn plant(root: &Path, size: usize, broker: &serde_json::Value, owned: &[&Owned],
     let keys: Vec<String> = (0..size)
         .map(|index| workspace_key(Path::new(&format!("/nonexistent/bench/ws{index}"))))
         .collect();
-    let owner = |session: &str| serde_json::json!({"session": session, "since": now});
+    let owner_entry = |session: &str| serde_json::json!({"session": session, "since": now});
     let mut template = serde_json::json!({
         "version": 1, "name": "default", "workspace": "", "cwd": "/",
         "command": ["sleep", "600"], "owners": [],
@@ -205,9 +206,9 @@ fn plant(root: &Path, size: usize, broker: &serde_json::Value, owned: &[&Owned],
     for (index, key) in keys.iter().enumerate() {
         let dir = root.join("workspaces").join(key).join("default");
         support::mkdir(&dir);
-        let mut owners = vec![owner("keeper")];
+        let mut owners = vec![owner_entry("keeper")];
         for case in owned.iter().filter(|case| case.slots.contains(&index)) {
-            owners.extend((0..sessions).map(|n| owner(&format!("{}-{n}", case.prefix))));
+            owners.extend((0..sessions).map(|n| owner_entry(&format!("{}-{n}", case.prefix))));
         }
         template["workspace"] = format!("/nonexistent/bench/ws{index}").into();
         template["owners"] = owners.into();

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+use std::fmt::Write as _;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -119,6 +120,8 @@ pub fn run_once(mut command: Command, stdin: Option<&[u8]>) -> (Duration, i64, O
         Stdio::null()
     });
     let started = Instant::now();
+    // Reaped by `wait4` below (for its rusage), not by `Child::wait`.
+    #[allow(clippy::zombie_processes)]
     let mut child = command.spawn().expect("spawn a benchmark command");
     if let Some(bytes) = stdin {
         let mut pipe = child.stdin.take().expect("stdin pipe");
@@ -276,7 +279,7 @@ impl Table {
         };
         let mut target_text = target_text;
         if let Some(bound) = rss_bound_kib {
-            target_text.push_str(&format!("; RSS ≤ {} MiB", bound / 1024));
+            let _ = write!(target_text, "; RSS ≤ {} MiB", bound / 1024);
             met &= sample.peak_rss_kib() <= bound;
         }
         let verdict = if matches!(target, Target::None) && rss_bound_kib.is_none() {
@@ -294,7 +297,7 @@ impl Table {
             ms(sample.min()),
             ms(sample.max()),
             ms(sample.p90()),
-            sample.peak_rss_kib() as f64 / 1024.0,
+            f64::from(i32::try_from(sample.peak_rss_kib()).unwrap_or(i32::MAX)) / 1024.0,
             reference.map_or(String::from("—"), |(name, r)| format!(
                 "{name}: {:.2} ms",
                 ms(r.median())

@@ -841,7 +841,10 @@ impl Drop for StateRootProcesses {
 pub fn unparsable_files(dir: &Path) -> Vec<String> {
     let mut bad = Vec::new();
     for path in walkdir(dir.to_path_buf()) {
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         if !path.is_file() {
             continue;
         }
@@ -849,7 +852,7 @@ pub fn unparsable_files(dir: &Path) -> Vec<String> {
             bad.push(format!("{}: unreadable", path.display()));
             continue;
         };
-        if name.ends_with(".json") {
+        if path.extension().is_some_and(|ext| ext == "json") {
             if let Err(err) = serde_json::from_slice::<Value>(&bytes) {
                 bad.push(format!("{}: {err}", path.display()));
             }
@@ -870,7 +873,7 @@ pub fn identity_json(proc: Proc) -> Value {
         "boot_id": std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap().trim(),
         "pid": proc.pid,
         "start_ticks": proc.ticks,
-        "uid": std::fs::metadata(format!("/proc/{}", proc.pid)).map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap_or(0),
+        "uid": std::fs::metadata(format!("/proc/{}", proc.pid)).map_or(0, |m| std::os::unix::fs::MetadataExt::uid(&m)),
     })
 }
 
