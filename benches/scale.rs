@@ -24,10 +24,14 @@ struct Owned {
 fn main() {
     let options = Options::from_args();
     let rounds = options.rounds();
-    let sizes: &[usize] = if options.quick {
-        &[10, 1_000]
-    } else {
-        &[10, 1_000, 10_000, 100_000]
+    // SESSION_REAPER_BENCH_SIZES=10000,100000 measures only those sizes.
+    let sizes: Vec<usize> = match std::env::var("SESSION_REAPER_BENCH_SIZES") {
+        Ok(list) => list
+            .split(',')
+            .filter_map(|size| size.trim().parse().ok())
+            .collect(),
+        Err(_) if options.quick => vec![10, 1_000],
+        Err(_) => vec![10, 1_000, 10_000, 100_000],
     };
     let temp = tempfile::Builder::new()
         .prefix("sr-bench-scale-")
@@ -53,7 +57,8 @@ fn main() {
     ));
     table.row("/bin/true", &truth, None, Target::None, None);
     let mut by_size: Vec<(usize, [Sample; 4])> = Vec::new();
-    for &size in sizes {
+    let mut profiles: Vec<String> = Vec::new();
+    for &size in &sizes {
         let root = Root::new(temp.path(), &format!("scale-{size}"));
         let one_percent = Owned {
             prefix: "pct",
@@ -67,17 +72,23 @@ fn main() {
                 .collect(),
         };
         let planting = Instant::now();
-        plant(&root.path, size, &broker, &[&one_percent, &ten], 2 * rounds);
+        plant(
+            &root.path,
+            size,
+            &broker,
+            &[&one_percent, &ten],
+            2 * rounds + 1,
+        );
         println!(
             "\n(planted {size} workspaces in {:.2} s)\n",
             planting.elapsed().as_secs_f64()
         );
-        let end = |owned: &Owned, offset: usize, extra: &'static [&'static str]| {
+        let end = |owned: &Owned, offset: usize, extra: &'static [&'static str], runs: usize| {
             let path = root.path.clone();
             let cwd = cwd_text.clone();
             let prefix = owned.prefix;
             measure(
-                rounds,
+                runs,
                 Some(&move |round| {
                     payload(&format!("{prefix}-{}", round + offset), "SessionEnd", &cwd)
                 }),
@@ -88,8 +99,18 @@ fn main() {
                 },
             )
         };
-        let pct = end(&one_percent, 0, &[]);
-        let ten_end = end(&ten, 0, &[]);
+        // Ending a session that owns 1,000 slots rewrites 1,000 records: 5 runs at 100,000 workspaces.
+        let pct = end(
+            &one_percent,
+            0,
+            &[],
+            if size >= 100_000 {
+                rounds.min(5)
+            } else {
+                rounds
+            },
+        );
+        let ten_end = end(&ten, 0, &[], rounds);
         let hook_rss = Some(8 * 1024);
         table.row(
             &format!(
@@ -108,8 +129,21 @@ fn main() {
             Target::Median(Duration::from_millis(15)),
             hook_rss,
         );
+        if ten_end.median() > Duration::from_millis(15) && size >= 10_000 {
+            // One more session of the same slots, ended under strace.
+            let command = ours(&root.path, &["hook", "--agent", "claude"]);
+            support::profile(
+                &format!("hook SessionEnd 10 slots {size} workspaces"),
+                &command,
+                Some(&payload(
+                    &format!("ten-{}", 2 * rounds - 1),
+                    "SessionEnd",
+                    &cwd_text,
+                )),
+            );
+        }
         if leftovers_flag {
-            let bare = end(&ten, rounds, &["--leftovers", "off"]);
+            let bare = end(&ten, rounds, &["--leftovers", "off"], rounds);
             table.row(
                 &format!("hook SessionEnd, owns 10 slots, {size} workspaces, vs --leftovers off"),
                 &ten_end,
@@ -118,7 +152,18 @@ fn main() {
                 hook_rss,
             );
         }
-        let records = measure(rounds, None, &|_| {
+        // A full scan of 100,000 workspaces takes seconds: 5 runs there (3 of the reference from 10,000 up).
+        let scan_rounds = if size >= 100_000 {
+            rounds.min(5)
+        } else {
+            rounds
+        };
+        let reference_rounds = if size >= 10_000 {
+            rounds.min(3)
+        } else {
+            rounds
+        };
+        let records = measure(reference_rounds, None, &|_| {
             reference(
                 "sh",
                 &[
@@ -130,7 +175,7 @@ fn main() {
                 ],
             )
         });
-        let sweep = measure(rounds, None, &|_| {
+        let sweep = measure(scan_rounds, None, &|_| {
             ours(&root.path, &["sweep", "--dry-run", "--json"])
         });
         let sweep_target = match size {
@@ -138,6 +183,13 @@ fn main() {
             100_000 => Target::Median(Duration::from_millis(2500)),
             _ => Target::None,
         };
+        if matches!(sweep_target, Target::Median(bound) if sweep.median() > bound) {
+            profiles.push(support::profile(
+                &format!("sweep --dry-run {size} workspaces"),
+                &ours(&root.path, &["sweep", "--dry-run", "--json"]),
+                None,
+            ));
+        }
         table.row(
             &format!("sweep --dry-run --json, {size} workspaces"),
             &sweep,
@@ -145,7 +197,9 @@ fn main() {
             sweep_target,
             None,
         );
-        let status = measure(rounds, None, &|_| ours(&root.path, &["status", "--json"]));
+        let status = measure(scan_rounds, None, &|_| {
+            ours(&root.path, &["status", "--json"])
+        });
         table.row(
             &format!("status --json, {size} workspaces"),
             &status,
@@ -183,6 +237,9 @@ fn main() {
         }
     }
     table.finish();
+    for profile in profiles {
+        println!("{profile}");
+    }
 }
 
 /// Plants `size` workspaces under `root`, each with one broker record naming `broker`'s live process and owned by

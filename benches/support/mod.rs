@@ -348,6 +348,14 @@ impl Planted {
         for _ in 0..count {
             let mut command = Command::new("sleep");
             command.arg("600").stdin(Stdio::null());
+            // They die with the benchmark even when it is killed before its cleanup runs.
+            // SAFETY: prctl is async-signal-safe; it only sets this child's parent-death signal.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
             for (name, value) in env {
                 command.env(name, value);
             }
@@ -499,4 +507,43 @@ pub fn spawn_broker(state: &Path, cwd: &Path, session: &str, flags: &[&str]) -> 
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("spawn prints the record")
+}
+
+/// Runs `command` once more under `strace -f -c` (when strace is installed) and prints where its system calls went
+/// (the top rows of the summary, to print after the table): the profile of a missed target. The whole summary is
+/// kept in `target/bench-profiles/`.
+pub fn profile(name: &str, command: &Command, stdin: Option<&[u8]>) -> String {
+    if Command::new("strace").arg("-V").output().is_err() {
+        return format!("\n(profile of {name}: strace is not installed)\n");
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-profiles");
+    let _ = std::fs::create_dir_all(&dir);
+    let file = dir.join(format!(
+        "{}.txt",
+        name.replace(|c: char| !c.is_ascii_alphanumeric(), "-")
+    ));
+    let mut traced = Command::new("strace");
+    traced
+        .args(["-f", "-c", "-S", "time", "-o"])
+        .arg(&file)
+        .arg(command.get_program())
+        .args(command.get_args());
+    for (key, value) in command.get_envs() {
+        match value {
+            Some(value) => traced.env(key, value),
+            None => traced.env_remove(key),
+        };
+    }
+    let _ = run_once(traced, stdin);
+    let summary = std::fs::read_to_string(&file).unwrap_or_default();
+    let top: Vec<&str> = summary.lines().take(10).collect();
+    let total = summary
+        .lines()
+        .find(|line| line.contains("total"))
+        .unwrap_or_default();
+    format!(
+        "\nprofile of {name} (strace -f -c, top 8 by time; {}):\n```\n{}\n{total}\n```\n",
+        file.display(),
+        top.join("\n")
+    )
 }
