@@ -8,8 +8,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::deadline::Deadline;
 use crate::hook;
+use crate::model::deadline::Deadline;
 use crate::store::Store;
 
 /// How long past its deadline a hook may run at most: the watchdog wakes `WAKE` after it and gives its last

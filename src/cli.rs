@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::agent::Agent;
-use crate::clock::parse_duration;
+use crate::model::clock::parse_duration;
 
 /// Keeps coding-agent sessions from leaking helper processes ("brokers").
 ///

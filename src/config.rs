@@ -14,13 +14,13 @@ use crate::cli::{
 };
 use crate::commands::log::Filter;
 use crate::error::bad_input;
-use crate::events::Reason;
 use crate::install::{Operation, Scope};
-use crate::name::{SessionId, SlotName};
-use crate::proc;
-use crate::record::Shutdown;
-use crate::sessions::Sessions;
-use crate::workspace;
+use crate::model::name::{SessionId, SlotName};
+use crate::model::record::Shutdown;
+use crate::observe::proc;
+use crate::observe::workspace;
+use crate::store::events::Reason;
+use crate::store::sessions::Sessions;
 
 /// Settings every command shares.
 #[derive(Clone, Debug)]
@@ -32,7 +32,7 @@ pub struct Config {
 impl Config {
     pub fn new(state_dir_flag: Option<&Path>, verbose: bool) -> anyhow::Result<Self> {
         Ok(Config {
-            state_dir: crate::state::resolve_root(state_dir_flag)?,
+            state_dir: crate::store::root::resolve_root(state_dir_flag)?,
             verbose,
         })
     }
@@ -539,7 +539,7 @@ mod tests {
 
     #[test]
     fn absurd_durations_are_refused_by_name() {
-        let absurd = crate::clock::parse_duration("500000000000years").unwrap();
+        let absurd = crate::model::clock::parse_duration("500000000000years").unwrap();
         let err = check_bounded(absurd, "--deadline", MAX_WAIT).unwrap_err();
         assert_eq!(crate::error::exit_code_of(&err), 2);
         let text = err.to_string();

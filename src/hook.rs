@@ -11,18 +11,18 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde_json::Value;
 
+use crate::act::finisher;
+use crate::act::signal::Guard;
 use crate::agent::Agent;
-use crate::clock;
 use crate::config::{Config, HookRequest};
-use crate::deadline::Deadline;
 use crate::error::bad_input;
-use crate::events::{Event, Reason};
-use crate::finisher;
-use crate::name::SessionId;
-use crate::proc;
-use crate::record::{Identity, SessionRecord};
-use crate::signal::Guard;
+use crate::model::clock;
+use crate::model::deadline::Deadline;
+use crate::model::name::SessionId;
+use crate::model::record::{Identity, SessionRecord};
+use crate::observe::proc;
 use crate::store::Store;
+use crate::store::events::{Event, Reason};
 use crate::teardown::{self, Ending, Seen};
 
 /// Time kept back from the deadline to hand work to the finisher and exit.
@@ -301,7 +301,7 @@ fn export_session_id(session: &SessionId) -> anyhow::Result<()> {
     let uid = nix::unistd::geteuid().as_raw();
     for file in files {
         // Like a state file: no symlink followed, no blocking on a FIFO, a regular file of ours or nothing.
-        let mut handle = crate::state::open_nofollow(
+        let mut handle = crate::store::root::open_nofollow(
             &file,
             std::fs::OpenOptions::new()
                 .append(true)
@@ -309,7 +309,7 @@ fn export_session_id(session: &SessionId) -> anyhow::Result<()> {
                 .mode(0o600),
         )
         .with_context(|| format!("opening env file {}", file.display()))?;
-        crate::state::check_regular_file(&handle, &file, uid)?;
+        crate::store::root::check_regular_file(&handle, &file, uid)?;
         // The id is validated to [A-Za-z0-9._-], so single quotes need no escaping.
         writeln!(handle, "export SESSION_REAPER_SESSION_ID='{session}'")
             .with_context(|| format!("writing env file {}", file.display()))?;

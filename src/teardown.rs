@@ -8,18 +8,18 @@ use std::collections::HashSet;
 use serde::Serialize;
 
 use crate::act::executor::{self, Mode};
-use crate::clock;
-use crate::deadline::Deadline;
+use crate::act::signal::Guard;
+use crate::act::stopper;
+use crate::decide::resume;
 use crate::decide::{self, SlotChange};
-use crate::events::{Event, Reason};
-use crate::name::SessionId;
-use crate::plan;
-use crate::proc;
-use crate::record::{BrokerRecord, SessionRecord, StopTicket};
-use crate::signal::Guard;
-use crate::slot::Slot;
-use crate::stop;
+use crate::model::clock;
+use crate::model::deadline::Deadline;
+use crate::model::name::SessionId;
+use crate::model::record::{BrokerRecord, SessionRecord, StopTicket};
+use crate::observe::proc;
 use crate::store::Store;
+use crate::store::events::{Event, Reason};
+use crate::store::slot::Slot;
 
 /// A request to end one session.
 #[derive(Clone, Debug)]
@@ -244,7 +244,7 @@ fn file_resume_orphans(
 ) {
     let snapshot = proc::scan_cmdlines(deadline);
     let mut protected: HashSet<i32> = proc::self_and_ancestors();
-    let candidates = plan::resume_orphans(&snapshot, ending.session.as_str(), title, &protected);
+    let candidates = resume::resume_orphans(&snapshot, ending.session.as_str(), title, &protected);
     if candidates.is_empty() {
         return;
     }
@@ -253,17 +253,17 @@ fn file_resume_orphans(
     let candidates = candidates
         .into_iter()
         .filter(|pid| !protected.contains(pid));
-    let resumes = |argv: &[String]| plan::resumes(argv, ending.session.as_str(), title);
-    for (identity, argv) in crate::lineage::confirm_by_argv(candidates, resumes) {
+    let resumes = |argv: &[String]| resume::resumes(argv, ending.session.as_str(), title);
+    for (identity, argv) in crate::decide::lineage::confirm_by_argv(candidates, resumes) {
         let pid = identity.pid;
         if guard.check(&identity).is_err() {
             continue;
         }
-        let mut ticket = stop::new_ticket(
+        let mut ticket = stopper::new_ticket(
             identity,
             None,
             Reason::ResumeOrphan.as_str(),
-            stop::DEFAULT_GRACE_MS,
+            stopper::DEFAULT_GRACE_MS,
             "resume-orphan".to_owned(),
         );
         ticket.session = Some(ending.session.as_str().to_owned());

@@ -2,11 +2,11 @@
 //! change, applies it and logs exactly one event for it. In a dry run the same decision runs on an unlocked view
 //! and nothing is applied, so `--dry-run` prints what a real run would do.
 
-use crate::deadline::Deadline;
 use crate::decide::SlotChange;
-use crate::events::Event;
-use crate::slot::{Slot, SlotGuard, SlotView};
+use crate::model::deadline::Deadline;
 use crate::store::Store;
+use crate::store::events::Event;
+use crate::store::slot::{Slot, SlotGuard, SlotView};
 
 /// Whether changes are applied or only decided.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -15,11 +15,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::act::signal::Guard;
 use crate::adapters::{AdapterAction, AdapterReport};
-use crate::events::{EventLog, Reason};
-use crate::record::StopTicket;
-use crate::signal::Guard;
+use crate::model::record::StopTicket;
 use crate::store::Store;
+use crate::store::events::{EventLog, Reason};
 use decide::{Occasion, Verdict};
 
 /// The adapter's name in tickets, events and reports.
@@ -466,7 +466,7 @@ pub fn claimed_pids(discovery: &Discovery) -> HashSet<i32> {
             let mut pids = vec![seen.identity.pid];
             if seen.stat.pgid == seen.identity.pid {
                 pids.extend(
-                    crate::lineage::members_of_live_leader(&seen.identity)
+                    crate::decide::lineage::members_of_live_leader(&seen.identity)
                         .into_iter()
                         .map(|member| member.pid),
                 );

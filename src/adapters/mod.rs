@@ -13,7 +13,7 @@ pub type AdapterAction = crate::commands::sweep::SweepAction;
 #[derive(Clone, Debug, Default)]
 pub struct AdapterReport {
     pub actions: Vec<AdapterAction>,
-    pub tickets: Vec<crate::record::StopTicket>,
+    pub tickets: Vec<crate::model::record::StopTicket>,
     pub problems: Vec<String>,
 }
 
@@ -42,6 +42,6 @@ pub(crate) fn claimed_pids(discovery: &codex_plugin::Discovery) -> std::collecti
 
 /// Called by the stopper once a ticket's process is confirmed gone: an adapter's ticket names the tool's files to
 /// clean.
-pub fn after_stop(ticket: &crate::record::StopTicket, log: &crate::events::EventLog) {
+pub fn after_stop(ticket: &crate::model::record::StopTicket, log: &crate::store::events::EventLog) {
     codex_plugin::after_stop(ticket, log);
 }

@@ -8,20 +8,20 @@ use anyhow::Context;
 use serde_json::{Value, json};
 
 use crate::act::executor;
-use crate::clock;
+use crate::act::launch;
+use crate::act::signal::Guard;
+use crate::act::stopper;
 use crate::config::{self, BrokerRequest, Config, OwnerSpec, SlotSpec, StopPolicy};
-use crate::deadline::Deadline;
 use crate::decide::{self, SlotChange};
 use crate::error::{Outcome, bad_input};
-use crate::events::{Event, Reason};
-use crate::launch;
-use crate::name::SessionId;
-use crate::proc;
-use crate::record::{BrokerRecord, Identity, VERSION};
-use crate::signal::Guard;
-use crate::slot::{LOCK_WAIT, Slot, SlotGuard, SlotView};
-use crate::stop;
+use crate::model::clock;
+use crate::model::deadline::Deadline;
+use crate::model::name::SessionId;
+use crate::model::record::{BrokerRecord, Identity, VERSION};
+use crate::observe::proc;
 use crate::store::Store;
+use crate::store::events::{Event, Reason};
+use crate::store::slot::{LOCK_WAIT, Slot, SlotGuard, SlotView};
 
 pub fn run(request: BrokerRequest, config: &Config) -> anyhow::Result<Outcome> {
     match request {
@@ -247,7 +247,7 @@ impl SlotTarget {
             }
             SlotView::Broker(record) => record,
         };
-        if crate::lineage::is_foreign(record, &proc::host_name()) {
+        if crate::decide::lineage::is_foreign(record, &proc::host_name()) {
             return Err(bad_input(format!(
                 "{}: the broker was recorded by host {:?} (pid namespace {}); it is left alone from here",
                 path.display(),
@@ -358,7 +358,7 @@ fn spawn(
         .log
         .map_or_else(|| target.slot.dir().join("broker.log"), Path::to_path_buf);
     let marker = format!("{}/{}", target.workspace_text(), target.slot.name());
-    let token = crate::lineage::new_token()?;
+    let token = crate::decide::lineage::new_token()?;
     let child = launch::spawn_broker(
         request.command,
         &launch::BrokerLaunch {
@@ -403,8 +403,8 @@ fn spawn(
 
 /// SIGKILLs a broker we just started and could not record, with its group, through its verified identity.
 fn abandon(record: &BrokerRecord) {
-    if let crate::signal::Target::Live(handle) = Guard::new().target(&record.identity) {
-        let _ = handle.signal_group(crate::signal::Sig::Kill);
+    if let crate::act::signal::Target::Live(handle) = Guard::new().target(&record.identity) {
+        let _ = handle.signal_group(crate::act::signal::Sig::Kill);
     }
 }
 
@@ -517,7 +517,7 @@ fn detach(target: &SlotTarget, owner: &SessionId) -> anyhow::Result<Outcome> {
     let reports = target
         .store
         .stopper(Guard::new())
-        .run(vec![ticket.clone()], stop::foreground_deadline(&ticket));
+        .run(vec![ticket.clone()], stopper::foreground_deadline(&ticket));
     super::print_stops(&reports);
     Ok(Outcome::from_ok(
         reports.iter().all(|report| !report.outcome.is_failure()),

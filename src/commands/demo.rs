@@ -13,12 +13,12 @@ use anyhow::Context;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::act::signal::{Guard, Sig, Target};
 use crate::error::Outcome;
-use crate::events::EventLog;
-use crate::proc;
-use crate::record::Identity;
-use crate::signal::{Guard, Sig, Target};
-use crate::state::StateRoot;
+use crate::model::record::Identity;
+use crate::observe::proc;
+use crate::store::events::EventLog;
+use crate::store::root::StateRoot;
 
 const CLAUDE_START: &str = include_str!("../../fixtures/payloads/claude-2.1.330/SessionStart.json");
 const CLAUDE_END: &str = include_str!("../../fixtures/payloads/claude-2.1.330/SessionEnd.json");
@@ -382,7 +382,7 @@ fn random_hex(bytes: usize) -> String {
         std::process::id(),
         std::thread::current().id()
     ));
-    crate::workspace::hex(&digest[..bytes])
+    crate::observe::workspace::hex(&digest[..bytes])
 }
 
 /// A random id shaped like the agents' UUIDs.

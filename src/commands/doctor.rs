@@ -5,17 +5,17 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::act::finisher;
+use crate::act::signal;
+use crate::act::stopper::STUCK_AFTER;
 use crate::agent::Agent;
 use crate::config::Config;
 use crate::error::Outcome;
-use crate::finisher;
 use crate::install;
-use crate::proc;
-use crate::signal;
-use crate::state::StateRoot;
-use crate::stop::STUCK_AFTER;
+use crate::observe::proc;
+use crate::observe::workspace;
 use crate::store::Store;
-use crate::workspace;
+use crate::store::root::StateRoot;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -143,9 +143,9 @@ fn agents_check(store: &Store) -> Check {
             let identity = session
                 .agent_identity
                 .as_ref()
-                .filter(|id| crate::proc::is_alive(id))?;
-            let argv = crate::proc::cmdline(identity.pid).unwrap_or_default();
-            (!crate::proc::is_agent_program(&argv)).then(|| {
+                .filter(|id| crate::observe::proc::is_alive(id))?;
+            let argv = crate::observe::proc::cmdline(identity.pid).unwrap_or_default();
+            (!crate::observe::proc::is_agent_program(&argv)).then(|| {
                 format!(
                     "{} (pid {}: {})",
                     session.session_id,
@@ -269,10 +269,12 @@ fn tickets_check(store: &Store) -> Check {
     let overdue = tickets
         .iter()
         .filter(|t| {
-            crate::clock::age(&t.requested_at, std::time::SystemTime::now()).is_some_and(|age| {
-                age > std::time::Duration::from_millis(t.grace_ms)
-                    + std::time::Duration::from_secs(30)
-            })
+            crate::model::clock::age(&t.requested_at, std::time::SystemTime::now()).is_some_and(
+                |age| {
+                    age > std::time::Duration::from_millis(t.grace_ms)
+                        + std::time::Duration::from_secs(30)
+                },
+            )
         })
         .count();
     if overdue > 0 && !finisher::is_running(store) {

@@ -11,7 +11,7 @@ use anyhow::Context;
 use crate::config::SettingsRequest;
 use crate::error::Outcome;
 use crate::install::{self, InstallRequest, Operation};
-use crate::workspace;
+use crate::observe::workspace;
 
 const SERVICE: &str = include_str!("../../hooks/systemd/session-reaper-sweep.service");
 const TIMER: &str = include_str!("../../hooks/systemd/session-reaper-sweep.timer");

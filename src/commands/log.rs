@@ -2,12 +2,12 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::clock;
 use crate::config::{Config, LogRequest};
 use crate::error::Outcome;
-use crate::events::{Event, EventLog};
-use crate::name::SessionId;
-use crate::state::StateRoot;
+use crate::model::clock;
+use crate::model::name::SessionId;
+use crate::store::events::{Event, EventLog};
+use crate::store::root::StateRoot;
 
 /// Which events to show.
 #[derive(Clone, Debug, Default)]

@@ -10,7 +10,7 @@ pub mod status;
 pub mod sweep;
 
 /// One line per stop, for people.
-pub fn print_stops(reports: &[crate::stop::StopReport]) {
+pub fn print_stops(reports: &[crate::act::stopper::StopReport]) {
     for report in reports {
         let ticket = &report.ticket;
         let place = match (&ticket.workspace, &ticket.name) {

@@ -5,15 +5,15 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use crate::act::finisher;
+use crate::act::signal::Guard;
+use crate::act::stopper::{StopOutcome, StopReport};
 use crate::config::{Config, ReapRequest, ReapTarget};
-use crate::deadline::Deadline;
 use crate::error::Outcome;
-use crate::finisher;
-use crate::name::SessionId;
-use crate::signal::Guard;
-use crate::slot::LOCK_WAIT;
-use crate::stop::{StopOutcome, StopReport};
+use crate::model::deadline::Deadline;
+use crate::model::name::SessionId;
 use crate::store::Store;
+use crate::store::slot::LOCK_WAIT;
 use crate::teardown::{self, EndReport, Ending};
 
 /// How long `reap --all` waits when no `--deadline` is given.
@@ -100,10 +100,10 @@ fn live_sessions(store: &Store) -> Vec<SessionId> {
 }
 
 /// Long enough for every ticket's whole cascade.
-fn longest_stop(tickets: &[crate::record::StopTicket]) -> Deadline {
+fn longest_stop(tickets: &[crate::model::record::StopTicket]) -> Deadline {
     tickets
         .iter()
-        .map(crate::stop::foreground_deadline)
+        .map(crate::act::stopper::foreground_deadline)
         .max()
         .unwrap_or_else(Deadline::now)
 }

@@ -3,16 +3,16 @@
 use serde::Serialize;
 use serde_json::json;
 
+use crate::act::finisher;
+use crate::act::stopper::STUCK_AFTER;
 use crate::config::Config;
 use crate::error::Outcome;
-use crate::finisher;
-use crate::proc;
-use crate::record::{BrokerRecord, SessionRecord, StopTicket};
-use crate::slot::{Slot, SlotView};
-use crate::state::StateRoot;
-use crate::stop::STUCK_AFTER;
+use crate::model::record::{BrokerRecord, SessionRecord, StopTicket};
+use crate::observe::proc;
 use crate::store::Store;
-use crate::ticket::TicketView;
+use crate::store::root::StateRoot;
+use crate::store::slot::{Slot, SlotView};
+use crate::store::tickets::TicketView;
 
 /// One slot as `status --json` shows it.
 #[derive(Debug, Serialize)]
@@ -71,11 +71,12 @@ fn add_members(slots: &mut [SlotStatus], tickets: &mut [TicketStatus], finisher_
 /// members a ticket remembers.
 fn members_of(
     snapshot: &[proc::Observed],
-    leader: &crate::record::Identity,
+    leader: &crate::model::record::Identity,
     token: Option<&str>,
-    remembered: &[crate::record::Identity],
+    remembered: &[crate::model::record::Identity],
 ) -> Vec<Member> {
-    let mut found = crate::lineage::members(leader, token, proc::is_alive(leader), snapshot);
+    let mut found =
+        crate::decide::lineage::members(leader, token, proc::is_alive(leader), snapshot);
     found.extend(remembered.iter().filter(|m| proc::is_alive(m)).cloned());
     found.sort_by_key(|m| m.pid);
     found.dedup_by_key(|m| m.pid);

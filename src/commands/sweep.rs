@@ -9,21 +9,21 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use crate::act::executor::{self, Mode};
-use crate::clock;
+use crate::act::finisher;
+use crate::act::signal::Guard;
+use crate::act::stopper::{self, StopOutcome, StopReport};
 use crate::config::{Config, SweepRequest};
-use crate::deadline::Deadline;
+use crate::decide::resume;
 use crate::decide::{self, SlotChange, SlotFacts, SweepPolicy};
 use crate::error::Outcome;
-use crate::events::{Event, Reason};
-use crate::finisher;
-use crate::name::SessionId;
-use crate::plan;
-use crate::proc;
-use crate::record::{BrokerRecord, SessionRecord, StopTicket};
-use crate::signal::Guard;
-use crate::slot::{LOCK_WAIT, Slot, SlotView};
-use crate::stop::{self, StopOutcome, StopReport};
+use crate::model::clock;
+use crate::model::deadline::Deadline;
+use crate::model::name::SessionId;
+use crate::model::record::{BrokerRecord, SessionRecord, StopTicket};
+use crate::observe::proc;
 use crate::store::Store;
+use crate::store::events::{Event, Reason};
+use crate::store::slot::{LOCK_WAIT, Slot, SlotView};
 use crate::teardown::{self, Ending};
 
 /// How long a sweep drives stop tickets before handing them to the finisher.
@@ -81,7 +81,7 @@ pub fn run(args: &SweepRequest, config: &Config) -> anyhow::Result<Outcome> {
         idle_ttl_secs: idle_ttl.as_secs(),
         retention_secs: args.retention.as_secs(),
         dry_run: args.dry_run,
-        stuck_after_kills: stop::STUCK_AFTER,
+        stuck_after_kills: stopper::STUCK_AFTER,
     };
     if config.verbose && !args.json {
         println!(
@@ -166,7 +166,7 @@ impl Sweep<'_> {
     /// reboot, or an agent with no `SessionEnd` such as Codex): end it as `SessionEnd` would.
     fn end_crashed_sessions(&mut self) {
         for record in self.store.sessions.all() {
-            if record.is_ended() || crate::record::is_other_host(&record.host, &self.host) {
+            if record.is_ended() || crate::model::record::is_other_host(&record.host, &self.host) {
                 continue;
             }
             let Some(identity) = &record.agent_identity else {
@@ -308,8 +308,8 @@ impl Sweep<'_> {
         let root = self.store.root.path().to_string_lossy().into_owned();
         // Processes first, then records: a broker recorded or handed to a ticket meanwhile is known.
         let snapshot = proc::observe(&HashSet::new());
-        let known = crate::lineage::known_to(self.store, &self.tickets);
-        for lost in crate::lineage::unrecorded(&snapshot, &known, &root) {
+        let known = crate::decide::lineage::known_to(self.store, &self.tickets);
+        for lost in crate::decide::lineage::unrecorded(&snapshot, &known, &root) {
             let pid = lost.leader.pid;
             let (identity, marker) = (lost.leader, lost.marker);
             if self.guard.check(&identity).is_err() {
@@ -320,11 +320,11 @@ impl Sweep<'_> {
                 continue;
             }
             let group = (lost.pgid == pid).then_some(pid);
-            let mut ticket = stop::new_ticket(
+            let mut ticket = stopper::new_ticket(
                 identity,
                 group,
                 Reason::Unrecorded.as_str(),
-                stop::DEFAULT_GRACE_MS,
+                stopper::DEFAULT_GRACE_MS,
                 "unrecorded".into(),
             );
             ticket.lineage = Some(lost.token);
@@ -356,7 +356,7 @@ impl Sweep<'_> {
         let Some((workspace, name)) = marker.rsplit_once('/') else {
             return false;
         };
-        let Ok(name) = crate::name::SlotName::parse(name) else {
+        let Ok(name) = crate::model::name::SlotName::parse(name) else {
             return false;
         };
         let slot = Slot::of(&self.store.root, std::path::Path::new(workspace), &name);
@@ -378,7 +378,7 @@ impl Sweep<'_> {
             .iter()
             .filter(|record| !record.is_ended())
             .collect();
-        for (session, pids) in plan::duplicate_writers(snapshot, live) {
+        for (session, pids) in resume::duplicate_writers(snapshot, live) {
             let list: Vec<String> = pids.iter().map(i32::to_string).collect();
             self.act(
                 "duplicate_writers",
@@ -503,7 +503,7 @@ const NO_FACTS: SlotFacts = SlotFacts {
 /// What the process table says of a slot's broker and its owners.
 fn observe_slot(record: &BrokerRecord, sessions: &[SessionRecord]) -> SlotFacts {
     let host = proc::host_name();
-    let foreign = crate::record::is_other_host(&record.host, &host);
+    let foreign = crate::model::record::is_other_host(&record.host, &host);
     SlotFacts {
         alive: proc::is_alive(&record.identity),
         earlier_boot: !foreign && record.identity.boot_id != proc::boot_id(),

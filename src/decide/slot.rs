@@ -4,11 +4,11 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::clock;
-use crate::events::Reason;
-use crate::record::{BrokerRecord, StopTicket};
-use crate::slot::SlotView;
-use crate::stop;
+use crate::act::stopper;
+use crate::model::clock;
+use crate::model::record::{BrokerRecord, StopTicket};
+use crate::store::events::Reason;
+use crate::store::slot::SlotView;
 
 /// The owners a change adds or removes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -94,7 +94,7 @@ fn usable<'v>(view: &'v SlotView, host: &str) -> Result<&'v BrokerRecord, SlotCh
         }),
         // A state root shared over a network home: another host's record is neither acted on nor pruned; nor is one
         // written in another pid namespace.
-        SlotView::Broker(record) if crate::lineage::is_foreign(record, host) => {
+        SlotView::Broker(record) if crate::decide::lineage::is_foreign(record, host) => {
             Err(SlotChange::Keep)
         }
         SlotView::Broker(record) => Ok(record),
@@ -131,7 +131,7 @@ pub fn remove_owners(
     };
     if record.owners.is_empty() {
         let session = (owners.removed.len() == 1).then(|| owners.removed[0].as_str());
-        let ticket = stop::ticket_for(&record, reason.as_str(), session, label);
+        let ticket = stopper::ticket_for(&record, reason.as_str(), session, label);
         SlotChange::HandOff {
             record,
             ticket,
@@ -236,7 +236,7 @@ pub fn sweep(
             .filter(|session| record.remove_owner(session))
             .map(|session| (*session).to_owned())
             .collect();
-        let ticket = stop::ticket_for(&record, Reason::IdleTimeout.as_str(), None, label);
+        let ticket = stopper::ticket_for(&record, Reason::IdleTimeout.as_str(), None, label);
         return SlotChange::HandOff {
             record,
             ticket,
@@ -253,8 +253,8 @@ pub fn sweep(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{Identity, Owner};
-    use crate::slot::Unreadable;
+    use crate::model::record::{Identity, Owner};
+    use crate::store::slot::Unreadable;
 
     const HOST: &str = "h";
     const LABEL: &str = "w-0123456789abcdef/default";

@@ -848,3 +848,64 @@ fn broker_spawn_that_cannot_write_its_record_leaves_no_process_behind() {
         "no unrecorded broker runs: {report}"
     );
 }
+
+/// The binary with no state root given: it resolves one from `home` and `xdg_state_home`, in `cwd`.
+fn without_state_dir(
+    home: &Path,
+    xdg_state_home: Option<&str>,
+    cwd: &Path,
+    args: &[&str],
+) -> Output {
+    let mut command = Command::new(BIN);
+    scrub_env(&mut command);
+    command
+        .env("HOME", home)
+        .env_remove("XDG_STATE_HOME")
+        .current_dir(cwd)
+        .args(args);
+    if let Some(xdg) = xdg_state_home {
+        command.env("XDG_STATE_HOME", xdg);
+    }
+    run_bounded(command, None)
+}
+
+/// Hardening: a relative `XDG_STATE_HOME` was honoured (the spec says to ignore it), and root with another user's
+/// `$HOME` created root-owned directories in that home.
+#[test]
+fn a_relative_xdg_state_home_is_ignored_and_another_users_home_is_refused() {
+    let env = Env::new();
+    let (home, cwd) = (env.work.path().join("home"), env.work.path().join("cwd"));
+    fs::create_dir_all(&home).unwrap();
+    fs::create_dir_all(&cwd).unwrap();
+    let session = unique_id("xdg");
+    let out = without_state_dir(
+        &home,
+        Some("relative/state"),
+        &cwd,
+        &["reap", "--session", &session],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        !cwd.join("relative").exists(),
+        "a relative XDG_STATE_HOME is ignored"
+    );
+    assert!(
+        home.join(".local/state/session-reaper").is_dir(),
+        "~/.local/state is used"
+    );
+
+    let other = env.work.path().join("other-home");
+    fs::create_dir_all(&other).unwrap();
+    std::os::unix::fs::chown(&other, Some(54_321), Some(54_321)).unwrap();
+    let out = without_state_dir(&other, None, &cwd, &["reap", "--session", &session]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("belongs to uid 54321"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !other.join(".local").exists(),
+        "nothing created in another user's home"
+    );
+}

@@ -12,11 +12,11 @@ use serde::{Deserialize, Serialize};
 use super::decide::{Occasion, Verdict};
 use super::observe::{Broker, BrokerFile, World, read_small};
 use super::{ADAPTER, SHUTDOWN_MESSAGE, action};
+use crate::act::stopper;
 use crate::adapters::AdapterReport;
-use crate::events::{Event, EventLog, Reason};
-use crate::record::{Shutdown, StopTicket};
-use crate::stop;
+use crate::model::record::{Shutdown, StopTicket};
 use crate::store::Store;
+use crate::store::events::{Event, EventLog, Reason};
 
 /// The plugin makes each broker's session dir with `mkdtemp("<tmpdir>/cxc-")`.
 const SESSION_DIR_PREFIX: &str = "cxc-";
@@ -40,11 +40,11 @@ pub struct Cleanup {
 pub fn ticket(broker: &Broker, reason: Reason, session: Option<&str>) -> Option<StopTicket> {
     let seen = broker.process.as_ref()?;
     let pgid = (seen.stat.pgid == seen.identity.pid).then_some(seen.identity.pid);
-    let mut ticket = stop::new_ticket(
+    let mut ticket = stopper::new_ticket(
         seen.identity.clone(),
         pgid,
         reason.as_str(),
-        stop::DEFAULT_GRACE_MS,
+        stopper::DEFAULT_GRACE_MS,
         ADAPTER.to_owned(),
     );
     let files = broker.files();

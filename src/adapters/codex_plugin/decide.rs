@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::events::Reason;
+use crate::store::events::Reason;
 
 /// When the adapter runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

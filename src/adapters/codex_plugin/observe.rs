@@ -13,8 +13,8 @@ use super::Root;
 use super::decide::{
     self, ArgvFacts, Facts, JobFacts, OwnerState, ProcessCheck, SessionFacts, flag_value,
 };
-use crate::proc::{self, ProcStat};
-use crate::record::{Identity, SessionRecord};
+use crate::model::record::{Identity, SessionRecord};
+use crate::observe::proc::{self, ProcStat};
 
 /// The largest plugin file we read (its `state.json` keeps at most 50 jobs).
 const MAX_FILE: u64 = 1024 * 1024;
@@ -204,7 +204,7 @@ pub struct World {
 /// One pass over `roots` and the process table.
 pub fn observe(roots: &[Root], sessions: &[SessionRecord], uid: u32) -> World {
     // The plugin has no deadline of its own yet: a hook is still bounded by its watchdog.
-    let candidates: Vec<Seen> = proc::scan_cmdlines(crate::deadline::Deadline::far())
+    let candidates: Vec<Seen> = proc::scan_cmdlines(crate::model::deadline::Deadline::far())
         .into_iter()
         .filter(|(_, argv)| decide::runs_broker(argv))
         .filter_map(|(pid, _)| pinned(pid))
@@ -261,8 +261,11 @@ pub fn observe(roots: &[Root], sessions: &[SessionRecord], uid: u32) -> World {
         };
         let state_dir = seen
             .flag("--cwd")
-            .and_then(|cwd| crate::workspace::workspace_of(Path::new(cwd)).ok())
-            .map(|workspace| root.path.join(crate::workspace::workspace_key(&workspace)));
+            .and_then(|cwd| crate::observe::workspace::workspace_of(Path::new(cwd)).ok())
+            .map(|workspace| {
+                root.path
+                    .join(crate::observe::workspace::workspace_key(&workspace))
+            });
         let owner_ids: Vec<String> = seen.session.clone().into_iter().collect();
         brokers.push(assemble(
             root.path.clone(),

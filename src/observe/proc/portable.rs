@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use sysinfo::{Pid, Process, ProcessRefreshKind, ProcessesToUpdate, System, UpdateKind};
 
 use super::ProcStat;
-use crate::deadline::Deadline;
+use crate::model::deadline::Deadline;
 
 fn system_with(pids: Option<&[Pid]>) -> System {
     let mut system = System::new();

@@ -1,13 +1,22 @@
-//! One opened state root with its stores: slots are reached through `Slot`, the rest hang here.
+//! The state root and its stores: `root` (checks, the one atomic writer, bounded no-follow reads), `lock` (the one
+//! lock primitive), `slot`, `sessions`, `tickets` and `events`. `Store` is one opened root with its stores: slots
+//! are reached through `Slot`, the rest hang here.
+
+pub mod events;
+pub mod lock;
+pub mod root;
+pub mod sessions;
+pub mod slot;
+pub mod tickets;
 
 use std::path::Path;
 
-use crate::events::EventLog;
-use crate::sessions::Sessions;
-use crate::signal::Guard;
-use crate::state::StateRoot;
-use crate::stop::Stopper;
-use crate::ticket::Tickets;
+use crate::act::signal::Guard;
+use crate::act::stopper::Stopper;
+use crate::store::events::EventLog;
+use crate::store::root::StateRoot;
+use crate::store::sessions::Sessions;
+use crate::store::tickets::Tickets;
 
 #[derive(Clone, Debug)]
 pub struct Store {

@@ -16,8 +16,8 @@ use std::fmt;
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
-use crate::proc;
-use crate::record::Identity;
+use crate::model::record::Identity;
+use crate::observe::proc;
 
 /// Why a process was not signalled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -31,7 +31,8 @@ pub fn resolve_root(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
     {
         return Ok(path);
     }
-    if let Some(xdg) = from_env("XDG_STATE_HOME") {
+    // The XDG base directory spec: a relative XDG_STATE_HOME is invalid and ignored.
+    if let Some(xdg) = from_env("XDG_STATE_HOME").filter(|xdg| xdg.is_absolute()) {
         return Ok(xdg.join("session-reaper"));
     }
     let home = from_env("HOME").ok_or_else(|| {
@@ -39,7 +40,24 @@ pub fn resolve_root(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
             "no state root: set --state-dir, SESSION_REAPER_STATE_DIR, XDG_STATE_HOME or HOME",
         )
     })?;
+    refuse_foreign_home(&home)?;
     Ok(home.join(".local/state/session-reaper"))
+}
+
+/// Root (`sudo` keeping `$HOME`) would create root-owned directories in another user's home: refused unless the
+/// home is ours.
+fn refuse_foreign_home(home: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let euid = nix::unistd::geteuid().as_raw();
+    match std::fs::metadata(home) {
+        Ok(meta) if meta.uid() != euid => Err(bad_input(format!(
+            "HOME {} belongs to uid {}, not to us (uid {euid}): refusing to keep state there; pass --state-dir or \
+             set SESSION_REAPER_STATE_DIR",
+            home.display(),
+            meta.uid()
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// A checked state root. Holding one means the root passed the safety checks.
@@ -288,7 +306,7 @@ pub fn quarantine(path: &Path) -> anyhow::Result<PathBuf> {
         .file_name()
         .context("a record to move aside has no name")?
         .to_string_lossy();
-    let stamp = crate::clock::now_rfc3339().replace(':', "");
+    let stamp = crate::model::clock::now_rfc3339().replace(':', "");
     let moved_to = dir.join(format!("{name}.corrupt-{stamp}"));
     fs::rename(path, &moved_to).with_context(|| format!("moving aside {}", path.display()))?;
     sync_dir(dir)?;

@@ -45,12 +45,12 @@ pub struct BrokerLaunch<'a> {
 pub fn spawn_broker(argv: &[String], launch: &BrokerLaunch<'_>) -> anyhow::Result<Child> {
     let (program, arguments) = argv.split_first().context("no broker command given")?;
     let log = launch.log;
-    let output = crate::state::open_nofollow(
+    let output = crate::store::root::open_nofollow(
         log,
         OpenOptions::new().append(true).create(true).mode(0o600),
     )
     .with_context(|| format!("opening broker log {}", log.display()))?;
-    crate::state::check_regular_file(&output, log, nix::unistd::geteuid().as_raw())?;
+    crate::store::root::check_regular_file(&output, log, nix::unistd::geteuid().as_raw())?;
     let mut command = Command::new(program);
     command
         .args(arguments)

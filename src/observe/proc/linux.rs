@@ -5,7 +5,7 @@ use std::io;
 use std::sync::OnceLock;
 
 use super::ProcStat;
-use crate::deadline::Deadline;
+use crate::model::deadline::Deadline;
 
 /// `/proc/sys/kernel/random/boot_id`, read once.
 pub fn boot_id() -> &'static str {
@@ -146,7 +146,7 @@ pub fn scan_cmdlines(deadline: Deadline) -> Vec<(i32, Vec<String>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::Identity;
+    use crate::model::record::Identity;
 
     #[test]
     fn stat_parses_after_the_last_paren() {

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use crate::record::SessionRecord;
+use crate::model::record::SessionRecord;
 
 /// Flags marking Claude Code's own detached workers, which are never orphans.
 const AGENT_WORKER_FLAGS: &[&str] = &["--bg-pty-host", "--bg-spare"];
@@ -14,7 +14,7 @@ const AGENT_WORKER_FLAGS: &[&str] = &["--bg-pty-host", "--bg-spare"];
 /// exactly: `S` does not match `S1`. `grep -r S`, `cp -r S`, `vim -rS`, a `tmux … claude --resume S` client are
 /// not agents.
 pub fn resumes(argv: &[String], session: &str, title: Option<&str>) -> bool {
-    if !crate::proc::is_agent_program(argv)
+    if !crate::observe::proc::is_agent_program(argv)
         || argv
             .iter()
             .any(|arg| AGENT_WORKER_FLAGS.contains(&arg.as_str()))

@@ -13,7 +13,7 @@ mod portable;
 #[cfg(any(not(target_os = "linux"), feature = "portable-proc"))]
 pub use portable::*;
 
-use crate::record::Identity;
+use crate::model::record::Identity;
 
 /// The fields of one process that decisions are made on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -135,7 +135,7 @@ pub struct Markers {
 
 impl Markers {
     fn of(environ: &[u8]) -> Self {
-        use crate::launch::{BROKER_MARKER, LINEAGE_MARKER, STATE_ROOT_MARKER};
+        use crate::act::launch::{BROKER_MARKER, LINEAGE_MARKER, STATE_ROOT_MARKER};
         Markers {
             broker: env_value(environ, BROKER_MARKER),
             state_root: env_value(environ, STATE_ROOT_MARKER),
@@ -159,9 +159,22 @@ pub struct Observed {
 pub fn observe<S: std::hash::BuildHasher>(
     groups: &std::collections::HashSet<i32, S>,
 ) -> Vec<Observed> {
-    pids()
-        .unwrap_or_default()
+    observe_until(groups, crate::model::deadline::Deadline::far()).0
+}
+
+/// `observe`, as far as `deadline` lets it get (checked between entries); the flag says whether the scan was
+/// complete — a partial scan never proves that a process is gone.
+pub fn observe_until<S: std::hash::BuildHasher>(
+    groups: &std::collections::HashSet<i32, S>,
+    deadline: crate::model::deadline::Deadline,
+) -> (Vec<Observed>, bool) {
+    let all = pids().unwrap_or_default();
+    let total = all.len();
+    let mut visited = 0;
+    let seen = all
         .into_iter()
+        .take_while(|_| !deadline.expired())
+        .inspect(|_| visited += 1)
         .filter(|pid| {
             let grouped =
                 stat(*pid).is_ok_and(|s| groups.contains(&s.pgid) || groups.contains(&s.sid));
@@ -182,7 +195,8 @@ pub fn observe<S: std::hash::BuildHasher>(
                 markers: Markers::of(&environ),
             })
         })
-        .collect()
+        .collect();
+    (seen, visited == total)
 }
 
 /// The value of `key` in a raw environment block (`NAME=value` entries separated by NUL).

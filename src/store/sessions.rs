@@ -5,14 +5,14 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::deadline::Deadline;
 use crate::error::bad_input;
-use crate::events::{Event, EventLog};
-use crate::lock;
-use crate::name::SessionId;
-use crate::record::{self, Parsed, SessionRecord};
-use crate::slot::Unreadable;
-use crate::state::{self, SESSIONS, StateRoot};
+use crate::model::deadline::Deadline;
+use crate::model::name::SessionId;
+use crate::model::record::{self, Parsed, SessionRecord};
+use crate::store::events::{Event, EventLog};
+use crate::store::lock;
+use crate::store::root::{self, SESSIONS, StateRoot};
+use crate::store::slot::Unreadable;
 
 /// What a session's record file holds, as read at one moment.
 #[derive(Clone, Debug)]
@@ -103,7 +103,7 @@ impl Sessions {
             SessionView::Missing => None,
             SessionView::Record(record) => Some(record),
             SessionView::Unreadable(unreadable) if unreadable.corrupt => {
-                let moved_to = state::quarantine(&self.path(id))?;
+                let moved_to = root::quarantine(&self.path(id))?;
                 self.log.record(
                     &Event::new("corrupt", "moved_aside")
                         .session(Some(id.as_str()))
@@ -139,7 +139,7 @@ impl Sessions {
     /// is either refused here, or indexed before the end reads the index (the end then finds and removes the owner,
     /// or the attach's re-check under the slot lock sees the end and refuses).
     pub fn index_slot(&self, id: &SessionId, slot: &str, deadline: Deadline) -> anyhow::Result<()> {
-        let host = crate::proc::host_name();
+        let host = crate::observe::proc::host_name();
         self.update(id, deadline, |current| {
             if let Some(record) = current.filter(|record| record.is_ended()) {
                 return Err(bad_input(format!(
@@ -148,7 +148,7 @@ impl Sessions {
                 )));
             }
             let mut record = current.cloned().unwrap_or_else(|| {
-                SessionRecord::new(id.as_str(), host, &crate::clock::now_rfc3339())
+                SessionRecord::new(id.as_str(), host, &crate::model::clock::now_rfc3339())
             });
             Ok(record.index_slot(slot).then_some(record))
         })

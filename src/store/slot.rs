@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::deadline::Deadline;
-use crate::lock::{self, LockGuard};
-use crate::name::SlotName;
-use crate::record::{self, BrokerRecord, Parsed};
-use crate::state::{self, StateRoot, WORKSPACES};
-use crate::workspace;
+use crate::model::deadline::Deadline;
+use crate::model::name::SlotName;
+use crate::model::record::{self, BrokerRecord, Parsed};
+use crate::observe::workspace;
+use crate::store::lock::{self, LockGuard};
+use crate::store::root::{self, StateRoot, WORKSPACES};
 
 pub const RECORD: &str = "broker.json";
 pub const LOCK: &str = "broker.lock";
@@ -222,7 +222,7 @@ impl SlotGuard<'_> {
     /// Moves a corrupt record aside (`broker.json.corrupt-<ts>`); returns where it went.
     pub fn quarantine(&self) -> anyhow::Result<PathBuf> {
         self.last_read.replace(None);
-        state::quarantine(&self.slot.record_path())
+        root::quarantine(&self.slot.record_path())
     }
 
     /// Writes the record atomically; skipped when it is byte-for-byte what was read.
@@ -282,7 +282,7 @@ impl SlotGuard<'_> {
     /// Empties the slot (the broker was handed to a stop ticket, or is gone). The lock file stays.
     pub fn clear(&self) -> anyhow::Result<()> {
         match std::fs::remove_file(self.slot.record_path()) {
-            Ok(()) => state::sync_dir(&self.slot.dir)?,
+            Ok(()) => root::sync_dir(&self.slot.dir)?,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
             Err(err) => {
                 return Err(err)

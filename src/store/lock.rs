@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::deadline::Deadline;
-use crate::state::StateRoot;
+use crate::model::deadline::Deadline;
+use crate::store::root::StateRoot;
 
 /// The longest pause between two tries: short, so that a released lock is taken promptly.
 const MAX_PAUSE: Duration = Duration::from_millis(10);

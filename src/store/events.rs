@@ -6,9 +6,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::clock;
-use crate::lock;
-use crate::state::{EVENTS, StateRoot};
+use crate::model::clock;
+use crate::store::lock;
+use crate::store::root::{EVENTS, StateRoot};
 
 const ROTATE_AT: u64 = 1024 * 1024;
 /// The largest log file `log` reads: far above what rotation lets one grow to.

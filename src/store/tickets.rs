@@ -7,11 +7,11 @@ use std::path::PathBuf;
 use anyhow::Context;
 
 use crate::error::bad_input;
-use crate::events::{Event, EventLog};
-use crate::lock::{self, LockGuard};
-use crate::record::{self, Parsed, StopTicket};
-use crate::slot::Unreadable;
-use crate::state::{self, STOPPING, StateRoot};
+use crate::model::record::{self, Parsed, StopTicket};
+use crate::store::events::{Event, EventLog};
+use crate::store::lock::{self, LockGuard};
+use crate::store::root::{self, STOPPING, StateRoot};
+use crate::store::slot::Unreadable;
 
 /// Proof that this process drives a ticket; the lock is released when it is dropped.
 #[derive(Debug)]
@@ -150,13 +150,13 @@ impl Tickets {
     /// Every pending ticket, for a run that drives them. A corrupt one is moved aside and reported in the log; one
     /// that is refused as it stands is reported and left.
     pub fn pending(&self, log: &EventLog) -> Vec<StopTicket> {
-        let host = crate::proc::host_name();
+        let host = crate::observe::proc::host_name();
         self.scan()
             .into_iter()
             .filter_map(|(path, view)| match view {
                 TicketView::Ticket(ticket) => self.at_its_name(&path, ticket, &host),
                 TicketView::Unreadable(unreadable) if unreadable.corrupt => {
-                    let detail = match state::quarantine(&path) {
+                    let detail = match root::quarantine(&path) {
                         Ok(moved) => {
                             format!("{}; moved aside to {}", unreadable.why, moved.display())
                         }
@@ -184,7 +184,7 @@ impl Tickets {
         host: &str,
     ) -> Option<StopTicket> {
         let canonical = self.path_of(&ticket);
-        if path != canonical && !crate::record::is_other_host(&ticket.host, host) {
+        if path != canonical && !crate::model::record::is_other_host(&ticket.host, host) {
             match std::fs::hard_link(path, &canonical) {
                 Ok(()) => std::fs::remove_file(path).ok()?,
                 Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
@@ -206,7 +206,7 @@ pub enum TicketView {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::Identity;
+    use crate::model::record::Identity;
 
     fn tickets() -> (tempfile::TempDir, Tickets, StopTicket) {
         let temp = tempfile::tempdir().unwrap();
@@ -218,7 +218,7 @@ mod tests {
             start_ticks: 7,
             uid: 0,
         };
-        let ticket = crate::stop::new_ticket(identity, None, "manual", 100, "test".into());
+        let ticket = crate::act::stopper::new_ticket(identity, None, "manual", 100, "test".into());
         (temp, Tickets::new(&root), ticket)
     }
 

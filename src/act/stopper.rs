@@ -11,14 +11,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
-use crate::clock;
-use crate::deadline::Deadline;
-use crate::events::{Event, EventLog};
-use crate::lineage;
-use crate::proc;
-use crate::record::{Identity, Shutdown, StopTicket};
-use crate::signal::{Guard, Handle, Refusal, Sig, Target};
-use crate::ticket::{Claim, TicketLock, Tickets};
+use crate::act::signal::{Guard, Handle, Refusal, Sig, Target};
+use crate::decide::lineage;
+use crate::model::clock;
+use crate::model::deadline::Deadline;
+use crate::model::record::{Identity, Shutdown, StopTicket};
+use crate::observe::proc;
+use crate::store::events::{Event, EventLog};
+use crate::store::tickets::{Claim, TicketLock, Tickets};
 
 /// How long the graceful step (socket message or command) may take before SIGTERM.
 pub const GRACEFUL_WINDOW: Duration = Duration::from_millis(750);
@@ -44,6 +44,35 @@ pub enum Step {
 
 fn stamp(text: Option<&String>) -> Option<SystemTime> {
     text.map(|text| clock::parse(text).unwrap_or(SystemTime::UNIX_EPOCH))
+}
+
+/// Milliseconds on the boot clock (`CLOCK_BOOTTIME`: monotonic, counts suspend, never stepped).
+pub fn boot_millis() -> u64 {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let clock = rustix::time::ClockId::Boottime;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let clock = rustix::time::ClockId::Monotonic;
+    let now = rustix::time::clock_gettime(clock);
+    u64::try_from(now.tv_sec).unwrap_or(0) * 1000
+        + u64::try_from(now.tv_nsec).unwrap_or(0) / 1_000_000
+}
+
+/// The ticket with its cascade stamps placed on the wall clock from the boot clock, where the ticket has them: a
+/// wall clock stepped back (or forward) since a step neither stalls nor rushes the cascade. Pure.
+pub fn on_wall_clock(ticket: &StopTicket, now: SystemTime, boot_now_ms: u64) -> StopTicket {
+    let mut placed = ticket.clone();
+    let place = |boot: Option<u64>, wall: &mut Option<String>| {
+        if let Some(boot) = boot.filter(|boot| *boot <= boot_now_ms) {
+            let at = now
+                .checked_sub(Duration::from_millis(boot_now_ms - boot))
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            *wall = Some(clock::format(at));
+        }
+    };
+    place(ticket.graceful_boot_ms, &mut placed.graceful_at);
+    place(ticket.term_boot_ms, &mut placed.term_at);
+    place(ticket.kill_boot_ms, &mut placed.kill_at);
+    placed
 }
 
 /// The next step of a ticket whose process is (or is not) `alive` at `now`.
@@ -133,6 +162,8 @@ struct Active {
     handle: Option<Handle>,
     /// Verified handles of the broker's members (other than the leader) seen so far.
     members: Vec<Handle>,
+    /// The last look for members did not cover the whole process table (the deadline came).
+    members_unsure: bool,
     helper: Option<Child>,
     signalled: bool,
     outcome: Option<StopOutcome>,
@@ -150,6 +181,11 @@ impl Active {
             .iter()
             .filter(|member| !member.has_exited())
             .count()
+    }
+
+    /// True while the broker or a member runs, or the last look for members was cut short by the deadline.
+    fn is_running(&self) -> bool {
+        self.members_unsure || !lineage::is_stop_done(self.leader_alive(), self.live_members())
     }
 }
 
@@ -177,9 +213,13 @@ impl Stopper {
 
     /// Drives `tickets` until each is done or `deadline` passes; what is left stays filed.
     pub fn run(&self, tickets: Vec<StopTicket>, deadline: Deadline) -> Vec<StopReport> {
+        // One look at the process table for every ticket's members to begin with.
+        let groups: std::collections::HashSet<i32> =
+            tickets.iter().map(|ticket| ticket.identity.pid).collect();
+        let first_look = proc::observe_until(&groups, deadline);
         let mut active: Vec<Active> = tickets
             .into_iter()
-            .map(|ticket| self.start(ticket))
+            .map(|ticket| self.start(ticket, &first_look))
             .collect();
         let mut last_signal = Instant::now();
         let deadline_at = SystemTime::now() + deadline.remaining();
@@ -188,13 +228,13 @@ impl Stopper {
             let mut next_step_at = now + Duration::from_secs(3600);
             for item in active.iter_mut().filter(|item| item.outcome.is_none()) {
                 reap_helper(item, now);
-                let mut alive = is_running(item);
+                let mut alive = item.is_running();
                 if !alive && item.ticket.lineage.is_some() {
                     // Before calling it done, look once more for members (one forked just before its parent died).
-                    self.refresh_members(item);
-                    alive = is_running(item);
+                    self.refresh_members(item, &proc::observe_until(&groups, deadline));
+                    alive = item.is_running();
                 }
-                match next_step(&item.ticket, now, alive) {
+                match next_step(&on_wall_clock(&item.ticket, now, boot_millis()), now, alive) {
                     Step::Done => self.finish(item, None),
                     Step::Wait(at) => next_step_at = next_step_at.min(at),
                     step => {
@@ -242,17 +282,18 @@ impl Stopper {
             .collect()
     }
 
-    fn start(&self, ticket: StopTicket) -> Active {
+    fn start(&self, ticket: StopTicket, look: &(Vec<proc::Observed>, bool)) -> Active {
         let mut item = Active {
             ticket,
             claim: None,
             handle: None,
             members: Vec::new(),
+            members_unsure: false,
             helper: None,
             signalled: false,
             outcome: None,
         };
-        if crate::record::is_other_host(&item.ticket.host, &self.host) {
+        if crate::model::record::is_other_host(&item.ticket.host, &self.host) {
             item.outcome = Some(StopOutcome::Foreign);
             return item;
         }
@@ -297,27 +338,26 @@ impl Stopper {
             }
         }
         if item.outcome.is_none() {
-            self.refresh_members(&mut item);
+            self.refresh_members(&mut item, look);
         }
         item
     }
 
     /// Looks for the broker's members (DESIGN "Process lineage") and keeps a verified handle on each new one; the
     /// ticket remembers their identities so that a later run still knows them.
-    fn refresh_members(&self, item: &mut Active) {
+    fn refresh_members(
+        &self,
+        item: &mut Active,
+        (snapshot, complete): &(Vec<proc::Observed>, bool),
+    ) {
+        item.members_unsure = !complete;
         let leader_alive = item.leader_alive();
         let leader = &item.ticket.identity;
-        let groups = if leader_alive {
-            std::collections::HashSet::from([leader.pid])
-        } else {
-            std::collections::HashSet::new()
-        };
-        let snapshot = proc::observe(&groups);
         let mut found = lineage::members(
             leader,
             item.ticket.lineage.as_deref(),
             leader_alive,
-            &snapshot,
+            snapshot,
         );
         found.extend(item.ticket.members.iter().cloned());
         for member in found {
@@ -348,16 +388,19 @@ impl Stopper {
             Step::Graceful => {
                 item.helper = item.ticket.shutdown.as_ref().and_then(graceful);
                 item.ticket.graceful_at = Some(stamp);
+                item.ticket.graceful_boot_ms = Some(boot_millis());
             }
             Step::Term => {
-                self.refresh_members(item);
                 self.send(item, Sig::Term);
                 item.ticket.term_at = Some(stamp);
+                item.ticket.term_boot_ms = Some(boot_millis());
             }
             Step::Kill => {
-                self.refresh_members(item);
+                let groups = std::collections::HashSet::from([item.ticket.identity.pid]);
+                self.refresh_members(item, &proc::observe_until(&groups, Deadline::far()));
                 self.send(item, Sig::Kill);
                 item.ticket.kill_at = Some(stamp);
+                item.ticket.kill_boot_ms = Some(boot_millis());
                 item.ticket.attempts += 1;
                 if item.ticket.attempts == STUCK_AFTER {
                     self.log.record(
@@ -484,10 +527,6 @@ fn stopped_by(ticket: &StopTicket) -> String {
     }
 }
 
-fn is_running(item: &Active) -> bool {
-    !lineage::is_stop_done(item.leader_alive(), item.live_members())
-}
-
 /// Waits until one of `handles` exits or `timeout` passes.
 fn wait_for_any_exit(handles: &[&Handle], timeout: Duration) {
     #[cfg(target_os = "linux")]
@@ -577,7 +616,7 @@ pub fn new_ticket(
     origin: String,
 ) -> StopTicket {
     StopTicket {
-        version: crate::record::VERSION,
+        version: crate::model::record::VERSION,
         identity,
         pgid,
         reason: reason.to_owned(),
@@ -593,6 +632,9 @@ pub fn new_ticket(
         graceful_at: None,
         term_at: None,
         kill_at: None,
+        graceful_boot_ms: None,
+        term_boot_ms: None,
+        kill_boot_ms: None,
         lineage: None,
         members: Vec::new(),
         extra: serde_json::Map::new(),
@@ -601,7 +643,7 @@ pub fn new_ticket(
 
 /// The stop ticket of a slot's broker.
 pub fn ticket_for(
-    record: &crate::record::BrokerRecord,
+    record: &crate::model::record::BrokerRecord,
     reason: &str,
     session: Option<&str>,
     origin: &str,
@@ -676,6 +718,30 @@ mod tests {
         t.graceful_at = Some(clock::format(at(0)));
         assert_eq!(next_step(&t, at(100), true), Step::Wait(at(750)));
         assert_eq!(next_step(&t, at(750), true), Step::Term);
+    }
+
+    /// Hardening: a wall clock stepped back stalled escalation (the grace seemed not to have run). The boot clock
+    /// times the cascade.
+    #[test]
+    fn a_clock_stepped_back_never_stalls_escalation() {
+        let mut t = ticket();
+        // SIGTERM was sent at boot-clock 10 s; the wall clock said "now + 1 h" then, and was stepped back since.
+        t.term_at = Some(clock::format(at(3_600_000)));
+        t.term_boot_ms = Some(10_000);
+        assert_eq!(
+            next_step(&t, at(0), true),
+            Step::Wait(at(3_605_000)),
+            "by the wall clock: stalled"
+        );
+        let placed = on_wall_clock(&t, at(0), 15_000);
+        assert_eq!(
+            next_step(&placed, at(0), true),
+            Step::Kill,
+            "5 s of grace ran on the boot clock"
+        );
+        let placed = on_wall_clock(&t, at(0), 12_000);
+        assert_eq!(next_step(&placed, at(0), true), Step::Wait(at(3000)));
+        assert!(boot_millis() > 0);
     }
 
     #[test]

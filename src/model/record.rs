@@ -236,6 +236,13 @@ pub struct StopTicket {
     /// When the last SIGKILL was sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kill_at: Option<String>,
+    /// The same steps on the boot clock (ms, monotonic): what times the cascade, whatever the wall clock does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graceful_boot_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term_boot_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kill_boot_ms: Option<u64>,
     /// The broker's lineage token: its members are found by it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lineage: Option<String>,
@@ -264,7 +271,7 @@ fn version_one() -> u32 {
 }
 
 fn default_grace_ms() -> u64 {
-    crate::stop::DEFAULT_GRACE_MS
+    crate::act::stopper::DEFAULT_GRACE_MS
 }
 
 /// What a record file held.

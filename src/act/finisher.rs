@@ -4,15 +4,15 @@
 
 use std::time::{Duration, Instant};
 
-use crate::deadline::Deadline;
+use crate::act::launch;
+use crate::act::signal::Guard;
+use crate::act::stopper::{STUCK_AFTER, StopOutcome};
 use crate::error::Outcome;
-use crate::launch;
-use crate::lock;
-use crate::proc;
-use crate::record::StopTicket;
-use crate::signal::Guard;
-use crate::stop::{STUCK_AFTER, StopOutcome};
+use crate::model::deadline::Deadline;
+use crate::model::record::StopTicket;
+use crate::observe::proc;
 use crate::store::Store;
+use crate::store::lock;
 
 const LOCK: &str = "finisher.lock";
 /// How long to wait before looking again at tickets another process drives.
@@ -37,7 +37,7 @@ pub fn is_running(store: &Store) -> bool {
 /// shared over a network home) or another pid namespace's, which no run here ever completes.
 fn is_workable(ticket: &StopTicket, host: &str) -> bool {
     ticket.attempts < STUCK_AFTER
-        && !crate::record::is_other_host(&ticket.host, host)
+        && !crate::model::record::is_other_host(&ticket.host, host)
         && !ticket.identity.is_other_pid_ns(proc::own_pid_ns())
 }
 

@@ -8,8 +8,8 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::proc::{self, Observed};
-use crate::record::{BrokerRecord, Identity, StopTicket};
+use crate::model::record::{BrokerRecord, Identity, StopTicket};
+use crate::observe::proc::{self, Observed};
 
 /// A fresh lineage token: 128 random bits in hex.
 pub fn new_token() -> anyhow::Result<String> {
@@ -67,7 +67,7 @@ pub fn is_stop_done(leader_alive: bool, live_members: usize) -> bool {
 /// True when a record is not ours to act on by pid: another host's (a shared state root), or written in another pid
 /// namespace (a sandboxed shell tool, a container), whose pids mean nothing here.
 pub fn is_foreign(record: &BrokerRecord, host: &str) -> bool {
-    crate::record::is_other_host(&record.host, host)
+    crate::model::record::is_other_host(&record.host, host)
         || record.identity.is_other_pid_ns(proc::own_pid_ns())
 }
 
@@ -108,7 +108,7 @@ impl Known {
         let Some((workspace, name)) = marker.rsplit_once('/') else {
             return false;
         };
-        let key = crate::workspace::workspace_key(Path::new(workspace));
+        let key = crate::observe::workspace::workspace_key(Path::new(workspace));
         self.unreadable_slots.contains(&format!("{key}/{name}"))
     }
 }
@@ -206,7 +206,7 @@ pub fn member_pids(snapshot: &[Observed], records: &[BrokerRecord]) -> HashSet<i
 /// What the records of the state root know (slots of every kind, filed tickets) plus `extra` tickets not yet filed.
 pub fn known_to(store: &crate::store::Store, extra: &[StopTicket]) -> Known {
     let mut known = Known::default();
-    for slot in crate::slot::Slot::all(&store.root) {
+    for slot in crate::store::slot::Slot::all(&store.root) {
         match store.root.read_file(&slot.record_path()) {
             Ok(None) => {}
             Ok(Some(bytes)) => match serde_json::from_slice::<Value>(&bytes) {
@@ -256,7 +256,7 @@ pub fn confirm_by_argv(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proc::Markers;
+    use crate::observe::proc::Markers;
 
     fn id(pid: i32, start: u64) -> Identity {
         Identity {
@@ -388,7 +388,7 @@ mod tests {
     fn an_unreadable_slot_knows_the_markers_that_name_it() {
         let snapshot = [seen(20, 8, (20, 20), token("lost"))];
         let mut known = Known::default();
-        let key = crate::workspace::workspace_key(Path::new("/w"));
+        let key = crate::observe::workspace::workspace_key(Path::new("/w"));
         known.unreadable_slots.insert(format!("{key}/default"));
         assert!(unrecorded(&snapshot, &known, "/state").is_empty());
     }

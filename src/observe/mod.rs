@@ -1,0 +1,5 @@
+//! Observing the world: the process table with pinned identities (argv and environ read only for candidates),
+//! host facts, and where a cwd's workspace is.
+
+pub mod proc;
+pub mod workspace;
