@@ -58,6 +58,7 @@ fn main() {
     table.row("/bin/true", &truth, None, Target::None, None);
     let mut by_size: Vec<(usize, [Sample; 4])> = Vec::new();
     let mut profiles: Vec<String> = Vec::new();
+    let mut planted: Vec<(usize, Duration)> = Vec::new();
     for &size in &sizes {
         let root = Root::new(temp.path(), &format!("scale-{size}"));
         let one_percent = Owned {
@@ -79,10 +80,7 @@ fn main() {
             &[&one_percent, &ten],
             2 * rounds + 1,
         );
-        println!(
-            "\n(planted {size} workspaces in {:.2} s)\n",
-            planting.elapsed().as_secs_f64()
-        );
+        planted.push((size, planting.elapsed()));
         let end = |owned: &Owned, offset: usize, extra: &'static [&'static str], runs: usize| {
             let path = root.path.clone();
             let cwd = cwd_text.clone();
@@ -237,6 +235,9 @@ fn main() {
         }
     }
     table.finish();
+    for (size, took) in planted {
+        println!("planted {size} workspaces in {:.2} s", took.as_secs_f64());
+    }
     for profile in profiles {
         println!("{profile}");
     }

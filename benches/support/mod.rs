@@ -408,25 +408,20 @@ impl Drop for Root {
 
 /// Live pids whose environment holds exactly `wanted`.
 pub fn marked_with(wanted: &str) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|environ| {
-                environ
-                    .split(|b| *b == 0)
-                    .any(|entry| entry == wanted.as_bytes())
-            })
-        })
-        .collect()
+    with_word("environ", wanted)
 }
 
 /// Live pids other than this one with `word` as one of their argv words.
 pub fn naming(word: &str) -> Vec<i32> {
     let me = i32::try_from(std::process::id()).unwrap_or(0);
+    with_word("cmdline", word)
+        .into_iter()
+        .filter(|pid| *pid != me)
+        .collect()
+}
+
+/// Live pids whose `/proc/<pid>/<file>` (NUL-separated words) has `word` as one of its words.
+fn with_word(file: &str, word: &str) -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -434,9 +429,8 @@ pub fn naming(word: &str) -> Vec<i32> {
         .flatten()
         .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
-            *pid != me
-                && std::fs::read(format!("/proc/{pid}/cmdline"))
-                    .is_ok_and(|argv| argv.split(|b| *b == 0).any(|arg| arg == word.as_bytes()))
+            std::fs::read(format!("/proc/{pid}/{file}"))
+                .is_ok_and(|words| words.split(|b| *b == 0).any(|w| w == word.as_bytes()))
         })
         .collect()
 }
