@@ -81,6 +81,14 @@ fn main() {
         Target::Ratio(2.5),
         Some(HOOK_RSS_KIB),
     );
+    let mut profiles = Vec::new();
+    if session_start.median().as_secs_f64() > 2.5 * shell.median().as_secs_f64() {
+        profiles.push(support::profile(
+            "hook SessionStart",
+            &ours(&state.path, &["hook", "--agent", "claude"]),
+            Some(&payload("start-profiled", "SessionStart", &ws_text)),
+        ));
+    }
     if let Some(node) = &node {
         table.row(
             "hook SessionStart vs node -e 0",
@@ -143,6 +151,9 @@ fn main() {
     writers(&mut table, &state.path, &ws_text, &options);
     let _ = ours(&state.path, &["reap", "--session", "keeper"]).output();
     table.finish();
+    for profile in profiles {
+        println!("{profile}");
+    }
 }
 
 /// The resume-orphan scan (and leftover discovery, where this build has it) beside the minimal walk and `pgrep -f`,
