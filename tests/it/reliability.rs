@@ -123,6 +123,24 @@ fn quiesce(env: &Env) -> bool {
     })
 }
 
+/// `sleep 600` started through a shell that exits at once (so the sleep is reparented, as a tool's background job
+/// is), with `CLAUDE_CODE_SESSION_ID=<session>`; its identity once it has exec'd.
+fn detached_sleep(session: &str) -> Proc {
+    let out = Command::new("sh")
+        .args(["-c", "sleep 600 </dev/null >/dev/null 2>&1 & echo $!"])
+        .env("CLAUDE_CODE_SESSION_ID", session)
+        .stdin(Stdio::null())
+        .output()
+        .expect("start a leftover");
+    let pid: i32 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("the leftover's pid");
+    assert!(
+        wait_until(PATIENCE, || std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|argv| argv.starts_with(b"sleep\0"))),
+        "the leftover never exec'd"
+    );
+    Proc::of(pid).expect("the leftover runs")
+}
+
 /// One session of the load test: its agent, and what it was given.
 struct LoadSession {
     id: String,
@@ -145,7 +163,6 @@ fn load_many_sessions_on_shared_slots_lose_no_owner_stop_no_owned_broker_and_lea
     let leftovers = has_leftovers();
     let mut operations = 0usize;
     let mut violations: Vec<String> = Vec::new();
-    let mut children: Vec<Child> = Vec::new();
     for round in 0..rounds {
         let mut sessions: Vec<LoadSession> = (0..SESSIONS)
             .map(|index| LoadSession {
@@ -159,7 +176,6 @@ fn load_many_sessions_on_shared_slots_lose_no_owner_stop_no_owned_broker_and_lea
             .collect();
         let stop = AtomicBool::new(false);
         let sweeps = Mutex::new(0usize);
-        let started_leftovers = Mutex::new(Vec::<Child>::new());
         std::thread::scope(|scope| {
             scope.spawn(|| {
                 while !stop.load(Ordering::SeqCst) {
@@ -173,7 +189,6 @@ fn load_many_sessions_on_shared_slots_lose_no_owner_stop_no_owned_broker_and_lea
                 .map(|(index, session)| {
                     let env = &env;
                     let ws = &ws;
-                    let started_leftovers = &started_leftovers;
                     scope.spawn(move || {
                         let hook = |event: &str| {
                             let out = run_bounded(
@@ -215,14 +230,9 @@ fn load_many_sessions_on_shared_slots_lose_no_owner_stop_no_owned_broker_and_lea
                             }
                         }
                         if leftovers {
-                            let mut command = Command::new("sleep");
-                            command
-                                .arg("600")
-                                .env("CLAUDE_CODE_SESSION_ID", &session.id)
-                                .stdin(Stdio::null());
-                            let child = command.spawn().expect("leftover");
-                            session.leftover = Proc::of(i32::try_from(child.id()).unwrap());
-                            started_leftovers.lock().unwrap().push(child);
+                            // A leftover as the tools leave them: carrying the session's variable, fallen out of
+                            // every agent's hands (its shell exited, it was reparented).
+                            session.leftover = Some(detached_sleep(&session.id));
                         }
                         if !session.stays {
                             if let Err(why) = hook("SessionEnd") {
@@ -238,13 +248,12 @@ fn load_many_sessions_on_shared_slots_lose_no_owner_stop_no_owned_broker_and_lea
             }
             stop.store(true, Ordering::SeqCst);
         });
-        children.extend(started_leftovers.into_inner().unwrap());
+        for leftover in sessions.iter().filter_map(|session| session.leftover) {
+            env.track(leftover);
+        }
         env.reap_children();
         operations += SESSIONS * 4 + *sweeps.lock().unwrap();
         let quiet = quiesce(&env);
-        for child in &mut children {
-            let _ = child.try_wait();
-        }
         if !quiet {
             violations.push(format!(
                 "round {round}: never quiet: tickets {:?}, unrecorded brokers {:?}",
@@ -296,12 +305,7 @@ fn load_many_sessions_on_shared_slots_lose_no_owner_stop_no_owned_broker_and_lea
                     }
                 }
                 if let Some(leftover) = session.leftover
-                    && !wait_until(PATIENCE, || {
-                        for child in &mut children {
-                            let _ = child.try_wait();
-                        }
-                        !leftover.alive()
-                    })
+                    && !wait_until(PATIENCE, || !leftover.alive())
                 {
                     violations.push(format!("leftover of ended {} still runs", session.id));
                 }
@@ -333,10 +337,6 @@ fn load_many_sessions_on_shared_slots_lose_no_owner_stop_no_owned_broker_and_lea
         .collect();
     if !live.is_empty() {
         violations.push(format!("brokers left without a record: {live:?}"));
-    }
-    for mut child in children {
-        let _ = child.kill();
-        let _ = child.wait();
     }
     println!(
         "reliability load: {rounds} rounds x {SESSIONS} sessions on {SLOTS} slots (leftovers: {leftovers}), {operations} operations, {} violations",
