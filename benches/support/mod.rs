@@ -503,7 +503,8 @@ pub fn spawn_broker(state: &Path, cwd: &Path, session: &str, flags: &[&str]) -> 
     serde_json::from_slice(&out.stdout).expect("spawn prints the record")
 }
 
-/// Runs `command` once more under `strace -f -c` (when strace is installed) and prints where its system calls went
+/// Runs `command` once more under `strace -c` (when strace is installed; the process itself, not the finisher or
+/// sentinel it may start, which outlive it) and prints where its system calls went
 /// (the top rows of the summary, to print after the table): the profile of a missed target. The whole summary is
 /// kept in `target/bench-profiles/`.
 pub fn profile(name: &str, command: &Command, stdin: Option<&[u8]>) -> String {
@@ -518,7 +519,7 @@ pub fn profile(name: &str, command: &Command, stdin: Option<&[u8]>) -> String {
     ));
     let mut traced = Command::new("strace");
     traced
-        .args(["-f", "-c", "-S", "time", "-o"])
+        .args(["-c", "-S", "time", "-o"])
         .arg(&file)
         .arg(command.get_program())
         .args(command.get_args());
@@ -536,7 +537,7 @@ pub fn profile(name: &str, command: &Command, stdin: Option<&[u8]>) -> String {
         .find(|line| line.contains("total"))
         .unwrap_or_default();
     format!(
-        "\nprofile of {name} (strace -f -c, top 8 by time; {}):\n```\n{}\n{total}\n```\n",
+        "\nprofile of {name} (strace -c, top 8 by time; {}):\n```\n{}\n{total}\n```\n",
         file.display(),
         top.join("\n")
     )

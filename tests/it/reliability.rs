@@ -132,7 +132,10 @@ fn detached_sleep(session: &str) -> Proc {
         .stdin(Stdio::null())
         .output()
         .expect("start a leftover");
-    let pid: i32 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("the leftover's pid");
+    let pid: i32 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("the leftover's pid");
     assert!(
         wait_until(PATIENCE, || std::fs::read(format!("/proc/{pid}/cmdline"))
             .is_ok_and(|argv| argv.starts_with(b"sleep\0"))),
