@@ -33,15 +33,23 @@ if ! command -v npm >/dev/null 2>&1 || ! command -v node >/dev/null 2>&1; then
     exit 0
 fi
 
+# A working install of the pinned version (or of any version when none is pinned) is kept; another version is
+# replaced. (Since 2.1.198 the package declares Node >= 22: on Node 20 an unpinned install silently picks 2.1.197,
+# while the newer package is a native binary that runs on Node 20 too.)
 if version="$(installed_version)" && [[ -n "$version" ]]; then
-    echo "install-claude: already installed: $version ($BIN)"
-    exit 0
+    if [[ -z "${SESSION_REAPER_CLAUDE_VERSION:-}" || "$version" == "$SESSION_REAPER_CLAUDE_VERSION"* ]]; then
+        echo "install-claude: already installed: $version ($BIN)"
+        exit 0
+    fi
+    echo "install-claude: installed $version is not the pinned $SESSION_REAPER_CLAUDE_VERSION: reinstalling"
+    rm -rf "$PREFIX"
 fi
 
 if [[ ! -x "$BIN" ]]; then
     mkdir -p "$PREFIX"
     echo "install-claude: installing $SPEC into $PREFIX"
-    npm install --prefix "$PREFIX" --no-audit --no-fund --no-update-notifier "$SPEC" </dev/null
+    # --engine-strict=false: the native package runs on an older Node than its `engines` field says.
+    npm install --prefix "$PREFIX" --no-audit --no-fund --no-update-notifier --engine-strict=false "$SPEC" </dev/null
 fi
 
 if ! version="$(installed_version)" || [[ -z "$version" ]]; then

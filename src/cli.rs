@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::agent::Agent;
+use crate::agents::Agent;
 use crate::model::clock::parse_duration;
+use crate::settings::Scope;
 
 /// Keeps coding-agent sessions from leaking helper processes ("brokers").
 ///
@@ -99,12 +100,67 @@ pub enum Command {
     /// Complete pending stop tickets in the background (started by hooks; not for people)
     #[command(hide = true)]
     Finish,
+
+    /// Start a command that outlives its session, or mark a running process (and its descendants) as kept
+    #[command(
+        after_help = "Examples:\n  session-reaper keep -- npm run dev\n  session-reaper keep --pid 4242"
+    )]
+    Keep(KeepArgs),
+
+    /// Watch one agent process and do the agent-gone work when it exits (started by hooks; not for people)
+    #[command(hide = true)]
+    Sentinel(SentinelArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KeepArgs {
+    /// Mark this running process and its descendants instead of starting a command
+    #[arg(
+        long,
+        value_name = "PID",
+        allow_negative_numbers = true,
+        conflicts_with = "command"
+    )]
+    pub pid: Option<i32>,
+
+    /// Append the command's stdout and stderr here [default: discarded]
+    #[arg(long, value_name = "FILE", conflicts_with = "pid")]
+    pub log: Option<PathBuf>,
+
+    /// The command to start detached, its environment naming no session
+    #[arg(last = true, value_name = "CMD", required_unless_present = "pid")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SentinelArgs {
+    #[arg(long, value_name = "PID")]
+    pub pid: i32,
+    #[arg(long, value_name = "TICKS")]
+    pub start_ticks: u64,
+    /// Give up when the agent outlives this (the bounded wait after a SessionEnd)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub within: Option<Duration>,
+}
+
+/// What to do with what a session leaves behind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LeftoversChoice {
+    Stop,
+    Report,
+    Off,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
 }
 
 #[derive(Debug, Args)]
 pub struct HookArgs {
     /// Which agent runs us [default: detected from the payload and environment]
-    #[arg(long, value_enum, default_value = "auto")]
+    #[arg(long, value_parser = agent_choice, default_value = "auto", value_name = "AGENT")]
     pub agent: AgentChoice,
 
     /// The hook event, when the payload lacks `hook_event_name`
@@ -123,6 +179,28 @@ pub struct HookArgs {
     #[arg(long, value_name = "PID")]
     pub owner_pid: Option<i32>,
 
+    /// What the session's tools leave behind once the agent is gone: stop it, only report it, or ignore it
+    #[arg(
+        long,
+        value_enum,
+        env = "SESSION_REAPER_LEFTOVERS",
+        default_value = "stop"
+    )]
+    pub leftovers: LeftoversChoice,
+
+    /// A watcher per agent process that does the agent-gone work the moment the agent exits
+    #[arg(
+        long,
+        value_enum,
+        env = "SESSION_REAPER_SENTINEL",
+        default_value = "on"
+    )]
+    pub sentinel: Switch,
+
+    /// With no sentinel: how long after SessionEnd to wait for the agent to exit before leaving it to the sweep
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
+    pub agent_exit_wait: Duration,
+
     #[command(flatten)]
     pub codex: CodexArgs,
 }
@@ -140,41 +218,21 @@ pub struct CodexArgs {
     pub no_codex: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum AgentChoice {
-    Auto,
-    Claude,
-    Gemini,
-    Qwen,
-    Codex,
-}
+/// `--agent` of `hook`: an agent, or `auto` (detected from the payload and environment).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AgentChoice(pub Option<Agent>);
 
-impl AgentChoice {
-    pub fn agent(self) -> Option<Agent> {
-        match self {
-            AgentChoice::Auto => None,
-            AgentChoice::Claude => Some(Agent::Claude),
-            AgentChoice::Gemini => Some(Agent::Gemini),
-            AgentChoice::Qwen => Some(Agent::Qwen),
-            AgentChoice::Codex => Some(Agent::Codex),
-        }
+/// Parses `auto` or an agent's name (the names of [`Agent`], as clap spells them).
+fn agent_choice(text: &str) -> Result<AgentChoice, String> {
+    if text == "auto" {
+        return Ok(AgentChoice(None));
     }
-}
-
-/// An agent, as named on the command line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum AgentName {
-    Claude,
-    Gemini,
-    Qwen,
-    Codex,
-}
-
-/// Whose settings: the user's, or the project's in the current directory.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum ScopeName {
-    User,
-    Project,
+    <Agent as ValueEnum>::from_str(text, false)
+        .map(|agent| AgentChoice(Some(agent)))
+        .map_err(|_| {
+            let names: Vec<&str> = Agent::all().map(Agent::as_str).collect();
+            format!("expected auto or one of {}", names.join(", "))
+        })
 }
 
 /// Which slot: a workspace (by any directory inside it) and a broker name.
@@ -299,15 +357,21 @@ pub enum BrokerCommand {
 }
 
 #[derive(Debug, Args)]
+// Independent command-line switches, not states of one machine.
+#[allow(clippy::struct_excessive_bools)]
 pub struct ReapArgs {
     /// The session to end
     #[arg(
         long,
         value_name = "ID",
-        required_unless_present = "all",
-        conflicts_with = "all"
+        required_unless_present_any = ["all", "duplicates"],
+        conflicts_with_all = ["all", "duplicates"]
     )]
     pub session: Option<String>,
+
+    /// Stop all but the newest of the processes resuming one live session (duplicate --resume writers)
+    #[arg(long, conflicts_with = "all")]
+    pub duplicates: bool,
 
     /// End every live session (agent or host shutdown); needs --reason shutdown or restart
     #[arg(long, requires = "reason")]
@@ -382,6 +446,10 @@ pub struct LogArgs {
     #[arg(long, value_name = "ACTION")]
     pub action: Option<String>,
 
+    /// Total the memory freed by the stops shown (leftovers record what they held)
+    #[arg(long)]
+    pub freed: bool,
+
     #[arg(long)]
     pub json: bool,
 }
@@ -390,11 +458,11 @@ pub struct LogArgs {
 pub struct InstallArgs {
     /// The agent whose settings to change
     #[arg(long, value_enum)]
-    pub agent: AgentName,
+    pub agent: Agent,
 
-    /// User settings (~/.claude/…) or the project's (./.claude/…)
+    /// User settings (~/.claude/…) or the repository's, at its top level (<repo>/.claude/…, no absolute paths)
     #[arg(long, value_enum, default_value = "user")]
-    pub scope: ScopeName,
+    pub scope: Scope,
 
     /// The settings file to change [default: the agent's for --scope]
     #[arg(long, value_name = "FILE")]

@@ -7,18 +7,19 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::adapters::codex_plugin::Discovery;
-use crate::agent::Agent;
+use crate::agents::Agent;
 use crate::cli::{
-    AgentName, BrokerCommand, Cli, CodexArgs, Command, HookArgs, InstallArgs, LogArgs, OwnerArgs,
-    ReapArgs, ScopeName, SlotArgs, StopArgs, SweepArgs,
+    BrokerCommand, Cli, CodexArgs, Command, HookArgs, InstallArgs, KeepArgs, LeftoversChoice,
+    LogArgs, OwnerArgs, ReapArgs, SentinelArgs, SlotArgs, StopArgs, SweepArgs, Switch,
 };
 use crate::commands::log::Filter;
 use crate::error::bad_input;
-use crate::install::{Operation, Scope};
+use crate::leftovers::Policy;
 use crate::model::name::{SessionId, SlotName};
-use crate::model::record::Shutdown;
+use crate::model::record::{Identity, Shutdown};
 use crate::observe::proc;
 use crate::observe::workspace;
+use crate::settings::{Operation, Scope};
 use crate::store::events::Reason;
 use crate::store::sessions::Sessions;
 
@@ -58,6 +59,8 @@ impl Config {
             Command::Demo => Request::Demo,
             Command::Completions { shell } => Request::Completions(*shell),
             Command::Finish => Request::Finish,
+            Command::Keep(args) => Request::Keep(keep_request(args)?),
+            Command::Sentinel(args) => sentinel_request(args),
         };
         Ok((config, request))
     }
@@ -70,13 +73,62 @@ pub enum Request {
     Broker(BrokerRequest),
     Reap(ReapRequest),
     Sweep(SweepRequest),
-    Status { json: bool, codex: Discovery },
+    Status {
+        json: bool,
+        codex: Discovery,
+    },
     Log(LogRequest),
-    Doctor { json: bool },
+    Doctor {
+        json: bool,
+    },
     Settings(SettingsRequest),
     Demo,
     Completions(clap_complete::Shell),
     Finish,
+    Keep(KeepRequest),
+    Sentinel {
+        agent: Identity,
+        within: Option<Duration>,
+    },
+}
+
+/// `keep …`: start a command that outlives its session, or mark a running process.
+#[derive(Clone, Debug)]
+pub enum KeepRequest {
+    Start {
+        command: Vec<String>,
+        log: Option<PathBuf>,
+    },
+    Mark {
+        pid: i32,
+    },
+}
+
+fn keep_request(args: &KeepArgs) -> anyhow::Result<KeepRequest> {
+    match args.pid {
+        Some(pid) if pid <= 1 => Err(bad_input(format!(
+            "--pid {pid}: expected the pid of a live process (> 1)"
+        ))),
+        Some(pid) => Ok(KeepRequest::Mark { pid }),
+        None => Ok(KeepRequest::Start {
+            command: args.command.clone(),
+            log: args.log.clone(),
+        }),
+    }
+}
+
+/// The agent a sentinel watches: the identity its hook recorded (this boot, our uid).
+fn sentinel_request(args: &SentinelArgs) -> Request {
+    Request::Sentinel {
+        agent: Identity {
+            boot_id: proc::boot_id().to_owned(),
+            pid_ns: proc::own_pid_ns(),
+            pid: args.pid,
+            start_ticks: args.start_ticks,
+            uid: nix::unistd::getuid().as_raw(),
+        },
+        within: args.within,
+    }
 }
 
 /// `hook`: its flags are checked here like any other; a refusal is reported by the hook, which still exits 0.
@@ -87,6 +139,9 @@ pub struct HookRequest {
     pub deadline: Duration,
     pub stdin_timeout: Duration,
     pub owner_pid: Option<i32>,
+    pub leftovers: Policy,
+    pub sentinel: bool,
+    pub agent_exit_wait: Duration,
     pub codex: Discovery,
 }
 
@@ -94,11 +149,19 @@ pub struct HookRequest {
 /// empty: a hook refuses nothing but an out-of-bounds duration (reported, exit 0).
 pub fn hook_request(args: &HookArgs) -> anyhow::Result<HookRequest> {
     Ok(HookRequest {
-        agent: args.agent.agent(),
+        agent: args.agent.0,
         event: args.event.clone(),
         deadline: check_bounded(args.deadline, "--deadline", MAX_WAIT)?,
         stdin_timeout: check_bounded(args.stdin_timeout, "--stdin-timeout", MAX_WAIT)?,
         owner_pid: args.owner_pid,
+        leftovers: match args.leftovers {
+            LeftoversChoice::Stop => Policy::Stop,
+            LeftoversChoice::Report => Policy::Report,
+            LeftoversChoice::Off => Policy::Off,
+        },
+        sentinel: args.sentinel == Switch::On,
+        // Bounded like any wait: at most ten minutes.
+        agent_exit_wait: args.agent_exit_wait.min(Duration::from_secs(600)),
         codex: Discovery {
             enabled: !args.codex.no_codex,
             extra_roots: args.codex.codex_state.clone(),
@@ -148,12 +211,11 @@ fn slot_spec(args: &SlotArgs) -> anyhow::Result<SlotSpec> {
     })
 }
 
-/// The environment variables naming the current session, in order of precedence.
-pub const SESSION_ENV: [&str; 3] = [
-    "SESSION_REAPER_SESSION_ID",
-    "CLAUDE_CODE_SESSION_ID",
-    "GEMINI_SESSION_ID",
-];
+/// The environment variables naming the current session, in order of precedence: ours, then each agent's shell-tool
+/// variables from the agents table.
+pub fn session_env() -> Vec<&'static str> {
+    crate::agents::session_variables()
+}
 
 /// How the owner of a broker was named.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -184,7 +246,7 @@ fn owner_spec(args: &OwnerArgs, no_owner: bool, state_dir: &Path) -> anyhow::Res
     if let Some(text) = &args.session {
         return Ok(OwnerSpec::Named(SessionId::parse(text)?, OwnerSource::Flag));
     }
-    for name in SESSION_ENV {
+    for name in session_env() {
         if let Some(value) = std::env::var(name).ok().filter(|value| !value.is_empty()) {
             let id =
                 SessionId::parse(&value).map_err(|err| bad_input(format!("${name}: {err}")))?;
@@ -353,6 +415,8 @@ fn broker_request(command: &BrokerCommand, config: &Config) -> anyhow::Result<Br
 pub enum ReapTarget {
     Session(SessionId),
     AllLive,
+    /// Duplicate `--resume` writers of live sessions.
+    Duplicates,
 }
 
 /// `reap …`.
@@ -391,6 +455,7 @@ fn reap_request(args: &ReapArgs) -> anyhow::Result<ReapRequest> {
     };
     let target = match &args.session {
         Some(text) => ReapTarget::Session(SessionId::parse(text)?),
+        None if args.duplicates => ReapTarget::Duplicates,
         None => ReapTarget::AllLive,
     };
     Ok(ReapRequest {
@@ -431,6 +496,8 @@ fn sweep_request(args: &SweepArgs) -> anyhow::Result<SweepRequest> {
 pub struct LogRequest {
     pub filter: Filter,
     pub json: bool,
+    /// Total the memory freed instead of listing.
+    pub freed: bool,
 }
 
 fn log_request(args: &LogArgs) -> anyhow::Result<LogRequest> {
@@ -444,6 +511,7 @@ fn log_request(args: &LogArgs) -> anyhow::Result<LogRequest> {
             action: args.action.clone(),
         },
         json: args.json,
+        freed: args.freed,
     })
 }
 
@@ -461,16 +529,8 @@ pub struct SettingsRequest {
 fn settings_request(args: &InstallArgs, operation: Operation) -> SettingsRequest {
     SettingsRequest {
         operation,
-        agent: match args.agent {
-            AgentName::Claude => Agent::Claude,
-            AgentName::Gemini => Agent::Gemini,
-            AgentName::Qwen => Agent::Qwen,
-            AgentName::Codex => Agent::Codex,
-        },
-        scope: match args.scope {
-            ScopeName::User => Scope::User,
-            ScopeName::Project => Scope::Project,
-        },
+        agent: args.agent,
+        scope: args.scope,
         settings: args.settings.clone(),
         with_sweep: args.with_sweep,
         dry_run: args.dry_run,

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::act::finisher;
 use crate::act::signal::Guard;
-use crate::agent::Agent;
+use crate::agents::{self, Agent};
 use crate::config::{Config, HookRequest};
 use crate::error::bad_input;
 use crate::model::clock;
@@ -30,6 +30,10 @@ const EXIT_MARGIN: Duration = Duration::from_millis(150);
 
 /// Runs the hook; never fails, never prints to stdout.
 pub fn run(args: &HookRequest, state_dir_flag: Option<&Path>) {
+    if crate::settings::probe::requested() {
+        crate::settings::probe::answer(args, state_dir_flag);
+        return;
+    }
     let deadline = Deadline::after(args.deadline);
     let store =
         Config::new(state_dir_flag, false).and_then(|config| Store::open(&config.state_dir));
@@ -62,18 +66,22 @@ pub fn report(store: Option<&Store>, message: &str) {
 /// What we use of a hook payload; everything else is ignored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Payload {
-    pub session: SessionId,
+    /// `None` when the payload names no session (older Copilot CLI): the hook then keys it by its agent process.
+    pub session: Option<SessionId>,
     pub event: Option<String>,
     pub cwd: Option<String>,
     pub transcript_path: Option<String>,
     pub source: Option<String>,
     pub reason: Option<String>,
     pub title: Option<String>,
+    /// The agent the payload's own field names point to (Copilot's `sessionId`, Goose's `event`).
+    pub shaped_like: Option<Agent>,
 }
 
 impl Payload {
-    /// Reads the fields we need, tolerating unknown and null ones; a missing or invalid `session_id` is bad input.
-    pub fn from_json(value: &Value) -> anyhow::Result<Self> {
+    /// Reads the fields we need through the agents table (snake or camel case, `hook_event_name` or `event`),
+    /// tolerating unknown and null ones. An invalid session id is bad input; a missing one is not.
+    pub fn from_json(value: &Value, agent: Option<Agent>) -> anyhow::Result<Self> {
         let object = value
             .as_object()
             .ok_or_else(|| bad_input("hook payload: expected a JSON object"))?;
@@ -84,20 +92,54 @@ impl Payload {
                 .filter(|s| !s.is_empty())
                 .map(str::to_owned)
         };
-        let session_text = text("session_id")
-            .ok_or_else(|| bad_input("hook payload: expected a non-empty string \"session_id\""))?;
-        let session = SessionId::parse(&session_text)
-            .map_err(|err| bad_input(format!("hook payload: {err}")))?;
+        // Snake case, else camel case: `transcript_path` or `transcriptPath`.
+        let field = |snake: &str| text(snake).or_else(|| text(&camel_case(snake)));
+        let first_of = |names: Vec<&'static str>| names.into_iter().find_map(text);
+        let session_key = agents::payload_fields(agent, |spec| spec.session_fields)
+            .into_iter()
+            .find(|key| object.get(*key).is_some_and(|value| !value.is_null()));
+        let session = session_key
+            .map(|key| {
+                let id = text(key).ok_or_else(|| {
+                    bad_input(format!("hook payload: expected a non-empty string {key:?}"))
+                })?;
+                SessionId::parse(&id).map_err(|err| bad_input(format!("hook payload: {err}")))
+            })
+            .transpose()?;
         Ok(Payload {
             session,
-            event: text("hook_event_name"),
-            cwd: text("cwd"),
-            transcript_path: text("transcript_path"),
-            source: text("source"),
-            reason: text("reason"),
-            title: text("session_title").or_else(|| text("title")),
+            event: first_of(agents::payload_fields(agent, |spec| spec.event_fields)),
+            cwd: field("cwd"),
+            transcript_path: field("transcript_path"),
+            source: field("source"),
+            reason: field("reason"),
+            title: field("session_title").or_else(|| text("title")),
+            shaped_like: agents::agent_from_payload_keys(&|key| object.contains_key(key)),
         })
     }
+}
+
+fn camel_case(snake: &str) -> String {
+    let mut words = snake.split('_');
+    let mut out = words.next().unwrap_or_default().to_owned();
+    for word in words {
+        let mut chars = word.chars();
+        if let Some(first) = chars.next() {
+            out.extend(first.to_uppercase());
+            out.push_str(chars.as_str());
+        }
+    }
+    out
+}
+
+/// The id of a session whose payload names none: its agent and agent process, stable while that process lives.
+pub fn synthetic_session(agent: Option<Agent>, identity: &Identity) -> anyhow::Result<SessionId> {
+    SessionId::parse(&format!(
+        "{}-{}-{}",
+        agent.map_or("agent", Agent::as_str),
+        identity.pid,
+        identity.start_ticks
+    ))
 }
 
 /// The events we act on.
@@ -123,34 +165,30 @@ impl HookEvent {
     }
 }
 
-/// The agent behind a payload: `--agent`, else where its transcript lives, else its environment markers.
-pub fn detect_agent(flag: Option<Agent>, payload: &Payload) -> Option<Agent> {
-    if flag.is_some() {
-        return flag;
+/// The agent behind a payload: `--agent` (unless the environment shows an agent that runs that agent's hook files,
+/// as Cursor and Copilot run Claude's: the session is then theirs), else the payload's own field names, else where
+/// its transcript lives, else the environment's markers.
+pub fn detect_agent(
+    flag: Option<Agent>,
+    payload: &Payload,
+    has: &dyn Fn(&str) -> bool,
+) -> Option<Agent> {
+    if let Some(flag) = flag {
+        return Some(agents::host_running_hooks_of(flag, has).unwrap_or(flag));
     }
-    let transcript = payload.transcript_path.as_deref().unwrap_or_default();
-    for (needle, agent) in [
-        ("/.codex/", Agent::Codex),
-        ("/.qwen/", Agent::Qwen),
-        ("/.gemini/", Agent::Gemini),
-        ("/.claude/", Agent::Claude),
-    ] {
-        if transcript.contains(needle) {
-            return Some(agent);
-        }
-    }
-    let has = |name: &str| std::env::var_os(name).is_some();
-    if has("CODEX_ENV_FILE") {
-        Some(Agent::Codex)
-    } else if has("QWEN_CODE") || has("QWEN_SESSION_ID") {
-        Some(Agent::Qwen)
-    } else if has("GEMINI_SESSION_ID") || has("GEMINI_CLI") {
-        Some(Agent::Gemini)
-    } else if has("CLAUDE_CODE_SESSION_ID") || has("CLAUDECODE") {
-        Some(Agent::Claude)
-    } else {
-        None
-    }
+    payload
+        .shaped_like
+        .or_else(|| {
+            payload
+                .transcript_path
+                .as_deref()
+                .and_then(agents::agent_from_transcript)
+        })
+        .or_else(|| agents::agent_from_env(has))
+}
+
+fn env_has(name: &str) -> bool {
+    std::env::var_os(name).is_some()
 }
 
 fn handle(
@@ -159,17 +197,42 @@ fn handle(
     payload: &Value,
     deadline: Deadline,
 ) -> anyhow::Result<()> {
-    let payload = Payload::from_json(payload)?;
+    let mut payload = Payload::from_json(payload, args.agent)?;
     let event_name = payload
         .event
         .clone()
         .or_else(|| args.event.clone())
         .unwrap_or_default();
-    let agent = detect_agent(args.agent, &payload);
-    match HookEvent::parse(&event_name) {
-        HookEvent::SessionStart => session_start(args, store, &payload, agent, deadline),
-        HookEvent::SessionEnd => session_end(store, &payload, agent, deadline, &args.codex),
-        HookEvent::Other => touch_session(args, store, &payload, agent, deadline),
+    let agent = detect_agent(args.agent, &payload, &env_has);
+    let identity = agent_identity(args)?;
+    let event = HookEvent::parse(&event_name);
+    let session = match (&payload.session, &identity) {
+        (Some(session), _) => session.clone(),
+        (None, _) if event == HookEvent::Other => {
+            return Err(bad_input(
+                "hook payload: expected a \"session_id\" (or a SessionStart/SessionEnd event to key it by its agent process)",
+            ));
+        }
+        (None, Some(identity)) => synthetic_session(agent, identity)?,
+        (None, None) => {
+            return Err(bad_input(
+                "hook payload names no session and no agent process was found to key it by; pass --owner-pid",
+            ));
+        }
+    };
+    payload.session = Some(session.clone());
+    let seen = Hooked {
+        session,
+        payload: &payload,
+        agent,
+        identity,
+        deadline,
+        args,
+    };
+    match event {
+        HookEvent::SessionStart => session_start(store, &seen),
+        HookEvent::SessionEnd => session_end(store, &seen, deadline),
+        HookEvent::Other => touch_session(store, &seen),
     }
 }
 
@@ -179,93 +242,86 @@ fn agent_identity(args: &HookRequest) -> anyhow::Result<Option<Identity>> {
             .map(Some)
             .ok_or_else(|| bad_input(format!("--owner-pid {pid}: no such live process")));
     }
+    if let Some(identity) = crate::leftovers::agent_named_by_env() {
+        return Ok(Some(identity));
+    }
     let me = i32::try_from(std::process::id()).context("pid out of range")?;
     Ok(proc::agent_process(me).and_then(|stat| proc::identity_of(stat.pid)))
 }
 
+/// One hook run: the session it is about (named by the payload or synthetic), the payload, the agent and its process.
+struct Hooked<'a> {
+    session: SessionId,
+    payload: &'a Payload,
+    agent: Option<Agent>,
+    identity: Option<Identity>,
+    deadline: Deadline,
+    /// The hook's flags: leftover policy, sentinel, the wait for the agent's exit, the Codex plugin's roots.
+    args: &'a HookRequest,
+}
+
 /// Records (or refreshes) the session, un-ending it if it is being resumed, and exports its id to later tool
-/// commands through the agent's env file.
-fn session_start(
-    args: &HookRequest,
-    store: &Store,
-    payload: &Payload,
-    agent: Option<Agent>,
-    deadline: Deadline,
-) -> anyhow::Result<()> {
-    let record = refresh_session(
-        args,
-        store,
-        payload,
-        agent,
-        (true, deadline.less(EXIT_MARGIN)),
+/// commands through the agent's env file. A session already recorded under another agent (Cursor or Copilot running
+/// Claude's hook files as well as their own) stays that agent's: the second start is logged, not re-keyed.
+fn session_start(store: &Store, hooked: &Hooked) -> anyhow::Result<()> {
+    let (before, record) = store.sessions.update(
+        &hooked.session,
+        hooked.deadline.less(EXIT_MARGIN),
+        |current| {
+            let mut record = refreshed(current.cloned(), hooked, true);
+            crate::leftovers::note_start(&mut record, hooked.args.leftovers, hooked.args.sentinel);
+            Ok(Some(record))
+        },
     )?;
+    let agent_identity = record.as_ref().and_then(|r| r.agent_identity.clone());
+    let first_agent = before.map(|record| record.agent);
+    let agent = hooked.agent.map_or("unknown", Agent::as_str);
+    let again = first_agent.filter(|first| !first.is_empty() && first != agent);
     store.log.record(
-        &Event::new("session_start", "recorded")
-            .session(Some(payload.session.as_str()))
-            .detail(format!(
-                "agent {} pid {} source {}",
-                agent.map_or("unknown", Agent::as_str),
-                record.and_then(|r| r.agent_identity).map_or(0, |id| id.pid),
-                payload.source.as_deref().unwrap_or("-")
-            )),
+        &Event::new(
+            "session_start",
+            if again.is_some() {
+                "duplicate"
+            } else {
+                "recorded"
+            },
+        )
+        .session(Some(hooked.session.as_str()))
+        .detail(match &again {
+            Some(first) => format!("reached again through {agent}'s hooks; kept as agent {first}"),
+            None => format!(
+                "agent {agent} pid {} source {}",
+                agent_identity.as_ref().map_or(0, |id| id.pid),
+                hooked.payload.source.as_deref().unwrap_or("-")
+            ),
+        }),
     );
-    export_session_id(&payload.session)
+    export_session_id(&hooked.session)?;
+    match agent_identity {
+        Some(agent) if hooked.args.sentinel => crate::sentinel::start(store, &agent, None),
+        _ => Ok(()),
+    }
 }
 
-fn touch_session(
-    args: &HookRequest,
-    store: &Store,
-    payload: &Payload,
-    agent: Option<Agent>,
-    deadline: Deadline,
-) -> anyhow::Result<()> {
-    refresh_session(
-        args,
-        store,
-        payload,
-        agent,
-        (false, deadline.less(EXIT_MARGIN)),
-    )
-    .map(drop)
-}
-
-/// Writes the session's record refreshed from the payload, under its lock; returns it.
-fn refresh_session(
-    args: &HookRequest,
-    store: &Store,
-    payload: &Payload,
-    agent: Option<Agent>,
-    (starting, deadline): (bool, Deadline),
-) -> anyhow::Result<Option<SessionRecord>> {
-    let identity = agent_identity(args)?;
-    store
-        .sessions
-        .update(&payload.session, deadline, |current| {
-            // An ancestor that has already exited (a forking wrapper) is never recorded as the agent.
-            let identity = identity.clone().filter(proc::is_alive);
-            Ok(Some(refreshed(
-                current.cloned(),
-                payload,
-                agent,
-                identity,
-                starting,
-            )))
-        })
-        .map(|(_, after)| after)
+fn touch_session(store: &Store, hooked: &Hooked) -> anyhow::Result<()> {
+    store.sessions.update(
+        &hooked.session,
+        hooked.deadline.less(EXIT_MARGIN),
+        |current| Ok(Some(refreshed(current.cloned(), hooked, false))),
+    )?;
+    crate::leftovers::record_descendants(store, &hooked.session)
 }
 
 /// A session record refreshed from a payload. `starting` clears an earlier end (`--resume` of an ended session).
-fn refreshed(
-    current: Option<SessionRecord>,
-    payload: &Payload,
-    agent: Option<Agent>,
-    identity: Option<Identity>,
-    starting: bool,
-) -> SessionRecord {
+/// The agent is written once: a session is never re-keyed to a second agent.
+fn refreshed(current: Option<SessionRecord>, hooked: &Hooked, starting: bool) -> SessionRecord {
+    let payload = hooked.payload;
+    // An ancestor that has already exited (a forking wrapper) is never recorded as the agent.
+    let identity = hooked.identity.clone().filter(proc::is_alive);
     let now = clock::now_rfc3339();
     let mut record = current
-        .unwrap_or_else(|| SessionRecord::new(payload.session.as_str(), proc::host_name(), &now));
-    if let Some(agent) = agent {
+        .unwrap_or_else(|| SessionRecord::new(hooked.session.as_str(), proc::host_name(), &now));
+    if let Some(agent) = hooked.agent.filter(|_| record.agent.is_empty()) {
         agent.as_str().clone_into(&mut record.agent);
     }
     if let Some(cwd) = &payload.cwd {
@@ -286,11 +342,12 @@ fn refreshed(
     record
 }
 
-/// Appends `export SESSION_REAPER_SESSION_ID='<id>'` to `$CLAUDE_ENV_FILE` and `$CODEX_ENV_FILE` (each once).
+/// Appends `export SESSION_REAPER_SESSION_ID='<id>'` to every env file the agents table names that is set (each once).
 fn export_session_id(session: &SessionId) -> anyhow::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    let mut files: Vec<std::path::PathBuf> = ["CLAUDE_ENV_FILE", "CODEX_ENV_FILE"]
+    let mut files: Vec<std::path::PathBuf> = agents::AGENTS
         .iter()
+        .filter_map(|spec| spec.env_file_var)
         .filter_map(|name| {
             std::env::var_os(name)
                 .filter(|value| !value.is_empty())
@@ -319,16 +376,12 @@ fn export_session_id(session: &SessionId) -> anyhow::Result<()> {
 
 /// Ends the session within the deadline; stops that need longer go to the finisher, and so do tickets left behind
 /// by an earlier run (a finisher that was killed): the next hook picks them up.
-fn session_end(
-    store: &Store,
-    payload: &Payload,
-    agent: Option<Agent>,
-    deadline: Deadline,
-    codex: &crate::adapters::codex_plugin::Discovery,
-) -> anyhow::Result<()> {
+fn session_end(store: &Store, hooked: &Hooked, deadline: Deadline) -> anyhow::Result<()> {
+    let codex = &hooked.args.codex;
+    let (payload, agent) = (hooked.payload, hooked.agent);
     let guard = Guard::new();
     let ending = Ending {
-        session: payload.session.clone(),
+        session: hooked.session.clone(),
         reason: Reason::SessionEnd,
         agent_reason: payload.reason.clone(),
         seen: Some(Seen {
@@ -347,8 +400,14 @@ fn session_end(
     if finisher::has_work(store) {
         finisher::start(store)?;
     }
+    crate::sentinel::at_session_end(
+        store,
+        &hooked.session,
+        payload.reason.as_deref(),
+        hooked.args.agent_exit_wait,
+    )?;
     if let Some(problem) = report.problems.first() {
-        anyhow::bail!("session {}: {problem}", payload.session);
+        anyhow::bail!("session {}: {problem}", hooked.session);
     }
     Ok(())
 }
@@ -450,31 +509,118 @@ mod tests {
     #[test]
     fn payload_tolerates_nulls_and_unknowns() {
         let value = serde_json::json!({"session_id": "abc", "transcript_path": null, "weird": [1], "source": "branch"});
-        let payload = Payload::from_json(&value).unwrap();
+        let payload = Payload::from_json(&value, None).unwrap();
         assert_eq!(payload.transcript_path, None);
         assert_eq!(payload.source.as_deref(), Some("branch"));
     }
 
     #[test]
-    fn payload_needs_a_valid_session() {
+    fn an_invalid_session_is_bad_input_and_a_missing_one_is_not() {
         for value in [
-            serde_json::json!({}),
             serde_json::json!({"session_id": "../x"}),
             serde_json::json!([1]),
         ] {
             assert_eq!(
-                crate::error::exit_code_of(&Payload::from_json(&value).unwrap_err()),
+                crate::error::exit_code_of(&Payload::from_json(&value, None).unwrap_err()),
                 2
             );
         }
+        let payload = Payload::from_json(&serde_json::json!({"cwd": "/w"}), None).unwrap();
+        assert_eq!(payload.session, None);
+        let identity = Identity {
+            boot_id: "b".into(),
+            pid_ns: None,
+            pid: 4242,
+            start_ticks: 77,
+            uid: 0,
+        };
+        let id = synthetic_session(Some(Agent::Copilot), &identity).unwrap();
+        assert_eq!(id.as_str(), "copilot-4242-77");
+        assert_eq!(
+            synthetic_session(Some(Agent::Copilot), &identity).unwrap(),
+            id,
+            "stable"
+        );
+    }
+
+    /// Every payload fixture of every agent: its event and session are read through the table, with and without
+    /// `--agent`, and the agent is recognised from the payload alone where its shape says so.
+    #[test]
+    fn every_agents_fixture_payloads_parse() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/payloads");
+        let mut seen = std::collections::BTreeSet::new();
+        for dir in std::fs::read_dir(&root).unwrap().flatten() {
+            let dir_name = dir.file_name().to_string_lossy().into_owned();
+            let agent = Agent::from_name(dir_name.split('-').next().unwrap())
+                .expect("fixture dirs are named by agent");
+            for file in std::fs::read_dir(dir.path()).unwrap().flatten() {
+                let name = file.file_name().to_string_lossy().into_owned();
+                let Some(stem) = name.strip_suffix(".json") else {
+                    continue;
+                };
+                let value: Value =
+                    serde_json::from_str(&std::fs::read_to_string(file.path()).unwrap()).unwrap();
+                let expected_event = HookEvent::parse(stem.split('.').next().unwrap());
+                for flag in [None, Some(agent)] {
+                    let payload = Payload::from_json(&value, flag)
+                        .unwrap_or_else(|err| panic!("{dir_name}/{name}: {err}"));
+                    assert_eq!(
+                        payload.session.is_none(),
+                        name.contains("no-session-id"),
+                        "{dir_name}/{name}"
+                    );
+                    match &payload.event {
+                        Some(event) => {
+                            assert_eq!(
+                                HookEvent::parse(event),
+                                expected_event,
+                                "{dir_name}/{name}"
+                            );
+                        }
+                        None => assert!(
+                            !agent.spec().event_in_payload,
+                            "{dir_name}/{name}: no event name"
+                        ),
+                    }
+                    let no_env = |_: &str| false;
+                    let detected = detect_agent(flag, &payload, &no_env);
+                    if flag.is_some()
+                        || payload.transcript_path.is_some()
+                        || payload.shaped_like.is_some()
+                    {
+                        assert_eq!(detected, Some(agent), "{dir_name}/{name}");
+                    }
+                }
+                seen.insert(agent);
+            }
+        }
+        assert_eq!(
+            seen.len(),
+            Agent::all().count(),
+            "a fixture for every agent: {seen:?}"
+        );
     }
 
     #[test]
-    fn agent_from_transcript() {
-        let mut payload = Payload::from_json(&serde_json::json!({"session_id": "a"})).unwrap();
-        payload.transcript_path = Some("/home/a/.gemini/tmp/x.jsonl".into());
-        assert_eq!(detect_agent(None, &payload), Some(Agent::Gemini));
-        assert_eq!(detect_agent(Some(Agent::Qwen), &payload), Some(Agent::Qwen));
+    fn claude_hooks_run_by_cursor_serve_cursors_session() {
+        let payload = Payload::from_json(
+            &serde_json::json!({"session_id": "a", "hook_event_name": "SessionStart"}),
+            None,
+        )
+        .unwrap();
+        let cursor_env = |name: &str| name == "CURSOR_VERSION";
+        assert_eq!(
+            detect_agent(Some(Agent::Claude), &payload, &cursor_env),
+            Some(Agent::Cursor)
+        );
+        assert_eq!(
+            detect_agent(Some(Agent::Claude), &payload, &|_| false),
+            Some(Agent::Claude)
+        );
+        assert_eq!(
+            detect_agent(Some(Agent::Gemini), &payload, &cursor_env),
+            Some(Agent::Gemini)
+        );
     }
 
     #[test]

@@ -3,30 +3,22 @@
 
 pub mod act;
 pub mod adapters;
-pub mod agent;
+pub mod agents;
 pub mod backstop;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod decide;
+pub mod duplicates;
 pub mod error;
 pub mod hook;
-pub mod install;
+pub mod leftovers;
 pub mod model;
 pub mod observe;
+pub mod sentinel;
+pub mod settings;
 pub mod store;
 pub mod teardown;
-
-/// Transitional paths from before the layers (observe → decide → act over model and store) had folders; kept only
-/// until the branches written against them have landed.
-#[doc(hidden)]
-pub use crate::{
-    act::{finisher, launch, signal, stopper as stop},
-    decide::{lineage, resume as plan},
-    model::{clock, deadline, name, record},
-    observe::{proc, workspace},
-    store::{events, lock, root as state, sessions, slot, tickets as ticket},
-};
 
 use std::io::Write;
 
@@ -81,6 +73,12 @@ fn run_hook() -> u8 {
                 hook::run(&request, state_dir);
             });
         }
+        Err(err) if settings::probe::requested() => {
+            settings::probe::say(&settings::probe::Answer {
+                error: Some(format!("{err:#}")),
+                ..Default::default()
+            });
+        }
         Err(err) => {
             backstop::run_guarded(Deadline::after(DEFAULT_HOOK_DEADLINE), state_dir, || {
                 backstop::report(state_dir, &format!("{err:#}"));
@@ -102,14 +100,14 @@ fn quiet_on_closed_output() {
 fn dispatch(config: &Config, request: Request) -> anyhow::Result<Outcome> {
     let reach = match &request {
         Request::Status { .. } | Request::Sweep(_) | Request::Reap(_) => {
-            Some(state::Reach::Records)
+            Some(store::root::Reach::Records)
         }
-        Request::Doctor { .. } => Some(state::Reach::Whole),
-        Request::Log(_) => Some(state::Reach::Top),
+        Request::Doctor { .. } => Some(store::root::Reach::Whole),
+        Request::Log(_) => Some(store::root::Reach::Top),
         _ => None,
     };
     if let Some(reach) = reach {
-        state::refuse_special_files(&config.state_dir, reach)?;
+        store::root::refuse_special_files(&config.state_dir, reach)?;
     }
     match request {
         Request::Hook(_) => Ok(Outcome::Done),
@@ -119,9 +117,13 @@ fn dispatch(config: &Config, request: Request) -> anyhow::Result<Outcome> {
         Request::Status { json, codex } => commands::status::run(json, &codex, config),
         Request::Log(request) => commands::log::run(&request, config),
         Request::Doctor { json } => commands::doctor::run(json, config),
-        Request::Settings(request) => commands::install::run(&request),
+        Request::Settings(request) => commands::install::run(&request, config),
         Request::Demo => commands::demo::run(),
-        Request::Finish => finisher::run(&store::Store::open(&config.state_dir)?),
+        Request::Finish => act::finisher::run(&store::Store::open(&config.state_dir)?),
+        Request::Keep(request) => commands::keep::run(&request, config),
+        Request::Sentinel { agent, within } => {
+            sentinel::run(&store::Store::open(&config.state_dir)?, &agent, within)
+        }
         Request::Completions(shell) => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(
@@ -156,6 +158,13 @@ fn parse_failure(err: &clap::Error) -> u8 {
         .collect::<Vec<_>>()
         .join(" ");
     let hook_mode = subcommand_in_args().as_deref() == Some("hook");
+    if hook_mode && settings::probe::requested() {
+        settings::probe::say(&settings::probe::Answer {
+            error: Some(line),
+            ..Default::default()
+        });
+        return 0;
+    }
     if hook_mode {
         backstop::report(state_dir_in_args().as_deref(), &line);
         return 0;

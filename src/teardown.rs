@@ -157,7 +157,7 @@ pub fn end_session(
         title.as_deref(),
         &mut report,
     );
-    crate::adapters::codex_plugin::end_session(store, guard, ending, &mut report);
+    crate::adapters::codex_plugin::end_session(store, guard, (ending, lock_deadline), &mut report);
     if !ending.dry_run {
         store.log.record(
             &Event::new("session_end", "ended")

@@ -1,4 +1,6 @@
-//! End to end against the real Claude Code client: its `SessionEnd` hook must stop a broker that the session started.
+//! End to end against the real Claude Code client (2.1.332, pinned by `.ci/run`): its `SessionEnd` hook must stop a
+//! broker that the session started, and what the session's Bash tool and a stdio MCP server leave behind must be
+//! stopped once Claude Code is gone — after a clean `claude -p` exit, and after a SIGKILL with no hook at all.
 //!
 //! Claude Code (installed by `.ci/install-claude.sh`) runs `claude -p` in a throwaway HOME whose settings
 //! install `session-reaper hook --agent claude` for `SessionStart` and `SessionEnd`. A fake Anthropic Messages
@@ -40,15 +42,9 @@ const BROKER_ARGS: &[&str] = &["600"];
 
 #[test]
 fn claude_session_end_stops_the_broker_it_started() {
-    let Some(claude) = claude_binary() else {
+    let Some((claude, bin, _root, dirs)) = setup() else {
         return;
     };
-    let bin = Path::new(env!("CARGO_BIN_EXE_session-reaper"));
-    let root = tempfile::Builder::new()
-        .prefix("e2e-claude-")
-        .tempdir()
-        .expect("temp dir");
-    let dirs = Dirs::create(root.path());
 
     let tool_command = format!(
         "{} --state-dir {} broker spawn --cwd {} -- sleep 600",
@@ -56,11 +52,15 @@ fn claude_session_end_stops_the_broker_it_started() {
         shell_quote(&dirs.state),
         shell_quote(&dirs.other_repo),
     );
-    let api = FakeAnthropic::start(tool_command);
+    let api = FakeAnthropic::start(Script {
+        tool_command,
+        watch: Vec::new(),
+        hold_final: false,
+    });
     write_settings(&dirs, bin);
 
     let started = Instant::now();
-    let mut run = ClaudeRun::spawn(&claude, &dirs, api.addr());
+    let mut run = ClaudeRun::spawn(&claude, &dirs, api.addr(), &[]);
     let status = run.wait(CLAUDE_DEADLINE);
     let elapsed = started.elapsed();
     let report = || diagnostics(&dirs, &api);
@@ -113,6 +113,280 @@ fn claude_session_end_stops_the_broker_it_started() {
         "broker {broker:?} stopped; session_end events:\n{}",
         session_end_events(&events, broker.pid).join("\n")
     );
+}
+
+/// How long leftovers may outlive Claude Code before the test fails (the figure measured is printed; the contract
+/// is 2 s on an idle machine, this bound leaves room for a loaded one).
+const LEFTOVER_DEADLINE: Duration = Duration::from_secs(15);
+
+/// The Bash tool starts a `setsid` sleep and a `nohup` sleep (no `broker spawn`): once `claude -p` has exited, both
+/// are gone and the log names them.
+#[test]
+fn claude_bash_tool_leftovers_are_stopped_once_claude_exits() {
+    let Some((claude, bin, _root, dirs)) = setup() else {
+        return;
+    };
+    let (tool_command, sleeps) = leaky_sleeps();
+    let api = FakeAnthropic::start(Script {
+        tool_command,
+        watch: sleeps,
+        hold_final: false,
+    });
+    write_settings(&dirs, bin);
+    let mut run = ClaudeRun::spawn(&claude, &dirs, api.addr(), &[]);
+    let status = run.wait(CLAUDE_DEADLINE);
+    let exited = Instant::now();
+    let report = || diagnostics(&dirs, &api);
+    let planted = api.log().planted;
+    let _guard = PlantedGuard(planted.clone());
+    let status =
+        status.unwrap_or_else(|| panic!("claude -p ran past {CLAUDE_DEADLINE:?}\n{}", report()));
+    assert!(status.success(), "claude -p failed: {status}\n{}", report());
+    assert_eq!(
+        planted.len(),
+        2,
+        "both sleeps ran while the session did: {planted:?}\n{}",
+        report()
+    );
+    assert_stopped_as_leftovers(&planted, exited, &dirs, "after claude -p exited", &report);
+}
+
+/// A `claude` killed with SIGKILL (no `SessionEnd` hook runs) with a leaky stdio MCP server (it ignores EOF) and two sleeps
+/// from its Bash tool: the sentinel stops all three, with no sweep.
+#[test]
+fn sigkilled_claude_leaves_no_mcp_server_and_no_sleep() {
+    let Some((claude, bin, _root, dirs)) = setup() else {
+        return;
+    };
+    let server_token = unique_sleep()[1].clone();
+    let server = dirs.tmp.join("leaky_mcp.py");
+    fs::write(&server, LEAKY_MCP_SERVER).expect("write the MCP server");
+    let python = python3();
+    let server_argv = vec![
+        python.clone(),
+        server.to_string_lossy().into_owned(),
+        server_token,
+    ];
+    let config = dirs.tmp.join("mcp.json");
+    let servers =
+        json!({ "mcpServers": { "leaky": { "command": python, "args": &server_argv[1..] } } });
+    fs::write(&config, servers.to_string()).expect("write the MCP config");
+    let (tool_command, sleeps) = leaky_sleeps();
+    let api = FakeAnthropic::start(Script {
+        tool_command,
+        watch: [sleeps, vec![server_argv]].concat(),
+        hold_final: true,
+    });
+    write_settings(&dirs, bin);
+    let extra = [
+        OsStr::new("--mcp-config"),
+        config.as_os_str(),
+        OsStr::new("--strict-mcp-config"),
+    ];
+    let mut run = ClaudeRun::spawn(&claude, &dirs, api.addr(), &extra);
+    let mid_turn = poll_until(CLAUDE_DEADLINE, || api.log().tool_result.is_some());
+    let planted = api.log().planted;
+    let _guard = PlantedGuard(planted.clone());
+    let report = || diagnostics(&dirs, &api);
+    assert!(mid_turn, "the Bash tool never ran\n{}", report());
+    assert_eq!(
+        planted.len(),
+        3,
+        "the MCP server and both sleeps ran mid-session: {planted:?}\n{}",
+        report()
+    );
+    run.kill();
+    let killed = Instant::now();
+    assert_stopped_as_leftovers(
+        &planted,
+        killed,
+        &dirs,
+        "after SIGKILL of claude (no sweep ran)",
+        &report,
+    );
+}
+
+/// Waits for every planted process to be gone (printing how long after `since` it took) and for the log to name
+/// each as a stopped leftover.
+fn assert_stopped_as_leftovers(
+    planted: &[Planted],
+    since: Instant,
+    dirs: &Dirs,
+    when: &str,
+    report: &dyn Fn() -> String,
+) {
+    let gone = poll_until(LEFTOVER_DEADLINE, || {
+        planted.iter().all(|p| !p.is_running())
+    });
+    let took = since.elapsed();
+    assert!(gone, "leftovers outlived claude: {planted:?}\n{}", report());
+    eprintln!("{} leftovers gone {took:.2?} {when}", planted.len());
+    let events = dirs.state.join("events.jsonl");
+    for planted in planted {
+        let named = poll_until(AFTERMATH_DEADLINE, || {
+            !leftover_events(&events, &planted.argv).is_empty()
+        });
+        assert!(
+            named,
+            "no leftover event names {:?}\n{}",
+            planted.argv,
+            report()
+        );
+    }
+}
+
+/// A stdio MCP server that answers `initialize` and `tools/list`, then, at EOF on stdin (its client is gone), keeps
+/// running: the leak real servers show.
+const LEAKY_MCP_SERVER: &str = r#"
+import json, sys, time
+for line in sys.stdin:
+    try:
+        message = json.loads(line)
+    except ValueError:
+        continue
+    if "id" not in message:
+        continue
+    method = message.get("method")
+    if method == "initialize":
+        result = {"protocolVersion": message.get("params", {}).get("protocolVersion", "2024-11-05"),
+                  "capabilities": {"tools": {}}, "serverInfo": {"name": "leaky", "version": "1"}}
+    elif method == "tools/list":
+        result = {"tools": []}
+    else:
+        result = {}
+    sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": message["id"], "result": result}) + "\n")
+    sys.stdout.flush()
+time.sleep(600)
+"#;
+
+/// The real python3 (a version manager's shim would exec it under another argv0).
+fn python3() -> String {
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .expect("python3 runs");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A Bash-tool command that leaves a `setsid` sleep and a `nohup` sleep behind, and their argvs.
+fn leaky_sleeps() -> (String, Vec<Vec<String>>) {
+    let (setsid_sleep, nohup_sleep) = (unique_sleep(), unique_sleep());
+    let command = format!(
+        "(setsid sleep {} >/dev/null 2>&1 &); nohup sleep {} >/dev/null 2>&1 & echo started",
+        setsid_sleep[1], nohup_sleep[1]
+    );
+    (command, vec![setsid_sleep, nohup_sleep])
+}
+
+/// `["sleep", "<seconds>"]` with a fraction no other process on this machine has in its argv.
+fn unique_sleep() -> Vec<String> {
+    let mut bytes = [0u8; 4];
+    File::open("/dev/urandom")
+        .and_then(|mut file| io::Read::read_exact(&mut file, &mut bytes))
+        .expect("random bytes");
+    let fraction = u32::from_le_bytes(bytes) % 1_000_000;
+    vec!["sleep".to_owned(), format!("900.{fraction:06}")]
+}
+
+/// A process the session left behind, by identity and its (unique) argv.
+#[derive(Clone, Debug)]
+struct Planted {
+    pid: u32,
+    start_ticks: u64,
+    argv: Vec<String>,
+}
+
+impl Planted {
+    /// The one live process whose argv is `argv`.
+    fn find(argv: &[String]) -> Option<Self> {
+        fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let planted = Self {
+                pid,
+                start_ticks: start_ticks(pid)?,
+                argv: argv.to_vec(),
+            };
+            planted.is_running().then_some(planted)
+        })
+    }
+
+    /// True while the pid is still this process: same start time, same argv, not a zombie.
+    fn is_running(&self) -> bool {
+        let cmdline = fs::read(format!("/proc/{}/cmdline", self.pid)).unwrap_or_default();
+        let text = String::from_utf8_lossy(&cmdline);
+        let argv: Vec<&str> = text
+            .strip_suffix('\0')
+            .unwrap_or_default()
+            .split('\0')
+            .collect();
+        let state = fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
+        let zombie = state
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_none_or(|state| state == "Z" || state == "X");
+        argv == self.argv && start_ticks(self.pid) == Some(self.start_ticks) && !zombie
+    }
+}
+
+fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
+/// If the test fails with planted processes still up, stops them: only ours, identity checked just before.
+struct PlantedGuard(Vec<Planted>);
+
+impl Drop for PlantedGuard {
+    fn drop(&mut self) {
+        for planted in self.0.iter().filter(|planted| planted.is_running()) {
+            let pid = planted.pid.to_string();
+            let _ = Command::new("sh")
+                .args(["-c", "kill -KILL \"$1\"", "sh", &pid])
+                .status();
+        }
+    }
+}
+
+/// The `leftover` stop events of `events.jsonl` that name `argv`.
+fn leftover_events(events: &Path, argv: &[String]) -> Vec<String> {
+    let text = fs::read_to_string(events).unwrap_or_default();
+    text.lines()
+        .filter(|line| {
+            serde_json::from_str::<Value>(line).is_ok_and(|event| {
+                event["reason"] == "leftover"
+                    && event["action"] == "stop"
+                    && event["argv"].as_array().is_some_and(|logged| {
+                        logged
+                            .iter()
+                            .filter_map(Value::as_str)
+                            .eq(argv.iter().map(String::as_str))
+                    })
+            })
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The client, our binary, and the throwaway directories of one run (removed when the returned `TempDir` drops);
+/// `None` when the test is to be skipped.
+fn setup() -> Option<(PathBuf, &'static Path, tempfile::TempDir, Dirs)> {
+    let claude = claude_binary()?;
+    let root = tempfile::Builder::new()
+        .prefix("e2e-claude-")
+        .tempdir()
+        .expect("temp dir");
+    let dirs = Dirs::create(root.path());
+    Some((
+        claude,
+        Path::new(env!("CARGO_BIN_EXE_session-reaper")),
+        root,
+        dirs,
+    ))
 }
 
 /// The Claude Code executable to drive, or `None` (after saying why) when the test is to be skipped.
@@ -219,11 +493,12 @@ struct ClaudeRun {
 }
 
 impl ClaudeRun {
-    fn spawn(claude: &Path, dirs: &Dirs, api: SocketAddr) -> Self {
+    fn spawn(claude: &Path, dirs: &Dirs, api: SocketAddr, extra: &[&OsStr]) -> Self {
         let mut command = Command::new(claude);
         command
             .arg("-p")
             .arg("start the broker")
+            .args(extra)
             .arg("--debug-file")
             .arg(&dirs.debug_log)
             .current_dir(&dirs.workspace)
@@ -426,11 +701,23 @@ struct ApiLog {
     tool_result: Option<String>,
     /// Whether the broker named in that result was running when the result arrived, i.e. mid-session.
     broker_alive_at_tool_result: Option<bool>,
+    /// The processes with a watched argv that ran when the tool result arrived.
+    planted: Vec<Planted>,
+}
+
+/// What the fake model does in one run.
+struct Script {
+    /// The command of its one Bash tool call.
+    tool_command: String,
+    /// Argvs (unique to the run) of processes the command leaves behind, looked up when the result arrives.
+    watch: Vec<Vec<String>>,
+    /// Hold the reply to the tool result until the fake API is dropped: the session stays mid-turn (to be killed).
+    hold_final: bool,
 }
 
 struct Shared {
     stop: AtomicBool,
-    tool_command: String,
+    script: Script,
     log: Mutex<ApiLog>,
 }
 
@@ -442,12 +729,12 @@ struct FakeAnthropic {
 }
 
 impl FakeAnthropic {
-    fn start(tool_command: String) -> Self {
+    fn start(script: Script) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the fake API");
         let addr = listener.local_addr().expect("fake API address");
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
-            tool_command,
+            script,
             log: Mutex::new(ApiLog::default()),
         });
         let acceptor = {
@@ -584,6 +871,38 @@ fn read_request(reader: &mut impl BufRead) -> io::Result<Option<Request>> {
     Ok(Some(Request { method, path, body }))
 }
 
+/// Logs the tool result and what was running when it arrived; with `hold_final`, keeps the turn open.
+fn note_tool_result(shared: &Shared, result: &str) {
+    let alive = Broker::from_spawn_output(result).map(Broker::is_running);
+    let planted = shared
+        .script
+        .watch
+        .iter()
+        .filter_map(|argv| {
+            // A backgrounded job may not have exec'd yet when the shell returns.
+            let mut found = None;
+            poll_until(AFTERMATH_DEADLINE, || {
+                found = Planted::find(argv);
+                found.is_some()
+            });
+            found
+        })
+        .collect();
+    {
+        let mut log = lock(shared);
+        log.tool_result = Some(result.to_owned());
+        log.broker_alive_at_tool_result = alive;
+        log.planted = planted;
+    }
+    let held_until = Instant::now() + CLAUDE_DEADLINE;
+    while shared.script.hold_final
+        && !shared.stop.load(Ordering::SeqCst)
+        && Instant::now() < held_until
+    {
+        thread::sleep(POLL_INTERVAL);
+    }
+}
+
 /// The reply to one request, and a one-line summary of both for the log.
 fn answer(request: &Request, shared: &Shared) -> (Reply, String) {
     let route = request.path.split('?').next().unwrap_or_default();
@@ -631,17 +950,14 @@ fn answer(request: &Request, shared: &Shared) -> (Reply, String) {
     let main_conversation = tools.contains(&"Bash");
     let tool_result = find_tool_result(&body);
     let content = if let Some(result) = &tool_result {
-        let alive = Broker::from_spawn_output(result).map(Broker::is_running);
-        let mut log = lock(shared);
-        log.tool_result = Some(result.clone());
-        log.broker_alive_at_tool_result = alive;
+        note_tool_result(shared, result);
         json!([{ "type": "text", "text": "The broker is running." }])
     } else if main_conversation {
         json!([{
             "type": "tool_use",
             "id": TOOL_USE_ID,
             "name": "Bash",
-            "input": { "command": shared.tool_command, "description": "Start the broker" },
+            "input": { "command": shared.script.tool_command, "description": "Start the broker" },
         }])
     } else {
         json!([{ "type": "text", "text": "ok" }])

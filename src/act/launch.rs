@@ -13,15 +13,16 @@ use anyhow::Context;
 /// Environment variables that tie a process to one agent session; a broker outlives the session, so it must not
 /// carry them (a child `claude` would think it is nested; a leftover scan would take the broker for the session's).
 pub fn is_session_variable(name: &str) -> bool {
-    const EXACT: &[&str] = &[
-        "CLAUDE_PID",
-        "SESSION_REAPER_SESSION_ID",
-        "GEMINI_SESSION_ID",
-        "QWEN_CODE_SESSION_ID",
-        "CODEX_THREAD_ID",
-        "CODEX_SESSION_ID",
-    ];
-    name.starts_with("CLAUDECODE") || name.starts_with("CLAUDE_CODE_") || EXACT.contains(&name)
+    crate::agents::is_session_marker(name)
+}
+
+/// Removes every session variable from `command`'s environment: what it starts is nobody's leftover.
+pub fn scrub_session_variables(command: &mut Command) {
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(is_session_variable) {
+            command.env_remove(name);
+        }
+    }
 }
 
 /// The variables a broker carries so that a sweep can find it when its record is lost: which slot it is, of which
@@ -58,11 +59,7 @@ pub fn spawn_broker(argv: &[String], launch: &BrokerLaunch<'_>) -> anyhow::Resul
         .stdin(Stdio::null())
         .stdout(output.try_clone()?)
         .stderr(output);
-    for (name, _) in std::env::vars_os() {
-        if name.to_str().is_some_and(is_session_variable) {
-            command.env_remove(name);
-        }
-    }
+    scrub_session_variables(&mut command);
     command
         .env(BROKER_MARKER, launch.marker)
         .env(STATE_ROOT_MARKER, launch.state_root)
@@ -81,7 +78,8 @@ pub fn spawn_broker(argv: &[String], launch: &BrokerLaunch<'_>) -> anyhow::Resul
 }
 
 /// Starts `exe args…` fully detached: a new session, then a second fork so that it is no child of ours, stdio on
-/// /dev/null. Returns when the detached process has exec'd.
+/// /dev/null, every other inherited descriptor closed at exec (an agent waits for EOF on its hook's pipes), and no
+/// session variable in its environment (it is nobody's leftover). Returns when the detached process has exec'd.
 pub fn spawn_detached(exe: &Path, args: &[&str], env: &[(&str, &Path)]) -> anyhow::Result<()> {
     let mut command = Command::new(exe);
     command
@@ -89,6 +87,7 @@ pub fn spawn_detached(exe: &Path, args: &[&str], env: &[(&str, &Path)]) -> anyho
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
+    scrub_session_variables(&mut command);
     for (name, value) in env {
         command.env(name, value);
     }

@@ -230,8 +230,9 @@ impl Stopper {
                 reap_helper(item, now);
                 let mut alive = item.is_running();
                 if !alive && item.ticket.lineage.is_some() {
-                    // Before calling it done, look once more for members (one forked just before its parent died).
-                    self.refresh_members(item, &proc::observe_until(&groups, deadline));
+                    // Before calling it done, look once more for members (one forked just before its parent died),
+                    // over the whole table: only a complete look proves the stop done.
+                    self.refresh_members(item, &proc::observe_until(&groups, Deadline::far()));
                     alive = item.is_running();
                 }
                 match next_step(&on_wall_clock(&item.ticket, now, boot_millis()), now, alive) {
@@ -514,6 +515,8 @@ fn event_for(ticket: &StopTicket, action: &str, result: &str) -> Event {
         .pid(ticket.identity.pid);
     event.workspace.clone_from(&ticket.workspace);
     event.name.clone_from(&ticket.name);
+    event.argv.clone_from(&ticket.argv);
+    event.rss_kib = ticket.rss_kib;
     event
 }
 
@@ -635,6 +638,8 @@ pub fn new_ticket(
         graceful_boot_ms: None,
         term_boot_ms: None,
         kill_boot_ms: None,
+        argv: None,
+        rss_kib: None,
         lineage: None,
         members: Vec::new(),
         extra: serde_json::Map::new(),

@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use crate::act::signal::Guard;
 use crate::adapters::{AdapterAction, AdapterReport};
+use crate::model::deadline::Deadline;
 use crate::model::record::StopTicket;
 use crate::store::Store;
 use crate::store::events::{EventLog, Reason};
@@ -154,10 +155,10 @@ pub fn at_session_end(
     discovery: &Discovery,
     session: &str,
     reason: Reason,
-    dry_run: bool,
+    (dry_run, deadline): (bool, Deadline),
 ) -> AdapterReport {
     let occasion = Occasion::SessionEnd { session, reason };
-    run(store, guard, discovery, &occasion, dry_run)
+    run(store, guard, discovery, &occasion, (dry_run, deadline))
 }
 
 /// The adapter's part of ending a session (`teardown::end_session`): its actions, tickets and problems join the
@@ -165,7 +166,7 @@ pub fn at_session_end(
 pub fn end_session(
     store: &Store,
     guard: &Guard,
-    ending: &crate::teardown::Ending,
+    (ending, deadline): (&crate::teardown::Ending, Deadline),
     report: &mut crate::teardown::EndReport,
 ) {
     let found = at_session_end(
@@ -174,7 +175,7 @@ pub fn end_session(
         &ending.codex,
         ending.session.as_str(),
         ending.reason,
-        ending.dry_run,
+        (ending.dry_run, deadline),
     );
     report.codex_plugin.extend(found.actions);
     report.tickets.extend(found.tickets);
@@ -194,7 +195,7 @@ pub fn at_sweep(
         guard,
         discovery,
         &Occasion::Sweep { idle_ttl },
-        dry_run,
+        (dry_run, Deadline::far()),
     )
 }
 
@@ -204,7 +205,7 @@ fn run(
     guard: &Guard,
     discovery: &Discovery,
     occasion: &Occasion<'_>,
-    dry_run: bool,
+    (dry_run, deadline): (bool, Deadline),
 ) -> AdapterReport {
     let mut report = AdapterReport::default();
     let roots = discovery.roots();
@@ -212,7 +213,7 @@ fn run(
         return report;
     }
     let sessions = store.sessions.all();
-    let world = observe::observe(&roots, &sessions, guard.uid());
+    let world = observe::observe(&roots, &sessions, guard.uid(), deadline);
     for broker in &world.brokers {
         let verdict = decide::judge(&broker.facts(occasion.ending()), occasion);
         if matches!(verdict, Verdict::Leave) {
@@ -256,7 +257,7 @@ pub fn status(store: Option<&Store>, discovery: &Discovery) -> Vec<BrokerStatus>
     }
     let sessions = store.map(|store| store.sessions.all()).unwrap_or_default();
     let uid = rustix::process::getuid().as_raw();
-    observe::observe(&roots, &sessions, uid)
+    observe::observe(&roots, &sessions, uid, Deadline::far())
         .brokers
         .iter()
         .map(|broker| {
@@ -458,7 +459,7 @@ pub fn claimed_pids(discovery: &Discovery) -> HashSet<i32> {
         return HashSet::new();
     }
     let uid = rustix::process::getuid().as_raw();
-    observe::observe(&roots, &[], uid)
+    observe::observe(&roots, &[], uid, Deadline::far())
         .brokers
         .iter()
         .filter_map(|broker| broker.process.as_ref())

@@ -8,12 +8,11 @@ use serde::Serialize;
 use crate::act::finisher;
 use crate::act::signal;
 use crate::act::stopper::STUCK_AFTER;
-use crate::agent::Agent;
+use crate::agents::{Agent, AgentSpec};
 use crate::config::Config;
 use crate::error::Outcome;
-use crate::install;
 use crate::observe::proc;
-use crate::observe::workspace;
+use crate::settings::{self, probe};
 use crate::store::Store;
 use crate::store::root::StateRoot;
 
@@ -120,12 +119,15 @@ pub fn checks(config: &Config) -> Vec<Check> {
             Some("use Linux 5.3 or newer".into()),
         )
     });
-    checks.extend(Agent::ALL.iter().map(|agent| hooks_check(*agent)));
+    for agent in Agent::all() {
+        checks.extend(hooks_checks(agent.spec(), &config.state_dir));
+    }
     checks.push(crate::adapters::codex_plugin::doctor_check());
     if let Some(root) = root {
         let store = Store::from_root(root);
         checks.push(tickets_check(&store));
         checks.push(corrupt_check(&store));
+        checks.push(hook_errors_check(&store));
         checks.push(agents_check(&store));
     }
     checks
@@ -217,37 +219,113 @@ fn network_filesystem(magic: i64) -> Option<&'static str> {
     }
 }
 
-fn hooks_check(agent: Agent) -> Check {
-    let name = format!("{agent} hooks");
-    let cwd = workspace::current_dir().unwrap_or_default();
-    let Ok(path) =
-        install::resolve_settings_path(agent, install::Scope::User, &cwd, &|k| std::env::var_os(k))
-    else {
-        return check(&name, Level::Warn, "HOME not set", None);
+/// The hooks of one agent: present for both events, not switched off, trusted (Codex), the sweep where `SessionEnd`
+/// is unreliable — and each one run as the agent would run it, in probe mode (see `settings::probe`).
+fn hooks_checks(spec: &AgentSpec, state_dir: &Path) -> Vec<Check> {
+    let name = format!("{} hooks", spec.name);
+    let Some(path) = spec.user_settings(&|key| std::env::var_os(key)) else {
+        return vec![check(&name, Level::Warn, "HOME not set", None)];
     };
-    let agent_dir_exists = path.parent().is_some_and(Path::exists);
-    let text = std::fs::read_to_string(&path).unwrap_or_default();
-    let installed = serde_json::from_str::<serde_json::Value>(&text).is_ok_and(|value| {
-        install::commands_in(&value)
-            .iter()
-            .any(|command| install::is_our_command(command))
-    });
-    if installed {
-        check(
-            &name,
-            Level::Ok,
-            format!("installed in {}", path.display()),
-            None,
-        )
-    } else if agent_dir_exists {
-        check(
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(_) if path.parent().is_some_and(Path::exists) => {
+            return vec![check(
+                &name,
+                Level::Warn,
+                format!("not installed: no {}", path.display()),
+                Some(format!("session-reaper install --agent {}", spec.name)),
+            )];
+        }
+        Err(_) => {
+            return vec![check(
+                &name,
+                Level::Ok,
+                "agent not set up for this user",
+                None,
+            )];
+        }
+    };
+    let value = match settings::file::parse(spec, &text, &path) {
+        Ok((value, _)) => value,
+        Err(err) => {
+            return vec![check(
+                &name,
+                Level::Fail,
+                format!("{err:#}"),
+                Some(format!(
+                    "fix the file, then session-reaper install --agent {}",
+                    spec.name
+                )),
+            )];
+        }
+    };
+    let ours = probe::our_entries(spec, &value);
+    if ours.is_empty() {
+        return vec![check(
             &name,
             Level::Warn,
             format!("not installed in {}", path.display()),
-            Some(format!("session-reaper install --agent {agent}")),
-        )
-    } else {
-        check(&name, Level::Ok, "agent not set up for this user", None)
+            Some(format!("session-reaper install --agent {}", spec.name)),
+        )];
+    }
+    let sweep = crate::commands::install::sweep_installed();
+    let findings = probe::findings(spec, &path, &value, &ours, state_dir, sweep);
+    if findings.is_empty() {
+        return vec![check(
+            &name,
+            Level::Ok,
+            format!(
+                "installed in {}; the hooks run and answer as expected",
+                path.display()
+            ),
+            None,
+        )];
+    }
+    findings
+        .into_iter()
+        .map(|finding| {
+            check(
+                &name,
+                if finding.failure {
+                    Level::Fail
+                } else {
+                    Level::Warn
+                },
+                finding.detail,
+                Some(finding.fix),
+            )
+        })
+        .collect()
+}
+
+/// Hook errors logged in the last day.
+fn hook_errors_check(store: &Store) -> Check {
+    let text =
+        std::fs::read_to_string(store.root.join(crate::store::root::EVENTS)).unwrap_or_default();
+    let now = std::time::SystemTime::now();
+    let errors: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|event| event["action"] == "hook" && event["result"] == "error")
+        .filter(|event| {
+            event["ts"]
+                .as_str()
+                .and_then(|ts| crate::model::clock::age(ts, now))
+                .is_some_and(|age| age < std::time::Duration::from_secs(86_400))
+        })
+        .collect();
+    match errors.last() {
+        None => check("hook errors", Level::Ok, "none in the last day", None),
+        Some(last) => check(
+            "hook errors",
+            Level::Warn,
+            format!(
+                "{} in the last day; latest: {}",
+                errors.len(),
+                last["detail"].as_str().unwrap_or("")
+            ),
+            Some("session-reaper log --action hook".into()),
+        ),
     }
 }
 

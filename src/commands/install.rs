@@ -1,6 +1,7 @@
-//! `install` / `uninstall`: our hook entries in an agent's settings (the merging lives in `crate::install`), and
-//! with `--with-sweep` the periodic sweep: a systemd user timer where a user manager runs, else a crontab line,
-//! else the line is printed for the user to add.
+//! `install` / `uninstall`: our hook entries in an agent's settings (the editing lives in `crate::settings`), and
+//! with `--with-sweep` the periodic sweep — shared by every agent: a systemd user timer where a user manager runs,
+//! else a crontab line, else the line is printed for the user to add. The sweep is removed only when no other
+//! agent's hooks still name us.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -8,60 +9,153 @@ use std::process::{Command, Stdio};
 
 use anyhow::Context;
 
-use crate::config::SettingsRequest;
+use crate::agents::{Agent, SessionEndReliability};
+use crate::config::{Config, SettingsRequest};
 use crate::error::Outcome;
-use crate::install::{self, InstallRequest, Operation};
 use crate::observe::workspace;
+use crate::settings::{self, InstallRequest, Operation, PROGRAM, Scope};
 
 const SERVICE: &str = include_str!("../../hooks/systemd/session-reaper-sweep.service");
 const TIMER: &str = include_str!("../../hooks/systemd/session-reaper-sweep.timer");
 const UNIT: &str = "session-reaper-sweep";
 
-pub fn run(args: &SettingsRequest) -> anyhow::Result<Outcome> {
-    let operation = args.operation;
+pub fn run(args: &SettingsRequest, config: &Config) -> anyhow::Result<Outcome> {
+    let spec = args.agent.spec();
     let binary = std::env::current_exe().context("finding this program's path")?;
+    let state_dir = non_default_state_dir(&config.state_dir);
     let cwd = workspace::current_dir()?;
-    let settings_path = match &args.settings {
-        Some(path) => path.clone(),
-        None => install::resolve_settings_path(args.agent, args.scope, &cwd, &|name| {
-            std::env::var_os(name)
-        })?,
+    let env = |name: &str| std::env::var_os(name);
+    let (settings_path, command) = match args.scope {
+        Scope::User => (
+            match &args.settings {
+                Some(path) => path.clone(),
+                None => settings::user_settings_path(spec, &env)?,
+            },
+            settings::hook_command(spec, &binary_text(&binary)?, state_dir.as_deref()),
+        ),
+        // A file a team commits: no absolute path of one person's binary or state root; at the repository's top.
+        Scope::Project => (
+            match &args.settings {
+                Some(path) => path.clone(),
+                None => spec.settings_under(&workspace::workspace_of(&cwd)?),
+            },
+            settings::hook_command(spec, PROGRAM, None),
+        ),
     };
     let request = InstallRequest {
         agent: args.agent,
         settings_path,
-        binary: &binary,
+        command,
         dry_run: args.dry_run,
     };
-    let report = match operation {
-        Operation::Install => install::install(&request)?,
-        Operation::Uninstall => install::uninstall(&request)?,
+    let report = match args.operation {
+        Operation::Install => settings::install(&request)?,
+        Operation::Uninstall => settings::uninstall(&request)?,
     };
     print!("{report}");
-    if args.with_sweep {
-        let sweep = Sweep {
-            binary: &binary,
-            dry_run: args.dry_run,
-        };
-        match operation {
-            Operation::Install => sweep.install()?,
-            Operation::Uninstall => sweep.uninstall()?,
+    let sweep = Sweep {
+        binary: &binary,
+        state_dir: state_dir.as_deref(),
+        dry_run: args.dry_run,
+    };
+    match args.operation {
+        Operation::Install if args.with_sweep => sweep.install()?,
+        Operation::Install => advise_sweep(args.agent),
+        Operation::Uninstall if args.with_sweep => {
+            let others = agents_with_our_hooks(args.agent);
+            if others.is_empty() {
+                sweep.uninstall()?;
+            } else {
+                let names: Vec<&str> = others.iter().map(|agent| agent.as_str()).collect();
+                println!(
+                    "sweep: kept, because the hooks of {} still rely on it (uninstall those with --with-sweep last)",
+                    names.join(", ")
+                );
+            }
+        }
+        Operation::Uninstall => {}
+    }
+    if args.operation == Operation::Install {
+        for note in spec.notes {
+            println!("\n!!! {note}");
         }
     }
     Ok(Outcome::Done)
 }
 
+fn binary_text(binary: &Path) -> anyhow::Result<String> {
+    binary.to_str().map(str::to_owned).ok_or_else(|| {
+        crate::error::bad_input(format!(
+            "{}: the binary path is not valid UTF-8, so it cannot go into a hook command",
+            binary.display()
+        ))
+    })
+}
+
+/// The state root to name in hook commands and the sweep line: only one the agent's environment would not give
+/// the hook by itself (the default root needs no flag).
+fn non_default_state_dir(state_dir: &Path) -> Option<String> {
+    let absolute = std::path::absolute(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
+    let default = crate::store::root::default_root().ok();
+    (default.as_deref() != Some(absolute.as_path()))
+        .then(|| absolute.to_string_lossy().into_owned())
+}
+
+/// Other agents whose user settings still hold a hook of ours.
+fn agents_with_our_hooks(except: Agent) -> Vec<Agent> {
+    let env = |name: &str| std::env::var_os(name);
+    Agent::all()
+        .filter(|agent| *agent != except)
+        .filter(|agent| {
+            let spec = agent.spec();
+            spec.user_settings(&env)
+                .and_then(|path| std::fs::read_to_string(path).ok())
+                .and_then(|text| settings::file::parse(spec, &text, Path::new("")).ok())
+                .is_some_and(|(value, _)| {
+                    settings::commands_in(spec, &value)
+                        .iter()
+                        .any(|(_, command)| settings::is_our_command(command))
+                })
+        })
+        .collect()
+}
+
+/// An agent whose `SessionEnd` does not always fire needs the sweep: say so loudly when it is not installed.
+fn advise_sweep(agent: Agent) {
+    let SessionEndReliability::Partial(why) = agent.spec().session_end else {
+        return;
+    };
+    if sweep_installed() {
+        println!("sweep: installed (needed: {why})");
+        return;
+    }
+    println!(
+        "\n!!! {} needs the periodic sweep: {why}, so without it those sessions end only when you run \
+         `session-reaper sweep`. Turn it on: session-reaper install --agent {agent} --with-sweep",
+        agent.spec().title
+    );
+}
+
 struct Sweep<'a> {
     binary: &'a Path,
+    state_dir: Option<&'a str>,
     dry_run: bool,
 }
 
 impl Sweep<'_> {
+    /// `BIN [--state-dir DIR] sweep`, quoted for the shell.
+    fn command(&self) -> String {
+        let binary = self.binary.to_string_lossy();
+        let mut words = vec![binary.as_ref()];
+        if let Some(dir) = self.state_dir {
+            words.extend(["--state-dir", dir]);
+        }
+        words.push("sweep");
+        shlex::try_join(words).unwrap_or_default()
+    }
+
     fn cron_line(&self) -> String {
-        format!(
-            "* * * * * {} sweep >/dev/null 2>&1",
-            install::shell_quote(&self.binary.to_string_lossy())
-        )
+        format!("* * * * * {} >/dev/null 2>&1", self.command())
     }
 
     fn unit_dir() -> Option<PathBuf> {
@@ -75,8 +169,7 @@ impl Sweep<'_> {
     fn install(&self) -> anyhow::Result<()> {
         if systemd_user_available() {
             let dir = Self::unit_dir().context("no HOME for the systemd user unit")?;
-            let exec = install::shell_quote(&self.binary.to_string_lossy()).into_owned();
-            let service = SERVICE.replace("%h/.cargo/bin/session-reaper", &exec);
+            let service = SERVICE.replace("%h/.cargo/bin/session-reaper sweep", &self.command());
             if self.dry_run {
                 println!(
                     "would write {} and enable {UNIT}.timer",
@@ -100,10 +193,7 @@ impl Sweep<'_> {
             return Ok(());
         }
         let current = crontab_list();
-        if current
-            .lines()
-            .any(|existing| existing.contains(" sweep") && existing.contains("session-reaper"))
-        {
+        if current.lines().any(|existing| existing == line) {
             println!("sweep: crontab already runs session-reaper sweep");
             return Ok(());
         }
@@ -111,13 +201,12 @@ impl Sweep<'_> {
             println!("would add to your crontab:\n  {line}");
             return Ok(());
         }
-        let mut updated = current;
-        if !updated.is_empty() && !updated.ends_with('\n') {
-            updated.push('\n');
-        }
-        updated.push_str(&line);
-        updated.push('\n');
-        crontab_write(&updated)?;
+        let mut kept: Vec<&str> = current
+            .lines()
+            .filter(|existing| !is_sweep_line(existing))
+            .collect();
+        kept.push(&line);
+        crontab_write(&(kept.join("\n") + "\n"))?;
         println!("sweep: added to your crontab:\n  {line}");
         Ok(())
     }
@@ -142,7 +231,7 @@ impl Sweep<'_> {
             let current = crontab_list();
             let kept: Vec<&str> = current
                 .lines()
-                .filter(|line| !(line.contains("session-reaper") && line.contains(" sweep")))
+                .filter(|line| !is_sweep_line(line))
                 .collect();
             if kept.len() != current.lines().count() {
                 if self.dry_run {
@@ -161,18 +250,25 @@ impl Sweep<'_> {
     }
 }
 
-fn quiet(program: &str, args: &[&str]) -> bool {
-    Command::new(program)
-        .args(args)
+/// True when the periodic sweep is installed (a systemd user timer of ours, or a crontab line).
+pub fn sweep_installed() -> bool {
+    Sweep::unit_dir().is_some_and(|dir| dir.join(format!("{UNIT}.timer")).exists())
+        || crontab_list().lines().any(is_sweep_line)
+}
+
+/// A crontab line that runs our sweep (any binary path, any state root).
+fn is_sweep_line(line: &str) -> bool {
+    !line.trim_start().starts_with('#') && line.contains(PROGRAM) && line.contains(" sweep")
+}
+
+fn systemd_user_available() -> bool {
+    Command::new("systemctl")
+        .args(["--user", "show-environment"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|status| status.success())
-}
-
-fn systemd_user_available() -> bool {
-    quiet("systemctl", &["--user", "show-environment"])
 }
 
 fn systemctl(args: &[&str]) -> anyhow::Result<()> {
@@ -202,6 +298,7 @@ fn crontab_available() -> bool {
 fn crontab_list() -> String {
     Command::new("crontab")
         .arg("-l")
+        .stdin(Stdio::null())
         .stderr(Stdio::null())
         .output()
         .ok()

@@ -45,6 +45,10 @@ pub fn run(request: &LogRequest, config: &Config) -> anyhow::Result<Outcome> {
         }
         None => Vec::new(),
     };
+    if request.freed {
+        print_freed(&events, request.json);
+        return Ok(Outcome::Done);
+    }
     if request.json {
         println!("{}", serde_json::to_string_pretty(&events)?);
         return Ok(Outcome::Done);
@@ -56,6 +60,28 @@ pub fn run(request: &LogRequest, config: &Config) -> anyhow::Result<Outcome> {
         println!("{}", line(event));
     }
     Ok(Outcome::Done)
+}
+
+/// The memory that the stops among `events` freed: what each stopped process held when it was found.
+fn print_freed(events: &[Event], json: bool) {
+    let freed: Vec<u64> = events
+        .iter()
+        .filter(|event| event.action == "stop" && event.result == "stopped")
+        .filter_map(|event| event.rss_kib)
+        .collect();
+    let total: u64 = freed.iter().sum();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "freed_kib": total, "stops": freed.len() })
+        );
+    } else {
+        println!(
+            "freed {} in {} stop(s)",
+            crate::leftovers::format_kib(total),
+            freed.len()
+        );
+    }
 }
 
 /// One event as a line: `time  action  reason  result  pid  session  where  detail`.
@@ -74,7 +100,18 @@ pub fn line(event: &Event) -> String {
         event.pid.map_or(String::new(), |pid| pid.to_string()),
         event.session.as_deref().unwrap_or("-"),
     );
-    for extra in [place.as_str(), event.detail.as_deref().unwrap_or_default()] {
+    let held = event.argv.as_ref().map(|argv| {
+        format!(
+            "{} ({})",
+            argv.join(" "),
+            crate::leftovers::format_kib(event.rss_kib.unwrap_or(0))
+        )
+    });
+    for extra in [
+        place.as_str(),
+        event.detail.as_deref().unwrap_or_default(),
+        held.as_deref().unwrap_or_default(),
+    ] {
         if !extra.is_empty() {
             text.push_str("  ");
             text.push_str(extra);

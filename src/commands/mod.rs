@@ -4,9 +4,11 @@ pub mod broker;
 pub mod demo;
 pub mod doctor;
 pub mod install;
+pub mod keep;
 pub mod log;
 pub mod reap;
 pub mod status;
+pub mod status_json;
 pub mod sweep;
 
 /// One line per stop, for people.

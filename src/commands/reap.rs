@@ -31,6 +31,7 @@ pub fn run(request: &ReapRequest, config: &Config) -> anyhow::Result<Outcome> {
     let sessions = match &request.target {
         ReapTarget::Session(id) => vec![id.clone()],
         ReapTarget::AllLive => live_sessions(&store),
+        ReapTarget::Duplicates => return duplicates(request, &store),
     };
     let guard = Guard::new();
     let started = Instant::now();
@@ -55,9 +56,12 @@ pub fn run(request: &ReapRequest, config: &Config) -> anyhow::Result<Outcome> {
             )
         })
         .collect();
+    let (leftovers, leftover_tickets) =
+        crate::leftovers::for_reap(&store, &sessions, request.dry_run);
     let tickets: Vec<_> = reports
         .iter()
         .flat_map(|report| report.tickets.clone())
+        .chain(leftover_tickets)
         .collect();
     let stops = if request.dry_run {
         Vec::new()
@@ -81,10 +85,10 @@ pub fn run(request: &ReapRequest, config: &Config) -> anyhow::Result<Outcome> {
     let ok = reports.iter().all(|report| report.problems.is_empty())
         && stops.iter().all(|stop| !stop.outcome.is_failure());
     if request.json {
-        let value = json!({ "dry_run": request.dry_run, "sessions": reports, "would_stop": if request.dry_run { tickets.len() } else { 0 }, "stops": stops });
+        let value = json!({ "dry_run": request.dry_run, "sessions": reports, "leftovers": leftovers, "would_stop": if request.dry_run { tickets.len() } else { 0 }, "stops": stops });
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
-        print_human(request.dry_run, &reports, &stops);
+        print_human(request.dry_run, &reports, &leftovers, &stops);
     }
     Ok(Outcome::from_ok(ok))
 }
@@ -108,7 +112,12 @@ fn longest_stop(tickets: &[crate::model::record::StopTicket]) -> Deadline {
         .unwrap_or_else(Deadline::now)
 }
 
-fn print_human(dry_run: bool, reports: &[EndReport], stops: &[StopReport]) {
+fn print_human(
+    dry_run: bool,
+    reports: &[EndReport],
+    leftovers: &[crate::leftovers::Found],
+    stops: &[StopReport],
+) {
     let verb = if dry_run { "would end" } else { "ended" };
     if reports.is_empty() {
         println!("no live session to end");
@@ -134,16 +143,63 @@ fn print_human(dry_run: bool, reports: &[EndReport], stops: &[StopReport]) {
             let what = if dry_run { "would stop" } else { "stopping" };
             println!("  resume orphan pid {pid:>7}  {what}  {}", argv.join(" "));
         }
+        crate::leftovers::print_found(leftovers, &report.session, dry_run);
         crate::adapters::print_actions(&report.codex_plugin);
+        let no_leftover = leftovers
+            .iter()
+            .all(|found| found.session != report.session || found.leftovers.is_empty());
         if report.slots.is_empty()
             && report.resume_orphans.is_empty()
             && report.codex_plugin.is_empty()
+            && no_leftover
         {
-            println!("  owned no broker; no process resumes it");
+            println!("  owned no broker; no process resumes it; left nothing behind");
         }
         for problem in &report.problems {
             println!("  problem: {problem}");
         }
     }
     crate::commands::print_stops(stops);
+}
+
+/// `reap --duplicates`: all but the newest writer of each live session are stopped, each by its identity.
+fn duplicates(request: &ReapRequest, store: &Store) -> anyhow::Result<Outcome> {
+    let found = crate::duplicates::find(&store.sessions.all());
+    let tickets: Vec<_> = found.iter().flat_map(|d| d.tickets.clone()).collect();
+    let stops = if request.dry_run {
+        Vec::new()
+    } else {
+        for ticket in &tickets {
+            store.tickets.file(ticket)?;
+        }
+        store
+            .stopper(Guard::new())
+            .run(tickets.clone(), longest_stop(&tickets))
+    };
+    if request.json {
+        let value = json!({ "dry_run": request.dry_run, "duplicates": found, "stops": stops });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        if found.is_empty() {
+            println!("no live session has duplicate --resume writers");
+        }
+        let verb = if request.dry_run {
+            "would stop"
+        } else {
+            "stopping"
+        };
+        for duplicates in &found {
+            let pids: Vec<String> = duplicates.stopped.iter().map(i32::to_string).collect();
+            println!(
+                "session {}: keeping the newest writer pid {}; {verb} pids {}",
+                duplicates.session,
+                duplicates.kept,
+                pids.join(", ")
+            );
+        }
+        crate::commands::print_stops(&stops);
+    }
+    Ok(Outcome::from_ok(
+        stops.iter().all(|stop| !stop.outcome.is_failure()),
+    ))
 }

@@ -69,7 +69,7 @@ fn add_members(slots: &mut [SlotStatus], tickets: &mut [TicketStatus], finisher_
 
 /// The live members of the broker led by `leader` (token, or group and session while the leader lives), plus the
 /// members a ticket remembers.
-fn members_of(
+pub(crate) fn members_of(
     snapshot: &[proc::Observed],
     leader: &crate::model::record::Identity,
     token: Option<&str>,
@@ -99,6 +99,8 @@ pub struct Snapshot {
     pub unreadable: Vec<Unreadable>,
     pub tickets: Vec<TicketStatus>,
     pub sessions: Vec<SessionRecord>,
+    /// Each live session's leftovers-to-be and its sentinel.
+    pub leftovers: Vec<crate::leftovers::SessionView>,
     pub finisher_running: bool,
     /// The Codex plugin's brokers (its own records and the ones it lost).
     pub codex_plugin: Vec<crate::adapters::codex_plugin::BrokerStatus>,
@@ -141,6 +143,34 @@ pub fn snapshot(store: &Store) -> Snapshot {
             }),
         }
     }
+    let rest = beside_slots(store);
+    let mut tickets = rest.tickets;
+    add_members(&mut slots, &mut tickets, rest.finisher_running);
+    unreadable.extend(rest.unreadable);
+    Snapshot {
+        state_dir: store.root.path().to_string_lossy().into_owned(),
+        slots,
+        unreadable,
+        tickets,
+        sessions: rest.sessions,
+        leftovers: rest.leftovers,
+        finisher_running: rest.finisher_running,
+        codex_plugin: Vec::new(),
+    }
+}
+
+/// What the state root holds besides its slots: pending tickets (members not yet added), live sessions, and the
+/// tickets and session records that cannot be read.
+struct BesideSlots {
+    tickets: Vec<TicketStatus>,
+    leftovers: Vec<crate::leftovers::SessionView>,
+    sessions: Vec<SessionRecord>,
+    unreadable: Vec<Unreadable>,
+    finisher_running: bool,
+}
+
+fn beside_slots(store: &Store) -> BesideSlots {
+    let mut unreadable = Vec::new();
     let mut tickets = Vec::new();
     for (path, view) in store.tickets.scan() {
         match view {
@@ -159,8 +189,6 @@ pub fn snapshot(store: &Store) -> Snapshot {
             }),
         }
     }
-    let finisher_running = finisher::is_running(store);
-    add_members(&mut slots, &mut tickets, finisher_running);
     let (sessions, unreadable_sessions) = store.sessions.scan();
     unreadable.extend(
         unreadable_sessions
@@ -170,17 +198,16 @@ pub fn snapshot(store: &Store) -> Snapshot {
                 problem: problem.why,
             }),
     );
-    Snapshot {
-        state_dir: store.root.path().to_string_lossy().into_owned(),
-        slots,
-        unreadable,
+    let sessions: Vec<SessionRecord> = sessions
+        .into_iter()
+        .filter(|session| !session.is_ended())
+        .collect();
+    BesideSlots {
         tickets,
-        sessions: sessions
-            .into_iter()
-            .filter(|session| !session.is_ended())
-            .collect(),
-        finisher_running,
-        codex_plugin: Vec::new(),
+        leftovers: crate::leftovers::status_view(store, &sessions),
+        sessions,
+        unreadable,
+        finisher_running: finisher::is_running(store),
     }
 }
 
@@ -195,7 +222,7 @@ pub fn run(
             println!(
                 "{}",
                 json!({"state_dir": config.state_dir, "slots": [], "unreadable": [], "tickets": [], "sessions": [],
-                       "codex_plugin": codex_plugin})
+                       "leftovers": [], "codex_plugin": codex_plugin})
             );
         } else {
             println!("no state yet at {}", config.state_dir.display());
@@ -204,13 +231,22 @@ pub fn run(
         return Ok(Outcome::Done);
     };
     let store = Store::from_root(root);
-    let mut snapshot = snapshot(&store);
-    snapshot.codex_plugin = crate::adapters::codex_plugin::status(Some(&store), codex);
+    let codex_plugin = crate::adapters::codex_plugin::status(Some(&store), codex);
     if json_output {
-        println!("{}", serde_json::to_string_pretty(&snapshot)?);
-    } else {
-        print_human(&snapshot);
+        let mut rest = beside_slots(&store);
+        add_members(&mut [], &mut rest.tickets, rest.finisher_running);
+        let printed = super::status_json::print(
+            &store,
+            &rest.tickets,
+            (&rest.sessions, &rest.leftovers),
+            rest.unreadable,
+            (rest.finisher_running, codex_plugin),
+        )?;
+        return Ok(Outcome::from_ok(!printed.stuck && !printed.unreadable));
     }
+    let mut snapshot = snapshot(&store);
+    snapshot.codex_plugin = codex_plugin;
+    print_human(&snapshot);
     let stuck = snapshot.tickets.iter().any(|ticket| ticket.stuck);
     Ok(Outcome::from_ok(!stuck && snapshot.unreadable.is_empty()))
 }
@@ -281,6 +317,13 @@ fn print_human(snapshot: &Snapshot) {
             "  {} {:<7} agent pid {:<8} {}",
             session.session_id, session.agent, pid, session.cwd
         );
+        if let Some(view) = snapshot
+            .leftovers
+            .iter()
+            .find(|view| view.session == session.session_id)
+        {
+            crate::leftovers::print_status(view);
+        }
     }
 }
 

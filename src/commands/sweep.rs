@@ -101,6 +101,12 @@ pub fn run(args: &SweepRequest, config: &Config) -> anyhow::Result<Outcome> {
         problems: Vec::new(),
     };
     sweep.end_crashed_sessions();
+    for ticket in crate::leftovers::for_sweep(&store, args.dry_run) {
+        let what = ticket.argv.as_deref().unwrap_or_default().join(" ");
+        let pid = Some(ticket.identity.pid);
+        sweep.act("stop", Some(Reason::Leftover), what, pid, "stop");
+        sweep.tickets.push(ticket);
+    }
     let sessions = store.sessions.all();
     sweep.judge_slots(&sessions, idle_ttl);
     let plugin = crate::adapters::codex_plugin::at_sweep(

@@ -9,7 +9,7 @@ use crate::error::bad_input;
 pub const VERSION: u32 = 1;
 
 /// Who a process is: a pid alone proves nothing, all the fields together do.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Identity {
     pub boot_id: String,
     /// The inode of the writer's pid namespace (`/proc/self/ns/pid`): the pid counts in that namespace only. Absent
@@ -243,6 +243,11 @@ pub struct StopTicket {
     pub term_boot_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kill_boot_ms: Option<u64>,
+    /// A leftover's argv and the memory it held when found (KiB): its stop event carries them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub argv: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rss_kib: Option<u64>,
     /// The broker's lineage token: its members are found by it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lineage: Option<String>,

@@ -27,10 +27,14 @@ pub enum Reason {
     Shutdown,
     Restart,
     Unrecorded,
+    /// The sentinel (or the finisher, or a sweep) saw the agent process exit.
+    AgentGone,
+    /// A process a session's tools started and never registered, stopped once its agent was gone.
+    Leftover,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 11] = [
         Reason::SessionEnd,
         Reason::OwnersGone,
         Reason::IdleTimeout,
@@ -40,6 +44,8 @@ impl Reason {
         Reason::Shutdown,
         Reason::Restart,
         Reason::Unrecorded,
+        Reason::AgentGone,
+        Reason::Leftover,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -53,6 +59,8 @@ impl Reason {
             Reason::Shutdown => "shutdown",
             Reason::Restart => "restart",
             Reason::Unrecorded => "unrecorded",
+            Reason::AgentGone => "agent_gone",
+            Reason::Leftover => "leftover",
         }
     }
 
@@ -87,6 +95,12 @@ pub struct Event {
     pub result: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// The argv of a stopped process that no record named (a leftover).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub argv: Option<Vec<String>>,
+    /// The memory (RSS, KiB) a stopped process held when it was found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rss_kib: Option<u64>,
 }
 
 impl Event {

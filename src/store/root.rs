@@ -31,6 +31,17 @@ pub fn resolve_root(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
     {
         return Ok(path);
     }
+    default_root()
+}
+
+/// The root used when neither `--state-dir` nor `SESSION_REAPER_STATE_DIR` names one: under `XDG_STATE_HOME`, else
+/// `~/.local/state` (what a hook gets from an agent that does not pass our variable on).
+pub fn default_root() -> anyhow::Result<PathBuf> {
+    let from_env = |name: &str| {
+        std::env::var_os(name)
+            .filter(|value| !value.is_empty())
+            .map(PathBuf::from)
+    };
     // The XDG base directory spec: a relative XDG_STATE_HOME is invalid and ignored.
     if let Some(xdg) = from_env("XDG_STATE_HOME").filter(|xdg| xdg.is_absolute()) {
         return Ok(xdg.join("session-reaper"));
@@ -168,22 +179,7 @@ impl StateRoot {
     /// Reads a file below the root that may be at most `limit` bytes; `None` if it does not exist. A FIFO, a
     /// symlink, another user's file or a file over the limit is refused without blocking and without reading it.
     pub fn read_file_limited(&self, path: &Path, limit: u64) -> anyhow::Result<Option<Vec<u8>>> {
-        let file = match open_nofollow(path, OpenOptions::new().read(true)) {
-            Ok(file) => file,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(err) => return Err(refusal(path, &err)),
-        };
-        let size = self.check_file(&file, path)?;
-        if size > limit {
-            return Err(too_large(path, size, limit));
-        }
-        let mut bytes = Vec::new();
-        io::Read::read_to_end(&mut io::Read::take(&file, limit + 1), &mut bytes)
-            .with_context(|| format!("reading {}", path.display()))?;
-        if bytes.len() as u64 > limit {
-            return Err(too_large(path, bytes.len() as u64, limit));
-        }
-        Ok(Some(bytes))
+        read_regular(path, self.uid, limit).map(|read| read.map(|(bytes, _)| bytes))
     }
 
     /// Opens (creating if needed) a file that is only ever locked (see `lock`).
@@ -340,6 +336,35 @@ pub fn open_nofollow(path: &Path, options: &mut OpenOptions) -> io::Result<File>
     options
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(path)
+}
+
+/// Reads a regular file of `uid` of at most `limit` bytes, with its metadata; `None` if it does not exist. Opened
+/// without following a symlink or blocking on a FIFO, checked with `fstat` before a byte is read: anything else, or
+/// anything larger, is refused unread.
+pub fn read_regular(
+    path: &Path,
+    uid: u32,
+    limit: u64,
+) -> anyhow::Result<Option<(Vec<u8>, fs::Metadata)>> {
+    let file = match open_nofollow(path, OpenOptions::new().read(true)) {
+        Ok(file) => file,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(refusal(path, &err)),
+    };
+    let size = check_regular_file(&file, path, uid)?;
+    if size > limit {
+        return Err(too_large(path, size, limit));
+    }
+    let mut bytes = Vec::new();
+    io::Read::read_to_end(&mut io::Read::take(&file, limit + 1), &mut bytes)
+        .with_context(|| format!("reading {}", path.display()))?;
+    if bytes.len() as u64 > limit {
+        return Err(too_large(path, bytes.len() as u64, limit));
+    }
+    let meta = file
+        .metadata()
+        .with_context(|| format!("inspecting {}", path.display()))?;
+    Ok(Some((bytes, meta)))
 }
 
 /// Checks an open file with `fstat`: a regular file owned by `uid`. Returns its size.

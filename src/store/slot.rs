@@ -116,15 +116,21 @@ impl Slot {
         })
     }
 
-    /// Every slot under the state root, in a stable order: the two directory levels below `workspaces/`, nothing
-    /// deeper. Entries that are not plain directories are skipped.
+    /// Every slot under the state root, in a stable order (see `iter`).
     pub fn all(root: &StateRoot) -> Vec<Slot> {
-        let base = root.join(WORKSPACES);
-        let mut slots: Vec<Slot> = walkdir::WalkDir::new(&base)
+        let mut slots: Vec<Slot> = Self::iter(root).collect();
+        slots.sort_by(|a, b| a.dir.cmp(&b.dir));
+        slots
+    }
+
+    /// Every slot under the state root as the directories list them: the two levels below `workspaces/`, nothing
+    /// deeper, read as it goes (memory does not grow with the number of workspaces). Entries that are not plain
+    /// directories are skipped.
+    pub fn iter(root: &StateRoot) -> impl Iterator<Item = Slot> {
+        walkdir::WalkDir::new(root.join(WORKSPACES))
             .min_depth(2)
             .max_depth(2)
             .follow_links(false)
-            .sort_by_file_name()
             .into_iter()
             .filter_map(Result::ok)
             .filter(|entry| entry.file_type().is_dir())
@@ -138,9 +144,6 @@ impl Slot {
                     workspace: None,
                 })
             })
-            .collect();
-        slots.sort_by(|a, b| a.dir.cmp(&b.dir));
-        slots
     }
 
     pub fn dir(&self) -> &Path {

@@ -264,8 +264,8 @@ impl Env {
 
     /// Every event in events.jsonl.
     pub fn events(&self) -> Vec<Value> {
-        std::fs::read_to_string(self.state_dir().join("events.jsonl"))
-            .unwrap_or_default()
+        let bytes = std::fs::read(self.state_dir().join("events.jsonl")).unwrap_or_default();
+        String::from_utf8_lossy(&bytes)
             .lines()
             .filter_map(|line| serde_json::from_str(line).ok())
             .collect()
@@ -458,6 +458,67 @@ fn walkdir(root: PathBuf) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// A home of the test's own for commands that read or write agent settings, the crontab or systemd user units:
+/// `HOME` points there, XDG and agent config variables are unset, and `PATH` starts with a `bin/` holding a fake
+/// `crontab` (its table is `home/crontab`) and a `systemctl` that reports no user manager.
+pub struct Home {
+    pub dir: PathBuf,
+}
+
+impl Home {
+    pub fn new(env: &Env) -> Home {
+        let dir = env.work.path().join("home");
+        let bin = dir.join("bin");
+        std::fs::create_dir_all(&bin).expect("home/bin");
+        let table = dir.join("crontab");
+        let crontab = format!(
+            "#!/bin/sh\nif [ \"$1\" = -l ]; then [ -f '{0}' ] && exec cat '{0}'; echo 'no crontab' >&2; exit 1; fi\nif [ \"$1\" = - ]; then exec cat > '{0}'; fi\nexit 2\n",
+            table.display()
+        );
+        for (name, script) in [
+            ("crontab", crontab.as_str()),
+            ("systemctl", "#!/bin/sh\nexit 1\n"),
+        ] {
+            let path = bin.join(name);
+            std::fs::write(&path, script).expect("fake tool");
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
+        }
+        Home { dir }
+    }
+
+    /// The fake crontab's table.
+    pub fn crontab(&self) -> String {
+        std::fs::read_to_string(self.dir.join("crontab")).unwrap_or_default()
+    }
+
+    /// The binary run in this home, with `--state-dir` of the test (pass `state` to choose another).
+    pub fn cmd(&self, env: &Env, state: Option<&Path>, args: &[&str]) -> Command {
+        let mut command = Command::new(BIN);
+        command
+            .arg("--state-dir")
+            .arg(state.unwrap_or(env.state_dir()))
+            .args(args);
+        scrub_env(&mut command);
+        for name in [
+            "XDG_CONFIG_HOME",
+            "XDG_STATE_HOME",
+            "COPILOT_HOME",
+            "CURSOR_VERSION",
+            "FACTORY_PROJECT_DIR",
+        ] {
+            command.env_remove(name);
+        }
+        let path = std::env::var("PATH").unwrap_or_default();
+        command
+            .env("HOME", &self.dir)
+            .env("PATH", format!("{}:{path}", self.dir.join("bin").display()))
+            .current_dir(env.work.path())
+            .stdin(Stdio::null());
+        command
+    }
 }
 
 /// The Codex plugin's stand-in scripts (`fixtures/codex-plugin/scripts`): our own, reproducing its layout, argv and
@@ -785,6 +846,160 @@ pub fn named_python(env: &Env, name: &str) -> PathBuf {
     named_program(env, name, python3())
 }
 
+// ---- leftovers: fake agents and what they plant ----
+
+/// A session id (or any value) no other test and no other process on this machine uses.
+pub fn fresh_session(prefix: &str) -> String {
+    let mut bytes = [0u8; 8];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut file| std::io::Read::read_exact(&mut file, &mut bytes))
+        .expect("random bytes");
+    let hex = bytes.iter().fold(String::new(), |mut hex, byte| {
+        use std::fmt::Write as _;
+        let _ = write!(hex, "{byte:02x}");
+        hex
+    });
+    format!("{prefix}-{}-{hex}", std::process::id())
+}
+
+/// `fixtures/fake_agent.py`: a fake agent driven by orders on its stdin (see the script).
+pub fn fake_agent_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/fake_agent.py")
+}
+
+/// A running fake agent (its own process group, like an agent a terminal started); killed with the test.
+pub struct FakeAgent {
+    pub proc: Proc,
+    pub session: String,
+    stdin: Option<std::process::ChildStdin>,
+    answers: std::sync::mpsc::Receiver<String>,
+}
+
+impl FakeAgent {
+    /// Gives one order and waits for its "ok".
+    pub fn order(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("agent still takes orders");
+        writeln!(stdin, "{line}").expect("order the fake agent");
+        stdin.flush().expect("flush the order");
+        let answer = self.answers.recv_timeout(PATIENCE);
+        assert_eq!(
+            answer.as_deref(),
+            Ok("ok"),
+            "fake agent did not answer {line:?}"
+        );
+    }
+
+    /// Orders it to exit and waits until it is gone.
+    pub fn exit(&mut self) {
+        if let Some(mut stdin) = self.stdin.take() {
+            let _ = writeln!(stdin, "exit");
+        }
+        assert!(self.proc.gone_within(PATIENCE), "fake agent did not exit");
+    }
+
+    /// SIGKILLs it alone (not its group, where its children are): no hook runs.
+    pub fn kill(&mut self) {
+        self.stdin.take();
+        if self.proc.alive() {
+            unsafe { libc::kill(self.proc.pid, libc::SIGKILL) };
+        }
+        assert!(
+            self.proc.gone_within(PATIENCE),
+            "fake agent survived SIGKILL"
+        );
+    }
+}
+
+impl Env {
+    /// Starts a fake agent for `session` that names it through `variable` ("-" for none) and runs our hook with
+    /// `hook_flags`.
+    pub fn fake_agent(&mut self, session: &str, variable: &str, hook_flags: &[&str]) -> FakeAgent {
+        use std::io::BufRead;
+        use std::os::unix::process::CommandExt;
+        let mut command = Command::new("python3");
+        command
+            .arg(fake_agent_script())
+            .arg(BIN)
+            .arg(self.state_dir())
+            .arg(session)
+            .arg(variable)
+            // Room for a loaded machine: the hook's own deadline is not what these tests are about.
+            .args(["--deadline", "10s"])
+            .args(hook_flags)
+            .current_dir(self.work.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .process_group(0);
+        scrub_env(&mut command);
+        let mut child = command.spawn().expect("start the fake agent");
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().expect("agent stdout");
+        let (tell, answers) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tell.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let proc = Proc::of(i32::try_from(child.id()).unwrap()).expect("fake agent started");
+        self.children.push(child);
+        self.track(proc);
+        FakeAgent {
+            proc,
+            session: session.to_owned(),
+            stdin,
+            answers,
+        }
+    }
+
+    /// The process whose pid a planted command wrote to `name` in the work dir (waits for it); killed with the
+    /// test.
+    pub fn planted(&mut self, name: &str) -> Proc {
+        let path = self.work.path().join(name);
+        let mut found = None;
+        let written = wait_until(PATIENCE, || {
+            found = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|text| text.trim().parse::<i32>().ok())
+                .and_then(Proc::of);
+            found.is_some()
+        });
+        assert!(written, "no pid in {}", path.display());
+        let proc = found.unwrap();
+        self.track(proc);
+        proc
+    }
+
+    /// A path in the work dir, as a shell word.
+    pub fn work_path(&self, name: &str) -> String {
+        self.work.path().join(name).to_string_lossy().into_owned()
+    }
+}
+
+/// Live sentinels of the state root `state_dir`: their pids and the agent pids they watch.
+pub fn sentinels_of(state_dir: &Path) -> Vec<(i32, i32)> {
+    let root = state_dir.to_string_lossy().into_owned();
+    all_pids()
+        .into_iter()
+        .filter_map(|pid| {
+            let argv: Vec<String> = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .ok()?
+                .split(|b| *b == 0)
+                .map(|arg| String::from_utf8_lossy(arg).into_owned())
+                .collect();
+            let is_ours = argv.first().is_some_and(|argv0| argv0 == BIN)
+                && argv.iter().any(|arg| arg == "sentinel")
+                && argv.contains(&root);
+            let watched = argv
+                .iter()
+                .position(|arg| arg == "--pid")
+                .and_then(|at| argv.get(at + 1)?.parse().ok())?;
+            (is_ours && !matches!(proc_stat(pid), None | Some(('Z', _)))).then_some((pid, watched))
+        })
+        .collect()
+}
 // ---- The reliability suite's helpers (tests/it/reliability.rs) ----
 
 /// True when the heavy variants of the reliability suite run: `SESSION_REAPER_HEAVY=1`.

@@ -76,6 +76,13 @@ fn assert_all_gone(procs: &[Proc], what: &str) {
     }
 }
 
+/// The broker and its escaped children are gone, and the stop event (with `reason`) counts the members.
+fn assert_tree_stopped(env: &Env, broker: Proc, children: &[Proc], what: &str, reason: &str) {
+    assert_all_gone(&[broker], what);
+    assert_all_gone(children, what);
+    assert_members_counted(env, reason, broker.pid);
+}
+
 /// The stop event of the broker says how many members were stopped with it.
 fn assert_members_counted(env: &Env, reason: &str, pid: i32) {
     let stopped = |env: &Env| {
@@ -115,9 +122,7 @@ fn escaped_children_of_a_broker_are_stopped_by_detach() {
         &session,
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_all_gone(&[broker], "detach");
-    assert_all_gone(&children, "detach");
-    assert_members_counted(&env, "manual", broker.pid);
+    assert_tree_stopped(&env, broker, &children, "detach", "manual");
 }
 
 #[test]
@@ -127,9 +132,7 @@ fn escaped_children_of_a_broker_are_stopped_by_session_end() {
     let session = unique_id("esc-end");
     let (broker, children) = spawn_escaping_broker(&mut env, &ws, &session);
     hook(&mut env, "SessionEnd", &session, &ws, None);
-    assert_all_gone(&[broker], "SessionEnd");
-    assert_all_gone(&children, "SessionEnd");
-    assert_members_counted(&env, "session_end", broker.pid);
+    assert_tree_stopped(&env, broker, &children, "SessionEnd", "session_end");
 }
 
 #[test]
@@ -149,9 +152,7 @@ fn escaped_children_of_a_broker_are_stopped_by_sweep_owners_gone() {
         1,
         "{report}"
     );
-    assert_all_gone(&[broker], "sweep");
-    assert_all_gone(&children, "sweep");
-    assert_members_counted(&env, "owners_gone", broker.pid);
+    assert_tree_stopped(&env, broker, &children, "sweep", "owners_gone");
 }
 
 /// Defect 3: a live broker's own processes outside its group (a `forkpty` terminal, a detached worker, a child that

@@ -672,7 +672,7 @@ fn wrong_targets_in_a_private_pid_namespace_get_no_signal() {
     let mut workspaces = serde_json::Map::new();
     for (index, name) in names.iter().enumerate() {
         let workspace = format!("/nonexistent/wrong-target/{index}");
-        let key = session_reaper::workspace::workspace_key(Path::new(&workspace));
+        let key = session_reaper::observe::workspace::workspace_key(Path::new(&workspace));
         slots.insert(
             (*name).to_owned(),
             json!(format!("workspaces/{key}/default")),
@@ -894,7 +894,7 @@ proptest! {
     fn look_alikes_the_resume_matcher_matches_exactly_the_real_forms(
         variant in variants("0b5f6b3e-1ad7-454b-b79c-2a700b021481", "fix-the-login-form", false)
     ) {
-        let matched = session_reaper::plan::resumes(
+        let matched = session_reaper::decide::resume::resumes(
             &variant.argv,
             "0b5f6b3e-1ad7-454b-b79c-2a700b021481",
             Some("fix-the-login-form"),
@@ -1136,9 +1136,13 @@ proptest! {
     /// three records below).
     #[test]
     fn fuzz_hook_payloads_never_panic(value in mutated(fixture_values("payloads"))) {
-        if let Ok(payload) = session_reaper::hook::Payload::from_json(&value) {
-            let _ = session_reaper::hook::detect_agent(None, &payload);
-            let _ = session_reaper::name::SessionId::parse(payload.session.as_str());
+        for agent in [None, Some(session_reaper::agents::Agent::Claude), Some(session_reaper::agents::Agent::Codex)] {
+            if let Ok(payload) = session_reaper::hook::Payload::from_json(&value, agent) {
+                let _ = session_reaper::hook::detect_agent(agent, &payload, &|_| false);
+                if let Some(session) = &payload.session {
+                    let _ = session_reaper::model::name::SessionId::parse(session.as_str());
+                }
+            }
         }
     }
 
@@ -1146,13 +1150,13 @@ proptest! {
     fn fuzz_broker_and_session_records_never_panic(bytes in fuzzed_bytes(
         fixture_values("state/v1").into_iter().chain(fixture_values("state/v2")).collect())) {
         let path = Path::new("/fuzz/record.json");
-        let _ = session_reaper::record::parse::<session_reaper::record::BrokerRecord>(&bytes, path);
-        let _ = session_reaper::record::parse::<session_reaper::record::SessionRecord>(&bytes, path);
+        let _ = session_reaper::model::record::parse::<session_reaper::model::record::BrokerRecord>(&bytes, path);
+        let _ = session_reaper::model::record::parse::<session_reaper::model::record::SessionRecord>(&bytes, path);
     }
 
     #[test]
     fn fuzz_stop_tickets_never_panic(bytes in fuzzed_bytes(fixture_values("state/v1/stopping"))) {
-        let _ = session_reaper::record::parse::<session_reaper::record::StopTicket>(
+        let _ = session_reaper::model::record::parse::<session_reaper::model::record::StopTicket>(
             &bytes, Path::new("/fuzz/ticket.json"));
     }
 
@@ -1609,7 +1613,7 @@ fn hostile_state_is_refused_with_a_clear_error_and_no_action_and_the_hook_holds_
         let _cleanup = StateRootProcesses(env.state_dir().to_path_buf());
         let ws = env.workspace("app");
         let (broker, record) = env.spawn_broker_with(&ws, "owner", &[], &["sleep", "600"]);
-        let key = session_reaper::workspace::workspace_key(&ws);
+        let key = session_reaper::observe::workspace::workspace_key(&ws);
         let slot = env
             .state_dir()
             .join("workspaces")

@@ -3,7 +3,7 @@
 //! observation), argv and environment only for those candidates. Nothing is written or signalled here.
 
 use std::collections::HashSet;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -13,6 +13,7 @@ use super::Root;
 use super::decide::{
     self, ArgvFacts, Facts, JobFacts, OwnerState, ProcessCheck, SessionFacts, flag_value,
 };
+use crate::model::deadline::Deadline;
 use crate::model::record::{Identity, SessionRecord};
 use crate::observe::proc::{self, ProcStat};
 
@@ -202,9 +203,9 @@ pub struct World {
 }
 
 /// One pass over `roots` and the process table.
-pub fn observe(roots: &[Root], sessions: &[SessionRecord], uid: u32) -> World {
-    // The plugin has no deadline of its own yet: a hook is still bounded by its watchdog.
-    let candidates: Vec<Seen> = proc::scan_cmdlines(crate::model::deadline::Deadline::far())
+/// The process table is scanned no later than `deadline` (a session's end passes its own).
+pub fn observe(roots: &[Root], sessions: &[SessionRecord], uid: u32, deadline: Deadline) -> World {
+    let candidates: Vec<Seen> = proc::scan_cmdlines(deadline)
         .into_iter()
         .filter(|(_, argv)| decide::runs_broker(argv))
         .filter_map(|(pid, _)| pinned(pid))
@@ -470,17 +471,7 @@ pub fn is_own_dir(path: &Path, uid: u32) -> bool {
 
 /// A small regular file of ours, read without following a symlink or blocking on a FIFO; with its mtime.
 pub fn read_small(path: &Path, uid: u32) -> Option<(Vec<u8>, SystemTime)> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
-        .ok()?;
-    let meta = file.metadata().ok()?;
-    if !meta.is_file() || meta.uid() != uid || meta.len() > MAX_FILE {
-        return None;
-    }
-    let mut bytes = Vec::new();
-    std::io::Read::read_to_end(&mut std::io::Read::take(&file, MAX_FILE), &mut bytes).ok()?;
+    let (bytes, meta) = crate::store::root::read_regular(path, uid, MAX_FILE).ok()??;
     Some((bytes, meta.modified().ok()?))
 }
 

@@ -34,31 +34,6 @@ pub const WRAPPERS: &[&str] = &[
     "ksh", "busybox", "flock", "xargs",
 ];
 
-/// Executables of the coding agents we serve (and their siblings): a process is an agent process when its program
-/// is one of these, or a script runtime running one.
-pub const AGENT_PROGRAMS: &[&str] = &[
-    "claude",
-    "codex",
-    "gemini",
-    "qwen",
-    "cursor-agent",
-    "copilot",
-    "droid",
-    "goose",
-    "opencode",
-];
-
-/// Script runtimes an agent is run with (`#!/usr/bin/env node` makes the argv `node /path/to/claude …`).
-const AGENT_RUNTIMES: &[&str] = &["node", "nodejs", "bun", "deno"];
-
-/// npm packages of agents whose entry script has a generic name (`cli.js`, `index.js`).
-const AGENT_PACKAGES: &[&str] = &[
-    "/@anthropic-ai/claude-code/",
-    "/@openai/codex/",
-    "/@google/gemini-cli/",
-    "/@qwen-code/qwen-code/",
-];
-
 fn base_name(path: &str) -> &str {
     path.rsplit('/')
         .next()
@@ -67,28 +42,9 @@ fn base_name(path: &str) -> &str {
 }
 
 /// True when `argv` is an agent process: its program is a known agent executable, or a script runtime (node, bun)
-/// whose script is one (by name or by its npm package).
+/// whose script is one (by name or by its npm package) — the agents table decides.
 pub fn is_agent_program(argv: &[String]) -> bool {
-    let Some((program, rest)) = argv.split_first() else {
-        return false;
-    };
-    let program = base_name(program);
-    if AGENT_PROGRAMS.contains(&program) {
-        return true;
-    }
-    if !AGENT_RUNTIMES.contains(&program) {
-        return false;
-    }
-    // The first argument that is not a runtime option is the script.
-    let Some(script) = rest.iter().find(|arg| !arg.starts_with('-')) else {
-        return false;
-    };
-    let name = base_name(script);
-    let stem = [".js", ".mjs", ".cjs", ".ts"]
-        .iter()
-        .find_map(|ext| name.strip_suffix(ext))
-        .unwrap_or(name);
-    AGENT_PROGRAMS.contains(&stem) || AGENT_PACKAGES.iter().any(|pkg| script.contains(pkg))
+    crate::agents::agent_of_process(argv).is_some()
 }
 
 /// The identity of a live process, `None` when it is gone (or a zombie) or when `pid` names a thread rather than a
@@ -316,6 +272,13 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = i32::try_from(child.id()).unwrap();
+        // `spawn` returns before the kernel shows the new argv: wait for it.
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while cmdline(pid).ok().is_none_or(|argv| argv != ["sleep", "30"])
+            && std::time::Instant::now() < until
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         let steady = pinned(pid, |pid| cmdline(pid).ok());
         assert!(steady.is_some_and(|(id, argv)| id.pid == pid && argv == ["sleep", "30"]));
         // The window widened: the process goes away (its pid free for reuse) between the first identity and the read.

@@ -1,0 +1,86 @@
+//! `keep`: a process that is to outlive its session. `keep -- CMD…` starts CMD detached (its own session, stdin
+//! null, output to `--log` or nowhere) with no session variable left in its environment and
+//! `SESSION_REAPER_KEEP=1`, and prints its pid; `keep --pid P` marks a running process and its descendants so that
+//! no leftover discovery picks them.
+
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+
+use anyhow::Context;
+
+use crate::config::{Config, KeepRequest};
+use crate::error::{Outcome, bad_input};
+use crate::leftovers::{self, KEEP_VARIABLE};
+use crate::observe::proc;
+use crate::store::Store;
+
+pub fn run(request: &KeepRequest, config: &Config) -> anyhow::Result<Outcome> {
+    match request {
+        KeepRequest::Start { command, log } => start(command, log.as_deref()),
+        KeepRequest::Mark { pid } => mark(*pid, config),
+    }
+}
+
+fn start(argv: &[String], log: Option<&std::path::Path>) -> anyhow::Result<Outcome> {
+    let (program, arguments) = argv.split_first().context("no command given")?;
+    let mut command = Command::new(program);
+    command.args(arguments).stdin(Stdio::null());
+    match log {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(path)
+                .map_err(|err| bad_input(format!("--log {}: {err}", path.display())))?;
+            command.stdout(file.try_clone()?).stderr(file);
+        }
+        None => {
+            command.stdout(Stdio::null()).stderr(Stdio::null());
+        }
+    }
+    crate::act::launch::scrub_session_variables(&mut command);
+    command.env(KEEP_VARIABLE, "1");
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            nix::unistd::setsid()
+                .map(drop)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let child = command
+        .spawn()
+        .map_err(|err| bad_input(format!("starting {program:?}: {err}")))?;
+    println!("{}", child.id());
+    Ok(Outcome::Done)
+}
+
+fn mark(pid: i32, config: &Config) -> anyhow::Result<Outcome> {
+    let identity = proc::identity_of(pid)
+        .filter(|_| pid > 1)
+        .ok_or_else(|| bad_input(format!("--pid {pid}: expected a live process")))?;
+    let uid = nix::unistd::getuid().as_raw();
+    if identity.uid != uid {
+        return Err(bad_input(format!(
+            "--pid {pid}: expected a process of ours (uid {uid}), it runs as uid {}",
+            identity.uid
+        )));
+    }
+    let store = Store::open(&config.state_dir)?;
+    leftovers::prune_kept(&store);
+    let table = leftovers::Table::observe(identity.start_ticks);
+    let mut marked: usize = 0;
+    for process in table.descendants_of(pid) {
+        if let Some(live) = proc::identity_of(process.identity.pid)
+            .filter(|live| live.start_ticks == process.identity.start_ticks)
+        {
+            leftovers::mark_kept(&store, &live)?;
+            marked += 1;
+        }
+    }
+    println!(
+        "kept pid {pid} and {} descendant(s): no session's leftovers",
+        marked.saturating_sub(1)
+    );
+    Ok(Outcome::Done)
+}

@@ -1,0 +1,129 @@
+//! `status --json` for a state root of any size: the slots are read and written out one at a time, so memory
+//! stays flat however many workspaces there are (a root of 100,000 slots prints in a few MiB). The shape is the
+//! one `status::Snapshot` serialises to.
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::io::Write;
+
+use serde::Serialize;
+use serde::ser::{SerializeSeq, Serializer};
+
+use crate::commands::status::{SlotStatus, TicketStatus, Unreadable};
+use crate::model::record::SessionRecord;
+use crate::observe::proc;
+use crate::store::Store;
+use crate::store::slot::{Slot, SlotView};
+
+/// A sequence serialised as it is produced.
+struct Streamed<I>(RefCell<Option<I>>);
+
+impl<I, T> Serialize for Streamed<I>
+where
+    I: Iterator<Item = T>,
+    T: Serialize,
+{
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut seq = serializer.serialize_seq(None)?;
+        if let Some(items) = self.0.borrow_mut().take() {
+            for item in items {
+                seq.serialize_element(&item)?;
+            }
+        }
+        seq.end()
+    }
+}
+
+/// A list filled while an earlier field streams, serialised once it is complete.
+struct Gathered<'a, T>(&'a RefCell<Vec<T>>);
+
+impl<T: Serialize> Serialize for Gathered<'_, T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.borrow().serialize(serializer)
+    }
+}
+
+#[derive(Serialize)]
+#[serde(bound(serialize = "Streamed<I>: Serialize, C: Serialize"))]
+struct Document<'a, I, C> {
+    state_dir: String,
+    slots: Streamed<I>,
+    unreadable: Gathered<'a, Unreadable>,
+    tickets: &'a [TicketStatus],
+    sessions: &'a [SessionRecord],
+    leftovers: &'a [crate::leftovers::SessionView],
+    finisher_running: bool,
+    codex_plugin: C,
+}
+
+/// What the printed document says that decides the exit code.
+pub struct Printed {
+    pub stuck: bool,
+    pub unreadable: bool,
+}
+
+/// Writes the whole `status --json` document to stdout. `tickets`, `sessions` and the leading unreadable entries
+/// (tickets, sessions) are small and come from the caller; slots stream.
+pub fn print(
+    store: &Store,
+    tickets: &[TicketStatus],
+    (sessions, leftovers): (&[SessionRecord], &[crate::leftovers::SessionView]),
+    unreadable: Vec<Unreadable>,
+    (finisher_running, codex_plugin): (bool, impl Serialize),
+) -> anyhow::Result<Printed> {
+    // First pass: the live leaders, so that one look at the process table finds every broker's members.
+    let leaders: HashSet<i32> = Slot::iter(&store.root)
+        .filter_map(|slot| match slot.view(&store.root) {
+            SlotView::Broker(record) if proc::is_alive(&record.identity) => {
+                Some(record.identity.pid)
+            }
+            _ => None,
+        })
+        .collect();
+    let processes = proc::observe(&leaders);
+    let gathered = RefCell::new(unreadable);
+    let slots = Slot::iter(&store.root).filter_map(|slot| match slot.view(&store.root) {
+        SlotView::Empty => None,
+        SlotView::Broker(record) => {
+            let alive = proc::is_alive(&record.identity);
+            let members = super::status::members_of(
+                &processes,
+                &record.identity,
+                record.lineage.as_deref(),
+                &[],
+            );
+            Some(SlotStatus {
+                slot: slot.label(),
+                alive,
+                members,
+                record,
+            })
+        }
+        SlotView::Unreadable(problem) => {
+            gathered.borrow_mut().push(Unreadable {
+                slot: slot.label(),
+                problem: problem.why,
+            });
+            None
+        }
+    });
+    let document = Document {
+        state_dir: store.root.path().to_string_lossy().into_owned(),
+        slots: Streamed(RefCell::new(Some(slots))),
+        unreadable: Gathered(&gathered),
+        tickets,
+        sessions,
+        leftovers,
+        finisher_running,
+        codex_plugin,
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    serde_json::to_writer_pretty(&mut out, &document)?;
+    writeln!(out)?;
+    out.flush()?;
+    Ok(Printed {
+        stuck: tickets.iter().any(|ticket| ticket.stuck),
+        unreadable: !gathered.borrow().is_empty(),
+    })
+}

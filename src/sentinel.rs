@@ -1,0 +1,284 @@
+//! The sentinel: one detached watcher per agent process (DESIGN "The sentinel"). The first `SessionStart` of an
+//! agent starts it (`setsid`, double fork, standard streams on /dev/null, inherited descriptors closed, session
+//! variables scrubbed — see `launch::spawn_detached`); a lock named after the agent's identity keeps it to one. It
+//! waits on the agent's pidfd and on the state root's inotify watch — nothing polls — and when the agent exits
+//! it ends the agent's live sessions (`agent_gone`), stops their leftovers, runs the stops and exits. It exits too
+//! when the state root disappears. With `--within`, it is the bounded wait of a `SessionEnd` whose agent has no
+//! sentinel (turned off, or killed): it gives up when the agent outlives the bound, and the sweep does the rest.
+
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::act::finisher;
+use crate::act::launch;
+use crate::act::signal::Guard;
+use crate::error::Outcome;
+use crate::leftovers;
+use crate::model::name::SessionId;
+use crate::model::record::{Identity, StopTicket};
+use crate::observe::proc;
+use crate::store::Store;
+use crate::store::events::{Event, Reason};
+use crate::teardown::{self, Ending};
+
+const DIR: &str = "sentinels";
+/// How long a starting sentinel waits for its lock: a hook probing it holds it for an instant.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
+fn lock_path(store: &Store, agent: &Identity) -> PathBuf {
+    let name = StopTicket::file_name(agent).replace(".json", ".lock");
+    store.root.join(DIR).join(name)
+}
+
+/// True while a sentinel holds the lock of `agent` (the file is opened, never created: `status` writes nothing).
+pub fn is_running(store: &Store, agent: &Identity) -> bool {
+    std::fs::File::open(lock_path(store, agent)).is_ok_and(|file| match file.try_lock_shared() {
+        Ok(()) => {
+            let _ = file.unlock();
+            false
+        }
+        Err(_) => true,
+    })
+}
+
+/// Starts the sentinel of `agent` unless one runs. `within` bounds its wait (the finisher's wait after a
+/// `SessionEnd`); `None` waits as long as the agent lives.
+pub fn start(store: &Store, agent: &Identity, within: Option<Duration>) -> anyhow::Result<()> {
+    if is_running(store, agent) {
+        return Ok(());
+    }
+    // The lock file exists before the sentinel does: what a hook leaves behind is complete when it returns.
+    store.root.ensure_dir(&store.root.join(DIR))?;
+    drop(store.root.open_lock_file(&lock_path(store, agent))?);
+    let exe = std::env::current_exe().context("finding our own executable")?;
+    let root = store.root.path().to_string_lossy().into_owned();
+    let (pid, start) = (agent.pid.to_string(), agent.start_ticks.to_string());
+    let mut args = vec![
+        "--state-dir",
+        &root,
+        "sentinel",
+        "--pid",
+        &pid,
+        "--start-ticks",
+        &start,
+    ];
+    let within_text = within.map(|within| format!("{}ms", within.as_millis()));
+    if let Some(within) = &within_text {
+        args.extend(["--within", within]);
+    }
+    launch::spawn_detached(&exe, &args, &[])
+}
+
+/// The sentinel's life: lock, wait, do the agent-gone work, exit.
+pub fn run(store: &Store, agent: &Identity, within: Option<Duration>) -> anyhow::Result<Outcome> {
+    store.root.ensure_dir(&store.root.join(DIR))?;
+    let lock = store.root.open_lock_file(&lock_path(store, agent))?;
+    let deadline = Instant::now() + LOCK_WAIT;
+    while lock.try_lock().is_err() {
+        if Instant::now() >= deadline {
+            return Ok(Outcome::Done);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let watched = match wait_for_exit(store, agent, within)? {
+        Waited::AgentGone => agent_gone(store, agent),
+        Waited::RootGone | Waited::TimedOut => Ok(Outcome::Done),
+    };
+    // The lock file goes with the sentinel (the state root may be gone already).
+    let _ = std::fs::remove_file(lock_path(store, agent));
+    watched
+}
+
+enum Waited {
+    AgentGone,
+    RootGone,
+    TimedOut,
+}
+
+/// How often a sentinel with no inotify instance to spare (the per-user limit, 128 by default, is shared by
+/// every program of the user) looks whether its state root still exists.
+const ROOT_CHECK: Duration = Duration::from_secs(30);
+
+/// Blocks until the agent exits, the state root is deleted or moved, or `within` passes.
+fn wait_for_exit(
+    store: &Store,
+    agent: &Identity,
+    within: Option<Duration>,
+) -> anyhow::Result<Waited> {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    let Some(pidfd) = open_pidfd(agent) else {
+        return Ok(Waited::AgentGone);
+    };
+    let watch = watch_root(store);
+    let ends = within.map(|within| Instant::now() + within);
+    loop {
+        let remaining = ends.map(|ends| ends.saturating_duration_since(Instant::now()));
+        if remaining.is_some_and(|left| left.is_zero()) {
+            return Ok(Waited::TimedOut);
+        }
+        if watch.is_none() && std::fs::symlink_metadata(store.root.path()).is_err() {
+            return Ok(Waited::RootGone);
+        }
+        let wake = match (remaining, watch.is_none()) {
+            (Some(left), true) => Some(left.min(ROOT_CHECK)),
+            (None, true) => Some(ROOT_CHECK),
+            (left, false) => left,
+        };
+        let timespec = wake.map(|left| {
+            Timespec::try_from(left).unwrap_or(Timespec {
+                tv_sec: 1,
+                tv_nsec: 0,
+            })
+        });
+        let mut fds = vec![PollFd::new(&pidfd, PollFlags::IN)];
+        if let Some(watch) = &watch {
+            fds.push(PollFd::new(watch, PollFlags::IN));
+        }
+        match poll(&mut fds, timespec.as_ref()) {
+            Ok(0) | Err(rustix::io::Errno::INTR) => {}
+            Ok(_) => {
+                if !fds[0].revents().is_empty() {
+                    return Ok(Waited::AgentGone);
+                }
+                if fds.get(1).is_some_and(|fd| !fd.revents().is_empty()) {
+                    return Ok(Waited::RootGone);
+                }
+            }
+            Err(err) => return Err(err).context("waiting for the agent"),
+        }
+    }
+}
+
+/// An inotify watch for the deletion or move of the state root; `None` (reported) when none can be had.
+fn watch_root(store: &Store) -> Option<OwnedFd> {
+    use rustix::fs::inotify;
+    let watch = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK)
+        .and_then(|fd| {
+            inotify::add_watch(
+                &fd,
+                store.root.path(),
+                inotify::WatchFlags::DELETE_SELF | inotify::WatchFlags::MOVE_SELF,
+            )
+            .map(|_| fd)
+        });
+    match watch {
+        Ok(fd) => Some(fd),
+        Err(err) => {
+            store.log.record(&Event::new("sentinel", "degraded").detail(format!(
+                "no inotify watch on the state root ({err}): looking every {}s whether it still exists",
+                ROOT_CHECK.as_secs()
+            )));
+            None
+        }
+    }
+}
+
+/// A pidfd that is known to name `agent` (identity checked after opening), `None` when it is gone already.
+fn open_pidfd(agent: &Identity) -> Option<OwnedFd> {
+    let pid = rustix::process::Pid::from_raw(agent.pid)?;
+    let fd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()?;
+    proc::is_alive(agent).then_some(fd)
+}
+
+/// The agent-gone work: end the agent's sessions still live, stop their (and its ended sessions') leftovers.
+pub fn agent_gone(store: &Store, agent: &Identity) -> anyhow::Result<Outcome> {
+    let guard = Guard::new();
+    let tickets = end_sessions_of(store, &guard, agent, Reason::AgentGone);
+    run_stops(store, guard, tickets, agent)
+}
+
+/// Ends every live session of `agent` with `reason`; returns the tickets filed.
+pub fn end_sessions_of(
+    store: &Store,
+    guard: &Guard,
+    agent: &Identity,
+    reason: Reason,
+) -> Vec<StopTicket> {
+    let mut tickets = Vec::new();
+    for record in leftovers::sessions_of(store, agent) {
+        let Ok(session) = SessionId::parse(&record.session_id) else {
+            continue;
+        };
+        if record.is_ended() {
+            continue;
+        }
+        let ending = Ending {
+            session,
+            reason,
+            agent_reason: None,
+            seen: None,
+            dry_run: false,
+            // The hook's default places (its environment is the sentinel's, less the session variables).
+            codex: crate::adapters::codex_plugin::Discovery::default(),
+        };
+        let report = teardown::end_session(
+            store,
+            guard,
+            &ending,
+            crate::model::deadline::Deadline::after(crate::store::slot::LOCK_WAIT),
+        );
+        tickets.extend(report.tickets);
+    }
+    tickets
+}
+
+/// Adds the leftovers of `agent`'s sessions to `tickets`, runs them through the whole cascade and hands what is
+/// still running to the finisher.
+fn run_stops(
+    store: &Store,
+    guard: Guard,
+    mut tickets: Vec<StopTicket>,
+    agent: &Identity,
+) -> anyhow::Result<Outcome> {
+    tickets.extend(leftovers::stop_leftovers_of(store, agent, false));
+    if tickets.is_empty() {
+        return Ok(Outcome::Done);
+    }
+    let deadline = tickets
+        .iter()
+        .map(crate::act::stopper::foreground_deadline)
+        .max()
+        .unwrap_or_else(crate::model::deadline::Deadline::now);
+    let stops = store.stopper(guard).run(tickets, deadline);
+    if stops.iter().any(|stop| {
+        matches!(
+            stop.outcome,
+            crate::act::stopper::StopOutcome::Pending { .. }
+        )
+    }) {
+        store.log.record(
+            &Event::new("sentinel", "handed_on")
+                .pid(agent.pid)
+                .detail("stops still running: the finisher completes them"),
+        );
+        finisher::start(store)?;
+    }
+    Ok(Outcome::Done)
+}
+
+/// `SessionEnd`: when the agent is about to exit (not a `clear`, `compact` or `resume`) and no sentinel watches
+/// it, a bounded watcher waits for the exit and does the agent-gone work.
+pub fn at_session_end(
+    store: &Store,
+    session: &SessionId,
+    agent_reason: Option<&str>,
+    wait: Duration,
+) -> anyhow::Result<()> {
+    if leftovers::agent_continues(agent_reason) {
+        return Ok(());
+    }
+    let Some(agent) = store
+        .sessions
+        .get(session)?
+        .and_then(|record| record.agent_identity)
+    else {
+        return Ok(());
+    };
+    if proc::is_alive(&agent) && !is_running(store, &agent) {
+        start(store, &agent, Some(wait))?;
+    }
+    Ok(())
+}

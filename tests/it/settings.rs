@@ -1,0 +1,994 @@
+//! Agents as data, end to end through the binary: `install` / `uninstall` for every agent of the table (empty file,
+//! a busy file with comments where the agent allows them, twice, after the agent rewrote it, back to the original),
+//! one backup per file, `--state-dir` and `--scope project` in what is written, the shared sweep, every agent's
+//! payload shapes, one session reached through two agents' hooks, and `doctor` running the installed hooks.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use serde_json::{Value, json};
+
+use crate::harness::{Env, Home, run_bounded, stderr, stdout};
+
+use session_reaper::agents::{AGENTS, Agent, AgentSpec, Layout};
+
+/// Runs `args` in `home` with the test's state root.
+fn run(env: &Env, home: &Home, args: &[&str]) -> Output {
+    run_bounded(home.cmd(env, None, args), None)
+}
+
+fn install(env: &Env, home: &Home, verb: &str, agent: &str, settings: &Path) -> Output {
+    let out = run(
+        env,
+        home,
+        &[
+            verb,
+            "--agent",
+            agent,
+            "--settings",
+            settings.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{verb} {agent}: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    out
+}
+
+fn read_value(spec: &AgentSpec, path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap();
+    session_reaper::settings::file::parse(spec, &text, path)
+        .unwrap()
+        .0
+}
+
+/// A settings file someone already has for `spec`: other keys, a foreign hook on one of our events and on another
+/// event, and (where the agent reads JSONC) comments.
+fn busy_file(spec: &AgentSpec) -> String {
+    let foreign = |command: &str| match spec.layout {
+        Layout::Flat => json!({ spec.command_key: command }),
+        Layout::Grouped => {
+            json!({ "matcher": "startup", "hooks": [ { "type": "command", spec.command_key: command } ] })
+        }
+    };
+    let start = serde_json::to_string(&foreign("echo mine-at-start")).unwrap();
+    let other = serde_json::to_string(&foreign("lint.sh")).unwrap();
+    let version = if spec.layout == Layout::Flat {
+        "\n  \"version\": 1,"
+    } else {
+        ""
+    };
+    let (comment, trailing) = if spec.comments {
+        (
+            "\n  // my own settings, keep this comment",
+            "  /* and this one */\n",
+        )
+    } else {
+        ("", "")
+    };
+    let extra = if spec.hooks_only_file {
+        ""
+    } else {
+        "\n  \"model\": \"opus\",\n  \"env\": {\"FOO\": \"1\"},"
+    };
+    format!(
+        "{{{comment}{version}{extra}\n  \"hooks\": {{\n    \"{}\": [{start}],\n    \"PreToolUse\": [{other}]\n  }}\n{trailing}}}\n",
+        spec.start_event
+    )
+}
+
+/// Where the agent reads JSONC, both comments of [`busy_file`] are still in `text`.
+fn assert_comments_kept(spec: &AgentSpec, text: &str) {
+    if spec.comments {
+        assert!(
+            text.contains("// my own settings, keep this comment")
+                && text.contains("/* and this one */"),
+            "{}: {text}",
+            spec.name
+        );
+    }
+}
+
+fn settings_path(env: &Env, spec: &AgentSpec, case: &str) -> PathBuf {
+    env.work
+        .path()
+        .join(case)
+        .join(spec.name)
+        .join(spec.settings_file)
+}
+
+fn ours(spec: &AgentSpec, value: &Value) -> Vec<(String, String)> {
+    session_reaper::settings::commands_in(spec, value)
+        .into_iter()
+        .filter(|(_, command)| session_reaper::settings::is_our_command(command))
+        .collect()
+}
+
+#[test]
+fn every_agent_installs_into_an_empty_file_twice_and_uninstalls_to_nothing() {
+    let env = Env::new();
+    let home = Home::new(&env);
+    for spec in AGENTS {
+        let path = settings_path(&env, spec, "empty");
+        install(&env, &home, "install", spec.name, &path);
+        let value = read_value(spec, &path);
+        let found = ours(spec, &value);
+        let events: Vec<&str> = found.iter().map(|(event, _)| event.as_str()).collect();
+        assert_eq!(
+            events,
+            spec.events().collect::<Vec<_>>(),
+            "{}: {value}",
+            spec.name
+        );
+        if let Some((companion, contents)) = spec.companion {
+            let companion = path.parent().unwrap().join(companion);
+            assert_eq!(
+                std::fs::read_to_string(&companion).unwrap(),
+                contents,
+                "{}",
+                spec.name
+            );
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        let again = install(&env, &home, "install", spec.name, &path);
+        assert!(
+            stdout(&again).contains("already installed"),
+            "{}: {}",
+            spec.name,
+            stdout(&again)
+        );
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            bytes,
+            "{}: twice is once",
+            spec.name
+        );
+        install(&env, &home, "uninstall", spec.name, &path);
+        if spec.companion.is_some() {
+            assert!(
+                !path.exists() && !path.parent().unwrap().exists(),
+                "{}: the plugin we made is gone",
+                spec.name
+            );
+        } else {
+            assert_eq!(read_value(spec, &path), json!({}), "{}", spec.name);
+        }
+    }
+}
+
+#[test]
+fn every_agent_keeps_a_busy_file_and_its_comments_and_uninstall_restores_its_value() {
+    let env = Env::new();
+    let home = Home::new(&env);
+    for spec in AGENTS {
+        let path = settings_path(&env, spec, "busy");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let original_text = busy_file(spec);
+        std::fs::write(&path, &original_text).unwrap();
+        let original = read_value(spec, &path);
+
+        install(&env, &home, "install", spec.name, &path);
+        let installed_text = std::fs::read_to_string(&path).unwrap();
+        let installed = read_value(spec, &path);
+        assert_eq!(
+            ours(spec, &installed).len(),
+            2,
+            "{}: {installed_text}",
+            spec.name
+        );
+        let commands = session_reaper::settings::commands_in(spec, &installed);
+        assert!(
+            commands.iter().any(|(_, c)| c == "echo mine-at-start")
+                && commands.iter().any(|(_, c)| c == "lint.sh"),
+            "{}",
+            spec.name
+        );
+        for key in ["model", "env", "version"] {
+            assert_eq!(
+                installed.get(key),
+                original.get(key),
+                "{}: {key} kept",
+                spec.name
+            );
+        }
+        assert_comments_kept(spec, &installed_text);
+        // Ours runs first in the shared budget, except where trust is keyed by position (Codex): last.
+        let start = installed["hooks"][spec.start_event].as_array().unwrap();
+        let first_is_ours = ours(
+            spec,
+            &json!({ "hooks": { spec.start_event: [start[0].clone()] } }),
+        )
+        .len()
+            == 1;
+        assert_eq!(
+            first_is_ours, !spec.trust_by_position,
+            "{}: {installed_text}",
+            spec.name
+        );
+
+        install(&env, &home, "install", spec.name, &path);
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            installed_text,
+            "{}: twice is once",
+            spec.name
+        );
+
+        install(&env, &home, "uninstall", spec.name, &path);
+        let restored_text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            read_value(spec, &path),
+            original,
+            "{}: {restored_text}",
+            spec.name
+        );
+        assert_eq!(
+            read_value(spec, &path).to_string(),
+            original.to_string(),
+            "{}: key order kept",
+            spec.name
+        );
+        assert_comments_kept(spec, &restored_text);
+        let backups: Vec<String> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .flatten()
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.contains(".bak"))
+            .collect();
+        assert_eq!(
+            backups,
+            [format!(
+                "{}.session-reaper.bak",
+                path.file_name().unwrap().to_string_lossy()
+            )],
+            "{}: one backup",
+            spec.name
+        );
+    }
+}
+
+#[test]
+fn comments_are_refused_where_the_agent_reads_plain_json() {
+    let env = Env::new();
+    let home = Home::new(&env);
+    for spec in AGENTS.iter().filter(|spec| !spec.comments) {
+        let path = settings_path(&env, spec, "comments");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, "// no\n{}\n").unwrap();
+        let out = run(
+            &env,
+            &home,
+            &[
+                "install",
+                "--agent",
+                spec.name,
+                "--settings",
+                path.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(out.status.code(), Some(2), "{}", spec.name);
+        assert!(
+            stderr(&out).contains("not valid JSON") && stderr(&out).lines().count() == 1,
+            "{}: {}",
+            spec.name,
+            stderr(&out)
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "// no\n{}\n");
+    }
+}
+
+#[test]
+fn qwen_rewriting_its_file_changes_nothing_for_us() {
+    let env = Env::new();
+    let home = Home::new(&env);
+    let spec = Agent::Qwen.spec();
+    let path = settings_path(&env, spec, "rewrite");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, "{\"model\": {\"name\": \"qwen3\"}}\n").unwrap();
+    install(&env, &home, "install", "qwen", &path);
+    // What Qwen Code 0.24.4 does on start: adds "$version": 4 and re-indents, keeping our hooks.
+    let mut value = read_value(spec, &path);
+    value
+        .as_object_mut()
+        .unwrap()
+        .insert("$version".into(), json!(4));
+    let rewritten = {
+        let mut out = Vec::new();
+        let formatter = serde_json::ser::PrettyFormatter::with_indent(b"    ");
+        let mut serializer = serde_json::Serializer::with_formatter(&mut out, formatter);
+        serde::Serialize::serialize(&value, &mut serializer).unwrap();
+        String::from_utf8(out).unwrap()
+    };
+    std::fs::write(&path, &rewritten).unwrap();
+    let again = install(&env, &home, "install", "qwen", &path);
+    assert!(
+        stdout(&again).contains("already installed"),
+        "{}",
+        stdout(&again)
+    );
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), rewritten);
+    install(&env, &home, "uninstall", "qwen", &path);
+    assert_eq!(
+        read_value(spec, &path),
+        json!({"model": {"name": "qwen3"}, "$version": 4})
+    );
+}
+
+#[test]
+fn a_non_default_state_dir_goes_into_the_hook_command_and_the_sweep_line() {
+    let env = Env::new();
+    let home = Home::new(&env);
+    let path = settings_path(&env, Agent::Claude.spec(), "state");
+    let out = run(
+        &env,
+        &home,
+        &[
+            "install",
+            "--agent",
+            "claude",
+            "--with-sweep",
+            "--settings",
+            path.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let value = read_value(Agent::Claude.spec(), &path);
+    let state = env.state_dir().to_str().unwrap();
+    for (event, command) in ours(Agent::Claude.spec(), &value) {
+        let words = session_reaper::settings::shell_words(&command).unwrap();
+        assert_eq!(
+            words[1..],
+            ["hook", "--agent", "claude", "--state-dir", state],
+            "{event}"
+        );
+    }
+    let table = home.crontab();
+    assert!(
+        table.contains(&format!("--state-dir {state} sweep")),
+        "{table}"
+    );
+
+    // The default root needs no flag: the hook gets it from the same HOME.
+    let default = home.dir.join(".local/state/session-reaper");
+    let plain = settings_path(&env, Agent::Claude.spec(), "default");
+    let out = run_bounded(
+        home.cmd(
+            &env,
+            Some(&default),
+            &[
+                "install",
+                "--agent",
+                "claude",
+                "--settings",
+                plain.to_str().unwrap(),
+            ],
+        ),
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    for (_, command) in ours(
+        Agent::Claude.spec(),
+        &read_value(Agent::Claude.spec(), &plain),
+    ) {
+        assert!(!command.contains("--state-dir"), "{command}");
+    }
+}
+
+#[test]
+fn project_scope_writes_a_relative_command_at_the_repository_top_level() {
+    let env = Env::new();
+    let home = Home::new(&env);
+    let repo = env.workspace("repo");
+    let deep = repo.join("src/module");
+    std::fs::create_dir_all(&deep).unwrap();
+    let mut command = home.cmd(
+        &env,
+        None,
+        &["install", "--agent", "claude", "--scope", "project"],
+    );
+    command.current_dir(&deep);
+    let out = run_bounded(command, None);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!deep.join(".claude").exists(), "not in the subdirectory");
+    let value = read_value(Agent::Claude.spec(), &repo.join(".claude/settings.json"));
+    let found = ours(Agent::Claude.spec(), &value);
+    assert_eq!(found.len(), 2);
+    for (_, command) in found {
+        assert_eq!(
+            command, "session-reaper hook --agent claude",
+            "no absolute path, no personal state root"
+        );
+    }
+}
+
+#[test]
+fn codex_install_ends_with_the_trust_step_and_claude_with_sweep_is_shared() {
+    let env = Env::new();
+    let home = Home::new(&env);
+    // Codex: its SessionEnd is not always there, so the sweep is advised loudly, and trust comes last.
+    let out = run(&env, &home, &["install", "--agent", "codex"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    let last = text
+        .lines()
+        .rev()
+        .find(|line| !line.trim().is_empty())
+        .unwrap();
+    assert!(
+        last.starts_with("!!! CODEX RUNS NO HOOK UNTIL YOU TRUST IT") && last.contains("/hooks"),
+        "{text}"
+    );
+    assert!(text.contains("needs the periodic sweep"), "{text}");
+    let codex = read_value(Agent::Codex.spec(), &home.dir.join(".codex/hooks.json"));
+    assert_eq!(codex["hooks"]["SessionEnd"][0]["hooks"][0]["timeout"], 3);
+
+    // Claude with the sweep, then Gemini: uninstalling Claude's keeps the sweep the others rely on.
+    assert_eq!(
+        run(
+            &env,
+            &home,
+            &["install", "--agent", "claude", "--with-sweep"]
+        )
+        .status
+        .code(),
+        Some(0)
+    );
+    assert_eq!(
+        home.crontab()
+            .lines()
+            .filter(|l| l.contains(" sweep"))
+            .count(),
+        1,
+        "{}",
+        home.crontab()
+    );
+    let again = run(
+        &env,
+        &home,
+        &["install", "--agent", "gemini", "--with-sweep"],
+    );
+    assert!(
+        stdout(&again).contains("already runs"),
+        "{}",
+        stdout(&again)
+    );
+    let out = run(
+        &env,
+        &home,
+        &["uninstall", "--agent", "claude", "--with-sweep"],
+    );
+    assert!(
+        stdout(&out).contains("sweep: kept")
+            && stdout(&out).contains("gemini")
+            && stdout(&out).contains("codex"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(
+        home.crontab()
+            .lines()
+            .filter(|l| l.contains(" sweep"))
+            .count(),
+        1
+    );
+    assert_eq!(
+        run(&env, &home, &["uninstall", "--agent", "codex"])
+            .status
+            .code(),
+        Some(0)
+    );
+    let out = run(
+        &env,
+        &home,
+        &["uninstall", "--agent", "gemini", "--with-sweep"],
+    );
+    assert!(
+        stdout(&out).contains("crontab line removed"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(!home.crontab().contains(" sweep"), "{}", home.crontab());
+}
+
+// --- payloads -------------------------------------------------------------------------------------------------
+
+fn fixture(path: &str) -> Vec<u8> {
+    std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/payloads")
+            .join(path),
+    )
+    .unwrap()
+}
+
+/// The payload with its session id replaced by one fresh for this test run (a `SessionEnd` scans the process table
+/// for `--resume <id>`: only ids nobody else can hold).
+fn fresh(payload: &[u8]) -> Vec<u8> {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let id = ID.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/random/uuid")
+            .unwrap()
+            .trim()
+            .to_owned()
+    });
+    let mut value: Value = serde_json::from_slice(payload).unwrap();
+    for key in ["session_id", "sessionId"] {
+        if value.get(key).is_some() {
+            value[key] = json!(id);
+        }
+    }
+    serde_json::to_vec(&value).unwrap()
+}
+
+/// The session records of the test's state root, by id.
+fn sessions(env: &Env) -> Vec<Value> {
+    std::fs::read_dir(env.state_dir().join("sessions"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| serde_json::from_slice(&std::fs::read(entry.path()).ok()?).ok())
+        .collect()
+}
+
+fn hook(env: &mut Env, args: &[&str], payload: &[u8], extra_env: &[(&str, &str)]) {
+    let mut full = vec!["hook"];
+    full.extend_from_slice(args);
+    let mut command = env.cmd(&full);
+    for (name, value) in extra_env {
+        command.env(name, value);
+    }
+    let out = run_bounded(command, Some(payload));
+    assert_eq!(out.status.code(), Some(0));
+    assert!(out.stdout.is_empty(), "{}", stdout(&out));
+    assert!(out.stderr.is_empty(), "{args:?}: {}", stderr(&out));
+}
+
+#[test]
+fn the_new_agents_payload_shapes_record_their_sessions() {
+    let cases: &[(&str, &str, &[&str])] = &[
+        (
+            "copilot/sessionStart.json",
+            "copilot",
+            &["--agent", "copilot", "--event", "sessionStart"],
+        ),
+        (
+            "copilot/SessionStart.vscode.json",
+            "copilot",
+            &["--agent", "copilot"],
+        ),
+        ("cursor/sessionStart.json", "cursor", &["--agent", "auto"]),
+        ("droid/SessionStart.json", "droid", &["--agent", "auto"]),
+        ("goose/SessionStart.json", "goose", &["--agent", "auto"]),
+    ];
+    for (file, agent, args) in cases {
+        let mut env = Env::new();
+        let payload = fixture(file);
+        hook(&mut env, args, &payload, &[]);
+        let value: Value = serde_json::from_slice(&payload).unwrap();
+        let id = value
+            .get("sessionId")
+            .or_else(|| value.get("session_id"))
+            .unwrap();
+        let records = sessions(&env);
+        assert_eq!(records.len(), 1, "{file}");
+        assert_eq!(records[0]["session_id"], *id, "{file}");
+        assert_eq!(records[0]["agent"], *agent, "{file}");
+        assert!(records[0]["ended_at"].is_null(), "{file}");
+    }
+    // Goose's end names its event in `event`; Copilot's camelCase end gets it from --event.
+    let mut env = Env::new();
+    hook(
+        &mut env,
+        &[],
+        &fresh(&fixture("goose/SessionStart.json")),
+        &[],
+    );
+    hook(
+        &mut env,
+        &[],
+        &fresh(&fixture("goose/SessionEnd.json")),
+        &[],
+    );
+    assert!(!sessions(&env)[0]["ended_at"].is_null());
+    assert_eq!(sessions(&env)[0]["agent"], "goose");
+    let mut env = Env::new();
+    hook(
+        &mut env,
+        &["--agent", "copilot", "--event", "sessionStart"],
+        &fresh(&fixture("copilot/sessionStart.json")),
+        &[],
+    );
+    hook(
+        &mut env,
+        &["--agent", "copilot", "--event", "sessionEnd"],
+        &fresh(&fixture("copilot/sessionEnd.json")),
+        &[],
+    );
+    assert!(!sessions(&env)[0]["ended_at"].is_null());
+}
+
+#[test]
+fn a_payload_without_session_id_is_keyed_by_its_agent_process() {
+    let mut env = Env::new();
+    let payload = fixture("copilot/sessionStart.no-session-id.json");
+    hook(
+        &mut env,
+        &["--agent", "copilot", "--event", "sessionStart"],
+        &payload,
+        &[],
+    );
+    hook(
+        &mut env,
+        &["--agent", "copilot", "--event", "sessionStart"],
+        &payload,
+        &[],
+    );
+    let records = sessions(&env);
+    assert_eq!(records.len(), 1, "one stable synthetic id: {records:?}");
+    let me = std::process::id();
+    let id = records[0]["session_id"].as_str().unwrap();
+    assert!(
+        id.starts_with(&format!("copilot-{me}-")),
+        "keyed by the agent process (the test, the hook's parent): {id}"
+    );
+    assert_eq!(records[0]["agent_identity"]["pid"], me);
+    hook(
+        &mut env,
+        &["--agent", "copilot", "--event", "sessionEnd"],
+        &fixture("copilot/sessionStart.no-session-id.json"),
+        &[],
+    );
+    assert!(
+        !sessions(&env)[0]["ended_at"].is_null(),
+        "the same synthetic id ends it"
+    );
+}
+
+#[test]
+fn one_session_reached_through_two_agents_hooks_is_kept_once_under_the_first() {
+    let mut env = Env::new();
+    let payload = fixture("cursor/sessionStart.json");
+    // Cursor runs its own hook, then Claude's hooks from ~/.claude/settings.json for the same conversation.
+    hook(&mut env, &["--agent", "cursor"], &payload, &[]);
+    hook(
+        &mut env,
+        &["--agent", "claude"],
+        &payload,
+        &[("CURSOR_VERSION", "2.3")],
+    );
+    hook(&mut env, &["--agent", "claude"], &payload, &[]);
+    let records = sessions(&env);
+    assert_eq!(records.len(), 1);
+    assert_eq!(
+        records[0]["agent"], "cursor",
+        "never re-keyed to a second agent"
+    );
+    let duplicates: Vec<Value> = env
+        .events_where("session_start", None)
+        .into_iter()
+        .filter(|e| e["result"] == "duplicate")
+        .collect();
+    assert_eq!(duplicates.len(), 1, "{:?}", env.events());
+    assert!(
+        duplicates[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("kept as agent cursor")
+    );
+}
+
+// --- doctor ---------------------------------------------------------------------------------------------------
+
+/// `doctor --json` in `home`: exit code and the checks named `NAME hooks`.
+fn doctor(env: &Env, home: &Home, state: Option<&Path>, agent: &str) -> (Option<i32>, Vec<Value>) {
+    let out = run_bounded(home.cmd(env, state, &["doctor", "--json"]), None);
+    let value: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|err| panic!("{err}: {}{}", stdout(&out), stderr(&out)));
+    let checks = value["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|check| check["name"] == format!("{agent} hooks"))
+        .cloned()
+        .collect();
+    (out.status.code(), checks)
+}
+
+fn failures(checks: &[Value]) -> Vec<String> {
+    checks
+        .iter()
+        .filter(|check| check["level"] == "fail")
+        .map(|check| {
+            format!(
+                "{} -> fix: {}",
+                check["detail"].as_str().unwrap(),
+                check["fix"].as_str().unwrap_or("")
+            )
+        })
+        .collect()
+}
+
+/// Claude's settings, installed by us, then changed by `edit`.
+fn claude_setup(env: &Env, home: &Home, edit: impl FnOnce(&mut Value)) {
+    assert_eq!(
+        run(env, home, &["install", "--agent", "claude"])
+            .status
+            .code(),
+        Some(0)
+    );
+    let path = home.dir.join(".claude/settings.json");
+    let mut value = read_value(Agent::Claude.spec(), &path);
+    edit(&mut value);
+    std::fs::write(&path, serde_json::to_string_pretty(&value).unwrap()).unwrap();
+}
+
+fn set_command(value: &mut Value, edit: impl Fn(&str) -> String) {
+    for event in ["SessionStart", "SessionEnd"] {
+        let command = value["hooks"][event][0]["hooks"][0]["command"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        value["hooks"][event][0]["hooks"][0]["command"] = json!(edit(&command));
+    }
+}
+
+#[test]
+fn doctor_says_ok_for_hooks_that_run() {
+    let env = Env::new();
+    let home = Home::new(&env);
+    claude_setup(&env, &home, |_| {});
+    let (code, checks) = doctor(&env, &home, None, "claude");
+    assert_eq!(checks.len(), 1, "{checks:?}");
+    assert_eq!(checks[0]["level"], "ok", "{checks:?}");
+    assert!(
+        checks[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("the hooks run"),
+        "{checks:?}"
+    );
+    assert_eq!(code, Some(0), "{checks:?}");
+    assert!(
+        !env.state_dir().join("events.jsonl").exists()
+            || !std::fs::read_to_string(env.state_dir().join("events.jsonl"))
+                .unwrap()
+                .contains(session_reaper::settings::probe::PROBE_SESSION),
+        "the probe changed nothing"
+    );
+    assert!(
+        !env.state_dir()
+            .join("sessions")
+            .join(format!(
+                "{}.json",
+                session_reaper::settings::probe::PROBE_SESSION
+            ))
+            .exists()
+    );
+}
+
+/// Claude's hooks installed by us, then broken by `edit`: `doctor` fails with `detail` and `fix`.
+fn claude_broken_by(edit: impl FnOnce(&mut Value), detail: &str, fix: &str) {
+    let env = Env::new();
+    let home = Home::new(&env);
+    claude_setup(&env, &home, edit);
+    assert_doctor_fails(&env, &home, None, "claude", detail, fix);
+}
+
+fn assert_doctor_fails(
+    env: &Env,
+    home: &Home,
+    state: Option<&Path>,
+    agent: &str,
+    detail: &str,
+    fix: &str,
+) {
+    let (code, checks) = doctor(env, home, state, agent);
+    let found = failures(&checks);
+    assert!(
+        found.iter().any(|f| f.contains(detail) && f.contains(fix)),
+        "expected a failure with {detail:?} and fix {fix:?}: {checks:#?}"
+    );
+    assert_eq!(code, Some(1), "{checks:?}");
+}
+
+#[test]
+fn doctor_fails_a_hook_whose_binary_is_missing() {
+    claude_broken_by(
+        |value| {
+            set_command(value, |c| {
+                c.replacen(
+                    env!("CARGO_BIN_EXE_session-reaper"),
+                    "/nonexistent/bin/session-reaper",
+                    1,
+                )
+            });
+        },
+        "does not run",
+        "session-reaper install --agent claude",
+    );
+}
+
+#[test]
+fn doctor_fails_a_typoed_flag() {
+    claude_broken_by(
+        |value| {
+            set_command(value, |c| format!("{c} --deadlin 1s"));
+        },
+        "--deadlin",
+        "session-reaper install --agent claude",
+    );
+}
+
+#[test]
+fn doctor_fails_another_agents_hook_in_claudes_file() {
+    claude_broken_by(
+        |value| {
+            set_command(value, |c| c.replace("--agent claude", "--agent gemini"));
+        },
+        "runs as agent gemini",
+        "install --agent claude",
+    );
+}
+
+#[test]
+fn doctor_fails_a_hook_using_another_state_root() {
+    let env = Env::new();
+    let home = Home::new(&env);
+    claude_setup(&env, &home, |_| {});
+    let other = env.work.path().join("other-state");
+    assert_doctor_fails(&env, &home, Some(&other), "claude", "not ", "--state-dir");
+}
+
+#[test]
+fn doctor_fails_a_removed_session_end() {
+    claude_broken_by(
+        |value| {
+            value["hooks"].as_object_mut().unwrap().remove("SessionEnd");
+        },
+        "no SessionEnd hook",
+        "install --agent claude",
+    );
+}
+
+#[test]
+fn doctor_fails_hooks_switched_off() {
+    claude_broken_by(
+        |value| {
+            value["disableAllHooks"] = json!(true);
+        },
+        "\"disableAllHooks\": true",
+        "remove it",
+    );
+}
+
+/// A home with Codex's hooks and the sweep installed by us.
+fn codex_installed() -> (Env, Home) {
+    let env = Env::new();
+    let home = Home::new(&env);
+    let out = run(
+        &env,
+        &home,
+        &["install", "--agent", "codex", "--with-sweep"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    (env, home)
+}
+
+#[test]
+fn doctor_fails_an_untrusted_codex_hook_and_passes_a_trusted_one() {
+    let (env, home) = codex_installed();
+    assert_doctor_fails(&env, &home, None, "codex", "not trusted", "open /hooks");
+    // What Codex 0.171.0 writes to $CODEX_HOME/config.toml when a person trusts the hooks in /hooks.
+    let hooks = home.dir.join(".codex/hooks.json");
+    let mut config = String::new();
+    for event in ["session_start", "session_end"] {
+        let _ = writeln!(
+            config,
+            "[hooks.state.\"{}:{event}:0:0\"]\ntrusted_hash = \"sha256:00\"",
+            hooks.display()
+        );
+    }
+    std::fs::write(home.dir.join(".codex/config.toml"), config).unwrap();
+    let (code, checks) = doctor(&env, &home, None, "codex");
+    assert!(failures(&checks).is_empty(), "{checks:#?}");
+    assert_eq!(code, Some(0), "{checks:?}");
+}
+
+/// The level and detail of the check named `name`.
+fn doctor_check(env: &Env, home: &Home, name: &str) -> Vec<(String, String)> {
+    let out = run_bounded(home.cmd(env, None, &["doctor", "--json"]), None);
+    let value: Value = serde_json::from_slice(&out.stdout).unwrap();
+    value["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|check| check["name"] == name)
+        .map(|check| {
+            (
+                check["level"].as_str().unwrap().to_owned(),
+                format!("{} -> {}", check["detail"], check["fix"]),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn doctor_warns_of_an_agent_without_reliable_session_end_and_no_sweep() {
+    let env = Env::new();
+    let home = Home::new(&env);
+    let out = run(&env, &home, &["install", "--agent", "qwen"]);
+    assert!(
+        stdout(&out).contains("!!! Qwen Code needs the periodic sweep"),
+        "{}",
+        stdout(&out)
+    );
+    let checks = doctor_check(&env, &home, "qwen hooks");
+    assert!(
+        checks.iter().any(|(level, text)| level == "warn"
+            && text.contains("qwen -p")
+            && text.contains("--with-sweep")),
+        "{checks:?}"
+    );
+    assert_eq!(
+        run(&env, &home, &["install", "--agent", "qwen", "--with-sweep"])
+            .status
+            .code(),
+        Some(0)
+    );
+    let checks = doctor_check(&env, &home, "qwen hooks");
+    assert_eq!(checks.len(), 1, "{checks:?}");
+    assert_eq!(checks[0].0, "ok", "{checks:?}");
+}
+
+#[test]
+fn doctor_reports_recent_hook_errors_and_an_agent_process_that_is_no_agent() {
+    let mut env = Env::new();
+    let home = Home::new(&env);
+    // A SessionStart run by the test itself: its "agent process" is the test binary, no agent executable.
+    hook(
+        &mut env,
+        &["--agent", "claude"],
+        &fresh(&fixture("claude/SessionStart.startup.json")),
+        &[],
+    );
+    let checks = doctor_check(&env, &home, "agent processes");
+    assert!(
+        checks.iter().any(|(level, text)| level == "warn"
+            && text.contains(&format!("pid {}", std::process::id()))),
+        "{checks:?}"
+    );
+    assert_eq!(doctor_check(&env, &home, "hook errors")[0].0, "ok");
+    let out = run_bounded(env.cmd(&["hook"]), Some(b"not json"));
+    assert_eq!(out.status.code(), Some(0));
+    let checks = doctor_check(&env, &home, "hook errors");
+    assert!(
+        checks[0].0 == "warn"
+            && checks[0].1.contains("expected JSON")
+            && checks[0].1.contains("log --action hook"),
+        "{checks:?}"
+    );
+}
+
+#[test]
+fn doctor_warns_of_a_codex_session_end_timeout_codex_would_clamp() {
+    let (env, home) = codex_installed();
+    let path = home.dir.join(".codex/hooks.json");
+    let mut value = read_value(Agent::Codex.spec(), &path);
+    value["hooks"]["SessionEnd"][0]["hooks"][0]["timeout"] = json!(10);
+    std::fs::write(&path, value.to_string()).unwrap();
+    let (_, checks) = doctor(&env, &home, None, "codex");
+    assert!(
+        checks.iter().any(|check| check["level"] == "warn"
+            && check["detail"]
+                .as_str()
+                .unwrap()
+                .contains("above Codex CLI's limit of 3")
+            && check["fix"] == "set it to 3"),
+        "{checks:#?}"
+    );
+}
