@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::agents::Agent;
-use crate::model::clock::parse_duration;
+use crate::model::clock::{parse_duration, parse_idle_ttl};
 use crate::settings::Scope;
 
 /// Keeps coding-agent sessions from leaking helper processes ("brokers").
@@ -22,7 +22,8 @@ use crate::settings::Scope;
     name = "session-reaper",
     version,
     propagate_version = true,
-    max_term_width = 100
+    max_term_width = 100,
+    arg_required_else_help = true
 )]
 pub struct Cli {
     /// State root [default: $SESSION_REAPER_STATE_DIR, $XDG_STATE_HOME/session-reaper, ~/.local/state/session-reaper]
@@ -32,6 +33,16 @@ pub struct Cli {
     /// Say more: the effective policy, every decision
     #[arg(short, long, global = true)]
     pub verbose: bool,
+
+    /// Colour and progress lines on a terminal: auto (a TTY without $NO_COLOR), always, never
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        value_name = "WHEN",
+        default_value = "auto"
+    )]
+    pub color: ColorWhen,
 
     #[command(subcommand)]
     pub command: Command,
@@ -86,7 +97,7 @@ pub enum Command {
 
     /// Show the whole job on real processes in a temporary state root (signals only what it starts)
     #[command(after_help = "Example:\n  cargo run --release -- demo")]
-    Demo,
+    Demo(DemoArgs),
 
     /// Print shell completions
     #[command(
@@ -218,6 +229,22 @@ pub struct CodexArgs {
     pub no_codex: bool,
 }
 
+/// When to colour output (and print progress lines on stderr).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ColorWhen {
+    Auto,
+    Always,
+    Never,
+}
+
+/// `--json`: one JSON shape per record type instead of text for people.
+#[derive(Clone, Copy, Debug, Default, Args)]
+pub struct JsonFlag {
+    /// Print JSON (one object per record; `log` prints JSON Lines) instead of text for people
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// `--agent` of `hook`: an agent, or `auto` (detected from the payload and environment).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AgentChoice(pub Option<Agent>);
@@ -259,8 +286,8 @@ pub struct OwnerArgs {
 /// How a broker is to be stopped.
 #[derive(Debug, Args)]
 pub struct StopArgs {
-    /// Stop the broker when it has been idle this long, even with live owners (lazy respawn)
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    /// Stop the broker when it has been idle this long, even with live owners (lazy respawn; 0 disables)
+    #[arg(long, value_name = "DURATION", value_parser = parse_idle_ttl)]
     pub idle_ttl: Option<Duration>,
 
     /// Time between SIGTERM and SIGKILL
@@ -287,7 +314,7 @@ pub struct StopArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum BrokerCommand {
-    /// Start CMD detached as the workspace's broker, or join the live one (prints the record as JSON)
+    /// Start CMD detached as the workspace's broker, or join the live one running the same command
     #[command(
         after_help = "Example:\n  session-reaper broker spawn --cwd ~/src/app --session s1 -- npm run dev"
     )]
@@ -307,6 +334,11 @@ pub enum BrokerCommand {
         /// Where clients reach the broker (stored, never interpreted)
         #[arg(long, value_name = "ENDPOINT")]
         endpoint: Option<String>,
+        /// Stop the slot's live broker first when it runs another command (else that is refused)
+        #[arg(long)]
+        replace: bool,
+        #[command(flatten)]
+        output: JsonFlag,
         /// The broker's command line
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<String>,
@@ -331,6 +363,8 @@ pub enum BrokerCommand {
         /// Where clients reach the broker (stored, never interpreted)
         #[arg(long, value_name = "ENDPOINT")]
         endpoint: Option<String>,
+        #[command(flatten)]
+        output: JsonFlag,
     },
     /// Add a session as an owner of the workspace's live broker
     #[command(after_help = "Example:\n  session-reaper broker attach --cwd ~/src/app --session s2")]
@@ -339,6 +373,8 @@ pub enum BrokerCommand {
         slot: SlotArgs,
         #[command(flatten)]
         owner: OwnerArgs,
+        #[command(flatten)]
+        output: JsonFlag,
     },
     /// Remove a session from the owners; the last owner out stops the broker
     #[command(after_help = "Example:\n  session-reaper broker detach --cwd ~/src/app --session s2")]
@@ -347,20 +383,24 @@ pub enum BrokerCommand {
         slot: SlotArgs,
         #[command(flatten)]
         owner: OwnerArgs,
+        #[command(flatten)]
+        output: JsonFlag,
     },
     /// Mark the broker as used now (resets its idle clock)
     #[command(after_help = "Example:\n  session-reaper broker touch --cwd ~/src/app")]
     Touch {
         #[command(flatten)]
         slot: SlotArgs,
+        #[command(flatten)]
+        output: JsonFlag,
     },
 }
 
-#[derive(Debug, Args)]
-// Independent command-line switches, not states of one machine.
+// Independent flags of one command line.
 #[allow(clippy::struct_excessive_bools)]
+#[derive(Debug, Args)]
 pub struct ReapArgs {
-    /// The session to end
+    /// The session to end: its id or a unique prefix of one (as `status` shows it)
     #[arg(
         long,
         value_name = "ID",
@@ -369,6 +409,9 @@ pub struct ReapArgs {
     )]
     pub session: Option<String>,
 
+    /// End a session no record knows (one started before the hooks were installed)
+    #[arg(long, requires = "session")]
+    pub force: bool,
     /// Stop all but the newest of the processes resuming one live session (duplicate --resume writers)
     #[arg(long, conflicts_with = "all")]
     pub duplicates: bool,
@@ -389,6 +432,7 @@ pub struct ReapArgs {
     #[arg(long)]
     pub dry_run: bool,
 
+    /// Print JSON instead of text for people
     #[arg(long)]
     pub json: bool,
 
@@ -399,7 +443,7 @@ pub struct ReapArgs {
 #[derive(Debug, Args)]
 pub struct SweepArgs {
     /// Stop brokers with no live owner after this long idle (0 disables; at most 30 days)
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30m")]
+    #[arg(long, value_name = "DURATION", value_parser = parse_idle_ttl, default_value = "30m")]
     pub idle_ttl: Duration,
 
     /// How long before a session tombstone is deleted
@@ -410,6 +454,7 @@ pub struct SweepArgs {
     #[arg(long)]
     pub dry_run: bool,
 
+    /// Print JSON instead of text for people
     #[arg(long)]
     pub json: bool,
 
@@ -419,6 +464,7 @@ pub struct SweepArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
+    /// Print JSON instead of text for people
     #[arg(long)]
     pub json: bool,
 
@@ -428,13 +474,14 @@ pub struct StatusArgs {
 
 #[derive(Debug, Args)]
 pub struct JsonArg {
+    /// Print JSON instead of text for people
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct LogArgs {
-    /// Only events of this session
+    /// Only events of this session (its id or a unique prefix of one)
     #[arg(long, value_name = "ID")]
     pub session: Option<String>,
 
@@ -442,14 +489,15 @@ pub struct LogArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub since: Option<Duration>,
 
-    /// Only this action (stop, prune, owner_add, owner_remove, refuse, session_start, session_end, …)
-    #[arg(long, value_name = "ACTION")]
-    pub action: Option<String>,
+    /// Only this action
+    #[arg(long, value_enum, value_name = "ACTION")]
+    pub action: Option<LogAction>,
 
     /// Total the memory freed by the stops shown (leftovers record what they held)
     #[arg(long)]
     pub freed: bool,
 
+    /// Print JSON instead of text for people
     #[arg(long)]
     pub json: bool,
 }
@@ -475,4 +523,45 @@ pub struct InstallArgs {
     /// Show the change; write nothing
     #[arg(long)]
     pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Keep the demo's directory (its state root, logs and events) and print where it is
+    #[arg(long)]
+    pub keep: bool,
+}
+
+/// The actions `events.jsonl` records, as `log --action` accepts them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum LogAction {
+    SessionStart,
+    SessionEnd,
+    Spawn,
+    Register,
+    OwnerAdd,
+    OwnerRemove,
+    Stop,
+    Stuck,
+    Ticket,
+    Prune,
+    Refuse,
+    Keep,
+    Clean,
+    Corrupt,
+    DuplicateWriters,
+    Leftover,
+    Sentinel,
+    Hook,
+    Error,
+}
+
+impl LogAction {
+    /// The action's name in events.jsonl.
+    pub fn as_str(self) -> String {
+        self.to_possible_value()
+            .map(|value| value.get_name().to_owned())
+            .unwrap_or_default()
+    }
 }

@@ -56,7 +56,10 @@ impl Config {
             Command::Uninstall(args) => {
                 Request::Settings(settings_request(args, Operation::Uninstall))
             }
-            Command::Demo => Request::Demo,
+            Command::Demo(args) => Request::Demo {
+                keep: args.keep,
+                state_dir: cli.state_dir.as_ref().map(|_| config.state_dir.clone()),
+            },
             Command::Completions { shell } => Request::Completions(*shell),
             Command::Finish => Request::Finish,
             Command::Keep(args) => Request::Keep(keep_request(args)?),
@@ -82,7 +85,11 @@ pub enum Request {
         json: bool,
     },
     Settings(SettingsRequest),
-    Demo,
+    /// `demo`: in `state_dir` when `--state-dir` names one (kept), else in a temporary directory.
+    Demo {
+        keep: bool,
+        state_dir: Option<PathBuf>,
+    },
     Completions(clap_complete::Shell),
     Finish,
     Keep(KeepRequest),
@@ -211,6 +218,21 @@ fn slot_spec(args: &SlotArgs) -> anyhow::Result<SlotSpec> {
     })
 }
 
+/// `--log FILE`: its directory must exist (bad input otherwise, before anything is started or written).
+fn broker_log(path: &Path) -> anyhow::Result<PathBuf> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(bad_input(format!(
+            "--log {}: expected a file in an existing directory",
+            path.display()
+        )));
+    }
+    Ok(path.to_path_buf())
+}
+
 /// The environment variables naming the current session, in order of precedence: ours, then each agent's shell-tool
 /// variables from the agents table.
 pub fn session_env() -> Vec<&'static str> {
@@ -307,12 +329,8 @@ fn stop_policy(args: &StopArgs) -> anyhow::Result<StopPolicy> {
         }),
         _ => None,
     };
-    let idle_ttl = args
-        .idle_ttl
-        .map(|ttl| check_idle_ttl(ttl, "--idle-ttl"))
-        .transpose()?;
     Ok(StopPolicy {
-        idle_ttl,
+        idle_ttl: args.idle_ttl,
         grace: check_grace(args.grace)?,
         shutdown,
     })
@@ -327,6 +345,8 @@ pub enum BrokerRequest {
         policy: StopPolicy,
         log: Option<PathBuf>,
         endpoint: Option<String>,
+        replace: bool,
+        json: bool,
         command: Vec<String>,
     },
     Register {
@@ -335,17 +355,21 @@ pub enum BrokerRequest {
         owner: OwnerSpec,
         policy: StopPolicy,
         endpoint: Option<String>,
+        json: bool,
     },
     Attach {
         slot: SlotSpec,
         owner: OwnerSpec,
+        json: bool,
     },
     Detach {
         slot: SlotSpec,
         owner: OwnerSpec,
+        json: bool,
     },
     Touch {
         slot: SlotSpec,
+        json: bool,
     },
 }
 
@@ -359,6 +383,8 @@ fn broker_request(command: &BrokerCommand, config: &Config) -> anyhow::Result<Br
             stop,
             log,
             endpoint,
+            replace,
+            output,
             command,
         } => {
             let policy = stop_policy(stop)?;
@@ -367,8 +393,10 @@ fn broker_request(command: &BrokerCommand, config: &Config) -> anyhow::Result<Br
                 slot: slot_spec(slot)?,
                 owner,
                 policy,
-                log: log.clone(),
+                log: log.as_deref().map(broker_log).transpose()?,
                 endpoint: endpoint.clone(),
+                replace: *replace,
+                json: output.json,
                 command: command.clone(),
             }
         }
@@ -379,6 +407,7 @@ fn broker_request(command: &BrokerCommand, config: &Config) -> anyhow::Result<Br
             no_owner,
             stop,
             endpoint,
+            output,
         } => {
             let policy = stop_policy(stop)?;
             let owner = owner_spec(owner, *no_owner, state_dir)?;
@@ -388,24 +417,36 @@ fn broker_request(command: &BrokerCommand, config: &Config) -> anyhow::Result<Br
                 owner,
                 policy,
                 endpoint: endpoint.clone(),
+                json: output.json,
             }
         }
-        BrokerCommand::Attach { slot, owner } => {
+        BrokerCommand::Attach {
+            slot,
+            owner,
+            output,
+        } => {
             let owner = owner_spec(owner, false, state_dir)?;
             BrokerRequest::Attach {
                 slot: slot_spec(slot)?,
                 owner,
+                json: output.json,
             }
         }
-        BrokerCommand::Detach { slot, owner } => {
+        BrokerCommand::Detach {
+            slot,
+            owner,
+            output,
+        } => {
             let owner = owner_spec(owner, false, state_dir)?;
             BrokerRequest::Detach {
                 slot: slot_spec(slot)?,
                 owner,
+                json: output.json,
             }
         }
-        BrokerCommand::Touch { slot } => BrokerRequest::Touch {
+        BrokerCommand::Touch { slot, output } => BrokerRequest::Touch {
             slot: slot_spec(slot)?,
+            json: output.json,
         },
     })
 }
@@ -413,7 +454,12 @@ fn broker_request(command: &BrokerCommand, config: &Config) -> anyhow::Result<Br
 /// Which sessions `reap` ends.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReapTarget {
-    Session(SessionId),
+    /// A session id or a unique prefix of one, resolved against the session records; `force` ends an id no record
+    /// knows.
+    Session {
+        id: SessionId,
+        force: bool,
+    },
     AllLive,
     /// Duplicate `--resume` writers of live sessions.
     Duplicates,
@@ -454,7 +500,10 @@ fn reap_request(args: &ReapArgs) -> anyhow::Result<ReapRequest> {
             })?,
     };
     let target = match &args.session {
-        Some(text) => ReapTarget::Session(SessionId::parse(text)?),
+        Some(text) => ReapTarget::Session {
+            id: SessionId::parse(text)?,
+            force: args.force,
+        },
         None if args.duplicates => ReapTarget::Duplicates,
         None => ReapTarget::AllLive,
     };
@@ -483,7 +532,7 @@ pub struct SweepRequest {
 
 fn sweep_request(args: &SweepArgs) -> anyhow::Result<SweepRequest> {
     Ok(SweepRequest {
-        idle_ttl: check_idle_ttl(args.idle_ttl, "--idle-ttl")?,
+        idle_ttl: args.idle_ttl,
         retention: check_bounded(args.retention, "--retention", MAX_HISTORY)?,
         dry_run: args.dry_run,
         json: args.json,
@@ -508,7 +557,7 @@ fn log_request(args: &LogArgs) -> anyhow::Result<LogRequest> {
                 .since
                 .map(|since| check_bounded(since, "--since", MAX_HISTORY))
                 .transpose()?,
-            action: args.action.clone(),
+            action: args.action.map(crate::cli::LogAction::as_str),
         },
         json: args.json,
         freed: args.freed,
@@ -568,8 +617,10 @@ fn in_days(duration: Duration) -> String {
     // Beyond a year humantime's own form (`500000000000years`) reads better than a count of days.
     if secs.is_multiple_of(86_400) && duration.subsec_nanos() == 0 && secs < 365 * 86_400 {
         format!("{}days", secs / 86_400)
-    } else {
+    } else if secs >= 365 * 86_400 {
         humantime::format_duration(duration).to_string()
+    } else {
+        crate::model::clock::rounded(duration)
     }
 }
 
@@ -581,15 +632,6 @@ pub fn check_grace(grace: Duration) -> anyhow::Result<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn idle_ttls_are_bounded_and_named_in_days() {
-        assert!(check_idle_ttl(Duration::ZERO, "--idle-ttl").is_ok());
-        assert!(check_idle_ttl(MAX_IDLE_TTL, "--idle-ttl").is_ok());
-        let err = check_idle_ttl(Duration::from_secs(40 * 86_400), "--idle-ttl").unwrap_err();
-        assert!(err.to_string().contains("40days"), "{err}");
-        assert_eq!(crate::error::exit_code_of(&err), 2);
-    }
 
     #[test]
     fn a_grace_over_an_hour_is_refused() {

@@ -232,7 +232,10 @@ fn handle(
     match event {
         HookEvent::SessionStart => session_start(store, &seen),
         HookEvent::SessionEnd => session_end(store, &seen, deadline),
-        HookEvent::Other => touch_session(store, &seen),
+        HookEvent::Other => {
+            refuse_unknown_event(store, &seen.session, &event_name)?;
+            touch_session(store, &seen)
+        }
     }
 }
 
@@ -301,6 +304,18 @@ fn session_start(store: &Store, hooked: &Hooked) -> anyhow::Result<()> {
         Some(agent) if hooked.args.sentinel => crate::sentinel::start(store, &agent, None),
         _ => Ok(()),
     }
+}
+
+/// Another event refreshes a known session; for a session with no record it is a mistake (a hook run by hand with a
+/// typo'd `hook_event_name`), reported rather than recorded as a live session.
+fn refuse_unknown_event(store: &Store, session: &SessionId, event: &str) -> anyhow::Result<()> {
+    if store.sessions.get(session)?.is_some() {
+        return Ok(());
+    }
+    Err(bad_input(format!(
+        "hook_event_name {event:?}: expected SessionStart or SessionEnd for session {session}, which has no record; \
+         nothing recorded"
+    )))
 }
 
 fn touch_session(store: &Store, hooked: &Hooked) -> anyhow::Result<()> {

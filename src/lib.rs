@@ -15,10 +15,12 @@ pub mod hook;
 pub mod leftovers;
 pub mod model;
 pub mod observe;
+pub mod resolve;
 pub mod sentinel;
 pub mod settings;
 pub mod store;
 pub mod teardown;
+pub mod term;
 
 use std::io::Write;
 
@@ -40,8 +42,9 @@ pub fn run() -> u8 {
     quiet_on_closed_output();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(err) => return parse_failure(&err),
+        Err(err) => return parse_failure(&with_our_hints(err)),
     };
+    term::init(cli.color, false);
     match Config::from_cli(&cli).and_then(|(config, request)| dispatch(&config, request)) {
         Ok(outcome) => outcome.exit_code(),
         Err(err) => {
@@ -118,7 +121,7 @@ fn dispatch(config: &Config, request: Request) -> anyhow::Result<Outcome> {
         Request::Log(request) => commands::log::run(&request, config),
         Request::Doctor { json } => commands::doctor::run(json, config),
         Request::Settings(request) => commands::install::run(&request, config),
-        Request::Demo => commands::demo::run(),
+        Request::Demo { keep, state_dir } => commands::demo::run(keep, state_dir.as_deref()),
         Request::Finish => act::finisher::run(&store::Store::open(&config.state_dir)?),
         Request::Keep(request) => commands::keep::run(&request, config),
         Request::Sentinel { agent, within } => {
@@ -137,16 +140,22 @@ fn dispatch(config: &Config, request: Request) -> anyhow::Result<Outcome> {
     }
 }
 
-/// Help and version go to stdout with exit 0. Anything else is a usage error: one line, exit 2 — except in hook
-/// mode, where a bad flag must still exit 0 with nothing on stdout.
+/// Help and version go to stdout with exit 0; a bare invocation prints the short help (exit 2). Anything else is
+/// a usage error, rendered by clap with its hints (exit 2) — except in hook mode, where a bad flag must still exit
+/// 0 with nothing on stdout: the error goes to stderr and events.jsonl as one line.
 fn parse_failure(err: &clap::Error) -> u8 {
     use clap::error::ErrorKind;
-    if matches!(
-        err.kind(),
-        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
-    ) {
-        let _ = err.print();
-        return 0;
+    match err.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = err.print();
+            return 0;
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand if std::env::args().len() <= 1 => {
+            let help = <Cli as clap::CommandFactory>::command().render_help();
+            eprint!("{help}");
+            return 2;
+        }
+        _ => {}
     }
     let rendered = err.render().to_string();
     let line = rendered
@@ -169,19 +178,62 @@ fn parse_failure(err: &clap::Error) -> u8 {
         backstop::report(state_dir_in_args().as_deref(), &line);
         return 0;
     }
-    let _ = writeln!(
-        std::io::stderr(),
-        "session-reaper: {}",
-        line.trim_start_matches("error: ")
-    );
+    let _ = err.print();
     2
+}
+
+/// Clap's error with what it cannot know: a broker command given without `--` gets the hint to put it after `--`,
+/// and the hidden `finish` is never suggested for a mistyped subcommand.
+fn with_our_hints(err: clap::Error) -> clap::Error {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let args: Vec<String> = std::env::args().collect();
+    let spawn = args
+        .windows(2)
+        .any(|pair| pair[0] == "broker" && pair[1] == "spawn");
+    match err.kind() {
+        ErrorKind::UnknownArgument if spawn && !args.iter().any(|arg| arg == "--") => {
+            let mut err = err;
+            if let Some(ContextValue::String(word)) = err.get(ContextKind::InvalidArg).cloned() {
+                err.insert(
+                    ContextKind::Suggested,
+                    ContextValue::StyledStrs(vec![
+                        format!("the broker's command goes after `--`: broker spawn [OPTIONS] -- {word} …")
+                            .into(),
+                    ]),
+                );
+            }
+            err
+        }
+        ErrorKind::InvalidSubcommand
+            if matches!(
+                err.get(ContextKind::SuggestedSubcommand),
+                Some(ContextValue::Strings(names)) if names.iter().any(|name| name == "finish")
+            ) =>
+        {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            let mut plain = clap::Error::new(ErrorKind::InvalidSubcommand).with_cmd(&command);
+            for kind in [ContextKind::InvalidSubcommand, ContextKind::Usage] {
+                if let Some(value) = err.get(kind).cloned() {
+                    plain.insert(kind, value);
+                }
+            }
+            if plain.get(ContextKind::Usage).is_none() {
+                plain.insert(
+                    ContextKind::Usage,
+                    ContextValue::StyledStr(command.render_usage()),
+                );
+            }
+            plain
+        }
+        _ => err,
+    }
 }
 
 /// The first argument that is neither a global flag nor its value: the subcommand clap would have run.
 fn subcommand_in_args() -> Option<String> {
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
-        if arg == "--state-dir" {
+        if arg == "--state-dir" || arg == "--color" {
             args.next();
         } else if !arg.starts_with('-') {
             return Some(arg);

@@ -487,6 +487,7 @@ pub fn spawn_broker(state: &Path, cwd: &Path, session: &str, flags: &[&str]) -> 
     let mut args = vec![
         "broker",
         "spawn",
+        "--json",
         "--cwd",
         cwd.to_str().unwrap(),
         "--session",

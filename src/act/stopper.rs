@@ -387,7 +387,19 @@ impl Stopper {
         let stamp = clock::format(now);
         match step {
             Step::Graceful => {
-                item.helper = item.ticket.shutdown.as_ref().and_then(graceful);
+                match item
+                    .ticket
+                    .shutdown
+                    .as_ref()
+                    .map(|shutdown| graceful(shutdown, item.ticket.identity.pid))
+                {
+                    Some(Ok(helper)) => item.helper = helper,
+                    Some(Err(err)) => self.log.record(
+                        &event_for(&item.ticket, "error", "failed")
+                            .detail(format!("graceful step: {err}")),
+                    ),
+                    None => {}
+                }
                 item.ticket.graceful_at = Some(stamp);
                 item.ticket.graceful_boot_ms = Some(boot_millis());
             }
@@ -395,6 +407,10 @@ impl Stopper {
                 self.send(item, Sig::Term);
                 item.ticket.term_at = Some(stamp);
                 item.ticket.term_boot_ms = Some(boot_millis());
+                crate::term::term_sent(
+                    item.ticket.identity.pid,
+                    Duration::from_millis(item.ticket.grace_ms),
+                );
             }
             Step::Kill => {
                 let groups = std::collections::HashSet::from([item.ticket.identity.pid]);
@@ -554,23 +570,27 @@ fn wait_for_any_exit(handles: &[&Handle], timeout: Duration) {
 }
 
 /// Takes the graceful step; a shutdown command is returned as a child to be bounded by the window.
-fn graceful(shutdown: &Shutdown) -> Option<Child> {
+/// The graceful step: the line to the broker's socket, or its `--shutdown-command` (with the broker's pid in
+/// `SESSION_REAPER_BROKER_PID`), whose process is returned to be waited for. A failure is returned to be logged.
+fn graceful(shutdown: &Shutdown, pid: i32) -> std::io::Result<Option<Child>> {
     match shutdown {
         Shutdown::Socket { socket, message } => {
-            let _ = send_line(socket, message);
-            None
+            send_line(socket, message)
+                .map_err(|err| std::io::Error::new(err.kind(), format!("{socket}: {err}")))?;
+            Ok(None)
         }
         Shutdown::Command { command } => {
             use std::os::unix::process::CommandExt;
             Command::new("/bin/sh")
                 .arg("-c")
                 .arg(command)
+                .env("SESSION_REAPER_BROKER_PID", pid.to_string())
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .process_group(0)
                 .spawn()
-                .ok()
+                .map(Some)
         }
     }
 }

@@ -11,7 +11,7 @@ use crate::act::executor;
 use crate::act::launch;
 use crate::act::signal::Guard;
 use crate::act::stopper;
-use crate::config::{self, BrokerRequest, Config, OwnerSpec, SlotSpec, StopPolicy};
+use crate::config::{self, BrokerRequest, Config, OwnerSource, OwnerSpec, SlotSpec, StopPolicy};
 use crate::decide::{self, SlotChange};
 use crate::error::{Outcome, bad_input};
 use crate::model::clock;
@@ -31,9 +31,11 @@ pub fn run(request: BrokerRequest, config: &Config) -> anyhow::Result<Outcome> {
             policy,
             log,
             endpoint,
+            replace,
+            json,
             command,
         } => {
-            let target = SlotTarget::open(slot, config)?;
+            let target = SlotTarget::open(slot, config, json)?;
             let owner = target.owner(&owner)?;
             target.refuse_other_pid_ns(owner.as_ref(), "spawn")?;
             let request = SpawnRequest {
@@ -41,6 +43,7 @@ pub fn run(request: BrokerRequest, config: &Config) -> anyhow::Result<Outcome> {
                 log: log.as_deref(),
                 endpoint: endpoint.as_deref(),
                 policy,
+                replace,
             };
             spawn(&target, owner.as_ref(), &request)
         }
@@ -50,9 +53,10 @@ pub fn run(request: BrokerRequest, config: &Config) -> anyhow::Result<Outcome> {
             owner,
             policy,
             endpoint,
+            json,
         } => {
             let adoptee = adoptable(pid)?;
-            let target = SlotTarget::open(slot, config)?;
+            let target = SlotTarget::open(slot, config, json)?;
             let owner = target.owner(&owner)?;
             target.refuse_other_pid_ns(owner.as_ref(), "register")?;
             register(
@@ -63,17 +67,17 @@ pub fn run(request: BrokerRequest, config: &Config) -> anyhow::Result<Outcome> {
                 endpoint.as_deref(),
             )
         }
-        BrokerRequest::Attach { slot, owner } => {
-            let target = SlotTarget::open(slot, config)?;
+        BrokerRequest::Attach { slot, owner, json } => {
+            let target = SlotTarget::open(slot, config, json)?;
             let owner = target.owner(&owner)?.ok_or_else(config::no_owner_found)?;
             attach(&target, &owner)
         }
-        BrokerRequest::Detach { slot, owner } => {
-            let target = SlotTarget::open(slot, config)?;
+        BrokerRequest::Detach { slot, owner, json } => {
+            let target = SlotTarget::open(slot, config, json)?;
             let owner = target.detaching_owner(&owner)?;
             detach(&target, &owner)
         }
-        BrokerRequest::Touch { slot } => touch(&SlotTarget::open(slot, config)?),
+        BrokerRequest::Touch { slot, json } => touch(&SlotTarget::open(slot, config, json)?),
     }
 }
 
@@ -102,10 +106,12 @@ pub struct SlotTarget {
     pub workspace: PathBuf,
     pub cwd: PathBuf,
     pub slot: Slot,
+    /// `--json`: records as JSON rather than lines for people.
+    pub json: bool,
 }
 
 impl SlotTarget {
-    fn open(spec: SlotSpec, config: &Config) -> anyhow::Result<Self> {
+    fn open(spec: SlotSpec, config: &Config, json: bool) -> anyhow::Result<Self> {
         let store = Store::open(&config.state_dir)?;
         let slot = Slot::of(&store.root, &spec.workspace, &spec.name);
         Ok(SlotTarget {
@@ -113,23 +119,63 @@ impl SlotTarget {
             workspace: spec.workspace,
             cwd: spec.cwd,
             slot,
+            json,
         })
+    }
+
+    /// The slot as people name it: its workspace, and the broker name unless it is `default`.
+    fn place(&self) -> String {
+        place(&self.workspace_text(), self.slot.name())
     }
 
     /// The session `spec` names (found among the live sessions by ancestry if need be); `None` for `--no-owner`.
     fn named_owner(&self, spec: &OwnerSpec) -> anyhow::Result<Option<SessionId>> {
         match spec {
             OwnerSpec::Nobody => Ok(None),
-            OwnerSpec::Named(id, _source) => Ok(Some(id.clone())),
+            OwnerSpec::Named(id, _source) => self.resolve(id).map(Some),
             OwnerSpec::Ancestry => config::session_of_ancestor(&self.store.sessions)
                 .map(Some)
                 .ok_or_else(config::no_owner_found),
         }
     }
 
-    /// The owner-to-be, refusing (exit 2) one whose session has ended.
+    /// A session id as typed: a recorded session's whole id, or a prefix only one recorded session has (said on
+    /// stderr); an ambiguous prefix is refused. An id no record knows is a new session's, taken as it is.
+    fn resolve(&self, id: &SessionId) -> anyhow::Result<SessionId> {
+        let records = self.store.sessions.all();
+        let known = records.iter().map(|record| record.session_id.as_str());
+        Ok(match crate::resolve::resolve(id, known)? {
+            Some(resolved) => {
+                crate::resolve::say_resolved(id, &resolved);
+                resolved
+            }
+            None => id.clone(),
+        })
+    }
+
+    /// The owner-to-be, refusing (exit 2) one whose session has ended. A variable naming an ended session (a
+    /// `CLAUDE_CODE_SESSION_ID` left behind by `/clear`) gives way to the live session found by ancestry; the
+    /// refusal names where the id came from.
     fn owner(&self, spec: &OwnerSpec) -> anyhow::Result<Option<SessionId>> {
         let owner = self.named_owner(spec)?;
+        if let (Some(id), OwnerSpec::Named(_, source)) = (&owner, spec)
+            && let Err(ended) = self.refuse_ended(id)
+        {
+            let OwnerSource::Env(name) = source else {
+                return Err(ended.context(format!("{id} was given by --session")));
+            };
+            let Some(live) = config::session_of_ancestor(&self.store.sessions) else {
+                return Err(ended.context(format!(
+                    "${name} names {id}, and no live session was found among this process's ancestors; pass \
+                     --session ID"
+                )));
+            };
+            let _ = writeln!(
+                std::io::stderr(),
+                "session-reaper: ${name} names ended session {id}; using live session {live}, found by ancestry"
+            );
+            return Ok(Some(live));
+        }
         if let Some(id) = &owner {
             self.refuse_ended(id)?;
         }
@@ -332,8 +378,71 @@ impl SlotTarget {
                 .pid(record.identity.pid)
                 .detail(detail),
         );
-        print_record(record, false);
+        self.print_record(record, Joined::New);
         Ok(Outcome::Done)
+    }
+
+    /// A broker record, as JSON (`--json`: the record with `reused`) or as a line for people.
+    fn print_record(&self, record: &BrokerRecord, how: Joined) {
+        if self.json {
+            let mut value = serde_json::to_value(record).unwrap_or_else(|_| json!({}));
+            if let Some(object) = value.as_object_mut() {
+                object.insert("reused".to_owned(), Value::Bool(how != Joined::New));
+            }
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&value).unwrap_or_default()
+            );
+            return;
+        }
+        let owners = if record.owners.is_empty() {
+            "no owner".to_owned()
+        } else {
+            format!("owners {}", record.owner_ids().join(", "))
+        };
+        let verb = match how {
+            Joined::New => "started",
+            Joined::Reused => "reused",
+        };
+        println!(
+            "{verb} broker {} for {}: {} ({owners})",
+            record.identity.pid,
+            self.place(),
+            record.command.join(" ")
+        );
+    }
+}
+
+/// Whether a command made a new broker or joined the live one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Joined {
+    New,
+    Reused,
+}
+
+/// A slot as people name it: `<workspace>`, with ` [<name>]` unless the name is `default`.
+pub fn place(workspace: &str, name: &str) -> String {
+    if name == "default" {
+        workspace.to_owned()
+    } else {
+        format!("{workspace} [{name}]")
+    }
+}
+
+/// How long a new broker is watched for an exit at once.
+const EXITS_AT_ONCE: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// Watches a new broker for `EXITS_AT_ONCE`: `Some(status)` when it exited in that time.
+fn exited_at_once(child: &mut std::process::Child) -> Option<std::process::ExitStatus> {
+    let until = std::time::Instant::now() + EXITS_AT_ONCE;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if std::time::Instant::now() >= until {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
 
@@ -342,6 +451,7 @@ struct SpawnRequest<'a> {
     log: Option<&'a Path>,
     endpoint: Option<&'a str>,
     policy: StopPolicy,
+    replace: bool,
 }
 
 fn spawn(
@@ -349,17 +459,29 @@ fn spawn(
     owner: Option<&SessionId>,
     request: &SpawnRequest<'_>,
 ) -> anyhow::Result<Outcome> {
+    // Refused before anything is written (the owner index included); re-checked under the lock.
+    if let SlotView::Broker(record) = target.slot.view(&target.store.root)
+        && proc::is_alive(&record.identity)
+    {
+        refuse_other_command(target, &record, request)?;
+    }
     let guard = target.lock_for(owner)?;
     target.recheck_owner(owner)?;
+    let mut carried = Vec::new();
     if let Some(record) = target.live_broker(&guard)? {
-        return join(target, &guard, &record, owner);
+        if record.command == request.command {
+            return join(target, &guard, &record, owner);
+        }
+        refuse_other_command(target, &record, request)?;
+        carried.clone_from(&record.owners);
+        replace(target, &guard, record)?;
     }
     let log = request
         .log
         .map_or_else(|| target.slot.dir().join("broker.log"), Path::to_path_buf);
     let marker = format!("{}/{}", target.workspace_text(), target.slot.name());
     let token = crate::decide::lineage::new_token()?;
-    let child = launch::spawn_broker(
+    let mut child = launch::spawn_broker(
         request.command,
         &launch::BrokerLaunch {
             cwd: &target.cwd,
@@ -370,20 +492,23 @@ fn spawn(
         },
     )?;
     let pid = i32::try_from(child.id()).context("pid out of range")?;
-    let Some(identity) = proc::identity_of(pid) else {
+    let exited = exited_at_once(&mut child);
+    let identity = exited.is_none().then(|| proc::identity_of(pid)).flatten();
+    let Some(identity) = identity else {
+        let status = status_text(exited.or_else(|| child.try_wait().ok().flatten()));
         target.store.log.record(
             &target
                 .event("spawn", "failed")
                 .pid(pid)
-                .detail("exited at once"),
+                .detail(format!("exited at once ({status})")),
         );
         anyhow::bail!(
-            "broker {:?} exited as soon as it started; see {}",
-            request.command[0],
+            "broker `{}` (pid {pid}) exited at once ({status}); see {}",
+            request.command.join(" "),
             log.display()
         );
     };
-    let record = target.new_record(Adopted {
+    let mut record = target.new_record(Adopted {
         command: request.command.to_vec(),
         identity,
         pgid: Some(pid),
@@ -392,6 +517,11 @@ fn spawn(
         endpoint: request.endpoint,
         owner,
     });
+    for carried in carried {
+        if !record.owner_ids().contains(&carried.session.as_str()) {
+            record.owners.push(carried);
+        }
+    }
     let detail = record.command.join(" ");
     let recorded = target.record_broker(&guard, &record, owner, ("spawn", "started"), detail);
     if recorded.is_err() {
@@ -408,6 +538,66 @@ fn abandon(record: &BrokerRecord) {
     }
 }
 
+/// A live broker running another command than the one asked for is not joined: bad input naming the fix, unless
+/// `--replace` asks for it to be stopped first.
+fn refuse_other_command(
+    target: &SlotTarget,
+    record: &BrokerRecord,
+    request: &SpawnRequest<'_>,
+) -> anyhow::Result<()> {
+    if record.command == request.command || request.replace {
+        return Ok(());
+    }
+    Err(bad_input(format!(
+        "{} already runs broker {} (`{}`), not `{}`: pass --name NAME for a second broker, or --replace to stop \
+         this one first",
+        target.place(),
+        record.identity.pid,
+        record.command.join(" "),
+        request.command.join(" ")
+    )))
+}
+
+/// How a process ended, for people.
+fn status_text(status: Option<std::process::ExitStatus>) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        Some(status) => match (status.code(), status.signal()) {
+            (Some(code), _) => format!("exit status {code}"),
+            (None, Some(signal)) => format!("killed by signal {signal}"),
+            _ => status.to_string(),
+        },
+        None => "gone".to_owned(),
+    }
+}
+
+/// `--replace`: the slot's live broker is handed to a stop ticket under the held lock and stopped now; its owners
+/// carry over to the new broker.
+fn replace(target: &SlotTarget, guard: &SlotGuard<'_>, record: BrokerRecord) -> anyhow::Result<()> {
+    let label = target.slot.label();
+    let ticket = stopper::ticket_for(&record, Reason::Manual.as_str(), None, &label);
+    let change = SlotChange::HandOff {
+        record,
+        ticket: ticket.clone(),
+        owners: decide::slot::OwnerDelta::default(),
+        reason: Reason::Manual,
+    };
+    executor::apply(&target.store, guard, &change)?;
+    let reports = target
+        .store
+        .stopper(Guard::new())
+        .run(vec![ticket.clone()], stopper::foreground_deadline(&ticket));
+    if !target.json {
+        super::print_stops(&reports);
+    }
+    anyhow::ensure!(
+        reports.iter().all(|report| !report.outcome.is_failure()),
+        "the broker {} being replaced could not be stopped",
+        ticket.identity.pid
+    );
+    Ok(())
+}
+
 /// Adds `owner` to a live broker and refreshes its idle clock: the reuse path of spawn and register.
 fn join(
     target: &SlotTarget,
@@ -419,9 +609,28 @@ fn join(
         decide::slot::add_owner(record, owner.map(SessionId::as_str), &clock::now_rfc3339());
     executor::apply(&target.store, guard, &change)?;
     if let Some(record) = change.record() {
-        print_record(record, true);
+        target.print_record(record, Joined::Reused);
     }
     Ok(Outcome::Done)
+}
+
+/// A process is the broker of one slot at most: adopting the broker of another slot is bad input naming that slot.
+fn refuse_registered_elsewhere(target: &SlotTarget, identity: &Identity) -> anyhow::Result<()> {
+    for slot in Slot::all(&target.store.root) {
+        if slot.dir() == target.slot.dir() {
+            continue;
+        }
+        if let Some(record) = slot.view(&target.store.root).broker()
+            && record.identity.is_same_process(identity)
+        {
+            return Err(bad_input(format!(
+                "--pid {}: already the broker of {}",
+                identity.pid,
+                place(&record.workspace, &record.name)
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn register(
@@ -432,6 +641,7 @@ fn register(
     endpoint: Option<&str>,
 ) -> anyhow::Result<Outcome> {
     let pid = identity.pid;
+    refuse_registered_elsewhere(target, &identity)?;
     let guard = target.lock_for(owner)?;
     target.recheck_owner(owner)?;
     if let Some(record) = target.live_broker(&guard)? {
@@ -444,7 +654,7 @@ fn register(
             );
             eprintln!(
                 "session-reaper: {} already has a live broker (pid {}); not adopting {pid}",
-                target.slot.label(),
+                target.place(),
                 record.identity.pid
             );
             return Ok(Outcome::Partial);
@@ -475,7 +685,7 @@ fn attach(target: &SlotTarget, owner: &SessionId) -> anyhow::Result<Outcome> {
     let Some(record) = target.live_broker(&guard)? else {
         eprintln!(
             "session-reaper: {} has no live broker to attach to; use `broker spawn`",
-            target.slot.label()
+            target.place()
         );
         return Ok(Outcome::Partial);
     };
@@ -484,14 +694,18 @@ fn attach(target: &SlotTarget, owner: &SessionId) -> anyhow::Result<Outcome> {
 
 fn detach(target: &SlotTarget, owner: &SessionId) -> anyhow::Result<Outcome> {
     let label = target.slot.label();
+    let place = target.place();
     let ticket = {
         let guard = target.lock()?;
         let Some(record) = target.live_broker(&guard)? else {
-            println!("{label} has no live broker; nothing to detach");
+            target.say(
+                &format!("{place} has no live broker; nothing to detach"),
+                &json!({"session": owner, "detached": false, "broker": null, "stops": []}),
+            );
             return Ok(Outcome::Done);
         };
         let change = decide::slot::remove_owners(
-            &SlotView::Broker(record),
+            &SlotView::Broker(record.clone()),
             &[owner.as_str()],
             Reason::Manual,
             &proc::host_name(),
@@ -501,15 +715,21 @@ fn detach(target: &SlotTarget, owner: &SessionId) -> anyhow::Result<Outcome> {
         match change {
             SlotChange::HandOff { ticket, .. } => ticket,
             SlotChange::Write { record, .. } => {
-                println!(
-                    "{owner} detached; broker {} kept for {}",
-                    record.identity.pid,
-                    record.owner_ids().join(", ")
+                target.say(
+                    &format!(
+                        "{owner} detached; broker {} of {place} kept for {}",
+                        record.identity.pid,
+                        record.owner_ids().join(", ")
+                    ),
+                    &json!({"session": owner, "detached": true, "broker": record, "stops": []}),
                 );
                 return Ok(Outcome::Done);
             }
             _ => {
-                println!("{owner} is not an owner of {label}; nothing changed");
+                target.say(
+                    &format!("{owner} is not an owner of {place}; nothing changed"),
+                    &json!({"session": owner, "detached": false, "broker": record, "stops": []}),
+                );
                 return Ok(Outcome::Done);
             }
         }
@@ -518,7 +738,12 @@ fn detach(target: &SlotTarget, owner: &SessionId) -> anyhow::Result<Outcome> {
         .store
         .stopper(Guard::new())
         .run(vec![ticket.clone()], stopper::foreground_deadline(&ticket));
-    super::print_stops(&reports);
+    if target.json {
+        let value = json!({"session": owner, "detached": true, "broker": null, "stops": reports});
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        super::print_stops(&reports);
+    }
     Ok(Outcome::from_ok(
         reports.iter().all(|report| !report.outcome.is_failure()),
     ))
@@ -530,29 +755,30 @@ fn touch(target: &SlotTarget) -> anyhow::Result<Outcome> {
         let _ = writeln!(
             std::io::stderr(),
             "session-reaper: {} has no live broker to touch",
-            target.slot.label()
+            target.place()
         );
         return Ok(Outcome::Partial);
     };
     let change = decide::slot::add_owner(&record, None, &clock::now_rfc3339());
     executor::apply(&target.store, &guard, &change)?;
-    println!(
-        "{} last active {}",
-        target.slot.label(),
-        change
-            .record()
-            .map_or("", |record| record.last_active.as_str())
+    let record = change.record().unwrap_or(&record);
+    target.say(
+        &format!("{} last active {}", target.place(), record.last_active),
+        &serde_json::to_value(record)?,
     );
     Ok(Outcome::Done)
 }
 
-fn print_record(record: &BrokerRecord, reused: bool) {
-    let mut value = serde_json::to_value(record).unwrap_or_else(|_| json!({}));
-    if let Some(object) = value.as_object_mut() {
-        object.insert("reused".to_owned(), Value::Bool(reused));
+impl SlotTarget {
+    /// Prints `line` for people, or `value` with `--json`.
+    fn say(&self, line: &str, value: &Value) {
+        if self.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(value).unwrap_or_default()
+            );
+        } else {
+            println!("{line}");
+        }
     }
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&value).unwrap_or_default()
-    );
 }

@@ -35,11 +35,21 @@ struct Demo {
     step: usize,
 }
 
-pub fn run() -> anyhow::Result<Outcome> {
-    let mut demo = Demo::new()?;
+/// Plays the demo in `state_dir` (when `--state-dir` names one) or a temporary state root; `keep` keeps the demo's
+/// directory (workspaces, state root, logs) and says where it is. Its processes are stopped either way.
+pub fn run(keep: bool, state_dir: Option<&Path>) -> anyhow::Result<Outcome> {
+    let mut demo = Demo::new(state_dir)?;
     let result = demo.play();
     let leftovers = demo.clean_up();
-    let _ = std::fs::remove_dir_all(&demo.dir);
+    if keep {
+        println!(
+            "\nkept: {} (state root {})",
+            demo.dir.display(),
+            demo.root.display()
+        );
+    } else {
+        let _ = std::fs::remove_dir_all(&demo.dir);
+    }
     let outcome = result?;
     anyhow::ensure!(
         leftovers.is_empty(),
@@ -50,10 +60,10 @@ pub fn run() -> anyhow::Result<Outcome> {
 }
 
 impl Demo {
-    fn new() -> anyhow::Result<Self> {
+    fn new(state_dir: Option<&Path>) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("session-reaper-demo-{}", random_hex(8)));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let root = dir.join("state");
+        let root = state_dir.map_or_else(|| dir.join("state"), Path::to_path_buf);
         StateRoot::open(&root)?;
         Ok(Demo {
             exe: std::env::current_exe()?,
@@ -139,6 +149,7 @@ impl Demo {
         let mut words = vec![
             "broker",
             "spawn",
+            "--json",
             "--cwd",
             workspace.to_str().context("workspace path")?,
             "--session",
@@ -172,7 +183,7 @@ impl Demo {
 
     fn play(&mut self) -> anyhow::Result<Outcome> {
         println!(
-            "session-reaper demo: real processes, temporary state root {}",
+            "session-reaper demo: real processes, state root {}",
             self.root.display()
         );
         let app = self.dir.join("app");

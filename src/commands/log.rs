@@ -1,5 +1,6 @@
 //! `log`: a readable (or JSON) view of `events.jsonl`, filtered by session, age and action.
 
+use std::io::Write;
 use std::time::{Duration, SystemTime};
 
 use crate::config::{Config, LogRequest};
@@ -21,7 +22,7 @@ impl Filter {
     pub fn keeps(&self, event: &Event, now: SystemTime) -> bool {
         self.session
             .as_ref()
-            .is_none_or(|id| event.session.as_deref() == Some(id.as_str()))
+            .is_none_or(|id| sessions_of(event).any(|session| session == id.as_str()))
             && self
                 .action
                 .as_ref()
@@ -32,30 +33,50 @@ impl Filter {
     }
 }
 
+/// The sessions an event names (owner events name several, comma-separated).
+fn sessions_of(event: &Event) -> impl Iterator<Item = &str> {
+    event
+        .session
+        .as_deref()
+        .unwrap_or_default()
+        .split(',')
+        .filter(|id| !id.is_empty())
+}
+
 pub fn run(request: &LogRequest, config: &Config) -> anyhow::Result<Outcome> {
-    let filter = &request.filter;
-    let events: Vec<Event> = match StateRoot::open_existing(&config.state_dir)? {
-        Some(root) => {
-            let now = SystemTime::now();
-            EventLog::new(&root)
-                .read_all()
-                .into_iter()
-                .filter(|event| filter.keeps(event, now))
-                .collect()
-        }
+    let mut filter = request.filter.clone();
+    let all = match StateRoot::open_existing(&config.state_dir)? {
+        Some(root) => EventLog::new(&root).read_all(),
         None => Vec::new(),
     };
+    if let Some(given) = &filter.session {
+        let known: Vec<&str> = all.iter().flat_map(sessions_of).collect();
+        let resolved = crate::resolve::resolve(given, known.iter().copied())?
+            .ok_or_else(|| crate::resolve::unknown(given, known.iter().copied(), " in the log"))?;
+        crate::resolve::say_resolved(given, &resolved);
+        filter.session = Some(resolved);
+    }
+    let now = SystemTime::now();
+    let events: Vec<&Event> = all
+        .iter()
+        .filter(|event| filter.keeps(event, now))
+        .collect();
     if request.freed {
         print_freed(&events, request.json);
         return Ok(Outcome::Done);
     }
     if request.json {
-        println!("{}", serde_json::to_string_pretty(&events)?);
+        let mut out = std::io::stdout().lock();
+        for event in &events {
+            writeln!(out, "{}", serde_json::to_string(event)?)?;
+        }
         return Ok(Outcome::Done);
     }
     if events.is_empty() {
         println!("no events");
+        return Ok(Outcome::Done);
     }
+    println!("{}", columns(&HEADER.map(str::to_owned)));
     for event in &events {
         println!("{}", line(event));
     }
@@ -63,7 +84,7 @@ pub fn run(request: &LogRequest, config: &Config) -> anyhow::Result<Outcome> {
 }
 
 /// The memory that the stops among `events` freed: what each stopped process held when it was found.
-fn print_freed(events: &[Event], json: bool) {
+fn print_freed(events: &[&Event], json: bool) {
     let freed: Vec<u64> = events
         .iter()
         .filter(|event| event.action == "stop" && event.result == "stopped")
@@ -84,40 +105,55 @@ fn print_freed(events: &[Event], json: bool) {
     }
 }
 
-/// One event as a line: `time  action  reason  result  pid  session  where  detail`.
-pub fn line(event: &Event) -> String {
-    let place = match (&event.workspace, &event.name) {
-        (Some(workspace), Some(name)) if name != "default" => format!("{workspace} [{name}]"),
-        (Some(workspace), _) => workspace.clone(),
-        _ => String::new(),
-    };
-    let mut text = format!(
-        "{:<24} {:<14} {:<13} {:<12} {:>7}  {}",
-        event.ts,
-        event.action,
-        event.reason.as_deref().unwrap_or("-"),
-        event.result,
-        event.pid.map_or(String::new(), |pid| pid.to_string()),
-        event.session.as_deref().unwrap_or("-"),
-    );
-    let held = event.argv.as_ref().map(|argv| {
-        format!(
-            "{} ({})",
-            argv.join(" "),
-            crate::leftovers::format_kib(event.rss_kib.unwrap_or(0))
-        )
-    });
-    for extra in [
-        place.as_str(),
-        event.detail.as_deref().unwrap_or_default(),
-        held.as_deref().unwrap_or_default(),
-    ] {
+/// The column titles of `log`.
+const HEADER: [&str; 8] = [
+    "TIME", "ACTION", "REASON", "RESULT", "PID", "SESSION", "WHERE", "DETAIL",
+];
+
+/// The fields of a line in fixed columns (the last two as they come).
+fn columns(fields: &[String; 8]) -> String {
+    let [ts, action, reason, result, pid, session, place, detail] = fields;
+    let mut text =
+        format!("{ts:<24} {action:<17} {reason:<13} {result:<13} {pid:>7}  {session:<36}");
+    for extra in [place, detail] {
         if !extra.is_empty() {
             text.push_str("  ");
             text.push_str(extra);
         }
     }
-    text
+    text.trim_end().to_owned()
+}
+
+/// One event as a line: `time  action  reason  result  pid  session  where  detail`.
+pub fn line(event: &Event) -> String {
+    let place = match (&event.workspace, &event.name) {
+        (Some(workspace), Some(name)) => super::broker::place(workspace, name),
+        (Some(workspace), None) => workspace.clone(),
+        _ => String::new(),
+    };
+    columns(&[
+        event.ts.clone(),
+        event.action.clone(),
+        event.reason.clone().unwrap_or_else(|| "-".to_owned()),
+        event.result.clone(),
+        event
+            .pid
+            .map_or_else(|| "-".to_owned(), |pid| pid.to_string()),
+        event.session.clone().unwrap_or_else(|| "-".to_owned()),
+        place,
+        match &event.argv {
+            // A leftover's stop says what it ran and the memory it held.
+            Some(argv) => format!(
+                "{} {} ({})",
+                event.detail.clone().unwrap_or_default(),
+                argv.join(" "),
+                crate::leftovers::format_kib(event.rss_kib.unwrap_or(0))
+            )
+            .trim_start()
+            .to_owned(),
+            None => event.detail.clone().unwrap_or_default(),
+        },
+    ])
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ pub mod log;
 pub mod reap;
 pub mod status;
 pub mod status_json;
+pub mod status_tree;
 pub mod sweep;
 
 /// One line per stop, for people.
@@ -16,7 +17,7 @@ pub fn print_stops(reports: &[crate::act::stopper::StopReport]) {
     for report in reports {
         let ticket = &report.ticket;
         let place = match (&ticket.workspace, &ticket.name) {
-            (Some(workspace), Some(name)) => format!("{workspace} [{name}]"),
+            (Some(workspace), Some(name)) => broker::place(workspace, name),
             _ => ticket.origin.clone(),
         };
         println!(

@@ -29,7 +29,7 @@ pub fn run(request: &ReapRequest, config: &Config) -> anyhow::Result<Outcome> {
     };
     let all = request.target == ReapTarget::AllLive;
     let sessions = match &request.target {
-        ReapTarget::Session(id) => vec![id.clone()],
+        ReapTarget::Session { id, force } => vec![resolve_session(&store, id, *force)?],
         ReapTarget::AllLive => live_sessions(&store),
         ReapTarget::Duplicates => return duplicates(request, &store),
     };
@@ -85,12 +85,41 @@ pub fn run(request: &ReapRequest, config: &Config) -> anyhow::Result<Outcome> {
     let ok = reports.iter().all(|report| report.problems.is_empty())
         && stops.iter().all(|stop| !stop.outcome.is_failure());
     if request.json {
-        let value = json!({ "dry_run": request.dry_run, "sessions": reports, "leftovers": leftovers, "would_stop": if request.dry_run { tickets.len() } else { 0 }, "stops": stops });
+        let mut value = json!({ "dry_run": request.dry_run, "sessions": reports, "leftovers": leftovers, "stops": stops });
+        if request.dry_run {
+            value["would_stop"] = json!(tickets.len());
+        }
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         print_human(request.dry_run, &reports, &leftovers, &stops);
     }
     Ok(Outcome::from_ok(ok))
+}
+
+/// The session `id` names among the records (a unique prefix will do); an id no record knows only with `force`.
+fn resolve_session(store: &Store, id: &SessionId, force: bool) -> anyhow::Result<SessionId> {
+    let records = store.sessions.all();
+    let owners: Vec<String> = crate::store::slot::Slot::all(&store.root)
+        .iter()
+        .filter_map(|slot| slot.view(&store.root).broker().cloned())
+        .flat_map(|record| record.owners.into_iter().map(|owner| owner.session))
+        .collect();
+    let known = records
+        .iter()
+        .map(|record| record.session_id.as_str())
+        .chain(owners.iter().map(String::as_str));
+    match crate::resolve::resolve(id, known.clone())? {
+        Some(resolved) => {
+            crate::resolve::say_resolved(id, &resolved);
+            Ok(resolved)
+        }
+        None if force => Ok(id.clone()),
+        None => Err(crate::resolve::unknown(
+            id,
+            known,
+            "; pass --force to end it anyway (a session started before the hooks were installed)",
+        )),
+    }
 }
 
 fn live_sessions(store: &Store) -> Vec<SessionId> {
@@ -135,8 +164,9 @@ fn print_human(
                 "owner removed; kept for others"
             };
             println!(
-                "  broker pid {:>7}  {what}  {} [{}]",
-                slot.pid, slot.workspace, slot.name
+                "  broker pid {:>7}  {what}  {}",
+                slot.pid,
+                super::broker::place(&slot.workspace, &slot.name)
             );
         }
         for (pid, argv) in &report.resume_orphans {

@@ -246,100 +246,17 @@ pub fn run(
     }
     let mut snapshot = snapshot(&store);
     snapshot.codex_plugin = codex_plugin;
-    print_human(&snapshot);
+    let facts = super::status_tree::observe(&store, &snapshot);
+    let tree = super::status_tree::build(&snapshot, &facts);
+    print!(
+        "{}",
+        super::status_tree::render(&tree, crate::term::get().color)
+    );
+    for view in &snapshot.leftovers {
+        crate::leftovers::print_status(view);
+    }
     let stuck = snapshot.tickets.iter().any(|ticket| ticket.stuck);
     Ok(Outcome::from_ok(!stuck && snapshot.unreadable.is_empty()))
-}
-
-fn print_human(snapshot: &Snapshot) {
-    println!("state: {}", snapshot.state_dir);
-    if snapshot.slots.is_empty() {
-        println!("brokers: none");
-    } else {
-        println!("brokers:");
-        println!(
-            "  {:<8} {:<6} {:<24} {:<28} workspace",
-            "pid", "alive", "owners", "command"
-        );
-        for slot in &snapshot.slots {
-            let record = &slot.record;
-            let owners = if record.owners.is_empty() {
-                "-".to_owned()
-            } else {
-                record.owner_ids().join(",")
-            };
-            let workspace = if record.name == "default" {
-                record.workspace.clone()
-            } else {
-                format!("{} [{}]", record.workspace, record.name)
-            };
-            println!(
-                "  {:<8} {:<6} {:<24} {:<28} {}",
-                record.identity.pid,
-                if slot.alive { "yes" } else { "STALE" },
-                shorten(&owners, 24),
-                shorten(&record.command.join(" "), 28),
-                workspace
-            );
-            print_members("member", &slot.members);
-        }
-    }
-    for slot in &snapshot.unreadable {
-        println!("  UNREADABLE {}: {}", slot.slot, slot.problem);
-    }
-    if !snapshot.tickets.is_empty() {
-        println!("stopping:");
-        for ticket in &snapshot.tickets {
-            let state = if ticket.stuck && ticket.ticket.attempts < STUCK_AFTER {
-                format!("STUCK: {} members left behind", ticket.members_left.len())
-            } else if ticket.stuck {
-                format!("STUCK after {} SIGKILLs", ticket.ticket.attempts)
-            } else if ticket.alive {
-                "in progress".to_owned()
-            } else {
-                "gone (ticket not yet closed)".to_owned()
-            };
-            println!(
-                "  pid {:<8} {:<14} {}  since {}",
-                ticket.ticket.identity.pid, ticket.ticket.reason, state, ticket.ticket.requested_at
-            );
-            print_members("left", &ticket.members_left);
-        }
-    }
-    crate::adapters::codex_plugin::print_status(&snapshot.codex_plugin);
-    println!("live sessions: {}", snapshot.sessions.len());
-    for session in &snapshot.sessions {
-        let pid = session
-            .agent_identity
-            .as_ref()
-            .map_or(0, |identity| identity.pid);
-        println!(
-            "  {} {:<7} agent pid {:<8} {}",
-            session.session_id, session.agent, pid, session.cwd
-        );
-        if let Some(view) = snapshot
-            .leftovers
-            .iter()
-            .find(|view| view.session == session.session_id)
-        {
-            crate::leftovers::print_status(view);
-        }
-    }
-}
-
-fn print_members(label: &str, members: &[Member]) {
-    for member in members {
-        let rss = member.rss_kib.map_or_else(
-            || "-".to_owned(),
-            |kib| format!("{}.{} MiB", kib / 1024, kib % 1024 * 10 / 1024),
-        );
-        println!(
-            "    {label} {:<8} {:>10}  {}",
-            member.pid,
-            rss,
-            shorten(&member.argv.join(" "), 60)
-        );
-    }
 }
 
 /// Cuts `text` to `width` characters, marking the cut.

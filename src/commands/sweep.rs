@@ -241,9 +241,7 @@ impl Sweep<'_> {
                 mode,
                 |view| {
                     seen = view.broker().cloned();
-                    let facts = view
-                        .broker()
-                        .map_or(NO_FACTS, |record| observe_slot(record, sessions));
+                    let facts = observe_facts(view, sessions);
                     decide::slot::sweep(view, facts, ended, &policy, (&self.host, &label))
                 },
             );
@@ -505,6 +503,13 @@ const NO_FACTS: SlotFacts = SlotFacts {
     earlier_boot: false,
     owner_alive: false,
 };
+
+/// What the process table says of the broker a slot's view holds (nothing, for a slot without one); also what
+/// `status` judges its "next sweep" line with.
+pub fn observe_facts(view: &SlotView, sessions: &[SessionRecord]) -> SlotFacts {
+    view.broker()
+        .map_or(NO_FACTS, |record| observe_slot(record, sessions))
+}
 
 /// What the process table says of a slot's broker and its owners.
 fn observe_slot(record: &BrokerRecord, sessions: &[SessionRecord]) -> SlotFacts {

@@ -33,6 +33,61 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .map_err(|_| format!("expected a duration like 90s, 30m or 2h, got {text:?}"))
 }
 
+/// The longest idle TTL accepted (a sweep's or a broker's own).
+pub const MAX_IDLE_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// An idle TTL: a duration as `parse_duration` reads it, or a bare `0` (disables); at most 30 days. A refusal
+/// echoes the text as given (`30M` is thirty months, not minutes).
+pub fn parse_idle_ttl(text: &str) -> Result<Duration, String> {
+    if text.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let ttl = parse_duration(text)?;
+    if ttl > MAX_IDLE_TTL {
+        return Err(format!(
+            "expected at most 30 days (0 disables), got {text:?} ({})",
+            rounded(ttl)
+        ));
+    }
+    Ok(ttl)
+}
+
+/// A duration for people, rounded to its two largest units (`698ms`, `1.2s`, `30m`, `2h 5m`, `3days`).
+pub fn rounded(duration: Duration) -> String {
+    let millis = duration.as_millis();
+    if millis < 1000 {
+        return format!("{millis}ms");
+    }
+    if millis < 10_000 {
+        let tenths = millis / 100;
+        return if tenths.is_multiple_of(10) {
+            format!("{}s", tenths / 10)
+        } else {
+            format!("{}.{}s", tenths / 10, tenths % 10)
+        };
+    }
+    let secs = duration.as_secs();
+    let units = [(86_400, "days"), (3600, "h"), (60, "m"), (1, "s")];
+    let mut parts = Vec::new();
+    let mut rest = secs;
+    for (size, name) in units {
+        if rest >= size {
+            parts.push(format!("{}{name}", rest / size));
+            rest %= size;
+        }
+        if parts.len() == 2 || (!parts.is_empty() && rest == 0) {
+            break;
+        }
+        if !parts.is_empty() && rest < size / 60 {
+            break;
+        }
+    }
+    if parts.is_empty() {
+        parts.push("0s".to_owned());
+    }
+    parts.join(" ")
+}
+
 /// Milliseconds of a duration, saturating.
 pub fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
@@ -50,6 +105,26 @@ mod tests {
         assert!(parse_duration("90").is_err());
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn idle_ttls_accept_zero_and_refuse_more_than_30_days_as_given() {
+        assert_eq!(parse_idle_ttl("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_idle_ttl("30m"), Ok(Duration::from_secs(1800)));
+        let refusal = parse_idle_ttl("30M").unwrap_err();
+        assert!(refusal.contains("\"30M\""), "{refusal}");
+        assert!(parse_idle_ttl("31days").is_err());
+    }
+
+    #[test]
+    fn durations_for_people_are_rounded() {
+        assert_eq!(rounded(Duration::from_nanos(698_472_201)), "698ms");
+        assert_eq!(rounded(Duration::from_millis(1234)), "1.2s");
+        assert_eq!(rounded(Duration::from_secs(5)), "5s");
+        assert_eq!(rounded(Duration::from_secs(1800)), "30m");
+        assert_eq!(rounded(Duration::from_secs(7500)), "2h 5m");
+        assert_eq!(rounded(Duration::from_secs(3 * 86_400 + 7)), "3days");
+        assert_eq!(rounded(Duration::from_secs(90)), "1m 30s");
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub fn resolve_root(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
         .map(Path::to_path_buf)
         .or_else(|| from_env("SESSION_REAPER_STATE_DIR"))
     {
-        return Ok(path);
+        return Ok(lexical(&path));
     }
     default_root()
 }
@@ -53,6 +53,12 @@ pub fn default_root() -> anyhow::Result<PathBuf> {
     })?;
     refuse_foreign_home(&home)?;
     Ok(home.join(".local/state/session-reaper"))
+}
+
+/// `path` without trailing slashes or `.` components, so that `link/` is checked as `link` (a trailing slash would
+/// make every later look-up follow the symlink the checks refuse).
+pub fn lexical(path: &Path) -> PathBuf {
+    path.components().collect()
 }
 
 /// Root (`sudo` keeping `$HOME`) would create root-owned directories in another user's home: refused unless the

@@ -516,8 +516,10 @@ fn status_and_doctor_find_the_plugin_in_claude_codes_plugin_data_and_the_tmpdir(
         "{found}"
     );
     let human = stdout(&env.run(&["status"]));
-    assert!(human.contains("codex plugin brokers:"), "{human}");
-    assert!(human.contains(&in_data.proc.pid.to_string()), "{human}");
+    assert!(
+        human.contains(&format!("codex broker {}", in_data.proc.pid)),
+        "{human}"
+    );
     let off = status(&mut env, &["--no-codex"]);
     assert_eq!(off["codex_plugin"], json!([]), "{off}");
 

@@ -536,7 +536,7 @@ fn absurd_durations_exit_2_on_the_command_line_and_0_with_the_error_logged_in_a_
         let out = env.run(args);
         let text = stderr(&out);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {text}");
-        assert_eq!(text.lines().count(), 1, "{args:?}: {text}");
+        assert_eq!(crate::harness::error_lines(&text), 1, "{args:?}: {text}");
         assert!(text.contains("expected at most"), "{args:?}: {text}");
         assert_eq!(env.state_files(), before, "{args:?} changed nothing");
     }

@@ -1099,7 +1099,7 @@ fn assert_refused_cleanly(out: &Output, case: &str) {
     );
     let err = stderr(out);
     assert_eq!(
-        err.lines().count(),
+        crate::harness::error_lines(&err),
         1,
         "{case}: exactly one line on stderr: {err:?}"
     );

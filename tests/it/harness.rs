@@ -126,8 +126,23 @@ impl Env {
         std::fs::canonicalize(dir).expect("canonical workspace")
     }
 
-    /// The binary with this test's state root and an environment free of agent variables.
+    /// The binary with this test's state root and an environment free of agent variables. `broker spawn`,
+    /// `register` and `attach` get `--json` (the record, which the tests read and which tracks the broker); use
+    /// `cmd_as_typed` for their text for people.
     pub fn cmd(&self, args: &[&str]) -> Command {
+        let records = matches!(args, ["broker", "spawn" | "register" | "attach", ..])
+            && !args
+                .iter()
+                .any(|arg| matches!(*arg, "--json" | "--help" | "-h"));
+        let mut words = args.to_vec();
+        if records {
+            words.insert(2, "--json");
+        }
+        self.cmd_as_typed(&words)
+    }
+
+    /// The binary with this test's state root and exactly `args`.
+    pub fn cmd_as_typed(&self, args: &[&str]) -> Command {
         let mut command = Command::new(BIN);
         command.arg("--state-dir").arg(self.state_dir()).args(args);
         scrub_env(&mut command);
@@ -160,8 +175,20 @@ impl Env {
         out
     }
 
-    /// `broker spawn` printed the record: remember the broker so it dies with the test.
+    /// `broker spawn` printed the record (or, for people, "started broker PID …"): remember the broker so it
+    /// dies with the test.
     fn note_brokers(&mut self, out: &Output) {
+        let text = String::from_utf8_lossy(&out.stdout);
+        for line in text.lines() {
+            if let Some(proc) = line
+                .strip_prefix("started broker ")
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|pid| pid.parse().ok())
+                .and_then(Proc::of)
+            {
+                self.track(proc);
+            }
+        }
         if let Ok(value) = serde_json::from_slice::<Value>(&out.stdout)
             && let Some(pid) = value.pointer("/identity/pid").and_then(Value::as_i64)
         {
@@ -235,6 +262,7 @@ impl Env {
         let mut words = vec![
             "broker",
             "spawn",
+            "--json",
             "--cwd",
             workspace.to_str().unwrap(),
             "--session",
@@ -844,6 +872,20 @@ pub fn named_program(env: &Env, name: &str, program: &str) -> PathBuf {
 /// `named_program` running python3.
 pub fn named_python(env: &Env, name: &str) -> PathBuf {
     named_program(env, name, python3())
+}
+
+/// The lines of an error message on stderr, without what clap renders around a usage error (indented context such
+/// as the missing arguments, `tip:` and the possible values; blank lines; `Usage:`; "For more information"): a bad
+/// input is one such line.
+pub fn error_lines(text: &str) -> usize {
+    text.lines()
+        .filter(|line| {
+            !(line.trim().is_empty()
+                || line.starts_with(char::is_whitespace)
+                || line.starts_with("Usage:")
+                || line.starts_with("For more information"))
+        })
+        .count()
 }
 
 // ---- leftovers: fake agents and what they plant ----

@@ -1279,6 +1279,7 @@ fn broker_spawn_finds_its_owner_by_agent_ancestry_without_env() {
             &[
                 "broker",
                 "spawn",
+                "--json",
                 "--cwd",
                 ws.to_str().unwrap(),
                 "--",
@@ -1348,7 +1349,7 @@ fn broker_owner_precedence_is_flag_then_env_vars_then_ancestry() {
     )];
     for (index, (prefix, flags, _)) in cases.iter().enumerate() {
         let ws = env.workspace(&format!("case{index}"));
-        let mut args = vec!["broker", "spawn", "--cwd", ws.to_str().unwrap()];
+        let mut args = vec!["broker", "spawn", "--json", "--cwd", ws.to_str().unwrap()];
         args.extend(flags);
         args.extend(["--", "sleep", "600"]);
         let args: Vec<String> = args.into_iter().map(str::to_owned).collect();

@@ -294,7 +294,7 @@ fn pid_reuse_never_gets_an_innocent_daemons_group_signalled() {
     const SCRIPT: &str = r#"
         set -u
         BIN=$1 STATE=$2 WS=$3 S=$4 MODE=$5
-        out=$("$BIN" --state-dir "$STATE" broker spawn --cwd "$WS" --session "$S" -- sleep 600) || { echo spawn_failed; exit 1; }
+        out=$("$BIN" --state-dir "$STATE" broker spawn --json --cwd "$WS" --session "$S" -- sleep 600) || { echo spawn_failed; exit 1; }
         P=$(printf '%s\n' "$out" | sed -n 's/.*"pid": \([0-9]*\).*/\1/p' | head -n 1)
         echo "broker=$P"
         if [ "$MODE" = reap ]; then
@@ -546,7 +546,7 @@ fn broker_spawn_from_another_pid_namespace_is_refused_with_the_reason() {
     let session = unique_id("sandboxed");
     let agent = env.sleeper();
     start_session(&mut env, &session, &ws, agent);
-    let script = r#""$1" --state-dir "$2" broker spawn --cwd "$3" --session "$4" -- sleep 600; echo "rc=$?""#;
+    let script = r#""$1" --state-dir "$2" broker spawn --json --cwd "$3" --session "$4" -- sleep 600; echo "rc=$?""#;
     let out = in_private_pid_namespace(
         script,
         &[
@@ -665,7 +665,7 @@ fn a_broker_inherits_no_descriptor_but_the_standard_three() {
     scrub_env(&mut command);
     command.args([
         "-c",
-        r#"exec 7>"$0"; exec "$1" --state-dir "$2" broker spawn --cwd "$3" --session "$4" -- sleep 600"#,
+        r#"exec 7>"$0"; exec "$1" --state-dir "$2" broker spawn --json --cwd "$3" --session "$4" -- sleep 600"#,
         held.to_str().unwrap(),
         BIN,
         env.state_dir().to_str().unwrap(),
@@ -798,7 +798,10 @@ fn status_shows_members_and_a_stop_that_left_members_behind_as_stuck() {
     );
     assert_eq!(out.status.code(), Some(1), "stuck is reported");
     let text = stdout(&env.run(&["status"]));
-    assert!(text.contains("STUCK: 4 members left behind"), "{text}");
+    assert!(
+        text.contains("STUCK pid") && text.contains("4 members left behind"),
+        "{text}"
+    );
 }
 
 /// Hardening: `broker spawn` that could not write its record (a full disk) left the child running unrecorded. In a
@@ -809,13 +812,13 @@ fn broker_spawn_that_cannot_write_its_record_leaves_no_process_behind() {
         set -u
         BIN=$1 STATE=$2 WS=$3
         mount -t tmpfs -o size=64k,mode=0700 tmpfs "$STATE" || { echo mount_failed; exit 1; }
-        out=$("$BIN" --state-dir "$STATE" broker spawn --no-owner --cwd "$WS" -- sleep 600) || { echo first_failed; exit 1; }
+        out=$("$BIN" --state-dir "$STATE" broker spawn --json --no-owner --cwd "$WS" -- sleep 600) || { echo first_failed; exit 1; }
         P=$(printf '%s\n' "$out" | sed -n 's/.*"pid": \([0-9]*\).*/\1/p' | head -n 1)
         kill -KILL "$P"
         while kill -0 "$P" 2>/dev/null; do sleep 0.01; done
         rm -f "$(find "$STATE/workspaces" -name broker.json)"
         dd if=/dev/zero of="$STATE/fill" bs=4k > /dev/null 2>&1
-        "$BIN" --state-dir "$STATE" broker spawn --no-owner --cwd "$WS" -- sleep 600 > /dev/null
+        "$BIN" --state-dir "$STATE" broker spawn --json --no-owner --cwd "$WS" -- sleep 600 > /dev/null
         echo "rc=$?"
         for p in /proc/[0-9]*; do
             grep -qzxF "SESSION_REAPER_STATE_ROOT=$STATE" "$p/environ" 2>/dev/null && echo "left=${p#/proc/}"
@@ -883,7 +886,7 @@ fn a_relative_xdg_state_home_is_ignored_and_another_users_home_is_refused() {
         &home,
         Some("relative/state"),
         &cwd,
-        &["reap", "--session", &session],
+        &["reap", "--session", &session, "--force"],
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
@@ -898,7 +901,12 @@ fn a_relative_xdg_state_home_is_ignored_and_another_users_home_is_refused() {
     let other = env.work.path().join("other-home");
     fs::create_dir_all(&other).unwrap();
     std::os::unix::fs::chown(&other, Some(54_321), Some(54_321)).unwrap();
-    let out = without_state_dir(&other, None, &cwd, &["reap", "--session", &session]);
+    let out = without_state_dir(
+        &other,
+        None,
+        &cwd,
+        &["reap", "--session", &session, "--force"],
+    );
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("belongs to uid 54321"),

@@ -8,6 +8,7 @@ mod hooks;
 mod leftovers;
 mod lineage;
 mod newcomer;
+mod newcomer_path;
 mod reliability;
 mod reshaped;
 mod settings;

@@ -211,6 +211,7 @@ fn load_many_sessions_on_shared_slots_lose_no_owner_stop_no_owned_broker_and_lea
                                 env.cmd(&[
                                     "broker",
                                     "spawn",
+                                    "--json",
                                     "--cwd",
                                     ws.to_str().unwrap(),
                                     "--name",
@@ -1729,7 +1730,7 @@ run() { # name, stdin file or -, command...
     else "$bin" --state-dir "$state" "$@" <"$input" >"$out/$name.stdout" 2>"$out/$name.stderr"; fi
     echo "$name $? $(( ($(date +%s%N) - start) / 1000000 ))" >>"$out/codes"
 }
-run spawn - broker spawn --cwd "$ws" --session owner -- sleep 600
+run spawn - broker spawn --json --cwd "$ws" --session owner -- sleep 600
 dd if=/dev/zero of="$disk/fill" bs=1k 2>/dev/null
 echo "free $(df -k "$disk" | awk 'NR==2 {print $4}')" >>"$out/codes"
 printf '{"session_id":"bystander","hook_event_name":"SessionStart","cwd":"%s","source":"startup"}' "$ws" >"$out/start.json"

@@ -201,7 +201,7 @@ import json, os, subprocess, sys, time
 exe, state, ws, session, report = sys.argv[1:6]
 payload = json.dumps({"session_id": session, "hook_event_name": "SessionStart", "cwd": ws})
 subprocess.run([exe, "--state-dir", state, "hook", "--agent", "claude", "--sentinel", "off"], input=payload.encode(), check=True)
-spawn = subprocess.run([exe, "--state-dir", state, "broker", "spawn", "--cwd", ws, "--", "sleep", "600"],
+spawn = subprocess.run([exe, "--state-dir", state, "broker", "spawn", "--json", "--cwd", ws, "--", "sleep", "600"],
                        capture_output=True)
 with open(report + ".tmp", "w") as f:
     json.dump({"code": spawn.returncode, "stdout": spawn.stdout.decode(), "stderr": spawn.stderr.decode()}, f)
@@ -784,7 +784,7 @@ fn sweep_refuses_an_idle_ttl_beyond_30_days_and_changes_nothing() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("--idle-ttl"), "{}", stderr(&out));
     assert_eq!(
-        stderr(&out).trim().lines().count(),
+        crate::harness::error_lines(&stderr(&out)),
         1,
         "one line: {}",
         stderr(&out)
@@ -1010,7 +1010,11 @@ fn log_filters_by_session_action_and_age_in_text_and_json() {
         all.extend_from_slice(args);
         let out = env.run(&all);
         assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-        parse(&out).as_array().expect("a JSON array").clone()
+        // JSON Lines: one event a line.
+        stdout(&out)
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("one JSON event a line"))
+            .collect()
     };
 
     let everything = logged(&mut env, &[]);
@@ -1045,7 +1049,8 @@ fn log_filters_by_session_action_and_age_in_text_and_json() {
 
     let out = env.run(&["log", "--session", "log-a"]);
     assert_eq!(out.status.code(), Some(0));
-    let lines: Vec<String> = stdout(&out).lines().map(str::to_owned).collect();
+    // A header, then one line an event.
+    let lines: Vec<String> = stdout(&out).lines().skip(1).map(str::to_owned).collect();
     assert_eq!(lines.len(), of_a.len());
     assert!(lines.iter().all(|line| line.contains("log-a")), "{lines:?}");
     let out = env.run(&["log", "--session", "../x"]);
