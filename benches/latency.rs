@@ -1,462 +1,463 @@
-//! Wall time and peak memory of the commands agents and launchers run on every session, each beside a reference
-//! measured in the same run (`/bin/true`, a raw `/proc` walk, `pgrep -f`). Prints ratios; asserts nothing.
+//! Wall time and peak memory of what agents and launchers run on every session, each beside a reference measured
+//! in the same run: the hook beside `sh -c /bin/true` and `node -e 0`; the process scans beside a minimal direct
+//! `/proc` walk (this binary with `--proc-walk`) and `pgrep -f`; the hook against a hung shutdown socket, 100 held
+//! slot locks and a held session lock (max of the runs against the deadline); `broker attach`/`detach` from 8
+//! concurrent writers on one slot (updates per second). Prints a table; asserts nothing about speed.
 //!
-//! Run: `cargo bench --bench latency` (add `-- --quick` for fewer rounds).
+//! Run: `cargo bench --bench latency` (`-- --quick`: 5 runs a case).
 
-use std::io::Write;
+#[path = "support/mod.rs"]
+mod support;
+
+use std::os::unix::net::UnixListener;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_session-reaper");
+use support::{
+    Options, Planted, Root, Sample, Table, Target, measure, ours, payload, reference, spawn_broker,
+};
 
-struct Sample {
-    wall: Vec<Duration>,
-    max_rss_kib: i64,
-}
+/// The deadline the hook cases run with (the hook's default).
+const DEADLINE: Duration = Duration::from_secs(1);
+const HOOK_RSS_KIB: i64 = 8 * 1024;
 
-impl Sample {
-    fn median(&self) -> Duration {
-        let mut sorted = self.wall.clone();
-        sorted.sort();
-        sorted[sorted.len() / 2]
-    }
-
-    fn p90(&self) -> Duration {
-        let mut sorted = self.wall.clone();
-        sorted.sort();
-        sorted[(sorted.len() * 9 / 10).min(sorted.len() - 1)]
-    }
-}
-
-/// Peak RSS of any waited-for child so far (KiB).
-fn children_max_rss() -> i64 {
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage writes a rusage into the buffer we own.
-    unsafe {
-        libc::getrusage(libc::RUSAGE_CHILDREN, usage.as_mut_ptr());
-        usage.assume_init().ru_maxrss
-    }
-}
-
-/// Runs `make()` `rounds` times, timing spawn-to-exit; the stdin bytes (if any) are written and closed.
-fn measure(
-    rounds: usize,
-    stdin: Option<&dyn Fn(usize) -> Vec<u8>>,
-    make: &dyn Fn(usize) -> Command,
-) -> Sample {
-    let mut wall = Vec::with_capacity(rounds);
-    for round in 0..rounds {
-        let mut command = make(round);
-        command.stdout(Stdio::null()).stderr(Stdio::null());
-        command.stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        });
-        let payload = stdin.map(|f| f(round));
-        let shown = format!("{command:?}");
-        let started = Instant::now();
-        let mut child = command.spawn().expect("spawn");
-        if let Some(bytes) = payload {
-            child.stdin.take().unwrap().write_all(&bytes).unwrap();
-        }
-        let status = child.wait().expect("wait");
-        wall.push(started.elapsed());
-        assert!(
-            status.code().is_some_and(|c| c <= 1),
-            "benchmark command failed: {status}: {shown}"
-        );
-    }
-    Sample {
-        wall,
-        max_rss_kib: children_max_rss(),
-    }
-}
-
-fn ours(state: &Path, args: &[&str]) -> Command {
-    let mut command = Command::new(BIN);
-    command.arg("--state-dir").arg(state).args(args);
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy().into_owned();
-        if name.starts_with("SESSION_REAPER_")
-            || name.starts_with("CLAUDE")
-            || name.starts_with("GEMINI_")
-        {
-            command.env_remove(name);
-        }
-    }
-    command
-}
-
-fn row(name: &str, sample: &Sample, reference: &Sample, reference_name: &str) {
-    let ratio = sample.median().as_secs_f64() / reference.median().as_secs_f64();
-    println!(
-        "| {name:<44} | {:>8.2} ms | {:>8.2} ms | {:>6.1}x {reference_name:<14} |",
-        sample.median().as_secs_f64() * 1e3,
-        sample.p90().as_secs_f64() * 1e3,
-        ratio
-    );
-}
-
-#[allow(clippy::too_many_lines)]
+#[allow(clippy::too_many_lines)] // the table, case by case
 fn main() {
-    let quick = std::env::args().any(|arg| arg == "--quick");
-    let rounds = if quick { 20 } else { 100 };
-    let temp = tempfile::tempdir().expect("temp dir");
-    let state = temp.path().join("state");
-    let work = temp.path().join("work");
-    std::fs::create_dir_all(work.join("ws/.git")).unwrap();
-    let ws = work.join("ws");
-    let ws_arg = ws.to_str().unwrap();
+    let options = Options::from_args();
+    let rounds = options.rounds();
+    let temp = tempfile::Builder::new()
+        .prefix("sr-bench-latency-")
+        .tempdir()
+        .expect("temp dir");
+    let ws = temp.path().join("ws");
+    support::mkdir(&ws.join(".git"));
+    let ws_text = ws.to_str().unwrap().to_owned();
+    let state = Root::new(temp.path(), "state");
+    let sentinel_flag = support::supports(&["hook"], "--sentinel");
+    let leftovers_flag = support::supports(&["hook"], "--leftovers");
 
-    let truth = measure(rounds, None, &|_| Command::new("/bin/true"));
-    let true_rss = truth.max_rss_kib;
-
-    // A live broker to attach to.
-    let spawn = ours(
-        &state,
-        &[
-            "broker",
-            "spawn",
-            "--json",
-            "--cwd",
-            ws_arg,
-            "--session",
-            "owner",
-            "--",
-            "sleep",
-            "600",
-        ],
-    )
-    .output()
-    .unwrap();
-    let record: serde_json::Value = serde_json::from_slice(&spawn.stdout).expect("spawn record");
-    let _cleanup = StopOnDrop {
-        state: state.clone(),
-    };
-
-    let attach = measure(rounds, None, &|round| {
-        let session = format!("s{}", round % 8);
-        ours(
-            &state,
-            &["broker", "attach", "--cwd", ws_arg, "--session", &session],
-        )
-    });
-    let attach_rss = attach.max_rss_kib;
-
-    let start_payload = |round: usize| {
-        format!(r#"{{"session_id":"bench-{round}","hook_event_name":"SessionStart","cwd":"{ws_arg}","source":"startup"}}"#)
-            .into_bytes()
-    };
-    let session_start = measure(rounds, Some(&start_payload), &|_| {
-        ours(&state, &["hook", "--agent", "claude"])
-    });
-
-    // 1,000 workspaces, each with a broker record owned by another session: SessionEnd must visit every one.
-    let wide = temp.path().join("wide");
-    plant_workspaces(&wide, 1000, &record);
-    let end_payload = |round: usize| {
-        format!(r#"{{"session_id":"end-{round}","hook_event_name":"SessionEnd","cwd":"{ws_arg}","reason":"other"}}"#).into_bytes()
-    };
-    let end_rounds = rounds.min(50);
-    let session_end = measure(end_rounds, Some(&end_payload), &|_| {
-        ours(&wide, &["hook", "--agent", "claude"])
-    });
-    let end_rss = session_end.max_rss_kib;
-
-    // The resume-orphan scan beside the tools a person would reach for.
-    let id = "0b5f6b3e-1111-4222-8333-944445555666";
-    let reap_dry = measure(rounds, None, &|_| {
-        ours(&state, &["reap", "--session", id, "--dry-run"])
-    });
-    let pgrep = measure(rounds, None, &|_| {
-        let mut command = Command::new("pgrep");
-        command.args(["-f", "--", &format!("--resume {id}")]);
-        command
-    });
-    let walk = measure(rounds, None, &|_| {
-        let mut command = Command::new("sh");
-        command.args(["-c", "cat /proc/[0-9]*/cmdline >/dev/null 2>&1"]);
-        command
-    });
-
-    let leftovers = leftover_costs(temp.path(), rounds, ws_arg);
-
-    let cpus = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
-    let processes = std::fs::read_dir("/proc").map_or(0, |dir| {
-        dir.filter_map(Result::ok)
-            .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
-            .count()
-    });
-    println!(
-        "session-reaper latency ({rounds} rounds, {cpus} cpus, {processes} processes on the machine)\n"
+    let mut table = Table::new(&format!("latency: {rounds} runs a case"));
+    let truth = measure(rounds, None, &|_| reference("/bin/true", &[]));
+    let shell = measure(rounds, None, &|_| reference("sh", &["-c", "/bin/true"]));
+    table.row("/bin/true", &truth, None, Target::None, None);
+    table.row(
+        "sh -c /bin/true",
+        &shell,
+        Some(("/bin/true", &truth)),
+        Target::None,
+        None,
     );
-    println!(
-        "| {:<44} | {:>11} | {:>11} | {:<22} |",
-        "command", "median", "p90", "vs reference"
-    );
-    println!("|{:-<46}|{:-<13}|{:-<13}|{:-<24}|", "", "", "", "");
-    row("/bin/true", &truth, &truth, "/bin/true");
-    row("broker attach (live broker)", &attach, &truth, "/bin/true");
-    row("hook SessionStart", &session_start, &truth, "/bin/true");
-    row(
-        &format!("hook SessionEnd, 1,000 workspaces ({end_rounds} runs)"),
-        &session_end,
-        &truth,
-        "/bin/true",
-    );
-    row(
-        "reap --session --dry-run (full /proc scan)",
-        &reap_dry,
-        &pgrep,
-        "pgrep -f",
-    );
-    row("sh: cat every /proc/*/cmdline", &walk, &truth, "/bin/true");
-    row("pgrep -f", &pgrep, &truth, "/bin/true");
-    leftovers.print();
-    println!(
-        "\npeak RSS of any child: /bin/true {true_rss} KiB; after attach {attach_rss} KiB; after SessionEnd x1,000 workspaces {end_rss} KiB"
-    );
-    println!(
-        "sentinel RSS while it waits: {} KiB",
-        leftovers.sentinel_rss_kib
-    );
-}
-
-/// What leftover discovery and the sentinel cost, each beside the same command without them.
-struct LeftoverCosts {
-    start_with_sentinel: Sample,
-    start_without: Sample,
-    end_planted: Sample,
-    end_bare: Sample,
-    reap_discovering: Sample,
-    reap_off: Sample,
-    planted: usize,
-    sentinel_rss_kib: u64,
-}
-
-impl LeftoverCosts {
-    fn print(&self) {
-        let planted = self.planted;
-        row(
-            "hook SessionStart, starting a sentinel",
-            &self.start_with_sentinel,
-            &self.start_without,
-            "--sentinel off",
-        );
-        row(
-            &format!("hook SessionEnd, {planted} carriers planted"),
-            &self.end_planted,
-            &self.end_bare,
-            "none planted",
-        );
-        row(
-            &format!("reap --dry-run, discovery over {planted}"),
-            &self.reap_discovering,
-            &self.reap_off,
-            "--leftovers off",
+    let node = which("node").then(|| measure(rounds, None, &|_| reference("node", &["-e", "0"])));
+    if let Some(node) = &node {
+        table.row(
+            "node -e 0 (the floor of any Node hook)",
+            node,
+            Some(("sh -c /bin/true", &shell)),
+            Target::None,
+            None,
         );
     }
-}
 
-/// Kills the processes the benchmark planted, however it ends.
-struct Planted(Vec<std::process::Child>);
-
-impl Drop for Planted {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn sleeper(env: &[(&str, &str)]) -> std::process::Child {
-    let mut command = Command::new("sleep");
-    command.arg("600").stdin(Stdio::null());
-    for (name, value) in env {
-        command.env(name, value);
-    }
-    command.spawn().expect("start sleep")
-}
-
-fn leftover_costs(temp: &Path, rounds: usize, ws: &str) -> LeftoverCosts {
-    const PLANTED: usize = 300;
-    let state = temp.join("leftovers");
-    let payload = |session: &str, event: &str| {
-        format!(r#"{{"session_id":"{session}","hook_event_name":"{event}","cwd":"{ws}","reason":"other"}}"#)
-            .into_bytes()
-    };
-    // One agent per SessionStart round, so that every round with the sentinel on starts one.
-    let agents = Planted((0..rounds).map(|_| sleeper(&[])).collect());
-    let pids: Vec<String> = agents
-        .0
-        .iter()
-        .map(|child| child.id().to_string())
-        .collect();
-    let start = |sentinel: &'static str, prefix: &'static str| {
-        let pids = pids.clone();
-        let state = state.clone();
+    // SessionStart: this benchmark is the agent process (the hook's nearest non-shell ancestor).
+    let start = |prefix: &'static str, flags: &'static [&'static str]| {
+        let path = state.path.clone();
+        let ws = ws_text.clone();
         measure(
             rounds,
-            Some(&move |round| payload(&format!("{prefix}-{round}"), "SessionStart")),
-            &move |round| {
-                hook_with(
-                    &state,
-                    &["--sentinel", sentinel, "--owner-pid", &pids[round]],
-                )
+            Some(&move |round| payload(&format!("{prefix}-{round}"), "SessionStart", &ws)),
+            &move |_| {
+                let mut command = ours(&path, &["hook", "--agent", "claude"]);
+                command.args(flags);
+                command
             },
         )
     };
-    let start_without = start("off", "off");
-    let start_with_sentinel = start("on", "on");
-    let sentinel_rss_kib = sentinel_rss(&state);
+    let session_start = start("start", &[]);
+    table.row(
+        "hook SessionStart",
+        &session_start,
+        Some(("sh -c /bin/true", &shell)),
+        Target::Ratio(2.5),
+        Some(HOOK_RSS_KIB),
+    );
+    let mut profiles = Vec::new();
+    if session_start.median().as_secs_f64() > 2.5 * shell.median().as_secs_f64() {
+        profiles.push(support::profile(
+            "hook SessionStart",
+            &ours(&state.path, &["hook", "--agent", "claude"]),
+            Some(&payload("start-profiled", "SessionStart", &ws_text)),
+        ));
+    }
+    if let Some(node) = &node {
+        table.row(
+            "hook SessionStart vs node -e 0",
+            &session_start,
+            Some(("node -e 0", node)),
+            Target::None,
+            None,
+        );
+    }
+    if sentinel_flag {
+        let without = start("nosentinel", &["--sentinel", "off"]);
+        table.row(
+            "hook SessionStart --sentinel off",
+            &without,
+            Some(("sh -c /bin/true", &shell)),
+            Target::Ratio(2.5),
+            Some(HOOK_RSS_KIB),
+        );
+        // A new agent process each run: each SessionStart starts its sentinel.
+        let agents = Planted::sleepers(rounds, &[]);
+        let pids: Vec<String> = agents.0.iter().map(|c| c.id().to_string()).collect();
+        let path = state.path.clone();
+        let first = measure(
+            rounds,
+            Some(&|round| payload(&format!("first-{round}"), "SessionStart", &ws_text)),
+            &|round| {
+                let mut command = ours(&path, &["hook", "--agent", "claude"]);
+                command.args(["--owner-pid", &pids[round]]);
+                command
+            },
+        );
+        table.row(
+            "hook SessionStart, first of its agent (starts the sentinel)",
+            &first,
+            Some(("sh -c /bin/true", &shell)),
+            Target::Ratio(2.5),
+            Some(HOOK_RSS_KIB),
+        );
+    }
 
-    // One agent for the session whose carriers are planted, and one whose policy is off.
-    let agent = agents.0[0].id().to_string();
-    for (session, policy) in [("bench-lo", "stop"), ("bench-off", "off")] {
-        measure(1, Some(&|_| payload(session, "SessionStart")), &|_| {
-            hook_with(
-                &state,
-                &[
-                    "--sentinel",
-                    "off",
-                    "--leftovers",
-                    policy,
-                    "--owner-pid",
-                    &agent,
-                ],
+    // A live broker to attach to (owned by "keeper" for the whole run).
+    let broker = spawn_broker(&state.path, &ws, "keeper", &[]);
+    let attach = measure(rounds, None, &|round| {
+        let session = format!("attach-{round}");
+        ours(
+            &state.path,
+            &["broker", "attach", "--cwd", &ws_text, "--session", &session],
+        )
+    });
+    table.row(
+        "broker attach (live broker)",
+        &attach,
+        Some(("sh -c /bin/true", &shell)),
+        Target::None,
+        Some(HOOK_RSS_KIB),
+    );
+
+    scans(&mut table, &state.path, &ws_text, rounds, leftovers_flag);
+    deadlines(&mut table, temp.path(), &ws, rounds, &broker);
+    writers(&mut table, &state.path, &ws_text, &options);
+    let _ = ours(&state.path, &["reap", "--session", "keeper"]).output();
+    table.finish();
+    for profile in profiles {
+        println!("{profile}");
+    }
+}
+
+/// The resume-orphan scan (and leftover discovery, where this build has it) beside the minimal walk and `pgrep -f`,
+/// with 300 extra processes of ours planted.
+fn scans(table: &mut Table, state: &Path, ws: &str, rounds: usize, leftovers: bool) {
+    let id = "0b5f6b3e-1111-4222-8333-944445555666";
+    let carrier = "bench-carrier";
+    let _planted = Planted::sleepers(300, &[("CLAUDE_CODE_SESSION_ID", String::from(carrier))]);
+    let walk = measure(rounds, None, &|_| {
+        let mut command = Command::new(std::env::current_exe().unwrap());
+        command.args(["--proc-walk", id]);
+        command
+    });
+    let pgrep = measure(rounds, None, &|_| {
+        reference("pgrep", &["-f", "--", &format!("--resume {id}")])
+    });
+    let reap = measure(rounds, None, &|_| {
+        ours(state, &["reap", "--session", id, "--dry-run", "--json"])
+    });
+    let processes = support::count_pids();
+    table.row(
+        &format!("minimal /proc walk ({processes} processes)"),
+        &walk,
+        Some(("pgrep -f", &pgrep)),
+        Target::None,
+        None,
+    );
+    table.row(
+        &format!("pgrep -f ({processes} processes)"),
+        &pgrep,
+        Some(("minimal walk", &walk)),
+        Target::None,
+        None,
+    );
+    table.row(
+        "reap --dry-run: resume-orphan scan",
+        &reap,
+        Some(("minimal walk", &walk)),
+        Target::Ratio(1.3),
+        None,
+    );
+    table.row(
+        "reap --dry-run: resume-orphan scan vs pgrep -f",
+        &reap,
+        Some(("pgrep -f", &pgrep)),
+        Target::Ratio(1.0),
+        None,
+    );
+    if leftovers {
+        // A session whose tools left 300 carriers of its id: discovery reads each one's environment.
+        let agents = Planted::sleepers(1, &[]);
+        let agent = agents.0[0].id().to_string();
+        measure(1, Some(&|_| payload(carrier, "SessionStart", ws)), &|_| {
+            let mut command = ours(state, &["hook", "--agent", "claude", "--owner-pid", &agent]);
+            command.args(["--sentinel", "off"]);
+            command
+        });
+        let discovering = measure(rounds, None, &|_| {
+            ours(
+                state,
+                &["reap", "--session", carrier, "--dry-run", "--json"],
             )
         });
+        table.row(
+            "reap --dry-run: leftover discovery over 300 carriers",
+            &discovering,
+            Some(("minimal walk", &walk)),
+            Target::Ratio(1.3),
+            None,
+        );
+        table.row(
+            "reap --dry-run: leftover discovery vs pgrep -f",
+            &discovering,
+            Some(("pgrep -f", &pgrep)),
+            Target::Ratio(1.0),
+            None,
+        );
     }
-    let end = |prefix: &'static str| {
-        let state = state.clone();
-        measure(
-            rounds.min(50),
-            Some(&move |round| payload(&format!("{prefix}-{round}"), "SessionEnd")),
-            &move |_| hook_with(&state, &["--sentinel", "off"]),
-        )
+}
+
+/// The hook's deadline against what can make it wait: the max of the runs is what is held to the deadline.
+fn deadlines(table: &mut Table, temp: &Path, ws: &Path, rounds: usize, broker: &serde_json::Value) {
+    let ws_text = ws.to_str().unwrap();
+    let deadline = format!("{}ms", DEADLINE.as_millis());
+    let end_hook = |state: &Path| {
+        let mut command = ours(
+            state,
+            &["hook", "--agent", "claude", "--deadline", &deadline],
+        );
+        command.env("SESSION_REAPER_SENTINEL", "off");
+        command
     };
-    let end_bare = end("bare");
-    let _planted = Planted(
-        (0..PLANTED)
-            .map(|_| sleeper(&[("CLAUDE_CODE_SESSION_ID", "bench-lo")]))
-            .collect(),
+
+    // A shutdown socket that never accepts: each run ends the only owner of its own broker.
+    let hung = Root::new(temp, "hung");
+    let socket_path = temp.join("hung.sock");
+    let _listener = UnixListener::bind(&socket_path).expect("bind the hung socket");
+    let socket = socket_path.to_str().unwrap();
+    for round in 0..rounds {
+        let name = format!("hung{round}");
+        spawn_broker(
+            &hung.path,
+            ws,
+            &format!("hung-{round}"),
+            &[
+                "--name",
+                &name,
+                "--shutdown-socket",
+                socket,
+                "--shutdown-message",
+                "shutdown",
+            ],
+        );
+    }
+    let sample = measure(
+        rounds,
+        Some(&|round| payload(&format!("hung-{round}"), "SessionEnd", ws_text)),
+        &|_| end_hook(&hung.path),
     );
-    let end_planted = end("planted");
-    let reap = |session: &'static str| {
-        let state = state.clone();
-        measure(rounds, None, &move |_| {
-            ours(&state, &["reap", "--session", session, "--dry-run"])
+    deadline_row(table, "hook SessionEnd, hung shutdown socket", &sample);
+
+    // 100 slots the session owns, each lock held by this process for the whole case.
+    let locked = Root::new(temp, "locked");
+    let keys = plant_owned_slots(&locked.path, 100, broker, "locked", rounds);
+    let _held: Vec<std::fs::File> = keys
+        .iter()
+        .map(|key| {
+            let file =
+                std::fs::File::open(locked.path.join(format!("workspaces/{key}/broker.lock")))
+                    .expect("slot lock");
+            file.lock().expect("hold the slot lock");
+            file
         })
-    };
-    let reap_discovering = reap("bench-lo");
-    let reap_off = reap("bench-off");
-    LeftoverCosts {
-        start_with_sentinel,
-        start_without,
-        end_planted,
-        end_bare,
-        reap_discovering,
-        reap_off,
-        planted: PLANTED,
-        sentinel_rss_kib,
-    }
+        .collect();
+    let sample = measure(
+        rounds,
+        Some(&|round| payload(&format!("locked-{round}"), "SessionEnd", ws_text)),
+        &|_| end_hook(&locked.path),
+    );
+    deadline_row(table, "hook SessionEnd, 100 slot locks held", &sample);
+
+    // The session's own lock held.
+    let held = Root::new(temp, "session-lock");
+    plant_owned_slots(&held.path, 1, broker, "held", 1);
+    let lock = std::fs::File::options()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(held.path.join("sessions/held-0.lock"))
+        .expect("session lock");
+    lock.lock().expect("hold the session lock");
+    let sample = measure(
+        rounds,
+        Some(&|_| payload("held-0", "SessionEnd", ws_text)),
+        &|_| end_hook(&held.path),
+    );
+    deadline_row(table, "hook SessionEnd, session lock held", &sample);
+    let start = measure(
+        rounds,
+        Some(&|_| payload("held-0", "SessionStart", ws_text)),
+        &|_| end_hook(&held.path),
+    );
+    deadline_row(table, "hook SessionStart, session lock held", &start);
 }
 
-/// `hook --agent claude` with more flags.
-fn hook_with(state: &Path, flags: &[&str]) -> Command {
-    let mut command = ours(state, &["hook", "--agent", "claude"]);
-    command.args(flags);
-    command
+fn deadline_row(table: &mut Table, case: &str, sample: &Sample) {
+    table.row(
+        &format!("{case} (--deadline {}ms)", DEADLINE.as_millis()),
+        sample,
+        None,
+        Target::Max(DEADLINE),
+        Some(HOOK_RSS_KIB),
+    );
 }
 
-/// The resident memory of one sentinel of `state` (KiB), 0 when none runs.
-fn sentinel_rss(state: &Path) -> u64 {
-    let root = state.to_string_lossy().into_owned();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
-        .find_map(|pid| {
-            let argv = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-            let argv: Vec<&[u8]> = argv.split(|b| *b == 0).collect();
-            let ours = argv.contains(&b"sentinel".as_slice()) && argv.contains(&root.as_bytes());
-            if !ours {
-                return None;
-            }
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("VmRSS:"))?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
-}
-
-/// Stops the benchmark's own broker (recorded in its temp state root) however `main` ends, a panic included.
-struct StopOnDrop {
-    state: std::path::PathBuf,
-}
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        let _ = ours(&self.state, &["reap", "--session", "owner"]).output();
-        for index in 0..8 {
-            let _ = ours(&self.state, &["reap", "--session", &format!("s{index}")]).output();
-        }
-    }
-}
-
-/// `count` workspaces under the state root `root`, each with a broker record (naming `broker`'s live process)
-/// owned by a session that never ends.
-fn plant_workspaces(root: &Path, count: usize, broker: &serde_json::Value) {
+/// `count` slots (`workspaces/<key>/default`) naming `broker`, each owned by "keeper" and by `<prefix>-0` …
+/// `<prefix>-<sessions - 1>`, whose session records index them all. Returns the slot paths (`<key>/default`).
+fn plant_owned_slots(
+    root: &Path,
+    count: usize,
+    broker: &serde_json::Value,
+    prefix: &str,
+    sessions: usize,
+) -> Vec<String> {
     let now = "2026-01-01T00:00:00.000Z";
-    for index in 0..count {
-        let dir = root.join(format!("workspaces/ws{index}-{index:016x}/default"));
-        std::fs::create_dir_all(&dir).unwrap();
+    let mut owners = vec![serde_json::json!({"session": "keeper", "since": now})];
+    owners.extend(
+        (0..sessions)
+            .map(|n| serde_json::json!({"session": format!("{prefix}-{n}"), "since": now})),
+    );
+    let slots: Vec<String> = (0..count)
+        .map(|index| {
+            let workspace = format!("/nonexistent/bench/{prefix}{index}");
+            let slot = format!(
+                "{}/default",
+                session_reaper::observe::workspace::workspace_key(Path::new(&workspace))
+            );
+            let dir = root.join("workspaces").join(&slot);
+            support::mkdir(&dir);
+            let record = serde_json::json!({
+                "version": 1, "name": "default", "workspace": workspace, "cwd": "/",
+                "command": ["sleep", "600"], "owners": owners,
+                "identity": broker["identity"], "pgid": broker["identity"]["pid"],
+                "created_at": now, "last_active": now, "grace_ms": 5000, "host": broker["host"],
+            });
+            support::write_private(
+                &dir.join("broker.json"),
+                &serde_json::to_vec_pretty(&record).unwrap(),
+            );
+            support::write_private(&dir.join("broker.lock"), b"");
+            slot
+        })
+        .collect();
+    support::mkdir(&root.join("sessions"));
+    for n in 0..sessions {
+        let id = format!("{prefix}-{n}");
         let record = serde_json::json!({
-            "version": 1, "name": "default", "workspace": format!("/nonexistent/ws{index}"), "cwd": "/",
-            "command": ["sleep", "600"], "owners": [{"session": "keeper", "since": now}],
-            "identity": broker["identity"], "pgid": broker["identity"]["pid"],
-            "created_at": now, "last_active": now, "grace_ms": 5000, "host": broker["host"],
+            "version": 1, "session_id": id, "agent": "claude", "cwd": "/",
+            "host": broker["host"], "started_at": now, "last_seen": now,
+            "ended_at": null, "end_reason": null, "slots": slots,
         });
-        std::fs::write(
-            dir.join("broker.json"),
-            serde_json::to_vec_pretty(&record).unwrap(),
+        support::write_private(
+            &root.join(format!("sessions/{id}.json")),
+            &serde_json::to_vec_pretty(&record).unwrap(),
+        );
+    }
+    slots
+}
+
+/// `broker attach` then `broker detach` by 8 concurrent writers on one slot, beside one writer alone.
+fn writers(table: &mut Table, state: &Path, ws: &str, options: &Options) {
+    let per_writer = if options.quick { 5 } else { 25 };
+    let run = |writers: usize| {
+        let started = Instant::now();
+        std::thread::scope(|scope| {
+            for writer in 0..writers {
+                scope.spawn(move || {
+                    let session = format!("writer-{writer}");
+                    for _ in 0..per_writer {
+                        for verb in ["attach", "detach"] {
+                            let out =
+                                ours(state, &["broker", verb, "--cwd", ws, "--session", &session])
+                                    .output()
+                                    .expect("broker update");
+                            assert!(
+                                out.status.success(),
+                                "broker {verb}: {}",
+                                String::from_utf8_lossy(&out.stderr)
+                            );
+                        }
+                    }
+                });
+            }
+        });
+        let updates = writers * per_writer * 2;
+        (
+            updates,
+            f64::from(u32::try_from(updates).unwrap()) / started.elapsed().as_secs_f64(),
         )
-        .unwrap();
-    }
-    set_private(root);
+    };
+    let (alone_updates, alone) = run(1);
+    let (updates, together) = run(8);
+    // Every writer ended detached: an owner left behind would be a lost update.
+    let record = std::fs::read_dir(state.join("workspaces"))
+        .expect("workspaces")
+        .flatten()
+        .map(|entry| entry.path().join("default/broker.json"))
+        .find(|path| path.exists())
+        .and_then(|path| std::fs::read(path).ok())
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .expect("the writers' slot");
+    let left: Vec<&str> = record["owners"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|owner| owner["session"].as_str())
+        .filter(|session| session.starts_with("writer-"))
+        .collect();
+    table.figure(
+        "broker attach/detach, 8 writers: writers left as owners (lost updates)",
+        &left.len().to_string(),
+        "0",
+        Some(left.is_empty()),
+    );
+    table.figure(
+        &format!("broker attach/detach, 1 writer ({alone_updates} updates)"),
+        &format!("{alone:.0} updates/s"),
+        "—",
+        None,
+    );
+    table.figure(
+        &format!("broker attach/detach, 8 concurrent writers on one slot ({updates} updates)"),
+        &format!(
+            "{together:.0} updates/s ({:.2}× one writer)",
+            together / alone
+        ),
+        "—",
+        None,
+    );
 }
 
-fn set_private(dir: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    for entry in walk(dir) {
-        let mode = if entry.is_dir() { 0o700 } else { 0o600 };
-        std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(mode)).unwrap();
-    }
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = vec![dir.to_path_buf()];
-    let mut index = 0;
-    while index < out.len() {
-        if out[index].is_dir() {
-            let children: Vec<_> = std::fs::read_dir(&out[index])
-                .unwrap()
-                .filter_map(Result::ok)
-                .map(|e| e.path())
-                .collect();
-            out.extend(children);
-        }
-        index += 1;
-    }
-    out
+fn which(program: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .output()
+        .is_ok_and(|out| out.status.success())
 }

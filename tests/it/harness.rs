@@ -426,7 +426,12 @@ pub fn scrub_env(command: &mut Command) {
 }
 
 /// Runs `command` with optional stdin, killing it after `PATIENCE`.
-pub fn run_bounded(mut command: Command, stdin: Option<&[u8]>) -> Output {
+pub fn run_bounded(command: Command, stdin: Option<&[u8]>) -> Output {
+    run_bounded_for(command, stdin, PATIENCE)
+}
+
+/// Runs `command` with optional stdin, killing it after `limit`.
+pub fn run_bounded_for(mut command: Command, stdin: Option<&[u8]>, limit: Duration) -> Output {
     command.stdout(Stdio::piped()).stderr(Stdio::piped());
     if stdin.is_some() {
         command.stdin(Stdio::piped());
@@ -440,7 +445,7 @@ pub fn run_bounded(mut command: Command, stdin: Option<&[u8]>) -> Output {
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let finished = done.clone();
     let watchdog = std::thread::spawn(move || {
-        let deadline = Instant::now() + PATIENCE;
+        let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             if finished.load(std::sync::atomic::Ordering::SeqCst) {
                 return;
@@ -1036,4 +1041,110 @@ pub fn sentinels_of(state_dir: &Path) -> Vec<(i32, i32)> {
             (is_ours && !matches!(proc_stat(pid), None | Some(('Z', _)))).then_some((pid, watched))
         })
         .collect()
+}
+// ---- The reliability suite's helpers (tests/it/reliability.rs) ----
+
+/// True when the heavy variants of the reliability suite run: `SESSION_REAPER_HEAVY=1`.
+pub fn heavy() -> bool {
+    std::env::var("SESSION_REAPER_HEAVY").is_ok_and(|value| value == "1")
+}
+
+/// `small` in the default run, `large` in the heavy one.
+pub fn sized(small: usize, large: usize) -> usize {
+    if heavy() { large } else { small }
+}
+
+/// Live processes other than this one with `word` as one of their argv words: the finishers and sentinels of a
+/// (unique, temporary) state root name it after `--state-dir`.
+pub fn naming(word: &Path) -> Vec<Proc> {
+    let me = i32::try_from(std::process::id()).unwrap();
+    let word = word.as_os_str().as_encoded_bytes();
+    all_pids()
+        .into_iter()
+        .filter(|pid| *pid != me)
+        .filter_map(|pid| {
+            let before = Proc::of(pid)?;
+            let argv = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let named = argv.split(|b| *b == 0).any(|arg| arg == word);
+            (named && Proc::of(pid) == Some(before)).then_some(before)
+        })
+        .collect()
+}
+
+/// Every process of a state root's own (brokers by their environment mark; finishers and sentinels by their
+/// argv), killed on drop: a test that stresses the state root leaves nothing of it running.
+pub struct StateRootProcesses(pub PathBuf);
+
+impl StateRootProcesses {
+    pub fn live(&self) -> Vec<Proc> {
+        let mut found = marked_with_state_root(&self.0);
+        found.extend(naming(&self.0));
+        found.sort_by_key(|proc| proc.pid);
+        found.dedup();
+        found
+    }
+}
+
+impl Drop for StateRootProcesses {
+    fn drop(&mut self) {
+        for proc in self.live() {
+            proc.kill();
+        }
+    }
+}
+
+/// The files under `dir` that must parse and do not: every `*.json` as a JSON value, every line of every
+/// `events.jsonl*` as one; each with why.
+pub fn unparsable_files(dir: &Path) -> Vec<String> {
+    let mut bad = Vec::new();
+    for path in walkdir(dir.to_path_buf()) {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if !path.is_file() {
+            continue;
+        }
+        let Ok(bytes) = std::fs::read(&path) else {
+            bad.push(format!("{}: unreadable", path.display()));
+            continue;
+        };
+        if path.extension().is_some_and(|ext| ext == "json") {
+            if let Err(err) = serde_json::from_slice::<Value>(&bytes) {
+                bad.push(format!("{}: {err}", path.display()));
+            }
+        } else if name.starts_with("events.jsonl") {
+            for (index, line) in bytes.split(|b| *b == b'\n').enumerate() {
+                if !line.is_empty() && serde_json::from_slice::<Value>(line).is_err() {
+                    bad.push(format!("{} line {}: not JSON", path.display(), index + 1));
+                }
+            }
+        }
+    }
+    bad
+}
+
+/// The identity a record names for `proc`, as our own records spell it.
+pub fn identity_json(proc: Proc) -> Value {
+    serde_json::json!({
+        "boot_id": std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap().trim(),
+        "pid": proc.pid,
+        "start_ticks": proc.ticks,
+        "uid": std::fs::metadata(format!("/proc/{}", proc.pid)).map_or(0, |m| std::os::unix::fs::MetadataExt::uid(&m)),
+    })
+}
+
+/// A hook payload for `session` (`event`) in `cwd`.
+pub fn hook_payload(session: &str, event: &str, cwd: &Path) -> Vec<u8> {
+    serde_json::json!({
+        "session_id": session, "hook_event_name": event, "cwd": cwd,
+        "source": "startup", "reason": "other",
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// Every path below `root` (directories and files).
+pub fn walkdir_all(root: &Path) -> Vec<PathBuf> {
+    walkdir(root.to_path_buf())
 }

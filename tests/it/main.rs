@@ -9,6 +9,7 @@ mod leftovers;
 mod lineage;
 mod newcomer;
 mod newcomer_path;
+mod reliability;
 mod reshaped;
 mod settings;
 mod sweep;
