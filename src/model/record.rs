@@ -32,9 +32,15 @@ impl Identity {
             && self.pid_ns.is_none_or(|ns| live.pid_ns == Some(ns))
     }
 
-    /// True when the identity was written in another pid namespace than `here`: its pid means nothing here.
+    /// True when the identity was written in another pid namespace than `here`: its pid means nothing here. A
+    /// record that names a namespace is taken as another's when this one cannot be told (`here` is `None`: the
+    /// portable backend, or a `/proc` without `ns/`): a pid is trusted only where its namespace is known to match.
     pub fn is_other_pid_ns(&self, here: Option<u64>) -> bool {
-        matches!((self.pid_ns, here), (Some(recorded), Some(here)) if recorded != here)
+        match (self.pid_ns, here) {
+            (Some(recorded), Some(here)) => recorded != here,
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
     }
 }
 
@@ -374,6 +380,25 @@ mod tests {
         assert!(matches!(socket, Shutdown::Socket { .. }));
         let command: Shutdown = serde_json::from_str(r#"{"command":"stop"}"#).unwrap();
         assert!(matches!(command, Shutdown::Command { .. }));
+    }
+
+    #[test]
+    fn a_pid_counts_only_in_a_namespace_known_to_match() {
+        let at = |pid_ns| Identity {
+            pid_ns,
+            ..Identity::default()
+        };
+        assert!(
+            !at(None).is_other_pid_ns(Some(4)),
+            "an older record: this namespace's"
+        );
+        assert!(!at(None).is_other_pid_ns(None));
+        assert!(!at(Some(4)).is_other_pid_ns(Some(4)));
+        assert!(at(Some(4)).is_other_pid_ns(Some(5)));
+        assert!(
+            at(Some(4)).is_other_pid_ns(None),
+            "this namespace unknown: never trusted"
+        );
     }
 
     #[test]
