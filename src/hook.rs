@@ -92,9 +92,11 @@ impl Payload {
                 .filter(|s| !s.is_empty())
                 .map(str::to_owned)
         };
+        // Free text, capped before it can reach a record or an event (`model::bounded`).
+        let capped = |key: &str| text(key).map(crate::model::bounded::capped);
         // Snake case, else camel case: `transcript_path` or `transcriptPath`.
-        let field = |snake: &str| text(snake).or_else(|| text(&camel_case(snake)));
-        let first_of = |names: Vec<&'static str>| names.into_iter().find_map(text);
+        let field = |snake: &str| capped(snake).or_else(|| capped(&camel_case(snake)));
+        let first_of = |names: Vec<&'static str>| names.into_iter().find_map(capped);
         let session_key = agents::payload_fields(agent, |spec| spec.session_fields)
             .into_iter()
             .find(|key| object.get(*key).is_some_and(|value| !value.is_null()));
@@ -113,7 +115,7 @@ impl Payload {
             transcript_path: field("transcript_path"),
             source: field("source"),
             reason: field("reason"),
-            title: field("session_title").or_else(|| text("title")),
+            title: field("session_title").or_else(|| capped("title")),
             shaped_like: agents::agent_from_payload_keys(&|key| object.contains_key(key)),
         })
     }

@@ -46,15 +46,9 @@ fn stamp(text: Option<&String>) -> Option<SystemTime> {
     text.map(|text| clock::parse(text).unwrap_or(SystemTime::UNIX_EPOCH))
 }
 
-/// Milliseconds on the boot clock (`CLOCK_BOOTTIME`: monotonic, counts suspend, never stepped).
+/// Milliseconds on the boot clock (see `clock::boot_millis`).
 pub fn boot_millis() -> u64 {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    let clock = rustix::time::ClockId::Boottime;
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    let clock = rustix::time::ClockId::Monotonic;
-    let now = rustix::time::clock_gettime(clock);
-    u64::try_from(now.tv_sec).unwrap_or(0) * 1000
-        + u64::try_from(now.tv_nsec).unwrap_or(0) / 1_000_000
+    clock::boot_millis()
 }
 
 /// The ticket with its cascade stamps placed on the wall clock from the boot clock, where the ticket has them: a

@@ -229,16 +229,26 @@ impl SlotTarget {
     }
 
     /// Indexes the slot with the owner-to-be (before its lock: see `Sessions::index_slot`), then takes the lock.
-    fn lock_for(&self, owner: Option<&SessionId>) -> anyhow::Result<SlotGuard<'_>> {
+    fn lock_for(
+        &self,
+        owner: Option<&SessionId>,
+        corrupt: OnCorrupt,
+    ) -> anyhow::Result<SlotGuard<'_>> {
         // A slot held by a record that is refused as it stands is refused before anything is written.
-        if let SlotView::Unreadable(unreadable) = self.slot.view(&self.store.root)
-            && !unreadable.corrupt
-        {
-            return Err(bad_input(format!(
-                "{}: {}; the slot is left as it is",
-                self.slot.record_path().display(),
-                unreadable.why
-            )));
+        match self.slot.view(&self.store.root) {
+            SlotView::Unreadable(unreadable) if !unreadable.corrupt => {
+                return Err(bad_input(format!(
+                    "{}: {}; the slot is left as it is",
+                    self.slot.record_path().display(),
+                    unreadable.why
+                )));
+            }
+            // A command that needs the record: moved aside and refused before the owner index is written.
+            SlotView::Unreadable(_) if corrupt == OnCorrupt::Refuse => {
+                let guard = self.lock()?;
+                self.live_broker(&guard, corrupt)?;
+            }
+            _ => {}
         }
         if let Some(owner) = owner {
             self.store.sessions.index_slot(
@@ -251,22 +261,23 @@ impl SlotTarget {
     }
 
     /// Creates the slot and takes its lock. A sweep removing the empty slot in between makes the lock fail on a
-    /// vanished directory: created again and retried (a few times).
+    /// vanished directory: created again and retried, within the lock's wait.
     fn lock(&self) -> anyhow::Result<SlotGuard<'_>> {
-        let mut tries = 0;
-        loop {
-            self.slot.create(&self.store.root)?;
-            match self.slot.lock(&self.store.root, Deadline::after(LOCK_WAIT)) {
-                Err(_) if tries < 3 && !self.slot.dir().exists() => tries += 1,
-                result => return result,
-            }
-        }
+        crate::store::slot_dirs::lock_creating(
+            &self.slot,
+            &self.store.root,
+            Deadline::after(LOCK_WAIT),
+        )
     }
 
     /// The live broker of the slot, under its lock. A record whose process is gone is pruned (`broker_gone`); a
     /// corrupt one is moved aside and reported; one refused as it stands (a newer version, another host's) is an
     /// error: the slot is occupied, and nothing here may overwrite it.
-    fn live_broker(&self, guard: &SlotGuard<'_>) -> anyhow::Result<Option<BrokerRecord>> {
+    fn live_broker(
+        &self,
+        guard: &SlotGuard<'_>,
+        corrupt: OnCorrupt,
+    ) -> anyhow::Result<Option<BrokerRecord>> {
         let path = guard.slot().record_path();
         let view = guard.view();
         let record = match &view {
@@ -276,6 +287,9 @@ impl SlotTarget {
                     why: unreadable.why.clone(),
                 };
                 executor::apply(&self.store, guard, &change)?;
+                if corrupt == OnCorrupt::Refuse {
+                    return Err(corrupt_record(&path, &unreadable.why));
+                }
                 let _ = writeln!(
                     std::io::stderr(),
                     "session-reaper: {}: {}; moved aside",
@@ -321,6 +335,26 @@ impl SlotTarget {
     }
 }
 
+/// What a command does with a corrupt `broker.json` (after moving it aside, which every writer does): `spawn` starts
+/// the broker it was asked for in the emptied slot; the others needed that record, so they stop there (exit 2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OnCorrupt {
+    Replace,
+    Refuse,
+}
+
+/// The bad-input error of a command whose slot held a corrupt record: one line naming the file and what was
+/// expected, and where the record went.
+fn corrupt_record(path: &Path, why: &str) -> anyhow::Error {
+    bad_input(format!(
+        "{}: {why}; expected a broker record (a JSON object with \"version\": 1); moved aside to {}.corrupt-<time>, \
+         nothing else changed",
+        path.display(),
+        path.file_name()
+            .map_or_else(String::new, |name| name.to_string_lossy().into_owned())
+    ))
+}
+
 /// A process about to become a slot's broker, and how it is to be stopped.
 struct Adopted<'a> {
     command: Vec<String>,
@@ -335,7 +369,8 @@ struct Adopted<'a> {
 impl SlotTarget {
     /// The record of a broker new to this slot.
     fn new_record(&self, broker: Adopted<'_>) -> BrokerRecord {
-        let now = clock::now_rfc3339();
+        let stamp = clock::Stamp::now();
+        let now = stamp.wall;
         let mut record = BrokerRecord {
             version: VERSION,
             name: self.slot.name().to_owned(),
@@ -348,6 +383,7 @@ impl SlotTarget {
             pgid: broker.pgid,
             created_at: now.clone(),
             last_active: now.clone(),
+            last_active_boot_ms: Some(stamp.boot_ms),
             idle_ttl_secs: broker.policy.idle_ttl.map(|ttl| ttl.as_secs()),
             grace_ms: clock::millis(broker.policy.grace),
             shutdown: broker.policy.shutdown.clone(),
@@ -465,10 +501,10 @@ fn spawn(
     {
         refuse_other_command(target, &record, request)?;
     }
-    let guard = target.lock_for(owner)?;
+    let guard = target.lock_for(owner, OnCorrupt::Replace)?;
     target.recheck_owner(owner)?;
     let mut carried = Vec::new();
-    if let Some(record) = target.live_broker(&guard)? {
+    if let Some(record) = target.live_broker(&guard, OnCorrupt::Replace)? {
         if record.command == request.command {
             return join(target, &guard, &record, owner);
         }
@@ -606,7 +642,7 @@ fn join(
     owner: Option<&SessionId>,
 ) -> anyhow::Result<Outcome> {
     let change =
-        decide::slot::add_owner(record, owner.map(SessionId::as_str), &clock::now_rfc3339());
+        decide::slot::add_owner(record, owner.map(SessionId::as_str), &clock::Stamp::now());
     executor::apply(&target.store, guard, &change)?;
     if let Some(record) = change.record() {
         target.print_record(record, Joined::Reused);
@@ -642,9 +678,9 @@ fn register(
 ) -> anyhow::Result<Outcome> {
     let pid = identity.pid;
     refuse_registered_elsewhere(target, &identity)?;
-    let guard = target.lock_for(owner)?;
+    let guard = target.lock_for(owner, OnCorrupt::Refuse)?;
     target.recheck_owner(owner)?;
-    if let Some(record) = target.live_broker(&guard)? {
+    if let Some(record) = target.live_broker(&guard, OnCorrupt::Refuse)? {
         if !record.identity.is_same_process(&identity) {
             target.store.log.record(
                 &target
@@ -680,9 +716,9 @@ fn register(
 }
 
 fn attach(target: &SlotTarget, owner: &SessionId) -> anyhow::Result<Outcome> {
-    let guard = target.lock_for(Some(owner))?;
+    let guard = target.lock_for(Some(owner), OnCorrupt::Refuse)?;
     target.recheck_owner(Some(owner))?;
-    let Some(record) = target.live_broker(&guard)? else {
+    let Some(record) = target.live_broker(&guard, OnCorrupt::Refuse)? else {
         eprintln!(
             "session-reaper: {} has no live broker to attach to; use `broker spawn`",
             target.place()
@@ -697,7 +733,7 @@ fn detach(target: &SlotTarget, owner: &SessionId) -> anyhow::Result<Outcome> {
     let place = target.place();
     let ticket = {
         let guard = target.lock()?;
-        let Some(record) = target.live_broker(&guard)? else {
+        let Some(record) = target.live_broker(&guard, OnCorrupt::Refuse)? else {
             target.say(
                 &format!("{place} has no live broker; nothing to detach"),
                 &json!({"session": owner, "detached": false, "broker": null, "stops": []}),
@@ -751,7 +787,7 @@ fn detach(target: &SlotTarget, owner: &SessionId) -> anyhow::Result<Outcome> {
 
 fn touch(target: &SlotTarget) -> anyhow::Result<Outcome> {
     let guard = target.lock()?;
-    let Some(record) = target.live_broker(&guard)? else {
+    let Some(record) = target.live_broker(&guard, OnCorrupt::Refuse)? else {
         let _ = writeln!(
             std::io::stderr(),
             "session-reaper: {} has no live broker to touch",
@@ -759,7 +795,7 @@ fn touch(target: &SlotTarget) -> anyhow::Result<Outcome> {
         );
         return Ok(Outcome::Partial);
     };
-    let change = decide::slot::add_owner(&record, None, &clock::now_rfc3339());
+    let change = decide::slot::add_owner(&record, None, &clock::Stamp::now());
     executor::apply(&target.store, &guard, &change)?;
     let record = change.record().unwrap_or(&record);
     target.say(

@@ -11,6 +11,7 @@ pub mod status;
 pub mod status_json;
 pub mod status_tree;
 pub mod sweep;
+pub mod sweep_litter;
 
 /// One line per stop, for people.
 pub fn print_stops(reports: &[crate::act::stopper::StopReport]) {

@@ -189,6 +189,15 @@ fn beside_slots(store: &Store) -> BesideSlots {
             }),
         }
     }
+    // A symlink (or anything but a directory) where a slot belongs: never read through, shown as unreadable.
+    unreadable.extend(
+        crate::store::slot_dirs::odd_entries(&store.root)
+            .into_iter()
+            .map(|odd| Unreadable {
+                problem: odd.problem(),
+                slot: odd.label,
+            }),
+    );
     let (sessions, unreadable_sessions) = store.sessions.scan();
     unreadable.extend(
         unreadable_sessions

@@ -157,6 +157,7 @@ pub fn observe(store: &Store, snapshot: &Snapshot) -> Facts {
     let sessions = store.sessions.all();
     let policy = SweepPolicy {
         now: SystemTime::now(),
+        boot_now_ms: crate::model::clock::boot_millis(),
         default_ttl: DEFAULT_SWEEP_TTL,
         retention: Duration::from_secs(7 * 86_400),
     };

@@ -123,6 +123,9 @@ pub fn run(args: &SweepRequest, config: &Config) -> anyhow::Result<Outcome> {
     sweep.stop_unrecorded();
     sweep.report_duplicate_writers(&snapshot, &sessions);
     sweep.drop_tombstones(&sessions, args.retention);
+    let litter = crate::commands::sweep_litter::at_sweep(&store, args.dry_run);
+    sweep.actions.extend(litter.actions);
+    sweep.problems.extend(litter.problems);
     if !args.dry_run && store.log.rotate_if_oversized() {
         sweep.act("clean", None, "events.jsonl".to_owned(), None, "rotate");
     }
@@ -221,6 +224,7 @@ impl Sweep<'_> {
     fn judge_slots(&mut self, sessions: &[SessionRecord], idle_ttl: Duration) {
         let policy = SweepPolicy {
             now: SystemTime::now(),
+            boot_now_ms: clock::boot_millis(),
             default_ttl: idle_ttl,
             retention: Duration::from_secs(self.policy.retention_secs),
         };

@@ -5,7 +5,7 @@
 use std::time::{Duration, SystemTime};
 
 use crate::act::stopper;
-use crate::model::clock;
+use crate::model::clock::{self, Stamp};
 use crate::model::record::{BrokerRecord, StopTicket};
 use crate::store::events::Reason;
 use crate::store::slot::SlotView;
@@ -148,15 +148,16 @@ pub fn remove_owners(
 }
 
 /// Makes `session` an owner of a live broker (the reuse path of spawn and register, and `attach`) and refreshes
-/// its idle clock.
-pub fn add_owner(record: &BrokerRecord, session: Option<&str>, now: &str) -> SlotChange {
+/// its idle clock, on both clocks.
+pub fn add_owner(record: &BrokerRecord, session: Option<&str>, now: &Stamp) -> SlotChange {
     let mut record = record.clone();
     let added: Vec<String> = session
-        .filter(|session| record.add_owner(session, now))
+        .filter(|session| record.add_owner(session, &now.wall))
         .map(str::to_owned)
         .into_iter()
         .collect();
-    now.clone_into(&mut record.last_active);
+    now.wall.clone_into(&mut record.last_active);
+    record.last_active_boot_ms = Some(now.boot_ms);
     SlotChange::Write {
         record,
         owners: OwnerDelta {
@@ -183,6 +184,8 @@ pub struct SlotFacts {
 #[derive(Clone, Copy, Debug)]
 pub struct SweepPolicy {
     pub now: SystemTime,
+    /// The boot clock at `now` (ms): what idle time is measured on, where the record has a boot stamp.
+    pub boot_now_ms: u64,
     /// Brokers with no owner known to be alive stop after this long idle; zero disables.
     pub default_ttl: Duration,
     /// How long tombstones and the logs of empty slots are kept.
@@ -222,7 +225,7 @@ pub fn sweep(
         .map(|owner| owner.session.as_str())
         .filter(|session| ended(session))
         .collect();
-    let idle = clock::age(&record.last_active, now).unwrap_or(Duration::MAX);
+    let idle = idle_for(record, now, policy.boot_now_ms);
     let own_ttl = record
         .idle_ttl_secs
         .filter(|secs| *secs > 0)
@@ -248,6 +251,17 @@ pub fn sweep(
         };
     }
     remove_owners(view, &ended_owners, Reason::SessionEnd, host, label)
+}
+
+/// How long a broker has been idle: on the boot clock when its record has a boot stamp of this boot (a wall clock
+/// stepped back or forward since changes nothing), else by its wall-clock `last_active` (records of older versions;
+/// a time in the future is zero ago, one that does not parse is idle forever). A boot stamp ahead of the boot clock
+/// was written in an earlier boot: the wall clock decides.
+pub fn idle_for(record: &BrokerRecord, now: SystemTime, boot_now_ms: u64) -> Duration {
+    match record.last_active_boot_ms {
+        Some(boot) if boot <= boot_now_ms => Duration::from_millis(boot_now_ms - boot),
+        _ => clock::age(&record.last_active, now).unwrap_or(Duration::MAX),
+    }
 }
 
 #[cfg(test)]
@@ -285,6 +299,7 @@ mod tests {
             pgid: Some(10),
             created_at: last_active.into(),
             last_active: last_active.into(),
+            last_active_boot_ms: None,
             idle_ttl_secs: ttl,
             grace_ms: 5000,
             shutdown: None,
@@ -402,14 +417,43 @@ mod tests {
     #[test]
     fn attaching_adds_once_and_refreshes_the_idle_clock() {
         let base = record(&["a"], "2026-01-01T00:00:00Z", None);
-        let change = add_owner(&base, Some("b"), "2026-01-02T00:00:00Z");
+        let at = Stamp {
+            wall: "2026-01-02T00:00:00Z".into(),
+            boot_ms: 77,
+        };
+        let change = add_owner(&base, Some("b"), &at);
         assert_eq!(owners_after(&change), ["a", "b"]);
         assert_eq!(change.record().unwrap().last_active, "2026-01-02T00:00:00Z");
-        let again = add_owner(&base, Some("a"), "2026-01-02T00:00:00Z");
+        assert_eq!(change.record().unwrap().last_active_boot_ms, Some(77));
+        let again = add_owner(&base, Some("a"), &at);
         let SlotChange::Write { owners, .. } = again else {
             panic!()
         };
         assert!(owners.added.is_empty());
+    }
+
+    /// Hardening: a wall clock stepped back stalled idle TTLs, one stepped forward hastened them. The boot stamp
+    /// decides where there is one; older records fall back to the wall clock.
+    #[test]
+    fn idle_time_is_read_on_the_boot_clock_where_the_record_has_it() {
+        let now = clock::parse("2026-01-01T01:00:00Z").unwrap();
+        let mut ahead = record(&[], "2026-01-02T00:00:00Z", None);
+        ahead.last_active_boot_ms = Some(1_000);
+        assert_eq!(
+            idle_for(&ahead, now, 3_601_000),
+            Duration::from_secs(3600),
+            "a future wall stamp does not stall it"
+        );
+        let mut behind = record(&[], "2025-01-01T00:00:00Z", None);
+        behind.last_active_boot_ms = Some(3_600_000);
+        assert_eq!(idle_for(&behind, now, 3_601_000), Duration::from_secs(1));
+        let old = record(&[], "2026-01-01T00:00:00Z", None);
+        assert_eq!(idle_for(&old, now, 5), Duration::from_secs(3600));
+        behind.last_active_boot_ms = Some(9_999_999);
+        assert!(
+            idle_for(&behind, now, 5) > Duration::from_secs(86_400),
+            "another boot's stamp: the wall clock"
+        );
     }
 
     const LIVE: SlotFacts = SlotFacts {
@@ -421,6 +465,7 @@ mod tests {
     fn policy(now: SystemTime, default_ttl: Duration) -> SweepPolicy {
         SweepPolicy {
             now,
+            boot_now_ms: 0,
             default_ttl,
             retention: Duration::from_secs(60),
         }

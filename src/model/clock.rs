@@ -11,6 +11,34 @@ pub fn format(time: SystemTime) -> String {
     humantime::format_rfc3339_millis(time).to_string()
 }
 
+/// Milliseconds on the boot clock (`CLOCK_BOOTTIME`: monotonic, counts suspend, never stepped). Where there is no
+/// boot clock (other Unix), the monotonic clock.
+pub fn boot_millis() -> u64 {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let clock = rustix::time::ClockId::Boottime;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let clock = rustix::time::ClockId::Monotonic;
+    let now = rustix::time::clock_gettime(clock);
+    u64::try_from(now.tv_sec).unwrap_or(0) * 1000
+        + u64::try_from(now.tv_nsec).unwrap_or(0) / 1_000_000
+}
+
+/// One moment on both clocks: the wall clock for people and records, the boot clock for timing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stamp {
+    pub wall: String,
+    pub boot_ms: u64,
+}
+
+impl Stamp {
+    pub fn now() -> Self {
+        Stamp {
+            wall: now_rfc3339(),
+            boot_ms: boot_millis(),
+        }
+    }
+}
+
 /// Parses a stored timestamp; `None` for anything that is not RFC 3339.
 pub fn parse(text: &str) -> Option<SystemTime> {
     humantime::parse_rfc3339_weak(text).ok()

@@ -81,6 +81,11 @@ pub struct BrokerRecord {
     pub pgid: Option<i32>,
     pub created_at: String,
     pub last_active: String,
+    /// `last_active` on the boot clock (ms, `CLOCK_BOOTTIME`): what idle TTLs are timed by, so that a wall clock
+    /// stepped back neither stalls nor hastens an idle stop. Absent in records of older versions (and in ones
+    /// another boot wrote, where it means nothing): they fall back to `last_active`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_active_boot_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_ttl_secs: Option<u64>,
     #[serde(default = "default_grace_ms")]

@@ -7,6 +7,8 @@ pub mod lock;
 pub mod root;
 pub mod sessions;
 pub mod slot;
+pub mod slot_dirs;
+pub mod temps;
 pub mod tickets;
 
 use std::path::Path;

@@ -268,11 +268,7 @@ fn publish_via_temp(
         .file_name()
         .context("a file to write has no name")?
         .to_string_lossy();
-    let temp = dir.join(format!(
-        ".{name}.tmp-{}-{}",
-        std::process::id(),
-        temp_suffix()
-    ));
+    let temp = dir.join(temp_name(&name));
     let result = (|| -> anyhow::Result<Option<()>> {
         let mut file = open_nofollow(
             &temp,
@@ -323,6 +319,11 @@ pub fn sync_dir(dir: &Path) -> anyhow::Result<()> {
         .open(dir)
         .and_then(|handle| handle.sync_all())
         .with_context(|| format!("syncing directory {}", dir.display()))
+}
+
+/// The name of the writer's temp file for `name`: `.<name>.tmp-<pid>-<nanos>` (what `store::temps` recognises).
+pub fn temp_name(name: &str) -> String {
+    format!(".{name}.tmp-{}-{}", std::process::id(), temp_suffix())
 }
 
 fn temp_suffix() -> u128 {

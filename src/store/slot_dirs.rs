@@ -1,0 +1,184 @@
+//! Slot directories that come and go under a command's feet, and ones that are not directories at all.
+//!
+//! A sweep removes an empty slot's directory (and its workspace directory, once empty) while `broker spawn`,
+//! `attach` or a session's end may be on their way into it: a lock that fails because a directory vanished is
+//! taken again, until the caller's deadline. And an entry of `workspaces/` that is not a plain directory (a
+//! symlink in place of a slot) is never walked into, so that it can never name another root's broker: it is
+//! reported instead.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::model::deadline::Deadline;
+use crate::store::lock::LockBusy;
+use crate::store::root::{self, StateRoot, WORKSPACES};
+use crate::store::slot::{LOCK, Slot, SlotGuard};
+
+/// The pause between two tries at a slot whose directory vanished.
+const RETRY_PAUSE: Duration = Duration::from_millis(2);
+
+/// Creates the slot's directories and takes its lock, trying again (until `deadline`) when a sweep removed a
+/// directory in between. A lock held past the deadline, or an unsafe directory or lock file, fails at once.
+pub fn lock_creating<'s>(
+    slot: &'s Slot,
+    root: &StateRoot,
+    deadline: Deadline,
+) -> anyhow::Result<SlotGuard<'s>> {
+    loop {
+        let attempt = slot.create(root).and_then(|()| slot.lock(root, deadline));
+        match attempt {
+            Ok(guard) => return Ok(guard),
+            Err(err) if !may_retry(&err, slot, deadline) => return Err(err),
+            Err(_) => deadline.sleep(RETRY_PAUSE),
+        }
+    }
+}
+
+/// Takes the lock of an existing slot; `None` when its directory is gone (a sweep removed it: it holds nothing), also
+/// when it goes while the lock is being taken.
+pub fn lock_unless_gone<'s>(
+    slot: &'s Slot,
+    root: &StateRoot,
+    deadline: Deadline,
+) -> anyhow::Result<Option<SlotGuard<'s>>> {
+    loop {
+        if is_gone(slot.dir()) {
+            return Ok(None);
+        }
+        match slot.lock(root, deadline) {
+            Ok(guard) => return Ok(Some(guard)),
+            Err(err) if !may_retry(&err, slot, deadline) => return Err(err),
+            Err(_) => deadline.sleep(RETRY_PAUSE),
+        }
+    }
+}
+
+/// A failure worth another try: not a lock held past the deadline, no deadline passed, and nothing on disk that
+/// would fail the same way again (an unsafe directory, a lock file that is no regular file of ours). What is left is
+/// a directory that vanished between two steps.
+fn may_retry(err: &anyhow::Error, slot: &Slot, deadline: Deadline) -> bool {
+    let busy = err.chain().any(<dyn std::error::Error>::is::<LockBusy>);
+    !busy && !deadline.expired() && !lasting_problem(slot, root_uid())
+}
+
+fn root_uid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
+/// True when the slot's directories or lock file exist and are unsafe: a refusal that no retry changes.
+fn lasting_problem(slot: &Slot, uid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let dirs = slot.dir().parent().into_iter().chain([slot.dir()]);
+    for dir in dirs {
+        match std::fs::symlink_metadata(dir) {
+            Ok(meta) if root::unsafe_dir_reason(&meta, uid).is_some() => return true,
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+    }
+    std::fs::symlink_metadata(slot.dir().join(LOCK))
+        .is_ok_and(|meta| !meta.file_type().is_file() || meta.uid() != uid)
+}
+
+fn is_gone(path: &Path) -> bool {
+    matches!(std::fs::symlink_metadata(path), Err(err) if err.kind() == io::ErrorKind::NotFound)
+}
+
+/// An entry of `workspaces/` where a workspace or slot directory belongs that is not a plain directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OddEntry {
+    /// `<workspace-key>` or `<workspace-key>/<name>`, as slots are labelled.
+    pub label: String,
+    pub path: PathBuf,
+    /// What it is instead (`a symlink to /x`, `not a directory`).
+    pub what: String,
+}
+
+impl OddEntry {
+    /// One line for people: what it is, that it is left alone, and the fix.
+    pub fn problem(&self) -> String {
+        format!(
+            "{}: {}, where a slot directory belongs; never followed, nothing in it is read or signalled; fix: \
+             remove it",
+            self.path.display(),
+            self.what
+        )
+    }
+}
+
+/// Every entry of the two levels below `workspaces/` that is not a plain directory: symlinks (never followed),
+/// files, FIFOs. `Slot::iter` skips them; `status` shows them as unreadable and `sweep` reports them. Reads
+/// directory entries only (their type comes with them).
+pub fn odd_entries(root: &StateRoot) -> Vec<OddEntry> {
+    let workspaces = root.join(WORKSPACES);
+    walkdir::WalkDir::new(&workspaces)
+        .min_depth(1)
+        .max_depth(2)
+        .follow_links(false)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|entry| !entry.file_type().is_dir())
+        .map(|entry| {
+            let path = entry.into_path();
+            let label = path
+                .strip_prefix(&workspaces)
+                .map_or_else(|_| path.display().to_string(), |rel| rel.display().to_string());
+            let what = match std::fs::read_link(&path) {
+                Ok(target) => format!("a symlink to {}", target.display()),
+                Err(_) => "not a directory".to_owned(),
+            };
+            OddEntry { label, path, what }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::name::SlotName;
+
+    fn root() -> (tempfile::TempDir, StateRoot) {
+        let temp = tempfile::tempdir().unwrap();
+        let root = StateRoot::open(&temp.path().join("state")).unwrap();
+        (temp, root)
+    }
+
+    #[test]
+    fn a_vanished_slot_is_created_again_and_locked() {
+        let (temp, root) = root();
+        let slot = Slot::of(&root, temp.path(), &SlotName::default());
+        // As a sweep would leave it: the directory of the workspace gone too.
+        slot.create(&root).unwrap();
+        std::fs::remove_dir(slot.dir()).unwrap();
+        std::fs::remove_dir(slot.dir().parent().unwrap()).unwrap();
+        assert!(
+            lock_unless_gone(&slot, &root, Deadline::now())
+                .unwrap()
+                .is_none()
+        );
+        let guard = lock_creating(&slot, &root, Deadline::after(Duration::from_secs(1))).unwrap();
+        assert!(guard.slot().dir().is_dir());
+    }
+
+    #[test]
+    fn an_unsafe_slot_fails_at_once_and_is_listed() {
+        let (temp, root) = root();
+        let slot = Slot::of(&root, temp.path(), &SlotName::default());
+        let elsewhere = temp.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::fs::create_dir_all(slot.dir().parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, slot.dir()).unwrap();
+        let started = std::time::Instant::now();
+        let deadline = Deadline::after(Duration::from_secs(5));
+        assert!(lock_creating(&slot, &root, deadline).is_err());
+        assert!(lock_unless_gone(&slot, &root, deadline).is_err());
+        assert!(started.elapsed() < Duration::from_secs(4), "no retries");
+        let odd = odd_entries(&root);
+        assert_eq!(odd.len(), 1, "{odd:?}");
+        assert_eq!(odd[0].label, slot.label());
+        assert!(odd[0].what.contains("symlink"), "{odd:?}");
+        assert!(!elsewhere.join(LOCK).exists(), "never followed");
+    }
+}
