@@ -38,7 +38,8 @@ pub fn update_slot(
         });
     }
     // A sweep may remove the (empty) directory between the look above and the lock: then it holds nothing.
-    let Some(guard) = crate::store::slot_dirs::lock_unless_gone(slot, &store.root, deadline)? else {
+    let Some(guard) = crate::store::slot_dirs::lock_unless_gone(slot, &store.root, deadline)?
+    else {
         return Ok(SlotChange::Keep);
     };
     let change = decide(&guard.view());

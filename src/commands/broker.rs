@@ -114,6 +114,7 @@ impl SlotTarget {
     fn open(spec: SlotSpec, config: &Config, json: bool) -> anyhow::Result<Self> {
         let store = Store::open(&config.state_dir)?;
         let slot = Slot::of(&store.root, &spec.workspace, &spec.name);
+        crate::store::slot_dirs::refuse_unsafe(&slot, &store.root)?;
         Ok(SlotTarget {
             store,
             workspace: spec.workspace,

@@ -40,7 +40,10 @@ mod tests {
         let long = "€".repeat(400_000);
         let cut = capped(long.clone());
         assert!(cut.len() <= FIELD_LIMIT, "{}", cut.len());
-        assert!(cut.ends_with(&format!("…[cut: {} bytes]", long.len())), "{cut}");
+        assert!(
+            cut.ends_with(&format!("…[cut: {} bytes]", long.len())),
+            "{cut}"
+        );
         assert!(long.starts_with(cut.trim_end_matches(|c| c != '€')));
     }
 

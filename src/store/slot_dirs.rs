@@ -81,6 +81,17 @@ fn lasting_problem(slot: &Slot, uid: u32) -> bool {
         .is_ok_and(|meta| !meta.file_type().is_file() || meta.uid() != uid)
 }
 
+/// Refuses (exit 2, naming the path) a slot whose workspace or slot directory exists and is unsafe — a symlink
+/// above all — before anything is read through it.
+pub fn refuse_unsafe(slot: &Slot, root: &StateRoot) -> anyhow::Result<()> {
+    for dir in slot.dir().parent().into_iter().chain([slot.dir()]) {
+        if !is_gone(dir) {
+            root.check_dir(dir)?;
+        }
+    }
+    Ok(())
+}
+
 fn is_gone(path: &Path) -> bool {
     matches!(std::fs::symlink_metadata(path), Err(err) if err.kind() == io::ErrorKind::NotFound)
 }
@@ -122,9 +133,10 @@ pub fn odd_entries(root: &StateRoot) -> Vec<OddEntry> {
         .filter(|entry| !entry.file_type().is_dir())
         .map(|entry| {
             let path = entry.into_path();
-            let label = path
-                .strip_prefix(&workspaces)
-                .map_or_else(|_| path.display().to_string(), |rel| rel.display().to_string());
+            let label = path.strip_prefix(&workspaces).map_or_else(
+                |_| path.display().to_string(),
+                |rel| rel.display().to_string(),
+            );
             let what = match std::fs::read_link(&path) {
                 Ok(target) => format!("a symlink to {}", target.display()),
                 Err(_) => "not a directory".to_owned(),

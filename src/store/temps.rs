@@ -30,7 +30,11 @@ pub fn is_writer_temp(name: &str) -> bool {
 /// The writer's temp files left behind (older than `LEFT_BEHIND_AFTER` at `now`) in the root, `sessions/`,
 /// `stopping/` and every slot directory (`Slot::iter` lists real directories only: no symlink is walked into).
 pub fn left_behind(root: &StateRoot, now: SystemTime) -> Vec<PathBuf> {
-    let fixed = [root.path().to_path_buf(), root.join(SESSIONS), root.join(STOPPING)];
+    let fixed = [
+        root.path().to_path_buf(),
+        root.join(SESSIONS),
+        root.join(STOPPING),
+    ];
     let slots = Slot::iter(root).map(|slot| slot.dir().to_path_buf());
     fixed
         .into_iter()
@@ -103,7 +107,11 @@ mod tests {
         let later = SystemTime::now() + LEFT_BEHIND_AFTER + Duration::from_secs(60);
         let mut found = left_behind(&root, later);
         found.sort();
-        assert_eq!(found, [old.clone(), fresh.clone()], "a symlink is never one");
+        assert_eq!(
+            found,
+            [old.clone(), fresh.clone()],
+            "a symlink is never one"
+        );
         assert!(left_behind(&root, SystemTime::now()).is_empty(), "fresh");
     }
 }

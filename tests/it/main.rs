@@ -3,6 +3,7 @@
 mod codex_plugin;
 mod edges;
 mod foundation;
+mod hardening;
 mod harness;
 mod hooks;
 mod leftovers;
