@@ -408,99 +408,105 @@ fn idle_ttls_are_timed_on_the_boot_clock_whatever_the_wall_clock_says() {
     assert!(path_of(&env, &hastened_ws).exists(), "its record stays");
 }
 
-/// Item 5: sweeps removing the emptied slot (and its workspace directory) while brokers are spawned into it and
-/// detached again, 200 times over two slots of one workspace: no spawn, detach or sweep fails, and no broker is left
-/// running unrecorded.
+/// Runs the binary with `args` (bounded); `Err` with what it said when it did not exit 0.
+fn succeeds(env: &Env, args: &[&str]) -> Result<Value, String> {
+    let out = run_bounded(env.cmd(args), None);
+    if out.status.success() {
+        Ok(serde_json::from_slice(&out.stdout).unwrap_or(Value::Null))
+    } else {
+        Err(format!(
+            "{args:?} exited {:?}: {}{}",
+            out.status.code(),
+            stdout(&out),
+            stderr(&out)
+        ))
+    }
+}
+
+/// Item 5: two looping sweeps remove emptied slots (and the workspace directory) while, 200 times over two slots
+/// of one workspace, a broker is spawned into a slot, detached (stopped) and its session reaped (which visits the
+/// emptied slot again): no spawn, detach, reap or sweep fails, and no broker is left running unrecorded.
 #[test]
 fn sweeps_racing_spawns_and_detaches_into_one_workspace_fail_none() {
+    use std::sync::atomic::{AtomicBool, Ordering};
     let env = Env::new();
     let ws = env.workspace("race");
-    let log = env.work.path().join("brokers.log");
-    let done = std::sync::atomic::AtomicBool::new(false);
+    let (cwd, log) = (
+        ws.to_str().unwrap().to_owned(),
+        env.work.path().join("brokers.log"),
+    );
+    let log = log.to_str().unwrap();
+    let done = AtomicBool::new(false);
     let rounds = 100;
-    let (sweeps, spawned) = std::thread::scope(|scope| {
-        let sweeper = scope.spawn(|| {
-            let mut runs = 0;
-            let mut failures = Vec::new();
-            while !done.load(std::sync::atomic::Ordering::SeqCst) {
-                let out = run_bounded(
-                    env.cmd(&["sweep", "--idle-ttl", "0", "--retention", "0s"]),
-                    None,
-                );
-                runs += 1;
-                if !out.status.success() {
-                    failures.push(format!("{}{}", stdout(&out), stderr(&out)));
+    let sweep = || {
+        let (mut runs, mut failures) = (0, Vec::new());
+        while !done.load(Ordering::SeqCst) {
+            runs += 1;
+            let args = ["sweep", "--idle-ttl", "0", "--retention", "0s", "--json"];
+            if let Err(failure) = succeeds(&env, &args) {
+                failures.push(failure);
+            }
+        }
+        (runs, failures)
+    };
+    let churn = |name: &str| {
+        let (mut brokers, mut failures) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            let session = format!("race-{name}-{round}");
+            let slot = ["--cwd", cwd.as_str(), "--name", name, "--session", &session];
+            let mut spawn = vec!["broker", "spawn"];
+            spawn.extend(slot);
+            spawn.extend(["--log", log, "--", "sleep", "600"]);
+            match succeeds(&env, &spawn) {
+                Ok(record) => brokers.push(Proc {
+                    pid: i32::try_from(record["identity"]["pid"].as_i64().unwrap()).unwrap(),
+                    ticks: record["identity"]["start_ticks"].as_u64().unwrap(),
+                }),
+                Err(failure) => failures.push(failure),
+            }
+            let mut detach = vec!["broker", "detach"];
+            detach.extend(slot);
+            let reap = ["reap", "--session", &session];
+            for args in [&detach[..], &reap[..]] {
+                if let Err(failure) = succeeds(&env, args) {
+                    failures.push(failure);
                 }
             }
-            (runs, failures)
-        });
-        let spawners: Vec<_> = ["a", "b"]
-            .into_iter()
-            .map(|name| {
-                let (env, ws, log) = (&env, &ws, &log);
-                scope.spawn(move || {
-                    let mut pids = Vec::new();
-                    for round in 0..rounds {
-                        let session = format!("race-{name}-{round}");
-                        let out = run_bounded(
-                            env.cmd(&[
-                                "broker",
-                                "spawn",
-                                "--cwd",
-                                ws.to_str().unwrap(),
-                                "--name",
-                                name,
-                                "--session",
-                                &session,
-                                "--log",
-                                log.to_str().unwrap(),
-                                "--",
-                                "sleep",
-                                "600",
-                            ]),
-                            None,
-                        );
-                        assert!(out.status.success(), "spawn {session}: {out:?}");
-                        let record: Value = serde_json::from_slice(&out.stdout).unwrap();
-                        let pid =
-                            i32::try_from(record["identity"]["pid"].as_i64().unwrap()).unwrap();
-                        let ticks = record["identity"]["start_ticks"].as_u64().unwrap();
-                        pids.push(Proc { pid, ticks });
-                        let out = run_bounded(
-                            env.cmd(&[
-                                "broker",
-                                "detach",
-                                "--cwd",
-                                ws.to_str().unwrap(),
-                                "--name",
-                                name,
-                                "--session",
-                                &session,
-                            ]),
-                            None,
-                        );
-                        assert!(out.status.success(), "detach {session}: {out:?}");
-                    }
-                    pids
-                })
-            })
-            .collect();
-        let spawned: Vec<Proc> = spawners
-            .into_iter()
-            .flat_map(|spawner| spawner.join().expect("spawner"))
-            .collect();
-        done.store(true, std::sync::atomic::Ordering::SeqCst);
-        (sweeper.join().expect("sweeper"), spawned)
+        }
+        (brokers, failures)
+    };
+    let ((sweeps, failures), brokers) = std::thread::scope(|scope| {
+        let sweepers = [scope.spawn(sweep), scope.spawn(sweep)];
+        let churners = [scope.spawn(|| churn("a")), scope.spawn(|| churn("b"))];
+        let mut brokers = Vec::new();
+        let mut failures = Vec::new();
+        for churner in churners {
+            // A panic here would leave the sweepers looping: `done` is set whatever the churners did.
+            let joined = churner.join();
+            if let Ok((started, failed)) = joined {
+                brokers.extend(started);
+                failures.extend(failed);
+            } else {
+                failures.push("a churner panicked".to_owned());
+            }
+        }
+        done.store(true, Ordering::SeqCst);
+        let mut sweeps = 0;
+        for sweeper in sweepers {
+            let (runs, failed) = sweeper.join().expect("sweeper");
+            sweeps += runs;
+            failures.extend(failed);
+        }
+        ((sweeps, failures), brokers)
     });
-    let (runs, failures) = sweeps;
     assert!(
         failures.is_empty(),
-        "{} of {runs} sweeps failed: {failures:?}",
+        "{} commands failed ({sweeps} sweeps ran): {failures:#?}",
         failures.len()
     );
-    assert!(runs > 1, "the sweeps raced the spawns ({runs} ran)");
-    assert_eq!(spawned.len(), 2 * rounds);
-    let left: Vec<Proc> = spawned
+    assert!(sweeps > 2, "the sweeps raced the churn ({sweeps} ran)");
+    assert_eq!(brokers.len(), 2 * rounds);
+    let left: Vec<Proc> = brokers
         .into_iter()
         .filter(|proc| !proc.gone_within(PATIENCE))
         .collect();
