@@ -49,7 +49,7 @@ pub fn at_sweep(store: &Store, dry_run: bool) -> Litter {
     if !removed.is_empty() && !dry_run {
         store.log.record(
             &Event::new("clean", "removed").detail(bounded::capped(format!(
-                "{} temp files of interrupted writes (older than {}) removed: {}",
+                "{} temp file(s) of interrupted writes (older than {}) removed: {}",
                 removed.len(),
                 humantime::format_duration(temps::LEFT_BEHIND_AFTER),
                 removed.join(", ")

@@ -54,7 +54,7 @@ fn rewrite(path: &Path, edit: impl FnOnce(&mut Value)) {
     std::fs::rename(&temp, path).unwrap();
 }
 
-/// The boot clock now (ms), as the kernel shows it in `/proc/uptime` (CLOCK_BOOTTIME).
+/// The boot clock now (ms), as the kernel shows it in `/proc/uptime` (`CLOCK_BOOTTIME`).
 fn boot_now_ms() -> u64 {
     let text = std::fs::read_to_string("/proc/uptime").unwrap();
     let secs: f64 = text.split_whitespace().next().unwrap().parse().unwrap();
@@ -147,7 +147,7 @@ fn sweep_removes_temp_files_killed_writers_left_and_nothing_else() {
     let cleaned = env.events_where("clean", None);
     assert_eq!(cleaned.len(), 1, "one event: {cleaned:?}");
     let detail = cleaned[0]["detail"].as_str().unwrap();
-    assert!(detail.starts_with("3 temp files"), "{detail}");
+    assert!(detail.starts_with("3 temp file(s)"), "{detail}");
     assert!(broker.alive(), "the sweep stopped nothing");
     assert!(
         names_in(&slot).contains(&"broker.json".to_owned()),
