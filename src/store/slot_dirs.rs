@@ -151,16 +151,17 @@ mod tests {
     use super::*;
     use crate::model::name::SlotName;
 
-    fn root() -> (tempfile::TempDir, StateRoot) {
+    /// A fresh root, and the default slot of a workspace beside it (not created).
+    fn slot_in_fresh_root() -> (tempfile::TempDir, StateRoot, Slot) {
         let temp = tempfile::tempdir().unwrap();
         let root = StateRoot::open(&temp.path().join("state")).unwrap();
-        (temp, root)
+        let slot = Slot::of(&root, temp.path(), &SlotName::default());
+        (temp, root, slot)
     }
 
     #[test]
     fn a_vanished_slot_is_created_again_and_locked() {
-        let (temp, root) = root();
-        let slot = Slot::of(&root, temp.path(), &SlotName::default());
+        let (_temp, root, slot) = slot_in_fresh_root();
         // As a sweep would leave it: the directory of the workspace gone too.
         slot.create(&root).unwrap();
         std::fs::remove_dir(slot.dir()).unwrap();
@@ -176,8 +177,7 @@ mod tests {
 
     #[test]
     fn an_unsafe_slot_fails_at_once_and_is_listed() {
-        let (temp, root) = root();
-        let slot = Slot::of(&root, temp.path(), &SlotName::default());
+        let (temp, root, slot) = slot_in_fresh_root();
         let elsewhere = temp.path().join("elsewhere");
         std::fs::create_dir(&elsewhere).unwrap();
         std::fs::create_dir_all(slot.dir().parent().unwrap()).unwrap();

@@ -18,31 +18,13 @@ fn slot_dir_of(env: &Env, name: &str) -> PathBuf {
     found[0].clone()
 }
 
-/// `broker spawn --no-owner FLAGS -- sleep 600` in `workspace`: the broker and the record it printed.
-fn spawn_unowned(env: &mut Env, workspace: &Path, flags: &[&str]) -> (Proc, Value) {
-    let mut words = vec![
-        "broker",
-        "spawn",
-        "--json",
-        "--cwd",
-        workspace.to_str().unwrap(),
-        "--no-owner",
-    ];
-    words.extend_from_slice(flags);
-    words.extend(["--", "sleep", "600"]);
-    let out = env.run(&words);
-    assert!(out.status.success(), "spawn failed: {out:?}");
-    let record: Value = serde_json::from_slice(&out.stdout).expect("spawn prints JSON");
-    let proc = Proc {
-        pid: i32::try_from(record["identity"]["pid"].as_i64().unwrap()).unwrap(),
-        ticks: record["identity"]["start_ticks"].as_u64().unwrap(),
-    };
-    (proc, record)
-}
-
-fn set_age(path: &Path, age: Duration) {
-    let file = std::fs::File::options().write(true).open(path).unwrap();
-    file.set_modified(SystemTime::now() - age).unwrap();
+/// Writes each file with a modification time `age` ago.
+fn plant(paths: &[&PathBuf], age: Duration) {
+    for path in paths {
+        std::fs::write(path, b"{\"version\": 1, \"sess").unwrap();
+        let file = std::fs::File::options().write(true).open(path).unwrap();
+        file.set_modified(SystemTime::now() - age).unwrap();
+    }
 }
 
 /// Rewrites a record by hand, atomically (as a writer under a stepped clock would have left it).
@@ -88,29 +70,22 @@ fn sweep_removes_temp_files_killed_writers_left_and_nothing_else() {
         state.join("stopping/.0b1c2d3e-77-9.json.tmp-4242-1764000000000000001"),
         slot.join(".broker.json.tmp-4242-1764000000000000002"),
     ];
-    for path in &left_behind {
-        std::fs::write(path, b"{\"version\": 1, \"sess").unwrap();
-        set_age(path, hour);
-    }
+    plant(&left_behind.iter().collect::<Vec<_>>(), hour);
     let fresh = state.join("sessions/.s2.json.tmp-4243-1764000000000000003");
-    std::fs::write(&fresh, b"{").unwrap();
+    plant(&[&fresh], Duration::ZERO);
     let alike = [
         state.join("sessions/.s3.json.tmp-x-1764000000000000004"),
         state.join("sessions/s4.json.tmp-4242-1764000000000000005"),
         state.join("stopping/.s5.json.tmp-4242"),
     ];
-    for path in &alike {
-        std::fs::write(path, b"{").unwrap();
-        set_age(path, hour);
-    }
+    plant(&alike.iter().collect::<Vec<_>>(), hour);
     let outside = env.work.path().join("not-ours-to-remove");
-    std::fs::write(&outside, b"kept").unwrap();
-    set_age(&outside, hour);
+    plant(&[&outside], hour);
+    let kept = std::fs::read(&outside).unwrap();
     let link = state.join("sessions/.s6.json.tmp-4242-1764000000000000006");
     std::os::unix::fs::symlink(&outside, &link).unwrap();
     let foreign = state.join("sessions/.s7.json.tmp-4242-1764000000000000007");
-    std::fs::write(&foreign, b"{").unwrap();
-    set_age(&foreign, hour);
+    plant(&[&foreign], hour);
     std::os::unix::fs::chown(&foreign, Some(65534), Some(65534)).expect(
         "chown to another user (the tests run as root): cannot set up another user's temp file",
     );
@@ -143,7 +118,7 @@ fn sweep_removes_temp_files_killed_writers_left_and_nothing_else() {
         assert!(path.exists(), "left alone: {}", path.display());
     }
     assert!(link.symlink_metadata().is_ok(), "a symlink is left alone");
-    assert_eq!(std::fs::read(&outside).unwrap(), b"kept", "never followed");
+    assert_eq!(std::fs::read(&outside).unwrap(), kept, "never followed");
     let cleaned = env.events_where("clean", None);
     assert_eq!(cleaned.len(), 1, "one event: {cleaned:?}");
     let detail = cleaned[0]["detail"].as_str().unwrap();
@@ -343,7 +318,12 @@ fn idle_ttls_are_timed_on_the_boot_clock_whatever_the_wall_clock_says() {
     );
     let mut spawn = |name: &str| {
         let ws = env.workspace(name);
-        let (proc, record) = spawn_unowned(&mut env, &ws, &["--idle-ttl", "10m"]);
+        let (proc, record) = env.spawn_broker_with(
+            &ws,
+            "",
+            &["--no-owner", "--idle-ttl", "10m"],
+            &["sleep", "600"],
+        );
         let stamp = record["last_active_boot_ms"]
             .as_u64()
             .expect("a boot stamp");
@@ -534,7 +514,12 @@ fn sweeps_racing_spawns_and_detaches_into_one_workspace_fail_none() {
 fn a_symlinked_slot_is_reported_and_never_followed() {
     let mut other = Env::new();
     let ws = other.workspace("shared");
-    let (broker, _) = spawn_unowned(&mut other, &ws, &["--idle-ttl", "1m"]);
+    let (broker, _) = other.spawn_broker_with(
+        &ws,
+        "",
+        &["--no-owner", "--idle-ttl", "1m"],
+        &["sleep", "600"],
+    );
     let real_slot = slot_dir_of(&other, "default");
     rewrite(&real_slot.join("broker.json"), |record| {
         record["last_active"] = json!("2020-01-01T00:00:00Z");

@@ -265,9 +265,11 @@ impl Env {
             "--json",
             "--cwd",
             workspace.to_str().unwrap(),
-            "--session",
-            session,
         ];
+        // `--no-owner` among the flags: no session.
+        if !flags.contains(&"--no-owner") {
+            words.extend(["--session", session]);
+        }
         words.extend_from_slice(flags);
         words.push("--");
         words.extend_from_slice(argv);
