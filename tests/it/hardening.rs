@@ -611,3 +611,88 @@ fn a_symlinked_slot_is_reported_and_never_followed() {
         env.events()
     );
 }
+
+/// Item 7 (defect 5, match then identity): a resume orphan is pinned by the identity read when it was matched. In a
+/// private pid namespace, an agent resuming the session shrugs off the SIGTERM of `SessionEnd`; with the finisher
+/// kept away (its lock held) the ticket stays pending; the orphan then exits and its pid is forced onto an innocent
+/// process (`ns_last_pid`). The sweep that drives the ticket finds the orphan gone and closes the ticket: the pid's
+/// next owner gets no signal at all.
+#[test]
+fn a_resume_orphan_that_exits_before_its_stop_never_costs_its_pids_next_owner_a_signal() {
+    const SCRIPT: &str = r#"
+        set -u
+        BIN=$1 STATE=$2 WS=$3 S=$4 AGENT=$5 DIR=$6
+        "$BIN" --state-dir "$STATE" sweep > /dev/null || { echo root_failed; exit 1; }
+        exec 9>> "$STATE/finisher.lock"
+        flock -n 9 && echo finisher_kept_away
+        "$AGENT" -c 'import signal, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+open(sys.argv[1], "w").write("ready")
+time.sleep(600)' "$DIR/orphan-ready" --resume "$S" &
+        C=$!
+        for _ in $(seq 1 3000); do [ -e "$DIR/orphan-ready" ] && break; sleep 0.01; done
+        printf '{"session_id":"%s","hook_event_name":"SessionEnd","cwd":"%s"}' "$S" "$WS" \
+            | "$BIN" --state-dir "$STATE" hook --agent claude --sentinel off --deadline 1s
+        grep -q '"action":"stop"' "$STATE/events.jsonl" || echo no_stop_logged_yet
+        ls "$STATE/stopping/"*.json > /dev/null 2>&1 && kill -0 "$C" && echo ticket_pending=ok
+        kill -KILL "$C"; wait "$C" 2> /dev/null
+        while [ -e "/proc/$C" ]; do sleep 0.01; done
+        echo $((C - 1)) > /proc/sys/kernel/ns_last_pid
+        python3 -c 'import signal, sys, time
+def note(number, frame):
+    open(sys.argv[1], "a").write(str(number) + "\n")
+for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+    signal.signal(number, note)
+open(sys.argv[2], "w").write("ready")
+time.sleep(600)' "$DIR/signals" "$DIR/innocent-ready" &
+        I=$!
+        [ "$I" = "$C" ] && echo reuse=ok || echo "reuse=failed orphan=$C innocent=$I"
+        for _ in $(seq 1 3000); do [ -e "$DIR/innocent-ready" ] && break; sleep 0.01; done
+        exec 9>&-
+        "$BIN" --state-dir "$STATE" sweep --idle-ttl 0 > "$DIR/sweep.out" 2>&1
+        for _ in $(seq 1 2000); do
+            [ -z "$(ls -A "$STATE/stopping" 2> /dev/null | grep json)" ] && break
+            sleep 0.01
+        done
+        [ -z "$(ls -A "$STATE/stopping" 2> /dev/null | grep json)" ] && echo tickets=closed
+        kill -0 "$I" 2> /dev/null && echo innocent=alive
+        [ -s "$DIR/signals" ] && echo "innocent_signalled=$(tr '\n' ' ' < "$DIR/signals")" || echo innocent_unsignalled
+        grep '"action":"stop"' "$STATE/events.jsonl"
+        kill -KILL "$I"
+    "#;
+    let env = Env::new();
+    let ws = env.workspace("app");
+    let state = env.state_dir().join("root");
+    let session = fresh_session("pinned");
+    let agent = named_python(&env, "claude");
+    let out = crate::lineage::in_private_pid_namespace(
+        SCRIPT,
+        &[
+            BIN,
+            state.to_str().unwrap(),
+            ws.to_str().unwrap(),
+            &session,
+            agent.to_str().unwrap(),
+            env.work.path().to_str().unwrap(),
+        ],
+    );
+    let text = stdout(&out);
+    let sweep = std::fs::read_to_string(env.work.path().join("sweep.out")).unwrap_or_default();
+    let report = format!("{text}\n{}\nsweep: {sweep}", stderr(&out));
+    assert!(text.contains("finisher_kept_away"), "{report}");
+    assert!(
+        text.contains("ticket_pending=ok"),
+        "the orphan outlived SIGTERM with its ticket pending: {report}"
+    );
+    assert!(text.contains("reuse=ok"), "pid reuse was forced: {report}");
+    assert!(text.contains("tickets=closed"), "{report}");
+    assert!(text.contains("innocent=alive"), "{report}");
+    assert!(
+        text.contains("innocent_unsignalled"),
+        "the pid's next owner got a signal: {report}"
+    );
+    assert!(
+        text.contains(r#""reason":"resume_orphan""#),
+        "the orphan's stop is logged: {report}"
+    );
+}
