@@ -320,7 +320,8 @@ impl Sweep<'_> {
         for lost in crate::decide::lineage::unrecorded(&snapshot, &known, &root) {
             let pid = lost.leader.pid;
             let (identity, marker) = (lost.leader, lost.marker);
-            if self.guard.check(&identity).is_err() {
+            // Gone since the snapshot (a stop whose ticket closed before the tickets were read): nobody's loss.
+            if self.guard.check(&identity).is_err() || !proc::is_alive(&identity) {
                 continue;
             }
             // The slot may be mid-spawn (child started, record not yet written): its lock says so.

@@ -1361,7 +1361,7 @@ fn make_dirs(dir: &Path) {
 /// The fixture record's fields, except those made live for this machine and those a rewrite is meant to change.
 fn stable_fields(record: &Value) -> Value {
     let mut record = record.clone();
-    let fields = "workspace cwd identity pgid host shutdown owners last_active";
+    let fields = "workspace cwd identity pgid host shutdown owners last_active last_active_boot_ms";
     for field in fields.split(' ') {
         record.as_object_mut().unwrap().remove(field);
     }

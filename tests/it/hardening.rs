@@ -495,9 +495,10 @@ fn sweeps_racing_spawns_and_detaches_into_one_workspace_fail_none() {
         marked_with_state_root(env.state_dir()).is_empty(),
         "no broker of this root left running"
     );
+    let unrecorded = env.events_where("stop", Some("unrecorded"));
     assert!(
-        env.events_where("stop", Some("unrecorded")).is_empty(),
-        "no broker was ever unrecorded"
+        unrecorded.is_empty(),
+        "no broker was ever unrecorded: {unrecorded:?}"
     );
     let spawns = env
         .events()
