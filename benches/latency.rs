@@ -127,6 +127,13 @@ fn main() {
             Target::Ratio(2.5),
             Some(HOOK_RSS_KIB),
         );
+        table.row(
+            "hook SessionStart, first of its agent, vs --sentinel off",
+            &first,
+            Some(("--sentinel off", &without)),
+            Target::Ratio(1.2),
+            None,
+        );
     }
 
     // A live broker to attach to (owned by "keeper" for the whole run).

@@ -273,26 +273,17 @@ fn observe_one(pid: i32, since_ticks: u64, uid: u32) -> Option<Observed> {
     if stat.start_ticks >= since_ticks
         && let Ok(meta) = std::fs::metadata(format!("/proc/{pid}"))
         && std::os::unix::fs::MetadataExt::uid(&meta) == uid
-        && let Ok(environ) = read_proc_file(pid, "environ")
+        && let Ok(environ) = proc::read_proc_file(pid, "environ")
     {
         read_environ(&mut observed, &environ);
         observed.identity.uid = uid;
-        observed.rss_kib = read_proc_file(pid, "statm")
+        observed.rss_kib = proc::read_proc_file(pid, "statm")
             .map_or(0, |statm| rss_kib_of(&String::from_utf8_lossy(&statm)));
         observed.detailed = true;
     }
     // Pinned: what was read belongs to this identity only if the identity still holds.
     let again = proc::stat(pid).ok()?;
     (again.start_ticks == stat.start_ticks && again.state != 'Z').then_some(observed)
-}
-
-/// Reads `/proc/<pid>/<name>` in as few `read` calls as its size allows (a /proc file reports no size, so a plain
-/// `fs::read` starts with small probing reads; discovery reads hundreds of these).
-fn read_proc_file(pid: i32, name: &str) -> std::io::Result<Vec<u8>> {
-    let mut file = std::fs::File::open(format!("/proc/{pid}/{name}"))?;
-    let mut bytes = Vec::with_capacity(8192);
-    std::io::Read::read_to_end(&mut file, &mut bytes)?;
-    Ok(bytes)
 }
 
 /// The resident memory (KiB) in `/proc/<pid>/statm` (its second field counts pages).

@@ -199,7 +199,7 @@ fn note_rss(facts: &mut Facts, pid: i32) {
 
 /// Resident memory of a process, from `/proc/<pid>/status` (`None` elsewhere or when it is gone).
 fn rss_kib(pid: i32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let status = proc::read_proc_text(pid, "status").ok()?;
     status
         .lines()
         .find_map(|line| line.strip_prefix("VmRSS:"))

@@ -516,7 +516,7 @@ pub fn pinned(pid: i32) -> Option<Seen> {
 
 /// A thread id is never a process: `Tgid` must be the pid.
 fn leads_its_thread_group(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/status")) {
+    match crate::observe::proc::read_proc_text(pid, "status") {
         Ok(status) => status
             .lines()
             .find_map(|line| line.strip_prefix("Tgid:"))

@@ -189,6 +189,25 @@ pub fn observe_until<S: std::hash::BuildHasher>(
     (seen, visited == total)
 }
 
+/// Reads `/proc/<pid>/<name>` in as few `read` calls as its size allows: a /proc file reports no size, so a plain
+/// `fs::read` starts with small probing reads (six of them for a `stat` line), and the scans read hundreds of these.
+pub fn read_proc_file(pid: i32, name: &str) -> std::io::Result<Vec<u8>> {
+    let file = std::fs::File::open(format!("/proc/{pid}/{name}"))?;
+    let mut bytes = Vec::with_capacity(8192);
+    // Through `Take`, not `File` itself: `File::read_to_end` first asks the size (an `fstat` and an `lseek`), which
+    // a /proc file does not know. Into the spare capacity: one read, and one that finds the end.
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, u64::MAX), &mut bytes)?;
+    Ok(bytes)
+}
+
+/// `read_proc_file` as text (lossy: /proc text files are ASCII but for the command name).
+pub fn read_proc_text(pid: i32, name: &str) -> std::io::Result<String> {
+    read_proc_file(pid, name).map(|bytes| match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(err) => String::from_utf8_lossy(err.as_bytes()).into_owned(),
+    })
+}
+
 /// The value of `key` in a raw environment block (`NAME=value` entries separated by NUL).
 pub fn env_value(environ: &[u8], key: &str) -> Option<String> {
     let prefix = format!("{key}=");
