@@ -23,54 +23,16 @@ use crate::observe::proc;
 use crate::store::Store;
 use crate::store::events::{Event, Reason};
 
-/// A variable through which an agent names its session to the processes it starts (shell tool, MCP servers).
-#[derive(Clone, Copy, Debug)]
-pub struct Carrier {
-    pub variable: &'static str,
-    /// The agent that sets it; `None` for ours, which any agent with an env file passes on.
-    pub agent: Option<Agent>,
-}
-
-/// Every session variable, in the order `broker spawn` tries them for its owner (verified on real clients:
-/// Claude Code 2.1.197 and 2.1.332, Qwen Code 0.24.4, Codex CLI 0.171.0). Gemini CLI exports none.
-pub const CARRIERS: &[Carrier] = &[
-    Carrier {
-        variable: "SESSION_REAPER_SESSION_ID",
-        agent: None,
-    },
-    Carrier {
-        variable: "CLAUDE_CODE_SESSION_ID",
-        agent: Some(Agent::Claude),
-    },
-    Carrier {
-        variable: "QWEN_CODE_SESSION_ID",
-        agent: Some(Agent::Qwen),
-    },
-    Carrier {
-        variable: "CODEX_THREAD_ID",
-        agent: Some(Agent::Codex),
-    },
-    Carrier {
-        variable: "CODEX_SESSION_ID",
-        agent: Some(Agent::Codex),
-    },
-];
-
-/// Variables naming the agent process itself (Claude Code 2.1.332 gives hooks and Bash-tool commands its pid).
-pub const AGENT_PID_VARIABLES: &[&str] = &["CLAUDE_PID"];
-
 /// `SESSION_REAPER_KEEP=1` in a process's environment keeps it.
 pub const KEEP_VARIABLE: &str = "SESSION_REAPER_KEEP";
 
 /// Where `keep --pid` marks live in the state root: one file per kept process identity.
 pub const KEPT: &str = "kept";
 
-/// True for an agent that names its session to the processes it starts; for the others the agent's descendants
-/// and its process group stand in.
+/// True for an agent (as a record names it) that names its session to the processes it starts (the agents table
+/// says); for the others the agent's descendants and its process group stand in.
 pub fn names_sessions(agent: &str) -> bool {
-    CARRIERS
-        .iter()
-        .any(|carrier| carrier.agent.is_some_and(|known| known.as_str() == agent))
+    Agent::from_name(agent).is_some_and(|agent| agent.spec().names_sessions())
 }
 
 /// What to do with a session's leftovers (`--leftovers`).
@@ -308,9 +270,11 @@ fn read_environ(observed: &mut Observed, environ: &[u8]) {
         let Some((key, value)) = entry.split_once('=') else {
             continue;
         };
-        if let Some(carrier) = CARRIERS.iter().find(|carrier| carrier.variable == key) {
-            observed.sessions.push((carrier.variable, value.to_owned()));
-        } else if AGENT_PID_VARIABLES.contains(&key) {
+        if let Some((variable, _)) =
+            crate::agents::carrier_variables().find(|(name, _)| *name == key)
+        {
+            observed.sessions.push((variable, value.to_owned()));
+        } else if crate::agents::agent_pid_variables().any(|name| name == key) {
             observed.agent_pid = value.parse().ok();
         } else if key == KEEP_VARIABLE {
             observed.keep = value == "1";
@@ -744,7 +708,7 @@ fn write_facts(store: &Store, session: &SessionId, facts: &SessionFacts) -> anyh
 pub fn agent_named_by_env() -> Option<Identity> {
     let me = i32::try_from(std::process::id()).ok()?;
     let ancestors: Vec<i32> = proc::ancestors(me).iter().map(|stat| stat.pid).collect();
-    AGENT_PID_VARIABLES.iter().find_map(|variable| {
+    crate::agents::agent_pid_variables().find_map(|variable| {
         let pid: i32 = std::env::var(variable).ok()?.parse().ok()?;
         ancestors
             .contains(&pid)
