@@ -112,6 +112,8 @@ pub struct Observed {
     pub sessions: Vec<(&'static str, String)>,
     /// The agent pid it names (`CLAUDE_PID`).
     pub agent_pid: Option<i32>,
+    /// The agents' tool-only variables it carries (`AgentSpec::tool_marks`): a tool's command, not a server.
+    pub tool_marks: Vec<&'static str>,
     pub keep: bool,
     /// Carries `SESSION_REAPER_BROKER`: a broker's member, which its owners decide.
     pub broker: bool,
@@ -126,7 +128,7 @@ impl Observed {
     }
 
     /// One of an agent's own detached workers (Claude Code's `--bg-pty-host` background-shell helper, `--bg-spare`).
-    fn is_agent_worker(&self) -> bool {
+    pub(crate) fn is_agent_worker(&self) -> bool {
         self.argv
             .iter()
             .any(|arg| crate::decide::resume::AGENT_WORKER_FLAGS.contains(&arg.as_str()))
@@ -194,6 +196,11 @@ impl Table {
             next = parent.ppid;
             Some(parent)
         })
+    }
+
+    /// The processes whose parent is `pid`.
+    pub fn children_of(&self, pid: i32) -> impl Iterator<Item = &Observed> {
+        self.procs.values().filter(move |p| p.ppid == pid)
     }
 
     /// `pid` and every live descendant of it.
@@ -280,6 +287,13 @@ fn read_environ(observed: &mut Observed, environ: &[u8]) {
             observed.keep = value == "1";
         } else if key == crate::act::launch::BROKER_MARKER {
             observed.broker = true;
+        }
+        if let Some(mark) = crate::agents::AGENTS
+            .iter()
+            .find_map(|spec| spec.tool_marks.iter().find(|mark| **mark == key))
+            && !observed.tool_marks.contains(mark)
+        {
+            observed.tool_marks.push(mark);
         }
     }
 }
@@ -415,6 +429,24 @@ pub struct Found {
 /// Finds the leftovers of `sessions` (those with an agent identity of this boot and a policy other than `off`)
 /// in one observation of the process table.
 pub fn discover(store: &Store, sessions: &[SessionRecord]) -> Vec<Found> {
+    match observed_since(sessions) {
+        Some(since) => discover_in(store, &Table::observe(since), sessions),
+        None => Vec::new(),
+    }
+}
+
+/// The start of the oldest agent of this boot among `sessions`: the table needs the details of what started since.
+fn observed_since(sessions: &[SessionRecord]) -> Option<u64> {
+    sessions
+        .iter()
+        .filter_map(|record| record.agent_identity.as_ref())
+        .filter(|agent| agent.boot_id == proc::boot_id())
+        .map(|agent| agent.start_ticks)
+        .min()
+}
+
+/// `discover` in a table already observed (with the details of everything started since `observed_since`).
+fn discover_in(store: &Store, table: &Table, sessions: &[SessionRecord]) -> Vec<Found> {
     let targets: Vec<(&SessionRecord, &Identity, SessionFacts)> = sessions
         .iter()
         .filter_map(|record| {
@@ -424,10 +456,9 @@ pub fn discover(store: &Store, sessions: &[SessionRecord]) -> Vec<Found> {
                 .then_some((record, agent, facts))
         })
         .collect();
-    let Some(since) = targets.iter().map(|(_, agent, _)| agent.start_ticks).min() else {
+    if targets.is_empty() {
         return Vec::new();
-    };
-    let table = Table::observe(since);
+    }
     let recorded_agents: Vec<Identity> = store
         .sessions
         .all()
@@ -451,7 +482,7 @@ pub fn discover(store: &Store, sessions: &[SessionRecord]) -> Vec<Found> {
             Found {
                 session: record.session_id.clone(),
                 policy: facts.policy,
-                leftovers: find(&table, &query),
+                leftovers: find(table, &query),
             }
         })
         .collect()
@@ -761,47 +792,50 @@ pub fn prune_kept(store: &Store) {
 
 // ---- visibility ----
 
-/// A live session's leftovers-to-be and its sentinel, as `status` shows them.
+/// A live session's leftovers-to-be, its agent's MCP servers and its sentinel, as `status` shows them.
 #[derive(Clone, Debug, Serialize)]
 pub struct SessionView {
     pub session: String,
     pub agent_pid: i32,
     pub policy: Policy,
     pub sentinel: bool,
+    /// The sentinel's pid, when one watches the agent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sentinel_pid: Option<i32>,
     pub leftovers: Vec<Leftover>,
+    /// The stdio MCP servers the live agent process runs (`mcp`).
+    pub mcp_servers: Vec<crate::mcp::McpServer>,
 }
 
-/// The leftovers-to-be of each live session: what would be stopped if its agent went now.
+/// For each live session: what would be stopped if its agent went now, and the MCP servers its agent runs — from
+/// one observation of the process table.
 pub fn status_view(store: &Store, live: &[SessionRecord]) -> Vec<SessionView> {
-    let found = discover(store, live);
+    let table = observed_since(live).map(Table::observe).unwrap_or_default();
+    let found = discover_in(store, &table, live);
     live.iter()
         .map(|record| {
             let agent = record.agent_identity.as_ref();
+            let sentinel = agent.is_some_and(|agent| crate::sentinel::is_running(store, agent));
+            let spec = Agent::from_name(&record.agent).map(Agent::spec);
             SessionView {
                 session: record.session_id.clone(),
                 agent_pid: agent.map_or(0, |agent| agent.pid),
                 policy: SessionFacts::of(record).policy,
-                sentinel: agent.is_some_and(|agent| crate::sentinel::is_running(store, agent)),
+                sentinel,
+                sentinel_pid: agent
+                    .filter(|_| sentinel)
+                    .and_then(|agent| crate::sentinel::pid_of(store, agent)),
                 leftovers: found
                     .iter()
                     .find(|found| found.session == record.session_id)
                     .map(|found| found.leftovers.clone())
                     .unwrap_or_default(),
+                mcp_servers: agent.map_or_else(Vec::new, |agent| {
+                    crate::mcp::servers_of(&table, agent, spec, &crate::mcp::speaks_stdio)
+                }),
             }
         })
         .collect()
-}
-
-/// The lines `status` prints under each live session.
-pub fn print_status(view: &SessionView) {
-    println!(
-        "    sentinel {}, leftovers {}",
-        if view.sentinel { "watching" } else { "none" },
-        view.policy.as_str()
-    );
-    for leftover in &view.leftovers {
-        print_leftover("    leftover", leftover);
-    }
 }
 
 /// One line per leftover: pid, memory, how it was found, argv.

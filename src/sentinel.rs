@@ -44,6 +44,15 @@ pub fn is_running(store: &Store, agent: &Identity) -> bool {
     })
 }
 
+/// The pid the sentinel of `agent` wrote into its lock file once it held the lock.
+pub fn pid_of(store: &Store, agent: &Identity) -> Option<i32> {
+    std::fs::read_to_string(lock_path(store, agent))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Starts the sentinel of `agent` unless one runs. `within` bounds its wait (the finisher's wait after a
 /// `SessionEnd`); `None` waits as long as the agent lives.
 pub fn start(store: &Store, agent: &Identity, within: Option<Duration>) -> anyhow::Result<()> {
@@ -72,6 +81,49 @@ pub fn start(store: &Store, agent: &Identity, within: Option<Duration>) -> anyho
     launch::spawn_detached(&exe, &args, &[])
 }
 
+/// The sentinel's own entry point, taken before the command-line parser is built: the exact words `start` writes
+/// (`--state-dir ROOT sentinel --pid P --start-ticks T [--within Nms]`) are read by hand, so that a process that
+/// spends its life waiting touches as little of the binary as it can (DESIGN "The sentinel": ≤ 2 MiB). Any other
+/// shape (a person typing `sentinel`) is `None` and goes through the parser. Returns the exit code.
+pub fn entry(args: &[std::ffi::OsString]) -> Option<u8> {
+    let words: Vec<&str> = args.iter().map(|arg| arg.to_str()).collect::<Option<_>>()?;
+    let (root, agent, within) = match words.as_slice() {
+        [
+            "--state-dir",
+            root,
+            "sentinel",
+            "--pid",
+            pid,
+            "--start-ticks",
+            start,
+            rest @ ..,
+        ] => {
+            let within = match rest {
+                [] => None,
+                ["--within", millis] => Some(Duration::from_millis(
+                    millis.strip_suffix("ms")?.parse().ok()?,
+                )),
+                _ => return None,
+            };
+            let agent = Identity {
+                boot_id: proc::boot_id().to_owned(),
+                pid_ns: proc::own_pid_ns(),
+                pid: pid.parse().ok()?,
+                start_ticks: start.parse().ok()?,
+                uid: rustix::process::getuid().as_raw(),
+            };
+            (*root, agent, within)
+        }
+        _ => return None,
+    };
+    let outcome =
+        Store::open(std::path::Path::new(root)).and_then(|store| run(&store, &agent, within));
+    Some(match outcome {
+        Ok(outcome) => outcome.exit_code(),
+        Err(err) => crate::error::exit_code_of(&err),
+    })
+}
+
 /// The sentinel's life: lock, wait, do the agent-gone work, exit.
 pub fn run(store: &Store, agent: &Identity, within: Option<Duration>) -> anyhow::Result<Outcome> {
     store.root.ensure_dir(&store.root.join(DIR))?;
@@ -83,6 +135,9 @@ pub fn run(store: &Store, agent: &Identity, within: Option<Duration>) -> anyhow:
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Who holds it, for `status` (the lock, not this, says whether one runs).
+    let _ = (&lock).set_len(0);
+    let _ = std::io::Write::write_all(&mut &lock, std::process::id().to_string().as_bytes());
     let watched = match wait_for_exit(store, agent, within)? {
         Waited::AgentGone => agent_gone(store, agent),
         Waited::RootGone | Waited::TimedOut => Ok(Outcome::Done),

@@ -47,7 +47,9 @@ pub struct SessionNode {
     pub brokers: Vec<BrokerNode>,
     /// Processes of the session that will outlive it (filled by the leftovers discovery when it reports them).
     pub leftovers: Vec<ProcessNode>,
-    /// The session's sentinel, when one watches it.
+    /// The stdio MCP servers its live agent process runs.
+    pub mcp_servers: Vec<McpNode>,
+    /// The session's sentinel and leftovers policy, in words (absent when leftover discovery said nothing of it).
     pub sentinel: Option<String>,
     /// What the next sweep does to the session, if anything.
     pub next_sweep: Option<String>,
@@ -100,6 +102,17 @@ pub struct ProcessNode {
     pub rss_kib: Option<u64>,
     /// A state word (`live`, `leftover`, `STUCK`) when there is more to say than that it runs.
     pub state: Option<&'static str>,
+}
+
+/// A stdio MCP server of a session's agent, with what runs below it (an `npx` wrapper's server).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct McpNode {
+    pub pid: i32,
+    pub argv: String,
+    /// The server's memory and that of every process below it.
+    pub rss_kib: Option<u64>,
+    /// How many processes `rss_kib` counts.
+    pub processes: usize,
 }
 
 /// A pending stop ticket.
@@ -244,6 +257,13 @@ pub fn build(snapshot: &Snapshot, facts: &Facts) -> StatusTree {
         .iter()
         .map(|session| {
             let mut node = session_node(session, facts, &ago);
+            if let Some(view) = snapshot
+                .leftovers
+                .iter()
+                .find(|view| view.session == session.session_id)
+            {
+                add_leftovers_view(&mut node, view);
+            }
             node.brokers = brokers
                 .iter()
                 .filter(|broker| broker.owners.contains(&node.id))
@@ -302,6 +322,36 @@ fn session_node(
             .then(|| "end the session (owners_gone)".to_owned()),
         ..SessionNode::default()
     }
+}
+
+/// What leftover discovery says of a session: its leftovers-to-be, its agent's MCP servers, its sentinel.
+fn add_leftovers_view(node: &mut SessionNode, view: &crate::leftovers::SessionView) {
+    node.leftovers = view
+        .leftovers
+        .iter()
+        .map(|leftover| ProcessNode {
+            pid: leftover.pid,
+            argv: leftover.argv.join(" "),
+            rss_kib: Some(leftover.rss_kib),
+            state: Some("leftover"),
+        })
+        .collect();
+    node.mcp_servers = view
+        .mcp_servers
+        .iter()
+        .map(|server| McpNode {
+            pid: server.pid,
+            argv: server.argv.join(" "),
+            rss_kib: Some(server.rss_kib),
+            processes: server.processes,
+        })
+        .collect();
+    let watching = match (view.sentinel, view.sentinel_pid) {
+        (true, Some(pid)) => format!("pid {pid} (watching agent {})", view.agent_pid),
+        (true, None) => format!("watching agent {}", view.agent_pid),
+        (false, _) => "none".to_owned(),
+    };
+    node.sentinel = Some(format!("{watching}; leftovers {}", view.policy.as_str()));
 }
 
 fn broker_node(
@@ -395,7 +445,7 @@ fn memory(kib: Option<u64>) -> String {
 }
 
 /// What every state word means (only the words the picture uses are listed).
-const LEGEND: [(&str, &str); 8] = [
+const LEGEND: [(&str, &str); 9] = [
     ("live", "the process runs with the identity recorded for it"),
     (
         "gone",
@@ -420,6 +470,10 @@ const LEGEND: [(&str, &str); 8] = [
     (
         "leftover",
         "a process of the session that will outlive it (see `keep` and `--leftovers`)",
+    ),
+    (
+        "mcp server",
+        "a stdio MCP server the live agent runs (its child on pipes, no tool's command); the agent's to stop, a leftover once the agent is gone",
     ),
     (
         "UNREADABLE",
@@ -466,11 +520,27 @@ pub fn render(tree: &StatusTree, color: bool) -> String {
         if let Some(sentinel) = &session.sentinel {
             let _ = writeln!(out, "│ sentinel {sentinel}");
         }
-        let rows = session.brokers.len() + session.leftovers.len();
+        let rows = session.brokers.len() + session.mcp_servers.len() + session.leftovers.len();
         let mut row = 0;
         for broker in &session.brokers {
             row += 1;
             render_broker(&mut out, broker, row == rows, Some(&session.id), &mut word);
+        }
+        for server in &session.mcp_servers {
+            row += 1;
+            let (branch, _) = branches(row == rows);
+            let below = match server.processes {
+                0 | 1 => String::new(),
+                n => format!(" ({n} processes)"),
+            };
+            let _ = writeln!(
+                out,
+                "{branch}{} {}  `{}`  rss {}{below}",
+                word("mcp server", 0).trim_end(),
+                server.pid,
+                server.argv,
+                memory(server.rss_kib)
+            );
         }
         for leftover in &session.leftovers {
             row += 1;
@@ -588,13 +658,15 @@ fn all_brokers(tree: &StatusTree) -> impl Iterator<Item = &BrokerNode> {
         .filter(move |broker| seen.insert((broker.kind, broker.pid, broker.place.clone())))
 }
 
-/// A session's memory: its agent, its brokers (a shared one counts in each owner) and their members, its leftovers.
+/// A session's memory: its agent, its brokers (a shared one counts in each owner) and their members, its agent's MCP
+/// servers, its leftovers.
 fn session_rss(session: &SessionNode) -> Option<u64> {
     let parts = std::iter::once(session.agent_rss_kib)
         .chain(session.brokers.iter().flat_map(|broker| {
             std::iter::once(broker.rss_kib)
                 .chain(broker.members.iter().map(|member| member.rss_kib))
         }))
+        .chain(session.mcp_servers.iter().map(|server| server.rss_kib))
         .chain(session.leftovers.iter().map(|leftover| leftover.rss_kib));
     parts.flatten().reduce(|a, b| a + b)
 }
