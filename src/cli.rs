@@ -520,6 +520,16 @@ pub struct InstallArgs {
     #[arg(long)]
     pub with_sweep: bool,
 
+    /// Write `--leftovers POLICY` into the hook commands (what the session's tools leave behind once the agent is
+    /// gone: stop it, only report it, or ignore it) [default: written as nothing, the hook's default `stop`]
+    #[arg(long, value_enum, value_name = "POLICY")]
+    pub leftovers: Option<LeftoversChoice>,
+
+    /// Write `--sentinel on|off` into the hook commands (a watcher per agent process) [default: written as
+    /// nothing, the hook's default `on`]
+    #[arg(long, value_enum, value_name = "SWITCH")]
+    pub sentinel: Option<Switch>,
+
     /// Show the change; write nothing
     #[arg(long)]
     pub dry_run: bool,
