@@ -162,7 +162,7 @@ fn main() {
 }
 
 /// The memory of the sentinels of `state` once they wait (blocked in `poll`, as `/proc/<pid>/wchan` says; at most
-/// 10 s for all `expected` of them): VmRSS, and its private (RssAnon) and file-backed (RssFile) parts, median and
+/// 10 s for all `expected` of them): `VmRSS`, and its private (`RssAnon`) and file-backed (`RssFile`) parts, median and
 /// max, beside the bound (DESIGN "The sentinel": ≤ 2 MiB). Measured, not asserted.
 fn sentinel_rss(state: &Path, expected: usize) -> String {
     let root = state.to_string_lossy().into_owned();

@@ -863,12 +863,12 @@ pub fn format_kib(kib: u64) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const SESSION: &str = "s-1";
 
-    fn identity(pid: i32, start_ticks: u64) -> Identity {
+    pub(crate) fn identity(pid: i32, start_ticks: u64) -> Identity {
         Identity {
             boot_id: "boot".into(),
             pid_ns: None,
@@ -879,7 +879,7 @@ mod tests {
     }
 
     /// A process of ours, read in full.
-    fn process(pid: i32, parent: i32, start: u64, argv: &str) -> Observed {
+    pub(crate) fn process(pid: i32, parent: i32, start: u64, argv: &str) -> Observed {
         Observed {
             identity: identity(pid, start),
             ppid: parent,

@@ -98,28 +98,13 @@ pub fn speaks_stdio(pid: i32) -> bool {
 mod tests {
     use super::*;
     use crate::agents::Agent;
+    use crate::leftovers::tests::{identity, process};
 
-    fn identity(pid: i32, start_ticks: u64) -> Identity {
-        Identity {
-            boot_id: "boot".into(),
-            pid_ns: None,
-            pid,
-            start_ticks,
-            uid: 1000,
-        }
-    }
-
-    fn process(pid: i32, parent: i32, argv: &str, rss_kib: u64) -> Observed {
-        Observed {
-            identity: identity(pid, 100 + u64::try_from(pid).unwrap()),
-            ppid: parent,
-            pgid: pid,
-            comm: argv.split(' ').next().unwrap_or_default().to_owned(),
-            argv: argv.split(' ').map(str::to_owned).collect(),
-            detailed: true,
-            rss_kib,
-            ..Observed::default()
-        }
+    /// A process of ours started after the agent (its start follows its pid), holding `rss_kib`.
+    fn child(pid: i32, parent: i32, argv: &str, rss_kib: u64) -> Observed {
+        let mut p = process(pid, parent, 100 + u64::try_from(pid).unwrap(), argv);
+        p.rss_kib = rss_kib;
+        p
     }
 
     fn marked(mut p: Observed, mark: &'static str) -> Observed {
@@ -129,25 +114,25 @@ mod tests {
 
     #[test]
     fn children_speaking_stdio_are_servers_and_tool_commands_are_not() {
-        let agent = process(10, 1, "claude -p", 300_000);
+        let agent = child(10, 1, "claude -p", 300_000);
         let table = Table::from_processes([
             agent.clone(),
-            process(20, 10, "npx -y @modelcontextprotocol/server-memory", 40_000),
-            process(21, 20, "node /x/server-memory/dist/index.js", 60_000),
-            process(30, 10, "python3 leaky_mcp.py", 9_000),
+            child(20, 10, "npx -y @modelcontextprotocol/server-memory", 40_000),
+            child(21, 20, "node /x/server-memory/dist/index.js", 60_000),
+            child(30, 10, "python3 leaky_mcp.py", 9_000),
             // Bash-tool command and hook: shells, or carrying CLAUDE_PID.
             marked(
-                process(40, 10, "/bin/bash -c -l sleep 9", 3_000),
+                child(40, 10, "/bin/bash -c -l sleep 9", 3_000),
                 "CLAUDE_PID",
             ),
-            marked(process(41, 10, "sleep 600", 1_000), "CLAUDE_PID"),
-            process(42, 10, "/bin/sh -c session-reaper hook", 2_000),
+            marked(child(41, 10, "sleep 600", 1_000), "CLAUDE_PID"),
+            child(42, 10, "/bin/sh -c session-reaper hook", 2_000),
             // The agent's own worker, and a child on a terminal.
-            process(43, 10, "claude --bg-pty-host", 2_000),
-            process(44, 10, "vim notes", 5_000),
+            child(43, 10, "claude --bg-pty-host", 2_000),
+            child(44, 10, "vim notes", 5_000),
             // Another agent's server.
-            process(50, 1, "claude", 200_000),
-            process(51, 50, "node other-server.js", 30_000),
+            child(50, 1, "claude", 200_000),
+            child(51, 50, "node other-server.js", 30_000),
         ]);
         let on_a_terminal = |pid: i32| pid != 44;
         let servers = servers_of(
@@ -166,8 +151,8 @@ mod tests {
 
     #[test]
     fn a_gone_agent_runs_no_server_and_marks_are_the_agents_own() {
-        let agent = process(10, 1, "qwen", 1);
-        let server = marked(process(20, 10, "node server.js", 1), "CLAUDE_PID");
+        let agent = child(10, 1, "qwen", 1);
+        let server = marked(child(20, 10, "node server.js", 1), "CLAUDE_PID");
         let table = Table::from_processes([agent.clone(), server]);
         let any = |_: i32| true;
         assert_eq!(

@@ -136,7 +136,7 @@ pub fn run(store: &Store, agent: &Identity, within: Option<Duration>) -> anyhow:
         std::thread::sleep(Duration::from_millis(20));
     }
     // Who holds it, for `status` (the lock, not this, says whether one runs).
-    let _ = (&lock).set_len(0);
+    let _ = lock.set_len(0);
     let _ = std::io::Write::write_all(&mut &lock, std::process::id().to_string().as_bytes());
     let watched = match wait_for_exit(store, agent, within)? {
         Waited::AgentGone => agent_gone(store, agent),

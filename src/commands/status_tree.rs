@@ -107,11 +107,9 @@ pub struct ProcessNode {
 /// A stdio MCP server of a session's agent, with what runs below it (an `npx` wrapper's server).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct McpNode {
-    pub pid: i32,
-    pub argv: String,
-    /// The server's memory and that of every process below it.
-    pub rss_kib: Option<u64>,
-    /// How many processes `rss_kib` counts.
+    /// The server; its memory is that of the server and of every process below it.
+    pub process: ProcessNode,
+    /// How many processes that memory counts.
     pub processes: usize,
 }
 
@@ -326,23 +324,25 @@ fn session_node(
 
 /// What leftover discovery says of a session: its leftovers-to-be, its agent's MCP servers, its sentinel.
 fn add_leftovers_view(node: &mut SessionNode, view: &crate::leftovers::SessionView) {
+    let row = |pid: i32, argv: &[String], rss_kib: u64| ProcessNode {
+        pid,
+        argv: argv.join(" "),
+        rss_kib: Some(rss_kib),
+        state: None,
+    };
     node.leftovers = view
         .leftovers
         .iter()
         .map(|leftover| ProcessNode {
-            pid: leftover.pid,
-            argv: leftover.argv.join(" "),
-            rss_kib: Some(leftover.rss_kib),
             state: Some("leftover"),
+            ..row(leftover.pid, &leftover.argv, leftover.rss_kib)
         })
         .collect();
     node.mcp_servers = view
         .mcp_servers
         .iter()
         .map(|server| McpNode {
-            pid: server.pid,
-            argv: server.argv.join(" "),
-            rss_kib: Some(server.rss_kib),
+            process: row(server.pid, &server.argv, server.rss_kib),
             processes: server.processes,
         })
         .collect();
@@ -495,69 +495,7 @@ pub fn render(tree: &StatusTree, color: bool) -> String {
         let _ = writeln!(out, "  none");
     }
     for session in &tree.sessions {
-        let total = session_rss(session);
-        let agent = session
-            .agent_pid
-            .map_or_else(|| "-".to_owned(), |pid| pid.to_string());
-        let _ = writeln!(
-            out,
-            "{}  {}  agent {} {}  started {} ago  rss {}",
-            session.id,
-            session.agent,
-            agent,
-            word(session.agent_state.word(), 0).trim_end(),
-            if session.started.is_empty() {
-                "?"
-            } else {
-                &session.started
-            },
-            memory(total)
-        );
-        let _ = writeln!(out, "│ cwd {}", session.cwd);
-        if let Some(next) = &session.next_sweep {
-            let _ = writeln!(out, "│ next sweep: {next}");
-        }
-        if let Some(sentinel) = &session.sentinel {
-            let _ = writeln!(out, "│ sentinel {sentinel}");
-        }
-        let rows = session.brokers.len() + session.mcp_servers.len() + session.leftovers.len();
-        let mut row = 0;
-        for broker in &session.brokers {
-            row += 1;
-            render_broker(&mut out, broker, row == rows, Some(&session.id), &mut word);
-        }
-        for server in &session.mcp_servers {
-            row += 1;
-            let (branch, _) = branches(row == rows);
-            let below = match server.processes {
-                0 | 1 => String::new(),
-                n => format!(" ({n} processes)"),
-            };
-            let _ = writeln!(
-                out,
-                "{branch}{} {}  `{}`  rss {}{below}",
-                word("mcp server", 0).trim_end(),
-                server.pid,
-                server.argv,
-                memory(server.rss_kib)
-            );
-        }
-        for leftover in &session.leftovers {
-            row += 1;
-            let (branch, _) = branches(row == rows);
-            let state = word(leftover.state.unwrap_or("leftover"), 0);
-            let _ = writeln!(
-                out,
-                "{branch}{} {}  {}  rss {}",
-                state.trim_end(),
-                leftover.pid,
-                leftover.argv,
-                memory(leftover.rss_kib)
-            );
-        }
-        if rows == 0 {
-            let _ = writeln!(out, "└─ no brokers");
-        }
+        render_session(&mut out, session, &mut word);
     }
     render_others(&mut out, tree, &mut word);
     let changes = tree
@@ -589,6 +527,77 @@ pub fn render(tree: &StatusTree, color: bool) -> String {
         let _ = writeln!(out, "  {}  {meaning}", paint(name, 10, color));
     }
     out
+}
+
+/// One live session: its line, its facts, then its brokers, its agent's MCP servers and its leftovers.
+fn render_session(
+    out: &mut String,
+    session: &SessionNode,
+    word: &mut impl FnMut(&'static str, usize) -> String,
+) {
+    let total = session_rss(session);
+    let agent = session
+        .agent_pid
+        .map_or_else(|| "-".to_owned(), |pid| pid.to_string());
+    let _ = writeln!(
+        out,
+        "{}  {}  agent {} {}  started {} ago  rss {}",
+        session.id,
+        session.agent,
+        agent,
+        word(session.agent_state.word(), 0).trim_end(),
+        if session.started.is_empty() {
+            "?"
+        } else {
+            &session.started
+        },
+        memory(total)
+    );
+    let _ = writeln!(out, "│ cwd {}", session.cwd);
+    if let Some(next) = &session.next_sweep {
+        let _ = writeln!(out, "│ next sweep: {next}");
+    }
+    if let Some(sentinel) = &session.sentinel {
+        let _ = writeln!(out, "│ sentinel {sentinel}");
+    }
+    let rows = session.brokers.len() + session.mcp_servers.len() + session.leftovers.len();
+    let mut row = 0;
+    for broker in &session.brokers {
+        row += 1;
+        render_broker(out, broker, row == rows, Some(&session.id), word);
+    }
+    for server in &session.mcp_servers {
+        row += 1;
+        let (branch, _) = branches(row == rows);
+        let below = match server.processes {
+            0 | 1 => String::new(),
+            n => format!(" ({n} processes)"),
+        };
+        let _ = writeln!(
+            out,
+            "{branch}{} {}  `{}`  rss {}{below}",
+            word("mcp server", 0).trim_end(),
+            server.process.pid,
+            server.process.argv,
+            memory(server.process.rss_kib)
+        );
+    }
+    for leftover in &session.leftovers {
+        row += 1;
+        let (branch, _) = branches(row == rows);
+        let state = word(leftover.state.unwrap_or("leftover"), 0);
+        let _ = writeln!(
+            out,
+            "{branch}{} {}  {}  rss {}",
+            state.trim_end(),
+            leftover.pid,
+            leftover.argv,
+            memory(leftover.rss_kib)
+        );
+    }
+    if rows == 0 {
+        let _ = writeln!(out, "└─ no brokers");
+    }
 }
 
 /// Brokers with no live owner, stop tickets and unreadable records.
@@ -666,7 +675,12 @@ fn session_rss(session: &SessionNode) -> Option<u64> {
             std::iter::once(broker.rss_kib)
                 .chain(broker.members.iter().map(|member| member.rss_kib))
         }))
-        .chain(session.mcp_servers.iter().map(|server| server.rss_kib))
+        .chain(
+            session
+                .mcp_servers
+                .iter()
+                .map(|server| server.process.rss_kib),
+        )
         .chain(session.leftovers.iter().map(|leftover| leftover.rss_kib));
     parts.flatten().reduce(|a, b| a + b)
 }

@@ -875,8 +875,7 @@ fn fixture_world() -> session_reaper::commands::status_tree::StatusTree {
     }];
     let mut snapshot = snapshot;
     snapshot.leftovers = vec![watched, view(b, 1090, None, report), dead];
-    let tree = build(&snapshot, &facts);
-    tree
+    build(&snapshot, &facts)
 }
 
 #[test]

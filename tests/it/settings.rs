@@ -1052,12 +1052,37 @@ fn uninstall_all(env: &Env, home: &Home, case: &str) {
     }
 }
 
+/// The value after `flag` among a command's words.
+fn flag_value<'a>(words: &'a [String], flag: &str) -> Option<&'a str> {
+    let at = words.iter().position(|word| word == flag)?;
+    words.get(at + 1).map(String::as_str)
+}
+
+/// Runs the `SessionStart` command installed in Claude Code's file of `case` with a fresh payload; returns the one
+/// session record it wrote.
+fn start_installed_claude_hook(env: &Env, case: &str, extra_env: &[(&str, &str)]) -> Value {
+    let claude = Agent::Claude.spec();
+    let path = settings_path(env, claude, case);
+    let (_, start) = ours(claude, &read_value(claude, &path))
+        .into_iter()
+        .find(|(event, _)| event == "SessionStart")
+        .unwrap();
+    run_installed(
+        &start,
+        &fresh(&fixture("claude/SessionStart.startup.json")),
+        extra_env,
+    );
+    let mut recorded = sessions(env);
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    recorded.remove(0)
+}
+
 /// `install --leftovers report|off|stop` writes the policy into every agent's hook commands; installing again with
 /// another policy replaces it in place (one entry per event); the installed hook records that policy for its
 /// session; uninstall removes the entries whatever flags they carry.
 #[test]
 fn install_writes_the_leftovers_policy_into_the_hooks_and_uninstall_removes_them() {
-    let mut env = Env::new();
+    let env = Env::new();
     let home = Home::new(&env);
     for policy in ["report", "off", "stop"] {
         let written = install_with(&env, &home, "leftovers", &["--leftovers", policy]);
@@ -1070,37 +1095,20 @@ fn install_writes_the_leftovers_policy_into_the_hooks_and_uninstall_removes_them
             "{policy}: one entry per event, the previous policy replaced"
         );
         for (path, words) in &written {
-            let at = words.iter().position(|word| word == "--leftovers");
             assert_eq!(
-                at.and_then(|at| words.get(at + 1)).map(String::as_str),
+                flag_value(words, "--leftovers"),
                 Some(policy),
-                "{}: {words:?}",
+                "{}",
                 path.display()
             );
-            assert!(!words.contains(&"--sentinel".to_owned()), "{words:?}");
+            assert_eq!(flag_value(words, "--sentinel"), None, "{words:?}");
         }
     }
     // The hook the file now holds runs with the policy it names.
     install_with(&env, &home, "leftovers", &["--leftovers", "report"]);
-    let claude = Agent::Claude.spec();
-    let path = settings_path(&env, claude, "leftovers");
-    let (_, start) = ours(claude, &read_value(claude, &path))
-        .into_iter()
-        .find(|(event, _)| event == "SessionStart")
-        .unwrap();
-    run_installed(
-        &start,
-        &fresh(&fixture("claude/SessionStart.startup.json")),
-        &[("SESSION_REAPER_SENTINEL", "off")],
-    );
-    let recorded = sessions(&env);
-    assert_eq!(recorded.len(), 1, "{recorded:?}");
-    assert_eq!(
-        recorded[0]["leftovers"]["policy"], "report",
-        "{}",
-        recorded[0]
-    );
-    let _ = &mut env;
+    let recorded =
+        start_installed_claude_hook(&env, "leftovers", &[("SESSION_REAPER_SENTINEL", "off")]);
+    assert_eq!(recorded["leftovers"]["policy"], "report", "{recorded}");
     uninstall_all(&env, &home, "leftovers");
 }
 
@@ -1112,35 +1120,18 @@ fn install_writes_the_sentinel_switch_into_the_hooks_and_uninstall_removes_them(
     let home = Home::new(&env);
     for switch in ["on", "off"] {
         for (path, words) in install_with(&env, &home, "sentinel", &["--sentinel", switch]) {
-            let at = words.iter().position(|word| word == "--sentinel");
             assert_eq!(
-                at.and_then(|at| words.get(at + 1)).map(String::as_str),
+                flag_value(&words, "--sentinel"),
                 Some(switch),
-                "{}: {words:?}",
+                "{}",
                 path.display()
             );
-            assert!(!words.contains(&"--leftovers".to_owned()), "{words:?}");
+            assert_eq!(flag_value(&words, "--leftovers"), None, "{words:?}");
         }
     }
-    let claude = Agent::Claude.spec();
-    let path = settings_path(&env, claude, "sentinel");
-    let (_, start) = ours(claude, &read_value(claude, &path))
-        .into_iter()
-        .find(|(event, _)| event == "SessionStart")
-        .unwrap();
     // No variable turns it off here: the command's own `--sentinel off` must.
-    run_installed(
-        &start,
-        &fresh(&fixture("claude/SessionStart.startup.json")),
-        &[],
-    );
-    let recorded = sessions(&env);
-    assert_eq!(recorded.len(), 1, "{recorded:?}");
-    assert_eq!(
-        recorded[0]["leftovers"]["sentinel"], false,
-        "{}",
-        recorded[0]
-    );
+    let recorded = start_installed_claude_hook(&env, "sentinel", &[]);
+    assert_eq!(recorded["leftovers"]["sentinel"], false, "{recorded}");
     assert!(
         crate::harness::sentinels_of(env.state_dir()).is_empty(),
         "a hook installed with --sentinel off starts none"
