@@ -277,8 +277,9 @@ pub struct SlotArgs {
 /// Who owns: a session id, else found from the environment or the calling agent.
 #[derive(Debug, Args)]
 pub struct OwnerArgs {
-    /// Owner session [default: $SESSION_REAPER_SESSION_ID, $CLAUDE_CODE_SESSION_ID, $GEMINI_SESSION_ID, else the
-    /// live session whose agent process is an ancestor of this one]
+    /// Owner session [default: $SESSION_REAPER_SESSION_ID, then each agent's session variable in the agents table
+    /// ($CLAUDE_CODE_SESSION_ID, $QWEN_CODE_SESSION_ID, $CODEX_THREAD_ID, …), else the live session whose agent
+    /// process is an ancestor of this one]
     #[arg(long, value_name = "ID")]
     pub session: Option<String>,
 }

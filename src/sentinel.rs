@@ -116,8 +116,9 @@ pub fn entry(args: &[std::ffi::OsString]) -> Option<u8> {
         }
         _ => return None,
     };
-    let outcome =
-        Store::open(std::path::Path::new(root)).and_then(|store| run(&store, &agent, within));
+    let outcome = crate::store::root::resolve_root(Some(std::path::Path::new(root)))
+        .and_then(|root| Store::open(&root))
+        .and_then(|store| run(&store, &agent, within));
     Some(match outcome {
         Ok(outcome) => outcome.exit_code(),
         Err(err) => crate::error::exit_code_of(&err),
