@@ -128,7 +128,10 @@ fn main() {
             Target::Ratio(2.5),
             Some(HOOK_RSS_KIB),
         );
-        sentinel_memory = Some(sentinel_rss(&path, rounds));
+        let line = sentinel_rss(&path, rounds);
+        // At once on stderr (the table is still being printed), and after the table on stdout.
+        eprintln!("{line}");
+        sentinel_memory = Some(line);
     }
 
     // A live broker to attach to (owned by "keeper" for the whole run).
@@ -202,8 +205,9 @@ fn sentinel_rss(state: &Path, expected: usize) -> String {
     let (file, _) = figures("RssFile:");
     let (peak, _) = figures("VmHWM:");
     format!(
-        "sentinel RSS while waiting ({} of {expected} sentinels, {} in poll): median {rss} KiB, max {rss_max} KiB \
-         (RssAnon {anon} KiB, RssFile {file} KiB; peak before the wait {peak} KiB); bound 2048 KiB: {}",
+        "sentinel RSS while waiting ({} sentinels of this run, {expected} started by the case above, {} blocked in \
+         poll): median {rss} KiB, max {rss_max} KiB (RssAnon {anon} KiB, RssFile {file} KiB; peak before the wait \
+         {peak} KiB); bound 2048 KiB: {}",
         found.len(),
         found.iter().filter(|pid| waiting(pid)).count(),
         if rss_max > 0 && rss_max <= 2048 {
