@@ -80,6 +80,11 @@ fn yes() -> bool {
 
 const FACTS_KEY: &str = "leftovers";
 
+/// True when a `SessionStart` (or an ending that stood in for it) recorded the session's discovery facts.
+pub fn has_facts(record: &SessionRecord) -> bool {
+    record.extra.contains_key(FACTS_KEY)
+}
+
 impl SessionFacts {
     pub fn of(record: &SessionRecord) -> Self {
         record

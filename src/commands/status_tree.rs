@@ -179,6 +179,7 @@ pub fn observe(store: &Store, snapshot: &Snapshot) -> Facts {
         })
     };
     let host = proc::host_name();
+    let liveness = proc::Liveness::default();
     let mut next = HashMap::new();
     for slot in Slot::all(&store.root) {
         let label = slot.label();
@@ -188,7 +189,8 @@ pub fn observe(store: &Store, snapshot: &Snapshot) -> Facts {
             crate::model::deadline::Deadline::after(LOCK_WAIT),
             Mode::DryRun,
             |view| {
-                let facts = crate::commands::sweep::observe_facts(view, &sessions);
+                let facts =
+                    crate::commands::sweep::observe_facts(view, &sessions, &liveness, &host);
                 decide::slot::sweep(view, facts, ended, &policy, (&host, &label))
             },
         );

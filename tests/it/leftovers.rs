@@ -457,6 +457,31 @@ fn with_the_sentinel_off_session_end_waits_for_the_agent_to_exit() {
     assert!(daemon.gone_within(PATIENCE), "{:#?}", env.events());
 }
 
+/// A session whose `SessionStart` never ran (the hooks installed mid-session, a start that missed its deadline on a
+/// loaded machine): its `SessionEnd` records the agent as the start would have, so the agent's exit still takes the
+/// session's leftovers.
+#[test]
+fn a_session_whose_start_was_never_seen_still_loses_its_leftovers_when_the_agent_exits() {
+    let mut env = Env::new();
+    let session = fresh_session("lo-nostart");
+    let mut agent = env.fake_agent(&session, "CLAUDE_CODE_SESSION_ID", &["--agent", "claude"]);
+    order_daemon(&env, &mut agent, "daemon");
+    let daemon = env.planted("daemon.pid");
+    agent.order("end other");
+    assert!(daemon.alive(), "nothing is stopped while the agent lives");
+    let record: Value = serde_json::from_slice(
+        &std::fs::read(env.state_dir().join(format!("sessions/{session}.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        record["agent_identity"]["pid"], agent.proc.pid,
+        "the ending recorded the agent: {record:#}"
+    );
+    agent.exit();
+    assert!(daemon.gone_within(PATIENCE), "{:#?}", env.events());
+    assert!(stopped_as_leftovers(&env, &[("daemon", daemon)]));
+}
+
 /// `--leftovers report` lists what the session left behind and stops none of it.
 #[test]
 fn the_report_policy_only_reports() {
