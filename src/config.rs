@@ -54,6 +54,12 @@ impl Config {
             Command::Doctor(args) => Request::Doctor { json: args.json },
             Command::Install(args) => Request::Settings(settings_request(args, Operation::Install)),
             Command::Uninstall(args) => {
+                if args.leftovers.is_some() || args.sentinel.is_some() {
+                    return Err(bad_input(
+                        "uninstall --leftovers/--sentinel: expected them with install only (uninstall removes our \
+                         hooks whatever flags they carry)",
+                    ));
+                }
                 Request::Settings(settings_request(args, Operation::Uninstall))
             }
             Command::Demo(args) => Request::Demo {

@@ -1109,6 +1109,30 @@ fn install_writes_the_leftovers_policy_into_the_hooks_and_uninstall_removes_them
     let recorded =
         start_installed_claude_hook(&env, "leftovers", &[("SESSION_REAPER_SENTINEL", "off")]);
     assert_eq!(recorded["leftovers"]["policy"], "report", "{recorded}");
+    // Flags mean nothing to uninstall: refused, nothing changed.
+    let claude = Agent::Claude.spec();
+    let path = settings_path(&env, claude, "leftovers");
+    let before = std::fs::read(&path).unwrap();
+    let refused = run(
+        &env,
+        &home,
+        &[
+            "uninstall",
+            "--agent",
+            "claude",
+            "--settings",
+            path.to_str().unwrap(),
+            "--leftovers",
+            "off",
+        ],
+    );
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("--leftovers"),
+        "{}",
+        stderr(&refused)
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), before);
     uninstall_all(&env, &home, "leftovers");
 }
 
