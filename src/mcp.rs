@@ -1,6 +1,7 @@
 //! The stdio MCP servers a live agent process runs, as `status` shows them. Nothing registers an MCP server with
-//! us, so they are recognised by what real clients do when they start one (Claude Code 2.1.332, Qwen Code 0.24.4,
-//! Codex CLI 0.171.0; `fixtures/` and the README's "status" section say more):
+//! us, so they are recognised by what real clients do when they start one (checked against a real stdio server of
+//! Claude Code 2.1.332 in `tests/e2e_claude.rs`; the tool-only variables are from captures of Codex CLI 0.171.0 and
+//! Qwen Code 0.24.4; the README's "status" section says more):
 //!
 //! - the agent process starts it itself: a **child of the live agent process** (a wrapper chain such as `npx` → `node`
 //!   or `uvx` → `python` is the child and what runs below it, counted together);
