@@ -38,6 +38,7 @@ fn main() {
     let leftovers_flag = support::supports(&["hook"], "--leftovers");
 
     let mut table = Table::new(&format!("latency: {rounds} runs a case"));
+    let mut sentinel_memory = None;
     let truth = measure(rounds, None, &|_| reference("/bin/true", &[]));
     let shell = measure(rounds, None, &|_| reference("sh", &["-c", "/bin/true"]));
     table.row("/bin/true", &truth, None, Target::None, None);
@@ -127,6 +128,15 @@ fn main() {
             Target::Ratio(2.5),
             Some(HOOK_RSS_KIB),
         );
+        table.row(
+            "hook SessionStart, first of its agent, vs --sentinel off",
+            &first,
+            Some(("--sentinel off", &without)),
+            Target::Ratio(1.2),
+            None,
+        );
+        // Printed after the table.
+        sentinel_memory = Some(sentinel_rss(&path, rounds));
     }
 
     // A live broker to attach to (owned by "keeper" for the whole run).
@@ -151,9 +161,66 @@ fn main() {
     writers(&mut table, &state.path, &ws_text, &options);
     let _ = ours(&state.path, &["reap", "--session", "keeper"]).output();
     table.finish();
+    if let Some(line) = sentinel_memory {
+        println!("{line}");
+    }
     for profile in profiles {
         println!("{profile}");
     }
+}
+
+/// The memory of the sentinels of `state` once they wait (blocked in `poll`, as `/proc/<pid>/wchan` says; at most
+/// 10 s for all `expected` of them): `VmRSS`, and its private (`RssAnon`) and file-backed (`RssFile`) parts, median and
+/// max, beside the bound (DESIGN "The sentinel": ≤ 2 MiB). Measured, not asserted.
+fn sentinel_rss(state: &Path, expected: usize) -> String {
+    let root = state.to_string_lossy().into_owned();
+    let sentinels = || -> Vec<i32> {
+        support::naming(&root)
+            .into_iter()
+            .filter(|pid| support::naming("sentinel").contains(pid))
+            .collect()
+    };
+    let waiting = |pid: &i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/wchan"))
+            .is_ok_and(|wchan| wchan.contains("poll"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut found = sentinels();
+    while (found.len() < expected || !found.iter().all(waiting)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        found = sentinels();
+    }
+    let field = |pid: i32, name: &str| -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+    };
+    let figures = |name: &str| -> (u64, u64) {
+        let mut values: Vec<u64> = found.iter().filter_map(|pid| field(*pid, name)).collect();
+        values.sort_unstable();
+        (
+            values.get(values.len() / 2).copied().unwrap_or(0),
+            values.last().copied().unwrap_or(0),
+        )
+    };
+    let (rss, rss_max) = figures("VmRSS:");
+    let (anon, _) = figures("RssAnon:");
+    let (file, _) = figures("RssFile:");
+    let (peak, _) = figures("VmHWM:");
+    format!(
+        "sentinel RSS while waiting ({} sentinels of this run, {expected} started by the case above, {} blocked in \
+         poll): median {rss} KiB, max {rss_max} KiB (RssAnon {anon} KiB, RssFile {file} KiB; peak before the wait \
+         {peak} KiB); bound 2048 KiB: {}",
+        found.len(),
+        found.iter().filter(|pid| waiting(pid)).count(),
+        if rss_max > 0 && rss_max <= 2048 {
+            "met"
+        } else {
+            "MISSED"
+        }
+    )
 }
 
 /// The resume-orphan scan (and leftover discovery, where this build has it) beside the minimal walk and `pgrep -f`,
@@ -170,8 +237,12 @@ fn scans(table: &mut Table, state: &Path, ws: &str, rounds: usize, leftovers: bo
     let pgrep = measure(rounds, None, &|_| {
         reference("pgrep", &["-f", "--", &format!("--resume {id}")])
     });
+    // No record knows `id` (only the planted `--resume` argvs name it): `--force`, or the reap refuses it.
     let reap = measure(rounds, None, &|_| {
-        ours(state, &["reap", "--session", id, "--dry-run", "--json"])
+        ours(
+            state,
+            &["reap", "--session", id, "--force", "--dry-run", "--json"],
+        )
     });
     let processes = support::count_pids();
     table.row(

@@ -247,7 +247,9 @@ fn main() {
 /// "keeper"; the slots of each `Owned` also by `<prefix>-0` … `<prefix>-<sessions - 1>`, whose session records
 /// (live: their agent is this process) index exactly those slots.
 fn plant(root: &Path, size: usize, broker: &serde_json::Value, owned: &[&Owned], sessions: usize) {
-    let now = "2026-01-01T00:00:00.000Z";
+    // Fresh records: the sweep keeps every slot (a state root where 100,000 brokers are all due for an idle stop is
+    // another case, a stop per slot).
+    let now = &session_reaper::model::clock::now_rfc3339();
     let host = broker["host"].as_str().unwrap_or_default().to_owned();
     let keys: Vec<String> = (0..size)
         .map(|index| workspace_key(Path::new(&format!("/nonexistent/bench/ws{index}"))))

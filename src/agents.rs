@@ -127,6 +127,28 @@ pub struct ShellForm {
     pub flag: &'static str,
 }
 
+/// A variable through which an agent names its session, and whether its tools' processes carry it.
+#[derive(Clone, Copy, Debug)]
+pub struct SessionVar {
+    pub name: &'static str,
+    /// Its shell-tool commands (and what they start) carry it (verified on the real client): a process that outlives
+    /// the agent names its session through it, so leftover discovery reads it. False for a variable only its hooks
+    /// are known to get.
+    pub tools: bool,
+}
+
+impl SessionVar {
+    /// A variable the shell tool's commands carry.
+    const fn tools(name: &'static str) -> Self {
+        SessionVar { name, tools: true }
+    }
+
+    /// A variable only the hooks are known to carry.
+    const fn hooks(name: &'static str) -> Self {
+        SessionVar { name, tools: false }
+    }
+}
+
 /// One agent's every fact. (Its booleans are independent facts about an agent, not states of one machine.)
 #[allow(clippy::struct_excessive_bools)]
 #[derive(Debug)]
@@ -171,8 +193,15 @@ pub struct AgentSpec {
     pub transcript_needle: Option<&'static str>,
     /// Variables in a hook's environment that mark this agent (only ones no other agent sets).
     pub env_markers: &'static [&'static str],
-    /// Variables naming the session in the environment of its shell tool (verified on real clients).
-    pub session_vars: &'static [&'static str],
+    /// Variables naming the session in the environment of its hooks or its shell tool (verified on real clients):
+    /// what `broker spawn` reads for its owner, what a detached process is started without, and (those its tools
+    /// carry) what leftover discovery reads.
+    pub session_vars: &'static [SessionVar],
+    /// The variable naming the agent's own pid in its hooks' and shell-tool commands' environment (`CLAUDE_PID`).
+    pub agent_pid_var: Option<&'static str>,
+    /// Variables its shell-tool commands or hooks carry and its stdio MCP servers do not: a child of the agent that
+    /// carries one is a tool's command, not a server (see `mcp`).
+    pub tool_marks: &'static [&'static str],
     /// The variable naming a file whose `export` lines reach later shell-tool commands.
     pub env_file_var: Option<&'static str>,
     /// Executable basenames of the agent process, and npm package paths of an agent whose script has a generic name
@@ -230,6 +259,8 @@ const CLAUDE_SHAPED: AgentSpec = AgentSpec {
     transcript_needle: None,
     env_markers: &[],
     session_vars: &[],
+    agent_pid_var: None,
+    tool_marks: &[],
     env_file_var: None,
     executables: &[],
     script_needles: &[],
@@ -253,7 +284,11 @@ pub static AGENTS: &[AgentSpec] = &[
         end_timeout_cap: Some(60),
         transcript_needle: Some("/.claude/"),
         env_markers: &["CLAUDECODE", "CLAUDE_CODE_ENTRYPOINT", "CLAUDE_PID"],
-        session_vars: &["CLAUDE_CODE_SESSION_ID"],
+        // Hooks, Bash-tool commands (2.1.132+) and stdio MCP servers (2.1.154+); hooks and Bash-tool commands also
+        // get CLAUDE_PID (2.1.332), MCP servers do not.
+        session_vars: &[SessionVar::tools("CLAUDE_CODE_SESSION_ID")],
+        agent_pid_var: Some("CLAUDE_PID"),
+        tool_marks: &["CLAUDE_PID"],
         env_file_var: Some("CLAUDE_ENV_FILE"),
         executables: &["claude"],
         script_needles: &["/@anthropic-ai/claude-code/"],
@@ -276,7 +311,9 @@ pub static AGENTS: &[AgentSpec] = &[
         entry_extras: &[("name", "session-reaper")],
         transcript_needle: Some("/.gemini/"),
         env_markers: &["GEMINI_CLI"],
-        session_vars: &["GEMINI_SESSION_ID"],
+        // Seen by hooks (0.61.0); the shell tool's commands are not known to carry it: its leftovers are found by
+        // descent.
+        session_vars: &[SessionVar::hooks("GEMINI_SESSION_ID")],
         executables: &["gemini"],
         script_needles: &["/@google/gemini-cli/"],
         hooks_off: &[HooksOff {
@@ -301,7 +338,9 @@ pub static AGENTS: &[AgentSpec] = &[
             "QWEN_CODE_LAUNCHER_PID",
             "QWEN_CODE",
         ],
-        session_vars: &["QWEN_CODE_SESSION_ID"],
+        // Hooks and shell-tool commands (0.24.4); only the shell tool's get QWEN_CODE=1.
+        session_vars: &[SessionVar::tools("QWEN_CODE_SESSION_ID")],
+        tool_marks: &["QWEN_CODE"],
         executables: &["qwen"],
         script_needles: &["/@qwen-code/qwen-code/"],
         hooks_off: &[HooksOff {
@@ -325,7 +364,12 @@ pub static AGENTS: &[AgentSpec] = &[
         end_timeout_cap: Some(3),
         transcript_needle: Some("/.codex/"),
         env_markers: &["CODEX_MANAGED_BY_NPM", "CODEX_THREAD_ID"],
-        session_vars: &["CODEX_THREAD_ID", "CODEX_SESSION_ID"],
+        // Shell-tool commands only (0.171.0), each with its CODEX_TOOL_CALL_ID; hooks get neither.
+        session_vars: &[
+            SessionVar::tools("CODEX_THREAD_ID"),
+            SessionVar::tools("CODEX_SESSION_ID"),
+        ],
+        tool_marks: &["CODEX_TOOL_CALL_ID"],
         executables: &["codex"],
         script_needles: &["/@openai/codex/"],
         session_end: SessionEndReliability::Partial(
@@ -471,6 +515,12 @@ impl AgentSpec {
         nonempty("HOME").map(|home| self.settings_under(&home))
     }
 
+    /// True for an agent that names its session to the processes its tools start; for the others the agent's
+    /// descendants and its process group stand in.
+    pub fn names_sessions(&self) -> bool {
+        self.session_vars.iter().any(|var| var.tools)
+    }
+
     /// The first switch in `settings` that keeps hooks from running, as `"/disableAllHooks": true`.
     pub fn hooks_disabled_by(&self, settings: &Value) -> Option<String> {
         self.hooks_off
@@ -592,16 +642,32 @@ pub fn agent_of_process(argv: &[String]) -> Option<Agent> {
 /// The variable our `SessionStart` exports through an agent's env file, which later tool commands then carry.
 pub const OWN_SESSION_VAR: &str = "SESSION_REAPER_SESSION_ID";
 
-/// Every variable naming a session in a shell tool's environment, ours first: what a broker launcher reads to find
-/// its owner, and what a process that outlives its session must not carry.
+/// Every variable naming a session in a hook's or a shell tool's environment, ours first, then in table order: what
+/// a broker launcher reads to find its owner, and what a process that outlives its session must not carry.
 pub fn session_variables() -> Vec<&'static str> {
     std::iter::once(OWN_SESSION_VAR)
         .chain(
             AGENTS
                 .iter()
-                .flat_map(|spec| spec.session_vars.iter().copied()),
+                .flat_map(|spec| spec.session_vars.iter().map(|var| var.name)),
         )
         .collect()
+}
+
+/// The variables that carry a session to the processes an agent's tools start, each with the agent that sets it
+/// (`None` for ours, which any agent with an env file passes on): what leftover discovery reads in an environment.
+pub fn carrier_variables() -> impl Iterator<Item = (&'static str, Option<Agent>)> {
+    std::iter::once((OWN_SESSION_VAR, None)).chain(AGENTS.iter().flat_map(|spec| {
+        spec.session_vars
+            .iter()
+            .filter(|var| var.tools)
+            .map(|var| (var.name, Some(spec.agent)))
+    }))
+}
+
+/// The variables naming an agent's own pid (`CLAUDE_PID`).
+pub fn agent_pid_variables() -> impl Iterator<Item = &'static str> {
+    AGENTS.iter().filter_map(|spec| spec.agent_pid_var)
 }
 
 /// True for a variable that ties a process to an agent session: a session variable, an agent marker, an env file,
@@ -610,9 +676,11 @@ pub fn is_session_marker(name: &str) -> bool {
     name.starts_with("CLAUDECODE")
         || name.starts_with("CLAUDE_CODE_")
         || session_variables().contains(&name)
-        || AGENTS
-            .iter()
-            .any(|spec| spec.env_markers.contains(&name) || spec.env_file_var == Some(name))
+        || AGENTS.iter().any(|spec| {
+            spec.env_markers.contains(&name)
+                || spec.env_file_var == Some(name)
+                || spec.agent_pid_var == Some(name)
+        })
 }
 
 /// Converts a timeout in an agent's unit to milliseconds.
@@ -677,6 +745,8 @@ mod tests {
         for name in [
             "SESSION_REAPER_SESSION_ID",
             "CLAUDE_CODE_SESSION_ID",
+            "CLAUDE_CODE_ENTRYPOINT",
+            "CLAUDE_PID",
             "CLAUDECODE",
             "GEMINI_SESSION_ID",
             "QWEN_CODE_SESSION_ID",
@@ -686,8 +756,74 @@ mod tests {
         ] {
             assert!(is_session_marker(name), "{name}");
         }
-        assert!(!is_session_marker("PATH"));
-        assert!(!is_session_marker("SESSION_REAPER_STATE_DIR"));
+        for name in [
+            "PATH",
+            "HOME",
+            "CLAUDE_CONFIG_DIR",
+            "SESSION_REAPER_STATE_DIR",
+        ] {
+            assert!(!is_session_marker(name), "{name}");
+        }
+    }
+
+    /// The one table: every variable that leftover discovery, the scrub list of launch and keep, owner resolution of
+    /// `broker spawn` and the agent-pid lookup use is a row's (or ours), and the verified ones are where the clients
+    /// put them.
+    #[test]
+    fn every_session_variable_in_use_is_in_the_table() {
+        let rows = |name: &str| -> Vec<Agent> {
+            AGENTS
+                .iter()
+                .filter(|spec| {
+                    spec.session_vars.iter().any(|var| var.name == name)
+                        || spec.agent_pid_var == Some(name)
+                })
+                .map(|spec| spec.agent)
+                .collect()
+        };
+        let owner_order = crate::config::session_env();
+        assert_eq!(owner_order[0], OWN_SESSION_VAR, "ours is tried first");
+        for name in &owner_order[1..] {
+            assert_eq!(rows(name).len(), 1, "{name} is one row's");
+        }
+        for (name, agent) in carrier_variables() {
+            assert!(
+                owner_order.contains(&name),
+                "{name}: owner resolution reads it"
+            );
+            assert!(is_session_marker(name), "{name}: scrubbed");
+            match agent {
+                None => assert_eq!(name, OWN_SESSION_VAR),
+                Some(agent) => assert_eq!(rows(name), [agent], "{name}"),
+            }
+        }
+        for name in agent_pid_variables() {
+            assert_eq!(rows(name).len(), 1, "{name} is one row's");
+            assert!(is_session_marker(name), "{name}: scrubbed");
+        }
+        for name in &owner_order {
+            assert!(is_session_marker(name), "{name}: scrubbed");
+        }
+        let carriers: Vec<(&str, Option<Agent>)> = carrier_variables().collect();
+        assert_eq!(
+            carriers,
+            [
+                (OWN_SESSION_VAR, None),
+                ("CLAUDE_CODE_SESSION_ID", Some(Agent::Claude)),
+                ("QWEN_CODE_SESSION_ID", Some(Agent::Qwen)),
+                ("CODEX_THREAD_ID", Some(Agent::Codex)),
+                ("CODEX_SESSION_ID", Some(Agent::Codex)),
+            ],
+            "verified on Claude Code 2.1.332, Qwen Code 0.24.4 and Codex CLI 0.171.0 (Gemini's shell tool exports none)"
+        );
+        assert_eq!(agent_pid_variables().collect::<Vec<_>>(), ["CLAUDE_PID"]);
+        assert!(owner_order.contains(&"GEMINI_SESSION_ID"), "hooks see it");
+        let named: Vec<&str> = AGENTS
+            .iter()
+            .filter(|spec| spec.names_sessions())
+            .map(|spec| spec.name)
+            .collect();
+        assert_eq!(named, ["claude", "qwen", "codex"]);
     }
 
     #[test]

@@ -277,8 +277,9 @@ pub struct SlotArgs {
 /// Who owns: a session id, else found from the environment or the calling agent.
 #[derive(Debug, Args)]
 pub struct OwnerArgs {
-    /// Owner session [default: $SESSION_REAPER_SESSION_ID, $CLAUDE_CODE_SESSION_ID, $GEMINI_SESSION_ID, else the
-    /// live session whose agent process is an ancestor of this one]
+    /// Owner session [default: $SESSION_REAPER_SESSION_ID, then each agent's session variable in the agents table
+    /// ($CLAUDE_CODE_SESSION_ID, $QWEN_CODE_SESSION_ID, $CODEX_THREAD_ID, …), else the live session whose agent
+    /// process is an ancestor of this one]
     #[arg(long, value_name = "ID")]
     pub session: Option<String>,
 }
@@ -519,6 +520,16 @@ pub struct InstallArgs {
     /// Also install (or remove) the periodic sweep: a systemd user timer, else a crontab line
     #[arg(long)]
     pub with_sweep: bool,
+
+    /// Write `--leftovers POLICY` into the hook commands (what the session's tools leave behind once the agent is
+    /// gone: stop it, only report it, or ignore it) [default: written as nothing, the hook's default `stop`]
+    #[arg(long, value_enum, value_name = "POLICY")]
+    pub leftovers: Option<LeftoversChoice>,
+
+    /// Write `--sentinel on|off` into the hook commands (a watcher per agent process) [default: written as
+    /// nothing, the hook's default `on`]
+    #[arg(long, value_enum, value_name = "SWITCH")]
+    pub sentinel: Option<Switch>,
 
     /// Show the change; write nothing
     #[arg(long)]

@@ -54,6 +54,12 @@ impl Config {
             Command::Doctor(args) => Request::Doctor { json: args.json },
             Command::Install(args) => Request::Settings(settings_request(args, Operation::Install)),
             Command::Uninstall(args) => {
+                if args.leftovers.is_some() || args.sentinel.is_some() {
+                    return Err(bad_input(
+                        "uninstall --leftovers/--sentinel: expected them with install only (uninstall removes our \
+                         hooks whatever flags they carry)",
+                    ));
+                }
                 Request::Settings(settings_request(args, Operation::Uninstall))
             }
             Command::Demo(args) => Request::Demo {
@@ -138,6 +144,15 @@ fn sentinel_request(args: &SentinelArgs) -> Request {
     }
 }
 
+/// The leftovers policy a `--leftovers` choice names.
+fn policy_of(choice: LeftoversChoice) -> Policy {
+    match choice {
+        LeftoversChoice::Stop => Policy::Stop,
+        LeftoversChoice::Report => Policy::Report,
+        LeftoversChoice::Off => Policy::Off,
+    }
+}
+
 /// `hook`: its flags are checked here like any other; a refusal is reported by the hook, which still exits 0.
 #[derive(Clone, Debug)]
 pub struct HookRequest {
@@ -161,11 +176,7 @@ pub fn hook_request(args: &HookArgs) -> anyhow::Result<HookRequest> {
         deadline: check_bounded(args.deadline, "--deadline", MAX_WAIT)?,
         stdin_timeout: check_bounded(args.stdin_timeout, "--stdin-timeout", MAX_WAIT)?,
         owner_pid: args.owner_pid,
-        leftovers: match args.leftovers {
-            LeftoversChoice::Stop => Policy::Stop,
-            LeftoversChoice::Report => Policy::Report,
-            LeftoversChoice::Off => Policy::Off,
-        },
+        leftovers: policy_of(args.leftovers),
         sentinel: args.sentinel == Switch::On,
         // Bounded like any wait: at most ten minutes.
         agent_exit_wait: args.agent_exit_wait.min(Duration::from_secs(600)),
@@ -573,6 +584,8 @@ pub struct SettingsRequest {
     pub settings: Option<PathBuf>,
     pub with_sweep: bool,
     pub dry_run: bool,
+    /// The hook flags to write into the installed commands (install only).
+    pub flags: crate::settings::HookFlags,
 }
 
 fn settings_request(args: &InstallArgs, operation: Operation) -> SettingsRequest {
@@ -583,6 +596,10 @@ fn settings_request(args: &InstallArgs, operation: Operation) -> SettingsRequest
         settings: args.settings.clone(),
         with_sweep: args.with_sweep,
         dry_run: args.dry_run,
+        flags: crate::settings::HookFlags {
+            leftovers: args.leftovers.map(policy_of),
+            sentinel: args.sentinel.map(|switch| switch == Switch::On),
+        },
     }
 }
 

@@ -406,6 +406,8 @@ fn session_end(store: &Store, hooked: &Hooked, deadline: Deadline) -> anyhow::Re
             cwd: payload.cwd.clone(),
             transcript_path: payload.transcript_path.clone(),
             title: payload.title.clone(),
+            agent_identity: hooked.identity.clone(),
+            start_facts: Some((hooked.args.leftovers, hooked.args.sentinel)),
         }),
         dry_run: false,
         codex: codex.clone(),

@@ -23,54 +23,16 @@ use crate::observe::proc;
 use crate::store::Store;
 use crate::store::events::{Event, Reason};
 
-/// A variable through which an agent names its session to the processes it starts (shell tool, MCP servers).
-#[derive(Clone, Copy, Debug)]
-pub struct Carrier {
-    pub variable: &'static str,
-    /// The agent that sets it; `None` for ours, which any agent with an env file passes on.
-    pub agent: Option<Agent>,
-}
-
-/// Every session variable, in the order `broker spawn` tries them for its owner (verified on real clients:
-/// Claude Code 2.1.197 and 2.1.332, Qwen Code 0.24.4, Codex CLI 0.171.0). Gemini CLI exports none.
-pub const CARRIERS: &[Carrier] = &[
-    Carrier {
-        variable: "SESSION_REAPER_SESSION_ID",
-        agent: None,
-    },
-    Carrier {
-        variable: "CLAUDE_CODE_SESSION_ID",
-        agent: Some(Agent::Claude),
-    },
-    Carrier {
-        variable: "QWEN_CODE_SESSION_ID",
-        agent: Some(Agent::Qwen),
-    },
-    Carrier {
-        variable: "CODEX_THREAD_ID",
-        agent: Some(Agent::Codex),
-    },
-    Carrier {
-        variable: "CODEX_SESSION_ID",
-        agent: Some(Agent::Codex),
-    },
-];
-
-/// Variables naming the agent process itself (Claude Code 2.1.332 gives hooks and Bash-tool commands its pid).
-pub const AGENT_PID_VARIABLES: &[&str] = &["CLAUDE_PID"];
-
 /// `SESSION_REAPER_KEEP=1` in a process's environment keeps it.
 pub const KEEP_VARIABLE: &str = "SESSION_REAPER_KEEP";
 
 /// Where `keep --pid` marks live in the state root: one file per kept process identity.
 pub const KEPT: &str = "kept";
 
-/// True for an agent that names its session to the processes it starts; for the others the agent's descendants
-/// and its process group stand in.
+/// True for an agent (as a record names it) that names its session to the processes it starts (the agents table
+/// says); for the others the agent's descendants and its process group stand in.
 pub fn names_sessions(agent: &str) -> bool {
-    CARRIERS
-        .iter()
-        .any(|carrier| carrier.agent.is_some_and(|known| known.as_str() == agent))
+    Agent::from_name(agent).is_some_and(|agent| agent.spec().names_sessions())
 }
 
 /// What to do with a session's leftovers (`--leftovers`).
@@ -118,6 +80,11 @@ fn yes() -> bool {
 
 const FACTS_KEY: &str = "leftovers";
 
+/// True when a `SessionStart` (or an ending that stood in for it) recorded the session's discovery facts.
+pub fn has_facts(record: &SessionRecord) -> bool {
+    record.extra.contains_key(FACTS_KEY)
+}
+
 impl SessionFacts {
     pub fn of(record: &SessionRecord) -> Self {
         record
@@ -150,6 +117,8 @@ pub struct Observed {
     pub sessions: Vec<(&'static str, String)>,
     /// The agent pid it names (`CLAUDE_PID`).
     pub agent_pid: Option<i32>,
+    /// The agents' tool-only variables it carries (`AgentSpec::tool_marks`): a tool's command, not a server.
+    pub tool_marks: Vec<&'static str>,
     pub keep: bool,
     /// Carries `SESSION_REAPER_BROKER`: a broker's member, which its owners decide.
     pub broker: bool,
@@ -164,7 +133,7 @@ impl Observed {
     }
 
     /// One of an agent's own detached workers (Claude Code's `--bg-pty-host` background-shell helper, `--bg-spare`).
-    fn is_agent_worker(&self) -> bool {
+    pub(crate) fn is_agent_worker(&self) -> bool {
         self.argv
             .iter()
             .any(|arg| crate::decide::resume::AGENT_WORKER_FLAGS.contains(&arg.as_str()))
@@ -234,6 +203,11 @@ impl Table {
         })
     }
 
+    /// The processes whose parent is `pid`.
+    pub fn children_of(&self, pid: i32) -> impl Iterator<Item = &Observed> {
+        self.procs.values().filter(move |p| p.ppid == pid)
+    }
+
     /// `pid` and every live descendant of it.
     pub fn descendants_of(&self, pid: i32) -> Vec<&Observed> {
         self.procs
@@ -268,26 +242,17 @@ fn observe_one(pid: i32, since_ticks: u64, uid: u32) -> Option<Observed> {
     if stat.start_ticks >= since_ticks
         && let Ok(meta) = std::fs::metadata(format!("/proc/{pid}"))
         && std::os::unix::fs::MetadataExt::uid(&meta) == uid
-        && let Ok(environ) = read_proc_file(pid, "environ")
+        && let Ok(environ) = proc::read_proc_file(pid, "environ")
     {
         read_environ(&mut observed, &environ);
         observed.identity.uid = uid;
-        observed.rss_kib = read_proc_file(pid, "statm")
+        observed.rss_kib = proc::read_proc_file(pid, "statm")
             .map_or(0, |statm| rss_kib_of(&String::from_utf8_lossy(&statm)));
         observed.detailed = true;
     }
     // Pinned: what was read belongs to this identity only if the identity still holds.
     let again = proc::stat(pid).ok()?;
     (again.start_ticks == stat.start_ticks && again.state != 'Z').then_some(observed)
-}
-
-/// Reads `/proc/<pid>/<name>` in as few `read` calls as its size allows (a /proc file reports no size, so a plain
-/// `fs::read` starts with small probing reads; discovery reads hundreds of these).
-fn read_proc_file(pid: i32, name: &str) -> std::io::Result<Vec<u8>> {
-    let mut file = std::fs::File::open(format!("/proc/{pid}/{name}"))?;
-    let mut bytes = Vec::with_capacity(8192);
-    std::io::Read::read_to_end(&mut file, &mut bytes)?;
-    Ok(bytes)
 }
 
 /// The resident memory (KiB) in `/proc/<pid>/statm` (its second field counts pages).
@@ -308,14 +273,23 @@ fn read_environ(observed: &mut Observed, environ: &[u8]) {
         let Some((key, value)) = entry.split_once('=') else {
             continue;
         };
-        if let Some(carrier) = CARRIERS.iter().find(|carrier| carrier.variable == key) {
-            observed.sessions.push((carrier.variable, value.to_owned()));
-        } else if AGENT_PID_VARIABLES.contains(&key) {
+        if let Some((variable, _)) =
+            crate::agents::carrier_variables().find(|(name, _)| *name == key)
+        {
+            observed.sessions.push((variable, value.to_owned()));
+        } else if crate::agents::agent_pid_variables().any(|name| name == key) {
             observed.agent_pid = value.parse().ok();
         } else if key == KEEP_VARIABLE {
             observed.keep = value == "1";
         } else if key == crate::act::launch::BROKER_MARKER {
             observed.broker = true;
+        }
+        if let Some(mark) = crate::agents::AGENTS
+            .iter()
+            .find_map(|spec| spec.tool_marks.iter().find(|mark| **mark == key))
+            && !observed.tool_marks.contains(mark)
+        {
+            observed.tool_marks.push(mark);
         }
     }
 }
@@ -451,6 +425,24 @@ pub struct Found {
 /// Finds the leftovers of `sessions` (those with an agent identity of this boot and a policy other than `off`)
 /// in one observation of the process table.
 pub fn discover(store: &Store, sessions: &[SessionRecord]) -> Vec<Found> {
+    match observed_since(sessions) {
+        Some(since) => discover_in(store, &Table::observe(since), sessions),
+        None => Vec::new(),
+    }
+}
+
+/// The start of the oldest agent of this boot among `sessions`: the table needs the details of what started since.
+fn observed_since(sessions: &[SessionRecord]) -> Option<u64> {
+    sessions
+        .iter()
+        .filter_map(|record| record.agent_identity.as_ref())
+        .filter(|agent| agent.boot_id == proc::boot_id())
+        .map(|agent| agent.start_ticks)
+        .min()
+}
+
+/// `discover` in a table already observed (with the details of everything started since `observed_since`).
+fn discover_in(store: &Store, table: &Table, sessions: &[SessionRecord]) -> Vec<Found> {
     let targets: Vec<(&SessionRecord, &Identity, SessionFacts)> = sessions
         .iter()
         .filter_map(|record| {
@@ -460,10 +452,9 @@ pub fn discover(store: &Store, sessions: &[SessionRecord]) -> Vec<Found> {
                 .then_some((record, agent, facts))
         })
         .collect();
-    let Some(since) = targets.iter().map(|(_, agent, _)| agent.start_ticks).min() else {
+    if targets.is_empty() {
         return Vec::new();
-    };
-    let table = Table::observe(since);
+    }
     let recorded_agents: Vec<Identity> = store
         .sessions
         .all()
@@ -487,7 +478,7 @@ pub fn discover(store: &Store, sessions: &[SessionRecord]) -> Vec<Found> {
             Found {
                 session: record.session_id.clone(),
                 policy: facts.policy,
-                leftovers: find(&table, &query),
+                leftovers: find(table, &query),
             }
         })
         .collect()
@@ -744,7 +735,7 @@ fn write_facts(store: &Store, session: &SessionId, facts: &SessionFacts) -> anyh
 pub fn agent_named_by_env() -> Option<Identity> {
     let me = i32::try_from(std::process::id()).ok()?;
     let ancestors: Vec<i32> = proc::ancestors(me).iter().map(|stat| stat.pid).collect();
-    AGENT_PID_VARIABLES.iter().find_map(|variable| {
+    crate::agents::agent_pid_variables().find_map(|variable| {
         let pid: i32 = std::env::var(variable).ok()?.parse().ok()?;
         ancestors
             .contains(&pid)
@@ -797,47 +788,50 @@ pub fn prune_kept(store: &Store) {
 
 // ---- visibility ----
 
-/// A live session's leftovers-to-be and its sentinel, as `status` shows them.
+/// A live session's leftovers-to-be, its agent's MCP servers and its sentinel, as `status` shows them.
 #[derive(Clone, Debug, Serialize)]
 pub struct SessionView {
     pub session: String,
     pub agent_pid: i32,
     pub policy: Policy,
     pub sentinel: bool,
+    /// The sentinel's pid, when one watches the agent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sentinel_pid: Option<i32>,
     pub leftovers: Vec<Leftover>,
+    /// The stdio MCP servers the live agent process runs (`mcp`).
+    pub mcp_servers: Vec<crate::mcp::McpServer>,
 }
 
-/// The leftovers-to-be of each live session: what would be stopped if its agent went now.
+/// For each live session: what would be stopped if its agent went now, and the MCP servers its agent runs — from
+/// one observation of the process table.
 pub fn status_view(store: &Store, live: &[SessionRecord]) -> Vec<SessionView> {
-    let found = discover(store, live);
+    let table = observed_since(live).map(Table::observe).unwrap_or_default();
+    let found = discover_in(store, &table, live);
     live.iter()
         .map(|record| {
             let agent = record.agent_identity.as_ref();
+            let sentinel = agent.is_some_and(|agent| crate::sentinel::is_running(store, agent));
+            let spec = Agent::from_name(&record.agent).map(Agent::spec);
             SessionView {
                 session: record.session_id.clone(),
                 agent_pid: agent.map_or(0, |agent| agent.pid),
                 policy: SessionFacts::of(record).policy,
-                sentinel: agent.is_some_and(|agent| crate::sentinel::is_running(store, agent)),
+                sentinel,
+                sentinel_pid: agent
+                    .filter(|_| sentinel)
+                    .and_then(|agent| crate::sentinel::pid_of(store, agent)),
                 leftovers: found
                     .iter()
                     .find(|found| found.session == record.session_id)
                     .map(|found| found.leftovers.clone())
                     .unwrap_or_default(),
+                mcp_servers: agent.map_or_else(Vec::new, |agent| {
+                    crate::mcp::servers_of(&table, agent, spec, &crate::mcp::speaks_stdio)
+                }),
             }
         })
         .collect()
-}
-
-/// The lines `status` prints under each live session.
-pub fn print_status(view: &SessionView) {
-    println!(
-        "    sentinel {}, leftovers {}",
-        if view.sentinel { "watching" } else { "none" },
-        view.policy.as_str()
-    );
-    for leftover in &view.leftovers {
-        print_leftover("    leftover", leftover);
-    }
 }
 
 /// One line per leftover: pid, memory, how it was found, argv.
@@ -865,12 +859,12 @@ pub fn format_kib(kib: u64) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const SESSION: &str = "s-1";
 
-    fn identity(pid: i32, start_ticks: u64) -> Identity {
+    pub(crate) fn identity(pid: i32, start_ticks: u64) -> Identity {
         Identity {
             boot_id: "boot".into(),
             pid_ns: None,
@@ -881,7 +875,7 @@ mod tests {
     }
 
     /// A process of ours, read in full.
-    fn process(pid: i32, parent: i32, start: u64, argv: &str) -> Observed {
+    pub(crate) fn process(pid: i32, parent: i32, start: u64, argv: &str) -> Observed {
         Observed {
             identity: identity(pid, start),
             ppid: parent,

@@ -13,6 +13,7 @@ pub mod duplicates;
 pub mod error;
 pub mod hook;
 pub mod leftovers;
+pub mod mcp;
 pub mod model;
 pub mod observe;
 pub mod resolve;
@@ -36,6 +37,12 @@ const DEFAULT_HOOK_DEADLINE: std::time::Duration = std::time::Duration::from_sec
 
 /// Runs the command line and returns the exit code (see `error` for the table).
 pub fn run() -> u8 {
+    // The sentinel waits for its agent with as little of the program loaded as it can (see `sentinel::entry`).
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if let Some(code) = sentinel::entry(&args) {
+        return code;
+    }
+    drop(args);
     if subcommand_in_args().as_deref() == Some("hook") {
         return run_hook();
     }

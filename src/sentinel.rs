@@ -44,6 +44,15 @@ pub fn is_running(store: &Store, agent: &Identity) -> bool {
     })
 }
 
+/// The pid the sentinel of `agent` wrote into its lock file once it held the lock.
+pub fn pid_of(store: &Store, agent: &Identity) -> Option<i32> {
+    std::fs::read_to_string(lock_path(store, agent))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Starts the sentinel of `agent` unless one runs. `within` bounds its wait (the finisher's wait after a
 /// `SessionEnd`); `None` waits as long as the agent lives.
 pub fn start(store: &Store, agent: &Identity, within: Option<Duration>) -> anyhow::Result<()> {
@@ -72,6 +81,50 @@ pub fn start(store: &Store, agent: &Identity, within: Option<Duration>) -> anyho
     launch::spawn_detached(&exe, &args, &[])
 }
 
+/// The sentinel's own entry point, taken before the command-line parser is built: the exact words `start` writes
+/// (`--state-dir ROOT sentinel --pid P --start-ticks T [--within Nms]`) are read by hand, so that a process that
+/// spends its life waiting touches as little of the binary as it can (DESIGN "The sentinel": ≤ 2 MiB). Any other
+/// shape (a person typing `sentinel`) is `None` and goes through the parser. Returns the exit code.
+pub fn entry(args: &[std::ffi::OsString]) -> Option<u8> {
+    let words: Vec<&str> = args.iter().map(|arg| arg.to_str()).collect::<Option<_>>()?;
+    let (root, agent, within) = match words.as_slice() {
+        [
+            "--state-dir",
+            root,
+            "sentinel",
+            "--pid",
+            pid,
+            "--start-ticks",
+            start,
+            rest @ ..,
+        ] => {
+            let within = match rest {
+                [] => None,
+                ["--within", millis] => Some(Duration::from_millis(
+                    millis.strip_suffix("ms")?.parse().ok()?,
+                )),
+                _ => return None,
+            };
+            let agent = Identity {
+                boot_id: proc::boot_id().to_owned(),
+                pid_ns: proc::own_pid_ns(),
+                pid: pid.parse().ok()?,
+                start_ticks: start.parse().ok()?,
+                uid: rustix::process::getuid().as_raw(),
+            };
+            (*root, agent, within)
+        }
+        _ => return None,
+    };
+    let outcome = crate::store::root::resolve_root(Some(std::path::Path::new(root)))
+        .and_then(|root| Store::open(&root))
+        .and_then(|store| run(&store, &agent, within));
+    Some(match outcome {
+        Ok(outcome) => outcome.exit_code(),
+        Err(err) => crate::error::exit_code_of(&err),
+    })
+}
+
 /// The sentinel's life: lock, wait, do the agent-gone work, exit.
 pub fn run(store: &Store, agent: &Identity, within: Option<Duration>) -> anyhow::Result<Outcome> {
     store.root.ensure_dir(&store.root.join(DIR))?;
@@ -83,6 +136,9 @@ pub fn run(store: &Store, agent: &Identity, within: Option<Duration>) -> anyhow:
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Who holds it, for `status` (the lock, not this, says whether one runs).
+    let _ = lock.set_len(0);
+    let _ = std::io::Write::write_all(&mut &lock, std::process::id().to_string().as_bytes());
     let watched = match wait_for_exit(store, agent, within)? {
         Waited::AgentGone => agent_gone(store, agent),
         Waited::RootGone | Waited::TimedOut => Ok(Outcome::Done),
@@ -114,6 +170,7 @@ fn wait_for_exit(
     };
     let watch = watch_root(store);
     let ends = within.map(|within| Instant::now() + within);
+    release_file_pages();
     loop {
         let remaining = ends.map(|ends| ends.saturating_duration_since(Instant::now()));
         if remaining.is_some_and(|left| left.is_zero()) {
@@ -150,6 +207,63 @@ fn wait_for_exit(
             Err(err) => return Err(err).context("waiting for the agent"),
         }
     }
+}
+
+/// Unmaps, before the long wait, the pages of this process's read-only file mappings — the program's code and
+/// constants, libc's — that the start touched: a sentinel lives as long as its agent, and they are the bulk of its
+/// resident memory (2.9 of 3.0 MiB, measured; its private memory is under 200 KiB). The pages stay in the page cache,
+/// shared with every other process mapping the same files, and fault back in when the agent exits. Only a mapping
+/// with no private (copy-on-write) page is released: for those, `MADV_DONTNEED` loses nothing (the relocated RELRO
+/// segment and every writable mapping keep their pages). Best effort: on any failure the pages simply stay.
+fn release_file_pages() {
+    let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
+        return;
+    };
+    let clean = clean_file_mappings(&smaps);
+    drop(smaps);
+    for (start, end) in clean {
+        // SAFETY: the range is a whole private mapping of a file, never writable and holding no copy-on-write page:
+        // every page dropped is re-read from the unchanged file on its next use, so no memory content changes.
+        unsafe {
+            let _ = rustix::mm::madvise(
+                start as *mut std::ffi::c_void,
+                end - start,
+                rustix::mm::Advice::LinuxDontNeed,
+            );
+        }
+    }
+}
+
+/// The `(start, end)` of each private, read-only file mapping in `smaps` whose pages are all the file's own
+/// (`Anonymous: 0 kB`).
+fn clean_file_mappings(smaps: &str) -> Vec<(usize, usize)> {
+    let mut found = Vec::new();
+    // The mapping being read: its range, and whether it is read-only, private and of a file.
+    let mut current: Option<((usize, usize), bool)> = None;
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let first = fields.next().unwrap_or_default();
+        if let Some((start, end)) = first.split_once('-')
+            && let (Ok(start), Ok(end)) = (
+                usize::from_str_radix(start, 16),
+                usize::from_str_radix(end, 16),
+            )
+        {
+            let perms = fields.next().unwrap_or_default();
+            let path = fields.nth(3).unwrap_or_default();
+            let candidate = perms.len() == 4
+                && !perms.contains('w')
+                && perms.ends_with('p')
+                && path.starts_with('/');
+            current = Some(((start, end), candidate));
+        } else if first == "Anonymous:"
+            && let Some((range, true)) = current.take()
+            && fields.next() == Some("0")
+        {
+            found.push(range);
+        }
+    }
+    found
 }
 
 /// An inotify watch for the deletion or move of the state root; `None` (reported) when none can be had.
@@ -281,4 +395,55 @@ pub fn at_session_end(
         start(store, &agent, Some(wait))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_clean_read_only_file_mappings_are_released() {
+        let smaps = "\
+55d0a0000000-55d0a0071000 r--p 00000000 08:01 42 /usr/bin/session-reaper
+Rss:                 252 kB
+Anonymous:             0 kB
+55d0a0071000-55d0a025e000 r-xp 00071000 08:01 42 /usr/bin/session-reaper
+Anonymous:             0 kB
+55d0a025e000-55d0a0269000 r--p 0025e000 08:01 42 /usr/bin/session-reaper
+Anonymous:            44 kB
+55d0a0269000-55d0a026a000 rw-p 00269000 08:01 42 /usr/bin/session-reaper
+Anonymous:             4 kB
+55d0a1000000-55d0a1022000 rw-p 00000000 00:00 0 [heap]
+Anonymous:           136 kB
+7f0000000000-7f0000001000 r-xp 00000000 00:00 0 [vdso]
+Anonymous:             0 kB
+7f0000002000-7f0000003000 r--s 00000000 08:01 7 /dev/shm/shared
+Anonymous:             0 kB
+";
+        assert_eq!(
+            clean_file_mappings(smaps),
+            [
+                (0x55d0_a000_0000, 0x55d0_a007_1000),
+                (0x55d0_a007_1000, 0x55d0_a025_e000)
+            ],
+            "text and constants; not RELRO (relocated), data, heap, vdso or a shared mapping"
+        );
+    }
+
+    #[test]
+    fn the_entry_reads_only_the_shape_start_writes() {
+        let words = |line: &str| -> Vec<std::ffi::OsString> {
+            line.split(' ').map(std::ffi::OsString::from).collect()
+        };
+        // Not the shape: left to the parser (which reports what is wrong).
+        for line in [
+            "--state-dir /s sentinel --pid x --start-ticks 5",
+            "--state-dir /s sentinel --pid 5 --start-ticks 5 --within 3s",
+            "--state-dir /s sentinel --pid 5 --start-ticks 5 --extra",
+            "sentinel --pid 5 --start-ticks 5",
+            "--state-dir /s status",
+        ] {
+            assert_eq!(entry(&words(line)), None, "{line}");
+        }
+    }
 }

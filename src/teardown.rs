@@ -15,7 +15,7 @@ use crate::decide::{self, SlotChange};
 use crate::model::clock;
 use crate::model::deadline::Deadline;
 use crate::model::name::SessionId;
-use crate::model::record::{BrokerRecord, SessionRecord, StopTicket};
+use crate::model::record::{BrokerRecord, Identity, SessionRecord, StopTicket};
 use crate::observe::proc;
 use crate::store::Store;
 use crate::store::events::{Event, Reason};
@@ -42,11 +42,25 @@ pub struct Seen {
     pub cwd: Option<String>,
     pub transcript_path: Option<String>,
     pub title: Option<String>,
+    /// The agent process the ending hook runs under, and the leftover policy and sentinel choice of its flags: what
+    /// a `SessionStart` would have recorded, so that the agent's exit still finds the session's leftovers.
+    pub agent_identity: Option<Identity>,
+    pub start_facts: Option<(crate::leftovers::Policy, bool)>,
 }
 
 impl Seen {
     /// Fills what `record` lacks (hooks installed mid-session, a failed `SessionStart`); overwrites nothing.
     fn fill_blanks(&self, record: &mut SessionRecord) {
+        if record.agent_identity.is_none()
+            && let Some(identity) = self.agent_identity.clone().filter(proc::is_alive)
+        {
+            record.agent_identity = Some(identity);
+            if let Some((policy, sentinel)) = self.start_facts
+                && !crate::leftovers::has_facts(record)
+            {
+                crate::leftovers::note_start(record, policy, sentinel);
+            }
+        }
         if let Some(agent) = self.agent.as_ref().filter(|_| record.agent.is_empty()) {
             record.agent.clone_from(agent);
         }

@@ -171,7 +171,7 @@ fn sigkilled_claude_leaves_no_mcp_server_and_no_sleep() {
     let (tool_command, sleeps) = leaky_sleeps();
     let api = FakeAnthropic::start(Script {
         tool_command,
-        watch: [sleeps, vec![server_argv]].concat(),
+        watch: [sleeps, vec![server_argv.clone()]].concat(),
         hold_final: true,
     });
     write_settings(&dirs, bin);
@@ -190,6 +190,14 @@ fn sigkilled_claude_leaves_no_mcp_server_and_no_sleep() {
         planted.len(),
         3,
         "the MCP server and both sleeps ran mid-session: {planted:?}\n{}",
+        report()
+    );
+    // While claude lives, `status` lists the server as its agent's MCP server, and neither sleep.
+    let servers = mcp_servers_in_status(bin, &dirs);
+    assert_eq!(
+        servers,
+        [server_argv],
+        "status --json lists the live claude's MCP server\n{}",
         report()
     );
     run.kill();
@@ -230,6 +238,25 @@ fn assert_stopped_as_leftovers(
             report()
         );
     }
+}
+
+/// The argv of every MCP server `status --json` lists under a live session.
+fn mcp_servers_in_status(bin: &Path, dirs: &Dirs) -> Vec<Vec<String>> {
+    let out = Command::new(bin)
+        .arg("--state-dir")
+        .arg(&dirs.state)
+        .args(["status", "--json"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run status --json");
+    let status: Value = serde_json::from_slice(&out.stdout).expect("status --json parses");
+    status["leftovers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|view| view["mcp_servers"].as_array().cloned().unwrap_or_default())
+        .filter_map(|server| serde_json::from_value(server["argv"].clone()).ok())
+        .collect()
 }
 
 /// A stdio MCP server that answers `initialize` and `tools/list`, then, at EOF on stdin (its client is gone), keeps

@@ -31,7 +31,12 @@ pub fn run(args: &SettingsRequest, config: &Config) -> anyhow::Result<Outcome> {
                 Some(path) => path.clone(),
                 None => settings::user_settings_path(spec, &env)?,
             },
-            settings::hook_command(spec, &binary_text(&binary)?, state_dir.as_deref()),
+            settings::hook_command(
+                spec,
+                &binary_text(&binary)?,
+                state_dir.as_deref(),
+                args.flags,
+            ),
         ),
         // A file a team commits: no absolute path of one person's binary or state root; at the repository's top.
         Scope::Project => (
@@ -39,7 +44,7 @@ pub fn run(args: &SettingsRequest, config: &Config) -> anyhow::Result<Outcome> {
                 Some(path) => path.clone(),
                 None => spec.settings_under(&workspace::workspace_of(&cwd)?),
             },
-            settings::hook_command(spec, PROGRAM, None),
+            settings::hook_command(spec, PROGRAM, None, args.flags),
         ),
     };
     let request = InstallRequest {

@@ -99,7 +99,7 @@ pub struct Snapshot {
     pub unreadable: Vec<Unreadable>,
     pub tickets: Vec<TicketStatus>,
     pub sessions: Vec<SessionRecord>,
-    /// Each live session's leftovers-to-be and its sentinel.
+    /// Each live session's leftovers-to-be, its agent's MCP servers and its sentinel.
     pub leftovers: Vec<crate::leftovers::SessionView>,
     pub finisher_running: bool,
     /// The Codex plugin's brokers (its own records and the ones it lost).
@@ -261,9 +261,6 @@ pub fn run(
         "{}",
         super::status_tree::render(&tree, crate::term::get().color)
     );
-    for view in &snapshot.leftovers {
-        crate::leftovers::print_status(view);
-    }
     let stuck = snapshot.tickets.iter().any(|ticket| ticket.stuck);
     Ok(Outcome::from_ok(!stuck && snapshot.unreadable.is_empty()))
 }

@@ -47,7 +47,9 @@ pub struct SessionNode {
     pub brokers: Vec<BrokerNode>,
     /// Processes of the session that will outlive it (filled by the leftovers discovery when it reports them).
     pub leftovers: Vec<ProcessNode>,
-    /// The session's sentinel, when one watches it.
+    /// The stdio MCP servers its live agent process runs.
+    pub mcp_servers: Vec<McpNode>,
+    /// The session's sentinel and leftovers policy, in words (absent when leftover discovery said nothing of it).
     pub sentinel: Option<String>,
     /// What the next sweep does to the session, if anything.
     pub next_sweep: Option<String>,
@@ -100,6 +102,15 @@ pub struct ProcessNode {
     pub rss_kib: Option<u64>,
     /// A state word (`live`, `leftover`, `STUCK`) when there is more to say than that it runs.
     pub state: Option<&'static str>,
+}
+
+/// A stdio MCP server of a session's agent, with what runs below it (an `npx` wrapper's server).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct McpNode {
+    /// The server; its memory is that of the server and of every process below it.
+    pub process: ProcessNode,
+    /// How many processes that memory counts.
+    pub processes: usize,
 }
 
 /// A pending stop ticket.
@@ -169,6 +180,7 @@ pub fn observe(store: &Store, snapshot: &Snapshot) -> Facts {
         })
     };
     let host = proc::host_name();
+    let liveness = proc::Liveness::default();
     let mut next = HashMap::new();
     for slot in Slot::all(&store.root) {
         let label = slot.label();
@@ -178,7 +190,8 @@ pub fn observe(store: &Store, snapshot: &Snapshot) -> Facts {
             crate::model::deadline::Deadline::after(LOCK_WAIT),
             Mode::DryRun,
             |view| {
-                let facts = crate::commands::sweep::observe_facts(view, &sessions);
+                let facts =
+                    crate::commands::sweep::observe_facts(view, &sessions, &liveness, &host);
                 decide::slot::sweep(view, facts, ended, &policy, (&host, &label))
             },
         );
@@ -198,7 +211,7 @@ fn note_rss(facts: &mut Facts, pid: i32) {
 
 /// Resident memory of a process, from `/proc/<pid>/status` (`None` elsewhere or when it is gone).
 fn rss_kib(pid: i32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let status = proc::read_proc_text(pid, "status").ok()?;
     status
         .lines()
         .find_map(|line| line.strip_prefix("VmRSS:"))
@@ -245,6 +258,13 @@ pub fn build(snapshot: &Snapshot, facts: &Facts) -> StatusTree {
         .iter()
         .map(|session| {
             let mut node = session_node(session, facts, &ago);
+            if let Some(view) = snapshot
+                .leftovers
+                .iter()
+                .find(|view| view.session == session.session_id)
+            {
+                add_leftovers_view(&mut node, view);
+            }
             node.brokers = brokers
                 .iter()
                 .filter(|broker| broker.owners.contains(&node.id))
@@ -303,6 +323,38 @@ fn session_node(
             .then(|| "end the session (owners_gone)".to_owned()),
         ..SessionNode::default()
     }
+}
+
+/// What leftover discovery says of a session: its leftovers-to-be, its agent's MCP servers, its sentinel.
+fn add_leftovers_view(node: &mut SessionNode, view: &crate::leftovers::SessionView) {
+    let row = |pid: i32, argv: &[String], rss_kib: u64| ProcessNode {
+        pid,
+        argv: argv.join(" "),
+        rss_kib: Some(rss_kib),
+        state: None,
+    };
+    node.leftovers = view
+        .leftovers
+        .iter()
+        .map(|leftover| ProcessNode {
+            state: Some("leftover"),
+            ..row(leftover.pid, &leftover.argv, leftover.rss_kib)
+        })
+        .collect();
+    node.mcp_servers = view
+        .mcp_servers
+        .iter()
+        .map(|server| McpNode {
+            process: row(server.pid, &server.argv, server.rss_kib),
+            processes: server.processes,
+        })
+        .collect();
+    let watching = match (view.sentinel, view.sentinel_pid) {
+        (true, Some(pid)) => format!("pid {pid} (watching agent {})", view.agent_pid),
+        (true, None) => format!("watching agent {}", view.agent_pid),
+        (false, _) => "none".to_owned(),
+    };
+    node.sentinel = Some(format!("{watching}; leftovers {}", view.policy.as_str()));
 }
 
 fn broker_node(
@@ -396,7 +448,7 @@ fn memory(kib: Option<u64>) -> String {
 }
 
 /// What every state word means (only the words the picture uses are listed).
-const LEGEND: [(&str, &str); 8] = [
+const LEGEND: [(&str, &str); 9] = [
     ("live", "the process runs with the identity recorded for it"),
     (
         "gone",
@@ -423,6 +475,10 @@ const LEGEND: [(&str, &str); 8] = [
         "a process of the session that will outlive it (see `keep` and `--leftovers`)",
     ),
     (
+        "mcp server",
+        "a stdio MCP server the live agent runs (its child on pipes, no tool's command); the agent's to stop, a leftover once the agent is gone",
+    ),
+    (
         "UNREADABLE",
         "a record that cannot be read (corrupt, or from a newer session-reaper): left as it is",
     ),
@@ -442,53 +498,7 @@ pub fn render(tree: &StatusTree, color: bool) -> String {
         let _ = writeln!(out, "  none");
     }
     for session in &tree.sessions {
-        let total = session_rss(session);
-        let agent = session
-            .agent_pid
-            .map_or_else(|| "-".to_owned(), |pid| pid.to_string());
-        let _ = writeln!(
-            out,
-            "{}  {}  agent {} {}  started {} ago  rss {}",
-            session.id,
-            session.agent,
-            agent,
-            word(session.agent_state.word(), 0).trim_end(),
-            if session.started.is_empty() {
-                "?"
-            } else {
-                &session.started
-            },
-            memory(total)
-        );
-        let _ = writeln!(out, "│ cwd {}", session.cwd);
-        if let Some(next) = &session.next_sweep {
-            let _ = writeln!(out, "│ next sweep: {next}");
-        }
-        if let Some(sentinel) = &session.sentinel {
-            let _ = writeln!(out, "│ sentinel {sentinel}");
-        }
-        let rows = session.brokers.len() + session.leftovers.len();
-        let mut row = 0;
-        for broker in &session.brokers {
-            row += 1;
-            render_broker(&mut out, broker, row == rows, Some(&session.id), &mut word);
-        }
-        for leftover in &session.leftovers {
-            row += 1;
-            let (branch, _) = branches(row == rows);
-            let state = word(leftover.state.unwrap_or("leftover"), 0);
-            let _ = writeln!(
-                out,
-                "{branch}{} {}  {}  rss {}",
-                state.trim_end(),
-                leftover.pid,
-                leftover.argv,
-                memory(leftover.rss_kib)
-            );
-        }
-        if rows == 0 {
-            let _ = writeln!(out, "└─ no brokers");
-        }
+        render_session(&mut out, session, &mut word);
     }
     render_others(&mut out, tree, &mut word);
     let changes = tree
@@ -520,6 +530,77 @@ pub fn render(tree: &StatusTree, color: bool) -> String {
         let _ = writeln!(out, "  {}  {meaning}", paint(name, 10, color));
     }
     out
+}
+
+/// One live session: its line, its facts, then its brokers, its agent's MCP servers and its leftovers.
+fn render_session(
+    out: &mut String,
+    session: &SessionNode,
+    word: &mut impl FnMut(&'static str, usize) -> String,
+) {
+    let total = session_rss(session);
+    let agent = session
+        .agent_pid
+        .map_or_else(|| "-".to_owned(), |pid| pid.to_string());
+    let _ = writeln!(
+        out,
+        "{}  {}  agent {} {}  started {} ago  rss {}",
+        session.id,
+        session.agent,
+        agent,
+        word(session.agent_state.word(), 0).trim_end(),
+        if session.started.is_empty() {
+            "?"
+        } else {
+            &session.started
+        },
+        memory(total)
+    );
+    let _ = writeln!(out, "│ cwd {}", session.cwd);
+    if let Some(next) = &session.next_sweep {
+        let _ = writeln!(out, "│ next sweep: {next}");
+    }
+    if let Some(sentinel) = &session.sentinel {
+        let _ = writeln!(out, "│ sentinel {sentinel}");
+    }
+    let rows = session.brokers.len() + session.mcp_servers.len() + session.leftovers.len();
+    let mut row = 0;
+    for broker in &session.brokers {
+        row += 1;
+        render_broker(out, broker, row == rows, Some(&session.id), word);
+    }
+    for server in &session.mcp_servers {
+        row += 1;
+        let (branch, _) = branches(row == rows);
+        let below = match server.processes {
+            0 | 1 => String::new(),
+            n => format!(" ({n} processes)"),
+        };
+        let _ = writeln!(
+            out,
+            "{branch}{} {}  `{}`  rss {}{below}",
+            word("mcp server", 0).trim_end(),
+            server.process.pid,
+            server.process.argv,
+            memory(server.process.rss_kib)
+        );
+    }
+    for leftover in &session.leftovers {
+        row += 1;
+        let (branch, _) = branches(row == rows);
+        let state = word(leftover.state.unwrap_or("leftover"), 0);
+        let _ = writeln!(
+            out,
+            "{branch}{} {}  {}  rss {}",
+            state.trim_end(),
+            leftover.pid,
+            leftover.argv,
+            memory(leftover.rss_kib)
+        );
+    }
+    if rows == 0 {
+        let _ = writeln!(out, "└─ no brokers");
+    }
 }
 
 /// Brokers with no live owner, stop tickets and unreadable records.
@@ -589,13 +670,20 @@ fn all_brokers(tree: &StatusTree) -> impl Iterator<Item = &BrokerNode> {
         .filter(move |broker| seen.insert((broker.kind, broker.pid, broker.place.clone())))
 }
 
-/// A session's memory: its agent, its brokers (a shared one counts in each owner) and their members, its leftovers.
+/// A session's memory: its agent, its brokers (a shared one counts in each owner) and their members, its agent's MCP
+/// servers, its leftovers.
 fn session_rss(session: &SessionNode) -> Option<u64> {
     let parts = std::iter::once(session.agent_rss_kib)
         .chain(session.brokers.iter().flat_map(|broker| {
             std::iter::once(broker.rss_kib)
                 .chain(broker.members.iter().map(|member| member.rss_kib))
         }))
+        .chain(
+            session
+                .mcp_servers
+                .iter()
+                .map(|server| server.process.rss_kib),
+        )
         .chain(session.leftovers.iter().map(|leftover| leftover.rss_kib));
     parts.flatten().reduce(|a, b| a + b)
 }

@@ -13,6 +13,7 @@ use crate::act::finisher;
 use crate::act::signal::Guard;
 use crate::act::stopper::{self, StopOutcome, StopReport};
 use crate::config::{Config, SweepRequest};
+use crate::decide::lineage::Known;
 use crate::decide::resume;
 use crate::decide::{self, SlotChange, SlotFacts, SweepPolicy};
 use crate::error::Outcome;
@@ -20,7 +21,7 @@ use crate::model::clock;
 use crate::model::deadline::Deadline;
 use crate::model::name::SessionId;
 use crate::model::record::{BrokerRecord, SessionRecord, StopTicket};
-use crate::observe::proc;
+use crate::observe::proc::{self, Liveness};
 use crate::store::Store;
 use crate::store::events::{Event, Reason};
 use crate::store::slot::{LOCK_WAIT, Slot, SlotView};
@@ -66,6 +67,8 @@ struct Sweep<'a> {
     actions: Vec<SweepAction>,
     tickets: Vec<StopTicket>,
     problems: Vec<String>,
+    /// The lineage tokens, pids and unreadable slots of the records `judge_slots` read.
+    judged: Known,
 }
 
 pub fn run(args: &SweepRequest, config: &Config) -> anyhow::Result<Outcome> {
@@ -99,6 +102,7 @@ pub fn run(args: &SweepRequest, config: &Config) -> anyhow::Result<Outcome> {
         actions: Vec::new(),
         tickets: Vec::new(),
         problems: Vec::new(),
+        judged: Known::default(),
     };
     sweep.end_crashed_sessions();
     for ticket in crate::leftovers::for_sweep(&store, args.dry_run) {
@@ -234,6 +238,7 @@ impl Sweep<'_> {
                 .any(|record| record.session_id == session && record.is_ended())
         };
         let mode = Mode::dry(self.policy.dry_run);
+        let liveness = Liveness::default();
         let mut unindexed: Vec<(String, String)> = Vec::new();
         for slot in Slot::all(&self.store.root) {
             let label = slot.label();
@@ -245,10 +250,16 @@ impl Sweep<'_> {
                 mode,
                 |view| {
                     seen = view.broker().cloned();
-                    let facts = observe_facts(view, sessions);
+                    if matches!(view, SlotView::Unreadable(_)) {
+                        self.judged.unreadable_slots.insert(label.clone());
+                    }
+                    let facts = observe_facts(view, sessions, &liveness, &self.host);
                     decide::slot::sweep(view, facts, ended, &policy, (&self.host, &label))
                 },
             );
+            if let Some(record) = &seen {
+                self.judged.add_record(record);
+            }
             match decided {
                 Ok(change) => {
                     unindexed.extend(unindexed_owners(&change, seen.as_ref(), &label, sessions));
@@ -316,6 +327,15 @@ impl Sweep<'_> {
         let root = self.store.root.path().to_string_lossy().into_owned();
         // Processes first, then records: a broker recorded or handed to a ticket meanwhile is known.
         let snapshot = proc::observe(&HashSet::new());
+        // What the slots named as they were judged, before this snapshot: a process no judged record, ticket or
+        // unreadable slot knows is only a candidate; the records are read again (now, after the snapshot) before
+        // any is called lost. With no candidate, no second pass over the slots.
+        for ticket in &self.tickets {
+            self.judged.add_ticket(ticket);
+        }
+        if crate::decide::lineage::unrecorded(&snapshot, &self.judged, &root).is_empty() {
+            return;
+        }
         let known = crate::decide::lineage::known_to(self.store, &self.tickets);
         for lost in crate::decide::lineage::unrecorded(&snapshot, &known, &root) {
             let pid = lost.leader.pid;
@@ -510,34 +530,35 @@ const NO_FACTS: SlotFacts = SlotFacts {
 };
 
 /// What the process table says of the broker a slot's view holds (nothing, for a slot without one); also what
-/// `status` judges its "next sweep" line with.
-pub fn observe_facts(view: &SlotView, sessions: &[SessionRecord]) -> SlotFacts {
-    view.broker()
-        .map_or(NO_FACTS, |record| observe_slot(record, sessions))
-}
-
-/// What the process table says of a slot's broker and its owners.
-fn observe_slot(record: &BrokerRecord, sessions: &[SessionRecord]) -> SlotFacts {
-    let host = proc::host_name();
-    let foreign = crate::model::record::is_other_host(&record.host, &host);
-    SlotFacts {
-        alive: proc::is_alive(&record.identity),
-        earlier_boot: !foreign && record.identity.boot_id != proc::boot_id(),
+/// `status` judges its "next sweep" line with. `host` is this machine's name.
+pub fn observe_facts(
+    view: &SlotView,
+    sessions: &[SessionRecord],
+    liveness: &Liveness,
+    host: &str,
+) -> SlotFacts {
+    view.broker().map_or(NO_FACTS, |record| SlotFacts {
+        alive: liveness.is_alive(&record.identity),
+        earlier_boot: !crate::model::record::is_other_host(&record.host, host)
+            && record.identity.boot_id != proc::boot_id(),
         owner_alive: record
             .owners
             .iter()
-            .any(|owner| owner_alive(&owner.session, sessions)),
-    }
+            .any(|owner| owner_alive(&owner.session, sessions, liveness)),
+    })
 }
 
 /// An owner is known to be alive when its session is live and its recorded agent process still runs. An owner
 /// with no session record (or no agent identity) is never judged dead — no `owners_gone` — but neither is it
 /// known to be alive, so the sweep's default idle TTL applies to its broker.
-fn owner_alive(session: &str, sessions: &[SessionRecord]) -> bool {
+fn owner_alive(session: &str, sessions: &[SessionRecord], liveness: &Liveness) -> bool {
     match sessions.iter().find(|record| record.session_id == session) {
         None => false,
         Some(record) if record.is_ended() => false,
-        Some(record) => record.agent_identity.as_ref().is_some_and(proc::is_alive),
+        Some(record) => record
+            .agent_identity
+            .as_ref()
+            .is_some_and(|agent| liveness.is_alive(agent)),
     }
 }
 

@@ -97,6 +97,12 @@ impl Known {
         }
     }
 
+    /// What a record read as this version's names.
+    pub fn add_record(&mut self, record: &BrokerRecord) {
+        self.tokens.extend(record.lineage.clone());
+        self.pids.insert(record.identity.pid);
+    }
+
     pub fn add_ticket(&mut self, ticket: &StopTicket) {
         self.tokens.extend(ticket.lineage.clone());
         self.pids.insert(ticket.identity.pid);

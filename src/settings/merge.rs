@@ -7,6 +7,7 @@ use serde_json::{Map, Value, json};
 
 use crate::agents::{AgentSpec, Layout};
 use crate::error::BadInput;
+use crate::leftovers::Policy;
 
 /// The program name our hook commands start with (its basename is how we recognise our entries).
 pub const PROGRAM: &str = "session-reaper";
@@ -36,13 +37,33 @@ impl Change {
     }
 }
 
-/// The command line our hook runs: `BIN hook --agent AGENT [--state-dir DIR]`, each word quoted for the shell.
-pub fn hook_command(spec: &AgentSpec, binary: &str, state_dir: Option<&str>) -> String {
+/// The hook flags `install` writes into the commands it installs; `None` writes nothing (the hook's default, or
+/// its environment, decides).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HookFlags {
+    pub leftovers: Option<Policy>,
+    pub sentinel: Option<bool>,
+}
+
+/// The command line our hook runs: `BIN hook --agent AGENT [--state-dir DIR] [--leftovers P] [--sentinel S]`, each
+/// word quoted for the shell.
+pub fn hook_command(
+    spec: &AgentSpec,
+    binary: &str,
+    state_dir: Option<&str>,
+    flags: HookFlags,
+) -> String {
     let mut words = vec![binary, "hook", "--agent", spec.name];
     if let Some(dir) = state_dir {
         words.extend(["--state-dir", dir]);
     }
-    shlex::try_join(words).unwrap_or_else(|_| format!("{binary} hook --agent {}", spec.name))
+    if let Some(policy) = flags.leftovers {
+        words.extend(["--leftovers", policy.as_str()]);
+    }
+    if let Some(on) = flags.sentinel {
+        words.extend(["--sentinel", if on { "on" } else { "off" }]);
+    }
+    shlex::try_join(words.iter().copied()).unwrap_or_else(|_| words.join(" "))
 }
 
 /// The words of a shell command line as `sh` would split them (quotes resolved, nothing expanded); `None` for an
@@ -412,14 +433,19 @@ mod tests {
     const BIN: &str = "/usr/local/bin/session-reaper";
 
     fn command(spec: &AgentSpec) -> String {
-        hook_command(spec, BIN, None)
+        hook_command(spec, BIN, None, HookFlags::default())
     }
 
     #[test]
     fn commands_are_quoted_and_recognised() {
         let claude = Agent::Claude.spec();
         assert_eq!(
-            hook_command(claude, "/a b/session-reaper", Some("/s t")),
+            hook_command(
+                claude,
+                "/a b/session-reaper",
+                Some("/s t"),
+                HookFlags::default()
+            ),
             "'/a b/session-reaper' hook --agent claude --state-dir '/s t'"
         );
         for line in [
@@ -428,7 +454,7 @@ mod tests {
             "'/home/a b/bin/session-reaper' hook --agent gemini",
             "\"${CLAUDE_PLUGIN_ROOT}/bin/session-reaper\" hook --agent claude",
             r"/opt/my\ tools/session-reaper hook",
-            &hook_command(claude, "/o'neil/session-reaper", None),
+            &hook_command(claude, "/o'neil/session-reaper", None, HookFlags::default()),
         ] {
             assert!(is_our_command(line), "{line}");
         }
@@ -523,7 +549,12 @@ mod tests {
             let spec = agent.spec();
             let file: Value = serde_json::from_str(text).unwrap();
             let mut expected = json!({});
-            merge_entries(&mut expected, spec, &hook_command(spec, PROGRAM, None)).unwrap();
+            merge_entries(
+                &mut expected,
+                spec,
+                &hook_command(spec, PROGRAM, None, HookFlags::default()),
+            )
+            .unwrap();
             assert_eq!(file, expected, "{agent}");
         }
         assert_eq!(

@@ -14,7 +14,9 @@ use serde_json::{Map, Value};
 
 use crate::agents::{Agent, AgentSpec};
 use crate::error::BadInput;
-pub use merge::{Change, PROGRAM, commands_in, hook_command, is_our_command, shell_words};
+pub use merge::{
+    Change, HookFlags, PROGRAM, commands_in, hook_command, is_our_command, shell_words,
+};
 pub use report::{InstallReport, Operation};
 
 /// Which settings file the default path points at.

@@ -2,7 +2,7 @@
 //!
 //! Every directory we use is checked (not a symlink, owned by us, not group/other-writable) and every file is opened
 //! without following symlinks and must be a regular file owned by us. Writes are atomic: a temp file in the same
-//! directory, fsync, rename over the target, fsync of the directory.
+//! directory, renamed over the target (no fsync: see `write_atomic`).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -229,7 +229,7 @@ impl StateRoot {
         check_regular_file(file, path, self.uid)
     }
 
-    /// Atomically replaces `path` with `bytes`: temp file in the same directory, fsync, rename, fsync directory.
+    /// Atomically replaces `path` with `bytes`: temp file in the same directory, renamed over it.
     pub fn write_atomic(&self, path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         write_atomic(path, bytes, 0o600)
     }
@@ -240,7 +240,12 @@ impl StateRoot {
     }
 }
 
-/// Atomically replaces `path` with `bytes` (mode for a new file): temp file, fsync, rename, fsync directory.
+/// Atomically replaces `path` with `bytes` (mode for a new file): temp file, then rename over `path`.
+///
+/// No fsync: everything under the state root describes processes of this boot, which a power loss or a kernel crash
+/// ends too, so a record that survived one would be stale anyway (and one torn by it is moved aside as corrupt). What
+/// the writer must survive is its own SIGKILL at any point, and the rename alone gives that: readers see the old
+/// bytes or the new, never a mix.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
     publish_via_temp(path, bytes, mode, |temp, path| fs::rename(temp, path)).map(drop)
 }
@@ -255,8 +260,8 @@ pub fn create_atomic(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<boo
     .map(|published| published.is_some())
 }
 
-/// The one atomic writer: writes a temp file in `path`'s directory, fsyncs it, `publish`es it (rename, or link for
-/// create-only) and fsyncs the directory. `None` when publishing found `path` already there.
+/// The one atomic writer: writes a temp file in `path`'s directory and `publish`es it (rename, or link for
+/// create-only). `None` when publishing found `path` already there.
 fn publish_via_temp(
     path: &Path,
     bytes: &[u8],
@@ -277,16 +282,11 @@ fn publish_via_temp(
         .with_context(|| format!("creating {}", temp.display()))?;
         file.write_all(bytes)
             .with_context(|| format!("writing {}", temp.display()))?;
-        file.sync_all()
-            .with_context(|| format!("syncing {}", temp.display()))?;
         match publish(&temp, path) {
-            Ok(()) => {}
-            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => return Ok(None),
-            Err(err) => {
-                return Err(err).with_context(|| format!("writing over {}", path.display()));
-            }
+            Ok(()) => Ok(Some(())),
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => Ok(None),
+            Err(err) => Err(err).with_context(|| format!("writing over {}", path.display())),
         }
-        sync_dir(dir).map(Some)
     })();
     if !matches!(result, Ok(Some(()))) {
         let _ = fs::remove_file(&temp);
@@ -294,7 +294,7 @@ fn publish_via_temp(
     result
 }
 
-/// Moves a corrupt record aside to `<name>.corrupt-<ts>` in its directory, durably; returns the new path. The one
+/// Moves a corrupt record aside to `<name>.corrupt-<ts>` in its directory; returns the new path. The one
 /// way a record that does not parse leaves its place: never dropped, never overwritten.
 pub fn quarantine(path: &Path) -> anyhow::Result<PathBuf> {
     let dir = path
@@ -307,18 +307,7 @@ pub fn quarantine(path: &Path) -> anyhow::Result<PathBuf> {
     let stamp = crate::model::clock::now_rfc3339().replace(':', "");
     let moved_to = dir.join(format!("{name}.corrupt-{stamp}"));
     fs::rename(path, &moved_to).with_context(|| format!("moving aside {}", path.display()))?;
-    sync_dir(dir)?;
     Ok(moved_to)
-}
-
-/// fsync of a directory, so that a rename or unlink in it is durable.
-pub fn sync_dir(dir: &Path) -> anyhow::Result<()> {
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
-        .open(dir)
-        .and_then(|handle| handle.sync_all())
-        .with_context(|| format!("syncing directory {}", dir.display()))
 }
 
 /// The name of the writer's temp file for `name`: `.<name>.tmp-<pid>-<nanos>` (what `store::temps` recognises).
@@ -358,24 +347,27 @@ pub fn read_regular(
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(err) => return Err(refusal(path, &err)),
     };
-    let size = check_regular_file(&file, path, uid)?;
-    if size > limit {
-        return Err(too_large(path, size, limit));
+    let meta = checked_metadata(&file, path, uid)?;
+    if meta.len() > limit {
+        return Err(too_large(path, meta.len(), limit));
     }
-    let mut bytes = Vec::new();
+    // Sized from the fstat, so that a record reads in one call (and one more that finds the end).
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or_default() + 1);
     io::Read::read_to_end(&mut io::Read::take(&file, limit + 1), &mut bytes)
         .with_context(|| format!("reading {}", path.display()))?;
     if bytes.len() as u64 > limit {
         return Err(too_large(path, bytes.len() as u64, limit));
     }
-    let meta = file
-        .metadata()
-        .with_context(|| format!("inspecting {}", path.display()))?;
     Ok(Some((bytes, meta)))
 }
 
 /// Checks an open file with `fstat`: a regular file owned by `uid`. Returns its size.
 pub fn check_regular_file(file: &File, path: &Path, uid: u32) -> anyhow::Result<u64> {
+    checked_metadata(file, path, uid).map(|meta| meta.len())
+}
+
+/// `check_regular_file`, returning the whole `fstat`.
+fn checked_metadata(file: &File, path: &Path, uid: u32) -> anyhow::Result<fs::Metadata> {
     let meta = file
         .metadata()
         .with_context(|| format!("inspecting {}", path.display()))?;
@@ -393,7 +385,7 @@ pub fn check_regular_file(file: &File, path: &Path, uid: u32) -> anyhow::Result<
             meta.uid(),
         )));
     }
-    Ok(meta.len())
+    Ok(meta)
 }
 
 fn kind_of(meta: &fs::Metadata) -> &'static str {

@@ -127,23 +127,21 @@ impl Slot {
     /// deeper, read as it goes (memory does not grow with the number of workspaces). Entries that are not plain
     /// directories are skipped.
     pub fn iter(root: &StateRoot) -> impl Iterator<Item = Slot> {
-        walkdir::WalkDir::new(root.join(WORKSPACES))
-            .min_depth(2)
-            .max_depth(2)
-            .follow_links(false)
-            .into_iter()
-            .filter_map(Result::ok)
-            .filter(|entry| entry.file_type().is_dir())
-            .filter_map(|entry| {
-                let name = entry.file_name().to_str()?.to_owned();
-                let key = entry.path().parent()?.file_name()?.to_str()?.to_owned();
+        // Two `read_dir` levels, the entry types from the listing itself: no slot directory is opened or stat'ed.
+        subdirectories(&root.join(WORKSPACES)).flat_map(|workspace| {
+            let key = workspace
+                .file_name()
+                .and_then(|key| key.to_str())
+                .map(str::to_owned);
+            subdirectories(&workspace).filter_map(move |dir| {
                 Some(Slot {
-                    dir: entry.into_path(),
-                    key,
-                    name,
+                    key: key.clone()?,
+                    name: dir.file_name()?.to_str()?.to_owned(),
+                    dir,
                     workspace: None,
                 })
             })
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -284,15 +282,24 @@ impl SlotGuard<'_> {
 
     /// Empties the slot (the broker was handed to a stop ticket, or is gone). The lock file stays.
     pub fn clear(&self) -> anyhow::Result<()> {
-        match std::fs::remove_file(self.slot.record_path()) {
-            Ok(()) => root::sync_dir(&self.slot.dir)?,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(err) => {
-                return Err(err)
-                    .with_context(|| format!("removing {}", self.slot.record_path().display()));
-            }
+        if let Err(err) = std::fs::remove_file(self.slot.record_path())
+            && err.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(err)
+                .with_context(|| format!("removing {}", self.slot.record_path().display()));
         }
         self.last_read.replace(None);
         Ok(())
     }
+}
+
+/// The plain directories in `dir` (symlinks and other entries left out), as the listing goes; none if it cannot be
+/// listed.
+fn subdirectories(dir: &Path) -> impl Iterator<Item = PathBuf> + use<> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_type().is_ok_and(|kind| kind.is_dir()))
+        .map(|entry| entry.path())
 }

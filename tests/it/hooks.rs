@@ -19,6 +19,10 @@ use crate::harness::{
     BIN, Env, PATIENCE, Proc, named_python, run_bounded, scrub_env, stderr, stdout, wait_until,
 };
 
+/// The deadline of tests about what a hook records, not when: room for a loaded 2-core machine (the default, 1 s, is
+/// what the timing tests hold the hook to).
+const ROOMY: &str = "10s";
+
 /// The deadline the timing tests give the hook.
 const DEADLINE: Duration = Duration::from_secs(1);
 /// What a loaded 2-core machine may add to the deadline before the hook counts as late.
@@ -665,12 +669,12 @@ fn every_fixture_payload_records_or_ends_its_session_with_the_agent_detected() {
         let mut env = Env::new();
         let before = match start_fixture_for(&fixtures, dir, id).filter(|_| event == "SessionEnd") {
             Some((_, _, start)) => {
-                hook(&mut env, &["--agent", "auto"], start);
+                hook(&mut env, &["--agent", "auto", "--deadline", ROOMY], start);
                 session_record(&env, id)
             }
             None => None,
         };
-        let out = hook(&mut env, &["--agent", "auto"], raw);
+        let out = hook(&mut env, &["--agent", "auto", "--deadline", ROOMY], raw);
         assert!(out.stderr.is_empty(), "{what}: {}", stderr(&out));
         let record =
             session_record(&env, id).unwrap_or_else(|| panic!("{what}: no session record"));
@@ -710,7 +714,7 @@ fn explicit_agent_flag_wins_over_detection_for_every_fixture() {
             _ => "claude",
         };
         let mut env = Env::new();
-        let out = hook(&mut env, &["--agent", flag], &raw);
+        let out = hook(&mut env, &["--agent", flag, "--deadline", ROOMY], &raw);
         assert!(out.stderr.is_empty(), "{dir}/{name}: {}", stderr(&out));
         let record = session_record(&env, &id).unwrap();
         assert_eq!(record["agent"], flag, "{dir}/{name} with --agent {flag}");

@@ -457,6 +457,31 @@ fn with_the_sentinel_off_session_end_waits_for_the_agent_to_exit() {
     assert!(daemon.gone_within(PATIENCE), "{:#?}", env.events());
 }
 
+/// A session whose `SessionStart` never ran (the hooks installed mid-session, a start that missed its deadline on a
+/// loaded machine): its `SessionEnd` records the agent as the start would have, so the agent's exit still takes the
+/// session's leftovers.
+#[test]
+fn a_session_whose_start_was_never_seen_still_loses_its_leftovers_when_the_agent_exits() {
+    let mut env = Env::new();
+    let session = fresh_session("lo-nostart");
+    let mut agent = env.fake_agent(&session, "CLAUDE_CODE_SESSION_ID", &["--agent", "claude"]);
+    order_daemon(&env, &mut agent, "daemon");
+    let daemon = env.planted("daemon.pid");
+    agent.order("end other");
+    assert!(daemon.alive(), "nothing is stopped while the agent lives");
+    let record: Value = serde_json::from_slice(
+        &std::fs::read(env.state_dir().join(format!("sessions/{session}.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        record["agent_identity"]["pid"], agent.proc.pid,
+        "the ending recorded the agent: {record:#}"
+    );
+    agent.exit();
+    assert!(daemon.gone_within(PATIENCE), "{:#?}", env.events());
+    assert!(stopped_as_leftovers(&env, &[("daemon", daemon)]));
+}
+
 /// `--leftovers report` lists what the session left behind and stops none of it.
 #[test]
 fn the_report_policy_only_reports() {
@@ -691,4 +716,100 @@ fn the_sentinel_keeps_no_descriptor_of_the_hook() {
         got.recv_timeout(PATIENCE).is_ok(),
         "fd 5 is still open in the sentinel: no EOF"
     );
+}
+
+/// Orders a stdio MCP server (a python3 that reads its stdin to EOF, then stays) that writes its pid to `<name>.pid`.
+fn order_mcp_server(env: &Env, agent: &mut FakeAgent, name: &str) {
+    agent.order(&format!(
+        "mcp exec python3 -c 'import os, sys, time; open(\"{}\", \"w\").write(str(os.getpid())); sys.stdin.read(); time.sleep(600)'",
+        env.work_path(&format!("{name}.pid"))
+    ));
+}
+
+/// The MCP servers `status --json` lists under `session`: (pid, argv, rss).
+fn mcp_servers_of(status: &Value, session: &str) -> Vec<(i64, Vec<String>, u64)> {
+    let view = status["leftovers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|view| view["session"] == session)
+        .unwrap_or_else(|| panic!("no view of {session}: {status}"));
+    view["mcp_servers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no mcp_servers in {view}"))
+        .iter()
+        .map(|server| {
+            (
+                server["pid"].as_i64().unwrap(),
+                serde_json::from_value(server["argv"].clone()).unwrap(),
+                server["rss_kib"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// `status` lists, under each live session, the stdio MCP servers its agent process runs (pid, argv, RSS) — and not
+/// the agent's shell-tool commands, nor another agent's server; human output and `--json` alike.
+#[test]
+fn status_lists_each_agents_mcp_servers_under_that_agent() {
+    let mut env = Env::new();
+    let (one, two) = (fresh_session("mcp-a"), fresh_session("mcp-b"));
+    let mut first = env.fake_agent(&one, "CLAUDE_CODE_SESSION_ID", &["--agent", "claude"]);
+    first.order("start");
+    order_mcp_server(&env, &mut first, "server-a");
+    // A shell-tool command of the same agent that runs a plain program: not a server.
+    first.order(&format!(
+        "run exec python3 -c 'import os, time; open(\"{}\", \"w\").write(str(os.getpid())); time.sleep(600)'",
+        env.work_path("tool.pid")
+    ));
+    let mut second = env.fake_agent(&two, "CLAUDE_CODE_SESSION_ID", &["--agent", "claude"]);
+    second.order("start");
+    order_mcp_server(&env, &mut second, "server-b");
+    let (server_a, tool, server_b) = (
+        env.planted("server-a.pid"),
+        env.planted("tool.pid"),
+        env.planted("server-b.pid"),
+    );
+
+    let status = env.status();
+    let under_one = mcp_servers_of(&status, &one);
+    let under_two = mcp_servers_of(&status, &two);
+    let pids = |servers: &[(i64, Vec<String>, u64)]| -> Vec<i64> {
+        servers.iter().map(|(pid, _, _)| *pid).collect()
+    };
+    assert_eq!(pids(&under_one), [i64::from(server_a.pid)], "{status:#}");
+    assert_eq!(pids(&under_two), [i64::from(server_b.pid)], "{status:#}");
+    let (_, argv, rss_kib) = &under_one[0];
+    assert!(
+        argv.first()
+            .is_some_and(|program| program.ends_with("python3"))
+            && *rss_kib > 0,
+        "{under_one:?}"
+    );
+    assert!(!pids(&under_one).contains(&i64::from(tool.pid)));
+
+    // The human tree: each server on a row of its own agent's session, the tool command on none.
+    let text = stdout(&env.run(&["status"]));
+    let row = |pid: i32| format!("mcp server {pid}  `");
+    let session_of_row = |pid: i32| -> Option<String> {
+        let mut current = None;
+        for line in text.lines() {
+            if line.starts_with(&one) {
+                current = Some(one.clone());
+            } else if line.starts_with(&two) {
+                current = Some(two.clone());
+            } else if !line.starts_with(['│', '├', '└']) {
+                current = None;
+            }
+            if line.contains(&row(pid)) {
+                return current;
+            }
+        }
+        None
+    };
+    assert_eq!(session_of_row(server_a.pid), Some(one.clone()), "{text}");
+    assert_eq!(session_of_row(server_b.pid), Some(two.clone()), "{text}");
+    assert_eq!(session_of_row(tool.pid), None, "{text}");
+    first.exit();
+    second.exit();
 }

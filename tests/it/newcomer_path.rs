@@ -693,7 +693,7 @@ fn point_10_a_log_in_a_missing_directory_is_bad_input() {
 #[allow(clippy::too_many_lines)]
 fn fixture_world() -> session_reaper::commands::status_tree::StatusTree {
     use session_reaper::commands::status::{Member, SlotStatus, Snapshot, TicketStatus};
-    use session_reaper::commands::status_tree::{Facts, ProcessNode, build};
+    use session_reaper::commands::status_tree::{Facts, build};
     const NOW: &str = "2026-12-03T10:00:00Z";
     let (a, b, c) = (
         "0b5f6b3e-41c2-4d57-9a51-3c6f0e9d2a11",
@@ -825,20 +825,57 @@ fn fixture_world() -> session_reaper::commands::status_tree::StatusTree {
         .into_iter()
         .collect(),
     };
-    let mut tree = build(&snapshot, &facts);
-    // What the leftovers discovery reports, in the slots the model keeps for it.
-    for session in &mut tree.sessions {
-        if session.id == c {
-            session.leftovers = vec![ProcessNode {
-                pid: 1250,
-                argv: "python3 -m http.server 8000".to_owned(),
-                rss_kib: Some(18_300),
-                state: Some("leftover"),
-            }];
-            session.sentinel = Some("pid 1260 (watching agent 1200)".to_owned());
+    // What the leftovers discovery reports: the agents' MCP servers, the leftovers-to-be, the sentinels.
+    let view = |session: &str, agent_pid: i32, sentinel_pid: Option<i32>, policy| {
+        session_reaper::leftovers::SessionView {
+            session: session.to_owned(),
+            agent_pid,
+            policy,
+            sentinel: sentinel_pid.is_some(),
+            sentinel_pid,
+            leftovers: Vec::new(),
+            mcp_servers: Vec::new(),
         }
-    }
-    tree
+    };
+    let (stop, report) = (
+        session_reaper::leftovers::Policy::Stop,
+        session_reaper::leftovers::Policy::Report,
+    );
+    let mut watched = view(a, 1033, Some(1036), stop);
+    watched.mcp_servers = vec![
+        session_reaper::mcp::McpServer {
+            pid: 1040,
+            argv: vec![
+                "npx".into(),
+                "-y".into(),
+                "@modelcontextprotocol/server-memory".into(),
+            ],
+            rss_kib: 98_300,
+            processes: 2,
+        },
+        session_reaper::mcp::McpServer {
+            pid: 1052,
+            argv: vec!["uvx".into(), "mcp-server-git".into()],
+            rss_kib: 31_000,
+            processes: 1,
+        },
+    ];
+    let mut dead = view(c, 1200, Some(1260), stop);
+    dead.leftovers = vec![session_reaper::leftovers::Leftover {
+        pid: 1250,
+        identity: serde_json::from_value(identity(1250)).unwrap(),
+        argv: vec![
+            "python3".into(),
+            "-m".into(),
+            "http.server".into(),
+            "8000".into(),
+        ],
+        rss_kib: 18_300,
+        via: "CLAUDE_CODE_SESSION_ID",
+    }];
+    let mut snapshot = snapshot;
+    snapshot.leftovers = vec![watched, view(b, 1090, None, report), dead];
+    build(&snapshot, &facts)
 }
 
 #[test]

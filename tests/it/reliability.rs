@@ -311,7 +311,27 @@ fn load_many_sessions_on_shared_slots_lose_no_owner_stop_no_owned_broker_and_lea
                 if let Some(leftover) = session.leftover
                     && !wait_until(PATIENCE, || !leftover.alive())
                 {
-                    violations.push(format!("leftover of ended {} still runs", session.id));
+                    let record = std::fs::read_to_string(
+                        env.state_dir()
+                            .join("sessions")
+                            .join(format!("{}.json", session.id)),
+                    )
+                    .unwrap_or_default();
+                    let events: Vec<String> =
+                        std::fs::read_to_string(env.state_dir().join("events.jsonl"))
+                            .unwrap_or_default()
+                            .lines()
+                            .filter(|line| {
+                                line.contains(&session.id)
+                                    || line.contains(&format!("\"pid\":{}", leftover.pid))
+                                    || line.contains(&format!("\"pid\":{}", session.agent.pid))
+                            })
+                            .map(str::to_owned)
+                            .collect();
+                    violations.push(format!(
+                        "leftover {leftover:?} of ended {} still runs; record {record}; events {events:#?}",
+                        session.id
+                    ));
                 }
             }
         }

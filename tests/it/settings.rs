@@ -992,3 +992,173 @@ fn doctor_warns_of_a_codex_session_end_timeout_codex_would_clamp() {
         "{checks:#?}"
     );
 }
+
+/// Runs an installed hook command as an agent does (`sh -c COMMAND`, the payload on stdin); the agent process is
+/// then this test process, which no sentinel may watch: `extra_env` says how.
+fn run_installed(command: &str, payload: &[u8], extra_env: &[(&str, &str)]) {
+    let mut sh = std::process::Command::new("sh");
+    sh.args(["-c", command]);
+    crate::harness::scrub_env(&mut sh);
+    for (name, value) in extra_env {
+        sh.env(name, value);
+    }
+    let out = run_bounded(sh, Some(payload));
+    assert_eq!(out.status.code(), Some(0), "{command}: {}", stderr(&out));
+    assert!(out.stderr.is_empty(), "{command}: {}", stderr(&out));
+}
+
+/// Installs for every agent with `flags`, and returns the words after `hook` of each of our commands.
+fn install_with(env: &Env, home: &Home, case: &str, flags: &[&str]) -> Vec<(PathBuf, Vec<String>)> {
+    let mut written = Vec::new();
+    for spec in AGENTS {
+        let path = settings_path(env, spec, case);
+        let mut args = vec![
+            "install",
+            "--agent",
+            spec.name,
+            "--settings",
+            path.to_str().unwrap(),
+        ];
+        args.extend_from_slice(flags);
+        let out = run(env, home, &args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}: {}",
+            spec.name,
+            stderr(&out)
+        );
+        for (event, command) in ours(spec, &read_value(spec, &path)) {
+            let words = session_reaper::settings::shell_words(&command).unwrap();
+            assert_eq!(words[1], "hook", "{}: {event}", spec.name);
+            written.push((path.clone(), words));
+        }
+    }
+    written
+}
+
+/// Uninstalls every agent's hooks from `case`'s files and checks that nothing of ours is left.
+fn uninstall_all(env: &Env, home: &Home, case: &str) {
+    for spec in AGENTS {
+        let path = settings_path(env, spec, case);
+        install(env, home, "uninstall", spec.name, &path);
+        if path.exists() {
+            assert!(
+                ours(spec, &read_value(spec, &path)).is_empty(),
+                "{}: uninstalled",
+                spec.name
+            );
+        }
+    }
+}
+
+/// The value after `flag` among a command's words.
+fn flag_value<'a>(words: &'a [String], flag: &str) -> Option<&'a str> {
+    let at = words.iter().position(|word| word == flag)?;
+    words.get(at + 1).map(String::as_str)
+}
+
+/// Runs the `SessionStart` command installed in Claude Code's file of `case` with a fresh payload; returns the one
+/// session record it wrote.
+fn start_installed_claude_hook(env: &Env, case: &str, extra_env: &[(&str, &str)]) -> Value {
+    let claude = Agent::Claude.spec();
+    let path = settings_path(env, claude, case);
+    let (_, start) = ours(claude, &read_value(claude, &path))
+        .into_iter()
+        .find(|(event, _)| event == "SessionStart")
+        .unwrap();
+    run_installed(
+        &start,
+        &fresh(&fixture("claude/SessionStart.startup.json")),
+        extra_env,
+    );
+    let mut recorded = sessions(env);
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    recorded.remove(0)
+}
+
+/// `install --leftovers report|off|stop` writes the policy into every agent's hook commands; installing again with
+/// another policy replaces it in place (one entry per event); the installed hook records that policy for its
+/// session; uninstall removes the entries whatever flags they carry.
+#[test]
+fn install_writes_the_leftovers_policy_into_the_hooks_and_uninstall_removes_them() {
+    let env = Env::new();
+    let home = Home::new(&env);
+    for policy in ["report", "off", "stop"] {
+        let written = install_with(&env, &home, "leftovers", &["--leftovers", policy]);
+        assert_eq!(
+            written.len(),
+            AGENTS
+                .iter()
+                .map(|spec| spec.events().count())
+                .sum::<usize>(),
+            "{policy}: one entry per event, the previous policy replaced"
+        );
+        for (path, words) in &written {
+            assert_eq!(
+                flag_value(words, "--leftovers"),
+                Some(policy),
+                "{}",
+                path.display()
+            );
+            assert_eq!(flag_value(words, "--sentinel"), None, "{words:?}");
+        }
+    }
+    // The hook the file now holds runs with the policy it names.
+    install_with(&env, &home, "leftovers", &["--leftovers", "report"]);
+    let recorded =
+        start_installed_claude_hook(&env, "leftovers", &[("SESSION_REAPER_SENTINEL", "off")]);
+    assert_eq!(recorded["leftovers"]["policy"], "report", "{recorded}");
+    // Flags mean nothing to uninstall: refused, nothing changed.
+    let claude = Agent::Claude.spec();
+    let path = settings_path(&env, claude, "leftovers");
+    let before = std::fs::read(&path).unwrap();
+    let refused = run(
+        &env,
+        &home,
+        &[
+            "uninstall",
+            "--agent",
+            "claude",
+            "--settings",
+            path.to_str().unwrap(),
+            "--leftovers",
+            "off",
+        ],
+    );
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("--leftovers"),
+        "{}",
+        stderr(&refused)
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    uninstall_all(&env, &home, "leftovers");
+}
+
+/// `install --sentinel off|on` writes the switch into every agent's hook commands; the installed hook with `off`
+/// starts no sentinel and records that; uninstall removes the entries.
+#[test]
+fn install_writes_the_sentinel_switch_into_the_hooks_and_uninstall_removes_them() {
+    let env = Env::new();
+    let home = Home::new(&env);
+    for switch in ["on", "off"] {
+        for (path, words) in install_with(&env, &home, "sentinel", &["--sentinel", switch]) {
+            assert_eq!(
+                flag_value(&words, "--sentinel"),
+                Some(switch),
+                "{}",
+                path.display()
+            );
+            assert_eq!(flag_value(&words, "--leftovers"), None, "{words:?}");
+        }
+    }
+    // No variable turns it off here: the command's own `--sentinel off` must.
+    let recorded = start_installed_claude_hook(&env, "sentinel", &[]);
+    assert_eq!(recorded["leftovers"]["sentinel"], false, "{recorded}");
+    assert!(
+        crate::harness::sentinels_of(env.state_dir()).is_empty(),
+        "a hook installed with --sentinel off starts none"
+    );
+    uninstall_all(&env, &home, "sentinel");
+}

@@ -488,8 +488,18 @@ pub fn pinned(pid: i32) -> Option<Seen> {
             .flatten()
             .filter(|value| !value.is_empty())
     };
-    let session = var(super::SESSION_VAR).or_else(|| var("CLAUDE_CODE_SESSION_ID"));
-    let agent_pid = var("CLAUDE_PID").and_then(|pid| pid.parse().ok());
+    // The plugin runs in Claude Code: its session variable and its agent-pid variable, from the agents table.
+    let claude = crate::agents::Agent::Claude.spec();
+    let session = var(super::SESSION_VAR).or_else(|| {
+        claude
+            .session_vars
+            .iter()
+            .find_map(|claude_var| var(claude_var.name))
+    });
+    let agent_pid = claude
+        .agent_pid_var
+        .and_then(var)
+        .and_then(|pid| pid.parse().ok());
     let root = match var("CLAUDE_PLUGIN_DATA") {
         Some(data) => Path::new(&data).join("state"),
         None => super::tmp_dir_from(var).join("codex-companion"),
@@ -516,7 +526,7 @@ pub fn pinned(pid: i32) -> Option<Seen> {
 
 /// A thread id is never a process: `Tgid` must be the pid.
 fn leads_its_thread_group(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/status")) {
+    match crate::observe::proc::read_proc_text(pid, "status") {
         Ok(status) => status
             .lines()
             .find_map(|line| line.strip_prefix("Tgid:"))

@@ -40,7 +40,7 @@ pub fn stat(pid: i32) -> io::Result<ProcStat> {
     if pid <= 0 {
         return Err(io::Error::from(io::ErrorKind::NotFound));
     }
-    let text = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let text = super::read_proc_text(pid, "stat")?;
     parse_stat(pid, &text)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unparsable /proc stat"))
 }
@@ -48,7 +48,7 @@ pub fn stat(pid: i32) -> io::Result<ProcStat> {
 /// The thread-group id (the process a thread belongs to) and the real uid of `pid`, from `/proc/<pid>/status`.
 /// `/proc/<tid>` answers for a thread too: its `Tgid` is then another pid.
 pub fn tgid_and_uid(pid: i32) -> io::Result<(i32, u32)> {
-    let text = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let text = super::read_proc_text(pid, "status")?;
     let field = |key: &str| {
         text.lines()
             .find_map(|line| line.strip_prefix(key))
@@ -79,7 +79,7 @@ pub fn own_pid_ns() -> Option<u64> {
 
 /// The resident memory of a process in KiB (`VmRSS:` of `/proc/<pid>/status`).
 pub fn rss_kib(pid: i32) -> Option<u64> {
-    fs::read_to_string(format!("/proc/{pid}/status"))
+    super::read_proc_text(pid, "status")
         .ok()?
         .lines()
         .find_map(|line| line.strip_prefix("VmRSS:"))
@@ -89,12 +89,12 @@ pub fn rss_kib(pid: i32) -> Option<u64> {
 
 /// The environment of a process as it was at exec (`NAME=value` entries separated by NUL).
 pub fn environ(pid: i32) -> io::Result<Vec<u8>> {
-    fs::read(format!("/proc/{pid}/environ"))
+    super::read_proc_file(pid, "environ")
 }
 
 /// The argv of a process (lossy UTF-8); empty for kernel threads.
 pub fn cmdline(pid: i32) -> io::Result<Vec<String>> {
-    let bytes = fs::read(format!("/proc/{pid}/cmdline"))?;
+    let bytes = super::read_proc_file(pid, "cmdline")?;
     Ok(split_nul(&bytes))
 }
 

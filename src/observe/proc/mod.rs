@@ -69,6 +69,40 @@ pub fn is_alive(identity: &Identity) -> bool {
         && identity_of(identity.pid).is_some_and(|now| identity.is_same_process(&now))
 }
 
+/// One observation pass's memory of the processes it found running: a live identity is read once, however many
+/// records name it (ten thousand slots of one broker, one agent owning many slots). Only matches are remembered: a
+/// pid that read as gone, or as another process, is read again, so a process started later in the pass (a reused
+/// pid) is never judged by an older read. A remembered process may have exited since: the pass then keeps what it
+/// would have stopped, and the next pass sees it; every signal checks again through a pidfd.
+#[derive(Debug, Default)]
+pub struct Liveness {
+    running: std::cell::RefCell<std::collections::HashMap<i32, Identity>>,
+}
+
+impl Liveness {
+    /// `is_alive`, remembering a match.
+    pub fn is_alive(&self, identity: &Identity) -> bool {
+        if self
+            .running
+            .borrow()
+            .get(&identity.pid)
+            .is_some_and(|seen| identity.is_same_process(seen))
+        {
+            return true;
+        }
+        if identity.pid <= 0 || identity.is_other_pid_ns(own_pid_ns()) {
+            return false;
+        }
+        match identity_of(identity.pid) {
+            Some(now) if identity.is_same_process(&now) => {
+                self.running.borrow_mut().insert(identity.pid, now);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Pinned observation: reads what a process says about itself (`read`) between two identity reads, and keeps the
 /// result only when the identity held throughout — a pid reused in between gives nothing.
 pub fn pinned<T>(pid: i32, read: impl FnOnce(i32) -> Option<T>) -> Option<(Identity, T)> {
@@ -155,6 +189,25 @@ pub fn observe_until<S: std::hash::BuildHasher>(
     (seen, visited == total)
 }
 
+/// Reads `/proc/<pid>/<name>` in as few `read` calls as its size allows: a /proc file reports no size, so a plain
+/// `fs::read` starts with small probing reads (six of them for a `stat` line), and the scans read hundreds of these.
+pub fn read_proc_file(pid: i32, name: &str) -> std::io::Result<Vec<u8>> {
+    let file = std::fs::File::open(format!("/proc/{pid}/{name}"))?;
+    let mut bytes = Vec::with_capacity(8192);
+    // Through `Take`, not `File` itself: `File::read_to_end` first asks the size (an `fstat` and an `lseek`), which
+    // a /proc file does not know. Into the spare capacity: one read, and one that finds the end.
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, u64::MAX), &mut bytes)?;
+    Ok(bytes)
+}
+
+/// `read_proc_file` as text (lossy: /proc text files are ASCII but for the command name).
+pub fn read_proc_text(pid: i32, name: &str) -> std::io::Result<String> {
+    read_proc_file(pid, name).map(|bytes| match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(err) => String::from_utf8_lossy(err.as_bytes()).into_owned(),
+    })
+}
+
 /// The value of `key` in a raw environment block (`NAME=value` entries separated by NUL).
 pub fn env_value(environ: &[u8], key: &str) -> Option<String> {
     let prefix = format!("{key}=");
@@ -203,13 +256,19 @@ fn is_wrapper(stat: &ProcStat) -> bool {
     WRAPPERS.contains(&name) || WRAPPERS.contains(&stat.comm.as_str())
 }
 
-/// Pids of this process and all its ancestors: never to be signalled.
+/// Pids of this process and all its ancestors: never to be signalled. Read once per run (every check of the run
+/// uses the same snapshot); an ancestor that exits later keeps its pid protected, which only ever spares a process.
 pub fn self_and_ancestors() -> std::collections::HashSet<i32> {
-    let me = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
-    let mut set: std::collections::HashSet<i32> =
-        ancestors(me).iter().map(|stat| stat.pid).collect();
-    set.insert(me);
-    set
+    static CHAIN: std::sync::OnceLock<std::collections::HashSet<i32>> = std::sync::OnceLock::new();
+    CHAIN
+        .get_or_init(|| {
+            let me = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
+            let mut set: std::collections::HashSet<i32> =
+                ancestors(me).iter().map(|stat| stat.pid).collect();
+            set.insert(me);
+            set
+        })
+        .clone()
 }
 
 /// This machine's host name, as recorded in records (a state root on a network home is shared between hosts).
