@@ -240,7 +240,11 @@ impl Sweep<'_> {
         let mode = Mode::dry(self.policy.dry_run);
         let liveness = Liveness::default();
         let mut unindexed: Vec<(String, String)> = Vec::new();
-        for slot in Slot::all(&self.store.root) {
+        let (slots, odd) = crate::store::slot_dirs::listing(&self.store.root);
+        let odd = crate::commands::sweep_litter::odd_slots(&odd);
+        self.actions.extend(odd.actions);
+        self.problems.extend(odd.problems);
+        for slot in slots {
             let label = slot.label();
             let mut seen: Option<BrokerRecord> = None;
             let decided = executor::update_slot(

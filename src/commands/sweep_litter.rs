@@ -1,6 +1,6 @@
 //! What a sweep cleans and reports beside the slots it judges: the atomic writer's temp files that killed writers
-//! left behind (removed, one event), and entries of `workspaces/` that are not directories (reported, never
-//! followed).
+//! left behind in the root, `sessions/` and `stopping/` (removed, one event), and entries of `workspaces/` that are
+//! not slot directories (reported, never followed).
 
 use std::time::SystemTime;
 
@@ -8,7 +8,8 @@ use crate::commands::sweep::SweepAction;
 use crate::model::bounded;
 use crate::store::Store;
 use crate::store::events::Event;
-use crate::store::{slot_dirs, temps};
+use crate::store::slot_dirs::OddEntry;
+use crate::store::temps;
 
 /// What this part of a sweep did (or would do) and what it could not do.
 #[derive(Debug, Default)]
@@ -17,7 +18,7 @@ pub struct Litter {
     pub problems: Vec<String>,
 }
 
-/// Removes (or, in a dry run, lists) the temp files left behind and reports odd entries of `workspaces/`.
+/// Removes (or, in a dry run, lists) the temp files left behind.
 pub fn at_sweep(store: &Store, dry_run: bool) -> Litter {
     let mut litter = Litter::default();
     let mut removed = Vec::new();
@@ -56,15 +57,21 @@ pub fn at_sweep(store: &Store, dry_run: bool) -> Litter {
             ))),
         );
     }
-    for odd in slot_dirs::odd_entries(&store.root) {
+    litter
+}
+
+/// What a sweep says of the odd entries of `workspaces/` its listing found: each reported, none followed.
+pub fn odd_slots(odd: &[OddEntry]) -> Litter {
+    let mut litter = Litter::default();
+    for entry in odd {
         litter.actions.push(SweepAction {
             action: "refuse",
             reason: None,
-            target: odd.label.clone(),
+            target: entry.label.clone(),
             pid: None,
-            result: format!("left alone: {}", odd.what),
+            result: format!("left alone: {}", entry.what),
         });
-        litter.problems.push(odd.problem());
+        litter.problems.push(entry.problem());
     }
     litter
 }

@@ -271,6 +271,8 @@ impl SlotGuard<'_> {
         if log_age.is_some_and(|age| age < keep_log) {
             return Ok(false);
         }
+        // A writer killed mid-write left its temp file: under the lock it is garbage, and it would keep the slot.
+        self.remove_dead_temps();
         let _ = std::fs::remove_file(&log);
         self.lock.remove()?;
         let removed = std::fs::remove_dir(&self.slot.dir).is_ok();

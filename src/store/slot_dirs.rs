@@ -122,28 +122,46 @@ impl OddEntry {
 /// files, FIFOs. `Slot::iter` skips them; `status` shows them as unreadable and `sweep` reports them. Reads
 /// directory entries only (their type comes with them).
 pub fn odd_entries(root: &StateRoot) -> Vec<OddEntry> {
+    listing(root).1
+}
+
+/// Every slot (in `Slot::all`'s order) and every odd entry, from one walk of the two levels below `workspaces/`:
+/// what a sweep judges and what it reports, for the price of `Slot::all`. A directory whose name is no slot name
+/// (nothing of ours makes one) is an odd entry too.
+pub fn listing(root: &StateRoot) -> (Vec<Slot>, Vec<OddEntry>) {
     let workspaces = root.join(WORKSPACES);
-    walkdir::WalkDir::new(&workspaces)
+    let (mut slots, mut odd) = (Vec::new(), Vec::new());
+    let entries = walkdir::WalkDir::new(&workspaces)
         .min_depth(1)
         .max_depth(2)
         .follow_links(false)
-        .sort_by_file_name()
         .into_iter()
-        .filter_map(Result::ok)
-        .filter(|entry| !entry.file_type().is_dir())
-        .map(|entry| {
-            let path = entry.into_path();
-            let label = path.strip_prefix(&workspaces).map_or_else(
-                |_| path.display().to_string(),
-                |rel| rel.display().to_string(),
-            );
-            let what = match std::fs::read_link(&path) {
-                Ok(target) => format!("a symlink to {}", target.display()),
-                Err(_) => "not a directory".to_owned(),
-            };
-            OddEntry { label, path, what }
-        })
-        .collect()
+        .filter_map(Result::ok);
+    for entry in entries {
+        let is_dir = entry.file_type().is_dir();
+        if is_dir && entry.depth() == 1 {
+            continue;
+        }
+        let path = entry.into_path();
+        let label = path.strip_prefix(&workspaces).map_or_else(
+            |_| path.display().to_string(),
+            |rel| rel.display().to_string(),
+        );
+        let slot = is_dir.then(|| Slot::from_label(root, &label)).flatten();
+        if let Some(slot) = slot {
+            slots.push(slot);
+            continue;
+        }
+        let what = match std::fs::read_link(&path) {
+            Ok(target) => format!("a symlink to {}", target.display()),
+            Err(_) if is_dir => "a directory with no slot name".to_owned(),
+            Err(_) => "not a directory".to_owned(),
+        };
+        odd.push(OddEntry { label, path, what });
+    }
+    slots.sort_by(|a, b| a.dir().cmp(b.dir()));
+    odd.sort_by(|a, b| a.path.cmp(&b.path));
+    (slots, odd)
 }
 
 #[cfg(test)]
@@ -187,7 +205,8 @@ mod tests {
         assert!(lock_creating(&slot, &root, deadline).is_err());
         assert!(lock_unless_gone(&slot, &root, deadline).is_err());
         assert!(started.elapsed() < Duration::from_secs(4), "no retries");
-        let odd = odd_entries(&root);
+        let (slots, odd) = listing(&root);
+        assert!(slots.is_empty(), "{slots:?}");
         assert_eq!(odd.len(), 1, "{odd:?}");
         assert_eq!(odd[0].label, slot.label());
         assert!(odd[0].what.contains("symlink"), "{odd:?}");

@@ -1,12 +1,11 @@
 //! Temp files of the atomic writer (`root::temp_name`) that a writer killed between create and rename left behind
-//! in `sessions/`, `stopping/`, the root and slot directories. A sweep removes them once they are older than any
-//! write takes: only names of the writer's pattern, only regular files of ours, never through a symlink.
+//! in `sessions/`, `stopping/` and the root. A sweep removes them once they are older than any write takes: only
+//! names of the writer's pattern, only regular files of ours, never through a symlink.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use crate::store::root::{SESSIONS, STOPPING, StateRoot};
-use crate::store::slot::Slot;
 
 /// How old a temp file must be before it counts as left behind. A write lasts milliseconds (an fsync on a loaded
 /// disk, seconds): a temp file this old has no writer any more.
@@ -27,20 +26,18 @@ pub fn is_writer_temp(name: &str) -> bool {
     !target.is_empty() && digits(pid) && digits(nanos)
 }
 
-/// The writer's temp files left behind (older than `LEFT_BEHIND_AFTER` at `now`) in the root, `sessions/`,
-/// `stopping/` and every slot directory (`Slot::iter` lists real directories only: no symlink is walked into).
+/// The writer's temp files left behind (older than `LEFT_BEHIND_AFTER` at `now`) in the root, `sessions/` and
+/// `stopping/`. (In a slot directory they are removed under the slot's lock, by the slot's next write or when the
+/// sweep removes the emptied slot: reading every slot directory would cost a sweep as much as its records.)
 pub fn left_behind(root: &StateRoot, now: SystemTime) -> Vec<PathBuf> {
-    let fixed = [
+    [
         root.path().to_path_buf(),
         root.join(SESSIONS),
         root.join(STOPPING),
-    ];
-    let slots = Slot::iter(root).map(|slot| slot.dir().to_path_buf());
-    fixed
-        .into_iter()
-        .chain(slots)
-        .flat_map(|dir| left_behind_in(&dir, root.uid(), now))
-        .collect()
+    ]
+    .into_iter()
+    .flat_map(|dir| left_behind_in(&dir, root.uid(), now))
+    .collect()
 }
 
 fn left_behind_in(dir: &Path, uid: u32, now: SystemTime) -> Vec<PathBuf> {

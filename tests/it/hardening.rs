@@ -55,20 +55,19 @@ fn names_in(dir: &Path) -> Vec<String> {
 }
 
 /// Item 1: a writer killed between create and rename leaves `.<name>.tmp-<pid>-<nanos>`; the sweep removes such
-/// files once older than the bound (one event), a dry run only lists them, and a fresh temp, look-alike names, a
-/// symlink and another user's file are left as they are.
+/// files in the root, `sessions/` and `stopping/` once older than the bound (one event), a dry run only lists them,
+/// and a fresh temp, look-alike names, a symlink and another user's file are left as they are.
 #[test]
 fn sweep_removes_temp_files_killed_writers_left_and_nothing_else() {
     let mut env = Env::new();
     let ws = env.workspace("temps");
     let broker = env.spawn_broker(&ws, &fresh_id(), &["sleep", "600"]);
-    let slot = slot_dir_of(&env, "default");
     let state = env.state_dir().to_path_buf();
     let hour = Duration::from_secs(3600);
     let left_behind = [
         state.join("sessions/.s1.json.tmp-4242-1764000000000000000"),
         state.join("stopping/.0b1c2d3e-77-9.json.tmp-4242-1764000000000000001"),
-        slot.join(".broker.json.tmp-4242-1764000000000000002"),
+        state.join(".x.json.tmp-4242-1764000000000000008"),
     ];
     plant(&left_behind.iter().collect::<Vec<_>>(), hour);
     let fresh = state.join("sessions/.s2.json.tmp-4243-1764000000000000003");
@@ -124,6 +123,60 @@ fn sweep_removes_temp_files_killed_writers_left_and_nothing_else() {
     let detail = cleaned[0]["detail"].as_str().unwrap();
     assert!(detail.starts_with("3 temp file(s)"), "{detail}");
     assert!(broker.alive(), "the sweep stopped nothing");
+}
+
+/// Item 1, in slot directories: a writer's temp file left in a slot goes under the slot's lock — with the emptied
+/// slot the sweep removes, or at the slot's next write — never by a sweep reading every slot directory.
+#[test]
+fn temp_files_in_slot_directories_go_under_the_slots_lock() {
+    let mut env = Env::new();
+    let ws = env.workspace("temps");
+    let session = fresh_id();
+    let broker = env.spawn_broker(&ws, &session, &["sleep", "600"]);
+    let log = env.work.path().join("gone.log");
+    let (gone, _) = env.spawn_broker_with(
+        &ws,
+        &session,
+        &["--name", "gone", "--log", log.to_str().unwrap()],
+        &["sleep", "600"],
+    );
+    let (slot, gone_slot) = (slot_dir_of(&env, "default"), slot_dir_of(&env, "gone"));
+    let in_slots = [
+        slot.join(".broker.json.tmp-4242-1764000000000000002"),
+        gone_slot.join(".broker.json.tmp-4242-1764000000000000009"),
+    ];
+    plant(
+        &in_slots.iter().collect::<Vec<_>>(),
+        Duration::from_secs(3600),
+    );
+    let cwd = ws.to_str().unwrap();
+    let detach = [
+        "broker",
+        "detach",
+        "--cwd",
+        cwd,
+        "--name",
+        "gone",
+        "--session",
+        &session,
+    ];
+    assert!(env.run(&detach).status.success());
+    assert!(gone.gone_within(PATIENCE) && gone_slot.is_dir());
+    let dry = env.run(&["sweep", "--dry-run", "--idle-ttl", "0"]);
+    assert!(
+        stdout(&dry).contains("gone  would remove empty slot") && in_slots[1].exists(),
+        "{dry:?}"
+    );
+    assert!(env.run(&["sweep", "--idle-ttl", "0"]).status.success());
+    assert!(
+        !gone_slot.exists(),
+        "the emptied slot went, with its temp file"
+    );
+    assert!(broker.alive(), "the sweep stopped nothing");
+    assert!(in_slots[0].exists(), "a live slot is not read by the sweep");
+    let touch = env.run(&["broker", "touch", "--cwd", cwd]);
+    assert!(touch.status.success(), "{touch:?}");
+    assert!(!in_slots[0].exists(), "the slot's next write removed it");
     assert!(
         names_in(&slot).contains(&"broker.json".to_owned()),
         "the record stays"
