@@ -64,7 +64,7 @@ pub fn spawn_broker(argv: &[String], launch: &BrokerLaunch<'_>) -> anyhow::Resul
     unsafe {
         command.pre_exec(|| {
             nix::unistd::setsid().map_err(std::io::Error::from)?;
-            close_inherited_on_exec();
+            close_above_stderr(Closing::AtExec);
             Ok(())
         });
     }
@@ -75,7 +75,10 @@ pub fn spawn_broker(argv: &[String], launch: &BrokerLaunch<'_>) -> anyhow::Resul
 
 /// Starts `exe args…` fully detached: a new session, then a second fork so that it is no child of ours, stdio on
 /// /dev/null, every other inherited descriptor closed at exec (an agent waits for EOF on its hook's pipes), and no
-/// session variable in its environment (it is nobody's leftover). Returns when the detached process has exec'd.
+/// session variable in its environment (it is nobody's leftover). Returns once the intermediate process has exited:
+/// the grandchild closes the pipe through which `spawn` would learn of a failed exec, so the caller (a hook on the
+/// agent's clock) never waits for the grandchild to be scheduled. A failed exec of our own executable (deleted by
+/// an upgrade mid-run) goes unreported: the sweep is the safety net for a sentinel or finisher that never started.
 pub fn spawn_detached(exe: &Path, args: &[&str], env: &[(&str, &Path)]) -> anyhow::Result<()> {
     let mut command = Command::new(exe);
     command
@@ -96,7 +99,7 @@ pub fn spawn_detached(exe: &Path, args: &[&str], env: &[(&str, &Path)]) -> anyho
             match nix::unistd::fork().map_err(std::io::Error::from)? {
                 nix::unistd::ForkResult::Parent { .. } => nix::libc::_exit(0),
                 nix::unistd::ForkResult::Child => {
-                    close_inherited_on_exec();
+                    close_above_stderr(Closing::Now);
                     Ok(())
                 }
             }
@@ -111,26 +114,32 @@ pub fn spawn_detached(exe: &Path, args: &[&str], env: &[(&str, &Path)]) -> anyho
     Ok(())
 }
 
-/// Marks every descriptor above 2 close-on-exec, so that the program starts with only its standard streams. Called
-/// between fork and exec: `close_range` with `CLOSE_RANGE_CLOEXEC` (Linux 5.11), else `fcntl` on each possible
-/// descriptor. (Closing them outright would also close the pipe through which `spawn` learns of exec failure.)
-fn close_inherited_on_exec() {
+/// When `close_above_stderr` closes the descriptors above 2.
+#[derive(Clone, Copy)]
+enum Closing {
+    /// At exec (close-on-exec): the pipe through which `spawn` learns of a failed exec stays until then.
+    AtExec,
+    /// Now: `spawn` stops waiting as well (the detached grandchild, whose exec nobody waits for).
+    Now,
+}
+
+/// Closes every descriptor above 2, so that the program starts with only its standard streams (an agent waits for
+/// EOF on its hook's pipes). Called between fork and exec: `close_range` (Linux 5.9; `CLOSE_RANGE_CLOEXEC` 5.11),
+/// else `fcntl`/`close` on each possible descriptor.
+fn close_above_stderr(when: Closing) {
     #[cfg(target_os = "linux")]
     {
+        let flags = match when {
+            Closing::AtExec => libc::CLOSE_RANGE_CLOEXEC,
+            Closing::Now => 0,
+        };
         // SAFETY: a raw system call with integer arguments.
-        let done = unsafe {
-            libc::syscall(
-                libc::SYS_close_range,
-                3u32,
-                u32::MAX,
-                libc::CLOSE_RANGE_CLOEXEC,
-            )
-        } == 0;
+        let done = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, flags) } == 0;
         if done {
             return;
         }
     }
-    // SAFETY: sysconf and fcntl are async-signal-safe; fcntl on a closed descriptor fails harmlessly.
+    // SAFETY: sysconf, fcntl and close are async-signal-safe; on a descriptor that is not open they fail harmlessly.
     unsafe {
         let open_max = libc::sysconf(libc::_SC_OPEN_MAX);
         let last = if open_max > 0 {
@@ -139,7 +148,10 @@ fn close_inherited_on_exec() {
             1024
         };
         for fd in 3..i32::try_from(last).unwrap_or(1024) {
-            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+            match when {
+                Closing::AtExec => libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC),
+                Closing::Now => libc::close(fd),
+            };
         }
     }
 }

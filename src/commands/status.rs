@@ -26,7 +26,7 @@ pub struct SlotStatus {
 }
 
 /// A live member of a broker: what it runs and the memory it holds.
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct Member {
     pub pid: i32,
     pub argv: Vec<String>,
@@ -48,14 +48,20 @@ fn add_members(slots: &mut [SlotStatus], tickets: &mut [TicketStatus], finisher_
         )
         .collect();
     let processes = proc::observe(&leaders);
+    let liveness = proc::Liveness::default();
     for slot in slots {
         let record = &slot.record;
-        slot.members = members_of(&processes, &record.identity, record.lineage.as_deref(), &[]);
+        slot.members = members_of(
+            (&processes, &liveness),
+            &record.identity,
+            record.lineage.as_deref(),
+            &[],
+        );
     }
     for status in tickets {
         let ticket = &status.ticket;
         status.members_left = members_of(
-            &processes,
+            (&processes, &liveness),
             &ticket.identity,
             ticket.lineage.as_deref(),
             &ticket.members,
@@ -70,14 +76,14 @@ fn add_members(slots: &mut [SlotStatus], tickets: &mut [TicketStatus], finisher_
 /// The live members of the broker led by `leader` (token, or group and session while the leader lives), plus the
 /// members a ticket remembers.
 pub(crate) fn members_of(
-    snapshot: &[proc::Observed],
+    (snapshot, liveness): (&[proc::Observed], &proc::Liveness),
     leader: &crate::model::record::Identity,
     token: Option<&str>,
     remembered: &[crate::model::record::Identity],
 ) -> Vec<Member> {
     let mut found =
-        crate::decide::lineage::members(leader, token, proc::is_alive(leader), snapshot);
-    found.extend(remembered.iter().filter(|m| proc::is_alive(m)).cloned());
+        crate::decide::lineage::members(leader, token, liveness.is_alive(leader), snapshot);
+    found.extend(remembered.iter().filter(|m| liveness.is_alive(m)).cloned());
     found.sort_by_key(|m| m.pid);
     found.dedup_by_key(|m| m.pid);
     found
@@ -126,6 +132,7 @@ pub struct TicketStatus {
 
 /// Reads everything without taking any lock (each record file is replaced atomically) and changes nothing.
 pub fn snapshot(store: &Store) -> Snapshot {
+    let liveness = proc::Liveness::default();
     let mut slots = Vec::new();
     let mut unreadable = Vec::new();
     for slot in Slot::all(&store.root) {
@@ -133,7 +140,7 @@ pub fn snapshot(store: &Store) -> Snapshot {
             SlotView::Empty => {}
             SlotView::Broker(record) => slots.push(SlotStatus {
                 slot: slot.label(),
-                alive: proc::is_alive(&record.identity),
+                alive: liveness.is_alive(&record.identity),
                 members: Vec::new(),
                 record,
             }),

@@ -3,13 +3,13 @@
 //! one `status::Snapshot` serialises to.
 
 use std::cell::RefCell;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 
 use serde::Serialize;
 use serde::ser::{SerializeSeq, Serializer};
 
-use crate::commands::status::{SlotStatus, TicketStatus, Unreadable};
+use crate::commands::status::{Member, SlotStatus, TicketStatus, Unreadable};
 use crate::model::record::SessionRecord;
 use crate::observe::proc;
 use crate::store::Store;
@@ -72,9 +72,10 @@ pub fn print(
     (finisher_running, codex_plugin): (bool, impl Serialize),
 ) -> anyhow::Result<Printed> {
     // First pass: the live leaders, so that one look at the process table finds every broker's members.
+    let liveness = proc::Liveness::default();
     let leaders: HashSet<i32> = Slot::iter(&store.root)
         .filter_map(|slot| match slot.view(&store.root) {
-            SlotView::Broker(record) if proc::is_alive(&record.identity) => {
+            SlotView::Broker(record) if liveness.is_alive(&record.identity) => {
                 Some(record.identity.pid)
             }
             _ => None,
@@ -82,16 +83,31 @@ pub fn print(
         .collect();
     let processes = proc::observe(&leaders);
     let gathered = RefCell::new(unreadable);
+    // A live broker named by many slots is described once (its members' argv and memory are read once).
+    let mut described: HashMap<(i32, u64, Option<String>), Vec<Member>> = HashMap::new();
     let slots = Slot::iter(&store.root).filter_map(|slot| match slot.view(&store.root) {
         SlotView::Empty => None,
         SlotView::Broker(record) => {
-            let alive = proc::is_alive(&record.identity);
-            let members = super::status::members_of(
-                &processes,
-                &record.identity,
-                record.lineage.as_deref(),
-                &[],
+            let alive = liveness.is_alive(&record.identity);
+            let key = (
+                record.identity.pid,
+                record.identity.start_ticks,
+                record.lineage.clone(),
             );
+            let describe = || {
+                super::status::members_of(
+                    (&processes, &liveness),
+                    &record.identity,
+                    record.lineage.as_deref(),
+                    &[],
+                )
+            };
+            // Only live brokers are remembered: the memory stays flat with the number of dead records.
+            let members = if alive {
+                described.entry(key).or_insert_with(describe).clone()
+            } else {
+                describe()
+            };
             Some(SlotStatus {
                 slot: slot.label(),
                 alive,
