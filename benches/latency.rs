@@ -228,6 +228,16 @@ fn sentinel_rss(state: &Path, expected: usize) -> String {
 fn scans(table: &mut Table, state: &Path, ws: &str, rounds: usize, leftovers: bool) {
     let id = "0b5f6b3e-1111-4222-8333-944445555666";
     let carrier = "bench-carrier";
+    // The session's agent first, its 300 carriers after it (a carrier is only one if it started after the agent).
+    let agents = Planted::sleepers(1, &[]);
+    let agent = agents.0[0].id().to_string();
+    if leftovers {
+        measure(1, Some(&|_| payload(carrier, "SessionStart", ws)), &|_| {
+            let mut command = ours(state, &["hook", "--agent", "claude", "--owner-pid", &agent]);
+            command.args(["--sentinel", "off"]);
+            command
+        });
+    }
     let _planted = Planted::sleepers(300, &[("CLAUDE_CODE_SESSION_ID", String::from(carrier))]);
     let walk = measure(rounds, None, &|_| {
         let mut command = Command::new(std::env::current_exe().unwrap());
@@ -274,14 +284,7 @@ fn scans(table: &mut Table, state: &Path, ws: &str, rounds: usize, leftovers: bo
         None,
     );
     if leftovers {
-        // A session whose tools left 300 carriers of its id: discovery reads each one's environment.
-        let agents = Planted::sleepers(1, &[]);
-        let agent = agents.0[0].id().to_string();
-        measure(1, Some(&|_| payload(carrier, "SessionStart", ws)), &|_| {
-            let mut command = ours(state, &["hook", "--agent", "claude", "--owner-pid", &agent]);
-            command.args(["--sentinel", "off"]);
-            command
-        });
+        // A session whose tools left 300 carriers of its id: discovery reads each one's environment and argv.
         let discovering = measure(rounds, None, &|_| {
             ours(
                 state,

@@ -169,15 +169,44 @@ impl Table {
         }
     }
 
-    /// Reads every process's stat and argv, and the environment and memory of our processes started at or after
-    /// `since_ticks`; a process whose identity changed while it was read is left out.
+    /// Reads every process's stat; the environment and memory of our processes started at or after `since_ticks`;
+    /// and the argv of those and of their ancestors (what the rules judge by argv: agent workers, agent executables
+    /// above a carrier). A process whose identity changed while it was read is left out.
     pub fn observe(since_ticks: u64) -> Self {
         let uid = nix::unistd::getuid().as_raw();
         let procs = proc::pids()
             .unwrap_or_default()
             .into_iter()
             .filter_map(|pid| observe_one(pid, since_ticks, uid));
-        Table::from_processes(procs)
+        let mut table = Table::from_processes(procs);
+        table.read_argv();
+        table
+    }
+
+    /// Reads the argv of every detailed process and of its ancestors, pinned by start time: one whose pid was
+    /// reused meanwhile leaves the table.
+    fn read_argv(&mut self) {
+        let mut wanted: HashSet<i32> = HashSet::new();
+        for p in self.procs.values().filter(|p| p.detailed) {
+            wanted.insert(p.identity.pid);
+            wanted.extend(self.ancestors(p.identity.pid).map(|a| a.identity.pid));
+        }
+        for pid in wanted {
+            let argv = proc::cmdline(pid).unwrap_or_default();
+            let again = proc::stat(pid).ok();
+            match self.procs.get_mut(&pid) {
+                Some(p)
+                    if again.is_some_and(|again| {
+                        again.start_ticks == p.identity.start_ticks && again.state != 'Z'
+                    }) =>
+                {
+                    p.argv = argv;
+                }
+                _ => {
+                    self.procs.remove(&pid);
+                }
+            }
+        }
     }
 
     pub fn get(&self, pid: i32) -> Option<&Observed> {
@@ -234,7 +263,6 @@ fn observe_one(pid: i32, since_ticks: u64, uid: u32) -> Option<Observed> {
         },
         ppid: stat.ppid,
         pgid: stat.pgid,
-        argv: proc::cmdline(pid).unwrap_or_default(),
         comm: stat.comm,
         ..Observed::default()
     };
@@ -250,9 +278,13 @@ fn observe_one(pid: i32, since_ticks: u64, uid: u32) -> Option<Observed> {
             .map_or(0, |statm| rss_kib_of(&String::from_utf8_lossy(&statm)));
         observed.detailed = true;
     }
+    if !observed.detailed {
+        // One read, one moment: nothing to pin.
+        return Some(observed);
+    }
     // Pinned: what was read belongs to this identity only if the identity still holds.
     let again = proc::stat(pid).ok()?;
-    (again.start_ticks == stat.start_ticks && again.state != 'Z').then_some(observed)
+    (again.start_ticks == observed.identity.start_ticks && again.state != 'Z').then_some(observed)
 }
 
 /// The resident memory (KiB) in `/proc/<pid>/statm` (its second field counts pages).
