@@ -298,10 +298,7 @@ impl SlotGuard<'_> {
 /// The plain directories in `dir` (symlinks and other entries left out), as the listing goes; none if it cannot be
 /// listed.
 fn subdirectories(dir: &Path) -> impl Iterator<Item = PathBuf> + use<> {
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .filter_map(Result::ok)
-        .filter(|entry| entry.file_type().is_ok_and(|kind| kind.is_dir()))
-        .map(|entry| entry.path())
+    super::slot_dirs::entries_of(dir)
+        .filter(|entry| entry.is_dir)
+        .map(|entry| entry.path)
 }

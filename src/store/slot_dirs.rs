@@ -131,37 +131,69 @@ pub fn odd_entries(root: &StateRoot) -> Vec<OddEntry> {
 pub fn listing(root: &StateRoot) -> (Vec<Slot>, Vec<OddEntry>) {
     let workspaces = root.join(WORKSPACES);
     let (mut slots, mut odd) = (Vec::new(), Vec::new());
-    let entries = walkdir::WalkDir::new(&workspaces)
-        .min_depth(1)
-        .max_depth(2)
-        .follow_links(false)
-        .into_iter()
-        .filter_map(Result::ok);
-    for entry in entries {
-        let is_dir = entry.file_type().is_dir();
-        if is_dir && entry.depth() == 1 {
+    // Two `read_dir` levels, each entry's type from the listing itself: no slot directory is opened or stat'ed.
+    for workspace in entries_of(&workspaces) {
+        if !workspace.is_dir {
+            odd.push(OddEntry::of(&workspaces, workspace));
             continue;
         }
-        let path = entry.into_path();
-        let label = path.strip_prefix(&workspaces).map_or_else(
-            |_| path.display().to_string(),
-            |rel| rel.display().to_string(),
-        );
-        let slot = is_dir.then(|| Slot::from_label(root, &label)).flatten();
-        if let Some(slot) = slot {
-            slots.push(slot);
-            continue;
+        for entry in entries_of(&workspace.path) {
+            let label = relative_label(&workspaces, &entry.path);
+            match entry
+                .is_dir
+                .then(|| Slot::from_label(root, &label))
+                .flatten()
+            {
+                Some(slot) => slots.push(slot),
+                None => odd.push(OddEntry::of(&workspaces, entry)),
+            }
         }
-        let what = match std::fs::read_link(&path) {
-            Ok(target) => format!("a symlink to {}", target.display()),
-            Err(_) if is_dir => "a directory with no slot name".to_owned(),
-            Err(_) => "not a directory".to_owned(),
-        };
-        odd.push(OddEntry { label, path, what });
     }
     slots.sort_by(|a, b| a.dir().cmp(b.dir()));
     odd.sort_by(|a, b| a.path.cmp(&b.path));
     (slots, odd)
+}
+
+/// One entry of a listing: its path and whether it is a plain directory (a symlink never is).
+pub(crate) struct Listed {
+    pub(crate) path: PathBuf,
+    pub(crate) is_dir: bool,
+}
+
+/// The entries of `dir` as its listing goes; none if it cannot be listed.
+pub(crate) fn entries_of(dir: &Path) -> impl Iterator<Item = Listed> + use<> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|entry| Listed {
+            is_dir: entry.file_type().is_ok_and(|kind| kind.is_dir()),
+            path: entry.path(),
+        })
+}
+
+/// `<workspace-key>` or `<workspace-key>/<name>`: `path` below `workspaces`.
+fn relative_label(workspaces: &Path, path: &Path) -> String {
+    path.strip_prefix(workspaces).map_or_else(
+        |_| path.display().to_string(),
+        |rel| rel.display().to_string(),
+    )
+}
+
+impl OddEntry {
+    /// What `entry` is instead of a slot directory.
+    fn of(workspaces: &Path, entry: Listed) -> OddEntry {
+        let what = match std::fs::read_link(&entry.path) {
+            Ok(target) => format!("a symlink to {}", target.display()),
+            Err(_) if entry.is_dir => "a directory with no slot name".to_owned(),
+            Err(_) => "not a directory".to_owned(),
+        };
+        OddEntry {
+            label: relative_label(workspaces, &entry.path),
+            path: entry.path,
+            what,
+        }
+    }
 }
 
 #[cfg(test)]
