@@ -1422,12 +1422,11 @@ fn hostile_cases() -> Vec<Hostile> {
             plant: |w| moved_dir(w.other.parent().unwrap()),
             known_bug: None,
         },
-        // Bug: a symlink in place of a slot dir is skipped silently by status, sweep and doctor (DESIGN: "refused,
-        // clear error" for any symlinked directory below the root).
+        // Was a bug (skipped without a word): `status` and `sweep` now report it, unfollowed.
         Hostile {
             name: "a slot dir: a symlink",
             plant: |w| symlink(&w.slot, &w.slot.with_file_name("alias")),
-            known_bug: Some("a symlinked slot dir is skipped without a word"),
+            known_bug: None,
         },
         Hostile {
             name: "broker.json: a symlink to a record naming the live broker",
