@@ -122,19 +122,30 @@ impl OddEntry {
 /// files, FIFOs. `Slot::iter` skips them; `status` shows them as unreadable and `sweep` reports them. Reads
 /// directory entries only (their type comes with them).
 pub fn odd_entries(root: &StateRoot) -> Vec<OddEntry> {
-    listing(root).1
+    // The slots are dropped as they come: memory does not grow with them.
+    let mut odd = Vec::new();
+    walk(root, |_| {}, |entry| odd.push(entry));
+    odd.sort_by(|a, b| a.path.cmp(&b.path));
+    odd
 }
-
 /// Every slot (in `Slot::all`'s order) and every odd entry, from one walk of the two levels below `workspaces/`:
 /// what a sweep judges and what it reports, for the price of `Slot::all`. A directory whose name is no slot name
 /// (nothing of ours makes one) is an odd entry too.
 pub fn listing(root: &StateRoot) -> (Vec<Slot>, Vec<OddEntry>) {
-    let workspaces = root.join(WORKSPACES);
     let (mut slots, mut odd) = (Vec::new(), Vec::new());
-    // Two `read_dir` levels, each entry's type from the listing itself: no slot directory is opened or stat'ed.
+    walk(root, |slot| slots.push(slot), |entry| odd.push(entry));
+    slots.sort_by(|a, b| a.dir().cmp(b.dir()));
+    odd.sort_by(|a, b| a.path.cmp(&b.path));
+    (slots, odd)
+}
+
+/// The two levels below `workspaces/`: each slot to `on_slot`, each entry that is no slot to `on_odd`. Each entry's
+/// type comes from the listing itself: no slot directory is opened or stat'ed.
+fn walk(root: &StateRoot, mut on_slot: impl FnMut(Slot), mut on_odd: impl FnMut(OddEntry)) {
+    let workspaces = root.join(WORKSPACES);
     for workspace in entries_of(&workspaces) {
         if !workspace.is_dir {
-            odd.push(OddEntry::of(&workspaces, workspace));
+            on_odd(OddEntry::of(&workspaces, workspace));
             continue;
         }
         for entry in entries_of(&workspace.path) {
@@ -144,32 +155,50 @@ pub fn listing(root: &StateRoot) -> (Vec<Slot>, Vec<OddEntry>) {
                 .then(|| Slot::from_label(root, &label))
                 .flatten()
             {
-                Some(slot) => slots.push(slot),
-                None => odd.push(OddEntry::of(&workspaces, entry)),
+                Some(slot) => on_slot(slot),
+                None => on_odd(OddEntry::of(&workspaces, entry)),
             }
         }
     }
-    slots.sort_by(|a, b| a.dir().cmp(b.dir()));
-    odd.sort_by(|a, b| a.path.cmp(&b.path));
-    (slots, odd)
 }
-
 /// One entry of a listing: its path and whether it is a plain directory (a symlink never is).
 pub(crate) struct Listed {
     pub(crate) path: PathBuf,
     pub(crate) is_dir: bool,
 }
 
-/// The entries of `dir` as its listing goes; none if it cannot be listed.
+/// The entries of `dir` as its listing goes (`.` and `..` left out); none if it cannot be listed. Read with
+/// `getdents64` on a descriptor of our own, each entry's type from the listing (an `lstat` only where the file
+/// system gives none): no `fstat` of the directory, as `opendir` makes.
 pub(crate) fn entries_of(dir: &Path) -> impl Iterator<Item = Listed> + use<> {
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .filter_map(Result::ok)
-        .map(|entry| Listed {
-            is_dir: entry.file_type().is_ok_and(|kind| kind.is_dir()),
-            path: entry.path(),
+    use rustix::fs::{Dir, FileType, Mode, OFlags};
+    use std::os::unix::ffi::OsStrExt;
+    let opened = rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .and_then(Dir::new);
+    let base = dir.to_path_buf();
+    opened.into_iter().flat_map(move |mut listing| {
+        let base = base.clone();
+        std::iter::from_fn(move || {
+            loop {
+                let entry = listing.read()?.ok()?;
+                let name = entry.file_name().to_bytes();
+                if name == b"." || name == b".." {
+                    continue;
+                }
+                let path = base.join(std::ffi::OsStr::from_bytes(name));
+                let is_dir = match entry.file_type() {
+                    FileType::Directory => true,
+                    FileType::Unknown => std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()),
+                    _ => false,
+                };
+                return Some(Listed { path, is_dir });
+            }
         })
+    })
 }
 
 /// `<workspace-key>` or `<workspace-key>/<name>`: `path` below `workspaces`.

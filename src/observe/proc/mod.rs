@@ -166,8 +166,9 @@ pub fn observe_until<S: std::hash::BuildHasher>(
         .take_while(|_| !deadline.expired())
         .inspect(|_| visited += 1)
         .filter(|pid| {
-            let grouped =
-                stat(*pid).is_ok_and(|s| groups.contains(&s.pgid) || groups.contains(&s.sid));
+            // With no group to look for, the stat is read only for what carries a marker (below).
+            let grouped = !groups.is_empty()
+                && stat(*pid).is_ok_and(|s| groups.contains(&s.pgid) || groups.contains(&s.sid));
             grouped
                 || environ(*pid).is_ok_and(|env| {
                     env.windows(b"SESSION_REAPER_".len())
