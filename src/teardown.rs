@@ -151,7 +151,7 @@ pub fn end_session(
             decide::slot::remove_owners(view, &[session], ending.reason, &host, &label)
         });
         match decided {
-            Ok(change) => report.note(&label, change),
+            Ok(change) => report.note(&label, change, mode),
             Err(err) => {
                 report.problems.push(format!("{label}: {err:#}"));
                 if mode == Mode::Apply {
@@ -185,12 +185,17 @@ pub fn end_session(
 
 impl EndReport {
     /// Adds what ending the session did (or would do) to one slot.
-    fn note(&mut self, label: &str, change: SlotChange) {
+    fn note(&mut self, label: &str, change: SlotChange, mode: Mode) {
         match change {
             SlotChange::LeaveAlone { why } => self.problems.push(format!("{label}: {why}")),
-            SlotChange::MoveAside { why } => self
-                .problems
-                .push(format!("{label}: corrupt broker.json moved aside: {why}")),
+            SlotChange::MoveAside { why } => {
+                let done = match mode {
+                    Mode::Apply => "moved aside",
+                    Mode::DryRun => "would be moved aside",
+                };
+                self.problems
+                    .push(format!("{label}: corrupt broker.json {done}: {why}"));
+            }
             SlotChange::Write { record, .. } => self.slots.push(owned_slot(&record, false)),
             SlotChange::HandOff { record, ticket, .. } => {
                 self.slots.push(owned_slot(&record, true));
