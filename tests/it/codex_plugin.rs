@@ -743,16 +743,9 @@ fn a_record_written_in_another_pid_namespace_is_neither_signalled_nor_cleaned() 
     let pid_file = session_dir.join("broker.pid");
     let endpoint = format!("unix:{}", socket.display());
     let script = plugin_script("app-server-broker.mjs");
-    let mut command = Command::new("unshare");
+    let mut command = crate::harness::unshare_pid_namespace();
     command
-        .args([
-            "--pid",
-            "--fork",
-            "--mount-proc",
-            "--kill-child",
-            "sh",
-            "-c",
-        ])
+        .args(["--kill-child", "sh", "-c"])
         .arg(r#"node "$0" serve --endpoint "$1" --cwd "$2" --pid-file "$3" & wait"#)
         .arg(&script)
         .arg(&endpoint)

@@ -1150,3 +1150,11 @@ pub fn hook_payload(session: &str, event: &str, cwd: &Path) -> Vec<u8> {
 pub fn walkdir_all(root: &Path) -> Vec<PathBuf> {
     walkdir(root.to_path_buf())
 }
+
+/// `unshare --pid --fork --mount-proc`: what follows runs as pid 1 of a private pid namespace with its own `/proc`
+/// (as root; a test whose namespace cannot be made fails, it never passes by skipping).
+pub fn unshare_pid_namespace() -> Command {
+    let mut command = Command::new("unshare");
+    command.args(["--pid", "--fork", "--mount-proc"]);
+    command
+}

@@ -261,18 +261,9 @@ fn a_marked_broker_whose_record_was_deleted_is_stopped_as_unrecorded_with_its_me
 /// Runs `script` (bash, with `args`) as pid 1 of a private pid namespace with its own /proc. Fails loudly when the
 /// namespace cannot be made: these tests never pass by skipping.
 pub fn in_private_pid_namespace(script: &str, args: &[&str]) -> Output {
-    let mut command = Command::new("unshare");
+    let mut command = crate::harness::unshare_pid_namespace();
     command
-        .args([
-            "--pid",
-            "--fork",
-            "--mount-proc",
-            "--kill-child",
-            "bash",
-            "-c",
-            script,
-            "ns",
-        ])
+        .args(["--kill-child", "bash", "-c", script, "ns"])
         .args(args);
     scrub_env(&mut command);
     let out = run_bounded(command, None);
@@ -583,15 +574,8 @@ fn a_record_from_another_pid_namespace_is_never_signalled_from_outside() {
     let mut env = Env::new();
     let ws = env.workspace("app");
     let session = unique_id("other-ns");
-    let mut unshare = Command::new("unshare");
-    unshare.args([
-        "--pid",
-        "--fork",
-        "--mount-proc",
-        "--kill-child",
-        "sleep",
-        "600",
-    ]);
+    let mut unshare = crate::harness::unshare_pid_namespace();
+    unshare.args(["--kill-child", "sleep", "600"]);
     let outer = env.spawn(unshare);
     let children = || {
         fs::read_to_string(format!("/proc/{0}/task/{0}/children", outer.pid)).unwrap_or_default()

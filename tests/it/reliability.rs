@@ -704,16 +704,9 @@ fn wrong_targets_in_a_private_pid_namespace_get_no_signal() {
     let state = env.state_dir().join("root");
     std::fs::create_dir(&state).unwrap();
     std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let mut command = Command::new("unshare");
+    let mut command = crate::harness::unshare_pid_namespace();
     command
-        .args([
-            "--pid",
-            "--fork",
-            "--mount-proc",
-            "/usr/bin/python3",
-            "-c",
-            WRONG_TARGETS_DRIVER,
-        ])
+        .args(["/usr/bin/python3", "-c", WRONG_TARGETS_DRIVER])
         .arg(crate::harness::BIN)
         .arg(&state)
         .arg(plan.to_string());
