@@ -14,7 +14,7 @@ use crate::cli::{
 };
 use crate::commands::log::Filter;
 use crate::error::bad_input;
-use crate::leftovers::Policy;
+use crate::model::leftover::Policy;
 use crate::model::name::{SessionId, SlotName};
 use crate::model::record::{Identity, Shutdown};
 use crate::observe::proc;

@@ -4,24 +4,15 @@
 pub mod act;
 pub mod adapters;
 pub mod agents;
-pub mod backstop;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod decide;
-pub mod duplicates;
 pub mod error;
-pub mod hook;
-pub mod leftovers;
-pub mod mcp;
 pub mod model;
 pub mod observe;
-pub mod resolve;
-pub mod sentinel;
 pub mod settings;
 pub mod store;
-pub mod teardown;
-pub mod term;
 
 use std::io::Write;
 
@@ -39,7 +30,7 @@ const DEFAULT_HOOK_DEADLINE: std::time::Duration = std::time::Duration::from_sec
 pub fn run() -> u8 {
     // The sentinel waits for its agent with as little of the program loaded as it can (see `sentinel::entry`).
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-    if let Some(code) = sentinel::entry(&args) {
+    if let Some(code) = commands::sentinel::entry(&args) {
         return code;
     }
     drop(args);
@@ -51,7 +42,7 @@ pub fn run() -> u8 {
         Ok(cli) => cli,
         Err(err) => return parse_failure(&with_our_hints(err)),
     };
-    term::init(cli.color, false);
+    commands::term::init(cli.color, false);
     match Config::from_cli(&cli).and_then(|(config, request)| dispatch(&config, request)) {
         Ok(outcome) => outcome.exit_code(),
         Err(err) => {
@@ -67,7 +58,7 @@ fn run_hook() -> u8 {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {
-            backstop::run_guarded(Deadline::after(DEFAULT_HOOK_DEADLINE), None, || {
+            commands::backstop::run_guarded(Deadline::after(DEFAULT_HOOK_DEADLINE), None, || {
                 parse_failure(&err);
             });
             return 0;
@@ -79,8 +70,8 @@ fn run_hook() -> u8 {
     };
     match config::hook_request(args) {
         Ok(request) => {
-            backstop::run_guarded(Deadline::after(request.deadline), state_dir, || {
-                hook::run(&request, state_dir);
+            commands::backstop::run_guarded(Deadline::after(request.deadline), state_dir, || {
+                commands::hook::run(&request, state_dir);
             });
         }
         Err(err) if settings::probe::requested() => {
@@ -90,9 +81,13 @@ fn run_hook() -> u8 {
             });
         }
         Err(err) => {
-            backstop::run_guarded(Deadline::after(DEFAULT_HOOK_DEADLINE), state_dir, || {
-                backstop::report(state_dir, &format!("{err:#}"));
-            });
+            commands::backstop::run_guarded(
+                Deadline::after(DEFAULT_HOOK_DEADLINE),
+                state_dir,
+                || {
+                    commands::backstop::report(state_dir, &format!("{err:#}"));
+                },
+            );
         }
     }
     0
@@ -132,7 +127,7 @@ fn dispatch(config: &Config, request: Request) -> anyhow::Result<Outcome> {
         Request::Finish => act::finisher::run(&store::Store::open(&config.state_dir)?),
         Request::Keep(request) => commands::keep::run(&request, config),
         Request::Sentinel { agent, within } => {
-            sentinel::run(&store::Store::open(&config.state_dir)?, &agent, within)
+            commands::sentinel::run(&store::Store::open(&config.state_dir)?, &agent, within)
         }
         Request::Completions(shell) => {
             let mut command = <Cli as clap::CommandFactory>::command();
@@ -182,7 +177,7 @@ fn parse_failure(err: &clap::Error) -> u8 {
         return 0;
     }
     if hook_mode {
-        backstop::report(state_dir_in_args().as_deref(), &line);
+        commands::backstop::report(state_dir_in_args().as_deref(), &line);
         return 0;
     }
     let _ = err.print();

@@ -5,6 +5,8 @@
 pub mod executor;
 pub mod finisher;
 pub mod launch;
+pub mod leftovers;
+pub mod sentinel;
 pub mod signal;
 pub mod stopper;
 

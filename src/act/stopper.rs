@@ -404,7 +404,7 @@ impl Stopper {
                 self.send(item, Sig::Term);
                 item.ticket.term_at = Some(stamp);
                 item.ticket.term_boot_ms = Some(boot_millis());
-                crate::term::term_sent(
+                crate::commands::term::term_sent(
                     item.ticket.identity.pid,
                     Duration::from_millis(item.ticket.grace_ms),
                 );

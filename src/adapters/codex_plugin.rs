@@ -161,13 +161,13 @@ pub fn at_session_end(
     run(store, guard, discovery, &occasion, (dry_run, deadline))
 }
 
-/// The adapter's part of ending a session (`teardown::end_session`): its actions, tickets and problems join the
+/// The adapter's part of ending a session (`commands::session_end::end_session`): its actions, tickets and problems join the
 /// session's report.
 pub fn end_session(
     store: &Store,
     guard: &Guard,
-    (ending, deadline): (&crate::teardown::Ending, Deadline),
-    report: &mut crate::teardown::EndReport,
+    (ending, deadline): (&crate::commands::session_end::Ending, Deadline),
+    report: &mut crate::commands::session_end::EndReport,
 ) {
     let found = at_session_end(
         store,

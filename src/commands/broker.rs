@@ -145,9 +145,9 @@ impl SlotTarget {
     fn resolve(&self, id: &SessionId) -> anyhow::Result<SessionId> {
         let records = self.store.sessions.all();
         let known = records.iter().map(|record| record.session_id.as_str());
-        Ok(match crate::resolve::resolve(id, known)? {
+        Ok(match crate::commands::resolve::resolve(id, known)? {
             Some(resolved) => {
-                crate::resolve::say_resolved(id, &resolved);
+                crate::commands::resolve::say_resolved(id, &resolved);
                 resolved
             }
             None => id.clone(),

@@ -8,10 +8,12 @@ use std::process::{Command, Stdio};
 
 use anyhow::Context;
 
+use crate::act::leftovers;
 use crate::config::{Config, KeepRequest};
 use crate::error::{Outcome, bad_input};
-use crate::leftovers::{self, KEEP_VARIABLE};
+use crate::model::leftover::KEEP_VARIABLE;
 use crate::observe::proc;
+use crate::observe::table::Table;
 use crate::store::Store;
 
 pub fn run(request: &KeepRequest, config: &Config) -> anyhow::Result<Outcome> {
@@ -68,7 +70,7 @@ fn mark(pid: i32, config: &Config) -> anyhow::Result<Outcome> {
     }
     let store = Store::open(&config.state_dir)?;
     leftovers::prune_kept(&store);
-    let table = leftovers::Table::observe(identity.start_ticks);
+    let table = Table::observe(identity.start_ticks);
     let mut marked: usize = 0;
     for process in table.descendants_of(pid) {
         if let Some(live) = proc::identity_of(process.identity.pid)

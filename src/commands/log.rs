@@ -51,9 +51,11 @@ pub fn run(request: &LogRequest, config: &Config) -> anyhow::Result<Outcome> {
     };
     if let Some(given) = &filter.session {
         let known: Vec<&str> = all.iter().flat_map(sessions_of).collect();
-        let resolved = crate::resolve::resolve(given, known.iter().copied())?
-            .ok_or_else(|| crate::resolve::unknown(given, known.iter().copied(), " in the log"))?;
-        crate::resolve::say_resolved(given, &resolved);
+        let resolved = crate::commands::resolve::resolve(given, known.iter().copied())?
+            .ok_or_else(|| {
+                crate::commands::resolve::unknown(given, known.iter().copied(), " in the log")
+            })?;
+        crate::commands::resolve::say_resolved(given, &resolved);
         filter.session = Some(resolved);
     }
     let now = SystemTime::now();
@@ -99,7 +101,7 @@ fn print_freed(events: &[&Event], json: bool) {
     } else {
         println!(
             "freed {} in {} stop(s)",
-            crate::leftovers::format_kib(total),
+            crate::commands::leftovers::format_kib(total),
             freed.len()
         );
     }
@@ -147,7 +149,7 @@ pub fn line(event: &Event) -> String {
                 "{} {} ({})",
                 event.detail.clone().unwrap_or_default(),
                 argv.join(" "),
-                crate::leftovers::format_kib(event.rss_kib.unwrap_or(0))
+                crate::commands::leftovers::format_kib(event.rss_kib.unwrap_or(0))
             )
             .trim_start()
             .to_owned(),

@@ -1,17 +1,25 @@
 //! The subcommands, one module each, and the one report line they share.
 
+pub mod backstop;
 pub mod broker;
 pub mod demo;
 pub mod doctor;
+pub mod duplicates;
+pub mod hook;
 pub mod install;
 pub mod keep;
+pub mod leftovers;
 pub mod log;
 pub mod reap;
+pub mod resolve;
+pub mod sentinel;
+pub mod session_end;
 pub mod status;
 pub mod status_json;
 pub mod status_tree;
 pub mod sweep;
 pub mod sweep_litter;
+pub mod term;
 
 /// One line per stop, for people.
 pub fn print_stops(reports: &[crate::act::stopper::StopReport]) {

@@ -8,13 +8,13 @@ use serde_json::json;
 use crate::act::finisher;
 use crate::act::signal::Guard;
 use crate::act::stopper::{StopOutcome, StopReport};
+use crate::commands::session_end::{self, EndReport, Ending};
 use crate::config::{Config, ReapRequest, ReapTarget};
 use crate::error::Outcome;
 use crate::model::deadline::Deadline;
 use crate::model::name::SessionId;
 use crate::store::Store;
 use crate::store::slot::LOCK_WAIT;
-use crate::teardown::{self, EndReport, Ending};
 
 /// How long `reap --all` waits when no `--deadline` is given.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(2);
@@ -48,7 +48,7 @@ pub fn run(request: &ReapRequest, config: &Config) -> anyhow::Result<Outcome> {
                 dry_run: request.dry_run,
                 codex: request.codex.clone(),
             };
-            teardown::end_session(
+            session_end::end_session(
                 &store,
                 &guard,
                 &ending,
@@ -57,7 +57,7 @@ pub fn run(request: &ReapRequest, config: &Config) -> anyhow::Result<Outcome> {
         })
         .collect();
     let (leftovers, leftover_tickets) =
-        crate::leftovers::for_reap(&store, &sessions, request.dry_run);
+        crate::act::leftovers::for_reap(&store, &sessions, request.dry_run);
     let tickets: Vec<_> = reports
         .iter()
         .flat_map(|report| report.tickets.clone())
@@ -108,13 +108,13 @@ fn resolve_session(store: &Store, id: &SessionId, force: bool) -> anyhow::Result
         .iter()
         .map(|record| record.session_id.as_str())
         .chain(owners.iter().map(String::as_str));
-    match crate::resolve::resolve(id, known.clone())? {
+    match crate::commands::resolve::resolve(id, known.clone())? {
         Some(resolved) => {
-            crate::resolve::say_resolved(id, &resolved);
+            crate::commands::resolve::say_resolved(id, &resolved);
             Ok(resolved)
         }
         None if force => Ok(id.clone()),
-        None => Err(crate::resolve::unknown(
+        None => Err(crate::commands::resolve::unknown(
             id,
             known,
             "; pass --force to end it anyway (a session started before the hooks were installed)",
@@ -144,7 +144,7 @@ fn longest_stop(tickets: &[crate::model::record::StopTicket]) -> Deadline {
 fn print_human(
     dry_run: bool,
     reports: &[EndReport],
-    leftovers: &[crate::leftovers::Found],
+    leftovers: &[crate::decide::leftovers::Found],
     stops: &[StopReport],
 ) {
     let verb = if dry_run { "would end" } else { "ended" };
@@ -173,7 +173,7 @@ fn print_human(
             let what = if dry_run { "would stop" } else { "stopping" };
             println!("  resume orphan pid {pid:>7}  {what}  {}", argv.join(" "));
         }
-        crate::leftovers::print_found(leftovers, &report.session, dry_run);
+        crate::commands::leftovers::print_found(leftovers, &report.session, dry_run);
         crate::adapters::print_actions(&report.codex_plugin);
         let no_leftover = leftovers
             .iter()
@@ -194,7 +194,7 @@ fn print_human(
 
 /// `reap --duplicates`: all but the newest writer of each live session are stopped, each by its identity.
 fn duplicates(request: &ReapRequest, store: &Store) -> anyhow::Result<Outcome> {
-    let found = crate::duplicates::find(&store.sessions.all());
+    let found = crate::commands::duplicates::find(&store.sessions.all());
     let tickets: Vec<_> = found.iter().flat_map(|d| d.tickets.clone()).collect();
     let stops = if request.dry_run {
         Vec::new()

@@ -106,7 +106,7 @@ pub struct Snapshot {
     pub tickets: Vec<TicketStatus>,
     pub sessions: Vec<SessionRecord>,
     /// Each live session's leftovers-to-be, its agent's MCP servers and its sentinel.
-    pub leftovers: Vec<crate::leftovers::SessionView>,
+    pub leftovers: Vec<crate::commands::leftovers::SessionView>,
     pub finisher_running: bool,
     /// The Codex plugin's brokers (its own records and the ones it lost).
     pub codex_plugin: Vec<crate::adapters::codex_plugin::BrokerStatus>,
@@ -170,7 +170,7 @@ pub fn snapshot(store: &Store) -> Snapshot {
 /// tickets and session records that cannot be read.
 struct BesideSlots {
     tickets: Vec<TicketStatus>,
-    leftovers: Vec<crate::leftovers::SessionView>,
+    leftovers: Vec<crate::commands::leftovers::SessionView>,
     sessions: Vec<SessionRecord>,
     unreadable: Vec<Unreadable>,
     finisher_running: bool,
@@ -220,7 +220,7 @@ fn beside_slots(store: &Store) -> BesideSlots {
         .collect();
     BesideSlots {
         tickets,
-        leftovers: crate::leftovers::status_view(store, &sessions),
+        leftovers: crate::commands::leftovers::status_view(store, &sessions),
         sessions,
         unreadable,
         finisher_running: finisher::is_running(store),
@@ -266,7 +266,7 @@ pub fn run(
     let tree = super::status_tree::build(&snapshot, &facts);
     print!(
         "{}",
-        super::status_tree::render(&tree, crate::term::get().color)
+        super::status_tree::render(&tree, crate::commands::term::get().color)
     );
     let stuck = snapshot.tickets.iter().any(|ticket| ticket.stuck);
     Ok(Outcome::from_ok(!stuck && snapshot.unreadable.is_empty()))

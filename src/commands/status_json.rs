@@ -51,7 +51,7 @@ struct Document<'a, I, C> {
     unreadable: Gathered<'a, Unreadable>,
     tickets: &'a [TicketStatus],
     sessions: &'a [SessionRecord],
-    leftovers: &'a [crate::leftovers::SessionView],
+    leftovers: &'a [crate::commands::leftovers::SessionView],
     finisher_running: bool,
     codex_plugin: C,
 }
@@ -67,7 +67,7 @@ pub struct Printed {
 pub fn print(
     store: &Store,
     tickets: &[TicketStatus],
-    (sessions, leftovers): (&[SessionRecord], &[crate::leftovers::SessionView]),
+    (sessions, leftovers): (&[SessionRecord], &[crate::commands::leftovers::SessionView]),
     unreadable: Vec<Unreadable>,
     (finisher_running, codex_plugin): (bool, impl Serialize),
 ) -> anyhow::Result<Printed> {

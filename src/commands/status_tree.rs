@@ -11,13 +11,13 @@ use std::time::{Duration, SystemTime};
 use crate::act::executor::{self, Mode};
 use crate::adapters::codex_plugin::BrokerStatus;
 use crate::commands::status::{Member, SlotStatus, Snapshot, TicketStatus};
+use crate::commands::term::paint;
 use crate::decide::{self, SlotChange, SweepPolicy};
 use crate::model::clock;
 use crate::model::record::SessionRecord;
 use crate::observe::proc;
 use crate::store::Store;
 use crate::store::slot::{LOCK_WAIT, Slot};
-use crate::term::paint;
 
 /// The whole picture, every value already in the words and numbers people read.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -326,7 +326,7 @@ fn session_node(
 }
 
 /// What leftover discovery says of a session: its leftovers-to-be, its agent's MCP servers, its sentinel.
-fn add_leftovers_view(node: &mut SessionNode, view: &crate::leftovers::SessionView) {
+fn add_leftovers_view(node: &mut SessionNode, view: &crate::commands::leftovers::SessionView) {
     let row = |pid: i32, argv: &[String], rss_kib: u64| ProcessNode {
         pid,
         argv: argv.join(" "),

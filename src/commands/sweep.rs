@@ -12,6 +12,7 @@ use crate::act::executor::{self, Mode};
 use crate::act::finisher;
 use crate::act::signal::Guard;
 use crate::act::stopper::{self, StopOutcome, StopReport};
+use crate::commands::session_end::{self, Ending};
 use crate::config::{Config, SweepRequest};
 use crate::decide::lineage::Known;
 use crate::decide::resume;
@@ -25,7 +26,6 @@ use crate::observe::proc::{self, Liveness};
 use crate::store::Store;
 use crate::store::events::{Event, Reason};
 use crate::store::slot::{LOCK_WAIT, Slot, SlotView};
-use crate::teardown::{self, Ending};
 
 /// How long a sweep drives stop tickets before handing them to the finisher.
 const SWEEP_STOP_DEADLINE: Duration = Duration::from_secs(3);
@@ -105,7 +105,7 @@ pub fn run(args: &SweepRequest, config: &Config) -> anyhow::Result<Outcome> {
         judged: Known::default(),
     };
     sweep.end_crashed_sessions();
-    for ticket in crate::leftovers::for_sweep(&store, args.dry_run) {
+    for ticket in crate::act::leftovers::for_sweep(&store, args.dry_run) {
         let what = ticket.argv.as_deref().unwrap_or_default().join(" ");
         let pid = Some(ticket.identity.pid);
         sweep.act("stop", Some(Reason::Leftover), what, pid, "stop");
@@ -203,8 +203,12 @@ impl Sweep<'_> {
                 // The sweep's own pass below judges the Codex plugin's brokers of crashed sessions.
                 codex: crate::adapters::codex_plugin::Discovery::off(),
             };
-            let report =
-                teardown::end_session(self.store, &self.guard, &ending, Deadline::after(LOCK_WAIT));
+            let report = session_end::end_session(
+                self.store,
+                &self.guard,
+                &ending,
+                Deadline::after(LOCK_WAIT),
+            );
             self.act(
                 "end_session",
                 Some(Reason::OwnersGone),

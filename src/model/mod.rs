@@ -4,5 +4,6 @@
 pub mod bounded;
 pub mod clock;
 pub mod deadline;
+pub mod leftover;
 pub mod name;
 pub mod record;

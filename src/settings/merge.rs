@@ -7,7 +7,7 @@ use serde_json::{Map, Value, json};
 
 use crate::agents::{AgentSpec, Layout};
 use crate::error::BadInput;
-use crate::leftovers::Policy;
+use crate::model::leftover::Policy;
 
 /// The program name our hook commands start with (its basename is how we recognise our entries).
 pub const PROGRAM: &str = "session-reaper";

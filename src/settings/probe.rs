@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::agents::{Agent, AgentSpec, Casing, Layout, SessionEndReliability, timeout_millis};
+use crate::commands::hook::{self, HookEvent, Payload};
 use crate::config::{Config, HookRequest};
-use crate::hook::{self, HookEvent, Payload};
 
 /// The variable that puts a hook into probe mode.
 pub const PROBE_VAR: &str = "SESSION_REAPER_PROBE";

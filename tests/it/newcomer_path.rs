@@ -827,7 +827,7 @@ fn fixture_world() -> session_reaper::commands::status_tree::StatusTree {
     };
     // What the leftovers discovery reports: the agents' MCP servers, the leftovers-to-be, the sentinels.
     let view = |session: &str, agent_pid: i32, sentinel_pid: Option<i32>, policy| {
-        session_reaper::leftovers::SessionView {
+        session_reaper::commands::leftovers::SessionView {
             session: session.to_owned(),
             agent_pid,
             policy,
@@ -838,12 +838,12 @@ fn fixture_world() -> session_reaper::commands::status_tree::StatusTree {
         }
     };
     let (stop, report) = (
-        session_reaper::leftovers::Policy::Stop,
-        session_reaper::leftovers::Policy::Report,
+        session_reaper::model::leftover::Policy::Stop,
+        session_reaper::model::leftover::Policy::Report,
     );
     let mut watched = view(a, 1033, Some(1036), stop);
     watched.mcp_servers = vec![
-        session_reaper::mcp::McpServer {
+        session_reaper::observe::mcp::McpServer {
             pid: 1040,
             argv: vec![
                 "npx".into(),
@@ -853,7 +853,7 @@ fn fixture_world() -> session_reaper::commands::status_tree::StatusTree {
             rss_kib: 98_300,
             processes: 2,
         },
-        session_reaper::mcp::McpServer {
+        session_reaper::observe::mcp::McpServer {
             pid: 1052,
             argv: vec!["uvx".into(), "mcp-server-git".into()],
             rss_kib: 31_000,
@@ -861,7 +861,7 @@ fn fixture_world() -> session_reaper::commands::status_tree::StatusTree {
         },
     ];
     let mut dead = view(c, 1200, Some(1260), stop);
-    dead.leftovers = vec![session_reaper::leftovers::Leftover {
+    dead.leftovers = vec![session_reaper::decide::leftovers::Leftover {
         pid: 1250,
         identity: serde_json::from_value(identity(1250)).unwrap(),
         argv: vec![

@@ -1151,8 +1151,8 @@ proptest! {
     #[test]
     fn fuzz_hook_payloads_never_panic(value in mutated(fixture_values("payloads"))) {
         for agent in [None, Some(session_reaper::agents::Agent::Claude), Some(session_reaper::agents::Agent::Codex)] {
-            if let Ok(payload) = session_reaper::hook::Payload::from_json(&value, agent) {
-                let _ = session_reaper::hook::detect_agent(agent, &payload, &|_| false);
+            if let Ok(payload) = session_reaper::commands::hook::Payload::from_json(&value, agent) {
+                let _ = session_reaper::commands::hook::detect_agent(agent, &payload, &|_| false);
                 if let Some(session) = &payload.session {
                     let _ = session_reaper::model::name::SessionId::parse(session.as_str());
                 }

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::commands::hook;
 use crate::config::Config;
-use crate::hook;
 use crate::model::deadline::Deadline;
 use crate::store::Store;
 

@@ -7,79 +7,22 @@
 //! sentinel (turned off, or killed): it gives up when the agent outlives the bound, and the sweep does the rest.
 
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
 use crate::act::finisher;
-use crate::act::launch;
+use crate::act::leftovers;
 use crate::act::signal::Guard;
+use crate::commands::session_end::{self, Ending};
 use crate::error::Outcome;
-use crate::leftovers;
 use crate::model::name::SessionId;
 use crate::model::record::{Identity, StopTicket};
 use crate::observe::proc;
 use crate::store::Store;
 use crate::store::events::{Event, Reason};
-use crate::teardown::{self, Ending};
 
-const DIR: &str = "sentinels";
-/// How long a starting sentinel waits for its lock: a hook probing it holds it for an instant.
-const LOCK_WAIT: Duration = Duration::from_secs(2);
-
-fn lock_path(store: &Store, agent: &Identity) -> PathBuf {
-    let name = StopTicket::file_name(agent).replace(".json", ".lock");
-    store.root.join(DIR).join(name)
-}
-
-/// True while a sentinel holds the lock of `agent` (the file is opened, never created: `status` writes nothing).
-pub fn is_running(store: &Store, agent: &Identity) -> bool {
-    std::fs::File::open(lock_path(store, agent)).is_ok_and(|file| match file.try_lock_shared() {
-        Ok(()) => {
-            let _ = file.unlock();
-            false
-        }
-        Err(_) => true,
-    })
-}
-
-/// The pid the sentinel of `agent` wrote into its lock file once it held the lock.
-pub fn pid_of(store: &Store, agent: &Identity) -> Option<i32> {
-    std::fs::read_to_string(lock_path(store, agent))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
-/// Starts the sentinel of `agent` unless one runs. `within` bounds its wait (the finisher's wait after a
-/// `SessionEnd`); `None` waits as long as the agent lives.
-pub fn start(store: &Store, agent: &Identity, within: Option<Duration>) -> anyhow::Result<()> {
-    if is_running(store, agent) {
-        return Ok(());
-    }
-    // The lock file exists before the sentinel does: what a hook leaves behind is complete when it returns.
-    store.root.ensure_dir(&store.root.join(DIR))?;
-    drop(store.root.open_lock_file(&lock_path(store, agent))?);
-    let exe = std::env::current_exe().context("finding our own executable")?;
-    let root = store.root.path().to_string_lossy().into_owned();
-    let (pid, start) = (agent.pid.to_string(), agent.start_ticks.to_string());
-    let mut args = vec![
-        "--state-dir",
-        &root,
-        "sentinel",
-        "--pid",
-        &pid,
-        "--start-ticks",
-        &start,
-    ];
-    let within_text = within.map(|within| format!("{}ms", within.as_millis()));
-    if let Some(within) = &within_text {
-        args.extend(["--within", within]);
-    }
-    launch::spawn_detached(&exe, &args, &[])
-}
+use crate::act::sentinel::{DIR, LOCK_WAIT, lock_path};
 
 /// The sentinel's own entry point, taken before the command-line parser is built: the exact words `start` writes
 /// (`--state-dir ROOT sentinel --pid P --start-ticks T [--within Nms]`) are read by hand, so that a process that
@@ -328,7 +271,7 @@ pub fn end_sessions_of(
             // The hook's default places (its environment is the sentinel's, less the session variables).
             codex: crate::adapters::codex_plugin::Discovery::default(),
         };
-        let report = teardown::end_session(
+        let report = session_end::end_session(
             store,
             guard,
             &ending,
@@ -381,7 +324,7 @@ pub fn at_session_end(
     agent_reason: Option<&str>,
     wait: Duration,
 ) -> anyhow::Result<()> {
-    if leftovers::agent_continues(agent_reason) {
+    if crate::model::leftover::agent_continues(agent_reason) {
         return Ok(());
     }
     let Some(agent) = store
@@ -391,8 +334,8 @@ pub fn at_session_end(
     else {
         return Ok(());
     };
-    if proc::is_alive(&agent) && !is_running(store, &agent) {
-        start(store, &agent, Some(wait))?;
+    if proc::is_alive(&agent) && !crate::act::sentinel::is_running(store, &agent) {
+        crate::act::sentinel::start(store, &agent, Some(wait))?;
     }
     Ok(())
 }

@@ -14,6 +14,7 @@ use serde_json::Value;
 use crate::act::finisher;
 use crate::act::signal::Guard;
 use crate::agents::{self, Agent};
+use crate::commands::session_end::{self, Ending, Seen};
 use crate::config::{Config, HookRequest};
 use crate::error::bad_input;
 use crate::model::clock;
@@ -23,7 +24,6 @@ use crate::model::record::{Identity, SessionRecord};
 use crate::observe::proc;
 use crate::store::Store;
 use crate::store::events::{Event, Reason};
-use crate::teardown::{self, Ending, Seen};
 
 /// Time kept back from the deadline to hand work to the finisher and exit.
 const EXIT_MARGIN: Duration = Duration::from_millis(150);
@@ -247,7 +247,7 @@ fn agent_identity(args: &HookRequest) -> anyhow::Result<Option<Identity>> {
             .map(Some)
             .ok_or_else(|| bad_input(format!("--owner-pid {pid}: no such live process")));
     }
-    if let Some(identity) = crate::leftovers::agent_named_by_env() {
+    if let Some(identity) = crate::observe::table::agent_named_by_env() {
         return Ok(Some(identity));
     }
     let me = i32::try_from(std::process::id()).context("pid out of range")?;
@@ -274,7 +274,11 @@ fn session_start(store: &Store, hooked: &Hooked) -> anyhow::Result<()> {
         hooked.deadline.less(EXIT_MARGIN),
         |current| {
             let mut record = refreshed(current.cloned(), hooked, true);
-            crate::leftovers::note_start(&mut record, hooked.args.leftovers, hooked.args.sentinel);
+            crate::act::leftovers::note_start(
+                &mut record,
+                hooked.args.leftovers,
+                hooked.args.sentinel,
+            );
             Ok(Some(record))
         },
     )?;
@@ -303,7 +307,7 @@ fn session_start(store: &Store, hooked: &Hooked) -> anyhow::Result<()> {
     );
     export_session_id(&hooked.session)?;
     match agent_identity {
-        Some(agent) if hooked.args.sentinel => crate::sentinel::start(store, &agent, None),
+        Some(agent) if hooked.args.sentinel => crate::act::sentinel::start(store, &agent, None),
         _ => Ok(()),
     }
 }
@@ -326,7 +330,7 @@ fn touch_session(store: &Store, hooked: &Hooked) -> anyhow::Result<()> {
         hooked.deadline.less(EXIT_MARGIN),
         |current| Ok(Some(refreshed(current.cloned(), hooked, false))),
     )?;
-    crate::leftovers::record_descendants(store, &hooked.session)
+    crate::act::leftovers::record_descendants(store, &hooked.session)
 }
 
 /// A session record refreshed from a payload. `starting` clears an earlier end (`--resume` of an ended session).
@@ -413,13 +417,13 @@ fn session_end(store: &Store, hooked: &Hooked, deadline: Deadline) -> anyhow::Re
         codex: codex.clone(),
     };
     let work_deadline = deadline.less(EXIT_MARGIN);
-    let report = teardown::end_session(store, &guard, &ending, work_deadline.less(EXIT_MARGIN));
+    let report = session_end::end_session(store, &guard, &ending, work_deadline.less(EXIT_MARGIN));
     store.stopper(guard).run(report.tickets, work_deadline);
     // Its own stops still running, or tickets an earlier, killed finisher left: a finisher completes them.
     if finisher::has_work(store) {
         finisher::start(store)?;
     }
-    crate::sentinel::at_session_end(
+    crate::commands::sentinel::at_session_end(
         store,
         &hooked.session,
         payload.reason.as_deref(),

@@ -45,7 +45,7 @@ pub struct Seen {
     /// The agent process the ending hook runs under, and the leftover policy and sentinel choice of its flags: what
     /// a `SessionStart` would have recorded, so that the agent's exit still finds the session's leftovers.
     pub agent_identity: Option<Identity>,
-    pub start_facts: Option<(crate::leftovers::Policy, bool)>,
+    pub start_facts: Option<(crate::model::leftover::Policy, bool)>,
 }
 
 impl Seen {
@@ -56,9 +56,9 @@ impl Seen {
         {
             record.agent_identity = Some(identity);
             if let Some((policy, sentinel)) = self.start_facts
-                && !crate::leftovers::has_facts(record)
+                && !crate::model::leftover::has_facts(record)
             {
-                crate::leftovers::note_start(record, policy, sentinel);
+                crate::act::leftovers::note_start(record, policy, sentinel);
             }
         }
         if let Some(agent) = self.agent.as_ref().filter(|_| record.agent.is_empty()) {

@@ -18,8 +18,8 @@
 use serde::Serialize;
 
 use crate::agents::AgentSpec;
-use crate::leftovers::{Observed, Table};
 use crate::model::record::Identity;
+use crate::observe::table::{Observed, Table};
 
 /// Programs that are shells: what an agent runs its shell tool and its hooks with.
 const SHELLS: &[&str] = &["sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "fish"];
@@ -99,7 +99,7 @@ pub fn speaks_stdio(pid: i32) -> bool {
 mod tests {
     use super::*;
     use crate::agents::Agent;
-    use crate::leftovers::tests::{identity, process};
+    use crate::decide::leftovers::tests::{identity, process};
 
     /// A process of ours started after the agent (its start follows its pid), holding `rss_kib`.
     fn child(pid: i32, parent: i32, argv: &str, rss_kib: u64) -> Observed {

@@ -1,0 +1,350 @@
+//! Acting on leftovers: discovery over one observation of the process table, stop tickets filed (reason
+//! `leftover`; the stop event carries the argv and the memory freed) or reports logged as the session's policy
+//! says, what `SessionStart` records for discovery, and `keep --pid` marks.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::act::{sentinel, stopper};
+use crate::decide::leftovers::{Found, Leftover, Query, find};
+use crate::model::clock;
+use crate::model::deadline::Deadline;
+use crate::model::leftover::{KEPT, Policy, SessionFacts, names_sessions};
+use crate::model::name::SessionId;
+use crate::model::record::{Identity, SessionRecord, StopTicket, is_other_host};
+use crate::observe::proc;
+use crate::observe::table::Table;
+use crate::store::Store;
+use crate::store::events::{Event, Reason};
+
+/// Finds the leftovers of `sessions` (those with an agent identity of this boot and a policy other than `off`)
+/// in one observation of the process table.
+pub fn discover(store: &Store, sessions: &[SessionRecord]) -> Vec<Found> {
+    match observed_since(sessions) {
+        Some(since) => discover_in(store, &Table::observe(since), sessions),
+        None => Vec::new(),
+    }
+}
+
+/// The start of the oldest agent of this boot among `sessions`: the table needs the details of what started since.
+pub(crate) fn observed_since(sessions: &[SessionRecord]) -> Option<u64> {
+    sessions
+        .iter()
+        .filter_map(|record| record.agent_identity.as_ref())
+        .filter(|agent| agent.boot_id == proc::boot_id())
+        .map(|agent| agent.start_ticks)
+        .min()
+}
+
+/// `discover` in a table already observed (with the details of everything started since `observed_since`).
+pub(crate) fn discover_in(store: &Store, table: &Table, sessions: &[SessionRecord]) -> Vec<Found> {
+    let targets: Vec<(&SessionRecord, &Identity, SessionFacts)> = sessions
+        .iter()
+        .filter_map(|record| {
+            let agent = record.agent_identity.as_ref()?;
+            let facts = SessionFacts::of(record);
+            (agent.boot_id == proc::boot_id() && facts.policy != Policy::Off)
+                .then_some((record, agent, facts))
+        })
+        .collect();
+    if targets.is_empty() {
+        return Vec::new();
+    }
+    let recorded_agents: Vec<Identity> = store
+        .sessions
+        .all()
+        .into_iter()
+        .filter_map(|record| record.agent_identity)
+        .collect();
+    let kept = kept_marks(store);
+    let protected = proc::self_and_ancestors();
+    targets
+        .into_iter()
+        .map(|(record, agent, facts)| {
+            let query = Query {
+                session: &record.session_id,
+                agent,
+                names_sessions: names_sessions(&record.agent),
+                facts: &facts,
+                recorded_agents: &recorded_agents,
+                protected: &protected,
+                kept: &kept,
+            };
+            Found {
+                session: record.session_id.clone(),
+                policy: facts.policy,
+                leftovers: find(table, &query),
+            }
+        })
+        .collect()
+}
+
+/// The stop ticket of one leftover: the process alone (its children are leftovers of their own), default grace.
+pub fn ticket_for(session: &str, leftover: &Leftover) -> StopTicket {
+    let mut ticket = stopper::new_ticket(
+        leftover.identity.clone(),
+        None,
+        Reason::Leftover.as_str(),
+        stopper::DEFAULT_GRACE_MS,
+        "leftover".to_owned(),
+    );
+    ticket.session = Some(session.to_owned());
+    ticket.argv = Some(leftover.argv.clone());
+    ticket.rss_kib = Some(leftover.rss_kib);
+    ticket
+}
+
+/// Files tickets for what is to be stopped and logs what is only reported; `dry_run` does neither. Returns the
+/// tickets to run.
+pub fn act_on(store: &Store, found: &[Found], dry_run: bool) -> Vec<StopTicket> {
+    let mut tickets = Vec::new();
+    for found in found {
+        for leftover in &found.leftovers {
+            match found.policy {
+                Policy::Stop => {
+                    let ticket = ticket_for(&found.session, leftover);
+                    if !dry_run && let Err(err) = store.tickets.file(&ticket) {
+                        store.log.record(
+                            &Event::new("error", "failed")
+                                .session(Some(&found.session))
+                                .pid(leftover.pid)
+                                .detail(format!("leftover ticket: {err:#}")),
+                        );
+                        continue;
+                    }
+                    tickets.push(ticket);
+                }
+                Policy::Report if !dry_run => {
+                    let mut event = Event::new("leftover", "reported")
+                        .reason(&Reason::Leftover)
+                        .session(Some(&found.session))
+                        .pid(leftover.pid)
+                        .detail(format!("via {}; policy report: left running", leftover.via));
+                    event.argv = Some(leftover.argv.clone());
+                    event.rss_kib = Some(leftover.rss_kib);
+                    store.log.record(&event);
+                }
+                Policy::Report | Policy::Off => {}
+            }
+        }
+    }
+    tickets
+}
+
+/// `reap`: the leftovers-to-be of the sessions being ended, filed (or, in a dry run, only listed) as their policy
+/// says. A manual end does not wait for the agent: what it would leave behind goes with it.
+pub fn for_reap(
+    store: &Store,
+    sessions: &[SessionId],
+    dry_run: bool,
+) -> (Vec<Found>, Vec<StopTicket>) {
+    let records: Vec<SessionRecord> = sessions
+        .iter()
+        .filter_map(|id| store.sessions.get(id).ok().flatten())
+        .collect();
+    let found = discover(store, &records);
+    let tickets = act_on(store, &found, dry_run);
+    (found, tickets)
+}
+
+/// `sweep`: the leftovers of agents that are gone with nothing attending to them (no sentinel: turned off,
+/// killed, or a reboot), filed as their policy says.
+pub fn for_sweep(store: &Store, dry_run: bool) -> Vec<StopTicket> {
+    let sessions = store.sessions.all();
+    agents_gone_unattended(store, &sessions)
+        .iter()
+        .flat_map(|agent| stop_leftovers_of(store, agent, dry_run))
+        .collect()
+}
+
+/// The sessions whose agent process is `agent`, on this host.
+pub fn sessions_of(store: &Store, agent: &Identity) -> Vec<SessionRecord> {
+    let host = proc::host_name();
+    store
+        .sessions
+        .all()
+        .into_iter()
+        .filter(|record| {
+            record
+                .agent_identity
+                .as_ref()
+                .is_some_and(|recorded| recorded.is_same_process(agent))
+        })
+        .filter(|record| !is_other_host(&record.host, &host))
+        .collect()
+}
+
+/// Once `agent` is gone: files tickets for the leftovers of each of its sessions not yet dealt with, and marks them
+/// dealt with. Returns the tickets to run.
+pub fn stop_leftovers_of(store: &Store, agent: &Identity, dry_run: bool) -> Vec<StopTicket> {
+    let pending: Vec<SessionRecord> = sessions_of(store, agent)
+        .into_iter()
+        .filter(|record| SessionFacts::of(record).done_at.is_none())
+        .collect();
+    let found = discover(store, &pending);
+    let tickets = act_on(store, &found, dry_run);
+    if !dry_run {
+        for record in &pending {
+            mark_done(store, &record.session_id);
+        }
+    }
+    tickets
+}
+
+fn mark_done(store: &Store, session: &str) {
+    let Ok(id) = SessionId::parse(session) else {
+        return;
+    };
+    let now = clock::now_rfc3339();
+    let _ = store.sessions.update(
+        &id,
+        Deadline::after(Duration::from_millis(500)),
+        |current| {
+            Ok(current.cloned().map(|mut record| {
+                let mut facts = SessionFacts::of(&record);
+                facts.done_at = Some(now);
+                facts.store_in(&mut record);
+                record
+            }))
+        },
+    );
+}
+
+/// Agent processes of this host's sessions that are gone, whose leftovers nothing has dealt with yet and whose
+/// sentinel is not at work on them: the sweep's share.
+pub fn agents_gone_unattended(store: &Store, sessions: &[SessionRecord]) -> Vec<Identity> {
+    let host = proc::host_name();
+    let mut agents: Vec<Identity> = sessions
+        .iter()
+        .filter(|record| !is_other_host(&record.host, &host))
+        .filter(|record| SessionFacts::of(record).done_at.is_none())
+        .filter_map(|record| record.agent_identity.clone())
+        .filter(|agent| agent.boot_id == proc::boot_id() && !proc::is_alive(agent))
+        .filter(|agent| !sentinel::is_running(store, agent))
+        .collect();
+    agents.sort_by_key(|agent| (agent.pid, agent.start_ticks));
+    agents.dedup();
+    agents
+}
+
+/// What `SessionStart` records for discovery, in the same write as the rest of the session record: the policy,
+/// the agent's group when it leads one, and its descendants when it names no session.
+pub fn note_start(record: &mut SessionRecord, policy: Policy, sentinel: bool) {
+    let mut facts = SessionFacts::of(record);
+    facts.policy = policy;
+    facts.sentinel = sentinel;
+    facts.done_at = None;
+    if let Some(agent) = record.agent_identity.as_ref() {
+        facts.agent_pgid = proc::stat(agent.pid)
+            .ok()
+            .filter(|stat| stat.pgid == agent.pid && stat.start_ticks == agent.start_ticks)
+            .map(|stat| stat.pgid);
+        if !names_sessions(&record.agent) {
+            remember_descendants(&mut facts, agent);
+        }
+    }
+    facts.store_in(record);
+}
+
+/// For an agent that names no session, adds the agent's descendants seen now to its session's record.
+pub fn record_descendants(store: &Store, session: &SessionId) -> anyhow::Result<()> {
+    let Some(record) = store.sessions.get(session)? else {
+        return Ok(());
+    };
+    let Some(agent) = record.agent_identity.as_ref() else {
+        return Ok(());
+    };
+    if names_sessions(&record.agent) || record.is_ended() {
+        return Ok(());
+    }
+    let mut facts = SessionFacts::of(&record);
+    let before = facts.descendants.len();
+    remember_descendants(&mut facts, agent);
+    if facts.descendants.len() != before {
+        write_facts(store, session, &facts)?;
+    }
+    Ok(())
+}
+
+/// How many descendants a record remembers at most.
+const MAX_DESCENDANTS: usize = 512;
+
+fn remember_descendants(facts: &mut SessionFacts, agent: &Identity) {
+    // The process tree only (stat and argv): no environment is needed to know who is below the agent.
+    let table = Table::observe(u64::MAX);
+    if !table.is_live(agent) {
+        return;
+    }
+    let hook_chain = proc::self_and_ancestors();
+    // Forget those that are gone; add those seen now (never this hook and its shell).
+    facts.descendants.retain(|seen| table.is_live(seen));
+    for p in table.descendants_of(agent.pid) {
+        let pid = p.identity.pid;
+        if pid == agent.pid
+            || hook_chain.contains(&pid)
+            || facts.descendants.len() >= MAX_DESCENDANTS
+        {
+            continue;
+        }
+        if let Some(identity) = proc::identity_of(pid).filter(|identity| {
+            identity.uid == agent.uid
+                && identity.start_ticks == p.identity.start_ticks
+                && !facts.descendants.contains(identity)
+        }) {
+            facts.descendants.push(identity);
+        }
+    }
+}
+
+fn write_facts(store: &Store, session: &SessionId, facts: &SessionFacts) -> anyhow::Result<()> {
+    store
+        .sessions
+        .update(
+            session,
+            Deadline::after(Duration::from_millis(300)),
+            |current| {
+                Ok(current.cloned().map(|mut record| {
+                    facts.store_in(&mut record);
+                    record
+                }))
+            },
+        )
+        .map(drop)
+}
+
+// ---- keep marks ----
+
+fn kept_path(store: &Store, identity: &Identity) -> PathBuf {
+    store.root.join(KEPT).join(StopTicket::file_name(identity))
+}
+
+/// Marks `identity` as kept: no leftover discovery ever picks it (or its descendants).
+pub fn mark_kept(store: &Store, identity: &Identity) -> anyhow::Result<()> {
+    store.root.ensure_dir(&store.root.join(KEPT))?;
+    store.root.write_atomic(
+        &kept_path(store, identity),
+        &crate::model::record::to_bytes(identity),
+    )
+}
+
+/// Every `keep --pid` mark of this boot.
+pub fn kept_marks(store: &Store) -> Vec<Identity> {
+    let Ok(entries) = std::fs::read_dir(store.root.join(KEPT)) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| store.root.read_file(&entry.path()).ok().flatten())
+        .filter_map(|bytes| serde_json::from_slice::<Identity>(&bytes).ok())
+        .filter(|identity| identity.boot_id == proc::boot_id())
+        .collect()
+}
+
+/// Removes the marks of processes that are gone.
+pub fn prune_kept(store: &Store) {
+    for identity in kept_marks(store) {
+        if !proc::is_alive(&identity) {
+            let _ = std::fs::remove_file(kept_path(store, &identity));
+        }
+    }
+}

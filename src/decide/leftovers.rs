@@ -1,0 +1,397 @@
+//! Which processes are one session's leftovers: a pure decision over an observed process table (DESIGN
+//! "Leftovers" and "Belonging"); no system call.
+
+use std::collections::{HashMap, HashSet};
+
+use serde::Serialize;
+
+use crate::model::leftover::{Policy, SessionFacts};
+use crate::model::record::Identity;
+use crate::observe::table::{Observed, Table};
+
+/// One session's question: which processes are its leftovers?
+#[derive(Clone, Debug)]
+pub struct Query<'a> {
+    pub session: &'a str,
+    /// The session's agent process.
+    pub agent: &'a Identity,
+    pub names_sessions: bool,
+    pub facts: &'a SessionFacts,
+    /// Agent processes that session records name (live or not: the table says).
+    pub recorded_agents: &'a [Identity],
+    /// This process and its ancestors (a hook's agent, shell and so on).
+    pub protected: &'a HashSet<i32>,
+    /// Processes marked with `keep --pid`.
+    pub kept: &'a [Identity],
+}
+
+/// One leftover and how it was known to be the session's.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Leftover {
+    pub pid: i32,
+    #[serde(skip)]
+    pub identity: Identity,
+    pub argv: Vec<String>,
+    pub rss_kib: u64,
+    /// The variable that named the session, `descendant` or `process group`.
+    pub via: &'static str,
+}
+
+/// The leftovers of one session in `table`: processes of the agent's uid, started no earlier than the agent,
+/// that name the session (or, for agents that name none, that the hooks saw below the agent, or that are in the
+/// dead agent's own group); never the agent, its workers, a broker's member, a kept process, a protected pid, or
+/// a process still in some live agent's hands.
+pub fn find(table: &Table, query: &Query<'_>) -> Vec<Leftover> {
+    let agent_alive = table.is_live(query.agent);
+    let matched: HashMap<i32, &'static str> = table
+        .procs
+        .values()
+        .filter_map(|p| matches(table, p, query, agent_alive).map(|via| (p.identity.pid, via)))
+        .collect();
+    let mut found: Vec<Leftover> = matched
+        .iter()
+        .filter_map(|(pid, via)| table.get(*pid).map(|p| (p, *via)))
+        .filter(|(p, _)| !query.protected.contains(&p.identity.pid))
+        .filter(|(p, _)| !in_agents_hands(table, p, query, &matched))
+        .filter(|(p, _)| !is_kept(table, p, query.kept))
+        .map(|(p, via)| Leftover {
+            pid: p.identity.pid,
+            identity: p.identity.clone(),
+            argv: p.argv.clone(),
+            rss_kib: p.rss_kib,
+            via,
+        })
+        .collect();
+    found.sort_by_key(|leftover| leftover.pid);
+    found
+}
+
+fn matches(
+    table: &Table,
+    p: &Observed,
+    query: &Query<'_>,
+    agent_alive: bool,
+) -> Option<&'static str> {
+    let agent = query.agent;
+    let eligible = p.detailed
+        && p.identity.uid == agent.uid
+        && p.identity.boot_id == agent.boot_id
+        && p.identity.start_ticks >= agent.start_ticks
+        && p.identity.pid != agent.pid
+        && !p.keep
+        && !p.broker
+        && !p.is_agent_worker();
+    if !eligible {
+        return None;
+    }
+    if let Some(variable) = p.carries(query.session) {
+        // It names another agent process that was already running when it started: that agent's, not ours.
+        let other_agent = p
+            .agent_pid
+            .filter(|pid| *pid != agent.pid)
+            .is_some_and(|pid| {
+                table
+                    .get(pid)
+                    .is_some_and(|owner| owner.identity.start_ticks <= p.identity.start_ticks)
+            });
+        return (!other_agent).then_some(variable);
+    }
+    if query.names_sessions {
+        return None;
+    }
+    if query.facts.descendants.iter().any(|seen| p.is(seen)) {
+        return Some("descendant");
+    }
+    let own_group = query.facts.agent_pgid == Some(agent.pid) && p.pgid == agent.pid;
+    (!agent_alive && own_group).then_some("process group")
+}
+
+/// True when a live agent process, an agent's worker, or an agent executable that is not itself one of this
+/// session's leftovers (a nested agent being stopped) is among `p`'s ancestors.
+fn in_agents_hands(
+    table: &Table,
+    p: &Observed,
+    query: &Query<'_>,
+    matched: &HashMap<i32, &'static str>,
+) -> bool {
+    table.ancestors(p.identity.pid).any(|ancestor| {
+        ancestor.is(query.agent)
+            || query.recorded_agents.iter().any(|agent| ancestor.is(agent))
+            || ancestor.is_agent_worker()
+            || (ancestor.is_agent_executable() && !matched.contains_key(&ancestor.identity.pid))
+    })
+}
+
+fn is_kept(table: &Table, p: &Observed, kept: &[Identity]) -> bool {
+    kept.iter()
+        .any(|mark| p.is(mark) || table.ancestors(p.identity.pid).any(|a| a.is(mark)))
+}
+
+/// One session's leftovers as found, with what its policy says to do.
+#[derive(Clone, Debug, Serialize)]
+pub struct Found {
+    pub session: String,
+    pub policy: Policy,
+    pub leftovers: Vec<Leftover>,
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::model::leftover::agent_continues;
+    use crate::model::record::SessionRecord;
+    use crate::observe::table::{read_environ, rss_kib_of};
+
+    const SESSION: &str = "s-1";
+
+    pub(crate) fn identity(pid: i32, start_ticks: u64) -> Identity {
+        Identity {
+            boot_id: "boot".into(),
+            pid_ns: None,
+            pid,
+            start_ticks,
+            uid: 1000,
+        }
+    }
+
+    /// A process of ours, read in full.
+    pub(crate) fn process(pid: i32, parent: i32, start: u64, argv: &str) -> Observed {
+        Observed {
+            identity: identity(pid, start),
+            ppid: parent,
+            pgid: pid,
+            comm: argv.split(' ').next().unwrap_or_default().to_owned(),
+            argv: argv.split(' ').map(str::to_owned).collect(),
+            detailed: true,
+            rss_kib: 100,
+            ..Observed::default()
+        }
+    }
+
+    /// A process of ours naming the session through Claude Code's variable.
+    fn claude_carrier(pid: i32, parent: i32, start: u64, argv: &str) -> Observed {
+        carrying(
+            process(pid, parent, start, argv),
+            "CLAUDE_CODE_SESSION_ID",
+            SESSION,
+        )
+    }
+
+    fn carrying(mut p: Observed, variable: &'static str, session: &str) -> Observed {
+        p.sessions.push((variable, session.to_owned()));
+        p
+    }
+
+    struct World {
+        table: Table,
+        agent: Identity,
+        facts: SessionFacts,
+        recorded: Vec<Identity>,
+        protected: HashSet<i32>,
+        kept: Vec<Identity>,
+        names_sessions: bool,
+    }
+
+    impl World {
+        fn new(procs: Vec<Observed>) -> Self {
+            World {
+                table: Table::from_processes(procs),
+                agent: identity(100, 50),
+                facts: SessionFacts::default(),
+                recorded: vec![identity(100, 50)],
+                protected: HashSet::new(),
+                kept: Vec::new(),
+                names_sessions: true,
+            }
+        }
+
+        fn pids(&self) -> Vec<i32> {
+            let query = Query {
+                session: SESSION,
+                agent: &self.agent,
+                names_sessions: self.names_sessions,
+                facts: &self.facts,
+                recorded_agents: &self.recorded,
+                protected: &self.protected,
+                kept: &self.kept,
+            };
+            find(&self.table, &query)
+                .into_iter()
+                .map(|l| l.pid)
+                .collect()
+        }
+    }
+
+    fn init() -> Observed {
+        process(1, 0, 1, "init")
+    }
+
+    #[test]
+    fn carriers_reparented_to_init_are_leftovers_once_the_agent_is_gone() {
+        let world = World::new(vec![
+            init(),
+            claude_carrier(200, 1, 60, "sleep 600"),
+            carrying(
+                process(201, 1, 61, "node mcp.js"),
+                "QWEN_CODE_SESSION_ID",
+                SESSION,
+            ),
+            carrying(
+                process(202, 1, 62, "sleep 1"),
+                "CLAUDE_CODE_SESSION_ID",
+                "other",
+            ),
+        ]);
+        assert_eq!(world.pids(), [200, 201]);
+    }
+
+    #[test]
+    fn under_a_live_agent_is_not_a_leftover() {
+        let mut world = World::new(vec![
+            init(),
+            process(100, 1, 50, "claude"),
+            claude_carrier(200, 100, 60, "sleep 600"),
+            claude_carrier(300, 1, 70, "setsid-job"),
+        ]);
+        assert_eq!(world.pids(), [300], "the agent's own child is its business");
+        // Another recorded agent, alive, holding a carrier of our session (after /clear, its MCP server).
+        world.table = Table::from_processes(vec![
+            init(),
+            process(400, 1, 55, "python3 agent.py"),
+            claude_carrier(401, 400, 80, "mcp"),
+        ]);
+        world.recorded.push(identity(400, 55));
+        assert!(world.pids().is_empty());
+    }
+
+    #[test]
+    fn agent_workers_and_what_they_hold_are_never_leftovers() {
+        let world = World::new(vec![
+            init(),
+            claude_carrier(200, 1, 60, "claude --bg-pty-host"),
+            claude_carrier(201, 200, 61, "bash"),
+            claude_carrier(202, 1, 62, "claude --bg-spare"),
+        ]);
+        assert!(world.pids().is_empty());
+    }
+
+    #[test]
+    fn a_nested_agent_of_the_session_goes_with_its_children() {
+        let world = World::new(vec![
+            init(),
+            claude_carrier(200, 1, 60, "claude -p x"),
+            claude_carrier(201, 200, 61, "sleep 9"),
+            // Someone else's claude: what is under it stays.
+            process(300, 1, 40, "claude"),
+            claude_carrier(301, 300, 70, "sleep 9"),
+        ]);
+        assert_eq!(world.pids(), [200, 201]);
+    }
+
+    #[test]
+    fn brokers_kept_older_foreign_and_protected_processes_stay() {
+        let mut broker = claude_carrier(200, 1, 60, "broker");
+        broker.broker = true;
+        let mut keep_env = claude_carrier(201, 1, 60, "keep");
+        keep_env.keep = true;
+        let older = claude_carrier(202, 1, 40, "old");
+        let mut foreign = claude_carrier(203, 1, 60, "x");
+        foreign.identity.uid = 0;
+        let mut unread = claude_carrier(204, 1, 60, "y");
+        unread.detailed = false;
+        let marked = claude_carrier(205, 1, 60, "kept");
+        let under_marked = claude_carrier(206, 205, 61, "child");
+        let hook = claude_carrier(207, 1, 60, "hook");
+        let mut world = World::new(vec![
+            init(),
+            broker,
+            keep_env,
+            older,
+            foreign,
+            unread,
+            marked,
+            under_marked,
+            hook,
+        ]);
+        world.kept.push(identity(205, 60));
+        world.protected.insert(207);
+        assert!(world.pids().is_empty(), "{:?}", world.pids());
+    }
+
+    #[test]
+    fn a_carrier_naming_another_live_agent_is_that_agents() {
+        let mut p = claude_carrier(200, 1, 60, "sleep");
+        p.agent_pid = Some(500);
+        let mut world = World::new(vec![init(), p.clone(), process(500, 1, 55, "claude")]);
+        assert!(world.pids().is_empty());
+        // The pid it names is gone (or was reused later): ours.
+        world.table = Table::from_processes(vec![init(), p, process(500, 1, 65, "other")]);
+        assert_eq!(world.pids(), [200]);
+    }
+
+    #[test]
+    fn agents_that_name_no_session_use_descendants_and_their_own_group() {
+        let mut grouped = process(201, 1, 61, "sleep");
+        grouped.pgid = 100;
+        let mut world = World::new(vec![
+            init(),
+            process(200, 1, 60, "daemon"),
+            grouped.clone(),
+            process(202, 1, 62, "unrelated"),
+        ]);
+        world.names_sessions = false;
+        world.facts.descendants.push(identity(200, 60));
+        world.facts.agent_pgid = Some(100);
+        assert_eq!(world.pids(), [200, 201]);
+        // A group the agent did not lead stands for nothing.
+        world.facts.agent_pgid = Some(99);
+        assert_eq!(world.pids(), [200]);
+        // While the agent lives its group members are its own.
+        world.facts.agent_pgid = Some(100);
+        world.table = Table::from_processes(vec![init(), process(100, 1, 50, "gemini"), grouped]);
+        assert!(world.pids().is_empty());
+    }
+
+    #[test]
+    fn facts_round_trip_through_the_record() {
+        let mut record = SessionRecord::new("a", "h".into(), "2026-01-01T00:00:00Z");
+        assert!(SessionFacts::of(&record).sentinel, "on by default");
+        let facts = SessionFacts {
+            policy: Policy::Report,
+            sentinel: false,
+            agent_pgid: Some(4),
+            descendants: vec![identity(5, 6)],
+            done_at: None,
+        };
+        facts.store_in(&mut record);
+        assert_eq!(SessionFacts::of(&record), facts);
+    }
+
+    #[test]
+    fn environment_is_read_for_carriers_keep_and_broker_marks() {
+        let mut p = Observed::default();
+        read_environ(
+            &mut p,
+            b"A=1\0CLAUDE_CODE_SESSION_ID=s\0CLAUDE_PID=42\0SESSION_REAPER_KEEP=1\0SESSION_REAPER_BROKER=/w/d\0",
+        );
+        assert_eq!(p.sessions, [("CLAUDE_CODE_SESSION_ID", "s".to_owned())]);
+        assert_eq!(p.agent_pid, Some(42));
+        assert!(p.keep && p.broker);
+        assert_eq!(rss_kib_of("1000 512 100 1 0 200 0"), 512 * 4096 / 1024);
+    }
+
+    #[test]
+    fn clear_compact_and_resume_leave_the_agent_running() {
+        for reason in ["clear", "compact", "resume"] {
+            assert!(agent_continues(Some(reason)));
+        }
+        for reason in [
+            None,
+            Some("other"),
+            Some("prompt_input_exit"),
+            Some("logout"),
+        ] {
+            assert!(!agent_continues(reason));
+        }
+    }
+}
