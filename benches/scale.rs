@@ -11,7 +11,7 @@ mod support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use session_reaper::observe::workspace::workspace_key;
+use session_reaper::model::workspace::workspace_key;
 use support::{Options, Planted, Root, Sample, Table, Target, measure, ours, payload, reference};
 
 /// The owners of one session's end case: `rounds` sessions own the same slots, one ends per run.

@@ -57,7 +57,7 @@ pub fn run(store: &Store) -> anyhow::Result<Outcome> {
     let Some(mut held) = lock::try_lock(&store.root, &lock_path)? else {
         return Ok(Outcome::Done);
     };
-    let stopper = store.stopper(Guard::new());
+    let stopper = crate::act::stopper::Stopper::of(store, Guard::new());
     let started = Instant::now();
     let host = proc::host_name();
     loop {

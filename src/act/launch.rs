@@ -21,12 +21,7 @@ pub fn scrub_session_variables(command: &mut Command) {
     }
 }
 
-/// The variables a broker carries so that a sweep can find it when its record is lost: which slot it is, of which
-/// state root (a sweep judges only its own root's brokers), and the lineage token that every process of its tree
-/// inherits wherever it moves in the process tree.
-pub const BROKER_MARKER: &str = "SESSION_REAPER_BROKER";
-pub const STATE_ROOT_MARKER: &str = "SESSION_REAPER_STATE_ROOT";
-pub const LINEAGE_MARKER: &str = "SESSION_REAPER_LINEAGE";
+pub use crate::model::marker::{BROKER_MARKER, LINEAGE_MARKER, STATE_ROOT_MARKER};
 
 /// Where a broker is started and what marks it.
 pub struct BrokerLaunch<'a> {

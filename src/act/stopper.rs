@@ -25,7 +25,7 @@ pub const GRACEFUL_WINDOW: Duration = Duration::from_millis(750);
 /// How long after a SIGKILL before it is sent again (and `attempts` grows).
 pub const KILL_RETRY: Duration = Duration::from_secs(1);
 /// The grace between SIGTERM and SIGKILL when none is given (`--grace`, and stops of processes no record knows).
-pub const DEFAULT_GRACE_MS: u64 = 5000;
+pub use crate::model::record::DEFAULT_GRACE_MS;
 /// After this many SIGKILLs a process that still runs is reported as stuck.
 pub const STUCK_AFTER: u32 = 3;
 /// How long a run keeps watching after its last signal, for processes that exit promptly, before it gives up on a
@@ -192,6 +192,11 @@ pub struct Stopper {
 }
 
 impl Stopper {
+    /// The stopper of an opened state root: its tickets and its event log.
+    pub fn of(store: &crate::store::Store, guard: Guard) -> Stopper {
+        Stopper::new(store.tickets.clone(), store.log.clone(), guard)
+    }
+
     pub fn new(tickets: Tickets, log: EventLog, guard: Guard) -> Self {
         Stopper {
             tickets,
@@ -635,55 +640,14 @@ pub fn new_ticket(
     grace_ms: u64,
     origin: String,
 ) -> StopTicket {
-    StopTicket {
-        version: crate::model::record::VERSION,
+    StopTicket::new(
         identity,
         pgid,
-        reason: reason.to_owned(),
-        requested_at: clock::now_rfc3339(),
-        grace_ms,
-        attempts: 0,
-        origin,
-        session: None,
-        workspace: None,
-        name: None,
-        shutdown: None,
-        host: proc::host_name(),
-        graceful_at: None,
-        term_at: None,
-        kill_at: None,
-        graceful_boot_ms: None,
-        term_boot_ms: None,
-        kill_boot_ms: None,
-        argv: None,
-        rss_kib: None,
-        lineage: None,
-        members: Vec::new(),
-        extra: serde_json::Map::new(),
-    }
-}
-
-/// The stop ticket of a slot's broker.
-pub fn ticket_for(
-    record: &crate::model::record::BrokerRecord,
-    reason: &str,
-    session: Option<&str>,
-    origin: &str,
-) -> StopTicket {
-    let mut ticket = new_ticket(
-        record.identity.clone(),
-        record.pgid,
         reason,
-        record.grace_ms,
-        origin.to_owned(),
-    );
-    ticket.session = session.map(str::to_owned);
-    ticket.workspace = Some(record.workspace.clone());
-    ticket.name = Some(record.name.clone());
-    ticket.shutdown.clone_from(&record.shutdown);
-    ticket.host.clone_from(&record.host);
-    ticket.lineage.clone_from(&record.lineage);
-    ticket
+        grace_ms,
+        origin,
+        (&clock::now_rfc3339(), &proc::host_name()),
+    )
 }
 
 /// How long a command in the foreground waits for a stop: the whole cascade and one SIGKILL retry.

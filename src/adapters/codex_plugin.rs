@@ -161,27 +161,6 @@ pub fn at_session_end(
     run(store, guard, discovery, &occasion, (dry_run, deadline))
 }
 
-/// The adapter's part of ending a session (`commands::session_end::end_session`): its actions, tickets and problems join the
-/// session's report.
-pub fn end_session(
-    store: &Store,
-    guard: &Guard,
-    (ending, deadline): (&crate::commands::session_end::Ending, Deadline),
-    report: &mut crate::commands::session_end::EndReport,
-) {
-    let found = at_session_end(
-        store,
-        guard,
-        &ending.codex,
-        ending.session.as_str(),
-        ending.reason,
-        (ending.dry_run, deadline),
-    );
-    report.codex_plugin.extend(found.actions);
-    report.tickets.extend(found.tickets);
-    report.problems.extend(found.problems);
-}
-
 /// A sweep: stop brokers whose owners are all gone, ownerless reparented ones and idle ones; clean dead records.
 pub fn at_sweep(
     store: &Store,
@@ -311,7 +290,7 @@ pub fn print_status(brokers: &[BrokerStatus]) {
             broker.idle_secs.map_or("-".to_owned(), |secs| {
                 humantime::format_duration(Duration::from_secs(secs)).to_string()
             }),
-            crate::commands::status::shorten(&owners, 24),
+            crate::model::text::shorten(&owners, 24),
             broker.workspace
         );
         if let Some(why) = &broker.busy {
@@ -396,8 +375,8 @@ fn installed_under(plugins: &Path) -> Option<PathBuf> {
 }
 
 /// `doctor`'s check: ok when the plugin is absent or installed with its state found; names where the state lives.
-pub fn doctor_check() -> crate::commands::doctor::Check {
-    use crate::commands::doctor::{Check, Level};
+pub fn doctor_check() -> crate::model::check::Check {
+    use crate::model::check::{Check, Level};
     let found = installation(&Discovery::default());
     let existing: Vec<String> = found
         .roots

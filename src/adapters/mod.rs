@@ -6,7 +6,7 @@
 pub mod codex_plugin;
 
 /// One thing an adapter did (or, in a dry run, would do): a sweep's action, so that a sweep reports it as its own.
-pub type AdapterAction = crate::commands::sweep::SweepAction;
+pub type AdapterAction = crate::model::action::SweepAction;
 
 /// What one pass of an adapter decided: its actions, the stop tickets it filed (for the caller's stopper) and the
 /// problems it met.

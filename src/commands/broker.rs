@@ -17,7 +17,7 @@ use crate::error::{Outcome, bad_input};
 use crate::model::clock;
 use crate::model::deadline::Deadline;
 use crate::model::name::SessionId;
-use crate::model::record::{BrokerRecord, Identity, VERSION};
+use crate::model::record::{BrokerRecord, Identity, StopTicket, VERSION};
 use crate::observe::proc;
 use crate::store::Store;
 use crate::store::events::{Event, Reason};
@@ -612,7 +612,13 @@ fn status_text(status: Option<std::process::ExitStatus>) -> String {
 /// carry over to the new broker.
 fn replace(target: &SlotTarget, guard: &SlotGuard<'_>, record: BrokerRecord) -> anyhow::Result<()> {
     let label = target.slot.label();
-    let ticket = stopper::ticket_for(&record, Reason::Manual.as_str(), None, &label);
+    let ticket = StopTicket::for_broker(
+        &record,
+        Reason::Manual.as_str(),
+        None,
+        &label,
+        &clock::now_rfc3339(),
+    );
     let change = SlotChange::HandOff {
         record,
         ticket: ticket.clone(),
@@ -620,9 +626,7 @@ fn replace(target: &SlotTarget, guard: &SlotGuard<'_>, record: BrokerRecord) -> 
         reason: Reason::Manual,
     };
     executor::apply(&target.store, guard, &change)?;
-    let reports = target
-        .store
-        .stopper(Guard::new())
+    let reports = crate::act::stopper::Stopper::of(&target.store, Guard::new())
         .run(vec![ticket.clone()], stopper::foreground_deadline(&ticket));
     if !target.json {
         super::print_stops(&reports);
@@ -745,7 +749,7 @@ fn detach(target: &SlotTarget, owner: &SessionId) -> anyhow::Result<Outcome> {
             &SlotView::Broker(record.clone()),
             &[owner.as_str()],
             Reason::Manual,
-            &proc::host_name(),
+            (&proc::host_name(), &clock::now_rfc3339()),
             &label,
         );
         executor::apply(&target.store, &guard, &change)?;
@@ -771,9 +775,7 @@ fn detach(target: &SlotTarget, owner: &SessionId) -> anyhow::Result<Outcome> {
             }
         }
     };
-    let reports = target
-        .store
-        .stopper(Guard::new())
+    let reports = crate::act::stopper::Stopper::of(&target.store, Guard::new())
         .run(vec![ticket.clone()], stopper::foreground_deadline(&ticket));
     if target.json {
         let value = json!({"session": owner, "detached": true, "broker": null, "stops": reports});

@@ -393,7 +393,7 @@ fn random_hex(bytes: usize) -> String {
         std::process::id(),
         std::thread::current().id()
     ));
-    crate::observe::workspace::hex(&digest[..bytes])
+    crate::model::workspace::hex(&digest[..bytes])
 }
 
 /// A random id shaped like the agents' UUIDs.

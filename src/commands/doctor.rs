@@ -3,8 +3,6 @@
 
 use std::path::Path;
 
-use serde::Serialize;
-
 use crate::act::finisher;
 use crate::act::signal;
 use crate::act::stopper::STUCK_AFTER;
@@ -16,22 +14,7 @@ use crate::settings::{self, probe};
 use crate::store::Store;
 use crate::store::root::StateRoot;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Level {
-    Ok,
-    Warn,
-    Fail,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct Check {
-    pub name: String,
-    pub level: Level,
-    pub detail: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub fix: Option<String>,
-}
+pub use crate::model::check::{Check, Level};
 
 fn check(name: &str, level: Level, detail: impl Into<String>, fix: Option<String>) -> Check {
     Check {

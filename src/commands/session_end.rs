@@ -137,7 +137,7 @@ pub fn end_session(
             .collect(),
         None => Slot::all(&store.root),
     };
-    let host = proc::host_name();
+    let (host, now) = (proc::host_name(), clock::now_rfc3339());
     let mode = Mode::dry(ending.dry_run);
     for slot in slots {
         let label = slot.label();
@@ -148,7 +148,7 @@ pub fn end_session(
             break;
         }
         let decided = executor::update_slot(store, &slot, lock_deadline, mode, |view| {
-            decide::slot::remove_owners(view, &[session], ending.reason, &host, &label)
+            decide::slot::remove_owners(view, &[session], ending.reason, (&host, &now), &label)
         });
         match decided {
             Ok(change) => report.note(&label, change, mode),
@@ -171,7 +171,18 @@ pub fn end_session(
         title.as_deref(),
         &mut report,
     );
-    crate::adapters::codex_plugin::end_session(store, guard, (ending, lock_deadline), &mut report);
+    // The Codex plugin adapter's part: its actions, tickets and problems join the session's report.
+    let found = crate::adapters::codex_plugin::at_session_end(
+        store,
+        guard,
+        &ending.codex,
+        ending.session.as_str(),
+        ending.reason,
+        (ending.dry_run, lock_deadline),
+    );
+    report.codex_plugin.extend(found.actions);
+    report.tickets.extend(found.tickets);
+    report.problems.extend(found.problems);
     if !ending.dry_run {
         store.log.record(
             &Event::new("session_end", "ended")

@@ -272,13 +272,4 @@ pub fn run(
     Ok(Outcome::from_ok(!stuck && snapshot.unreadable.is_empty()))
 }
 
-/// Cuts `text` to `width` characters, marking the cut.
-pub fn shorten(text: &str, width: usize) -> String {
-    if text.chars().count() <= width {
-        text.to_owned()
-    } else {
-        let mut cut: String = text.chars().take(width.saturating_sub(1)).collect();
-        cut.push('…');
-        cut
-    }
-}
+pub use crate::model::text::shorten;

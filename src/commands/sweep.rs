@@ -39,17 +39,7 @@ pub struct Policy {
     pub stuck_after_kills: u32,
 }
 
-/// One thing a sweep did (or, with `--dry-run`, would do).
-#[derive(Clone, Debug, Serialize)]
-pub struct SweepAction {
-    pub action: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    pub target: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pid: Option<i32>,
-    pub result: String,
-}
+pub use crate::model::action::SweepAction;
 
 #[derive(Debug, Serialize)]
 struct SweepReport {
@@ -491,9 +481,7 @@ impl Sweep<'_> {
                 .drain(..)
                 .filter(|t| !filed.contains(&StopTicket::file_name(&t.identity))),
         );
-        let stops = self
-            .store
-            .stopper(self.guard.clone())
+        let stops = crate::act::stopper::Stopper::of(self.store, self.guard.clone())
             .run(all, Deadline::after(SWEEP_STOP_DEADLINE));
         if stops
             .iter()

@@ -114,7 +114,7 @@ impl Known {
         let Some((workspace, name)) = marker.rsplit_once('/') else {
             return false;
         };
-        let key = crate::observe::workspace::workspace_key(Path::new(workspace));
+        let key = crate::model::workspace::workspace_key(Path::new(workspace));
         self.unreadable_slots.contains(&format!("{key}/{name}"))
     }
 }
@@ -394,7 +394,7 @@ mod tests {
     fn an_unreadable_slot_knows_the_markers_that_name_it() {
         let snapshot = [seen(20, 8, (20, 20), token("lost"))];
         let mut known = Known::default();
-        let key = crate::observe::workspace::workspace_key(Path::new("/w"));
+        let key = crate::model::workspace::workspace_key(Path::new("/w"));
         known.unreadable_slots.insert(format!("{key}/default"));
         assert!(unrecorded(&snapshot, &known, "/state").is_empty());
     }

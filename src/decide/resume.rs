@@ -5,8 +5,7 @@ use std::collections::HashSet;
 
 use crate::model::record::SessionRecord;
 
-/// Flags marking Claude Code's own detached workers, which are never orphans.
-pub const AGENT_WORKER_FLAGS: &[&str] = &["--bg-pty-host", "--bg-spare"];
+use crate::model::marker::AGENT_WORKER_FLAGS;
 
 /// True when `argv` is an agent process (its program is a known agent executable, or node/bun running one) that
 /// resumes `session` (`--resume S`, `--resume=S`, `-r S`, `-rS`), or resumes the session's recorded `title` through

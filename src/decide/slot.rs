@@ -4,11 +4,10 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::act::stopper;
 use crate::model::clock::{self, Stamp};
+use crate::model::reason::Reason;
 use crate::model::record::{BrokerRecord, StopTicket};
-use crate::store::events::Reason;
-use crate::store::slot::SlotView;
+use crate::model::slot::SlotView;
 
 /// The owners a change adds or removes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -109,7 +108,7 @@ pub fn remove_owners(
     view: &SlotView,
     sessions: &[&str],
     reason: Reason,
-    host: &str,
+    (host, now): (&str, &str),
     label: &str,
 ) -> SlotChange {
     let record = match usable(view, host) {
@@ -131,7 +130,7 @@ pub fn remove_owners(
     };
     if record.owners.is_empty() {
         let session = (owners.removed.len() == 1).then(|| owners.removed[0].as_str());
-        let ticket = stopper::ticket_for(&record, reason.as_str(), session, label);
+        let ticket = StopTicket::for_broker(&record, reason.as_str(), session, label, now);
         SlotChange::HandOff {
             record,
             ticket,
@@ -239,7 +238,13 @@ pub fn sweep(
             .filter(|session| record.remove_owner(session))
             .map(|session| (*session).to_owned())
             .collect();
-        let ticket = stopper::ticket_for(&record, Reason::IdleTimeout.as_str(), None, label);
+        let ticket = StopTicket::for_broker(
+            &record,
+            Reason::IdleTimeout.as_str(),
+            None,
+            label,
+            &clock::format(now),
+        );
         return SlotChange::HandOff {
             record,
             ticket,
@@ -250,7 +255,13 @@ pub fn sweep(
             reason: Reason::IdleTimeout,
         };
     }
-    remove_owners(view, &ended_owners, Reason::SessionEnd, host, label)
+    remove_owners(
+        view,
+        &ended_owners,
+        Reason::SessionEnd,
+        (host, &clock::format(now)),
+        label,
+    )
 }
 
 /// How long a broker has been idle: on the boot clock when its record has a boot stamp of this boot (a wall clock
@@ -268,9 +279,10 @@ pub fn idle_for(record: &BrokerRecord, now: SystemTime, boot_now_ms: u64) -> Dur
 mod tests {
     use super::*;
     use crate::model::record::{Identity, Owner};
-    use crate::store::slot::Unreadable;
+    use crate::model::slot::Unreadable;
 
     const HOST: &str = "h";
+    const NOW: &str = "2026-01-01T00:00:00Z";
     const LABEL: &str = "w-0123456789abcdef/default";
 
     fn record(owners: &[&str], last_active: &str, ttl: Option<u64>) -> BrokerRecord {
@@ -321,7 +333,13 @@ mod tests {
 
     #[test]
     fn ending_one_of_two_owners_writes_the_other_back() {
-        let change = remove_owners(&view(&["a", "b"]), &["a"], Reason::SessionEnd, HOST, LABEL);
+        let change = remove_owners(
+            &view(&["a", "b"]),
+            &["a"],
+            Reason::SessionEnd,
+            (HOST, NOW),
+            LABEL,
+        );
         assert!(matches!(change, SlotChange::Write { .. }), "{change:?}");
         assert_eq!(owners_after(&change), ["b"]);
         assert!(change.removes("a") && !change.removes("b"));
@@ -329,7 +347,13 @@ mod tests {
 
     #[test]
     fn the_last_owner_leaving_hands_the_broker_to_a_ticket() {
-        let change = remove_owners(&view(&["a"]), &["a"], Reason::SessionEnd, HOST, LABEL);
+        let change = remove_owners(
+            &view(&["a"]),
+            &["a"],
+            Reason::SessionEnd,
+            (HOST, NOW),
+            LABEL,
+        );
         let SlotChange::HandOff { ticket, reason, .. } = &change else {
             panic!("{change:?}")
         };
@@ -347,7 +371,7 @@ mod tests {
             (SlotView::Empty, "a"),
         ] {
             assert_eq!(
-                remove_owners(&slot, &[leaving], Reason::SessionEnd, HOST, LABEL),
+                remove_owners(&slot, &[leaving], Reason::SessionEnd, (HOST, NOW), LABEL),
                 SlotChange::Keep
             );
         }
@@ -360,7 +384,7 @@ mod tests {
             corrupt: false,
         });
         assert!(matches!(
-            remove_owners(&refused, &["a"], Reason::SessionEnd, HOST, LABEL),
+            remove_owners(&refused, &["a"], Reason::SessionEnd, (HOST, NOW), LABEL),
             SlotChange::LeaveAlone { .. }
         ));
         let corrupt = SlotView::Unreadable(Unreadable {
@@ -368,7 +392,7 @@ mod tests {
             corrupt: true,
         });
         assert!(matches!(
-            remove_owners(&corrupt, &["a"], Reason::SessionEnd, HOST, LABEL),
+            remove_owners(&corrupt, &["a"], Reason::SessionEnd, (HOST, NOW), LABEL),
             SlotChange::MoveAside { .. }
         ));
         let facts = SlotFacts {
@@ -394,7 +418,7 @@ mod tests {
         foreign.host = "elsewhere".into();
         let view = SlotView::Broker(foreign);
         assert_eq!(
-            remove_owners(&view, &["a"], Reason::SessionEnd, HOST, LABEL),
+            remove_owners(&view, &["a"], Reason::SessionEnd, (HOST, NOW), LABEL),
             SlotChange::Keep
         );
         let dead = SlotFacts {

@@ -286,8 +286,75 @@ fn version_one() -> u32 {
     VERSION
 }
 
+/// How long a stop waits between SIGTERM and SIGKILL unless a record says otherwise.
+pub const DEFAULT_GRACE_MS: u64 = 5000;
+
 fn default_grace_ms() -> u64 {
-    crate::act::stopper::DEFAULT_GRACE_MS
+    DEFAULT_GRACE_MS
+}
+
+impl StopTicket {
+    /// A ticket to stop `identity` (and, while its leader is verified alive, its group `pgid`), requested at `now`
+    /// on `host`.
+    pub fn new(
+        identity: Identity,
+        pgid: Option<i32>,
+        reason: &str,
+        grace_ms: u64,
+        origin: String,
+        (now, host): (&str, &str),
+    ) -> StopTicket {
+        StopTicket {
+            version: VERSION,
+            identity,
+            pgid,
+            reason: reason.to_owned(),
+            requested_at: now.to_owned(),
+            grace_ms,
+            attempts: 0,
+            origin,
+            session: None,
+            workspace: None,
+            name: None,
+            shutdown: None,
+            host: host.to_owned(),
+            graceful_at: None,
+            term_at: None,
+            kill_at: None,
+            graceful_boot_ms: None,
+            term_boot_ms: None,
+            kill_boot_ms: None,
+            argv: None,
+            rss_kib: None,
+            lineage: None,
+            members: Vec::new(),
+            extra: serde_json::Map::new(),
+        }
+    }
+
+    /// The ticket that stops a recorded broker: its identity, group, grace, shutdown step, host and lineage.
+    pub fn for_broker(
+        record: &BrokerRecord,
+        reason: &str,
+        session: Option<&str>,
+        origin: &str,
+        now: &str,
+    ) -> StopTicket {
+        let mut ticket = StopTicket::new(
+            record.identity.clone(),
+            record.pgid,
+            reason,
+            record.grace_ms,
+            origin.to_owned(),
+            (now, &record.host),
+        );
+        ticket.session = session.map(str::to_owned);
+        ticket.workspace = Some(record.workspace.clone());
+        ticket.name = Some(record.name.clone());
+        ticket.shutdown.clone_from(&record.shutdown);
+        ticket.lineage.clone_from(&record.lineage);
+        ticket
+    }
 }
 
 /// What a record file held.

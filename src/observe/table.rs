@@ -40,7 +40,7 @@ impl Observed {
     pub(crate) fn is_agent_worker(&self) -> bool {
         self.argv
             .iter()
-            .any(|arg| crate::decide::resume::AGENT_WORKER_FLAGS.contains(&arg.as_str()))
+            .any(|arg| crate::model::marker::AGENT_WORKER_FLAGS.contains(&arg.as_str()))
     }
 
     /// An agent's executable (`proc::AGENT_PROGRAMS`, or a runtime running one): what is below a live one is still
@@ -217,7 +217,7 @@ pub(crate) fn read_environ(observed: &mut Observed, environ: &[u8]) {
             observed.agent_pid = value.parse().ok();
         } else if key == KEEP_VARIABLE {
             observed.keep = value == "1";
-        } else if key == crate::act::launch::BROKER_MARKER {
+        } else if key == crate::model::marker::BROKER_MARKER {
             observed.broker = true;
         }
         if let Some(mark) = crate::agents::AGENTS

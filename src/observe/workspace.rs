@@ -1,10 +1,9 @@
-//! The workspace of a cwd (its git top-level, else the cwd itself) and the directory key it is stored under.
+//! The workspace of a cwd: its git top-level, else the cwd itself (the directory key it is stored under is
+//! `model::workspace`).
 
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use sha2::{Digest, Sha256};
 
 use crate::error::bad_input;
 
@@ -30,46 +29,6 @@ pub fn workspace_of(cwd: &Path) -> anyhow::Result<PathBuf> {
         .to_path_buf())
 }
 
-/// `<slug>-<hash16>`: a readable, collision-free directory name for a canonical workspace path.
-pub fn workspace_key(workspace: &Path) -> String {
-    let digest = Sha256::digest(workspace.as_os_str().as_bytes());
-    let hash16 = hex(&digest[..8]);
-    format!("{}-{hash16}", slug(workspace))
-}
-
-/// Lower-case hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut text, byte| {
-            let _ = write!(text, "{byte:02x}");
-            text
-        })
-}
-
-/// The basename with runs outside `[A-Za-z0-9._-]` turned into `-`, trimmed; `workspace` when nothing is left.
-fn slug(workspace: &Path) -> String {
-    let base = workspace
-        .file_name()
-        .map(|name| name.to_string_lossy())
-        .unwrap_or_default();
-    let mut out = String::with_capacity(base.len());
-    for ch in base.chars() {
-        if ch.is_ascii_alphanumeric() || matches!(ch, '.' | '_' | '-') {
-            out.push(ch);
-        } else if !out.ends_with('-') {
-            out.push('-');
-        }
-    }
-    let trimmed = out.trim_matches('-');
-    if trimmed.is_empty() || trimmed.chars().all(|c| c == '.') {
-        "workspace".to_owned()
-    } else {
-        trimmed.to_owned()
-    }
-}
-
 /// The current directory, named in the error when it is gone.
 pub fn current_dir() -> anyhow::Result<PathBuf> {
     std::env::current_dir().context("reading the current directory")
@@ -78,6 +37,7 @@ pub fn current_dir() -> anyhow::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::workspace::{slug, workspace_key};
 
     #[test]
     fn fixed_vectors() {

@@ -13,8 +13,6 @@ pub mod tickets;
 
 use std::path::Path;
 
-use crate::act::signal::Guard;
-use crate::act::stopper::Stopper;
 use crate::store::events::EventLog;
 use crate::store::root::StateRoot;
 use crate::store::sessions::Sessions;
@@ -52,9 +50,5 @@ impl Store {
             log,
             root,
         }
-    }
-
-    pub fn stopper(&self, guard: Guard) -> Stopper {
-        Stopper::new(self.tickets.clone(), self.log.clone(), guard)
     }
 }

@@ -12,7 +12,7 @@ use anyhow::Context;
 use crate::model::deadline::Deadline;
 use crate::model::name::SlotName;
 use crate::model::record::{self, BrokerRecord, Parsed};
-use crate::observe::workspace;
+use crate::model::workspace;
 use crate::store::lock::{self, LockGuard};
 use crate::store::root::{self, StateRoot, WORKSPACES};
 
@@ -32,24 +32,7 @@ pub struct Slot {
     workspace: Option<PathBuf>,
 }
 
-/// Why a record that exists could not be used. It still counts as occupying its place: an unreadable record is
-/// never taken for an empty one (its broker may be alive), never overwritten silently.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct Unreadable {
-    pub why: String,
-    /// Not JSON, or not the shape of a record: a writer moves it aside (and reports it). Otherwise the record is
-    /// refused as it stands (a newer version, not a regular file, another user's) and left in place.
-    pub corrupt: bool,
-}
-
-/// What a slot holds, as read at one moment (under its lock for a change, without it for a look).
-#[derive(Clone, Debug)]
-#[allow(clippy::large_enum_variant)]
-pub enum SlotView {
-    Empty,
-    Broker(BrokerRecord),
-    Unreadable(Unreadable),
-}
+pub use crate::model::slot::{SlotView, Unreadable};
 
 impl SlotView {
     /// Reads the record at `path` without changing anything.

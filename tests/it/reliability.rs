@@ -693,7 +693,7 @@ fn wrong_targets_in_a_private_pid_namespace_get_no_signal() {
     let mut workspaces = serde_json::Map::new();
     for (index, name) in names.iter().enumerate() {
         let workspace = format!("/nonexistent/wrong-target/{index}");
-        let key = session_reaper::observe::workspace::workspace_key(Path::new(&workspace));
+        let key = session_reaper::model::workspace::workspace_key(Path::new(&workspace));
         slots.insert(
             (*name).to_owned(),
             json!(format!("workspaces/{key}/default")),
@@ -1626,7 +1626,7 @@ fn hostile_state_is_refused_with_a_clear_error_and_no_action_and_the_hook_holds_
         let _cleanup = StateRootProcesses(env.state_dir().to_path_buf());
         let ws = env.workspace("app");
         let (broker, record) = env.spawn_broker_with(&ws, "owner", &[], &["sleep", "600"]);
-        let key = session_reaper::observe::workspace::workspace_key(&ws);
+        let key = session_reaper::model::workspace::workspace_key(&ws);
         let slot = env
             .state_dir()
             .join("workspaces")

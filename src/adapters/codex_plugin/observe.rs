@@ -265,7 +265,7 @@ pub fn observe(roots: &[Root], sessions: &[SessionRecord], uid: u32, deadline: D
             .and_then(|cwd| crate::observe::workspace::workspace_of(Path::new(cwd)).ok())
             .map(|workspace| {
                 root.path
-                    .join(crate::observe::workspace::workspace_key(&workspace))
+                    .join(crate::model::workspace::workspace_key(&workspace))
             });
         let owner_ids: Vec<String> = seen.session.clone().into_iter().collect();
         brokers.push(assemble(

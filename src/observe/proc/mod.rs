@@ -125,7 +125,7 @@ pub struct Markers {
 
 impl Markers {
     fn of(environ: &[u8]) -> Self {
-        use crate::act::launch::{BROKER_MARKER, LINEAGE_MARKER, STATE_ROOT_MARKER};
+        use crate::model::marker::{BROKER_MARKER, LINEAGE_MARKER, STATE_ROOT_MARKER};
         Markers {
             broker: env_value(environ, BROKER_MARKER),
             state_root: env_value(environ, STATE_ROOT_MARKER),
