@@ -124,7 +124,13 @@ fn dispatch(config: &Config, request: Request) -> anyhow::Result<Outcome> {
         Request::Doctor { json } => commands::doctor::run(json, config),
         Request::Settings(request) => commands::install::run(&request, config),
         Request::Demo { keep, state_dir } => commands::demo::run(keep, state_dir.as_deref()),
-        Request::Finish => act::finisher::run(&store::Store::open(&config.state_dir)?),
+        Request::Finish => {
+            let store = store::Store::open(&config.state_dir)?;
+            act::finisher::run(
+                &store,
+                &commands::stopper(&store, act::signal::Guard::new()),
+            )
+        }
         Request::Keep(request) => commands::keep::run(&request, config),
         Request::Sentinel { agent, within } => {
             commands::sentinel::run(&store::Store::open(&config.state_dir)?, &agent, within)

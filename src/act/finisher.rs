@@ -5,7 +5,6 @@
 use std::time::{Duration, Instant};
 
 use crate::act::launch;
-use crate::act::signal::Guard;
 use crate::act::stopper::{STUCK_AFTER, StopOutcome};
 use crate::error::Outcome;
 use crate::model::deadline::Deadline;
@@ -52,12 +51,11 @@ pub fn has_work(store: &Store) -> bool {
 }
 
 /// The finisher's loop.
-pub fn run(store: &Store) -> anyhow::Result<Outcome> {
+pub fn run(store: &Store, stopper: &crate::act::stopper::Stopper) -> anyhow::Result<Outcome> {
     let lock_path = store.root.join(LOCK);
     let Some(mut held) = lock::try_lock(&store.root, &lock_path)? else {
         return Ok(Outcome::Done);
     };
-    let stopper = crate::act::stopper::Stopper::of(store, Guard::new());
     let started = Instant::now();
     let host = proc::host_name();
     loop {

@@ -189,6 +189,16 @@ pub struct Stopper {
     log: EventLog,
     guard: Guard,
     host: String,
+    /// What the layers above want told: a progress line for a person waiting, and each confirmed stop (an
+    /// adapter cleans its tool's files then). The stopper itself knows neither terminals nor adapters.
+    listener: Listener,
+}
+
+/// Callbacks the commands layer wires into a stopper (`commands::stopper`).
+#[derive(Clone, Copy, Default)]
+pub struct Listener {
+    pub progress: Option<fn(&str)>,
+    pub stopped: Option<fn(&StopTicket, &EventLog)>,
 }
 
 impl Stopper {
@@ -203,7 +213,15 @@ impl Stopper {
             log,
             guard,
             host: proc::host_name(),
+            listener: Listener::default(),
         }
+    }
+
+    /// The same stopper, telling `listener` what it does.
+    #[must_use]
+    pub fn telling(mut self, listener: Listener) -> Self {
+        self.listener = listener;
+        self
     }
 
     pub fn guard(&self) -> &Guard {
@@ -409,10 +427,16 @@ impl Stopper {
                 self.send(item, Sig::Term);
                 item.ticket.term_at = Some(stamp);
                 item.ticket.term_boot_ms = Some(boot_millis());
-                crate::commands::term::term_sent(
-                    item.ticket.identity.pid,
-                    Duration::from_millis(item.ticket.grace_ms),
-                );
+                let grace = Duration::from_millis(item.ticket.grace_ms);
+                if let Some(progress) = self.listener.progress
+                    && grace >= Duration::from_secs(1)
+                {
+                    progress(&format!(
+                        "SIGTERM sent to {}, SIGKILL in {}…",
+                        item.ticket.identity.pid,
+                        clock::rounded(grace)
+                    ));
+                }
             }
             Step::Kill => {
                 let groups = std::collections::HashSet::from([item.ticket.identity.pid]);
@@ -507,8 +531,9 @@ impl Stopper {
         if matches!(
             outcome,
             StopOutcome::Stopped { .. } | StopOutcome::AlreadyGone
-        ) {
-            crate::adapters::after_stop(&item.ticket, &self.log);
+        ) && let Some(stopped) = self.listener.stopped
+        {
+            stopped(&item.ticket, &self.log);
         }
         item.outcome = Some(outcome);
     }

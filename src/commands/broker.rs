@@ -626,7 +626,7 @@ fn replace(target: &SlotTarget, guard: &SlotGuard<'_>, record: BrokerRecord) -> 
         reason: Reason::Manual,
     };
     executor::apply(&target.store, guard, &change)?;
-    let reports = crate::act::stopper::Stopper::of(&target.store, Guard::new())
+    let reports = crate::commands::stopper(&target.store, Guard::new())
         .run(vec![ticket.clone()], stopper::foreground_deadline(&ticket));
     if !target.json {
         super::print_stops(&reports);
@@ -775,7 +775,7 @@ fn detach(target: &SlotTarget, owner: &SessionId) -> anyhow::Result<Outcome> {
             }
         }
     };
-    let reports = crate::act::stopper::Stopper::of(&target.store, Guard::new())
+    let reports = crate::commands::stopper(&target.store, Guard::new())
         .run(vec![ticket.clone()], stopper::foreground_deadline(&ticket));
     if target.json {
         let value = json!({"session": owner, "detached": true, "broker": null, "stops": reports});

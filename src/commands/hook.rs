@@ -418,7 +418,7 @@ fn session_end(store: &Store, hooked: &Hooked, deadline: Deadline) -> anyhow::Re
     };
     let work_deadline = deadline.less(EXIT_MARGIN);
     let report = session_end::end_session(store, &guard, &ending, work_deadline.less(EXIT_MARGIN));
-    crate::act::stopper::Stopper::of(store, guard).run(report.tickets, work_deadline);
+    crate::commands::stopper(store, guard).run(report.tickets, work_deadline);
     // Its own stops still running, or tickets an earlier, killed finisher left: a finisher completes them.
     if finisher::has_work(store) {
         finisher::start(store)?;

@@ -21,6 +21,19 @@ pub mod sweep;
 pub mod sweep_litter;
 pub mod term;
 
+use crate::act::signal::Guard;
+use crate::act::stopper::{Listener, Stopper};
+use crate::store::Store;
+
+/// The stopper every command uses: progress lines for a person waiting, and the adapters told of each confirmed
+/// stop (they clean their tool's files only then).
+pub fn stopper(store: &Store, guard: Guard) -> Stopper {
+    Stopper::of(store, guard).telling(Listener {
+        progress: Some(term::progress),
+        stopped: Some(crate::adapters::after_stop),
+    })
+}
+
 /// One line per stop, for people.
 pub fn print_stops(reports: &[crate::act::stopper::StopReport]) {
     for report in reports {

@@ -73,7 +73,7 @@ pub fn run(request: &ReapRequest, config: &Config) -> anyhow::Result<Outcome> {
                 || longest_stop(&tickets),
                 |deadline| Deadline::at(started).later(deadline),
             );
-        let stops = crate::act::stopper::Stopper::of(&store, guard).run(tickets.clone(), deadline);
+        let stops = crate::commands::stopper(&store, guard).run(tickets.clone(), deadline);
         if stops
             .iter()
             .any(|stop| matches!(stop.outcome, StopOutcome::Pending { .. }))
@@ -202,8 +202,7 @@ fn duplicates(request: &ReapRequest, store: &Store) -> anyhow::Result<Outcome> {
         for ticket in &tickets {
             store.tickets.file(ticket)?;
         }
-        crate::act::stopper::Stopper::of(store, Guard::new())
-            .run(tickets.clone(), longest_stop(&tickets))
+        crate::commands::stopper(store, Guard::new()).run(tickets.clone(), longest_stop(&tickets))
     };
     if request.json {
         let value = json!({ "dry_run": request.dry_run, "duplicates": found, "stops": stops });

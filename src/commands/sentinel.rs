@@ -299,7 +299,7 @@ fn run_stops(
         .map(crate::act::stopper::foreground_deadline)
         .max()
         .unwrap_or_else(crate::model::deadline::Deadline::now);
-    let stops = crate::act::stopper::Stopper::of(store, guard).run(tickets, deadline);
+    let stops = crate::commands::stopper(store, guard).run(tickets, deadline);
     if stops.iter().any(|stop| {
         matches!(
             stop.outcome,

@@ -481,7 +481,7 @@ impl Sweep<'_> {
                 .drain(..)
                 .filter(|t| !filed.contains(&StopTicket::file_name(&t.identity))),
         );
-        let stops = crate::act::stopper::Stopper::of(self.store, self.guard.clone())
+        let stops = crate::commands::stopper(self.store, self.guard.clone())
             .run(all, Deadline::after(SWEEP_STOP_DEADLINE));
         if stops
             .iter()

@@ -3,7 +3,6 @@
 
 use std::io::{IsTerminal, Write};
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use crate::cli::ColorWhen;
 
@@ -90,16 +89,6 @@ pub fn paint(word: &str, width: usize, color: bool) -> String {
 pub fn progress(line: &str) {
     if get().progress {
         let _ = writeln!(std::io::stderr(), "session-reaper: {line}");
-    }
-}
-
-/// After a SIGTERM: says when the SIGKILL comes, when that wait is a second or more.
-pub fn term_sent(pid: i32, grace: Duration) {
-    if grace >= Duration::from_secs(1) {
-        progress(&format!(
-            "SIGTERM sent to {pid}, SIGKILL in {}…",
-            crate::model::clock::rounded(grace)
-        ));
     }
 }
 
