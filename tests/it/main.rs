@@ -6,6 +6,7 @@ mod foundation;
 mod hardening;
 mod harness;
 mod hooks;
+mod layers;
 mod leftovers;
 mod lineage;
 mod newcomer;
