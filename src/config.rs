@@ -138,7 +138,7 @@ fn sentinel_request(args: &SentinelArgs) -> Request {
             pid_ns: proc::own_pid_ns(),
             pid: args.pid,
             start_ticks: args.start_ticks,
-            uid: nix::unistd::getuid().as_raw(),
+            uid: rustix::process::getuid().as_raw(),
         },
         within: args.within,
     }

@@ -97,9 +97,8 @@ fn run_hook() -> u8 {
 /// filter: SIGPIPE back to its default instead of a panic on the failed write. (A hook keeps it ignored and never
 /// fails on a write: it must exit 0.)
 fn quiet_on_closed_output() {
-    use nix::sys::signal::{SigHandler, Signal, signal};
-    // SAFETY: restoring the default disposition installs no handler code.
-    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+    // SAFETY: restoring the default disposition installs no handler code. (rustix has no signal dispositions.)
+    let _ = unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
 }
 
 fn dispatch(config: &Config, request: Request) -> anyhow::Result<Outcome> {

@@ -65,7 +65,7 @@ pub fn lexical(path: &Path) -> PathBuf {
 /// home is ours.
 fn refuse_foreign_home(home: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::MetadataExt;
-    let euid = nix::unistd::geteuid().as_raw();
+    let euid = rustix::process::geteuid().as_raw();
     match std::fs::metadata(home) {
         Ok(meta) if meta.uid() != euid => Err(bad_input(format!(
             "HOME {} belongs to uid {}, not to us (uid {euid}): refusing to keep state there; pass --state-dir or \
@@ -92,7 +92,7 @@ impl StateRoot {
         } else {
             std::env::current_dir()?.join(path)
         };
-        let uid = nix::unistd::geteuid().as_raw();
+        let uid = rustix::process::geteuid().as_raw();
         if let Some(parent) = path.parent()
             && !parent.exists()
         {
@@ -123,7 +123,7 @@ impl StateRoot {
         }
         let root = StateRoot {
             path,
-            uid: nix::unistd::geteuid().as_raw(),
+            uid: rustix::process::geteuid().as_raw(),
         };
         root.check_dir(&root.path)?;
         for sub in [SESSIONS, WORKSPACES, STOPPING] {
@@ -406,7 +406,7 @@ fn kind_of(meta: &fs::Metadata) -> &'static str {
 
 /// An open that failed: a symlink (`ELOOP` under `O_NOFOLLOW`) is named as such.
 fn refusal(path: &Path, err: &io::Error) -> anyhow::Error {
-    if err.raw_os_error() == Some(libc::ELOOP) {
+    if err.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
         bad_input(format!(
             "unsafe state file {}: it is a symlink; fix: remove it",
             path.display()

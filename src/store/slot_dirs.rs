@@ -63,7 +63,7 @@ fn may_retry(err: &anyhow::Error, slot: &Slot, deadline: Deadline) -> bool {
 }
 
 fn root_uid() -> u32 {
-    nix::unistd::geteuid().as_raw()
+    rustix::process::geteuid().as_raw()
 }
 
 /// True when the slot's directories or lock file exist and are unsafe: a refusal that no retry changes.

@@ -440,27 +440,26 @@ pub fn broker_files(root: &Path, uid: u32) -> Vec<BrokerFile> {
 /// True when something listens on the unix socket at `path`: a non-blocking connect, closed at once (what the
 /// plugin itself does to probe its broker). A FIFO or a regular file there is no socket.
 fn socket_answers(path: &Path) -> bool {
-    use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, connect, socket};
-    use std::os::fd::AsRawFd;
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType, connect, socket_with};
     use std::os::unix::fs::FileTypeExt;
     if !std::fs::symlink_metadata(path).is_ok_and(|meta| meta.file_type().is_socket()) {
         return false;
     }
-    let Ok(fd) = socket(
-        AddressFamily::Unix,
-        SockType::Stream,
-        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+    let Ok(fd) = socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
         None,
     ) else {
         return false;
     };
-    let Ok(address) = UnixAddr::new(path) else {
+    let Ok(address) = SocketAddrUnix::new(path) else {
         return false;
     };
-    match connect(fd.as_raw_fd(), &address) {
+    match connect(&fd, &address) {
         Ok(()) => true,
         // A listener whose backlog is full still listens.
-        Err(err) => err == nix::errno::Errno::EAGAIN,
+        Err(err) => err == rustix::io::Errno::AGAIN,
     }
 }
 
