@@ -66,13 +66,16 @@ fn rank(layer: &str) -> Option<usize> {
 /// What a file of `layer` may not import, besides every layer above it.
 fn forbidden(layer: &str, module: &str) -> bool {
     match (layer, module) {
-        (_, "cli" | "config" | "lib") if rank(layer).is_some_and(|r| r < rank("commands").unwrap()) => {
+        (_, "cli" | "config" | "lib")
+            if rank(layer).is_some_and(|r| r < rank("commands").unwrap()) =>
+        {
             true
         }
-        ("decide", "store") => true,
-        ("settings", "commands" | "config" | "cli") => true,
+        ("decide", "store") | ("settings", "commands" | "config" | "cli") => true,
         (layer, "settings") => rank(layer).is_some_and(|r| r < rank("commands").unwrap()),
-        (layer, module) => matches!((rank(layer), rank(module)), (Some(me), Some(them)) if them > me),
+        (layer, module) => {
+            matches!((rank(layer), rank(module)), (Some(me), Some(them)) if them > me)
+        }
     }
 }
 
@@ -126,8 +129,18 @@ fn nothing_in_decide_reads_the_system() {
         .filter_map(|path| {
             let code = code_of(path);
             let hits: Vec<&str> = [
-                "rustix", "nix::", "libc::", "std::fs", "std::process", "std::env", "getrandom",
-                "gethostname", "SystemTime::now", "Instant::now", "proc::", "store::",
+                "rustix",
+                "nix::",
+                "libc::",
+                "std::fs",
+                "std::process",
+                "std::env",
+                "getrandom",
+                "gethostname",
+                "SystemTime::now",
+                "Instant::now",
+                "proc::",
+                "store::",
             ]
             .into_iter()
             .filter(|word| code.contains(word))

@@ -440,7 +440,9 @@ pub fn broker_files(root: &Path, uid: u32) -> Vec<BrokerFile> {
 /// True when something listens on the unix socket at `path`: a non-blocking connect, closed at once (what the
 /// plugin itself does to probe its broker). A FIFO or a regular file there is no socket.
 fn socket_answers(path: &Path) -> bool {
-    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType, connect, socket_with};
+    use rustix::net::{
+        AddressFamily, SocketAddrUnix, SocketFlags, SocketType, connect, socket_with,
+    };
     use std::os::unix::fs::FileTypeExt;
     if !std::fs::symlink_metadata(path).is_ok_and(|meta| meta.file_type().is_socket()) {
         return false;
