@@ -479,7 +479,10 @@ pub static AGENTS: &[AgentSpec] = &[
         // Verified on 0.225.2: `{"SessionStart": […]}`; a `"hooks"` wrapper is ignored (an older file of ours had one).
         events_at: EventsAt::TopLevel,
         transcript_needle: Some("/.factory/"),
-        env_markers: &["FACTORY_PROJECT_DIR"],
+        // Both in its hooks' environment (0.225.2), with CLAUDE_ENV_FILE: what our SessionStart appends there reaches
+        // its shell tool's commands (SESSION_REAPER_SESSION_ID seen in them).
+        env_markers: &["FACTORY_PROJECT_DIR", "DROID_PROJECT_DIR"],
+        env_file_var: Some("CLAUDE_ENV_FILE"),
         // A Bun-compiled binary (`@factory/cli-linux-x64/bin/droid`); its shell tool's commands run under a
         // `bash -c 'owner_is_alive() …'` watchdog that leads a session of their own.
         executables: &["droid"],
@@ -882,6 +885,126 @@ mod tests {
         assert_eq!(agent_of_process(&argv(&["python3", "fake_agent.py"])), None);
     }
 
+    /// One process of a captured tree: `pid=N ppid=N pgid=N sid=N ARGS` (indented by depth), argv split at spaces.
+    struct Captured {
+        pid: i32,
+        ppid: i32,
+        argv: Vec<String>,
+    }
+
+    fn captured_tree(text: &str) -> Vec<Captured> {
+        text.lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| {
+                let mut fields = line.trim_start().splitn(5, ' ');
+                let mut number =
+                    |key: &str| -> Option<i32> { fields.next()?.strip_prefix(key)?.parse().ok() };
+                let (pid, ppid) = (number("pid=")?, number("ppid=")?);
+                number("pgid=")?;
+                number("sid=")?;
+                let argv = fields.next()?.split(' ').map(str::to_owned).collect();
+                Some(Captured { pid, ppid, argv })
+            })
+            .collect()
+    }
+
+    /// The agent of the process whose argv contains `needle`: its nearest ancestor the table recognises, as
+    /// `proc::agent_process` would find it, with that ancestor's argv.
+    fn agent_above(tree: &[Captured], needle: &str) -> Option<(Agent, String)> {
+        let by_pid = |pid: i32| tree.iter().find(|p| p.pid == pid);
+        let start = tree
+            .iter()
+            .rev()
+            .find(|p| p.argv.iter().any(|arg| arg.contains(needle)))?;
+        std::iter::successors(by_pid(start.ppid), |p| by_pid(p.ppid))
+            .find_map(|p| agent_of_process(&p.argv).map(|agent| (agent, p.argv[0].clone())))
+    }
+
+    /// Every real client's process as captured in `/proc` (fixtures/payloads/<agent>-<version>/): the hook's agent is
+    /// the client's own binary (never `timeout`, never Copilot's npm launcher in front of its native binary), and no
+    /// command of the shell tool is taken for an agent.
+    #[test]
+    fn real_clients_are_recognised_in_their_captured_process_trees() {
+        let cases = [
+            (
+                Agent::Droid,
+                include_str!("../fixtures/payloads/droid-0.225.2/process-tree-at-start.txt"),
+                include_str!("../fixtures/payloads/droid-0.225.2/process-tree-at-tool.txt"),
+                "@factory/cli-linux-x64/bin/droid",
+            ),
+            (
+                Agent::Copilot,
+                include_str!("../fixtures/payloads/copilot-1.0.102/process-tree-at-start.txt"),
+                include_str!("../fixtures/payloads/copilot-1.0.102/process-tree-at-tool.txt"),
+                "@github/copilot-linux-x64/copilot",
+            ),
+            (
+                Agent::Opencode,
+                include_str!("../fixtures/payloads/opencode-1.18.33/process-tree-at-start.txt"),
+                include_str!("../fixtures/payloads/opencode-1.18.33/process-tree-at-tool.txt"),
+                "node_modules/.bin/opencode",
+            ),
+        ];
+        for (agent, at_start, at_tool, binary) in cases {
+            let start = captured_tree(at_start);
+            let (found, program) = agent_above(&start, "capture.sh").expect("a hook in the tree");
+            assert_eq!(found, agent, "{program}");
+            assert!(program.ends_with(binary), "{agent}: the agent is {program}");
+            let tool = captured_tree(at_tool);
+            let (found, program) =
+                agent_above(&tool, "tool.env").expect("a tool command in the tree");
+            assert_eq!(found, agent, "{program}");
+            assert!(
+                program.ends_with(binary),
+                "{agent}: the tool's agent is {program}"
+            );
+            for process in tool.iter().filter(|p| !p.argv[0].ends_with(binary)) {
+                let argv = &process.argv;
+                let launcher = argv[0] == "node" || argv[0] == "timeout";
+                assert!(
+                    launcher || agent_of_process(argv).is_none(),
+                    "{agent}: {argv:?} is no agent"
+                );
+            }
+            let wrappers: Vec<&Captured> = tool
+                .iter()
+                .filter(|p| agent_of_tool_wrapper(&p.argv).is_some())
+                .collect();
+            match agent {
+                Agent::Droid => {
+                    assert!(
+                        !wrappers.is_empty(),
+                        "Droid's watchdog leads the tool's session"
+                    );
+                    assert!(
+                        wrappers
+                            .iter()
+                            .all(|p| agent_of_tool_wrapper(&p.argv) == Some(agent))
+                    );
+                }
+                _ => assert!(wrappers.is_empty(), "{agent}"),
+            }
+        }
+        let argv = |words: &[&str]| words.iter().map(|w| (*w).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            agent_of_process(&argv(&["node", "/p/node_modules/.bin/copilot", "-p", "x"])),
+            Some(Agent::Copilot),
+            "the npm launcher is Copilot's too (the native binary below it is nearer)"
+        );
+        assert_eq!(
+            agent_of_process(&argv(&[
+                "/p/node_modules/opencode-ai/bin/opencode.exe",
+                "run"
+            ])),
+            Some(Agent::Opencode)
+        );
+        assert_eq!(
+            agent_of_tool_wrapper(&argv(&["/bin/bash", "-c", "owner_is_alive; sleep 1"])),
+            None,
+            "a script that only calls it is not the watchdog"
+        );
+    }
+
     #[test]
     fn scrub_list_covers_every_session_variable() {
         for name in [
@@ -894,6 +1017,8 @@ mod tests {
             "QWEN_CODE_SESSION_ID",
             "CODEX_THREAD_ID",
             "CODEX_SESSION_ID",
+            "COPILOT_AGENT_SESSION_ID",
+            "OPENCODE_PID",
             "CLAUDE_ENV_FILE",
         ] {
             assert!(is_session_marker(name), "{name}");
@@ -955,17 +1080,22 @@ mod tests {
                 ("QWEN_CODE_SESSION_ID", Some(Agent::Qwen)),
                 ("CODEX_THREAD_ID", Some(Agent::Codex)),
                 ("CODEX_SESSION_ID", Some(Agent::Codex)),
+                ("COPILOT_AGENT_SESSION_ID", Some(Agent::Copilot)),
             ],
-            "verified on Claude Code 2.1.332, Qwen Code 0.24.4 and Codex CLI 0.171.0 (Gemini's shell tool exports none)"
+            "verified on Claude Code 2.1.332, Qwen Code 0.24.4, Codex CLI 0.171.0 and Copilot CLI 1.0.102 (Gemini's \
+             shell tool exports none; Droid's carries ours through its env file, OpenCode's through our plugin)"
         );
-        assert_eq!(agent_pid_variables().collect::<Vec<_>>(), ["CLAUDE_PID"]);
+        assert_eq!(
+            agent_pid_variables().collect::<Vec<_>>(),
+            ["CLAUDE_PID", "OPENCODE_PID"]
+        );
         assert!(owner_order.contains(&"GEMINI_SESSION_ID"), "hooks see it");
         let named: Vec<&str> = AGENTS
             .iter()
             .filter(|spec| spec.names_sessions())
             .map(|spec| spec.name)
             .collect();
-        assert_eq!(named, ["claude", "qwen", "codex"]);
+        assert_eq!(named, ["claude", "qwen", "codex", "copilot"]);
     }
 
     #[test]

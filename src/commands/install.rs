@@ -240,7 +240,8 @@ impl Sweep<'_> {
             said.warnings.push(format!(
                 "the periodic sweep is NOT installed. {NOWHERE_FIX}. The line to run every minute:\n  {line}"
             ));
-            said.failed = true;
+            // A dry run says so too, and exits 0: it was asked to write nothing.
+            said.failed = !self.dry_run;
             return Ok(());
         }
         let current = crontab_list();
