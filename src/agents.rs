@@ -899,11 +899,16 @@ mod tests {
                 let mut fields = line.trim_start().splitn(5, ' ');
                 let mut number =
                     |key: &str| -> Option<i32> { fields.next()?.strip_prefix(key)?.parse().ok() };
-                let (pid, ppid) = (number("pid=")?, number("ppid=")?);
+                let pid = number("pid=")?;
+                let parent = number("ppid=")?;
                 number("pgid=")?;
                 number("sid=")?;
                 let argv = fields.next()?.split(' ').map(str::to_owned).collect();
-                Some(Captured { pid, ppid, argv })
+                Some(Captured {
+                    pid,
+                    ppid: parent,
+                    argv,
+                })
             })
             .collect()
     }

@@ -16,7 +16,8 @@ pub enum Operation {
     Uninstall,
 }
 
-/// The outcome of one install or uninstall.
+/// The outcome of one install or uninstall. (Its booleans are independent facts, as `--json` shows them.)
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Clone, Debug, Serialize)]
 pub struct InstallReport {
     pub operation: Operation,

@@ -230,7 +230,7 @@ fn install_then_uninstall_of_every_agent_leaves_an_empty_home_empty() {
     }
     let backups: Vec<String> = files_below(&home.dir)
         .into_iter()
-        .filter(|name| name.ends_with(".bak"))
+        .filter(|name| name.contains(".session-reaper.bak"))
         .collect();
     assert_eq!(
         backups,
