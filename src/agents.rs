@@ -524,9 +524,10 @@ pub static AGENTS: &[AgentSpec] = &[
         // The shell tool's commands carry OPENCODE_PID (1.18.33), each in a session of its own.
         agent_pid_var: Some("OPENCODE_PID"),
         // A Bun-compiled ELF: `opencode-ai/bin/opencode.exe` (hard link of `opencode-linux-x64/bin/opencode`),
-        // started as `node_modules/.bin/opencode`.
-        executables: &["opencode", "opencode.exe"],
-        script_needles: &["/opencode-ai/"],
+        // started as `node_modules/.bin/opencode`. Kilo CLI (an OpenCode fork, `@kilocode/cli-linux-x64/bin/kilo`,
+        // 7.7.9) runs the same plugin from `~/.config/kilo/plugin/`: its sessions are OpenCode's to us.
+        executables: &["opencode", "opencode.exe", "kilo"],
+        script_needles: &["/opencode-ai/", "/@kilocode/cli"],
         session_end: SessionEndReliability::Partial(
             "OpenCode fires no end event, not even on SIGTERM: its sessions end when the sentinel sees it exit",
         ),
