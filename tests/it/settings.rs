@@ -717,6 +717,51 @@ fn the_new_agents_payload_shapes_record_their_sessions() {
     assert!(!sessions(&env)[0]["ended_at"].is_null());
 }
 
+/// The payloads the real clients sent (fixtures/payloads/<agent>-<version>/), through the hook as `install` writes its
+/// command for each: recorded under that agent, and ended by its end event where it has one.
+#[test]
+fn real_clients_captured_payloads_start_and_end_their_sessions() {
+    let cases: &[(&str, &str, &[&str], Option<&str>)] = &[
+        (
+            "droid-0.225.2/SessionStart.json",
+            "droid",
+            &[],
+            Some("droid-0.225.2/SessionEnd.json"),
+        ),
+        (
+            "copilot-1.0.102/sessionStart.json",
+            "copilot",
+            &["--event", "sessionStart"],
+            Some("copilot-1.0.102/sessionEnd.json"),
+        ),
+        ("opencode-1.18.33/SessionStart.json", "opencode", &[], None),
+    ];
+    for (start, agent, extra, end) in cases {
+        let mut env = Env::new();
+        let mut args = vec!["--agent", agent];
+        args.extend_from_slice(extra);
+        hook(&mut env, &args, &fresh(&fixture(start)), &[]);
+        let records = sessions(&env);
+        assert_eq!(records.len(), 1, "{start}");
+        assert_eq!(records[0]["agent"], *agent, "{start}");
+        assert!(records[0]["ended_at"].is_null(), "{start}");
+        if let Some(end) = end {
+            let args: Vec<&str> = args
+                .iter()
+                .map(|arg| {
+                    if *arg == "sessionStart" {
+                        "sessionEnd"
+                    } else {
+                        arg
+                    }
+                })
+                .collect();
+            hook(&mut env, &args, &fresh(&fixture(end)), &[]);
+            assert!(!sessions(&env)[0]["ended_at"].is_null(), "{end}");
+        }
+    }
+}
+
 #[test]
 fn a_payload_without_session_id_is_keyed_by_its_agent_process() {
     let mut env = Env::new();
