@@ -551,6 +551,8 @@ fn serve(
             if answered {
                 let mut running = seen.lock().unwrap();
                 if running.is_empty() {
+                    // The tool has answered; a job forked just before may still be on its way to exec'ing sleep.
+                    poll(Duration::from_secs(5), || jobs.running().len() == 2);
                     *running = jobs.running();
                 }
             }
