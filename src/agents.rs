@@ -3,10 +3,11 @@
 //! environment, executable), which variables its shell tool carries, what switches its hooks off and whether its
 //! `SessionEnd` can be relied on. Code elsewhere asks the table; adding an agent is one more row here.
 //!
-//! Sources (docs win over second-hand facts; where they disagreed it is said on the row):
-//! Claude Code, Gemini CLI, Qwen Code and Codex CLI were verified on real clients (Claude 2.1.330/2.1.332, Gemini
-//! 0.61.0, Qwen 0.24.4, Codex 0.171.0); Cursor from cursor.com/docs/hooks, Copilot CLI from GitHub's "Copilot CLI
-//! hooks reference", Factory Droid from docs.factory.ai/harness/hooks, Goose from its hooks guide (Open Plugins).
+//! Sources (what a real client did wins over documentation; where they disagreed it is said on the row):
+//! Claude Code, Gemini CLI, Qwen Code, Codex CLI, Factory Droid, Copilot CLI and OpenCode were run for real (Claude
+//! 2.1.330/2.1.332, Gemini 0.61.0, Qwen 0.24.4, Codex 0.171.0, Droid 0.225.2, Copilot CLI 1.0.102, OpenCode 1.18.33;
+//! see `docs/agents.md`); Cursor (cursor.com/docs/hooks) and Goose (its hooks guide, Open Plugins) cannot be
+//! installed here and follow their documentation only.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -37,6 +38,7 @@ pub enum Agent {
     Copilot,
     Droid,
     Goose,
+    Opencode,
 }
 
 impl Agent {
@@ -79,7 +81,29 @@ pub enum ConfigDirOverride {
     Dir(&'static str),
     /// The variable replaces the home directory the configuration directory sits in (`GEMINI_CLI_HOME`).
     Home(&'static str),
+    /// `XDG_CONFIG_HOME` replaces the `.config` the configuration directory sits in (`.config/opencode`).
+    XdgConfig,
     None,
+}
+
+/// Where a settings document keeps its events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventsAt {
+    /// Under a top-level `"hooks"` object: `{"hooks": {"SessionStart": […]}}`.
+    HooksKey,
+    /// At the top level, keyed directly by event name: `{"SessionStart": […]}` (Factory Droid's `hooks.json`, which
+    /// ignores a `"hooks"` wrapper with only a warning in its log).
+    TopLevel,
+}
+
+/// How an agent is told to run our hook.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SettingsKind {
+    /// Entries of ours in a JSON settings file the user may share with other programs.
+    Json,
+    /// A whole plugin file of ours (OpenCode's JavaScript plugin): its text, whose `const COMMAND = "…";` line holds
+    /// the hook command as a JSON string (see `settings::plugin`).
+    Plugin(&'static str),
 }
 
 /// How the hook entries of one event are laid out.
@@ -161,8 +185,12 @@ pub struct AgentSpec {
     /// The configuration directory below the home directory (user scope) or the repository top level (project).
     pub config_dir: &'static str,
     pub config_dir_override: ConfigDirOverride,
+    /// The configuration directory in a repository, when it is not `config_dir` (OpenCode: `.opencode`).
+    pub project_config_dir: Option<&'static str>,
     /// The hook settings file, relative to the configuration directory.
     pub settings_file: &'static str,
+    pub kind: SettingsKind,
+    pub events_at: EventsAt,
     /// A file written near the settings file when missing (Goose's `plugin.json`): path relative to the settings
     /// file's directory, contents.
     pub companion: Option<(&'static str, &'static str)>,
@@ -204,10 +232,15 @@ pub struct AgentSpec {
     pub tool_marks: &'static [&'static str],
     /// The variable naming a file whose `export` lines reach later shell-tool commands.
     pub env_file_var: Option<&'static str>,
-    /// Executable basenames of the agent process, and npm package paths of an agent whose script has a generic name
-    /// (`cli.js`).
+    /// Basenames of the agent's executable as its process shows it in `/proc` (argv[0], or the script a runtime
+    /// runs, `.js` and the like dropped; also its `comm`), verified on the real clients where they were run.
     pub executables: &'static [&'static str],
+    /// npm package paths in the script a runtime (`node`, `bun`) runs, for an agent whose script has a generic name
+    /// (`cli.js`) or whose npm launcher starts its native binary (`@github/copilot/npm-loader.js`).
     pub script_needles: &'static [&'static str],
+    /// How a shell script the agent puts in front of its shell tool's commands begins (`bash -c 'owner_is_alive()
+    /// …'`, Droid's watchdog leading the tool's session): the agent's own helper, not a tool's command.
+    pub tool_wrappers: &'static [&'static str],
     /// Settings switches that keep every hook from running.
     pub hooks_off: &'static [HooksOff],
     /// Agents whose hook files this agent runs as well (Cursor and Copilot run Claude's): a session reached through
@@ -240,7 +273,10 @@ const CLAUDE_SHAPED: AgentSpec = AgentSpec {
     title: "",
     config_dir: "",
     config_dir_override: ConfigDirOverride::None,
+    project_config_dir: None,
     settings_file: "settings.json",
+    kind: SettingsKind::Json,
+    events_at: EventsAt::HooksKey,
     companion: None,
     comments: false,
     layout: Layout::Grouped,
@@ -264,6 +300,7 @@ const CLAUDE_SHAPED: AgentSpec = AgentSpec {
     env_file_var: None,
     executables: &[],
     script_needles: &[],
+    tool_wrappers: &[],
     hooks_off: &[],
     also_runs: &[],
     session_end: SessionEndReliability::Reliable,
@@ -424,6 +461,10 @@ pub static AGENTS: &[AgentSpec] = &[
         entry_extras: &[("type", "command")],
         transcript_needle: Some("/.copilot/"),
         env_markers: &["COPILOT_CLI"],
+        // The shell tool's commands (1.0.102), each in a session of its own: equal to the hooks' `sessionId`.
+        session_vars: &[SessionVar::tools("COPILOT_AGENT_SESSION_ID")],
+        // The native binary (`@github/copilot-linux-x64/copilot`), run by `node …/npm-loader.js` (the npm launcher,
+        // which does not pass signals on): the nearest, the native one, is the agent.
         executables: &["copilot"],
         script_needles: &["/@github/copilot/"],
         also_runs: &[Agent::Claude],
@@ -435,9 +476,19 @@ pub static AGENTS: &[AgentSpec] = &[
         title: "Factory Droid",
         config_dir: ".factory",
         settings_file: "hooks.json",
+        // Verified on 0.225.2: `{"SessionStart": […]}`; a `"hooks"` wrapper is ignored (an older file of ours had one).
+        events_at: EventsAt::TopLevel,
         transcript_needle: Some("/.factory/"),
-        env_markers: &["FACTORY_PROJECT_DIR"],
+        // Both in its hooks' environment (0.225.2), with CLAUDE_ENV_FILE: what our SessionStart appends there reaches
+        // its shell tool's commands (SESSION_REAPER_SESSION_ID seen in them).
+        env_markers: &["FACTORY_PROJECT_DIR", "DROID_PROJECT_DIR"],
+        env_file_var: Some("CLAUDE_ENV_FILE"),
+        // A Bun-compiled binary (`@factory/cli-linux-x64/bin/droid`); its shell tool's commands run under a
+        // `bash -c 'owner_is_alive() …'` watchdog that leads a session of their own.
         executables: &["droid"],
+        script_needles: &["/@factory/cli/"],
+        tool_wrappers: &["owner_is_alive()"],
+        shell: SH_C,
         ..CLAUDE_SHAPED
     },
     AgentSpec {
@@ -453,6 +504,33 @@ pub static AGENTS: &[AgentSpec] = &[
         event_fields: &["event", "hook_event_name"],
         env_markers: &["GOOSE_SESSION_ID"],
         executables: &["goose"],
+        shell: SH_C,
+        ..CLAUDE_SHAPED
+    },
+    AgentSpec {
+        agent: Agent::Opencode,
+        name: "opencode",
+        title: "OpenCode",
+        config_dir: ".config/opencode",
+        config_dir_override: ConfigDirOverride::XdgConfig,
+        project_config_dir: Some(".opencode"),
+        // No hook commands: a JavaScript plugin of ours runs the hook at `session.created` with a Claude-shaped
+        // SessionStart payload, and gives the shell tool SESSION_REAPER_SESSION_ID through `shell.env`.
+        settings_file: "plugin/session-reaper.js",
+        kind: SettingsKind::Plugin(include_str!("../hooks/opencode/session-reaper.js")),
+        layout: Layout::Flat,
+        end_event: None,
+        env_markers: &["OPENCODE_PID"],
+        // The shell tool's commands carry OPENCODE_PID (1.18.33), each in a session of its own.
+        agent_pid_var: Some("OPENCODE_PID"),
+        // A Bun-compiled ELF: `opencode-ai/bin/opencode.exe` (hard link of `opencode-linux-x64/bin/opencode`),
+        // started as `node_modules/.bin/opencode`. Kilo CLI (an OpenCode fork, `@kilocode/cli-linux-x64/bin/kilo`,
+        // 7.7.9) runs the same plugin from `~/.config/kilo/plugin/`: its sessions are OpenCode's to us.
+        executables: &["opencode", "opencode.exe", "kilo"],
+        script_needles: &["/opencode-ai/", "/@kilocode/cli"],
+        session_end: SessionEndReliability::Partial(
+            "OpenCode fires no end event, not even on SIGTERM: its sessions end when the sentinel sees it exit",
+        ),
         shell: SH_C,
         ..CLAUDE_SHAPED
     },
@@ -488,9 +566,30 @@ impl AgentSpec {
         Value::Object(entry)
     }
 
-    /// The settings file for `scope_dir` (the home directory, or a repository's top level): no variables consulted.
-    pub fn settings_under(&self, scope_dir: &Path) -> PathBuf {
-        scope_dir.join(self.config_dir).join(self.settings_file)
+    /// The user's settings file below the home directory `home`: no variables consulted.
+    pub fn settings_under(&self, home: &Path) -> PathBuf {
+        home.join(self.config_dir).join(self.settings_file)
+    }
+
+    /// A repository's settings file, at its top level `repo`.
+    pub fn project_settings(&self, repo: &Path) -> PathBuf {
+        repo.join(self.project_config_dir.unwrap_or(self.config_dir))
+            .join(self.settings_file)
+    }
+
+    /// How many directories above a settings file at `path` are the agent's own (its settings file's folders and
+    /// its configuration directory, as the path spells them; none for a path chosen elsewhere): what an uninstall
+    /// that emptied them may remove.
+    pub fn own_dirs_above(&self, path: &Path) -> usize {
+        let depth = |dir: &str| Path::new(dir).join(self.settings_file).components().count();
+        [Some(self.config_dir), self.project_config_dir]
+            .into_iter()
+            .flatten()
+            .filter(|dir| path.ends_with(Path::new(dir).join(self.settings_file)))
+            .map(depth)
+            .max()
+            .or_else(|| path.ends_with(self.settings_file).then(|| depth("")))
+            .map_or(0, |components| components.saturating_sub(1))
     }
 
     /// The user's settings file, honouring the agent's own override variable; `None` without a home directory.
@@ -510,9 +609,33 @@ impl AgentSpec {
                     return Some(self.settings_under(&home));
                 }
             }
+            ConfigDirOverride::XdgConfig => {
+                if let (Some(config), Some(dir)) = (
+                    nonempty("XDG_CONFIG_HOME"),
+                    self.config_dir.strip_prefix(".config/"),
+                ) {
+                    return Some(config.join(dir).join(self.settings_file));
+                }
+            }
             ConfigDirOverride::None => {}
         }
         nonempty("HOME").map(|home| self.settings_under(&home))
+    }
+
+    /// The user's configuration directory of the agent (where its settings file is, up to the agent's own folder):
+    /// its presence says the agent is set up for this user.
+    pub fn user_config_dir(
+        &self,
+        env: &dyn Fn(&str) -> Option<std::ffi::OsString>,
+    ) -> Option<PathBuf> {
+        let settings = self.user_settings(env)?;
+        let above = Path::new(self.settings_file).components().count();
+        settings.ancestors().nth(above).map(Path::to_path_buf)
+    }
+
+    /// True when our hook goes into a plugin file of ours rather than into entries of a settings file.
+    pub fn is_plugin(&self) -> bool {
+        matches!(self.kind, SettingsKind::Plugin(_))
     }
 
     /// True for an agent that names its session to the processes its tools start; for the others the agent's
@@ -639,6 +762,29 @@ pub fn agent_of_process(argv: &[String]) -> Option<Agent> {
         .map(|spec| spec.agent)
 }
 
+/// The agent whose helper `argv` is: a shell running a script that begins as one of an agent's `tool_wrappers`
+/// (Droid's `bash -c 'owner_is_alive() …'` watchdog, which leads the session of its shell tool's commands).
+pub fn agent_of_tool_wrapper(argv: &[String]) -> Option<Agent> {
+    let (program, rest) = argv.split_first()?;
+    let shell = program.rsplit('/').next().unwrap_or_default();
+    if !matches!(shell, "bash" | "sh" | "dash" | "zsh") {
+        return None;
+    }
+    let script = rest
+        .iter()
+        .position(|arg| arg == "-c")
+        .and_then(|index| rest.get(index + 1))?;
+    let script = script.trim_start();
+    AGENTS
+        .iter()
+        .find(|spec| {
+            spec.tool_wrappers
+                .iter()
+                .any(|start| script.starts_with(start))
+        })
+        .map(|spec| spec.agent)
+}
+
 /// The variable our `SessionStart` exports through an agent's env file, which later tool commands then carry.
 pub const OWN_SESSION_VAR: &str = "SESSION_REAPER_SESSION_ID";
 
@@ -740,6 +886,131 @@ mod tests {
         assert_eq!(agent_of_process(&argv(&["python3", "fake_agent.py"])), None);
     }
 
+    /// One process of a captured tree: `pid=N ppid=N pgid=N sid=N ARGS` (indented by depth), argv split at spaces.
+    struct Captured {
+        pid: i32,
+        ppid: i32,
+        argv: Vec<String>,
+    }
+
+    fn captured_tree(text: &str) -> Vec<Captured> {
+        text.lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| {
+                let mut fields = line.trim_start().splitn(5, ' ');
+                let mut number =
+                    |key: &str| -> Option<i32> { fields.next()?.strip_prefix(key)?.parse().ok() };
+                let pid = number("pid=")?;
+                let parent = number("ppid=")?;
+                number("pgid=")?;
+                number("sid=")?;
+                let argv = fields.next()?.split(' ').map(str::to_owned).collect();
+                Some(Captured {
+                    pid,
+                    ppid: parent,
+                    argv,
+                })
+            })
+            .collect()
+    }
+
+    /// The agent of the process whose argv contains `needle`: its nearest ancestor the table recognises, as
+    /// `proc::agent_process` would find it, with that ancestor's argv.
+    fn agent_above(tree: &[Captured], needle: &str) -> Option<(Agent, String)> {
+        let by_pid = |pid: i32| tree.iter().find(|p| p.pid == pid);
+        let start = tree
+            .iter()
+            .rev()
+            .find(|p| p.argv.iter().any(|arg| arg.contains(needle)))?;
+        std::iter::successors(by_pid(start.ppid), |p| by_pid(p.ppid))
+            .find_map(|p| agent_of_process(&p.argv).map(|agent| (agent, p.argv[0].clone())))
+    }
+
+    /// Every real client's process as captured in `/proc` (fixtures/payloads/<agent>-<version>/): the hook's agent is
+    /// the client's own binary (never `timeout`, never Copilot's npm launcher in front of its native binary), and no
+    /// command of the shell tool is taken for an agent.
+    #[test]
+    fn real_clients_are_recognised_in_their_captured_process_trees() {
+        let cases = [
+            (
+                Agent::Droid,
+                include_str!("../fixtures/payloads/droid-0.225.2/process-tree-at-start.txt"),
+                include_str!("../fixtures/payloads/droid-0.225.2/process-tree-at-tool.txt"),
+                "@factory/cli-linux-x64/bin/droid",
+            ),
+            (
+                Agent::Copilot,
+                include_str!("../fixtures/payloads/copilot-1.0.102/process-tree-at-start.txt"),
+                include_str!("../fixtures/payloads/copilot-1.0.102/process-tree-at-tool.txt"),
+                "@github/copilot-linux-x64/copilot",
+            ),
+            (
+                Agent::Opencode,
+                include_str!("../fixtures/payloads/opencode-1.18.33/process-tree-at-start.txt"),
+                include_str!("../fixtures/payloads/opencode-1.18.33/process-tree-at-tool.txt"),
+                "node_modules/.bin/opencode",
+            ),
+        ];
+        for (agent, at_start, at_tool, binary) in cases {
+            let start = captured_tree(at_start);
+            let (found, program) = agent_above(&start, "capture.sh").expect("a hook in the tree");
+            assert_eq!(found, agent, "{program}");
+            assert!(program.ends_with(binary), "{agent}: the agent is {program}");
+            let tool = captured_tree(at_tool);
+            let (found, program) =
+                agent_above(&tool, "tool.env").expect("a tool command in the tree");
+            assert_eq!(found, agent, "{program}");
+            assert!(
+                program.ends_with(binary),
+                "{agent}: the tool's agent is {program}"
+            );
+            for process in tool.iter().filter(|p| !p.argv[0].ends_with(binary)) {
+                let argv = &process.argv;
+                let launcher = argv[0] == "node" || argv[0] == "timeout";
+                assert!(
+                    launcher || agent_of_process(argv).is_none(),
+                    "{agent}: {argv:?} is no agent"
+                );
+            }
+            let wrappers: Vec<&Captured> = tool
+                .iter()
+                .filter(|p| agent_of_tool_wrapper(&p.argv).is_some())
+                .collect();
+            match agent {
+                Agent::Droid => {
+                    assert!(
+                        !wrappers.is_empty(),
+                        "Droid's watchdog leads the tool's session"
+                    );
+                    assert!(
+                        wrappers
+                            .iter()
+                            .all(|p| agent_of_tool_wrapper(&p.argv) == Some(agent))
+                    );
+                }
+                _ => assert!(wrappers.is_empty(), "{agent}"),
+            }
+        }
+        let argv = |words: &[&str]| words.iter().map(|w| (*w).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            agent_of_process(&argv(&["node", "/p/node_modules/.bin/copilot", "-p", "x"])),
+            Some(Agent::Copilot),
+            "the npm launcher is Copilot's too (the native binary below it is nearer)"
+        );
+        assert_eq!(
+            agent_of_process(&argv(&[
+                "/p/node_modules/opencode-ai/bin/opencode.exe",
+                "run"
+            ])),
+            Some(Agent::Opencode)
+        );
+        assert_eq!(
+            agent_of_tool_wrapper(&argv(&["/bin/bash", "-c", "owner_is_alive; sleep 1"])),
+            None,
+            "a script that only calls it is not the watchdog"
+        );
+    }
+
     #[test]
     fn scrub_list_covers_every_session_variable() {
         for name in [
@@ -752,6 +1023,8 @@ mod tests {
             "QWEN_CODE_SESSION_ID",
             "CODEX_THREAD_ID",
             "CODEX_SESSION_ID",
+            "COPILOT_AGENT_SESSION_ID",
+            "OPENCODE_PID",
             "CLAUDE_ENV_FILE",
         ] {
             assert!(is_session_marker(name), "{name}");
@@ -813,17 +1086,22 @@ mod tests {
                 ("QWEN_CODE_SESSION_ID", Some(Agent::Qwen)),
                 ("CODEX_THREAD_ID", Some(Agent::Codex)),
                 ("CODEX_SESSION_ID", Some(Agent::Codex)),
+                ("COPILOT_AGENT_SESSION_ID", Some(Agent::Copilot)),
             ],
-            "verified on Claude Code 2.1.332, Qwen Code 0.24.4 and Codex CLI 0.171.0 (Gemini's shell tool exports none)"
+            "verified on Claude Code 2.1.332, Qwen Code 0.24.4, Codex CLI 0.171.0 and Copilot CLI 1.0.102 (Gemini's \
+             shell tool exports none; Droid's carries ours through its env file, OpenCode's through our plugin)"
         );
-        assert_eq!(agent_pid_variables().collect::<Vec<_>>(), ["CLAUDE_PID"]);
+        assert_eq!(
+            agent_pid_variables().collect::<Vec<_>>(),
+            ["CLAUDE_PID", "OPENCODE_PID"]
+        );
         assert!(owner_order.contains(&"GEMINI_SESSION_ID"), "hooks see it");
         let named: Vec<&str> = AGENTS
             .iter()
             .filter(|spec| spec.names_sessions())
             .map(|spec| spec.name)
             .collect();
-        assert_eq!(named, ["claude", "qwen", "codex"]);
+        assert_eq!(named, ["claude", "qwen", "codex", "copilot"]);
     }
 
     #[test]

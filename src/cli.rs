@@ -70,7 +70,9 @@ pub enum Command {
     Reap(ReapArgs),
 
     /// For cron: end crashed sessions, prune dead records, stop idle and unrecorded brokers, finish stuck stops
-    #[command(after_help = "Example (crontab): * * * * * session-reaper sweep >/dev/null 2>&1")]
+    #[command(
+        after_help = "Example (crontab; errors go to cron's mail): * * * * * session-reaper sweep >/dev/null"
+    )]
     Sweep(SweepArgs),
 
     /// Show brokers, their owners and liveness, pending stop tickets and live sessions
@@ -93,7 +95,7 @@ pub enum Command {
 
     /// Remove exactly our hooks from an agent's settings
     #[command(after_help = "Example:\n  session-reaper uninstall --agent claude")]
-    Uninstall(InstallArgs),
+    Uninstall(SettingsArgs),
 
     /// Show the whole job on real processes in a temporary state root (signals only what it starts)
     #[command(after_help = "Example:\n  cargo run --release -- demo")]
@@ -504,7 +506,7 @@ pub struct LogArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct InstallArgs {
+pub struct SettingsArgs {
     /// The agent whose settings to change
     #[arg(long, value_enum)]
     pub agent: Agent,
@@ -521,6 +523,20 @@ pub struct InstallArgs {
     #[arg(long)]
     pub with_sweep: bool,
 
+    /// Show the change; write nothing
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Print what was done as one JSON object (warnings included) instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    #[command(flatten)]
+    pub settings: SettingsArgs,
+
     /// Write `--leftovers POLICY` into the hook commands (what the session's tools leave behind once the agent is
     /// gone: stop it, only report it, or ignore it) [default: written as nothing, the hook's default `stop`]
     #[arg(long, value_enum, value_name = "POLICY")]
@@ -530,10 +546,6 @@ pub struct InstallArgs {
     /// nothing, the hook's default `on`]
     #[arg(long, value_enum, value_name = "SWITCH")]
     pub sentinel: Option<Switch>,
-
-    /// Show the change; write nothing
-    #[arg(long)]
-    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]

@@ -9,8 +9,8 @@ use std::time::Duration;
 use crate::adapters::codex_plugin::Discovery;
 use crate::agents::Agent;
 use crate::cli::{
-    BrokerCommand, Cli, CodexArgs, Command, HookArgs, InstallArgs, KeepArgs, LeftoversChoice,
-    LogArgs, OwnerArgs, ReapArgs, SentinelArgs, SlotArgs, StopArgs, SweepArgs, Switch,
+    BrokerCommand, Cli, CodexArgs, Command, HookArgs, KeepArgs, LeftoversChoice, LogArgs,
+    OwnerArgs, ReapArgs, SentinelArgs, SettingsArgs, SlotArgs, StopArgs, SweepArgs, Switch,
 };
 use crate::commands::log::Filter;
 use crate::error::bad_input;
@@ -52,16 +52,19 @@ impl Config {
             },
             Command::Log(args) => Request::Log(log_request(args)?),
             Command::Doctor(args) => Request::Doctor { json: args.json },
-            Command::Install(args) => Request::Settings(settings_request(args, Operation::Install)),
-            Command::Uninstall(args) => {
-                if args.leftovers.is_some() || args.sentinel.is_some() {
-                    return Err(bad_input(
-                        "uninstall --leftovers/--sentinel: expected them with install only (uninstall removes our \
-                         hooks whatever flags they carry)",
-                    ));
-                }
-                Request::Settings(settings_request(args, Operation::Uninstall))
-            }
+            Command::Install(args) => Request::Settings(settings_request(
+                &args.settings,
+                Operation::Install,
+                crate::settings::HookFlags {
+                    leftovers: args.leftovers.map(policy_of),
+                    sentinel: args.sentinel.map(|switch| switch == Switch::On),
+                },
+            )),
+            Command::Uninstall(args) => Request::Settings(settings_request(
+                args,
+                Operation::Uninstall,
+                crate::settings::HookFlags::default(),
+            )),
             Command::Demo(args) => Request::Demo {
                 keep: args.keep,
                 state_dir: cli.state_dir.as_ref().map(|_| config.state_dir.clone()),
@@ -584,11 +587,17 @@ pub struct SettingsRequest {
     pub settings: Option<PathBuf>,
     pub with_sweep: bool,
     pub dry_run: bool,
+    /// Print the outcome as one JSON object.
+    pub json: bool,
     /// The hook flags to write into the installed commands (install only).
     pub flags: crate::settings::HookFlags,
 }
 
-fn settings_request(args: &InstallArgs, operation: Operation) -> SettingsRequest {
+fn settings_request(
+    args: &SettingsArgs,
+    operation: Operation,
+    flags: crate::settings::HookFlags,
+) -> SettingsRequest {
     SettingsRequest {
         operation,
         agent: args.agent,
@@ -596,10 +605,8 @@ fn settings_request(args: &InstallArgs, operation: Operation) -> SettingsRequest
         settings: args.settings.clone(),
         with_sweep: args.with_sweep,
         dry_run: args.dry_run,
-        flags: crate::settings::HookFlags {
-            leftovers: args.leftovers.map(policy_of),
-            sentinel: args.sentinel.map(|switch| switch == Switch::On),
-        },
+        json: args.json,
+        flags,
     }
 }
 

@@ -206,12 +206,15 @@ fn network_filesystem(magic: i64) -> Option<&'static str> {
 /// is unreliable — and each one run as the agent would run it, in probe mode (see `settings::probe`).
 fn hooks_checks(spec: &AgentSpec, state_dir: &Path) -> Vec<Check> {
     let name = format!("{} hooks", spec.name);
-    let Some(path) = spec.user_settings(&|key| std::env::var_os(key)) else {
+    let env = |key: &str| std::env::var_os(key);
+    let (Some(path), Some(config_dir)) = (spec.user_settings(&env), spec.user_config_dir(&env))
+    else {
         return vec![check(&name, Level::Warn, "HOME not set", None)];
     };
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
-        Err(_) if path.parent().is_some_and(Path::exists) => {
+        // The agent's own configuration directory is there: the agent is set up for this user.
+        Err(_) if config_dir.exists() => {
             return vec![check(
                 &name,
                 Level::Warn,
@@ -243,6 +246,22 @@ fn hooks_checks(spec: &AgentSpec, state_dir: &Path) -> Vec<Check> {
         }
     };
     let ours = probe::our_entries(spec, &value);
+    if !settings::merge::ours_in_ignored_wrapper(spec, &value).is_empty() {
+        return vec![check(
+            &name,
+            Level::Fail,
+            format!(
+                "hooks of ours under \"hooks\" in {}: {} reads its events at the top level of this file and \
+                 ignores them",
+                path.display(),
+                spec.title
+            ),
+            Some(format!(
+                "session-reaper install --agent {} (moves them)",
+                spec.name
+            )),
+        )];
+    }
     if ours.is_empty() {
         return vec![check(
             &name,
@@ -251,7 +270,7 @@ fn hooks_checks(spec: &AgentSpec, state_dir: &Path) -> Vec<Check> {
             Some(format!("session-reaper install --agent {}", spec.name)),
         )];
     }
-    let sweep = crate::commands::install::sweep_installed();
+    let sweep = crate::commands::install::sweep_state();
     let findings = probe::findings(spec, &path, &value, &ours, state_dir, sweep);
     if findings.is_empty() {
         return vec![check(

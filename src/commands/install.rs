@@ -1,7 +1,8 @@
 //! `install` / `uninstall`: our hook entries in an agent's settings (the editing lives in `crate::settings`), and
 //! with `--with-sweep` the periodic sweep — shared by every agent: a systemd user timer where a user manager runs,
-//! else a crontab line, else the line is printed for the user to add. The sweep is removed only when no other
-//! agent's hooks still name us.
+//! else a crontab line; with neither, it says so and exits 1 (the hooks are installed all the same). The sweep is
+//! removed only when no other agent's hooks still name us. The report goes to stdout (or `--json`), warnings to
+//! stderr.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -13,7 +14,7 @@ use crate::agents::{Agent, SessionEndReliability};
 use crate::config::{Config, SettingsRequest};
 use crate::error::Outcome;
 use crate::observe::workspace;
-use crate::settings::{self, InstallRequest, Operation, PROGRAM, Scope};
+use crate::settings::{self, InstallRequest, NOWHERE_FIX, Operation, PROGRAM, Scope, SweepState};
 
 const SERVICE: &str = include_str!("../../hooks/systemd/session-reaper-sweep.service");
 const TIMER: &str = include_str!("../../hooks/systemd/session-reaper-sweep.timer");
@@ -42,7 +43,7 @@ pub fn run(args: &SettingsRequest, config: &Config) -> anyhow::Result<Outcome> {
         Scope::Project => (
             match &args.settings {
                 Some(path) => path.clone(),
-                None => spec.settings_under(&workspace::workspace_of(&cwd)?),
+                None => spec.project_settings(&workspace::workspace_of(&cwd)?),
             },
             settings::hook_command(spec, PROGRAM, None, args.flags),
         ),
@@ -57,35 +58,59 @@ pub fn run(args: &SettingsRequest, config: &Config) -> anyhow::Result<Outcome> {
         Operation::Install => settings::install(&request)?,
         Operation::Uninstall => settings::uninstall(&request)?,
     };
-    print!("{report}");
     let sweep = Sweep {
         binary: &binary,
         state_dir: state_dir.as_deref(),
         dry_run: args.dry_run,
     };
+    let mut said = Said::default();
     match args.operation {
-        Operation::Install if args.with_sweep => sweep.install()?,
-        Operation::Install => advise_sweep(args.agent),
+        Operation::Install if args.with_sweep => sweep.install(&mut said)?,
+        Operation::Install => advise_sweep(args.agent, &mut said),
         Operation::Uninstall if args.with_sweep => {
             let others = agents_with_our_hooks(args.agent);
             if others.is_empty() {
-                sweep.uninstall()?;
+                sweep.uninstall(&mut said)?;
             } else {
                 let names: Vec<&str> = others.iter().map(|agent| agent.as_str()).collect();
-                println!(
+                said.sweep.push(format!(
                     "sweep: kept, because the hooks of {} still rely on it (uninstall those with --with-sweep last)",
                     names.join(", ")
-                );
+                ));
             }
         }
         Operation::Uninstall => {}
     }
     if args.operation == Operation::Install {
-        for note in spec.notes {
-            println!("\n!!! {note}");
+        said.warnings
+            .extend(spec.notes.iter().map(|note| (*note).to_owned()));
+    }
+    if args.json {
+        let mut value = serde_json::to_value(&report)?;
+        value["sweep"] = serde_json::json!(said.sweep);
+        value["sweep_failed"] = serde_json::json!(said.failed);
+        value["warnings"] = serde_json::json!(said.warnings);
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        print!("{report}");
+        for line in &said.sweep {
+            println!("{line}");
+        }
+        let mut stderr = std::io::stderr().lock();
+        for warning in &said.warnings {
+            writeln!(stderr, "\n!!! {warning}")?;
         }
     }
-    Ok(Outcome::Done)
+    Ok(Outcome::from_ok(!said.failed))
+}
+
+/// What `install` / `uninstall` has to say besides the settings report: the sweep's lines (stdout), warnings
+/// (stderr, last), and whether the sweep asked for could not be installed (exit 1).
+#[derive(Debug, Default)]
+struct Said {
+    sweep: Vec<String>,
+    warnings: Vec<String>,
+    failed: bool,
 }
 
 fn binary_text(binary: &Path) -> anyhow::Result<String> {
@@ -126,19 +151,36 @@ fn agents_with_our_hooks(except: Agent) -> Vec<Agent> {
 }
 
 /// An agent whose `SessionEnd` does not always fire needs the sweep: say so loudly when it is not installed.
-fn advise_sweep(agent: Agent) {
+fn advise_sweep(agent: Agent, said: &mut Said) {
     let SessionEndReliability::Partial(why) = agent.spec().session_end else {
         return;
     };
-    if sweep_installed() {
-        println!("sweep: installed (needed: {why})");
-        return;
-    }
-    println!(
-        "\n!!! {} needs the periodic sweep: {why}, so without it those sessions end only when you run \
-         `session-reaper sweep`. Turn it on: session-reaper install --agent {agent} --with-sweep",
+    let turn_on = match sweep_state() {
+        SweepState::Installed => {
+            said.sweep.push(format!("sweep: installed (needed: {why})"));
+            return;
+        }
+        SweepState::Missing => {
+            format!("Turn it on: session-reaper install --agent {agent} --with-sweep")
+        }
+        SweepState::Nowhere => NOWHERE_FIX.to_owned(),
+    };
+    said.warnings.push(format!(
+        "{} needs the periodic sweep: {why}, so without it a session whose agent died ends only when \
+         `session-reaper sweep` runs. {turn_on}",
         agent.spec().title
-    );
+    ));
+}
+
+/// The periodic sweep's state on this machine.
+pub fn sweep_state() -> SweepState {
+    if sweep_installed() {
+        SweepState::Installed
+    } else if systemd_user_available() || crontab_available() {
+        SweepState::Missing
+    } else {
+        SweepState::Nowhere
+    }
 }
 
 struct Sweep<'a> {
@@ -159,8 +201,9 @@ impl Sweep<'_> {
         shlex::try_join(words).unwrap_or_default()
     }
 
+    /// Quiet when all is well; what the sweep says on stderr (its errors) goes to cron's mail.
     fn cron_line(&self) -> String {
-        format!("* * * * * {} >/dev/null 2>&1", self.command())
+        format!("* * * * * {} >/dev/null", self.command())
     }
 
     fn unit_dir() -> Option<PathBuf> {
@@ -171,15 +214,15 @@ impl Sweep<'_> {
         Some(config.join("systemd/user"))
     }
 
-    fn install(&self) -> anyhow::Result<()> {
+    fn install(&self, said: &mut Said) -> anyhow::Result<()> {
         if systemd_user_available() {
             let dir = Self::unit_dir().context("no HOME for the systemd user unit")?;
             let service = SERVICE.replace("%h/.cargo/bin/session-reaper sweep", &self.command());
             if self.dry_run {
-                println!(
+                said.sweep.push(format!(
                     "would write {} and enable {UNIT}.timer",
                     dir.join(format!("{UNIT}.service")).display()
-                );
+                ));
                 return Ok(());
             }
             std::fs::create_dir_all(&dir)?;
@@ -187,23 +230,29 @@ impl Sweep<'_> {
             std::fs::write(dir.join(format!("{UNIT}.timer")), TIMER)?;
             systemctl(&["daemon-reload"])?;
             systemctl(&["enable", "--now", &format!("{UNIT}.timer")])?;
-            println!("sweep: systemd user timer {UNIT}.timer enabled (every minute)");
+            said.sweep.push(format!(
+                "sweep: systemd user timer {UNIT}.timer enabled (every minute)"
+            ));
             return Ok(());
         }
         let line = self.cron_line();
         if !crontab_available() {
-            println!(
-                "sweep: no systemd user manager and no crontab here; run this every minute yourself:\n  {line}"
-            );
+            said.warnings.push(format!(
+                "the periodic sweep is NOT installed. {NOWHERE_FIX}. The line to run every minute:\n  {line}"
+            ));
+            // A dry run says so too, and exits 0: it was asked to write nothing.
+            said.failed = !self.dry_run;
             return Ok(());
         }
         let current = crontab_list();
         if current.lines().any(|existing| existing == line) {
-            println!("sweep: crontab already runs session-reaper sweep");
+            said.sweep
+                .push("sweep: crontab already runs session-reaper sweep".to_owned());
             return Ok(());
         }
         if self.dry_run {
-            println!("would add to your crontab:\n  {line}");
+            said.sweep
+                .push(format!("would add to your crontab:\n  {line}"));
             return Ok(());
         }
         let mut kept: Vec<&str> = current
@@ -212,25 +261,27 @@ impl Sweep<'_> {
             .collect();
         kept.push(&line);
         crontab_write(&(kept.join("\n") + "\n"))?;
-        println!("sweep: added to your crontab:\n  {line}");
+        said.sweep
+            .push(format!("sweep: added to your crontab:\n  {line}"));
         Ok(())
     }
 
-    fn uninstall(&self) -> anyhow::Result<()> {
+    fn uninstall(&self, said: &mut Said) -> anyhow::Result<()> {
         if let Some(dir) = Self::unit_dir().filter(|dir| dir.join(format!("{UNIT}.timer")).exists())
         {
             if self.dry_run {
-                println!(
+                said.sweep.push(format!(
                     "would disable {UNIT}.timer and remove its units from {}",
                     dir.display()
-                );
+                ));
                 return Ok(());
             }
             let _ = systemctl(&["disable", "--now", &format!("{UNIT}.timer")]);
             let _ = std::fs::remove_file(dir.join(format!("{UNIT}.timer")));
             let _ = std::fs::remove_file(dir.join(format!("{UNIT}.service")));
             let _ = systemctl(&["daemon-reload"]);
-            println!("sweep: systemd user timer removed");
+            said.sweep
+                .push("sweep: systemd user timer removed".to_owned());
         }
         if crontab_available() {
             let current = crontab_list();
@@ -240,14 +291,16 @@ impl Sweep<'_> {
                 .collect();
             if kept.len() != current.lines().count() {
                 if self.dry_run {
-                    println!("would remove the session-reaper sweep line from your crontab");
+                    said.sweep.push(
+                        "would remove the session-reaper sweep line from your crontab".to_owned(),
+                    );
                 } else {
                     let mut text = kept.join("\n");
                     if !text.is_empty() {
                         text.push('\n');
                     }
                     crontab_write(&text)?;
-                    println!("sweep: crontab line removed");
+                    said.sweep.push("sweep: crontab line removed".to_owned());
                 }
             }
         }

@@ -77,7 +77,13 @@ pub fn load(spec: &AgentSpec, target: &Path, shown: &Path) -> anyhow::Result<Opt
 }
 
 /// The value and syntax tree of a settings text. Comments (and trailing commas) only where the agent allows them.
+/// A plugin file of ours (`SettingsKind::Plugin`) reads as the settings document it stands for.
 pub fn parse(spec: &AgentSpec, text: &str, shown: &Path) -> anyhow::Result<(Value, CstRootNode)> {
+    if spec.is_plugin() {
+        let tree =
+            CstRootNode::parse("{}", &ParseOptions::default()).map_err(|err| bad(shown, err))?;
+        return Ok((crate::settings::plugin::view(spec, text), tree));
+    }
     let body = text.strip_prefix('\u{feff}').unwrap_or(text);
     let blank = body.trim().is_empty();
     if !spec.comments && !blank {
@@ -268,20 +274,23 @@ pub fn backup_path(target: &Path) -> PathBuf {
     target.with_file_name(format!("{name}.session-reaper.bak"))
 }
 
-/// Replaces `target` with `text`: the previous contents (if any) saved to its one backup first, both written by the
-/// atomic writer with the original's permission bits.
+/// Replaces `target` with `text`: the previous contents (if any, and `backup` asks for it) saved to its one backup
+/// first, both written by the atomic writer with the original's permission bits.
 pub fn replace(
     target: &Path,
     text: &str,
     loaded: Option<&Loaded>,
+    backup: bool,
 ) -> anyhow::Result<Option<PathBuf>> {
-    let backup = if let Some(loaded) = loaded {
+    let backup = if let Some(loaded) = loaded.filter(|_| backup) {
         let path = backup_path(target);
         let mode = loaded.metadata.permissions().mode() & 0o7777;
         write_atomic(&path, loaded.text.as_bytes(), mode)
             .with_context(|| format!("{}: cannot write a backup beside it", target.display()))?;
         fs::set_permissions(&path, fs::Permissions::from_mode(mode))?;
         Some(path)
+    } else if loaded.is_some() {
+        None
     } else {
         if let Some(parent) = target
             .parent()

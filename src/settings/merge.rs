@@ -1,11 +1,12 @@
 //! The pure half of the installer: our hook entries added to, or removed from, a settings document (a
 //! `serde_json::Value`) in the shape its agent's table row names — Claude's matcher groups or Cursor's and
-//! Copilot's flat entries. No files, no I/O; every other key, event and hook is left as it was.
+//! Copilot's flat entries, under a `hooks` object or (Factory Droid) at the top level. No files, no I/O; every other
+//! key, event and hook is left as it was.
 
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
-use crate::agents::{AgentSpec, Layout};
+use crate::agents::{AgentSpec, EventsAt, Layout};
 use crate::error::BadInput;
 use crate::model::leftover::Policy;
 
@@ -92,9 +93,35 @@ fn command_of(spec: &AgentSpec, entry: &Value) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The object that holds `spec`'s events in `settings`: its `hooks` object, or the top level (Factory Droid).
+pub fn events_of<'a>(spec: &AgentSpec, settings: &'a Value) -> Option<&'a Map<String, Value>> {
+    match spec.events_at {
+        EventsAt::HooksKey => settings.get("hooks")?.as_object(),
+        EventsAt::TopLevel => settings.as_object(),
+    }
+}
+
+/// Our hook commands in a `hooks` wrapper that an agent keyed by event at the top level ignores (Factory Droid):
+/// an older install of ours wrote them there.
+pub fn ours_in_ignored_wrapper(spec: &AgentSpec, settings: &Value) -> Vec<String> {
+    if spec.events_at != EventsAt::TopLevel {
+        return Vec::new();
+    }
+    let Some(wrapper) = settings.get("hooks").and_then(Value::as_object) else {
+        return Vec::new();
+    };
+    wrapper
+        .values()
+        .filter_map(Value::as_array)
+        .flat_map(|items| entries(spec, items))
+        .filter_map(|entry| command_of(spec, entry))
+        .filter(|command| is_our_command(command))
+        .collect()
+}
+
 /// Every hook command in a document of `spec`'s shape, by event, in file order.
 pub fn commands_in(spec: &AgentSpec, settings: &Value) -> Vec<(String, String)> {
-    let Some(hooks) = settings.get("hooks").and_then(Value::as_object) else {
+    let Some(hooks) = events_of(spec, settings) else {
         return Vec::new();
     };
     hooks
@@ -108,10 +135,15 @@ pub fn commands_in(spec: &AgentSpec, settings: &Value) -> Vec<(String, String)> 
         .collect()
 }
 
-/// Every hook command in a hooks document of any agent's shape (matcher groups or flat entries, `command` or `bash`),
-/// in file order: for files whose agent is not known (ready-made files, a plugin's `hooks.json`).
+/// Every hook command in a hooks document of any agent's shape (matcher groups or flat entries, `command` or `bash`,
+/// under `hooks` or at the top level), in file order: for files whose agent is not known (ready-made files, a
+/// plugin's `hooks.json`).
 pub fn all_commands(settings: &Value) -> Vec<String> {
-    let Some(hooks) = settings.get("hooks").and_then(Value::as_object) else {
+    let Some(hooks) = settings
+        .get("hooks")
+        .and_then(Value::as_object)
+        .or_else(|| settings.as_object())
+    else {
         return Vec::new();
     };
     let command = |entry: &Value| {
@@ -160,15 +192,29 @@ fn bad_shape(what: &str, expected: &str, found: &Value) -> anyhow::Error {
     )))
 }
 
-/// The `hooks` object (if any), or the user's-input error saying what is wrong.
-fn hooks_shape(settings: &Value) -> anyhow::Result<Option<&Map<String, Value>>> {
+/// The object holding the events (if any), or the user's-input error saying what is wrong.
+fn hooks_shape<'a>(
+    spec: &AgentSpec,
+    settings: &'a Value,
+) -> anyhow::Result<Option<&'a Map<String, Value>>> {
     let root = settings
         .as_object()
         .ok_or_else(|| bad_shape("the top level", "a JSON object", settings))?;
+    if spec.events_at == EventsAt::TopLevel {
+        return Ok(Some(root));
+    }
     match root.get("hooks") {
         None => Ok(None),
         Some(Value::Object(hooks)) => Ok(Some(hooks)),
         Some(other) => Err(bad_shape("\"hooks\"", "an object", other)),
+    }
+}
+
+/// How an event is named in messages: `"hooks.SessionStart"`, or `"SessionStart"` at the top level.
+fn event_label(spec: &AgentSpec, event: &str) -> String {
+    match spec.events_at {
+        EventsAt::HooksKey => format!("\"hooks.{event}\""),
+        EventsAt::TopLevel => format!("\"{event}\""),
     }
 }
 
@@ -261,27 +307,39 @@ pub fn merge_entries(
     spec: &AgentSpec,
     command: &str,
 ) -> anyhow::Result<Vec<Change>> {
-    if let Some(hooks) = hooks_shape(settings)? {
+    if let Some(hooks) = hooks_shape(spec, settings)? {
         for event in spec.events() {
             if let Some(value) = hooks.get(event).filter(|value| !value.is_array()) {
-                return Err(bad_shape(&format!("\"hooks.{event}\""), "an array", value));
+                return Err(bad_shape(&event_label(spec, event), "an array", value));
             }
         }
     }
     let Some(root) = settings.as_object_mut() else {
         unreachable!("checked by hooks_shape")
     };
-    if spec.layout == Layout::Flat && !root.contains_key("hooks") && !root.contains_key("version") {
-        root.insert("version".into(), json!(1));
-    }
-    let Some(hooks) = root
-        .entry("hooks")
-        .or_insert_with(|| Value::Object(Map::new()))
-        .as_object_mut()
-    else {
-        unreachable!("checked by hooks_shape")
-    };
     let mut changes = Vec::new();
+    let hooks = match spec.events_at {
+        EventsAt::HooksKey => {
+            if spec.layout == Layout::Flat
+                && !root.contains_key("hooks")
+                && !root.contains_key("version")
+            {
+                root.insert("version".into(), json!(1));
+            }
+            let Some(hooks) = root
+                .entry("hooks")
+                .or_insert_with(|| Value::Object(Map::new()))
+                .as_object_mut()
+            else {
+                unreachable!("checked by hooks_shape")
+            };
+            hooks
+        }
+        EventsAt::TopLevel => {
+            changes.extend(migrate_wrapper(spec, root));
+            root
+        }
+    };
     for event in spec.events() {
         let wanted = spec.entry(event, command);
         let Some(items) = hooks
@@ -337,22 +395,41 @@ pub fn merge_entries(
 /// emptied is removed too (and, for a flat layout, the `"version": 1` that goes with `hooks`); one that was already
 /// empty is kept. So install then uninstall gives back the original document, except that an empty `hooks` object,
 /// or an empty array under one of our events, does not survive (the installed document cannot tell it from none).
+/// Where the events are at the top level (Droid), entries of ours in an ignored `hooks` wrapper go as well.
 ///
 /// # Errors
 /// [`BadInput`] (and `settings` untouched) when the top level or `hooks` is not an object.
 pub fn remove_entries(settings: &mut Value, spec: &AgentSpec) -> anyhow::Result<Vec<Change>> {
-    if hooks_shape(settings)?.is_none() {
+    if hooks_shape(spec, settings)?.is_none() {
         return Ok(Vec::new());
     }
     let Some(root) = settings.as_object_mut() else {
         unreachable!("checked by hooks_shape")
     };
+    if spec.events_at == EventsAt::TopLevel {
+        let mut changes = migrate_wrapper(spec, root);
+        changes.extend(remove_ours(spec, root, ""));
+        return Ok(changes);
+    }
     let Some(hooks) = root.get_mut("hooks").and_then(Value::as_object_mut) else {
         unreachable!("checked by hooks_shape")
     };
+    let changes = remove_ours(spec, hooks, "");
+    if !changes.is_empty() && hooks.is_empty() {
+        let flat = spec.layout == Layout::Flat;
+        root.retain(|key, value| {
+            key != "hooks" && !(flat && key == "version" && *value == json!(1))
+        });
+    }
+    Ok(changes)
+}
+
+/// Removes our entries from every event array of `events` (naming each event with `prefix` in front), then the
+/// event arrays this emptied.
+fn remove_ours(spec: &AgentSpec, events: &mut Map<String, Value>, prefix: &str) -> Vec<Change> {
     let mut changes = Vec::new();
     let mut emptied_events = Vec::new();
-    for (event, value) in hooks.iter_mut() {
+    for (event, value) in events.iter_mut() {
         let Some(items) = value.as_array_mut() else {
             continue;
         };
@@ -362,7 +439,7 @@ pub fn remove_entries(settings: &mut Value, spec: &AgentSpec) -> anyhow::Result<
         }
         for &position in &positions {
             changes.push(Change::Removed {
-                event: event.clone(),
+                event: format!("{prefix}{event}"),
                 command: command_of(spec, entry_at(spec, items, position)).unwrap_or_default(),
             });
         }
@@ -372,14 +449,21 @@ pub fn remove_entries(settings: &mut Value, spec: &AgentSpec) -> anyhow::Result<
         }
     }
     // `retain` keeps the order of the remaining keys (`remove` would swap under `preserve_order`).
-    hooks.retain(|event, _| !emptied_events.contains(event));
-    if !changes.is_empty() && hooks.is_empty() {
-        let flat = spec.layout == Layout::Flat;
-        root.retain(|key, value| {
-            key != "hooks" && !(flat && key == "version" && *value == json!(1))
-        });
+    events.retain(|event, _| !emptied_events.contains(event));
+    changes
+}
+
+/// Where the events are at the top level (Droid), takes our entries out of a `hooks` wrapper the agent ignores (an
+/// older install of ours wrote them there), and the wrapper too when this emptied it.
+fn migrate_wrapper(spec: &AgentSpec, root: &mut Map<String, Value>) -> Vec<Change> {
+    let Some(wrapper) = root.get_mut("hooks").and_then(Value::as_object_mut) else {
+        return Vec::new();
+    };
+    let changes = remove_ours(spec, wrapper, "hooks.");
+    if !changes.is_empty() && wrapper.is_empty() {
+        root.retain(|key, _| key != "hooks");
     }
-    Ok(changes)
+    changes
 }
 
 /// Warnings about `settings` for `spec`: switches that keep our hooks from running, a Gemini hook list naming us,
@@ -427,7 +511,7 @@ pub fn advisories(spec: &AgentSpec, settings: &Value) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agents::{AGENTS, Agent};
+    use crate::agents::{AGENTS, Agent, EventsAt};
     use proptest::prelude::*;
 
     const BIN: &str = "/usr/local/bin/session-reaper";
@@ -515,6 +599,45 @@ mod tests {
     }
 
     #[test]
+    fn droid_events_go_at_the_top_level_and_an_old_wrapped_install_is_migrated() {
+        let spec = Agent::Droid.spec();
+        let ours = command(spec);
+        let mut value = json!({ "hooks": { "SessionStart": [
+            { "hooks": [ { "type": "command", "command": "/old/session-reaper hook --agent droid" } ] }
+        ], "PreToolUse": [ { "hooks": [ { "type": "command", "command": "lint.sh" } ] } ] } });
+        let changes = merge_entries(&mut value, spec, &ours).unwrap();
+        assert_eq!(
+            value,
+            json!({
+                "hooks": { "PreToolUse": [ { "hooks": [ { "type": "command", "command": "lint.sh" } ] } ] },
+                "SessionStart": [ { "hooks": [ spec.entry("SessionStart", &ours) ] } ],
+                "SessionEnd": [ { "hooks": [ spec.entry("SessionEnd", &ours) ] } ]
+            }),
+            "only our entries move; the user's wrapped ones are theirs"
+        );
+        assert!(
+            matches!(&changes[0], Change::Removed { event, .. } if event == "hooks.SessionStart")
+        );
+        assert_eq!(commands_in(spec, &value).len(), 2);
+        let mut wrapped_only = json!({ "hooks": { "SessionEnd": [
+            { "hooks": [ { "type": "command", "command": "session-reaper hook --agent droid" } ] }
+        ] } });
+        merge_entries(&mut wrapped_only, spec, &ours).unwrap();
+        assert!(wrapped_only.get("hooks").is_none(), "{wrapped_only}");
+        let mut both = value.clone();
+        remove_entries(&mut both, spec).unwrap();
+        assert_eq!(
+            both,
+            json!({ "hooks": { "PreToolUse": [ { "hooks": [ { "type": "command", "command": "lint.sh" } ] } ] } })
+        );
+        let mut old = json!({ "hooks": { "SessionEnd": [
+            { "hooks": [ { "type": "command", "command": "session-reaper hook --agent droid" } ] }
+        ] } });
+        assert_eq!(remove_entries(&mut old, spec).unwrap().len(), 1);
+        assert_eq!(old, json!({}));
+    }
+
+    #[test]
     fn ready_made_files_match_the_installer() {
         let files = [
             (
@@ -544,7 +667,12 @@ mod tests {
                 include_str!("../../hooks/goose/session-reaper/hooks/hooks.json"),
             ),
         ];
-        assert_eq!(files.len(), AGENTS.len(), "a ready-made file per agent");
+        let plugins = AGENTS.iter().filter(|spec| spec.is_plugin()).count();
+        assert_eq!(
+            files.len() + plugins,
+            AGENTS.len(),
+            "a ready-made file per agent (a plugin agent's is its template, checked in `plugin`)"
+        );
         for (agent, text) in files {
             let spec = agent.spec();
             let file: Value = serde_json::from_str(text).unwrap();
@@ -632,16 +760,20 @@ mod tests {
                     .into_iter()
                     .filter(|(key, _)| key != "hooks" && key != "version")
                     .collect();
-                if let Some(hooks) = hooks {
-                    root.insert("hooks".into(), hooks);
+                match (hooks, spec.events_at) {
+                    (Some(Value::Object(events)), EventsAt::TopLevel) => root.extend(events),
+                    (Some(hooks), _) => {
+                        root.insert("hooks".into(), hooks);
+                    }
+                    (None, _) => {}
                 }
                 Value::Object(root)
             })
     }
 
     fn any_agent_document() -> impl Strategy<Value = (&'static AgentSpec, Value)> {
-        prop::sample::select(AGENTS.iter().collect::<Vec<_>>())
-            .prop_flat_map(|spec| (Just(spec), document(spec)))
+        let json_agents: Vec<&AgentSpec> = AGENTS.iter().filter(|spec| !spec.is_plugin()).collect();
+        prop::sample::select(json_agents).prop_flat_map(|spec| (Just(spec), document(spec)))
     }
 
     proptest! {

@@ -1,9 +1,14 @@
 //! Agent settings: our `SessionStart`/`SessionEnd` hook entries in the settings file of every agent in
 //! [`crate::agents`] — `merge` (pure JSON), `file` (load, back up, replace through the one atomic writer, comments
-//! kept), `report` (what was done) and `probe` (doctor's check that the configured hooks really run).
+//! kept), `plugin` (a plugin file of ours, OpenCode's), `report` (what was done) and `probe` (doctor's check that the
+//! configured hooks really run).
+//!
+//! Removal is clean: a file that holds nothing but our entries is removed rather than left as `{}` (with the
+//! agent's own folders above it that this leaves empty), and no backup is kept that holds nothing but our entries.
 
 pub mod file;
 pub mod merge;
+pub mod plugin;
 pub mod probe;
 pub mod report;
 
@@ -13,6 +18,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::agents::{Agent, AgentSpec};
+use anyhow::Context;
+
 use crate::error::BadInput;
 pub use merge::{
     Change, HookFlags, PROGRAM, commands_in, hook_command, is_our_command, shell_words,
@@ -27,6 +34,20 @@ pub enum Scope {
     User,
     /// The settings of the repository the current directory is in, at its top level (for teams to commit).
     Project,
+}
+
+/// What to do where neither a systemd user manager nor `crontab` is there.
+pub const NOWHERE_FIX: &str = "This machine has no systemd user manager and no crontab: run `session-reaper sweep` \
+    every minute some other way (a login script, a supervisor), or install cron";
+
+/// Whether the periodic sweep is installed, and where it could be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SweepState {
+    Installed,
+    /// Not installed; `install --with-sweep` would install it.
+    Missing,
+    /// Not installed, and neither a systemd user manager nor `crontab` is there to install it.
+    Nowhere,
 }
 
 /// One `install` or `uninstall` run on one settings file.
@@ -83,6 +104,9 @@ fn apply(req: &InstallRequest, operation: Operation) -> anyhow::Result<InstallRe
     let target = file::write_target(&absolute)
         .map_err(|err| anyhow::anyhow!("{}: cannot follow symlink: {err}", path.display()))?;
     let loaded = file::load(spec, &target, path)?;
+    if let Some(template) = plugin::template(spec) {
+        return apply_plugin(req, operation, &target, loaded.as_ref(), template);
+    }
     let mut value = loaded
         .as_ref()
         .map_or_else(|| Value::Object(Map::new()), |loaded| loaded.value.clone());
@@ -91,19 +115,11 @@ fn apply(req: &InstallRequest, operation: Operation) -> anyhow::Result<InstallRe
         Operation::Uninstall => merge::remove_entries(&mut value, spec),
     }
     .map_err(|err| with_path(err, path))?;
-    let mut report = InstallReport {
-        operation,
-        agent: req.agent,
-        path: path.clone(),
-        changes,
-        dry_run: req.dry_run,
-        created: operation == Operation::Install && loaded.is_none(),
-        written: false,
-        backup: None,
-        notes: match operation {
-            Operation::Install => merge::advisories(spec, &value),
-            Operation::Uninstall => Vec::new(),
-        },
+    let mut report = InstallReport::new(req, operation, changes);
+    report.created = operation == Operation::Install && loaded.is_none();
+    report.notes = match operation {
+        Operation::Install => merge::advisories(spec, &value),
+        Operation::Uninstall => Vec::new(),
     };
     if operation == Operation::Uninstall
         && report.changed()
@@ -115,6 +131,14 @@ fn apply(req: &InstallRequest, operation: Operation) -> anyhow::Result<InstallRe
             spec.title
         ));
     }
+    let emptied = operation == Operation::Uninstall && value.as_object().is_some_and(Map::is_empty);
+    let backup = file::backup_path(&target);
+    let previous = std::fs::read_to_string(&backup).ok();
+    // The file is ours alone when it held nothing else and no backup of the user's says it was there before us.
+    report.removed = emptied
+        && previous
+            .as_deref()
+            .is_none_or(|text| holds_only_ours(spec, text));
     if !report.changed() || req.dry_run {
         return Ok(report);
     }
@@ -122,21 +146,113 @@ fn apply(req: &InstallRequest, operation: Operation) -> anyhow::Result<InstallRe
         file::ensure_unchanged(&target, &loaded.metadata)
             .map_err(|err| anyhow::anyhow!("{}: left as it is: {err}", path.display()))?;
     }
-    let emptied = operation == Operation::Uninstall && value.as_object().is_some_and(Map::is_empty);
-    if emptied && let Some((companion, _)) = spec.companion {
-        remove_plugin(spec, &target, companion)?;
-        report.written = true;
+    report.written = true;
+    if report.removed {
+        remove_our_file(spec, &target)?;
         return Ok(report);
     }
     let text = match &loaded {
         Some(loaded) => file::edited_text(loaded, &value),
         None => file::rendered(&value),
     };
-    report.backup = file::replace(&target, &text, loaded.as_ref())?;
+    // A backup is kept of what the user had: not of a file that held only our entries, and not when the file is
+    // back to what the backup holds (an uninstall that restored it).
+    let restored = previous.as_deref() == Some(text.as_str());
+    let keep_backup = loaded
+        .as_ref()
+        .filter(|loaded| !restored && !holds_only_ours(spec, &loaded.text));
+    report.backup = file::replace(&target, &text, loaded.as_ref(), keep_backup.is_some())?;
+    if restored {
+        let _ = std::fs::remove_file(&backup);
+    }
     if let Some((companion, contents)) = spec.companion {
         write_companion(&target, companion, contents)?;
     }
+    Ok(report)
+}
+
+/// True when a settings text holds entries of ours and nothing else.
+fn holds_only_ours(spec: &AgentSpec, text: &str) -> bool {
+    let Ok((mut value, _)) = file::parse(spec, text, Path::new("")) else {
+        return false;
+    };
+    merge::remove_entries(&mut value, spec).is_ok_and(|changes| !changes.is_empty())
+        && value.as_object().is_some_and(Map::is_empty)
+}
+
+/// Install or uninstall for an agent whose hook is a plugin file of ours: written whole from its template, or
+/// removed; a file of the same name that is not ours is never touched.
+fn apply_plugin(
+    req: &InstallRequest,
+    operation: Operation,
+    target: &Path,
+    loaded: Option<&file::Loaded>,
+    template: &str,
+) -> anyhow::Result<InstallReport> {
+    let spec = req.agent.spec();
+    let path = &req.settings_path;
+    if loaded.is_some_and(|loaded| !plugin::is_ours(&loaded.text)) {
+        return match operation {
+            Operation::Install => Err(anyhow::Error::new(BadInput(format!(
+                "{}: expected a plugin file of {PROGRAM}'s there, found another; left as it is (move it away, or \
+                 pass --settings with another file name)",
+                path.display()
+            )))),
+            Operation::Uninstall => Ok(InstallReport::new(req, operation, Vec::new())),
+        };
+    }
+    let current = loaded.and_then(|loaded| plugin::command_in(&loaded.text));
+    let text = plugin::render(template, &req.command);
+    let changes = spec
+        .events()
+        .map(|event| {
+            let event = event.to_owned();
+            match (operation, &current) {
+                (Operation::Uninstall, Some(command)) => Change::Removed {
+                    event,
+                    command: command.clone(),
+                },
+                (Operation::Install, None) => Change::Added {
+                    event,
+                    command: req.command.clone(),
+                },
+                (Operation::Install, Some(_)) if loaded.is_some_and(|l| l.text == text) => {
+                    Change::Unchanged {
+                        event,
+                        command: req.command.clone(),
+                    }
+                }
+                (Operation::Install, Some(old_command)) => Change::Replaced {
+                    event,
+                    old_command: old_command.clone(),
+                    command: req.command.clone(),
+                },
+                (Operation::Uninstall, None) => Change::Unchanged {
+                    event,
+                    command: String::new(),
+                },
+            }
+        })
+        .filter(|change| operation == Operation::Install || change.is_change())
+        .collect();
+    let mut report = InstallReport::new(req, operation, changes);
+    report.created = operation == Operation::Install && loaded.is_none();
+    report.removed = operation == Operation::Uninstall && report.changed();
+    if !report.changed() || req.dry_run {
+        return Ok(report);
+    }
     report.written = true;
+    match operation {
+        Operation::Install => {
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("cannot create {}", parent.display()))?;
+            }
+            crate::store::root::write_atomic(target, text.as_bytes(), 0o644)
+                .with_context(|| format!("{}: cannot write", path.display()))?;
+        }
+        Operation::Uninstall => remove_our_file(spec, target)?,
+    }
     Ok(report)
 }
 
@@ -163,21 +279,21 @@ fn write_companion(target: &Path, companion: &str, contents: &str) -> anyhow::Re
     crate::store::root::write_atomic(&path, contents.as_bytes(), 0o644)
 }
 
-/// Removes a plugin that only we filled: the emptied hook file and its backup, our companion file (if unchanged),
-/// then the directories they leave empty.
-fn remove_plugin(spec: &AgentSpec, target: &Path, companion: &str) -> anyhow::Result<()> {
-    std::fs::remove_file(target)?;
+/// Removes a settings file that held only our entries (or a plugin file of ours), its backup, our companion file
+/// (if unchanged), then the agent's own folders above it that this leaves empty.
+fn remove_our_file(spec: &AgentSpec, target: &Path) -> anyhow::Result<()> {
+    std::fs::remove_file(target).with_context(|| format!("cannot remove {}", target.display()))?;
     let _ = std::fs::remove_file(file::backup_path(target));
-    let companion = companion_path(target, companion);
-    let contents = spec
-        .companion
-        .map(|(_, contents)| contents)
-        .unwrap_or_default();
-    if std::fs::read_to_string(&companion).is_ok_and(|text| text == contents) {
-        std::fs::remove_file(&companion)?;
+    if let Some((companion, contents)) = spec.companion {
+        let companion = companion_path(target, companion);
+        if std::fs::read_to_string(&companion).is_ok_and(|text| text == contents) {
+            std::fs::remove_file(&companion)?;
+        }
     }
-    for dir in [target.parent(), companion.parent()].into_iter().flatten() {
-        let _ = std::fs::remove_dir(dir);
+    for dir in target.ancestors().skip(1).take(spec.own_dirs_above(target)) {
+        if std::fs::remove_dir(dir).is_err() {
+            break;
+        }
     }
     Ok(())
 }

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use crate::agents::{Agent, AgentSpec, Casing, Layout, SessionEndReliability, timeout_millis};
 use crate::commands::hook::{self, HookEvent, Payload};
 use crate::config::{Config, HookRequest};
+use crate::settings::{NOWHERE_FIX, SweepState};
 
 /// The variable that puts a hook into probe mode.
 pub const PROBE_VAR: &str = "SESSION_REAPER_PROBE";
@@ -347,7 +348,7 @@ pub fn findings(
     value: &Value,
     ours: &[OurEntry],
     state_dir: &Path,
-    sweep_installed: bool,
+    sweep: SweepState,
 ) -> Vec<Finding> {
     let mut findings = Vec::new();
     if let Some(switch) = spec.hooks_disabled_by(value) {
@@ -398,14 +399,18 @@ pub fn findings(
             ));
         }
     }
-    if let SessionEndReliability::Partial(why) = spec.session_end
-        && !sweep_installed
-    {
-        findings.push(Finding {
-            failure: false,
-            detail: format!("no periodic sweep, and {why}"),
-            fix: format!("session-reaper install --agent {} --with-sweep", spec.name),
-        });
+    if let SessionEndReliability::Partial(why) = spec.session_end {
+        let fix = match sweep {
+            SweepState::Installed => None,
+            SweepState::Missing => Some(format!(
+                "session-reaper install --agent {} --with-sweep",
+                spec.name
+            )),
+            SweepState::Nowhere => Some(NOWHERE_FIX.to_owned()),
+        };
+        if let Some(fix) = fix {
+            findings.push(warn(format!("no periodic sweep, and {why}"), fix));
+        }
     }
     findings
 }
@@ -415,7 +420,7 @@ pub type OurEntry = (String, usize, usize, Value);
 
 /// Our entries in a settings document: (event, group, index within the group, entry).
 pub fn our_entries(spec: &AgentSpec, value: &Value) -> Vec<OurEntry> {
-    let Some(hooks) = value.get("hooks").and_then(Value::as_object) else {
+    let Some(hooks) = crate::settings::merge::events_of(spec, value) else {
         return Vec::new();
     };
     let ours = |entry: &Value| {

@@ -16,7 +16,8 @@ pub enum Operation {
     Uninstall,
 }
 
-/// The outcome of one install or uninstall.
+/// The outcome of one install or uninstall. (Its booleans are independent facts, as `--json` shows them.)
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Clone, Debug, Serialize)]
 pub struct InstallReport {
     pub operation: Operation,
@@ -28,8 +29,11 @@ pub struct InstallReport {
     pub dry_run: bool,
     /// Install found no file and creates it (or would, under `dry_run`), with its parent directories.
     pub created: bool,
-    /// The file was rewritten (or removed, when uninstall emptied a file only we had made).
+    /// The file was rewritten or removed (or would be, under `dry_run`: then false).
     pub written: bool,
+    /// Uninstall removes the file (or would, under `dry_run`): it held nothing but our entries, and no backup says
+    /// the user had it before; the agent's own folders it leaves empty go too.
+    pub removed: bool,
     /// Where the previous contents were saved, when the file was rewritten.
     pub backup: Option<PathBuf>,
     /// Things the user should know: a switch that keeps our hooks from running, a trust step.
@@ -37,6 +41,26 @@ pub struct InstallReport {
 }
 
 impl InstallReport {
+    /// The report of `operation` on `req`'s file with these changes, before anything is written.
+    pub fn new(
+        req: &crate::settings::InstallRequest,
+        operation: Operation,
+        changes: Vec<Change>,
+    ) -> Self {
+        InstallReport {
+            operation,
+            agent: req.agent,
+            path: req.settings_path.clone(),
+            changes,
+            dry_run: req.dry_run,
+            created: false,
+            written: false,
+            removed: false,
+            backup: None,
+            notes: Vec::new(),
+        }
+    }
+
     /// True when the file's contents change (or would, under `dry_run`).
     pub fn changed(&self) -> bool {
         self.changes.iter().any(Change::is_change)
@@ -54,6 +78,11 @@ impl InstallReport {
             (Operation::Install, true, true) => {
                 format!("would install hooks in {path} (dry run, nothing written)")
             }
+            (Operation::Uninstall, true, true) if self.removed => {
+                format!(
+                    "would remove hooks from {path}, and the file, which holds nothing else (dry run, nothing written)"
+                )
+            }
             (Operation::Uninstall, true, true) => {
                 format!("would remove hooks from {path} (dry run, nothing written)")
             }
@@ -61,6 +90,9 @@ impl InstallReport {
                 format!("installed hooks in {path} (new file)")
             }
             (Operation::Install, true, false) => format!("installed hooks in {path}"),
+            (Operation::Uninstall, true, false) if self.removed => {
+                format!("removed hooks from {path}, and the file, which held nothing else")
+            }
             (Operation::Uninstall, true, false) => format!("removed hooks from {path}"),
         }
     }

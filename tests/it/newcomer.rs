@@ -239,12 +239,21 @@ fn install_for_each_agent_writes_parseable_settings_naming_a_command_our_cli_acc
         let settings = env.work.path().join(agent).join("settings.json");
         let out = run_install(&env, &home, "install", agent, &settings, &[]);
         assert_eq!(out.status.code(), Some(0), "{agent}: {}", stderr(&out));
-        let value: Value = serde_json::from_slice(&std::fs::read(&settings).unwrap())
+        let spec = session_reaper::agents::Agent::from_name(agent)
+            .unwrap()
+            .spec();
+        let text = std::fs::read_to_string(&settings).unwrap();
+        let (value, _) = session_reaper::settings::file::parse(spec, &text, &settings)
             .unwrap_or_else(|err| panic!("{agent}: installed file does not parse: {err}"));
-        let commands = session_reaper::settings::merge::all_commands(&value);
-        let events: Vec<&String> = value["hooks"].as_object().unwrap().keys().collect();
-        assert_eq!(commands.len(), 2, "{agent}: {value}");
-        assert_eq!(events.len(), 2, "{agent}: {value}");
+        let (events, commands): (Vec<String>, Vec<String>) =
+            session_reaper::settings::commands_in(spec, &value)
+                .into_iter()
+                .unzip();
+        assert_eq!(
+            events,
+            spec.events().collect::<Vec<_>>(),
+            "{agent}: {value}"
+        );
         for command in commands {
             let words = shell_words(&command);
             let (program, args) = words.split_first().unwrap();

@@ -1,7 +1,9 @@
 //! Agents as data, end to end through the binary: `install` / `uninstall` for every agent of the table (empty file,
 //! a busy file with comments where the agent allows them, twice, after the agent rewrote it, back to the original),
-//! one backup per file, `--state-dir` and `--scope project` in what is written, the shared sweep, every agent's
-//! payload shapes, one session reached through two agents' hooks, and `doctor` running the installed hooks.
+//! at most one backup per file and none of our entries alone, an empty home left empty, `--state-dir` and `--scope
+//! project` in what is written, the shared sweep (and no place for it), `--json`, every agent's payload shapes, one
+//! session reached through two agents' hooks, Droid's old wrapped file, OpenCode's plugin, and `doctor` running the
+//! installed hooks.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -11,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::harness::{Env, Home, run_bounded, stderr, stdout};
 
-use session_reaper::agents::{AGENTS, Agent, AgentSpec, Layout};
+use session_reaper::agents::{AGENTS, Agent, AgentSpec, EventsAt, Layout};
 
 /// Runs `args` in `home` with the test's state root.
 fn run(env: &Env, home: &Home, args: &[&str]) -> Output {
@@ -76,10 +78,38 @@ fn busy_file(spec: &AgentSpec) -> String {
     } else {
         "\n  \"model\": \"opus\",\n  \"env\": {\"FOO\": \"1\"},"
     };
-    format!(
-        "{{{comment}{version}{extra}\n  \"hooks\": {{\n    \"{}\": [{start}],\n    \"PreToolUse\": [{other}]\n  }}\n{trailing}}}\n",
+    let events = format!(
+        "\"{}\": [{start}],\n    \"PreToolUse\": [{other}]",
         spec.start_event
-    )
+    );
+    match spec.events_at {
+        EventsAt::HooksKey => format!(
+            "{{{comment}{version}{extra}\n  \"hooks\": {{\n    {events}\n  }}\n{trailing}}}\n"
+        ),
+        EventsAt::TopLevel => format!("{{{comment}{version}{extra}\n  {events}\n{trailing}}}\n"),
+    }
+}
+
+/// The JSON-settings agents (not those that take a plugin file of ours).
+fn json_agents() -> impl Iterator<Item = &'static AgentSpec> {
+    AGENTS.iter().filter(|spec| !spec.is_plugin())
+}
+
+/// Every file below `dir`, relative, sorted.
+fn files_below(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(current) = stack.pop() {
+        for entry in std::fs::read_dir(&current).into_iter().flatten().flatten() {
+            let path = entry.path();
+            found.push(path.strip_prefix(dir).unwrap().display().to_string());
+            if path.is_dir() {
+                stack.push(path);
+            }
+        }
+    }
+    found.sort();
+    found
 }
 
 /// Where the agent reads JSONC, both comments of [`busy_file`] are still in `text`.
@@ -148,16 +178,83 @@ fn every_agent_installs_into_an_empty_file_twice_and_uninstalls_to_nothing() {
             "{}: twice is once",
             spec.name
         );
-        install(&env, &home, "uninstall", spec.name, &path);
-        if spec.companion.is_some() {
-            assert!(
-                !path.exists() && !path.parent().unwrap().exists(),
-                "{}: the plugin we made is gone",
-                spec.name
-            );
-        } else {
-            assert_eq!(read_value(spec, &path), json!({}), "{}", spec.name);
-        }
+        let out = install(&env, &home, "uninstall", spec.name, &path);
+        assert!(
+            stdout(&out).contains("and the file, which held nothing else"),
+            "{}: {}",
+            spec.name,
+            stdout(&out)
+        );
+        let case = env.work.path().join("empty").join(spec.name);
+        assert_eq!(
+            files_below(&case),
+            Vec::<String>::new(),
+            "{}: a file only we filled is gone, with its backup and the folders it leaves empty",
+            spec.name
+        );
+    }
+}
+
+/// Issue 21 (5): `install` then `uninstall` of every agent in an empty home gives back the empty home, and `doctor`
+/// then has nothing to suggest for agents the user never had.
+#[test]
+fn install_then_uninstall_of_every_agent_leaves_an_empty_home_empty() {
+    let env = Env::new();
+    let home = Home::new(&env);
+    let before = files_below(&home.dir);
+    for spec in AGENTS {
+        let out = run(&env, &home, &["install", "--agent", spec.name]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}: {}",
+            spec.name,
+            stderr(&out)
+        );
+    }
+    assert!(files_below(&home.dir).len() > before.len());
+    // Installing again over our own files: still no backup of our entries alone.
+    for spec in AGENTS {
+        let out = run(
+            &env,
+            &home,
+            &["install", "--agent", spec.name, "--leftovers", "report"],
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}: {}",
+            spec.name,
+            stderr(&out)
+        );
+    }
+    let backups: Vec<String> = files_below(&home.dir)
+        .into_iter()
+        .filter(|name| name.contains(".session-reaper.bak"))
+        .collect();
+    assert_eq!(
+        backups,
+        Vec::<String>::new(),
+        "no backup holds only our entries"
+    );
+    for spec in AGENTS {
+        let out = run(&env, &home, &["uninstall", "--agent", spec.name]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}: {}",
+            spec.name,
+            stderr(&out)
+        );
+    }
+    assert_eq!(files_below(&home.dir), before, "the home is as it was");
+    for spec in AGENTS {
+        let checks = doctor_check(&env, &home, &format!("{} hooks", spec.name));
+        assert!(
+            checks.iter().all(|(level, _)| level == "ok"),
+            "{}: {checks:?}",
+            spec.name
+        );
     }
 }
 
@@ -165,7 +262,7 @@ fn every_agent_installs_into_an_empty_file_twice_and_uninstalls_to_nothing() {
 fn every_agent_keeps_a_busy_file_and_its_comments_and_uninstall_restores_its_value() {
     let env = Env::new();
     let home = Home::new(&env);
-    for spec in AGENTS {
+    for spec in json_agents() {
         let path = settings_path(&env, spec, "busy");
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         let original_text = busy_file(spec);
@@ -198,13 +295,15 @@ fn every_agent_keeps_a_busy_file_and_its_comments_and_uninstall_restores_its_val
         }
         assert_comments_kept(spec, &installed_text);
         // Ours runs first in the shared budget, except where trust is keyed by position (Codex): last.
-        let start = installed["hooks"][spec.start_event].as_array().unwrap();
-        let first_is_ours = ours(
-            spec,
-            &json!({ "hooks": { spec.start_event: [start[0].clone()] } }),
-        )
-        .len()
-            == 1;
+        let start = session_reaper::settings::merge::events_of(spec, &installed).unwrap()
+            [spec.start_event]
+            .as_array()
+            .unwrap();
+        let first_is_ours = session_reaper::settings::is_our_command(
+            &session_reaper::settings::merge::all_commands(
+                &json!({ "hooks": { "x": [start[0].clone()] } }),
+            )[0],
+        );
         assert_eq!(
             first_is_ours, !spec.trust_by_position,
             "{}: {installed_text}",
@@ -240,15 +339,16 @@ fn every_agent_keeps_a_busy_file_and_its_comments_and_uninstall_restores_its_val
             .map(|entry| entry.file_name().to_string_lossy().into_owned())
             .filter(|name| name.contains(".bak"))
             .collect();
-        assert_eq!(
-            backups,
-            [format!(
+        // Given back byte for byte, the backup of the original has nothing more to offer and goes.
+        let expected: Vec<String> = if restored_text == original_text {
+            Vec::new()
+        } else {
+            vec![format!(
                 "{}.session-reaper.bak",
                 path.file_name().unwrap().to_string_lossy()
-            )],
-            "{}: one backup",
-            spec.name
-        );
+            )]
+        };
+        assert_eq!(backups, expected, "{}: {restored_text}", spec.name);
     }
 }
 
@@ -256,7 +356,7 @@ fn every_agent_keeps_a_busy_file_and_its_comments_and_uninstall_restores_its_val
 fn comments_are_refused_where_the_agent_reads_plain_json() {
     let env = Env::new();
     let home = Home::new(&env);
-    for spec in AGENTS.iter().filter(|spec| !spec.comments) {
+    for spec in json_agents().filter(|spec| !spec.comments) {
         let path = settings_path(&env, spec, "comments");
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, "// no\n{}\n").unwrap();
@@ -413,7 +513,12 @@ fn codex_install_ends_with_the_trust_step_and_claude_with_sweep_is_shared() {
     // Codex: its SessionEnd is not always there, so the sweep is advised loudly, and trust comes last.
     let out = run(&env, &home, &["install", "--agent", "codex"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let text = stdout(&out);
+    assert!(
+        !stdout(&out).contains("!!!"),
+        "warnings go to stderr: {}",
+        stdout(&out)
+    );
+    let text = stderr(&out);
     let last = text
         .lines()
         .rev()
@@ -610,6 +715,51 @@ fn the_new_agents_payload_shapes_record_their_sessions() {
         &[],
     );
     assert!(!sessions(&env)[0]["ended_at"].is_null());
+}
+
+/// The payloads the real clients sent (fixtures/payloads/<agent>-<version>/), through the hook as `install` writes its
+/// command for each: recorded under that agent, and ended by its end event where it has one.
+#[test]
+fn real_clients_captured_payloads_start_and_end_their_sessions() {
+    let cases: &[(&str, &str, &[&str], Option<&str>)] = &[
+        (
+            "droid-0.225.2/SessionStart.json",
+            "droid",
+            &[],
+            Some("droid-0.225.2/SessionEnd.json"),
+        ),
+        (
+            "copilot-1.0.102/sessionStart.json",
+            "copilot",
+            &["--event", "sessionStart"],
+            Some("copilot-1.0.102/sessionEnd.json"),
+        ),
+        ("opencode-1.18.33/SessionStart.json", "opencode", &[], None),
+    ];
+    for (start, agent, extra, end) in cases {
+        let mut env = Env::new();
+        let mut args = vec!["--agent", agent];
+        args.extend_from_slice(extra);
+        hook(&mut env, &args, &fresh(&fixture(start)), &[]);
+        let records = sessions(&env);
+        assert_eq!(records.len(), 1, "{start}");
+        assert_eq!(records[0]["agent"], *agent, "{start}");
+        assert!(records[0]["ended_at"].is_null(), "{start}");
+        if let Some(end) = end {
+            let args: Vec<&str> = args
+                .iter()
+                .map(|arg| {
+                    if *arg == "sessionStart" {
+                        "sessionEnd"
+                    } else {
+                        arg
+                    }
+                })
+                .collect();
+            hook(&mut env, &args, &fresh(&fixture(end)), &[]);
+            assert!(!sessions(&env)[0]["ended_at"].is_null(), "{end}");
+        }
+    }
 }
 
 #[test]
@@ -923,9 +1073,9 @@ fn doctor_warns_of_an_agent_without_reliable_session_end_and_no_sweep() {
     let home = Home::new(&env);
     let out = run(&env, &home, &["install", "--agent", "qwen"]);
     assert!(
-        stdout(&out).contains("!!! Qwen Code needs the periodic sweep"),
+        stderr(&out).contains("!!! Qwen Code needs the periodic sweep"),
         "{}",
-        stdout(&out)
+        stderr(&out)
     );
     let checks = doctor_check(&env, &home, "qwen hooks");
     assert!(
@@ -1161,4 +1311,216 @@ fn install_writes_the_sentinel_switch_into_the_hooks_and_uninstall_removes_them(
         "a hook installed with --sentinel off starts none"
     );
     uninstall_all(&env, &home, "sentinel");
+}
+
+// --- Droid's real shape, OpenCode's plugin, the sweep with nowhere to go, --json ----------------------------------
+
+#[test]
+fn droid_hooks_go_at_the_top_level_and_an_old_wrapped_install_is_moved_there() {
+    let env = Env::new();
+    let home = Home::new(&env);
+    let path = home.dir.join(".factory/hooks.json");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    // What `install --agent droid` wrote before: Droid 0.225.2 ignores the wrapper, so these never ran.
+    let old = "session-reaper hook --agent droid";
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&json!({ "hooks": {
+            "SessionStart": [ { "hooks": [ { "type": "command", "command": old, "timeout": 5 } ] } ],
+            "SessionEnd": [ { "hooks": [ { "type": "command", "command": old, "timeout": 5 } ] } ]
+        } }))
+        .unwrap(),
+    )
+    .unwrap();
+    let checks = doctor_check(&env, &home, "droid hooks");
+    assert!(
+        checks.iter().any(|(level, text)| level == "fail"
+            && text.contains("ignores them")
+            && text.contains("install --agent droid")),
+        "{checks:?}"
+    );
+    let out = run(&env, &home, &["install", "--agent", "droid"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("hooks.SessionStart"),
+        "{}",
+        stdout(&out)
+    );
+    let value: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert!(value.get("hooks").is_none(), "the wrapper is gone: {value}");
+    assert_eq!(ours(Agent::Droid.spec(), &value).len(), 2, "{value}");
+    assert_eq!(value["SessionEnd"][0]["hooks"][0]["type"], "command");
+    let checks = doctor_check(&env, &home, "droid hooks");
+    assert!(checks.iter().all(|(level, _)| level == "ok"), "{checks:?}");
+    let out = run(&env, &home, &["uninstall", "--agent", "droid"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        !home.dir.join(".factory").exists(),
+        "nothing of ours is left"
+    );
+}
+
+#[test]
+fn opencode_gets_a_plugin_of_ours_that_doctor_runs_and_uninstall_removes() {
+    let env = Env::new();
+    let home = Home::new(&env);
+    let plugin = home.dir.join(".config/opencode/plugin/session-reaper.js");
+    let out = run(&env, &home, &["install", "--agent", "opencode"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = std::fs::read_to_string(&plugin).unwrap();
+    let command = session_reaper::settings::plugin::command_in(&text).unwrap();
+    let words = session_reaper::settings::shell_words(&command).unwrap();
+    assert_eq!(
+        words[1..],
+        [
+            "hook",
+            "--agent",
+            "opencode",
+            "--state-dir",
+            env.state_dir().to_str().unwrap()
+        ]
+    );
+    assert!(text.contains("\"shell.env\"") && text.contains("SESSION_REAPER_SESSION_ID"));
+    let checks = doctor_check(&env, &home, "opencode hooks");
+    assert!(
+        checks
+            .iter()
+            .all(|(level, text)| level == "ok" || text.contains("sweep")),
+        "the installed plugin's command answers as the hook: {checks:?}"
+    );
+    // Another state root: the plugin is rewritten whole; a file of someone else's is never touched.
+    let other = env.work.path().join("other-state");
+    let out = run_bounded(
+        home.cmd(&env, Some(&other), &["install", "--agent", "opencode"]),
+        None,
+    );
+    assert!(stdout(&out).contains("replaced"), "{}", stdout(&out));
+    let foreign = home.dir.join(".config/opencode/plugin/mine.js");
+    std::fs::write(&foreign, "export const Mine = async () => ({});\n").unwrap();
+    let out = run(
+        &env,
+        &home,
+        &[
+            "install",
+            "--agent",
+            "opencode",
+            "--settings",
+            foreign.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    assert_eq!(
+        std::fs::read_to_string(&foreign).unwrap(),
+        "export const Mine = async () => ({});\n"
+    );
+    let out = run(&env, &home, &["uninstall", "--agent", "opencode"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!plugin.exists());
+    assert!(
+        foreign.exists(),
+        "the user's plugin stays, and so does its folder"
+    );
+}
+
+#[test]
+fn with_sweep_and_nowhere_to_install_it_says_so_exits_non_zero_and_doctor_agrees() {
+    let env = Env::new();
+    let home = Home::new(&env);
+    // No crontab at all, and a systemctl without a user manager.
+    let bare = env.work.path().join("bare-bin");
+    std::fs::create_dir_all(&bare).unwrap();
+    std::fs::copy(home.dir.join("bin/systemctl"), bare.join("systemctl")).unwrap();
+    let cmd = |args: &[&str]| {
+        let mut command = home.cmd(&env, None, args);
+        command.env("PATH", &bare);
+        run_bounded(command, None)
+    };
+    let out = cmd(&["install", "--agent", "qwen", "--with-sweep"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let said = stderr(&out);
+    assert!(
+        said.contains("NOT installed") && said.contains("no systemd user manager and no crontab"),
+        "{said}"
+    );
+    let line = said
+        .lines()
+        .find(|line| line.contains("* * * * *"))
+        .unwrap_or_else(|| panic!("the line to run: {said}"));
+    assert!(
+        line.trim_end().ends_with("sweep >/dev/null"),
+        "errors are not thrown away: {line}"
+    );
+    let installed = read_value(Agent::Qwen.spec(), &home.dir.join(".qwen/settings.json"));
+    assert_eq!(
+        ours(Agent::Qwen.spec(), &installed).len(),
+        2,
+        "the hooks are installed"
+    );
+    let doctor = {
+        let mut command = home.cmd(&env, None, &["doctor", "--json"]);
+        command.env("PATH", format!("{}:/usr/bin:/bin", bare.display()));
+        run_bounded(command, None)
+    };
+    let value: Value = serde_json::from_slice(&doctor.stdout).unwrap();
+    let qwen: Vec<&Value> = value["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|check| check["name"] == "qwen hooks")
+        .collect();
+    assert!(
+        qwen.iter().any(|check| check["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no periodic sweep")
+            && check["fix"]
+                .as_str()
+                .unwrap()
+                .contains("no systemd user manager and no crontab")
+            && !check["fix"].as_str().unwrap().contains("--with-sweep")),
+        "doctor does not recommend what cannot work: {qwen:?}"
+    );
+}
+
+#[test]
+fn install_and_uninstall_answer_in_json_and_uninstall_offers_no_install_only_flag() {
+    let env = Env::new();
+    let home = Home::new(&env);
+    let out = run(&env, &home, &["install", "--agent", "codex", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let value: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(value["operation"], "install");
+    assert_eq!(value["agent"], "codex");
+    assert_eq!(value["created"], true);
+    assert_eq!(value["changes"].as_array().unwrap().len(), 2);
+    assert!(
+        value["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|warning| warning.as_str().unwrap().contains("TRUST")),
+        "{value}"
+    );
+    assert!(stderr(&out).is_empty(), "{}", stderr(&out));
+    let out = run(&env, &home, &["uninstall", "--agent", "codex", "--json"]);
+    let value: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(value["operation"], "uninstall");
+    assert_eq!(value["removed"], true);
+    let help = stdout(&run(&env, &home, &["uninstall", "--help"]));
+    assert!(
+        !help.contains("--leftovers") && !help.contains("--sentinel") && help.contains("--json"),
+        "{help}"
+    );
+    let out = run(
+        &env,
+        &home,
+        &["uninstall", "--agent", "codex", "--leftovers", "stop"],
+    );
+    assert_eq!(out.status.code(), Some(2), "refused by the parser");
 }
