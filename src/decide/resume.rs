@@ -13,7 +13,7 @@ use crate::model::marker::AGENT_WORKER_FLAGS;
 /// exactly: `S` does not match `S1`. `grep -r S`, `cp -r S`, `vim -rS`, a `tmux … claude --resume S` client are
 /// not agents.
 pub fn resumes(argv: &[String], session: &str, title: Option<&str>) -> bool {
-    if !crate::observe::proc::is_agent_program(argv)
+    if crate::agents::agent_of_process(argv).is_none()
         || argv
             .iter()
             .any(|arg| AGENT_WORKER_FLAGS.contains(&arg.as_str()))
