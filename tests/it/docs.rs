@@ -220,14 +220,16 @@ impl World {
             );
             return steps_of(&self.as_in_docs(&String::from_utf8_lossy(&out.stdout)));
         }
-        let mut script = String::from("exec 2>&1\n");
+        // Output goes to a file: a process a command leaves running in the background keeps no pipe open.
+        let log = self.env.work.path().join("transcript.out");
+        let mut script = format!("exec >'{}' 2>&1\n", log.display());
         script.push_str(&transcript.setup);
         script.push('\n');
         for step in &transcript.steps {
             let _ = write!(script, "printf '\\036\\n'\n{{ {}\n}}\n", step.command);
         }
-        let out = run_bounded_for(self.bash(&script), None, TRANSCRIPT_LIMIT);
-        let text = self.as_in_docs(&String::from_utf8_lossy(&out.stdout));
+        run_bounded_for(self.bash(&script), None, TRANSCRIPT_LIMIT);
+        let text = self.as_in_docs(&std::fs::read_to_string(&log).unwrap_or_default());
         let outputs: Vec<&str> = text.split("\u{1e}\n").skip(1).collect();
         assert_eq!(
             outputs.len(),
@@ -255,7 +257,9 @@ impl World {
     /// This world's paths under the names the docs use.
     fn as_in_docs(&self, text: &str) -> String {
         let home = self.home.dir.display().to_string();
-        text.replace(BIN, "/home/me/.cargo/bin/session-reaper")
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        text.replace(&format!("\"host\": \"{}\"", host.trim()), "\"host\": \"myhost\"")
+            .replace(BIN, "/home/me/.cargo/bin/session-reaper")
             .replace(&self.env.work.path().join("tmp").display().to_string(), "/tmp")
             .replace(&home, "/home/me")
     }
@@ -272,13 +276,14 @@ impl Drop for World {
 /// What may differ between two runs, masked: 16-hex-digit hashes, hexadecimal numbers, digits (pids, times),
 /// durations and sizes, and runs of spaces (column padding).
 fn mask(text: &str) -> String {
-    text.lines()
+    unrandom(text)
+        .lines()
         .map(|line| {
             let mut out = String::new();
             for word in line.split_inclusive(['-', '/', ' ', '(', ')', ',', '"', '`']) {
                 let core = word.trim_end_matches(['-', '/', ' ', '(', ')', ',', '"', '`']);
                 let tail = &word[core.len()..];
-                if core.len() == 16 && core.chars().all(|c| c.is_ascii_hexdigit()) {
+                if core.len() >= 16 && core.chars().all(|c| c.is_ascii_hexdigit()) {
                     out.push_str("HASH");
                 } else if core.starts_with("0x") && core.len() > 2 {
                     out.push_str("0xHEX");
@@ -319,6 +324,38 @@ fn mask(text: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// UUIDs (boot ids, session ids) and `mkdtemp` suffixes of the Codex plugin's session dirs, masked.
+fn unrandom(text: &str) -> String {
+    const UUID: [usize; 5] = [8, 4, 4, 4, 12];
+    let is_uuid = |candidate: &str| {
+        let parts: Vec<&str> = candidate.split('-').collect();
+        parts.len() == 5
+            && parts.iter().zip(UUID).all(|(part, len)| {
+                part.len() == len && part.chars().all(|c| c.is_ascii_hexdigit())
+            })
+    };
+    let mut out = String::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        if rest.len() >= 36 && rest.is_char_boundary(36) && is_uuid(&rest[..36]) {
+            out.push_str("UUID");
+            rest = &rest[36..];
+        } else if let Some(after) = rest.strip_prefix("cxc-")
+            && after.len() >= 6
+            && after.is_char_boundary(6)
+            && after[..6].chars().all(|c| c.is_ascii_alphanumeric())
+        {
+            out.push_str("cxc-RANDOM");
+            rest = &after[6..];
+        } else {
+            let next = rest.chars().next().unwrap();
+            out.push(next);
+            rest = &rest[next.len_utf8()..];
+        }
+    }
+    out
 }
 
 fn masked_lines(text: &str, any_order: bool) -> Vec<String> {
@@ -436,6 +473,10 @@ fn masking_keeps_what_a_reader_reads_and_hides_what_changes_between_runs() {
     assert_eq!(
         mask("local (magic 0xef53)  app-2e56aa36f538b33b/default"),
         mask("local (magic 0x794c7630)  app-0123456789abcdef/default")
+    );
+    assert_eq!(
+        mask("boot ca1e8e71-53fd-44de-906c-889cbe0f3ab1 /tmp/cxc-HByRNk/broker.log 4ba81752d305cdffe172ff94e99e2a21"),
+        mask("boot 0b5f6b3e-41c2-4d57-9a51-3c6f0e9d2a11 /tmp/cxc-IuvL2P/broker.log 0123456789abcdef0123456789abcdef")
     );
     assert_ne!(mask("stopped (SIGTERM)"), mask("stopped (SIGKILL)"));
     assert_ne!(mask("leftover 1 sleep 900"), mask("mcp server 1 sleep 900"));
