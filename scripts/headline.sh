@@ -14,8 +14,8 @@ mkdir -p "$tmp/home" "$tmp/src/app/.git"
 state=$tmp/home/.local/state/session-reaper
 agent_pid=
 cleanup() {
-    # Only what this script started: the fake agent's process group (its children were started in it).
-    if [ -n "$agent_pid" ]; then kill -KILL -- "-$agent_pid" 2>/dev/null || true; fi
+    # Only what this script started: the fake agent, and what carries its fresh session id.
+    if [ -n "$agent_pid" ]; then kill -KILL "$agent_pid" 2>/dev/null || true; fi
     # Left over jobs carry the session id, which nothing else on this machine has.
     for pid in $(grep -lz "CLAUDE_CODE_SESSION_ID=$session" /proc/[0-9]*/environ 2>/dev/null | cut -d/ -f3); do
         kill -KILL "$pid" 2>/dev/null || true
@@ -62,8 +62,7 @@ order "run nohup sleep 900 >/dev/null 2>&1 &"
 started "sleep 900"
 show status
 printf '$ kill -9 %s    # the agent dies: no SessionEnd hook runs\n' "$agent_pid"
-kill -KILL "$agent_pid"
-wait "$agent_pid" 2>/dev/null || true
+{ kill -KILL "$agent_pid"; wait "$agent_pid"; } 2>/dev/null || true
 # Its sentinel stops the three; wait (up to 10 s) until the log has their stops.
 for _ in $(seq 100); do
     [ "$(run_clean "$bin" --state-dir "$state" log --action stop | grep -c ' leftover ')" -ge 3 ] && break

@@ -1,6 +1,6 @@
 //! The documentation held to the code: every transcript in README.md and docs/ is real output of this binary
 //! (`SESSION_REAPER_BLESS=1` rewrites the ones that differ from what the binary prints now), and every Markdown file
-//! in the repository parses cleanly as CommonMark: fences closed, nothing swallowed, relative links and anchors that
+//! in the repository parses cleanly as `CommonMark`: fences closed, nothing swallowed, relative links and anchors that
 //! lead somewhere.
 //!
 //! A transcript is a `console` block right after a marker:
@@ -51,7 +51,9 @@ fn markdown_files() -> Vec<PathBuf> {
                 || !(name.starts_with('.') || name == "target" || name == "node_modules")
         })
         .filter_map(Result::ok)
-        .filter(|entry| entry.file_type().is_file() && entry.path().extension() == Some("md".as_ref()))
+        .filter(|entry| {
+            entry.file_type().is_file() && entry.path().extension() == Some("md".as_ref())
+        })
         .map(|entry| entry.path().to_path_buf())
         .collect();
     files.sort();
@@ -59,7 +61,10 @@ fn markdown_files() -> Vec<PathBuf> {
 }
 
 fn relative(path: &Path) -> String {
-    path.strip_prefix(repo()).unwrap_or(path).display().to_string()
+    path.strip_prefix(repo())
+        .unwrap_or(path)
+        .display()
+        .to_string()
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -120,7 +125,10 @@ fn transcripts_of(file: &Path, text: &str) -> Result<Vec<Transcript>, String> {
         }
         let at = format!("{}:{}", relative(file), line_of(text, range.start));
         let before = text[..range.start].trim_end_matches([' ', '\n']);
-        let Some(open) = before.rfind("<!-- check: ").filter(|_| before.ends_with("-->")) else {
+        let Some(open) = before
+            .rfind("<!-- check: ")
+            .filter(|_| before.ends_with("-->"))
+        else {
             return Err(format!(
                 "{at}: a console block without a `<!-- check: NAME -->` marker right before it: every transcript is checked"
             ));
@@ -128,7 +136,9 @@ fn transcripts_of(file: &Path, text: &str) -> Result<Vec<Transcript>, String> {
         let marker = &before[open + "<!-- check: ".len()..before.len() - "-->".len()];
         let (head, setup) = marker.split_once('\n').unwrap_or((marker, ""));
         let mut words = head.split_whitespace();
-        let name = words.next().ok_or_else(|| format!("{at}: a marker without a name"))?;
+        let name = words
+            .next()
+            .ok_or_else(|| format!("{at}: a marker without a name"))?;
         let (mut any_order, mut script, mut fixture) = (false, None, None);
         for word in words {
             match word.split_once('=') {
@@ -140,7 +150,11 @@ fn transcripts_of(file: &Path, text: &str) -> Result<Vec<Transcript>, String> {
         }
         let block = &text[range.clone()];
         let start = range.start + block.find('\n').map_or(block.len(), |n| n + 1);
-        let end = range.start + block.trim_end_matches('\n').rfind('\n').map_or(block.len(), |n| n + 1);
+        let end = range.start
+            + block
+                .trim_end_matches('\n')
+                .rfind('\n')
+                .map_or(block.len(), |n| n + 1);
         let steps = steps_of(&text[start..end]);
         if steps.is_empty() {
             return Err(format!("{at}: transcript {name} has no `$ ` command"));
@@ -258,10 +272,16 @@ impl World {
     fn as_in_docs(&self, text: &str) -> String {
         let home = self.home.dir.display().to_string();
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-        text.replace(&format!("\"host\": \"{}\"", host.trim()), "\"host\": \"myhost\"")
-            .replace(BIN, "/home/me/.cargo/bin/session-reaper")
-            .replace(&self.env.work.path().join("tmp").display().to_string(), "/tmp")
-            .replace(&home, "/home/me")
+        text.replace(
+            &format!("\"host\": \"{}\"", host.trim()),
+            "\"host\": \"myhost\"",
+        )
+        .replace(BIN, "/home/me/.cargo/bin/session-reaper")
+        .replace(
+            &self.env.work.path().join("tmp").display().to_string(),
+            "/tmp",
+        )
+        .replace(&home, "/home/me")
     }
 }
 
@@ -310,7 +330,9 @@ fn mask(text: &str) -> String {
                     _ => word,
                 };
                 let kind = match kind {
-                    "KiB" | "MiB" | "GiB" | "KiB)" | "MiB)" | "GiB)" if words.last() == Some(&"N") => {
+                    "KiB" | "MiB" | "GiB" | "KiB)" | "MiB)" | "GiB)"
+                        if words.last() == Some(&"N") =>
+                    {
                         words.pop();
                         "SIZE"
                     }
@@ -332,9 +354,10 @@ fn unrandom(text: &str) -> String {
     let is_uuid = |candidate: &str| {
         let parts: Vec<&str> = candidate.split('-').collect();
         parts.len() == 5
-            && parts.iter().zip(UUID).all(|(part, len)| {
-                part.len() == len && part.chars().all(|c| c.is_ascii_hexdigit())
-            })
+            && parts
+                .iter()
+                .zip(UUID)
+                .all(|(part, len)| part.len() == len && part.chars().all(|c| c.is_ascii_hexdigit()))
     };
     let mut out = String::new();
     let mut rest = text;
@@ -367,15 +390,19 @@ fn masked_lines(text: &str, any_order: bool) -> Vec<String> {
 }
 
 fn render(steps: &[Step]) -> String {
-    steps
-        .iter()
-        .map(|step| format!("$ {}\n{}", step.command, step.output))
-        .collect()
+    steps.iter().fold(String::new(), |mut text, step| {
+        let _ = write!(text, "$ {}\n{}", step.command, step.output);
+        text
+    })
 }
 
 /// The failures of one transcript, and (bless) its body as the binary prints it now.
 fn check(transcript: &Transcript) -> (Vec<String>, Option<String>) {
-    let at = format!("{} transcript {}", relative(&transcript.file), transcript.name);
+    let at = format!(
+        "{} transcript {}",
+        relative(&transcript.file),
+        transcript.name
+    );
     if let Some(fixture) = &transcript.fixture {
         assert_eq!(fixture, "status-tree", "{at}: unknown fixture");
         let tree = crate::newcomer_path::fixture_world();
@@ -387,7 +414,10 @@ fn check(transcript: &Transcript) -> (Vec<String>, Option<String>) {
         return if actual == transcript.steps {
             (Vec::new(), None)
         } else {
-            (vec![format!("{at}: not the fixture's picture")], Some(render(&actual)))
+            (
+                vec![format!("{at}: not the fixture's picture")],
+                Some(render(&actual)),
+            )
         };
     }
     let mut world = World::new();
@@ -395,7 +425,9 @@ fn check(transcript: &Transcript) -> (Vec<String>, Option<String>) {
     let mut failures = Vec::new();
     let mut blessed = Vec::new();
     let commands = |steps: &[Step]| steps.iter().map(|s| s.command.clone()).collect::<Vec<_>>();
-    if transcript.script.is_some() && mask(&commands(&actual).join("\n")) != mask(&commands(&transcript.steps).join("\n")) {
+    if transcript.script.is_some()
+        && mask(&commands(&actual).join("\n")) != mask(&commands(&transcript.steps).join("\n"))
+    {
         failures.push(format!(
             "{at}: the script runs other commands:\n{}\nthan the transcript shows:\n{}",
             commands(&actual).join("\n"),
@@ -475,8 +507,12 @@ fn masking_keeps_what_a_reader_reads_and_hides_what_changes_between_runs() {
         mask("local (magic 0x794c7630)  app-0123456789abcdef/default")
     );
     assert_eq!(
-        mask("boot ca1e8e71-53fd-44de-906c-889cbe0f3ab1 /tmp/cxc-HByRNk/broker.log 4ba81752d305cdffe172ff94e99e2a21"),
-        mask("boot 0b5f6b3e-41c2-4d57-9a51-3c6f0e9d2a11 /tmp/cxc-IuvL2P/broker.log 0123456789abcdef0123456789abcdef")
+        mask(
+            "boot ca1e8e71-53fd-44de-906c-889cbe0f3ab1 /tmp/cxc-HByRNk/broker.log 4ba81752d305cdffe172ff94e99e2a21"
+        ),
+        mask(
+            "boot 0b5f6b3e-41c2-4d57-9a51-3c6f0e9d2a11 /tmp/cxc-IuvL2P/broker.log 0123456789abcdef0123456789abcdef"
+        )
     );
     assert_ne!(mask("stopped (SIGTERM)"), mask("stopped (SIGKILL)"));
     assert_ne!(mask("leftover 1 sleep 900"), mask("mcp server 1 sleep 900"));
@@ -527,7 +563,11 @@ fn anchors(text: &str) -> HashSet<String> {
             Event::End(TagEnd::Heading(_)) => {
                 let base = slug(&heading.take().unwrap_or_default());
                 let count = seen.entry(base.clone()).or_insert(0);
-                anchors.insert(if *count == 0 { base.clone() } else { format!("{base}-{count}") });
+                anchors.insert(if *count == 0 {
+                    base.clone()
+                } else {
+                    format!("{base}-{count}")
+                });
                 *count += 1;
             }
             _ => {}
@@ -547,7 +587,11 @@ fn markdown_problems(file: &Path, text: &str) -> Vec<String> {
             Event::Start(Tag::CodeBlock(CodeBlockKind::Fenced(_))) => {
                 let block = &text[range.clone()];
                 let lines: Vec<&str> = block.trim_end_matches('\n').lines().collect();
-                let fence: String = lines[0].trim_start().chars().take_while(|c| matches!(c, '`' | '~')).collect();
+                let fence: String = lines[0]
+                    .trim_start()
+                    .chars()
+                    .take_while(|c| matches!(c, '`' | '~'))
+                    .collect();
                 let last = lines.last().unwrap().trim();
                 let closed = lines.len() > 1
                     && last.starts_with(&fence)
@@ -555,7 +599,7 @@ fn markdown_problems(file: &Path, text: &str) -> Vec<String> {
                 if !closed {
                     problems.push(format!("{}: a fence that never closes", at(range.start)));
                 }
-                let inner = lines.len().saturating_sub(if closed { 1 } else { 0 });
+                let inner = lines.len().saturating_sub(usize::from(closed));
                 let mut offset = range.start + lines[0].len() + 1;
                 for line in lines.iter().take(inner).skip(1) {
                     let trimmed = line.trim_start();
@@ -566,7 +610,10 @@ fn markdown_problems(file: &Path, text: &str) -> Vec<String> {
                         ));
                     }
                     if trimmed.starts_with("## ") || trimmed.starts_with("### ") {
-                        problems.push(format!("{}: a heading swallowed by a code block: {line:?}", at(offset)));
+                        problems.push(format!(
+                            "{}: a heading swallowed by a code block: {line:?}",
+                            at(offset)
+                        ));
                     }
                     offset += line.len() + 1;
                 }
@@ -574,7 +621,10 @@ fn markdown_problems(file: &Path, text: &str) -> Vec<String> {
             Event::Start(Tag::Heading { level, .. }) => {
                 headings += 1;
                 if headings == 1 && level != HeadingLevel::H1 {
-                    problems.push(format!("{}: the first heading is not a title (#)", at(range.start)));
+                    problems.push(format!(
+                        "{}: the first heading is not a title (#)",
+                        at(range.start)
+                    ));
                 }
             }
             Event::Start(Tag::Link { dest_url, .. } | Tag::Image { dest_url, .. }) => {
@@ -586,7 +636,10 @@ fn markdown_problems(file: &Path, text: &str) -> Vec<String> {
         }
     }
     if text.matches("<!--").count() != text.matches("-->").count() {
-        problems.push(format!("{}: an HTML comment that never closes", relative(file)));
+        problems.push(format!(
+            "{}: an HTML comment that never closes",
+            relative(file)
+        ));
     }
     problems
 }
@@ -596,7 +649,9 @@ fn link_problem(file: &Path, text: &str, dest: &str) -> Option<String> {
     if dest.contains("://") || dest.starts_with("mailto:") {
         return None;
     }
-    let (path, anchor) = dest.split_once('#').map_or((dest, None), |(p, a)| (p, Some(a)));
+    let (path, anchor) = dest
+        .split_once('#')
+        .map_or((dest, None), |(p, a)| (p, Some(a)));
     let target = if path.is_empty() {
         file.to_path_buf()
     } else {
@@ -627,7 +682,8 @@ fn link_problem(file: &Path, text: &str, dest: &str) -> Option<String> {
     } else {
         return None;
     };
-    (!anchors(&target_text).contains(anchor)).then(|| format!("link to {dest}: no heading has that anchor"))
+    (!anchors(&target_text).contains(anchor))
+        .then(|| format!("link to {dest}: no heading has that anchor"))
 }
 
 #[test]
@@ -638,7 +694,11 @@ fn every_markdown_file_parses_cleanly() {
         .iter()
         .flat_map(|file| markdown_problems(file, &std::fs::read_to_string(file).unwrap()))
         .collect();
-    assert!(problems.is_empty(), "Markdown problems:\n{}", problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "Markdown problems:\n{}",
+        problems.join("\n")
+    );
 }
 
 #[test]
@@ -646,11 +706,16 @@ fn the_markdown_checks_catch_a_fence_that_swallows_a_section() {
     let broken = "# t\n\n```console\n$ a\n``` `status`\nwrites nothing.\n\n### `log`\n\n```console\n$ b\n```\n";
     let problems = markdown_problems(&repo().join("t.md"), broken);
     assert!(
-        problems.iter().any(|p| p.contains("fence-like line")) && problems.iter().any(|p| p.contains("heading swallowed")),
+        problems.iter().any(|p| p.contains("fence-like line"))
+            && problems.iter().any(|p| p.contains("heading swallowed")),
         "{problems:?}"
     );
     let unclosed = "# t\n\n```sh\nrm -rf x\n";
-    assert!(markdown_problems(&repo().join("t.md"), unclosed).iter().any(|p| p.contains("never closes")));
+    assert!(
+        markdown_problems(&repo().join("t.md"), unclosed)
+            .iter()
+            .any(|p| p.contains("never closes"))
+    );
     let links = "# t\n\n## A b\n\n[x](#a-b) [y](#nowhere) [z](docs/nothing.md) [w](Cargo.toml) [v](docs/agents.md)\n";
     let problems = markdown_problems(&repo().join("t.md"), links);
     assert_eq!(problems.len(), 2, "{problems:?}");
@@ -660,9 +725,15 @@ fn the_markdown_checks_catch_a_fence_that_swallows_a_section() {
 fn the_readme_is_short_and_starts_the_demo() {
     let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
     let lines = readme.lines().count();
-    assert!(lines <= 300, "README.md has {lines} lines (at most 300: the rest goes to docs/)");
+    assert!(
+        lines <= 300,
+        "README.md has {lines} lines (at most 300: the rest goes to docs/)"
+    );
     assert!(readme.contains("cargo run --release -- demo"));
-    assert!(readme.contains("docs/picture.svg"), "the README shows no picture");
+    assert!(
+        readme.contains("docs/picture.svg"),
+        "the README shows no picture"
+    );
 }
 
 /// The picture in the README is drawn from the headline transcript: the same commands.
@@ -677,8 +748,18 @@ fn the_picture_shows_the_headline_transcript() {
         .expect("the README's headline transcript");
     for step in &headline.steps {
         let command = step.command.split("    #").next().unwrap().trim();
-        let command = command.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
-        let shown = if command.starts_with("kill") { "kill -9".to_owned() } else { command };
-        assert!(svg.contains(&shown), "docs/picture.svg does not show `{shown}`: run scripts/picture.sh");
+        let command = command
+            .replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;");
+        let shown = if command.starts_with("kill") {
+            "kill -9".to_owned()
+        } else {
+            command
+        };
+        assert!(
+            svg.contains(&shown),
+            "docs/picture.svg does not show `{shown}`: run scripts/picture.sh"
+        );
     }
 }

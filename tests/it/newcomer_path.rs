@@ -884,4 +884,3 @@ fn status_reads_well_for_a_fixture_world() {
     let text = session_reaper::commands::status_tree::render(&tree, false);
     insta::assert_snapshot!("status_tree", text);
 }
-
