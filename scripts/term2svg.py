@@ -2,7 +2,7 @@
 """A terminal transcript (text with ANSI colour codes) on stdin, drawn as an SVG terminal window on stdout.
 
 Only what our output uses: SGR codes for bold, dim, the 8 colours and their bright forms, and resets. Lines that
-start with "$ " are drawn as prompts. No fonts are embedded: the viewer's monospace font draws the text.
+start with "$ " are drawn as prompts (a comment after four spaces and "#" in grey). No fonts are embedded: the viewer's monospace font draws the text.
 Usage: scripts/term2svg.py TITLE < transcript > picture.svg
 """
 import html
@@ -62,8 +62,11 @@ def main():
         y = TOP + PAD + number * LINE_HEIGHT
         parts = []
         if line.startswith("$ "):
+            command, hash_mark, comment = SGR.sub("", line[2:]).partition("    #")
             parts.append(f'<tspan fill="{PROMPT}">$ </tspan><tspan font-weight="bold">'
-                         f'{html.escape(SGR.sub("", line[2:]), quote=False)}</tspan>')
+                         f'{html.escape(command, quote=False)}</tspan>')
+            if hash_mark:
+                parts.append(f'<tspan fill="#8b949e">{html.escape(hash_mark + comment, quote=False)}</tspan>')
         else:
             for text, colour, bold, dim in spans(line):
                 attributes = ""
