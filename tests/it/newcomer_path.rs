@@ -1,5 +1,5 @@
 //! The newcomer's path, second pass: one test per friction a first-time user hit (issue points 1-10), the `status`
-//! picture as a checked-in snapshot, and the README's examples checked against the binary.
+//! picture as a checked-in snapshot (the README's examples are checked in docs.rs).
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -691,7 +691,7 @@ fn point_10_a_log_in_a_missing_directory_is_bad_input() {
 /// times and memory, so the picture only changes when the renderer does.
 // One fixture world, read top to bottom.
 #[allow(clippy::too_many_lines)]
-fn fixture_world() -> session_reaper::commands::status_tree::StatusTree {
+pub(crate) fn fixture_world() -> session_reaper::commands::status_tree::StatusTree {
     use session_reaper::commands::status::{Member, SlotStatus, Snapshot, TicketStatus};
     use session_reaper::commands::status_tree::{Facts, build};
     const NOW: &str = "2026-12-03T10:00:00Z";
@@ -883,117 +883,4 @@ fn status_reads_well_for_a_fixture_world() {
     let tree = fixture_world();
     let text = session_reaper::commands::status_tree::render(&tree, false);
     insta::assert_snapshot!("status_tree", text);
-}
-
-/// The `console` block after each `<!-- readme-check: NAME -->` in the README: `(name, commands with their output)`.
-fn readme_checks() -> Vec<(String, Vec<(String, String)>)> {
-    let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
-    let mut checks = Vec::new();
-    for part in readme.split("<!-- readme-check: ").skip(1) {
-        let (name, rest) = part
-            .split_once(" -->\n```console\n")
-            .expect("a console block");
-        let block = rest.split_once("\n```").expect("the block's end").0;
-        let mut steps: Vec<(String, String)> = Vec::new();
-        for line in block.lines() {
-            if let Some(command) = line.strip_prefix("$ ") {
-                steps.push((command.to_owned(), String::new()));
-            } else {
-                let output = &mut steps.last_mut().expect("output before a command").1;
-                output.push_str(line);
-                output.push('\n');
-            }
-        }
-        checks.push((name.to_owned(), steps));
-    }
-    checks
-}
-
-/// Output as the README shows it: this run's state root and workspace under the README's names, pids and hashes
-/// masked.
-fn as_in_readme(text: &str, state: &Path, workspace: &Path) -> String {
-    let text = text
-        .replace(
-            &state.display().to_string(),
-            "/home/me/.local/state/session-reaper",
-        )
-        .replace(&workspace.display().to_string(), "/home/me/src/app");
-    mask(&text)
-}
-
-/// Digits masked (pids, times), the 16-hex-digit hashes of slot names, and runs of spaces (column padding).
-fn mask(text: &str) -> String {
-    let mut out = String::new();
-    for word in text.split_inclusive(['-', '/', ' ']) {
-        let core = word.trim_end_matches(['-', '/', ' ']);
-        if core.len() == 16 && core.chars().all(|c| c.is_ascii_hexdigit()) {
-            out.push_str("HASH");
-            out.push_str(&word[core.len()..]);
-        } else {
-            out.push_str(word);
-        }
-    }
-    let mut masked = String::new();
-    for c in out.chars() {
-        if c.is_ascii_digit() {
-            if !masked.ends_with('N') {
-                masked.push('N');
-            }
-        } else if c != ' ' || !masked.ends_with(' ') {
-            masked.push(c);
-        }
-    }
-    masked
-}
-
-#[test]
-fn the_readme_examples_are_real_output_of_this_binary() {
-    let checks = readme_checks();
-    let names: Vec<&str> = checks.iter().map(|(name, _)| name.as_str()).collect();
-    assert_eq!(
-        names,
-        ["broker", "status-tree", "usage"],
-        "README checks moved"
-    );
-    let bin_dir = Path::new(BIN).parent().unwrap();
-    let path = format!(
-        "{}:{}",
-        bin_dir.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    for (name, steps) in &checks {
-        if name == "status-tree" {
-            let tree = fixture_world();
-            let rendered = session_reaper::commands::status_tree::render(&tree, false);
-            assert_eq!(steps.len(), 1);
-            assert_eq!(
-                steps[0].1, rendered,
-                "README's status example is not the snapshot"
-            );
-            continue;
-        }
-        let mut env = Env::new();
-        let workspace = env.workspace("app");
-        for (command, expected) in steps {
-            if command.starts_with("cd ") {
-                continue;
-            }
-            let mut shell = Command::new("sh");
-            scrub_env(&mut shell);
-            shell
-                .args(["-c", &format!("{command} 2>&1")])
-                .current_dir(&workspace)
-                .env("PATH", &path)
-                .env("SESSION_REAPER_STATE_DIR", env.state_dir())
-                .env("NO_COLOR", "1");
-            let out = env.run_command(shell);
-            let actual = as_in_readme(&stdout(&out), env.state_dir(), &workspace);
-            assert_eq!(
-                actual,
-                mask(expected),
-                "README block {name}: `{command}` printed something else"
-            );
-        }
-    }
 }
