@@ -20,7 +20,7 @@ use crate::settings::Scope;
 #[derive(Debug, Parser)]
 #[command(
     name = "session-reaper",
-    version,
+    version = env!("SESSION_REAPER_VERSION"),
     propagate_version = true,
     max_term_width = 100,
     arg_required_else_help = true
@@ -121,6 +121,20 @@ pub enum Command {
     /// Watch one agent process and do the agent-gone work when it exits (started by hooks; not for people)
     #[command(hide = true)]
     Sentinel(SentinelArgs),
+
+    /// Print the man page (roff, generated from this command line), or write one page per command to --dir
+    #[command(
+        hide = true,
+        after_help = "Examples:\n  session-reaper man | man -l -\n  session-reaper man --dir /usr/local/share/man/man1"
+    )]
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write session-reaper.1 and a page per command (session-reaper-status.1, …) into this directory
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -170,7 +184,7 @@ pub enum Switch {
 
 #[derive(Debug, Args)]
 pub struct HookArgs {
-    /// Which agent runs us [default: detected from the payload and environment]
+    /// Which agent runs us: one of the agents table, or auto (detected from the payload and environment)
     #[arg(long, value_parser = agent_choice, default_value = "auto", value_name = "AGENT")]
     pub agent: AgentChoice,
 

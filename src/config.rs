@@ -67,6 +67,7 @@ impl Config {
                 state_dir: cli.state_dir.as_ref().map(|_| config.state_dir.clone()),
             },
             Command::Completions { shell } => Request::Completions(*shell),
+            Command::Man(args) => Request::Man(args.dir.clone()),
             Command::Finish => Request::Finish,
             Command::Keep(args) => Request::Keep(keep_request(args)?),
             Command::Sentinel(args) => sentinel_request(args),
@@ -97,6 +98,8 @@ pub enum Request {
         state_dir: Option<PathBuf>,
     },
     Completions(clap_complete::Shell),
+    /// `man`: the man page on stdout, or every page written into this directory.
+    Man(Option<PathBuf>),
     Finish,
     Keep(KeepRequest),
     Sentinel {

@@ -134,16 +134,8 @@ fn dispatch(config: &Config, request: Request) -> anyhow::Result<Outcome> {
         Request::Sentinel { agent, within } => {
             sentinel::run(&store::Store::open(&config.state_dir)?, &agent, within)
         }
-        Request::Completions(shell) => {
-            let mut command = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(
-                shell,
-                &mut command,
-                "session-reaper",
-                &mut std::io::stdout(),
-            );
-            Ok(Outcome::Done)
-        }
+        Request::Completions(shell) => Ok(commands::reference::completions(shell)),
+        Request::Man(dir) => commands::reference::man(dir.as_deref()),
     }
 }
 

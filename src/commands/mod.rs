@@ -7,6 +7,7 @@ pub mod install;
 pub mod keep;
 pub mod log;
 pub mod reap;
+pub mod reference;
 pub mod status;
 pub mod status_json;
 pub mod status_tree;

@@ -10,6 +10,7 @@ mod leftovers;
 mod lineage;
 mod newcomer;
 mod newcomer_path;
+mod packaging;
 mod reliability;
 mod reshaped;
 mod settings;
