@@ -352,6 +352,17 @@ pub enum BrokerCommand {
         /// Stop the slot's live broker first when it runs another command (else that is refused)
         #[arg(long)]
         replace: bool,
+        /// Watch the new broker this long and fail (exit 1, with its exit status) if it exits in that time
+        /// [default: no wait; a broker that exits at once shows as `exited` in status]
+        #[arg(
+            long,
+            value_name = "DURATION",
+            value_parser = parse_duration,
+            num_args = 0..=1,
+            require_equals = true,
+            default_missing_value = "300ms"
+        )]
+        wait: Option<Duration>,
         #[command(flatten)]
         output: JsonFlag,
         /// The broker's command line
@@ -555,6 +566,10 @@ pub struct DemoArgs {
     /// Keep the demo's directory (its state root, logs and events) and print where it is
     #[arg(long)]
     pub keep: bool,
+
+    /// (internal) Be the demo's guardian: once stdin closes, stop what the demo in DIR started and remove DIR
+    #[arg(long, hide = true, value_name = "DIR")]
+    pub guard: Option<PathBuf>,
 }
 
 /// The actions `events.jsonl` records, as `log --action` accepts them.

@@ -65,6 +65,7 @@ impl Config {
             Command::Demo(args) => Request::Demo {
                 keep: args.keep,
                 state_dir: cli.state_dir.as_ref().map(|_| config.state_dir.clone()),
+                guard: args.guard.clone(),
             },
             Command::Completions { shell } => Request::Completions(*shell),
             Command::Man(args) => Request::Man(args.dir.clone()),
@@ -96,6 +97,8 @@ pub enum Request {
     Demo {
         keep: bool,
         state_dir: Option<PathBuf>,
+        /// `demo --guard DIR`: the demo's guardian (internal).
+        guard: Option<PathBuf>,
     },
     Completions(clap_complete::Shell),
     /// `man`: the man page on stdout, or every page written into this directory.
@@ -360,6 +363,8 @@ pub enum BrokerRequest {
         log: Option<PathBuf>,
         endpoint: Option<String>,
         replace: bool,
+        /// `--wait`: how long to watch the new broker for an exit at once (none by default).
+        wait: Option<Duration>,
         json: bool,
         command: Vec<String>,
     },
@@ -398,6 +403,7 @@ fn broker_request(command: &BrokerCommand, config: &Config) -> anyhow::Result<Br
             log,
             endpoint,
             replace,
+            wait,
             output,
             command,
         } => {
@@ -410,6 +416,7 @@ fn broker_request(command: &BrokerCommand, config: &Config) -> anyhow::Result<Br
                 log: log.as_deref().map(broker_log).transpose()?,
                 endpoint: endpoint.clone(),
                 replace: *replace,
+                wait: *wait,
                 json: output.json,
                 command: command.clone(),
             }

@@ -128,7 +128,14 @@ fn dispatch(config: &Config, request: Request) -> anyhow::Result<Outcome> {
         Request::Log(request) => commands::log::run(&request, config),
         Request::Doctor { json } => commands::doctor::run(json, config),
         Request::Settings(request) => commands::install::run(&request, config),
-        Request::Demo { keep, state_dir } => commands::demo::run(keep, state_dir.as_deref()),
+        Request::Demo {
+            guard: Some(dir),
+            keep,
+            ..
+        } => commands::demo::guard(&dir, keep),
+        Request::Demo {
+            keep, state_dir, ..
+        } => commands::demo::run(keep, state_dir.as_deref()),
         Request::Finish => act::finisher::run(&store::Store::open(&config.state_dir)?),
         Request::Keep(request) => commands::keep::run(&request, config),
         Request::Sentinel { agent, within } => {

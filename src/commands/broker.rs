@@ -32,6 +32,7 @@ pub fn run(request: BrokerRequest, config: &Config) -> anyhow::Result<Outcome> {
             log,
             endpoint,
             replace,
+            wait,
             json,
             command,
         } => {
@@ -44,6 +45,7 @@ pub fn run(request: BrokerRequest, config: &Config) -> anyhow::Result<Outcome> {
                 endpoint: endpoint.as_deref(),
                 policy,
                 replace,
+                wait,
             };
             spawn(&target, owner.as_ref(), &request)
         }
@@ -466,12 +468,13 @@ pub fn place(workspace: &str, name: &str) -> String {
     }
 }
 
-/// How long a new broker is watched for an exit at once.
-const EXITS_AT_ONCE: std::time::Duration = std::time::Duration::from_millis(300);
-
-/// Watches a new broker for `EXITS_AT_ONCE`: `Some(status)` when it exited in that time.
-fn exited_at_once(child: &mut std::process::Child) -> Option<std::process::ExitStatus> {
-    let until = std::time::Instant::now() + EXITS_AT_ONCE;
+/// Whether a new broker has exited: at once (no `--wait`: the one look costs nothing, and a broker that exits
+/// later shows as `exited` in `status` until a sweep prunes its record), or within `wait`, looked at every 10 ms.
+fn exited_within(
+    child: &mut std::process::Child,
+    wait: Option<std::time::Duration>,
+) -> Option<std::process::ExitStatus> {
+    let until = std::time::Instant::now() + wait.unwrap_or_default();
     loop {
         if let Ok(Some(status)) = child.try_wait() {
             return Some(status);
@@ -489,6 +492,7 @@ struct SpawnRequest<'a> {
     endpoint: Option<&'a str>,
     policy: StopPolicy,
     replace: bool,
+    wait: Option<std::time::Duration>,
 }
 
 fn spawn(
@@ -529,7 +533,7 @@ fn spawn(
         },
     )?;
     let pid = i32::try_from(child.id()).context("pid out of range")?;
-    let exited = exited_at_once(&mut child);
+    let exited = exited_within(&mut child, request.wait);
     let identity = exited.is_none().then(|| proc::identity_of(pid)).flatten();
     let Some(identity) = identity else {
         let status = status_text(exited.or_else(|| child.try_wait().ok().flatten()));

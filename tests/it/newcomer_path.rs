@@ -975,6 +975,20 @@ fn the_readme_examples_are_real_output_of_this_binary() {
         }
         let mut env = Env::new();
         let workspace = env.workspace("app");
+        // The interpreter itself, not a version manager's shim (pyenv's runs helper processes before it execs
+        // python, which a stop right after the spawn would count as the broker's members).
+        let interpreter = env.work.path().join("interpreter");
+        std::fs::create_dir_all(&interpreter).unwrap();
+        let real = Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .expect("python3 runs");
+        std::os::unix::fs::symlink(
+            String::from_utf8(real.stdout).unwrap().trim(),
+            interpreter.join("python3"),
+        )
+        .unwrap();
+        let path = format!("{}:{path}", interpreter.display());
         for (command, expected) in steps {
             if command.starts_with("cd ") {
                 continue;
