@@ -152,6 +152,9 @@ pub struct KeepArgs {
     #[arg(long, value_name = "FILE", conflicts_with = "pid")]
     pub log: Option<PathBuf>,
 
+    #[command(flatten)]
+    pub output: JsonFlag,
+
     /// The command to start detached, its environment naming no session
     #[arg(last = true, value_name = "CMD", required_unless_present = "pid")]
     pub command: Vec<String>,

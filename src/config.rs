@@ -117,9 +117,11 @@ pub enum KeepRequest {
     Start {
         command: Vec<String>,
         log: Option<PathBuf>,
+        json: bool,
     },
     Mark {
         pid: i32,
+        json: bool,
     },
 }
 
@@ -128,10 +130,14 @@ fn keep_request(args: &KeepArgs) -> anyhow::Result<KeepRequest> {
         Some(pid) if pid <= 1 => Err(bad_input(format!(
             "--pid {pid}: expected the pid of a live process (> 1)"
         ))),
-        Some(pid) => Ok(KeepRequest::Mark { pid }),
+        Some(pid) => Ok(KeepRequest::Mark {
+            pid,
+            json: args.output.json,
+        }),
         None => Ok(KeepRequest::Start {
             command: args.command.clone(),
             log: args.log.clone(),
+            json: args.output.json,
         }),
     }
 }

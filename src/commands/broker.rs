@@ -181,6 +181,16 @@ impl SlotTarget {
         }
         if let Some(id) = &owner {
             self.refuse_ended(id)?;
+            if matches!(spec, OwnerSpec::Named(_, OwnerSource::Flag))
+                && self.store.sessions.get(id)?.is_none()
+            {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "session-reaper: session {id} is new to {}: no agent and no hook started it, so `status` shows \
+                     it as by hand and only `session-reaper reap --session {id}` ends it",
+                    self.store.root.path().display()
+                );
+            }
         }
         Ok(owner)
     }
@@ -444,7 +454,8 @@ impl SlotTarget {
             Joined::Reused => "reused",
         };
         println!(
-            "{verb} broker {} for {}: {} ({owners})",
+            "{} broker {} for {}: {} ({owners})",
+            crate::term::lead(verb),
             record.identity.pid,
             self.place(),
             record.command.join(" ")
@@ -468,13 +479,14 @@ pub fn place(workspace: &str, name: &str) -> String {
     }
 }
 
-/// Whether a new broker has exited: at once (no `--wait`: the one look costs nothing, and a broker that exits
-/// later shows as `exited` in `status` until a sweep prunes its record), or within `wait`, looked at every 10 ms.
+/// `--wait`: whether a new broker exits within `wait`, looked at every 10 ms. Without `--wait` nothing is looked at
+/// (the same answer every time, however fast the broker fails): a broker that exits at once shows as `STALE` in
+/// `status` until a sweep prunes its record (`prune`, `broker_gone`, in the log).
 fn exited_within(
     child: &mut std::process::Child,
-    wait: Option<std::time::Duration>,
+    wait: std::time::Duration,
 ) -> Option<std::process::ExitStatus> {
-    let until = std::time::Instant::now() + wait.unwrap_or_default();
+    let until = std::time::Instant::now() + wait;
     loop {
         if let Ok(Some(status)) = child.try_wait() {
             return Some(status);
@@ -484,6 +496,22 @@ fn exited_within(
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
+}
+
+/// The identity of a broker we just started, read even when it has already exited (a zombie until we exit, its
+/// start time still readable): without `--wait` it is recorded either way, and shows as `STALE`.
+fn launched_identity(pid: i32) -> Option<Identity> {
+    proc::identity_of(pid).or_else(|| {
+        let stat = proc::stat(pid).ok()?;
+        let (_, uid) = proc::tgid_and_uid(pid).ok()?;
+        Some(Identity {
+            boot_id: proc::boot_id().to_owned(),
+            pid_ns: proc::own_pid_ns(),
+            pid,
+            start_ticks: stat.start_ticks,
+            uid,
+        })
+    })
 }
 
 struct SpawnRequest<'a> {
@@ -533,8 +561,10 @@ fn spawn(
         },
     )?;
     let pid = i32::try_from(child.id()).context("pid out of range")?;
-    let exited = exited_within(&mut child, request.wait);
-    let identity = exited.is_none().then(|| proc::identity_of(pid)).flatten();
+    let exited = request
+        .wait
+        .and_then(|wait| exited_within(&mut child, wait));
+    let identity = exited.is_none().then(|| launched_identity(pid)).flatten();
     let Some(identity) = identity else {
         let status = status_text(exited.or_else(|| child.try_wait().ok().flatten()));
         target.store.log.record(

@@ -26,7 +26,7 @@ pub fn print_stops(reports: &[crate::act::stopper::StopReport]) {
             "pid {:>7}  {:<13} {}  {}",
             ticket.identity.pid,
             ticket.reason,
-            report.outcome.summary(),
+            crate::term::lead(&report.outcome.summary()),
             place
         );
     }

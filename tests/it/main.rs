@@ -3,6 +3,7 @@
 mod codex_plugin;
 mod demo;
 mod edges;
+mod first_hour;
 mod foundation;
 mod hardening;
 mod harness;

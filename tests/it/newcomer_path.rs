@@ -781,6 +781,7 @@ fn fixture_world() -> session_reaper::commands::status_tree::StatusTree {
         ],
         finisher_running: true,
         leftovers: Vec::new(),
+        reported_leftovers: Vec::new(),
         codex_plugin: vec![session_reaper::adapters::codex_plugin::BrokerStatus {
             workspace: "/home/me/src/app".to_owned(),
             state_dir: None,
