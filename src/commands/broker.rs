@@ -145,6 +145,11 @@ impl SlotTarget {
     /// A session id as typed: a recorded session's whole id, or a prefix only one recorded session has (said on
     /// stderr); an ambiguous prefix is refused. An id no record knows is a new session's, taken as it is.
     fn resolve(&self, id: &SessionId) -> anyhow::Result<SessionId> {
+        // A recorded whole id is itself: one file read, not every session's (a launcher's spawn stays cheap however
+        // many sessions the root holds).
+        if self.store.sessions.get(id)?.is_some() {
+            return Ok(id.clone());
+        }
         let records = self.store.sessions.all();
         let known = records.iter().map(|record| record.session_id.as_str());
         Ok(match crate::resolve::resolve(id, known)? {
@@ -181,7 +186,9 @@ impl SlotTarget {
         }
         if let Some(id) = &owner {
             self.refuse_ended(id)?;
+            // Said to people only (stderr a terminal): scripts get no extra line.
             if matches!(spec, OwnerSpec::Named(_, OwnerSource::Flag))
+                && crate::term::get().progress
                 && self.store.sessions.get(id)?.is_none()
             {
                 let _ = writeln!(

@@ -8,8 +8,8 @@
 //! Everything the demo starts carries `SESSION_REAPER_DEMO=<its temp dir>` in its environment (inherited by what
 //! that starts: hooks, sentinels, brokers). A guardian process (this binary, `demo --guard`, in a process group of
 //! its own so that a terminal's Ctrl-C spares it) waits for the demo to close its stdin — at the end, or by dying
-//! of SIGINT, SIGTERM or SIGPIPE (`demo | head -3`) — and then kills (SIGKILL) every process so marked (by identity) and
-//! removes the temp dir. The demo signals only processes it started.
+//! of SIGINT, SIGTERM or SIGPIPE (`demo | head -3`) — and then kills (SIGKILL) every process so marked (by
+//! identity) and removes the temp dir. The demo signals only processes it started.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -72,7 +72,7 @@ struct Demo {
     agents: Vec<Child>,
     started: Vec<(String, Identity)>,
     step: usize,
-    /// The guardian's stdin: closed when the demo ends, however it ends.
+    /// The guardian, whose stdin closes when the demo ends, however it ends.
     guardian: Option<Child>,
 }
 
@@ -99,8 +99,8 @@ pub fn run(keep: bool, state_dir: Option<&Path>) -> anyhow::Result<Outcome> {
     Ok(outcome)
 }
 
-/// `demo --guard DIR`: waits until the demo closes our stdin (it ended, or died), then kills (SIGKILL) every process that
-/// carries the demo's mark, until none is left, and removes `dir` unless `keep`.
+/// `demo --guard DIR`: waits until the demo closes our stdin (it ended, or died), then kills (SIGKILL) every
+/// process that carries the demo's mark, until none is left, and removes `dir` unless `keep`.
 pub fn guard(dir: &Path, keep: bool) -> anyhow::Result<Outcome> {
     let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
     let guard = Guard::new();
@@ -406,6 +406,19 @@ impl Demo {
             killed.elapsed().as_millis(),
             stopped.join(", ")
         );
+        // The sentinel logs each stop once it has seen the process exit: wait for the three lines.
+        let log = EventLog::new(&StateRoot::open(&self.root)?);
+        let deadline = Instant::now() + SHOWN_STOP_WAIT;
+        let logged = |events: &[crate::store::events::Event]| {
+            left.iter().all(|(_, identity)| {
+                events
+                    .iter()
+                    .any(|event| event.action == "stop" && event.pid == Some(identity.pid))
+            })
+        };
+        while !logged(&log.read_all()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         self.say("What that gave back (`session-reaper log --freed`):");
         print!(
             "{}",
