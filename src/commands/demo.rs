@@ -406,24 +406,31 @@ impl Demo {
             killed.elapsed().as_millis(),
             stopped.join(", ")
         );
-        // The sentinel logs each stop once it has seen the process exit: wait for the three lines.
-        let log = EventLog::new(&StateRoot::open(&self.root)?);
-        let deadline = Instant::now() + SHOWN_STOP_WAIT;
-        let logged = |events: &[crate::store::events::Event]| {
-            left.iter().all(|(_, identity)| {
-                events
-                    .iter()
-                    .any(|event| event.action == "stop" && event.pid == Some(identity.pid))
-            })
-        };
-        while !logged(&log.read_all()) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let pids: Vec<i32> = left.iter().map(|(_, identity)| identity.pid).collect();
+        self.wait_logged(&pids)?;
         self.say("What that gave back (`session-reaper log --freed`):");
         print!(
             "{}",
             indent(&compact(&self.output(&["log", "--freed"])?, &self.dir))
         );
+        Ok(())
+    }
+
+    /// Waits (bounded) until the log has a `stop` line for each of `pids`: the sentinel writes it once it has seen
+    /// the process exit, a moment after the demo has.
+    fn wait_logged(&self, pids: &[i32]) -> anyhow::Result<()> {
+        let log = EventLog::new(&StateRoot::open(&self.root)?);
+        let deadline = Instant::now() + SHOWN_STOP_WAIT;
+        let logged = |events: &[crate::store::events::Event]| {
+            pids.iter().all(|pid| {
+                events
+                    .iter()
+                    .any(|event| event.action == "stop" && event.pid == Some(*pid))
+            })
+        };
+        while !logged(&log.read_all()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         Ok(())
     }
 
