@@ -1,7 +1,8 @@
 //! Wall time and peak memory of what agents and launchers run on every session, each beside a reference measured
 //! in the same run: the hook beside `sh -c /bin/true` and `node -e 0`; the process scans beside a minimal direct
 //! `/proc` walk (this binary with `--proc-walk`) and `pgrep -f`; the hook against a hung shutdown socket, 100 held
-//! slot locks and a held session lock (max of the runs against the deadline); `broker attach`/`detach` from 8
+//! slot locks and a held session lock (max of the runs against the deadline); `broker spawn` of a new broker
+//! beside `sh -c /bin/true` (at most 8×); `broker attach`/`detach` from 8
 //! concurrent writers on one slot (updates per second). Prints a table; asserts nothing about speed.
 //!
 //! Run: `cargo bench --bench latency` (`-- --quick`: 5 runs a case).
@@ -155,6 +156,35 @@ fn main() {
         Target::None,
         Some(HOOK_RSS_KIB),
     );
+
+    // A new broker each run (its own slot), as a launcher or an agent's shell tool starts one: no fixed wait.
+    let spawn = measure(rounds, None, &|round| {
+        let name = format!("spawned-{round}");
+        ours(
+            &state.path,
+            &[
+                "broker",
+                "spawn",
+                "--cwd",
+                &ws_text,
+                "--name",
+                &name,
+                "--session",
+                "spawner",
+                "--",
+                "sleep",
+                "600",
+            ],
+        )
+    });
+    table.row(
+        "broker spawn (a new broker)",
+        &spawn,
+        Some(("sh -c /bin/true", &shell)),
+        Target::Ratio(8.0),
+        Some(HOOK_RSS_KIB),
+    );
+    let _ = ours(&state.path, &["reap", "--session", "spawner"]).output();
 
     scans(&mut table, &state.path, &ws_text, rounds, leftovers_flag);
     deadlines(&mut table, temp.path(), &ws, rounds, &broker);

@@ -20,7 +20,7 @@ use crate::settings::Scope;
 #[derive(Debug, Parser)]
 #[command(
     name = "session-reaper",
-    version,
+    version = env!("SESSION_REAPER_VERSION"),
     propagate_version = true,
     max_term_width = 100,
     arg_required_else_help = true
@@ -123,6 +123,20 @@ pub enum Command {
     /// Watch one agent process and do the agent-gone work when it exits (started by hooks; not for people)
     #[command(hide = true)]
     Sentinel(SentinelArgs),
+
+    /// Print the man page (roff, generated from this command line), or write one page per command to --dir
+    #[command(
+        hide = true,
+        after_help = "Examples:\n  session-reaper man | man -l -\n  session-reaper man --dir /usr/local/share/man/man1"
+    )]
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write session-reaper.1 and a page per command (session-reaper-status.1, …) into this directory
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -139,6 +153,9 @@ pub struct KeepArgs {
     /// Append the command's stdout and stderr here [default: discarded]
     #[arg(long, value_name = "FILE", conflicts_with = "pid")]
     pub log: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub output: JsonFlag,
 
     /// The command to start detached, its environment naming no session
     #[arg(last = true, value_name = "CMD", required_unless_present = "pid")]
@@ -172,7 +189,7 @@ pub enum Switch {
 
 #[derive(Debug, Args)]
 pub struct HookArgs {
-    /// Which agent runs us [default: detected from the payload and environment]
+    /// Which agent runs us: one of the agents table, or auto (detected from the payload and environment)
     #[arg(long, value_parser = agent_choice, default_value = "auto", value_name = "AGENT")]
     pub agent: AgentChoice,
 
@@ -340,6 +357,17 @@ pub enum BrokerCommand {
         /// Stop the slot's live broker first when it runs another command (else that is refused)
         #[arg(long)]
         replace: bool,
+        /// Watch the new broker this long and fail (exit 1, with its exit status) if it exits in that time
+        /// [default: no wait; a broker that exits at once shows as `exited` in status]
+        #[arg(
+            long,
+            value_name = "DURATION",
+            value_parser = parse_duration,
+            num_args = 0..=1,
+            require_equals = true,
+            default_missing_value = "300ms"
+        )]
+        wait: Option<Duration>,
         #[command(flatten)]
         output: JsonFlag,
         /// The broker's command line
@@ -553,6 +581,10 @@ pub struct DemoArgs {
     /// Keep the demo's directory (its state root, logs and events) and print where it is
     #[arg(long)]
     pub keep: bool,
+
+    /// (internal) Be the demo's guardian: once stdin closes, stop what the demo in DIR started and remove DIR
+    #[arg(long, hide = true, value_name = "DIR")]
+    pub guard: Option<PathBuf>,
 }
 
 /// The actions `events.jsonl` records, as `log --action` accepts them.

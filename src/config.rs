@@ -68,8 +68,10 @@ impl Config {
             Command::Demo(args) => Request::Demo {
                 keep: args.keep,
                 state_dir: cli.state_dir.as_ref().map(|_| config.state_dir.clone()),
+                guard: args.guard.clone(),
             },
             Command::Completions { shell } => Request::Completions(*shell),
+            Command::Man(args) => Request::Man(args.dir.clone()),
             Command::Finish => Request::Finish,
             Command::Keep(args) => Request::Keep(keep_request(args)?),
             Command::Sentinel(args) => sentinel_request(args),
@@ -98,8 +100,12 @@ pub enum Request {
     Demo {
         keep: bool,
         state_dir: Option<PathBuf>,
+        /// `demo --guard DIR`: the demo's guardian (internal).
+        guard: Option<PathBuf>,
     },
     Completions(clap_complete::Shell),
+    /// `man`: the man page on stdout, or every page written into this directory.
+    Man(Option<PathBuf>),
     Finish,
     Keep(KeepRequest),
     Sentinel {
@@ -114,9 +120,11 @@ pub enum KeepRequest {
     Start {
         command: Vec<String>,
         log: Option<PathBuf>,
+        json: bool,
     },
     Mark {
         pid: i32,
+        json: bool,
     },
 }
 
@@ -125,10 +133,14 @@ fn keep_request(args: &KeepArgs) -> anyhow::Result<KeepRequest> {
         Some(pid) if pid <= 1 => Err(bad_input(format!(
             "--pid {pid}: expected the pid of a live process (> 1)"
         ))),
-        Some(pid) => Ok(KeepRequest::Mark { pid }),
+        Some(pid) => Ok(KeepRequest::Mark {
+            pid,
+            json: args.output.json,
+        }),
         None => Ok(KeepRequest::Start {
             command: args.command.clone(),
             log: args.log.clone(),
+            json: args.output.json,
         }),
     }
 }
@@ -360,6 +372,8 @@ pub enum BrokerRequest {
         log: Option<PathBuf>,
         endpoint: Option<String>,
         replace: bool,
+        /// `--wait`: how long to watch the new broker for an exit at once (none by default).
+        wait: Option<Duration>,
         json: bool,
         command: Vec<String>,
     },
@@ -398,6 +412,7 @@ fn broker_request(command: &BrokerCommand, config: &Config) -> anyhow::Result<Br
             log,
             endpoint,
             replace,
+            wait,
             output,
             command,
         } => {
@@ -410,6 +425,7 @@ fn broker_request(command: &BrokerCommand, config: &Config) -> anyhow::Result<Br
                 log: log.as_deref().map(broker_log).transpose()?,
                 endpoint: endpoint.clone(),
                 replace: *replace,
+                wait: *wait,
                 json: output.json,
                 command: command.clone(),
             }

@@ -122,7 +122,14 @@ fn dispatch(config: &Config, request: Request) -> anyhow::Result<Outcome> {
         Request::Log(request) => commands::log::run(&request, config),
         Request::Doctor { json } => commands::doctor::run(json, config),
         Request::Settings(request) => commands::install::run(&request, config),
-        Request::Demo { keep, state_dir } => commands::demo::run(keep, state_dir.as_deref()),
+        Request::Demo {
+            guard: Some(dir),
+            keep,
+            ..
+        } => commands::demo::guard(&dir, keep),
+        Request::Demo {
+            keep, state_dir, ..
+        } => commands::demo::run(keep, state_dir.as_deref()),
         Request::Finish => {
             let store = store::Store::open(&config.state_dir)?;
             act::finisher::run(
@@ -134,16 +141,8 @@ fn dispatch(config: &Config, request: Request) -> anyhow::Result<Outcome> {
         Request::Sentinel { agent, within } => {
             commands::sentinel::run(&store::Store::open(&config.state_dir)?, &agent, within)
         }
-        Request::Completions(shell) => {
-            let mut command = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(
-                shell,
-                &mut command,
-                "session-reaper",
-                &mut std::io::stdout(),
-            );
-            Ok(Outcome::Done)
-        }
+        Request::Completions(shell) => Ok(commands::reference::completions(shell)),
+        Request::Man(dir) => commands::reference::man(dir.as_deref()),
     }
 }
 

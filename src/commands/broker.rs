@@ -32,6 +32,7 @@ pub fn run(request: BrokerRequest, config: &Config) -> anyhow::Result<Outcome> {
             log,
             endpoint,
             replace,
+            wait,
             json,
             command,
         } => {
@@ -44,6 +45,7 @@ pub fn run(request: BrokerRequest, config: &Config) -> anyhow::Result<Outcome> {
                 endpoint: endpoint.as_deref(),
                 policy,
                 replace,
+                wait,
             };
             spawn(&target, owner.as_ref(), &request)
         }
@@ -143,6 +145,11 @@ impl SlotTarget {
     /// A session id as typed: a recorded session's whole id, or a prefix only one recorded session has (said on
     /// stderr); an ambiguous prefix is refused. An id no record knows is a new session's, taken as it is.
     fn resolve(&self, id: &SessionId) -> anyhow::Result<SessionId> {
+        // A recorded whole id is itself: one file read, not every session's (a launcher's spawn stays cheap however
+        // many sessions the root holds).
+        if self.store.sessions.get(id)?.is_some() {
+            return Ok(id.clone());
+        }
         let records = self.store.sessions.all();
         let known = records.iter().map(|record| record.session_id.as_str());
         Ok(match crate::commands::resolve::resolve(id, known)? {
@@ -179,6 +186,18 @@ impl SlotTarget {
         }
         if let Some(id) = &owner {
             self.refuse_ended(id)?;
+            // Said to people only (stderr a terminal): scripts get no extra line.
+            if matches!(spec, OwnerSpec::Named(_, OwnerSource::Flag))
+                && crate::commands::term::get().progress
+                && self.store.sessions.get(id)?.is_none()
+            {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "session-reaper: session {id} is new to {}: no agent and no hook started it, so `status` shows \
+                     it as by hand and only `session-reaper reap --session {id}` ends it",
+                    self.store.root.path().display()
+                );
+            }
         }
         Ok(owner)
     }
@@ -442,7 +461,8 @@ impl SlotTarget {
             Joined::Reused => "reused",
         };
         println!(
-            "{verb} broker {} for {}: {} ({owners})",
+            "{} broker {} for {}: {} ({owners})",
+            crate::commands::term::lead(verb),
             record.identity.pid,
             self.place(),
             record.command.join(" ")
@@ -466,12 +486,14 @@ pub fn place(workspace: &str, name: &str) -> String {
     }
 }
 
-/// How long a new broker is watched for an exit at once.
-const EXITS_AT_ONCE: std::time::Duration = std::time::Duration::from_millis(300);
-
-/// Watches a new broker for `EXITS_AT_ONCE`: `Some(status)` when it exited in that time.
-fn exited_at_once(child: &mut std::process::Child) -> Option<std::process::ExitStatus> {
-    let until = std::time::Instant::now() + EXITS_AT_ONCE;
+/// `--wait`: whether a new broker exits within `wait`, looked at every 10 ms. Without `--wait` nothing is looked at
+/// (the same answer every time, however fast the broker fails): a broker that exits at once shows as `STALE` in
+/// `status` until a sweep prunes its record (`prune`, `broker_gone`, in the log).
+fn exited_within(
+    child: &mut std::process::Child,
+    wait: std::time::Duration,
+) -> Option<std::process::ExitStatus> {
+    let until = std::time::Instant::now() + wait;
     loop {
         if let Ok(Some(status)) = child.try_wait() {
             return Some(status);
@@ -483,12 +505,29 @@ fn exited_at_once(child: &mut std::process::Child) -> Option<std::process::ExitS
     }
 }
 
+/// The identity of a broker we just started, read even when it has already exited (a zombie until we exit, its
+/// start time still readable): without `--wait` it is recorded either way, and shows as `STALE`.
+fn launched_identity(pid: i32) -> Option<Identity> {
+    proc::identity_of(pid).or_else(|| {
+        let stat = proc::stat(pid).ok()?;
+        let (_, uid) = proc::tgid_and_uid(pid).ok()?;
+        Some(Identity {
+            boot_id: proc::boot_id().to_owned(),
+            pid_ns: proc::own_pid_ns(),
+            pid,
+            start_ticks: stat.start_ticks,
+            uid,
+        })
+    })
+}
+
 struct SpawnRequest<'a> {
     command: &'a [String],
     log: Option<&'a Path>,
     endpoint: Option<&'a str>,
     policy: StopPolicy,
     replace: bool,
+    wait: Option<std::time::Duration>,
 }
 
 fn spawn(
@@ -529,8 +568,10 @@ fn spawn(
         },
     )?;
     let pid = i32::try_from(child.id()).context("pid out of range")?;
-    let exited = exited_at_once(&mut child);
-    let identity = exited.is_none().then(|| proc::identity_of(pid)).flatten();
+    let exited = request
+        .wait
+        .and_then(|wait| exited_within(&mut child, wait));
+    let identity = exited.is_none().then(|| launched_identity(pid)).flatten();
     let Some(identity) = identity else {
         let status = status_text(exited.or_else(|| child.try_wait().ok().flatten()));
         target.store.log.record(

@@ -1,8 +1,15 @@
-//! `demo`: the whole job on real processes, with nothing to set up. A temporary state root, two fake agent
-//! processes, the real Claude Code and Gemini CLI payload shapes (with fresh random session ids, so the scan for
-//! `--resume` orphans can only match what the demo itself planted), three brokers — one shared by both sessions,
-//! one that ignores SIGTERM — and at the end a check that every process the demo started is gone. It signals only
-//! processes it started, by identity.
+//! `demo`: the whole job on real processes, with nothing to set up, in a temporary state root. First the headline:
+//! a fake Claude Code agent (a shell the demo starts, running our `SessionStart` hook) whose shell tool leaves a dev
+//! server and a `nohup` job behind and which runs an MCP server; the agent is killed (SIGKILL), its sentinel stops all
+//! three, and `log --freed` says what that gave back. Then the brokers: two sessions (the real Claude Code and
+//! Gemini CLI payload shapes, with fresh random session ids, so the scan for `--resume` orphans can only match
+//! what the demo itself planted), three brokers — one shared by both sessions, one that ignores SIGTERM.
+//!
+//! Everything the demo starts carries `SESSION_REAPER_DEMO=<its temp dir>` in its environment (inherited by what
+//! that starts: hooks, sentinels, brokers). A guardian process (this binary, `demo --guard`, in a process group of
+//! its own so that a terminal's Ctrl-C spares it) waits for the demo to close its stdin — at the end, or by dying
+//! of SIGINT, SIGTERM or SIGPIPE (`demo | head -3`) — and then kills (SIGKILL) every process so marked (by
+//! identity) and removes the temp dir. The demo signals only processes it started.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -25,6 +32,38 @@ const CLAUDE_END: &str = include_str!("../../fixtures/payloads/claude-2.1.330/Se
 const GEMINI_START: &str = include_str!("../../fixtures/payloads/gemini-0.61.0/SessionStart.json");
 const GEMINI_END: &str = include_str!("../../fixtures/payloads/gemini-0.61.0/SessionEnd.json");
 
+/// The variable that marks every process the demo started, directly or not: `SESSION_REAPER_DEMO=<temp dir>`.
+const DEMO_MARKER: &str = "SESSION_REAPER_DEMO";
+
+/// How long the demo waits for a stop it shows (a sentinel's, a finisher's) before saying it did not happen.
+const SHOWN_STOP_WAIT: Duration = Duration::from_secs(15);
+
+/// The fake agent: Claude Code as far as we can tell — it names its session to everything it starts
+/// (`CLAUDE_CODE_SESSION_ID`, from the demo), gives its shell tool's commands `CLAUDE_PID`, runs our `SessionStart`
+/// hook, and starts an MCP server itself on two pipes (its own stdin and stdout), without `CLAUDE_PID`. Its shell
+/// tool runs each command in a shell that exits, leaving what it put in the background to init. It prints
+/// the pids of what it left (`<dev server> <nohup job> <MCP server> <what the dev server is>`) and waits.
+/// Arguments: our binary, the state root, the `SessionStart` payload file, the workspace.
+const FAKE_AGENT: &str = r#"exe=$1 root=$2 payload=$3 app=$4
+export CLAUDE_PID=$$
+exec 3<&0 4>&1
+"$exe" --state-dir "$root" hook --agent claude --owner-pid $$ <"$payload" >/dev/null 2>&1
+cd "$app" || exit 1
+if python=$(python3 -c 'import sys; print(sys.executable)' 2>/dev/null) && [ -n "$python" ]; then
+    dev=$(sh -c '"$0" -m http.server 0 --bind 127.0.0.1 >/dev/null 2>&1 & echo $!' "$python")
+    kind='python3 -m http.server'
+else
+    dev=$(sh -c 'sleep 600 >/dev/null 2>&1 & echo $!')
+    kind='sleep 600, a stand-in: python3 was not found'
+fi
+job=$(sh -c 'nohup sleep 600 >/dev/null 2>&1 & echo $!')
+env -u CLAUDE_PID sleep 600 <&3 >&4 3<&- 4>&- &
+mcp=$!
+echo "$dev $job $mcp $kind"
+exec 3<&- 4>&-
+wait
+"#;
+
 /// What the demo started, so that it can prove (and ensure) that all of it is gone.
 struct Demo {
     exe: PathBuf,
@@ -33,12 +72,14 @@ struct Demo {
     agents: Vec<Child>,
     started: Vec<(String, Identity)>,
     step: usize,
+    /// The guardian, whose stdin closes when the demo ends, however it ends.
+    guardian: Option<Child>,
 }
 
 /// Plays the demo in `state_dir` (when `--state-dir` names one) or a temporary state root; `keep` keeps the demo's
 /// directory (workspaces, state root, logs) and says where it is. Its processes are stopped either way.
 pub fn run(keep: bool, state_dir: Option<&Path>) -> anyhow::Result<Outcome> {
-    let mut demo = Demo::new(state_dir)?;
+    let mut demo = Demo::new(state_dir, keep)?;
     let result = demo.play();
     let leftovers = demo.clean_up();
     if keep {
@@ -47,9 +88,8 @@ pub fn run(keep: bool, state_dir: Option<&Path>) -> anyhow::Result<Outcome> {
             demo.dir.display(),
             demo.root.display()
         );
-    } else {
-        let _ = std::fs::remove_dir_all(&demo.dir);
     }
+    demo.dismiss_guardian();
     let outcome = result?;
     anyhow::ensure!(
         leftovers.is_empty(),
@@ -59,20 +99,92 @@ pub fn run(keep: bool, state_dir: Option<&Path>) -> anyhow::Result<Outcome> {
     Ok(outcome)
 }
 
+/// `demo --guard DIR`: waits until the demo closes our stdin (it ended, or died), then kills (SIGKILL) every
+/// process that carries the demo's mark, until none is left, and removes `dir` unless `keep`.
+pub fn guard(dir: &Path, keep: bool) -> anyhow::Result<Outcome> {
+    let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+    let guard = Guard::new();
+    for _ in 0..100 {
+        let marked = marked_with(dir);
+        if marked.is_empty() {
+            break;
+        }
+        for identity in &marked {
+            if let Target::Live(handle) = guard.target(identity) {
+                let _ = handle.signal_group(Sig::Kill);
+                let _ = handle.signal(Sig::Kill);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if !keep {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    Ok(Outcome::Done)
+}
+
+/// Live processes (other than this one) whose environment has `SESSION_REAPER_DEMO=<dir>`, read between two
+/// identity reads.
+fn marked_with(dir: &Path) -> Vec<Identity> {
+    let wanted = dir.to_string_lossy();
+    let me = i32::try_from(std::process::id()).unwrap_or_default();
+    proc::pids()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|pid| *pid != me)
+        .filter_map(|pid| proc::pinned(pid, |pid| proc::environ_var(pid, DEMO_MARKER).ok()?))
+        .filter(|(_, value)| *value == wanted)
+        .map(|(identity, _)| identity)
+        .collect()
+}
+
 impl Demo {
-    fn new(state_dir: Option<&Path>) -> anyhow::Result<Self> {
+    fn new(state_dir: Option<&Path>, keep: bool) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("session-reaper-demo-{}", random_hex(8)));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let root = state_dir.map_or_else(|| dir.join("state"), Path::to_path_buf);
-        StateRoot::open(&root)?;
-        Ok(Demo {
-            exe: std::env::current_exe()?,
+        let exe = std::env::current_exe()?;
+        let mut demo = Demo {
+            exe,
+            root: state_dir.map_or_else(|| dir.join("state"), Path::to_path_buf),
             dir,
-            root,
             agents: Vec::new(),
             started: Vec::new(),
             step: 0,
-        })
+            guardian: None,
+        };
+        demo.guardian = Some(demo.start_guardian(keep)?);
+        StateRoot::open(&demo.root)?;
+        Ok(demo)
+    }
+
+    /// The guardian: our own binary, in a process group of its own, its stdin a pipe only we hold.
+    fn start_guardian(&self, keep: bool) -> anyhow::Result<Child> {
+        use std::os::unix::process::CommandExt;
+        let mut command = Command::new(&self.exe);
+        command.arg("demo").arg("--guard").arg(&self.dir);
+        if keep {
+            command.arg("--keep");
+        }
+        command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0);
+        command.spawn().context("starting the demo's guardian")
+    }
+
+    /// Closes the guardian's stdin and waits (bounded) for it to stop what is left and remove the temp dir.
+    fn dismiss_guardian(&mut self) {
+        if let Some(mut guardian) = self.guardian.take() {
+            drop(guardian.stdin.take());
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if !matches!(guardian.try_wait(), Ok(None)) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
     }
 
     fn say(&mut self, text: &str) {
@@ -84,6 +196,12 @@ impl Demo {
     fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(&self.exe);
         command.arg("--state-dir").arg(&self.root).args(args);
+        self.mark(&mut command);
+        command
+    }
+
+    /// The caller's environment less its agent variables, with the demo's mark.
+    fn mark(&self, command: &mut Command) {
         for (name, _) in std::env::vars_os() {
             let name = name.to_string_lossy();
             if name.starts_with("SESSION_REAPER_")
@@ -94,7 +212,7 @@ impl Demo {
                 command.env_remove(name.as_ref());
             }
         }
-        command
+        command.env(DEMO_MARKER, &self.dir);
     }
 
     fn output(&self, args: &[&str]) -> anyhow::Result<String> {
@@ -168,7 +286,9 @@ impl Demo {
     }
 
     fn fake_agent(&mut self) -> anyhow::Result<u32> {
-        let child = Command::new("sleep")
+        let mut command = Command::new("sleep");
+        self.mark(&mut command);
+        let child = command
             .arg("600")
             .stdin(Stdio::null())
             .spawn()
@@ -190,6 +310,133 @@ impl Demo {
         std::fs::create_dir_all(app.join(".git"))?;
         let docs = self.dir.join("docs");
         std::fs::create_dir_all(docs.join(".git"))?;
+        self.headline(&app)?;
+        self.brokers(&app, &docs)?;
+        self.show_events()?;
+        Ok(Outcome::Done)
+    }
+
+    /// The agent is killed; what its tools left behind is stopped by its sentinel.
+    fn headline(&mut self, app: &Path) -> anyhow::Result<()> {
+        use std::io::BufRead;
+        let session = uuid_like();
+        self.say(
+            "An agent session starts: a fake Claude Code (a shell the demo starts) runs our SessionStart hook, which \
+             starts a sentinel watching the agent process.",
+        );
+        let start = self.dir.join("agent-start.json");
+        std::fs::write(&start, payload(CLAUDE_START, &session, app)?.to_string())?;
+        let mut command = Command::new("sh");
+        self.mark(&mut command);
+        let mut agent = command
+            .arg("-c")
+            .arg(FAKE_AGENT)
+            .arg("fake-claude")
+            .arg(&self.exe)
+            .arg(&self.root)
+            .arg(&start)
+            .arg(app)
+            .env("CLAUDE_CODE_SESSION_ID", &session)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting the fake agent")?;
+        let agent_pid = i32::try_from(agent.id())?;
+        let agent_identity = proc::identity_of(agent_pid).context("the fake agent exited")?;
+        self.started
+            .push(("fake Claude Code".to_owned(), agent_identity.clone()));
+        let mut report = String::new();
+        if let Some(out) = agent.stdout.as_mut() {
+            std::io::BufReader::new(out).read_line(&mut report)?;
+        }
+        self.agents.push(agent);
+        let mut words = report.trim().splitn(4, ' ');
+        let mut left = Vec::new();
+        for label in ["dev server", "nohup job", "MCP server"] {
+            let pid: i32 = words
+                .next()
+                .and_then(|word| word.parse().ok())
+                .with_context(|| format!("the fake agent did not start its {label}"))?;
+            let identity = proc::identity_of(pid)
+                .with_context(|| format!("the fake agent's {label} exited"))?;
+            self.started.push((label.to_owned(), identity.clone()));
+            left.push((label, identity));
+        }
+        let kind = words.next().unwrap_or_default();
+        // Shown once it serves: until its `sh -c` has exec'd the interpreter, it is a shell like any other.
+        let serving = |pid: i32| {
+            proc::cmdline(pid).is_ok_and(|argv| argv.iter().any(|arg| arg == "http.server"))
+        };
+        if kind.starts_with("python3") {
+            let deadline = Instant::now() + SHOWN_STOP_WAIT;
+            while !serving(left[0].1.pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        println!(
+            "   session {} (agent pid {agent_pid}); its shell tool started a dev server ({kind}, pid {}) and \
+             `nohup sleep 600 &` (pid {}); it runs an MCP server itself (pid {})",
+            &session[..8],
+            left[0].1.pid,
+            left[1].1.pid,
+            left[2].1.pid
+        );
+        self.show_status()?;
+
+        self.say("The agent is killed (SIGKILL, as an OOM kill or a closed terminal would): no SessionEnd hook runs.");
+        if let Target::Live(handle) = Guard::new().target(&agent_identity) {
+            handle.signal(Sig::Kill)?;
+        }
+        let killed = Instant::now();
+        for agent in &mut self.agents {
+            let _ = agent.wait();
+        }
+        let mut stopped = Vec::new();
+        for (label, identity) in &left {
+            let gone = wait_gone(identity, SHOWN_STOP_WAIT);
+            stopped.push(format!(
+                "{label} (pid {}) {}",
+                identity.pid,
+                if gone { "stopped" } else { "STILL RUNNING" }
+            ));
+        }
+        println!(
+            "   within {} ms its sentinel saw the agent gone and stopped what its tools left: {}",
+            killed.elapsed().as_millis(),
+            stopped.join(", ")
+        );
+        let pids: Vec<i32> = left.iter().map(|(_, identity)| identity.pid).collect();
+        self.wait_logged(&pids)?;
+        self.say("What that gave back (`session-reaper log --freed`):");
+        print!(
+            "{}",
+            indent(&compact(&self.output(&["log", "--freed"])?, &self.dir))
+        );
+        Ok(())
+    }
+
+    /// Waits (bounded) until the log has a `stop` line for each of `pids`: the sentinel writes it once it has seen
+    /// the process exit, a moment after the demo has.
+    fn wait_logged(&self, pids: &[i32]) -> anyhow::Result<()> {
+        let log = EventLog::new(&StateRoot::open(&self.root)?);
+        let deadline = Instant::now() + SHOWN_STOP_WAIT;
+        let logged = |events: &[crate::store::events::Event]| {
+            pids.iter().all(|pid| {
+                events
+                    .iter()
+                    .any(|event| event.action == "stop" && event.pid == Some(*pid))
+            })
+        };
+        while !logged(&log.read_all()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+
+    /// Brokers: shared by two sessions, stopped by the last owner's end; a stubborn one killed after its grace.
+    fn brokers(&mut self, app: &Path, docs: &Path) -> anyhow::Result<()> {
+        let (app, docs) = (app.to_path_buf(), docs.to_path_buf());
         let (a, b) = (uuid_like(), uuid_like());
 
         self.say("Two agent sessions start: SessionStart payloads from Claude Code 2.1.330 (A) and Gemini CLI 0.61.0 (B).");
@@ -253,9 +500,7 @@ impl Demo {
         self.say("B ends (SessionEnd from Gemini CLI): it was the last owner, so the shared broker stops.");
         self.hook(&payload(GEMINI_END, &b, &app)?, "gemini", None)?;
         self.show_status()?;
-
-        self.show_events()?;
-        Ok(Outcome::Done)
+        Ok(())
     }
 
     fn show_status(&self) -> anyhow::Result<()> {
@@ -367,9 +612,11 @@ fn owners(record: &Value) -> String {
     )
 }
 
+/// Output shown inside the demo's own: indented, without the state root line and the legend.
 fn indent(text: &str) -> String {
     text.lines()
-        .filter(|line| !line.starts_with("state:"))
+        .take_while(|line| *line != "legend")
+        .filter(|line| !line.starts_with("state:") && !line.starts_with("state root"))
         .fold(String::new(), |mut out, line| {
             out.push_str("   | ");
             out.push_str(line);

@@ -1,12 +1,14 @@
 //! `keep`: a process that is to outlive its session. `keep -- CMD…` starts CMD detached (its own session, stdin
 //! null, output to `--log` or nowhere) with no session variable left in its environment and
 //! `SESSION_REAPER_KEEP=1`, and prints its pid; `keep --pid P` marks a running process and its descendants so that
-//! no leftover discovery picks them.
+//! no leftover discovery picks them, and logs a `keep` event. `--json` prints what was started or marked as one
+//! object.
 
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
 use anyhow::Context;
+use serde_json::json;
 
 use crate::act::leftovers;
 use crate::config::{Config, KeepRequest};
@@ -15,15 +17,16 @@ use crate::model::leftover::KEEP_VARIABLE;
 use crate::observe::proc;
 use crate::observe::table::Table;
 use crate::store::Store;
+use crate::store::events::Event;
 
 pub fn run(request: &KeepRequest, config: &Config) -> anyhow::Result<Outcome> {
     match request {
-        KeepRequest::Start { command, log } => start(command, log.as_deref()),
-        KeepRequest::Mark { pid } => mark(*pid, config),
+        KeepRequest::Start { command, log, json } => start(command, log.as_deref(), *json),
+        KeepRequest::Mark { pid, json } => mark(*pid, config, *json),
     }
 }
 
-fn start(argv: &[String], log: Option<&std::path::Path>) -> anyhow::Result<Outcome> {
+fn start(argv: &[String], log: Option<&std::path::Path>, json: bool) -> anyhow::Result<Outcome> {
     let (program, arguments) = argv.split_first().context("no command given")?;
     let mut command = Command::new(program);
     command.args(arguments).stdin(Stdio::null());
@@ -53,11 +56,16 @@ fn start(argv: &[String], log: Option<&std::path::Path>) -> anyhow::Result<Outco
     let child = command
         .spawn()
         .map_err(|err| bad_input(format!("starting {program:?}: {err}")))?;
-    println!("{}", child.id());
+    if json {
+        let started = json!({"pid": child.id(), "command": argv, "log": log});
+        println!("{started}");
+    } else {
+        println!("{}", child.id());
+    }
     Ok(Outcome::Done)
 }
 
-fn mark(pid: i32, config: &Config) -> anyhow::Result<Outcome> {
+fn mark(pid: i32, config: &Config, json: bool) -> anyhow::Result<Outcome> {
     let identity = proc::identity_of(pid)
         .filter(|_| pid > 1)
         .ok_or_else(|| bad_input(format!("--pid {pid}: expected a live process")))?;
@@ -71,18 +79,28 @@ fn mark(pid: i32, config: &Config) -> anyhow::Result<Outcome> {
     let store = Store::open(&config.state_dir)?;
     leftovers::prune_kept(&store);
     let table = Table::observe(identity.start_ticks);
-    let mut marked: usize = 0;
+    let mut marked = Vec::new();
     for process in table.descendants_of(pid) {
         if let Some(live) = proc::identity_of(process.identity.pid)
             .filter(|live| live.start_ticks == process.identity.start_ticks)
         {
             leftovers::mark_kept(&store, &live)?;
-            marked += 1;
+            marked.push(live.pid);
         }
     }
-    println!(
-        "kept pid {pid} and {} descendant(s): no session's leftovers",
-        marked.saturating_sub(1)
+    let descendants = marked.len().saturating_sub(1);
+    store.log.record(
+        &Event::new("keep", "kept")
+            .pid(pid)
+            .detail(format!("and {descendants} descendant(s)")),
     );
+    if json {
+        println!("{}", json!({"pid": pid, "kept": marked}));
+    } else {
+        println!(
+            "{} pid {pid} and {descendants} descendant(s): no session's leftovers",
+            crate::commands::term::lead("kept")
+        );
+    }
     Ok(Outcome::Done)
 }

@@ -78,9 +78,10 @@ pub fn run(request: &LogRequest, config: &Config) -> anyhow::Result<Outcome> {
         println!("no events");
         return Ok(Outcome::Done);
     }
-    println!("{}", columns(&HEADER.map(str::to_owned)));
+    println!("{}", columns(&HEADER.map(str::to_owned), false));
+    let color = crate::commands::term::get().color;
     for event in &events {
-        println!("{}", line(event));
+        println!("{}", columns(&fields(event), color));
     }
     Ok(Outcome::Done)
 }
@@ -112,11 +113,11 @@ const HEADER: [&str; 8] = [
     "TIME", "ACTION", "REASON", "RESULT", "PID", "SESSION", "WHERE", "DETAIL",
 ];
 
-/// The fields of a line in fixed columns (the last two as they come).
-fn columns(fields: &[String; 8]) -> String {
+/// The fields of a line in fixed columns (the last two as they come); `color` paints the result.
+fn columns(fields: &[String; 8], color: bool) -> String {
     let [ts, action, reason, result, pid, session, place, detail] = fields;
-    let mut text =
-        format!("{ts:<24} {action:<17} {reason:<13} {result:<13} {pid:>7}  {session:<36}");
+    let result = crate::commands::term::paint(result, 13, color);
+    let mut text = format!("{ts:<24} {action:<17} {reason:<13} {result} {pid:>7}  {session:<36}");
     for extra in [place, detail] {
         if !extra.is_empty() {
             text.push_str("  ");
@@ -126,14 +127,14 @@ fn columns(fields: &[String; 8]) -> String {
     text.trim_end().to_owned()
 }
 
-/// One event as a line: `time  action  reason  result  pid  session  where  detail`.
-pub fn line(event: &Event) -> String {
+/// One event's fields, in the order of `HEADER`: `time  action  reason  result  pid  session  where  detail`.
+fn fields(event: &Event) -> [String; 8] {
     let place = match (&event.workspace, &event.name) {
         (Some(workspace), Some(name)) => super::broker::place(workspace, name),
         (Some(workspace), None) => workspace.clone(),
         _ => String::new(),
     };
-    columns(&[
+    [
         event.ts.clone(),
         event.action.clone(),
         event.reason.clone().unwrap_or_else(|| "-".to_owned()),
@@ -155,7 +156,7 @@ pub fn line(event: &Event) -> String {
             .to_owned(),
             None => event.detail.clone().unwrap_or_default(),
         },
-    ])
+    ]
 }
 
 #[cfg(test)]

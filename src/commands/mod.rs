@@ -11,6 +11,7 @@ pub mod keep;
 pub mod leftovers;
 pub mod log;
 pub mod reap;
+pub mod reference;
 pub mod resolve;
 pub mod sentinel;
 pub mod session_end;
@@ -46,7 +47,7 @@ pub fn print_stops(reports: &[crate::act::stopper::StopReport]) {
             "pid {:>7}  {:<13} {}  {}",
             ticket.identity.pid,
             ticket.reason,
-            report.outcome.summary(),
+            crate::commands::term::lead(&report.outcome.summary()),
             place
         );
     }

@@ -152,7 +152,12 @@ fn print_human(
         println!("no live session to end");
     }
     for report in reports {
-        println!("session {} {verb} ({})", report.session, report.reason);
+        println!(
+            "session {} {} ({})",
+            report.session,
+            crate::commands::term::lead(verb),
+            report.reason
+        );
         for slot in &report.slots {
             let what = if slot.stopping {
                 if dry_run {
@@ -186,7 +191,7 @@ fn print_human(
             println!("  owned no broker; no process resumes it; left nothing behind");
         }
         for problem in &report.problems {
-            println!("  problem: {problem}");
+            println!("  {}", crate::commands::term::lead(&format!("problem: {problem}")));
         }
     }
     crate::commands::print_stops(stops);

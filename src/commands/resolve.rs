@@ -9,6 +9,9 @@ use crate::model::name::SessionId;
 /// How many candidates a refusal lists.
 const SHOWN: usize = 8;
 
+/// The shortest prefix taken for a whole id, as git takes its abbreviated hashes.
+pub const MIN_PREFIX: usize = 4;
+
 /// The one known session `given` names: itself when known, else the only known id it prefixes. `Ok(None)` when no
 /// known id matches; an ambiguous prefix is bad input naming the candidates.
 pub fn resolve<'k>(
@@ -28,6 +31,10 @@ pub fn resolve<'k>(
     matches.dedup();
     match matches.as_slice() {
         [] => Ok(None),
+        some if given.as_str().chars().count() < MIN_PREFIX => Err(bad_input(format!(
+            "session {given}: a prefix needs at least {MIN_PREFIX} characters; it prefixes {}",
+            listed(some)
+        ))),
         [only] => Ok(Some(SessionId::parse(only)?)),
         many => Err(bad_input(format!(
             "session {given} is ambiguous: it prefixes {}",
@@ -106,6 +113,16 @@ mod tests {
         assert_eq!(resolve(&id("ffff"), KNOWN).unwrap(), None);
         let err = unknown(&id("ffff"), KNOWN, "");
         assert!(err.to_string().contains(KNOWN[2]), "{err}");
+    }
+
+    #[test]
+    fn a_prefix_shorter_than_four_characters_is_refused() {
+        for short in ["0", "0b", "0b5"] {
+            let err = resolve(&id(short), KNOWN).unwrap_err();
+            assert_eq!(crate::error::exit_code_of(&err), 2);
+            assert!(err.to_string().contains("at least 4 characters"), "{err}");
+        }
+        assert_eq!(resolve(&id("zz"), KNOWN).unwrap(), None);
     }
 
     #[test]

@@ -96,6 +96,47 @@ pub(crate) fn members_of(
         .collect()
 }
 
+/// A leftover that `--leftovers report` left running, still running: found in the `leftover` events the agent's end
+/// logged (the process with that pid still runs that argv; status only shows it, nothing signals it).
+#[derive(Clone, Debug, Serialize)]
+pub struct ReportedLeftover {
+    pub pid: i32,
+    pub argv: Vec<String>,
+    pub rss_kib: Option<u64>,
+    pub session: Option<String>,
+    /// When the event was logged.
+    pub reported_at: String,
+}
+
+/// The reported leftovers that still run, newest report of a pid first kept.
+fn reported_leftovers(store: &Store) -> Vec<ReportedLeftover> {
+    let mut found: Vec<ReportedLeftover> = Vec::new();
+    for event in store.log.read_all().into_iter().rev() {
+        if event.action != "leftover" || event.result != "reported" {
+            continue;
+        }
+        let (Some(pid), Some(argv)) = (event.pid, event.argv) else {
+            continue;
+        };
+        if found.iter().any(|seen| seen.pid == pid) {
+            continue;
+        }
+        let runs_it =
+            proc::pinned(pid, |pid| proc::cmdline(pid).ok()).is_some_and(|(_, now)| now == argv);
+        if runs_it {
+            found.push(ReportedLeftover {
+                pid,
+                argv,
+                rss_kib: proc::rss_kib(pid),
+                session: event.session,
+                reported_at: event.ts,
+            });
+        }
+    }
+    found.sort_by_key(|leftover| leftover.pid);
+    found
+}
+
 /// A snapshot of the whole state root.
 #[derive(Debug, Serialize)]
 pub struct Snapshot {
@@ -107,6 +148,8 @@ pub struct Snapshot {
     pub sessions: Vec<SessionRecord>,
     /// Each live session's leftovers-to-be, its agent's MCP servers and its sentinel.
     pub leftovers: Vec<crate::commands::leftovers::SessionView>,
+    /// What `--leftovers report` left running after its agent was gone, still running.
+    pub reported_leftovers: Vec<ReportedLeftover>,
     pub finisher_running: bool,
     /// The Codex plugin's brokers (its own records and the ones it lost).
     pub codex_plugin: Vec<crate::adapters::codex_plugin::BrokerStatus>,
@@ -161,6 +204,7 @@ pub fn snapshot(store: &Store) -> Snapshot {
         tickets,
         sessions: rest.sessions,
         leftovers: rest.leftovers,
+        reported_leftovers: rest.reported,
         finisher_running: rest.finisher_running,
         codex_plugin: Vec::new(),
     }
@@ -171,6 +215,7 @@ pub fn snapshot(store: &Store) -> Snapshot {
 struct BesideSlots {
     tickets: Vec<TicketStatus>,
     leftovers: Vec<crate::commands::leftovers::SessionView>,
+    reported: Vec<ReportedLeftover>,
     sessions: Vec<SessionRecord>,
     unreadable: Vec<Unreadable>,
     finisher_running: bool,
@@ -221,6 +266,7 @@ fn beside_slots(store: &Store) -> BesideSlots {
     BesideSlots {
         tickets,
         leftovers: crate::commands::leftovers::status_view(store, &sessions),
+        reported: reported_leftovers(store),
         sessions,
         unreadable,
         finisher_running: finisher::is_running(store),
@@ -238,7 +284,7 @@ pub fn run(
             println!(
                 "{}",
                 json!({"state_dir": config.state_dir, "slots": [], "unreadable": [], "tickets": [], "sessions": [],
-                       "leftovers": [], "codex_plugin": codex_plugin})
+                       "leftovers": [], "reported_leftovers": [], "codex_plugin": codex_plugin})
             );
         } else {
             println!("no state yet at {}", config.state_dir.display());
@@ -254,7 +300,7 @@ pub fn run(
         let printed = super::status_json::print(
             &store,
             &rest.tickets,
-            (&rest.sessions, &rest.leftovers),
+            (&rest.sessions, &rest.leftovers, &rest.reported),
             rest.unreadable,
             (rest.finisher_running, codex_plugin),
         )?;

@@ -43,6 +43,29 @@ impl<T: Serialize> Serialize for Gathered<'_, T> {
     }
 }
 
+/// Session records as every command's JSON names a session: `session` (the records on disk keep `session_id`).
+struct Sessions<'a>(&'a [SessionRecord]);
+
+impl Serialize for Sessions<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
+        for record in self.0 {
+            let value = serde_json::to_value(record).map_err(serde::ser::Error::custom)?;
+            let renamed: serde_json::Map<String, serde_json::Value> = value
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(key, value)| {
+                    let key = if key == "session_id" { "session" } else { key };
+                    (key.to_owned(), value.clone())
+                })
+                .collect();
+            seq.serialize_element(&renamed)?;
+        }
+        seq.end()
+    }
+}
+
 #[derive(Serialize)]
 #[serde(bound(serialize = "Streamed<I>: Serialize, C: Serialize"))]
 struct Document<'a, I, C> {
@@ -50,8 +73,9 @@ struct Document<'a, I, C> {
     slots: Streamed<I>,
     unreadable: Gathered<'a, Unreadable>,
     tickets: &'a [TicketStatus],
-    sessions: &'a [SessionRecord],
+    sessions: Sessions<'a>,
     leftovers: &'a [crate::commands::leftovers::SessionView],
+    reported_leftovers: &'a [crate::commands::status::ReportedLeftover],
     finisher_running: bool,
     codex_plugin: C,
 }
@@ -67,7 +91,11 @@ pub struct Printed {
 pub fn print(
     store: &Store,
     tickets: &[TicketStatus],
-    (sessions, leftovers): (&[SessionRecord], &[crate::commands::leftovers::SessionView]),
+    (sessions, leftovers, reported_leftovers): (
+        &[SessionRecord],
+        &[crate::commands::leftovers::SessionView],
+        &[crate::commands::status::ReportedLeftover],
+    ),
     unreadable: Vec<Unreadable>,
     (finisher_running, codex_plugin): (bool, impl Serialize),
 ) -> anyhow::Result<Printed> {
@@ -128,8 +156,9 @@ pub fn print(
         slots: Streamed(RefCell::new(Some(slots))),
         unreadable: Gathered(&gathered),
         tickets,
-        sessions,
+        sessions: Sessions(sessions),
         leftovers,
+        reported_leftovers,
         finisher_running,
         codex_plugin,
     };

@@ -27,6 +27,8 @@ pub struct StatusTree {
     /// Brokers none of whose owners is a live session (owned by ended or unknown sessions, or by nobody).
     pub unowned: Vec<BrokerNode>,
     pub stopping: Vec<StopNode>,
+    /// What `--leftovers report` left running, still running, with the session it was reported for.
+    pub reported: Vec<(ProcessNode, String)>,
     /// `(what, why)` of every record that could not be read.
     pub unreadable: Vec<(String, String)>,
     pub finisher_running: bool,
@@ -64,6 +66,9 @@ pub enum AgentState {
     /// No agent process was recorded (a hook run by hand): the session ends only by `SessionEnd` or `reap`.
     #[default]
     Unknown,
+    /// Named only by `broker` commands run by hand (no hook ever saw it, no agent): not a live agent session; it
+    /// ends with `reap --session ID`.
+    ByHand,
 }
 
 impl AgentState {
@@ -72,6 +77,7 @@ impl AgentState {
             AgentState::Live => "live",
             AgentState::Gone => "gone",
             AgentState::Unknown => "unknown",
+            AgentState::ByHand => "by hand",
         }
     }
 }
@@ -288,6 +294,21 @@ pub fn build(snapshot: &Snapshot, facts: &Facts) -> StatusTree {
             .iter()
             .map(|ticket| stop_node(ticket, &ago))
             .collect(),
+        reported: snapshot
+            .reported_leftovers
+            .iter()
+            .map(|leftover| {
+                let node = ProcessNode {
+                    pid: leftover.pid,
+                    argv: leftover.argv.join(" "),
+                    rss_kib: leftover.rss_kib,
+                    state: Some("reported"),
+                };
+                let when = ago(&leftover.reported_at).unwrap_or_default();
+                let session = leftover.session.as_deref().unwrap_or("-");
+                (node, format!("session {session}, reported {when} ago"))
+            })
+            .collect(),
         unreadable: snapshot
             .unreadable
             .iter()
@@ -306,6 +327,8 @@ fn session_node(
     let agent_state = match facts.agent_alive.get(&session.session_id) {
         Some(true) => AgentState::Live,
         Some(false) => AgentState::Gone,
+        // No hook recorded an agent kind: the record was made by a broker command's owner index.
+        None if session.agent.is_empty() => AgentState::ByHand,
         None => AgentState::Unknown,
     };
     let agent_pid = session.agent_identity.as_ref().map(|identity| identity.pid);
@@ -448,7 +471,7 @@ fn memory(kib: Option<u64>) -> String {
 }
 
 /// What every state word means (only the words the picture uses are listed).
-const LEGEND: [(&str, &str); 9] = [
+const LEGEND: [(&str, &str); 11] = [
     ("live", "the process runs with the identity recorded for it"),
     (
         "gone",
@@ -457,6 +480,10 @@ const LEGEND: [(&str, &str); 9] = [
     (
         "unknown",
         "no agent process was recorded (a hook run by hand): only SessionEnd or `reap` ends the session",
+    ),
+    (
+        "by hand",
+        "a session named only by `broker` commands run by hand: no agent, not counted as live; `reap --session ID` ends it",
     ),
     (
         "STALE",
@@ -473,6 +500,10 @@ const LEGEND: [(&str, &str); 9] = [
     (
         "leftover",
         "a process of the session that will outlive it (see `keep` and `--leftovers`)",
+    ),
+    (
+        "reported",
+        "a leftover of a session whose agent is gone, left running by `--leftovers report`: yours to stop or `keep`",
     ),
     (
         "mcp server",
@@ -493,7 +524,17 @@ pub fn render(tree: &StatusTree, color: bool) -> String {
         paint(word, width, color)
     };
     let _ = writeln!(out, "state root {}", tree.state_dir);
-    let _ = writeln!(out, "\nsessions ({} live)", tree.sessions.len());
+    let by_hand = tree
+        .sessions
+        .iter()
+        .filter(|session| session.agent_state == AgentState::ByHand)
+        .count();
+    let live = tree.sessions.len() - by_hand;
+    match by_hand {
+        0 => writeln!(out, "\nsessions ({live} live)"),
+        _ => writeln!(out, "\nsessions ({live} live, {by_hand} by hand)"),
+    }
+    .unwrap_or_default();
     if tree.sessions.is_empty() {
         let _ = writeln!(out, "  none");
     }
@@ -650,6 +691,19 @@ fn render_others(
                     memory(member.rss_kib)
                 );
             }
+        }
+    }
+    if !tree.reported.is_empty() {
+        let _ = writeln!(out, "\nleftovers left running (--leftovers report)");
+        for (leftover, said) in &tree.reported {
+            let _ = writeln!(
+                out,
+                "  {} {}  {}  rss {}  ({said})",
+                word("reported", 0).trim_end(),
+                leftover.pid,
+                leftover.argv,
+                memory(leftover.rss_kib)
+            );
         }
     }
     if !tree.unreadable.is_empty() {

@@ -602,11 +602,14 @@ fn print_human(report: &SweepReport) {
             .map_or(String::new(), |pid| format!("pid {pid} "));
         println!(
             "{:<17} {:<13} {pid}{}  {}",
-            action.action, reason, action.target, action.result
+            action.action,
+            reason,
+            action.target,
+            crate::commands::term::lead(&action.result)
         );
     }
     crate::commands::print_stops(&report.stops);
     for problem in &report.problems {
-        println!("problem: {problem}");
+        println!("{}", crate::commands::term::lead(&format!("problem: {problem}")));
     }
 }

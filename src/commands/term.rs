@@ -66,11 +66,23 @@ pub fn get() -> Terminal {
 /// needs a person.
 fn colour_of(word: &str) -> Option<&'static str> {
     match word {
-        "live" | "yes" | "running" | "kept" => Some("32"),
-        "STALE" | "gone" | "ended" | "stopping" | "leftover" | "would" => Some("33"),
-        "STUCK" | "UNREADABLE" | "dead" | "DEAD" => Some("31;1"),
+        "live" | "yes" | "running" | "kept" | "stopped" | "started" | "reused" | "pruned" => {
+            Some("32")
+        }
+        "STALE" | "gone" | "ended" | "stopping" | "leftover" | "would" | "reported"
+        | "already_gone" => Some("33"),
+        "STUCK" | "UNREADABLE" | "dead" | "DEAD" | "failed" | "refused" | "stuck" | "problem:" => {
+            Some("31;1")
+        }
         _ => None,
     }
+}
+
+/// `text` with its first word painted as `paint` would (this run's colour choice): the result at the head of a
+/// line for people (`stopped (SIGTERM)`, `would prune`, `failed: …`).
+pub fn lead(text: &str) -> String {
+    let (word, rest) = text.split_at(text.find(' ').unwrap_or(text.len()));
+    format!("{}{rest}", paint(word, 0, get().color))
 }
 
 /// `word`, coloured when `color` says so and the word has a colour; padded to `width` outside the escapes.

@@ -1430,7 +1430,7 @@ fn v1_fixture_records_are_read_and_rewrites_keep_unknown_fields() {
     assert_eq!(slot["x_future"], original["x_future"]);
     assert_eq!(slot["owners"], original["owners"]);
     let sessions = status["sessions"].as_array().unwrap();
-    let session = sessions.iter().find(|s| s["session_id"] == FIXTURE_SESSION);
+    let session = sessions.iter().find(|s| s["session"] == FIXTURE_SESSION);
     let session = session.expect("session listed");
     assert_eq!(
         session["x_model"],

@@ -359,22 +359,26 @@ fn a_corrupt_broker_json_is_bad_input_for_the_commands_that_need_it() {
 /// Item 4: idle TTLs are timed on the boot clock. A record whose wall-clock `last_active` is a day ahead (the clock
 /// was stepped back since) is still stopped once its boot stamp is past the TTL; one whose `last_active` is a day
 /// behind (stepped forward) but whose boot stamp is fresh is kept; a record of an older version (no boot stamp)
-/// falls back to the wall clock.
+/// falls back to the wall clock. The TTL and the planted stamps are sized to the host's uptime (a machine booted a
+/// minute ago has no boot stamp 20 minutes old): the TTL is a third of it (at most 10 minutes), the stalled stamp
+/// two TTLs old.
 #[test]
 fn idle_ttls_are_timed_on_the_boot_clock_whatever_the_wall_clock_says() {
     let mut env = Env::new();
     let boot = boot_now_ms();
-    let twenty_minutes = 20 * 60 * 1000;
+    let ttl_secs = (boot / 3000).min(600);
     assert!(
-        boot > twenty_minutes,
-        "this host booted {boot} ms ago: too recently to plant a boot stamp 20 minutes old"
+        ttl_secs >= 10,
+        "this host booted {boot} ms ago: too recently for an idle TTL of 10 s with room for a loaded machine"
     );
+    let ttl = format!("{ttl_secs}s");
+    let two_ttls = 2 * ttl_secs * 1000;
     let mut spawn = |name: &str| {
         let ws = env.workspace(name);
         let (proc, record) = env.spawn_broker_with(
             &ws,
             "",
-            &["--no-owner", "--idle-ttl", "10m"],
+            &["--no-owner", "--idle-ttl", &ttl],
             &["sleep", "600"],
         );
         let stamp = record["last_active_boot_ms"]
@@ -401,7 +405,7 @@ fn idle_ttls_are_timed_on_the_boot_clock_whatever_the_wall_clock_says() {
     };
     rewrite(&path_of(&env, &stalled_ws), |record| {
         record["last_active"] = json!(wall(SystemTime::now() + day));
-        record["last_active_boot_ms"] = json!(boot_now_ms() - twenty_minutes);
+        record["last_active_boot_ms"] = json!(boot_now_ms() - two_ttls);
     });
     rewrite(&path_of(&env, &hastened_ws), |record| {
         record["last_active"] = json!(wall(SystemTime::now() - day));

@@ -85,13 +85,21 @@ impl Proc {
     }
 }
 
-/// One test's world.
+/// One test's world. Everything it makes on disk is under one temp dir (`base`: the state root, the work dir, and
+/// whatever a test plants beside them); every process the harness starts carries `base` in its environment
+/// (`TEST_MARKER`), inherited by all it starts in turn. On drop, even when the test failed, every such process
+/// and every process of the state root is killed (SIGKILL, by identity), then `base` is removed.
 pub struct Env {
     pub state: TempDir,
     pub work: TempDir,
     children: Vec<Child>,
     planted: Vec<Proc>,
+    /// Dropped last: the state and work dirs are inside it.
+    base: TempDir,
 }
+
+/// The environment variable that marks every process a test started, directly or not: `SR_TEST_ENV=<base>`.
+pub const TEST_MARKER: &str = "SR_TEST_ENV";
 
 impl Default for Env {
     fn default() -> Self {
@@ -101,18 +109,28 @@ impl Default for Env {
 
 impl Env {
     pub fn new() -> Self {
+        let base = tempfile::Builder::new()
+            .prefix("sr-test-")
+            .tempdir()
+            .expect("temp dir of the test");
         Env {
             state: tempfile::Builder::new()
                 .prefix("sr-state-")
-                .tempdir()
+                .tempdir_in(base.path())
                 .expect("temp state dir"),
             work: tempfile::Builder::new()
                 .prefix("sr-work-")
-                .tempdir()
+                .tempdir_in(base.path())
                 .expect("temp work dir"),
             children: Vec::new(),
             planted: Vec::new(),
+            base,
         }
+    }
+
+    /// Marks `command` (and so everything it starts) as this test's: killed when the test ends.
+    pub fn mark(&self, command: &mut Command) {
+        command.env(TEST_MARKER, self.base.path());
     }
 
     pub fn state_dir(&self) -> &Path {
@@ -146,6 +164,7 @@ impl Env {
         let mut command = Command::new(BIN);
         command.arg("--state-dir").arg(self.state_dir()).args(args);
         scrub_env(&mut command);
+        self.mark(&mut command);
         // The Codex plugin adapter looks in <tmpdir>/codex-companion and ~/.claude/plugins/data: the test's own.
         command
             .env("TMPDIR", self.work.path())
@@ -213,6 +232,7 @@ impl Env {
     /// Starts a child process of the test (killed on drop) and returns its identity once it has exec'd.
     pub fn spawn(&mut self, mut command: Command) -> Proc {
         command.stdin(Stdio::null());
+        self.mark(&mut command);
         let child = command.spawn().expect("spawn child");
         let pid = i32::try_from(child.id()).unwrap();
         self.children.push(child);
@@ -356,14 +376,24 @@ impl Drop for Env {
         for proc in &self.planted {
             proc.kill();
         }
-        // Brokers our binary started for this test by paths the harness did not see (a fake agent's own
-        // `broker spawn`, a thread's direct run) carry this test's unique state root in their environment.
-        for proc in marked_with_state_root(self.state_dir()) {
-            proc.kill();
-        }
-        // Stand-in plugin brokers a failed test never got to track carry this test's work dir as their TMPDIR.
-        for proc in plugin_brokers_of(self.work.path()) {
-            proc.kill();
+        // Until a look finds none (a hook being killed may have just started a finisher): what carries the test's
+        // marker, brokers our binary started for this test by paths the harness did not see (a fake agent's own
+        // `broker spawn`, a thread's direct run: they carry the unique state root in their environment), the
+        // finishers and sentinels naming the state root, and stand-in plugin brokers (TMPDIR is the work dir).
+        // Only then is the state root removed: nothing is left to write into it again.
+        let marker = format!("{TEST_MARKER}={}", self.base.path().display());
+        for _ in 0..100 {
+            let mut found = with_env_entry(&marker);
+            found.extend(marked_with_state_root(self.state_dir()));
+            found.extend(naming(self.state_dir()));
+            found.extend(plugin_brokers_of(self.work.path()));
+            if found.is_empty() {
+                break;
+            }
+            for proc in found {
+                proc.kill();
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
         for child in &mut self.children {
             let _ = child.kill();
@@ -532,6 +562,7 @@ impl Home {
             .arg(state.unwrap_or(env.state_dir()))
             .args(args);
         scrub_env(&mut command);
+        env.mark(&mut command);
         for name in [
             "XDG_CONFIG_HOME",
             "XDG_STATE_HOME",
@@ -975,6 +1006,7 @@ impl Env {
             .stdout(Stdio::piped())
             .process_group(0);
         scrub_env(&mut command);
+        self.mark(&mut command);
         let mut child = command.spawn().expect("start the fake agent");
         let stdin = child.stdin.take();
         let stdout = child.stdout.take().expect("agent stdout");

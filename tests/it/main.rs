@@ -1,8 +1,10 @@
 //! The integration tests: one binary, driving the real `session-reaper` against real child processes.
 
 mod codex_plugin;
+mod demo;
 mod docs;
 mod edges;
+mod first_hour;
 mod foundation;
 mod hardening;
 mod harness;
@@ -12,6 +14,7 @@ mod leftovers;
 mod lineage;
 mod newcomer;
 mod newcomer_path;
+mod packaging;
 mod reliability;
 mod reshaped;
 mod settings;

@@ -215,9 +215,11 @@ fn point_3_spawn_refuses_another_command_and_reports_a_broker_that_dies_at_once(
         .collect();
     assert_eq!(owners, ["s2", "s1"], "the old broker's owners carry over");
 
+    // Watched with `--wait` (without it the record is kept and `status` shows it STALE: tests/it/first_hour.rs).
     let out = env.run(&[
         "broker",
         "spawn",
+        "--wait",
         "--cwd",
         ws_arg,
         "--session",
@@ -544,7 +546,7 @@ fn point_9_an_ended_session_in_the_environment_gives_way_to_ancestry_and_brokers
     let payload = json!({"session_id": live, "hook_event_name": "SessionStart", "cwd": ws});
     let state = env.state_dir().display().to_string();
     let script = format!(
-        "echo '{payload}' | {BIN} --state-dir {state} hook --agent claude --owner-pid $$; \
+        "echo '{payload}' | {BIN} --state-dir {state} hook --agent claude --sentinel off --owner-pid $$; \
          CLAUDE_CODE_SESSION_ID={old} SESSION_REAPER_SESSION_ID= GEMINI_SESSION_ID=gem-x \
          {BIN} --state-dir {state} broker spawn --json --cwd {} -- sleep 600; true",
         ws.display()
@@ -781,6 +783,7 @@ pub(crate) fn fixture_world() -> session_reaper::commands::status_tree::StatusTr
         ],
         finisher_running: true,
         leftovers: Vec::new(),
+        reported_leftovers: Vec::new(),
         codex_plugin: vec![session_reaper::adapters::codex_plugin::BrokerStatus {
             workspace: "/home/me/src/app".to_owned(),
             state_dir: None,
