@@ -162,11 +162,11 @@ fn filesystem_check(path: &Path) -> Check {
         .ancestors()
         .find(|p| p.exists())
         .unwrap_or(Path::new("/"));
-    match nix::sys::statfs::statfs(probe) {
+    match rustix::fs::statfs(probe) {
         Ok(stat) => {
             // fs_type_t is i64 on x86_64 but narrower elsewhere.
             #[allow(clippy::useless_conversion)]
-            let magic = i64::from(stat.filesystem_type().0);
+            let magic = i64::from(stat.f_type);
             match network_filesystem(magic) {
                 Some(kind) => check(
                     "filesystem",

@@ -48,7 +48,7 @@ fn start(argv: &[String], log: Option<&std::path::Path>, json: bool) -> anyhow::
     // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
     unsafe {
         command.pre_exec(|| {
-            nix::unistd::setsid()
+            rustix::process::setsid()
                 .map(drop)
                 .map_err(std::io::Error::from)
         });
@@ -69,7 +69,7 @@ fn mark(pid: i32, config: &Config, json: bool) -> anyhow::Result<Outcome> {
     let identity = proc::identity_of(pid)
         .filter(|_| pid > 1)
         .ok_or_else(|| bad_input(format!("--pid {pid}: expected a live process")))?;
-    let uid = nix::unistd::getuid().as_raw();
+    let uid = rustix::process::getuid().as_raw();
     if identity.uid != uid {
         return Err(bad_input(format!(
             "--pid {pid}: expected a process of ours (uid {uid}), it runs as uid {}",
