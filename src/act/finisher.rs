@@ -77,7 +77,10 @@ pub fn run(store: &Store) -> anyhow::Result<Outcome> {
                 .any(|ticket| is_workable(ticket, &host));
             match lock::try_lock(&store.root, &lock_path)? {
                 Some(again_held) if again => held = again_held,
-                _ => return Ok(Outcome::Done),
+                _ => {
+                    crate::act::cgroup::tidy(store);
+                    return Ok(Outcome::Done);
+                }
             }
             continue;
         }

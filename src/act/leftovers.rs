@@ -21,7 +21,11 @@ use crate::store::events::{Event, Reason};
 /// in one observation of the process table.
 pub fn discover(store: &Store, sessions: &[SessionRecord]) -> Vec<Found> {
     match observed_since(sessions) {
-        Some(since) => discover_in(store, &Table::observe(since), sessions),
+        Some(since) => {
+            let table = crate::act::cgroup::contained_table(sessions)
+                .unwrap_or_else(|| Table::observe(since));
+            discover_in(store, &table, sessions)
+        }
         None => Vec::new(),
     }
 }
@@ -61,7 +65,9 @@ pub(crate) fn discover_in(store: &Store, table: &Table, sessions: &[SessionRecor
     targets
         .into_iter()
         .map(|(record, agent, facts)| {
+            let contained = crate::act::cgroup::members_of(record);
             let query = Query {
+                contained: &contained,
                 session: &record.session_id,
                 agent,
                 names_sessions: names_sessions(&record.agent),

@@ -279,6 +279,11 @@ fn session_start(store: &Store, hooked: &Hooked) -> anyhow::Result<()> {
                 hooked.args.leftovers,
                 hooked.args.sentinel,
             );
+            crate::act::cgroup::note_start(
+                &mut record,
+                &hooked.args.containment,
+                hooked.args.owner_pid.is_some(),
+            );
             Ok(Some(record))
         },
     )?;

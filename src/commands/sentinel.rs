@@ -244,7 +244,9 @@ fn open_pidfd(agent: &Identity) -> Option<OwnedFd> {
 pub fn agent_gone(store: &Store, agent: &Identity) -> anyhow::Result<Outcome> {
     let guard = Guard::new();
     let tickets = end_sessions_of(store, &guard, agent, Reason::AgentGone);
-    run_stops(store, guard, tickets, agent)
+    let outcome = run_stops(store, guard, tickets, agent);
+    crate::act::cgroup::tidy(store);
+    outcome
 }
 
 /// Ends every live session of `agent` with `reason`; returns the tickets filed.

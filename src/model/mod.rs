@@ -3,6 +3,7 @@
 
 pub mod bounded;
 pub mod clock;
+pub mod containment;
 pub mod deadline;
 pub mod leftover;
 pub mod name;

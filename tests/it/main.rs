@@ -1,6 +1,7 @@
 //! The integration tests: one binary, driving the real `session-reaper` against real child processes.
 
 mod codex_plugin;
+mod containment;
 mod edges;
 mod foundation;
 mod hardening;
