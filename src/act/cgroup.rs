@@ -351,3 +351,14 @@ pub fn contained_table(sessions: &[SessionRecord]) -> Option<crate::observe::tab
     }
     Some(crate::observe::table::Table::observe_only(&pids))
 }
+
+/// `doctor`: whether an agent started where this command runs would be contained (`available (how)`) or not
+/// (`unavailable (why)`), and that line.
+pub fn doctor_line() -> (bool, String) {
+    let me = i32::try_from(std::process::id()).unwrap_or(0);
+    let availability = availability_for(me, &setting_from_env());
+    (
+        matches!(availability, Availability::Available { .. }),
+        availability.describe(),
+    )
+}

@@ -130,6 +130,70 @@ pub fn can_kill(dir: &Path) -> bool {
     dir.join(KILL_FILE).exists()
 }
 
+/// A session's containment as `status` shows it: its mode, and for a contained one the processes its cgroup holds
+/// and their memory (`memory.current` where the memory controller is on for it, else their resident memory added up).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct View {
+    pub mode: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+    pub processes: Vec<Held>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// Where `memory_bytes` comes from: `memory.current` or `rss`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_from: Option<&'static str>,
+}
+
+/// One process a session's cgroup holds.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Held {
+    pub pid: i32,
+    pub argv: Vec<String>,
+    pub rss_kib: Option<u64>,
+}
+
+/// What `record` says of its containment, with its cgroup read now.
+pub fn view_of(record: &crate::model::record::SessionRecord) -> View {
+    use crate::model::containment::SessionContainment;
+    let Some(containment) = SessionContainment::of(record) else {
+        return View {
+            mode: "lineage",
+            why: Some("started before containment was recorded".into()),
+            ..View::default()
+        };
+    };
+    let mut view = View {
+        mode: containment.mode.as_str(),
+        why: containment.why,
+        ..View::default()
+    };
+    if let Some(dir) = containment.cgroup {
+        view.processes = procs(&dir)
+            .into_iter()
+            .map(|pid| Held {
+                pid,
+                argv: crate::observe::proc::cmdline(pid).unwrap_or_default(),
+                rss_kib: crate::observe::proc::rss_kib(pid),
+            })
+            .collect();
+        let summed = || {
+            view.processes
+                .iter()
+                .map(|held| held.rss_kib.unwrap_or(0) * 1024)
+                .sum::<u64>()
+        };
+        (view.memory_bytes, view.memory_from) = match memory_current(&dir) {
+            Some(bytes) => (Some(bytes), Some("memory.current")),
+            None => (Some(summed()), Some("rss")),
+        };
+        view.cgroup = Some(dir);
+    }
+    view
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

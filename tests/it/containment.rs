@@ -479,8 +479,8 @@ fn doctor_and_status_say_which_mode_applies() {
     doctor.envs(cgroup.env());
     let out = crate::harness::run_bounded(doctor, None);
     assert!(
-        stdout(&out)
-            .contains("containment: available (cgroup v2, under SESSION_REAPER_CGROUP_ROOT"),
+        stdout(&out).lines().any(|line| line.contains("containment")
+            && line.contains("available (cgroup v2, under SESSION_REAPER_CGROUP_ROOT")),
         "{}",
         stdout(&out)
     );
@@ -488,12 +488,14 @@ fn doctor_and_status_say_which_mode_applies() {
     doctor.env("SESSION_REAPER_CONTAINMENT", "off");
     let out = crate::harness::run_bounded(doctor, None);
     assert!(
-        stdout(&out).contains("containment: unavailable (switched off"),
+        stdout(&out)
+            .lines()
+            .any(|line| line.contains("containment") && line.contains("unavailable (switched off")),
         "{}",
         stdout(&out)
     );
     let status = env.status();
-    let view = status["sessions"]
+    let view = status["leftovers"]
         .as_array()
         .and_then(|sessions| sessions.iter().find(|s| s["session"] == session.as_str()))
         .cloned()

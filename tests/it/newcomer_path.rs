@@ -835,6 +835,7 @@ fn fixture_world() -> session_reaper::commands::status_tree::StatusTree {
             sentinel_pid,
             leftovers: Vec::new(),
             mcp_servers: Vec::new(),
+            containment: session_reaper::observe::cgroup::View::default(),
         }
     };
     let (stop, report) = (
