@@ -15,3 +15,4 @@ mod reliability;
 mod reshaped;
 mod settings;
 mod sweep;
+mod test_cgroup;
