@@ -76,7 +76,7 @@ fn may_write(parent: &Path) -> bool {
         return false;
     };
     access(existing, Access::WRITE_OK).is_ok()
-        && access(&existing.join(PROCS_FILE), Access::WRITE_OK).is_ok()
+        && access(existing.join(PROCS_FILE), Access::WRITE_OK).is_ok()
 }
 
 /// `SessionStart`: puts `agent` and its current descendants into its own cgroup (or finds it there already) and
@@ -257,7 +257,7 @@ pub fn for_detached() -> Option<OwnedFd> {
 fn open_procs(dir: &Path) -> Option<OwnedFd> {
     use rustix::fs::{Mode as FileMode, OFlags, open};
     open(
-        &dir.join(PROCS_FILE),
+        dir.join(PROCS_FILE),
         OFlags::WRONLY | OFlags::CLOEXEC,
         FileMode::empty(),
     )

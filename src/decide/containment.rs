@@ -62,6 +62,10 @@ pub fn detached_home(own: &Path, configured: Option<&Path>) -> Option<PathBuf> {
 
 /// What was observed about the cgroups of this host, for one agent (or one broker's caller).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "independent facts observed about the host, each one a step of the decision"
+)]
 pub struct Facts {
     /// `--containment off` or `SESSION_REAPER_CONTAINMENT=off`.
     pub switched_off: bool,

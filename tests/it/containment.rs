@@ -125,7 +125,7 @@ fn a_gemini_like_agents_four_leftovers_go_after_its_clean_exit_and_another_sessi
     assert!(
         cgroup.holds(agent.proc.pid, "agent-"),
         "the agent is in its own cgroup: {:?}",
-        cgroup.cgroup_of(agent.proc.pid)
+        TestCgroup::cgroup_of(agent.proc.pid)
     );
     let four = plant_four(&mut env, &mut agent, "a");
     for (kind, proc) in &four {
@@ -257,7 +257,7 @@ fn a_broker_spawned_inside_a_session_and_shared_survives_that_sessions_end() {
     assert!(
         cgroup.holds(broker.pid, "broker-"),
         "the broker has a cgroup of its own, out of the session's: {:?}",
-        cgroup.cgroup_of(broker.pid)
+        TestCgroup::cgroup_of(broker.pid)
     );
     let second = fresh_session("cg-broker-b");
     let out = env.run(&[

@@ -79,8 +79,8 @@ impl TestCgroup {
             .unwrap_or_default()
     }
 
-    /// The cgroup directory of `pid` (as `/proc/<pid>/cgroup` says), under the mount.
-    pub fn cgroup_of(&self, pid: i32) -> Option<String> {
+    /// The cgroup path of `pid` (as `/proc/<pid>/cgroup` says), relative to the mount.
+    pub fn cgroup_of(pid: i32) -> Option<String> {
         let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
         text.lines()
             .find_map(|line| line.strip_prefix("0::"))
@@ -90,7 +90,7 @@ impl TestCgroup {
     /// True when `pid` is in a cgroup under the test's parent named `name_prefix…`.
     pub fn holds(&self, pid: i32, name_prefix: &str) -> bool {
         let parent = self.dir.file_name().unwrap().to_string_lossy().into_owned();
-        self.cgroup_of(pid).is_some_and(|path| {
+        Self::cgroup_of(pid).is_some_and(|path| {
             path.split('/')
                 .collect::<Vec<_>>()
                 .windows(2)
