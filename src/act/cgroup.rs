@@ -79,56 +79,115 @@ fn may_write(parent: &Path) -> bool {
         && access(existing.join(PROCS_FILE), Access::WRITE_OK).is_ok()
 }
 
-/// `SessionStart`: puts `agent` and its current descendants into its own cgroup (or finds it there already) and
-/// says what the session record keeps: the cgroup, or why the lineage rules stand in.
+/// `SessionStart` with no sentinel to hand it to: puts `agent` and its current descendants into its own cgroup (or
+/// finds it there already) and says what the session record keeps: the cgroup, or why the lineage rules stand in.
 pub fn adopt(agent: &Identity, setting: &Setting) -> SessionContainment {
-    match try_adopt(agent, setting) {
-        Ok(dir) => SessionContainment {
-            mode: Mode::Cgroup,
-            cgroup: Some(dir),
-            why: None,
+    let planned = plan(agent, setting);
+    match &planned.cgroup {
+        Some(dir) => match place(agent, dir) {
+            Ok(()) => planned,
+            Err(why) => lineage(why),
         },
-        Err(why) => SessionContainment {
-            mode: Mode::Lineage,
-            cgroup: None,
-            why: Some(why),
-        },
+        None => planned,
     }
 }
 
-/// What `SessionStart` records, in the same write as the rest of the session record: the agent adopted into its
-/// cgroup (or found there), or why not. Only a process the agents table recognises, or one `--owner-pid` named
-/// (`named`), is adopted (DESIGN "Belonging": agent powers only for an agent).
-pub fn note_start(record: &mut SessionRecord, setting: &Setting, named: bool) {
+/// The cgroup `agent` is to have (the one it is in, if it is ours already), or why it can have none. Reads, never
+/// writes.
+pub fn plan(agent: &Identity, setting: &Setting) -> SessionContainment {
+    let facts = facts_for(agent.pid, setting);
+    let parent = match containment::availability(&facts) {
+        Availability::Available { parent, .. } => parent,
+        Availability::Unavailable { why } => return lineage(why),
+    };
+    let name = agent_cgroup_name(agent);
+    let dir = facts
+        .own
+        .filter(|own| own.file_name().is_some_and(|n| *n == *name))
+        .unwrap_or_else(|| parent.join(&name));
+    SessionContainment {
+        mode: Mode::Cgroup,
+        cgroup: Some(dir),
+        why: None,
+    }
+}
+
+fn lineage(why: String) -> SessionContainment {
+    SessionContainment {
+        mode: Mode::Lineage,
+        cgroup: None,
+        why: Some(why),
+    }
+}
+
+/// What `SessionStart` records, in the same write as the rest of the session record: the agent's cgroup, or why it
+/// has none. With `deferred` (a sentinel is about to start for this agent) only the plan is recorded and the
+/// sentinel moves the agent (`adopt_recorded`): a cgroup's first migration waits out an RCU grace period (about
+/// 10 ms, measured), which stays off the agent's clock. Only a process the agents table recognises, or one
+/// `--owner-pid` named (`named`), is adopted (DESIGN "Belonging": agent powers only for an agent).
+pub fn note_start(record: &mut SessionRecord, setting: &Setting, named: bool, deferred: bool) {
     let agent = record.agent_identity.as_ref().filter(|agent| {
         proc::is_alive(agent)
             && (named || proc::cmdline(agent.pid).is_ok_and(|argv| proc::is_agent_program(&argv)))
     });
     let containment = match agent {
+        Some(agent) if deferred => plan(agent, setting),
         Some(agent) => adopt(agent, setting),
-        None => SessionContainment {
-            mode: Mode::Lineage,
-            cgroup: None,
-            why: Some("no agent process recognised".into()),
-        },
+        None => lineage("no agent process recognised".into()),
     };
     containment.store_in(record);
 }
 
-fn try_adopt(agent: &Identity, setting: &Setting) -> Result<PathBuf, String> {
-    let facts = facts_for(agent.pid, setting);
-    let parent = match containment::availability(&facts) {
-        Availability::Available { parent, .. } => parent,
-        Availability::Unavailable { why } => return Err(why),
-    };
-    let name = agent_cgroup_name(agent);
-    if let Some(own) = facts
-        .own
-        .filter(|own| own.file_name().is_some_and(|n| *n == *name))
-    {
-        return Ok(own);
+/// The sentinel, before it waits: moves `agent` (and its descendants) into the cgroup its sessions' records name,
+/// unless it is there already; where that fails, the records say why and the lineage rules stand in.
+pub fn adopt_recorded(store: &Store, agent: &Identity) {
+    let mut placed: HashSet<PathBuf> = HashSet::new();
+    for record in crate::act::leftovers::sessions_of(store, agent) {
+        let Some(dir) = SessionContainment::cgroup_of(&record) else {
+            continue;
+        };
+        let outcome = if placed.contains(&dir) {
+            Ok(())
+        } else {
+            place(agent, &dir)
+        };
+        match outcome {
+            Ok(()) => {
+                placed.insert(dir);
+            }
+            Err(why) => uncontain(store, &record, why),
+        }
     }
-    let dir = make_cgroup(&parent, &name)?;
+}
+
+/// Rewrites a session's containment as lineage, for `why`.
+fn uncontain(store: &Store, record: &SessionRecord, why: String) {
+    let Ok(id) = crate::model::name::SessionId::parse(&record.session_id) else {
+        return;
+    };
+    let _ = store.sessions.update(
+        &id,
+        crate::model::deadline::Deadline::after(Duration::from_millis(500)),
+        |current| {
+            Ok(current.cloned().map(|mut record| {
+                lineage(why.clone()).store_in(&mut record);
+                record
+            }))
+        },
+    );
+}
+
+/// Moves `agent` and its current descendants into `dir` (made if need be) unless the agent is there already.
+fn place(agent: &Identity, dir: &Path) -> Result<(), String> {
+    let mount = observe::mounts().v2.ok_or("no cgroup2 hierarchy mounted")?;
+    if observe::cgroup_of(&mount, agent.pid).as_deref() == Some(dir) {
+        return Ok(());
+    }
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name().and_then(|n| n.to_str()))
+    else {
+        return Err(format!("not a cgroup of ours: {}", dir.display()));
+    };
+    let dir = make_cgroup(parent, name)?;
     if !proc::is_alive(agent) {
         remove_if_empty(&dir);
         return Err("the agent exited before it could be adopted".into());
@@ -138,7 +197,7 @@ fn try_adopt(agent: &Identity, setting: &Setting) -> Result<PathBuf, String> {
         return Err(format!("moving the agent into {}: {err}", dir.display()));
     }
     move_descendants(&dir, agent);
-    Ok(dir)
+    Ok(())
 }
 
 /// Creates `parent/name` (and `parent` if need be). A concurrent tidy may remove an empty `parent` between the two
@@ -331,9 +390,13 @@ fn tidy_parent(parent: &Path) {
     }
 }
 
-/// The processes a contained session's cgroup holds now; empty for a session that is not contained.
-pub fn members_of(record: &SessionRecord) -> Vec<Identity> {
-    SessionContainment::cgroup_of(record).map_or_else(Vec::new, |dir| members(&dir))
+/// The processes a contained session's cgroup holds now; empty for a session that is not contained, or whose cgroup
+/// is in `claimed` already (another session of the same agent process has its members). Adds the cgroup there.
+pub fn members_of(record: &SessionRecord, claimed: &mut HashSet<PathBuf>) -> Vec<Identity> {
+    match SessionContainment::cgroup_of(record) {
+        Some(dir) if claimed.insert(dir.clone()) => members(&dir),
+        _ => Vec::new(),
+    }
 }
 
 /// The table leftover discovery needs when every session in question is contained: the details of their cgroups'

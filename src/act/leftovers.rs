@@ -62,10 +62,12 @@ pub(crate) fn discover_in(store: &Store, table: &Table, sessions: &[SessionRecor
         .collect();
     let kept = kept_marks(store);
     let protected = proc::self_and_ancestors();
+    // An agent's cgroup is shared by all its sessions (a /clear starts another): its members go to one of them.
+    let mut claimed = std::collections::HashSet::new();
     targets
         .into_iter()
         .map(|(record, agent, facts)| {
-            let contained = crate::act::cgroup::members_of(record);
+            let contained = crate::act::cgroup::members_of(record, &mut claimed);
             let query = Query {
                 contained: &contained,
                 session: &record.session_id,

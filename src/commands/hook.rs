@@ -283,6 +283,11 @@ fn session_start(store: &Store, hooked: &Hooked) -> anyhow::Result<()> {
                 &mut record,
                 &hooked.args.containment,
                 hooked.args.owner_pid.is_some(),
+                hooked.args.sentinel
+                    && hooked
+                        .identity
+                        .as_ref()
+                        .is_some_and(|agent| !crate::act::sentinel::is_running(store, agent)),
             );
             Ok(Some(record))
         },

@@ -82,6 +82,8 @@ pub fn run(store: &Store, agent: &Identity, within: Option<Duration>) -> anyhow:
     // Who holds it, for `status` (the lock, not this, says whether one runs).
     let _ = lock.set_len(0);
     let _ = std::io::Write::write_all(&mut &lock, std::process::id().to_string().as_bytes());
+    // The cgroup its SessionStart planned (off the agent's clock).
+    crate::act::cgroup::adopt_recorded(store, agent);
     let watched = match wait_for_exit(store, agent, within)? {
         Waited::AgentGone => agent_gone(store, agent),
         Waited::RootGone | Waited::TimedOut => Ok(Outcome::Done),

@@ -22,11 +22,31 @@ fn contained_agent(
     session: &str,
     variable: &str,
 ) -> FakeAgent {
+    contained_agent_with(env, cgroup, program, session, variable, &[])
+}
+
+/// `contained_agent` whose hooks get `flags` too.
+fn contained_agent_with(
+    env: &mut Env,
+    cgroup: &TestCgroup,
+    program: &str,
+    session: &str,
+    variable: &str,
+    flags: &[&str],
+) -> FakeAgent {
     let named = named_python(env, program);
     let entries = cgroup.env();
     let extra: Vec<(&str, &str)> = entries.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mut agent = env.fake_agent_as(&named, session, variable, &["--agent", program], &extra);
+    let mut hook_flags = vec!["--agent", program];
+    hook_flags.extend_from_slice(flags);
+    let mut agent = env.fake_agent_as(&named, session, variable, &hook_flags, &extra);
     agent.order("start");
+    // The sentinel moves it, a moment after SessionStart returns.
+    assert!(
+        wait_until(PATIENCE, || cgroup.holds(agent.proc.pid, "agent-")),
+        "the agent is in its own cgroup: {:?}",
+        TestCgroup::cgroup_of(agent.proc.pid)
+    );
     agent
 }
 
@@ -122,11 +142,6 @@ fn a_gemini_like_agents_four_leftovers_go_after_its_clean_exit_and_another_sessi
     let mut agent = contained_agent(&mut env, &cgroup, "gemini", &session, "-");
     let containment = session_containment(&env, &session);
     assert_eq!(containment["mode"], "cgroup", "{containment}");
-    assert!(
-        cgroup.holds(agent.proc.pid, "agent-"),
-        "the agent is in its own cgroup: {:?}",
-        TestCgroup::cgroup_of(agent.proc.pid)
-    );
     let four = plant_four(&mut env, &mut agent, "a");
     for (kind, proc) in &four {
         assert!(
@@ -226,6 +241,46 @@ fn a_claude_like_agents_four_leftovers_go_after_its_sigkill() {
     assert!(
         wait_until(PATIENCE, || cgroup.children().is_empty()),
         "{:?}",
+        cgroup.children()
+    );
+}
+
+/// With the sentinel off the hook moves the agent itself, and after a SIGKILL one sweep stops what the cgroup holds
+/// and removes it.
+#[test]
+fn with_the_sentinel_off_the_hook_adopts_and_one_sweep_stops_the_four() {
+    let Some(cgroup) = TestCgroup::new() else {
+        return;
+    };
+    let mut env = Env::new();
+    let session = fresh_session("cg-sweep");
+    let mut agent = contained_agent_with(
+        &mut env,
+        &cgroup,
+        "gemini",
+        &session,
+        "-",
+        &["--sentinel", "off"],
+    );
+    let four = plant_four(&mut env, &mut agent, "w");
+    agent.kill();
+    assert_eq!(alive_of(&four).len(), 4, "nothing stops them but a sweep");
+    let mut sweep = env.cmd(&["sweep"]);
+    sweep.envs(cgroup.env());
+    let out = crate::harness::run_bounded(sweep, None);
+    assert!(out.status.success(), "{}", stdout(&out));
+    if let Err(alive) = gone_within(&four, PATIENCE) {
+        panic!("still alive after one sweep: {alive:?}\n{}", stdout(&out));
+    }
+    assert!(stopped_through_the_cgroup(&env, &four));
+    assert!(
+        wait_until(PATIENCE, || {
+            let mut sweep = env.cmd(&["sweep"]);
+            sweep.envs(cgroup.env());
+            let _ = crate::harness::run_bounded(sweep, None);
+            cgroup.children().is_empty()
+        }),
+        "no cgroup of ours remains: {:?}",
         cgroup.children()
     );
 }
