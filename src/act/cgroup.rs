@@ -155,13 +155,13 @@ pub fn adopt_recorded(store: &Store, agent: &Identity) {
             Ok(()) => {
                 placed.insert(dir);
             }
-            Err(why) => uncontain(store, &record, why),
+            Err(why) => uncontain(store, &record, &why),
         }
     }
 }
 
 /// Rewrites a session's containment as lineage, for `why`.
-fn uncontain(store: &Store, record: &SessionRecord, why: String) {
+fn uncontain(store: &Store, record: &SessionRecord, why: &str) {
     let Ok(id) = crate::model::name::SessionId::parse(&record.session_id) else {
         return;
     };
@@ -170,7 +170,7 @@ fn uncontain(store: &Store, record: &SessionRecord, why: String) {
         crate::model::deadline::Deadline::after(Duration::from_millis(500)),
         |current| {
             Ok(current.cloned().map(|mut record| {
-                lineage(why.clone()).store_in(&mut record);
+                lineage(why.to_owned()).store_in(&mut record);
                 record
             }))
         },
@@ -392,7 +392,10 @@ fn tidy_parent(parent: &Path) {
 
 /// The processes a contained session's cgroup holds now; empty for a session that is not contained, or whose cgroup
 /// is in `claimed` already (another session of the same agent process has its members). Adds the cgroup there.
-pub fn members_of(record: &SessionRecord, claimed: &mut HashSet<PathBuf>) -> Vec<Identity> {
+pub fn members_of<S: std::hash::BuildHasher>(
+    record: &SessionRecord,
+    claimed: &mut HashSet<PathBuf, S>,
+) -> Vec<Identity> {
     match SessionContainment::cgroup_of(record) {
         Some(dir) if claimed.insert(dir.clone()) => members(&dir),
         _ => Vec::new(),
