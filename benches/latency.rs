@@ -325,7 +325,7 @@ fn containment(
 }
 
 /// `rounds` times: an agent (`sh` with four `sleep` children, named by `--owner-pid`, its session in
-/// `CLAUDE_CODE_SESSION_ID`) starts its session with `env`, its sentinel waits, the agent is SIGKILLed; the time
+/// `CLAUDE_CODE_SESSION_ID`) starts its session with `env`, its sentinel waits, the agent is killed (SIGKILL); the time
 /// from the kill until all four children are gone.
 fn agent_death(state: &Path, ws: &str, rounds: usize, tag: &str, env: &[(&str, String)]) -> Sample {
     let mut sample = Sample::default();
