@@ -261,9 +261,9 @@ fn containment(
     let off = vec![("SESSION_REAPER_CONTAINMENT", "off".to_owned())];
     let state = Root::new(temp, "state-containment");
     // A new agent process each run, so that each start adopts one (their sentinels are measured below).
-    let agents = Planted::sleepers(rounds * 2, &[]);
+    let agents = Planted::sleepers(rounds * 3, &[]);
     let pids: Vec<String> = agents.0.iter().map(|c| c.id().to_string()).collect();
-    let start = |offset: usize, env: &[(&str, String)]| {
+    let start = |offset: usize, env: &[(&str, String)], flags: &[&str]| {
         measure(
             rounds,
             Some(&|round| payload(&format!("adopt-{offset}-{round}"), "SessionStart", ws)),
@@ -271,13 +271,17 @@ fn containment(
                 let mut command = ours(&state.path, &["hook", "--agent", "gemini"]);
                 command
                     .args(["--owner-pid", &pids[offset + round]])
+                    .args(flags)
                     .envs(env.iter().map(|(k, v)| (*k, v.as_str())));
                 command
             },
         )
     };
-    let adopting = start(0, &on);
-    let plain = start(rounds, &off);
+    let adopting = start(0, &on, &[]);
+    let plain = start(rounds, &off, &[]);
+    // No sentinel to hand the move to: the hook moves the agent itself, and waits out the first migration's RCU
+    // grace period.
+    let moving = start(rounds * 2, &on, &["--sentinel", "off"]);
     let adopted = pids[..rounds]
         .iter()
         .filter(|pid| {
@@ -300,6 +304,13 @@ fn containment(
         Some(("--containment off", &plain)),
         Target::None,
         None,
+    );
+    table.row(
+        "hook SessionStart moving its agent itself (--sentinel off)",
+        &moving,
+        Some(("sh -c /bin/true", shell)),
+        Target::None,
+        Some(HOOK_RSS_KIB),
     );
     let memory = sentinel_rss_within(&state.path, rounds * 2, 1024);
 

@@ -247,7 +247,10 @@ pub fn note_start(record: &mut SessionRecord, policy: Policy, sentinel: bool) {
             .ok()
             .filter(|stat| stat.pgid == agent.pid && stat.start_ticks == agent.start_ticks)
             .map(|stat| stat.pgid);
-        if !names_sessions(&record.agent) {
+        // A contained agent's cgroup holds its descendants: no snapshot of them is needed.
+        if !names_sessions(&record.agent)
+            && crate::model::containment::SessionContainment::cgroup_of(record).is_none()
+        {
             remember_descendants(&mut facts, agent);
         }
     }
@@ -262,7 +265,10 @@ pub fn record_descendants(store: &Store, session: &SessionId) -> anyhow::Result<
     let Some(agent) = record.agent_identity.as_ref() else {
         return Ok(());
     };
-    if names_sessions(&record.agent) || record.is_ended() {
+    if names_sessions(&record.agent)
+        || record.is_ended()
+        || crate::model::containment::SessionContainment::cgroup_of(&record).is_some()
+    {
         return Ok(());
     }
     let mut facts = SessionFacts::of(&record);

@@ -274,11 +274,6 @@ fn session_start(store: &Store, hooked: &Hooked) -> anyhow::Result<()> {
         hooked.deadline.less(EXIT_MARGIN),
         |current| {
             let mut record = refreshed(current.cloned(), hooked, true);
-            crate::act::leftovers::note_start(
-                &mut record,
-                hooked.args.leftovers,
-                hooked.args.sentinel,
-            );
             crate::act::cgroup::note_start(
                 &mut record,
                 &hooked.args.containment,
@@ -288,6 +283,11 @@ fn session_start(store: &Store, hooked: &Hooked) -> anyhow::Result<()> {
                         .identity
                         .as_ref()
                         .is_some_and(|agent| !crate::act::sentinel::is_running(store, agent)),
+            );
+            crate::act::leftovers::note_start(
+                &mut record,
+                hooked.args.leftovers,
+                hooked.args.sentinel,
             );
             Ok(Some(record))
         },
