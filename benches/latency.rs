@@ -315,8 +315,22 @@ fn containment(
     let memory = sentinel_rss_within(&state.path, rounds * 2, 1024);
 
     let _others = Planted::sleepers(300, &[]);
-    let contained = agent_death(&state.path, ws, rounds, "contained", &on);
-    let scanned = agent_death(&state.path, ws, rounds, "scanned", &off);
+    // Alternated round by round, so that both meet the same load.
+    let (mut contained, mut scanned) = (Sample::default(), Sample::default());
+    for round in 0..rounds {
+        contained.wall.push(agent_death(
+            &state.path,
+            ws,
+            &format!("contained-{round}"),
+            &on,
+        ));
+        scanned.wall.push(agent_death(
+            &state.path,
+            ws,
+            &format!("scanned-{round}"),
+            &off,
+        ));
+    }
     table.row(
         "agent SIGKILL → its 4 leftovers gone, contained (300 other processes)",
         &contained,
@@ -335,71 +349,65 @@ fn containment(
     Some(format!("containment: {memory}"))
 }
 
-/// `rounds` times: an agent (`sh` with four `sleep` children, named by `--owner-pid`, its session in
-/// `CLAUDE_CODE_SESSION_ID`) starts its session with `env`, its sentinel waits, the agent is killed (SIGKILL); the time
-/// from the kill until all four children are gone.
-fn agent_death(state: &Path, ws: &str, rounds: usize, tag: &str, env: &[(&str, String)]) -> Sample {
-    let mut sample = Sample::default();
-    for round in 0..rounds {
-        let session = format!("death-{tag}-{round}");
-        let mut agent = Command::new("sh");
-        agent
-            .args(["-c", "sleep 600 & sleep 600 & sleep 600 & sleep 600 & wait"])
-            .env("CLAUDE_CODE_SESSION_ID", &session)
-            .stdin(std::process::Stdio::null());
-        let mut agent = agent.spawn().expect("start the agent");
-        let pid = agent.id();
-        let children = wait_for(|| {
-            let text = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
-            let children: Vec<i32> = text
-                .split_whitespace()
-                .filter_map(|c| c.parse().ok())
-                .collect();
-            (children.len() == 4).then_some(children)
-        })
-        .expect("the agent's four children");
-        let mut hook = ours(
-            state,
-            &["hook", "--agent", "claude", "--owner-pid", &pid.to_string()],
-        );
-        hook.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
-        let (_, _, code) = support::run_once(hook, Some(&payload(&session, "SessionStart", ws)));
-        assert!(code.is_some_and(|c| c <= 1), "SessionStart {session}");
-        let root = state.to_string_lossy().into_owned();
-        let waiting = wait_for(|| {
-            support::naming(&pid.to_string())
-                .into_iter()
-                .filter(|sentinel| support::naming(&root).contains(sentinel))
-                .find(|sentinel| {
-                    std::fs::read_to_string(format!("/proc/{sentinel}/wchan"))
-                        .is_ok_and(|wchan| wchan.contains("poll"))
+/// An agent (`sh` with four `sleep` children, named by `--owner-pid`, its session in `CLAUDE_CODE_SESSION_ID`) starts
+/// its session with `env`, its sentinel waits, the agent is killed (SIGKILL): the time from the kill until all four
+/// children are gone.
+fn agent_death(state: &Path, ws: &str, tag: &str, env: &[(&str, String)]) -> Duration {
+    let session = format!("death-{tag}");
+    let mut agent = Command::new("sh");
+    agent
+        .args(["-c", "sleep 600 & sleep 600 & sleep 600 & sleep 600 & wait"])
+        .env("CLAUDE_CODE_SESSION_ID", &session)
+        .stdin(std::process::Stdio::null());
+    let mut agent = agent.spawn().expect("start the agent");
+    let pid = agent.id();
+    let children = wait_for(|| {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+        let children: Vec<i32> = text
+            .split_whitespace()
+            .filter_map(|c| c.parse().ok())
+            .collect();
+        (children.len() == 4).then_some(children)
+    })
+    .expect("the agent's four children");
+    let mut hook = ours(
+        state,
+        &["hook", "--agent", "claude", "--owner-pid", &pid.to_string()],
+    );
+    hook.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+    let (_, _, code) = support::run_once(hook, Some(&payload(&session, "SessionStart", ws)));
+    assert!(code.is_some_and(|c| c <= 1), "SessionStart {session}");
+    let root = state.to_string_lossy().into_owned();
+    let waiting = wait_for(|| {
+        support::naming(&pid.to_string())
+            .into_iter()
+            .filter(|sentinel| support::naming(&root).contains(sentinel))
+            .find(|sentinel| {
+                std::fs::read_to_string(format!("/proc/{sentinel}/wchan"))
+                    .is_ok_and(|wchan| wchan.contains("poll"))
+            })
+    });
+    assert!(waiting.is_some(), "no sentinel waits for agent {pid}");
+    let killed = Instant::now();
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let gone = wait_for(|| {
+        children
+            .iter()
+            .all(|child| {
+                std::fs::read_to_string(format!("/proc/{child}/stat")).map_or(true, |stat| {
+                    stat[stat.rfind(')').unwrap_or(0)..].starts_with(") Z")
                 })
-        });
-        assert!(waiting.is_some(), "no sentinel waits for agent {pid}");
-        let killed = Instant::now();
-        let _ = agent.kill();
-        let _ = agent.wait();
-        let gone = wait_for(|| {
-            children
-                .iter()
-                .all(|child| {
-                    std::fs::read_to_string(format!("/proc/{child}/stat")).map_or(true, |stat| {
-                        stat[stat.rfind(')').unwrap_or(0)..].starts_with(") Z")
-                    })
-                })
-                .then(|| killed.elapsed())
-        });
-        if gone.is_none() {
-            // Leftovers nothing stopped (a failed case, still running: their pids are theirs) go with the benchmark.
-            for child in &children {
-                unsafe { libc::kill(*child, libc::SIGKILL) };
-            }
+            })
+            .then(|| killed.elapsed())
+    });
+    if gone.is_none() {
+        // Leftovers nothing stopped (a failed case, still running: their pids are theirs) go with the benchmark.
+        for child in &children {
+            unsafe { libc::kill(*child, libc::SIGKILL) };
         }
-        sample
-            .wall
-            .push(gone.expect("the leftovers were stopped within 10 s"));
     }
-    sample
+    gone.expect("the leftovers were stopped within 10 s")
 }
 
 /// Polls `probe` every 200 µs for at most 10 s.
