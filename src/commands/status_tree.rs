@@ -374,7 +374,9 @@ fn containment_words(view: &crate::observe::cgroup::View) -> String {
                 .memory_bytes
                 .map(|bytes| bytes as f64 / (1024.0 * 1024.0));
             let memory = mib.map_or_else(String::new, |mib| format!(", {mib:.1} MiB"));
-            format!("cgroup {name}: {} processes{memory}", view.processes.len())
+            let count = view.processes.len();
+            let noun = if count == 1 { "process" } else { "processes" };
+            format!("cgroup {name}: {count} {noun}{memory}")
         }
         None => format!("{} ({})", view.mode, view.why.as_deref().unwrap_or("-")),
     }

@@ -435,7 +435,10 @@ fn doctor_and_status_say_which_mode_applies() {
         );
     }
     let text = stdout(&env.run(&["status"]));
-    assert!(text.contains("cgroup"), "{text}");
+    assert!(
+        text.contains("; cgroup agent-") && text.contains(" process"),
+        "status names the cgroup and what it holds: {text}"
+    );
     agent.kill();
     assert!(gone_within(&four, PATIENCE).is_ok());
 }
