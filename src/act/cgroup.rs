@@ -289,13 +289,24 @@ pub fn remove_if_empty(dir: &Path) -> bool {
     }
 }
 
-/// `broker spawn`: a fresh cgroup for the broker of `lineage`, out of the caller's, and the open `cgroup.procs`
-/// into which the broker's child writes itself before it runs the command (so nothing it forks is ever outside).
-/// `None` where containment is unavailable: the lineage token alone then tells its tree.
+/// `broker spawn` from inside a contained session (or under a configured root): a fresh cgroup for the broker of
+/// `lineage`, out of the caller's, and the open `cgroup.procs` into which the broker's child writes itself before it
+/// runs the command (so nothing it forks is ever outside). `None` where containment is unavailable, or where the
+/// caller is in no cgroup of ours (no session's cgroup to leave, and no parent of ours that a tidy would visit): the
+/// lineage token alone then tells its tree.
 pub fn for_broker(lineage: &str) -> Option<OwnedFd> {
     let setting = setting_from_env();
     let me = i32::try_from(std::process::id()).ok()?;
-    let Availability::Available { parent, .. } = availability_for(me, &setting) else {
+    let facts = facts_for(me, &setting);
+    let contained = facts
+        .own
+        .as_deref()
+        .and_then(|own| containment::detached_home(own, setting.root.as_deref()))
+        .is_some();
+    if !contained && setting.root.is_none() {
+        return None;
+    }
+    let Availability::Available { parent, .. } = containment::availability(&facts) else {
         return None;
     };
     let dir = make_cgroup(&parent, &broker_cgroup_name(lineage)).ok()?;
