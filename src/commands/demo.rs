@@ -94,6 +94,8 @@ impl Demo {
                 command.env_remove(name.as_ref());
             }
         }
+        // The demo's fake agents are moved into no cgroup: it shows brokers and sessions, and touches nothing else.
+        command.env(crate::model::containment::SWITCH_VARIABLE, "off");
         command
     }
 
