@@ -227,6 +227,16 @@ pub struct HookArgs {
     )]
     pub sentinel: Switch,
 
+    /// A cgroup of its own for the agent process (cgroup v2), so that everything it starts is known whatever it does
+    /// to its environment; off, or where unavailable, the session variables and process group stand in
+    #[arg(
+        long,
+        value_enum,
+        env = "SESSION_REAPER_CONTAINMENT",
+        default_value = "on"
+    )]
+    pub containment: Switch,
+
     /// With no sentinel: how long after SessionEnd to wait for the agent to exit before leaving it to the sweep
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
     pub agent_exit_wait: Duration,

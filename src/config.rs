@@ -178,6 +178,8 @@ pub struct HookRequest {
     pub owner_pid: Option<i32>,
     pub leftovers: Policy,
     pub sentinel: bool,
+    /// `--containment` and `SESSION_REAPER_CGROUP_ROOT`.
+    pub containment: crate::model::containment::Setting,
     pub agent_exit_wait: Duration,
     pub codex: Discovery,
 }
@@ -193,6 +195,12 @@ pub fn hook_request(args: &HookArgs) -> anyhow::Result<HookRequest> {
         owner_pid: args.owner_pid,
         leftovers: policy_of(args.leftovers),
         sentinel: args.sentinel == Switch::On,
+        containment: crate::model::containment::Setting {
+            off: args.containment == Switch::Off,
+            root: std::env::var_os(crate::model::containment::ROOT_VARIABLE)
+                .filter(|root| !root.is_empty())
+                .map(PathBuf::from),
+        },
         // Bounded like any wait: at most ten minutes.
         agent_exit_wait: args.agent_exit_wait.min(Duration::from_secs(600)),
         codex: Discovery {

@@ -531,6 +531,8 @@ impl ClaudeRun {
         }
         command
             .env("HOME", &dirs.home)
+            // No cgroup but under a parent a test made (tests/e2e_gemini.rs is the containment end to end).
+            .env("SESSION_REAPER_CONTAINMENT", "off")
             .env("TMPDIR", &dirs.tmp)
             .env("CLAUDE_CODE_TMPDIR", &dirs.tmp)
             .env("XDG_CONFIG_HOME", dirs.xdg.join("config"))

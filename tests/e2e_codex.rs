@@ -162,6 +162,8 @@ fn isolated(program: &Path, dirs: &Dirs) -> Command {
     }
     command
         .env("HOME", &dirs.home)
+        // No cgroup but under a parent a test made (tests/e2e_gemini.rs is the containment end to end).
+        .env("SESSION_REAPER_CONTAINMENT", "off")
         .env("CODEX_HOME", &dirs.codex_home)
         .stdin(Stdio::null());
     command

@@ -75,7 +75,10 @@ pub fn run(store: &Store, stopper: &crate::act::stopper::Stopper) -> anyhow::Res
                 .any(|ticket| is_workable(ticket, &host));
             match lock::try_lock(&store.root, &lock_path)? {
                 Some(again_held) if again => held = again_held,
-                _ => return Ok(Outcome::Done),
+                _ => {
+                    crate::act::cgroup::tidy(store);
+                    return Ok(Outcome::Done);
+                }
             }
             continue;
         }

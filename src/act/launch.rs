@@ -55,10 +55,15 @@ pub fn spawn_broker(argv: &[String], launch: &BrokerLaunch<'_>) -> anyhow::Resul
         .env(BROKER_MARKER, launch.marker)
         .env(STATE_ROOT_MARKER, launch.state_root)
         .env(LINEAGE_MARKER, launch.lineage);
-    // SAFETY: setsid and fcntl/close_range are async-signal-safe and touch no memory of the parent.
+    // A cgroup of its own, out of the caller's (a session's): entered before the command runs.
+    let cgroup = crate::act::cgroup::for_broker(launch.lineage);
+    // SAFETY: setsid, write and fcntl/close_range are async-signal-safe and touch no memory of the parent.
     unsafe {
-        command.pre_exec(|| {
+        command.pre_exec(move || {
             nix::unistd::setsid().map_err(std::io::Error::from)?;
+            if let Some(procs) = &cgroup {
+                crate::act::cgroup::enter(procs);
+            }
             close_above_stderr(Closing::AtExec);
             Ok(())
         });
@@ -85,12 +90,17 @@ pub fn spawn_detached(exe: &Path, args: &[&str], env: &[(&str, &Path)]) -> anyho
     for (name, value) in env {
         command.env(name, value);
     }
-    // SAFETY: between fork and exec only async-signal-safe calls: setsid, fork, _exit, fcntl/close_range. The
-    // intermediate child exits at once; the grandchild goes on to exec. Our process is single-threaded when it
+    // Out of a contained agent's cgroup (a hook of its runs inside it): a helper of ours is nobody's leftover.
+    let home = crate::act::cgroup::for_detached();
+    // SAFETY: between fork and exec only async-signal-safe calls: setsid, write, fork, _exit, fcntl/close_range.
+    // The intermediate child exits at once; the grandchild goes on to exec. Our process is single-threaded when it
     // calls this.
     unsafe {
-        command.pre_exec(|| {
+        command.pre_exec(move || {
             nix::unistd::setsid().map_err(std::io::Error::from)?;
+            if let Some(procs) = &home {
+                crate::act::cgroup::enter(procs);
+            }
             match nix::unistd::fork().map_err(std::io::Error::from)? {
                 nix::unistd::ForkResult::Parent { .. } => nix::libc::_exit(0),
                 nix::unistd::ForkResult::Child => {

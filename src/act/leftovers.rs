@@ -21,7 +21,11 @@ use crate::store::events::{Event, Reason};
 /// in one observation of the process table.
 pub fn discover(store: &Store, sessions: &[SessionRecord]) -> Vec<Found> {
     match observed_since(sessions) {
-        Some(since) => discover_in(store, &Table::observe(since), sessions),
+        Some(since) => {
+            let table = crate::act::cgroup::contained_table(sessions)
+                .unwrap_or_else(|| Table::observe(since));
+            discover_in(store, &table, sessions)
+        }
         None => Vec::new(),
     }
 }
@@ -58,10 +62,14 @@ pub(crate) fn discover_in(store: &Store, table: &Table, sessions: &[SessionRecor
         .collect();
     let kept = kept_marks(store);
     let protected = proc::self_and_ancestors();
+    // An agent's cgroup is shared by all its sessions (a /clear starts another): its members go to one of them.
+    let mut claimed = std::collections::HashSet::new();
     targets
         .into_iter()
         .map(|(record, agent, facts)| {
+            let contained = crate::act::cgroup::members_of(record, &mut claimed);
             let query = Query {
+                contained: &contained,
                 session: &record.session_id,
                 agent,
                 names_sessions: names_sessions(&record.agent),
@@ -239,7 +247,10 @@ pub fn note_start(record: &mut SessionRecord, policy: Policy, sentinel: bool) {
             .ok()
             .filter(|stat| stat.pgid == agent.pid && stat.start_ticks == agent.start_ticks)
             .map(|stat| stat.pgid);
-        if !names_sessions(&record.agent) {
+        // A contained agent's cgroup holds its descendants: no snapshot of them is needed.
+        if !names_sessions(&record.agent)
+            && crate::model::containment::SessionContainment::cgroup_of(record).is_none()
+        {
             remember_descendants(&mut facts, agent);
         }
     }
@@ -254,7 +265,10 @@ pub fn record_descendants(store: &Store, session: &SessionId) -> anyhow::Result<
     let Some(agent) = record.agent_identity.as_ref() else {
         return Ok(());
     };
-    if names_sessions(&record.agent) || record.is_ended() {
+    if names_sessions(&record.agent)
+        || record.is_ended()
+        || crate::model::containment::SessionContainment::cgroup_of(&record).is_some()
+    {
         return Ok(());
     }
     let mut facts = SessionFacts::of(&record);

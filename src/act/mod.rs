@@ -2,6 +2,7 @@
 //! a dry run, only returns them to be described; the stopper runs stop tickets through `signal` (the only place
 //! that sends signals); `launch` starts brokers and detached helpers; the finisher completes what a hook could not.
 
+pub mod cgroup;
 pub mod executor;
 pub mod finisher;
 pub mod launch;

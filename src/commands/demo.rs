@@ -213,6 +213,8 @@ impl Demo {
             }
         }
         command.env(DEMO_MARKER, &self.dir);
+        // The demo's fake agents are moved into no cgroup: the demo touches nothing of the user's cgroup tree.
+        command.env(crate::model::containment::SWITCH_VARIABLE, "off");
     }
 
     fn output(&self, args: &[&str]) -> anyhow::Result<String> {

@@ -106,6 +106,15 @@ pub fn checks(config: &Config) -> Vec<Check> {
         checks.extend(hooks_checks(agent.spec(), &config.state_dir));
     }
     checks.push(crate::adapters::codex_plugin::doctor_check());
+    let (contained, containment) = crate::act::cgroup::doctor_line();
+    checks.push(check(
+        "containment",
+        if contained { Level::Ok } else { Level::Warn },
+        containment,
+        (!contained).then(|| {
+            "see docs/containment.md: the session variables and process groups stand in".into()
+        }),
+    ));
     if let Some(root) = root {
         let store = Store::from_root(root);
         checks.push(tickets_check(&store));

@@ -274,6 +274,16 @@ fn session_start(store: &Store, hooked: &Hooked) -> anyhow::Result<()> {
         hooked.deadline.less(EXIT_MARGIN),
         |current| {
             let mut record = refreshed(current.cloned(), hooked, true);
+            crate::act::cgroup::note_start(
+                &mut record,
+                &hooked.args.containment,
+                hooked.args.owner_pid.is_some(),
+                hooked.args.sentinel
+                    && hooked
+                        .identity
+                        .as_ref()
+                        .is_some_and(|agent| !crate::act::sentinel::is_running(store, agent)),
+            );
             crate::act::leftovers::note_start(
                 &mut record,
                 hooked.args.leftovers,

@@ -40,6 +40,8 @@ pub struct SessionView {
     pub leftovers: Vec<Leftover>,
     /// The stdio MCP servers the live agent process runs (`mcp`).
     pub mcp_servers: Vec<crate::observe::mcp::McpServer>,
+    /// How its processes are known (DESIGN "Containment"), and what its cgroup holds.
+    pub containment: crate::observe::cgroup::View,
 }
 
 /// For each live session: what would be stopped if its agent went now, and the MCP servers its agent runs — from
@@ -67,6 +69,7 @@ pub fn status_view(store: &Store, live: &[SessionRecord]) -> Vec<SessionView> {
                     .find(|found| found.session == record.session_id)
                     .map(|found| found.leftovers.clone())
                     .unwrap_or_default(),
+                containment: crate::observe::cgroup::view_of(record),
                 mcp_servers: agent.map_or_else(Vec::new, |agent| {
                     crate::observe::mcp::servers_of(
                         &table,

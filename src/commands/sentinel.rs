@@ -82,6 +82,8 @@ pub fn run(store: &Store, agent: &Identity, within: Option<Duration>) -> anyhow:
     // Who holds it, for `status` (the lock, not this, says whether one runs).
     let _ = lock.set_len(0);
     let _ = std::io::Write::write_all(&mut &lock, std::process::id().to_string().as_bytes());
+    // The cgroup its SessionStart planned (off the agent's clock).
+    crate::act::cgroup::adopt_recorded(store, agent);
     let watched = match wait_for_exit(store, agent, within)? {
         Waited::AgentGone => agent_gone(store, agent),
         Waited::RootGone | Waited::TimedOut => Ok(Outcome::Done),
@@ -244,7 +246,9 @@ fn open_pidfd(agent: &Identity) -> Option<OwnedFd> {
 pub fn agent_gone(store: &Store, agent: &Identity) -> anyhow::Result<Outcome> {
     let guard = Guard::new();
     let tickets = end_sessions_of(store, &guard, agent, Reason::AgentGone);
-    run_stops(store, guard, tickets, agent)
+    let outcome = run_stops(store, guard, tickets, agent);
+    crate::act::cgroup::tidy(store);
+    outcome
 }
 
 /// Ends every live session of `agent` with `reason`; returns the tickets filed.

@@ -377,7 +377,32 @@ fn add_leftovers_view(node: &mut SessionNode, view: &crate::commands::leftovers:
         (true, None) => format!("watching agent {}", view.agent_pid),
         (false, _) => "none".to_owned(),
     };
-    node.sentinel = Some(format!("{watching}; leftovers {}", view.policy.as_str()));
+    let mut line = format!("{watching}; leftovers {}", view.policy.as_str());
+    if !view.containment.mode.is_empty() {
+        line.push_str("; ");
+        line.push_str(&containment_words(&view.containment));
+    }
+    node.sentinel = Some(line);
+}
+
+/// A session's containment in a few words: `cgroup agent-1-2: 3 processes, 12.0 MiB` or `lineage (why)`.
+fn containment_words(view: &crate::observe::cgroup::View) -> String {
+    match &view.cgroup {
+        Some(dir) => {
+            let name = dir
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+            #[allow(clippy::cast_precision_loss)]
+            let mib = view
+                .memory_bytes
+                .map(|bytes| bytes as f64 / (1024.0 * 1024.0));
+            let memory = mib.map_or_else(String::new, |mib| format!(", {mib:.1} MiB"));
+            let count = view.processes.len();
+            let noun = if count == 1 { "process" } else { "processes" };
+            format!("cgroup {name}: {count} {noun}{memory}")
+        }
+        None => format!("{} ({})", view.mode, view.why.as_deref().unwrap_or("-")),
+    }
 }
 
 fn broker_node(

@@ -124,6 +124,9 @@ pub fn run(args: &SweepRequest, config: &Config) -> anyhow::Result<Outcome> {
         sweep.act("clean", None, "events.jsonl".to_owned(), None, "rotate");
     }
     let stops = sweep.drive_tickets()?;
+    if !args.dry_run {
+        crate::act::cgroup::tidy(&store);
+    }
     let report = SweepReport {
         policy: sweep.policy,
         actions: sweep.actions,

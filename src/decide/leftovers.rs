@@ -23,6 +23,8 @@ pub struct Query<'a> {
     pub protected: &'a HashSet<i32>,
     /// Processes marked with `keep --pid`.
     pub kept: &'a [Identity],
+    /// The processes the session's cgroup holds (DESIGN "Containment"): its own whatever their environment says.
+    pub contained: &'a [Identity],
 }
 
 /// One leftover and how it was known to be the session's.
@@ -83,6 +85,9 @@ fn matches(
         && !p.is_agent_worker();
     if !eligible {
         return None;
+    }
+    if query.contained.iter().any(|member| p.is(member)) {
+        return Some("cgroup");
     }
     if let Some(variable) = p.carries(query.session) {
         // It names another agent process that was already running when it started: that agent's, not ours.
@@ -214,6 +219,7 @@ pub(crate) mod tests {
                 recorded_agents: &self.recorded,
                 protected: &self.protected,
                 kept: &self.kept,
+                contained: &[],
             };
             find(&self.table, &query)
                 .into_iter()

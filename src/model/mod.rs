@@ -5,6 +5,7 @@ pub mod action;
 pub mod bounded;
 pub mod check;
 pub mod clock;
+pub mod containment;
 pub mod deadline;
 pub mod leftover;
 pub mod marker;

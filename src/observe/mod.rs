@@ -1,6 +1,7 @@
 //! Observing the world: the process table with pinned identities (argv and environ read only for candidates),
 //! host facts, and where a cwd's workspace is.
 
+pub mod cgroup;
 pub mod mcp;
 pub mod proc;
 pub mod table;

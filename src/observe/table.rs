@@ -81,7 +81,20 @@ impl Table {
         let procs = proc::pids()
             .unwrap_or_default()
             .into_iter()
-            .filter_map(|pid| observe_one(pid, since_ticks, uid));
+            .filter_map(|pid| observe_one(pid, |stat| stat.start_ticks >= since_ticks, uid));
+        let mut table = Table::from_processes(procs);
+        table.read_argv();
+        table
+    }
+
+    /// Like `observe`, with the environment, memory and argv read only of `members` (a contained session's cgroup
+    /// holds every candidate) and of their ancestors' argv: the rest of the table is its stat alone.
+    pub fn observe_only(members: &HashSet<i32>) -> Self {
+        let uid = nix::unistd::getuid().as_raw();
+        let procs = proc::pids()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|pid| observe_one(pid, |stat| members.contains(&stat.pid), uid));
         let mut table = Table::from_processes(procs);
         table.read_argv();
         table
@@ -155,8 +168,9 @@ impl Table {
     }
 }
 
-fn observe_one(pid: i32, since_ticks: u64, uid: u32) -> Option<Observed> {
+fn observe_one(pid: i32, wanted: impl Fn(&proc::ProcStat) -> bool, uid: u32) -> Option<Observed> {
     let stat = proc::stat(pid).ok().filter(|stat| stat.state != 'Z')?;
+    let detail = wanted(&stat);
     let mut observed = Observed {
         identity: Identity {
             boot_id: proc::boot_id().to_owned(),
@@ -171,7 +185,7 @@ fn observe_one(pid: i32, since_ticks: u64, uid: u32) -> Option<Observed> {
         ..Observed::default()
     };
     // The owner of /proc/<pid> is a cheap first look at the uid; the signal path re-checks the real uid.
-    if stat.start_ticks >= since_ticks
+    if detail
         && let Ok(meta) = std::fs::metadata(format!("/proc/{pid}"))
         && std::os::unix::fs::MetadataExt::uid(&meta) == uid
         && let Ok(environ) = proc::read_proc_file(pid, "environ")

@@ -442,8 +442,11 @@ pub fn with_env_entry(wanted: &str) -> Vec<Proc> {
         .collect()
 }
 
-/// Removes agent and session-reaper variables so that the developer's own session never leaks into a test.
+/// Removes agent and session-reaper variables so that the developer's own session never leaks into a test, and
+/// turns containment off: a test that wants it turns it on with a cgroup root of its own (`containment::TestCgroup`),
+/// so that no test makes a cgroup anywhere else.
 pub fn scrub_env(command: &mut Command) {
+    command.env("SESSION_REAPER_CONTAINMENT", "off");
     for (name, _) in std::env::vars_os() {
         let name = name.to_string_lossy().into_owned();
         if name.starts_with("SESSION_REAPER_")
@@ -989,9 +992,22 @@ impl Env {
     /// Starts a fake agent for `session` that names it through `variable` ("-" for none) and runs our hook with
     /// `hook_flags`.
     pub fn fake_agent(&mut self, session: &str, variable: &str, hook_flags: &[&str]) -> FakeAgent {
+        self.fake_agent_as("python3", session, variable, hook_flags, &[])
+    }
+
+    /// `fake_agent` run through `program` (a python3 named like an agent: `named_python(env, "gemini")`), with
+    /// `extra_env` added to its environment (and so to its hooks' and tools').
+    pub fn fake_agent_as(
+        &mut self,
+        program: impl AsRef<std::ffi::OsStr>,
+        session: &str,
+        variable: &str,
+        hook_flags: &[&str],
+        extra_env: &[(&str, &str)],
+    ) -> FakeAgent {
         use std::io::BufRead;
         use std::os::unix::process::CommandExt;
-        let mut command = Command::new("python3");
+        let mut command = Command::new(program);
         command
             .arg(fake_agent_script())
             .arg(BIN)
@@ -1006,6 +1022,7 @@ impl Env {
             .stdout(Stdio::piped())
             .process_group(0);
         scrub_env(&mut command);
+        command.envs(extra_env.iter().copied());
         self.mark(&mut command);
         let mut child = command.spawn().expect("start the fake agent");
         let stdin = child.stdin.take();

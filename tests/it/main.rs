@@ -1,6 +1,7 @@
 //! The integration tests: one binary, driving the real `session-reaper` against real child processes.
 
 mod codex_plugin;
+mod containment;
 mod demo;
 mod docs;
 mod edges;
@@ -19,3 +20,4 @@ mod reliability;
 mod reshaped;
 mod settings;
 mod sweep;
+mod test_cgroup;

@@ -838,6 +838,7 @@ pub(crate) fn fixture_world() -> session_reaper::commands::status_tree::StatusTr
             sentinel_pid,
             leftovers: Vec::new(),
             mcp_servers: Vec::new(),
+            containment: session_reaper::observe::cgroup::View::default(),
         }
     };
     let (stop, report) = (
