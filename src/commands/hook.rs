@@ -31,7 +31,7 @@ const EXIT_MARGIN: Duration = Duration::from_millis(150);
 /// Runs the hook; never fails, never prints to stdout.
 pub fn run(args: &HookRequest, state_dir_flag: Option<&Path>) {
     if crate::settings::probe::requested() {
-        crate::settings::probe::answer(args, state_dir_flag);
+        answer_probe(args, state_dir_flag);
         return;
     }
     let deadline = Deadline::after(args.deadline);
@@ -144,28 +144,7 @@ pub fn synthetic_session(agent: Option<Agent>, identity: &Identity) -> anyhow::R
     ))
 }
 
-/// The events we act on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HookEvent {
-    SessionStart,
-    SessionEnd,
-    Other,
-}
-
-impl HookEvent {
-    pub fn parse(name: &str) -> Self {
-        let folded: String = name
-            .chars()
-            .filter(char::is_ascii_alphanumeric)
-            .collect::<String>()
-            .to_lowercase();
-        match folded.as_str() {
-            "sessionstart" => HookEvent::SessionStart,
-            "sessionend" => HookEvent::SessionEnd,
-            _ => HookEvent::Other,
-        }
-    }
-}
+pub use crate::model::hook_event::HookEvent;
 
 /// The agent behind a payload: `--agent` (unless the environment shows an agent that runs that agent's hook files,
 /// as Cursor and Copilot run Claude's: the session is then theirs), else the payload's own field names, else where
@@ -525,6 +504,34 @@ pub fn read_one_value(
         }
     }
 }
+
+/// Hook side: read the payload and resolve everything the hook would, then answer; change nothing.
+fn answer_probe(args: &HookRequest, state_dir_flag: Option<&Path>) {
+    let state_dir = crate::config::Config::new(state_dir_flag, false)
+        .map(|config| std::path::absolute(&config.state_dir).unwrap_or(config.state_dir));
+    let payload = read_payload(crate::model::deadline::Deadline::after(
+        args.stdin_timeout.min(args.deadline),
+    ))
+    .and_then(|value| Payload::from_json(&value, args.agent));
+    let mut answer = crate::settings::probe::Answer {
+        deadline_ms: u64::try_from(args.deadline.as_millis()).ok(),
+        ..crate::settings::probe::Answer::default()
+    };
+    match (state_dir, payload) {
+        (Ok(dir), Ok(payload)) => {
+            answer.state_dir = Some(dir);
+            answer.agent = detect_agent(args.agent, &payload, &|name| {
+                std::env::var_os(name).is_some()
+            })
+            .map(|agent| agent.as_str().to_owned());
+            answer.event = payload.event.clone().or_else(|| args.event.clone());
+            answer.session = payload.session.map(|session| session.to_string());
+        }
+        (Err(err), _) | (_, Err(err)) => answer.error = Some(format!("{err:#}")),
+    }
+    crate::settings::probe::say(&answer);
+}
+
 
 #[cfg(test)]
 mod tests {

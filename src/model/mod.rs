@@ -7,6 +7,7 @@ pub mod check;
 pub mod clock;
 pub mod containment;
 pub mod deadline;
+pub mod hook_event;
 pub mod leftover;
 pub mod marker;
 pub mod name;

@@ -13,8 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::agents::{Agent, AgentSpec, Casing, Layout, SessionEndReliability, timeout_millis};
-use crate::commands::hook::{self, HookEvent, Payload};
-use crate::config::{Config, HookRequest};
+use crate::model::hook_event::HookEvent;
 use crate::settings::{NOWHERE_FIX, SweepState};
 
 /// The variable that puts a hook into probe mode.
@@ -44,33 +43,6 @@ pub struct Answer {
 pub fn say(answer: &Answer) {
     let line = serde_json::to_string(answer).unwrap_or_default();
     let _ = writeln!(std::io::stderr(), "{ANSWER_PREFIX}{line}");
-}
-
-/// Hook side: read the payload and resolve everything the hook would, then answer; change nothing.
-pub fn answer(args: &HookRequest, state_dir_flag: Option<&Path>) {
-    let state_dir = Config::new(state_dir_flag, false)
-        .map(|config| std::path::absolute(&config.state_dir).unwrap_or(config.state_dir));
-    let payload = hook::read_payload(crate::model::deadline::Deadline::after(
-        args.stdin_timeout.min(args.deadline),
-    ))
-    .and_then(|value| Payload::from_json(&value, args.agent));
-    let mut answer = Answer {
-        deadline_ms: u64::try_from(args.deadline.as_millis()).ok(),
-        ..Answer::default()
-    };
-    match (state_dir, payload) {
-        (Ok(dir), Ok(payload)) => {
-            answer.state_dir = Some(dir);
-            answer.agent = hook::detect_agent(args.agent, &payload, &|name| {
-                std::env::var_os(name).is_some()
-            })
-            .map(|agent| agent.as_str().to_owned());
-            answer.event = payload.event.clone().or_else(|| args.event.clone());
-            answer.session = payload.session.map(|session| session.to_string());
-        }
-        (Err(err), _) | (_, Err(err)) => answer.error = Some(format!("{err:#}")),
-    }
-    say(&answer);
 }
 
 /// A payload as `spec`'s agent would send it for `event` (one of its settings-file event names).
