@@ -496,6 +496,19 @@ fn fix_for(reason: &str, dir: &Path) -> String {
     }
 }
 
+/// This machine's host name, as the store stamps it on what it writes (a state root on a network home is shared
+/// between hosts, and another host's records are neither acted on nor pruned). Read once per run.
+pub fn host_name() -> String {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned()
+    })
+    .clone()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -139,7 +139,7 @@ impl Sessions {
     /// is either refused here, or indexed before the end reads the index (the end then finds and removes the owner,
     /// or the attach's re-check under the slot lock sees the end and refuses).
     pub fn index_slot(&self, id: &SessionId, slot: &str, deadline: Deadline) -> anyhow::Result<()> {
-        let host = crate::observe::proc::host_name();
+        let host = root::host_name();
         self.update(id, deadline, |current| {
             if let Some(record) = current.filter(|record| record.is_ended()) {
                 return Err(bad_input(format!(

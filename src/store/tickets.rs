@@ -150,7 +150,7 @@ impl Tickets {
     /// Every pending ticket, for a run that drives them. A corrupt one is moved aside and reported in the log; one
     /// that is refused as it stands is reported and left.
     pub fn pending(&self, log: &EventLog) -> Vec<StopTicket> {
-        let host = crate::observe::proc::host_name();
+        let host = root::host_name();
         self.scan()
             .into_iter()
             .filter_map(|(path, view)| match view {

@@ -272,12 +272,7 @@ pub fn self_and_ancestors() -> std::collections::HashSet<i32> {
         .clone()
 }
 
-/// This machine's host name, as recorded in records (a state root on a network home is shared between hosts).
-pub fn host_name() -> String {
-    nix::unistd::gethostname()
-        .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
+pub use crate::store::root::host_name;
 
 #[cfg(test)]
 mod tests {
