@@ -112,6 +112,7 @@ fn wait_for_exit(
         return Ok(Waited::AgentGone);
     };
     let watch = watch_root(store);
+    let root = root_key(store);
     let ends = within.map(|within| Instant::now() + within);
     release_file_pages();
     loop {
@@ -144,7 +145,13 @@ fn wait_for_exit(
                     return Ok(Waited::AgentGone);
                 }
                 if fds.get(1).is_some_and(|fd| !fd.revents().is_empty()) {
-                    return Ok(Waited::RootGone);
+                    // Something in the parent directory went away: the root, or a neighbour.
+                    if let Some(watch) = &watch {
+                        drain(watch);
+                    }
+                    if root_key(store) != root {
+                        return Ok(Waited::RootGone);
+                    }
                 }
             }
             Err(err) => return Err(err).context("waiting for the agent"),
@@ -209,17 +216,32 @@ fn clean_file_mappings(smaps: &str) -> Vec<(usize, usize)> {
     found
 }
 
-/// An inotify watch for the deletion or move of the state root; `None` (reported) when none can be had.
+/// An inotify watch for the deletion or move of the state root: on the root itself (`DELETE_SELF`, `MOVE_SELF`)
+/// and on its parent directory (`DELETE`, `MOVED_FROM` of any entry) — the root's own watch never fires while
+/// anything under it is still open (this sentinel's lock is), its parent's fires at the `rmdir` or `rename`.
+/// `None` (reported) when none can be had.
 fn watch_root(store: &Store) -> Option<OwnedFd> {
     use rustix::fs::inotify;
+    let root = store.root.path();
     let watch = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK)
         .and_then(|fd| {
             inotify::add_watch(
                 &fd,
-                store.root.path(),
+                root,
                 inotify::WatchFlags::DELETE_SELF | inotify::WatchFlags::MOVE_SELF,
-            )
-            .map(|_| fd)
+            )?;
+            if let Some(parent) = root.parent() {
+                inotify::add_watch(
+                    &fd,
+                    parent,
+                    inotify::WatchFlags::DELETE
+                        | inotify::WatchFlags::MOVED_FROM
+                        | inotify::WatchFlags::DELETE_SELF
+                        | inotify::WatchFlags::MOVE_SELF
+                        | inotify::WatchFlags::ONLYDIR,
+                )?;
+            }
+            Ok(fd)
         });
     match watch {
         Ok(fd) => Some(fd),
@@ -231,6 +253,21 @@ fn watch_root(store: &Store) -> Option<OwnedFd> {
             None
         }
     }
+}
+
+/// The state root's directory as a file: its device and inode, which a rename elsewhere or a new directory of the
+/// same name does not keep.
+fn root_key(store: &Store) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(store.root.path())
+        .ok()
+        .map(|meta| (meta.dev(), meta.ino()))
+}
+
+/// Reads (and drops) every pending event of the watch: the root's path is what is checked after it.
+fn drain(watch: &OwnedFd) {
+    let mut buffer = [0u8; 4096];
+    while matches!(rustix::io::read(watch, &mut buffer), Ok(read) if read > 0) {}
 }
 
 /// A pidfd that is known to name `agent` (identity checked after opening), `None` when it is gone already.

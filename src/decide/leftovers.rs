@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 
+use crate::decide::belonging;
 use crate::model::leftover::{Policy, SessionFacts};
 use crate::model::record::Identity;
 use crate::observe::table::{Observed, Table};
@@ -19,6 +20,8 @@ pub struct Query<'a> {
     pub facts: &'a SessionFacts,
     /// Agent processes that session records name (live or not: the table says).
     pub recorded_agents: &'a [Identity],
+    /// The recorded agents of live sessions (`belonging::live_agents`): never a leftover.
+    pub live_agents: &'a [Identity],
     /// This process and its ancestors (a hook's agent, shell and so on).
     pub protected: &'a HashSet<i32>,
     /// Processes marked with `keep --pid`.
@@ -42,28 +45,42 @@ pub struct Leftover {
 /// dead agent's own group); never the agent, its workers, a broker's member, a kept process, a protected pid, or
 /// a process still in some live agent's hands.
 pub fn find(table: &Table, query: &Query<'_>) -> Vec<Leftover> {
+    find_with_spared(table, query).0
+}
+
+/// `find`, and beside the leftovers the session's carriers that serve a live terminal (a multiplexer server in
+/// use, its windows and what runs in them): reported, never stopped (DESIGN "Belonging").
+pub fn find_with_spared(table: &Table, query: &Query<'_>) -> (Vec<Leftover>, Vec<Leftover>) {
     let agent_alive = table.is_live(query.agent);
     let matched: HashMap<i32, &'static str> = table
         .procs
         .values()
         .filter_map(|p| matches(table, p, query, agent_alive).map(|via| (p.identity.pid, via)))
         .collect();
-    let mut found: Vec<Leftover> = matched
+    let leftover = |p: &Observed, via: &'static str| Leftover {
+        pid: p.identity.pid,
+        identity: p.identity.clone(),
+        argv: p.argv.clone(),
+        rss_kib: p.rss_kib,
+        via,
+    };
+    let (mut found, mut spared): (Vec<Leftover>, Vec<Leftover>) = (Vec::new(), Vec::new());
+    for (p, via) in matched
         .iter()
         .filter_map(|(pid, via)| table.get(*pid).map(|p| (p, *via)))
         .filter(|(p, _)| !query.protected.contains(&p.identity.pid))
         .filter(|(p, _)| !in_agents_hands(table, p, query, &matched))
         .filter(|(p, _)| !is_kept(table, p, query.kept))
-        .map(|(p, via)| Leftover {
-            pid: p.identity.pid,
-            identity: p.identity.clone(),
-            argv: p.argv.clone(),
-            rss_kib: p.rss_kib,
-            via,
-        })
-        .collect();
+    {
+        if belonging::in_a_live_terminal(table, p, query.live_agents).is_some() {
+            spared.push(leftover(p, "serves a live terminal"));
+        } else {
+            found.push(leftover(p, via));
+        }
+    }
     found.sort_by_key(|leftover| leftover.pid);
-    found
+    spared.sort_by_key(|leftover| leftover.pid);
+    (found, spared)
 }
 
 fn matches(
@@ -78,6 +95,7 @@ fn matches(
         && p.identity.boot_id == agent.boot_id
         && p.identity.start_ticks >= agent.start_ticks
         && p.identity.pid != agent.pid
+        && !belonging::is_live_agent(&p.identity, query.live_agents)
         && !p.keep
         && !p.broker
         && !p.is_agent_worker();
@@ -133,6 +151,9 @@ pub struct Found {
     pub session: String,
     pub policy: Policy,
     pub leftovers: Vec<Leftover>,
+    /// Carriers of the session that serve a live terminal: reported, never stopped.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub spared: Vec<Leftover>,
 }
 
 #[cfg(test)]
@@ -187,6 +208,7 @@ pub(crate) mod tests {
         agent: Identity,
         facts: SessionFacts,
         recorded: Vec<Identity>,
+        live: Vec<Identity>,
         protected: HashSet<i32>,
         kept: Vec<Identity>,
         names_sessions: bool,
@@ -199,6 +221,7 @@ pub(crate) mod tests {
                 agent: identity(100, 50),
                 facts: SessionFacts::default(),
                 recorded: vec![identity(100, 50)],
+                live: Vec::new(),
                 protected: HashSet::new(),
                 kept: Vec::new(),
                 names_sessions: true,
@@ -212,6 +235,7 @@ pub(crate) mod tests {
                 names_sessions: self.names_sessions,
                 facts: &self.facts,
                 recorded_agents: &self.recorded,
+                live_agents: &self.live,
                 protected: &self.protected,
                 kept: &self.kept,
             };
@@ -362,6 +386,7 @@ pub(crate) mod tests {
             agent_pgid: Some(4),
             descendants: vec![identity(5, 6)],
             done_at: None,
+            earlier_agents: Vec::new(),
         };
         facts.store_in(&mut record);
         assert_eq!(SessionFacts::of(&record), facts);

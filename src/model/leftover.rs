@@ -55,7 +55,26 @@ pub struct SessionFacts {
     /// When the leftovers were dealt with after the agent was gone; nothing looks again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub done_at: Option<String>,
+    /// The session's earlier agent processes (a crash, then a resume by another process): each keeps its own facts,
+    /// and the leftovers of every gone one are stopped (DESIGN "Belonging": every agent a session had counts).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier_agents: Vec<EarlierAgent>,
 }
+
+/// An agent process a session had before its current one, with what its hooks recorded for discovery.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EarlierAgent {
+    pub identity: Identity,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_pgid: Option<i32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub descendants: Vec<Identity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub done_at: Option<String>,
+}
+
+/// How many earlier agents a record remembers at most (the oldest go first).
+pub const MAX_EARLIER_AGENTS: usize = 16;
 
 fn yes() -> bool {
     true
@@ -78,6 +97,63 @@ impl SessionFacts {
                 sentinel: true,
                 ..SessionFacts::default()
             })
+    }
+
+    /// A session's agent process changed from `previous` to another (a resume by another process): the previous
+    /// one is remembered with its facts, never erased; the current facts start afresh.
+    pub fn agent_replaced(&mut self, previous: Identity) {
+        self.earlier_agents
+            .retain(|earlier| !earlier.identity.is_same_process(&previous));
+        self.earlier_agents.push(EarlierAgent {
+            identity: previous,
+            agent_pgid: self.agent_pgid.take(),
+            descendants: std::mem::take(&mut self.descendants),
+            done_at: self.done_at.take(),
+        });
+        if self.earlier_agents.len() > MAX_EARLIER_AGENTS {
+            self.earlier_agents.remove(0);
+        }
+    }
+
+    /// Every agent process of the session (the current one first, `current`) with the facts recorded for it.
+    pub fn per_agent(&self, current: Option<&Identity>) -> Vec<(Identity, SessionFacts)> {
+        let mut agents: Vec<(Identity, SessionFacts)> = current
+            .map(|agent| {
+                let mut facts = self.clone();
+                facts.earlier_agents.clear();
+                (agent.clone(), facts)
+            })
+            .into_iter()
+            .collect();
+        for earlier in &self.earlier_agents {
+            if current.is_some_and(|agent| agent.is_same_process(&earlier.identity)) {
+                continue;
+            }
+            agents.push((
+                earlier.identity.clone(),
+                SessionFacts {
+                    policy: self.policy,
+                    sentinel: self.sentinel,
+                    agent_pgid: earlier.agent_pgid,
+                    descendants: earlier.descendants.clone(),
+                    done_at: earlier.done_at.clone(),
+                    earlier_agents: Vec::new(),
+                },
+            ));
+        }
+        agents
+    }
+
+    /// Marks the leftovers of `agent` (current or earlier) dealt with at `now`.
+    pub fn mark_done(&mut self, agent: &Identity, current: Option<&Identity>, now: &str) {
+        if current.is_some_and(|current| current.is_same_process(agent)) {
+            self.done_at = Some(now.to_owned());
+        }
+        for earlier in &mut self.earlier_agents {
+            if earlier.identity.is_same_process(agent) {
+                earlier.done_at = Some(now.to_owned());
+            }
+        }
     }
 
     pub fn store_in(&self, record: &mut SessionRecord) {

@@ -230,15 +230,10 @@ pub(crate) fn read_environ(observed: &mut Observed, environ: &[u8]) {
     }
 }
 
-/// The agent process named by the hook's own environment (`CLAUDE_PID`), if it is one of the hook's ancestors.
-pub fn agent_named_by_env() -> Option<Identity> {
-    let me = i32::try_from(std::process::id()).ok()?;
-    let ancestors: Vec<i32> = proc::ancestors(me).iter().map(|stat| stat.pid).collect();
-    crate::agents::agent_pid_variables().find_map(|variable| {
-        let pid: i32 = std::env::var(variable).ok()?.parse().ok()?;
-        ancestors
-            .contains(&pid)
-            .then(|| proc::identity_of(pid))
-            .flatten()
-    })
+/// The pids this process's environment names as its agent (`CLAUDE_PID` and the like): a claim, which the hook
+/// believes only for a recognised agent among its ancestors.
+pub fn agent_pids_named_by_env() -> Vec<i32> {
+    crate::agents::agent_pid_variables()
+        .filter_map(|variable| std::env::var(variable).ok()?.trim().parse().ok())
+        .collect()
 }
