@@ -960,7 +960,15 @@ impl Env {
     pub fn fake_agent(&mut self, session: &str, variable: &str, hook_flags: &[&str]) -> FakeAgent {
         use std::io::BufRead;
         use std::os::unix::process::CommandExt;
-        let mut command = Command::new("python3");
+        // Run through a program named like the agent it stands for, so that the agents table recognises it: only a
+        // recognised agent gets agent powers (DESIGN "Belonging").
+        let program = hook_flags
+            .iter()
+            .position(|flag| *flag == "--agent")
+            .and_then(|at| hook_flags.get(at + 1))
+            .copied()
+            .unwrap_or("claude");
+        let mut command = Command::new(named_python(self, program));
         command
             .arg(fake_agent_script())
             .arg(BIN)
