@@ -38,7 +38,10 @@ fn current_agents(sessions: &[SessionRecord]) -> Vec<(&SessionRecord, Identity, 
         .collect()
 }
 
-fn discover_targets(store: &Store, targets: &[(&SessionRecord, Identity, SessionFacts)]) -> Vec<Found> {
+fn discover_targets(
+    store: &Store,
+    targets: &[(&SessionRecord, Identity, SessionFacts)],
+) -> Vec<Found> {
     let since = targets
         .iter()
         .map(|(_, agent, _)| agent)
@@ -239,7 +242,9 @@ pub fn stop_leftovers_of(store: &Store, agent: &Identity, dry_run: bool) -> Vec<
             let (identity, facts) = SessionFacts::of(record)
                 .per_agent(record.agent_identity.as_ref())
                 .into_iter()
-                .find(|(identity, facts)| identity.is_same_process(agent) && facts.done_at.is_none())?;
+                .find(|(identity, facts)| {
+                    identity.is_same_process(agent) && facts.done_at.is_none()
+                })?;
             Some((record, identity, facts))
         })
         .collect();

@@ -235,17 +235,15 @@ impl Stopper {
         if tickets.is_empty() {
             return Vec::new();
         }
-        let sparing = self.sessions.as_ref().map(|sessions| {
-            Stopper {
-                tickets: self.tickets.clone(),
-                log: self.log.clone(),
-                guard: self
-                    .guard
-                    .clone()
-                    .sparing_agents(belonging::live_agents(&sessions.all())),
-                host: self.host.clone(),
-                sessions: None,
-            }
+        let sparing = self.sessions.as_ref().map(|sessions| Stopper {
+            tickets: self.tickets.clone(),
+            log: self.log.clone(),
+            guard: self
+                .guard
+                .clone()
+                .sparing_agents(belonging::live_agents(&sessions.all())),
+            host: self.host.clone(),
+            sessions: None,
         });
         if let Some(sparing) = sparing {
             return sparing.run(tickets, deadline);

@@ -14,7 +14,8 @@ use crate::observe::table::{Observed, Table};
 pub fn acceptable_agents(wanted: &[Agent]) -> Vec<Agent> {
     let mut accepted: Vec<Agent> = wanted.to_vec();
     for spec in AGENTS {
-        if wanted.iter().any(|agent| spec.also_runs.contains(agent)) && !accepted.contains(&spec.agent)
+        if wanted.iter().any(|agent| spec.also_runs.contains(agent))
+            && !accepted.contains(&spec.agent)
         {
             accepted.push(spec.agent);
         }
@@ -251,13 +252,21 @@ mod tests {
     use crate::decide::leftovers::tests::{identity, process};
 
     fn ancestor(pid: i32, agent: Option<Agent>) -> Ancestor {
-        Ancestor { pid, uid: 1000, agent }
+        Ancestor {
+            pid,
+            uid: 1000,
+            agent,
+        }
     }
 
     #[test]
     fn only_a_recognised_agent_of_ours_gets_agent_powers() {
         let daemon = [ancestor(300, None), ancestor(1, None)];
-        assert_eq!(hook_agent(&daemon, &[], &[], 1000), None, "a daemon is no agent");
+        assert_eq!(
+            hook_agent(&daemon, &[], &[], 1000),
+            None,
+            "a daemon is no agent"
+        );
         assert_eq!(
             hook_agent(&daemon, &[], &[Agent::Gemini], 1000),
             None,
@@ -288,16 +297,17 @@ mod tests {
             ancestor(200, Some(Agent::Claude)),
         ];
         assert_eq!(hook_agent(&chain, &[200], &[], 1000), Some(200));
-        assert_eq!(hook_agent(&chain, &[1], &[], 1000), Some(300), "CLAUDE_PID=1");
+        assert_eq!(
+            hook_agent(&chain, &[1], &[], 1000),
+            Some(300),
+            "CLAUDE_PID=1"
+        );
         assert_eq!(
             hook_agent(&chain, &[400], &[], 1000),
             Some(300),
             "naming the wrapper shell"
         );
-        assert_eq!(
-            hook_agent(&[ancestor(400, None)], &[400], &[], 1000),
-            None
-        );
+        assert_eq!(hook_agent(&[ancestor(400, None)], &[400], &[], 1000), None);
     }
 
     #[test]
@@ -324,7 +334,12 @@ mod tests {
         for shell in ["-bash", "bash", "/bin/zsh -l", "bash -i", "-sh"] {
             assert!(is_interactive_shell(&argv(shell)), "{shell}");
         }
-        for other in ["sh -c npm run dev", "bash script.sh", "npm run dev", "sleep 9"] {
+        for other in [
+            "sh -c npm run dev",
+            "bash script.sh",
+            "npm run dev",
+            "sleep 9",
+        ] {
             assert!(!is_interactive_shell(&argv(other)), "{other}");
         }
     }
@@ -342,14 +357,22 @@ mod tests {
         assert!(!serves_a_live_terminal(&forgotten, &server, &[]));
         assert!(in_a_live_terminal(&forgotten, &dev, &[]).is_none());
         // The user's window: an interactive shell.
-        let used = Table::from_processes(vec![server.clone(), dev.clone(), process(202, 200, 70, "-bash")]);
+        let used = Table::from_processes(vec![
+            server.clone(),
+            dev.clone(),
+            process(202, 200, 70, "-bash"),
+        ]);
         assert!(in_a_live_terminal(&used, &dev, &[]).is_some());
         // A second agent's window.
         let mut agent_window = process(203, 200, 70, "python3 agent.py");
         agent_window.identity = identity(203, 70);
         let with_agent =
             Table::from_processes(vec![server.clone(), dev.clone(), agent_window.clone()]);
-        assert!(serves_a_live_terminal(&with_agent, &server, &[identity(203, 70)]));
+        assert!(serves_a_live_terminal(
+            &with_agent,
+            &server,
+            &[identity(203, 70)]
+        ));
         assert!(!serves_a_live_terminal(&with_agent, &server, &[]));
         // An attached client of the same socket; one of another socket does not count.
         let client = named(process(300, 299, 80, "tmux -L dev attach"), "tmux: client");

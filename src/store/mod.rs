@@ -57,6 +57,7 @@ impl Store {
     /// The stopper of this state root: its guard refuses, besides what `guard` does, the recorded agents of this
     /// root's live sessions (read when there is something to stop).
     pub fn stopper(&self, guard: Guard) -> Stopper {
-        Stopper::new(self.tickets.clone(), self.log.clone(), guard).sparing_agents_of(self.sessions.clone())
+        Stopper::new(self.tickets.clone(), self.log.clone(), guard)
+            .sparing_agents_of(self.sessions.clone())
     }
 }

@@ -697,7 +697,8 @@ fn every_fixture_payload_records_or_ends_its_session_with_the_agent_detected() {
             assert_eq!(step["stdout"], "", "{what}: {step}");
             assert_eq!(step["stderr"], "", "{what}: {step}");
         }
-        let before = start.map(|_| json!({"agent_identity": crate::harness::identity_json(run.agent)}));
+        let before =
+            start.map(|_| json!({"agent_identity": crate::harness::identity_json(run.agent)}));
         let record =
             session_record(&env, id).unwrap_or_else(|| panic!("{what}: no session record"));
         assert_eq!(record["version"], 1, "{what}");

@@ -1,0 +1,418 @@
+//! Belonging (DESIGN "Belonging", issue 18): what a session passes on is not what it owns. Each test sets up one
+//! hostile or everyday scene for real — a daemon running the hook, a hook with only shells up to init in a private
+//! pid namespace, a live agent offered as a broker, a kept process in a leftover's group, a deleted state root, a
+//! crash then a resume by another agent, a fast forker, a tmux server shared with the user and a second agent —
+//! and checks that nothing that was not the session's is ever stopped. Fresh random ids throughout.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::harness::{
+    BIN, Env, PATIENCE, Proc, fresh_session, named_python, scrub_env, sentinels_of, stderr, stdout,
+    unshare_pid_namespace, wait_until,
+};
+
+/// How long "still running later" is watched for: long enough for a sentinel, a finisher and a grace to act.
+const LATER: Duration = Duration::from_secs(3);
+
+fn session_record(env: &Env, session: &str) -> Option<Value> {
+    let path = env
+        .state_dir()
+        .join("sessions")
+        .join(format!("{session}.json"));
+    std::fs::read(path)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+}
+
+/// Every one of `procs` still runs after `LATER`, and at every look on the way.
+fn all_run_later(procs: &[(&str, Proc)]) -> Result<(), String> {
+    let until = Instant::now() + LATER;
+    while Instant::now() < until {
+        if let Some((name, proc)) = procs.iter().find(|(_, proc)| !proc.alive()) {
+            return Err(format!("{name} (pid {}) was stopped", proc.pid));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// The pid a planted command wrote to `name`, its process tracked (killed with the test).
+fn planted(env: &mut Env, name: &str) -> Proc {
+    env.planted(name)
+}
+
+/// A daemon (double-forked, `setsid`, reparented away from the test) that starts a worker, runs the SessionStart
+/// hook with `flags` and the default settings, starts a second worker and exits: the shape of issue 18's first
+/// finding. Returns the two workers.
+fn daemon_runs_the_hook(
+    env: &mut Env,
+    session: &str,
+    flags: &[&str],
+    tag: &str,
+) -> Vec<(&'static str, Proc)> {
+    let daemon = named_python(env, "reaperd");
+    let script = r#"
+import json, os, subprocess, sys
+binary, state, session, tag = sys.argv[1:5]
+flags = sys.argv[5:]
+first = subprocess.Popen(["sleep", "600"])
+open(tag + ".first", "w").write(str(first.pid))
+payload = json.dumps({"session_id": session, "hook_event_name": "SessionStart", "cwd": os.getcwd(), "source": "startup"})
+subprocess.run([binary, "--state-dir", state, "hook", "--deadline", "10s", *flags], input=payload.encode(), timeout=60)
+second = subprocess.Popen(["sleep", "600"])
+open(tag + ".second", "w").write(str(second.pid))
+open(tag + ".daemon", "w").write(str(os.getpid()))
+"#;
+    let line = format!(
+        "{} -c '{}' {} {} {} {} {} &",
+        daemon.display(),
+        script.replace('\'', r"'\''"),
+        BIN,
+        env.state_dir().display(),
+        session,
+        env.work_path(tag),
+        flags.join(" ")
+    );
+    let mut command = Command::new("setsid");
+    command
+        .args(["sh", "-c", &line])
+        .current_dir(env.work.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    scrub_env(&mut command);
+    let status = command.status().expect("start the daemon");
+    assert!(status.success(), "the daemon's launcher failed");
+    let first = planted(env, &format!("{tag}.first"));
+    let second = planted(env, &format!("{tag}.second"));
+    let daemon = planted(env, &format!("{tag}.daemon"));
+    assert!(daemon.gone_within(PATIENCE), "the daemon exits");
+    vec![
+        ("worker started before the hook", first),
+        ("worker started after the hook", second),
+    ]
+}
+
+#[test]
+fn a_setsid_daemon_running_session_start_gets_no_agent_powers() {
+    let mut env = Env::new();
+    for (tag, flags) in [("plain", vec![]), ("narrowed", vec!["--agent", "gemini"])] {
+        let session = fresh_session("bl-daemon");
+        let workers = daemon_runs_the_hook(&mut env, &session, &flags, tag);
+        let record = session_record(&env, &session).expect("the session is recorded");
+        assert!(
+            record["agent_identity"].is_null(),
+            "{tag}: a daemon is no agent: {record}"
+        );
+        assert!(
+            record["leftovers"].get("agent_pgid").is_none(),
+            "{tag}: no group: {record}"
+        );
+        assert!(
+            record["leftovers"].get("descendants").is_none(),
+            "{tag}: no descendants: {record}"
+        );
+        assert!(
+            sentinels_of(env.state_dir()).is_empty(),
+            "{tag}: no sentinel"
+        );
+        all_run_later(&workers).unwrap_or_else(|err| panic!("{tag}: {err}"));
+        let sweep = env.run(&["sweep"]);
+        assert!(sweep.status.success(), "{}", stderr(&sweep));
+        all_run_later(&workers).unwrap_or_else(|err| panic!("{tag} after a sweep: {err}"));
+    }
+}
+
+/// A hook run by a script where every ancestor up to pid 1 is a shell, a wrapper or some other program — here
+/// pid 1 of a private pid namespace, a python3 standing in for init — takes no agent; `CLAUDE_PID=1` and
+/// `CLAUDE_PID=<the wrapper shell>` are claims it does not believe.
+#[test]
+fn a_hook_under_shells_up_to_init_in_a_pid_namespace_has_no_agent() {
+    let env = Env::new();
+    let sessions: Vec<String> = (0..3).map(|_| fresh_session("bl-ns")).collect();
+    let payload = |session: &str| {
+        format!(
+            r#"{{"session_id":"{session}","hook_event_name":"SessionStart","cwd":"/tmp","source":"startup"}}"#
+        )
+    };
+    let hook = format!(
+        "{BIN} --state-dir {} hook --deadline 10s",
+        env.state_dir().display()
+    );
+    let mut lines = Vec::new();
+    for (index, session) in sessions.iter().enumerate() {
+        let file = env.work.path().join(format!("payload-{index}"));
+        std::fs::write(&file, payload(session)).unwrap();
+        let claim = match index {
+            0 => String::new(),
+            1 => "CLAUDE_PID=1 ".to_owned(),
+            _ => "CLAUDE_PID=$$ ".to_owned(),
+        };
+        // `; true`: the shell stays (no exec of its last command), so that `$$` names a live wrapper.
+        lines.push(format!(
+            "sh -c '{claim}timeout 30 {hook} < {}; true'",
+            file.display()
+        ));
+    }
+    let init = "import subprocess, sys\nfor line in sys.argv[1:]:\n    subprocess.run(['sh', '-c', line])\n";
+    let mut command = unshare_pid_namespace();
+    command.args(["python3", "-c", init]).args(&lines);
+    scrub_env(&mut command);
+    let out = crate::harness::run_bounded(command, None);
+    assert!(
+        out.status.success(),
+        "the private pid namespace could not be made (unshare --pid --fork --mount-proc): {}",
+        stderr(&out)
+    );
+    for (index, session) in sessions.iter().enumerate() {
+        let record = session_record(&env, session)
+            .unwrap_or_else(|| panic!("hook {index} recorded no session: {}", stderr(&out)));
+        assert!(
+            record["agent_identity"].is_null(),
+            "hook {index}: no agent: {record}"
+        );
+    }
+    assert!(sentinels_of(env.state_dir()).is_empty(), "no sentinel");
+}
+
+#[test]
+fn broker_register_refuses_a_live_sessions_agent_and_says_adopted_for_what_it_adopts() {
+    let mut env = Env::new();
+    let ws = env.workspace("app");
+    let session = fresh_session("bl-reg");
+    let mut agent = env.fake_agent(&session, "CLAUDE_CODE_SESSION_ID", &["--agent", "claude"]);
+    agent.order("start");
+    let pid = agent.proc.pid.to_string();
+    let out = env.run(&[
+        "broker",
+        "register",
+        "--pid",
+        &pid,
+        "--cwd",
+        ws.to_str().unwrap(),
+        "--no-owner",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("agent process of live session {session}")),
+        "names why: {}",
+        stderr(&out)
+    );
+    assert!(env.records().is_empty(), "nothing recorded");
+    assert!(agent.proc.alive());
+    // A process started elsewhere is adopted, never "started".
+    let sleeper = env.sleeper();
+    let out = env.run_command(env.cmd_as_typed(&[
+        "broker",
+        "register",
+        "--pid",
+        &sleeper.pid.to_string(),
+        "--cwd",
+        ws.to_str().unwrap(),
+        "--no-owner",
+    ]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("adopted broker"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+/// A leftover that leads a process group holding a process marked `SESSION_REAPER_KEEP=1`: the leader stops,
+/// the kept member runs on (no group expansion).
+#[test]
+fn a_leftovers_stop_never_reaches_a_kept_member_of_its_group() {
+    let mut env = Env::new();
+    let session = fresh_session("bl-keep");
+    let mut agent = env.fake_agent(&session, "CLAUDE_CODE_SESSION_ID", &["--agent", "claude"]);
+    agent.order("start");
+    agent.order(&format!(
+        "run (setsid sh -c 'echo $$ > {}; SESSION_REAPER_KEEP=1 sleep 600 & echo $! > {}; sleep 600 & echo $! > {}; wait' &)",
+        env.work_path("leader.pid"),
+        env.work_path("kept.pid"),
+        env.work_path("member.pid"),
+    ));
+    let leader = env.planted("leader.pid");
+    let kept = env.planted("kept.pid");
+    let member = env.planted("member.pid");
+    assert_eq!(
+        group_of(kept),
+        leader.pid,
+        "the kept process is in the leader's group"
+    );
+    agent.exit();
+    assert!(leader.gone_within(PATIENCE), "the leader is a leftover");
+    assert!(member.gone_within(PATIENCE), "its plain child is one too");
+    all_run_later(&[("kept member", kept)]).unwrap();
+}
+
+fn group_of(proc: Proc) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", proc.pid)).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    after.split(' ').nth(2).unwrap().parse().unwrap()
+}
+
+#[test]
+fn deleting_a_state_root_ends_its_sentinel_within_a_second() {
+    let mut env = Env::new();
+    let session = fresh_session("bl-rm");
+    let mut agent = env.fake_agent(&session, "CLAUDE_CODE_SESSION_ID", &["--agent", "claude"]);
+    agent.order("start");
+    let watching = || {
+        sentinels_of(env.state_dir())
+            .iter()
+            .any(|(_, watched)| *watched == agent.proc.pid)
+    };
+    assert!(
+        wait_until(PATIENCE, watching),
+        "a sentinel watches the agent"
+    );
+    let sentinel = sentinels_of(env.state_dir())[0].0;
+    let sentinel = Proc::of(sentinel).expect("the sentinel runs");
+    env.track(sentinel);
+    let removed = Command::new("rm")
+        .arg("-rf")
+        .arg(env.state_dir())
+        .status()
+        .unwrap();
+    assert!(removed.success());
+    let started = Instant::now();
+    let gone = sentinel.gone_within(Duration::from_secs(1));
+    assert!(
+        gone,
+        "the sentinel still runs {:?} after rm -rf of its state root",
+        started.elapsed()
+    );
+}
+
+/// Sentinel off: agent A crashes (SIGKILL, no hook) leaving a daemon; agent B resumes the session, ends it
+/// cleanly and exits; one sweep stops A's daemon — a resume adds an agent to the session, it never erases one.
+#[test]
+fn a_crash_then_a_resume_by_another_agent_keeps_the_crashed_agents_leftovers_stoppable() {
+    let mut env = Env::new();
+    let session = fresh_session("bl-resume");
+    let flags = [
+        "--agent",
+        "claude",
+        "--sentinel",
+        "off",
+        "--agent-exit-wait",
+        "1s",
+    ];
+    let mut crashed = env.fake_agent(&session, "CLAUDE_CODE_SESSION_ID", &flags);
+    crashed.order("start");
+    crashed.order(&format!(
+        "run (setsid sh -c 'echo $$ > {}; exec sleep 600' &)",
+        env.work_path("crashed-daemon.pid")
+    ));
+    let daemon = env.planted("crashed-daemon.pid");
+    crashed.kill();
+    let mut resumed = env.fake_agent(&session, "CLAUDE_CODE_SESSION_ID", &flags);
+    resumed.order("start");
+    let record = session_record(&env, &session).unwrap();
+    assert_eq!(record["agent_identity"]["pid"], resumed.proc.pid);
+    let earlier = record["leftovers"]["earlier_agents"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        earlier
+            .iter()
+            .any(|agent| agent["identity"]["pid"] == crashed.proc.pid),
+        "the crashed agent is remembered: {record}"
+    );
+    resumed.order("end other");
+    resumed.exit();
+    let sweep = env.run(&["sweep"]);
+    assert!(sweep.status.success(), "{}", stderr(&sweep));
+    assert!(
+        daemon.gone_within(PATIENCE),
+        "the crashed agent's daemon is stopped: {:#?}",
+        env.events()
+    );
+}
+
+/// A leftover whose tree forks every 2 ms inside a private pid namespace (under `ulimit -u`): the stop ends
+/// within its deadline, says how many processes it could not stop yet, and keeps the ticket; the next sweep (or
+/// the finisher it hands on to) finishes it.
+#[test]
+fn a_fast_forker_is_reported_then_finished() {
+    let mut env = Env::new();
+    let session = fresh_session("bl-fork");
+    let mut agent = env.fake_agent(
+        &session,
+        "CLAUDE_CODE_SESSION_ID",
+        &["--agent", "claude", "--sentinel", "off"],
+    );
+    agent.order("start");
+    // The namespace's init ignores SIGTERM (and, as a namespace's init, anything it has no handler for): only
+    // SIGKILL, after the grace, ends it and everything in it.
+    let forker =
+        "ulimit -u 400 2>/dev/null; trap \"\" TERM; while :; do sleep 0.3 & sleep 0.002; done";
+    agent.order(&format!(
+        "run (setsid unshare --pid --fork --mount-proc sh -c '{forker}' & echo $! > {}) ",
+        env.work_path("forker.pid")
+    ));
+    let unshare = env.planted("forker.pid");
+    let init_of_namespace = || -> Option<Proc> {
+        let children =
+            std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", unshare.pid)).ok()?;
+        children
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+            .and_then(Proc::of)
+    };
+    assert!(
+        wait_until(PATIENCE, || init_of_namespace().is_some()),
+        "the private pid namespace could not be made (unshare --pid --fork --mount-proc)"
+    );
+    let init = init_of_namespace().unwrap();
+    env.track(init);
+    // Forking: more than one process in the namespace's tree.
+    assert!(wait_until(PATIENCE, || std::fs::read_to_string(format!(
+        "/proc/{0}/task/{0}/children",
+        init.pid
+    ))
+    .is_ok_and(|children| children.split_whitespace().count() > 3)));
+    agent.kill();
+    let started = Instant::now();
+    let out = env.run(&["sweep", "--json"]);
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(3 + 10),
+        "the sweep's stop took {took:?}"
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(
+        init.alive(),
+        "the namespace's init outlives SIGTERM and the sweep's deadline: {text}"
+    );
+    let not_stopped: Vec<u64> = report["stops"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|stop| stop["outcome"]["result"] == "pending")
+        .filter_map(|stop| stop["outcome"]["running"].as_u64())
+        .collect();
+    assert!(
+        not_stopped.iter().any(|running| *running > 0),
+        "the sweep reports how many it could not stop: {text}"
+    );
+    // The next sweep (or the finisher the first one handed on to) finishes it.
+    let finished = wait_until(PATIENCE * 2, || {
+        let _ = env.run(&["sweep"]);
+        !init.alive() && !unshare.alive()
+    });
+    assert!(
+        finished,
+        "the forker outlived the next sweeps: {:#?}",
+        env.events()
+    );
+}
