@@ -416,3 +416,197 @@ fn a_fast_forker_is_reported_then_finished() {
         env.events()
     );
 }
+
+// ---- A tmux server a tool started: shared with the user and a second agent, or forgotten ----
+
+/// The children of a process, by `/proc/<pid>/task/<pid>/children`.
+fn children_of(proc: Proc) -> Vec<Proc> {
+    std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", proc.pid))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|pid| pid.parse().ok())
+        .filter_map(Proc::of)
+        .collect()
+}
+
+/// The tmux server listening on `socket` (its argv names the socket: `tmux -S <socket> …`).
+fn tmux_server(socket: &std::path::Path) -> Option<Proc> {
+    crate::harness::naming(socket).into_iter().find(|proc| {
+        std::fs::read_to_string(format!("/proc/{}/comm", proc.pid))
+            .is_ok_and(|comm| comm.trim() == "tmux: server")
+    })
+}
+
+/// `tmux -S socket ARGS` from a clean environment (a person's terminal, not the agent's tool).
+fn tmux_clean(socket: &std::path::Path, args: &[&str]) {
+    let mut command = Command::new("env");
+    command
+        .args([
+            "-i",
+            "PATH=/usr/local/bin:/usr/bin:/bin",
+            "SHELL=/bin/sh",
+            "tmux",
+            "-S",
+        ])
+        .arg(socket)
+        .args(args)
+        .stdin(Stdio::null());
+    let out = crate::harness::run_bounded(command, None);
+    assert!(
+        out.status.success(),
+        "tmux {args:?} failed (is tmux installed? .ci/run installs it): {}",
+        stderr(&out)
+    );
+}
+
+/// Agent S's tool starts a tmux server for its dev server (`tmux new-session -d -s dev …`): the server and every
+/// window opened in it later carry S's variables. Returns the socket, the server and the dev server.
+fn tool_starts_tmux(
+    env: &mut Env,
+    agent: &mut crate::harness::FakeAgent,
+) -> (std::path::PathBuf, Proc, Proc) {
+    let socket = env.work.path().join("tmux.sock");
+    agent.order(&format!(
+        "run tmux -S {} new-session -d -s dev \"sh -c 'echo \\$\\$ > {}; exec sleep 600'\"",
+        socket.display(),
+        env.work_path("dev.pid")
+    ));
+    let dev = env.planted("dev.pid");
+    let mut server = None;
+    assert!(
+        wait_until(PATIENCE, || {
+            server = tmux_server(&socket);
+            server.is_some()
+        }),
+        "no tmux server on {} (is tmux installed? .ci/run installs it)",
+        socket.display()
+    );
+    let server = server.unwrap();
+    env.track(server);
+    (socket, server, dev)
+}
+
+/// A second agent T, run by the user in a window of the shared server: it inherits S's variables from tmux, runs
+/// its own `SessionStart` as session `t_session`, and starts two tools (one naming T, one with what it inherited).
+fn second_agent_in_a_window(
+    env: &mut Env,
+    socket: &std::path::Path,
+    t_session: &str,
+) -> (Proc, Vec<Proc>) {
+    let script = env.work.path().join("t_agent.py");
+    std::fs::write(
+        &script,
+        r#"
+import json, os, subprocess, sys, time
+binary, state, session, work = sys.argv[1:5]
+own = dict(os.environ, CLAUDE_CODE_SESSION_ID=session, CLAUDE_PID=str(os.getpid()))
+payload = json.dumps({"session_id": session, "hook_event_name": "SessionStart", "cwd": work, "source": "startup"})
+subprocess.run(["sh", "-c", binary + " --state-dir " + state + " hook --agent claude --deadline 10s"],
+               input=payload.encode(), env=own, start_new_session=True, timeout=60)
+tool = subprocess.Popen(["sleep", "600"], env=own)
+inherited = subprocess.Popen(["sleep", "601"])
+open(os.path.join(work, "t.pids.tmp"), "w").write("%d %d %d" % (os.getpid(), tool.pid, inherited.pid))
+os.rename(os.path.join(work, "t.pids.tmp"), os.path.join(work, "t.pids"))
+time.sleep(600)
+"#,
+    )
+    .unwrap();
+    let claude = named_python(env, "claude");
+    let command = format!(
+        "{} {} {} {} {} {}",
+        claude.display(),
+        script.display(),
+        BIN,
+        env.state_dir().display(),
+        t_session,
+        env.work.path().display()
+    );
+    // Opened by the user from their own terminal: tmux gives the window the server's (S's) environment.
+    tmux_clean(socket, &["new-window", "-t", "dev", &command]);
+    let pids = env.work.path().join("t.pids");
+    assert!(
+        wait_until(PATIENCE, || pids.exists()),
+        "agent T started in its window"
+    );
+    let procs: Vec<Proc> = std::fs::read_to_string(&pids)
+        .unwrap()
+        .split_whitespace()
+        .map(|pid| Proc::of(pid.parse().unwrap()).expect("T's process runs"))
+        .collect();
+    for proc in &procs {
+        env.track(*proc);
+    }
+    (procs[0], procs[1..].to_vec())
+}
+
+#[test]
+fn a_tmux_server_shared_with_the_user_and_a_second_agent_is_never_stopped() {
+    let mut env = Env::new();
+    let s_session = fresh_session("bl-tmux-s");
+    let t_session = fresh_session("bl-tmux-t");
+    let mut s_agent = env.fake_agent(&s_session, "CLAUDE_CODE_SESSION_ID", &["--agent", "claude"]);
+    s_agent.order("start");
+    let (socket, server, dev) = tool_starts_tmux(&mut env, &mut s_agent);
+    // The user's window, opened from a clean terminal: an interactive login shell.
+    tmux_clean(&socket, &["new-window", "-t", "dev"]);
+    assert!(
+        wait_until(PATIENCE, || children_of(server).len() >= 2),
+        "the user's window opened"
+    );
+    let user_window = children_of(server)
+        .into_iter()
+        .find(|proc| *proc != dev)
+        .expect("the user's window");
+    let (t_agent, t_tools) = second_agent_in_a_window(&mut env, &socket, &t_session);
+    let record = session_record(&env, &t_session).expect("T's session is recorded");
+    assert_eq!(record["agent_identity"]["pid"], t_agent.pid, "{record}");
+
+    s_agent.exit();
+    // S's sentinel does its work: S's session ends.
+    assert!(
+        wait_until(PATIENCE, || session_record(&env, &s_session)
+            .is_some_and(|record| record["ended_at"].is_string())),
+        "S's session ends once S is gone"
+    );
+    let mut running = vec![
+        ("the tmux server", server),
+        ("the user's window", user_window),
+        ("the dev server in S's window", dev),
+        ("agent T", t_agent),
+    ];
+    running.extend(t_tools.iter().map(|proc| ("T's tool", *proc)));
+    all_run_later(&running).unwrap_or_else(|err| panic!("{err}: {:#?}", env.events()));
+    let status = env.status();
+    for view in status["leftovers"].as_array().into_iter().flatten() {
+        for leftover in view["leftovers"].as_array().into_iter().flatten() {
+            assert_ne!(
+                leftover["pid"], t_agent.pid,
+                "T's agent listed as a leftover of {}",
+                view["session"]
+            );
+        }
+    }
+    let spared = env.events_where("leftover", Some("leftover"));
+    assert!(
+        spared
+            .iter()
+            .any(|event| event["result"] == "spared" && event["pid"] == server.pid),
+        "the server in use is reported: {spared:#?}"
+    );
+}
+
+#[test]
+fn a_detached_tmux_server_nobody_uses_goes_with_its_session() {
+    let mut env = Env::new();
+    let session = fresh_session("bl-tmux-alone");
+    let mut agent = env.fake_agent(&session, "CLAUDE_CODE_SESSION_ID", &["--agent", "claude"]);
+    agent.order("start");
+    let (_socket, server, dev) = tool_starts_tmux(&mut env, &mut agent);
+    agent.exit();
+    assert!(
+        server.gone_within(PATIENCE),
+        "the forgotten tmux server is a leftover: {:#?}",
+        env.events()
+    );
+    assert!(dev.gone_within(PATIENCE), "and its dev server with it");
+}
