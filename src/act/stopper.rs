@@ -173,6 +173,8 @@ struct Active {
     members: Vec<Handle>,
     /// The last look for members did not cover the whole process table (the deadline came).
     members_unsure: bool,
+    /// Who may adopt the broker's orphans (init, its ancestors while it lived), read at the first look.
+    adopters: std::collections::HashSet<i32>,
     helper: Option<Child>,
     signalled: bool,
     outcome: Option<StopOutcome>,
@@ -327,6 +329,7 @@ impl Stopper {
             handle: None,
             members: Vec::new(),
             members_unsure: false,
+            adopters: std::collections::HashSet::new(),
             helper: None,
             signalled: false,
             outcome: None,
@@ -396,11 +399,15 @@ impl Stopper {
         item.members_unsure = !complete;
         let leader_alive = item.leader_alive();
         let leader = &item.ticket.identity;
+        if item.adopters.is_empty() {
+            item.adopters = proc::adopters_of(leader);
+        }
         let mut found = lineage::members(
             leader,
             item.ticket.lineage.as_deref(),
             leader_alive,
             snapshot,
+            &item.adopters,
         );
         found.extend(item.ticket.members.iter().cloned());
         for member in found {

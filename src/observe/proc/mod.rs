@@ -125,6 +125,7 @@ impl Markers {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Observed {
     pub identity: Identity,
+    pub ppid: i32,
     pub pgid: i32,
     pub sid: i32,
     pub markers: Markers,
@@ -168,6 +169,7 @@ pub fn observe_until<S: std::hash::BuildHasher>(
             })?;
             Some(Observed {
                 identity,
+                ppid: stat.ppid,
                 pgid: stat.pgid,
                 sid: stat.sid,
                 markers: Markers::of(&environ),
@@ -240,6 +242,18 @@ pub fn hook_ancestors(pid: i32) -> Vec<Ancestor> {
             })
         })
         .collect()
+}
+
+/// The processes that may adopt the orphans of the broker led by `leader`: init, and the leader's ancestors (the
+/// nearest subreaper among a dying process's ancestors takes its children). Empty of ancestors once it is gone.
+pub fn adopters_of(leader: &Identity) -> std::collections::HashSet<i32> {
+    let mut adopters: std::collections::HashSet<i32> = if is_alive(leader) {
+        ancestors(leader.pid).iter().map(|stat| stat.pid).collect()
+    } else {
+        std::collections::HashSet::new()
+    };
+    adopters.insert(1);
+    adopters
 }
 
 /// Pids of this process and all its ancestors: never to be signalled. Read once per run (every check of the run
