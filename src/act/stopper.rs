@@ -175,6 +175,8 @@ struct Active {
     members_unsure: bool,
     /// Who may adopt the broker's orphans (init, its ancestors while it lived), read at the first look.
     adopters: std::collections::HashSet<i32>,
+    /// The processes the run's tickets name: a leftover's walk leaves them to their own tickets.
+    ticketed: std::rc::Rc<Vec<Identity>>,
     helper: Option<Child>,
     signalled: bool,
     outcome: Option<StopOutcome>,
@@ -254,9 +256,15 @@ impl Stopper {
         let groups: std::collections::HashSet<i32> =
             tickets.iter().map(|ticket| ticket.identity.pid).collect();
         let first_look = proc::observe_until(&groups, deadline);
+        let ticketed = std::rc::Rc::new(
+            tickets
+                .iter()
+                .map(|ticket| ticket.identity.clone())
+                .collect::<Vec<_>>(),
+        );
         let mut active: Vec<Active> = tickets
             .into_iter()
-            .map(|ticket| self.start(ticket, &first_look))
+            .map(|ticket| self.start(ticket, &first_look, &ticketed))
             .collect();
         let mut last_signal = Instant::now();
         let deadline_at = SystemTime::now() + deadline.remaining();
@@ -322,7 +330,12 @@ impl Stopper {
             .collect()
     }
 
-    fn start(&self, ticket: StopTicket, look: &(Vec<proc::Observed>, bool)) -> Active {
+    fn start(
+        &self,
+        ticket: StopTicket,
+        look: &(Vec<proc::Observed>, bool),
+        ticketed: &std::rc::Rc<Vec<Identity>>,
+    ) -> Active {
         let mut item = Active {
             ticket,
             claim: None,
@@ -330,6 +343,7 @@ impl Stopper {
             members: Vec::new(),
             members_unsure: false,
             adopters: std::collections::HashSet::new(),
+            ticketed: std::rc::Rc::clone(ticketed),
             helper: None,
             signalled: false,
             outcome: None,
@@ -446,7 +460,10 @@ impl Stopper {
             live_agents: self.guard.live_agents(),
             kept: &[],
         };
-        let reached = belonging::stop_reach(&table, &item.ticket.identity, &known, &spared);
+        let reached = belonging::stop_reach(&table, &item.ticket.identity, &known, &spared)
+            .into_iter()
+            .filter(|member| !item.ticketed.iter().any(|other| other.is_same_process(member)))
+            .collect();
         self.adopt_members(item, reached);
     }
 
