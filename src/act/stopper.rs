@@ -462,7 +462,12 @@ impl Stopper {
         };
         let reached = belonging::stop_reach(&table, &item.ticket.identity, &known, &spared)
             .into_iter()
-            .filter(|member| !item.ticketed.iter().any(|other| other.is_same_process(member)))
+            .filter(|member| {
+                !item
+                    .ticketed
+                    .iter()
+                    .any(|other| other.is_same_process(member))
+            })
             .collect();
         self.adopt_members(item, reached);
     }

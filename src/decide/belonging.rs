@@ -134,7 +134,7 @@ fn socket_label(p: &Observed) -> Option<String> {
 
 /// A shell run for a person: a shell with no `-c` and no script (`-bash`, `bash -l`, `zsh -i`).
 pub fn is_interactive_shell(argv: &[String]) -> bool {
-    let Some((program, args)) = argv.split_first() else {
+    let Some((program, words)) = argv.split_first() else {
         return false;
     };
     let base = program
@@ -143,7 +143,7 @@ pub fn is_interactive_shell(argv: &[String]) -> bool {
         .unwrap_or_default()
         .trim_start_matches('-');
     SHELLS.contains(&base)
-        && !args
+        && !words
             .iter()
             .any(|arg| arg == "-c" || (!arg.starts_with('-') && !arg.starts_with('+')))
 }

@@ -326,7 +326,11 @@ mod tests {
             .iter()
             .map(|m| m.pid)
             .collect();
-        assert_eq!(pids, [101, 102, 103, 104], "105's parent is outside the tree");
+        assert_eq!(
+            pids,
+            [101, 102, 103, 104],
+            "105's parent is outside the tree"
+        );
     }
 
     fn token(token: &str) -> Markers {
@@ -384,7 +388,16 @@ mod tests {
         other_user.identity.uid = 0;
         let mut other_boot = seen(102, 60, (100, 100), token("t1"));
         other_boot.identity.boot_id = "old".into();
-        assert!(members(&leader, Some("t1"), true, &[other_user, other_boot], &init()).is_empty());
+        assert!(
+            members(
+                &leader,
+                Some("t1"),
+                true,
+                &[other_user, other_boot],
+                &init()
+            )
+            .is_empty()
+        );
     }
 
     #[test]

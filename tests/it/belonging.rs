@@ -44,7 +44,7 @@ fn planted(env: &mut Env, name: &str) -> Proc {
     env.planted(name)
 }
 
-/// A daemon (double-forked, `setsid`, reparented away from the test) that starts a worker, runs the SessionStart
+/// A daemon (double-forked, `setsid`, reparented away from the test) that starts a worker, runs the `SessionStart`
 /// hook with `flags` and the default settings, starts a second worker and exits: the shape of issue 18's first
 /// finding. Returns the two workers.
 fn daemon_runs_the_hook(

@@ -621,13 +621,27 @@ fn a_payload_without_session_id_is_keyed_by_its_agent_process() {
     let no_sentinel = [("SESSION_REAPER_SENTINEL", "off")];
     hook(
         &mut env,
-        &["--agent", "copilot", "--event", "sessionStart", "--owner-pid", &me],
+        &[
+            "--agent",
+            "copilot",
+            "--event",
+            "sessionStart",
+            "--owner-pid",
+            &me,
+        ],
         &payload,
         &no_sentinel,
     );
     hook(
         &mut env,
-        &["--agent", "copilot", "--event", "sessionStart", "--owner-pid", &me],
+        &[
+            "--agent",
+            "copilot",
+            "--event",
+            "sessionStart",
+            "--owner-pid",
+            &me,
+        ],
         &payload,
         &no_sentinel,
     );
@@ -642,7 +656,14 @@ fn a_payload_without_session_id_is_keyed_by_its_agent_process() {
     assert_eq!(records[0]["agent_identity"]["pid"], pid);
     hook(
         &mut env,
-        &["--agent", "copilot", "--event", "sessionEnd", "--owner-pid", &me],
+        &[
+            "--agent",
+            "copilot",
+            "--event",
+            "sessionEnd",
+            "--owner-pid",
+            &me,
+        ],
         &fixture("copilot/sessionStart.no-session-id.json"),
         &no_sentinel,
     );
