@@ -610,3 +610,112 @@ fn a_detached_tmux_server_nobody_uses_goes_with_its_session() {
     );
     assert!(dev.gone_within(PATIENCE), "and its dev server with it");
 }
+
+// ---- The low items ----
+
+/// A process that copied a live broker's lineage token without descending from it is a look-alike: the broker's
+/// stop never reaches it.
+#[test]
+fn a_copied_lineage_token_is_no_member() {
+    let mut env = Env::new();
+    let ws = env.workspace("app");
+    let session = fresh_session("bl-token");
+    let (broker, record) = env.spawn_broker_with(&ws, &session, &[], &["sleep", "600"]);
+    env.track(broker);
+    let token = record["lineage"]
+        .as_str()
+        .expect("a lineage token")
+        .to_owned();
+    let mut copy = Command::new("sleep");
+    copy.arg("600")
+        .env("SESSION_REAPER_LINEAGE", &token)
+        .env("SESSION_REAPER_BROKER", format!("{}/default", ws.display()))
+        .env("SESSION_REAPER_STATE_ROOT", env.state_dir());
+    let look_alike = env.spawn(copy);
+    let out = env.run(&["reap", "--session", &session, "--force"]);
+    let stopped = broker.gone_within(PATIENCE);
+    assert!(
+        stopped,
+        "the broker is stopped: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    all_run_later(&[("the look-alike", look_alike)]).unwrap();
+}
+
+/// Refusals name what is wrong and never advise removing what is not ours.
+#[test]
+fn refusals_never_advise_removing_what_is_not_ours() {
+    let mut env = Env::new();
+    let ws = env.workspace("app");
+    let out = env.run(&[
+        "broker",
+        "spawn",
+        "--cwd",
+        ws.to_str().unwrap(),
+        "--no-owner",
+        "--log",
+        "/dev/null",
+        "--",
+        "sleep",
+        "600",
+    ]);
+    let text = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}{}", stdout(&out));
+    assert!(
+        text.contains("/dev/null") && !text.contains("remove it"),
+        "{text}"
+    );
+    // A state root that is some other program's directory: a socket in a subdirectory.
+    let foreign = env.work.path().join("shared-tmp");
+    std::fs::create_dir_all(foreign.join("stopping")).unwrap();
+    let socket = foreign.join("stopping").join("agent.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let mut command = Command::new(BIN);
+    command.arg("--state-dir").arg(&foreign).arg("sweep");
+    scrub_env(&mut command);
+    let out = crate::harness::run_bounded(command, None);
+    let text = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("agent.sock") && !text.contains("remove it"),
+        "{text}"
+    );
+    assert!(socket.exists(), "left alone");
+}
+
+/// A stop ticket owned by another user is seen by `doctor` and `sweep` (and left alone); the lock of a ticket that
+/// is gone does not outlive it.
+#[test]
+fn a_foreign_ticket_is_reported_and_a_gone_tickets_lock_is_removed() {
+    let mut env = Env::new();
+    let stopping = env.state_dir().join("stopping");
+    std::fs::create_dir_all(&stopping).unwrap();
+    let ticket = stopping.join("b-1-2.json");
+    std::fs::write(&ticket, r#"{"version":1,"identity":{"boot_id":"b","pid":2,"start_ticks":2,"uid":65534},"reason":"manual","requested_at":"2026-01-01T00:00:00Z","grace_ms":5000,"attempts":0,"origin":"manual"}"#).unwrap();
+    let chowned = Command::new("chown")
+        .args(["65534:65534"])
+        .arg(&ticket)
+        .status()
+        .unwrap();
+    assert!(
+        chowned.success(),
+        "chown to another user (tests run as root)"
+    );
+    let orphan_lock = stopping.join("gone-3-4.lock");
+    std::fs::write(&orphan_lock, b"").unwrap();
+    let doctor = env.run(&["doctor", "--json"]);
+    assert!(
+        stdout(&doctor).contains("b-1-2.json"),
+        "doctor names the foreign ticket: {}",
+        stdout(&doctor)
+    );
+    let sweep = env.run(&["sweep"]);
+    let text = format!("{}{}", stdout(&sweep), stderr(&sweep));
+    assert!(text.contains("b-1-2.json"), "the sweep names it: {text}");
+    assert!(ticket.exists(), "left alone");
+    assert!(
+        !orphan_lock.exists(),
+        "the gone ticket's lock is removed: {text}"
+    );
+}
