@@ -78,6 +78,29 @@ pub fn find_with_spared(table: &Table, query: &Query<'_>) -> (Vec<Leftover>, Vec
             found.push(leftover(p, via));
         }
     }
+    // What the stop of each will reach (its tree, by the same rules) is listed too: a dry run shows exactly what
+    // the real run signals.
+    let spare = belonging::Spared {
+        live_agents: query.live_agents,
+        kept: query.kept,
+    };
+    let mut reached: Vec<Leftover> = Vec::new();
+    for chosen in &found {
+        for identity in belonging::stop_reach(table, &chosen.identity, &[], &spare) {
+            let listed = found
+                .iter()
+                .chain(&reached)
+                .chain(&spared)
+                .any(|other| other.identity.is_same_process(&identity));
+            if let Some(p) = table
+                .get(identity.pid)
+                .filter(|_| !listed && !query.protected.contains(&identity.pid))
+            {
+                reached.push(leftover(p, "descendant of a leftover"));
+            }
+        }
+    }
+    found.extend(reached);
     found.sort_by_key(|leftover| leftover.pid);
     spared.sort_by_key(|leftover| leftover.pid);
     (found, spared)
@@ -374,6 +397,24 @@ pub(crate) mod tests {
         world.facts.agent_pgid = Some(100);
         world.table = Table::from_processes(vec![init(), process(100, 1, 50, "gemini"), grouped]);
         assert!(world.pids().is_empty());
+    }
+
+    /// What a leftover's stop reaches is listed with it (a dry run lists what the real run signals): its child
+    /// that scrubbed the variable, not its kept child, nor a process merely sharing its group.
+    #[test]
+    fn a_leftovers_tree_is_listed_with_it_and_nothing_beside_it() {
+        let mut kept = process(202, 200, 62, "kept");
+        kept.keep = true;
+        let mut same_group = process(203, 1, 63, "neighbour");
+        same_group.pgid = 200;
+        let world = World::new(vec![
+            init(),
+            claude_carrier(200, 1, 60, "leader"),
+            process(201, 200, 61, "scrubbed-child"),
+            kept,
+            same_group,
+        ]);
+        assert_eq!(world.pids(), [200, 201]);
     }
 
     #[test]
