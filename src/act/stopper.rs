@@ -177,6 +177,8 @@ struct Active {
     adopters: std::collections::HashSet<i32>,
     /// The processes the run's tickets name: a leftover's walk leaves them to their own tickets.
     ticketed: std::rc::Rc<Vec<Identity>>,
+    /// A member was refused (a live agent, an ancestor, another user's): the group is signalled member by member.
+    group_refused: bool,
     helper: Option<Child>,
     signalled: bool,
     outcome: Option<StopOutcome>,
@@ -344,6 +346,7 @@ impl Stopper {
             members_unsure: false,
             adopters: std::collections::HashSet::new(),
             ticketed: std::rc::Rc::clone(ticketed),
+            group_refused: false,
             helper: None,
             signalled: false,
             outcome: None,
@@ -432,8 +435,11 @@ impl Stopper {
             if known {
                 continue;
             }
-            if let Target::Live(handle) = self.guard.target(&member) {
-                item.members.push(handle);
+            match self.guard.target(&member) {
+                Target::Live(handle) => item.members.push(handle),
+                // A live agent in the broker's group: the group is never signalled as such, only its members.
+                Target::Refused(_) => item.group_refused = true,
+                Target::Gone => {}
             }
         }
         // Every member ever seen stays in the ticket (a gone one is never signalled: its identity no longer
@@ -585,7 +591,7 @@ impl Stopper {
     /// all of them once the leader is gone — a leaderless group is never signalled as such.
     fn send(&self, item: &Active, sig: Sig) {
         let ticket = &item.ticket;
-        let leads_group = ticket.pgid == Some(ticket.identity.pid);
+        let leads_group = ticket.pgid == Some(ticket.identity.pid) && !item.group_refused;
         let mut result = match &item.handle {
             Some(handle) if leads_group => handle.signal_group(sig).map(drop),
             Some(handle) => handle.signal(sig).map(drop),

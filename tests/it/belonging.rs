@@ -282,6 +282,10 @@ fn deleting_a_state_root_ends_its_sentinel_within_a_second() {
     assert!(removed.success());
     let started = Instant::now();
     let gone = sentinel.gone_within(Duration::from_secs(1));
+    eprintln!(
+        "sentinel gone {:?} after rm -rf of its state root",
+        started.elapsed()
+    );
     assert!(
         gone,
         "the sentinel still runs {:?} after rm -rf of its state root",
@@ -401,6 +405,7 @@ fn a_fast_forker_is_reported_then_finished() {
         .filter(|stop| stop["outcome"]["result"] == "pending")
         .filter_map(|stop| stop["outcome"]["running"].as_u64())
         .collect();
+    eprintln!("the sweep's stop took {took:?}; could not stop yet: {not_stopped:?}");
     assert!(
         not_stopped.iter().any(|running| *running > 0),
         "the sweep reports how many it could not stop: {text}"
