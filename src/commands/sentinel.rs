@@ -59,9 +59,13 @@ pub fn entry(args: &[std::ffi::OsString]) -> Option<u8> {
         }
         _ => return None,
     };
+    // A root that is gone already is never made again: the sentinel of a deleted root has nothing to watch.
     let outcome = crate::store::root::resolve_root(Some(std::path::Path::new(root)))
-        .and_then(|root| Store::open(&root))
-        .and_then(|store| run(&store, &agent, within));
+        .and_then(|root| Store::open_for(&root, true))
+        .and_then(|store| match store {
+            Some(store) => run(&store, &agent, within),
+            None => Ok(Outcome::Done),
+        });
     Some(match outcome {
         Ok(outcome) => outcome.exit_code(),
         Err(err) => crate::error::exit_code_of(&err),
@@ -70,6 +74,8 @@ pub fn entry(args: &[std::ffi::OsString]) -> Option<u8> {
 
 /// The sentinel's life: lock, wait, do the agent-gone work, exit.
 pub fn run(store: &Store, agent: &Identity, within: Option<Duration>) -> anyhow::Result<Outcome> {
+    // The root as it was when this sentinel started: one deleted or renamed before its watch is set is noticed.
+    let root = root_key(store);
     store.root.ensure_dir(&store.root.join(DIR))?;
     let lock = store.root.open_lock_file(&lock_path(store, agent))?;
     let deadline = Instant::now() + LOCK_WAIT;
@@ -82,7 +88,7 @@ pub fn run(store: &Store, agent: &Identity, within: Option<Duration>) -> anyhow:
     // Who holds it, for `status` (the lock, not this, says whether one runs).
     let _ = lock.set_len(0);
     let _ = std::io::Write::write_all(&mut &lock, std::process::id().to_string().as_bytes());
-    let watched = match wait_for_exit(store, agent, within)? {
+    let watched = match wait_for_exit(store, agent, within, root)? {
         Waited::AgentGone => agent_gone(store, agent),
         Waited::RootGone | Waited::TimedOut => Ok(Outcome::Done),
     };
@@ -106,13 +112,16 @@ fn wait_for_exit(
     store: &Store,
     agent: &Identity,
     within: Option<Duration>,
+    root: Option<(u64, u64)>,
 ) -> anyhow::Result<Waited> {
     use rustix::event::{PollFd, PollFlags, Timespec, poll};
     let Some(pidfd) = open_pidfd(agent) else {
         return Ok(Waited::AgentGone);
     };
     let watch = watch_root(store);
-    let root = root_key(store);
+    if root_key(store) != root {
+        return Ok(Waited::RootGone);
+    }
     let ends = within.map(|within| Instant::now() + within);
     release_file_pages();
     loop {

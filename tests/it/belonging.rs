@@ -257,40 +257,62 @@ fn group_of(proc: Proc) -> i32 {
 }
 
 #[test]
-fn deleting_a_state_root_ends_its_sentinel_within_a_second() {
-    let mut env = Env::new();
-    let session = fresh_session("bl-rm");
-    let mut agent = env.fake_agent(&session, "CLAUDE_CODE_SESSION_ID", &["--agent", "claude"]);
-    agent.order("start");
-    let watching = || {
-        sentinels_of(env.state_dir())
-            .iter()
-            .any(|(_, watched)| *watched == agent.proc.pid)
-    };
-    assert!(
-        wait_until(PATIENCE, watching),
-        "a sentinel watches the agent"
-    );
-    let sentinel = sentinels_of(env.state_dir())[0].0;
-    let sentinel = Proc::of(sentinel).expect("the sentinel runs");
-    env.track(sentinel);
-    let removed = Command::new("rm")
-        .arg("-rf")
-        .arg(env.state_dir())
-        .status()
-        .unwrap();
-    assert!(removed.success());
-    let started = Instant::now();
-    let gone = sentinel.gone_within(Duration::from_secs(1));
-    eprintln!(
-        "sentinel gone {:?} after rm -rf of its state root",
-        started.elapsed()
-    );
-    assert!(
-        gone,
-        "the sentinel still runs {:?} after rm -rf of its state root",
-        started.elapsed()
-    );
+fn deleting_or_renaming_a_state_root_ends_its_sentinel_within_a_second() {
+    for how in ["rm -rf", "mv"] {
+        let mut env = Env::new();
+        let session = fresh_session("bl-rm");
+        let mut agent = env.fake_agent(&session, "CLAUDE_CODE_SESSION_ID", &["--agent", "claude"]);
+        agent.order("start");
+        let watching = || {
+            sentinels_of(env.state_dir())
+                .iter()
+                .any(|(_, watched)| *watched == agent.proc.pid)
+        };
+        assert!(
+            wait_until(PATIENCE, watching),
+            "{how}: a sentinel watches the agent"
+        );
+        let sentinel = sentinels_of(env.state_dir())[0].0;
+        let sentinel = Proc::of(sentinel).expect("the sentinel runs");
+        env.track(sentinel);
+        // Settled: it holds its lock (and writes its pid into it) before it waits.
+        let locks = env.state_dir().join("sentinels");
+        let holding = wait_until(PATIENCE, || {
+            std::fs::read_dir(&locks)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|entry| {
+                    std::fs::read_to_string(entry.path())
+                        .is_ok_and(|text| text.trim() == sentinel.pid.to_string())
+                })
+        });
+        assert!(holding, "{how}: the sentinel holds its lock");
+        let moved = env.state_dir().with_extension("moved");
+        let done = if how == "mv" {
+            std::fs::rename(env.state_dir(), &moved).is_ok()
+        } else {
+            Command::new("rm")
+                .arg("-rf")
+                .arg(env.state_dir())
+                .status()
+                .unwrap()
+                .success()
+        };
+        assert!(done, "{how} of the state root");
+        let started = Instant::now();
+        let gone = sentinel.gone_within(Duration::from_secs(1));
+        eprintln!(
+            "sentinel gone {:?} after {how} of its state root",
+            started.elapsed()
+        );
+        let _ = std::fs::remove_dir_all(&moved);
+        assert!(
+            gone,
+            "the sentinel still runs {:?} after {how} of its state root",
+            started.elapsed()
+        );
+    }
 }
 
 /// Sentinel off: agent A crashes (SIGKILL, no hook) leaving a daemon; agent B resumes the session, ends it
