@@ -161,7 +161,9 @@ pub fn serves_a_live_terminal(table: &Table, server: &Observed, live_agents: &[I
         client.identity.pid != server.identity.pid
             && client.ppid != server.identity.pid
             && is_multiplexer_client(client)
-            && client.identity.uid == server.identity.uid
+            // A client whose details were not read (older than the agents of interest, or another user's) may
+            // be attached: in doubt, the server is spared.
+            && (client.identity.uid == server.identity.uid || !client.detailed)
             && (label.is_none() || socket_label(client) == label)
     });
     attached

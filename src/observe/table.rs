@@ -95,6 +95,14 @@ impl Table {
             wanted.insert(p.identity.pid);
             wanted.extend(self.ancestors(p.identity.pid).map(|a| a.identity.pid));
         }
+        // Terminal multiplexers' clients and servers: which socket each talks to is in its argv (DESIGN
+        // "Belonging": a server with an attached client serves a live terminal).
+        wanted.extend(
+            self.procs
+                .values()
+                .filter(|p| p.comm.starts_with("tmux") || p.comm.eq_ignore_ascii_case("screen"))
+                .map(|p| p.identity.pid),
+        );
         for pid in wanted {
             let argv = proc::cmdline(pid).unwrap_or_default();
             let again = proc::stat(pid).ok();

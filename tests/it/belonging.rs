@@ -746,3 +746,51 @@ fn a_foreign_ticket_is_reported_and_a_gone_tickets_lock_is_removed() {
         "the gone ticket's lock is removed: {text}"
     );
 }
+
+/// A tmux server S's tool started, with a person's client attached (a terminal running `tmux attach`): reported,
+/// never stopped, with its windows.
+#[test]
+fn a_tmux_server_with_an_attached_client_is_never_stopped() {
+    let mut env = Env::new();
+    let session = fresh_session("bl-tmux-attached");
+    let mut agent = env.fake_agent(&session, "CLAUDE_CODE_SESSION_ID", &["--agent", "claude"]);
+    agent.order("start");
+    let (socket, server, dev) = tool_starts_tmux(&mut env, &mut agent);
+    // A terminal (a pty from `script`) attached to the server, from a clean environment.
+    let mut terminal = Command::new("sh");
+    terminal
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("TERM", "xterm")
+        .arg("-c")
+        // `script`'s stdin stays open (a pipe from a sleeper): a terminal nobody types in, not one that closed.
+        .arg(format!(
+            "sleep 600 | script -qc 'tmux -S {} attach -t dev' /dev/null",
+            socket.display()
+        ))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let terminal = env.spawn(terminal);
+    let attached = wait_until(PATIENCE, || {
+        crate::harness::naming(&socket).into_iter().any(|proc| {
+            std::fs::read_to_string(format!("/proc/{}/comm", proc.pid))
+                .is_ok_and(|comm| comm.trim() == "tmux: client")
+        })
+    });
+    assert!(
+        attached,
+        "no tmux client attached (script and tmux are needed)"
+    );
+    agent.exit();
+    assert!(
+        wait_until(PATIENCE, || session_record(&env, &session)
+            .is_some_and(|record| record["ended_at"].is_string())),
+        "the session ends once its agent is gone"
+    );
+    all_run_later(&[
+        ("the tmux server", server),
+        ("its dev server", dev),
+        ("the terminal", terminal),
+    ])
+    .unwrap_or_else(|err| panic!("{err}: {:#?}", env.events()));
+}
