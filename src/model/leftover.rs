@@ -167,3 +167,47 @@ impl SessionFacts {
 pub fn agent_continues(reason: Option<&str>) -> bool {
     matches!(reason, Some("clear" | "compact" | "resume"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(pid: i32) -> Identity {
+        Identity {
+            boot_id: "b".into(),
+            pid_ns: None,
+            pid,
+            start_ticks: 7,
+            uid: 0,
+        }
+    }
+
+    /// A resume by another process adds an agent, never erases one; each keeps its facts and its own done mark.
+    #[test]
+    fn every_agent_a_session_had_counts() {
+        let mut facts = SessionFacts {
+            agent_pgid: Some(10),
+            descendants: vec![identity(11)],
+            ..SessionFacts::default()
+        };
+        facts.agent_replaced(identity(10));
+        assert_eq!(facts.agent_pgid, None, "the new agent's facts start afresh");
+        let current = identity(20);
+        let agents = facts.per_agent(Some(&current));
+        assert_eq!(agents.len(), 2);
+        assert_eq!(agents[0].0, current);
+        assert_eq!(agents[1].0, identity(10));
+        assert_eq!(agents[1].1.agent_pgid, Some(10));
+        assert_eq!(agents[1].1.descendants, [identity(11)]);
+        facts.mark_done(&identity(10), Some(&current), "t");
+        let agents = facts.per_agent(Some(&current));
+        assert_eq!(agents[1].1.done_at.as_deref(), Some("t"));
+        assert_eq!(agents[0].1.done_at, None, "the current agent is not done");
+        // The same agent replaced twice is remembered once; the list is bounded.
+        facts.agent_replaced(identity(10));
+        for pid in 100..100 + i32::try_from(MAX_EARLIER_AGENTS).unwrap() {
+            facts.agent_replaced(identity(pid));
+        }
+        assert_eq!(facts.earlier_agents.len(), MAX_EARLIER_AGENTS);
+    }
+}

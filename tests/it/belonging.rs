@@ -587,6 +587,25 @@ fn a_tmux_server_shared_with_the_user_and_a_second_agent_is_never_stopped() {
     let (t_agent, t_tools) = second_agent_in_a_window(&mut env, &socket, &t_session);
     let record = session_record(&env, &t_session).expect("T's session is recorded");
     assert_eq!(record["agent_identity"]["pid"], t_agent.pid, "{record}");
+    // While S lives, `status` shows the server as S's carrier spared, not as a leftover-to-be.
+    let status = env.status();
+    let view = status["leftovers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|view| view["session"] == s_session.as_str())
+        .cloned()
+        .unwrap_or_default();
+    let pids = |key: &str| -> Vec<Value> {
+        view[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|leftover| leftover["pid"].clone())
+            .collect()
+    };
+    assert!(pids("spared").contains(&server.pid.into()), "{view:#}");
+    assert!(!pids("leftovers").contains(&server.pid.into()), "{view:#}");
 
     s_agent.exit();
     // S's sentinel does its work: S's session ends.

@@ -834,6 +834,7 @@ fn fixture_world() -> session_reaper::commands::status_tree::StatusTree {
             sentinel: sentinel_pid.is_some(),
             sentinel_pid,
             leftovers: Vec::new(),
+            spared: Vec::new(),
             mcp_servers: Vec::new(),
         }
     };
