@@ -813,3 +813,71 @@ fn a_tmux_server_with_an_attached_client_is_never_stopped() {
     ])
     .unwrap_or_else(|err| panic!("{err}: {:#?}", env.events()));
 }
+
+/// `sweep --dry-run` lists exactly what the real sweep signals: a leftover, its child that scrubbed the session
+/// variable (its stop reaches it), not its kept child.
+#[test]
+fn a_dry_run_lists_exactly_what_the_real_run_signals() {
+    let mut env = Env::new();
+    let session = fresh_session("bl-dry");
+    let mut agent = env.fake_agent(
+        &session,
+        "CLAUDE_CODE_SESSION_ID",
+        &["--agent", "claude", "--sentinel", "off"],
+    );
+    agent.order("start");
+    agent.order(&format!(
+        "run (setsid sh -c 'echo $$ > {}; env -u CLAUDE_CODE_SESSION_ID -u CLAUDE_PID sleep 600 & echo $! > {}; SESSION_REAPER_KEEP=1 sleep 600 & echo $! > {}; wait' &)",
+        env.work_path("leader.pid"),
+        env.work_path("scrubbed.pid"),
+        env.work_path("kept.pid"),
+    ));
+    let leader = env.planted("leader.pid");
+    let scrubbed = env.planted("scrubbed.pid");
+    let kept = env.planted("kept.pid");
+    agent.kill();
+    let pids_of = |value: &Value, key: &str| -> Vec<i64> {
+        let mut pids: Vec<i64> = value[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|entry| {
+                entry["reason"] == "leftover" || entry["ticket"]["reason"] == "leftover"
+            })
+            .flat_map(|entry| {
+                let ticket = &entry["ticket"];
+                std::iter::once(
+                    entry["pid"]
+                        .as_i64()
+                        .or_else(|| ticket["identity"]["pid"].as_i64()),
+                )
+                .chain(
+                    ticket["members"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|member| member["pid"].as_i64()),
+                )
+                .flatten()
+                .collect::<Vec<_>>()
+            })
+            .collect();
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    };
+    let dry = env.run(&["sweep", "--dry-run", "--json"]);
+    let dry: Value = serde_json::from_slice(&dry.stdout).expect("dry-run JSON");
+    let listed = pids_of(&dry, "actions");
+    let real = env.run(&["sweep", "--json"]);
+    let real: Value = serde_json::from_slice(&real.stdout).expect("sweep JSON");
+    let signalled = pids_of(&real, "stops");
+    let expected = vec![i64::from(leader.pid), i64::from(scrubbed.pid)];
+    assert_eq!(
+        listed, expected,
+        "the dry run lists the leftover and its tree: {dry:#}"
+    );
+    assert_eq!(signalled, expected, "the real run signals those: {real:#}");
+    assert!(leader.gone_within(PATIENCE) && scrubbed.gone_within(PATIENCE));
+    all_run_later(&[("the kept child", kept)]).unwrap();
+}
