@@ -126,14 +126,21 @@ fn matches(
         return None;
     }
     if let Some(variable) = p.carries(query.session) {
-        // It names another agent process that was already running when it started: that agent's, not ours.
+        // It names another agent process that was already running when it started: that agent's, not ours. The
+        // claim (`CLAUDE_PID`) is believed only for an agent — a recorded one, or a recognised executable — never
+        // for init or any other process it may name.
         let other_agent = p
             .agent_pid
             .filter(|pid| *pid != agent.pid)
             .is_some_and(|pid| {
-                table
-                    .get(pid)
-                    .is_some_and(|owner| owner.identity.start_ticks <= p.identity.start_ticks)
+                table.get(pid).is_some_and(|owner| {
+                    owner.identity.start_ticks <= p.identity.start_ticks
+                        && (owner.is_agent_executable()
+                            || query
+                                .recorded_agents
+                                .iter()
+                                .any(|recorded| owner.is(recorded)))
+                })
             });
         return (!other_agent).then_some(variable);
     }
@@ -372,7 +379,15 @@ pub(crate) mod tests {
         let mut world = World::new(vec![init(), p.clone(), process(500, 1, 55, "claude")]);
         assert!(world.pids().is_empty());
         // The pid it names is gone (or was reused later): ours.
-        world.table = Table::from_processes(vec![init(), p, process(500, 1, 65, "other")]);
+        world.table = Table::from_processes(vec![init(), p.clone(), process(500, 1, 65, "other")]);
+        assert_eq!(world.pids(), [200]);
+        // It names init, or some other process that is no agent: a claim not believed.
+        p.agent_pid = Some(1);
+        world.table = Table::from_processes(vec![init(), p.clone()]);
+        assert_eq!(world.pids(), [200]);
+        p.agent_pid = Some(500);
+        world.table =
+            Table::from_processes(vec![init(), p, process(500, 1, 55, "python3 server.py")]);
         assert_eq!(world.pids(), [200]);
     }
 

@@ -94,6 +94,8 @@ impl Table {
         for p in self.procs.values().filter(|p| p.detailed) {
             wanted.insert(p.identity.pid);
             wanted.extend(self.ancestors(p.identity.pid).map(|a| a.identity.pid));
+            // The agent it names (`CLAUDE_PID`): believed only if that is an agent, which its argv says.
+            wanted.extend(p.agent_pid.filter(|pid| self.procs.contains_key(pid)));
         }
         // Terminal multiplexers' clients and servers: which socket each talks to is in its argv (DESIGN
         // "Belonging": a server with an attached client serves a live terminal).
