@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::act::{sentinel, stopper};
-use crate::decide::leftovers::{Found, Leftover, Query, find};
+use crate::decide::belonging;
+use crate::decide::leftovers::{Found, Leftover, Query, find_with_spared};
 use crate::model::clock;
 use crate::model::deadline::Deadline;
 use crate::model::leftover::{KEPT, Policy, SessionFacts, names_sessions};
@@ -18,13 +19,51 @@ use crate::store::Store;
 use crate::store::events::{Event, Reason};
 
 /// Finds the leftovers of `sessions` (those with an agent identity of this boot and a policy other than `off`)
-/// in one observation of the process table.
+/// in one observation of the process table: of each session's current agent process.
 pub fn discover(store: &Store, sessions: &[SessionRecord]) -> Vec<Found> {
-    match observed_since(sessions) {
+    let targets = current_agents(sessions);
+    discover_targets(store, &targets)
+}
+
+/// Each session's current agent with its facts.
+fn current_agents(sessions: &[SessionRecord]) -> Vec<(&SessionRecord, Identity, SessionFacts)> {
+    sessions
+        .iter()
+        .filter_map(|record| {
+            let agent = record.agent_identity.clone()?;
+            let mut facts = SessionFacts::of(record);
+            facts.earlier_agents.clear();
+            Some((record, agent, facts))
+        })
+        .collect()
+}
+
+fn discover_targets(
+    store: &Store,
+    targets: &[(&SessionRecord, Identity, SessionFacts)],
+) -> Vec<Found> {
+    let since = targets
+        .iter()
+        .map(|(_, agent, _)| agent)
+        .filter(|agent| agent.boot_id == proc::boot_id())
+        .map(|agent| agent.start_ticks)
+        .min();
+    match since {
         Some(since) => {
-            let table = crate::act::cgroup::contained_table(sessions)
+            // Contained sessions need only their cgroups' members read (when every agent asked about is its
+            // session's current one: an earlier agent's leftovers are found by the full observation).
+            let current = targets
+                .iter()
+                .all(|(record, agent, _)| record.agent_identity.as_ref() == Some(agent));
+            let records: Vec<SessionRecord> = targets
+                .iter()
+                .map(|(record, _, _)| (*record).clone())
+                .collect();
+            let table = current
+                .then(|| crate::act::cgroup::contained_table(&records))
+                .flatten()
                 .unwrap_or_else(|| Table::observe(since));
-            discover_in(store, &table, sessions)
+            discover_in_targets(store, &table, targets)
         }
         None => Vec::new(),
     }
@@ -42,24 +81,32 @@ pub(crate) fn observed_since(sessions: &[SessionRecord]) -> Option<u64> {
 
 /// `discover` in a table already observed (with the details of everything started since `observed_since`).
 pub(crate) fn discover_in(store: &Store, table: &Table, sessions: &[SessionRecord]) -> Vec<Found> {
-    let targets: Vec<(&SessionRecord, &Identity, SessionFacts)> = sessions
+    discover_in_targets(store, table, &current_agents(sessions))
+}
+
+fn discover_in_targets(
+    store: &Store,
+    table: &Table,
+    targets: &[(&SessionRecord, Identity, SessionFacts)],
+) -> Vec<Found> {
+    let targets: Vec<&(&SessionRecord, Identity, SessionFacts)> = targets
         .iter()
-        .filter_map(|record| {
-            let agent = record.agent_identity.as_ref()?;
-            let facts = SessionFacts::of(record);
-            (agent.boot_id == proc::boot_id() && facts.policy != Policy::Off)
-                .then_some((record, agent, facts))
-        })
+        .filter(|(_, agent, facts)| agent.boot_id == proc::boot_id() && facts.policy != Policy::Off)
         .collect();
     if targets.is_empty() {
         return Vec::new();
     }
-    let recorded_agents: Vec<Identity> = store
-        .sessions
-        .all()
-        .into_iter()
-        .filter_map(|record| record.agent_identity)
+    let all = store.sessions.all();
+    let recorded_agents: Vec<Identity> = all
+        .iter()
+        .flat_map(|record| {
+            SessionFacts::of(record)
+                .per_agent(record.agent_identity.as_ref())
+                .into_iter()
+                .map(|(agent, _)| agent)
+        })
         .collect();
+    let live_agents = belonging::live_agents(&all);
     let kept = kept_marks(store);
     let protected = proc::self_and_ancestors();
     // An agent's cgroup is shared by all its sessions (a /clear starts another): its members go to one of them.
@@ -73,15 +120,18 @@ pub(crate) fn discover_in(store: &Store, table: &Table, sessions: &[SessionRecor
                 session: &record.session_id,
                 agent,
                 names_sessions: names_sessions(&record.agent),
-                facts: &facts,
+                facts,
                 recorded_agents: &recorded_agents,
+                live_agents: &live_agents,
                 protected: &protected,
                 kept: &kept,
             };
+            let (leftovers, spared) = find_with_spared(table, &query);
             Found {
                 session: record.session_id.clone(),
                 policy: facts.policy,
-                leftovers: find(table, &query),
+                leftovers,
+                spared,
             }
         })
         .collect()
@@ -107,6 +157,17 @@ pub fn ticket_for(session: &str, leftover: &Leftover) -> StopTicket {
 pub fn act_on(store: &Store, found: &[Found], dry_run: bool) -> Vec<StopTicket> {
     let mut tickets = Vec::new();
     for found in found {
+        if !dry_run {
+            for spared in &found.spared {
+                let mut event = Event::new("leftover", "spared")
+                    .reason(&Reason::Leftover)
+                    .session(Some(&found.session))
+                    .pid(spared.pid)
+                    .detail(format!("{}: reported, never stopped", spared.via));
+                event.argv = Some(spared.argv.clone());
+                store.log.record(&event);
+            }
+        }
         for leftover in &found.leftovers {
             match found.policy {
                 Policy::Stop => {
@@ -165,7 +226,7 @@ pub fn for_sweep(store: &Store, dry_run: bool) -> Vec<StopTicket> {
         .collect()
 }
 
-/// The sessions whose agent process is `agent`, on this host.
+/// The sessions whose current agent process is `agent`, on this host.
 pub fn sessions_of(store: &Store, agent: &Identity) -> Vec<SessionRecord> {
     let host = proc::host_name();
     store
@@ -182,24 +243,47 @@ pub fn sessions_of(store: &Store, agent: &Identity) -> Vec<SessionRecord> {
         .collect()
 }
 
-/// Once `agent` is gone: files tickets for the leftovers of each of its sessions not yet dealt with, and marks them
-/// dealt with. Returns the tickets to run.
+/// Once `agent` is gone: files tickets for the leftovers it left in each session it was (or had been) the agent
+/// of, not yet dealt with. A session is marked dealt with for `agent` once a look finds none of its leftovers
+/// left (what a stop could not catch — a fast forker — is looked for again by the next sweep). Returns the tickets
+/// to run.
 pub fn stop_leftovers_of(store: &Store, agent: &Identity, dry_run: bool) -> Vec<StopTicket> {
-    let pending: Vec<SessionRecord> = sessions_of(store, agent)
+    let host = proc::host_name();
+    let records: Vec<SessionRecord> = store
+        .sessions
+        .all()
         .into_iter()
-        .filter(|record| SessionFacts::of(record).done_at.is_none())
+        .filter(|record| !is_other_host(&record.host, &host))
         .collect();
-    let found = discover(store, &pending);
+    let targets: Vec<(&SessionRecord, Identity, SessionFacts)> = records
+        .iter()
+        .filter_map(|record| {
+            let (identity, facts) = SessionFacts::of(record)
+                .per_agent(record.agent_identity.as_ref())
+                .into_iter()
+                .find(|(identity, facts)| {
+                    identity.is_same_process(agent) && facts.done_at.is_none()
+                })?;
+            Some((record, identity, facts))
+        })
+        .collect();
+    let found = discover_targets(store, &targets);
     let tickets = act_on(store, &found, dry_run);
     if !dry_run {
-        for record in &pending {
-            mark_done(store, &record.session_id);
+        for (record, _, facts) in &targets {
+            let left = found
+                .iter()
+                .find(|found| found.session == record.session_id)
+                .is_some_and(|found| facts.policy == Policy::Stop && !found.leftovers.is_empty());
+            if !left {
+                mark_done(store, &record.session_id, agent);
+            }
         }
     }
     tickets
 }
 
-fn mark_done(store: &Store, session: &str) {
+fn mark_done(store: &Store, session: &str, agent: &Identity) {
     let Ok(id) = SessionId::parse(session) else {
         return;
     };
@@ -210,7 +294,7 @@ fn mark_done(store: &Store, session: &str) {
         |current| {
             Ok(current.cloned().map(|mut record| {
                 let mut facts = SessionFacts::of(&record);
-                facts.done_at = Some(now);
+                facts.mark_done(agent, record.agent_identity.as_ref(), &now);
                 facts.store_in(&mut record);
                 record
             }))
@@ -218,15 +302,16 @@ fn mark_done(store: &Store, session: &str) {
     );
 }
 
-/// Agent processes of this host's sessions that are gone, whose leftovers nothing has dealt with yet and whose
-/// sentinel is not at work on them: the sweep's share.
+/// Agent processes of this host's sessions — current or earlier — that are gone, whose leftovers nothing has dealt
+/// with yet and whose sentinel is not at work on them: the sweep's share.
 pub fn agents_gone_unattended(store: &Store, sessions: &[SessionRecord]) -> Vec<Identity> {
     let host = proc::host_name();
     let mut agents: Vec<Identity> = sessions
         .iter()
         .filter(|record| !is_other_host(&record.host, &host))
-        .filter(|record| SessionFacts::of(record).done_at.is_none())
-        .filter_map(|record| record.agent_identity.clone())
+        .flat_map(|record| SessionFacts::of(record).per_agent(record.agent_identity.as_ref()))
+        .filter(|(_, facts)| facts.done_at.is_none())
+        .map(|(agent, _)| agent)
         .filter(|agent| agent.boot_id == proc::boot_id() && !proc::is_alive(agent))
         .filter(|agent| !sentinel::is_running(store, agent))
         .collect();
@@ -237,8 +322,21 @@ pub fn agents_gone_unattended(store: &Store, sessions: &[SessionRecord]) -> Vec<
 
 /// What `SessionStart` records for discovery, in the same write as the rest of the session record: the policy,
 /// the agent's group when it leads one, and its descendants when it names no session.
-pub fn note_start(record: &mut SessionRecord, policy: Policy, sentinel: bool) {
+pub fn note_start(
+    record: &mut SessionRecord,
+    previous_agent: Option<Identity>,
+    policy: Policy,
+    sentinel: bool,
+) {
     let mut facts = SessionFacts::of(record);
+    if let Some(previous) = previous_agent.filter(|previous| {
+        record
+            .agent_identity
+            .as_ref()
+            .is_some_and(|current| !current.is_same_process(previous))
+    }) {
+        facts.agent_replaced(previous);
+    }
     facts.policy = policy;
     facts.sentinel = sentinel;
     facts.done_at = None;

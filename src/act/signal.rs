@@ -28,6 +28,8 @@ pub enum Refusal {
     Ancestor,
     /// Another user's process.
     ForeignUid,
+    /// The recorded agent process of a live session (DESIGN "Belonging"): never a leftover, a broker or a member.
+    LiveAgent,
     /// The record is from an earlier boot of this host: stale.
     OtherBoot,
     /// The record was written in another pid namespace (a sandbox, a container): its pid means nothing here.
@@ -40,6 +42,7 @@ impl Refusal {
             Refusal::BadPid => "pid is 0, 1 or negative",
             Refusal::Ancestor => "pid is this process or one of its ancestors",
             Refusal::ForeignUid => "process belongs to another user",
+            Refusal::LiveAgent => "process is the agent of a live session",
             Refusal::OtherBoot => "record is from an earlier boot",
             Refusal::OtherPidNamespace => {
                 "record was written in another pid namespace (a sandbox or container); its pid means nothing here"
@@ -70,6 +73,8 @@ pub enum Target {
 pub struct Guard {
     protected: HashSet<i32>,
     uid: u32,
+    /// The recorded agents of live sessions, refused like ancestors.
+    live_agents: Vec<Identity>,
 }
 
 impl Guard {
@@ -78,11 +83,24 @@ impl Guard {
         Guard {
             protected: proc::self_and_ancestors(),
             uid: nix::unistd::getuid().as_raw(),
+            live_agents: Vec::new(),
         }
+    }
+
+    /// This guard, refusing also the recorded agents of live sessions (`decide::belonging::live_agents`).
+    #[must_use]
+    pub fn sparing_agents(mut self, live_agents: Vec<Identity>) -> Self {
+        self.live_agents = live_agents;
+        self
     }
 
     pub fn uid(&self) -> u32 {
         self.uid
+    }
+
+    /// The recorded agents of live sessions this guard refuses.
+    pub fn live_agents(&self) -> &[Identity] {
+        &self.live_agents
     }
 
     /// The checks that need no system call beyond the ancestry snapshot.
@@ -91,6 +109,8 @@ impl Guard {
             Err(Refusal::BadPid)
         } else if self.protected.contains(&identity.pid) {
             Err(Refusal::Ancestor)
+        } else if crate::decide::belonging::is_live_agent(identity, &self.live_agents) {
+            Err(Refusal::LiveAgent)
         } else if identity.uid != self.uid {
             Err(Refusal::ForeignUid)
         } else if identity.boot_id != proc::boot_id() {
@@ -140,6 +160,8 @@ pub struct Handle {
 pub enum Sig {
     Term,
     Kill,
+    /// Freezes a leftover's tree before its SIGKILL (it forks no more while it is walked).
+    Stop,
 }
 
 impl Sig {
@@ -147,6 +169,7 @@ impl Sig {
         match self {
             Sig::Term => "SIGTERM",
             Sig::Kill => "SIGKILL",
+            Sig::Stop => "SIGSTOP",
         }
     }
 
@@ -154,6 +177,7 @@ impl Sig {
         match self {
             Sig::Term => nix::sys::signal::Signal::SIGTERM,
             Sig::Kill => nix::sys::signal::Signal::SIGKILL,
+            Sig::Stop => nix::sys::signal::Signal::SIGSTOP,
         }
     }
 }
@@ -260,6 +284,7 @@ fn pidfd_signal(fd: &OwnedFd, sig: Sig) -> std::io::Result<()> {
     let signal = match sig {
         Sig::Term => rustix::process::Signal::TERM,
         Sig::Kill => rustix::process::Signal::KILL,
+        Sig::Stop => rustix::process::Signal::STOP,
     };
     rustix::process::pidfd_send_signal(fd, signal).map_err(std::io::Error::from)
 }
@@ -277,6 +302,7 @@ fn pidfd_signal_group(fd: &OwnedFd, sig: Sig) -> std::io::Result<()> {
     let signal = match sig {
         Sig::Term => libc::SIGTERM,
         Sig::Kill => libc::SIGKILL,
+        Sig::Stop => libc::SIGSTOP,
     };
     // SAFETY: a raw system call on a descriptor we own, with a null siginfo.
     let rc = unsafe {

@@ -12,12 +12,14 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 
 use crate::act::signal::{Guard, Handle, Refusal, Sig, Target};
-use crate::decide::lineage;
+use crate::decide::{belonging, lineage};
 use crate::model::clock;
 use crate::model::deadline::Deadline;
 use crate::model::record::{Identity, Shutdown, StopTicket};
 use crate::observe::proc;
+use crate::observe::table::Table;
 use crate::store::events::{Event, EventLog};
+use crate::store::sessions::Sessions;
 use crate::store::tickets::{Claim, TicketLock, Tickets};
 
 /// How long the graceful step (socket message or command) may take before SIGTERM.
@@ -31,6 +33,9 @@ pub const STUCK_AFTER: u32 = 3;
 /// How long a run keeps watching after its last signal, for processes that exit promptly, before it gives up on a
 /// deadline that no step of the cascade can reach.
 const SETTLE: Duration = Duration::from_millis(100);
+/// How many times a leftover's tree is walked and frozen before its SIGKILL, at most, and for how long.
+const FREEZE_ROUNDS: usize = 64;
+const FREEZE_WINDOW: Duration = Duration::from_millis(500);
 
 /// What to do next for one ticket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,7 +113,13 @@ pub enum StopOutcome {
     /// Another host's ticket (shared state root) or another pid namespace's: left alone.
     Foreign,
     /// Still running at the deadline; the ticket stays for the finisher or a sweep.
-    Pending { stuck: bool, attempts: u32 },
+    /// `running`: how many of its processes (the leader and members) it could not stop yet.
+    Pending {
+        stuck: bool,
+        attempts: u32,
+        #[serde(default)]
+        running: usize,
+    },
     /// Another process drives the ticket right now; left to it.
     DrivenElsewhere,
     /// Another process finished the ticket already.
@@ -134,8 +145,12 @@ impl StopOutcome {
             StopOutcome::Pending {
                 stuck: true,
                 attempts,
+                ..
             } => format!("STUCK after {attempts} SIGKILLs"),
-            StopOutcome::Pending { .. } => "stopping (handed on)".to_owned(),
+            StopOutcome::Pending { running: 0, .. } => "stopping (handed on)".to_owned(),
+            StopOutcome::Pending { running, .. } => {
+                format!("stopping (handed on; {running} could not be stopped yet)")
+            }
             StopOutcome::DrivenElsewhere => "being stopped by another session-reaper".to_owned(),
             StopOutcome::DoneElsewhere => "stopped by another session-reaper".to_owned(),
         }
@@ -158,6 +173,12 @@ struct Active {
     members: Vec<Handle>,
     /// The last look for members did not cover the whole process table (the deadline came).
     members_unsure: bool,
+    /// Who may adopt the broker's orphans (init, its ancestors while it lived), read at the first look.
+    adopters: std::collections::HashSet<i32>,
+    /// The processes the run's tickets name: a leftover's walk leaves them to their own tickets.
+    ticketed: std::rc::Rc<Vec<Identity>>,
+    /// A member was refused (a live agent, an ancestor, another user's): the group is signalled member by member.
+    group_refused: bool,
     helper: Option<Child>,
     signalled: bool,
     outcome: Option<StopOutcome>,
@@ -189,6 +210,8 @@ pub struct Stopper {
     log: EventLog,
     guard: Guard,
     host: String,
+    /// Whose live sessions' agents the guard refuses, read once a run has something to stop.
+    sessions: Option<Sessions>,
     /// What the layers above want told: a progress line for a person waiting, and each confirmed stop (an
     /// adapter cleans its tool's files then). The stopper itself knows neither terminals nor adapters.
     listener: Listener,
@@ -202,9 +225,11 @@ pub struct Listener {
 }
 
 impl Stopper {
-    /// The stopper of an opened state root: its tickets and its event log.
+    /// The stopper of an opened state root: its tickets and its event log; its guard refuses, besides what `guard`
+    /// does, the recorded agents of this root's live sessions (read when there is something to stop).
     pub fn of(store: &crate::store::Store, guard: Guard) -> Stopper {
         Stopper::new(store.tickets.clone(), store.log.clone(), guard)
+            .sparing_agents_of(store.sessions.clone())
     }
 
     pub fn new(tickets: Tickets, log: EventLog, guard: Guard) -> Self {
@@ -213,8 +238,16 @@ impl Stopper {
             log,
             guard,
             host: proc::host_name(),
+            sessions: None,
             listener: Listener::default(),
         }
+    }
+
+    /// This stopper, refusing the recorded agents of the live sessions of `sessions` (DESIGN "Belonging").
+    #[must_use]
+    pub fn sparing_agents_of(mut self, sessions: Sessions) -> Self {
+        self.sessions = Some(sessions);
+        self
     }
 
     /// The same stopper, telling `listener` what it does.
@@ -233,13 +266,33 @@ impl Stopper {
         if tickets.is_empty() {
             return Vec::new();
         }
+        let sparing = self.sessions.as_ref().map(|sessions| Stopper {
+            tickets: self.tickets.clone(),
+            log: self.log.clone(),
+            guard: self
+                .guard
+                .clone()
+                .sparing_agents(belonging::live_agents(&sessions.all())),
+            host: self.host.clone(),
+            sessions: None,
+            listener: self.listener,
+        });
+        if let Some(sparing) = sparing {
+            return sparing.run(tickets, deadline);
+        }
         // One look at the process table for every ticket's members to begin with.
         let groups: std::collections::HashSet<i32> =
             tickets.iter().map(|ticket| ticket.identity.pid).collect();
         let first_look = proc::observe_until(&groups, deadline);
+        let ticketed = std::rc::Rc::new(
+            tickets
+                .iter()
+                .map(|ticket| ticket.identity.clone())
+                .collect::<Vec<_>>(),
+        );
         let mut active: Vec<Active> = tickets
             .into_iter()
-            .map(|ticket| self.start(ticket, &first_look))
+            .map(|ticket| self.start(ticket, &first_look, &ticketed))
             .collect();
         let mut last_signal = Instant::now();
         let deadline_at = SystemTime::now() + deadline.remaining();
@@ -291,9 +344,11 @@ impl Stopper {
                 if let Some(mut helper) = item.helper.take() {
                     end_helper(&mut helper);
                 }
+                let running = usize::from(item.leader_alive()) + item.live_members();
                 let outcome = item.outcome.take().unwrap_or(StopOutcome::Pending {
                     stuck: item.ticket.attempts >= STUCK_AFTER,
                     attempts: item.ticket.attempts,
+                    running,
                 });
                 StopReport {
                     ticket: item.ticket,
@@ -303,13 +358,21 @@ impl Stopper {
             .collect()
     }
 
-    fn start(&self, ticket: StopTicket, look: &(Vec<proc::Observed>, bool)) -> Active {
+    fn start(
+        &self,
+        ticket: StopTicket,
+        look: &(Vec<proc::Observed>, bool),
+        ticketed: &std::rc::Rc<Vec<Identity>>,
+    ) -> Active {
         let mut item = Active {
             ticket,
             claim: None,
             handle: None,
             members: Vec::new(),
             members_unsure: false,
+            adopters: std::collections::HashSet::new(),
+            ticketed: std::rc::Rc::clone(ticketed),
+            group_refused: false,
             helper: None,
             signalled: false,
             outcome: None,
@@ -337,6 +400,7 @@ impl Stopper {
                 item.outcome = Some(StopOutcome::Pending {
                     stuck: item.ticket.attempts >= STUCK_AFTER,
                     attempts: item.ticket.attempts,
+                    running: 0,
                 });
                 return item;
             }
@@ -371,16 +435,77 @@ impl Stopper {
         item: &mut Active,
         (snapshot, complete): &(Vec<proc::Observed>, bool),
     ) {
+        if is_leftover(&item.ticket) {
+            self.refresh_descendants(item);
+            return;
+        }
         item.members_unsure = !complete;
         let leader_alive = item.leader_alive();
         let leader = &item.ticket.identity;
+        if item.adopters.is_empty() {
+            item.adopters = proc::adopters_of(leader);
+        }
         let mut found = lineage::members(
             leader,
             item.ticket.lineage.as_deref(),
             leader_alive,
             snapshot,
+            &item.adopters,
         );
         found.extend(item.ticket.members.iter().cloned());
+        for member in found {
+            let known = item
+                .members
+                .iter()
+                .any(|handle| handle.identity().is_same_process(&member));
+            if known {
+                continue;
+            }
+            match self.guard.target(&member) {
+                Target::Live(handle) => item.members.push(handle),
+                // A live agent in the broker's group: the group is never signalled as such, only its members.
+                Target::Refused(_) => item.group_refused = true,
+                Target::Gone => {}
+            }
+        }
+        // Every member ever seen stays in the ticket (a gone one is never signalled: its identity no longer
+        // matches), so that the run that closes the ticket can say how many there were.
+        for handle in &item.members {
+            let identity = handle.identity();
+            if !item.ticket.members.iter().any(|m| m == identity) {
+                item.ticket.members.push(identity.clone());
+            }
+        }
+    }
+
+    /// A leftover's members (DESIGN "Belonging"): its descendants, and theirs, that are leftovers by the same rules
+    /// (`belonging::stop_reach`) — never its group or session. Each new one gets a verified handle.
+    fn refresh_descendants(&self, item: &mut Active) {
+        let table = Table::observe(item.ticket.identity.start_ticks);
+        let known: Vec<Identity> = item
+            .members
+            .iter()
+            .filter(|member| !member.has_exited())
+            .map(|member| member.identity().clone())
+            .collect();
+        let spared = belonging::Spared {
+            live_agents: self.guard.live_agents(),
+            kept: &[],
+        };
+        let reached = belonging::stop_reach(&table, &item.ticket.identity, &known, &spared)
+            .into_iter()
+            .filter(|member| {
+                !item
+                    .ticketed
+                    .iter()
+                    .any(|other| other.is_same_process(member))
+            })
+            .collect();
+        self.adopt_members(item, reached);
+    }
+
+    /// Keeps a verified handle on each of `found` not yet known, and remembers every member in the ticket.
+    fn adopt_members(&self, item: &mut Active, found: Vec<Identity>) {
         for member in found {
             let known = item
                 .members
@@ -393,12 +518,33 @@ impl Stopper {
                 item.members.push(handle);
             }
         }
-        // Every member ever seen stays in the ticket (a gone one is never signalled: its identity no longer
-        // matches), so that the run that closes the ticket can say how many there were.
         for handle in &item.members {
             let identity = handle.identity();
             if !item.ticket.members.iter().any(|m| m == identity) {
                 item.ticket.members.push(identity.clone());
+            }
+        }
+    }
+
+    /// Before a leftover's SIGKILL: stops (SIGSTOP) the leader and every member, then looks again, until a look
+    /// finds no new member — a tree that forks faster than it can be walked is frozen first, so that the SIGKILL
+    /// reaches all of it. Bounded by `FREEZE_ROUNDS` and the deadline.
+    fn freeze(&self, item: &mut Active, deadline: Deadline) {
+        let mut stopped = 0;
+        for _ in 0..FREEZE_ROUNDS {
+            if let Some(handle) = item.handle.as_ref().filter(|_| stopped == 0) {
+                let _ = handle.signal(Sig::Stop);
+            }
+            for member in item.members.iter().skip(stopped) {
+                let _ = member.signal(Sig::Stop);
+            }
+            stopped = item.members.len();
+            if deadline.expired() {
+                return;
+            }
+            self.refresh_descendants(item);
+            if item.members.len() == stopped {
+                return;
             }
         }
     }
@@ -424,6 +570,9 @@ impl Stopper {
                 item.ticket.graceful_boot_ms = Some(boot_millis());
             }
             Step::Term => {
+                if is_leftover(&item.ticket) {
+                    self.refresh_descendants(item);
+                }
                 self.send(item, Sig::Term);
                 item.ticket.term_at = Some(stamp);
                 item.ticket.term_boot_ms = Some(boot_millis());
@@ -439,8 +588,12 @@ impl Stopper {
                 }
             }
             Step::Kill => {
-                let groups = std::collections::HashSet::from([item.ticket.identity.pid]);
-                self.refresh_members(item, &proc::observe_until(&groups, Deadline::far()));
+                if is_leftover(&item.ticket) {
+                    self.freeze(item, Deadline::after(FREEZE_WINDOW));
+                } else {
+                    let groups = std::collections::HashSet::from([item.ticket.identity.pid]);
+                    self.refresh_members(item, &proc::observe_until(&groups, Deadline::far()));
+                }
                 self.send(item, Sig::Kill);
                 item.ticket.kill_at = Some(stamp);
                 item.ticket.kill_boot_ms = Some(boot_millis());
@@ -470,7 +623,7 @@ impl Stopper {
     /// all of them once the leader is gone — a leaderless group is never signalled as such.
     fn send(&self, item: &Active, sig: Sig) {
         let ticket = &item.ticket;
-        let leads_group = ticket.pgid == Some(ticket.identity.pid);
+        let leads_group = ticket.pgid == Some(ticket.identity.pid) && !item.group_refused;
         let mut result = match &item.handle {
             Some(handle) if leads_group => handle.signal_group(sig).map(drop),
             Some(handle) => handle.signal(sig).map(drop),
@@ -537,6 +690,11 @@ impl Stopper {
         }
         item.outcome = Some(outcome);
     }
+}
+
+/// A leftover's ticket (`act::leftovers::ticket_for`): its stop reaches its descendants, never its group.
+fn is_leftover(ticket: &StopTicket) -> bool {
+    ticket.origin == "leftover" && ticket.lineage.is_none()
 }
 
 fn reap_helper(item: &mut Active, now: SystemTime) {

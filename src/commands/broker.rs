@@ -434,7 +434,12 @@ impl SlotTarget {
                 .pid(record.identity.pid)
                 .detail(detail),
         );
-        self.print_record(record, Joined::New);
+        let how = if action == "register" {
+            Joined::Adopted
+        } else {
+            Joined::New
+        };
+        self.print_record(record, how);
         Ok(Outcome::Done)
     }
 
@@ -443,7 +448,7 @@ impl SlotTarget {
         if self.json {
             let mut value = serde_json::to_value(record).unwrap_or_else(|_| json!({}));
             if let Some(object) = value.as_object_mut() {
-                object.insert("reused".to_owned(), Value::Bool(how != Joined::New));
+                object.insert("reused".to_owned(), Value::Bool(how == Joined::Reused));
             }
             println!(
                 "{}",
@@ -458,6 +463,7 @@ impl SlotTarget {
         };
         let verb = match how {
             Joined::New => "started",
+            Joined::Adopted => "adopted",
             Joined::Reused => "reused",
         };
         println!(
@@ -474,6 +480,8 @@ impl SlotTarget {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Joined {
     New,
+    /// A process started elsewhere, recorded by `register`: never "started" by us.
+    Adopted,
     Reused,
 }
 
@@ -715,6 +723,27 @@ fn refuse_registered_elsewhere(target: &SlotTarget, identity: &Identity) -> anyh
     Ok(())
 }
 
+/// A live agent is never a broker (DESIGN "Belonging"): its session's end, or its last owner's, would stop it.
+fn refuse_live_agent(target: &SlotTarget, identity: &Identity) -> anyhow::Result<()> {
+    let pid = identity.pid;
+    let records = target.store.sessions.all();
+    if let Some(session) = crate::decide::belonging::session_of_agent(&records, identity) {
+        return Err(bad_input(format!(
+            "--pid {pid}: is the agent process of live session {session}; a live agent is never adopted as a broker"
+        )));
+    }
+    if let Some(agent) = proc::cmdline(pid)
+        .ok()
+        .and_then(|argv| crate::agents::agent_of_process(&argv))
+    {
+        return Err(bad_input(format!(
+            "--pid {pid}: is a {} agent process; a live agent is never adopted as a broker",
+            agent.as_str()
+        )));
+    }
+    Ok(())
+}
+
 fn register(
     target: &SlotTarget,
     (identity, stat): (Identity, proc::ProcStat),
@@ -723,6 +752,7 @@ fn register(
     endpoint: Option<&str>,
 ) -> anyhow::Result<Outcome> {
     let pid = identity.pid;
+    refuse_live_agent(target, &identity)?;
     refuse_registered_elsewhere(target, &identity)?;
     let guard = target.lock_for(owner, OnCorrupt::Refuse)?;
     target.recheck_owner(owner)?;

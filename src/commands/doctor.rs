@@ -341,6 +341,23 @@ fn hook_errors_check(store: &Store) -> Check {
 }
 
 fn tickets_check(store: &Store) -> Check {
+    let refused = store.tickets.refused();
+    if !refused.is_empty() {
+        let listed: Vec<String> = refused
+            .iter()
+            .map(|(path, why)| format!("{}: {why}", path.display()))
+            .collect();
+        return check(
+            "stops",
+            Level::Warn,
+            format!(
+                "{} stop ticket(s) not read as they stand, never acted on: {}",
+                refused.len(),
+                listed.join("; ")
+            ),
+            Some("if a ticket is another user's, that user's own session-reaper drives it; it is not ours to remove".into()),
+        );
+    }
     let tickets = store.tickets.readable();
     let stuck: Vec<String> = tickets
         .iter()

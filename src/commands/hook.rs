@@ -16,6 +16,7 @@ use crate::act::signal::Guard;
 use crate::agents::{self, Agent};
 use crate::commands::session_end::{self, Ending, Seen};
 use crate::config::{Config, HookRequest};
+use crate::decide::belonging;
 use crate::error::bad_input;
 use crate::model::clock;
 use crate::model::deadline::Deadline;
@@ -185,7 +186,7 @@ fn handle(
         .or_else(|| args.event.clone())
         .unwrap_or_default();
     let agent = detect_agent(args.agent, &payload, &env_has);
-    let identity = agent_identity(args)?;
+    let identity = agent_identity(args, agent)?;
     let event = HookEvent::parse(&event_name);
     let session = match (&payload.session, &identity) {
         (Some(session), _) => session.clone(),
@@ -220,17 +221,28 @@ fn handle(
     }
 }
 
-fn agent_identity(args: &HookRequest) -> anyhow::Result<Option<Identity>> {
+/// The session's agent process (DESIGN "Belonging"): the one `--owner-pid` names (never init, never another
+/// user's), else a recognised agent among the hook's ancestors (`decide::belonging::hook_agent`). `None`: no agent
+/// powers — the session is recorded, but no group, no descendants, no sentinel.
+fn agent_identity(args: &HookRequest, detected: Option<Agent>) -> anyhow::Result<Option<Identity>> {
+    let own_uid = rustix::process::getuid().as_raw();
     if let Some(pid) = args.owner_pid {
-        return proc::identity_of(pid)
-            .map(Some)
-            .ok_or_else(|| bad_input(format!("--owner-pid {pid}: no such live process")));
-    }
-    if let Some(identity) = crate::observe::table::agent_named_by_env() {
+        let identity = proc::identity_of(pid)
+            .ok_or_else(|| bad_input(format!("--owner-pid {pid}: no such live process")))?;
+        if let Some(refusal) = belonging::owner_pid_refusal(pid, identity.uid, own_uid) {
+            return Err(bad_input(refusal));
+        }
         return Ok(Some(identity));
     }
     let me = i32::try_from(std::process::id()).context("pid out of range")?;
-    Ok(proc::agent_process(me).and_then(|stat| proc::identity_of(stat.pid)))
+    let wanted: Vec<Agent> = args.agent.iter().chain(detected.iter()).copied().collect();
+    let chosen = belonging::hook_agent(
+        &proc::hook_ancestors(me),
+        &crate::observe::table::agent_pids_named_by_env(),
+        &belonging::acceptable_agents(&wanted),
+        own_uid,
+    );
+    Ok(chosen.and_then(proc::identity_of))
 }
 
 /// One hook run: the session it is about (named by the payload or synthetic), the payload, the agent and its process.
@@ -265,6 +277,7 @@ fn session_start(store: &Store, hooked: &Hooked) -> anyhow::Result<()> {
             );
             crate::act::leftovers::note_start(
                 &mut record,
+                current.and_then(|before| before.agent_identity.clone()),
                 hooked.args.leftovers,
                 hooked.args.sentinel,
             );
@@ -531,7 +544,6 @@ fn answer_probe(args: &HookRequest, state_dir_flag: Option<&Path>) {
     }
     crate::settings::probe::say(&answer);
 }
-
 
 #[cfg(test)]
 mod tests {

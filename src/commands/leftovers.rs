@@ -38,6 +38,9 @@ pub struct SessionView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sentinel_pid: Option<i32>,
     pub leftovers: Vec<Leftover>,
+    /// Carriers of the session that serve a live terminal (a tmux server in use): reported, never stopped.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub spared: Vec<Leftover>,
     /// The stdio MCP servers the live agent process runs (`mcp`).
     pub mcp_servers: Vec<crate::observe::mcp::McpServer>,
     /// How its processes are known (DESIGN "Containment"), and what its cgroup holds.
@@ -70,6 +73,11 @@ pub fn status_view(store: &Store, live: &[SessionRecord]) -> Vec<SessionView> {
                     .map(|found| found.leftovers.clone())
                     .unwrap_or_default(),
                 containment: crate::observe::cgroup::view_of(record),
+                spared: found
+                    .iter()
+                    .find(|found| found.session == record.session_id)
+                    .map(|found| found.spared.clone())
+                    .unwrap_or_default(),
                 mcp_servers: agent.map_or_else(Vec::new, |agent| {
                     crate::observe::mcp::servers_of(
                         &table,

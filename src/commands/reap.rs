@@ -191,7 +191,10 @@ fn print_human(
             println!("  owned no broker; no process resumes it; left nothing behind");
         }
         for problem in &report.problems {
-            println!("  {}", crate::commands::term::lead(&format!("problem: {problem}")));
+            println!(
+                "  {}",
+                crate::commands::term::lead(&format!("problem: {problem}"))
+            );
         }
     }
     crate::commands::print_stops(stops);

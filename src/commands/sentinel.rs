@@ -59,9 +59,13 @@ pub fn entry(args: &[std::ffi::OsString]) -> Option<u8> {
         }
         _ => return None,
     };
+    // A root that is gone already is never made again: the sentinel of a deleted root has nothing to watch.
     let outcome = crate::store::root::resolve_root(Some(std::path::Path::new(root)))
-        .and_then(|root| Store::open(&root))
-        .and_then(|store| run(&store, &agent, within));
+        .and_then(|root| Store::open_for(&root, true))
+        .and_then(|store| match store {
+            Some(store) => run(&store, &agent, within),
+            None => Ok(Outcome::Done),
+        });
     Some(match outcome {
         Ok(outcome) => outcome.exit_code(),
         Err(err) => crate::error::exit_code_of(&err),
@@ -70,6 +74,8 @@ pub fn entry(args: &[std::ffi::OsString]) -> Option<u8> {
 
 /// The sentinel's life: lock, wait, do the agent-gone work, exit.
 pub fn run(store: &Store, agent: &Identity, within: Option<Duration>) -> anyhow::Result<Outcome> {
+    // The root as it was when this sentinel started: one deleted or renamed before its watch is set is noticed.
+    let root = root_key(store);
     store.root.ensure_dir(&store.root.join(DIR))?;
     let lock = store.root.open_lock_file(&lock_path(store, agent))?;
     let deadline = Instant::now() + LOCK_WAIT;
@@ -84,7 +90,7 @@ pub fn run(store: &Store, agent: &Identity, within: Option<Duration>) -> anyhow:
     let _ = std::io::Write::write_all(&mut &lock, std::process::id().to_string().as_bytes());
     // The cgroup its SessionStart planned (off the agent's clock).
     crate::act::cgroup::adopt_recorded(store, agent);
-    let watched = match wait_for_exit(store, agent, within)? {
+    let watched = match wait_for_exit(store, agent, within, root)? {
         Waited::AgentGone => agent_gone(store, agent),
         Waited::RootGone | Waited::TimedOut => Ok(Outcome::Done),
     };
@@ -108,12 +114,16 @@ fn wait_for_exit(
     store: &Store,
     agent: &Identity,
     within: Option<Duration>,
+    root: Option<(u64, u64)>,
 ) -> anyhow::Result<Waited> {
     use rustix::event::{PollFd, PollFlags, Timespec, poll};
     let Some(pidfd) = open_pidfd(agent) else {
         return Ok(Waited::AgentGone);
     };
     let watch = watch_root(store);
+    if root_key(store) != root {
+        return Ok(Waited::RootGone);
+    }
     let ends = within.map(|within| Instant::now() + within);
     release_file_pages();
     loop {
@@ -146,7 +156,13 @@ fn wait_for_exit(
                     return Ok(Waited::AgentGone);
                 }
                 if fds.get(1).is_some_and(|fd| !fd.revents().is_empty()) {
-                    return Ok(Waited::RootGone);
+                    // Something in the parent directory went away: the root, or a neighbour.
+                    if let Some(watch) = &watch {
+                        drain(watch);
+                    }
+                    if root_key(store) != root {
+                        return Ok(Waited::RootGone);
+                    }
                 }
             }
             Err(err) => return Err(err).context("waiting for the agent"),
@@ -211,17 +227,32 @@ fn clean_file_mappings(smaps: &str) -> Vec<(usize, usize)> {
     found
 }
 
-/// An inotify watch for the deletion or move of the state root; `None` (reported) when none can be had.
+/// An inotify watch for the deletion or move of the state root: on the root itself (`DELETE_SELF`, `MOVE_SELF`)
+/// and on its parent directory (`DELETE`, `MOVED_FROM` of any entry) — the root's own watch never fires while
+/// anything under it is still open (this sentinel's lock is), its parent's fires at the `rmdir` or `rename`.
+/// `None` (reported) when none can be had.
 fn watch_root(store: &Store) -> Option<OwnedFd> {
     use rustix::fs::inotify;
+    let root = store.root.path();
     let watch = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK)
         .and_then(|fd| {
             inotify::add_watch(
                 &fd,
-                store.root.path(),
+                root,
                 inotify::WatchFlags::DELETE_SELF | inotify::WatchFlags::MOVE_SELF,
-            )
-            .map(|_| fd)
+            )?;
+            if let Some(parent) = root.parent() {
+                inotify::add_watch(
+                    &fd,
+                    parent,
+                    inotify::WatchFlags::DELETE
+                        | inotify::WatchFlags::MOVED_FROM
+                        | inotify::WatchFlags::DELETE_SELF
+                        | inotify::WatchFlags::MOVE_SELF
+                        | inotify::WatchFlags::ONLYDIR,
+                )?;
+            }
+            Ok(fd)
         });
     match watch {
         Ok(fd) => Some(fd),
@@ -233,6 +264,21 @@ fn watch_root(store: &Store) -> Option<OwnedFd> {
             None
         }
     }
+}
+
+/// The state root's directory as a file: its device and inode, which a rename elsewhere or a new directory of the
+/// same name does not keep.
+fn root_key(store: &Store) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(store.root.path())
+        .ok()
+        .map(|meta| (meta.dev(), meta.ino()))
+}
+
+/// Reads (and drops) every pending event of the watch: the root's path is what is checked after it.
+fn drain(watch: &OwnedFd) {
+    let mut buffer = [0u8; 4096];
+    while matches!(rustix::io::read(watch, &mut buffer), Ok(read) if read > 0) {}
 }
 
 /// A pidfd that is known to name `agent` (identity checked after opening), `None` when it is gone already.

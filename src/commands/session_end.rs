@@ -58,7 +58,7 @@ impl Seen {
             if let Some((policy, sentinel)) = self.start_facts
                 && !crate::model::leftover::has_facts(record)
             {
-                crate::act::leftovers::note_start(record, policy, sentinel);
+                crate::act::leftovers::note_start(record, None, policy, sentinel);
             }
         }
         if let Some(agent) = self.agent.as_ref().filter(|_| record.agent.is_empty()) {

@@ -81,8 +81,13 @@ pub(crate) fn members_of(
     token: Option<&str>,
     remembered: &[crate::model::record::Identity],
 ) -> Vec<Member> {
-    let mut found =
-        crate::decide::lineage::members(leader, token, liveness.is_alive(leader), snapshot);
+    let mut found = crate::decide::lineage::members(
+        leader,
+        token,
+        liveness.is_alive(leader),
+        snapshot,
+        &proc::adopters_of(leader),
+    );
     found.extend(remembered.iter().filter(|m| liveness.is_alive(m)).cloned());
     found.sort_by_key(|m| m.pid);
     found.dedup_by_key(|m| m.pid);

@@ -120,6 +120,7 @@ pub fn run(args: &SweepRequest, config: &Config) -> anyhow::Result<Outcome> {
     let litter = crate::commands::sweep_litter::at_sweep(&store, args.dry_run);
     sweep.actions.extend(litter.actions);
     sweep.problems.extend(litter.problems);
+    sweep.tickets_not_ours(args.dry_run);
     if !args.dry_run && store.log.rotate_if_oversized() {
         sweep.act("clean", None, "events.jsonl".to_owned(), None, "rotate");
     }
@@ -496,6 +497,25 @@ impl Sweep<'_> {
     }
 }
 
+impl Sweep<'_> {
+    /// Stop tickets it cannot read as they stand (another user's file) are reported, never acted on; the locks of
+    /// tickets that are gone are removed.
+    fn tickets_not_ours(&mut self, dry_run: bool) {
+        for (path, why) in self.store.tickets.refused() {
+            self.problems
+                .push(format!("stop ticket {}: {why}", path.display()));
+        }
+        for path in self.store.tickets.remove_orphan_locks(dry_run) {
+            let target = path
+                .strip_prefix(self.store.root.path())
+                .unwrap_or(&path)
+                .display()
+                .to_string();
+            self.act("clean", None, target, None, "remove lock of a gone ticket");
+        }
+    }
+}
+
 /// "remove empty slot" -> "removed empty slot": how a done action reads.
 fn past_tense(verb: &str) -> String {
     const PAST: [(&str, &str); 9] = [
@@ -613,6 +633,9 @@ fn print_human(report: &SweepReport) {
     }
     crate::commands::print_stops(&report.stops);
     for problem in &report.problems {
-        println!("{}", crate::commands::term::lead(&format!("problem: {problem}")));
+        println!(
+            "{}",
+            crate::commands::term::lead(&format!("problem: {problem}"))
+        );
     }
 }

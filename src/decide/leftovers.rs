@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 
+use crate::decide::belonging;
 use crate::model::leftover::{Policy, SessionFacts};
 use crate::model::record::Identity;
 use crate::observe::table::{Observed, Table};
@@ -19,6 +20,8 @@ pub struct Query<'a> {
     pub facts: &'a SessionFacts,
     /// Agent processes that session records name (live or not: the table says).
     pub recorded_agents: &'a [Identity],
+    /// The recorded agents of live sessions (`belonging::live_agents`): never a leftover.
+    pub live_agents: &'a [Identity],
     /// This process and its ancestors (a hook's agent, shell and so on).
     pub protected: &'a HashSet<i32>,
     /// Processes marked with `keep --pid`.
@@ -44,28 +47,65 @@ pub struct Leftover {
 /// dead agent's own group); never the agent, its workers, a broker's member, a kept process, a protected pid, or
 /// a process still in some live agent's hands.
 pub fn find(table: &Table, query: &Query<'_>) -> Vec<Leftover> {
+    find_with_spared(table, query).0
+}
+
+/// `find`, and beside the leftovers the session's carriers that serve a live terminal (a multiplexer server in
+/// use, its windows and what runs in them): reported, never stopped (DESIGN "Belonging").
+pub fn find_with_spared(table: &Table, query: &Query<'_>) -> (Vec<Leftover>, Vec<Leftover>) {
     let agent_alive = table.is_live(query.agent);
     let matched: HashMap<i32, &'static str> = table
         .procs
         .values()
         .filter_map(|p| matches(table, p, query, agent_alive).map(|via| (p.identity.pid, via)))
         .collect();
-    let mut found: Vec<Leftover> = matched
+    let leftover = |p: &Observed, via: &'static str| Leftover {
+        pid: p.identity.pid,
+        identity: p.identity.clone(),
+        argv: p.argv.clone(),
+        rss_kib: p.rss_kib,
+        via,
+    };
+    let (mut found, mut spared): (Vec<Leftover>, Vec<Leftover>) = (Vec::new(), Vec::new());
+    for (p, via) in matched
         .iter()
         .filter_map(|(pid, via)| table.get(*pid).map(|p| (p, *via)))
         .filter(|(p, _)| !query.protected.contains(&p.identity.pid))
         .filter(|(p, _)| !in_agents_hands(table, p, query, &matched))
         .filter(|(p, _)| !is_kept(table, p, query.kept))
-        .map(|(p, via)| Leftover {
-            pid: p.identity.pid,
-            identity: p.identity.clone(),
-            argv: p.argv.clone(),
-            rss_kib: p.rss_kib,
-            via,
-        })
-        .collect();
+    {
+        if belonging::in_a_live_terminal(table, p, query.live_agents).is_some() {
+            spared.push(leftover(p, "serves a live terminal"));
+        } else {
+            found.push(leftover(p, via));
+        }
+    }
+    // What the stop of each will reach (its tree, by the same rules) is listed too: a dry run shows exactly what
+    // the real run signals.
+    let spare = belonging::Spared {
+        live_agents: query.live_agents,
+        kept: query.kept,
+    };
+    let mut reached: Vec<Leftover> = Vec::new();
+    for chosen in &found {
+        for identity in belonging::stop_reach(table, &chosen.identity, &[], &spare) {
+            let listed = found
+                .iter()
+                .chain(&reached)
+                .chain(&spared)
+                .any(|other| other.identity.is_same_process(&identity));
+            if let Some(p) = table
+                .get(identity.pid)
+                .filter(|_| !listed && !query.protected.contains(&identity.pid))
+            {
+                reached.push(leftover(p, "descendant of a leftover"));
+            }
+        }
+    }
+    found.extend(reached);
     found.sort_by_key(|leftover| leftover.pid);
-    found
+    spared.sort_by_key(|leftover| leftover.pid);
+    (found, spared)
 }
 
 fn matches(
@@ -80,6 +120,7 @@ fn matches(
         && p.identity.boot_id == agent.boot_id
         && p.identity.start_ticks >= agent.start_ticks
         && p.identity.pid != agent.pid
+        && !belonging::is_live_agent(&p.identity, query.live_agents)
         && !p.keep
         && !p.broker
         && !p.is_agent_worker();
@@ -90,14 +131,21 @@ fn matches(
         return Some("cgroup");
     }
     if let Some(variable) = p.carries(query.session) {
-        // It names another agent process that was already running when it started: that agent's, not ours.
+        // It names another agent process that was already running when it started: that agent's, not ours. The
+        // claim (`CLAUDE_PID`) is believed only for an agent — a recorded one, or a recognised executable — never
+        // for init or any other process it may name.
         let other_agent = p
             .agent_pid
             .filter(|pid| *pid != agent.pid)
             .is_some_and(|pid| {
-                table
-                    .get(pid)
-                    .is_some_and(|owner| owner.identity.start_ticks <= p.identity.start_ticks)
+                table.get(pid).is_some_and(|owner| {
+                    owner.identity.start_ticks <= p.identity.start_ticks
+                        && (owner.is_agent_executable()
+                            || query
+                                .recorded_agents
+                                .iter()
+                                .any(|recorded| owner.is(recorded)))
+                })
             });
         return (!other_agent).then_some(variable);
     }
@@ -138,6 +186,9 @@ pub struct Found {
     pub session: String,
     pub policy: Policy,
     pub leftovers: Vec<Leftover>,
+    /// Carriers of the session that serve a live terminal: reported, never stopped.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub spared: Vec<Leftover>,
 }
 
 #[cfg(test)]
@@ -192,6 +243,7 @@ pub(crate) mod tests {
         agent: Identity,
         facts: SessionFacts,
         recorded: Vec<Identity>,
+        live: Vec<Identity>,
         protected: HashSet<i32>,
         kept: Vec<Identity>,
         names_sessions: bool,
@@ -204,6 +256,7 @@ pub(crate) mod tests {
                 agent: identity(100, 50),
                 facts: SessionFacts::default(),
                 recorded: vec![identity(100, 50)],
+                live: Vec::new(),
                 protected: HashSet::new(),
                 kept: Vec::new(),
                 names_sessions: true,
@@ -217,6 +270,7 @@ pub(crate) mod tests {
                 names_sessions: self.names_sessions,
                 facts: &self.facts,
                 recorded_agents: &self.recorded,
+                live_agents: &self.live,
                 protected: &self.protected,
                 kept: &self.kept,
                 contained: &[],
@@ -331,7 +385,15 @@ pub(crate) mod tests {
         let mut world = World::new(vec![init(), p.clone(), process(500, 1, 55, "claude")]);
         assert!(world.pids().is_empty());
         // The pid it names is gone (or was reused later): ours.
-        world.table = Table::from_processes(vec![init(), p, process(500, 1, 65, "other")]);
+        world.table = Table::from_processes(vec![init(), p.clone(), process(500, 1, 65, "other")]);
+        assert_eq!(world.pids(), [200]);
+        // It names init, or some other process that is no agent: a claim not believed.
+        p.agent_pid = Some(1);
+        world.table = Table::from_processes(vec![init(), p.clone()]);
+        assert_eq!(world.pids(), [200]);
+        p.agent_pid = Some(500);
+        world.table =
+            Table::from_processes(vec![init(), p, process(500, 1, 55, "python3 server.py")]);
         assert_eq!(world.pids(), [200]);
     }
 
@@ -358,6 +420,24 @@ pub(crate) mod tests {
         assert!(world.pids().is_empty());
     }
 
+    /// What a leftover's stop reaches is listed with it (a dry run lists what the real run signals): its child
+    /// that scrubbed the variable, not its kept child, nor a process merely sharing its group.
+    #[test]
+    fn a_leftovers_tree_is_listed_with_it_and_nothing_beside_it() {
+        let mut kept = process(202, 200, 62, "kept");
+        kept.keep = true;
+        let mut same_group = process(203, 1, 63, "neighbour");
+        same_group.pgid = 200;
+        let world = World::new(vec![
+            init(),
+            claude_carrier(200, 1, 60, "leader"),
+            process(201, 200, 61, "scrubbed-child"),
+            kept,
+            same_group,
+        ]);
+        assert_eq!(world.pids(), [200, 201]);
+    }
+
     #[test]
     fn facts_round_trip_through_the_record() {
         let mut record = SessionRecord::new("a", "h".into(), "2026-01-01T00:00:00Z");
@@ -368,6 +448,7 @@ pub(crate) mod tests {
             agent_pgid: Some(4),
             descendants: vec![identity(5, 6)],
             done_at: None,
+            earlier_agents: Vec::new(),
         };
         facts.store_in(&mut record);
         assert_eq!(SessionFacts::of(&record), facts);

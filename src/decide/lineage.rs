@@ -34,13 +34,25 @@ pub fn new_token() -> anyhow::Result<String> {
 /// started no earlier than it, that carry its lineage `token`; and, while the leader is verified alive, those of
 /// its process group or session (pid = pgid = sid for a spawned broker: while the leader lives neither id can name
 /// another group). A leaderless group is never a broker's as such: without a token, nothing is a member once the
-/// leader is gone.
-pub fn members(
+/// leader is gone. A token carrier must descend from the broker: its parent is the leader, another carrier of the
+/// token, or one of `adopters` (init and the leader's ancestors, which take orphans); a carrier whose parent is
+/// anything else copied the token from outside the tree — a look-alike, never a member.
+pub fn members<S: std::hash::BuildHasher>(
     leader: &Identity,
     token: Option<&str>,
     leader_alive: bool,
     snapshot: &[Observed],
+    adopters: &HashSet<i32, S>,
 ) -> Vec<Identity> {
+    let descends = |seen: &Observed| {
+        seen.ppid == leader.pid
+            || adopters.contains(&seen.ppid)
+            || snapshot.iter().any(|parent| {
+                parent.identity.pid == seen.ppid
+                    && token.is_some()
+                    && parent.markers.lineage.as_deref() == token
+            })
+    };
     snapshot
         .iter()
         .filter(|seen| {
@@ -51,7 +63,8 @@ pub fn members(
                 && id.start_ticks >= leader.start_ticks
         })
         .filter(|seen| {
-            let carries = token.is_some_and(|token| seen.markers.lineage.as_deref() == Some(token));
+            let carries = token.is_some_and(|token| seen.markers.lineage.as_deref() == Some(token))
+                && descends(seen);
             let grouped = leader_alive && (seen.pgid == leader.pid || seen.sid == leader.pid);
             carries || grouped
         })
@@ -240,7 +253,13 @@ pub fn members_of_live_leader(leader: &Identity) -> Vec<Identity> {
         .iter()
         .find(|seen| leader.is_same_process(&seen.identity))
         .and_then(|seen| seen.markers.lineage.clone());
-    members(leader, token.as_deref(), proc::is_alive(leader), &snapshot)
+    members(
+        leader,
+        token.as_deref(),
+        proc::is_alive(leader),
+        &snapshot,
+        &proc::adopters_of(leader),
+    )
 }
 
 /// The processes in `snapshot` (pid, argv) that `matches`, confirmed by pinned observation: identity, argv read
@@ -277,10 +296,41 @@ mod tests {
     fn seen(pid: i32, start: u64, group: (i32, i32), markers: Markers) -> Observed {
         Observed {
             identity: id(pid, start),
+            ppid: 100,
             pgid: group.0,
             sid: group.1,
             markers,
         }
+    }
+
+    fn init() -> HashSet<i32> {
+        HashSet::from([1])
+    }
+
+    #[test]
+    fn a_token_copied_from_outside_the_tree_is_a_look_alike() {
+        let leader = id(100, 50);
+        let mut child = seen(101, 51, (101, 101), token("t1"));
+        child.ppid = 100;
+        let mut grandchild = seen(102, 52, (102, 102), token("t1"));
+        grandchild.ppid = 101;
+        let mut orphan = seen(103, 53, (103, 103), token("t1"));
+        orphan.ppid = 1;
+        let mut adopted = seen(104, 54, (104, 104), token("t1"));
+        adopted.ppid = 7;
+        let mut copied = seen(105, 55, (105, 105), token("t1"));
+        copied.ppid = 999;
+        let snapshot = [child, grandchild, orphan, adopted, copied];
+        let adopters = HashSet::from([1, 7]);
+        let pids: Vec<i32> = members(&leader, Some("t1"), true, &snapshot, &adopters)
+            .iter()
+            .map(|m| m.pid)
+            .collect();
+        assert_eq!(
+            pids,
+            [101, 102, 103, 104],
+            "105's parent is outside the tree"
+        );
     }
 
     fn token(token: &str) -> Markers {
@@ -304,7 +354,7 @@ mod tests {
             seen(106, 60, (100, 100), Markers::default()), // scrubbed env, still in the group
         ];
         let pids = |alive| -> Vec<i32> {
-            members(&leader, Some("t1"), alive, &snapshot)
+            members(&leader, Some("t1"), alive, &snapshot, &init())
                 .iter()
                 .map(|m| m.pid)
                 .collect()
@@ -322,10 +372,10 @@ mod tests {
         let leader = id(100, 50);
         // A daemon reused pid 100: setsid, forked, exited; its child leads nothing, started after the broker.
         let snapshot = [seen(101, 90, (100, 100), Markers::default())];
-        assert!(members(&leader, None, false, &snapshot).is_empty());
-        assert!(members(&leader, Some("t1"), false, &snapshot).is_empty());
+        assert!(members(&leader, None, false, &snapshot, &init()).is_empty());
+        assert!(members(&leader, Some("t1"), false, &snapshot, &init()).is_empty());
         assert_eq!(
-            members(&leader, None, true, &snapshot).len(),
+            members(&leader, None, true, &snapshot, &init()).len(),
             1,
             "register rules while the leader lives"
         );
@@ -338,7 +388,16 @@ mod tests {
         other_user.identity.uid = 0;
         let mut other_boot = seen(102, 60, (100, 100), token("t1"));
         other_boot.identity.boot_id = "old".into();
-        assert!(members(&leader, Some("t1"), true, &[other_user, other_boot]).is_empty());
+        assert!(
+            members(
+                &leader,
+                Some("t1"),
+                true,
+                &[other_user, other_boot],
+                &init()
+            )
+            .is_empty()
+        );
     }
 
     #[test]

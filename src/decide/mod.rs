@@ -2,6 +2,7 @@
 //! change to make. The executor (`act::executor`) applies a change under its lock, or describes it in a dry run;
 //! both come from these same functions, so a dry run shows exactly what a real run would do.
 
+pub mod belonging;
 pub mod containment;
 pub mod leftovers;
 pub mod lineage;

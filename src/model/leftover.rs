@@ -55,7 +55,26 @@ pub struct SessionFacts {
     /// When the leftovers were dealt with after the agent was gone; nothing looks again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub done_at: Option<String>,
+    /// The session's earlier agent processes (a crash, then a resume by another process): each keeps its own facts,
+    /// and the leftovers of every gone one are stopped (DESIGN "Belonging": every agent a session had counts).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier_agents: Vec<EarlierAgent>,
 }
+
+/// An agent process a session had before its current one, with what its hooks recorded for discovery.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EarlierAgent {
+    pub identity: Identity,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_pgid: Option<i32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub descendants: Vec<Identity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub done_at: Option<String>,
+}
+
+/// How many earlier agents a record remembers at most (the oldest go first).
+pub const MAX_EARLIER_AGENTS: usize = 16;
 
 fn yes() -> bool {
     true
@@ -80,6 +99,63 @@ impl SessionFacts {
             })
     }
 
+    /// A session's agent process changed from `previous` to another (a resume by another process): the previous
+    /// one is remembered with its facts, never erased; the current facts start afresh.
+    pub fn agent_replaced(&mut self, previous: Identity) {
+        self.earlier_agents
+            .retain(|earlier| !earlier.identity.is_same_process(&previous));
+        self.earlier_agents.push(EarlierAgent {
+            identity: previous,
+            agent_pgid: self.agent_pgid.take(),
+            descendants: std::mem::take(&mut self.descendants),
+            done_at: self.done_at.take(),
+        });
+        if self.earlier_agents.len() > MAX_EARLIER_AGENTS {
+            self.earlier_agents.remove(0);
+        }
+    }
+
+    /// Every agent process of the session (the current one first, `current`) with the facts recorded for it.
+    pub fn per_agent(&self, current: Option<&Identity>) -> Vec<(Identity, SessionFacts)> {
+        let mut agents: Vec<(Identity, SessionFacts)> = current
+            .map(|agent| {
+                let mut facts = self.clone();
+                facts.earlier_agents.clear();
+                (agent.clone(), facts)
+            })
+            .into_iter()
+            .collect();
+        for earlier in &self.earlier_agents {
+            if current.is_some_and(|agent| agent.is_same_process(&earlier.identity)) {
+                continue;
+            }
+            agents.push((
+                earlier.identity.clone(),
+                SessionFacts {
+                    policy: self.policy,
+                    sentinel: self.sentinel,
+                    agent_pgid: earlier.agent_pgid,
+                    descendants: earlier.descendants.clone(),
+                    done_at: earlier.done_at.clone(),
+                    earlier_agents: Vec::new(),
+                },
+            ));
+        }
+        agents
+    }
+
+    /// Marks the leftovers of `agent` (current or earlier) dealt with at `now`.
+    pub fn mark_done(&mut self, agent: &Identity, current: Option<&Identity>, now: &str) {
+        if current.is_some_and(|current| current.is_same_process(agent)) {
+            self.done_at = Some(now.to_owned());
+        }
+        for earlier in &mut self.earlier_agents {
+            if earlier.identity.is_same_process(agent) {
+                earlier.done_at = Some(now.to_owned());
+            }
+        }
+    }
+
     pub fn store_in(&self, record: &mut SessionRecord) {
         if let Ok(value) = serde_json::to_value(self) {
             record.extra.insert(FACTS_KEY.to_owned(), value);
@@ -90,4 +166,48 @@ impl SessionFacts {
 /// True when a `SessionEnd` of this agent reason leaves the agent running on (a new session follows).
 pub fn agent_continues(reason: Option<&str>) -> bool {
     matches!(reason, Some("clear" | "compact" | "resume"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(pid: i32) -> Identity {
+        Identity {
+            boot_id: "b".into(),
+            pid_ns: None,
+            pid,
+            start_ticks: 7,
+            uid: 0,
+        }
+    }
+
+    /// A resume by another process adds an agent, never erases one; each keeps its facts and its own done mark.
+    #[test]
+    fn every_agent_a_session_had_counts() {
+        let mut facts = SessionFacts {
+            agent_pgid: Some(10),
+            descendants: vec![identity(11)],
+            ..SessionFacts::default()
+        };
+        facts.agent_replaced(identity(10));
+        assert_eq!(facts.agent_pgid, None, "the new agent's facts start afresh");
+        let current = identity(20);
+        let agents = facts.per_agent(Some(&current));
+        assert_eq!(agents.len(), 2);
+        assert_eq!(agents[0].0, current);
+        assert_eq!(agents[1].0, identity(10));
+        assert_eq!(agents[1].1.agent_pgid, Some(10));
+        assert_eq!(agents[1].1.descendants, [identity(11)]);
+        facts.mark_done(&identity(10), Some(&current), "t");
+        let agents = facts.per_agent(Some(&current));
+        assert_eq!(agents[1].1.done_at.as_deref(), Some("t"));
+        assert_eq!(agents[0].1.done_at, None, "the current agent is not done");
+        // The same agent replaced twice is remembered once; the list is bounded.
+        facts.agent_replaced(identity(10));
+        for pid in 100..100 + i32::try_from(MAX_EARLIER_AGENTS).unwrap() {
+            facts.agent_replaced(identity(pid));
+        }
+        assert_eq!(facts.earlier_agents.len(), MAX_EARLIER_AGENTS);
+    }
 }

@@ -107,7 +107,17 @@ impl Table {
         for p in self.procs.values().filter(|p| p.detailed) {
             wanted.insert(p.identity.pid);
             wanted.extend(self.ancestors(p.identity.pid).map(|a| a.identity.pid));
+            // The agent it names (`CLAUDE_PID`): believed only if that is an agent, which its argv says.
+            wanted.extend(p.agent_pid.filter(|pid| self.procs.contains_key(pid)));
         }
+        // Terminal multiplexers' clients and servers: which socket each talks to is in its argv (DESIGN
+        // "Belonging": a server with an attached client serves a live terminal).
+        wanted.extend(
+            self.procs
+                .values()
+                .filter(|p| p.comm.starts_with("tmux") || p.comm.eq_ignore_ascii_case("screen"))
+                .map(|p| p.identity.pid),
+        );
         for pid in wanted {
             let argv = proc::cmdline(pid).unwrap_or_default();
             let again = proc::stat(pid).ok();
@@ -244,15 +254,10 @@ pub(crate) fn read_environ(observed: &mut Observed, environ: &[u8]) {
     }
 }
 
-/// The agent process named by the hook's own environment (`CLAUDE_PID`), if it is one of the hook's ancestors.
-pub fn agent_named_by_env() -> Option<Identity> {
-    let me = i32::try_from(std::process::id()).ok()?;
-    let ancestors: Vec<i32> = proc::ancestors(me).iter().map(|stat| stat.pid).collect();
-    crate::agents::agent_pid_variables().find_map(|variable| {
-        let pid: i32 = std::env::var(variable).ok()?.parse().ok()?;
-        ancestors
-            .contains(&pid)
-            .then(|| proc::identity_of(pid))
-            .flatten()
-    })
+/// The pids this process's environment names as its agent (`CLAUDE_PID` and the like): a claim, which the hook
+/// believes only for a recognised agent among its ancestors.
+pub fn agent_pids_named_by_env() -> Vec<i32> {
+    crate::agents::agent_pid_variables()
+        .filter_map(|variable| std::env::var(variable).ok()?.trim().parse().ok())
+        .collect()
 }

@@ -373,14 +373,15 @@ fn checked_metadata(file: &File, path: &Path, uid: u32) -> anyhow::Result<fs::Me
         .with_context(|| format!("inspecting {}", path.display()))?;
     if !meta.file_type().is_file() {
         return Err(bad_input(format!(
-            "unsafe file {}: expected a regular file, found {}; fix: remove it",
+            "unsafe file {}: expected a regular file, found {}; left alone; fix: give a path to a regular file \
+             of your own",
             path.display(),
             kind_of(&meta)
         )));
     }
     if meta.uid() != uid {
         return Err(bad_input(format!(
-            "unsafe file {}: owned by uid {}, expected {uid}; fix: remove it",
+            "unsafe file {}: owned by uid {}, not by us (uid {uid}); left alone; fix: give a path of your own",
             path.display(),
             meta.uid(),
         )));
@@ -408,7 +409,8 @@ fn kind_of(meta: &fs::Metadata) -> &'static str {
 fn refusal(path: &Path, err: &io::Error) -> anyhow::Error {
     if err.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
         bad_input(format!(
-            "unsafe state file {}: it is a symlink; fix: remove it",
+            "unsafe state file {}: it is a symlink, never followed; left alone; fix: if session-reaper made it, \
+             move it aside, else give a path of your own",
             path.display()
         ))
     } else {
@@ -463,7 +465,8 @@ pub fn refuse_special_files(root: &Path, reach: Reach) -> anyhow::Result<()> {
                 .metadata()
                 .map_or("a special file", |meta| kind_of(&meta));
             Err(bad_input(format!(
-                "unsafe state root: {} is {kind}, expected a regular file; fix: remove it",
+                "unsafe state root: {} is {kind}, which session-reaper never makes, so the directory holds files \
+                 that are not ours; left alone; fix: give --state-dir a directory of session-reaper's own",
                 entry.path().display()
             )))
         }

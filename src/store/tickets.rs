@@ -147,6 +147,47 @@ impl Tickets {
             .collect()
     }
 
+    /// The ticket files that exist but are not read as they stand and are not corrupt (another user's, a symlink,
+    /// too large): reported by `doctor` and `sweep`, never acted on nor removed.
+    pub fn refused(&self) -> Vec<(PathBuf, String)> {
+        self.scan()
+            .into_iter()
+            .filter_map(|(path, view)| match view {
+                TicketView::Unreadable(unreadable) if !unreadable.corrupt => {
+                    Some((path, unreadable.why))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Removes the locks of tickets that are gone (a driver killed between the two removals): each only when its
+    /// lock can be taken and no ticket of its name exists under it. Returns their paths; `dry_run` removes none.
+    pub fn remove_orphan_locks(&self, dry_run: bool) -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir(self.root.join(STOPPING)) else {
+            return Vec::new();
+        };
+        let mut removed = Vec::new();
+        for path in entries.filter_map(Result::ok).map(|entry| entry.path()) {
+            if path.extension().is_none_or(|ext| ext != "lock")
+                || path.with_extension("json").exists()
+            {
+                continue;
+            }
+            if dry_run {
+                removed.push(path);
+                continue;
+            }
+            if let Ok(Some(lock)) = lock::try_lock(&self.root, &path)
+                && !path.with_extension("json").exists()
+                && lock.remove().is_ok()
+            {
+                removed.push(path);
+            }
+        }
+        removed
+    }
+
     /// Every pending ticket, for a run that drives them. A corrupt one is moved aside and reported in the log; one
     /// that is refused as it stands is reported and left.
     pub fn pending(&self, log: &EventLog) -> Vec<StopTicket> {

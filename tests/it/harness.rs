@@ -992,7 +992,16 @@ impl Env {
     /// Starts a fake agent for `session` that names it through `variable` ("-" for none) and runs our hook with
     /// `hook_flags`.
     pub fn fake_agent(&mut self, session: &str, variable: &str, hook_flags: &[&str]) -> FakeAgent {
-        self.fake_agent_as("python3", session, variable, hook_flags, &[])
+        // Run through a program named like the agent it stands for, so that the agents table recognises it: only a
+        // recognised agent gets agent powers (DESIGN "Belonging").
+        let agent = hook_flags
+            .iter()
+            .position(|flag| *flag == "--agent")
+            .and_then(|at| hook_flags.get(at + 1))
+            .copied()
+            .unwrap_or("claude");
+        let program = named_python(self, agent);
+        self.fake_agent_as(program, session, variable, hook_flags, &[])
     }
 
     /// `fake_agent` run through `program` (a python3 named like an agent: `named_python(env, "gemini")`), with

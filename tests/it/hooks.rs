@@ -102,10 +102,6 @@ fn python() -> &'static str {
     })
 }
 
-fn me() -> Proc {
-    Proc::of(i32::try_from(std::process::id()).unwrap()).unwrap()
-}
-
 fn payload(event: &str, id: &str, cwd: &Path) -> Value {
     json!({
         "session_id": id,
@@ -469,13 +465,24 @@ struct AgentRun {
 /// Starts a fake agent process with `extra_argv` after its script, waits until it has run `steps`; it exits then,
 /// or lingers (killed when the test ends).
 fn fake_agent(env: &mut Env, steps: &[Step], linger: bool, extra_argv: &[&str]) -> AgentRun {
+    fake_agent_named(env, "claude", steps, linger, extra_argv)
+}
+
+/// `fake_agent`, its program named `name` (an agent's executable: `gemini`, `codex`, …).
+fn fake_agent_named(
+    env: &mut Env,
+    name: &str,
+    steps: &[Step],
+    linger: bool,
+    extra_argv: &[&str],
+) -> AgentRun {
     let done = env.work.path().join(format!("agent-{}.json", uuid()));
     let plan = json!({
         "steps": steps.iter().map(|s| json!({"sh": s.sh, "stdin": s.stdin})).collect::<Vec<_>>(),
         "done": done,
         "linger": linger,
     });
-    let mut command = Command::new(named_python(env, "claude"));
+    let mut command = Command::new(named_python(env, name));
     command
         .arg("-c")
         .arg(FAKE_AGENT)
@@ -597,7 +604,7 @@ fn start_fixture_for<'a>(fixtures: &'a [Fixture], dir: &str, id: &str) -> Option
 }
 
 /// What a `SessionStart` payload must leave in its session record.
-fn check_started(env: &Env, what: &str, sent: &Value, record: &Value) {
+fn check_started(env: &Env, what: &str, sent: &Value, record: &Value, agent: Proc) {
     assert_eq!(record["source"], sent["source"], "{what}");
     assert!(
         record["ended_at"].is_null() && record["end_reason"].is_null(),
@@ -606,14 +613,13 @@ fn check_started(env: &Env, what: &str, sent: &Value, record: &Value) {
     if let Some(title) = sent.get("session_title") {
         assert_eq!(&record["title"], title, "{what}");
     }
-    let me = me();
     let identity = &record["agent_identity"];
     assert_eq!(
         identity["pid"],
-        json!(me.pid),
-        "{what}: the agent is our test"
+        json!(agent.pid),
+        "{what}: the agent is the recognised agent above the hook"
     );
-    assert_eq!(identity["start_ticks"], json!(me.ticks), "{what}");
+    assert_eq!(identity["start_ticks"], json!(agent.ticks), "{what}");
     assert_eq!(env.events_where("session_start", None).len(), 1, "{what}");
 }
 
@@ -625,11 +631,20 @@ fn check_ended(env: &Env, what: &str, sent: &Value, record: &Value, before: Opti
         "{what}: the agent's reason is kept"
     );
     if let Some(before) = before {
+        if before.get("started_at").is_some() {
+            assert_eq!(
+                record["started_at"], before["started_at"],
+                "{what}: the same record"
+            );
+        }
         assert_eq!(
-            record["started_at"], before["started_at"],
-            "{what}: the same record"
+            record["agent_identity"]["pid"], before["agent_identity"]["pid"],
+            "{what}"
         );
-        assert_eq!(record["agent_identity"], before["agent_identity"], "{what}");
+        assert_eq!(
+            record["agent_identity"]["start_ticks"], before["agent_identity"]["start_ticks"],
+            "{what}"
+        );
     }
     let ends = env.events_where("session_end", Some("session_end"));
     assert_eq!(ends.len(), 1, "{what}: {ends:?}");
@@ -667,15 +682,23 @@ fn every_fixture_payload_records_or_ends_its_session_with_the_agent_detected() {
         let id = sent["session_id"].as_str().unwrap();
         let event = sent["hook_event_name"].as_str().unwrap();
         let mut env = Env::new();
-        let before = match start_fixture_for(&fixtures, dir, id).filter(|_| event == "SessionEnd") {
-            Some((_, _, start)) => {
-                hook(&mut env, &["--agent", "auto", "--deadline", ROOMY], start);
-                session_record(&env, id)
-            }
-            None => None,
-        };
-        let out = hook(&mut env, &["--agent", "auto", "--deadline", ROOMY], raw);
-        assert!(out.stderr.is_empty(), "{what}: {}", stderr(&out));
+        // Run by a fake agent named like the fixture's agent (only a recognised agent is one), lingering so that
+        // its session stays live; its `SessionStart` first when the fixture ends a session the samples started.
+        let flags = ["--agent", "auto", "--deadline", ROOMY];
+        let start = start_fixture_for(&fixtures, dir, id).filter(|_| event == "SessionEnd");
+        let mut steps: Vec<Step> = start
+            .iter()
+            .map(|(_, _, start)| hook_step(&env, &flags, &parse(start)))
+            .collect();
+        steps.push(hook_step(&env, &flags, &sent));
+        let run = fake_agent_named(&mut env, agent_of_dir(dir), &steps, true, &[]);
+        for step in &run.steps {
+            assert_eq!(step["rc"], 0, "{what}: {step}");
+            assert_eq!(step["stdout"], "", "{what}: {step}");
+            assert_eq!(step["stderr"], "", "{what}: {step}");
+        }
+        let before =
+            start.map(|_| json!({"agent_identity": crate::harness::identity_json(run.agent)}));
         let record =
             session_record(&env, id).unwrap_or_else(|| panic!("{what}: no session record"));
         assert_eq!(record["version"], 1, "{what}");
@@ -692,7 +715,7 @@ fn every_fixture_payload_records_or_ends_its_session_with_the_agent_detected() {
             "{what}: host"
         );
         match event {
-            "SessionStart" => check_started(&env, &what, &sent, &record),
+            "SessionStart" => check_started(&env, &what, &sent, &record, run.agent),
             "SessionEnd" => check_ended(&env, &what, &sent, &record, before.as_ref()),
             other => panic!("{what}: unexpected event {other}"),
         }

@@ -513,7 +513,8 @@ fn the_report_policy_only_reports() {
 fn two_hundred_agents_one_sentinel_each_and_none_left() {
     const AGENTS: usize = 200;
     let mut env = Env::new();
-    let agent_exe = env.work.path().join("agent");
+    // A copy of sh named like an agent: only a recognised agent gets a sentinel.
+    let agent_exe = env.work.path().join("claude");
     std::fs::copy("/bin/sh", &agent_exe).expect("an agent executable");
     let state = env.state_dir().to_string_lossy().into_owned();
     let mut agents = Vec::new();

@@ -1,5 +1,6 @@
 //! The integration tests: one binary, driving the real `session-reaper` against real child processes.
 
+mod belonging;
 mod codex_plugin;
 mod containment;
 mod demo;

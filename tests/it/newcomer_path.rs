@@ -837,6 +837,7 @@ pub(crate) fn fixture_world() -> session_reaper::commands::status_tree::StatusTr
             sentinel: sentinel_pid.is_some(),
             sentinel_pid,
             leftovers: Vec::new(),
+            spared: Vec::new(),
             mcp_servers: Vec::new(),
             containment: session_reaper::observe::cgroup::View::default(),
         }

@@ -766,32 +766,56 @@ fn real_clients_captured_payloads_start_and_end_their_sessions() {
 fn a_payload_without_session_id_is_keyed_by_its_agent_process() {
     let mut env = Env::new();
     let payload = fixture("copilot/sessionStart.no-session-id.json");
+    // The agent process named explicitly (no recognised agent is above the test), with no sentinel on the test.
+    let me = std::process::id().to_string();
+    let no_sentinel = [("SESSION_REAPER_SENTINEL", "off")];
     hook(
         &mut env,
-        &["--agent", "copilot", "--event", "sessionStart"],
+        &[
+            "--agent",
+            "copilot",
+            "--event",
+            "sessionStart",
+            "--owner-pid",
+            &me,
+        ],
         &payload,
-        &[],
+        &no_sentinel,
     );
     hook(
         &mut env,
-        &["--agent", "copilot", "--event", "sessionStart"],
+        &[
+            "--agent",
+            "copilot",
+            "--event",
+            "sessionStart",
+            "--owner-pid",
+            &me,
+        ],
         &payload,
-        &[],
+        &no_sentinel,
     );
     let records = sessions(&env);
     assert_eq!(records.len(), 1, "one stable synthetic id: {records:?}");
-    let me = std::process::id();
+    let pid = std::process::id();
     let id = records[0]["session_id"].as_str().unwrap();
     assert!(
-        id.starts_with(&format!("copilot-{me}-")),
-        "keyed by the agent process (the test, the hook's parent): {id}"
+        id.starts_with(&format!("copilot-{pid}-")),
+        "keyed by the agent process (the test, named by --owner-pid): {id}"
     );
-    assert_eq!(records[0]["agent_identity"]["pid"], me);
+    assert_eq!(records[0]["agent_identity"]["pid"], pid);
     hook(
         &mut env,
-        &["--agent", "copilot", "--event", "sessionEnd"],
+        &[
+            "--agent",
+            "copilot",
+            "--event",
+            "sessionEnd",
+            "--owner-pid",
+            &me,
+        ],
         &fixture("copilot/sessionStart.no-session-id.json"),
-        &[],
+        &no_sentinel,
     );
     assert!(
         !sessions(&env)[0]["ended_at"].is_null(),
@@ -1099,12 +1123,13 @@ fn doctor_warns_of_an_agent_without_reliable_session_end_and_no_sweep() {
 fn doctor_reports_recent_hook_errors_and_an_agent_process_that_is_no_agent() {
     let mut env = Env::new();
     let home = Home::new(&env);
-    // A SessionStart run by the test itself: its "agent process" is the test binary, no agent executable.
+    // A SessionStart naming as its agent (`--owner-pid`) the test binary, no agent executable.
+    let me = std::process::id().to_string();
     hook(
         &mut env,
-        &["--agent", "claude"],
+        &["--agent", "claude", "--owner-pid", &me],
         &fresh(&fixture("claude/SessionStart.startup.json")),
-        &[],
+        &[("SESSION_REAPER_SENTINEL", "off")],
     );
     let checks = doctor_check(&env, &home, "agent processes");
     assert!(

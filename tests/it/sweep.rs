@@ -28,15 +28,6 @@ pub fn unique_id(prefix: &str) -> String {
     )
 }
 
-/// The system python (the pyenv shim, if first on PATH, is a bash script: slower, and a wrapper).
-fn python() -> &'static str {
-    if Path::new("/usr/bin/python3").exists() {
-        "/usr/bin/python3"
-    } else {
-        "python3"
-    }
-}
-
 fn payload(event: &str, session: &str, cwd: &Path) -> Vec<u8> {
     json!({"session_id": session, "hook_event_name": event, "cwd": cwd})
         .to_string()
@@ -215,7 +206,8 @@ fn sweep_stops_the_broker_of_a_sigkilled_agent_with_reason_owners_gone() {
     let ws = env.workspace("app");
     let session = unique_id("crashed");
     let report = env.work.path().join("agent-report.json");
-    let mut agent = Command::new(python());
+    // Named like an agent: only a recognised agent above the hook is the session's agent.
+    let mut agent = Command::new(named_python(&env, "claude"));
     scrub_env(&mut agent);
     agent
         .arg("-c")
@@ -247,7 +239,7 @@ fn sweep_stops_the_broker_of_a_sigkilled_agent_with_reason_owners_gone() {
     assert_eq!(
         session_record(&env, &session).unwrap()["agent_identity"]["pid"],
         agent.pid,
-        "the agent is the hook's nearest non-shell ancestor"
+        "the agent is the recognised agent above the hook"
     );
 
     let (code, live) = sweep(&mut env, &[]);

@@ -28,19 +28,6 @@ pub struct ProcStat {
     pub start_ticks: u64,
 }
 
-/// Programs that run a hook on behalf of the agent; the agent process is the nearest ancestor that is none of these.
-pub const WRAPPERS: &[&str] = &[
-    "sh", "bash", "dash", "zsh", "fish", "env", "timeout", "nice", "nohup", "stdbuf", "time",
-    "ksh", "busybox", "flock", "xargs",
-];
-
-fn base_name(path: &str) -> &str {
-    path.rsplit('/')
-        .next()
-        .unwrap_or_default()
-        .trim_start_matches('-')
-}
-
 /// True when `argv` is an agent process: its program is a known agent executable, or a script runtime (node, bun)
 /// whose script is one (by name or by its npm package) — the agents table decides.
 pub fn is_agent_program(argv: &[String]) -> bool {
@@ -138,6 +125,7 @@ impl Markers {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Observed {
     pub identity: Identity,
+    pub ppid: i32,
     pub pgid: i32,
     pub sid: i32,
     pub markers: Markers,
@@ -181,6 +169,7 @@ pub fn observe_until<S: std::hash::BuildHasher>(
             })?;
             Some(Observed {
                 identity,
+                ppid: stat.ppid,
                 pgid: stat.pgid,
                 sid: stat.sid,
                 markers: Markers::of(&environ),
@@ -230,31 +219,41 @@ pub fn ancestors(pid: i32) -> Vec<ProcStat> {
     chain
 }
 
-/// The agent process of a hook run by `pid`: the nearest ancestor that is a known agent executable, else the nearest
-/// that is not a shell or wrapper (a launcher script, `flock`, `xargs` around the hook must not become the agent).
-pub fn agent_process(pid: i32) -> Option<ProcStat> {
-    let chain = ancestors(pid);
-    let agent = chain
-        .iter()
-        .position(|stat| cmdline(stat.pid).is_ok_and(|argv| is_agent_program(&argv)));
-    match agent {
-        Some(index) => chain.into_iter().nth(index),
-        None => chain.into_iter().find(|stat| !is_wrapper(stat)),
-    }
+/// One ancestor of a hook, nearest first, as the hook saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ancestor {
+    pub pid: i32,
+    pub uid: u32,
+    /// The agent the agents table recognises in its argv (its executable, or node/bun running its script).
+    pub agent: Option<crate::agents::Agent>,
 }
 
-fn is_wrapper(stat: &ProcStat) -> bool {
-    let argv0 = cmdline(stat.pid)
-        .ok()
-        .and_then(|argv| argv.into_iter().next())
-        .unwrap_or_default();
-    let base = base_name(&argv0).to_owned();
-    let name = if base.is_empty() {
-        stat.comm.as_str()
+/// The ancestors of `pid`, nearest first, as the hook's agent choice reads them (`decide::belonging::hook_agent`):
+/// each one's pid, uid and the agent its argv is, if any.
+pub fn hook_ancestors(pid: i32) -> Vec<Ancestor> {
+    ancestors(pid)
+        .into_iter()
+        .filter_map(|stat| {
+            let (identity, argv) = pinned(stat.pid, |pid| cmdline(pid).ok())?;
+            Some(Ancestor {
+                pid: identity.pid,
+                uid: identity.uid,
+                agent: crate::agents::agent_of_process(&argv),
+            })
+        })
+        .collect()
+}
+
+/// The processes that may adopt the orphans of the broker led by `leader`: init, and the leader's ancestors (the
+/// nearest subreaper among a dying process's ancestors takes its children). Empty of ancestors once it is gone.
+pub fn adopters_of(leader: &Identity) -> std::collections::HashSet<i32> {
+    let mut adopters: std::collections::HashSet<i32> = if is_alive(leader) {
+        ancestors(leader.pid).iter().map(|stat| stat.pid).collect()
     } else {
-        base.as_str()
+        std::collections::HashSet::new()
     };
-    WRAPPERS.contains(&name) || WRAPPERS.contains(&stat.comm.as_str())
+    adopters.insert(1);
+    adopters
 }
 
 /// Pids of this process and all its ancestors: never to be signalled. Read once per run (every check of the run
