@@ -446,7 +446,7 @@ pub fn claimed_pids(discovery: &Discovery) -> HashSet<i32> {
             let mut pids = vec![seen.identity.pid];
             if seen.stat.pgid == seen.identity.pid {
                 pids.extend(
-                    crate::decide::lineage::members_of_live_leader(&seen.identity)
+                    observe::members_of_live_leader(&seen.identity)
                         .into_iter()
                         .map(|member| member.pid),
                 );

@@ -327,7 +327,7 @@ impl SlotTarget {
             }
             SlotView::Broker(record) => record,
         };
-        if crate::decide::lineage::is_foreign(record, &proc::host_name()) {
+        if crate::decide::lineage::is_foreign(record, &proc::host()) {
             return Err(bad_input(format!(
                 "{}: the broker was recorded by host {:?} (pid namespace {}); it is left alone from here",
                 path.display(),
@@ -564,7 +564,7 @@ fn spawn(
         .log
         .map_or_else(|| target.slot.dir().join("broker.log"), Path::to_path_buf);
     let marker = format!("{}/{}", target.workspace_text(), target.slot.name());
-    let token = crate::decide::lineage::new_token()?;
+    let token = crate::act::launch::new_token()?;
     let mut child = launch::spawn_broker(
         request.command,
         &launch::BrokerLaunch {
@@ -820,7 +820,7 @@ fn detach(target: &SlotTarget, owner: &SessionId) -> anyhow::Result<Outcome> {
             &SlotView::Broker(record.clone()),
             &[owner.as_str()],
             Reason::Manual,
-            (&proc::host_name(), &clock::now_rfc3339()),
+            (&proc::host(), &clock::now_rfc3339()),
             &label,
         );
         executor::apply(&target.store, &guard, &change)?;

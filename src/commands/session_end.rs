@@ -137,7 +137,7 @@ pub fn end_session(
             .collect(),
         None => Slot::all(&store.root),
     };
-    let (host, now) = (proc::host_name(), clock::now_rfc3339());
+    let (host, now) = (proc::host(), clock::now_rfc3339());
     let mode = Mode::dry(ending.dry_run);
     for slot in slots {
         let label = slot.label();
@@ -284,7 +284,7 @@ fn file_resume_orphans(
         .into_iter()
         .filter(|pid| !protected.contains(pid));
     let resumes = |argv: &[String]| resume::resumes(argv, ending.session.as_str(), title);
-    for (identity, argv) in crate::decide::lineage::confirm_by_argv(candidates, resumes) {
+    for (identity, argv) in crate::observe::lineage::confirm_by_argv(candidates, resumes) {
         let pid = identity.pid;
         if guard.check(&identity).is_err() {
             continue;

@@ -198,7 +198,7 @@ pub fn observe(store: &Store, snapshot: &Snapshot) -> Facts {
             |view| {
                 let facts =
                     crate::commands::sweep::observe_facts(view, &sessions, &liveness, &host);
-                decide::slot::sweep(view, facts, ended, &policy, (&host, &label))
+                decide::slot::sweep(view, facts, ended, &policy, (&proc::host(), &label))
             },
         );
         if let Some(words) = decided.ok().as_ref().and_then(change_in_words) {

@@ -237,6 +237,7 @@ impl Sweep<'_> {
         };
         let mode = Mode::dry(self.policy.dry_run);
         let liveness = Liveness::default();
+        let here = proc::host();
         let mut unindexed: Vec<(String, String)> = Vec::new();
         let (slots, odd) = crate::store::slot_dirs::listing(&self.store.root);
         let odd = crate::commands::sweep_litter::odd_slots(&odd);
@@ -256,7 +257,7 @@ impl Sweep<'_> {
                         self.judged.unreadable_slots.insert(label.clone());
                     }
                     let facts = observe_facts(view, sessions, &liveness, &self.host);
-                    decide::slot::sweep(view, facts, ended, &policy, (&self.host, &label))
+                    decide::slot::sweep(view, facts, ended, &policy, (&here, &label))
                 },
             );
             if let Some(record) = &seen {
@@ -338,7 +339,7 @@ impl Sweep<'_> {
         if crate::decide::lineage::unrecorded(&snapshot, &self.judged, &root).is_empty() {
             return;
         }
-        let known = crate::decide::lineage::known_to(self.store, &self.tickets);
+        let known = crate::observe::lineage::known_to(self.store, &self.tickets);
         for lost in crate::decide::lineage::unrecorded(&snapshot, &known, &root) {
             let pid = lost.leader.pid;
             let (identity, marker) = (lost.leader, lost.marker);

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use crate::agents::{AGENTS, Agent};
 use crate::model::record::{Identity, SessionRecord};
-use crate::observe::proc::Ancestor;
+use crate::observe::Ancestor;
 use crate::observe::table::{Observed, Table};
 
 /// The agents a hook may take as its session's agent: `wanted` (the `--agent` flag and the agent the payload

@@ -1,34 +1,13 @@
 //! Process lineage (DESIGN "Process lineage"): which processes are a broker's members, when the stop of a broker
 //! is done, which marked processes no record knows (the sweep's `unrecorded`), and which processes are resume
-//! orphans. The decisions are pure functions over a pinned process snapshot (`proc::observe`) and the records; the
-//! few functions that read the system are at the end, under "Observing".
+//! orphans. The decisions are pure functions over a pinned process snapshot and the records; what they are taken on
+//! is read by `observe::lineage`.
 
 use std::collections::HashSet;
-use std::path::Path;
 
-use serde_json::Value;
-
-use crate::model::record::{BrokerRecord, Identity, StopTicket};
-use crate::observe::proc::{self, Observed};
-
-/// A fresh lineage token: 128 random bits in hex.
-pub fn new_token() -> anyhow::Result<String> {
-    use anyhow::Context;
-    use std::fmt::Write;
-    let mut bytes = [0u8; 16];
-    let mut filled = 0;
-    while filled < bytes.len() {
-        filled +=
-            rustix::rand::getrandom(&mut bytes[filled..], rustix::rand::GetRandomFlags::empty())
-                .context("reading random bytes for a lineage token")?;
-    }
-    Ok(bytes
-        .iter()
-        .fold(String::with_capacity(32), |mut hex, byte| {
-            let _ = write!(hex, "{byte:02x}");
-            hex
-        }))
-}
+use crate::model::host::Host;
+use crate::model::record::{BrokerRecord, Identity};
+use crate::observe::Observed;
 
 /// The members of a broker in `snapshot`, not counting the leader itself: processes of the leader's uid and boot,
 /// started no earlier than it, that carry its lineage `token`; and, while the leader is verified alive, those of
@@ -79,58 +58,12 @@ pub fn is_stop_done(leader_alive: bool, live_members: usize) -> bool {
 
 /// True when a record is not ours to act on by pid: another host's (a shared state root), or written in another pid
 /// namespace (a sandboxed shell tool, a container), whose pids mean nothing here.
-pub fn is_foreign(record: &BrokerRecord, host: &str) -> bool {
-    crate::model::record::is_other_host(&record.host, host)
-        || record.identity.is_other_pid_ns(proc::own_pid_ns())
+pub fn is_foreign(record: &BrokerRecord, host: &Host) -> bool {
+    crate::model::record::is_other_host(&record.host, &host.name)
+        || record.identity.is_other_pid_ns(host.pid_ns)
 }
 
-/// Every lineage token and pid the records of a state root name — live, unreadable, refused (another host's, another
-/// namespace's) or newer-version records alike — and the slots whose record could not be read at all.
-#[derive(Clone, Debug, Default)]
-pub struct Known {
-    pub tokens: HashSet<String>,
-    pub pids: HashSet<i32>,
-    /// Labels (`<workspace-key>/<name>`) of slots whose record exists but does not read: any marker naming one is
-    /// taken as known.
-    pub unreadable_slots: HashSet<String>,
-}
-
-impl Known {
-    /// What a record (of any version) names, read loosely from its JSON.
-    pub fn add_json(&mut self, value: &Value) {
-        if let Some(token) = value.get("lineage").and_then(Value::as_str) {
-            self.tokens.insert(token.to_owned());
-        }
-        if let Some(pid) = value
-            .pointer("/identity/pid")
-            .and_then(Value::as_i64)
-            .and_then(|pid| i32::try_from(pid).ok())
-        {
-            self.pids.insert(pid);
-        }
-    }
-
-    /// What a record read as this version's names.
-    pub fn add_record(&mut self, record: &BrokerRecord) {
-        self.tokens.extend(record.lineage.clone());
-        self.pids.insert(record.identity.pid);
-    }
-
-    pub fn add_ticket(&mut self, ticket: &StopTicket) {
-        self.tokens.extend(ticket.lineage.clone());
-        self.pids.insert(ticket.identity.pid);
-        self.pids
-            .extend(ticket.members.iter().map(|member| member.pid));
-    }
-
-    fn knows_slot_of(&self, marker: &str) -> bool {
-        let Some((workspace, name)) = marker.rsplit_once('/') else {
-            return false;
-        };
-        let key = crate::model::workspace::workspace_key(Path::new(workspace));
-        self.unreadable_slots.contains(&format!("{key}/{name}"))
-    }
-}
+pub use crate::model::known::Known;
 
 /// A broker whose record is lost: the earliest-started carrier of a token no record knows, and how many other
 /// processes carry it.
@@ -220,68 +153,10 @@ pub fn member_pids(snapshot: &[Observed], records: &[BrokerRecord]) -> HashSet<i
         .collect()
 }
 
-// Observing: the functions below read the system.
-
-/// What the records of the state root know (slots of every kind, filed tickets) plus `extra` tickets not yet filed.
-pub fn known_to(store: &crate::store::Store, extra: &[StopTicket]) -> Known {
-    let mut known = Known::default();
-    for slot in crate::store::slot::Slot::all(&store.root) {
-        match store.root.read_file(&slot.record_path()) {
-            Ok(None) => {}
-            Ok(Some(bytes)) => match serde_json::from_slice::<Value>(&bytes) {
-                Ok(value) if value.is_object() => known.add_json(&value),
-                _ => {
-                    known.unreadable_slots.insert(slot.label());
-                }
-            },
-            Err(_) => {
-                known.unreadable_slots.insert(slot.label());
-            }
-        }
-    }
-    for ticket in store.tickets.readable().iter().chain(extra) {
-        known.add_ticket(ticket);
-    }
-    known
-}
-
-/// The members of a process that leads its group and is alive now (those of its group or session, and of its
-/// lineage token if it has one): what a group signal through it would reach, and more.
-pub fn members_of_live_leader(leader: &Identity) -> Vec<Identity> {
-    let snapshot = proc::observe(&HashSet::from([leader.pid]));
-    let token = snapshot
-        .iter()
-        .find(|seen| leader.is_same_process(&seen.identity))
-        .and_then(|seen| seen.markers.lineage.clone());
-    members(
-        leader,
-        token.as_deref(),
-        proc::is_alive(leader),
-        &snapshot,
-        &proc::adopters_of(leader),
-    )
-}
-
-/// The processes in `snapshot` (pid, argv) that `matches`, confirmed by pinned observation: identity, argv read
-/// again and matched again, identity unchanged. A pid reused since the snapshot gives nothing.
-pub fn confirm_by_argv(
-    candidates: impl IntoIterator<Item = i32>,
-    matches: impl Fn(&[String]) -> bool,
-) -> Vec<(Identity, Vec<String>)> {
-    candidates
-        .into_iter()
-        .filter_map(|pid| {
-            proc::pinned(pid, |pid| {
-                proc::cmdline(pid).ok().filter(|argv| matches(argv))
-            })
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observe::proc::Markers;
+    use crate::observe::Markers;
 
     fn id(pid: i32, start: u64) -> Identity {
         Identity {
@@ -453,7 +328,7 @@ mod tests {
     fn an_unreadable_slot_knows_the_markers_that_name_it() {
         let snapshot = [seen(20, 8, (20, 20), token("lost"))];
         let mut known = Known::default();
-        let key = crate::model::workspace::workspace_key(Path::new("/w"));
+        let key = crate::model::workspace::workspace_key(std::path::Path::new("/w"));
         known.unreadable_slots.insert(format!("{key}/default"));
         assert!(unrecorded(&snapshot, &known, "/state").is_empty());
     }
@@ -512,13 +387,5 @@ mod tests {
             !pids.contains(&102),
             "a dead leader's group is not a broker's"
         );
-    }
-
-    #[test]
-    fn tokens_are_fresh_128_bit_hex() {
-        let (a, b) = (new_token().unwrap(), new_token().unwrap());
-        assert_eq!(a.len(), 32);
-        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
-        assert_ne!(a, b);
     }
 }

@@ -5,6 +5,7 @@
 use std::time::{Duration, SystemTime};
 
 use crate::model::clock::{self, Stamp};
+use crate::model::host::Host;
 use crate::model::reason::Reason;
 use crate::model::record::{BrokerRecord, StopTicket};
 use crate::model::slot::SlotView;
@@ -82,7 +83,7 @@ impl SlotChange {
 /// to make instead (nothing for an empty slot or another host's record, moving a corrupt record aside, leaving a
 /// refused one alone and saying why); `Ok` is the record to decide on.
 #[allow(clippy::result_large_err)]
-fn usable<'v>(view: &'v SlotView, host: &str) -> Result<&'v BrokerRecord, SlotChange> {
+fn usable<'v>(view: &'v SlotView, host: &Host) -> Result<&'v BrokerRecord, SlotChange> {
     match view {
         SlotView::Empty => Err(SlotChange::Keep),
         SlotView::Unreadable(unreadable) if unreadable.corrupt => Err(SlotChange::MoveAside {
@@ -108,7 +109,7 @@ pub fn remove_owners(
     view: &SlotView,
     sessions: &[&str],
     reason: Reason,
-    (host, now): (&str, &str),
+    (host, now): (&Host, &str),
     label: &str,
 ) -> SlotChange {
     let record = match usable(view, host) {
@@ -200,7 +201,7 @@ pub fn sweep(
     facts: SlotFacts,
     ended: impl Fn(&str) -> bool,
     policy: &SweepPolicy,
-    (host, label): (&str, &str),
+    (host, label): (&Host, &str),
 ) -> SlotChange {
     if matches!(view, SlotView::Empty) {
         return SlotChange::RemoveEmpty {
@@ -282,6 +283,13 @@ mod tests {
     use crate::model::slot::Unreadable;
 
     const HOST: &str = "h";
+
+    fn here() -> Host {
+        Host {
+            name: HOST.into(),
+            pid_ns: None,
+        }
+    }
     const NOW: &str = "2026-01-01T00:00:00Z";
     const LABEL: &str = "w-0123456789abcdef/default";
 
@@ -337,7 +345,7 @@ mod tests {
             &view(&["a", "b"]),
             &["a"],
             Reason::SessionEnd,
-            (HOST, NOW),
+            (&here(), NOW),
             LABEL,
         );
         assert!(matches!(change, SlotChange::Write { .. }), "{change:?}");
@@ -351,7 +359,7 @@ mod tests {
             &view(&["a"]),
             &["a"],
             Reason::SessionEnd,
-            (HOST, NOW),
+            (&here(), NOW),
             LABEL,
         );
         let SlotChange::HandOff { ticket, reason, .. } = &change else {
@@ -371,7 +379,7 @@ mod tests {
             (SlotView::Empty, "a"),
         ] {
             assert_eq!(
-                remove_owners(&slot, &[leaving], Reason::SessionEnd, (HOST, NOW), LABEL),
+                remove_owners(&slot, &[leaving], Reason::SessionEnd, (&here(), NOW), LABEL),
                 SlotChange::Keep
             );
         }
@@ -384,7 +392,7 @@ mod tests {
             corrupt: false,
         });
         assert!(matches!(
-            remove_owners(&refused, &["a"], Reason::SessionEnd, (HOST, NOW), LABEL),
+            remove_owners(&refused, &["a"], Reason::SessionEnd, (&here(), NOW), LABEL),
             SlotChange::LeaveAlone { .. }
         ));
         let corrupt = SlotView::Unreadable(Unreadable {
@@ -392,7 +400,7 @@ mod tests {
             corrupt: true,
         });
         assert!(matches!(
-            remove_owners(&corrupt, &["a"], Reason::SessionEnd, (HOST, NOW), LABEL),
+            remove_owners(&corrupt, &["a"], Reason::SessionEnd, (&here(), NOW), LABEL),
             SlotChange::MoveAside { .. }
         ));
         let facts = SlotFacts {
@@ -406,7 +414,7 @@ mod tests {
                 facts,
                 |_| true,
                 &policy(SystemTime::now(), Duration::ZERO),
-                (HOST, LABEL)
+                (&here(), LABEL)
             ),
             SlotChange::LeaveAlone { .. }
         ));
@@ -418,7 +426,7 @@ mod tests {
         foreign.host = "elsewhere".into();
         let view = SlotView::Broker(foreign);
         assert_eq!(
-            remove_owners(&view, &["a"], Reason::SessionEnd, (HOST, NOW), LABEL),
+            remove_owners(&view, &["a"], Reason::SessionEnd, (&here(), NOW), LABEL),
             SlotChange::Keep
         );
         let dead = SlotFacts {
@@ -432,7 +440,7 @@ mod tests {
                 dead,
                 |_| true,
                 &policy(SystemTime::now(), Duration::ZERO),
-                (HOST, LABEL)
+                (&here(), LABEL)
             ),
             SlotChange::Keep
         );
@@ -502,7 +510,7 @@ mod tests {
             facts,
             |_| false,
             &policy(now, ttl),
-            (HOST, LABEL),
+            (&here(), LABEL),
         )
     }
 
@@ -567,10 +575,10 @@ mod tests {
         let now = SystemTime::now();
         let shared = SlotView::Broker(record(&["a", "b"], &clock::format(now), None));
         let policy = policy(now, Duration::ZERO);
-        let change = sweep(&shared, LIVE, |s| s == "a", &policy, (HOST, LABEL));
+        let change = sweep(&shared, LIVE, |s| s == "a", &policy, (&here(), LABEL));
         assert!(matches!(change, SlotChange::Write { .. }) && change.removes("a"));
         assert_eq!(owners_after(&change), ["b"]);
-        let change = sweep(&shared, LIVE, |_| true, &policy, (HOST, LABEL));
+        let change = sweep(&shared, LIVE, |_| true, &policy, (&here(), LABEL));
         assert!(matches!(
             change,
             SlotChange::HandOff {
@@ -579,7 +587,7 @@ mod tests {
             }
         ));
         assert!(matches!(
-            sweep(&SlotView::Empty, LIVE, |_| true, &policy, (HOST, LABEL)),
+            sweep(&SlotView::Empty, LIVE, |_| true, &policy, (&here(), LABEL)),
             SlotChange::RemoveEmpty { .. }
         ));
     }

@@ -8,6 +8,8 @@ pub mod clock;
 pub mod containment;
 pub mod deadline;
 pub mod hook_event;
+pub mod host;
+pub mod known;
 pub mod leftover;
 pub mod marker;
 pub mod name;

@@ -2,7 +2,10 @@
 //! host facts, and where a cwd's workspace is.
 
 pub mod cgroup;
+pub mod lineage;
 pub mod mcp;
 pub mod proc;
 pub mod table;
 pub mod workspace;
+
+pub use proc::{Ancestor, Markers, Observed};

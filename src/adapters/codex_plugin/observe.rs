@@ -562,6 +562,23 @@ fn age_of(start_secs: u64) -> Duration {
         .unwrap_or_default()
 }
 
+/// The members of a process that leads its group and is alive now (those of its group or session, and of its
+/// lineage token if it has one): what a group signal through it would reach, and more.
+pub(crate) fn members_of_live_leader(leader: &Identity) -> Vec<Identity> {
+    let snapshot = proc::observe(&std::collections::HashSet::from([leader.pid]));
+    let token = snapshot
+        .iter()
+        .find(|seen| leader.is_same_process(&seen.identity))
+        .and_then(|seen| seen.markers.lineage.clone());
+    crate::decide::lineage::members(
+        leader,
+        token.as_deref(),
+        proc::is_alive(leader),
+        &snapshot,
+        &proc::adopters_of(leader),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

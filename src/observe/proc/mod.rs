@@ -273,6 +273,14 @@ pub fn self_and_ancestors() -> std::collections::HashSet<i32> {
 
 pub use crate::store::root::host_name;
 
+/// This run's host name and pid namespace, as decisions take them.
+pub fn host() -> crate::model::host::Host {
+    crate::model::host::Host {
+        name: host_name(),
+        pid_ns: own_pid_ns(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
