@@ -27,9 +27,20 @@ session=$(python3 -c 'import uuid; print(uuid.uuid4())')
 shown_session=0b5f6b3e-41c2-4d57-9a51-3c6f0e9d2a11
 trap cleanup EXIT
 # An environment of its own: no agent variables of whoever runs the script.
-run_clean() { env -i PATH="$PATH" HOME="$tmp/home" LANG=C.UTF-8 "$@"; }
+# Containment is off: the script makes no cgroup in this machine's tree (the picture shows the session variable at work).
+run_clean() { env -i PATH="$PATH" HOME="$tmp/home" LANG=C.UTF-8 SESSION_REAPER_CONTAINMENT=off "$@"; }
+# The fake agent runs as a program named `claude` (the real python3 behind a link of that name): only a process the
+# agents table recognises gets an agent's powers (docs/belonging.md).
+# The real python3 comes first on PATH too, so that what the agent's tools start is python3 itself, not a version
+# manager's shim running helpers of its own.
+mkdir -p "$tmp/bin"
+real_python=$(python3 -c 'import os, sys; print(os.path.realpath(sys.executable))')
+ln -s "$real_python" "$tmp/bin/claude"
+ln -s "$real_python" "$tmp/bin/python3"
+PATH="$tmp/bin:$PATH"
 coproc AGENT { cd "$tmp/src/app" && exec env -i PATH="$PATH" HOME="$tmp/home" LANG=C.UTF-8 \
-    python3 "$here/fixtures/fake_agent.py" "$bin" "$state" "$session" CLAUDE_CODE_SESSION_ID --deadline 10s; }
+    SESSION_REAPER_CONTAINMENT=off \
+    "$tmp/bin/claude" "$here/fixtures/fake_agent.py" "$bin" "$state" "$session" CLAUDE_CODE_SESSION_ID --deadline 10s; }
 agent_pid=$AGENT_PID
 order() { echo "$1" >&"${AGENT[1]}"; read -r answer <&"${AGENT[0]}"; [ "$answer" = ok ]; }
 # Waits (up to 10 s) until a process whose argv contains $1 runs with the session in its environment.
