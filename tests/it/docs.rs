@@ -26,11 +26,10 @@ use std::time::Duration;
 
 use pulldown_cmark::{CodeBlockKind, Event, HeadingLevel, Options, Parser, Tag, TagEnd};
 
-use crate::harness::{BIN, Env, Home, fresh_session, run_bounded_for, with_env_entry};
+use crate::harness::{BIN, Env, Home, fresh_session, python3, run_bounded_for, with_env_entry};
 
 /// Rewrites the transcripts that differ from real output, instead of failing.
 const BLESS: &str = "SESSION_REAPER_BLESS";
-
 
 /// How long one transcript may take (a loaded 2-core machine).
 const TRANSCRIPT_LIMIT: Duration = Duration::from_secs(60);
@@ -185,6 +184,11 @@ impl World {
         let home = Home::new(&env);
         std::fs::create_dir_all(home.dir.join("src/app/.git")).expect("workspace");
         std::fs::create_dir_all(env.work.path().join("tmp")).expect("tmp");
+        // The real python3 first on PATH (the home's bin comes before the caller's PATH): a version manager's shim
+        // runs helpers of its own, which would show up as a broker's members.
+        let bin = home.dir.join("bin");
+        std::fs::create_dir_all(&bin).expect("home bin");
+        let _ = std::os::unix::fs::symlink(python3(), bin.join("python3"));
         World {
             env,
             home,
