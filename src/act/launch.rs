@@ -42,7 +42,7 @@ pub fn spawn_broker(argv: &[String], launch: &BrokerLaunch<'_>) -> anyhow::Resul
         OpenOptions::new().append(true).create(true).mode(0o600),
     )
     .with_context(|| format!("opening broker log {}", log.display()))?;
-    crate::store::root::check_regular_file(&output, log, nix::unistd::geteuid().as_raw())?;
+    crate::store::root::check_regular_file(&output, log, rustix::process::geteuid().as_raw())?;
     let mut command = Command::new(program);
     command
         .args(arguments)
@@ -60,7 +60,7 @@ pub fn spawn_broker(argv: &[String], launch: &BrokerLaunch<'_>) -> anyhow::Resul
     // SAFETY: setsid, write and fcntl/close_range are async-signal-safe and touch no memory of the parent.
     unsafe {
         command.pre_exec(move || {
-            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            rustix::process::setsid().map_err(std::io::Error::from)?;
             if let Some(procs) = &cgroup {
                 crate::act::cgroup::enter(procs);
             }
@@ -97,16 +97,18 @@ pub fn spawn_detached(exe: &Path, args: &[&str], env: &[(&str, &Path)]) -> anyho
     // calls this.
     unsafe {
         command.pre_exec(move || {
-            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            rustix::process::setsid().map_err(std::io::Error::from)?;
             if let Some(procs) = &home {
                 crate::act::cgroup::enter(procs);
             }
-            match nix::unistd::fork().map_err(std::io::Error::from)? {
-                nix::unistd::ForkResult::Parent { .. } => nix::libc::_exit(0),
-                nix::unistd::ForkResult::Child => {
+            // rustix offers no fork: libc's, as async-signal-safe as the rest.
+            match libc::fork() {
+                -1 => Err(std::io::Error::last_os_error()),
+                0 => {
                     close_above_stderr(Closing::Now);
                     Ok(())
                 }
+                _ => libc::_exit(0),
             }
         });
     }

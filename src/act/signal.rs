@@ -82,7 +82,7 @@ impl Guard {
     pub fn new() -> Self {
         Guard {
             protected: proc::self_and_ancestors(),
-            uid: nix::unistd::getuid().as_raw(),
+            uid: rustix::process::getuid().as_raw(),
             live_agents: Vec::new(),
         }
     }
@@ -173,13 +173,22 @@ impl Sig {
         }
     }
 
-    fn nix(self) -> nix::sys::signal::Signal {
+    fn signal(self) -> rustix::process::Signal {
         match self {
-            Sig::Term => nix::sys::signal::Signal::SIGTERM,
-            Sig::Kill => nix::sys::signal::Signal::SIGKILL,
-            Sig::Stop => nix::sys::signal::Signal::SIGSTOP,
+            Sig::Term => rustix::process::Signal::TERM,
+            Sig::Kill => rustix::process::Signal::KILL,
+            Sig::Stop => rustix::process::Signal::STOP,
         }
     }
+}
+
+const ESRCH: i32 = rustix::io::Errno::SRCH.raw_os_error();
+const EINVAL: i32 = rustix::io::Errno::INVAL.raw_os_error();
+
+/// The pid of `identity` as the kernel takes it (a pid of 0 or less names no process: "no such process").
+fn pid_of(identity: &Identity) -> std::io::Result<rustix::process::Pid> {
+    rustix::process::Pid::from_raw(identity.pid)
+        .ok_or_else(|| std::io::Error::from_raw_os_error(ESRCH))
 }
 
 impl Handle {
@@ -196,14 +205,14 @@ impl Handle {
         let result = match &self.pidfd {
             Some(fd) => pidfd_signal(fd, sig),
             None if proc::is_alive(&self.identity) => {
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.identity.pid), sig.nix())
+                rustix::process::kill_process(pid_of(&self.identity)?, sig.signal())
                     .map_err(std::io::Error::from)
             }
             None => return Ok(false),
         };
         match result {
             Ok(()) => Ok(true),
-            Err(err) if err.raw_os_error() == Some(libc::ESRCH) => Ok(false),
+            Err(err) if err.raw_os_error() == Some(ESRCH) => Ok(false),
             Err(err) => Err(err),
         }
     }
@@ -216,14 +225,14 @@ impl Handle {
         }
         let result = match &self.pidfd {
             Some(fd) => match pidfd_signal_group(fd, sig) {
-                Err(err) if err.raw_os_error() == Some(libc::EINVAL) => self.killpg_if_alive(sig),
+                Err(err) if err.raw_os_error() == Some(EINVAL) => self.killpg_if_alive(sig),
                 other => other,
             },
             None => self.killpg_if_alive(sig),
         };
         match result {
             Ok(()) => Ok(true),
-            Err(err) if err.raw_os_error() == Some(libc::ESRCH) => self.signal(sig),
+            Err(err) if err.raw_os_error() == Some(ESRCH) => self.signal(sig),
             Err(err) => Err(err),
         }
     }
@@ -231,9 +240,9 @@ impl Handle {
     /// The fallback of kernels without `PIDFD_SIGNAL_PROCESS_GROUP`: `killpg` right after the leader is seen alive.
     fn killpg_if_alive(&self, sig: Sig) -> std::io::Result<()> {
         if self.has_exited() {
-            return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            return Err(std::io::Error::from_raw_os_error(ESRCH));
         }
-        nix::sys::signal::killpg(nix::unistd::Pid::from_raw(self.identity.pid), sig.nix())
+        rustix::process::kill_process_group(pid_of(&self.identity)?, sig.signal())
             .map_err(std::io::Error::from)
     }
 
@@ -358,7 +367,7 @@ mod tests {
             pid_ns: proc::own_pid_ns(),
             pid,
             start_ticks: 1,
-            uid: nix::unistd::getuid().as_raw(),
+            uid: rustix::process::getuid().as_raw(),
         }
     }
 
@@ -366,7 +375,7 @@ mod tests {
     fn refuses_init_zero_negative_self_and_parent() {
         let guard = Guard::new();
         let me = i32::try_from(std::process::id()).unwrap();
-        let parent = nix::unistd::getppid().as_raw();
+        let parent = rustix::process::Pid::as_raw(rustix::process::getppid());
         assert_eq!(guard.check(&identity(0)), Err(Refusal::BadPid));
         assert_eq!(guard.check(&identity(1)), Err(Refusal::BadPid));
         assert_eq!(guard.check(&identity(-1)), Err(Refusal::BadPid));

@@ -783,17 +783,16 @@ fn graceful(shutdown: &Shutdown, pid: i32) -> std::io::Result<Option<Child>> {
 /// Writes one line to a unix socket without ever blocking: a listener that never accepts, or accepts and never
 /// reads, costs nothing.
 fn send_line(socket: &str, message: &str) -> std::io::Result<()> {
-    use nix::sys::socket::{
-        AddressFamily, SockFlag, SockType, UnixAddr, connect, socket as open_socket,
+    use rustix::net::{
+        AddressFamily, SocketAddrUnix, SocketFlags, SocketType, connect, socket_with,
     };
-    use std::os::fd::AsRawFd;
-    let fd = open_socket(
-        AddressFamily::Unix,
-        SockType::Stream,
-        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+    let fd = socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
         None,
     )?;
-    connect(fd.as_raw_fd(), &UnixAddr::new(socket)?)?;
+    connect(&fd, &SocketAddrUnix::new(socket)?)?;
     let mut stream = std::os::unix::net::UnixStream::from(fd);
     let mut line = message.as_bytes().to_vec();
     if !line.ends_with(b"\n") {
@@ -805,12 +804,11 @@ fn send_line(socket: &str, message: &str) -> std::io::Result<()> {
 /// Ends a shutdown command we started (its own process group) and reaps it.
 fn end_helper(helper: &mut Child) {
     if matches!(helper.try_wait(), Ok(None))
-        && let Ok(pid) = i32::try_from(helper.id())
+        && let Some(pid) = i32::try_from(helper.id())
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
     {
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
     }
     let _ = helper.wait();
 }

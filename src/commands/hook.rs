@@ -378,7 +378,7 @@ fn export_session_id(session: &SessionId) -> anyhow::Result<()> {
         })
         .collect();
     files.dedup();
-    let uid = nix::unistd::geteuid().as_raw();
+    let uid = rustix::process::geteuid().as_raw();
     for file in files {
         // Like a state file: no symlink followed, no blocking on a FIFO, a regular file of ours or nothing.
         let mut handle = crate::store::root::open_nofollow(

@@ -77,7 +77,7 @@ impl Table {
     /// and the argv of those and of their ancestors (what the rules judge by argv: agent workers, agent executables
     /// above a carrier). A process whose identity changed while it was read is left out.
     pub fn observe(since_ticks: u64) -> Self {
-        let uid = nix::unistd::getuid().as_raw();
+        let uid = rustix::process::getuid().as_raw();
         let procs = proc::pids()
             .unwrap_or_default()
             .into_iter()
@@ -90,7 +90,7 @@ impl Table {
     /// Like `observe`, with the environment, memory and argv read only of `members` (a contained session's cgroup
     /// holds every candidate) and of their ancestors' argv: the rest of the table is its stat alone.
     pub fn observe_only(members: &HashSet<i32>) -> Self {
-        let uid = nix::unistd::getuid().as_raw();
+        let uid = rustix::process::getuid().as_raw();
         let procs = proc::pids()
             .unwrap_or_default()
             .into_iter()

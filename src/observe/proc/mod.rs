@@ -358,7 +358,8 @@ mod tests {
     fn a_thread_id_is_not_a_process() {
         let (tx, rx) = std::sync::mpsc::channel();
         let worker = std::thread::spawn(move || {
-            tx.send(nix::unistd::gettid().as_raw()).unwrap();
+            tx.send(rustix::thread::gettid().as_raw_nonzero().get())
+                .unwrap();
             std::thread::park();
         });
         let tid = rx.recv().unwrap();

@@ -47,9 +47,9 @@ pub fn boot_id() -> &'static str {
 }
 
 pub fn stat(pid: i32) -> io::Result<ProcStat> {
-    let target = Some(nix::unistd::Pid::from_raw(pid));
-    let group = nix::unistd::getpgid(target).map_or(0, nix::unistd::Pid::as_raw);
-    let session = nix::unistd::getsid(target).map_or(0, nix::unistd::Pid::as_raw);
+    let target = rustix::process::Pid::from_raw(pid);
+    let group = rustix::process::getpgid(target).map_or(0, |pid| pid.as_raw_nonzero().get());
+    let session = rustix::process::getsid(target).map_or(0, |pid| pid.as_raw_nonzero().get());
     with_process(pid, |process| ProcStat {
         pid,
         comm: process.name().to_string_lossy().into_owned(),
