@@ -654,7 +654,7 @@ fn plant_owned_slots(
             let workspace = format!("/nonexistent/bench/{prefix}{index}");
             let slot = format!(
                 "{}/default",
-                session_reaper::model::workspace::workspace_key(Path::new(&workspace))
+                session_reaper::testing::workspace_key(Path::new(&workspace))
             );
             let dir = root.join("workspaces").join(&slot);
             support::mkdir(&dir);

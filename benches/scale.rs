@@ -11,7 +11,7 @@ mod support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use session_reaper::model::workspace::workspace_key;
+use session_reaper::testing::workspace_key;
 use support::{Options, Planted, Root, Sample, Table, Target, measure, ours, payload, reference};
 
 /// The owners of one session's end case: `rounds` sessions own the same slots, one ends per run.
@@ -249,7 +249,7 @@ fn main() {
 fn plant(root: &Path, size: usize, broker: &serde_json::Value, owned: &[&Owned], sessions: usize) {
     // Fresh records: the sweep keeps every slot (a state root where 100,000 brokers are all due for an idle stop is
     // another case, a stop per slot).
-    let now = &session_reaper::model::clock::now_rfc3339();
+    let now = &session_reaper::testing::now_rfc3339();
     let host = broker["host"].as_str().unwrap_or_default().to_owned();
     let keys: Vec<String> = (0..size)
         .map(|index| workspace_key(Path::new(&format!("/nonexistent/bench/ws{index}"))))

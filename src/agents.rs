@@ -654,7 +654,7 @@ impl AgentSpec {
 }
 
 /// The agent named by the environment's markers, if any: the first row whose marker is set.
-pub fn agent_from_env(has: &dyn Fn(&str) -> bool) -> Option<Agent> {
+pub(crate) fn agent_from_env(has: &dyn Fn(&str) -> bool) -> Option<Agent> {
     AGENTS
         .iter()
         .find(|spec| spec.env_markers.iter().any(|name| has(name)))
@@ -663,7 +663,7 @@ pub fn agent_from_env(has: &dyn Fn(&str) -> bool) -> Option<Agent> {
 
 /// The payload fields to try for one purpose (event or session names): the named agent's first, then every other
 /// agent's, each once.
-pub fn payload_fields(
+pub(crate) fn payload_fields(
     agent: Option<Agent>,
     fields: impl Fn(&AgentSpec) -> &'static [&'static str],
 ) -> Vec<&'static str> {
@@ -682,7 +682,7 @@ pub fn payload_fields(
 
 /// The agent a payload's own field names point to: a field present that exactly one agent's row lists (Copilot's
 /// `sessionId`, Goose's `event`, Cursor's `conversation_id`).
-pub fn agent_from_payload_keys(has: &dyn Fn(&str) -> bool) -> Option<Agent> {
+pub(crate) fn agent_from_payload_keys(has: &dyn Fn(&str) -> bool) -> Option<Agent> {
     let listed_by = |name: &str| {
         AGENTS
             .iter()
@@ -702,7 +702,7 @@ pub fn agent_from_payload_keys(has: &dyn Fn(&str) -> bool) -> Option<Agent> {
 
 /// The agent whose markers the environment carries and which runs `flagged`'s hook files too (Cursor and Copilot
 /// run Claude's): a hook installed for `flagged` then serves that agent's session.
-pub fn host_running_hooks_of(flagged: Agent, has: &dyn Fn(&str) -> bool) -> Option<Agent> {
+pub(crate) fn host_running_hooks_of(flagged: Agent, has: &dyn Fn(&str) -> bool) -> Option<Agent> {
     AGENTS
         .iter()
         .find(|spec| {
@@ -712,7 +712,7 @@ pub fn host_running_hooks_of(flagged: Agent, has: &dyn Fn(&str) -> bool) -> Opti
 }
 
 /// The agent whose transcripts live under a path like this one.
-pub fn agent_from_transcript(path: &str) -> Option<Agent> {
+pub(crate) fn agent_from_transcript(path: &str) -> Option<Agent> {
     AGENTS
         .iter()
         .find(|spec| {
@@ -727,7 +727,7 @@ const RUNTIMES: &[&str] = &["node", "nodejs", "bun", "deno"];
 
 /// The agent whose process `argv` is: its program is one of an agent's executables, or a script runtime whose script
 /// is one (by name, `.js` and the like dropped, or by its npm package).
-pub fn agent_of_process(argv: &[String]) -> Option<Agent> {
+pub(crate) fn agent_of_process(argv: &[String]) -> Option<Agent> {
     let base = |path: &str| {
         path.rsplit('/')
             .next()
@@ -764,7 +764,8 @@ pub fn agent_of_process(argv: &[String]) -> Option<Agent> {
 
 /// The agent whose helper `argv` is: a shell running a script that begins as one of an agent's `tool_wrappers`
 /// (Droid's `bash -c 'owner_is_alive() …'` watchdog, which leads the session of its shell tool's commands).
-pub fn agent_of_tool_wrapper(argv: &[String]) -> Option<Agent> {
+#[cfg(test)]
+pub(crate) fn agent_of_tool_wrapper(argv: &[String]) -> Option<Agent> {
     let (program, rest) = argv.split_first()?;
     let shell = program.rsplit('/').next().unwrap_or_default();
     if !matches!(shell, "bash" | "sh" | "dash" | "zsh") {
@@ -786,11 +787,11 @@ pub fn agent_of_tool_wrapper(argv: &[String]) -> Option<Agent> {
 }
 
 /// The variable our `SessionStart` exports through an agent's env file, which later tool commands then carry.
-pub const OWN_SESSION_VAR: &str = "SESSION_REAPER_SESSION_ID";
+pub(crate) const OWN_SESSION_VAR: &str = "SESSION_REAPER_SESSION_ID";
 
 /// Every variable naming a session in a hook's or a shell tool's environment, ours first, then in table order: what
 /// a broker launcher reads to find its owner, and what a process that outlives its session must not carry.
-pub fn session_variables() -> Vec<&'static str> {
+pub(crate) fn session_variables() -> Vec<&'static str> {
     std::iter::once(OWN_SESSION_VAR)
         .chain(
             AGENTS
@@ -802,7 +803,7 @@ pub fn session_variables() -> Vec<&'static str> {
 
 /// The variables that carry a session to the processes an agent's tools start, each with the agent that sets it
 /// (`None` for ours, which any agent with an env file passes on): what leftover discovery reads in an environment.
-pub fn carrier_variables() -> impl Iterator<Item = (&'static str, Option<Agent>)> {
+pub(crate) fn carrier_variables() -> impl Iterator<Item = (&'static str, Option<Agent>)> {
     std::iter::once((OWN_SESSION_VAR, None)).chain(AGENTS.iter().flat_map(|spec| {
         spec.session_vars
             .iter()
@@ -812,13 +813,13 @@ pub fn carrier_variables() -> impl Iterator<Item = (&'static str, Option<Agent>)
 }
 
 /// The variables naming an agent's own pid (`CLAUDE_PID`).
-pub fn agent_pid_variables() -> impl Iterator<Item = &'static str> {
+pub(crate) fn agent_pid_variables() -> impl Iterator<Item = &'static str> {
     AGENTS.iter().filter_map(|spec| spec.agent_pid_var)
 }
 
 /// True for a variable that ties a process to an agent session: a session variable, an agent marker, an env file,
 /// or Claude Code's `CLAUDECODE*` / `CLAUDE_CODE_*` family. Brokers and the sentinel are started without them.
-pub fn is_session_marker(name: &str) -> bool {
+pub(crate) fn is_session_marker(name: &str) -> bool {
     name.starts_with("CLAUDECODE")
         || name.starts_with("CLAUDE_CODE_")
         || session_variables().contains(&name)
@@ -830,7 +831,7 @@ pub fn is_session_marker(name: &str) -> bool {
 }
 
 /// Converts a timeout in an agent's unit to milliseconds.
-pub fn timeout_millis(value: u64, unit: TimeUnit) -> u64 {
+pub(crate) fn timeout_millis(value: u64, unit: TimeUnit) -> u64 {
     match unit {
         TimeUnit::Seconds => value.saturating_mul(1000),
         TimeUnit::Millis => value,

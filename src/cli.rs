@@ -25,7 +25,7 @@ use crate::settings::Scope;
     max_term_width = 100,
     arg_required_else_help = true
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     /// State root [default: $SESSION_REAPER_STATE_DIR, $XDG_STATE_HOME/session-reaper, ~/.local/state/session-reaper]
     #[arg(long, global = true, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
@@ -49,7 +49,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run as an agent's SessionStart/SessionEnd hook (JSON payload on stdin; always exits 0, prints nothing)
     #[command(after_help = "Example (Claude Code settings.json):\n  \
         {\"type\": \"command\", \"command\": \"session-reaper hook --agent claude\", \"timeout\": 5}")]
@@ -133,14 +133,14 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
-pub struct ManArgs {
+pub(crate) struct ManArgs {
     /// Write session-reaper.1 and a page per command (session-reaper-status.1, …) into this directory
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
-pub struct KeepArgs {
+pub(crate) struct KeepArgs {
     /// Mark this running process and its descendants instead of starting a command
     #[arg(
         long,
@@ -163,7 +163,7 @@ pub struct KeepArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct SentinelArgs {
+pub(crate) struct SentinelArgs {
     #[arg(long, value_name = "PID")]
     pub pid: i32,
     #[arg(long, value_name = "TICKS")]
@@ -175,20 +175,20 @@ pub struct SentinelArgs {
 
 /// What to do with what a session leaves behind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LeftoversChoice {
+pub(crate) enum LeftoversChoice {
     Stop,
     Report,
     Off,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Switch {
+pub(crate) enum Switch {
     On,
     Off,
 }
 
 #[derive(Debug, Args)]
-pub struct HookArgs {
+pub(crate) struct HookArgs {
     /// Which agent runs us: one of the agents table, or auto (detected from the payload and environment)
     #[arg(long, value_parser = agent_choice, default_value = "auto", value_name = "AGENT")]
     pub agent: AgentChoice,
@@ -247,7 +247,7 @@ pub struct HookArgs {
 
 /// Where the Codex plugin for Claude Code keeps its brokers, and whether to look at all.
 #[derive(Debug, Args)]
-pub struct CodexArgs {
+pub(crate) struct CodexArgs {
     /// Also look for the Codex plugin's brokers in this state dir (repeatable) [always looked at:
     /// $CLAUDE_PLUGIN_DATA/state, $TMPDIR/codex-companion, ~/.claude/plugins/data/*/state]
     #[arg(long = "codex-state", value_name = "DIR")]
@@ -260,7 +260,7 @@ pub struct CodexArgs {
 
 /// When to colour output (and print progress lines on stderr).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum ColorWhen {
+pub(crate) enum ColorWhen {
     Auto,
     Always,
     Never,
@@ -268,7 +268,7 @@ pub enum ColorWhen {
 
 /// `--json`: one JSON shape per record type instead of text for people.
 #[derive(Clone, Copy, Debug, Default, Args)]
-pub struct JsonFlag {
+pub(crate) struct JsonFlag {
     /// Print JSON (one object per record; `log` prints JSON Lines) instead of text for people
     #[arg(long)]
     pub json: bool,
@@ -276,7 +276,7 @@ pub struct JsonFlag {
 
 /// `--agent` of `hook`: an agent, or `auto` (detected from the payload and environment).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AgentChoice(pub Option<Agent>);
+pub(crate) struct AgentChoice(pub Option<Agent>);
 
 /// Parses `auto` or an agent's name (the names of [`Agent`], as clap spells them).
 fn agent_choice(text: &str) -> Result<AgentChoice, String> {
@@ -293,7 +293,7 @@ fn agent_choice(text: &str) -> Result<AgentChoice, String> {
 
 /// Which slot: a workspace (by any directory inside it) and a broker name.
 #[derive(Debug, Args)]
-pub struct SlotArgs {
+pub(crate) struct SlotArgs {
     /// A directory in the workspace (its git top-level is the workspace) [default: the current directory]
     #[arg(long, value_name = "DIR")]
     pub cwd: Option<PathBuf>,
@@ -305,7 +305,7 @@ pub struct SlotArgs {
 
 /// Who owns: a session id, else found from the environment or the calling agent.
 #[derive(Debug, Args)]
-pub struct OwnerArgs {
+pub(crate) struct OwnerArgs {
     /// Owner session [default: $SESSION_REAPER_SESSION_ID, then each agent's session variable in the agents table
     /// ($CLAUDE_CODE_SESSION_ID, $QWEN_CODE_SESSION_ID, $CODEX_THREAD_ID, …), else the live session whose agent
     /// process is an ancestor of this one]
@@ -315,7 +315,7 @@ pub struct OwnerArgs {
 
 /// How a broker is to be stopped.
 #[derive(Debug, Args)]
-pub struct StopArgs {
+pub(crate) struct StopArgs {
     /// Stop the broker when it has been idle this long, even with live owners (lazy respawn; 0 disables)
     #[arg(long, value_name = "DURATION", value_parser = parse_idle_ttl)]
     pub idle_ttl: Option<Duration>,
@@ -343,7 +343,7 @@ pub struct StopArgs {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum BrokerCommand {
+pub(crate) enum BrokerCommand {
     /// Start CMD detached as the workspace's broker, or join the live one running the same command
     #[command(
         after_help = "Example:\n  session-reaper broker spawn --cwd ~/src/app --session s1 -- npm run dev"
@@ -440,7 +440,7 @@ pub enum BrokerCommand {
 // Independent flags of one command line.
 #[allow(clippy::struct_excessive_bools)]
 #[derive(Debug, Args)]
-pub struct ReapArgs {
+pub(crate) struct ReapArgs {
     /// The session to end: its id or a unique prefix of one (as `status` shows it)
     #[arg(
         long,
@@ -482,7 +482,7 @@ pub struct ReapArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct SweepArgs {
+pub(crate) struct SweepArgs {
     /// Stop brokers with no live owner after this long idle (0 disables; at most 30 days)
     #[arg(long, value_name = "DURATION", value_parser = parse_idle_ttl, default_value = "30m")]
     pub idle_ttl: Duration,
@@ -504,7 +504,7 @@ pub struct SweepArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct StatusArgs {
+pub(crate) struct StatusArgs {
     /// Print JSON instead of text for people
     #[arg(long)]
     pub json: bool,
@@ -514,14 +514,14 @@ pub struct StatusArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct JsonArg {
+pub(crate) struct JsonArg {
     /// Print JSON instead of text for people
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(Debug, Args)]
-pub struct LogArgs {
+pub(crate) struct LogArgs {
     /// Only events of this session (its id or a unique prefix of one)
     #[arg(long, value_name = "ID")]
     pub session: Option<String>,
@@ -544,7 +544,7 @@ pub struct LogArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct SettingsArgs {
+pub(crate) struct SettingsArgs {
     /// The agent whose settings to change
     #[arg(long, value_enum)]
     pub agent: Agent,
@@ -571,7 +571,7 @@ pub struct SettingsArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct InstallArgs {
+pub(crate) struct InstallArgs {
     #[command(flatten)]
     pub settings: SettingsArgs,
 
@@ -587,7 +587,7 @@ pub struct InstallArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct DemoArgs {
+pub(crate) struct DemoArgs {
     /// Keep the demo's directory (its state root, logs and events) and print where it is
     #[arg(long)]
     pub keep: bool,
@@ -600,7 +600,7 @@ pub struct DemoArgs {
 /// The actions `events.jsonl` records, as `log --action` accepts them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 #[value(rename_all = "snake_case")]
-pub enum LogAction {
+pub(crate) enum LogAction {
     SessionStart,
     SessionEnd,
     Spawn,
@@ -624,7 +624,7 @@ pub enum LogAction {
 
 impl LogAction {
     /// The action's name in events.jsonl.
-    pub fn as_str(self) -> String {
+    pub(crate) fn as_str(self) -> String {
         self.to_possible_value()
             .map(|value| value.get_name().to_owned())
             .unwrap_or_default()

@@ -25,13 +25,13 @@ use crate::store::sessions::Sessions;
 
 /// Settings every command shares.
 #[derive(Clone, Debug)]
-pub struct Config {
+pub(crate) struct Config {
     pub state_dir: PathBuf,
     pub verbose: bool,
 }
 
 impl Config {
-    pub fn new(state_dir_flag: Option<&Path>, verbose: bool) -> anyhow::Result<Self> {
+    pub(crate) fn new(state_dir_flag: Option<&Path>, verbose: bool) -> anyhow::Result<Self> {
         Ok(Config {
             state_dir: crate::store::root::resolve_root(state_dir_flag)?,
             verbose,
@@ -39,10 +39,14 @@ impl Config {
     }
 
     /// The shared settings and the request of one command line.
-    pub fn from_cli(cli: &Cli) -> anyhow::Result<(Config, Request)> {
+    pub(crate) fn from_cli(cli: &Cli) -> anyhow::Result<(Config, Request)> {
         let config = Config::new(cli.state_dir.as_deref(), cli.verbose)?;
         let request = match &cli.command {
-            Command::Hook(args) => Request::Hook(hook_request(args)?),
+            Command::Hook(args) => {
+                // Checked here like any other request; the hook itself runs from `lib::run_hook`.
+                hook_request(args)?;
+                Request::Hook
+            }
             Command::Broker(command) => Request::Broker(broker_request(command, &config)?),
             Command::Reap(args) => Request::Reap(reap_request(args)?),
             Command::Sweep(args) => Request::Sweep(sweep_request(args)?),
@@ -82,8 +86,8 @@ impl Config {
 
 /// What one command line asks for.
 #[derive(Debug)]
-pub enum Request {
-    Hook(HookRequest),
+pub(crate) enum Request {
+    Hook,
     Broker(BrokerRequest),
     Reap(ReapRequest),
     Sweep(SweepRequest),
@@ -116,7 +120,7 @@ pub enum Request {
 
 /// `keep …`: start a command that outlives its session, or mark a running process.
 #[derive(Clone, Debug)]
-pub enum KeepRequest {
+pub(crate) enum KeepRequest {
     Start {
         command: Vec<String>,
         log: Option<PathBuf>,
@@ -170,7 +174,7 @@ fn policy_of(choice: LeftoversChoice) -> Policy {
 
 /// `hook`: its flags are checked here like any other; a refusal is reported by the hook, which still exits 0.
 #[derive(Clone, Debug)]
-pub struct HookRequest {
+pub(crate) struct HookRequest {
     pub agent: Option<Agent>,
     pub event: Option<String>,
     pub deadline: Duration,
@@ -186,7 +190,7 @@ pub struct HookRequest {
 
 /// The hook request of `session-reaper hook …`. A `--codex-state` dir that does not exist is looked at and found
 /// empty: a hook refuses nothing but an out-of-bounds duration (reported, exit 0).
-pub fn hook_request(args: &HookArgs) -> anyhow::Result<HookRequest> {
+pub(crate) fn hook_request(args: &HookArgs) -> anyhow::Result<HookRequest> {
     Ok(HookRequest {
         agent: args.agent.0,
         event: args.event.clone(),
@@ -231,7 +235,7 @@ fn codex_discovery(args: &CodexArgs) -> anyhow::Result<Discovery> {
 
 /// The slot a broker command is about: a workspace (canonical) and a broker name.
 #[derive(Clone, Debug)]
-pub struct SlotSpec {
+pub(crate) struct SlotSpec {
     pub cwd: PathBuf,
     pub workspace: PathBuf,
     pub name: SlotName,
@@ -269,21 +273,20 @@ fn broker_log(path: &Path) -> anyhow::Result<PathBuf> {
 
 /// The environment variables naming the current session, in order of precedence: ours, then each agent's shell-tool
 /// variables from the agents table.
-pub fn session_env() -> Vec<&'static str> {
+pub(crate) fn session_env() -> Vec<&'static str> {
     crate::agents::session_variables()
 }
 
 /// How the owner of a broker was named.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum OwnerSource {
+pub(crate) enum OwnerSource {
     Flag,
     Env(&'static str),
-    Ancestry,
 }
 
 /// Who is to own a broker.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum OwnerSpec {
+pub(crate) enum OwnerSpec {
     /// Named by `--session` or the environment.
     Named(SessionId, OwnerSource),
     /// To be found among the live sessions: the one whose agent process is an ancestor of ours.
@@ -316,7 +319,7 @@ fn owner_spec(args: &OwnerArgs, no_owner: bool, state_dir: &Path) -> anyhow::Res
 }
 
 /// The refusal when nothing names an owner.
-pub fn no_owner_found() -> anyhow::Error {
+pub(crate) fn no_owner_found() -> anyhow::Error {
     bad_input(
         "no owner session: pass --session ID, set SESSION_REAPER_SESSION_ID, run inside a session whose \
          SessionStart hook ran, or pass --no-owner",
@@ -324,7 +327,7 @@ pub fn no_owner_found() -> anyhow::Error {
 }
 
 /// The newest live session whose agent process is one of our ancestors.
-pub fn session_of_ancestor(sessions: &Sessions) -> Option<SessionId> {
+pub(crate) fn session_of_ancestor(sessions: &Sessions) -> Option<SessionId> {
     let me = i32::try_from(std::process::id()).ok()?;
     let ancestors: Vec<i32> = proc::ancestors(me).iter().map(|stat| stat.pid).collect();
     sessions
@@ -342,7 +345,7 @@ pub fn session_of_ancestor(sessions: &Sessions) -> Option<SessionId> {
 
 /// How a broker is stopped.
 #[derive(Clone, Debug)]
-pub struct StopPolicy {
+pub(crate) struct StopPolicy {
     pub idle_ttl: Option<Duration>,
     pub grace: Duration,
     pub shutdown: Option<Shutdown>,
@@ -372,7 +375,7 @@ fn stop_policy(args: &StopArgs) -> anyhow::Result<StopPolicy> {
 
 /// `broker …`.
 #[derive(Clone, Debug)]
-pub enum BrokerRequest {
+pub(crate) enum BrokerRequest {
     Spawn {
         slot: SlotSpec,
         owner: OwnerSpec,
@@ -491,7 +494,7 @@ fn broker_request(command: &BrokerCommand, config: &Config) -> anyhow::Result<Br
 
 /// Which sessions `reap` ends.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ReapTarget {
+pub(crate) enum ReapTarget {
     /// A session id or a unique prefix of one, resolved against the session records; `force` ends an id no record
     /// knows.
     Session {
@@ -505,7 +508,7 @@ pub enum ReapTarget {
 
 /// `reap …`.
 #[derive(Clone, Debug)]
-pub struct ReapRequest {
+pub(crate) struct ReapRequest {
     pub target: ReapTarget,
     pub reason: Reason,
     pub deadline: Option<Duration>,
@@ -560,7 +563,7 @@ fn reap_request(args: &ReapArgs) -> anyhow::Result<ReapRequest> {
 
 /// `sweep …`.
 #[derive(Clone, Debug)]
-pub struct SweepRequest {
+pub(crate) struct SweepRequest {
     pub idle_ttl: Duration,
     pub retention: Duration,
     pub dry_run: bool,
@@ -580,7 +583,7 @@ fn sweep_request(args: &SweepArgs) -> anyhow::Result<SweepRequest> {
 
 /// `log …`: which events to show, and how.
 #[derive(Clone, Debug, Default)]
-pub struct LogRequest {
+pub(crate) struct LogRequest {
     pub filter: Filter,
     pub json: bool,
     /// Total the memory freed instead of listing.
@@ -604,7 +607,7 @@ fn log_request(args: &LogArgs) -> anyhow::Result<LogRequest> {
 
 /// `install` / `uninstall`: which agent's settings, where, and whether the periodic sweep goes with them.
 #[derive(Clone, Debug)]
-pub struct SettingsRequest {
+pub(crate) struct SettingsRequest {
     pub operation: Operation,
     pub agent: Agent,
     pub scope: Scope,
@@ -634,21 +637,17 @@ fn settings_request(
     }
 }
 
-/// The longest idle TTL a sweep accepts.
-pub const MAX_IDLE_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
-
 /// The longest wait a flag may ask for: a deadline, a stdin timeout, a grace.
-pub const MAX_WAIT: Duration = Duration::from_secs(3600);
+pub(crate) const MAX_WAIT: Duration = Duration::from_secs(3600);
 /// The furthest back a flag may reach: `--since`, `--retention` (ten years of 365.25 days, as humantime counts).
-pub const MAX_HISTORY: Duration = Duration::from_secs(10 * 31_557_600);
-
-/// Refuses an idle TTL beyond 30 days (zero disables and is fine).
-pub fn check_idle_ttl(ttl: Duration, flag: &str) -> anyhow::Result<Duration> {
-    check_bounded(ttl, flag, MAX_IDLE_TTL).map_err(|err| bad_input(format!("{err} (0 disables)")))
-}
+pub(crate) const MAX_HISTORY: Duration = Duration::from_secs(10 * 31_557_600);
 
 /// Refuses a duration flag beyond its bound, naming the flag, the value and the bound (exit 2).
-pub fn check_bounded(value: Duration, flag: &str, max: Duration) -> anyhow::Result<Duration> {
+pub(crate) fn check_bounded(
+    value: Duration,
+    flag: &str,
+    max: Duration,
+) -> anyhow::Result<Duration> {
     if value > max {
         return Err(bad_input(format!(
             "{flag} {}: expected at most {}",
@@ -673,7 +672,7 @@ fn in_days(duration: Duration) -> String {
 }
 
 /// Refuses a grace beyond an hour: a stop that long is a mistake.
-pub fn check_grace(grace: Duration) -> anyhow::Result<Duration> {
+pub(crate) fn check_grace(grace: Duration) -> anyhow::Result<Duration> {
     check_bounded(grace, "--grace", MAX_WAIT)
 }
 

@@ -11,7 +11,7 @@ use std::fmt;
 /// Input the user (or the agent) got wrong: a flag, a payload, a settings file, an unusable state root.
 /// Carried inside `anyhow::Error` so that `main` can map it to exit code 2.
 #[derive(Debug)]
-pub struct BadInput(pub String);
+pub(crate) struct BadInput(pub String);
 
 impl fmt::Display for BadInput {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -22,13 +22,13 @@ impl fmt::Display for BadInput {
 impl std::error::Error for BadInput {}
 
 /// Builds an `anyhow::Error` that exits 2.
-pub fn bad_input(message: impl Into<String>) -> anyhow::Error {
+pub(crate) fn bad_input(message: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(BadInput(message.into()))
 }
 
 /// How a command that did not fail ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Everything asked for was done.
     Done,
     /// Done, but something could not be stopped or was refused; it was reported.
@@ -36,7 +36,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub fn exit_code(self) -> u8 {
+    pub(crate) fn exit_code(self) -> u8 {
         match self {
             Outcome::Done => 0,
             Outcome::Partial => 1,
@@ -44,22 +44,13 @@ impl Outcome {
     }
 
     /// `Partial` if `ok` is false.
-    pub fn from_ok(ok: bool) -> Self {
+    pub(crate) fn from_ok(ok: bool) -> Self {
         if ok { Outcome::Done } else { Outcome::Partial }
-    }
-
-    #[must_use]
-    pub fn and(self, other: Outcome) -> Outcome {
-        if self == Outcome::Done && other == Outcome::Done {
-            Outcome::Done
-        } else {
-            Outcome::Partial
-        }
     }
 }
 
 /// Exit code of an error: 2 where any cause is `BadInput`, else 1.
-pub fn exit_code_of(err: &anyhow::Error) -> u8 {
+pub(crate) fn exit_code_of(err: &anyhow::Error) -> u8 {
     if err.chain().any(<dyn std::error::Error>::is::<BadInput>) {
         2
     } else {

@@ -1,18 +1,49 @@
 //! session-reaper: owner-keyed broker records, session hooks and a stop cascade that never signals the wrong
 //! process. `run` is the whole program; `main` only maps its result to an exit code.
 
-pub mod act;
-pub mod adapters;
-pub mod agents;
-pub mod cli;
-pub mod commands;
-pub mod config;
-pub mod decide;
-pub mod error;
-pub mod model;
-pub mod observe;
-pub mod settings;
-pub mod store;
+mod act;
+mod adapters;
+mod agents;
+mod cli;
+mod commands;
+mod config;
+mod decide;
+mod error;
+mod model;
+mod observe;
+mod settings;
+mod store;
+
+/// What the integration tests and the benchmarks reach, and nothing else: the crate is private (`unreachable_pub`
+/// in `Cargo.toml` makes the compiler point at what nothing uses).
+#[doc(hidden)]
+pub mod testing {
+    pub use crate::adapters::codex_plugin::BrokerStatus;
+    pub use crate::adapters::codex_plugin::decide::socket_path;
+    pub use crate::adapters::codex_plugin::observe::BrokerFile;
+    pub use crate::agents::{AGENTS, Agent, AgentSpec, EventsAt, Layout};
+    pub use crate::commands::hook::{Payload, detect_agent};
+    pub use crate::commands::leftovers::SessionView;
+    pub use crate::commands::status::{Member, SlotStatus, Snapshot, TicketStatus};
+    pub use crate::commands::status_tree::{Facts, StatusTree, build, render};
+    pub use crate::decide::leftovers::Leftover;
+    pub use crate::decide::resume::resumes;
+    pub use crate::model::clock::{now_rfc3339, parse as parse_time};
+    pub use crate::model::leftover::Policy;
+    pub use crate::model::name::SessionId;
+    pub use crate::model::record::{
+        BrokerRecord, SessionRecord, StopTicket, parse as parse_record,
+    };
+    pub use crate::model::workspace::workspace_key;
+    pub use crate::observe::cgroup::View as CgroupView;
+    pub use crate::observe::mcp::McpServer;
+    pub use crate::settings::file::parse as parse_settings;
+    pub use crate::settings::merge::{
+        all_commands, commands_in, events_of, is_our_command, shell_words,
+    };
+    pub use crate::settings::plugin::command_in;
+    pub use crate::settings::probe::PROBE_SESSION;
+}
 
 use std::io::Write;
 
@@ -114,7 +145,7 @@ fn dispatch(config: &Config, request: Request) -> anyhow::Result<Outcome> {
         store::root::refuse_special_files(&config.state_dir, reach)?;
     }
     match request {
-        Request::Hook(_) => Ok(Outcome::Done),
+        Request::Hook => Ok(Outcome::Done),
         Request::Broker(request) => commands::broker::run(request, config),
         Request::Reap(request) => commands::reap::run(&request, config),
         Request::Sweep(request) => commands::sweep::run(&request, config),
@@ -126,7 +157,7 @@ fn dispatch(config: &Config, request: Request) -> anyhow::Result<Outcome> {
             guard: Some(dir),
             keep,
             ..
-        } => commands::demo::guard(&dir, keep),
+        } => Ok(commands::demo::guard(&dir, keep)),
         Request::Demo {
             keep, state_dir, ..
         } => commands::demo::run(keep, state_dir.as_deref()),

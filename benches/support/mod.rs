@@ -11,18 +11,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_session-reaper");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_session-reaper");
 
 /// The command-line switches every bench binary takes: `--quick` (CI smoke: small sizes, few rounds) and
 /// `--proc-walk NEEDLE` (this binary as the minimal `/proc` walk; see `proc_walk`).
-pub struct Options {
+pub(crate) struct Options {
     pub quick: bool,
 }
 
 impl Options {
     /// Parses the arguments; runs and exits in `--proc-walk` mode. Sets a private umask (the state roots it makes
     /// must be 0700/0600, as the binary demands).
-    pub fn from_args() -> Options {
+    pub(crate) fn from_args() -> Options {
         let args: Vec<String> = std::env::args().collect();
         if let Some(at) = args.iter().position(|arg| arg == "--proc-walk") {
             std::process::exit(proc_walk(args.get(at + 1).map_or("", String::as_str)));
@@ -36,7 +36,7 @@ impl Options {
     }
 
     /// Runs per case: ≥ 20 in a full run.
-    pub fn rounds(&self) -> usize {
+    pub(crate) fn rounds(&self) -> usize {
         if self.quick { 5 } else { 20 }
     }
 }
@@ -71,7 +71,7 @@ fn proc_walk(needle: &str) -> i32 {
 
 /// One case's runs.
 #[derive(Clone, Debug, Default)]
-pub struct Sample {
+pub(crate) struct Sample {
     pub wall: Vec<Duration>,
     /// Each run's peak resident set (KiB), from `wait4`.
     pub rss_kib: Vec<i64>,
@@ -84,20 +84,20 @@ impl Sample {
         sorted
     }
 
-    pub fn median(&self) -> Duration {
+    pub(crate) fn median(&self) -> Duration {
         let sorted = self.sorted();
         sorted.get(sorted.len() / 2).copied().unwrap_or_default()
     }
 
-    pub fn min(&self) -> Duration {
+    pub(crate) fn min(&self) -> Duration {
         self.sorted().first().copied().unwrap_or_default()
     }
 
-    pub fn max(&self) -> Duration {
+    pub(crate) fn max(&self) -> Duration {
         self.sorted().last().copied().unwrap_or_default()
     }
 
-    pub fn p90(&self) -> Duration {
+    pub(crate) fn p90(&self) -> Duration {
         let sorted = self.sorted();
         sorted
             .get((sorted.len() * 9 / 10).min(sorted.len().saturating_sub(1)))
@@ -105,14 +105,14 @@ impl Sample {
             .unwrap_or_default()
     }
 
-    pub fn peak_rss_kib(&self) -> i64 {
+    pub(crate) fn peak_rss_kib(&self) -> i64 {
         self.rss_kib.iter().copied().max().unwrap_or(0)
     }
 }
 
 /// Spawns `command` (stdout and stderr to /dev/null), writes `stdin` and closes it, and reaps it with `wait4`:
 /// its wall time from spawn to exit, its own peak RSS and its exit code (`None`: killed by a signal).
-pub fn run_once(mut command: Command, stdin: Option<&[u8]>) -> (Duration, i64, Option<i32>) {
+pub(crate) fn run_once(mut command: Command, stdin: Option<&[u8]>) -> (Duration, i64, Option<i32>) {
     command.stdout(Stdio::null()).stderr(Stdio::null());
     command.stdin(if stdin.is_some() {
         Stdio::piped()
@@ -134,7 +134,7 @@ pub fn run_once(mut command: Command, stdin: Option<&[u8]>) -> (Duration, i64, O
 }
 
 /// Reaps `child` (it must not be waited for otherwise): its raw wait status and peak RSS (KiB).
-pub fn wait4(child: &Child) -> (i32, i64) {
+pub(crate) fn wait4(child: &Child) -> (i32, i64) {
     let pid = i32::try_from(child.id()).expect("pid");
     let mut status = 0;
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
@@ -155,7 +155,7 @@ pub fn wait4(child: &Child) -> (i32, i64) {
 }
 
 /// Runs `make(round)` `rounds` times, each with `stdin(round)` when given; every run must exit 0 or 1.
-pub fn measure(
+pub(crate) fn measure(
     rounds: usize,
     stdin: Option<&dyn Fn(usize) -> Vec<u8>>,
     make: &dyn Fn(usize) -> Command,
@@ -177,14 +177,14 @@ pub fn measure(
 }
 
 /// `program args…` as a reference command.
-pub fn reference(program: &str, args: &[&str]) -> Command {
+pub(crate) fn reference(program: &str, args: &[&str]) -> Command {
     let mut command = Command::new(program);
     command.args(args);
     command
 }
 
 /// The binary with state root `state`, in an environment free of agent and session-reaper variables.
-pub fn ours(state: &Path, args: &[&str]) -> Command {
+pub(crate) fn ours(state: &Path, args: &[&str]) -> Command {
     let mut command = Command::new(BIN);
     command.arg("--state-dir").arg(state).args(args);
     for (name, _) in std::env::vars_os() {
@@ -203,7 +203,7 @@ pub fn ours(state: &Path, args: &[&str]) -> Command {
 
 /// True when `ours(…, words)` with `--help` mentions `flag`: cases that depend on a feature this build may not
 /// have yet are measured only where it has it.
-pub fn supports(words: &[&str], flag: &str) -> bool {
+pub(crate) fn supports(words: &[&str], flag: &str) -> bool {
     let mut args = words.to_vec();
     args.push("--help");
     Command::new(BIN)
@@ -218,7 +218,7 @@ fn ms(duration: Duration) -> f64 {
 
 /// A target a figure is held to.
 #[derive(Clone, Copy, Debug)]
-pub enum Target {
+pub(crate) enum Target {
     None,
     /// Median at most this many times the reference's median.
     Ratio(f64),
@@ -231,12 +231,12 @@ pub enum Target {
 }
 
 /// The printed table: one row per figure.
-pub struct Table {
+pub(crate) struct Table {
     pub missed: Vec<String>,
 }
 
 impl Table {
-    pub fn new(title: &str) -> Table {
+    pub(crate) fn new(title: &str) -> Table {
         let cpus = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
         println!("\n## {title}\n");
         println!(
@@ -257,7 +257,7 @@ impl Table {
     }
 
     /// One row: `sample` beside `reference` (`name`), held to `target` and to an RSS bound (KiB) when given.
-    pub fn row(
+    pub(crate) fn row(
         &mut self,
         case: &str,
         sample: &Sample,
@@ -309,7 +309,7 @@ impl Table {
     }
 
     /// A row for a figure that is not a per-run wall time (a throughput, a ratio of two rows).
-    pub fn figure(&mut self, case: &str, value: &str, target: &str, met: Option<bool>) {
+    pub(crate) fn figure(&mut self, case: &str, value: &str, target: &str, met: Option<bool>) {
         let verdict = match met {
             None => "—",
             Some(true) => "yes",
@@ -321,7 +321,7 @@ impl Table {
         println!("| {case} | | {value} | | | | | | {target} | {verdict} |");
     }
 
-    pub fn finish(self) {
+    pub(crate) fn finish(self) {
         if self.missed.is_empty() {
             println!("\nevery target met");
         } else {
@@ -330,7 +330,7 @@ impl Table {
     }
 }
 
-pub fn count_pids() -> usize {
+pub(crate) fn count_pids() -> usize {
     std::fs::read_dir("/proc").map_or(0, |dir| {
         dir.filter_map(Result::ok)
             .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
@@ -340,12 +340,12 @@ pub fn count_pids() -> usize {
 
 /// Processes the benchmark started, killed and reaped however it ends.
 #[derive(Default)]
-pub struct Planted(pub Vec<Child>);
+pub(crate) struct Planted(pub Vec<Child>);
 
 impl Planted {
     /// `count` `sleep 600`s, each with `env` (a session variable, so that leftover discovery has candidates of our
     /// uid to look at).
-    pub fn sleepers(count: usize, env: &[(&str, String)]) -> Planted {
+    pub(crate) fn sleepers(count: usize, env: &[(&str, String)]) -> Planted {
         let mut planted = Planted::default();
         for _ in 0..count {
             let mut command = Command::new("sleep");
@@ -378,12 +378,12 @@ impl Drop for Planted {
 
 /// A temporary state root whose brokers (every live process whose environment names it as its
 /// `SESSION_REAPER_STATE_ROOT`) are killed when it is dropped, and whose tree is then removed.
-pub struct Root {
+pub(crate) struct Root {
     pub path: PathBuf,
 }
 
 impl Root {
-    pub fn new(parent: &Path, name: &str) -> Root {
+    pub(crate) fn new(parent: &Path, name: &str) -> Root {
         let path = parent.join(name);
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -409,12 +409,12 @@ impl Drop for Root {
 }
 
 /// Live pids whose environment holds exactly `wanted`.
-pub fn marked_with(wanted: &str) -> Vec<i32> {
+pub(crate) fn marked_with(wanted: &str) -> Vec<i32> {
     with_word("environ", wanted)
 }
 
 /// Live pids other than this one with `word` as one of their argv words.
-pub fn naming(word: &str) -> Vec<i32> {
+pub(crate) fn naming(word: &str) -> Vec<i32> {
     let me = i32::try_from(std::process::id()).unwrap_or(0);
     with_word("cmdline", word)
         .into_iter()
@@ -438,7 +438,7 @@ fn with_word(file: &str, word: &str) -> Vec<i32> {
 }
 
 /// `(pid, start_ticks)` of this process, as the identity in a record names it.
-pub fn own_identity() -> serde_json::Value {
+pub(crate) fn own_identity() -> serde_json::Value {
     let pid = std::process::id();
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("own stat");
     let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 1..]
@@ -454,7 +454,7 @@ pub fn own_identity() -> serde_json::Value {
 }
 
 /// Creates `dir` and its missing parents 0700.
-pub fn mkdir(dir: &Path) {
+pub(crate) fn mkdir(dir: &Path) {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -463,7 +463,7 @@ pub fn mkdir(dir: &Path) {
 }
 
 /// Writes `bytes` to a new file 0600.
-pub fn write_private(path: &Path, bytes: &[u8]) {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) {
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -475,7 +475,7 @@ pub fn write_private(path: &Path, bytes: &[u8]) {
 }
 
 /// A hook payload.
-pub fn payload(session: &str, event: &str, cwd: &str) -> Vec<u8> {
+pub(crate) fn payload(session: &str, event: &str, cwd: &str) -> Vec<u8> {
     serde_json::json!({
         "session_id": session, "hook_event_name": event, "cwd": cwd,
         "source": "startup", "reason": "other",
@@ -485,7 +485,12 @@ pub fn payload(session: &str, event: &str, cwd: &str) -> Vec<u8> {
 }
 
 /// Spawns a broker through the binary (`broker spawn`) and returns the record it printed.
-pub fn spawn_broker(state: &Path, cwd: &Path, session: &str, flags: &[&str]) -> serde_json::Value {
+pub(crate) fn spawn_broker(
+    state: &Path,
+    cwd: &Path,
+    session: &str,
+    flags: &[&str],
+) -> serde_json::Value {
     let mut args = vec![
         "broker",
         "spawn",
@@ -510,7 +515,7 @@ pub fn spawn_broker(state: &Path, cwd: &Path, session: &str, flags: &[&str]) -> 
 /// sentinel it may start, which outlive it) and prints where its system calls went
 /// (the top rows of the summary, to print after the table): the profile of a missed target. The whole summary is
 /// kept in `target/bench-profiles/`.
-pub fn profile(name: &str, command: &Command, stdin: Option<&[u8]>) -> String {
+pub(crate) fn profile(name: &str, command: &Command, stdin: Option<&[u8]>) -> String {
     if Command::new("strace").arg("-V").output().is_err() {
         return format!("\n(profile of {name}: strace is not installed)\n");
     }

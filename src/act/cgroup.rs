@@ -21,7 +21,7 @@ use crate::observe::proc;
 use crate::store::Store;
 
 /// The containment setting the environment gives (a command with no flag of its own: `broker spawn`, `doctor`).
-pub fn setting_from_env() -> Setting {
+pub(crate) fn setting_from_env() -> Setting {
     Setting {
         off: std::env::var(SWITCH_VARIABLE).is_ok_and(|value| value.eq_ignore_ascii_case("off")),
         root: std::env::var_os(ROOT_VARIABLE)
@@ -31,7 +31,7 @@ pub fn setting_from_env() -> Setting {
 }
 
 /// What is observed for a decision about the process `pid`'s cgroup.
-pub fn facts_for(pid: i32, setting: &Setting) -> Facts {
+pub(crate) fn facts_for(pid: i32, setting: &Setting) -> Facts {
     let mounts = observe::mounts();
     let own = mounts
         .v2
@@ -55,7 +55,7 @@ pub fn facts_for(pid: i32, setting: &Setting) -> Facts {
 }
 
 /// Whether the process `pid` could be given a cgroup of its own, and where.
-pub fn availability_for(pid: i32, setting: &Setting) -> Availability {
+pub(crate) fn availability_for(pid: i32, setting: &Setting) -> Availability {
     containment::availability(&facts_for(pid, setting))
 }
 
@@ -81,7 +81,7 @@ fn may_write(parent: &Path) -> bool {
 
 /// `SessionStart` with no sentinel to hand it to: puts `agent` and its current descendants into its own cgroup (or
 /// finds it there already) and says what the session record keeps: the cgroup, or why the lineage rules stand in.
-pub fn adopt(agent: &Identity, setting: &Setting) -> SessionContainment {
+pub(crate) fn adopt(agent: &Identity, setting: &Setting) -> SessionContainment {
     let planned = plan(agent, setting);
     match &planned.cgroup {
         Some(dir) => match place(agent, dir) {
@@ -94,7 +94,7 @@ pub fn adopt(agent: &Identity, setting: &Setting) -> SessionContainment {
 
 /// The cgroup `agent` is to have (the one it is in, if it is ours already), or why it can have none. Reads, never
 /// writes.
-pub fn plan(agent: &Identity, setting: &Setting) -> SessionContainment {
+pub(crate) fn plan(agent: &Identity, setting: &Setting) -> SessionContainment {
     let facts = facts_for(agent.pid, setting);
     let parent = match containment::availability(&facts) {
         Availability::Available { parent, .. } => parent,
@@ -125,7 +125,12 @@ fn lineage(why: String) -> SessionContainment {
 /// sentinel moves the agent (`adopt_recorded`): a cgroup's first migration waits out an RCU grace period (about
 /// 10 ms, measured), which stays off the agent's clock. Only a process the agents table recognises, or one
 /// `--owner-pid` named (`named`), is adopted (DESIGN "Belonging": agent powers only for an agent).
-pub fn note_start(record: &mut SessionRecord, setting: &Setting, named: bool, deferred: bool) {
+pub(crate) fn note_start(
+    record: &mut SessionRecord,
+    setting: &Setting,
+    named: bool,
+    deferred: bool,
+) {
     let agent = record.agent_identity.as_ref().filter(|agent| {
         proc::is_alive(agent)
             && (named || proc::cmdline(agent.pid).is_ok_and(|argv| proc::is_agent_program(&argv)))
@@ -140,7 +145,7 @@ pub fn note_start(record: &mut SessionRecord, setting: &Setting, named: bool, de
 
 /// The sentinel, before it waits: moves `agent` (and its descendants) into the cgroup its sessions' records name,
 /// unless it is there already; where that fails, the records say why and the lineage rules stand in.
-pub fn adopt_recorded(store: &Store, agent: &Identity) {
+pub(crate) fn adopt_recorded(store: &Store, agent: &Identity) {
     let mut placed: HashSet<PathBuf> = HashSet::new();
     for record in crate::act::leftovers::sessions_of(store, agent) {
         let Some(dir) = SessionContainment::cgroup_of(&record) else {
@@ -274,7 +279,7 @@ fn children_of(pid: i32) -> Vec<i32> {
 }
 
 /// The processes `dir` holds, as identities read now.
-pub fn members(dir: &Path) -> Vec<Identity> {
+pub(crate) fn members(dir: &Path) -> Vec<Identity> {
     observe::procs(dir)
         .into_iter()
         .filter_map(proc::identity_of)
@@ -282,7 +287,7 @@ pub fn members(dir: &Path) -> Vec<Identity> {
 }
 
 /// Removes `dir` if nothing is left in it (the kernel refuses a populated cgroup); true when it is gone.
-pub fn remove_if_empty(dir: &Path) -> bool {
+pub(crate) fn remove_if_empty(dir: &Path) -> bool {
     match std::fs::remove_dir(dir) {
         Ok(()) => true,
         Err(err) => err.kind() == std::io::ErrorKind::NotFound,
@@ -294,7 +299,7 @@ pub fn remove_if_empty(dir: &Path) -> bool {
 /// runs the command (so nothing it forks is ever outside). `None` where containment is unavailable, or where the
 /// caller is in no cgroup of ours (no session's cgroup to leave, and no parent of ours that a tidy would visit): the
 /// lineage token alone then tells its tree.
-pub fn for_broker(lineage: &str) -> Option<OwnedFd> {
+pub(crate) fn for_broker(lineage: &str) -> Option<OwnedFd> {
     let setting = setting_from_env();
     let me = i32::try_from(std::process::id()).ok()?;
     let facts = facts_for(me, &setting);
@@ -315,7 +320,7 @@ pub fn for_broker(lineage: &str) -> Option<OwnedFd> {
 
 /// A detached helper of ours (sentinel, finisher) started from inside an agent's or broker's cgroup of ours: the
 /// open `cgroup.procs` of their parent, which it moves itself into before it runs.
-pub fn for_detached() -> Option<OwnedFd> {
+pub(crate) fn for_detached() -> Option<OwnedFd> {
     let setting = setting_from_env();
     let mount = observe::mounts().v2?;
     let me = i32::try_from(std::process::id()).ok()?;
@@ -336,7 +341,7 @@ fn open_procs(dir: &Path) -> Option<OwnedFd> {
 
 /// Between fork and exec: moves the calling process into the cgroup whose `cgroup.procs` is `procs` (writing `0`
 /// names the writer). Async-signal-safe: one `write`. A failure leaves it where it was (the lineage rules stand).
-pub fn enter(procs: &OwnedFd) {
+pub(crate) fn enter(procs: &OwnedFd) {
     let _ = rustix::io::write(procs, b"0");
 }
 
@@ -346,7 +351,7 @@ const BROKER_CGROUP_SETTLE: Duration = Duration::from_secs(2);
 /// Removes our cgroups that are empty and whose process is gone: each gone agent's recorded cgroup, and in each
 /// parent of ours, agent cgroups of no live agent and broker cgroups empty for a while; then the `session-reaper`
 /// parent itself when nothing is left in it. Cheap when there is nothing: the parents are read, never the table.
-pub fn tidy(store: &Store) {
+pub(crate) fn tidy(store: &Store) {
     let mut parents: HashSet<PathBuf> = HashSet::new();
     for record in store.sessions.all() {
         if let Some(dir) = contained_and_gone(&record) {
@@ -403,7 +408,7 @@ fn tidy_parent(parent: &Path) {
 
 /// The processes a contained session's cgroup holds now; empty for a session that is not contained, or whose cgroup
 /// is in `claimed` already (another session of the same agent process has its members). Adds the cgroup there.
-pub fn members_of<S: std::hash::BuildHasher>(
+pub(crate) fn members_of<S: std::hash::BuildHasher>(
     record: &SessionRecord,
     claimed: &mut HashSet<PathBuf, S>,
 ) -> Vec<Identity> {
@@ -416,7 +421,7 @@ pub fn members_of<S: std::hash::BuildHasher>(
 /// The table leftover discovery needs when every session in question is contained: the details of their cgroups'
 /// members only (every candidate is one), not of everything started since their agents. `None` when some session
 /// with leftovers to find is not contained: the full observation is needed.
-pub fn contained_table(sessions: &[SessionRecord]) -> Option<crate::observe::table::Table> {
+pub(crate) fn contained_table(sessions: &[SessionRecord]) -> Option<crate::observe::table::Table> {
     let mut pids: HashSet<i32> = HashSet::new();
     for record in sessions {
         let policy = crate::model::leftover::SessionFacts::of(record).policy;
@@ -431,7 +436,7 @@ pub fn contained_table(sessions: &[SessionRecord]) -> Option<crate::observe::tab
 
 /// `doctor`: whether an agent started where this command runs would be contained (`available (how)`) or not
 /// (`unavailable (why)`), and that line.
-pub fn doctor_line() -> (bool, String) {
+pub(crate) fn doctor_line() -> (bool, String) {
     let me = i32::try_from(std::process::id()).unwrap_or(0);
     let availability = availability_for(me, &setting_from_env());
     (

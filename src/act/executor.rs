@@ -10,20 +10,20 @@ use crate::store::slot::{Slot, SlotGuard, SlotView};
 
 /// Whether changes are applied or only decided.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     Apply,
     DryRun,
 }
 
 impl Mode {
-    pub fn dry(dry_run: bool) -> Self {
+    pub(crate) fn dry(dry_run: bool) -> Self {
         if dry_run { Mode::DryRun } else { Mode::Apply }
     }
 }
 
 /// Decides and applies one change to `slot`: `update(key, deadline, |view| change)`. A slot whose directory is
 /// gone holds nothing (it is not created to be looked at). Returns the change decided, applied unless dry.
-pub fn update_slot(
+pub(crate) fn update_slot(
     store: &Store,
     slot: &Slot,
     deadline: Deadline,
@@ -48,7 +48,11 @@ pub fn update_slot(
 }
 
 /// Applies `change` to the slot whose lock `guard` proves held, and logs its event.
-pub fn apply(store: &Store, guard: &SlotGuard<'_>, change: &SlotChange) -> anyhow::Result<()> {
+pub(crate) fn apply(
+    store: &Store,
+    guard: &SlotGuard<'_>,
+    change: &SlotChange,
+) -> anyhow::Result<()> {
     let slot = guard.slot();
     let event = match change {
         SlotChange::Keep | SlotChange::LeaveAlone { .. } => None,

@@ -20,14 +20,14 @@ const ELSEWHERE_POLL: Duration = Duration::from_millis(25);
 const LIFETIME: Duration = Duration::from_secs(600);
 
 /// Starts a detached finisher for the store's state root.
-pub fn start(store: &Store) -> anyhow::Result<()> {
+pub(crate) fn start(store: &Store) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
     let root = store.root.path().to_string_lossy().into_owned();
     launch::spawn_detached(&exe, &["--state-dir", &root, "finish"], &[])
 }
 
 /// True while a finisher holds the lock (for `doctor` and `status`).
-pub fn is_running(store: &Store) -> bool {
+pub(crate) fn is_running(store: &Store) -> bool {
     // Creates nothing: `status` and `doctor` change nothing.
     lock::is_held(&store.root, &store.root.join(LOCK))
 }
@@ -41,7 +41,7 @@ fn is_workable(ticket: &StopTicket, host: &str) -> bool {
 }
 
 /// True when some ticket waits for a finisher: a hook starts one even when its own stops all completed.
-pub fn has_work(store: &Store) -> bool {
+pub(crate) fn has_work(store: &Store) -> bool {
     let host = proc::host_name();
     store
         .tickets
@@ -51,7 +51,10 @@ pub fn has_work(store: &Store) -> bool {
 }
 
 /// The finisher's loop.
-pub fn run(store: &Store, stopper: &crate::act::stopper::Stopper) -> anyhow::Result<Outcome> {
+pub(crate) fn run(
+    store: &Store,
+    stopper: &crate::act::stopper::Stopper,
+) -> anyhow::Result<Outcome> {
     let lock_path = store.root.join(LOCK);
     let Some(mut held) = lock::try_lock(&store.root, &lock_path)? else {
         return Ok(Outcome::Done);

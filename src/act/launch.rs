@@ -13,7 +13,7 @@ use anyhow::Context;
 /// Removes every variable that ties a process to an agent session (`agents::is_session_marker`) from `command`'s
 /// environment: a broker outlives the session, so it must not carry them (a child `claude` would think it is nested;
 /// a leftover scan would take the broker for the session's); what it starts is nobody's leftover.
-pub fn scrub_session_variables(command: &mut Command) {
+pub(crate) fn scrub_session_variables(command: &mut Command) {
     for (name, _) in std::env::vars_os() {
         if name.to_str().is_some_and(crate::agents::is_session_marker) {
             command.env_remove(name);
@@ -21,10 +21,10 @@ pub fn scrub_session_variables(command: &mut Command) {
     }
 }
 
-pub use crate::model::marker::{BROKER_MARKER, LINEAGE_MARKER, STATE_ROOT_MARKER};
+pub(crate) use crate::model::marker::{BROKER_MARKER, LINEAGE_MARKER, STATE_ROOT_MARKER};
 
 /// Where a broker is started and what marks it.
-pub struct BrokerLaunch<'a> {
+pub(crate) struct BrokerLaunch<'a> {
     pub cwd: &'a Path,
     pub log: &'a Path,
     pub marker: &'a str,
@@ -34,7 +34,7 @@ pub struct BrokerLaunch<'a> {
 
 /// Starts `argv` as a broker in its own session (pid = pgid = sid). Returns once the child has exec'd: `spawn`
 /// reports exec failure through a close-on-exec pipe, so success means the program is running.
-pub fn spawn_broker(argv: &[String], launch: &BrokerLaunch<'_>) -> anyhow::Result<Child> {
+pub(crate) fn spawn_broker(argv: &[String], launch: &BrokerLaunch<'_>) -> anyhow::Result<Child> {
     let (program, arguments) = argv.split_first().context("no broker command given")?;
     let log = launch.log;
     let output = crate::store::root::open_nofollow(
@@ -79,7 +79,11 @@ pub fn spawn_broker(argv: &[String], launch: &BrokerLaunch<'_>) -> anyhow::Resul
 /// the grandchild closes the pipe through which `spawn` would learn of a failed exec, so the caller (a hook on the
 /// agent's clock) never waits for the grandchild to be scheduled. A failed exec of our own executable (deleted by
 /// an upgrade mid-run) goes unreported: the sweep is the safety net for a sentinel or finisher that never started.
-pub fn spawn_detached(exe: &Path, args: &[&str], env: &[(&str, &Path)]) -> anyhow::Result<()> {
+pub(crate) fn spawn_detached(
+    exe: &Path,
+    args: &[&str],
+    env: &[(&str, &Path)],
+) -> anyhow::Result<()> {
     let mut command = Command::new(exe);
     command
         .args(args)
@@ -164,7 +168,7 @@ fn close_above_stderr(when: Closing) {
 }
 
 /// A fresh lineage token: 128 random bits in hex.
-pub fn new_token() -> anyhow::Result<String> {
+pub(crate) fn new_token() -> anyhow::Result<String> {
     use anyhow::Context;
     use std::fmt::Write;
     let mut bytes = [0u8; 16];

@@ -20,7 +20,7 @@ use crate::store::events::{Event, Reason};
 
 /// Finds the leftovers of `sessions` (those with an agent identity of this boot and a policy other than `off`)
 /// in one observation of the process table: of each session's current agent process.
-pub fn discover(store: &Store, sessions: &[SessionRecord]) -> Vec<Found> {
+pub(crate) fn discover(store: &Store, sessions: &[SessionRecord]) -> Vec<Found> {
     let targets = current_agents(sessions);
     discover_targets(store, &targets)
 }
@@ -138,7 +138,7 @@ fn discover_in_targets(
 }
 
 /// The stop ticket of one leftover: the process alone (its children are leftovers of their own), default grace.
-pub fn ticket_for(session: &str, leftover: &Leftover) -> StopTicket {
+pub(crate) fn ticket_for(session: &str, leftover: &Leftover) -> StopTicket {
     let mut ticket = stopper::new_ticket(
         leftover.identity.clone(),
         None,
@@ -154,7 +154,7 @@ pub fn ticket_for(session: &str, leftover: &Leftover) -> StopTicket {
 
 /// Files tickets for what is to be stopped and logs what is only reported; `dry_run` does neither. Returns the
 /// tickets to run.
-pub fn act_on(store: &Store, found: &[Found], dry_run: bool) -> Vec<StopTicket> {
+pub(crate) fn act_on(store: &Store, found: &[Found], dry_run: bool) -> Vec<StopTicket> {
     let mut tickets = Vec::new();
     for found in found {
         if !dry_run {
@@ -202,7 +202,7 @@ pub fn act_on(store: &Store, found: &[Found], dry_run: bool) -> Vec<StopTicket> 
 
 /// `reap`: the leftovers-to-be of the sessions being ended, filed (or, in a dry run, only listed) as their policy
 /// says. A manual end does not wait for the agent: what it would leave behind goes with it.
-pub fn for_reap(
+pub(crate) fn for_reap(
     store: &Store,
     sessions: &[SessionId],
     dry_run: bool,
@@ -218,7 +218,7 @@ pub fn for_reap(
 
 /// `sweep`: the leftovers of agents that are gone with nothing attending to them (no sentinel: turned off,
 /// killed, or a reboot), filed as their policy says.
-pub fn for_sweep(store: &Store, dry_run: bool) -> Vec<StopTicket> {
+pub(crate) fn for_sweep(store: &Store, dry_run: bool) -> Vec<StopTicket> {
     let sessions = store.sessions.all();
     agents_gone_unattended(store, &sessions)
         .iter()
@@ -227,7 +227,7 @@ pub fn for_sweep(store: &Store, dry_run: bool) -> Vec<StopTicket> {
 }
 
 /// The sessions whose current agent process is `agent`, on this host.
-pub fn sessions_of(store: &Store, agent: &Identity) -> Vec<SessionRecord> {
+pub(crate) fn sessions_of(store: &Store, agent: &Identity) -> Vec<SessionRecord> {
     let host = proc::host_name();
     store
         .sessions
@@ -247,7 +247,7 @@ pub fn sessions_of(store: &Store, agent: &Identity) -> Vec<SessionRecord> {
 /// of, not yet dealt with. A session is marked dealt with for `agent` once a look finds none of its leftovers
 /// left (what a stop could not catch — a fast forker — is looked for again by the next sweep). Returns the tickets
 /// to run.
-pub fn stop_leftovers_of(store: &Store, agent: &Identity, dry_run: bool) -> Vec<StopTicket> {
+pub(crate) fn stop_leftovers_of(store: &Store, agent: &Identity, dry_run: bool) -> Vec<StopTicket> {
     let host = proc::host_name();
     let records: Vec<SessionRecord> = store
         .sessions
@@ -304,7 +304,7 @@ fn mark_done(store: &Store, session: &str, agent: &Identity) {
 
 /// Agent processes of this host's sessions — current or earlier — that are gone, whose leftovers nothing has dealt
 /// with yet and whose sentinel is not at work on them: the sweep's share.
-pub fn agents_gone_unattended(store: &Store, sessions: &[SessionRecord]) -> Vec<Identity> {
+pub(crate) fn agents_gone_unattended(store: &Store, sessions: &[SessionRecord]) -> Vec<Identity> {
     let host = proc::host_name();
     let mut agents: Vec<Identity> = sessions
         .iter()
@@ -322,7 +322,7 @@ pub fn agents_gone_unattended(store: &Store, sessions: &[SessionRecord]) -> Vec<
 
 /// What `SessionStart` records for discovery, in the same write as the rest of the session record: the policy,
 /// the agent's group when it leads one, and its descendants when it names no session.
-pub fn note_start(
+pub(crate) fn note_start(
     record: &mut SessionRecord,
     previous_agent: Option<Identity>,
     policy: Policy,
@@ -356,7 +356,7 @@ pub fn note_start(
 }
 
 /// For an agent that names no session, adds the agent's descendants seen now to its session's record.
-pub fn record_descendants(store: &Store, session: &SessionId) -> anyhow::Result<()> {
+pub(crate) fn record_descendants(store: &Store, session: &SessionId) -> anyhow::Result<()> {
     let Some(record) = store.sessions.get(session)? else {
         return Ok(());
     };
@@ -431,7 +431,7 @@ fn kept_path(store: &Store, identity: &Identity) -> PathBuf {
 }
 
 /// Marks `identity` as kept: no leftover discovery ever picks it (or its descendants).
-pub fn mark_kept(store: &Store, identity: &Identity) -> anyhow::Result<()> {
+pub(crate) fn mark_kept(store: &Store, identity: &Identity) -> anyhow::Result<()> {
     store.root.ensure_dir(&store.root.join(KEPT))?;
     store.root.write_atomic(
         &kept_path(store, identity),
@@ -440,7 +440,7 @@ pub fn mark_kept(store: &Store, identity: &Identity) -> anyhow::Result<()> {
 }
 
 /// Every `keep --pid` mark of this boot.
-pub fn kept_marks(store: &Store) -> Vec<Identity> {
+pub(crate) fn kept_marks(store: &Store) -> Vec<Identity> {
     let Ok(entries) = std::fs::read_dir(store.root.join(KEPT)) else {
         return Vec::new();
     };
@@ -453,7 +453,7 @@ pub fn kept_marks(store: &Store) -> Vec<Identity> {
 }
 
 /// Removes the marks of processes that are gone.
-pub fn prune_kept(store: &Store) {
+pub(crate) fn prune_kept(store: &Store) {
     for identity in kept_marks(store) {
         if !proc::is_alive(&identity) {
             let _ = std::fs::remove_file(kept_path(store, &identity));

@@ -2,13 +2,11 @@
 //! a dry run, only returns them to be described; the stopper runs stop tickets through `signal` (the only place
 //! that sends signals); `launch` starts brokers and detached helpers; the finisher completes what a hook could not.
 
-pub mod cgroup;
-pub mod executor;
-pub mod finisher;
-pub mod launch;
-pub mod leftovers;
-pub mod sentinel;
-pub mod signal;
-pub mod stopper;
-
-pub use executor::{Mode, update_slot};
+pub(crate) mod cgroup;
+pub(crate) mod executor;
+pub(crate) mod finisher;
+pub(crate) mod launch;
+pub(crate) mod leftovers;
+pub(crate) mod sentinel;
+pub(crate) mod signal;
+pub(crate) mod stopper;

@@ -20,7 +20,7 @@ pub(crate) fn lock_path(store: &Store, agent: &Identity) -> PathBuf {
 }
 
 /// True while a sentinel holds the lock of `agent` (the file is opened, never created: `status` writes nothing).
-pub fn is_running(store: &Store, agent: &Identity) -> bool {
+pub(crate) fn is_running(store: &Store, agent: &Identity) -> bool {
     std::fs::File::open(lock_path(store, agent)).is_ok_and(|file| match file.try_lock_shared() {
         Ok(()) => {
             let _ = file.unlock();
@@ -31,7 +31,7 @@ pub fn is_running(store: &Store, agent: &Identity) -> bool {
 }
 
 /// The pid the sentinel of `agent` wrote into its lock file once it held the lock.
-pub fn pid_of(store: &Store, agent: &Identity) -> Option<i32> {
+pub(crate) fn pid_of(store: &Store, agent: &Identity) -> Option<i32> {
     std::fs::read_to_string(lock_path(store, agent))
         .ok()?
         .trim()
@@ -41,7 +41,11 @@ pub fn pid_of(store: &Store, agent: &Identity) -> Option<i32> {
 
 /// Starts the sentinel of `agent` unless one runs. `within` bounds its wait (the finisher's wait after a
 /// `SessionEnd`); `None` waits as long as the agent lives.
-pub fn start(store: &Store, agent: &Identity, within: Option<Duration>) -> anyhow::Result<()> {
+pub(crate) fn start(
+    store: &Store,
+    agent: &Identity,
+    within: Option<Duration>,
+) -> anyhow::Result<()> {
     if is_running(store, agent) {
         return Ok(());
     }

@@ -21,7 +21,7 @@ use crate::observe::proc;
 
 /// Why a process was not signalled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// pid 0, 1 or negative: would mean "every process" or init.
     BadPid,
     /// This process or one of its ancestors (the agent running the hook, the test, the shell).
@@ -37,7 +37,7 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Refusal::BadPid => "pid is 0, 1 or negative",
             Refusal::Ancestor => "pid is this process or one of its ancestors",
@@ -59,7 +59,7 @@ impl fmt::Display for Refusal {
 
 /// What checking a recorded identity against the live system found.
 #[derive(Debug)]
-pub enum Target {
+pub(crate) enum Target {
     /// The recorded process runs; signals go through the handle.
     Live(Handle),
     /// No process has this identity any more (exited, or the pid was reused by another process).
@@ -70,7 +70,7 @@ pub enum Target {
 
 /// The processes this run must never signal, and who we are.
 #[derive(Clone, Debug)]
-pub struct Guard {
+pub(crate) struct Guard {
     protected: HashSet<i32>,
     uid: u32,
     /// The recorded agents of live sessions, refused like ancestors.
@@ -79,7 +79,7 @@ pub struct Guard {
 
 impl Guard {
     /// Snapshots this process's ancestry once.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Guard {
             protected: proc::self_and_ancestors(),
             uid: rustix::process::getuid().as_raw(),
@@ -89,22 +89,22 @@ impl Guard {
 
     /// This guard, refusing also the recorded agents of live sessions (`decide::belonging::live_agents`).
     #[must_use]
-    pub fn sparing_agents(mut self, live_agents: Vec<Identity>) -> Self {
+    pub(crate) fn sparing_agents(mut self, live_agents: Vec<Identity>) -> Self {
         self.live_agents = live_agents;
         self
     }
 
-    pub fn uid(&self) -> u32 {
+    pub(crate) fn uid(&self) -> u32 {
         self.uid
     }
 
     /// The recorded agents of live sessions this guard refuses.
-    pub fn live_agents(&self) -> &[Identity] {
+    pub(crate) fn live_agents(&self) -> &[Identity] {
         &self.live_agents
     }
 
     /// The checks that need no system call beyond the ancestry snapshot.
-    pub fn check(&self, identity: &Identity) -> Result<(), Refusal> {
+    pub(crate) fn check(&self, identity: &Identity) -> Result<(), Refusal> {
         if identity.pid <= 1 {
             Err(Refusal::BadPid)
         } else if self.protected.contains(&identity.pid) {
@@ -123,7 +123,7 @@ impl Guard {
     }
 
     /// Checks `identity` and, when it is live and allowed, opens a handle that pins it.
-    pub fn target(&self, identity: &Identity) -> Target {
+    pub(crate) fn target(&self, identity: &Identity) -> Target {
         if let Err(refusal) = self.check(identity) {
             return Target::Refused(refusal);
         }
@@ -150,14 +150,14 @@ impl Default for Guard {
 
 /// A verified live process. Holds a pidfd where the kernel has them.
 #[derive(Debug)]
-pub struct Handle {
+pub(crate) struct Handle {
     identity: Identity,
     pidfd: Option<OwnedFd>,
 }
 
 /// Signals we send.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Sig {
+pub(crate) enum Sig {
     Term,
     Kill,
     /// Freezes a leftover's tree before its SIGKILL (it forks no more while it is walked).
@@ -165,7 +165,7 @@ pub enum Sig {
 }
 
 impl Sig {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Sig::Term => "SIGTERM",
             Sig::Kill => "SIGKILL",
@@ -187,21 +187,19 @@ const EINVAL: i32 = rustix::io::Errno::INVAL.raw_os_error();
 
 /// The pid of `identity` as the kernel takes it (a pid of 0 or less names no process: "no such process").
 fn pid_of(identity: &Identity) -> std::io::Result<rustix::process::Pid> {
-    rustix::process::Pid::from_raw(identity.pid)
+    (identity.pid > 0)
+        .then(|| rustix::process::Pid::from_raw(identity.pid))
+        .flatten()
         .ok_or_else(|| std::io::Error::from_raw_os_error(ESRCH))
 }
 
 impl Handle {
-    pub fn identity(&self) -> &Identity {
+    pub(crate) fn identity(&self) -> &Identity {
         &self.identity
     }
 
-    pub fn has_pidfd(&self) -> bool {
-        self.pidfd.is_some()
-    }
-
     /// Signals the process itself. `Ok(false)` when it had already exited.
-    pub fn signal(&self, sig: Sig) -> std::io::Result<bool> {
+    pub(crate) fn signal(&self, sig: Sig) -> std::io::Result<bool> {
         let result = match &self.pidfd {
             Some(fd) => pidfd_signal(fd, sig),
             None if proc::is_alive(&self.identity) => {
@@ -219,7 +217,7 @@ impl Handle {
 
     /// Signals the process group this process leads, only while it is verifiably alive (see the module comment);
     /// a process that leads no group, or has exited, gets the signal itself (a no-op once gone).
-    pub fn signal_group(&self, sig: Sig) -> std::io::Result<bool> {
+    pub(crate) fn signal_group(&self, sig: Sig) -> std::io::Result<bool> {
         if self.has_exited() {
             return self.signal(sig);
         }
@@ -248,7 +246,7 @@ impl Handle {
 
     /// True once the process has exited (a zombie has exited). Polls the pidfd; never `kill(pid, 0)`, to which a
     /// zombie looks alive.
-    pub fn has_exited(&self) -> bool {
+    pub(crate) fn has_exited(&self) -> bool {
         match &self.pidfd {
             Some(fd) => pidfd_exited(fd, Duration::ZERO),
             None => !proc::is_alive(&self.identity),
@@ -256,7 +254,8 @@ impl Handle {
     }
 
     /// Waits up to `timeout` for the process to exit; true if it did.
-    pub fn wait_exit(&self, timeout: Duration) -> bool {
+    #[cfg(test)]
+    pub(crate) fn wait_exit(&self, timeout: Duration) -> bool {
         if let Some(fd) = &self.pidfd {
             return pidfd_exited(fd, timeout);
         }
@@ -272,7 +271,7 @@ impl Handle {
         }
     }
 
-    pub fn pidfd(&self) -> Option<&OwnedFd> {
+    pub(crate) fn pidfd(&self) -> Option<&OwnedFd> {
         self.pidfd.as_ref()
     }
 }
@@ -337,7 +336,7 @@ fn pidfd_signal_group(_fd: &OwnedFd, _sig: Sig) -> std::io::Result<()> {
 
 /// Whether a pidfd became readable (its process exited) within `timeout`.
 #[cfg(target_os = "linux")]
-pub fn pidfd_exited(fd: &OwnedFd, timeout: Duration) -> bool {
+pub(crate) fn pidfd_exited(fd: &OwnedFd, timeout: Duration) -> bool {
     use rustix::event::{PollFd, PollFlags, Timespec, poll};
     let timespec = Timespec::try_from(timeout).unwrap_or(Timespec {
         tv_sec: 0,
@@ -353,7 +352,7 @@ pub fn pidfd_exited(_fd: &OwnedFd, _timeout: Duration) -> bool {
 }
 
 /// Whether this kernel offers pidfds (for `doctor`).
-pub fn pidfd_supported() -> bool {
+pub(crate) fn pidfd_supported() -> bool {
     open_pidfd(i32::try_from(std::process::id()).unwrap_or(0)).is_some()
 }
 

@@ -23,13 +23,13 @@ use crate::store::sessions::Sessions;
 use crate::store::tickets::{Claim, TicketLock, Tickets};
 
 /// How long the graceful step (socket message or command) may take before SIGTERM.
-pub const GRACEFUL_WINDOW: Duration = Duration::from_millis(750);
+pub(crate) const GRACEFUL_WINDOW: Duration = Duration::from_millis(750);
 /// How long after a SIGKILL before it is sent again (and `attempts` grows).
-pub const KILL_RETRY: Duration = Duration::from_secs(1);
+pub(crate) const KILL_RETRY: Duration = Duration::from_secs(1);
 /// The grace between SIGTERM and SIGKILL when none is given (`--grace`, and stops of processes no record knows).
-pub use crate::model::record::DEFAULT_GRACE_MS;
+pub(crate) use crate::model::record::DEFAULT_GRACE_MS;
 /// After this many SIGKILLs a process that still runs is reported as stuck.
-pub const STUCK_AFTER: u32 = 3;
+pub(crate) const STUCK_AFTER: u32 = 3;
 /// How long a run keeps watching after its last signal, for processes that exit promptly, before it gives up on a
 /// deadline that no step of the cascade can reach.
 const SETTLE: Duration = Duration::from_millis(100);
@@ -39,7 +39,7 @@ const FREEZE_WINDOW: Duration = Duration::from_millis(500);
 
 /// What to do next for one ticket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     Graceful,
     Term,
     Kill,
@@ -52,13 +52,13 @@ fn stamp(text: Option<&String>) -> Option<SystemTime> {
 }
 
 /// Milliseconds on the boot clock (see `clock::boot_millis`).
-pub fn boot_millis() -> u64 {
+pub(crate) fn boot_millis() -> u64 {
     clock::boot_millis()
 }
 
 /// The ticket with its cascade stamps placed on the wall clock from the boot clock, where the ticket has them: a
 /// wall clock stepped back (or forward) since a step neither stalls nor rushes the cascade. Pure.
-pub fn on_wall_clock(ticket: &StopTicket, now: SystemTime, boot_now_ms: u64) -> StopTicket {
+pub(crate) fn on_wall_clock(ticket: &StopTicket, now: SystemTime, boot_now_ms: u64) -> StopTicket {
     let mut placed = ticket.clone();
     let place = |boot: Option<u64>, wall: &mut Option<String>| {
         if let Some(boot) = boot.filter(|boot| *boot <= boot_now_ms) {
@@ -75,7 +75,7 @@ pub fn on_wall_clock(ticket: &StopTicket, now: SystemTime, boot_now_ms: u64) -> 
 }
 
 /// The next step of a ticket whose process is (or is not) `alive` at `now`.
-pub fn next_step(ticket: &StopTicket, now: SystemTime, alive: bool) -> Step {
+pub(crate) fn next_step(ticket: &StopTicket, now: SystemTime, alive: bool) -> Step {
     if !alive {
         return Step::Done;
     }
@@ -101,7 +101,7 @@ pub fn next_step(ticket: &StopTicket, now: SystemTime, alive: bool) -> Step {
 /// How a ticket ended up after a run.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "result")]
-pub enum StopOutcome {
+pub(crate) enum StopOutcome {
     /// The process and its members are gone; `by` says what made them go, `members` how many members there were.
     Stopped { by: String, members: usize },
     /// It was gone before anything was sent.
@@ -127,14 +127,14 @@ pub enum StopOutcome {
 }
 
 impl StopOutcome {
-    pub fn is_failure(&self) -> bool {
+    pub(crate) fn is_failure(&self) -> bool {
         matches!(
             self,
             StopOutcome::Refused { .. } | StopOutcome::Pending { stuck: true, .. }
         )
     }
 
-    pub fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         match self {
             StopOutcome::Stopped { by, members: 0 } => format!("stopped ({by})"),
             StopOutcome::Stopped { by, members } => format!("stopped ({by}; {members} members)"),
@@ -159,7 +159,7 @@ impl StopOutcome {
 
 /// One ticket and what became of it.
 #[derive(Clone, Debug, Serialize)]
-pub struct StopReport {
+pub(crate) struct StopReport {
     pub ticket: StopTicket,
     pub outcome: StopOutcome,
 }
@@ -205,7 +205,7 @@ impl Active {
 }
 
 /// Carries out stop tickets.
-pub struct Stopper {
+pub(crate) struct Stopper {
     tickets: Tickets,
     log: EventLog,
     guard: Guard,
@@ -219,7 +219,7 @@ pub struct Stopper {
 
 /// Callbacks the commands layer wires into a stopper (`commands::stopper`).
 #[derive(Clone, Copy, Default)]
-pub struct Listener {
+pub(crate) struct Listener {
     pub progress: Option<fn(&str)>,
     pub stopped: Option<fn(&StopTicket, &EventLog)>,
 }
@@ -227,12 +227,12 @@ pub struct Listener {
 impl Stopper {
     /// The stopper of an opened state root: its tickets and its event log; its guard refuses, besides what `guard`
     /// does, the recorded agents of this root's live sessions (read when there is something to stop).
-    pub fn of(store: &crate::store::Store, guard: Guard) -> Stopper {
+    pub(crate) fn of(store: &crate::store::Store, guard: Guard) -> Stopper {
         Stopper::new(store.tickets.clone(), store.log.clone(), guard)
             .sparing_agents_of(store.sessions.clone())
     }
 
-    pub fn new(tickets: Tickets, log: EventLog, guard: Guard) -> Self {
+    pub(crate) fn new(tickets: Tickets, log: EventLog, guard: Guard) -> Self {
         Stopper {
             tickets,
             log,
@@ -245,24 +245,20 @@ impl Stopper {
 
     /// This stopper, refusing the recorded agents of the live sessions of `sessions` (DESIGN "Belonging").
     #[must_use]
-    pub fn sparing_agents_of(mut self, sessions: Sessions) -> Self {
+    pub(crate) fn sparing_agents_of(mut self, sessions: Sessions) -> Self {
         self.sessions = Some(sessions);
         self
     }
 
     /// The same stopper, telling `listener` what it does.
     #[must_use]
-    pub fn telling(mut self, listener: Listener) -> Self {
+    pub(crate) fn telling(mut self, listener: Listener) -> Self {
         self.listener = listener;
         self
     }
 
-    pub fn guard(&self) -> &Guard {
-        &self.guard
-    }
-
     /// Drives `tickets` until each is done or `deadline` passes; what is left stays filed.
-    pub fn run(&self, tickets: Vec<StopTicket>, deadline: Deadline) -> Vec<StopReport> {
+    pub(crate) fn run(&self, tickets: Vec<StopTicket>, deadline: Deadline) -> Vec<StopReport> {
         if tickets.is_empty() {
             return Vec::new();
         }
@@ -814,7 +810,7 @@ fn end_helper(helper: &mut Child) {
 }
 
 /// A new ticket for `identity`, with no step taken yet.
-pub fn new_ticket(
+pub(crate) fn new_ticket(
     identity: Identity,
     pgid: Option<i32>,
     reason: &str,
@@ -832,7 +828,7 @@ pub fn new_ticket(
 }
 
 /// How long a command in the foreground waits for a stop: the whole cascade and one SIGKILL retry.
-pub fn foreground_deadline(ticket: &StopTicket) -> Deadline {
+pub(crate) fn foreground_deadline(ticket: &StopTicket) -> Deadline {
     Deadline::after(GRACEFUL_WINDOW + Duration::from_millis(ticket.grace_ms) + KILL_RETRY * 2)
 }
 

@@ -5,9 +5,9 @@
 //! a sweep, and the read-only views of `status`, `doctor` and leftover discovery. `observe` reads its files and
 //! processes, `decide` judges them without I/O, `act` files stop tickets and cleans its files.
 
-pub mod act;
-pub mod decide;
-pub mod observe;
+pub(crate) mod act;
+pub(crate) mod decide;
+pub(crate) mod observe;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -24,20 +24,20 @@ use crate::store::events::{EventLog, Reason};
 use decide::{Occasion, Verdict};
 
 /// The adapter's name in tickets, events and reports.
-pub const ADAPTER: &str = "codex-plugin";
+pub(crate) const ADAPTER: &str = "codex-plugin";
 /// The broker's script: `node …/app-server-broker.mjs serve --endpoint E --cwd C --pid-file P`.
-pub const BROKER_SCRIPT: &str = "app-server-broker.mjs";
+pub(crate) const BROKER_SCRIPT: &str = "app-server-broker.mjs";
 /// The session that spawned a broker, inherited through the plugin's `SessionStart` env file.
-pub const SESSION_VAR: &str = "CODEX_COMPANION_SESSION_ID";
+pub(crate) const SESSION_VAR: &str = "CODEX_COMPANION_SESSION_ID";
 /// The line that asks a broker to shut down; a healthy one answers `{"id":1,"result":{}}` and exits.
-pub const SHUTDOWN_MESSAGE: &str = r#"{"id":1,"method":"broker/shutdown","params":{}}"#;
+pub(crate) const SHUTDOWN_MESSAGE: &str = r#"{"id":1,"method":"broker/shutdown","params":{}}"#;
 /// How long after its start a broker may still be waiting for its `broker.json` (the plugin waits up to 2 s for
 /// the endpoint before writing it): until then an unlisted broker is not judged.
-pub const SPAWN_WINDOW: Duration = Duration::from_secs(3);
+pub(crate) const SPAWN_WINDOW: Duration = Duration::from_secs(3);
 
 /// Where to look for the plugin's state: the roots it uses, every Claude Code plugin data dir, and `--codex-state`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Discovery {
+pub(crate) struct Discovery {
     pub enabled: bool,
     pub extra_roots: Vec<PathBuf>,
 }
@@ -53,14 +53,14 @@ impl Default for Discovery {
 
 /// One place the plugin may keep its state, and why we look there.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Root {
+pub(crate) struct Root {
     pub path: PathBuf,
     pub source: String,
 }
 
 impl Discovery {
     /// `--no-codex`.
-    pub fn off() -> Self {
+    pub(crate) fn off() -> Self {
         Discovery {
             enabled: false,
             extra_roots: Vec::new(),
@@ -68,7 +68,7 @@ impl Discovery {
     }
 
     /// Every place the plugin's state may be, existing or not (for `doctor`), first source first, each path once.
-    pub fn candidates(&self) -> Vec<Root> {
+    pub(crate) fn candidates(&self) -> Vec<Root> {
         if !self.enabled {
             return Vec::new();
         }
@@ -102,7 +102,7 @@ impl Discovery {
 
     /// The candidates that exist and are safe to read (directories of ours, not symlinks), by canonical path, each
     /// once.
-    pub fn roots(&self) -> Vec<Root> {
+    pub(crate) fn roots(&self) -> Vec<Root> {
         let uid = rustix::process::getuid().as_raw();
         let mut seen = HashSet::new();
         self.candidates()
@@ -129,12 +129,12 @@ fn nonempty_env(name: &str) -> Option<String> {
 }
 
 /// Node's `os.tmpdir()` on Unix: `$TMPDIR`, `$TMP`, `$TEMP`, else `/tmp`, without a trailing slash.
-pub fn tmp_dir() -> PathBuf {
+pub(crate) fn tmp_dir() -> PathBuf {
     tmp_dir_from(nonempty_env)
 }
 
 /// `tmp_dir` from any environment (a broker's, read from /proc).
-pub fn tmp_dir_from(var: impl Fn(&str) -> Option<String>) -> PathBuf {
+pub(crate) fn tmp_dir_from(var: impl Fn(&str) -> Option<String>) -> PathBuf {
     let dir = ["TMPDIR", "TMP", "TEMP"]
         .into_iter()
         .find_map(var)
@@ -149,7 +149,7 @@ fn canonical(path: &Path) -> PathBuf {
 
 /// Ending session `session` (`SessionEnd`, `reap`, a sweep's `owners_gone`): stop the plugin's brokers whose owners
 /// are all that session (or ended) and that are not busy; clean `broker.json` files whose broker is gone.
-pub fn at_session_end(
+pub(crate) fn at_session_end(
     store: &Store,
     guard: &Guard,
     discovery: &Discovery,
@@ -162,7 +162,7 @@ pub fn at_session_end(
 }
 
 /// A sweep: stop brokers whose owners are all gone, ownerless reparented ones and idle ones; clean dead records.
-pub fn at_sweep(
+pub(crate) fn at_sweep(
     store: &Store,
     guard: &Guard,
     discovery: &Discovery,
@@ -229,7 +229,7 @@ pub struct BrokerStatus {
 }
 
 /// The plugin's brokers, read-only (nothing is written, locked or signalled).
-pub fn status(store: Option<&Store>, discovery: &Discovery) -> Vec<BrokerStatus> {
+pub(crate) fn status(store: Option<&Store>, discovery: &Discovery) -> Vec<BrokerStatus> {
     let roots = discovery.roots();
     if roots.is_empty() {
         return Vec::new();
@@ -261,7 +261,7 @@ pub fn status(store: Option<&Store>, discovery: &Discovery) -> Vec<BrokerStatus>
 }
 
 /// Prints the `status` section.
-pub fn print_status(brokers: &[BrokerStatus]) {
+pub(crate) fn print_status(brokers: &[BrokerStatus]) {
     if brokers.is_empty() {
         return;
     }
@@ -301,13 +301,13 @@ pub fn print_status(brokers: &[BrokerStatus]) {
 
 /// What `doctor` reports: where the plugin is installed, if it is, and where its state lives.
 #[derive(Clone, Debug, Serialize)]
-pub struct Installation {
+pub(crate) struct Installation {
     pub installed_at: Option<PathBuf>,
     pub roots: Vec<RootReport>,
 }
 
 #[derive(Clone, Debug, Serialize)]
-pub struct RootReport {
+pub(crate) struct RootReport {
     #[serde(flatten)]
     pub root: Root,
     pub exists: bool,
@@ -315,7 +315,7 @@ pub struct RootReport {
 }
 
 /// Looks for the plugin under `~/.claude/plugins` (its broker script) and for its state roots.
-pub fn installation(discovery: &Discovery) -> Installation {
+pub(crate) fn installation(discovery: &Discovery) -> Installation {
     let installed_at = nonempty_env("HOME")
         .and_then(|home| installed_under(&Path::new(&home).join(".claude/plugins")));
     let uid = rustix::process::getuid().as_raw();
@@ -375,7 +375,7 @@ fn installed_under(plugins: &Path) -> Option<PathBuf> {
 }
 
 /// `doctor`'s check: ok when the plugin is absent or installed with its state found; names where the state lives.
-pub fn doctor_check() -> crate::model::check::Check {
+pub(crate) fn doctor_check() -> crate::model::check::Check {
     use crate::model::check::{Check, Level};
     let found = installation(&Discovery::default());
     let existing: Vec<String> = found
@@ -432,7 +432,7 @@ pub fn doctor_check() -> crate::model::check::Check {
 }
 
 /// The pids of the plugin's brokers and of their process groups: not leftovers of any one session.
-pub fn claimed_pids(discovery: &Discovery) -> HashSet<i32> {
+pub(crate) fn claimed_pids(discovery: &Discovery) -> HashSet<i32> {
     let roots = discovery.roots();
     if roots.is_empty() {
         return HashSet::new();
@@ -457,7 +457,7 @@ pub fn claimed_pids(discovery: &Discovery) -> HashSet<i32> {
 }
 
 /// After a confirmed stop of one of the plugin's brokers: clean its files (see `act::clean`).
-pub fn after_stop(ticket: &StopTicket, log: &EventLog) {
+pub(crate) fn after_stop(ticket: &StopTicket, log: &EventLog) {
     act::after_stop(ticket, log);
 }
 

@@ -3,22 +3,22 @@
 //! after a confirmed exit. Adapters claim their processes before leftover discovery does: a broker shared by several
 //! sessions is never one session's leftover. The one adapter so far is the Codex plugin for Claude Code.
 
-pub mod codex_plugin;
+pub(crate) mod codex_plugin;
 
 /// One thing an adapter did (or, in a dry run, would do): a sweep's action, so that a sweep reports it as its own.
-pub type AdapterAction = crate::model::action::SweepAction;
+pub(crate) type AdapterAction = crate::model::action::SweepAction;
 
 /// What one pass of an adapter decided: its actions, the stop tickets it filed (for the caller's stopper) and the
 /// problems it met.
 #[derive(Clone, Debug, Default)]
-pub struct AdapterReport {
+pub(crate) struct AdapterReport {
     pub actions: Vec<AdapterAction>,
     pub tickets: Vec<crate::model::record::StopTicket>,
     pub problems: Vec<String>,
 }
 
 /// Prints adapter actions for people, one line each.
-pub fn print_actions(actions: &[AdapterAction]) {
+pub(crate) fn print_actions(actions: &[AdapterAction]) {
     for action in actions {
         let pid = action
             .pid
@@ -42,6 +42,9 @@ pub(crate) fn claimed_pids(discovery: &codex_plugin::Discovery) -> std::collecti
 
 /// Called by the stopper once a ticket's process is confirmed gone: an adapter's ticket names the tool's files to
 /// clean.
-pub fn after_stop(ticket: &crate::model::record::StopTicket, log: &crate::store::events::EventLog) {
+pub(crate) fn after_stop(
+    ticket: &crate::model::record::StopTicket,
+    log: &crate::store::events::EventLog,
+) {
     codex_plugin::after_stop(ticket, log);
 }

@@ -14,7 +14,7 @@ use crate::store::Store;
 
 /// How long past its deadline a hook may run at most: the watchdog wakes `WAKE` after it and gives its last
 /// report (event, stderr line) `REPORT_WAIT` before it ends the process anyway.
-pub const MARGIN: Duration = Duration::from_millis(100);
+pub(crate) const MARGIN: Duration = Duration::from_millis(100);
 const WAKE: Duration = Duration::from_millis(50);
 const REPORT_WAIT: Duration = Duration::from_millis(50);
 
@@ -23,7 +23,7 @@ static LAST_PANIC: Mutex<Option<String>> = Mutex::new(None);
 
 /// Runs a hook `body` under the backstop: a panic is caught and reported, and a watchdog ends the process (exit 0)
 /// at `deadline` plus `MARGIN` if the body has not returned by then.
-pub fn run_guarded(deadline: Deadline, state_dir: Option<&Path>, body: impl FnOnce()) {
+pub(crate) fn run_guarded(deadline: Deadline, state_dir: Option<&Path>, body: impl FnOnce()) {
     std::panic::set_hook(Box::new(|info| {
         if let Ok(mut last) = LAST_PANIC.lock() {
             *last = Some(info.to_string().replace('\n', " "));
@@ -41,7 +41,7 @@ pub fn run_guarded(deadline: Deadline, state_dir: Option<&Path>, body: impl FnOn
 }
 
 /// One stderr line and, when the state root opens, one event; for problems found before the hook body runs.
-pub fn report(state_dir: Option<&Path>, line: &str) {
+pub(crate) fn report(state_dir: Option<&Path>, line: &str) {
     let store = Config::new(state_dir, false)
         .and_then(|config| Store::open(&config.state_dir))
         .ok();

@@ -23,7 +23,7 @@ use crate::store::Store;
 use crate::store::events::{Event, Reason};
 use crate::store::slot::{LOCK_WAIT, Slot, SlotGuard, SlotView};
 
-pub fn run(request: BrokerRequest, config: &Config) -> anyhow::Result<Outcome> {
+pub(crate) fn run(request: BrokerRequest, config: &Config) -> anyhow::Result<Outcome> {
     match request {
         BrokerRequest::Spawn {
             slot,
@@ -103,7 +103,7 @@ fn adoptable(pid: i32) -> anyhow::Result<(Identity, proc::ProcStat)> {
 }
 
 /// The slot a broker command is about, with the state it lives in.
-pub struct SlotTarget {
+pub(crate) struct SlotTarget {
     pub store: Store,
     pub workspace: PathBuf,
     pub cwd: PathBuf,
@@ -486,7 +486,7 @@ enum Joined {
 }
 
 /// A slot as people name it: `<workspace>`, with ` [<name>]` unless the name is `default`.
-pub fn place(workspace: &str, name: &str) -> String {
+pub(crate) fn place(workspace: &str, name: &str) -> String {
     if name == "default" {
         workspace.to_owned()
     } else {

@@ -78,7 +78,7 @@ struct Demo {
 
 /// Plays the demo in `state_dir` (when `--state-dir` names one) or a temporary state root; `keep` keeps the demo's
 /// directory (workspaces, state root, logs) and says where it is. Its processes are stopped either way.
-pub fn run(keep: bool, state_dir: Option<&Path>) -> anyhow::Result<Outcome> {
+pub(crate) fn run(keep: bool, state_dir: Option<&Path>) -> anyhow::Result<Outcome> {
     let mut demo = Demo::new(state_dir, keep)?;
     let result = demo.play();
     let leftovers = demo.clean_up();
@@ -101,7 +101,7 @@ pub fn run(keep: bool, state_dir: Option<&Path>) -> anyhow::Result<Outcome> {
 
 /// `demo --guard DIR`: waits until the demo closes our stdin (it ended, or died), then kills (SIGKILL) every
 /// process that carries the demo's mark, until none is left, and removes `dir` unless `keep`.
-pub fn guard(dir: &Path, keep: bool) -> anyhow::Result<Outcome> {
+pub(crate) fn guard(dir: &Path, keep: bool) -> Outcome {
     let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
     let guard = Guard::new();
     for _ in 0..100 {
@@ -120,7 +120,7 @@ pub fn guard(dir: &Path, keep: bool) -> anyhow::Result<Outcome> {
     if !keep {
         let _ = std::fs::remove_dir_all(dir);
     }
-    Ok(Outcome::Done)
+    Outcome::Done
 }
 
 /// Live processes (other than this one) whose environment has `SESSION_REAPER_DEMO=<dir>`, read between two

@@ -14,7 +14,7 @@ use crate::settings::{self, probe};
 use crate::store::Store;
 use crate::store::root::StateRoot;
 
-pub use crate::model::check::{Check, Level};
+pub(crate) use crate::model::check::{Check, Level};
 
 fn check(name: &str, level: Level, detail: impl Into<String>, fix: Option<String>) -> Check {
     Check {
@@ -25,7 +25,7 @@ fn check(name: &str, level: Level, detail: impl Into<String>, fix: Option<String
     }
 }
 
-pub fn run(json_output: bool, config: &Config) -> anyhow::Result<Outcome> {
+pub(crate) fn run(json_output: bool, config: &Config) -> anyhow::Result<Outcome> {
     let checks = checks(config);
     let worst = checks.iter().map(|c| c.level).max().unwrap_or(Level::Ok);
     if json_output {
@@ -49,7 +49,7 @@ pub fn run(json_output: bool, config: &Config) -> anyhow::Result<Outcome> {
     Ok(Outcome::from_ok(worst != Level::Fail))
 }
 
-pub fn checks(config: &Config) -> Vec<Check> {
+pub(crate) fn checks(config: &Config) -> Vec<Check> {
     let mut checks = Vec::new();
     let root = match StateRoot::open_existing(&config.state_dir) {
         Ok(Some(root)) => {

@@ -14,7 +14,7 @@ use crate::store::events::Reason;
 
 /// One session's writers: the one kept and those to stop.
 #[derive(Clone, Debug, Serialize)]
-pub struct Duplicates {
+pub(crate) struct Duplicates {
     pub session: String,
     pub kept: i32,
     pub stopped: Vec<i32>,
@@ -23,7 +23,7 @@ pub struct Duplicates {
 }
 
 /// Of `writers`, the newest (latest start; the larger pid breaks a tie) and the rest.
-pub fn choose(writers: &[Identity]) -> Option<(&Identity, Vec<&Identity>)> {
+pub(crate) fn choose(writers: &[Identity]) -> Option<(&Identity, Vec<&Identity>)> {
     let newest = writers
         .iter()
         .max_by_key(|identity| (identity.start_ticks, identity.pid))?;
@@ -38,7 +38,7 @@ pub fn choose(writers: &[Identity]) -> Option<(&Identity, Vec<&Identity>)> {
 
 /// The duplicate writers of the live sessions, with tickets for all but the newest of each (never this process
 /// or one of its ancestors).
-pub fn find(sessions: &[SessionRecord]) -> Vec<Duplicates> {
+pub(crate) fn find(sessions: &[SessionRecord]) -> Vec<Duplicates> {
     let snapshot = proc::scan_cmdlines(crate::model::deadline::Deadline::far());
     let live: Vec<&SessionRecord> = sessions
         .iter()

@@ -30,7 +30,7 @@ use crate::store::events::{Event, Reason};
 const EXIT_MARGIN: Duration = Duration::from_millis(150);
 
 /// Runs the hook; never fails, never prints to stdout.
-pub fn run(args: &HookRequest, state_dir_flag: Option<&Path>) {
+pub(crate) fn run(args: &HookRequest, state_dir_flag: Option<&Path>) {
     if crate::settings::probe::requested() {
         answer_probe(args, state_dir_flag);
         return;
@@ -53,7 +53,7 @@ pub fn run(args: &HookRequest, state_dir_flag: Option<&Path>) {
 }
 
 /// One stderr line and one event; the hook still exits 0.
-pub fn report(store: Option<&Store>, message: &str) {
+pub(crate) fn report(store: Option<&Store>, message: &str) {
     let line = message.replace('\n', " ");
     // The event first: a stderr nobody reads (a full pipe) may block the line until the watchdog ends us.
     if let Some(store) = store {
@@ -136,7 +136,10 @@ fn camel_case(snake: &str) -> String {
 }
 
 /// The id of a session whose payload names none: its agent and agent process, stable while that process lives.
-pub fn synthetic_session(agent: Option<Agent>, identity: &Identity) -> anyhow::Result<SessionId> {
+pub(crate) fn synthetic_session(
+    agent: Option<Agent>,
+    identity: &Identity,
+) -> anyhow::Result<SessionId> {
     SessionId::parse(&format!(
         "{}-{}-{}",
         agent.map_or("agent", Agent::as_str),
@@ -145,7 +148,7 @@ pub fn synthetic_session(agent: Option<Agent>, identity: &Identity) -> anyhow::R
     ))
 }
 
-pub use crate::model::hook_event::HookEvent;
+pub(crate) use crate::model::hook_event::HookEvent;
 
 /// The agent behind a payload: `--agent` (unless the environment shows an agent that runs that agent's hook files,
 /// as Cursor and Copilot run Claude's: the session is then theirs), else the payload's own field names, else where
@@ -438,16 +441,16 @@ fn session_end(store: &Store, hooked: &Hooked, deadline: Deadline) -> anyhow::Re
 }
 
 /// Reads exactly one JSON value from stdin, waiting no later than `deadline` and never for end-of-file.
-pub fn read_payload(deadline: Deadline) -> anyhow::Result<Value> {
+pub(crate) fn read_payload(deadline: Deadline) -> anyhow::Result<Value> {
     let stdin = std::io::stdin();
     read_one_value(stdin.as_fd(), deadline)
 }
 
 /// The largest hook payload we read: real ones are well under a KiB (a transcript path, a cwd, a few names).
-pub const PAYLOAD_LIMIT: usize = 4 * 1024 * 1024;
+pub(crate) const PAYLOAD_LIMIT: usize = 4 * 1024 * 1024;
 
 /// Reads from `fd` until one whole JSON value has arrived; malformed input fails at once.
-pub fn read_one_value(
+pub(crate) fn read_one_value(
     fd: std::os::fd::BorrowedFd<'_>,
     deadline: Deadline,
 ) -> anyhow::Result<Value> {

@@ -20,7 +20,7 @@ const SERVICE: &str = include_str!("../../hooks/systemd/session-reaper-sweep.ser
 const TIMER: &str = include_str!("../../hooks/systemd/session-reaper-sweep.timer");
 const UNIT: &str = "session-reaper-sweep";
 
-pub fn run(args: &SettingsRequest, config: &Config) -> anyhow::Result<Outcome> {
+pub(crate) fn run(args: &SettingsRequest, config: &Config) -> anyhow::Result<Outcome> {
     let spec = args.agent.spec();
     let binary = std::env::current_exe().context("finding this program's path")?;
     let state_dir = non_default_state_dir(&config.state_dir);
@@ -173,7 +173,7 @@ fn advise_sweep(agent: Agent, said: &mut Said) {
 }
 
 /// The periodic sweep's state on this machine.
-pub fn sweep_state() -> SweepState {
+pub(crate) fn sweep_state() -> SweepState {
     if sweep_installed() {
         SweepState::Installed
     } else if systemd_user_available() || crontab_available() {
@@ -309,7 +309,7 @@ impl Sweep<'_> {
 }
 
 /// True when the periodic sweep is installed (a systemd user timer of ours, or a crontab line).
-pub fn sweep_installed() -> bool {
+pub(crate) fn sweep_installed() -> bool {
     Sweep::unit_dir().is_some_and(|dir| dir.join(format!("{UNIT}.timer")).exists())
         || crontab_list().lines().any(is_sweep_line)
 }

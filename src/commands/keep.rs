@@ -19,7 +19,7 @@ use crate::observe::table::Table;
 use crate::store::Store;
 use crate::store::events::Event;
 
-pub fn run(request: &KeepRequest, config: &Config) -> anyhow::Result<Outcome> {
+pub(crate) fn run(request: &KeepRequest, config: &Config) -> anyhow::Result<Outcome> {
     match request {
         KeepRequest::Start { command, log, json } => start(command, log.as_deref(), *json),
         KeepRequest::Mark { pid, json } => mark(*pid, config, *json),

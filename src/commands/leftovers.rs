@@ -12,7 +12,7 @@ use crate::observe::table::Table;
 use crate::store::Store;
 
 /// The lines `reap` prints for one session's leftovers.
-pub fn print_found(found: &[Found], session: &str, dry_run: bool) {
+pub(crate) fn print_found(found: &[Found], session: &str, dry_run: bool) {
     for found in found.iter().filter(|found| found.session == session) {
         let what = match (found.policy, dry_run) {
             (Policy::Stop, true) => "leftover, would stop:",
@@ -49,7 +49,7 @@ pub struct SessionView {
 
 /// For each live session: what would be stopped if its agent went now, and the MCP servers its agent runs — from
 /// one observation of the process table.
-pub fn status_view(store: &Store, live: &[SessionRecord]) -> Vec<SessionView> {
+pub(crate) fn status_view(store: &Store, live: &[SessionRecord]) -> Vec<SessionView> {
     let table = leftovers::observed_since(live)
         .map(Table::observe)
         .unwrap_or_default();
@@ -92,7 +92,7 @@ pub fn status_view(store: &Store, live: &[SessionRecord]) -> Vec<SessionView> {
 }
 
 /// One line per leftover: pid, memory, how it was found, argv.
-pub fn print_leftover(prefix: &str, leftover: &Leftover) {
+pub(crate) fn print_leftover(prefix: &str, leftover: &Leftover) {
     println!(
         "{prefix} pid {:>7}  {:>8}  {}  {}",
         leftover.pid,
@@ -103,7 +103,7 @@ pub fn print_leftover(prefix: &str, leftover: &Leftover) {
 }
 
 /// Memory as people read it.
-pub fn format_kib(kib: u64) -> String {
+pub(crate) fn format_kib(kib: u64) -> String {
     #[allow(clippy::cast_precision_loss)]
     let mib = kib as f64 / 1024.0;
     if kib >= 1024 * 1024 {

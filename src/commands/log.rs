@@ -12,14 +12,14 @@ use crate::store::root::StateRoot;
 
 /// Which events to show.
 #[derive(Clone, Debug, Default)]
-pub struct Filter {
+pub(crate) struct Filter {
     pub session: Option<SessionId>,
     pub since: Option<Duration>,
     pub action: Option<String>,
 }
 
 impl Filter {
-    pub fn keeps(&self, event: &Event, now: SystemTime) -> bool {
+    pub(crate) fn keeps(&self, event: &Event, now: SystemTime) -> bool {
         self.session
             .as_ref()
             .is_none_or(|id| sessions_of(event).any(|session| session == id.as_str()))
@@ -43,7 +43,7 @@ fn sessions_of(event: &Event) -> impl Iterator<Item = &str> {
         .filter(|id| !id.is_empty())
 }
 
-pub fn run(request: &LogRequest, config: &Config) -> anyhow::Result<Outcome> {
+pub(crate) fn run(request: &LogRequest, config: &Config) -> anyhow::Result<Outcome> {
     let mut filter = request.filter.clone();
     let all = match StateRoot::open_existing(&config.state_dir)? {
         Some(root) => EventLog::new(&root).read_all(),

@@ -1,26 +1,26 @@
 //! The subcommands, one module each, and the one report line they share.
 
-pub mod backstop;
-pub mod broker;
-pub mod demo;
-pub mod doctor;
-pub mod duplicates;
-pub mod hook;
-pub mod install;
-pub mod keep;
-pub mod leftovers;
-pub mod log;
-pub mod reap;
-pub mod reference;
-pub mod resolve;
-pub mod sentinel;
-pub mod session_end;
-pub mod status;
-pub mod status_json;
-pub mod status_tree;
-pub mod sweep;
-pub mod sweep_litter;
-pub mod term;
+pub(crate) mod backstop;
+pub(crate) mod broker;
+pub(crate) mod demo;
+pub(crate) mod doctor;
+pub(crate) mod duplicates;
+pub(crate) mod hook;
+pub(crate) mod install;
+pub(crate) mod keep;
+pub(crate) mod leftovers;
+pub(crate) mod log;
+pub(crate) mod reap;
+pub(crate) mod reference;
+pub(crate) mod resolve;
+pub(crate) mod sentinel;
+pub(crate) mod session_end;
+pub(crate) mod status;
+pub(crate) mod status_json;
+pub(crate) mod status_tree;
+pub(crate) mod sweep;
+pub(crate) mod sweep_litter;
+pub(crate) mod term;
 
 use crate::act::signal::Guard;
 use crate::act::stopper::{Listener, Stopper};
@@ -28,7 +28,7 @@ use crate::store::Store;
 
 /// The stopper every command uses: progress lines for a person waiting, and the adapters told of each confirmed
 /// stop (they clean their tool's files only then).
-pub fn stopper(store: &Store, guard: Guard) -> Stopper {
+pub(crate) fn stopper(store: &Store, guard: Guard) -> Stopper {
     Stopper::of(store, guard).telling(Listener {
         progress: Some(term::progress),
         stopped: Some(crate::adapters::after_stop),
@@ -36,7 +36,7 @@ pub fn stopper(store: &Store, guard: Guard) -> Stopper {
 }
 
 /// One line per stop, for people.
-pub fn print_stops(reports: &[crate::act::stopper::StopReport]) {
+pub(crate) fn print_stops(reports: &[crate::act::stopper::StopReport]) {
     for report in reports {
         let ticket = &report.ticket;
         let place = match (&ticket.workspace, &ticket.name) {

@@ -19,7 +19,7 @@ use crate::store::slot::LOCK_WAIT;
 /// How long `reap --all` waits when no `--deadline` is given.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(2);
 
-pub fn run(request: &ReapRequest, config: &Config) -> anyhow::Result<Outcome> {
+pub(crate) fn run(request: &ReapRequest, config: &Config) -> anyhow::Result<Outcome> {
     let Some(store) = Store::open_for(&config.state_dir, request.dry_run)? else {
         println!(
             "no state yet at {}: nothing to do",

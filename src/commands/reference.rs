@@ -34,7 +34,7 @@ fn public_command() -> clap::Command {
 }
 
 /// `completions SHELL`: the completion script, on stdout.
-pub fn completions(shell: clap_complete::Shell) -> Outcome {
+pub(crate) fn completions(shell: clap_complete::Shell) -> Outcome {
     let mut command = public_command();
     clap_complete::generate(
         shell,
@@ -46,7 +46,7 @@ pub fn completions(shell: clap_complete::Shell) -> Outcome {
 }
 
 /// `man`: session-reaper(1) on stdout, or with `dir` that page and one per command (`session-reaper-status.1`, …).
-pub fn man(dir: Option<&Path>) -> anyhow::Result<Outcome> {
+pub(crate) fn man(dir: Option<&Path>) -> anyhow::Result<Outcome> {
     let command = public_command();
     if let Some(dir) = dir {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

@@ -10,11 +10,11 @@ use crate::model::name::SessionId;
 const SHOWN: usize = 8;
 
 /// The shortest prefix taken for a whole id, as git takes its abbreviated hashes.
-pub const MIN_PREFIX: usize = 4;
+pub(crate) const MIN_PREFIX: usize = 4;
 
 /// The one known session `given` names: itself when known, else the only known id it prefixes. `Ok(None)` when no
 /// known id matches; an ambiguous prefix is bad input naming the candidates.
-pub fn resolve<'k>(
+pub(crate) fn resolve<'k>(
     given: &SessionId,
     known: impl IntoIterator<Item = &'k str>,
 ) -> anyhow::Result<Option<SessionId>> {
@@ -44,7 +44,7 @@ pub fn resolve<'k>(
 }
 
 /// The refusal of an id no known session has, listing the known ones.
-pub fn unknown<'k>(
+pub(crate) fn unknown<'k>(
     given: &SessionId,
     known: impl IntoIterator<Item = &'k str>,
     hint: &str,
@@ -74,7 +74,7 @@ fn listed(ids: &[&str]) -> String {
 }
 
 /// Says on stderr which session a prefix resolved to (nothing when the id was given whole).
-pub fn say_resolved(given: &SessionId, resolved: &SessionId) {
+pub(crate) fn say_resolved(given: &SessionId, resolved: &SessionId) {
     if given != resolved {
         eprintln!("session-reaper: {given} is session {resolved}");
     }

@@ -28,7 +28,7 @@ use crate::act::sentinel::{DIR, LOCK_WAIT, lock_path};
 /// (`--state-dir ROOT sentinel --pid P --start-ticks T [--within Nms]`) are read by hand, so that a process that
 /// spends its life waiting touches as little of the binary as it can (DESIGN "The sentinel": ≤ 2 MiB). Any other
 /// shape (a person typing `sentinel`) is `None` and goes through the parser. Returns the exit code.
-pub fn entry(args: &[std::ffi::OsString]) -> Option<u8> {
+pub(crate) fn entry(args: &[std::ffi::OsString]) -> Option<u8> {
     let words: Vec<&str> = args.iter().map(|arg| arg.to_str()).collect::<Option<_>>()?;
     let (root, agent, within) = match words.as_slice() {
         [
@@ -73,7 +73,11 @@ pub fn entry(args: &[std::ffi::OsString]) -> Option<u8> {
 }
 
 /// The sentinel's life: lock, wait, do the agent-gone work, exit.
-pub fn run(store: &Store, agent: &Identity, within: Option<Duration>) -> anyhow::Result<Outcome> {
+pub(crate) fn run(
+    store: &Store,
+    agent: &Identity,
+    within: Option<Duration>,
+) -> anyhow::Result<Outcome> {
     // The root as it was when this sentinel started: one deleted or renamed before its watch is set is noticed.
     let root = root_key(store);
     store.root.ensure_dir(&store.root.join(DIR))?;
@@ -289,7 +293,7 @@ fn open_pidfd(agent: &Identity) -> Option<OwnedFd> {
 }
 
 /// The agent-gone work: end the agent's sessions still live, stop their (and its ended sessions') leftovers.
-pub fn agent_gone(store: &Store, agent: &Identity) -> anyhow::Result<Outcome> {
+pub(crate) fn agent_gone(store: &Store, agent: &Identity) -> anyhow::Result<Outcome> {
     let guard = Guard::new();
     let tickets = end_sessions_of(store, &guard, agent, Reason::AgentGone);
     let outcome = run_stops(store, guard, tickets, agent);
@@ -298,7 +302,7 @@ pub fn agent_gone(store: &Store, agent: &Identity) -> anyhow::Result<Outcome> {
 }
 
 /// Ends every live session of `agent` with `reason`; returns the tickets filed.
-pub fn end_sessions_of(
+pub(crate) fn end_sessions_of(
     store: &Store,
     guard: &Guard,
     agent: &Identity,
@@ -368,7 +372,7 @@ fn run_stops(
 
 /// `SessionEnd`: when the agent is about to exit (not a `clear`, `compact` or `resume`) and no sentinel watches
 /// it, a bounded watcher waits for the exit and does the agent-gone work.
-pub fn at_session_end(
+pub(crate) fn at_session_end(
     store: &Store,
     session: &SessionId,
     agent_reason: Option<&str>,

@@ -23,7 +23,7 @@ use crate::store::slot::Slot;
 
 /// A request to end one session.
 #[derive(Clone, Debug)]
-pub struct Ending {
+pub(crate) struct Ending {
     pub session: SessionId,
     pub reason: Reason,
     /// The agent's own word for why (`clear`, `prompt_input_exit`, …), kept in the session record.
@@ -37,7 +37,7 @@ pub struct Ending {
 
 /// A session's details as an ending payload gives them.
 #[derive(Clone, Debug, Default)]
-pub struct Seen {
+pub(crate) struct Seen {
     pub agent: Option<String>,
     pub cwd: Option<String>,
     pub transcript_path: Option<String>,
@@ -78,7 +78,7 @@ impl Seen {
 
 /// One slot the session owned.
 #[derive(Clone, Debug, Serialize)]
-pub struct OwnedSlot {
+pub(crate) struct OwnedSlot {
     pub workspace: String,
     pub name: String,
     pub pid: i32,
@@ -89,7 +89,7 @@ pub struct OwnedSlot {
 
 /// What ending a session found and filed.
 #[derive(Clone, Debug, Default, Serialize)]
-pub struct EndReport {
+pub(crate) struct EndReport {
     pub session: String,
     pub reason: String,
     pub slots: Vec<OwnedSlot>,
@@ -108,7 +108,7 @@ pub struct EndReport {
 /// before the index existed, or never recorded at all, has every slot visited instead. Slot locks are waited for
 /// no later than `lock_deadline`; a slot still busy then is reported (a later sweep finishes it: it removes owners
 /// whose session has ended).
-pub fn end_session(
+pub(crate) fn end_session(
     store: &Store,
     guard: &Guard,
     ending: &Ending,

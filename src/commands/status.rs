@@ -179,7 +179,7 @@ pub struct TicketStatus {
 }
 
 /// Reads everything without taking any lock (each record file is replaced atomically) and changes nothing.
-pub fn snapshot(store: &Store) -> Snapshot {
+pub(crate) fn snapshot(store: &Store) -> Snapshot {
     let liveness = proc::Liveness::default();
     let mut slots = Vec::new();
     let mut unreadable = Vec::new();
@@ -278,7 +278,7 @@ fn beside_slots(store: &Store) -> BesideSlots {
     }
 }
 
-pub fn run(
+pub(crate) fn run(
     json_output: bool,
     codex: &crate::adapters::codex_plugin::Discovery,
     config: &Config,
@@ -322,5 +322,3 @@ pub fn run(
     let stuck = snapshot.tickets.iter().any(|ticket| ticket.stuck);
     Ok(Outcome::from_ok(!stuck && snapshot.unreadable.is_empty()))
 }
-
-pub use crate::model::text::shorten;

@@ -81,14 +81,14 @@ struct Document<'a, I, C> {
 }
 
 /// What the printed document says that decides the exit code.
-pub struct Printed {
+pub(crate) struct Printed {
     pub stuck: bool,
     pub unreadable: bool,
 }
 
 /// Writes the whole `status --json` document to stdout. `tickets`, `sessions` and the leading unreadable entries
 /// (tickets, sessions) are small and come from the caller; slots stream.
-pub fn print(
+pub(crate) fn print(
     store: &Store,
     tickets: &[TicketStatus],
     (sessions, leftovers, reported_leftovers): (

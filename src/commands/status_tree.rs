@@ -146,11 +146,11 @@ pub struct Facts {
 }
 
 /// The idle TTL a sweep runs with unless cron passes another (`sweep --idle-ttl`'s default).
-pub const DEFAULT_SWEEP_TTL: Duration = Duration::from_secs(30 * 60);
+pub(crate) const DEFAULT_SWEEP_TTL: Duration = Duration::from_secs(30 * 60);
 
 /// Reads what `build` needs beyond the snapshot: liveness, RSS, and each slot's change as the sweep would decide
 /// it (the sweep's own decision, through the executor in dry-run mode: nothing is locked or written).
-pub fn observe(store: &Store, snapshot: &Snapshot) -> Facts {
+pub(crate) fn observe(store: &Store, snapshot: &Snapshot) -> Facts {
     let mut facts = Facts {
         now: Some(SystemTime::now()),
         ..Facts::default()

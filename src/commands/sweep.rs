@@ -32,14 +32,14 @@ const SWEEP_STOP_DEADLINE: Duration = Duration::from_secs(3);
 
 /// The policy a sweep runs with (printed with `-v`, included in `--json`).
 #[derive(Clone, Debug, Serialize)]
-pub struct Policy {
+pub(crate) struct Policy {
     pub idle_ttl_secs: u64,
     pub retention_secs: u64,
     pub dry_run: bool,
     pub stuck_after_kills: u32,
 }
 
-pub use crate::model::action::SweepAction;
+pub(crate) use crate::model::action::SweepAction;
 
 #[derive(Debug, Serialize)]
 struct SweepReport {
@@ -61,7 +61,7 @@ struct Sweep<'a> {
     judged: Known,
 }
 
-pub fn run(args: &SweepRequest, config: &Config) -> anyhow::Result<Outcome> {
+pub(crate) fn run(args: &SweepRequest, config: &Config) -> anyhow::Result<Outcome> {
     let idle_ttl = args.idle_ttl;
     let Some(store) = Store::open_for(&config.state_dir, args.dry_run)? else {
         println!(
@@ -551,7 +551,7 @@ const NO_FACTS: SlotFacts = SlotFacts {
 
 /// What the process table says of the broker a slot's view holds (nothing, for a slot without one); also what
 /// `status` judges its "next sweep" line with. `host` is this machine's name.
-pub fn observe_facts(
+pub(crate) fn observe_facts(
     view: &SlotView,
     sessions: &[SessionRecord],
     liveness: &Liveness,

@@ -13,13 +13,13 @@ use crate::store::temps;
 
 /// What this part of a sweep did (or would do) and what it could not do.
 #[derive(Debug, Default)]
-pub struct Litter {
+pub(crate) struct Litter {
     pub actions: Vec<SweepAction>,
     pub problems: Vec<String>,
 }
 
 /// Removes (or, in a dry run, lists) the temp files left behind.
-pub fn at_sweep(store: &Store, dry_run: bool) -> Litter {
+pub(crate) fn at_sweep(store: &Store, dry_run: bool) -> Litter {
     let mut litter = Litter::default();
     let mut removed = Vec::new();
     for path in temps::left_behind(&store.root, SystemTime::now()) {
@@ -61,7 +61,7 @@ pub fn at_sweep(store: &Store, dry_run: bool) -> Litter {
 }
 
 /// What a sweep says of the odd entries of `workspaces/` its listing found: each reported, none followed.
-pub fn odd_slots(odd: &[OddEntry]) -> Litter {
+pub(crate) fn odd_slots(odd: &[OddEntry]) -> Litter {
     let mut litter = Litter::default();
     for entry in odd {
         litter.actions.push(SweepAction {

@@ -8,7 +8,7 @@ use crate::cli::ColorWhen;
 
 /// What this run may print beyond plain text.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Terminal {
+pub(crate) struct Terminal {
     /// State words on stdout are coloured.
     pub color: bool,
     /// Waits over about a second say what they wait for, on stderr.
@@ -18,7 +18,7 @@ pub struct Terminal {
 /// The facts the choice is made from (independent yes/no facts of this run).
 #[allow(clippy::struct_excessive_bools)]
 #[derive(Clone, Copy, Debug)]
-pub struct Facts {
+pub(crate) struct Facts {
     pub when: ColorWhen,
     pub no_color: bool,
     pub stdout_tty: bool,
@@ -28,7 +28,7 @@ pub struct Facts {
 
 impl Terminal {
     /// Colour: `always`, or `auto` on a TTY without `NO_COLOR`; progress: stderr a TTY. Neither in hook mode.
-    pub fn decide(facts: Facts) -> Self {
+    pub(crate) fn decide(facts: Facts) -> Self {
         if facts.hook_mode {
             return Terminal::default();
         }
@@ -46,7 +46,7 @@ impl Terminal {
 static TERMINAL: OnceLock<Terminal> = OnceLock::new();
 
 /// Decides, once, from the flag, the environment and the standard streams.
-pub fn init(when: ColorWhen, hook_mode: bool) -> Terminal {
+pub(crate) fn init(when: ColorWhen, hook_mode: bool) -> Terminal {
     let terminal = Terminal::decide(Facts {
         when,
         no_color: std::env::var_os("NO_COLOR").is_some_and(|value| !value.is_empty()),
@@ -58,7 +58,7 @@ pub fn init(when: ColorWhen, hook_mode: bool) -> Terminal {
 }
 
 /// This run's choice (plain text when `init` never ran, as in a library caller or a test).
-pub fn get() -> Terminal {
+pub(crate) fn get() -> Terminal {
     TERMINAL.get().copied().unwrap_or_default()
 }
 
@@ -80,13 +80,13 @@ fn colour_of(word: &str) -> Option<&'static str> {
 
 /// `text` with its first word painted as `paint` would (this run's colour choice): the result at the head of a
 /// line for people (`stopped (SIGTERM)`, `would prune`, `failed: …`).
-pub fn lead(text: &str) -> String {
+pub(crate) fn lead(text: &str) -> String {
     let (word, rest) = text.split_at(text.find(' ').unwrap_or(text.len()));
     format!("{}{rest}", paint(word, 0, get().color))
 }
 
 /// `word`, coloured when `color` says so and the word has a colour; padded to `width` outside the escapes.
-pub fn paint(word: &str, width: usize, color: bool) -> String {
+pub(crate) fn paint(word: &str, width: usize, color: bool) -> String {
     let padded = format!("{word:<width$}");
     match colour_of(word) {
         Some(code) if color => {
@@ -98,7 +98,7 @@ pub fn paint(word: &str, width: usize, color: bool) -> String {
 }
 
 /// One progress line on stderr, when this run may print them.
-pub fn progress(line: &str) {
+pub(crate) fn progress(line: &str) {
     if get().progress {
         let _ = writeln!(std::io::stderr(), "session-reaper: {line}");
     }

@@ -11,7 +11,7 @@ use crate::observe::table::{Observed, Table};
 
 /// The agents a hook may take as its session's agent: `wanted` (the `--agent` flag and the agent the payload
 /// showed), and the agents that run those agents' hook files (Cursor and Copilot run Claude's). Empty: any agent.
-pub fn acceptable_agents(wanted: &[Agent]) -> Vec<Agent> {
+pub(crate) fn acceptable_agents(wanted: &[Agent]) -> Vec<Agent> {
     let mut accepted: Vec<Agent> = wanted.to_vec();
     for spec in AGENTS {
         if wanted.iter().any(|agent| spec.also_runs.contains(agent))
@@ -27,7 +27,7 @@ pub fn acceptable_agents(wanted: &[Agent]) -> Vec<Agent> {
 /// uid, never pid 1, of an acceptable agent (`acceptable_agents`; `--agent` narrows, it never promotes a
 /// non-agent). An agent-pid variable (`CLAUDE_PID`) picks among them only when it names such an ancestor;
 /// otherwise the nearest one is the agent. `None`: no agent powers (no group, no descendants, no sentinel).
-pub fn hook_agent(
+pub(crate) fn hook_agent(
     ancestors: &[Ancestor],
     named_by_env: &[i32],
     accepted: &[Agent],
@@ -49,7 +49,7 @@ pub fn hook_agent(
 }
 
 /// Why `--owner-pid` cannot name an agent: init, or another user's process. `None` when it may.
-pub fn owner_pid_refusal(pid: i32, uid: u32, own_uid: u32) -> Option<String> {
+pub(crate) fn owner_pid_refusal(pid: i32, uid: u32, own_uid: u32) -> Option<String> {
     if pid <= 1 {
         Some(format!(
             "--owner-pid {pid}: pid 0 and 1 are never an agent process"
@@ -64,7 +64,7 @@ pub fn owner_pid_refusal(pid: i32, uid: u32, own_uid: u32) -> Option<String> {
 }
 
 /// The agent processes of the sessions in `records` that have not ended: what no stop may reach while they live.
-pub fn live_agents(records: &[SessionRecord]) -> Vec<Identity> {
+pub(crate) fn live_agents(records: &[SessionRecord]) -> Vec<Identity> {
     records
         .iter()
         .filter(|record| !record.is_ended())
@@ -73,7 +73,10 @@ pub fn live_agents(records: &[SessionRecord]) -> Vec<Identity> {
 }
 
 /// The live session whose recorded agent process `identity` is, if any.
-pub fn session_of_agent<'r>(records: &'r [SessionRecord], identity: &Identity) -> Option<&'r str> {
+pub(crate) fn session_of_agent<'r>(
+    records: &'r [SessionRecord],
+    identity: &Identity,
+) -> Option<&'r str> {
     records
         .iter()
         .filter(|record| !record.is_ended())
@@ -88,7 +91,7 @@ pub fn session_of_agent<'r>(records: &'r [SessionRecord], identity: &Identity) -
 
 /// True when `identity` is one of `live_agents` (the recorded agents of live sessions): never a leftover, a broker,
 /// a member, nor a signal's target.
-pub fn is_live_agent(identity: &Identity, live_agents: &[Identity]) -> bool {
+pub(crate) fn is_live_agent(identity: &Identity, live_agents: &[Identity]) -> bool {
     live_agents
         .iter()
         .any(|agent| agent.is_same_process(identity))
@@ -100,7 +103,7 @@ pub fn is_live_agent(identity: &Identity, live_agents: &[Identity]) -> bool {
 const SHELLS: &[&str] = &["sh", "bash", "dash", "zsh", "fish", "ksh", "tcsh", "csh"];
 
 /// The server of a terminal multiplexer (tmux names its server `tmux: server`; screen's is `SCREEN`).
-pub fn is_multiplexer_server(p: &Observed) -> bool {
+pub(crate) fn is_multiplexer_server(p: &Observed) -> bool {
     p.comm == "tmux: server" || p.comm == "SCREEN"
 }
 
@@ -133,7 +136,7 @@ fn socket_label(p: &Observed) -> Option<String> {
 }
 
 /// A shell run for a person: a shell with no `-c` and no script (`-bash`, `bash -l`, `zsh -i`).
-pub fn is_interactive_shell(argv: &[String]) -> bool {
+pub(crate) fn is_interactive_shell(argv: &[String]) -> bool {
     let Some((program, words)) = argv.split_first() else {
         return false;
     };
@@ -155,7 +158,11 @@ fn runs_an_agent(p: &Observed, live_agents: &[Identity]) -> bool {
 
 /// True when the multiplexer server `server` serves a live terminal: a client of its socket is attached (same
 /// uid), or one of its windows is, or holds, a live agent or an interactive shell.
-pub fn serves_a_live_terminal(table: &Table, server: &Observed, live_agents: &[Identity]) -> bool {
+pub(crate) fn serves_a_live_terminal(
+    table: &Table,
+    server: &Observed,
+    live_agents: &[Identity],
+) -> bool {
     let label = socket_label(server);
     let attached = table.procs.values().any(|client| {
         client.identity.pid != server.identity.pid
@@ -176,7 +183,7 @@ pub fn serves_a_live_terminal(table: &Table, server: &Observed, live_agents: &[I
 
 /// The multiplexer server in live use that `p` is, or runs under (a window of it, or anything in one): reported,
 /// never stopped.
-pub fn in_a_live_terminal<'t>(
+pub(crate) fn in_a_live_terminal<'t>(
     table: &'t Table,
     p: &'t Observed,
     live_agents: &[Identity],
@@ -191,7 +198,7 @@ pub fn in_a_live_terminal<'t>(
 
 /// What a leftover's stop must never reach, besides what the signal guard refuses.
 #[derive(Clone, Debug, Default)]
-pub struct Spared<'a> {
+pub(crate) struct Spared<'a> {
     pub live_agents: &'a [Identity],
     /// `keep --pid` marks.
     pub kept: &'a [Identity],
@@ -201,7 +208,7 @@ pub struct Spared<'a> {
 /// stop reaches: processes of the leader's uid and boot, started no earlier than it, that are not marked to be
 /// kept (`SESSION_REAPER_KEEP=1` or `keep --pid`, nor below such a mark), not a broker's, not a live agent and not
 /// below one, not in a terminal in live use. Never a group or session expansion: only the tree below.
-pub fn stop_reach(
+pub(crate) fn stop_reach(
     table: &Table,
     leader: &Identity,
     known: &[Identity],

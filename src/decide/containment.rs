@@ -7,29 +7,29 @@ use std::path::{Path, PathBuf};
 use crate::model::record::Identity;
 
 /// The cgroup our agent and broker cgroups are made in, below the agent's own (unless a root is configured).
-pub const PARENT_NAME: &str = "session-reaper";
+pub(crate) const PARENT_NAME: &str = "session-reaper";
 const AGENT_PREFIX: &str = "agent-";
 const BROKER_PREFIX: &str = "broker-";
 
 /// The cgroup of an agent process: named by its identity, so that a second `SessionStart` finds it.
-pub fn agent_cgroup_name(agent: &Identity) -> String {
+pub(crate) fn agent_cgroup_name(agent: &Identity) -> String {
     format!("{AGENT_PREFIX}{}-{}", agent.pid, agent.start_ticks)
 }
 
 /// The cgroup of a broker: named by its lineage token (the pid is not known before it runs).
-pub fn broker_cgroup_name(lineage: &str) -> String {
+pub(crate) fn broker_cgroup_name(lineage: &str) -> String {
     let short: String = lineage.chars().take(16).collect();
     format!("{BROKER_PREFIX}{short}")
 }
 
 /// The `(pid, start_ticks)` an agent cgroup's name carries.
-pub fn agent_of_name(name: &str) -> Option<(i32, u64)> {
+pub(crate) fn agent_of_name(name: &str) -> Option<(i32, u64)> {
     let (pid, start) = name.strip_prefix(AGENT_PREFIX)?.split_once('-')?;
     Some((pid.parse().ok()?, start.parse().ok()?))
 }
 
 /// True for the name of a cgroup we make for a broker.
-pub fn is_broker_name(name: &str) -> bool {
+pub(crate) fn is_broker_name(name: &str) -> bool {
     name.strip_prefix(BROKER_PREFIX)
         .is_some_and(|rest| !rest.is_empty() && rest.chars().all(|c| c.is_ascii_hexdigit()))
 }
@@ -37,7 +37,7 @@ pub fn is_broker_name(name: &str) -> bool {
 /// Where our cgroups go for a process in cgroup `own`: the configured root; else the `session-reaper` cgroup that
 /// already holds `own` (a nested agent, or a broker spawned by a contained agent's tool: siblings, never nested);
 /// else a `session-reaper` cgroup below `own`.
-pub fn parent_for(own: &Path, configured: Option<&Path>) -> PathBuf {
+pub(crate) fn parent_for(own: &Path, configured: Option<&Path>) -> PathBuf {
     if let Some(root) = configured {
         return root.to_path_buf();
     }
@@ -49,7 +49,7 @@ pub fn parent_for(own: &Path, configured: Option<&Path>) -> PathBuf {
 /// Where a detached helper of ours (a sentinel, the finisher) started from a process in `own` moves to: out of an
 /// agent's or broker's cgroup of ours into their parent, so that it is nobody's leftover and never keeps a cgroup
 /// from emptying. `None` when `own` is not one of ours.
-pub fn detached_home(own: &Path, configured: Option<&Path>) -> Option<PathBuf> {
+pub(crate) fn detached_home(own: &Path, configured: Option<&Path>) -> Option<PathBuf> {
     let name = own.file_name()?.to_str()?;
     let parent = own.parent()?;
     let ours = agent_of_name(name).is_some() || is_broker_name(name);
@@ -66,7 +66,7 @@ pub fn detached_home(own: &Path, configured: Option<&Path>) -> Option<PathBuf> {
     clippy::struct_excessive_bools,
     reason = "independent facts observed about the host, each one a step of the decision"
 )]
-pub struct Facts {
+pub(crate) struct Facts {
     /// `--containment off` or `SESSION_REAPER_CONTAINMENT=off`.
     pub switched_off: bool,
     pub linux: bool,
@@ -88,14 +88,14 @@ pub struct Facts {
 
 /// Whether a cgroup of its own can be had, and where; or why not.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Availability {
+pub(crate) enum Availability {
     Available { parent: PathBuf, how: String },
     Unavailable { why: String },
 }
 
 impl Availability {
     /// The line `doctor` prints.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             Availability::Available { how, .. } => format!("available ({how})"),
             Availability::Unavailable { why } => format!("unavailable ({why})"),
@@ -105,7 +105,7 @@ impl Availability {
 
 /// The decision: in order, the switch, the platform, a v2 hierarchy, our place in it, systemd's single-writer rule
 /// (its tree is written only where a unit delegated it or a root was configured), and permission.
-pub fn availability(facts: &Facts) -> Availability {
+pub(crate) fn availability(facts: &Facts) -> Availability {
     let unavailable = |why: String| Availability::Unavailable { why };
     if facts.switched_off {
         return unavailable(

@@ -12,7 +12,7 @@ use crate::observe::table::{Observed, Table};
 
 /// One session's question: which processes are its leftovers?
 #[derive(Clone, Debug)]
-pub struct Query<'a> {
+pub(crate) struct Query<'a> {
     pub session: &'a str,
     /// The session's agent process.
     pub agent: &'a Identity,
@@ -46,13 +46,14 @@ pub struct Leftover {
 /// that name the session (or, for agents that name none, that the hooks saw below the agent, or that are in the
 /// dead agent's own group); never the agent, its workers, a broker's member, a kept process, a protected pid, or
 /// a process still in some live agent's hands.
-pub fn find(table: &Table, query: &Query<'_>) -> Vec<Leftover> {
+#[cfg(test)]
+pub(crate) fn find(table: &Table, query: &Query<'_>) -> Vec<Leftover> {
     find_with_spared(table, query).0
 }
 
 /// `find`, and beside the leftovers the session's carriers that serve a live terminal (a multiplexer server in
 /// use, its windows and what runs in them): reported, never stopped (DESIGN "Belonging").
-pub fn find_with_spared(table: &Table, query: &Query<'_>) -> (Vec<Leftover>, Vec<Leftover>) {
+pub(crate) fn find_with_spared(table: &Table, query: &Query<'_>) -> (Vec<Leftover>, Vec<Leftover>) {
     let agent_alive = table.is_live(query.agent);
     let matched: HashMap<i32, &'static str> = table
         .procs
@@ -182,7 +183,7 @@ fn is_kept(table: &Table, p: &Observed, kept: &[Identity]) -> bool {
 
 /// One session's leftovers as found, with what its policy says to do.
 #[derive(Clone, Debug, Serialize)]
-pub struct Found {
+pub(crate) struct Found {
     pub session: String,
     pub policy: Policy,
     pub leftovers: Vec<Leftover>,

@@ -16,7 +16,7 @@ use crate::observe::Observed;
 /// leader is gone. A token carrier must descend from the broker: its parent is the leader, another carrier of the
 /// token, or one of `adopters` (init and the leader's ancestors, which take orphans); a carrier whose parent is
 /// anything else copied the token from outside the tree — a look-alike, never a member.
-pub fn members<S: std::hash::BuildHasher>(
+pub(crate) fn members<S: std::hash::BuildHasher>(
     leader: &Identity,
     token: Option<&str>,
     leader_alive: bool,
@@ -52,23 +52,23 @@ pub fn members<S: std::hash::BuildHasher>(
 }
 
 /// A stop is done when the leader and every member are gone; members left behind keep the ticket open.
-pub fn is_stop_done(leader_alive: bool, live_members: usize) -> bool {
+pub(crate) fn is_stop_done(leader_alive: bool, live_members: usize) -> bool {
     !leader_alive && live_members == 0
 }
 
 /// True when a record is not ours to act on by pid: another host's (a shared state root), or written in another pid
 /// namespace (a sandboxed shell tool, a container), whose pids mean nothing here.
-pub fn is_foreign(record: &BrokerRecord, host: &Host) -> bool {
+pub(crate) fn is_foreign(record: &BrokerRecord, host: &Host) -> bool {
     crate::model::record::is_other_host(&record.host, &host.name)
         || record.identity.is_other_pid_ns(host.pid_ns)
 }
 
-pub use crate::model::known::Known;
+pub(crate) use crate::model::known::Known;
 
 /// A broker whose record is lost: the earliest-started carrier of a token no record knows, and how many other
 /// processes carry it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Lost {
+pub(crate) struct Lost {
     pub leader: Identity,
     pub pgid: i32,
     pub token: String,
@@ -80,7 +80,7 @@ pub struct Lost {
 /// `SESSION_REAPER_STATE_ROOT` and a lineage token that no record knows, grouped by token. A process with only the
 /// state root (a shell inside a broker's terminal that exported it, a test harness) or with no token (a broker of an
 /// older version, a child that scrubbed its environment) is never one; nor is anything a known record names by pid.
-pub fn unrecorded(snapshot: &[Observed], known: &Known, state_root: &str) -> Vec<Lost> {
+pub(crate) fn unrecorded(snapshot: &[Observed], known: &Known, state_root: &str) -> Vec<Lost> {
     let mut lost: Vec<Lost> = Vec::new();
     for seen in snapshot {
         let markers = &seen.markers;
@@ -120,7 +120,8 @@ pub fn unrecorded(snapshot: &[Observed], known: &Known, state_root: &str) -> Vec
 /// The pids of every broker's members in `snapshot`: processes marked with `SESSION_REAPER_BROKER`, carrying a
 /// lineage token a record knows, recorded as a broker, or in the group or session of a recorded broker that is in
 /// the snapshot (alive). Their owners decide them: they are never anyone's leftovers.
-pub fn member_pids(snapshot: &[Observed], records: &[BrokerRecord]) -> HashSet<i32> {
+#[cfg(test)]
+pub(crate) fn member_pids(snapshot: &[Observed], records: &[BrokerRecord]) -> HashSet<i32> {
     let tokens: HashSet<&str> = records
         .iter()
         .filter_map(|record| record.lineage.as_deref())

@@ -2,11 +2,11 @@
 //! change to make. The executor (`act::executor`) applies a change under its lock, or describes it in a dry run;
 //! both come from these same functions, so a dry run shows exactly what a real run would do.
 
-pub mod belonging;
-pub mod containment;
-pub mod leftovers;
-pub mod lineage;
-pub mod resume;
-pub mod slot;
+pub(crate) mod belonging;
+pub(crate) mod containment;
+pub(crate) mod leftovers;
+pub(crate) mod lineage;
+pub(crate) mod resume;
+pub(crate) mod slot;
 
-pub use slot::{SlotChange, SlotFacts, SweepPolicy};
+pub(crate) use slot::{SlotChange, SlotFacts, SweepPolicy};

@@ -39,7 +39,7 @@ pub fn resumes(argv: &[String], session: &str, title: Option<&str>) -> bool {
 
 /// The pids in a process snapshot that resume `session` and may be stopped: never a protected pid (this process,
 /// its ancestors) nor the agent process of a live session (after `/clear` the agent keeps its old argv).
-pub fn resume_orphans<S: std::hash::BuildHasher>(
+pub(crate) fn resume_orphans<S: std::hash::BuildHasher>(
     snapshot: &[(i32, Vec<String>)],
     session: &str,
     title: Option<&str>,
@@ -53,7 +53,7 @@ pub fn resume_orphans<S: std::hash::BuildHasher>(
 }
 
 /// Groups of live processes that resume the same session: two writers interleave one transcript.
-pub fn duplicate_writers<'a>(
+pub(crate) fn duplicate_writers<'a>(
     snapshot: &[(i32, Vec<String>)],
     sessions: impl IntoIterator<Item = &'a SessionRecord>,
 ) -> Vec<(String, Vec<i32>)> {

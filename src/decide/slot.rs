@@ -12,7 +12,7 @@ use crate::model::slot::SlotView;
 
 /// The owners a change adds or removes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct OwnerDelta {
+pub(crate) struct OwnerDelta {
     pub added: Vec<String>,
     pub removed: Vec<String>,
 }
@@ -20,7 +20,7 @@ pub struct OwnerDelta {
 /// One change to one slot, applied under its lock by the executor (or described, in a dry run).
 #[derive(Clone, Debug, PartialEq)]
 #[allow(clippy::large_enum_variant)]
-pub enum SlotChange {
+pub(crate) enum SlotChange {
     /// Nothing to do.
     Keep,
     /// Nothing to do, for a reason worth reporting: another host's record, or one that is refused as it stands.
@@ -52,7 +52,7 @@ pub enum SlotChange {
 
 impl SlotChange {
     /// The broker the change is about, if any.
-    pub fn record(&self) -> Option<&BrokerRecord> {
+    pub(crate) fn record(&self) -> Option<&BrokerRecord> {
         match self {
             SlotChange::Write { record, .. }
             | SlotChange::HandOff { record, .. }
@@ -61,15 +61,9 @@ impl SlotChange {
         }
     }
 
-    pub fn ticket(&self) -> Option<&StopTicket> {
-        match self {
-            SlotChange::HandOff { ticket, .. } => Some(ticket),
-            _ => None,
-        }
-    }
-
     /// True when the change removes `session` from the owners.
-    pub fn removes(&self, session: &str) -> bool {
+    #[cfg(test)]
+    pub(crate) fn removes(&self, session: &str) -> bool {
         match self {
             SlotChange::Write { owners, .. } | SlotChange::HandOff { owners, .. } => {
                 owners.removed.iter().any(|removed| removed == session)
@@ -105,7 +99,7 @@ fn usable<'v>(view: &'v SlotView, host: &Host) -> Result<&'v BrokerRecord, SlotC
 /// detach and a sweep dropping owners whose session has ended. Others left: the record is written back. None
 /// left: the broker is handed to a stop ticket. A broker that had no owners to begin with (a legacy or
 /// `--no-owner` one) is never stopped by an owner leaving.
-pub fn remove_owners(
+pub(crate) fn remove_owners(
     view: &SlotView,
     sessions: &[&str],
     reason: Reason,
@@ -149,7 +143,7 @@ pub fn remove_owners(
 
 /// Makes `session` an owner of a live broker (the reuse path of spawn and register, and `attach`) and refreshes
 /// its idle clock, on both clocks.
-pub fn add_owner(record: &BrokerRecord, session: Option<&str>, now: &Stamp) -> SlotChange {
+pub(crate) fn add_owner(record: &BrokerRecord, session: Option<&str>, now: &Stamp) -> SlotChange {
     let mut record = record.clone();
     let added: Vec<String> = session
         .filter(|session| record.add_owner(session, &now.wall))
@@ -170,7 +164,7 @@ pub fn add_owner(record: &BrokerRecord, session: Option<&str>, now: &Stamp) -> S
 
 /// What a sweep knows of one slot's broker and its owners: independent facts, observed before deciding.
 #[derive(Clone, Copy, Debug)]
-pub struct SlotFacts {
+pub(crate) struct SlotFacts {
     /// The recorded process still has its identity.
     pub alive: bool,
     /// The record is from an earlier boot of this host.
@@ -182,7 +176,7 @@ pub struct SlotFacts {
 
 /// The clock and the limits a sweep decides with.
 #[derive(Clone, Copy, Debug)]
-pub struct SweepPolicy {
+pub(crate) struct SweepPolicy {
     pub now: SystemTime,
     /// The boot clock at `now` (ms): what idle time is measured on, where the record has a boot stamp.
     pub boot_now_ms: u64,
@@ -196,7 +190,7 @@ pub struct SweepPolicy {
 /// owners whose session has ended (`ended` says which), handing the broker to a stop ticket when none is left;
 /// otherwise keep. `default_ttl` (zero disables) applies to brokers with no owner known to be alive; a broker's own
 /// `idle_ttl_secs` applies even with live owners: it opted in to lazy respawn. An empty slot is cleaned up.
-pub fn sweep(
+pub(crate) fn sweep(
     view: &SlotView,
     facts: SlotFacts,
     ended: impl Fn(&str) -> bool,
@@ -269,7 +263,7 @@ pub fn sweep(
 /// stepped back or forward since changes nothing), else by its wall-clock `last_active` (records of older versions;
 /// a time in the future is zero ago, one that does not parse is idle forever). A boot stamp ahead of the boot clock
 /// was written in an earlier boot: the wall clock decides.
-pub fn idle_for(record: &BrokerRecord, now: SystemTime, boot_now_ms: u64) -> Duration {
+pub(crate) fn idle_for(record: &BrokerRecord, now: SystemTime, boot_now_ms: u64) -> Duration {
     match record.last_active_boot_ms {
         Some(boot) if boot <= boot_now_ms => Duration::from_millis(boot_now_ms - boot),
         _ => clock::age(&record.last_active, now).unwrap_or(Duration::MAX),

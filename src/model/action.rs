@@ -4,7 +4,7 @@ use serde::Serialize;
 
 /// One thing a sweep did (or, with `--dry-run`, would do).
 #[derive(Clone, Debug, Serialize)]
-pub struct SweepAction {
+pub(crate) struct SweepAction {
     pub action: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,

@@ -3,12 +3,12 @@
 
 /// The most bytes of one free-text field a record or an event keeps (the longest path Linux accepts). Real payload
 /// fields are well under it; a longer one is cut (see `capped`).
-pub const FIELD_LIMIT: usize = 4096;
+pub(crate) const FIELD_LIMIT: usize = 4096;
 
 /// `text` if it fits in `FIELD_LIMIT` bytes; else its longest prefix that ends on a character boundary and leaves
 /// room for a marker, followed by the marker `…[cut: N bytes]` (N: the length it had). The result never exceeds
 /// `FIELD_LIMIT` bytes.
-pub fn capped(text: String) -> String {
+pub(crate) fn capped(text: String) -> String {
     if text.len() <= FIELD_LIMIT {
         return text;
     }

@@ -7,13 +7,13 @@ pub fn now_rfc3339() -> String {
     format(SystemTime::now())
 }
 
-pub fn format(time: SystemTime) -> String {
+pub(crate) fn format(time: SystemTime) -> String {
     humantime::format_rfc3339_millis(time).to_string()
 }
 
 /// Milliseconds on the boot clock (`CLOCK_BOOTTIME`: monotonic, counts suspend, never stepped). Where there is no
 /// boot clock (other Unix), the monotonic clock.
-pub fn boot_millis() -> u64 {
+pub(crate) fn boot_millis() -> u64 {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     let clock = rustix::time::ClockId::Boottime;
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
@@ -25,13 +25,13 @@ pub fn boot_millis() -> u64 {
 
 /// One moment on both clocks: the wall clock for people and records, the boot clock for timing.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Stamp {
+pub(crate) struct Stamp {
     pub wall: String,
     pub boot_ms: u64,
 }
 
 impl Stamp {
-    pub fn now() -> Self {
+    pub(crate) fn now() -> Self {
         Stamp {
             wall: now_rfc3339(),
             boot_ms: boot_millis(),
@@ -45,12 +45,12 @@ pub fn parse(text: &str) -> Option<SystemTime> {
 }
 
 /// How long ago `text` was, or `None` when it does not parse. A time in the future is zero ago.
-pub fn age(text: &str, now: SystemTime) -> Option<Duration> {
+pub(crate) fn age(text: &str, now: SystemTime) -> Option<Duration> {
     parse(text).map(|then| now.duration_since(then).unwrap_or_default())
 }
 
 /// A human duration (`90s`, `30m`, `2h`, `500ms`); the message names what was expected.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let trimmed = text.trim();
     if trimmed.chars().all(|c| c.is_ascii_digit()) && !trimmed.is_empty() {
         return Err(format!(
@@ -62,11 +62,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// The longest idle TTL accepted (a sweep's or a broker's own).
-pub const MAX_IDLE_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+pub(crate) const MAX_IDLE_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// An idle TTL: a duration as `parse_duration` reads it, or a bare `0` (disables); at most 30 days. A refusal
 /// echoes the text as given (`30M` is thirty months, not minutes).
-pub fn parse_idle_ttl(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_idle_ttl(text: &str) -> Result<Duration, String> {
     if text.trim() == "0" {
         return Ok(Duration::ZERO);
     }
@@ -81,7 +81,7 @@ pub fn parse_idle_ttl(text: &str) -> Result<Duration, String> {
 }
 
 /// A duration for people, rounded to its two largest units (`698ms`, `1.2s`, `30m`, `2h 5m`, `3days`).
-pub fn rounded(duration: Duration) -> String {
+pub(crate) fn rounded(duration: Duration) -> String {
     let millis = duration.as_millis();
     if millis < 1000 {
         return format!("{millis}ms");
@@ -117,7 +117,7 @@ pub fn rounded(duration: Duration) -> String {
 }
 
 /// Milliseconds of a duration, saturating.
-pub fn millis(duration: Duration) -> u64 {
+pub(crate) fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 

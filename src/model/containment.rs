@@ -8,14 +8,14 @@ use serde::{Deserialize, Serialize};
 use crate::model::record::SessionRecord;
 
 /// `SESSION_REAPER_CONTAINMENT=off` turns containment off like `--containment off`.
-pub const SWITCH_VARIABLE: &str = "SESSION_REAPER_CONTAINMENT";
+pub(crate) const SWITCH_VARIABLE: &str = "SESSION_REAPER_CONTAINMENT";
 /// `SESSION_REAPER_CGROUP_ROOT=DIR`: the cgroup (a directory under the v2 mount) to create ours in, instead of a
 /// `session-reaper` cgroup below the agent's own. Tests point it at a parent they made and remove.
-pub const ROOT_VARIABLE: &str = "SESSION_REAPER_CGROUP_ROOT";
+pub(crate) const ROOT_VARIABLE: &str = "SESSION_REAPER_CGROUP_ROOT";
 
 /// What a run was told about containment.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Setting {
+pub(crate) struct Setting {
     pub off: bool,
     pub root: Option<PathBuf>,
 }
@@ -23,7 +23,7 @@ pub struct Setting {
 /// How a session's processes are known.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Mode {
+pub(crate) enum Mode {
     /// A cgroup of its own holds the agent and everything it starts.
     Cgroup,
     /// The session variables, the agent's process group and the descendants its hooks saw (DESIGN "Leftovers").
@@ -32,7 +32,7 @@ pub enum Mode {
 }
 
 impl Mode {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Mode::Cgroup => "cgroup",
             Mode::Lineage => "lineage",
@@ -42,7 +42,7 @@ impl Mode {
 
 /// What a session record keeps under `"containment"`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SessionContainment {
+pub(crate) struct SessionContainment {
     pub mode: Mode,
     /// The cgroup directory that holds the agent (mode `cgroup`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -56,21 +56,21 @@ const KEY: &str = "containment";
 
 impl SessionContainment {
     /// What `record` keeps; `None` for a session no `SessionStart` of this version has seen.
-    pub fn of(record: &SessionRecord) -> Option<Self> {
+    pub(crate) fn of(record: &SessionRecord) -> Option<Self> {
         record
             .extra
             .get(KEY)
             .and_then(|value| serde_json::from_value(value.clone()).ok())
     }
 
-    pub fn store_in(&self, record: &mut SessionRecord) {
+    pub(crate) fn store_in(&self, record: &mut SessionRecord) {
         if let Ok(value) = serde_json::to_value(self) {
             record.extra.insert(KEY.to_owned(), value);
         }
     }
 
     /// The cgroup of a contained session.
-    pub fn cgroup_of(record: &SessionRecord) -> Option<PathBuf> {
+    pub(crate) fn cgroup_of(record: &SessionRecord) -> Option<PathBuf> {
         Self::of(record)
             .filter(|containment| containment.mode == Mode::Cgroup)
             .and_then(|containment| containment.cgroup)

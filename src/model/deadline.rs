@@ -9,63 +9,59 @@ const FAR: Duration = Duration::from_secs(24 * 3600);
 
 /// A point in time by which work must be done.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Deadline(Instant);
+pub(crate) struct Deadline(Instant);
 
 impl Deadline {
     /// `duration` from now; a duration too large to add saturates to the far deadline.
-    pub fn after(duration: Duration) -> Self {
+    pub(crate) fn after(duration: Duration) -> Self {
         let now = Instant::now();
         Deadline(now.checked_add(duration.min(FAR)).unwrap_or(now))
     }
 
     /// The deadline of commands that have none (a day away).
-    pub fn far() -> Self {
+    pub(crate) fn far() -> Self {
         Deadline::after(FAR)
     }
 
     /// Already passed: a wait under it tries once and gives up.
-    pub fn now() -> Self {
+    pub(crate) fn now() -> Self {
         Deadline(Instant::now())
     }
 
-    pub fn at(instant: Instant) -> Self {
+    pub(crate) fn at(instant: Instant) -> Self {
         Deadline(instant)
     }
 
-    pub fn instant(self) -> Instant {
-        self.0
-    }
-
     /// How long is left (zero once passed).
-    pub fn remaining(self) -> Duration {
+    pub(crate) fn remaining(self) -> Duration {
         self.0.saturating_duration_since(Instant::now())
     }
 
-    pub fn expired(self) -> bool {
+    pub(crate) fn expired(self) -> bool {
         Instant::now() >= self.0
     }
 
     /// The earlier of the two.
     #[must_use]
-    pub fn min(self, other: Deadline) -> Deadline {
+    pub(crate) fn min(self, other: Deadline) -> Deadline {
         Deadline(self.0.min(other.0))
     }
 
     /// This deadline moved `margin` earlier (kept back to hand work on and exit), never before now.
     #[must_use]
-    pub fn less(self, margin: Duration) -> Deadline {
+    pub(crate) fn less(self, margin: Duration) -> Deadline {
         let earlier = self.0.checked_sub(margin).unwrap_or(self.0);
         Deadline(earlier.max(Instant::now().min(self.0)))
     }
 
     /// This deadline moved `extra` later (saturating like `after`).
     #[must_use]
-    pub fn later(self, extra: Duration) -> Deadline {
+    pub(crate) fn later(self, extra: Duration) -> Deadline {
         Deadline(self.0.checked_add(extra.min(FAR)).unwrap_or(self.0))
     }
 
     /// Sleeps `pause`, or less when the deadline comes first.
-    pub fn sleep(self, pause: Duration) {
+    pub(crate) fn sleep(self, pause: Duration) {
         std::thread::sleep(pause.min(self.remaining()));
     }
 }

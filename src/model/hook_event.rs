@@ -2,14 +2,14 @@
 
 /// The events we act on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HookEvent {
+pub(crate) enum HookEvent {
     SessionStart,
     SessionEnd,
     Other,
 }
 
 impl HookEvent {
-    pub fn parse(name: &str) -> Self {
+    pub(crate) fn parse(name: &str) -> Self {
         let folded: String = name
             .chars()
             .filter(char::is_ascii_alphanumeric)

@@ -3,7 +3,7 @@
 
 /// This run's host and pid namespace.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Host {
+pub(crate) struct Host {
     pub name: String,
     /// The inode of this process's pid namespace, where it can be told.
     pub pid_ns: Option<u64>,

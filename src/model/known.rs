@@ -12,7 +12,7 @@ use crate::model::record::{BrokerRecord, StopTicket};
 /// Every lineage token and pid the records of a state root name — live, unreadable, refused (another host's, another
 /// namespace's) or newer-version records alike — and the slots whose record could not be read at all.
 #[derive(Clone, Debug, Default)]
-pub struct Known {
+pub(crate) struct Known {
     pub tokens: HashSet<String>,
     pub pids: HashSet<i32>,
     /// Labels (`<workspace-key>/<name>`) of slots whose record exists but does not read: any marker naming one is
@@ -22,7 +22,7 @@ pub struct Known {
 
 impl Known {
     /// What a record (of any version) names, read loosely from its JSON.
-    pub fn add_json(&mut self, value: &Value) {
+    pub(crate) fn add_json(&mut self, value: &Value) {
         if let Some(token) = value.get("lineage").and_then(Value::as_str) {
             self.tokens.insert(token.to_owned());
         }
@@ -36,19 +36,19 @@ impl Known {
     }
 
     /// What a record read as this version's names.
-    pub fn add_record(&mut self, record: &BrokerRecord) {
+    pub(crate) fn add_record(&mut self, record: &BrokerRecord) {
         self.tokens.extend(record.lineage.clone());
         self.pids.insert(record.identity.pid);
     }
 
-    pub fn add_ticket(&mut self, ticket: &StopTicket) {
+    pub(crate) fn add_ticket(&mut self, ticket: &StopTicket) {
         self.tokens.extend(ticket.lineage.clone());
         self.pids.insert(ticket.identity.pid);
         self.pids
             .extend(ticket.members.iter().map(|member| member.pid));
     }
 
-    pub fn knows_slot_of(&self, marker: &str) -> bool {
+    pub(crate) fn knows_slot_of(&self, marker: &str) -> bool {
         let Some((workspace, name)) = marker.rsplit_once('/') else {
             return false;
         };

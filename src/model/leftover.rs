@@ -7,14 +7,14 @@ use crate::agents::Agent;
 use crate::model::record::{Identity, SessionRecord};
 
 /// `SESSION_REAPER_KEEP=1` in a process's environment keeps it.
-pub const KEEP_VARIABLE: &str = "SESSION_REAPER_KEEP";
+pub(crate) const KEEP_VARIABLE: &str = "SESSION_REAPER_KEEP";
 
 /// Where `keep --pid` marks live in the state root: one file per kept process identity.
-pub const KEPT: &str = "kept";
+pub(crate) const KEPT: &str = "kept";
 
 /// True for an agent (as a record names it) that names its session to the processes it starts (the agents table
 /// says); for the others the agent's descendants and its process group stand in.
-pub fn names_sessions(agent: &str) -> bool {
+pub(crate) fn names_sessions(agent: &str) -> bool {
     Agent::from_name(agent).is_some_and(|agent| agent.spec().names_sessions())
 }
 
@@ -40,7 +40,7 @@ impl Policy {
 
 /// What `SessionStart` records for leftover discovery, kept in the session record under `"leftovers"`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SessionFacts {
+pub(crate) struct SessionFacts {
     #[serde(default)]
     pub policy: Policy,
     /// False when the sentinel was turned off for this session's agent.
@@ -63,7 +63,7 @@ pub struct SessionFacts {
 
 /// An agent process a session had before its current one, with what its hooks recorded for discovery.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EarlierAgent {
+pub(crate) struct EarlierAgent {
     pub identity: Identity,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_pgid: Option<i32>,
@@ -74,7 +74,7 @@ pub struct EarlierAgent {
 }
 
 /// How many earlier agents a record remembers at most (the oldest go first).
-pub const MAX_EARLIER_AGENTS: usize = 16;
+pub(crate) const MAX_EARLIER_AGENTS: usize = 16;
 
 fn yes() -> bool {
     true
@@ -83,12 +83,12 @@ fn yes() -> bool {
 const FACTS_KEY: &str = "leftovers";
 
 /// True when a `SessionStart` (or an ending that stood in for it) recorded the session's discovery facts.
-pub fn has_facts(record: &SessionRecord) -> bool {
+pub(crate) fn has_facts(record: &SessionRecord) -> bool {
     record.extra.contains_key(FACTS_KEY)
 }
 
 impl SessionFacts {
-    pub fn of(record: &SessionRecord) -> Self {
+    pub(crate) fn of(record: &SessionRecord) -> Self {
         record
             .extra
             .get(FACTS_KEY)
@@ -101,7 +101,7 @@ impl SessionFacts {
 
     /// A session's agent process changed from `previous` to another (a resume by another process): the previous
     /// one is remembered with its facts, never erased; the current facts start afresh.
-    pub fn agent_replaced(&mut self, previous: Identity) {
+    pub(crate) fn agent_replaced(&mut self, previous: Identity) {
         self.earlier_agents
             .retain(|earlier| !earlier.identity.is_same_process(&previous));
         self.earlier_agents.push(EarlierAgent {
@@ -116,7 +116,7 @@ impl SessionFacts {
     }
 
     /// Every agent process of the session (the current one first, `current`) with the facts recorded for it.
-    pub fn per_agent(&self, current: Option<&Identity>) -> Vec<(Identity, SessionFacts)> {
+    pub(crate) fn per_agent(&self, current: Option<&Identity>) -> Vec<(Identity, SessionFacts)> {
         let mut agents: Vec<(Identity, SessionFacts)> = current
             .map(|agent| {
                 let mut facts = self.clone();
@@ -145,7 +145,7 @@ impl SessionFacts {
     }
 
     /// Marks the leftovers of `agent` (current or earlier) dealt with at `now`.
-    pub fn mark_done(&mut self, agent: &Identity, current: Option<&Identity>, now: &str) {
+    pub(crate) fn mark_done(&mut self, agent: &Identity, current: Option<&Identity>, now: &str) {
         if current.is_some_and(|current| current.is_same_process(agent)) {
             self.done_at = Some(now.to_owned());
         }
@@ -156,7 +156,7 @@ impl SessionFacts {
         }
     }
 
-    pub fn store_in(&self, record: &mut SessionRecord) {
+    pub(crate) fn store_in(&self, record: &mut SessionRecord) {
         if let Ok(value) = serde_json::to_value(self) {
             record.extra.insert(FACTS_KEY.to_owned(), value);
         }
@@ -164,7 +164,7 @@ impl SessionFacts {
 }
 
 /// True when a `SessionEnd` of this agent reason leaves the agent running on (a new session follows).
-pub fn agent_continues(reason: Option<&str>) -> bool {
+pub(crate) fn agent_continues(reason: Option<&str>) -> bool {
     matches!(reason, Some("clear" | "compact" | "resume"))
 }
 

@@ -2,9 +2,9 @@
 //! carries (so that a sweep can find it when its record is lost: which slot, of which state root, and the lineage
 //! token every process of its tree inherits) and the flags of an agent's own internal workers.
 
-pub const BROKER_MARKER: &str = "SESSION_REAPER_BROKER";
-pub const STATE_ROOT_MARKER: &str = "SESSION_REAPER_STATE_ROOT";
-pub const LINEAGE_MARKER: &str = "SESSION_REAPER_LINEAGE";
+pub(crate) const BROKER_MARKER: &str = "SESSION_REAPER_BROKER";
+pub(crate) const STATE_ROOT_MARKER: &str = "SESSION_REAPER_STATE_ROOT";
+pub(crate) const LINEAGE_MARKER: &str = "SESSION_REAPER_LINEAGE";
 
 /// Claude Code's own workers (`--bg-pty-host`, `--bg-spare`): part of the agent, never a leftover or an orphan.
-pub const AGENT_WORKER_FLAGS: &[&str] = &["--bg-pty-host", "--bg-spare"];
+pub(crate) const AGENT_WORKER_FLAGS: &[&str] = &["--bg-pty-host", "--bg-spare"];

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::bad_input;
 
 /// `^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`, with no `..`.
-pub fn is_valid(text: &str) -> bool {
+pub(crate) fn is_valid(text: &str) -> bool {
     let bytes = text.as_bytes();
     !bytes.is_empty()
         && bytes.len() <= 128
@@ -57,14 +57,14 @@ impl fmt::Display for SessionId {
 /// The name of a broker slot within a workspace (`default` unless given).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct SlotName(String);
+pub(crate) struct SlotName(String);
 
 impl SlotName {
-    pub fn parse(text: &str) -> anyhow::Result<Self> {
+    pub(crate) fn parse(text: &str) -> anyhow::Result<Self> {
         check("broker name", text).map(SlotName)
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }

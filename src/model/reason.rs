@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 /// Why something was stopped, pruned or ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Reason {
+pub(crate) enum Reason {
     SessionEnd,
     OwnersGone,
     IdleTimeout,
@@ -22,7 +22,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 11] = [
+    pub(crate) const ALL: [Reason; 11] = [
         Reason::SessionEnd,
         Reason::OwnersGone,
         Reason::IdleTimeout,
@@ -36,7 +36,7 @@ impl Reason {
         Reason::Leftover,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Reason::SessionEnd => "session_end",
             Reason::OwnersGone => "owners_gone",
@@ -52,7 +52,7 @@ impl Reason {
         }
     }
 
-    pub fn parse(text: &str) -> Option<Reason> {
+    pub(crate) fn parse(text: &str) -> Option<Reason> {
         Reason::ALL
             .into_iter()
             .find(|reason| reason.as_str() == text)

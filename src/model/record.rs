@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 
 use crate::error::bad_input;
 
-pub const VERSION: u32 = 1;
+pub(crate) const VERSION: u32 = 1;
 
 /// Who a process is: a pid alone proves nothing, all the fields together do.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -104,7 +104,7 @@ pub struct BrokerRecord {
 
 /// True when a record names another host than `here`: a state root shared over a network home. Such a record is
 /// left alone — neither acted on nor pruned. (An empty host is an old record of this host.)
-pub fn is_other_host(recorded: &str, here: &str) -> bool {
+pub(crate) fn is_other_host(recorded: &str, here: &str) -> bool {
     !recorded.is_empty() && recorded != here
 }
 
@@ -287,7 +287,7 @@ fn version_one() -> u32 {
 }
 
 /// How long a stop waits between SIGTERM and SIGKILL unless a record says otherwise.
-pub const DEFAULT_GRACE_MS: u64 = 5000;
+pub(crate) const DEFAULT_GRACE_MS: u64 = 5000;
 
 fn default_grace_ms() -> u64 {
     DEFAULT_GRACE_MS
@@ -409,7 +409,7 @@ pub fn parse<T: serde::de::DeserializeOwned>(
 }
 
 /// Serialises a record for storage (pretty, one trailing newline).
-pub fn to_bytes<T: Serialize>(record: &T) -> Vec<u8> {
+pub(crate) fn to_bytes<T: Serialize>(record: &T) -> Vec<u8> {
     let mut bytes = serde_json::to_vec_pretty(record).expect("records serialise");
     bytes.push(b'\n');
     bytes

@@ -1,7 +1,7 @@
 //! Text as people read it in narrow columns.
 
 /// Cuts `text` to `width` characters, marking the cut.
-pub fn shorten(text: &str, width: usize) -> String {
+pub(crate) fn shorten(text: &str, width: usize) -> String {
     if text.chars().count() <= width {
         text.to_owned()
     } else {

@@ -4,14 +4,12 @@
 
 use std::path::{Path, PathBuf};
 
-/// The control file that kills every process of a cgroup at once (Linux 5.14).
-pub(crate) const KILL_FILE: &str = "cgroup.kill";
 /// The control file that lists (and, written, moves) a cgroup's processes.
 pub(crate) const PROCS_FILE: &str = "cgroup.procs";
 
 /// What the mount table says about cgroups.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Mounts {
+pub(crate) struct Mounts {
     /// The first `cgroup2` mount whose root is the hierarchy's root (as seen from our cgroup namespace).
     pub v2: Option<PathBuf>,
     /// At least one cgroup v1 hierarchy is mounted (the hybrid layout, or v1 only).
@@ -19,14 +17,14 @@ pub struct Mounts {
 }
 
 /// Reads the mount table of this process.
-pub fn mounts() -> Mounts {
+pub(crate) fn mounts() -> Mounts {
     std::fs::read_to_string("/proc/self/mountinfo")
         .map(|text| mounts_in(&text))
         .unwrap_or_default()
 }
 
 /// The cgroup mounts named in `mountinfo` text (`proc(5)`: fields up to ` - `, then type, source, options).
-pub fn mounts_in(mountinfo: &str) -> Mounts {
+pub(crate) fn mounts_in(mountinfo: &str) -> Mounts {
     let mut found = Mounts::default();
     for line in mountinfo.lines() {
         let Some((before, after)) = line.split_once(" - ") else {
@@ -73,7 +71,7 @@ fn unescape(field: &str) -> String {
 }
 
 /// The v2 path (`/a/b`, relative to the hierarchy's root) in the text of `/proc/<pid>/cgroup`: its `0::` line.
-pub fn v2_path_in(proc_cgroup: &str) -> Option<&str> {
+pub(crate) fn v2_path_in(proc_cgroup: &str) -> Option<&str> {
     proc_cgroup
         .lines()
         .find_map(|line| line.strip_prefix("0::"))
@@ -82,13 +80,13 @@ pub fn v2_path_in(proc_cgroup: &str) -> Option<&str> {
 }
 
 /// The v2 cgroup of `pid` as a directory under `mount`; `None` when it is gone or has no v2 cgroup.
-pub fn cgroup_of(mount: &Path, pid: i32) -> Option<PathBuf> {
+pub(crate) fn cgroup_of(mount: &Path, pid: i32) -> Option<PathBuf> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     v2_path_in(&text).map(|path| join(mount, path))
 }
 
 /// `mount` joined with a hierarchy path (`/` is the mount itself).
-pub fn join(mount: &Path, path: &str) -> PathBuf {
+pub(crate) fn join(mount: &Path, path: &str) -> PathBuf {
     let relative = path.trim_start_matches('/');
     if relative.is_empty() {
         mount.to_path_buf()
@@ -98,7 +96,7 @@ pub fn join(mount: &Path, path: &str) -> PathBuf {
 }
 
 /// The pids a cgroup holds directly (`cgroup.procs`); empty when it is gone.
-pub fn procs(dir: &Path) -> Vec<i32> {
+pub(crate) fn procs(dir: &Path) -> Vec<i32> {
     std::fs::read_to_string(dir.join(PROCS_FILE))
         .map(|text| {
             text.lines()
@@ -109,7 +107,7 @@ pub fn procs(dir: &Path) -> Vec<i32> {
 }
 
 /// True while a process is in the cgroup or below it (`cgroup.events`: `populated 1`); `None` when it is gone.
-pub fn populated(dir: &Path) -> Option<bool> {
+pub(crate) fn populated(dir: &Path) -> Option<bool> {
     let text = std::fs::read_to_string(dir.join("cgroup.events")).ok()?;
     text.lines()
         .find_map(|line| line.strip_prefix("populated "))
@@ -117,17 +115,12 @@ pub fn populated(dir: &Path) -> Option<bool> {
 }
 
 /// The memory the cgroup's processes hold (`memory.current`, bytes), where the memory controller is on for it.
-pub fn memory_current(dir: &Path) -> Option<u64> {
+pub(crate) fn memory_current(dir: &Path) -> Option<u64> {
     std::fs::read_to_string(dir.join("memory.current"))
         .ok()?
         .trim()
         .parse()
         .ok()
-}
-
-/// True when the kernel can kill a cgroup's processes at once: `cgroup.kill` exists in `dir` (never in the root).
-pub fn can_kill(dir: &Path) -> bool {
-    dir.join(KILL_FILE).exists()
 }
 
 /// A session's containment as `status` shows it: its mode, and for a contained one the processes its cgroup holds
@@ -156,7 +149,7 @@ pub struct Held {
 }
 
 /// What `record` says of its containment, with its cgroup read now.
-pub fn view_of(record: &crate::model::record::SessionRecord) -> View {
+pub(crate) fn view_of(record: &crate::model::record::SessionRecord) -> View {
     use crate::model::containment::SessionContainment;
     let Some(containment) = SessionContainment::of(record) else {
         return View {

@@ -8,7 +8,7 @@ use crate::model::record::{Identity, StopTicket};
 use crate::observe::proc;
 
 /// What the records of the state root know (slots of every kind, filed tickets) plus `extra` tickets not yet filed.
-pub fn known_to(store: &crate::store::Store, extra: &[StopTicket]) -> Known {
+pub(crate) fn known_to(store: &crate::store::Store, extra: &[StopTicket]) -> Known {
     let mut known = Known::default();
     for slot in crate::store::slot::Slot::all(&store.root) {
         match store.root.read_file(&slot.record_path()) {
@@ -32,7 +32,7 @@ pub fn known_to(store: &crate::store::Store, extra: &[StopTicket]) -> Known {
 
 /// The processes in `snapshot` (pid, argv) that `matches`, confirmed by pinned observation: identity, argv read
 /// again and matched again, identity unchanged. A pid reused since the snapshot gives nothing.
-pub fn confirm_by_argv(
+pub(crate) fn confirm_by_argv(
     candidates: impl IntoIterator<Item = i32>,
     matches: impl Fn(&[String]) -> bool,
 ) -> Vec<(Identity, Vec<String>)> {

@@ -37,7 +37,7 @@ pub struct McpServer {
 
 /// The stdio MCP servers of `agent` in `table` (none once it is gone); `spec` is its row (its tool marks), `stdio`
 /// says whether a process's standard input and output are pipes or sockets.
-pub fn servers_of(
+pub(crate) fn servers_of(
     table: &Table,
     agent: &Identity,
     spec: Option<&AgentSpec>,
@@ -86,7 +86,7 @@ fn is_shell(p: &Observed) -> bool {
 }
 
 /// True when `pid`'s standard input and output are both pipes or sockets (read from `/proc/<pid>/fd`).
-pub fn speaks_stdio(pid: i32) -> bool {
+pub(crate) fn speaks_stdio(pid: i32) -> bool {
     [0, 1].iter().all(|fd| {
         std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).is_ok_and(|target| {
             let target = target.to_string_lossy();

@@ -1,11 +1,13 @@
 //! Observing the world: the process table with pinned identities (argv and environ read only for candidates),
 //! host facts, and where a cwd's workspace is.
 
-pub mod cgroup;
-pub mod lineage;
-pub mod mcp;
-pub mod proc;
-pub mod table;
-pub mod workspace;
+pub(crate) mod cgroup;
+pub(crate) mod lineage;
+pub(crate) mod mcp;
+pub(crate) mod proc;
+pub(crate) mod table;
+pub(crate) mod workspace;
 
-pub use proc::{Ancestor, Markers, Observed};
+#[cfg(test)]
+pub(crate) use proc::Markers;
+pub(crate) use proc::{Ancestor, Observed};

@@ -10,7 +10,7 @@ use crate::observe::proc;
 
 /// One process as observed.
 #[derive(Clone, Debug, Default)]
-pub struct Observed {
+pub(crate) struct Observed {
     /// `uid` is `u32::MAX` when its details were not read (another user's, or older than every agent of interest).
     pub identity: Identity,
     pub ppid: i32,
@@ -62,12 +62,12 @@ impl Observed {
 
 /// The process table at one moment.
 #[derive(Clone, Debug, Default)]
-pub struct Table {
+pub(crate) struct Table {
     pub(crate) procs: HashMap<i32, Observed>,
 }
 
 impl Table {
-    pub fn from_processes(procs: impl IntoIterator<Item = Observed>) -> Self {
+    pub(crate) fn from_processes(procs: impl IntoIterator<Item = Observed>) -> Self {
         Table {
             procs: procs.into_iter().map(|p| (p.identity.pid, p)).collect(),
         }
@@ -76,7 +76,7 @@ impl Table {
     /// Reads every process's stat; the environment and memory of our processes started at or after `since_ticks`;
     /// and the argv of those and of their ancestors (what the rules judge by argv: agent workers, agent executables
     /// above a carrier). A process whose identity changed while it was read is left out.
-    pub fn observe(since_ticks: u64) -> Self {
+    pub(crate) fn observe(since_ticks: u64) -> Self {
         let uid = rustix::process::getuid().as_raw();
         let procs = proc::pids()
             .unwrap_or_default()
@@ -89,7 +89,7 @@ impl Table {
 
     /// Like `observe`, with the environment, memory and argv read only of `members` (a contained session's cgroup
     /// holds every candidate) and of their ancestors' argv: the rest of the table is its stat alone.
-    pub fn observe_only(members: &HashSet<i32>) -> Self {
+    pub(crate) fn observe_only(members: &HashSet<i32>) -> Self {
         let uid = rustix::process::getuid().as_raw();
         let procs = proc::pids()
             .unwrap_or_default()
@@ -136,11 +136,11 @@ impl Table {
         }
     }
 
-    pub fn get(&self, pid: i32) -> Option<&Observed> {
+    pub(crate) fn get(&self, pid: i32) -> Option<&Observed> {
         self.procs.get(&pid)
     }
 
-    pub fn is_live(&self, identity: &Identity) -> bool {
+    pub(crate) fn is_live(&self, identity: &Identity) -> bool {
         self.get(identity.pid).is_some_and(|p| p.is(identity))
     }
 
@@ -160,12 +160,12 @@ impl Table {
     }
 
     /// The processes whose parent is `pid`.
-    pub fn children_of(&self, pid: i32) -> impl Iterator<Item = &Observed> {
+    pub(crate) fn children_of(&self, pid: i32) -> impl Iterator<Item = &Observed> {
         self.procs.values().filter(move |p| p.ppid == pid)
     }
 
     /// `pid` and every live descendant of it.
-    pub fn descendants_of(&self, pid: i32) -> Vec<&Observed> {
+    pub(crate) fn descendants_of(&self, pid: i32) -> Vec<&Observed> {
         self.procs
             .values()
             .filter(|p| {
@@ -256,7 +256,7 @@ pub(crate) fn read_environ(observed: &mut Observed, environ: &[u8]) {
 
 /// The pids this process's environment names as its agent (`CLAUDE_PID` and the like): a claim, which the hook
 /// believes only for a recognised agent among its ancestors.
-pub fn agent_pids_named_by_env() -> Vec<i32> {
+pub(crate) fn agent_pids_named_by_env() -> Vec<i32> {
     crate::agents::agent_pid_variables()
         .filter_map(|variable| std::env::var(variable).ok()?.trim().parse().ok())
         .collect()

@@ -9,7 +9,7 @@ use crate::error::bad_input;
 
 /// The canonical workspace of `cwd`: the nearest ancestor holding a `.git` entry (a directory, or a file as in a
 /// worktree), else `cwd`. No `git` subprocess: a hook must stay fast and work without git installed.
-pub fn workspace_of(cwd: &Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn workspace_of(cwd: &Path) -> anyhow::Result<PathBuf> {
     let canonical = std::fs::canonicalize(cwd).map_err(|err| {
         bad_input(format!(
             "cwd {}: {err}; expected an existing directory",
@@ -30,7 +30,7 @@ pub fn workspace_of(cwd: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// The current directory, named in the error when it is gone.
-pub fn current_dir() -> anyhow::Result<PathBuf> {
+pub(crate) fn current_dir() -> anyhow::Result<PathBuf> {
     std::env::current_dir().context("reading the current directory")
 }
 

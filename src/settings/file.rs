@@ -18,7 +18,7 @@ use crate::error::BadInput;
 use crate::store::root::write_atomic;
 
 /// A settings file as read: its text, its value, its syntax tree and what it was when read.
-pub struct Loaded {
+pub(crate) struct Loaded {
     pub text: String,
     pub value: Value,
     tree: CstRootNode,
@@ -31,7 +31,7 @@ fn bad(shown: &Path, message: impl std::fmt::Display) -> anyhow::Error {
 
 /// The file to rewrite for `path`: `path` itself, or the file at the end of its symlink chain (so a settings file
 /// symlinked from a dotfiles repository stays a symlink).
-pub fn write_target(path: &Path) -> io::Result<PathBuf> {
+pub(crate) fn write_target(path: &Path) -> io::Result<PathBuf> {
     let mut current = path.to_path_buf();
     for _ in 0..40 {
         match fs::symlink_metadata(&current) {
@@ -51,7 +51,11 @@ pub fn write_target(path: &Path) -> io::Result<PathBuf> {
 }
 
 /// Reads and parses the settings file; `None` when it does not exist. `shown` is the path named in errors.
-pub fn load(spec: &AgentSpec, target: &Path, shown: &Path) -> anyhow::Result<Option<Loaded>> {
+pub(crate) fn load(
+    spec: &AgentSpec,
+    target: &Path,
+    shown: &Path,
+) -> anyhow::Result<Option<Loaded>> {
     let metadata = match fs::metadata(target) {
         Ok(metadata) => metadata,
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -125,7 +129,7 @@ pub fn parse(spec: &AgentSpec, text: &str, shown: &Path) -> anyhow::Result<(Valu
 }
 
 /// `loaded`'s text changed to hold `new`: only the nodes that differ are rewritten.
-pub fn edited_text(loaded: &Loaded, new: &Value) -> String {
+pub(crate) fn edited_text(loaded: &Loaded, new: &Value) -> String {
     if loaded.tree.value().is_none() {
         return rendered(new);
     }
@@ -138,7 +142,7 @@ pub fn edited_text(loaded: &Loaded, new: &Value) -> String {
 }
 
 /// A new file's text: pretty-printed, two-space indent, final newline.
-pub fn rendered(value: &Value) -> String {
+pub(crate) fn rendered(value: &Value) -> String {
     let mut text =
         serde_json::to_string_pretty(value).expect("a serde_json::Value always serializes");
     text.push('\n');
@@ -254,7 +258,7 @@ fn input(value: &Value) -> CstInputValue {
 
 /// Fails when the file at `target` is no longer the one we read (another program rewrote it meanwhile), so that
 /// we never overwrite a change we did not see.
-pub fn ensure_unchanged(target: &Path, read: &fs::Metadata) -> anyhow::Result<()> {
+pub(crate) fn ensure_unchanged(target: &Path, read: &fs::Metadata) -> anyhow::Result<()> {
     let now = fs::metadata(target)?;
     let same = now.ino() == read.ino()
         && now.dev() == read.dev()
@@ -266,7 +270,7 @@ pub fn ensure_unchanged(target: &Path, read: &fs::Metadata) -> anyhow::Result<()
 }
 
 /// The one backup of a settings file: `NAME.session-reaper.bak` beside it.
-pub fn backup_path(target: &Path) -> PathBuf {
+pub(crate) fn backup_path(target: &Path) -> PathBuf {
     let name = target
         .file_name()
         .map(|name| name.to_string_lossy().into_owned())
@@ -276,7 +280,7 @@ pub fn backup_path(target: &Path) -> PathBuf {
 
 /// Replaces `target` with `text`: the previous contents (if any, and `backup` asks for it) saved to its one backup
 /// first, both written by the atomic writer with the original's permission bits.
-pub fn replace(
+pub(crate) fn replace(
     target: &Path,
     text: &str,
     loaded: Option<&Loaded>,

@@ -11,12 +11,12 @@ use crate::error::BadInput;
 use crate::model::leftover::Policy;
 
 /// The program name our hook commands start with (its basename is how we recognise our entries).
-pub const PROGRAM: &str = "session-reaper";
+pub(crate) const PROGRAM: &str = "session-reaper";
 
 /// What happened to one hook entry of ours.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "change", rename_all = "lowercase")]
-pub enum Change {
+pub(crate) enum Change {
     /// A new entry of ours was added to the event.
     Added { event: String, command: String },
     /// An entry of ours was rewritten in place (another binary path, or fields it lacked).
@@ -33,7 +33,7 @@ pub enum Change {
 
 impl Change {
     /// True unless the entry was left as it was.
-    pub fn is_change(&self) -> bool {
+    pub(crate) fn is_change(&self) -> bool {
         !matches!(self, Change::Unchanged { .. })
     }
 }
@@ -41,14 +41,14 @@ impl Change {
 /// The hook flags `install` writes into the commands it installs; `None` writes nothing (the hook's default, or
 /// its environment, decides).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct HookFlags {
+pub(crate) struct HookFlags {
     pub leftovers: Option<Policy>,
     pub sentinel: Option<bool>,
 }
 
 /// The command line our hook runs: `BIN hook --agent AGENT [--state-dir DIR] [--leftovers P] [--sentinel S]`, each
 /// word quoted for the shell.
-pub fn hook_command(
+pub(crate) fn hook_command(
     spec: &AgentSpec,
     binary: &str,
     state_dir: Option<&str>,
@@ -103,7 +103,7 @@ pub fn events_of<'a>(spec: &AgentSpec, settings: &'a Value) -> Option<&'a Map<St
 
 /// Our hook commands in a `hooks` wrapper that an agent keyed by event at the top level ignores (Factory Droid):
 /// an older install of ours wrote them there.
-pub fn ours_in_ignored_wrapper(spec: &AgentSpec, settings: &Value) -> Vec<String> {
+pub(crate) fn ours_in_ignored_wrapper(spec: &AgentSpec, settings: &Value) -> Vec<String> {
     if spec.events_at != EventsAt::TopLevel {
         return Vec::new();
     }
@@ -302,7 +302,7 @@ fn remove_positions(spec: &AgentSpec, items: &mut Vec<Value>, positions: &[(usiz
 /// # Errors
 /// [`BadInput`] (and `settings` untouched) when the top level is not an object, `hooks` is not an object, or one
 /// of the agent's event entries is not an array.
-pub fn merge_entries(
+pub(crate) fn merge_entries(
     settings: &mut Value,
     spec: &AgentSpec,
     command: &str,
@@ -399,7 +399,10 @@ pub fn merge_entries(
 ///
 /// # Errors
 /// [`BadInput`] (and `settings` untouched) when the top level or `hooks` is not an object.
-pub fn remove_entries(settings: &mut Value, spec: &AgentSpec) -> anyhow::Result<Vec<Change>> {
+pub(crate) fn remove_entries(
+    settings: &mut Value,
+    spec: &AgentSpec,
+) -> anyhow::Result<Vec<Change>> {
     if hooks_shape(spec, settings)?.is_none() {
         return Ok(Vec::new());
     }
@@ -468,7 +471,7 @@ fn migrate_wrapper(spec: &AgentSpec, root: &mut Map<String, Value>) -> Vec<Chang
 
 /// Warnings about `settings` for `spec`: switches that keep our hooks from running, a Gemini hook list naming us,
 /// and a Codex `hooks.json` that Codex itself would refuse.
-pub fn advisories(spec: &AgentSpec, settings: &Value) -> Vec<String> {
+pub(crate) fn advisories(spec: &AgentSpec, settings: &Value) -> Vec<String> {
     let mut notes = Vec::new();
     if let Some(switch) = spec.hooks_disabled_by(settings) {
         notes.push(format!(

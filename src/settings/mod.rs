@@ -6,11 +6,11 @@
 //! Removal is clean: a file that holds nothing but our entries is removed rather than left as `{}` (with the
 //! agent's own folders above it that this leaves empty), and no backup is kept that holds nothing but our entries.
 
-pub mod file;
-pub mod merge;
-pub mod plugin;
-pub mod probe;
-pub mod report;
+pub(crate) mod file;
+pub(crate) mod merge;
+pub(crate) mod plugin;
+pub(crate) mod probe;
+pub(crate) mod report;
 
 use std::path::{Path, PathBuf};
 
@@ -21,15 +21,13 @@ use crate::agents::{Agent, AgentSpec};
 use anyhow::Context;
 
 use crate::error::BadInput;
-pub use merge::{
-    Change, HookFlags, PROGRAM, commands_in, hook_command, is_our_command, shell_words,
-};
-pub use report::{InstallReport, Operation};
+pub(crate) use merge::{Change, HookFlags, PROGRAM, commands_in, hook_command, is_our_command};
+pub(crate) use report::{InstallReport, Operation};
 
 /// Which settings file the default path points at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
-pub enum Scope {
+pub(crate) enum Scope {
     /// The user's own settings, under the home directory (or the agent's config-dir variable).
     User,
     /// The settings of the repository the current directory is in, at its top level (for teams to commit).
@@ -37,12 +35,12 @@ pub enum Scope {
 }
 
 /// What to do where neither a systemd user manager nor `crontab` is there.
-pub const NOWHERE_FIX: &str = "This machine has no systemd user manager and no crontab: run `session-reaper sweep` \
+pub(crate) const NOWHERE_FIX: &str = "This machine has no systemd user manager and no crontab: run `session-reaper sweep` \
     every minute some other way (a login script, a supervisor), or install cron";
 
 /// Whether the periodic sweep is installed, and where it could be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SweepState {
+pub(crate) enum SweepState {
     Installed,
     /// Not installed; `install --with-sweep` would install it.
     Missing,
@@ -52,7 +50,7 @@ pub enum SweepState {
 
 /// One `install` or `uninstall` run on one settings file.
 #[derive(Clone, Debug)]
-pub struct InstallRequest {
+pub(crate) struct InstallRequest {
     pub agent: Agent,
     /// The settings file to edit (a symlink is followed, and the file it points at is rewritten).
     pub settings_path: PathBuf,
@@ -66,7 +64,7 @@ pub struct InstallRequest {
 ///
 /// # Errors
 /// [`BadInput`] when `HOME` is needed and unset.
-pub fn user_settings_path(
+pub(crate) fn user_settings_path(
     spec: &AgentSpec,
     env: &dyn Fn(&str) -> Option<std::ffi::OsString>,
 ) -> anyhow::Result<PathBuf> {
@@ -78,13 +76,13 @@ pub fn user_settings_path(
 }
 
 /// Adds our hook entries (see [`merge::merge_entries`]); creates the file and its directories when missing.
-pub fn install(req: &InstallRequest) -> anyhow::Result<InstallReport> {
+pub(crate) fn install(req: &InstallRequest) -> anyhow::Result<InstallReport> {
     apply(req, Operation::Install)
 }
 
 /// Removes our hook entries (see [`merge::remove_entries`]). A missing file, or one without entries of ours, is left
 /// alone (no write, no backup).
-pub fn uninstall(req: &InstallRequest) -> anyhow::Result<InstallReport> {
+pub(crate) fn uninstall(req: &InstallRequest) -> anyhow::Result<InstallReport> {
     apply(req, Operation::Uninstall)
 }
 

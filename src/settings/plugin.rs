@@ -14,7 +14,7 @@ const COMMAND_LINE: &str = "const COMMAND = ";
 const MARK: &str = "// session-reaper:";
 
 /// The template of `spec`'s plugin, if it takes one.
-pub fn template(spec: &AgentSpec) -> Option<&'static str> {
+pub(crate) fn template(spec: &AgentSpec) -> Option<&'static str> {
     match spec.kind {
         SettingsKind::Plugin(template) => Some(template),
         SettingsKind::Json => None,
@@ -22,7 +22,7 @@ pub fn template(spec: &AgentSpec) -> Option<&'static str> {
 }
 
 /// `template` with `command` on its command line.
-pub fn render(template: &str, command: &str) -> String {
+pub(crate) fn render(template: &str, command: &str) -> String {
     let quoted = serde_json::to_string(command).expect("a string always serializes");
     template
         .lines()
@@ -37,7 +37,7 @@ pub fn render(template: &str, command: &str) -> String {
 }
 
 /// True for a plugin file we wrote.
-pub fn is_ours(text: &str) -> bool {
+pub(crate) fn is_ours(text: &str) -> bool {
     text.starts_with(MARK)
 }
 
@@ -53,7 +53,7 @@ pub fn command_in(text: &str) -> Option<String> {
 
 /// The settings document a plugin file stands for: our entry under each of the agent's events when the file is
 /// ours, else nothing.
-pub fn view(spec: &AgentSpec, text: &str) -> Value {
+pub(crate) fn view(spec: &AgentSpec, text: &str) -> Value {
     let Some(command) = command_in(text).filter(|_| is_ours(text)) else {
         return json!({});
     };

@@ -17,20 +17,20 @@ use crate::model::hook_event::HookEvent;
 use crate::settings::{NOWHERE_FIX, SweepState};
 
 /// The variable that puts a hook into probe mode.
-pub const PROBE_VAR: &str = "SESSION_REAPER_PROBE";
+pub(crate) const PROBE_VAR: &str = "SESSION_REAPER_PROBE";
 /// What the probe's stderr line starts with.
-pub const ANSWER_PREFIX: &str = "session-reaper probe: ";
+pub(crate) const ANSWER_PREFIX: &str = "session-reaper probe: ";
 /// The session id of a probe payload.
 pub const PROBE_SESSION: &str = "session-reaper-probe";
 
 /// True when this hook run is a probe.
-pub fn requested() -> bool {
+pub(crate) fn requested() -> bool {
     std::env::var_os(PROBE_VAR).is_some_and(|value| value == "1")
 }
 
 /// The hook's answer to a probe.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Answer {
+pub(crate) struct Answer {
     pub agent: Option<String>,
     pub event: Option<String>,
     pub session: Option<String>,
@@ -40,13 +40,13 @@ pub struct Answer {
 }
 
 /// Prints the probe answer as one stderr line.
-pub fn say(answer: &Answer) {
+pub(crate) fn say(answer: &Answer) {
     let line = serde_json::to_string(answer).unwrap_or_default();
     let _ = writeln!(std::io::stderr(), "{ANSWER_PREFIX}{line}");
 }
 
 /// A payload as `spec`'s agent would send it for `event` (one of its settings-file event names).
-pub fn payload_for(spec: &AgentSpec, event: &str, cwd: &Path) -> Value {
+pub(crate) fn payload_for(spec: &AgentSpec, event: &str, cwd: &Path) -> Value {
     let mut payload = serde_json::Map::new();
     if spec.event_in_payload {
         payload.insert(spec.event_fields[0].into(), json!(canonical_event(event)));
@@ -75,7 +75,7 @@ fn canonical_event(event: &str) -> String {
 
 /// What running one hook command gave.
 #[derive(Clone, Debug)]
-pub struct Run {
+pub(crate) struct Run {
     pub status: Option<i32>,
     pub stdout: String,
     pub stderr: String,
@@ -83,7 +83,7 @@ pub struct Run {
 }
 
 /// Runs `command` as `spec`'s agent runs hooks (its shell, `-c`), with `payload` on stdin, bounded by `limit`.
-pub fn run(
+pub(crate) fn run(
     spec: &AgentSpec,
     command: &str,
     payload: &Value,
@@ -128,7 +128,7 @@ pub fn run(
 
 /// One problem (or all clear) found about an agent's hooks: a failure or a warning, with its fix.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Finding {
+pub(crate) struct Finding {
     pub failure: bool,
     pub detail: String,
     pub fix: String,
@@ -152,7 +152,7 @@ fn warn(detail: impl Into<String>, fix: impl Into<String>) -> Finding {
 
 /// Judges one probe run of the hook installed for `event`: binary runs, arguments parse, exit 0, stdout empty, the
 /// agent, event and state root it would use, and its deadline against the agent's timeout for it.
-pub fn judge(
+pub(crate) fn judge(
     spec: &AgentSpec,
     settings: &Value,
     event: &str,
@@ -281,7 +281,7 @@ fn deadline_findings(
 /// How long the agent lets our `SessionEnd` hook run, in ms, given the whole settings document (Claude Code: 1.5 s
 /// shared by all `SessionEnd` hooks, raised by the largest `timeout` among them up to 60 s, overridden by
 /// `CLAUDE_CODE_SESSIONEND_HOOKS_TIMEOUT_MS`; others: our entry's own timeout, capped where the agent caps it).
-pub fn session_end_budget(spec: &AgentSpec, settings: &Value, own: Option<u64>) -> u64 {
+pub(crate) fn session_end_budget(spec: &AgentSpec, settings: &Value, own: Option<u64>) -> u64 {
     let millis = |value: u64| {
         timeout_millis(
             value.min(spec.end_timeout_cap.unwrap_or(u64::MAX)),
@@ -314,7 +314,7 @@ pub fn session_end_budget(spec: &AgentSpec, settings: &Value, own: Option<u64>) 
 
 /// Every finding about an agent's hooks whose entries of ours are `ours`: a switch that turns hooks off, a missing
 /// event, each hook run in probe mode and judged, Codex's trust, and the sweep where `SessionEnd` is unreliable.
-pub fn findings(
+pub(crate) fn findings(
     spec: &AgentSpec,
     path: &Path,
     value: &Value,
@@ -388,10 +388,10 @@ pub fn findings(
 }
 
 /// An entry of ours: its event, matcher group and index within the group (0 in a flat layout), and the entry.
-pub type OurEntry = (String, usize, usize, Value);
+pub(crate) type OurEntry = (String, usize, usize, Value);
 
 /// Our entries in a settings document: (event, group, index within the group, entry).
-pub fn our_entries(spec: &AgentSpec, value: &Value) -> Vec<OurEntry> {
+pub(crate) fn our_entries(spec: &AgentSpec, value: &Value) -> Vec<OurEntry> {
     let Some(hooks) = crate::settings::merge::events_of(spec, value) else {
         return Vec::new();
     };
@@ -429,7 +429,10 @@ pub fn our_entries(spec: &AgentSpec, value: &Value) -> Vec<OurEntry> {
 /// Codex records trust in `$CODEX_HOME/config.toml` as `[hooks.state."<hooks.json>:<event>:<group>:<hook>"]` with a
 /// `trusted_hash = "sha256:…"` of the hook as trusted (verified on 0.171.0 through its app-server's `hooks/list`).
 /// The untrusted positions among `positions` (event as in the file, group, hook index).
-pub fn codex_untrusted(hooks_file: &Path, positions: &[(String, usize, usize)]) -> Vec<String> {
+pub(crate) fn codex_untrusted(
+    hooks_file: &Path,
+    positions: &[(String, usize, usize)],
+) -> Vec<String> {
     let config = hooks_file.with_file_name("config.toml");
     let table: toml::Table = std::fs::read_to_string(&config)
         .ok()

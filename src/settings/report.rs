@@ -11,7 +11,7 @@ use crate::settings::merge::{Change, PROGRAM};
 /// Which way a report went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Operation {
+pub(crate) enum Operation {
     Install,
     Uninstall,
 }
@@ -19,7 +19,7 @@ pub enum Operation {
 /// The outcome of one install or uninstall. (Its booleans are independent facts, as `--json` shows them.)
 #[allow(clippy::struct_excessive_bools)]
 #[derive(Clone, Debug, Serialize)]
-pub struct InstallReport {
+pub(crate) struct InstallReport {
     pub operation: Operation,
     pub agent: Agent,
     /// The settings file as requested.
@@ -42,7 +42,7 @@ pub struct InstallReport {
 
 impl InstallReport {
     /// The report of `operation` on `req`'s file with these changes, before anything is written.
-    pub fn new(
+    pub(crate) fn new(
         req: &crate::settings::InstallRequest,
         operation: Operation,
         changes: Vec<Change>,
@@ -62,7 +62,7 @@ impl InstallReport {
     }
 
     /// True when the file's contents change (or would, under `dry_run`).
-    pub fn changed(&self) -> bool {
+    pub(crate) fn changed(&self) -> bool {
         self.changes.iter().any(Change::is_change)
     }
 

@@ -14,11 +14,11 @@ const ROTATE_AT: u64 = 1024 * 1024;
 /// The largest log file `log` reads: far above what rotation lets one grow to.
 const READ_LIMIT: u64 = 64 * ROTATE_AT;
 
-pub use crate::model::reason::Reason;
+pub(crate) use crate::model::reason::Reason;
 
 /// One line of `events.jsonl`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Event {
+pub(crate) struct Event {
     pub ts: String,
     pub action: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -43,7 +43,7 @@ pub struct Event {
 }
 
 impl Event {
-    pub fn new(action: &str, result: &str) -> Self {
+    pub(crate) fn new(action: &str, result: &str) -> Self {
         Event {
             ts: clock::now_rfc3339(),
             action: action.to_owned(),
@@ -53,32 +53,32 @@ impl Event {
     }
 
     #[must_use]
-    pub fn reason(mut self, reason: &impl ToString) -> Self {
+    pub(crate) fn reason(mut self, reason: &impl ToString) -> Self {
         self.reason = Some(reason.to_string());
         self
     }
 
     #[must_use]
-    pub fn session(mut self, session: Option<&str>) -> Self {
+    pub(crate) fn session(mut self, session: Option<&str>) -> Self {
         self.session = session.map(str::to_owned);
         self
     }
 
     #[must_use]
-    pub fn slot(mut self, workspace: &str, name: &str) -> Self {
+    pub(crate) fn slot(mut self, workspace: &str, name: &str) -> Self {
         self.workspace = Some(workspace.to_owned());
         self.name = Some(name.to_owned());
         self
     }
 
     #[must_use]
-    pub fn pid(mut self, pid: i32) -> Self {
+    pub(crate) fn pid(mut self, pid: i32) -> Self {
         self.pid = Some(pid);
         self
     }
 
     #[must_use]
-    pub fn detail(mut self, detail: impl Into<String>) -> Self {
+    pub(crate) fn detail(mut self, detail: impl Into<String>) -> Self {
         self.detail = Some(detail.into());
         self
     }
@@ -86,25 +86,25 @@ impl Event {
 
 /// The audit log of one state root.
 #[derive(Clone, Debug)]
-pub struct EventLog {
+pub(crate) struct EventLog {
     root: StateRoot,
 }
 
 impl EventLog {
-    pub fn new(root: &StateRoot) -> Self {
+    pub(crate) fn new(root: &StateRoot) -> Self {
         EventLog { root: root.clone() }
     }
 
-    pub fn path(&self) -> PathBuf {
+    pub(crate) fn path(&self) -> PathBuf {
         self.root.join(EVENTS)
     }
 
-    pub fn rotated_path(&self) -> PathBuf {
+    pub(crate) fn rotated_path(&self) -> PathBuf {
         self.root.join(format!("{EVENTS}.1"))
     }
 
     /// Appends one event. Failures are returned; callers that must not fail (hooks) report them on stderr.
-    pub fn append(&self, event: &Event) -> anyhow::Result<()> {
+    pub(crate) fn append(&self, event: &Event) -> anyhow::Result<()> {
         let mut line = serde_json::to_vec(event)?;
         line.push(b'\n');
         let mut file = self.root.open_append(&self.path())?;
@@ -116,7 +116,7 @@ impl EventLog {
     }
 
     /// Appends, and reports a failure to stderr instead of failing: the log must never stop an action.
-    pub fn record(&self, event: &Event) {
+    pub(crate) fn record(&self, event: &Event) {
         if let Err(err) = self.append(event) {
             // Never `eprintln!`: a closed stderr must not turn a logging failure into a panic.
             let _ = writeln!(
@@ -128,7 +128,7 @@ impl EventLog {
     }
 
     /// Rotates the log when it has grown past 1 MiB (a sweep's cleanup); true if it did.
-    pub fn rotate_if_oversized(&self) -> bool {
+    pub(crate) fn rotate_if_oversized(&self) -> bool {
         let big = std::fs::metadata(self.path()).is_ok_and(|meta| meta.len() > ROTATE_AT);
         if big {
             self.rotate();
@@ -148,7 +148,7 @@ impl EventLog {
     }
 
     /// Every event still kept, oldest first; unreadable lines are skipped.
-    pub fn read_all(&self) -> Vec<Event> {
+    pub(crate) fn read_all(&self) -> Vec<Event> {
         [self.rotated_path(), self.path()]
             .iter()
             .filter_map(|path| self.root.read_file_limited(path, READ_LIMIT).ok().flatten())

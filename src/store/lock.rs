@@ -19,20 +19,21 @@ const MAX_PAUSE: Duration = Duration::from_millis(10);
 
 /// A held flock; released when dropped.
 #[derive(Debug)]
-pub struct LockGuard {
+pub(crate) struct LockGuard {
     /// Held open for the flock on it.
     _file: File,
     path: PathBuf,
 }
 
 impl LockGuard {
-    pub fn path(&self) -> &Path {
+    #[cfg(test)]
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// Unlinks the lock file while still holding it (the thing it guarded is gone): whoever waits on it finds the
     /// path no longer names it and starts over. The lock itself is held until the guard is dropped.
-    pub fn remove(&self) -> anyhow::Result<()> {
+    pub(crate) fn remove(&self) -> anyhow::Result<()> {
         match std::fs::remove_file(&self.path) {
             Ok(()) => Ok(()),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -43,7 +44,7 @@ impl LockGuard {
 
 /// The lock stayed held by another process until the deadline.
 #[derive(Debug)]
-pub struct LockBusy {
+pub(crate) struct LockBusy {
     pub path: PathBuf,
     pub waited: Duration,
 }
@@ -65,7 +66,7 @@ impl std::error::Error for LockBusy {}
 
 /// Takes the flock of `path` (created 0600 if missing), trying until `deadline`; an expired deadline tries once.
 /// Fails with `LockBusy` when it stays held.
-pub fn lock(root: &StateRoot, path: &Path, deadline: Deadline) -> anyhow::Result<LockGuard> {
+pub(crate) fn lock(root: &StateRoot, path: &Path, deadline: Deadline) -> anyhow::Result<LockGuard> {
     let started = Instant::now();
     let mut pause = Duration::from_millis(1);
     loop {
@@ -96,7 +97,7 @@ pub fn lock(root: &StateRoot, path: &Path, deadline: Deadline) -> anyhow::Result
 }
 
 /// Takes the lock only if it is free now; `None` when another process holds it.
-pub fn try_lock(root: &StateRoot, path: &Path) -> anyhow::Result<Option<LockGuard>> {
+pub(crate) fn try_lock(root: &StateRoot, path: &Path) -> anyhow::Result<Option<LockGuard>> {
     match lock(root, path, Deadline::now()) {
         Ok(guard) => Ok(Some(guard)),
         Err(err) if err.is::<LockBusy>() => Ok(None),
@@ -105,7 +106,7 @@ pub fn try_lock(root: &StateRoot, path: &Path) -> anyhow::Result<Option<LockGuar
 }
 
 /// True while some process holds the lock of `path`. Creates nothing (for read-only commands).
-pub fn is_held(root: &StateRoot, path: &Path) -> bool {
+pub(crate) fn is_held(root: &StateRoot, path: &Path) -> bool {
     root.open_existing_lock_file(path)
         .ok()
         .flatten()

@@ -2,14 +2,14 @@
 //! lock primitive), `slot`, `sessions`, `tickets` and `events`. `Store` is one opened root with its stores: slots
 //! are reached through `Slot`, the rest hang here.
 
-pub mod events;
-pub mod lock;
-pub mod root;
-pub mod sessions;
-pub mod slot;
-pub mod slot_dirs;
-pub mod temps;
-pub mod tickets;
+pub(crate) mod events;
+pub(crate) mod lock;
+pub(crate) mod root;
+pub(crate) mod sessions;
+pub(crate) mod slot;
+pub(crate) mod slot_dirs;
+pub(crate) mod temps;
+pub(crate) mod tickets;
 
 use std::path::Path;
 
@@ -19,7 +19,7 @@ use crate::store::sessions::Sessions;
 use crate::store::tickets::Tickets;
 
 #[derive(Clone, Debug)]
-pub struct Store {
+pub(crate) struct Store {
     pub root: StateRoot,
     pub log: EventLog,
     pub tickets: Tickets,
@@ -28,13 +28,13 @@ pub struct Store {
 
 impl Store {
     /// Opens (creating if needed) and checks the state root.
-    pub fn open(path: &Path) -> anyhow::Result<Self> {
+    pub(crate) fn open(path: &Path) -> anyhow::Result<Self> {
         Ok(Self::from_root(StateRoot::open(path)?))
     }
 
     /// Opens the root for a run that may change it, or only looks at it (`dry_run`): then nothing is created, and
     /// a root that does not exist yet is `None`.
-    pub fn open_for(path: &Path, dry_run: bool) -> anyhow::Result<Option<Self>> {
+    pub(crate) fn open_for(path: &Path, dry_run: bool) -> anyhow::Result<Option<Self>> {
         if dry_run {
             Ok(StateRoot::open_existing(path)?.map(Self::from_root))
         } else {
@@ -42,7 +42,7 @@ impl Store {
         }
     }
 
-    pub fn from_root(root: StateRoot) -> Self {
+    pub(crate) fn from_root(root: StateRoot) -> Self {
         let log = EventLog::new(&root);
         Store {
             tickets: Tickets::new(&root),

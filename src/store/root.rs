@@ -13,13 +13,13 @@ use anyhow::Context;
 
 use crate::error::bad_input;
 
-pub const SESSIONS: &str = "sessions";
-pub const WORKSPACES: &str = "workspaces";
-pub const STOPPING: &str = "stopping";
-pub const EVENTS: &str = "events.jsonl";
+pub(crate) const SESSIONS: &str = "sessions";
+pub(crate) const WORKSPACES: &str = "workspaces";
+pub(crate) const STOPPING: &str = "stopping";
+pub(crate) const EVENTS: &str = "events.jsonl";
 
 /// Where the state root comes from, in order of precedence (resolved once, in `Config`).
-pub fn resolve_root(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
+pub(crate) fn resolve_root(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
     let from_env = |name: &str| {
         std::env::var_os(name)
             .filter(|value| !value.is_empty())
@@ -36,7 +36,7 @@ pub fn resolve_root(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
 
 /// The root used when neither `--state-dir` nor `SESSION_REAPER_STATE_DIR` names one: under `XDG_STATE_HOME`, else
 /// `~/.local/state` (what a hook gets from an agent that does not pass our variable on).
-pub fn default_root() -> anyhow::Result<PathBuf> {
+pub(crate) fn default_root() -> anyhow::Result<PathBuf> {
     let from_env = |name: &str| {
         std::env::var_os(name)
             .filter(|value| !value.is_empty())
@@ -57,7 +57,7 @@ pub fn default_root() -> anyhow::Result<PathBuf> {
 
 /// `path` without trailing slashes or `.` components, so that `link/` is checked as `link` (a trailing slash would
 /// make every later look-up follow the symlink the checks refuse).
-pub fn lexical(path: &Path) -> PathBuf {
+pub(crate) fn lexical(path: &Path) -> PathBuf {
     path.components().collect()
 }
 
@@ -79,14 +79,14 @@ fn refuse_foreign_home(home: &Path) -> anyhow::Result<()> {
 
 /// A checked state root. Holding one means the root passed the safety checks.
 #[derive(Clone, Debug)]
-pub struct StateRoot {
+pub(crate) struct StateRoot {
     path: PathBuf,
     uid: u32,
 }
 
 impl StateRoot {
     /// Creates the root (0700) if missing and checks it and its fixed sub-directories.
-    pub fn open(path: &Path) -> anyhow::Result<Self> {
+    pub(crate) fn open(path: &Path) -> anyhow::Result<Self> {
         let path = if path.is_absolute() {
             path.to_path_buf()
         } else {
@@ -111,7 +111,7 @@ impl StateRoot {
     /// Opens an existing root without creating anything (for read-only commands — `status`, `doctor`, `log`, every
     /// `--dry-run` — which must change nothing): the root and whichever fixed sub-directories exist are checked;
     /// missing ones are simply empty.
-    pub fn open_existing(path: &Path) -> anyhow::Result<Option<Self>> {
+    pub(crate) fn open_existing(path: &Path) -> anyhow::Result<Option<Self>> {
         let path = if path.is_absolute() {
             path.to_path_buf()
         } else {
@@ -135,20 +135,20 @@ impl StateRoot {
         Ok(Some(root))
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
-    pub fn uid(&self) -> u32 {
+    pub(crate) fn uid(&self) -> u32 {
         self.uid
     }
 
-    pub fn join(&self, rel: impl AsRef<Path>) -> PathBuf {
+    pub(crate) fn join(&self, rel: impl AsRef<Path>) -> PathBuf {
         self.path.join(rel)
     }
 
     /// Creates `dir` (0700) if missing, then checks it. Fails with exit 2 naming the path and the fix.
-    pub fn ensure_dir(&self, dir: &Path) -> anyhow::Result<()> {
+    pub(crate) fn ensure_dir(&self, dir: &Path) -> anyhow::Result<()> {
         match fs::DirBuilder::new().mode(0o700).create(dir) {
             Ok(()) => {}
             Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
@@ -163,7 +163,7 @@ impl StateRoot {
     }
 
     /// Checks an existing directory: not a symlink, ours, not group/other-writable.
-    pub fn check_dir(&self, dir: &Path) -> anyhow::Result<()> {
+    pub(crate) fn check_dir(&self, dir: &Path) -> anyhow::Result<()> {
         let meta = fs::symlink_metadata(dir)
             .map_err(|err| bad_input(format!("state directory {}: {err}", dir.display())))?;
         let problem = unsafe_dir_reason(&meta, self.uid);
@@ -178,18 +178,22 @@ impl StateRoot {
     }
 
     /// Reads a record below the root (at most `RECORD_LIMIT` bytes); `None` if it does not exist.
-    pub fn read_file(&self, path: &Path) -> anyhow::Result<Option<Vec<u8>>> {
+    pub(crate) fn read_file(&self, path: &Path) -> anyhow::Result<Option<Vec<u8>>> {
         self.read_file_limited(path, RECORD_LIMIT)
     }
 
     /// Reads a file below the root that may be at most `limit` bytes; `None` if it does not exist. A FIFO, a
     /// symlink, another user's file or a file over the limit is refused without blocking and without reading it.
-    pub fn read_file_limited(&self, path: &Path, limit: u64) -> anyhow::Result<Option<Vec<u8>>> {
+    pub(crate) fn read_file_limited(
+        &self,
+        path: &Path,
+        limit: u64,
+    ) -> anyhow::Result<Option<Vec<u8>>> {
         read_regular(path, self.uid, limit).map(|read| read.map(|(bytes, _)| bytes))
     }
 
     /// Opens (creating if needed) a file that is only ever locked (see `lock`).
-    pub fn open_lock_file(&self, path: &Path) -> anyhow::Result<File> {
+    pub(crate) fn open_lock_file(&self, path: &Path) -> anyhow::Result<File> {
         let file = open_nofollow(
             path,
             OpenOptions::new()
@@ -205,7 +209,7 @@ impl StateRoot {
     }
 
     /// Opens an existing lock file without creating it; `None` if it does not exist.
-    pub fn open_existing_lock_file(&self, path: &Path) -> anyhow::Result<Option<File>> {
+    pub(crate) fn open_existing_lock_file(&self, path: &Path) -> anyhow::Result<Option<File>> {
         match open_nofollow(path, OpenOptions::new().read(true)) {
             Ok(file) => self.check_file(&file, path).map(|_| Some(file)),
             Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -214,7 +218,7 @@ impl StateRoot {
     }
 
     /// Opens a file for appending (events), creating it 0600.
-    pub fn open_append(&self, path: &Path) -> anyhow::Result<File> {
+    pub(crate) fn open_append(&self, path: &Path) -> anyhow::Result<File> {
         let file = open_nofollow(
             path,
             OpenOptions::new().append(true).create(true).mode(0o600),
@@ -229,13 +233,16 @@ impl StateRoot {
         check_regular_file(file, path, self.uid)
     }
 
-    /// Atomically replaces `path` with `bytes`: temp file in the same directory, renamed over it.
-    pub fn write_atomic(&self, path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    /// Atomically replaces `path` with `bytes`: temp file in the same directory, renamed over it. A method of the
+    /// root on purpose: every write goes through a root that was opened and checked.
+    #[allow(clippy::unused_self)]
+    pub(crate) fn write_atomic(&self, path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         write_atomic(path, bytes, 0o600)
     }
 
     /// Atomically creates `path` with `bytes` unless it exists; false when it did (it is left as is).
-    pub fn create_atomic(&self, path: &Path, bytes: &[u8]) -> anyhow::Result<bool> {
+    #[allow(clippy::unused_self)]
+    pub(crate) fn create_atomic(&self, path: &Path, bytes: &[u8]) -> anyhow::Result<bool> {
         create_atomic(path, bytes, 0o600)
     }
 }
@@ -246,12 +253,12 @@ impl StateRoot {
 /// ends too, so a record that survived one would be stale anyway (and one torn by it is moved aside as corrupt). What
 /// the writer must survive is its own SIGKILL at any point, and the rename alone gives that: readers see the old
 /// bytes or the new, never a mix.
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
     publish_via_temp(path, bytes, mode, |temp, path| fs::rename(temp, path)).map(drop)
 }
 
 /// Like `write_atomic`, but never replaces an existing file: false when `path` already exists (it is left as is).
-pub fn create_atomic(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<bool> {
+pub(crate) fn create_atomic(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<bool> {
     publish_via_temp(path, bytes, mode, |temp, path| {
         let linked = fs::hard_link(temp, path);
         fs::remove_file(temp)?;
@@ -296,7 +303,7 @@ fn publish_via_temp(
 
 /// Moves a corrupt record aside to `<name>.corrupt-<ts>` in its directory; returns the new path. The one
 /// way a record that does not parse leaves its place: never dropped, never overwritten.
-pub fn quarantine(path: &Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn quarantine(path: &Path) -> anyhow::Result<PathBuf> {
     let dir = path
         .parent()
         .context("a record to move aside has no directory")?;
@@ -311,7 +318,7 @@ pub fn quarantine(path: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// The name of the writer's temp file for `name`: `.<name>.tmp-<pid>-<nanos>` (what `store::temps` recognises).
-pub fn temp_name(name: &str) -> String {
+pub(crate) fn temp_name(name: &str) -> String {
     format!(".{name}.tmp-{}-{}", std::process::id(), temp_suffix())
 }
 
@@ -324,11 +331,11 @@ fn temp_suffix() -> u128 {
 }
 
 /// The largest record (session, slot, ticket) we read: real ones are a few KiB.
-pub const RECORD_LIMIT: u64 = 1024 * 1024;
+pub(crate) const RECORD_LIMIT: u64 = 1024 * 1024;
 
 /// Opens without following a symlink, without blocking (a FIFO opens at once and is then refused by its `fstat`),
 /// and without leaking into children.
-pub fn open_nofollow(path: &Path, options: &mut OpenOptions) -> io::Result<File> {
+pub(crate) fn open_nofollow(path: &Path, options: &mut OpenOptions) -> io::Result<File> {
     options
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(path)
@@ -337,7 +344,7 @@ pub fn open_nofollow(path: &Path, options: &mut OpenOptions) -> io::Result<File>
 /// Reads a regular file of `uid` of at most `limit` bytes, with its metadata; `None` if it does not exist. Opened
 /// without following a symlink or blocking on a FIFO, checked with `fstat` before a byte is read: anything else, or
 /// anything larger, is refused unread.
-pub fn read_regular(
+pub(crate) fn read_regular(
     path: &Path,
     uid: u32,
     limit: u64,
@@ -362,7 +369,7 @@ pub fn read_regular(
 }
 
 /// Checks an open file with `fstat`: a regular file owned by `uid`. Returns its size.
-pub fn check_regular_file(file: &File, path: &Path, uid: u32) -> anyhow::Result<u64> {
+pub(crate) fn check_regular_file(file: &File, path: &Path, uid: u32) -> anyhow::Result<u64> {
     checked_metadata(file, path, uid).map(|meta| meta.len())
 }
 
@@ -427,7 +434,7 @@ fn too_large(path: &Path, size: u64, limit: u64) -> anyhow::Error {
 
 /// How much of a state root `refuse_special_files` looks at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reach {
+pub(crate) enum Reach {
     /// The files at the top (the event log and its locks): for `log`.
     Top,
     /// The top, session records and stop tickets: a few directory reads, for the commands that act. (A slot's
@@ -440,7 +447,7 @@ pub enum Reach {
 /// Refuses (exit 2, naming the path) a state root holding a FIFO, socket or device where we keep files: none is
 /// ever ours, and opening one could block. Reads directory entries only (their type comes with them), opens
 /// nothing; a missing root is fine.
-pub fn refuse_special_files(root: &Path, reach: Reach) -> anyhow::Result<()> {
+pub(crate) fn refuse_special_files(root: &Path, reach: Reach) -> anyhow::Result<()> {
     let depth = match reach {
         Reach::Top => 1,
         Reach::Records => 2,
@@ -474,7 +481,7 @@ pub fn refuse_special_files(root: &Path, reach: Reach) -> anyhow::Result<()> {
 }
 
 /// Why a directory is unsafe to keep state in, if it is.
-pub fn unsafe_dir_reason(meta: &fs::Metadata, uid: u32) -> Option<&'static str> {
+pub(crate) fn unsafe_dir_reason(meta: &fs::Metadata, uid: u32) -> Option<&'static str> {
     if meta.file_type().is_symlink() {
         Some("it is a symlink")
     } else if !meta.is_dir() {
@@ -501,7 +508,7 @@ fn fix_for(reason: &str, dir: &Path) -> String {
 
 /// This machine's host name, as the store stamps it on what it writes (a state root on a network home is shared
 /// between hosts, and another host's records are neither acted on nor pruned). Read once per run.
-pub fn host_name() -> String {
+pub(crate) fn host_name() -> String {
     static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     NAME.get_or_init(|| {
         rustix::system::uname()

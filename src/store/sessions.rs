@@ -17,7 +17,7 @@ use crate::store::slot::Unreadable;
 /// What a session's record file holds, as read at one moment.
 #[derive(Clone, Debug)]
 #[allow(clippy::large_enum_variant)]
-pub enum SessionView {
+pub(crate) enum SessionView {
     Missing,
     Record(SessionRecord),
     /// It exists but cannot be used: never read as "no record", never overwritten silently.
@@ -35,13 +35,13 @@ impl SessionView {
 
 /// The session records of one state root.
 #[derive(Clone, Debug)]
-pub struct Sessions {
+pub(crate) struct Sessions {
     root: StateRoot,
     log: EventLog,
 }
 
 impl Sessions {
-    pub fn new(root: &StateRoot, log: EventLog) -> Self {
+    pub(crate) fn new(root: &StateRoot, log: EventLog) -> Self {
         Sessions {
             root: root.clone(),
             log,
@@ -57,7 +57,7 @@ impl Sessions {
     }
 
     /// What `sessions/<id>.json` holds now, changing nothing.
-    pub fn view(&self, id: &SessionId) -> SessionView {
+    pub(crate) fn view(&self, id: &SessionId) -> SessionView {
         let path = self.path(id);
         let bytes = match self.root.read_file(&path) {
             Ok(None) => return SessionView::Missing,
@@ -75,7 +75,7 @@ impl Sessions {
     }
 
     /// The record of `id`, if any. An unreadable one is an error, never "none": it is not to be overwritten.
-    pub fn get(&self, id: &SessionId) -> anyhow::Result<Option<SessionRecord>> {
+    pub(crate) fn get(&self, id: &SessionId) -> anyhow::Result<Option<SessionRecord>> {
         match self.view(id) {
             SessionView::Missing => Ok(None),
             SessionView::Record(record) => Ok(Some(record)),
@@ -91,7 +91,7 @@ impl Sessions {
     /// returns the new one, or `None` to leave it as is. A corrupt record is moved aside (and logged) first; one
     /// that is refused as it stands (a newer version, not a regular file) fails the update. Returns the record
     /// before and after.
-    pub fn update(
+    pub(crate) fn update(
         &self,
         id: &SessionId,
         deadline: Deadline,
@@ -138,7 +138,12 @@ impl Sessions {
     /// A session's end marks it ended under the same lock and then visits exactly the indexed slots, so an attach
     /// is either refused here, or indexed before the end reads the index (the end then finds and removes the owner,
     /// or the attach's re-check under the slot lock sees the end and refuses).
-    pub fn index_slot(&self, id: &SessionId, slot: &str, deadline: Deadline) -> anyhow::Result<()> {
+    pub(crate) fn index_slot(
+        &self,
+        id: &SessionId,
+        slot: &str,
+        deadline: Deadline,
+    ) -> anyhow::Result<()> {
         let host = root::host_name();
         self.update(id, deadline, |current| {
             if let Some(record) = current.filter(|record| record.is_ended()) {
@@ -156,12 +161,12 @@ impl Sessions {
     }
 
     /// Every readable session record (unreadable ones are skipped here; `scan` reports them).
-    pub fn all(&self) -> Vec<SessionRecord> {
+    pub(crate) fn all(&self) -> Vec<SessionRecord> {
         self.scan().0
     }
 
     /// Every session record, and the ones that exist but cannot be read, by id. Changes nothing.
-    pub fn scan(&self) -> (Vec<SessionRecord>, Vec<(String, Unreadable)>) {
+    pub(crate) fn scan(&self) -> (Vec<SessionRecord>, Vec<(String, Unreadable)>) {
         let Ok(entries) = std::fs::read_dir(self.root.join(SESSIONS)) else {
             return (Vec::new(), Vec::new());
         };
@@ -188,7 +193,7 @@ impl Sessions {
 
     /// Deletes a tombstone and its lock, under the lock. A record in use (locked) or resumed since it was read
     /// (no longer ended) is left alone.
-    pub fn remove(&self, id: &SessionId) -> anyhow::Result<()> {
+    pub(crate) fn remove(&self, id: &SessionId) -> anyhow::Result<()> {
         let Some(lock) = lock::try_lock(&self.root, &self.lock_path(id))? else {
             return Ok(());
         };

@@ -16,15 +16,15 @@ use crate::model::workspace;
 use crate::store::lock::{self, LockGuard};
 use crate::store::root::{self, StateRoot, WORKSPACES};
 
-pub const RECORD: &str = "broker.json";
-pub const LOCK: &str = "broker.lock";
+pub(crate) const RECORD: &str = "broker.json";
+pub(crate) const LOCK: &str = "broker.lock";
 
 /// The default bounded wait for a slot lock, for commands without a deadline of their own.
-pub const LOCK_WAIT: Duration = Duration::from_secs(2);
+pub(crate) const LOCK_WAIT: Duration = Duration::from_secs(2);
 
 /// One broker slot of one workspace.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Slot {
+pub(crate) struct Slot {
     dir: PathBuf,
     key: String,
     name: String,
@@ -32,11 +32,11 @@ pub struct Slot {
     workspace: Option<PathBuf>,
 }
 
-pub use crate::model::slot::{SlotView, Unreadable};
+pub(crate) use crate::model::slot::{SlotView, Unreadable};
 
 impl SlotView {
     /// Reads the record at `path` without changing anything.
-    pub fn read(root: &StateRoot, path: &Path) -> (Self, Option<Vec<u8>>) {
+    pub(crate) fn read(root: &StateRoot, path: &Path) -> (Self, Option<Vec<u8>>) {
         let bytes = match root.read_file(path) {
             Ok(None) => return (SlotView::Empty, None),
             Ok(Some(bytes)) => bytes,
@@ -62,7 +62,7 @@ impl SlotView {
         })
     }
 
-    pub fn broker(&self) -> Option<&BrokerRecord> {
+    pub(crate) fn broker(&self) -> Option<&BrokerRecord> {
         match self {
             SlotView::Broker(record) => Some(record),
             _ => None,
@@ -72,7 +72,7 @@ impl SlotView {
 
 impl Slot {
     /// The slot of `workspace` (canonical) and `name`.
-    pub fn of(root: &StateRoot, workspace: &Path, name: &SlotName) -> Self {
+    pub(crate) fn of(root: &StateRoot, workspace: &Path, name: &SlotName) -> Self {
         let key = workspace::workspace_key(workspace);
         Slot {
             dir: root.join(WORKSPACES).join(&key).join(name.as_str()),
@@ -83,7 +83,7 @@ impl Slot {
     }
 
     /// The slot a label (`<workspace-key>/<name>`, as the owner index keeps it) names, if it is a valid label.
-    pub fn from_label(root: &StateRoot, label: &str) -> Option<Self> {
+    pub(crate) fn from_label(root: &StateRoot, label: &str) -> Option<Self> {
         let (key, name) = label.split_once('/')?;
         let name = SlotName::parse(name).ok()?;
         let plain =
@@ -100,7 +100,7 @@ impl Slot {
     }
 
     /// Every slot under the state root, in a stable order (see `iter`).
-    pub fn all(root: &StateRoot) -> Vec<Slot> {
+    pub(crate) fn all(root: &StateRoot) -> Vec<Slot> {
         let mut slots: Vec<Slot> = Self::iter(root).collect();
         slots.sort_by(|a, b| a.dir.cmp(&b.dir));
         slots
@@ -109,7 +109,7 @@ impl Slot {
     /// Every slot under the state root as the directories list them: the two levels below `workspaces/`, nothing
     /// deeper, read as it goes (memory does not grow with the number of workspaces). Entries that are not plain
     /// directories are skipped.
-    pub fn iter(root: &StateRoot) -> impl Iterator<Item = Slot> {
+    pub(crate) fn iter(root: &StateRoot) -> impl Iterator<Item = Slot> {
         // Two `read_dir` levels, the entry types from the listing itself: no slot directory is opened or stat'ed.
         subdirectories(&root.join(WORKSPACES)).flat_map(|workspace| {
             let key = workspace
@@ -127,33 +127,29 @@ impl Slot {
         })
     }
 
-    pub fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         &self.dir
     }
 
     /// `<workspace-key>/<name>`: how events and tickets name the slot.
-    pub fn label(&self) -> String {
+    pub(crate) fn label(&self) -> String {
         format!("{}/{}", self.key, self.name)
     }
 
-    pub fn workspace(&self) -> Option<&Path> {
+    pub(crate) fn workspace(&self) -> Option<&Path> {
         self.workspace.as_deref()
     }
 
-    pub fn key(&self) -> &str {
-        &self.key
-    }
-
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.name
     }
 
-    pub fn record_path(&self) -> PathBuf {
+    pub(crate) fn record_path(&self) -> PathBuf {
         self.dir.join(RECORD)
     }
 
     /// Creates the slot's directories (0700, checked).
-    pub fn create(&self, root: &StateRoot) -> anyhow::Result<()> {
+    pub(crate) fn create(&self, root: &StateRoot) -> anyhow::Result<()> {
         if let Some(workspace_dir) = self.dir.parent() {
             root.ensure_dir(workspace_dir)?;
         }
@@ -161,7 +157,11 @@ impl Slot {
     }
 
     /// Takes the slot's flock, waiting no later than `deadline`.
-    pub fn lock(&self, root: &StateRoot, deadline: Deadline) -> anyhow::Result<SlotGuard<'_>> {
+    pub(crate) fn lock(
+        &self,
+        root: &StateRoot,
+        deadline: Deadline,
+    ) -> anyhow::Result<SlotGuard<'_>> {
         if let Some(workspace_dir) = self.dir.parent() {
             root.check_dir(workspace_dir)?;
         }
@@ -177,13 +177,13 @@ impl Slot {
 
     /// Reads the record without the lock (for looks and dry runs): a rename is atomic, so this sees one whole
     /// version. Changes nothing.
-    pub fn view(&self, root: &StateRoot) -> SlotView {
+    pub(crate) fn view(&self, root: &StateRoot) -> SlotView {
         SlotView::read(root, &self.record_path()).0
     }
 }
 
 /// Proof that the slot's lock is held; the only way to read-for-update, write or clear a slot.
-pub struct SlotGuard<'s> {
+pub(crate) struct SlotGuard<'s> {
     slot: &'s Slot,
     root: StateRoot,
     lock: LockGuard,
@@ -192,25 +192,25 @@ pub struct SlotGuard<'s> {
 }
 
 impl SlotGuard<'_> {
-    pub fn slot(&self) -> &Slot {
+    pub(crate) fn slot(&self) -> &Slot {
         self.slot
     }
 
     /// What the slot holds now. Changes nothing: a corrupt record is moved aside only by `quarantine`.
-    pub fn view(&self) -> SlotView {
+    pub(crate) fn view(&self) -> SlotView {
         let (view, bytes) = SlotView::read(&self.root, &self.slot.record_path());
         self.last_read.replace(bytes);
         view
     }
 
     /// Moves a corrupt record aside (`broker.json.corrupt-<ts>`); returns where it went.
-    pub fn quarantine(&self) -> anyhow::Result<PathBuf> {
+    pub(crate) fn quarantine(&self) -> anyhow::Result<PathBuf> {
         self.last_read.replace(None);
         root::quarantine(&self.slot.record_path())
     }
 
     /// Writes the record atomically; skipped when it is byte-for-byte what was read.
-    pub fn write(&self, record: &BrokerRecord) -> anyhow::Result<()> {
+    pub(crate) fn write(&self, record: &BrokerRecord) -> anyhow::Result<()> {
         let bytes = record::to_bytes(record);
         if self.last_read.borrow().as_deref() == Some(bytes.as_slice()) {
             return Ok(());
@@ -242,7 +242,7 @@ impl SlotGuard<'_> {
     /// Removes an empty slot's directory: its lock (while holding it, so any waiter re-opens and finds the slot
     /// gone), its log when older than `keep_log`, then the directory and its workspace directory if empty.
     /// Anything else in the directory (a moved-aside corrupt record) keeps it.
-    pub fn remove_if_empty(&self, keep_log: Duration) -> anyhow::Result<bool> {
+    pub(crate) fn remove_if_empty(&self, keep_log: Duration) -> anyhow::Result<bool> {
         if self.slot.record_path().exists() {
             return Ok(false);
         }
@@ -266,7 +266,7 @@ impl SlotGuard<'_> {
     }
 
     /// Empties the slot (the broker was handed to a stop ticket, or is gone). The lock file stays.
-    pub fn clear(&self) -> anyhow::Result<()> {
+    pub(crate) fn clear(&self) -> anyhow::Result<()> {
         if let Err(err) = std::fs::remove_file(self.slot.record_path())
             && err.kind() != std::io::ErrorKind::NotFound
         {

@@ -20,7 +20,7 @@ const RETRY_PAUSE: Duration = Duration::from_millis(2);
 
 /// Creates the slot's directories and takes its lock, trying again (until `deadline`) when a sweep removed a
 /// directory in between. A lock held past the deadline, or an unsafe directory or lock file, fails at once.
-pub fn lock_creating<'s>(
+pub(crate) fn lock_creating<'s>(
     slot: &'s Slot,
     root: &StateRoot,
     deadline: Deadline,
@@ -37,7 +37,7 @@ pub fn lock_creating<'s>(
 
 /// Takes the lock of an existing slot; `None` when its directory is gone (a sweep removed it: it holds nothing), also
 /// when it goes while the lock is being taken.
-pub fn lock_unless_gone<'s>(
+pub(crate) fn lock_unless_gone<'s>(
     slot: &'s Slot,
     root: &StateRoot,
     deadline: Deadline,
@@ -83,7 +83,7 @@ fn lasting_problem(slot: &Slot, uid: u32) -> bool {
 
 /// Refuses (exit 2, naming the path) a slot whose workspace or slot directory exists and is unsafe — a symlink
 /// above all — before anything is read through it.
-pub fn refuse_unsafe(slot: &Slot, root: &StateRoot) -> anyhow::Result<()> {
+pub(crate) fn refuse_unsafe(slot: &Slot, root: &StateRoot) -> anyhow::Result<()> {
     for dir in slot.dir().parent().into_iter().chain([slot.dir()]) {
         if !is_gone(dir) {
             root.check_dir(dir)?;
@@ -98,7 +98,7 @@ fn is_gone(path: &Path) -> bool {
 
 /// An entry of `workspaces/` where a workspace or slot directory belongs that is not a plain directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OddEntry {
+pub(crate) struct OddEntry {
     /// `<workspace-key>` or `<workspace-key>/<name>`, as slots are labelled.
     pub label: String,
     pub path: PathBuf,
@@ -108,7 +108,7 @@ pub struct OddEntry {
 
 impl OddEntry {
     /// One line for people: what it is, that it is left alone, and the fix.
-    pub fn problem(&self) -> String {
+    pub(crate) fn problem(&self) -> String {
         format!(
             "{}: {}, where a slot directory belongs; never followed, nothing in it is read or signalled; fix: \
              remove it",
@@ -121,7 +121,7 @@ impl OddEntry {
 /// Every entry of the two levels below `workspaces/` that is not a plain directory: symlinks (never followed),
 /// files, FIFOs. `Slot::iter` skips them; `status` shows them as unreadable and `sweep` reports them. Reads
 /// directory entries only (their type comes with them).
-pub fn odd_entries(root: &StateRoot) -> Vec<OddEntry> {
+pub(crate) fn odd_entries(root: &StateRoot) -> Vec<OddEntry> {
     // The slots are dropped as they come: memory does not grow with them.
     let mut odd = Vec::new();
     walk(root, |_| {}, |entry| odd.push(entry));
@@ -131,7 +131,7 @@ pub fn odd_entries(root: &StateRoot) -> Vec<OddEntry> {
 /// Every slot (in `Slot::all`'s order) and every odd entry, from one walk of the two levels below `workspaces/`:
 /// what a sweep judges and what it reports, for the price of `Slot::all`. A directory whose name is no slot name
 /// (nothing of ours makes one) is an odd entry too.
-pub fn listing(root: &StateRoot) -> (Vec<Slot>, Vec<OddEntry>) {
+pub(crate) fn listing(root: &StateRoot) -> (Vec<Slot>, Vec<OddEntry>) {
     let (mut slots, mut odd) = (Vec::new(), Vec::new());
     walk(root, |slot| slots.push(slot), |entry| odd.push(entry));
     slots.sort_by(|a, b| a.dir().cmp(b.dir()));

@@ -9,10 +9,10 @@ use crate::store::root::{SESSIONS, STOPPING, StateRoot};
 
 /// How old a temp file must be before it counts as left behind. A write lasts milliseconds (an fsync on a loaded
 /// disk, seconds): a temp file this old has no writer any more.
-pub const LEFT_BEHIND_AFTER: Duration = Duration::from_secs(10 * 60);
+pub(crate) const LEFT_BEHIND_AFTER: Duration = Duration::from_secs(10 * 60);
 
 /// True for a name the atomic writer gives its temp files: `.<name>.tmp-<pid>-<nanos>`, digits only in the last two.
-pub fn is_writer_temp(name: &str) -> bool {
+pub(crate) fn is_writer_temp(name: &str) -> bool {
     let digits = |text: &str| !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
     let Some((target, tail)) = name
         .strip_prefix('.')
@@ -29,7 +29,7 @@ pub fn is_writer_temp(name: &str) -> bool {
 /// The writer's temp files left behind (older than `LEFT_BEHIND_AFTER` at `now`) in the root, `sessions/` and
 /// `stopping/`. (In a slot directory they are removed under the slot's lock, by the slot's next write or when the
 /// sweep removes the emptied slot: reading every slot directory would cost a sweep as much as its records.)
-pub fn left_behind(root: &StateRoot, now: SystemTime) -> Vec<PathBuf> {
+pub(crate) fn left_behind(root: &StateRoot, now: SystemTime) -> Vec<PathBuf> {
     [
         root.path().to_path_buf(),
         root.join(SESSIONS),

@@ -15,12 +15,12 @@ use crate::store::slot::Unreadable;
 
 /// Proof that this process drives a ticket; the lock is released when it is dropped.
 #[derive(Debug)]
-pub struct TicketLock(LockGuard);
+pub(crate) struct TicketLock(LockGuard);
 
 /// What claiming a ticket found. (One value lives per claim attempt: its size does not matter.)
 #[derive(Debug)]
 #[allow(clippy::large_enum_variant)]
-pub enum Claim {
+pub(crate) enum Claim {
     /// Ours to drive, as it is on disk.
     Mine(StopTicket, TicketLock),
     /// Another process drives it right now.
@@ -31,16 +31,16 @@ pub enum Claim {
 
 /// The tickets of one state root.
 #[derive(Clone, Debug)]
-pub struct Tickets {
+pub(crate) struct Tickets {
     root: StateRoot,
 }
 
 impl Tickets {
-    pub fn new(root: &StateRoot) -> Self {
+    pub(crate) fn new(root: &StateRoot) -> Self {
         Tickets { root: root.clone() }
     }
 
-    pub fn path_of(&self, ticket: &StopTicket) -> PathBuf {
+    pub(crate) fn path_of(&self, ticket: &StopTicket) -> PathBuf {
         self.root
             .join(STOPPING)
             .join(StopTicket::file_name(&ticket.identity))
@@ -52,7 +52,7 @@ impl Tickets {
 
     /// Files a ticket. When one already exists for the process, that one stands (its progress is kept): the file
     /// is created, never replaced, so a driver's progress is never overwritten.
-    pub fn file(&self, ticket: &StopTicket) -> anyhow::Result<()> {
+    pub(crate) fn file(&self, ticket: &StopTicket) -> anyhow::Result<()> {
         self.root
             .create_atomic(&self.path_of(ticket), &record::to_bytes(ticket))
             .map(drop)
@@ -60,7 +60,7 @@ impl Tickets {
 
     /// Claims `ticket` for driving: its lock taken without waiting, and the ticket as it is on disk now (another
     /// driver may have made progress since it was listed). A ticket gone from disk was finished by another driver.
-    pub fn claim(&self, ticket: &StopTicket) -> anyhow::Result<Claim> {
+    pub(crate) fn claim(&self, ticket: &StopTicket) -> anyhow::Result<Claim> {
         let Some(lock) = lock::try_lock(&self.root, &self.lock_path_of(ticket))? else {
             return Ok(Claim::Busy);
         };
@@ -76,14 +76,14 @@ impl Tickets {
     }
 
     /// Writes a claimed ticket's progress.
-    pub fn save(&self, ticket: &StopTicket, _claim: &TicketLock) -> anyhow::Result<()> {
+    pub(crate) fn save(&self, ticket: &StopTicket, _claim: &TicketLock) -> anyhow::Result<()> {
         self.root
             .write_atomic(&self.path_of(ticket), &record::to_bytes(ticket))
     }
 
     /// Deletes a claimed ticket whose process is confirmed gone, then its lock (still held, so a process waiting
     /// for it starts over and finds the ticket gone).
-    pub fn remove(&self, ticket: &StopTicket, claim: &TicketLock) -> anyhow::Result<()> {
+    pub(crate) fn remove(&self, ticket: &StopTicket, claim: &TicketLock) -> anyhow::Result<()> {
         let path = self.path_of(ticket);
         match std::fs::remove_file(&path) {
             Ok(()) => {}
@@ -94,7 +94,7 @@ impl Tickets {
     }
 
     /// Every ticket file and what it holds, changing nothing (for `status`, `doctor` and dry runs).
-    pub fn scan(&self) -> Vec<(PathBuf, TicketView)> {
+    pub(crate) fn scan(&self) -> Vec<(PathBuf, TicketView)> {
         let dir = self.root.join(STOPPING);
         let Ok(entries) = std::fs::read_dir(&dir) else {
             return Vec::new();
@@ -137,7 +137,7 @@ impl Tickets {
     }
 
     /// Every readable pending ticket, changing nothing.
-    pub fn readable(&self) -> Vec<StopTicket> {
+    pub(crate) fn readable(&self) -> Vec<StopTicket> {
         self.scan()
             .into_iter()
             .filter_map(|(_, view)| match view {
@@ -149,7 +149,7 @@ impl Tickets {
 
     /// The ticket files that exist but are not read as they stand and are not corrupt (another user's, a symlink,
     /// too large): reported by `doctor` and `sweep`, never acted on nor removed.
-    pub fn refused(&self) -> Vec<(PathBuf, String)> {
+    pub(crate) fn refused(&self) -> Vec<(PathBuf, String)> {
         self.scan()
             .into_iter()
             .filter_map(|(path, view)| match view {
@@ -163,7 +163,7 @@ impl Tickets {
 
     /// Removes the locks of tickets that are gone (a driver killed between the two removals): each only when its
     /// lock can be taken and no ticket of its name exists under it. Returns their paths; `dry_run` removes none.
-    pub fn remove_orphan_locks(&self, dry_run: bool) -> Vec<PathBuf> {
+    pub(crate) fn remove_orphan_locks(&self, dry_run: bool) -> Vec<PathBuf> {
         let Ok(entries) = std::fs::read_dir(self.root.join(STOPPING)) else {
             return Vec::new();
         };
@@ -190,7 +190,7 @@ impl Tickets {
 
     /// Every pending ticket, for a run that drives them. A corrupt one is moved aside and reported in the log; one
     /// that is refused as it stands is reported and left.
-    pub fn pending(&self, log: &EventLog) -> Vec<StopTicket> {
+    pub(crate) fn pending(&self, log: &EventLog) -> Vec<StopTicket> {
         let host = root::host_name();
         self.scan()
             .into_iter()
@@ -239,7 +239,7 @@ impl Tickets {
 /// What a ticket file holds.
 #[derive(Clone, Debug)]
 #[allow(clippy::large_enum_variant)]
-pub enum TicketView {
+pub(crate) enum TicketView {
     Ticket(StopTicket),
     Unreadable(Unreadable),
 }

@@ -18,17 +18,17 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_session-reaper");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_session-reaper");
 /// How long one whole agent run may take before it is killed.
 const AGENT_DEADLINE: Duration = Duration::from_secs(180);
 /// How long the jobs and the end event may lag behind the agent's exit.
 const AFTERMATH_DEADLINE: Duration = Duration::from_secs(20);
 
 /// A configuration file below the run's home and how its text is made for the run.
-pub type ConfigFile = (&'static str, fn(&Run) -> String);
+pub(crate) type ConfigFile = (&'static str, fn(&Run) -> String);
 
 /// One real client under test.
-pub struct Client {
+pub(crate) struct Client {
     /// The test's name, as the harness reports it.
     pub test: &'static str,
     pub title: &'static str,
@@ -48,7 +48,7 @@ pub struct Client {
 }
 
 /// A test binary's `main`: lists, filters, reports ignored or runs the one test, as libtest would print it.
-pub fn main(client: &Client) {
+pub(crate) fn main(client: &Client) {
     let name = client.test;
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|arg| arg == "--list") {
@@ -113,7 +113,7 @@ fn client_binary(client: &Client) -> Option<PathBuf> {
 }
 
 /// One run: its throwaway directories and the fake model's address.
-pub struct Run {
+pub(crate) struct Run {
     _root: tempfile::TempDir,
     pub home: PathBuf,
     pub work: PathBuf,
@@ -124,7 +124,7 @@ pub struct Run {
 impl Run {
     /// A command with the run's `HOME`, in its work directory, without the developer's own agent, session, model
     /// or XDG variables.
-    pub fn isolated(&self, program: &Path) -> Command {
+    pub(crate) fn isolated(&self, program: &Path) -> Command {
         let mut command = Command::new(program);
         for (name, _) in std::env::vars_os() {
             let name = name.to_string_lossy().into_owned();

@@ -12,13 +12,13 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tempfile::TempDir;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_session-reaper");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_session-reaper");
 
 /// Generous: tests must pass on a loaded 2-core machine.
-pub const PATIENCE: Duration = Duration::from_secs(30);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(30);
 
 /// Polls `condition` until it holds or `limit` passes; true if it held.
-pub fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+pub(crate) fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
     let mut pause = Duration::from_millis(2);
     loop {
@@ -34,7 +34,7 @@ pub fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool 
 }
 
 /// `(state, start_ticks)` of a process from /proc, or None when it is gone.
-pub fn proc_stat(pid: i32) -> Option<(char, u64)> {
+pub(crate) fn proc_stat(pid: i32) -> Option<(char, u64)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &text[text.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
@@ -44,38 +44,38 @@ pub fn proc_stat(pid: i32) -> Option<(char, u64)> {
     ))
 }
 
-pub fn start_ticks(pid: i32) -> Option<u64> {
+pub(crate) fn start_ticks(pid: i32) -> Option<u64> {
     proc_stat(pid).map(|(_, ticks)| ticks)
 }
 
 /// True while the process with this pid and start time runs (a zombie counts as gone).
-pub fn alive(pid: i32, ticks: u64) -> bool {
+pub(crate) fn alive(pid: i32, ticks: u64) -> bool {
     matches!(proc_stat(pid), Some((state, t)) if t == ticks && state != 'Z')
 }
 
 /// A process known by identity: what the harness may signal on cleanup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Proc {
+pub(crate) struct Proc {
     pub pid: i32,
     pub ticks: u64,
 }
 
 impl Proc {
-    pub fn of(pid: i32) -> Option<Proc> {
+    pub(crate) fn of(pid: i32) -> Option<Proc> {
         start_ticks(pid).map(|ticks| Proc { pid, ticks })
     }
 
-    pub fn alive(self) -> bool {
+    pub(crate) fn alive(self) -> bool {
         alive(self.pid, self.ticks)
     }
 
     /// Waits for it to be gone; true if it went.
-    pub fn gone_within(self, limit: Duration) -> bool {
+    pub(crate) fn gone_within(self, limit: Duration) -> bool {
         wait_until(limit, || !self.alive())
     }
 
     /// SIGKILLs it (and its group when it leads one), only while its identity still matches.
-    pub fn kill(self) {
+    pub(crate) fn kill(self) {
         if self.alive() {
             unsafe {
                 libc::kill(-self.pid, libc::SIGKILL);
@@ -89,7 +89,7 @@ impl Proc {
 /// whatever a test plants beside them); every process the harness starts carries `base` in its environment
 /// (`TEST_MARKER`), inherited by all it starts in turn. On drop, even when the test failed, every such process
 /// and every process of the state root is killed (SIGKILL, by identity), then `base` is removed.
-pub struct Env {
+pub(crate) struct Env {
     pub state: TempDir,
     pub work: TempDir,
     children: Vec<Child>,
@@ -99,7 +99,7 @@ pub struct Env {
 }
 
 /// The environment variable that marks every process a test started, directly or not: `SR_TEST_ENV=<base>`.
-pub const TEST_MARKER: &str = "SR_TEST_ENV";
+pub(crate) const TEST_MARKER: &str = "SR_TEST_ENV";
 
 impl Default for Env {
     fn default() -> Self {
@@ -108,7 +108,7 @@ impl Default for Env {
 }
 
 impl Env {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let base = tempfile::Builder::new()
             .prefix("sr-test-")
             .tempdir()
@@ -129,16 +129,16 @@ impl Env {
     }
 
     /// Marks `command` (and so everything it starts) as this test's: killed when the test ends.
-    pub fn mark(&self, command: &mut Command) {
+    pub(crate) fn mark(&self, command: &mut Command) {
         command.env(TEST_MARKER, self.base.path());
     }
 
-    pub fn state_dir(&self) -> &Path {
+    pub(crate) fn state_dir(&self) -> &Path {
         self.state.path()
     }
 
     /// A fresh git workspace (a directory with `.git`) under the work dir.
-    pub fn workspace(&self, name: &str) -> PathBuf {
+    pub(crate) fn workspace(&self, name: &str) -> PathBuf {
         let dir = self.work.path().join(name);
         std::fs::create_dir_all(dir.join(".git")).expect("workspace");
         std::fs::canonicalize(dir).expect("canonical workspace")
@@ -147,7 +147,7 @@ impl Env {
     /// The binary with this test's state root and an environment free of agent variables. `broker spawn`,
     /// `register` and `attach` get `--json` (the record, which the tests read and which tracks the broker); use
     /// `cmd_as_typed` for their text for people.
-    pub fn cmd(&self, args: &[&str]) -> Command {
+    pub(crate) fn cmd(&self, args: &[&str]) -> Command {
         let records = matches!(args, ["broker", "spawn" | "register" | "attach", ..])
             && !args
                 .iter()
@@ -160,7 +160,7 @@ impl Env {
     }
 
     /// The binary with this test's state root and exactly `args`.
-    pub fn cmd_as_typed(&self, args: &[&str]) -> Command {
+    pub(crate) fn cmd_as_typed(&self, args: &[&str]) -> Command {
         let mut command = Command::new(BIN);
         command.arg("--state-dir").arg(self.state_dir()).args(args);
         scrub_env(&mut command);
@@ -174,21 +174,21 @@ impl Env {
     }
 
     /// Runs the binary to completion (bounded) and records any broker it reports.
-    pub fn run(&mut self, args: &[&str]) -> Output {
+    pub(crate) fn run(&mut self, args: &[&str]) -> Output {
         let out = run_bounded(self.cmd(args), None);
         self.note_brokers(&out);
         out
     }
 
     /// Runs the binary with `stdin` bytes, closing stdin after them.
-    pub fn run_stdin(&mut self, args: &[&str], stdin: &[u8]) -> Output {
+    pub(crate) fn run_stdin(&mut self, args: &[&str], stdin: &[u8]) -> Output {
         let out = run_bounded(self.cmd(args), Some(stdin));
         self.note_brokers(&out);
         out
     }
 
     /// Runs a prepared command (bounded).
-    pub fn run_command(&mut self, command: Command) -> Output {
+    pub(crate) fn run_command(&mut self, command: Command) -> Output {
         let out = run_bounded(command, None);
         self.note_brokers(&out);
         out
@@ -223,14 +223,14 @@ impl Env {
     }
 
     /// Kill `proc` on drop (if it is still that process).
-    pub fn track(&mut self, proc: Proc) {
+    pub(crate) fn track(&mut self, proc: Proc) {
         if !self.planted.contains(&proc) {
             self.planted.push(proc);
         }
     }
 
     /// Starts a child process of the test (killed on drop) and returns its identity once it has exec'd.
-    pub fn spawn(&mut self, mut command: Command) -> Proc {
+    pub(crate) fn spawn(&mut self, mut command: Command) -> Proc {
         command.stdin(Stdio::null());
         self.mark(&mut command);
         let child = command.spawn().expect("spawn child");
@@ -253,26 +253,26 @@ impl Env {
     }
 
     /// `sleep 600` as a child of the test.
-    pub fn sleeper(&mut self) -> Proc {
+    pub(crate) fn sleeper(&mut self) -> Proc {
         let mut command = Command::new("sleep");
         command.arg("600");
         self.spawn(command)
     }
 
     /// Reaps exited direct children, so that a killed one does not linger as a zombie.
-    pub fn reap_children(&mut self) {
+    pub(crate) fn reap_children(&mut self) {
         for child in &mut self.children {
             let _ = child.try_wait();
         }
     }
 
     /// Spawns a broker for `session` in `workspace` and returns its identity.
-    pub fn spawn_broker(&mut self, workspace: &Path, session: &str, argv: &[&str]) -> Proc {
+    pub(crate) fn spawn_broker(&mut self, workspace: &Path, session: &str, argv: &[&str]) -> Proc {
         self.spawn_broker_with(workspace, session, &[], argv).0
     }
 
     /// `broker spawn` with extra flags: the broker's identity and the record it printed.
-    pub fn spawn_broker_with(
+    pub(crate) fn spawn_broker_with(
         &mut self,
         workspace: &Path,
         session: &str,
@@ -313,7 +313,7 @@ impl Env {
     }
 
     /// Every event in events.jsonl.
-    pub fn events(&self) -> Vec<Value> {
+    pub(crate) fn events(&self) -> Vec<Value> {
         let bytes = std::fs::read(self.state_dir().join("events.jsonl")).unwrap_or_default();
         String::from_utf8_lossy(&bytes)
             .lines()
@@ -322,7 +322,7 @@ impl Env {
     }
 
     /// Events with this action (and reason, if given).
-    pub fn events_where(&self, action: &str, reason: Option<&str>) -> Vec<Value> {
+    pub(crate) fn events_where(&self, action: &str, reason: Option<&str>) -> Vec<Value> {
         self.events()
             .into_iter()
             .filter(|e| e["action"] == action && reason.is_none_or(|r| e["reason"] == r))
@@ -330,13 +330,13 @@ impl Env {
     }
 
     /// `status --json`.
-    pub fn status(&mut self) -> Value {
+    pub(crate) fn status(&mut self) -> Value {
         let out = self.run(&["status", "--json"]);
         serde_json::from_slice(&out.stdout).expect("status --json parses")
     }
 
     /// The broker.json of every slot, by workspace path.
-    pub fn records(&self) -> HashMap<String, Value> {
+    pub(crate) fn records(&self) -> HashMap<String, Value> {
         walkdir(self.state_dir().join("workspaces"))
             .into_iter()
             .filter(|p| p.file_name().is_some_and(|n| n == "broker.json"))
@@ -355,7 +355,7 @@ impl Env {
     }
 
     /// All files under the state root (relative), for "nothing changed" checks.
-    pub fn state_files(&self) -> Vec<(PathBuf, Vec<u8>)> {
+    pub(crate) fn state_files(&self) -> Vec<(PathBuf, Vec<u8>)> {
         let mut files: Vec<(PathBuf, Vec<u8>)> = walkdir(self.state_dir().to_path_buf())
             .into_iter()
             .filter(|p| p.is_file())
@@ -404,7 +404,7 @@ impl Drop for Env {
 
 /// Live processes whose environment names `state_root` as their `SESSION_REAPER_STATE_ROOT`: brokers that our
 /// binary started for the test owning that (unique, temporary) root, and nothing else.
-pub fn marked_with_state_root(state_root: &Path) -> Vec<Proc> {
+pub(crate) fn marked_with_state_root(state_root: &Path) -> Vec<Proc> {
     with_env_entry(&format!(
         "SESSION_REAPER_STATE_ROOT={}",
         state_root.display()
@@ -413,7 +413,7 @@ pub fn marked_with_state_root(state_root: &Path) -> Vec<Proc> {
 
 /// Stand-in plugin brokers (and their app servers) started for the test whose work dir is `work`: their
 /// environment has `TMPDIR=<work>` and a `FAKE_BROKER_MODE`.
-pub fn plugin_brokers_of(work: &Path) -> Vec<Proc> {
+pub(crate) fn plugin_brokers_of(work: &Path) -> Vec<Proc> {
     with_env_entry(&format!("TMPDIR={}", work.display()))
         .into_iter()
         .filter(|proc| {
@@ -427,7 +427,7 @@ pub fn plugin_brokers_of(work: &Path) -> Vec<Proc> {
 }
 
 /// Live processes whose environment has exactly `wanted` (`NAME=value`), read between two identity reads.
-pub fn with_env_entry(wanted: &str) -> Vec<Proc> {
+pub(crate) fn with_env_entry(wanted: &str) -> Vec<Proc> {
     all_pids()
         .into_iter()
         .filter_map(|pid| {
@@ -445,7 +445,7 @@ pub fn with_env_entry(wanted: &str) -> Vec<Proc> {
 /// Removes agent and session-reaper variables so that the developer's own session never leaks into a test, and
 /// turns containment off: a test that wants it turns it on with a cgroup root of its own (`containment::TestCgroup`),
 /// so that no test makes a cgroup anywhere else.
-pub fn scrub_env(command: &mut Command) {
+pub(crate) fn scrub_env(command: &mut Command) {
     command.env("SESSION_REAPER_CONTAINMENT", "off");
     for (name, _) in std::env::vars_os() {
         let name = name.to_string_lossy().into_owned();
@@ -461,12 +461,16 @@ pub fn scrub_env(command: &mut Command) {
 }
 
 /// Runs `command` with optional stdin, killing it after `PATIENCE`.
-pub fn run_bounded(command: Command, stdin: Option<&[u8]>) -> Output {
+pub(crate) fn run_bounded(command: Command, stdin: Option<&[u8]>) -> Output {
     run_bounded_for(command, stdin, PATIENCE)
 }
 
 /// Runs `command` with optional stdin, killing it after `limit`.
-pub fn run_bounded_for(mut command: Command, stdin: Option<&[u8]>, limit: Duration) -> Output {
+pub(crate) fn run_bounded_for(
+    mut command: Command,
+    stdin: Option<&[u8]>,
+    limit: Duration,
+) -> Output {
     command.stdout(Stdio::piped()).stderr(Stdio::piped());
     if stdin.is_some() {
         command.stdin(Stdio::piped());
@@ -497,11 +501,11 @@ pub fn run_bounded_for(mut command: Command, stdin: Option<&[u8]>, limit: Durati
     out
 }
 
-pub fn stdout(out: &Output) -> String {
+pub(crate) fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-pub fn stderr(out: &Output) -> String {
+pub(crate) fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
@@ -526,12 +530,12 @@ fn walkdir(root: PathBuf) -> Vec<PathBuf> {
 /// A home of the test's own for commands that read or write agent settings, the crontab or systemd user units:
 /// `HOME` points there, XDG and agent config variables are unset, and `PATH` starts with a `bin/` holding a fake
 /// `crontab` (its table is `home/crontab`) and a `systemctl` that reports no user manager.
-pub struct Home {
+pub(crate) struct Home {
     pub dir: PathBuf,
 }
 
 impl Home {
-    pub fn new(env: &Env) -> Home {
+    pub(crate) fn new(env: &Env) -> Home {
         let dir = env.work.path().join("home");
         let bin = dir.join("bin");
         std::fs::create_dir_all(&bin).expect("home/bin");
@@ -553,12 +557,12 @@ impl Home {
     }
 
     /// The fake crontab's table.
-    pub fn crontab(&self) -> String {
+    pub(crate) fn crontab(&self) -> String {
         std::fs::read_to_string(self.dir.join("crontab")).unwrap_or_default()
     }
 
     /// The binary run in this home, with `--state-dir` of the test (pass `state` to choose another).
-    pub fn cmd(&self, env: &Env, state: Option<&Path>, args: &[&str]) -> Command {
+    pub(crate) fn cmd(&self, env: &Env, state: Option<&Path>, args: &[&str]) -> Command {
         let mut command = Command::new(BIN);
         command
             .arg("--state-dir")
@@ -587,7 +591,7 @@ impl Home {
 
 /// The Codex plugin's stand-in scripts (`fixtures/codex-plugin/scripts`): our own, reproducing its layout, argv and
 /// shutdown protocol.
-pub fn plugin_script(name: &str) -> PathBuf {
+pub(crate) fn plugin_script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fixtures/codex-plugin/scripts")
         .join(name)
@@ -595,7 +599,7 @@ pub fn plugin_script(name: &str) -> PathBuf {
 
 /// How a stand-in plugin broker behaves when asked to stop (`FAKE_BROKER_MODE`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BrokerMode {
+pub(crate) enum BrokerMode {
     /// Answers the shutdown line and exits; exits on SIGTERM.
     Answers,
     /// Accepts and never answers; exits on SIGTERM.
@@ -616,7 +620,7 @@ impl BrokerMode {
 
 /// One plugin broker a test started, with the files the plugin keeps for it.
 #[derive(Clone, Debug)]
-pub struct PluginBroker {
+pub(crate) struct PluginBroker {
     pub proc: Proc,
     /// Its `codex app-server` stand-in, in its process group.
     pub app_server: Proc,
@@ -631,23 +635,23 @@ pub struct PluginBroker {
 
 impl Env {
     /// `$CLAUDE_PLUGIN_DATA` of this test's plugin; its state root is `<it>/state`.
-    pub fn plugin_data(&self) -> PathBuf {
+    pub(crate) fn plugin_data(&self) -> PathBuf {
         self.work.path().join("plugin-data")
     }
 
-    pub fn plugin_root(&self) -> PathBuf {
+    pub(crate) fn plugin_root(&self) -> PathBuf {
         self.plugin_data().join("state")
     }
 
     /// The file that gets every line the brokers of `session` received.
-    pub fn plugin_trace(&self, session: &str) -> PathBuf {
+    pub(crate) fn plugin_trace(&self, session: &str) -> PathBuf {
         self.work.path().join(format!("trace-{session}"))
     }
 
     /// The plugin's companion starting a broker for `session` in `cwd`, as a shell tool of that session would:
     /// `CODEX_COMPANION_SESSION_ID` set, this test's `CLAUDE_PLUGIN_DATA` (unless `plugin_data` is `None`: then the
     /// state goes to `<TMPDIR>/codex-companion`) and TMPDIR.
-    pub fn companion(
+    pub(crate) fn companion(
         &self,
         cwd: &Path,
         session: &str,
@@ -674,14 +678,19 @@ impl Env {
 
     /// Starts a plugin broker for `session` in `cwd` (state under this test's `CLAUDE_PLUGIN_DATA`) and waits for
     /// its `broker.json`.
-    pub fn plugin_broker(&mut self, cwd: &Path, session: &str, mode: BrokerMode) -> PluginBroker {
+    pub(crate) fn plugin_broker(
+        &mut self,
+        cwd: &Path,
+        session: &str,
+        mode: BrokerMode,
+    ) -> PluginBroker {
         let data = self.plugin_data();
         let command = self.companion(cwd, session, mode, Some(&data));
         self.companion_broker(command)
     }
 
     /// Runs a prepared companion to its end and tracks the broker it started (killed on drop, with its group).
-    pub fn companion_broker(&mut self, command: Command) -> PluginBroker {
+    pub(crate) fn companion_broker(&mut self, command: Command) -> PluginBroker {
         let out = run_bounded(command, None);
         assert!(
             out.status.success(),
@@ -692,7 +701,7 @@ impl Env {
     }
 
     /// The broker a companion printed, tracked.
-    pub fn broker_printed(&mut self, stdout: &[u8]) -> PluginBroker {
+    pub(crate) fn broker_printed(&mut self, stdout: &[u8]) -> PluginBroker {
         let value: Value = serde_json::from_slice(stdout).expect("companion prints JSON");
         let text = |key: &str| value[key].as_str().expect("companion field").to_owned();
         let pid = i32::try_from(value["pid"].as_i64().expect("pid")).unwrap();
@@ -724,7 +733,7 @@ impl Env {
 }
 
 /// Live processes in the process group `leader` leads, started no earlier than it.
-pub fn group_members_of(leader: Proc) -> Vec<Proc> {
+pub(crate) fn group_members_of(leader: Proc) -> Vec<Proc> {
     all_pids()
         .into_iter()
         .filter_map(|pid| {
@@ -738,7 +747,7 @@ pub fn group_members_of(leader: Proc) -> Vec<Proc> {
 }
 
 /// Every pid in /proc right now.
-pub fn all_pids() -> Vec<i32> {
+pub(crate) fn all_pids() -> Vec<i32> {
     std::fs::read_dir("/proc")
         .map(|entries| {
             entries
@@ -753,7 +762,7 @@ pub fn all_pids() -> Vec<i32> {
 // Edges: held locks, timed runs, closed and full pipes.
 
 /// A fresh random id: tests only ever match what they planted.
-pub fn fresh_id() -> String {
+pub(crate) fn fresh_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/uuid")
         .expect("a random uuid")
         .trim()
@@ -761,7 +770,7 @@ pub fn fresh_id() -> String {
 }
 
 /// The real python3 (not a shim script), so that a planted lock holder starts fast.
-pub fn python3() -> &'static str {
+pub(crate) fn python3() -> &'static str {
     static PYTHON: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     PYTHON.get_or_init(|| {
         let out = Command::new("python3")
@@ -774,7 +783,7 @@ pub fn python3() -> &'static str {
 
 /// Another process (a child of the test, killed on drop) holding an exclusive flock on every path — each created
 /// if missing — until it is killed. Fails loudly when it cannot take them.
-pub fn hold_flocks(env: &mut Env, paths: &[PathBuf]) -> Proc {
+pub(crate) fn hold_flocks(env: &mut Env, paths: &[PathBuf]) -> Proc {
     let ready = env.work.path().join(format!("locked-{}", fresh_id()));
     let mut command = Command::new(python3());
     command
@@ -802,12 +811,12 @@ pub fn hold_flocks(env: &mut Env, paths: &[PathBuf]) -> Proc {
 
 /// Runs `command` with `stdin` written after `delay` and then kept open (a hook must never wait for EOF); returns
 /// its output and the time from spawn to exit. Killed after `PATIENCE`.
-pub fn run_timed(command: Command, stdin: &[u8], delay: Duration) -> (Output, Duration) {
+pub(crate) fn run_timed(command: Command, stdin: &[u8], delay: Duration) -> (Output, Duration) {
     run_timed_into(command, stdin, delay, Stdio::piped())
 }
 
 /// `run_timed` with the command's stderr going to `stderr` (a closed or a full pipe).
-pub fn run_timed_into(
+pub(crate) fn run_timed_into(
     mut command: Command,
     stdin: &[u8],
     delay: Duration,
@@ -849,7 +858,11 @@ pub fn run_timed_into(
 }
 
 /// Runs `measure` `runs` times, prints the median and the maximum, and returns the maximum.
-pub fn measured(label: &str, runs: usize, mut measure: impl FnMut(usize) -> Duration) -> Duration {
+pub(crate) fn measured(
+    label: &str,
+    runs: usize,
+    mut measure: impl FnMut(usize) -> Duration,
+) -> Duration {
     let mut times: Vec<Duration> = (0..runs).map(&mut measure).collect();
     times.sort();
     let max = *times.last().expect("at least one run");
@@ -861,14 +874,14 @@ pub fn measured(label: &str, runs: usize, mut measure: impl FnMut(usize) -> Dura
 }
 
 /// A pipe whose read end is already closed: every write to the other end fails (EPIPE, or SIGPIPE).
-pub fn closed_pipe() -> std::io::PipeWriter {
+pub(crate) fn closed_pipe() -> std::io::PipeWriter {
     let (reader, writer) = std::io::pipe().expect("a pipe");
     drop(reader);
     writer
 }
 
 /// A pipe filled to capacity that nobody reads: the next write to it blocks. The reader is returned to keep it so.
-pub fn full_pipe() -> (std::io::PipeReader, std::io::PipeWriter) {
+pub(crate) fn full_pipe() -> (std::io::PipeReader, std::io::PipeWriter) {
     use std::os::fd::AsRawFd;
     let (reader, mut writer) = std::io::pipe().expect("a pipe");
     let fd = writer.as_raw_fd();
@@ -895,7 +908,7 @@ pub fn full_pipe() -> (std::io::PipeReader, std::io::PipeWriter) {
 
 /// A program called `name` in the test's work dir: a symlink to `program`, so that a process started through it
 /// shows `<dir>/name` as its argv[0] — an agent executable (`claude`) or a look-alike (`grep`).
-pub fn named_program(env: &Env, name: &str, program: &str) -> PathBuf {
+pub(crate) fn named_program(env: &Env, name: &str, program: &str) -> PathBuf {
     let dir = env.work.path().join("bin");
     std::fs::create_dir_all(&dir).expect("bin dir");
     let path = dir.join(name);
@@ -906,14 +919,14 @@ pub fn named_program(env: &Env, name: &str, program: &str) -> PathBuf {
 }
 
 /// `named_program` running python3.
-pub fn named_python(env: &Env, name: &str) -> PathBuf {
+pub(crate) fn named_python(env: &Env, name: &str) -> PathBuf {
     named_program(env, name, python3())
 }
 
 /// The lines of an error message on stderr, without what clap renders around a usage error (indented context such
 /// as the missing arguments, `tip:` and the possible values; blank lines; `Usage:`; "For more information"): a bad
 /// input is one such line.
-pub fn error_lines(text: &str) -> usize {
+pub(crate) fn error_lines(text: &str) -> usize {
     text.lines()
         .filter(|line| {
             !(line.trim().is_empty()
@@ -927,7 +940,7 @@ pub fn error_lines(text: &str) -> usize {
 // ---- leftovers: fake agents and what they plant ----
 
 /// A session id (or any value) no other test and no other process on this machine uses.
-pub fn fresh_session(prefix: &str) -> String {
+pub(crate) fn fresh_session(prefix: &str) -> String {
     let mut bytes = [0u8; 8];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut file| std::io::Read::read_exact(&mut file, &mut bytes))
@@ -941,12 +954,12 @@ pub fn fresh_session(prefix: &str) -> String {
 }
 
 /// `fixtures/fake_agent.py`: a fake agent driven by orders on its stdin (see the script).
-pub fn fake_agent_script() -> PathBuf {
+pub(crate) fn fake_agent_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/fake_agent.py")
 }
 
 /// A running fake agent (its own process group, like an agent a terminal started); killed with the test.
-pub struct FakeAgent {
+pub(crate) struct FakeAgent {
     pub proc: Proc,
     pub session: String,
     stdin: Option<std::process::ChildStdin>,
@@ -955,7 +968,7 @@ pub struct FakeAgent {
 
 impl FakeAgent {
     /// Gives one order and waits for its "ok".
-    pub fn order(&mut self, line: &str) {
+    pub(crate) fn order(&mut self, line: &str) {
         let stdin = self.stdin.as_mut().expect("agent still takes orders");
         writeln!(stdin, "{line}").expect("order the fake agent");
         stdin.flush().expect("flush the order");
@@ -968,7 +981,7 @@ impl FakeAgent {
     }
 
     /// Orders it to exit and waits until it is gone.
-    pub fn exit(&mut self) {
+    pub(crate) fn exit(&mut self) {
         if let Some(mut stdin) = self.stdin.take() {
             let _ = writeln!(stdin, "exit");
         }
@@ -976,7 +989,7 @@ impl FakeAgent {
     }
 
     /// SIGKILLs it alone (not its group, where its children are): no hook runs.
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         self.stdin.take();
         if self.proc.alive() {
             unsafe { libc::kill(self.proc.pid, libc::SIGKILL) };
@@ -991,7 +1004,12 @@ impl FakeAgent {
 impl Env {
     /// Starts a fake agent for `session` that names it through `variable` ("-" for none) and runs our hook with
     /// `hook_flags`.
-    pub fn fake_agent(&mut self, session: &str, variable: &str, hook_flags: &[&str]) -> FakeAgent {
+    pub(crate) fn fake_agent(
+        &mut self,
+        session: &str,
+        variable: &str,
+        hook_flags: &[&str],
+    ) -> FakeAgent {
         // Run through a program named like the agent it stands for, so that the agents table recognises it: only a
         // recognised agent gets agent powers (DESIGN "Belonging").
         let agent = hook_flags
@@ -1006,7 +1024,7 @@ impl Env {
 
     /// `fake_agent` run through `program` (a python3 named like an agent: `named_python(env, "gemini")`), with
     /// `extra_env` added to its environment (and so to its hooks' and tools').
-    pub fn fake_agent_as(
+    pub(crate) fn fake_agent_as(
         &mut self,
         program: impl AsRef<std::ffi::OsStr>,
         session: &str,
@@ -1058,7 +1076,7 @@ impl Env {
 
     /// The process whose pid a planted command wrote to `name` in the work dir (waits for it); killed with the
     /// test.
-    pub fn planted(&mut self, name: &str) -> Proc {
+    pub(crate) fn planted(&mut self, name: &str) -> Proc {
         let path = self.work.path().join(name);
         let mut found = None;
         let written = wait_until(PATIENCE, || {
@@ -1075,13 +1093,13 @@ impl Env {
     }
 
     /// A path in the work dir, as a shell word.
-    pub fn work_path(&self, name: &str) -> String {
+    pub(crate) fn work_path(&self, name: &str) -> String {
         self.work.path().join(name).to_string_lossy().into_owned()
     }
 }
 
 /// Live sentinels of the state root `state_dir`: their pids and the agent pids they watch.
-pub fn sentinels_of(state_dir: &Path) -> Vec<(i32, i32)> {
+pub(crate) fn sentinels_of(state_dir: &Path) -> Vec<(i32, i32)> {
     let root = state_dir.to_string_lossy().into_owned();
     all_pids()
         .into_iter()
@@ -1105,18 +1123,18 @@ pub fn sentinels_of(state_dir: &Path) -> Vec<(i32, i32)> {
 // ---- The reliability suite's helpers (tests/it/reliability.rs) ----
 
 /// True when the heavy variants of the reliability suite run: `SESSION_REAPER_HEAVY=1`.
-pub fn heavy() -> bool {
+pub(crate) fn heavy() -> bool {
     std::env::var("SESSION_REAPER_HEAVY").is_ok_and(|value| value == "1")
 }
 
 /// `small` in the default run, `large` in the heavy one.
-pub fn sized(small: usize, large: usize) -> usize {
+pub(crate) fn sized(small: usize, large: usize) -> usize {
     if heavy() { large } else { small }
 }
 
 /// Live processes other than this one with `word` as one of their argv words: the finishers and sentinels of a
 /// (unique, temporary) state root name it after `--state-dir`.
-pub fn naming(word: &Path) -> Vec<Proc> {
+pub(crate) fn naming(word: &Path) -> Vec<Proc> {
     let me = i32::try_from(std::process::id()).unwrap();
     let word = word.as_os_str().as_encoded_bytes();
     all_pids()
@@ -1133,10 +1151,10 @@ pub fn naming(word: &Path) -> Vec<Proc> {
 
 /// Every process of a state root's own (brokers by their environment mark; finishers and sentinels by their
 /// argv), killed on drop: a test that stresses the state root leaves nothing of it running.
-pub struct StateRootProcesses(pub PathBuf);
+pub(crate) struct StateRootProcesses(pub PathBuf);
 
 impl StateRootProcesses {
-    pub fn live(&self) -> Vec<Proc> {
+    pub(crate) fn live(&self) -> Vec<Proc> {
         let mut found = marked_with_state_root(&self.0);
         found.extend(naming(&self.0));
         found.sort_by_key(|proc| proc.pid);
@@ -1155,7 +1173,7 @@ impl Drop for StateRootProcesses {
 
 /// The files under `dir` that must parse and do not: every `*.json` as a JSON value, every line of every
 /// `events.jsonl*` as one; each with why.
-pub fn unparsable_files(dir: &Path) -> Vec<String> {
+pub(crate) fn unparsable_files(dir: &Path) -> Vec<String> {
     let mut bad = Vec::new();
     for path in walkdir(dir.to_path_buf()) {
         let name = path
@@ -1185,7 +1203,7 @@ pub fn unparsable_files(dir: &Path) -> Vec<String> {
 }
 
 /// The identity a record names for `proc`, as our own records spell it.
-pub fn identity_json(proc: Proc) -> Value {
+pub(crate) fn identity_json(proc: Proc) -> Value {
     serde_json::json!({
         "boot_id": std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap().trim(),
         "pid": proc.pid,
@@ -1195,7 +1213,7 @@ pub fn identity_json(proc: Proc) -> Value {
 }
 
 /// A hook payload for `session` (`event`) in `cwd`.
-pub fn hook_payload(session: &str, event: &str, cwd: &Path) -> Vec<u8> {
+pub(crate) fn hook_payload(session: &str, event: &str, cwd: &Path) -> Vec<u8> {
     serde_json::json!({
         "session_id": session, "hook_event_name": event, "cwd": cwd,
         "source": "startup", "reason": "other",
@@ -1205,13 +1223,13 @@ pub fn hook_payload(session: &str, event: &str, cwd: &Path) -> Vec<u8> {
 }
 
 /// Every path below `root` (directories and files).
-pub fn walkdir_all(root: &Path) -> Vec<PathBuf> {
+pub(crate) fn walkdir_all(root: &Path) -> Vec<PathBuf> {
     walkdir(root.to_path_buf())
 }
 
 /// `unshare --pid --fork --mount-proc`: what follows runs as pid 1 of a private pid namespace with its own `/proc`
 /// (as root; a test whose namespace cannot be made fails, it never passes by skipping).
-pub fn unshare_pid_namespace() -> Command {
+pub(crate) fn unshare_pid_namespace() -> Command {
     let mut command = Command::new("unshare");
     command.args(["--pid", "--fork", "--mount-proc"]);
     command

@@ -260,7 +260,7 @@ fn a_marked_broker_whose_record_was_deleted_is_stopped_as_unrecorded_with_its_me
 
 /// Runs `script` (bash, with `args`) as pid 1 of a private pid namespace with its own /proc. Fails loudly when the
 /// namespace cannot be made: these tests never pass by skipping.
-pub fn in_private_pid_namespace(script: &str, args: &[&str]) -> Output {
+pub(crate) fn in_private_pid_namespace(script: &str, args: &[&str]) -> Output {
     let mut command = crate::harness::unshare_pid_namespace();
     command
         .args(["--kill-child", "bash", "-c", script, "ns"])

@@ -12,14 +12,14 @@ use crate::harness::{BIN, Env, PATIENCE, run_bounded, scrub_env, stderr, stdout,
 
 /// The words of a shell command line, with quotes and backslashes resolved (no expansion): the installer's own
 /// reading, so that the test checks the words the installer means.
-pub fn shell_words(line: &str) -> Vec<String> {
-    session_reaper::settings::shell_words(line).expect("balanced quotes")
+pub(crate) fn shell_words(line: &str) -> Vec<String> {
+    session_reaper::testing::shell_words(line).expect("balanced quotes")
 }
 
 /// Asserts that `session-reaper ARGS…` parses: with `--help` appended, clap prints the subcommand's usage and
 /// exits 0 only when the subcommand and every flag before it are valid. (`hook` exits 0 even on a usage error,
 /// so the usage line on stdout is what counts; `state` keeps such an error's event out of the real state root.)
-pub fn assert_cli_accepts(state: &Path, args: &[String]) {
+pub(crate) fn assert_cli_accepts(state: &Path, args: &[String]) {
     let mut command = Command::new(BIN);
     scrub_env(&mut command);
     command
@@ -209,11 +209,11 @@ fn install_keeps_other_hooks_is_idempotent_and_uninstall_restores_the_original()
         installed["hooks"]["PreToolUse"],
         original["hooks"]["PreToolUse"]
     );
-    let commands = session_reaper::settings::merge::all_commands(&installed);
+    let commands = session_reaper::testing::all_commands(&installed);
     assert!(commands.iter().any(|c| c == "echo hello"), "{commands:?}");
     let ours: Vec<&String> = commands
         .iter()
-        .filter(|c| session_reaper::settings::is_our_command(c))
+        .filter(|c| session_reaper::testing::is_our_command(c))
         .collect();
     assert_eq!(ours.len(), 2, "SessionStart and SessionEnd: {commands:?}");
 
@@ -235,18 +235,18 @@ fn install_keeps_other_hooks_is_idempotent_and_uninstall_restores_the_original()
 fn install_for_each_agent_writes_parseable_settings_naming_a_command_our_cli_accepts() {
     let env = Env::new();
     let home = env.work.path().join("home");
-    for agent in session_reaper::agents::Agent::all().map(session_reaper::agents::Agent::as_str) {
+    for agent in session_reaper::testing::Agent::all().map(session_reaper::testing::Agent::as_str) {
         let settings = env.work.path().join(agent).join("settings.json");
         let out = run_install(&env, &home, "install", agent, &settings, &[]);
         assert_eq!(out.status.code(), Some(0), "{agent}: {}", stderr(&out));
-        let spec = session_reaper::agents::Agent::from_name(agent)
+        let spec = session_reaper::testing::Agent::from_name(agent)
             .unwrap()
             .spec();
         let text = std::fs::read_to_string(&settings).unwrap();
-        let (value, _) = session_reaper::settings::file::parse(spec, &text, &settings)
+        let (value, _) = session_reaper::testing::parse_settings(spec, &text, &settings)
             .unwrap_or_else(|err| panic!("{agent}: installed file does not parse: {err}"));
         let (events, commands): (Vec<String>, Vec<String>) =
-            session_reaper::settings::commands_in(spec, &value)
+            session_reaper::testing::commands_in(spec, &value)
                 .into_iter()
                 .unzip();
         assert_eq!(

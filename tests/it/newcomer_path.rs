@@ -693,9 +693,9 @@ fn point_10_a_log_in_a_missing_directory_is_bad_input() {
 /// times and memory, so the picture only changes when the renderer does.
 // One fixture world, read top to bottom.
 #[allow(clippy::too_many_lines)]
-pub(crate) fn fixture_world() -> session_reaper::commands::status_tree::StatusTree {
-    use session_reaper::commands::status::{Member, SlotStatus, Snapshot, TicketStatus};
-    use session_reaper::commands::status_tree::{Facts, build};
+pub(crate) fn fixture_world() -> session_reaper::testing::StatusTree {
+    use session_reaper::testing::{Facts, build};
+    use session_reaper::testing::{Member, SlotStatus, Snapshot, TicketStatus};
     const NOW: &str = "2026-12-03T10:00:00Z";
     let (a, b, c) = (
         "0b5f6b3e-41c2-4d57-9a51-3c6f0e9d2a11",
@@ -784,7 +784,7 @@ pub(crate) fn fixture_world() -> session_reaper::commands::status_tree::StatusTr
         finisher_running: true,
         leftovers: Vec::new(),
         reported_leftovers: Vec::new(),
-        codex_plugin: vec![session_reaper::adapters::codex_plugin::BrokerStatus {
+        codex_plugin: vec![session_reaper::testing::BrokerStatus {
             workspace: "/home/me/src/app".to_owned(),
             state_dir: None,
             pid: Some(4600),
@@ -798,7 +798,7 @@ pub(crate) fn fixture_world() -> session_reaper::commands::status_tree::StatusTr
         }],
     };
     let facts = Facts {
-        now: session_reaper::model::clock::parse(NOW),
+        now: session_reaper::testing::parse_time(NOW),
         rss_kib: [
             (1033, 412_000),
             (1090, 198_000),
@@ -830,7 +830,7 @@ pub(crate) fn fixture_world() -> session_reaper::commands::status_tree::StatusTr
     };
     // What the leftovers discovery reports: the agents' MCP servers, the leftovers-to-be, the sentinels.
     let view = |session: &str, agent_pid: i32, sentinel_pid: Option<i32>, policy| {
-        session_reaper::commands::leftovers::SessionView {
+        session_reaper::testing::SessionView {
             session: session.to_owned(),
             agent_pid,
             policy,
@@ -839,16 +839,16 @@ pub(crate) fn fixture_world() -> session_reaper::commands::status_tree::StatusTr
             leftovers: Vec::new(),
             spared: Vec::new(),
             mcp_servers: Vec::new(),
-            containment: session_reaper::observe::cgroup::View::default(),
+            containment: session_reaper::testing::CgroupView::default(),
         }
     };
     let (stop, report) = (
-        session_reaper::model::leftover::Policy::Stop,
-        session_reaper::model::leftover::Policy::Report,
+        session_reaper::testing::Policy::Stop,
+        session_reaper::testing::Policy::Report,
     );
     let mut watched = view(a, 1033, Some(1036), stop);
     watched.mcp_servers = vec![
-        session_reaper::observe::mcp::McpServer {
+        session_reaper::testing::McpServer {
             pid: 1040,
             argv: vec![
                 "npx".into(),
@@ -858,7 +858,7 @@ pub(crate) fn fixture_world() -> session_reaper::commands::status_tree::StatusTr
             rss_kib: 98_300,
             processes: 2,
         },
-        session_reaper::observe::mcp::McpServer {
+        session_reaper::testing::McpServer {
             pid: 1052,
             argv: vec!["uvx".into(), "mcp-server-git".into()],
             rss_kib: 31_000,
@@ -866,7 +866,7 @@ pub(crate) fn fixture_world() -> session_reaper::commands::status_tree::StatusTr
         },
     ];
     let mut dead = view(c, 1200, Some(1260), stop);
-    dead.leftovers = vec![session_reaper::decide::leftovers::Leftover {
+    dead.leftovers = vec![session_reaper::testing::Leftover {
         pid: 1250,
         identity: serde_json::from_value(identity(1250)).unwrap(),
         argv: vec![
@@ -886,6 +886,6 @@ pub(crate) fn fixture_world() -> session_reaper::commands::status_tree::StatusTr
 #[test]
 fn status_reads_well_for_a_fixture_world() {
     let tree = fixture_world();
-    let text = session_reaper::commands::status_tree::render(&tree, false);
+    let text = session_reaper::testing::render(&tree, false);
     insta::assert_snapshot!("status_tree", text);
 }

@@ -693,7 +693,7 @@ fn wrong_targets_in_a_private_pid_namespace_get_no_signal() {
     let mut workspaces = serde_json::Map::new();
     for (index, name) in names.iter().enumerate() {
         let workspace = format!("/nonexistent/wrong-target/{index}");
-        let key = session_reaper::model::workspace::workspace_key(Path::new(&workspace));
+        let key = session_reaper::testing::workspace_key(Path::new(&workspace));
         slots.insert(
             (*name).to_owned(),
             json!(format!("workspaces/{key}/default")),
@@ -908,7 +908,7 @@ proptest! {
     fn look_alikes_the_resume_matcher_matches_exactly_the_real_forms(
         variant in variants("0b5f6b3e-1ad7-454b-b79c-2a700b021481", "fix-the-login-form", false)
     ) {
-        let matched = session_reaper::decide::resume::resumes(
+        let matched = session_reaper::testing::resumes(
             &variant.argv,
             "0b5f6b3e-1ad7-454b-b79c-2a700b021481",
             Some("fix-the-login-form"),
@@ -1150,11 +1150,11 @@ proptest! {
     /// three records below).
     #[test]
     fn fuzz_hook_payloads_never_panic(value in mutated(fixture_values("payloads"))) {
-        for agent in [None, Some(session_reaper::agents::Agent::Claude), Some(session_reaper::agents::Agent::Codex)] {
-            if let Ok(payload) = session_reaper::commands::hook::Payload::from_json(&value, agent) {
-                let _ = session_reaper::commands::hook::detect_agent(agent, &payload, &|_| false);
+        for agent in [None, Some(session_reaper::testing::Agent::Claude), Some(session_reaper::testing::Agent::Codex)] {
+            if let Ok(payload) = session_reaper::testing::Payload::from_json(&value, agent) {
+                let _ = session_reaper::testing::detect_agent(agent, &payload, &|_| false);
                 if let Some(session) = &payload.session {
-                    let _ = session_reaper::model::name::SessionId::parse(session.as_str());
+                    let _ = session_reaper::testing::SessionId::parse(session.as_str());
                 }
             }
         }
@@ -1164,22 +1164,22 @@ proptest! {
     fn fuzz_broker_and_session_records_never_panic(bytes in fuzzed_bytes(
         fixture_values("state/v1").into_iter().chain(fixture_values("state/v2")).collect())) {
         let path = Path::new("/fuzz/record.json");
-        let _ = session_reaper::model::record::parse::<session_reaper::model::record::BrokerRecord>(&bytes, path);
-        let _ = session_reaper::model::record::parse::<session_reaper::model::record::SessionRecord>(&bytes, path);
+        let _ = session_reaper::testing::parse_record::<session_reaper::testing::BrokerRecord>(&bytes, path);
+        let _ = session_reaper::testing::parse_record::<session_reaper::testing::SessionRecord>(&bytes, path);
     }
 
     #[test]
     fn fuzz_stop_tickets_never_panic(bytes in fuzzed_bytes(fixture_values("state/v1/stopping"))) {
-        let _ = session_reaper::model::record::parse::<session_reaper::model::record::StopTicket>(
+        let _ = session_reaper::testing::parse_record::<session_reaper::testing::StopTicket>(
             &bytes, Path::new("/fuzz/ticket.json"));
     }
 
     #[test]
     fn fuzz_codex_plugin_broker_files_never_panic(bytes in fuzzed_bytes(plugin_templates())) {
-        if let Some(file) = session_reaper::adapters::codex_plugin::observe::BrokerFile::parse(
+        if let Some(file) = session_reaper::testing::BrokerFile::parse(
             PathBuf::from("/fuzz/broker.json"), &bytes)
             && let Some(endpoint) = file.endpoint.as_deref() {
-            let _ = session_reaper::adapters::codex_plugin::decide::socket_path(endpoint);
+            let _ = session_reaper::testing::socket_path(endpoint);
         }
     }
 }
@@ -1626,7 +1626,7 @@ fn hostile_state_is_refused_with_a_clear_error_and_no_action_and_the_hook_holds_
         let _cleanup = StateRootProcesses(env.state_dir().to_path_buf());
         let ws = env.workspace("app");
         let (broker, record) = env.spawn_broker_with(&ws, "owner", &[], &["sleep", "600"]);
-        let key = session_reaper::model::workspace::workspace_key(&ws);
+        let key = session_reaper::testing::workspace_key(&ws);
         let slot = env
             .state_dir()
             .join("workspaces")

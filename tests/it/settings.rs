@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::harness::{Env, Home, run_bounded, stderr, stdout};
 
-use session_reaper::agents::{AGENTS, Agent, AgentSpec, EventsAt, Layout};
+use session_reaper::testing::{AGENTS, Agent, AgentSpec, EventsAt, Layout};
 
 /// Runs `args` in `home` with the test's state root.
 fn run(env: &Env, home: &Home, args: &[&str]) -> Output {
@@ -44,7 +44,7 @@ fn install(env: &Env, home: &Home, verb: &str, agent: &str, settings: &Path) -> 
 
 fn read_value(spec: &AgentSpec, path: &Path) -> Value {
     let text = std::fs::read_to_string(path).unwrap();
-    session_reaper::settings::file::parse(spec, &text, path)
+    session_reaper::testing::parse_settings(spec, &text, path)
         .unwrap()
         .0
 }
@@ -133,9 +133,9 @@ fn settings_path(env: &Env, spec: &AgentSpec, case: &str) -> PathBuf {
 }
 
 fn ours(spec: &AgentSpec, value: &Value) -> Vec<(String, String)> {
-    session_reaper::settings::commands_in(spec, value)
+    session_reaper::testing::commands_in(spec, value)
         .into_iter()
-        .filter(|(_, command)| session_reaper::settings::is_our_command(command))
+        .filter(|(_, command)| session_reaper::testing::is_our_command(command))
         .collect()
 }
 
@@ -278,7 +278,7 @@ fn every_agent_keeps_a_busy_file_and_its_comments_and_uninstall_restores_its_val
             "{}: {installed_text}",
             spec.name
         );
-        let commands = session_reaper::settings::commands_in(spec, &installed);
+        let commands = session_reaper::testing::commands_in(spec, &installed);
         assert!(
             commands.iter().any(|(_, c)| c == "echo mine-at-start")
                 && commands.iter().any(|(_, c)| c == "lint.sh"),
@@ -295,12 +295,11 @@ fn every_agent_keeps_a_busy_file_and_its_comments_and_uninstall_restores_its_val
         }
         assert_comments_kept(spec, &installed_text);
         // Ours runs first in the shared budget, except where trust is keyed by position (Codex): last.
-        let start = session_reaper::settings::merge::events_of(spec, &installed).unwrap()
-            [spec.start_event]
+        let start = session_reaper::testing::events_of(spec, &installed).unwrap()[spec.start_event]
             .as_array()
             .unwrap();
-        let first_is_ours = session_reaper::settings::is_our_command(
-            &session_reaper::settings::merge::all_commands(
+        let first_is_ours = session_reaper::testing::is_our_command(
+            &session_reaper::testing::all_commands(
                 &json!({ "hooks": { "x": [start[0].clone()] } }),
             )[0],
         );
@@ -440,7 +439,7 @@ fn a_non_default_state_dir_goes_into_the_hook_command_and_the_sweep_line() {
     let value = read_value(Agent::Claude.spec(), &path);
     let state = env.state_dir().to_str().unwrap();
     for (event, command) in ours(Agent::Claude.spec(), &value) {
-        let words = session_reaper::settings::shell_words(&command).unwrap();
+        let words = session_reaper::testing::shell_words(&command).unwrap();
         assert_eq!(
             words[1..],
             ["hook", "--agent", "claude", "--state-dir", state],
@@ -931,16 +930,13 @@ fn doctor_says_ok_for_hooks_that_run() {
         !env.state_dir().join("events.jsonl").exists()
             || !std::fs::read_to_string(env.state_dir().join("events.jsonl"))
                 .unwrap()
-                .contains(session_reaper::settings::probe::PROBE_SESSION),
+                .contains(session_reaper::testing::PROBE_SESSION),
         "the probe changed nothing"
     );
     assert!(
         !env.state_dir()
             .join("sessions")
-            .join(format!(
-                "{}.json",
-                session_reaper::settings::probe::PROBE_SESSION
-            ))
+            .join(format!("{}.json", session_reaper::testing::PROBE_SESSION))
             .exists()
     );
 }
@@ -1204,7 +1200,7 @@ fn install_with(env: &Env, home: &Home, case: &str, flags: &[&str]) -> Vec<(Path
             stderr(&out)
         );
         for (event, command) in ours(spec, &read_value(spec, &path)) {
-            let words = session_reaper::settings::shell_words(&command).unwrap();
+            let words = session_reaper::testing::shell_words(&command).unwrap();
             assert_eq!(words[1], "hook", "{}: {event}", spec.name);
             written.push((path.clone(), words));
         }
@@ -1393,8 +1389,8 @@ fn opencode_gets_a_plugin_of_ours_that_doctor_runs_and_uninstall_removes() {
     let out = run(&env, &home, &["install", "--agent", "opencode"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let text = std::fs::read_to_string(&plugin).unwrap();
-    let command = session_reaper::settings::plugin::command_in(&text).unwrap();
-    let words = session_reaper::settings::shell_words(&command).unwrap();
+    let command = session_reaper::testing::command_in(&text).unwrap();
+    let words = session_reaper::testing::shell_words(&command).unwrap();
     assert_eq!(
         words[1..],
         [

@@ -16,7 +16,7 @@ use crate::harness::{
 use crate::newcomer::assert_cli_accepts;
 
 /// An id no other test (nor another run) uses: the resume scans look at every process of the machine.
-pub fn unique_id(prefix: &str) -> String {
+pub(crate) fn unique_id(prefix: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -1089,7 +1089,7 @@ fn every_ready_made_hook_file_names_commands_our_cli_accepts() {
             let lines: Vec<String> = if extension.as_deref() == Some("json") {
                 let value: Value = serde_json::from_str(&text)
                     .unwrap_or_else(|err| panic!("{}: {err}", path.display()));
-                let commands = session_reaper::settings::merge::all_commands(&value);
+                let commands = session_reaper::testing::all_commands(&value);
                 assert!(!commands.is_empty(), "{} names no command", path.display());
                 commands
             } else if extension.as_deref() == Some("cron") {

@@ -8,7 +8,7 @@ use std::time::Duration;
 /// A cgroup v2 directory this test made, under which the binary makes its own; on drop every process still in it
 /// (all the test's own: agents, their leftovers, sentinels) is moved back to the test's cgroup and each directory
 /// is removed, deepest first.
-pub struct TestCgroup {
+pub(crate) struct TestCgroup {
     pub dir: PathBuf,
     home: PathBuf,
 }
@@ -16,7 +16,7 @@ pub struct TestCgroup {
 impl TestCgroup {
     /// Makes the test's parent cgroup; `None` (said on stderr) where cgroup v2 is missing or not writable, except
     /// under `CI=true`, where that fails the test.
-    pub fn new() -> Option<TestCgroup> {
+    pub(crate) fn new() -> Option<TestCgroup> {
         match Self::make() {
             Ok(made) => Some(made),
             Err(why) if std::env::var("CI").is_ok_and(|ci| ci == "true") => {
@@ -29,7 +29,7 @@ impl TestCgroup {
         }
     }
 
-    pub fn make() -> Result<TestCgroup, String> {
+    pub(crate) fn make() -> Result<TestCgroup, String> {
         let mountinfo =
             std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
         let mount = mountinfo
@@ -56,7 +56,7 @@ impl TestCgroup {
     }
 
     /// Environment entries that turn containment on with this parent.
-    pub fn env(&self) -> Vec<(&'static str, String)> {
+    pub(crate) fn env(&self) -> Vec<(&'static str, String)> {
         vec![
             ("SESSION_REAPER_CONTAINMENT", "on".to_owned()),
             (
@@ -67,7 +67,7 @@ impl TestCgroup {
     }
 
     /// The cgroups below the parent (ours: `agent-…`, `broker-…`).
-    pub fn children(&self) -> Vec<String> {
+    pub(crate) fn children(&self) -> Vec<String> {
         std::fs::read_dir(&self.dir)
             .map(|entries| {
                 entries
@@ -80,7 +80,7 @@ impl TestCgroup {
     }
 
     /// The cgroup path of `pid` (as `/proc/<pid>/cgroup` says), relative to the mount.
-    pub fn cgroup_of(pid: i32) -> Option<String> {
+    pub(crate) fn cgroup_of(pid: i32) -> Option<String> {
         let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
         text.lines()
             .find_map(|line| line.strip_prefix("0::"))
@@ -88,7 +88,7 @@ impl TestCgroup {
     }
 
     /// True when `pid` is in a cgroup under the test's parent named `name_prefix…`.
-    pub fn holds(&self, pid: i32, name_prefix: &str) -> bool {
+    pub(crate) fn holds(&self, pid: i32, name_prefix: &str) -> bool {
         let parent = self.dir.file_name().unwrap().to_string_lossy().into_owned();
         Self::cgroup_of(pid).is_some_and(|path| {
             path.split('/')

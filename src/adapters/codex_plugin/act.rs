@@ -22,11 +22,11 @@ use crate::store::events::{Event, EventLog, Reason};
 const SESSION_DIR_PREFIX: &str = "cxc-";
 
 /// Where a stop ticket of ours keeps the plugin's files to clean.
-pub const TICKET_KEY: &str = "codex_plugin";
+pub(crate) const TICKET_KEY: &str = "codex_plugin";
 
 /// The plugin's files of one broker.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Cleanup {
+pub(crate) struct Cleanup {
     pub broker_json: Option<PathBuf>,
     pub pid: i32,
     pub pid_file: Option<PathBuf>,
@@ -37,7 +37,7 @@ pub struct Cleanup {
 
 /// The stop ticket of a verified broker: its identity as observed, its group when it leads one, the shutdown line
 /// as the graceful step, and its files.
-pub fn ticket(broker: &Broker, reason: Reason, session: Option<&str>) -> Option<StopTicket> {
+pub(crate) fn ticket(broker: &Broker, reason: Reason, session: Option<&str>) -> Option<StopTicket> {
     let seen = broker.process.as_ref()?;
     let pgid = (seen.stat.pgid == seen.identity.pid).then_some(seen.identity.pid);
     let mut ticket = stopper::new_ticket(
@@ -63,7 +63,7 @@ pub fn ticket(broker: &Broker, reason: Reason, session: Option<&str>) -> Option<
 }
 
 /// Applies one verdict (describes it only, in a dry run), adding to `report`.
-pub fn apply(
+pub(crate) fn apply(
     store: &Store,
     broker: &Broker,
     verdict: &Verdict,
@@ -162,7 +162,7 @@ fn describe(removed: &[PathBuf]) -> String {
 }
 
 /// The stopper confirmed the exit of a ticket's process: clean the plugin's files it names.
-pub fn after_stop(ticket: &StopTicket, log: &EventLog) {
+pub(crate) fn after_stop(ticket: &StopTicket, log: &EventLog) {
     let Some(files) = ticket
         .extra
         .get(TICKET_KEY)
@@ -188,7 +188,7 @@ pub fn after_stop(ticket: &StopTicket, log: &EventLog) {
 /// still names `files.pid`; `broker.pid` (naming that pid), `broker.sock` (unless a live broker listens on it) and
 /// `broker.log` only when they are ours, of their kind and directly in a `cxc-…` session dir of ours; the session dir
 /// only when it is then empty.
-pub fn clean<S: std::hash::BuildHasher>(
+pub(crate) fn clean<S: std::hash::BuildHasher>(
     files: &Cleanup,
     live_sockets: &HashSet<PathBuf, S>,
 ) -> Vec<PathBuf> {

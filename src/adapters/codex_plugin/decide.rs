@@ -7,7 +7,7 @@ use crate::store::events::Reason;
 
 /// When the adapter runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Occasion<'a> {
+pub(crate) enum Occasion<'a> {
     /// Session `session` ends (`SessionEnd`, `reap`, a crashed session's end in a sweep).
     SessionEnd { session: &'a str, reason: Reason },
     /// A sweep: owners gone, ownerless and reparented, idle.
@@ -16,7 +16,7 @@ pub enum Occasion<'a> {
 
 impl Occasion<'_> {
     /// The session that is ending, if any: its jobs and ownership do not hold its brokers.
-    pub fn ending(&self) -> Option<&str> {
+    pub(crate) fn ending(&self) -> Option<&str> {
         match self {
             Occasion::SessionEnd { session, .. } => Some(session),
             Occasion::Sweep { .. } => None,
@@ -26,7 +26,7 @@ impl Occasion<'_> {
 
 /// What checking the process a `broker.json` names found (DESIGN "Never signal the wrong process").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProcessCheck {
+pub(crate) enum ProcessCheck {
     /// Same uid, argv runs `app-server-broker.mjs` with the recorded endpoint: this is the broker.
     Verified,
     /// The record names no pid.
@@ -45,7 +45,7 @@ pub enum ProcessCheck {
 }
 
 impl ProcessCheck {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ProcessCheck::Verified => "verified",
             ProcessCheck::NoPid => "no_pid",
@@ -59,14 +59,14 @@ impl ProcessCheck {
 }
 
 /// The argv facts `check_process` needs.
-pub struct ArgvFacts<'a> {
+pub(crate) struct ArgvFacts<'a> {
     pub argv: &'a [String],
     pub uid: u32,
 }
 
 /// Judges the process a record names (`process`: `None` when there is none); `socket_answers`: whether something
 /// listens on the recorded socket.
-pub fn check_process(
+pub(crate) fn check_process(
     recorded_pid: Option<i32>,
     process: Option<&ArgvFacts<'_>>,
     endpoint: Option<&str>,
@@ -102,7 +102,7 @@ pub fn check_process(
 
 /// True when argv runs the plugin's broker: `node …/app-server-broker.mjs serve --endpoint E …` (node as the
 /// plugin starts it: its companion's `process.execPath`).
-pub fn runs_broker(argv: &[String]) -> bool {
+pub(crate) fn runs_broker(argv: &[String]) -> bool {
     let base = |arg: Option<&String>| {
         arg.and_then(|arg| std::path::Path::new(arg).file_name())
             .map(|name| name.to_string_lossy().into_owned())
@@ -115,7 +115,7 @@ pub fn runs_broker(argv: &[String]) -> bool {
 }
 
 /// True when argv's `--endpoint` is `endpoint`, or names its socket path.
-pub fn names_endpoint(argv: &[String], endpoint: &str) -> bool {
+pub(crate) fn names_endpoint(argv: &[String], endpoint: &str) -> bool {
     let path = socket_path(endpoint);
     flag_value(argv, "--endpoint").is_some_and(|value| {
         value == endpoint || path.is_some_and(|path| socket_path(value) == Some(path))
@@ -130,7 +130,7 @@ pub fn socket_path(endpoint: &str) -> Option<&str> {
 }
 
 /// The value after `flag` in argv (`--flag V` or `--flag=V`).
-pub fn flag_value<'a>(argv: &'a [String], flag: &str) -> Option<&'a str> {
+pub(crate) fn flag_value<'a>(argv: &'a [String], flag: &str) -> Option<&'a str> {
     argv.iter().enumerate().find_map(|(index, arg)| {
         if arg == flag {
             argv.get(index + 1).map(String::as_str)
@@ -143,7 +143,7 @@ pub fn flag_value<'a>(argv: &'a [String], flag: &str) -> Option<&'a str> {
 
 /// Whether an owner session is still there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OwnerState {
+pub(crate) enum OwnerState {
     /// Its session is live and its agent process runs.
     Live,
     /// Its session ended (`SessionEnd`), its agent may run on (`/clear`).
@@ -156,7 +156,7 @@ pub enum OwnerState {
 
 /// What is known of a session: its record, if we have one, and the agent pid in the broker's environment.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SessionFacts {
+pub(crate) struct SessionFacts {
     /// `Some(ended)` when we have a record of the session.
     pub recorded_ended: Option<bool>,
     /// Whether the record's agent process still has its identity (`None`: the record names none).
@@ -166,7 +166,7 @@ pub struct SessionFacts {
     pub spawner_alive: Option<bool>,
 }
 
-pub fn owner_state(facts: SessionFacts) -> OwnerState {
+pub(crate) fn owner_state(facts: SessionFacts) -> OwnerState {
     match (
         facts.recorded_ended,
         facts.recorded_agent_alive,
@@ -181,7 +181,7 @@ pub fn owner_state(facts: SessionFacts) -> OwnerState {
 
 /// One job of the workspace's `state.json`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct JobFacts {
+pub(crate) struct JobFacts {
     pub id: String,
     pub status: String,
     pub session: Option<(String, OwnerState)>,
@@ -190,7 +190,7 @@ pub struct JobFacts {
 
 /// Why the broker is busy: a `queued`/`running` job whose pid is alive, or whose session is live (or not known to be
 /// gone) and is not the one ending.
-pub fn busy(jobs: &[JobFacts], ending: Option<&str>) -> Option<String> {
+pub(crate) fn busy(jobs: &[JobFacts], ending: Option<&str>) -> Option<String> {
     jobs.iter()
         .filter(|job| matches!(job.status.as_str(), "queued" | "running"))
         .find_map(|job| {
@@ -209,7 +209,7 @@ pub fn busy(jobs: &[JobFacts], ending: Option<&str>) -> Option<String> {
 
 /// Everything a verdict is made on, for one broker.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Facts<'a> {
+pub(crate) struct Facts<'a> {
     /// Named by a `broker.json` (else found by process only: the spawn race's loser).
     pub listed: bool,
     pub check: ProcessCheck,
@@ -225,7 +225,7 @@ pub struct Facts<'a> {
 
 /// What to do with one broker.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Stop it through our cascade; its files are cleaned after a confirmed exit.
     Stop(Reason),
     /// It would be stopped, but must not be: why.
@@ -239,7 +239,7 @@ pub enum Verdict {
 }
 
 /// The verdict on one broker at `occasion`.
-pub fn judge(facts: &Facts<'_>, occasion: &Occasion<'_>) -> Verdict {
+pub(crate) fn judge(facts: &Facts<'_>, occasion: &Occasion<'_>) -> Verdict {
     match facts.check {
         ProcessCheck::Verified => {}
         ProcessCheck::Dead | ProcessCheck::NotABroker if facts.listed => {

@@ -75,7 +75,7 @@ impl BrokerFile {
 
 /// A process of ours seen between two identity reads.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Seen {
+pub(crate) struct Seen {
     pub identity: Identity,
     pub stat: ProcStat,
     pub argv: Vec<String>,
@@ -97,8 +97,7 @@ impl Seen {
 
 /// One plugin broker: named by a `broker.json`, found by process, or both.
 #[derive(Clone, Debug)]
-pub struct Broker {
-    pub root: PathBuf,
+pub(crate) struct Broker {
     /// `<root>/<slug>-<hash16>`: its workspace's plugin state.
     pub state_dir: Option<PathBuf>,
     pub file: Option<BrokerFile>,
@@ -113,7 +112,7 @@ pub struct Broker {
 
 impl Broker {
     /// The facts a verdict is made on; `ending` is the session ending, whose jobs do not hold the broker.
-    pub fn facts(&self, ending: Option<&str>) -> Facts<'_> {
+    pub(crate) fn facts(&self, ending: Option<&str>) -> Facts<'_> {
         Facts {
             listed: self.file.is_some(),
             check: self.check,
@@ -125,14 +124,14 @@ impl Broker {
         }
     }
 
-    pub fn pid(&self) -> Option<i32> {
+    pub(crate) fn pid(&self) -> Option<i32> {
         self.process
             .as_ref()
             .map(|seen| seen.identity.pid)
             .or_else(|| self.file.as_ref().and_then(|file| file.pid))
     }
 
-    pub fn endpoint(&self) -> Option<String> {
+    pub(crate) fn endpoint(&self) -> Option<String> {
         self.file
             .as_ref()
             .and_then(|file| file.endpoint.clone())
@@ -144,7 +143,7 @@ impl Broker {
     }
 
     /// The broker's workspace: its `--cwd`, else its state dir's name.
-    pub fn workspace(&self) -> String {
+    pub(crate) fn workspace(&self) -> String {
         self.process
             .as_ref()
             .and_then(|seen| seen.flag("--cwd").map(str::to_owned))
@@ -158,7 +157,7 @@ impl Broker {
     }
 
     /// The pid file, socket, log and session dir the plugin made for this broker.
-    pub fn files(&self) -> super::act::Cleanup {
+    pub(crate) fn files(&self) -> super::act::Cleanup {
         let from_argv = |flag: &str| {
             self.process
                 .as_ref()
@@ -196,7 +195,7 @@ impl Broker {
 
 /// Everything observed in one pass.
 #[derive(Clone, Debug, Default)]
-pub struct World {
+pub(crate) struct World {
     pub brokers: Vec<Broker>,
     /// Socket paths of every live broker process of ours: never removed when cleaning a dead record.
     pub live_sockets: HashSet<PathBuf>,
@@ -204,7 +203,12 @@ pub struct World {
 
 /// One pass over `roots` and the process table.
 /// The process table is scanned no later than `deadline` (a session's end passes its own).
-pub fn observe(roots: &[Root], sessions: &[SessionRecord], uid: u32, deadline: Deadline) -> World {
+pub(crate) fn observe(
+    roots: &[Root],
+    sessions: &[SessionRecord],
+    uid: u32,
+    deadline: Deadline,
+) -> World {
     let candidates: Vec<Seen> = proc::scan_cmdlines(deadline)
         .into_iter()
         .filter(|(_, argv)| decide::runs_broker(argv))
@@ -239,7 +243,6 @@ pub fn observe(roots: &[Root], sessions: &[SessionRecord], uid: u32, deadline: D
                 file.sessions.clone()
             };
             brokers.push(assemble(
-                root.path.clone(),
                 state_dir,
                 Some(file),
                 check,
@@ -269,7 +272,6 @@ pub fn observe(roots: &[Root], sessions: &[SessionRecord], uid: u32, deadline: D
             });
         let owner_ids: Vec<String> = seen.session.clone().into_iter().collect();
         brokers.push(assemble(
-            root.path.clone(),
             state_dir,
             None,
             ProcessCheck::Verified,
@@ -319,7 +321,6 @@ fn socket_key(endpoint: &str) -> String {
 }
 
 fn assemble(
-    root: PathBuf,
     state_dir: Option<PathBuf>,
     file: Option<BrokerFile>,
     check: ProcessCheck,
@@ -343,7 +344,6 @@ fn assemble(
         .as_ref()
         .map_or(Duration::MAX, |seen| age_of(seen.identity.start_ticks));
     let mut broker = Broker {
-        root,
         state_dir,
         file,
         check,
@@ -418,7 +418,7 @@ fn jobs_of(bytes: &[u8], sessions: &[SessionRecord]) -> Vec<JobFacts> {
 }
 
 /// Every readable `broker.json` directly below the workspace dirs of `root`.
-pub fn broker_files(root: &Path, uid: u32) -> Vec<BrokerFile> {
+pub(crate) fn broker_files(root: &Path, uid: u32) -> Vec<BrokerFile> {
     let Ok(entries) = std::fs::read_dir(root) else {
         return Vec::new();
     };
@@ -466,18 +466,18 @@ fn socket_answers(path: &Path) -> bool {
 }
 
 /// A directory of ours, not a symlink.
-pub fn is_own_dir(path: &Path, uid: u32) -> bool {
+pub(crate) fn is_own_dir(path: &Path, uid: u32) -> bool {
     std::fs::symlink_metadata(path).is_ok_and(|meta| meta.is_dir() && meta.uid() == uid)
 }
 
 /// A small regular file of ours, read without following a symlink or blocking on a FIFO; with its mtime.
-pub fn read_small(path: &Path, uid: u32) -> Option<(Vec<u8>, SystemTime)> {
+pub(crate) fn read_small(path: &Path, uid: u32) -> Option<(Vec<u8>, SystemTime)> {
     let (bytes, meta) = crate::store::root::read_regular(path, uid, MAX_FILE).ok()??;
     Some((bytes, meta.modified().ok()?))
 }
 
 /// Reads what a process says about itself between two identity reads; `None` if it changed (or is a thread).
-pub fn pinned(pid: i32) -> Option<Seen> {
+pub(crate) fn pinned(pid: i32) -> Option<Seen> {
     let before = proc::identity_of(pid)?;
     if !leads_its_thread_group(pid) {
         return None;

@@ -8,7 +8,7 @@ use super::ProcStat;
 use crate::model::deadline::Deadline;
 
 /// `/proc/sys/kernel/random/boot_id`, read once.
-pub fn boot_id() -> &'static str {
+pub(crate) fn boot_id() -> &'static str {
     static BOOT_ID: OnceLock<String> = OnceLock::new();
     BOOT_ID.get_or_init(|| {
         fs::read_to_string("/proc/sys/kernel/random/boot_id")
@@ -19,7 +19,7 @@ pub fn boot_id() -> &'static str {
 
 /// Parses `/proc/<pid>/stat`. The command name may contain spaces and parentheses, so fields are read after the
 /// LAST `)`.
-pub fn parse_stat(pid: i32, text: &str) -> Option<ProcStat> {
+pub(crate) fn parse_stat(pid: i32, text: &str) -> Option<ProcStat> {
     let open = text.find('(')?;
     let close = text.rfind(')')?;
     let comm = text.get(open + 1..close)?.to_owned();
@@ -36,7 +36,7 @@ pub fn parse_stat(pid: i32, text: &str) -> Option<ProcStat> {
     })
 }
 
-pub fn stat(pid: i32) -> io::Result<ProcStat> {
+pub(crate) fn stat(pid: i32) -> io::Result<ProcStat> {
     if pid <= 0 {
         return Err(io::Error::from(io::ErrorKind::NotFound));
     }
@@ -47,7 +47,7 @@ pub fn stat(pid: i32) -> io::Result<ProcStat> {
 
 /// The thread-group id (the process a thread belongs to) and the real uid of `pid`, from `/proc/<pid>/status`.
 /// `/proc/<tid>` answers for a thread too: its `Tgid` is then another pid.
-pub fn tgid_and_uid(pid: i32) -> io::Result<(i32, u32)> {
+pub(crate) fn tgid_and_uid(pid: i32) -> io::Result<(i32, u32)> {
     let text = super::read_proc_text(pid, "status")?;
     let field = |key: &str| {
         text.lines()
@@ -61,13 +61,8 @@ pub fn tgid_and_uid(pid: i32) -> io::Result<(i32, u32)> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no Tgid/Uid in /proc status"))
 }
 
-/// The real uid of a process (first field of `Uid:` in `/proc/<pid>/status`).
-pub fn real_uid(pid: i32) -> io::Result<u32> {
-    tgid_and_uid(pid).map(|(_, uid)| uid)
-}
-
 /// The inode of this process's pid namespace (`/proc/self/ns/pid`), read once; `None` where it cannot be read.
-pub fn own_pid_ns() -> Option<u64> {
+pub(crate) fn own_pid_ns() -> Option<u64> {
     static PID_NS: OnceLock<Option<u64>> = OnceLock::new();
     *PID_NS.get_or_init(|| {
         use std::os::unix::fs::MetadataExt;
@@ -78,7 +73,7 @@ pub fn own_pid_ns() -> Option<u64> {
 }
 
 /// The resident memory of a process in KiB (`VmRSS:` of `/proc/<pid>/status`).
-pub fn rss_kib(pid: i32) -> Option<u64> {
+pub(crate) fn rss_kib(pid: i32) -> Option<u64> {
     super::read_proc_text(pid, "status")
         .ok()?
         .lines()
@@ -88,12 +83,12 @@ pub fn rss_kib(pid: i32) -> Option<u64> {
 }
 
 /// The environment of a process as it was at exec (`NAME=value` entries separated by NUL).
-pub fn environ(pid: i32) -> io::Result<Vec<u8>> {
+pub(crate) fn environ(pid: i32) -> io::Result<Vec<u8>> {
     super::read_proc_file(pid, "environ")
 }
 
 /// The argv of a process (lossy UTF-8); empty for kernel threads.
-pub fn cmdline(pid: i32) -> io::Result<Vec<String>> {
+pub(crate) fn cmdline(pid: i32) -> io::Result<Vec<String>> {
     let bytes = super::read_proc_file(pid, "cmdline")?;
     Ok(split_nul(&bytes))
 }
@@ -110,12 +105,12 @@ fn split_nul(bytes: &[u8]) -> Vec<String> {
 }
 
 /// The value of one environment variable of a process, as it was at exec.
-pub fn environ_var(pid: i32, key: &str) -> io::Result<Option<String>> {
+pub(crate) fn environ_var(pid: i32, key: &str) -> io::Result<Option<String>> {
     Ok(super::env_value(&environ(pid)?, key))
 }
 
 /// Every pid in `/proc` right now.
-pub fn pids() -> io::Result<Vec<i32>> {
+pub(crate) fn pids() -> io::Result<Vec<i32>> {
     Ok(fs::read_dir("/proc")?
         .filter_map(Result::ok)
         .filter_map(|entry| {
@@ -129,7 +124,7 @@ pub fn pids() -> io::Result<Vec<i32>> {
 
 /// One pass over the process table: pid and argv of every process we can read, as far as `deadline` lets it get
 /// (checked between entries; a partial scan finds fewer processes to stop, never more).
-pub fn scan_cmdlines(deadline: Deadline) -> Vec<(i32, Vec<String>)> {
+pub(crate) fn scan_cmdlines(deadline: Deadline) -> Vec<(i32, Vec<String>)> {
     pids()
         .unwrap_or_default()
         .into_iter()

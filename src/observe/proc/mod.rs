@@ -6,18 +6,18 @@
 #[cfg(all(target_os = "linux", not(feature = "portable-proc")))]
 mod linux;
 #[cfg(all(target_os = "linux", not(feature = "portable-proc")))]
-pub use linux::*;
+pub(crate) use linux::*;
 
 #[cfg(any(not(target_os = "linux"), feature = "portable-proc"))]
 mod portable;
 #[cfg(any(not(target_os = "linux"), feature = "portable-proc"))]
-pub use portable::*;
+pub(crate) use portable::*;
 
 use crate::model::record::Identity;
 
 /// The fields of one process that decisions are made on.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProcStat {
+pub(crate) struct ProcStat {
     pub pid: i32,
     pub comm: String,
     /// The one-letter state; `Z` is a zombie, which counts as gone.
@@ -30,13 +30,13 @@ pub struct ProcStat {
 
 /// True when `argv` is an agent process: its program is a known agent executable, or a script runtime (node, bun)
 /// whose script is one (by name or by its npm package) — the agents table decides.
-pub fn is_agent_program(argv: &[String]) -> bool {
+pub(crate) fn is_agent_program(argv: &[String]) -> bool {
     crate::agents::agent_of_process(argv).is_some()
 }
 
 /// The identity of a live process, `None` when it is gone (or a zombie) or when `pid` names a thread rather than a
 /// process (`Tgid` differs): a thread id is never a process.
-pub fn identity_of(pid: i32) -> Option<Identity> {
+pub(crate) fn identity_of(pid: i32) -> Option<Identity> {
     let stat = stat(pid).ok().filter(|stat| stat.state != 'Z')?;
     let (tgid, uid) = tgid_and_uid(pid).ok()?;
     (tgid == pid).then(|| Identity {
@@ -50,7 +50,7 @@ pub fn identity_of(pid: i32) -> Option<Identity> {
 
 /// True when the process named by `identity` still runs (same boot, pid, start time and uid; not a zombie) and
 /// its pid is one of this pid namespace.
-pub fn is_alive(identity: &Identity) -> bool {
+pub(crate) fn is_alive(identity: &Identity) -> bool {
     identity.pid > 0
         && !identity.is_other_pid_ns(own_pid_ns())
         && identity_of(identity.pid).is_some_and(|now| identity.is_same_process(&now))
@@ -62,13 +62,13 @@ pub fn is_alive(identity: &Identity) -> bool {
 /// pid) is never judged by an older read. A remembered process may have exited since: the pass then keeps what it
 /// would have stopped, and the next pass sees it; every signal checks again through a pidfd.
 #[derive(Debug, Default)]
-pub struct Liveness {
+pub(crate) struct Liveness {
     running: std::cell::RefCell<std::collections::HashMap<i32, Identity>>,
 }
 
 impl Liveness {
     /// `is_alive`, remembering a match.
-    pub fn is_alive(&self, identity: &Identity) -> bool {
+    pub(crate) fn is_alive(&self, identity: &Identity) -> bool {
         if self
             .running
             .borrow()
@@ -92,7 +92,7 @@ impl Liveness {
 
 /// Pinned observation: reads what a process says about itself (`read`) between two identity reads, and keeps the
 /// result only when the identity held throughout — a pid reused in between gives nothing.
-pub fn pinned<T>(pid: i32, read: impl FnOnce(i32) -> Option<T>) -> Option<(Identity, T)> {
+pub(crate) fn pinned<T>(pid: i32, read: impl FnOnce(i32) -> Option<T>) -> Option<(Identity, T)> {
     let before = identity_of(pid)?;
     let value = read(pid)?;
     let after = identity_of(pid)?;
@@ -101,7 +101,7 @@ pub fn pinned<T>(pid: i32, read: impl FnOnce(i32) -> Option<T>) -> Option<(Ident
 
 /// What a process's environment says of its place among our brokers.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Markers {
+pub(crate) struct Markers {
     /// `SESSION_REAPER_BROKER`: the `<workspace>/<name>` slot it was started for.
     pub broker: Option<String>,
     /// `SESSION_REAPER_STATE_ROOT`: the state root of the run that started it.
@@ -123,7 +123,7 @@ impl Markers {
 
 /// One process as a lineage scan saw it: its group, session and markers, read between two identity reads.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Observed {
+pub(crate) struct Observed {
     pub identity: Identity,
     pub ppid: i32,
     pub pgid: i32,
@@ -134,7 +134,7 @@ pub struct Observed {
 /// One pass over the process table for the lineage rules: every process whose environment carries one of our
 /// markers, and every process whose group or session id is in `groups` (the members of a tokenless broker's group
 /// or session). Each is a pinned observation.
-pub fn observe<S: std::hash::BuildHasher>(
+pub(crate) fn observe<S: std::hash::BuildHasher>(
     groups: &std::collections::HashSet<i32, S>,
 ) -> Vec<Observed> {
     observe_until(groups, crate::model::deadline::Deadline::far()).0
@@ -142,7 +142,7 @@ pub fn observe<S: std::hash::BuildHasher>(
 
 /// `observe`, as far as `deadline` lets it get (checked between entries); the flag says whether the scan was
 /// complete — a partial scan never proves that a process is gone.
-pub fn observe_until<S: std::hash::BuildHasher>(
+pub(crate) fn observe_until<S: std::hash::BuildHasher>(
     groups: &std::collections::HashSet<i32, S>,
     deadline: crate::model::deadline::Deadline,
 ) -> (Vec<Observed>, bool) {
@@ -181,7 +181,7 @@ pub fn observe_until<S: std::hash::BuildHasher>(
 
 /// Reads `/proc/<pid>/<name>` in as few `read` calls as its size allows: a /proc file reports no size, so a plain
 /// `fs::read` starts with small probing reads (six of them for a `stat` line), and the scans read hundreds of these.
-pub fn read_proc_file(pid: i32, name: &str) -> std::io::Result<Vec<u8>> {
+pub(crate) fn read_proc_file(pid: i32, name: &str) -> std::io::Result<Vec<u8>> {
     let file = std::fs::File::open(format!("/proc/{pid}/{name}"))?;
     let mut bytes = Vec::with_capacity(8192);
     // Through `Take`, not `File` itself: `File::read_to_end` first asks the size (an `fstat` and an `lseek`), which
@@ -191,7 +191,7 @@ pub fn read_proc_file(pid: i32, name: &str) -> std::io::Result<Vec<u8>> {
 }
 
 /// `read_proc_file` as text (lossy: /proc text files are ASCII but for the command name).
-pub fn read_proc_text(pid: i32, name: &str) -> std::io::Result<String> {
+pub(crate) fn read_proc_text(pid: i32, name: &str) -> std::io::Result<String> {
     read_proc_file(pid, name).map(|bytes| match String::from_utf8(bytes) {
         Ok(text) => text,
         Err(err) => String::from_utf8_lossy(err.as_bytes()).into_owned(),
@@ -199,7 +199,7 @@ pub fn read_proc_text(pid: i32, name: &str) -> std::io::Result<String> {
 }
 
 /// The value of `key` in a raw environment block (`NAME=value` entries separated by NUL).
-pub fn env_value(environ: &[u8], key: &str) -> Option<String> {
+pub(crate) fn env_value(environ: &[u8], key: &str) -> Option<String> {
     let prefix = format!("{key}=");
     environ
         .split(|b| *b == 0)
@@ -208,7 +208,7 @@ pub fn env_value(environ: &[u8], key: &str) -> Option<String> {
 }
 
 /// The chain of ancestors of `pid`, nearest first, not including `pid` itself; stops at pid 1.
-pub fn ancestors(pid: i32) -> Vec<ProcStat> {
+pub(crate) fn ancestors(pid: i32) -> Vec<ProcStat> {
     let mut chain = Vec::new();
     let mut next = stat(pid).map_or(0, |s| s.ppid);
     while next > 0 && chain.len() < 4096 {
@@ -221,7 +221,7 @@ pub fn ancestors(pid: i32) -> Vec<ProcStat> {
 
 /// One ancestor of a hook, nearest first, as the hook saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Ancestor {
+pub(crate) struct Ancestor {
     pub pid: i32,
     pub uid: u32,
     /// The agent the agents table recognises in its argv (its executable, or node/bun running its script).
@@ -230,7 +230,7 @@ pub struct Ancestor {
 
 /// The ancestors of `pid`, nearest first, as the hook's agent choice reads them (`decide::belonging::hook_agent`):
 /// each one's pid, uid and the agent its argv is, if any.
-pub fn hook_ancestors(pid: i32) -> Vec<Ancestor> {
+pub(crate) fn hook_ancestors(pid: i32) -> Vec<Ancestor> {
     ancestors(pid)
         .into_iter()
         .filter_map(|stat| {
@@ -246,7 +246,7 @@ pub fn hook_ancestors(pid: i32) -> Vec<Ancestor> {
 
 /// The processes that may adopt the orphans of the broker led by `leader`: init, and the leader's ancestors (the
 /// nearest subreaper among a dying process's ancestors takes its children). Empty of ancestors once it is gone.
-pub fn adopters_of(leader: &Identity) -> std::collections::HashSet<i32> {
+pub(crate) fn adopters_of(leader: &Identity) -> std::collections::HashSet<i32> {
     let mut adopters: std::collections::HashSet<i32> = if is_alive(leader) {
         ancestors(leader.pid).iter().map(|stat| stat.pid).collect()
     } else {
@@ -258,7 +258,7 @@ pub fn adopters_of(leader: &Identity) -> std::collections::HashSet<i32> {
 
 /// Pids of this process and all its ancestors: never to be signalled. Read once per run (every check of the run
 /// uses the same snapshot); an ancestor that exits later keeps its pid protected, which only ever spares a process.
-pub fn self_and_ancestors() -> std::collections::HashSet<i32> {
+pub(crate) fn self_and_ancestors() -> std::collections::HashSet<i32> {
     static CHAIN: std::sync::OnceLock<std::collections::HashSet<i32>> = std::sync::OnceLock::new();
     CHAIN
         .get_or_init(|| {
@@ -271,10 +271,10 @@ pub fn self_and_ancestors() -> std::collections::HashSet<i32> {
         .clone()
 }
 
-pub use crate::store::root::host_name;
+pub(crate) use crate::store::root::host_name;
 
 /// This run's host name and pid namespace, as decisions take them.
-pub fn host() -> crate::model::host::Host {
+pub(crate) fn host() -> crate::model::host::Host {
     crate::model::host::Host {
         name: host_name(),
         pid_ns: own_pid_ns(),

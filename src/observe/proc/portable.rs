@@ -41,15 +41,17 @@ fn argv_of(process: &Process) -> Vec<String> {
         .collect()
 }
 
-pub fn boot_id() -> &'static str {
+pub(crate) fn boot_id() -> &'static str {
     static BOOT_ID: OnceLock<String> = OnceLock::new();
     BOOT_ID.get_or_init(|| System::boot_time().to_string())
 }
 
-pub fn stat(pid: i32) -> io::Result<ProcStat> {
-    let target = rustix::process::Pid::from_raw(pid);
-    let group = rustix::process::getpgid(target).map_or(0, |pid| pid.as_raw_nonzero().get());
-    let session = rustix::process::getsid(target).map_or(0, |pid| pid.as_raw_nonzero().get());
+pub(crate) fn stat(pid: i32) -> io::Result<ProcStat> {
+    // libc, not rustix: a group or session made outside this pid namespace reads as 0, which rustix's `Pid` cannot
+    // hold (it asserts in debug builds).
+    // SAFETY: getpgid and getsid read nothing of ours; a bad pid is an error return (-1).
+    let (group, session) = unsafe { (libc::getpgid(pid), libc::getsid(pid)) };
+    let (group, session) = (group.max(0), session.max(0));
     with_process(pid, |process| ProcStat {
         pid,
         comm: process.name().to_string_lossy().into_owned(),
@@ -69,39 +71,43 @@ pub fn stat(pid: i32) -> io::Result<ProcStat> {
 }
 
 /// Processes only: sysinfo lists no threads under their own pid.
-pub fn tgid_and_uid(pid: i32) -> io::Result<(i32, u32)> {
+pub(crate) fn tgid_and_uid(pid: i32) -> io::Result<(i32, u32)> {
     real_uid(pid).map(|uid| (pid, uid))
 }
 
 /// Pid namespaces are Linux's.
-pub fn own_pid_ns() -> Option<u64> {
+pub(crate) fn own_pid_ns() -> Option<u64> {
     None
 }
 
-pub fn rss_kib(pid: i32) -> Option<u64> {
+pub(crate) fn rss_kib(pid: i32) -> Option<u64> {
     with_process(pid, |process| process.memory() / 1024).ok()
 }
 
-/// Other processes' environments are not readable portably: no lineage tokens are seen here.
-pub fn environ(_pid: i32) -> io::Result<Vec<u8>> {
+/// Other processes' environments are not readable portably: no lineage tokens are seen here. (The Linux twin's
+/// signature.)
+#[allow(clippy::unnecessary_wraps)]
+pub(crate) fn environ(_pid: i32) -> io::Result<Vec<u8>> {
     Ok(Vec::new())
 }
 
-pub fn real_uid(pid: i32) -> io::Result<u32> {
+pub(crate) fn real_uid(pid: i32) -> io::Result<u32> {
     with_process(pid, |process| process.user_id().map(|uid| **uid))?
         .ok_or_else(|| io::Error::from(io::ErrorKind::PermissionDenied))
 }
 
-pub fn cmdline(pid: i32) -> io::Result<Vec<String>> {
+pub(crate) fn cmdline(pid: i32) -> io::Result<Vec<String>> {
     with_process(pid, argv_of)
 }
 
-pub fn environ_var(_pid: i32, _key: &str) -> io::Result<Option<String>> {
+#[allow(clippy::unnecessary_wraps)]
+pub(crate) fn environ_var(_pid: i32, _key: &str) -> io::Result<Option<String>> {
     // Other processes' environments are not readable portably: `sweep` finds no unrecorded brokers here.
     Ok(None)
 }
 
-pub fn pids() -> io::Result<Vec<i32>> {
+#[allow(clippy::unnecessary_wraps)]
+pub(crate) fn pids() -> io::Result<Vec<i32>> {
     Ok(system_with(None)
         .processes()
         .keys()
@@ -110,7 +116,7 @@ pub fn pids() -> io::Result<Vec<i32>> {
 }
 
 /// One pass over the process table (sysinfo reads it whole; `deadline` only decides whether to start).
-pub fn scan_cmdlines(deadline: Deadline) -> Vec<(i32, Vec<String>)> {
+pub(crate) fn scan_cmdlines(deadline: Deadline) -> Vec<(i32, Vec<String>)> {
     if deadline.expired() {
         return Vec::new();
     }
