@@ -409,7 +409,7 @@ fn check(transcript: &Transcript) -> (Vec<String>, Option<String>) {
     );
     if let Some(fixture) = &transcript.fixture {
         assert_eq!(fixture, "status-tree", "{at}: unknown fixture");
-        let tree = crate::newcomer_path::fixture_world();
+        let tree = crate::cli::fixture_world();
         let rendered = session_reaper::testing::render(&tree, false);
         let actual = vec![Step {
             command: transcript.steps[0].command.clone(),

@@ -1,24 +1,24 @@
 //! The integration tests: one binary, driving the real `session-reaper` against real child processes.
 
 mod belonging;
+mod brokers;
+mod cli;
 mod codex_plugin;
 mod containment;
+mod deadlines;
 mod demo;
 mod docs;
-mod edges;
-mod first_hour;
-mod foundation;
-mod hardening;
+mod everyday;
 mod harness;
 mod hooks;
 mod layers;
 mod leftovers;
 mod lineage;
-mod newcomer;
-mod newcomer_path;
+mod owner_index;
 mod packaging;
+mod records;
 mod reliability;
-mod reshaped;
 mod settings;
+mod setup;
 mod sweep;
 mod test_cgroup;

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use crate::harness::{
     BIN, Env, PATIENCE, Proc, named_python, run_bounded, scrub_env, stderr, stdout, wait_until,
 };
-use crate::newcomer::assert_cli_accepts;
+use crate::setup::assert_cli_accepts;
 
 /// An id no other test (nor another run) uses: the resume scans look at every process of the machine.
 pub(crate) fn unique_id(prefix: &str) -> String {
@@ -1055,7 +1055,7 @@ fn log_filters_by_session_action_and_age_in_text_and_json() {
 
 /// The arguments (after the program) of a command line, up to a shell redirection; the program's basename.
 fn program_and_args(line: &str) -> (String, Vec<String>) {
-    let words = crate::newcomer::shell_words(line);
+    let words = crate::setup::shell_words(line);
     let (program, rest) = words.split_first().expect("a command");
     let args = rest
         .iter()

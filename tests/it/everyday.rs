@@ -1,6 +1,5 @@
-//! A newcomer's first hour, third pass (issue 21, items 6 and 9): `broker spawn` without a fixed wait (an early
-//! exit still shown), broker commands run by hand, session prefixes, `keep`'s event and JSON, a reported
-//! leftover in `status`, one JSON key for a session, and colour on every output for people.
+//! Everyday use of the broker commands and `keep`: `broker spawn` without a fixed wait (an early exit still shown),
+//! broker commands run by hand, session prefixes, `keep`'s event and JSON, reported leftovers in `status`.
 
 use std::time::{Duration, Instant};
 

@@ -1,5 +1,5 @@
-//! The newcomer's path, second pass: one test per friction a first-time user hit (issue points 1-10), the `status`
-//! picture as a checked-in snapshot (the README's examples are checked in docs.rs).
+//! The command line as people meet it: short session ids, the `status` picture (a checked-in snapshot), usage
+//! errors, JSON on request, colour only for terminals, log files in missing directories.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -215,7 +215,7 @@ fn point_3_spawn_refuses_another_command_and_reports_a_broker_that_dies_at_once(
         .collect();
     assert_eq!(owners, ["s2", "s1"], "the old broker's owners carry over");
 
-    // Watched with `--wait` (without it the record is kept and `status` shows it STALE: tests/it/first_hour.rs).
+    // Watched with `--wait` (without it the record is kept and `status` shows it STALE: tests/it/everyday.rs).
     let out = env.run(&[
         "broker",
         "spawn",

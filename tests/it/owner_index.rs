@@ -1,6 +1,6 @@
-//! The reshaped core: unreadable records are occupied, never empty; read-only commands and dry runs change nothing
-//! (the state root is compared byte for byte and by metadata); a session's end visits only the slots its owner
-//! index names; the index protocol holds under concurrent attaches, ends and sweeps.
+//! Slots and the owner index: unreadable records are occupied, never empty; read-only commands and dry runs change
+//! nothing (the state root is compared byte for byte and by metadata); a session's end visits only the slots its
+//! owner index names; the index protocol holds under concurrent attaches, ends and sweeps.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

@@ -1,6 +1,6 @@
-//! The edges: FIFOs and huge files in the state root, held locks, slow payloads, absurd durations, closed and full
-//! pipes, and two drivers on one stop ticket. Each deadline is measured over at least 20 runs and the maximum
-//! printed; the only bound asserted is the deadline itself plus a margin for a loaded machine.
+//! Deadlines against a hostile state root: FIFOs and huge files, held locks, slow payloads, absurd durations, closed
+//! and full pipes, and two drivers on one stop ticket. Each deadline is measured over at least 20 runs and the
+//! maximum printed; the only bound asserted is the deadline itself plus a margin for a loaded machine.
 
 use std::fs;
 use std::io::{BufRead, BufReader};

@@ -1,6 +1,6 @@
-//! The foundation issue's required tests: owner updates under concurrency and SIGKILL, the stop cascade on real
-//! process groups, identity checks against planted records, bad input that changes nothing, and v1 records read
-//! and rewritten without losing fields.
+//! Brokers and their owners: owner updates under concurrency and SIGKILL, the stop cascade on real process groups,
+//! identity checks against planted records, bad input that changes nothing, and v1 records read and rewritten
+//! without losing fields.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;

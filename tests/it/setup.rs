@@ -1,6 +1,6 @@
-//! The newcomer issue: what a first-time user touches — `demo` cleans up after itself, `install`/`uninstall` keep
-//! the rest of a settings file and name a command our CLI accepts, `doctor` flags an unsafe state root, and shell
-//! completions print. Every run that reads agent settings gets a temporary HOME.
+//! Setting up: `demo` cleans up after itself, `install`/`uninstall` keep the rest of a settings file and name a
+//! command our CLI accepts, `doctor` flags an unsafe state root, and shell completions print. Every run that reads
+//! agent settings gets a temporary HOME.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

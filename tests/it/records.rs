@@ -1,5 +1,6 @@
-//! Issue 9's hardening list, each item against the real binary: temp files of killed writers, unbounded payload
-//! fields, corrupt slot records, idle TTLs under a stepped clock, sweeps racing spawns, and symlinked slots.
+//! Records under stress, each against the real binary: temp files of killed writers, unbounded payload fields,
+//! corrupt slot records, idle TTLs under a stepped clock, sweeps racing spawns, symlinked slots, and a resume
+//! orphan's pid reused.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
