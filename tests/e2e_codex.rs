@@ -160,8 +160,12 @@ fn isolated(program: &Path, dirs: &Dirs) -> Command {
             command.env_remove(name);
         }
     }
+    // A temp dir of the test's own: nothing the client unpacks lands in the shared /tmp.
+    let tmp = dirs.home.join("tmp");
+    std::fs::create_dir_all(&tmp).expect("the client's TMPDIR");
     command
         .env("HOME", &dirs.home)
+        .env("TMPDIR", &tmp)
         // No cgroup but under a parent a test made (tests/e2e_gemini.rs is the containment end to end).
         .env("SESSION_REAPER_CONTAINMENT", "off")
         .env("CODEX_HOME", &dirs.codex_home)

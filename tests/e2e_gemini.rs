@@ -173,8 +173,12 @@ fn isolated(program: &Path, dirs: &Dirs, cgroup: &TestCgroup) -> Command {
             command.env_remove(name);
         }
     }
+    // A temp dir of the test's own: nothing the client unpacks lands in the shared /tmp.
+    let tmp = dirs.home.join("tmp");
+    std::fs::create_dir_all(&tmp).expect("the client's TMPDIR");
     command
         .env("HOME", &dirs.home)
+        .env("TMPDIR", &tmp)
         .envs(cgroup.env())
         .stdin(Stdio::null());
     command

@@ -150,8 +150,13 @@ impl Run {
                 command.env_remove(name);
             }
         }
+        // A temp dir of the test's own: a client that unpacks native modules into TMPDIR (OpenCode, a Bun binary)
+        // leaves nothing in the shared /tmp.
+        let tmp = self.home.join("tmp");
+        fs::create_dir_all(&tmp).expect("the client's TMPDIR");
         command
             .env("HOME", &self.home)
+            .env("TMPDIR", &tmp)
             .current_dir(&self.work)
             .stdin(Stdio::null());
         command

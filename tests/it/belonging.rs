@@ -13,6 +13,7 @@ use crate::harness::{
     BIN, Env, PATIENCE, Proc, fresh_session, named_python, scrub_env, sentinels_of, stderr, stdout,
     unshare_pid_namespace, wait_until,
 };
+use crate::test_cgroup::TestCgroup;
 
 /// How long "still running later" is watched for: long enough for a sentinel, a finisher and a grace to act.
 const LATER: Duration = Duration::from_secs(3);
@@ -568,11 +569,47 @@ time.sleep(600)
 
 #[test]
 fn a_tmux_server_shared_with_the_user_and_a_second_agent_is_never_stopped() {
+    tmux_scene(None);
+}
+
+/// The same scene with containment on (issue 19): the tmux server, the user's window and agent T were all forked
+/// inside S's cgroup, so S's cgroup holds them when S is gone; every belonging rule still spares them.
+#[test]
+fn a_tmux_server_shared_with_the_user_and_a_second_agent_is_never_stopped_with_containment_on() {
+    let cgroup = TestCgroup::new().expect("containment needs a test cgroup here (cgroup v2, root)");
+    tmux_scene(Some(&cgroup));
+}
+
+/// Agent S's tool starts a tmux server; the user opens a window from a clean terminal and starts a second agent T
+/// in another window; S exits. With `cgroup`, S (and everything it starts) is contained under the test's parent.
+fn tmux_scene(cgroup: Option<&TestCgroup>) {
     let mut env = Env::new();
     let s_session = fresh_session("bl-tmux-s");
     let t_session = fresh_session("bl-tmux-t");
-    let mut s_agent = env.fake_agent(&s_session, "CLAUDE_CODE_SESSION_ID", &["--agent", "claude"]);
+    let hook_flags = ["--agent", "claude"];
+    let mut s_agent = match cgroup {
+        None => env.fake_agent(&s_session, "CLAUDE_CODE_SESSION_ID", &hook_flags),
+        Some(cgroup) => {
+            let entries = cgroup.env();
+            let extra: Vec<(&str, &str)> = entries.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let claude = named_python(&env, "claude");
+            env.fake_agent_as(
+                &claude,
+                &s_session,
+                "CLAUDE_CODE_SESSION_ID",
+                &hook_flags,
+                &extra,
+            )
+        }
+    };
     s_agent.order("start");
+    if let Some(cgroup) = cgroup {
+        assert!(
+            wait_until(PATIENCE, || cgroup.holds(s_agent.proc.pid, "agent-")),
+            "S is in a cgroup of its own: {:?}",
+            TestCgroup::cgroup_of(s_agent.proc.pid)
+        );
+    }
     let (socket, server, dev) = tool_starts_tmux(&mut env, &mut s_agent);
     // The user's window, opened from a clean terminal: an interactive login shell.
     tmux_clean(&socket, &["new-window", "-t", "dev"]);
