@@ -26,6 +26,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+#[path = "common/waiting.rs"]
+mod waiting;
+use waiting::{drain, poll};
+
 const NAME: &str = "codex_exec_session_end_stops_the_broker_its_shell_tool_started";
 /// How long one whole `codex exec` run may take before it is killed.
 const CODEX_DEADLINE: Duration = Duration::from_secs(180);
@@ -325,25 +329,6 @@ fn session_id(stderr: &str) -> Option<String> {
     stderr
         .lines()
         .find_map(|line| line.trim().strip_prefix("session id: ").map(str::to_owned))
-}
-
-fn drain(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {
-    thread::spawn(move || {
-        let mut text = String::new();
-        let _ = pipe.read_to_string(&mut text);
-        text
-    })
-}
-
-fn poll(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        thread::sleep(Duration::from_millis(25));
-    }
-    done()
 }
 
 /// The broker as `broker spawn` reported it: what this test may signal, by identity.

@@ -30,6 +30,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+#[path = "common/waiting.rs"]
+mod waiting;
+use waiting::{drain, poll};
+
 use test_cgroup::TestCgroup;
 
 const NAME: &str = "gemini_p_leaves_no_setsid_or_nohup_job_behind";
@@ -355,25 +359,6 @@ fn run_gemini(
     };
     let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
     (status, stdout, stderr)
-}
-
-fn drain(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {
-    thread::spawn(move || {
-        let mut text = String::new();
-        let _ = pipe.read_to_string(&mut text);
-        text
-    })
-}
-
-fn poll(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        thread::sleep(Duration::from_millis(25));
-    }
-    done()
 }
 
 /// A fake Gemini API (`generativelanguage` v1beta): `…:generateContent` and `…:streamGenerateContent` (server-sent

@@ -18,6 +18,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+#[path = "../common/waiting.rs"]
+mod waiting;
+use waiting::{drain, poll};
+
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_session-reaper");
 /// How long one whole agent run may take before it is killed.
 const AGENT_DEADLINE: Duration = Duration::from_secs(180);
@@ -406,25 +410,6 @@ fn bounded(command: &mut Command) -> (Option<ExitStatus>, String, String) {
         thread::sleep(Duration::from_millis(50));
     };
     (status, stdout.join().unwrap(), stderr.join().unwrap())
-}
-
-fn drain(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {
-    thread::spawn(move || {
-        let mut text = String::new();
-        let _ = pipe.read_to_string(&mut text);
-        text
-    })
-}
-
-fn poll(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        thread::sleep(Duration::from_millis(25));
-    }
-    done()
 }
 
 /// The shell tools the fake model knows, by the names the clients give them (Droid: `Execute`; Copilot CLI and
