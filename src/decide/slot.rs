@@ -407,7 +407,7 @@ mod tests {
                 &refused,
                 facts,
                 |_| true,
-                &policy(SystemTime::now(), Duration::ZERO),
+                &policy(clock::parse(NOW).unwrap(), Duration::ZERO),
                 (&here(), LABEL)
             ),
             SlotChange::LeaveAlone { .. }
@@ -433,7 +433,7 @@ mod tests {
                 &view,
                 dead,
                 |_| true,
-                &policy(SystemTime::now(), Duration::ZERO),
+                &policy(clock::parse(NOW).unwrap(), Duration::ZERO),
                 (&here(), LABEL)
             ),
             SlotChange::Keep
@@ -566,7 +566,7 @@ mod tests {
 
     #[test]
     fn sweep_drops_ended_owners_and_stops_when_none_is_left() {
-        let now = SystemTime::now();
+        let now = clock::parse(NOW).unwrap();
         let shared = SlotView::Broker(record(&["a", "b"], &clock::format(now), None));
         let policy = policy(now, Duration::ZERO);
         let change = sweep(&shared, LIVE, |s| s == "a", &policy, (&here(), LABEL));
