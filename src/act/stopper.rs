@@ -449,28 +449,9 @@ impl Stopper {
             &item.adopters,
         );
         found.extend(item.ticket.members.iter().cloned());
-        for member in found {
-            let known = item
-                .members
-                .iter()
-                .any(|handle| handle.identity().is_same_process(&member));
-            if known {
-                continue;
-            }
-            match self.guard.target(&member) {
-                Target::Live(handle) => item.members.push(handle),
-                // A live agent in the broker's group: the group is never signalled as such, only its members.
-                Target::Refused(_) => item.group_refused = true,
-                Target::Gone => {}
-            }
-        }
-        // Every member ever seen stays in the ticket (a gone one is never signalled: its identity no longer
-        // matches), so that the run that closes the ticket can say how many there were.
-        for handle in &item.members {
-            let identity = handle.identity();
-            if !item.ticket.members.iter().any(|m| m == identity) {
-                item.ticket.members.push(identity.clone());
-            }
+        // A live agent in the broker's group: the group is never signalled as such, only its members.
+        if self.adopt_members(item, found) {
+            item.group_refused = true;
         }
     }
 
@@ -500,8 +481,11 @@ impl Stopper {
         self.adopt_members(item, reached);
     }
 
-    /// Keeps a verified handle on each of `found` not yet known, and remembers every member in the ticket.
-    fn adopt_members(&self, item: &mut Active, found: Vec<Identity>) {
+    /// Keeps a verified handle on each of `found` not yet known, and remembers every member in the ticket (a gone one
+    /// is never signalled: its identity no longer matches), so that the run that closes the ticket can say how many
+    /// there were. True when the guard refused one of them.
+    fn adopt_members(&self, item: &mut Active, found: Vec<Identity>) -> bool {
+        let mut refused = false;
         for member in found {
             let known = item
                 .members
@@ -510,8 +494,10 @@ impl Stopper {
             if known {
                 continue;
             }
-            if let Target::Live(handle) = self.guard.target(&member) {
-                item.members.push(handle);
+            match self.guard.target(&member) {
+                Target::Live(handle) => item.members.push(handle),
+                Target::Refused(_) => refused = true,
+                Target::Gone => {}
             }
         }
         for handle in &item.members {
@@ -520,6 +506,7 @@ impl Stopper {
                 item.ticket.members.push(identity.clone());
             }
         }
+        refused
     }
 
     /// Before a leftover's SIGKILL: stops (SIGSTOP) the leader and every member, then looks again, until a look
