@@ -55,7 +55,9 @@ fn main() {
         Target::None,
         None,
     );
-    let node = which("node").then(|| measure(rounds, None, &|_| reference("node", &["-e", "0"])));
+    let hooks = options.runs("hooks");
+    let node = (hooks && which("node"))
+        .then(|| measure(rounds, None, &|_| reference("node", &["-e", "0"])));
     if let Some(node) = &node {
         table.row(
             "node -e 0 (the floor of any Node hook)",
@@ -80,16 +82,22 @@ fn main() {
             },
         )
     };
-    let session_start = start("start", &[]);
-    table.row(
-        "hook SessionStart",
-        &session_start,
-        Some(("sh -c /bin/true", &shell)),
-        Target::Ratio(2.5),
-        Some(HOOK_RSS_KIB),
-    );
+    let session_start = if hooks {
+        start("start", &[])
+    } else {
+        Sample::default()
+    };
+    if hooks {
+        table.row(
+            "hook SessionStart",
+            &session_start,
+            Some(("sh -c /bin/true", &shell)),
+            Target::Ratio(2.5),
+            Some(HOOK_RSS_KIB),
+        );
+    }
     let mut profiles = Vec::new();
-    if session_start.median().as_secs_f64() > 2.5 * shell.median().as_secs_f64() {
+    if hooks && session_start.median().as_secs_f64() > 2.5 * shell.median().as_secs_f64() {
         profiles.push(support::profile(
             "hook SessionStart",
             &ours(&state.path, &["hook", "--agent", "claude"]),
@@ -105,7 +113,7 @@ fn main() {
             None,
         );
     }
-    if sentinel_flag {
+    if hooks && sentinel_flag {
         let without = start("nosentinel", &["--sentinel", "off"]);
         table.row(
             "hook SessionStart --sentinel off",
@@ -147,17 +155,47 @@ fn main() {
 
     // A live broker to attach to (owned by "keeper" for the whole run).
     let broker = spawn_broker(&state.path, &ws, "keeper", &[]);
+    if hooks {
+        brokers(&mut table, &state.path, &ws_text, rounds, &shell);
+    }
+    let containment_memory =
+        if options.runs("containment") && support::supports(&["hook"], "--containment") {
+            containment(&mut table, temp.path(), &ws_text, rounds, &shell)
+        } else {
+            None
+        };
+    if options.runs("scans") {
+        scans(&mut table, &state.path, &ws_text, rounds, leftovers_flag);
+    }
+    if options.runs("deadlines") {
+        deadlines(&mut table, temp.path(), &ws, rounds, &broker);
+    }
+    if options.runs("writers") {
+        writers(&mut table, &state.path, &ws_text, &options);
+    }
+    let _ = ours(&state.path, &["reap", "--session", "keeper"]).output();
+    table.finish();
+    for line in [sentinel_memory, containment_memory].into_iter().flatten() {
+        println!("{line}");
+    }
+    for profile in profiles {
+        println!("{profile}");
+    }
+}
+
+/// `broker attach` to a live broker and `broker spawn` of a new one, beside `sh -c /bin/true`.
+fn brokers(table: &mut Table, state: &Path, ws_text: &str, rounds: usize, shell: &Sample) {
     let attach = measure(rounds, None, &|round| {
         let session = format!("attach-{round}");
         ours(
-            &state.path,
-            &["broker", "attach", "--cwd", &ws_text, "--session", &session],
+            state,
+            &["broker", "attach", "--cwd", ws_text, "--session", &session],
         )
     });
     table.row(
         "broker attach (live broker)",
         &attach,
-        Some(("sh -c /bin/true", &shell)),
+        Some(("sh -c /bin/true", shell)),
         Target::None,
         Some(HOOK_RSS_KIB),
     );
@@ -166,12 +204,12 @@ fn main() {
     let spawn = measure(rounds, None, &|round| {
         let name = format!("spawned-{round}");
         ours(
-            &state.path,
+            state,
             &[
                 "broker",
                 "spawn",
                 "--cwd",
-                &ws_text,
+                ws_text,
                 "--name",
                 &name,
                 "--session",
@@ -185,28 +223,11 @@ fn main() {
     table.row(
         "broker spawn (a new broker)",
         &spawn,
-        Some(("sh -c /bin/true", &shell)),
+        Some(("sh -c /bin/true", shell)),
         Target::Ratio(8.0),
         Some(HOOK_RSS_KIB),
     );
-    let _ = ours(&state.path, &["reap", "--session", "spawner"]).output();
-
-    let containment_memory = if support::supports(&["hook"], "--containment") {
-        containment(&mut table, temp.path(), &ws_text, rounds, &shell)
-    } else {
-        None
-    };
-    scans(&mut table, &state.path, &ws_text, rounds, leftovers_flag);
-    deadlines(&mut table, temp.path(), &ws, rounds, &broker);
-    writers(&mut table, &state.path, &ws_text, &options);
-    let _ = ours(&state.path, &["reap", "--session", "keeper"]).output();
-    table.finish();
-    for line in [sentinel_memory, containment_memory].into_iter().flatten() {
-        println!("{line}");
-    }
-    for profile in profiles {
-        println!("{profile}");
-    }
+    let _ = ours(state, &["reap", "--session", "spawner"]).output();
 }
 
 /// The memory of the sentinels of `state` once they wait (blocked in `poll`, as `/proc/<pid>/wchan` says; at most

@@ -14,9 +14,11 @@ use std::time::{Duration, Instant};
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_session-reaper");
 
 /// The command-line switches every bench binary takes: `--quick` (CI smoke: small sizes, few rounds) and
-/// `--proc-walk NEEDLE` (this binary as the minimal `/proc` walk; see `proc_walk`).
+/// `--proc-walk NEEDLE` (this binary as the minimal `/proc` walk; see `proc_walk`); and the groups of cases to run
+/// (`SESSION_REAPER_BENCH_ONLY=containment,scans`: a comma-separated list; unset, all of them).
 pub(crate) struct Options {
     pub quick: bool,
+    pub only: Option<Vec<String>>,
 }
 
 impl Options {
@@ -32,7 +34,17 @@ impl Options {
         Options {
             quick: args.iter().any(|arg| arg == "--quick")
                 || std::env::var_os("SESSION_REAPER_BENCH_QUICK").is_some(),
+            only: std::env::var("SESSION_REAPER_BENCH_ONLY")
+                .ok()
+                .map(|groups| groups.split(',').map(str::to_owned).collect()),
         }
+    }
+
+    /// Whether the cases of `group` run (`SESSION_REAPER_BENCH_ONLY`).
+    pub(crate) fn runs(&self, group: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|groups| groups.iter().any(|only| only == group))
     }
 
     /// Runs per case: ≥ 20 in a full run.
