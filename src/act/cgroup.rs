@@ -243,7 +243,7 @@ fn move_descendants(dir: &Path, agent: &Identity) {
     while !frontier.is_empty() {
         let mut next = Vec::new();
         for parent in frontier {
-            for child in children_of(parent) {
+            for child in crate::observe::table::children_of(parent) {
                 if !seen.insert(child) || hook_chain.contains(&child) {
                     continue;
                 }
@@ -260,22 +260,6 @@ fn move_descendants(dir: &Path, agent: &Identity) {
         }
         frontier = next;
     }
-}
-
-/// The children of every thread of `pid` (`/proc/<pid>/task/<tid>/children`).
-fn children_of(pid: i32) -> Vec<i32> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    tasks
-        .filter_map(Result::ok)
-        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
-        .flat_map(|text| {
-            text.split_whitespace()
-                .filter_map(|pid| pid.parse().ok())
-                .collect::<Vec<i32>>()
-        })
-        .collect()
 }
 
 /// The processes `dir` holds, as identities read now.

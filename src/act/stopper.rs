@@ -276,10 +276,15 @@ impl Stopper {
         if let Some(sparing) = sparing {
             return sparing.run(tickets, deadline);
         }
-        // One look at the process table for every ticket's members to begin with.
+        // One look at the process table for every broker ticket's members to begin with (a leftover's tree is
+        // walked from the leftover down instead).
         let groups: std::collections::HashSet<i32> =
             tickets.iter().map(|ticket| ticket.identity.pid).collect();
-        let first_look = proc::observe_until(&groups, deadline);
+        let first_look = if tickets.iter().all(is_leftover) {
+            (Vec::new(), true)
+        } else {
+            proc::observe_until(&groups, deadline)
+        };
         let ticketed = std::rc::Rc::new(
             tickets
                 .iter()
@@ -458,13 +463,16 @@ impl Stopper {
     /// A leftover's members (DESIGN "Belonging"): its descendants, and theirs, that are leftovers by the same rules
     /// (`belonging::stop_reach`) — never its group or session. Each new one gets a verified handle.
     fn refresh_descendants(&self, item: &mut Active) {
-        let table = Table::observe(item.ticket.identity.start_ticks);
         let known: Vec<Identity> = item
             .members
             .iter()
             .filter(|member| !member.has_exited())
             .map(|member| member.identity().clone())
             .collect();
+        let roots: Vec<Identity> = std::iter::once(item.ticket.identity.clone())
+            .chain(known.iter().cloned())
+            .collect();
+        let table = Table::observe_below(&roots, item.ticket.identity.start_ticks);
         let spared = belonging::Spared {
             live_agents: self.guard.live_agents(),
             kept: &[],

@@ -102,11 +102,6 @@ pub(crate) fn is_live_agent(identity: &Identity, live_agents: &[Identity]) -> bo
 /// Shells: a window running one with no command (`-bash`, `zsh -l`) is a person's terminal.
 const SHELLS: &[&str] = &["sh", "bash", "dash", "zsh", "fish", "ksh", "tcsh", "csh"];
 
-/// The server of a terminal multiplexer (tmux names its server `tmux: server`; screen's is `SCREEN`).
-pub(crate) fn is_multiplexer_server(p: &Observed) -> bool {
-    p.comm == "tmux: server" || p.comm == "SCREEN"
-}
-
 /// A client of a terminal multiplexer: a person's terminal attached to one of its servers.
 fn is_multiplexer_client(p: &Observed) -> bool {
     p.comm == "tmux: client" || p.comm == "screen" || (p.comm == "tmux" && !p.argv.is_empty())
@@ -190,7 +185,7 @@ pub(crate) fn in_a_live_terminal<'t>(
 ) -> Option<&'t Observed> {
     std::iter::once(p)
         .chain(table.ancestors(p.identity.pid))
-        .find(|candidate| is_multiplexer_server(candidate))
+        .find(|candidate| candidate.is_multiplexer_server())
         .filter(|server| serves_a_live_terminal(table, server, live_agents))
 }
 
@@ -252,7 +247,7 @@ fn is_spared(table: &Table, p: &Observed, spared: &Spared<'_>) -> bool {
         || p.broker
         || spared.kept.iter().any(|mark| p.is(mark))
         || runs_an_agent(p, spared.live_agents)
-        || (is_multiplexer_server(p) && serves_a_live_terminal(table, p, spared.live_agents))
+        || (p.is_multiplexer_server() && serves_a_live_terminal(table, p, spared.live_agents))
 }
 
 #[cfg(test)]

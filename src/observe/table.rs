@@ -52,6 +52,12 @@ impl Observed {
                 .any(|spec| spec.executables.contains(&self.comm.as_str()))
     }
 
+    /// The server of a terminal multiplexer (tmux names its server `tmux: server`; screen's is `SCREEN`): whether
+    /// it serves a live terminal is told by its clients, anywhere in the table.
+    pub(crate) fn is_multiplexer_server(&self) -> bool {
+        self.comm == "tmux: server" || self.comm == "SCREEN"
+    }
+
     pub(crate) fn carries(&self, session: &str) -> Option<&'static str> {
         self.sessions
             .iter()
@@ -77,25 +83,90 @@ impl Table {
     /// and the argv of those and of their ancestors (what the rules judge by argv: agent workers, agent executables
     /// above a carrier). A process whose identity changed while it was read is left out.
     pub(crate) fn observe(since_ticks: u64) -> Self {
+        Table::observe_all_with(|stat| stat.start_ticks >= since_ticks)
+    }
+
+    /// Like `observe`, with the environment, memory and argv read only of `members` (a contained session's cgroup
+    /// holds every candidate) and of their ancestors' argv. Of the rest, only what the rules look at besides the
+    /// members is read (its stat): their ancestors and the agents they name. The whole table's stat is read only when
+    /// a terminal multiplexer's server is among those (its clients, anywhere, say whether it serves a live
+    /// terminal).
+    pub(crate) fn observe_only(members: &HashSet<i32>) -> Self {
+        let uid = rustix::process::getuid().as_raw();
+        let wanted = |stat: &proc::ProcStat| members.contains(&stat.pid);
+        let mut procs: HashMap<i32, Observed> = HashMap::new();
+        let mut next: Vec<i32> = members.iter().copied().collect();
+        while let Some(pid) = next.pop() {
+            if pid <= 0 || procs.contains_key(&pid) {
+                continue;
+            }
+            let Some(p) = observe_one(pid, wanted, uid) else {
+                continue;
+            };
+            if p.is_multiplexer_server() {
+                return Table::observe_all_with(wanted);
+            }
+            next.push(p.ppid);
+            next.extend(p.agent_pid);
+            procs.insert(pid, p);
+        }
+        let mut table = Table::from_processes(procs.into_values());
+        table.read_argv();
+        table
+    }
+
+    /// Every process's stat, and the details of those `wanted` says.
+    fn observe_all_with(wanted: impl Fn(&proc::ProcStat) -> bool) -> Self {
         let uid = rustix::process::getuid().as_raw();
         let procs = proc::pids()
             .unwrap_or_default()
             .into_iter()
-            .filter_map(|pid| observe_one(pid, |stat| stat.start_ticks >= since_ticks, uid));
+            .filter_map(|pid| observe_one(pid, &wanted, uid));
         let mut table = Table::from_processes(procs);
         table.read_argv();
         table
     }
 
-    /// Like `observe`, with the environment, memory and argv read only of `members` (a contained session's cgroup
-    /// holds every candidate) and of their ancestors' argv: the rest of the table is its stat alone.
-    pub(crate) fn observe_only(members: &HashSet<i32>) -> Self {
+    /// `roots` that are still the processes they name and their descendants (from each root down, the children
+    /// every thread lists), detailed as `observe(since_ticks)` details them: the tree a stop walks, without reading
+    /// the rest of the table. The full `observe` where the kernel lists no children, or where a terminal
+    /// multiplexer's server is in the tree (its clients, anywhere, say whether it serves a live terminal).
+    pub(crate) fn observe_below(roots: &[Identity], since_ticks: u64) -> Self {
+        if !lists_children() {
+            return Table::observe(since_ticks);
+        }
         let uid = rustix::process::getuid().as_raw();
-        let procs = proc::pids()
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|pid| observe_one(pid, |stat| members.contains(&stat.pid), uid));
-        let mut table = Table::from_processes(procs);
+        let wanted = |stat: &proc::ProcStat| stat.start_ticks >= since_ticks;
+        let mut procs: HashMap<i32, Observed> = HashMap::new();
+        let mut frontier: Vec<i32> = Vec::new();
+        for root in roots {
+            if procs.contains_key(&root.pid) {
+                continue;
+            }
+            if let Some(p) = observe_one(root.pid, wanted, uid)
+                .filter(|p| p.identity.start_ticks == root.start_ticks)
+            {
+                frontier.push(root.pid);
+                procs.insert(root.pid, p);
+            }
+        }
+        while let Some(parent) = frontier.pop() {
+            for child in children_of(parent) {
+                if procs.contains_key(&child) {
+                    continue;
+                }
+                // Still its child: a pid reused since the list was read is not in the tree.
+                let Some(p) = observe_one(child, wanted, uid).filter(|p| p.ppid == parent) else {
+                    continue;
+                };
+                if p.is_multiplexer_server() {
+                    return Table::observe(since_ticks);
+                }
+                frontier.push(child);
+                procs.insert(child, p);
+            }
+        }
+        let mut table = Table::from_processes(procs.into_values());
         table.read_argv();
         table
     }
@@ -176,6 +247,28 @@ impl Table {
             })
             .collect()
     }
+}
+
+/// Whether the kernel lists each thread's children (`/proc/<pid>/task/<tid>/children`, `CONFIG_PROC_CHILDREN`).
+fn lists_children() -> bool {
+    static LISTS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *LISTS.get_or_init(|| std::path::Path::new("/proc/thread-self/children").exists())
+}
+
+/// The children of every thread of `pid` (`/proc/<pid>/task/<tid>/children`); empty once it is gone.
+pub(crate) fn children_of(pid: i32) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|text| {
+            text.split_whitespace()
+                .filter_map(|pid| pid.parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect()
 }
 
 fn observe_one(pid: i32, wanted: impl Fn(&proc::ProcStat) -> bool, uid: u32) -> Option<Observed> {
