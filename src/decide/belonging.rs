@@ -2,7 +2,7 @@
 //! agents no stop may reach, which carriers of a session's variable serve someone else (a terminal multiplexer
 //! in use), and how far the stop of a leftover may reach. Pure functions over what `observe` read; no system call.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use crate::agents::{AGENTS, Agent};
 use crate::model::record::{Identity, SessionRecord};
@@ -209,35 +209,45 @@ pub(crate) fn stop_reach(
     known: &[Identity],
     spared: &Spared<'_>,
 ) -> Vec<Identity> {
+    stop_reach_in(table, &table.children_index(), leader, known, spared)
+}
+
+/// `stop_reach` with the table's `children_index` built once for many leaders: the tree below each root is walked
+/// from the top down, and nothing below a spared process is reached through it.
+pub(crate) fn stop_reach_in(
+    table: &Table,
+    children: &HashMap<i32, Vec<i32>>,
+    leader: &Identity,
+    known: &[Identity],
+    spared: &Spared<'_>,
+) -> Vec<Identity> {
     let roots: HashSet<i32> = std::iter::once(leader)
         .chain(known)
         .filter(|root| table.is_live(root))
         .map(|root| root.pid)
         .collect();
-    let mut reached: Vec<Identity> = table
-        .procs
-        .values()
-        .filter(|p| !roots.contains(&p.identity.pid))
-        .filter(|p| {
+    // A root below another root is walked as a root of its own: its tree is never reached through the other.
+    let mut seen = roots.clone();
+    let mut below: Vec<i32> = roots.iter().copied().collect();
+    let mut reached: Vec<Identity> = Vec::new();
+    while let Some(parent) = below.pop() {
+        for child in children.get(&parent).into_iter().flatten() {
+            if !seen.insert(*child) {
+                continue;
+            }
+            let Some(p) = table.get(*child).filter(|p| !is_spared(table, p, spared)) else {
+                continue;
+            };
             let id = &p.identity;
-            id.uid == leader.uid
+            if id.uid == leader.uid
                 && id.boot_id == leader.boot_id
                 && id.start_ticks >= leader.start_ticks
-                && !p.broker
-        })
-        .filter(|p| {
-            // The path from `p` up to the nearest root: nothing on it (nor `p`) may be spared.
-            let mut path = vec![*p];
-            for ancestor in table.ancestors(p.identity.pid) {
-                if roots.contains(&ancestor.identity.pid) {
-                    return path.iter().all(|step| !is_spared(table, step, spared));
-                }
-                path.push(ancestor);
+            {
+                reached.push(id.clone());
             }
-            false
-        })
-        .map(|p| p.identity.clone())
-        .collect();
+            below.push(*child);
+        }
+    }
     reached.sort_by_key(|identity| identity.pid);
     reached
 }
@@ -413,5 +423,43 @@ mod tests {
             process(202, 201, 62, "its-tool"),
         ]);
         assert!(stop_reach(&table, &identity(200, 60), &[], &Spared::default()).is_empty());
+    }
+
+    #[test]
+    fn a_stop_reaches_below_its_known_members_and_through_what_it_does_not_signal() {
+        let table = Table::from_processes(vec![
+            process(1, 0, 1, "init"),
+            process(200, 1, 60, "leader"),
+            // A member already known, reparented to init when its parent died: its tree is still reached.
+            process(210, 1, 70, "known-member"),
+            process(211, 210, 71, "under-the-member"),
+            // Older than the leader (never signalled) but not spared: what runs below it is reached.
+            process(220, 200, 50, "older"),
+            process(221, 220, 72, "under-the-older"),
+            process(230, 1, 73, "beside"),
+        ]);
+        let reached = stop_reach(
+            &table,
+            &identity(200, 60),
+            &[identity(210, 70), identity(999, 1)],
+            &Spared::default(),
+        );
+        let pids: Vec<i32> = reached.iter().map(|id| id.pid).collect();
+        assert_eq!(
+            pids,
+            [211, 221],
+            "never a root, a gone member or what is beside"
+        );
+        let children = table.children_index();
+        assert_eq!(
+            stop_reach_in(
+                &table,
+                &children,
+                &identity(200, 60),
+                &[],
+                &Spared::default()
+            ),
+            stop_reach(&table, &identity(200, 60), &[], &Spared::default()),
+        );
     }
 }

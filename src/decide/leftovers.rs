@@ -87,17 +87,16 @@ pub(crate) fn find_with_spared(table: &Table, query: &Query<'_>) -> (Vec<Leftove
         live_agents: query.live_agents,
         kept: query.kept,
     };
+    let children = table.children_index();
+    // In one table a pid names one process.
+    let mut listed: HashSet<i32> = found.iter().chain(&spared).map(|l| l.pid).collect();
     let mut reached: Vec<Leftover> = Vec::new();
     for chosen in &found {
-        for identity in belonging::stop_reach(table, &chosen.identity, &[], &spare) {
-            let listed = found
-                .iter()
-                .chain(&reached)
-                .chain(&spared)
-                .any(|other| other.identity.is_same_process(&identity));
+        for identity in belonging::stop_reach_in(table, &children, &chosen.identity, &[], &spare) {
             if let Some(p) = table
                 .get(identity.pid)
-                .filter(|_| !listed && !query.protected.contains(&identity.pid))
+                .filter(|_| !query.protected.contains(&identity.pid))
+                .filter(|_| listed.insert(identity.pid))
             {
                 reached.push(leftover(p, "descendant of a leftover"));
             }

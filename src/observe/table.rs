@@ -1,5 +1,6 @@
-//! The process table leftover discovery reads: one pass over `/proc` with pinned identities (identity → argv,
-//! environ → identity unchanged; environ only of our processes started after the agents of interest).
+//! The process table leftover discovery reads: one pass over `/proc` with pinned identities (identity → environ,
+//! argv → identity unchanged; environ only of our processes started after the agents of interest), or only the
+//! part of it a decision looks at (a contained session's members and their ancestors; a leftover's tree).
 
 use std::collections::{HashMap, HashSet};
 
@@ -171,12 +172,11 @@ impl Table {
         table
     }
 
-    /// Reads the argv of every detailed process and of its ancestors, pinned by start time: one whose pid was
-    /// reused meanwhile leaves the table.
+    /// Reads the argv of the ancestors of every detailed process (a detailed one's own was read with its details),
+    /// pinned by start time: one whose pid was reused meanwhile leaves the table.
     fn read_argv(&mut self) {
         let mut wanted: HashSet<i32> = HashSet::new();
         for p in self.procs.values().filter(|p| p.detailed) {
-            wanted.insert(p.identity.pid);
             wanted.extend(self.ancestors(p.identity.pid).map(|a| a.identity.pid));
             // The agent it names (`CLAUDE_PID`): believed only if that is an agent, which its argv says.
             wanted.extend(p.agent_pid.filter(|pid| self.procs.contains_key(pid)));
@@ -189,6 +189,7 @@ impl Table {
                 .filter(|p| p.comm.starts_with("tmux") || p.comm.eq_ignore_ascii_case("screen"))
                 .map(|p| p.identity.pid),
         );
+        wanted.retain(|pid| self.procs.get(pid).is_some_and(|p| !p.detailed));
         for pid in wanted {
             let argv = proc::cmdline(pid).unwrap_or_default();
             let again = proc::stat(pid).ok();
@@ -228,6 +229,15 @@ impl Table {
             next = parent.ppid;
             Some(parent)
         })
+    }
+
+    /// Each process's children, by the parent's pid: a tree walked from the top down visits each process once.
+    pub(crate) fn children_index(&self) -> HashMap<i32, Vec<i32>> {
+        let mut index: HashMap<i32, Vec<i32>> = HashMap::new();
+        for p in self.procs.values() {
+            index.entry(p.ppid).or_default().push(p.identity.pid);
+        }
+        index
     }
 
     /// The processes whose parent is `pid`.
@@ -297,6 +307,7 @@ fn observe_one(pid: i32, wanted: impl Fn(&proc::ProcStat) -> bool, uid: u32) -> 
         observed.identity.uid = uid;
         observed.rss_kib = proc::read_proc_file(pid, "statm")
             .map_or(0, |statm| rss_kib_of(&String::from_utf8_lossy(&statm)));
+        observed.argv = proc::cmdline(pid).unwrap_or_default();
         observed.detailed = true;
     }
     if !observed.detailed {
