@@ -22,7 +22,7 @@ use crate::store::events::{Event, Reason};
 /// in one observation of the process table: of each session's current agent process.
 pub(crate) fn discover(store: &Store, sessions: &[SessionRecord]) -> Vec<Found> {
     let targets = current_agents(sessions);
-    discover_targets(store, &targets)
+    discover_targets(store, &targets, &store.sessions.all())
 }
 
 /// Each session's current agent with its facts.
@@ -38,9 +38,11 @@ fn current_agents(sessions: &[SessionRecord]) -> Vec<(&SessionRecord, Identity, 
         .collect()
 }
 
+/// `all`: every session record of the root, as read once by the caller.
 fn discover_targets(
     store: &Store,
     targets: &[(&SessionRecord, Identity, SessionFacts)],
+    all: &[SessionRecord],
 ) -> Vec<Found> {
     let since = targets
         .iter()
@@ -63,7 +65,7 @@ fn discover_targets(
                 .then(|| crate::act::cgroup::contained_table(&records))
                 .flatten()
                 .unwrap_or_else(|| Table::observe(since));
-            discover_in_targets(store, &table, targets)
+            discover_in_targets(store, &table, targets, all)
         }
         None => Vec::new(),
     }
@@ -81,13 +83,19 @@ pub(crate) fn observed_since(sessions: &[SessionRecord]) -> Option<u64> {
 
 /// `discover` in a table already observed (with the details of everything started since `observed_since`).
 pub(crate) fn discover_in(store: &Store, table: &Table, sessions: &[SessionRecord]) -> Vec<Found> {
-    discover_in_targets(store, table, &current_agents(sessions))
+    discover_in_targets(
+        store,
+        table,
+        &current_agents(sessions),
+        &store.sessions.all(),
+    )
 }
 
 fn discover_in_targets(
     store: &Store,
     table: &Table,
     targets: &[(&SessionRecord, Identity, SessionFacts)],
+    all: &[SessionRecord],
 ) -> Vec<Found> {
     let targets: Vec<&(&SessionRecord, Identity, SessionFacts)> = targets
         .iter()
@@ -96,7 +104,6 @@ fn discover_in_targets(
     if targets.is_empty() {
         return Vec::new();
     }
-    let all = store.sessions.all();
     let recorded_agents: Vec<Identity> = all
         .iter()
         .flat_map(|record| {
@@ -106,7 +113,7 @@ fn discover_in_targets(
                 .map(|(agent, _)| agent)
         })
         .collect();
-    let live_agents = belonging::live_agents(&all);
+    let live_agents = belonging::live_agents(all);
     let kept = kept_marks(store);
     let protected = proc::self_and_ancestors();
     // An agent's cgroup is shared by all its sessions (a /clear starts another): its members go to one of them.
@@ -249,14 +256,13 @@ pub(crate) fn sessions_of(store: &Store, agent: &Identity) -> Vec<SessionRecord>
 /// to run.
 pub(crate) fn stop_leftovers_of(store: &Store, agent: &Identity, dry_run: bool) -> Vec<StopTicket> {
     let host = proc::host_name();
-    let records: Vec<SessionRecord> = store
-        .sessions
-        .all()
-        .into_iter()
+    let all = store.sessions.all();
+    let records: Vec<&SessionRecord> = all
+        .iter()
         .filter(|record| !is_other_host(&record.host, &host))
         .collect();
     let targets: Vec<(&SessionRecord, Identity, SessionFacts)> = records
-        .iter()
+        .into_iter()
         .filter_map(|record| {
             let (identity, facts) = SessionFacts::of(record)
                 .per_agent(record.agent_identity.as_ref())
@@ -267,7 +273,7 @@ pub(crate) fn stop_leftovers_of(store: &Store, agent: &Identity, dry_run: bool) 
             Some((record, identity, facts))
         })
         .collect();
-    let found = discover_targets(store, &targets);
+    let found = discover_targets(store, &targets, &all);
     let tickets = act_on(store, &found, dry_run);
     if !dry_run {
         for (record, _, facts) in &targets {
