@@ -43,9 +43,7 @@ fn is_workable(ticket: &StopTicket, host: &str) -> bool {
 /// True when some ticket waits for a finisher: a hook starts one even when its own stops all completed.
 pub(crate) fn has_work(store: &Store) -> bool {
     let host = proc::host_name();
-    store
-        .tickets
-        .pending(&store.log)
+    crate::act::executor::pending(store)
         .iter()
         .any(|ticket| is_workable(ticket, &host))
 }
@@ -62,7 +60,7 @@ pub(crate) fn run(
     let started = Instant::now();
     let host = proc::host_name();
     loop {
-        let pending: Vec<_> = store.tickets.pending(&store.log);
+        let pending: Vec<_> = crate::act::executor::pending(store);
         let workable: Vec<_> = pending
             .into_iter()
             .filter(|ticket| is_workable(ticket, &host))
@@ -71,9 +69,7 @@ pub(crate) fn run(
             // Release, then look once more: a hook that filed a ticket while we held the lock saw its own finisher
             // refused, so the ticket is ours to take.
             drop(held);
-            let again = store
-                .tickets
-                .pending(&store.log)
+            let again = crate::act::executor::pending(store)
                 .iter()
                 .any(|ticket| is_workable(ticket, &host));
             match lock::try_lock(&store.root, &lock_path)? {

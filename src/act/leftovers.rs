@@ -5,9 +5,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::act::{sentinel, stopper};
+use crate::act::executor::{self, Mode};
+use crate::act::sentinel;
 use crate::decide::belonging;
-use crate::decide::leftovers::{Found, Leftover, Query, find_with_spared};
+use crate::decide::leftovers::{Found, Query, find_with_spared};
 use crate::model::clock;
 use crate::model::deadline::Deadline;
 use crate::model::leftover::{KEPT, Policy, SessionFacts, names_sessions};
@@ -16,7 +17,6 @@ use crate::model::record::{Identity, SessionRecord, StopTicket, is_other_host};
 use crate::observe::proc;
 use crate::observe::table::Table;
 use crate::store::Store;
-use crate::store::events::{Event, Reason};
 
 /// Finds the leftovers of `sessions` (those with an agent identity of this boot and a policy other than `off`)
 /// in one observation of the process table: of each session's current agent process.
@@ -137,67 +137,12 @@ fn discover_in_targets(
         .collect()
 }
 
-/// The stop ticket of one leftover: the process alone (its children are leftovers of their own), default grace.
-pub(crate) fn ticket_for(session: &str, leftover: &Leftover) -> StopTicket {
-    let mut ticket = stopper::new_ticket(
-        leftover.identity.clone(),
-        None,
-        Reason::Leftover.as_str(),
-        stopper::DEFAULT_GRACE_MS,
-        "leftover".to_owned(),
-    );
-    ticket.session = Some(session.to_owned());
-    ticket.argv = Some(leftover.argv.clone());
-    ticket.rss_kib = Some(leftover.rss_kib);
-    ticket
-}
-
-/// Files tickets for what is to be stopped and logs what is only reported; `dry_run` does neither. Returns the
-/// tickets to run.
+/// Files tickets for what is to be stopped and logs what is only reported (the plan `decide::leftovers::plan`
+/// makes, through the executor); `dry_run` does neither. Returns the tickets to run.
 pub(crate) fn act_on(store: &Store, found: &[Found], dry_run: bool) -> Vec<StopTicket> {
-    let mut tickets = Vec::new();
-    for found in found {
-        if !dry_run {
-            for spared in &found.spared {
-                let mut event = Event::new("leftover", "spared")
-                    .reason(&Reason::Leftover)
-                    .session(Some(&found.session))
-                    .pid(spared.pid)
-                    .detail(format!("{}: reported, never stopped", spared.via));
-                event.argv = Some(spared.argv.clone());
-                store.log.record(&event);
-            }
-        }
-        for leftover in &found.leftovers {
-            match found.policy {
-                Policy::Stop => {
-                    let ticket = ticket_for(&found.session, leftover);
-                    if !dry_run && let Err(err) = store.tickets.file(&ticket) {
-                        store.log.record(
-                            &Event::new("error", "failed")
-                                .session(Some(&found.session))
-                                .pid(leftover.pid)
-                                .detail(format!("leftover ticket: {err:#}")),
-                        );
-                        continue;
-                    }
-                    tickets.push(ticket);
-                }
-                Policy::Report if !dry_run => {
-                    let mut event = Event::new("leftover", "reported")
-                        .reason(&Reason::Leftover)
-                        .session(Some(&found.session))
-                        .pid(leftover.pid)
-                        .detail(format!("via {}; policy report: left running", leftover.via));
-                    event.argv = Some(leftover.argv.clone());
-                    event.rss_kib = Some(leftover.rss_kib);
-                    store.log.record(&event);
-                }
-                Policy::Report | Policy::Off => {}
-            }
-        }
-    }
-    tickets
+    let (now, host) = (clock::now_rfc3339(), proc::host_name());
+    let plan = crate::decide::leftovers::plan(found, (&now, &host));
+    executor::execute(store, plan, Mode::dry(dry_run)).tickets()
 }
 
 /// `reap`: the leftovers-to-be of the sessions being ended, filed (or, in a dry run, only listed) as their policy
@@ -288,7 +233,8 @@ fn mark_done(store: &Store, session: &str, agent: &Identity) {
         return;
     };
     let now = clock::now_rfc3339();
-    let _ = store.sessions.update(
+    let _ = executor::update_session(
+        store,
         &id,
         Deadline::after(Duration::from_millis(500)),
         |current| {
@@ -409,19 +355,18 @@ fn remember_descendants(facts: &mut SessionFacts, agent: &Identity) {
 }
 
 fn write_facts(store: &Store, session: &SessionId, facts: &SessionFacts) -> anyhow::Result<()> {
-    store
-        .sessions
-        .update(
-            session,
-            Deadline::after(Duration::from_millis(300)),
-            |current| {
-                Ok(current.cloned().map(|mut record| {
-                    facts.store_in(&mut record);
-                    record
-                }))
-            },
-        )
-        .map(drop)
+    executor::update_session(
+        store,
+        session,
+        Deadline::after(Duration::from_millis(300)),
+        |current| {
+            Ok(current.cloned().map(|mut record| {
+                facts.store_in(&mut record);
+                record
+            }))
+        },
+    )
+    .map(drop)
 }
 
 // ---- keep marks ----

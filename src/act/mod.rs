@@ -3,6 +3,7 @@
 //! that sends signals); `launch` starts brokers and detached helpers; the finisher completes what a hook could not.
 
 pub(crate) mod cgroup;
+pub(crate) mod clean;
 pub(crate) mod executor;
 pub(crate) mod finisher;
 pub(crate) mod launch;

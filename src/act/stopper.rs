@@ -11,10 +11,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
+use crate::act::executor::{self, Mode};
 use crate::act::signal::{Guard, Handle, Refusal, Sig, Target};
 use crate::decide::{belonging, lineage};
 use crate::model::clock;
 use crate::model::deadline::Deadline;
+use crate::model::plan::{Change, Plan};
 use crate::model::record::{Identity, Shutdown, StopTicket};
 use crate::observe::proc;
 use crate::observe::table::Table;
@@ -26,8 +28,6 @@ use crate::store::tickets::{Claim, TicketLock, Tickets};
 pub(crate) const GRACEFUL_WINDOW: Duration = Duration::from_millis(750);
 /// How long after a SIGKILL before it is sent again (and `attempts` grows).
 pub(crate) const KILL_RETRY: Duration = Duration::from_secs(1);
-/// The grace between SIGTERM and SIGKILL when none is given (`--grace`, and stops of processes no record knows).
-pub(crate) use crate::model::record::DEFAULT_GRACE_MS;
 /// After this many SIGKILLs a process that still runs is reported as stuck.
 pub(crate) const STUCK_AFTER: u32 = 3;
 /// How long a run keeps watching after its last signal, for processes that exit promptly, before it gives up on a
@@ -212,16 +212,15 @@ pub(crate) struct Stopper {
     host: String,
     /// Whose live sessions' agents the guard refuses, read once a run has something to stop.
     sessions: Option<Sessions>,
-    /// What the layers above want told: a progress line for a person waiting, and each confirmed stop (an
-    /// adapter cleans its tool's files then). The stopper itself knows neither terminals nor adapters.
+    /// What the layers above want told: a progress line for a person waiting. The stopper knows no terminal; the
+    /// files an adapter wants cleaned after a confirmed exit are in the ticket, a change the executor applies.
     listener: Listener,
 }
 
-/// Callbacks the commands layer wires into a stopper (`commands::stopper`).
+/// What the commands layer wires into a stopper (`commands::stopper`): a progress line for a person waiting.
 #[derive(Clone, Copy, Default)]
 pub(crate) struct Listener {
     pub progress: Option<fn(&str)>,
-    pub stopped: Option<fn(&StopTicket, &EventLog)>,
 }
 
 impl Stopper {
@@ -667,15 +666,16 @@ impl Stopper {
         if matches!(
             outcome,
             StopOutcome::Stopped { .. } | StopOutcome::AlreadyGone
-        ) && let Some(stopped) = self.listener.stopped
+        ) && let Some(clean) = Change::clean_after_exit(&item.ticket)
         {
-            stopped(&item.ticket, &self.log);
+            // A tool's files named in the ticket go once the exit is confirmed: a change the executor applies.
+            executor::execute_on(&self.tickets, &self.log, Plan::of(clean), Mode::Apply);
         }
         item.outcome = Some(outcome);
     }
 }
 
-/// A leftover's ticket (`act::leftovers::ticket_for`): its stop reaches its descendants, never its group.
+/// A leftover's ticket (`decide::leftovers::ticket_for`): its stop reaches its descendants, never its group.
 fn is_leftover(ticket: &StopTicket) -> bool {
     ticket.origin == "leftover" && ticket.lineage.is_none()
 }
@@ -796,24 +796,6 @@ fn end_helper(helper: &mut Child) {
     let _ = helper.wait();
 }
 
-/// A new ticket for `identity`, with no step taken yet.
-pub(crate) fn new_ticket(
-    identity: Identity,
-    pgid: Option<i32>,
-    reason: &str,
-    grace_ms: u64,
-    origin: String,
-) -> StopTicket {
-    StopTicket::new(
-        identity,
-        pgid,
-        reason,
-        grace_ms,
-        origin,
-        (&clock::now_rfc3339(), &proc::host_name()),
-    )
-}
-
 /// How long a command in the foreground waits for a stop: the whole cascade and one SIGKILL retry.
 pub(crate) fn foreground_deadline(ticket: &StopTicket) -> Deadline {
     Deadline::after(GRACEFUL_WINDOW + Duration::from_millis(ticket.grace_ms) + KILL_RETRY * 2)
@@ -831,7 +813,14 @@ mod tests {
             start_ticks: 1,
             uid: 0,
         };
-        new_ticket(identity, Some(10), "manual", 5000, "w/default".into())
+        StopTicket::new(
+            identity,
+            Some(10),
+            "manual",
+            5000,
+            "w/default".into(),
+            (&clock::now_rfc3339(), &proc::host_name()),
+        )
     }
 
     fn at(ms: u64) -> SystemTime {

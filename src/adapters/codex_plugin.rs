@@ -18,9 +18,8 @@ use serde::Serialize;
 use crate::act::signal::Guard;
 use crate::adapters::{AdapterAction, AdapterReport};
 use crate::model::deadline::Deadline;
-use crate::model::record::StopTicket;
 use crate::store::Store;
-use crate::store::events::{EventLog, Reason};
+use crate::store::events::Reason;
 use decide::{Occasion, Verdict};
 
 /// The adapter's name in tickets, events and reports.
@@ -454,11 +453,6 @@ pub(crate) fn claimed_pids(discovery: &Discovery) -> HashSet<i32> {
             pids
         })
         .collect()
-}
-
-/// After a confirmed stop of one of the plugin's brokers: clean its files (see `act::clean`).
-pub(crate) fn after_stop(ticket: &StopTicket, log: &EventLog) {
-    act::after_stop(ticket, log);
 }
 
 /// The sweep-shaped action for a verdict.

@@ -39,12 +39,3 @@ pub(crate) fn print_actions(actions: &[AdapterAction]) {
 pub(crate) fn claimed_pids(discovery: &codex_plugin::Discovery) -> std::collections::HashSet<i32> {
     codex_plugin::claimed_pids(discovery)
 }
-
-/// Called by the stopper once a ticket's process is confirmed gone: an adapter's ticket names the tool's files to
-/// clean.
-pub(crate) fn after_stop(
-    ticket: &crate::model::record::StopTicket,
-    log: &crate::store::events::EventLog,
-) {
-    codex_plugin::after_stop(ticket, log);
-}

@@ -271,7 +271,8 @@ impl SlotTarget {
             _ => {}
         }
         if let Some(owner) = owner {
-            self.store.sessions.index_slot(
+            executor::index_slot(
+                &self.store,
                 owner,
                 &self.slot.label(),
                 Deadline::after(LOCK_WAIT),
@@ -427,9 +428,9 @@ impl SlotTarget {
         detail: String,
     ) -> anyhow::Result<Outcome> {
         guard.write(record)?;
-        self.store.log.record(
-            &self
-                .event(action, result)
+        executor::note(
+            &self.store,
+            self.event(action, result)
                 .session(owner.map(SessionId::as_str))
                 .pid(record.identity.pid)
                 .detail(detail),
@@ -582,8 +583,9 @@ fn spawn(
     let identity = exited.is_none().then(|| launched_identity(pid)).flatten();
     let Some(identity) = identity else {
         let status = status_text(exited.or_else(|| child.try_wait().ok().flatten()));
-        target.store.log.record(
-            &target
+        executor::note(
+            &target.store,
+            target
                 .event("spawn", "failed")
                 .pid(pid)
                 .detail(format!("exited at once ({status})")),
@@ -758,8 +760,9 @@ fn register(
     target.recheck_owner(owner)?;
     if let Some(record) = target.live_broker(&guard, OnCorrupt::Refuse)? {
         if !record.identity.is_same_process(&identity) {
-            target.store.log.record(
-                &target
+            executor::note(
+                &target.store,
+                target
                     .event("refuse", "refused")
                     .pid(pid)
                     .detail(format!("slot has live broker {}", record.identity.pid)),

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use crate::act::executor::{self, Mode};
 use crate::act::finisher;
 use crate::act::signal::Guard;
 use crate::act::stopper::{StopOutcome, StopReport};
@@ -13,6 +14,7 @@ use crate::config::{Config, ReapRequest, ReapTarget};
 use crate::error::Outcome;
 use crate::model::deadline::Deadline;
 use crate::model::name::SessionId;
+use crate::model::plan::{Change, Plan};
 use crate::store::Store;
 use crate::store::slot::LOCK_WAIT;
 
@@ -207,8 +209,10 @@ fn duplicates(request: &ReapRequest, store: &Store) -> anyhow::Result<Outcome> {
     let stops = if request.dry_run {
         Vec::new()
     } else {
-        for ticket in &tickets {
-            store.tickets.file(ticket)?;
+        let plan = Plan(tickets.iter().cloned().map(Change::Stop).collect());
+        let applied = executor::execute(store, plan, Mode::Apply);
+        if let Some((_, err)) = applied.failed.into_iter().next() {
+            return Err(err);
         }
         crate::commands::stopper(store, Guard::new()).run(tickets.clone(), longest_stop(&tickets))
     };

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use crate::act::executor;
 use crate::act::finisher;
 use crate::act::leftovers;
 use crate::act::signal::Guard;
@@ -261,7 +262,7 @@ fn watch_root(store: &Store) -> Option<OwnedFd> {
     match watch {
         Ok(fd) => Some(fd),
         Err(err) => {
-            store.log.record(&Event::new("sentinel", "degraded").detail(format!(
+            executor::note(store, Event::new("sentinel", "degraded").detail(format!(
                 "no inotify watch on the state root ({err}): looking every {}s whether it still exists",
                 ROOT_CHECK.as_secs()
             )));
@@ -360,8 +361,9 @@ fn run_stops(
             crate::act::stopper::StopOutcome::Pending { .. }
         )
     }) {
-        store.log.record(
-            &Event::new("sentinel", "handed_on")
+        executor::note(
+            store,
+            Event::new("sentinel", "handed_on")
                 .pid(agent.pid)
                 .detail("stops still running: the finisher completes them"),
         );
