@@ -1,6 +1,7 @@
 //! The executor, the one place that files stop tickets and (with the stopper, and the hook's own error line) logs
-//! events. It applies a `Plan` change by change, logging one event for each change applied, and a slot's change
-//! under the slot's lock: it takes the lock (bounded by the caller's deadline), reads the view, asks the decision
+//! events. It applies a `Plan` change by change, logging one event for each change applied (a stop's is the
+//! stopper's, once the stop is done), a session's change under the session's lock, and a slot's change under the
+//! slot's lock: it takes the lock (bounded by the caller's deadline), reads the view, asks the decision
 //! for the change and applies it. In a dry run nothing is applied and the same changes come back (a slot's decision
 //! runs on an unlocked view), so `--dry-run` prints what a real run would do.
 
