@@ -102,6 +102,8 @@ fn run_hook() -> u8 {
     match config::hook_request(args) {
         Ok(request) => {
             commands::backstop::run_guarded(Deadline::after(request.deadline), state_dir, || {
+                // One invocation, one look at each process's argv and environment.
+                let _world = observe::World::enter();
                 commands::hook::run(&request, state_dir);
             });
         }
@@ -144,6 +146,13 @@ fn dispatch(config: &Config, request: Request) -> anyhow::Result<Outcome> {
     if let Some(reach) = reach {
         store::root::refuse_special_files(&config.state_dir, reach)?;
     }
+    // A command that ends soon reads each process's argv and environment once; the long-lived ones (a broker, a
+    // sentinel, the finisher) enter their own World per pass, so that a process that exec'd since is read anew.
+    let _world = (!matches!(
+        request,
+        Request::Broker(_) | Request::Sentinel { .. } | Request::Finish | Request::Demo { .. }
+    ))
+    .then(observe::World::enter);
     match request {
         Request::Hook => Ok(Outcome::Done),
         Request::Broker(request) => commands::broker::run(request, config),

@@ -279,7 +279,7 @@ impl Stopper {
         // One look at the process table for every ticket's members to begin with.
         let groups: std::collections::HashSet<i32> =
             tickets.iter().map(|ticket| ticket.identity.pid).collect();
-        let first_look = proc::observe_until(&groups, deadline);
+        let first_look = proc::observe(&groups, deadline);
         let ticketed = std::rc::Rc::new(
             tickets
                 .iter()
@@ -301,14 +301,14 @@ impl Stopper {
                 if !alive && item.ticket.lineage.is_some() {
                     // Before calling it done, look once more for members (one forked just before its parent died),
                     // over the whole table: only a complete look proves the stop done.
-                    self.refresh_members(item, &proc::observe_until(&groups, Deadline::far()));
+                    self.refresh_members(item, &proc::observe(&groups, deadline));
                     alive = item.is_running();
                 }
                 match next_step(&on_wall_clock(&item.ticket, now, boot_millis()), now, alive) {
                     Step::Done => self.finish(item, None),
                     Step::Wait(at) => next_step_at = next_step_at.min(at),
                     step => {
-                        self.act(item, step, now);
+                        self.act(item, step, (now, deadline));
                         last_signal = Instant::now();
                         next_step_at = now;
                     }
@@ -532,7 +532,7 @@ impl Stopper {
         }
     }
 
-    fn act(&self, item: &mut Active, step: Step, now: SystemTime) {
+    fn act(&self, item: &mut Active, step: Step, (now, deadline): (SystemTime, Deadline)) {
         let stamp = clock::format(now);
         match step {
             Step::Graceful => {
@@ -572,10 +572,10 @@ impl Stopper {
             }
             Step::Kill => {
                 if is_leftover(&item.ticket) {
-                    self.freeze(item, Deadline::after(FREEZE_WINDOW));
+                    self.freeze(item, Deadline::after(FREEZE_WINDOW).min(deadline));
                 } else {
                     let groups = std::collections::HashSet::from([item.ticket.identity.pid]);
-                    self.refresh_members(item, &proc::observe_until(&groups, Deadline::far()));
+                    self.refresh_members(item, &proc::observe(&groups, deadline));
                 }
                 self.send(item, Sig::Kill);
                 item.ticket.kill_at = Some(stamp);
@@ -817,6 +817,15 @@ pub(crate) fn new_ticket(
 /// How long a command in the foreground waits for a stop: the whole cascade and one SIGKILL retry.
 pub(crate) fn foreground_deadline(ticket: &StopTicket) -> Deadline {
     Deadline::after(GRACEFUL_WINDOW + Duration::from_millis(ticket.grace_ms) + KILL_RETRY * 2)
+}
+
+/// The `foreground_deadline` of the longest of `tickets` (already passed when there is none).
+pub(crate) fn longest_stop(tickets: &[StopTicket]) -> Deadline {
+    tickets
+        .iter()
+        .map(foreground_deadline)
+        .max()
+        .unwrap_or_else(Deadline::now)
 }
 
 #[cfg(test)]

@@ -70,7 +70,7 @@ pub(crate) fn run(request: &ReapRequest, config: &Config) -> anyhow::Result<Outc
             .deadline
             .or(all.then_some(DRAIN_DEADLINE))
             .map_or_else(
-                || longest_stop(&tickets),
+                || crate::act::stopper::longest_stop(&tickets),
                 |deadline| Deadline::at(started).later(deadline),
             );
         let stops = crate::commands::stopper(&store, guard).run(tickets.clone(), deadline);
@@ -133,14 +133,6 @@ fn live_sessions(store: &Store) -> Vec<SessionId> {
 }
 
 /// Long enough for every ticket's whole cascade.
-fn longest_stop(tickets: &[crate::model::record::StopTicket]) -> Deadline {
-    tickets
-        .iter()
-        .map(crate::act::stopper::foreground_deadline)
-        .max()
-        .unwrap_or_else(Deadline::now)
-}
-
 fn print_human(
     dry_run: bool,
     reports: &[EndReport],
@@ -202,7 +194,8 @@ fn print_human(
 
 /// `reap --duplicates`: all but the newest writer of each live session are stopped, each by its identity.
 fn duplicates(request: &ReapRequest, store: &Store) -> anyhow::Result<Outcome> {
-    let found = crate::commands::duplicates::find(&store.sessions.all());
+    let deadline = request.deadline.map_or_else(Deadline::far, Deadline::after);
+    let found = crate::commands::duplicates::find(&store.sessions.all(), deadline);
     let tickets: Vec<_> = found.iter().flat_map(|d| d.tickets.clone()).collect();
     let stops = if request.dry_run {
         Vec::new()
@@ -210,7 +203,8 @@ fn duplicates(request: &ReapRequest, store: &Store) -> anyhow::Result<Outcome> {
         for ticket in &tickets {
             store.tickets.file(ticket)?;
         }
-        crate::commands::stopper(store, Guard::new()).run(tickets.clone(), longest_stop(&tickets))
+        crate::commands::stopper(store, Guard::new())
+            .run(tickets.clone(), crate::act::stopper::longest_stop(&tickets))
     };
     if request.json {
         let value = json!({ "dry_run": request.dry_run, "duplicates": found, "stops": stops });

@@ -22,3 +22,4 @@ mod settings;
 mod setup;
 mod sweep;
 mod test_cgroup;
+mod world;

@@ -100,6 +100,20 @@ pub(crate) fn cmdline(pid: i32) -> io::Result<Vec<String>> {
     with_process(pid, argv_of)
 }
 
+/// `cmdline` (the start time is the Linux twin's memo key; sysinfo reads afresh).
+pub(crate) fn cmdline_of(pid: i32, _start_ticks: u64) -> io::Result<Vec<String>> {
+    cmdline(pid)
+}
+
+/// `/proc/<pid>/<file>` where the system has one (the Linux twin's signature).
+pub(crate) fn file_of(
+    pid: i32,
+    _start_ticks: u64,
+    file: crate::observe::world::ProcFile,
+) -> io::Result<std::sync::Arc<[u8]>> {
+    super::read_proc_file(pid, file.name()).map(std::sync::Arc::from)
+}
+
 #[allow(clippy::unnecessary_wraps)]
 pub(crate) fn environ_var(_pid: i32, _key: &str) -> io::Result<Option<String>> {
     // Other processes' environments are not readable portably: `sweep` finds no unrecorded brokers here.
