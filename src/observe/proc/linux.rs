@@ -4,7 +4,7 @@ use std::fs;
 use std::io;
 use std::sync::{Arc, OnceLock};
 
-use super::ProcStat;
+use super::{ProcStat, split_nul};
 use crate::model::deadline::Deadline;
 use crate::observe::world::{self, ProcFile};
 
@@ -120,17 +120,6 @@ pub(crate) fn cmdline(pid: i32) -> io::Result<Vec<String>> {
 /// The argv of the process `pid` whose start ticks a `stat` before this call showed.
 pub(crate) fn cmdline_of(pid: i32, start_ticks: u64) -> io::Result<Vec<String>> {
     file_of(pid, start_ticks, ProcFile::Cmdline).map(|bytes| split_nul(&bytes))
-}
-
-fn split_nul(bytes: &[u8]) -> Vec<String> {
-    let trimmed = bytes.strip_suffix(b"\0").unwrap_or(bytes);
-    if trimmed.is_empty() {
-        return Vec::new();
-    }
-    trimmed
-        .split(|b| *b == 0)
-        .map(|arg| String::from_utf8_lossy(arg).into_owned())
-        .collect()
 }
 
 /// The value of one environment variable of a process, as it was at exec.

@@ -187,6 +187,18 @@ pub(crate) fn read_proc_file(pid: i32, name: &str) -> std::io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// An argv as `/proc/<pid>/cmdline` holds it (NUL-terminated words), as words (lossy UTF-8); empty for none.
+pub(crate) fn split_nul(bytes: &[u8]) -> Vec<String> {
+    let trimmed = bytes.strip_suffix(b"\0").unwrap_or(bytes);
+    if trimmed.is_empty() {
+        return Vec::new();
+    }
+    trimmed
+        .split(|b| *b == 0)
+        .map(|arg| String::from_utf8_lossy(arg).into_owned())
+        .collect()
+}
+
 /// `read_proc_file` as text (lossy: /proc text files are ASCII but for the command name).
 pub(crate) fn read_proc_text(pid: i32, name: &str) -> std::io::Result<String> {
     read_proc_file(pid, name).map(|bytes| match String::from_utf8(bytes) {
