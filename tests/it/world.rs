@@ -87,6 +87,9 @@ fn one_session_end_opens_each_proc_cmdline_and_environ_at_most_once() {
         "off",
         "--agent-exit-wait",
         "0s",
+        // Room for a loaded machine and strace's own cost: the deadline is not what this test is about.
+        "--deadline",
+        "10s",
     ]);
     let traces = tempfile::tempdir().expect("a dir for the traces");
     let prefix = traces.path().join("trace");
