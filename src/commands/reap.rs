@@ -132,7 +132,6 @@ fn live_sessions(store: &Store) -> Vec<SessionId> {
         .collect()
 }
 
-/// Long enough for every ticket's whole cascade.
 fn print_human(
     dry_run: bool,
     reports: &[EndReport],
