@@ -355,8 +355,13 @@ pub(crate) fn note_start(
     facts.store_in(record);
 }
 
-/// For an agent that names no session, adds the agent's descendants seen now to its session's record.
-pub(crate) fn record_descendants(store: &Store, session: &SessionId) -> anyhow::Result<()> {
+/// For an agent that names no session, adds the agent's descendants seen now to its session's record (waiting for
+/// its lock no later than `deadline`, the hook's).
+pub(crate) fn record_descendants(
+    store: &Store,
+    session: &SessionId,
+    deadline: Deadline,
+) -> anyhow::Result<()> {
     let Some(record) = store.sessions.get(session)? else {
         return Ok(());
     };
@@ -373,7 +378,7 @@ pub(crate) fn record_descendants(store: &Store, session: &SessionId) -> anyhow::
     let before = facts.descendants.len();
     remember_descendants(&mut facts, agent);
     if facts.descendants.len() != before {
-        write_facts(store, session, &facts)?;
+        write_facts(store, session, &facts, deadline)?;
     }
     Ok(())
 }
@@ -408,19 +413,20 @@ fn remember_descendants(facts: &mut SessionFacts, agent: &Identity) {
     }
 }
 
-fn write_facts(store: &Store, session: &SessionId, facts: &SessionFacts) -> anyhow::Result<()> {
+fn write_facts(
+    store: &Store,
+    session: &SessionId,
+    facts: &SessionFacts,
+    deadline: Deadline,
+) -> anyhow::Result<()> {
     store
         .sessions
-        .update(
-            session,
-            Deadline::after(Duration::from_millis(300)),
-            |current| {
-                Ok(current.cloned().map(|mut record| {
-                    facts.store_in(&mut record);
-                    record
-                }))
-            },
-        )
+        .update(session, deadline, |current| {
+            Ok(current.cloned().map(|mut record| {
+                facts.store_in(&mut record);
+                record
+            }))
+        })
         .map(drop)
 }
 
