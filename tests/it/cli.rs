@@ -345,14 +345,16 @@ fn point_5_usage_errors_are_clap_s_with_hints_and_flags_mean_what_help_says() {
     let out = env.run(&["sweep", "--idle-ttl", "0", "--dry-run"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     // In hook mode a usage error exits 0, prints nothing on stdout, and is on stderr and in events.jsonl.
-    let out = env.run_stdin(&["hook", "--agent", "bogus"], b"{}");
-    assert_eq!(code(&out), 0);
-    assert!(out.stdout.is_empty() && stderr(&out).contains("bogus"));
+    let out = crate::hook_test::HookTest::raw(b"{}")
+        .agent("bogus")
+        .logs("hook", Some("error"))
+        .run(&env);
+    assert!(stderr(&out).contains("bogus"), "{}", stderr(&out));
     assert!(
-        env.events()
+        env.events_where("hook", None)
             .iter()
-            .any(|event| event["action"] == "hook" && event.to_string().contains("bogus")),
-        "the hook's usage error is not in events.jsonl"
+            .any(|event| event.to_string().contains("bogus")),
+        "the hook's usage error names the input in events.jsonl"
     );
 }
 

@@ -1212,16 +1212,6 @@ pub(crate) fn identity_json(proc: Proc) -> Value {
     })
 }
 
-/// A hook payload for `session` (`event`) in `cwd`.
-pub(crate) fn hook_payload(session: &str, event: &str, cwd: &Path) -> Vec<u8> {
-    serde_json::json!({
-        "session_id": session, "hook_event_name": event, "cwd": cwd,
-        "source": "startup", "reason": "other",
-    })
-    .to_string()
-    .into_bytes()
-}
-
 /// Every path below `root` (directories and files).
 pub(crate) fn walkdir_all(root: &Path) -> Vec<PathBuf> {
     walkdir(root.to_path_buf())

@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use crate::harness::{
     BIN, Env, PATIENCE, Proc, named_python, run_bounded, scrub_env, stderr, stdout, wait_until,
 };
+use crate::hook_test::{self, HookTest, assert_hook_contract};
 
 /// The deadline of tests about what a hook records, not when: room for a loaded 2-core machine (the default, 1 s, is
 /// what the timing tests hold the hook to).
@@ -103,42 +104,20 @@ fn python() -> &'static str {
 }
 
 fn payload(event: &str, id: &str, cwd: &Path) -> Value {
-    json!({
-        "session_id": id,
-        "transcript_path": format!("/home/t/.claude/projects/x/{id}.jsonl"),
-        "cwd": cwd,
-        "hook_event_name": event,
-        "source": "startup",
-        "reason": "prompt_input_exit",
-    })
+    let mut payload = hook_test::payload(event, id, cwd);
+    payload["transcript_path"] = json!(format!("/home/t/.claude/projects/x/{id}.jsonl"));
+    payload["source"] = json!("startup");
+    payload["reason"] = json!("prompt_input_exit");
+    payload
 }
 
 fn bytes(value: &Value) -> Vec<u8> {
     serde_json::to_vec(value).unwrap()
 }
 
-/// Asserts what every hook run must do, whatever happened: exit 0 and not one byte on stdout.
-fn assert_good_citizen(out: &Output, what: &str) {
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{what}: hook exit status; stderr: {}",
-        stderr(out)
-    );
-    assert!(
-        out.stdout.is_empty(),
-        "{what}: hook wrote to stdout: {:?}",
-        stdout(out)
-    );
-}
-
 /// Runs `hook ARGS` with `stdin` (then closed) and checks it was a good citizen.
 fn hook(env: &mut Env, args: &[&str], stdin: &[u8]) -> Output {
-    let mut full = vec!["hook"];
-    full.extend_from_slice(args);
-    let out = env.run_stdin(&full, stdin);
-    assert_good_citizen(&out, &format!("hook {args:?}"));
-    out
+    HookTest::raw(stdin).args(args).run(env)
 }
 
 fn start(env: &mut Env, id: &str, cwd: &Path) {
@@ -224,7 +203,7 @@ fn timed_hook(
     drop(watchdog);
     drop(held);
     eprintln!("hook wall time [{label}]: {elapsed:?} (args {args:?})");
-    assert_good_citizen(&out, label);
+    assert_hook_contract(&out, label);
     (out, elapsed)
 }
 
@@ -756,7 +735,7 @@ fn codex_payload_with_null_transcript_is_detected_from_the_codex_environment() {
         .env("CODEX_MANAGED_BY_NPM", "1")
         .env("CODEX_ENV_FILE", &env_file);
     let out = run_bounded(command, Some(&bytes(&sent)));
-    assert_good_citizen(&out, "codex hook");
+    assert_hook_contract(&out, "codex hook");
     assert!(out.stderr.is_empty(), "{}", stderr(&out));
     let record = session_record(&env, sent["session_id"].as_str().unwrap()).unwrap();
     assert_eq!(record["agent"], "codex");
@@ -848,7 +827,7 @@ fn bad_hook_flags(state_dir_flag: bool) {
         };
         command.args(args);
         let out = run_bounded(command, Some(&sent));
-        assert_good_citizen(&out, &format!("hook {args:?}"));
+        assert_hook_contract(&out, &format!("hook {args:?}"));
         assert_eq!(
             stderr(&out).lines().count(),
             1,
@@ -1205,7 +1184,7 @@ fn session_start_exports_session_id_to_claudes_env_file() {
     let mut command = env.cmd(&["hook"]);
     command.env("CLAUDE_ENV_FILE", &claude_file);
     let out = run_bounded(command, Some(&bytes(&payload("SessionStart", &id, &ws))));
-    assert_good_citizen(&out, "SessionStart with env files");
+    assert_hook_contract(&out, "SessionStart with env files");
     assert!(out.stderr.is_empty(), "{}", stderr(&out));
     let line = format!("export SESSION_REAPER_SESSION_ID='{id}'\n");
     assert_eq!(
@@ -1224,7 +1203,7 @@ fn session_start_exports_session_id_to_claudes_env_file() {
     // SessionEnd never writes.
     let mut command = env.cmd(&["hook"]);
     command.env("CLAUDE_ENV_FILE", &claude_file);
-    assert_good_citizen(
+    assert_hook_contract(
         &run_bounded(command, Some(&bytes(&payload("SessionEnd", &id, &ws)))),
         "end",
     );

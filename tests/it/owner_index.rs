@@ -12,6 +12,7 @@ use std::time::Instant;
 use serde_json::{Value, json};
 
 use crate::harness::{Env, PATIENCE, Proc, stderr, stdout, wait_until};
+use crate::hook_test::HookTest;
 use crate::sweep::unique_id;
 
 fn text(path: &Path) -> &str {
@@ -79,18 +80,12 @@ fn slot_dir(env: &Env, record: &Value) -> PathBuf {
 }
 
 fn hook(env: &mut Env, event: &str, session: &str, cwd: &Path, agent: Option<Proc>) -> Output {
-    let pid = agent.map(|agent| agent.pid.to_string());
-    let mut args = vec!["hook", "--agent", "claude"];
-    if let Some(pid) = &pid {
-        args.extend(["--owner-pid", pid.as_str()]);
+    let test = HookTest::new(event, session, cwd);
+    match agent {
+        Some(agent) => test.owner(agent),
+        None => test,
     }
-    let payload = json!({"session_id": session, "hook_event_name": event, "cwd": cwd});
-    let out = env.run_stdin(&args, payload.to_string().as_bytes());
-    assert!(
-        out.status.success() && out.stdout.is_empty(),
-        "{event} hook broke its contract: {out:?}"
-    );
-    out
+    .run(env)
 }
 
 fn sweep_json(env: &mut Env, flags: &[&str]) -> Value {

@@ -17,9 +17,10 @@ use proptest::test_runner::{Config as ProptestConfig, TestRunner};
 use serde_json::{Value, json};
 
 use crate::harness::{
-    Env, PATIENCE, Proc, StateRootProcesses, hook_payload, marked_with_state_root, run_bounded,
-    sized, stderr, unparsable_files, wait_until,
+    Env, PATIENCE, Proc, StateRootProcesses, marked_with_state_root, run_bounded, sized, stderr,
+    unparsable_files, wait_until,
 };
+use crate::hook_test::hook_payload;
 use crate::sweep::unique_id;
 
 /// True when this build has the `--leftovers` policy (leftover discovery): the load test then starts leftovers too.

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use crate::harness::{
     BIN, Env, PATIENCE, Proc, named_python, run_bounded, scrub_env, stderr, stdout, wait_until,
 };
+use crate::hook_test::HookTest;
 use crate::setup::assert_cli_accepts;
 
 /// An id no other test (nor another run) uses: the resume scans look at every process of the machine.
@@ -28,12 +29,6 @@ pub(crate) fn unique_id(prefix: &str) -> String {
     )
 }
 
-fn payload(event: &str, session: &str, cwd: &Path) -> Vec<u8> {
-    json!({"session_id": session, "hook_event_name": event, "cwd": cwd})
-        .to_string()
-        .into_bytes()
-}
-
 fn parse(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|err| {
         panic!(
@@ -44,7 +39,7 @@ fn parse(out: &Output) -> Value {
     })
 }
 
-/// Runs a hook the way an agent does; it must keep its contract (exit 0, silent stdout).
+/// Runs a hook the way an agent does, with no sentinel: the sweep is the safety net under test.
 pub(crate) fn hook(
     env: &mut Env,
     event: &str,
@@ -52,18 +47,12 @@ pub(crate) fn hook(
     cwd: &Path,
     owner: Option<Proc>,
 ) -> Output {
-    let pid = owner.map(|owner| owner.pid.to_string());
-    // The sweep is the safety net under test: no sentinel does its work first.
-    let mut args = vec!["hook", "--agent", "claude", "--sentinel", "off"];
-    if let Some(pid) = &pid {
-        args.extend(["--owner-pid", pid.as_str()]);
+    let test = HookTest::new(event, session, cwd).no_sentinel();
+    match owner {
+        Some(owner) => test.owner(owner),
+        None => test,
     }
-    let out = env.run_stdin(&args, &payload(event, session, cwd));
-    assert!(
-        out.status.success() && out.stdout.is_empty(),
-        "{event} hook broke its contract: {out:?}"
-    );
-    out
+    .run(env)
 }
 
 /// `SessionStart` with `owner` as the agent process; checks that the session was recorded with its identity.
@@ -484,16 +473,7 @@ fn stress_session(
     attach_first: bool,
     end: bool,
 ) -> SessionRun {
-    let run_hook = |event: &str, owner: Option<Proc>| {
-        let pid = owner.map(|owner| owner.pid.to_string());
-        let mut args = vec!["hook", "--agent", "claude"];
-        if let Some(pid) = &pid {
-            args.extend(["--owner-pid", pid.as_str()]);
-        }
-        let out = run_bounded(env.cmd(&args), Some(&payload(event, &id, ws)));
-        assert!(out.status.success() && out.stdout.is_empty(), "{out:?}");
-    };
-    run_hook("SessionStart", Some(agent));
+    HookTest::new("SessionStart", &id, ws).owner(agent).run(env);
     let ws_text = ws.to_str().unwrap();
     let attach = || {
         let args = ["broker", "attach", "--cwd", ws_text, "--session", &id];
@@ -521,7 +501,7 @@ fn stress_session(
     let broker = joined.as_ref().map(|out| proc_in(&parse(out)));
     let reused = joined.is_some_and(|out| parse(&out)["reused"] == true);
     if end {
-        run_hook("SessionEnd", None);
+        HookTest::new("SessionEnd", &id, ws).run(env);
     }
     SessionRun {
         id,
