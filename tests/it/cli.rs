@@ -6,29 +6,8 @@ use std::process::{Command, Output};
 
 use serde_json::{Value, json};
 
+use crate::harness::uuid;
 use crate::harness::{BIN, Env, PATIENCE, Proc, run_bounded, scrub_env, stderr, stdout};
-
-/// A fresh session id in the shape agents use (random, so a process scan can only match what the test planted).
-fn uuid() -> String {
-    use std::io::Read;
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut random| random.read_exact(&mut bytes))
-        .expect("/dev/urandom");
-    let hex: String = bytes.iter().fold(String::new(), |mut hex, byte| {
-        use std::fmt::Write as _;
-        let _ = write!(hex, "{byte:02x}");
-        hex
-    });
-    format!(
-        "{}-{}-4{}-8{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[13..16],
-        &hex[17..20],
-        &hex[20..32]
-    )
-}
 
 /// Records a live session `id` in `cwd` whose agent is `agent` (`SessionStart` through the hook).
 fn start_session(env: &mut Env, id: &str, cwd: &Path, agent: Proc) {

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::harness::owners;
+use crate::harness::uuid;
 use crate::harness::{
     BIN, Env, PATIENCE, Proc, named_python, run_bounded, scrub_env, stderr, stdout, wait_until,
 };
@@ -81,14 +83,6 @@ fn agent_of_dir(dir: &str) -> &str {
 
 fn parse(bytes: &[u8]) -> Value {
     serde_json::from_slice(bytes).expect("valid JSON")
-}
-
-/// A fresh id from the kernel, so that no process outside the test can match it.
-fn uuid() -> String {
-    fs::read_to_string("/proc/sys/kernel/random/uuid")
-        .unwrap()
-        .trim()
-        .to_owned()
 }
 
 /// The real python3 (not a shim script), so that planted processes start fast and keep their pid.
@@ -214,27 +208,6 @@ fn assert_within_deadline(elapsed: Duration, deadline: Duration, label: &str) {
     );
 }
 
-fn session_record(env: &Env, id: &str) -> Option<Value> {
-    fs::read(env.state_dir().join("sessions").join(format!("{id}.json")))
-        .ok()
-        .map(|b| parse(&b))
-}
-
-/// The stop tickets on disk.
-fn tickets(env: &Env) -> Vec<PathBuf> {
-    let Ok(entries) = fs::read_dir(env.state_dir().join("stopping")) else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(Result::ok)
-        .map(|entry| entry.path())
-        .filter(|path| {
-            let name = path.file_name().unwrap().to_string_lossy();
-            name.ends_with(".json") && !name.starts_with('.')
-        })
-        .collect()
-}
-
 /// Every slot directory (`workspaces/<key>/<name>`).
 fn slot_dirs(env: &Env) -> Vec<PathBuf> {
     let mut dirs = Vec::new();
@@ -256,10 +229,10 @@ fn slot_dirs(env: &Env) -> Vec<PathBuf> {
 /// ticket and then logs its stop, so only then are the events final.
 fn settle(env: &Env) {
     assert!(
-        wait_until(PATIENCE, || tickets(env).is_empty()
+        wait_until(PATIENCE, || env.tickets().is_empty()
             && finishers(env).is_empty()),
         "stops settled: tickets {:?}",
-        tickets(env)
+        env.tickets()
     );
 }
 
@@ -492,15 +465,6 @@ fn spawned_by_step(env: &mut Env, step: &Value) -> Value {
     record
 }
 
-fn owners(record: &Value) -> Vec<String> {
-    record["owners"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|owner| owner["session"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 /// A unix socket that accepts connections (or, with `accept` false, never does) and never answers.
 struct SilentListener {
     stop: Arc<AtomicBool>,
@@ -678,8 +642,9 @@ fn every_fixture_payload_records_or_ends_its_session_with_the_agent_detected() {
         }
         let before =
             start.map(|_| json!({"agent_identity": crate::harness::identity_json(run.agent)}));
-        let record =
-            session_record(&env, id).unwrap_or_else(|| panic!("{what}: no session record"));
+        let record = env
+            .session_record(id)
+            .unwrap_or_else(|| panic!("{what}: no session record"));
         assert_eq!(record["version"], 1, "{what}");
         assert_eq!(record["session_id"], id, "{what}");
         assert_eq!(
@@ -718,7 +683,7 @@ fn explicit_agent_flag_wins_over_detection_for_every_fixture() {
         let mut env = Env::new();
         let out = hook(&mut env, &["--agent", flag, "--deadline", ROOMY], &raw);
         assert!(out.stderr.is_empty(), "{dir}/{name}: {}", stderr(&out));
-        let record = session_record(&env, &id).unwrap();
+        let record = env.session_record(&id).unwrap();
         assert_eq!(record["agent"], flag, "{dir}/{name} with --agent {flag}");
     }
 }
@@ -737,7 +702,9 @@ fn codex_payload_with_null_transcript_is_detected_from_the_codex_environment() {
     let out = run_bounded(command, Some(&bytes(&sent)));
     assert_hook_contract(&out, "codex hook");
     assert!(out.stderr.is_empty(), "{}", stderr(&out));
-    let record = session_record(&env, sent["session_id"].as_str().unwrap()).unwrap();
+    let record = env
+        .session_record(sent["session_id"].as_str().unwrap())
+        .unwrap();
     assert_eq!(record["agent"], "codex");
     assert!(
         record.get("transcript_path").is_none_or(Value::is_null),
@@ -864,8 +831,8 @@ fn payload_followed_by_more_bytes_is_read_as_one_value() {
     input.extend_from_slice(b"\n{\"session_id\": \"other\"} trailing garbage");
     let out = hook(&mut env, &[], &input);
     assert!(out.stderr.is_empty(), "{}", stderr(&out));
-    assert!(session_record(&env, &id).is_some());
-    assert!(session_record(&env, "other").is_none());
+    assert!(env.session_record(&id).is_some());
+    assert!(env.session_record("other").is_none());
 }
 
 #[test]
@@ -874,7 +841,9 @@ fn session_end_of_a_never_started_session_leaves_a_complete_tombstone() {
     let raw = fs::read(payload_dir().join("claude/SessionEnd.other.json")).unwrap();
     let sent = parse(&raw);
     hook(&mut env, &[], &raw);
-    let record = session_record(&env, sent["session_id"].as_str().unwrap()).unwrap();
+    let record = env
+        .session_record(sent["session_id"].as_str().unwrap())
+        .unwrap();
     assert!(record["ended_at"].is_string());
     assert_eq!(record["end_reason"], "other");
     assert_eq!(record["agent"], "claude", "{record}");
@@ -891,14 +860,14 @@ fn other_events_refresh_last_seen_without_ending_the_session() {
     let id = uuid();
     let ws = env.workspace("ws");
     start(&mut env, &id, &ws);
-    let before = session_record(&env, &id).unwrap();
+    let before = env.session_record(&id).unwrap();
     let out = hook(
         &mut env,
         &[],
         &bytes(&payload("UserPromptSubmit", &id, &ws)),
     );
     assert!(out.stderr.is_empty(), "{}", stderr(&out));
-    let after = session_record(&env, &id).unwrap();
+    let after = env.session_record(&id).unwrap();
     assert!(after["ended_at"].is_null());
     assert_eq!(after["started_at"], before["started_at"]);
     assert!(after["last_seen"].as_str() >= before["last_seen"].as_str());
@@ -952,14 +921,14 @@ fn deadline_holds_when_stdin_sends_a_payload_but_never_closes() {
     );
     assert_within_deadline(elapsed, DEADLINE, "start, open stdin");
     assert!(out.stderr.is_empty(), "{}", stderr(&out));
-    assert!(session_record(&env, &id).unwrap()["ended_at"].is_null());
+    assert!(env.session_record(&id).unwrap()["ended_at"].is_null());
     // The /clear case: SessionEnd's stdin is never closed.
     let broker = env.spawn_broker(&ws, &id, &["sleep", "600"]);
     let sent = bytes(&payload("SessionEnd", &id, &ws));
     let (out, elapsed) = timed_hook(&env, &["--deadline", "1s"], &sent, true, "end, open stdin");
     assert_within_deadline(elapsed, DEADLINE, "end, open stdin");
     assert!(out.stderr.is_empty(), "{}", stderr(&out));
-    assert!(session_record(&env, &id).unwrap()["ended_at"].is_string());
+    assert!(env.session_record(&id).unwrap()["ended_at"].is_string());
     assert!(broker.gone_within(PATIENCE), "the broker was stopped");
 }
 
@@ -1050,7 +1019,7 @@ fn deadline_holds_when_slot_lock_is_held_forever() {
         "the record is untouched"
     );
     assert!(
-        session_record(&env, &id).unwrap()["ended_at"].is_string(),
+        env.session_record(&id).unwrap()["ended_at"].is_string(),
         "the session is ended anyway"
     );
     // Once the lock is free, ending the session again finishes the job.
@@ -1086,7 +1055,7 @@ fn deadline_holds_when_broker_ignores_sigterm_and_finisher_sigkills_it() {
         broker.alive(),
         "still inside its grace when the hook returned"
     );
-    assert_eq!(tickets(&env).len(), 1, "the stop is handed on as a ticket");
+    assert_eq!(env.tickets().len(), 1, "the stop is handed on as a ticket");
     assert!(
         broker.gone_within(Duration::from_secs(15)),
         "the finisher SIGKILLed it within grace + 10 s"
@@ -1096,7 +1065,7 @@ fn deadline_holds_when_broker_ignores_sigterm_and_finisher_sigkills_it() {
         handed_over.elapsed()
     );
     assert!(
-        wait_until(PATIENCE, || tickets(&env).is_empty()),
+        wait_until(PATIENCE, || env.tickets().is_empty()),
         "the ticket was removed"
     );
     settle(&env);
@@ -1126,7 +1095,7 @@ fn session_start_records_the_fake_agent_not_its_shell() {
     assert_eq!(run.steps[0]["rc"], 0);
     assert_eq!(run.steps[0]["stdout"], "", "SessionStart prints nothing");
     assert_eq!(run.steps[0]["stderr"], "");
-    let record = session_record(&env, &id).unwrap();
+    let record = env.session_record(&id).unwrap();
     assert_eq!(
         record["agent_identity"]["pid"],
         json!(run.agent.pid),
@@ -1156,7 +1125,7 @@ fn owner_pid_overrides_the_detected_agent_process() {
         &["--owner-pid", &pid],
         &bytes(&payload("SessionStart", &id, &ws)),
     );
-    let record = session_record(&env, &id).unwrap();
+    let record = env.session_record(&id).unwrap();
     assert_eq!(record["agent_identity"]["pid"], json!(sleeper.pid));
     assert_eq!(
         record["agent_identity"]["start_ticks"],
@@ -1171,7 +1140,7 @@ fn owner_pid_overrides_the_detected_agent_process() {
     );
     assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
     assert!(stderr(&out).contains("2147483647"));
-    assert!(session_record(&env, &other).is_none());
+    assert!(env.session_record(&other).is_none());
 }
 
 #[test]
@@ -1220,19 +1189,19 @@ fn resume_refreshes_the_same_record_and_clear_gets_a_new_one() {
     let ws = env.workspace("ws");
     let (first, after_clear) = (uuid(), uuid());
     start(&mut env, &first, &ws);
-    let original = session_record(&env, &first).unwrap();
+    let original = env.session_record(&first).unwrap();
     let mut clear = payload("SessionEnd", &first, &ws);
     clear["reason"] = json!("clear");
     hook(&mut env, &[], &bytes(&clear));
-    assert_eq!(session_record(&env, &first).unwrap()["end_reason"], "clear");
+    assert_eq!(env.session_record(&first).unwrap()["end_reason"], "clear");
     let mut new_start = payload("SessionStart", &after_clear, &ws);
     new_start["source"] = json!("clear");
     hook(&mut env, &[], &bytes(&new_start));
-    let fresh = session_record(&env, &after_clear).unwrap();
+    let fresh = env.session_record(&after_clear).unwrap();
     assert_eq!(fresh["source"], "clear");
     assert!(fresh["ended_at"].is_null());
     assert_eq!(
-        session_record(&env, &first).unwrap()["end_reason"],
+        env.session_record(&first).unwrap()["end_reason"],
         "clear",
         "the old id stays ended"
     );
@@ -1241,7 +1210,7 @@ fn resume_refreshes_the_same_record_and_clear_gets_a_new_one() {
     resume["source"] = json!("resume");
     resume["session_title"] = json!("auth-work");
     hook(&mut env, &[], &bytes(&resume));
-    let resumed = session_record(&env, &first).unwrap();
+    let resumed = env.session_record(&first).unwrap();
     assert!(
         resumed["ended_at"].is_null() && resumed["end_reason"].is_null(),
         "{resumed}"
@@ -1751,7 +1720,7 @@ fn resume_orphan_scan_spares_the_agent_of_another_live_session_after_clear() {
     ];
     let run = fake_agent(&mut env, &steps, true, &["--resume", &old]);
     assert_eq!(
-        session_record(&env, &new).unwrap()["agent_identity"]["pid"],
+        env.session_record(&new).unwrap()["agent_identity"]["pid"],
         json!(run.agent.pid)
     );
     let orphan = plant(&mut env, &["--resume", &old]);
@@ -1794,7 +1763,7 @@ fn finisher_killed_mid_stop(env: &mut Env, grace: &str) -> Proc {
         broker.alive(),
         "the finisher was killed inside the grace (a slower box needs a longer grace)"
     );
-    assert_eq!(tickets(env).len(), 1, "the ticket outlives its finisher");
+    assert_eq!(env.tickets().len(), 1, "the ticket outlives its finisher");
     broker
 }
 
@@ -1805,7 +1774,7 @@ fn killed_finisher_leaves_its_ticket_to_the_next_finisher() {
     let out = env.run(&["finish"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(broker.gone_within(PATIENCE));
-    assert!(tickets(&env).is_empty());
+    assert!(env.tickets().is_empty());
     let stops = env.events_where("stop", Some("session_end"));
     assert_eq!(stops.len(), 1, "{stops:?}");
     assert!(
@@ -1826,7 +1795,7 @@ fn killed_finisher_leaves_its_ticket_to_the_next_session_end_hook() {
         broker.gone_within(Duration::from_secs(16)),
         "finished by the next hook's finisher"
     );
-    assert!(wait_until(PATIENCE, || tickets(&env).is_empty()));
+    assert!(wait_until(PATIENCE, || env.tickets().is_empty()));
     assert!(wait_until(PATIENCE, || finishers(&env).is_empty()));
 }
 
@@ -1839,7 +1808,7 @@ fn only_one_finisher_works_at_a_time() {
     let holder = hold_lock(&mut env, &lock);
     let broker = stubborn_broker(&mut env, &ws, &id, "1s");
     end(&mut env, &id, &ws);
-    assert_eq!(tickets(&env).len(), 1);
+    assert_eq!(env.tickets().len(), 1);
     // The hook's finisher found the lock taken and left; so does one run by hand.
     let out = env.run(&["finish"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -1847,7 +1816,7 @@ fn only_one_finisher_works_at_a_time() {
         broker.alive(),
         "no second finisher worked while the lock was held"
     );
-    assert_eq!(tickets(&env).len(), 1);
+    assert_eq!(env.tickets().len(), 1);
     assert!(wait_until(PATIENCE, || finishers(&env).is_empty()));
     holder.kill();
     assert!(holder.gone_within(PATIENCE));
@@ -1855,7 +1824,7 @@ fn only_one_finisher_works_at_a_time() {
     let out = env.run(&["finish"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(broker.gone_within(PATIENCE));
-    assert!(tickets(&env).is_empty());
+    assert!(env.tickets().is_empty());
 }
 
 #[test]
@@ -1942,7 +1911,7 @@ fn reap_reports_each_action_with_reason_and_result() {
         line_of(orphan.pid, "resume_orphan"),
         "the orphan's stop, reason and result: {report}"
     );
-    assert!(session_record(&env, &id).unwrap()["end_reason"] == "manual");
+    assert!(env.session_record(&id).unwrap()["end_reason"] == "manual");
 }
 
 #[test]
@@ -2002,5 +1971,5 @@ fn reap_dry_run_signals_nothing_and_writes_nothing() {
         "a dry run signals nothing"
     );
     assert!(env.state_files() == before, "a dry run writes nothing");
-    assert!(session_record(&env, &id).unwrap()["ended_at"].is_null());
+    assert!(env.session_record(&id).unwrap()["ended_at"].is_null());
 }

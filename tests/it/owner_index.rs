@@ -96,11 +96,6 @@ fn sweep_json(env: &mut Env, flags: &[&str]) -> Value {
         .unwrap_or_else(|err| panic!("sweep --json ({err}): {}{}", stdout(&out), stderr(&out)))
 }
 
-fn session_record(env: &Env, session: &str) -> Value {
-    let path = env.state_dir().join(format!("sessions/{session}.json"));
-    serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
-}
-
 /// A live broker whose record was replaced by one this build refuses (a newer version, or a file another user
 /// owns) is never taken for a lost broker: the sweep reports the slot and leaves the broker running, and `status`
 /// shows the slot as unreadable without writing anything.
@@ -293,13 +288,15 @@ fn a_session_end_visits_only_the_slots_it_owns() {
         "the lock holder never took the lock"
     );
     assert!(
-        session_record(&env, &session)["slots"]
+        env.session_record(&session)
+            .expect("the session is recorded")["slots"]
             .as_array()
             .unwrap()
             .len()
             == 1,
         "the owner index names the one slot: {}",
-        session_record(&env, &session)
+        env.session_record(&session)
+            .expect("the session is recorded")
     );
     let started = Instant::now();
     let out = hook(&mut env, "SessionEnd", &session, &mine, None);
@@ -330,18 +327,22 @@ fn the_sweep_repairs_a_missing_index_entry() {
     hook(&mut env, "SessionStart", &session, &ws, Some(agent));
     let broker = env.spawn_broker(&ws, &session, &["sleep", "600"]);
     let path = env.state_dir().join(format!("sessions/{session}.json"));
-    let mut record = session_record(&env, &session);
+    let mut record = env
+        .session_record(&session)
+        .expect("the session is recorded");
     record["slots"] = json!([]);
     std::fs::write(&path, serde_json::to_vec_pretty(&record).unwrap()).unwrap();
     sweep_json(&mut env, &[]);
     assert_eq!(
-        session_record(&env, &session)["slots"]
+        env.session_record(&session)
+            .expect("the session is recorded")["slots"]
             .as_array()
             .unwrap()
             .len(),
         1,
         "indexed again: {}",
-        session_record(&env, &session)
+        env.session_record(&session)
+            .expect("the session is recorded")
     );
     hook(&mut env, "SessionEnd", &session, &ws, None);
     assert!(
