@@ -18,16 +18,6 @@ use crate::test_cgroup::TestCgroup;
 /// How long "still running later" is watched for: long enough for a sentinel, a finisher and a grace to act.
 const LATER: Duration = Duration::from_secs(3);
 
-fn session_record(env: &Env, session: &str) -> Option<Value> {
-    let path = env
-        .state_dir()
-        .join("sessions")
-        .join(format!("{session}.json"));
-    std::fs::read(path)
-        .ok()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-}
-
 /// Every one of `procs` still runs after `LATER`, and at every look on the way.
 fn all_run_later(procs: &[(&str, Proc)]) -> Result<(), String> {
     let until = Instant::now() + LATER;
@@ -103,7 +93,9 @@ fn a_setsid_daemon_running_session_start_gets_no_agent_powers() {
     for (tag, flags) in [("plain", vec![]), ("narrowed", vec!["--agent", "gemini"])] {
         let session = fresh_session("bl-daemon");
         let workers = daemon_runs_the_hook(&mut env, &session, &flags, tag);
-        let record = session_record(&env, &session).expect("the session is recorded");
+        let record = env
+            .session_record(&session)
+            .expect("the session is recorded");
         assert!(
             record["agent_identity"].is_null(),
             "{tag}: a daemon is no agent: {record}"
@@ -169,7 +161,8 @@ fn a_hook_under_shells_up_to_init_in_a_pid_namespace_has_no_agent() {
         stderr(&out)
     );
     for (index, session) in sessions.iter().enumerate() {
-        let record = session_record(&env, session)
+        let record = env
+            .session_record(session)
             .unwrap_or_else(|| panic!("hook {index} recorded no session: {}", stderr(&out)));
         assert!(
             record["agent_identity"].is_null(),
@@ -340,7 +333,7 @@ fn a_crash_then_a_resume_by_another_agent_keeps_the_crashed_agents_leftovers_sto
     crashed.kill();
     let mut resumed = env.fake_agent(&session, "CLAUDE_CODE_SESSION_ID", &flags);
     resumed.order("start");
-    let record = session_record(&env, &session).unwrap();
+    let record = env.session_record(&session).unwrap();
     assert_eq!(record["agent_identity"]["pid"], resumed.proc.pid);
     let earlier = record["leftovers"]["earlier_agents"]
         .as_array()
@@ -622,7 +615,9 @@ fn tmux_scene(cgroup: Option<&TestCgroup>) {
         .find(|proc| *proc != dev)
         .expect("the user's window");
     let (t_agent, t_tools) = second_agent_in_a_window(&mut env, &socket, &t_session);
-    let record = session_record(&env, &t_session).expect("T's session is recorded");
+    let record = env
+        .session_record(&t_session)
+        .expect("T's session is recorded");
     assert_eq!(record["agent_identity"]["pid"], t_agent.pid, "{record}");
     // While S lives, `status` shows the server as S's carrier spared, not as a leftover-to-be.
     let status = env.status();
@@ -647,7 +642,8 @@ fn tmux_scene(cgroup: Option<&TestCgroup>) {
     s_agent.exit();
     // S's sentinel does its work: S's session ends.
     assert!(
-        wait_until(PATIENCE, || session_record(&env, &s_session)
+        wait_until(PATIENCE, || env
+            .session_record(&s_session)
             .is_some_and(|record| record["ended_at"].is_string())),
         "S's session ends once S is gone"
     );
@@ -839,7 +835,8 @@ fn a_tmux_server_with_an_attached_client_is_never_stopped() {
     );
     agent.exit();
     assert!(
-        wait_until(PATIENCE, || session_record(&env, &session)
+        wait_until(PATIENCE, || env
+            .session_record(&session)
             .is_some_and(|record| record["ended_at"].is_string())),
         "the session ends once its agent is gone"
     );

@@ -71,12 +71,7 @@ fn proc_of(record: &Value) -> Proc {
 }
 
 fn owners(record: &Value) -> BTreeSet<String> {
-    record["owners"]
-        .as_array()
-        .expect("owners is an array")
-        .iter()
-        .map(|owner| owner["session"].as_str().expect("owner.session").to_owned())
-        .collect()
+    crate::harness::owners(record).into_iter().collect()
 }
 
 fn set(ids: &[&str]) -> BTreeSet<String> {

@@ -10,6 +10,7 @@ mod demo;
 mod docs;
 mod everyday;
 mod harness;
+mod hook_test;
 mod hooks;
 mod layers;
 mod leftovers;
