@@ -716,25 +716,12 @@ fn stopped_by(ticket: &StopTicket) -> String {
 
 /// Waits until one of `handles` exits or `timeout` passes.
 fn wait_for_any_exit(handles: &[&Handle], timeout: Duration) {
-    #[cfg(target_os = "linux")]
-    {
-        use rustix::event::{PollFd, PollFlags, Timespec, poll};
-        let mut fds: Vec<PollFd<'_>> = handles
-            .iter()
-            .filter_map(|h| h.pidfd())
-            .map(|fd| PollFd::new(fd, PollFlags::IN))
-            .collect();
-        if !fds.is_empty() {
-            let timespec = Timespec::try_from(timeout).unwrap_or(Timespec {
-                tv_sec: 0,
-                tv_nsec: 1_000_000,
-            });
-            let _ = poll(&mut fds, Some(&timespec));
-            return;
-        }
+    let fds: Vec<_> = handles.iter().filter_map(|h| h.pidfd()).collect();
+    if fds.is_empty() {
+        std::thread::sleep(timeout);
+    } else {
+        crate::act::pidfd::any_exited(fds, timeout);
     }
-    let _ = handles;
-    std::thread::sleep(timeout);
 }
 
 /// Takes the graceful step; a shutdown command is returned as a child to be bounded by the window.

@@ -290,8 +290,7 @@ fn drain(watch: &OwnedFd) {
 
 /// A pidfd that is known to name `agent` (identity checked after opening), `None` when it is gone already.
 fn open_pidfd(agent: &Identity) -> Option<OwnedFd> {
-    let pid = rustix::process::Pid::from_raw(agent.pid)?;
-    let fd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()?;
+    let fd = crate::act::pidfd::open(agent.pid)?;
     proc::is_alive(agent).then_some(fd)
 }
 
