@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::harness::*;
+use crate::hook_test::HookTest;
 
 /// The `/proc/<pid>/<file>` opens in one strace output file (one traced process): (pid, file) → count.
 fn proc_opens(trace: &str) -> HashMap<(i32, String), usize> {
@@ -76,32 +77,17 @@ fn one_session_end_opens_each_proc_cmdline_and_environ_at_most_once() {
         .collect();
 
     let ws = env.workspace("ws0");
-    let owner = agent.pid.to_string();
-    let hook = env.cmd(&[
-        "hook",
-        "--agent",
-        "claude",
-        "--owner-pid",
-        &owner,
-        "--sentinel",
-        "off",
-        "--agent-exit-wait",
-        "0s",
+    let hook = HookTest::new("SessionEnd", &session, &ws)
+        .owner(agent)
+        .no_sentinel()
         // Room for a loaded machine and strace's own cost: the deadline is not what this test is about.
-        "--deadline",
-        "10s",
-    ]);
+        .args(&["--agent-exit-wait", "0s", "--deadline", "10s"]);
+    let (command, stdin) = hook.command(&env);
     let traces = tempfile::tempdir().expect("a dir for the traces");
     let prefix = traces.path().join("trace");
-    let out = run_bounded(
-        traced(&hook, &prefix),
-        Some(&hook_payload(&session, "SessionEnd", &ws)),
-    );
-    assert!(
-        out.status.success() && out.stdout.is_empty(),
-        "{out:?}\n{}",
-        stderr(&out)
-    );
+    let logged_before = env.events().len();
+    let out = run_bounded(traced(&command, &prefix), Some(&stdin));
+    hook.check(&env, &out, logged_before);
 
     let mut read_of_ours = 0;
     let mut twice = Vec::new();
