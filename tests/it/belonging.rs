@@ -251,6 +251,31 @@ fn a_leftovers_stop_never_reaches_a_kept_member_of_its_group() {
     all_run_later(&[("kept member", kept)]).unwrap();
 }
 
+/// A leftover whose child was marked with `keep --pid` after it started: the stop's walk of the leftover's tree
+/// honours the mark as discovery does — the leader stops, the marked child (and what it started) runs on.
+#[test]
+fn a_leftovers_stop_never_reaches_a_child_marked_with_keep_pid() {
+    let mut env = Env::new();
+    let session = fresh_session("bl-keep-pid");
+    let mut agent = env.fake_agent(&session, "CLAUDE_CODE_SESSION_ID", &["--agent", "claude"]);
+    agent.order("start");
+    agent.order(&format!(
+        "run (setsid sh -c 'echo $$ > {}; sh -c \"sleep 600 & echo \\$! > {}; wait\" & echo $! > {}; wait' &)",
+        env.work_path("leader.pid"),
+        env.work_path("grandchild.pid"),
+        env.work_path("marked.pid"),
+    ));
+    let leader = env.planted("leader.pid");
+    let marked = env.planted("marked.pid");
+    let below = env.planted("grandchild.pid");
+    let out = env.run(&["keep", "--pid", &marked.pid.to_string()]);
+    assert!(out.status.success(), "keep --pid: {}", stderr(&out));
+    agent.exit();
+    assert!(leader.gone_within(PATIENCE), "the leader is a leftover");
+    all_run_later(&[("the marked child", marked), ("what it started", below)])
+        .unwrap_or_else(|err| panic!("{err}: {:#?}", env.events()));
+}
+
 fn group_of(proc: Proc) -> i32 {
     let stat = std::fs::read_to_string(format!("/proc/{}/stat", proc.pid)).unwrap();
     let after = &stat[stat.rfind(')').unwrap() + 2..];
