@@ -127,6 +127,55 @@ fn a_setsid_daemon_running_session_start_gets_no_agent_powers() {
     }
 }
 
+/// An agent the agents table does not know runs its `SessionStart` hook through a launcher that forks (the hook runs
+/// in the launcher's child, the launcher waits and exits): neither the launcher nor the unknown agent is taken as
+/// the session's agent, so the launcher's exit ends nothing and the agent and its worker run on.
+#[test]
+fn a_forking_launcher_under_an_unknown_agent_is_never_taken_as_the_agent() {
+    let mut env = Env::new();
+    let session = fresh_session("bl-launcher");
+    let agent = named_python(&env, "mycoder");
+    let launcher = named_python(&env, "hooklauncher");
+    let script = r#"
+import json, os, subprocess, sys, time
+binary, state, session, launcher, tag = sys.argv[1:6]
+worker = subprocess.Popen(["sleep", "600"])
+open(tag + ".worker", "w").write(str(worker.pid))
+fork = "import os, subprocess, sys\npid = os.fork()\nif pid == 0:\n    subprocess.run(sys.argv[1:], input=sys.stdin.buffer.read(), timeout=60)\n    os._exit(0)\nos.waitpid(pid, 0)\n"
+payload = json.dumps({"session_id": session, "hook_event_name": "SessionStart", "cwd": os.getcwd(), "source": "startup"})
+subprocess.run([launcher, "-c", fork, binary, "--state-dir", state, "hook", "--deadline", "10s"], input=payload.encode(), timeout=60)
+open(tag + ".agent", "w").write(str(os.getpid()))
+time.sleep(600)
+"#;
+    let mut command = Command::new(&agent);
+    command
+        .args(["-c", script, BIN])
+        .arg(env.state_dir())
+        .args([
+            &session,
+            &launcher.to_string_lossy().into_owned(),
+            &env.work_path("scene"),
+        ])
+        .current_dir(env.work.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    scrub_env(&mut command);
+    env.spawn(command);
+    let worker = planted(&mut env, "scene.worker");
+    let agent = planted(&mut env, "scene.agent");
+    let record = session_record(&env, &session).expect("the session is recorded");
+    assert!(
+        record["agent_identity"].is_null(),
+        "neither the launcher nor an unknown agent is the agent: {record}"
+    );
+    assert!(sentinels_of(env.state_dir()).is_empty(), "no sentinel");
+    let scene = [("the unknown agent", agent), ("its worker", worker)];
+    all_run_later(&scene).unwrap();
+    let sweep = env.run(&["sweep"]);
+    assert!(sweep.status.success(), "{}", stderr(&sweep));
+    all_run_later(&scene).unwrap_or_else(|err| panic!("after a sweep: {err}"));
+}
+
 /// A hook run by a script where every ancestor up to pid 1 is a shell, a wrapper or some other program — here
 /// pid 1 of a private pid namespace, a python3 standing in for init — takes no agent; `CLAUDE_PID=1` and
 /// `CLAUDE_PID=<the wrapper shell>` are claims it does not believe.
