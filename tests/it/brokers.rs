@@ -1728,7 +1728,8 @@ fn launchers_sigkilled_at_random_moments_never_leave_a_broker_unrecorded() {
     runs.sort();
     let window = runs[runs.len() / 2];
     let window_us = u64::try_from(window.as_micros()).unwrap().max(1000);
-    let (mut nothing_ran, mut recorded_running, mut completed) = (0, 0, 0);
+    let (mut nothing_ran, mut recorded_never_ran, mut recorded_running, mut completed) =
+        (0, 0, 0, 0);
     for round in 0..ROUNDS {
         let name = format!("r{round}");
         let mut launcher = spawn_named(&env, &name)
@@ -1753,7 +1754,9 @@ fn launchers_sigkilled_at_random_moments_never_leave_a_broker_unrecorded() {
                 completed += 1;
             }
             (false, Some(broker)) if broker.alive() => recorded_running += 1,
-            (false, _) => nothing_ran += 1,
+            // Killed between the record and `go`: the stub exited, the record names a gone process (`STALE`).
+            (false, Some(_)) => recorded_never_ran += 1,
+            (false, None) => nothing_ran += 1,
             (true, None) => panic!("round {round}: exited 0 without a record"),
         }
         for record in env.records().values() {
@@ -1762,6 +1765,7 @@ fn launchers_sigkilled_at_random_moments_never_leave_a_broker_unrecorded() {
     }
     eprintln!(
         "{ROUNDS} launchers killed at random (median run {window:?}): {completed} completed, {recorded_running} \
-         killed with their broker recorded and running, {nothing_ran} killed with nothing running"
+         killed with their broker recorded and running, {recorded_never_ran} killed between the record and `go` \
+         (nothing ran), {nothing_ran} killed before the record (nothing ran)"
     );
 }
