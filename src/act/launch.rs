@@ -9,7 +9,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use anyhow::Context;
@@ -55,9 +55,9 @@ pub(crate) fn spawn_broker(
     .with_context(|| format!("opening broker log {}", log.display()))?;
     crate::store::root::check_regular_file(&output, log, rustix::process::geteuid().as_raw())?;
     let (channel, stub_end) = UnixStream::pair().context("making the broker's start channel")?;
-    let exe = std::env::current_exe().context("finding our own executable")?;
-    let mut command = Command::new(exe);
+    let mut command = Command::new(own_executable()?);
     command
+        .arg0("session-reaper")
         .arg(STUB_WORD)
         .arg("--")
         .arg(program)
@@ -94,6 +94,16 @@ pub(crate) fn spawn_broker(
         channel,
         program: program.clone(),
     })
+}
+
+/// Our own executable, for the stub: `/proc/self/exe` where there is one — the very binary running now, even when
+/// an upgrade has replaced or removed its file meanwhile (its stub speaks our protocol) — else its path.
+fn own_executable() -> anyhow::Result<PathBuf> {
+    let running = Path::new("/proc/self/exe");
+    if std::fs::symlink_metadata(running).is_ok() {
+        return Ok(running.to_path_buf());
+    }
+    std::env::current_exe().context("finding our own executable")
 }
 
 /// The word that makes our executable the broker's exec stub: `session-reaper launch-broker -- CMD…` with the
