@@ -599,8 +599,9 @@ fn spawn(
         }
     });
     if let Err(err) = started {
-        // Nothing runs: the record goes (the slot is as if no broker had been started).
-        guard.clear()?;
+        // Nothing runs: the record goes (the slot is as if no broker had been started). Should that fail, the
+        // record names a gone process: `STALE` in status, pruned by the next sweep. The spawn's error is the news.
+        let _ = guard.clear();
         return Err(err);
     }
     let detail = record.command.join(" ");
