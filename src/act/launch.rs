@@ -39,9 +39,9 @@ pub(crate) struct BrokerLaunch<'a> {
 /// Starts `argv` as a broker in its own session (pid = pgid = sid), held before its command runs: the child is our
 /// own executable as a stub (`stub_entry`) that waits on a channel on its stdin and execs `argv` only when the
 /// launcher says `go` (`PendingBroker::go`), after it has recorded the stub's pid and start time, which the exec
-/// keeps. A launcher that dies first (killed by SIGKILL between spawn and record) closes the channel: the stub reads EOF and
-/// exits without running anything, so no broker ever runs unrecorded beyond its launcher's life. Returns once the
-/// stub has exec'd (`spawn` reports a failed exec of our own executable through a close-on-exec pipe).
+/// keeps. A launcher that dies first (a SIGKILL between spawn and record) closes the channel: the stub reads EOF
+/// and exits without running anything, so no broker ever runs unrecorded beyond its launcher's life. Returns once
+/// the stub has exec'd (`spawn` reports a failed exec of our own executable through a close-on-exec pipe).
 pub(crate) fn spawn_broker(
     argv: &[String],
     launch: &BrokerLaunch<'_>,
