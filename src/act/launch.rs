@@ -1,6 +1,7 @@
 //! Starting detached processes: brokers (own session, stdin null, output to a log, session variables stripped from
-//! the environment, a fresh lineage token added, run only once recorded: the exec stub) and the finisher (setsid and a double fork, so no agent waits on
-//! it). Neither inherits any descriptor of the caller but 0-2: an agent waits for EOF on the hook's pipes.
+//! the environment, a fresh lineage token added, run only once recorded: the exec stub) and the finisher (setsid
+//! and a double fork, so no agent waits on it). Neither inherits any descriptor of the caller but 0-2: an agent
+//! waits for EOF on the hook's pipes.
 
 use std::ffi::OsString;
 use std::fs::OpenOptions;

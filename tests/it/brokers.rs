@@ -1630,8 +1630,9 @@ fn a_launcher_killed_before_the_record_leaves_no_broker_running() {
     assert!(temp_files(&env, &ws).is_empty());
 }
 
-/// `broker spawn --wait` killed by SIGKILL while it watches a broker that never exits: the record was written before the
-/// broker ran, so it names the running broker, nothing runs unrecorded, and ending the owning session stops it.
+/// `broker spawn --wait` killed by SIGKILL while it watches a broker that never exits: the record was written
+/// before the broker ran, so it names the running broker, nothing runs unrecorded, and ending the owning session
+/// stops it.
 #[test]
 fn a_launcher_sigkilled_while_it_waits_leaves_a_recorded_broker_its_session_stops() {
     let mut env = Env::new();
@@ -1688,8 +1689,8 @@ fn a_launcher_sigkilled_while_it_waits_leaves_a_recorded_broker_its_session_stop
     );
 }
 
-/// `broker spawn` killed by SIGKILL at random moments of its life, from before its exec to after its exit: after each kill,
-/// every broker of the state root is recorded (or gone) — never one running unrecorded.
+/// `broker spawn` killed by SIGKILL at random moments of its life, from before its exec to after its exit: after
+/// each kill, every broker of the state root is recorded (or gone) — never one running unrecorded.
 #[test]
 fn launchers_sigkilled_at_random_moments_never_leave_a_broker_unrecorded() {
     const ROUNDS: usize = 30;
