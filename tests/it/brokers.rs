@@ -1593,16 +1593,18 @@ fn a_launcher_killed_before_the_record_leaves_no_broker_running() {
         "-c",
         &script,
     ]);
-    // SAFETY: getrlimit/setrlimit are async-signal-safe.
+    // SAFETY: getrlimit/setrlimit are async-signal-safe. No core file either (SIGXFSZ dumps core by default).
     unsafe {
         command.pre_exec(|| {
-            let mut limit = std::mem::zeroed::<libc::rlimit>();
-            if libc::getrlimit(libc::RLIMIT_FSIZE, &raw mut limit) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            limit.rlim_cur = 0;
-            if libc::setrlimit(libc::RLIMIT_FSIZE, &raw const limit) != 0 {
-                return Err(std::io::Error::last_os_error());
+            for resource in [libc::RLIMIT_FSIZE, libc::RLIMIT_CORE] {
+                let mut limit = std::mem::zeroed::<libc::rlimit>();
+                if libc::getrlimit(resource, &raw mut limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                limit.rlim_cur = 0;
+                if libc::setrlimit(resource, &raw const limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });
