@@ -64,6 +64,10 @@ pub fn run() -> u8 {
     if let Some(code) = commands::sentinel::entry(&args) {
         return code;
     }
+    // A broker's exec stub waits for its launcher's `go` (see `launch::spawn_broker`) before anything else runs.
+    if let Some(code) = act::launch::stub_entry(&args) {
+        return code;
+    }
     drop(args);
     if subcommand_in_args().as_deref() == Some("hook") {
         return run_hook();

@@ -212,6 +212,8 @@ pub(crate) struct Stopper {
     host: String,
     /// Whose live sessions' agents the guard refuses, read once a run has something to stop.
     sessions: Option<Sessions>,
+    /// `keep --pid` marks: a leftover's stop never reaches them, nor what runs below them.
+    kept: Vec<Identity>,
     /// What the layers above want told: a progress line for a person waiting, and each confirmed stop (an
     /// adapter cleans its tool's files then). The stopper itself knows neither terminals nor adapters.
     listener: Listener,
@@ -228,8 +230,10 @@ impl Stopper {
     /// The stopper of an opened state root: its tickets and its event log; its guard refuses, besides what `guard`
     /// does, the recorded agents of this root's live sessions (read when there is something to stop).
     pub(crate) fn of(store: &crate::store::Store, guard: Guard) -> Stopper {
-        Stopper::new(store.tickets.clone(), store.log.clone(), guard)
-            .sparing_agents_of(store.sessions.clone())
+        let mut stopper = Stopper::new(store.tickets.clone(), store.log.clone(), guard)
+            .sparing_agents_of(store.sessions.clone());
+        stopper.kept = crate::act::leftovers::kept_marks(store);
+        stopper
     }
 
     pub(crate) fn new(tickets: Tickets, log: EventLog, guard: Guard) -> Self {
@@ -239,6 +243,7 @@ impl Stopper {
             guard,
             host: proc::host_name(),
             sessions: None,
+            kept: Vec::new(),
             listener: Listener::default(),
         }
     }
@@ -271,6 +276,7 @@ impl Stopper {
                 .sparing_agents(belonging::live_agents(&sessions.all())),
             host: self.host.clone(),
             sessions: None,
+            kept: self.kept.clone(),
             listener: self.listener,
         });
         if let Some(sparing) = sparing {
@@ -467,7 +473,7 @@ impl Stopper {
             .collect();
         let spared = belonging::Spared {
             live_agents: self.guard.live_agents(),
-            kept: &[],
+            kept: &self.kept,
         };
         let reached = belonging::stop_reach(&table, &item.ticket.identity, &known, &spared)
             .into_iter()

@@ -119,6 +119,55 @@ fn a_setsid_daemon_running_session_start_gets_no_agent_powers() {
     }
 }
 
+/// An agent the agents table does not know runs its `SessionStart` hook through a launcher that forks (the hook runs
+/// in the launcher's child, the launcher waits and exits): neither the launcher nor the unknown agent is taken as
+/// the session's agent, so the launcher's exit ends nothing and the agent and its worker run on.
+#[test]
+fn a_forking_launcher_under_an_unknown_agent_is_never_taken_as_the_agent() {
+    let mut env = Env::new();
+    let session = fresh_session("bl-launcher");
+    let agent = named_python(&env, "mycoder");
+    let launcher = named_python(&env, "hooklauncher");
+    let script = r#"
+import json, os, subprocess, sys, time
+binary, state, session, launcher, tag = sys.argv[1:6]
+worker = subprocess.Popen(["sleep", "600"])
+open(tag + ".worker", "w").write(str(worker.pid))
+fork = "import os, subprocess, sys\npid = os.fork()\nif pid == 0:\n    subprocess.run(sys.argv[1:], input=sys.stdin.buffer.read(), timeout=60)\n    os._exit(0)\nos.waitpid(pid, 0)\n"
+payload = json.dumps({"session_id": session, "hook_event_name": "SessionStart", "cwd": os.getcwd(), "source": "startup"})
+subprocess.run([launcher, "-c", fork, binary, "--state-dir", state, "hook", "--deadline", "10s"], input=payload.encode(), timeout=60)
+open(tag + ".agent", "w").write(str(os.getpid()))
+time.sleep(600)
+"#;
+    let mut command = Command::new(&agent);
+    command
+        .args(["-c", script, BIN])
+        .arg(env.state_dir())
+        .args([
+            &session,
+            &launcher.to_string_lossy().into_owned(),
+            &env.work_path("scene"),
+        ])
+        .current_dir(env.work.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    scrub_env(&mut command);
+    env.spawn(command);
+    let worker = planted(&mut env, "scene.worker");
+    let agent = planted(&mut env, "scene.agent");
+    let record = session_record(&env, &session).expect("the session is recorded");
+    assert!(
+        record["agent_identity"].is_null(),
+        "neither the launcher nor an unknown agent is the agent: {record}"
+    );
+    assert!(sentinels_of(env.state_dir()).is_empty(), "no sentinel");
+    let scene = [("the unknown agent", agent), ("its worker", worker)];
+    all_run_later(&scene).unwrap();
+    let sweep = env.run(&["sweep"]);
+    assert!(sweep.status.success(), "{}", stderr(&sweep));
+    all_run_later(&scene).unwrap_or_else(|err| panic!("after a sweep: {err}"));
+}
+
 /// A hook run by a script where every ancestor up to pid 1 is a shell, a wrapper or some other program — here
 /// pid 1 of a private pid namespace, a python3 standing in for init — takes no agent; `CLAUDE_PID=1` and
 /// `CLAUDE_PID=<the wrapper shell>` are claims it does not believe.
@@ -242,6 +291,31 @@ fn a_leftovers_stop_never_reaches_a_kept_member_of_its_group() {
     assert!(leader.gone_within(PATIENCE), "the leader is a leftover");
     assert!(member.gone_within(PATIENCE), "its plain child is one too");
     all_run_later(&[("kept member", kept)]).unwrap();
+}
+
+/// A leftover whose child was marked with `keep --pid` after it started: the stop's walk of the leftover's tree
+/// honours the mark as discovery does — the leader stops, the marked child (and what it started) runs on.
+#[test]
+fn a_leftovers_stop_never_reaches_a_child_marked_with_keep_pid() {
+    let mut env = Env::new();
+    let session = fresh_session("bl-keep-pid");
+    let mut agent = env.fake_agent(&session, "CLAUDE_CODE_SESSION_ID", &["--agent", "claude"]);
+    agent.order("start");
+    agent.order(&format!(
+        "run (setsid sh -c 'echo $$ > {}; sh -c \"sleep 600 & echo \\$! > {}; wait\" & echo $! > {}; wait' &)",
+        env.work_path("leader.pid"),
+        env.work_path("grandchild.pid"),
+        env.work_path("marked.pid"),
+    ));
+    let leader = env.planted("leader.pid");
+    let marked = env.planted("marked.pid");
+    let below = env.planted("grandchild.pid");
+    let out = env.run(&["keep", "--pid", &marked.pid.to_string()]);
+    assert!(out.status.success(), "keep --pid: {}", stderr(&out));
+    agent.exit();
+    assert!(leader.gone_within(PATIENCE), "the leader is a leftover");
+    all_run_later(&[("the marked child", marked), ("what it started", below)])
+        .unwrap_or_else(|err| panic!("{err}: {:#?}", env.events()));
 }
 
 fn group_of(proc: Proc) -> i32 {
