@@ -5,9 +5,8 @@
 use std::time::{Duration, Instant};
 
 use crate::act::launch;
-use crate::act::stopper::{STUCK_AFTER, StopOutcome};
+use crate::act::stopper::{STUCK_AFTER, StopOutcome, longest_stop};
 use crate::error::Outcome;
-use crate::model::deadline::Deadline;
 use crate::model::record::StopTicket;
 use crate::observe::proc;
 use crate::store::Store;
@@ -84,7 +83,11 @@ pub(crate) fn run(
         if started.elapsed() > LIFETIME {
             return Ok(Outcome::Partial);
         }
-        let reports = stopper.run(workable, Deadline::after(Duration::from_secs(30)));
+        // As long as the longest of these stops can take (its grace, the kill and a retry), no fixed wait; each pass
+        // reads each process's argv and environment once.
+        let deadline = longest_stop(&workable);
+        let _world = crate::observe::World::enter();
+        let reports = stopper.run(workable, deadline);
         // Every ticket left is driven by another process (a sweep, a hook): look again shortly, without spinning.
         if reports
             .iter()

@@ -301,8 +301,13 @@ pub(crate) fn note_start(
     facts.store_in(record);
 }
 
-/// For an agent that names no session, adds the agent's descendants seen now to its session's record.
-pub(crate) fn record_descendants(store: &Store, session: &SessionId) -> anyhow::Result<()> {
+/// For an agent that names no session, adds the agent's descendants seen now to its session's record (waiting for
+/// its lock no later than `deadline`, the hook's).
+pub(crate) fn record_descendants(
+    store: &Store,
+    session: &SessionId,
+    deadline: Deadline,
+) -> anyhow::Result<()> {
     let Some(record) = store.sessions.get(session)? else {
         return Ok(());
     };
@@ -319,7 +324,7 @@ pub(crate) fn record_descendants(store: &Store, session: &SessionId) -> anyhow::
     let before = facts.descendants.len();
     remember_descendants(&mut facts, agent);
     if facts.descendants.len() != before {
-        write_facts(store, session, &facts)?;
+        write_facts(store, session, &facts, deadline)?;
     }
     Ok(())
 }
@@ -354,18 +359,18 @@ fn remember_descendants(facts: &mut SessionFacts, agent: &Identity) {
     }
 }
 
-fn write_facts(store: &Store, session: &SessionId, facts: &SessionFacts) -> anyhow::Result<()> {
-    executor::update_session(
-        store,
-        session,
-        Deadline::after(Duration::from_millis(300)),
-        |current| {
-            Ok(current.cloned().map(|mut record| {
-                facts.store_in(&mut record);
-                record
-            }))
-        },
-    )
+fn write_facts(
+    store: &Store,
+    session: &SessionId,
+    facts: &SessionFacts,
+    deadline: Deadline,
+) -> anyhow::Result<()> {
+    executor::update_session(store, session, deadline, |current| {
+        Ok(current.cloned().map(|mut record| {
+            facts.store_in(&mut record);
+            record
+        }))
+    })
     .map(drop)
 }
 

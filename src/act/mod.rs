@@ -8,6 +8,7 @@ pub(crate) mod executor;
 pub(crate) mod finisher;
 pub(crate) mod launch;
 pub(crate) mod leftovers;
+pub(crate) mod pidfd;
 pub(crate) mod sentinel;
 pub(crate) mod signal;
 pub(crate) mod stopper;

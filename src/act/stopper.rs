@@ -212,6 +212,8 @@ pub(crate) struct Stopper {
     host: String,
     /// Whose live sessions' agents the guard refuses, read once a run has something to stop.
     sessions: Option<Sessions>,
+    /// `keep --pid` marks: a leftover's stop never reaches them, nor what runs below them.
+    kept: Vec<Identity>,
     /// What the layers above want told: a progress line for a person waiting. The stopper knows no terminal; the
     /// files an adapter wants cleaned after a confirmed exit are in the ticket, a change the executor applies.
     listener: Listener,
@@ -227,8 +229,10 @@ impl Stopper {
     /// The stopper of an opened state root: its tickets and its event log; its guard refuses, besides what `guard`
     /// does, the recorded agents of this root's live sessions (read when there is something to stop).
     pub(crate) fn of(store: &crate::store::Store, guard: Guard) -> Stopper {
-        Stopper::new(store.tickets.clone(), store.log.clone(), guard)
-            .sparing_agents_of(store.sessions.clone())
+        let mut stopper = Stopper::new(store.tickets.clone(), store.log.clone(), guard)
+            .sparing_agents_of(store.sessions.clone());
+        stopper.kept = crate::act::leftovers::kept_marks(store);
+        stopper
     }
 
     pub(crate) fn new(tickets: Tickets, log: EventLog, guard: Guard) -> Self {
@@ -238,6 +242,7 @@ impl Stopper {
             guard,
             host: proc::host_name(),
             sessions: None,
+            kept: Vec::new(),
             listener: Listener::default(),
         }
     }
@@ -270,6 +275,7 @@ impl Stopper {
                 .sparing_agents(belonging::live_agents(&sessions.all())),
             host: self.host.clone(),
             sessions: None,
+            kept: self.kept.clone(),
             listener: self.listener,
         });
         if let Some(sparing) = sparing {
@@ -278,7 +284,7 @@ impl Stopper {
         // One look at the process table for every ticket's members to begin with.
         let groups: std::collections::HashSet<i32> =
             tickets.iter().map(|ticket| ticket.identity.pid).collect();
-        let first_look = proc::observe_until(&groups, deadline);
+        let first_look = proc::observe(&groups, deadline);
         let ticketed = std::rc::Rc::new(
             tickets
                 .iter()
@@ -300,14 +306,14 @@ impl Stopper {
                 if !alive && item.ticket.lineage.is_some() {
                     // Before calling it done, look once more for members (one forked just before its parent died),
                     // over the whole table: only a complete look proves the stop done.
-                    self.refresh_members(item, &proc::observe_until(&groups, Deadline::far()));
+                    self.refresh_members(item, &proc::observe(&groups, deadline));
                     alive = item.is_running();
                 }
                 match next_step(&on_wall_clock(&item.ticket, now, boot_millis()), now, alive) {
                     Step::Done => self.finish(item, None),
                     Step::Wait(at) => next_step_at = next_step_at.min(at),
                     step => {
-                        self.act(item, step, now);
+                        self.act(item, step, (now, deadline));
                         last_signal = Instant::now();
                         next_step_at = now;
                     }
@@ -466,7 +472,7 @@ impl Stopper {
             .collect();
         let spared = belonging::Spared {
             live_agents: self.guard.live_agents(),
-            kept: &[],
+            kept: &self.kept,
         };
         let reached = belonging::stop_reach(&table, &item.ticket.identity, &known, &spared)
             .into_iter()
@@ -531,7 +537,7 @@ impl Stopper {
         }
     }
 
-    fn act(&self, item: &mut Active, step: Step, now: SystemTime) {
+    fn act(&self, item: &mut Active, step: Step, (now, deadline): (SystemTime, Deadline)) {
         let stamp = clock::format(now);
         match step {
             Step::Graceful => {
@@ -571,10 +577,10 @@ impl Stopper {
             }
             Step::Kill => {
                 if is_leftover(&item.ticket) {
-                    self.freeze(item, Deadline::after(FREEZE_WINDOW));
+                    self.freeze(item, Deadline::after(FREEZE_WINDOW).min(deadline));
                 } else {
                     let groups = std::collections::HashSet::from([item.ticket.identity.pid]);
-                    self.refresh_members(item, &proc::observe_until(&groups, Deadline::far()));
+                    self.refresh_members(item, &proc::observe(&groups, deadline));
                 }
                 self.send(item, Sig::Kill);
                 item.ticket.kill_at = Some(stamp);
@@ -716,25 +722,12 @@ fn stopped_by(ticket: &StopTicket) -> String {
 
 /// Waits until one of `handles` exits or `timeout` passes.
 fn wait_for_any_exit(handles: &[&Handle], timeout: Duration) {
-    #[cfg(target_os = "linux")]
-    {
-        use rustix::event::{PollFd, PollFlags, Timespec, poll};
-        let mut fds: Vec<PollFd<'_>> = handles
-            .iter()
-            .filter_map(|h| h.pidfd())
-            .map(|fd| PollFd::new(fd, PollFlags::IN))
-            .collect();
-        if !fds.is_empty() {
-            let timespec = Timespec::try_from(timeout).unwrap_or(Timespec {
-                tv_sec: 0,
-                tv_nsec: 1_000_000,
-            });
-            let _ = poll(&mut fds, Some(&timespec));
-            return;
-        }
+    let fds: Vec<_> = handles.iter().filter_map(|h| h.pidfd()).collect();
+    if fds.is_empty() {
+        std::thread::sleep(timeout);
+    } else {
+        crate::act::pidfd::any_exited(fds, timeout);
     }
-    let _ = handles;
-    std::thread::sleep(timeout);
 }
 
 /// Takes the graceful step; a shutdown command is returned as a child to be bounded by the window.
@@ -799,6 +792,15 @@ fn end_helper(helper: &mut Child) {
 /// How long a command in the foreground waits for a stop: the whole cascade and one SIGKILL retry.
 pub(crate) fn foreground_deadline(ticket: &StopTicket) -> Deadline {
     Deadline::after(GRACEFUL_WINDOW + Duration::from_millis(ticket.grace_ms) + KILL_RETRY * 2)
+}
+
+/// The `foreground_deadline` of the longest of `tickets` (already passed when there is none).
+pub(crate) fn longest_stop(tickets: &[StopTicket]) -> Deadline {
+    tickets
+        .iter()
+        .map(foreground_deadline)
+        .max()
+        .unwrap_or_else(Deadline::now)
 }
 
 #[cfg(test)]

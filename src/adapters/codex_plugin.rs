@@ -431,13 +431,13 @@ pub(crate) fn doctor_check() -> crate::model::check::Check {
 }
 
 /// The pids of the plugin's brokers and of their process groups: not leftovers of any one session.
-pub(crate) fn claimed_pids(discovery: &Discovery) -> HashSet<i32> {
+pub(crate) fn claimed_pids(discovery: &Discovery, deadline: Deadline) -> HashSet<i32> {
     let roots = discovery.roots();
     if roots.is_empty() {
         return HashSet::new();
     }
     let uid = rustix::process::getuid().as_raw();
-    observe::observe(&roots, &[], uid, Deadline::far())
+    observe::observe(&roots, &[], uid, deadline)
         .brokers
         .iter()
         .filter_map(|broker| broker.process.as_ref())
@@ -445,7 +445,7 @@ pub(crate) fn claimed_pids(discovery: &Discovery) -> HashSet<i32> {
             let mut pids = vec![seen.identity.pid];
             if seen.stat.pgid == seen.identity.pid {
                 pids.extend(
-                    observe::members_of_live_leader(&seen.identity)
+                    observe::members_of_live_leader(&seen.identity, deadline)
                         .into_iter()
                         .map(|member| member.pid),
                 );

@@ -36,8 +36,11 @@ pub(crate) fn choose(writers: &[Identity]) -> Option<(&Identity, Vec<&Identity>)
 
 /// The duplicate writers of the live sessions, with tickets for all but the newest of each (never this process
 /// or one of its ancestors).
-pub(crate) fn find(sessions: &[SessionRecord]) -> Vec<Duplicates> {
-    let snapshot = proc::scan_cmdlines(crate::model::deadline::Deadline::far());
+pub(crate) fn find(
+    sessions: &[SessionRecord],
+    deadline: crate::model::deadline::Deadline,
+) -> Vec<Duplicates> {
+    let snapshot = proc::scan_cmdlines(deadline);
     let live: Vec<&SessionRecord> = sessions
         .iter()
         .filter(|record| !record.is_ended())

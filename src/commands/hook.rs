@@ -339,7 +339,11 @@ fn touch_session(store: &Store, hooked: &Hooked) -> anyhow::Result<()> {
         hooked.deadline.less(EXIT_MARGIN),
         |current| Ok(Some(refreshed(current.cloned(), hooked, false))),
     )?;
-    crate::act::leftovers::record_descendants(store, &hooked.session)
+    crate::act::leftovers::record_descendants(
+        store,
+        &hooked.session,
+        hooked.deadline.less(EXIT_MARGIN),
+    )
 }
 
 /// A session record refreshed from a payload. `starting` clears an earlier end (`--resume` of an ended session).

@@ -72,7 +72,7 @@ pub(crate) fn run(request: &ReapRequest, config: &Config) -> anyhow::Result<Outc
             .deadline
             .or(all.then_some(DRAIN_DEADLINE))
             .map_or_else(
-                || longest_stop(&tickets),
+                || crate::act::stopper::longest_stop(&tickets),
                 |deadline| Deadline::at(started).later(deadline),
             );
         let stops = crate::commands::stopper(&store, guard).run(tickets.clone(), deadline);
@@ -132,15 +132,6 @@ fn live_sessions(store: &Store) -> Vec<SessionId> {
         .filter(|record| !record.is_ended())
         .filter_map(|record| SessionId::parse(&record.session_id).ok())
         .collect()
-}
-
-/// Long enough for every ticket's whole cascade.
-fn longest_stop(tickets: &[crate::model::record::StopTicket]) -> Deadline {
-    tickets
-        .iter()
-        .map(crate::act::stopper::foreground_deadline)
-        .max()
-        .unwrap_or_else(Deadline::now)
 }
 
 fn print_human(
@@ -204,7 +195,8 @@ fn print_human(
 
 /// `reap --duplicates`: all but the newest writer of each live session are stopped, each by its identity.
 fn duplicates(request: &ReapRequest, store: &Store) -> anyhow::Result<Outcome> {
-    let found = crate::commands::duplicates::find(&store.sessions.all());
+    let deadline = request.deadline.map_or_else(Deadline::far, Deadline::after);
+    let found = crate::commands::duplicates::find(&store.sessions.all(), deadline);
     let tickets: Vec<_> = found.iter().flat_map(|d| d.tickets.clone()).collect();
     let stops = if request.dry_run {
         Vec::new()
@@ -214,7 +206,8 @@ fn duplicates(request: &ReapRequest, store: &Store) -> anyhow::Result<Outcome> {
         if let Some((_, err)) = applied.failed.into_iter().next() {
             return Err(err);
         }
-        crate::commands::stopper(store, Guard::new()).run(tickets.clone(), longest_stop(&tickets))
+        crate::commands::stopper(store, Guard::new())
+            .run(tickets.clone(), crate::act::stopper::longest_stop(&tickets))
     };
     if request.json {
         let value = json!({ "dry_run": request.dry_run, "duplicates": found, "stops": stops });

@@ -96,7 +96,10 @@ pub(crate) fn run(
     // The cgroup its SessionStart planned (off the agent's clock).
     crate::act::cgroup::adopt_recorded(store, agent);
     let watched = match wait_for_exit(store, agent, within, root)? {
-        Waited::AgentGone => agent_gone(store, agent),
+        Waited::AgentGone => {
+            let _world = crate::observe::World::enter();
+            agent_gone(store, agent)
+        }
         Waited::RootGone | Waited::TimedOut => Ok(Outcome::Done),
     };
     // The lock file goes with the sentinel (the state root may be gone already).
@@ -288,8 +291,7 @@ fn drain(watch: &OwnedFd) {
 
 /// A pidfd that is known to name `agent` (identity checked after opening), `None` when it is gone already.
 fn open_pidfd(agent: &Identity) -> Option<OwnedFd> {
-    let pid = rustix::process::Pid::from_raw(agent.pid)?;
-    let fd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()?;
+    let fd = crate::act::pidfd::open(agent.pid)?;
     proc::is_alive(agent).then_some(fd)
 }
 
@@ -349,11 +351,7 @@ fn run_stops(
     if tickets.is_empty() {
         return Ok(Outcome::Done);
     }
-    let deadline = tickets
-        .iter()
-        .map(crate::act::stopper::foreground_deadline)
-        .max()
-        .unwrap_or_else(crate::model::deadline::Deadline::now);
+    let deadline = crate::act::stopper::longest_stop(&tickets);
     let stops = crate::commands::stopper(store, guard).run(tickets, deadline);
     if stops.iter().any(|stop| {
         matches!(

@@ -328,7 +328,7 @@ impl Sweep<'_> {
     fn stop_unrecorded(&mut self) {
         let root = self.store.root.path().to_string_lossy().into_owned();
         // Processes first, then records: a broker recorded or handed to a ticket meanwhile is known.
-        let snapshot = proc::observe(&HashSet::new());
+        let snapshot = proc::observe(&HashSet::new(), Deadline::far()).0;
         // What the slots named as they were judged, before this snapshot: a process no judged record, ticket or
         // unreadable slot knows is only a candidate; the records are read again (now, after the snapshot) before
         // any is called lost. With no candidate, no second pass over the slots.

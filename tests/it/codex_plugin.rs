@@ -14,6 +14,7 @@ use crate::harness::{
     BrokerMode, Env, PATIENCE, PluginBroker, Proc, plugin_script, run_bounded, stderr, stdout,
     wait_until,
 };
+use crate::hook_test::HookTest;
 use crate::sweep::unique_id;
 
 /// The plugin's spawn window (`SPAWN_WINDOW`) and a margin: an unlisted broker younger than that is not judged.
@@ -29,21 +30,10 @@ fn codex_flag(env: &Env) -> [String; 2] {
 /// Runs a hook as an agent does, looking at this test's plugin state; it must keep its contract.
 fn hook(env: &mut Env, event: &str, session: &str, cwd: &Path, extra: &[&str]) -> Output {
     let flag = codex_flag(env);
-    let mut args = vec![
-        "hook",
-        "--agent",
-        "claude",
-        flag[0].as_str(),
-        flag[1].as_str(),
-    ];
-    args.extend_from_slice(extra);
-    let payload = json!({"session_id": session, "hook_event_name": event, "cwd": cwd}).to_string();
-    let out = env.run_stdin(&args, payload.as_bytes());
-    assert!(
-        out.status.success() && out.stdout.is_empty(),
-        "{event} hook broke its contract: {out:?}"
-    );
-    out
+    HookTest::new(event, session, cwd)
+        .args(&[flag[0].as_str(), flag[1].as_str()])
+        .args(extra)
+        .run(env)
 }
 
 /// A live session: an agent process (a sleeper the test owns) recorded by `SessionStart`.
@@ -567,13 +557,9 @@ fn status_and_doctor_find_the_plugin_in_claude_codes_plugin_data_and_the_tmpdir(
 #[test]
 fn no_codex_leaves_the_plugins_brokers_alone_and_a_bad_codex_state_is_refused() {
     let (mut env, ws, session, broker) = one_session("cxp-off", BrokerMode::Answers);
-    let payload =
-        json!({"session_id": session, "hook_event_name": "SessionEnd", "cwd": ws}).to_string();
-    let out = env.run_stdin(
-        &["hook", "--agent", "claude", "--no-codex"],
-        payload.as_bytes(),
-    );
-    assert!(out.status.success() && out.stdout.is_empty(), "{out:?}");
+    HookTest::new("SessionEnd", &session, &ws)
+        .args(&["--no-codex"])
+        .run(&env);
     assert_alive(&broker, "--no-codex");
 
     let missing = env.work.path().join("no-such-dir");

@@ -202,3 +202,28 @@ fn events_are_appended_only_by_the_executor_the_stopper_and_the_hooks_error_line
         "commands/hook.rs appends only its own error line"
     );
 }
+
+/// Issue 17: no unbounded wait on a hook's path. `Deadline::far()` (a day away) is for commands a person runs with
+/// no deadline (`sweep` from cron, `reap` without `--deadline`, `status`); what a hook, its sentinel or its
+/// finisher runs takes the invocation's deadline, or one derived from its tickets.
+#[test]
+fn no_far_deadline_on_a_hooks_path() {
+    let root = src();
+    let mut files = vec![
+        root.join("commands/hook.rs"),
+        root.join("commands/session_end.rs"),
+        root.join("commands/sentinel.rs"),
+    ];
+    for layer in ["act", "observe", "decide"] {
+        rust_files(&root.join(layer), &mut files);
+    }
+    let unbounded: Vec<String> = files
+        .iter()
+        .filter(|path| code_of(path).contains("Deadline::far"))
+        .map(|path| path.strip_prefix(&root).unwrap().display().to_string())
+        .collect();
+    assert!(
+        files.len() > 3 && unbounded.is_empty(),
+        "Deadline::far() on a hook's path: {unbounded:?}"
+    );
+}

@@ -564,8 +564,8 @@ fn age_of(start_secs: u64) -> Duration {
 
 /// The members of a process that leads its group and is alive now (those of its group or session, and of its
 /// lineage token if it has one): what a group signal through it would reach, and more.
-pub(crate) fn members_of_live_leader(leader: &Identity) -> Vec<Identity> {
-    let snapshot = proc::observe(&std::collections::HashSet::from([leader.pid]));
+pub(crate) fn members_of_live_leader(leader: &Identity, deadline: Deadline) -> Vec<Identity> {
+    let (snapshot, _) = proc::observe(&std::collections::HashSet::from([leader.pid]), deadline);
     let token = snapshot
         .iter()
         .find(|seen| leader.is_same_process(&seen.identity))
