@@ -182,9 +182,12 @@ fn dispatch(config: &Config, request: Request) -> anyhow::Result<Outcome> {
             )
         }
         Request::Keep(request) => commands::keep::run(&request, config),
-        Request::Sentinel { agent, within } => {
-            commands::sentinel::run(&store::Store::open(&config.state_dir)?, &agent, within)
-        }
+        Request::Sentinel { agent, within } => commands::sentinel::run(
+            &store::Store::open(&config.state_dir)?,
+            &agent,
+            within,
+            &adapters::codex_plugin::Discovery::default(),
+        ),
         Request::Completions(shell) => Ok(commands::reference::completions(shell)),
         Request::Man(dir) => commands::reference::man(dir.as_deref()),
     }

@@ -19,10 +19,15 @@ use crate::observe::table::Table;
 use crate::store::Store;
 
 /// Finds the leftovers of `sessions` (those with an agent identity of this boot and a policy other than `off`)
-/// in one observation of the process table: of each session's current agent process.
-pub(crate) fn discover(store: &Store, sessions: &[SessionRecord]) -> Vec<Found> {
+/// in one observation of the process table: of each session's current agent process. What the adapters `claimed`
+/// is theirs, never a leftover.
+pub(crate) fn discover(
+    store: &Store,
+    sessions: &[SessionRecord],
+    claimed: &[Identity],
+) -> Vec<Found> {
     let targets = current_agents(sessions);
-    discover_targets(store, &targets)
+    discover_targets(store, &targets, claimed)
 }
 
 /// Each session's current agent with its facts.
@@ -41,6 +46,7 @@ fn current_agents(sessions: &[SessionRecord]) -> Vec<(&SessionRecord, Identity, 
 fn discover_targets(
     store: &Store,
     targets: &[(&SessionRecord, Identity, SessionFacts)],
+    claimed: &[Identity],
 ) -> Vec<Found> {
     let since = targets
         .iter()
@@ -63,7 +69,7 @@ fn discover_targets(
                 .then(|| crate::act::cgroup::contained_table(&records))
                 .flatten()
                 .unwrap_or_else(|| Table::observe(since));
-            discover_in_targets(store, &table, targets)
+            discover_in_targets(store, &table, targets, claimed)
         }
         None => Vec::new(),
     }
@@ -80,14 +86,20 @@ pub(crate) fn observed_since(sessions: &[SessionRecord]) -> Option<u64> {
 }
 
 /// `discover` in a table already observed (with the details of everything started since `observed_since`).
-pub(crate) fn discover_in(store: &Store, table: &Table, sessions: &[SessionRecord]) -> Vec<Found> {
-    discover_in_targets(store, table, &current_agents(sessions))
+pub(crate) fn discover_in(
+    store: &Store,
+    table: &Table,
+    sessions: &[SessionRecord],
+    claimed: &[Identity],
+) -> Vec<Found> {
+    discover_in_targets(store, table, &current_agents(sessions), claimed)
 }
 
 fn discover_in_targets(
     store: &Store,
     table: &Table,
     targets: &[(&SessionRecord, Identity, SessionFacts)],
+    claimed: &[Identity],
 ) -> Vec<Found> {
     let targets: Vec<&(&SessionRecord, Identity, SessionFacts)> = targets
         .iter()
@@ -110,13 +122,14 @@ fn discover_in_targets(
     let kept = kept_marks(store);
     let protected = proc::self_and_ancestors();
     // An agent's cgroup is shared by all its sessions (a /clear starts another): its members go to one of them.
-    let mut claimed = std::collections::HashSet::new();
+    let mut cgroups_taken = std::collections::HashSet::new();
     targets
         .into_iter()
         .map(|(record, agent, facts)| {
-            let contained = crate::act::cgroup::members_of(record, &mut claimed);
+            let contained = crate::act::cgroup::members_of(record, &mut cgroups_taken);
             let query = Query {
                 contained: &contained,
+                claimed,
                 session: &record.session_id,
                 agent,
                 names_sessions: names_sessions(&record.agent),
@@ -150,24 +163,25 @@ pub(crate) fn act_on(store: &Store, found: &[Found], dry_run: bool) -> Vec<StopT
 pub(crate) fn for_reap(
     store: &Store,
     sessions: &[SessionId],
+    claimed: &[Identity],
     dry_run: bool,
 ) -> (Vec<Found>, Vec<StopTicket>) {
     let records: Vec<SessionRecord> = sessions
         .iter()
         .filter_map(|id| store.sessions.get(id).ok().flatten())
         .collect();
-    let found = discover(store, &records);
+    let found = discover(store, &records, claimed);
     let tickets = act_on(store, &found, dry_run);
     (found, tickets)
 }
 
 /// `sweep`: the leftovers of agents that are gone with nothing attending to them (no sentinel: turned off,
 /// killed, or a reboot), filed as their policy says.
-pub(crate) fn for_sweep(store: &Store, dry_run: bool) -> Vec<StopTicket> {
+pub(crate) fn for_sweep(store: &Store, claimed: &[Identity], dry_run: bool) -> Vec<StopTicket> {
     let sessions = store.sessions.all();
     agents_gone_unattended(store, &sessions)
         .iter()
-        .flat_map(|agent| stop_leftovers_of(store, agent, dry_run))
+        .flat_map(|agent| stop_leftovers_of(store, agent, claimed, dry_run))
         .collect()
 }
 
@@ -192,7 +206,12 @@ pub(crate) fn sessions_of(store: &Store, agent: &Identity) -> Vec<SessionRecord>
 /// of, not yet dealt with. A session is marked dealt with for `agent` once a look finds none of its leftovers
 /// left (what a stop could not catch — a fast forker — is looked for again by the next sweep). Returns the tickets
 /// to run.
-pub(crate) fn stop_leftovers_of(store: &Store, agent: &Identity, dry_run: bool) -> Vec<StopTicket> {
+pub(crate) fn stop_leftovers_of(
+    store: &Store,
+    agent: &Identity,
+    claimed: &[Identity],
+    dry_run: bool,
+) -> Vec<StopTicket> {
     let host = proc::host_name();
     let records: Vec<SessionRecord> = store
         .sessions
@@ -212,7 +231,7 @@ pub(crate) fn stop_leftovers_of(store: &Store, agent: &Identity, dry_run: bool) 
             Some((record, identity, facts))
         })
         .collect();
-    let found = discover_targets(store, &targets);
+    let found = discover_targets(store, &targets, claimed);
     let tickets = act_on(store, &found, dry_run);
     if !dry_run {
         for (record, _, facts) in &targets {

@@ -33,12 +33,11 @@ pub(crate) fn print_actions(actions: &[AdapterAction]) {
     }
 }
 
-/// The pids the adapters claim (their brokers and those brokers' process-group members): leftover discovery leaves
-/// them to the adapters.
-#[allow(dead_code)] // Leftover discovery's exclusion list; nothing else needs it.
-pub(crate) fn claimed_pids(
+/// The processes the adapters claim (their brokers and those brokers' process-group members): leftover discovery
+/// leaves them to the adapters, whatever session variable they inherited.
+pub(crate) fn claimed(
     discovery: &codex_plugin::Discovery,
     deadline: crate::model::deadline::Deadline,
-) -> std::collections::HashSet<i32> {
-    codex_plugin::claimed_pids(discovery, deadline)
+) -> Vec<crate::model::record::Identity> {
+    codex_plugin::claimed(discovery, deadline)
 }

@@ -315,7 +315,9 @@ fn session_start(store: &Store, hooked: &Hooked) -> anyhow::Result<()> {
     );
     export_session_id(&hooked.session)?;
     match agent_identity {
-        Some(agent) if hooked.args.sentinel => crate::act::sentinel::start(store, &agent, None),
+        Some(agent) if hooked.args.sentinel => {
+            crate::act::sentinel::start(store, &agent, None, &hooked.args.codex.words())
+        }
         _ => Ok(()),
     }
 }
@@ -441,6 +443,7 @@ fn session_end(store: &Store, hooked: &Hooked, deadline: Deadline) -> anyhow::Re
         &hooked.session,
         payload.reason.as_deref(),
         hooked.args.agent_exit_wait,
+        codex,
     )?;
     if let Some(problem) = report.problems.first() {
         anyhow::bail!("session {}: {problem}", hooked.session);

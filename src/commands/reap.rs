@@ -58,8 +58,10 @@ pub(crate) fn run(request: &ReapRequest, config: &Config) -> anyhow::Result<Outc
             )
         })
         .collect();
+    // The adapters claim their brokers first: a broker another tool shares is never one session's leftover.
+    let claimed = crate::adapters::claimed(&request.codex, overall);
     let (leftovers, leftover_tickets) =
-        crate::act::leftovers::for_reap(&store, &sessions, request.dry_run);
+        crate::act::leftovers::for_reap(&store, &sessions, &claimed, request.dry_run);
     let tickets: Vec<_> = reports
         .iter()
         .flat_map(|report| report.tickets.clone())

@@ -24,6 +24,7 @@ use crate::store::Store;
 use crate::store::events::{Event, Reason};
 
 use crate::act::sentinel::{DIR, LOCK_WAIT, lock_path};
+use crate::adapters::codex_plugin::Discovery;
 
 /// The sentinel's own entry point, taken before the command-line parser is built: the exact words `start` writes
 /// (`--state-dir ROOT sentinel --pid P --start-ticks T [--within Nms]`) are read by hand, so that a process that
@@ -31,7 +32,7 @@ use crate::act::sentinel::{DIR, LOCK_WAIT, lock_path};
 /// shape (a person typing `sentinel`) is `None` and goes through the parser. Returns the exit code.
 pub(crate) fn entry(args: &[std::ffi::OsString]) -> Option<u8> {
     let words: Vec<&str> = args.iter().map(|arg| arg.to_str()).collect::<Option<_>>()?;
-    let (root, agent, within) = match words.as_slice() {
+    let (root, agent, within, codex) = match words.as_slice() {
         [
             "--state-dir",
             root,
@@ -42,13 +43,16 @@ pub(crate) fn entry(args: &[std::ffi::OsString]) -> Option<u8> {
             start,
             rest @ ..,
         ] => {
-            let within = match rest {
-                [] => None,
-                ["--within", millis] => Some(Duration::from_millis(
-                    millis.strip_suffix("ms")?.parse().ok()?,
-                )),
-                _ => return None,
+            let (within, rest) = match rest {
+                ["--within", millis, rest @ ..] => (
+                    Some(Duration::from_millis(
+                        millis.strip_suffix("ms")?.parse().ok()?,
+                    )),
+                    rest,
+                ),
+                rest => (None, rest),
             };
+            let codex = Discovery::from_words(rest)?;
             let agent = Identity {
                 boot_id: proc::boot_id().to_owned(),
                 pid_ns: proc::own_pid_ns(),
@@ -56,7 +60,7 @@ pub(crate) fn entry(args: &[std::ffi::OsString]) -> Option<u8> {
                 start_ticks: start.parse().ok()?,
                 uid: rustix::process::getuid().as_raw(),
             };
-            (*root, agent, within)
+            (*root, agent, within, codex)
         }
         _ => return None,
     };
@@ -64,7 +68,7 @@ pub(crate) fn entry(args: &[std::ffi::OsString]) -> Option<u8> {
     let outcome = crate::store::root::resolve_root(Some(std::path::Path::new(root)))
         .and_then(|root| Store::open_for(&root, true))
         .and_then(|store| match store {
-            Some(store) => run(&store, &agent, within),
+            Some(store) => run(&store, &agent, within, &codex),
             None => Ok(Outcome::Done),
         });
     Some(match outcome {
@@ -78,6 +82,7 @@ pub(crate) fn run(
     store: &Store,
     agent: &Identity,
     within: Option<Duration>,
+    codex: &Discovery,
 ) -> anyhow::Result<Outcome> {
     // The root as it was when this sentinel started: one deleted or renamed before its watch is set is noticed.
     let root = root_key(store);
@@ -98,7 +103,7 @@ pub(crate) fn run(
     let watched = match wait_for_exit(store, agent, within, root)? {
         Waited::AgentGone => {
             let _world = crate::observe::World::enter();
-            agent_gone(store, agent)
+            agent_gone(store, agent, codex)
         }
         Waited::RootGone | Waited::TimedOut => Ok(Outcome::Done),
     };
@@ -296,10 +301,14 @@ fn open_pidfd(agent: &Identity) -> Option<OwnedFd> {
 }
 
 /// The agent-gone work: end the agent's sessions still live, stop their (and its ended sessions') leftovers.
-pub(crate) fn agent_gone(store: &Store, agent: &Identity) -> anyhow::Result<Outcome> {
+pub(crate) fn agent_gone(
+    store: &Store,
+    agent: &Identity,
+    codex: &Discovery,
+) -> anyhow::Result<Outcome> {
     let guard = Guard::new();
-    let tickets = end_sessions_of(store, &guard, agent, Reason::AgentGone);
-    let outcome = run_stops(store, guard, tickets, agent);
+    let tickets = end_sessions_of(store, &guard, agent, Reason::AgentGone, codex);
+    let outcome = run_stops(store, guard, tickets, agent, codex);
     crate::act::cgroup::tidy(store);
     outcome
 }
@@ -310,6 +319,7 @@ pub(crate) fn end_sessions_of(
     guard: &Guard,
     agent: &Identity,
     reason: Reason,
+    codex: &Discovery,
 ) -> Vec<StopTicket> {
     let mut tickets = Vec::new();
     for record in leftovers::sessions_of(store, agent) {
@@ -325,8 +335,8 @@ pub(crate) fn end_sessions_of(
             agent_reason: None,
             seen: None,
             dry_run: false,
-            // The hook's default places (its environment is the sentinel's, less the session variables).
-            codex: crate::adapters::codex_plugin::Discovery::default(),
+            // Where the hook was told to look (its environment is the sentinel's, less the session variables).
+            codex: codex.clone(),
         };
         let report = session_end::end_session(
             store,
@@ -346,8 +356,14 @@ fn run_stops(
     guard: Guard,
     mut tickets: Vec<StopTicket>,
     agent: &Identity,
+    codex: &Discovery,
 ) -> anyhow::Result<Outcome> {
-    tickets.extend(leftovers::stop_leftovers_of(store, agent, false));
+    // The adapters claim their brokers first: a broker another tool shares is never one session's leftover.
+    let claimed = crate::adapters::claimed(
+        codex,
+        crate::model::deadline::Deadline::after(crate::store::slot::LOCK_WAIT),
+    );
+    tickets.extend(leftovers::stop_leftovers_of(store, agent, &claimed, false));
     if tickets.is_empty() {
         return Ok(Outcome::Done);
     }
@@ -377,6 +393,7 @@ pub(crate) fn at_session_end(
     session: &SessionId,
     agent_reason: Option<&str>,
     wait: Duration,
+    codex: &Discovery,
 ) -> anyhow::Result<()> {
     if crate::model::leftover::agent_continues(agent_reason) {
         return Ok(());
@@ -389,7 +406,7 @@ pub(crate) fn at_session_end(
         return Ok(());
     };
     if proc::is_alive(&agent) && !crate::act::sentinel::is_running(store, &agent) {
-        crate::act::sentinel::start(store, &agent, Some(wait))?;
+        crate::act::sentinel::start(store, &agent, Some(wait), &codex.words())?;
     }
     Ok(())
 }

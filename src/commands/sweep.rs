@@ -96,7 +96,9 @@ pub(crate) fn run(args: &SweepRequest, config: &Config) -> anyhow::Result<Outcom
         judged: Known::default(),
     };
     sweep.end_crashed_sessions();
-    for ticket in crate::act::leftovers::for_sweep(&store, args.dry_run) {
+    // The adapters claim their brokers first: a broker another tool shares is never one session's leftover.
+    let claimed = crate::adapters::claimed(&args.codex, Deadline::far());
+    for ticket in crate::act::leftovers::for_sweep(&store, &claimed, args.dry_run) {
         let what = ticket.argv.as_deref().unwrap_or_default().join(" ");
         let pid = Some(ticket.identity.pid);
         sweep.act("stop", Some(Reason::Leftover), what, pid, "stop");

@@ -31,6 +31,8 @@ pub(crate) struct Query<'a> {
     pub kept: &'a [Identity],
     /// The processes the session's cgroup holds (DESIGN "Containment"): its own whatever their environment says.
     pub contained: &'a [Identity],
+    /// What the adapters claim (another tool's brokers, which that tool shares between sessions): never a leftover.
+    pub claimed: &'a [Identity],
 }
 
 /// One leftover and how it was known to be the session's.
@@ -98,9 +100,13 @@ pub(crate) fn find_with_spared(table: &Table, query: &Query<'_>) -> (Vec<Leftove
                 .chain(&reached)
                 .chain(&spared)
                 .any(|other| other.identity.is_same_process(&identity));
+            let claimed = query
+                .claimed
+                .iter()
+                .any(|claimed| claimed.is_same_process(&identity));
             if let Some(p) = table
                 .get(identity.pid)
-                .filter(|_| !listed && !query.protected.contains(&identity.pid))
+                .filter(|_| !listed && !claimed && !query.protected.contains(&identity.pid))
             {
                 reached.push(leftover(p, "descendant of a leftover"));
             }
@@ -127,7 +133,8 @@ fn matches(
         && !belonging::is_live_agent(&p.identity, query.live_agents)
         && !p.keep
         && !p.broker
-        && !p.is_agent_worker();
+        && !p.is_agent_worker()
+        && !query.claimed.iter().any(|claimed| p.is(claimed));
     if !eligible {
         return None;
     }
@@ -381,6 +388,7 @@ pub(crate) mod tests {
                 protected: &self.protected,
                 kept: &self.kept,
                 contained: &[],
+                claimed: &[],
             };
             find(&self.table, &query)
                 .into_iter()

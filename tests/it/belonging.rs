@@ -155,7 +155,9 @@ time.sleep(600)
     env.spawn(command);
     let worker = planted(&mut env, "scene.worker");
     let agent = planted(&mut env, "scene.agent");
-    let record = env.session_record(&session).expect("the session is recorded");
+    let record = env
+        .session_record(&session)
+        .expect("the session is recorded");
     assert!(
         record["agent_identity"].is_null(),
         "neither the launcher nor an unknown agent is the agent: {record}"

@@ -896,3 +896,50 @@ fn many_sessions_racing_for_one_workspace_and_ending_at_once_beside_sweeps_leave
     assert_alive(&kept, "a live session's broker in another workspace");
     assert!(kept.broker_json.exists());
 }
+
+/// Adapters claim their brokers before leftover discovery does (DESIGN "Adapters"): a plugin broker that carries its
+/// first session's variable and still works for another live session is never stopped as the first session's
+/// leftover once that session's agent is gone — the adapter keeps it, and stops it when its job is done.
+#[test]
+fn a_shared_plugin_broker_carrying_one_sessions_variable_is_never_that_sessions_leftover() {
+    let mut env = Env::new();
+    let ws = env.workspace("app");
+    let (owner, other) = (unique_id("cxp-claim"), unique_id("cxp-claim-other"));
+    let owner_agent = start(&mut env, &owner, &ws);
+    start(&mut env, &other, &ws);
+    // The companion runs inside the owner's shell tool: the broker inherits the owner's session variable.
+    let data = env.plugin_data();
+    let mut companion = env.companion(&ws, &owner, BrokerMode::Answers, Some(&data));
+    companion.env("CLAUDE_CODE_SESSION_ID", &owner);
+    let broker = env.companion_broker(companion);
+    let state_json = broker.state_dir.join("state.json");
+    let job = json!({"version": 1, "config": {"stopReviewGate": false}, "jobs": [
+        {"id": "task-1", "status": "running", "sessionId": other, "pid": null, "updatedAt": "2026-01-01T00:00:00Z"}
+    ]});
+    std::fs::write(&state_json, job.to_string()).unwrap();
+    // A plain leftover of the owner's tool, beside it: the sweep does stop that one.
+    let mut leftover = Command::new("sleep");
+    leftover.arg("600").env("CLAUDE_CODE_SESSION_ID", &owner);
+    let leftover = env.spawn(leftover);
+
+    // The owner's agent dies with no hook: the sweep ends its session and stops its leftovers.
+    owner_agent.kill();
+    env.reap_children();
+    assert!(
+        owner_agent.gone_within(PATIENCE),
+        "the owner's agent is gone"
+    );
+    let swept = sweep(&mut env);
+    assert!(
+        leftover.gone_within(PATIENCE),
+        "the owner's leftover is stopped: {swept}"
+    );
+    assert_alive(&broker, "a broker the adapter claims is never a leftover");
+    assert!(
+        env.events_where("stop", Some("leftover"))
+            .iter()
+            .all(|event| event["pid"] != broker.proc.pid),
+        "no leftover stop names the plugin's broker: {:?}",
+        env.events()
+    );
+}
