@@ -156,6 +156,23 @@ pub(crate) fn scan_cmdlines(deadline: Deadline) -> Vec<(i32, Vec<String>)> {
         .collect()
 }
 
+/// How long ago a process started, from its start time in clock ticks since boot.
+pub(crate) fn age_of(start_ticks: u64) -> std::time::Duration {
+    let uptime = std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse::<f64>().ok());
+    let ticks_per_sec = rustix::param::clock_ticks_per_second();
+    match uptime {
+        Some(uptime) if ticks_per_sec > 0 => {
+            #[allow(clippy::cast_precision_loss)]
+            let started = start_ticks as f64 / ticks_per_sec as f64;
+            std::time::Duration::try_from_secs_f64((uptime - started).max(0.0))
+                .unwrap_or(std::time::Duration::MAX)
+        }
+        _ => std::time::Duration::MAX,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -153,3 +153,12 @@ pub(crate) fn scan_cmdlines(deadline: Deadline) -> Vec<(i32, Vec<String>)> {
         .filter(|(_, argv)| !argv.is_empty())
         .collect()
 }
+
+/// How long ago a process started; this backend's start time is in seconds since the epoch.
+pub(crate) fn age_of(start_secs: u64) -> std::time::Duration {
+    std::time::SystemTime::now()
+        .duration_since(
+            std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(start_secs),
+        )
+        .unwrap_or_default()
+}
