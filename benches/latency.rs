@@ -3,7 +3,8 @@
 //! `/proc` walk (this binary with `--proc-walk`) and `pgrep -f`; the hook against a hung shutdown socket, 100 held
 //! slot locks and a held session lock (max of the runs against the deadline); `broker spawn` of a new broker
 //! beside `sh -c /bin/true` (at most 8×); `broker attach`/`detach` from 8
-//! concurrent writers on one slot (updates per second). Prints a table; asserts nothing about speed.
+//! concurrent writers on one slot (updates per second); one `SessionEnd` of a session with 3 brokers and 40 carriers,
+//! with its system calls and `/proc` opens counted under strace. Prints a table; asserts nothing about speed.
 //!
 //! Run: `cargo bench --bench latency` (`-- --quick`: 5 runs a case).
 
@@ -166,6 +167,9 @@ fn main() {
         };
     if options.runs("scans") {
         scans(&mut table, &state.path, &ws_text, rounds, leftovers_flag);
+    }
+    if options.runs("world") {
+        session_end_world(&mut table, temp.path(), rounds, &shell);
     }
     if options.runs("deadlines") {
         deadlines(&mut table, temp.path(), &ws, rounds, &broker);
@@ -558,6 +562,96 @@ fn scans(table: &mut Table, state: &Path, ws: &str, rounds: usize, leftovers: bo
             None,
         );
     }
+}
+
+/// One `SessionEnd` of a session with 3 brokers and 40 other processes carrying its variable (5 more carry another
+/// session's): its time, then one more run under `strace -f -ff` for its system calls and its opens of
+/// `/proc/<pid>/{cmdline,environ,statm}` — each at most once per process (issue 17).
+fn session_end_world(table: &mut Table, temp: &Path, rounds: usize, shell: &Sample) {
+    let root = Root::new(temp, "world");
+    let ws = temp.join("world-ws");
+    support::mkdir(&ws.join(".git"));
+    let ws_text = ws.to_str().unwrap().to_owned();
+    let planted = std::cell::RefCell::new(Vec::new());
+    // Each run ends its own session: its agent, brokers and carriers are planted before the run is timed.
+    let plant = |session: &str| {
+        let agent = Planted::sleepers(1, &[]);
+        let owner = agent.0[0].id().to_string();
+        for name in ["a", "b", "c"] {
+            spawn_broker(
+                &root.path,
+                &ws,
+                session,
+                &["--name", &format!("{session}-{name}")],
+            );
+        }
+        let carrying = Planted::sleepers(40, &[("CLAUDE_CODE_SESSION_ID", session.to_owned())]);
+        let other = Planted::sleepers(5, &[("CLAUDE_CODE_SESSION_ID", format!("{session}-other"))]);
+        planted.borrow_mut().extend([agent, carrying, other]);
+        let mut command = ours(&root.path, &["hook", "--agent", "claude"]);
+        command.args(["--owner-pid", &owner, "--sentinel", "off"]);
+        command
+    };
+    let sample = measure(
+        rounds,
+        Some(&|round| payload(&format!("world-{round}"), "SessionEnd", &ws_text)),
+        &|round| plant(&format!("world-{round}")),
+    );
+    let case = "hook SessionEnd, 3 brokers + 40 carriers of its session";
+    table.row(
+        case,
+        &sample,
+        Some(("sh -c /bin/true", shell)),
+        Target::None,
+        Some(HOOK_RSS_KIB),
+    );
+    planted.borrow_mut().clear();
+    if Command::new("strace").arg("-V").output().is_err() {
+        table.figure(
+            &format!("{case}: system calls"),
+            "strace is not installed",
+            "—",
+            None,
+        );
+        return;
+    }
+    let traces = temp.join("world-traces");
+    support::mkdir(&traces);
+    let command = plant("world-traced");
+    support::run_once(
+        support::under_strace(&["-f", "-ff", "-qq", "-o"], &traces.join("trace"), &command),
+        Some(&payload("world-traced", "SessionEnd", &ws_text)),
+    );
+    let (mut calls, mut opens, mut most) = (0, 0, 0);
+    for entry in std::fs::read_dir(&traces).expect("the traces").flatten() {
+        let trace = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        let mut per_file = std::collections::HashMap::new();
+        for line in trace.lines().filter(|line| !line.starts_with("---")) {
+            calls += 1;
+            let path = line.split('"').nth(1).unwrap_or_default();
+            let file = path.rsplit('/').next().unwrap_or_default();
+            let proc_file = line.starts_with("openat(")
+                && path.starts_with("/proc/")
+                && path
+                    .split('/')
+                    .nth(2)
+                    .is_some_and(|pid| pid.parse::<u32>().is_ok())
+                && matches!(file, "cmdline" | "environ" | "statm");
+            if proc_file {
+                opens += 1;
+                let count = per_file.entry(path.to_owned()).or_insert(0);
+                *count += 1;
+                most = most.max(*count);
+            }
+        }
+    }
+    table.figure(
+        &format!("{case}: system calls (strace -f, every process it ran)"),
+        &format!("{calls} calls, {opens} opens of /proc/<pid>/{{cmdline,environ,statm}}, at most {most} of one file in one process"),
+        "each file ≤ 1 per process",
+        Some(most <= 1),
+    );
+    planted.borrow_mut().clear();
 }
 
 /// The hook's deadline against what can make it wait: the max of the runs is what is held to the deadline.

@@ -64,6 +64,10 @@ pub fn run() -> u8 {
     if let Some(code) = commands::sentinel::entry(&args) {
         return code;
     }
+    // A broker's exec stub waits for its launcher's `go` (see `launch::spawn_broker`) before anything else runs.
+    if let Some(code) = act::launch::stub_entry(&args) {
+        return code;
+    }
     drop(args);
     if subcommand_in_args().as_deref() == Some("hook") {
         return run_hook();
@@ -102,6 +106,8 @@ fn run_hook() -> u8 {
     match config::hook_request(args) {
         Ok(request) => {
             commands::backstop::run_guarded(Deadline::after(request.deadline), state_dir, || {
+                // One invocation, one look at each process's argv and environment.
+                let _world = observe::World::enter();
                 commands::hook::run(&request, state_dir);
             });
         }
@@ -144,6 +150,13 @@ fn dispatch(config: &Config, request: Request) -> anyhow::Result<Outcome> {
     if let Some(reach) = reach {
         store::root::refuse_special_files(&config.state_dir, reach)?;
     }
+    // A command that ends soon reads each process's argv and environment once; the long-lived ones (a broker, a
+    // sentinel, the finisher) enter their own World per pass, so that a process that exec'd since is read anew.
+    let _world = (!matches!(
+        request,
+        Request::Broker(_) | Request::Sentinel { .. } | Request::Finish | Request::Demo { .. }
+    ))
+    .then(observe::World::enter);
     match request {
         Request::Hook => Ok(Outcome::Done),
         Request::Broker(request) => commands::broker::run(request, config),
@@ -169,9 +182,12 @@ fn dispatch(config: &Config, request: Request) -> anyhow::Result<Outcome> {
             )
         }
         Request::Keep(request) => commands::keep::run(&request, config),
-        Request::Sentinel { agent, within } => {
-            commands::sentinel::run(&store::Store::open(&config.state_dir)?, &agent, within)
-        }
+        Request::Sentinel { agent, within } => commands::sentinel::run(
+            &store::Store::open(&config.state_dir)?,
+            &agent,
+            within,
+            &adapters::codex_plugin::Discovery::default(),
+        ),
         Request::Completions(shell) => Ok(commands::reference::completions(shell)),
         Request::Man(dir) => commands::reference::man(dir.as_deref()),
     }

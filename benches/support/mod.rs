@@ -523,6 +523,23 @@ pub(crate) fn spawn_broker(
     serde_json::from_slice(&out.stdout).expect("spawn prints the record")
 }
 
+/// `command` (its program, arguments and environment) run by `strace strace_args output`.
+pub(crate) fn under_strace(strace_args: &[&str], output: &Path, command: &Command) -> Command {
+    let mut strace = Command::new("strace");
+    strace
+        .args(strace_args)
+        .arg(output)
+        .arg(command.get_program())
+        .args(command.get_args());
+    for (key, value) in command.get_envs() {
+        match value {
+            Some(value) => strace.env(key, value),
+            None => strace.env_remove(key),
+        };
+    }
+    strace
+}
+
 /// Runs `command` once more under `strace -c` (when strace is installed; the process itself, not the finisher or
 /// sentinel it may start, which outlive it) and prints where its system calls went
 /// (the top rows of the summary, to print after the table): the profile of a missed target. The whole summary is
@@ -537,19 +554,10 @@ pub(crate) fn profile(name: &str, command: &Command, stdin: Option<&[u8]>) -> St
         "{}.txt",
         name.replace(|c: char| !c.is_ascii_alphanumeric(), "-")
     ));
-    let mut traced = Command::new("strace");
-    traced
-        .args(["-c", "-S", "time", "-o"])
-        .arg(&file)
-        .arg(command.get_program())
-        .args(command.get_args());
-    for (key, value) in command.get_envs() {
-        match value {
-            Some(value) => traced.env(key, value),
-            None => traced.env_remove(key),
-        };
-    }
-    let _ = run_once(traced, stdin);
+    let _ = run_once(
+        under_strace(&["-c", "-S", "time", "-o"], &file, command),
+        stdin,
+    );
     let summary = std::fs::read_to_string(&file).unwrap_or_default();
     let top: Vec<&str> = summary.lines().take(10).collect();
     let total = summary

@@ -170,7 +170,8 @@ fn uncontain(store: &Store, record: &SessionRecord, why: &str) {
     let Ok(id) = crate::model::name::SessionId::parse(&record.session_id) else {
         return;
     };
-    let _ = store.sessions.update(
+    let _ = crate::act::executor::update_session(
+        store,
         &id,
         crate::model::deadline::Deadline::after(Duration::from_millis(500)),
         |current| {

@@ -5,9 +5,8 @@
 use std::time::{Duration, Instant};
 
 use crate::act::launch;
-use crate::act::stopper::{STUCK_AFTER, StopOutcome};
+use crate::act::stopper::{STUCK_AFTER, StopOutcome, longest_stop};
 use crate::error::Outcome;
-use crate::model::deadline::Deadline;
 use crate::model::record::StopTicket;
 use crate::observe::proc;
 use crate::store::Store;
@@ -43,9 +42,7 @@ fn is_workable(ticket: &StopTicket, host: &str) -> bool {
 /// True when some ticket waits for a finisher: a hook starts one even when its own stops all completed.
 pub(crate) fn has_work(store: &Store) -> bool {
     let host = proc::host_name();
-    store
-        .tickets
-        .pending(&store.log)
+    crate::act::executor::pending(store)
         .iter()
         .any(|ticket| is_workable(ticket, &host))
 }
@@ -62,7 +59,7 @@ pub(crate) fn run(
     let started = Instant::now();
     let host = proc::host_name();
     loop {
-        let pending: Vec<_> = store.tickets.pending(&store.log);
+        let pending: Vec<_> = crate::act::executor::pending(store);
         let workable: Vec<_> = pending
             .into_iter()
             .filter(|ticket| is_workable(ticket, &host))
@@ -71,9 +68,7 @@ pub(crate) fn run(
             // Release, then look once more: a hook that filed a ticket while we held the lock saw its own finisher
             // refused, so the ticket is ours to take.
             drop(held);
-            let again = store
-                .tickets
-                .pending(&store.log)
+            let again = crate::act::executor::pending(store)
                 .iter()
                 .any(|ticket| is_workable(ticket, &host));
             match lock::try_lock(&store.root, &lock_path)? {
@@ -88,7 +83,11 @@ pub(crate) fn run(
         if started.elapsed() > LIFETIME {
             return Ok(Outcome::Partial);
         }
-        let reports = stopper.run(workable, Deadline::after(Duration::from_secs(30)));
+        // As long as the longest of these stops can take (its grace, the kill and a retry), no fixed wait; each pass
+        // reads each process's argv and environment once.
+        let deadline = longest_stop(&workable);
+        let _world = crate::observe::World::enter();
+        let reports = stopper.run(workable, deadline);
         // Every ticket left is driven by another process (a sweep, a hook): look again shortly, without spinning.
         if reports
             .iter()

@@ -1,11 +1,16 @@
 //! Starting detached processes: brokers (own session, stdin null, output to a log, session variables stripped from
-//! the environment, a fresh lineage token added) and the finisher (setsid and a double fork, so no agent waits on
-//! it). Neither inherits any descriptor of the caller but 0-2: an agent waits for EOF on the hook's pipes.
+//! the environment, a fresh lineage token added, run only once recorded: the exec stub) and the finisher (setsid
+//! and a double fork, so no agent waits on it). Neither inherits any descriptor of the caller but 0-2: an agent
+//! waits for EOF on the hook's pipes.
 
+use std::ffi::OsString;
 use std::fs::OpenOptions;
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use anyhow::Context;
@@ -32,9 +37,16 @@ pub(crate) struct BrokerLaunch<'a> {
     pub lineage: &'a str,
 }
 
-/// Starts `argv` as a broker in its own session (pid = pgid = sid). Returns once the child has exec'd: `spawn`
-/// reports exec failure through a close-on-exec pipe, so success means the program is running.
-pub(crate) fn spawn_broker(argv: &[String], launch: &BrokerLaunch<'_>) -> anyhow::Result<Child> {
+/// Starts `argv` as a broker in its own session (pid = pgid = sid), held before its command runs: the child is our
+/// own executable as a stub (`stub_entry`) that waits on a channel on its stdin and execs `argv` only when the
+/// launcher says `go` (`PendingBroker::go`), after it has recorded the stub's pid and start time, which the exec
+/// keeps. A launcher that dies first (a SIGKILL between spawn and record) closes the channel: the stub reads EOF
+/// and exits without running anything, so no broker ever runs unrecorded beyond its launcher's life. Returns once
+/// the stub has exec'd (`spawn` reports a failed exec of our own executable through a close-on-exec pipe).
+pub(crate) fn spawn_broker(
+    argv: &[String],
+    launch: &BrokerLaunch<'_>,
+) -> anyhow::Result<PendingBroker> {
     let (program, arguments) = argv.split_first().context("no broker command given")?;
     let log = launch.log;
     let output = crate::store::root::open_nofollow(
@@ -43,11 +55,16 @@ pub(crate) fn spawn_broker(argv: &[String], launch: &BrokerLaunch<'_>) -> anyhow
     )
     .with_context(|| format!("opening broker log {}", log.display()))?;
     crate::store::root::check_regular_file(&output, log, rustix::process::geteuid().as_raw())?;
-    let mut command = Command::new(program);
+    let (channel, stub_end) = UnixStream::pair().context("making the broker's start channel")?;
+    let mut command = Command::new(own_executable()?);
     command
+        .arg0("session-reaper")
+        .arg(STUB_WORD)
+        .arg("--")
+        .arg(program)
         .args(arguments)
         .current_dir(launch.cwd)
-        .stdin(Stdio::null())
+        .stdin(Stdio::from(OwnedFd::from(stub_end)))
         .stdout(output.try_clone()?)
         .stderr(output);
     scrub_session_variables(&mut command);
@@ -68,9 +85,103 @@ pub(crate) fn spawn_broker(argv: &[String], launch: &BrokerLaunch<'_>) -> anyhow
             Ok(())
         });
     }
-    command
+    let child = command
         .spawn()
-        .with_context(|| format!("starting broker {program:?}"))
+        .with_context(|| format!("starting broker {program:?}"))?;
+    // `command` (holding the stub's end of the channel) is dropped on return: the stub alone holds that end, so
+    // the launcher's death is the stub's EOF.
+    Ok(PendingBroker {
+        child,
+        channel,
+        program: program.clone(),
+    })
+}
+
+/// Our own executable, for the stub: `/proc/self/exe` where there is one — the very binary running now, even when
+/// an upgrade has replaced or removed its file meanwhile (its stub speaks our protocol) — else its path.
+fn own_executable() -> anyhow::Result<PathBuf> {
+    let running = Path::new("/proc/self/exe");
+    if std::fs::symlink_metadata(running).is_ok() {
+        return Ok(running.to_path_buf());
+    }
+    std::env::current_exe().context("finding our own executable")
+}
+
+/// The word that makes our executable the broker's exec stub: `session-reaper launch-broker -- CMD…` with the
+/// launcher's channel on stdin (see `spawn_broker`). Not a command for people.
+const STUB_WORD: &str = "launch-broker";
+
+/// What the launcher writes once the broker is recorded.
+const GO: &[u8] = b"go";
+
+/// A broker started by `spawn_broker`, waiting in the stub. Dropped without `go`, it never runs its command: the
+/// stub reads EOF and exits.
+pub(crate) struct PendingBroker {
+    child: Child,
+    channel: UnixStream,
+    program: String,
+}
+
+impl PendingBroker {
+    /// The pid of the stub, which the broker keeps (with its start time) when the stub execs it.
+    pub(crate) fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Lets the stub exec the broker command. Returns once it has: the stub reports a failed exec (and exits)
+    /// through the channel, whose end it holds close-on-exec, so EOF with nothing read is success.
+    pub(crate) fn go(mut self) -> anyhow::Result<Child> {
+        let starting = || format!("starting broker {:?}", self.program);
+        // MSG_NOSIGNAL: a stub killed meanwhile is an error here, not a SIGPIPE (default outside hook mode).
+        rustix::net::send(&self.channel, GO, rustix::net::SendFlags::NOSIGNAL)
+            .map_err(std::io::Error::from)
+            .with_context(|| format!("{}: its exec stub is gone", starting()))?;
+        let mut report = String::new();
+        self.channel
+            .read_to_string(&mut report)
+            .with_context(starting)?;
+        if report.is_empty() {
+            Ok(self.child)
+        } else {
+            let _ = self.child.wait();
+            Err(anyhow::anyhow!(report).context(starting()))
+        }
+    }
+}
+
+/// The broker's exec stub (see `spawn_broker`), taken before the command-line parser is built: `args` are
+/// `launch-broker -- CMD…` and stdin is the launcher's channel (anything else is `None` and goes through the parser,
+/// so a person typing the word gets the parser's answer). Waits for `go`, then execs `CMD…` with stdin on /dev/null;
+/// on EOF (the launcher died before it recorded us) exits without running anything. Returns the exit code.
+pub(crate) fn stub_entry(args: &[OsString]) -> Option<u8> {
+    let [word, dashes, program, arguments @ ..] = args else {
+        return None;
+    };
+    if word != STUB_WORD || dashes != "--" {
+        return None;
+    }
+    let stdin = std::io::stdin();
+    let on_socket = rustix::fs::fstat(&stdin).is_ok_and(|stat| {
+        rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::Socket
+    });
+    if !on_socket {
+        return None;
+    }
+    // Our own copy, closed by the exec: the launcher's EOF that says the exec happened.
+    let Ok(mut channel) = rustix::io::fcntl_dupfd_cloexec(&stdin, 3).map(UnixStream::from) else {
+        return Some(1);
+    };
+    let mut word = [0u8; GO.len()];
+    if channel.read_exact(&mut word).is_err() || word != GO {
+        // The launcher died (or gave up) before the broker was recorded: nothing runs.
+        return Some(0);
+    }
+    let err = Command::new(program)
+        .args(arguments)
+        .stdin(Stdio::null())
+        .exec();
+    let _ = channel.write_all(err.to_string().as_bytes());
+    Some(127)
 }
 
 /// Starts `exe args…` fully detached: a new session, then a second fork so that it is no child of ours, stdio on

@@ -5,9 +5,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::act::{sentinel, stopper};
+use crate::act::executor::{self, Mode};
+use crate::act::sentinel;
 use crate::decide::belonging;
-use crate::decide::leftovers::{Found, Leftover, Query, find_with_spared};
+use crate::decide::leftovers::{Found, Query, find_with_spared};
 use crate::model::clock;
 use crate::model::deadline::Deadline;
 use crate::model::leftover::{KEPT, Policy, SessionFacts, names_sessions};
@@ -16,13 +17,17 @@ use crate::model::record::{Identity, SessionRecord, StopTicket, is_other_host};
 use crate::observe::proc;
 use crate::observe::table::Table;
 use crate::store::Store;
-use crate::store::events::{Event, Reason};
 
 /// Finds the leftovers of `sessions` (those with an agent identity of this boot and a policy other than `off`)
-/// in one observation of the process table: of each session's current agent process.
-pub(crate) fn discover(store: &Store, sessions: &[SessionRecord]) -> Vec<Found> {
+/// in one observation of the process table: of each session's current agent process. What the adapters `claimed`
+/// is theirs, never a leftover.
+pub(crate) fn discover(
+    store: &Store,
+    sessions: &[SessionRecord],
+    claimed: &[Identity],
+) -> Vec<Found> {
     let targets = current_agents(sessions);
-    discover_targets(store, &targets, &store.sessions.all())
+    discover_targets(store, &targets, &store.sessions.all(), claimed)
 }
 
 /// Each session's current agent with its facts.
@@ -43,6 +48,7 @@ fn discover_targets(
     store: &Store,
     targets: &[(&SessionRecord, Identity, SessionFacts)],
     all: &[SessionRecord],
+    claimed: &[Identity],
 ) -> Vec<Found> {
     let since = targets
         .iter()
@@ -65,7 +71,7 @@ fn discover_targets(
                 .then(|| crate::act::cgroup::contained_table(&records))
                 .flatten()
                 .unwrap_or_else(|| Table::observe(since));
-            discover_in_targets(store, &table, targets, all)
+            discover_in_targets(store, &table, targets, all, claimed)
         }
         None => Vec::new(),
     }
@@ -82,12 +88,18 @@ pub(crate) fn observed_since(sessions: &[SessionRecord]) -> Option<u64> {
 }
 
 /// `discover` in a table already observed (with the details of everything started since `observed_since`).
-pub(crate) fn discover_in(store: &Store, table: &Table, sessions: &[SessionRecord]) -> Vec<Found> {
+pub(crate) fn discover_in(
+    store: &Store,
+    table: &Table,
+    sessions: &[SessionRecord],
+    claimed: &[Identity],
+) -> Vec<Found> {
     discover_in_targets(
         store,
         table,
         &current_agents(sessions),
         &store.sessions.all(),
+        claimed,
     )
 }
 
@@ -96,6 +108,7 @@ fn discover_in_targets(
     table: &Table,
     targets: &[(&SessionRecord, Identity, SessionFacts)],
     all: &[SessionRecord],
+    claimed: &[Identity],
 ) -> Vec<Found> {
     let targets: Vec<&(&SessionRecord, Identity, SessionFacts)> = targets
         .iter()
@@ -117,13 +130,14 @@ fn discover_in_targets(
     let kept = kept_marks(store);
     let protected = proc::self_and_ancestors();
     // An agent's cgroup is shared by all its sessions (a /clear starts another): its members go to one of them.
-    let mut claimed = std::collections::HashSet::new();
+    let mut cgroups_taken = std::collections::HashSet::new();
     targets
         .into_iter()
         .map(|(record, agent, facts)| {
-            let contained = crate::act::cgroup::members_of(record, &mut claimed);
+            let contained = crate::act::cgroup::members_of(record, &mut cgroups_taken);
             let query = Query {
                 contained: &contained,
+                claimed,
                 session: &record.session_id,
                 agent,
                 names_sessions: names_sessions(&record.agent),
@@ -144,67 +158,12 @@ fn discover_in_targets(
         .collect()
 }
 
-/// The stop ticket of one leftover: the process alone (its children are leftovers of their own), default grace.
-pub(crate) fn ticket_for(session: &str, leftover: &Leftover) -> StopTicket {
-    let mut ticket = stopper::new_ticket(
-        leftover.identity.clone(),
-        None,
-        Reason::Leftover.as_str(),
-        stopper::DEFAULT_GRACE_MS,
-        "leftover".to_owned(),
-    );
-    ticket.session = Some(session.to_owned());
-    ticket.argv = Some(leftover.argv.clone());
-    ticket.rss_kib = Some(leftover.rss_kib);
-    ticket
-}
-
-/// Files tickets for what is to be stopped and logs what is only reported; `dry_run` does neither. Returns the
-/// tickets to run.
+/// Files tickets for what is to be stopped and logs what is only reported (the plan `decide::leftovers::plan`
+/// makes, through the executor); `dry_run` does neither. Returns the tickets to run.
 pub(crate) fn act_on(store: &Store, found: &[Found], dry_run: bool) -> Vec<StopTicket> {
-    let mut tickets = Vec::new();
-    for found in found {
-        if !dry_run {
-            for spared in &found.spared {
-                let mut event = Event::new("leftover", "spared")
-                    .reason(&Reason::Leftover)
-                    .session(Some(&found.session))
-                    .pid(spared.pid)
-                    .detail(format!("{}: reported, never stopped", spared.via));
-                event.argv = Some(spared.argv.clone());
-                store.log.record(&event);
-            }
-        }
-        for leftover in &found.leftovers {
-            match found.policy {
-                Policy::Stop => {
-                    let ticket = ticket_for(&found.session, leftover);
-                    if !dry_run && let Err(err) = store.tickets.file(&ticket) {
-                        store.log.record(
-                            &Event::new("error", "failed")
-                                .session(Some(&found.session))
-                                .pid(leftover.pid)
-                                .detail(format!("leftover ticket: {err:#}")),
-                        );
-                        continue;
-                    }
-                    tickets.push(ticket);
-                }
-                Policy::Report if !dry_run => {
-                    let mut event = Event::new("leftover", "reported")
-                        .reason(&Reason::Leftover)
-                        .session(Some(&found.session))
-                        .pid(leftover.pid)
-                        .detail(format!("via {}; policy report: left running", leftover.via));
-                    event.argv = Some(leftover.argv.clone());
-                    event.rss_kib = Some(leftover.rss_kib);
-                    store.log.record(&event);
-                }
-                Policy::Report | Policy::Off => {}
-            }
-        }
-    }
-    tickets
+    let (now, host) = (clock::now_rfc3339(), proc::host_name());
+    let plan = crate::decide::leftovers::plan(found, (&now, &host));
+    executor::execute(store, plan, Mode::dry(dry_run)).tickets()
 }
 
 /// `reap`: the leftovers-to-be of the sessions being ended, filed (or, in a dry run, only listed) as their policy
@@ -212,24 +171,25 @@ pub(crate) fn act_on(store: &Store, found: &[Found], dry_run: bool) -> Vec<StopT
 pub(crate) fn for_reap(
     store: &Store,
     sessions: &[SessionId],
+    claimed: &[Identity],
     dry_run: bool,
 ) -> (Vec<Found>, Vec<StopTicket>) {
     let records: Vec<SessionRecord> = sessions
         .iter()
         .filter_map(|id| store.sessions.get(id).ok().flatten())
         .collect();
-    let found = discover(store, &records);
+    let found = discover(store, &records, claimed);
     let tickets = act_on(store, &found, dry_run);
     (found, tickets)
 }
 
 /// `sweep`: the leftovers of agents that are gone with nothing attending to them (no sentinel: turned off,
 /// killed, or a reboot), filed as their policy says.
-pub(crate) fn for_sweep(store: &Store, dry_run: bool) -> Vec<StopTicket> {
+pub(crate) fn for_sweep(store: &Store, claimed: &[Identity], dry_run: bool) -> Vec<StopTicket> {
     let sessions = store.sessions.all();
     agents_gone_unattended(store, &sessions)
         .iter()
-        .flat_map(|agent| stop_leftovers_of(store, agent, dry_run))
+        .flat_map(|agent| stop_leftovers_of(store, agent, claimed, dry_run))
         .collect()
 }
 
@@ -254,7 +214,12 @@ pub(crate) fn sessions_of(store: &Store, agent: &Identity) -> Vec<SessionRecord>
 /// of, not yet dealt with. A session is marked dealt with for `agent` once a look finds none of its leftovers
 /// left (what a stop could not catch — a fast forker — is looked for again by the next sweep). Returns the tickets
 /// to run.
-pub(crate) fn stop_leftovers_of(store: &Store, agent: &Identity, dry_run: bool) -> Vec<StopTicket> {
+pub(crate) fn stop_leftovers_of(
+    store: &Store,
+    agent: &Identity,
+    claimed: &[Identity],
+    dry_run: bool,
+) -> Vec<StopTicket> {
     let host = proc::host_name();
     let all = store.sessions.all();
     let records: Vec<&SessionRecord> = all
@@ -273,7 +238,7 @@ pub(crate) fn stop_leftovers_of(store: &Store, agent: &Identity, dry_run: bool) 
             Some((record, identity, facts))
         })
         .collect();
-    let found = discover_targets(store, &targets, &all);
+    let found = discover_targets(store, &targets, &all, claimed);
     let tickets = act_on(store, &found, dry_run);
     if !dry_run {
         for (record, _, facts) in &targets {
@@ -294,7 +259,8 @@ fn mark_done(store: &Store, session: &str, agent: &Identity) {
         return;
     };
     let now = clock::now_rfc3339();
-    let _ = store.sessions.update(
+    let _ = executor::update_session(
+        store,
         &id,
         Deadline::after(Duration::from_millis(500)),
         |current| {
@@ -361,8 +327,13 @@ pub(crate) fn note_start(
     facts.store_in(record);
 }
 
-/// For an agent that names no session, adds the agent's descendants seen now to its session's record.
-pub(crate) fn record_descendants(store: &Store, session: &SessionId) -> anyhow::Result<()> {
+/// For an agent that names no session, adds the agent's descendants seen now to its session's record (waiting for
+/// its lock no later than `deadline`, the hook's).
+pub(crate) fn record_descendants(
+    store: &Store,
+    session: &SessionId,
+    deadline: Deadline,
+) -> anyhow::Result<()> {
     let Some(record) = store.sessions.get(session)? else {
         return Ok(());
     };
@@ -379,7 +350,7 @@ pub(crate) fn record_descendants(store: &Store, session: &SessionId) -> anyhow::
     let before = facts.descendants.len();
     remember_descendants(&mut facts, agent);
     if facts.descendants.len() != before {
-        write_facts(store, session, &facts)?;
+        write_facts(store, session, &facts, deadline)?;
     }
     Ok(())
 }
@@ -414,20 +385,19 @@ fn remember_descendants(facts: &mut SessionFacts, agent: &Identity) {
     }
 }
 
-fn write_facts(store: &Store, session: &SessionId, facts: &SessionFacts) -> anyhow::Result<()> {
-    store
-        .sessions
-        .update(
-            session,
-            Deadline::after(Duration::from_millis(300)),
-            |current| {
-                Ok(current.cloned().map(|mut record| {
-                    facts.store_in(&mut record);
-                    record
-                }))
-            },
-        )
-        .map(drop)
+fn write_facts(
+    store: &Store,
+    session: &SessionId,
+    facts: &SessionFacts,
+    deadline: Deadline,
+) -> anyhow::Result<()> {
+    executor::update_session(store, session, deadline, |current| {
+        Ok(current.cloned().map(|mut record| {
+            facts.store_in(&mut record);
+            record
+        }))
+    })
+    .map(drop)
 }
 
 // ---- keep marks ----

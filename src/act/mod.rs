@@ -3,10 +3,12 @@
 //! that sends signals); `launch` starts brokers and detached helpers; the finisher completes what a hook could not.
 
 pub(crate) mod cgroup;
+pub(crate) mod clean;
 pub(crate) mod executor;
 pub(crate) mod finisher;
 pub(crate) mod launch;
 pub(crate) mod leftovers;
+pub(crate) mod pidfd;
 pub(crate) mod sentinel;
 pub(crate) mod signal;
 pub(crate) mod stopper;

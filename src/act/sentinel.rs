@@ -40,11 +40,13 @@ pub(crate) fn pid_of(store: &Store, agent: &Identity) -> Option<i32> {
 }
 
 /// Starts the sentinel of `agent` unless one runs. `within` bounds its wait (the finisher's wait after a
-/// `SessionEnd`); `None` waits as long as the agent lives.
+/// `SessionEnd`); `None` waits as long as the agent lives. `more` are the hook's words the sentinel needs too (where
+/// the adapters look: `--codex-state DIR`, `--no-codex`).
 pub(crate) fn start(
     store: &Store,
     agent: &Identity,
     within: Option<Duration>,
+    more: &[String],
 ) -> anyhow::Result<()> {
     if is_running(store, agent) {
         return Ok(());
@@ -68,5 +70,6 @@ pub(crate) fn start(
     if let Some(within) = &within_text {
         args.extend(["--within", within]);
     }
+    args.extend(more.iter().map(String::as_str));
     launch::spawn_detached(&exe, &args, &[])
 }

@@ -16,6 +16,7 @@ use std::fmt;
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
+use crate::act::pidfd;
 use crate::model::record::Identity;
 use crate::observe::proc;
 
@@ -130,7 +131,7 @@ impl Guard {
         if !proc::is_alive(identity) {
             return Target::Gone;
         }
-        let pidfd = open_pidfd(identity.pid);
+        let pidfd = pidfd::open(identity.pid);
         // Re-check after opening: the pidfd now pins a process; make sure it is the recorded one.
         if !proc::is_alive(identity) {
             return Target::Gone;
@@ -201,7 +202,7 @@ impl Handle {
     /// Signals the process itself. `Ok(false)` when it had already exited.
     pub(crate) fn signal(&self, sig: Sig) -> std::io::Result<bool> {
         let result = match &self.pidfd {
-            Some(fd) => pidfd_signal(fd, sig),
+            Some(fd) => pidfd::signal(fd, sig.signal()),
             None if proc::is_alive(&self.identity) => {
                 rustix::process::kill_process(pid_of(&self.identity)?, sig.signal())
                     .map_err(std::io::Error::from)
@@ -222,7 +223,7 @@ impl Handle {
             return self.signal(sig);
         }
         let result = match &self.pidfd {
-            Some(fd) => match pidfd_signal_group(fd, sig) {
+            Some(fd) => match pidfd::signal_group(fd, sig.signal()) {
                 Err(err) if err.raw_os_error() == Some(EINVAL) => self.killpg_if_alive(sig),
                 other => other,
             },
@@ -248,7 +249,7 @@ impl Handle {
     /// zombie looks alive.
     pub(crate) fn has_exited(&self) -> bool {
         match &self.pidfd {
-            Some(fd) => pidfd_exited(fd, Duration::ZERO),
+            Some(fd) => pidfd::exited(fd, Duration::ZERO),
             None => !proc::is_alive(&self.identity),
         }
     }
@@ -257,7 +258,7 @@ impl Handle {
     #[cfg(test)]
     pub(crate) fn wait_exit(&self, timeout: Duration) -> bool {
         if let Some(fd) = &self.pidfd {
-            return pidfd_exited(fd, timeout);
+            return pidfd::exited(fd, timeout);
         }
         let deadline = std::time::Instant::now() + timeout;
         loop {
@@ -276,84 +277,9 @@ impl Handle {
     }
 }
 
-#[cfg(target_os = "linux")]
-fn open_pidfd(pid: i32) -> Option<OwnedFd> {
-    let pid = rustix::process::Pid::from_raw(pid)?;
-    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
-}
-
-#[cfg(not(target_os = "linux"))]
-fn open_pidfd(_pid: i32) -> Option<OwnedFd> {
-    None
-}
-
-#[cfg(target_os = "linux")]
-fn pidfd_signal(fd: &OwnedFd, sig: Sig) -> std::io::Result<()> {
-    let signal = match sig {
-        Sig::Term => rustix::process::Signal::TERM,
-        Sig::Kill => rustix::process::Signal::KILL,
-        Sig::Stop => rustix::process::Signal::STOP,
-    };
-    rustix::process::pidfd_send_signal(fd, signal).map_err(std::io::Error::from)
-}
-
-#[cfg(not(target_os = "linux"))]
-fn pidfd_signal(_fd: &OwnedFd, _sig: Sig) -> std::io::Result<()> {
-    Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
-}
-
-/// `pidfd_send_signal(fd, sig, NULL, PIDFD_SIGNAL_PROCESS_GROUP)`: the group whose id is the pidfd's process, resolved
-/// by the kernel. rustix offers no flags argument, hence the raw call; `EINVAL` on kernels before 6.9.
-#[cfg(target_os = "linux")]
-fn pidfd_signal_group(fd: &OwnedFd, sig: Sig) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let signal = match sig {
-        Sig::Term => libc::SIGTERM,
-        Sig::Kill => libc::SIGKILL,
-        Sig::Stop => libc::SIGSTOP,
-    };
-    // SAFETY: a raw system call on a descriptor we own, with a null siginfo.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            fd.as_raw_fd(),
-            signal,
-            std::ptr::null::<libc::siginfo_t>(),
-            libc::PIDFD_SIGNAL_PROCESS_GROUP,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn pidfd_signal_group(_fd: &OwnedFd, _sig: Sig) -> std::io::Result<()> {
-    Err(std::io::Error::from_raw_os_error(libc::EINVAL))
-}
-
-/// Whether a pidfd became readable (its process exited) within `timeout`.
-#[cfg(target_os = "linux")]
-pub(crate) fn pidfd_exited(fd: &OwnedFd, timeout: Duration) -> bool {
-    use rustix::event::{PollFd, PollFlags, Timespec, poll};
-    let timespec = Timespec::try_from(timeout).unwrap_or(Timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    });
-    let mut fds = [PollFd::new(fd, PollFlags::IN)];
-    matches!(poll(&mut fds, Some(&timespec)), Ok(n) if n > 0)
-}
-
-#[cfg(not(target_os = "linux"))]
-pub fn pidfd_exited(_fd: &OwnedFd, _timeout: Duration) -> bool {
-    false
-}
-
 /// Whether this kernel offers pidfds (for `doctor`).
 pub(crate) fn pidfd_supported() -> bool {
-    open_pidfd(i32::try_from(std::process::id()).unwrap_or(0)).is_some()
+    pidfd::open(i32::try_from(std::process::id()).unwrap_or(0)).is_some()
 }
 
 #[cfg(test)]

@@ -11,10 +11,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
+use crate::act::executor::{self, Mode};
 use crate::act::signal::{Guard, Handle, Refusal, Sig, Target};
 use crate::decide::{belonging, lineage};
 use crate::model::clock;
 use crate::model::deadline::Deadline;
+use crate::model::plan::{Change, Plan};
 use crate::model::record::{Identity, Shutdown, StopTicket};
 use crate::observe::proc;
 use crate::observe::table::Table;
@@ -26,8 +28,6 @@ use crate::store::tickets::{Claim, TicketLock, Tickets};
 pub(crate) const GRACEFUL_WINDOW: Duration = Duration::from_millis(750);
 /// How long after a SIGKILL before it is sent again (and `attempts` grows).
 pub(crate) const KILL_RETRY: Duration = Duration::from_secs(1);
-/// The grace between SIGTERM and SIGKILL when none is given (`--grace`, and stops of processes no record knows).
-pub(crate) use crate::model::record::DEFAULT_GRACE_MS;
 /// After this many SIGKILLs a process that still runs is reported as stuck.
 pub(crate) const STUCK_AFTER: u32 = 3;
 /// How long a run keeps watching after its last signal, for processes that exit promptly, before it gives up on a
@@ -212,24 +212,27 @@ pub(crate) struct Stopper {
     host: String,
     /// Whose live sessions' agents the guard refuses, read once a run has something to stop.
     sessions: Option<Sessions>,
-    /// What the layers above want told: a progress line for a person waiting, and each confirmed stop (an
-    /// adapter cleans its tool's files then). The stopper itself knows neither terminals nor adapters.
+    /// `keep --pid` marks: a leftover's stop never reaches them, nor what runs below them.
+    kept: Vec<Identity>,
+    /// What the layers above want told: a progress line for a person waiting. The stopper knows no terminal; the
+    /// files an adapter wants cleaned after a confirmed exit are in the ticket, a change the executor applies.
     listener: Listener,
 }
 
-/// Callbacks the commands layer wires into a stopper (`commands::stopper`).
+/// What the commands layer wires into a stopper (`commands::stopper`): a progress line for a person waiting.
 #[derive(Clone, Copy, Default)]
 pub(crate) struct Listener {
     pub progress: Option<fn(&str)>,
-    pub stopped: Option<fn(&StopTicket, &EventLog)>,
 }
 
 impl Stopper {
     /// The stopper of an opened state root: its tickets and its event log; its guard refuses, besides what `guard`
     /// does, the recorded agents of this root's live sessions (read when there is something to stop).
     pub(crate) fn of(store: &crate::store::Store, guard: Guard) -> Stopper {
-        Stopper::new(store.tickets.clone(), store.log.clone(), guard)
-            .sparing_agents_of(store.sessions.clone())
+        let mut stopper = Stopper::new(store.tickets.clone(), store.log.clone(), guard)
+            .sparing_agents_of(store.sessions.clone());
+        stopper.kept = crate::act::leftovers::kept_marks(store);
+        stopper
     }
 
     pub(crate) fn new(tickets: Tickets, log: EventLog, guard: Guard) -> Self {
@@ -239,6 +242,7 @@ impl Stopper {
             guard,
             host: proc::host_name(),
             sessions: None,
+            kept: Vec::new(),
             listener: Listener::default(),
         }
     }
@@ -271,6 +275,7 @@ impl Stopper {
                 .sparing_agents(belonging::live_agents(&sessions.all())),
             host: self.host.clone(),
             sessions: None,
+            kept: self.kept.clone(),
             listener: self.listener,
         });
         if let Some(sparing) = sparing {
@@ -283,7 +288,7 @@ impl Stopper {
         let first_look = if tickets.iter().all(is_leftover) {
             (Vec::new(), true)
         } else {
-            proc::observe_until(&groups, deadline)
+            proc::observe(&groups, deadline)
         };
         let ticketed = std::rc::Rc::new(
             tickets
@@ -306,14 +311,14 @@ impl Stopper {
                 if !alive && item.ticket.lineage.is_some() {
                     // Before calling it done, look once more for members (one forked just before its parent died),
                     // over the whole table: only a complete look proves the stop done.
-                    self.refresh_members(item, &proc::observe_until(&groups, Deadline::far()));
+                    self.refresh_members(item, &proc::observe(&groups, deadline));
                     alive = item.is_running();
                 }
                 match next_step(&on_wall_clock(&item.ticket, now, boot_millis()), now, alive) {
                     Step::Done => self.finish(item, None),
                     Step::Wait(at) => next_step_at = next_step_at.min(at),
                     step => {
-                        self.act(item, step, now);
+                        self.act(item, step, (now, deadline));
                         last_signal = Instant::now();
                         next_step_at = now;
                     }
@@ -475,7 +480,7 @@ impl Stopper {
         let table = Table::observe_below(&roots, item.ticket.identity.start_ticks);
         let spared = belonging::Spared {
             live_agents: self.guard.live_agents(),
-            kept: &[],
+            kept: &self.kept,
         };
         let reached = belonging::stop_reach(&table, &item.ticket.identity, &known, &spared)
             .into_iter()
@@ -540,7 +545,7 @@ impl Stopper {
         }
     }
 
-    fn act(&self, item: &mut Active, step: Step, now: SystemTime) {
+    fn act(&self, item: &mut Active, step: Step, (now, deadline): (SystemTime, Deadline)) {
         let stamp = clock::format(now);
         match step {
             Step::Graceful => {
@@ -580,10 +585,10 @@ impl Stopper {
             }
             Step::Kill => {
                 if is_leftover(&item.ticket) {
-                    self.freeze(item, Deadline::after(FREEZE_WINDOW));
+                    self.freeze(item, Deadline::after(FREEZE_WINDOW).min(deadline));
                 } else {
                     let groups = std::collections::HashSet::from([item.ticket.identity.pid]);
-                    self.refresh_members(item, &proc::observe_until(&groups, Deadline::far()));
+                    self.refresh_members(item, &proc::observe(&groups, deadline));
                 }
                 self.send(item, Sig::Kill);
                 item.ticket.kill_at = Some(stamp);
@@ -675,15 +680,16 @@ impl Stopper {
         if matches!(
             outcome,
             StopOutcome::Stopped { .. } | StopOutcome::AlreadyGone
-        ) && let Some(stopped) = self.listener.stopped
+        ) && let Some(clean) = Change::clean_after_exit(&item.ticket)
         {
-            stopped(&item.ticket, &self.log);
+            // A tool's files named in the ticket go once the exit is confirmed: a change the executor applies.
+            executor::execute_on(&self.tickets, &self.log, Plan::of(clean), Mode::Apply);
         }
         item.outcome = Some(outcome);
     }
 }
 
-/// A leftover's ticket (`act::leftovers::ticket_for`): its stop reaches its descendants, never its group.
+/// A leftover's ticket (`decide::leftovers::ticket_for`): its stop reaches its descendants, never its group.
 fn is_leftover(ticket: &StopTicket) -> bool {
     ticket.origin == "leftover" && ticket.lineage.is_none()
 }
@@ -724,25 +730,12 @@ fn stopped_by(ticket: &StopTicket) -> String {
 
 /// Waits until one of `handles` exits or `timeout` passes.
 fn wait_for_any_exit(handles: &[&Handle], timeout: Duration) {
-    #[cfg(target_os = "linux")]
-    {
-        use rustix::event::{PollFd, PollFlags, Timespec, poll};
-        let mut fds: Vec<PollFd<'_>> = handles
-            .iter()
-            .filter_map(|h| h.pidfd())
-            .map(|fd| PollFd::new(fd, PollFlags::IN))
-            .collect();
-        if !fds.is_empty() {
-            let timespec = Timespec::try_from(timeout).unwrap_or(Timespec {
-                tv_sec: 0,
-                tv_nsec: 1_000_000,
-            });
-            let _ = poll(&mut fds, Some(&timespec));
-            return;
-        }
+    let fds: Vec<_> = handles.iter().filter_map(|h| h.pidfd()).collect();
+    if fds.is_empty() {
+        std::thread::sleep(timeout);
+    } else {
+        crate::act::pidfd::any_exited(fds, timeout);
     }
-    let _ = handles;
-    std::thread::sleep(timeout);
 }
 
 /// Takes the graceful step; a shutdown command is returned as a child to be bounded by the window.
@@ -804,27 +797,18 @@ fn end_helper(helper: &mut Child) {
     let _ = helper.wait();
 }
 
-/// A new ticket for `identity`, with no step taken yet.
-pub(crate) fn new_ticket(
-    identity: Identity,
-    pgid: Option<i32>,
-    reason: &str,
-    grace_ms: u64,
-    origin: String,
-) -> StopTicket {
-    StopTicket::new(
-        identity,
-        pgid,
-        reason,
-        grace_ms,
-        origin,
-        (&clock::now_rfc3339(), &proc::host_name()),
-    )
-}
-
 /// How long a command in the foreground waits for a stop: the whole cascade and one SIGKILL retry.
 pub(crate) fn foreground_deadline(ticket: &StopTicket) -> Deadline {
     Deadline::after(GRACEFUL_WINDOW + Duration::from_millis(ticket.grace_ms) + KILL_RETRY * 2)
+}
+
+/// The `foreground_deadline` of the longest of `tickets` (already passed when there is none).
+pub(crate) fn longest_stop(tickets: &[StopTicket]) -> Deadline {
+    tickets
+        .iter()
+        .map(foreground_deadline)
+        .max()
+        .unwrap_or_else(Deadline::now)
 }
 
 #[cfg(test)]
@@ -839,7 +823,14 @@ mod tests {
             start_ticks: 1,
             uid: 0,
         };
-        new_ticket(identity, Some(10), "manual", 5000, "w/default".into())
+        StopTicket::new(
+            identity,
+            Some(10),
+            "manual",
+            5000,
+            "w/default".into(),
+            (&clock::now_rfc3339(), &proc::host_name()),
+        )
     }
 
     fn at(ms: u64) -> SystemTime {

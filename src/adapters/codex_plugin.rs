@@ -18,9 +18,8 @@ use serde::Serialize;
 use crate::act::signal::Guard;
 use crate::adapters::{AdapterAction, AdapterReport};
 use crate::model::deadline::Deadline;
-use crate::model::record::StopTicket;
 use crate::store::Store;
-use crate::store::events::{EventLog, Reason};
+use crate::store::events::Reason;
 use decide::{Occasion, Verdict};
 
 /// The adapter's name in tickets, events and reports.
@@ -59,6 +58,32 @@ pub(crate) struct Root {
 }
 
 impl Discovery {
+    /// The words that say this on a command line (`--no-codex`, `--codex-state DIR`…): a hook hands them to the
+    /// sentinel it starts, which looks where the hook was told to.
+    pub(crate) fn words(&self) -> Vec<String> {
+        if !self.enabled {
+            return vec!["--no-codex".to_owned()];
+        }
+        self.extra_roots
+            .iter()
+            .flat_map(|dir| ["--codex-state".to_owned(), dir.display().to_string()])
+            .collect()
+    }
+
+    /// `words` read back; `None` for any other word.
+    pub(crate) fn from_words(words: &[&str]) -> Option<Self> {
+        let mut discovery = Discovery::default();
+        let mut words = words.iter();
+        while let Some(word) = words.next() {
+            match *word {
+                "--no-codex" => discovery.enabled = false,
+                "--codex-state" => discovery.extra_roots.push(PathBuf::from(words.next()?)),
+                _ => return None,
+            }
+        }
+        Some(discovery)
+    }
+
     /// `--no-codex`.
     pub(crate) fn off() -> Self {
         Discovery {
@@ -431,34 +456,28 @@ pub(crate) fn doctor_check() -> crate::model::check::Check {
     }
 }
 
-/// The pids of the plugin's brokers and of their process groups: not leftovers of any one session.
-pub(crate) fn claimed_pids(discovery: &Discovery) -> HashSet<i32> {
+/// The plugin's brokers and their process groups, as observed: not leftovers of any one session.
+pub(crate) fn claimed(
+    discovery: &Discovery,
+    deadline: Deadline,
+) -> Vec<crate::model::record::Identity> {
     let roots = discovery.roots();
     if roots.is_empty() {
-        return HashSet::new();
+        return Vec::new();
     }
     let uid = rustix::process::getuid().as_raw();
-    observe::observe(&roots, &[], uid, Deadline::far())
+    observe::observe(&roots, &[], uid, deadline)
         .brokers
         .iter()
         .filter_map(|broker| broker.process.as_ref())
         .flat_map(|seen| {
-            let mut pids = vec![seen.identity.pid];
+            let mut claimed = vec![seen.identity.clone()];
             if seen.stat.pgid == seen.identity.pid {
-                pids.extend(
-                    observe::members_of_live_leader(&seen.identity)
-                        .into_iter()
-                        .map(|member| member.pid),
-                );
+                claimed.extend(observe::members_of_live_leader(&seen.identity, deadline));
             }
-            pids
+            claimed
         })
         .collect()
-}
-
-/// After a confirmed stop of one of the plugin's brokers: clean its files (see `act::clean`).
-pub(crate) fn after_stop(ticket: &StopTicket, log: &EventLog) {
-    act::after_stop(ticket, log);
 }
 
 /// The sweep-shaped action for a verdict.

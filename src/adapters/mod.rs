@@ -33,18 +33,11 @@ pub(crate) fn print_actions(actions: &[AdapterAction]) {
     }
 }
 
-/// The pids the adapters claim (their brokers and those brokers' process-group members): leftover discovery leaves
-/// them to the adapters.
-#[allow(dead_code)] // Leftover discovery's exclusion list; nothing else needs it.
-pub(crate) fn claimed_pids(discovery: &codex_plugin::Discovery) -> std::collections::HashSet<i32> {
-    codex_plugin::claimed_pids(discovery)
-}
-
-/// Called by the stopper once a ticket's process is confirmed gone: an adapter's ticket names the tool's files to
-/// clean.
-pub(crate) fn after_stop(
-    ticket: &crate::model::record::StopTicket,
-    log: &crate::store::events::EventLog,
-) {
-    codex_plugin::after_stop(ticket, log);
+/// The processes the adapters claim (their brokers and those brokers' process-group members): leftover discovery
+/// leaves them to the adapters, whatever session variable they inherited.
+pub(crate) fn claimed(
+    discovery: &codex_plugin::Discovery,
+    deadline: crate::model::deadline::Deadline,
+) -> Vec<crate::model::record::Identity> {
+    codex_plugin::claimed(discovery, deadline)
 }

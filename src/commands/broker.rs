@@ -271,7 +271,8 @@ impl SlotTarget {
             _ => {}
         }
         if let Some(owner) = owner {
-            self.store.sessions.index_slot(
+            executor::index_slot(
+                &self.store,
                 owner,
                 &self.slot.label(),
                 Deadline::after(LOCK_WAIT),
@@ -427,9 +428,9 @@ impl SlotTarget {
         detail: String,
     ) -> anyhow::Result<Outcome> {
         guard.write(record)?;
-        self.store.log.record(
-            &self
-                .event(action, result)
+        executor::note(
+            &self.store,
+            self.event(action, result)
                 .session(owner.map(SessionId::as_str))
                 .pid(record.identity.pid)
                 .detail(detail),
@@ -513,22 +514,6 @@ fn exited_within(
     }
 }
 
-/// The identity of a broker we just started, read even when it has already exited (a zombie until we exit, its
-/// start time still readable): without `--wait` it is recorded either way, and shows as `STALE`.
-fn launched_identity(pid: i32) -> Option<Identity> {
-    proc::identity_of(pid).or_else(|| {
-        let stat = proc::stat(pid).ok()?;
-        let (_, uid) = proc::tgid_and_uid(pid).ok()?;
-        Some(Identity {
-            boot_id: proc::boot_id().to_owned(),
-            pid_ns: proc::own_pid_ns(),
-            pid,
-            start_ticks: stat.start_ticks,
-            uid,
-        })
-    })
-}
-
 struct SpawnRequest<'a> {
     command: &'a [String],
     log: Option<&'a Path>,
@@ -565,7 +550,9 @@ fn spawn(
         .map_or_else(|| target.slot.dir().join("broker.log"), Path::to_path_buf);
     let marker = format!("{}/{}", target.workspace_text(), target.slot.name());
     let token = crate::act::launch::new_token()?;
-    let mut child = launch::spawn_broker(
+    // The broker waits in its exec stub until its record is written (see `launch::spawn_broker`): a launcher
+    // killed before that leaves nothing running, and one killed after it leaves a recorded broker.
+    let pending = launch::spawn_broker(
         request.command,
         &launch::BrokerLaunch {
             cwd: &target.cwd,
@@ -575,25 +562,13 @@ fn spawn(
             lineage: &token,
         },
     )?;
-    let pid = i32::try_from(child.id()).context("pid out of range")?;
-    let exited = request
-        .wait
-        .and_then(|wait| exited_within(&mut child, wait));
-    let identity = exited.is_none().then(|| launched_identity(pid)).flatten();
-    let Some(identity) = identity else {
-        let status = status_text(exited.or_else(|| child.try_wait().ok().flatten()));
-        target.store.log.record(
-            &target
-                .event("spawn", "failed")
-                .pid(pid)
-                .detail(format!("exited at once ({status})")),
-        );
-        anyhow::bail!(
-            "broker `{}` (pid {pid}) exited at once ({status}); see {}",
-            request.command.join(" "),
-            log.display()
-        );
-    };
+    let pid = i32::try_from(pending.id()).context("pid out of range")?;
+    let identity = proc::identity_of(pid).with_context(|| {
+        format!(
+            "broker `{}` (pid {pid}) vanished before it started",
+            request.command.join(" ")
+        )
+    })?;
     let mut record = target.new_record(Adopted {
         command: request.command.to_vec(),
         identity,
@@ -608,20 +583,51 @@ fn spawn(
             record.owners.push(carried);
         }
     }
-    let detail = record.command.join(" ");
-    let recorded = target.record_broker(&guard, &record, owner, ("spawn", "started"), detail);
-    if recorded.is_err() {
-        // A broker no record knows would run on unowned (a full disk, a failed write): stop it now.
-        abandon(&record);
+    // Dropped without `go` on a failed write (a full disk): the stub exits and nothing runs unowned.
+    guard.write(&record)?;
+    let started = pending.go().and_then(|mut child| {
+        match request
+            .wait
+            .and_then(|wait| exited_within(&mut child, wait))
+        {
+            Some(status) => Err(exited_at_once(
+                target,
+                request,
+                (pid, &log),
+                &status_text(Some(status)),
+            )),
+            None => Ok(()),
+        }
+    });
+    if let Err(err) = started {
+        // Nothing runs: the record goes (the slot is as if no broker had been started). Should that fail, the
+        // record names a gone process: `STALE` in status, pruned by the next sweep. The spawn's error is the news.
+        let _ = guard.clear();
+        return Err(err);
     }
-    recorded
+    let detail = record.command.join(" ");
+    target.record_broker(&guard, &record, owner, ("spawn", "started"), detail)
 }
 
-/// SIGKILLs a broker we just started and could not record, with its group, through its verified identity.
-fn abandon(record: &BrokerRecord) {
-    if let crate::act::signal::Target::Live(handle) = Guard::new().target(&record.identity) {
-        let _ = handle.signal_group(crate::act::signal::Sig::Kill);
-    }
+/// Logs and says that a new broker exited within its `--wait`.
+fn exited_at_once(
+    target: &SlotTarget,
+    request: &SpawnRequest<'_>,
+    (pid, log): (i32, &Path),
+    status: &str,
+) -> anyhow::Error {
+    executor::note(
+        &target.store,
+        target
+            .event("spawn", "failed")
+            .pid(pid)
+            .detail(format!("exited at once ({status})")),
+    );
+    anyhow::anyhow!(
+        "broker `{}` (pid {pid}) exited at once ({status}); see {}",
+        request.command.join(" "),
+        log.display()
+    )
 }
 
 /// A live broker running another command than the one asked for is not joined: bad input naming the fix, unless
@@ -758,8 +764,9 @@ fn register(
     target.recheck_owner(owner)?;
     if let Some(record) = target.live_broker(&guard, OnCorrupt::Refuse)? {
         if !record.identity.is_same_process(&identity) {
-            target.store.log.record(
-                &target
+            executor::note(
+                &target.store,
+                target
                     .event("refuse", "refused")
                     .pid(pid)
                     .detail(format!("slot has live broker {}", record.identity.pid)),

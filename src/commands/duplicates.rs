@@ -6,11 +6,9 @@ use std::collections::HashSet;
 
 use serde::Serialize;
 
-use crate::act::stopper;
 use crate::decide::resume;
 use crate::model::record::{Identity, SessionRecord, StopTicket};
 use crate::observe::proc;
-use crate::store::events::Reason;
 
 /// One session's writers: the one kept and those to stop.
 #[derive(Clone, Debug, Serialize)]
@@ -38,13 +36,18 @@ pub(crate) fn choose(writers: &[Identity]) -> Option<(&Identity, Vec<&Identity>)
 
 /// The duplicate writers of the live sessions, with tickets for all but the newest of each (never this process
 /// or one of its ancestors).
-pub(crate) fn find(sessions: &[SessionRecord]) -> Vec<Duplicates> {
-    let snapshot = proc::scan_cmdlines(crate::model::deadline::Deadline::far());
+pub(crate) fn find(
+    sessions: &[SessionRecord],
+    deadline: crate::model::deadline::Deadline,
+) -> Vec<Duplicates> {
+    let snapshot = proc::scan_cmdlines(deadline);
     let live: Vec<&SessionRecord> = sessions
         .iter()
         .filter(|record| !record.is_ended())
         .collect();
     let protected: HashSet<i32> = proc::self_and_ancestors();
+    let (now, host) = (crate::model::clock::now_rfc3339(), proc::host_name());
+    let stamp = (now.as_str(), host.as_str());
     resume::duplicate_writers(&snapshot, live)
         .into_iter()
         .filter_map(|(session, pids)| {
@@ -59,17 +62,7 @@ pub(crate) fn find(sessions: &[SessionRecord]) -> Vec<Duplicates> {
                 .collect();
             let tickets: Vec<StopTicket> = others
                 .iter()
-                .map(|identity| {
-                    let mut ticket = stopper::new_ticket(
-                        (*identity).clone(),
-                        None,
-                        Reason::Manual.as_str(),
-                        stopper::DEFAULT_GRACE_MS,
-                        "duplicate-writer".to_owned(),
-                    );
-                    ticket.session = Some(session.clone());
-                    ticket
-                })
+                .map(|identity| resume::duplicate_ticket((*identity).clone(), &session, stamp))
                 .collect();
             (!tickets.is_empty()).then(|| Duplicates {
                 session,

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde_json::Value;
 
+use crate::act::executor;
 use crate::act::finisher;
 use crate::act::signal::Guard;
 use crate::agents::{self, Agent};
@@ -263,7 +264,8 @@ struct Hooked<'a> {
 /// commands through the agent's env file. A session already recorded under another agent (Cursor or Copilot running
 /// Claude's hook files as well as their own) stays that agent's: the second start is logged, not re-keyed.
 fn session_start(store: &Store, hooked: &Hooked) -> anyhow::Result<()> {
-    let (before, record) = store.sessions.update(
+    let (before, record) = executor::update_session(
+        store,
         &hooked.session,
         hooked.deadline.less(EXIT_MARGIN),
         |current| {
@@ -291,8 +293,9 @@ fn session_start(store: &Store, hooked: &Hooked) -> anyhow::Result<()> {
     let first_agent = before.map(|record| record.agent);
     let agent = hooked.agent.map_or("unknown", Agent::as_str);
     let again = first_agent.filter(|first| !first.is_empty() && first != agent);
-    store.log.record(
-        &Event::new(
+    executor::note(
+        store,
+        Event::new(
             "session_start",
             if again.is_some() {
                 "duplicate"
@@ -312,7 +315,9 @@ fn session_start(store: &Store, hooked: &Hooked) -> anyhow::Result<()> {
     );
     export_session_id(&hooked.session)?;
     match agent_identity {
-        Some(agent) if hooked.args.sentinel => crate::act::sentinel::start(store, &agent, None),
+        Some(agent) if hooked.args.sentinel => {
+            crate::act::sentinel::start(store, &agent, None, &hooked.args.codex.words())
+        }
         _ => Ok(()),
     }
 }
@@ -330,12 +335,17 @@ fn refuse_unknown_event(store: &Store, session: &SessionId, event: &str) -> anyh
 }
 
 fn touch_session(store: &Store, hooked: &Hooked) -> anyhow::Result<()> {
-    store.sessions.update(
+    executor::update_session(
+        store,
         &hooked.session,
         hooked.deadline.less(EXIT_MARGIN),
         |current| Ok(Some(refreshed(current.cloned(), hooked, false))),
     )?;
-    crate::act::leftovers::record_descendants(store, &hooked.session)
+    crate::act::leftovers::record_descendants(
+        store,
+        &hooked.session,
+        hooked.deadline.less(EXIT_MARGIN),
+    )
 }
 
 /// A session record refreshed from a payload. `starting` clears an earlier end (`--resume` of an ended session).
@@ -433,6 +443,7 @@ fn session_end(store: &Store, hooked: &Hooked, deadline: Deadline) -> anyhow::Re
         &hooked.session,
         payload.reason.as_deref(),
         hooked.args.agent_exit_wait,
+        codex,
     )?;
     if let Some(problem) = report.problems.first() {
         anyhow::bail!("session {}: {problem}", hooked.session);

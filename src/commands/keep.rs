@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use anyhow::Context;
 use serde_json::json;
 
+use crate::act::executor;
 use crate::act::leftovers;
 use crate::config::{Config, KeepRequest};
 use crate::error::{Outcome, bad_input};
@@ -89,8 +90,9 @@ fn mark(pid: i32, config: &Config, json: bool) -> anyhow::Result<Outcome> {
         }
     }
     let descendants = marked.len().saturating_sub(1);
-    store.log.record(
-        &Event::new("keep", "kept")
+    executor::note(
+        &store,
+        Event::new("keep", "kept")
             .pid(pid)
             .detail(format!("and {descendants} descendant(s)")),
     );

@@ -53,7 +53,11 @@ pub(crate) fn status_view(store: &Store, live: &[SessionRecord]) -> Vec<SessionV
     let table = leftovers::observed_since(live)
         .map(Table::observe)
         .unwrap_or_default();
-    let found = leftovers::discover_in(store, &table, live);
+    let claimed = crate::adapters::claimed(
+        &crate::adapters::codex_plugin::Discovery::default(),
+        crate::model::deadline::Deadline::far(),
+    );
+    let found = leftovers::discover_in(store, &table, live, &claimed);
     live.iter()
         .map(|record| {
             let agent = record.agent_identity.as_ref();

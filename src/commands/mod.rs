@@ -26,12 +26,11 @@ use crate::act::signal::Guard;
 use crate::act::stopper::{Listener, Stopper};
 use crate::store::Store;
 
-/// The stopper every command uses: progress lines for a person waiting, and the adapters told of each confirmed
-/// stop (they clean their tool's files only then).
+/// The stopper every command uses: progress lines for a person waiting (an adapter's files named in a ticket are
+/// cleaned by the stopper's executor once the exit is confirmed).
 pub(crate) fn stopper(store: &Store, guard: Guard) -> Stopper {
     Stopper::of(store, guard).telling(Listener {
         progress: Some(term::progress),
-        stopped: Some(crate::adapters::after_stop),
     })
 }
 

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use crate::act::executor::{self, Mode};
 use crate::act::finisher;
 use crate::act::signal::Guard;
 use crate::act::stopper::{StopOutcome, StopReport};
@@ -13,6 +14,7 @@ use crate::config::{Config, ReapRequest, ReapTarget};
 use crate::error::Outcome;
 use crate::model::deadline::Deadline;
 use crate::model::name::SessionId;
+use crate::model::plan::{Change, Plan};
 use crate::store::Store;
 use crate::store::slot::LOCK_WAIT;
 
@@ -56,8 +58,10 @@ pub(crate) fn run(request: &ReapRequest, config: &Config) -> anyhow::Result<Outc
             )
         })
         .collect();
+    // The adapters claim their brokers first: a broker another tool shares is never one session's leftover.
+    let claimed = crate::adapters::claimed(&request.codex, overall);
     let (leftovers, leftover_tickets) =
-        crate::act::leftovers::for_reap(&store, &sessions, request.dry_run);
+        crate::act::leftovers::for_reap(&store, &sessions, &claimed, request.dry_run);
     let tickets: Vec<_> = reports
         .iter()
         .flat_map(|report| report.tickets.clone())
@@ -70,7 +74,7 @@ pub(crate) fn run(request: &ReapRequest, config: &Config) -> anyhow::Result<Outc
             .deadline
             .or(all.then_some(DRAIN_DEADLINE))
             .map_or_else(
-                || longest_stop(&tickets),
+                || crate::act::stopper::longest_stop(&tickets),
                 |deadline| Deadline::at(started).later(deadline),
             );
         let stops = crate::commands::stopper(&store, guard).run(tickets.clone(), deadline);
@@ -130,15 +134,6 @@ fn live_sessions(store: &Store) -> Vec<SessionId> {
         .filter(|record| !record.is_ended())
         .filter_map(|record| SessionId::parse(&record.session_id).ok())
         .collect()
-}
-
-/// Long enough for every ticket's whole cascade.
-fn longest_stop(tickets: &[crate::model::record::StopTicket]) -> Deadline {
-    tickets
-        .iter()
-        .map(crate::act::stopper::foreground_deadline)
-        .max()
-        .unwrap_or_else(Deadline::now)
 }
 
 fn print_human(
@@ -202,15 +197,19 @@ fn print_human(
 
 /// `reap --duplicates`: all but the newest writer of each live session are stopped, each by its identity.
 fn duplicates(request: &ReapRequest, store: &Store) -> anyhow::Result<Outcome> {
-    let found = crate::commands::duplicates::find(&store.sessions.all());
+    let deadline = request.deadline.map_or_else(Deadline::far, Deadline::after);
+    let found = crate::commands::duplicates::find(&store.sessions.all(), deadline);
     let tickets: Vec<_> = found.iter().flat_map(|d| d.tickets.clone()).collect();
     let stops = if request.dry_run {
         Vec::new()
     } else {
-        for ticket in &tickets {
-            store.tickets.file(ticket)?;
+        let plan = Plan(tickets.iter().cloned().map(Change::Stop).collect());
+        let applied = executor::execute(store, plan, Mode::Apply);
+        if let Some((_, err)) = applied.failed.into_iter().next() {
+            return Err(err);
         }
-        crate::commands::stopper(store, Guard::new()).run(tickets.clone(), longest_stop(&tickets))
+        crate::commands::stopper(store, Guard::new())
+            .run(tickets.clone(), crate::act::stopper::longest_stop(&tickets))
     };
     if request.json {
         let value = json!({ "dry_run": request.dry_run, "duplicates": found, "stops": stops });

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use crate::act::executor;
 use crate::act::finisher;
 use crate::act::leftovers;
 use crate::act::signal::Guard;
@@ -23,6 +24,7 @@ use crate::store::Store;
 use crate::store::events::{Event, Reason};
 
 use crate::act::sentinel::{DIR, LOCK_WAIT, lock_path};
+use crate::adapters::codex_plugin::Discovery;
 
 /// The sentinel's own entry point, taken before the command-line parser is built: the exact words `start` writes
 /// (`--state-dir ROOT sentinel --pid P --start-ticks T [--within Nms]`) are read by hand, so that a process that
@@ -30,7 +32,7 @@ use crate::act::sentinel::{DIR, LOCK_WAIT, lock_path};
 /// shape (a person typing `sentinel`) is `None` and goes through the parser. Returns the exit code.
 pub(crate) fn entry(args: &[std::ffi::OsString]) -> Option<u8> {
     let words: Vec<&str> = args.iter().map(|arg| arg.to_str()).collect::<Option<_>>()?;
-    let (root, agent, within) = match words.as_slice() {
+    let (root, agent, within, codex) = match words.as_slice() {
         [
             "--state-dir",
             root,
@@ -41,13 +43,16 @@ pub(crate) fn entry(args: &[std::ffi::OsString]) -> Option<u8> {
             start,
             rest @ ..,
         ] => {
-            let within = match rest {
-                [] => None,
-                ["--within", millis] => Some(Duration::from_millis(
-                    millis.strip_suffix("ms")?.parse().ok()?,
-                )),
-                _ => return None,
+            let (within, rest) = match rest {
+                ["--within", millis, rest @ ..] => (
+                    Some(Duration::from_millis(
+                        millis.strip_suffix("ms")?.parse().ok()?,
+                    )),
+                    rest,
+                ),
+                rest => (None, rest),
             };
+            let codex = Discovery::from_words(rest)?;
             let agent = Identity {
                 boot_id: proc::boot_id().to_owned(),
                 pid_ns: proc::own_pid_ns(),
@@ -55,7 +60,7 @@ pub(crate) fn entry(args: &[std::ffi::OsString]) -> Option<u8> {
                 start_ticks: start.parse().ok()?,
                 uid: rustix::process::getuid().as_raw(),
             };
-            (*root, agent, within)
+            (*root, agent, within, codex)
         }
         _ => return None,
     };
@@ -63,7 +68,7 @@ pub(crate) fn entry(args: &[std::ffi::OsString]) -> Option<u8> {
     let outcome = crate::store::root::resolve_root(Some(std::path::Path::new(root)))
         .and_then(|root| Store::open_for(&root, true))
         .and_then(|store| match store {
-            Some(store) => run(&store, &agent, within),
+            Some(store) => run(&store, &agent, within, &codex),
             None => Ok(Outcome::Done),
         });
     Some(match outcome {
@@ -77,6 +82,7 @@ pub(crate) fn run(
     store: &Store,
     agent: &Identity,
     within: Option<Duration>,
+    codex: &Discovery,
 ) -> anyhow::Result<Outcome> {
     // The root as it was when this sentinel started: one deleted or renamed before its watch is set is noticed.
     let root = root_key(store);
@@ -95,7 +101,10 @@ pub(crate) fn run(
     // The cgroup its SessionStart planned (off the agent's clock).
     crate::act::cgroup::adopt_recorded(store, agent);
     let watched = match wait_for_exit(store, agent, within, root)? {
-        Waited::AgentGone => agent_gone(store, agent),
+        Waited::AgentGone => {
+            let _world = crate::observe::World::enter();
+            agent_gone(store, agent, codex)
+        }
         Waited::RootGone | Waited::TimedOut => Ok(Outcome::Done),
     };
     // The lock file goes with the sentinel (the state root may be gone already).
@@ -261,7 +270,7 @@ fn watch_root(store: &Store) -> Option<OwnedFd> {
     match watch {
         Ok(fd) => Some(fd),
         Err(err) => {
-            store.log.record(&Event::new("sentinel", "degraded").detail(format!(
+            executor::note(store, Event::new("sentinel", "degraded").detail(format!(
                 "no inotify watch on the state root ({err}): looking every {}s whether it still exists",
                 ROOT_CHECK.as_secs()
             )));
@@ -287,16 +296,19 @@ fn drain(watch: &OwnedFd) {
 
 /// A pidfd that is known to name `agent` (identity checked after opening), `None` when it is gone already.
 fn open_pidfd(agent: &Identity) -> Option<OwnedFd> {
-    let pid = rustix::process::Pid::from_raw(agent.pid)?;
-    let fd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()?;
+    let fd = crate::act::pidfd::open(agent.pid)?;
     proc::is_alive(agent).then_some(fd)
 }
 
 /// The agent-gone work: end the agent's sessions still live, stop their (and its ended sessions') leftovers.
-pub(crate) fn agent_gone(store: &Store, agent: &Identity) -> anyhow::Result<Outcome> {
+pub(crate) fn agent_gone(
+    store: &Store,
+    agent: &Identity,
+    codex: &Discovery,
+) -> anyhow::Result<Outcome> {
     let guard = Guard::new();
-    let tickets = end_sessions_of(store, &guard, agent, Reason::AgentGone);
-    let outcome = run_stops(store, guard, tickets, agent);
+    let tickets = end_sessions_of(store, &guard, agent, Reason::AgentGone, codex);
+    let outcome = run_stops(store, guard, tickets, agent, codex);
     crate::act::cgroup::tidy(store);
     outcome
 }
@@ -307,6 +319,7 @@ pub(crate) fn end_sessions_of(
     guard: &Guard,
     agent: &Identity,
     reason: Reason,
+    codex: &Discovery,
 ) -> Vec<StopTicket> {
     let mut tickets = Vec::new();
     for record in leftovers::sessions_of(store, agent) {
@@ -322,8 +335,8 @@ pub(crate) fn end_sessions_of(
             agent_reason: None,
             seen: None,
             dry_run: false,
-            // The hook's default places (its environment is the sentinel's, less the session variables).
-            codex: crate::adapters::codex_plugin::Discovery::default(),
+            // Where the hook was told to look (its environment is the sentinel's, less the session variables).
+            codex: codex.clone(),
         };
         let report = session_end::end_session(
             store,
@@ -343,16 +356,18 @@ fn run_stops(
     guard: Guard,
     mut tickets: Vec<StopTicket>,
     agent: &Identity,
+    codex: &Discovery,
 ) -> anyhow::Result<Outcome> {
-    tickets.extend(leftovers::stop_leftovers_of(store, agent, false));
+    // The adapters claim their brokers first: a broker another tool shares is never one session's leftover.
+    let claimed = crate::adapters::claimed(
+        codex,
+        crate::model::deadline::Deadline::after(crate::store::slot::LOCK_WAIT),
+    );
+    tickets.extend(leftovers::stop_leftovers_of(store, agent, &claimed, false));
     if tickets.is_empty() {
         return Ok(Outcome::Done);
     }
-    let deadline = tickets
-        .iter()
-        .map(crate::act::stopper::foreground_deadline)
-        .max()
-        .unwrap_or_else(crate::model::deadline::Deadline::now);
+    let deadline = crate::act::stopper::longest_stop(&tickets);
     let stops = crate::commands::stopper(store, guard).run(tickets, deadline);
     if stops.iter().any(|stop| {
         matches!(
@@ -360,8 +375,9 @@ fn run_stops(
             crate::act::stopper::StopOutcome::Pending { .. }
         )
     }) {
-        store.log.record(
-            &Event::new("sentinel", "handed_on")
+        executor::note(
+            store,
+            Event::new("sentinel", "handed_on")
                 .pid(agent.pid)
                 .detail("stops still running: the finisher completes them"),
         );
@@ -377,6 +393,7 @@ pub(crate) fn at_session_end(
     session: &SessionId,
     agent_reason: Option<&str>,
     wait: Duration,
+    codex: &Discovery,
 ) -> anyhow::Result<()> {
     if crate::model::leftover::agent_continues(agent_reason) {
         return Ok(());
@@ -389,7 +406,7 @@ pub(crate) fn at_session_end(
         return Ok(());
     };
     if proc::is_alive(&agent) && !crate::act::sentinel::is_running(store, &agent) {
-        crate::act::sentinel::start(store, &agent, Some(wait))?;
+        crate::act::sentinel::start(store, &agent, Some(wait), &codex.words())?;
     }
     Ok(())
 }

@@ -9,12 +9,12 @@ use serde::Serialize;
 
 use crate::act::executor::{self, Mode};
 use crate::act::signal::Guard;
-use crate::act::stopper;
 use crate::decide::resume;
 use crate::decide::{self, SlotChange};
 use crate::model::clock;
 use crate::model::deadline::Deadline;
 use crate::model::name::SessionId;
+use crate::model::plan::{Change, Plan};
 use crate::model::record::{BrokerRecord, Identity, SessionRecord, StopTicket};
 use crate::observe::proc;
 use crate::store::Store;
@@ -154,13 +154,15 @@ pub(crate) fn end_session(
             Ok(change) => report.note(&label, change, mode),
             Err(err) => {
                 report.problems.push(format!("{label}: {err:#}"));
-                if mode == Mode::Apply {
-                    store.log.record(
-                        &Event::new("error", "failed")
+                executor::execute(
+                    store,
+                    Plan::of(Change::Note(
+                        Event::planned("error", "failed")
                             .session(Some(session))
                             .detail(format!("{err:#}")),
-                    );
-                }
+                    )),
+                    mode,
+                );
             }
         }
     }
@@ -183,14 +185,11 @@ pub(crate) fn end_session(
     report.codex_plugin.extend(found.actions);
     report.tickets.extend(found.tickets);
     report.problems.extend(found.problems);
-    if !ending.dry_run {
-        store.log.record(
-            &Event::new("session_end", "ended")
-                .reason(&ending.reason)
-                .session(Some(session))
-                .detail(ending.agent_reason.clone().unwrap_or_default()),
-        );
-    }
+    let ended = Event::planned("session_end", "ended")
+        .reason(&ending.reason)
+        .session(Some(session))
+        .detail(ending.agent_reason.clone().unwrap_or_default());
+    executor::execute(store, Plan::of(Change::Note(ended)), mode);
     report
 }
 
@@ -229,7 +228,7 @@ fn mark_ended(
         return Ok((current.clone(), current));
     }
     let now = clock::now_rfc3339();
-    store.sessions.update(&ending.session, deadline, |current| {
+    executor::update_session(store, &ending.session, deadline, |current| {
         let mut record = current.cloned().unwrap_or_else(|| {
             let mut fresh = SessionRecord::new(ending.session.as_str(), proc::host_name(), &now);
             // Never seen before: what it may own is not indexed, so its end visits every slot.
@@ -284,28 +283,31 @@ fn file_resume_orphans(
         .into_iter()
         .filter(|pid| !protected.contains(pid));
     let resumes = |argv: &[String]| resume::resumes(argv, ending.session.as_str(), title);
+    let (now, host) = (clock::now_rfc3339(), proc::host_name());
+    let mut plan = Plan::default();
+    let mut argvs = std::collections::HashMap::new();
     for (identity, argv) in crate::observe::lineage::confirm_by_argv(candidates, resumes) {
-        let pid = identity.pid;
         if guard.check(&identity).is_err() {
             continue;
         }
-        let mut ticket = stopper::new_ticket(
-            identity,
-            None,
-            Reason::ResumeOrphan.as_str(),
-            stopper::DEFAULT_GRACE_MS,
-            "resume-orphan".to_owned(),
-        );
-        ticket.session = Some(ending.session.as_str().to_owned());
-        if !ending.dry_run
-            && let Err(err) = store.tickets.file(&ticket)
-        {
+        argvs.insert(identity.pid, argv);
+        let ticket = resume::orphan_ticket(identity, ending.session.as_str(), (&now, &host));
+        plan.push(Change::Stop(ticket));
+    }
+    let applied = executor::execute(store, plan, Mode::dry(ending.dry_run));
+    for (change, err) in &applied.failed {
+        if let Change::Stop(ticket) = change {
+            let pid = ticket.identity.pid;
             report
                 .problems
                 .push(format!("resume orphan {pid}: {err:#}"));
-            continue;
         }
-        report.resume_orphans.push((pid, argv));
+    }
+    for ticket in applied.tickets() {
+        let pid = ticket.identity.pid;
+        report
+            .resume_orphans
+            .push((pid, argvs.remove(&pid).unwrap_or_default()));
         report.tickets.push(ticket);
     }
 }

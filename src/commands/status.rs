@@ -47,7 +47,7 @@ fn add_members(slots: &mut [SlotStatus], tickets: &mut [TicketStatus], finisher_
                 .map(|t| t.ticket.identity.pid),
         )
         .collect();
-    let processes = proc::observe(&leaders);
+    let processes = proc::observe(&leaders, crate::model::deadline::Deadline::far()).0;
     let liveness = proc::Liveness::default();
     for slot in slots {
         let record = &slot.record;

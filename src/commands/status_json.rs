@@ -109,7 +109,7 @@ pub(crate) fn print(
             _ => None,
         })
         .collect();
-    let processes = proc::observe(&leaders);
+    let processes = proc::observe(&leaders, crate::model::deadline::Deadline::far()).0;
     let gathered = RefCell::new(unreadable);
     // A live broker named by many slots is described once (its members' argv and memory are read once).
     let mut described: HashMap<(i32, u64, Option<String>), Vec<Member>> = HashMap::new();

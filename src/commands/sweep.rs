@@ -21,6 +21,7 @@ use crate::error::Outcome;
 use crate::model::clock;
 use crate::model::deadline::Deadline;
 use crate::model::name::SessionId;
+use crate::model::plan::{Change, Plan};
 use crate::model::record::{BrokerRecord, SessionRecord, StopTicket};
 use crate::observe::proc::{self, Liveness};
 use crate::store::Store;
@@ -95,7 +96,9 @@ pub(crate) fn run(args: &SweepRequest, config: &Config) -> anyhow::Result<Outcom
         judged: Known::default(),
     };
     sweep.end_crashed_sessions();
-    for ticket in crate::act::leftovers::for_sweep(&store, args.dry_run) {
+    // The adapters claim their brokers first: a broker another tool shares is never one session's leftover.
+    let claimed = crate::adapters::claimed(&args.codex, Deadline::far());
+    for ticket in crate::act::leftovers::for_sweep(&store, &claimed, args.dry_run) {
         let what = ticket.argv.as_deref().unwrap_or_default().join(" ");
         let pid = Some(ticket.identity.pid);
         sweep.act("stop", Some(Reason::Leftover), what, pid, "stop");
@@ -275,9 +278,7 @@ impl Sweep<'_> {
             for (session, label) in unindexed {
                 if let Ok(id) = SessionId::parse(&session)
                     && let Err(err) =
-                        self.store
-                            .sessions
-                            .index_slot(&id, &label, Deadline::after(LOCK_WAIT))
+                        executor::index_slot(self.store, &id, &label, Deadline::after(LOCK_WAIT))
                 {
                     self.problems
                         .push(format!("indexing {label} for {session}: {err:#}"));
@@ -329,7 +330,7 @@ impl Sweep<'_> {
     fn stop_unrecorded(&mut self) {
         let root = self.store.root.path().to_string_lossy().into_owned();
         // Processes first, then records: a broker recorded or handed to a ticket meanwhile is known.
-        let snapshot = proc::observe(&HashSet::new());
+        let snapshot = proc::observe(&HashSet::new(), Deadline::far()).0;
         // What the slots named as they were judged, before this snapshot: a process no judged record, ticket or
         // unreadable slot knows is only a candidate; the records are read again (now, after the snapshot) before
         // any is called lost. With no candidate, no second pass over the slots.
@@ -340,46 +341,38 @@ impl Sweep<'_> {
             return;
         }
         let known = crate::observe::lineage::known_to(self.store, &self.tickets);
+        let (now, host) = (clock::now_rfc3339(), proc::host_name());
         for lost in crate::decide::lineage::unrecorded(&snapshot, &known, &root) {
             let pid = lost.leader.pid;
-            let (identity, marker) = (lost.leader, lost.marker);
             // Gone since the snapshot (a stop whose ticket closed before the tickets were read): nobody's loss.
-            if self.guard.check(&identity).is_err() || !proc::is_alive(&identity) {
+            if self.guard.check(&lost.leader).is_err() || !proc::is_alive(&lost.leader) {
                 continue;
             }
             // The slot may be mid-spawn (child started, record not yet written): its lock says so.
-            if !self.policy.dry_run && self.being_recorded(&lost.token, &marker) {
+            if !self.policy.dry_run && self.being_recorded(&lost.token, &lost.marker) {
                 continue;
             }
-            let group = (lost.pgid == pid).then_some(pid);
-            let mut ticket = stopper::new_ticket(
-                identity,
-                group,
-                Reason::Unrecorded.as_str(),
-                stopper::DEFAULT_GRACE_MS,
-                "unrecorded".into(),
-            );
-            ticket.lineage = Some(lost.token);
+            let ticket = lost.ticket((&now, &host));
             // Already filed (a directory scan can miss a ticket being rewritten by its stopper): known.
             if self.store.tickets.path_of(&ticket).exists() {
                 continue;
             }
-            // The marker is `<workspace>/<name>`: the event names the slot as a recorded broker's would.
-            match marker.rsplit_once('/') {
-                Some((workspace, name)) => {
-                    ticket.workspace = Some(workspace.to_owned());
-                    ticket.name = Some(name.to_owned());
-                }
-                None => ticket.workspace = Some(marker.clone()),
-            }
-            self.act("stop", Some(Reason::Unrecorded), marker, Some(pid), "stop");
-            if !self.policy.dry_run
-                && let Err(err) = self.store.tickets.file(&ticket)
-            {
+            self.act(
+                "stop",
+                Some(Reason::Unrecorded),
+                lost.marker.clone(),
+                Some(pid),
+                "stop",
+            );
+            let applied = executor::execute(
+                self.store,
+                Plan::of(Change::Stop(ticket)),
+                Mode::dry(self.policy.dry_run),
+            );
+            for (_, err) in &applied.failed {
                 self.problems.push(format!("unrecorded {pid}: {err:#}"));
-                continue;
             }
-            self.tickets.push(ticket);
+            self.tickets.extend(applied.tickets());
         }
     }
 
@@ -419,17 +412,18 @@ impl Sweep<'_> {
                 None,
                 &format!("report pids {}", list.join(", ")),
             );
-            if !self.policy.dry_run {
-                self.store.log.record(
-                    &Event::new("duplicate_writers", "reported")
-                        .session(Some(&session))
-                        .detail(format!(
-                            "{} processes resume this session: pids {}",
-                            pids.len(),
-                            list.join(", ")
-                        )),
-                );
-            }
+            let report = Event::planned("duplicate_writers", "reported")
+                .session(Some(&session))
+                .detail(format!(
+                    "{} processes resume this session: pids {}",
+                    pids.len(),
+                    list.join(", ")
+                ));
+            executor::execute(
+                self.store,
+                Plan::of(Change::Report(report)),
+                Mode::dry(self.policy.dry_run),
+            );
         }
     }
 
@@ -476,7 +470,7 @@ impl Sweep<'_> {
             }
             return Ok(Vec::new());
         }
-        let mut all = self.store.tickets.pending(&self.store.log);
+        let mut all = executor::pending(self.store);
         let filed: HashSet<String> = all
             .iter()
             .map(|t| StopTicket::file_name(&t.identity))

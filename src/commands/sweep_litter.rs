@@ -4,6 +4,7 @@
 
 use std::time::SystemTime;
 
+use crate::act::executor;
 use crate::commands::sweep::SweepAction;
 use crate::model::bounded;
 use crate::store::Store;
@@ -48,8 +49,9 @@ pub(crate) fn at_sweep(store: &Store, dry_run: bool) -> Litter {
         removed.push(shown);
     }
     if !removed.is_empty() && !dry_run {
-        store.log.record(
-            &Event::new("clean", "removed").detail(bounded::capped(format!(
+        executor::note(
+            store,
+            Event::new("clean", "removed").detail(bounded::capped(format!(
                 "{} temp file(s) of interrupted writes (older than {}) removed: {}",
                 removed.len(),
                 humantime::format_duration(temps::LEFT_BEHIND_AFTER),

@@ -6,8 +6,11 @@ use std::collections::{HashMap, HashSet};
 use serde::Serialize;
 
 use crate::decide::belonging;
+use crate::model::event::Event;
 use crate::model::leftover::{Policy, SessionFacts};
-use crate::model::record::Identity;
+use crate::model::plan::{Change, Plan};
+use crate::model::reason::Reason;
+use crate::model::record::{DEFAULT_GRACE_MS, Identity, StopTicket};
 use crate::observe::table::{Observed, Table};
 
 /// One session's question: which processes are its leftovers?
@@ -28,6 +31,8 @@ pub(crate) struct Query<'a> {
     pub kept: &'a [Identity],
     /// The processes the session's cgroup holds (DESIGN "Containment"): its own whatever their environment says.
     pub contained: &'a [Identity],
+    /// What the adapters claim (another tool's brokers, which that tool shares between sessions): never a leftover.
+    pub claimed: &'a [Identity],
 }
 
 /// One leftover and how it was known to be the session's.
@@ -93,9 +98,13 @@ pub(crate) fn find_with_spared(table: &Table, query: &Query<'_>) -> (Vec<Leftove
     let mut reached: Vec<Leftover> = Vec::new();
     for chosen in &found {
         for identity in belonging::stop_reach_in(table, &children, &chosen.identity, &[], &spare) {
+            let claimed = query
+                .claimed
+                .iter()
+                .any(|claimed| claimed.is_same_process(&identity));
             if let Some(p) = table
                 .get(identity.pid)
-                .filter(|_| !query.protected.contains(&identity.pid))
+                .filter(|_| !claimed && !query.protected.contains(&identity.pid))
                 .filter(|_| listed.insert(identity.pid))
             {
                 reached.push(leftover(p, "descendant of a leftover"));
@@ -123,7 +132,8 @@ fn matches(
         && !belonging::is_live_agent(&p.identity, query.live_agents)
         && !p.keep
         && !p.broker
-        && !p.is_agent_worker();
+        && !p.is_agent_worker()
+        && !query.claimed.iter().any(|claimed| p.is(claimed));
     if !eligible {
         return None;
     }
@@ -191,6 +201,60 @@ pub(crate) struct Found {
     pub spared: Vec<Leftover>,
 }
 
+/// The stop ticket of one leftover: the process alone (its children are leftovers of their own), default grace;
+/// `stamp` is when and on which host it is filed.
+pub(crate) fn ticket_for(session: &str, leftover: &Leftover, stamp: (&str, &str)) -> StopTicket {
+    let mut ticket = StopTicket::new(
+        leftover.identity.clone(),
+        None,
+        Reason::Leftover.as_str(),
+        DEFAULT_GRACE_MS,
+        "leftover".to_owned(),
+        stamp,
+    );
+    ticket.session = Some(session.to_owned());
+    ticket.argv = Some(leftover.argv.clone());
+    ticket.rss_kib = Some(leftover.rss_kib);
+    ticket
+}
+
+/// What the leftovers found ask for, as each session's policy says: a stop for each leftover under `stop`, a
+/// report for each under `report`, and a report for each spared carrier (reported, never stopped).
+pub(crate) fn plan(found: &[Found], stamp: (&str, &str)) -> Plan {
+    let mut plan = Plan::default();
+    for found in found {
+        let session = Some(found.session.as_str());
+        for spared in &found.spared {
+            let mut event = Event::planned("leftover", "spared")
+                .reason(&Reason::Leftover)
+                .session(session)
+                .pid(spared.pid)
+                .detail(format!("{}: reported, never stopped", spared.via));
+            event.argv = Some(spared.argv.clone());
+            plan.push(Change::Report(event));
+        }
+        for leftover in &found.leftovers {
+            match found.policy {
+                Policy::Stop => {
+                    plan.push(Change::Stop(ticket_for(&found.session, leftover, stamp)));
+                }
+                Policy::Report => {
+                    let mut event = Event::planned("leftover", "reported")
+                        .reason(&Reason::Leftover)
+                        .session(session)
+                        .pid(leftover.pid)
+                        .detail(format!("via {}; policy report: left running", leftover.via));
+                    event.argv = Some(leftover.argv.clone());
+                    event.rss_kib = Some(leftover.rss_kib);
+                    plan.push(Change::Report(event));
+                }
+                Policy::Off => {}
+            }
+        }
+    }
+    plan
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -199,6 +263,55 @@ pub(crate) mod tests {
     use crate::observe::table::{read_environ, rss_kib_of};
 
     const SESSION: &str = "s-1";
+
+    fn found(policy: Policy) -> Found {
+        let leftover = |pid: i32, via: &'static str| Leftover {
+            pid,
+            identity: identity(pid, 50),
+            argv: vec!["sleep".into(), "600".into()],
+            rss_kib: 300,
+            via,
+        };
+        Found {
+            session: SESSION.into(),
+            policy,
+            leftovers: vec![leftover(41, "descendant")],
+            spared: vec![leftover(42, "tmux server")],
+        }
+    }
+
+    #[test]
+    fn a_plan_stops_or_reports_as_the_policy_says_and_always_reports_the_spared() {
+        let stamp = ("2026-01-02T00:00:00Z", "host-a");
+        let stop = plan(&[found(Policy::Stop)], stamp);
+        let [Change::Report(spared), Change::Stop(ticket)] = stop.0.as_slice() else {
+            panic!("{stop:?}");
+        };
+        assert_eq!(
+            (spared.action.as_str(), spared.result.as_str()),
+            ("leftover", "spared")
+        );
+        assert_eq!(spared.pid, Some(42));
+        assert!(spared.ts.is_empty(), "stamped when applied, not decided");
+        assert_eq!(ticket.identity.pid, 41);
+        assert_eq!(ticket.reason, "leftover");
+        assert_eq!(ticket.session.as_deref(), Some(SESSION));
+        assert_eq!(
+            (ticket.host.as_str(), ticket.rss_kib),
+            ("host-a", Some(300))
+        );
+        let report = plan(&[found(Policy::Report)], stamp);
+        let [Change::Report(_), Change::Report(reported)] = report.0.as_slice() else {
+            panic!("{report:?}");
+        };
+        assert_eq!(reported.result, "reported");
+        assert_eq!(reported.rss_kib, Some(300));
+        assert_eq!(
+            plan(&[found(Policy::Off)], stamp).0.len(),
+            1,
+            "only the spared"
+        );
+    }
 
     pub(crate) fn identity(pid: i32, start_ticks: u64) -> Identity {
         Identity {
@@ -274,6 +387,7 @@ pub(crate) mod tests {
                 protected: &self.protected,
                 kept: &self.kept,
                 contained: &[],
+                claimed: &[],
             };
             find(&self.table, &query)
                 .into_iter()

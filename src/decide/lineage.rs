@@ -6,7 +6,8 @@
 use std::collections::HashSet;
 
 use crate::model::host::Host;
-use crate::model::record::{BrokerRecord, Identity};
+use crate::model::reason::Reason;
+use crate::model::record::{BrokerRecord, DEFAULT_GRACE_MS, Identity, StopTicket};
 use crate::observe::Observed;
 
 /// The members of a broker in `snapshot`, not counting the leader itself: processes of the leader's uid and boot,
@@ -120,6 +121,32 @@ pub(crate) fn unrecorded(snapshot: &[Observed], known: &Known, state_root: &str)
 /// The pids of every broker's members in `snapshot`: processes marked with `SESSION_REAPER_BROKER`, carrying a
 /// lineage token a record knows, recorded as a broker, or in the group or session of a recorded broker that is in
 /// the snapshot (alive). Their owners decide them: they are never anyone's leftovers.
+impl Lost {
+    /// The stop ticket of this unrecorded broker (reason `unrecorded`): its group when it leads one, its lineage
+    /// token, and the slot its marker (`<workspace>/<name>`) names, so that its event names the slot as a recorded
+    /// broker's would. `stamp` is when and on which host it is filed.
+    pub(crate) fn ticket(&self, stamp: (&str, &str)) -> StopTicket {
+        let pid = self.leader.pid;
+        let mut ticket = StopTicket::new(
+            self.leader.clone(),
+            (self.pgid == pid).then_some(pid),
+            Reason::Unrecorded.as_str(),
+            DEFAULT_GRACE_MS,
+            "unrecorded".into(),
+            stamp,
+        );
+        ticket.lineage = Some(self.token.clone());
+        match self.marker.rsplit_once('/') {
+            Some((workspace, name)) => {
+                ticket.workspace = Some(workspace.to_owned());
+                ticket.name = Some(name.to_owned());
+            }
+            None => ticket.workspace = Some(self.marker.clone()),
+        }
+        ticket
+    }
+}
+
 #[cfg(test)]
 pub(crate) fn member_pids(snapshot: &[Observed], records: &[BrokerRecord]) -> HashSet<i32> {
     let tokens: HashSet<&str> = records

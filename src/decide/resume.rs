@@ -3,7 +3,8 @@
 
 use std::collections::HashSet;
 
-use crate::model::record::SessionRecord;
+use crate::model::reason::Reason;
+use crate::model::record::{DEFAULT_GRACE_MS, Identity, SessionRecord, StopTicket};
 
 use crate::model::marker::AGENT_WORKER_FLAGS;
 
@@ -68,6 +69,46 @@ pub(crate) fn duplicate_writers<'a>(
             (pids.len() >= 2).then(|| (record.session_id.clone(), pids))
         })
         .collect()
+}
+
+/// The stop ticket of a process that resumes the ended `session` (reason `resume_orphan`); `stamp` is when and on
+/// which host it is filed.
+pub(crate) fn orphan_ticket(identity: Identity, session: &str, stamp: (&str, &str)) -> StopTicket {
+    writer_ticket(
+        identity,
+        session,
+        Reason::ResumeOrphan,
+        "resume-orphan",
+        stamp,
+    )
+}
+
+/// The stop ticket of a duplicate `--resume` writer of the live `session` (reason `manual`: a person asked).
+pub(crate) fn duplicate_ticket(
+    identity: Identity,
+    session: &str,
+    stamp: (&str, &str),
+) -> StopTicket {
+    writer_ticket(identity, session, Reason::Manual, "duplicate-writer", stamp)
+}
+
+fn writer_ticket(
+    identity: Identity,
+    session: &str,
+    reason: Reason,
+    origin: &str,
+    stamp: (&str, &str),
+) -> StopTicket {
+    let mut ticket = StopTicket::new(
+        identity,
+        None,
+        reason.as_str(),
+        DEFAULT_GRACE_MS,
+        origin.to_owned(),
+        stamp,
+    );
+    ticket.session = Some(session.to_owned());
+    ticket
 }
 
 #[cfg(test)]

@@ -7,7 +7,9 @@ pub(crate) mod mcp;
 pub(crate) mod proc;
 pub(crate) mod table;
 pub(crate) mod workspace;
+pub(crate) mod world;
 
 #[cfg(test)]
 pub(crate) use proc::Markers;
 pub(crate) use proc::{Ancestor, Observed};
+pub(crate) use world::World;

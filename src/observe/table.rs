@@ -8,6 +8,7 @@ use crate::model::leftover::KEEP_VARIABLE;
 
 use crate::model::record::Identity;
 use crate::observe::proc;
+use crate::observe::world::ProcFile;
 
 /// One process as observed.
 #[derive(Clone, Debug, Default)]
@@ -191,19 +192,17 @@ impl Table {
         );
         wanted.retain(|pid| self.procs.get(pid).is_some_and(|p| !p.detailed));
         for pid in wanted {
-            let argv = proc::cmdline(pid).unwrap_or_default();
+            let Some(p) = self.procs.get_mut(&pid) else {
+                continue;
+            };
+            let argv = proc::cmdline_of(pid, p.identity.start_ticks).unwrap_or_default();
             let again = proc::stat(pid).ok();
-            match self.procs.get_mut(&pid) {
-                Some(p)
-                    if again.is_some_and(|again| {
-                        again.start_ticks == p.identity.start_ticks && again.state != 'Z'
-                    }) =>
-                {
-                    p.argv = argv;
-                }
-                _ => {
-                    self.procs.remove(&pid);
-                }
+            if again.is_some_and(|again| {
+                again.start_ticks == p.identity.start_ticks && again.state != 'Z'
+            }) {
+                p.argv = argv;
+            } else {
+                self.procs.remove(&pid);
             }
         }
     }
@@ -301,11 +300,11 @@ fn observe_one(pid: i32, wanted: impl Fn(&proc::ProcStat) -> bool, uid: u32) -> 
     if detail
         && let Ok(meta) = std::fs::metadata(format!("/proc/{pid}"))
         && std::os::unix::fs::MetadataExt::uid(&meta) == uid
-        && let Ok(environ) = proc::read_proc_file(pid, "environ")
+        && let Ok(environ) = proc::file_of(pid, stat.start_ticks, ProcFile::Environ)
     {
         read_environ(&mut observed, &environ);
         observed.identity.uid = uid;
-        observed.rss_kib = proc::read_proc_file(pid, "statm")
+        observed.rss_kib = proc::file_of(pid, stat.start_ticks, ProcFile::Statm)
             .map_or(0, |statm| rss_kib_of(&String::from_utf8_lossy(&statm)));
         observed.argv = proc::cmdline(pid).unwrap_or_default();
         observed.detailed = true;

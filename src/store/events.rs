@@ -4,9 +4,6 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use serde::{Deserialize, Serialize};
-
-use crate::model::clock;
 use crate::store::lock;
 use crate::store::root::{EVENTS, StateRoot};
 
@@ -14,75 +11,8 @@ const ROTATE_AT: u64 = 1024 * 1024;
 /// The largest log file `log` reads: far above what rotation lets one grow to.
 const READ_LIMIT: u64 = 64 * ROTATE_AT;
 
+pub(crate) use crate::model::event::Event;
 pub(crate) use crate::model::reason::Reason;
-
-/// One line of `events.jsonl`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub(crate) struct Event {
-    pub ts: String,
-    pub action: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub session: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub workspace: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pid: Option<i32>,
-    pub result: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
-    /// The argv of a stopped process that no record named (a leftover).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub argv: Option<Vec<String>>,
-    /// The memory (RSS, KiB) a stopped process held when it was found.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rss_kib: Option<u64>,
-}
-
-impl Event {
-    pub(crate) fn new(action: &str, result: &str) -> Self {
-        Event {
-            ts: clock::now_rfc3339(),
-            action: action.to_owned(),
-            result: result.to_owned(),
-            ..Event::default()
-        }
-    }
-
-    #[must_use]
-    pub(crate) fn reason(mut self, reason: &impl ToString) -> Self {
-        self.reason = Some(reason.to_string());
-        self
-    }
-
-    #[must_use]
-    pub(crate) fn session(mut self, session: Option<&str>) -> Self {
-        self.session = session.map(str::to_owned);
-        self
-    }
-
-    #[must_use]
-    pub(crate) fn slot(mut self, workspace: &str, name: &str) -> Self {
-        self.workspace = Some(workspace.to_owned());
-        self.name = Some(name.to_owned());
-        self
-    }
-
-    #[must_use]
-    pub(crate) fn pid(mut self, pid: i32) -> Self {
-        self.pid = Some(pid);
-        self
-    }
-
-    #[must_use]
-    pub(crate) fn detail(mut self, detail: impl Into<String>) -> Self {
-        self.detail = Some(detail.into());
-        self
-    }
-}
 
 /// The audit log of one state root.
 #[derive(Clone, Debug)]

@@ -46,7 +46,7 @@ impl Store {
         let log = EventLog::new(&root);
         Store {
             tickets: Tickets::new(&root),
-            sessions: Sessions::new(&root, log.clone()),
+            sessions: Sessions::new(&root),
             log,
             root,
         }

@@ -9,7 +9,7 @@ use crate::error::bad_input;
 use crate::model::deadline::Deadline;
 use crate::model::name::SessionId;
 use crate::model::record::{self, Parsed, SessionRecord};
-use crate::store::events::{Event, EventLog};
+use crate::store::events::Event;
 use crate::store::lock;
 use crate::store::root::{self, SESSIONS, StateRoot};
 use crate::store::slot::Unreadable;
@@ -37,15 +37,11 @@ impl SessionView {
 #[derive(Clone, Debug)]
 pub(crate) struct Sessions {
     root: StateRoot,
-    log: EventLog,
 }
 
 impl Sessions {
-    pub(crate) fn new(root: &StateRoot, log: EventLog) -> Self {
-        Sessions {
-            root: root.clone(),
-            log,
-        }
+    pub(crate) fn new(root: &StateRoot) -> Self {
+        Sessions { root: root.clone() }
     }
 
     fn path(&self, id: &SessionId) -> PathBuf {
@@ -88,13 +84,14 @@ impl Sessions {
     }
 
     /// Changes one session record under its lock; `change` gets the record as it is (`None` if there is none) and
-    /// returns the new one, or `None` to leave it as is. A corrupt record is moved aside (and logged) first; one
-    /// that is refused as it stands (a newer version, not a regular file) fails the update. Returns the record
-    /// before and after.
+    /// returns the new one, or `None` to leave it as is. A corrupt record is moved aside first (`moved_aside` says
+    /// so, for the caller's executor to log: `act::executor::update_session`); one that is refused as it stands (a
+    /// newer version, not a regular file) fails the update. Returns the record before and after.
     pub(crate) fn update(
         &self,
         id: &SessionId,
         deadline: Deadline,
+        moved_aside: &mut Option<Event>,
         change: impl FnOnce(Option<&SessionRecord>) -> anyhow::Result<Option<SessionRecord>>,
     ) -> anyhow::Result<(Option<SessionRecord>, Option<SessionRecord>)> {
         let _lock = lock::lock(&self.root, &self.lock_path(id), deadline)
@@ -104,8 +101,8 @@ impl Sessions {
             SessionView::Record(record) => Some(record),
             SessionView::Unreadable(unreadable) if unreadable.corrupt => {
                 let moved_to = root::quarantine(&self.path(id))?;
-                self.log.record(
-                    &Event::new("corrupt", "moved_aside")
+                *moved_aside = Some(
+                    Event::new("corrupt", "moved_aside")
                         .session(Some(id.as_str()))
                         .detail(format!(
                             "{}; moved aside to {}",
@@ -137,15 +134,16 @@ impl Sessions {
     /// lock), the slot enters the session's index under the session's lock — refused if the session has ended.
     /// A session's end marks it ended under the same lock and then visits exactly the indexed slots, so an attach
     /// is either refused here, or indexed before the end reads the index (the end then finds and removes the owner,
-    /// or the attach's re-check under the slot lock sees the end and refuses).
+    /// or the attach's re-check under the slot lock sees the end and refuses). `moved_aside` as for `update`.
     pub(crate) fn index_slot(
         &self,
         id: &SessionId,
         slot: &str,
         deadline: Deadline,
+        moved_aside: &mut Option<Event>,
     ) -> anyhow::Result<()> {
         let host = root::host_name();
-        self.update(id, deadline, |current| {
+        self.update(id, deadline, moved_aside, |current| {
             if let Some(record) = current.filter(|record| record.is_ended()) {
                 return Err(bad_input(format!(
                     "session {id} ended at {}: it cannot own a broker",

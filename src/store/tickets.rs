@@ -8,7 +8,7 @@ use anyhow::Context;
 
 use crate::error::bad_input;
 use crate::model::record::{self, Parsed, StopTicket};
-use crate::store::events::{Event, EventLog};
+use crate::store::events::Event;
 use crate::store::lock::{self, LockGuard};
 use crate::store::root::{self, STOPPING, StateRoot};
 use crate::store::slot::Unreadable;
@@ -188,11 +188,13 @@ impl Tickets {
         removed
     }
 
-    /// Every pending ticket, for a run that drives them. A corrupt one is moved aside and reported in the log; one
-    /// that is refused as it stands is reported and left.
-    pub(crate) fn pending(&self, log: &EventLog) -> Vec<StopTicket> {
+    /// Every pending ticket, for a run that drives them, and the events of what else was found: a corrupt one is
+    /// moved aside, one that is refused as it stands is left (`act::executor::pending` logs them).
+    pub(crate) fn pending(&self) -> (Vec<StopTicket>, Vec<Event>) {
         let host = root::host_name();
-        self.scan()
+        let mut found = Vec::new();
+        let tickets = self
+            .scan()
             .into_iter()
             .filter_map(|(path, view)| match view {
                 TicketView::Ticket(ticket) => self.at_its_name(&path, ticket, &host),
@@ -203,15 +205,16 @@ impl Tickets {
                         }
                         Err(err) => format!("{}: {err:#}", unreadable.why),
                     };
-                    log.record(&Event::new("corrupt", "moved_aside").detail(detail));
+                    found.push(Event::new("corrupt", "moved_aside").detail(detail));
                     None
                 }
                 TicketView::Unreadable(unreadable) => {
-                    log.record(&Event::new("refuse", "refused").detail(unreadable.why));
+                    found.push(Event::new("refuse", "refused").detail(unreadable.why));
                     None
                 }
             })
-            .collect()
+            .collect();
+        (tickets, found)
     }
 }
 
@@ -259,7 +262,15 @@ mod tests {
             start_ticks: 7,
             uid: 0,
         };
-        let ticket = crate::act::stopper::new_ticket(identity, None, "manual", 100, "test".into());
+        let stamp = (crate::model::clock::now_rfc3339(), root::host_name());
+        let ticket = StopTicket::new(
+            identity,
+            None,
+            "manual",
+            100,
+            "test".into(),
+            (&stamp.0, &stamp.1),
+        );
         (temp, Tickets::new(&root), ticket)
     }
 

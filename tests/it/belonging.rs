@@ -18,16 +18,6 @@ use crate::test_cgroup::TestCgroup;
 /// How long "still running later" is watched for: long enough for a sentinel, a finisher and a grace to act.
 const LATER: Duration = Duration::from_secs(3);
 
-fn session_record(env: &Env, session: &str) -> Option<Value> {
-    let path = env
-        .state_dir()
-        .join("sessions")
-        .join(format!("{session}.json"));
-    std::fs::read(path)
-        .ok()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-}
-
 /// Every one of `procs` still runs after `LATER`, and at every look on the way.
 fn all_run_later(procs: &[(&str, Proc)]) -> Result<(), String> {
     let until = Instant::now() + LATER;
@@ -103,7 +93,9 @@ fn a_setsid_daemon_running_session_start_gets_no_agent_powers() {
     for (tag, flags) in [("plain", vec![]), ("narrowed", vec!["--agent", "gemini"])] {
         let session = fresh_session("bl-daemon");
         let workers = daemon_runs_the_hook(&mut env, &session, &flags, tag);
-        let record = session_record(&env, &session).expect("the session is recorded");
+        let record = env
+            .session_record(&session)
+            .expect("the session is recorded");
         assert!(
             record["agent_identity"].is_null(),
             "{tag}: a daemon is no agent: {record}"
@@ -125,6 +117,57 @@ fn a_setsid_daemon_running_session_start_gets_no_agent_powers() {
         assert!(sweep.status.success(), "{}", stderr(&sweep));
         all_run_later(&workers).unwrap_or_else(|err| panic!("{tag} after a sweep: {err}"));
     }
+}
+
+/// An agent the agents table does not know runs its `SessionStart` hook through a launcher that forks (the hook runs
+/// in the launcher's child, the launcher waits and exits): neither the launcher nor the unknown agent is taken as
+/// the session's agent, so the launcher's exit ends nothing and the agent and its worker run on.
+#[test]
+fn a_forking_launcher_under_an_unknown_agent_is_never_taken_as_the_agent() {
+    let mut env = Env::new();
+    let session = fresh_session("bl-launcher");
+    let agent = named_python(&env, "mycoder");
+    let launcher = named_python(&env, "hooklauncher");
+    let script = r#"
+import json, os, subprocess, sys, time
+binary, state, session, launcher, tag = sys.argv[1:6]
+worker = subprocess.Popen(["sleep", "600"])
+open(tag + ".worker", "w").write(str(worker.pid))
+fork = "import os, subprocess, sys\npid = os.fork()\nif pid == 0:\n    subprocess.run(sys.argv[1:], input=sys.stdin.buffer.read(), timeout=60)\n    os._exit(0)\nos.waitpid(pid, 0)\n"
+payload = json.dumps({"session_id": session, "hook_event_name": "SessionStart", "cwd": os.getcwd(), "source": "startup"})
+subprocess.run([launcher, "-c", fork, binary, "--state-dir", state, "hook", "--deadline", "10s"], input=payload.encode(), timeout=60)
+open(tag + ".agent", "w").write(str(os.getpid()))
+time.sleep(600)
+"#;
+    let mut command = Command::new(&agent);
+    command
+        .args(["-c", script, BIN])
+        .arg(env.state_dir())
+        .args([
+            &session,
+            &launcher.to_string_lossy().into_owned(),
+            &env.work_path("scene"),
+        ])
+        .current_dir(env.work.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    scrub_env(&mut command);
+    env.spawn(command);
+    let worker = planted(&mut env, "scene.worker");
+    let agent = planted(&mut env, "scene.agent");
+    let record = env
+        .session_record(&session)
+        .expect("the session is recorded");
+    assert!(
+        record["agent_identity"].is_null(),
+        "neither the launcher nor an unknown agent is the agent: {record}"
+    );
+    assert!(sentinels_of(env.state_dir()).is_empty(), "no sentinel");
+    let scene = [("the unknown agent", agent), ("its worker", worker)];
+    all_run_later(&scene).unwrap();
+    let sweep = env.run(&["sweep"]);
+    assert!(sweep.status.success(), "{}", stderr(&sweep));
+    all_run_later(&scene).unwrap_or_else(|err| panic!("after a sweep: {err}"));
 }
 
 /// A hook run by a script where every ancestor up to pid 1 is a shell, a wrapper or some other program — here
@@ -169,7 +212,8 @@ fn a_hook_under_shells_up_to_init_in_a_pid_namespace_has_no_agent() {
         stderr(&out)
     );
     for (index, session) in sessions.iter().enumerate() {
-        let record = session_record(&env, session)
+        let record = env
+            .session_record(session)
             .unwrap_or_else(|| panic!("hook {index} recorded no session: {}", stderr(&out)));
         assert!(
             record["agent_identity"].is_null(),
@@ -249,6 +293,31 @@ fn a_leftovers_stop_never_reaches_a_kept_member_of_its_group() {
     assert!(leader.gone_within(PATIENCE), "the leader is a leftover");
     assert!(member.gone_within(PATIENCE), "its plain child is one too");
     all_run_later(&[("kept member", kept)]).unwrap();
+}
+
+/// A leftover whose child was marked with `keep --pid` after it started: the stop's walk of the leftover's tree
+/// honours the mark as discovery does — the leader stops, the marked child (and what it started) runs on.
+#[test]
+fn a_leftovers_stop_never_reaches_a_child_marked_with_keep_pid() {
+    let mut env = Env::new();
+    let session = fresh_session("bl-keep-pid");
+    let mut agent = env.fake_agent(&session, "CLAUDE_CODE_SESSION_ID", &["--agent", "claude"]);
+    agent.order("start");
+    agent.order(&format!(
+        "run (setsid sh -c 'echo $$ > {}; sh -c \"sleep 600 & echo \\$! > {}; wait\" & echo $! > {}; wait' &)",
+        env.work_path("leader.pid"),
+        env.work_path("grandchild.pid"),
+        env.work_path("marked.pid"),
+    ));
+    let leader = env.planted("leader.pid");
+    let marked = env.planted("marked.pid");
+    let below = env.planted("grandchild.pid");
+    let out = env.run(&["keep", "--pid", &marked.pid.to_string()]);
+    assert!(out.status.success(), "keep --pid: {}", stderr(&out));
+    agent.exit();
+    assert!(leader.gone_within(PATIENCE), "the leader is a leftover");
+    all_run_later(&[("the marked child", marked), ("what it started", below)])
+        .unwrap_or_else(|err| panic!("{err}: {:#?}", env.events()));
 }
 
 fn group_of(proc: Proc) -> i32 {
@@ -340,7 +409,7 @@ fn a_crash_then_a_resume_by_another_agent_keeps_the_crashed_agents_leftovers_sto
     crashed.kill();
     let mut resumed = env.fake_agent(&session, "CLAUDE_CODE_SESSION_ID", &flags);
     resumed.order("start");
-    let record = session_record(&env, &session).unwrap();
+    let record = env.session_record(&session).unwrap();
     assert_eq!(record["agent_identity"]["pid"], resumed.proc.pid);
     let earlier = record["leftovers"]["earlier_agents"]
         .as_array()
@@ -622,7 +691,9 @@ fn tmux_scene(cgroup: Option<&TestCgroup>) {
         .find(|proc| *proc != dev)
         .expect("the user's window");
     let (t_agent, t_tools) = second_agent_in_a_window(&mut env, &socket, &t_session);
-    let record = session_record(&env, &t_session).expect("T's session is recorded");
+    let record = env
+        .session_record(&t_session)
+        .expect("T's session is recorded");
     assert_eq!(record["agent_identity"]["pid"], t_agent.pid, "{record}");
     // While S lives, `status` shows the server as S's carrier spared, not as a leftover-to-be.
     let status = env.status();
@@ -647,7 +718,8 @@ fn tmux_scene(cgroup: Option<&TestCgroup>) {
     s_agent.exit();
     // S's sentinel does its work: S's session ends.
     assert!(
-        wait_until(PATIENCE, || session_record(&env, &s_session)
+        wait_until(PATIENCE, || env
+            .session_record(&s_session)
             .is_some_and(|record| record["ended_at"].is_string())),
         "S's session ends once S is gone"
     );
@@ -839,7 +911,8 @@ fn a_tmux_server_with_an_attached_client_is_never_stopped() {
     );
     agent.exit();
     assert!(
-        wait_until(PATIENCE, || session_record(&env, &session)
+        wait_until(PATIENCE, || env
+            .session_record(&session)
             .is_some_and(|record| record["ended_at"].is_string())),
         "the session ends once its agent is gone"
     );

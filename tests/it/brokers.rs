@@ -71,12 +71,7 @@ fn proc_of(record: &Value) -> Proc {
 }
 
 fn owners(record: &Value) -> BTreeSet<String> {
-    record["owners"]
-        .as_array()
-        .expect("owners is an array")
-        .iter()
-        .map(|owner| owner["session"].as_str().expect("owner.session").to_owned())
-        .collect()
+    crate::harness::owners(record).into_iter().collect()
 }
 
 fn set(ids: &[&str]) -> BTreeSet<String> {
@@ -1537,4 +1532,238 @@ fn walk_broker_json(state: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     found
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// A killed launcher (issue 18): the broker waits in an exec stub of ours until its record is written
+// ---------------------------------------------------------------------------------------------------------------
+
+/// The processes of this test's state root (brokers and their exec stubs, by their environment mark) that no slot
+/// records: what a killed launcher must never leave running.
+fn unrecorded_brokers(env: &Env) -> Vec<Proc> {
+    let recorded: Vec<Proc> = env.records().values().map(proc_of).collect();
+    crate::harness::marked_with_state_root(env.state_dir())
+        .into_iter()
+        .filter(|proc| !recorded.contains(proc))
+        .collect()
+}
+
+/// Polls until no broker of the state root runs unrecorded; panics, naming them, if one still does at `PATIENCE`.
+fn assert_none_unrecorded(env: &Env, case: &str) {
+    if !wait_until(PATIENCE, || unrecorded_brokers(env).is_empty()) {
+        let left: Vec<String> = unrecorded_brokers(env)
+            .iter()
+            .map(|proc| {
+                let argv = std::fs::read(format!("/proc/{}/cmdline", proc.pid)).unwrap_or_default();
+                format!(
+                    "{} `{}`",
+                    proc.pid,
+                    String::from_utf8_lossy(&argv).replace('\0', " ")
+                )
+            })
+            .collect();
+        panic!("{case}: brokers run unrecorded: {left:?}");
+    }
+}
+
+/// `broker spawn` killed before it writes the record leaves nothing running: its broker waits in the exec stub,
+/// which reads EOF when the launcher dies and exits without running the command. The launcher runs under
+/// `RLIMIT_FSIZE` 0 on an existing state root, so the kernel kills it (SIGXFSZ) at its first file write — the
+/// record's — exactly: the same death as a SIGKILL at that point, without a race to win.
+#[test]
+fn a_launcher_killed_before_the_record_leaves_no_broker_running() {
+    let mut env = Env::new();
+    let ws = env.workspace("unrecorded");
+    assert_ok(&env.run(&["status"]));
+    let started = env.work.path().join("broker-started");
+    let script = format!(": > {}; exec sleep 600", started.display());
+    let mut command = env.cmd(&[
+        "broker",
+        "spawn",
+        "--cwd",
+        text(&ws),
+        "--no-owner",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    // SAFETY: getrlimit/setrlimit are async-signal-safe. No core file either (SIGXFSZ dumps core by default).
+    unsafe {
+        command.pre_exec(|| {
+            for resource in [libc::RLIMIT_FSIZE, libc::RLIMIT_CORE] {
+                let mut limit = std::mem::zeroed::<libc::rlimit>();
+                if libc::getrlimit(resource, &raw mut limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                limit.rlim_cur = 0;
+                if libc::setrlimit(resource, &raw const limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let out = env.run_command(command);
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGXFSZ),
+        "setting up: the launcher must die at its first file write: {:?} {}",
+        out.status,
+        stderr(&out)
+    );
+    assert!(
+        !record_path(&env, &ws).exists(),
+        "setting up: killed before the record"
+    );
+    assert_none_unrecorded(&env, "killed before the record");
+    assert!(
+        !started.exists(),
+        "the broker command never ran: it was not recorded"
+    );
+    // The next spawn in the slot works (the dead launcher's temp file is cleared by its write).
+    let broker = env.spawn_broker(&ws, "next", &["sleep", "600"]);
+    assert!(broker.alive());
+    assert!(temp_files(&env, &ws).is_empty());
+}
+
+/// `broker spawn --wait` killed by SIGKILL while it watches a broker that never exits: the record was written
+/// before the broker ran, so it names the running broker, nothing runs unrecorded, and ending the owning session
+/// stops it.
+#[test]
+fn a_launcher_sigkilled_while_it_waits_leaves_a_recorded_broker_its_session_stops() {
+    let mut env = Env::new();
+    let ws = env.workspace("waited");
+    let session = format!("waiter-{}", std::process::id());
+    let mut command = env.cmd(&[
+        "broker",
+        "spawn",
+        "--wait=600s",
+        "--cwd",
+        text(&ws),
+        "--session",
+        &session,
+        "--",
+        "sh",
+        "-c",
+        "exec sleep 600",
+    ]);
+    command.stdout(Stdio::null()).stderr(Stdio::null());
+    let mut launcher = command.spawn().expect("start broker spawn");
+    // Recorded, then exec'd: the recorded pid runs `sleep` (the stub's pid and start time, kept by the exec).
+    let mut broker = None;
+    let exec_d = wait_until(PATIENCE, || {
+        let Some(record) = std::fs::read(record_path(&env, &ws))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
+        else {
+            return false;
+        };
+        let proc = proc_of(&record);
+        broker = Some(proc);
+        proc.alive() && comm(proc.pid) == "sleep"
+    });
+    assert!(
+        exec_d,
+        "the broker is recorded while its launcher still waits, then runs: {broker:?}"
+    );
+    let broker = broker.unwrap();
+    env.track(broker);
+    assert_eq!(
+        launcher.try_wait().unwrap(),
+        None,
+        "setting up: the launcher is still waiting"
+    );
+    launcher.kill().unwrap(); // our own unreaped child: its pid cannot have been reused
+    assert_eq!(launcher.wait().unwrap().signal(), Some(libc::SIGKILL));
+    assert_none_unrecorded(&env, "SIGKILLed while it waits");
+    assert_eq!(proc_of(&read_record(&env, &ws)), broker);
+    assert_eq!(owners(&read_record(&env, &ws)), set(&[&session]));
+    assert_ok(&env.run(&["reap", "--session", &session]));
+    assert!(
+        broker.gone_within(PATIENCE),
+        "ending the owning session stops the broker"
+    );
+}
+
+/// `broker spawn` killed by SIGKILL at random moments of its life, from before its exec to after its exit: after
+/// each kill, every broker of the state root is recorded (or gone) — never one running unrecorded.
+#[test]
+fn launchers_sigkilled_at_random_moments_never_leave_a_broker_unrecorded() {
+    const ROUNDS: usize = 30;
+    let env = Env::new();
+    let ws = env.workspace("random-kills");
+    let mut rng = Rng::new();
+    let spawn_named = |env: &Env, name: &str| {
+        let mut command = env.cmd(&[
+            "broker",
+            "spawn",
+            "--cwd",
+            text(&ws),
+            "--name",
+            name,
+            "--no-owner",
+            "--",
+            "sleep",
+            "600",
+        ]);
+        command.stdout(Stdio::null()).stderr(Stdio::null());
+        command
+    };
+    // Kill moments spread over a launcher's typical run time, measured here (it varies with the load).
+    let mut runs: Vec<Duration> = (0..5)
+        .map(|round| {
+            let started = Instant::now();
+            assert!(
+                spawn_named(&env, &format!("m{round}"))
+                    .status()
+                    .unwrap()
+                    .success()
+            );
+            started.elapsed()
+        })
+        .collect();
+    runs.sort();
+    let window = runs[runs.len() / 2];
+    let window_us = u64::try_from(window.as_micros()).unwrap().max(1000);
+    let (mut nothing_ran, mut recorded_never_ran, mut recorded_running, mut completed) =
+        (0, 0, 0, 0);
+    for round in 0..ROUNDS {
+        let name = format!("r{round}");
+        let mut launcher = spawn_named(&env, &name)
+            .spawn()
+            .expect("start broker spawn");
+        // The random moment of the kill (not a wait for anything): from before its exec to after its exit.
+        std::thread::sleep(Duration::from_micros(rng.below(window_us)));
+        let _ = launcher.kill(); // our own unreaped child: its pid cannot have been reused
+        let status = launcher.wait().unwrap();
+        assert_none_unrecorded(&env, &format!("round {round} ({status:?})"));
+        let recorded = env
+            .records()
+            .into_values()
+            .find(|record| record["name"] == name.as_str())
+            .map(|record| proc_of(&record));
+        match (status.success(), recorded) {
+            (true, Some(broker)) => {
+                assert!(
+                    broker.alive(),
+                    "round {round}: a completed spawn's broker runs"
+                );
+                completed += 1;
+            }
+            (false, Some(broker)) if broker.alive() => recorded_running += 1,
+            // Killed between the record and `go`: the stub exited, the record names a gone process (`STALE`).
+            (false, Some(_)) => recorded_never_ran += 1,
+            (false, None) => nothing_ran += 1,
+            (true, None) => panic!("round {round}: exited 0 without a record"),
+        }
+        for record in env.records().values() {
+            proc_of(record).kill();
+        }
+    }
+    eprintln!(
+        "{ROUNDS} launchers killed at random (median run {window:?}): {completed} completed, {recorded_running} \
+         killed with their broker recorded and running, {recorded_never_ran} killed between the record and `go` \
+         (nothing ran), {nothing_ran} killed before the record (nothing ran)"
+    );
 }

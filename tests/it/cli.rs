@@ -6,29 +6,8 @@ use std::process::{Command, Output};
 
 use serde_json::{Value, json};
 
+use crate::harness::uuid;
 use crate::harness::{BIN, Env, PATIENCE, Proc, run_bounded, scrub_env, stderr, stdout};
-
-/// A fresh session id in the shape agents use (random, so a process scan can only match what the test planted).
-fn uuid() -> String {
-    use std::io::Read;
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut random| random.read_exact(&mut bytes))
-        .expect("/dev/urandom");
-    let hex: String = bytes.iter().fold(String::new(), |mut hex, byte| {
-        use std::fmt::Write as _;
-        let _ = write!(hex, "{byte:02x}");
-        hex
-    });
-    format!(
-        "{}-{}-4{}-8{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[13..16],
-        &hex[17..20],
-        &hex[20..32]
-    )
-}
 
 /// Records a live session `id` in `cwd` whose agent is `agent` (`SessionStart` through the hook).
 fn start_session(env: &mut Env, id: &str, cwd: &Path, agent: Proc) {
@@ -345,14 +324,16 @@ fn point_5_usage_errors_are_clap_s_with_hints_and_flags_mean_what_help_says() {
     let out = env.run(&["sweep", "--idle-ttl", "0", "--dry-run"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     // In hook mode a usage error exits 0, prints nothing on stdout, and is on stderr and in events.jsonl.
-    let out = env.run_stdin(&["hook", "--agent", "bogus"], b"{}");
-    assert_eq!(code(&out), 0);
-    assert!(out.stdout.is_empty() && stderr(&out).contains("bogus"));
+    let out = crate::hook_test::HookTest::raw(b"{}")
+        .agent("bogus")
+        .logs("hook", Some("error"))
+        .run(&env);
+    assert!(stderr(&out).contains("bogus"), "{}", stderr(&out));
     assert!(
-        env.events()
+        env.events_where("hook", None)
             .iter()
-            .any(|event| event["action"] == "hook" && event.to_string().contains("bogus")),
-        "the hook's usage error is not in events.jsonl"
+            .any(|event| event.to_string().contains("bogus")),
+        "the hook's usage error names the input in events.jsonl"
     );
 }
 

@@ -14,6 +14,7 @@ use crate::harness::{
     BrokerMode, Env, PATIENCE, PluginBroker, Proc, plugin_script, run_bounded, stderr, stdout,
     wait_until,
 };
+use crate::hook_test::HookTest;
 use crate::sweep::unique_id;
 
 /// The plugin's spawn window (`SPAWN_WINDOW`) and a margin: an unlisted broker younger than that is not judged.
@@ -29,21 +30,10 @@ fn codex_flag(env: &Env) -> [String; 2] {
 /// Runs a hook as an agent does, looking at this test's plugin state; it must keep its contract.
 fn hook(env: &mut Env, event: &str, session: &str, cwd: &Path, extra: &[&str]) -> Output {
     let flag = codex_flag(env);
-    let mut args = vec![
-        "hook",
-        "--agent",
-        "claude",
-        flag[0].as_str(),
-        flag[1].as_str(),
-    ];
-    args.extend_from_slice(extra);
-    let payload = json!({"session_id": session, "hook_event_name": event, "cwd": cwd}).to_string();
-    let out = env.run_stdin(&args, payload.as_bytes());
-    assert!(
-        out.status.success() && out.stdout.is_empty(),
-        "{event} hook broke its contract: {out:?}"
-    );
-    out
+    HookTest::new(event, session, cwd)
+        .args(&[flag[0].as_str(), flag[1].as_str()])
+        .args(extra)
+        .run(env)
 }
 
 /// A live session: an agent process (a sleeper the test owns) recorded by `SessionStart`.
@@ -567,13 +557,9 @@ fn status_and_doctor_find_the_plugin_in_claude_codes_plugin_data_and_the_tmpdir(
 #[test]
 fn no_codex_leaves_the_plugins_brokers_alone_and_a_bad_codex_state_is_refused() {
     let (mut env, ws, session, broker) = one_session("cxp-off", BrokerMode::Answers);
-    let payload =
-        json!({"session_id": session, "hook_event_name": "SessionEnd", "cwd": ws}).to_string();
-    let out = env.run_stdin(
-        &["hook", "--agent", "claude", "--no-codex"],
-        payload.as_bytes(),
-    );
-    assert!(out.status.success() && out.stdout.is_empty(), "{out:?}");
+    HookTest::new("SessionEnd", &session, &ws)
+        .args(&["--no-codex"])
+        .run(&env);
     assert_alive(&broker, "--no-codex");
 
     let missing = env.work.path().join("no-such-dir");
@@ -909,4 +895,51 @@ fn many_sessions_racing_for_one_workspace_and_ending_at_once_beside_sweeps_leave
     );
     assert_alive(&kept, "a live session's broker in another workspace");
     assert!(kept.broker_json.exists());
+}
+
+/// Adapters claim their brokers before leftover discovery does (DESIGN "Adapters"): a plugin broker that carries its
+/// first session's variable and still works for another live session is never stopped as the first session's
+/// leftover once that session's agent is gone — the adapter keeps it, and stops it when its job is done.
+#[test]
+fn a_shared_plugin_broker_carrying_one_sessions_variable_is_never_that_sessions_leftover() {
+    let mut env = Env::new();
+    let ws = env.workspace("app");
+    let (owner, other) = (unique_id("cxp-claim"), unique_id("cxp-claim-other"));
+    let owner_agent = start(&mut env, &owner, &ws);
+    start(&mut env, &other, &ws);
+    // The companion runs inside the owner's shell tool: the broker inherits the owner's session variable.
+    let data = env.plugin_data();
+    let mut companion = env.companion(&ws, &owner, BrokerMode::Answers, Some(&data));
+    companion.env("CLAUDE_CODE_SESSION_ID", &owner);
+    let broker = env.companion_broker(companion);
+    let state_json = broker.state_dir.join("state.json");
+    let job = json!({"version": 1, "config": {"stopReviewGate": false}, "jobs": [
+        {"id": "task-1", "status": "running", "sessionId": other, "pid": null, "updatedAt": "2026-01-01T00:00:00Z"}
+    ]});
+    std::fs::write(&state_json, job.to_string()).unwrap();
+    // A plain leftover of the owner's tool, beside it: the sweep does stop that one.
+    let mut leftover = Command::new("sleep");
+    leftover.arg("600").env("CLAUDE_CODE_SESSION_ID", &owner);
+    let leftover = env.spawn(leftover);
+
+    // The owner's agent dies with no hook: the sweep ends its session and stops its leftovers.
+    owner_agent.kill();
+    env.reap_children();
+    assert!(
+        owner_agent.gone_within(PATIENCE),
+        "the owner's agent is gone"
+    );
+    let swept = sweep(&mut env);
+    assert!(
+        leftover.gone_within(PATIENCE),
+        "the owner's leftover is stopped: {swept}"
+    );
+    assert_alive(&broker, "a broker the adapter claims is never a leftover");
+    assert!(
+        env.events_where("stop", Some("leftover"))
+            .iter()
+            .all(|event| event["pid"] != broker.proc.pid),
+        "no leftover stop names the plugin's broker: {:?}",
+        env.events()
+    );
 }

@@ -15,6 +15,7 @@ use crate::harness::{
     Env, PATIENCE, Proc, closed_pipe, fresh_id, full_pipe, hold_flocks, measured, run_bounded,
     run_timed, run_timed_into, stderr, stdout, wait_until,
 };
+use crate::hook_test::{self, assert_hook_contract};
 
 /// What a loaded 2-core machine may add to a deadline before a run counts as late: process start, and the fsyncs
 /// of a shared filesystem that other builds and tests keep busy (a thread in fsync delays even `_exit`).
@@ -24,13 +25,9 @@ const RUNS: usize = 20;
 const NO_DELAY: Duration = Duration::ZERO;
 
 fn payload(event: &str, id: &str, cwd: &Path) -> Vec<u8> {
-    serde_json::to_vec(&json!({
-        "session_id": id,
-        "cwd": cwd,
-        "hook_event_name": event,
-        "transcript_path": format!("/home/t/.claude/projects/x/{id}.jsonl"),
-    }))
-    .unwrap()
+    let mut payload = hook_test::payload(event, id, cwd);
+    payload["transcript_path"] = json!(format!("/home/t/.claude/projects/x/{id}.jsonl"));
+    payload.to_string().into_bytes()
 }
 
 /// Runs a hook with `args`, `stdin` after `delay`; asserts it was a good citizen (exit 0, nothing on stdout).
@@ -38,17 +35,7 @@ fn timed_hook(env: &Env, args: &[&str], stdin: &[u8], delay: Duration) -> (Outpu
     let mut words = vec!["hook"];
     words.extend_from_slice(args);
     let (out, elapsed) = run_timed(env.cmd(&words), stdin, delay);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "hook {args:?}: exit status; stderr: {}",
-        stderr(&out)
-    );
-    assert!(
-        out.stdout.is_empty(),
-        "hook {args:?} wrote to stdout: {}",
-        stdout(&out)
-    );
+    assert_hook_contract(&out, &format!("hook {args:?}"));
     (out, elapsed)
 }
 

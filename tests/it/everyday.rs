@@ -273,7 +273,7 @@ fn json_names_a_session_session_everywhere() {
     let ws = env.workspace("app");
     let agent = env.sleeper();
     let session = fresh_session("keys");
-    let payload = crate::harness::hook_payload(&session, "SessionStart", &ws);
+    let payload = crate::hook_test::hook_payload(&session, "SessionStart", &ws);
     let mut hook = env.cmd(&["hook", "--agent", "claude", "--owner-pid"]);
     hook.arg(agent.pid.to_string())
         .env("SESSION_REAPER_SENTINEL", "off")

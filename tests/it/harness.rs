@@ -329,6 +329,25 @@ impl Env {
             .collect()
     }
 
+    /// The session record of `session`, if there is one that parses.
+    pub(crate) fn session_record(&self, session: &str) -> Option<Value> {
+        let path = self.state_dir().join(format!("sessions/{session}.json"));
+        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+    }
+
+    /// The stop tickets on disk (`stopping/*.json`).
+    pub(crate) fn tickets(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.state_dir().join("stopping"))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|entry| entry.path())
+                    .filter(|path| path.extension().is_some_and(|ext| ext == "json"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// `status --json`.
     pub(crate) fn status(&mut self) -> Value {
         let out = self.run(&["status", "--json"]);
@@ -1212,16 +1231,6 @@ pub(crate) fn identity_json(proc: Proc) -> Value {
     })
 }
 
-/// A hook payload for `session` (`event`) in `cwd`.
-pub(crate) fn hook_payload(session: &str, event: &str, cwd: &Path) -> Vec<u8> {
-    serde_json::json!({
-        "session_id": session, "hook_event_name": event, "cwd": cwd,
-        "source": "startup", "reason": "other",
-    })
-    .to_string()
-    .into_bytes()
-}
-
 /// Every path below `root` (directories and files).
 pub(crate) fn walkdir_all(root: &Path) -> Vec<PathBuf> {
     walkdir(root.to_path_buf())
@@ -1233,4 +1242,22 @@ pub(crate) fn unshare_pid_namespace() -> Command {
     let mut command = Command::new("unshare");
     command.args(["--pid", "--fork", "--mount-proc"]);
     command
+}
+
+/// The sessions a broker record names as owners, in its order.
+pub(crate) fn owners(record: &Value) -> Vec<String> {
+    record["owners"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|owner| owner["session"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// A fresh random UUID (the kernel's): a session id no other test or run uses.
+pub(crate) fn uuid() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/uuid")
+        .expect("the kernel's uuid source")
+        .trim()
+        .to_owned()
 }

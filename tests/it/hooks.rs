@@ -15,9 +15,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::harness::owners;
+use crate::harness::uuid;
 use crate::harness::{
     BIN, Env, PATIENCE, Proc, named_python, run_bounded, scrub_env, stderr, stdout, wait_until,
 };
+use crate::hook_test::{self, HookTest, assert_hook_contract};
 
 /// The deadline of tests about what a hook records, not when: room for a loaded 2-core machine (the default, 1 s, is
 /// what the timing tests hold the hook to).
@@ -82,14 +85,6 @@ fn parse(bytes: &[u8]) -> Value {
     serde_json::from_slice(bytes).expect("valid JSON")
 }
 
-/// A fresh id from the kernel, so that no process outside the test can match it.
-fn uuid() -> String {
-    fs::read_to_string("/proc/sys/kernel/random/uuid")
-        .unwrap()
-        .trim()
-        .to_owned()
-}
-
 /// The real python3 (not a shim script), so that planted processes start fast and keep their pid.
 fn python() -> &'static str {
     static PYTHON: OnceLock<String> = OnceLock::new();
@@ -103,42 +98,20 @@ fn python() -> &'static str {
 }
 
 fn payload(event: &str, id: &str, cwd: &Path) -> Value {
-    json!({
-        "session_id": id,
-        "transcript_path": format!("/home/t/.claude/projects/x/{id}.jsonl"),
-        "cwd": cwd,
-        "hook_event_name": event,
-        "source": "startup",
-        "reason": "prompt_input_exit",
-    })
+    let mut payload = hook_test::payload(event, id, cwd);
+    payload["transcript_path"] = json!(format!("/home/t/.claude/projects/x/{id}.jsonl"));
+    payload["source"] = json!("startup");
+    payload["reason"] = json!("prompt_input_exit");
+    payload
 }
 
 fn bytes(value: &Value) -> Vec<u8> {
     serde_json::to_vec(value).unwrap()
 }
 
-/// Asserts what every hook run must do, whatever happened: exit 0 and not one byte on stdout.
-fn assert_good_citizen(out: &Output, what: &str) {
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{what}: hook exit status; stderr: {}",
-        stderr(out)
-    );
-    assert!(
-        out.stdout.is_empty(),
-        "{what}: hook wrote to stdout: {:?}",
-        stdout(out)
-    );
-}
-
 /// Runs `hook ARGS` with `stdin` (then closed) and checks it was a good citizen.
 fn hook(env: &mut Env, args: &[&str], stdin: &[u8]) -> Output {
-    let mut full = vec!["hook"];
-    full.extend_from_slice(args);
-    let out = env.run_stdin(&full, stdin);
-    assert_good_citizen(&out, &format!("hook {args:?}"));
-    out
+    HookTest::raw(stdin).args(args).run(env)
 }
 
 fn start(env: &mut Env, id: &str, cwd: &Path) {
@@ -224,7 +197,7 @@ fn timed_hook(
     drop(watchdog);
     drop(held);
     eprintln!("hook wall time [{label}]: {elapsed:?} (args {args:?})");
-    assert_good_citizen(&out, label);
+    assert_hook_contract(&out, label);
     (out, elapsed)
 }
 
@@ -233,27 +206,6 @@ fn assert_within_deadline(elapsed: Duration, deadline: Duration, label: &str) {
         elapsed < deadline + SLACK,
         "{label}: the hook took {elapsed:?}, past its deadline {deadline:?} + {SLACK:?} slack"
     );
-}
-
-fn session_record(env: &Env, id: &str) -> Option<Value> {
-    fs::read(env.state_dir().join("sessions").join(format!("{id}.json")))
-        .ok()
-        .map(|b| parse(&b))
-}
-
-/// The stop tickets on disk.
-fn tickets(env: &Env) -> Vec<PathBuf> {
-    let Ok(entries) = fs::read_dir(env.state_dir().join("stopping")) else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(Result::ok)
-        .map(|entry| entry.path())
-        .filter(|path| {
-            let name = path.file_name().unwrap().to_string_lossy();
-            name.ends_with(".json") && !name.starts_with('.')
-        })
-        .collect()
 }
 
 /// Every slot directory (`workspaces/<key>/<name>`).
@@ -277,10 +229,10 @@ fn slot_dirs(env: &Env) -> Vec<PathBuf> {
 /// ticket and then logs its stop, so only then are the events final.
 fn settle(env: &Env) {
     assert!(
-        wait_until(PATIENCE, || tickets(env).is_empty()
+        wait_until(PATIENCE, || env.tickets().is_empty()
             && finishers(env).is_empty()),
         "stops settled: tickets {:?}",
-        tickets(env)
+        env.tickets()
     );
 }
 
@@ -513,15 +465,6 @@ fn spawned_by_step(env: &mut Env, step: &Value) -> Value {
     record
 }
 
-fn owners(record: &Value) -> Vec<String> {
-    record["owners"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|owner| owner["session"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 /// A unix socket that accepts connections (or, with `accept` false, never does) and never answers.
 struct SilentListener {
     stop: Arc<AtomicBool>,
@@ -699,8 +642,9 @@ fn every_fixture_payload_records_or_ends_its_session_with_the_agent_detected() {
         }
         let before =
             start.map(|_| json!({"agent_identity": crate::harness::identity_json(run.agent)}));
-        let record =
-            session_record(&env, id).unwrap_or_else(|| panic!("{what}: no session record"));
+        let record = env
+            .session_record(id)
+            .unwrap_or_else(|| panic!("{what}: no session record"));
         assert_eq!(record["version"], 1, "{what}");
         assert_eq!(record["session_id"], id, "{what}");
         assert_eq!(
@@ -739,7 +683,7 @@ fn explicit_agent_flag_wins_over_detection_for_every_fixture() {
         let mut env = Env::new();
         let out = hook(&mut env, &["--agent", flag, "--deadline", ROOMY], &raw);
         assert!(out.stderr.is_empty(), "{dir}/{name}: {}", stderr(&out));
-        let record = session_record(&env, &id).unwrap();
+        let record = env.session_record(&id).unwrap();
         assert_eq!(record["agent"], flag, "{dir}/{name} with --agent {flag}");
     }
 }
@@ -756,9 +700,11 @@ fn codex_payload_with_null_transcript_is_detected_from_the_codex_environment() {
         .env("CODEX_MANAGED_BY_NPM", "1")
         .env("CODEX_ENV_FILE", &env_file);
     let out = run_bounded(command, Some(&bytes(&sent)));
-    assert_good_citizen(&out, "codex hook");
+    assert_hook_contract(&out, "codex hook");
     assert!(out.stderr.is_empty(), "{}", stderr(&out));
-    let record = session_record(&env, sent["session_id"].as_str().unwrap()).unwrap();
+    let record = env
+        .session_record(sent["session_id"].as_str().unwrap())
+        .unwrap();
     assert_eq!(record["agent"], "codex");
     assert!(
         record.get("transcript_path").is_none_or(Value::is_null),
@@ -848,7 +794,7 @@ fn bad_hook_flags(state_dir_flag: bool) {
         };
         command.args(args);
         let out = run_bounded(command, Some(&sent));
-        assert_good_citizen(&out, &format!("hook {args:?}"));
+        assert_hook_contract(&out, &format!("hook {args:?}"));
         assert_eq!(
             stderr(&out).lines().count(),
             1,
@@ -885,8 +831,8 @@ fn payload_followed_by_more_bytes_is_read_as_one_value() {
     input.extend_from_slice(b"\n{\"session_id\": \"other\"} trailing garbage");
     let out = hook(&mut env, &[], &input);
     assert!(out.stderr.is_empty(), "{}", stderr(&out));
-    assert!(session_record(&env, &id).is_some());
-    assert!(session_record(&env, "other").is_none());
+    assert!(env.session_record(&id).is_some());
+    assert!(env.session_record("other").is_none());
 }
 
 #[test]
@@ -895,7 +841,9 @@ fn session_end_of_a_never_started_session_leaves_a_complete_tombstone() {
     let raw = fs::read(payload_dir().join("claude/SessionEnd.other.json")).unwrap();
     let sent = parse(&raw);
     hook(&mut env, &[], &raw);
-    let record = session_record(&env, sent["session_id"].as_str().unwrap()).unwrap();
+    let record = env
+        .session_record(sent["session_id"].as_str().unwrap())
+        .unwrap();
     assert!(record["ended_at"].is_string());
     assert_eq!(record["end_reason"], "other");
     assert_eq!(record["agent"], "claude", "{record}");
@@ -912,14 +860,14 @@ fn other_events_refresh_last_seen_without_ending_the_session() {
     let id = uuid();
     let ws = env.workspace("ws");
     start(&mut env, &id, &ws);
-    let before = session_record(&env, &id).unwrap();
+    let before = env.session_record(&id).unwrap();
     let out = hook(
         &mut env,
         &[],
         &bytes(&payload("UserPromptSubmit", &id, &ws)),
     );
     assert!(out.stderr.is_empty(), "{}", stderr(&out));
-    let after = session_record(&env, &id).unwrap();
+    let after = env.session_record(&id).unwrap();
     assert!(after["ended_at"].is_null());
     assert_eq!(after["started_at"], before["started_at"]);
     assert!(after["last_seen"].as_str() >= before["last_seen"].as_str());
@@ -973,14 +921,14 @@ fn deadline_holds_when_stdin_sends_a_payload_but_never_closes() {
     );
     assert_within_deadline(elapsed, DEADLINE, "start, open stdin");
     assert!(out.stderr.is_empty(), "{}", stderr(&out));
-    assert!(session_record(&env, &id).unwrap()["ended_at"].is_null());
+    assert!(env.session_record(&id).unwrap()["ended_at"].is_null());
     // The /clear case: SessionEnd's stdin is never closed.
     let broker = env.spawn_broker(&ws, &id, &["sleep", "600"]);
     let sent = bytes(&payload("SessionEnd", &id, &ws));
     let (out, elapsed) = timed_hook(&env, &["--deadline", "1s"], &sent, true, "end, open stdin");
     assert_within_deadline(elapsed, DEADLINE, "end, open stdin");
     assert!(out.stderr.is_empty(), "{}", stderr(&out));
-    assert!(session_record(&env, &id).unwrap()["ended_at"].is_string());
+    assert!(env.session_record(&id).unwrap()["ended_at"].is_string());
     assert!(broker.gone_within(PATIENCE), "the broker was stopped");
 }
 
@@ -1071,7 +1019,7 @@ fn deadline_holds_when_slot_lock_is_held_forever() {
         "the record is untouched"
     );
     assert!(
-        session_record(&env, &id).unwrap()["ended_at"].is_string(),
+        env.session_record(&id).unwrap()["ended_at"].is_string(),
         "the session is ended anyway"
     );
     // Once the lock is free, ending the session again finishes the job.
@@ -1107,7 +1055,7 @@ fn deadline_holds_when_broker_ignores_sigterm_and_finisher_sigkills_it() {
         broker.alive(),
         "still inside its grace when the hook returned"
     );
-    assert_eq!(tickets(&env).len(), 1, "the stop is handed on as a ticket");
+    assert_eq!(env.tickets().len(), 1, "the stop is handed on as a ticket");
     assert!(
         broker.gone_within(Duration::from_secs(15)),
         "the finisher SIGKILLed it within grace + 10 s"
@@ -1117,7 +1065,7 @@ fn deadline_holds_when_broker_ignores_sigterm_and_finisher_sigkills_it() {
         handed_over.elapsed()
     );
     assert!(
-        wait_until(PATIENCE, || tickets(&env).is_empty()),
+        wait_until(PATIENCE, || env.tickets().is_empty()),
         "the ticket was removed"
     );
     settle(&env);
@@ -1147,7 +1095,7 @@ fn session_start_records_the_fake_agent_not_its_shell() {
     assert_eq!(run.steps[0]["rc"], 0);
     assert_eq!(run.steps[0]["stdout"], "", "SessionStart prints nothing");
     assert_eq!(run.steps[0]["stderr"], "");
-    let record = session_record(&env, &id).unwrap();
+    let record = env.session_record(&id).unwrap();
     assert_eq!(
         record["agent_identity"]["pid"],
         json!(run.agent.pid),
@@ -1177,7 +1125,7 @@ fn owner_pid_overrides_the_detected_agent_process() {
         &["--owner-pid", &pid],
         &bytes(&payload("SessionStart", &id, &ws)),
     );
-    let record = session_record(&env, &id).unwrap();
+    let record = env.session_record(&id).unwrap();
     assert_eq!(record["agent_identity"]["pid"], json!(sleeper.pid));
     assert_eq!(
         record["agent_identity"]["start_ticks"],
@@ -1192,7 +1140,7 @@ fn owner_pid_overrides_the_detected_agent_process() {
     );
     assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
     assert!(stderr(&out).contains("2147483647"));
-    assert!(session_record(&env, &other).is_none());
+    assert!(env.session_record(&other).is_none());
 }
 
 #[test]
@@ -1205,7 +1153,7 @@ fn session_start_exports_session_id_to_claudes_env_file() {
     let mut command = env.cmd(&["hook"]);
     command.env("CLAUDE_ENV_FILE", &claude_file);
     let out = run_bounded(command, Some(&bytes(&payload("SessionStart", &id, &ws))));
-    assert_good_citizen(&out, "SessionStart with env files");
+    assert_hook_contract(&out, "SessionStart with env files");
     assert!(out.stderr.is_empty(), "{}", stderr(&out));
     let line = format!("export SESSION_REAPER_SESSION_ID='{id}'\n");
     assert_eq!(
@@ -1224,7 +1172,7 @@ fn session_start_exports_session_id_to_claudes_env_file() {
     // SessionEnd never writes.
     let mut command = env.cmd(&["hook"]);
     command.env("CLAUDE_ENV_FILE", &claude_file);
-    assert_good_citizen(
+    assert_hook_contract(
         &run_bounded(command, Some(&bytes(&payload("SessionEnd", &id, &ws)))),
         "end",
     );
@@ -1241,19 +1189,19 @@ fn resume_refreshes_the_same_record_and_clear_gets_a_new_one() {
     let ws = env.workspace("ws");
     let (first, after_clear) = (uuid(), uuid());
     start(&mut env, &first, &ws);
-    let original = session_record(&env, &first).unwrap();
+    let original = env.session_record(&first).unwrap();
     let mut clear = payload("SessionEnd", &first, &ws);
     clear["reason"] = json!("clear");
     hook(&mut env, &[], &bytes(&clear));
-    assert_eq!(session_record(&env, &first).unwrap()["end_reason"], "clear");
+    assert_eq!(env.session_record(&first).unwrap()["end_reason"], "clear");
     let mut new_start = payload("SessionStart", &after_clear, &ws);
     new_start["source"] = json!("clear");
     hook(&mut env, &[], &bytes(&new_start));
-    let fresh = session_record(&env, &after_clear).unwrap();
+    let fresh = env.session_record(&after_clear).unwrap();
     assert_eq!(fresh["source"], "clear");
     assert!(fresh["ended_at"].is_null());
     assert_eq!(
-        session_record(&env, &first).unwrap()["end_reason"],
+        env.session_record(&first).unwrap()["end_reason"],
         "clear",
         "the old id stays ended"
     );
@@ -1262,7 +1210,7 @@ fn resume_refreshes_the_same_record_and_clear_gets_a_new_one() {
     resume["source"] = json!("resume");
     resume["session_title"] = json!("auth-work");
     hook(&mut env, &[], &bytes(&resume));
-    let resumed = session_record(&env, &first).unwrap();
+    let resumed = env.session_record(&first).unwrap();
     assert!(
         resumed["ended_at"].is_null() && resumed["end_reason"].is_null(),
         "{resumed}"
@@ -1772,7 +1720,7 @@ fn resume_orphan_scan_spares_the_agent_of_another_live_session_after_clear() {
     ];
     let run = fake_agent(&mut env, &steps, true, &["--resume", &old]);
     assert_eq!(
-        session_record(&env, &new).unwrap()["agent_identity"]["pid"],
+        env.session_record(&new).unwrap()["agent_identity"]["pid"],
         json!(run.agent.pid)
     );
     let orphan = plant(&mut env, &["--resume", &old]);
@@ -1815,7 +1763,7 @@ fn finisher_killed_mid_stop(env: &mut Env, grace: &str) -> Proc {
         broker.alive(),
         "the finisher was killed inside the grace (a slower box needs a longer grace)"
     );
-    assert_eq!(tickets(env).len(), 1, "the ticket outlives its finisher");
+    assert_eq!(env.tickets().len(), 1, "the ticket outlives its finisher");
     broker
 }
 
@@ -1826,7 +1774,7 @@ fn killed_finisher_leaves_its_ticket_to_the_next_finisher() {
     let out = env.run(&["finish"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(broker.gone_within(PATIENCE));
-    assert!(tickets(&env).is_empty());
+    assert!(env.tickets().is_empty());
     let stops = env.events_where("stop", Some("session_end"));
     assert_eq!(stops.len(), 1, "{stops:?}");
     assert!(
@@ -1847,7 +1795,7 @@ fn killed_finisher_leaves_its_ticket_to_the_next_session_end_hook() {
         broker.gone_within(Duration::from_secs(16)),
         "finished by the next hook's finisher"
     );
-    assert!(wait_until(PATIENCE, || tickets(&env).is_empty()));
+    assert!(wait_until(PATIENCE, || env.tickets().is_empty()));
     assert!(wait_until(PATIENCE, || finishers(&env).is_empty()));
 }
 
@@ -1860,7 +1808,7 @@ fn only_one_finisher_works_at_a_time() {
     let holder = hold_lock(&mut env, &lock);
     let broker = stubborn_broker(&mut env, &ws, &id, "1s");
     end(&mut env, &id, &ws);
-    assert_eq!(tickets(&env).len(), 1);
+    assert_eq!(env.tickets().len(), 1);
     // The hook's finisher found the lock taken and left; so does one run by hand.
     let out = env.run(&["finish"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -1868,7 +1816,7 @@ fn only_one_finisher_works_at_a_time() {
         broker.alive(),
         "no second finisher worked while the lock was held"
     );
-    assert_eq!(tickets(&env).len(), 1);
+    assert_eq!(env.tickets().len(), 1);
     assert!(wait_until(PATIENCE, || finishers(&env).is_empty()));
     holder.kill();
     assert!(holder.gone_within(PATIENCE));
@@ -1876,7 +1824,7 @@ fn only_one_finisher_works_at_a_time() {
     let out = env.run(&["finish"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(broker.gone_within(PATIENCE));
-    assert!(tickets(&env).is_empty());
+    assert!(env.tickets().is_empty());
 }
 
 #[test]
@@ -1963,7 +1911,7 @@ fn reap_reports_each_action_with_reason_and_result() {
         line_of(orphan.pid, "resume_orphan"),
         "the orphan's stop, reason and result: {report}"
     );
-    assert!(session_record(&env, &id).unwrap()["end_reason"] == "manual");
+    assert!(env.session_record(&id).unwrap()["end_reason"] == "manual");
 }
 
 #[test]
@@ -2023,5 +1971,5 @@ fn reap_dry_run_signals_nothing_and_writes_nothing() {
         "a dry run signals nothing"
     );
     assert!(env.state_files() == before, "a dry run writes nothing");
-    assert!(session_record(&env, &id).unwrap()["ended_at"].is_null());
+    assert!(env.session_record(&id).unwrap()["ended_at"].is_null());
 }

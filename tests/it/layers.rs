@@ -154,3 +154,76 @@ fn nothing_in_decide_reads_the_system() {
         reaching.join("\n")
     );
 }
+
+/// The files of `src/` (their code without unit tests) in which `needle` appears, relative to `src/`.
+fn files_with(needle: &str) -> BTreeSet<String> {
+    let root = src();
+    let mut files = Vec::new();
+    rust_files(&root, &mut files);
+    files
+        .iter()
+        .filter(|path| code_of(path).contains(needle))
+        .map(|path| path.strip_prefix(&root).unwrap().display().to_string())
+        .collect()
+}
+
+#[test]
+fn stop_tickets_are_filed_only_by_the_executor() {
+    let filing = files_with("tickets.file(");
+    assert_eq!(
+        filing,
+        BTreeSet::from(["act/executor.rs".to_owned()]),
+        "a stop ticket is a plan's change: only act/executor.rs files one"
+    );
+}
+
+#[test]
+fn events_are_appended_only_by_the_executor_the_stopper_and_the_hooks_error_line() {
+    let allowed = BTreeSet::from([
+        "act/executor.rs".to_owned(),
+        "act/stopper.rs".to_owned(),
+        "commands/hook.rs".to_owned(),
+    ]);
+    // `store/events.rs` defines the log; everyone else hands an event to the executor.
+    let appending: BTreeSet<String> = ["log.record(", ".record(&", "log.append("]
+        .into_iter()
+        .flat_map(files_with)
+        .filter(|file| file != "store/events.rs")
+        .collect();
+    let stray: Vec<&String> = appending.difference(&allowed).collect();
+    assert!(
+        stray.is_empty(),
+        "events are appended only from {allowed:?}; also from: {stray:?}"
+    );
+    let hook = code_of(&src().join("commands/hook.rs"));
+    assert_eq!(
+        hook.matches(".record(").count(),
+        1,
+        "commands/hook.rs appends only its own error line"
+    );
+}
+
+/// Issue 17: no unbounded wait on a hook's path. `Deadline::far()` (a day away) is for commands a person runs with
+/// no deadline (`sweep` from cron, `reap` without `--deadline`, `status`); what a hook, its sentinel or its
+/// finisher runs takes the invocation's deadline, or one derived from its tickets.
+#[test]
+fn no_far_deadline_on_a_hooks_path() {
+    let root = src();
+    let mut files = vec![
+        root.join("commands/hook.rs"),
+        root.join("commands/session_end.rs"),
+        root.join("commands/sentinel.rs"),
+    ];
+    for layer in ["act", "observe", "decide"] {
+        rust_files(&root.join(layer), &mut files);
+    }
+    let unbounded: Vec<String> = files
+        .iter()
+        .filter(|path| code_of(path).contains("Deadline::far"))
+        .map(|path| path.strip_prefix(&root).unwrap().display().to_string())
+        .collect();
+    assert!(
+        files.len() > 3 && unbounded.is_empty(),
+        "Deadline::far() on a hook's path: {unbounded:?}"
+    );
+}

@@ -10,6 +10,7 @@ use serde_json::Value;
 use crate::harness::{
     BIN, Env, FakeAgent, PATIENCE, Proc, fresh_session, sentinels_of, stdout, wait_until,
 };
+use crate::hook_test::HookTest;
 
 /// What the stop of a process that ignores SIGTERM may take: the default grace, and slack for a loaded machine.
 const GRACE_AND_SLACK: Duration = Duration::from_secs(5 + 10);
@@ -590,11 +591,9 @@ fn reap_duplicates_keeps_the_newest_writer() {
     let mut env = Env::new();
     let session = fresh_session("lo-dup");
     let payload = format!(r#"{{"session_id":"{session}","hook_event_name":"SessionStart"}}"#);
-    let out = env.run_stdin(
-        &["hook", "--agent", "claude", "--sentinel", "off"],
-        payload.as_bytes(),
-    );
-    assert!(out.status.success());
+    HookTest::raw(payload.as_bytes())
+        .args(&["--agent", "claude", "--sentinel", "off"])
+        .run(&env);
     // Writers are agent processes: a `claude` (here python3 under that name) resuming the session.
     let claude = env.work.path().join("claude");
     std::os::unix::fs::symlink(crate::harness::python3(), &claude).expect("a claude executable");
@@ -643,20 +642,11 @@ fn a_reused_agent_pid_is_never_signalled() {
     let session = fresh_session("lo-reuse");
     let impostor = env.sleeper();
     let payload = format!(r#"{{"session_id":"{session}","hook_event_name":"SessionStart"}}"#);
-    let pid = impostor.pid.to_string();
-    let out = env.run_stdin(
-        &[
-            "hook",
-            "--agent",
-            "claude",
-            "--sentinel",
-            "off",
-            "--owner-pid",
-            &pid,
-        ],
-        payload.as_bytes(),
-    );
-    assert!(out.status.success());
+    HookTest::raw(payload.as_bytes())
+        .args(&["--agent", "claude"])
+        .no_sentinel()
+        .owner(impostor)
+        .run(&env);
     let path = env.state_dir().join(format!("sessions/{session}.json"));
     let mut record: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     record["agent_identity"]["start_ticks"] = (impostor.ticks - 1).into();

@@ -13,7 +13,7 @@ use crate::harness::{
     BIN, Env, PATIENCE, Proc, marked_with_state_root, named_program, named_python, python3,
     run_bounded, scrub_env, stderr, stdout, wait_until,
 };
-use crate::sweep::{actions, hook, session_record, start_session, sweep, unique_id};
+use crate::sweep::{actions, hook, start_session, sweep, unique_id};
 
 /// A broker that starts one child in each escape shape and writes their pids (one a line) to the file named by
 /// its first argument: `setsid` (a new session), `setpgrp` (a new group, still in the broker's session), a double
@@ -513,7 +513,7 @@ fn a_forking_wrapper_around_the_hook_never_becomes_the_agent() {
     let agent = env.spawn(agent);
     assert!(wait_until(PATIENCE * 2, || done.exists()), "the hooks ran");
     for session in [&by_flock, &by_launcher] {
-        let record = session_record(&env, session).expect("recorded");
+        let record = env.session_record(session).expect("recorded");
         assert_eq!(
             record["agent_identity"]["pid"], agent.pid,
             "{session}: {record}"

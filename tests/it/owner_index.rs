@@ -12,6 +12,7 @@ use std::time::Instant;
 use serde_json::{Value, json};
 
 use crate::harness::{Env, PATIENCE, Proc, stderr, stdout, wait_until};
+use crate::hook_test::HookTest;
 use crate::sweep::unique_id;
 
 fn text(path: &Path) -> &str {
@@ -79,18 +80,12 @@ fn slot_dir(env: &Env, record: &Value) -> PathBuf {
 }
 
 fn hook(env: &mut Env, event: &str, session: &str, cwd: &Path, agent: Option<Proc>) -> Output {
-    let pid = agent.map(|agent| agent.pid.to_string());
-    let mut args = vec!["hook", "--agent", "claude"];
-    if let Some(pid) = &pid {
-        args.extend(["--owner-pid", pid.as_str()]);
+    let test = HookTest::new(event, session, cwd);
+    match agent {
+        Some(agent) => test.owner(agent),
+        None => test,
     }
-    let payload = json!({"session_id": session, "hook_event_name": event, "cwd": cwd});
-    let out = env.run_stdin(&args, payload.to_string().as_bytes());
-    assert!(
-        out.status.success() && out.stdout.is_empty(),
-        "{event} hook broke its contract: {out:?}"
-    );
-    out
+    .run(env)
 }
 
 fn sweep_json(env: &mut Env, flags: &[&str]) -> Value {
@@ -99,11 +94,6 @@ fn sweep_json(env: &mut Env, flags: &[&str]) -> Value {
     let out = env.run(&args);
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|err| panic!("sweep --json ({err}): {}{}", stdout(&out), stderr(&out)))
-}
-
-fn session_record(env: &Env, session: &str) -> Value {
-    let path = env.state_dir().join(format!("sessions/{session}.json"));
-    serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
 }
 
 /// A live broker whose record was replaced by one this build refuses (a newer version, or a file another user
@@ -298,13 +288,15 @@ fn a_session_end_visits_only_the_slots_it_owns() {
         "the lock holder never took the lock"
     );
     assert!(
-        session_record(&env, &session)["slots"]
+        env.session_record(&session)
+            .expect("the session is recorded")["slots"]
             .as_array()
             .unwrap()
             .len()
             == 1,
         "the owner index names the one slot: {}",
-        session_record(&env, &session)
+        env.session_record(&session)
+            .expect("the session is recorded")
     );
     let started = Instant::now();
     let out = hook(&mut env, "SessionEnd", &session, &mine, None);
@@ -335,18 +327,22 @@ fn the_sweep_repairs_a_missing_index_entry() {
     hook(&mut env, "SessionStart", &session, &ws, Some(agent));
     let broker = env.spawn_broker(&ws, &session, &["sleep", "600"]);
     let path = env.state_dir().join(format!("sessions/{session}.json"));
-    let mut record = session_record(&env, &session);
+    let mut record = env
+        .session_record(&session)
+        .expect("the session is recorded");
     record["slots"] = json!([]);
     std::fs::write(&path, serde_json::to_vec_pretty(&record).unwrap()).unwrap();
     sweep_json(&mut env, &[]);
     assert_eq!(
-        session_record(&env, &session)["slots"]
+        env.session_record(&session)
+            .expect("the session is recorded")["slots"]
             .as_array()
             .unwrap()
             .len(),
         1,
         "indexed again: {}",
-        session_record(&env, &session)
+        env.session_record(&session)
+            .expect("the session is recorded")
     );
     hook(&mut env, "SessionEnd", &session, &ws, None);
     assert!(

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::{Value, json};
 
 use crate::harness::*;
+use crate::hook_test::{HookTest, hook_payload};
 
 /// The slot directory `broker spawn` made for `workspace` (the only one under the workspace's key).
 fn slot_dir_of(env: &Env, name: &str) -> PathBuf {
@@ -348,12 +349,10 @@ fn a_corrupt_broker_json_is_bad_input_for_the_commands_that_need_it() {
     assert!(stdout(&out).contains("corrupt"), "{}", stdout(&out));
     // And the hook: exit 0, nothing on stdout.
     std::fs::write(&record, garbage).unwrap();
-    let payload = hook_payload(&fresh_id(), "SessionEnd", &ws);
-    let out = env.run_stdin(
-        &["hook", "--agent", "claude", "--sentinel", "off"],
-        &payload,
-    );
-    assert!(out.status.success() && out.stdout.is_empty(), "{out:?}");
+    HookTest::raw(&hook_payload(&fresh_id(), "SessionEnd", &ws))
+        .args(&["--agent", "claude"])
+        .no_sentinel()
+        .run(&env);
 }
 
 /// Item 4: idle TTLs are timed on the boot clock. A record whose wall-clock `last_active` is a day ahead (the clock

@@ -16,10 +16,12 @@ use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};
 use serde_json::{Value, json};
 
+use crate::harness::owners;
 use crate::harness::{
-    Env, PATIENCE, Proc, StateRootProcesses, hook_payload, marked_with_state_root, run_bounded,
-    sized, stderr, unparsable_files, wait_until,
+    Env, PATIENCE, Proc, StateRootProcesses, marked_with_state_root, run_bounded, sized, stderr,
+    unparsable_files, wait_until,
 };
+use crate::hook_test::hook_payload;
 use crate::sweep::unique_id;
 
 /// True when this build has the `--leftovers` policy (leftover discovery): the load test then starts leftovers too.
@@ -68,32 +70,11 @@ fn slot_records(env: &Env) -> Vec<(PathBuf, Value)> {
     records
 }
 
-fn owners(record: &Value) -> Vec<String> {
-    record["owners"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|owner| owner["session"].as_str().map(str::to_owned))
-        .collect()
-}
-
 fn recorded_proc(record: &Value) -> Option<Proc> {
     Some(Proc {
         pid: i32::try_from(record.pointer("/identity/pid")?.as_i64()?).ok()?,
         ticks: record.pointer("/identity/start_ticks")?.as_u64()?,
     })
-}
-
-fn tickets(env: &Env) -> Vec<PathBuf> {
-    std::fs::read_dir(env.state_dir().join("stopping"))
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|entry| entry.path())
-                .filter(|path| path.extension().is_some_and(|ext| ext == "json"))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// Live brokers of this state root that no slot record names: leaked.
@@ -119,7 +100,7 @@ fn hook_command(env: &Env, agent: Proc) -> Command {
 fn quiesce(env: &Env) -> bool {
     wait_until(PATIENCE, || {
         let _ = run_bounded(env.cmd(&["sweep"]), None);
-        tickets(env).is_empty() && unrecorded_brokers(env).is_empty()
+        env.tickets().is_empty() && unrecorded_brokers(env).is_empty()
     })
 }
 
@@ -261,7 +242,7 @@ fn load_many_sessions_on_shared_slots_lose_no_owner_stop_no_owned_broker_and_lea
         if !quiet {
             violations.push(format!(
                 "round {round}: never quiet: tickets {:?}, unrecorded brokers {:?}",
-                tickets(&env),
+                env.tickets(),
                 unrecorded_brokers(&env)
             ));
         }
@@ -469,7 +450,7 @@ fn sigkill_at_random_moments_leaves_parsable_files_completed_tickets_and_nothing
     }
     let mut violations = unparsable_files(env.state_dir());
     // Every ticket is completed by the next sweep (itself, or the finisher it hands the rest to).
-    let pending = tickets(&env);
+    let pending = env.tickets();
     let _ = env.run(&["sweep"]);
     if !wait_until(PATIENCE, || pending.iter().all(|ticket| !ticket.exists())) {
         violations.push(format!(
@@ -503,7 +484,7 @@ fn sigkill_at_random_moments_leaves_parsable_files_completed_tickets_and_nothing
     env.reap_children();
     let all_stopped = wait_until(PATIENCE, || {
         let _ = run_bounded(env.cmd(&["sweep", "--idle-ttl", "1s"]), None);
-        marked_with_state_root(env.state_dir()).is_empty() && tickets(&env).is_empty()
+        marked_with_state_root(env.state_dir()).is_empty() && env.tickets().is_empty()
     });
     if !all_stopped {
         let left: Vec<String> = marked_with_state_root(env.state_dir())
@@ -512,7 +493,7 @@ fn sigkill_at_random_moments_leaves_parsable_files_completed_tickets_and_nothing
             .collect();
         violations.push(format!(
             "left running after every owner died and the sweeps ran: {left:?} (tickets {:?}; records {:?})",
-            tickets(&env),
+            env.tickets(),
             slot_records(&env)
         ));
     }

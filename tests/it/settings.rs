@@ -12,6 +12,7 @@ use std::process::Output;
 use serde_json::{Value, json};
 
 use crate::harness::{Env, Home, run_bounded, stderr, stdout};
+use crate::hook_test::HookTest;
 
 use session_reaper::testing::{AGENTS, Agent, AgentSpec, EventsAt, Layout};
 
@@ -640,16 +641,13 @@ fn sessions(env: &Env) -> Vec<Value> {
 }
 
 fn hook(env: &mut Env, args: &[&str], payload: &[u8], extra_env: &[(&str, &str)]) {
-    let mut full = vec!["hook"];
-    full.extend_from_slice(args);
-    let mut command = env.cmd(&full);
-    for (name, value) in extra_env {
-        command.env(name, value);
-    }
-    let out = run_bounded(command, Some(payload));
-    assert_eq!(out.status.code(), Some(0));
-    assert!(out.stdout.is_empty(), "{}", stdout(&out));
-    assert!(out.stderr.is_empty(), "{args:?}: {}", stderr(&out));
+    extra_env
+        .iter()
+        .fold(HookTest::raw(payload).args(args), |test, (name, value)| {
+            test.env(name, value)
+        })
+        .silent()
+        .run(env);
 }
 
 #[test]

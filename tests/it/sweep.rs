@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use crate::harness::{
     BIN, Env, PATIENCE, Proc, named_python, run_bounded, scrub_env, stderr, stdout, wait_until,
 };
+use crate::hook_test::HookTest;
 use crate::setup::assert_cli_accepts;
 
 /// An id no other test (nor another run) uses: the resume scans look at every process of the machine.
@@ -28,12 +29,6 @@ pub(crate) fn unique_id(prefix: &str) -> String {
     )
 }
 
-fn payload(event: &str, session: &str, cwd: &Path) -> Vec<u8> {
-    json!({"session_id": session, "hook_event_name": event, "cwd": cwd})
-        .to_string()
-        .into_bytes()
-}
-
 fn parse(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|err| {
         panic!(
@@ -44,7 +39,7 @@ fn parse(out: &Output) -> Value {
     })
 }
 
-/// Runs a hook the way an agent does; it must keep its contract (exit 0, silent stdout).
+/// Runs a hook the way an agent does, with no sentinel: the sweep is the safety net under test.
 pub(crate) fn hook(
     env: &mut Env,
     event: &str,
@@ -52,37 +47,25 @@ pub(crate) fn hook(
     cwd: &Path,
     owner: Option<Proc>,
 ) -> Output {
-    let pid = owner.map(|owner| owner.pid.to_string());
-    // The sweep is the safety net under test: no sentinel does its work first.
-    let mut args = vec!["hook", "--agent", "claude", "--sentinel", "off"];
-    if let Some(pid) = &pid {
-        args.extend(["--owner-pid", pid.as_str()]);
+    let test = HookTest::new(event, session, cwd).no_sentinel();
+    match owner {
+        Some(owner) => test.owner(owner),
+        None => test,
     }
-    let out = env.run_stdin(&args, &payload(event, session, cwd));
-    assert!(
-        out.status.success() && out.stdout.is_empty(),
-        "{event} hook broke its contract: {out:?}"
-    );
-    out
+    .run(env)
 }
 
 /// `SessionStart` with `owner` as the agent process; checks that the session was recorded with its identity.
 pub(crate) fn start_session(env: &mut Env, session: &str, cwd: &Path, owner: Proc) {
     hook(env, "SessionStart", session, cwd, Some(owner));
-    let record = session_record(env, session).expect("SessionStart recorded the session");
+    let record = env
+        .session_record(session)
+        .expect("SessionStart recorded the session");
     assert_eq!(record["agent_identity"]["pid"], owner.pid, "{record}");
 }
 
 fn end_session(env: &mut Env, session: &str, cwd: &Path) {
     hook(env, "SessionEnd", session, cwd, None);
-}
-
-pub(crate) fn session_record(env: &Env, session: &str) -> Option<Value> {
-    let path = env
-        .state_dir()
-        .join("sessions")
-        .join(format!("{session}.json"));
-    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
 /// The broker identity a printed record names.
@@ -237,7 +220,7 @@ fn sweep_stops_the_broker_of_a_sigkilled_agent_with_reason_owners_gone() {
         "the owner is found by ancestry"
     );
     assert_eq!(
-        session_record(&env, &session).unwrap()["agent_identity"]["pid"],
+        env.session_record(&session).unwrap()["agent_identity"]["pid"],
         agent.pid,
         "the agent is the recognised agent above the hook"
     );
@@ -271,7 +254,7 @@ fn sweep_stops_the_broker_of_a_sigkilled_agent_with_reason_owners_gone() {
     );
     assert!(env.records().is_empty());
     assert!(
-        session_record(&env, &session).unwrap()["ended_at"].is_string(),
+        env.session_record(&session).unwrap()["ended_at"].is_string(),
         "the session is marked ended"
     );
 }
@@ -484,16 +467,7 @@ fn stress_session(
     attach_first: bool,
     end: bool,
 ) -> SessionRun {
-    let run_hook = |event: &str, owner: Option<Proc>| {
-        let pid = owner.map(|owner| owner.pid.to_string());
-        let mut args = vec!["hook", "--agent", "claude"];
-        if let Some(pid) = &pid {
-            args.extend(["--owner-pid", pid.as_str()]);
-        }
-        let out = run_bounded(env.cmd(&args), Some(&payload(event, &id, ws)));
-        assert!(out.status.success() && out.stdout.is_empty(), "{out:?}");
-    };
-    run_hook("SessionStart", Some(agent));
+    HookTest::new("SessionStart", &id, ws).owner(agent).run(env);
     let ws_text = ws.to_str().unwrap();
     let attach = || {
         let args = ["broker", "attach", "--cwd", ws_text, "--session", &id];
@@ -521,7 +495,7 @@ fn stress_session(
     let broker = joined.as_ref().map(|out| proc_in(&parse(out)));
     let reused = joined.is_some_and(|out| parse(&out)["reused"] == true);
     if end {
-        run_hook("SessionEnd", None);
+        HookTest::new("SessionEnd", &id, ws).run(env);
     }
     SessionRun {
         id,
@@ -750,7 +724,7 @@ fn reap_all_with_reason_shutdown_stops_every_broker_of_every_live_session() {
         );
     }
     for session in ["drain-a", "drain-b"] {
-        let record = session_record(&env, session).unwrap();
+        let record = env.session_record(session).unwrap();
         assert_eq!(record["end_reason"], "shutdown", "{record}");
         assert!(
             env.events_where("session_end", Some("shutdown"))
@@ -860,7 +834,7 @@ fn sweep_dry_run_reports_what_it_would_do_and_changes_nothing() {
     let (code, report) = sweep(&mut env, &["--retention", "1s"]);
     assert_eq!(code, Some(0), "{report}");
     assert!(orphan.gone_within(PATIENCE) && lost.gone_within(PATIENCE));
-    assert!(session_record(&env, "dry-tomb").is_none());
+    assert!(env.session_record("dry-tomb").is_none());
     assert!(keeper.alive() && tomb.alive());
 }
 
@@ -957,7 +931,7 @@ fn sweep_drops_a_tombstone_past_its_retention_and_keeps_live_sessions() {
     start_session(&mut env, "tomb-live", &ws, live);
     end_session(&mut env, "tomb-ended", &ws);
     let ended = Instant::now();
-    assert!(session_record(&env, "tomb-ended").unwrap()["ended_at"].is_string());
+    assert!(env.session_record("tomb-ended").unwrap()["ended_at"].is_string());
 
     let (code, report) = sweep(&mut env, &[]);
     assert_eq!(code, Some(0));
@@ -965,7 +939,7 @@ fn sweep_drops_a_tombstone_past_its_retention_and_keeps_live_sessions() {
         actions(&report, "clean", None).is_empty(),
         "kept for 7 days by default: {report}"
     );
-    assert!(session_record(&env, "tomb-ended").is_some());
+    assert!(env.session_record("tomb-ended").is_some());
 
     wait_past(ended + Duration::from_millis(1100));
     let (code, report) = sweep(&mut env, &["--retention", "1s"]);
@@ -973,9 +947,9 @@ fn sweep_drops_a_tombstone_past_its_retention_and_keeps_live_sessions() {
     let cleaned = actions(&report, "clean", None);
     assert_eq!(cleaned.len(), 1, "{report}");
     assert_eq!(cleaned[0]["target"], "tomb-ended");
-    assert!(session_record(&env, "tomb-ended").is_none());
+    assert!(env.session_record("tomb-ended").is_none());
     assert!(
-        session_record(&env, "tomb-live").is_some(),
+        env.session_record("tomb-live").is_some(),
         "a live session is no tombstone"
     );
 }

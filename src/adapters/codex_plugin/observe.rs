@@ -340,9 +340,9 @@ fn assemble(
         .as_ref()
         .map(|(bytes, _)| jobs_of(bytes, sessions))
         .unwrap_or_default();
-    let age = process
-        .as_ref()
-        .map_or(Duration::MAX, |seen| age_of(seen.identity.start_ticks));
+    let age = process.as_ref().map_or(Duration::MAX, |seen| {
+        proc::age_of(seen.identity.start_ticks)
+    });
     let mut broker = Broker {
         state_dir,
         file,
@@ -537,35 +537,10 @@ fn leads_its_thread_group(pid: i32) -> bool {
     }
 }
 
-/// How long ago a process started, from its start time in clock ticks since boot.
-#[cfg(all(target_os = "linux", not(feature = "portable-proc")))]
-fn age_of(start_ticks: u64) -> Duration {
-    let uptime = std::fs::read_to_string("/proc/uptime")
-        .ok()
-        .and_then(|text| text.split_whitespace().next()?.parse::<f64>().ok());
-    let ticks_per_sec = rustix::param::clock_ticks_per_second();
-    match uptime {
-        Some(uptime) if ticks_per_sec > 0 => {
-            #[allow(clippy::cast_precision_loss)]
-            let started = start_ticks as f64 / ticks_per_sec as f64;
-            Duration::try_from_secs_f64((uptime - started).max(0.0)).unwrap_or(Duration::MAX)
-        }
-        _ => Duration::MAX,
-    }
-}
-
-/// How long ago a process started; the portable backend's start time is in seconds since the epoch.
-#[cfg(any(not(target_os = "linux"), feature = "portable-proc"))]
-fn age_of(start_secs: u64) -> Duration {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH + Duration::from_secs(start_secs))
-        .unwrap_or_default()
-}
-
 /// The members of a process that leads its group and is alive now (those of its group or session, and of its
 /// lineage token if it has one): what a group signal through it would reach, and more.
-pub(crate) fn members_of_live_leader(leader: &Identity) -> Vec<Identity> {
-    let snapshot = proc::observe(&std::collections::HashSet::from([leader.pid]));
+pub(crate) fn members_of_live_leader(leader: &Identity, deadline: Deadline) -> Vec<Identity> {
+    let (snapshot, _) = proc::observe(&std::collections::HashSet::from([leader.pid]), deadline);
     let token = snapshot
         .iter()
         .find(|seen| leader.is_same_process(&seen.identity))
@@ -611,7 +586,7 @@ mod tests {
         let me = i32::try_from(std::process::id()).unwrap();
         let seen = pinned(me).unwrap();
         assert_eq!(seen.identity.pid, me);
-        assert!(age_of(seen.identity.start_ticks) < Duration::from_secs(24 * 3600));
+        assert!(proc::age_of(seen.identity.start_ticks) < Duration::from_secs(24 * 3600));
         assert!(pinned(i32::MAX).is_none());
     }
 }

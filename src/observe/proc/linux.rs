@@ -2,10 +2,11 @@
 
 use std::fs;
 use std::io;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
-use super::ProcStat;
+use super::{ProcStat, split_nul};
 use crate::model::deadline::Deadline;
+use crate::observe::world::{self, ProcFile};
 
 /// `/proc/sys/kernel/random/boot_id`, read once.
 pub(crate) fn boot_id() -> &'static str {
@@ -40,9 +41,33 @@ pub(crate) fn stat(pid: i32) -> io::Result<ProcStat> {
     if pid <= 0 {
         return Err(io::Error::from(io::ErrorKind::NotFound));
     }
-    let text = super::read_proc_text(pid, "stat")?;
-    parse_stat(pid, &text)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unparsable /proc stat"))
+    let stat = super::read_proc_text(pid, "stat").and_then(|text| {
+        parse_stat(pid, &text)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unparsable /proc stat"))
+    });
+    // What was remembered of `pid` is confirmed by this look, or forgotten (another process, or none).
+    world::seen(pid, stat.as_ref().ok().map(|stat| stat.start_ticks));
+    stat
+}
+
+/// `file` of `pid`, whose start ticks a `stat` before this call showed: once per process while a `World` is entered
+/// (`observe::world`).
+pub(crate) fn file_of(pid: i32, start_ticks: u64, file: ProcFile) -> io::Result<Arc<[u8]>> {
+    world::file(
+        pid,
+        start_ticks,
+        file,
+        || super::read_proc_file(pid, file.name()),
+        || stat(pid).ok().map(|stat| stat.start_ticks),
+    )
+}
+
+/// `file` of `pid` as it is now: the identity is read first when a `World` remembers (its key).
+fn file_now(pid: i32, file: ProcFile) -> io::Result<Arc<[u8]>> {
+    if !world::remembering() {
+        return super::read_proc_file(pid, file.name()).map(Arc::from);
+    }
+    file_of(pid, stat(pid)?.start_ticks, file)
 }
 
 /// The thread-group id (the process a thread belongs to) and the real uid of `pid`, from `/proc/<pid>/status`.
@@ -83,25 +108,18 @@ pub(crate) fn rss_kib(pid: i32) -> Option<u64> {
 }
 
 /// The environment of a process as it was at exec (`NAME=value` entries separated by NUL).
-pub(crate) fn environ(pid: i32) -> io::Result<Vec<u8>> {
-    super::read_proc_file(pid, "environ")
+pub(crate) fn environ(pid: i32) -> io::Result<Arc<[u8]>> {
+    file_now(pid, ProcFile::Environ)
 }
 
 /// The argv of a process (lossy UTF-8); empty for kernel threads.
 pub(crate) fn cmdline(pid: i32) -> io::Result<Vec<String>> {
-    let bytes = super::read_proc_file(pid, "cmdline")?;
-    Ok(split_nul(&bytes))
+    file_now(pid, ProcFile::Cmdline).map(|bytes| split_nul(&bytes))
 }
 
-fn split_nul(bytes: &[u8]) -> Vec<String> {
-    let trimmed = bytes.strip_suffix(b"\0").unwrap_or(bytes);
-    if trimmed.is_empty() {
-        return Vec::new();
-    }
-    trimmed
-        .split(|b| *b == 0)
-        .map(|arg| String::from_utf8_lossy(arg).into_owned())
-        .collect()
+/// The argv of the process `pid` whose start ticks a `stat` before this call showed.
+pub(crate) fn cmdline_of(pid: i32, start_ticks: u64) -> io::Result<Vec<String>> {
+    file_of(pid, start_ticks, ProcFile::Cmdline).map(|bytes| split_nul(&bytes))
 }
 
 /// The value of one environment variable of a process, as it was at exec.
@@ -136,6 +154,23 @@ pub(crate) fn scan_cmdlines(deadline: Deadline) -> Vec<(i32, Vec<String>)> {
                 .map(|argv| (pid, argv))
         })
         .collect()
+}
+
+/// How long ago a process started, from its start time in clock ticks since boot.
+pub(crate) fn age_of(start_ticks: u64) -> std::time::Duration {
+    let uptime = std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse::<f64>().ok());
+    let ticks_per_sec = rustix::param::clock_ticks_per_second();
+    match uptime {
+        Some(uptime) if ticks_per_sec > 0 => {
+            #[allow(clippy::cast_precision_loss)]
+            let started = start_ticks as f64 / ticks_per_sec as f64;
+            std::time::Duration::try_from_secs_f64((uptime - started).max(0.0))
+                .unwrap_or(std::time::Duration::MAX)
+        }
+        _ => std::time::Duration::MAX,
+    }
 }
 
 #[cfg(test)]

@@ -133,16 +133,9 @@ pub(crate) struct Observed {
 
 /// One pass over the process table for the lineage rules: every process whose environment carries one of our
 /// markers, and every process whose group or session id is in `groups` (the members of a tokenless broker's group
-/// or session). Each is a pinned observation.
+/// or session). Each is a pinned observation. As far as `deadline` lets it get (checked between entries); the flag
+/// says whether the scan was complete — a partial scan never proves that a process is gone.
 pub(crate) fn observe<S: std::hash::BuildHasher>(
-    groups: &std::collections::HashSet<i32, S>,
-) -> Vec<Observed> {
-    observe_until(groups, crate::model::deadline::Deadline::far()).0
-}
-
-/// `observe`, as far as `deadline` lets it get (checked between entries); the flag says whether the scan was
-/// complete — a partial scan never proves that a process is gone.
-pub(crate) fn observe_until<S: std::hash::BuildHasher>(
     groups: &std::collections::HashSet<i32, S>,
     deadline: crate::model::deadline::Deadline,
 ) -> (Vec<Observed>, bool) {
@@ -153,20 +146,24 @@ pub(crate) fn observe_until<S: std::hash::BuildHasher>(
         .into_iter()
         .take_while(|_| !deadline.expired())
         .inspect(|_| visited += 1)
-        .filter(|pid| {
-            // With no group to look for, the stat is read only for what carries a marker (below).
-            let grouped = !groups.is_empty()
-                && stat(*pid).is_ok_and(|s| groups.contains(&s.pgid) || groups.contains(&s.sid));
-            grouped
-                || environ(*pid).is_ok_and(|env| {
-                    env.windows(b"SESSION_REAPER_".len())
-                        .any(|w| w == b"SESSION_REAPER_")
-                })
-        })
         .filter_map(|pid| {
-            let (identity, (stat, environ)) = pinned(pid, |pid| {
-                Some((stat(pid).ok()?, environ(pid).unwrap_or_default()))
-            })?;
+            // Pinned: the stat, the environment (once per process while a `World` remembers), then the identity
+            // again with the same start.
+            let stat = stat(pid).ok()?;
+            let grouped = groups.contains(&stat.pgid) || groups.contains(&stat.sid);
+            let environ = file_of(
+                pid,
+                stat.start_ticks,
+                crate::observe::world::ProcFile::Environ,
+            )
+            .unwrap_or_else(|_| std::sync::Arc::from(&[][..]));
+            let ours = environ
+                .windows(b"SESSION_REAPER_".len())
+                .any(|w| w == b"SESSION_REAPER_");
+            if !(grouped || ours) {
+                return None;
+            }
+            let identity = identity_of(pid).filter(|now| now.start_ticks == stat.start_ticks)?;
             Some(Observed {
                 identity,
                 ppid: stat.ppid,
@@ -188,6 +185,18 @@ pub(crate) fn read_proc_file(pid: i32, name: &str) -> std::io::Result<Vec<u8>> {
     // a /proc file does not know. Into the spare capacity: one read, and one that finds the end.
     std::io::Read::read_to_end(&mut std::io::Read::take(file, u64::MAX), &mut bytes)?;
     Ok(bytes)
+}
+
+/// An argv as `/proc/<pid>/cmdline` holds it (NUL-terminated words), as words (lossy UTF-8); empty for none.
+pub(crate) fn split_nul(bytes: &[u8]) -> Vec<String> {
+    let trimmed = bytes.strip_suffix(b"\0").unwrap_or(bytes);
+    if trimmed.is_empty() {
+        return Vec::new();
+    }
+    trimmed
+        .split(|b| *b == 0)
+        .map(|arg| String::from_utf8_lossy(arg).into_owned())
+        .collect()
 }
 
 /// `read_proc_file` as text (lossy: /proc text files are ASCII but for the command name).

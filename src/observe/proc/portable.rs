@@ -9,6 +9,7 @@ use sysinfo::{Pid, Process, ProcessRefreshKind, ProcessesToUpdate, System, Updat
 
 use super::ProcStat;
 use crate::model::deadline::Deadline;
+use crate::observe::world::{self, ProcFile};
 
 fn system_with(pids: Option<&[Pid]>) -> System {
     let mut system = System::new();
@@ -52,7 +53,7 @@ pub(crate) fn stat(pid: i32) -> io::Result<ProcStat> {
     // SAFETY: getpgid and getsid read nothing of ours; a bad pid is an error return (-1).
     let (group, session) = unsafe { (libc::getpgid(pid), libc::getsid(pid)) };
     let (group, session) = (group.max(0), session.max(0));
-    with_process(pid, |process| ProcStat {
+    let stat = with_process(pid, |process| ProcStat {
         pid,
         comm: process.name().to_string_lossy().into_owned(),
         state: if matches!(process.status(), sysinfo::ProcessStatus::Zombie) {
@@ -67,7 +68,10 @@ pub(crate) fn stat(pid: i32) -> io::Result<ProcStat> {
         pgid: group,
         sid: session,
         start_ticks: process.start_time(),
-    })
+    });
+    // What was remembered of `pid` is confirmed by this look, or forgotten (another process, or none).
+    world::seen(pid, stat.as_ref().ok().map(|stat| stat.start_ticks));
+    stat
 }
 
 /// Processes only: sysinfo lists no threads under their own pid.
@@ -84,13 +88,6 @@ pub(crate) fn rss_kib(pid: i32) -> Option<u64> {
     with_process(pid, |process| process.memory() / 1024).ok()
 }
 
-/// Other processes' environments are not readable portably: no lineage tokens are seen here. (The Linux twin's
-/// signature.)
-#[allow(clippy::unnecessary_wraps)]
-pub(crate) fn environ(_pid: i32) -> io::Result<Vec<u8>> {
-    Ok(Vec::new())
-}
-
 pub(crate) fn real_uid(pid: i32) -> io::Result<u32> {
     with_process(pid, |process| process.user_id().map(|uid| **uid))?
         .ok_or_else(|| io::Error::from(io::ErrorKind::PermissionDenied))
@@ -98,6 +95,35 @@ pub(crate) fn real_uid(pid: i32) -> io::Result<u32> {
 
 pub(crate) fn cmdline(pid: i32) -> io::Result<Vec<String>> {
     with_process(pid, argv_of)
+}
+
+/// The argv of the process `pid` whose start time a `stat` before this call showed (once per process while a
+/// `World` is entered, as on Linux).
+pub(crate) fn cmdline_of(pid: i32, start_ticks: u64) -> io::Result<Vec<String>> {
+    file_of(pid, start_ticks, ProcFile::Cmdline).map(|bytes| super::split_nul(&bytes))
+}
+
+/// What `/proc/<pid>/<file>` holds on Linux, as far as sysinfo tells: the argv (NUL-terminated words); no
+/// environment (other processes' environments are not readable portably: no lineage tokens are seen here); `statm`
+/// where the system has it.
+pub(crate) fn file_of(
+    pid: i32,
+    start_ticks: u64,
+    file: ProcFile,
+) -> io::Result<std::sync::Arc<[u8]>> {
+    let read = || match file {
+        ProcFile::Cmdline => with_process(pid, |process| {
+            argv_of(process)
+                .iter()
+                .flat_map(|arg| arg.bytes().chain([0]))
+                .collect()
+        }),
+        ProcFile::Environ => Ok(Vec::new()),
+        ProcFile::Statm => super::read_proc_file(pid, file.name()),
+    };
+    world::file(pid, start_ticks, file, read, || {
+        stat(pid).ok().map(|stat| stat.start_ticks)
+    })
 }
 
 #[allow(clippy::unnecessary_wraps)]
@@ -126,4 +152,13 @@ pub(crate) fn scan_cmdlines(deadline: Deadline) -> Vec<(i32, Vec<String>)> {
         .filter_map(|(pid, process)| Some((i32::try_from(pid.as_u32()).ok()?, argv_of(process))))
         .filter(|(_, argv)| !argv.is_empty())
         .collect()
+}
+
+/// How long ago a process started; this backend's start time is in seconds since the epoch.
+pub(crate) fn age_of(start_secs: u64) -> std::time::Duration {
+    std::time::SystemTime::now()
+        .duration_since(
+            std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(start_secs),
+        )
+        .unwrap_or_default()
 }
