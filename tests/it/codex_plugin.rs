@@ -38,9 +38,16 @@ fn hook(env: &mut Env, event: &str, session: &str, cwd: &Path, extra: &[&str]) -
 
 /// A live session: an agent process (a sleeper the test owns) recorded by `SessionStart`.
 fn start(env: &mut Env, session: &str, cwd: &Path) -> Proc {
+    start_with(env, session, cwd, &[])
+}
+
+/// `start` with more hook flags (`--sentinel off`: the sweep is what the test is about).
+fn start_with(env: &mut Env, session: &str, cwd: &Path, flags: &[&str]) -> Proc {
     let agent = env.sleeper();
     let pid = agent.pid.to_string();
-    hook(env, "SessionStart", session, cwd, &["--owner-pid", &pid]);
+    let mut args = vec!["--owner-pid", pid.as_str()];
+    args.extend_from_slice(flags);
+    hook(env, "SessionStart", session, cwd, &args);
     agent
 }
 
@@ -443,8 +450,10 @@ fn a_sweep_after_a_sigkilled_session_stops_its_broker_and_keeps_one_busy_for_a_l
         unique_id("cxp-crashed2"),
         unique_id("cxp-live"),
     );
-    let agent = start(&mut env, &crashed, &one);
-    let other_agent = start(&mut env, &also_crashed, &two);
+    // No sentinel: the sweep is the safety net under test (a sentinel would end them first, as `agent_gone`).
+    let unwatched = ["--sentinel", "off"];
+    let agent = start_with(&mut env, &crashed, &one, &unwatched);
+    let other_agent = start_with(&mut env, &also_crashed, &two, &unwatched);
     start(&mut env, &live, &two);
     let orphan = env.plugin_broker(&one, &crashed, BrokerMode::Answers);
     let busy = env.plugin_broker(&two, &also_crashed, BrokerMode::Answers);
