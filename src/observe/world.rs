@@ -37,8 +37,12 @@ impl ProcFile {
 type Bytes = Result<Arc<[u8]>, io::ErrorKind>;
 
 struct Remembered {
-    /// The start ticks a `stat` before the read showed.
-    start_ticks: u64,
+    /// The start ticks a `stat` before the read showed; `None` for a read no `stat` preceded (a pass over every
+    /// argv, which stays one open a process), which a later `stat` gives to the process that had started before the
+    /// read began (a pid is not reused while its process lives).
+    start_ticks: Option<u64>,
+    /// The boot clock, in clock ticks (floored), when the read began.
+    read_at: u64,
     read: Bytes,
     /// A `stat` after the read showed the same start ticks: the bytes are this process's.
     confirmed: bool,
@@ -98,7 +102,10 @@ pub(crate) fn seen(pid: i32, start_ticks: Option<u64>) {
     };
     for file in ProcFile::ALL {
         match files.get_mut(&(pid, file)) {
-            Some(kept) if Some(kept.start_ticks) == start_ticks => kept.confirmed = true,
+            Some(kept) if start_ticks.is_some_and(|start| kept.belongs_to(start)) => {
+                kept.start_ticks = start_ticks;
+                kept.confirmed = true;
+            }
             Some(_) => {
                 files.remove(&(pid, file));
             }
@@ -143,7 +150,8 @@ pub(crate) fn file(
         files.insert(
             (pid, file),
             Remembered {
-                start_ticks,
+                start_ticks: Some(start_ticks),
+                read_at: 0,
                 read: kept.clone(),
                 confirmed: false,
             },
@@ -165,12 +173,77 @@ fn recall(pid: i32, start_ticks: u64, file: ProcFile) -> Recall {
         .as_ref()
         .and_then(|files| files.get(&(pid, file)))
     {
-        Some(kept) if kept.start_ticks == start_ticks && kept.confirmed => {
+        Some(kept) if kept.start_ticks == Some(start_ticks) && kept.confirmed => {
             Recall::Confirmed(kept.read.clone())
         }
-        Some(kept) if kept.start_ticks == start_ticks => Recall::Unconfirmed,
+        Some(kept) if kept.belongs_to(start_ticks) => Recall::Unconfirmed,
         _ => Recall::Unknown,
     }
+}
+
+impl Remembered {
+    /// Whether what was read is the process that started at `start_ticks`, as far as the read's key says (a
+    /// `stat` after the read confirms it).
+    fn belongs_to(&self, start_ticks: u64) -> bool {
+        match self.start_ticks {
+            Some(start) => start == start_ticks,
+            None => start_ticks < self.read_at,
+        }
+    }
+}
+
+/// `file` of `pid` read with no `stat` before it: a pass over every process's argv, which must stay one open a
+/// process. Remembered for the process that had started before the read began: the next reader's `stat` says which
+/// that is (it confirms it, or forgets it for a process started since). `None` when this pid's file is remembered
+/// already: the caller reads it pinned (from memory).
+// The portable backend lists argvs through `sysinfo`, not one read a process.
+#[cfg_attr(
+    any(not(target_os = "linux"), feature = "portable-proc"),
+    allow(dead_code)
+)]
+pub(crate) fn unpinned(
+    pid: i32,
+    file: ProcFile,
+    read: impl FnOnce() -> io::Result<Vec<u8>>,
+) -> Option<io::Result<Arc<[u8]>>> {
+    if !remembering() {
+        return Some(read().map(Arc::from));
+    }
+    if memo()
+        .files
+        .as_ref()
+        .is_some_and(|files| files.contains_key(&(pid, file)))
+    {
+        return None;
+    }
+    let read_at = boot_ticks();
+    let fresh = read();
+    let kept: Bytes = match &fresh {
+        Ok(bytes) => Ok(Arc::from(bytes.as_slice())),
+        Err(err) => Err(err.kind()),
+    };
+    if let Some(files) = memo().files.as_mut() {
+        files.insert(
+            (pid, file),
+            Remembered {
+                start_ticks: None,
+                read_at,
+                read: kept.clone(),
+                confirmed: false,
+            },
+        );
+    }
+    Some(kept.map_err(|kind| fresh.err().unwrap_or_else(|| io::Error::from(kind))))
+}
+
+/// The boot clock now in clock ticks, floored: the unit of a process's start time in `/proc/<pid>/stat` (both
+/// seen from this time namespace).
+#[cfg_attr(
+    any(not(target_os = "linux"), feature = "portable-proc"),
+    allow(dead_code)
+)]
+fn boot_ticks() -> u64 {
+    crate::model::clock::boot_millis() * rustix::param::clock_ticks_per_second() / 1000
 }
 
 #[cfg(test)]
@@ -227,9 +300,40 @@ mod tests {
         assert_eq!(again.unwrap_err().kind(), io::ErrorKind::NotFound);
         assert_eq!(reads.get(), 3);
 
+        // A read with no stat before it (a pass over every argv) goes to the process that had started before it: a
+        // later reader's stat confirms it without a second open; a process started since is read anew.
+        let scanned = -1003;
+        let before = unpinned(scanned, ProcFile::Cmdline, || Ok(counted(&reads, b"argv")));
+        assert_eq!(&*before.unwrap().unwrap(), b"argv");
+        assert!(unpinned(scanned, ProcFile::Cmdline, || Ok(counted(&reads, b"no"))).is_none());
+        let read_at = boot_ticks();
+        let pinned = |ticks| {
+            file(
+                scanned,
+                ticks,
+                ProcFile::Cmdline,
+                || Ok(counted(&reads, b"later")),
+                || Some(ticks),
+            )
+        };
+        assert_eq!(&*pinned(read_at.saturating_sub(5)).unwrap(), b"argv");
+        assert_eq!(reads.get(), 4, "the scan's read served the pinned reader");
+        seen(scanned, None);
+        let unpinned_again = unpinned(scanned, ProcFile::Cmdline, || Ok(counted(&reads, b"x")));
+        assert!(
+            unpinned_again.is_some(),
+            "a gone process's read is forgotten"
+        );
+        assert_eq!(
+            &*pinned(read_at + 1_000_000).unwrap(),
+            b"later",
+            "started after the read"
+        );
+        assert_eq!(reads.get(), 6);
+
         drop(world);
         read(8).unwrap();
         read(8).unwrap();
-        assert_eq!(reads.get(), 5, "nothing is remembered outside a World");
+        assert_eq!(reads.get(), 8, "nothing is remembered outside a World");
     }
 }

@@ -148,10 +148,17 @@ pub(crate) fn scan_cmdlines(deadline: Deadline) -> Vec<(i32, Vec<String>)> {
         .into_iter()
         .take_while(|_| !deadline.expired())
         .filter_map(|pid| {
-            cmdline(pid)
-                .ok()
-                .filter(|argv| !argv.is_empty())
-                .map(|argv| (pid, argv))
+            // One open a process, no `stat` (the callers pin what matches); remembered for whoever reads it next.
+            let read = world::unpinned(pid, ProcFile::Cmdline, || {
+                super::read_proc_file(pid, ProcFile::Cmdline.name())
+            });
+            match read {
+                Some(bytes) => bytes.map(|bytes| split_nul(&bytes)),
+                None => cmdline(pid),
+            }
+            .ok()
+            .filter(|argv| !argv.is_empty())
+            .map(|argv| (pid, argv))
         })
         .collect()
 }
