@@ -12,8 +12,8 @@ use crate::cli::{
     BrokerCommand, Cli, CodexArgs, Command, HookArgs, KeepArgs, LeftoversChoice, LogArgs,
     OwnerArgs, ReapArgs, SentinelArgs, SettingsArgs, SlotArgs, StopArgs, SweepArgs, Switch,
 };
-use crate::commands::log::Filter;
 use crate::error::bad_input;
+use crate::model::event::Filter;
 use crate::model::leftover::Policy;
 use crate::model::name::{SessionId, SlotName};
 use crate::model::record::{Identity, Shutdown};

@@ -1,47 +1,12 @@
 //! `log`: a readable (or JSON) view of `events.jsonl`, filtered by session, age and action.
 
 use std::io::Write;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use crate::config::{Config, LogRequest};
 use crate::error::Outcome;
-use crate::model::clock;
-use crate::model::name::SessionId;
 use crate::store::events::{Event, EventLog};
 use crate::store::root::StateRoot;
-
-/// Which events to show.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct Filter {
-    pub session: Option<SessionId>,
-    pub since: Option<Duration>,
-    pub action: Option<String>,
-}
-
-impl Filter {
-    pub(crate) fn keeps(&self, event: &Event, now: SystemTime) -> bool {
-        self.session
-            .as_ref()
-            .is_none_or(|id| sessions_of(event).any(|session| session == id.as_str()))
-            && self
-                .action
-                .as_ref()
-                .is_none_or(|action| &event.action == action)
-            && self
-                .since
-                .is_none_or(|since| clock::age(&event.ts, now).is_some_and(|age| age <= since))
-    }
-}
-
-/// The sessions an event names (owner events name several, comma-separated).
-fn sessions_of(event: &Event) -> impl Iterator<Item = &str> {
-    event
-        .session
-        .as_deref()
-        .unwrap_or_default()
-        .split(',')
-        .filter(|id| !id.is_empty())
-}
 
 pub(crate) fn run(request: &LogRequest, config: &Config) -> anyhow::Result<Outcome> {
     let mut filter = request.filter.clone();
@@ -50,7 +15,7 @@ pub(crate) fn run(request: &LogRequest, config: &Config) -> anyhow::Result<Outco
         None => Vec::new(),
     };
     if let Some(given) = &filter.session {
-        let known: Vec<&str> = all.iter().flat_map(sessions_of).collect();
+        let known: Vec<&str> = all.iter().flat_map(Event::sessions).collect();
         let resolved = crate::commands::resolve::resolve(given, known.iter().copied())?
             .ok_or_else(|| {
                 crate::commands::resolve::unknown(given, known.iter().copied(), " in the log")
@@ -162,6 +127,10 @@ fn fields(event: &Event) -> [String; 8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::clock;
+    use crate::model::event::Filter;
+    use crate::model::name::SessionId;
+    use std::time::Duration;
 
     #[test]
     fn filters_by_session_action_and_age() {

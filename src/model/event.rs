@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::model::clock;
+use crate::model::name::SessionId;
 
 /// One line of `events.jsonl`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -79,5 +80,40 @@ impl Event {
     pub(crate) fn detail(mut self, detail: impl Into<String>) -> Self {
         self.detail = Some(detail.into());
         self
+    }
+}
+
+/// Which events to show.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Filter {
+    pub session: Option<SessionId>,
+    pub since: Option<std::time::Duration>,
+    pub action: Option<String>,
+}
+
+impl Filter {
+    /// Whether `event` is one to show at `now`.
+    pub(crate) fn keeps(&self, event: &Event, now: std::time::SystemTime) -> bool {
+        self.session
+            .as_ref()
+            .is_none_or(|id| event.sessions().any(|session| session == id.as_str()))
+            && self
+                .action
+                .as_ref()
+                .is_none_or(|action| &event.action == action)
+            && self
+                .since
+                .is_none_or(|since| clock::age(&event.ts, now).is_some_and(|age| age <= since))
+    }
+}
+
+impl Event {
+    /// The sessions the event names (owner events name several, comma-separated).
+    pub(crate) fn sessions(&self) -> impl Iterator<Item = &str> {
+        self.session
+            .as_deref()
+            .unwrap_or_default()
+            .split(',')
+            .filter(|id| !id.is_empty())
     }
 }

@@ -120,6 +120,22 @@ fn every_module_sits_in_a_layer_and_imports_only_go_down() {
     );
 }
 
+/// The files at the top of `src/` below the commands (the configuration reads input, the agents table is data):
+/// none reaches up into `commands/`, which dispatch on them.
+#[test]
+fn the_top_files_below_the_commands_import_no_command() {
+    for name in ["cli.rs", "config.rs", "error.rs", "agents.rs"] {
+        let climbing: Vec<String> = imports(&code_of(&src().join(name)))
+            .into_iter()
+            .filter(|module| module == "commands" || module == "lib")
+            .collect();
+        assert!(
+            climbing.is_empty(),
+            "src/{name} imports {climbing:?}: what it needs belongs below the commands"
+        );
+    }
+}
+
 #[test]
 fn nothing_in_decide_reads_the_system() {
     let mut files = Vec::new();
