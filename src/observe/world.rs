@@ -141,6 +141,17 @@ pub(crate) fn file(
             _ => Err(io::Error::from(io::ErrorKind::NotFound)),
         };
     }
+    remember(pid, file, Some(start_ticks), 0, read)
+}
+
+/// Reads `file` of `pid` and remembers what it gave (bytes or error), to be confirmed by the next `stat`.
+fn remember(
+    pid: i32,
+    file: ProcFile,
+    start_ticks: Option<u64>,
+    read_at: u64,
+    read: impl FnOnce() -> io::Result<Vec<u8>>,
+) -> io::Result<Arc<[u8]>> {
     let fresh = read();
     let kept: Bytes = match &fresh {
         Ok(bytes) => Ok(Arc::from(bytes.as_slice())),
@@ -150,8 +161,8 @@ pub(crate) fn file(
         files.insert(
             (pid, file),
             Remembered {
-                start_ticks: Some(start_ticks),
-                read_at: 0,
+                start_ticks,
+                read_at,
                 read: kept.clone(),
                 confirmed: false,
             },
@@ -216,24 +227,7 @@ pub(crate) fn unpinned(
     {
         return None;
     }
-    let read_at = boot_ticks();
-    let fresh = read();
-    let kept: Bytes = match &fresh {
-        Ok(bytes) => Ok(Arc::from(bytes.as_slice())),
-        Err(err) => Err(err.kind()),
-    };
-    if let Some(files) = memo().files.as_mut() {
-        files.insert(
-            (pid, file),
-            Remembered {
-                start_ticks: None,
-                read_at,
-                read: kept.clone(),
-                confirmed: false,
-            },
-        );
-    }
-    Some(kept.map_err(|kind| fresh.err().unwrap_or_else(|| io::Error::from(kind))))
+    Some(remember(pid, file, None, boot_ticks(), read))
 }
 
 /// The boot clock now in clock ticks, floored: the unit of a process's start time in `/proc/<pid>/stat` (both
